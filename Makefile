@@ -1,0 +1,39 @@
+# vdpa-emu: the two commands of the README are `make demo` and `make test`.
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: all build demo test unit lint fmt docs bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+# The main job on the built-in model: loopback traffic through the NIC with its counters.
+demo: build
+	./target/release/vdpa-emu demo --queue-pairs 4 --frames 10000
+
+# Every test: formatting, lints, unit and integration tests (the registers doc staleness check
+# is one of them).
+test: lint unit
+
+unit:
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# Regenerate docs/registers.md from the declarations in bar-registers/.
+docs:
+	$(CARGO) run -q -p sim-harness -- registers > docs/registers.md
+
+# Criterion benchmarks (TX dequeue of 64-byte frames, IOMMU on, logging off/on; dma hot paths).
+bench:
+	$(CARGO) bench --workspace
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,147 @@
+//! The live-migration (LM) register block at BAR4 offset 0.
+//!
+//! Two layouts exist in the wild (../shared/reference/ifcvf-drivers.md, "LM register block"):
+//! - DPDK drivers/vdpa/ifc/base/ifcvf.h: IFCVF_LM_LOGGING_CTRL @0x00, IFCVF_LM_BASE_ADDR_LOW/HIGH
+//!   @0x10/0x14, IFCVF_LM_END_ADDR_LOW/HIGH @0x18/0x1C, ring state of net queue q at
+//!   IFCVF_LM_CFG_SIZE-strided slots: 0x20 + (q/2)*0x40 + (q%2)*4, IFCVF_MQ_OFFSET @0x28.
+//! - Linux drivers/vdpa/ifcvf/ifcvf_base.h (2023+), struct ifcvf_lm_cfg: control u64 @0x00,
+//!   status u64 @0x08, lm_mem_log_start_addr @0x10, lm_mem_log_end_addr @0x18, vq_state_region
+//!   (u16 avail index of queue q at 0x20 + 4*q, ifcvf_get_vq_state/ifcvf_set_vq_state).
+//!
+//! Queues 0 and 1 agree; from queue 2 on the layouts conflict, hence the selectable profile.
+
+use crate::model::{Access, Narrow, Register};
+
+/// Which driver's LM layout the device presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LmLayout {
+    /// DPDK ifcvf.h layout (default: the driver that does live migration).
+    #[default]
+    Dpdk,
+    /// Linux ifcvf_base.h struct ifcvf_lm_cfg layout.
+    Linux,
+}
+
+impl LmLayout {
+    /// CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LmLayout::Dpdk => "dpdk",
+            LmLayout::Linux => "linux",
+        }
+    }
+
+    /// Parse a CLI name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "dpdk" => Some(LmLayout::Dpdk),
+            "linux" => Some(LmLayout::Linux),
+            _ => None,
+        }
+    }
+}
+
+/// Size of the LM window (DPDK's indexing needs 0x20 + 32 * 0x40 = 0x820 bytes).
+pub const LM_SIZE: u64 = 0x1000;
+/// IFCVF_LM_LOGGING_CTRL (DPDK) / control (Linux, low dword).
+pub const LOGGING_CTRL: u64 = 0x00;
+/// Linux layout: status.
+pub const STATUS: u64 = 0x08;
+/// IFCVF_LM_BASE_ADDR_LOW / lm_mem_log_start_addr.
+pub const BASE_ADDR_LOW: u64 = 0x10;
+/// IFCVF_LM_BASE_ADDR_HIGH.
+pub const BASE_ADDR_HIGH: u64 = 0x14;
+/// IFCVF_LM_END_ADDR_LOW / lm_mem_log_end_addr: base + size, an end address, not a size.
+pub const END_ADDR_LOW: u64 = 0x18;
+/// IFCVF_LM_END_ADDR_HIGH.
+pub const END_ADDR_HIGH: u64 = 0x1C;
+/// IFCVF_MQ_OFFSET (DPDK layout only): number of enabled queue pairs.
+pub const MQ_PAIRS: u64 = 0x28;
+/// IFCVF_LM_DISABLE.
+pub const LOGGING_DISABLE: u32 = 0;
+/// IFCVF_LM_ENABLE_VF.
+pub const LOGGING_ENABLE_VF: u32 = 1;
+/// IFCVF_LM_ENABLE_PF (declared by DPDK, never used by it).
+pub const LOGGING_ENABLE_PF: u32 = 3;
+/// The IOVA at which DPDK maps the vhost log buffer (IFCVF_LOG_BASE in ifcvf_vdpa.c).
+pub const DPDK_LOG_IOVA: u64 = 0x1000_0000_0000;
+
+/// Offset of queue `q`'s ring state register.
+///
+/// DPDK: `IFCVF_LM_RING_STATE_OFFSET + (q / 2) * IFCVF_LM_CFG_SIZE + (q % 2) * 4` (net queues);
+/// Linux: `&lm_cfg->vq_state_region + qid * 2` with a `__le16 *`, i.e. 0x20 + 4 * q.
+pub fn ring_state_offset(layout: LmLayout, q: u16) -> u64 {
+    let q = u64::from(q);
+    match layout {
+        LmLayout::Dpdk => 0x20 + (q / 2) * 0x40 + (q % 2) * 4,
+        LmLayout::Linux => 0x20 + 4 * q,
+    }
+}
+
+/// Pack a ring state value: bits 0-15 last_avail_idx, bits 16-31 last_used_idx.
+pub fn pack_ring_state(last_avail: u16, last_used: u16) -> u32 {
+    u32::from(last_avail) | (u32::from(last_used) << 16)
+}
+
+/// Unpack a ring state value into (last_avail_idx, last_used_idx).
+pub fn unpack_ring_state(v: u32) -> (u16, u16) {
+    (v as u16, (v >> 16) as u16)
+}
+
+pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
+    const DPDK: &str = "DPDK drivers/vdpa/ifc/base/ifcvf.h";
+    const LINUX: &str = "Linux drivers/vdpa/ifcvf/ifcvf_base.h struct ifcvf_lm_cfg";
+    let mut v = match layout {
+        LmLayout::Dpdk => vec![
+            Register::new("logging_ctrl", LOGGING_CTRL, 4, Access::Rw, 0, "0 disable, 1 enable dirty-page logging (VF), 3 enable (PF)", DPDK),
+            Register::new("log_base_lo", BASE_ADDR_LOW, 4, Access::Rw, 0, "IOVA of the dirty-page log, low dword", DPDK),
+            Register::new("log_base_hi", BASE_ADDR_HIGH, 4, Access::Rw, 0, "IOVA of the dirty-page log, high dword", DPDK),
+            Register::new("log_end_lo", END_ADDR_LOW, 4, Access::Rw, 0, "log end IOVA (base + size), low dword", DPDK),
+            Register::new("log_end_hi", END_ADDR_HIGH, 4, Access::Rw, 0, "log end IOVA (base + size), high dword", DPDK),
+        ],
+        LmLayout::Linux => vec![
+            Register::new("control", LOGGING_CTRL, 8, Access::Rw, 0, "bit 0: dirty-page logging enable", LINUX),
+            Register::new("status", STATUS, 8, Access::Ro, 0, "bit 0: logging active", LINUX),
+            Register::new("log_start", BASE_ADDR_LOW, 8, Access::Rw, 0, "IOVA of the dirty-page log", LINUX),
+            Register::new("log_end", END_ADDR_LOW, 8, Access::Rw, 0, "log end IOVA (start + size)", LINUX),
+        ],
+    };
+    for q in 0..num_queues {
+        let off = ring_state_offset(layout, q);
+        let reg = match layout {
+            LmLayout::Dpdk => Register::new(
+                format!("ring_state[{q}]"),
+                off,
+                4,
+                Access::Rw,
+                0,
+                "bits 0-15 last_avail_idx, 16-31 last_used_idx; writable while the queue is disabled, the queue resumes there on enable",
+                "DPDK ifcvf.h IFCVF_LM_RING_STATE_OFFSET; vDPA talk: R/W vring index",
+            ),
+            LmLayout::Linux => Register::new(
+                format!("vq_state[{q}]"),
+                off,
+                4,
+                Access::Rw,
+                0,
+                "bits 0-15 avail index (the u16 Linux reads/writes; a 16-bit write sets used = avail too), 16-31 last_used_idx",
+                "Linux ifcvf_base.c ifcvf_get_vq_state/ifcvf_set_vq_state",
+            )
+            .narrow(Narrow::Any),
+        };
+        v.push(reg.live());
+    }
+    if layout == LmLayout::Dpdk {
+        v.push(Register::new(
+            "mq_pairs",
+            MQ_PAIRS,
+            4,
+            Access::Rw,
+            0,
+            "number of enabled queue pairs (the driver writes it at start)",
+            "DPDK ifcvf.h IFCVF_MQ_OFFSET",
+        ));
+    }
+    v.sort_by_key(|r| r.offset);
+    v
+}

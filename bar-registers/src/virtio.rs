@@ -1,0 +1,242 @@
+//! The virtio PCI transport windows (virtio 1.2 section 4.1.4) and the virtio-net device
+//! configuration (5.1.4), plus the feature bits the device offers.
+
+use crate::model::{Access, Narrow, Register};
+
+/// struct virtio_pci_common_cfg (virtio 1.2 4.1.4.3).
+pub mod common {
+    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
+    pub const DEVICE_FEATURE: u64 = 0x04;
+    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
+    pub const DRIVER_FEATURE: u64 = 0x0C;
+    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
+    pub const NUM_QUEUES: u64 = 0x12;
+    pub const DEVICE_STATUS: u64 = 0x14;
+    pub const CONFIG_GENERATION: u64 = 0x15;
+    pub const QUEUE_SELECT: u64 = 0x16;
+    pub const QUEUE_SIZE: u64 = 0x18;
+    pub const QUEUE_MSIX_VECTOR: u64 = 0x1A;
+    pub const QUEUE_ENABLE: u64 = 0x1C;
+    pub const QUEUE_NOTIFY_OFF: u64 = 0x1E;
+    pub const QUEUE_DESC: u64 = 0x20;
+    pub const QUEUE_DRIVER: u64 = 0x28;
+    pub const QUEUE_DEVICE: u64 = 0x30;
+    pub const QUEUE_NOTIF_CONFIG_DATA: u64 = 0x38;
+    /// Window length (through queue_notif_config_data; queue_reset is not offered).
+    pub const SIZE: u64 = 0x3A;
+}
+
+/// ISR status bits (virtio 1.2 4.1.4.5).
+pub mod isr {
+    pub const QUEUE: u8 = 1 << 0;
+    pub const CONFIG: u8 = 1 << 1;
+    pub const SIZE: u64 = 1;
+}
+
+/// struct virtio_net_config (virtio 1.2 5.1.4).
+pub mod net_cfg {
+    pub const MAC: u64 = 0x00;
+    pub const STATUS: u64 = 0x06;
+    pub const MAX_VIRTQUEUE_PAIRS: u64 = 0x08;
+    pub const MTU: u64 = 0x0A;
+    pub const SPEED: u64 = 0x0C;
+    pub const DUPLEX: u64 = 0x10;
+    pub const SIZE: u64 = 0x11;
+}
+
+/// device_status bits (virtio 1.2 2.1).
+pub mod device_status {
+    pub const ACKNOWLEDGE: u8 = 1;
+    pub const DRIVER: u8 = 2;
+    pub const DRIVER_OK: u8 = 4;
+    pub const FEATURES_OK: u8 = 8;
+    pub const DEVICE_NEEDS_RESET: u8 = 64;
+    pub const FAILED: u8 = 128;
+}
+
+/// Value a vector register reads when no vector is assigned (virtio 1.2 4.1.5.1.2).
+pub const NO_VECTOR: u16 = 0xFFFF;
+
+/// A feature bit the device offers, declared once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    pub bit: u32,
+    pub name: &'static str,
+    pub meaning: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! feature {
+    ($bit:expr, $name:literal, $meaning:literal, $source:literal) => {
+        Feature { bit: $bit, name: $name, meaning: $meaning, source: $source }
+    };
+}
+
+/// Feature bits, named after virtio-bindings' constants.
+pub mod bits {
+    pub const MTU: u32 = 3;
+    pub const MAC: u32 = 5;
+    pub const MRG_RXBUF: u32 = 15;
+    pub const STATUS: u32 = 16;
+    pub const CTRL_VQ: u32 = 17;
+    pub const CTRL_RX: u32 = 18;
+    pub const GUEST_ANNOUNCE: u32 = 21;
+    pub const MQ: u32 = 22;
+    pub const CTRL_MAC_ADDR: u32 = 23;
+    pub const INDIRECT_DESC: u32 = 28;
+    pub const EVENT_IDX: u32 = 29;
+    pub const VERSION_1: u32 = 32;
+    pub const ACCESS_PLATFORM: u32 = 33;
+    pub const RING_PACKED: u32 = 34;
+}
+
+/// Every feature the device offers (the list plus CTRL_RX and CTRL_MAC_ADDR, which the
+/// control-queue RX-mode and MAC commands need per virtio 1.2 5.1.6.5).
+pub const OFFERED_FEATURES: &[Feature] = &[
+    feature!(bits::MTU, "VIRTIO_NET_F_MTU", "device reports its MTU in config space", "virtio 1.2 5.1.3"),
+    feature!(bits::MAC, "VIRTIO_NET_F_MAC", "device has a MAC address in config space", "virtio 1.2 5.1.3"),
+    feature!(bits::MRG_RXBUF, "VIRTIO_NET_F_MRG_RXBUF", "RX packets may span several buffers (num_buffers)", "virtio 1.2 5.1.6.3"),
+    feature!(bits::STATUS, "VIRTIO_NET_F_STATUS", "config status: LINK_UP and ANNOUNCE", "virtio 1.2 5.1.4"),
+    feature!(bits::CTRL_VQ, "VIRTIO_NET_F_CTRL_VQ", "control virtqueue (last queue)", "virtio 1.2 5.1.6.5; DPDK adds it for the IFC VF"),
+    feature!(bits::CTRL_RX, "VIRTIO_NET_F_CTRL_RX", "RX mode (promiscuous, all-multicast) over the control queue", "virtio 1.2 5.1.6.5.1"),
+    feature!(
+        bits::GUEST_ANNOUNCE,
+        "VIRTIO_NET_F_GUEST_ANNOUNCE",
+        "device asks the driver to announce after migration (instead of RARP)",
+        "virtio 1.2 5.1.6.5.4; ifcvf_vdpa.c: IFC VF doesn't support RARP"
+    ),
+    feature!(bits::MQ, "VIRTIO_NET_F_MQ", "several RX/TX queue pairs, selected with VQ_PAIRS_SET", "virtio 1.2 5.1.6.5.5"),
+    feature!(bits::CTRL_MAC_ADDR, "VIRTIO_NET_F_CTRL_MAC_ADDR", "MAC_ADDR_SET over the control queue", "virtio 1.2 5.1.6.5.2"),
+    feature!(bits::INDIRECT_DESC, "VIRTIO_F_INDIRECT_DESC", "indirect descriptor tables", "virtio 1.2 2.7.5.3"),
+    feature!(bits::EVENT_IDX, "VIRTIO_F_EVENT_IDX", "used_event / avail_event notification suppression", "virtio 1.2 2.7.7, 2.7.10"),
+    feature!(bits::VERSION_1, "VIRTIO_F_VERSION_1", "virtio 1.x (modern) device; required", "virtio 1.2 6.1; Linux ifcvf requires it"),
+    feature!(bits::ACCESS_PLATFORM, "VIRTIO_F_ACCESS_PLATFORM", "all DMA goes through the platform IOMMU", "virtio 1.2 6.1; Linux ifcvf requires it"),
+];
+
+/// The offered feature bits as a mask.
+pub fn offered_mask() -> u64 {
+    OFFERED_FEATURES.iter().fold(0, |m, f| m | (1u64 << f.bit))
+}
+
+/// Name of a feature bit, if the device knows it.
+pub fn feature_name(bit: u32) -> Option<&'static str> {
+    OFFERED_FEATURES.iter().find(|f| f.bit == bit).map(|f| f.name)
+}
+
+const SPEC_COMMON: &str = "virtio 1.2 4.1.4.3";
+
+pub(crate) fn common_registers(num_queues: u16, queue_size_max: u16) -> Vec<Register> {
+    vec![
+        Register::new(
+            "device_feature_select",
+            common::DEVICE_FEATURE_SELECT,
+            4,
+            Access::Rw,
+            0,
+            "selects which 32 feature bits device_feature shows",
+            SPEC_COMMON,
+        ),
+        Register::new(
+            "device_feature",
+            common::DEVICE_FEATURE,
+            4,
+            Access::Ro,
+            offered_mask() & 0xFFFF_FFFF,
+            "offered feature bits [32*select, 32*select+31]",
+            SPEC_COMMON,
+        ),
+        Register::new("driver_feature_select", common::DRIVER_FEATURE_SELECT, 4, Access::Rw, 0, "selects which 32 bits driver_feature writes", SPEC_COMMON),
+        Register::new("driver_feature", common::DRIVER_FEATURE, 4, Access::Rw, 0, "accepted feature bits; latched at FEATURES_OK", SPEC_COMMON),
+        Register::new(
+            "config_msix_vector",
+            common::CONFIG_MSIX_VECTOR,
+            2,
+            Access::Rw,
+            u64::from(NO_VECTOR),
+            "MSI-X vector for config changes; reads 0xFFFF if the vector is invalid (DPDK checks)",
+            "virtio 1.2 4.1.5.1.2; ifcvf.c ifcvf_hw_enable",
+        ),
+        Register::new("num_queues", common::NUM_QUEUES, 2, Access::Ro, num_queues.into(), "2 x max queue pairs + control queue", SPEC_COMMON),
+        Register::new(
+            "device_status",
+            common::DEVICE_STATUS,
+            1,
+            Access::Rw,
+            0,
+            "status state machine; write 0 resets, reads 0 when reset is done",
+            "virtio 1.2 2.1, 4.1.4.3.1",
+        ),
+        Register::new("config_generation", common::CONFIG_GENERATION, 1, Access::Ro, 0, "changes whenever device config changes", "virtio 1.2 2.5.1"),
+        Register::new("queue_select", common::QUEUE_SELECT, 2, Access::Rw, 0, "queue the queue_* registers address", SPEC_COMMON),
+        Register::new(
+            "queue_size",
+            common::QUEUE_SIZE,
+            2,
+            Access::Rw,
+            queue_size_max.into(),
+            "ring size; reads the maximum after reset, driver may lower it (power of 2)",
+            SPEC_COMMON,
+        )
+        .live(),
+        Register::new(
+            "queue_msix_vector",
+            common::QUEUE_MSIX_VECTOR,
+            2,
+            Access::Rw,
+            u64::from(NO_VECTOR),
+            "MSI-X vector of the selected queue",
+            "virtio 1.2 4.1.5.1.2",
+        ),
+        Register::new(
+            "queue_enable",
+            common::QUEUE_ENABLE,
+            2,
+            Access::Rw,
+            0,
+            "1 starts the queue; 0 stops it (IFC VF: reads 1 until in-flight work is done and the LM ring state is final)",
+            "virtio 1.2 4.1.4.3; ifcvf.c ifcvf_hw_disable",
+        ),
+        Register::new("queue_notify_off", common::QUEUE_NOTIFY_OFF, 2, Access::Ro, 0, "doorbell offset / notify_off_multiplier", SPEC_COMMON).live(),
+        Register::new("queue_desc", common::QUEUE_DESC, 8, Access::Rw, 0, "descriptor area IOVA", SPEC_COMMON),
+        Register::new("queue_driver", common::QUEUE_DRIVER, 8, Access::Rw, 0, "driver (avail) area IOVA", SPEC_COMMON),
+        Register::new("queue_device", common::QUEUE_DEVICE, 8, Access::Rw, 0, "device (used) area IOVA", SPEC_COMMON),
+        Register::new(
+            "queue_notif_config_data",
+            common::QUEUE_NOTIF_CONFIG_DATA,
+            2,
+            Access::Ro,
+            0,
+            "notification data (VIRTIO_F_NOTIF_CONFIG_DATA not offered: reads 0)",
+            "virtio 1.2 4.1.4.3",
+        )
+        .live(),
+    ]
+}
+
+pub(crate) fn isr_registers() -> Vec<Register> {
+    vec![Register::new("isr_status", 0, 1, Access::Rc, 0, "bit 0 queue interrupt, bit 1 config change; cleared by the read", "virtio 1.2 4.1.4.5")]
+}
+
+pub(crate) fn net_cfg_registers(mac: [u8; 6], max_pairs: u16, mtu: u16) -> Vec<Register> {
+    let mac_val = mac.iter().enumerate().fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i)));
+    const SRC: &str = "virtio 1.2 5.1.4";
+    vec![
+        Register { width: 6, ..Register::new("mac", net_cfg::MAC, 1, Access::Ro, mac_val, "MAC address (VIRTIO_NET_F_MAC); readable byte by byte", SRC) }
+            .narrow(Narrow::Any),
+        Register::new("status", net_cfg::STATUS, 2, Access::Ro, 1, "bit 0 VIRTIO_NET_S_LINK_UP, bit 1 VIRTIO_NET_S_ANNOUNCE", SRC).narrow(Narrow::Any).live(),
+        Register::new(
+            "max_virtqueue_pairs",
+            net_cfg::MAX_VIRTQUEUE_PAIRS,
+            2,
+            Access::Ro,
+            max_pairs.into(),
+            "queue pairs the device supports (VIRTIO_NET_F_MQ)",
+            SRC,
+        )
+        .narrow(Narrow::Any),
+        Register::new("mtu", net_cfg::MTU, 2, Access::Ro, mtu.into(), "maximum MTU the driver should use (VIRTIO_NET_F_MTU)", SRC).narrow(Narrow::Any),
+        Register::new("speed", net_cfg::SPEED, 4, Access::Ro, 0xFFFF_FFFF, "link speed in Mb/s; unknown (VIRTIO_NET_F_SPEED_DUPLEX not offered)", SRC)
+            .narrow(Narrow::Any),
+        Register::new("duplex", net_cfg::DUPLEX, 1, Access::Ro, 0xFF, "duplex; unknown", SRC).narrow(Narrow::Any),
+    ]
+}

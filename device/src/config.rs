@@ -1,0 +1,49 @@
+//! Device options: what a user can choose when instantiating the NIC.
+
+use bar_registers::{LayoutParams, LmLayout, NotifyLayout};
+
+/// Everything that configures one device instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Register layout inputs (queue pairs, queue size, LM layout, doorbell spacing, MAC, MTU).
+    pub layout: LayoutParams,
+    /// Dirty-log granularity in bytes (4 KiB, or coarser: 64 KiB, 2 MiB ...). The log format
+    /// stays one bit per 4 KiB page; a coarser device marks every page of a touched granule.
+    pub log_granularity: u64,
+    /// IOTLB (ATS cache) entries; 0 = translate every access through the table.
+    pub iotlb_entries: usize,
+    /// Frames the receive FIFO holds while no RX buffer is available.
+    pub rx_backlog: usize,
+    /// How many reads of queue_enable still return 1 after the driver wrote 0: the time the
+    /// device takes to finish in-flight work (DPDK ifcvf_hw_disable polls 10 x 10 ms).
+    pub disable_latency_reads: u32,
+    /// Most chains a queue service pass takes before publishing (batch size).
+    pub batch: u16,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig { layout: LayoutParams::default(), log_granularity: 4096, iotlb_entries: 64, rx_backlog: 4096, disable_latency_reads: 2, batch: 64 }
+    }
+}
+
+impl DeviceConfig {
+    /// A config with `pairs` queue pairs and defaults otherwise.
+    pub fn with_queue_pairs(pairs: u16) -> Self {
+        let mut c = DeviceConfig::default();
+        c.layout.queue_pairs = pairs;
+        c
+    }
+
+    /// Sets the LM layout.
+    pub fn lm_layout(mut self, l: LmLayout) -> Self {
+        self.layout.lm_layout = l;
+        self
+    }
+
+    /// Sets the doorbell spacing.
+    pub fn notify(mut self, n: NotifyLayout) -> Self {
+        self.layout.notify = n;
+        self
+    }
+}

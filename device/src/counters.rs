@@ -1,0 +1,108 @@
+//! Datapath and control-path counters (the datapath counts; it does not log).
+
+use crate::fault::FAULT_KINDS;
+
+/// Per-queue counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Doorbells rung for this queue.
+    pub doorbells: u64,
+    /// Chains completed (used elements written).
+    pub chains: u64,
+    /// Frames carried (TX sent or RX delivered).
+    pub frames: u64,
+    /// Frame bytes carried (without the virtio header).
+    pub bytes: u64,
+    /// Interrupts requested.
+    pub interrupts: u64,
+    /// Interrupts the driver suppressed (used_event or NO_INTERRUPT).
+    pub interrupts_suppressed: u64,
+}
+
+/// Device-wide counters. A snapshot is returned by `Device::counters`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// TX frames longer than MTU + Ethernet header + VLAN tag: dropped, chain completed.
+    pub tx_dropped_oversize: u64,
+    /// TX frames shorter than an Ethernet header: dropped, chain completed.
+    pub tx_dropped_runt: u64,
+    /// TX frames the port refused.
+    pub tx_port_drops: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames the RX filter (promiscuous / MAC table) rejected.
+    pub rx_filtered: u64,
+    /// Frames dropped because the RX chain cannot hold them (no MRG_RXBUF, 5.1.6.3.1).
+    pub rx_dropped_too_small: u64,
+    /// Frames discarded from the inbox by a device reset.
+    pub rx_dropped_reset: u64,
+    pub ctrl_commands: u64,
+    /// Control commands answered VIRTIO_NET_ERR.
+    pub ctrl_errors: u64,
+    /// Doorbells for a queue that is not running (ignored).
+    pub spurious_doorbells: u64,
+    /// Doorbells ignored because bus mastering is off.
+    pub dma_blocked_no_bus_master: u64,
+    pub config_interrupts: u64,
+    /// Interrupts held in the PBA because the vector was masked.
+    pub interrupts_pending_masked: u64,
+    /// Interrupts not sent because the vector register holds NO_VECTOR.
+    pub interrupts_no_vector: u64,
+    /// Register accesses of a width/alignment the register does not accept, or to reserved space.
+    pub bad_register_accesses: u64,
+    /// Well-formed writes the device ignored in its current state (e.g. ring state while enabled).
+    pub ignored_register_writes: u64,
+    /// Device status writes that break the virtio 2.1 rules (cleared bits, skipped steps).
+    pub bad_status_writes: u64,
+    /// FEATURES_OK refused.
+    pub features_refused: u64,
+    /// Times DEVICE_NEEDS_RESET was entered.
+    pub needs_reset: u64,
+    /// Faults by kind (see `fault::FAULT_KINDS`), including ones after the first.
+    pub faults: [u64; FAULT_KINDS.len()],
+    /// Device resets (status 0 or function reset).
+    pub resets: u64,
+    pub queues: Vec<QueueCounters>,
+}
+
+impl DeviceCounters {
+    /// Fault count by stable name.
+    pub fn fault(&self, kind: &str) -> u64 {
+        FAULT_KINDS.iter().position(|k| *k == kind).map_or(0, |i| self.faults[i])
+    }
+
+    /// Name/value pairs of the scalar counters (for reports).
+    pub fn scalars(&self) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("tx_frames", self.tx_frames),
+            ("tx_bytes", self.tx_bytes),
+            ("tx_dropped_oversize", self.tx_dropped_oversize),
+            ("tx_dropped_runt", self.tx_dropped_runt),
+            ("tx_port_drops", self.tx_port_drops),
+            ("rx_frames", self.rx_frames),
+            ("rx_bytes", self.rx_bytes),
+            ("rx_filtered", self.rx_filtered),
+            ("rx_dropped_too_small", self.rx_dropped_too_small),
+            ("rx_dropped_reset", self.rx_dropped_reset),
+            ("ctrl_commands", self.ctrl_commands),
+            ("ctrl_errors", self.ctrl_errors),
+            ("spurious_doorbells", self.spurious_doorbells),
+            ("dma_blocked_no_bus_master", self.dma_blocked_no_bus_master),
+            ("config_interrupts", self.config_interrupts),
+            ("interrupts_pending_masked", self.interrupts_pending_masked),
+            ("interrupts_no_vector", self.interrupts_no_vector),
+            ("bad_register_accesses", self.bad_register_accesses),
+            ("ignored_register_writes", self.ignored_register_writes),
+            ("bad_status_writes", self.bad_status_writes),
+            ("features_refused", self.features_refused),
+            ("needs_reset", self.needs_reset),
+            ("resets", self.resets),
+        ];
+        for (i, k) in FAULT_KINDS.iter().enumerate() {
+            v.push((k, self.faults[i]));
+        }
+        v
+    }
+}

@@ -1,0 +1,284 @@
+//! The public face of the NIC: one PCI function behind a lock, reached through
+//! [`RegionAccess`] (register reads and writes) and [`DmaMapper`] (the VMM's DMA mappings).
+//! The vfio-user server and the in-process driver model both use exactly these calls.
+
+use crate::config::DeviceConfig;
+use crate::counters::DeviceCounters;
+use crate::fault::DeviceFault;
+use crate::interrupt::{InterruptSink, NullSink};
+use crate::port::{NullPort, Port, RxInbox};
+use crate::state::{DeviceState, QueueState};
+use bar_registers::pci::CONFIG_SPACE_SIZE;
+use bar_registers::{DeviceLayout, LayoutError, REGION_CONFIG};
+use dma::{AddressSpace, Backing, BusStats, DmaEngine, IommuStats, LogStats, MapError, MappingInfo, Perms, WriteTrace};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
+
+/// Why a region access was refused outright (a vfio-user server turns this into an error reply).
+/// Accesses inside a region that hit no register are not errors: they read 0 / are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    #[error("region {0} does not exist")]
+    NoSuchRegion(u32),
+    #[error("access of {len} bytes at {offset:#x} runs past the end of region {region} ({size:#x} bytes)")]
+    OutOfRange { region: u32, offset: u64, len: usize, size: u64 },
+    #[error("access of {0} bytes: only 1, 2, 4 and 8 byte accesses exist")]
+    BadWidth(usize),
+}
+
+/// The one way in to the device's registers.
+pub trait RegionAccess {
+    /// Reads `data.len()` bytes at `offset` of vfio region `region` (BAR n = n, config = 7).
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError>;
+    /// Writes `data` at `offset` of vfio region `region`.
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError>;
+}
+
+/// What vfio-user DMA_MAP / DMA_UNMAP become.
+pub trait DmaMapper {
+    /// Maps [iova, iova+size) to `backing` with `perms`.
+    fn dma_map(&self, iova: u64, size: u64, perms: Perms, backing: Backing) -> Result<(), MapError>;
+    /// Unmaps every mapping inside [iova, iova+size).
+    fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError>;
+    /// Unmaps everything.
+    fn dma_unmap_all(&self) -> u64;
+}
+
+/// A snapshot of one queue for reports and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub enabled: bool,
+    pub size: u16,
+    pub last_avail: u16,
+    pub last_used: u16,
+    pub msix_vector: u16,
+}
+
+/// The NIC.
+pub struct Device {
+    state: Mutex<DeviceState>,
+    inbox: Arc<RxInbox>,
+    space: Arc<AddressSpace>,
+    layout: Arc<DeviceLayout>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("queues", &self.layout.num_queues).finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// A device with no port (frames are discarded) and no interrupt sink yet.
+    pub fn new(cfg: DeviceConfig) -> Result<Arc<Self>, LayoutError> {
+        let layout = Arc::new(DeviceLayout::new(cfg.layout.clone())?);
+        let space = Arc::new(AddressSpace::new());
+        let inbox = Arc::new(RxInbox::new(cfg.rx_backlog));
+        let engine = DmaEngine::new(space.clone(), cfg.iotlb_entries);
+        let state = DeviceState::new(layout.clone(), cfg, engine, Arc::new(NullPort::default()), inbox.clone(), Arc::new(NullSink));
+        Ok(Arc::new(Device { state: Mutex::new(state), inbox, space, layout }))
+    }
+
+    /// The register layout.
+    pub fn layout(&self) -> &Arc<DeviceLayout> {
+        &self.layout
+    }
+
+    /// The device's IOVA space.
+    pub fn address_space(&self) -> &Arc<AddressSpace> {
+        &self.space
+    }
+
+    /// The receive FIFO ports deliver into.
+    pub fn inbox(&self) -> &Arc<RxInbox> {
+        &self.inbox
+    }
+
+    /// Connects the device to a port.
+    pub fn set_port(&self, port: Arc<dyn Port>) {
+        self.with(|s| s.port = port);
+    }
+
+    /// Loops the device's transmit side back into its own receive side.
+    pub fn set_loopback(&self) {
+        self.set_port(Arc::new(crate::port::LoopbackPort::new(self.inbox.clone())));
+    }
+
+    /// Where interrupts go.
+    pub fn set_interrupt_sink(&self, sink: Arc<dyn InterruptSink>) {
+        self.with(|s| s.sink = sink);
+    }
+
+    /// Records every page the device writes, independently of the dirty log.
+    pub fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
+        self.with(|s| s.dma.set_write_trace(trace));
+    }
+
+    /// Function level reset (vfio DEVICE_RESET).
+    pub fn reset(&self) {
+        self.with(|s| s.function_reset());
+    }
+
+    /// Link up/down (config status LINK_UP, config interrupt).
+    pub fn set_link(&self, up: bool) {
+        self.with(|s| s.set_link(up));
+    }
+
+    /// Requests a guest announce (GUEST_ANNOUNCE); false if not negotiated.
+    pub fn announce(&self) -> bool {
+        self.with(|s| s.announce())
+    }
+
+    /// Counter snapshot.
+    pub fn counters(&self) -> DeviceCounters {
+        self.state.lock().counters.clone()
+    }
+
+    /// Bus accounting snapshot.
+    pub fn bus_stats(&self) -> BusStats {
+        self.state.lock().dma.bus_stats().clone()
+    }
+
+    /// IOMMU counters.
+    pub fn iommu_stats(&self) -> IommuStats {
+        *self.state.lock().dma.iommu_stats()
+    }
+
+    /// Dirty-log counters.
+    pub fn log_stats(&self) -> LogStats {
+        *self.state.lock().dma.log_stats()
+    }
+
+    /// The fault that put the device in DEVICE_NEEDS_RESET, if any.
+    pub fn fault(&self) -> Option<DeviceFault> {
+        self.state.lock().fault.clone()
+    }
+
+    /// device_status as the driver would read it.
+    pub fn status(&self) -> u8 {
+        self.state.lock().status.value()
+    }
+
+    /// Negotiated features (0 before FEATURES_OK).
+    pub fn negotiated_features(&self) -> u64 {
+        self.state.lock().negotiated
+    }
+
+    /// Queue pairs in use for RX steering.
+    pub fn active_queue_pairs(&self) -> u16 {
+        self.state.lock().net.curr_pairs
+    }
+
+    /// Queue `q`'s state.
+    pub fn queue(&self, q: u16) -> Option<QueueSnapshot> {
+        let s = self.state.lock();
+        let slot = s.queues.get(usize::from(q))?;
+        let (last_avail, last_used) = slot.ring_state();
+        Some(QueueSnapshot { enabled: matches!(slot.state, QueueState::Enabled(_)), size: slot.size, last_avail, last_used, msix_vector: slot.msix_vector })
+    }
+
+    /// Current DMA mappings.
+    pub fn mappings(&self) -> Vec<MappingInfo> {
+        self.space.mappings()
+    }
+
+    /// Runs `f` on the locked state, then delivers frames that arrived meanwhile (see
+    /// [`Device::try_service_rx`]).
+    fn with<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
+        let mut s = self.state.lock();
+        let r = f(&mut s);
+        self.finish(s);
+        r
+    }
+
+    fn finish(&self, mut s: MutexGuard<'_, DeviceState>) {
+        s.service_inbox();
+        drop(s);
+        // A peer may have pushed a frame after our last drain and failed to take the lock
+        // because we held it: look once more now that it is free.
+        self.try_service_rx();
+    }
+
+    /// Delivers inbox frames if the device lock is free; if it is held, the holder delivers
+    /// them before releasing it. This is what lets two linked devices transmit into each other
+    /// from inside their own datapaths without a lock-order deadlock.
+    pub fn try_service_rx(&self) {
+        while !self.inbox.is_empty() {
+            let Some(mut s) = self.state.try_lock() else { return };
+            let before = self.inbox.len();
+            s.service_inbox();
+            let stuck = self.inbox.len() >= before;
+            drop(s);
+            if stuck {
+                // No RX buffers: frames wait for the driver's next RX doorbell.
+                return;
+            }
+        }
+    }
+}
+
+fn check(region_size: u64, region: u32, offset: u64, len: usize) -> Result<(), AccessError> {
+    if !matches!(len, 1 | 2 | 4 | 8) {
+        return Err(AccessError::BadWidth(len));
+    }
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= region_size => Ok(()),
+        _ => Err(AccessError::OutOfRange { region, offset, len, size: region_size }),
+    }
+}
+
+impl Device {
+    fn region_size(&self, region: u32) -> Result<u64, AccessError> {
+        if region == REGION_CONFIG {
+            return Ok(CONFIG_SPACE_SIZE);
+        }
+        match u8::try_from(region).map(|r| self.layout.bar_size(r)) {
+            Ok(size) if size > 0 => Ok(size),
+            _ => Err(AccessError::NoSuchRegion(region)),
+        }
+    }
+}
+
+impl RegionAccess for Device {
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
+        let size = self.region_size(region)?;
+        check(size, region, offset, data.len())?;
+        self.with(|s| {
+            if region == REGION_CONFIG {
+                s.config_read(offset, data);
+            } else {
+                s.bar_read(region, offset, data);
+            }
+        });
+        Ok(())
+    }
+
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
+        let size = self.region_size(region)?;
+        check(size, region, offset, data.len())?;
+        self.with(|s| {
+            if region == REGION_CONFIG {
+                s.config_write(offset, data);
+            } else {
+                s.bar_write(region, offset, data);
+            }
+        });
+        Ok(())
+    }
+}
+
+impl DmaMapper for Device {
+    fn dma_map(&self, iova: u64, size: u64, perms: Perms, backing: Backing) -> Result<(), MapError> {
+        let _span = tracing::debug_span!("dma_map", iova = format_args!("{iova:#x}"), size).entered();
+        self.space.map(iova, size, perms, backing)
+    }
+
+    fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
+        let _span = tracing::debug_span!("dma_unmap", iova = format_args!("{iova:#x}"), size).entered();
+        self.space.unmap(iova, size)
+    }
+
+    fn dma_unmap_all(&self) -> u64 {
+        self.space.unmap_all()
+    }
+}

@@ -1,0 +1,95 @@
+//! Why the device stopped: every cause of DEVICE_NEEDS_RESET, as a typed error.
+//!
+//! virtio 1.2 2.1.2: "The device SHOULD set DEVICE_NEEDS_RESET when it enters an error state that
+//! a reset is needed." We enter it on any driver-provided structure we must not trust (hostile
+//! descriptor chains, bad ring addresses) and on any IOMMU fault; the device then stops all
+//! queues, raises the config interrupt and counts the cause. It never panics and never touches
+//! memory outside a mapping.
+
+use dma::DmaFault;
+
+/// A descriptor-chain or ring violation, or a DMA fault, that puts the device in DEVICE_NEEDS_RESET.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceFault {
+    #[error("queue {queue}: descriptor index {index} >= queue size {size}")]
+    DescriptorIndexOutOfRange { queue: u16, index: u16, size: u16 },
+    #[error("queue {queue}: descriptor chain longer than {limit} (loop?) starting at head {head}")]
+    ChainTooLong { queue: u16, head: u16, limit: u32 },
+    #[error("queue {queue}: indirect descriptor inside an indirect table (virtio 1.2 2.7.5.3.1)")]
+    NestedIndirect { queue: u16 },
+    #[error("queue {queue}: indirect descriptor with NEXT set (virtio 1.2 2.7.5.3.1)")]
+    IndirectWithNext { queue: u16 },
+    #[error("queue {queue}: indirect descriptor used but VIRTIO_F_INDIRECT_DESC not negotiated")]
+    IndirectNotNegotiated { queue: u16 },
+    #[error("queue {queue}: indirect table length {len} is zero, not a multiple of 16 or too large")]
+    BadIndirectLength { queue: u16, len: u32 },
+    #[error("queue {queue}: zero-length descriptor at index {index}")]
+    ZeroLengthDescriptor { queue: u16, index: u16 },
+    #[error("queue {queue}: chain carries {total} bytes, more than the {limit} this queue accepts")]
+    OversizedChain { queue: u16, total: u64, limit: u64 },
+    #[error("queue {queue}: device-readable descriptor after a device-writable one (virtio 1.2 2.7.4.2)")]
+    ReadableAfterWritable { queue: u16 },
+    #[error("queue {queue}: TX chain has a device-writable descriptor")]
+    WritableInTxChain { queue: u16 },
+    #[error("queue {queue}: RX chain has a device-readable descriptor")]
+    ReadableInRxChain { queue: u16 },
+    #[error("queue {queue}: avail index {avail} is {pending} ahead of the device's {last}, more than the queue size {size}")]
+    AvailIndexJump { queue: u16, avail: u16, last: u16, pending: u16, size: u16 },
+    #[error("queue {queue}: control command without a device-writable status byte")]
+    CtrlNoStatus { queue: u16 },
+    #[error("queue {queue}: ring address misaligned or queue size invalid at enable ({detail})")]
+    BadQueueConfig { queue: u16, detail: &'static str },
+    #[error("queue {queue}: DMA fault: {fault}")]
+    Dma { queue: u16, fault: DmaFault },
+    #[error("dirty log: DMA fault: {0}")]
+    LogDma(DmaFault),
+}
+
+/// Counter slot names for [`DeviceFault`] (stable: used in reports and tests).
+pub const FAULT_KINDS: &[&str] = &[
+    "descriptor_index_out_of_range",
+    "chain_too_long",
+    "nested_indirect",
+    "indirect_with_next",
+    "indirect_not_negotiated",
+    "bad_indirect_length",
+    "zero_length_descriptor",
+    "oversized_chain",
+    "readable_after_writable",
+    "writable_in_tx_chain",
+    "readable_in_rx_chain",
+    "avail_index_jump",
+    "ctrl_no_status",
+    "bad_queue_config",
+    "dma_fault",
+    "log_dma_fault",
+];
+
+impl DeviceFault {
+    /// Index into [`FAULT_KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            DeviceFault::DescriptorIndexOutOfRange { .. } => 0,
+            DeviceFault::ChainTooLong { .. } => 1,
+            DeviceFault::NestedIndirect { .. } => 2,
+            DeviceFault::IndirectWithNext { .. } => 3,
+            DeviceFault::IndirectNotNegotiated { .. } => 4,
+            DeviceFault::BadIndirectLength { .. } => 5,
+            DeviceFault::ZeroLengthDescriptor { .. } => 6,
+            DeviceFault::OversizedChain { .. } => 7,
+            DeviceFault::ReadableAfterWritable { .. } => 8,
+            DeviceFault::WritableInTxChain { .. } => 9,
+            DeviceFault::ReadableInRxChain { .. } => 10,
+            DeviceFault::AvailIndexJump { .. } => 11,
+            DeviceFault::CtrlNoStatus { .. } => 12,
+            DeviceFault::BadQueueConfig { .. } => 13,
+            DeviceFault::Dma { .. } => 14,
+            DeviceFault::LogDma(_) => 15,
+        }
+    }
+
+    /// The stable counter name.
+    pub fn kind(&self) -> &'static str {
+        FAULT_KINDS[self.kind_index()]
+    }
+}

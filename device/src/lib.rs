@@ -1,0 +1,25 @@
+//! The vdpa-emu NIC: a software model of an Intel IFC VF-style vDPA virtio-net function.
+//!
+//! It exposes a PCI function (config space with the virtio capabilities, BAR0 with the virtio
+//! transport, BAR2 with MSI-X, BAR4 with the live-migration block), and does all DMA through
+//! the IOMMU model of the `dma` crate. It never sees a socket: the vfio-user server and the
+//! in-process driver model both reach it through [`RegionAccess`] and [`DmaMapper`].
+
+pub mod config;
+pub mod counters;
+mod device;
+pub mod fault;
+pub mod interrupt;
+pub mod net;
+pub mod pci;
+pub mod port;
+pub mod queue;
+pub mod state;
+pub mod transport;
+
+pub use config::DeviceConfig;
+pub use counters::{DeviceCounters, QueueCounters};
+pub use device::{AccessError, Device, DmaMapper, QueueSnapshot, RegionAccess};
+pub use fault::DeviceFault;
+pub use interrupt::{InterruptRecorder, InterruptSink};
+pub use port::{LinkPort, LoopbackPort, NullPort, Port, RxInbox};

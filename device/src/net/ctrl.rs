@@ -1,0 +1,139 @@
+//! The control virtqueue (virtio 1.2 5.1.6.5): `{u8 class; u8 command; data[]; u8 ack}` with
+//! the ack in the first device-writable byte.
+
+use super::MAX_CTRL_CHAIN;
+use crate::fault::DeviceFault;
+use crate::queue::split::ChainKind;
+use crate::state::{DeviceState, QueueState};
+use bar_registers::virtio::bits;
+use dma::DmaKind;
+
+const VIRTIO_NET_OK: u8 = 0;
+const VIRTIO_NET_ERR: u8 = 1;
+const CTRL_RX: u8 = 0;
+const CTRL_MAC: u8 = 1;
+const CTRL_ANNOUNCE: u8 = 3;
+const CTRL_MQ: u8 = 4;
+
+impl DeviceState {
+    /// Drains the control queue.
+    pub(crate) fn service_ctrl(&mut self, q: u16) -> Result<(), DeviceFault> {
+        loop {
+            let DeviceState { queues, dma, chain, buf, .. } = self;
+            let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(()) };
+            if ring.fetch_avail(dma, 16)? == 0 {
+                if ring.arm_notification(dma)? {
+                    continue;
+                }
+                return Ok(());
+            }
+            if !ring.pop(dma, chain, ChainKind::Ctrl, MAX_CTRL_CHAIN)? {
+                continue;
+            }
+            buf.clear();
+            let mut ack_addr = None;
+            for d in &chain.descs {
+                if d.writable {
+                    ack_addr.get_or_insert(d.addr);
+                    continue;
+                }
+                let start = buf.len();
+                buf.resize(start + d.len as usize, 0);
+                dma.read(d.addr, &mut buf[start..], DmaKind::PacketRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            }
+            let head = chain.head;
+            let Some(ack_addr) = ack_addr else {
+                return Err(DeviceFault::CtrlNoStatus { queue: q });
+            };
+            let cmd = std::mem::take(&mut self.buf);
+            let ack = self.ctrl_command(&cmd);
+            self.buf = cmd;
+            self.counters.ctrl_commands += 1;
+            if ack != VIRTIO_NET_OK {
+                self.counters.ctrl_errors += 1;
+            }
+            let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else { return Ok(()) };
+            self.dma.write(ack_addr, &[ack], DmaKind::PacketWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            ring.push_used(head, 1);
+            self.counters.queues[usize::from(q)].chains += 1;
+            ring.flush_used(&mut self.dma)?;
+            if ring.interrupt_decision(&mut self.dma)? {
+                self.queue_interrupt(q);
+            } else {
+                self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+            }
+        }
+    }
+
+    /// Executes one command; returns the ack byte.
+    fn ctrl_command(&mut self, cmd: &[u8]) -> u8 {
+        let (Some(&class), Some(&command)) = (cmd.first(), cmd.get(1)) else { return VIRTIO_NET_ERR };
+        let data = &cmd[2..];
+        let _span = tracing::debug_span!("ctrl", class, command).entered();
+        let ok = match (class, command) {
+            // 5.1.6.5.1: PROMISC / ALLMULTI, one byte on/off.
+            (CTRL_RX, 0 | 1) if self.has(bits::CTRL_RX) && data.len() == 1 => {
+                let on = data[0] != 0;
+                if command == 0 {
+                    self.net.promisc = on;
+                } else {
+                    self.net.allmulti = on;
+                }
+                true
+            }
+            // 5.1.6.5.2: MAC_TABLE_SET: two {le32 entries; u8 macs[entries][6]} tables.
+            (CTRL_MAC, 0) if self.has(bits::CTRL_RX) => match parse_mac_tables(data) {
+                Some((uc, mc)) => {
+                    self.net.uc_table = uc;
+                    self.net.mc_table = mc;
+                    true
+                }
+                None => false,
+            },
+            // MAC_ADDR_SET: six bytes; the config space mac follows.
+            (CTRL_MAC, 1) if self.has(bits::CTRL_MAC_ADDR) && data.len() == 6 => {
+                self.net.mac.copy_from_slice(data);
+                self.config_generation = self.config_generation.wrapping_add(1);
+                true
+            }
+            // 5.1.6.5.4: ANNOUNCE_ACK clears VIRTIO_NET_S_ANNOUNCE.
+            (CTRL_ANNOUNCE, 0) if self.has(bits::GUEST_ANNOUNCE) => {
+                if self.net.status & 2 != 0 {
+                    self.net.status &= !2;
+                    self.config_generation = self.config_generation.wrapping_add(1);
+                }
+                true
+            }
+            // 5.1.6.5.5: VQ_PAIRS_SET, le16 in 1..=max_virtqueue_pairs.
+            (CTRL_MQ, 0) if self.has(bits::MQ) && data.len() == 2 => {
+                let n = u16::from_le_bytes([data[0], data[1]]);
+                if (1..=self.cfg.layout.queue_pairs).contains(&n) {
+                    self.net.curr_pairs = n;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        };
+        if ok {
+            VIRTIO_NET_OK
+        } else {
+            VIRTIO_NET_ERR
+        }
+    }
+}
+
+type MacTables = (Vec<[u8; 6]>, Vec<[u8; 6]>);
+
+fn parse_mac_tables(data: &[u8]) -> Option<MacTables> {
+    fn table(d: &[u8]) -> Option<(Vec<[u8; 6]>, &[u8])> {
+        let n = u32::from_le_bytes(d.get(0..4)?.try_into().ok()?) as usize;
+        let bytes = n.checked_mul(6)?;
+        let body = d.get(4..4 + bytes)?;
+        Some((body.chunks_exact(6).map(|c| c.try_into().expect("6 bytes")).collect(), &d[4 + bytes..]))
+    }
+    let (uc, rest) = table(data)?;
+    let (mc, rest) = table(rest)?;
+    rest.is_empty().then_some((uc, mc))
+}

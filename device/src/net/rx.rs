@@ -1,0 +1,168 @@
+//! Receive (virtio 1.2 5.1.6.3-4): frames from the inbox are written, after a 12-byte
+//! virtio_net_hdr_v1, into device-writable chains of the steered RX queue. With MRG_RXBUF a
+//! frame may span several chains (num_buffers in the first header); without it the frame must
+//! fit one chain or is dropped (the chain stays available).
+
+use super::NET_HDR_LEN;
+use crate::fault::DeviceFault;
+use crate::queue::split::{ChainKind, SplitRing};
+use crate::state::{DeviceState, QueueState};
+use bar_registers::virtio::bits;
+use dma::{DmaEngine, DmaKind};
+
+/// Where a popped chain's bytes go.
+struct Slot {
+    head: u16,
+    first_desc: usize,
+    ndesc: usize,
+    cap: u64,
+}
+
+impl DeviceState {
+    /// Moves frames from the inbox into RX queues until the inbox is empty or a frame has no
+    /// room; publishes each touched queue and interrupts as the driver asked.
+    pub(crate) fn service_rx(&mut self) -> Result<(), DeviceFault> {
+        let mrg = self.has(bits::MRG_RXBUF);
+        let mut touched: u64 = 0;
+        let mut result = Ok(());
+        while let Some(frame) = self.inbox.pop() {
+            if !self.net.accepts(&frame) {
+                self.counters.rx_filtered += 1;
+                self.inbox.recycle(frame);
+                continue;
+            }
+            let q = 2 * self.net.steer(&frame);
+            match self.deliver(q, &frame, mrg) {
+                Ok(true) => {
+                    touched |= 1 << (q / 2);
+                    self.inbox.recycle(frame);
+                }
+                Ok(false) => {
+                    // No room yet: keep the frame at the head of the FIFO.
+                    self.inbox.unpop(frame);
+                    break;
+                }
+                Err(f) => {
+                    result = Err(f);
+                    break;
+                }
+            }
+        }
+        let mut q = 0u16;
+        while touched != 0 {
+            if touched & 1 != 0 {
+                self.publish_rx(2 * q)?;
+            }
+            touched >>= 1;
+            q += 1;
+        }
+        result
+    }
+
+    fn publish_rx(&mut self, q: u16) -> Result<(), DeviceFault> {
+        let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else { return Ok(()) };
+        ring.flush_used(&mut self.dma)?;
+        if ring.interrupt_decision(&mut self.dma)? {
+            self.queue_interrupt(q);
+        } else {
+            self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes one frame into queue `q`. Ok(false) when it does not fit yet.
+    fn deliver(&mut self, q: u16, frame: &[u8], mrg: bool) -> Result<bool, DeviceFault> {
+        let batch = self.cfg.batch;
+        let DeviceState { queues, dma, chain, rx_descs: all, counters, .. } = self;
+        let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(false) };
+        let need = (NET_HDR_LEN + frame.len()) as u64;
+        // Collect chains (their descriptors appended into one list) until the frame fits.
+        let mut slots: [Option<Slot>; 64] = [const { None }; 64];
+        let mut nslots = 0usize;
+        let mut cap = 0u64;
+        all.clear();
+        ring.begin();
+        let outcome: Result<bool, DeviceFault> = loop {
+            if cap >= need {
+                break Ok(true);
+            }
+            if nslots == slots.len() || (!mrg && nslots == 1) {
+                break Ok(false);
+            }
+            if !ring.has_fetched() && ring.fetch_avail(dma, batch)? == 0 {
+                break Ok(false);
+            }
+            if !ring.pop(dma, chain, ChainKind::Rx, u64::from(u32::MAX))? {
+                break Ok(false);
+            }
+            let first = all.len();
+            all.extend_from_slice(&chain.descs);
+            slots[nslots] = Some(Slot { head: chain.head, first_desc: first, ndesc: chain.descs.len(), cap: chain.writable });
+            nslots += 1;
+            cap += chain.writable;
+        };
+        if !outcome? {
+            ring.rollback();
+            if !mrg && nslots == 1 {
+                // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a whole
+                // frame; this one does not: drop the frame, keep the buffer.
+                counters.rx_dropped_too_small += 1;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        ring.commit();
+        // Header: flags 0, gso_type NONE, hdr_len/gso_size/csum 0, num_buffers (LE u16 at 10).
+        let mut hdr = [0u8; NET_HDR_LEN];
+        hdr[10..12].copy_from_slice(&(nslots as u16).to_le_bytes());
+        write_frame(ring, dma, q, &hdr, frame, &slots[..nslots], all)?;
+        let qc = &mut counters.queues[usize::from(q)];
+        qc.chains += nslots as u64;
+        qc.frames += 1;
+        qc.bytes += frame.len() as u64;
+        counters.rx_frames += 1;
+        counters.rx_bytes += frame.len() as u64;
+        Ok(true)
+    }
+}
+
+fn write_frame(
+    ring: &mut SplitRing,
+    dma: &mut DmaEngine,
+    q: u16,
+    hdr: &[u8],
+    frame: &[u8],
+    slots: &[Option<Slot>],
+    all: &[crate::queue::split::Desc],
+) -> Result<(), DeviceFault> {
+    let total = hdr.len() + frame.len();
+    let mut pos = 0usize; // position in the hdr ++ frame stream
+    for s in slots.iter().flatten() {
+        let mut written = 0u64;
+        for d in &all[s.first_desc..s.first_desc + s.ndesc] {
+            if pos >= total {
+                break;
+            }
+            let n = (d.len as usize).min(total - pos);
+            let mut addr = d.addr;
+            let mut left = n;
+            // The part of this descriptor that falls in the header, then the part in the frame.
+            if pos < hdr.len() {
+                let h = (hdr.len() - pos).min(left);
+                dma.write(addr, &hdr[pos..pos + h], DmaKind::PacketWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                addr += h as u64;
+                left -= h;
+                pos += h;
+            }
+            if left > 0 {
+                let f = pos - hdr.len();
+                dma.write(addr, &frame[f..f + left], DmaKind::PacketWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                pos += left;
+            }
+            written += n as u64;
+        }
+        debug_assert!(written <= s.cap);
+        ring.push_used(s.head, written as u32);
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Transmit (virtio 1.2 5.1.6.2): the driver posts virtio_net_hdr + frame as a device-readable
+//! chain; the device sends the frame to its port and returns the chain with used len 0.
+
+use super::{ETH_HLEN, MAX_TX_CHAIN, NET_HDR_LEN, VLAN_HLEN};
+use crate::fault::DeviceFault;
+use crate::queue::split::ChainKind;
+use crate::state::{DeviceState, QueueState};
+use dma::DmaKind;
+
+impl DeviceState {
+    /// Drains TX queue `q`.
+    pub(crate) fn service_tx(&mut self, q: u16) -> Result<(), DeviceFault> {
+        let max_frame = usize::from(self.cfg.layout.mtu) + ETH_HLEN + VLAN_HLEN;
+        let batch = self.cfg.batch;
+        let pair = q / 2;
+        loop {
+            let DeviceState { queues, dma, chain, buf, port, counters, net, .. } = self;
+            let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(()) };
+            let n = ring.fetch_avail(dma, batch)?;
+            if n == 0 {
+                if ring.arm_notification(dma)? {
+                    continue;
+                }
+                return Ok(());
+            }
+            let qc = &mut counters.queues[usize::from(q)];
+            while ring.pop(dma, chain, ChainKind::Tx, MAX_TX_CHAIN)? {
+                buf.clear();
+                for d in &chain.descs {
+                    let start = buf.len();
+                    buf.resize(start + d.len as usize, 0);
+                    dma.read(d.addr, &mut buf[start..], DmaKind::PacketRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                }
+                ring.push_used(chain.head, 0);
+                qc.chains += 1;
+                let frame = buf.get(NET_HDR_LEN..).unwrap_or(&[]);
+                if frame.len() < ETH_HLEN {
+                    counters.tx_dropped_runt += 1;
+                    continue;
+                }
+                if frame.len() > max_frame {
+                    counters.tx_dropped_oversize += 1;
+                    continue;
+                }
+                net.note_tx_flow(frame, pair);
+                if port.transmit(frame) {
+                    counters.tx_frames += 1;
+                    counters.tx_bytes += frame.len() as u64;
+                    qc.frames += 1;
+                    qc.bytes += frame.len() as u64;
+                } else {
+                    counters.tx_port_drops += 1;
+                }
+            }
+            ring.flush_used(dma)?;
+            let need = ring.interrupt_decision(dma)?;
+            if need {
+                self.queue_interrupt(q);
+            } else {
+                self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+            }
+        }
+    }
+}

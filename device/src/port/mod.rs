@@ -1,0 +1,134 @@
+//! Where frames leave and enter the NIC.
+//!
+//! A [`Port`] takes frames the device transmits. Frames for the device land in its [`RxInbox`]
+//! (a bounded FIFO, the model of the NIC's receive buffer), which the device drains into its
+//! RX queues whenever it holds its lock, so two devices joined by a link can send to each other
+//! from inside their own datapaths without lock-order deadlocks.
+
+pub mod link;
+pub mod loopback;
+
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub use link::LinkPort;
+pub use loopback::LoopbackPort;
+
+/// Frames leave the device through a port.
+pub trait Port: Send + Sync {
+    /// Takes one Ethernet frame (no virtio header). Returns false if the port dropped it.
+    fn transmit(&self, frame: &[u8]) -> bool;
+    /// Short description for logs and reports.
+    fn describe(&self) -> String;
+}
+
+/// A port that discards everything (benchmarks of the TX path alone).
+#[derive(Debug, Default)]
+pub struct NullPort {
+    frames: AtomicU64,
+}
+
+impl NullPort {
+    /// Frames discarded so far.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+}
+
+impl Port for NullPort {
+    fn transmit(&self, _frame: &[u8]) -> bool {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+    fn describe(&self) -> String {
+        "null".into()
+    }
+}
+
+/// The device's receive FIFO. Frames wait here until RX buffers are available.
+#[derive(Debug)]
+pub struct RxInbox {
+    frames: Mutex<VecDeque<Vec<u8>>>,
+    spare: Mutex<Vec<Vec<u8>>>,
+    len: AtomicUsize,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+impl RxInbox {
+    /// A FIFO holding at most `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        RxInbox {
+            frames: Mutex::new(VecDeque::with_capacity(capacity)),
+            spare: Mutex::new(Vec::new()),
+            len: AtomicUsize::new(0),
+            capacity,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues a copy of `frame`; false (and counted) when the FIFO is full.
+    pub fn push(&self, frame: &[u8]) -> bool {
+        let mut buf = self.spare.lock().pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        let mut q = self.frames.lock();
+        if q.len() >= self.capacity {
+            drop(q);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.recycle(buf);
+            return false;
+        }
+        q.push_back(buf);
+        self.len.store(q.len(), Ordering::SeqCst);
+        true
+    }
+
+    /// Takes the oldest frame.
+    pub fn pop(&self) -> Option<Vec<u8>> {
+        let mut q = self.frames.lock();
+        let f = q.pop_front();
+        self.len.store(q.len(), Ordering::SeqCst);
+        f
+    }
+
+    /// Puts a frame back at the head (it did not fit the RX buffers available yet).
+    pub fn unpop(&self, frame: Vec<u8>) {
+        let mut q = self.frames.lock();
+        q.push_front(frame);
+        self.len.store(q.len(), Ordering::SeqCst);
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn recycle(&self, buf: Vec<u8>) {
+        let mut s = self.spare.lock();
+        if s.len() < 256 {
+            s.push(buf);
+        }
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    /// Whether no frame waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Frames dropped because the FIFO was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Drops every waiting frame (device reset); returns how many.
+    pub fn clear(&self) -> usize {
+        let mut q = self.frames.lock();
+        let n = q.len();
+        q.clear();
+        self.len.store(0, Ordering::SeqCst);
+        n
+    }
+}

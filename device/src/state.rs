@@ -1,0 +1,791 @@
+//! The device's mutable state and its register semantics (everything behind the device lock).
+
+use crate::config::DeviceConfig;
+use crate::counters::{DeviceCounters, QueueCounters};
+use crate::fault::DeviceFault;
+use crate::interrupt::{Delivery, InterruptSink, MsixState};
+use crate::pci::{ConfigEffect, ConfigSpace};
+use crate::port::{Port, RxInbox};
+use crate::queue::split::{Chain, Desc, SplitRing};
+use crate::transport::{validate_features, StatusChange, StatusMachine};
+use bar_registers::model::{Access, Decoded, Register};
+use bar_registers::virtio::{bits, common, isr, net_cfg, offered_mask, NO_VECTOR};
+use bar_registers::{lm, DeviceLayout, LmLayout};
+use dma::{DmaEngine, LogConfig};
+use std::sync::Arc;
+
+/// IFC VF queue state (virtio 1.2 4.1.4.3 queue_enable, extended by the IFC VF stop semantics
+/// DPDK relies on in ifcvf_hw_disable: writing 0 stops the queue, and queue_enable reads 1
+/// until in-flight work is done and the LM ring state is final).
+#[derive(Debug)]
+pub enum QueueState {
+    /// Programmable; the LM ring state is writable and is where the queue resumes.
+    Disabled,
+    /// Live ring.
+    Enabled(Box<SplitRing>),
+    /// Stop requested: the ring state is final; queue_enable still reads 1 for this many reads.
+    Stopping { reads_left: u32 },
+}
+
+/// Per-queue registers and state.
+#[derive(Debug)]
+pub struct QueueSlot {
+    pub size: u16,
+    pub msix_vector: u16,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+    /// LM ring state while not enabled: (last_avail_idx, last_used_idx).
+    pub ring_state: (u16, u16),
+    pub state: QueueState,
+}
+
+impl QueueSlot {
+    fn new(size: u16) -> Self {
+        QueueSlot { size, msix_vector: NO_VECTOR, desc: 0, driver: 0, device: 0, ring_state: (0, 0), state: QueueState::Disabled }
+    }
+
+    /// (last_avail, last_used): live while enabled.
+    pub fn ring_state(&self) -> (u16, u16) {
+        match &self.state {
+            QueueState::Enabled(r) => (r.last_avail, r.last_used),
+            _ => self.ring_state,
+        }
+    }
+}
+
+/// virtio-net device state beyond registers: config fields, RX mode, steering.
+#[derive(Debug)]
+pub struct NetState {
+    pub mac: [u8; 6],
+    pub status: u16,
+    /// Queue pairs in use (1 until VQ_PAIRS_SET, 5.1.6.5.5).
+    pub curr_pairs: u16,
+    pub promisc: bool,
+    pub allmulti: bool,
+    pub uc_table: Vec<[u8; 6]>,
+    pub mc_table: Vec<[u8; 6]>,
+    /// Automatic receive steering (5.1.6.5.6.1): flow hash bucket -> last TX queue pair.
+    pub flows: Vec<u16>,
+}
+
+pub const FLOW_BUCKETS: usize = 1024;
+
+impl NetState {
+    fn new(mac: [u8; 6]) -> Self {
+        NetState {
+            mac,
+            status: 1,
+            curr_pairs: 1,
+            promisc: true,
+            allmulti: true,
+            uc_table: Vec::new(),
+            mc_table: Vec::new(),
+            flows: vec![u16::MAX; FLOW_BUCKETS],
+        }
+    }
+}
+
+/// LM block registers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LmRegs {
+    pub control: u64,
+    pub base: u64,
+    pub end: u64,
+    pub mq_pairs: u32,
+}
+
+/// All device state.
+pub struct DeviceState {
+    pub layout: Arc<DeviceLayout>,
+    pub cfg: DeviceConfig,
+    pub pci: ConfigSpace,
+    pub msix: MsixState,
+    pub status: StatusMachine,
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub negotiated: u64,
+    pub config_msix_vector: u16,
+    pub queue_select: u16,
+    pub queues: Vec<QueueSlot>,
+    pub isr: u8,
+    pub config_generation: u8,
+    pub net: NetState,
+    pub lm: LmRegs,
+    pub dma: DmaEngine,
+    pub port: Arc<dyn Port>,
+    pub inbox: Arc<RxInbox>,
+    pub sink: Arc<dyn InterruptSink>,
+    pub counters: DeviceCounters,
+    /// The first fault since the last reset (DEVICE_NEEDS_RESET is set while this is Some).
+    pub fault: Option<DeviceFault>,
+    pub chain: Chain,
+    pub rx_descs: Vec<Desc>,
+    pub buf: Vec<u8>,
+}
+
+fn mask(len: usize) -> u64 {
+    if len >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
+    }
+}
+
+fn to_u64(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
+    u64::from_le_bytes(b)
+}
+
+fn put(data: &mut [u8], v: u64) {
+    let n = data.len().min(8);
+    data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+}
+
+/// Merges a partial write of `len` bytes at byte `rel` into `cur`.
+fn merge(cur: u64, rel: u64, len: usize, val: u64) -> u64 {
+    let shift = 8 * rel;
+    (cur & !(mask(len) << shift)) | ((val & mask(len)) << shift)
+}
+
+impl DeviceState {
+    pub fn new(layout: Arc<DeviceLayout>, cfg: DeviceConfig, dma: DmaEngine, port: Arc<dyn Port>, inbox: Arc<RxInbox>, sink: Arc<dyn InterruptSink>) -> Self {
+        let nq = layout.num_queues;
+        DeviceState {
+            pci: ConfigSpace::new(&layout),
+            msix: MsixState::new(layout.msix_vectors),
+            status: StatusMachine::default(),
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            negotiated: 0,
+            config_msix_vector: NO_VECTOR,
+            queue_select: 0,
+            queues: (0..nq).map(|_| QueueSlot::new(cfg.layout.queue_size_max)).collect(),
+            isr: 0,
+            config_generation: 0,
+            net: NetState::new(cfg.layout.mac),
+            lm: LmRegs::default(),
+            dma,
+            port,
+            inbox,
+            sink,
+            counters: DeviceCounters { queues: vec![QueueCounters::default(); nq.into()], ..Default::default() },
+            fault: None,
+            chain: Chain::default(),
+            rx_descs: Vec::new(),
+            buf: Vec::with_capacity(65 * 1024),
+            layout,
+            cfg,
+        }
+    }
+
+    /// Whether feature `bit` was negotiated.
+    pub fn has(&self, bit: u32) -> bool {
+        self.negotiated & (1u64 << bit) != 0
+    }
+
+    // ---------------------------------------------------------------- reset
+
+    /// Device reset (virtio 1.2 2.4): status 0 write or function reset. Everything the driver
+    /// programmed goes back to its reset value; the MSI-X table and PCI config are not touched
+    /// (they belong to the PCI function, reset only by FLR).
+    pub fn virtio_reset(&mut self) {
+        let _span = tracing::debug_span!("virtio_reset").entered();
+        let _ = self.dma.flush_log();
+        self.status.reset();
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.driver_features = 0;
+        self.negotiated = 0;
+        self.config_msix_vector = NO_VECTOR;
+        self.queue_select = 0;
+        let size = self.cfg.layout.queue_size_max;
+        for q in &mut self.queues {
+            *q = QueueSlot::new(size);
+        }
+        self.isr = 0;
+        self.sink.intx(false);
+        self.net = NetState::new(self.cfg.layout.mac);
+        self.lm = LmRegs::default();
+        self.dma.set_logging(None);
+        self.fault = None;
+        self.counters.rx_dropped_reset += self.inbox.clear() as u64;
+        self.counters.resets += 1;
+    }
+
+    /// Function level reset (PCIe FLR, vfio DEVICE_RESET): virtio reset plus PCI state.
+    pub fn function_reset(&mut self) {
+        self.virtio_reset();
+        self.msix.reset();
+        self.pci.reset();
+    }
+
+    // ---------------------------------------------------------------- faults and interrupts
+
+    /// Enters DEVICE_NEEDS_RESET (2.1.2): stop every queue, tell the driver via the config
+    /// interrupt, count the cause.
+    pub fn fail(&mut self, fault: DeviceFault) {
+        self.counters.faults[fault.kind_index()] += 1;
+        if self.fault.is_some() {
+            return;
+        }
+        tracing::warn!(%fault, "device needs reset");
+        self.counters.needs_reset += 1;
+        self.fault = Some(fault);
+        self.status.set_needs_reset();
+        self.config_interrupt();
+    }
+
+    /// Raises the configuration change interrupt (4.1.4.5: ISR bit 1 and the config vector).
+    pub fn config_interrupt(&mut self) {
+        self.counters.config_interrupts += 1;
+        self.isr |= isr::CONFIG;
+        self.raise(self.config_msix_vector);
+    }
+
+    /// Raises queue `q`'s interrupt.
+    pub fn queue_interrupt(&mut self, q: u16) {
+        self.isr |= isr::QUEUE;
+        self.counters.queues[usize::from(q)].interrupts += 1;
+        let v = self.queues[usize::from(q)].msix_vector;
+        self.raise(v);
+    }
+
+    fn raise(&mut self, vector: u16) {
+        let (enabled, fmask) = self.pci.msix_control();
+        self.msix.enabled = enabled;
+        self.msix.function_mask = fmask;
+        if enabled {
+            if vector == NO_VECTOR {
+                self.counters.interrupts_no_vector += 1;
+                return;
+            }
+            match self.msix.request(vector, self.sink.as_ref()) {
+                Delivery::Sent => {}
+                Delivery::Pending => self.counters.interrupts_pending_masked += 1,
+                Delivery::NoVector => self.counters.interrupts_no_vector += 1,
+            }
+        } else if !self.pci.intx_disabled() {
+            self.pci.set_interrupt_status(true);
+            self.sink.intx(true);
+        }
+    }
+
+    fn deliver_unmasked(&mut self) {
+        let (enabled, fmask) = self.pci.msix_control();
+        self.msix.enabled = enabled;
+        self.msix.function_mask = fmask;
+        for v in self.msix.unmasked_pending() {
+            self.sink.msix(v);
+        }
+    }
+
+    // ---------------------------------------------------------------- config space
+
+    pub fn config_read(&mut self, off: u64, data: &mut [u8]) {
+        if ConfigSpace::reads_pci_cfg_data(off, data.len()) {
+            let (bar, boff, blen) = self.pci.pci_cfg_window();
+            let mut v = [0u8; 4];
+            let n = blen.min(4);
+            if matches!(n, 1 | 2 | 4) {
+                self.bar_read(bar.into(), boff, &mut v[..n]);
+            }
+            self.pci.set_pci_cfg_data(u32::from_le_bytes(v));
+        }
+        self.pci.read(off, data);
+    }
+
+    pub fn config_write(&mut self, off: u64, data: &[u8]) {
+        match self.pci.write(off, data) {
+            ConfigEffect::None | ConfigEffect::Command => {}
+            ConfigEffect::MsixControl => self.deliver_unmasked(),
+            ConfigEffect::FunctionLevelReset => self.function_reset(),
+            ConfigEffect::PciCfgWrite(bar, boff, blen, v) => {
+                let n = blen.min(4);
+                if matches!(n, 1 | 2 | 4) {
+                    self.bar_write(bar.into(), boff, &v.to_le_bytes()[..n]);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- BAR dispatch
+
+    /// Decodes an access against the block it falls in; None (and counted) if illegal.
+    fn decode<'a>(layout: &'a DeviceLayout, counters: &mut DeviceCounters, bar: u8, off: u64, len: usize) -> Option<(&'a Register, u64, u64)> {
+        let Some((block, rel)) = layout.bar_block(bar, off) else {
+            counters.bad_register_accesses += 1;
+            return None;
+        };
+        match block.decode(rel, len as u64) {
+            Decoded::Reg { reg, rel: r } => Some((reg, r, rel)),
+            _ => {
+                counters.bad_register_accesses += 1;
+                None
+            }
+        }
+    }
+
+    /// A BAR read; bytes the device does not decode read as 0.
+    pub fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
+        data.fill(0);
+        let layout = self.layout.clone();
+        let Ok(bar) = u8::try_from(bar) else { return };
+        // MSI-X table/PBA are plain dword/qword arrays: any aligned dword works (PCI 3.0 6.8.2).
+        if bar == layout.msix_table.bar {
+            if let Some(rel) = layout.msix_table.contains(bar, off) {
+                if data.len() == 4 && rel % 4 == 0 {
+                    put(data, self.msix.table_read(rel).into());
+                } else if data.len() == 8 && rel % 8 == 0 {
+                    put(data, u64::from(self.msix.table_read(rel)) | (u64::from(self.msix.table_read(rel + 4)) << 32));
+                } else {
+                    self.counters.bad_register_accesses += 1;
+                }
+                return;
+            }
+            if let Some(rel) = layout.msix_pba.contains(bar, off) {
+                let q = self.msix.pba_read((rel / 8) as usize);
+                match data.len() {
+                    8 if rel % 8 == 0 => put(data, q),
+                    4 if rel % 4 == 0 => put(data, q >> (8 * (rel % 8))),
+                    _ => self.counters.bad_register_accesses += 1,
+                }
+                return;
+            }
+        }
+        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len()) else { return };
+        if reg.access == Access::Wo {
+            return;
+        }
+        let v = if let Some(w) = layout.common.contains(bar, off) {
+            self.common_read(w - r)
+        } else if layout.isr.contains(bar, off).is_some() {
+            // 4.1.4.5.1: reading ISR clears it and deasserts INTx.
+            let v = self.isr;
+            self.isr = 0;
+            self.pci.set_interrupt_status(false);
+            self.sink.intx(false);
+            v.into()
+        } else if let Some(w) = layout.device_cfg.contains(bar, off) {
+            self.net_cfg_read(w - r)
+        } else if let Some(w) = layout.lm.contains(bar, off) {
+            self.lm_read(w - r)
+        } else {
+            0
+        };
+        put(data, (v >> (8 * r)) & mask(data.len()));
+    }
+
+    /// A BAR write; writes the device does not decode are ignored (and counted).
+    pub fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
+        let layout = self.layout.clone();
+        let Ok(bar) = u8::try_from(bar) else { return };
+        let val = to_u64(data);
+        if let Some(rel) = layout.msix_table.contains(bar, off) {
+            if data.len() == 4 && rel % 4 == 0 {
+                if let Some(v) = self.msix.table_write(rel, val as u32) {
+                    self.sink.msix(v);
+                }
+            } else if data.len() == 8 && rel % 8 == 0 {
+                for (i, half) in [val as u32, (val >> 32) as u32].into_iter().enumerate() {
+                    if let Some(v) = self.msix.table_write(rel + 4 * i as u64, half) {
+                        self.sink.msix(v);
+                    }
+                }
+            } else {
+                self.counters.bad_register_accesses += 1;
+            }
+            return;
+        }
+        if let Some(rel) = layout.notify.contains(bar, off) {
+            // Doorbell: 16-bit queue index (32-bit accepted). The address selects the queue.
+            match layout.doorbell_queue(off) {
+                Some(q) if q < layout.num_queues && matches!(data.len(), 2 | 4) => self.doorbell(q),
+                _ => {
+                    let _ = rel;
+                    self.counters.bad_register_accesses += 1;
+                }
+            }
+            return;
+        }
+        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len()) else { return };
+        if matches!(reg.access, Access::Ro | Access::Rc) {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        if let Some(w) = layout.common.contains(bar, off) {
+            self.common_write(w - r, r, data.len(), val);
+        } else if let Some(w) = layout.lm.contains(bar, off) {
+            self.lm_write(w - r, r, data.len(), val);
+        } else {
+            self.counters.ignored_register_writes += 1;
+        }
+    }
+
+    // ---------------------------------------------------------------- common cfg
+
+    fn selected(&self) -> Option<usize> {
+        let q = usize::from(self.queue_select);
+        (q < self.queues.len()).then_some(q)
+    }
+
+    fn common_read(&mut self, reg: u64) -> u64 {
+        match reg {
+            common::DEVICE_FEATURE_SELECT => self.device_feature_select.into(),
+            common::DEVICE_FEATURE => match self.device_feature_select {
+                0 => offered_mask() & 0xFFFF_FFFF,
+                1 => offered_mask() >> 32,
+                _ => 0,
+            },
+            common::DRIVER_FEATURE_SELECT => self.driver_feature_select.into(),
+            common::DRIVER_FEATURE => match self.driver_feature_select {
+                0 => self.driver_features & 0xFFFF_FFFF,
+                1 => self.driver_features >> 32,
+                _ => 0,
+            },
+            common::CONFIG_MSIX_VECTOR => self.config_msix_vector.into(),
+            common::NUM_QUEUES => self.layout.num_queues.into(),
+            common::DEVICE_STATUS => self.status.value().into(),
+            common::CONFIG_GENERATION => self.config_generation.into(),
+            common::QUEUE_SELECT => self.queue_select.into(),
+            _ => {
+                let Some(q) = self.selected() else {
+                    // 4.1.4.3: queue_size reads 0 for a queue that does not exist.
+                    return 0;
+                };
+                let slot = &mut self.queues[q];
+                match reg {
+                    common::QUEUE_SIZE => slot.size.into(),
+                    common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
+                    common::QUEUE_ENABLE => match &mut slot.state {
+                        QueueState::Enabled(_) => 1,
+                        QueueState::Disabled => 0,
+                        QueueState::Stopping { reads_left } => {
+                            if *reads_left == 0 {
+                                slot.state = QueueState::Disabled;
+                                0
+                            } else {
+                                *reads_left -= 1;
+                                1
+                            }
+                        }
+                    },
+                    common::QUEUE_NOTIFY_OFF => q as u64,
+                    common::QUEUE_DESC => slot.desc,
+                    common::QUEUE_DRIVER => slot.driver,
+                    common::QUEUE_DEVICE => slot.device,
+                    _ => 0,
+                }
+            }
+        }
+    }
+
+    fn common_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
+        match reg {
+            common::DEVICE_FEATURE_SELECT => self.device_feature_select = val as u32,
+            common::DRIVER_FEATURE_SELECT => self.driver_feature_select = val as u32,
+            common::DRIVER_FEATURE => {
+                // 3.1.1: features are written before FEATURES_OK and never after it.
+                if self.status.features_ok() || self.driver_feature_select > 1 {
+                    self.counters.ignored_register_writes += 1;
+                    return;
+                }
+                let shift = 32 * self.driver_feature_select;
+                self.driver_features = (self.driver_features & !(0xFFFF_FFFFu64 << shift)) | ((val & 0xFFFF_FFFF) << shift);
+            }
+            common::CONFIG_MSIX_VECTOR => {
+                // 4.1.5.1.2: an invalid vector reads back NO_VECTOR (DPDK checks for 0xFFFF).
+                let v = val as u16;
+                self.config_msix_vector = if v < self.layout.msix_vectors { v } else { NO_VECTOR };
+            }
+            common::DEVICE_STATUS => self.status_write(val as u8),
+            common::QUEUE_SELECT => self.queue_select = val as u16,
+            _ => self.queue_write(reg, rel, len, val),
+        }
+    }
+
+    fn queue_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
+        let Some(q) = self.selected() else {
+            self.counters.ignored_register_writes += 1;
+            return;
+        };
+        let enabled = !matches!(self.queues[q].state, QueueState::Disabled);
+        if reg == common::QUEUE_ENABLE {
+            match (val as u16, enabled) {
+                (1, false) => self.enable_queue(q as u16),
+                (0, true) => self.disable_queue(q as u16),
+                _ => self.counters.ignored_register_writes += 1,
+            }
+            return;
+        }
+        // 4.1.4.3.2: the driver MUST NOT change queue configuration while the queue is enabled.
+        if enabled && reg != common::QUEUE_MSIX_VECTOR {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        let nvec = self.layout.msix_vectors;
+        let max = self.cfg.layout.queue_size_max;
+        let slot = &mut self.queues[q];
+        match reg {
+            common::QUEUE_SIZE => {
+                let v = val as u16;
+                if v == 0 || v > max || !v.is_power_of_two() {
+                    self.counters.ignored_register_writes += 1;
+                } else {
+                    slot.size = v;
+                }
+            }
+            common::QUEUE_MSIX_VECTOR => {
+                let v = val as u16;
+                slot.msix_vector = if v < nvec { v } else { NO_VECTOR };
+            }
+            common::QUEUE_DESC => slot.desc = merge(slot.desc, rel, len, val),
+            common::QUEUE_DRIVER => slot.driver = merge(slot.driver, rel, len, val),
+            common::QUEUE_DEVICE => slot.device = merge(slot.device, rel, len, val),
+            _ => self.counters.ignored_register_writes += 1,
+        }
+    }
+
+    fn status_write(&mut self, v: u8) {
+        let _span = tracing::debug_span!("device_status", value = v).entered();
+        let driver = self.driver_features;
+        match self.status.write(v, || validate_features(driver).is_ok()) {
+            StatusChange::Reset => self.virtio_reset(),
+            StatusChange::Accepted => {}
+            StatusChange::FeaturesAccepted => {
+                self.negotiated = driver;
+                tracing::debug!(features = format_args!("{driver:#x}"), "features negotiated");
+            }
+            StatusChange::FeaturesRefused => {
+                self.counters.features_refused += 1;
+                if let Err(e) = validate_features(driver) {
+                    tracing::info!(%e, "FEATURES_OK refused");
+                }
+            }
+            StatusChange::DriverOk => self.service_all(),
+            StatusChange::Failed => {}
+            StatusChange::Rejected => self.counters.bad_status_writes += 1,
+        }
+    }
+
+    fn enable_queue(&mut self, q: u16) {
+        let _span = tracing::debug_span!("queue_enable", queue = q).entered();
+        // Queues are configured after FEATURES_OK (3.1.1 step 7): the ring format depends on them.
+        if !self.status.features_ok() {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        let ctrl = q == self.layout.ctrl_queue();
+        if ctrl && !self.has(bits::CTRL_VQ) {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        let slot = &self.queues[usize::from(q)];
+        let (avail, used) = slot.ring_state;
+        match SplitRing::new(q, slot.size, slot.desc, slot.driver, slot.device, avail, used, self.has(bits::EVENT_IDX), self.has(bits::INDIRECT_DESC)) {
+            Ok(ring) => {
+                self.queues[usize::from(q)].state = QueueState::Enabled(Box::new(ring));
+                if self.status.running() {
+                    self.service(q);
+                }
+            }
+            Err(f) => self.fail(f),
+        }
+    }
+
+    fn disable_queue(&mut self, q: u16) {
+        let _span = tracing::debug_span!("queue_disable", queue = q).entered();
+        let slot = &mut self.queues[usize::from(q)];
+        if let QueueState::Enabled(ring) = &mut slot.state {
+            // In-flight work: used elements not yet published are published now, so the ring
+            // state that becomes readable equals used->idx in memory.
+            let res = ring.flush_used(&mut self.dma);
+            slot.ring_state = (ring.last_avail, ring.last_used);
+            slot.state = QueueState::Stopping { reads_left: self.cfg.disable_latency_reads };
+            if let Err(f) = res {
+                self.fail(f);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- device config
+
+    fn net_cfg_read(&self, reg: u64) -> u64 {
+        match reg {
+            net_cfg::MAC => self.net.mac.iter().enumerate().fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i))),
+            // 5.1.4.2: without VIRTIO_NET_F_STATUS the driver assumes the link is up; we report it anyway.
+            net_cfg::STATUS => self.net.status.into(),
+            net_cfg::MAX_VIRTQUEUE_PAIRS => self.cfg.layout.queue_pairs.into(),
+            net_cfg::MTU => self.cfg.layout.mtu.into(),
+            net_cfg::SPEED => 0xFFFF_FFFF,
+            net_cfg::DUPLEX => 0xFF,
+            _ => 0,
+        }
+    }
+
+    /// Changes the device config and tells the driver (2.5.1 config_generation, 4.1.4.5 ISR).
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status.value() & bar_registers::virtio::device_status::DRIVER_OK != 0 {
+            self.config_interrupt();
+        }
+    }
+
+    // ---------------------------------------------------------------- LM block
+
+    fn lm_read(&self, reg: u64) -> u64 {
+        let layout = self.cfg.layout.lm_layout;
+        match reg {
+            lm::LOGGING_CTRL => self.lm.control,
+            lm::STATUS if layout == LmLayout::Linux => u64::from(self.dma.logging().is_some()),
+            lm::BASE_ADDR_LOW => self.lm.base,
+            lm::BASE_ADDR_HIGH => self.lm.base >> 32,
+            lm::END_ADDR_LOW => self.lm.end,
+            lm::END_ADDR_HIGH => self.lm.end >> 32,
+            lm::MQ_PAIRS if layout == LmLayout::Dpdk => self.lm.mq_pairs.into(),
+            _ => match self.lm_queue(reg) {
+                Some(q) => {
+                    let (a, u) = self.queues[usize::from(q)].ring_state();
+                    lm::pack_ring_state(a, u).into()
+                }
+                None => 0,
+            },
+        }
+    }
+
+    fn lm_queue(&self, reg: u64) -> Option<u16> {
+        let layout = self.cfg.layout.lm_layout;
+        (0..self.layout.num_queues).find(|&q| lm::ring_state_offset(layout, q) == reg)
+    }
+
+    fn lm_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
+        let layout = self.cfg.layout.lm_layout;
+        match (reg, layout) {
+            (lm::LOGGING_CTRL, _) => {
+                self.lm.control = merge(self.lm.control, rel, len, val);
+                self.apply_logging();
+            }
+            (lm::BASE_ADDR_LOW, LmLayout::Dpdk) => self.lm.base = merge(self.lm.base, 0, 4, val),
+            (lm::BASE_ADDR_HIGH, LmLayout::Dpdk) => self.lm.base = merge(self.lm.base, 4, 4, val),
+            (lm::END_ADDR_LOW, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 0, 4, val),
+            (lm::END_ADDR_HIGH, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 4, 4, val),
+            (lm::BASE_ADDR_LOW, LmLayout::Linux) => self.lm.base = merge(self.lm.base, rel, len, val),
+            (lm::END_ADDR_LOW, LmLayout::Linux) => self.lm.end = merge(self.lm.end, rel, len, val),
+            (lm::MQ_PAIRS, LmLayout::Dpdk) => {
+                self.lm.mq_pairs = val as u32;
+                let max = self.cfg.layout.queue_pairs;
+                if (1..=u32::from(max)).contains(&(val as u32)) {
+                    self.net.curr_pairs = val as u16;
+                }
+            }
+            _ => match self.lm_queue(reg) {
+                Some(q) => self.ring_state_write(q, rel, len, val),
+                None => self.counters.ignored_register_writes += 1,
+            },
+        }
+        if matches!(reg, lm::BASE_ADDR_LOW | lm::BASE_ADDR_HIGH | lm::END_ADDR_LOW | lm::END_ADDR_HIGH) {
+            self.apply_logging();
+        }
+    }
+
+    fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
+        let slot = &mut self.queues[usize::from(q)];
+        // Writable only while the queue is disabled (the vDPA talk: "R/W vring index").
+        if !matches!(slot.state, QueueState::Disabled) {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        slot.ring_state = if len == 2 && rel == 0 {
+            // Linux ifcvf_set_vq_state writes the 16-bit avail index only: after a clean stop
+            // used == avail, so the device resumes both there (as vhost's SET_VRING_BASE does).
+            (val as u16, val as u16)
+        } else {
+            let cur = u64::from(lm::pack_ring_state(slot.ring_state.0, slot.ring_state.1));
+            lm::unpack_ring_state(merge(cur, rel, len, val) as u32)
+        };
+    }
+
+    fn apply_logging(&mut self) {
+        let on = self.lm.control & 1 != 0;
+        let cfg = on.then(|| LogConfig { base: self.lm.base, end: self.lm.end, granularity: self.cfg.log_granularity });
+        if self.dma.logging() != cfg {
+            tracing::debug!(?cfg, "dirty logging");
+            self.dma.set_logging(cfg);
+        }
+    }
+
+    // ---------------------------------------------------------------- datapath entry points
+
+    /// A doorbell for queue `q`.
+    pub fn doorbell(&mut self, q: u16) {
+        self.counters.queues[usize::from(q)].doorbells += 1;
+        if !self.status.running() || !matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_)) {
+            self.counters.spurious_doorbells += 1;
+            return;
+        }
+        self.service(q);
+    }
+
+    /// Runs every enabled queue once (DRIVER_OK, resume after restore).
+    pub fn service_all(&mut self) {
+        for q in 0..self.layout.num_queues {
+            if matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_)) {
+                self.service(q);
+            }
+        }
+    }
+
+    /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
+    /// run out).
+    pub fn service(&mut self, q: u16) {
+        if !self.status.running() {
+            return;
+        }
+        if !self.pci.bus_master() {
+            self.counters.dma_blocked_no_bus_master += 1;
+            return;
+        }
+        let res = if q == self.layout.ctrl_queue() {
+            self.service_ctrl(q)
+        } else if q % 2 == 0 {
+            self.service_rx()
+        } else {
+            self.service_tx(q).and_then(|()| self.service_rx())
+        };
+        if let Err(f) = res {
+            self.fail(f);
+        }
+    }
+
+    /// Delivers waiting frames if the device can take them.
+    pub fn service_inbox(&mut self) {
+        if self.status.running() && self.pci.bus_master() && !self.inbox.is_empty() {
+            if let Err(f) = self.service_rx() {
+                self.fail(f);
+            }
+        }
+    }
+
+    /// Pokes the datapath after the link or announce state changed.
+    pub fn set_link(&mut self, up: bool) {
+        let s = if up { self.net.status | 1 } else { self.net.status & !1 };
+        if s != self.net.status {
+            self.net.status = s;
+            self.config_changed();
+        }
+    }
+
+    /// Asks the driver to announce itself (GUEST_ANNOUNCE, 5.1.6.5.4): ANNOUNCE status bit and a
+    /// config interrupt. Returns false when the driver did not negotiate GUEST_ANNOUNCE.
+    pub fn announce(&mut self) -> bool {
+        if !self.has(bits::GUEST_ANNOUNCE) || !self.has(bits::STATUS) {
+            return false;
+        }
+        self.net.status |= 2;
+        self.config_changed();
+        true
+    }
+}

@@ -1,0 +1,309 @@
+//! The IOMMU model: IOVA translation with permission checks, and a direct-mapped IOTLB that
+//! models PCIe ATS (the device caches translations and must drop them when the IOVA space
+//! changes).
+//!
+//! An IOTLB entry caches the whole mapping containing a page, so one hit covers an access
+//! anywhere inside that mapping. The table is flushed whenever the address space's generation
+//! moves (checked with one Acquire load per access).
+
+use std::sync::Arc;
+
+use crate::memory::{AddressSpace, Snapshot, PAGE_SHIFT};
+
+/// A DMA access the IOMMU refused. Nothing was read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DmaFault {
+    /// The first byte is not mapped.
+    #[error("DMA fault: IOVA {iova:#x} (len {len}) is not mapped")]
+    Unmapped {
+        /// IOVA of the access.
+        iova: u64,
+        /// Length of the access.
+        len: u64,
+    },
+    /// The mapping does not allow this direction.
+    #[error("DMA fault: {} of IOVA {iova:#x} (len {len}) not permitted by the mapping", if *write { "write" } else { "read" })]
+    Permission {
+        /// IOVA of the access.
+        iova: u64,
+        /// Length of the access.
+        len: u64,
+        /// True for a write.
+        write: bool,
+    },
+    /// The start is mapped but the access runs past the end of the mapped run into a hole.
+    #[error("DMA fault: access at IOVA {iova:#x} (len {len}) runs past mapping end {mapping_end:#x} into unmapped space")]
+    CrossesMappingEnd {
+        /// IOVA of the access.
+        iova: u64,
+        /// Length of the access.
+        len: u64,
+        /// Exclusive end of the contiguous mapped run the access starts in.
+        mapping_end: u64,
+    },
+    /// The range is mapped without an fd (QEMU ROM ranges, RAM without `share=on`).
+    #[error("DMA fault: IOVA {iova:#x} (len {len}) is mapped without backing memory (no fd)")]
+    NoBacking {
+        /// IOVA of the access.
+        iova: u64,
+        /// Length of the access.
+        len: u64,
+    },
+    /// `iova + len` does not fit in 64 bits.
+    #[error("DMA fault: IOVA {iova:#x} + len {len} overflows the 64-bit IOVA space")]
+    AddressOverflow {
+        /// IOVA of the access.
+        iova: u64,
+        /// Length of the access.
+        len: u64,
+    },
+}
+
+impl DmaFault {
+    /// IOVA of the faulting access.
+    pub fn iova(&self) -> u64 {
+        match *self {
+            DmaFault::Unmapped { iova, .. }
+            | DmaFault::Permission { iova, .. }
+            | DmaFault::CrossesMappingEnd { iova, .. }
+            | DmaFault::NoBacking { iova, .. }
+            | DmaFault::AddressOverflow { iova, .. } => iova,
+        }
+    }
+}
+
+/// IOTLB and fault counters of one DMA engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IommuStats {
+    /// Accesses whose first page was found in the IOTLB.
+    pub iotlb_hits: u64,
+    /// Accesses that had to walk the mapping table (always, with a 0-entry IOTLB).
+    pub iotlb_misses: u64,
+    /// IOTLB flushes (generation change or explicit invalidation).
+    pub iotlb_invalidations: u64,
+    /// [`DmaFault::Unmapped`] count.
+    pub faults_unmapped: u64,
+    /// [`DmaFault::Permission`] count.
+    pub faults_permission: u64,
+    /// [`DmaFault::CrossesMappingEnd`] count.
+    pub faults_crossing: u64,
+    /// [`DmaFault::NoBacking`] count.
+    pub faults_no_backing: u64,
+    /// [`DmaFault::AddressOverflow`] count.
+    pub faults_overflow: u64,
+}
+
+impl IommuStats {
+    /// All faults together.
+    pub fn faults(&self) -> u64 {
+        self.faults_unmapped + self.faults_permission + self.faults_crossing + self.faults_no_backing + self.faults_overflow
+    }
+}
+
+/// Where a validated access goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Route {
+    /// One host range starting here (the whole access lies in one mapping).
+    One(*mut u8),
+    /// Spread over adjacent mappings `first..=last` of the current snapshot.
+    Split { first: usize, last: usize },
+}
+
+const INVALID_TAG: u64 = u64::MAX;
+
+/// One cached translation: the whole mapping containing page `tag`.
+#[derive(Clone, Copy, Debug)]
+struct TlbEntry {
+    tag: u64,
+    start: u64,
+    end: u64,
+    host: usize,
+    read_ok: bool,
+    write_ok: bool,
+}
+
+impl TlbEntry {
+    const EMPTY: TlbEntry = TlbEntry { tag: INVALID_TAG, start: 0, end: 0, host: 0, read_ok: false, write_ok: false };
+}
+
+/// Largest IOTLB accepted (requests above are clamped).
+pub const MAX_IOTLB_ENTRIES: usize = 1 << 16;
+
+/// Translation state of one engine: its snapshot of the IOVA space, the IOTLB, counters.
+pub(crate) struct Iommu {
+    pub(crate) space: Arc<AddressSpace>,
+    generation: u64,
+    snap: Arc<Snapshot>,
+    tlb: Box<[TlbEntry]>,
+    mask: u64,
+    pub(crate) stats: IommuStats,
+}
+
+#[inline(always)]
+fn tlb_index(pfn: u64, mask: u64) -> usize {
+    // Fold high page bits in so that far-apart regions (guest RAM at 0 and DPDK's log at
+    // 0x1000_0000_0000) do not evict each other on every flush.
+    ((pfn ^ (pfn >> 24)) & mask) as usize
+}
+
+impl Iommu {
+    pub(crate) fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
+        let entries = match iotlb_entries {
+            0 => 0,
+            n => n.min(MAX_IOTLB_ENTRIES).checked_next_power_of_two().unwrap_or(MAX_IOTLB_ENTRIES),
+        };
+        // Generation first, then the table: a change in between shows up as a generation
+        // mismatch on the next access and is reloaded then.
+        let generation = space.generation();
+        let snap = space.snapshot();
+        Iommu {
+            space,
+            generation,
+            snap,
+            tlb: vec![TlbEntry::EMPTY; entries].into_boxed_slice(),
+            mask: entries.saturating_sub(1) as u64,
+            stats: IommuStats::default(),
+        }
+    }
+
+    pub(crate) fn entries(&self) -> usize {
+        self.tlb.len()
+    }
+
+    /// Generation of the snapshot in use: while it is unchanged, routes stay valid.
+    pub(crate) fn cached_generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Drops every cached translation.
+    pub(crate) fn invalidate(&mut self) {
+        self.tlb.fill(TlbEntry::EMPTY);
+        self.stats.iotlb_invalidations += 1;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reload(&mut self, generation: u64) {
+        self.snap = self.space.snapshot();
+        self.generation = generation;
+        self.invalidate();
+        tracing::trace!(generation, "IOTLB invalidated: IOVA space changed");
+    }
+
+    /// The IOTLB-hit fast path: `Some(host)` if the generation is current and the cached
+    /// entry for `iova`'s page covers the whole access with the right permission (counted as
+    /// a hit); `None` otherwise, with nothing counted.
+    #[inline(always)]
+    pub(crate) fn lookup_hit(&mut self, iova: u64, len: u64, write: bool) -> Option<*mut u8> {
+        if self.space.generation_fast() != self.generation {
+            return None;
+        }
+        let pfn = iova >> PAGE_SHIFT;
+        let e = self.tlb.get(tlb_index(pfn, self.mask))?;
+        let allowed = if write { e.write_ok } else { e.read_ok };
+        // `iova < e.end` first so that `e.end - iova` cannot underflow (a page may hold the
+        // end of one mapping and the start of another). `len - 1 < e.end - iova` is
+        // `len <= e.end - iova` for `len > 0` and never true for `len == 0` (wraps), so empty
+        // accesses take the slow path, which treats them as no-ops without counting.
+        if e.tag == pfn && allowed && iova >= e.start && iova < e.end && len.wrapping_sub(1) < e.end - iova {
+            self.stats.iotlb_hits += 1;
+            // `host` maps `[start, end)` and `iova - start < end - start`: in bounds.
+            Some((e.host + (iova - e.start) as usize) as *mut u8)
+        } else {
+            None
+        }
+    }
+
+    /// Translates `[iova, iova + len)` (`len > 0`) for a read or a write.
+    ///
+    /// The returned route is valid until the next call (which may replace the snapshot).
+    #[inline(always)]
+    pub(crate) fn translate(&mut self, iova: u64, len: u64, write: bool) -> Result<Route, DmaFault> {
+        match self.lookup_hit(iova, len, write) {
+            Some(p) => Ok(Route::One(p)),
+            None => self.translate_slow(iova, len, write),
+        }
+    }
+
+    /// Full translation: generation resync, IOTLB fill, walk over adjacent mappings, faults.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn translate_slow(&mut self, iova: u64, len: u64, write: bool) -> Result<Route, DmaFault> {
+        let generation = self.space.generation_fast();
+        if generation != self.generation {
+            self.reload(generation);
+        }
+        let Some(end) = iova.checked_add(len) else {
+            return Err(self.fault(DmaFault::AddressOverflow { iova, len }));
+        };
+        let pfn = iova >> PAGE_SHIFT;
+        let slot = tlb_index(pfn, self.mask);
+        let cached = self.tlb.get(slot).is_some_and(|e| e.tag == pfn && iova >= e.start && iova < e.end);
+        if cached {
+            self.stats.iotlb_hits += 1;
+        } else {
+            self.stats.iotlb_misses += 1;
+        }
+        let Some(first) = self.snap.find(iova) else {
+            return Err(self.fault(DmaFault::Unmapped { iova, len }));
+        };
+        if !cached {
+            let m = &self.snap.maps[first];
+            if let Some(e) = self.tlb.get_mut(slot) {
+                *e = TlbEntry {
+                    tag: pfn,
+                    start: m.iova,
+                    end: m.end,
+                    host: m.host,
+                    read_ok: m.perms.read && m.host != 0,
+                    write_ok: m.perms.write && m.host != 0,
+                };
+            }
+        }
+        // Walk adjacent mappings until the access is covered, before touching anything.
+        let mut last = first;
+        while self.snap.maps[last].end < end {
+            let cur_end = self.snap.maps[last].end;
+            match self.snap.maps.get(last + 1) {
+                Some(next) if next.iova == cur_end => last += 1,
+                _ => return Err(self.fault(DmaFault::CrossesMappingEnd { iova, len, mapping_end: cur_end })),
+            }
+        }
+        let maps = &self.snap.maps[first..=last];
+        if maps.iter().any(|m| !(if write { m.perms.write } else { m.perms.read })) {
+            return Err(self.fault(DmaFault::Permission { iova, len, write }));
+        }
+        if maps.iter().any(|m| m.host == 0) {
+            return Err(self.fault(DmaFault::NoBacking { iova, len }));
+        }
+        if first == last {
+            let m = &self.snap.maps[first];
+            Ok(Route::One((m.host + (iova - m.iova) as usize) as *mut u8))
+        } else {
+            Ok(Route::Split { first, last })
+        }
+    }
+
+    fn fault(&mut self, f: DmaFault) -> DmaFault {
+        let s = &mut self.stats;
+        match f {
+            DmaFault::Unmapped { .. } => s.faults_unmapped += 1,
+            DmaFault::Permission { .. } => s.faults_permission += 1,
+            DmaFault::CrossesMappingEnd { .. } => s.faults_crossing += 1,
+            DmaFault::NoBacking { .. } => s.faults_no_backing += 1,
+            DmaFault::AddressOverflow { .. } => s.faults_overflow += 1,
+        }
+        tracing::debug!(%f, "DMA fault");
+        f
+    }
+
+    /// Calls `f(host, offset_in_access, seg_len)` for each piece of a `Route::Split` access.
+    pub(crate) fn for_each_segment(&self, first: usize, last: usize, iova: u64, len: u64, mut f: impl FnMut(*mut u8, usize, usize)) {
+        let end = iova + len;
+        for m in &self.snap.maps[first..=last] {
+            let s = iova.max(m.iova);
+            let e = end.min(m.end);
+            f((m.host + (s - m.iova) as usize) as *mut u8, (s - iova) as usize, (e - s) as usize);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! vdpa-emu DMA: everything the device does to guest memory goes through here.
+//!
+//! - [`AddressSpace`]: the IOVA space assembled from vfio-user `DMA_MAP` / `DMA_UNMAP`.
+//! - [`DmaEngine`]: the device's DMA port: IOMMU translation with permission checks and an
+//!   IOTLB (PCIe ATS), bus accounting per [`DmaKind`], the dirty-page log, the write trace.
+//! - [`SharedMemory`]: the memfd the driver model (or a VMM) shares with the device.
+//! - [`WriteTrace`]: an independent record of written pages, the oracle for the dirty log.
+
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod bus_stats;
+mod dirty_log;
+mod iommu;
+mod memory;
+mod shm;
+mod write_trace;
+
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use bus_stats::{BusStats, DmaKind, Traffic};
+pub use dirty_log::{LogConfig, LogStats, MAX_LOG_GRANULARITY};
+pub use iommu::{DmaFault, IommuStats, MAX_IOTLB_ENTRIES};
+pub use memory::{AddressSpace, Backing, MapError, MappingInfo, Perms, PAGE_SIZE};
+pub use shm::{SharedMemory, ShmError};
+pub use write_trace::WriteTrace;
+
+use dirty_log::DirtyLog;
+use iommu::{Iommu, Route};
+
+/// The device's DMA port: one per device, used under the device's lock (`&mut self`).
+///
+/// Reads and writes are translated through the IOMMU (IOTLB first), checked against the
+/// mapping's permissions, counted per [`DmaKind`], logged in the dirty log when logging is
+/// on, and recorded in the [`WriteTrace`] when one is set. A faulted access touches nothing.
+pub struct DmaEngine {
+    iommu: Iommu,
+    bus: BusStats,
+    log: DirtyLog,
+    trace: Option<Arc<WriteTrace>>,
+    log_fault: Option<DmaFault>,
+}
+
+impl std::fmt::Debug for DmaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaEngine")
+            .field("iotlb_entries", &self.iommu.entries())
+            .field("logging", &self.log.config())
+            .field("bus", &self.bus)
+            .field("iommu", &self.iommu.stats)
+            .field("log", &self.log.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! atomic_read {
+    ($(#[$doc:meta])* $name:ident, $t:ty, $atomic:ty) => {
+        $(#[$doc])*
+        pub fn $name(&mut self, iova: u64, kind: DmaKind) -> Result<$t, DmaFault> {
+            const N: usize = std::mem::size_of::<$t>();
+            let route = self.iommu.translate(iova, N as u64, false)?;
+            if let Route::One(p) = route {
+                if (p as usize) % std::mem::align_of::<$atomic>() == 0 {
+                    // SAFETY: the IOMMU checked `[iova, iova + N)` is one readable, backed
+                    // mapping, kept mapped by the engine's snapshot until the next translate;
+                    // `p` is aligned for the atomic type.
+                    let v = unsafe { <$atomic>::from_ptr(p.cast::<$t>()) }.load(Ordering::Acquire);
+                    self.bus.add(kind, 1, N as u64);
+                    return Ok(<$t>::from_le(v));
+                }
+            }
+            let mut b = [0u8; N];
+            let txns = self.copy_in(route, iova, &mut b);
+            fence(Ordering::Acquire);
+            self.bus.add(kind, txns, N as u64);
+            Ok(<$t>::from_le_bytes(b))
+        }
+    };
+}
+
+impl DmaEngine {
+    /// A DMA port on `space` with an `iotlb_entries`-entry direct-mapped IOTLB (rounded up to
+    /// a power of two, at most [`MAX_IOTLB_ENTRIES`]; 0 = walk the mapping table every time).
+    pub fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
+        DmaEngine { iommu: Iommu::new(space, iotlb_entries), bus: BusStats::default(), log: DirtyLog::new(), trace: None, log_fault: None }
+    }
+
+    /// The IOVA space this engine translates through.
+    pub fn space(&self) -> &Arc<AddressSpace> {
+        &self.iommu.space
+    }
+
+    /// Number of IOTLB entries actually allocated.
+    pub fn iotlb_entries(&self) -> usize {
+        self.iommu.entries()
+    }
+
+    /// Copies a validated route into `buf`; returns the transaction count.
+    #[inline(always)]
+    fn copy_in(&self, route: Route, iova: u64, buf: &mut [u8]) -> u64 {
+        match route {
+            Route::One(p) => {
+                // SAFETY: the IOMMU validated `[iova, iova + buf.len())` as one readable,
+                // fd-backed mapping; `p` is its host address and the mmap is kept alive by the
+                // engine's snapshot. `buf` is a distinct Rust allocation so the ranges cannot
+                // overlap. Guest memory may change concurrently (the peer is another process
+                // or the driver model), as with vm-memory's copies.
+                unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+                1
+            }
+            Route::Split { first, last } => {
+                self.iommu.for_each_segment(first, last, iova, buf.len() as u64, |p, off, n| {
+                    // SAFETY: each segment is a validated, backed piece of the access
+                    // inside its mapping, and `off + n <= buf.len()` by construction.
+                    unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr().add(off), n) };
+                });
+                (last - first + 1) as u64
+            }
+        }
+    }
+
+    /// Copies `data` out through a validated route; returns the transaction count.
+    #[inline(always)]
+    fn copy_out(&self, route: Route, iova: u64, data: &[u8]) -> u64 {
+        match route {
+            Route::One(p) => {
+                // SAFETY: the IOMMU validated `[iova, iova + data.len())` as one writable,
+                // fd-backed mapping; `p` is its host address and the mmap is kept alive by the
+                // engine's snapshot; `data` is a distinct Rust allocation.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+                1
+            }
+            Route::Split { first, last } => {
+                self.iommu.for_each_segment(first, last, iova, data.len() as u64, |p, off, n| {
+                    // SAFETY: each segment is a validated, writable, backed piece of the
+                    // access, and `off + n <= data.len()` by construction.
+                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(off), p, n) };
+                });
+                (last - first + 1) as u64
+            }
+        }
+    }
+
+    /// DMA read of `buf.len()` bytes at `iova` (an empty read succeeds without translation).
+    #[inline]
+    pub fn read(&mut self, iova: u64, buf: &mut [u8], kind: DmaKind) -> Result<(), DmaFault> {
+        let len = buf.len() as u64;
+        if let Some(p) = self.iommu.lookup_hit(iova, len, false) {
+            // SAFETY: an IOTLB hit of the current generation: `[iova, iova + len)` lies in
+            // one readable, fd-backed mapping whose mmap the engine's snapshot keeps alive,
+            // and `p` is its host address. `buf` is a distinct Rust allocation, so the ranges
+            // do not overlap. Guest memory may change concurrently (the peer is another
+            // process or the driver model), as with vm-memory's copies.
+            unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+            self.bus.add(kind, 1, len);
+            return Ok(());
+        }
+        self.read_slow(iova, buf, kind)
+    }
+
+    #[inline(never)]
+    fn read_slow(&mut self, iova: u64, buf: &mut [u8], kind: DmaKind) -> Result<(), DmaFault> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let route = self.iommu.translate_slow(iova, buf.len() as u64, false)?;
+        let txns = self.copy_in(route, iova, buf);
+        self.bus.add(kind, txns, buf.len() as u64);
+        Ok(())
+    }
+
+    /// DMA write of `data` at `iova`; marks the pages in the dirty log (pending) when logging
+    /// is on and records them in the write trace. Kind `LogWrite` is never logged or traced.
+    #[inline]
+    pub fn write(&mut self, iova: u64, data: &[u8], kind: DmaKind) -> Result<(), DmaFault> {
+        let len = data.len() as u64;
+        if let Some(p) = self.iommu.lookup_hit(iova, len, true) {
+            // SAFETY: an IOTLB hit of the current generation: `[iova, iova + len)` lies in
+            // one writable, fd-backed mapping whose mmap the engine's snapshot keeps alive,
+            // and `p` is its host address; `data` is a distinct Rust allocation.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+            self.bus.add(kind, 1, len);
+            self.after_write(iova, len, kind);
+            return Ok(());
+        }
+        self.write_slow(iova, data, kind)
+    }
+
+    #[inline(never)]
+    fn write_slow(&mut self, iova: u64, data: &[u8], kind: DmaKind) -> Result<(), DmaFault> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let route = self.iommu.translate_slow(iova, data.len() as u64, true)?;
+        let txns = self.copy_out(route, iova, data);
+        self.bus.add(kind, txns, data.len() as u64);
+        self.after_write(iova, data.len() as u64, kind);
+        Ok(())
+    }
+
+    /// Dirty-log marking and write tracing of a successful write.
+    #[inline(always)]
+    fn after_write(&mut self, iova: u64, len: u64, kind: DmaKind) {
+        if kind == DmaKind::LogWrite {
+            return;
+        }
+        if self.log.enabled() {
+            if let Err(f) = self.log.mark(iova, len, &mut self.iommu, &mut self.bus) {
+                self.note_log_fault(f);
+            }
+        }
+        if let Some(t) = &self.trace {
+            t.record(iova, len);
+        }
+    }
+
+    #[cold]
+    fn note_log_fault(&mut self, f: DmaFault) {
+        tracing::warn!(%f, "dirty log write faulted");
+        self.log_fault.get_or_insert(f);
+    }
+
+    atomic_read!(
+        /// Little-endian u16 DMA read with Acquire ordering (reading `avail->idx`); a
+        /// misaligned or split access falls back to a byte copy followed by an Acquire fence.
+        read_u16, u16, AtomicU16
+    );
+    atomic_read!(
+        /// Little-endian u32 DMA read with Acquire ordering (see [`read_u16`](Self::read_u16)).
+        read_u32, u32, AtomicU32
+    );
+    atomic_read!(
+        /// Little-endian u64 DMA read with Acquire ordering (see [`read_u16`](Self::read_u16)).
+        read_u64, u64, AtomicU64
+    );
+
+    /// Plain little-endian u16 DMA write (logged like [`write`](Self::write)).
+    pub fn write_u16(&mut self, iova: u64, val: u16, kind: DmaKind) -> Result<(), DmaFault> {
+        self.write(iova, &val.to_le_bytes(), kind)
+    }
+
+    /// Plain little-endian u32 DMA write (logged like [`write`](Self::write)).
+    pub fn write_u32(&mut self, iova: u64, val: u32, kind: DmaKind) -> Result<(), DmaFault> {
+        self.write(iova, &val.to_le_bytes(), kind)
+    }
+
+    /// Plain little-endian u64 DMA write (logged like [`write`](Self::write)).
+    pub fn write_u64(&mut self, iova: u64, val: u64, kind: DmaKind) -> Result<(), DmaFault> {
+        self.write(iova, &val.to_le_bytes(), kind)
+    }
+
+    /// Publishes an index (`used->idx`): checks the address, marks its page, flushes ALL
+    /// pending log bits (so every log bit for the writes it publishes is visible first), then
+    /// stores `val` little-endian with Release ordering. If the flush faults, the index is
+    /// NOT stored and the log fault is returned (the log is broken; the device should stop).
+    pub fn publish_u16(&mut self, iova: u64, val: u16, kind: DmaKind) -> Result<(), DmaFault> {
+        let mut route = self.iommu.translate(iova, 2, true)?;
+        let logged = kind != DmaKind::LogWrite && self.log.enabled();
+        if logged {
+            // The translation succeeded, so `iova + 2` does not overflow.
+            if let Err(f) = self.log.mark(iova, 2, &mut self.iommu, &mut self.bus) {
+                self.note_log_fault(f);
+            }
+        }
+        if self.log.pending_words() != 0 {
+            let generation = self.iommu.cached_generation();
+            self.flush_log()?;
+            if self.iommu.cached_generation() != generation {
+                // The flush reloaded the snapshot: `route` may point into a dropped mmap.
+                route = self.iommu.translate(iova, 2, true)?;
+            }
+        }
+        let txns = match route {
+            Route::One(p) if (p as usize) % std::mem::align_of::<AtomicU16>() == 0 => {
+                // SAFETY: validated writable, backed 2-byte range of the current snapshot
+                // (the generation did not move since, or it was re-translated); aligned.
+                unsafe { AtomicU16::from_ptr(p.cast::<u16>()) }.store(val.to_le(), Ordering::Release);
+                1
+            }
+            route => {
+                fence(Ordering::Release);
+                self.copy_out(route, iova, &val.to_le_bytes())
+            }
+        };
+        self.bus.add(kind, txns, 2);
+        if kind != DmaKind::LogWrite {
+            if let Some(t) = &self.trace {
+                t.record(iova, 2);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns dirty logging on (`Some`) or off (`None`). Pending bits are flushed into the
+    /// previous log first; a fault there is counted and kept for [`take_log_fault`](Self::take_log_fault).
+    pub fn set_logging(&mut self, cfg: Option<LogConfig>) {
+        if let Err(f) = self.flush_log() {
+            self.note_log_fault(f);
+        }
+        if let Some(c) = cfg {
+            let s = c.sanitized();
+            if s != c {
+                tracing::warn!(requested = c.granularity, used = s.granularity, "dirty log granularity adjusted");
+            }
+        }
+        self.log.configure(cfg);
+        tracing::debug!(?cfg, "dirty logging");
+    }
+
+    /// The active log config (granularity sanitized), `None` when logging is off.
+    pub fn logging(&self) -> Option<LogConfig> {
+        self.log.config()
+    }
+
+    /// Writes all pending log bits into the log now. Returns the first fault (the other
+    /// words are still written; faulted bits are dropped and counted in [`LogStats::faults`]).
+    pub fn flush_log(&mut self) -> Result<(), DmaFault> {
+        self.log.flush(&mut self.iommu, &mut self.bus)
+    }
+
+    /// Distinct log words waiting for a flush.
+    pub fn pending_log_words(&self) -> usize {
+        self.log.pending_words()
+    }
+
+    /// The first dirty-log fault hit by an implicit flush (buffer full, logging switched,
+    /// engine dropped) since the last call.
+    pub fn take_log_fault(&mut self) -> Option<DmaFault> {
+        self.log_fault.take()
+    }
+
+    /// Bus traffic per kind.
+    pub fn bus_stats(&self) -> &BusStats {
+        &self.bus
+    }
+
+    /// IOTLB and fault counters.
+    pub fn iommu_stats(&self) -> &IommuStats {
+        &self.iommu.stats
+    }
+
+    /// Dirty-log counters.
+    pub fn log_stats(&self) -> &LogStats {
+        &self.log.stats
+    }
+
+    /// Zeroes the bus, IOMMU and log counters.
+    pub fn reset_stats(&mut self) {
+        self.bus = BusStats::default();
+        self.iommu.stats = IommuStats::default();
+        self.log.stats = LogStats::default();
+    }
+
+    /// Records every later successful write (except `LogWrite`) in `trace`; `None` stops.
+    pub fn set_write_trace(&mut self, trace: Option<Arc<WriteTrace>>) {
+        self.trace = trace;
+    }
+
+    /// The write trace in use, if any.
+    pub fn write_trace(&self) -> Option<&Arc<WriteTrace>> {
+        self.trace.as_ref()
+    }
+
+    /// Drops every cached translation (counted as an invalidation), like an ATS
+    /// invalidation request.
+    pub fn invalidate_iotlb(&mut self) {
+        self.iommu.invalidate();
+    }
+}
+
+impl Drop for DmaEngine {
+    fn drop(&mut self) {
+        // Best effort: pending bits of a dropped engine still reach the log.
+        if let Err(f) = self.flush_log() {
+            tracing::warn!(%f, "dirty log flush on drop faulted");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! Driver/VMM-side shared memory: a memfd mmap'd `MAP_SHARED` through vm-memory.
+//!
+//! The in-process driver model writes rings and buffers through it and hands
+//! [`SharedMemory::try_clone_file`] to [`crate::AddressSpace::map`] as [`crate::Backing::Fd`],
+//! which is what QEMU does with a `share=on` memory backend over vfio-user.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+
+use crate::memory::{Backing, Perms};
+
+/// A [`SharedMemory`] access that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShmError {
+    /// `[offset, offset + len)` is not inside the memory.
+    #[error("shared memory access at {offset:#x} (len {len}) outside size {size:#x}")]
+    OutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// Size of the memory.
+        size: u64,
+    },
+    /// An atomic access at an offset not aligned to its size.
+    #[error("shared memory atomic access at {offset:#x} not aligned to {align}")]
+    Misaligned {
+        /// Requested offset.
+        offset: u64,
+        /// Required alignment.
+        align: u64,
+    },
+}
+
+/// A memfd of fixed size, mapped read-write and shared.
+pub struct SharedMemory {
+    region: MmapRegion,
+    file: File,
+    size: u64,
+}
+
+impl std::fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory").field("size", &self.size).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_owned())
+}
+
+impl SharedMemory {
+    /// Creates a zero-filled memfd of `size` bytes (`name` shows in /proc/PID/fd) and maps it.
+    pub fn new(name: &str, size: u64) -> std::io::Result<Self> {
+        if size == 0 {
+            return Err(invalid("shared memory of zero bytes"));
+        }
+        let len = usize::try_from(size).map_err(|_| invalid("size exceeds the address space"))?;
+        let cname = CString::new(name).map_err(|_| invalid("memfd name contains NUL"))?;
+        // SAFETY: `cname` is a valid NUL-terminated string that outlives the call; the flags
+        // are a valid combination. The returned fd is checked below.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by memfd_create, is open, and nothing else owns it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(size)?;
+        let region = MmapRegion::<()>::from_file(FileOffset::new(file.try_clone()?, 0), len).map_err(|e| match e {
+            vm_memory::mmap::MmapRegionError::Mmap(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        Ok(SharedMemory { region, file, size })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// A new fd for the same memory (for [`crate::Backing::Fd`] or a vfio-user DMA_MAP).
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Convenience: `Backing::Fd` for this memory at file offset `offset`.
+    pub fn backing(&self, offset: u64) -> std::io::Result<Backing> {
+        Ok(Backing::Fd { file: self.try_clone_file()?, offset })
+    }
+
+    /// Convenience: maps `[offset, offset + size)` of this memory at `iova` in `space`.
+    pub fn map_into(&self, space: &crate::AddressSpace, iova: u64, offset: u64, size: u64, perms: Perms) -> Result<(), crate::MapError> {
+        let backing = self.backing(offset).map_err(|source| crate::MapError::Mmap { iova, size, source })?;
+        space.map(iova, size, perms, backing)
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<usize, ShmError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(offset as usize),
+            _ => Err(ShmError::OutOfRange { offset, len, size: self.size }),
+        }
+    }
+
+    fn check_aligned(&self, offset: u64, width: u64) -> Result<usize, ShmError> {
+        let off = self.check(offset, width)?;
+        if offset % width != 0 {
+            return Err(ShmError::Misaligned { offset, align: width });
+        }
+        Ok(off)
+    }
+
+    fn out_of_range(&self, offset: u64, len: u64) -> ShmError {
+        ShmError::OutOfRange { offset, len, size: self.size }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the memory.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ShmError> {
+        let len = buf.len() as u64;
+        let off = self.check(offset, len)?;
+        let slice = self.region.get_slice(off, buf.len()).map_err(|_| self.out_of_range(offset, len))?;
+        slice.copy_to(buf);
+        Ok(())
+    }
+
+    /// Copies `data` into the memory at `offset`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), ShmError> {
+        let len = data.len() as u64;
+        let off = self.check(offset, len)?;
+        let slice = self.region.get_slice(off, data.len()).map_err(|_| self.out_of_range(offset, len))?;
+        slice.copy_from(data);
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `offset` to `byte`.
+    pub fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), ShmError> {
+        self.check(offset, len)?;
+        let chunk = [byte; 4096];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64);
+            self.write(offset + done, &chunk[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// A copy of the whole memory (for memory-diff tests).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.size as usize];
+        self.region.as_volatile_slice().copy_to(&mut v[..]);
+        v
+    }
+
+    /// Little-endian u16 load with Acquire ordering (8-byte alignment not needed; 2 is).
+    pub fn read_u16(&self, offset: u64) -> Result<u16, ShmError> {
+        let off = self.check_aligned(offset, 2)?;
+        let a = self.region.get_atomic_ref::<AtomicU16>(off).map_err(|_| self.out_of_range(offset, 2))?;
+        Ok(u16::from_le(a.load(Ordering::Acquire)))
+    }
+
+    /// Little-endian u32 load with Acquire ordering (offset 4-aligned).
+    pub fn read_u32(&self, offset: u64) -> Result<u32, ShmError> {
+        let off = self.check_aligned(offset, 4)?;
+        let a = self.region.get_atomic_ref::<AtomicU32>(off).map_err(|_| self.out_of_range(offset, 4))?;
+        Ok(u32::from_le(a.load(Ordering::Acquire)))
+    }
+
+    /// Little-endian u64 load with Acquire ordering (offset 8-aligned).
+    pub fn read_u64(&self, offset: u64) -> Result<u64, ShmError> {
+        let off = self.check_aligned(offset, 8)?;
+        let a = self.region.get_atomic_ref::<AtomicU64>(off).map_err(|_| self.out_of_range(offset, 8))?;
+        Ok(u64::from_le(a.load(Ordering::Acquire)))
+    }
+
+    /// Plain little-endian u16 store (any alignment).
+    pub fn write_u16(&self, offset: u64, v: u16) -> Result<(), ShmError> {
+        self.write(offset, &v.to_le_bytes())
+    }
+
+    /// Plain little-endian u32 store (any alignment).
+    pub fn write_u32(&self, offset: u64, v: u32) -> Result<(), ShmError> {
+        self.write(offset, &v.to_le_bytes())
+    }
+
+    /// Plain little-endian u64 store (any alignment).
+    pub fn write_u64(&self, offset: u64, v: u64) -> Result<(), ShmError> {
+        self.write(offset, &v.to_le_bytes())
+    }
+
+    /// Little-endian u16 store with Release ordering (publishing avail->idx); 2-aligned.
+    pub fn store_u16_release(&self, offset: u64, v: u16) -> Result<(), ShmError> {
+        let off = self.check_aligned(offset, 2)?;
+        let a = self.region.get_atomic_ref::<AtomicU16>(off).map_err(|_| self.out_of_range(offset, 2))?;
+        a.store(v.to_le(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Atomically replaces the little-endian u64 word at `offset` (8-aligned) and returns the
+    /// old value: how a VMM harvests the dirty log (`swap_u64(w, 0)`) while the device logs.
+    pub fn swap_u64(&self, offset: u64, new: u64) -> Result<u64, ShmError> {
+        let off = self.check_aligned(offset, 8)?;
+        let a = self.region.get_atomic_ref::<AtomicU64>(off).map_err(|_| self.out_of_range(offset, 8))?;
+        Ok(u64::from_le(a.swap(new.to_le(), Ordering::AcqRel)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_and_alignment() {
+        let m = SharedMemory::new("t", 0x2000).unwrap();
+        assert_eq!(m.size(), 0x2000);
+        assert!(SharedMemory::new("t", 0).is_err());
+        assert!(SharedMemory::new("a\0b", 4096).is_err());
+        let mut b = [0u8; 4];
+        assert_eq!(m.read(0x1ffd, &mut b), Err(ShmError::OutOfRange { offset: 0x1ffd, len: 4, size: 0x2000 }));
+        assert!(m.read(u64::MAX, &mut b).is_err());
+        assert!(m.write(0x2000, &[1]).is_err());
+        assert!(m.write(0x2000, &[]).is_ok());
+        assert!(m.fill(0x1000, 0x1001, 1).is_err());
+        assert_eq!(m.read_u16(1), Err(ShmError::Misaligned { offset: 1, align: 2 }));
+        assert!(m.swap_u64(4, 0).is_err());
+        assert!(m.read_u64(0x2000).is_err());
+        assert!(m.store_u16_release(0x1fff, 0).is_err());
+        // Plain stores do not need alignment.
+        m.write_u32(0x11, 0xdead_beef).unwrap();
+        m.read(0x11, &mut b).unwrap();
+        assert_eq!(b, [0xef, 0xbe, 0xad, 0xde]);
+    }
+
+    #[test]
+    fn values_and_fill() {
+        let m = SharedMemory::new("t", 0x3000).unwrap();
+        m.fill(0x0ff0, 0x1020, 0xab).unwrap();
+        let s = m.snapshot();
+        assert_eq!(s.len(), 0x3000);
+        assert!(s[0x0ff0..0x2010].iter().all(|&x| x == 0xab));
+        assert_eq!(s[0x0fef], 0);
+        assert_eq!(s[0x2010], 0);
+        m.write_u64(0x100, 0x0102_0304_0506_0708).unwrap();
+        assert_eq!(m.read_u64(0x100).unwrap(), 0x0102_0304_0506_0708);
+        assert_eq!(m.read_u32(0x100).unwrap(), 0x0506_0708);
+        assert_eq!(m.read_u16(0x106).unwrap(), 0x0102);
+        m.store_u16_release(0x200, 0xbeef).unwrap();
+        assert_eq!(m.snapshot()[0x200..0x202], [0xef, 0xbe]);
+        m.write_u16(0x202, 7).unwrap();
+        assert_eq!(m.swap_u64(0x100, 5).unwrap(), 0x0102_0304_0506_0708);
+        assert_eq!(m.read_u64(0x100).unwrap(), 5);
+        // A second mapping of the same memfd sees the same bytes.
+        let f = m.try_clone_file().unwrap();
+        assert!(f.metadata().unwrap().len() == 0x3000);
+    }
+}

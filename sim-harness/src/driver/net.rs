@@ -1,0 +1,593 @@
+//! The virtio-net driver model.
+
+use super::memory::GuestMemory;
+use super::probe::{probe, PciInfo};
+use super::ring::{Buf, DriverRing};
+use super::{DeviceHandle, DriverError};
+use bar_registers::lm::{self, LmLayout};
+use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL};
+use bar_registers::pci::{command, hdr, msix_cap};
+use bar_registers::virtio::{bits, common, device_status as st, net_cfg, offered_mask, NO_VECTOR};
+use bar_registers::REGION_CONFIG;
+use device::{Device, InterruptRecorder};
+use std::sync::Arc;
+
+/// struct virtio_net_hdr_v1 length (VERSION_1).
+pub const NET_HDR_LEN: usize = 12;
+/// The DPDK driver polls queue_enable this many times at stop (ifcvf_hw_disable).
+pub const DISABLE_POLLS: u32 = 10;
+
+/// How the driver model behaves.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Queue pairs to use (VQ_PAIRS_SET when more than 1).
+    pub queue_pairs: u16,
+    /// Features the driver wants; the negotiated set is this & the device's.
+    pub features: u64,
+    /// Ring size of every queue.
+    pub queue_size: u16,
+    /// Size of each RX buffer (>= 1526 without MRG_RXBUF).
+    pub rx_buf_size: u32,
+    /// Post TX chains through indirect tables (when negotiated).
+    pub tx_indirect: bool,
+    /// Put the TX header and the frame in separate descriptors.
+    pub tx_split_header: bool,
+    /// Guest RAM size.
+    pub memory: u64,
+    /// IOVA of guest RAM.
+    pub iova_base: u64,
+    /// Which LM layout the driver speaks.
+    pub lm_layout: LmLayout,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            queue_pairs: 1,
+            features: offered_mask(),
+            queue_size: 256,
+            rx_buf_size: 2048,
+            tx_indirect: false,
+            tx_split_header: false,
+            memory: 64 << 20,
+            iova_base: 0x4000_0000,
+            lm_layout: LmLayout::Dpdk,
+        }
+    }
+}
+
+/// Queue index of RX queue `pair`.
+pub fn rxq(pair: u16) -> u16 {
+    2 * pair
+}
+/// Queue index of TX queue `pair`.
+pub fn txq(pair: u16) -> u16 {
+    2 * pair + 1
+}
+
+/// A queue with its buffers.
+#[derive(Debug)]
+struct Queue {
+    ring: DriverRing,
+    notify_off: u16,
+    pool: Vec<u64>,
+    inflight: Vec<u64>,
+}
+
+/// A virtio-net driver bound to one device.
+pub struct NetDriver {
+    dev: Arc<dyn DeviceHandle>,
+    pub mem: Arc<GuestMemory>,
+    pub irq: Arc<InterruptRecorder>,
+    pub pci: PciInfo,
+    pub opts: DriverOptions,
+    pub device_features: u64,
+    pub features: u64,
+    num_queues: u16,
+    queues: Vec<Option<Queue>>,
+    ctrl_buf: u64,
+}
+
+impl std::fmt::Debug for NetDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetDriver").field("features", &format_args!("{:#x}", self.features)).finish_non_exhaustive()
+    }
+}
+
+impl NetDriver {
+    /// Binds to an in-process device: interrupts go to a recorder the driver reads.
+    pub fn in_process(dev: &Arc<Device>, opts: DriverOptions) -> Result<Self, DriverError> {
+        let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
+        dev.set_interrupt_sink(irq.clone());
+        Self::new(dev.clone(), irq, opts)
+    }
+
+    /// Binds to any device handle; `irq` is where that device's interrupts are counted.
+    pub fn new(dev: Arc<dyn DeviceHandle>, irq: Arc<InterruptRecorder>, opts: DriverOptions) -> Result<Self, DriverError> {
+        let pci = probe(dev.as_ref())?;
+        let mem = Arc::new(GuestMemory::new(opts.iova_base, opts.memory)?);
+        mem.map_into(dev.as_ref())?;
+        let ctrl_buf = mem.alloc(4096, 64)?;
+        let mut d = NetDriver { dev, mem, irq, pci, opts, device_features: 0, features: 0, num_queues: 0, queues: Vec::new(), ctrl_buf };
+        d.num_queues = d.common_read16(common::NUM_QUEUES)?;
+        Ok(d)
+    }
+
+    /// The device handle.
+    pub fn device(&self) -> &Arc<dyn DeviceHandle> {
+        &self.dev
+    }
+
+    // ------------------------------------------------------------ register helpers
+
+    fn bar_read(&self, bar: u8, off: u64, len: usize) -> Result<u64, DriverError> {
+        let mut b = [0u8; 8];
+        self.dev.region_read(bar.into(), off, &mut b[..len])?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn bar_write(&self, bar: u8, off: u64, len: usize, v: u64) -> Result<(), DriverError> {
+        self.dev.region_write(bar.into(), off, &v.to_le_bytes()[..len])?;
+        Ok(())
+    }
+    fn common_read(&self, reg: u64, len: usize) -> Result<u64, DriverError> {
+        self.bar_read(self.pci.common.bar, self.pci.common.offset + reg, len)
+    }
+    fn common_write(&self, reg: u64, len: usize, v: u64) -> Result<(), DriverError> {
+        self.bar_write(self.pci.common.bar, self.pci.common.offset + reg, len, v)
+    }
+    /// A 16-bit common config register.
+    pub fn common_read16(&self, reg: u64) -> Result<u16, DriverError> {
+        Ok(self.common_read(reg, 2)? as u16)
+    }
+    /// io_write64_twopart (DPDK ifcvf.c): low dword, then high dword.
+    fn common_write64(&self, reg: u64, v: u64) -> Result<(), DriverError> {
+        self.common_write(reg, 4, v & 0xFFFF_FFFF)?;
+        self.common_write(reg + 4, 4, v >> 32)
+    }
+    /// device_status.
+    pub fn status(&self) -> Result<u8, DriverError> {
+        Ok(self.common_read(common::DEVICE_STATUS, 1)? as u8)
+    }
+    fn set_status(&self, s: u8) -> Result<(), DriverError> {
+        self.common_write(common::DEVICE_STATUS, 1, s.into())
+    }
+    /// A device config field (read with the config_generation retry Linux uses).
+    pub fn net_config(&self, field: u64, len: usize) -> Result<u64, DriverError> {
+        loop {
+            let g0 = self.common_read(common::CONFIG_GENERATION, 1)?;
+            let mut v = 0u64;
+            for i in 0..len {
+                v |= self.bar_read(self.pci.device_cfg.bar, self.pci.device_cfg.offset + field + i as u64, 1)? << (8 * i);
+            }
+            if self.common_read(common::CONFIG_GENERATION, 1)? == g0 {
+                return Ok(v);
+            }
+        }
+    }
+    /// The MAC address in config space.
+    pub fn mac(&self) -> Result<[u8; 6], DriverError> {
+        let v = self.net_config(net_cfg::MAC, 6)?;
+        Ok(v.to_le_bytes()[..6].try_into().expect("6 bytes"))
+    }
+    /// Reads the ISR (clears it).
+    pub fn read_isr(&self) -> Result<u8, DriverError> {
+        Ok(self.bar_read(self.pci.isr.bar, self.pci.isr.offset, 1)? as u8)
+    }
+    /// An LM block register (BAR4).
+    pub fn lm_read32(&self, off: u64) -> Result<u32, DriverError> {
+        Ok(self.bar_read(4, off, 4)? as u32)
+    }
+    /// Writes an LM block register (BAR4).
+    pub fn lm_write32(&self, off: u64, v: u32) -> Result<(), DriverError> {
+        self.bar_write(4, off, 4, v.into())
+    }
+    /// Queue `q`'s LM ring state: (last_avail_idx, last_used_idx).
+    pub fn ring_state(&self, q: u16) -> Result<(u16, u16), DriverError> {
+        Ok(lm::unpack_ring_state(self.lm_read32(lm::ring_state_offset(self.opts.lm_layout, q))?))
+    }
+    /// Writes queue `q`'s LM ring state.
+    pub fn set_ring_state(&self, q: u16, avail: u16, used: u16) -> Result<(), DriverError> {
+        self.lm_write32(lm::ring_state_offset(self.opts.lm_layout, q), lm::pack_ring_state(avail, used))
+    }
+
+    // ------------------------------------------------------------ bring-up
+
+    fn pci_enable(&self) -> Result<(), DriverError> {
+        // What the OS does before the driver runs: memory decoding and bus mastering on,
+        // MSI-X enabled with every vector unmasked (vfio-pci does this for DPDK).
+        let mut c = [0u8; 2];
+        self.dev.region_read(REGION_CONFIG, hdr::COMMAND, &mut c)?;
+        let cmd = u16::from_le_bytes(c) | command::MEMORY_SPACE | command::BUS_MASTER;
+        self.dev.region_write(REGION_CONFIG, hdr::COMMAND, &cmd.to_le_bytes())?;
+        let ctl = self.pci.msix_cap + msix_cap::MESSAGE_CONTROL;
+        self.dev.region_read(REGION_CONFIG, ctl, &mut c)?;
+        let v = (u16::from_le_bytes(c) | msix_cap::CTRL_ENABLE) & !msix_cap::CTRL_FUNCTION_MASK;
+        self.dev.region_write(REGION_CONFIG, ctl, &v.to_le_bytes())?;
+        let (bar, table) = self.pci.msix_table;
+        for v in 0..u64::from(self.pci.msix_vectors) {
+            self.bar_write(bar, table + v * ENTRY_SIZE, 4, 0xFEE0_0000)?;
+            self.bar_write(bar, table + v * ENTRY_SIZE + 8, 4, v)?;
+            self.bar_write(bar, table + v * ENTRY_SIZE + VECTOR_CONTROL, 4, 0)?;
+        }
+        Ok(())
+    }
+
+    /// ifcvf_reset: status 0, then poll until it reads 0.
+    pub fn reset(&self) -> Result<(), DriverError> {
+        self.set_status(0)?;
+        for _ in 0..1000 {
+            if self.status()? == 0 {
+                return Ok(());
+            }
+        }
+        Err(DriverError::ResetTimeout(self.status()?))
+    }
+
+    fn queue_ids(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = (0..self.opts.queue_pairs).flat_map(|p| [rxq(p), txq(p)]).collect();
+        if self.features & (1 << bits::CTRL_VQ) != 0 {
+            v.push(self.num_queues - 1);
+        }
+        v
+    }
+
+    /// ifcvf_start_hw with fresh rings: reset, negotiate, program every queue at ring state
+    /// (0, 0), DRIVER_OK; then post RX buffers and, with more than one pair, VQ_PAIRS_SET.
+    pub fn start(&mut self) -> Result<(), DriverError> {
+        let _span = tracing::debug_span!("driver_start").entered();
+        if self.opts.queue_pairs == 0 || 2 * self.opts.queue_pairs + 1 > self.num_queues {
+            return Err(DriverError::Usage(format!("device has {} queues, {} pairs asked", self.num_queues, self.opts.queue_pairs)));
+        }
+        self.pci_enable()?;
+        self.negotiate()?;
+        let ev = self.features & (1 << bits::EVENT_IDX) != 0;
+        self.queues = (0..self.num_queues).map(|_| None).collect();
+        for q in self.queue_ids() {
+            let ring = DriverRing::new(&self.mem, q, self.opts.queue_size, ev)?;
+            let is_rx = q % 2 == 0 && q != self.num_queues - 1;
+            let is_tx = q % 2 == 1;
+            let nbuf = if is_rx || is_tx { usize::from(self.opts.queue_size) } else { 0 };
+            let bsize = if is_rx { u64::from(self.opts.rx_buf_size) } else { 2048 };
+            let mut pool = Vec::with_capacity(nbuf);
+            for _ in 0..nbuf {
+                pool.push(self.mem.alloc(bsize, 64)?);
+            }
+            self.queues[usize::from(q)] = Some(Queue { ring, notify_off: 0, pool, inflight: vec![0; usize::from(self.opts.queue_size)] });
+        }
+        self.program_queues(None)?;
+        self.set_status(st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK | st::DRIVER_OK)?;
+        for p in 0..self.opts.queue_pairs {
+            self.refill_rx(p)?;
+        }
+        if self.opts.queue_pairs > 1 {
+            let n = self.opts.queue_pairs;
+            self.ctrl(4, 0, &n.to_le_bytes())?;
+        }
+        self.check_alive()
+    }
+
+    /// Resumes after [`NetDriver::stop`] (or on a migration destination): the same start
+    /// sequence, each queue's ring state written before queue_enable, the rings in guest memory
+    /// kept as they are.
+    pub fn restart(&mut self, states: &[(u16, u16)]) -> Result<(), DriverError> {
+        let _span = tracing::debug_span!("driver_restart").entered();
+        self.pci_enable()?;
+        self.negotiate()?;
+        self.program_queues(Some(states))?;
+        self.set_status(st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK | st::DRIVER_OK)?;
+        if self.opts.queue_pairs > 1 {
+            let n = self.opts.queue_pairs;
+            self.ctrl(4, 0, &n.to_le_bytes())?;
+        }
+        self.check_alive()
+    }
+
+    fn negotiate(&mut self) -> Result<(), DriverError> {
+        self.reset()?;
+        self.set_status(st::ACKNOWLEDGE)?;
+        self.set_status(st::ACKNOWLEDGE | st::DRIVER)?;
+        self.common_write(common::DEVICE_FEATURE_SELECT, 4, 0)?;
+        let lo = self.common_read(common::DEVICE_FEATURE, 4)?;
+        self.common_write(common::DEVICE_FEATURE_SELECT, 4, 1)?;
+        let hi = self.common_read(common::DEVICE_FEATURE, 4)?;
+        self.device_features = lo | (hi << 32);
+        self.features = self.device_features & self.opts.features;
+        self.common_write(common::DRIVER_FEATURE_SELECT, 4, 0)?;
+        self.common_write(common::DRIVER_FEATURE, 4, self.features & 0xFFFF_FFFF)?;
+        self.common_write(common::DRIVER_FEATURE_SELECT, 4, 1)?;
+        self.common_write(common::DRIVER_FEATURE, 4, self.features >> 32)?;
+        self.set_status(st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK)?;
+        let s = self.status()?;
+        if s & st::FEATURES_OK == 0 {
+            return Err(DriverError::FeaturesRejected { features: self.features, status: s });
+        }
+        // ifcvf_hw_enable: config vector 0, must not read back NO_VECTOR.
+        self.common_write(common::CONFIG_MSIX_VECTOR, 2, 0)?;
+        if self.common_read16(common::CONFIG_MSIX_VECTOR)? == NO_VECTOR {
+            return Err(DriverError::MsixConfigRejected(0));
+        }
+        if self.opts.lm_layout == LmLayout::Dpdk {
+            // ifcvf_enable_multiqueue: IFCVF_MQ_OFFSET = number of queue pairs.
+            self.lm_write32(lm::MQ_PAIRS, self.opts.queue_pairs.into())?;
+        }
+        Ok(())
+    }
+
+    fn program_queues(&mut self, states: Option<&[(u16, u16)]>) -> Result<(), DriverError> {
+        for q in self.queue_ids() {
+            let (desc, avail, used, size) = {
+                let r = &self.queues[usize::from(q)].as_ref().ok_or_else(|| DriverError::Usage(format!("queue {q} not set up")))?.ring;
+                (r.desc, r.avail, r.used, r.size)
+            };
+            self.common_write(common::QUEUE_SELECT, 2, q.into())?;
+            self.common_write64(common::QUEUE_DESC, desc)?;
+            self.common_write64(common::QUEUE_DRIVER, avail)?;
+            self.common_write64(common::QUEUE_DEVICE, used)?;
+            self.common_write(common::QUEUE_SIZE, 2, size.into())?;
+            let (a, u) = states.and_then(|s| s.get(usize::from(q)).copied()).unwrap_or((0, 0));
+            self.set_ring_state(q, a, u)?;
+            let vec = q + 1;
+            self.common_write(common::QUEUE_MSIX_VECTOR, 2, vec.into())?;
+            let got = self.common_read16(common::QUEUE_MSIX_VECTOR)?;
+            if got != vec {
+                return Err(DriverError::QueueVectorRejected { queue: q, want: vec, got });
+            }
+            let notify_off = self.common_read16(common::QUEUE_NOTIFY_OFF)?;
+            self.common_write(common::QUEUE_ENABLE, 2, 1)?;
+            let got = self.common_read16(common::QUEUE_ENABLE)?;
+            if got != 1 {
+                return Err(DriverError::EnableFailed { queue: q, got });
+            }
+            let qu = self.queues[usize::from(q)].as_mut().expect("checked above");
+            qu.notify_off = notify_off;
+            if states.is_some() {
+                qu.ring.resync(qu.ring.avail_idx, qu.ring.last_used);
+            }
+        }
+        Ok(())
+    }
+
+    /// ifcvf_stop_hw: config vector off, each queue disabled (vector off), queue_enable polled
+    /// until 0, ring states read (DPDK takes last_avail AND last_used from bits 16-31), reset.
+    /// Returns each queue's (last_avail_idx, last_used_idx) as DPDK would resume them.
+    pub fn stop(&mut self) -> Result<Vec<(u16, u16)>, DriverError> {
+        let _span = tracing::debug_span!("driver_stop").entered();
+        self.common_write(common::CONFIG_MSIX_VECTOR, 2, NO_VECTOR.into())?;
+        let ids = self.queue_ids();
+        for &q in &ids {
+            self.common_write(common::QUEUE_SELECT, 2, q.into())?;
+            self.common_write(common::QUEUE_ENABLE, 2, 0)?;
+            self.common_write(common::QUEUE_MSIX_VECTOR, 2, NO_VECTOR.into())?;
+        }
+        let mut states = vec![(0u16, 0u16); usize::from(self.num_queues)];
+        for &q in &ids {
+            self.common_write(common::QUEUE_SELECT, 2, q.into())?;
+            let mut polls = 0;
+            while self.common_read16(common::QUEUE_ENABLE)? != 0 {
+                polls += 1;
+                if polls >= DISABLE_POLLS {
+                    return Err(DriverError::DisableTimeout { queue: q, polls });
+                }
+            }
+            let (_, used) = self.ring_state(q)?;
+            states[usize::from(q)] = (used, used);
+        }
+        self.reset()?;
+        Ok(states)
+    }
+
+    /// Fails if the device set DEVICE_NEEDS_RESET.
+    pub fn check_alive(&self) -> Result<(), DriverError> {
+        let s = self.status()?;
+        if s & st::DEVICE_NEEDS_RESET != 0 {
+            return Err(DriverError::NeedsReset(s));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ datapath
+
+    fn queue(&mut self, q: u16) -> Result<&mut Queue, DriverError> {
+        self.queues.get_mut(usize::from(q)).and_then(Option::as_mut).ok_or_else(|| DriverError::Usage(format!("queue {q} is not running")))
+    }
+
+    /// Rings queue `q`'s doorbell.
+    pub fn kick(&mut self, q: u16) -> Result<(), DriverError> {
+        let off = self.queue(q)?.notify_off;
+        let addr = self.pci.notify.offset + u64::from(off) * u64::from(self.pci.notify_multiplier);
+        self.bar_write(self.pci.notify.bar, addr, 2, q.into())
+    }
+
+    /// Publishes queue `q` and kicks it if the device asked for it.
+    pub fn publish(&mut self, q: u16) -> Result<bool, DriverError> {
+        let mem = self.mem.clone();
+        let qu = self.queue(q)?;
+        qu.ring.publish(&mem)?;
+        if qu.ring.needs_kick(&mem)? {
+            self.kick(q)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Reclaims completed TX chains of `pair`; returns how many.
+    pub fn reclaim_tx(&mut self, pair: u16) -> Result<usize, DriverError> {
+        let mem = self.mem.clone();
+        let qu = self.queue(txq(pair))?;
+        let mut n = 0;
+        while let Some((head, _)) = qu.ring.pop_used(&mem)? {
+            let b = qu.inflight[usize::from(head)];
+            qu.pool.push(b);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Queues frames on TX `pair` without publishing; returns how many fit.
+    pub fn enqueue_tx(&mut self, pair: u16, frames: &[&[u8]]) -> Result<usize, DriverError> {
+        let mem = self.mem.clone();
+        let indirect = self.opts.tx_indirect && self.features & (1 << bits::INDIRECT_DESC) != 0;
+        let split = self.opts.tx_split_header;
+        let qu = self.queue(txq(pair))?;
+        let mut sent = 0;
+        for f in frames {
+            if f.len() + NET_HDR_LEN > 2048 {
+                return Err(DriverError::Usage(format!("frame of {} bytes exceeds the 2 KiB TX buffers", f.len())));
+            }
+            let Some(buf) = qu.pool.pop() else { break };
+            mem.write(buf, &[0u8; NET_HDR_LEN])?;
+            mem.write(buf + NET_HDR_LEN as u64, f)?;
+            let total = (NET_HDR_LEN + f.len()) as u32;
+            let bufs: Vec<Buf> =
+                if split { vec![(buf, NET_HDR_LEN as u32, false), (buf + NET_HDR_LEN as u64, f.len() as u32, false)] } else { vec![(buf, total, false)] };
+            let head = if indirect { qu.ring.add_indirect(&mem, &bufs)? } else { qu.ring.add(&mem, &bufs)? };
+            match head {
+                Some(h) => {
+                    qu.inflight[usize::from(h)] = buf;
+                    sent += 1;
+                }
+                None => {
+                    qu.pool.push(buf);
+                    break;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends frames on TX `pair` (reclaiming completions first), publishes and kicks as the
+    /// device asks. Returns how many were queued.
+    pub fn send(&mut self, pair: u16, frames: &[&[u8]]) -> Result<usize, DriverError> {
+        self.reclaim_tx(pair)?;
+        let n = self.enqueue_tx(pair, frames)?;
+        if n > 0 {
+            self.publish(txq(pair))?;
+        }
+        Ok(n)
+    }
+
+    /// Posts every free RX buffer of `pair` and kicks if needed.
+    pub fn refill_rx(&mut self, pair: u16) -> Result<usize, DriverError> {
+        let mem = self.mem.clone();
+        let size = self.opts.rx_buf_size;
+        let qu = self.queue(rxq(pair))?;
+        let mut n = 0;
+        while let Some(buf) = qu.pool.pop() {
+            match qu.ring.add(&mem, &[(buf, size, true)])? {
+                Some(h) => {
+                    qu.inflight[usize::from(h)] = buf;
+                    n += 1;
+                }
+                None => {
+                    qu.pool.push(buf);
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            self.publish(rxq(pair))?;
+        }
+        Ok(n)
+    }
+
+    /// Takes every frame received on `pair` (reassembling mergeable buffers), then reposts
+    /// the buffers.
+    pub fn recv(&mut self, pair: u16) -> Result<Vec<Vec<u8>>, DriverError> {
+        let mem = self.mem.clone();
+        let q = rxq(pair);
+        let qu = self.queue(q)?;
+        let mut frames = Vec::new();
+        while let Some((head, len)) = qu.ring.pop_used(&mem)? {
+            let buf = qu.inflight[usize::from(head)];
+            qu.pool.push(buf);
+            let mut data = vec![0u8; len as usize];
+            mem.read(buf, &mut data)?;
+            if data.len() < NET_HDR_LEN {
+                return Err(DriverError::Usage(format!("queue {q}: used len {len} shorter than the virtio-net header")));
+            }
+            let nbuf = u16::from_le_bytes([data[10], data[11]]).max(1);
+            let mut frame = data.split_off(NET_HDR_LEN);
+            for _ in 1..nbuf {
+                let Some((h, l)) = qu.ring.pop_used(&mem)? else {
+                    return Err(DriverError::Usage(format!("queue {q}: num_buffers {nbuf} but fewer used entries")));
+                };
+                let b = qu.inflight[usize::from(h)];
+                qu.pool.push(b);
+                let start = frame.len();
+                frame.resize(start + l as usize, 0);
+                mem.read(b, &mut frame[start..])?;
+            }
+            frames.push(frame);
+        }
+        self.refill_rx(pair)?;
+        Ok(frames)
+    }
+
+    /// Sends a control command and waits for its ack.
+    pub fn ctrl(&mut self, class: u8, cmd: u8, data: &[u8]) -> Result<(), DriverError> {
+        let ack = self.ctrl_raw(class, cmd, data)?;
+        if ack != 0 {
+            return Err(DriverError::CtrlRejected { class, cmd });
+        }
+        Ok(())
+    }
+
+    /// Sends a control command; returns the ack byte.
+    pub fn ctrl_raw(&mut self, class: u8, cmd: u8, data: &[u8]) -> Result<u8, DriverError> {
+        let mem = self.mem.clone();
+        let q = self.num_queues - 1;
+        let b = self.ctrl_buf;
+        if data.len() + 3 > 4096 {
+            return Err(DriverError::Usage("control command too long".into()));
+        }
+        mem.write(b, &[class, cmd])?;
+        mem.write(b + 2, data)?;
+        let ack_at = b + 4095;
+        mem.write(ack_at, &[0xAA])?;
+        let qu = self.queue(q)?;
+        qu.ring.add(&mem, &[(b, 2 + data.len() as u32, false), (ack_at, 1, true)])?.ok_or(DriverError::CtrlTimeout { class, cmd })?;
+        qu.ring.publish(&mem)?;
+        self.kick(q)?;
+        for _ in 0..1_000_000 {
+            let qu = self.queue(q)?;
+            if qu.ring.pop_used(&mem)?.is_some() {
+                let mut ack = [0u8];
+                mem.read(ack_at, &mut ack)?;
+                return Ok(ack[0]);
+            }
+            std::hint::spin_loop();
+        }
+        Err(DriverError::CtrlTimeout { class, cmd })
+    }
+
+    /// Programs and enables dirty-page logging into [log, log + size) (DPDK ifcvf_enable_logging:
+    /// base lo/hi, end lo/hi, then LOGGING_CTRL = IFCVF_LM_ENABLE_VF).
+    pub fn enable_logging(&self, log: u64, size: u64) -> Result<(), DriverError> {
+        let end = log + size;
+        self.lm_write32(lm::BASE_ADDR_LOW, log as u32)?;
+        self.lm_write32(lm::BASE_ADDR_HIGH, (log >> 32) as u32)?;
+        self.lm_write32(lm::END_ADDR_LOW, end as u32)?;
+        self.lm_write32(lm::END_ADDR_HIGH, (end >> 32) as u32)?;
+        self.lm_write32(lm::LOGGING_CTRL, lm::LOGGING_ENABLE_VF)
+    }
+
+    /// LOGGING_CTRL = IFCVF_LM_DISABLE.
+    pub fn disable_logging(&self) -> Result<(), DriverError> {
+        self.lm_write32(lm::LOGGING_CTRL, lm::LOGGING_DISABLE)
+    }
+
+    /// Direct access to a driver ring (tests that set used_event or flags).
+    pub fn ring(&mut self, q: u16) -> Result<&mut DriverRing, DriverError> {
+        Ok(&mut self.queue(q)?.ring)
+    }
+
+    /// Number of queues the device reports.
+    pub fn num_queues(&self) -> u16 {
+        self.num_queues
+    }
+
+    /// The MSI-X vector the driver programmed for queue `q` (DPDK plan: q + 1).
+    pub fn vector_of(q: u16) -> u16 {
+        q + 1
+    }
+}

@@ -1,0 +1,204 @@
+//! The driver side of a split virtqueue (virtio 1.2 2.7), as Linux's virtio_ring.c and DPDK's
+//! virtio PMD write it: descriptors from a free list, avail entries published with a Release
+//! store of avail->idx, kicks decided by avail_event (EVENT_IDX) or the used ring's NO_NOTIFY
+//! flag, completions read after an Acquire load of used->idx.
+
+use super::memory::{GuestMemory, MemoryError};
+use super::DriverError;
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+/// One buffer the driver posts: (IOVA, length, device-writable).
+pub type Buf = (u64, u32, bool);
+
+/// A driver-side split ring in guest memory.
+#[derive(Debug)]
+pub struct DriverRing {
+    pub queue: u16,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub event_idx: bool,
+    /// Next avail->idx value to publish (shadow).
+    pub avail_idx: u16,
+    /// avail->idx at the last kick decision.
+    kicked_at: u16,
+    /// Next used entry the driver will consume.
+    pub last_used: u16,
+    free: Vec<u16>,
+    /// Descriptors of each in-flight chain, by head.
+    chains: Vec<Vec<u16>>,
+    /// Indirect table IOVA per head (reused).
+    indirect: Vec<Option<u64>>,
+}
+
+/// Bytes needed for a split ring of `size` entries: (desc, avail, used) sizes.
+pub fn ring_sizes(size: u16) -> (u64, u64, u64) {
+    let n = u64::from(size);
+    (16 * n, 6 + 2 * n, 6 + 8 * n)
+}
+
+impl DriverRing {
+    /// Allocates the three areas in guest memory and zeroes them.
+    pub fn new(mem: &GuestMemory, queue: u16, size: u16, event_idx: bool) -> Result<Self, DriverError> {
+        let (d, a, u) = ring_sizes(size);
+        let desc = mem.alloc(d, 16)?;
+        let avail = mem.alloc(a, 2)?;
+        let used = mem.alloc(u, 4)?;
+        mem.fill(desc, d, 0)?;
+        mem.fill(avail, a, 0)?;
+        mem.fill(used, u, 0)?;
+        Ok(DriverRing {
+            queue,
+            size,
+            desc,
+            avail,
+            used,
+            event_idx,
+            avail_idx: 0,
+            kicked_at: 0,
+            last_used: 0,
+            free: (0..size).rev().collect(),
+            chains: vec![Vec::new(); size.into()],
+            indirect: vec![None; size.into()],
+        })
+    }
+
+    /// Descriptors free.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Chains posted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.chains.iter().filter(|c| !c.is_empty()).count()
+    }
+
+    fn write_desc(&self, mem: &GuestMemory, table: u64, i: u16, b: Buf, flags: u16, next: u16) -> Result<(), MemoryError> {
+        let base = table + 16 * u64::from(i);
+        mem.write_u64(base, b.0)?;
+        mem.write_u32(base + 8, b.1)?;
+        mem.write_u16(base + 12, flags | if b.2 { F_WRITE } else { 0 })?;
+        mem.write_u16(base + 14, next)
+    }
+
+    /// Adds a chain; it becomes visible to the device at the next [`DriverRing::publish`].
+    /// Returns the head, or None when descriptors run out.
+    pub fn add(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
+        if bufs.is_empty() || self.free.len() < bufs.len() {
+            return Ok(None);
+        }
+        let ids: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().expect("checked")).collect();
+        for (k, (&id, &b)) in ids.iter().zip(bufs).enumerate() {
+            let last = k + 1 == bufs.len();
+            self.write_desc(mem, self.desc, id, b, if last { 0 } else { F_NEXT }, if last { 0 } else { ids[k + 1] })?;
+        }
+        let head = ids[0];
+        self.chains[usize::from(head)] = ids;
+        self.push_avail(mem, head)?;
+        Ok(Some(head))
+    }
+
+    /// Adds a chain through an indirect table (one ring descriptor, VIRTIO_F_INDIRECT_DESC).
+    pub fn add_indirect(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
+        let Some(id) = self.free.pop() else { return Ok(None) };
+        let table = match self.indirect[usize::from(id)] {
+            Some(t) => t,
+            None => {
+                let t = mem.alloc(16 * 32, 16)?;
+                self.indirect[usize::from(id)] = Some(t);
+                t
+            }
+        };
+        if bufs.is_empty() || bufs.len() > 32 {
+            self.free.push(id);
+            return Ok(None);
+        }
+        for (k, &b) in bufs.iter().enumerate() {
+            let last = k + 1 == bufs.len();
+            self.write_desc(mem, table, k as u16, b, if last { 0 } else { F_NEXT }, if last { 0 } else { k as u16 + 1 })?;
+        }
+        self.write_desc(mem, self.desc, id, (table, 16 * bufs.len() as u32, false), F_INDIRECT, 0)?;
+        self.chains[usize::from(id)] = vec![id];
+        self.push_avail(mem, id)?;
+        Ok(Some(id))
+    }
+
+    fn push_avail(&mut self, mem: &GuestMemory, head: u16) -> Result<(), MemoryError> {
+        let slot = self.avail_idx % self.size;
+        mem.write_u16(self.avail + 4 + 2 * u64::from(slot), head)?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Makes the added chains visible (Release store of avail->idx, 2.7.13.3).
+    pub fn publish(&mut self, mem: &GuestMemory) -> Result<(), DriverError> {
+        mem.store_u16_release(self.avail + 2, self.avail_idx)?;
+        Ok(())
+    }
+
+    /// Whether the device wants a doorbell for what was published since the last decision
+    /// (2.7.10: avail_event with EVENT_IDX, else used->flags NO_NOTIFY).
+    pub fn needs_kick(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let old = self.kicked_at;
+        let new = self.avail_idx;
+        self.kicked_at = new;
+        if new == old {
+            return Ok(false);
+        }
+        Ok(if self.event_idx {
+            let ev = mem.read_u16(self.used + 4 + 8 * u64::from(self.size))?;
+            device::queue::split::vring_need_event(ev, new, old)
+        } else {
+            mem.read_u16(self.used)? & 1 == 0
+        })
+    }
+
+    /// Sets used_event (EVENT_IDX): interrupt me when used->idx passes `idx`.
+    pub fn set_used_event(&self, mem: &GuestMemory, idx: u16) -> Result<(), DriverError> {
+        mem.write_u16(self.avail + 4 + 2 * u64::from(self.size), idx)?;
+        Ok(())
+    }
+
+    /// Sets or clears VRING_AVAIL_F_NO_INTERRUPT.
+    pub fn set_no_interrupt(&self, mem: &GuestMemory, on: bool) -> Result<(), DriverError> {
+        mem.write_u16(self.avail, u16::from(on))?;
+        Ok(())
+    }
+
+    /// The device's used->idx (Acquire).
+    pub fn used_idx(&self, mem: &GuestMemory) -> Result<u16, DriverError> {
+        Ok(mem.read_u16(self.used + 2)?)
+    }
+
+    /// Takes the next completion: (head, len). Frees its descriptors.
+    pub fn pop_used(&mut self, mem: &GuestMemory) -> Result<Option<(u16, u32)>, DriverError> {
+        if self.used_idx(mem)? == self.last_used {
+            return Ok(None);
+        }
+        let slot = self.last_used % self.size;
+        let e = self.used + 4 + 8 * u64::from(slot);
+        let id = mem.read_u32(e)?;
+        let len = mem.read_u32(e + 4)?;
+        let head = u16::try_from(id)
+            .ok()
+            .filter(|&h| h < self.size && !self.chains[usize::from(h)].is_empty())
+            .ok_or(DriverError::BadUsed { queue: self.queue, id })?;
+        self.last_used = self.last_used.wrapping_add(1);
+        let ids = std::mem::take(&mut self.chains[usize::from(head)]);
+        self.free.extend(ids);
+        Ok(Some((head, len)))
+    }
+
+    /// Resets the driver state to match a device resuming at `idx` for both avail and used,
+    /// keeping the ring memory (used after a migration restore on a fresh driver).
+    pub fn resync(&mut self, avail_idx: u16, last_used: u16) {
+        self.avail_idx = avail_idx;
+        self.kicked_at = avail_idx;
+        self.last_used = last_used;
+    }
+}
