@@ -31,8 +31,6 @@ pub(crate) fn table_registers(vectors: u16) -> Vec<Register> {
 
 pub(crate) fn pba_registers(vectors: u16) -> Vec<Register> {
     (0..u64::from(vectors).div_ceil(64))
-        .map(|i| {
-            Register::new(format!("pba[{i}]"), 8 * i, 8, Access::Ro, 0, "pending bits of masked vectors 64i..64i+63", "PCI 3.0 6.8.2.10").live()
-        })
+        .map(|i| Register::new(format!("pba[{i}]"), 8 * i, 8, Access::Ro, 0, "pending bits of masked vectors 64i..64i+63", "PCI 3.0 6.8.2.10").live())
         .collect()
 }

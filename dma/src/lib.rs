@@ -254,22 +254,19 @@ impl DmaEngine {
     /// pending log bits (so every log bit for the writes it publishes is visible first), then
     /// stores `val` little-endian with Release ordering. If the flush faults, the index is
     /// NOT stored and the log fault is returned (the log is broken; the device should stop).
+    #[inline]
     pub fn publish_u16(&mut self, iova: u64, val: u16, kind: DmaKind) -> Result<(), DmaFault> {
         let mut route = self.iommu.translate(iova, 2, true)?;
-        let logged = kind != DmaKind::LogWrite && self.log.enabled();
-        if logged {
-            // The translation succeeded, so `iova + 2` does not overflow.
-            if let Err(f) = self.log.mark(iova, 2, &mut self.iommu, &mut self.bus) {
-                self.note_log_fault(f);
-            }
+        let generation = self.iommu.cached_generation();
+        if kind != DmaKind::LogWrite && self.log.enabled() {
+            // The translation succeeded, so `iova + 2` does not overflow. A fault of a
+            // buffer-full flush inside `mark` also stops the publish.
+            self.log.mark(iova, 2, &mut self.iommu, &mut self.bus)?;
         }
-        if self.log.pending_words() != 0 {
-            let generation = self.iommu.cached_generation();
-            self.flush_log()?;
-            if self.iommu.cached_generation() != generation {
-                // The flush reloaded the snapshot: `route` may point into a dropped mmap.
-                route = self.iommu.translate(iova, 2, true)?;
-            }
+        self.flush_log()?;
+        if self.iommu.cached_generation() != generation {
+            // A log flush reloaded the snapshot: `route` may point into a dropped mmap.
+            route = self.iommu.translate(iova, 2, true)?;
         }
         let txns = match route {
             Route::One(p) if (p as usize) % std::mem::align_of::<AtomicU16>() == 0 => {
@@ -315,7 +312,11 @@ impl DmaEngine {
 
     /// Writes all pending log bits into the log now. Returns the first fault (the other
     /// words are still written; faulted bits are dropped and counted in [`LogStats::faults`]).
+    #[inline]
     pub fn flush_log(&mut self) -> Result<(), DmaFault> {
+        if self.log.pending_words() == 0 {
+            return Ok(());
+        }
         self.log.flush(&mut self.iommu, &mut self.bus)
     }
 

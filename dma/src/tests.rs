@@ -674,3 +674,18 @@ fn concurrent_engines_share_log_without_loss() {
         e.join().unwrap();
     }
 }
+
+#[test]
+fn thread_safety_markers() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<DmaEngine>();
+    send::<AddressSpace>();
+    sync::<AddressSpace>();
+    sync::<WriteTrace>();
+    send::<SharedMemory>();
+    sync::<SharedMemory>();
+    send::<DmaFault>();
+    send::<MapError>();
+    sync::<MapError>();
+}

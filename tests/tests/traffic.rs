@@ -1,0 +1,287 @@
+//! Traffic through the model: loopback, multiqueue, linked devices, notification suppression,
+//! stop/start resume. Every frame's bytes are compared with what was sent.
+
+use bar_registers::virtio::bits;
+use device::{Device, DeviceConfig, LinkPort};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sim_harness::driver::net::{rxq, txq};
+use sim_harness::driver::{DriverOptions, NetDriver};
+use sim_harness::frames::{self, Tracker};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+const MTU_FRAME: usize = 1514;
+
+fn loopback(pairs: u16, opts: DriverOptions) -> (Arc<Device>, NetDriver) {
+    let dev = Device::new(DeviceConfig::with_queue_pairs(pairs)).unwrap();
+    dev.set_loopback();
+    let mut drv = NetDriver::in_process(&dev, DriverOptions { queue_pairs: pairs, ..opts }).unwrap();
+    drv.start().unwrap();
+    (dev, drv)
+}
+
+/// Sends `count` random-size frames round-robin over all pairs, compares every received frame
+/// byte for byte with the one sent (per pair, in order).
+fn exact_loopback(pairs: u16, count: usize, opts: DriverOptions, seed: u64) -> (Arc<Device>, NetDriver) {
+    let (dev, mut drv) = loopback(pairs, opts);
+    let mac = drv.mac().unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut expect: Vec<VecDeque<Vec<u8>>> = vec![VecDeque::new(); pairs.into()];
+    let mut received = 0usize;
+    let mut sent = 0usize;
+    while sent < count {
+        for p in 0..pairs {
+            let n = rng.gen_range(1..=48).min(count - sent);
+            let batch: Vec<Vec<u8>> =
+                (0..n).map(|i| frames::build(mac, mac, p, (sent + i) as u64, rng.gen_range(frames::MIN_FRAME..=MTU_FRAME), &mut rng)).collect();
+            let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+            assert_eq!(drv.send(p, &refs).unwrap(), n, "TX ring full");
+            expect[usize::from(p)].extend(batch);
+            sent += n;
+            for f in drv.recv(p).unwrap() {
+                let want = expect[usize::from(p)].pop_front().expect("a frame nobody sent");
+                assert_eq!(f, want, "frame {received} on pair {p} differs");
+                received += 1;
+            }
+            if sent == count {
+                break;
+            }
+        }
+    }
+    for p in 0..pairs {
+        for f in drv.recv(p).unwrap() {
+            assert_eq!(Some(f), expect[usize::from(p)].pop_front());
+            received += 1;
+        }
+    }
+    assert_eq!(received, count, "every frame comes back exactly once");
+    assert!(expect.iter().all(VecDeque::is_empty));
+    drv.check_alive().unwrap();
+    (dev, drv)
+}
+
+#[test]
+fn ten_thousand_random_frames_loopback_exact() {
+    let (dev, _drv) = exact_loopback(1, 10_000, DriverOptions::default(), 1);
+    let c = dev.counters();
+    assert_eq!(c.tx_frames, 10_000);
+    assert_eq!(c.rx_frames, 10_000);
+    assert_eq!(c.tx_bytes, c.rx_bytes);
+    assert_eq!(dev.iommu_stats().faults(), 0);
+}
+
+#[test]
+fn mergeable_rx_buffers_split_frames() {
+    // 512-byte RX buffers: a 1514-byte frame + 12-byte header spans 3 buffers (num_buffers = 3).
+    let (dev, _drv) = exact_loopback(1, 2_000, DriverOptions { rx_buf_size: 512, ..Default::default() }, 2);
+    let c = dev.counters();
+    assert!(c.queues[0].chains > c.queues[0].frames, "frames spanned several chains: {:?}", c.queues[0]);
+}
+
+#[test]
+fn without_mrg_rxbuf_single_buffers() {
+    let opts = DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::MRG_RXBUF), ..Default::default() };
+    let (dev, drv) = exact_loopback(1, 2_000, opts, 3);
+    assert_eq!(drv.features & (1 << bits::MRG_RXBUF), 0);
+    let c = dev.counters();
+    assert_eq!(c.queues[0].chains, c.queues[0].frames);
+}
+
+#[test]
+fn without_mrg_small_buffers_drop_frames_and_keep_buffers() {
+    let opts = DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::MRG_RXBUF), rx_buf_size: 256, ..Default::default() };
+    let (dev, mut drv) = loopback(1, opts);
+    let mac = drv.mac().unwrap();
+    let mut rng = SmallRng::seed_from_u64(4);
+    let big = frames::build(mac, mac, 0, 0, 1000, &mut rng);
+    let small = frames::build(mac, mac, 0, 1, 200, &mut rng);
+    assert_eq!(drv.send(0, &[&big, &small]).unwrap(), 2);
+    let got = drv.recv(0).unwrap();
+    assert_eq!(got, vec![small], "the frame that fits arrives, the other is dropped");
+    assert_eq!(dev.counters().rx_dropped_too_small, 1);
+    drv.check_alive().unwrap();
+}
+
+#[test]
+fn split_header_and_indirect_tx() {
+    exact_loopback(1, 1_000, DriverOptions { tx_split_header: true, ..Default::default() }, 5);
+    let (dev, _) = exact_loopback(1, 1_000, DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() }, 6);
+    assert!(dev.bus_stats().get(dma::DmaKind::IndirectTable).transactions >= 1_000);
+}
+
+#[test]
+fn four_queue_pairs_steer_back_to_the_sending_pair() {
+    let (dev, drv) = exact_loopback(4, 8_000, DriverOptions::default(), 7);
+    assert_eq!(dev.active_queue_pairs(), 4, "VQ_PAIRS_SET took effect");
+    let c = dev.counters();
+    for p in 0..4u16 {
+        let tx = &c.queues[usize::from(txq(p))];
+        let rx = &c.queues[usize::from(rxq(p))];
+        assert!(tx.frames > 1_000, "pair {p} transmitted");
+        assert_eq!(tx.frames, rx.frames, "pair {p}: automatic receive steering (5.1.6.5.6.1)");
+        // DPDK's vector plan: queue i on vector i + 1.
+        assert!(drv.irq.count(NetDriver::vector_of(rxq(p))) >= 1);
+    }
+}
+
+#[test]
+fn before_vq_pairs_set_only_pair_zero_receives() {
+    let dev = Device::new(DeviceConfig::with_queue_pairs(2).lm_layout(bar_registers::LmLayout::Linux)).unwrap();
+    dev.set_loopback();
+    // The Linux LM layout has no MQ register, so only the control command enables pair 1.
+    let mut drv = NetDriver::in_process(&dev, DriverOptions { queue_pairs: 2, lm_layout: bar_registers::LmLayout::Linux, ..Default::default() }).unwrap();
+    drv.start().unwrap();
+    assert_eq!(dev.active_queue_pairs(), 2);
+    drv.ctrl(4, 0, &1u16.to_le_bytes()).unwrap();
+    assert_eq!(dev.active_queue_pairs(), 1);
+    let mac = drv.mac().unwrap();
+    let f = frames::build(mac, mac, 1, 0, 100, &mut SmallRng::seed_from_u64(8));
+    drv.send(1, &[&f]).unwrap();
+    assert_eq!(drv.recv(1).unwrap().len(), 0);
+    assert_eq!(drv.recv(0).unwrap(), vec![f]);
+    assert_eq!(drv.ctrl_raw(4, 0, &3u16.to_le_bytes()).unwrap(), 1, "more pairs than the device has: VIRTIO_NET_ERR");
+}
+
+#[test]
+fn two_devices_joined_by_a_link() {
+    let a = Device::new(DeviceConfig::with_queue_pairs(2)).unwrap();
+    let mut cfg_b = DeviceConfig::with_queue_pairs(2);
+    cfg_b.layout.mac = [0x52, 0x54, 0, 0, 0, 0xB];
+    let b = Device::new(cfg_b).unwrap();
+    LinkPort::join(&a, &b);
+    let opts = DriverOptions { queue_pairs: 2, ..Default::default() };
+    let mut da = NetDriver::in_process(&a, opts.clone()).unwrap();
+    let mut db = NetDriver::in_process(&b, opts).unwrap();
+    da.start().unwrap();
+    db.start().unwrap();
+    let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());
+    assert_ne!(ma, mb);
+    let mut rng = SmallRng::seed_from_u64(9);
+    let (mut ta, mut tb) = (Tracker::default(), Tracker::default());
+    let mut sent_a: HashMap<u16, u64> = HashMap::new();
+    let mut sent_b: HashMap<u16, u64> = HashMap::new();
+    for round in 0..200u64 {
+        for p in 0..2u16 {
+            let fa: Vec<Vec<u8>> = (0..8).map(|i| frames::build(ma, mb, p, round * 8 + i, rng.gen_range(60..=1514), &mut rng)).collect();
+            let fb: Vec<Vec<u8>> = (0..8).map(|i| frames::build(mb, ma, 10 + p, round * 8 + i, rng.gen_range(60..=1514), &mut rng)).collect();
+            let ra: Vec<&[u8]> = fa.iter().map(Vec::as_slice).collect();
+            let rb: Vec<&[u8]> = fb.iter().map(Vec::as_slice).collect();
+            assert_eq!(da.send(p, &ra).unwrap(), 8);
+            *sent_a.entry(p).or_default() += 8;
+            assert_eq!(db.send(p, &rb).unwrap(), 8);
+            *sent_b.entry(10 + p).or_default() += 8;
+        }
+        for p in 0..2u16 {
+            db.recv(p).unwrap().iter().for_each(|f| tb.record(f));
+            da.recv(p).unwrap().iter().for_each(|f| ta.record(f));
+        }
+    }
+    for p in 0..2u16 {
+        db.recv(p).unwrap().iter().for_each(|f| tb.record(f));
+        da.recv(p).unwrap().iter().for_each(|f| ta.record(f));
+    }
+    tb.finish(&sent_a);
+    ta.finish(&sent_b);
+    assert!(tb.clean() && tb.delivered == 3_200, "B received A's frames: {tb:?}");
+    assert!(ta.clean() && ta.delivered == 3_200, "A received B's frames: {ta:?}");
+    assert_eq!(a.counters().tx_frames, b.counters().rx_frames);
+}
+
+#[test]
+fn event_idx_suppresses_interrupts() {
+    let (dev, mut drv) = loopback(1, DriverOptions::default());
+    assert_ne!(drv.features & (1 << bits::EVENT_IDX), 0);
+    let mac = drv.mac().unwrap();
+    let mut rng = SmallRng::seed_from_u64(10);
+    let vec_rx = NetDriver::vector_of(rxq(0));
+    let mem = drv.mem.clone();
+    // Interrupt me only after 100 more RX completions.
+    let used = drv.ring(rxq(0)).unwrap().used_idx(&mem).unwrap();
+    drv.ring(rxq(0)).unwrap().set_used_event(&mem, used.wrapping_add(99)).unwrap();
+    let before = drv.irq.count(vec_rx);
+    for i in 0..99u64 {
+        let f = frames::build(mac, mac, 0, i, 64, &mut rng);
+        drv.send(0, &[&f]).unwrap();
+    }
+    assert_eq!(drv.irq.count(vec_rx), before, "99 completions, used_event not reached: no interrupt");
+    let f = frames::build(mac, mac, 0, 99, 64, &mut rng);
+    drv.send(0, &[&f]).unwrap();
+    assert_eq!(drv.irq.count(vec_rx), before + 1, "the 100th completion crosses used_event");
+    assert!(dev.counters().queues[usize::from(rxq(0))].interrupts_suppressed >= 99);
+    // avail_event: the device asks to be kicked only at its next avail index, so the driver's
+    // kicks match the device's doorbell count.
+    assert_eq!(drv.recv(0).unwrap().len(), 100);
+}
+
+#[test]
+fn no_interrupt_flag_without_event_idx() {
+    let opts = DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::EVENT_IDX), ..Default::default() };
+    let (_dev, mut drv) = loopback(1, opts);
+    let mac = drv.mac().unwrap();
+    let mem = drv.mem.clone();
+    let mut rng = SmallRng::seed_from_u64(11);
+    let v = NetDriver::vector_of(rxq(0));
+    drv.ring(rxq(0)).unwrap().set_no_interrupt(&mem, true).unwrap();
+    let before = drv.irq.count(v);
+    for i in 0..20u64 {
+        drv.send(0, &[&frames::build(mac, mac, 0, i, 64, &mut rng)]).unwrap();
+    }
+    assert_eq!(drv.irq.count(v), before, "VRING_AVAIL_F_NO_INTERRUPT honoured");
+    drv.ring(rxq(0)).unwrap().set_no_interrupt(&mem, false).unwrap();
+    drv.send(0, &[&frames::build(mac, mac, 0, 20, 64, &mut rng)]).unwrap();
+    assert_eq!(drv.irq.count(v), before + 1);
+    // Without EVENT_IDX the device never writes avail_event: used ring tail stays 0.
+    let r = drv.ring(rxq(0)).unwrap();
+    let (used, size) = (r.used, r.size);
+    assert_eq!(mem.read_u16(used + 4 + 8 * u64::from(size)).unwrap(), 0);
+}
+
+#[test]
+fn stop_and_start_resume_without_loss_or_duplication() {
+    let (dev, mut drv) = loopback(2, DriverOptions { queue_pairs: 2, ..Default::default() });
+    let mac = drv.mac().unwrap();
+    let mut rng = SmallRng::seed_from_u64(12);
+    let mut tracker = Tracker::default();
+    let mut sent: HashMap<u16, u64> = HashMap::new();
+    for cycle in 0..20 {
+        for p in 0..2u16 {
+            let n = rng.gen_range(1..=40);
+            let fs: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    let s = sent.entry(p).or_default();
+                    *s += 1;
+                    frames::build(mac, mac, p, *s - 1, rng.gen_range(60..=1514), &mut rng)
+                })
+                .collect();
+            let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
+            assert_eq!(drv.send(p, &refs).unwrap(), n);
+            // Leave some received frames unconsumed across the stop on odd cycles.
+            if cycle % 2 == 0 {
+                drv.recv(p).unwrap().iter().for_each(|f| tracker.record(f));
+            }
+        }
+        let states = drv.stop().unwrap();
+        for q in [rxq(0), txq(0), rxq(1), txq(1), 4] {
+            let (a, u) = states[usize::from(q)];
+            assert_eq!(a, u, "queue {q}: the device finished in-flight work before reporting");
+            let used_in_memory = {
+                let mem = drv.mem.clone();
+                drv.ring(q).unwrap().used_idx(&mem).unwrap()
+            };
+            assert_eq!(u, used_in_memory, "queue {q}: LM ring state equals used->idx in memory");
+        }
+        drv.restart(&states).unwrap();
+        for q in [rxq(0), txq(0)] {
+            let snap = dev.queue(q).unwrap();
+            assert!(snap.enabled);
+            assert_eq!((snap.last_avail, snap.last_used), states[usize::from(q)], "queue {q} resumed at its ring state");
+        }
+    }
+    for p in 0..2u16 {
+        drv.recv(p).unwrap().iter().for_each(|f| tracker.record(f));
+    }
+    tracker.finish(&sent);
+    assert!(tracker.clean(), "{tracker:?}");
+    assert_eq!(tracker.delivered, sent.values().sum::<u64>());
+}
