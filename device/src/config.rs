@@ -19,11 +19,27 @@ pub struct DeviceConfig {
     pub disable_latency_reads: u32,
     /// Most chains a queue service pass takes before publishing (batch size).
     pub batch: u16,
+    /// Who applies MSI-X masking.
+    pub msix_owner: MsixOwner,
+    /// Injected design bugs (none for a healthy device).
+    pub quirks: crate::quirks::Quirks,
+}
+
+/// Who owns the MSI-X table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MsixOwner {
+    /// The device: its table's mask bits and PBA apply (in-process driver model, real silicon).
+    #[default]
+    Device,
+    /// The VMM: QEMU's vfio-user client emulates the MSI-X table itself and masks by
+    /// switching the vector's eventfd (../shared/reference/vfio-user-qemu.md), so the device
+    /// fires the vector's sink whenever MSI-X is enabled, ignoring its own table's mask bits.
+    Vmm,
 }
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        DeviceConfig { layout: LayoutParams::default(), log_granularity: 4096, iotlb_entries: 64, rx_backlog: 4096, disable_latency_reads: 2, batch: 64 }
+        DeviceConfig { layout: LayoutParams::default(), log_granularity: 4096, iotlb_entries: 64, rx_backlog: 4096, disable_latency_reads: 2, batch: 64, msix_owner: MsixOwner::Device, quirks: crate::quirks::Quirks::NONE }
     }
 }
 

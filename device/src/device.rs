@@ -199,6 +199,12 @@ impl Device {
         self.try_service_rx();
     }
 
+    /// Delivers inbox frames, waiting for the device lock: for port reader threads (TAP,
+    /// sockets) that hold no device lock themselves.
+    pub fn service_rx(&self) {
+        self.with(|_| ());
+    }
+
     /// Delivers inbox frames if the device lock is free; if it is held, the holder delivers
     /// them before releasing it. This is what lets two linked devices transmit into each other
     /// from inside their own datapaths without a lock-order deadlock.

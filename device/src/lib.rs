@@ -14,12 +14,14 @@ pub mod net;
 pub mod pci;
 pub mod port;
 pub mod queue;
+pub mod quirks;
 pub mod state;
 pub mod transport;
 
-pub use config::DeviceConfig;
+pub use config::{DeviceConfig, MsixOwner};
 pub use counters::{DeviceCounters, QueueCounters};
 pub use device::{AccessError, Device, DmaMapper, QueueSnapshot, RegionAccess};
 pub use fault::DeviceFault;
 pub use interrupt::{InterruptRecorder, InterruptSink};
+pub use quirks::{Quirk, Quirks};
 pub use port::{LinkPort, LoopbackPort, NullPort, Port, RxInbox};

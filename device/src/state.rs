@@ -9,6 +9,7 @@ use crate::port::{Port, RxInbox};
 use crate::queue::split::{Chain, Desc, SplitRing};
 use crate::transport::{validate_features, StatusChange, StatusMachine};
 use bar_registers::model::{Access, Decoded, Register};
+use crate::quirks::Quirk;
 use bar_registers::virtio::{bits, common, isr, net_cfg, offered_mask, NO_VECTOR};
 use bar_registers::{lm, DeviceLayout, LmLayout};
 use dma::{DmaEngine, LogConfig};
@@ -37,12 +38,16 @@ pub struct QueueSlot {
     pub device: u64,
     /// LM ring state while not enabled: (last_avail_idx, last_used_idx).
     pub ring_state: (u16, u16),
+    /// Where the queue last resumed (the ring state at its last enable).
+    pub resumed: (u16, u16),
+    /// early-queue-disable quirk: the final ring state, applied after this many more reads.
+    pub late_final: Option<((u16, u16), u32)>,
     pub state: QueueState,
 }
 
 impl QueueSlot {
     fn new(size: u16) -> Self {
-        QueueSlot { size, msix_vector: NO_VECTOR, desc: 0, driver: 0, device: 0, ring_state: (0, 0), state: QueueState::Disabled }
+        QueueSlot { size, msix_vector: NO_VECTOR, desc: 0, driver: 0, device: 0, ring_state: (0, 0), resumed: (0, 0), late_final: None, state: QueueState::Disabled }
     }
 
     /// (last_avail, last_used): live while enabled.
@@ -153,6 +158,10 @@ fn merge(cur: u64, rel: u64, len: usize, val: u64) -> u64 {
 impl DeviceState {
     pub fn new(layout: Arc<DeviceLayout>, cfg: DeviceConfig, dma: DmaEngine, port: Arc<dyn Port>, inbox: Arc<RxInbox>, sink: Arc<dyn InterruptSink>) -> Self {
         let nq = layout.num_queues;
+        let mut dma = dma;
+        if cfg.quirks.has(Quirk::LogSkipsUsedRing) {
+            dma.set_unlogged_kinds(&[dma::DmaKind::RingWrite]);
+        }
         DeviceState {
             pci: ConfigSpace::new(&layout),
             msix: MsixState::new(layout.msix_vectors),
@@ -180,6 +189,20 @@ impl DeviceState {
             layout,
             cfg,
         }
+    }
+
+    /// Feature bits this device offers (the declared set, less what a quirk removes).
+    pub fn offered(&self) -> u64 {
+        let mut m = offered_mask();
+        if self.cfg.quirks.has(Quirk::NoGuestAnnounce) {
+            m &= !(1u64 << bits::GUEST_ANNOUNCE);
+        }
+        m
+    }
+
+    /// Whether a quirk is on.
+    pub fn quirk(&self, q: Quirk) -> bool {
+        self.cfg.quirks.has(q)
     }
 
     /// Whether feature `bit` was negotiated.
@@ -261,6 +284,14 @@ impl DeviceState {
         if enabled {
             if vector == NO_VECTOR {
                 self.counters.interrupts_no_vector += 1;
+                return;
+            }
+            if self.cfg.msix_owner == crate::config::MsixOwner::Vmm {
+                if vector < self.layout.msix_vectors {
+                    self.sink.msix(vector);
+                } else {
+                    self.counters.interrupts_no_vector += 1;
+                }
                 return;
             }
             match self.msix.request(vector, self.sink.as_ref()) {
@@ -436,8 +467,8 @@ impl DeviceState {
         match reg {
             common::DEVICE_FEATURE_SELECT => self.device_feature_select.into(),
             common::DEVICE_FEATURE => match self.device_feature_select {
-                0 => offered_mask() & 0xFFFF_FFFF,
-                1 => offered_mask() >> 32,
+                0 => self.offered() & 0xFFFF_FFFF,
+                1 => self.offered() >> 32,
                 _ => 0,
             },
             common::DRIVER_FEATURE_SELECT => self.driver_feature_select.into(),
@@ -552,7 +583,8 @@ impl DeviceState {
     fn status_write(&mut self, v: u8) {
         let _span = tracing::debug_span!("device_status", value = v).entered();
         let driver = self.driver_features;
-        match self.status.write(v, || validate_features(driver).is_ok()) {
+        let offered = self.offered();
+        match self.status.write(v, || validate_features(driver, offered).is_ok()) {
             StatusChange::Reset => self.virtio_reset(),
             StatusChange::Accepted => {}
             StatusChange::FeaturesAccepted => {
@@ -561,7 +593,7 @@ impl DeviceState {
             }
             StatusChange::FeaturesRefused => {
                 self.counters.features_refused += 1;
-                if let Err(e) = validate_features(driver) {
+                if let Err(e) = validate_features(driver, offered) {
                     tracing::info!(%e, "FEATURES_OK refused");
                 }
             }
@@ -586,8 +618,12 @@ impl DeviceState {
         let slot = &self.queues[usize::from(q)];
         let (avail, used) = slot.ring_state;
         match SplitRing::new(q, slot.size, slot.desc, slot.driver, slot.device, avail, used, self.has(bits::EVENT_IDX), self.has(bits::INDIRECT_DESC)) {
-            Ok(ring) => {
-                self.queues[usize::from(q)].state = QueueState::Enabled(Box::new(ring));
+            Ok(mut ring) => {
+                ring.ignore_used_event = self.quirk(Quirk::IgnoresEventIdx);
+                let slot = &mut self.queues[usize::from(q)];
+                slot.resumed = (avail, used);
+                slot.late_final = None;
+                slot.state = QueueState::Enabled(Box::new(ring));
                 if self.status.running() {
                     self.service(q);
                 }
@@ -603,11 +639,17 @@ impl DeviceState {
             // In-flight work: used elements not yet published are published now, so the ring
             // state that becomes readable equals used->idx in memory.
             let res = ring.flush_used(&mut self.dma);
-            slot.ring_state = (ring.last_avail, ring.last_used);
-            slot.state = QueueState::Stopping { reads_left: self.cfg.disable_latency_reads };
-            if let Err(f) = res {
-                self.fail(f);
+            let last = (ring.last_avail, ring.last_used);
+            if self.cfg.quirks.has(Quirk::EarlyQueueDisable) {
+                // Bug: reads 0 at once; the ring state still shows where the queue resumed.
+                slot.ring_state = slot.resumed;
+                slot.late_final = Some((last, self.cfg.disable_latency_reads.max(1)));
+                slot.state = QueueState::Disabled;
+            } else {
+                slot.ring_state = last;
+                slot.state = QueueState::Stopping { reads_left: self.cfg.disable_latency_reads };
             }
+            self.check(res);
         }
     }
 
@@ -636,7 +678,7 @@ impl DeviceState {
 
     // ---------------------------------------------------------------- LM block
 
-    fn lm_read(&self, reg: u64) -> u64 {
+    fn lm_read(&mut self, reg: u64) -> u64 {
         let layout = self.cfg.layout.lm_layout;
         match reg {
             lm::LOGGING_CTRL => self.lm.control,
@@ -648,7 +690,20 @@ impl DeviceState {
             lm::MQ_PAIRS if layout == LmLayout::Dpdk => self.lm.mq_pairs.into(),
             _ => match self.lm_queue(reg) {
                 Some(q) => {
-                    let (a, u) = self.queues[usize::from(q)].ring_state();
+                    let stale = self.quirk(Quirk::StaleUsedIdx);
+                    let slot = &mut self.queues[usize::from(q)];
+                    if let Some((fin, left)) = slot.late_final {
+                        slot.late_final = if left <= 1 {
+                            slot.ring_state = fin;
+                            None
+                        } else {
+                            Some((fin, left - 1))
+                        };
+                    }
+                    let (a, mut u) = slot.ring_state();
+                    if stale && u != slot.resumed.1 {
+                        u = u.wrapping_sub(1);
+                    }
                     lm::pack_ring_state(a, u).into()
                 }
                 None => 0,
@@ -694,10 +749,11 @@ impl DeviceState {
     fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
         let slot = &mut self.queues[usize::from(q)];
         // Writable only while the queue is disabled (the vDPA talk: "R/W vring index").
-        if !matches!(slot.state, QueueState::Disabled) {
+        if !matches!(slot.state, QueueState::Disabled) || self.cfg.quirks.has(Quirk::RingStateReadOnly) {
             self.counters.ignored_register_writes += 1;
             return;
         }
+        slot.late_final = None;
         slot.ring_state = if len == 2 && rel == 0 {
             // Linux ifcvf_set_vq_state writes the 16-bit avail index only: after a clean stop
             // used == avail, so the device resumes both there (as vhost's SET_VRING_BASE does).
@@ -710,7 +766,8 @@ impl DeviceState {
 
     fn apply_logging(&mut self) {
         let on = self.lm.control & 1 != 0;
-        let cfg = on.then(|| LogConfig { base: self.lm.base, end: self.lm.end, granularity: self.cfg.log_granularity });
+        let end = if self.quirk(Quirk::LogIgnoresEnd) { u64::MAX } else { self.lm.end };
+        let cfg = on.then(|| LogConfig { base: self.lm.base, end, granularity: self.cfg.log_granularity });
         if self.dma.logging() != cfg {
             tracing::debug!(?cfg, "dirty logging");
             self.dma.set_logging(cfg);
@@ -755,17 +812,34 @@ impl DeviceState {
         } else {
             self.service_tx(q).and_then(|()| self.service_rx())
         };
+        self.check(res);
+    }
+
+    /// Turns a datapath result into DEVICE_NEEDS_RESET when it failed, attributing faults in
+    /// the dirty log (a publish flushes the log first) to the log, and picks up log faults of
+    /// writes whose marking was deferred.
+    fn check(&mut self, res: Result<(), DeviceFault>) {
         if let Err(f) = res {
+            let f = match f {
+                DeviceFault::Dma { fault, .. } if self.in_log(fault.iova()) => DeviceFault::LogDma(fault),
+                f => f,
+            };
             self.fail(f);
         }
+        if let Some(f) = self.dma.take_log_fault() {
+            self.fail(DeviceFault::LogDma(f));
+        }
+    }
+
+    fn in_log(&self, iova: u64) -> bool {
+        self.dma.logging().is_some_and(|l| iova >= l.base && iova < l.end)
     }
 
     /// Delivers waiting frames if the device can take them.
     pub fn service_inbox(&mut self) {
         if self.status.running() && self.pci.bus_master() && !self.inbox.is_empty() {
-            if let Err(f) = self.service_rx() {
-                self.fail(f);
-            }
+            let res = self.service_rx();
+            self.check(res);
         }
     }
 

@@ -40,6 +40,9 @@ pub struct DmaEngine {
     log: DirtyLog,
     trace: Option<Arc<WriteTrace>>,
     log_fault: Option<DmaFault>,
+    /// Kinds whose writes are deliberately not logged (bit per `DmaKind as u8`): fault
+    /// injection for the device's `log-skips-used-ring` quirk, never set by a healthy device.
+    unlogged: u8,
 }
 
 impl std::fmt::Debug for DmaEngine {
@@ -83,7 +86,7 @@ impl DmaEngine {
     /// A DMA port on `space` with an `iotlb_entries`-entry direct-mapped IOTLB (rounded up to
     /// a power of two, at most [`MAX_IOTLB_ENTRIES`]; 0 = walk the mapping table every time).
     pub fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
-        DmaEngine { iommu: Iommu::new(space, iotlb_entries), bus: BusStats::default(), log: DirtyLog::new(), trace: None, log_fault: None }
+        DmaEngine { iommu: Iommu::new(space, iotlb_entries), bus: BusStats::default(), log: DirtyLog::new(), trace: None, log_fault: None, unlogged: 0 }
     }
 
     /// The IOVA space this engine translates through.
@@ -205,7 +208,7 @@ impl DmaEngine {
         if kind == DmaKind::LogWrite {
             return;
         }
-        if self.log.enabled() {
+        if self.log.enabled() && self.unlogged & (1 << kind as u8) == 0 {
             if let Err(f) = self.log.mark(iova, len, &mut self.iommu, &mut self.bus) {
                 self.note_log_fault(f);
             }
@@ -258,7 +261,7 @@ impl DmaEngine {
     pub fn publish_u16(&mut self, iova: u64, val: u16, kind: DmaKind) -> Result<(), DmaFault> {
         let mut route = self.iommu.translate(iova, 2, true)?;
         let generation = self.iommu.cached_generation();
-        if kind != DmaKind::LogWrite && self.log.enabled() {
+        if kind != DmaKind::LogWrite && self.log.enabled() && self.unlogged & (1 << kind as u8) == 0 {
             // The translation succeeded, so `iova + 2` does not overflow. A fault of a
             // buffer-full flush inside `mark` also stops the publish.
             self.log.mark(iova, 2, &mut self.iommu, &mut self.bus)?;
@@ -351,6 +354,12 @@ impl DmaEngine {
         self.bus = BusStats::default();
         self.iommu.stats = IommuStats::default();
         self.log.stats = LogStats::default();
+    }
+
+    /// Writes of these kinds are no longer marked in the dirty log (they are still traced).
+    /// Fault injection: models a device that forgets to log, e.g., its used-ring writes.
+    pub fn set_unlogged_kinds(&mut self, kinds: &[DmaKind]) {
+        self.unlogged = kinds.iter().fold(0, |m, &k| m | (1 << k as u8));
     }
 
     /// Records every later successful write (except `LogWrite`) in `trace`; `None` stops.

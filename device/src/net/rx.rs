@@ -73,6 +73,7 @@ impl DeviceState {
     /// Writes one frame into queue `q`. Ok(false) when it does not fit yet.
     fn deliver(&mut self, q: u16, frame: &[u8], mrg: bool) -> Result<bool, DeviceFault> {
         let batch = self.cfg.batch;
+        let wrong_len = self.cfg.quirks.has(crate::quirks::Quirk::SplitRingUsedLenWrong);
         let DeviceState { queues, dma, chain, rx_descs: all, counters, .. } = self;
         let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(false) };
         let need = (NET_HDR_LEN + frame.len()) as u64;
@@ -115,7 +116,7 @@ impl DeviceState {
         // Header: flags 0, gso_type NONE, hdr_len/gso_size/csum 0, num_buffers (LE u16 at 10).
         let mut hdr = [0u8; NET_HDR_LEN];
         hdr[10..12].copy_from_slice(&(nslots as u16).to_le_bytes());
-        write_frame(ring, dma, q, &hdr, frame, &slots[..nslots], all)?;
+        write_frame(ring, dma, q, &hdr, frame, &slots[..nslots], all, wrong_len)?;
         let qc = &mut counters.queues[usize::from(q)];
         qc.chains += nslots as u64;
         qc.frames += 1;
@@ -126,6 +127,7 @@ impl DeviceState {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_frame(
     ring: &mut SplitRing,
     dma: &mut DmaEngine,
@@ -134,6 +136,7 @@ fn write_frame(
     frame: &[u8],
     slots: &[Option<Slot>],
     all: &[crate::queue::split::Desc],
+    wrong_len: bool,
 ) -> Result<(), DeviceFault> {
     let total = hdr.len() + frame.len();
     let mut pos = 0usize; // position in the hdr ++ frame stream
@@ -162,7 +165,7 @@ fn write_frame(
             written += n as u64;
         }
         debug_assert!(written <= s.cap);
-        ring.push_used(s.head, written as u32);
+        ring.push_used(s.head, if wrong_len { s.cap as u32 } else { written as u32 });
     }
     Ok(())
 }

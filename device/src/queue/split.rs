@@ -79,6 +79,8 @@ pub struct SplitRing {
     pub last_used: u16,
     pub event_idx: bool,
     pub indirect: bool,
+    /// ignores-event-idx quirk: interrupt after every batch despite used_event.
+    pub ignore_used_event: bool,
     /// Used index at the last interrupt decision.
     signalled_used: u16,
     /// used idx value in memory (published).
@@ -119,6 +121,7 @@ impl SplitRing {
             last_used,
             event_idx,
             indirect,
+            ignore_used_event: false,
             signalled_used: last_used,
             published_used: last_used,
             heads: Vec::with_capacity(size.into()),
@@ -316,7 +319,9 @@ impl SplitRing {
         let q = self.queue;
         // Pairs with the driver's barrier between writing used_event/flags and reading used->idx.
         fence(Ordering::SeqCst);
-        let need = if self.event_idx {
+        let need = if self.event_idx && self.ignore_used_event {
+            true
+        } else if self.event_idx {
             let used_event =
                 dma.read_u16(self.avail + 4 + 2 * u64::from(self.size), DmaKind::RingRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             vring_need_event(used_event, new, old)

@@ -1,0 +1,114 @@
+//! Injected design bugs: each quirk makes the model behave like a device with one realistic
+//! hardware bug, so the validator and the migration checker can prove they catch it.
+
+/// One injectable bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Quirk {
+    /// LM ring state writes are ignored: the queue always resumes at 0 (or wherever it was).
+    RingStateReadOnly,
+    /// The LM ring state's last_used_idx lags the real used index by one completion.
+    StaleUsedIdx,
+    /// Used ring writes (elements, used->idx, avail_event) are not marked in the dirty log.
+    LogSkipsUsedRing,
+    /// The dirty log ignores its end address and writes bits past it.
+    LogIgnoresEnd,
+    /// used_event is ignored: the device interrupts after every batch even with EVENT_IDX.
+    IgnoresEventIdx,
+    /// queue_enable reads 0 at once after a stop, before the ring state is final.
+    EarlyQueueDisable,
+    /// VIRTIO_NET_F_GUEST_ANNOUNCE is not offered (the device would need RARP instead).
+    NoGuestAnnounce,
+    /// RX used elements report the buffer's capacity instead of the bytes written.
+    SplitRingUsedLenWrong,
+}
+
+impl Quirk {
+    /// Every quirk.
+    pub const ALL: [Quirk; 8] = [
+        Quirk::RingStateReadOnly,
+        Quirk::StaleUsedIdx,
+        Quirk::LogSkipsUsedRing,
+        Quirk::LogIgnoresEnd,
+        Quirk::IgnoresEventIdx,
+        Quirk::EarlyQueueDisable,
+        Quirk::NoGuestAnnounce,
+        Quirk::SplitRingUsedLenWrong,
+    ];
+
+    /// CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quirk::RingStateReadOnly => "ring-state-read-only",
+            Quirk::StaleUsedIdx => "stale-used-idx",
+            Quirk::LogSkipsUsedRing => "log-skips-used-ring",
+            Quirk::LogIgnoresEnd => "log-ignores-end",
+            Quirk::IgnoresEventIdx => "ignores-event-idx",
+            Quirk::EarlyQueueDisable => "early-queue-disable",
+            Quirk::NoGuestAnnounce => "no-guest-announce",
+            Quirk::SplitRingUsedLenWrong => "split-ring-used-len-wrong",
+        }
+    }
+
+    /// One sentence on the bug.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Quirk::RingStateReadOnly => "the LM ring state register ignores writes, so a restored queue does not resume where the source stopped",
+            Quirk::StaleUsedIdx => "the LM ring state reports a last_used_idx one completion behind the used ring",
+            Quirk::LogSkipsUsedRing => "the device does not log its used-ring writes in the dirty-page log",
+            Quirk::LogIgnoresEnd => "the device writes dirty-log bits past the log end address",
+            Quirk::IgnoresEventIdx => "the device ignores used_event and interrupts after every batch although EVENT_IDX was negotiated",
+            Quirk::EarlyQueueDisable => "queue_enable reads 0 right after a stop, before the LM ring state is final",
+            Quirk::NoGuestAnnounce => "the device does not offer VIRTIO_NET_F_GUEST_ANNOUNCE",
+            Quirk::SplitRingUsedLenWrong => "RX used elements carry the buffer capacity instead of the number of bytes written",
+        }
+    }
+
+    /// Parses a CLI name.
+    pub fn parse(s: &str) -> Option<Quirk> {
+        Quirk::ALL.into_iter().find(|q| q.name() == s)
+    }
+}
+
+/// A set of quirks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quirks(u16);
+
+impl Quirks {
+    /// No quirks: a healthy device.
+    pub const NONE: Quirks = Quirks(0);
+
+    /// Whether `q` is on.
+    pub fn has(self, q: Quirk) -> bool {
+        self.0 & (1 << q as u16) != 0
+    }
+
+    /// Adds `q`.
+    pub fn with(self, q: Quirk) -> Quirks {
+        Quirks(self.0 | (1 << q as u16))
+    }
+
+    /// The quirks that are on.
+    pub fn iter(self) -> impl Iterator<Item = Quirk> {
+        Quirk::ALL.into_iter().filter(move |&q| self.has(q))
+    }
+}
+
+impl FromIterator<Quirk> for Quirks {
+    fn from_iter<I: IntoIterator<Item = Quirk>>(it: I) -> Self {
+        it.into_iter().fold(Quirks::NONE, Quirks::with)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_roundtrip() {
+        for q in Quirk::ALL {
+            assert_eq!(Quirk::parse(q.name()), Some(q));
+        }
+        let s: Quirks = [Quirk::StaleUsedIdx, Quirk::NoGuestAnnounce].into_iter().collect();
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![Quirk::StaleUsedIdx, Quirk::NoGuestAnnounce]);
+    }
+}
