@@ -39,7 +39,16 @@ pub enum MsixOwner {
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        DeviceConfig { layout: LayoutParams::default(), log_granularity: 4096, iotlb_entries: 64, rx_backlog: 4096, disable_latency_reads: 2, batch: 64, msix_owner: MsixOwner::Device, quirks: crate::quirks::Quirks::NONE }
+        DeviceConfig {
+            layout: LayoutParams::default(),
+            log_granularity: 4096,
+            iotlb_entries: 64,
+            rx_backlog: 4096,
+            disable_latency_reads: 2,
+            batch: 64,
+            msix_owner: MsixOwner::Device,
+            quirks: crate::quirks::Quirks::NONE,
+        }
     }
 }
 

@@ -23,5 +23,5 @@ pub use counters::{DeviceCounters, QueueCounters};
 pub use device::{AccessError, Device, DmaMapper, QueueSnapshot, RegionAccess};
 pub use fault::DeviceFault;
 pub use interrupt::{InterruptRecorder, InterruptSink};
-pub use quirks::{Quirk, Quirks};
 pub use port::{LinkPort, LoopbackPort, NullPort, Port, RxInbox};
+pub use quirks::{Quirk, Quirks};

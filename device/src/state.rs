@@ -7,9 +7,9 @@ use crate::interrupt::{Delivery, InterruptSink, MsixState};
 use crate::pci::{ConfigEffect, ConfigSpace};
 use crate::port::{Port, RxInbox};
 use crate::queue::split::{Chain, Desc, SplitRing};
+use crate::quirks::Quirk;
 use crate::transport::{validate_features, StatusChange, StatusMachine};
 use bar_registers::model::{Access, Decoded, Register};
-use crate::quirks::Quirk;
 use bar_registers::virtio::{bits, common, isr, net_cfg, offered_mask, NO_VECTOR};
 use bar_registers::{lm, DeviceLayout, LmLayout};
 use dma::{DmaEngine, LogConfig};
@@ -47,7 +47,17 @@ pub struct QueueSlot {
 
 impl QueueSlot {
     fn new(size: u16) -> Self {
-        QueueSlot { size, msix_vector: NO_VECTOR, desc: 0, driver: 0, device: 0, ring_state: (0, 0), resumed: (0, 0), late_final: None, state: QueueState::Disabled }
+        QueueSlot {
+            size,
+            msix_vector: NO_VECTOR,
+            desc: 0,
+            driver: 0,
+            device: 0,
+            ring_state: (0, 0),
+            resumed: (0, 0),
+            late_final: None,
+            state: QueueState::Disabled,
+        }
     }
 
     /// (last_avail, last_used): live while enabled.

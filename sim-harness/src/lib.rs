@@ -4,3 +4,4 @@
 pub mod demo;
 pub mod driver;
 pub mod frames;
+pub mod migrate;

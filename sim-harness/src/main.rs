@@ -29,6 +29,77 @@ enum Cmd {
     },
     /// Print the register map (docs/registers.md) rendered from the declarations.
     Registers,
+    /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
+    Migrate {
+        /// Guest RAM (e.g. 64M, 1G).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        memory: u64,
+        /// Queue pairs (1..=32).
+        #[arg(long, default_value_t = 1)]
+        queue_pairs: u16,
+        /// Frames per second in each direction (0 = as fast as possible).
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Dirty-log granularity (4K, 64K, 2M, ...).
+        #[arg(long, default_value = "4K", value_parser = parse_size)]
+        log_granularity: u64,
+        /// LM block layout: dpdk or linux.
+        #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
+        lm_layout: bar_registers::LmLayout,
+        /// Inject a device bug on the source (see `vdpa-emu migrate --list-quirks`).
+        #[arg(long = "quirk", value_parser = parse_quirk)]
+        quirks: Vec<device::Quirk>,
+        /// List the quirks and exit.
+        #[arg(long)]
+        list_quirks: bool,
+        /// Stop pre-copy when a round finds fewer dirty pages than this.
+        #[arg(long, default_value_t = 256)]
+        dirty_threshold: usize,
+        /// Most pre-copy rounds.
+        #[arg(long, default_value_t = 30)]
+        max_rounds: u32,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Back-to-back migrations of the same guest.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Report format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => {
+            let m = match s[i..].to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                u => return Err(format!("unknown size unit {u:?} (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("not a size: {s:?}"))
+}
+
+fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
+    bar_registers::LmLayout::parse(s).ok_or_else(|| format!("unknown LM layout {s:?}: use dpdk or linux"))
+}
+
+fn parse_quirk(s: &str) -> Result<device::Quirk, String> {
+    device::Quirk::parse(s).ok_or_else(|| format!("unknown quirk {s:?}; known: {}", device::Quirk::ALL.map(|q| q.name()).join(", ")))
+}
+
+fn list_quirks() {
+    for q in device::Quirk::ALL {
+        println!("{:<28} {}", q.name(), q.describe());
+    }
 }
 
 fn main() -> ExitCode {
@@ -56,6 +127,44 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Migrate { list_quirks: true, .. } => {
+            list_quirks();
+            ExitCode::SUCCESS
+        }
+        Cmd::Migrate { memory, queue_pairs, rate, log_granularity, lm_layout, quirks, dirty_threshold, max_rounds, seed, count, format, .. } => {
+            let o = sim_harness::migrate::MigrateOptions {
+                memory,
+                queue_pairs,
+                rate,
+                log_granularity,
+                lm_layout,
+                quirks: quirks.into_iter().collect(),
+                dirty_threshold,
+                max_rounds,
+                seed,
+                count,
+                progress: true,
+                ..Default::default()
+            };
+            match sim_harness::migrate::run(&o) {
+                Ok(r) => {
+                    if format == "json" {
+                        println!("{}", r.json());
+                    } else {
+                        print!("{}", r.table());
+                    }
+                    if r.clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("vdpa-emu migrate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Registers => {
             print!("{}", bar_registers::render::registers_markdown());
             ExitCode::SUCCESS

@@ -3,8 +3,9 @@
 //! uses (DPDK maps guest memory at IOVA == GPA), with a bump allocator.
 
 use device::DmaMapper;
-use dma::{Backing, MapError, Perms, SharedMemory, ShmError};
-use parking_lot::Mutex;
+use dma::{Backing, MapError, Perms, SharedMemory, ShmError, WriteTrace, PAGE_SIZE};
+use parking_lot::{Mutex, RwLock};
+use std::sync::Arc;
 
 /// Errors of the guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +28,46 @@ pub struct GuestMemory {
     shm: SharedMemory,
     base: u64,
     next: Mutex<u64>,
+    /// The "CPU" dirty log (KVM's, in a real VMM): pages the guest itself writes.
+    cpu_dirty: RwLock<Option<Arc<WriteTrace>>>,
 }
 
 impl GuestMemory {
     /// Creates `size` bytes of guest RAM starting at IOVA `base`.
     pub fn new(base: u64, size: u64) -> Result<Self, MemoryError> {
-        Ok(GuestMemory { shm: SharedMemory::new("vdpa-emu-guest", size)?, base, next: Mutex::new(0) })
+        Ok(GuestMemory { shm: SharedMemory::new("vdpa-emu-guest", size)?, base, next: Mutex::new(0), cpu_dirty: RwLock::new(None) })
+    }
+
+    /// Fresh memory with the same base, size and allocation state (a migration destination's
+    /// RAM before the copy).
+    pub fn new_like(&self) -> Result<Self, MemoryError> {
+        let m = GuestMemory::new(self.base, self.size())?;
+        *m.next.lock() = *self.next.lock();
+        Ok(m)
+    }
+
+    /// Starts (Some) or stops (None) recording the pages the guest writes.
+    pub fn set_cpu_dirty_log(&self, log: Option<Arc<WriteTrace>>) {
+        *self.cpu_dirty.write() = log;
+    }
+
+    fn dirty(&self, iova: u64, len: u64) {
+        if let Some(t) = self.cpu_dirty.read().as_ref() {
+            t.record(iova, len);
+        }
+    }
+
+    /// Copies page `pfn` (IOVA / 4 KiB) of this memory into `dst`.
+    pub fn copy_page_to(&self, pfn: u64, dst: &GuestMemory, buf: &mut [u8; PAGE_SIZE as usize]) -> Result<(), MemoryError> {
+        let iova = pfn * PAGE_SIZE;
+        self.shm.read(self.off(iova)?, buf)?;
+        dst.shm.write(dst.off(iova)?, buf)?;
+        Ok(())
+    }
+
+    /// Page numbers (IOVA / 4 KiB) this memory spans.
+    pub fn pfns(&self) -> std::ops::Range<u64> {
+        self.base / PAGE_SIZE..(self.base + self.size()).div_ceil(PAGE_SIZE)
     }
 
     /// First IOVA.
@@ -79,7 +114,9 @@ impl GuestMemory {
         Ok(self.shm.read(self.off(iova)?, buf)?)
     }
     pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), MemoryError> {
-        Ok(self.shm.write(self.off(iova)?, data)?)
+        self.shm.write(self.off(iova)?, data)?;
+        self.dirty(iova, data.len() as u64);
+        Ok(())
     }
     pub fn read_u16(&self, iova: u64) -> Result<u16, MemoryError> {
         Ok(self.shm.read_u16(self.off(iova)?)?)
@@ -88,19 +125,29 @@ impl GuestMemory {
         Ok(self.shm.read_u32(self.off(iova)?)?)
     }
     pub fn write_u16(&self, iova: u64, v: u16) -> Result<(), MemoryError> {
-        Ok(self.shm.write_u16(self.off(iova)?, v)?)
+        self.shm.write_u16(self.off(iova)?, v)?;
+        self.dirty(iova, 2);
+        Ok(())
     }
     pub fn write_u32(&self, iova: u64, v: u32) -> Result<(), MemoryError> {
-        Ok(self.shm.write_u32(self.off(iova)?, v)?)
+        self.shm.write_u32(self.off(iova)?, v)?;
+        self.dirty(iova, 4);
+        Ok(())
     }
     pub fn write_u64(&self, iova: u64, v: u64) -> Result<(), MemoryError> {
-        Ok(self.shm.write_u64(self.off(iova)?, v)?)
+        self.shm.write_u64(self.off(iova)?, v)?;
+        self.dirty(iova, 8);
+        Ok(())
     }
     /// Publishes an index (avail->idx) with Release ordering.
     pub fn store_u16_release(&self, iova: u64, v: u16) -> Result<(), MemoryError> {
-        Ok(self.shm.store_u16_release(self.off(iova)?, v)?)
+        self.shm.store_u16_release(self.off(iova)?, v)?;
+        self.dirty(iova, 2);
+        Ok(())
     }
     pub fn fill(&self, iova: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
-        Ok(self.shm.fill(self.off(iova)?, len, byte)?)
+        self.shm.fill(self.off(iova)?, len, byte)?;
+        self.dirty(iova, len);
+        Ok(())
     }
 }

@@ -113,6 +113,37 @@ impl NetDriver {
         Ok(d)
     }
 
+    /// Moves the driver (the guest) to another device whose guest memory `mem` already holds
+    /// a copy of this driver's memory: the migration switch-over. The caller then runs
+    /// [`NetDriver::restart`] with the source's ring states.
+    pub fn migrate_to(&mut self, dev: Arc<dyn DeviceHandle>, irq: Arc<InterruptRecorder>, mem: Arc<GuestMemory>) -> Result<(), DriverError> {
+        self.pci = probe(dev.as_ref())?;
+        mem.map_into(dev.as_ref())?;
+        self.dev = dev;
+        self.irq = irq;
+        self.mem = mem;
+        self.num_queues = self.common_read16(common::NUM_QUEUES)?;
+        Ok(())
+    }
+
+    /// What a driver does on a config interrupt: reads the config status and, when the device
+    /// asks for an announce (VIRTIO_NET_S_ANNOUNCE), acks it with VIRTIO_NET_CTRL_ANNOUNCE_ACK
+    /// (after sending its gratuitous ARP, which the model leaves out). Returns whether it acked.
+    pub fn handle_config_change(&mut self) -> Result<bool, DriverError> {
+        let status = self.net_config(net_cfg::STATUS, 2)?;
+        if status & 2 != 0 && self.features & (1 << bits::GUEST_ANNOUNCE) != 0 {
+            self.ctrl(3, 0, &[])?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// IOVAs of every running queue's used ring with its length (DPDK marks them dirty in
+    /// software at stop).
+    pub fn used_rings(&self) -> Vec<(u64, u64)> {
+        self.queues.iter().flatten().map(|q| (q.ring.used, super::ring::ring_sizes(q.ring.size).2)).collect()
+    }
+
     /// The device handle.
     pub fn device(&self) -> &Arc<dyn DeviceHandle> {
         &self.dev
