@@ -208,10 +208,23 @@ impl DirtyLog {
         }
         let mut result = Ok(());
         if let Some(cfg) = self.cfg {
+            // Bus model: consecutive words whose 64 bits are all set (coarse granules) can be
+            // written as plain all-ones stores, which no concurrent harvest can lose, so a device
+            // sends them as one posted write per Max_Payload_Size burst. Any other word is its
+            // own atomic read-modify-write transaction.
+            self.entries.sort_unstable_by_key(|e| e.word);
+            let mut burst: Option<(u64, u64)> = None; // (last word, words in burst)
             for i in 0..self.entries.len() {
                 let e = self.entries[i];
-                if let Err(f) = write_word(&cfg, e.word, e.mask, iommu, bus, &mut self.stats) {
-                    result = result.and(Err(f));
+                let full = e.mask == u64::MAX;
+                let cont = full && matches!(burst, Some((w, n)) if w + 1 == e.word && n < MAX_BURST_WORDS);
+                match write_word(&cfg, e.word, e.mask, iommu, bus, &mut self.stats, !cont) {
+                    Ok(true) if full => burst = Some((e.word, if cont { burst.map_or(1, |b| b.1 + 1) } else { 1 })),
+                    Ok(_) => burst = None,
+                    Err(f) => {
+                        burst = None;
+                        result = result.and(Err(f));
+                    }
                 }
             }
         }
@@ -220,19 +233,24 @@ impl DirtyLog {
     }
 }
 
-/// ORs `mask` (bits of pages `64 * word ..`) into the log.
-fn write_word(cfg: &LogConfig, word: u64, mask: u64, iommu: &mut Iommu, bus: &mut BusStats, stats: &mut LogStats) -> Result<(), DmaFault> {
+/// Most log words in one burst: a 256-byte Max_Payload_Size.
+const MAX_BURST_WORDS: u64 = 32;
+
+/// ORs `mask` (bits of pages `64 * word ..`) into the log. `new_txn` false: the word continues
+/// the previous word's burst (bytes are counted, not a transaction). Returns whether the whole
+/// word was written with one aligned 8-byte access.
+fn write_word(cfg: &LogConfig, word: u64, mask: u64, iommu: &mut Iommu, bus: &mut BusStats, stats: &mut LogStats, new_txn: bool) -> Result<bool, DmaFault> {
     // word <= 2^46 (page numbers are 52-bit), so `word * 8` cannot overflow.
     let Some(addr) = cfg.base.checked_add(word * 8) else {
         stats.beyond_end += u64::from(mask.count_ones());
-        return Ok(());
+        return Ok(false);
     };
     let in_range = cfg.end.saturating_sub(addr).min(8);
     let keep = if in_range == 8 { u64::MAX } else { (1u64 << (8 * in_range)) - 1 };
     stats.beyond_end += u64::from((mask & !keep).count_ones());
     let mask = mask & keep;
     if mask == 0 {
-        return Ok(());
+        return Ok(false);
     }
     if in_range == 8 {
         match iommu.translate(addr, 8, true) {
@@ -244,9 +262,9 @@ fn write_word(cfg: &LogConfig, word: u64, mask: u64, iommu: &mut Iommu, bus: &mu
                 let a = unsafe { AtomicU64::from_ptr(p.cast::<u64>()) };
                 // Little-endian: byte k of the word holds pages 64*word + 8k ..= +7.
                 a.fetch_or(mask.to_le(), Ordering::Release);
-                stats.log_writes += 1;
-                bus.add(DmaKind::LogWrite, 1, 8);
-                return Ok(());
+                stats.log_writes += u64::from(new_txn);
+                bus.add(DmaKind::LogWrite, u64::from(new_txn), 8);
+                return Ok(true);
             }
             // Unaligned host address or split across mappings: per byte below.
             Ok(_) => {}
@@ -279,7 +297,7 @@ fn write_word(cfg: &LogConfig, word: u64, mask: u64, iommu: &mut Iommu, bus: &mu
             }
         }
     }
-    result
+    result.map(|()| false)
 }
 
 #[cfg(test)]
