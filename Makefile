@@ -9,8 +9,10 @@ all: build
 build:
 	$(CARGO) build --release --workspace
 
-# The main job on the built-in model: loopback traffic through the NIC with its counters.
+# The main job on the built-in model: the vDPA HW prerequisite report, then loopback traffic
+# through the NIC with its counters.
 demo: build
+	./target/release/vdpa-emu validate
 	./target/release/vdpa-emu demo --queue-pairs 4 --frames 10000
 
 # Every test: formatting, lints, unit and integration tests (the registers doc staleness check

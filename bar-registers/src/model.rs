@@ -109,8 +109,8 @@ impl Register {
         }
         match self.narrow {
             Narrow::No => false,
-            Narrow::Halves => len == 4 && rel % 4 == 0,
-            Narrow::Any => len.is_power_of_two() && rel % len == 0,
+            Narrow::Halves => len == 4 && rel.is_multiple_of(4),
+            Narrow::Any => len.is_power_of_two() && rel.is_multiple_of(len),
         }
     }
 }

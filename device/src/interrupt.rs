@@ -135,7 +135,8 @@ impl MsixState {
     }
 
     fn take_pending(&mut self, v: u16) -> bool {
-        if self.masked(v) {
+        // PCI 3.0 6.8.2.3: no MSI-X message while MSI-X is disabled.
+        if !self.enabled || self.masked(v) {
             return false;
         }
         let (w, b) = (usize::from(v) / 64, v % 64);

@@ -65,7 +65,8 @@ impl ConfigSpace {
         put(&mut wmask, hdr::COMMAND, 2, command::WRITABLE.into());
         put(&mut w1c, hdr::STATUS, 2, bar_registers::pci::status::W1C.into());
         put(&mut wmask, cap_offset::MSIX + msix_cap::MESSAGE_CONTROL, 2, u64::from(msix_cap::CTRL_ENABLE | msix_cap::CTRL_FUNCTION_MASK));
-        put(&mut wmask, cap_offset::PCIE + pcie_cap::DEVICE_CONTROL, 2, 0x7FFF);
+        // Bit 15 (Initiate FLR) is stored so the write can be seen, then cleared by the FLR itself.
+        put(&mut wmask, cap_offset::PCIE + pcie_cap::DEVICE_CONTROL, 2, 0xFFFF);
         put(&mut w1c, cap_offset::PCIE + pcie_cap::DEVICE_STATUS, 2, 0x000F);
         // BARs are handled by bar_read/bar_write (sizing), not by masks.
         wmask[0x10..0x28].fill(0);

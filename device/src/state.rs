@@ -6,7 +6,7 @@ use crate::fault::DeviceFault;
 use crate::interrupt::{Delivery, InterruptSink, MsixState};
 use crate::pci::{ConfigEffect, ConfigSpace};
 use crate::port::{Port, RxInbox};
-use crate::queue::split::{Chain, Desc, SplitRing};
+use crate::queue::split::{Chain, Desc, RingSetup, SplitRing};
 use crate::quirks::Quirk;
 use crate::transport::{validate_features, StatusChange, StatusMachine};
 use bar_registers::model::{Access, Decoded, Register};
@@ -240,6 +240,7 @@ impl DeviceState {
             *q = QueueSlot::new(size);
         }
         self.isr = 0;
+        self.config_generation = 0;
         self.sink.intx(false);
         self.net = NetState::new(self.cfg.layout.mac);
         self.lm = LmRegs::default();
@@ -627,7 +628,18 @@ impl DeviceState {
         }
         let slot = &self.queues[usize::from(q)];
         let (avail, used) = slot.ring_state;
-        match SplitRing::new(q, slot.size, slot.desc, slot.driver, slot.device, avail, used, self.has(bits::EVENT_IDX), self.has(bits::INDIRECT_DESC)) {
+        let setup = RingSetup {
+            queue: q,
+            size: slot.size,
+            desc: slot.desc,
+            avail: slot.driver,
+            used: slot.device,
+            last_avail: avail,
+            last_used: used,
+            event_idx: self.has(bits::EVENT_IDX),
+            indirect: self.has(bits::INDIRECT_DESC),
+        };
+        match SplitRing::new(setup) {
             Ok(mut ring) => {
                 ring.ignore_used_event = self.quirk(Quirk::IgnoresEventIdx);
                 let slot = &mut self.queues[usize::from(q)];
@@ -777,7 +789,7 @@ impl DeviceState {
     fn apply_logging(&mut self) {
         let on = self.lm.control & 1 != 0;
         let end = if self.quirk(Quirk::LogIgnoresEnd) { u64::MAX } else { self.lm.end };
-        let cfg = on.then(|| LogConfig { base: self.lm.base, end, granularity: self.cfg.log_granularity });
+        let cfg = on.then_some(LogConfig { base: self.lm.base, end, granularity: self.cfg.log_granularity });
         if self.dma.logging() != cfg {
             tracing::debug!(?cfg, "dirty logging");
             self.dma.set_logging(cfg);
@@ -817,7 +829,7 @@ impl DeviceState {
         }
         let res = if q == self.layout.ctrl_queue() {
             self.service_ctrl(q)
-        } else if q % 2 == 0 {
+        } else if q.is_multiple_of(2) {
             self.service_rx()
         } else {
             self.service_tx(q).and_then(|()| self.service_rx())

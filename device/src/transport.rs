@@ -112,11 +112,12 @@ impl StatusMachine {
             self.status = new | dev;
             return StatusChange::Failed;
         }
-        // 3.1.1: ACKNOWLEDGE, then DRIVER, then FEATURES_OK, then DRIVER_OK.
+        // 3.1.1: ACKNOWLEDGE, then DRIVER, then FEATURES_OK, then DRIVER_OK. FEATURES_OK must
+        // have been accepted by an earlier write (step 6 re-reads it) before DRIVER_OK is set.
         let needs = |bit: u8, prereq: u8| added & bit != 0 && new & prereq != prereq;
         if needs(st::DRIVER, st::ACKNOWLEDGE)
             || needs(st::FEATURES_OK, st::ACKNOWLEDGE | st::DRIVER)
-            || needs(st::DRIVER_OK, st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK)
+            || (added & st::DRIVER_OK != 0 && old & st::FEATURES_OK == 0)
         {
             return StatusChange::Rejected;
         }
@@ -190,6 +191,14 @@ mod tests {
     #[test]
     fn skipped_steps_rejected() {
         let mut m = StatusMachine::default();
+        m.write(st::ACKNOWLEDGE | st::DRIVER, || true);
+        assert_eq!(m.write(0x0F, || true), StatusChange::Rejected, "FEATURES_OK and DRIVER_OK in one write");
+        assert_eq!(m.value(), 0x03);
+        m.reset();
+        m.write(st::ACKNOWLEDGE | st::DRIVER, || true);
+        assert_eq!(m.write(0x0F, || true), StatusChange::Rejected, "FEATURES_OK and DRIVER_OK in one write");
+        assert_eq!(m.value(), 0x03);
+        m.reset();
         assert_eq!(m.write(st::DRIVER, || true), StatusChange::Rejected);
         assert_eq!(m.write(st::ACKNOWLEDGE | st::DRIVER | st::DRIVER_OK, || true), StatusChange::Rejected);
         assert_eq!(m.value(), 0);

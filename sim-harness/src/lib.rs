@@ -5,3 +5,4 @@ pub mod demo;
 pub mod driver;
 pub mod frames;
 pub mod migrate;
+pub mod validate;

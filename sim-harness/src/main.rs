@@ -29,6 +29,30 @@ enum Cmd {
     },
     /// Print the register map (docs/registers.md) rendered from the declarations.
     Registers,
+    /// Validate a device's vDPA HW prerequisites (the built-in model, in-process).
+    Validate {
+        /// Queue pairs of the built-in model.
+        #[arg(long, default_value_t = 4)]
+        queue_pairs: u16,
+        /// LM block layout the device presents: dpdk or linux.
+        #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
+        lm_layout: bar_registers::LmLayout,
+        /// Dirty-log granularity the device declares (4K, 64K, 2M).
+        #[arg(long, default_value = "4K", value_parser = parse_size)]
+        log_granularity: u64,
+        /// Inject a device bug into the built-in model (see --list-quirks).
+        #[arg(long = "quirk", value_parser = parse_quirk)]
+        quirks: Vec<device::Quirk>,
+        /// List the quirks and exit.
+        #[arg(long)]
+        list_quirks: bool,
+        /// Skip the 2^16 index wrap-around check (65,536+ completions).
+        #[arg(long)]
+        no_wraparound: bool,
+        /// Report format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "junit"])]
+        format: String,
+    },
     /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
     Migrate {
         /// Guest RAM (e.g. 64M, 1G).
@@ -163,6 +187,31 @@ fn main() -> ExitCode {
                     eprintln!("vdpa-emu migrate: {e}");
                     ExitCode::from(2)
                 }
+            }
+        }
+        Cmd::Validate { list_quirks: true, .. } => {
+            list_quirks();
+            ExitCode::SUCCESS
+        }
+        Cmd::Validate { queue_pairs, lm_layout, log_granularity, quirks, no_wraparound, format, .. } => {
+            let mut cfg = device::DeviceConfig::with_queue_pairs(queue_pairs).lm_layout(lm_layout);
+            cfg.log_granularity = log_granularity;
+            cfg.quirks = quirks.into_iter().collect();
+            if let Err(e) = bar_registers::DeviceLayout::new(cfg.layout.clone()) {
+                eprintln!("vdpa-emu validate: {e}");
+                return ExitCode::from(2);
+            }
+            let o = sim_harness::validate::ValidateOptions { lm_layout, log_granularity, wraparound: !no_wraparound };
+            let r = sim_harness::validate::run(&sim_harness::validate::InProcess { cfg }, &o);
+            match format.as_str() {
+                "json" => println!("{}", r.json()),
+                "junit" => print!("{}", r.junit()),
+                _ => print!("{}", r.table()),
+            }
+            if r.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Cmd::Registers => {

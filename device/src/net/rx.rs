@@ -32,7 +32,17 @@ impl DeviceState {
                 continue;
             }
             let q = 2 * self.net.steer(&frame);
-            match self.deliver(q, &frame, mrg) {
+            let mut res = self.deliver(q, &frame, mrg);
+            if let Ok(false) = res {
+                // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
+                // EVENT_IDX, 2.7.10), then look once more in case it just did.
+                res = match self.arm_rx(q) {
+                    Ok(true) => self.deliver(q, &frame, mrg),
+                    Ok(false) => Ok(false),
+                    Err(e) => Err(e),
+                };
+            }
+            match res {
                 Ok(true) => {
                     touched |= 1 << (q / 2);
                     self.inbox.recycle(frame);
@@ -57,6 +67,13 @@ impl DeviceState {
             q += 1;
         }
         result
+    }
+
+    fn arm_rx(&mut self, q: u16) -> Result<bool, DeviceFault> {
+        match &mut self.queues[usize::from(q)].state {
+            QueueState::Enabled(ring) => ring.arm_notification(&mut self.dma),
+            _ => Ok(false),
+        }
     }
 
     fn publish_rx(&mut self, q: u16) -> Result<(), DeviceFault> {

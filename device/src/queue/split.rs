@@ -65,6 +65,21 @@ pub fn vring_need_event(event_idx: u16, new_idx: u16, old: u16) -> bool {
     new_idx.wrapping_sub(event_idx).wrapping_sub(1) < new_idx.wrapping_sub(old)
 }
 
+/// What queue_enable hands the ring engine: the queue registers, the LM ring state it resumes
+/// at, and the negotiated ring features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSetup {
+    pub queue: u16,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub last_avail: u16,
+    pub last_used: u16,
+    pub event_idx: bool,
+    pub indirect: bool,
+}
+
 /// Device-side state of one enabled split ring.
 #[derive(Debug)]
 pub struct SplitRing {
@@ -93,23 +108,20 @@ pub struct SplitRing {
 }
 
 impl SplitRing {
-    /// A ring resuming at `last_avail` / `last_used` (from the LM ring state).
-    pub fn new(
-        queue: u16,
-        size: u16,
-        desc: u64,
-        avail: u64,
-        used: u64,
-        last_avail: u16,
-        last_used: u16,
-        event_idx: bool,
-        indirect: bool,
-    ) -> Result<Self, DeviceFault> {
+    /// A ring resuming at the setup's `last_avail` / `last_used` (from the LM ring state).
+    pub fn new(setup: RingSetup) -> Result<Self, DeviceFault> {
+        let RingSetup { queue, size, desc, avail, used, last_avail, last_used, event_idx, indirect } = setup;
         if size == 0 || !size.is_power_of_two() {
             return Err(DeviceFault::BadQueueConfig { queue, detail: "queue size is not a power of two" });
         }
-        if desc % 16 != 0 || avail % 2 != 0 || used % 4 != 0 {
+        if !desc.is_multiple_of(16) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
             return Err(DeviceFault::BadQueueConfig { queue, detail: "ring address misaligned (2.7: desc 16, avail 2, used 4)" });
+        }
+        // Every ring address the engine computes is below these ends: checking them once here
+        // keeps all later address arithmetic free of overflow.
+        let n = u64::from(size);
+        if desc.checked_add(16 * n).is_none() || avail.checked_add(6 + 2 * n).is_none() || used.checked_add(6 + 8 * n).is_none() {
+            return Err(DeviceFault::BadQueueConfig { queue, detail: "ring area runs past the end of the 64-bit IOVA space" });
         }
         Ok(SplitRing {
             queue,
@@ -239,7 +251,7 @@ impl SplitRing {
 
     fn walk_indirect(&mut self, dma: &mut DmaEngine, table: u64, len: u32, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<(), DeviceFault> {
         let q = self.queue;
-        if len == 0 || len % 16 != 0 || len / 16 > MAX_INDIRECT_ENTRIES {
+        if len == 0 || !len.is_multiple_of(16) || len / 16 > MAX_INDIRECT_ENTRIES {
             return Err(DeviceFault::BadIndirectLength { queue: q, len });
         }
         let entries = (len / 16) as u16;

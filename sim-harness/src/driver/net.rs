@@ -38,6 +38,12 @@ pub struct DriverOptions {
     pub iova_base: u64,
     /// Which LM layout the driver speaks.
     pub lm_layout: LmLayout,
+    /// Index every ring starts at: written into the LM ring state before queue_enable and used
+    /// as the driver's own starting avail/used index (0 is a plain start).
+    pub start_index: u16,
+    /// Skip the multiqueue setup (DPDK's MQ register and VQ_PAIRS_SET): the device must then use
+    /// queue pair 0 only (virtio 1.2 5.1.6.5.5).
+    pub skip_mq_setup: bool,
 }
 
 impl Default for DriverOptions {
@@ -52,6 +58,8 @@ impl Default for DriverOptions {
             memory: 64 << 20,
             iova_base: 0x4000_0000,
             lm_layout: LmLayout::Dpdk,
+            start_index: 0,
+            skip_mq_setup: false,
         }
     }
 }
@@ -86,6 +94,13 @@ pub struct NetDriver {
     num_queues: u16,
     queues: Vec<Option<Queue>>,
     ctrl_buf: u64,
+}
+
+impl Drop for NetDriver {
+    /// The guest goes away: its memory is no longer the device's to reach.
+    fn drop(&mut self) {
+        let _ = self.dev.dma_unmap(self.mem.base(), self.mem.size());
+    }
 }
 
 impl std::fmt::Debug for NetDriver {
@@ -274,7 +289,14 @@ impl NetDriver {
         let ev = self.features & (1 << bits::EVENT_IDX) != 0;
         self.queues = (0..self.num_queues).map(|_| None).collect();
         for q in self.queue_ids() {
-            let ring = DriverRing::new(&self.mem, q, self.opts.queue_size, ev)?;
+            let mut ring = DriverRing::new(&self.mem, q, self.opts.queue_size, ev)?;
+            let at = self.opts.start_index;
+            if at != 0 {
+                ring.resync(at, at);
+                // As if the rings had run to `at` before: avail->idx and used->idx both there.
+                self.mem.write_u16(ring.avail + 2, at)?;
+                self.mem.write_u16(ring.used + 2, at)?;
+            }
             let is_rx = q % 2 == 0 && q != self.num_queues - 1;
             let is_tx = q % 2 == 1;
             let nbuf = if is_rx || is_tx { usize::from(self.opts.queue_size) } else { 0 };
@@ -285,12 +307,13 @@ impl NetDriver {
             }
             self.queues[usize::from(q)] = Some(Queue { ring, notify_off: 0, pool, inflight: vec![0; usize::from(self.opts.queue_size)] });
         }
-        self.program_queues(None)?;
+        let at = self.opts.start_index;
+        self.program_queues((at != 0).then(|| vec![(at, at); usize::from(self.num_queues)]).as_deref())?;
         self.set_status(st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK | st::DRIVER_OK)?;
         for p in 0..self.opts.queue_pairs {
             self.refill_rx(p)?;
         }
-        if self.opts.queue_pairs > 1 {
+        if self.opts.queue_pairs > 1 && !self.opts.skip_mq_setup {
             let n = self.opts.queue_pairs;
             self.ctrl(4, 0, &n.to_le_bytes())?;
         }
@@ -337,7 +360,7 @@ impl NetDriver {
         if self.common_read16(common::CONFIG_MSIX_VECTOR)? == NO_VECTOR {
             return Err(DriverError::MsixConfigRejected(0));
         }
-        if self.opts.lm_layout == LmLayout::Dpdk {
+        if self.opts.lm_layout == LmLayout::Dpdk && !self.opts.skip_mq_setup {
             // ifcvf_enable_multiqueue: IFCVF_MQ_OFFSET = number of queue pairs.
             self.lm_write32(lm::MQ_PAIRS, self.opts.queue_pairs.into())?;
         }
@@ -405,6 +428,15 @@ impl NetDriver {
         }
         self.reset()?;
         Ok(states)
+    }
+
+    /// Reads the device's 64 offered feature bits (no state change).
+    pub fn device_features_probe(&self) -> Result<u64, DriverError> {
+        self.common_write(common::DEVICE_FEATURE_SELECT, 4, 0)?;
+        let lo = self.common_read(common::DEVICE_FEATURE, 4)?;
+        self.common_write(common::DEVICE_FEATURE_SELECT, 4, 1)?;
+        let hi = self.common_read(common::DEVICE_FEATURE, 4)?;
+        Ok(lo | (hi << 32))
     }
 
     /// Fails if the device set DEVICE_NEEDS_RESET.

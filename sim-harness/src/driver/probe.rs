@@ -68,10 +68,10 @@ pub fn probe(dev: &dyn RegionAccess) -> Result<PciInfo, DriverError> {
     let subsys_vendor = config.subsystem_vendor_id().read().map_err(io)?;
     let subsys_device = config.subsystem_id().read().map_err(io)?;
     let revision = config.revision_id().read().map_err(io)?;
-    let cc = config.class_code();
-    let class = (u32::from(cc.base_class_code().read().map_err(io)?) << 16)
-        | (u32::from(cc.sub_class_code().read().map_err(io)?) << 8)
-        | u32::from(cc.programming_interface().read().map_err(io)?);
+    // Class code from the raw bytes: pci-driver 0.1.4's PciClassCode puts base_class_code at
+    // 0x09, but PCI 3.0 6.2.1 has the programming interface at 0x09, sub-class at 0x0A and the
+    // base class at 0x0B (the crate's field order is reversed).
+    let class = (u32::from(raw[0x0B]) << 16) | (u32::from(raw[0x0A]) << 8) | u32::from(raw[0x09]);
     let caps = config.capabilities().map_err(io)?;
 
     let mut found: Vec<(u64, u8, Option<u8>)> = Vec::new();

@@ -455,7 +455,7 @@ impl Copier<'_> {
         for pfn in pages.into_iter().filter(|p| range.contains(p)) {
             self.src.copy_page_to(pfn, self.dst, &mut self.buf).map_err(DriverError::from)?;
             n += 1;
-            if n % 512 == 0 {
+            if n.is_multiple_of(512) {
                 if let Some((g, dev)) = running.as_mut() {
                     g.step(dev)?;
                 }

@@ -1,0 +1,907 @@
+//! The checks. Every group gets a fresh session; findings name what was expected, what was
+//! observed, and the register or ring address involved.
+
+use super::report::Finding;
+use super::{Session, ValidateOptions};
+use crate::driver::net::{rxq, txq, NET_HDR_LEN};
+use crate::driver::probe::{probe, read_config};
+use crate::driver::{DriverError, DriverOptions, NetDriver};
+use crate::frames;
+use bar_registers::lm::{self, DPDK_LOG_IOVA};
+use bar_registers::model::Location;
+use bar_registers::pci::{hdr, id};
+use bar_registers::virtio::{bits, common, device_status as st, net_cfg};
+use bar_registers::{DeviceLayout, LayoutParams, REGION_CONFIG};
+use dma::{Backing, Perms, SharedMemory, PAGE_SIZE};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeSet;
+
+type Findings = Vec<Finding>;
+const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+
+/// Runs group `id` on a fresh session.
+pub(super) fn run_group(id: &'static str, s: Session, o: &ValidateOptions) -> Findings {
+    let mut f = Vec::new();
+    let res = match id {
+        "pci-structure" => pci_structure(&s, o, &mut f),
+        "ring-layout-split" => ring_layout_split(&s, o, &mut f),
+        "ring-layout-packed" => ring_layout_packed(&s, &mut f),
+        "feature-awareness" => feature_awareness(&s, &mut f),
+        "vring-index-rw" => vring_index_rw(&s, o, &mut f),
+        "dirty-log" => dirty_log(&s, o, &mut f),
+        "guest-announce" => guest_announce(&s, &mut f),
+        "reset" => reset(&s, o, &mut f),
+        _ => Ok(()),
+    };
+    if let Err(e) = res {
+        // A driver-level failure in the middle of a check is itself a failed MUST: a real
+        // driver would have hit it too.
+        f.push(Finding::fail(id, "driver sequence completes", true, "no driver error", &e.to_string(), ""));
+    }
+    f
+}
+
+fn driver(s: &Session, opts: DriverOptions) -> Result<NetDriver, DriverError> {
+    NetDriver::new(s.handle.clone(), s.irq.clone(), opts)
+}
+
+fn started(s: &Session, opts: DriverOptions) -> Result<NetDriver, DriverError> {
+    let mut d = driver(s, opts)?;
+    d.start()?;
+    Ok(d)
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn cfg_read(s: &Session, off: u64, len: usize) -> Result<u64, DriverError> {
+    let mut b = [0u8; 8];
+    s.handle.region_read(REGION_CONFIG, off, &mut b[..len])?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn cfg_write(s: &Session, off: u64, len: usize, v: u64) -> Result<(), DriverError> {
+    s.handle.region_write(REGION_CONFIG, off, &v.to_le_bytes()[..len])?;
+    Ok(())
+}
+
+/// BAR sizes by the standard sizing protocol (write all-ones, read the mask, restore).
+fn bar_sizes(s: &Session) -> Result<[u64; 6], DriverError> {
+    let mut sizes = [0u64; 6];
+    let mut i = 0;
+    while i < 6 {
+        let off = hdr::BAR0 + 4 * i as u64;
+        let orig = cfg_read(s, off, 4)?;
+        cfg_write(s, off, 4, 0xFFFF_FFFF)?;
+        let lo = cfg_read(s, off, 4)?;
+        cfg_write(s, off, 4, orig)?;
+        if lo == 0 {
+            i += 1;
+            continue;
+        }
+        let is64 = lo & 0x6 == 0x4;
+        let mut mask = lo & !0xF;
+        if is64 && i < 5 {
+            let o2 = off + 4;
+            let orig2 = cfg_read(s, o2, 4)?;
+            cfg_write(s, o2, 4, 0xFFFF_FFFF)?;
+            let hi = cfg_read(s, o2, 4)?;
+            cfg_write(s, o2, 4, orig2)?;
+            mask |= hi << 32;
+            sizes[i] = (!mask).wrapping_add(1);
+            i += 2;
+        } else {
+            sizes[i] = (!(mask | 0xFFFF_FFFF_0000_0000)).wrapping_add(1);
+            i += 1;
+        }
+    }
+    Ok(sizes)
+}
+
+fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "pci-structure";
+    let pci = match probe(s.handle.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            f.push(Finding::fail(
+                G,
+                "capability list walks",
+                true,
+                "a well-formed capability list with the virtio capabilities",
+                &e.to_string(),
+                "config 0x34",
+            ));
+            return Ok(());
+        }
+    };
+    let ids_ok =
+        pci.vendor == id::VENDOR && pci.device == id::DEVICE_NET && pci.subsys_vendor == id::SUBSYS_VENDOR && pci.subsys_device == id::SUBSYS_DEVICE_NET;
+    f.push(Finding::check(
+        G,
+        "identity the IFC VF drivers match",
+        true,
+        ids_ok,
+        "1af4:1041 subsystem 8086:001a (ifcvf_vdpa.c pci_id_ifcvf_map, ifcvf_main.c ifcvf_pci_ids)",
+        &format!("{:04x}:{:04x} subsystem {:04x}:{:04x}", pci.vendor, pci.device, pci.subsys_vendor, pci.subsys_device),
+        "config 0x00, 0x2c",
+    ));
+    f.push(Finding::check(G, "class network/ethernet", false, pci.class == id::CLASS, "0x020000", &format!("{:#08x}", pci.class), "config 0x09"));
+    f.push(Finding::check(
+        G,
+        "revision >= 1 (non-transitional)",
+        false,
+        pci.revision >= 1,
+        ">= 1 (virtio 1.2 4.1.2.1)",
+        &pci.revision.to_string(),
+        "config 0x08",
+    ));
+    let sizes = bar_sizes(s)?;
+    for b in [0usize, 2, 4] {
+        f.push(Finding::check(
+            G,
+            &format!("BAR{b} present"),
+            true,
+            sizes[b] > 0,
+            "a memory BAR (Linux ifcvf maps BAR0, BAR2, BAR4 and fails its probe otherwise)",
+            &hex(sizes[b]),
+            &format!("config {:#x}", hdr::BAR0 + 4 * b as u64),
+        ));
+    }
+    for (name, w) in [("common cfg", pci.common), ("notify", pci.notify), ("ISR", pci.isr), ("device cfg", pci.device_cfg)] {
+        let size = sizes.get(usize::from(w.bar)).copied().unwrap_or(0);
+        f.push(Finding::check(
+            G,
+            &format!("virtio {name} window inside its BAR"),
+            true,
+            w.offset + w.len <= size && w.len > 0,
+            "offset + length <= BAR size (both drivers check)",
+            &format!("BAR{} {:#x}+{:#x}, BAR size {:#x}", w.bar, w.offset, w.len, size),
+            &format!("BAR{} {:#x}", w.bar, w.offset),
+        ));
+    }
+    let m = pci.notify_multiplier;
+    f.push(Finding::check(
+        G,
+        "notify_off_multiplier is 0 or an even power of 2",
+        true,
+        m == 0 || (m.is_power_of_two() && m >= 2),
+        "virtio 1.2 4.1.4.4",
+        &m.to_string(),
+        "notify cap + 16",
+    ));
+    f.push(Finding::check(
+        G,
+        "PCI_CFG access capability present",
+        true,
+        pci.pci_cfg_cap.is_some(),
+        "virtio 1.2 4.1.4.9: the device MUST present one",
+        if pci.pci_cfg_cap.is_some() { "present" } else { "absent" },
+        "capability list",
+    ));
+    let mut nq = [0u8; 2];
+    s.handle.region_read(pci.common.bar.into(), pci.common.offset + common::NUM_QUEUES, &mut nq)?;
+    let num_queues = u16::from_le_bytes(nq);
+    let mut mp = [0u8; 2];
+    s.handle.region_read(pci.device_cfg.bar.into(), pci.device_cfg.offset + net_cfg::MAX_VIRTQUEUE_PAIRS, &mut mp)?;
+    let max_pairs = u16::from_le_bytes(mp);
+    f.push(Finding::check(
+        G,
+        "num_queues holds the queue pairs and a control queue",
+        true,
+        max_pairs >= 1 && num_queues > 2 * max_pairs,
+        ">= 2 x max_virtqueue_pairs + 1 (DPDK: queue pairs = (num_queues - 1) / 2)",
+        &format!("num_queues {num_queues}, max_virtqueue_pairs {max_pairs}"),
+        "common cfg num_queues",
+    ));
+    f.push(Finding::check(
+        G,
+        "MSI-X vectors >= queues + 1",
+        true,
+        pci.msix_vectors > num_queues,
+        &format!(">= {} (DPDK: vector 0 config, i + 1 queue i)", u32::from(num_queues) + 1),
+        &pci.msix_vectors.to_string(),
+        &format!("config {:#x}", pci.msix_cap),
+    ));
+    let (tb, to) = pci.msix_table;
+    let (pb, po) = pci.msix_pba;
+    let t_end = to + 16 * u64::from(pci.msix_vectors);
+    f.push(Finding::check(
+        G,
+        "MSI-X table and PBA inside their BARs",
+        true,
+        t_end <= sizes[usize::from(tb).min(5)] && po + 8 <= sizes[usize::from(pb).min(5)],
+        "table and PBA within the BAR",
+        &format!("table BAR{tb}+{to:#x}..{t_end:#x}, PBA BAR{pb}+{po:#x}"),
+        "MSI-X capability",
+    ));
+    let need = lm::ring_state_offset(o.lm_layout, num_queues.saturating_sub(1)) + 4;
+    f.push(Finding::check(
+        G,
+        "LM block in BAR4 covers every queue's ring state",
+        true,
+        sizes[4] >= need,
+        &format!(">= {need:#x} bytes (DPDK indexes the LM block without checking)"),
+        &hex(sizes[4]),
+        "BAR4",
+    ));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// Sends `n` random frames on pair 0 of a started loopback driver and checks each comes back
+/// byte-exact. Returns (sent, matched, first mismatch).
+fn roundtrip(d: &mut NetDriver, n: usize, sizes: (usize, usize), seed: u64) -> Result<(usize, usize, Option<String>), DriverError> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut sent = std::collections::VecDeque::new();
+    let mut matched = 0;
+    let mut first = None;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(32);
+        let fs: Vec<Vec<u8>> = (0..k).map(|i| frames::build(MAC, MAC, 0, (n - left + i) as u64, rng.gen_range(sizes.0..=sizes.1), &mut rng)).collect();
+        let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
+        let q = d.send(0, &refs)?;
+        sent.extend(fs.into_iter().take(q));
+        left -= q;
+        for got in d.recv(0)? {
+            let want = sent.pop_front();
+            if want.as_deref() == Some(&got[..]) {
+                matched += 1;
+            } else if first.is_none() {
+                first = Some(format!("frame {} came back as {} bytes, sent {} bytes", matched, got.len(), want.map_or(0, |w| w.len())));
+            }
+        }
+        if q == 0 {
+            break;
+        }
+    }
+    Ok((n, matched, first))
+}
+
+fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "ring-layout-split";
+    let variants: [(&str, DriverOptions); 4] = [
+        ("single-descriptor TX and RX chains", DriverOptions::default()),
+        ("TX header and frame in separate descriptors", DriverOptions { tx_split_header: true, ..Default::default() }),
+        ("mergeable RX buffers (512 B, num_buffers)", DriverOptions { rx_buf_size: 512, ..Default::default() }),
+        (
+            "without MRG_RXBUF: one buffer per frame",
+            DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::MRG_RXBUF), ..Default::default() },
+        ),
+    ];
+    for (i, (name, opts)) in variants.into_iter().enumerate() {
+        let mut d = started(s, opts)?;
+        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), i as u64)?;
+        f.push(Finding::check(
+            G,
+            name,
+            true,
+            ok == n,
+            &format!("{n} frames back byte-exact (used len = bytes written)"),
+            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
+            "RX queue 0 used ring",
+        ));
+        d.reset()?;
+        drop(d);
+    }
+    // Indirect tables, when offered.
+    let offered = driver(s, DriverOptions::default())?.device_features_probe()?;
+    if offered & (1 << bits::INDIRECT_DESC) != 0 {
+        let mut d = started(s, DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() })?;
+        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 9)?;
+        f.push(Finding::check(
+            G,
+            "indirect descriptor tables (TX)",
+            true,
+            ok == n,
+            &format!("{n} frames intact"),
+            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
+            "TX queue 1",
+        ));
+        d.reset()?;
+        drop(d);
+    } else {
+        f.push(Finding::skip(G, "indirect descriptor tables (TX)", "VIRTIO_F_INDIRECT_DESC not offered"));
+    }
+    // TX used elements: id = head, len = 0 (nothing written into TX buffers).
+    let mut d = started(s, DriverOptions::default())?;
+    let (_, _, _) = roundtrip(&mut d, 16, (64, 64), 11)?;
+    let mem = d.mem.clone();
+    let r = d.ring(txq(0))?;
+    let (used, size) = (r.used, r.size);
+    let mut bad = None;
+    for slot in 0..16u64 {
+        let len = mem.read_u32(used + 4 + 8 * (slot % u64::from(size)) + 4)?;
+        if len != 0 && bad.is_none() {
+            bad = Some((slot, len));
+        }
+    }
+    f.push(Finding::check(
+        G,
+        "TX used elements report 0 bytes written",
+        true,
+        bad.is_none(),
+        "used.len = 0 for device-readable buffers (virtio 1.2 2.7.8)",
+        &bad.map_or("all 0".into(), |(slot, len)| format!("slot {slot}: len {len}")),
+        &format!("TX used ring {used:#x}"),
+    ));
+    d.reset()?;
+    drop(d);
+    if o.wraparound {
+        // 2^16 wrap: more than 65,536 completions on one queue pair.
+        let mut d = started(s, DriverOptions::default())?;
+        let n = 65_536 + 300;
+        let (n, ok, first) = roundtrip(&mut d, n, (64, 64), 12)?;
+        let mem = d.mem.clone();
+        let used_idx = d.ring(rxq(0))?.used_idx(&mem)?;
+        f.push(Finding::check(
+            G,
+            "ring indexes wrap around at 2^16",
+            true,
+            ok == n && used_idx == (n % 65_536) as u16,
+            &format!("{n} frames intact, RX used->idx = {}", n % 65_536),
+            &format!("{ok} matched, used->idx {used_idx}{}", first.map_or(String::new(), |e| format!("; {e}"))),
+            "RX queue 0 used->idx",
+        ));
+        d.reset()?;
+    }
+    Ok(())
+}
+
+fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
+    let feats = driver(s, DriverOptions::default())?.device_features_probe()?;
+    if feats & (1 << bits::RING_PACKED) == 0 {
+        f.push(Finding::skip("ring-layout-packed", "packed ring", "VIRTIO_F_RING_PACKED not offered"));
+    } else {
+        f.push(Finding::fail("ring-layout-packed", "packed ring", false, "packed ring checks", "offered, but the validator has no packed-ring driver yet", ""));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// Raw negotiation: reset, ACK, DRIVER, write `features`, FEATURES_OK; returns the status read back.
+fn try_features(d: &NetDriver, s: &Session, features: u64) -> Result<u8, DriverError> {
+    let (bar, base) = (d.pci.common.bar, d.pci.common.offset);
+    let w = |reg: u64, len: usize, v: u64| s.handle.region_write(bar.into(), base + reg, &v.to_le_bytes()[..len]);
+    d.reset()?;
+    w(common::DEVICE_STATUS, 1, st::ACKNOWLEDGE.into())?;
+    w(common::DEVICE_STATUS, 1, (st::ACKNOWLEDGE | st::DRIVER).into())?;
+    w(common::DRIVER_FEATURE_SELECT, 4, 0)?;
+    w(common::DRIVER_FEATURE, 4, features & 0xFFFF_FFFF)?;
+    w(common::DRIVER_FEATURE_SELECT, 4, 1)?;
+    w(common::DRIVER_FEATURE, 4, features >> 32)?;
+    w(common::DEVICE_STATUS, 1, (st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK).into())?;
+    let s = d.status()?;
+    d.reset()?;
+    Ok(s)
+}
+
+fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "feature-awareness";
+    let d = driver(s, DriverOptions::default())?;
+    let offered = d.device_features_probe()?;
+    let v1 = 1u64 << bits::VERSION_1;
+    let not_offered = (0..64).map(|b| 1u64 << b).find(|m| offered & m == 0).unwrap_or(0);
+    for (name, feats) in [
+        ("refuses FEATURES_OK without VERSION_1", offered & !v1),
+        ("refuses FEATURES_OK for a bit it does not offer", v1 | not_offered),
+        (
+            "refuses FEATURES_OK for MQ without CTRL_VQ",
+            (offered & !(1 << bits::CTRL_VQ) & !(1 << bits::CTRL_RX) & !(1 << bits::CTRL_MAC_ADDR) & !(1 << bits::GUEST_ANNOUNCE)) | v1 | (1 << bits::MQ),
+        ),
+    ] {
+        if name.contains("MQ") && offered & (1 << bits::MQ) == 0 {
+            f.push(Finding::skip(G, name, "MQ not offered"));
+            continue;
+        }
+        let st_read = try_features(&d, s, feats)?;
+        f.push(Finding::check(
+            G,
+            name,
+            true,
+            st_read & st::FEATURES_OK == 0,
+            "FEATURES_OK does not stick (virtio 1.2 3.1.1 step 6)",
+            &format!("status {st_read:#04x} after writing features {feats:#x}"),
+            "common cfg device_status",
+        ));
+    }
+    d.reset()?;
+    let again = d.device_features_probe()?;
+    f.push(Finding::check(G, "device features unchanged across reset", true, again == offered, &hex(offered), &hex(again), "common cfg device_feature"));
+    drop(d);
+
+    // EVENT_IDX negotiated: used_event is honoured.
+    if offered & (1 << bits::EVENT_IDX) != 0 {
+        let mut d = started(s, DriverOptions::default())?;
+        let mem = d.mem.clone();
+        let v = NetDriver::vector_of(rxq(0));
+        let used = d.ring(rxq(0))?.used_idx(&mem)?;
+        d.ring(rxq(0))?.set_used_event(&mem, used.wrapping_add(19))?;
+        let before = s.irq.count(v);
+        let mut rng = SmallRng::seed_from_u64(3);
+        for i in 0..19u64 {
+            d.send(0, &[&frames::build(MAC, MAC, 0, i, 64, &mut rng)])?;
+        }
+        let mid = s.irq.count(v) - before;
+        d.send(0, &[&frames::build(MAC, MAC, 0, 19, 64, &mut rng)])?;
+        let after = s.irq.count(v) - before;
+        f.push(Finding::check(
+            G,
+            "EVENT_IDX: interrupt only when used->idx passes used_event",
+            true,
+            mid == 0 && after == 1,
+            "0 interrupts for 19 completions, 1 at the 20th (virtio 1.2 2.7.7.2)",
+            &format!("{mid} then {after}"),
+            &format!("RX queue 0 used_event, MSI-X vector {v}"),
+        ));
+        let r = d.ring(txq(0))?;
+        let (u, sz, a) = (r.used, r.size, r.avail_idx);
+        let ev = mem.read_u16(u + 4 + 8 * u64::from(sz))?;
+        f.push(Finding::check(
+            G,
+            "EVENT_IDX: an idle TX queue asks for the next doorbell (avail_event)",
+            false,
+            ev == a,
+            &format!("avail_event = next avail index {a}"),
+            &ev.to_string(),
+            &format!("TX used ring {:#x}", u + 4 + 8 * u64::from(sz)),
+        ));
+        d.reset()?;
+        drop(d);
+    }
+    // EVENT_IDX not negotiated: no event-idx behaviour at all.
+    let mut d = started(s, DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::EVENT_IDX), ..Default::default() })?;
+    let mem = d.mem.clone();
+    let (u, sz) = {
+        let r = d.ring(rxq(0))?;
+        (r.used, r.size)
+    };
+    let ev_addr = u + 4 + 8 * u64::from(sz);
+    mem.write_u16(ev_addr, 0xDEAD)?;
+    d.ring(rxq(0))?.set_used_event(&mem, 0x7000)?;
+    let v = NetDriver::vector_of(rxq(0));
+    let before = s.irq.count(v);
+    let mut rng = SmallRng::seed_from_u64(4);
+    for i in 0..5u64 {
+        d.send(0, &[&frames::build(MAC, MAC, 0, i, 64, &mut rng)])?;
+    }
+    let irqs = s.irq.count(v) - before;
+    let ev = mem.read_u16(ev_addr)?;
+    f.push(Finding::check(
+        G,
+        "without EVENT_IDX: used_event ignored, an interrupt per batch",
+        true,
+        irqs == 5,
+        "5 interrupts for 5 single-frame batches",
+        &irqs.to_string(),
+        &format!("MSI-X vector {v}"),
+    ));
+    f.push(Finding::check(
+        G,
+        "without EVENT_IDX: avail_event never written",
+        true,
+        ev == 0xDEAD,
+        "0xdead (left as the driver wrote it)",
+        &hex(ev.into()),
+        &hex(ev_addr),
+    ));
+    d.recv(0)?;
+    d.reset()?;
+    drop(d);
+
+    // MQ only after the control command (5.1.6.5.5).
+    if offered & (1 << bits::MQ) != 0 {
+        let mut d = started(s, DriverOptions { queue_pairs: 2, skip_mq_setup: true, ..Default::default() })?;
+        let fr = frames::build(MAC, MAC, 1, 0, 100, &mut rng);
+        d.send(1, &[&fr])?;
+        let on0 = d.recv(0)?.len();
+        let on1 = d.recv(1)?.len();
+        f.push(Finding::check(
+            G,
+            "MQ: only queue pair 0 receives before VQ_PAIRS_SET",
+            true,
+            on0 == 1 && on1 == 0,
+            "the frame on RX queue 0",
+            &format!("RX0 {on0}, RX1 {on1}"),
+            "RX queues 0 and 2",
+        ));
+        d.ctrl(4, 0, &2u16.to_le_bytes())?;
+        let fr = frames::build(MAC, MAC, 1, 1, 100, &mut rng);
+        d.send(1, &[&fr])?;
+        let on1 = d.recv(1)?.len() + d.recv(0)?.len();
+        f.push(Finding::check(G, "MQ: traffic flows after VQ_PAIRS_SET 2", true, on1 == 1, "the frame received", &on1.to_string(), "RX queues"));
+        d.reset()?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "vring-index-rw";
+    const AT: u16 = 0xFFF0;
+    let lmo = |q: u16| lm::ring_state_offset(o.lm_layout, q);
+    let mut d = started(s, DriverOptions { start_index: AT, lm_layout: o.lm_layout, ..Default::default() })?;
+    // The driver wrote (AT, AT) into each ring state before queue_enable.
+    for q in [rxq(0), txq(0)] {
+        let (a, u) = d.ring_state(q)?;
+        f.push(Finding::check(
+            G,
+            &format!("queue {q}: ring state written while disabled reads back"),
+            true,
+            (a, u) == (AT, AT),
+            &format!("avail {AT:#x} used {AT:#x}"),
+            &format!("avail {a:#x} used {u:#x}"),
+            &format!("BAR4 {:#x}", lmo(q)),
+        ));
+    }
+    // Count completions, not bytes: the used lengths belong to ring-layout-split.
+    let mut rng = SmallRng::seed_from_u64(21);
+    let n = 64u16;
+    let mut received = 0usize;
+    for i in 0..n {
+        d.send(0, &[&frames::build(MAC, MAC, 0, i.into(), rng.gen_range(64..=600), &mut rng)])?;
+        received += d.recv(0)?.len();
+    }
+    let mem = d.mem.clone();
+    let used = d.ring(rxq(0))?.used_idx(&mem)?;
+    let tx_used = d.ring(txq(0))?.used_idx(&mem)?;
+    let want = AT.wrapping_add(n);
+    f.push(Finding::check(
+        G,
+        "the queue resumes exactly at the ring state",
+        true,
+        received == usize::from(n) && used == want && tx_used == want,
+        &format!("{n} frames received, RX and TX used->idx {want:#x}"),
+        &format!("{received} received, RX used->idx {used:#x}, TX used->idx {tx_used:#x}"),
+        "RX/TX queue 0 used->idx",
+    ));
+    // Stop as DPDK does; the first queue_enable read of 0 must find the state final.
+    let cbase = d.pci.common.offset;
+    let common = |reg: u64| cbase + reg;
+    let bar = u32::from(d.pci.common.bar);
+    for q in [rxq(0), txq(0)] {
+        s.handle.region_write(bar, common(common::QUEUE_SELECT), &q.to_le_bytes())?;
+        s.handle.region_write(bar, common(common::QUEUE_ENABLE), &0u16.to_le_bytes())?;
+    }
+    for q in [rxq(0), txq(0)] {
+        s.handle.region_write(bar, common(common::QUEUE_SELECT), &q.to_le_bytes())?;
+        let mut polls = 0;
+        let mut en = [1u8; 2];
+        while u16::from_le_bytes(en) != 0 && polls < 10 {
+            s.handle.region_read(bar, common(common::QUEUE_ENABLE), &mut en)?;
+            polls += 1;
+        }
+        let in_mem = d.ring(q)?.used_idx(&mem)?;
+        let (a, u) = d.ring_state(q)?;
+        f.push(Finding::check(
+            G,
+            &format!("queue {q}: queue_enable reads 0 only once the ring state is final"),
+            true,
+            u16::from_le_bytes(en) == 0 && u == in_mem,
+            &format!("at the first read of 0, last_used_idx = used->idx in memory ({in_mem:#x})"),
+            &format!("queue_enable {} after {polls} reads, last_used_idx {u:#x}", u16::from_le_bytes(en)),
+            &format!("common cfg queue_enable; BAR4 {:#x}", lmo(q)),
+        ));
+        let (a2, u2) = d.ring_state(q)?;
+        f.push(Finding::check(
+            G,
+            &format!("queue {q}: after stop, ring state = used->idx, nothing in flight"),
+            true,
+            u2 == in_mem && a2 == u2,
+            &format!("avail = used = {in_mem:#x}"),
+            &format!("avail {a2:#x} used {u2:#x} (first read: avail {a:#x} used {u:#x})"),
+            &format!("BAR4 {:#x}", lmo(q)),
+        ));
+    }
+    d.reset()?;
+    drop(d);
+    // Writes while enabled are ignored.
+    let d = started(s, DriverOptions { lm_layout: o.lm_layout, ..Default::default() })?;
+    d.set_ring_state(txq(0), 0x1234, 0x1234)?;
+    let (a, u) = d.ring_state(txq(0))?;
+    f.push(Finding::check(
+        G,
+        "ring state writes ignored while the queue runs",
+        false,
+        (a, u) != (0x1234, 0x1234),
+        "the live state, not 0x1234",
+        &format!("avail {a:#x} used {u:#x}"),
+        &format!("BAR4 {:#x}", lmo(txq(0))),
+    ));
+    d.reset()?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "dirty-log";
+    let mut d = started(s, DriverOptions { queue_pairs: 1, memory: 8 << 20, lm_layout: o.lm_layout, ..Default::default() })?;
+    let mem = d.mem.clone();
+    let top = mem.base() + mem.size();
+    let full_len = (top / PAGE_SIZE).div_ceil(8).next_multiple_of(8);
+    let log = SharedMemory::new("validate-log", full_len + PAGE_SIZE).map_err(|e| DriverError::Usage(e.to_string()))?;
+    let canary = |log: &SharedMemory| -> Result<Vec<u8>, DriverError> {
+        let mut all = vec![0u8; (full_len + PAGE_SIZE) as usize];
+        log.read(0, &mut all).map_err(|e| DriverError::Usage(e.to_string()))?;
+        Ok(all)
+    };
+    s.handle
+        .dma_map(
+            DPDK_LOG_IOVA,
+            full_len + PAGE_SIZE,
+            Perms::RW,
+            Backing::Fd { file: log.try_clone_file().map_err(|e| DriverError::Usage(e.to_string()))?, offset: 0 },
+        )
+        .map_err(|e| DriverError::Usage(e.to_string()))?;
+    let mut rng = SmallRng::seed_from_u64(31);
+    let mut seq = 0u64;
+    let mut round = |d: &mut NetDriver, rng: &mut SmallRng| -> Result<BTreeSet<u64>, DriverError> {
+        d.recv(0)?;
+        d.reclaim_tx(0)?;
+        let fs: Vec<Vec<u8>> = (0..48)
+            .map(|_| {
+                seq += 1;
+                frames::build(MAC, MAC, 0, seq, rng.gen_range(60..=1514), rng)
+            })
+            .collect();
+        let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
+        d.enqueue_tx(0, &refs)?;
+        let mem = d.mem.clone();
+        d.ring(txq(0))?.publish(&mem)?;
+        let before = mem.shm().snapshot();
+        d.kick(txq(0))?;
+        let after = mem.shm().snapshot();
+        let base = mem.base() / PAGE_SIZE;
+        Ok(before
+            .chunks(PAGE_SIZE as usize)
+            .zip(after.chunks(PAGE_SIZE as usize))
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| base + i as u64)
+            .collect())
+    };
+    let logged = |log: &SharedMemory| -> Result<BTreeSet<u64>, DriverError> {
+        let mut set = BTreeSet::new();
+        for w in (0..full_len).step_by(8) {
+            let mut bits = log.swap_u64(w, 0).map_err(|e| DriverError::Usage(e.to_string()))?;
+            while bits != 0 {
+                set.insert(w * 8 + u64::from(bits.trailing_zeros()));
+                bits &= bits - 1;
+            }
+        }
+        Ok(set)
+    };
+    // Disabled: nothing logged.
+    round(&mut d, &mut rng)?;
+    let l = logged(&log)?;
+    f.push(Finding::check(
+        G,
+        "nothing logged while logging is disabled",
+        true,
+        l.is_empty(),
+        "an all-zero log",
+        &format!("{} bits set", l.len()),
+        &format!("log at {DPDK_LOG_IOVA:#x}"),
+    ));
+    // Enabled: every page the device wrote is logged (found by diffing memory around the doorbell).
+    d.enable_logging(DPDK_LOG_IOVA, full_len)?;
+    let mut missed = BTreeSet::new();
+    let mut wrote = BTreeSet::new();
+    let mut logged_all = BTreeSet::new();
+    for _ in 0..6 {
+        let w = round(&mut d, &mut rng)?;
+        let l = logged(&log)?;
+        missed.extend(w.difference(&l).copied());
+        wrote.extend(w);
+        logged_all.extend(l);
+    }
+    let used_pages: BTreeSet<u64> = d.used_rings().iter().flat_map(|&(u, len)| u / PAGE_SIZE..(u + len).div_ceil(PAGE_SIZE)).collect();
+    let used_missed: Vec<u64> = missed.intersection(&used_pages).copied().collect();
+    f.push(Finding::check(
+        G,
+        "every page the device writes is logged (buffers, used ring, used->idx)",
+        true,
+        missed.is_empty() && !wrote.is_empty(),
+        &format!("all {} written pages in the log", wrote.len()),
+        &if missed.is_empty() {
+            "none missed".into()
+        } else {
+            format!("{} missed ({} in used rings), first at IOVA {:#x}", missed.len(), used_missed.len(), missed.first().copied().unwrap_or(0) * PAGE_SIZE)
+        },
+        &format!("log [{DPDK_LOG_IOVA:#x}, {:#x})", DPDK_LOG_IOVA + full_len),
+    ));
+    // Granularity as declared: nothing logged beyond the granules of pages the device may write.
+    let g = o.log_granularity.max(PAGE_SIZE) / PAGE_SIZE;
+    let may: BTreeSet<u64> = wrote.iter().chain(used_pages.iter()).flat_map(|p| (p / g * g)..(p / g * g + g)).collect();
+    let extra: Vec<u64> = logged_all.difference(&may).copied().collect();
+    f.push(Finding::check(
+        G,
+        &format!("bitmap format and {} KiB granularity", o.log_granularity >> 10),
+        false,
+        extra.is_empty(),
+        "bits only for granules the device wrote",
+        &format!("{} other bits", extra.len()),
+        "vhost log: bit pfn%8 of byte pfn/8",
+    ));
+    // A log too small for guest memory: no write at or past end.
+    d.disable_logging()?;
+    logged(&log)?;
+    log.fill(0, full_len + PAGE_SIZE, 0).map_err(|e| DriverError::Usage(e.to_string()))?;
+    log.fill(full_len, PAGE_SIZE, 0xA5).map_err(|e| DriverError::Usage(e.to_string()))?;
+    let short = (mem.base() / PAGE_SIZE / 8).max(8) & !7;
+    d.enable_logging(DPDK_LOG_IOVA, short)?;
+    round(&mut d, &mut rng)?;
+    round(&mut d, &mut rng)?;
+    let all = canary(&log)?;
+    let outside = all[short as usize..full_len as usize].iter().filter(|&&b| b != 0).count() + all[full_len as usize..].iter().filter(|&&b| b != 0xA5).count();
+    f.push(Finding::check(
+        G,
+        "no log write at or past end",
+        true,
+        outside == 0,
+        &format!("bytes from base + {short:#x} untouched"),
+        &format!("{outside} bytes changed"),
+        &format!("log end {:#x}", DPDK_LOG_IOVA + short),
+    ));
+    d.disable_logging()?;
+    d.reset()?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "guest-announce";
+    let offered = driver(s, DriverOptions::default())?.device_features_probe()?;
+    let has = offered & (1 << bits::GUEST_ANNOUNCE) != 0;
+    f.push(Finding::check(
+        G,
+        "VIRTIO_NET_F_GUEST_ANNOUNCE offered",
+        true,
+        has,
+        "offered (the HW then need not send RARP)",
+        &format!("device features {offered:#x}"),
+        "common cfg device_feature bit 21",
+    ));
+    let Some(announce) = &s.announce else {
+        f.push(Finding::skip(G, "ANNOUNCE on request", "the target has no VMM hook to request an announce"));
+        return Ok(());
+    };
+    let mut d = started(s, DriverOptions::default())?;
+    let before = s.irq.count(0);
+    let gen0 = d.net_config(net_cfg::STATUS, 2)?;
+    let requested = announce();
+    let status = d.net_config(net_cfg::STATUS, 2)?;
+    let irq = s.irq.count(0) - before;
+    f.push(Finding::check(
+        G,
+        "ANNOUNCE status and a config interrupt on request",
+        true,
+        requested && status & 2 != 0 && irq >= 1,
+        "VIRTIO_NET_S_ANNOUNCE set, config interrupt on vector 0",
+        &format!("status {gen0:#x} -> {status:#x}, {irq} config interrupts"),
+        "device cfg status, MSI-X vector 0",
+    ));
+    let acked = d.handle_config_change().unwrap_or(false);
+    let status = d.net_config(net_cfg::STATUS, 2)?;
+    f.push(Finding::check(
+        G,
+        "ANNOUNCE cleared by the driver's ack",
+        true,
+        acked && status & 2 == 0,
+        "VIRTIO_NET_CTRL_ANNOUNCE_ACK clears it",
+        &format!("acked {acked}, status {status:#x}"),
+        "control queue",
+    ));
+    d.reset()?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "reset";
+    let mut d = started(s, DriverOptions { lm_layout: o.lm_layout, ..Default::default() })?;
+    roundtrip(&mut d, 32, (64, 1514), 41)?;
+    // Leave work pending: TX published without a doorbell.
+    let fr = frames::build(MAC, MAC, 0, 99, 200, &mut SmallRng::seed_from_u64(1));
+    d.enqueue_tx(0, &[&fr])?;
+    let mem = d.mem.clone();
+    d.ring(txq(0))?.publish(&mem)?;
+    d.reset()?;
+    let st_after = d.status()?;
+    f.push(Finding::check(
+        G,
+        "device_status reads 0 after reset",
+        true,
+        st_after == 0,
+        "0 (virtio 1.2 4.1.4.3.1)",
+        &hex(st_after.into()),
+        "common cfg device_status",
+    ));
+    // Every declared register with an architectural reset value.
+    let num_queues = d.num_queues();
+    let layout = DeviceLayout::new(LayoutParams { queue_pairs: (num_queues.saturating_sub(1) / 2).max(1), lm_layout: o.lm_layout, ..Default::default() })
+        .map_err(|e| DriverError::Usage(e.to_string()))?;
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for block in ["common_cfg", "lm"] {
+        let Some(b) = layout.block(block) else { continue };
+        let Location::Bar(bar, base) = b.location else { continue };
+        let base = if block == "common_cfg" { d.pci.common.offset } else { base };
+        let bar = if block == "common_cfg" { d.pci.common.bar } else { bar };
+        let queues: Vec<u16> = if block == "common_cfg" { (0..num_queues).collect() } else { vec![0] };
+        for q in queues {
+            if block == "common_cfg" {
+                s.handle.region_write(bar.into(), base + common::QUEUE_SELECT, &q.to_le_bytes())?;
+            }
+            for r in &b.registers {
+                if !r.reset_checkable || matches!(r.access, bar_registers::Access::Wo) || (block == "common_cfg" && q > 0 && r.offset < common::QUEUE_SIZE) {
+                    continue;
+                }
+                if block == "common_cfg" && (r.offset == common::QUEUE_SELECT || r.offset == common::NUM_QUEUES || r.offset == common::DEVICE_FEATURE) {
+                    continue;
+                }
+                let mut b8 = [0u8; 8];
+                let w = usize::from(r.width).min(8);
+                if w == 8 {
+                    s.handle.region_read(bar.into(), base + r.offset, &mut b8[..4])?;
+                    let mut hi = [0u8; 4];
+                    s.handle.region_read(bar.into(), base + r.offset + 4, &mut hi)?;
+                    b8[4..].copy_from_slice(&hi);
+                } else {
+                    s.handle.region_read(bar.into(), base + r.offset, &mut b8[..w])?;
+                }
+                let v = u64::from_le_bytes(b8);
+                let want = r.reset;
+                checked += 1;
+                if v != want {
+                    bad.push(format!(
+                        "{block}.{}{} = {v:#x} (reset {want:#x})",
+                        r.name,
+                        if block == "common_cfg" && r.offset >= common::QUEUE_SIZE { format!(" [queue {q}]") } else { String::new() }
+                    ));
+                }
+            }
+        }
+    }
+    s.handle.region_write(d.pci.common.bar.into(), d.pci.common.offset + common::QUEUE_SELECT, &0u16.to_le_bytes())?;
+    f.push(Finding::check(
+        G,
+        "every register back to its reset value",
+        true,
+        bad.is_empty(),
+        &format!("{checked} registers at their declared reset values"),
+        &if bad.is_empty() { "all".into() } else { bad.join(", ") },
+        "common cfg, LM block",
+    ));
+    // No DMA after reset: doorbells on every queue change nothing in memory.
+    let before = mem.shm().snapshot();
+    for q in 0..num_queues {
+        let _ = d.kick(q);
+        let off = d.pci.notify.offset + u64::from(q) * u64::from(d.pci.notify_multiplier);
+        s.handle.region_write(d.pci.notify.bar.into(), off, &q.to_le_bytes())?;
+    }
+    let after = mem.shm().snapshot();
+    let changed = before.chunks(4096).zip(after.chunks(4096)).filter(|(a, b)| a != b).count();
+    f.push(Finding::check(
+        G,
+        "no DMA after reset",
+        true,
+        changed == 0,
+        "guest memory unchanged by doorbells after reset",
+        &format!("{changed} pages changed"),
+        "all doorbells",
+    ));
+    let _ = read_config(s.handle.as_ref())?;
+    let _ = NET_HDR_LEN;
+    Ok(())
+}
