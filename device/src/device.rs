@@ -24,6 +24,9 @@ pub enum AccessError {
     OutOfRange { region: u32, offset: u64, len: usize, size: u64 },
     #[error("access of {0} bytes: only 1, 2, 4 and 8 byte accesses exist")]
     BadWidth(usize),
+    /// The device is remote and the transport to it failed (vfio-user client side).
+    #[error("transport to the device failed: {0}")]
+    Transport(String),
 }
 
 /// The one way in to the device's registers.
@@ -116,7 +119,10 @@ impl Device {
 
     /// Function level reset (vfio DEVICE_RESET).
     pub fn reset(&self) {
-        self.with(|s| s.function_reset());
+        self.with(|s| {
+            s.function_reset();
+            s.dma.sync_space();
+        });
     }
 
     /// Link up/down (config status LINK_UP, config interrupt).
@@ -281,10 +287,14 @@ impl DmaMapper for Device {
 
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
         let _span = tracing::debug_span!("dma_unmap", iova = format_args!("{iova:#x}"), size).entered();
-        self.space.unmap(iova, size)
+        let r = self.space.unmap(iova, size);
+        self.with(|s| s.dma.sync_space());
+        r
     }
 
     fn dma_unmap_all(&self) -> u64 {
-        self.space.unmap_all()
+        let n = self.space.unmap_all();
+        self.with(|s| s.dma.sync_space());
+        n
     }
 }

@@ -175,6 +175,15 @@ impl Iommu {
         self.generation
     }
 
+    /// Reloads the snapshot if the IOVA space changed, dropping the engine's references to
+    /// unmapped regions (their mmaps and fds) right away instead of at the next access.
+    pub(crate) fn sync(&mut self) {
+        let g = self.space.generation();
+        if g != self.generation {
+            self.reload(g);
+        }
+    }
+
     /// Drops every cached translation.
     pub(crate) fn invalidate(&mut self) {
         self.tlb.fill(TlbEntry::EMPTY);

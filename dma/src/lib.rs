@@ -377,6 +377,13 @@ impl DmaEngine {
     pub fn invalidate_iotlb(&mut self) {
         self.iommu.invalidate();
     }
+
+    /// Catches up with the address space now: after a DMA_UNMAP the engine must hold no
+    /// reference to the unmapped memory (vfio-user: all references are released before the
+    /// unmap is acknowledged), so the VMM's memfd is really let go.
+    pub fn sync_space(&mut self) {
+        self.iommu.sync();
+    }
 }
 
 impl Drop for DmaEngine {

@@ -5,4 +5,7 @@ pub mod demo;
 pub mod driver;
 pub mod frames;
 pub mod migrate;
+pub mod ports;
+pub mod serve;
 pub mod validate;
+pub mod vfio_user;

@@ -53,6 +53,24 @@ enum Cmd {
         #[arg(long, default_value = "table", value_parser = ["table", "json", "junit"])]
         format: String,
     },
+    /// Serve the NIC over vfio-user (QEMU >= 10.1 -device vfio-user-pci) until SIGINT/SIGTERM.
+    Serve {
+        /// vfio-user socket path (removed on exit).
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        /// Queue pairs (1..=32).
+        #[arg(long, default_value_t = 4)]
+        queue_pairs: u16,
+        /// MAC address in the device config.
+        #[arg(long, default_value = "52:54:00:12:34:56", value_parser = sim_harness::serve::parse_mac)]
+        mac: [u8; 6],
+        /// Wire: loopback, tap:IFNAME (host TAP, needs root) or unix:PATH (link to another device).
+        #[arg(long, default_value = "loopback")]
+        port: sim_harness::ports::PortSpec,
+        /// LM block layout: dpdk or linux.
+        #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
+        lm_layout: bar_registers::LmLayout,
+    },
     /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
     Migrate {
         /// Guest RAM (e.g. 64M, 1G).
@@ -212,6 +230,15 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Cmd::Serve { socket, queue_pairs, mac, port, lm_layout } => {
+            match sim_harness::serve::run(&sim_harness::serve::ServeOptions { socket, queue_pairs, mac, port, lm_layout }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vdpa-emu serve: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Cmd::Registers => {

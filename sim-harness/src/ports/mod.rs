@@ -1,0 +1,198 @@
+//! Where a served device's frames go: `--port loopback | tap:IFNAME | unix:PATH`.
+//!
+//! Frames the device transmits reach the port through [`device::Port::transmit`] (called with
+//! the device lock held, so every port is non-blocking and drops when its wire is congested).
+//! Frames arriving on the wire are read by a reader thread, pushed into the device's
+//! [`device::RxInbox`] and delivered with [`device::Device::service_rx`].
+
+pub mod tap;
+pub mod unix;
+
+use crate::vfio_user::sock::{Ready, Stop};
+use device::{Device, NullPort, Port};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use tap::TapPort;
+pub use unix::UnixLinkPort;
+
+/// A `--port` value.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum PortSpec {
+    /// Transmitted frames come back on the device's own receive side.
+    #[default]
+    Loopback,
+    /// A host TAP interface (created if absent; needs root).
+    Tap(String),
+    /// One end of a datagram link at `PATH.a` / `PATH.b` (see [`unix`]).
+    Unix(PathBuf),
+}
+
+/// Why a port could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("port spec {0:?}: expected loopback, tap:IFNAME or unix:PATH")]
+    Spec(String),
+    #[error("TAP {name}: {source} (needs root / CAP_NET_ADMIN and /dev/net/tun)")]
+    Tap {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unix link {path}: {source}")]
+    Unix {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("port reader thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+impl FromStr for PortSpec {
+    type Err = PortError;
+
+    fn from_str(s: &str) -> Result<Self, PortError> {
+        match s.split_once(':') {
+            None if s == "loopback" => Ok(PortSpec::Loopback),
+            Some(("tap", name)) if !name.is_empty() => Ok(PortSpec::Tap(name.into())),
+            Some(("unix", path)) if !path.is_empty() => Ok(PortSpec::Unix(path.into())),
+            _ => Err(PortError::Spec(s.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortSpec::Loopback => write!(f, "loopback"),
+            PortSpec::Tap(n) => write!(f, "tap:{n}"),
+            PortSpec::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A port attached to a device, with its reader thread. Dropping it stops the reader and
+/// disconnects the device from the wire.
+pub struct PortHandle {
+    device: Arc<Device>,
+    port: Option<Arc<dyn Port>>,
+    stop: Arc<Stop>,
+    reader: Option<JoinHandle<()>>,
+    describe: String,
+}
+
+impl std::fmt::Debug for PortHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortHandle").field("port", &self.describe).finish_non_exhaustive()
+    }
+}
+
+impl PortHandle {
+    /// The port (tests transmit through it directly); `None` for loopback.
+    pub fn port(&self) -> Option<&Arc<dyn Port>> {
+        self.port.as_ref()
+    }
+
+    /// What it is, for logs.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+}
+
+impl Drop for PortHandle {
+    fn drop(&mut self) {
+        self.stop.trigger();
+        if let Some(t) = self.reader.take() {
+            let _ = t.join();
+        }
+        if self.port.is_some() {
+            self.device.set_port(Arc::new(NullPort::default()));
+        }
+    }
+}
+
+/// Connects `device` to the wire `spec` describes.
+pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortError> {
+    let stop = Arc::new(Stop::new().map_err(PortError::Thread)?);
+    let (port, reader): (Option<Arc<dyn Port>>, Option<JoinHandle<()>>) = match spec {
+        PortSpec::Loopback => {
+            device.set_loopback();
+            (None, None)
+        }
+        PortSpec::Tap(name) => {
+            let tap = TapPort::open(name).map_err(|source| PortError::Tap { name: name.clone(), source })?;
+            let file = tap.reader().map_err(|source| PortError::Tap { name: name.clone(), source })?;
+            let (dev, st) = (device.clone(), stop.clone());
+            let t = spawn(format!("tap-{}", tap.name()), move || reader_loop(&dev, file.as_fd(), &st, |b| (&file).read(b)))?;
+            let port: Arc<dyn Port> = Arc::new(tap);
+            (Some(port), Some(t))
+        }
+        PortSpec::Unix(path) => {
+            let link = UnixLinkPort::open(path).map_err(|source| PortError::Unix { path: path.clone(), source })?;
+            let sock = link.reader().map_err(|source| PortError::Unix { path: path.clone(), source })?;
+            let (dev, st) = (device.clone(), stop.clone());
+            let t = spawn("unix-link".into(), move || reader_loop(&dev, sock.as_fd(), &st, |b| sock.recv(b)))?;
+            let port: Arc<dyn Port> = Arc::new(link);
+            (Some(port), Some(t))
+        }
+    };
+    if let Some(p) = &port {
+        device.set_port(p.clone());
+    }
+    let describe = port.as_ref().map_or_else(|| "loopback".to_string(), |p| p.describe());
+    tracing::info!(port = %describe, "port attached");
+    Ok(PortHandle { device: device.clone(), port, stop, reader, describe })
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, PortError> {
+    std::thread::Builder::new().name(name).spawn(f).map_err(PortError::Thread)
+}
+
+/// Smallest frame worth delivering: an Ethernet header.
+const MIN_FRAME: usize = 14;
+
+/// Reads frames until `stop`. Frames are pushed into the inbox as fast as they come (the
+/// inbox is the NIC's receive buffer; it drops when full); every batch is offered to the
+/// device without waiting (`try_service_rx`: a busy device drains its inbox itself before it
+/// lets go of its lock), and once the wire is idle the thread waits for the device lock
+/// (`service_rx`; it holds no other lock) so nothing is left behind.
+fn reader_loop(dev: &Device, fd: BorrowedFd<'_>, stop: &Stop, mut recv: impl FnMut(&mut [u8]) -> io::Result<usize>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match stop.wait_readable(fd, None) {
+            Ok(Ready::Io) | Ok(Ready::Timeout) => {}
+            Ok(Ready::Stopped) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "port reader: poll failed");
+                return;
+            }
+        }
+        let mut batch = 0usize;
+        loop {
+            match recv(&mut buf) {
+                Ok(n) if n >= MIN_FRAME => {
+                    dev.inbox().push(&buf[..n]);
+                    batch += 1;
+                    if batch.is_multiple_of(64) {
+                        dev.try_service_rx();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "port reader: receive failed");
+                    return;
+                }
+            }
+        }
+        if batch > 0 {
+            dev.service_rx();
+        }
+    }
+}

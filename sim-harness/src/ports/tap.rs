@@ -1,0 +1,115 @@
+//! A host TAP interface as the NIC's wire: frames the device transmits are written to the TAP
+//! (the host kernel receives them on IFNAME), frames the host sends out of IFNAME are read
+//! and delivered to the device.
+//!
+//! Opening needs CAP_NET_ADMIN (root): `/dev/net/tun`, `TUNSETIFF` with `IFF_TAP | IFF_NO_PI`
+//! (creates IFNAME if absent, attaches to it if it exists), then `SIOCSIFFLAGS` with `IFF_UP`.
+//! A TAP created here is not persistent: it disappears when the server exits.
+
+use device::Port;
+use std::ffi::CStr;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One end of a TAP interface.
+#[derive(Debug)]
+pub struct TapPort {
+    file: File,
+    name: String,
+    tx_frames: AtomicU64,
+    tx_dropped: AtomicU64,
+}
+
+fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.bytes().any(|b| b == 0 || b == b'/' || b.is_ascii_whitespace()) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?} (1..15 bytes, no '/', NUL or spaces)")));
+    }
+    // SAFETY: ifreq is plain data (a name array and a union of plain data); all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { MaybeUninit::zeroed().assume_init() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    Ok(ifr)
+}
+
+impl TapPort {
+    /// Opens (creating if needed) TAP `name` and brings it up.
+    pub fn open(name: &str) -> io::Result<Self> {
+        let mut ifr = ifreq_for(name)?;
+        let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open("/dev/net/tun")?;
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one struct ifreq, which `ifr` is, for the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel wrote a NUL-terminated name (at most IFNAMSIZ - 1 bytes) back.
+        let actual = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) }.to_string_lossy().into_owned();
+        bring_up(&actual)?;
+        tracing::info!(tap = %actual, "TAP interface attached and up");
+        Ok(TapPort { file, name: actual, tx_frames: AtomicU64::new(0), tx_dropped: AtomicU64::new(0) })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A second handle on the TAP queue for the reader thread.
+    pub fn reader(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Frames written to the TAP and frames dropped (TAP queue full or down).
+    pub fn tx_counts(&self) -> (u64, u64) {
+        (self.tx_frames.load(Ordering::Relaxed), self.tx_dropped.load(Ordering::Relaxed))
+    }
+}
+
+fn bring_up(name: &str) -> io::Result<()> {
+    // SAFETY: socket() has no memory-safety preconditions.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket() just returned `s`; the OwnedFd is its only owner (closed on return).
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    let mut ifr = ifreq_for(name)?;
+    // SAFETY: SIOCGIFFLAGS fills the flags of one struct ifreq, which `ifr` is.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS set the union's flags member, which is therefore the one to read.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads one struct ifreq, which `ifr` is.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Port for TapPort {
+    fn transmit(&self, frame: &[u8]) -> bool {
+        // One write = one frame (IFF_NO_PI: no packet-information prefix). Non-blocking: a
+        // full TAP queue drops the frame like a congested wire, the device lock is never held
+        // waiting for the host.
+        match (&self.file).write(frame) {
+            Ok(n) if n == frame.len() => {
+                self.tx_frames.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            r => {
+                self.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(result = ?r, tap = %self.name, "TAP write dropped a frame");
+                false
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("tap:{}", self.name)
+    }
+}

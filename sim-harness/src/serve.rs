@@ -1,0 +1,196 @@
+//! `vdpa-emu serve`: the NIC served to QEMU (>= 10.1) over vfio-user until SIGINT/SIGTERM.
+//!
+//! ```text
+//! vdpa-emu serve --socket PATH [--queue-pairs N] [--mac MAC] [--port SPEC] [--lm-layout dpdk|linux]
+//! ```
+//!
+//! QEMU attaches with
+//! `-device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"PATH"}}'` and needs
+//! shared guest RAM so that its DMA_MAPs carry descriptors the device can mmap:
+//! `-object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem`.
+//! Without `share=on` the server warns at the first DMA_MAP; the device then faults into
+//! DEVICE_NEEDS_RESET on its first DMA.
+//!
+//! One client at a time; when it disconnects the device is reset, its DMA mappings and
+//! interrupt eventfds are dropped, and the next client is accepted. On SIGINT/SIGTERM the
+//! server stops and removes its socket.
+//!
+//! `--port SPEC` chooses the wire:
+//! - `loopback` (default): transmitted frames come back on the device's own receive side;
+//! - `tap:IFNAME`: a host TAP interface, created if absent and brought up (needs root);
+//! - `unix:PATH`: one end of a datagram link between two devices (in one process or two).
+//!   The ends are the socket files `PATH.a` and `PATH.b`: a server binds `PATH.a` unless a
+//!   live server holds it, else `PATH.b`, and sends its frames to the other. So two servers
+//!   started with the same `unix:/tmp/link` are wired to each other, in either start order.
+//!   Frames sent while the other end is absent are dropped.
+
+use crate::ports::{self, PortError, PortSpec};
+use crate::vfio_user::{Server, ServerError, ServerOptions, Stop};
+use bar_registers::{LayoutError, LmLayout};
+use device::{Device, DeviceConfig, MsixOwner};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// What `serve` was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// vfio-user socket path.
+    pub socket: PathBuf,
+    /// Queue pairs (1..=32).
+    pub queue_pairs: u16,
+    /// MAC address in the device config.
+    pub mac: [u8; 6],
+    /// The wire.
+    pub port: PortSpec,
+    /// LM block layout.
+    pub lm_layout: LmLayout,
+}
+
+/// Why `serve` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("device configuration: {0}")]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("installing signal handlers: {0}")]
+    Signal(#[source] io::Error),
+}
+
+/// The device configuration `serve` uses: QEMU emulates the MSI-X table, so the VMM owns it.
+pub fn device_config(opts: &ServeOptions) -> DeviceConfig {
+    let mut cfg = DeviceConfig::with_queue_pairs(opts.queue_pairs).lm_layout(opts.lm_layout);
+    cfg.layout.mac = opts.mac;
+    cfg.msix_owner = MsixOwner::Vmm;
+    cfg
+}
+
+/// Parses `52:54:00:12:34:56` (also with `-`).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let bad = || format!("MAC {s:?}: expected six hex bytes like 52:54:00:12:34:56");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.is_empty() || p.len() > 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("MAC {s:?} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+/// Parses `dpdk` / `linux`.
+pub fn parse_lm_layout(s: &str) -> Result<LmLayout, String> {
+    LmLayout::parse(s).ok_or_else(|| format!("LM layout {s:?}: expected dpdk or linux"))
+}
+
+/// The eventfd SIGINT/SIGTERM write to (-1: none).
+static SIGNAL_STOP_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    let fd = SIGNAL_STOP_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) is async-signal-safe; `one` is a live local buffer of 8 bytes and
+        // `fd` is the server's stop eventfd, open while the handler is installed.
+        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// SIGINT/SIGTERM handlers that trigger `stop`, restored to the defaults on drop.
+struct SignalGuard;
+
+impl SignalGuard {
+    fn install(stop: &Stop) -> io::Result<Self> {
+        SIGNAL_STOP_FD.store(stop.raw_fd(), Ordering::SeqCst);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            set_handler(sig, on_signal as *const () as libc::sighandler_t)?;
+        }
+        Ok(SignalGuard)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            let _ = set_handler(sig, libc::SIG_DFL);
+        }
+        SIGNAL_STOP_FD.store(-1, Ordering::SeqCst);
+    }
+}
+
+fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
+    // SAFETY: sigaction is plain data; all-zero (empty mask, no flags) is a valid value.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = handler;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: `sa` is a valid sigaction; the handler only does an async-signal-safe write.
+    if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Serves one device until SIGINT/SIGTERM; removes the socket on the way out.
+pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
+    let dev = Device::new(device_config(opts))?;
+    let port = ports::attach(&opts.port, &dev)?;
+    let server = Server::bind(&opts.socket, dev.clone(), ServerOptions::default())?;
+    let l = dev.layout();
+    tracing::info!(
+        socket = %opts.socket.display(),
+        queue_pairs = opts.queue_pairs,
+        msix_vectors = l.msix_vectors,
+        bar0 = l.bar_size(0),
+        port = port.describe(),
+        lm = opts.lm_layout.name(),
+        "serving"
+    );
+    eprintln!(
+        "vdpa-emu: serving {} queue pair(s) on {} (port {}); attach with -device '{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}}}}'",
+        opts.queue_pairs,
+        opts.socket.display(),
+        port.describe(),
+        opts.socket.display()
+    );
+    let guard = SignalGuard::install(&server.stop_handle()).map_err(ServeError::Signal)?;
+    let result = server.serve();
+    drop(guard);
+    let stats = server.stats();
+    drop(server);
+    drop(port);
+    tracing::info!(clients = stats.accepted, messages = stats.messages, errors = stats.errors, "stopped");
+    result.map_err(ServeError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("52:54:00:12:34:56"), Ok([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(parse_mac("02-00-00-00-00-0a"), Ok([2, 0, 0, 0, 0, 0xa]));
+        assert!(parse_mac("52:54:00:12:34").is_err());
+        assert!(parse_mac("52:54:00:12:34:5g").is_err());
+        assert!(parse_mac("01:00:00:00:00:00").is_err());
+    }
+
+    #[test]
+    fn port_specs() {
+        assert_eq!("loopback".parse::<PortSpec>().unwrap(), PortSpec::Loopback);
+        assert_eq!("tap:vtap0".parse::<PortSpec>().unwrap(), PortSpec::Tap("vtap0".into()));
+        assert_eq!("unix:/tmp/l".parse::<PortSpec>().unwrap(), PortSpec::Unix("/tmp/l".into()));
+        assert!("tap:".parse::<PortSpec>().is_err());
+        assert!("udp:1".parse::<PortSpec>().is_err());
+    }
+}

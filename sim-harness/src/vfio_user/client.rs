@@ -1,0 +1,463 @@
+//! A small blocking vfio-user client: what QEMU's `vfio-user-pci` does, without QEMU.
+//!
+//! It speaks the same messages as QEMU 11 (VERSION with the same capabilities, DEVICE_GET_INFO,
+//! region and IRQ infos, DMA_MAP with the memory's descriptor, SET_IRQS with eventfds,
+//! REGION_READ/WRITE, posted writes, DEVICE_RESET) and implements [`RegionAccess`] and
+//! [`DmaMapper`], so the driver model ([`crate::driver::NetDriver`]) runs unchanged against a
+//! device behind a socket. [`Client::request`] sends arbitrary (also malformed) messages for
+//! tests.
+
+use super::irq::{ACTION_TRIGGER, DATA_EVENTFD};
+use super::sock::{self, recv_with_fds, send_with_fds, Stop, MAX_MSG_FDS};
+use super::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
+use device::{AccessError, DmaMapper, InterruptSink, RegionAccess};
+use dma::{Backing, MapError, Perms};
+use parking_lot::Mutex;
+use std::fs::File;
+use std::io::{self, IoSlice, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vfio_bindings::bindings::vfio::{
+    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
+    VFIO_PCI_MSIX_IRQ_INDEX,
+};
+
+/// Largest reply the client reads (a REGION_READ of the server's limit fits easily).
+const MAX_REPLY: usize = 64 << 20;
+
+/// Client-side failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("{command} failed: {}", io::Error::from_raw_os_error(*errno))]
+    Remote { command: &'static str, errno: i32 },
+    #[error("bad reply to {command}: {what}")]
+    BadReply { command: &'static str, what: String },
+}
+
+impl ClientError {
+    /// The errno of a [`ClientError::Remote`] error reply.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            ClientError::Remote { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// A reply as received.
+#[derive(Debug)]
+pub struct Reply {
+    pub header: Header,
+    pub payload: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Reply {
+    /// `Some(errno)` for an error reply.
+    pub fn errno(&self) -> Option<i32> {
+        self.header.is_error().then_some(self.header.error as i32)
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    next_id: u16,
+}
+
+/// A connected vfio-user client.
+#[derive(Debug)]
+pub struct Client {
+    conn: Mutex<Conn>,
+    info: DeviceInfo,
+    server_caps: serde_json::Value,
+    regions: Vec<vfio_region_info>,
+    posted_writes: AtomicBool,
+}
+
+/// The capabilities QEMU 11.1 proposes.
+pub fn qemu_capabilities() -> serde_json::Value {
+    serde_json::json!({ "capabilities": {
+        "max_msg_fds": MAX_MSG_FDS,
+        "max_data_xfer_size": 1 << 20,
+        "pgsizes": 4096,
+        "max_dma_maps": 65535,
+        "migration": { "pgsize": 4096, "max_bitmap_size": 256u64 << 20 },
+        "write_multiple": true,
+    }})
+}
+
+impl Client {
+    /// Connects to `path` and does what QEMU does first: VERSION, DEVICE_GET_INFO and every
+    /// region's info.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.into(), source })?;
+        Self::from_stream(stream)
+    }
+
+    /// Like [`Client::connect`] on an already connected stream.
+    pub fn from_stream(stream: UnixStream) -> Result<Self, ClientError> {
+        let mut c = Client {
+            conn: Mutex::new(Conn { stream, next_id: 0 }),
+            info: DeviceInfo::default(),
+            server_caps: serde_json::Value::Null,
+            regions: Vec::new(),
+            posted_writes: AtomicBool::new(false),
+        };
+        c.server_caps = c.version(&qemu_capabilities())?;
+        let r = c.call(Command::DeviceGetInfo, &DeviceInfo { argsz: wire::DEVICE_INFO_SIZE as u32, ..Default::default() }.encode(), &[])?;
+        c.info = DeviceInfo::parse(&r).ok_or(ClientError::BadReply { command: "DEVICE_GET_INFO", what: format!("{} bytes", r.len()) })?;
+        // QEMU refuses more than 100 regions from a server; so do we.
+        for i in 0..c.info.num_regions.min(100) {
+            let info = c.region_info(i)?;
+            c.regions.push(info);
+        }
+        Ok(c)
+    }
+
+    /// Sends VERSION with `caps`; returns the server's capabilities.
+    fn version(&self, caps: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        let r = self.call(Command::Version, &wire::encode_version(0, 0, &caps.to_string()), &[])?;
+        let bad = |what: &str| ClientError::BadReply { command: "VERSION", what: what.into() };
+        if r.len() < wire::VERSION_SIZE {
+            return Err(bad("short"));
+        }
+        let mut rd = wire::Reader::new(&r);
+        let (major, minor) = (rd.u16(), rd.u16());
+        if major != 0 || minor != 0 {
+            return Err(bad(&format!("version {major}.{minor}")));
+        }
+        let json = &r[wire::VERSION_SIZE..];
+        match json.split_last() {
+            None => Ok(serde_json::Value::Null),
+            Some((0, text)) => serde_json::from_slice(text).map_err(|e| bad(&e.to_string())),
+            Some(_) => Err(bad("capabilities not NUL-terminated")),
+        }
+    }
+
+    /// DEVICE_GET_INFO as received at connect.
+    pub fn device_info(&self) -> DeviceInfo {
+        self.info
+    }
+
+    /// The server's VERSION capabilities (`{"capabilities": {...}}`).
+    pub fn server_caps(&self) -> &serde_json::Value {
+        &self.server_caps
+    }
+
+    /// Region infos as received at connect.
+    pub fn regions(&self) -> &[vfio_region_info] {
+        &self.regions
+    }
+
+    /// Sends posted (NO_REPLY) REGION_WRITEs from [`RegionAccess::region_write`], as QEMU does
+    /// when no region is mmappable.
+    pub fn set_posted_writes(&self, on: bool) {
+        self.posted_writes.store(on, Ordering::Relaxed);
+    }
+
+    /// Sets a receive timeout on the socket (tests: a server that stops answering).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.conn.lock().stream.set_read_timeout(t)
+    }
+
+    /// DEVICE_GET_REGION_INFO.
+    pub fn region_info(&self, index: u32) -> Result<vfio_region_info, ClientError> {
+        let req = vfio_region_info { argsz: wire::REGION_INFO_SIZE as u32, index, ..Default::default() };
+        let r = self.call(Command::DeviceGetRegionInfo, &wire::encode_region_info(&req), &[])?;
+        wire::parse_region_info(&r).ok_or(ClientError::BadReply { command: "DEVICE_GET_REGION_INFO", what: format!("{} bytes", r.len()) })
+    }
+
+    /// DEVICE_GET_IRQ_INFO.
+    pub fn irq_info(&self, index: u32) -> Result<vfio_irq_info, ClientError> {
+        let req = vfio_irq_info { argsz: wire::IRQ_INFO_SIZE as u32, index, ..Default::default() };
+        let r = self.call(Command::DeviceGetIrqInfo, &wire::encode_irq_info(&req), &[])?;
+        wire::parse_irq_info(&r).ok_or(ClientError::BadReply { command: "DEVICE_GET_IRQ_INFO", what: format!("{} bytes", r.len()) })
+    }
+
+    /// DEVICE_SET_IRQS; `data` follows the fixed part (DATA_BOOL bytes), `fds` go as
+    /// SCM_RIGHTS (DATA_EVENTFD).
+    pub fn set_irqs(&self, index: u32, flags: u32, start: u32, count: u32, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
+        let req = vfio_irq_set { argsz: (wire::IRQ_SET_SIZE + data.len()) as u32, flags, index, start, count, ..Default::default() };
+        let mut p = wire::encode_irq_set(&req);
+        p.extend_from_slice(data);
+        self.call(Command::DeviceSetIrqs, &p, fds).map(drop)
+    }
+
+    /// DMA_MAP of `[iova, iova + size)`; `fd` is the memory's descriptor and the offset of
+    /// `iova` in it (None: memory the server cannot map).
+    pub fn map(&self, iova: u64, size: u64, perms: Perms, fd: Option<(BorrowedFd<'_>, u64)>) -> Result<(), ClientError> {
+        let flags = if perms.read { VFIO_DMA_MAP_FLAG_READ } else { 0 } | if perms.write { VFIO_DMA_MAP_FLAG_WRITE } else { 0 };
+        let req = vfio_iommu_type1_dma_map { argsz: wire::DMA_MAP_SIZE as u32, flags, vaddr: fd.map_or(0, |f| f.1), iova, size };
+        let fds: Vec<BorrowedFd<'_>> = fd.map(|f| f.0).into_iter().collect();
+        self.call(Command::DmaMap, &wire::encode_dma_map(&req), &fds).map(drop)
+    }
+
+    /// DMA_UNMAP with raw `flags` (2 = unmap all).
+    pub fn unmap(&self, iova: u64, size: u64, flags: u32) -> Result<(), ClientError> {
+        let req = vfio_iommu_type1_dma_unmap { argsz: wire::DMA_UNMAP_SIZE as u32, flags, iova, size, ..Default::default() };
+        self.call(Command::DmaUnmap, &wire::encode_dma_unmap(&req), &[]).map(drop)
+    }
+
+    /// REGION_READ of `buf.len()` bytes.
+    pub fn read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        let rw = RegionRw { offset, region, count: buf.len() as u32 };
+        let r = self.call(Command::RegionRead, &rw.encode(), &[])?;
+        let back = RegionRw::parse(&r);
+        if back != Some(rw) || r.len() != wire::REGION_RW_SIZE + buf.len() {
+            return Err(ClientError::BadReply { command: "REGION_READ", what: format!("{back:?}, {} bytes", r.len()) });
+        }
+        buf.copy_from_slice(&r[wire::REGION_RW_SIZE..]);
+        Ok(())
+    }
+
+    fn write_payload(region: u32, offset: u64, data: &[u8]) -> Vec<u8> {
+        let mut p = RegionRw { offset, region, count: data.len() as u32 }.encode();
+        p.extend_from_slice(data);
+        p
+    }
+
+    /// REGION_WRITE, waiting for the reply.
+    pub fn write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.call(Command::RegionWrite, &Self::write_payload(region, offset, data), &[]).map(drop)
+    }
+
+    /// Posted REGION_WRITE (NO_REPLY): errors are the server's to log.
+    pub fn write_posted(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.post(Command::RegionWrite as u16, &Self::write_payload(region, offset, data), &[])
+    }
+
+    /// DEVICE_RESET.
+    pub fn reset(&self) -> Result<(), ClientError> {
+        self.call(Command::DeviceReset, &[], &[]).map(drop)
+    }
+
+    /// Sends a command and returns its payload, an error reply as [`ClientError::Remote`].
+    fn call(&self, cmd: Command, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Vec<u8>, ClientError> {
+        let r = self.request(cmd as u16, 0, payload, fds)?;
+        if let Some(errno) = r.errno() {
+            return Err(ClientError::Remote { command: cmd.name(), errno });
+        }
+        Ok(r.payload)
+    }
+
+    /// Sends any command (`flags` are added to the header) and waits for its reply, which is
+    /// returned as is (error replies included).
+    pub fn request(&self, command: u16, flags: u32, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Reply, ClientError> {
+        let mut c = self.conn.lock();
+        let id = c.next_id;
+        c.next_id = c.next_id.wrapping_add(1);
+        let hdr = Header::command(id, command, payload.len(), flags);
+        send_message(&c.stream, &hdr.to_bytes(), payload, fds)?;
+        let r = recv_reply(&c.stream)?;
+        if r.header.id != id || r.header.command != command {
+            return Err(ClientError::BadReply {
+                command: wire::command_name(command),
+                what: format!("reply id {} command {} to request id {id}", r.header.id, r.header.command),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Sends a command with NO_REPLY.
+    pub fn post(&self, command: u16, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
+        let mut c = self.conn.lock();
+        let id = c.next_id;
+        c.next_id = c.next_id.wrapping_add(1);
+        let hdr = Header::command(id, command, payload.len(), flags::NO_REPLY);
+        send_message(&c.stream, &hdr.to_bytes(), payload, fds)?;
+        Ok(())
+    }
+
+    /// Gives every MSI-X vector an eventfd (SET_IRQS in chunks of the server's max_msg_fds,
+    /// as QEMU does) and forwards their signals to `sink` from a thread.
+    pub fn wire_interrupts(&self, sink: Arc<dyn InterruptSink>) -> Result<InterruptPump, ClientError> {
+        let n = self.irq_info(VFIO_PCI_MSIX_IRQ_INDEX)?.count;
+        let efds: Vec<File> = (0..n).map(|_| sock::eventfd()).collect::<io::Result<_>>()?;
+        let chunk = self.server_caps["capabilities"]["max_msg_fds"].as_u64().unwrap_or(1).clamp(1, MAX_MSG_FDS as u64) as usize;
+        for (i, part) in efds.chunks(chunk).enumerate() {
+            let fds: Vec<BorrowedFd<'_>> = part.iter().map(|f| f.as_fd()).collect();
+            self.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_EVENTFD | ACTION_TRIGGER, (i * chunk) as u32, part.len() as u32, &[], &fds)?;
+        }
+        let stop = Arc::new(Stop::new()?);
+        let s2 = stop.clone();
+        let thread = std::thread::Builder::new().name("vfio-user-irq".into()).spawn(move || pump(efds, &s2, sink.as_ref()))?;
+        Ok(InterruptPump { stop, thread: Some(thread) })
+    }
+}
+
+fn pump(efds: Vec<File>, stop: &Stop, sink: &dyn InterruptSink) {
+    let mut fds: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
+    fds.push(stop.as_fd());
+    loop {
+        let Ok(ready) = sock::poll_in(&fds, None) else { return };
+        if ready[efds.len()] {
+            return;
+        }
+        for (v, f) in efds.iter().enumerate() {
+            if ready[v] {
+                let mut b = [0u8; 8];
+                if (&*f).read(&mut b).is_ok() {
+                    sink.msix(v as u16);
+                }
+            }
+        }
+    }
+}
+
+/// Forwards eventfd signals to an [`InterruptSink`] until dropped.
+#[derive(Debug)]
+pub struct InterruptPump {
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for InterruptPump {
+    fn drop(&mut self) {
+        self.stop.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends one message (header bytes + payload) with `fds`, blocking.
+pub fn send_message(stream: &UnixStream, head: &[u8], payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let total = head.len() + payload.len();
+    let mut sent = send_with_fds(stream.as_fd(), &[IoSlice::new(head), IoSlice::new(payload)], fds, 0)?;
+    while sent < total {
+        let n = if sent < head.len() {
+            send_with_fds(stream.as_fd(), &[IoSlice::new(&head[sent..]), IoSlice::new(payload)], &[], 0)?
+        } else {
+            send_with_fds(stream.as_fd(), &[IoSlice::new(&payload[sent - head.len()..])], &[], 0)?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
+    }
+    Ok(())
+}
+
+fn read_full(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<(), ClientError> {
+    let mut got = 0;
+    while got < buf.len() {
+        let r = recv_with_fds(stream.as_fd(), &mut buf[got..], 0)?;
+        if r.len == 0 {
+            return Err(ClientError::Closed);
+        }
+        fds.extend(r.fds);
+        got += r.len;
+    }
+    Ok(())
+}
+
+/// Reads one reply (bounded to 64 MiB).
+pub fn recv_reply(stream: &UnixStream) -> Result<Reply, ClientError> {
+    let mut hb = [0u8; HEADER_SIZE];
+    let mut fds = Vec::new();
+    read_full(stream, &mut hb, &mut fds)?;
+    let header = Header::parse(&hb);
+    let bad = |what: String| ClientError::BadReply { command: wire::command_name(header.command), what };
+    if header.msg_type() != flags::TYPE_REPLY {
+        return Err(bad(format!("message type {} is not a reply", header.msg_type())));
+    }
+    let len = header.payload_len().ok_or_else(|| bad(format!("size {}", header.size)))?;
+    if len > MAX_REPLY {
+        return Err(bad(format!("size {}", header.size)));
+    }
+    let mut payload = vec![0u8; len];
+    read_full(stream, &mut payload, &mut fds)?;
+    Ok(Reply { header, payload, fds })
+}
+
+/// Waits up to `t` for the server to close `stream`, discarding whatever it still sends;
+/// true if it closed.
+pub fn wait_closed(stream: &UnixStream, t: Duration) -> bool {
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !matches!(sock::poll_in(&[stream.as_fd()], Some(left)).as_deref(), Ok([true])) {
+            return false;
+        }
+        let mut b = [0u8; 256];
+        match recv_with_fds(stream.as_fd(), &mut b, libc::MSG_DONTWAIT) {
+            Ok(r) if r.len == 0 => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+impl Client {
+    fn access_error(&self, region: u32, offset: u64, len: usize, e: ClientError) -> AccessError {
+        let size = self.regions.get(region as usize).map_or(0, |r| r.size);
+        if !matches!(e, ClientError::Remote { .. }) {
+            return AccessError::Transport(e.to_string());
+        }
+        if size == 0 {
+            AccessError::NoSuchRegion(region)
+        } else {
+            AccessError::OutOfRange { region, offset, len, size }
+        }
+    }
+}
+
+impl RegionAccess for Client {
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
+        self.read(region, offset, data).map_err(|e| self.access_error(region, offset, data.len(), e))
+    }
+
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
+        let r = if self.posted_writes.load(Ordering::Relaxed) { self.write_posted(region, offset, data) } else { self.write(region, offset, data) };
+        r.map_err(|e| self.access_error(region, offset, data.len(), e))
+    }
+}
+
+fn map_error(iova: u64, size: u64, e: ClientError) -> MapError {
+    match e {
+        ClientError::Remote { errno, .. } if errno == libc::EEXIST => MapError::Overlap { iova, size, existing_iova: iova, existing_size: 0 },
+        ClientError::Remote { errno, .. } if errno == libc::ENOENT => MapError::NotFound { iova, size },
+        ClientError::Remote { errno, .. } => MapError::Mmap { iova, size, source: io::Error::from_raw_os_error(errno) },
+        ClientError::Io(source) => MapError::Mmap { iova, size, source },
+        other => MapError::Mmap { iova, size, source: io::Error::other(other.to_string()) },
+    }
+}
+
+impl DmaMapper for Client {
+    fn dma_map(&self, iova: u64, size: u64, perms: Perms, backing: Backing) -> Result<(), MapError> {
+        let r = match &backing {
+            Backing::Fd { file, offset } => self.map(iova, size, perms, Some((file.as_fd(), *offset))),
+            Backing::None => self.map(iova, size, perms, None),
+        };
+        r.map_err(|e| map_error(iova, size, e))
+    }
+
+    fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
+        self.unmap(iova, size, 0).map(|()| size).map_err(|e| map_error(iova, size, e))
+    }
+
+    fn dma_unmap_all(&self) -> u64 {
+        if let Err(e) = self.unmap(0, 0, wire::unmap_flags::ALL) {
+            tracing::error!(error = %e, "DMA_UNMAP all failed");
+        }
+        // The protocol does not report how much was unmapped.
+        0
+    }
+}

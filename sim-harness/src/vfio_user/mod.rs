@@ -1,0 +1,24 @@
+//! vfio-user: the device served to QEMU (>= 10.1) as `-device vfio-user-pci`, and a client.
+//!
+//! The protocol layer is written here on `vfio-bindings` types rather than on the `vfio_user`
+//! crate, whose server desyncs on unknown commands, answers errors with errno 0 and offers one
+//! descriptor per message (../shared/reference/vfio-user-qemu.md). The crate's `Client` is used
+//! only as an independent peer in the tests.
+//!
+//! - [`wire`]: header, command numbers, payload encodings.
+//! - [`sock`]: `SCM_RIGHTS` send/receive, the [`sock::Stop`] eventfd blocking loops poll.
+//! - [`irq`]: eventfds from SET_IRQS, per-vector masks, the device's interrupt sink.
+//! - [`server`]: accept loop and per-connection message loop.
+//! - [`client`]: a blocking client (QEMU's message set) implementing `RegionAccess` and
+//!   `DmaMapper`, so the driver model runs over a socket.
+
+pub mod client;
+pub mod irq;
+pub mod server;
+pub mod sock;
+pub mod wire;
+
+pub use client::{Client, ClientError, InterruptPump};
+pub use irq::IrqTable;
+pub use server::{ConnectionEnd, Server, ServerError, ServerOptions, ServerStats};
+pub use sock::Stop;

@@ -1,0 +1,822 @@
+//! The vfio-user server: one [`device::Device`] behind a Unix socket, one client at a time.
+//!
+//! Serving model: an accept loop; each connection is served by a blocking read loop on the
+//! calling thread, messages strictly in order (so a posted REGION_WRITE to a doorbell is done
+//! before anything that follows it). When the client goes away, cleanly or not, or breaks the
+//! protocol beyond recovery, the device is reset, every DMA mapping is dropped (closing the
+//! client's memory descriptors), every interrupt eventfd is closed, and the next client is
+//! accepted. A [`Stop`] ends the loop at any blocking point.
+//!
+//! Robustness rules (each is tested in sim-harness/tests/vfio_user_server.rs):
+//! - the declared payload is always consumed, so an unknown or refused command gets an error
+//!   reply with a real errno (ENOSYS, EINVAL, ...) and the stream stays in sync;
+//! - a header whose size is smaller than the header, or larger than `max_data_xfer_size` plus
+//!   the fixed part of any message, gets an error reply and the connection is closed: its
+//!   payload boundary cannot be trusted (nothing is allocated from such a size);
+//! - payload allocations are bounded by that limit; argsz fields are validated, never used to
+//!   size anything;
+//! - descriptors beyond what a command takes, or beyond [`MAX_MSG_FDS`], are closed and the
+//!   command refused;
+//! - NO_REPLY is honoured for every command, errors included (QEMU's posted writes).
+
+use super::irq::{IrqData, IrqTable};
+use super::sock::{recv_with_fds, send_with_fds, Ready, Stop, MAX_MSG_FDS};
+use super::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
+use bar_registers::pci::CONFIG_SPACE_SIZE;
+use bar_registers::REGION_CONFIG;
+use device::{AccessError, Device, DmaMapper, RegionAccess};
+use dma::{Backing, MapError, Perms, PAGE_SIZE};
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use vfio_bindings::bindings::vfio::{
+    vfio_iommu_type1_dma_unmap, vfio_region_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
+    VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+
+/// Largest data transfer (REGION_READ/WRITE count) we accept: the protocol default.
+pub const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
+/// DMA mappings we accept at once (the protocol default and QEMU's ceiling).
+pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
+/// DMA page sizes: 4 KiB (IOVA, size and file offset of a DMA_MAP must be multiples).
+pub const PGSIZES: u64 = PAGE_SIZE;
+/// Room for the fixed part of any message (and a VERSION's JSON) on top of the data limit.
+const PAYLOAD_SLACK: usize = 4096;
+
+/// An errno for an error reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", io::Error::from_raw_os_error(self.0), self.0)
+    }
+}
+
+const EINVAL: Errno = Errno(libc::EINVAL);
+const ENOSYS: Errno = Errno(libc::ENOSYS);
+const E2BIG: Errno = Errno(libc::E2BIG);
+
+/// Server limits announced in the VERSION reply (and enforced).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Largest REGION_READ/WRITE count.
+    pub max_data_xfer_size: u32,
+    /// Most DMA mappings at once.
+    pub max_dma_maps: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { max_data_xfer_size: DEFAULT_MAX_DATA_XFER_SIZE, max_dma_maps: DEFAULT_MAX_DMA_MAPS }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("socket {0} is in use by a running server")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket: refusing to replace it")]
+    NotSocket(PathBuf),
+    #[error("binding {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating the stop eventfd: {0}")]
+    Stop(#[source] io::Error),
+    #[error("waiting for a client: {0}")]
+    Accept(#[source] io::Error),
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("client closed the connection inside a message ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    #[error("header declares {0} bytes, less than the 16-byte header")]
+    SizeTooSmall(u32),
+    #[error("message of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge { size: u32, limit: usize },
+    #[error("client proposed protocol major version {0}; only 0 is supported")]
+    Version(u16),
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum ConnectionEnd {
+    /// The client closed the socket between messages.
+    Closed,
+    /// The server was told to stop.
+    Stopped,
+    /// Protocol or socket failure.
+    Failed(ConnectionError),
+}
+
+/// Counters of a server (tests synchronise on them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections finished and cleaned up (device reset, DMA unmapped, eventfds closed).
+    pub ended: u64,
+    /// Messages handled.
+    pub messages: u64,
+    /// Error replies (sent or, for NO_REPLY messages, only logged).
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    ended: AtomicU64,
+    messages: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A vfio-user server for one device.
+#[derive(Debug)]
+pub struct Server {
+    device: Arc<Device>,
+    irqs: Arc<IrqTable>,
+    listener: UnixListener,
+    path: PathBuf,
+    stop: Arc<Stop>,
+    opts: ServerOptions,
+    counters: Counters,
+    sock_id: Option<(u64, u64)>,
+}
+
+impl Server {
+    /// Binds `path` (replacing a stale socket file left by a dead server) and becomes
+    /// `device`'s interrupt sink. The device must have been created with
+    /// `DeviceConfig::msix_owner = MsixOwner::Vmm`: QEMU emulates the MSI-X table itself.
+    pub fn bind(path: &Path, device: Arc<Device>, opts: ServerOptions) -> Result<Self, ServerError> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(ServerError::NotSocket(path.into()));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.into()));
+            }
+            tracing::info!(path = %path.display(), "removing stale socket");
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind { path: path.into(), source })?;
+        let sock_id = path_id(path);
+        let irqs = Arc::new(IrqTable::new(device.layout().msix_vectors));
+        device.set_interrupt_sink(irqs.clone());
+        let stop = Arc::new(Stop::new().map_err(ServerError::Stop)?);
+        tracing::info!(path = %path.display(), "vfio-user server listening");
+        Ok(Server { device, irqs, listener, path: path.into(), stop, opts, counters: Counters::default(), sock_id })
+    }
+
+    /// The stop handle: triggering it ends [`Server::serve`] (from any thread or a signal
+    /// handler writing its eventfd).
+    pub fn stop_handle(&self) -> Arc<Stop> {
+        self.stop.clone()
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The device served.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// The interrupt table (what SET_IRQS configured).
+    pub fn irqs(&self) -> &Arc<IrqTable> {
+        &self.irqs
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.counters;
+        ServerStats {
+            accepted: c.accepted.load(Ordering::SeqCst),
+            ended: c.ended.load(Ordering::SeqCst),
+            messages: c.messages.load(Ordering::SeqCst),
+            errors: c.errors.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Serves clients one after the other until the stop handle is triggered.
+    pub fn serve(&self) -> Result<(), ServerError> {
+        loop {
+            match self.serve_one()? {
+                None | Some(ConnectionEnd::Stopped) => return Ok(()),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Waits for one client and serves it to the end; `None` if stopped while waiting.
+    pub fn serve_one(&self) -> Result<Option<ConnectionEnd>, ServerError> {
+        match self.stop.wait_readable(self.listener.as_fd(), None).map_err(ServerError::Accept)? {
+            Ready::Stopped => return Ok(None),
+            Ready::Io | Ready::Timeout => {}
+        }
+        let (stream, _) = match self.listener.accept() {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => return Ok(Some(ConnectionEnd::Closed)),
+            Err(e) => return Err(ServerError::Accept(e)),
+        };
+        let n = self.counters.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+        let span = tracing::info_span!("client", n);
+        let _g = span.enter();
+        tracing::info!("client connected");
+        let end = Session::new(self, stream).run();
+        match &end {
+            ConnectionEnd::Closed => tracing::info!("client disconnected"),
+            ConnectionEnd::Stopped => tracing::info!("server stopping"),
+            ConnectionEnd::Failed(e) => tracing::warn!(error = %e, "connection dropped"),
+        }
+        self.cleanup();
+        self.counters.ended.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(end))
+    }
+
+    /// What a client leaves behind is undone: device reset (status 0), DMA unmapped (its
+    /// memory descriptors closed), interrupt eventfds closed.
+    fn cleanup(&self) {
+        self.device.reset();
+        let unmapped = self.device.dma_unmap_all();
+        self.irqs.clear();
+        tracing::info!(unmapped, "device reset, DMA unmapped, interrupt eventfds closed");
+    }
+
+    fn region_size(&self, index: u32) -> u64 {
+        match index {
+            0..=5 => self.device.layout().bar_size(index as u8),
+            REGION_CONFIG => CONFIG_SPACE_SIZE,
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Remove the socket file only while it is still the one we bound.
+        if path_id(&self.path).is_some() && path_id(&self.path) == self.sock_id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn path_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// One message as read off the socket.
+struct Message {
+    hdr: Header,
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    fds_truncated: bool,
+}
+
+enum Read {
+    Msg(Message),
+    Closed,
+    Stopped,
+}
+
+/// One connected client.
+struct Session<'a> {
+    srv: &'a Server,
+    stream: UnixStream,
+    negotiated: bool,
+    warned_no_fd: bool,
+    close: Option<ConnectionError>,
+}
+
+type Handled = Result<Vec<u8>, Errno>;
+
+impl<'a> Session<'a> {
+    fn new(srv: &'a Server, stream: UnixStream) -> Self {
+        Session { srv, stream, negotiated: false, warned_no_fd: false, close: None }
+    }
+
+    fn run(mut self) -> ConnectionEnd {
+        loop {
+            let msg = match self.read_message() {
+                Ok(Read::Msg(m)) => m,
+                Ok(Read::Closed) => return ConnectionEnd::Closed,
+                Ok(Read::Stopped) => return ConnectionEnd::Stopped,
+                Err(e) => return ConnectionEnd::Failed(e),
+            };
+            if let Err(e) = self.handle(msg) {
+                return ConnectionEnd::Failed(e);
+            }
+            if let Some(e) = self.close.take() {
+                return ConnectionEnd::Failed(e);
+            }
+        }
+    }
+
+    /// Fills `buf` completely, collecting descriptors: `Some(true)` when full, `Some(false)` if
+    /// the peer closed before the first byte, `None` if the server is stopping.
+    fn read_full(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>, truncated: &mut bool) -> Result<Option<bool>, ConnectionError> {
+        let mut got = 0;
+        while got < buf.len() {
+            let r = match recv_with_fds(self.stream.as_fd(), &mut buf[got..], libc::MSG_DONTWAIT) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.srv.stop.wait_readable(self.stream.as_fd(), None)? {
+                    Ready::Stopped => return Ok(None),
+                    Ready::Io | Ready::Timeout => continue,
+                },
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return if got == 0 { Ok(Some(false)) } else { Err(ConnectionError::Truncated { got, want: buf.len() }) };
+                }
+                Err(e) => return Err(e.into()),
+            };
+            *truncated |= r.truncated;
+            fds.extend(r.fds);
+            if fds.len() > MAX_MSG_FDS {
+                *truncated = true;
+                fds.truncate(MAX_MSG_FDS);
+            }
+            if r.len == 0 {
+                return if got == 0 { Ok(Some(false)) } else { Err(ConnectionError::Truncated { got, want: buf.len() }) };
+            }
+            got += r.len;
+        }
+        Ok(Some(true))
+    }
+
+    fn read_message(&mut self) -> Result<Read, ConnectionError> {
+        let mut hb = [0u8; HEADER_SIZE];
+        let mut fds = Vec::new();
+        let mut truncated = false;
+        match self.read_full(&mut hb, &mut fds, &mut truncated)? {
+            None => return Ok(Read::Stopped),
+            Some(false) => return Ok(Read::Closed),
+            Some(true) => {}
+        }
+        let hdr = Header::parse(&hb);
+        let Some(len) = hdr.payload_len() else {
+            tracing::warn!(id = hdr.id, command = hdr.command, size = hdr.size, "header size below 16 bytes: closing the connection");
+            self.send_error(&hdr, EINVAL)?;
+            return Err(ConnectionError::SizeTooSmall(hdr.size));
+        };
+        let limit = self.srv.opts.max_data_xfer_size as usize + PAYLOAD_SLACK;
+        if len > limit {
+            tracing::warn!(id = hdr.id, command = hdr.command, size = hdr.size, limit, "message too large: closing the connection");
+            self.send_error(&hdr, E2BIG)?;
+            return Err(ConnectionError::TooLarge { size: hdr.size, limit });
+        }
+        let mut payload = vec![0u8; len];
+        match self.read_full(&mut payload, &mut fds, &mut truncated) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(Read::Stopped),
+            Err(ConnectionError::Truncated { got, .. }) => return Err(ConnectionError::Truncated { got: HEADER_SIZE + got, want: hdr.size as usize }),
+            Err(e) => return Err(e),
+        }
+        Ok(Read::Msg(Message { hdr, payload, fds, fds_truncated: truncated }))
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), ConnectionError> {
+        let hdr = msg.hdr;
+        let name = wire::command_name(hdr.command);
+        let span = tracing::debug_span!("msg", id = hdr.id, cmd = name);
+        let _g = span.enter();
+        self.srv.counters.messages.fetch_add(1, Ordering::Relaxed);
+        match hdr.msg_type() {
+            flags::TYPE_COMMAND => {}
+            flags::TYPE_REPLY => {
+                // We never send commands, so no reply is expected: drop it, stay in sync.
+                tracing::warn!(command = hdr.command, "unexpected reply from the client ignored");
+                return Ok(());
+            }
+            t => {
+                tracing::warn!(msg_type = t, "unknown message type");
+                return self.finish(&hdr, Err(EINVAL));
+            }
+        }
+        tracing::debug!(size = hdr.size, fds = msg.fds.len(), no_reply = hdr.no_reply(), "command");
+        let result = if msg.fds_truncated {
+            tracing::warn!("more than {MAX_MSG_FDS} descriptors: refused (the excess was closed)");
+            Err(EINVAL)
+        } else {
+            self.dispatch(&hdr, &msg.payload, msg.fds)
+        };
+        self.finish(&hdr, result)
+    }
+
+    /// Sends the reply (or logs the error of a NO_REPLY command).
+    fn finish(&mut self, hdr: &Header, result: Handled) -> Result<(), ConnectionError> {
+        if let Err(errno) = result {
+            self.srv.counters.errors.fetch_add(1, Ordering::Relaxed);
+            if hdr.no_reply() {
+                tracing::warn!(%errno, command = wire::command_name(hdr.command), "posted command failed (no reply requested)");
+            } else {
+                tracing::debug!(%errno, "error reply");
+            }
+        }
+        if hdr.no_reply() {
+            return Ok(());
+        }
+        match result {
+            Ok(payload) => {
+                let reply = Header { id: hdr.id, command: hdr.command, size: (HEADER_SIZE + payload.len()) as u32, flags: flags::TYPE_REPLY, error: 0 };
+                self.send(&reply.to_bytes(), &payload)
+            }
+            Err(errno) => self.send_error(hdr, errno),
+        }
+    }
+
+    fn send_error(&mut self, hdr: &Header, errno: Errno) -> Result<(), ConnectionError> {
+        let reply = Header { id: hdr.id, command: hdr.command, size: HEADER_SIZE as u32, flags: flags::TYPE_REPLY | flags::ERROR, error: errno.0 as u32 };
+        self.send(&reply.to_bytes(), &[])
+    }
+
+    fn send(&mut self, head: &[u8], payload: &[u8]) -> Result<(), ConnectionError> {
+        let total = head.len() + payload.len();
+        let mut sent = 0;
+        while sent < total {
+            let bufs: Vec<IoSlice<'_>> =
+                if sent < head.len() { vec![IoSlice::new(&head[sent..]), IoSlice::new(payload)] } else { vec![IoSlice::new(&payload[sent - head.len()..])] };
+            match send_with_fds(self.stream.as_fd(), &bufs, &[], libc::MSG_DONTWAIT) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.srv.stop.wait_writable(self.stream.as_fd(), None)? == Ready::Stopped {
+                        return Err(io::Error::new(io::ErrorKind::Interrupted, "server stopping").into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, hdr: &Header, p: &[u8], fds: Vec<OwnedFd>) -> Handled {
+        let Some(cmd) = Command::from_u16(hdr.command) else {
+            tracing::warn!(command = hdr.command, len = p.len(), "unknown command");
+            return Err(ENOSYS);
+        };
+        let takes_fds = matches!(cmd, Command::DmaMap | Command::DeviceSetIrqs);
+        if !takes_fds && !fds.is_empty() {
+            tracing::warn!(fds = fds.len(), "descriptors on a command that takes none: refused");
+            return Err(EINVAL);
+        }
+        if cmd != Command::Version && !self.negotiated {
+            tracing::warn!("command before VERSION");
+            return Err(EINVAL);
+        }
+        match cmd {
+            Command::Version => self.version(p),
+            Command::DeviceGetInfo => self.get_info(p),
+            Command::DeviceGetRegionInfo => self.region_info(p),
+            Command::DeviceGetIrqInfo => self.irq_info(p),
+            Command::DeviceSetIrqs => self.set_irqs(p, fds),
+            Command::DmaMap => self.dma_map(p, fds),
+            Command::DmaUnmap => self.dma_unmap(p),
+            Command::RegionRead => self.region_read(p),
+            Command::RegionWrite => self.region_write(p),
+            Command::RegionWriteMulti => self.region_write_multi(p),
+            Command::DeviceReset => {
+                self.srv.device.reset();
+                tracing::debug!("device reset");
+                Ok(Vec::new())
+            }
+            // Server-to-client commands.
+            Command::DmaRead | Command::DmaWrite => Err(EINVAL),
+            // Not implemented: IO fds, the old dirty-page interface, migration v2.
+            Command::DeviceGetRegionIoFds | Command::DirtyPages | Command::DeviceFeature | Command::MigDataRead | Command::MigDataWrite => {
+                tracing::debug!("unsupported command");
+                Err(ENOSYS)
+            }
+        }
+    }
+
+    fn version(&mut self, p: &[u8]) -> Handled {
+        if self.negotiated {
+            tracing::warn!("second VERSION refused");
+            return Err(EINVAL);
+        }
+        if p.len() < wire::VERSION_SIZE {
+            return Err(EINVAL);
+        }
+        let mut r = wire::Reader::new(p);
+        let (major, minor) = (r.u16(), r.u16());
+        if major != 0 {
+            self.close = Some(ConnectionError::Version(major));
+            return Err(Errno(libc::ENOTSUP));
+        }
+        let mut write_multiple = false;
+        let json = &p[wire::VERSION_SIZE..];
+        if !json.is_empty() {
+            let Some(end) = json.iter().position(|&b| b == 0) else {
+                tracing::warn!("VERSION capabilities not NUL-terminated");
+                return Err(EINVAL);
+            };
+            let v: serde_json::Value = serde_json::from_slice(&json[..end]).map_err(|e| {
+                tracing::warn!(error = %e, "VERSION capabilities are not JSON");
+                EINVAL
+            })?;
+            let Some(obj) = v.as_object() else { return Err(EINVAL) };
+            if let Some(caps) = obj.get("capabilities") {
+                let Some(caps) = caps.as_object() else { return Err(EINVAL) };
+                if let Some(pg) = caps.get("pgsizes") {
+                    let pg = pg.as_u64().ok_or(EINVAL)?;
+                    if pg & PGSIZES == 0 {
+                        tracing::warn!(pgsizes = pg, "client does not support 4 KiB DMA pages");
+                        return Err(EINVAL);
+                    }
+                }
+                write_multiple = caps.get("write_multiple").and_then(|b| b.as_bool()).unwrap_or(false);
+                tracing::debug!(client_caps = %serde_json::Value::Object(caps.clone()), "client capabilities");
+            }
+        }
+        let mut caps = serde_json::json!({
+            "max_msg_fds": MAX_MSG_FDS,
+            "max_data_xfer_size": self.srv.opts.max_data_xfer_size,
+            "pgsizes": PGSIZES,
+            "max_dma_maps": self.srv.opts.max_dma_maps,
+        });
+        if write_multiple {
+            caps["write_multiple"] = serde_json::Value::Bool(true);
+        }
+        let json = serde_json::json!({ "capabilities": caps }).to_string();
+        tracing::info!(client_minor = minor, caps = %json, "version negotiated: 0.0");
+        self.negotiated = true;
+        Ok(wire::encode_version(0, 0, &json))
+    }
+
+    fn get_info(&mut self, p: &[u8]) -> Handled {
+        let req = DeviceInfo::parse(p).ok_or(EINVAL)?;
+        if (req.argsz as usize) < wire::DEVICE_INFO_SIZE {
+            return Err(EINVAL);
+        }
+        let info = DeviceInfo {
+            argsz: wire::DEVICE_INFO_SIZE as u32,
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
+            num_regions: VFIO_PCI_NUM_REGIONS,
+            num_irqs: VFIO_PCI_NUM_IRQS,
+        };
+        Ok(info.encode())
+    }
+
+    fn region_info(&mut self, p: &[u8]) -> Handled {
+        let req = wire::parse_region_info(p).ok_or(EINVAL)?;
+        if (req.argsz as usize) < wire::REGION_INFO_SIZE || req.index >= VFIO_PCI_NUM_REGIONS {
+            return Err(EINVAL);
+        }
+        let size = self.srv.region_size(req.index);
+        // No MMAP: every access comes as a message, in order, which keeps QEMU's posted writes
+        // (and a doorbell's ordering) valid. No capabilities either, so the 32 bytes are all.
+        let info = vfio_region_info {
+            argsz: wire::REGION_INFO_SIZE as u32,
+            flags: if size > 0 { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE } else { 0 },
+            index: req.index,
+            cap_offset: 0,
+            size,
+            offset: 0,
+        };
+        tracing::debug!(index = req.index, size, "region info");
+        Ok(wire::encode_region_info(&info))
+    }
+
+    fn irq_info(&mut self, p: &[u8]) -> Handled {
+        let req = wire::parse_irq_info(p).ok_or(EINVAL)?;
+        if (req.argsz as usize) < wire::IRQ_INFO_SIZE {
+            return Err(EINVAL);
+        }
+        let info = self.srv.irqs.info(req.index).ok_or(EINVAL)?;
+        Ok(wire::encode_irq_info(&info))
+    }
+
+    fn set_irqs(&mut self, p: &[u8], fds: Vec<OwnedFd>) -> Handled {
+        let req = wire::parse_irq_set(p).ok_or(EINVAL)?;
+        let argsz = req.argsz as usize;
+        if argsz < wire::IRQ_SET_SIZE || argsz > p.len() {
+            tracing::warn!(argsz, len = p.len(), "SET_IRQS argsz does not match the payload");
+            return Err(EINVAL);
+        }
+        let dt = req.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+        if dt != VFIO_IRQ_SET_DATA_EVENTFD && !fds.is_empty() {
+            return Err(EINVAL);
+        }
+        let data = match dt {
+            VFIO_IRQ_SET_DATA_NONE => IrqData::None,
+            VFIO_IRQ_SET_DATA_BOOL => IrqData::Bool(&p[wire::IRQ_SET_SIZE..argsz]),
+            VFIO_IRQ_SET_DATA_EVENTFD => IrqData::Eventfds(fds.into_iter().map(File::from).collect()),
+            _ => return Err(EINVAL),
+        };
+        tracing::debug!(index = req.index, flags = format_args!("{:#x}", req.flags), start = req.start, count = req.count, "set irqs");
+        self.srv.irqs.set_irqs(req.index, req.flags, req.start, req.count, data).map_err(|e| {
+            tracing::warn!(error = %e, "SET_IRQS refused");
+            EINVAL
+        })?;
+        Ok(Vec::new())
+    }
+
+    fn dma_map(&mut self, p: &[u8], fds: Vec<OwnedFd>) -> Handled {
+        let req = wire::parse_dma_map(p).ok_or(EINVAL)?;
+        if (req.argsz as usize) < wire::DMA_MAP_SIZE || req.argsz as usize > p.len() {
+            return Err(EINVAL);
+        }
+        if req.flags & !(VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE) != 0 {
+            return Err(EINVAL);
+        }
+        if fds.len() > 1 {
+            tracing::warn!(fds = fds.len(), "DMA_MAP with more than one descriptor");
+            return Err(EINVAL);
+        }
+        let (iova, size, offset) = (req.iova, req.size, req.vaddr);
+        if size == 0 || !(iova | size | offset).is_multiple_of(PGSIZES) {
+            tracing::warn!(iova = format_args!("{iova:#x}"), size, offset, "DMA_MAP not 4 KiB aligned");
+            return Err(EINVAL);
+        }
+        if self.srv.device.mappings().len() >= self.srv.opts.max_dma_maps as usize {
+            return Err(Errno(libc::ENOSPC));
+        }
+        let perms = Perms { read: req.flags & VFIO_DMA_MAP_FLAG_READ != 0, write: req.flags & VFIO_DMA_MAP_FLAG_WRITE != 0 };
+        let backing = match fds.into_iter().next() {
+            Some(fd) => Backing::Fd { file: File::from(fd), offset },
+            None => {
+                if perms.write && !self.warned_no_fd {
+                    self.warned_no_fd = true;
+                    tracing::warn!(
+                        iova = format_args!("{iova:#x}"),
+                        size,
+                        "DMA_MAP of writable memory without a file descriptor: the device cannot reach it and will fault \
+                         (DEVICE_NEEDS_RESET) on first use. Start QEMU with shared guest RAM: \
+                         -object memory-backend-memfd,id=mem,size=...,share=on -machine memory-backend=mem"
+                    );
+                } else {
+                    tracing::debug!(iova = format_args!("{iova:#x}"), size, "DMA_MAP without fd (ROM or unshared memory)");
+                }
+                Backing::None
+            }
+        };
+        self.srv.device.dma_map(iova, size, perms, backing).map_err(|e| {
+            tracing::warn!(error = %e, "DMA_MAP refused");
+            map_errno(&e)
+        })?;
+        Ok(Vec::new())
+    }
+
+    fn dma_unmap(&mut self, p: &[u8]) -> Handled {
+        let req = wire::parse_dma_unmap(p).ok_or(EINVAL)?;
+        if (req.argsz as usize) < wire::DMA_UNMAP_SIZE {
+            return Err(EINVAL);
+        }
+        if req.flags & !wire::unmap_flags::ALL != 0 {
+            // GET_DIRTY_BITMAP (dirty tracking through unmap) and VADDR are not supported.
+            tracing::warn!(flags = req.flags, "DMA_UNMAP flags not supported");
+            return Err(EINVAL);
+        }
+        if req.flags & wire::unmap_flags::ALL != 0 {
+            let n = self.srv.device.dma_unmap_all();
+            tracing::debug!(unmapped = n, "DMA_UNMAP all");
+        } else {
+            let (iova, size) = (req.iova, req.size);
+            let end = iova.checked_add(size).filter(|_| size > 0).ok_or(EINVAL)?;
+            // Nothing mapped there: done, as the kernel's type1 IOMMU answers.
+            if self.srv.device.mappings().iter().any(|m| m.iova < end && iova < m.iova + m.size) {
+                self.srv.device.dma_unmap(iova, size).map_err(|e| {
+                    tracing::warn!(error = %e, "DMA_UNMAP refused");
+                    EINVAL
+                })?;
+            }
+        }
+        let echo = vfio_iommu_type1_dma_unmap { argsz: wire::DMA_UNMAP_SIZE as u32, flags: req.flags, iova: req.iova, size: req.size, ..Default::default() };
+        Ok(wire::encode_dma_unmap(&echo))
+    }
+
+    /// Checks a region access; returns the count as usize.
+    fn check_access(&self, rw: &RegionRw) -> Result<usize, Errno> {
+        if rw.count == 0 {
+            return Err(EINVAL);
+        }
+        if rw.count > self.srv.opts.max_data_xfer_size {
+            return Err(E2BIG);
+        }
+        let size = self.srv.region_size(rw.region);
+        match rw.offset.checked_add(rw.count.into()) {
+            Some(end) if size > 0 && end <= size => Ok(rw.count as usize),
+            _ => {
+                tracing::debug!(region = rw.region, offset = rw.offset, count = rw.count, size, "access outside the region");
+                Err(EINVAL)
+            }
+        }
+    }
+
+    fn region_read(&mut self, p: &[u8]) -> Handled {
+        let rw = RegionRw::parse(p).ok_or(EINVAL)?;
+        let count = self.check_access(&rw)?;
+        let mut out = rw.encode();
+        out.resize(wire::REGION_RW_SIZE + count, 0);
+        let dev = &self.srv.device;
+        split_access(rw.offset, count, |off, r| dev.region_read(rw.region, off, &mut out[wire::REGION_RW_SIZE + r.start..wire::REGION_RW_SIZE + r.end]))
+            .map_err(access_errno)?;
+        tracing::trace!(region = rw.region, offset = format_args!("{:#x}", rw.offset), count, "read");
+        Ok(out)
+    }
+
+    fn region_write(&mut self, p: &[u8]) -> Handled {
+        let rw = RegionRw::parse(p).ok_or(EINVAL)?;
+        let count = self.check_access(&rw)?;
+        if p.len() != wire::REGION_RW_SIZE + count {
+            tracing::warn!(count, len = p.len(), "REGION_WRITE count does not match the payload");
+            return Err(EINVAL);
+        }
+        let data = &p[wire::REGION_RW_SIZE..];
+        let dev = &self.srv.device;
+        split_access(rw.offset, count, |off, r| dev.region_write(rw.region, off, &data[r])).map_err(access_errno)?;
+        tracing::trace!(region = rw.region, offset = format_args!("{:#x}", rw.offset), count, "write");
+        Ok(rw.encode())
+    }
+
+    fn region_write_multi(&mut self, p: &[u8]) -> Handled {
+        if p.len() < 8 {
+            return Err(EINVAL);
+        }
+        let n = wire::Reader::new(p).u64();
+        let room = ((p.len() - 8) / wire::WRITE_MULTI_ENTRY_SIZE) as u64;
+        if n == 0 || n > room {
+            return Err(EINVAL);
+        }
+        for e in p[8..].chunks_exact(wire::WRITE_MULTI_ENTRY_SIZE).take(n as usize) {
+            let rw = RegionRw::parse(e).ok_or(EINVAL)?;
+            if rw.count > 8 {
+                return Err(EINVAL);
+            }
+            let count = self.check_access(&rw)?;
+            let data = &e[wire::REGION_RW_SIZE..wire::REGION_RW_SIZE + count];
+            let dev = &self.srv.device;
+            split_access(rw.offset, count, |off, r| dev.region_write(rw.region, off, &data[r])).map_err(access_errno)?;
+        }
+        Ok(n.to_ne_bytes().to_vec())
+    }
+}
+
+/// Cuts an access into pieces a register file takes: one piece if it is 1, 2, 4 or 8 bytes
+/// and naturally aligned, otherwise naturally aligned pieces of at most 4 bytes (what a PCI
+/// function sees of QEMU's whole-config-space read, for example).
+fn split_access(offset: u64, len: usize, mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), AccessError>) -> Result<(), AccessError> {
+    if matches!(len, 1 | 2 | 4 | 8) && offset.is_multiple_of(len as u64) {
+        return f(offset, 0..len);
+    }
+    let mut pos = 0;
+    while pos < len {
+        let off = offset + pos as u64;
+        let n = [4usize, 2].into_iter().find(|&n| n <= len - pos && off.is_multiple_of(n as u64)).unwrap_or(1);
+        f(off, pos..pos + n)?;
+        pos += n;
+    }
+    Ok(())
+}
+
+fn access_errno(e: AccessError) -> Errno {
+    tracing::debug!(error = %e, "region access refused");
+    EINVAL
+}
+
+fn map_errno(e: &MapError) -> Errno {
+    Errno(match e {
+        MapError::ZeroSize | MapError::AddressOverflow { .. } => libc::EINVAL,
+        MapError::Overlap { .. } => libc::EEXIST,
+        MapError::NotFound { .. } => libc::ENOENT,
+        MapError::Mmap { source, .. } => source.raw_os_error().unwrap_or(libc::EINVAL),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(offset: u64, len: usize) -> Vec<(u64, usize)> {
+        let mut v = Vec::new();
+        split_access(offset, len, |o, r| {
+            v.push((o, r.len()));
+            Ok(())
+        })
+        .unwrap();
+        v
+    }
+
+    #[test]
+    fn accesses_are_split_naturally() {
+        assert_eq!(pieces(0x10, 8), vec![(0x10, 8)]);
+        assert_eq!(pieces(0x12, 2), vec![(0x12, 2)]);
+        assert_eq!(pieces(0, 12), vec![(0, 4), (4, 4), (8, 4)]);
+        assert_eq!(pieces(1, 6), vec![(1, 1), (2, 2), (4, 2), (6, 1)]);
+        assert_eq!(pieces(0, 4096).len(), 1024);
+    }
+}

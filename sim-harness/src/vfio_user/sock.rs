@@ -1,0 +1,273 @@
+//! Unix-socket plumbing shared by the vfio-user server, its client and the ports: messages
+//! with file descriptors (`SCM_RIGHTS`), and [`Stop`], an eventfd every blocking loop polls so
+//! that SIGINT/SIGTERM (or a test) can end it.
+
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Most descriptors one vfio-user message may carry (our `max_msg_fds`, QEMU's ceiling too).
+pub const MAX_MSG_FDS: usize = 16;
+
+/// Control-buffer room: enough for [`MAX_MSG_FDS`] descriptors. More than that and the kernel
+/// sets `MSG_CTRUNC` and closes the excess itself.
+const CMSG_WORDS: usize = 16;
+
+/// What one `recvmsg` returned.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Bytes read (0 = the peer closed the connection).
+    pub len: usize,
+    /// Descriptors that came with those bytes, owned (closed on drop).
+    pub fds: Vec<OwnedFd>,
+    /// The sender passed more descriptors than fit: the kernel dropped (closed) the rest.
+    pub truncated: bool,
+}
+
+fn cmsg_space(fds: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<RawFd>()) as libc::c_uint) as usize }
+}
+
+/// Reads into `buf` with `recvmsg`, collecting `SCM_RIGHTS` descriptors (close-on-exec).
+/// `flags` are extra `recvmsg` flags (`MSG_DONTWAIT`). Retries on `EINTR`.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; CMSG_WORDS];
+    debug_assert!(cmsg_space(MAX_MSG_FDS) <= std::mem::size_of_val(&control));
+    loop {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg_space(MAX_MSG_FDS) as _;
+        // SAFETY: `msg` points at `iov` (which covers `buf`, valid for writes of its length) and
+        // at `control` (valid for msg_controllen bytes); both outlive the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut out = Received { len: n as usize, fds: Vec::new(), truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 };
+        // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR only walk
+        // inside that buffer and return null at its end.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !cmsg.is_null() {
+            // SAFETY: `cmsg` is non-null and points inside `control` (see above).
+            let hdr = unsafe { &*cmsg };
+            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+                // SAFETY: CMSG_LEN(0) is pure arithmetic.
+                let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+                let count = data_len / std::mem::size_of::<RawFd>();
+                // SAFETY: CMSG_DATA points at `data_len` bytes of this control message.
+                let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+                for i in 0..count {
+                    // SAFETY: `i < count`, inside the message; the read is unaligned-safe.
+                    let fd = unsafe { data.add(i).read_unaligned() };
+                    if fd >= 0 {
+                        // SAFETY: SCM_RIGHTS installed `fd` in our table just now; nobody else
+                        // owns it, so wrapping it transfers ownership here (closed on drop).
+                        out.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        }
+        return Ok(out);
+    }
+}
+
+/// Sends `bufs` with `fds` attached (to the first byte) using `sendmsg(MSG_NOSIGNAL | flags)`;
+/// returns bytes sent (possibly fewer than asked, like `write`).
+pub fn send_with_fds(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[BorrowedFd<'_>], flags: libc::c_int) -> io::Result<usize> {
+    let mut control = vec![0u64; cmsg_space(fds.len()).div_ceil(8).max(1)];
+    loop {
+        // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        // IoSlice is ABI-compatible with iovec (documented by std).
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        if !fds.is_empty() {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = cmsg_space(fds.len()) as _;
+            // SAFETY: msg_control points at a zeroed buffer of msg_controllen bytes, so
+            // CMSG_FIRSTHDR returns its start.
+            let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+            // SAFETY: `cmsg` is the start of `control`, which holds CMSG_SPACE(fds) bytes: room
+            // for the header and every descriptor written below.
+            unsafe {
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as libc::c_uint) as _;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for (i, fd) in fds.iter().enumerate() {
+                    data.add(i).write_unaligned(fd.as_raw_fd());
+                }
+            }
+        }
+        // SAFETY: every pointer in `msg` refers to live buffers (`bufs`, `control`) for the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// Sends all of `data` (blocking), the descriptors with the first chunk.
+pub fn send_all_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut sent = send_with_fds(sock, &[IoSlice::new(data)], fds, 0)?;
+    while sent < data.len() {
+        let n = send_with_fds(sock, &[IoSlice::new(&data[sent..])], &[], 0)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
+    }
+    Ok(())
+}
+
+/// What [`Stop::wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// The watched descriptor is ready.
+    Io,
+    /// Stop was triggered.
+    Stopped,
+    /// The timeout passed.
+    Timeout,
+}
+
+/// A stop signal that blocking loops poll next to their socket: an eventfd, so a signal
+/// handler can trigger it (`write` is async-signal-safe) and every poller wakes at once.
+#[derive(Debug)]
+pub struct Stop {
+    efd: OwnedFd,
+    flag: AtomicBool,
+}
+
+impl Stop {
+    /// A new, untriggered stop.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd has no memory-safety preconditions.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: eventfd just returned this descriptor; we are its only owner.
+        Ok(Stop { efd: unsafe { OwnedFd::from_raw_fd(fd) }, flag: AtomicBool::new(false) })
+    }
+
+    /// Triggers it (idempotent). Everything polling it wakes up and sees [`Ready::Stopped`].
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // Nobody reads the counter: it stays readable. A full counter (EAGAIN) is fine too.
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to an eventfd we own.
+        let _ = unsafe { libc::write(self.efd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Whether it was triggered (by [`Stop::trigger`] or a signal handler writing the fd).
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst) || poll_in(&[self.efd.as_fd()], Some(Duration::ZERO)).map(|r| r[0]).unwrap_or(false)
+    }
+
+    /// The eventfd itself (for a signal handler: write 8 bytes to it).
+    pub fn raw_fd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+
+    /// Waits until `fd` is readable (or has hung up), the stop is triggered, or `timeout`
+    /// passes. Stop wins over readiness.
+    pub fn wait_readable(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Ready> {
+        self.wait(fd, libc::POLLIN, timeout)
+    }
+
+    /// Like [`Stop::wait_readable`], for writability.
+    pub fn wait_writable(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Ready> {
+        self.wait(fd, libc::POLLOUT, timeout)
+    }
+
+    fn wait(&self, fd: BorrowedFd<'_>, events: libc::c_short, timeout: Option<Duration>) -> io::Result<Ready> {
+        if self.flag.load(Ordering::SeqCst) {
+            return Ok(Ready::Stopped);
+        }
+        let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 }, libc::pollfd { fd: self.efd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let n = poll(&mut fds, timeout)?;
+        if fds[1].revents != 0 {
+            self.flag.store(true, Ordering::SeqCst);
+            return Ok(Ready::Stopped);
+        }
+        Ok(if n == 0 { Ready::Timeout } else { Ready::Io })
+    }
+}
+
+impl AsFd for Stop {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+}
+
+fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    loop {
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// Which of `fds` are readable (or hung up) within `timeout`.
+pub fn poll_in(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    poll(&mut p, timeout)?;
+    Ok(p.iter().map(|p| p.revents != 0).collect())
+}
+
+/// Whether `fd` becomes writable within `timeout`.
+pub fn poll_out(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut p = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+    poll(&mut p, Some(timeout))?;
+    Ok(p[0].revents & libc::POLLOUT != 0)
+}
+
+/// A new eventfd (close-on-exec, non-blocking), as a `File` for reads and writes.
+pub fn eventfd() -> io::Result<File> {
+    // SAFETY: eventfd has no memory-safety preconditions.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: eventfd just returned this descriptor; the File becomes its only owner.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Whether `fd` is an eventfd (what SET_IRQS must carry): checked through /proc/self/fd.
+pub fn is_eventfd(fd: BorrowedFd<'_>) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// Number of open descriptors of this process (tests count leaks with it).
+pub fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
