@@ -29,8 +29,13 @@ enum Cmd {
     },
     /// Print the register map (docs/registers.md) rendered from the declarations.
     Registers,
-    /// Validate a device's vDPA HW prerequisites (the built-in model, in-process).
+    /// Validate a device's vDPA HW prerequisites: the built-in model in-process, or any
+    /// vfio-user device with --socket.
     Validate {
+        /// Validate the vfio-user device at this socket instead of the built-in model (it must
+        /// loop frames back, e.g. `vdpa-emu serve --port loopback`).
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
         /// Queue pairs of the built-in model.
         #[arg(long, default_value_t = 4)]
         queue_pairs: u16,
@@ -211,7 +216,7 @@ fn main() -> ExitCode {
             list_quirks();
             ExitCode::SUCCESS
         }
-        Cmd::Validate { queue_pairs, lm_layout, log_granularity, quirks, no_wraparound, format, .. } => {
+        Cmd::Validate { socket, queue_pairs, lm_layout, log_granularity, quirks, no_wraparound, format, .. } => {
             let mut cfg = device::DeviceConfig::with_queue_pairs(queue_pairs).lm_layout(lm_layout);
             cfg.log_granularity = log_granularity;
             cfg.quirks = quirks.into_iter().collect();
@@ -220,7 +225,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let o = sim_harness::validate::ValidateOptions { lm_layout, log_granularity, wraparound: !no_wraparound };
-            let r = sim_harness::validate::run(&sim_harness::validate::InProcess { cfg }, &o);
+            let r = match socket {
+                Some(path) => sim_harness::validate::run(&sim_harness::validate::OverSocket { path }, &o),
+                None => sim_harness::validate::run(&sim_harness::validate::InProcess { cfg }, &o),
+            };
             match format.as_str() {
                 "json" => println!("{}", r.json()),
                 "junit" => print!("{}", r.junit()),

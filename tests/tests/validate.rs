@@ -64,3 +64,43 @@ fn report_formats() {
     let t = r.table();
     assert!(t.contains("dirty-log") && t.contains("FAIL") && t.contains("expected") && t.contains("observed") && t.contains("RESULT: FAIL"), "{t}");
 }
+
+/// The same checks through the vfio-user protocol: a served device, reached only by messages.
+fn served(quirks: Quirks) -> (std::sync::Arc<sim_harness::vfio_user::server::Server>, std::path::PathBuf, std::thread::JoinHandle<()>) {
+    use sim_harness::vfio_user::server::{Server, ServerOptions};
+    let mut cfg = DeviceConfig::with_queue_pairs(2);
+    cfg.msix_owner = device::MsixOwner::Vmm;
+    cfg.quirks = quirks;
+    let dev = device::Device::new(cfg).unwrap();
+    dev.set_loopback();
+    let dir = std::env::temp_dir().join(format!("vdpa-validate-{}-{}", std::process::id(), quirks.iter().count()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dev.sock");
+    let server = std::sync::Arc::new(Server::bind(&path, dev, ServerOptions::default()).unwrap());
+    let s = server.clone();
+    let t = std::thread::spawn(move || {
+        let _ = s.serve();
+    });
+    (server, path, t)
+}
+
+#[test]
+fn validates_a_device_over_vfio_user() {
+    for (quirks, failing) in [(Quirks::NONE, None), (Quirks::NONE.with(Quirk::LogSkipsUsedRing), Some("dirty-log"))] {
+        let (server, path, t) = served(quirks);
+        let r = run(&sim_harness::validate::OverSocket { path: path.clone() }, &ValidateOptions { wraparound: false, ..Default::default() });
+        server.stop_handle().trigger();
+        let _ = std::os::unix::net::UnixStream::connect(&path);
+        t.join().unwrap();
+        assert!(r.target.contains("vfio-user"), "{}", r.target);
+        for g in &r.groups {
+            match failing {
+                Some(id) if g.id == id => assert_eq!(g.verdict, Verdict::Fail, "{}", r.table()),
+                _ => assert!(matches!(g.verdict, Verdict::Pass | Verdict::Skip), "{}: {}", g.id, r.table()),
+            }
+        }
+        // No VMM hook over the socket: the announce request is reported as skipped, not passed.
+        let ga = r.group("guest-announce").unwrap();
+        assert!(ga.findings.iter().any(|f| f.verdict == Verdict::Skip && f.name.contains("on request")), "{}", r.table());
+    }
+}

@@ -428,8 +428,10 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         for i in 0..19u64 {
             d.send(0, &[&frames::build(MAC, MAC, 0, i, 64, &mut rng)])?;
         }
+        s.settle();
         let mid = s.irq.count(v) - before;
         d.send(0, &[&frames::build(MAC, MAC, 0, 19, 64, &mut rng)])?;
+        s.settle();
         let after = s.irq.count(v) - before;
         f.push(Finding::check(
             G,
@@ -471,6 +473,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
     for i in 0..5u64 {
         d.send(0, &[&frames::build(MAC, MAC, 0, i, 64, &mut rng)])?;
     }
+    s.settle();
     let irqs = s.irq.count(v) - before;
     let ev = mem.read_u16(ev_addr)?;
     f.push(Finding::check(
@@ -626,7 +629,7 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
     let mut d = started(s, DriverOptions { queue_pairs: 1, memory: 8 << 20, lm_layout: o.lm_layout, ..Default::default() })?;
     let mem = d.mem.clone();
     let top = mem.base() + mem.size();
-    let full_len = (top / PAGE_SIZE).div_ceil(8).next_multiple_of(8);
+    let full_len = (top / PAGE_SIZE).div_ceil(8).next_multiple_of(PAGE_SIZE);
     let log = SharedMemory::new("validate-log", full_len + PAGE_SIZE).map_err(|e| DriverError::Usage(e.to_string()))?;
     let canary = |log: &SharedMemory| -> Result<Vec<u8>, DriverError> {
         let mut all = vec![0u8; (full_len + PAGE_SIZE) as usize];
@@ -779,6 +782,7 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
     let before = s.irq.count(0);
     let gen0 = d.net_config(net_cfg::STATUS, 2)?;
     let requested = announce();
+    s.settle();
     let status = d.net_config(net_cfg::STATUS, 2)?;
     let irq = s.irq.count(0) - before;
     f.push(Finding::check(

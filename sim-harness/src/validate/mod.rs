@@ -46,6 +46,20 @@ pub struct Session {
     /// The VMM-side hook that asks the device to request an announce (GUEST_ANNOUNCE), where
     /// the target has one.
     pub announce: Option<Box<dyn Fn() -> bool + Send>>,
+    /// How long interrupts may take to reach `irq` after the register access that caused
+    /// them returned (0 in-process; eventfds and a pump thread over vfio-user).
+    pub irq_latency: std::time::Duration,
+    /// Whatever must live as long as the session (a socket client's interrupt pump).
+    pub keep: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Session {
+    /// Lets in-flight interrupts arrive before counting them.
+    pub fn settle(&self) {
+        if !self.irq_latency.is_zero() {
+            std::thread::sleep(self.irq_latency);
+        }
+    }
 }
 
 /// Something the validator can open sessions on.
@@ -68,7 +82,7 @@ impl Target for InProcess {
         let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
         dev.set_interrupt_sink(irq.clone());
         let d2 = dev.clone();
-        Ok(Session { handle: dev, irq, announce: Some(Box::new(move || d2.announce())) })
+        Ok(Session { handle: dev, irq, announce: Some(Box::new(move || d2.announce())), irq_latency: std::time::Duration::ZERO, keep: None })
     }
 
     fn describe(&self) -> String {
@@ -80,6 +94,44 @@ impl Target for InProcess {
             self.cfg.log_granularity,
             if q.is_empty() { String::new() } else { format!(", quirks: {}", q.join(", ")) }
         )
+    }
+}
+
+/// Any device served over vfio-user (a vendor's model, or `vdpa-emu serve --port loopback`),
+/// reached only through the protocol: region reads and writes, DMA_MAP of the validator's
+/// memfd, MSI-X eventfds. The device must loop its transmit side back to its receive side.
+pub struct OverSocket {
+    pub path: std::path::PathBuf,
+}
+
+impl Target for OverSocket {
+    fn session(&self) -> Result<Session, ValidateError> {
+        use crate::vfio_user::client::Client;
+        use device::DmaMapper;
+        let err = |e: &dyn std::fmt::Display| ValidateError::Target(format!("{}: {e}", self.path.display()));
+        // One client at a time: the previous session's connection may still be closing.
+        let t0 = std::time::Instant::now();
+        let c = loop {
+            match Client::connect(&self.path) {
+                Ok(c) => break c,
+                Err(e) if t0.elapsed() > std::time::Duration::from_secs(5) => return Err(err(&e)),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        // Every register write waits for its reply, so a doorbell's work is done when the
+        // write returns, as with a CPU's non-posted access followed by a read.
+        c.set_posted_writes(false);
+        c.reset().map_err(|e| err(&e))?;
+        c.dma_unmap_all();
+        let c = Arc::new(c);
+        let n = c.irq_info(vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX).map_err(|e| err(&e))?.count;
+        let irq = Arc::new(InterruptRecorder::new(n.min(u32::from(u16::MAX)) as u16));
+        let pump = c.wire_interrupts(irq.clone()).map_err(|e| err(&e))?;
+        Ok(Session { handle: c, irq, announce: None, irq_latency: std::time::Duration::from_millis(30), keep: Some(Box::new(pump)) })
+    }
+
+    fn describe(&self) -> String {
+        format!("vfio-user device at {}", self.path.display())
     }
 }
 
