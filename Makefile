@@ -9,11 +9,12 @@ all: build
 build:
 	$(CARGO) build --release --workspace
 
-# The main job on the built-in model: the vDPA HW prerequisite report, then loopback traffic
-# through the NIC with its counters.
+# The main job on the built-in model: the vDPA HW prerequisite report, the bundled regression
+# scenarios, then loopback traffic through the NIC with its counters.
 demo: build
-	./target/release/vdpa-emu validate
-	./target/release/vdpa-emu demo --queue-pairs 4 --frames 10000
+	RUST_LOG=error ./target/release/vdpa-emu validate
+	RUST_LOG=error ./target/release/vdpa-emu scenario run scenarios/
+	RUST_LOG=error ./target/release/vdpa-emu demo --queue-pairs 4 --frames 10000
 
 # Every test: formatting, lints, unit and integration tests (the registers doc staleness check
 # is one of them).

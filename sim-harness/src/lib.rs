@@ -6,6 +6,7 @@ pub mod driver;
 pub mod frames;
 pub mod migrate;
 pub mod ports;
+pub mod scenario;
 pub mod serve;
 pub mod validate;
 pub mod vfio_user;

@@ -115,6 +115,25 @@ enum Cmd {
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
     },
+    /// Scenario files (TOML): devices, ordered steps, expectations (docs/scenarios.md).
+    Scenario {
+        #[command(subcommand)]
+        cmd: ScenarioCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioCmd {
+    /// Run scenario files (directories run every *.toml in them). Exit status: 0 all passed,
+    /// 1 a scenario failed, 2 a file is malformed.
+    Run {
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Report format.
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "junit"])]
+        format: String,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -248,6 +267,15 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Scenario { cmd: ScenarioCmd::Run { files, format } } => {
+            let r = sim_harness::scenario::run_files(&files);
+            match format.as_str() {
+                "json" => println!("{}", r.json()),
+                "junit" => print!("{}", r.junit()),
+                _ => print!("{}", r.table()),
+            }
+            ExitCode::from(r.exit_code())
         }
         Cmd::Registers => {
             print!("{}", bar_registers::render::registers_markdown());

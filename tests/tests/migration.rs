@@ -107,3 +107,10 @@ fn report_formats_carry_every_field() {
         assert!(r.table().contains(k), "table lacks {k}");
     }
 }
+
+#[test]
+fn frames_waiting_in_the_receive_fifo_cross_the_switch() {
+    // 400 frames per pair against 256 RX buffers: at least 144 wait in the source's FIFO.
+    let r = run(&MigrateOptions { burst_at_switch: 400, queue_pairs: 2, ..opts() }).unwrap();
+    assert_clean(&r, "burst at the switch");
+}

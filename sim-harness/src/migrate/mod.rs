@@ -51,6 +51,9 @@ pub struct MigrateOptions {
     pub progress: bool,
     /// Back-to-back migrations of the same guest.
     pub count: u32,
+    /// Frames per pair the peer sends just before the guest pauses, without the guest
+    /// receiving them: more than the RX rings hold, so some wait in the receive FIFO at the switch.
+    pub burst_at_switch: usize,
 }
 
 impl Default for MigrateOptions {
@@ -68,6 +71,7 @@ impl Default for MigrateOptions {
             seed: 1,
             progress: false,
             count: 1,
+            burst_at_switch: 0,
         }
     }
 }
@@ -285,12 +289,20 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     }
     report.total_ms = t_start.elapsed().as_secs_f64() * 1e3;
 
-    // Frames: guest -> peer (streams = pairs), peer -> guest (streams 100+).
-    for p in 0..guest.pairs {
-        if let Ok(fs) = guest.drv.recv(p) {
-            fs.iter().for_each(|f| guest.received.record(f));
+    // Drain: the guest receives until nothing is left in its rings or the device's FIFO.
+    for _ in 0..64 {
+        let mut got = 0;
+        for p in 0..guest.pairs {
+            if let Ok(fs) = guest.drv.recv(p) {
+                got += fs.len();
+                fs.iter().for_each(|f| guest.received.record(f));
+            }
+        }
+        if got == 0 && dev.inbox().is_empty() {
+            break;
         }
     }
+    // Frames: guest -> peer (streams = pairs), peer -> guest (streams 100+).
     let mut to_peer = std::mem::take(&mut *peer_port.received.lock());
     to_peer.finish(&guest.sent);
     let mut to_guest = guest.received.clone();
@@ -363,7 +375,13 @@ fn migrate_once(
     report.rounds += rounds;
 
     // Stage 3: pause the guest, stop the source with the DPDK stop sequence.
+    if o.burst_at_switch > 0 {
+        guest.peer.send(src, o.burst_at_switch);
+    }
     let t_pause = Instant::now();
+    // Frames waiting in the source's receive FIFO are device state: take them before the stop
+    // sequence, whose final reset would discard them.
+    let pending: Vec<Vec<u8>> = std::iter::from_fn(|| src.inbox().pop()).collect();
     let states = guest.drv.stop()?;
     let mut dirty = BTreeSet::new();
     harvest(&log, log_len, &mut dirty)?;
@@ -376,7 +394,6 @@ fn migrate_once(
     }
     dirty.extend(cpu.take_pages());
     mem.set_cpu_dirty_log(None);
-    let pending: Vec<Vec<u8>> = std::iter::from_fn(|| src.inbox().pop()).collect();
     let n = copier.copy(dirty.iter().copied(), None, report)?;
     report.pages_per_round.push(n);
     // Verification of the copy, page by page (not part of the downtime: a real VMM does not do it).

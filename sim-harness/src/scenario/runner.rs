@@ -1,0 +1,492 @@
+//! Runs a checked scenario: builds the devices, their drivers and ports, executes the steps in
+//! order, and checks each step's expectations right after it and the `[end]` ones after a final
+//! receive. A step error stops the scenario (later steps are reported as skipped) unless the
+//! step has `allow_error = true`. Nothing here panics on any scenario; a panic from below is
+//! caught and reported as a failed scenario.
+
+use super::error::StepError;
+use super::expect::{Expectation, MetricRef, Operand};
+use super::ledger::Ledger;
+use super::metrics::{Metric, QueueField, StatusField, Value};
+use super::migration::MigrationOutcome;
+use super::model::{Action, PortSpec, ResetHow, Scenario, SizeSpec, Step, TrafficSpec};
+use super::report::{ExpectReport, ExpectVerdict, FileReport, StepReport, StepVerdict, Verdict};
+use crate::driver::NetDriver;
+use crate::frames;
+use bar_registers::virtio::net_cfg;
+use device::{Device, LinkPort, Quirks};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Receive passes at most when draining; every pass but the last takes at least one frame, so
+/// this only bounds a pathological run.
+const DRAIN_PASSES: usize = 1_000_000;
+/// Send rounds in a row without progress before traffic gives up.
+const STALL_ROUNDS: u32 = 4;
+
+/// One device instance with its driver.
+pub(crate) struct Node {
+    pub name: String,
+    pub dev: Arc<Device>,
+    pub drv: NetDriver,
+    /// The driver brought the device up (its rings exist and are polled).
+    pub started: bool,
+    /// Guest memory the inject step builds hostile structures in.
+    pub scratch: Option<u64>,
+    pub announce_requested: Option<bool>,
+    pub announce_acked: Option<bool>,
+    pub ctrl_ack: Option<u8>,
+}
+
+/// Everything a running scenario has.
+pub(crate) struct World<'a> {
+    pub sc: &'a Scenario,
+    pub nodes: Vec<Node>,
+    pub ledger: Ledger,
+    pub rng: SmallRng,
+    /// Quirks `inject` armed for the next device instance.
+    pub pending_quirks: Quirks,
+    pub migration: Option<MigrationOutcome>,
+    pub migrations: u64,
+    /// Whether the latest step failed (metric `step.error`).
+    pub step_error: bool,
+}
+
+/// Runs one scenario and reports on every step and expectation.
+pub fn run(sc: &Scenario) -> FileReport {
+    let t0 = Instant::now();
+    let mut report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(sc))) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
+            let mut r = FileReport::new(sc);
+            r.error = Some(format!("internal error: the model panicked: {msg}"));
+            r.verdict = Verdict::Fail;
+            r
+        }
+    };
+    report.duration_ms = t0.elapsed().as_secs_f64() * 1e3;
+    report
+}
+
+fn run_inner(sc: &Scenario) -> FileReport {
+    let mut report = FileReport::new(sc);
+    let mut world = match World::new(sc) {
+        Ok(w) => w,
+        Err(e) => {
+            report.error = Some(format!("setting up the devices: {e}"));
+            report.steps = sc.steps.iter().map(StepReport::skipped).collect();
+            report.end = sc.end.iter().map(|e| ExpectReport::skipped(e, "end")).collect();
+            report.finish();
+            return report;
+        }
+    };
+    let mut aborted = false;
+    for step in &sc.steps {
+        if aborted {
+            report.steps.push(StepReport::skipped(step));
+            continue;
+        }
+        let t = Instant::now();
+        let result = world.run_step(step);
+        world.step_error = result.is_err();
+        let (verdict, evidence) = match result {
+            Ok(ev) => (StepVerdict::Ok, ev),
+            Err(e) if step.allow_error => (StepVerdict::AllowedError, format!("error (allowed): {e}")),
+            Err(e) => {
+                aborted = true;
+                (StepVerdict::Error, format!("error: {e}"))
+            }
+        };
+        let context = format!("step #{} {} (line {})", step.index, step.label, step.line);
+        let expectations = if aborted {
+            step.expect.iter().map(|e| ExpectReport::skipped(e, &context)).collect()
+        } else {
+            step.expect.iter().map(|e| world.check(e, &context)).collect()
+        };
+        report.steps.push(StepReport {
+            index: step.index,
+            kind: step.action.kind().to_string(),
+            label: step.label.clone(),
+            line: step.line,
+            verdict,
+            evidence,
+            duration_ms: t.elapsed().as_secs_f64() * 1e3,
+            expectations,
+        });
+    }
+    if aborted {
+        report.end = sc.end.iter().map(|e| ExpectReport::skipped(e, "end")).collect();
+    } else {
+        if let Err(e) = world.drain() {
+            report.error = Some(format!("final receive: {e}"));
+        }
+        report.end = sc.end.iter().map(|e| world.check(e, "end")).collect();
+    }
+    report.finish();
+    report
+}
+
+impl<'a> World<'a> {
+    /// Creates the devices, joins their ports and binds a driver to each.
+    fn new(sc: &'a Scenario) -> Result<Self, StepError> {
+        let devs: Vec<Arc<Device>> = sc.devices.iter().map(|d| Device::new(d.config.clone())).collect::<Result<_, _>>()?;
+        for (i, d) in sc.devices.iter().enumerate() {
+            match d.port {
+                PortSpec::Loopback => devs[i].set_loopback(),
+                PortSpec::Link(j) if j > i => {
+                    if let Some(peer) = devs.get(j) {
+                        LinkPort::join(&devs[i], peer);
+                    }
+                }
+                PortSpec::Link(_) | PortSpec::Null => {}
+            }
+        }
+        let mut nodes = Vec::with_capacity(devs.len());
+        for (spec, dev) in sc.devices.iter().zip(devs) {
+            let drv = NetDriver::in_process(&dev, spec.driver.clone())?;
+            nodes.push(Node {
+                name: spec.name.clone(),
+                dev,
+                drv,
+                started: false,
+                scratch: None,
+                announce_requested: None,
+                announce_acked: None,
+                ctrl_ack: None,
+            });
+        }
+        Ok(World {
+            sc,
+            nodes,
+            ledger: Ledger::default(),
+            rng: SmallRng::seed_from_u64(sc.seed),
+            pending_quirks: Quirks::NONE,
+            migration: None,
+            migrations: 0,
+            step_error: false,
+        })
+    }
+
+    pub(crate) fn node(&mut self, i: usize) -> Result<&mut Node, StepError> {
+        self.nodes.get_mut(i).ok_or_else(|| StepError::Usage(format!("no device {i}")))
+    }
+
+    fn started(&mut self, i: usize) -> Result<&mut Node, StepError> {
+        let n = self.node(i)?;
+        if !n.started {
+            return Err(StepError::Usage(format!("device `{}` is not started (add a `start` step)", n.name)));
+        }
+        Ok(n)
+    }
+
+    /// The device frames sent by device `i` arrive at.
+    pub(crate) fn receiver_of(&self, i: usize) -> Option<usize> {
+        match self.sc.devices.get(i)?.port {
+            PortSpec::Loopback => Some(i),
+            PortSpec::Link(j) => Some(j),
+            PortSpec::Null => None,
+        }
+    }
+
+    fn run_step(&mut self, step: &Step) -> Result<String, StepError> {
+        match &step.action {
+            Action::Start { devices } => {
+                let mut ev = Vec::new();
+                for &d in devices {
+                    let n = self.node(d)?;
+                    n.drv.start()?;
+                    n.started = true;
+                    ev.push(format!("{}: up, {} pair(s), features {:#x}", n.name, n.drv.opts.queue_pairs, n.drv.features));
+                }
+                Ok(ev.join("; "))
+            }
+            Action::Traffic(t) => self.traffic(step.index, t),
+            Action::Receive { devices } => {
+                let before = self.ledger.total().delivered;
+                for &d in devices {
+                    self.started(d)?;
+                }
+                self.drain()?;
+                Ok(format!("received {} frame(s)", self.ledger.total().delivered - before))
+            }
+            Action::StopStart { device } => {
+                let n = self.started(*device)?;
+                let states = n.drv.stop()?;
+                n.drv.restart(&states)?;
+                let mut ev = format!("{}: stopped and resumed at ring states (avail/used)", n.name);
+                for (q, (a, u)) in states.iter().enumerate().filter(|(_, s)| **s != (0, 0)) {
+                    let _ = write!(ev, " q{q} {a}/{u}");
+                }
+                Ok(ev)
+            }
+            Action::Reset { device, how, restart } => {
+                let n = self.node(*device)?;
+                match how {
+                    ResetHow::Driver => n.drv.reset()?,
+                    ResetHow::Flr => n.dev.reset(),
+                }
+                n.started = false;
+                let what = if *how == ResetHow::Driver { "device_status = 0" } else { "function level reset" };
+                if *restart {
+                    n.drv.start()?;
+                    n.started = true;
+                    return Ok(format!("{}: {what}, started again (status {:#04x})", n.name, n.dev.status()));
+                }
+                Ok(format!("{}: {what}, left reset", n.name))
+            }
+            Action::Inject { device, fault, pair } => self.inject(*device, *fault, *pair),
+            Action::Link { device, up } => {
+                let n = self.node(*device)?;
+                let before = n.drv.irq.count(0);
+                n.dev.set_link(*up);
+                Ok(format!("{}: link {}, config interrupts {before} -> {}", n.name, if *up { "up" } else { "down" }, n.drv.irq.count(0)))
+            }
+            Action::QueuePairs { device, pairs, accept } => {
+                let n = self.started(*device)?;
+                let ack = n.drv.ctrl_raw(4, 0, &pairs.to_le_bytes())?;
+                n.ctrl_ack = Some(ack);
+                let verdict = if ack == 0 { "VIRTIO_NET_OK" } else { "VIRTIO_NET_ERR" };
+                if (ack == 0) != *accept {
+                    return Err(StepError::Usage(format!("VQ_PAIRS_SET {pairs} answered {verdict}, expected {}", if *accept { "OK" } else { "ERR" })));
+                }
+                Ok(format!("{}: VQ_PAIRS_SET {pairs} answered {verdict}; active pairs {}", n.name, n.dev.active_queue_pairs()))
+            }
+            Action::Announce { device } => {
+                let n = self.started(*device)?;
+                let requested = n.dev.announce();
+                let acked = if requested { n.drv.handle_config_change()? } else { false };
+                n.announce_requested = Some(requested);
+                n.announce_acked = Some(acked);
+                Ok(format!(
+                    "{}: announce {}, driver {}",
+                    n.name,
+                    if requested { "requested" } else { "not negotiated" },
+                    if acked { "acked" } else { "did not ack" }
+                ))
+            }
+            Action::Migrate(m) => self.migrate(step.index, m),
+        }
+    }
+
+    /// Sends the traffic pattern, receiving as it goes (unless told not to) and draining at the end.
+    fn traffic(&mut self, step: usize, t: &TrafficSpec) -> Result<String, StepError> {
+        struct Flow {
+            node: usize,
+            pair: u16,
+            stream: u16,
+            left: u64,
+            src: [u8; 6],
+            dst: [u8; 6],
+        }
+        let mut flows = Vec::new();
+        for &n in &t.from {
+            let to = self.receiver_of(n);
+            let dst = match to {
+                Some(r) => self.started(r)?.drv.mac()?,
+                None => [0x02, 0, 0, 0, 0, 0xFF],
+            };
+            let node = self.started(n)?;
+            let pairs: Vec<u16> = t.pairs.clone().unwrap_or_else(|| (0..node.drv.opts.queue_pairs).collect());
+            let src = node.drv.mac()?;
+            let k = pairs.len().max(1) as u64;
+            for (i, &pair) in pairs.iter().enumerate() {
+                let left = t.count / k + u64::from((i as u64) < t.count % k);
+                let stream = self.ledger.open(step, to).ok_or_else(|| StepError::Usage("more than 50000 traffic streams in one scenario".into()))?;
+                flows.push(Flow { node: n, pair, stream, left, src, dst });
+            }
+        }
+        let mut stalls = 0;
+        loop {
+            let mut progress = false;
+            for fl in flows.iter_mut().filter(|f| f.left > 0) {
+                let n = fl.left.min(t.batch as u64);
+                let seq0 = self.ledger.next_seq(fl.stream);
+                let batch: Vec<Vec<u8>> = (0..n)
+                    .map(|i| {
+                        let len = pick_size(t.size, &mut self.rng);
+                        frames::build(fl.src, fl.dst, fl.stream, seq0 + i, len, &mut self.rng)
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+                let node = self.nodes.get_mut(fl.node).ok_or_else(|| StepError::Usage("no such device".into()))?;
+                let k = node.drv.send(fl.pair, &refs)? as u64;
+                self.ledger.sent(fl.stream, k);
+                fl.left -= k;
+                progress |= k > 0;
+            }
+            if t.receive {
+                self.receive_all()?;
+            }
+            if flows.iter().all(|f| f.left == 0) {
+                break;
+            }
+            stalls = if progress { 0 } else { stalls + 1 };
+            if stalls >= STALL_ROUNDS {
+                let left: u64 = flows.iter().map(|f| f.left).sum();
+                let status: Vec<String> =
+                    t.from.iter().filter_map(|&n| self.nodes.get(n)).map(|n| format!("{} status {:#04x}", n.name, n.dev.status())).collect();
+                return Err(StepError::Usage(format!("TX stalled with {left} frame(s) not queued: the TX rings stay full ({})", status.join(", "))));
+            }
+        }
+        if t.receive {
+            self.drain()?;
+        }
+        let s = self.ledger.of_step(step);
+        Ok(format!(
+            "sent {} delivered {} lost {} dup {} reord {} corrupt {}{}",
+            s.sent,
+            s.delivered,
+            s.lost,
+            s.duplicated,
+            s.reordered,
+            s.corrupted,
+            if t.receive { "" } else { " (not received yet)" }
+        ))
+    }
+
+    /// One receive pass over every started device; returns the frames taken.
+    pub(crate) fn receive_all(&mut self) -> Result<usize, StepError> {
+        let mut n = 0;
+        for (i, node) in self.nodes.iter_mut().enumerate().filter(|(_, n)| n.started) {
+            for p in 0..node.drv.opts.queue_pairs {
+                for f in node.drv.recv(p)? {
+                    self.ledger.record(i, &f);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Receives until a pass finds nothing.
+    pub(crate) fn drain(&mut self) -> Result<(), StepError> {
+        for _ in 0..DRAIN_PASSES {
+            if self.receive_all()? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one expectation now.
+    fn check(&mut self, e: &Expectation, context: &str) -> ExpectReport {
+        let lhs = self.observe(&e.lhs);
+        let rhs = match &e.rhs {
+            Operand::Literal(v) => Ok(*v),
+            Operand::Metric(m) => self.observe(m),
+        };
+        let expected = match (&e.rhs, &rhs) {
+            (Operand::Literal(v), _) => format!("{} {v}", e.op.as_str()),
+            (Operand::Metric(m), Ok(v)) => format!("{} {} (= {v})", e.op.as_str(), m.text),
+            (Operand::Metric(m), Err(_)) => format!("{} {}", e.op.as_str(), m.text),
+        };
+        let (verdict, observed, message) = match (lhs, rhs) {
+            (Ok(a), Ok(b)) => match e.op.apply(a, b) {
+                Some(true) => (ExpectVerdict::Pass, a.to_string(), String::new()),
+                Some(false) => (ExpectVerdict::Fail, a.to_string(), format!("{context}: expected {} {expected}, observed {a}", e.lhs.text)),
+                None => (ExpectVerdict::Fail, a.to_string(), format!("{context}: `{}` compares values of different types", e.text)),
+            },
+            (Err(m), _) | (_, Err(m)) => (ExpectVerdict::Fail, "unavailable".into(), format!("{context}: expected {} {expected}, but {m}", e.lhs.text)),
+        };
+        ExpectReport { expr: e.text.clone(), line: e.line, verdict, expected, observed, message }
+    }
+
+    /// Reads a metric.
+    fn observe(&mut self, m: &MetricRef) -> Result<Value, String> {
+        let int = |v: u64| Ok(Value::Int(v));
+        let bool_ = |b: bool| Ok(Value::Bool(b));
+        match &m.metric {
+            Metric::Frames { latest_step, field } => {
+                let stats = if *latest_step {
+                    let step = self.ledger.latest_step.ok_or("no step has sent frames yet")?;
+                    self.ledger.of_step(step)
+                } else {
+                    self.ledger.total()
+                };
+                return stats.get(field).map(Value::Int).ok_or_else(|| format!("unknown frames field `{field}`"));
+            }
+            Metric::Migration("count") => return int(self.migrations),
+            Metric::Migration(f) => {
+                let r = self.migration.as_ref().ok_or("no migration has run")?;
+                return r.get(f).ok_or_else(|| format!("unknown migration field `{f}`"));
+            }
+            Metric::StepError => return bool_(self.step_error),
+            _ => {}
+        }
+        let i = m.device.ok_or("metric needs a device")?;
+        let n = self.nodes.get_mut(i).ok_or("no such device")?;
+        let c = || n.dev.counters();
+        match &m.metric {
+            Metric::Counter(name) => {
+                c().scalars().into_iter().find(|(k, _)| k == name).map(|(_, v)| Value::Int(v)).ok_or_else(|| format!("unknown counter `{name}`"))
+            }
+            Metric::Fault(kind) => int(c().fault(kind)),
+            Metric::FaultAny => int(c().faults.iter().sum()),
+            Metric::Status(StatusField::Value) => int(n.dev.status().into()),
+            Metric::Status(StatusField::Bit(b)) => bool_(n.dev.status() & b != 0),
+            Metric::Queue { queue, field } => queue_metric(n, *queue, *field),
+            Metric::IrqVector(v) => int(n.drv.irq.count(*v)),
+            Metric::IrqTotal => int(n.drv.irq.total()),
+            Metric::ConfigLinkUp | Metric::ConfigAnnounce | Metric::ConfigStatus => {
+                let s = n.drv.net_config(net_cfg::STATUS, 2).map_err(|e| format!("reading the config status: {e}"))?;
+                match m.metric {
+                    Metric::ConfigLinkUp => bool_(s & 1 != 0),
+                    Metric::ConfigAnnounce => bool_(s & 2 != 0),
+                    _ => int(s),
+                }
+            }
+            Metric::Feature(bit) => bool_(n.dev.negotiated_features() & (1u64 << bit) != 0),
+            Metric::FeaturesNegotiated => int(n.dev.negotiated_features()),
+            Metric::ActiveQueuePairs => int(n.dev.active_queue_pairs().into()),
+            Metric::InboxLen => int(n.dev.inbox().len() as u64),
+            Metric::InboxDropped => int(n.dev.inbox().dropped()),
+            Metric::IommuFaults => int(n.dev.iommu_stats().faults()),
+            Metric::LogWrites => int(n.dev.log_stats().log_writes),
+            Metric::LogPagesMarked => int(n.dev.log_stats().pages_marked),
+            Metric::LogBeyondEnd => int(n.dev.log_stats().beyond_end),
+            Metric::LogFaults => int(n.dev.log_stats().faults),
+            Metric::AnnounceRequested => n.announce_requested.map(Value::Bool).ok_or_else(|| format!("no announce step has run on `{}`", n.name)),
+            Metric::AnnounceAcked => n.announce_acked.map(Value::Bool).ok_or_else(|| format!("no announce step has run on `{}`", n.name)),
+            Metric::CtrlLastAck => n.ctrl_ack.map(|a| Value::Int(a.into())).ok_or_else(|| format!("no queue_pairs step has run on `{}`", n.name)),
+            Metric::Frames { .. } | Metric::Migration(_) | Metric::StepError => Err("not a device metric".into()),
+        }
+    }
+}
+
+fn queue_metric(n: &mut Node, q: u16, field: QueueField) -> Result<Value, String> {
+    let int = |v: u64| Ok(Value::Int(v));
+    if field == QueueField::UsedIdx {
+        let mem = n.drv.mem.clone();
+        let ring = n.drv.ring(q).map_err(|e| format!("queue {q}: {e}"))?;
+        return ring.used_idx(&mem).map(|v| Value::Int(v.into())).map_err(|e| format!("queue {q}: {e}"));
+    }
+    let snap = n.dev.queue(q).ok_or_else(|| format!("device `{}` has no queue {q}", n.name))?;
+    let counters = n.dev.counters();
+    let qc = counters.queues.get(usize::from(q)).cloned().unwrap_or_default();
+    match field {
+        QueueField::Enabled => Ok(Value::Bool(snap.enabled)),
+        QueueField::Size => int(snap.size.into()),
+        QueueField::LastAvail => int(snap.last_avail.into()),
+        QueueField::LastUsed => int(snap.last_used.into()),
+        QueueField::MsixVector => int(snap.msix_vector.into()),
+        QueueField::Doorbells => int(qc.doorbells),
+        QueueField::Chains => int(qc.chains),
+        QueueField::Frames => int(qc.frames),
+        QueueField::Bytes => int(qc.bytes),
+        QueueField::Interrupts => int(qc.interrupts),
+        QueueField::InterruptsSuppressed => int(qc.interrupts_suppressed),
+        QueueField::UsedIdx => Err("unreachable".into()),
+    }
+}
+
+fn pick_size(s: SizeSpec, rng: &mut SmallRng) -> usize {
+    match s {
+        SizeSpec::Fixed(n) => n,
+        SizeSpec::Range(a, b) if a < b => rng.gen_range(a..=b),
+        SizeSpec::Range(a, _) => a,
+    }
+}

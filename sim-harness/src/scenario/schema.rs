@@ -1,0 +1,125 @@
+//! The file format as serde reads it: every table denies unknown fields, and every value a
+//! later check may reject keeps its byte span (`toml::Spanned`) so the error can name its line.
+//! [`super::compile`] turns this into the checked [`super::model::Scenario`].
+
+use serde::Deserialize;
+use std::ops::Range;
+use toml::{Spanned, Value};
+
+/// A whole scenario file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    /// Scenario name (default: the file stem).
+    pub name: Option<Spanned<String>>,
+    /// One paragraph on what the scenario shows.
+    pub description: Option<String>,
+    /// Seed of frame sizes and payloads.
+    pub seed: Option<u64>,
+    /// `[[device]]` tables: the device instances (at least one).
+    #[serde(default)]
+    pub device: Vec<Spanned<RawDevice>>,
+    /// `[[step]]` tables, run in order.
+    #[serde(default)]
+    pub step: Vec<RawStep>,
+    /// `[end]`: expectations checked after the last step.
+    pub end: Option<RawEnd>,
+}
+
+/// `[[device]]`: one device instance, its driver and its port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub name: Option<Spanned<String>>,
+    pub queue_pairs: Option<Spanned<i64>>,
+    pub driver_queue_pairs: Option<Spanned<i64>>,
+    pub queue_size: Option<Spanned<i64>>,
+    pub mac: Option<Spanned<String>>,
+    pub mtu: Option<Spanned<i64>>,
+    pub lm_layout: Option<Spanned<String>>,
+    pub notify: Option<Spanned<String>>,
+    pub log_granularity: Option<Spanned<Value>>,
+    pub memory: Option<Spanned<Value>>,
+    pub quirks: Option<Vec<Spanned<String>>>,
+    pub features: Option<Vec<Spanned<String>>>,
+    pub mask_features: Option<Vec<Spanned<String>>>,
+    pub rx_buf_size: Option<Spanned<i64>>,
+    pub rx_backlog: Option<Spanned<i64>>,
+    pub tx_indirect: Option<bool>,
+    pub tx_split_header: Option<bool>,
+    pub port: Option<Spanned<String>>,
+}
+
+/// `[[step]]`: one action. Which fields apply depends on `kind`; a field that does not apply
+/// to the kind is an error (see [`RawStep::present`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub kind: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+    pub device: Option<Spanned<Value>>,
+    pub allow_error: Option<Spanned<bool>>,
+    pub expect: Option<Vec<Spanned<String>>>,
+    // traffic
+    pub count: Option<Spanned<i64>>,
+    pub size: Option<Spanned<Value>>,
+    pub pairs: Option<Spanned<Value>>,
+    pub from: Option<Spanned<Value>>,
+    pub batch: Option<Spanned<i64>>,
+    pub receive: Option<Spanned<bool>>,
+    // reset
+    pub how: Option<Spanned<String>>,
+    pub restart: Option<Spanned<bool>>,
+    // inject
+    pub fault: Option<Spanned<String>>,
+    pub pair: Option<Spanned<i64>>,
+    pub quirk: Option<Spanned<String>>,
+    // link
+    pub up: Option<Spanned<bool>>,
+    // queue_pairs (uses `pairs` too)
+    pub accept: Option<Spanned<bool>>,
+    // migrate
+    pub background_frames: Option<Spanned<i64>>,
+    pub dirty_threshold: Option<Spanned<i64>>,
+    pub max_rounds: Option<Spanned<i64>>,
+}
+
+impl RawStep {
+    /// The kind-specific fields that are set, with their spans (`kind`, `name`, `expect` and
+    /// `allow_error` apply to every kind and are not listed).
+    pub fn present(&self) -> Vec<(&'static str, Range<usize>)> {
+        fn s<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, Range<usize>)> {
+            v.as_ref().map(|v| (name, v.span()))
+        }
+        [
+            s("device", &self.device),
+            s("count", &self.count),
+            s("size", &self.size),
+            s("pairs", &self.pairs),
+            s("from", &self.from),
+            s("batch", &self.batch),
+            s("receive", &self.receive),
+            s("how", &self.how),
+            s("restart", &self.restart),
+            s("fault", &self.fault),
+            s("pair", &self.pair),
+            s("quirk", &self.quirk),
+            s("up", &self.up),
+            s("accept", &self.accept),
+            s("background_frames", &self.background_frames),
+            s("dirty_threshold", &self.dirty_threshold),
+            s("max_rounds", &self.max_rounds),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// `[end]`: expectations checked after the last step (and a final receive).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnd {
+    #[serde(default)]
+    pub expect: Vec<Spanned<String>>,
+}
