@@ -17,8 +17,8 @@ demo: build
 	RUST_LOG=error ./target/release/vdpa-emu demo --queue-pairs 4 --frames 10000
 
 # Every test: formatting, lints, unit and integration tests (the registers doc staleness check
-# is one of them).
-test: lint unit
+# is one of them), and the end-to-end tests with a real QEMU and Linux guest.
+test: lint unit e2e
 
 unit:
 	$(CARGO) test --workspace --all-targets
@@ -40,3 +40,16 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+# End-to-end tests with a real QEMU (>= 10.1, vfio-user-pci) and a Linux guest under TCG (docs/e2e.md).
+# Provisioning needs root and the Debian archive; its result is cached outside the checkout (so a
+# fresh clone on the same machine reuses it) and rebuilt when the script or the archive's
+# versions change.
+.PHONY: e2e-provision e2e
+export VDPA_E2E_DIR ?= $(HOME)/.cache/vdpa-emu/e2e
+E2E_CARGO_FLAGS ?=
+e2e-provision:
+	bash scripts/e2e-provision.sh
+
+e2e: e2e-provision
+	$(CARGO) test $(E2E_CARGO_FLAGS) -p sim-harness --test e2e_qemu -- --ignored --test-threads=1 --nocapture

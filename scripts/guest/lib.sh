@@ -1,0 +1,174 @@
+# scripts/guest/lib.sh -- shell helpers for the e2e guest scripts (busybox ash).
+# The harness (sim-harness/tests/e2e_qemu.rs) builds /extra.sh as: variable assignments + this file + a
+# role script, and appends it to the initramfs as a second cpio archive; /init runs it.
+# Lines for the harness (it parses them from the serial log):
+#   E2E-RESULT key=value ...   results
+#   E2E-READY what ...         the guest waits for the host to do something (e.g. connect)
+#   E2E-FAIL reason            a check failed (the script then exits 1)
+#   E2E-LOG text               progress, for humans
+
+res() { echo "E2E-RESULT $*"; }
+log() { echo "E2E-LOG [$(cut -d' ' -f1 /proc/uptime)] $*"; }
+fail() {
+  echo "E2E-FAIL $*"
+  exit 1
+}
+
+# centiseconds since boot
+now_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
+# mbps BYTES CENTISECONDS -> MB/s (10^6 bytes) with one decimal
+mbps() { awk -v b="$1" -v c="$2" 'BEGIN { if (c < 1) c = 1; printf "%.1f\n", b / (c / 100) / 1000000 }'; }
+
+# retry SECONDS CMD...: run CMD every 0.2 s until it succeeds; 1 when SECONDS pass
+retry() {
+  _deadline=$(($(now_cs) + $1 * 100))
+  shift
+  while ! "$@" > /dev/null 2>&1; do
+    [ "$(now_cs)" -ge "$_deadline" ] && return 1
+    sleep 0.2
+  done
+  return 0
+}
+
+# the PCI function's driver name, "-" when none
+pci_driver() {
+  if [ -e "/sys/bus/pci/devices/$1/driver" ]; then basename "$(readlink "/sys/bus/pci/devices/$1/driver")"; else echo -; fi
+}
+
+# pci_find VEN:DEV [SVEN:SDEV]: the first matching BDF
+pci_find() {
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(sed 's/^0x//' "$d/vendor"):$(sed 's/^0x//' "$d/device")" = "$1" ] || continue
+    [ -z "${2:-}" ] || [ "$(sed 's/^0x//' "$d/subsystem_vendor"):$(sed 's/^0x//' "$d/subsystem_device")" = "$2" ] || continue
+    basename "$d"
+    return 0
+  done
+  return 1
+}
+
+# nic_by_mac MAC: the netdev with that MAC
+nic_by_mac() {
+  for n in /sys/class/net/*; do
+    [ "$(cat "$n/address")" = "$1" ] && basename "$n" && return 0
+  done
+  return 1
+}
+
+list_nics() {
+  for n in /sys/class/net/*; do
+    echo "E2E-LOG nic $(basename "$n") mac=$(cat "$n/address") operstate=$(cat "$n/operstate") dev=$(readlink "$n/device")"
+  done
+}
+
+# nic_pci_bdf IF: the PCI function under the netdev (virtio_pci: IF -> virtioN -> BDF; vdpa: -> vdpaN -> BDF)
+nic_pci_bdf() {
+  _p=$(readlink -f "/sys/class/net/$1/device")
+  while [ "$_p" != / ] && [ -n "$_p" ]; do
+    case "$(basename "$_p")" in
+      [0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f].[0-7])
+        basename "$_p"
+        return 0
+        ;;
+    esac
+    _p=$(dirname "$_p")
+  done
+  return 1
+}
+
+# virtio_diag: the virtio devices, their drivers, status bytes and features; the end of dmesg
+virtio_diag() {
+  for v in /sys/bus/virtio/devices/*; do
+    [ -e "$v" ] || continue
+    _drv=-
+    [ -e "$v/driver" ] && _drv=$(basename "$(readlink "$v/driver")")
+    log "virtio $(basename "$v") parent=$(basename "$(dirname "$(readlink -f "$v")")") device=$(cat "$v/device") driver=$_drv" \
+      "status=$(cat "$v/status" 2> /dev/null) features=$(cat "$v/features" 2> /dev/null)"
+  done
+  dmesg | tail -n 25 | sed 's/^/E2E-LOG dmesg: /'
+}
+
+# bind_ifcvf BDF: move the function from virtio-pci to the Linux ifcvf driver and create vdpa0 on it;
+# prints the netdev virtio_vdpa + virtio_net create
+bind_ifcvf() {
+  _bdf=$1
+  _d=/sys/bus/pci/devices/$_bdf
+  [ -e "$_d/driver" ] && echo "$_bdf" > "$_d/driver/unbind"
+  echo ifcvf > "$_d/driver_override" || fail "driver_override on $_bdf"
+  echo "$_bdf" > /sys/bus/pci/drivers_probe
+  [ "$(pci_driver "$_bdf")" = ifcvf ] || fail "ifcvf did not bind $_bdf (driver: $(pci_driver "$_bdf")); dmesg: $(dmesg | grep -i ifcvf | tail -n 5 | tr '\n' '|')"
+  res ifcvf_bound=1 bdf="$_bdf"
+  vdpa mgmtdev show | sed 's/^/E2E-LOG vdpa mgmtdev: /'
+  vdpa dev add name vdpa0 mgmtdev "pci/$_bdf" || fail "vdpa dev add on pci/$_bdf; dmesg: $(dmesg | tail -n 5 | tr '\n' '|')"
+  vdpa dev show vdpa0 | sed 's/^/E2E-LOG vdpa dev: /'
+  # virtio_vdpa parents the virtio device on the vDPA device's DMA device: the PCI function itself
+  if ! retry 30 sh -c "ls $_d/virtio*/net/"; then
+    virtio_diag
+    fail "no netdev on vdpa0 after 30 s (vdpa driver: $(basename "$(readlink /sys/bus/vdpa/devices/vdpa0/driver)" 2> /dev/null))"
+  fi
+  _vd=$(basename "$(readlink /sys/bus/vdpa/devices/vdpa0/driver)")
+  res vdpa_dev=vdpa0 vdpa_driver="$_vd"
+}
+
+# nic_up IF ADDR/PREFIX: address, link up, wait for carrier
+nic_up() {
+  ip addr add "$2" dev "$1" || fail "ip addr add $2 dev $1"
+  ip link set "$1" up || fail "ip link set $1 up"
+  retry 10 sh -c "[ \"\$(cat /sys/class/net/$1/carrier)\" = 1 ]" || fail "no carrier on $1 after 10 s"
+  res link="$1" carrier=1 operstate="$(cat "/sys/class/net/$1/operstate")"
+}
+
+# ping_test PEER COUNT: wait until PEER answers, then COUNT pings, 0.05 s apart
+ping_test() {
+  retry "${PEER_WAIT:-60}" ping -c 1 -W 1 "$1" || fail "peer $1 never answered a ping"
+  _out=$(ping -c "$2" -i 0.05 -W 5 "$1" 2>&1)
+  _sum=$(echo "$_out" | grep 'packets transmitted')
+  _tx=$(echo "$_sum" | awk '{ print $1 }')
+  _rx=$(echo "$_sum" | awk '{ print $4 }')
+  _rtt=$(echo "$_out" | awk -F'= ' '/round-trip/ { print $2 }' | cut -d' ' -f1)
+  res ping_tx="${_tx:-0}" ping_rx="${_rx:-0}" ping_rtt_min_avg_max="${_rtt:-none}"
+  [ "${_tx:-0}" = "$2" ] && [ "${_rx:-0}" = "$2" ] || fail "ping: $_sum"
+}
+
+# make_blob MIB: /tmp/blob of random bytes; prints its md5 as a result
+make_blob() {
+  _t0=$(now_cs)
+  dd if=/dev/urandom of=/tmp/blob bs=1M count="$1" 2> /dev/null || fail "dd /tmp/blob"
+  _md5=$(md5sum /tmp/blob | cut -d' ' -f1)
+  res blob_md5="$_md5" blob_bytes="$(stat -c %s /tmp/blob)" blob_cs=$(($(now_cs) - _t0))
+}
+
+# send_blob PEER PORT: nc the blob to PEER:PORT (retrying while the connection is refused)
+send_blob() {
+  _deadline=$(($(now_cs) + ${SEND_WAIT:-60} * 100))
+  _n=0
+  while :; do
+    _n=$((_n + 1))
+    _t0=$(now_cs)
+    if nc -w 5 "$1" "$2" < /tmp/blob 2> /tmp/nc.err; then break; fi
+    [ $(($(now_cs) - _t0)) -gt 300 ] && fail "nc to $1:$2 failed after $(($(now_cs) - _t0)) cs (attempt $_n): $(cat /tmp/nc.err)"
+    [ "$(now_cs)" -ge "$_deadline" ] && fail "nc to $1:$2: no connection for ${SEND_WAIT:-60} s: $(cat /tmp/nc.err)"
+    sleep 0.5
+  done
+  _cs=$(($(now_cs) - _t0))
+  _b=$(stat -c %s /tmp/blob)
+  res tx_peer="$1:$2" tx_bytes="$_b" tx_cs="$_cs" tx_mbps="$(mbps "$_b" "$_cs")" tx_attempts="$_n"
+}
+
+# recv_blob PORT: listen once on PORT, store what arrives in /tmp/rx, print its md5 and size
+recv_blob() {
+  rm -f /tmp/rx /tmp/rx.fifo
+  mkfifo /tmp/rx.fifo
+  # stdin is a FIFO nobody writes: nc must not see EOF on stdin (it would half-close the connection)
+  nc -l -p "$1" 0<> /tmp/rx.fifo > /tmp/rx &
+  _pid=$!
+  sleep 0.3
+  echo "E2E-READY recv port=$1"
+  _t0=$(now_cs)
+  # the clock starts at READY; the host connects right after it sees the line
+  wait "$_pid" || fail "nc -l -p $1 exited with $?"
+  _cs=$(($(now_cs) - _t0))
+  _b=$(stat -c %s /tmp/rx)
+  _md5=$(md5sum /tmp/rx | cut -d' ' -f1)
+  rm -f /tmp/rx /tmp/rx.fifo
+  res rx_port="$1" rx_bytes="$_b" rx_md5="$_md5" rx_cs="$_cs" rx_mbps="$(mbps "$_b" "$_cs")"
+}

@@ -1,0 +1,69 @@
+# scripts/guest/nic.sh -- the NIC role of an e2e guest (appended after lib.sh; see there).
+# Variables set by the harness before this file:
+#   ROLE       host-peer: ping PEER_IP, send the blob to PEER_IP:TX_PORT, then receive one on RX_PORT
+#              sender:    ping PEER_IP, send the blob to PEER_IP:TX_PORT          (peer is a guest "receiver")
+#              receiver:  receive one transfer on RX_PORT                          (peer is a guest "sender")
+#              stream:    send zeros to PEER_IP:TX_PORT until killed               (for kill-mid-transfer tests)
+#   NIC_MAC    the NIC under test is the netdev with this MAC
+#   NIC_DRIVER virtio-pci (built-in virtio_pci + virtio_net) | ifcvf (Linux ifcvf + vdpa + virtio_vdpa)
+#   NIC_PCI    VEN:DEV of the function under test (needed for ifcvf: it is found by ID, then rebound)
+#   MY_IP      address/prefix for the NIC;  PEER_IP, PINGS, BLOB_MIB, TX_PORT, RX_PORT
+#   HOLD       1: after the role, print E2E-HOLD and sleep (the host resets or quits the VM)
+
+log "role=$ROLE driver=$NIC_DRIVER mac=$NIC_MAC ip=$MY_IP peer=${PEER_IP:-}"
+case "$NIC_DRIVER" in
+  virtio-pci) ;;
+  ifcvf)
+    BDF=$(pci_find "$NIC_PCI") || fail "no PCI function $NIC_PCI"
+    bind_ifcvf "$BDF"
+    ;;
+  *) fail "unknown NIC_DRIVER $NIC_DRIVER" ;;
+esac
+
+IF=$(retry 10 nic_by_mac "$NIC_MAC" && nic_by_mac "$NIC_MAC") || {
+  list_nics
+  virtio_diag
+  fail "no netdev with MAC $NIC_MAC"
+}
+BDF=$(nic_pci_bdf "$IF") || fail "$IF is not on a PCI function"
+DRV=$(pci_driver "$BDF")
+res nic="$IF" mac="$(cat "/sys/class/net/$IF/address")" bdf="$BDF" pci_driver="$DRV" \
+  net_driver="$(basename "$(readlink "/sys/class/net/$IF/device/driver")")" \
+  mtu="$(cat "/sys/class/net/$IF/mtu")" queues="$(ls -d /sys/class/net/$IF/queues/tx-* | wc -l)"
+case "$NIC_DRIVER" in
+  virtio-pci) [ "$DRV" = virtio-pci ] || fail "$BDF is bound to $DRV, not virtio-pci" ;;
+  ifcvf) [ "$DRV" = ifcvf ] || fail "$BDF is bound to $DRV, not ifcvf" ;;
+esac
+nic_up "$IF" "$MY_IP"
+
+case "$ROLE" in
+  host-peer)
+    log make_blob; make_blob "$BLOB_MIB"
+    log ping; ping_test "$PEER_IP" "$PINGS"
+    log send; send_blob "$PEER_IP" "$TX_PORT"
+    log recv; recv_blob "$RX_PORT"
+    ;;
+  sender)
+    log make_blob; make_blob "$BLOB_MIB"
+    log ping; ping_test "$PEER_IP" "$PINGS"
+    log send; send_blob "$PEER_IP" "$TX_PORT"
+    ;;
+  receiver)
+    log recv; recv_blob "$RX_PORT"
+    ;;
+  stream)
+    retry "${PEER_WAIT:-60}" ping -c 1 -W 1 "$PEER_IP" || fail "peer $PEER_IP never answered a ping"
+    echo "E2E-READY stream"
+    dd if=/dev/zero bs=64k count=1000000 2> /dev/null | nc "$PEER_IP" "$TX_PORT"
+    res stream_ended=1
+    ;;
+  *) fail "unknown ROLE $ROLE" ;;
+esac
+log role done
+res role_done="$ROLE" nic_rx_bytes="$(cat "/sys/class/net/$IF/statistics/rx_bytes")" \
+  nic_tx_bytes="$(cat "/sys/class/net/$IF/statistics/tx_bytes")" \
+  nic_rx_errors="$(cat "/sys/class/net/$IF/statistics/rx_errors")" nic_tx_errors="$(cat "/sys/class/net/$IF/statistics/tx_errors")"
+if [ "${HOLD:-0}" = 1 ]; then
+  echo "E2E-HOLD"
+  sleep 3600
+fi
