@@ -79,6 +79,12 @@ pub fn ring_state_offset(layout: LmLayout, q: u16) -> u64 {
 }
 
 /// Pack a ring state value: bits 0-15 last_avail_idx, bits 16-31 last_used_idx.
+///
+/// With VIRTIO_F_RING_PACKED each 16-bit index is `offset | wrap counter << 15` (bits 0-14 the
+/// ring offset, bit 15 the wrap counter), as vhost-user's VHOST_USER_GET/SET_VRING_BASE encode a
+/// packed ring: bits 0-14 last_avail_idx, bit 15 avail wrap counter, bits 16-30 last_used_idx,
+/// bit 31 used wrap counter. A packed queue's state resets to 0x8000_8000 at FEATURES_OK (both
+/// wrap counters start at 1, virtio 1.2 2.8.1). See [`pack_packed_ring_state`].
 pub fn pack_ring_state(last_avail: u16, last_used: u16) -> u32 {
     u32::from(last_avail) | (u32::from(last_used) << 16)
 }
@@ -86,6 +92,31 @@ pub fn pack_ring_state(last_avail: u16, last_used: u16) -> u32 {
 /// Unpack a ring state value into (last_avail_idx, last_used_idx).
 pub fn unpack_ring_state(v: u32) -> (u16, u16) {
     (v as u16, (v >> 16) as u16)
+}
+
+/// Pack a packed ring's state: (avail offset, avail wrap counter, used offset, used wrap counter)
+/// into bits 0-14, 15, 16-30, 31.
+pub fn pack_packed_ring_state(avail: u16, avail_wrap: bool, used: u16, used_wrap: bool) -> u32 {
+    pack_ring_state((avail & 0x7FFF) | (u16::from(avail_wrap) << 15), (used & 0x7FFF) | (u16::from(used_wrap) << 15))
+}
+
+/// Unpack a packed ring's state into (avail offset, avail wrap, used offset, used wrap).
+pub fn unpack_packed_ring_state(v: u32) -> (u16, bool, u16, bool) {
+    let (a, u) = unpack_ring_state(v);
+    (a & 0x7FFF, a & 0x8000 != 0, u & 0x7FFF, u & 0x8000 != 0)
+}
+
+/// Linux's struct vdpa_vq_state_packed (include/linux/vdpa.h) starts with
+/// `u16 last_avail_counter:1, last_avail_idx:15`; ifcvf_set_vq_state writes that u16 (through
+/// the split union member) into the 16-bit vq_state register. Converts it to the
+/// `offset | wrap << 15` encoding used everywhere else.
+pub fn vdpa_u16_to_packed(v: u16) -> u16 {
+    (v >> 1) | ((v & 1) << 15)
+}
+
+/// The inverse of [`vdpa_u16_to_packed`]: what ifcvf_get_vq_state must read for a packed ring.
+pub fn packed_to_vdpa_u16(v: u16) -> u16 {
+    ((v & 0x7FFF) << 1) | (v >> 15)
 }
 
 pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
@@ -115,7 +146,7 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 4,
                 Access::Rw,
                 0,
-                "bits 0-15 last_avail_idx, 16-31 last_used_idx; writable while the queue is disabled, the queue resumes there on enable",
+                "bits 0-15 last_avail_idx, 16-31 last_used_idx; writable while the queue is disabled, the queue resumes there on enable; packed ring (RING_PACKED): bits 0-14 last_avail_idx, 15 avail wrap counter, 16-30 last_used_idx, 31 used wrap counter (vhost-user VRING_BASE packed encoding; 0x80008000 after FEATURES_OK)",
                 "DPDK ifcvf.h IFCVF_LM_RING_STATE_OFFSET; vDPA talk: R/W vring index",
             ),
             LmLayout::Linux => Register::new(
@@ -124,7 +155,7 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 4,
                 Access::Rw,
                 0,
-                "bits 0-15 avail index (the u16 Linux reads/writes; a 16-bit write sets used = avail too), 16-31 last_used_idx",
+                "bits 0-15 avail index (the u16 Linux reads/writes; a 16-bit write sets used = avail too), 16-31 last_used_idx; packed ring: bits 0-14 index, bit 15 wrap counter in each half, except that a 16-bit access carries struct vdpa_vq_state_packed's u16 (bit 0 wrap counter, bits 1-15 index)",
                 "Linux ifcvf_base.c ifcvf_get_vq_state/ifcvf_set_vq_state",
             )
             .narrow(Narrow::Any),

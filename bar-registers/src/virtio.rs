@@ -111,7 +111,19 @@ pub const OFFERED_FEATURES: &[Feature] = &[
     feature!(bits::EVENT_IDX, "VIRTIO_F_EVENT_IDX", "used_event / avail_event notification suppression", "virtio 1.2 2.7.7, 2.7.10"),
     feature!(bits::VERSION_1, "VIRTIO_F_VERSION_1", "virtio 1.x (modern) device; required", "virtio 1.2 6.1; Linux ifcvf requires it"),
     feature!(bits::ACCESS_PLATFORM, "VIRTIO_F_ACCESS_PLATFORM", "all DMA goes through the platform IOMMU", "virtio 1.2 6.1; Linux ifcvf requires it"),
+    feature!(
+        bits::RING_PACKED,
+        "VIRTIO_F_RING_PACKED",
+        "packed virtqueue layout for every queue (descriptor ring with wrap counters, event suppression areas); LM ring state carries the wrap counters",
+        "virtio 1.2 2.8; vhost-user GET/SET_VRING_BASE packed encoding"
+    ),
 ];
+
+/// What a driver model asks for by default: everything offered except VIRTIO_F_RING_PACKED, so
+/// the split ring stays the default layout and the packed ring is opt-in.
+pub fn default_driver_features() -> u64 {
+    offered_mask() & !(1u64 << bits::RING_PACKED)
+}
 
 /// The offered feature bits as a mask.
 pub fn offered_mask() -> u64 {
@@ -174,7 +186,7 @@ pub(crate) fn common_registers(num_queues: u16, queue_size_max: u16) -> Vec<Regi
             2,
             Access::Rw,
             queue_size_max.into(),
-            "ring size; reads the maximum after reset, driver may lower it (power of 2)",
+            "ring size; reads the maximum after reset, driver may lower it (power of 2; any size with RING_PACKED)",
             SPEC_COMMON,
         )
         .live(),
@@ -197,9 +209,25 @@ pub(crate) fn common_registers(num_queues: u16, queue_size_max: u16) -> Vec<Regi
             "virtio 1.2 4.1.4.3; ifcvf.c ifcvf_hw_disable",
         ),
         Register::new("queue_notify_off", common::QUEUE_NOTIFY_OFF, 2, Access::Ro, 0, "doorbell offset / notify_off_multiplier", SPEC_COMMON).live(),
-        Register::new("queue_desc", common::QUEUE_DESC, 8, Access::Rw, 0, "descriptor area IOVA", SPEC_COMMON),
-        Register::new("queue_driver", common::QUEUE_DRIVER, 8, Access::Rw, 0, "driver (avail) area IOVA", SPEC_COMMON),
-        Register::new("queue_device", common::QUEUE_DEVICE, 8, Access::Rw, 0, "device (used) area IOVA", SPEC_COMMON),
+        Register::new("queue_desc", common::QUEUE_DESC, 8, Access::Rw, 0, "descriptor area IOVA (packed: the descriptor ring)", SPEC_COMMON),
+        Register::new(
+            "queue_driver",
+            common::QUEUE_DRIVER,
+            8,
+            Access::Rw,
+            0,
+            "driver area IOVA: split avail ring; packed driver event suppression",
+            SPEC_COMMON,
+        ),
+        Register::new(
+            "queue_device",
+            common::QUEUE_DEVICE,
+            8,
+            Access::Rw,
+            0,
+            "device area IOVA: split used ring; packed device event suppression",
+            SPEC_COMMON,
+        ),
         Register::new(
             "queue_notif_config_data",
             common::QUEUE_NOTIF_CONFIG_DATA,

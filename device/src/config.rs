@@ -23,6 +23,9 @@ pub struct DeviceConfig {
     pub msix_owner: MsixOwner,
     /// Injected design bugs (none for a healthy device).
     pub quirks: crate::quirks::Quirks,
+    /// Offer VIRTIO_F_RING_PACKED (on by default; off makes every driver use split rings, e.g. to
+    /// run a Linux guest, which prefers packed, on the split ring).
+    pub offer_packed: bool,
 }
 
 /// Who owns the MSI-X table.
@@ -48,6 +51,7 @@ impl Default for DeviceConfig {
             batch: 64,
             msix_owner: MsixOwner::Device,
             quirks: crate::quirks::Quirks::NONE,
+            offer_packed: true,
         }
     }
 }

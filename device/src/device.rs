@@ -7,6 +7,7 @@ use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
 use crate::interrupt::{InterruptSink, NullSink};
 use crate::port::{NullPort, Port, RxInbox};
+use crate::snapshot::SnapshotError;
 use crate::state::{DeviceState, QueueState};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
 use bar_registers::{DeviceLayout, LayoutError, REGION_CONFIG};
@@ -117,12 +118,53 @@ impl Device {
         self.with(|s| s.dma.set_write_trace(trace));
     }
 
-    /// Function level reset (vfio DEVICE_RESET).
+    /// Function level reset (vfio DEVICE_RESET). A paused device runs again (reset).
     pub fn reset(&self) {
         self.with(|s| {
             s.function_reset();
+            s.paused = false;
             s.dma.sync_space();
         });
+    }
+
+    /// Stops the datapath for a migration: in-flight work is finished exactly as at a queue
+    /// stop (used rings published, ring states final), then the device does no DMA at all
+    /// until [`Device::resume`]; doorbells and received frames wait. Registers stay reachable.
+    pub fn pause(&self) {
+        self.with(|s| s.pause());
+    }
+
+    /// Ends [`Device::pause`]: every enabled queue and the receive FIFO are serviced (what
+    /// came meanwhile).
+    pub fn resume(&self) {
+        self.with(|s| s.resume());
+    }
+
+    /// Whether the device is paused.
+    pub fn is_paused(&self) -> bool {
+        self.state.lock().paused
+    }
+
+    /// The device state as a versioned, self-describing byte stream (see
+    /// [`crate::snapshot`]). Consistent when the device is paused; frames waiting in the
+    /// receive FIFO are copied, not taken.
+    pub fn save_state(&self) -> Vec<u8> {
+        self.state.lock().save()
+    }
+
+    /// Restores a state saved by [`Device::save_state`] on a compatible device: enabled queues
+    /// are enabled again through the normal enable path and resume at their ring state (when
+    /// the device is not paused, at once; when paused, at [`Device::resume`]). A malformed or
+    /// incompatible stream is refused with a typed error and leaves the device reset. DMA
+    /// mappings and the port are not part of the state.
+    pub fn restore_state(&self, data: &[u8]) -> Result<(), SnapshotError> {
+        self.with(|s| s.restore(data))
+    }
+
+    /// Upper bound of a [`Device::save_state`] stream for this device.
+    pub fn max_state_len(&self) -> usize {
+        let s = self.state.lock();
+        crate::snapshot::max_state_len(self.layout.num_queues, self.layout.msix_vectors, s.cfg.rx_backlog)
     }
 
     /// Link up/down (config status LINK_UP, config interrupt).

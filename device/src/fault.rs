@@ -43,6 +43,12 @@ pub enum DeviceFault {
     Dma { queue: u16, fault: DmaFault },
     #[error("dirty log: DMA fault: {0}")]
     LogDma(DmaFault),
+    #[error(
+        "queue {queue}: packed ring descriptor {index} of the chain starting at {head} is not available (virtio 1.2 2.8.17: the first descriptor of a list is made available last)"
+    )]
+    ChainNotAvailable { queue: u16, head: u16, index: u16 },
+    #[error("queue {queue}: packed ring buffer id {id} >= queue size {size} (virtio 1.2 2.8.13)")]
+    BufferIdOutOfRange { queue: u16, id: u16, size: u16 },
 }
 
 /// Counter slot names for [`DeviceFault`] (stable: used in reports and tests).
@@ -63,6 +69,8 @@ pub const FAULT_KINDS: &[&str] = &[
     "bad_queue_config",
     "dma_fault",
     "log_dma_fault",
+    "chain_not_available",
+    "buffer_id_out_of_range",
 ];
 
 impl DeviceFault {
@@ -85,6 +93,8 @@ impl DeviceFault {
             DeviceFault::BadQueueConfig { .. } => 13,
             DeviceFault::Dma { .. } => 14,
             DeviceFault::LogDma(_) => 15,
+            DeviceFault::ChainNotAvailable { .. } => 16,
+            DeviceFault::BufferIdOutOfRange { .. } => 17,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod pci;
 pub mod port;
 pub mod queue;
 pub mod quirks;
+pub mod snapshot;
 pub mod state;
 pub mod transport;
 
@@ -25,3 +26,4 @@ pub use fault::DeviceFault;
 pub use interrupt::{InterruptRecorder, InterruptSink};
 pub use port::{LinkPort, LoopbackPort, NullPort, Port, RxInbox};
 pub use quirks::{Quirk, Quirks};
+pub use snapshot::SnapshotError;

@@ -6,7 +6,8 @@ use crate::fault::DeviceFault;
 use crate::interrupt::{Delivery, InterruptSink, MsixState};
 use crate::pci::{ConfigEffect, ConfigSpace};
 use crate::port::{Port, RxInbox};
-use crate::queue::split::{Chain, Desc, RingSetup, SplitRing};
+use crate::queue::split::{Chain, Desc, RingSetup};
+use crate::queue::Ring;
 use crate::quirks::Quirk;
 use crate::transport::{validate_features, StatusChange, StatusMachine};
 use bar_registers::model::{Access, Decoded, Register};
@@ -22,8 +23,8 @@ use std::sync::Arc;
 pub enum QueueState {
     /// Programmable; the LM ring state is writable and is where the queue resumes.
     Disabled,
-    /// Live ring.
-    Enabled(Box<SplitRing>),
+    /// Live ring (split or packed, as negotiated).
+    Enabled(Box<Ring>),
     /// Stop requested: the ring state is final; queue_enable still reads 1 for this many reads.
     Stopping { reads_left: u32 },
 }
@@ -36,7 +37,8 @@ pub struct QueueSlot {
     pub desc: u64,
     pub driver: u64,
     pub device: u64,
-    /// LM ring state while not enabled: (last_avail_idx, last_used_idx).
+    /// LM ring state while not enabled: (last_avail_idx, last_used_idx). Packed rings:
+    /// each is `offset | wrap counter << 15` (bar_registers::lm).
     pub ring_state: (u16, u16),
     /// Where the queue last resumed (the ring state at its last enable).
     pub resumed: (u16, u16),
@@ -63,7 +65,7 @@ impl QueueSlot {
     /// (last_avail, last_used): live while enabled.
     pub fn ring_state(&self) -> (u16, u16) {
         match &self.state {
-            QueueState::Enabled(r) => (r.last_avail, r.last_used),
+            QueueState::Enabled(r) => r.ring_state(),
             _ => self.ring_state,
         }
     }
@@ -85,6 +87,9 @@ pub struct NetState {
 }
 
 pub const FLOW_BUCKETS: usize = 1024;
+
+/// A packed queue's LM ring state index at reset: offset 0, wrap counter 1 (2.8.1).
+pub const PACKED_RESET_INDEX: u16 = 0x8000;
 
 impl NetState {
     fn new(mac: [u8; 6]) -> Self {
@@ -138,6 +143,15 @@ pub struct DeviceState {
     pub chain: Chain,
     pub rx_descs: Vec<Desc>,
     pub buf: Vec<u8>,
+    /// Paused (migration STOP, see snapshot.rs): no queue is serviced and no DMA is done;
+    /// doorbells and inbox frames wait for the resume.
+    pub paused: bool,
+}
+
+/// A 16-bit access at the start of a Linux-layout ring state register: what ifcvf_get_vq_state /
+/// ifcvf_set_vq_state do (the avail half only).
+fn linux_vdpa_u16(layout: LmLayout, rel: u64, len: usize) -> bool {
+    layout == LmLayout::Linux && rel == 0 && len == 2
 }
 
 fn mask(len: usize) -> u64 {
@@ -196,6 +210,7 @@ impl DeviceState {
             chain: Chain::default(),
             rx_descs: Vec::new(),
             buf: Vec::with_capacity(65 * 1024),
+            paused: false,
             layout,
             cfg,
         }
@@ -206,6 +221,9 @@ impl DeviceState {
         let mut m = offered_mask();
         if self.cfg.quirks.has(Quirk::NoGuestAnnounce) {
             m &= !(1u64 << bits::GUEST_ANNOUNCE);
+        }
+        if !self.cfg.offer_packed {
+            m &= !(1u64 << bits::RING_PACKED);
         }
         m
     }
@@ -255,6 +273,8 @@ impl DeviceState {
         self.virtio_reset();
         self.msix.reset();
         self.pci.reset();
+        let (mps, mrrs) = self.pci.pcie_mps_mrrs();
+        self.dma.set_pcie_limits(mps, mrrs);
     }
 
     // ---------------------------------------------------------------- faults and interrupts
@@ -352,6 +372,9 @@ impl DeviceState {
                 }
             }
         }
+        // Device Control's MPS / MRRS feed the bus model's TLP sizes.
+        let (mps, mrrs) = self.pci.pcie_mps_mrrs();
+        self.dma.set_pcie_limits(mps, mrrs);
     }
 
     // ---------------------------------------------------------------- BAR dispatch
@@ -414,7 +437,7 @@ impl DeviceState {
         } else if let Some(w) = layout.device_cfg.contains(bar, off) {
             self.net_cfg_read(w - r)
         } else if let Some(w) = layout.lm.contains(bar, off) {
-            self.lm_read(w - r)
+            self.lm_read(w - r, r, data.len())
         } else {
             0
         };
@@ -570,11 +593,13 @@ impl DeviceState {
         }
         let nvec = self.layout.msix_vectors;
         let max = self.cfg.layout.queue_size_max;
+        let packed = self.has(bits::RING_PACKED);
         let slot = &mut self.queues[q];
         match reg {
             common::QUEUE_SIZE => {
                 let v = val as u16;
-                if v == 0 || v > max || !v.is_power_of_two() {
+                // 2.7: a split queue's size is a power of two; 2.8: a packed one's need not be.
+                if v == 0 || v > max || (!packed && !v.is_power_of_two()) {
                     self.counters.ignored_register_writes += 1;
                 } else {
                     slot.size = v;
@@ -600,6 +625,15 @@ impl DeviceState {
             StatusChange::Accepted => {}
             StatusChange::FeaturesAccepted => {
                 self.negotiated = driver;
+                if self.has(bits::RING_PACKED) {
+                    // 2.8.1: both wrap counters start at 1, so a packed queue's LM ring state
+                    // resets to offset 0, wrap 1 (vhost-user's 0x8000) unless the driver set it.
+                    for q in &mut self.queues {
+                        if q.ring_state == (0, 0) && matches!(q.state, QueueState::Disabled) {
+                            q.ring_state = (PACKED_RESET_INDEX, PACKED_RESET_INDEX);
+                        }
+                    }
+                }
                 tracing::debug!(features = format_args!("{driver:#x}"), "features negotiated");
             }
             StatusChange::FeaturesRefused => {
@@ -614,7 +648,7 @@ impl DeviceState {
         }
     }
 
-    fn enable_queue(&mut self, q: u16) {
+    pub(crate) fn enable_queue(&mut self, q: u16) {
         let _span = tracing::debug_span!("queue_enable", queue = q).entered();
         // Queues are configured after FEATURES_OK (3.1.1 step 7): the ring format depends on them.
         if !self.status.features_ok() {
@@ -639,9 +673,9 @@ impl DeviceState {
             event_idx: self.has(bits::EVENT_IDX),
             indirect: self.has(bits::INDIRECT_DESC),
         };
-        match SplitRing::new(setup) {
+        match Ring::new(setup, self.has(bits::RING_PACKED)) {
             Ok(mut ring) => {
-                ring.ignore_used_event = self.quirk(Quirk::IgnoresEventIdx);
+                ring.set_ignore_used_event(self.quirk(Quirk::IgnoresEventIdx));
                 let slot = &mut self.queues[usize::from(q)];
                 slot.resumed = (avail, used);
                 slot.late_final = None;
@@ -661,7 +695,7 @@ impl DeviceState {
             // In-flight work: used elements not yet published are published now, so the ring
             // state that becomes readable equals used->idx in memory.
             let res = ring.flush_used(&mut self.dma);
-            let last = (ring.last_avail, ring.last_used);
+            let last = ring.ring_state();
             if self.cfg.quirks.has(Quirk::EarlyQueueDisable) {
                 // Bug: reads 0 at once; the ring state still shows where the queue resumed.
                 slot.ring_state = slot.resumed;
@@ -700,7 +734,7 @@ impl DeviceState {
 
     // ---------------------------------------------------------------- LM block
 
-    fn lm_read(&mut self, reg: u64) -> u64 {
+    fn lm_read(&mut self, reg: u64, rel: u64, len: usize) -> u64 {
         let layout = self.cfg.layout.lm_layout;
         match reg {
             lm::LOGGING_CTRL => self.lm.control,
@@ -713,6 +747,7 @@ impl DeviceState {
             _ => match self.lm_queue(reg) {
                 Some(q) => {
                     let stale = self.quirk(Quirk::StaleUsedIdx);
+                    let packed = self.has(bits::RING_PACKED);
                     let slot = &mut self.queues[usize::from(q)];
                     if let Some((fin, left)) = slot.late_final {
                         slot.late_final = if left <= 1 {
@@ -725,6 +760,10 @@ impl DeviceState {
                     let (a, mut u) = slot.ring_state();
                     if stale && u != slot.resumed.1 {
                         u = u.wrapping_sub(1);
+                    }
+                    if linux_vdpa_u16(layout, rel, len) && packed {
+                        // ifcvf_get_vq_state: the u16 is struct vdpa_vq_state_packed's first half.
+                        return lm::packed_to_vdpa_u16(a).into();
                     }
                     lm::pack_ring_state(a, u).into()
                 }
@@ -769,6 +808,8 @@ impl DeviceState {
     }
 
     fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
+        let packed = self.has(bits::RING_PACKED);
+        let layout = self.cfg.layout.lm_layout;
         let slot = &mut self.queues[usize::from(q)];
         // Writable only while the queue is disabled (the vDPA talk: "R/W vring index").
         if !matches!(slot.state, QueueState::Disabled) || self.cfg.quirks.has(Quirk::RingStateReadOnly) {
@@ -779,14 +820,17 @@ impl DeviceState {
         slot.ring_state = if len == 2 && rel == 0 {
             // Linux ifcvf_set_vq_state writes the 16-bit avail index only: after a clean stop
             // used == avail, so the device resumes both there (as vhost's SET_VRING_BASE does).
-            (val as u16, val as u16)
+            // With RING_PACKED that u16 is the first half of Linux's struct vdpa_vq_state_packed
+            // (bit 0 wrap counter, bits 1-15 index: virtio_vdpa writes 0x0001 for a fresh ring).
+            let v = if packed && layout == LmLayout::Linux { lm::vdpa_u16_to_packed(val as u16) } else { val as u16 };
+            (v, v)
         } else {
             let cur = u64::from(lm::pack_ring_state(slot.ring_state.0, slot.ring_state.1));
             lm::unpack_ring_state(merge(cur, rel, len, val) as u32)
         };
     }
 
-    fn apply_logging(&mut self) {
+    pub(crate) fn apply_logging(&mut self) {
         let on = self.lm.control & 1 != 0;
         let end = if self.quirk(Quirk::LogIgnoresEnd) { u64::MAX } else { self.lm.end };
         let cfg = on.then_some(LogConfig { base: self.lm.base, end, granularity: self.cfg.log_granularity });
@@ -820,7 +864,7 @@ impl DeviceState {
     /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
     /// run out).
     pub fn service(&mut self, q: u16) {
-        if !self.status.running() {
+        if !self.status.running() || self.paused {
             return;
         }
         if !self.pci.bus_master() {
@@ -840,7 +884,7 @@ impl DeviceState {
     /// Turns a datapath result into DEVICE_NEEDS_RESET when it failed, attributing faults in
     /// the dirty log (a publish flushes the log first) to the log, and picks up log faults of
     /// writes whose marking was deferred.
-    fn check(&mut self, res: Result<(), DeviceFault>) {
+    pub(crate) fn check(&mut self, res: Result<(), DeviceFault>) {
         if let Err(f) = res {
             let f = match f {
                 DeviceFault::Dma { fault, .. } if self.in_log(fault.iova()) => DeviceFault::LogDma(fault),
@@ -859,7 +903,7 @@ impl DeviceState {
 
     /// Delivers waiting frames if the device can take them.
     pub fn service_inbox(&mut self) {
-        if self.status.running() && self.pci.bus_master() && !self.inbox.is_empty() {
+        if self.status.running() && !self.paused && self.pci.bus_master() && !self.inbox.is_empty() {
             let res = self.service_rx();
             self.check(res);
         }

@@ -263,7 +263,7 @@ fn write_word(cfg: &LogConfig, word: u64, mask: u64, iommu: &mut Iommu, bus: &mu
                 // Little-endian: byte k of the word holds pages 64*word + 8k ..= +7.
                 a.fetch_or(mask.to_le(), Ordering::Release);
                 stats.log_writes += u64::from(new_txn);
-                bus.add(DmaKind::LogWrite, u64::from(new_txn), 8);
+                bus.access(DmaKind::LogWrite, addr, 8, u64::from(new_txn), !new_txn);
                 return Ok(true);
             }
             // Unaligned host address or split across mappings: per byte below.
@@ -288,7 +288,7 @@ fn write_word(cfg: &LogConfig, word: u64, mask: u64, iommu: &mut Iommu, bus: &mu
                 let a = unsafe { AtomicU8::from_ptr(p) };
                 a.fetch_or(byte, Ordering::Release);
                 stats.log_writes += 1;
-                bus.add(DmaKind::LogWrite, 1, 1);
+                bus.access(DmaKind::LogWrite, addr + k, 1, 1, false);
             }
             Ok(Route::Split { .. }) => {} // a 1-byte access never splits
             Err(f) => {

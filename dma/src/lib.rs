@@ -19,7 +19,7 @@ mod write_trace;
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use bus_stats::{BusStats, DmaKind, Traffic};
+pub use bus_stats::{BusStats, DmaKind, PcieModel, PcieTraffic, Traffic, RING_INDEX_WRITE_MAX};
 pub use dirty_log::{LogConfig, LogStats, MAX_LOG_GRANULARITY};
 pub use iommu::{DmaFault, IommuStats, MAX_IOTLB_ENTRIES};
 pub use memory::{AddressSpace, Backing, MapError, MappingInfo, Perms, PAGE_SIZE};
@@ -69,14 +69,14 @@ macro_rules! atomic_read {
                     // mapping, kept mapped by the engine's snapshot until the next translate;
                     // `p` is aligned for the atomic type.
                     let v = unsafe { <$atomic>::from_ptr(p.cast::<$t>()) }.load(Ordering::Acquire);
-                    self.bus.add(kind, 1, N as u64);
+                    self.bus.access(kind, iova, N as u64, 1, false);
                     return Ok(<$t>::from_le(v));
                 }
             }
             let mut b = [0u8; N];
             let txns = self.copy_in(route, iova, &mut b);
             fence(Ordering::Acquire);
-            self.bus.add(kind, txns, N as u64);
+            self.bus.access(kind, iova, N as u64, txns, false);
             Ok(<$t>::from_le_bytes(b))
         }
     };
@@ -156,7 +156,7 @@ impl DmaEngine {
             // do not overlap. Guest memory may change concurrently (the peer is another
             // process or the driver model), as with vm-memory's copies.
             unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
-            self.bus.add(kind, 1, len);
+            self.bus.access(kind, iova, len, 1, false);
             return Ok(());
         }
         self.read_slow(iova, buf, kind)
@@ -169,7 +169,7 @@ impl DmaEngine {
         }
         let route = self.iommu.translate_slow(iova, buf.len() as u64, false)?;
         let txns = self.copy_in(route, iova, buf);
-        self.bus.add(kind, txns, buf.len() as u64);
+        self.bus.access(kind, iova, buf.len() as u64, txns, false);
         Ok(())
     }
 
@@ -183,7 +183,7 @@ impl DmaEngine {
             // one writable, fd-backed mapping whose mmap the engine's snapshot keeps alive,
             // and `p` is its host address; `data` is a distinct Rust allocation.
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-            self.bus.add(kind, 1, len);
+            self.bus.access(kind, iova, len, 1, kind == DmaKind::PacketWrite);
             self.after_write(iova, len, kind);
             return Ok(());
         }
@@ -197,7 +197,7 @@ impl DmaEngine {
         }
         let route = self.iommu.translate_slow(iova, data.len() as u64, true)?;
         let txns = self.copy_out(route, iova, data);
-        self.bus.add(kind, txns, data.len() as u64);
+        self.bus.access(kind, iova, data.len() as u64, txns, kind == DmaKind::PacketWrite);
         self.after_write(iova, data.len() as u64, kind);
         Ok(())
     }
@@ -283,7 +283,7 @@ impl DmaEngine {
                 self.copy_out(route, iova, &val.to_le_bytes())
             }
         };
-        self.bus.add(kind, txns, 2);
+        self.bus.access(kind, iova, 2, txns, false);
         if kind != DmaKind::LogWrite {
             if let Some(t) = &self.trace {
                 t.record(iova, 2);
@@ -339,6 +339,26 @@ impl DmaEngine {
         &self.bus
     }
 
+    /// The function's PCIe Max_Payload_Size and Max_Read_Request_Size in bytes (from its Device
+    /// Control register; rounded down to a power of two in 128..=4096): later accesses are cut
+    /// into TLPs by them (see [`PcieModel`]). The reset value is MPS 128, MRRS 512.
+    pub fn set_pcie_limits(&mut self, mps: u32, mrrs: u32) {
+        let m = self.bus.model();
+        if (m.mps, m.mrrs) != (mps, mrrs) {
+            self.bus.set_model(PcieModel { mps, mrrs, ..m });
+        }
+    }
+
+    /// Replaces the whole PCIe model (completer RCB and completion size, header overheads).
+    pub fn set_pcie_model(&mut self, model: PcieModel) {
+        self.bus.set_model(model);
+    }
+
+    /// The PCIe model accesses are cut by.
+    pub fn pcie_model(&self) -> PcieModel {
+        self.bus.model()
+    }
+
     /// IOTLB and fault counters.
     pub fn iommu_stats(&self) -> &IommuStats {
         &self.iommu.stats
@@ -349,9 +369,9 @@ impl DmaEngine {
         &self.log.stats
     }
 
-    /// Zeroes the bus, IOMMU and log counters.
+    /// Zeroes the bus, IOMMU and log counters (the PCIe model stays).
     pub fn reset_stats(&mut self) {
-        self.bus = BusStats::default();
+        self.bus.clear();
         self.iommu.stats = IommuStats::default();
         self.log.stats = LogStats::default();
     }

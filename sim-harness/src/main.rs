@@ -75,6 +75,9 @@ enum Cmd {
         /// LM block layout: dpdk or linux.
         #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
         lm_layout: bar_registers::LmLayout,
+        /// Do not offer the packed ring (VIRTIO_F_RING_PACKED): guests use split rings.
+        #[arg(long)]
+        no_packed: bool,
     },
     /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
     Migrate {
@@ -120,6 +123,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ScenarioCmd,
     },
+    /// Measurements of the model (docs/bus-model.md).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// PCIe bus overhead per packet by kind of DMA: split vs packed ring, frame size, batch,
+    /// event idx, dirty logging.
+    Bus(sim_harness::bench::bus::BusArgs),
 }
 
 #[derive(Subcommand)]
@@ -259,8 +274,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Serve { socket, queue_pairs, mac, port, lm_layout } => {
-            match sim_harness::serve::run(&sim_harness::serve::ServeOptions { socket, queue_pairs, mac, port, lm_layout }) {
+        Cmd::Registers => {
+            print!("{}", bar_registers::render::registers_markdown());
+            ExitCode::SUCCESS
+        }
+        Cmd::Serve { socket, queue_pairs, mac, port, lm_layout, no_packed } => {
+            match sim_harness::serve::run(&sim_harness::serve::ServeOptions { socket, queue_pairs, mac, port, lm_layout, no_packed }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vdpa-emu serve: {e}");
@@ -277,9 +296,6 @@ fn main() -> ExitCode {
             }
             ExitCode::from(r.exit_code())
         }
-        Cmd::Registers => {
-            print!("{}", bar_registers::render::registers_markdown());
-            ExitCode::SUCCESS
-        }
+        Cmd::Bench { cmd: BenchCmd::Bus(a) } => sim_harness::bench::bus::cli(&a),
     }
 }

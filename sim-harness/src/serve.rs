@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub port: PortSpec,
     /// LM block layout.
     pub lm_layout: LmLayout,
+    /// Do not offer VIRTIO_F_RING_PACKED (guests then use split rings).
+    pub no_packed: bool,
 }
 
 /// Why `serve` failed.
@@ -65,6 +67,7 @@ pub fn device_config(opts: &ServeOptions) -> DeviceConfig {
     let mut cfg = DeviceConfig::with_queue_pairs(opts.queue_pairs).lm_layout(opts.lm_layout);
     cfg.layout.mac = opts.mac;
     cfg.msix_owner = MsixOwner::Vmm;
+    cfg.offer_packed = !opts.no_packed;
     cfg
 }
 

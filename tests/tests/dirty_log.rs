@@ -1,6 +1,7 @@
 //! Dirty-page logging: after traffic with logging on, the log holds every page the device
 //! wrote (found by diffing memory snapshots taken around the device's work), in the vhost
-//! bitmap format, and the device never writes outside [base, end).
+//! bitmap format, and the device never writes outside [base, end). Every test runs on both ring
+//! layouts (split, and packed with its in-place used descriptors).
 
 use bar_registers::lm::DPDK_LOG_IOVA;
 use device::{Device, DeviceConfig, DmaMapper};
@@ -21,12 +22,14 @@ struct Setup {
 
 /// A loopback device with logging into a log buffer mapped at DPDK's IFCVF_LOG_BASE, sized for
 /// guest memory (one bit per 4 KiB page of IOVA), with one spare page after `end` as a canary.
-fn setup(granularity: u64) -> Setup {
+const LAYOUTS: [bool; 2] = [false, true];
+
+fn setup(granularity: u64, packed: bool) -> Setup {
     let mut cfg = DeviceConfig::with_queue_pairs(2);
     cfg.log_granularity = granularity;
     let dev = Device::new(cfg).unwrap();
     dev.set_loopback();
-    let opts = DriverOptions { queue_pairs: 2, memory: 16 << 20, ..Default::default() };
+    let opts = DriverOptions { queue_pairs: 2, memory: 16 << 20, ..Default::default() }.with_packed(packed);
     let mut drv = NetDriver::in_process(&dev, opts).unwrap();
     drv.start().unwrap();
     let top = drv.opts.iova_base + drv.opts.memory;
@@ -59,8 +62,7 @@ fn traffic_round(s: &mut Setup, rng: &mut SmallRng, seq: &mut u64) -> Vec<u64> {
         let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
         s.drv.reclaim_tx(p).unwrap();
         s.drv.enqueue_tx(p, &refs).unwrap();
-        let mem = s.drv.mem.clone();
-        s.drv.ring(txq(p)).unwrap().publish(&mem).unwrap();
+        s.drv.publish_no_kick(txq(p)).unwrap();
     }
     let before = s.drv.mem.shm().snapshot();
     for p in 0..2u16 {
@@ -73,7 +75,13 @@ fn traffic_round(s: &mut Setup, rng: &mut SmallRng, seq: &mut u64) -> Vec<u64> {
 
 #[test]
 fn log_holds_every_page_the_device_wrote() {
-    let mut s = setup(PAGE_SIZE);
+    for packed in LAYOUTS {
+        log_holds_every_page(packed);
+    }
+}
+
+fn log_holds_every_page(packed: bool) {
+    let mut s = setup(PAGE_SIZE, packed);
     let mut rng = SmallRng::seed_from_u64(21);
     let mut seq = 0;
     let mut total_dirty = 0;
@@ -90,8 +98,9 @@ fn log_holds_every_page_the_device_wrote() {
         total_dirty += dirty.len();
     }
     assert!(total_dirty > 100);
-    // Used rings are logged too (the DPDK driver only adds them in software at stop).
-    let used_pfn = s.drv.ring(rxq(0)).unwrap().used / PAGE_SIZE;
+    // Used rings are logged too (the DPDK driver only adds them in software at stop); packed:
+    // the descriptor ring, where the used descriptors are written in place.
+    let used_pfn = if packed { s.drv.packed_ring(rxq(0)).unwrap().desc } else { s.drv.ring(rxq(0)).unwrap().used } / PAGE_SIZE;
     let mut b = [0u8];
     s.log.read(used_pfn / 8, &mut b).unwrap();
     assert_ne!(b[0] & (1 << (used_pfn % 8)), 0, "used ring page logged");
@@ -105,7 +114,13 @@ fn log_holds_every_page_the_device_wrote() {
 
 #[test]
 fn log_bits_match_an_independent_write_trace() {
-    let mut s = setup(PAGE_SIZE);
+    for packed in LAYOUTS {
+        log_bits_match_trace(packed);
+    }
+}
+
+fn log_bits_match_trace(packed: bool) {
+    let mut s = setup(PAGE_SIZE, packed);
     let top = s.drv.opts.iova_base + s.drv.opts.memory;
     let trace = Arc::new(dma::WriteTrace::new(top));
     s.dev.set_write_trace(Some(trace.clone()));
@@ -126,8 +141,8 @@ fn log_bits_match_an_independent_write_trace() {
 
 #[test]
 fn coarse_granularity_marks_whole_granules() {
-    for g in [64 << 10, 2 << 20] {
-        let mut s = setup(g);
+    for (g, packed) in [(64 << 10, false), (2 << 20, false), (64 << 10, true), (2 << 20, true)] {
+        let mut s = setup(g, packed);
         let mut rng = SmallRng::seed_from_u64(23);
         let mut seq = 0;
         for w in (0..s.log_len).step_by(8) {
@@ -149,7 +164,13 @@ fn coarse_granularity_marks_whole_granules() {
 
 #[test]
 fn nothing_logged_while_disabled_and_log_too_small_is_bounded() {
-    let mut s = setup(PAGE_SIZE);
+    for packed in LAYOUTS {
+        nothing_logged_while_disabled(packed);
+    }
+}
+
+fn nothing_logged_while_disabled(packed: bool) {
+    let mut s = setup(PAGE_SIZE, packed);
     let mut rng = SmallRng::seed_from_u64(24);
     let mut seq = 0;
     s.drv.disable_logging().unwrap();

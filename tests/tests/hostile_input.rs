@@ -7,7 +7,7 @@
 //! Chains are built by hand in the driver model's rings (`drv.ring(q)` gives the ring
 //! addresses) and published by storing avail->idx, then kicked.
 
-use bar_registers::virtio::{bits, common, device_status as st, isr, offered_mask};
+use bar_registers::virtio::{bits, common, default_driver_features, device_status as st, isr};
 use device::fault::FAULT_KINDS;
 use device::{Device, DeviceConfig, DeviceCounters, DeviceFault, DmaMapper, RegionAccess};
 use dma::{Backing, BusStats, DmaFault, DmaKind, Perms, SharedMemory};
@@ -397,14 +397,18 @@ fn indirect_violations() {
         r.post(TXQ, &[(0, d(t, 32, F_INDIRECT, 0))], &[0]);
         (Trigger::Kick(TXQ), DeviceFault::NestedIndirect { queue: TXQ })
     });
-    run_case("indirect when INDIRECT_DESC was not negotiated", DriverOptions { features: offered_mask() & !(1 << bits::INDIRECT_DESC), ..opts() }, |r| {
-        assert_eq!(r.dev.negotiated_features() & (1 << bits::INDIRECT_DESC), 0);
-        let a = r.arena;
-        let t = a + 0x1000;
-        r.table(t, &[d(a, 64, 0, 0)]);
-        r.post(TXQ, &[(0, d(t, 16, F_INDIRECT, 0))], &[0]);
-        (Trigger::Kick(TXQ), DeviceFault::IndirectNotNegotiated { queue: TXQ })
-    });
+    run_case(
+        "indirect when INDIRECT_DESC was not negotiated",
+        DriverOptions { features: default_driver_features() & !(1 << bits::INDIRECT_DESC), ..opts() },
+        |r| {
+            assert_eq!(r.dev.negotiated_features() & (1 << bits::INDIRECT_DESC), 0);
+            let a = r.arena;
+            let t = a + 0x1000;
+            r.table(t, &[d(a, 64, 0, 0)]);
+            r.post(TXQ, &[(0, d(t, 16, F_INDIRECT, 0))], &[0]);
+            (Trigger::Kick(TXQ), DeviceFault::IndirectNotNegotiated { queue: TXQ })
+        },
+    );
 
     // The largest legal table (1024 entries) is accepted.
     let mut rig = Rig::new(opts());
@@ -1006,7 +1010,8 @@ fn fuzz_random_rings() {
         assert!(canary.snapshot() == canary_img, "iteration {it}: read-only canary written: {}", first_diff(&canary_img, &canary.snapshot()));
 
         if s & st::DEVICE_NEEDS_RESET != 0 || it % 25 == 24 {
-            drv.opts.features = if rng.gen_bool(0.8) { offered_mask() } else { offered_mask() & !((1 << bits::INDIRECT_DESC) | (1 << bits::MRG_RXBUF)) };
+            drv.opts.features =
+                if rng.gen_bool(0.8) { default_driver_features() } else { default_driver_features() & !((1 << bits::INDIRECT_DESC) | (1 << bits::MRG_RXBUF)) };
             drv.start().unwrap_or_else(|e| panic!("iteration {it}: restart: {e}"));
             assert_eq!(dev.fault(), None);
             if it % 100 == 99 {

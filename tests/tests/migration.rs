@@ -1,5 +1,7 @@
 //! Live migration between two device instances under traffic: nothing lost, and the checks
-//! catch the device bugs that would lose something.
+//! catch the device bugs that would lose something. The clean migrations, the 100 back-to-back
+//! ones and the bug-catching checks run on both ring layouts (split, and packed with the wrap
+//! counters in the LM ring state).
 
 use bar_registers::LmLayout;
 use device::{Quirk, Quirks};
@@ -7,6 +9,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sim_harness::migrate::{run, MigrateOptions, MigrateReport};
 use std::time::Duration;
+
+const LAYOUTS: [bool; 2] = [false, true];
 
 fn opts() -> MigrateOptions {
     MigrateOptions { memory: 8 << 20, rate: 0, after: Duration::from_millis(5), dirty_threshold: 64, max_rounds: 8, ..Default::default() }
@@ -20,11 +24,13 @@ fn assert_clean(r: &MigrateReport, what: &str) {
 
 #[test]
 fn both_layouts_one_and_eight_pairs() {
-    for lm_layout in [LmLayout::Dpdk, LmLayout::Linux] {
-        for queue_pairs in [1, 8] {
-            let r = run(&MigrateOptions { lm_layout, queue_pairs, memory: 32 << 20, ..opts() }).unwrap();
-            assert_clean(&r, &format!("{lm_layout:?} {queue_pairs} pairs"));
-            assert!(r.log_writes > 0, "the device logged");
+    for packed in LAYOUTS {
+        for lm_layout in [LmLayout::Dpdk, LmLayout::Linux] {
+            for queue_pairs in [1, 8] {
+                let r = run(&MigrateOptions { lm_layout, queue_pairs, memory: 32 << 20, packed, ..opts() }).unwrap();
+                assert_clean(&r, &format!("{lm_layout:?} {queue_pairs} pairs, packed {packed}"));
+                assert!(r.log_writes > 0, "the device logged");
+            }
         }
     }
 }
@@ -45,10 +51,17 @@ fn coarse_granularity_trades_log_writes_for_copied_pages() {
 
 #[test]
 fn hundred_back_to_back_randomized_migrations_lose_nothing() {
-    let mut rng = SmallRng::seed_from_u64(2024);
+    for packed in LAYOUTS {
+        hundred_migrations(packed);
+    }
+}
+
+fn hundred_migrations(packed: bool) {
+    let mut rng = SmallRng::seed_from_u64(2024 + u64::from(packed));
     let mut total = 0;
     for batch in 0..10 {
         let o = MigrateOptions {
+            packed,
             queue_pairs: rng.gen_range(1..=4),
             lm_layout: if rng.gen_bool(0.5) { LmLayout::Dpdk } else { LmLayout::Linux },
             log_granularity: [4 << 10, 64 << 10, 2 << 20][rng.gen_range(0..3)],
@@ -67,23 +80,29 @@ fn hundred_back_to_back_randomized_migrations_lose_nothing() {
 
 #[test]
 fn log_skipping_used_ring_is_caught() {
-    let r = run(&MigrateOptions { quirks: Quirks::NONE.with(Quirk::LogSkipsUsedRing), ..opts() }).unwrap();
-    assert!(r.missed_dirty_pages > 0, "{}", r.table());
-    assert!(!r.clean());
+    for packed in LAYOUTS {
+        let r = run(&MigrateOptions { quirks: Quirks::NONE.with(Quirk::LogSkipsUsedRing), packed, ..opts() }).unwrap();
+        assert!(r.missed_dirty_pages > 0, "packed {packed}: {}", r.table());
+        assert!(!r.clean());
+    }
 }
 
 #[test]
 fn stale_used_idx_is_caught() {
-    let r = run(&MigrateOptions { quirks: Quirks::NONE.with(Quirk::StaleUsedIdx), ..opts() }).unwrap();
-    assert!(!r.clean(), "{}", r.table());
-    assert!(r.duplicated_frames + r.lost_frames > 0 || !r.errors.is_empty(), "{}", r.table());
+    for packed in LAYOUTS {
+        let r = run(&MigrateOptions { quirks: Quirks::NONE.with(Quirk::StaleUsedIdx), packed, ..opts() }).unwrap();
+        assert!(!r.clean(), "packed {packed}: {}", r.table());
+        assert!(r.duplicated_frames + r.lost_frames > 0 || !r.errors.is_empty(), "packed {packed}: {}", r.table());
+    }
 }
 
 #[test]
 fn early_queue_disable_and_read_only_ring_state_are_caught() {
-    for q in [Quirk::EarlyQueueDisable, Quirk::RingStateReadOnly] {
-        let r = run(&MigrateOptions { quirks: Quirks::NONE.with(q), ..opts() }).unwrap();
-        assert!(!r.clean(), "{q:?} passed:\n{}", r.table());
+    for packed in LAYOUTS {
+        for q in [Quirk::EarlyQueueDisable, Quirk::RingStateReadOnly] {
+            let r = run(&MigrateOptions { quirks: Quirks::NONE.with(q), packed, ..opts() }).unwrap();
+            assert!(!r.clean(), "{q:?} packed {packed} passed:\n{}", r.table());
+        }
     }
 }
 

@@ -983,3 +983,13 @@ fn accessors_keep_counters_consistent() {
     }
     assert_eq!(dev.counters().bad_register_accesses, c0.bad_register_accesses);
 }
+
+#[test]
+fn packed_ring_offer_can_be_withdrawn() {
+    for offer in [true, false] {
+        let dev = Device::new(DeviceConfig { offer_packed: offer, ..DeviceConfig::default() }).unwrap();
+        common_wr(&dev, common::DEVICE_FEATURE_SELECT, 4, 1);
+        let hi = common_rd(&dev, common::DEVICE_FEATURE, 4);
+        assert_eq!(hi & (1 << (bits::RING_PACKED - 32)) != 0, offer, "device_feature[63:32] = {hi:#x}");
+    }
+}

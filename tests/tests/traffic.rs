@@ -1,7 +1,8 @@
 //! Traffic through the model: loopback, multiqueue, linked devices, notification suppression,
-//! stop/start resume. Every frame's bytes are compared with what was sent.
+//! stop/start resume. Every frame's bytes are compared with what was sent. Every test runs on
+//! both ring layouts: split (virtio 1.2 2.7) and packed (2.8, VIRTIO_F_RING_PACKED).
 
-use bar_registers::virtio::bits;
+use bar_registers::virtio::{bits, default_driver_features};
 use device::{Device, DeviceConfig, LinkPort};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -12,6 +13,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 const MTU_FRAME: usize = 1514;
+/// Both ring layouts: split, then packed.
+const LAYOUTS: [bool; 2] = [false, true];
+
+fn layout_name(packed: bool) -> &'static str {
+    if packed {
+        "packed"
+    } else {
+        "split"
+    }
+}
 
 fn loopback(pairs: u16, opts: DriverOptions) -> (Arc<Device>, NetDriver) {
     let dev = Device::new(DeviceConfig::with_queue_pairs(pairs)).unwrap();
@@ -63,56 +74,74 @@ fn exact_loopback(pairs: u16, count: usize, opts: DriverOptions, seed: u64) -> (
 
 #[test]
 fn ten_thousand_random_frames_loopback_exact() {
-    let (dev, _drv) = exact_loopback(1, 10_000, DriverOptions::default(), 1);
-    let c = dev.counters();
-    assert_eq!(c.tx_frames, 10_000);
-    assert_eq!(c.rx_frames, 10_000);
-    assert_eq!(c.tx_bytes, c.rx_bytes);
-    assert_eq!(dev.iommu_stats().faults(), 0);
+    for packed in LAYOUTS {
+        let (dev, drv) = exact_loopback(1, 10_000, DriverOptions::default().with_packed(packed), 1);
+        assert_eq!(drv.is_packed(), packed);
+        assert_eq!(dev.negotiated_features() & (1 << bits::RING_PACKED) != 0, packed);
+        let c = dev.counters();
+        assert_eq!(c.tx_frames, 10_000, "{}", layout_name(packed));
+        assert_eq!(c.rx_frames, 10_000);
+        assert_eq!(c.tx_bytes, c.rx_bytes);
+        assert_eq!(dev.iommu_stats().faults(), 0);
+    }
 }
 
 #[test]
 fn mergeable_rx_buffers_split_frames() {
-    // 512-byte RX buffers: a 1514-byte frame + 12-byte header spans 3 buffers (num_buffers = 3).
-    let (dev, _drv) = exact_loopback(1, 2_000, DriverOptions { rx_buf_size: 512, ..Default::default() }, 2);
-    let c = dev.counters();
-    assert!(c.queues[0].chains > c.queues[0].frames, "frames spanned several chains: {:?}", c.queues[0]);
+    for packed in LAYOUTS {
+        // 512-byte RX buffers: a 1514-byte frame + 12-byte header spans 3 buffers (num_buffers = 3).
+        let (dev, _drv) = exact_loopback(1, 2_000, DriverOptions { rx_buf_size: 512, ..Default::default() }.with_packed(packed), 2);
+        let c = dev.counters();
+        assert!(c.queues[0].chains > c.queues[0].frames, "{}: frames spanned several chains: {:?}", layout_name(packed), c.queues[0]);
+    }
 }
 
 #[test]
 fn without_mrg_rxbuf_single_buffers() {
-    let opts = DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::MRG_RXBUF), ..Default::default() };
-    let (dev, drv) = exact_loopback(1, 2_000, opts, 3);
-    assert_eq!(drv.features & (1 << bits::MRG_RXBUF), 0);
-    let c = dev.counters();
-    assert_eq!(c.queues[0].chains, c.queues[0].frames);
+    for packed in LAYOUTS {
+        let opts = DriverOptions { features: default_driver_features() & !(1 << bits::MRG_RXBUF), ..Default::default() }.with_packed(packed);
+        let (dev, drv) = exact_loopback(1, 2_000, opts, 3);
+        assert_eq!(drv.features & (1 << bits::MRG_RXBUF), 0);
+        let c = dev.counters();
+        assert_eq!(c.queues[0].chains, c.queues[0].frames, "{}", layout_name(packed));
+    }
 }
 
 #[test]
 fn without_mrg_small_buffers_drop_frames_and_keep_buffers() {
-    let opts = DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::MRG_RXBUF), rx_buf_size: 256, ..Default::default() };
-    let (dev, mut drv) = loopback(1, opts);
-    let mac = drv.mac().unwrap();
-    let mut rng = SmallRng::seed_from_u64(4);
-    let big = frames::build(mac, mac, 0, 0, 1000, &mut rng);
-    let small = frames::build(mac, mac, 0, 1, 200, &mut rng);
-    assert_eq!(drv.send(0, &[&big, &small]).unwrap(), 2);
-    let got = drv.recv(0).unwrap();
-    assert_eq!(got, vec![small], "the frame that fits arrives, the other is dropped");
-    assert_eq!(dev.counters().rx_dropped_too_small, 1);
-    drv.check_alive().unwrap();
+    for packed in LAYOUTS {
+        let opts = DriverOptions { features: default_driver_features() & !(1 << bits::MRG_RXBUF), rx_buf_size: 256, ..Default::default() }.with_packed(packed);
+        let (dev, mut drv) = loopback(1, opts);
+        let mac = drv.mac().unwrap();
+        let mut rng = SmallRng::seed_from_u64(4);
+        let big = frames::build(mac, mac, 0, 0, 1000, &mut rng);
+        let small = frames::build(mac, mac, 0, 1, 200, &mut rng);
+        assert_eq!(drv.send(0, &[&big, &small]).unwrap(), 2);
+        let got = drv.recv(0).unwrap();
+        assert_eq!(got, vec![small], "{}: the frame that fits arrives, the other is dropped", layout_name(packed));
+        assert_eq!(dev.counters().rx_dropped_too_small, 1);
+        drv.check_alive().unwrap();
+    }
 }
 
 #[test]
 fn split_header_and_indirect_tx() {
-    exact_loopback(1, 1_000, DriverOptions { tx_split_header: true, ..Default::default() }, 5);
-    let (dev, _) = exact_loopback(1, 1_000, DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() }, 6);
-    assert!(dev.bus_stats().get(dma::DmaKind::IndirectTable).transactions >= 1_000);
+    for packed in LAYOUTS {
+        exact_loopback(1, 1_000, DriverOptions { tx_split_header: true, ..Default::default() }.with_packed(packed), 5);
+        let (dev, _) = exact_loopback(1, 1_000, DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() }.with_packed(packed), 6);
+        assert!(dev.bus_stats().get(dma::DmaKind::IndirectTable).transactions >= 1_000, "{}", layout_name(packed));
+    }
 }
 
 #[test]
 fn four_queue_pairs_steer_back_to_the_sending_pair() {
-    let (dev, drv) = exact_loopback(4, 8_000, DriverOptions::default(), 7);
+    for packed in LAYOUTS {
+        four_queue_pairs(packed);
+    }
+}
+
+fn four_queue_pairs(packed: bool) {
+    let (dev, drv) = exact_loopback(4, 8_000, DriverOptions::default().with_packed(packed), 7);
     assert_eq!(dev.active_queue_pairs(), 4, "VQ_PAIRS_SET took effect");
     let c = dev.counters();
     for p in 0..4u16 {
@@ -127,10 +156,18 @@ fn four_queue_pairs_steer_back_to_the_sending_pair() {
 
 #[test]
 fn before_vq_pairs_set_only_pair_zero_receives() {
+    for packed in LAYOUTS {
+        before_vq_pairs_set(packed);
+    }
+}
+
+fn before_vq_pairs_set(packed: bool) {
     let dev = Device::new(DeviceConfig::with_queue_pairs(2).lm_layout(bar_registers::LmLayout::Linux)).unwrap();
     dev.set_loopback();
     // The Linux LM layout has no MQ register, so only the control command enables pair 1.
-    let mut drv = NetDriver::in_process(&dev, DriverOptions { queue_pairs: 2, lm_layout: bar_registers::LmLayout::Linux, ..Default::default() }).unwrap();
+    let mut drv =
+        NetDriver::in_process(&dev, DriverOptions { queue_pairs: 2, lm_layout: bar_registers::LmLayout::Linux, ..Default::default() }.with_packed(packed))
+            .unwrap();
     drv.start().unwrap();
     assert_eq!(dev.active_queue_pairs(), 2);
     drv.ctrl(4, 0, &1u16.to_le_bytes()).unwrap();
@@ -145,12 +182,49 @@ fn before_vq_pairs_set_only_pair_zero_receives() {
 
 #[test]
 fn two_devices_joined_by_a_link() {
+    for packed in LAYOUTS {
+        two_devices(packed);
+    }
+    // Mixed: one side split, the other packed (each device has its own negotiation).
+    two_devices_mixed();
+}
+
+fn two_devices_mixed() {
+    let a = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
+    let mut cfg_b = DeviceConfig::with_queue_pairs(1);
+    cfg_b.layout.mac = [0x52, 0x54, 0, 0, 0, 0xC];
+    let b = Device::new(cfg_b).unwrap();
+    LinkPort::join(&a, &b);
+    let mut da = NetDriver::in_process(&a, DriverOptions::default().with_packed(false)).unwrap();
+    let mut db = NetDriver::in_process(&b, DriverOptions::default().with_packed(true)).unwrap();
+    da.start().unwrap();
+    db.start().unwrap();
+    let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());
+    let mut rng = SmallRng::seed_from_u64(19);
+    let fa: Vec<Vec<u8>> = (0..100).map(|i| frames::build(ma, mb, 0, i, rng.gen_range(60..=1514), &mut rng)).collect();
+    let fb: Vec<Vec<u8>> = (0..100).map(|i| frames::build(mb, ma, 1, i, rng.gen_range(60..=1514), &mut rng)).collect();
+    for (x, y) in fa.chunks(10).zip(fb.chunks(10)) {
+        let rx: Vec<&[u8]> = x.iter().map(Vec::as_slice).collect();
+        let ry: Vec<&[u8]> = y.iter().map(Vec::as_slice).collect();
+        assert_eq!(da.send(0, &rx).unwrap(), 10);
+        assert_eq!(db.send(0, &ry).unwrap(), 10);
+    }
+    let (mut got_b, mut got_a) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        got_b.extend(db.recv(0).unwrap());
+        got_a.extend(da.recv(0).unwrap());
+    }
+    assert_eq!(got_b, fa, "split A -> packed B");
+    assert_eq!(got_a, fb, "packed B -> split A");
+}
+
+fn two_devices(packed: bool) {
     let a = Device::new(DeviceConfig::with_queue_pairs(2)).unwrap();
     let mut cfg_b = DeviceConfig::with_queue_pairs(2);
     cfg_b.layout.mac = [0x52, 0x54, 0, 0, 0, 0xB];
     let b = Device::new(cfg_b).unwrap();
     LinkPort::join(&a, &b);
-    let opts = DriverOptions { queue_pairs: 2, ..Default::default() };
+    let opts = DriverOptions { queue_pairs: 2, ..Default::default() }.with_packed(packed);
     let mut da = NetDriver::in_process(&a, opts.clone()).unwrap();
     let mut db = NetDriver::in_process(&b, opts).unwrap();
     da.start().unwrap();
@@ -190,15 +264,28 @@ fn two_devices_joined_by_a_link() {
 
 #[test]
 fn event_idx_suppresses_interrupts() {
-    let (dev, mut drv) = loopback(1, DriverOptions::default());
+    for packed in LAYOUTS {
+        event_idx_suppresses(packed);
+    }
+}
+
+fn event_idx_suppresses(packed: bool) {
+    let (dev, mut drv) = loopback(1, DriverOptions::default().with_packed(packed));
     assert_ne!(drv.features & (1 << bits::EVENT_IDX), 0);
     let mac = drv.mac().unwrap();
     let mut rng = SmallRng::seed_from_u64(10);
     let vec_rx = NetDriver::vector_of(rxq(0));
     let mem = drv.mem.clone();
-    // Interrupt me only after 100 more RX completions.
-    let used = drv.ring(rxq(0)).unwrap().used_idx(&mem).unwrap();
-    drv.ring(rxq(0)).unwrap().set_used_event(&mem, used.wrapping_add(99)).unwrap();
+    // Interrupt me only after 100 more RX completions: split used_event (2.7.7.2), packed a
+    // DESC event at the 100th used descriptor from here (2.8.10).
+    if packed {
+        let r = drv.packed_ring(rxq(0)).unwrap();
+        let at = r.used_off_wrap_plus(99);
+        r.set_used_event(&mem, at).unwrap();
+    } else {
+        let used = drv.ring(rxq(0)).unwrap().used_idx(&mem).unwrap();
+        drv.ring(rxq(0)).unwrap().set_used_event(&mem, used.wrapping_add(99)).unwrap();
+    }
     let before = drv.irq.count(vec_rx);
     for i in 0..99u64 {
         let f = frames::build(mac, mac, 0, i, 64, &mut rng);
@@ -216,30 +303,56 @@ fn event_idx_suppresses_interrupts() {
 
 #[test]
 fn no_interrupt_flag_without_event_idx() {
-    let opts = DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::EVENT_IDX), ..Default::default() };
+    for packed in LAYOUTS {
+        no_interrupt_flag(packed);
+    }
+}
+
+fn no_interrupt_flag(packed: bool) {
+    let opts = DriverOptions { features: default_driver_features() & !(1 << bits::EVENT_IDX), ..Default::default() }.with_packed(packed);
     let (_dev, mut drv) = loopback(1, opts);
     let mac = drv.mac().unwrap();
     let mem = drv.mem.clone();
     let mut rng = SmallRng::seed_from_u64(11);
     let v = NetDriver::vector_of(rxq(0));
-    drv.ring(rxq(0)).unwrap().set_no_interrupt(&mem, true).unwrap();
+    // Split: VRING_AVAIL_F_NO_INTERRUPT (2.7.7.1); packed: driver event flags DISABLE (2.8.10).
+    let set = |drv: &mut NetDriver, on: bool| {
+        if packed {
+            drv.packed_ring(rxq(0)).unwrap().set_interrupts(&mem, on).unwrap();
+        } else {
+            drv.ring(rxq(0)).unwrap().set_no_interrupt(&mem, !on).unwrap();
+        }
+    };
+    set(&mut drv, false);
     let before = drv.irq.count(v);
     for i in 0..20u64 {
         drv.send(0, &[&frames::build(mac, mac, 0, i, 64, &mut rng)]).unwrap();
     }
-    assert_eq!(drv.irq.count(v), before, "VRING_AVAIL_F_NO_INTERRUPT honoured");
-    drv.ring(rxq(0)).unwrap().set_no_interrupt(&mem, false).unwrap();
+    assert_eq!(drv.irq.count(v), before, "{}: interrupts off honoured", layout_name(packed));
+    set(&mut drv, true);
     drv.send(0, &[&frames::build(mac, mac, 0, 20, 64, &mut rng)]).unwrap();
     assert_eq!(drv.irq.count(v), before + 1);
-    // Without EVENT_IDX the device never writes avail_event: used ring tail stays 0.
-    let r = drv.ring(rxq(0)).unwrap();
-    let (used, size) = (r.used, r.size);
-    assert_eq!(mem.read_u16(used + 4 + 8 * u64::from(size)).unwrap(), 0);
+    if packed {
+        // Without EVENT_IDX the device never writes its event suppression structure.
+        let dev_area = drv.packed_ring(txq(0)).unwrap().device;
+        assert_eq!(mem.read_u32(dev_area).unwrap(), 0);
+    } else {
+        // Without EVENT_IDX the device never writes avail_event: used ring tail stays 0.
+        let r = drv.ring(rxq(0)).unwrap();
+        let (used, size) = (r.used, r.size);
+        assert_eq!(mem.read_u16(used + 4 + 8 * u64::from(size)).unwrap(), 0);
+    }
 }
 
 #[test]
 fn stop_and_start_resume_without_loss_or_duplication() {
-    let (dev, mut drv) = loopback(2, DriverOptions { queue_pairs: 2, ..Default::default() });
+    for packed in LAYOUTS {
+        stop_and_start(packed);
+    }
+}
+
+fn stop_and_start(packed: bool) {
+    let (dev, mut drv) = loopback(2, DriverOptions { queue_pairs: 2, ..Default::default() }.with_packed(packed));
     let mac = drv.mac().unwrap();
     let mut rng = SmallRng::seed_from_u64(12);
     let mut tracker = Tracker::default();
@@ -267,9 +380,14 @@ fn stop_and_start_resume_without_loss_or_duplication() {
             assert_eq!(a, u, "queue {q}: the device finished in-flight work before reporting");
             let used_in_memory = {
                 let mem = drv.mem.clone();
-                drv.ring(q).unwrap().used_idx(&mem).unwrap()
+                if packed {
+                    // Packed: where the used descriptors in the ring end (offset | wrap << 15).
+                    drv.packed_ring(q).unwrap().used_end(&mem).unwrap()
+                } else {
+                    drv.ring(q).unwrap().used_idx(&mem).unwrap()
+                }
             };
-            assert_eq!(u, used_in_memory, "queue {q}: LM ring state equals used->idx in memory");
+            assert_eq!(u, used_in_memory, "queue {q}: LM ring state equals the used index in memory");
         }
         drv.restart(&states).unwrap();
         for q in [rxq(0), txq(0)] {
@@ -284,4 +402,94 @@ fn stop_and_start_resume_without_loss_or_duplication() {
     tracker.finish(&sent);
     assert!(tracker.clean(), "{tracker:?}");
     assert_eq!(tracker.delivered, sent.values().sum::<u64>());
+}
+
+/// Packed only: a queue size that is not a power of two (virtio 1.2 2.8) and thousands of laps
+/// of the wrap counters, with mixed list lengths (split header, 512-byte mergeable RX buffers)
+/// and indirect tables. Batches fit the small rings; every frame comes back byte-exact.
+#[test]
+fn packed_odd_queue_size_many_laps() {
+    for (size, opts) in [
+        (100u16, DriverOptions { queue_size: 100, ..Default::default() }),
+        (7, DriverOptions { queue_size: 7, tx_split_header: true, rx_buf_size: 512, ..Default::default() }),
+        (33, DriverOptions { queue_size: 33, tx_indirect: true, tx_split_header: true, ..Default::default() }),
+    ] {
+        let (dev, mut drv) = loopback(1, opts.with_packed(true));
+        assert!(drv.is_packed());
+        let mac = drv.mac().unwrap();
+        let mut rng = SmallRng::seed_from_u64(u64::from(size));
+        let mut expect = VecDeque::new();
+        let (mut sent, total) = (0usize, 3_000usize);
+        let mut got = 0usize;
+        let mut idle = 0;
+        while got < total {
+            let room = usize::from(size / 2).clamp(1, 16);
+            let n = rng.gen_range(1..=room).min(total - sent);
+            let batch: Vec<Vec<u8>> =
+                (0..n).map(|i| frames::build(mac, mac, 0, (sent + i) as u64, rng.gen_range(frames::MIN_FRAME..=MTU_FRAME), &mut rng)).collect();
+            let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+            let k = drv.send(0, &refs).unwrap();
+            expect.extend(batch.into_iter().take(k));
+            sent += k;
+            let frames = drv.recv(0).unwrap();
+            idle = if frames.is_empty() && k == 0 { idle + 1 } else { 0 };
+            assert!(idle < 100, "size {size}: no progress at {got} of {total}");
+            for f in frames {
+                assert_eq!(Some(f), expect.pop_front(), "size {size}: frame {got}");
+                got += 1;
+            }
+        }
+        drv.check_alive().unwrap();
+        let q = dev.queue(rxq(0)).unwrap();
+        assert_eq!(q.size, size, "the device accepted queue size {size}");
+        assert_eq!(dev.counters().rx_frames, total as u64);
+        assert!(dev.counters().queues[usize::from(rxq(0))].chains / u64::from(size) > 20, "many laps");
+    }
+}
+
+/// The packed LM ring state encodings: 32-bit accesses carry `offset | wrap << 15` per half
+/// (vhost-user VRING_BASE); on the Linux layout a 16-bit access carries the first u16 of Linux's
+/// struct vdpa_vq_state_packed (bit 0 wrap counter, bits 1-15 offset), what ifcvf_set_vq_state
+/// writes for virtio_vdpa (0x0001 for a fresh ring) and ifcvf_get_vq_state reads.
+#[test]
+fn packed_ring_state_encodings() {
+    use bar_registers::lm::{self, LmLayout};
+    use device::RegionAccess;
+    let dev = Device::new(DeviceConfig::with_queue_pairs(1).lm_layout(LmLayout::Linux)).unwrap();
+    dev.set_loopback();
+    let mut drv = NetDriver::in_process(&dev, DriverOptions { lm_layout: LmLayout::Linux, ..Default::default() }.with_packed(true)).unwrap();
+    drv.start().unwrap();
+    let mac = drv.mac().unwrap();
+    let mut rng = SmallRng::seed_from_u64(31);
+    let fs: Vec<Vec<u8>> = (0..5).map(|i| frames::build(mac, mac, 0, i, 100, &mut rng)).collect();
+    let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
+    assert_eq!(drv.send(0, &refs).unwrap(), 5);
+    assert_eq!(drv.recv(0).unwrap(), fs);
+    let off = lm::ring_state_offset(LmLayout::Linux, txq(0));
+    let rd = |len: usize| {
+        let mut b = [0u8; 4];
+        dev.region_read(4, off, &mut b[..len]).unwrap();
+        u32::from_le_bytes(b)
+    };
+    // Five TX completions from offset 0, wrap counter 1.
+    assert_eq!(rd(4), lm::pack_packed_ring_state(5, true, 5, true));
+    assert_eq!(rd(2), (5 << 1) | 1, "ifcvf_get_vq_state view");
+    assert_eq!(lm::unpack_packed_ring_state(rd(4)), (5, true, 5, true));
+    // Stop the queue, then what virtio_vdpa + ifcvf write for a fresh packed ring.
+    let cbase = dev.layout().common.offset;
+    dev.region_write(0, cbase + bar_registers::virtio::common::QUEUE_SELECT, &txq(0).to_le_bytes()).unwrap();
+    dev.region_write(0, cbase + bar_registers::virtio::common::QUEUE_ENABLE, &0u16.to_le_bytes()).unwrap();
+    // Poll queue_enable until it reads 0 (the IFC VF stop semantics).
+    for _ in 0..10 {
+        let mut b = [0u8; 2];
+        dev.region_read(0, cbase + bar_registers::virtio::common::QUEUE_ENABLE, &mut b).unwrap();
+        if b == [0, 0] {
+            break;
+        }
+    }
+    dev.region_write(4, off, &1u16.to_le_bytes()).unwrap();
+    assert_eq!(rd(4), 0x8000_8000, "offset 0, both wrap counters 1");
+    dev.region_write(4, off, &(7u16 << 1).to_le_bytes()).unwrap();
+    assert_eq!(rd(4), lm::pack_packed_ring_state(7, false, 7, false));
+    assert_eq!(rd(2), 7 << 1);
 }

@@ -5,7 +5,8 @@
 
 use super::NET_HDR_LEN;
 use crate::fault::DeviceFault;
-use crate::queue::split::{ChainKind, SplitRing};
+use crate::queue::split::ChainKind;
+use crate::queue::Ring;
 use crate::state::{DeviceState, QueueState};
 use bar_registers::virtio::bits;
 use dma::{DmaEngine, DmaKind};
@@ -90,9 +91,11 @@ impl DeviceState {
     /// Writes one frame into queue `q`. Ok(false) when it does not fit yet.
     fn deliver(&mut self, q: u16, frame: &[u8], mrg: bool) -> Result<bool, DeviceFault> {
         let batch = self.cfg.batch;
-        let wrong_len = self.cfg.quirks.has(crate::quirks::Quirk::SplitRingUsedLenWrong);
+        let quirk_len = self.cfg.quirks.has(crate::quirks::Quirk::SplitRingUsedLenWrong);
         let DeviceState { queues, dma, chain, rx_descs: all, counters, .. } = self;
         let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(false) };
+        // The split-ring-used-len-wrong quirk is a split ring engine bug.
+        let wrong_len = quirk_len && !ring.is_packed();
         let need = (NET_HDR_LEN + frame.len()) as u64;
         // Collect chains (their descriptors appended into one list) until the frame fits.
         let mut slots: [Option<Slot>; 64] = [const { None }; 64];
@@ -146,7 +149,7 @@ impl DeviceState {
 
 #[allow(clippy::too_many_arguments)]
 fn write_frame(
-    ring: &mut SplitRing,
+    ring: &mut Ring,
     dma: &mut DmaEngine,
     q: u16,
     hdr: &[u8],

@@ -1,1 +1,112 @@
+//! Virtqueue engines, device side: the split ring (virtio 1.2 2.7) and the packed ring (2.8),
+//! behind one [`Ring`] the datapath (net/tx.rs, rx.rs, ctrl.rs) drives without knowing which
+//! layout was negotiated (VIRTIO_F_RING_PACKED applies to every queue of the device).
+
+pub mod packed;
 pub mod split;
+
+use crate::fault::DeviceFault;
+use dma::DmaEngine;
+use packed::PackedRing;
+use split::{Chain, ChainKind, RingSetup, SplitRing};
+
+/// One enabled ring: an enum rather than a trait object, so every call is a predictable branch
+/// the compiler can inline on both sides.
+#[derive(Debug)]
+pub enum Ring {
+    Split(SplitRing),
+    Packed(PackedRing),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $r:ident => $e:expr) => {
+        match $self {
+            Ring::Split($r) => $e,
+            Ring::Packed($r) => $e,
+        }
+    };
+}
+
+impl Ring {
+    /// The engine for `setup`: packed when VIRTIO_F_RING_PACKED was negotiated.
+    pub fn new(setup: RingSetup, packed: bool) -> Result<Self, DeviceFault> {
+        Ok(if packed { Ring::Packed(PackedRing::new(setup)?) } else { Ring::Split(SplitRing::new(setup)?) })
+    }
+
+    /// Whether this is a packed ring.
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Ring::Packed(_))
+    }
+
+    /// ignores-event-idx quirk.
+    pub fn set_ignore_used_event(&mut self, on: bool) {
+        dispatch!(self, r => r.ignore_used_event = on)
+    }
+
+    /// LM ring state (last_avail_idx, last_used_idx). Packed: each `offset | wrap << 15`.
+    pub fn ring_state(&self) -> (u16, u16) {
+        match self {
+            Ring::Split(r) => (r.last_avail, r.last_used),
+            Ring::Packed(r) => r.ring_state(),
+        }
+    }
+
+    /// See [`SplitRing::fetch_avail`] / [`PackedRing::fetch_avail`].
+    #[inline]
+    pub fn fetch_avail(&mut self, dma: &mut DmaEngine, max: u16) -> Result<u16, DeviceFault> {
+        dispatch!(self, r => r.fetch_avail(dma, max))
+    }
+
+    /// Pops the next fetched chain; `chain.head` is the id to complete it with.
+    #[inline]
+    pub fn pop(&mut self, dma: &mut DmaEngine, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<bool, DeviceFault> {
+        dispatch!(self, r => r.pop(dma, chain, kind, max_total))
+    }
+
+    #[inline]
+    pub fn begin(&mut self) {
+        dispatch!(self, r => r.begin())
+    }
+
+    #[inline]
+    pub fn commit(&mut self) {
+        dispatch!(self, r => r.commit())
+    }
+
+    #[inline]
+    pub fn rollback(&mut self) {
+        dispatch!(self, r => r.rollback())
+    }
+
+    /// Completes a popped chain (in order).
+    #[inline]
+    pub fn push_used(&mut self, head: u16, len: u32) {
+        dispatch!(self, r => r.push_used(head, len))
+    }
+
+    #[inline]
+    pub fn pending_used(&self) -> usize {
+        dispatch!(self, r => r.pending_used())
+    }
+
+    /// Writes and publishes the completions.
+    #[inline]
+    pub fn flush_used(&mut self, dma: &mut DmaEngine) -> Result<(), DeviceFault> {
+        dispatch!(self, r => r.flush_used(dma))
+    }
+
+    #[inline]
+    pub fn interrupt_decision(&mut self, dma: &mut DmaEngine) -> Result<bool, DeviceFault> {
+        dispatch!(self, r => r.interrupt_decision(dma))
+    }
+
+    #[inline]
+    pub fn arm_notification(&mut self, dma: &mut DmaEngine) -> Result<bool, DeviceFault> {
+        dispatch!(self, r => r.arm_notification(dma))
+    }
+
+    #[inline]
+    pub fn has_fetched(&self) -> bool {
+        dispatch!(self, r => r.has_fetched())
+    }
+}

@@ -52,7 +52,7 @@ pub struct Chain {
 }
 
 impl Chain {
-    fn clear(&mut self, head: u16) {
+    pub(crate) fn clear(&mut self, head: u16) {
         self.head = head;
         self.descs.clear();
         self.readable = 0;
@@ -373,7 +373,7 @@ fn parse_desc(raw: &[u8; 16]) -> (u64, u32, u16, u16) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn push_desc(q: u16, chain: &mut Chain, idx: u16, addr: u64, len: u32, flags: u16, kind: ChainKind, max_total: u64) -> Result<(), DeviceFault> {
+pub(crate) fn push_desc(q: u16, chain: &mut Chain, idx: u16, addr: u64, len: u32, flags: u16, kind: ChainKind, max_total: u64) -> Result<(), DeviceFault> {
     if len == 0 {
         return Err(DeviceFault::ZeroLengthDescriptor { queue: q, index: idx });
     }

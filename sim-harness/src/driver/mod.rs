@@ -6,13 +6,15 @@
 
 pub mod memory;
 pub mod net;
+pub mod packed;
 pub mod probe;
 pub mod ring;
 
 use device::{AccessError, DmaMapper, RegionAccess};
 
 pub use memory::{GuestMemory, MemoryError};
-pub use net::{DriverOptions, NetDriver};
+pub use net::{DriverOptions, DriverQueueRing, NetDriver};
+pub use packed::PackedDriverRing;
 pub use probe::{probe, PciInfo};
 pub use ring::DriverRing;
 

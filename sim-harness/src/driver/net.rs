@@ -1,13 +1,14 @@
 //! The virtio-net driver model.
 
 use super::memory::GuestMemory;
+use super::packed::PackedDriverRing;
 use super::probe::{probe, PciInfo};
 use super::ring::{Buf, DriverRing};
 use super::{DeviceHandle, DriverError};
 use bar_registers::lm::{self, LmLayout};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL};
 use bar_registers::pci::{command, hdr, msix_cap};
-use bar_registers::virtio::{bits, common, device_status as st, net_cfg, offered_mask, NO_VECTOR};
+use bar_registers::virtio::{bits, common, default_driver_features, device_status as st, net_cfg, NO_VECTOR};
 use bar_registers::REGION_CONFIG;
 use device::{Device, InterruptRecorder};
 use std::sync::Arc;
@@ -22,7 +23,9 @@ pub const DISABLE_POLLS: u32 = 10;
 pub struct DriverOptions {
     /// Queue pairs to use (VQ_PAIRS_SET when more than 1).
     pub queue_pairs: u16,
-    /// Features the driver wants; the negotiated set is this & the device's.
+    /// Features the driver wants; the negotiated set is this & the device's. With
+    /// VIRTIO_F_RING_PACKED in it (and offered) every queue runs the packed layout (virtio 1.2
+    /// 2.8); the default leaves it out, so the split ring stays the default.
     pub features: u64,
     /// Ring size of every queue.
     pub queue_size: u16,
@@ -39,7 +42,8 @@ pub struct DriverOptions {
     /// Which LM layout the driver speaks.
     pub lm_layout: LmLayout,
     /// Index every ring starts at: written into the LM ring state before queue_enable and used
-    /// as the driver's own starting avail/used index (0 is a plain start).
+    /// as the driver's own starting avail/used index (0 is a plain start). Packed rings: the
+    /// packed encoding `offset | wrap << 15` (0 also means a plain start, i.e. 0x8000).
     pub start_index: u16,
     /// Skip the multiqueue setup (DPDK's MQ register and VQ_PAIRS_SET): the device must then use
     /// queue pair 0 only (virtio 1.2 5.1.6.5.5).
@@ -50,7 +54,7 @@ impl Default for DriverOptions {
     fn default() -> Self {
         DriverOptions {
             queue_pairs: 1,
-            features: offered_mask(),
+            features: default_driver_features(),
             queue_size: 256,
             rx_buf_size: 2048,
             tx_indirect: false,
@@ -64,6 +68,24 @@ impl Default for DriverOptions {
     }
 }
 
+impl DriverOptions {
+    /// These options with VIRTIO_F_RING_PACKED wanted (`true`: every queue packed, virtio 1.2
+    /// 2.8) or not (`false`: split, 2.7).
+    pub fn with_packed(mut self, packed: bool) -> Self {
+        if packed {
+            self.features |= 1 << bits::RING_PACKED;
+        } else {
+            self.features &= !(1 << bits::RING_PACKED);
+        }
+        self
+    }
+
+    /// Whether these options ask for the packed layout.
+    pub fn packed(&self) -> bool {
+        self.features & (1 << bits::RING_PACKED) != 0
+    }
+}
+
 /// Queue index of RX queue `pair`.
 pub fn rxq(pair: u16) -> u16 {
     2 * pair
@@ -73,10 +95,66 @@ pub fn txq(pair: u16) -> u16 {
     2 * pair + 1
 }
 
+/// A driver ring of either layout.
+#[derive(Debug)]
+pub enum DriverQueueRing {
+    Split(DriverRing),
+    Packed(PackedDriverRing),
+}
+
+impl DriverQueueRing {
+    fn add(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
+        match self {
+            DriverQueueRing::Split(r) => r.add(mem, bufs),
+            DriverQueueRing::Packed(r) => r.add(mem, bufs),
+        }
+    }
+    fn add_indirect(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
+        match self {
+            DriverQueueRing::Split(r) => r.add_indirect(mem, bufs),
+            DriverQueueRing::Packed(r) => r.add_indirect(mem, bufs),
+        }
+    }
+    /// Makes what was added visible to the device.
+    pub fn publish(&mut self, mem: &GuestMemory) -> Result<(), DriverError> {
+        match self {
+            DriverQueueRing::Split(r) => r.publish(mem),
+            DriverQueueRing::Packed(r) => r.publish(mem),
+        }
+    }
+    fn needs_kick(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {
+        match self {
+            DriverQueueRing::Split(r) => r.needs_kick(mem),
+            DriverQueueRing::Packed(r) => r.needs_kick(mem),
+        }
+    }
+    /// Takes the next completion: (head or buffer id, bytes written).
+    pub fn pop_used(&mut self, mem: &GuestMemory) -> Result<Option<(u16, u32)>, DriverError> {
+        match self {
+            DriverQueueRing::Split(r) => r.pop_used(mem),
+            DriverQueueRing::Packed(r) => r.pop_used(mem),
+        }
+    }
+    /// (descriptor area, driver area, device area, size): what queue_desc/driver/device get.
+    pub fn areas(&self) -> (u64, u64, u64, u16) {
+        match self {
+            DriverQueueRing::Split(r) => (r.desc, r.avail, r.used, r.size),
+            DriverQueueRing::Packed(r) => (r.desc, r.driver, r.device, r.size),
+        }
+    }
+    /// Chains in flight.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            DriverQueueRing::Split(r) => r.in_flight(),
+            DriverQueueRing::Packed(r) => r.in_flight(),
+        }
+    }
+}
+
 /// A queue with its buffers.
 #[derive(Debug)]
 struct Queue {
-    ring: DriverRing,
+    ring: DriverQueueRing,
     notify_off: u16,
     pool: Vec<u64>,
     inflight: Vec<u64>,
@@ -156,7 +234,14 @@ impl NetDriver {
     /// IOVAs of every running queue's used ring with its length (DPDK marks them dirty in
     /// software at stop).
     pub fn used_rings(&self) -> Vec<(u64, u64)> {
-        self.queues.iter().flatten().map(|q| (q.ring.used, super::ring::ring_sizes(q.ring.size).2)).collect()
+        let mut v = Vec::new();
+        for q in self.queues.iter().flatten() {
+            match &q.ring {
+                DriverQueueRing::Split(r) => v.push((r.used, super::ring::ring_sizes(r.size).2)),
+                DriverQueueRing::Packed(r) => v.extend(r.device_written()),
+            }
+        }
+        v
     }
 
     /// The device handle.
@@ -184,6 +269,11 @@ impl NetDriver {
     /// A 16-bit common config register.
     pub fn common_read16(&self, reg: u64) -> Result<u16, DriverError> {
         Ok(self.common_read(reg, 2)? as u16)
+    }
+    /// queue_size as the device reports it for queue `q` (selects `q`).
+    pub fn queue_size_of(&self, q: u16) -> Result<u16, DriverError> {
+        self.common_write(common::QUEUE_SELECT, 2, q.into())?;
+        self.common_read16(common::QUEUE_SIZE)
     }
     /// io_write64_twopart (DPDK ifcvf.c): low dword, then high dword.
     fn common_write64(&self, reg: u64, v: u64) -> Result<(), DriverError> {
@@ -287,16 +377,26 @@ impl NetDriver {
         self.pci_enable()?;
         self.negotiate()?;
         let ev = self.features & (1 << bits::EVENT_IDX) != 0;
+        let packed = self.is_packed();
         self.queues = (0..self.num_queues).map(|_| None).collect();
         for q in self.queue_ids() {
-            let mut ring = DriverRing::new(&self.mem, q, self.opts.queue_size, ev)?;
             let at = self.opts.start_index;
-            if at != 0 {
-                ring.resync(at, at);
-                // As if the rings had run to `at` before: avail->idx and used->idx both there.
-                self.mem.write_u16(ring.avail + 2, at)?;
-                self.mem.write_u16(ring.used + 2, at)?;
-            }
+            let ring = if packed {
+                let mut ring = PackedDriverRing::new(&self.mem, q, self.opts.queue_size, ev)?;
+                if at != 0 {
+                    ring.start_at(&self.mem, at)?;
+                }
+                DriverQueueRing::Packed(ring)
+            } else {
+                let mut ring = DriverRing::new(&self.mem, q, self.opts.queue_size, ev)?;
+                if at != 0 {
+                    ring.resync(at, at);
+                    // As if the rings had run to `at` before: avail->idx and used->idx both there.
+                    self.mem.write_u16(ring.avail + 2, at)?;
+                    self.mem.write_u16(ring.used + 2, at)?;
+                }
+                DriverQueueRing::Split(ring)
+            };
             let is_rx = q % 2 == 0 && q != self.num_queues - 1;
             let is_tx = q % 2 == 1;
             let nbuf = if is_rx || is_tx { usize::from(self.opts.queue_size) } else { 0 };
@@ -369,16 +469,16 @@ impl NetDriver {
 
     fn program_queues(&mut self, states: Option<&[(u16, u16)]>) -> Result<(), DriverError> {
         for q in self.queue_ids() {
-            let (desc, avail, used, size) = {
-                let r = &self.queues[usize::from(q)].as_ref().ok_or_else(|| DriverError::Usage(format!("queue {q} not set up")))?.ring;
-                (r.desc, r.avail, r.used, r.size)
-            };
+            let (desc, avail, used, size) =
+                self.queues[usize::from(q)].as_ref().ok_or_else(|| DriverError::Usage(format!("queue {q} not set up")))?.ring.areas();
             self.common_write(common::QUEUE_SELECT, 2, q.into())?;
             self.common_write64(common::QUEUE_DESC, desc)?;
             self.common_write64(common::QUEUE_DRIVER, avail)?;
             self.common_write64(common::QUEUE_DEVICE, used)?;
             self.common_write(common::QUEUE_SIZE, 2, size.into())?;
-            let (a, u) = states.and_then(|s| s.get(usize::from(q)).copied()).unwrap_or((0, 0));
+            // No state: a fresh ring (packed: offset 0, both wrap counters 1, virtio 1.2 2.8.1).
+            let fresh = if self.is_packed() { (0x8000, 0x8000) } else { (0, 0) };
+            let (a, u) = states.and_then(|s| s.get(usize::from(q)).copied()).unwrap_or(fresh);
             self.set_ring_state(q, a, u)?;
             let vec = q + 1;
             self.common_write(common::QUEUE_MSIX_VECTOR, 2, vec.into())?;
@@ -394,8 +494,8 @@ impl NetDriver {
             }
             let qu = self.queues[usize::from(q)].as_mut().expect("checked above");
             qu.notify_off = notify_off;
-            if states.is_some() {
-                qu.ring.resync(qu.ring.avail_idx, qu.ring.last_used);
+            if let (Some(_), DriverQueueRing::Split(r)) = (states, &mut qu.ring) {
+                r.resync(r.avail_idx, r.last_used);
             }
         }
         Ok(())
@@ -639,9 +739,40 @@ impl NetDriver {
         self.lm_write32(lm::LOGGING_CTRL, lm::LOGGING_DISABLE)
     }
 
-    /// Direct access to a driver ring (tests that set used_event or flags).
+    /// Direct access to a split driver ring (tests that set used_event or flags); an error when
+    /// the packed layout was negotiated (see [`NetDriver::packed_ring`]).
     pub fn ring(&mut self, q: u16) -> Result<&mut DriverRing, DriverError> {
+        match &mut self.queue(q)?.ring {
+            DriverQueueRing::Split(r) => Ok(r),
+            DriverQueueRing::Packed(_) => Err(DriverError::Usage(format!("queue {q} runs the packed layout: use packed_ring({q})"))),
+        }
+    }
+
+    /// Direct access to a packed driver ring; an error when the split layout was negotiated.
+    pub fn packed_ring(&mut self, q: u16) -> Result<&mut PackedDriverRing, DriverError> {
+        match &mut self.queue(q)?.ring {
+            DriverQueueRing::Packed(r) => Ok(r),
+            DriverQueueRing::Split(_) => Err(DriverError::Usage(format!("queue {q} runs the split layout: use ring({q})"))),
+        }
+    }
+
+    /// Either layout's driver ring.
+    pub fn any_ring(&mut self, q: u16) -> Result<&mut DriverQueueRing, DriverError> {
         Ok(&mut self.queue(q)?.ring)
+    }
+
+    /// Makes what was queued on `q` visible to the device without a doorbell (avail->idx store
+    /// or packed flags), e.g. to snapshot memory before kicking.
+    pub fn publish_no_kick(&mut self, q: u16) -> Result<(), DriverError> {
+        let mem = self.mem.clone();
+        self.queue(q)?.ring.publish(&mem)
+    }
+
+    /// Whether the negotiated features (or, before negotiation, the wanted ones) select the
+    /// packed ring.
+    pub fn is_packed(&self) -> bool {
+        let f = if self.features != 0 { self.features } else { self.opts.features };
+        f & (1 << bits::RING_PACKED) != 0
     }
 
     /// Number of queues the device reports.

@@ -54,6 +54,9 @@ pub struct MigrateOptions {
     /// Frames per pair the peer sends just before the guest pauses, without the guest
     /// receiving them: more than the RX rings hold, so some wait in the receive FIFO at the switch.
     pub burst_at_switch: usize,
+    /// Run every queue on the packed layout (VIRTIO_F_RING_PACKED): the ring states carried
+    /// across are then `offset | wrap counter << 15` per index.
+    pub packed: bool,
 }
 
 impl Default for MigrateOptions {
@@ -72,6 +75,7 @@ impl Default for MigrateOptions {
             progress: false,
             count: 1,
             burst_at_switch: 0,
+            packed: false,
         }
     }
 }
@@ -257,7 +261,7 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let peer_port = Arc::new(PeerPort::default());
     let mut dev = Device::new(cfg.clone())?;
     dev.set_port(peer_port.clone());
-    let opts = DriverOptions { queue_pairs: o.queue_pairs.max(1), memory: o.memory, lm_layout: o.lm_layout, ..Default::default() };
+    let opts = DriverOptions { queue_pairs: o.queue_pairs.max(1), memory: o.memory, lm_layout: o.lm_layout, ..Default::default() }.with_packed(o.packed);
     let mut drv = NetDriver::in_process(&dev, opts)?;
     drv.start()?;
     let mac = drv.mac()?;

@@ -12,6 +12,7 @@ use bar_registers::model::Location;
 use bar_registers::pci::{hdr, id};
 use bar_registers::virtio::{bits, common, device_status as st, net_cfg};
 use bar_registers::{DeviceLayout, LayoutParams, REGION_CONFIG};
+use device::queue::packed::{VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE};
 use dma::{Backing, Perms, SharedMemory, PAGE_SIZE};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -271,7 +272,7 @@ fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Resu
         ("mergeable RX buffers (512 B, num_buffers)", DriverOptions { rx_buf_size: 512, ..Default::default() }),
         (
             "without MRG_RXBUF: one buffer per frame",
-            DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::MRG_RXBUF), ..Default::default() },
+            DriverOptions { features: bar_registers::virtio::default_driver_features() & !(1 << bits::MRG_RXBUF), ..Default::default() },
         ),
     ];
     for (i, (name, opts)) in variants.into_iter().enumerate() {
@@ -353,13 +354,154 @@ fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Resu
     Ok(())
 }
 
+/// The packed-ring equivalents of ring-layout-split (virtio 1.2 2.8), when VIRTIO_F_RING_PACKED
+/// is offered: byte-exact round trips (one descriptor, split header, mergeable RX, without
+/// MRG_RXBUF, indirect tables), the used descriptors the device writes in place (buffer id,
+/// AVAIL = USED = wrap counter, WRITE and len), and the wrap counters across several laps.
 fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "ring-layout-packed";
     let feats = driver(s, DriverOptions::default())?.device_features_probe()?;
     if feats & (1 << bits::RING_PACKED) == 0 {
-        f.push(Finding::skip("ring-layout-packed", "packed ring", "VIRTIO_F_RING_PACKED not offered"));
-    } else {
-        f.push(Finding::fail("ring-layout-packed", "packed ring", false, "packed ring checks", "offered, but the validator has no packed-ring driver yet", ""));
+        f.push(Finding::skip(G, "packed ring", "VIRTIO_F_RING_PACKED not offered"));
+        return Ok(());
     }
+    let packed = |o: DriverOptions| o.with_packed(true);
+    let variants: [(&str, DriverOptions); 4] = [
+        ("single-descriptor TX and RX lists", packed(DriverOptions::default())),
+        ("TX header and frame in separate descriptors (NEXT, 2.8.6)", packed(DriverOptions { tx_split_header: true, ..Default::default() })),
+        ("mergeable RX buffers (512 B, num_buffers)", packed(DriverOptions { rx_buf_size: 512, ..Default::default() })),
+        (
+            "without MRG_RXBUF: one buffer per frame",
+            packed(DriverOptions { features: bar_registers::virtio::default_driver_features() & !(1 << bits::MRG_RXBUF), ..Default::default() }),
+        ),
+    ];
+    for (i, (name, opts)) in variants.into_iter().enumerate() {
+        let mut d = started(s, opts)?;
+        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 100 + i as u64)?;
+        f.push(Finding::check(
+            G,
+            name,
+            true,
+            ok == n,
+            &format!("{n} frames back byte-exact (used len = bytes written)"),
+            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
+            "RX queue 0 descriptor ring",
+        ));
+        d.reset()?;
+        drop(d);
+    }
+    if feats & (1 << bits::INDIRECT_DESC) != 0 {
+        let mut d = started(s, packed(DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() }))?;
+        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 109)?;
+        f.push(Finding::check(
+            G,
+            "indirect tables of packed descriptors (TX, 2.8.7)",
+            true,
+            ok == n,
+            &format!("{n} frames intact"),
+            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
+            "TX queue 1",
+        ));
+        d.reset()?;
+        drop(d);
+    } else {
+        f.push(Finding::skip(G, "indirect tables of packed descriptors (TX, 2.8.7)", "VIRTIO_F_INDIRECT_DESC not offered"));
+    }
+
+    // Used descriptors written in place: TX and RX of 16 frames, inspected before the driver
+    // reuses the slots.
+    let mut d = started(s, packed(DriverOptions::default()))?;
+    let mem = d.mem.clone();
+    let (tx_desc, rx_desc) = (d.packed_ring(txq(0))?.desc, d.packed_ring(rxq(0))?.desc);
+    let mut rng = SmallRng::seed_from_u64(111);
+    let fs: Vec<Vec<u8>> = (0..16u64).map(|i| frames::build(MAC, MAC, 0, i, 64 + i as usize, &mut rng)).collect();
+    let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
+    let queued = d.enqueue_tx(0, &refs)?;
+    let posted: Vec<u16> = (0..16u64).map(|k| mem.read_u16(tx_desc + 16 * k + 12)).collect::<Result<_, _>>()?;
+    d.publish(txq(0))?;
+    let both = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
+    let mut tx_bad = None;
+    for k in 0..16u64 {
+        let id = mem.read_u16(tx_desc + 16 * k + 12)?;
+        let flags = mem.read_u16(tx_desc + 16 * k + 14)?;
+        if tx_bad.is_none() && (id != posted[k as usize] || flags & both != both || flags & VIRTQ_DESC_F_WRITE != 0) {
+            tx_bad = Some(format!("slot {k}: id {id} (posted {}), flags {flags:#06x}", posted[k as usize]));
+        }
+    }
+    f.push(Finding::check(
+        G,
+        "TX used descriptors: the list's buffer id, AVAIL = USED = wrap counter 1, WRITE clear",
+        true,
+        queued == 16 && tx_bad.is_none(),
+        "16 used descriptors in slots 0-15 with the ids the driver posted, flags 0x8080 (2.8.1, 2.8.3)",
+        &tx_bad.unwrap_or_else(|| format!("{queued} queued, all as expected")),
+        &format!("TX descriptor ring {tx_desc:#x}"),
+    ));
+    let mut rx_bad = None;
+    for k in 0..16u64 {
+        let len = mem.read_u32(rx_desc + 16 * k + 8)?;
+        let flags = mem.read_u16(rx_desc + 16 * k + 14)?;
+        let want = (NET_HDR_LEN + fs[k as usize].len()) as u32;
+        if rx_bad.is_none() && (len != want || flags & both != both || flags & VIRTQ_DESC_F_WRITE == 0) {
+            rx_bad = Some(format!("slot {k}: len {len} (wrote {want}), flags {flags:#06x}"));
+        }
+    }
+    f.push(Finding::check(
+        G,
+        "RX used descriptors: WRITE set, len = bytes written",
+        true,
+        rx_bad.is_none(),
+        "len = 12 + frame length, flags 0x8082 (2.8.3, 2.8.4)",
+        &rx_bad.unwrap_or_else(|| "all as expected".into()),
+        &format!("RX descriptor ring {rx_desc:#x}"),
+    ));
+    let got = d.recv(0)?;
+    f.push(Finding::check(G, "those 16 frames come back", true, got == fs, "16 frames byte-exact", &format!("{} frames", got.len()), "RX queue 0"));
+    d.reset()?;
+    drop(d);
+
+    // Wrap counters: more than 2 x queue size completions on a 64-entry ring.
+    let size = 64u16;
+    let mut d = started(s, packed(DriverOptions { queue_size: size, ..Default::default() }))?;
+    let n = 3 * usize::from(size) + 17;
+    let (n, ok, first) = roundtrip(&mut d, n, (64, 64), 112)?;
+    let r = d.packed_ring(rxq(0))?;
+    let (pos, wrap) = (r.next_used, r.used_wrap);
+    let want = ((n % usize::from(size)) as u16, (n / usize::from(size)) % 2 == 0);
+    f.push(Finding::check(
+        G,
+        "wrap counters toggle at the ring end (more than 2 x queue size completions)",
+        true,
+        ok == n && (pos, wrap) == want,
+        &format!("{n} frames intact, RX next used slot {} with wrap counter {}", want.0, u8::from(want.1)),
+        &format!("{ok} matched, next used slot {pos} wrap {}{}", u8::from(wrap), first.map_or(String::new(), |e| format!("; {e}"))),
+        "RX queue 0 descriptor ring",
+    ));
+    d.reset()?;
+    drop(d);
+
+    // 2.8: "The Queue Size value does not have to be a power of 2".
+    let res = (|| -> Result<(usize, usize, u16), DriverError> {
+        let mut d = started(s, packed(DriverOptions { queue_size: 100, ..Default::default() }))?;
+        let (n, ok, _) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 113)?;
+        let size = d.queue_size_of(rxq(0))?;
+        d.check_alive()?;
+        d.reset()?;
+        Ok((n, ok, size))
+    })();
+    let (ok, observed) = match res {
+        Ok((n, ok, size)) => (ok == n && size == 100, format!("queue_size reads {size}, {ok} of {n} frames intact")),
+        Err(e) => (false, e.to_string()),
+    };
+    f.push(Finding::check(
+        G,
+        "queue size 100 (not a power of two)",
+        false,
+        ok,
+        "queue_size 100 accepted, 300 frames intact",
+        &observed,
+        "common cfg queue_size",
+    ));
     Ok(())
 }
 
@@ -458,7 +600,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         drop(d);
     }
     // EVENT_IDX not negotiated: no event-idx behaviour at all.
-    let mut d = started(s, DriverOptions { features: bar_registers::virtio::offered_mask() & !(1 << bits::EVENT_IDX), ..Default::default() })?;
+    let mut d = started(s, DriverOptions { features: bar_registers::virtio::default_driver_features() & !(1 << bits::EVENT_IDX), ..Default::default() })?;
     let mem = d.mem.clone();
     let (u, sz) = {
         let r = d.ring(rxq(0))?;

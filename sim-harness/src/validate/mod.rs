@@ -54,10 +54,22 @@ pub struct Session {
 }
 
 impl Session {
-    /// Lets in-flight interrupts arrive before counting them.
+    /// Lets in-flight interrupts arrive before counting them: waits at least `irq_latency`,
+    /// then until the count has been still for that long (a loaded machine delays the pump
+    /// thread), at most a second.
     pub fn settle(&self) {
-        if !self.irq_latency.is_zero() {
+        if self.irq_latency.is_zero() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let mut last = self.irq.total();
+        loop {
             std::thread::sleep(self.irq_latency);
+            let now = self.irq.total();
+            if now == last || t0.elapsed() > std::time::Duration::from_secs(1) {
+                return;
+            }
+            last = now;
         }
     }
 }

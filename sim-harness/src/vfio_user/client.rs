@@ -171,6 +171,12 @@ impl Client {
         self.posted_writes.store(on, Ordering::Relaxed);
     }
 
+    /// Shuts the socket down (both directions): what the server sees when the VMM dies.
+    /// Every later request fails.
+    pub fn disconnect(&self) {
+        let _ = self.conn.lock().stream.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Sets a receive timeout on the socket (tests: a server that stops answering).
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.conn.lock().stream.set_read_timeout(t)
@@ -245,6 +251,107 @@ impl Client {
     /// DEVICE_RESET.
     pub fn reset(&self) -> Result<(), ClientError> {
         self.call(Command::DeviceReset, &[], &[]).map(drop)
+    }
+
+    // ------------------------------------------------------------ migration v2
+
+    /// DEVICE_FEATURE with `flags` (feature index | GET/SET/PROBE) and `data`; `argsz` is the
+    /// reply room announced. Returns the reply payload (argsz, flags, data).
+    pub fn device_feature(&self, flags: u32, data: &[u8], argsz: u32) -> Result<Vec<u8>, ClientError> {
+        let r = self.call(Command::DeviceFeature, &wire::encode_feature(argsz, flags, data), &[])?;
+        if r.len() < wire::DEVICE_FEATURE_SIZE {
+            return Err(ClientError::BadReply { command: "DEVICE_FEATURE", what: format!("{} bytes", r.len()) });
+        }
+        Ok(r)
+    }
+
+    fn feature_data(&self, flags: u32, data: &[u8], reply_data: usize) -> Result<Vec<u8>, ClientError> {
+        let argsz = (wire::DEVICE_FEATURE_SIZE + data.len().max(reply_data)) as u32;
+        let r = self.device_feature(flags, data, argsz)?;
+        if r.len() < wire::DEVICE_FEATURE_SIZE + reply_data {
+            return Err(ClientError::BadReply { command: "DEVICE_FEATURE", what: format!("{} bytes for {reply_data} of data", r.len()) });
+        }
+        Ok(r[wire::DEVICE_FEATURE_SIZE..].to_vec())
+    }
+
+    /// GET VFIO_DEVICE_FEATURE_MIGRATION: the migration flags (VFIO_MIGRATION_STOP_COPY ...).
+    pub fn migration_flags(&self) -> Result<u64, ClientError> {
+        let d = self.feature_data(wire::feature::MIGRATION | wire::feature::GET, &[], wire::FEATURE_MIGRATION_SIZE)?;
+        Ok(wire::Reader::new(&d).u64())
+    }
+
+    /// GET VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE.
+    pub fn mig_state(&self) -> Result<u32, ClientError> {
+        let d = self.feature_data(wire::feature::MIG_DEVICE_STATE | wire::feature::GET, &[], wire::FEATURE_MIG_STATE_SIZE)?;
+        Ok(wire::Reader::new(&d).u32())
+    }
+
+    /// SET VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE; returns the state the reply reports.
+    pub fn set_mig_state(&self, state: u32) -> Result<u32, ClientError> {
+        let mut data = state.to_ne_bytes().to_vec();
+        data.extend_from_slice(&(-1i32).to_ne_bytes());
+        let d = self.feature_data(wire::feature::MIG_DEVICE_STATE | wire::feature::SET, &data, wire::FEATURE_MIG_STATE_SIZE)?;
+        Ok(wire::Reader::new(&d).u32())
+    }
+
+    /// SET VFIO_DEVICE_FEATURE_DMA_LOGGING_START for `ranges` (iova, length); returns the
+    /// page size the server chose.
+    pub fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64, ClientError> {
+        let data = wire::encode_dma_logging_control(page_size, ranges);
+        let d = self.feature_data(wire::feature::DMA_LOGGING_START | wire::feature::SET, &data, wire::DMA_LOGGING_CONTROL_SIZE)?;
+        Ok(wire::Reader::new(&d).u64())
+    }
+
+    /// SET VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP.
+    pub fn dma_logging_stop(&self) -> Result<(), ClientError> {
+        self.feature_data(wire::feature::DMA_LOGGING_STOP | wire::feature::SET, &[], 0).map(drop)
+    }
+
+    /// GET VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: the dirty bitmap of [iova, iova + length)
+    /// at `page_size` (bit i: the page at iova + i * page_size), as u64 words.
+    pub fn dma_logging_report(&self, iova: u64, length: u64, page_size: u64) -> Result<Vec<u64>, ClientError> {
+        let bitmap = wire::dirty_bitmap_bytes(length, page_size.max(1)) as usize;
+        let d = self.feature_data(
+            wire::feature::DMA_LOGGING_REPORT | wire::feature::GET,
+            &wire::encode_dma_logging_report(iova, length, page_size),
+            wire::DMA_LOGGING_REPORT_SIZE + bitmap,
+        )?;
+        Ok(d[wire::DMA_LOGGING_REPORT_SIZE..wire::DMA_LOGGING_REPORT_SIZE + bitmap].chunks_exact(8).map(|c| wire::Reader::new(c).u64()).collect())
+    }
+
+    /// MIG_DATA_READ of up to `size` bytes (fewer, or none, at the end of the state).
+    pub fn mig_data_read(&self, size: u32) -> Result<Vec<u8>, ClientError> {
+        let r = self.call(Command::MigDataRead, &wire::encode_mig_data(wire::MIG_DATA_SIZE as u32 + size, size, &[]), &[])?;
+        let mut rd = wire::Reader::new(&r);
+        let (argsz, n) = (rd.u32() as usize, rd.u32() as usize);
+        if r.len() < wire::MIG_DATA_SIZE || n > size as usize || r.len() != wire::MIG_DATA_SIZE + n || argsz != r.len() {
+            return Err(ClientError::BadReply { command: "MIG_DATA_READ", what: format!("{} bytes, size {n}, argsz {argsz}", r.len()) });
+        }
+        Ok(r[wire::MIG_DATA_SIZE..].to_vec())
+    }
+
+    /// MIG_DATA_WRITE of `data`.
+    pub fn mig_data_write(&self, data: &[u8]) -> Result<(), ClientError> {
+        let p = wire::encode_mig_data((wire::MIG_DATA_SIZE + data.len()) as u32, data.len() as u32, data);
+        self.call(Command::MigDataWrite, &p, &[]).map(drop)
+    }
+
+    /// Reads the whole device state in STOP_COPY, `chunk` bytes per MIG_DATA_READ, until a
+    /// read returns nothing.
+    pub fn read_device_state(&self, chunk: u32) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        loop {
+            let d = self.mig_data_read(chunk)?;
+            if d.is_empty() {
+                return Ok(out);
+            }
+            out.extend_from_slice(&d);
+        }
+    }
+
+    /// Writes a device state in RESUMING, `chunk` bytes per MIG_DATA_WRITE.
+    pub fn write_device_state(&self, state: &[u8], chunk: usize) -> Result<(), ClientError> {
+        state.chunks(chunk.max(1)).try_for_each(|c| self.mig_data_write(c))
     }
 
     /// Sends a command and returns its payload, an error reply as [`ClientError::Remote`].

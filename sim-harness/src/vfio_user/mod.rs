@@ -9,16 +9,20 @@
 //! - [`sock`]: `SCM_RIGHTS` send/receive, the [`sock::Stop`] eventfd blocking loops poll.
 //! - [`irq`]: eventfds from SET_IRQS, per-vector masks, the device's interrupt sink.
 //! - [`server`]: accept loop and per-connection message loop.
+//! - [`migration`]: migration v2: DEVICE_FEATURE (migration state machine, DMA logging) and
+//!   the device state stream over MIG_DATA_READ/WRITE.
 //! - [`client`]: a blocking client (QEMU's message set) implementing `RegionAccess` and
 //!   `DmaMapper`, so the driver model runs over a socket.
 
 pub mod client;
 pub mod irq;
+pub mod migration;
 pub mod server;
 pub mod sock;
 pub mod wire;
 
 pub use client::{Client, ClientError, InterruptPump};
 pub use irq::IrqTable;
+pub use migration::MigState;
 pub use server::{ConnectionEnd, Server, ServerError, ServerOptions, ServerStats};
 pub use sock::Stop;

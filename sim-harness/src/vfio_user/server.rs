@@ -18,8 +18,12 @@
 //! - descriptors beyond what a command takes, or beyond [`MAX_MSG_FDS`], are closed and the
 //!   command refused;
 //! - NO_REPLY is honoured for every command, errors included (QEMU's posted writes).
+//!
+//! Migration v2 (DEVICE_FEATURE, MIG_DATA_READ/WRITE) is in [`super::migration`]; a client's
+//! departure also ends its migration session (dirty logging off, state RUNNING).
 
 use super::irq::{IrqData, IrqTable};
+use super::migration::{MigState, Migration};
 use super::sock::{recv_with_fds, send_with_fds, Ready, Stop, MAX_MSG_FDS};
 use super::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
@@ -155,6 +159,7 @@ pub struct Server {
     opts: ServerOptions,
     counters: Counters,
     sock_id: Option<(u64, u64)>,
+    migration: parking_lot::Mutex<Migration>,
 }
 
 impl Server {
@@ -178,7 +183,7 @@ impl Server {
         device.set_interrupt_sink(irqs.clone());
         let stop = Arc::new(Stop::new().map_err(ServerError::Stop)?);
         tracing::info!(path = %path.display(), "vfio-user server listening");
-        Ok(Server { device, irqs, listener, path: path.into(), stop, opts, counters: Counters::default(), sock_id })
+        Ok(Server { device, irqs, listener, path: path.into(), stop, opts, counters: Counters::default(), sock_id, migration: Default::default() })
     }
 
     /// The stop handle: triggering it ends [`Server::serve`] (from any thread or a signal
@@ -200,6 +205,16 @@ impl Server {
     /// The interrupt table (what SET_IRQS configured).
     pub fn irqs(&self) -> &Arc<IrqTable> {
         &self.irqs
+    }
+
+    /// The device's migration state (vfio-user migration v2).
+    pub fn migration_state(&self) -> MigState {
+        self.migration.lock().state()
+    }
+
+    /// Whether DMA logging (DMA_LOGGING_START) is on.
+    pub fn dirty_logging(&self) -> bool {
+        self.migration.lock().logging()
     }
 
     /// Counter snapshot.
@@ -249,9 +264,11 @@ impl Server {
         Ok(Some(end))
     }
 
-    /// What a client leaves behind is undone: device reset (status 0), DMA unmapped (its
-    /// memory descriptors closed), interrupt eventfds closed.
+    /// What a client leaves behind is undone: its migration session ended (dirty logging off,
+    /// state RUNNING), device reset (status 0, not paused), DMA unmapped (its memory
+    /// descriptors closed), interrupt eventfds closed.
     fn cleanup(&self) {
+        self.migration.lock().end_session(&self.device);
         self.device.reset();
         let unmapped = self.device.dma_unmap_all();
         self.irqs.clear();
@@ -489,14 +506,18 @@ impl<'a> Session<'a> {
             Command::RegionWrite => self.region_write(p),
             Command::RegionWriteMulti => self.region_write_multi(p),
             Command::DeviceReset => {
+                self.srv.migration.lock().device_reset();
                 self.srv.device.reset();
                 tracing::debug!("device reset");
                 Ok(Vec::new())
             }
+            Command::DeviceFeature => self.srv.migration.lock().device_feature(&self.srv.device, p, self.srv.opts.max_data_xfer_size),
+            Command::MigDataRead => self.srv.migration.lock().data_read(p, self.srv.opts.max_data_xfer_size),
+            Command::MigDataWrite => self.srv.migration.lock().data_write(&self.srv.device, p, self.srv.opts.max_data_xfer_size),
             // Server-to-client commands.
             Command::DmaRead | Command::DmaWrite => Err(EINVAL),
-            // Not implemented: IO fds, the old dirty-page interface, migration v2.
-            Command::DeviceGetRegionIoFds | Command::DirtyPages | Command::DeviceFeature | Command::MigDataRead | Command::MigDataWrite => {
+            // Not implemented: IO fds, the old (v1) dirty-page interface.
+            Command::DeviceGetRegionIoFds | Command::DirtyPages => {
                 tracing::debug!("unsupported command");
                 Err(ENOSYS)
             }

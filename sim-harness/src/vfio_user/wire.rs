@@ -375,6 +375,113 @@ impl RegionRw {
     }
 }
 
+/// DEVICE_FEATURE fixed part: argsz u32, flags u32 (struct vfio_user_device_feature).
+pub const DEVICE_FEATURE_SIZE: usize = 8;
+/// VFIO_DEVICE_FEATURE_MIGRATION data: flags u64.
+pub const FEATURE_MIGRATION_SIZE: usize = 8;
+/// VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE data: device_state u32, data_fd u32.
+pub const FEATURE_MIG_STATE_SIZE: usize = 8;
+/// VFIO_DEVICE_FEATURE_DMA_LOGGING_START data, fixed part: page_size u64, num_ranges u32,
+/// reserved u32; `num_ranges` ranges follow.
+pub const DMA_LOGGING_CONTROL_SIZE: usize = 16;
+/// One DMA logging range: iova u64, length u64.
+pub const DMA_LOGGING_RANGE_SIZE: usize = 16;
+/// VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT data, fixed part: iova u64, length u64, page_size
+/// u64; the reply appends the bitmap (u64 words).
+pub const DMA_LOGGING_REPORT_SIZE: usize = 24;
+/// MIG_DATA_READ / MIG_DATA_WRITE fixed part: argsz u32, size u32 (data follows).
+pub const MIG_DATA_SIZE: usize = 8;
+
+/// DEVICE_FEATURE flags and feature indexes (the kernel's `VFIO_DEVICE_FEATURE_*`), the
+/// migration flags and the `vfio_device_mig_state` values.
+pub mod feature {
+    pub use vfio_bindings::bindings::vfio::{
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT as DMA_LOGGING_REPORT, VFIO_DEVICE_FEATURE_DMA_LOGGING_START as DMA_LOGGING_START,
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP as DMA_LOGGING_STOP, VFIO_DEVICE_FEATURE_GET as GET, VFIO_DEVICE_FEATURE_MASK as MASK,
+        VFIO_DEVICE_FEATURE_MIGRATION as MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE as MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_PROBE as PROBE,
+        VFIO_DEVICE_FEATURE_SET as SET, VFIO_MIGRATION_P2P as MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY as MIGRATION_PRE_COPY,
+        VFIO_MIGRATION_STOP_COPY as MIGRATION_STOP_COPY,
+    };
+}
+
+/// `enum vfio_device_mig_state`.
+pub mod mig_state {
+    pub use vfio_bindings::bindings::vfio::{
+        vfio_device_mig_state_VFIO_DEVICE_STATE_ERROR as ERROR, vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P as PRE_COPY_P2P, vfio_device_mig_state_VFIO_DEVICE_STATE_RESUMING as RESUMING,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING as RUNNING, vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_STOP as STOP, vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY as STOP_COPY,
+    };
+
+    /// The state's name without the VFIO_DEVICE_STATE_ prefix.
+    pub fn name(s: u32) -> &'static str {
+        match s {
+            ERROR => "ERROR",
+            STOP => "STOP",
+            RUNNING => "RUNNING",
+            STOP_COPY => "STOP_COPY",
+            RESUMING => "RESUMING",
+            RUNNING_P2P => "RUNNING_P2P",
+            PRE_COPY => "PRE_COPY",
+            PRE_COPY_P2P => "PRE_COPY_P2P",
+            _ => "UNKNOWN",
+        }
+    }
+}
+
+/// A DEVICE_FEATURE payload: argsz, flags, data.
+pub fn encode_feature(argsz: u32, flags: u32, data: &[u8]) -> Vec<u8> {
+    let mut w = Vec::with_capacity(DEVICE_FEATURE_SIZE + data.len());
+    put32(&mut w, argsz);
+    put32(&mut w, flags);
+    w.extend_from_slice(data);
+    w
+}
+
+/// Decodes the fixed part of a DEVICE_FEATURE payload: (argsz, flags, data).
+pub fn parse_feature(b: &[u8]) -> Option<(u32, u32, &[u8])> {
+    (b.len() >= DEVICE_FEATURE_SIZE).then(|| {
+        let mut r = Reader::new(b);
+        (r.u32(), r.u32(), &b[DEVICE_FEATURE_SIZE..])
+    })
+}
+
+/// The DMA_LOGGING_START data: page size and ranges (iova, length).
+pub fn encode_dma_logging_control(page_size: u64, ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut w = Vec::with_capacity(DMA_LOGGING_CONTROL_SIZE + ranges.len() * DMA_LOGGING_RANGE_SIZE);
+    put64(&mut w, page_size);
+    put32(&mut w, ranges.len() as u32);
+    put32(&mut w, 0);
+    for &(iova, len) in ranges {
+        put64(&mut w, iova);
+        put64(&mut w, len);
+    }
+    w
+}
+
+/// The DMA_LOGGING_REPORT data (without bitmap).
+pub fn encode_dma_logging_report(iova: u64, length: u64, page_size: u64) -> Vec<u8> {
+    let mut w = Vec::with_capacity(DMA_LOGGING_REPORT_SIZE);
+    put64(&mut w, iova);
+    put64(&mut w, length);
+    put64(&mut w, page_size);
+    w
+}
+
+/// Bytes of a DMA_LOGGING_REPORT bitmap: one bit per `page_size` of `length`, in u64 words.
+pub fn dirty_bitmap_bytes(length: u64, page_size: u64) -> u64 {
+    length.div_ceil(page_size).div_ceil(64) * 8
+}
+
+/// A MIG_DATA_READ / MIG_DATA_WRITE payload: argsz, size, data.
+pub fn encode_mig_data(argsz: u32, size: u32, data: &[u8]) -> Vec<u8> {
+    let mut w = Vec::with_capacity(MIG_DATA_SIZE + data.len());
+    put32(&mut w, argsz);
+    put32(&mut w, size);
+    w.extend_from_slice(data);
+    w
+}
+
 /// Encodes a VERSION payload: major, minor, NUL-terminated JSON.
 pub fn encode_version(major: u16, minor: u16, json: &str) -> Vec<u8> {
     let mut w = Vec::with_capacity(VERSION_SIZE + json.len() + 1);

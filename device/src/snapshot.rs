@@ -1,0 +1,1253 @@
+//! Device state save/restore (the payload of a migration's state stream) and the paused state
+//! a migration stops the device in.
+//!
+//! # Pause
+//!
+//! [`DeviceState::pause`] finishes in-flight work exactly like a queue stop does (every
+//! enabled queue's used elements are written and used->idx published, the dirty log flushed),
+//! so the ring state of every queue is final. From then on the device does no DMA at all:
+//! doorbells are counted and remembered, frames arriving in the receive FIFO wait there, and
+//! register accesses still work (the vfio migration STOP state: "must accept and respond to
+//! interaction ... for example PCI MSI-X and PCI config space"). [`DeviceState::resume`]
+//! services every enabled queue and the FIFO, which covers every doorbell that came meanwhile.
+//!
+//! # State stream format (version 1)
+//!
+//! Little-endian throughout. A 24-byte header, then length-prefixed sections, the last one a
+//! checksum seal:
+//!
+//! ```text
+//! header   magic "VDPASNAP" (8) | version u32 = 1 | flags u32 = 0 | total length u64 (whole stream)
+//! section  tag [u8; 4] (ASCII letters/digits) | body length u32 | body
+//! ```
+//!
+//! Tags whose first letter is upper case are critical: a reader that does not know one
+//! refuses the stream. Lower-case first letters mark ancillary sections a reader may skip
+//! (none exist in version 1). Every critical section of version 1 must appear exactly once;
+//! `SEAL` must be last and end the stream exactly.
+//!
+//! | tag    | body |
+//! |--------|------|
+//! | `IDNT` | what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC [6], BAR sizes 6 x u64, rx_backlog u32 |
+//! | `PCIC` | the 4096 config space bytes as the function reads them |
+//! | `MSIX` | vectors u16, enabled u8, function_mask u8, table (vectors x 4 dwords u32), PBA (ceil(vectors/64) x u64) |
+//! | `VIRT` | device_status u8, device_feature_select u32, driver_feature_select u32, driver_features u64, negotiated u64, config_msix_vector u16, queue_select u16, isr u8, config_generation u8 |
+//! | `QUES` | count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32) |
+//! | `NETS` | mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16) |
+//! | `LMRG` | logging_ctrl u64, log base u64, log end u64, mq_pairs u32 |
+//! | `INBX` | frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes |
+//! | `SEAL` | FNV-1a 64 of every byte before this section |
+//!
+//! Restoring validates everything before touching the device (structure, seal, compatibility,
+//! every value's range), then resets the function and rebuilds it: config space through its
+//! write masks (then read back: a read-only byte that differs means another kind of device),
+//! the MSI-X table, device_status by replaying the driver's init sequence through the status
+//! machine (so only reachable values are accepted), queue registers and ring states, and every
+//! queue that was enabled is enabled again through the normal enable path, so it resumes at its
+//! ring state. Nothing is lost and nothing is serviced until the device runs (not paused).
+//! What is not migrated: counters, the fault that caused DEVICE_NEEDS_RESET (the status bit
+//! is), the write trace, the port.
+
+use crate::interrupt::NullSink;
+use crate::net::{MAX_CTRL_CHAIN, MAX_TX_CHAIN, NET_HDR_LEN};
+use crate::state::{DeviceState, LmRegs, QueueState, FLOW_BUCKETS};
+use crate::transport::{validate_features, StatusChange};
+use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL, VECTOR_MASKED};
+use bar_registers::pci::CONFIG_SPACE_SIZE;
+use bar_registers::virtio::{device_status as st, isr, NO_VECTOR};
+use bar_registers::LmLayout;
+
+/// Stream magic.
+pub const MAGIC: [u8; 8] = *b"VDPASNAP";
+/// The format version written (and the only one read).
+pub const VERSION: u32 = 1;
+/// Header: magic, version, flags, total length.
+pub const HEADER_LEN: usize = 24;
+/// Section header: tag, body length.
+const SECTION_HEAD: usize = 8;
+const CONFIG_LEN: usize = CONFIG_SPACE_SIZE as usize;
+/// Largest frame kept in the receive FIFO image (the largest frame this device transmits).
+pub const MAX_INBOX_FRAME: usize = MAX_TX_CHAIN as usize - NET_HDR_LEN;
+/// Most entries of a MAC filter table (what one control command can carry).
+const MAX_MAC_TABLE: usize = MAX_CTRL_CHAIN as usize / 6;
+
+/// Section tags.
+pub mod tag {
+    /// Device identity (compatibility check).
+    pub const IDENTITY: [u8; 4] = *b"IDNT";
+    /// PCI configuration space.
+    pub const PCI: [u8; 4] = *b"PCIC";
+    /// MSI-X table and PBA.
+    pub const MSIX: [u8; 4] = *b"MSIX";
+    /// virtio common configuration.
+    pub const VIRTIO: [u8; 4] = *b"VIRT";
+    /// Queue registers and ring states.
+    pub const QUEUES: [u8; 4] = *b"QUES";
+    /// virtio-net state.
+    pub const NET: [u8; 4] = *b"NETS";
+    /// LM block registers.
+    pub const LM: [u8; 4] = *b"LMRG";
+    /// Receive FIFO frames.
+    pub const INBOX: [u8; 4] = *b"INBX";
+    /// Checksum, last.
+    pub const SEAL: [u8; 4] = *b"SEAL";
+    /// Every critical section of version 1 but the seal, in the order they are written.
+    pub const REQUIRED: [[u8; 4]; 8] = [IDENTITY, PCI, MSIX, VIRTIO, QUEUES, NET, LM, INBOX];
+}
+
+fn tag_name(t: [u8; 4]) -> String {
+    t.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()
+}
+
+fn static_name(t: [u8; 4]) -> &'static str {
+    match t {
+        tag::IDENTITY => "IDNT",
+        tag::PCI => "PCIC",
+        tag::MSIX => "MSIX",
+        tag::VIRTIO => "VIRT",
+        tag::QUEUES => "QUES",
+        tag::NET => "NETS",
+        tag::LM => "LMRG",
+        tag::INBOX => "INBX",
+        _ => "SEAL",
+    }
+}
+
+/// Why a state stream was refused. Nothing in a stream can make the device panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("state stream of {len} bytes is shorter than its {HEADER_LEN}-byte header")]
+    TooShort { len: usize },
+    #[error("not a vdpa-emu device state (bad magic)")]
+    BadMagic,
+    #[error("state stream version {0} is not supported (this device reads version {VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("state stream flags {0:#x} are not supported")]
+    UnsupportedFlags(u32),
+    #[error("state stream declares {declared} bytes but has {actual}")]
+    LengthMismatch { declared: u64, actual: usize },
+    #[error("malformed section header at byte {offset}")]
+    BadSectionHeader { offset: usize },
+    #[error("section {tag} at byte {offset} runs past the end of the stream")]
+    SectionOverrun { tag: String, offset: usize },
+    #[error("unknown critical section {tag}")]
+    UnknownSection { tag: String },
+    #[error("section {tag} appears twice")]
+    DuplicateSection { tag: String },
+    #[error("section {0} is missing")]
+    MissingSection(&'static str),
+    #[error("the SEAL section must be the last, 8 bytes long")]
+    BadSeal,
+    #[error("checksum mismatch: stream says {stored:#018x}, content hashes to {computed:#018x}")]
+    Checksum { stored: u64, computed: u64 },
+    #[error("section {0} is truncated")]
+    Truncated(&'static str),
+    #[error("section {tag} has {extra} unexpected trailing bytes")]
+    TrailingBytes { tag: &'static str, extra: usize },
+    #[error("invalid {field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+    #[error("saved on an incompatible device: {what} is {saved:#x} there, {here:#x} here")]
+    Incompatible { what: &'static str, saved: u64, here: u64 },
+    #[error("config space byte {offset:#x} cannot be restored ({saved:#04x} saved, {here:#04x} here): another kind of device")]
+    ConfigMismatch { offset: usize, saved: u8, here: u8 },
+    #[error("queue {queue} could not be enabled again: {detail}")]
+    QueueRejected { queue: u16, detail: String },
+    #[error("{frames} saved receive frames do not fit the {capacity}-frame receive FIFO")]
+    InboxOverflow { frames: usize, capacity: usize },
+}
+
+fn invalid(field: &'static str, detail: impl Into<String>) -> SnapshotError {
+    SnapshotError::Invalid { field, detail: detail.into() }
+}
+
+/// FNV-1a, 64 bits: the seal (corruption detection, not authentication).
+fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Upper bound of a state stream for a device with this many queues, vectors and FIFO
+/// frames (a VMM bounds the data it buffers while resuming with it).
+pub fn max_state_len(num_queues: u16, msix_vectors: u16, rx_backlog: usize) -> usize {
+    let fixed = HEADER_LEN + 16 * SECTION_HEAD + 128 + CONFIG_LEN + 8 + 16 * usize::from(msix_vectors) + 8 * usize::from(msix_vectors).div_ceil(64) + 64;
+    let queues = 2 + 60 * usize::from(num_queues);
+    let net = 32 + 2 * 6 * MAX_MAC_TABLE + 2 * FLOW_BUCKETS + 12;
+    let inbox = 4 + rx_backlog.saturating_mul(4 + MAX_INBOX_FRAME);
+    fixed + queues + net + 28 + inbox
+}
+
+// ---------------------------------------------------------------- encoding
+
+struct Writer {
+    out: Vec<u8>,
+}
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.out.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+    fn section(&mut self, t: [u8; 4], body: impl FnOnce(&mut Writer)) {
+        self.bytes(&t);
+        let at = self.out.len();
+        self.u32(0);
+        body(self);
+        let len = (self.out.len() - at - 4) as u32;
+        self.out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// A bounds-checked cursor over one section body.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    tag: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(SnapshotError::Truncated(self.tag))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], SnapshotError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.arr::<1>()?[0])
+    }
+    fn bool(&mut self, field: &'static str) -> Result<bool, SnapshotError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(invalid(field, format!("{v} is not a boolean"))),
+        }
+    }
+    fn u16(&mut self) -> Result<u16, SnapshotError> {
+        Ok(u16::from_le_bytes(self.arr()?))
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    /// A count of items of at least `item` bytes each: at most `max`, and no more than the
+    /// rest of the body could hold (nothing is allocated from an unchecked count).
+    fn count(&mut self, field: &'static str, max: usize, item: usize) -> Result<usize, SnapshotError> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(invalid(field, format!("{n} entries, at most {max}")));
+        }
+        if n.saturating_mul(item) > self.buf.len() - self.pos {
+            return Err(SnapshotError::Truncated(self.tag));
+        }
+        Ok(n)
+    }
+    fn finish(&self) -> Result<(), SnapshotError> {
+        match self.buf.len() - self.pos {
+            0 => Ok(()),
+            extra => Err(SnapshotError::TrailingBytes { tag: self.tag, extra }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the decoded image
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    num_queues: u16,
+    queue_pairs: u16,
+    queue_size_max: u16,
+    msix_vectors: u16,
+    lm_layout: u8,
+    mtu: u16,
+    mac: [u8; 6],
+    bar_sizes: [u64; 6],
+    rx_backlog: u32,
+}
+
+#[derive(Debug)]
+struct MsixImage {
+    enabled: bool,
+    function_mask: bool,
+    table: Vec<u32>,
+    pending: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct VirtioImage {
+    status: u8,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    negotiated: u64,
+    config_msix_vector: u16,
+    queue_select: u16,
+    isr: u8,
+    config_generation: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueKind {
+    Disabled,
+    Enabled,
+    Stopping(u32),
+}
+
+#[derive(Debug)]
+struct QueueImage {
+    size: u16,
+    msix_vector: u16,
+    desc: u64,
+    driver: u64,
+    device: u64,
+    kind: QueueKind,
+    ring_state: (u16, u16),
+    resumed: (u16, u16),
+    late_final: Option<((u16, u16), u32)>,
+}
+
+#[derive(Debug)]
+struct NetImage {
+    mac: [u8; 6],
+    status: u16,
+    curr_pairs: u16,
+    promisc: bool,
+    allmulti: bool,
+    uc_table: Vec<[u8; 6]>,
+    mc_table: Vec<[u8; 6]>,
+    flows: Vec<u16>,
+}
+
+#[derive(Debug)]
+struct Image {
+    identity: Identity,
+    pci: Vec<u8>,
+    msix: MsixImage,
+    virtio: VirtioImage,
+    queues: Vec<QueueImage>,
+    net: NetImage,
+    lm: LmRegs,
+    inbox: Vec<Vec<u8>>,
+}
+
+fn lm_code(l: LmLayout) -> u8 {
+    match l {
+        LmLayout::Dpdk => 0,
+        LmLayout::Linux => 1,
+    }
+}
+
+/// Splits a stream into its sections (checking the header, the section structure and the
+/// seal) and decodes every section. Touches no device.
+fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
+    if data.len() < HEADER_LEN {
+        return Err(SnapshotError::TooShort { len: data.len() });
+    }
+    if data[..8] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let mut h = Reader { buf: &data[8..HEADER_LEN], pos: 0, tag: "header" };
+    let (version, flags, total) = (h.u32()?, h.u32()?, h.u64()?);
+    if version != VERSION {
+        return Err(SnapshotError::UnsupportedVersion(version));
+    }
+    if flags != 0 {
+        return Err(SnapshotError::UnsupportedFlags(flags));
+    }
+    if total != data.len() as u64 {
+        return Err(SnapshotError::LengthMismatch { declared: total, actual: data.len() });
+    }
+    let mut bodies: [Option<&[u8]>; 8] = [None; 8];
+    let mut pos = HEADER_LEN;
+    let mut sealed = false;
+    while pos < data.len() {
+        if data.len() - pos < SECTION_HEAD {
+            return Err(SnapshotError::BadSectionHeader { offset: pos });
+        }
+        let t: [u8; 4] = data[pos..pos + 4].try_into().expect("4 bytes");
+        if !t.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(SnapshotError::BadSectionHeader { offset: pos });
+        }
+        let len = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
+        let body_at = pos + SECTION_HEAD;
+        let end = body_at.checked_add(len).filter(|&e| e <= data.len()).ok_or_else(|| SnapshotError::SectionOverrun { tag: tag_name(t), offset: pos })?;
+        if t == tag::SEAL {
+            if len != 8 || end != data.len() {
+                return Err(SnapshotError::BadSeal);
+            }
+            let stored = u64::from_le_bytes(data[body_at..end].try_into().expect("8 bytes"));
+            let computed = fnv1a64(&data[..pos]);
+            if stored != computed {
+                return Err(SnapshotError::Checksum { stored, computed });
+            }
+            sealed = true;
+            break;
+        }
+        match tag::REQUIRED.iter().position(|&r| r == t) {
+            Some(i) if bodies[i].is_some() => return Err(SnapshotError::DuplicateSection { tag: tag_name(t) }),
+            Some(i) => bodies[i] = Some(&data[body_at..end]),
+            // Ancillary (lower-case first letter): skipped.
+            None if t[0].is_ascii_lowercase() => {}
+            None => return Err(SnapshotError::UnknownSection { tag: tag_name(t) }),
+        }
+        pos = end;
+    }
+    if !sealed {
+        return Err(SnapshotError::MissingSection("SEAL"));
+    }
+    let mut r = Vec::with_capacity(8);
+    for (i, t) in tag::REQUIRED.iter().enumerate() {
+        let body = bodies[i].ok_or(SnapshotError::MissingSection(static_name(*t)))?;
+        r.push(Reader { buf: body, pos: 0, tag: static_name(*t) });
+    }
+    let mut it = r.into_iter();
+    let mut next = || it.next().expect("eight readers");
+    let identity = parse_identity(&mut next())?;
+    let pci = parse_pci(&mut next())?;
+    let msix = parse_msix(&mut next(), identity.msix_vectors)?;
+    let virtio = parse_virtio(&mut next())?;
+    let queues = parse_queues(&mut next(), identity.num_queues)?;
+    let net = parse_net(&mut next())?;
+    let lm = parse_lm(&mut next())?;
+    let inbox = parse_inbox(&mut next())?;
+    Ok(Image { identity, pci, msix, virtio, queues, net, lm, inbox })
+}
+
+fn parse_identity(r: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
+    let id = Identity {
+        num_queues: r.u16()?,
+        queue_pairs: r.u16()?,
+        queue_size_max: r.u16()?,
+        msix_vectors: r.u16()?,
+        lm_layout: r.u8()?,
+        mtu: r.u16()?,
+        mac: r.arr()?,
+        bar_sizes: [r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?],
+        rx_backlog: r.u32()?,
+    };
+    r.finish()?;
+    Ok(id)
+}
+
+fn parse_pci(r: &mut Reader<'_>) -> Result<Vec<u8>, SnapshotError> {
+    let b = r.take(CONFIG_LEN)?.to_vec();
+    r.finish()?;
+    Ok(b)
+}
+
+fn parse_msix(r: &mut Reader<'_>, vectors: u16) -> Result<MsixImage, SnapshotError> {
+    let n = r.u16()?;
+    if n != vectors {
+        return Err(invalid("msix vectors", format!("{n} in MSIX, {vectors} in IDNT")));
+    }
+    let enabled = r.bool("msix enable")?;
+    let function_mask = r.bool("msix function mask")?;
+    let dwords = usize::from(n) * (ENTRY_SIZE as usize / 4);
+    let table = (0..dwords).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+    for (v, e) in table.chunks_exact(4).enumerate() {
+        if e[3] & !VECTOR_MASKED != 0 {
+            return Err(invalid("msix vector control", format!("vector {v}: {:#x}", e[3])));
+        }
+    }
+    let pending = (0..usize::from(n).div_ceil(64)).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+    if let Some(last) = pending.last() {
+        let used = usize::from(n) % 64;
+        if used != 0 && last >> used != 0 {
+            return Err(invalid("msix pending bits", "bits set beyond the last vector"));
+        }
+    }
+    r.finish()?;
+    Ok(MsixImage { enabled, function_mask, table, pending })
+}
+
+fn parse_virtio(r: &mut Reader<'_>) -> Result<VirtioImage, SnapshotError> {
+    let v = VirtioImage {
+        status: r.u8()?,
+        device_feature_select: r.u32()?,
+        driver_feature_select: r.u32()?,
+        driver_features: r.u64()?,
+        negotiated: r.u64()?,
+        config_msix_vector: r.u16()?,
+        queue_select: r.u16()?,
+        isr: r.u8()?,
+        config_generation: r.u8()?,
+    };
+    r.finish()?;
+    if v.isr & !(isr::QUEUE | isr::CONFIG) != 0 {
+        return Err(invalid("isr", format!("{:#x}", v.isr)));
+    }
+    let features_ok = v.status & st::FEATURES_OK != 0;
+    if features_ok && v.negotiated != v.driver_features {
+        return Err(invalid("negotiated features", format!("{:#x} after FEATURES_OK with driver features {:#x}", v.negotiated, v.driver_features)));
+    }
+    if !features_ok && v.negotiated != 0 {
+        return Err(invalid("negotiated features", format!("{:#x} without FEATURES_OK", v.negotiated)));
+    }
+    Ok(v)
+}
+
+fn parse_queues(r: &mut Reader<'_>, num_queues: u16) -> Result<Vec<QueueImage>, SnapshotError> {
+    let n = r.u16()?;
+    if n != num_queues {
+        return Err(invalid("queue count", format!("{n} in QUES, {num_queues} in IDNT")));
+    }
+    let mut out = Vec::with_capacity(usize::from(n));
+    for q in 0..n {
+        let size = r.u16()?;
+        let msix_vector = r.u16()?;
+        let (desc, driver, device) = (r.u64()?, r.u64()?, r.u64()?);
+        let kind = r.u8()?;
+        let reads_left = r.u32()?;
+        let kind = match kind {
+            0 => QueueKind::Disabled,
+            1 => QueueKind::Enabled,
+            2 => QueueKind::Stopping(reads_left),
+            k => return Err(invalid("queue state", format!("queue {q}: {k}"))),
+        };
+        let ring_state = (r.u16()?, r.u16()?);
+        let resumed = (r.u16()?, r.u16()?);
+        let late = r.bool("late_final flag")?;
+        let fin = ((r.u16()?, r.u16()?), r.u32()?);
+        out.push(QueueImage { size, msix_vector, desc, driver, device, kind, ring_state, resumed, late_final: late.then_some(fin) });
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+fn parse_macs(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<[u8; 6]>, SnapshotError> {
+    let n = r.count(field, MAX_MAC_TABLE, 6)?;
+    (0..n).map(|_| r.arr()).collect()
+}
+
+fn parse_net(r: &mut Reader<'_>) -> Result<NetImage, SnapshotError> {
+    let mac = r.arr()?;
+    let status = r.u16()?;
+    let curr_pairs = r.u16()?;
+    let promisc = r.bool("promisc")?;
+    let allmulti = r.bool("allmulti")?;
+    let uc_table = parse_macs(r, "unicast MAC table")?;
+    let mc_table = parse_macs(r, "multicast MAC table")?;
+    let n = r.count("flow table", FLOW_BUCKETS, 2)?;
+    if n != FLOW_BUCKETS {
+        return Err(invalid("flow table", format!("{n} buckets, this device has {FLOW_BUCKETS}")));
+    }
+    let flows = (0..n).map(|_| r.u16()).collect::<Result<Vec<_>, _>>()?;
+    r.finish()?;
+    // Link up (1) and announce (2) are the only status bits the device sets.
+    if status & !3 != 0 {
+        return Err(invalid("net status", format!("{status:#x}")));
+    }
+    Ok(NetImage { mac, status, curr_pairs, promisc, allmulti, uc_table, mc_table, flows })
+}
+
+fn parse_lm(r: &mut Reader<'_>) -> Result<LmRegs, SnapshotError> {
+    let lm = LmRegs { control: r.u64()?, base: r.u64()?, end: r.u64()?, mq_pairs: r.u32()? };
+    r.finish()?;
+    Ok(lm)
+}
+
+fn parse_inbox(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>, SnapshotError> {
+    let n = r.count("receive FIFO", usize::MAX, 4)?;
+    let mut frames = Vec::with_capacity(n.min(4096));
+    for i in 0..n {
+        let len = r.u32()? as usize;
+        if len > MAX_INBOX_FRAME {
+            return Err(invalid("receive FIFO frame", format!("frame {i}: {len} bytes, at most {MAX_INBOX_FRAME}")));
+        }
+        frames.push(r.take(len)?.to_vec());
+    }
+    r.finish()?;
+    Ok(frames)
+}
+
+// ---------------------------------------------------------------- the device side
+
+impl DeviceState {
+    fn identity(&self) -> Identity {
+        let mut bar_sizes = [0u64; 6];
+        for (i, s) in bar_sizes.iter_mut().enumerate() {
+            *s = self.layout.bar_size(i as u8);
+        }
+        Identity {
+            num_queues: self.layout.num_queues,
+            queue_pairs: self.cfg.layout.queue_pairs,
+            queue_size_max: self.cfg.layout.queue_size_max,
+            msix_vectors: self.layout.msix_vectors,
+            lm_layout: lm_code(self.cfg.layout.lm_layout),
+            mtu: self.cfg.layout.mtu,
+            mac: self.cfg.layout.mac,
+            bar_sizes,
+            rx_backlog: self.cfg.rx_backlog.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Stops the datapath for a migration: in-flight work is finished exactly as at a queue
+    /// stop (used elements written, used->idx published after the dirty log), so every ring
+    /// state is final; then no queue is serviced and no DMA is done until [`Self::resume`].
+    pub(crate) fn pause(&mut self) {
+        if self.paused {
+            return;
+        }
+        for q in 0..self.queues.len() {
+            if let QueueState::Enabled(ring) = &mut self.queues[q].state {
+                let res = ring.flush_used(&mut self.dma);
+                self.check(res);
+            }
+        }
+        if let Err(f) = self.dma.flush_log() {
+            self.fail(crate::fault::DeviceFault::LogDma(f));
+        }
+        self.paused = true;
+        tracing::debug!("device paused");
+    }
+
+    /// Leaves the paused state and services every enabled queue and the receive FIFO: the
+    /// doorbells and frames that came while paused.
+    pub(crate) fn resume(&mut self) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        tracing::debug!("device resumed");
+        self.service_all();
+        self.service_inbox();
+    }
+
+    /// Serializes the device state (see the module documentation). Frames waiting in the
+    /// receive FIFO are copied, not taken: a source whose migration is cancelled still has them.
+    pub(crate) fn save(&self) -> Vec<u8> {
+        let mut w = Writer { out: Vec::with_capacity(8192 + self.inbox.len() * 1600) };
+        w.bytes(&MAGIC);
+        w.u32(VERSION);
+        w.u32(0);
+        w.u64(0);
+        let id = self.identity();
+        w.section(tag::IDENTITY, |w| {
+            w.u16(id.num_queues);
+            w.u16(id.queue_pairs);
+            w.u16(id.queue_size_max);
+            w.u16(id.msix_vectors);
+            w.u8(id.lm_layout);
+            w.u16(id.mtu);
+            w.bytes(&id.mac);
+            id.bar_sizes.iter().for_each(|&s| w.u64(s));
+            w.u32(id.rx_backlog);
+        });
+        w.section(tag::PCI, |w| {
+            let mut img = vec![0u8; CONFIG_LEN];
+            self.pci.read(0, &mut img);
+            w.bytes(&img);
+        });
+        w.section(tag::MSIX, |w| {
+            let n = self.msix.vectors();
+            w.u16(n);
+            w.u8(self.msix.enabled.into());
+            w.u8(self.msix.function_mask.into());
+            for off in (0..u64::from(n) * ENTRY_SIZE).step_by(4) {
+                w.u32(self.msix.table_read(off));
+            }
+            for i in 0..usize::from(n).div_ceil(64) {
+                w.u64(self.msix.pba_read(i));
+            }
+        });
+        w.section(tag::VIRTIO, |w| {
+            w.u8(self.status.value());
+            w.u32(self.device_feature_select);
+            w.u32(self.driver_feature_select);
+            w.u64(self.driver_features);
+            w.u64(self.negotiated);
+            w.u16(self.config_msix_vector);
+            w.u16(self.queue_select);
+            w.u8(self.isr);
+            w.u8(self.config_generation);
+        });
+        w.section(tag::QUEUES, |w| {
+            w.u16(self.queues.len() as u16);
+            for slot in &self.queues {
+                w.u16(slot.size);
+                w.u16(slot.msix_vector);
+                w.u64(slot.desc);
+                w.u64(slot.driver);
+                w.u64(slot.device);
+                let (kind, reads_left) = match &slot.state {
+                    QueueState::Disabled => (0, 0),
+                    QueueState::Enabled(_) => (1, 0),
+                    QueueState::Stopping { reads_left } => (2, *reads_left),
+                };
+                w.u8(kind);
+                w.u32(reads_left);
+                let (a, u) = slot.ring_state();
+                w.u16(a);
+                w.u16(u);
+                w.u16(slot.resumed.0);
+                w.u16(slot.resumed.1);
+                let ((fa, fu), left) = slot.late_final.unwrap_or(((0, 0), 0));
+                w.u8(slot.late_final.is_some().into());
+                w.u16(fa);
+                w.u16(fu);
+                w.u32(left);
+            }
+        });
+        w.section(tag::NET, |w| {
+            let n = &self.net;
+            w.bytes(&n.mac);
+            w.u16(n.status);
+            w.u16(n.curr_pairs);
+            w.u8(n.promisc.into());
+            w.u8(n.allmulti.into());
+            for t in [&n.uc_table, &n.mc_table] {
+                w.u32(t.len() as u32);
+                t.iter().for_each(|m| w.bytes(m));
+            }
+            w.u32(n.flows.len() as u32);
+            n.flows.iter().for_each(|&f| w.u16(f));
+        });
+        w.section(tag::LM, |w| {
+            w.u64(self.lm.control);
+            w.u64(self.lm.base);
+            w.u64(self.lm.end);
+            w.u32(self.lm.mq_pairs);
+        });
+        w.section(tag::INBOX, |w| {
+            // Take every frame and put them back in front, newest first: frames a port pushes
+            // meanwhile go to the back, so the FIFO order is kept.
+            let frames: Vec<Vec<u8>> = std::iter::from_fn(|| self.inbox.pop()).collect();
+            w.u32(frames.len() as u32);
+            for f in &frames {
+                w.u32(f.len() as u32);
+                w.bytes(f);
+            }
+            for f in frames.into_iter().rev() {
+                self.inbox.unpop(f);
+            }
+        });
+        let total = (w.out.len() + SECTION_HEAD + 8) as u64;
+        w.out[16..24].copy_from_slice(&total.to_le_bytes());
+        let seal = fnv1a64(&w.out);
+        w.section(tag::SEAL, |w| w.u64(seal));
+        w.out
+    }
+
+    /// Restores a state saved by [`Self::save`] on a compatible device. On error the device is
+    /// left reset (as after an FLR). The paused flag is kept: a paused device stays paused
+    /// (and its restored queues wait for the resume), a running one starts servicing.
+    pub(crate) fn restore(&mut self, data: &[u8]) -> Result<(), SnapshotError> {
+        let was_paused = self.paused;
+        // Nothing is serviced while the state is rebuilt (an enabled TX queue would otherwise
+        // transmit before the saved receive frames are back).
+        self.paused = true;
+        self.function_reset();
+        let r = parse(data).and_then(|img| {
+            self.check_compatible(&img)?;
+            self.apply(&img)
+        });
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "device state refused; device reset");
+            self.function_reset();
+        }
+        self.paused = was_paused;
+        if r.is_ok() && !was_paused {
+            self.service_all();
+            self.service_inbox();
+        }
+        r
+    }
+
+    /// Everything that can be checked before the device is touched.
+    fn check_compatible(&self, img: &Image) -> Result<(), SnapshotError> {
+        let here = self.identity();
+        let s = &img.identity;
+        let pairs: [(&'static str, u64, u64); 7] = [
+            ("the queue count", s.num_queues.into(), here.num_queues.into()),
+            ("the queue pair count", s.queue_pairs.into(), here.queue_pairs.into()),
+            ("the largest queue size", s.queue_size_max.into(), here.queue_size_max.into()),
+            ("the MSI-X vector count", s.msix_vectors.into(), here.msix_vectors.into()),
+            ("the LM block layout", s.lm_layout.into(), here.lm_layout.into()),
+            ("the MTU", s.mtu.into(), here.mtu.into()),
+            ("the configured MAC", mac_u64(&s.mac), mac_u64(&here.mac)),
+        ];
+        for (what, saved, here) in pairs {
+            if saved != here {
+                return Err(SnapshotError::Incompatible { what, saved, here });
+            }
+        }
+        for (i, (&a, &b)) in s.bar_sizes.iter().zip(&here.bar_sizes).enumerate() {
+            if a != b {
+                const NAMES: [&str; 6] = ["the BAR0 size", "the BAR1 size", "the BAR2 size", "the BAR3 size", "the BAR4 size", "the BAR5 size"];
+                return Err(SnapshotError::Incompatible { what: NAMES[i], saved: a, here: b });
+            }
+        }
+        if img.inbox.len() > self.cfg.rx_backlog {
+            return Err(SnapshotError::InboxOverflow { frames: img.inbox.len(), capacity: self.cfg.rx_backlog });
+        }
+        let v = &img.virtio;
+        let nvec = self.layout.msix_vectors;
+        if v.config_msix_vector != NO_VECTOR && v.config_msix_vector >= nvec {
+            return Err(invalid("config_msix_vector", format!("{} with {nvec} vectors", v.config_msix_vector)));
+        }
+        if v.status & st::FEATURES_OK != 0 {
+            validate_features(v.driver_features, self.offered()).map_err(|e| invalid("negotiated features", e.to_string()))?;
+        }
+        let max = self.cfg.layout.queue_size_max;
+        for (q, qi) in img.queues.iter().enumerate() {
+            if qi.size == 0 || qi.size > max {
+                return Err(invalid("queue size", format!("queue {q}: {} (largest {max})", qi.size)));
+            }
+            if qi.msix_vector != NO_VECTOR && qi.msix_vector >= nvec {
+                return Err(invalid("queue msix_vector", format!("queue {q}: {} with {nvec} vectors", qi.msix_vector)));
+            }
+            if qi.kind == QueueKind::Enabled && v.status & st::FEATURES_OK == 0 {
+                return Err(invalid("queue state", format!("queue {q} enabled before FEATURES_OK")));
+            }
+        }
+        let n = &img.net;
+        let pairs = self.cfg.layout.queue_pairs;
+        if n.curr_pairs == 0 || n.curr_pairs > pairs {
+            return Err(invalid("curr_pairs", format!("{} with {pairs} queue pairs", n.curr_pairs)));
+        }
+        if let Some(f) = n.flows.iter().find(|&&f| f != u16::MAX && f >= pairs) {
+            return Err(invalid("flow table", format!("queue pair {f} with {pairs} pairs")));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the (just reset) device from a checked image.
+    fn apply(&mut self, img: &Image) -> Result<(), SnapshotError> {
+        // PCI config space, through the write masks, then read back: what cannot be written is
+        // what the device itself defines, and must already be equal.
+        for off in (0..CONFIG_LEN).step_by(4) {
+            let _ = self.pci.write(off as u64, &img.pci[off..off + 4]);
+        }
+        let status_at = bar_registers::pci::hdr::STATUS as usize;
+        let intx = u16::from_le_bytes([img.pci[status_at], img.pci[status_at + 1]]) & bar_registers::pci::status::INTERRUPT != 0;
+        self.pci.set_interrupt_status(intx);
+        let data_at = (bar_registers::pci::cap_offset::PCI_CFG + bar_registers::pci::virtio_cap::PCI_CFG_DATA) as usize;
+        self.pci.set_pci_cfg_data(u32::from_le_bytes(img.pci[data_at..data_at + 4].try_into().expect("4 bytes")));
+        let mut back = vec![0u8; CONFIG_LEN];
+        self.pci.read(0, &mut back);
+        if let Some(offset) = (0..CONFIG_LEN).find(|&i| back[i] != img.pci[i]) {
+            return Err(SnapshotError::ConfigMismatch { offset, saved: img.pci[offset], here: back[offset] });
+        }
+        let (mps, mrrs) = self.pci.pcie_mps_mrrs();
+        self.dma.set_pcie_limits(mps, mrrs);
+
+        // MSI-X: table first (with MSI-X off nothing pending is taken), then the pending bits
+        // (requested under a function mask, so they stick), then enable and mask as saved.
+        self.msix.enabled = false;
+        self.msix.function_mask = true;
+        for (i, &d) in img.msix.table.iter().enumerate() {
+            let _ = self.msix.table_write(4 * i as u64, d);
+        }
+        for (w, &bits) in img.msix.pending.iter().enumerate() {
+            for b in 0..64 {
+                if bits & (1 << b) != 0 {
+                    let _ = self.msix.request((w * 64 + b) as u16, &NullSink);
+                }
+            }
+        }
+        self.msix.enabled = img.msix.enabled;
+        self.msix.function_mask = img.msix.function_mask;
+        for (i, &d) in img.msix.table.iter().enumerate() {
+            let off = 4 * i as u64;
+            let want = if off % ENTRY_SIZE == VECTOR_CONTROL { d & VECTOR_MASKED } else { d };
+            if self.msix.table_read(off) != want {
+                return Err(invalid("msix table", format!("dword {i} did not restore")));
+            }
+        }
+
+        // virtio common configuration; device_status by replaying the init sequence.
+        let v = &img.virtio;
+        self.device_feature_select = v.device_feature_select;
+        self.driver_feature_select = v.driver_feature_select;
+        self.driver_features = v.driver_features;
+        let (driver, offered) = (v.driver_features, self.offered());
+        let mut cur = 0u8;
+        for bit in [st::ACKNOWLEDGE, st::DRIVER, st::FEATURES_OK, st::DRIVER_OK, st::FAILED] {
+            if v.status & bit == 0 {
+                continue;
+            }
+            cur |= bit;
+            match self.status.write(cur, || validate_features(driver, offered).is_ok()) {
+                StatusChange::Rejected | StatusChange::FeaturesRefused => {
+                    return Err(invalid("device_status", format!("{:#x} is not reachable by a driver", v.status)));
+                }
+                _ => {}
+            }
+        }
+        if v.status & st::DEVICE_NEEDS_RESET != 0 {
+            self.status.set_needs_reset();
+        }
+        if self.status.value() != v.status {
+            return Err(invalid("device_status", format!("{:#x} has bits no driver sets", v.status)));
+        }
+        self.negotiated = v.negotiated;
+        self.config_msix_vector = v.config_msix_vector;
+        self.queue_select = v.queue_select;
+        self.isr = v.isr;
+        self.config_generation = v.config_generation;
+
+        // virtio-net.
+        let n = &img.net;
+        self.net.mac = n.mac;
+        self.net.status = n.status;
+        self.net.curr_pairs = n.curr_pairs;
+        self.net.promisc = n.promisc;
+        self.net.allmulti = n.allmulti;
+        self.net.uc_table = n.uc_table.clone();
+        self.net.mc_table = n.mc_table.clone();
+        self.net.flows = n.flows.clone();
+
+        // LM block: registers as saved, logging (to guest memory) on if it was.
+        self.lm = img.lm;
+        self.apply_logging();
+
+        // Queues: registers and ring states, then the enabled ones through the enable path,
+        // which builds each ring at its ring state.
+        for (slot, qi) in self.queues.iter_mut().zip(&img.queues) {
+            slot.size = qi.size;
+            slot.msix_vector = qi.msix_vector;
+            slot.desc = qi.desc;
+            slot.driver = qi.driver;
+            slot.device = qi.device;
+            slot.ring_state = qi.ring_state;
+            slot.resumed = qi.resumed;
+            slot.late_final = qi.late_final;
+            slot.state = match qi.kind {
+                QueueKind::Stopping(reads_left) => QueueState::Stopping { reads_left },
+                _ => QueueState::Disabled,
+            };
+        }
+        for (q, qi) in img.queues.iter().enumerate() {
+            if qi.kind != QueueKind::Enabled {
+                continue;
+            }
+            self.enable_queue(q as u16);
+            if !matches!(self.queues[q].state, QueueState::Enabled(_)) {
+                let detail = self.fault.as_ref().map_or_else(|| "the device ignored queue_enable".to_string(), ToString::to_string);
+                return Err(SnapshotError::QueueRejected { queue: q as u16, detail });
+            }
+            self.queues[q].resumed = qi.resumed;
+        }
+
+        // The receive FIFO, oldest first.
+        for f in &img.inbox {
+            if !self.inbox.push(f) {
+                return Err(SnapshotError::InboxOverflow { frames: img.inbox.len(), capacity: self.cfg.rx_backlog });
+            }
+        }
+        self.dma.sync_space();
+        Ok(())
+    }
+}
+
+fn mac_u64(m: &[u8; 6]) -> u64 {
+    m.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(mut body: Vec<u8>) -> Vec<u8> {
+        let total = (body.len() + SECTION_HEAD + 8) as u64;
+        body[16..24].copy_from_slice(&total.to_le_bytes());
+        let seal = fnv1a64(&body);
+        body.extend_from_slice(&tag::SEAL);
+        body.extend_from_slice(&8u32.to_le_bytes());
+        body.extend_from_slice(&seal.to_le_bytes());
+        body
+    }
+
+    fn header() -> Vec<u8> {
+        let mut h = MAGIC.to_vec();
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&[0; 12]);
+        h
+    }
+
+    #[test]
+    fn structure_errors_are_typed() {
+        assert_eq!(parse(&[]).unwrap_err(), SnapshotError::TooShort { len: 0 });
+        let mut bad = header();
+        bad[0] = b'X';
+        assert_eq!(parse(&bad).unwrap_err(), SnapshotError::BadMagic);
+        let mut v2 = header();
+        v2[8] = 2;
+        assert_eq!(parse(&v2).unwrap_err(), SnapshotError::UnsupportedVersion(2));
+        // Header only: the length says 0.
+        assert!(matches!(parse(&header()).unwrap_err(), SnapshotError::LengthMismatch { declared: 0, actual: 24 }));
+        // Seal only: every required section is missing.
+        assert_eq!(parse(&sealed(header())).unwrap_err(), SnapshotError::MissingSection("IDNT"));
+        // An unknown critical section is refused, an ancillary one skipped.
+        let mut s = header();
+        s.extend_from_slice(b"ZZZZ\0\0\0\0");
+        assert_eq!(parse(&sealed(s)).unwrap_err(), SnapshotError::UnknownSection { tag: "ZZZZ".into() });
+        let mut s = header();
+        s.extend_from_slice(b"zzzz\x01\0\0\0\xff");
+        assert_eq!(parse(&sealed(s)).unwrap_err(), SnapshotError::MissingSection("IDNT"));
+        // A section running past the end.
+        let mut s = header();
+        s.extend_from_slice(b"IDNT\xff\xff\0\0");
+        let total = s.len() as u64;
+        s[16..24].copy_from_slice(&total.to_le_bytes());
+        assert!(matches!(parse(&s).unwrap_err(), SnapshotError::SectionOverrun { .. }));
+        // Not sealed.
+        let mut s = header();
+        s.extend_from_slice(b"IDNT\0\0\0\0");
+        let total = s.len() as u64;
+        s[16..24].copy_from_slice(&total.to_le_bytes());
+        assert_eq!(parse(&s).unwrap_err(), SnapshotError::MissingSection("SEAL"));
+        // Bad seal value.
+        let mut s = sealed(header());
+        let n = s.len();
+        s[n - 1] ^= 1;
+        assert!(matches!(parse(&s).unwrap_err(), SnapshotError::Checksum { .. }));
+    }
+
+    mod live {
+        use super::super::*;
+        use crate::{Device, DeviceConfig, DmaMapper, RegionAccess};
+        use bar_registers::pci::{command, hdr};
+        use bar_registers::virtio::{bits, common};
+        use bar_registers::REGION_CONFIG;
+        use dma::{Backing, Perms, SharedMemory};
+        use rand::{Rng, SeedableRng};
+        use std::sync::Arc;
+
+        const IOVA: u64 = 0x1000_0000;
+        const MEM: u64 = 1 << 20;
+        const QSIZE: u16 = 16;
+        // Per queue q: desc at q * 0x1000, avail at + 0x400, used at + 0x800; buffers at 0x10000.
+        fn ring(q: u16) -> (u64, u64, u64) {
+            let base = IOVA + u64::from(q) * 0x1000;
+            (base, base + 0x400, base + 0x800)
+        }
+
+        struct Rig {
+            dev: Arc<Device>,
+            shm: Arc<SharedMemory>,
+        }
+
+        impl Rig {
+            fn new(shm: Option<&Arc<SharedMemory>>) -> Self {
+                let dev = Device::new(DeviceConfig::with_queue_pairs(2)).unwrap();
+                dev.set_loopback();
+                let shm = match shm {
+                    Some(s) => s.clone(),
+                    None => Arc::new(SharedMemory::new("vdpa-emu-snapshot-test", MEM).unwrap()),
+                };
+                dev.dma_map(IOVA, MEM, Perms::RW, Backing::Fd { file: shm.try_clone_file().unwrap(), offset: 0 }).unwrap();
+                Rig { dev, shm }
+            }
+
+            fn common(&self, reg: u64, len: usize, v: u64) {
+                let off = self.dev.layout().common.offset + reg;
+                self.dev.region_write(0, off, &v.to_le_bytes()[..len]).unwrap();
+            }
+
+            fn used_idx(&self, q: u16) -> u16 {
+                self.shm.read_u16(ring(q).2 - IOVA + 2).unwrap()
+            }
+
+            fn kick(&self, q: u16) {
+                let l = self.dev.layout();
+                self.dev.region_write(l.notify.bar.into(), l.doorbell_offset(q), &q.to_le_bytes()).unwrap();
+            }
+
+            /// Bus master, ACK, DRIVER, VERSION_1, FEATURES_OK, queues 0-3 at 16 entries, DRIVER_OK.
+            fn start(&self) {
+                let mut c = [0u8; 2];
+                self.dev.region_read(REGION_CONFIG, hdr::COMMAND, &mut c).unwrap();
+                let cmd = u16::from_le_bytes(c) | command::BUS_MASTER | command::MEMORY_SPACE;
+                self.dev.region_write(REGION_CONFIG, hdr::COMMAND, &cmd.to_le_bytes()).unwrap();
+                self.common(common::DEVICE_STATUS, 1, 1);
+                self.common(common::DEVICE_STATUS, 1, 3);
+                self.common(common::DRIVER_FEATURE_SELECT, 4, 1);
+                self.common(common::DRIVER_FEATURE, 4, 1 << (bits::VERSION_1 - 32));
+                self.common(common::DEVICE_STATUS, 1, 11);
+                for q in 0..4u16 {
+                    let (d, a, u) = ring(q);
+                    self.common(common::QUEUE_SELECT, 2, q.into());
+                    self.common(common::QUEUE_SIZE, 2, QSIZE.into());
+                    self.common(common::QUEUE_DESC, 8, d);
+                    self.common(common::QUEUE_DRIVER, 8, a);
+                    self.common(common::QUEUE_DEVICE, 8, u);
+                    self.common(common::QUEUE_ENABLE, 2, 1);
+                }
+                self.common(common::DEVICE_STATUS, 1, 15);
+                assert_eq!(self.dev.status(), 15);
+            }
+
+            /// Posts chain `i` (one descriptor) on queue `q`: writable for RX.
+            fn post(&self, q: u16, i: u16, len: u32, writable: bool) {
+                let (d, a, _) = ring(q);
+                let buf = IOVA + 0x10000 + u64::from(q) * 0x10000 + u64::from(i) * 0x800;
+                let slot = u64::from(i % QSIZE);
+                self.shm.write_u64(d - IOVA + 16 * slot, buf).unwrap();
+                self.shm.write_u32(d - IOVA + 16 * slot + 8, len).unwrap();
+                self.shm.write_u16(d - IOVA + 16 * slot + 12, if writable { 2 } else { 0 }).unwrap();
+                self.shm.write_u16(a - IOVA + 4 + 2 * slot, slot as u16).unwrap();
+                self.shm.write_u16(a - IOVA + 2, i + 1).unwrap();
+            }
+
+            /// A TX frame (12-byte header + 60 bytes, broadcast) as chain `i` of queue 1.
+            fn post_tx(&self, i: u16) {
+                let buf = IOVA + 0x10000 + 0x10000 + u64::from(i) * 0x800;
+                let mut f = vec![0u8; 12];
+                f.extend_from_slice(&[0xff; 6]);
+                f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+                f.extend((0..46).map(|b| b as u8 ^ i as u8));
+                self.shm.write(buf - IOVA, &f).unwrap();
+                self.post(1, i, f.len() as u32, false);
+            }
+        }
+
+        #[test]
+        fn pause_defers_everything_and_resume_catches_up() {
+            let r = Rig::new(None);
+            r.start();
+            r.post_tx(0);
+            r.kick(1);
+            assert_eq!(r.used_idx(1), 1);
+            assert_eq!(r.dev.inbox().len(), 1, "looped back, no RX buffer yet");
+            r.dev.pause();
+            assert!(r.dev.is_paused());
+            let bus = r.dev.bus_stats();
+            r.post_tx(1);
+            r.kick(1);
+            r.post(0, 0, 2048, true);
+            r.kick(0);
+            r.dev.service_rx();
+            assert_eq!((r.used_idx(1), r.used_idx(0)), (1, 0), "no DMA while paused");
+            assert_eq!(r.dev.bus_stats(), bus, "not a byte moved");
+            assert_eq!(r.dev.inbox().len(), 1);
+            // Registers still answer while paused.
+            let mut st = [0u8];
+            r.dev.region_read(0, r.dev.layout().common.offset + common::DEVICE_STATUS, &mut st).unwrap();
+            assert_eq!(st[0], 15);
+            r.dev.resume();
+            assert_eq!(r.used_idx(1), 2, "the remembered TX doorbell");
+            assert_eq!(r.used_idx(0), 1, "the waiting frame went into the RX buffer");
+            assert_eq!(r.dev.inbox().len(), 1, "the second frame waits for a buffer");
+            assert_eq!(r.dev.fault(), None);
+        }
+
+        #[test]
+        fn save_restore_round_trip_resumes_where_the_source_stopped() {
+            let a = Rig::new(None);
+            a.start();
+            for i in 0..3 {
+                a.post_tx(i);
+            }
+            a.kick(1);
+            a.dev.pause();
+            // Posted while paused: the destination must transmit it.
+            a.post_tx(3);
+            a.kick(1);
+            let state = a.dev.save_state();
+            assert_eq!(&state[..8], &MAGIC);
+            assert_eq!(a.dev.inbox().len(), 3, "saving copies the FIFO, it does not take it");
+            assert_eq!(a.dev.save_state(), state, "saving has no side effect");
+
+            // Destination on the same memory (as after the VMM copied it), paused while restoring.
+            let b = Rig::new(Some(&a.shm));
+            b.dev.pause();
+            b.dev.restore_state(&state).unwrap();
+            assert_eq!(b.dev.save_state(), state, "restore then save is the identity");
+            assert_eq!(b.dev.status(), 15);
+            let q1 = b.dev.queue(1).unwrap();
+            assert!(q1.enabled);
+            assert_eq!((q1.last_avail, q1.last_used), (3, 3));
+            assert_eq!(b.used_idx(1), 3);
+            b.dev.resume();
+            assert_eq!(b.used_idx(1), 4, "the chain posted while the source was paused");
+            assert_eq!(b.dev.inbox().len(), 4);
+            for i in 0..4 {
+                b.post(0, i, 2048, true);
+            }
+            b.kick(0);
+            assert_eq!(b.used_idx(0), 4, "every frame delivered, in order");
+            for i in 0..4u64 {
+                let mut f = [0u8; 1];
+                b.shm.read(0x10000 + i * 0x800 + 12 + 14, &mut f).unwrap();
+                assert_eq!(f[0], i as u8, "frame {i} in RX buffer {i}");
+            }
+            assert_eq!(b.dev.fault(), None);
+
+            // A running destination starts servicing at once.
+            let c = Rig::new(Some(&a.shm));
+            c.dev.restore_state(&state).unwrap();
+            assert!(!c.dev.is_paused());
+            assert_eq!(c.dev.queue(1).unwrap().last_used, 4);
+        }
+
+        #[test]
+        fn incompatible_and_hostile_streams_are_refused_without_panic() {
+            let a = Rig::new(None);
+            a.start();
+            a.post_tx(0);
+            a.kick(1);
+            a.dev.pause();
+            let state = a.dev.save_state();
+            // Another kind of device.
+            let other = Device::new(DeviceConfig::with_queue_pairs(3)).unwrap();
+            assert!(matches!(other.restore_state(&state), Err(SnapshotError::Incompatible { .. })));
+            // Truncated anywhere.
+            let b = Rig::new(Some(&a.shm));
+            for n in (0..state.len()).step_by(7) {
+                assert!(b.dev.restore_state(&state[..n]).is_err(), "{n} bytes accepted");
+                assert_eq!(b.dev.status(), 0, "left reset");
+            }
+            // Random corruption, resealed so that the section decoders and the validation see it.
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+            let mut refused = 0;
+            for _ in 0..3000 {
+                let mut s = state.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let i = rng.gen_range(HEADER_LEN..s.len() - 16);
+                    s[i] = rng.gen();
+                }
+                let n = s.len();
+                let seal = fnv1a64(&s[..n - 16]);
+                s[n - 8..].copy_from_slice(&seal.to_le_bytes());
+                match b.dev.restore_state(&s) {
+                    Ok(()) => {}
+                    Err(_) => {
+                        refused += 1;
+                        assert_eq!(b.dev.status(), 0);
+                    }
+                }
+            }
+            assert!(refused > 100, "only {refused} corruptions refused");
+            // The device still takes the good state afterwards.
+            b.dev.restore_state(&state).unwrap();
+            assert_eq!(b.dev.save_state(), state);
+        }
+    }
+
+    #[test]
+    fn fnv_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

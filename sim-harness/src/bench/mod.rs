@@ -1,0 +1,8 @@
+//! `vdpa-emu bench`: measurements of the model that are not pass/fail checks.
+//!
+//! - [`bus`]: the PCIe bus-overhead model: DMA transactions, TLPs and bytes on the wire per
+//!   packet by kind, split ring vs packed ring, across frame size, batch, event idx and dirty
+//!   logging (docs/bus-model.md).
+
+pub mod bus;
+mod svg;
