@@ -264,6 +264,31 @@ fn roundtrip(d: &mut NetDriver, n: usize, sizes: (usize, usize), seed: u64) -> R
     Ok((n, matched, first))
 }
 
+/// Starts a driver with `opts`, sends 300 random frames through the loopback and records, as
+/// finding `name`, whether every one came back byte-exact (which also checks the used lengths).
+fn roundtrip_finding(
+    s: &Session,
+    f: &mut Findings,
+    group: &'static str,
+    name: &str,
+    opts: DriverOptions,
+    seed: u64,
+    location: &str,
+) -> Result<(), DriverError> {
+    let mut d = started(s, opts)?;
+    let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), seed)?;
+    f.push(Finding::check(
+        group,
+        name,
+        true,
+        ok == n,
+        &format!("{n} frames back byte-exact (used len = bytes written)"),
+        &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
+        location,
+    ));
+    d.reset()
+}
+
 fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
     const G: &str = "ring-layout-split";
     let variants: [(&str, DriverOptions); 4] = [
@@ -276,36 +301,13 @@ fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Resu
         ),
     ];
     for (i, (name, opts)) in variants.into_iter().enumerate() {
-        let mut d = started(s, opts)?;
-        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), i as u64)?;
-        f.push(Finding::check(
-            G,
-            name,
-            true,
-            ok == n,
-            &format!("{n} frames back byte-exact (used len = bytes written)"),
-            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
-            "RX queue 0 used ring",
-        ));
-        d.reset()?;
-        drop(d);
+        roundtrip_finding(s, f, G, name, opts, i as u64, "RX queue 0 used ring")?;
     }
     // Indirect tables, when offered.
     let offered = driver(s, DriverOptions::default())?.device_features_probe()?;
     if offered & (1 << bits::INDIRECT_DESC) != 0 {
-        let mut d = started(s, DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() })?;
-        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 9)?;
-        f.push(Finding::check(
-            G,
-            "indirect descriptor tables (TX)",
-            true,
-            ok == n,
-            &format!("{n} frames intact"),
-            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
-            "TX queue 1",
-        ));
-        d.reset()?;
-        drop(d);
+        let opts = DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() };
+        roundtrip_finding(s, f, G, "indirect descriptor tables (TX)", opts, 9, "TX queue 1")?;
     } else {
         f.push(Finding::skip(G, "indirect descriptor tables (TX)", "VIRTIO_F_INDIRECT_DESC not offered"));
     }
@@ -376,34 +378,11 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         ),
     ];
     for (i, (name, opts)) in variants.into_iter().enumerate() {
-        let mut d = started(s, opts)?;
-        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 100 + i as u64)?;
-        f.push(Finding::check(
-            G,
-            name,
-            true,
-            ok == n,
-            &format!("{n} frames back byte-exact (used len = bytes written)"),
-            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
-            "RX queue 0 descriptor ring",
-        ));
-        d.reset()?;
-        drop(d);
+        roundtrip_finding(s, f, G, name, opts, 100 + i as u64, "RX queue 0 descriptor ring")?;
     }
     if feats & (1 << bits::INDIRECT_DESC) != 0 {
-        let mut d = started(s, packed(DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() }))?;
-        let (n, ok, first) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 109)?;
-        f.push(Finding::check(
-            G,
-            "indirect tables of packed descriptors (TX, 2.8.7)",
-            true,
-            ok == n,
-            &format!("{n} frames intact"),
-            &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
-            "TX queue 1",
-        ));
-        d.reset()?;
-        drop(d);
+        let opts = packed(DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() });
+        roundtrip_finding(s, f, G, "indirect tables of packed descriptors (TX, 2.8.7)", opts, 109, "TX queue 1")?;
     } else {
         f.push(Finding::skip(G, "indirect tables of packed descriptors (TX, 2.8.7)", "VIRTIO_F_INDIRECT_DESC not offered"));
     }
