@@ -101,6 +101,13 @@ impl GuestMemory {
         Ok(self.base + start)
     }
 
+    /// Allocates like [`GuestMemory::alloc`] and zeroes the bytes (ring areas start zeroed).
+    pub fn alloc_zeroed(&self, size: u64, align: u64) -> Result<u64, MemoryError> {
+        let iova = self.alloc(size, align)?;
+        self.fill(iova, size, 0)?;
+        Ok(iova)
+    }
+
     fn off(&self, iova: u64) -> Result<u64, MemoryError> {
         iova.checked_sub(self.base).filter(|&o| o < self.size()).ok_or(MemoryError::Outside(iova))
     }

@@ -103,12 +103,9 @@ impl PackedDriverRing {
             return Err(DriverError::Usage(format!("packed queue size {size} not in 1..=32768")));
         }
         let (d, a, u) = packed_ring_sizes(size);
-        let desc = mem.alloc(d, 16)?;
-        let driver = mem.alloc(a, 4)?;
-        let device = mem.alloc(u, 4)?;
-        mem.fill(desc, d, 0)?;
-        mem.fill(driver, a, 0)?;
-        mem.fill(device, u, 0)?;
+        let desc = mem.alloc_zeroed(d, 16)?;
+        let driver = mem.alloc_zeroed(a, 4)?;
+        let device = mem.alloc_zeroed(u, 4)?;
         let mut r = PackedDriverRing {
             queue,
             size,

@@ -45,12 +45,9 @@ impl DriverRing {
     /// Allocates the three areas in guest memory and zeroes them.
     pub fn new(mem: &GuestMemory, queue: u16, size: u16, event_idx: bool) -> Result<Self, DriverError> {
         let (d, a, u) = ring_sizes(size);
-        let desc = mem.alloc(d, 16)?;
-        let avail = mem.alloc(a, 2)?;
-        let used = mem.alloc(u, 4)?;
-        mem.fill(desc, d, 0)?;
-        mem.fill(avail, a, 0)?;
-        mem.fill(used, u, 0)?;
+        let desc = mem.alloc_zeroed(d, 16)?;
+        let avail = mem.alloc_zeroed(a, 2)?;
+        let used = mem.alloc_zeroed(u, 4)?;
         Ok(DriverRing {
             queue,
             size,

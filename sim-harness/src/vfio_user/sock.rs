@@ -38,92 +38,89 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -
     // u64 words keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; CMSG_WORDS];
     debug_assert!(cmsg_space(MAX_MSG_FDS) <= std::mem::size_of_val(&control));
-    loop {
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space(MAX_MSG_FDS) as _;
-        // SAFETY: `msg` points at `iov` (which covers `buf`, valid for writes of its length) and
-        // at `control` (valid for msg_controllen bytes); both outlive the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut out = Received { len: n as usize, fds: Vec::new(), truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 };
-        // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR only walk
-        // inside that buffer and return null at its end.
-        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-        while !cmsg.is_null() {
-            // SAFETY: `cmsg` is non-null and points inside `control` (see above).
-            let hdr = unsafe { &*cmsg };
-            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
-                // SAFETY: CMSG_LEN(0) is pure arithmetic.
-                let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
-                let count = data_len / std::mem::size_of::<RawFd>();
-                // SAFETY: CMSG_DATA points at `data_len` bytes of this control message.
-                let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
-                for i in 0..count {
-                    // SAFETY: `i < count`, inside the message; the read is unaligned-safe.
-                    let fd = unsafe { data.add(i).read_unaligned() };
-                    if fd >= 0 {
-                        // SAFETY: SCM_RIGHTS installed `fd` in our table just now; nobody else
-                        // owns it, so wrapping it transfers ownership here (closed on drop).
-                        out.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space(MAX_MSG_FDS) as _;
+    // The kernel writes msg back only when recvmsg succeeds, so an EINTR retry reuses it.
+    // SAFETY: `msg` points at `iov` (which covers `buf`, valid for writes of its length) and
+    // at `control` (valid for msg_controllen bytes); both outlive the call.
+    let n = retry_eintr(|| unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) })?;
+    let mut out = Received { len: n, fds: Vec::new(), truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 };
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR only walk
+    // inside that buffer and return null at its end.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and points inside `control` (see above).
+        let hdr = unsafe { &*cmsg };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is pure arithmetic.
+            let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = data_len / std::mem::size_of::<RawFd>();
+            // SAFETY: CMSG_DATA points at `data_len` bytes of this control message.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `i < count`, inside the message; the read is unaligned-safe.
+                let fd = unsafe { data.add(i).read_unaligned() };
+                if fd >= 0 {
+                    // SAFETY: SCM_RIGHTS installed `fd` in our table just now; nobody else
+                    // owns it, so wrapping it transfers ownership here (closed on drop).
+                    out.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
                 }
             }
-            // SAFETY: as for CMSG_FIRSTHDR.
-            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
         }
-        return Ok(out);
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
+    Ok(out)
 }
 
 /// Sends `bufs` with `fds` attached (to the first byte) using `sendmsg(MSG_NOSIGNAL | flags)`;
 /// returns bytes sent (possibly fewer than asked, like `write`).
 pub fn send_with_fds(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[BorrowedFd<'_>], flags: libc::c_int) -> io::Result<usize> {
     let mut control = vec![0u64; cmsg_space(fds.len()).div_ceil(8).max(1)];
-    loop {
-        // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-        // IoSlice is ABI-compatible with iovec (documented by std).
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        if !fds.is_empty() {
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = cmsg_space(fds.len()) as _;
-            // SAFETY: msg_control points at a zeroed buffer of msg_controllen bytes, so
-            // CMSG_FIRSTHDR returns its start.
-            let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-            // SAFETY: `cmsg` is the start of `control`, which holds CMSG_SPACE(fds) bytes: room
-            // for the header and every descriptor written below.
-            unsafe {
-                (*cmsg).cmsg_level = libc::SOL_SOCKET;
-                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-                (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as libc::c_uint) as _;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for (i, fd) in fds.iter().enumerate() {
-                    data.add(i).write_unaligned(fd.as_raw_fd());
-                }
+    // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    // IoSlice is ABI-compatible with iovec (documented by std).
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg_space(fds.len()) as _;
+        // SAFETY: msg_control points at a zeroed buffer of msg_controllen bytes, so
+        // CMSG_FIRSTHDR returns its start.
+        let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: `cmsg` is the start of `control`, which holds CMSG_SPACE(fds) bytes: room
+        // for the header and every descriptor written below.
+        unsafe {
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as libc::c_uint) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
             }
         }
-        // SAFETY: every pointer in `msg` refers to live buffers (`bufs`, `control`) for the call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+    }
+    // SAFETY: every pointer in `msg` refers to live buffers (`bufs`, `control`) for the call.
+    retry_eintr(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) })
+}
+
+/// Runs a system call until it is not interrupted by a signal: its result as a byte count or
+/// the errno it failed with.
+fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-        return Ok(n as usize);
     }
 }
 
@@ -223,18 +220,8 @@ impl AsFd for Stop {
 
 fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
     let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
-    loop {
-        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        return Ok(n as usize);
-    }
+    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the call.
+    retry_eintr(|| unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } as isize)
 }
 
 /// Which of `fds` are readable (or hung up) within `timeout`.
