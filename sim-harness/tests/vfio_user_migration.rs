@@ -6,19 +6,20 @@
 //! malformed state streams, data transfers in the wrong state, bad dirty-report arguments, and
 //! a client that dies in the middle.
 
-use device::{Device, DeviceConfig, InterruptRecorder, MsixOwner};
+mod support;
+
+use device::InterruptRecorder;
 use sim_harness::driver::{DriverOptions, GuestMemory, NetDriver};
 use sim_harness::frames::{self, Tracker};
 use sim_harness::vfio_user::client::{self, recv_reply, send_message, Client, InterruptPump};
 use sim_harness::vfio_user::wire::{self, feature, mig_state, Command, Header};
-use sim_harness::vfio_user::{MigState, Server, ServerOptions};
+use sim_harness::vfio_user::MigState;
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use support::{temp_dir, vmm_device, TestServer};
 use vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX;
 
 const PAIRS: u16 = 2;
@@ -28,57 +29,7 @@ const CHUNK: u32 = 16 << 10;
 /// Stream of the frames a test puts straight into a stopped source's receive FIFO.
 const INJECTED: u16 = 100;
 
-fn temp_dir() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!("vdpa-emu-mig-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn vmm_device(pairs: u16) -> Arc<Device> {
-    let mut cfg = DeviceConfig::with_queue_pairs(pairs);
-    cfg.msix_owner = MsixOwner::Vmm;
-    let d = Device::new(cfg).unwrap();
-    d.set_loopback();
-    d
-}
-
-/// A server on a temp socket, served by a thread.
-struct TestServer {
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
-    dir: PathBuf,
-}
-
 impl TestServer {
-    fn start(pairs: u16) -> Self {
-        let dir = temp_dir();
-        let server = Arc::new(Server::bind(&dir.join("dev.sock"), vmm_device(pairs), ServerOptions::default()).unwrap());
-        let s = server.clone();
-        let thread = std::thread::spawn(move || s.serve().unwrap());
-        TestServer { server, thread: Some(thread), dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.server.path()
-    }
-
-    fn dev(&self) -> &Arc<Device> {
-        self.server.device()
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(self.path()).unwrap()
-    }
-
-    fn wait_ended(&self, n: u64) {
-        let t0 = Instant::now();
-        while self.server.stats().ended < n {
-            assert!(t0.elapsed() < Duration::from_secs(10), "server did not finish connection {n}: {:?}", self.server.stats());
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
     /// What a fresh client must find.
     fn assert_ready(&self) {
         assert_eq!(self.server.migration_state(), MigState::Running);
@@ -87,19 +38,6 @@ impl TestServer {
         assert_eq!(self.dev().status(), 0, "device not reset");
         assert!(self.dev().mappings().is_empty(), "DMA mappings left");
         assert_eq!(self.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), 0);
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.server.stop_handle().trigger();
-        if let Some(t) = self.thread.take() {
-            let r = t.join();
-            if !std::thread::panicking() {
-                r.expect("server thread panicked");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -394,7 +332,7 @@ fn a_guest_with_packed_rings_migrates() {
 
 #[test]
 fn two_serve_processes_migrate_a_guest() {
-    let dir = temp_dir();
+    let dir = temp_dir("vdpa-emu-mig");
     let spawn = |name: &str| {
         let sock = dir.join(name);
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
@@ -576,6 +514,7 @@ fn malformed_state_streams_put_the_device_in_error() {
     let good = c.read_device_state(CHUNK).unwrap();
     c.set_mig_state(mig_state::STOP).unwrap();
     let other = vmm_device(3);
+    other.set_loopback();
     other.pause();
     let mut corrupt = good.clone();
     corrupt[good.len() / 2] ^= 0x40;

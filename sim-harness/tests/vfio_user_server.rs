@@ -10,7 +10,9 @@
 use bar_registers::pci::hdr;
 use bar_registers::virtio::common;
 use bar_registers::REGION_CONFIG;
-use device::{Device, DeviceConfig, InterruptRecorder, MsixOwner};
+mod support;
+
+use device::{DeviceConfig, InterruptRecorder};
 use dma::{Perms, SharedMemory};
 use sim_harness::driver::{DriverOptions, NetDriver};
 use sim_harness::frames::{self, Tracker};
@@ -24,11 +26,9 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use support::{temp_dir, vmm_device, TestServer};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
@@ -44,85 +44,13 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
     FD_LOCK.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn temp_dir() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!("vdpa-emu-vu-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn vmm_device(pairs: u16) -> Arc<Device> {
-    let mut cfg = DeviceConfig::with_queue_pairs(pairs);
-    cfg.msix_owner = MsixOwner::Vmm;
-    Device::new(cfg).unwrap()
-}
-
-/// A server on a temp socket, served by a thread.
-struct TestServer {
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
-    dir: PathBuf,
-}
-
 impl TestServer {
-    fn start(pairs: u16) -> Self {
-        let dev = vmm_device(pairs);
-        dev.set_loopback();
-        Self::with_device(dev)
-    }
-
-    fn with_device(dev: Arc<Device>) -> Self {
-        let dir = temp_dir();
-        let server = Arc::new(Server::bind(&dir.join("dev.sock"), dev, ServerOptions::default()).unwrap());
-        let s = server.clone();
-        let thread = std::thread::spawn(move || s.serve().unwrap());
-        TestServer { server, thread: Some(thread), dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.server.path()
-    }
-
-    fn dev(&self) -> &Arc<Device> {
-        self.server.device()
-    }
-
-    fn connect(&self) -> UnixStream {
-        UnixStream::connect(self.path()).unwrap()
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(self.path()).unwrap()
-    }
-
-    /// Waits until `n` connections have been cleaned up by the server.
-    fn wait_ended(&self, n: u64) {
-        let t0 = Instant::now();
-        while self.server.stats().ended < n {
-            assert!(t0.elapsed() < Duration::from_secs(10), "server did not finish connection {n}: {:?}", self.server.stats());
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
     /// What a fresh client must find: status 0, no mapping, no eventfd.
     fn assert_clean(&self) {
         assert_eq!(self.dev().status(), 0, "device not reset");
         assert!(self.dev().mappings().is_empty(), "DMA mappings left: {:?}", self.dev().mappings());
         assert_eq!(self.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), 0, "MSI-X eventfds left");
         assert_eq!(self.server.irqs().assigned(VFIO_PCI_INTX_IRQ_INDEX), 0, "INTx eventfd left");
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.server.stop_handle().trigger();
-        if let Some(t) = self.thread.take() {
-            let r = t.join();
-            if !std::thread::panicking() {
-                r.expect("server thread panicked");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -865,7 +793,7 @@ fn one_client_at_a_time() {
 #[test]
 fn stale_sockets_are_replaced_and_live_ones_refused() {
     let _g = shared();
-    let dir = temp_dir();
+    let dir = temp_dir("vdpa-emu-vu");
     let path = dir.join("dev.sock");
     // A stale socket file (nobody listening).
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
@@ -883,7 +811,7 @@ fn stale_sockets_are_replaced_and_live_ones_refused() {
 #[test]
 fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
     let _g = shared();
-    let dir = temp_dir();
+    let dir = temp_dir("vdpa-emu-vu");
     let sock = dir.join("dev.sock");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
         .args(["serve", "--socket", sock.to_str().unwrap(), "--queue-pairs", "2", "--mac", "02:00:00:00:00:01"])
@@ -939,7 +867,7 @@ fn ts_layout(pairs: u16) -> bar_registers::DeviceLayout {
 #[test]
 fn unix_link_ports_join_two_devices() {
     let _g = shared();
-    let dir = temp_dir();
+    let dir = temp_dir("vdpa-emu-vu");
     let link = dir.join("link");
     let (a, b) = (vmm_device(1), vmm_device(1));
     let pa = ports::attach(&PortSpec::Unix(link.clone()), &a).unwrap();

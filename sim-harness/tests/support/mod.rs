@@ -1,0 +1,89 @@
+//! What the vfio-user test files share: a served loopback device on a temp socket.
+#![allow(dead_code)] // each test file uses a different part
+
+use device::{Device, DeviceConfig, MsixOwner};
+use sim_harness::vfio_user::client::Client;
+use sim_harness::vfio_user::{Server, ServerOptions};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A device as `serve` builds it: QEMU (the VMM) owns the MSI-X table.
+pub fn vmm_device(pairs: u16) -> Arc<Device> {
+    let mut cfg = DeviceConfig::with_queue_pairs(pairs);
+    cfg.msix_owner = MsixOwner::Vmm;
+    Device::new(cfg).unwrap()
+}
+
+/// A server on a temp socket, served by a thread; stopped and cleaned up on drop.
+pub struct TestServer {
+    pub server: Arc<Server>,
+    thread: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl TestServer {
+    /// A loopback device with `pairs` queue pairs.
+    pub fn start(pairs: u16) -> Self {
+        let dev = vmm_device(pairs);
+        dev.set_loopback();
+        Self::with_device(dev)
+    }
+
+    pub fn with_device(dev: Arc<Device>) -> Self {
+        let dir = temp_dir("vdpa-emu-vu");
+        let server = Arc::new(Server::bind(&dir.join("dev.sock"), dev, ServerOptions::default()).unwrap());
+        let s = server.clone();
+        let thread = std::thread::spawn(move || s.serve().unwrap());
+        TestServer { server, thread: Some(thread), dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.server.path()
+    }
+
+    pub fn dev(&self) -> &Arc<Device> {
+        self.server.device()
+    }
+
+    pub fn connect(&self) -> UnixStream {
+        UnixStream::connect(self.path()).unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.path()).unwrap()
+    }
+
+    /// Waits until `n` connections have been cleaned up by the server.
+    pub fn wait_ended(&self, n: u64) {
+        let t0 = Instant::now();
+        while self.server.stats().ended < n {
+            assert!(t0.elapsed() < Duration::from_secs(10), "server did not finish connection {n}: {:?}", self.server.stats());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.server.stop_handle().trigger();
+        if let Some(t) = self.thread.take() {
+            let r = t.join();
+            if !std::thread::panicking() {
+                r.expect("server thread panicked");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
