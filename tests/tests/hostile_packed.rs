@@ -18,30 +18,19 @@
 //! Descriptors are written by hand at the device's next ring slots (from the LM ring state the
 //! device reports), bodies first and the first descriptor's flags last, then kicked.
 
-use bar_registers::virtio::{bits, common, default_driver_features, device_status as st, isr};
+use bar_registers::virtio::{bits, common, default_driver_features, device_status as st};
 use device::fault::FAULT_KINDS;
 use device::queue::packed::{off_wrap, split_off_wrap, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED};
-use device::{Device, DeviceConfig, DeviceCounters, DeviceFault, DmaMapper, RegionAccess};
-use dma::{Backing, BusStats, DmaFault, DmaKind, Perms, SharedMemory};
+use device::{Device, DeviceConfig, DeviceFault, DmaMapper};
+use dma::{Backing, DmaFault, DmaKind, Perms, SharedMemory};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sim_harness::driver::{DriverOptions, NetDriver};
 use sim_harness::frames;
-use std::sync::Arc;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+mod support;
 
-const RXQ: u16 = 0;
-const TXQ: u16 = 1;
-const CTRLQ: u16 = 2;
-const QSIZE: u16 = 64;
-const MEM: u64 = 8 << 20;
-const ARENA: u64 = 192 << 10;
-const CANARY: u8 = 0xC5;
-const RUNNING: u8 = st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK | st::DRIVER_OK;
-const MAX_TX_CHAIN: u64 = 65_562 + 12;
+use support::hostile::*;
 
 /// A packed descriptor as the test writes it: NEXT/WRITE/INDIRECT flags; AVAIL/USED are set for
 /// the slot's lap unless `raw` gives the whole flags word.
@@ -66,50 +55,7 @@ fn dma(queue: u16, fault: DmaFault) -> DeviceFault {
     DeviceFault::Dma { queue, fault }
 }
 
-struct Before {
-    status: u8,
-    counters: DeviceCounters,
-    bus: BusStats,
-    cfg_irqs: u64,
-    mem: Vec<u8>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Trigger {
-    Kick(u16),
-    FrameKick(u16),
-    Enable(u16),
-}
-
-struct Rig {
-    dev: Arc<Device>,
-    drv: NetDriver,
-    arena: u64,
-    ro: Option<(u64, SharedMemory)>,
-    rng: SmallRng,
-}
-
 impl Rig {
-    fn new(o: DriverOptions) -> Rig {
-        let dev = Device::new(DeviceConfig::with_queue_pairs(1)).expect("device");
-        dev.set_loopback();
-        let mut drv = NetDriver::in_process(&dev, o).expect("driver");
-        let arena = drv.mem.alloc(ARENA, 4096).expect("arena");
-        drv.mem.fill(arena, ARENA, CANARY).expect("fill arena");
-        drv.start().expect("start");
-        assert_eq!(drv.status().unwrap(), RUNNING);
-        assert!(drv.is_packed());
-        Rig { dev, drv, arena, ro: None, rng: SmallRng::seed_from_u64(7) }
-    }
-
-    fn map_ro(&mut self, iova: u64, size: u64) -> u64 {
-        let shm = SharedMemory::new("hostile-packed-ro", size).expect("memfd");
-        shm.fill(0, size, 0x5A).unwrap();
-        self.dev.dma_map(iova, size, Perms::RO, Backing::Fd { file: shm.try_clone_file().unwrap(), offset: 0 }).expect("map RO region");
-        self.ro = Some((iova, shm));
-        iova
-    }
-
     /// (desc ring, driver area, device area, size) of queue `q`.
     fn ring(&mut self, q: u16) -> (u64, u64, u64, u16) {
         let r = self.drv.packed_ring(q).expect("packed ring");
@@ -159,132 +105,6 @@ impl Rig {
             self.drv.mem.write_u16(a + 14, x.raw.unwrap_or(x.flags)).unwrap();
         }
     }
-
-    fn frame(&mut self, len: usize) -> Vec<u8> {
-        let mac = self.drv.mac().unwrap();
-        frames::build(mac, mac, 1, 0, len, &mut self.rng)
-    }
-
-    fn snapshot(&self) -> Before {
-        Before {
-            status: self.drv.status().unwrap(),
-            counters: self.dev.counters(),
-            bus: self.dev.bus_stats(),
-            cfg_irqs: self.drv.irq.count(0),
-            mem: self.drv.mem.shm().snapshot(),
-        }
-    }
-
-    fn common_write16(&self, reg: u64, v: u16) {
-        self.dev.region_write(0, self.dev.layout().common.offset + reg, &v.to_le_bytes()).unwrap();
-    }
-
-    fn common_read16(&self, reg: u64) -> u16 {
-        let mut b = [0u8; 2];
-        self.dev.region_read(0, self.dev.layout().common.offset + reg, &mut b).unwrap();
-        u16::from_le_bytes(b)
-    }
-
-    fn common_write64(&self, reg: u64, v: u64) {
-        let off = self.dev.layout().common.offset + reg;
-        self.dev.region_write(0, off, &(v as u32).to_le_bytes()).unwrap();
-        self.dev.region_write(0, off + 4, &((v >> 32) as u32).to_le_bytes()).unwrap();
-    }
-
-    fn fire(&mut self, t: Trigger) {
-        match t {
-            Trigger::Kick(q) => self.drv.kick(q).unwrap(),
-            Trigger::FrameKick(q) => {
-                let f = self.frame(60);
-                assert!(self.dev.inbox().push(&f));
-                self.drv.kick(q).unwrap();
-            }
-            Trigger::Enable(q) => {
-                self.common_write16(common::QUEUE_SELECT, q);
-                self.common_write16(common::QUEUE_ENABLE, 1);
-            }
-        }
-    }
-
-    fn disable_queue(&self, q: u16) {
-        self.common_write16(common::QUEUE_SELECT, q);
-        self.common_write16(common::QUEUE_ENABLE, 0);
-        for _ in 0..10 {
-            if self.common_read16(common::QUEUE_ENABLE) == 0 {
-                return;
-            }
-        }
-        panic!("queue {q} did not stop");
-    }
-
-    fn assert_fault(&mut self, b: &Before, want: &DeviceFault, name: &str) {
-        let s = self.drv.status().unwrap();
-        assert_eq!(s, b.status | st::DEVICE_NEEDS_RESET, "{name}: device_status {s:#04x}");
-        assert_eq!(self.dev.fault().as_ref(), Some(want), "{name}: Device::fault()");
-        let c = self.dev.counters();
-        for (i, k) in FAULT_KINDS.iter().enumerate() {
-            assert_eq!(c.faults[i] - b.counters.faults[i], u64::from(*k == want.kind()), "{name}: fault counter {k}");
-        }
-        assert_eq!(c.needs_reset, b.counters.needs_reset + 1, "{name}");
-        assert_eq!(self.drv.irq.count(0), b.cfg_irqs + 1, "{name}: config interrupt on vector 0");
-        assert_ne!(self.drv.read_isr().unwrap() & isr::CONFIG, 0, "{name}: ISR config bit");
-    }
-
-    fn assert_untouched(&mut self, b: &Before, name: &str) {
-        let bus = self.dev.bus_stats().delta(&b.bus);
-        for k in [DmaKind::PacketWrite, DmaKind::RingWrite, DmaKind::LogWrite] {
-            assert_eq!(bus.get(k).transactions, 0, "{name}: {k} during the faulting kick");
-        }
-        let now = self.drv.mem.shm().snapshot();
-        if let Some(i) = b.mem.iter().zip(&now).position(|(x, y)| x != y) {
-            panic!("{name}: guest memory changed at offset {i:#x}");
-        }
-    }
-
-    fn assert_quiet_while_broken(&mut self, name: &str) {
-        let fault = self.dev.fault();
-        let c0 = self.dev.counters();
-        let bus0 = self.dev.bus_stats();
-        let irqs0 = self.drv.irq.total();
-        let f = self.frame(100);
-        assert!(self.dev.inbox().push(&f));
-        for q in [RXQ, TXQ, CTRLQ] {
-            self.drv.kick(q).unwrap();
-        }
-        assert_eq!(self.dev.bus_stats(), bus0, "{name}: DMA while broken");
-        let c = self.dev.counters();
-        assert_eq!(c.faults, c0.faults, "{name}: new faults while broken");
-        assert_eq!(self.drv.irq.total(), irqs0, "{name}: interrupts while broken");
-        assert_eq!(self.dev.fault(), fault, "{name}: the first fault is kept");
-    }
-
-    fn recover(&mut self, name: &str) {
-        self.drv.reset().unwrap();
-        assert_eq!(self.dev.fault(), None, "{name}: fault cleared by reset");
-        self.drv.start().unwrap_or_else(|e| panic!("{name}: restart: {e}"));
-        self.assert_loops(name);
-    }
-
-    fn assert_loops(&mut self, name: &str) {
-        assert_eq!(self.drv.status().unwrap(), RUNNING, "{name}");
-        let sent: Vec<Vec<u8>> = (0..4).map(|i| self.frame(60 + 300 * i)).collect();
-        let refs: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
-        assert_eq!(self.drv.send(0, &refs).unwrap(), 4, "{name}");
-        assert_eq!(self.drv.recv(0).unwrap(), sent, "{name}: loopback after recovery");
-        self.drv.check_alive().unwrap();
-    }
-}
-
-/// Builds the hostile input on a fresh rig, fires it, checks the fault, recovers.
-fn run_case(name: &str, o: DriverOptions, build: impl FnOnce(&mut Rig) -> (Trigger, DeviceFault)) {
-    let mut rig = Rig::new(o);
-    let (trigger, want) = build(&mut rig);
-    let before = rig.snapshot();
-    rig.fire(trigger);
-    rig.assert_fault(&before, &want, name);
-    rig.assert_untouched(&before, name);
-    rig.assert_quiet_while_broken(name);
-    rig.recover(name);
 }
 
 // ------------------------------------------------------------------------------- wrap counters
