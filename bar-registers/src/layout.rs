@@ -98,7 +98,8 @@ pub struct Window {
 impl Window {
     /// Whether `(bar, off)` falls inside, and where.
     pub fn contains(&self, bar: u8, off: u64) -> Option<u64> {
-        (bar == self.bar && off >= self.offset && off < self.offset + self.len).then(|| off - self.offset)
+        (bar == self.bar && off >= self.offset && off < self.offset + self.len)
+            .then(|| off - self.offset)
     }
 }
 
@@ -160,31 +161,108 @@ impl DeviceLayout {
         let notify_len = u64::from(num_queues) * u64::from(mult);
         let bar0_size = (BAR0_NOTIFY + notify_len).next_power_of_two();
         let bars = vec![
-            Bar { index: 0, size: bar0_size, contents: "virtio common cfg, ISR, device cfg, notify doorbells" },
-            Bar { index: 2, size: 0x2000, contents: "MSI-X table and PBA" },
-            Bar { index: 4, size: lm::LM_SIZE, contents: "live-migration (LM) block at offset 0" },
+            Bar {
+                index: 0,
+                size: bar0_size,
+                contents: "virtio common cfg, ISR, device cfg, notify doorbells",
+            },
+            Bar {
+                index: 2,
+                size: 0x2000,
+                contents: "MSI-X table and PBA",
+            },
+            Bar {
+                index: 4,
+                size: lm::LM_SIZE,
+                contents: "live-migration (LM) block at offset 0",
+            },
         ];
-        let common = Window { bar: 0, offset: BAR0_COMMON, len: virtio::common::SIZE };
-        let isr = Window { bar: 0, offset: BAR0_ISR, len: virtio::isr::SIZE };
-        let device_cfg = Window { bar: 0, offset: BAR0_DEVICE, len: virtio::net_cfg::SIZE };
-        let notify = Window { bar: 0, offset: BAR0_NOTIFY, len: notify_len };
-        let msix_table = Window { bar: 2, offset: msix::TABLE_OFFSET, len: u64::from(msix_vectors) * msix::ENTRY_SIZE };
-        let msix_pba = Window { bar: 2, offset: msix::PBA_OFFSET, len: u64::from(msix_vectors).div_ceil(64) * 8 };
-        let lm_win = Window { bar: 4, offset: 0, len: lm::LM_SIZE };
+        let common = Window {
+            bar: 0,
+            offset: BAR0_COMMON,
+            len: virtio::common::SIZE,
+        };
+        let isr = Window {
+            bar: 0,
+            offset: BAR0_ISR,
+            len: virtio::isr::SIZE,
+        };
+        let device_cfg = Window {
+            bar: 0,
+            offset: BAR0_DEVICE,
+            len: virtio::net_cfg::SIZE,
+        };
+        let notify = Window {
+            bar: 0,
+            offset: BAR0_NOTIFY,
+            len: notify_len,
+        };
+        let msix_table = Window {
+            bar: 2,
+            offset: msix::TABLE_OFFSET,
+            len: u64::from(msix_vectors) * msix::ENTRY_SIZE,
+        };
+        let msix_pba = Window {
+            bar: 2,
+            offset: msix::PBA_OFFSET,
+            len: u64::from(msix_vectors).div_ceil(64) * 8,
+        };
+        let lm_win = Window {
+            bar: 4,
+            offset: 0,
+            len: lm::LM_SIZE,
+        };
 
         let capabilities = vec![
-            CapabilityDecl { offset: cap_offset::MSIX, id: cap_id::MSIX, len: msix_cap::LEN as u8, virtio: None },
-            CapabilityDecl { offset: cap_offset::COMMON, id: cap_id::VENDOR, len: virtio_cap::LEN, virtio: Some((virtio_cfg_type::COMMON, common)) },
-            CapabilityDecl { offset: cap_offset::NOTIFY, id: cap_id::VENDOR, len: virtio_cap::LEN_EXT, virtio: Some((virtio_cfg_type::NOTIFY, notify)) },
-            CapabilityDecl { offset: cap_offset::ISR, id: cap_id::VENDOR, len: virtio_cap::LEN, virtio: Some((virtio_cfg_type::ISR, isr)) },
-            CapabilityDecl { offset: cap_offset::DEVICE, id: cap_id::VENDOR, len: virtio_cap::LEN, virtio: Some((virtio_cfg_type::DEVICE, device_cfg)) },
+            CapabilityDecl {
+                offset: cap_offset::MSIX,
+                id: cap_id::MSIX,
+                len: msix_cap::LEN as u8,
+                virtio: None,
+            },
+            CapabilityDecl {
+                offset: cap_offset::COMMON,
+                id: cap_id::VENDOR,
+                len: virtio_cap::LEN,
+                virtio: Some((virtio_cfg_type::COMMON, common)),
+            },
+            CapabilityDecl {
+                offset: cap_offset::NOTIFY,
+                id: cap_id::VENDOR,
+                len: virtio_cap::LEN_EXT,
+                virtio: Some((virtio_cfg_type::NOTIFY, notify)),
+            },
+            CapabilityDecl {
+                offset: cap_offset::ISR,
+                id: cap_id::VENDOR,
+                len: virtio_cap::LEN,
+                virtio: Some((virtio_cfg_type::ISR, isr)),
+            },
+            CapabilityDecl {
+                offset: cap_offset::DEVICE,
+                id: cap_id::VENDOR,
+                len: virtio_cap::LEN,
+                virtio: Some((virtio_cfg_type::DEVICE, device_cfg)),
+            },
             CapabilityDecl {
                 offset: cap_offset::PCI_CFG,
                 id: cap_id::VENDOR,
                 len: virtio_cap::LEN_EXT,
-                virtio: Some((virtio_cfg_type::PCI_CFG, Window { bar: 0, offset: 0, len: 0 })),
+                virtio: Some((
+                    virtio_cfg_type::PCI_CFG,
+                    Window {
+                        bar: 0,
+                        offset: 0,
+                        len: 0,
+                    },
+                )),
             },
-            CapabilityDecl { offset: cap_offset::PCIE, id: cap_id::PCIE, len: pcie_cap::LEN as u8, virtio: None },
+            CapabilityDecl {
+                offset: cap_offset::PCIE,
+                id: cap_id::PCIE,
+                len: pcie_cap::LEN as u8,
+                virtio: None,
+            },
         ];
 
         let mut layout = DeviceLayout {
@@ -212,7 +290,10 @@ impl DeviceLayout {
 
     /// Size of BAR `index`, 0 if absent.
     pub fn bar_size(&self, index: u8) -> u64 {
-        self.bars.iter().find(|b| b.index == index).map_or(0, |b| b.size)
+        self.bars
+            .iter()
+            .find(|b| b.index == index)
+            .map_or(0, |b| b.size)
     }
 
     /// Doorbell offset inside BAR0 for queue `q` (queue_notify_off = q).
@@ -247,7 +328,11 @@ impl DeviceLayout {
 
     fn build_blocks(&self) -> Vec<RegisterBlock> {
         let p = &self.params;
-        let bar_lo: Vec<(u8, u64)> = self.bars.iter().map(|b| (b.index, u64::from(Self::BAR_TYPE_64))).collect();
+        let bar_lo: Vec<(u8, u64)> = self
+            .bars
+            .iter()
+            .map(|b| (b.index, u64::from(Self::BAR_TYPE_64)))
+            .collect();
         let mut blocks = vec![RegisterBlock {
             id: "pci_header",
             title: "PCI type-0 configuration header",
@@ -346,8 +431,24 @@ impl DeviceLayout {
             location: Location::Config(cap_offset::MSIX),
             size: msix_cap::LEN,
             registers: vec![
-                Register::new("cap_id", 0, 1, Access::Ro, cap_id::MSIX.into(), "MSI-X", SRC),
-                Register::new("cap_next", 1, 1, Access::Ro, cap_offset::COMMON, "next capability", SRC),
+                Register::new(
+                    "cap_id",
+                    0,
+                    1,
+                    Access::Ro,
+                    cap_id::MSIX.into(),
+                    "MSI-X",
+                    SRC,
+                ),
+                Register::new(
+                    "cap_next",
+                    1,
+                    1,
+                    Access::Ro,
+                    cap_offset::COMMON,
+                    "next capability",
+                    SRC,
+                ),
                 Register::new(
                     "message_control",
                     msix_cap::MESSAGE_CONTROL,
@@ -357,8 +458,24 @@ impl DeviceLayout {
                     "bits 10:0 table size - 1 (RO); bit 14 function mask; bit 15 enable",
                     SRC,
                 ),
-                Register::new("table", msix_cap::TABLE, 4, Access::Ro, self.msix_table.offset | 2, "table offset | BIR 2", SRC),
-                Register::new("pba", msix_cap::PBA, 4, Access::Ro, self.msix_pba.offset | 2, "PBA offset | BIR 2", SRC),
+                Register::new(
+                    "table",
+                    msix_cap::TABLE,
+                    4,
+                    Access::Ro,
+                    self.msix_table.offset | 2,
+                    "table offset | BIR 2",
+                    SRC,
+                ),
+                Register::new(
+                    "pba",
+                    msix_cap::PBA,
+                    4,
+                    Access::Ro,
+                    self.msix_pba.offset | 2,
+                    "PBA offset | BIR 2",
+                    SRC,
+                ),
             ],
             summary: "num_queues + 1 vectors, so both drivers' vector plans fit.",
         }
@@ -390,14 +507,78 @@ fn virtio_cap_block(cap: &CapabilityDecl, ty: u8, win: Window, mult: u32) -> Reg
     let pci_cfg = ty == virtio_cfg_type::PCI_CFG;
     let acc = if pci_cfg { Access::Rw } else { Access::Ro };
     let mut regs = vec![
-        Register::new("cap_vndr", virtio_cap::CAP_VNDR, 1, Access::Ro, cap_id::VENDOR.into(), "vendor-specific", SRC),
-        Register::new("cap_next", virtio_cap::CAP_NEXT, 1, Access::Ro, next, "next capability", SRC),
-        Register::new("cap_len", virtio_cap::CAP_LEN, 1, Access::Ro, cap.len.into(), "length of this structure", SRC),
-        Register::new("cfg_type", virtio_cap::CFG_TYPE, 1, Access::Ro, ty.into(), "structure type", SRC),
-        Register::new("bar", virtio_cap::BAR, 1, acc, win.bar.into(), "BAR holding the window", SRC),
-        Register::new("id", virtio_cap::ID, 1, Access::Ro, 0, "capability instance id", SRC),
-        Register::new("offset", virtio_cap::OFFSET, 4, acc, win.offset, "window offset in the BAR", SRC),
-        Register::new("length", virtio_cap::LENGTH, 4, acc, win.len, "window length", SRC),
+        Register::new(
+            "cap_vndr",
+            virtio_cap::CAP_VNDR,
+            1,
+            Access::Ro,
+            cap_id::VENDOR.into(),
+            "vendor-specific",
+            SRC,
+        ),
+        Register::new(
+            "cap_next",
+            virtio_cap::CAP_NEXT,
+            1,
+            Access::Ro,
+            next,
+            "next capability",
+            SRC,
+        ),
+        Register::new(
+            "cap_len",
+            virtio_cap::CAP_LEN,
+            1,
+            Access::Ro,
+            cap.len.into(),
+            "length of this structure",
+            SRC,
+        ),
+        Register::new(
+            "cfg_type",
+            virtio_cap::CFG_TYPE,
+            1,
+            Access::Ro,
+            ty.into(),
+            "structure type",
+            SRC,
+        ),
+        Register::new(
+            "bar",
+            virtio_cap::BAR,
+            1,
+            acc,
+            win.bar.into(),
+            "BAR holding the window",
+            SRC,
+        ),
+        Register::new(
+            "id",
+            virtio_cap::ID,
+            1,
+            Access::Ro,
+            0,
+            "capability instance id",
+            SRC,
+        ),
+        Register::new(
+            "offset",
+            virtio_cap::OFFSET,
+            4,
+            acc,
+            win.offset,
+            "window offset in the BAR",
+            SRC,
+        ),
+        Register::new(
+            "length",
+            virtio_cap::LENGTH,
+            4,
+            acc,
+            win.len,
+            "window length",
+            SRC,
+        ),
     ];
     if ty == virtio_cfg_type::NOTIFY {
         regs.push(Register::new(
@@ -412,12 +593,27 @@ fn virtio_cap_block(cap: &CapabilityDecl, ty: u8, win: Window, mult: u32) -> Reg
     }
     if pci_cfg {
         regs.push(
-            Register::new("pci_cfg_data", virtio_cap::PCI_CFG_DATA, 4, Access::Rw, 0, "data window into the selected BAR bytes", "virtio 1.2 4.1.4.9")
-                .narrow(Narrow::Any)
-                .live(),
+            Register::new(
+                "pci_cfg_data",
+                virtio_cap::PCI_CFG_DATA,
+                4,
+                Access::Rw,
+                0,
+                "data window into the selected BAR bytes",
+                "virtio 1.2 4.1.4.9",
+            )
+            .narrow(Narrow::Any)
+            .live(),
         );
     }
-    RegisterBlock { id, title, location: Location::Config(cap.offset), size: cap.len.into(), registers: regs, summary }
+    RegisterBlock {
+        id,
+        title,
+        location: Location::Config(cap.offset),
+        size: cap.len.into(),
+        registers: regs,
+        summary,
+    }
 }
 
 fn pcie_cap_block() -> RegisterBlock {
@@ -428,9 +624,25 @@ fn pcie_cap_block() -> RegisterBlock {
         location: Location::Config(cap_offset::PCIE),
         size: pcie_cap::LEN,
         registers: vec![
-            Register::new("cap_id", 0, 1, Access::Ro, cap_id::PCIE.into(), "PCI Express", SRC),
+            Register::new(
+                "cap_id",
+                0,
+                1,
+                Access::Ro,
+                cap_id::PCIE.into(),
+                "PCI Express",
+                SRC,
+            ),
             Register::new("cap_next", 1, 1, Access::Ro, 0, "end of list", SRC),
-            Register::new("pcie_caps", pcie_cap::CAPS, 2, Access::Ro, 0x0002, "version 2, endpoint", SRC),
+            Register::new(
+                "pcie_caps",
+                pcie_cap::CAPS,
+                2,
+                Access::Ro,
+                0x0002,
+                "version 2, endpoint",
+                SRC,
+            ),
             Register::new(
                 "device_caps",
                 pcie_cap::DEVICE_CAPS,
@@ -449,12 +661,60 @@ fn pcie_cap_block() -> RegisterBlock {
                 "MPS (7:5, 128 B), MRRS (14:12, 512 B), relaxed ordering; bit 15 initiates FLR",
                 SRC,
             ),
-            Register::new("device_status", pcie_cap::DEVICE_STATUS, 2, Access::W1c, 0, "error bits RW1C; bit 5 transactions pending", SRC),
-            Register::new("link_caps", pcie_cap::LINK_CAPS, 4, Access::Ro, 0x0000_0044, "x4 (bits 9:4), 16 GT/s code 4 (3:0)", SRC),
-            Register::new("link_control", pcie_cap::LINK_CONTROL, 2, Access::Rw, 0, "link control (no effect)", SRC),
-            Register::new("link_status", pcie_cap::LINK_STATUS, 2, Access::Ro, 0x0044, "negotiated x4 at 16 GT/s", SRC),
-            Register::new("device_caps2", pcie_cap::DEVICE_CAPS2, 4, Access::Ro, 0, "no optional features", SRC),
-            Register::new("device_control2", pcie_cap::DEVICE_CONTROL2, 2, Access::Rw, 0, "no effect", SRC),
+            Register::new(
+                "device_status",
+                pcie_cap::DEVICE_STATUS,
+                2,
+                Access::W1c,
+                0,
+                "error bits RW1C; bit 5 transactions pending",
+                SRC,
+            ),
+            Register::new(
+                "link_caps",
+                pcie_cap::LINK_CAPS,
+                4,
+                Access::Ro,
+                0x0000_0044,
+                "x4 (bits 9:4), 16 GT/s code 4 (3:0)",
+                SRC,
+            ),
+            Register::new(
+                "link_control",
+                pcie_cap::LINK_CONTROL,
+                2,
+                Access::Rw,
+                0,
+                "link control (no effect)",
+                SRC,
+            ),
+            Register::new(
+                "link_status",
+                pcie_cap::LINK_STATUS,
+                2,
+                Access::Ro,
+                0x0044,
+                "negotiated x4 at 16 GT/s",
+                SRC,
+            ),
+            Register::new(
+                "device_caps2",
+                pcie_cap::DEVICE_CAPS2,
+                4,
+                Access::Ro,
+                0,
+                "no optional features",
+                SRC,
+            ),
+            Register::new(
+                "device_control2",
+                pcie_cap::DEVICE_CONTROL2,
+                2,
+                Access::Rw,
+                0,
+                "no effect",
+                SRC,
+            ),
         ],
         summary: "Max payload and max read request size here feed the bus-overhead model.",
     }

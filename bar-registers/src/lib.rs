@@ -35,7 +35,15 @@ mod tests {
         for qp in [1, 2, 4, 32] {
             for lm_layout in [LmLayout::Dpdk, LmLayout::Linux] {
                 for notify in [NotifyLayout::Compact, NotifyLayout::PagePerQueue] {
-                    v.push(DeviceLayout::new(LayoutParams { queue_pairs: qp, lm_layout, notify, ..Default::default() }).unwrap());
+                    v.push(
+                        DeviceLayout::new(LayoutParams {
+                            queue_pairs: qp,
+                            lm_layout,
+                            notify,
+                            ..Default::default()
+                        })
+                        .unwrap(),
+                    );
                 }
             }
         }
@@ -65,7 +73,10 @@ mod tests {
         assert_eq!(lm::ring_state_offset(LmLayout::Dpdk, 0), 0x20);
         assert_eq!(lm::ring_state_offset(LmLayout::Dpdk, 1), 0x24);
         assert_eq!(lm::ring_state_offset(LmLayout::Dpdk, 2), 0x60);
-        assert_eq!(lm::ring_state_offset(LmLayout::Dpdk, 63), 0x20 + 31 * 0x40 + 4);
+        assert_eq!(
+            lm::ring_state_offset(LmLayout::Dpdk, 63),
+            0x20 + 31 * 0x40 + 4
+        );
         assert_eq!(lm::ring_state_offset(LmLayout::Linux, 2), 0x28);
         assert_eq!(lm::pack_ring_state(0x1234, 0xabcd), 0xabcd_1234);
         assert_eq!(lm::unpack_ring_state(0xabcd_1234), (0x1234, 0xabcd));
@@ -75,16 +86,37 @@ mod tests {
     fn decode_checks_width_and_range() {
         let l = DeviceLayout::new(LayoutParams::default()).unwrap();
         let c = l.block("common_cfg").unwrap();
-        assert!(matches!(c.decode(virtio::common::QUEUE_SELECT, 2), Decoded::Reg { .. }));
-        assert!(matches!(c.decode(virtio::common::QUEUE_SELECT, 4), Decoded::BadWidth { .. }));
-        assert!(matches!(c.decode(virtio::common::QUEUE_SELECT + 1, 1), Decoded::BadWidth { .. }));
-        assert!(matches!(c.decode(virtio::common::QUEUE_DESC + 4, 4), Decoded::Reg { rel: 4, .. }));
-        assert!(matches!(c.decode(virtio::common::QUEUE_DESC + 2, 4), Decoded::BadWidth { .. }));
-        assert!(matches!(c.decode(virtio::common::SIZE, 1), Decoded::OutOfRange));
+        assert!(matches!(
+            c.decode(virtio::common::QUEUE_SELECT, 2),
+            Decoded::Reg { .. }
+        ));
+        assert!(matches!(
+            c.decode(virtio::common::QUEUE_SELECT, 4),
+            Decoded::BadWidth { .. }
+        ));
+        assert!(matches!(
+            c.decode(virtio::common::QUEUE_SELECT + 1, 1),
+            Decoded::BadWidth { .. }
+        ));
+        assert!(matches!(
+            c.decode(virtio::common::QUEUE_DESC + 4, 4),
+            Decoded::Reg { rel: 4, .. }
+        ));
+        assert!(matches!(
+            c.decode(virtio::common::QUEUE_DESC + 2, 4),
+            Decoded::BadWidth { .. }
+        ));
+        assert!(matches!(
+            c.decode(virtio::common::SIZE, 1),
+            Decoded::OutOfRange
+        ));
         assert!(matches!(c.decode(u64::MAX, 2), Decoded::OutOfRange));
         let d = l.block("device_cfg").unwrap();
         for i in 0..6 {
-            assert!(matches!(d.decode(i, 1), Decoded::Reg { .. }), "mac byte {i}");
+            assert!(
+                matches!(d.decode(i, 1), Decoded::Reg { .. }),
+                "mac byte {i}"
+            );
         }
         let lm = l.block("lm").unwrap();
         assert!(matches!(lm.decode(0x04, 4), Decoded::Reserved));
@@ -93,7 +125,11 @@ mod tests {
 
     #[test]
     fn doorbells() {
-        let l = DeviceLayout::new(LayoutParams { notify: NotifyLayout::PagePerQueue, ..Default::default() }).unwrap();
+        let l = DeviceLayout::new(LayoutParams {
+            notify: NotifyLayout::PagePerQueue,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(l.doorbell_offset(3) % 4096, 0);
         assert_eq!(l.doorbell_queue(l.doorbell_offset(3)), Some(3));
         assert_eq!(l.doorbell_queue(l.doorbell_offset(3) + 2), None);
@@ -101,8 +137,20 @@ mod tests {
 
     #[test]
     fn bad_params_are_refused() {
-        assert!(DeviceLayout::new(LayoutParams { queue_pairs: 0, ..Default::default() }).is_err());
-        assert!(DeviceLayout::new(LayoutParams { queue_pairs: 33, ..Default::default() }).is_err());
-        assert!(DeviceLayout::new(LayoutParams { queue_size_max: 100, ..Default::default() }).is_err());
+        assert!(DeviceLayout::new(LayoutParams {
+            queue_pairs: 0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(DeviceLayout::new(LayoutParams {
+            queue_pairs: 33,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(DeviceLayout::new(LayoutParams {
+            queue_size_max: 100,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

@@ -97,7 +97,10 @@ pub fn unpack_ring_state(v: u32) -> (u16, u16) {
 /// Pack a packed ring's state: (avail offset, avail wrap counter, used offset, used wrap counter)
 /// into bits 0-14, 15, 16-30, 31.
 pub fn pack_packed_ring_state(avail: u16, avail_wrap: bool, used: u16, used_wrap: bool) -> u32 {
-    pack_ring_state((avail & 0x7FFF) | (u16::from(avail_wrap) << 15), (used & 0x7FFF) | (u16::from(used_wrap) << 15))
+    pack_ring_state(
+        (avail & 0x7FFF) | (u16::from(avail_wrap) << 15),
+        (used & 0x7FFF) | (u16::from(used_wrap) << 15),
+    )
 }
 
 /// Unpack a packed ring's state into (avail offset, avail wrap, used offset, used wrap).
@@ -124,17 +127,89 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
     const LINUX: &str = "Linux drivers/vdpa/ifcvf/ifcvf_base.h struct ifcvf_lm_cfg";
     let mut v = match layout {
         LmLayout::Dpdk => vec![
-            Register::new("logging_ctrl", LOGGING_CTRL, 4, Access::Rw, 0, "0 disable, 1 enable dirty-page logging (VF), 3 enable (PF)", DPDK),
-            Register::new("log_base_lo", BASE_ADDR_LOW, 4, Access::Rw, 0, "IOVA of the dirty-page log, low dword", DPDK),
-            Register::new("log_base_hi", BASE_ADDR_HIGH, 4, Access::Rw, 0, "IOVA of the dirty-page log, high dword", DPDK),
-            Register::new("log_end_lo", END_ADDR_LOW, 4, Access::Rw, 0, "log end IOVA (base + size), low dword", DPDK),
-            Register::new("log_end_hi", END_ADDR_HIGH, 4, Access::Rw, 0, "log end IOVA (base + size), high dword", DPDK),
+            Register::new(
+                "logging_ctrl",
+                LOGGING_CTRL,
+                4,
+                Access::Rw,
+                0,
+                "0 disable, 1 enable dirty-page logging (VF), 3 enable (PF)",
+                DPDK,
+            ),
+            Register::new(
+                "log_base_lo",
+                BASE_ADDR_LOW,
+                4,
+                Access::Rw,
+                0,
+                "IOVA of the dirty-page log, low dword",
+                DPDK,
+            ),
+            Register::new(
+                "log_base_hi",
+                BASE_ADDR_HIGH,
+                4,
+                Access::Rw,
+                0,
+                "IOVA of the dirty-page log, high dword",
+                DPDK,
+            ),
+            Register::new(
+                "log_end_lo",
+                END_ADDR_LOW,
+                4,
+                Access::Rw,
+                0,
+                "log end IOVA (base + size), low dword",
+                DPDK,
+            ),
+            Register::new(
+                "log_end_hi",
+                END_ADDR_HIGH,
+                4,
+                Access::Rw,
+                0,
+                "log end IOVA (base + size), high dword",
+                DPDK,
+            ),
         ],
         LmLayout::Linux => vec![
-            Register::new("control", LOGGING_CTRL, 8, Access::Rw, 0, "bit 0: dirty-page logging enable", LINUX),
-            Register::new("status", STATUS, 8, Access::Ro, 0, "bit 0: logging active", LINUX),
-            Register::new("log_start", BASE_ADDR_LOW, 8, Access::Rw, 0, "IOVA of the dirty-page log", LINUX),
-            Register::new("log_end", END_ADDR_LOW, 8, Access::Rw, 0, "log end IOVA (start + size)", LINUX),
+            Register::new(
+                "control",
+                LOGGING_CTRL,
+                8,
+                Access::Rw,
+                0,
+                "bit 0: dirty-page logging enable",
+                LINUX,
+            ),
+            Register::new(
+                "status",
+                STATUS,
+                8,
+                Access::Ro,
+                0,
+                "bit 0: logging active",
+                LINUX,
+            ),
+            Register::new(
+                "log_start",
+                BASE_ADDR_LOW,
+                8,
+                Access::Rw,
+                0,
+                "IOVA of the dirty-page log",
+                LINUX,
+            ),
+            Register::new(
+                "log_end",
+                END_ADDR_LOW,
+                8,
+                Access::Rw,
+                0,
+                "log end IOVA (start + size)",
+                LINUX,
+            ),
         ],
     };
     for q in 0..num_queues {

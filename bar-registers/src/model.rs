@@ -67,13 +67,25 @@ pub struct Register {
 
 impl Register {
     /// A register with the common defaults (natural width only, reset value checkable).
-    pub fn new(name: impl Into<String>, offset: u64, width: u8, access: Access, reset: u64, meaning: &'static str, source: &'static str) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        offset: u64,
+        width: u8,
+        access: Access,
+        reset: u64,
+        meaning: &'static str,
+        source: &'static str,
+    ) -> Self {
         Register {
             name: name.into(),
             offset,
             width,
             access,
-            narrow: if width == 8 { Narrow::Halves } else { Narrow::No },
+            narrow: if width == 8 {
+                Narrow::Halves
+            } else {
+                Narrow::No
+            },
             reset,
             reset_checkable: true,
             meaning,
@@ -165,7 +177,10 @@ impl RegisterBlock {
         match self.registers.get(idx) {
             Some(reg) if reg.offset < offset + len => {
                 if reg.accepts(offset, len) {
-                    Decoded::Reg { reg, rel: offset - reg.offset }
+                    Decoded::Reg {
+                        reg,
+                        rel: offset - reg.offset,
+                    }
                 } else {
                     Decoded::BadWidth { reg }
                 }
@@ -184,7 +199,10 @@ impl RegisterBlock {
         let mut prev_end = 0;
         for r in &self.registers {
             if r.offset < prev_end {
-                return Err(format!("{}: {} overlaps the previous register", self.id, r.name));
+                return Err(format!(
+                    "{}: {} overlaps the previous register",
+                    self.id, r.name
+                ));
             }
             if r.end() > self.size {
                 return Err(format!("{}: {} runs past the block end", self.id, r.name));

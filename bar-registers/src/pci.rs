@@ -171,32 +171,120 @@ pub(crate) fn header_registers(bar_lo: &[(u8, u64)]) -> Vec<Register> {
             "modern virtio-net (0x1040 + 1)",
             "virtio 1.2 4.1.2; ifcvf_base.h IFCVF_NET_MODERN_DEVICE_ID",
         ),
-        Register::new("command", hdr::COMMAND, 2, Access::Rw, 0, "memory space, bus master (DMA allowed only when set), SERR, INTx disable", SRC),
-        Register::new("status", hdr::STATUS, 2, Access::W1c, status::CAP_LIST.into(), "bit 4 capability list; bit 3 INTx pending; error bits RW1C", SRC),
-        Register::new("revision_id", hdr::REVISION_ID, 1, Access::Ro, id::REVISION.into(), "revision 1 (non-transitional)", "virtio 1.2 4.1.2.1"),
-        Register::new("class_code", hdr::CLASS_CODE, 3, Access::Ro, id::CLASS.into(), "network controller, ethernet", SRC),
-        Register::new("cache_line_size", hdr::CACHE_LINE_SIZE, 1, Access::Rw, 0, "cache line size (no effect)", SRC),
-        Register::new("latency_timer", hdr::LATENCY_TIMER, 1, Access::Ro, 0, "unused on PCIe", SRC),
-        Register::new("header_type", hdr::HEADER_TYPE, 1, Access::Ro, 0, "type 0, single function", SRC),
+        Register::new(
+            "command",
+            hdr::COMMAND,
+            2,
+            Access::Rw,
+            0,
+            "memory space, bus master (DMA allowed only when set), SERR, INTx disable",
+            SRC,
+        ),
+        Register::new(
+            "status",
+            hdr::STATUS,
+            2,
+            Access::W1c,
+            status::CAP_LIST.into(),
+            "bit 4 capability list; bit 3 INTx pending; error bits RW1C",
+            SRC,
+        ),
+        Register::new(
+            "revision_id",
+            hdr::REVISION_ID,
+            1,
+            Access::Ro,
+            id::REVISION.into(),
+            "revision 1 (non-transitional)",
+            "virtio 1.2 4.1.2.1",
+        ),
+        Register::new(
+            "class_code",
+            hdr::CLASS_CODE,
+            3,
+            Access::Ro,
+            id::CLASS.into(),
+            "network controller, ethernet",
+            SRC,
+        ),
+        Register::new(
+            "cache_line_size",
+            hdr::CACHE_LINE_SIZE,
+            1,
+            Access::Rw,
+            0,
+            "cache line size (no effect)",
+            SRC,
+        ),
+        Register::new(
+            "latency_timer",
+            hdr::LATENCY_TIMER,
+            1,
+            Access::Ro,
+            0,
+            "unused on PCIe",
+            SRC,
+        ),
+        Register::new(
+            "header_type",
+            hdr::HEADER_TYPE,
+            1,
+            Access::Ro,
+            0,
+            "type 0, single function",
+            SRC,
+        ),
         Register::new("bist", hdr::BIST, 1, Access::Ro, 0, "no BIST", SRC),
     ];
     for i in 0..6u8 {
-        let (kind, reset) =
-            bar_lo.iter().find(|(b, _)| *b == i).map_or(("unused BAR (reads 0)", 0), |&(_, r)| ("64-bit memory BAR, low dword; write all-ones to size", r));
-        let meaning = if bar_lo.iter().any(|(b, _)| b + 1 == i) { "upper dword of the 64-bit BAR below" } else { kind };
+        let (kind, reset) = bar_lo
+            .iter()
+            .find(|(b, _)| *b == i)
+            .map_or(("unused BAR (reads 0)", 0), |&(_, r)| {
+                ("64-bit memory BAR, low dword; write all-ones to size", r)
+            });
+        let meaning = if bar_lo.iter().any(|(b, _)| b + 1 == i) {
+            "upper dword of the 64-bit BAR below"
+        } else {
+            kind
+        };
         v.push(Register::new(
             format!("bar{i}"),
             hdr::BAR0 + 4 * u64::from(i),
             4,
-            if meaning.starts_with("unused") { Access::Ro } else { Access::Rw },
-            if meaning.starts_with("upper") { 0 } else { reset },
+            if meaning.starts_with("unused") {
+                Access::Ro
+            } else {
+                Access::Rw
+            },
+            if meaning.starts_with("upper") {
+                0
+            } else {
+                reset
+            },
             meaning,
             "PCI 3.0 6.2.5.1; ifcvf_main.c maps BAR0, BAR2, BAR4",
         ));
     }
     v.extend([
-        Register::new("cardbus_cis", hdr::CARDBUS_CIS, 4, Access::Ro, 0, "unused", SRC),
-        Register::new("subsystem_vendor_id", hdr::SUBSYSTEM_VENDOR_ID, 2, Access::Ro, id::SUBSYS_VENDOR.into(), "Intel", "ifcvf_vdpa.c IFCVF_SUBSYS_VENDOR_ID"),
+        Register::new(
+            "cardbus_cis",
+            hdr::CARDBUS_CIS,
+            4,
+            Access::Ro,
+            0,
+            "unused",
+            SRC,
+        ),
+        Register::new(
+            "subsystem_vendor_id",
+            hdr::SUBSYSTEM_VENDOR_ID,
+            2,
+            Access::Ro,
+            id::SUBSYS_VENDOR.into(),
+            "Intel",
+            "ifcvf_vdpa.c IFCVF_SUBSYS_VENDOR_ID",
+        ),
         Register::new(
             "subsystem_id",
             hdr::SUBSYSTEM_ID,
@@ -206,10 +294,42 @@ pub(crate) fn header_registers(bar_lo: &[(u8, u64)]) -> Vec<Register> {
             "IFC VF net (0x001A)",
             "ifcvf_vdpa.c IFCVF_SUBSYS_DEVICE_ID; ifcvf_main.c N3000_SUBSYS_DEVICE_ID",
         ),
-        Register::new("expansion_rom", hdr::EXPANSION_ROM, 4, Access::Ro, 0, "no option ROM", SRC),
-        Register::new("capabilities_ptr", hdr::CAPABILITIES_PTR, 1, Access::Ro, cap_offset::MSIX, "first capability (MSI-X)", SRC),
-        Register::new("interrupt_line", hdr::INTERRUPT_LINE, 1, Access::Rw, 0, "scratch for the OS", SRC),
-        Register::new("interrupt_pin", hdr::INTERRUPT_PIN, 1, Access::Ro, 1, "INTA# (used with the ISR when MSI-X is off)", "virtio 1.2 4.1.4.5"),
+        Register::new(
+            "expansion_rom",
+            hdr::EXPANSION_ROM,
+            4,
+            Access::Ro,
+            0,
+            "no option ROM",
+            SRC,
+        ),
+        Register::new(
+            "capabilities_ptr",
+            hdr::CAPABILITIES_PTR,
+            1,
+            Access::Ro,
+            cap_offset::MSIX,
+            "first capability (MSI-X)",
+            SRC,
+        ),
+        Register::new(
+            "interrupt_line",
+            hdr::INTERRUPT_LINE,
+            1,
+            Access::Rw,
+            0,
+            "scratch for the OS",
+            SRC,
+        ),
+        Register::new(
+            "interrupt_pin",
+            hdr::INTERRUPT_PIN,
+            1,
+            Access::Ro,
+            1,
+            "INTA# (used with the ISR when MSI-X is off)",
+            "virtio 1.2 4.1.4.5",
+        ),
         Register::new("min_gnt", hdr::MIN_GNT, 1, Access::Ro, 0, "unused", SRC),
         Register::new("max_lat", hdr::MAX_LAT, 1, Access::Ro, 0, "unused", SRC),
     ]);

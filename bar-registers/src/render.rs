@@ -9,7 +9,11 @@ use std::fmt::Write;
 
 /// The parameter set docs/registers.md documents: 2 queue pairs (so array registers stay short).
 pub fn doc_params(lm_layout: LmLayout) -> LayoutParams {
-    LayoutParams { queue_pairs: 2, lm_layout, ..LayoutParams::default() }
+    LayoutParams {
+        queue_pairs: 2,
+        lm_layout,
+        ..LayoutParams::default()
+    }
 }
 
 /// The whole docs/registers.md text.
@@ -25,11 +29,19 @@ pub fn registers_markdown() -> String {
     s.push_str("An access of a width the register does not accept, to reserved space or past a window reads 0 and is ignored on write; the device counts it (`bad_register_accesses`).\n\n");
     s.push_str("## BARs\n\n| BAR | size | contents |\n|---|---|---|\n");
     for b in &dpdk.bars {
-        let _ = writeln!(s, "| {} (64-bit) | 0x{:x} | {} |", b.index, b.size, b.contents);
+        let _ = writeln!(
+            s,
+            "| {} (64-bit) | 0x{:x} | {} |",
+            b.index, b.size, b.contents
+        );
     }
     s.push_str("\n## Features offered\n\n| bit | name | meaning | source |\n|---|---|---|---|\n");
     for f in OFFERED_FEATURES {
-        let _ = writeln!(s, "| {} | {} | {} | {} |", f.bit, f.name, f.meaning, f.source);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            f.bit, f.name, f.meaning, f.source
+        );
     }
     s.push('\n');
     for b in &dpdk.blocks {
@@ -46,11 +58,29 @@ fn render_block(s: &mut String, b: &RegisterBlock) {
         Location::Config(o) => format!("config space 0x{o:02x}"),
         Location::Bar(i, o) => format!("BAR{i} + 0x{o:x}"),
     };
-    let _ = writeln!(s, "## {} ({}, {} bytes)\n\n{}\n", b.title, loc, b.size, b.summary);
+    let _ = writeln!(
+        s,
+        "## {} ({}, {} bytes)\n\n{}\n",
+        b.title, loc, b.size, b.summary
+    );
     s.push_str("| offset | name | width | access | reset | meaning | source |\n|---|---|---|---|---|---|---|\n");
     for r in &b.registers {
-        let reset = if r.reset_checkable { format!("0x{:x}", r.reset) } else { format!("0x{:x} (live)", r.reset) };
-        let _ = writeln!(s, "| 0x{:03x} | {} | {} | {} | {} | {} | {} |", r.offset, r.name, r.width, r.access.name(), reset, r.meaning, r.source);
+        let reset = if r.reset_checkable {
+            format!("0x{:x}", r.reset)
+        } else {
+            format!("0x{:x} (live)", r.reset)
+        };
+        let _ = writeln!(
+            s,
+            "| 0x{:03x} | {} | {} | {} | {} | {} | {} |",
+            r.offset,
+            r.name,
+            r.width,
+            r.access.name(),
+            reset,
+            r.meaning,
+            r.source
+        );
     }
     s.push('\n');
 }

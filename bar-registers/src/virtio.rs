@@ -68,7 +68,12 @@ pub struct Feature {
 
 macro_rules! feature {
     ($bit:expr, $name:literal, $meaning:literal, $source:literal) => {
-        Feature { bit: $bit, name: $name, meaning: $meaning, source: $source }
+        Feature {
+            bit: $bit,
+            name: $name,
+            meaning: $meaning,
+            source: $source,
+        }
     };
 }
 
@@ -132,7 +137,10 @@ pub fn offered_mask() -> u64 {
 
 /// Name of a feature bit, if the device knows it.
 pub fn feature_name(bit: u32) -> Option<&'static str> {
-    OFFERED_FEATURES.iter().find(|f| f.bit == bit).map(|f| f.name)
+    OFFERED_FEATURES
+        .iter()
+        .find(|f| f.bit == bit)
+        .map(|f| f.name)
 }
 
 const SPEC_COMMON: &str = "virtio 1.2 4.1.4.3";
@@ -242,16 +250,48 @@ pub(crate) fn common_registers(num_queues: u16, queue_size_max: u16) -> Vec<Regi
 }
 
 pub(crate) fn isr_registers() -> Vec<Register> {
-    vec![Register::new("isr_status", 0, 1, Access::Rc, 0, "bit 0 queue interrupt, bit 1 config change; cleared by the read", "virtio 1.2 4.1.4.5")]
+    vec![Register::new(
+        "isr_status",
+        0,
+        1,
+        Access::Rc,
+        0,
+        "bit 0 queue interrupt, bit 1 config change; cleared by the read",
+        "virtio 1.2 4.1.4.5",
+    )]
 }
 
 pub(crate) fn net_cfg_registers(mac: [u8; 6], max_pairs: u16, mtu: u16) -> Vec<Register> {
-    let mac_val = mac.iter().enumerate().fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i)));
+    let mac_val = mac
+        .iter()
+        .enumerate()
+        .fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i)));
     const SRC: &str = "virtio 1.2 5.1.4";
     vec![
-        Register { width: 6, ..Register::new("mac", net_cfg::MAC, 1, Access::Ro, mac_val, "MAC address (VIRTIO_NET_F_MAC); readable byte by byte", SRC) }
-            .narrow(Narrow::Any),
-        Register::new("status", net_cfg::STATUS, 2, Access::Ro, 1, "bit 0 VIRTIO_NET_S_LINK_UP, bit 1 VIRTIO_NET_S_ANNOUNCE", SRC).narrow(Narrow::Any).live(),
+        Register {
+            width: 6,
+            ..Register::new(
+                "mac",
+                net_cfg::MAC,
+                1,
+                Access::Ro,
+                mac_val,
+                "MAC address (VIRTIO_NET_F_MAC); readable byte by byte",
+                SRC,
+            )
+        }
+        .narrow(Narrow::Any),
+        Register::new(
+            "status",
+            net_cfg::STATUS,
+            2,
+            Access::Ro,
+            1,
+            "bit 0 VIRTIO_NET_S_LINK_UP, bit 1 VIRTIO_NET_S_ANNOUNCE",
+            SRC,
+        )
+        .narrow(Narrow::Any)
+        .live(),
         Register::new(
             "max_virtqueue_pairs",
             net_cfg::MAX_VIRTQUEUE_PAIRS,
@@ -262,9 +302,35 @@ pub(crate) fn net_cfg_registers(mac: [u8; 6], max_pairs: u16, mtu: u16) -> Vec<R
             SRC,
         )
         .narrow(Narrow::Any),
-        Register::new("mtu", net_cfg::MTU, 2, Access::Ro, mtu.into(), "maximum MTU the driver should use (VIRTIO_NET_F_MTU)", SRC).narrow(Narrow::Any),
-        Register::new("speed", net_cfg::SPEED, 4, Access::Ro, 0xFFFF_FFFF, "link speed in Mb/s; unknown (VIRTIO_NET_F_SPEED_DUPLEX not offered)", SRC)
-            .narrow(Narrow::Any),
-        Register::new("duplex", net_cfg::DUPLEX, 1, Access::Ro, 0xFF, "duplex; unknown", SRC).narrow(Narrow::Any),
+        Register::new(
+            "mtu",
+            net_cfg::MTU,
+            2,
+            Access::Ro,
+            mtu.into(),
+            "maximum MTU the driver should use (VIRTIO_NET_F_MTU)",
+            SRC,
+        )
+        .narrow(Narrow::Any),
+        Register::new(
+            "speed",
+            net_cfg::SPEED,
+            4,
+            Access::Ro,
+            0xFFFF_FFFF,
+            "link speed in Mb/s; unknown (VIRTIO_NET_F_SPEED_DUPLEX not offered)",
+            SRC,
+        )
+        .narrow(Narrow::Any),
+        Register::new(
+            "duplex",
+            net_cfg::DUPLEX,
+            1,
+            Access::Ro,
+            0xFF,
+            "duplex; unknown",
+            SRC,
+        )
+        .narrow(Narrow::Any),
     ]
 }

@@ -70,7 +70,10 @@ pub struct DeviceCounters {
 impl DeviceCounters {
     /// Fault count by stable name.
     pub fn fault(&self, kind: &str) -> u64 {
-        FAULT_KINDS.iter().position(|k| *k == kind).map_or(0, |i| self.faults[i])
+        FAULT_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.faults[i])
     }
 
     /// Name/value pairs of the scalar counters (for reports).

@@ -11,7 +11,10 @@ use crate::snapshot::SnapshotError;
 use crate::state::{DeviceState, QueueState};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
 use bar_registers::{DeviceLayout, LayoutError, REGION_CONFIG};
-use dma::{AddressSpace, Backing, BusStats, DmaEngine, IommuStats, LogStats, MapError, MappingInfo, Perms, WriteTrace};
+use dma::{
+    AddressSpace, Backing, BusStats, DmaEngine, IommuStats, LogStats, MapError, MappingInfo, Perms,
+    WriteTrace,
+};
 use parking_lot::{Mutex, MutexGuard};
 use std::sync::Arc;
 
@@ -22,7 +25,12 @@ pub enum AccessError {
     #[error("region {0} does not exist")]
     NoSuchRegion(u32),
     #[error("access of {len} bytes at {offset:#x} runs past the end of region {region} ({size:#x} bytes)")]
-    OutOfRange { region: u32, offset: u64, len: usize, size: u64 },
+    OutOfRange {
+        region: u32,
+        offset: u64,
+        len: usize,
+        size: u64,
+    },
     #[error("access of {0} bytes: only 1, 2, 4 and 8 byte accesses exist")]
     BadWidth(usize),
     /// The device is remote and the transport to it failed (vfio-user client side).
@@ -41,7 +49,8 @@ pub trait RegionAccess {
 /// What vfio-user DMA_MAP / DMA_UNMAP become.
 pub trait DmaMapper {
     /// Maps [iova, iova+size) to `backing` with `perms`.
-    fn dma_map(&self, iova: u64, size: u64, perms: Perms, backing: Backing) -> Result<(), MapError>;
+    fn dma_map(&self, iova: u64, size: u64, perms: Perms, backing: Backing)
+        -> Result<(), MapError>;
     /// Unmaps every mapping inside [iova, iova+size).
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError>;
     /// Unmaps everything.
@@ -68,7 +77,9 @@ pub struct Device {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("queues", &self.layout.num_queues).finish_non_exhaustive()
+        f.debug_struct("Device")
+            .field("queues", &self.layout.num_queues)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,8 +90,20 @@ impl Device {
         let space = Arc::new(AddressSpace::new());
         let inbox = Arc::new(RxInbox::new(cfg.rx_backlog));
         let engine = DmaEngine::new(space.clone(), cfg.iotlb_entries);
-        let state = DeviceState::new(layout.clone(), cfg, engine, Arc::new(NullPort::default()), inbox.clone(), Arc::new(NullSink));
-        Ok(Arc::new(Device { state: Mutex::new(state), inbox, space, layout }))
+        let state = DeviceState::new(
+            layout.clone(),
+            cfg,
+            engine,
+            Arc::new(NullPort::default()),
+            inbox.clone(),
+            Arc::new(NullSink),
+        );
+        Ok(Arc::new(Device {
+            state: Mutex::new(state),
+            inbox,
+            space,
+            layout,
+        }))
     }
 
     /// The register layout.
@@ -164,7 +187,11 @@ impl Device {
     /// Upper bound of a [`Device::save_state`] stream for this device.
     pub fn max_state_len(&self) -> usize {
         let s = self.state.lock();
-        crate::snapshot::max_state_len(self.layout.num_queues, self.layout.msix_vectors, s.cfg.rx_backlog)
+        crate::snapshot::max_state_len(
+            self.layout.num_queues,
+            self.layout.msix_vectors,
+            s.cfg.rx_backlog,
+        )
     }
 
     /// Link up/down (config status LINK_UP, config interrupt).
@@ -222,7 +249,13 @@ impl Device {
         let s = self.state.lock();
         let slot = s.queues.get(usize::from(q))?;
         let (last_avail, last_used) = slot.ring_state();
-        Some(QueueSnapshot { enabled: matches!(slot.state, QueueState::Enabled(_)), size: slot.size, last_avail, last_used, msix_vector: slot.msix_vector })
+        Some(QueueSnapshot {
+            enabled: matches!(slot.state, QueueState::Enabled(_)),
+            size: slot.size,
+            last_avail,
+            last_used,
+            msix_vector: slot.msix_vector,
+        })
     }
 
     /// Current DMA mappings.
@@ -258,7 +291,9 @@ impl Device {
     /// from inside their own datapaths without a lock-order deadlock.
     pub fn try_service_rx(&self) {
         while !self.inbox.is_empty() {
-            let Some(mut s) = self.state.try_lock() else { return };
+            let Some(mut s) = self.state.try_lock() else {
+                return;
+            };
             let before = self.inbox.len();
             s.service_inbox();
             let stuck = self.inbox.len() >= before;
@@ -277,7 +312,12 @@ fn check(region_size: u64, region: u32, offset: u64, len: usize) -> Result<(), A
     }
     match offset.checked_add(len as u64) {
         Some(end) if end <= region_size => Ok(()),
-        _ => Err(AccessError::OutOfRange { region, offset, len, size: region_size }),
+        _ => Err(AccessError::OutOfRange {
+            region,
+            offset,
+            len,
+            size: region_size,
+        }),
     }
 }
 
@@ -322,13 +362,21 @@ impl RegionAccess for Device {
 }
 
 impl DmaMapper for Device {
-    fn dma_map(&self, iova: u64, size: u64, perms: Perms, backing: Backing) -> Result<(), MapError> {
-        let _span = tracing::debug_span!("dma_map", iova = format_args!("{iova:#x}"), size).entered();
+    fn dma_map(
+        &self,
+        iova: u64,
+        size: u64,
+        perms: Perms,
+        backing: Backing,
+    ) -> Result<(), MapError> {
+        let _span =
+            tracing::debug_span!("dma_map", iova = format_args!("{iova:#x}"), size).entered();
         self.space.map(iova, size, perms, backing)
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
-        let _span = tracing::debug_span!("dma_unmap", iova = format_args!("{iova:#x}"), size).entered();
+        let _span =
+            tracing::debug_span!("dma_unmap", iova = format_args!("{iova:#x}"), size).entered();
         let r = self.space.unmap(iova, size);
         self.with(|s| s.dma.sync_space());
         r

@@ -21,11 +21,15 @@ pub enum DeviceFault {
     IndirectWithNext { queue: u16 },
     #[error("queue {queue}: indirect descriptor used but VIRTIO_F_INDIRECT_DESC not negotiated")]
     IndirectNotNegotiated { queue: u16 },
-    #[error("queue {queue}: indirect table length {len} is zero, not a multiple of 16 or too large")]
+    #[error(
+        "queue {queue}: indirect table length {len} is zero, not a multiple of 16 or too large"
+    )]
     BadIndirectLength { queue: u16, len: u32 },
     #[error("queue {queue}: zero-length descriptor at index {index}")]
     ZeroLengthDescriptor { queue: u16, index: u16 },
-    #[error("queue {queue}: chain carries {total} bytes, more than the {limit} this queue accepts")]
+    #[error(
+        "queue {queue}: chain carries {total} bytes, more than the {limit} this queue accepts"
+    )]
     OversizedChain { queue: u16, total: u64, limit: u64 },
     #[error("queue {queue}: device-readable descriptor after a device-writable one (virtio 1.2 2.7.4.2)")]
     ReadableAfterWritable { queue: u16 },
@@ -34,7 +38,13 @@ pub enum DeviceFault {
     #[error("queue {queue}: RX chain has a device-readable descriptor")]
     ReadableInRxChain { queue: u16 },
     #[error("queue {queue}: avail index {avail} is {pending} ahead of the device's {last}, more than the queue size {size}")]
-    AvailIndexJump { queue: u16, avail: u16, last: u16, pending: u16, size: u16 },
+    AvailIndexJump {
+        queue: u16,
+        avail: u16,
+        last: u16,
+        pending: u16,
+        size: u16,
+    },
     #[error("queue {queue}: control command without a device-writable status byte")]
     CtrlNoStatus { queue: u16 },
     #[error("queue {queue}: ring address misaligned or queue size invalid at enable ({detail})")]

@@ -1,7 +1,9 @@
 //! Interrupt delivery: MSI-X table and PBA state (PCI 3.0 6.8.2), INTx with the virtio ISR, and
 //! the [`InterruptSink`] seam (eventfds in production, a recorder in tests).
 
-use bar_registers::msix::{ENTRY_SIZE, MSG_ADDR_HI, MSG_ADDR_LO, MSG_DATA, VECTOR_CONTROL, VECTOR_MASKED};
+use bar_registers::msix::{
+    ENTRY_SIZE, MSG_ADDR_HI, MSG_ADDR_LO, MSG_DATA, VECTOR_CONTROL, VECTOR_MASKED,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Where the device's interrupts go.
@@ -24,12 +26,18 @@ pub struct InterruptRecorder {
 impl InterruptRecorder {
     /// A recorder for `vectors` MSI-X vectors.
     pub fn new(vectors: u16) -> Self {
-        InterruptRecorder { counts: (0..vectors).map(|_| AtomicU64::new(0)).collect(), intx: AtomicBool::new(false), intx_edges: AtomicU64::new(0) }
+        InterruptRecorder {
+            counts: (0..vectors).map(|_| AtomicU64::new(0)).collect(),
+            intx: AtomicBool::new(false),
+            intx_edges: AtomicU64::new(0),
+        }
     }
 
     /// Interrupts seen on `vector`.
     pub fn count(&self, vector: u16) -> u64 {
-        self.counts.get(usize::from(vector)).map_or(0, |c| c.load(Ordering::Acquire))
+        self.counts
+            .get(usize::from(vector))
+            .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// Interrupts seen on all vectors.
@@ -39,7 +47,10 @@ impl InterruptRecorder {
 
     /// Current INTx level and the number of assertions so far.
     pub fn intx(&self) -> (bool, u64) {
-        (self.intx.load(Ordering::Acquire), self.intx_edges.load(Ordering::Acquire))
+        (
+            self.intx.load(Ordering::Acquire),
+            self.intx_edges.load(Ordering::Acquire),
+        )
     }
 }
 
@@ -150,7 +161,9 @@ impl MsixState {
         if !self.enabled {
             return Vec::new();
         }
-        (0..self.vectors()).filter(|&v| self.take_pending(v)).collect()
+        (0..self.vectors())
+            .filter(|&v| self.take_pending(v))
+            .collect()
     }
 
     /// Requests vector `v` (MSI-X enabled).

@@ -3,7 +3,9 @@
 //! the virtio PCI_CFG access window (virtio 1.2 4.1.4.9).
 
 use bar_registers::model::{Access, Location};
-use bar_registers::pci::{cap_offset, command, hdr, msix_cap, pcie_cap, virtio_cap, CONFIG_SPACE_SIZE};
+use bar_registers::pci::{
+    cap_offset, command, hdr, msix_cap, pcie_cap, virtio_cap, CONFIG_SPACE_SIZE,
+};
 use bar_registers::DeviceLayout;
 
 const SIZE: usize = CONFIG_SPACE_SIZE as usize;
@@ -34,7 +36,9 @@ pub struct ConfigSpace {
 
 impl std::fmt::Debug for ConfigSpace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfigSpace").field("command", &self.command()).finish_non_exhaustive()
+        f.debug_struct("ConfigSpace")
+            .field("command", &self.command())
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +55,9 @@ impl ConfigSpace {
         let mut wmask = Box::new([0u8; SIZE]);
         let mut w1c = Box::new([0u8; SIZE]);
         for b in &layout.blocks {
-            let Location::Config(base) = b.location else { continue };
+            let Location::Config(base) = b.location else {
+                continue;
+            };
             for r in &b.registers {
                 put(&mut bytes, base + r.offset, r.width, r.reset);
                 match r.access {
@@ -63,11 +69,31 @@ impl ConfigSpace {
         }
         // Narrower masks where a register is only partly writable.
         put(&mut wmask, hdr::COMMAND, 2, command::WRITABLE.into());
-        put(&mut w1c, hdr::STATUS, 2, bar_registers::pci::status::W1C.into());
-        put(&mut wmask, cap_offset::MSIX + msix_cap::MESSAGE_CONTROL, 2, u64::from(msix_cap::CTRL_ENABLE | msix_cap::CTRL_FUNCTION_MASK));
+        put(
+            &mut w1c,
+            hdr::STATUS,
+            2,
+            bar_registers::pci::status::W1C.into(),
+        );
+        put(
+            &mut wmask,
+            cap_offset::MSIX + msix_cap::MESSAGE_CONTROL,
+            2,
+            u64::from(msix_cap::CTRL_ENABLE | msix_cap::CTRL_FUNCTION_MASK),
+        );
         // Bit 15 (Initiate FLR) is stored so the write can be seen, then cleared by the FLR itself.
-        put(&mut wmask, cap_offset::PCIE + pcie_cap::DEVICE_CONTROL, 2, 0xFFFF);
-        put(&mut w1c, cap_offset::PCIE + pcie_cap::DEVICE_STATUS, 2, 0x000F);
+        put(
+            &mut wmask,
+            cap_offset::PCIE + pcie_cap::DEVICE_CONTROL,
+            2,
+            0xFFFF,
+        );
+        put(
+            &mut w1c,
+            cap_offset::PCIE + pcie_cap::DEVICE_STATUS,
+            2,
+            0x000F,
+        );
         // BARs are handled by bar_read/bar_write (sizing), not by masks.
         wmask[0x10..0x28].fill(0);
         let mut bar_sizes = [0u64; 6];
@@ -75,7 +101,13 @@ impl ConfigSpace {
             bar_sizes[usize::from(bar.index)] = bar.size;
         }
         let reset_image = bytes.clone();
-        ConfigSpace { bytes, wmask, w1c, reset_image, bar_sizes }
+        ConfigSpace {
+            bytes,
+            wmask,
+            w1c,
+            reset_image,
+            bar_sizes,
+        }
     }
 
     /// Function level reset: back to the reset image.
@@ -112,18 +144,28 @@ impl ConfigSpace {
     pub fn msix_control(&self) -> (bool, bool) {
         let o = (cap_offset::MSIX + msix_cap::MESSAGE_CONTROL) as usize;
         let v = u16::from_le_bytes([self.bytes[o], self.bytes[o + 1]]);
-        (v & msix_cap::CTRL_ENABLE != 0, v & msix_cap::CTRL_FUNCTION_MASK != 0)
+        (
+            v & msix_cap::CTRL_ENABLE != 0,
+            v & msix_cap::CTRL_FUNCTION_MASK != 0,
+        )
     }
 
     /// PCIe Max_Payload_Size and Max_Read_Request_Size in bytes.
     pub fn pcie_mps_mrrs(&self) -> (u32, u32) {
         let o = (cap_offset::PCIE + pcie_cap::DEVICE_CONTROL) as usize;
         let v = u16::from_le_bytes([self.bytes[o], self.bytes[o + 1]]);
-        (128 << ((v >> pcie_cap::DEVCTL_MPS_SHIFT) & 7), 128 << ((v >> pcie_cap::DEVCTL_MRRS_SHIFT) & 7))
+        (
+            128 << ((v >> pcie_cap::DEVCTL_MPS_SHIFT) & 7),
+            128 << ((v >> pcie_cap::DEVCTL_MRRS_SHIFT) & 7),
+        )
     }
 
     fn bar_value(&self, i: usize) -> u32 {
-        let raw = u32::from_le_bytes(self.bytes[0x10 + 4 * i..0x14 + 4 * i].try_into().expect("4 bytes"));
+        let raw = u32::from_le_bytes(
+            self.bytes[0x10 + 4 * i..0x14 + 4 * i]
+                .try_into()
+                .expect("4 bytes"),
+        );
         let size = self.bar_sizes[i];
         if size != 0 {
             // Low dword of a 64-bit memory BAR: address bits above the size, type bits 0b100.
@@ -182,7 +224,9 @@ impl ConfigSpace {
             return ConfigEffect::PciCfgWrite(bar, boff, blen, u32::from_le_bytes(v));
         }
         let devctl = (cap_offset::PCIE + pcie_cap::DEVICE_CONTROL) as usize;
-        if (off as usize..off as usize + data.len()).contains(&(devctl + 1)) && self.bytes[devctl + 1] & 0x80 != 0 {
+        if (off as usize..off as usize + data.len()).contains(&(devctl + 1))
+            && self.bytes[devctl + 1] & 0x80 != 0
+        {
             self.bytes[devctl + 1] &= 0x7F;
             effect = ConfigEffect::FunctionLevelReset;
         } else if self.msix_control() != before_msix {

@@ -108,7 +108,12 @@ mod tests {
         for q in Quirk::ALL {
             assert_eq!(Quirk::parse(q.name()), Some(q));
         }
-        let s: Quirks = [Quirk::StaleUsedIdx, Quirk::NoGuestAnnounce].into_iter().collect();
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![Quirk::StaleUsedIdx, Quirk::NoGuestAnnounce]);
+        let s: Quirks = [Quirk::StaleUsedIdx, Quirk::NoGuestAnnounce]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![Quirk::StaleUsedIdx, Quirk::NoGuestAnnounce]
+        );
     }
 }

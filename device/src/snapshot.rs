@@ -96,7 +96,9 @@ pub mod tag {
 }
 
 fn tag_name(t: [u8; 4]) -> String {
-    t.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()
+    t.iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+        .collect()
 }
 
 fn static_name(t: [u8; 4]) -> &'static str {
@@ -147,7 +149,11 @@ pub enum SnapshotError {
     #[error("invalid {field}: {detail}")]
     Invalid { field: &'static str, detail: String },
     #[error("saved on an incompatible device: {what} is {saved:#x} there, {here:#x} here")]
-    Incompatible { what: &'static str, saved: u64, here: u64 },
+    Incompatible {
+        what: &'static str,
+        saved: u64,
+        here: u64,
+    },
     #[error("config space byte {offset:#x} cannot be restored ({saved:#04x} saved, {here:#04x} here): another kind of device")]
     ConfigMismatch { offset: usize, saved: u8, here: u8 },
     #[error("queue {queue} could not be enabled again: {detail}")]
@@ -157,7 +163,10 @@ pub enum SnapshotError {
 }
 
 fn invalid(field: &'static str, detail: impl Into<String>) -> SnapshotError {
-    SnapshotError::Invalid { field, detail: detail.into() }
+    SnapshotError::Invalid {
+        field,
+        detail: detail.into(),
+    }
 }
 
 /// FNV-1a, 64 bits: the seal (corruption detection, not authentication).
@@ -173,7 +182,14 @@ fn fnv1a64(data: &[u8]) -> u64 {
 /// Upper bound of a state stream for a device with this many queues, vectors and FIFO
 /// frames (a VMM bounds the data it buffers while resuming with it).
 pub fn max_state_len(num_queues: u16, msix_vectors: u16, rx_backlog: usize) -> usize {
-    let fixed = HEADER_LEN + 16 * SECTION_HEAD + 128 + CONFIG_LEN + 8 + 16 * usize::from(msix_vectors) + 8 * usize::from(msix_vectors).div_ceil(64) + 64;
+    let fixed = HEADER_LEN
+        + 16 * SECTION_HEAD
+        + 128
+        + CONFIG_LEN
+        + 8
+        + 16 * usize::from(msix_vectors)
+        + 8 * usize::from(msix_vectors).div_ceil(64)
+        + 64;
     let queues = 2 + 60 * usize::from(num_queues);
     let net = 32 + 2 * 6 * MAX_MAC_TABLE + 2 * FLOW_BUCKETS + 12;
     let inbox = 4 + rx_backlog.saturating_mul(4 + MAX_INBOX_FRAME);
@@ -221,7 +237,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(SnapshotError::Truncated(self.tag))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(SnapshotError::Truncated(self.tag))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -252,7 +272,12 @@ impl<'a> Reader<'a> {
     }
     /// A count of items of at least `item` bytes each: at most `max`, and no more than the
     /// rest of the body could hold (nothing is allocated from an unchecked count).
-    fn count(&mut self, field: &'static str, max: usize, item: usize) -> Result<usize, SnapshotError> {
+    fn count(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        item: usize,
+    ) -> Result<usize, SnapshotError> {
         let n = self.u32()? as usize;
         if n > max {
             return Err(invalid(field, format!("{n} entries, at most {max}")));
@@ -265,7 +290,10 @@ impl<'a> Reader<'a> {
     fn finish(&self) -> Result<(), SnapshotError> {
         match self.buf.len() - self.pos {
             0 => Ok(()),
-            extra => Err(SnapshotError::TrailingBytes { tag: self.tag, extra }),
+            extra => Err(SnapshotError::TrailingBytes {
+                tag: self.tag,
+                extra,
+            }),
         }
     }
 }
@@ -366,7 +394,11 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     if data[..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    let mut h = Reader { buf: &data[8..HEADER_LEN], pos: 0, tag: "header" };
+    let mut h = Reader {
+        buf: &data[8..HEADER_LEN],
+        pos: 0,
+        tag: "header",
+    };
     let (version, flags, total) = (h.u32()?, h.u32()?, h.u64()?);
     if version != VERSION {
         return Err(SnapshotError::UnsupportedVersion(version));
@@ -375,7 +407,10 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
         return Err(SnapshotError::UnsupportedFlags(flags));
     }
     if total != data.len() as u64 {
-        return Err(SnapshotError::LengthMismatch { declared: total, actual: data.len() });
+        return Err(SnapshotError::LengthMismatch {
+            declared: total,
+            actual: data.len(),
+        });
     }
     let mut bodies: [Option<&[u8]>; 8] = [None; 8];
     let mut pos = HEADER_LEN;
@@ -390,7 +425,13 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
         }
         let len = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
         let body_at = pos + SECTION_HEAD;
-        let end = body_at.checked_add(len).filter(|&e| e <= data.len()).ok_or_else(|| SnapshotError::SectionOverrun { tag: tag_name(t), offset: pos })?;
+        let end = body_at
+            .checked_add(len)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| SnapshotError::SectionOverrun {
+                tag: tag_name(t),
+                offset: pos,
+            })?;
         if t == tag::SEAL {
             if len != 8 || end != data.len() {
                 return Err(SnapshotError::BadSeal);
@@ -404,7 +445,9 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
             break;
         }
         match tag::REQUIRED.iter().position(|&r| r == t) {
-            Some(i) if bodies[i].is_some() => return Err(SnapshotError::DuplicateSection { tag: tag_name(t) }),
+            Some(i) if bodies[i].is_some() => {
+                return Err(SnapshotError::DuplicateSection { tag: tag_name(t) })
+            }
             Some(i) => bodies[i] = Some(&data[body_at..end]),
             // Ancillary (lower-case first letter): skipped.
             None if t[0].is_ascii_lowercase() => {}
@@ -418,7 +461,11 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     let mut r = Vec::with_capacity(8);
     for (i, t) in tag::REQUIRED.iter().enumerate() {
         let body = bodies[i].ok_or(SnapshotError::MissingSection(static_name(*t)))?;
-        r.push(Reader { buf: body, pos: 0, tag: static_name(*t) });
+        r.push(Reader {
+            buf: body,
+            pos: 0,
+            tag: static_name(*t),
+        });
     }
     let mut it = r.into_iter();
     let mut next = || it.next().expect("eight readers");
@@ -430,7 +477,16 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     let net = parse_net(&mut next())?;
     let lm = parse_lm(&mut next())?;
     let inbox = parse_inbox(&mut next())?;
-    Ok(Image { identity, pci, msix, virtio, queues, net, lm, inbox })
+    Ok(Image {
+        identity,
+        pci,
+        msix,
+        virtio,
+        queues,
+        net,
+        lm,
+        inbox,
+    })
 }
 
 fn parse_identity(r: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
@@ -458,26 +514,44 @@ fn parse_pci(r: &mut Reader<'_>) -> Result<Vec<u8>, SnapshotError> {
 fn parse_msix(r: &mut Reader<'_>, vectors: u16) -> Result<MsixImage, SnapshotError> {
     let n = r.u16()?;
     if n != vectors {
-        return Err(invalid("msix vectors", format!("{n} in MSIX, {vectors} in IDNT")));
+        return Err(invalid(
+            "msix vectors",
+            format!("{n} in MSIX, {vectors} in IDNT"),
+        ));
     }
     let enabled = r.bool("msix enable")?;
     let function_mask = r.bool("msix function mask")?;
     let dwords = usize::from(n) * (ENTRY_SIZE as usize / 4);
-    let table = (0..dwords).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+    let table = (0..dwords)
+        .map(|_| r.u32())
+        .collect::<Result<Vec<_>, _>>()?;
     for (v, e) in table.chunks_exact(4).enumerate() {
         if e[3] & !VECTOR_MASKED != 0 {
-            return Err(invalid("msix vector control", format!("vector {v}: {:#x}", e[3])));
+            return Err(invalid(
+                "msix vector control",
+                format!("vector {v}: {:#x}", e[3]),
+            ));
         }
     }
-    let pending = (0..usize::from(n).div_ceil(64)).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+    let pending = (0..usize::from(n).div_ceil(64))
+        .map(|_| r.u64())
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(last) = pending.last() {
         let used = usize::from(n) % 64;
         if used != 0 && last >> used != 0 {
-            return Err(invalid("msix pending bits", "bits set beyond the last vector"));
+            return Err(invalid(
+                "msix pending bits",
+                "bits set beyond the last vector",
+            ));
         }
     }
     r.finish()?;
-    Ok(MsixImage { enabled, function_mask, table, pending })
+    Ok(MsixImage {
+        enabled,
+        function_mask,
+        table,
+        pending,
+    })
 }
 
 fn parse_virtio(r: &mut Reader<'_>) -> Result<VirtioImage, SnapshotError> {
@@ -498,10 +572,19 @@ fn parse_virtio(r: &mut Reader<'_>) -> Result<VirtioImage, SnapshotError> {
     }
     let features_ok = v.status & st::FEATURES_OK != 0;
     if features_ok && v.negotiated != v.driver_features {
-        return Err(invalid("negotiated features", format!("{:#x} after FEATURES_OK with driver features {:#x}", v.negotiated, v.driver_features)));
+        return Err(invalid(
+            "negotiated features",
+            format!(
+                "{:#x} after FEATURES_OK with driver features {:#x}",
+                v.negotiated, v.driver_features
+            ),
+        ));
     }
     if !features_ok && v.negotiated != 0 {
-        return Err(invalid("negotiated features", format!("{:#x} without FEATURES_OK", v.negotiated)));
+        return Err(invalid(
+            "negotiated features",
+            format!("{:#x} without FEATURES_OK", v.negotiated),
+        ));
     }
     Ok(v)
 }
@@ -509,7 +592,10 @@ fn parse_virtio(r: &mut Reader<'_>) -> Result<VirtioImage, SnapshotError> {
 fn parse_queues(r: &mut Reader<'_>, num_queues: u16) -> Result<Vec<QueueImage>, SnapshotError> {
     let n = r.u16()?;
     if n != num_queues {
-        return Err(invalid("queue count", format!("{n} in QUES, {num_queues} in IDNT")));
+        return Err(invalid(
+            "queue count",
+            format!("{n} in QUES, {num_queues} in IDNT"),
+        ));
     }
     let mut out = Vec::with_capacity(usize::from(n));
     for q in 0..n {
@@ -528,7 +614,17 @@ fn parse_queues(r: &mut Reader<'_>, num_queues: u16) -> Result<Vec<QueueImage>, 
         let resumed = (r.u16()?, r.u16()?);
         let late = r.bool("late_final flag")?;
         let fin = ((r.u16()?, r.u16()?), r.u32()?);
-        out.push(QueueImage { size, msix_vector, desc, driver, device, kind, ring_state, resumed, late_final: late.then_some(fin) });
+        out.push(QueueImage {
+            size,
+            msix_vector,
+            desc,
+            driver,
+            device,
+            kind,
+            ring_state,
+            resumed,
+            late_final: late.then_some(fin),
+        });
     }
     r.finish()?;
     Ok(out)
@@ -549,7 +645,10 @@ fn parse_net(r: &mut Reader<'_>) -> Result<NetImage, SnapshotError> {
     let mc_table = parse_macs(r, "multicast MAC table")?;
     let n = r.count("flow table", FLOW_BUCKETS, 2)?;
     if n != FLOW_BUCKETS {
-        return Err(invalid("flow table", format!("{n} buckets, this device has {FLOW_BUCKETS}")));
+        return Err(invalid(
+            "flow table",
+            format!("{n} buckets, this device has {FLOW_BUCKETS}"),
+        ));
     }
     let flows = (0..n).map(|_| r.u16()).collect::<Result<Vec<_>, _>>()?;
     r.finish()?;
@@ -557,11 +656,25 @@ fn parse_net(r: &mut Reader<'_>) -> Result<NetImage, SnapshotError> {
     if status & !3 != 0 {
         return Err(invalid("net status", format!("{status:#x}")));
     }
-    Ok(NetImage { mac, status, curr_pairs, promisc, allmulti, uc_table, mc_table, flows })
+    Ok(NetImage {
+        mac,
+        status,
+        curr_pairs,
+        promisc,
+        allmulti,
+        uc_table,
+        mc_table,
+        flows,
+    })
 }
 
 fn parse_lm(r: &mut Reader<'_>) -> Result<LmRegs, SnapshotError> {
-    let lm = LmRegs { control: r.u64()?, base: r.u64()?, end: r.u64()?, mq_pairs: r.u32()? };
+    let lm = LmRegs {
+        control: r.u64()?,
+        base: r.u64()?,
+        end: r.u64()?,
+        mq_pairs: r.u32()?,
+    };
     r.finish()?;
     Ok(lm)
 }
@@ -572,7 +685,10 @@ fn parse_inbox(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>, SnapshotError> {
     for i in 0..n {
         let len = r.u32()? as usize;
         if len > MAX_INBOX_FRAME {
-            return Err(invalid("receive FIFO frame", format!("frame {i}: {len} bytes, at most {MAX_INBOX_FRAME}")));
+            return Err(invalid(
+                "receive FIFO frame",
+                format!("frame {i}: {len} bytes, at most {MAX_INBOX_FRAME}"),
+            ));
         }
         frames.push(r.take(len)?.to_vec());
     }
@@ -636,7 +752,9 @@ impl DeviceState {
     /// Serializes the device state (see the module documentation). Frames waiting in the
     /// receive FIFO are copied, not taken: a source whose migration is cancelled still has them.
     pub(crate) fn save(&self) -> Vec<u8> {
-        let mut w = Writer { out: Vec::with_capacity(8192 + self.inbox.len() * 1600) };
+        let mut w = Writer {
+            out: Vec::with_capacity(8192 + self.inbox.len() * 1600),
+        };
         w.bytes(&MAGIC);
         w.u32(VERSION);
         w.u32(0);
@@ -778,11 +896,31 @@ impl DeviceState {
         let here = self.identity();
         let s = &img.identity;
         let pairs: [(&'static str, u64, u64); 7] = [
-            ("the queue count", s.num_queues.into(), here.num_queues.into()),
-            ("the queue pair count", s.queue_pairs.into(), here.queue_pairs.into()),
-            ("the largest queue size", s.queue_size_max.into(), here.queue_size_max.into()),
-            ("the MSI-X vector count", s.msix_vectors.into(), here.msix_vectors.into()),
-            ("the LM block layout", s.lm_layout.into(), here.lm_layout.into()),
+            (
+                "the queue count",
+                s.num_queues.into(),
+                here.num_queues.into(),
+            ),
+            (
+                "the queue pair count",
+                s.queue_pairs.into(),
+                here.queue_pairs.into(),
+            ),
+            (
+                "the largest queue size",
+                s.queue_size_max.into(),
+                here.queue_size_max.into(),
+            ),
+            (
+                "the MSI-X vector count",
+                s.msix_vectors.into(),
+                here.msix_vectors.into(),
+            ),
+            (
+                "the LM block layout",
+                s.lm_layout.into(),
+                here.lm_layout.into(),
+            ),
             ("the MTU", s.mtu.into(), here.mtu.into()),
             ("the configured MAC", mac_u64(&s.mac), mac_u64(&here.mac)),
         ];
@@ -793,40 +931,73 @@ impl DeviceState {
         }
         for (i, (&a, &b)) in s.bar_sizes.iter().zip(&here.bar_sizes).enumerate() {
             if a != b {
-                const NAMES: [&str; 6] = ["the BAR0 size", "the BAR1 size", "the BAR2 size", "the BAR3 size", "the BAR4 size", "the BAR5 size"];
-                return Err(SnapshotError::Incompatible { what: NAMES[i], saved: a, here: b });
+                const NAMES: [&str; 6] = [
+                    "the BAR0 size",
+                    "the BAR1 size",
+                    "the BAR2 size",
+                    "the BAR3 size",
+                    "the BAR4 size",
+                    "the BAR5 size",
+                ];
+                return Err(SnapshotError::Incompatible {
+                    what: NAMES[i],
+                    saved: a,
+                    here: b,
+                });
             }
         }
         if img.inbox.len() > self.cfg.rx_backlog {
-            return Err(SnapshotError::InboxOverflow { frames: img.inbox.len(), capacity: self.cfg.rx_backlog });
+            return Err(SnapshotError::InboxOverflow {
+                frames: img.inbox.len(),
+                capacity: self.cfg.rx_backlog,
+            });
         }
         let v = &img.virtio;
         let nvec = self.layout.msix_vectors;
         if v.config_msix_vector != NO_VECTOR && v.config_msix_vector >= nvec {
-            return Err(invalid("config_msix_vector", format!("{} with {nvec} vectors", v.config_msix_vector)));
+            return Err(invalid(
+                "config_msix_vector",
+                format!("{} with {nvec} vectors", v.config_msix_vector),
+            ));
         }
         if v.status & st::FEATURES_OK != 0 {
-            validate_features(v.driver_features, self.offered()).map_err(|e| invalid("negotiated features", e.to_string()))?;
+            validate_features(v.driver_features, self.offered())
+                .map_err(|e| invalid("negotiated features", e.to_string()))?;
         }
         let max = self.cfg.layout.queue_size_max;
         for (q, qi) in img.queues.iter().enumerate() {
             if qi.size == 0 || qi.size > max {
-                return Err(invalid("queue size", format!("queue {q}: {} (largest {max})", qi.size)));
+                return Err(invalid(
+                    "queue size",
+                    format!("queue {q}: {} (largest {max})", qi.size),
+                ));
             }
             if qi.msix_vector != NO_VECTOR && qi.msix_vector >= nvec {
-                return Err(invalid("queue msix_vector", format!("queue {q}: {} with {nvec} vectors", qi.msix_vector)));
+                return Err(invalid(
+                    "queue msix_vector",
+                    format!("queue {q}: {} with {nvec} vectors", qi.msix_vector),
+                ));
             }
             if qi.kind == QueueKind::Enabled && v.status & st::FEATURES_OK == 0 {
-                return Err(invalid("queue state", format!("queue {q} enabled before FEATURES_OK")));
+                return Err(invalid(
+                    "queue state",
+                    format!("queue {q} enabled before FEATURES_OK"),
+                ));
             }
         }
         let n = &img.net;
         let pairs = self.cfg.layout.queue_pairs;
         if n.curr_pairs == 0 || n.curr_pairs > pairs {
-            return Err(invalid("curr_pairs", format!("{} with {pairs} queue pairs", n.curr_pairs)));
+            return Err(invalid(
+                "curr_pairs",
+                format!("{} with {pairs} queue pairs", n.curr_pairs),
+            ));
         }
         if let Some(f) = n.flows.iter().find(|&&f| f != u16::MAX && f >= pairs) {
-            return Err(invalid("flow table", format!("queue pair {f} with {pairs} pairs")));
+            return Err(invalid(
+                "flow table",
+                format!("queue pair {f} with {pairs} pairs"),
+            ));
         }
         Ok(())
     }
@@ -839,14 +1010,23 @@ impl DeviceState {
             let _ = self.pci.write(off as u64, &img.pci[off..off + 4]);
         }
         let status_at = bar_registers::pci::hdr::STATUS as usize;
-        let intx = u16::from_le_bytes([img.pci[status_at], img.pci[status_at + 1]]) & bar_registers::pci::status::INTERRUPT != 0;
+        let intx = u16::from_le_bytes([img.pci[status_at], img.pci[status_at + 1]])
+            & bar_registers::pci::status::INTERRUPT
+            != 0;
         self.pci.set_interrupt_status(intx);
-        let data_at = (bar_registers::pci::cap_offset::PCI_CFG + bar_registers::pci::virtio_cap::PCI_CFG_DATA) as usize;
-        self.pci.set_pci_cfg_data(u32::from_le_bytes(img.pci[data_at..data_at + 4].try_into().expect("4 bytes")));
+        let data_at = (bar_registers::pci::cap_offset::PCI_CFG
+            + bar_registers::pci::virtio_cap::PCI_CFG_DATA) as usize;
+        self.pci.set_pci_cfg_data(u32::from_le_bytes(
+            img.pci[data_at..data_at + 4].try_into().expect("4 bytes"),
+        ));
         let mut back = vec![0u8; CONFIG_LEN];
         self.pci.read(0, &mut back);
         if let Some(offset) = (0..CONFIG_LEN).find(|&i| back[i] != img.pci[i]) {
-            return Err(SnapshotError::ConfigMismatch { offset, saved: img.pci[offset], here: back[offset] });
+            return Err(SnapshotError::ConfigMismatch {
+                offset,
+                saved: img.pci[offset],
+                here: back[offset],
+            });
         }
         let (mps, mrrs) = self.pci.pcie_mps_mrrs();
         self.dma.set_pcie_limits(mps, mrrs);
@@ -869,7 +1049,11 @@ impl DeviceState {
         self.msix.function_mask = img.msix.function_mask;
         for (i, &d) in img.msix.table.iter().enumerate() {
             let off = 4 * i as u64;
-            let want = if off % ENTRY_SIZE == VECTOR_CONTROL { d & VECTOR_MASKED } else { d };
+            let want = if off % ENTRY_SIZE == VECTOR_CONTROL {
+                d & VECTOR_MASKED
+            } else {
+                d
+            };
             if self.msix.table_read(off) != want {
                 return Err(invalid("msix table", format!("dword {i} did not restore")));
             }
@@ -882,14 +1066,26 @@ impl DeviceState {
         self.driver_features = v.driver_features;
         let (driver, offered) = (v.driver_features, self.offered());
         let mut cur = 0u8;
-        for bit in [st::ACKNOWLEDGE, st::DRIVER, st::FEATURES_OK, st::DRIVER_OK, st::FAILED] {
+        for bit in [
+            st::ACKNOWLEDGE,
+            st::DRIVER,
+            st::FEATURES_OK,
+            st::DRIVER_OK,
+            st::FAILED,
+        ] {
             if v.status & bit == 0 {
                 continue;
             }
             cur |= bit;
-            match self.status.write(cur, || validate_features(driver, offered).is_ok()) {
+            match self
+                .status
+                .write(cur, || validate_features(driver, offered).is_ok())
+            {
                 StatusChange::Rejected | StatusChange::FeaturesRefused => {
-                    return Err(invalid("device_status", format!("{:#x} is not reachable by a driver", v.status)));
+                    return Err(invalid(
+                        "device_status",
+                        format!("{:#x} is not reachable by a driver", v.status),
+                    ));
                 }
                 _ => {}
             }
@@ -898,7 +1094,10 @@ impl DeviceState {
             self.status.set_needs_reset();
         }
         if self.status.value() != v.status {
-            return Err(invalid("device_status", format!("{:#x} has bits no driver sets", v.status)));
+            return Err(invalid(
+                "device_status",
+                format!("{:#x} has bits no driver sets", v.status),
+            ));
         }
         self.negotiated = v.negotiated;
         self.config_msix_vector = v.config_msix_vector;
@@ -943,8 +1142,14 @@ impl DeviceState {
             }
             self.enable_queue(q as u16);
             if !matches!(self.queues[q].state, QueueState::Enabled(_)) {
-                let detail = self.fault.as_ref().map_or_else(|| "the device ignored queue_enable".to_string(), ToString::to_string);
-                return Err(SnapshotError::QueueRejected { queue: q as u16, detail });
+                let detail = self.fault.as_ref().map_or_else(
+                    || "the device ignored queue_enable".to_string(),
+                    ToString::to_string,
+                );
+                return Err(SnapshotError::QueueRejected {
+                    queue: q as u16,
+                    detail,
+                });
             }
             self.queues[q].resumed = qi.resumed;
         }
@@ -952,7 +1157,10 @@ impl DeviceState {
         // The receive FIFO, oldest first.
         for f in &img.inbox {
             if !self.inbox.push(f) {
-                return Err(SnapshotError::InboxOverflow { frames: img.inbox.len(), capacity: self.cfg.rx_backlog });
+                return Err(SnapshotError::InboxOverflow {
+                    frames: img.inbox.len(),
+                    capacity: self.cfg.rx_backlog,
+                });
             }
         }
         self.dma.sync_space();
@@ -993,35 +1201,62 @@ mod tests {
         assert_eq!(parse(&bad).unwrap_err(), SnapshotError::BadMagic);
         let mut v2 = header();
         v2[8] = 2;
-        assert_eq!(parse(&v2).unwrap_err(), SnapshotError::UnsupportedVersion(2));
+        assert_eq!(
+            parse(&v2).unwrap_err(),
+            SnapshotError::UnsupportedVersion(2)
+        );
         // Header only: the length says 0.
-        assert!(matches!(parse(&header()).unwrap_err(), SnapshotError::LengthMismatch { declared: 0, actual: 24 }));
+        assert!(matches!(
+            parse(&header()).unwrap_err(),
+            SnapshotError::LengthMismatch {
+                declared: 0,
+                actual: 24
+            }
+        ));
         // Seal only: every required section is missing.
-        assert_eq!(parse(&sealed(header())).unwrap_err(), SnapshotError::MissingSection("IDNT"));
+        assert_eq!(
+            parse(&sealed(header())).unwrap_err(),
+            SnapshotError::MissingSection("IDNT")
+        );
         // An unknown critical section is refused, an ancillary one skipped.
         let mut s = header();
         s.extend_from_slice(b"ZZZZ\0\0\0\0");
-        assert_eq!(parse(&sealed(s)).unwrap_err(), SnapshotError::UnknownSection { tag: "ZZZZ".into() });
+        assert_eq!(
+            parse(&sealed(s)).unwrap_err(),
+            SnapshotError::UnknownSection { tag: "ZZZZ".into() }
+        );
         let mut s = header();
         s.extend_from_slice(b"zzzz\x01\0\0\0\xff");
-        assert_eq!(parse(&sealed(s)).unwrap_err(), SnapshotError::MissingSection("IDNT"));
+        assert_eq!(
+            parse(&sealed(s)).unwrap_err(),
+            SnapshotError::MissingSection("IDNT")
+        );
         // A section running past the end.
         let mut s = header();
         s.extend_from_slice(b"IDNT\xff\xff\0\0");
         let total = s.len() as u64;
         s[16..24].copy_from_slice(&total.to_le_bytes());
-        assert!(matches!(parse(&s).unwrap_err(), SnapshotError::SectionOverrun { .. }));
+        assert!(matches!(
+            parse(&s).unwrap_err(),
+            SnapshotError::SectionOverrun { .. }
+        ));
         // Not sealed.
         let mut s = header();
         s.extend_from_slice(b"IDNT\0\0\0\0");
         let total = s.len() as u64;
         s[16..24].copy_from_slice(&total.to_le_bytes());
-        assert_eq!(parse(&s).unwrap_err(), SnapshotError::MissingSection("SEAL"));
+        assert_eq!(
+            parse(&s).unwrap_err(),
+            SnapshotError::MissingSection("SEAL")
+        );
         // Bad seal value.
         let mut s = sealed(header());
         let n = s.len();
         s[n - 1] ^= 1;
-        assert!(matches!(parse(&s).unwrap_err(), SnapshotError::Checksum { .. }));
+        assert!(matches!(
+            parse(&s).unwrap_err(),
+            SnapshotError::Checksum { .. }
+        ));
     }
 
     mod live {
@@ -1056,13 +1291,24 @@ mod tests {
                     Some(s) => s.clone(),
                     None => Arc::new(SharedMemory::new("vdpa-emu-snapshot-test", MEM).unwrap()),
                 };
-                dev.dma_map(IOVA, MEM, Perms::RW, Backing::Fd { file: shm.try_clone_file().unwrap(), offset: 0 }).unwrap();
+                dev.dma_map(
+                    IOVA,
+                    MEM,
+                    Perms::RW,
+                    Backing::Fd {
+                        file: shm.try_clone_file().unwrap(),
+                        offset: 0,
+                    },
+                )
+                .unwrap();
                 Rig { dev, shm }
             }
 
             fn common(&self, reg: u64, len: usize, v: u64) {
                 let off = self.dev.layout().common.offset + reg;
-                self.dev.region_write(0, off, &v.to_le_bytes()[..len]).unwrap();
+                self.dev
+                    .region_write(0, off, &v.to_le_bytes()[..len])
+                    .unwrap();
             }
 
             fn used_idx(&self, q: u16) -> u16 {
@@ -1071,15 +1317,21 @@ mod tests {
 
             fn kick(&self, q: u16) {
                 let l = self.dev.layout();
-                self.dev.region_write(l.notify.bar.into(), l.doorbell_offset(q), &q.to_le_bytes()).unwrap();
+                self.dev
+                    .region_write(l.notify.bar.into(), l.doorbell_offset(q), &q.to_le_bytes())
+                    .unwrap();
             }
 
             /// Bus master, ACK, DRIVER, VERSION_1, FEATURES_OK, queues 0-3 at 16 entries, DRIVER_OK.
             fn start(&self) {
                 let mut c = [0u8; 2];
-                self.dev.region_read(REGION_CONFIG, hdr::COMMAND, &mut c).unwrap();
+                self.dev
+                    .region_read(REGION_CONFIG, hdr::COMMAND, &mut c)
+                    .unwrap();
                 let cmd = u16::from_le_bytes(c) | command::BUS_MASTER | command::MEMORY_SPACE;
-                self.dev.region_write(REGION_CONFIG, hdr::COMMAND, &cmd.to_le_bytes()).unwrap();
+                self.dev
+                    .region_write(REGION_CONFIG, hdr::COMMAND, &cmd.to_le_bytes())
+                    .unwrap();
                 self.common(common::DEVICE_STATUS, 1, 1);
                 self.common(common::DEVICE_STATUS, 1, 3);
                 self.common(common::DRIVER_FEATURE_SELECT, 4, 1);
@@ -1105,8 +1357,12 @@ mod tests {
                 let slot = u64::from(i % QSIZE);
                 self.shm.write_u64(d - IOVA + 16 * slot, buf).unwrap();
                 self.shm.write_u32(d - IOVA + 16 * slot + 8, len).unwrap();
-                self.shm.write_u16(d - IOVA + 16 * slot + 12, if writable { 2 } else { 0 }).unwrap();
-                self.shm.write_u16(a - IOVA + 4 + 2 * slot, slot as u16).unwrap();
+                self.shm
+                    .write_u16(d - IOVA + 16 * slot + 12, if writable { 2 } else { 0 })
+                    .unwrap();
+                self.shm
+                    .write_u16(a - IOVA + 4 + 2 * slot, slot as u16)
+                    .unwrap();
                 self.shm.write_u16(a - IOVA + 2, i + 1).unwrap();
             }
 
@@ -1138,17 +1394,35 @@ mod tests {
             r.post(0, 0, 2048, true);
             r.kick(0);
             r.dev.service_rx();
-            assert_eq!((r.used_idx(1), r.used_idx(0)), (1, 0), "no DMA while paused");
+            assert_eq!(
+                (r.used_idx(1), r.used_idx(0)),
+                (1, 0),
+                "no DMA while paused"
+            );
             assert_eq!(r.dev.bus_stats(), bus, "not a byte moved");
             assert_eq!(r.dev.inbox().len(), 1);
             // Registers still answer while paused.
             let mut st = [0u8];
-            r.dev.region_read(0, r.dev.layout().common.offset + common::DEVICE_STATUS, &mut st).unwrap();
+            r.dev
+                .region_read(
+                    0,
+                    r.dev.layout().common.offset + common::DEVICE_STATUS,
+                    &mut st,
+                )
+                .unwrap();
             assert_eq!(st[0], 15);
             r.dev.resume();
             assert_eq!(r.used_idx(1), 2, "the remembered TX doorbell");
-            assert_eq!(r.used_idx(0), 1, "the waiting frame went into the RX buffer");
-            assert_eq!(r.dev.inbox().len(), 1, "the second frame waits for a buffer");
+            assert_eq!(
+                r.used_idx(0),
+                1,
+                "the waiting frame went into the RX buffer"
+            );
+            assert_eq!(
+                r.dev.inbox().len(),
+                1,
+                "the second frame waits for a buffer"
+            );
             assert_eq!(r.dev.fault(), None);
         }
 
@@ -1166,21 +1440,33 @@ mod tests {
             a.kick(1);
             let state = a.dev.save_state();
             assert_eq!(&state[..8], &MAGIC);
-            assert_eq!(a.dev.inbox().len(), 3, "saving copies the FIFO, it does not take it");
+            assert_eq!(
+                a.dev.inbox().len(),
+                3,
+                "saving copies the FIFO, it does not take it"
+            );
             assert_eq!(a.dev.save_state(), state, "saving has no side effect");
 
             // Destination on the same memory (as after the VMM copied it), paused while restoring.
             let b = Rig::new(Some(&a.shm));
             b.dev.pause();
             b.dev.restore_state(&state).unwrap();
-            assert_eq!(b.dev.save_state(), state, "restore then save is the identity");
+            assert_eq!(
+                b.dev.save_state(),
+                state,
+                "restore then save is the identity"
+            );
             assert_eq!(b.dev.status(), 15);
             let q1 = b.dev.queue(1).unwrap();
             assert!(q1.enabled);
             assert_eq!((q1.last_avail, q1.last_used), (3, 3));
             assert_eq!(b.used_idx(1), 3);
             b.dev.resume();
-            assert_eq!(b.used_idx(1), 4, "the chain posted while the source was paused");
+            assert_eq!(
+                b.used_idx(1),
+                4,
+                "the chain posted while the source was paused"
+            );
             assert_eq!(b.dev.inbox().len(), 4);
             for i in 0..4 {
                 b.post(0, i, 2048, true);
@@ -1211,11 +1497,17 @@ mod tests {
             let state = a.dev.save_state();
             // Another kind of device.
             let other = Device::new(DeviceConfig::with_queue_pairs(3)).unwrap();
-            assert!(matches!(other.restore_state(&state), Err(SnapshotError::Incompatible { .. })));
+            assert!(matches!(
+                other.restore_state(&state),
+                Err(SnapshotError::Incompatible { .. })
+            ));
             // Truncated anywhere.
             let b = Rig::new(Some(&a.shm));
             for n in (0..state.len()).step_by(7) {
-                assert!(b.dev.restore_state(&state[..n]).is_err(), "{n} bytes accepted");
+                assert!(
+                    b.dev.restore_state(&state[..n]).is_err(),
+                    "{n} bytes accepted"
+                );
                 assert_eq!(b.dev.status(), 0, "left reset");
             }
             // Random corruption, resealed so that the section decoders and the validation see it.

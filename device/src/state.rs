@@ -180,7 +180,14 @@ fn merge(cur: u64, rel: u64, len: usize, val: u64) -> u64 {
 }
 
 impl DeviceState {
-    pub fn new(layout: Arc<DeviceLayout>, cfg: DeviceConfig, dma: DmaEngine, port: Arc<dyn Port>, inbox: Arc<RxInbox>, sink: Arc<dyn InterruptSink>) -> Self {
+    pub fn new(
+        layout: Arc<DeviceLayout>,
+        cfg: DeviceConfig,
+        dma: DmaEngine,
+        port: Arc<dyn Port>,
+        inbox: Arc<RxInbox>,
+        sink: Arc<dyn InterruptSink>,
+    ) -> Self {
         let nq = layout.num_queues;
         let mut dma = dma;
         if cfg.quirks.has(Quirk::LogSkipsUsedRing) {
@@ -196,7 +203,9 @@ impl DeviceState {
             negotiated: 0,
             config_msix_vector: NO_VECTOR,
             queue_select: 0,
-            queues: (0..nq).map(|_| QueueSlot::new(cfg.layout.queue_size_max)).collect(),
+            queues: (0..nq)
+                .map(|_| QueueSlot::new(cfg.layout.queue_size_max))
+                .collect(),
             isr: 0,
             config_generation: 0,
             net: NetState::new(cfg.layout.mac),
@@ -205,7 +214,10 @@ impl DeviceState {
             port,
             inbox,
             sink,
-            counters: DeviceCounters { queues: vec![QueueCounters::default(); nq.into()], ..Default::default() },
+            counters: DeviceCounters {
+                queues: vec![QueueCounters::default(); nq.into()],
+                ..Default::default()
+            },
             fault: None,
             chain: Chain::default(),
             rx_descs: Vec::new(),
@@ -380,7 +392,13 @@ impl DeviceState {
     // ---------------------------------------------------------------- BAR dispatch
 
     /// Decodes an access against the block it falls in; None (and counted) if illegal.
-    fn decode<'a>(layout: &'a DeviceLayout, counters: &mut DeviceCounters, bar: u8, off: u64, len: usize) -> Option<(&'a Register, u64, u64)> {
+    fn decode<'a>(
+        layout: &'a DeviceLayout,
+        counters: &mut DeviceCounters,
+        bar: u8,
+        off: u64,
+        len: usize,
+    ) -> Option<(&'a Register, u64, u64)> {
         let Some((block, rel)) = layout.bar_block(bar, off) else {
             counters.bad_register_accesses += 1;
             return None;
@@ -405,7 +423,11 @@ impl DeviceState {
                 if data.len() == 4 && rel % 4 == 0 {
                     put(data, self.msix.table_read(rel).into());
                 } else if data.len() == 8 && rel % 8 == 0 {
-                    put(data, u64::from(self.msix.table_read(rel)) | (u64::from(self.msix.table_read(rel + 4)) << 32));
+                    put(
+                        data,
+                        u64::from(self.msix.table_read(rel))
+                            | (u64::from(self.msix.table_read(rel + 4)) << 32),
+                    );
                 } else {
                     self.counters.bad_register_accesses += 1;
                 }
@@ -421,7 +443,10 @@ impl DeviceState {
                 return;
             }
         }
-        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len()) else { return };
+        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len())
+        else {
+            return;
+        };
         if reg.access == Access::Wo {
             return;
         }
@@ -476,7 +501,10 @@ impl DeviceState {
             }
             return;
         }
-        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len()) else { return };
+        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len())
+        else {
+            return;
+        };
         if matches!(reg.access, Access::Ro | Access::Rc) {
             self.counters.ignored_register_writes += 1;
             return;
@@ -559,12 +587,17 @@ impl DeviceState {
                     return;
                 }
                 let shift = 32 * self.driver_feature_select;
-                self.driver_features = (self.driver_features & !(0xFFFF_FFFFu64 << shift)) | ((val & 0xFFFF_FFFF) << shift);
+                self.driver_features = (self.driver_features & !(0xFFFF_FFFFu64 << shift))
+                    | ((val & 0xFFFF_FFFF) << shift);
             }
             common::CONFIG_MSIX_VECTOR => {
                 // 4.1.5.1.2: an invalid vector reads back NO_VECTOR (DPDK checks for 0xFFFF).
                 let v = val as u16;
-                self.config_msix_vector = if v < self.layout.msix_vectors { v } else { NO_VECTOR };
+                self.config_msix_vector = if v < self.layout.msix_vectors {
+                    v
+                } else {
+                    NO_VECTOR
+                };
             }
             common::DEVICE_STATUS => self.status_write(val as u8),
             common::QUEUE_SELECT => self.queue_select = val as u16,
@@ -620,7 +653,10 @@ impl DeviceState {
         let _span = tracing::debug_span!("device_status", value = v).entered();
         let driver = self.driver_features;
         let offered = self.offered();
-        match self.status.write(v, || validate_features(driver, offered).is_ok()) {
+        match self
+            .status
+            .write(v, || validate_features(driver, offered).is_ok())
+        {
             StatusChange::Reset => self.virtio_reset(),
             StatusChange::Accepted => {}
             StatusChange::FeaturesAccepted => {
@@ -634,7 +670,10 @@ impl DeviceState {
                         }
                     }
                 }
-                tracing::debug!(features = format_args!("{driver:#x}"), "features negotiated");
+                tracing::debug!(
+                    features = format_args!("{driver:#x}"),
+                    "features negotiated"
+                );
             }
             StatusChange::FeaturesRefused => {
                 self.counters.features_refused += 1;
@@ -703,7 +742,9 @@ impl DeviceState {
                 slot.state = QueueState::Disabled;
             } else {
                 slot.ring_state = last;
-                slot.state = QueueState::Stopping { reads_left: self.cfg.disable_latency_reads };
+                slot.state = QueueState::Stopping {
+                    reads_left: self.cfg.disable_latency_reads,
+                };
             }
             self.check(res);
         }
@@ -713,7 +754,12 @@ impl DeviceState {
 
     fn net_cfg_read(&self, reg: u64) -> u64 {
         match reg {
-            net_cfg::MAC => self.net.mac.iter().enumerate().fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i))),
+            net_cfg::MAC => self
+                .net
+                .mac
+                .iter()
+                .enumerate()
+                .fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i))),
             // 5.1.4.2: without VIRTIO_NET_F_STATUS the driver assumes the link is up; we report it anyway.
             net_cfg::STATUS => self.net.status.into(),
             net_cfg::MAX_VIRTQUEUE_PAIRS => self.cfg.layout.queue_pairs.into(),
@@ -788,7 +834,9 @@ impl DeviceState {
             (lm::BASE_ADDR_HIGH, LmLayout::Dpdk) => self.lm.base = merge(self.lm.base, 4, 4, val),
             (lm::END_ADDR_LOW, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 0, 4, val),
             (lm::END_ADDR_HIGH, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 4, 4, val),
-            (lm::BASE_ADDR_LOW, LmLayout::Linux) => self.lm.base = merge(self.lm.base, rel, len, val),
+            (lm::BASE_ADDR_LOW, LmLayout::Linux) => {
+                self.lm.base = merge(self.lm.base, rel, len, val)
+            }
             (lm::END_ADDR_LOW, LmLayout::Linux) => self.lm.end = merge(self.lm.end, rel, len, val),
             (lm::MQ_PAIRS, LmLayout::Dpdk) => {
                 self.lm.mq_pairs = val as u32;
@@ -802,7 +850,10 @@ impl DeviceState {
                 None => self.counters.ignored_register_writes += 1,
             },
         }
-        if matches!(reg, lm::BASE_ADDR_LOW | lm::BASE_ADDR_HIGH | lm::END_ADDR_LOW | lm::END_ADDR_HIGH) {
+        if matches!(
+            reg,
+            lm::BASE_ADDR_LOW | lm::BASE_ADDR_HIGH | lm::END_ADDR_LOW | lm::END_ADDR_HIGH
+        ) {
             self.apply_logging();
         }
     }
@@ -812,7 +863,9 @@ impl DeviceState {
         let layout = self.cfg.layout.lm_layout;
         let slot = &mut self.queues[usize::from(q)];
         // Writable only while the queue is disabled (the vDPA talk: "R/W vring index").
-        if !matches!(slot.state, QueueState::Disabled) || self.cfg.quirks.has(Quirk::RingStateReadOnly) {
+        if !matches!(slot.state, QueueState::Disabled)
+            || self.cfg.quirks.has(Quirk::RingStateReadOnly)
+        {
             self.counters.ignored_register_writes += 1;
             return;
         }
@@ -822,7 +875,11 @@ impl DeviceState {
             // used == avail, so the device resumes both there (as vhost's SET_VRING_BASE does).
             // With RING_PACKED that u16 is the first half of Linux's struct vdpa_vq_state_packed
             // (bit 0 wrap counter, bits 1-15 index: virtio_vdpa writes 0x0001 for a fresh ring).
-            let v = if packed && layout == LmLayout::Linux { lm::vdpa_u16_to_packed(val as u16) } else { val as u16 };
+            let v = if packed && layout == LmLayout::Linux {
+                lm::vdpa_u16_to_packed(val as u16)
+            } else {
+                val as u16
+            };
             (v, v)
         } else {
             let cur = u64::from(lm::pack_ring_state(slot.ring_state.0, slot.ring_state.1));
@@ -832,8 +889,16 @@ impl DeviceState {
 
     pub(crate) fn apply_logging(&mut self) {
         let on = self.lm.control & 1 != 0;
-        let end = if self.quirk(Quirk::LogIgnoresEnd) { u64::MAX } else { self.lm.end };
-        let cfg = on.then_some(LogConfig { base: self.lm.base, end, granularity: self.cfg.log_granularity });
+        let end = if self.quirk(Quirk::LogIgnoresEnd) {
+            u64::MAX
+        } else {
+            self.lm.end
+        };
+        let cfg = on.then_some(LogConfig {
+            base: self.lm.base,
+            end,
+            granularity: self.cfg.log_granularity,
+        });
         if self.dma.logging() != cfg {
             tracing::debug!(?cfg, "dirty logging");
             self.dma.set_logging(cfg);
@@ -845,7 +910,9 @@ impl DeviceState {
     /// A doorbell for queue `q`.
     pub fn doorbell(&mut self, q: u16) {
         self.counters.queues[usize::from(q)].doorbells += 1;
-        if !self.status.running() || !matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_)) {
+        if !self.status.running()
+            || !matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_))
+        {
             self.counters.spurious_doorbells += 1;
             return;
         }
@@ -887,7 +954,9 @@ impl DeviceState {
     pub(crate) fn check(&mut self, res: Result<(), DeviceFault>) {
         if let Err(f) = res {
             let f = match f {
-                DeviceFault::Dma { fault, .. } if self.in_log(fault.iova()) => DeviceFault::LogDma(fault),
+                DeviceFault::Dma { fault, .. } if self.in_log(fault.iova()) => {
+                    DeviceFault::LogDma(fault)
+                }
                 f => f,
             };
             self.fail(f);
@@ -898,12 +967,15 @@ impl DeviceState {
     }
 
     fn in_log(&self, iova: u64) -> bool {
-        self.dma.logging().is_some_and(|l| iova >= l.base && iova < l.end)
+        self.dma
+            .logging()
+            .is_some_and(|l| iova >= l.base && iova < l.end)
     }
 
     /// Delivers waiting frames if the device can take them.
     pub fn service_inbox(&mut self) {
-        if self.status.running() && !self.paused && self.pci.bus_master() && !self.inbox.is_empty() {
+        if self.status.running() && !self.paused && self.pci.bus_master() && !self.inbox.is_empty()
+        {
             let res = self.service_rx();
             self.check(res);
         }
@@ -911,7 +983,11 @@ impl DeviceState {
 
     /// Pokes the datapath after the link or announce state changed.
     pub fn set_link(&mut self, up: bool) {
-        let s = if up { self.net.status | 1 } else { self.net.status & !1 };
+        let s = if up {
+            self.net.status | 1
+        } else {
+            self.net.status & !1
+        };
         if s != self.net.status {
             self.net.status = s;
             self.config_changed();

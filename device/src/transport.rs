@@ -157,7 +157,12 @@ pub fn validate_features(driver: u64, offered: u64) -> Result<(), FeatureError> 
         return Err(FeatureError::NoVersion1);
     }
     if driver & (1 << bits::CTRL_VQ) == 0 {
-        for bit in [bits::CTRL_RX, bits::GUEST_ANNOUNCE, bits::MQ, bits::CTRL_MAC_ADDR] {
+        for bit in [
+            bits::CTRL_RX,
+            bits::GUEST_ANNOUNCE,
+            bits::MQ,
+            bits::CTRL_MAC_ADDR,
+        ] {
             if driver & (1 << bit) != 0 {
                 return Err(FeatureError::NeedsCtrlVq { bit });
             }
@@ -174,13 +179,20 @@ mod tests {
     fn init_sequence() {
         let mut m = StatusMachine::default();
         assert_eq!(m.write(st::ACKNOWLEDGE, || true), StatusChange::Accepted);
-        assert_eq!(m.write(st::ACKNOWLEDGE | st::DRIVER, || true), StatusChange::Accepted);
+        assert_eq!(
+            m.write(st::ACKNOWLEDGE | st::DRIVER, || true),
+            StatusChange::Accepted
+        );
         assert_eq!(m.write(0x0B, || false), StatusChange::FeaturesRefused);
         assert_eq!(m.value(), 0x03);
         assert_eq!(m.write(0x0B, || true), StatusChange::FeaturesAccepted);
         assert_eq!(m.write(0x0F, || true), StatusChange::DriverOk);
         assert!(m.running());
-        assert_eq!(m.write(0x0B, || true), StatusChange::Rejected, "clearing DRIVER_OK");
+        assert_eq!(
+            m.write(0x0B, || true),
+            StatusChange::Rejected,
+            "clearing DRIVER_OK"
+        );
         m.set_needs_reset();
         assert!(!m.running());
         assert_eq!(m.write(0x0F, || true), StatusChange::Accepted);
@@ -192,15 +204,26 @@ mod tests {
     fn skipped_steps_rejected() {
         let mut m = StatusMachine::default();
         m.write(st::ACKNOWLEDGE | st::DRIVER, || true);
-        assert_eq!(m.write(0x0F, || true), StatusChange::Rejected, "FEATURES_OK and DRIVER_OK in one write");
+        assert_eq!(
+            m.write(0x0F, || true),
+            StatusChange::Rejected,
+            "FEATURES_OK and DRIVER_OK in one write"
+        );
         assert_eq!(m.value(), 0x03);
         m.reset();
         m.write(st::ACKNOWLEDGE | st::DRIVER, || true);
-        assert_eq!(m.write(0x0F, || true), StatusChange::Rejected, "FEATURES_OK and DRIVER_OK in one write");
+        assert_eq!(
+            m.write(0x0F, || true),
+            StatusChange::Rejected,
+            "FEATURES_OK and DRIVER_OK in one write"
+        );
         assert_eq!(m.value(), 0x03);
         m.reset();
         assert_eq!(m.write(st::DRIVER, || true), StatusChange::Rejected);
-        assert_eq!(m.write(st::ACKNOWLEDGE | st::DRIVER | st::DRIVER_OK, || true), StatusChange::Rejected);
+        assert_eq!(
+            m.write(st::ACKNOWLEDGE | st::DRIVER | st::DRIVER_OK, || true),
+            StatusChange::Rejected
+        );
         assert_eq!(m.value(), 0);
     }
 
@@ -210,8 +233,14 @@ mod tests {
         let v1 = 1u64 << bits::VERSION_1;
         assert!(validate_features(v1).is_ok());
         assert_eq!(validate_features(0), Err(FeatureError::NoVersion1));
-        assert_eq!(validate_features(v1 | 1 << bits::MQ), Err(FeatureError::NeedsCtrlVq { bit: bits::MQ }));
+        assert_eq!(
+            validate_features(v1 | 1 << bits::MQ),
+            Err(FeatureError::NeedsCtrlVq { bit: bits::MQ })
+        );
         assert!(validate_features(v1 | 1 << bits::MQ | 1 << bits::CTRL_VQ).is_ok());
-        assert!(matches!(validate_features(v1 | 1 << 0), Err(FeatureError::NotOffered(1))));
+        assert!(matches!(
+            validate_features(v1 | 1 << 0),
+            Err(FeatureError::NotOffered(1))
+        ));
     }
 }

@@ -15,7 +15,8 @@ fn engine(logging: bool) -> (SharedMemory, SharedMemory, DmaEngine) {
     let log = SharedMemory::new("bench-log", 0x1000).unwrap();
     let space = Arc::new(AddressSpace::new());
     mem.map_into(&space, 0, 0, MEM, Perms::RW).unwrap();
-    log.map_into(&space, LOG_IOVA, 0, 0x1000, Perms::RW).unwrap();
+    log.map_into(&space, LOG_IOVA, 0, 0x1000, Perms::RW)
+        .unwrap();
     let mut eng = DmaEngine::new(space, 512);
     if logging {
         eng.set_logging(Some(LogConfig::new(LOG_IOVA, LOG_IOVA + 0x1000)));
@@ -36,13 +37,15 @@ fn bench(c: &mut Criterion) {
         let mut pkt = [0u8; 64];
         g.bench_function("read_12", |b| {
             b.iter(|| {
-                eng.read(black_box(0x10000), &mut hdr, DmaKind::PacketRead).unwrap();
+                eng.read(black_box(0x10000), &mut hdr, DmaKind::PacketRead)
+                    .unwrap();
                 black_box(&hdr);
             })
         });
         g.bench_function("read_64", |b| {
             b.iter(|| {
-                eng.read(black_box(0x10800), &mut pkt, DmaKind::PacketRead).unwrap();
+                eng.read(black_box(0x10800), &mut pkt, DmaKind::PacketRead)
+                    .unwrap();
                 black_box(&pkt);
             })
         });
@@ -50,20 +53,25 @@ fn bench(c: &mut Criterion) {
         g.bench_function("publish_u16", |b| {
             b.iter(|| {
                 idx = idx.wrapping_add(1);
-                eng.publish_u16(black_box(0x20002), idx, DmaKind::RingWrite).unwrap();
+                eng.publish_u16(black_box(0x20002), idx, DmaKind::RingWrite)
+                    .unwrap();
             })
         });
         g.bench_function("write_64", |b| {
             b.iter(|| {
-                eng.write(black_box(0x30000), &pkt, DmaKind::PacketWrite).unwrap();
+                eng.write(black_box(0x30000), &pkt, DmaKind::PacketWrite)
+                    .unwrap();
             })
         });
         g.bench_function("tx_64B_hdr12_pkt64_publish", |b| {
             b.iter(|| {
-                eng.read(black_box(0x10000), &mut hdr, DmaKind::PacketRead).unwrap();
-                eng.read(black_box(0x10800), &mut pkt, DmaKind::PacketRead).unwrap();
+                eng.read(black_box(0x10000), &mut hdr, DmaKind::PacketRead)
+                    .unwrap();
+                eng.read(black_box(0x10800), &mut pkt, DmaKind::PacketRead)
+                    .unwrap();
                 idx = idx.wrapping_add(1);
-                eng.publish_u16(black_box(0x20002), idx, DmaKind::RingWrite).unwrap();
+                eng.publish_u16(black_box(0x20002), idx, DmaKind::RingWrite)
+                    .unwrap();
             })
         });
         g.finish();

@@ -33,8 +33,15 @@ pub enum DmaKind {
 
 impl DmaKind {
     /// Every kind, in the index order used by [`BusStats`].
-    pub const ALL: [DmaKind; 7] =
-        [DmaKind::Descriptor, DmaKind::IndirectTable, DmaKind::RingRead, DmaKind::RingWrite, DmaKind::PacketRead, DmaKind::PacketWrite, DmaKind::LogWrite];
+    pub const ALL: [DmaKind; 7] = [
+        DmaKind::Descriptor,
+        DmaKind::IndirectTable,
+        DmaKind::RingRead,
+        DmaKind::RingWrite,
+        DmaKind::PacketRead,
+        DmaKind::PacketWrite,
+        DmaKind::LogWrite,
+    ];
 
     /// Stable snake_case name, used in reports and metrics.
     pub fn name(self) -> &'static str {
@@ -51,7 +58,10 @@ impl DmaKind {
 
     /// True for the kinds that write guest memory.
     pub fn is_write(self) -> bool {
-        matches!(self, DmaKind::RingWrite | DmaKind::PacketWrite | DmaKind::LogWrite)
+        matches!(
+            self,
+            DmaKind::RingWrite | DmaKind::PacketWrite | DmaKind::LogWrite
+        )
     }
 
     #[inline(always)]
@@ -78,12 +88,18 @@ pub struct Traffic {
 impl Traffic {
     /// Field-wise `self - earlier`, saturating at zero.
     pub fn saturating_sub(self, earlier: Traffic) -> Traffic {
-        Traffic { transactions: self.transactions.saturating_sub(earlier.transactions), bytes: self.bytes.saturating_sub(earlier.bytes) }
+        Traffic {
+            transactions: self.transactions.saturating_sub(earlier.transactions),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
     }
 
     /// Field-wise saturating sum.
     pub fn saturating_add(self, o: Traffic) -> Traffic {
-        Traffic { transactions: self.transactions.saturating_add(o.transactions), bytes: self.bytes.saturating_add(o.bytes) }
+        Traffic {
+            transactions: self.transactions.saturating_add(o.transactions),
+            bytes: self.bytes.saturating_add(o.bytes),
+        }
     }
 }
 
@@ -186,7 +202,17 @@ impl Default for PcieModel {
     /// MPS 128 B and MRRS 512 B: the reset value of the function's Device Control register
     /// (0x2810, bar-registers layout.rs); RCB 64 B; overheads as documented on the type.
     fn default() -> Self {
-        PcieModel { mps: 128, mrrs: 512, rcb: 64, completion_size: 0, header_3dw: 12, header_4dw: 16, completion_header: 12, link_overhead: 8, dllp_share: 4 }
+        PcieModel {
+            mps: 128,
+            mrrs: 512,
+            rcb: 64,
+            completion_size: 0,
+            header_3dw: 12,
+            header_4dw: 16,
+            completion_header: 12,
+            link_overhead: 8,
+            dllp_share: 4,
+        }
     }
 }
 
@@ -200,7 +226,12 @@ impl PcieModel {
     /// The default model with these Max_Payload_Size / Max_Read_Request_Size (each rounded down
     /// to a power of two in 128..=4096, the sizes Device Control can encode).
     pub fn with_limits(mps: u32, mrrs: u32) -> Self {
-        PcieModel { mps, mrrs, ..Default::default() }.sanitized()
+        PcieModel {
+            mps,
+            mrrs,
+            ..Default::default()
+        }
+        .sanitized()
     }
 
     /// The model with every size valid: MPS/MRRS as in [`with_limits`](Self::with_limits),
@@ -211,8 +242,18 @@ impl PcieModel {
         let mrrs = sanitize_size(self.mrrs);
         let rcb = 1 << (31 - self.rcb.clamp(4, mps).leading_zeros());
         // 0 stays 0 ("MPS"), so the completion size follows later MPS changes.
-        let cpl = if self.completion_size == 0 { 0 } else { 1 << (31 - self.completion_size.clamp(rcb, mps).leading_zeros()) };
-        PcieModel { mps, mrrs, rcb, completion_size: cpl, ..self }
+        let cpl = if self.completion_size == 0 {
+            0
+        } else {
+            1 << (31 - self.completion_size.clamp(rcb, mps).leading_zeros())
+        };
+        PcieModel {
+            mps,
+            mrrs,
+            rcb,
+            completion_size: cpl,
+            ..self
+        }
     }
 
     /// The TLPs of one access of `[iova, iova + len)` (`write`: posted writes, else reads).
@@ -252,7 +293,11 @@ impl PcieModel {
     /// Completions for one read request of `[start, end)`: every completion but the last ends
     /// on an RCB-aligned address and none carries more than `completion_size` bytes.
     fn completions(&self, start: u64, end: u64) -> u64 {
-        let cpl = u64::from(if self.completion_size == 0 { self.mps } else { self.completion_size });
+        let cpl = u64::from(if self.completion_size == 0 {
+            self.mps
+        } else {
+            self.completion_size
+        });
         let rcb = u64::from(self.rcb.max(4));
         let first_end = end.min((start + cpl) & !(rcb - 1));
         1 + (end - first_end).div_ceil(cpl)
@@ -264,8 +309,14 @@ impl PcieModel {
         let per_tlp = u64::from(self.link_overhead + self.dllp_share);
         t.tlps
             .saturating_mul(u64::from(self.header_3dw) + per_tlp)
-            .saturating_add(t.tlps_4dw.saturating_mul(u64::from(self.header_4dw.saturating_sub(self.header_3dw))))
-            .saturating_add(t.completions.saturating_mul(u64::from(self.completion_header) + per_tlp))
+            .saturating_add(
+                t.tlps_4dw
+                    .saturating_mul(u64::from(self.header_4dw.saturating_sub(self.header_3dw))),
+            )
+            .saturating_add(
+                t.completions
+                    .saturating_mul(u64::from(self.completion_header) + per_tlp),
+            )
             .saturating_add(t.payload_bytes)
     }
 }
@@ -282,7 +333,11 @@ struct Stream {
     end: u64,
 }
 
-const NONE: Stream = Stream { kind: NO_STREAM, start: 0, end: 0 };
+const NONE: Stream = Stream {
+    kind: NO_STREAM,
+    start: 0,
+    end: 0,
+};
 
 /// The model's sizes as the hot path uses them (all powers of two: the model is sanitized).
 #[derive(Clone, Copy, Debug)]
@@ -297,8 +352,16 @@ struct Cuts {
 
 impl Cuts {
     fn of(m: &PcieModel) -> Cuts {
-        let cpl = if m.completion_size == 0 { m.mps } else { m.completion_size };
-        Cuts { max_dw: [u64::from(m.mrrs) / 4, u64::from(m.mps) / 4], cpl: cpl.into(), rcb_mask: u64::from(m.rcb.max(4)) - 1 }
+        let cpl = if m.completion_size == 0 {
+            m.mps
+        } else {
+            m.completion_size
+        };
+        Cuts {
+            max_dw: [u64::from(m.mrrs) / 4, u64::from(m.mps) / 4],
+            cpl: cpl.into(),
+            rcb_mask: u64::from(m.rcb.max(4)) - 1,
+        }
     }
 }
 
@@ -326,7 +389,10 @@ impl Default for BusStats {
 
 impl PartialEq for BusStats {
     fn eq(&self, o: &Self) -> bool {
-        self.per_kind == o.per_kind && self.pcie == o.pcie && self.index_writes == o.index_writes && self.index_writes_pcie == o.index_writes_pcie
+        self.per_kind == o.per_kind
+            && self.pcie == o.pcie
+            && self.index_writes == o.index_writes
+            && self.index_writes_pcie == o.index_writes_pcie
     }
 }
 
@@ -382,12 +448,16 @@ impl BusStats {
 
     /// Sum over all kinds (saturating).
     pub fn total(&self) -> Traffic {
-        self.per_kind.iter().fold(Traffic::default(), |acc, t| acc.saturating_add(*t))
+        self.per_kind
+            .iter()
+            .fold(Traffic::default(), |acc, t| acc.saturating_add(*t))
     }
 
     /// PCIe TLPs summed over all kinds (saturating).
     pub fn pcie_total(&self) -> PcieTraffic {
-        self.pcie.iter().fold(PcieTraffic::default(), |acc, t| acc.saturating_add(*t))
+        self.pcie
+            .iter()
+            .fold(PcieTraffic::default(), |acc, t| acc.saturating_add(*t))
     }
 
     /// `self - earlier`, per kind (saturating at zero if `earlier` is not really earlier).
@@ -398,7 +468,9 @@ impl BusStats {
             out.pcie[k.index()] = self.pcie(k).saturating_sub(earlier.pcie(k));
         }
         out.index_writes = self.index_writes.saturating_sub(earlier.index_writes);
-        out.index_writes_pcie = self.index_writes_pcie.saturating_sub(earlier.index_writes_pcie);
+        out.index_writes_pcie = self
+            .index_writes_pcie
+            .saturating_sub(earlier.index_writes_pcie);
         out
     }
 
@@ -423,14 +495,22 @@ impl BusStats {
     /// `merge`: a write that starts where the previous access (a write of the same kind) ended
     /// continues that write's posted-write stream instead of starting new TLPs.
     #[inline(always)]
-    pub(crate) fn access(&mut self, k: DmaKind, iova: u64, len: u64, transactions: u64, merge: bool) {
+    pub(crate) fn access(
+        &mut self,
+        k: DmaKind,
+        iova: u64,
+        len: u64,
+        transactions: u64,
+        merge: bool,
+    ) {
         let i = k.index();
         let t = &mut self.per_kind[i];
         t.transactions = t.transactions.wrapping_add(transactions);
         t.bytes = t.bytes.wrapping_add(len);
         let index_write = k == DmaKind::RingWrite && len <= RING_INDEX_WRITE_MAX;
         if index_write {
-            self.index_writes.transactions = self.index_writes.transactions.wrapping_add(transactions);
+            self.index_writes.transactions =
+                self.index_writes.transactions.wrapping_add(transactions);
             self.index_writes.bytes = self.index_writes.bytes.wrapping_add(len);
         }
         if len == 0 {
@@ -449,13 +529,22 @@ impl BusStats {
             && dws <= self.cuts.max_dw[usize::from(write)]
             && (write || iova.wrapping_add(self.cuts.cpl) & !self.cuts.rcb_mask >= end)
         {
-            let p = PcieTraffic { tlps: 1, tlps_4dw: u64::from(iova >> 32 != 0), completions: u64::from(!write), payload_bytes: 4 * dws };
+            let p = PcieTraffic {
+                tlps: 1,
+                tlps_4dw: u64::from(iova >> 32 != 0),
+                completions: u64::from(!write),
+                payload_bytes: 4 * dws,
+            };
             self.pcie[i].add_wrapping(p);
             if index_write {
                 self.index_writes_pcie.add_wrapping(p);
             }
             if write {
-                self.stream = Stream { kind: i as u8, start: iova, end };
+                self.stream = Stream {
+                    kind: i as u8,
+                    start: iova,
+                    end,
+                };
             } else {
                 self.stream.kind = NO_STREAM;
             }
@@ -465,7 +554,15 @@ impl BusStats {
     }
 
     #[inline(never)]
-    fn access_slow(&mut self, i: usize, write: bool, iova: u64, end: u64, continues: bool, index_write: bool) {
+    fn access_slow(
+        &mut self,
+        i: usize,
+        write: bool,
+        iova: u64,
+        end: u64,
+        continues: bool,
+        index_write: bool,
+    ) {
         let p = if continues {
             // The stream's TLPs so far are counted: add what the longer stream needs more.
             let s = self.stream;
@@ -474,7 +571,15 @@ impl BusStats {
             self.stream.end = end;
             after.saturating_sub(before)
         } else {
-            self.stream = if write { Stream { kind: i as u8, start: iova, end } } else { NONE };
+            self.stream = if write {
+                Stream {
+                    kind: i as u8,
+                    start: iova,
+                    end,
+                }
+            } else {
+                NONE
+            };
             self.model.span_between(iova, end, write)
         };
         self.pcie[i].add_wrapping(p);
@@ -496,7 +601,14 @@ mod tests {
         assert_eq!(DmaKind::IndirectTable.name(), "indirect_table");
         assert_eq!(DmaKind::LogWrite.to_string(), "log_write");
         let writes: Vec<_> = DmaKind::ALL.iter().filter(|k| k.is_write()).collect();
-        assert_eq!(writes, [&DmaKind::RingWrite, &DmaKind::PacketWrite, &DmaKind::LogWrite]);
+        assert_eq!(
+            writes,
+            [
+                &DmaKind::RingWrite,
+                &DmaKind::PacketWrite,
+                &DmaKind::LogWrite
+            ]
+        );
     }
 
     #[test]
@@ -507,12 +619,38 @@ mod tests {
         a.access(DmaKind::PacketRead, 0x2000, 40, 1, false);
         a.access(DmaKind::PacketRead, 0x3000, 60, 1, false);
         a.access(DmaKind::RingWrite, 0x4002, 2, 1, false);
-        assert_eq!(a.total(), Traffic { transactions: 4, bytes: 166 });
+        assert_eq!(
+            a.total(),
+            Traffic {
+                transactions: 4,
+                bytes: 166
+            }
+        );
         let d = a.delta(&snap);
-        assert_eq!(d.get(DmaKind::PacketRead), Traffic { transactions: 2, bytes: 100 });
-        assert_eq!(d.pcie(DmaKind::PacketRead), PcieTraffic { tlps: 2, tlps_4dw: 0, completions: 2, payload_bytes: 100 });
+        assert_eq!(
+            d.get(DmaKind::PacketRead),
+            Traffic {
+                transactions: 2,
+                bytes: 100
+            }
+        );
+        assert_eq!(
+            d.pcie(DmaKind::PacketRead),
+            PcieTraffic {
+                tlps: 2,
+                tlps_4dw: 0,
+                completions: 2,
+                payload_bytes: 100
+            }
+        );
         assert_eq!(d.get(DmaKind::RingWrite).transactions, 1);
-        assert_eq!(d.ring_index_writes(), Traffic { transactions: 1, bytes: 2 });
+        assert_eq!(
+            d.ring_index_writes(),
+            Traffic {
+                transactions: 1,
+                bytes: 2
+            }
+        );
         // Reversed delta saturates instead of wrapping.
         assert_eq!(snap.delta(&a).total(), Traffic::default());
         assert_eq!(snap.delta(&a).pcie_total(), PcieTraffic::default());
@@ -579,7 +717,11 @@ mod tests {
     #[test]
     fn completions_follow_rcb_and_completion_size() {
         // Cache-line completions (64 B, RCB 64): a 512-byte aligned read returns 8.
-        let cl = PcieModel { completion_size: 64, ..PcieModel::default() }.sanitized();
+        let cl = PcieModel {
+            completion_size: 64,
+            ..PcieModel::default()
+        }
+        .sanitized();
         assert_eq!(cl.span(0x1000, 512, false).completions, 8);
         // Unaligned: 0x1010..0x1210 touches 9 cache lines.
         assert_eq!(cl.span(0x1010, 512, false).completions, 9);
@@ -607,11 +749,24 @@ mod tests {
 
     #[test]
     fn sanitize_limits() {
-        assert_eq!(PcieModel::with_limits(0, 100_000), PcieModel { mps: 128, mrrs: 4096, ..Default::default() }.sanitized());
+        assert_eq!(
+            PcieModel::with_limits(0, 100_000),
+            PcieModel {
+                mps: 128,
+                mrrs: 4096,
+                ..Default::default()
+            }
+            .sanitized()
+        );
         assert_eq!(PcieModel::with_limits(300, 700).mps, 256);
         assert_eq!(PcieModel::with_limits(300, 700).mrrs, 512);
         assert_eq!(PcieModel::default().sanitized().completion_size, 0);
-        let odd = PcieModel { rcb: 100, completion_size: 1000, ..PcieModel::with_limits(512, 512) }.sanitized();
+        let odd = PcieModel {
+            rcb: 100,
+            completion_size: 1000,
+            ..PcieModel::with_limits(512, 512)
+        }
+        .sanitized();
         assert_eq!((odd.rcb, odd.completion_size), (64, 512));
     }
 
@@ -621,7 +776,13 @@ mod tests {
         // Header (12) then data (1500) in one buffer: one stream of 1512 bytes = 12 TLPs at MPS 128.
         b.access(DmaKind::PacketWrite, 0x1_0000, 12, 1, true);
         b.access(DmaKind::PacketWrite, 0x1_000c, 1500, 1, true);
-        assert_eq!(b.get(DmaKind::PacketWrite), Traffic { transactions: 2, bytes: 1512 });
+        assert_eq!(
+            b.get(DmaKind::PacketWrite),
+            Traffic {
+                transactions: 2,
+                bytes: 1512
+            }
+        );
         assert_eq!(b.pcie(DmaKind::PacketWrite).tlps, 12);
         assert_eq!(b.pcie(DmaKind::PacketWrite).payload_bytes, 1512);
         // Unmerged, the header is a TLP of its own.
@@ -640,14 +801,40 @@ mod tests {
         // Dirty-log burst: 32 consecutive 8-byte words = 256 bytes = 2 TLPs at MPS 128.
         let mut l = BusStats::default();
         for w in 0..32u64 {
-            l.access(DmaKind::LogWrite, 0x1000_0000_0000 + 8 * w, 8, u64::from(w == 0), w != 0);
+            l.access(
+                DmaKind::LogWrite,
+                0x1000_0000_0000 + 8 * w,
+                8,
+                u64::from(w == 0),
+                w != 0,
+            );
         }
-        assert_eq!(l.get(DmaKind::LogWrite), Traffic { transactions: 1, bytes: 256 });
-        assert_eq!(l.pcie(DmaKind::LogWrite), PcieTraffic { tlps: 2, tlps_4dw: 2, completions: 0, payload_bytes: 256 });
+        assert_eq!(
+            l.get(DmaKind::LogWrite),
+            Traffic {
+                transactions: 1,
+                bytes: 256
+            }
+        );
+        assert_eq!(
+            l.pcie(DmaKind::LogWrite),
+            PcieTraffic {
+                tlps: 2,
+                tlps_4dw: 2,
+                completions: 0,
+                payload_bytes: 256
+            }
+        );
         // A burst crossing a 4 KiB boundary of the log is cut there.
         let mut x = BusStats::default();
         for w in 0..4u64 {
-            x.access(DmaKind::LogWrite, 0x1000_0000_0ff0 + 8 * w, 8, u64::from(w == 0), w != 0);
+            x.access(
+                DmaKind::LogWrite,
+                0x1000_0000_0ff0 + 8 * w,
+                8,
+                u64::from(w == 0),
+                w != 0,
+            );
         }
         assert_eq!(x.pcie(DmaKind::LogWrite).tlps, 2);
     }
@@ -658,8 +845,20 @@ mod tests {
         b.access(DmaKind::RingWrite, 0x1004, 8 * 4, 1, false); // used elements
         b.access(DmaKind::RingWrite, 0x1002, 2, 1, false); // used->idx
         b.access(DmaKind::RingWrite, 0x1804, 2, 1, false); // avail_event
-        assert_eq!(b.get(DmaKind::RingWrite), Traffic { transactions: 3, bytes: 36 });
-        assert_eq!(b.ring_index_writes(), Traffic { transactions: 2, bytes: 4 });
+        assert_eq!(
+            b.get(DmaKind::RingWrite),
+            Traffic {
+                transactions: 3,
+                bytes: 36
+            }
+        );
+        assert_eq!(
+            b.ring_index_writes(),
+            Traffic {
+                transactions: 2,
+                bytes: 4
+            }
+        );
         assert_eq!(b.ring_index_writes_pcie().tlps, 2);
         assert_eq!(b.ring_index_writes_pcie().payload_bytes, 8);
     }
@@ -670,37 +869,71 @@ mod tests {
         use std::sync::Arc;
         let shm = SharedMemory::new("g", 0x40_0000).unwrap();
         let space = Arc::new(AddressSpace::new());
-        shm.map_into(&space, 0x4000_0000, 0, 0x40_0000, Perms::RW).unwrap();
+        shm.map_into(&space, 0x4000_0000, 0, 0x40_0000, Perms::RW)
+            .unwrap();
         // Pages of IOVA 1 GiB.. have their bits at log offset 0x8000..
         let log = SharedMemory::new("log", 0x9000).unwrap();
-        log.map_into(&space, 0x1000_0000_0000, 0, 0x9000, Perms::RW).unwrap();
+        log.map_into(&space, 0x1000_0000_0000, 0, 0x9000, Perms::RW)
+            .unwrap();
         let mut eng = DmaEngine::new(space, 16);
         assert_eq!((eng.pcie_model().mps, eng.pcie_model().mrrs), (128, 512));
         let mut buf = [0u8; 1500];
-        eng.read(0x4000_0000, &mut buf, DmaKind::PacketRead).unwrap();
-        eng.write(0x4000_2000, &buf[..300], DmaKind::PacketWrite).unwrap();
+        eng.read(0x4000_0000, &mut buf, DmaKind::PacketRead)
+            .unwrap();
+        eng.write(0x4000_2000, &buf[..300], DmaKind::PacketWrite)
+            .unwrap();
         assert_eq!(eng.bus_stats().pcie(DmaKind::PacketRead).tlps, 3);
         assert_eq!(eng.bus_stats().pcie(DmaKind::PacketWrite).tlps, 3);
-        assert_eq!(eng.bus_stats().get(DmaKind::PacketRead).transactions, 1, "transactions keep their meaning");
+        assert_eq!(
+            eng.bus_stats().get(DmaKind::PacketRead).transactions,
+            1,
+            "transactions keep their meaning"
+        );
         eng.set_pcie_limits(256, 1024);
         eng.reset_stats();
         assert_eq!(eng.pcie_model().mps, 256, "reset_stats keeps the model");
-        eng.read(0x4000_0000, &mut buf, DmaKind::PacketRead).unwrap();
-        eng.write(0x4000_2000, &buf[..300], DmaKind::PacketWrite).unwrap();
+        eng.read(0x4000_0000, &mut buf, DmaKind::PacketRead)
+            .unwrap();
+        eng.write(0x4000_2000, &buf[..300], DmaKind::PacketWrite)
+            .unwrap();
         assert_eq!(eng.bus_stats().pcie(DmaKind::PacketRead).tlps, 2);
         assert_eq!(eng.bus_stats().pcie(DmaKind::PacketWrite).tlps, 2);
         // Atomic index reads and publishes are one TLP each; a 2 MiB log granule is one burst
         // of 8 all-ones words = 64 bytes = one posted write.
-        eng.set_logging(Some(LogConfig { base: 0x1000_0000_0000, end: 0x1000_0000_9000, granularity: 2 << 20 }));
+        eng.set_logging(Some(LogConfig {
+            base: 0x1000_0000_0000,
+            end: 0x1000_0000_9000,
+            granularity: 2 << 20,
+        }));
         let before = eng.bus_stats().clone();
         eng.read_u16(0x4000_0002, DmaKind::RingRead).unwrap();
         eng.publish_u16(0x4000_1002, 7, DmaKind::RingWrite).unwrap();
         let d = eng.bus_stats().delta(&before);
-        assert_eq!((d.pcie(DmaKind::RingRead).tlps, d.pcie(DmaKind::RingRead).completions), (1, 1));
+        assert_eq!(
+            (
+                d.pcie(DmaKind::RingRead).tlps,
+                d.pcie(DmaKind::RingRead).completions
+            ),
+            (1, 1)
+        );
         assert_eq!(d.pcie(DmaKind::RingWrite).tlps, 1);
         assert_eq!(d.ring_index_writes().transactions, 1);
-        assert_eq!(d.get(DmaKind::LogWrite), Traffic { transactions: 1, bytes: 64 });
-        assert_eq!(d.pcie(DmaKind::LogWrite), PcieTraffic { tlps: 1, tlps_4dw: 1, completions: 0, payload_bytes: 64 });
+        assert_eq!(
+            d.get(DmaKind::LogWrite),
+            Traffic {
+                transactions: 1,
+                bytes: 64
+            }
+        );
+        assert_eq!(
+            d.pcie(DmaKind::LogWrite),
+            PcieTraffic {
+                tlps: 1,
+                tlps_4dw: 1,
+                completions: 0,
+                payload_bytes: 64
+            }
+        );
     }
 
     #[test]
@@ -712,8 +945,16 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for (mps, mrrs, cpl) in [(128, 512, 0), (256, 128, 64), (4096, 4096, 0), (512, 1024, 128)] {
-            let mut b = BusStats::with_model(PcieModel { completion_size: cpl, ..PcieModel::with_limits(mps, mrrs) });
+        for (mps, mrrs, cpl) in [
+            (128, 512, 0),
+            (256, 128, 64),
+            (4096, 4096, 0),
+            (512, 1024, 128),
+        ] {
+            let mut b = BusStats::with_model(PcieModel {
+                completion_size: cpl,
+                ..PcieModel::with_limits(mps, mrrs)
+            });
             for _ in 0..20_000 {
                 let r = next();
                 let start = (r >> 20) % (1 << 34);
@@ -722,7 +963,11 @@ mod tests {
                     let general = b.model.span_between(start, start + len, k.is_write());
                     let before = b.pcie(k);
                     b.access(k, start, len, 1, false);
-                    assert_eq!(b.pcie(k).saturating_sub(before), general, "{start:#x}+{len} {k} mps {mps} mrrs {mrrs} cpl {cpl}");
+                    assert_eq!(
+                        b.pcie(k).saturating_sub(before),
+                        general,
+                        "{start:#x}+{len} {k} mps {mps} mrrs {mrrs} cpl {cpl}"
+                    );
                 }
             }
         }

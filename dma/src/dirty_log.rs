@@ -33,14 +33,25 @@ pub const MAX_LOG_GRANULARITY: u64 = 1 << 30;
 impl LogConfig {
     /// A 4 KiB-granular log at `[base, end)`.
     pub fn new(base: u64, end: u64) -> Self {
-        LogConfig { base, end, granularity: PAGE_SIZE }
+        LogConfig {
+            base,
+            end,
+            granularity: PAGE_SIZE,
+        }
     }
 
     /// The config the engine actually uses: granularity rounded up to a power of two in
     /// `[4 KiB, 1 GiB]`.
     pub fn sanitized(self) -> Self {
-        let g = self.granularity.clamp(PAGE_SIZE, MAX_LOG_GRANULARITY).next_power_of_two().min(MAX_LOG_GRANULARITY);
-        LogConfig { granularity: g, ..self }
+        let g = self
+            .granularity
+            .clamp(PAGE_SIZE, MAX_LOG_GRANULARITY)
+            .next_power_of_two()
+            .min(MAX_LOG_GRANULARITY);
+        LogConfig {
+            granularity: g,
+            ..self
+        }
     }
 }
 
@@ -122,7 +133,9 @@ impl DirtyLog {
     pub(crate) fn configure(&mut self, cfg: Option<LogConfig>) {
         self.clear_pending();
         self.cfg = cfg.map(LogConfig::sanitized);
-        self.granule_pages_mask = self.cfg.map_or(0, |c| (c.granularity >> PAGE_SHIFT).saturating_sub(1));
+        self.granule_pages_mask = self
+            .cfg
+            .map_or(0, |c| (c.granularity >> PAGE_SHIFT).saturating_sub(1));
     }
 
     fn clear_pending(&mut self) {
@@ -137,7 +150,13 @@ impl DirtyLog {
     /// overflow (it was just written). A forced flush's fault is returned (bits kept as far
     /// as they could be written).
     #[inline]
-    pub(crate) fn mark(&mut self, iova: u64, len: u64, iommu: &mut Iommu, bus: &mut BusStats) -> Result<(), DmaFault> {
+    pub(crate) fn mark(
+        &mut self,
+        iova: u64,
+        len: u64,
+        iommu: &mut Iommu,
+        bus: &mut BusStats,
+    ) -> Result<(), DmaFault> {
         debug_assert!(len > 0 && iova.checked_add(len).is_some());
         let first = (iova >> PAGE_SHIFT) & !self.granule_pages_mask;
         let last = ((iova + (len - 1)) >> PAGE_SHIFT) | self.granule_pages_mask;
@@ -157,7 +176,13 @@ impl DirtyLog {
     }
 
     #[inline(always)]
-    fn add(&mut self, word: u64, mask: u64, iommu: &mut Iommu, bus: &mut BusStats) -> Result<(), DmaFault> {
+    fn add(
+        &mut self,
+        word: u64,
+        mask: u64,
+        iommu: &mut Iommu,
+        bus: &mut BusStats,
+    ) -> Result<(), DmaFault> {
         if word == self.last_word {
             let e = &mut self.entries[self.last_pos];
             let new = mask & !e.mask;
@@ -168,7 +193,13 @@ impl DirtyLog {
         self.add_slow(word, mask, iommu, bus)
     }
 
-    fn add_slow(&mut self, word: u64, mask: u64, iommu: &mut Iommu, bus: &mut BusStats) -> Result<(), DmaFault> {
+    fn add_slow(
+        &mut self,
+        word: u64,
+        mask: u64,
+        iommu: &mut Iommu,
+        bus: &mut BusStats,
+    ) -> Result<(), DmaFault> {
         let mut slot = slot_of(word);
         loop {
             let v = self.index[slot];
@@ -192,7 +223,11 @@ impl DirtyLog {
             result = self.flush(iommu, bus);
             slot = slot_of(word); // the index is empty again
         }
-        self.entries.push(Pending { word, mask, slot: slot as u16 });
+        self.entries.push(Pending {
+            word,
+            mask,
+            slot: slot as u16,
+        });
         self.index[slot] = self.entries.len() as u16;
         self.stats.pages_marked += u64::from(mask.count_ones());
         self.last_word = word;
@@ -217,9 +252,19 @@ impl DirtyLog {
             for i in 0..self.entries.len() {
                 let e = self.entries[i];
                 let full = e.mask == u64::MAX;
-                let cont = full && matches!(burst, Some((w, n)) if w + 1 == e.word && n < MAX_BURST_WORDS);
+                let cont =
+                    full && matches!(burst, Some((w, n)) if w + 1 == e.word && n < MAX_BURST_WORDS);
                 match write_word(&cfg, e.word, e.mask, iommu, bus, &mut self.stats, !cont) {
-                    Ok(true) if full => burst = Some((e.word, if cont { burst.map_or(1, |b| b.1 + 1) } else { 1 })),
+                    Ok(true) if full => {
+                        burst = Some((
+                            e.word,
+                            if cont {
+                                burst.map_or(1, |b| b.1 + 1)
+                            } else {
+                                1
+                            },
+                        ))
+                    }
                     Ok(_) => burst = None,
                     Err(f) => {
                         burst = None;
@@ -239,14 +284,26 @@ const MAX_BURST_WORDS: u64 = 32;
 /// ORs `mask` (bits of pages `64 * word ..`) into the log. `new_txn` false: the word continues
 /// the previous word's burst (bytes are counted, not a transaction). Returns whether the whole
 /// word was written with one aligned 8-byte access.
-fn write_word(cfg: &LogConfig, word: u64, mask: u64, iommu: &mut Iommu, bus: &mut BusStats, stats: &mut LogStats, new_txn: bool) -> Result<bool, DmaFault> {
+fn write_word(
+    cfg: &LogConfig,
+    word: u64,
+    mask: u64,
+    iommu: &mut Iommu,
+    bus: &mut BusStats,
+    stats: &mut LogStats,
+    new_txn: bool,
+) -> Result<bool, DmaFault> {
     // word <= 2^46 (page numbers are 52-bit), so `word * 8` cannot overflow.
     let Some(addr) = cfg.base.checked_add(word * 8) else {
         stats.beyond_end += u64::from(mask.count_ones());
         return Ok(false);
     };
     let in_range = cfg.end.saturating_sub(addr).min(8);
-    let keep = if in_range == 8 { u64::MAX } else { (1u64 << (8 * in_range)) - 1 };
+    let keep = if in_range == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * in_range)) - 1
+    };
     stats.beyond_end += u64::from((mask & !keep).count_ones());
     let mask = mask & keep;
     if mask == 0 {
@@ -306,7 +363,15 @@ mod tests {
 
     #[test]
     fn sanitize_granularity() {
-        let g = |x| LogConfig { base: 0, end: 0, granularity: x }.sanitized().granularity;
+        let g = |x| {
+            LogConfig {
+                base: 0,
+                end: 0,
+                granularity: x,
+            }
+            .sanitized()
+            .granularity
+        };
         assert_eq!(g(0), 4096);
         assert_eq!(g(4096), 4096);
         assert_eq!(g(5000), 8192);

@@ -96,7 +96,11 @@ pub struct IommuStats {
 impl IommuStats {
     /// All faults together.
     pub fn faults(&self) -> u64 {
-        self.faults_unmapped + self.faults_permission + self.faults_crossing + self.faults_no_backing + self.faults_overflow
+        self.faults_unmapped
+            + self.faults_permission
+            + self.faults_crossing
+            + self.faults_no_backing
+            + self.faults_overflow
     }
 }
 
@@ -123,7 +127,14 @@ struct TlbEntry {
 }
 
 impl TlbEntry {
-    const EMPTY: TlbEntry = TlbEntry { tag: INVALID_TAG, start: 0, end: 0, host: 0, read_ok: false, write_ok: false };
+    const EMPTY: TlbEntry = TlbEntry {
+        tag: INVALID_TAG,
+        start: 0,
+        end: 0,
+        host: 0,
+        read_ok: false,
+        write_ok: false,
+    };
 }
 
 /// Largest IOTLB accepted (requests above are clamped).
@@ -150,7 +161,10 @@ impl Iommu {
     pub(crate) fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
         let entries = match iotlb_entries {
             0 => 0,
-            n => n.min(MAX_IOTLB_ENTRIES).checked_next_power_of_two().unwrap_or(MAX_IOTLB_ENTRIES),
+            n => n
+                .min(MAX_IOTLB_ENTRIES)
+                .checked_next_power_of_two()
+                .unwrap_or(MAX_IOTLB_ENTRIES),
         };
         // Generation first, then the table: a change in between shows up as a generation
         // mismatch on the next access and is reloaded then.
@@ -214,7 +228,12 @@ impl Iommu {
         // end of one mapping and the start of another). `len - 1 < e.end - iova` is
         // `len <= e.end - iova` for `len > 0` and never true for `len == 0` (wraps), so empty
         // accesses take the slow path, which treats them as no-ops without counting.
-        if e.tag == pfn && allowed && iova >= e.start && iova < e.end && len.wrapping_sub(1) < e.end - iova {
+        if e.tag == pfn
+            && allowed
+            && iova >= e.start
+            && iova < e.end
+            && len.wrapping_sub(1) < e.end - iova
+        {
             self.stats.iotlb_hits += 1;
             // `host` maps `[start, end)` and `iova - start < end - start`: in bounds.
             Some((e.host + (iova - e.start) as usize) as *mut u8)
@@ -227,7 +246,12 @@ impl Iommu {
     ///
     /// The returned route is valid until the next call (which may replace the snapshot).
     #[inline(always)]
-    pub(crate) fn translate(&mut self, iova: u64, len: u64, write: bool) -> Result<Route, DmaFault> {
+    pub(crate) fn translate(
+        &mut self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Route, DmaFault> {
         match self.lookup_hit(iova, len, write) {
             Some(p) => Ok(Route::One(p)),
             None => self.translate_slow(iova, len, write),
@@ -237,7 +261,12 @@ impl Iommu {
     /// Full translation: generation resync, IOTLB fill, walk over adjacent mappings, faults.
     #[cold]
     #[inline(never)]
-    pub(crate) fn translate_slow(&mut self, iova: u64, len: u64, write: bool) -> Result<Route, DmaFault> {
+    pub(crate) fn translate_slow(
+        &mut self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Route, DmaFault> {
         let generation = self.space.generation_fast();
         if generation != self.generation {
             self.reload(generation);
@@ -247,7 +276,10 @@ impl Iommu {
         };
         let pfn = iova >> PAGE_SHIFT;
         let slot = tlb_index(pfn, self.mask);
-        let cached = self.tlb.get(slot).is_some_and(|e| e.tag == pfn && iova >= e.start && iova < e.end);
+        let cached = self
+            .tlb
+            .get(slot)
+            .is_some_and(|e| e.tag == pfn && iova >= e.start && iova < e.end);
         if cached {
             self.stats.iotlb_hits += 1;
         } else {
@@ -275,11 +307,20 @@ impl Iommu {
             let cur_end = self.snap.maps[last].end;
             match self.snap.maps.get(last + 1) {
                 Some(next) if next.iova == cur_end => last += 1,
-                _ => return Err(self.fault(DmaFault::CrossesMappingEnd { iova, len, mapping_end: cur_end })),
+                _ => {
+                    return Err(self.fault(DmaFault::CrossesMappingEnd {
+                        iova,
+                        len,
+                        mapping_end: cur_end,
+                    }))
+                }
             }
         }
         let maps = &self.snap.maps[first..=last];
-        if maps.iter().any(|m| !(if write { m.perms.write } else { m.perms.read })) {
+        if maps
+            .iter()
+            .any(|m| !(if write { m.perms.write } else { m.perms.read }))
+        {
             return Err(self.fault(DmaFault::Permission { iova, len, write }));
         }
         if maps.iter().any(|m| m.host == 0) {
@@ -307,12 +348,23 @@ impl Iommu {
     }
 
     /// Calls `f(host, offset_in_access, seg_len)` for each piece of a `Route::Split` access.
-    pub(crate) fn for_each_segment(&self, first: usize, last: usize, iova: u64, len: u64, mut f: impl FnMut(*mut u8, usize, usize)) {
+    pub(crate) fn for_each_segment(
+        &self,
+        first: usize,
+        last: usize,
+        iova: u64,
+        len: u64,
+        mut f: impl FnMut(*mut u8, usize, usize),
+    ) {
         let end = iova + len;
         for m in &self.snap.maps[first..=last] {
             let s = iova.max(m.iova);
             let e = end.min(m.end);
-            f((m.host + (s - m.iova) as usize) as *mut u8, (s - iova) as usize, (e - s) as usize);
+            f(
+                (m.host + (s - m.iova) as usize) as *mut u8,
+                (s - iova) as usize,
+                (e - s) as usize,
+            );
         }
     }
 }

@@ -86,7 +86,14 @@ impl DmaEngine {
     /// A DMA port on `space` with an `iotlb_entries`-entry direct-mapped IOTLB (rounded up to
     /// a power of two, at most [`MAX_IOTLB_ENTRIES`]; 0 = walk the mapping table every time).
     pub fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
-        DmaEngine { iommu: Iommu::new(space, iotlb_entries), bus: BusStats::default(), log: DirtyLog::new(), trace: None, log_fault: None, unlogged: 0 }
+        DmaEngine {
+            iommu: Iommu::new(space, iotlb_entries),
+            bus: BusStats::default(),
+            log: DirtyLog::new(),
+            trace: None,
+            log_fault: None,
+            unlogged: 0,
+        }
     }
 
     /// The IOVA space this engine translates through.
@@ -113,11 +120,12 @@ impl DmaEngine {
                 1
             }
             Route::Split { first, last } => {
-                self.iommu.for_each_segment(first, last, iova, buf.len() as u64, |p, off, n| {
-                    // SAFETY: each segment is a validated, backed piece of the access
-                    // inside its mapping, and `off + n <= buf.len()` by construction.
-                    unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr().add(off), n) };
-                });
+                self.iommu
+                    .for_each_segment(first, last, iova, buf.len() as u64, |p, off, n| {
+                        // SAFETY: each segment is a validated, backed piece of the access
+                        // inside its mapping, and `off + n <= buf.len()` by construction.
+                        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr().add(off), n) };
+                    });
                 (last - first + 1) as u64
             }
         }
@@ -135,11 +143,12 @@ impl DmaEngine {
                 1
             }
             Route::Split { first, last } => {
-                self.iommu.for_each_segment(first, last, iova, data.len() as u64, |p, off, n| {
-                    // SAFETY: each segment is a validated, writable, backed piece of the
-                    // access, and `off + n <= data.len()` by construction.
-                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(off), p, n) };
-                });
+                self.iommu
+                    .for_each_segment(first, last, iova, data.len() as u64, |p, off, n| {
+                        // SAFETY: each segment is a validated, writable, backed piece of the
+                        // access, and `off + n <= data.len()` by construction.
+                        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(off), p, n) };
+                    });
                 (last - first + 1) as u64
             }
         }
@@ -183,7 +192,8 @@ impl DmaEngine {
             // one writable, fd-backed mapping whose mmap the engine's snapshot keeps alive,
             // and `p` is its host address; `data` is a distinct Rust allocation.
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-            self.bus.access(kind, iova, len, 1, kind == DmaKind::PacketWrite);
+            self.bus
+                .access(kind, iova, len, 1, kind == DmaKind::PacketWrite);
             self.after_write(iova, len, kind);
             return Ok(());
         }
@@ -197,7 +207,13 @@ impl DmaEngine {
         }
         let route = self.iommu.translate_slow(iova, data.len() as u64, true)?;
         let txns = self.copy_out(route, iova, data);
-        self.bus.access(kind, iova, data.len() as u64, txns, kind == DmaKind::PacketWrite);
+        self.bus.access(
+            kind,
+            iova,
+            data.len() as u64,
+            txns,
+            kind == DmaKind::PacketWrite,
+        );
         self.after_write(iova, data.len() as u64, kind);
         Ok(())
     }
@@ -261,7 +277,8 @@ impl DmaEngine {
     pub fn publish_u16(&mut self, iova: u64, val: u16, kind: DmaKind) -> Result<(), DmaFault> {
         let mut route = self.iommu.translate(iova, 2, true)?;
         let generation = self.iommu.cached_generation();
-        if kind != DmaKind::LogWrite && self.log.enabled() && self.unlogged & (1 << kind as u8) == 0 {
+        if kind != DmaKind::LogWrite && self.log.enabled() && self.unlogged & (1 << kind as u8) == 0
+        {
             // The translation succeeded, so `iova + 2` does not overflow. A fault of a
             // buffer-full flush inside `mark` also stops the publish.
             self.log.mark(iova, 2, &mut self.iommu, &mut self.bus)?;
@@ -275,7 +292,8 @@ impl DmaEngine {
             Route::One(p) if (p as usize) % std::mem::align_of::<AtomicU16>() == 0 => {
                 // SAFETY: validated writable, backed 2-byte range of the current snapshot
                 // (the generation did not move since, or it was re-translated); aligned.
-                unsafe { AtomicU16::from_ptr(p.cast::<u16>()) }.store(val.to_le(), Ordering::Release);
+                unsafe { AtomicU16::from_ptr(p.cast::<u16>()) }
+                    .store(val.to_le(), Ordering::Release);
                 1
             }
             route => {
@@ -301,7 +319,11 @@ impl DmaEngine {
         if let Some(c) = cfg {
             let s = c.sanitized();
             if s != c {
-                tracing::warn!(requested = c.granularity, used = s.granularity, "dirty log granularity adjusted");
+                tracing::warn!(
+                    requested = c.granularity,
+                    used = s.granularity,
+                    "dirty log granularity adjusted"
+                );
             }
         }
         self.log.configure(cfg);

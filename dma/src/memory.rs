@@ -30,11 +30,20 @@ pub struct Perms {
 
 impl Perms {
     /// Read-only (device may read, e.g. a TX buffer or QEMU's ROM ranges).
-    pub const RO: Perms = Perms { read: true, write: false };
+    pub const RO: Perms = Perms {
+        read: true,
+        write: false,
+    };
     /// Write-only.
-    pub const WO: Perms = Perms { read: false, write: true };
+    pub const WO: Perms = Perms {
+        read: false,
+        write: true,
+    };
     /// Read-write (what QEMU asks for RAM).
-    pub const RW: Perms = Perms { read: true, write: true };
+    pub const RW: Perms = Perms {
+        read: true,
+        write: true,
+    };
 }
 
 /// What backs a DMA mapping.
@@ -132,7 +141,12 @@ pub(crate) struct Mapping {
 
 impl Mapping {
     pub(crate) fn info(&self) -> MappingInfo {
-        MappingInfo { iova: self.iova, size: self.end - self.iova, perms: self.perms, has_fd: self.region.is_some() }
+        MappingInfo {
+            iova: self.iova,
+            size: self.end - self.iova,
+            perms: self.perms,
+            has_fd: self.region.is_some(),
+        }
     }
 }
 
@@ -152,7 +166,16 @@ impl Snapshot {
     }
 
     fn clone_table(&self) -> Vec<Mapping> {
-        self.maps.iter().map(|m| Mapping { iova: m.iova, end: m.end, perms: m.perms, host: m.host, region: m.region.clone() }).collect()
+        self.maps
+            .iter()
+            .map(|m| Mapping {
+                iova: m.iova,
+                end: m.end,
+                perms: m.perms,
+                host: m.host,
+                region: m.region.clone(),
+            })
+            .collect()
     }
 }
 
@@ -172,12 +195,31 @@ impl Default for AddressSpace {
     }
 }
 
-fn mmap_backing(iova: u64, size: u64, perms: Perms, file: File, offset: u64) -> Result<Arc<GuestRegionMmap>, MapError> {
+fn mmap_backing(
+    iova: u64,
+    size: u64,
+    perms: Perms,
+    file: File,
+    offset: u64,
+) -> Result<Arc<GuestRegionMmap>, MapError> {
     let err = |source: std::io::Error| MapError::Mmap { iova, size, source };
-    let len = usize::try_from(size).map_err(|_| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "mapping larger than the host address space")))?;
-    let file_end = offset.checked_add(size).ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "file offset + size overflows")))?;
+    let len = usize::try_from(size).map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "mapping larger than the host address space",
+        ))
+    })?;
+    let file_end = offset.checked_add(size).ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "file offset + size overflows",
+        ))
+    })?;
     if offset > i64::MAX as u64 {
-        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "file offset does not fit off_t")));
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "file offset does not fit off_t",
+        )));
     }
     // Touching a MAP_SHARED page past EOF raises SIGBUS: refuse such mappings up front
     // (only regular files have a meaningful length; memfds and hugetlbfs files are regular).
@@ -185,7 +227,10 @@ fn mmap_backing(iova: u64, size: u64, perms: Perms, file: File, offset: u64) -> 
     if meta.file_type().is_file() && meta.len() < file_end {
         return Err(err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("file offset {offset:#x} + size {size:#x} runs past end of file ({:#x})", meta.len()),
+            format!(
+                "file offset {offset:#x} + size {size:#x} runs past end of file ({:#x})",
+                meta.len()
+            ),
         )));
     }
     // Map only what the device may do (defence in depth: a bug that writes a read-only
@@ -203,26 +248,44 @@ fn mmap_backing(iova: u64, size: u64, perms: Perms, file: File, offset: u64) -> 
         .build()
         .map_err(|e| match e {
             vm_memory::mmap::MmapRegionError::Mmap(io) => err(io),
-            other => err(std::io::Error::new(std::io::ErrorKind::InvalidInput, other.to_string())),
+            other => err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                other.to_string(),
+            )),
         })?;
-    let region =
-        GuestRegionMmap::new(region, GuestAddress(iova)).ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "guest region overflows")))?;
+    let region = GuestRegionMmap::new(region, GuestAddress(iova)).ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "guest region overflows",
+        ))
+    })?;
     Ok(Arc::new(region))
 }
 
 impl AddressSpace {
     /// An empty IOVA space at generation 0.
     pub fn new() -> Self {
-        AddressSpace { generation: AtomicU64::new(0), current: Mutex::new(Arc::new(Snapshot::default())) }
+        AddressSpace {
+            generation: AtomicU64::new(0),
+            current: Mutex::new(Arc::new(Snapshot::default())),
+        }
     }
 
     /// Adds a mapping of `[iova, iova + size)`. Fails on zero size, 64-bit overflow (the
     /// exclusive end must fit in a `u64`), overlap with an existing mapping, or mmap failure.
-    pub fn map(&self, iova: u64, size: u64, perms: Perms, backing: Backing) -> Result<(), MapError> {
+    pub fn map(
+        &self,
+        iova: u64,
+        size: u64,
+        perms: Perms,
+        backing: Backing,
+    ) -> Result<(), MapError> {
         if size == 0 {
             return Err(MapError::ZeroSize);
         }
-        let end = iova.checked_add(size).ok_or(MapError::AddressOverflow { iova, size })?;
+        let end = iova
+            .checked_add(size)
+            .ok_or(MapError::AddressOverflow { iova, size })?;
         // Cheap early overlap check so that a refused map does not cost an mmap.
         self.check_overlap(&self.snapshot(), iova, end, size)?;
         let region = match backing {
@@ -235,7 +298,16 @@ impl AddressSpace {
         self.check_overlap(&cur, iova, end, size)?;
         let mut maps = cur.clone_table();
         let pos = maps.partition_point(|m| m.iova < iova);
-        maps.insert(pos, Mapping { iova, end, perms, host, region });
+        maps.insert(
+            pos,
+            Mapping {
+                iova,
+                end,
+                perms,
+                host,
+                region,
+            },
+        );
         *cur = Arc::new(Snapshot { maps });
         self.generation.fetch_add(1, Ordering::Release);
         drop(cur);
@@ -243,9 +315,20 @@ impl AddressSpace {
         Ok(())
     }
 
-    fn check_overlap(&self, snap: &Snapshot, iova: u64, end: u64, size: u64) -> Result<(), MapError> {
+    fn check_overlap(
+        &self,
+        snap: &Snapshot,
+        iova: u64,
+        end: u64,
+        size: u64,
+    ) -> Result<(), MapError> {
         if let Some(m) = snap.maps.iter().find(|m| m.iova < end && iova < m.end) {
-            return Err(MapError::Overlap { iova, size, existing_iova: m.iova, existing_size: m.end - m.iova });
+            return Err(MapError::Overlap {
+                iova,
+                size,
+                existing_iova: m.iova,
+                existing_size: m.end - m.iova,
+            });
         }
         Ok(())
     }
@@ -257,7 +340,9 @@ impl AddressSpace {
         if size == 0 {
             return Err(MapError::ZeroSize);
         }
-        let end = iova.checked_add(size).ok_or(MapError::AddressOverflow { iova, size })?;
+        let end = iova
+            .checked_add(size)
+            .ok_or(MapError::AddressOverflow { iova, size })?;
         let mut cur = self.current.lock();
         let mut removed = 0u64;
         for m in cur.maps.iter().filter(|m| m.iova < end && iova < m.end) {
@@ -269,7 +354,11 @@ impl AddressSpace {
         if removed == 0 {
             return Err(MapError::NotFound { iova, size });
         }
-        let maps = cur.clone_table().into_iter().filter(|m| !(m.iova >= iova && m.end <= end)).collect();
+        let maps = cur
+            .clone_table()
+            .into_iter()
+            .filter(|m| !(m.iova >= iova && m.end <= end))
+            .collect();
         *cur = Arc::new(Snapshot { maps });
         self.generation.fetch_add(1, Ordering::Release);
         drop(cur);
@@ -324,7 +413,12 @@ mod tests {
     use super::*;
 
     fn info(iova: u64, size: u64, perms: Perms, has_fd: bool) -> MappingInfo {
-        MappingInfo { iova, size, perms, has_fd }
+        MappingInfo {
+            iova,
+            size,
+            perms,
+            has_fd,
+        }
     }
 
     #[test]
@@ -334,31 +428,73 @@ mod tests {
         s.map(0x2000, 0x1000, Perms::RW, Backing::None).unwrap();
         s.map(0x1000, 0x1000, Perms::RO, Backing::None).unwrap();
         assert_eq!(s.generation(), 2);
-        assert_eq!(s.mappings(), vec![info(0x1000, 0x1000, Perms::RO, false), info(0x2000, 0x1000, Perms::RW, false)]);
-        assert!(matches!(s.map(0x5000, 0, Perms::RW, Backing::None), Err(MapError::ZeroSize)));
+        assert_eq!(
+            s.mappings(),
+            vec![
+                info(0x1000, 0x1000, Perms::RO, false),
+                info(0x2000, 0x1000, Perms::RW, false)
+            ]
+        );
+        assert!(matches!(
+            s.map(0x5000, 0, Perms::RW, Backing::None),
+            Err(MapError::ZeroSize)
+        ));
         assert!(matches!(
             s.map(0x2800, 0x1000, Perms::RW, Backing::None),
-            Err(MapError::Overlap { iova: 0x2800, size: 0x1000, existing_iova: 0x2000, existing_size: 0x1000 })
+            Err(MapError::Overlap {
+                iova: 0x2800,
+                size: 0x1000,
+                existing_iova: 0x2000,
+                existing_size: 0x1000
+            })
         ));
         // Covering an existing mapping entirely is an overlap too.
-        assert!(matches!(s.map(0, 0x10000, Perms::RW, Backing::None), Err(MapError::Overlap { existing_iova: 0x1000, .. })));
-        assert!(matches!(s.map(u64::MAX - 0xfff, 0x1000, Perms::RW, Backing::None), Err(MapError::AddressOverflow { .. })));
+        assert!(matches!(
+            s.map(0, 0x10000, Perms::RW, Backing::None),
+            Err(MapError::Overlap {
+                existing_iova: 0x1000,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.map(u64::MAX - 0xfff, 0x1000, Perms::RW, Backing::None),
+            Err(MapError::AddressOverflow { .. })
+        ));
         // The last full page below 2^64 is mappable.
-        s.map(u64::MAX - 0x1000, 0x1000, Perms::RW, Backing::None).unwrap();
+        s.map(u64::MAX - 0x1000, 0x1000, Perms::RW, Backing::None)
+            .unwrap();
         assert_eq!(s.generation(), 3);
         // Failed operations do not bump the generation.
-        assert!(matches!(s.unmap(0x1800, 0x1000), Err(MapError::NotFound { iova: 0x1800, size: 0x1000 })));
-        assert!(matches!(s.unmap(0x8000, 0x1000), Err(MapError::NotFound { .. })));
+        assert!(matches!(
+            s.unmap(0x1800, 0x1000),
+            Err(MapError::NotFound {
+                iova: 0x1800,
+                size: 0x1000
+            })
+        ));
+        assert!(matches!(
+            s.unmap(0x8000, 0x1000),
+            Err(MapError::NotFound { .. })
+        ));
         assert!(matches!(s.unmap(0x1000, 0), Err(MapError::ZeroSize)));
-        assert!(matches!(s.unmap(u64::MAX, 2), Err(MapError::AddressOverflow { .. })));
+        assert!(matches!(
+            s.unmap(u64::MAX, 2),
+            Err(MapError::AddressOverflow { .. })
+        ));
         assert_eq!(s.generation(), 3);
         // Partial coverage of one mapping refuses the whole unmap: nothing removed.
-        assert!(matches!(s.unmap(0x1000, 0x1800), Err(MapError::NotFound { .. })));
+        assert!(matches!(
+            s.unmap(0x1000, 0x1800),
+            Err(MapError::NotFound { .. })
+        ));
         assert_eq!(s.mappings().len(), 3);
         // A range covering two whole mappings removes both.
         assert_eq!(s.unmap(0, 0x4000).unwrap(), 0x2000);
         assert_eq!(s.generation(), 4);
-        assert_eq!(s.mappings(), vec![info(u64::MAX - 0x1000, 0x1000, Perms::RW, false)]);
+        assert_eq!(
+            s.mappings(),
+            vec![info(u64::MAX - 0x1000, 0x1000, Perms::RW, false)]
+        );
         assert_eq!(s.mapping_at(u64::MAX - 1).unwrap().iova, u64::MAX - 0x1000);
         assert_eq!(s.mapping_at(u64::MAX), None);
     }
@@ -382,13 +518,43 @@ mod tests {
         let s = AddressSpace::new();
         let shm = crate::SharedMemory::new("short", 0x2000).unwrap();
         // Past EOF.
-        let e = s.map(0, 0x3000, Perms::RW, Backing::Fd { file: shm.try_clone_file().unwrap(), offset: 0 }).unwrap_err();
+        let e = s
+            .map(
+                0,
+                0x3000,
+                Perms::RW,
+                Backing::Fd {
+                    file: shm.try_clone_file().unwrap(),
+                    offset: 0,
+                },
+            )
+            .unwrap_err();
         assert!(matches!(e, MapError::Mmap { .. }), "{e}");
         // Unaligned file offset: mmap refuses it with EINVAL.
-        let e = s.map(0, 0x1000, Perms::RW, Backing::Fd { file: shm.try_clone_file().unwrap(), offset: 0x10 }).unwrap_err();
+        let e = s
+            .map(
+                0,
+                0x1000,
+                Perms::RW,
+                Backing::Fd {
+                    file: shm.try_clone_file().unwrap(),
+                    offset: 0x10,
+                },
+            )
+            .unwrap_err();
         assert!(matches!(e, MapError::Mmap { .. }), "{e}");
         // Offset + size overflow.
-        let e = s.map(0, 0x1000, Perms::RW, Backing::Fd { file: shm.try_clone_file().unwrap(), offset: u64::MAX - 0x10 }).unwrap_err();
+        let e = s
+            .map(
+                0,
+                0x1000,
+                Perms::RW,
+                Backing::Fd {
+                    file: shm.try_clone_file().unwrap(),
+                    offset: u64::MAX - 0x10,
+                },
+            )
+            .unwrap_err();
         assert!(matches!(e, MapError::Mmap { .. }), "{e}");
         assert_eq!(s.generation(), 0);
         assert!(s.mappings().is_empty());

@@ -45,7 +45,10 @@ pub struct SharedMemory {
 
 impl std::fmt::Debug for SharedMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedMemory").field("size", &self.size).field("file", &self.file).finish_non_exhaustive()
+        f.debug_struct("SharedMemory")
+            .field("size", &self.size)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,10 +73,11 @@ impl SharedMemory {
         // SAFETY: `fd` was just returned by memfd_create, is open, and nothing else owns it.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(size)?;
-        let region = MmapRegion::<()>::from_file(FileOffset::new(file.try_clone()?, 0), len).map_err(|e| match e {
-            vm_memory::mmap::MmapRegionError::Mmap(io) => io,
-            other => std::io::Error::other(other.to_string()),
-        })?;
+        let region = MmapRegion::<()>::from_file(FileOffset::new(file.try_clone()?, 0), len)
+            .map_err(|e| match e {
+                vm_memory::mmap::MmapRegionError::Mmap(io) => io,
+                other => std::io::Error::other(other.to_string()),
+            })?;
         Ok(SharedMemory { region, file, size })
     }
 
@@ -89,39 +93,65 @@ impl SharedMemory {
 
     /// Convenience: `Backing::Fd` for this memory at file offset `offset`.
     pub fn backing(&self, offset: u64) -> std::io::Result<Backing> {
-        Ok(Backing::Fd { file: self.try_clone_file()?, offset })
+        Ok(Backing::Fd {
+            file: self.try_clone_file()?,
+            offset,
+        })
     }
 
     /// Convenience: maps `[offset, offset + size)` of this memory at `iova` in `space`.
-    pub fn map_into(&self, space: &crate::AddressSpace, iova: u64, offset: u64, size: u64, perms: Perms) -> Result<(), crate::MapError> {
-        let backing = self.backing(offset).map_err(|source| crate::MapError::Mmap { iova, size, source })?;
+    pub fn map_into(
+        &self,
+        space: &crate::AddressSpace,
+        iova: u64,
+        offset: u64,
+        size: u64,
+        perms: Perms,
+    ) -> Result<(), crate::MapError> {
+        let backing = self
+            .backing(offset)
+            .map_err(|source| crate::MapError::Mmap { iova, size, source })?;
         space.map(iova, size, perms, backing)
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<usize, ShmError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(offset as usize),
-            _ => Err(ShmError::OutOfRange { offset, len, size: self.size }),
+            _ => Err(ShmError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
         }
     }
 
     fn check_aligned(&self, offset: u64, width: u64) -> Result<usize, ShmError> {
         let off = self.check(offset, width)?;
         if offset % width != 0 {
-            return Err(ShmError::Misaligned { offset, align: width });
+            return Err(ShmError::Misaligned {
+                offset,
+                align: width,
+            });
         }
         Ok(off)
     }
 
     fn out_of_range(&self, offset: u64, len: u64) -> ShmError {
-        ShmError::OutOfRange { offset, len, size: self.size }
+        ShmError::OutOfRange {
+            offset,
+            len,
+            size: self.size,
+        }
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the memory.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ShmError> {
         let len = buf.len() as u64;
         let off = self.check(offset, len)?;
-        let slice = self.region.get_slice(off, buf.len()).map_err(|_| self.out_of_range(offset, len))?;
+        let slice = self
+            .region
+            .get_slice(off, buf.len())
+            .map_err(|_| self.out_of_range(offset, len))?;
         slice.copy_to(buf);
         Ok(())
     }
@@ -130,7 +160,10 @@ impl SharedMemory {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), ShmError> {
         let len = data.len() as u64;
         let off = self.check(offset, len)?;
-        let slice = self.region.get_slice(off, data.len()).map_err(|_| self.out_of_range(offset, len))?;
+        let slice = self
+            .region
+            .get_slice(off, data.len())
+            .map_err(|_| self.out_of_range(offset, len))?;
         slice.copy_from(data);
         Ok(())
     }
@@ -158,21 +191,30 @@ impl SharedMemory {
     /// Little-endian u16 load with Acquire ordering (8-byte alignment not needed; 2 is).
     pub fn read_u16(&self, offset: u64) -> Result<u16, ShmError> {
         let off = self.check_aligned(offset, 2)?;
-        let a = self.region.get_atomic_ref::<AtomicU16>(off).map_err(|_| self.out_of_range(offset, 2))?;
+        let a = self
+            .region
+            .get_atomic_ref::<AtomicU16>(off)
+            .map_err(|_| self.out_of_range(offset, 2))?;
         Ok(u16::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Little-endian u32 load with Acquire ordering (offset 4-aligned).
     pub fn read_u32(&self, offset: u64) -> Result<u32, ShmError> {
         let off = self.check_aligned(offset, 4)?;
-        let a = self.region.get_atomic_ref::<AtomicU32>(off).map_err(|_| self.out_of_range(offset, 4))?;
+        let a = self
+            .region
+            .get_atomic_ref::<AtomicU32>(off)
+            .map_err(|_| self.out_of_range(offset, 4))?;
         Ok(u32::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Little-endian u64 load with Acquire ordering (offset 8-aligned).
     pub fn read_u64(&self, offset: u64) -> Result<u64, ShmError> {
         let off = self.check_aligned(offset, 8)?;
-        let a = self.region.get_atomic_ref::<AtomicU64>(off).map_err(|_| self.out_of_range(offset, 8))?;
+        let a = self
+            .region
+            .get_atomic_ref::<AtomicU64>(off)
+            .map_err(|_| self.out_of_range(offset, 8))?;
         Ok(u64::from_le(a.load(Ordering::Acquire)))
     }
 
@@ -194,7 +236,10 @@ impl SharedMemory {
     /// Little-endian u16 store with Release ordering (publishing avail->idx); 2-aligned.
     pub fn store_u16_release(&self, offset: u64, v: u16) -> Result<(), ShmError> {
         let off = self.check_aligned(offset, 2)?;
-        let a = self.region.get_atomic_ref::<AtomicU16>(off).map_err(|_| self.out_of_range(offset, 2))?;
+        let a = self
+            .region
+            .get_atomic_ref::<AtomicU16>(off)
+            .map_err(|_| self.out_of_range(offset, 2))?;
         a.store(v.to_le(), Ordering::Release);
         Ok(())
     }
@@ -203,7 +248,10 @@ impl SharedMemory {
     /// old value: how a VMM harvests the dirty log (`swap_u64(w, 0)`) while the device logs.
     pub fn swap_u64(&self, offset: u64, new: u64) -> Result<u64, ShmError> {
         let off = self.check_aligned(offset, 8)?;
-        let a = self.region.get_atomic_ref::<AtomicU64>(off).map_err(|_| self.out_of_range(offset, 8))?;
+        let a = self
+            .region
+            .get_atomic_ref::<AtomicU64>(off)
+            .map_err(|_| self.out_of_range(offset, 8))?;
         Ok(u64::from_le(a.swap(new.to_le(), Ordering::AcqRel)))
     }
 }
@@ -219,12 +267,25 @@ mod tests {
         assert!(SharedMemory::new("t", 0).is_err());
         assert!(SharedMemory::new("a\0b", 4096).is_err());
         let mut b = [0u8; 4];
-        assert_eq!(m.read(0x1ffd, &mut b), Err(ShmError::OutOfRange { offset: 0x1ffd, len: 4, size: 0x2000 }));
+        assert_eq!(
+            m.read(0x1ffd, &mut b),
+            Err(ShmError::OutOfRange {
+                offset: 0x1ffd,
+                len: 4,
+                size: 0x2000
+            })
+        );
         assert!(m.read(u64::MAX, &mut b).is_err());
         assert!(m.write(0x2000, &[1]).is_err());
         assert!(m.write(0x2000, &[]).is_ok());
         assert!(m.fill(0x1000, 0x1001, 1).is_err());
-        assert_eq!(m.read_u16(1), Err(ShmError::Misaligned { offset: 1, align: 2 }));
+        assert_eq!(
+            m.read_u16(1),
+            Err(ShmError::Misaligned {
+                offset: 1,
+                align: 2
+            })
+        );
         assert!(m.swap_u64(4, 0).is_err());
         assert!(m.read_u64(0x2000).is_err());
         assert!(m.store_u16_release(0x1fff, 0).is_err());

@@ -25,8 +25,17 @@ fn round_trip_nonzero_iova_and_file_offset() {
     let shm = SharedMemory::new("guest", 0x10000).unwrap();
     let space = Arc::new(AddressSpace::new());
     // IOVA 0x4000_0000 -> file offset 0x3000.
-    shm.map_into(&space, 0x4000_0000, 0x3000, 0x4000, Perms::RW).unwrap();
-    assert_eq!(space.mappings(), vec![MappingInfo { iova: 0x4000_0000, size: 0x4000, perms: Perms::RW, has_fd: true }]);
+    shm.map_into(&space, 0x4000_0000, 0x3000, 0x4000, Perms::RW)
+        .unwrap();
+    assert_eq!(
+        space.mappings(),
+        vec![MappingInfo {
+            iova: 0x4000_0000,
+            size: 0x4000,
+            perms: Perms::RW,
+            has_fd: true
+        }]
+    );
     let mut eng = DmaEngine::new(space, 16);
     let data: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
     eng.write(0x4000_0010, &data, DmaKind::PacketWrite).unwrap();
@@ -37,7 +46,8 @@ fn round_trip_nonzero_iova_and_file_offset() {
     // And the device reads what the driver writes.
     shm.write(0x5000, b"hello, device").unwrap();
     let mut buf = [0u8; 13];
-    eng.read(0x4000_2000, &mut buf, DmaKind::PacketRead).unwrap();
+    eng.read(0x4000_2000, &mut buf, DmaKind::PacketRead)
+        .unwrap();
     assert_eq!(&buf, b"hello, device");
     // Nothing outside the mapped file window was touched.
     let snap = shm.snapshot();
@@ -63,7 +73,8 @@ fn iotlb_hits_and_generation_invalidation() {
     // Same mapping, other page: the entry for page 0x10 does not cover page 0x13, but the
     // access at page 0x10 again is a hit anywhere in the mapping.
     eng.write_u32(0x10ffc, 2, DmaKind::RingWrite).unwrap();
-    eng.write(0x10800, &[0u8; 0x3000], DmaKind::PacketWrite).unwrap();
+    eng.write(0x10800, &[0u8; 0x3000], DmaKind::PacketWrite)
+        .unwrap();
     assert_eq!(eng.iommu_stats().iotlb_hits, 2);
     eng.write_u32(0x13000, 3, DmaKind::RingWrite).unwrap();
     assert_eq!(eng.iommu_stats().iotlb_misses, 2);
@@ -72,7 +83,13 @@ fn iotlb_hits_and_generation_invalidation() {
     // Unmap: the cached translation must not be used any more.
     assert_eq!(space.unmap(0x10000, 0x4000).unwrap(), 0x4000);
     let e = eng.write_u32(0x10000, 4, DmaKind::RingWrite).unwrap_err();
-    assert_eq!(e, DmaFault::Unmapped { iova: 0x10000, len: 4 });
+    assert_eq!(
+        e,
+        DmaFault::Unmapped {
+            iova: 0x10000,
+            len: 4
+        }
+    );
     let s = *eng.iommu_stats();
     assert_eq!(s.iotlb_invalidations, 1);
     assert_eq!(s.faults_unmapped, 1);
@@ -84,11 +101,19 @@ fn iotlb_hits_and_generation_invalidation() {
     // Remap at the same IOVA with other memory: the device sees the new memory.
     let other = SharedMemory::new("other", 0x4000).unwrap();
     other.write_u32(0, 0x1234_5678).unwrap();
-    other.map_into(&space, 0x10000, 0, 0x4000, Perms::RO).unwrap();
-    assert_eq!(eng.read_u32(0x10000, DmaKind::RingRead).unwrap(), 0x1234_5678);
+    other
+        .map_into(&space, 0x10000, 0, 0x4000, Perms::RO)
+        .unwrap();
+    assert_eq!(
+        eng.read_u32(0x10000, DmaKind::RingRead).unwrap(),
+        0x1234_5678
+    );
     assert_eq!(eng.iommu_stats().iotlb_invalidations, 2);
     // ...and its permissions: RO now.
-    assert!(matches!(eng.write_u32(0x10000, 4, DmaKind::RingWrite), Err(DmaFault::Permission { write: true, .. })));
+    assert!(matches!(
+        eng.write_u32(0x10000, 4, DmaKind::RingWrite),
+        Err(DmaFault::Permission { write: true, .. })
+    ));
 
     eng.invalidate_iotlb();
     assert_eq!(eng.iommu_stats().iotlb_invalidations, 3);
@@ -108,7 +133,10 @@ fn no_iotlb_always_misses() {
     assert_eq!(eng.iommu_stats().iotlb_misses, 5);
     assert_eq!(eng.iommu_stats().iotlb_hits, 0);
     // Non-power-of-two sizes are rounded up.
-    assert_eq!(DmaEngine::new(Arc::new(AddressSpace::new()), 100).iotlb_entries(), 128);
+    assert_eq!(
+        DmaEngine::new(Arc::new(AddressSpace::new()), 100).iotlb_entries(),
+        128
+    );
 }
 
 #[test]
@@ -116,12 +144,27 @@ fn crosses_mapping_end_writes_nothing() {
     let (shm, _space, mut eng) = setup(0x2000, 0x10000);
     shm.fill(0, 0x2000, 0x5a).unwrap();
     let before = shm.snapshot();
-    let e = eng.write(0x11f80, &[0xffu8; 0x100], DmaKind::PacketWrite).unwrap_err();
-    assert_eq!(e, DmaFault::CrossesMappingEnd { iova: 0x11f80, len: 0x100, mapping_end: 0x12000 });
+    let e = eng
+        .write(0x11f80, &[0xffu8; 0x100], DmaKind::PacketWrite)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        DmaFault::CrossesMappingEnd {
+            iova: 0x11f80,
+            len: 0x100,
+            mapping_end: 0x12000
+        }
+    );
     assert_eq!(shm.snapshot(), before, "a faulted write touched memory");
     let mut buf = [0u8; 0x100];
-    assert!(matches!(eng.read(0x11f80, &mut buf, DmaKind::PacketRead), Err(DmaFault::CrossesMappingEnd { .. })));
-    assert!(buf.iter().all(|&b| b == 0), "a faulted read filled the buffer");
+    assert!(matches!(
+        eng.read(0x11f80, &mut buf, DmaKind::PacketRead),
+        Err(DmaFault::CrossesMappingEnd { .. })
+    ));
+    assert!(
+        buf.iter().all(|&b| b == 0),
+        "a faulted read filled the buffer"
+    );
     assert_eq!(eng.iommu_stats().faults_crossing, 2);
     assert_eq!(eng.bus_stats().total(), Traffic::default());
     // The last byte of the mapping is fine.
@@ -133,35 +176,106 @@ fn unmapped_permission_nobacking_overflow() {
     let shm = SharedMemory::new("g", 0x3000).unwrap();
     let space = Arc::new(AddressSpace::new());
     shm.map_into(&space, 0x1000, 0, 0x1000, Perms::RO).unwrap();
-    shm.map_into(&space, 0x3000, 0x1000, 0x1000, Perms::WO).unwrap();
+    shm.map_into(&space, 0x3000, 0x1000, 0x1000, Perms::WO)
+        .unwrap();
     space.map(0x8000, 0x1000, Perms::RW, Backing::None).unwrap();
-    space.map(u64::MAX - 0x1000, 0x1000, Perms::RW, Backing::None).unwrap();
+    space
+        .map(u64::MAX - 0x1000, 0x1000, Perms::RW, Backing::None)
+        .unwrap();
     let mut eng = DmaEngine::new(space, 64);
     let mut b = [0u8; 4];
 
-    assert_eq!(eng.read(0x2000, &mut b, DmaKind::Descriptor), Err(DmaFault::Unmapped { iova: 0x2000, len: 4 }));
+    assert_eq!(
+        eng.read(0x2000, &mut b, DmaKind::Descriptor),
+        Err(DmaFault::Unmapped {
+            iova: 0x2000,
+            len: 4
+        })
+    );
     // RO: reads fine, writes refused (also on the IOTLB-hit path).
     eng.read(0x1000, &mut b, DmaKind::Descriptor).unwrap();
     for _ in 0..2 {
-        assert_eq!(eng.write(0x1000, &b, DmaKind::RingWrite), Err(DmaFault::Permission { iova: 0x1000, len: 4, write: true }));
+        assert_eq!(
+            eng.write(0x1000, &b, DmaKind::RingWrite),
+            Err(DmaFault::Permission {
+                iova: 0x1000,
+                len: 4,
+                write: true
+            })
+        );
     }
     // WO: writes fine, reads refused.
     eng.write(0x3000, &[9, 9], DmaKind::RingWrite).unwrap();
-    assert_eq!(eng.read_u16(0x3000, DmaKind::RingRead), Err(DmaFault::Permission { iova: 0x3000, len: 2, write: false }));
+    assert_eq!(
+        eng.read_u16(0x3000, DmaKind::RingRead),
+        Err(DmaFault::Permission {
+            iova: 0x3000,
+            len: 2,
+            write: false
+        })
+    );
     assert_eq!(shm.read_u16(0x1000).unwrap(), 0x0909);
     // No fd.
-    assert_eq!(eng.read(0x8ffc, &mut b, DmaKind::PacketRead), Err(DmaFault::NoBacking { iova: 0x8ffc, len: 4 }));
-    assert_eq!(eng.publish_u16(0x8000, 1, DmaKind::RingWrite), Err(DmaFault::NoBacking { iova: 0x8000, len: 2 }));
+    assert_eq!(
+        eng.read(0x8ffc, &mut b, DmaKind::PacketRead),
+        Err(DmaFault::NoBacking {
+            iova: 0x8ffc,
+            len: 4
+        })
+    );
+    assert_eq!(
+        eng.publish_u16(0x8000, 1, DmaKind::RingWrite),
+        Err(DmaFault::NoBacking {
+            iova: 0x8000,
+            len: 2
+        })
+    );
     // Overflow at the top of the IOVA space.
-    assert_eq!(eng.read(u64::MAX, &mut b, DmaKind::PacketRead), Err(DmaFault::AddressOverflow { iova: u64::MAX, len: 4 }));
-    assert_eq!(eng.write(u64::MAX - 1, &[0; 3], DmaKind::PacketWrite), Err(DmaFault::AddressOverflow { iova: u64::MAX - 1, len: 3 }));
+    assert_eq!(
+        eng.read(u64::MAX, &mut b, DmaKind::PacketRead),
+        Err(DmaFault::AddressOverflow {
+            iova: u64::MAX,
+            len: 4
+        })
+    );
+    assert_eq!(
+        eng.write(u64::MAX - 1, &[0; 3], DmaKind::PacketWrite),
+        Err(DmaFault::AddressOverflow {
+            iova: u64::MAX - 1,
+            len: 3
+        })
+    );
     // An access ending exactly at 2^64 overflows too (mappings end at u64::MAX at most).
-    assert_eq!(eng.read_u64(u64::MAX - 7, DmaKind::RingRead), Err(DmaFault::AddressOverflow { iova: u64::MAX - 7, len: 8 }));
-    assert_eq!(eng.read_u64(u64::MAX - 0x1008, DmaKind::RingRead), Err(DmaFault::Unmapped { iova: u64::MAX - 0x1008, len: 8 }));
+    assert_eq!(
+        eng.read_u64(u64::MAX - 7, DmaKind::RingRead),
+        Err(DmaFault::AddressOverflow {
+            iova: u64::MAX - 7,
+            len: 8
+        })
+    );
+    assert_eq!(
+        eng.read_u64(u64::MAX - 0x1008, DmaKind::RingRead),
+        Err(DmaFault::Unmapped {
+            iova: u64::MAX - 0x1008,
+            len: 8
+        })
+    );
     // Mapped near the top but without backing: NoBacking, not overflow.
-    assert!(matches!(eng.read_u64(u64::MAX - 16, DmaKind::RingRead), Err(DmaFault::NoBacking { .. })));
+    assert!(matches!(
+        eng.read_u64(u64::MAX - 16, DmaKind::RingRead),
+        Err(DmaFault::NoBacking { .. })
+    ));
     let s = *eng.iommu_stats();
-    assert_eq!((s.faults_unmapped, s.faults_permission, s.faults_no_backing, s.faults_overflow, s.faults_crossing), (2, 3, 3, 3, 0));
+    assert_eq!(
+        (
+            s.faults_unmapped,
+            s.faults_permission,
+            s.faults_no_backing,
+            s.faults_overflow,
+            s.faults_crossing
+        ),
+        (2, 3, 3, 3, 0)
+    );
     assert_eq!(s.faults(), 11);
     // Faults count nothing on the bus.
     assert_eq!(eng.bus_stats().get(DmaKind::RingWrite).transactions, 1);
@@ -171,11 +285,33 @@ fn unmapped_permission_nobacking_overflow() {
 #[test]
 fn fault_messages_name_iova_and_len() {
     let msgs = [
-        DmaFault::Unmapped { iova: 0xabc0, len: 12 }.to_string(),
-        DmaFault::Permission { iova: 0xabc0, len: 12, write: true }.to_string(),
-        DmaFault::CrossesMappingEnd { iova: 0xabc0, len: 12, mapping_end: 0xabc8 }.to_string(),
-        DmaFault::NoBacking { iova: 0xabc0, len: 12 }.to_string(),
-        DmaFault::AddressOverflow { iova: 0xabc0, len: 12 }.to_string(),
+        DmaFault::Unmapped {
+            iova: 0xabc0,
+            len: 12,
+        }
+        .to_string(),
+        DmaFault::Permission {
+            iova: 0xabc0,
+            len: 12,
+            write: true,
+        }
+        .to_string(),
+        DmaFault::CrossesMappingEnd {
+            iova: 0xabc0,
+            len: 12,
+            mapping_end: 0xabc8,
+        }
+        .to_string(),
+        DmaFault::NoBacking {
+            iova: 0xabc0,
+            len: 12,
+        }
+        .to_string(),
+        DmaFault::AddressOverflow {
+            iova: 0xabc0,
+            len: 12,
+        }
+        .to_string(),
     ];
     for m in &msgs {
         assert!(m.contains("0xabc0") && m.contains("12"), "{m}");
@@ -189,13 +325,22 @@ fn split_across_adjacent_mappings() {
     let shm = SharedMemory::new("g", 0x10000).unwrap();
     let space = Arc::new(AddressSpace::new());
     // Three adjacent 4 KiB mappings at IOVA 0x10000.. from scattered file offsets.
-    shm.map_into(&space, 0x10000, 0x0000, 0x1000, Perms::RW).unwrap();
-    shm.map_into(&space, 0x11000, 0x5000, 0x1000, Perms::RW).unwrap();
-    shm.map_into(&space, 0x12000, 0x9000, 0x1000, Perms::RW).unwrap();
+    shm.map_into(&space, 0x10000, 0x0000, 0x1000, Perms::RW)
+        .unwrap();
+    shm.map_into(&space, 0x11000, 0x5000, 0x1000, Perms::RW)
+        .unwrap();
+    shm.map_into(&space, 0x12000, 0x9000, 0x1000, Perms::RW)
+        .unwrap();
     let mut eng = DmaEngine::new(space.clone(), 64);
     let data: Vec<u8> = (1..=32).collect();
     eng.write(0x10ff0, &data, DmaKind::PacketWrite).unwrap();
-    assert_eq!(eng.bus_stats().get(DmaKind::PacketWrite), Traffic { transactions: 2, bytes: 32 });
+    assert_eq!(
+        eng.bus_stats().get(DmaKind::PacketWrite),
+        Traffic {
+            transactions: 2,
+            bytes: 32
+        }
+    );
     let mut a = [0u8; 16];
     shm.read(0x0ff0, &mut a).unwrap();
     assert_eq!(a[..], data[..16]);
@@ -214,15 +359,27 @@ fn split_across_adjacent_mappings() {
     // A misaligned u16 across the boundary: byte path, still correct.
     eng.write_u16(0x11fff, 0xbeef, DmaKind::RingWrite).unwrap();
     assert_eq!(eng.read_u16(0x11fff, DmaKind::RingRead).unwrap(), 0xbeef);
-    eng.publish_u16(0x11fff, 0xcafe, DmaKind::RingWrite).unwrap();
+    eng.publish_u16(0x11fff, 0xcafe, DmaKind::RingWrite)
+        .unwrap();
     assert_eq!(eng.read_u16(0x11fff, DmaKind::RingRead).unwrap(), 0xcafe);
     assert_eq!(eng.bus_stats().get(DmaKind::RingRead).transactions, 4);
     // A hole after the third mapping: crossing fault reports the end of the run.
-    assert_eq!(eng.write(0x10000, &[0u8; 0x3001], DmaKind::PacketWrite), Err(DmaFault::CrossesMappingEnd { iova: 0x10000, len: 0x3001, mapping_end: 0x13000 }));
+    assert_eq!(
+        eng.write(0x10000, &[0u8; 0x3001], DmaKind::PacketWrite),
+        Err(DmaFault::CrossesMappingEnd {
+            iova: 0x10000,
+            len: 0x3001,
+            mapping_end: 0x13000
+        })
+    );
     // Permission is checked on every piece.
     space.unmap(0x12000, 0x1000).unwrap();
-    shm.map_into(&space, 0x12000, 0x9000, 0x1000, Perms::RO).unwrap();
-    assert!(matches!(eng.write(0x11ff0, &[0u8; 0x20], DmaKind::PacketWrite), Err(DmaFault::Permission { .. })));
+    shm.map_into(&space, 0x12000, 0x9000, 0x1000, Perms::RO)
+        .unwrap();
+    assert!(matches!(
+        eng.write(0x11ff0, &[0u8; 0x20], DmaKind::PacketWrite),
+        Err(DmaFault::Permission { .. })
+    ));
     eng.read(0x11ff0, &mut back, DmaKind::PacketRead).unwrap();
 }
 
@@ -234,11 +391,29 @@ fn mapping_starting_mid_page_is_not_hit_below_its_start() {
     shm.map_into(&space, 0x1800, 0, 0x1000, Perms::RW).unwrap();
     let mut eng = DmaEngine::new(space, 16);
     eng.write_u16(0x1800, 1, DmaKind::RingWrite).unwrap();
-    assert_eq!(eng.write_u16(0x17fe, 1, DmaKind::RingWrite), Err(DmaFault::Unmapped { iova: 0x17fe, len: 2 }));
+    assert_eq!(
+        eng.write_u16(0x17fe, 1, DmaKind::RingWrite),
+        Err(DmaFault::Unmapped {
+            iova: 0x17fe,
+            len: 2
+        })
+    );
     // Same page again: 0x2000..0x2800 is page 2; the end of the mapping at 0x2800.
     eng.write_u16(0x27fe, 1, DmaKind::RingWrite).unwrap();
-    assert_eq!(eng.write_u16(0x2800, 1, DmaKind::RingWrite), Err(DmaFault::Unmapped { iova: 0x2800, len: 2 }));
-    assert!(matches!(eng.write_u32(0x27fe, 1, DmaKind::RingWrite), Err(DmaFault::CrossesMappingEnd { mapping_end: 0x2800, .. })));
+    assert_eq!(
+        eng.write_u16(0x2800, 1, DmaKind::RingWrite),
+        Err(DmaFault::Unmapped {
+            iova: 0x2800,
+            len: 2
+        })
+    );
+    assert!(matches!(
+        eng.write_u32(0x27fe, 1, DmaKind::RingWrite),
+        Err(DmaFault::CrossesMappingEnd {
+            mapping_end: 0x2800,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -246,19 +421,54 @@ fn index_reads_and_publish() {
     let (shm, _space, mut eng) = setup(0x4000, 0x8000_0000);
     shm.store_u16_release(0x102, 0x1234).unwrap();
     shm.write_u64(0x200, 0x1122_3344_5566_7788).unwrap();
-    assert_eq!(eng.read_u16(0x8000_0102, DmaKind::RingRead).unwrap(), 0x1234);
-    assert_eq!(eng.read_u32(0x8000_0200, DmaKind::RingRead).unwrap(), 0x5566_7788);
-    assert_eq!(eng.read_u64(0x8000_0200, DmaKind::RingRead).unwrap(), 0x1122_3344_5566_7788);
+    assert_eq!(
+        eng.read_u16(0x8000_0102, DmaKind::RingRead).unwrap(),
+        0x1234
+    );
+    assert_eq!(
+        eng.read_u32(0x8000_0200, DmaKind::RingRead).unwrap(),
+        0x5566_7788
+    );
+    assert_eq!(
+        eng.read_u64(0x8000_0200, DmaKind::RingRead).unwrap(),
+        0x1122_3344_5566_7788
+    );
     // Misaligned loads fall back to byte copies.
-    assert_eq!(eng.read_u16(0x8000_0201, DmaKind::RingRead).unwrap(), 0x6677);
-    assert_eq!(eng.read_u32(0x8000_0203, DmaKind::RingRead).unwrap(), 0x2233_4455);
-    eng.publish_u16(0x8000_0302, 0xabcd, DmaKind::RingWrite).unwrap();
+    assert_eq!(
+        eng.read_u16(0x8000_0201, DmaKind::RingRead).unwrap(),
+        0x6677
+    );
+    assert_eq!(
+        eng.read_u32(0x8000_0203, DmaKind::RingRead).unwrap(),
+        0x2233_4455
+    );
+    eng.publish_u16(0x8000_0302, 0xabcd, DmaKind::RingWrite)
+        .unwrap();
     assert_eq!(shm.read_u16(0x302).unwrap(), 0xabcd);
-    eng.publish_u16(0x8000_0305, 0x0102, DmaKind::RingWrite).unwrap();
+    eng.publish_u16(0x8000_0305, 0x0102, DmaKind::RingWrite)
+        .unwrap();
     assert_eq!(shm.snapshot()[0x305..0x307], [0x02, 0x01]);
-    assert_eq!(eng.bus_stats().get(DmaKind::RingRead), Traffic { transactions: 5, bytes: 2 + 4 + 8 + 2 + 4 });
-    assert_eq!(eng.bus_stats().get(DmaKind::RingWrite), Traffic { transactions: 2, bytes: 4 });
-    assert_eq!(eng.publish_u16(0x7fff_ffff, 1, DmaKind::RingWrite), Err(DmaFault::Unmapped { iova: 0x7fff_ffff, len: 2 }));
+    assert_eq!(
+        eng.bus_stats().get(DmaKind::RingRead),
+        Traffic {
+            transactions: 5,
+            bytes: 2 + 4 + 8 + 2 + 4
+        }
+    );
+    assert_eq!(
+        eng.bus_stats().get(DmaKind::RingWrite),
+        Traffic {
+            transactions: 2,
+            bytes: 4
+        }
+    );
+    assert_eq!(
+        eng.publish_u16(0x7fff_ffff, 1, DmaKind::RingWrite),
+        Err(DmaFault::Unmapped {
+            iova: 0x7fff_ffff,
+            len: 2
+        })
+    );
 }
 
 #[test]
@@ -266,16 +476,22 @@ fn bus_stats_counts_per_kind() {
     let (_shm, _space, mut eng) = setup(0x4000, 0);
     let mut b = [0u8; 16];
     eng.read(0, &mut b, DmaKind::Descriptor).unwrap();
-    eng.read(0x100, &mut b[..12], DmaKind::IndirectTable).unwrap();
+    eng.read(0x100, &mut b[..12], DmaKind::IndirectTable)
+        .unwrap();
     eng.read_u16(0x200, DmaKind::RingRead).unwrap();
     eng.write(0x300, &[0; 8], DmaKind::RingWrite).unwrap();
     eng.publish_u16(0x302, 1, DmaKind::RingWrite).unwrap();
-    eng.read(0x1000, &mut [0u8; 64], DmaKind::PacketRead).unwrap();
-    eng.write(0x2000, &[0u8; 1500], DmaKind::PacketWrite).unwrap();
+    eng.read(0x1000, &mut [0u8; 64], DmaKind::PacketRead)
+        .unwrap();
+    eng.write(0x2000, &[0u8; 1500], DmaKind::PacketWrite)
+        .unwrap();
     eng.write(0x2000, &[0u8; 10], DmaKind::LogWrite).unwrap();
     assert!(eng.read(0x8000, &mut b, DmaKind::PacketRead).is_err());
     let s = eng.bus_stats().clone();
-    let t = |tr, by| Traffic { transactions: tr, bytes: by };
+    let t = |tr, by| Traffic {
+        transactions: tr,
+        bytes: by,
+    };
     assert_eq!(s.get(DmaKind::Descriptor), t(1, 16));
     assert_eq!(s.get(DmaKind::IndirectTable), t(1, 12));
     assert_eq!(s.get(DmaKind::RingRead), t(1, 2));
@@ -285,7 +501,11 @@ fn bus_stats_counts_per_kind() {
     assert_eq!(s.get(DmaKind::LogWrite), t(1, 10));
     assert_eq!(s.total(), t(8, 16 + 12 + 2 + 10 + 64 + 1500 + 10));
     eng.read(0, &mut b, DmaKind::Descriptor).unwrap();
-    assert_eq!(eng.bus_stats().delta(&s).total(), t(1, 16), "delta holds only the new read");
+    assert_eq!(
+        eng.bus_stats().delta(&s).total(),
+        t(1, 16),
+        "delta holds only the new read"
+    );
     eng.reset_stats();
     assert_eq!(eng.bus_stats().total(), Traffic::default());
     assert_eq!(*eng.iommu_stats(), IommuStats::default());
@@ -313,12 +533,19 @@ fn log_bit_positions() {
     // pfn 0 -> byte 0 bit 0; pfn 7 -> byte 0 bit 7; pfn 8 -> byte 1 bit 0.
     assert_eq!(log_bytes(&log, 3), vec![0x81, 0x01, 0x00]);
     // Multi-page write: 0x2fff..=0x5000 touches pfns 2, 3, 4 and 5 -> byte 0 bits 2..5.
-    eng.write(0x2fff, &[0xee; 0x2002], DmaKind::PacketWrite).unwrap();
+    eng.write(0x2fff, &[0xee; 0x2002], DmaKind::PacketWrite)
+        .unwrap();
     eng.flush_log().unwrap();
     assert_eq!(log_bytes(&log, 2), vec![0x81 | 0x3c, 0x01]);
     assert_eq!(eng.log_stats().pages_marked, 3 + 4);
     assert_eq!(eng.log_stats().log_writes, 2);
-    assert_eq!(eng.bus_stats().get(DmaKind::LogWrite), Traffic { transactions: 2, bytes: 16 });
+    assert_eq!(
+        eng.bus_stats().get(DmaKind::LogWrite),
+        Traffic {
+            transactions: 2,
+            bytes: 16
+        }
+    );
 }
 
 #[test]
@@ -326,14 +553,17 @@ fn log_bit_positions_high_pfns() {
     // Guest memory at IOVA 0 is only 0x2000 long; map more windows where the pfns are.
     let shm = SharedMemory::new("g", 0x3000).unwrap();
     let space = Arc::new(AddressSpace::new());
-    shm.map_into(&space, 63 << 12, 0, 0x2000, Perms::RW).unwrap(); // pfns 63, 64
-    shm.map_into(&space, 1000 << 12, 0x2000, 0x1000, Perms::RW).unwrap(); // pfn 1000
+    shm.map_into(&space, 63 << 12, 0, 0x2000, Perms::RW)
+        .unwrap(); // pfns 63, 64
+    shm.map_into(&space, 1000 << 12, 0x2000, 0x1000, Perms::RW)
+        .unwrap(); // pfn 1000
     let log = add_log(&space, 0x1000);
     let mut eng = DmaEngine::new(space, 64);
     eng.set_logging(Some(LogConfig::new(LOG_IOVA, LOG_IOVA + 0x1000)));
     eng.write(63 << 12, &[1], DmaKind::PacketWrite).unwrap();
     eng.write_u16(64 << 12, 1, DmaKind::RingWrite).unwrap();
-    eng.publish_u16((1000 << 12) + 0x10, 5, DmaKind::RingWrite).unwrap();
+    eng.publish_u16((1000 << 12) + 0x10, 5, DmaKind::RingWrite)
+        .unwrap();
     // publish flushed everything: no explicit flush needed.
     let bytes = log.snapshot();
     let mut expect = vec![0u8; 0x1000];
@@ -348,7 +578,11 @@ fn log_bit_positions_high_pfns() {
 fn log_granularity_64k_and_2m() {
     let (_shm, space, mut eng) = setup(0x40_0000, 0); // 4 MiB
     let log = add_log(&space, 0x1000);
-    let cfg = LogConfig { base: LOG_IOVA, end: LOG_IOVA + 0x1000, granularity: 0x1_0000 };
+    let cfg = LogConfig {
+        base: LOG_IOVA,
+        end: LOG_IOVA + 0x1000,
+        granularity: 0x1_0000,
+    };
     eng.set_logging(Some(cfg));
     assert_eq!(eng.logging(), Some(cfg));
     // pfn 0x12 -> granule pfns 16..=31 -> bytes 2 and 3 fully set.
@@ -363,7 +597,10 @@ fn log_granularity_64k_and_2m() {
 
     // 2 MiB: one byte at 0x200010 marks pfns 512..=1023 = bytes 64..=127.
     log.fill(0, 0x1000, 0).unwrap();
-    eng.set_logging(Some(LogConfig { granularity: 2 << 20, ..cfg }));
+    eng.set_logging(Some(LogConfig {
+        granularity: 2 << 20,
+        ..cfg
+    }));
     eng.write(0x20_0010, &[1], DmaKind::PacketWrite).unwrap();
     eng.flush_log().unwrap();
     let b = log.snapshot();
@@ -376,7 +613,10 @@ fn log_granularity_64k_and_2m() {
     assert_eq!(eng.bus_stats().get(DmaKind::LogWrite).bytes, 8 + 64);
 
     // Invalid granularity is rounded up to a power of two >= 4 KiB.
-    eng.set_logging(Some(LogConfig { granularity: 5000, ..cfg }));
+    eng.set_logging(Some(LogConfig {
+        granularity: 5000,
+        ..cfg
+    }));
     assert_eq!(eng.logging().unwrap().granularity, 8192);
 }
 
@@ -388,7 +628,8 @@ fn log_beyond_end_not_written() {
     eng.set_logging(Some(LogConfig::new(LOG_IOVA, LOG_IOVA + 12)));
     eng.write(95 << 12, &[1], DmaKind::PacketWrite).unwrap(); // byte 11 bit 7
     eng.write(96 << 12, &[1], DmaKind::PacketWrite).unwrap(); // byte 12: beyond
-    eng.write(300 << 12, &[1; 0x2000], DmaKind::PacketWrite).unwrap(); // 2 pages beyond
+    eng.write(300 << 12, &[1; 0x2000], DmaKind::PacketWrite)
+        .unwrap(); // 2 pages beyond
     eng.flush_log().unwrap();
     let b = log.snapshot();
     assert_eq!(b[11], 0x80);
@@ -397,7 +638,13 @@ fn log_beyond_end_not_written() {
     assert_eq!(eng.log_stats().beyond_end, 3);
     // Word 1 was only partly inside: written per byte, one transaction.
     assert_eq!(eng.log_stats().log_writes, 1);
-    assert_eq!(eng.bus_stats().get(DmaKind::LogWrite), Traffic { transactions: 1, bytes: 1 });
+    assert_eq!(
+        eng.bus_stats().get(DmaKind::LogWrite),
+        Traffic {
+            transactions: 1,
+            bytes: 1
+        }
+    );
     // A log whose end lies before its base writes nothing.
     eng.set_logging(Some(LogConfig::new(LOG_IOVA, LOG_IOVA - 1)));
     eng.write(0, &[1], DmaKind::PacketWrite).unwrap();
@@ -450,7 +697,13 @@ fn log_faults_are_counted_and_reported() {
     // Logging on but the log region is not mapped.
     eng.set_logging(Some(LogConfig::new(LOG_IOVA, LOG_IOVA + 0x1000)));
     eng.write(0, &[1], DmaKind::PacketWrite).unwrap();
-    assert_eq!(eng.flush_log(), Err(DmaFault::Unmapped { iova: LOG_IOVA, len: 8 }));
+    assert_eq!(
+        eng.flush_log(),
+        Err(DmaFault::Unmapped {
+            iova: LOG_IOVA,
+            len: 8
+        })
+    );
     assert_eq!(eng.log_stats().faults, 1);
     assert_eq!(eng.iommu_stats().faults_unmapped, 1);
     // publish: the log cannot be written, so the index is not published.
@@ -459,13 +712,20 @@ fn log_faults_are_counted_and_reported() {
     assert_eq!(eng.log_stats().faults, 2);
     // A read-only log region is a permission fault.
     let log = SharedMemory::new("log", 0x1000).unwrap();
-    log.map_into(&space, LOG_IOVA, 0, 0x1000, Perms::RO).unwrap();
+    log.map_into(&space, LOG_IOVA, 0, 0x1000, Perms::RO)
+        .unwrap();
     eng.write(0, &[1], DmaKind::PacketWrite).unwrap();
-    assert!(matches!(eng.flush_log(), Err(DmaFault::Permission { write: true, .. })));
+    assert!(matches!(
+        eng.flush_log(),
+        Err(DmaFault::Permission { write: true, .. })
+    ));
     // Implicit flush (logging turned off) keeps the fault for the device.
     eng.write(0, &[1], DmaKind::PacketWrite).unwrap();
     eng.set_logging(None);
-    assert!(matches!(eng.take_log_fault(), Some(DmaFault::Permission { .. })));
+    assert!(matches!(
+        eng.take_log_fault(),
+        Some(DmaFault::Permission { .. })
+    ));
     assert!(eng.take_log_fault().is_none());
     assert_eq!(log.snapshot(), vec![0u8; 0x1000]);
 }
@@ -477,9 +737,11 @@ fn pending_buffer_overflow_flushes() {
     let log = add_log(&space, 0x8000);
     eng.set_logging(Some(LogConfig::new(LOG_IOVA, LOG_IOVA + 0x8000)));
     for w in 0..600u64 {
-        eng.write((w * 64 + (w % 64)) << 12, &[1], DmaKind::PacketWrite).unwrap();
+        eng.write((w * 64 + (w % 64)) << 12, &[1], DmaKind::PacketWrite)
+            .unwrap();
         // Re-marking the same bit is coalesced.
-        eng.write((w * 64 + (w % 64)) << 12, &[2], DmaKind::PacketWrite).unwrap();
+        eng.write((w * 64 + (w % 64)) << 12, &[2], DmaKind::PacketWrite)
+            .unwrap();
         assert!(eng.pending_log_words() <= dirty_log::PENDING_CAPACITY);
     }
     assert!(eng.log_stats().log_writes >= 512, "buffer-full flushes");
@@ -565,7 +827,11 @@ fn concurrent_harvest_loses_no_bit() {
                     let pages = union
                         .iter()
                         .enumerate()
-                        .flat_map(|(w, &bits)| (0..64u64).filter(move |b| bits & (1 << b) != 0).map(move |b| w as u64 * 64 + b))
+                        .flat_map(|(w, &bits)| {
+                            (0..64u64)
+                                .filter(move |b| bits & (1 << b) != 0)
+                                .map(move |b| w as u64 * 64 + b)
+                        })
                         .collect();
                     tx.send((pages, during)).unwrap();
                     union.fill(0);
@@ -582,7 +848,8 @@ fn concurrent_harvest_loses_no_bit() {
         for i in 0..WRITES_PER_EPOCH {
             let len = rng.gen_range(1..=64u64);
             let iova = rng.gen_range(0..MEM - len);
-            eng.write(iova, &payload[..len as usize], DmaKind::PacketWrite).unwrap();
+            eng.write(iova, &payload[..len as usize], DmaKind::PacketWrite)
+                .unwrap();
             if i % 32 == 31 {
                 let idx = rng.gen_range(0..MEM / 2) * 2;
                 eng.publish_u16(idx, i as u16, DmaKind::RingWrite).unwrap();
@@ -593,11 +860,17 @@ fn concurrent_harvest_loses_no_bit() {
         let (harvested, during) = rx.recv().unwrap();
         let written = trace.take_pages();
         assert!(written.len() > 1000, "epoch {epoch}: too few pages");
-        assert_eq!(harvested, written, "epoch {epoch}: log differs from written pages");
+        assert_eq!(
+            harvested, written,
+            "epoch {epoch}: log differs from written pages"
+        );
         during_total = during;
     }
     harvester.join().unwrap();
-    assert!(during_total > 0, "the harvester never ran concurrently with logging");
+    assert!(
+        during_total > 0,
+        "the harvester never ran concurrently with logging"
+    );
     assert_eq!(eng.log_stats().faults, 0);
     assert_eq!(eng.log_stats().beyond_end, 0);
 }
@@ -628,7 +901,12 @@ fn concurrent_engines_share_log_without_loss() {
 
     let engines: Vec<_> = (0..2u64)
         .map(|parity| {
-            let (space, trace, finished, barrier) = (space.clone(), trace.clone(), finished.clone(), barrier.clone());
+            let (space, trace, finished, barrier) = (
+                space.clone(),
+                trace.clone(),
+                finished.clone(),
+                barrier.clone(),
+            );
             std::thread::spawn(move || {
                 let mut eng = DmaEngine::new(space, 64);
                 eng.set_write_trace(Some(trace));
@@ -639,7 +917,8 @@ fn concurrent_engines_share_log_without_loss() {
                     barrier.wait();
                     pfns.shuffle(&mut rng);
                     for (i, &pfn) in pfns.iter().enumerate() {
-                        eng.write((pfn << 12) + 8, &[1; 8], DmaKind::PacketWrite).unwrap();
+                        eng.write((pfn << 12) + 8, &[1; 8], DmaKind::PacketWrite)
+                            .unwrap();
                         if i % 4 == 3 {
                             eng.flush_log().unwrap();
                         }
@@ -664,8 +943,15 @@ fn concurrent_engines_share_log_without_loss() {
                 break;
             }
         }
-        let harvested: Vec<u64> =
-            union.iter().enumerate().flat_map(|(w, &bits)| (0..64u64).filter(move |b| bits & (1 << b) != 0).map(move |b| w as u64 * 64 + b)).collect();
+        let harvested: Vec<u64> = union
+            .iter()
+            .enumerate()
+            .flat_map(|(w, &bits)| {
+                (0..64u64)
+                    .filter(move |b| bits & (1 << b) != 0)
+                    .map(move |b| w as u64 * 64 + b)
+            })
+            .collect();
         let written = trace.take_pages();
         assert_eq!(written.len() as u64, PAGES);
         assert_eq!(harvested, written, "round {round}: bits lost");

@@ -35,7 +35,11 @@ impl WriteTrace {
     pub fn new(max_iova: u64) -> Self {
         let pages = max_iova.div_ceil(crate::PAGE_SIZE).min(MAX_DENSE_PAGES);
         let words = pages.div_ceil(64);
-        WriteTrace { dense: (0..words).map(|_| AtomicU64::new(0)).collect(), dense_pages: words * 64, sparse: Mutex::new(BTreeMap::new()) }
+        WriteTrace {
+            dense: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            dense_pages: words * 64,
+            sparse: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Records a write of `[iova, iova + len)` (clamped at the top of the IOVA space).
@@ -88,7 +92,9 @@ impl WriteTrace {
             return w & (1 << (pfn & 63)) != 0;
         }
         let map = self.sparse.lock();
-        map.range(..=pfn).next_back().is_some_and(|(_, &l)| l >= pfn)
+        map.range(..=pfn)
+            .next_back()
+            .is_some_and(|(_, &l)| l >= pfn)
     }
 
     /// Every written page number, sorted. Expands sparse intervals: a trace fed a hostile
@@ -157,7 +163,10 @@ mod tests {
         t.record(0x101000, 0x1000); // 257 again (merged)
         t.record(0x102000, 0x1000); // 258 adjacent (merged)
         t.record(u64::MAX, 100); // clamped to the last page
-        assert_eq!(t.pages(), vec![0, 1, 2, 255, 256, 257, 258, 512, u64::MAX >> 12]);
+        assert_eq!(
+            t.pages(),
+            vec![0, 1, 2, 255, 256, 257, 258, 512, u64::MAX >> 12]
+        );
         assert!(t.contains_page(257));
         assert!(!t.contains_page(259));
         assert!(!t.contains_page(3));

@@ -20,7 +20,12 @@ use std::time::{Duration, Instant};
 
 const RING: u16 = 256;
 
-fn setup(logging: bool, iotlb: usize, loopback: bool, packed: bool) -> (Arc<Device>, NetDriver, Option<SharedMemory>) {
+fn setup(
+    logging: bool,
+    iotlb: usize,
+    loopback: bool,
+    packed: bool,
+) -> (Arc<Device>, NetDriver, Option<SharedMemory>) {
     let mut cfg = DeviceConfig::with_queue_pairs(1);
     cfg.iotlb_entries = iotlb;
     cfg.batch = RING;
@@ -30,7 +35,16 @@ fn setup(logging: bool, iotlb: usize, loopback: bool, packed: bool) -> (Arc<Devi
     } else {
         dev.set_port(Arc::new(NullPort::default()));
     }
-    let mut drv = NetDriver::in_process(&dev, DriverOptions { queue_size: RING, memory: 16 << 20, ..Default::default() }.with_packed(packed)).expect("driver");
+    let mut drv = NetDriver::in_process(
+        &dev,
+        DriverOptions {
+            queue_size: RING,
+            memory: 16 << 20,
+            ..Default::default()
+        }
+        .with_packed(packed),
+    )
+    .expect("driver");
     assert_eq!(drv.is_packed(), packed);
     drv.start().expect("start");
     let log = logging.then(|| {
@@ -39,7 +53,16 @@ fn setup(logging: bool, iotlb: usize, loopback: bool, packed: bool) -> (Arc<Devi
         let top = drv.mem.base() + drv.mem.size();
         let len = (top / 4096).div_ceil(8).next_multiple_of(4096);
         let log = SharedMemory::new("bench-log", len).expect("memfd");
-        dev.dma_map(DPDK_LOG_IOVA, len, Perms::RW, Backing::Fd { file: log.try_clone_file().expect("fd"), offset: 0 }).expect("map log");
+        dev.dma_map(
+            DPDK_LOG_IOVA,
+            len,
+            Perms::RW,
+            Backing::Fd {
+                file: log.try_clone_file().expect("fd"),
+                offset: 0,
+            },
+        )
+        .expect("map log");
         drv.enable_logging(DPDK_LOG_IOVA, len).expect("logging");
         log
     });
@@ -78,21 +101,36 @@ fn tx_dequeue(c: &mut Criterion) {
         ("packed_iotlb64_log_on", true, 64, true),
     ] {
         let (dev, mut drv, _log) = setup(logging, iotlb, false, packed);
-        g.bench_function(name, |b| b.iter_custom(|iters| run(&mut drv, iters, &frame, false)));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| run(&mut drv, iters, &frame, false))
+        });
         assert!(dev.fault().is_none());
         let ls = dev.log_stats();
-        assert!(!logging || (ls.log_writes > 0 && ls.beyond_end == 0), "logging variant must really log: {ls:?}");
+        assert!(
+            !logging || (ls.log_writes > 0 && ls.beyond_end == 0),
+            "logging variant must really log: {ls:?}"
+        );
     }
     g.finish();
     let mut g = c.benchmark_group("loopback/64B");
     g.throughput(Throughput::Elements(RING.into()));
-    for (name, logging, packed) in [("log_off", false, false), ("log_on", true, false), ("packed_log_off", false, true), ("packed_log_on", true, true)] {
+    for (name, logging, packed) in [
+        ("log_off", false, false),
+        ("log_on", true, false),
+        ("packed_log_off", false, true),
+        ("packed_log_on", true, true),
+    ] {
         let (dev, mut drv, _log) = setup(logging, 64, true, packed);
         // Loopback times TX dequeue + RX enqueue (the doorbell runs both inline).
-        g.bench_function(name, |b| b.iter_custom(|iters| run(&mut drv, iters, &frame, true)));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| run(&mut drv, iters, &frame, true))
+        });
         assert!(dev.fault().is_none());
         let ls = dev.log_stats();
-        assert!(!logging || (ls.log_writes > 0 && ls.beyond_end == 0), "logging variant must really log: {ls:?}");
+        assert!(
+            !logging || (ls.log_writes > 0 && ls.beyond_end == 0),
+            "logging variant must really log: {ls:?}"
+        );
     }
     g.finish();
 }

@@ -21,9 +21,16 @@ pub struct DemoReport {
 /// Sends `count` random-size frames over `pairs` queue pairs through a loopback device and
 /// checks every one comes back intact, once, in order.
 pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError> {
-    let dev = Device::new(DeviceConfig::with_queue_pairs(pairs)).map_err(|e| DriverError::Usage(e.to_string()))?;
+    let dev = Device::new(DeviceConfig::with_queue_pairs(pairs))
+        .map_err(|e| DriverError::Usage(e.to_string()))?;
     dev.set_loopback();
-    let mut drv = NetDriver::in_process(&dev, DriverOptions { queue_pairs: pairs, ..Default::default() })?;
+    let mut drv = NetDriver::in_process(
+        &dev,
+        DriverOptions {
+            queue_pairs: pairs,
+            ..Default::default()
+        },
+    )?;
     drv.start()?;
     let mac = drv.mac()?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
@@ -37,7 +44,14 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
             let batch: Vec<Vec<u8>> = (0..n)
                 .map(|_| {
                     let seq = sent.entry(p).or_insert(0);
-                    let f = frames::build(mac, mac, p, *seq, rng.gen_range(frames::MIN_FRAME..=1514), &mut rng);
+                    let f = frames::build(
+                        mac,
+                        mac,
+                        p,
+                        *seq,
+                        rng.gen_range(frames::MIN_FRAME..=1514),
+                        &mut rng,
+                    );
                     *seq += 1;
                     f
                 })
@@ -64,7 +78,10 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
     let c = dev.counters();
     let bus = dev.bus_stats();
     let mut text = String::new();
-    let _ = writeln!(text, "vdpa-emu demo: {total} frames over {pairs} queue pair(s), loopback, in {elapsed_s:.3} s");
+    let _ = writeln!(
+        text,
+        "vdpa-emu demo: {total} frames over {pairs} queue pair(s), loopback, in {elapsed_s:.3} s"
+    );
     let _ = writeln!(
         text,
         "delivered {} lost {} duplicated {} reordered {} corrupted {}",
@@ -76,7 +93,11 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
             let _ = writeln!(text, "{k:<28} {v:>14}");
         }
     }
-    let _ = writeln!(text, "\n{:<6} {:>10} {:>10} {:>12} {:>10} {:>10}  ring state", "queue", "doorbells", "frames", "bytes", "irqs", "irq_supp");
+    let _ = writeln!(
+        text,
+        "\n{:<6} {:>10} {:>10} {:>12} {:>10} {:>10}  ring state",
+        "queue", "doorbells", "frames", "bytes", "irqs", "irq_supp"
+    );
     for (q, qc) in c.queues.iter().enumerate() {
         if qc.chains == 0 && qc.doorbells == 0 {
             continue;
@@ -88,12 +109,34 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
             qc.doorbells, qc.frames, qc.bytes, qc.interrupts, qc.interrupts_suppressed
         );
     }
-    let _ = writeln!(text, "\n{:<16} {:>12} {:>14} {:>12}", "bus (DMA)", "transactions", "bytes", "per frame");
+    let _ = writeln!(
+        text,
+        "\n{:<16} {:>12} {:>14} {:>12}",
+        "bus (DMA)", "transactions", "bytes", "per frame"
+    );
     for k in dma::DmaKind::ALL {
         let t = bus.get(k);
-        let _ = writeln!(text, "{:<16} {:>12} {:>14} {:>12.2}", k.name(), t.transactions, t.bytes, t.transactions as f64 / (2 * total.max(1)) as f64);
+        let _ = writeln!(
+            text,
+            "{:<16} {:>12} {:>14} {:>12.2}",
+            k.name(),
+            t.transactions,
+            t.bytes,
+            t.transactions as f64 / (2 * total.max(1)) as f64
+        );
     }
     let io = dev.iommu_stats();
-    let _ = writeln!(text, "\nIOTLB hits {} misses {}, IOMMU faults {}", io.iotlb_hits, io.iotlb_misses, io.faults());
-    Ok(DemoReport { frames: total, tracker, elapsed_s, text })
+    let _ = writeln!(
+        text,
+        "\nIOTLB hits {} misses {}, IOMMU faults {}",
+        io.iotlb_hits,
+        io.iotlb_misses,
+        io.faults()
+    );
+    Ok(DemoReport {
+        frames: total,
+        tracker,
+        elapsed_s,
+        text,
+    })
 }

@@ -18,12 +18,21 @@ pub struct Stamp {
 }
 
 fn checksum(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Builds a frame of `len` bytes (MIN_FRAME..=1514) from `src` to `dst` for `stream`/`seq`,
 /// payload filled from `rng`. The UDP ports derive from the stream so flows differ per stream.
-pub fn build(src: [u8; 6], dst: [u8; 6], stream: u16, seq: u64, len: usize, rng: &mut impl Rng) -> Vec<u8> {
+pub fn build(
+    src: [u8; 6],
+    dst: [u8; 6],
+    stream: u16,
+    seq: u64,
+    len: usize,
+    rng: &mut impl Rng,
+) -> Vec<u8> {
     let len = len.clamp(MIN_FRAME, 65_535);
     let mut f = vec![0u8; len];
     f[0..6].copy_from_slice(&dst);

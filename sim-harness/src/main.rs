@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "vdpa-emu", version, about = "A software model of a vDPA-capable (IFC VF-style) virtio-net NIC")]
+#[command(
+    name = "vdpa-emu",
+    version,
+    about = "A software model of a vDPA-capable (IFC VF-style) virtio-net NIC"
+)]
 struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -155,7 +159,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => {
-            let m = match s[i..].to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+            let m = match s[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
                 "" => 1,
                 "K" => 1 << 10,
                 "M" => 1 << 20,
@@ -166,15 +174,24 @@ fn parse_size(s: &str) -> Result<u64, String> {
         }
         None => (s, 1),
     };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("not a size: {s:?}"))
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("not a size: {s:?}"))
 }
 
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
-    bar_registers::LmLayout::parse(s).ok_or_else(|| format!("unknown LM layout {s:?}: use dpdk or linux"))
+    bar_registers::LmLayout::parse(s)
+        .ok_or_else(|| format!("unknown LM layout {s:?}: use dpdk or linux"))
 }
 
 fn parse_quirk(s: &str) -> Result<device::Quirk, String> {
-    device::Quirk::parse(s).ok_or_else(|| format!("unknown quirk {s:?}; known: {}", device::Quirk::ALL.map(|q| q.name()).join(", ")))
+    device::Quirk::parse(s).ok_or_else(|| {
+        format!(
+            "unknown quirk {s:?}; known: {}",
+            device::Quirk::ALL.map(|q| q.name()).join(", ")
+        )
+    })
 }
 
 fn list_quirks() {
@@ -190,16 +207,26 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match cli.cmd {
-        Cmd::Demo { queue_pairs, frames, seed } => match sim_harness::demo::run(queue_pairs, frames, seed) {
+        Cmd::Demo {
+            queue_pairs,
+            frames,
+            seed,
+        } => match sim_harness::demo::run(queue_pairs, frames, seed) {
             Ok(r) => {
                 print!("{}", r.text);
                 if r.tracker.clean() && r.tracker.delivered == r.frames {
                     ExitCode::SUCCESS
                 } else {
-                    eprintln!("vdpa-emu demo: frames were lost, duplicated, reordered or corrupted");
+                    eprintln!(
+                        "vdpa-emu demo: frames were lost, duplicated, reordered or corrupted"
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -208,11 +235,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Migrate { list_quirks: true, .. } => {
+        Cmd::Migrate {
+            list_quirks: true, ..
+        } => {
             list_quirks();
             ExitCode::SUCCESS
         }
-        Cmd::Migrate { memory, queue_pairs, rate, log_granularity, lm_layout, quirks, dirty_threshold, max_rounds, seed, count, format, .. } => {
+        Cmd::Migrate {
+            memory,
+            queue_pairs,
+            rate,
+            log_granularity,
+            lm_layout,
+            quirks,
+            dirty_threshold,
+            max_rounds,
+            seed,
+            count,
+            format,
+            ..
+        } => {
             let o = sim_harness::migrate::MigrateOptions {
                 memory,
                 queue_pairs,
@@ -246,11 +288,22 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Validate { list_quirks: true, .. } => {
+        Cmd::Validate {
+            list_quirks: true, ..
+        } => {
             list_quirks();
             ExitCode::SUCCESS
         }
-        Cmd::Validate { socket, queue_pairs, lm_layout, log_granularity, quirks, no_wraparound, format, .. } => {
+        Cmd::Validate {
+            socket,
+            queue_pairs,
+            lm_layout,
+            log_granularity,
+            quirks,
+            no_wraparound,
+            format,
+            ..
+        } => {
             let mut cfg = device::DeviceConfig::with_queue_pairs(queue_pairs).lm_layout(lm_layout);
             cfg.log_granularity = log_granularity;
             cfg.quirks = quirks.into_iter().collect();
@@ -258,9 +311,15 @@ fn main() -> ExitCode {
                 eprintln!("vdpa-emu validate: {e}");
                 return ExitCode::from(2);
             }
-            let o = sim_harness::validate::ValidateOptions { lm_layout, log_granularity, wraparound: !no_wraparound };
+            let o = sim_harness::validate::ValidateOptions {
+                lm_layout,
+                log_granularity,
+                wraparound: !no_wraparound,
+            };
             let r = match socket {
-                Some(path) => sim_harness::validate::run(&sim_harness::validate::OverSocket { path }, &o),
+                Some(path) => {
+                    sim_harness::validate::run(&sim_harness::validate::OverSocket { path }, &o)
+                }
                 None => sim_harness::validate::run(&sim_harness::validate::InProcess { cfg }, &o),
             };
             match format.as_str() {
@@ -278,8 +337,22 @@ fn main() -> ExitCode {
             print!("{}", bar_registers::render::registers_markdown());
             ExitCode::SUCCESS
         }
-        Cmd::Serve { socket, queue_pairs, mac, port, lm_layout, no_packed } => {
-            match sim_harness::serve::run(&sim_harness::serve::ServeOptions { socket, queue_pairs, mac, port, lm_layout, no_packed }) {
+        Cmd::Serve {
+            socket,
+            queue_pairs,
+            mac,
+            port,
+            lm_layout,
+            no_packed,
+        } => {
+            match sim_harness::serve::run(&sim_harness::serve::ServeOptions {
+                socket,
+                queue_pairs,
+                mac,
+                port,
+                lm_layout,
+                no_packed,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vdpa-emu serve: {e}");
@@ -287,7 +360,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Scenario { cmd: ScenarioCmd::Run { files, format } } => {
+        Cmd::Scenario {
+            cmd: ScenarioCmd::Run { files, format },
+        } => {
             let r = sim_harness::scenario::run_files(&files);
             match format.as_str() {
                 "json" => println!("{}", r.json()),
@@ -296,6 +371,8 @@ fn main() -> ExitCode {
             }
             ExitCode::from(r.exit_code())
         }
-        Cmd::Bench { cmd: BenchCmd::Bus(a) } => sim_harness::bench::bus::cli(&a),
+        Cmd::Bench {
+            cmd: BenchCmd::Bus(a),
+        } => sim_harness::bench::bus::cli(&a),
     }
 }

@@ -171,7 +171,12 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let stats = server.stats();
     drop(server);
     drop(port);
-    tracing::info!(clients = stats.accepted, messages = stats.messages, errors = stats.errors, "stopped");
+    tracing::info!(
+        clients = stats.accepted,
+        messages = stats.messages,
+        errors = stats.errors,
+        "stopped"
+    );
     result.map_err(ServeError::from)
 }
 
@@ -181,7 +186,10 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("52:54:00:12:34:56"), Ok([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Ok([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
         assert_eq!(parse_mac("02-00-00-00-00-0a"), Ok([2, 0, 0, 0, 0, 0xa]));
         assert!(parse_mac("52:54:00:12:34").is_err());
         assert!(parse_mac("52:54:00:12:34:5g").is_err());
@@ -191,8 +199,14 @@ mod tests {
     #[test]
     fn port_specs() {
         assert_eq!("loopback".parse::<PortSpec>().unwrap(), PortSpec::Loopback);
-        assert_eq!("tap:vtap0".parse::<PortSpec>().unwrap(), PortSpec::Tap("vtap0".into()));
-        assert_eq!("unix:/tmp/l".parse::<PortSpec>().unwrap(), PortSpec::Unix("/tmp/l".into()));
+        assert_eq!(
+            "tap:vtap0".parse::<PortSpec>().unwrap(),
+            PortSpec::Tap("vtap0".into())
+        );
+        assert_eq!(
+            "unix:/tmp/l".parse::<PortSpec>().unwrap(),
+            PortSpec::Unix("/tmp/l".into())
+        );
         assert!("tap:".parse::<PortSpec>().is_err());
         assert!("udp:1".parse::<PortSpec>().is_err());
     }

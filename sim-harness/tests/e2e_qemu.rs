@@ -28,7 +28,18 @@ const GUEST_NIC: &str = include_str!("../../scripts/guest/nic.sh");
 const GUEST_BOOT_CHECK: &str = include_str!("../../scripts/guest/boot-check.sh");
 
 /// Modules the initramfs loads, in order (scripts/e2e-provision.sh).
-const MODULES: &[&str] = &["failover", "net_failover", "virtio_net", "irqbypass", "vhost_iotlb", "vhost", "vdpa", "virtio_vdpa", "vhost_vdpa", "ifcvf"];
+const MODULES: &[&str] = &[
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "irqbypass",
+    "vhost_iotlb",
+    "vhost",
+    "vdpa",
+    "virtio_vdpa",
+    "vhost_vdpa",
+    "ifcvf",
+];
 /// Our device's PCI identity (IFC VF / N3000 net; docs/registers.md).
 const OUR_PCI_ID: &str = "1af4:1041";
 const TX_PORT: u16 = 5001;
@@ -45,10 +56,17 @@ struct E2e {
 }
 
 fn e2e() -> E2e {
-    let dir = std::env::var_os("VDPA_E2E_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/e2e"));
+    let dir = std::env::var_os("VDPA_E2E_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/e2e"));
     let dir = dir.canonicalize().unwrap_or(dir);
     let kernel_name = std::env::var("VDPA_E2E_KERNEL").unwrap_or_else(|_| "vmlinux".into());
-    let need = ["STAMP", "qemu", &format!("guest/{kernel_name}"), "guest/initramfs.cpio.gz"];
+    let need = [
+        "STAMP",
+        "qemu",
+        &format!("guest/{kernel_name}"),
+        "guest/initramfs.cpio.gz",
+    ];
     for f in need {
         if !dir.join(f).exists() {
             panic!(
@@ -60,11 +78,19 @@ fn e2e() -> E2e {
         }
     }
     let initramfs = fs::read(dir.join("guest/initramfs.cpio.gz")).expect("read initramfs");
-    E2e { qemu: dir.join("qemu"), kernel: dir.join("guest").join(kernel_name), initramfs, dir }
+    E2e {
+        qemu: dir.join("qemu"),
+        kernel: dir.join("guest").join(kernel_name),
+        initramfs,
+        dir,
+    }
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 fn blob_mib() -> u64 {
     env_num("VDPA_E2E_MIB", 64)
@@ -74,13 +100,17 @@ fn pings() -> u64 {
 }
 
 fn vdpa_emu_bin() -> PathBuf {
-    std::env::var_os("VDPA_EMU_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vdpa-emu")))
+    std::env::var_os("VDPA_EMU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vdpa-emu")))
 }
 
 fn require_root(what: &str) {
-    let uid = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+    let uid = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    });
     assert_eq!(uid.as_deref(), Some("0"), "{what} needs root (TAP devices)");
 }
 
@@ -92,8 +122,14 @@ struct Scratch {
 impl Scratch {
     fn new(test: &str) -> Scratch {
         static N: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("VDPA_E2E_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let path = base.join(format!("vdpa-e2e-{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let base = std::env::var_os("VDPA_E2E_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let path = base.join(format!(
+            "vdpa-e2e-{test}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).expect("create scratch dir");
         Scratch { path }
@@ -120,7 +156,9 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 fn read_lossy(p: &Path) -> String {
-    fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -128,7 +166,21 @@ fn read_lossy(p: &Path) -> String {
 
 fn cpio_newc(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
     fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
-        let fields = [ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
         out.extend_from_slice(b"070701");
         for f in fields {
             out.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -188,7 +240,14 @@ impl Boot {
         self.results.get(key).map(|s| s.as_str())
     }
     fn num(&self, key: &str) -> u64 {
-        self.get(key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("guest result {key} missing or not a number: {:?}", self.results))
+        self.get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "guest result {key} missing or not a number: {:?}",
+                    self.results
+                )
+            })
     }
 }
 
@@ -229,8 +288,17 @@ fn parse_boots(log: &str) -> Vec<Boot> {
         } else if let Some(rest) = line.strip_prefix("pci ") {
             let f: Vec<&str> = rest.split_whitespace().collect();
             if f.len() >= 4 && f[2] == "drv" {
-                let sub = if f.get(4) == Some(&"sub") { f.get(5).copied().unwrap_or("") } else { "" };
-                b.pci.push(PciFn { bdf: f[0].into(), id: f[1].into(), drv: f[3].into(), sub: sub.into() });
+                let sub = if f.get(4) == Some(&"sub") {
+                    f.get(5).copied().unwrap_or("")
+                } else {
+                    ""
+                };
+                b.pci.push(PciFn {
+                    bdf: f[0].into(),
+                    id: f[1].into(),
+                    drv: f[3].into(),
+                    sub: sub.into(),
+                });
             }
         }
     }
@@ -253,7 +321,15 @@ struct VmSpec {
 
 impl VmSpec {
     fn new(name: &str, script: String) -> VmSpec {
-        VmSpec { name: name.into(), script, args: Vec::new(), smp: 1, mem_mb: 512, qmp: false, no_reboot: true }
+        VmSpec {
+            name: name.into(),
+            script,
+            args: Vec::new(),
+            smp: 1,
+            mem_mb: 512,
+            qmp: false,
+            no_reboot: true,
+        }
     }
     fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
@@ -276,10 +352,15 @@ impl Vm {
         // second archive: /extra.sh; the kernel wants each archive 4-byte aligned
         let mut initrd = e2e.initramfs.clone();
         initrd.resize(initrd.len().next_multiple_of(4), 0);
-        initrd.extend_from_slice(&cpio_newc(&[("extra.sh", 0o100755, spec.script.as_bytes())]));
+        initrd.extend_from_slice(&cpio_newc(&[(
+            "extra.sh",
+            0o100755,
+            spec.script.as_bytes(),
+        )]));
         let initrd_path = dir.join(&format!("{name}-initrd.img"));
         fs::write(&initrd_path, &initrd).expect("write initrd");
-        fs::write(dir.join(&format!("{name}-extra.sh")), &spec.script).expect("write extra.sh copy");
+        fs::write(dir.join(&format!("{name}-extra.sh")), &spec.script)
+            .expect("write extra.sh copy");
         let log = dir.join(&format!("{name}-serial.log"));
         let err = dir.join(&format!("{name}-qemu.stderr"));
         let mem = spec.mem_mb;
@@ -314,7 +395,14 @@ impl Vm {
             args.push(format!("unix:{},server=on,wait=off", q.display()));
         }
         args.extend(spec.args);
-        let cmdline = format!("{} {}", e2e.qemu.display(), args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "));
+        let cmdline = format!(
+            "{} {}",
+            e2e.qemu.display(),
+            args.iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         fs::write(dir.join(&format!("{name}-cmdline.txt")), &cmdline).expect("write cmdline");
         let child = Command::new(&e2e.qemu)
             .args(&args)
@@ -323,8 +411,19 @@ impl Vm {
             .stderr(fs::File::create(&err).expect("create qemu stderr"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", e2e.qemu.display()));
-        eprintln!("e2e: {name}: QEMU pid {} started ({})", child.id(), e2e.dir.display());
-        Vm { name, child: Some(child), log, err, qmp, started: Instant::now() }
+        eprintln!(
+            "e2e: {name}: QEMU pid {} started ({})",
+            child.id(),
+            e2e.dir.display()
+        );
+        Vm {
+            name,
+            child: Some(child),
+            log,
+            err,
+            qmp,
+            started: Instant::now(),
+        }
     }
 
     fn log(&self) -> String {
@@ -336,7 +435,13 @@ impl Vm {
     }
 
     fn last_boot(&self) -> Boot {
-        self.boots().pop().unwrap_or_else(|| panic!("{}: the guest never reached init\n{}", self.name, self.diag()))
+        self.boots().pop().unwrap_or_else(|| {
+            panic!(
+                "{}: the guest never reached init\n{}",
+                self.name,
+                self.diag()
+            )
+        })
     }
 
     fn diag(&self) -> String {
@@ -360,12 +465,20 @@ impl Vm {
         if let Some(l) = log.lines().find(|l| l.contains("E2E-FAIL ")) {
             let l = l.to_string();
             self.kill();
-            panic!("{}: the guest failed ({l}) while the host waited for {waiting_for}\n{}", self.name, self.diag());
+            panic!(
+                "{}: the guest failed ({l}) while the host waited for {waiting_for}\n{}",
+                self.name,
+                self.diag()
+            );
         }
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(st)) = c.try_wait() {
                 self.child = None;
-                panic!("{}: QEMU exited ({st}) while the host waited for {waiting_for}\n{}", self.name, self.diag());
+                panic!(
+                    "{}: QEMU exited ({st}) while the host waited for {waiting_for}\n{}",
+                    self.name,
+                    self.diag()
+                );
             }
         }
     }
@@ -380,7 +493,11 @@ impl Vm {
             self.check_alive(pat);
             if t0.elapsed() > timeout {
                 self.kill();
-                panic!("{}: timeout ({timeout:?}) waiting for {pat:?} x{n}; QEMU killed\n{}", self.name, self.diag());
+                panic!(
+                    "{}: timeout ({timeout:?}) waiting for {pat:?} x{n}; QEMU killed\n{}",
+                    self.name,
+                    self.diag()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -393,12 +510,20 @@ impl Vm {
         loop {
             if let Some(st) = child.try_wait().expect("wait QEMU") {
                 self.child = None;
-                eprintln!("e2e: {}: QEMU exited ({st}) after {:.1} s", self.name, self.started.elapsed().as_secs_f64());
+                eprintln!(
+                    "e2e: {}: QEMU exited ({st}) after {:.1} s",
+                    self.name,
+                    self.started.elapsed().as_secs_f64()
+                );
                 return st;
             }
             if t0.elapsed() > timeout {
                 self.kill();
-                panic!("{}: timeout ({timeout:?}) waiting for the guest to power off; QEMU killed\n{}", self.name, self.diag());
+                panic!(
+                    "{}: timeout ({timeout:?}) waiting for the guest to power off; QEMU killed\n{}",
+                    self.name,
+                    self.diag()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -430,7 +555,8 @@ impl Vm {
 
     fn qmp(&self, command: &str) -> String {
         let path = self.qmp.as_ref().expect("VM started without QMP");
-        let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("{}: QMP connect {}: {e}", self.name, path.display()));
+        let s = UnixStream::connect(path)
+            .unwrap_or_else(|e| panic!("{}: QMP connect {}: {e}", self.name, path.display()));
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
@@ -438,9 +564,14 @@ impl Vm {
         let mut read_reply = |r: &mut BufReader<UnixStream>| -> String {
             loop {
                 line.clear();
-                let n = r.read_line(&mut line).unwrap_or_else(|e| panic!("{}: QMP read: {e}", self.name));
+                let n = r
+                    .read_line(&mut line)
+                    .unwrap_or_else(|e| panic!("{}: QMP read: {e}", self.name));
                 assert!(n > 0, "{}: QMP closed", self.name);
-                if line.contains("\"return\"") || line.contains("\"error\"") || line.contains("\"QMP\"") {
+                if line.contains("\"return\"")
+                    || line.contains("\"error\"")
+                    || line.contains("\"QMP\"")
+                {
                     return line.clone();
                 }
             }
@@ -450,7 +581,11 @@ impl Vm {
         read_reply(&mut r);
         writeln!(w, "{{\"execute\":\"{command}\"}}").unwrap();
         let reply = read_reply(&mut r);
-        assert!(reply.contains("\"return\""), "{}: QMP {command} failed: {reply}", self.name);
+        assert!(
+            reply.contains("\"return\""),
+            "{}: QMP {command} failed: {reply}",
+            self.name
+        );
         reply
     }
 }
@@ -466,8 +601,16 @@ impl Drop for Vm {
 // transfers
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn link_exists(name: &str) -> bool {
@@ -496,7 +639,11 @@ impl Tap {
         let t0 = Instant::now();
         while !link_exists(name) {
             serve.check_alive(&format!("TAP {name} to appear"));
-            assert!(t0.elapsed() < Duration::from_secs(15), "vdpa-emu serve did not create TAP {name} in 15 s\n{}", serve.diag());
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "vdpa-emu serve did not create TAP {name} in 15 s\n{}",
+                serve.diag()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Tap::configure(name, subnet)
@@ -504,7 +651,10 @@ impl Tap {
 
     fn configure(name: &str, subnet: u8) -> Tap {
         let host_ip = format!("10.77.{subnet}.1");
-        let tap = Tap { name: name.into(), host_ip: host_ip.clone() };
+        let tap = Tap {
+            name: name.into(),
+            host_ip: host_ip.clone(),
+        };
         ip(&["addr", "add", &format!("{host_ip}/24"), "dev", name]);
         ip(&["link", "set", name, "up"]);
         tap
@@ -520,7 +670,10 @@ impl Tap {
 impl Drop for Tap {
     fn drop(&mut self) {
         if link_exists(&self.name) {
-            let _ = Command::new("ip").args(["link", "del", &self.name]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.name])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -544,15 +697,30 @@ struct Md5 {
 
 impl Md5 {
     fn new() -> Md5 {
-        Md5 { child: Command::new("md5sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run md5sum") }
+        Md5 {
+            child: Command::new("md5sum")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("run md5sum"),
+        }
     }
     fn update(&mut self, data: &[u8]) {
-        self.child.stdin.as_mut().unwrap().write_all(data).expect("write to md5sum");
+        self.child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(data)
+            .expect("write to md5sum");
     }
     fn finish(mut self) -> String {
         drop(self.child.stdin.take());
         let out = self.child.wait_with_output().expect("md5sum");
-        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string()
     }
     fn of(data: &[u8]) -> String {
         let mut m = Md5::new();
@@ -582,7 +750,12 @@ impl HostPeer {
         listener.set_nonblocking(true).unwrap();
         let data = pseudo_random((blob_mib() << 20) as usize, 0x9e37_79b9_7f4a_7c15);
         let data_md5 = Md5::of(&data);
-        HostPeer { listener, guest_ip: tap.guest_addr(), data, data_md5 }
+        HostPeer {
+            listener,
+            guest_ip: tap.guest_addr(),
+            data,
+            data_md5,
+        }
     }
 
     fn accept(&self, vm: &mut Vm, timeout: Duration) -> TcpStream {
@@ -600,7 +773,11 @@ impl HostPeer {
             vm.check_alive("the guest to connect to the host");
             if t0.elapsed() > timeout {
                 vm.kill();
-                panic!("{}: the guest did not connect to the host in {timeout:?}\n{}", vm.name, vm.diag());
+                panic!(
+                    "{}: the guest did not connect to the host in {timeout:?}\n{}",
+                    vm.name,
+                    vm.diag()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -622,13 +799,21 @@ impl HostPeer {
                 }
                 Err(e) => {
                     vm.kill();
-                    panic!("{}: receiving from the guest after {bytes} bytes: {e}\n{}", vm.name, vm.diag());
+                    panic!(
+                        "{}: receiving from the guest after {bytes} bytes: {e}\n{}",
+                        vm.name,
+                        vm.diag()
+                    );
                 }
             }
         }
         let secs = t0.elapsed().as_secs_f64();
         drop(s);
-        Received { bytes, md5: md5.finish(), secs }
+        Received {
+            bytes,
+            md5: md5.finish(),
+            secs,
+        }
     }
 
     /// Waits for the guest's `E2E-READY recv` (the `round`-th), sends the host blob, waits for the close.
@@ -643,7 +828,11 @@ impl HostPeer {
                     vm.check_alive("the guest's listener");
                     if t0.elapsed() > Duration::from_secs(20) {
                         vm.kill();
-                        panic!("{}: cannot connect to the guest at {addr}: {e}\n{}", vm.name, vm.diag());
+                        panic!(
+                            "{}: cannot connect to the guest at {addr}: {e}\n{}",
+                            vm.name,
+                            vm.diag()
+                        );
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -674,12 +863,37 @@ impl HostPeer {
         vm.wait_for("E2E-RESULT role_done=", round, Duration::from_secs(120));
         let b = vm.boots().pop().expect("boot markers");
         let mib = blob_mib();
-        assert_eq!(rx.bytes, mib << 20, "{label}: guest -> host byte count\n{}", vm.diag());
-        assert_eq!(Some(rx.md5.as_str()), b.get("blob_md5"), "{label}: guest -> host checksum\n{}", vm.diag());
-        assert_eq!(b.num("rx_bytes"), mib << 20, "{label}: host -> guest byte count\n{}", vm.diag());
-        assert_eq!(b.get("rx_md5"), Some(self.data_md5.as_str()), "{label}: host -> guest checksum\n{}", vm.diag());
+        assert_eq!(
+            rx.bytes,
+            mib << 20,
+            "{label}: guest -> host byte count\n{}",
+            vm.diag()
+        );
+        assert_eq!(
+            Some(rx.md5.as_str()),
+            b.get("blob_md5"),
+            "{label}: guest -> host checksum\n{}",
+            vm.diag()
+        );
+        assert_eq!(
+            b.num("rx_bytes"),
+            mib << 20,
+            "{label}: host -> guest byte count\n{}",
+            vm.diag()
+        );
+        assert_eq!(
+            b.get("rx_md5"),
+            Some(self.data_md5.as_str()),
+            "{label}: host -> guest checksum\n{}",
+            vm.diag()
+        );
         let p = pings();
-        assert_eq!((b.num("ping_tx"), b.num("ping_rx")), (p, p), "{label}: ping loss\n{}", vm.diag());
+        assert_eq!(
+            (b.num("ping_tx"), b.num("ping_rx")),
+            (p, p),
+            "{label}: ping loss\n{}",
+            vm.diag()
+        );
         let mb = (mib << 20) as f64 / 1e6;
         println!(
             "E2E-BENCH {label} guest->host {mib} MiB {:.2} s {:.1} MB/s (guest nc: {} MB/s) | host->guest {:.2} s {:.1} MB/s \
@@ -711,9 +925,17 @@ impl Serve {
         let socket = dir.join(&format!("{name}.sock"));
         let log = dir.join(&format!("{name}-serve.log"));
         let bin = vdpa_emu_bin();
-        let mut full = vec!["serve".to_string(), "--socket".into(), socket.display().to_string()];
+        let mut full = vec![
+            "serve".to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+        ];
         full.extend_from_slice(args);
-        fs::write(dir.join(&format!("{name}-serve-cmdline.txt")), format!("{} {}", bin.display(), full.join(" "))).unwrap();
+        fs::write(
+            dir.join(&format!("{name}-serve-cmdline.txt")),
+            format!("{} {}", bin.display(), full.join(" ")),
+        )
+        .unwrap();
         let out = fs::File::create(&log).expect("create serve log");
         let child = Command::new(&bin)
             .args(&full)
@@ -722,25 +944,45 @@ impl Serve {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut s = Serve { name: name.into(), child: Some(child), socket, log };
+        let mut s = Serve {
+            name: name.into(),
+            child: Some(child),
+            socket,
+            log,
+        };
         let t0 = Instant::now();
         while !s.socket.exists() {
             s.check_alive("its socket");
-            assert!(t0.elapsed() < Duration::from_secs(15), "{}: no socket {} after 15 s\n{}", s.name, s.socket.display(), s.diag());
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "{}: no socket {} after 15 s\n{}",
+                s.name,
+                s.socket.display(),
+                s.diag()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         s
     }
 
     fn diag(&self) -> String {
-        format!("---- {} vdpa-emu serve log ({}) ----\n{}\n----", self.name, self.log.display(), tail(&read_lossy(&self.log), 60))
+        format!(
+            "---- {} vdpa-emu serve log ({}) ----\n{}\n----",
+            self.name,
+            self.log.display(),
+            tail(&read_lossy(&self.log), 60)
+        )
     }
 
     fn check_alive(&mut self, waiting_for: &str) {
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(st)) = c.try_wait() {
                 self.child = None;
-                panic!("{}: vdpa-emu serve exited ({st}) while waiting for {waiting_for}\n{}", self.name, self.diag());
+                panic!(
+                    "{}: vdpa-emu serve exited ({st}) while waiting for {waiting_for}\n{}",
+                    self.name,
+                    self.diag()
+                );
             }
         }
     }
@@ -752,7 +994,9 @@ impl Serve {
     /// SIGTERM, then up to 10 s for a clean exit.
     fn stop(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("serve not running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let t0 = Instant::now();
         loop {
             if let Some(st) = c.try_wait().unwrap() {
@@ -761,14 +1005,21 @@ impl Serve {
             if t0.elapsed() > Duration::from_secs(10) {
                 let _ = c.kill();
                 let _ = c.wait();
-                panic!("{}: vdpa-emu serve ignored SIGTERM for 10 s\n{}", self.name, self.diag());
+                panic!(
+                    "{}: vdpa-emu serve ignored SIGTERM for 10 s\n{}",
+                    self.name,
+                    self.diag()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn device_arg(&self) -> String {
-        format!(r#"{{"driver":"vfio-user-pci","socket":{{"type":"unix","path":"{}"}}}}"#, self.socket.display())
+        format!(
+            r#"{{"driver":"vfio-user-pci","socket":{{"type":"unix","path":"{}"}}}}"#,
+            self.socket.display()
+        )
     }
 }
 
@@ -778,7 +1029,9 @@ impl Drop for Serve {
             eprintln!("{}", self.diag());
         }
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(3) {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -831,10 +1084,34 @@ fn nic_script(vars: &[(&'static str, String)]) -> String {
 
 /// Checks the identity the guest reported for the NIC under test.
 fn assert_nic(b: &Boot, vm: &Vm, mac: &str, pci_driver: &str) {
-    assert_eq!(b.get("mac"), Some(mac), "{}: NIC MAC\n{}", vm.name, vm.diag());
-    assert_eq!(b.get("pci_driver"), Some(pci_driver), "{}: PCI driver\n{}", vm.name, vm.diag());
-    assert_eq!(b.get("net_driver"), Some("virtio_net"), "{}: net driver\n{}", vm.name, vm.diag());
-    assert_eq!(b.get("carrier"), Some("1"), "{}: link\n{}", vm.name, vm.diag());
+    assert_eq!(
+        b.get("mac"),
+        Some(mac),
+        "{}: NIC MAC\n{}",
+        vm.name,
+        vm.diag()
+    );
+    assert_eq!(
+        b.get("pci_driver"),
+        Some(pci_driver),
+        "{}: PCI driver\n{}",
+        vm.name,
+        vm.diag()
+    );
+    assert_eq!(
+        b.get("net_driver"),
+        Some("virtio_net"),
+        "{}: net driver\n{}",
+        vm.name,
+        vm.diag()
+    );
+    assert_eq!(
+        b.get("carrier"),
+        Some("1"),
+        "{}: link\n{}",
+        vm.name,
+        vm.diag()
+    );
 }
 
 fn our_pci_fn(b: &Boot, vm: &Vm) -> PciFn {
@@ -842,7 +1119,14 @@ fn our_pci_fn(b: &Boot, vm: &Vm) -> PciFn {
         .iter()
         .find(|p| p.id == OUR_PCI_ID)
         .cloned()
-        .unwrap_or_else(|| panic!("{}: no {OUR_PCI_ID} PCI function in the guest: {:?}\n{}", vm.name, b.pci, vm.diag()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no {OUR_PCI_ID} PCI function in the guest: {:?}\n{}",
+                vm.name,
+                b.pci,
+                vm.diag()
+            )
+        })
 }
 
 /// A guest on our device with a host TAP as the peer (`--port tap:NAME`), driven by `driver`.
@@ -850,16 +1134,39 @@ fn device_with_host_tap(test: &str, tap_name: &str, subnet: u8, mac: &str, drive
     require_root(test);
     let e2e = e2e();
     let dir = Scratch::new(test);
-    let mut serve = Serve::start(&dir, "dev", &["--mac".into(), mac.into(), "--queue-pairs".into(), "1".into(), "--port".into(), format!("tap:{tap_name}")]);
+    let mut serve = Serve::start(
+        &dir,
+        "dev",
+        &[
+            "--mac".into(),
+            mac.into(),
+            "--queue-pairs".into(),
+            "1".into(),
+            "--port".into(),
+            format!("tap:{tap_name}"),
+        ],
+    );
     let tap = Tap::adopt(tap_name, subnet, &mut serve);
     let peer = HostPeer::new(&tap);
     let vars = nic_vars("host-peer", driver, mac, &tap.guest_addr(), &tap.host_ip);
-    let mut vm = Vm::boot(&e2e, &dir, VmSpec::new("guest", nic_script(&vars)).arg("-device").arg(serve.device_arg()));
+    let mut vm = Vm::boot(
+        &e2e,
+        &dir,
+        VmSpec::new("guest", nic_script(&vars))
+            .arg("-device")
+            .arg(serve.device_arg()),
+    );
     peer.round(&mut vm, 1, test);
     let b = vm.finish(Duration::from_secs(60));
     assert_nic(&b, &vm, mac, driver);
     let f = our_pci_fn(&b, &vm);
-    assert_eq!(f.sub, "8086:001a", "{}: subsystem IDs of our function\n{}", vm.name, vm.diag());
+    assert_eq!(
+        f.sub,
+        "8086:001a",
+        "{}: subsystem IDs of our function\n{}",
+        vm.name,
+        vm.diag()
+    );
     assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
     drop(tap);
 }
@@ -876,20 +1183,50 @@ fn qemu_boots_guest() {
     let e2e = e2e();
     let dir = Scratch::new("boot");
     let t0 = Instant::now();
-    let mut vm = Vm::boot(&e2e, &dir, VmSpec::new("guest", guest_script(&[], GUEST_BOOT_CHECK)));
+    let mut vm = Vm::boot(
+        &e2e,
+        &dir,
+        VmSpec::new("guest", guest_script(&[], GUEST_BOOT_CHECK)),
+    );
     let b = vm.finish(Duration::from_secs(120));
     for m in MODULES {
-        assert_eq!(b.modules.get(*m), Some(&true), "module {m} did not load: {:?}\n{}", b.modules, vm.diag());
+        assert_eq!(
+            b.modules.get(*m),
+            Some(&true),
+            "module {m} did not load: {:?}\n{}",
+            b.modules,
+            vm.diag()
+        );
     }
-    assert!(b.pci.iter().any(|p| p.id == "8086:29c0"), "no q35 host bridge in the pci lines: {:?}\n{}", b.pci, vm.diag());
+    assert!(
+        b.pci.iter().any(|p| p.id == "8086:29c0"),
+        "no q35 host bridge in the pci lines: {:?}\n{}",
+        b.pci,
+        vm.diag()
+    );
     assert_eq!(b.get("vdpa_tool"), Some("ok"));
     assert_eq!(b.get("ifcvf_driver"), Some("registered"));
     assert_eq!(b.get("virtio_pci"), Some("builtin"));
     assert_eq!(b.get("boot_check"), Some("done"));
-    assert_eq!(b.num("rx_bytes"), 4 << 20, "loopback transfer size\n{}", vm.diag());
-    assert_eq!(b.get("rx_md5"), b.get("blob_md5"), "loopback transfer checksum\n{}", vm.diag());
+    assert_eq!(
+        b.num("rx_bytes"),
+        4 << 20,
+        "loopback transfer size\n{}",
+        vm.diag()
+    );
+    assert_eq!(
+        b.get("rx_md5"),
+        b.get("blob_md5"),
+        "loopback transfer checksum\n{}",
+        vm.diag()
+    );
     let log = vm.log();
-    let init_at = log.lines().find(|l| l.contains("init started")).and_then(|l| l.split("uptime ").nth(1)).unwrap_or("?").trim();
+    let init_at = log
+        .lines()
+        .find(|l| l.contains("init started"))
+        .and_then(|l| l.split("uptime ").nth(1))
+        .unwrap_or("?")
+        .trim();
     println!("E2E-BENCH qemu_boots_guest: wall {:.1} s from spawn to poweroff; init reached at guest uptime {init_at}", t0.elapsed().as_secs_f64());
 }
 
@@ -905,11 +1242,20 @@ fn baseline_qemu_virtio_net_pci() {
     let tap = Tap::create("vdpaeb0", 200);
     let peer = HostPeer::new(&tap);
     let mac = "52:54:00:e2:e0:01";
-    let mut vars = nic_vars("host-peer", "virtio-pci", mac, &tap.guest_addr(), &tap.host_ip);
+    let mut vars = nic_vars(
+        "host-peer",
+        "virtio-pci",
+        mac,
+        &tap.guest_addr(),
+        &tap.host_ip,
+    );
     vars.retain(|(k, _)| *k != "NIC_PCI");
     let spec = VmSpec::new("guest", nic_script(&vars))
         .arg("-netdev")
-        .arg(format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name))
+        .arg(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            tap.name
+        ))
         .arg("-device")
         .arg(format!("virtio-net-pci,netdev=n0,mac={mac},romfile="));
     let mut vm = Vm::boot(&e2e, &dir, spec);
@@ -936,14 +1282,21 @@ fn baseline_qemu_virtio_net_pci_two_guests() {
         &dir,
         VmSpec::new("guest-b", nic_script(&vb))
             .arg("-netdev")
-            .arg(format!("stream,id=n0,server=on,addr.type=unix,addr.path={}", link.display()))
+            .arg(format!(
+                "stream,id=n0,server=on,addr.type=unix,addr.path={}",
+                link.display()
+            ))
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac_b},romfile=")),
     );
     let t0 = Instant::now();
     while !link.exists() {
         b.check_alive("the stream socket");
-        assert!(t0.elapsed() < Duration::from_secs(10), "guest-b's QEMU did not create {}", link.display());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "guest-b's QEMU did not create {}",
+            link.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut a = Vm::boot(
@@ -951,7 +1304,10 @@ fn baseline_qemu_virtio_net_pci_two_guests() {
         &dir,
         VmSpec::new("guest-a", nic_script(&va))
             .arg("-netdev")
-            .arg(format!("stream,id=n0,server=off,reconnect-ms=200,addr.type=unix,addr.path={}", link.display()))
+            .arg(format!(
+                "stream,id=n0,server=off,reconnect-ms=200,addr.type=unix,addr.path={}",
+                link.display()
+            ))
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac_a},romfile=")),
     );
@@ -960,9 +1316,26 @@ fn baseline_qemu_virtio_net_pci_two_guests() {
     assert_nic(&ra, &a, mac_a, "virtio-pci");
     assert_nic(&rb, &b, mac_b, "virtio-pci");
     let p = pings();
-    assert_eq!((ra.num("ping_tx"), ra.num("ping_rx")), (p, p), "ping loss\n{}", a.diag());
-    assert_eq!(rb.num("rx_bytes"), blob_mib() << 20, "A -> B byte count\n{}\n{}", a.diag(), b.diag());
-    assert_eq!(rb.get("rx_md5"), ra.get("blob_md5"), "A -> B checksum\n{}\n{}", a.diag(), b.diag());
+    assert_eq!(
+        (ra.num("ping_tx"), ra.num("ping_rx")),
+        (p, p),
+        "ping loss\n{}",
+        a.diag()
+    );
+    assert_eq!(
+        rb.num("rx_bytes"),
+        blob_mib() << 20,
+        "A -> B byte count\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
+    assert_eq!(
+        rb.get("rx_md5"),
+        ra.get("blob_md5"),
+        "A -> B checksum\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
     println!(
         "E2E-BENCH baseline_qemu_virtio_net_pci(two guests, stream netdev) A->B {} MiB: {} MB/s (sender nc) | ping rtt min/avg/max {} ms",
         blob_mib(),
@@ -979,7 +1352,13 @@ fn baseline_qemu_virtio_net_pci_two_guests() {
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn device_virtio_pci_host_tap() {
-    device_with_host_tap("device_virtio_pci_host_tap", "vdpae1", 1, "02:00:00:e2:e0:01", "virtio-pci");
+    device_with_host_tap(
+        "device_virtio_pci_host_tap",
+        "vdpae1",
+        1,
+        "02:00:00:e2:e0:01",
+        "virtio-pci",
+    );
 }
 
 /// Guest B: the Linux ifcvf vDPA driver takes our function from virtio_pci (driver_override), `vdpa dev
@@ -987,7 +1366,13 @@ fn device_virtio_pci_host_tap() {
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn device_ifcvf_vdpa_host_tap() {
-    device_with_host_tap("device_ifcvf_vdpa_host_tap", "vdpae2", 2, "02:00:00:e2:e0:02", "ifcvf");
+    device_with_host_tap(
+        "device_ifcvf_vdpa_host_tap",
+        "vdpae2",
+        2,
+        "02:00:00:e2:e0:02",
+        "ifcvf",
+    );
 }
 
 /// Two guests, each on its own `vdpa-emu serve`, the two devices linked by `--port unix:PATH` (both serve
@@ -1002,19 +1387,68 @@ fn device_two_guests_unix_port() {
     let (ip_a, ip_b) = ("10.77.202.1", "10.77.202.2");
     // The TAP tests run the packed ring (Linux negotiates it when offered); this one the split
     // ring: the devices do not offer VIRTIO_F_RING_PACKED.
-    let serve_a = Serve::start(&dir, "dev-a", &["--mac".into(), mac_a.into(), "--port".into(), format!("unix:{link}"), "--no-packed".into()]);
-    let serve_b = Serve::start(&dir, "dev-b", &["--mac".into(), mac_b.into(), "--port".into(), format!("unix:{link}"), "--no-packed".into()]);
+    let serve_a = Serve::start(
+        &dir,
+        "dev-a",
+        &[
+            "--mac".into(),
+            mac_a.into(),
+            "--port".into(),
+            format!("unix:{link}"),
+            "--no-packed".into(),
+        ],
+    );
+    let serve_b = Serve::start(
+        &dir,
+        "dev-b",
+        &[
+            "--mac".into(),
+            mac_b.into(),
+            "--port".into(),
+            format!("unix:{link}"),
+            "--no-packed".into(),
+        ],
+    );
     let (va, vb) = pair_vars("virtio-pci", (mac_a, ip_a), (mac_b, ip_b));
-    let mut b = Vm::boot(&e2e, &dir, VmSpec::new("guest-b", nic_script(&vb)).arg("-device").arg(serve_b.device_arg()));
-    let mut a = Vm::boot(&e2e, &dir, VmSpec::new("guest-a", nic_script(&va)).arg("-device").arg(serve_a.device_arg()));
+    let mut b = Vm::boot(
+        &e2e,
+        &dir,
+        VmSpec::new("guest-b", nic_script(&vb))
+            .arg("-device")
+            .arg(serve_b.device_arg()),
+    );
+    let mut a = Vm::boot(
+        &e2e,
+        &dir,
+        VmSpec::new("guest-a", nic_script(&va))
+            .arg("-device")
+            .arg(serve_a.device_arg()),
+    );
     let ra = a.finish(Duration::from_secs(300));
     let rb = b.finish(Duration::from_secs(60));
     assert_nic(&ra, &a, mac_a, "virtio-pci");
     assert_nic(&rb, &b, mac_b, "virtio-pci");
     let p = pings();
-    assert_eq!((ra.num("ping_tx"), ra.num("ping_rx")), (p, p), "ping loss\n{}", a.diag());
-    assert_eq!(rb.num("rx_bytes"), blob_mib() << 20, "A -> B byte count\n{}\n{}", a.diag(), b.diag());
-    assert_eq!(rb.get("rx_md5"), ra.get("blob_md5"), "A -> B checksum\n{}\n{}", a.diag(), b.diag());
+    assert_eq!(
+        (ra.num("ping_tx"), ra.num("ping_rx")),
+        (p, p),
+        "ping loss\n{}",
+        a.diag()
+    );
+    assert_eq!(
+        rb.num("rx_bytes"),
+        blob_mib() << 20,
+        "A -> B byte count\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
+    assert_eq!(
+        rb.get("rx_md5"),
+        ra.get("blob_md5"),
+        "A -> B checksum\n{}\n{}",
+        a.diag(),
+        b.diag()
+    );
     println!(
         "E2E-BENCH device_two_guests_unix_port A->B {} MiB: {} MB/s (sender nc) | ping rtt min/avg/max {} ms",
         blob_mib(),
@@ -1033,12 +1467,29 @@ fn device_survives_guest_reset() {
     let e2e = e2e();
     let dir = Scratch::new("dev-reset");
     let mac = "02:00:00:e2:e0:03";
-    let mut serve = Serve::start(&dir, "dev", &["--mac".into(), mac.into(), "--port".into(), "tap:vdpae3".into()]);
+    let mut serve = Serve::start(
+        &dir,
+        "dev",
+        &[
+            "--mac".into(),
+            mac.into(),
+            "--port".into(),
+            "tap:vdpae3".into(),
+        ],
+    );
     let tap = Tap::adopt("vdpae3", 3, &mut serve);
     let peer = HostPeer::new(&tap);
-    let mut vars = nic_vars("host-peer", "virtio-pci", mac, &tap.guest_addr(), &tap.host_ip);
+    let mut vars = nic_vars(
+        "host-peer",
+        "virtio-pci",
+        mac,
+        &tap.guest_addr(),
+        &tap.host_ip,
+    );
     vars.push(("HOLD", "1".into()));
-    let mut spec = VmSpec::new("guest", nic_script(&vars)).arg("-device").arg(serve.device_arg());
+    let mut spec = VmSpec::new("guest", nic_script(&vars))
+        .arg("-device")
+        .arg(serve.device_arg());
     spec.qmp = true;
     spec.no_reboot = false; // with -no-reboot, system_reset would end QEMU
     let mut vm = Vm::boot(&e2e, &dir, spec);
@@ -1052,7 +1503,12 @@ fn device_survives_guest_reset() {
     assert_eq!(boots.len(), 2, "two boots\n{}", vm.diag());
     for b in &boots {
         assert_nic(b, &vm, mac, "virtio-pci");
-        assert!(b.fails.is_empty(), "guest failures {:?}\n{}", b.fails, vm.diag());
+        assert!(
+            b.fails.is_empty(),
+            "guest failures {:?}\n{}",
+            b.fails,
+            vm.diag()
+        );
     }
     vm.qmp("quit");
     vm.wait_exit(Duration::from_secs(20));
@@ -1069,19 +1525,37 @@ fn device_survives_qemu_kill_and_reattach() {
     let e2e = e2e();
     let dir = Scratch::new("dev-kill");
     let mac = "02:00:00:e2:e0:04";
-    let mut serve = Serve::start(&dir, "dev", &["--mac".into(), mac.into(), "--port".into(), "tap:vdpae4".into()]);
+    let mut serve = Serve::start(
+        &dir,
+        "dev",
+        &[
+            "--mac".into(),
+            mac.into(),
+            "--port".into(),
+            "tap:vdpae4".into(),
+        ],
+    );
     let tap = Tap::adopt("vdpae4", 4, &mut serve);
     let peer = HostPeer::new(&tap);
 
     // first QEMU: streams zeros to the host; killed once 8 MiB have arrived
     let vars = nic_vars("stream", "virtio-pci", mac, &tap.guest_addr(), &tap.host_ip);
-    let mut vm1 = Vm::boot(&e2e, &dir, VmSpec::new("guest-1", nic_script(&vars)).arg("-device").arg(serve.device_arg()));
+    let mut vm1 = Vm::boot(
+        &e2e,
+        &dir,
+        VmSpec::new("guest-1", nic_script(&vars))
+            .arg("-device")
+            .arg(serve.device_arg()),
+    );
     let mut s = peer.accept(&mut vm1, Duration::from_secs(120));
     let mut buf = vec![0u8; 1 << 16];
     let mut got = 0usize;
     while got < 8 << 20 {
         match s.read(&mut buf) {
-            Ok(0) => panic!("guest-1 closed the stream after {got} bytes\n{}", vm1.diag()),
+            Ok(0) => panic!(
+                "guest-1 closed the stream after {got} bytes\n{}",
+                vm1.diag()
+            ),
             Ok(n) => got += n,
             Err(e) => panic!("stream from guest-1: {e} after {got} bytes\n{}", vm1.diag()),
         }
@@ -1090,18 +1564,46 @@ fn device_survives_qemu_kill_and_reattach() {
     eprintln!("e2e: guest-1 SIGKILLed after {got} bytes of its stream");
     drop(s);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(serve.is_running(), "vdpa-emu serve died when QEMU was killed\n{}", serve.diag());
+    assert!(
+        serve.is_running(),
+        "vdpa-emu serve died when QEMU was killed\n{}",
+        serve.diag()
+    );
 
     // second QEMU on the same socket
-    let vars = nic_vars("host-peer", "virtio-pci", mac, &tap.guest_addr(), &tap.host_ip);
-    let mut vm2 = Vm::boot(&e2e, &dir, VmSpec::new("guest-2", nic_script(&vars)).arg("-device").arg(serve.device_arg()));
-    peer.round(&mut vm2, 1, "device_survives_qemu_kill_and_reattach(new QEMU)");
+    let vars = nic_vars(
+        "host-peer",
+        "virtio-pci",
+        mac,
+        &tap.guest_addr(),
+        &tap.host_ip,
+    );
+    let mut vm2 = Vm::boot(
+        &e2e,
+        &dir,
+        VmSpec::new("guest-2", nic_script(&vars))
+            .arg("-device")
+            .arg(serve.device_arg()),
+    );
+    peer.round(
+        &mut vm2,
+        1,
+        "device_survives_qemu_kill_and_reattach(new QEMU)",
+    );
     let b = vm2.finish(Duration::from_secs(60));
     assert_nic(&b, &vm2, mac, "virtio-pci");
 
     let st = serve.stop();
-    assert!(st.success(), "vdpa-emu serve exit status after SIGTERM: {st}\n{}", serve.diag());
-    assert!(!serve.socket.exists(), "vdpa-emu serve left its socket {}", serve.socket.display());
+    assert!(
+        st.success(),
+        "vdpa-emu serve exit status after SIGTERM: {st}\n{}",
+        serve.diag()
+    );
+    assert!(
+        !serve.socket.exists(),
+        "vdpa-emu serve left its socket {}",
+        serve.socket.display()
+    );
     drop(tap);
 }
 
@@ -1129,6 +1631,9 @@ fn harness_cpio_and_markers() {
     assert_eq!(b[0].extra_exit, Some(1));
     assert!(b[0].done && !b[1].done);
     assert_eq!(b[1].get("a"), Some("2"));
-    let tap = Tap { name: "none-such-tap".into(), host_ip: "10.77.9.1".into() };
+    let tap = Tap {
+        name: "none-such-tap".into(),
+        host_ip: "10.77.9.1".into(),
+    };
     assert_eq!(tap.guest_addr(), "10.77.9.2");
 }

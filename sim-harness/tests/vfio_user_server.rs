@@ -18,7 +18,9 @@ use sim_harness::driver::{DriverOptions, NetDriver};
 use sim_harness::frames::{self, Tracker};
 use sim_harness::ports::{self, PortSpec};
 use sim_harness::vfio_user::client::{self, recv_reply, send_message, wait_closed, Client, Reply};
-use sim_harness::vfio_user::irq::{ACTION_MASK, ACTION_TRIGGER, ACTION_UNMASK, DATA_BOOL, DATA_EVENTFD, DATA_NONE};
+use sim_harness::vfio_user::irq::{
+    ACTION_MASK, ACTION_TRIGGER, ACTION_UNMASK, DATA_BOOL, DATA_EVENTFD, DATA_NONE,
+};
 use sim_harness::vfio_user::sock::{eventfd, open_fd_count, poll_in};
 use sim_harness::vfio_user::wire::{self, flags, Command, Header, RegionRw};
 use sim_harness::vfio_user::{Server, ServerOptions};
@@ -30,8 +32,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use support::{temp_dir, vmm_device, TestServer};
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 
 static FD_LOCK: RwLock<()> = RwLock::new(());
@@ -48,9 +51,21 @@ impl TestServer {
     /// What a fresh client must find: status 0, no mapping, no eventfd.
     fn assert_clean(&self) {
         assert_eq!(self.dev().status(), 0, "device not reset");
-        assert!(self.dev().mappings().is_empty(), "DMA mappings left: {:?}", self.dev().mappings());
-        assert_eq!(self.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), 0, "MSI-X eventfds left");
-        assert_eq!(self.server.irqs().assigned(VFIO_PCI_INTX_IRQ_INDEX), 0, "INTx eventfd left");
+        assert!(
+            self.dev().mappings().is_empty(),
+            "DMA mappings left: {:?}",
+            self.dev().mappings()
+        );
+        assert_eq!(
+            self.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX),
+            0,
+            "MSI-X eventfds left"
+        );
+        assert_eq!(
+            self.server.irqs().assigned(VFIO_PCI_INTX_IRQ_INDEX),
+            0,
+            "INTx eventfd left"
+        );
     }
 }
 
@@ -70,7 +85,12 @@ impl Raw {
     fn negotiated(ts: &TestServer) -> Self {
         let mut r = Raw::new(ts.connect());
         let caps = client::qemu_capabilities().to_string();
-        let rep = r.call(Command::Version as u16, 0, &wire::encode_version(0, 0, &caps), &[]);
+        let rep = r.call(
+            Command::Version as u16,
+            0,
+            &wire::encode_version(0, 0, &caps),
+            &[],
+        );
         assert_eq!(rep.errno(), None);
         r
     }
@@ -86,10 +106,20 @@ impl Raw {
         recv_reply(&self.s).unwrap()
     }
 
-    fn call(&mut self, cmd: u16, extra_flags: u32, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Reply {
+    fn call(
+        &mut self,
+        cmd: u16,
+        extra_flags: u32,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Reply {
         let id = self.send(cmd, extra_flags, payload, fds);
         let r = self.recv();
-        assert_eq!((r.header.id, r.header.command), (id, cmd), "reply matches the request");
+        assert_eq!(
+            (r.header.id, r.header.command),
+            (id, cmd),
+            "reply matches the request"
+        );
         assert_eq!(r.header.msg_type(), flags::TYPE_REPLY);
         r
     }
@@ -97,13 +127,31 @@ impl Raw {
     /// A command that must fail with `errno`.
     fn expect_errno(&mut self, cmd: u16, payload: &[u8], fds: &[BorrowedFd<'_>], errno: i32) {
         let r = self.call(cmd, 0, payload, fds);
-        assert_eq!(r.errno(), Some(errno), "command {cmd} with {} bytes", payload.len());
-        assert_eq!(r.header.size as usize, wire::HEADER_SIZE, "an error reply is only a header");
+        assert_eq!(
+            r.errno(),
+            Some(errno),
+            "command {cmd} with {} bytes",
+            payload.len()
+        );
+        assert_eq!(
+            r.header.size as usize,
+            wire::HEADER_SIZE,
+            "an error reply is only a header"
+        );
     }
 
     /// The stream is still in sync: GET_INFO answers correctly.
     fn assert_in_sync(&mut self) {
-        let r = self.call(Command::DeviceGetInfo as u16, 0, &wire::DeviceInfo { argsz: 16, ..Default::default() }.encode(), &[]);
+        let r = self.call(
+            Command::DeviceGetInfo as u16,
+            0,
+            &wire::DeviceInfo {
+                argsz: 16,
+                ..Default::default()
+            }
+            .encode(),
+            &[],
+        );
         assert_eq!(r.errno(), None);
         let info = wire::DeviceInfo::parse(&r.payload).unwrap();
         assert_eq!((info.num_regions, info.num_irqs), (9, 5));
@@ -115,11 +163,22 @@ impl Raw {
 }
 
 fn region_read_payload(region: u32, offset: u64, count: u32) -> Vec<u8> {
-    RegionRw { offset, region, count }.encode()
+    RegionRw {
+        offset,
+        region,
+        count,
+    }
+    .encode()
 }
 
 fn dma_map_payload(argsz: u32, flags: u32, offset: u64, iova: u64, size: u64) -> Vec<u8> {
-    wire::encode_dma_map(&vfio_bindings::bindings::vfio::vfio_iommu_type1_dma_map { argsz, flags, vaddr: offset, iova, size })
+    wire::encode_dma_map(&vfio_bindings::bindings::vfio::vfio_iommu_type1_dma_map {
+        argsz,
+        flags,
+        vaddr: offset,
+        iova,
+        size,
+    })
 }
 
 fn read_u16(c: &Client, region: u32, off: u64) -> u16 {
@@ -131,7 +190,12 @@ fn read_u16(c: &Client, region: u32, off: u64) -> u16 {
 /// What this process's descriptors point at, sorted (for leak messages).
 fn fd_links() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -156,7 +220,10 @@ fn happy_path_with_the_raw_client() {
     assert_eq!(caps["max_data_xfer_size"], 1 << 20);
     assert_eq!(caps["pgsizes"], 4096);
     assert_eq!(caps["max_dma_maps"], 65535);
-    assert_eq!(caps["write_multiple"], true, "proposed by the client, supported");
+    assert_eq!(
+        caps["write_multiple"], true,
+        "proposed by the client, supported"
+    );
     assert!(caps.get("migration").is_none(), "migration is not offered");
     // DEVICE_GET_INFO.
     let info = c.device_info();
@@ -166,10 +233,28 @@ fn happy_path_with_the_raw_client() {
     // Region infos: BAR0/2/4 from the layout, config 4096, the rest absent; no mmap.
     let l = ts.dev().layout().clone();
     let sizes: Vec<u64> = c.regions().iter().map(|r| r.size).collect();
-    assert_eq!(sizes, vec![l.bar_size(0), 0, l.bar_size(2), 0, l.bar_size(4), 0, 0, 4096, 0]);
+    assert_eq!(
+        sizes,
+        vec![
+            l.bar_size(0),
+            0,
+            l.bar_size(2),
+            0,
+            l.bar_size(4),
+            0,
+            0,
+            4096,
+            0
+        ]
+    );
     for r in c.regions() {
         let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        assert_eq!(r.flags, if r.size > 0 { rw } else { 0 }, "region {}", r.index);
+        assert_eq!(
+            r.flags,
+            if r.size > 0 { rw } else { 0 },
+            "region {}",
+            r.index
+        );
         assert_eq!(r.flags & VFIO_REGION_INFO_FLAG_MMAP, 0);
         assert_eq!((r.argsz, r.cap_offset), (32, 0));
     }
@@ -184,14 +269,30 @@ fn happy_path_with_the_raw_client() {
     // DMA_MAP of a memfd with its descriptor (SCM_RIGHTS), at a file offset.
     let shm = SharedMemory::new("vdpa-emu-test-happy", 4 << 20).unwrap();
     let file = shm.try_clone_file().unwrap();
-    c.map(0x4000_0000, 2 << 20, Perms::RW, Some((file.as_fd(), 1 << 20))).unwrap();
+    c.map(
+        0x4000_0000,
+        2 << 20,
+        Perms::RW,
+        Some((file.as_fd(), 1 << 20)),
+    )
+    .unwrap();
     c.map(0xfffc_0000, 0x4_0000, Perms::RO, None).unwrap();
     let maps = ts.dev().mappings();
     assert_eq!(maps.len(), 2);
-    assert!(maps[0].has_fd && maps[0].perms == Perms::RW && maps[0].iova == 0x4000_0000 && maps[0].size == 2 << 20);
+    assert!(
+        maps[0].has_fd
+            && maps[0].perms == Perms::RW
+            && maps[0].iova == 0x4000_0000
+            && maps[0].size == 2 << 20
+    );
     assert!(!maps[1].has_fd && maps[1].perms == Perms::RO);
     // Overlap: EEXIST, as the spec says.
-    assert_eq!(c.map(0x4010_0000, 4096, Perms::RW, Some((file.as_fd(), 0))).unwrap_err().errno(), Some(libc::EEXIST));
+    assert_eq!(
+        c.map(0x4010_0000, 4096, Perms::RW, Some((file.as_fd(), 0)))
+            .unwrap_err()
+            .errno(),
+        Some(libc::EEXIST)
+    );
     // Config space: the identity the drivers match.
     assert_eq!(read_u16(&c, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
     assert_eq!(read_u16(&c, REGION_CONFIG, hdr::DEVICE_ID), 0x1041);
@@ -201,9 +302,13 @@ fn happy_path_with_the_raw_client() {
     let dwords = sim_harness::driver::probe::read_config(&c).unwrap();
     assert_eq!(&whole[..256], &dwords[..]);
     // BAR0: num_queues.
-    assert_eq!(read_u16(&c, 0, l.common.offset + common::NUM_QUEUES), 2 * 4 + 1);
+    assert_eq!(
+        read_u16(&c, 0, l.common.offset + common::NUM_QUEUES),
+        2 * 4 + 1
+    );
     // Writes reach the device: driver status bits, then DEVICE_RESET clears them.
-    c.write(0, l.common.offset + common::DEVICE_STATUS, &[1]).unwrap();
+    c.write(0, l.common.offset + common::DEVICE_STATUS, &[1])
+        .unwrap();
     assert_eq!(ts.dev().status(), 1);
     c.reset().unwrap();
     assert_eq!(ts.dev().status(), 0);
@@ -215,8 +320,14 @@ fn happy_path_with_the_raw_client() {
     assert!(ts.dev().mappings().is_empty());
     // Accesses outside a region are refused with EINVAL, not answered with garbage.
     let mut b = [0u8; 4];
-    assert_eq!(c.read(REGION_CONFIG, 4094, &mut b).unwrap_err().errno(), Some(libc::EINVAL));
-    assert_eq!(c.read(1, 0, &mut b).unwrap_err().errno(), Some(libc::EINVAL));
+    assert_eq!(
+        c.read(REGION_CONFIG, 4094, &mut b).unwrap_err().errno(),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        c.read(1, 0, &mut b).unwrap_err().errno(),
+        Some(libc::EINVAL)
+    );
     drop(c);
     ts.wait_ended(1);
     ts.assert_clean();
@@ -238,19 +349,29 @@ fn the_vfio_user_crate_client_works_as_a_peer() {
     c.region_read(REGION_CONFIG, 0, &mut id).unwrap();
     assert_eq!(u32::from_le_bytes(id), 0x1041_1af4);
     let mut nq = [0u8; 2];
-    c.region_read(0, l.common.offset + common::NUM_QUEUES, &mut nq).unwrap();
+    c.region_read(0, l.common.offset + common::NUM_QUEUES, &mut nq)
+        .unwrap();
     assert_eq!(u16::from_le_bytes(nq), 5);
-    c.region_write(0, l.common.offset + common::DEVICE_STATUS, &[1]).unwrap();
+    c.region_write(0, l.common.offset + common::DEVICE_STATUS, &[1])
+        .unwrap();
     assert_eq!(ts.dev().status(), 1);
     let shm = SharedMemory::new("vdpa-emu-test-crate", 1 << 20).unwrap();
     let file = shm.try_clone_file().unwrap();
     use std::os::fd::AsRawFd;
-    c.dma_map(0, 0x8000_0000, 1 << 20, file.as_raw_fd()).unwrap();
+    c.dma_map(0, 0x8000_0000, 1 << 20, file.as_raw_fd())
+        .unwrap();
     assert_eq!(ts.dev().mappings().len(), 1);
     let irq = c.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).unwrap();
     assert_eq!(irq.count, u32::from(l.msix_vectors));
     let efd = eventfd().unwrap();
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_EVENTFD | ACTION_TRIGGER, 1, 1, &[efd.as_raw_fd()]).unwrap();
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_EVENTFD | ACTION_TRIGGER,
+        1,
+        1,
+        &[efd.as_raw_fd()],
+    )
+    .unwrap();
     assert_eq!(ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), 1);
     c.reset().unwrap();
     assert_eq!(ts.dev().status(), 0);
@@ -270,7 +391,11 @@ fn unknown_and_unsupported_commands_get_errno_and_the_stream_stays_in_sync() {
     let mut r = Raw::new(ts.connect());
     r.expect_errno(Command::DeviceGetInfo as u16, &[0u8; 16], &[], libc::EINVAL);
     let caps = client::qemu_capabilities().to_string();
-    assert_eq!(r.call(1, 0, &wire::encode_version(0, 0, &caps), &[]).errno(), None);
+    assert_eq!(
+        r.call(1, 0, &wire::encode_version(0, 0, &caps), &[])
+            .errno(),
+        None
+    );
     // A second VERSION is refused.
     r.expect_errno(1, &wire::encode_version(0, 0, &caps), &[], libc::EINVAL);
     // DEVICE_FEATURE with 8 bytes of payload (what desyncs the vfio_user crate's server): flags
@@ -279,7 +404,12 @@ fn unknown_and_unsupported_commands_get_errno_and_the_stream_stays_in_sync() {
     r.assert_in_sync();
     // Commands nobody defined, with payloads of many sizes (one looks like a header).
     let fake_header = Header::command(7, 4, 16, 0).to_bytes();
-    for (cmd, payload) in [(0u16, vec![]), (19, vec![1; 3]), (200, fake_header.to_vec()), (0xffff, vec![0; 100_000])] {
+    for (cmd, payload) in [
+        (0u16, vec![]),
+        (19, vec![1; 3]),
+        (200, fake_header.to_vec()),
+        (0xffff, vec![0; 100_000]),
+    ] {
         r.expect_errno(cmd, &payload, &[], libc::ENOSYS);
         r.assert_in_sync();
     }
@@ -299,7 +429,13 @@ fn unknown_and_unsupported_commands_get_errno_and_the_stream_stays_in_sync() {
     r.send(4, 0x2, &[0; 16], &[]);
     let rep = r.recv();
     assert_eq!(rep.errno(), Some(libc::EINVAL));
-    let stray = Header { id: 9, command: 4, size: 20, flags: flags::TYPE_REPLY, error: 0 };
+    let stray = Header {
+        id: 9,
+        command: 4,
+        size: 20,
+        flags: flags::TYPE_REPLY,
+        error: 0,
+    };
     r.raw_bytes(&stray.to_bytes());
     r.raw_bytes(&[0; 4]);
     r.assert_in_sync();
@@ -319,17 +455,38 @@ fn malformed_headers_get_an_error_reply_and_an_orderly_disconnect() {
     // size smaller than the header: EINVAL, then the server closes.
     for size in [0u32, 1, 15] {
         let mut r = Raw::negotiated(&ts);
-        r.raw_bytes(&Header { id: 5, command: 4, size, flags: 0, error: 0 }.to_bytes());
+        r.raw_bytes(
+            &Header {
+                id: 5,
+                command: 4,
+                size,
+                flags: 0,
+                error: 0,
+            }
+            .to_bytes(),
+        );
         let rep = r.recv();
         assert_eq!((rep.header.id, rep.errno()), (5, Some(libc::EINVAL)));
-        assert!(wait_closed(&r.s, Duration::from_secs(5)), "server keeps a desynced stream open");
+        assert!(
+            wait_closed(&r.s, Duration::from_secs(5)),
+            "server keeps a desynced stream open"
+        );
         ended += 1;
         ts.wait_ended(ended);
     }
     // Absurd sizes (far above max_data_xfer_size): E2BIG before any allocation, then close.
     for size in [u32::MAX, 0x8000_0000, (1 << 20) + 16 + 4097 + 16] {
         let mut r = Raw::negotiated(&ts);
-        r.raw_bytes(&Header { id: 6, command: Command::RegionWrite as u16, size, flags: 0, error: 0 }.to_bytes());
+        r.raw_bytes(
+            &Header {
+                id: 6,
+                command: Command::RegionWrite as u16,
+                size,
+                flags: 0,
+                error: 0,
+            }
+            .to_bytes(),
+        );
         let rep = r.recv();
         assert_eq!((rep.header.id, rep.errno()), (6, Some(libc::E2BIG)));
         assert!(wait_closed(&r.s, Duration::from_secs(5)));
@@ -339,7 +496,16 @@ fn malformed_headers_get_an_error_reply_and_an_orderly_disconnect() {
     // A size that lies larger than what is sent, then EOF: the connection ends, cleanly.
     {
         let mut r = Raw::negotiated(&ts);
-        r.raw_bytes(&Header { id: 7, command: Command::RegionRead as u16, size: 1000, flags: 0, error: 0 }.to_bytes());
+        r.raw_bytes(
+            &Header {
+                id: 7,
+                command: Command::RegionRead as u16,
+                size: 1000,
+                flags: 0,
+                error: 0,
+            }
+            .to_bytes(),
+        );
         r.raw_bytes(&[0; 10]);
         r.s.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(wait_closed(&r.s, Duration::from_secs(5)));
@@ -376,50 +542,186 @@ fn argsz_lies_and_truncated_payloads_are_refused_in_sync() {
     let _g = shared();
     let ts = TestServer::start(1);
     let mut r = Raw::negotiated(&ts);
-    let info = |argsz: u32| wire::DeviceInfo { argsz, ..Default::default() }.encode();
-    let rinfo = |argsz: u32, index: u32| wire::encode_region_info(&vfio_bindings::bindings::vfio::vfio_region_info { argsz, index, ..Default::default() });
-    let iinfo = |argsz: u32, index: u32| wire::encode_irq_info(&vfio_bindings::bindings::vfio::vfio_irq_info { argsz, index, ..Default::default() });
+    let info = |argsz: u32| {
+        wire::DeviceInfo {
+            argsz,
+            ..Default::default()
+        }
+        .encode()
+    };
+    let rinfo = |argsz: u32, index: u32| {
+        wire::encode_region_info(&vfio_bindings::bindings::vfio::vfio_region_info {
+            argsz,
+            index,
+            ..Default::default()
+        })
+    };
+    let iinfo = |argsz: u32, index: u32| {
+        wire::encode_irq_info(&vfio_bindings::bindings::vfio::vfio_irq_info {
+            argsz,
+            index,
+            ..Default::default()
+        })
+    };
     let irqset = |argsz: u32, flags: u32, index: u32, start: u32, count: u32| {
-        wire::encode_irq_set(&vfio_bindings::bindings::vfio::vfio_irq_set { argsz, flags, index, start, count, ..Default::default() })
+        wire::encode_irq_set(&vfio_bindings::bindings::vfio::vfio_irq_set {
+            argsz,
+            flags,
+            index,
+            start,
+            count,
+            ..Default::default()
+        })
     };
     let unmap = |argsz: u32, flags: u32, iova: u64, size: u64| {
-        wire::encode_dma_unmap(&vfio_bindings::bindings::vfio::vfio_iommu_type1_dma_unmap { argsz, flags, iova, size, ..Default::default() })
+        wire::encode_dma_unmap(&vfio_bindings::bindings::vfio::vfio_iommu_type1_dma_unmap {
+            argsz,
+            flags,
+            iova,
+            size,
+            ..Default::default()
+        })
     };
     let e = libc::EINVAL;
     // argsz smaller than the structure.
     r.expect_errno(Command::DeviceGetInfo as u16, &info(0), &[], e);
     r.expect_errno(Command::DeviceGetRegionInfo as u16, &rinfo(4, 0), &[], e);
     r.expect_errno(Command::DeviceGetIrqInfo as u16, &iinfo(15, 2), &[], e);
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(8, 3, 0, 0x1000, 0x1000), &[], e);
-    r.expect_errno(Command::DmaUnmap as u16, &unmap(0, 0, 0x1000, 0x1000), &[], e);
-    r.expect_errno(Command::DeviceSetIrqs as u16, &irqset(4, DATA_NONE | ACTION_TRIGGER, 2, 0, 1), &[], e);
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(8, 3, 0, 0x1000, 0x1000),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DmaUnmap as u16,
+        &unmap(0, 0, 0x1000, 0x1000),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &irqset(4, DATA_NONE | ACTION_TRIGGER, 2, 0, 1),
+        &[],
+        e,
+    );
     // argsz larger than the payload where it describes the payload.
-    r.expect_errno(Command::DeviceSetIrqs as u16, &irqset(1000, DATA_BOOL | ACTION_TRIGGER, 2, 0, 1), &[], e);
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(u32::MAX, 3, 0, 0x1000, 0x1000), &[], e);
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &irqset(1000, DATA_BOOL | ACTION_TRIGGER, 2, 0, 1),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(u32::MAX, 3, 0, 0x1000, 0x1000),
+        &[],
+        e,
+    );
     // argsz as the reply limit: a huge one is fine and allocates nothing; the reply is exact.
-    let rep = r.call(Command::DeviceGetRegionInfo as u16, 0, &rinfo(u32::MAX, 7), &[]);
+    let rep = r.call(
+        Command::DeviceGetRegionInfo as u16,
+        0,
+        &rinfo(u32::MAX, 7),
+        &[],
+    );
     assert_eq!(rep.errno(), None);
     assert_eq!(rep.payload.len(), 32);
     assert_eq!(wire::parse_region_info(&rep.payload).unwrap().size, 4096);
     // Bad indexes and ranges.
     r.expect_errno(Command::DeviceGetRegionInfo as u16, &rinfo(32, 9), &[], e);
     r.expect_errno(Command::DeviceGetIrqInfo as u16, &iinfo(16, 5), &[], e);
-    r.expect_errno(Command::DeviceSetIrqs as u16, &irqset(20, DATA_NONE | ACTION_TRIGGER, 2, 0, 1000), &[], e);
-    r.expect_errno(Command::DeviceSetIrqs as u16, &irqset(20, DATA_NONE | ACTION_TRIGGER, 2, u32::MAX, 2), &[], e);
-    r.expect_errno(Command::DeviceSetIrqs as u16, &irqset(20, DATA_NONE | DATA_BOOL | ACTION_TRIGGER, 2, 0, 1), &[], e);
-    r.expect_errno(Command::DeviceSetIrqs as u16, &irqset(20, DATA_NONE | ACTION_TRIGGER, 1, 0, 1), &[], e);
-    r.expect_errno(Command::RegionRead as u16, &region_read_payload(7, 4095, 2), &[], e);
-    r.expect_errno(Command::RegionRead as u16, &region_read_payload(7, u64::MAX, 2), &[], e);
-    r.expect_errno(Command::RegionRead as u16, &region_read_payload(6, 0, 4), &[], e);
-    r.expect_errno(Command::RegionRead as u16, &region_read_payload(7, 0, 0), &[], e);
-    r.expect_errno(Command::RegionRead as u16, &region_read_payload(0, 0, (1 << 20) + 1), &[], libc::E2BIG);
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(32, 3, 0, 0x1001, 0x1000), &[], e);
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(32, 3, 0, 0x1000, 0), &[], e);
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(32, 0x10, 0, 0x1000, 0x1000), &[], e);
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(32, 3, 0, u64::MAX - 0xfff, 0x2000), &[], e);
-    r.expect_errno(Command::DmaUnmap as u16, &unmap(24, 1, 0x1000, 0x1000), &[], e);
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &irqset(20, DATA_NONE | ACTION_TRIGGER, 2, 0, 1000),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &irqset(20, DATA_NONE | ACTION_TRIGGER, 2, u32::MAX, 2),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &irqset(20, DATA_NONE | DATA_BOOL | ACTION_TRIGGER, 2, 0, 1),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &irqset(20, DATA_NONE | ACTION_TRIGGER, 1, 0, 1),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::RegionRead as u16,
+        &region_read_payload(7, 4095, 2),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::RegionRead as u16,
+        &region_read_payload(7, u64::MAX, 2),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::RegionRead as u16,
+        &region_read_payload(6, 0, 4),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::RegionRead as u16,
+        &region_read_payload(7, 0, 0),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::RegionRead as u16,
+        &region_read_payload(0, 0, (1 << 20) + 1),
+        &[],
+        libc::E2BIG,
+    );
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(32, 3, 0, 0x1001, 0x1000),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(32, 3, 0, 0x1000, 0),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(32, 0x10, 0, 0x1000, 0x1000),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(32, 3, 0, u64::MAX - 0xfff, 0x2000),
+        &[],
+        e,
+    );
+    r.expect_errno(
+        Command::DmaUnmap as u16,
+        &unmap(24, 1, 0x1000, 0x1000),
+        &[],
+        e,
+    );
     // REGION_WRITE whose count disagrees with its payload.
-    let mut w = RegionRw { offset: 0, region: 7, count: 4 }.encode();
+    let mut w = RegionRw {
+        offset: 0,
+        region: 7,
+        count: 4,
+    }
+    .encode();
     w.extend_from_slice(&[0; 2]);
     r.expect_errno(Command::RegionWrite as u16, &w, &[], e);
     w.extend_from_slice(&[0; 10]);
@@ -458,7 +760,10 @@ fn argsz_lies_and_truncated_payloads_are_refused_in_sync() {
         let mut r = Raw::new(ts.connect());
         r.expect_errno(1, &bad, &[], e);
         // Still negotiable on the same connection.
-        assert_eq!(r.call(1, 0, &wire::encode_version(0, 0, "{}"), &[]).errno(), None);
+        assert_eq!(
+            r.call(1, 0, &wire::encode_version(0, 0, "{}"), &[]).errno(),
+            None
+        );
         r.assert_in_sync();
     }
 }
@@ -474,10 +779,29 @@ fn stray_and_excess_descriptors_are_refused_and_closed() {
     let base = open_fd_count();
     let fd = |i: usize| efds[i].as_fd();
     // Two descriptors on a DMA_MAP.
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(32, 3, 0, 0x10_0000, 0x1000), &[mem.as_fd(), fd(0)], libc::EINVAL);
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(32, 3, 0, 0x10_0000, 0x1000),
+        &[mem.as_fd(), fd(0)],
+        libc::EINVAL,
+    );
     // Descriptors on commands that take none.
-    r.expect_errno(Command::DeviceGetInfo as u16, &wire::DeviceInfo { argsz: 16, ..Default::default() }.encode(), &[fd(0)], libc::EINVAL);
-    r.expect_errno(Command::RegionRead as u16, &region_read_payload(7, 0, 4), &[fd(0), fd(1), fd(2)], libc::EINVAL);
+    r.expect_errno(
+        Command::DeviceGetInfo as u16,
+        &wire::DeviceInfo {
+            argsz: 16,
+            ..Default::default()
+        }
+        .encode(),
+        &[fd(0)],
+        libc::EINVAL,
+    );
+    r.expect_errno(
+        Command::RegionRead as u16,
+        &region_read_payload(7, 0, 4),
+        &[fd(0), fd(1), fd(2)],
+        libc::EINVAL,
+    );
     r.expect_errno(0x4242, &[0; 8], &[fd(0)], libc::ENOSYS);
     // More than max_msg_fds (16): the kernel truncates, the server refuses.
     let many: Vec<BorrowedFd<'_>> = (0..40).map(fd).collect();
@@ -491,17 +815,41 @@ fn stray_and_excess_descriptors_are_refused_and_closed() {
             ..Default::default()
         })
     };
-    r.expect_errno(Command::DeviceSetIrqs as u16, &set(3), &many[..17], libc::EINVAL);
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &set(3),
+        &many[..17],
+        libc::EINVAL,
+    );
     r.expect_errno(Command::DeviceSetIrqs as u16, &set(3), &many, libc::EINVAL);
     // Count and descriptors disagree; a descriptor that is not an eventfd.
-    r.expect_errno(Command::DeviceSetIrqs as u16, &set(3), &many[..2], libc::EINVAL);
-    r.expect_errno(Command::DeviceSetIrqs as u16, &set(1), &[mem.as_fd()], libc::EINVAL);
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &set(3),
+        &many[..2],
+        libc::EINVAL,
+    );
+    r.expect_errno(
+        Command::DeviceSetIrqs as u16,
+        &set(1),
+        &[mem.as_fd()],
+        libc::EINVAL,
+    );
     // DMA_MAP whose file is too short for offset + size: refused, descriptor closed.
-    r.expect_errno(Command::DmaMap as u16, &dma_map_payload(32, 3, 1 << 20, 0x10_0000, 0x1000), &[mem.as_fd()], libc::EINVAL);
+    r.expect_errno(
+        Command::DmaMap as u16,
+        &dma_map_payload(32, 3, 1 << 20, 0x10_0000, 0x1000),
+        &[mem.as_fd()],
+        libc::EINVAL,
+    );
     r.assert_in_sync();
     assert_eq!(ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), 0);
     assert!(ts.dev().mappings().is_empty());
-    assert_eq!(open_fd_count(), base, "the server kept descriptors of refused messages");
+    assert_eq!(
+        open_fd_count(),
+        base,
+        "the server kept descriptors of refused messages"
+    );
     drop(r);
     ts.wait_ended(1);
     ts.assert_clean();
@@ -511,7 +859,16 @@ fn stray_and_excess_descriptors_are_refused_and_closed() {
 /// status bits), so that its death has something to clean.
 fn busy_client(ts: &TestServer, mem: &std::fs::File, efds: &[std::fs::File]) -> Raw {
     let mut r = Raw::negotiated(ts);
-    assert_eq!(r.call(Command::DmaMap as u16, 0, &dma_map_payload(32, 3, 0, 0x4000_0000, 1 << 20), &[mem.as_fd()]).errno(), None);
+    assert_eq!(
+        r.call(
+            Command::DmaMap as u16,
+            0,
+            &dma_map_payload(32, 3, 0, 0x4000_0000, 1 << 20),
+            &[mem.as_fd()]
+        )
+        .errno(),
+        None
+    );
     let fds: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
     let set = wire::encode_irq_set(&vfio_bindings::bindings::vfio::vfio_irq_set {
         argsz: 20,
@@ -521,13 +878,27 @@ fn busy_client(ts: &TestServer, mem: &std::fs::File, efds: &[std::fs::File]) -> 
         count: fds.len() as u32,
         ..Default::default()
     });
-    assert_eq!(r.call(Command::DeviceSetIrqs as u16, 0, &set, &fds).errno(), None);
+    assert_eq!(
+        r.call(Command::DeviceSetIrqs as u16, 0, &set, &fds).errno(),
+        None
+    );
     let status = ts.dev().layout().common.offset + common::DEVICE_STATUS;
-    let mut w = RegionRw { offset: status, region: 0, count: 1 }.encode();
+    let mut w = RegionRw {
+        offset: status,
+        region: 0,
+        count: 1,
+    }
+    .encode();
     w.push(3);
-    assert_eq!(r.call(Command::RegionWrite as u16, 0, &w, &[]).errno(), None);
+    assert_eq!(
+        r.call(Command::RegionWrite as u16, 0, &w, &[]).errno(),
+        None
+    );
     assert_eq!(ts.dev().status(), 3);
-    assert_eq!(ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), efds.len());
+    assert_eq!(
+        ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX),
+        efds.len()
+    );
     r
 }
 
@@ -542,7 +913,10 @@ fn a_client_dying_at_any_point_leaves_a_reset_device_and_no_descriptor() {
     type Death = Box<dyn Fn(&mut Raw)>;
     let deaths: Vec<(&str, Death)> = vec![
         ("between messages", Box::new(|_r: &mut Raw| {})),
-        ("mid-header", Box::new(|r: &mut Raw| r.raw_bytes(&Header::command(1, 9, 16, 0).to_bytes()[..7]))),
+        (
+            "mid-header",
+            Box::new(|r: &mut Raw| r.raw_bytes(&Header::command(1, 9, 16, 0).to_bytes()[..7])),
+        ),
         (
             "mid-payload",
             Box::new(|r: &mut Raw| {
@@ -556,14 +930,25 @@ fn a_client_dying_at_any_point_leaves_a_reset_device_and_no_descriptor() {
                 let shm2 = SharedMemory::new("vdpa-emu-test-inflight", 1 << 20).unwrap();
                 let f = shm2.try_clone_file().unwrap();
                 let p = dma_map_payload(32, 3, 0, 0x8000_0000, 1 << 20);
-                send_message(&r.s, &Header::command(2, Command::DmaMap as u16, p.len(), 0).to_bytes(), &p[..10], &[f.as_fd()]).unwrap();
+                send_message(
+                    &r.s,
+                    &Header::command(2, Command::DmaMap as u16, p.len(), 0).to_bytes(),
+                    &p[..10],
+                    &[f.as_fd()],
+                )
+                .unwrap();
             }),
         ),
         (
             "with unread replies queued",
             Box::new(|r: &mut Raw| {
                 for _ in 0..50 {
-                    r.send(Command::RegionRead as u16, 0, &region_read_payload(7, 0, 4096), &[]);
+                    r.send(
+                        Command::RegionRead as u16,
+                        0,
+                        &region_read_payload(7, 0, 4096),
+                        &[],
+                    );
                 }
             }),
         ),
@@ -580,7 +965,11 @@ fn a_client_dying_at_any_point_leaves_a_reset_device_and_no_descriptor() {
         drop(r);
         ts.wait_ended(n as u64 + 1);
         ts.assert_clean();
-        assert_eq!(open_fd_count(), base, "descriptors leaked after a client died {what}");
+        assert_eq!(
+            open_fd_count(),
+            base,
+            "descriptors leaked after a client died {what}"
+        );
     }
     // A killed client process, not just a dropped socket: the server sees the same EOF.
     let path = ts.path().to_path_buf();
@@ -591,11 +980,17 @@ fn a_client_dying_at_any_point_leaves_a_reset_device_and_no_descriptor() {
             path.display()
         ))
         .spawn();
-    assert!(child.is_ok() || std::env::var_os("CI").is_none(), "python3 (the killed-process client) must run in CI: {:?}", child.as_ref().err());
+    assert!(
+        child.is_ok() || std::env::var_os("CI").is_none(),
+        "python3 (the killed-process client) must run in CI: {:?}",
+        child.as_ref().err()
+    );
     if let Ok(child) = child.as_mut() {
         // Wait until the server has accepted it, then kill it mid-message.
         let t0 = Instant::now();
-        while ts.server.stats().accepted < deaths.len() as u64 + 1 && t0.elapsed() < Duration::from_secs(10) {
+        while ts.server.stats().accepted < deaths.len() as u64 + 1
+            && t0.elapsed() < Duration::from_secs(10)
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -617,50 +1012,169 @@ fn set_irqs_assigns_eventfds_and_masks_in_the_server() {
     let n = c.irq_info(VFIO_PCI_MSIX_IRQ_INDEX).unwrap().count;
     let efds: Vec<std::fs::File> = (0..n).map(|_| eventfd().unwrap()).collect();
     let fds: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_EVENTFD | ACTION_TRIGGER, 0, n, &[], &fds).unwrap();
-    assert_eq!(ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), n as usize);
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_EVENTFD | ACTION_TRIGGER,
+        0,
+        n,
+        &[],
+        &fds,
+    )
+    .unwrap();
+    assert_eq!(
+        ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX),
+        n as usize
+    );
     // A client-side trigger (DATA_NONE) fires the eventfd.
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_NONE | ACTION_TRIGGER, 1, 1, &[], &[]).unwrap();
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_NONE | ACTION_TRIGGER,
+        1,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
     assert_eq!(eventfd_count(&efds[1]), Some(1));
     // Masked: the trigger is remembered, fired on unmask.
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_NONE | ACTION_MASK, 1, 1, &[], &[]).unwrap();
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_NONE | ACTION_TRIGGER, 1, 1, &[], &[]).unwrap();
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_NONE | ACTION_MASK,
+        1,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_NONE | ACTION_TRIGGER,
+        1,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
     assert_eq!(eventfd_count(&efds[1]), None);
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_NONE | ACTION_UNMASK, 1, 1, &[], &[]).unwrap();
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_NONE | ACTION_UNMASK,
+        1,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
     assert_eq!(eventfd_count(&efds[1]), Some(1));
     // DATA_BOOL selects vectors.
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_BOOL | ACTION_TRIGGER, 0, 3, &[1, 0, 1], &[]).unwrap();
-    assert_eq!((eventfd_count(&efds[0]), eventfd_count(&efds[1]), eventfd_count(&efds[2])), (Some(1), None, Some(1)));
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_BOOL | ACTION_TRIGGER,
+        0,
+        3,
+        &[1, 0, 1],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            eventfd_count(&efds[0]),
+            eventfd_count(&efds[1]),
+            eventfd_count(&efds[2])
+        ),
+        (Some(1), None, Some(1))
+    );
     // The device's own interrupts: a driver brings it up (MSI-X on, config vector 0), then a
     // link change raises the config interrupt.
     let l = ts.dev().layout().clone();
-    let mut drv = NetDriver::new(c.clone(), Arc::new(InterruptRecorder::new(n as u16)), DriverOptions::default()).unwrap();
+    let mut drv = NetDriver::new(
+        c.clone(),
+        Arc::new(InterruptRecorder::new(n as u16)),
+        DriverOptions::default(),
+    )
+    .unwrap();
     drv.start().unwrap();
     for f in &efds {
         let _ = eventfd_count(f);
     }
     ts.dev().set_link(false);
-    assert_eq!(eventfd_count(&efds[0]), Some(1), "config interrupt reached vector 0's eventfd");
+    assert_eq!(
+        eventfd_count(&efds[0]),
+        Some(1),
+        "config interrupt reached vector 0's eventfd"
+    );
     // Without eventfds (DATA_EVENTFD with no descriptors) vector 0 is de-assigned.
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_EVENTFD | ACTION_TRIGGER, 0, 1, &[], &[]).unwrap();
-    assert_eq!(ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), n as usize - 1);
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_EVENTFD | ACTION_TRIGGER,
+        0,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX),
+        n as usize - 1
+    );
     // count 0 + DATA_NONE: all of the index disabled.
-    c.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_NONE | ACTION_TRIGGER, 0, 0, &[], &[]).unwrap();
+    c.set_irqs(
+        VFIO_PCI_MSIX_IRQ_INDEX,
+        DATA_NONE | ACTION_TRIGGER,
+        0,
+        0,
+        &[],
+        &[],
+    )
+    .unwrap();
     assert_eq!(ts.server.irqs().assigned(VFIO_PCI_MSIX_IRQ_INDEX), 0);
     // INTx: fires on assertion, then stays masked until UNMASK (AUTOMASKED), refires if still asserted.
     let intx = eventfd().unwrap();
-    c.set_irqs(VFIO_PCI_INTX_IRQ_INDEX, DATA_EVENTFD | ACTION_TRIGGER, 0, 1, &[], &[intx.as_fd()]).unwrap();
+    c.set_irqs(
+        VFIO_PCI_INTX_IRQ_INDEX,
+        DATA_EVENTFD | ACTION_TRIGGER,
+        0,
+        1,
+        &[],
+        &[intx.as_fd()],
+    )
+    .unwrap();
     let ctl = bar_registers::pci::cap_offset::MSIX + bar_registers::pci::msix_cap::MESSAGE_CONTROL;
     let v = read_u16(&c, REGION_CONFIG, ctl);
-    c.write(REGION_CONFIG, ctl, &(v & !bar_registers::pci::msix_cap::CTRL_ENABLE).to_le_bytes()).unwrap();
+    c.write(
+        REGION_CONFIG,
+        ctl,
+        &(v & !bar_registers::pci::msix_cap::CTRL_ENABLE).to_le_bytes(),
+    )
+    .unwrap();
     ts.dev().set_link(true);
     assert_eq!(eventfd_count(&intx), Some(1));
-    c.set_irqs(VFIO_PCI_INTX_IRQ_INDEX, DATA_NONE | ACTION_UNMASK, 0, 1, &[], &[]).unwrap();
-    assert_eq!(eventfd_count(&intx), Some(1), "line still asserted (ISR unread): fires again on unmask");
+    c.set_irqs(
+        VFIO_PCI_INTX_IRQ_INDEX,
+        DATA_NONE | ACTION_UNMASK,
+        0,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        eventfd_count(&intx),
+        Some(1),
+        "line still asserted (ISR unread): fires again on unmask"
+    );
     let mut isr = [0u8];
     c.read(0, l.isr.offset, &mut isr).unwrap();
     assert_ne!(isr[0], 0);
-    c.set_irqs(VFIO_PCI_INTX_IRQ_INDEX, DATA_NONE | ACTION_UNMASK, 0, 1, &[], &[]).unwrap();
+    c.set_irqs(
+        VFIO_PCI_INTX_IRQ_INDEX,
+        DATA_NONE | ACTION_UNMASK,
+        0,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
     assert_eq!(eventfd_count(&intx), None, "deasserted by the ISR read");
     drop(drv);
 }
@@ -676,7 +1190,8 @@ fn posted_writes_are_done_in_order_before_later_commands() {
     // Many posted writes, then a read: the read sees the last one.
     for q in 0..9u16 {
         c.write_posted(0, sel, &q.to_le_bytes()).unwrap();
-        c.write_posted(0, size, &(16u16 << (q % 4)).to_le_bytes()).unwrap();
+        c.write_posted(0, size, &(16u16 << (q % 4)).to_le_bytes())
+            .unwrap();
     }
     assert_eq!(read_u16(&c, 0, sel), 8);
     for q in 0..9u16 {
@@ -689,13 +1204,22 @@ fn posted_writes_are_done_in_order_before_later_commands() {
     // REGION_WRITE_MULTI (QEMU's coalesced posted writes).
     let mut m = 2u64.to_ne_bytes().to_vec();
     for (off, val) in [(sel, 3u64), (size, 64)] {
-        m.extend_from_slice(&RegionRw { offset: off, region: 0, count: 2 }.encode());
+        m.extend_from_slice(
+            &RegionRw {
+                offset: off,
+                region: 0,
+                count: 2,
+            }
+            .encode(),
+        );
         m.extend_from_slice(&val.to_le_bytes());
     }
     c.post(Command::RegionWriteMulti as u16, &m, &[]).unwrap();
     assert_eq!(read_u16(&c, 0, sel), 3);
     assert_eq!(read_u16(&c, 0, size), 64);
-    let rep = c.request(Command::RegionWriteMulti as u16, 0, &m, &[]).unwrap();
+    let rep = c
+        .request(Command::RegionWriteMulti as u16, 0, &m, &[])
+        .unwrap();
     assert_eq!(rep.payload, 2u64.to_ne_bytes());
 }
 
@@ -708,15 +1232,37 @@ fn traffic_over_the_socket(ts: &TestServer) -> (usize, Vec<String>) {
     c.set_posted_writes(true);
     let irq = Arc::new(InterruptRecorder::new(ts.dev().layout().msix_vectors));
     let pump = c.wire_interrupts(irq.clone()).unwrap();
-    let mut drv = NetDriver::new(c.clone(), irq.clone(), DriverOptions { queue_pairs: 2, ..Default::default() }).unwrap();
+    let mut drv = NetDriver::new(
+        c.clone(),
+        irq.clone(),
+        DriverOptions {
+            queue_pairs: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     drv.start().unwrap();
-    assert!(ts.dev().mappings()[0].has_fd, "guest memory mapped with its memfd");
+    assert!(
+        ts.dev().mappings()[0].has_fd,
+        "guest memory mapped with its memfd"
+    );
     let mac = drv.mac().unwrap();
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
     let (mut tracker, mut sent) = (Tracker::default(), HashMap::new());
     for round in 0..40u64 {
         for p in 0..2u16 {
-            let batch: Vec<Vec<u8>> = (0..8).map(|i| frames::build(mac, mac, p, round * 8 + i, 64 + (i as usize * 181) % 1400, &mut rng)).collect();
+            let batch: Vec<Vec<u8>> = (0..8)
+                .map(|i| {
+                    frames::build(
+                        mac,
+                        mac,
+                        p,
+                        round * 8 + i,
+                        64 + (i as usize * 181) % 1400,
+                        &mut rng,
+                    )
+                })
+                .collect();
             let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
             assert_eq!(drv.send(p, &refs).unwrap(), 8);
             *sent.entry(p).or_insert(0) += 8;
@@ -740,7 +1286,10 @@ fn traffic_over_the_socket(ts: &TestServer) -> (usize, Vec<String>) {
     while irq.total() == 0 && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(irq.total() > 0, "no interrupt reached the client's eventfds");
+    assert!(
+        irq.total() > 0,
+        "no interrupt reached the client's eventfds"
+    );
     assert_eq!(ts.dev().fault(), None);
     drv.stop().unwrap();
     drop(drv);
@@ -758,7 +1307,14 @@ fn the_driver_model_runs_traffic_over_the_socket() {
     traffic_over_the_socket(&ts);
     // The next client finds a fresh device and runs traffic again.
     let c = ts.client();
-    assert_eq!(read_u16(&c, 0, ts.dev().layout().common.offset + common::DEVICE_STATUS), 0);
+    assert_eq!(
+        read_u16(
+            &c,
+            0,
+            ts.dev().layout().common.offset + common::DEVICE_STATUS
+        ),
+        0
+    );
 }
 
 /// DMA_UNMAP must release every reference to the client's memory before it is answered
@@ -770,7 +1326,13 @@ fn client_memory_is_released_after_device_dma() {
     let _g = exclusive();
     let ts = TestServer::start(2);
     let (base, before) = traffic_over_the_socket(&ts);
-    assert_eq!(open_fd_count(), base, "descriptors still open in the server after the client left: {:?} -> {:?}", before, fd_links());
+    assert_eq!(
+        open_fd_count(),
+        base,
+        "descriptors still open in the server after the client left: {:?} -> {:?}",
+        before,
+        fd_links()
+    );
 }
 
 #[test]
@@ -782,8 +1344,17 @@ fn one_client_at_a_time() {
     let second = Raw::new(ts.connect());
     let caps = client::qemu_capabilities().to_string();
     let h = Header::command(1, 1, wire::encode_version(0, 0, &caps).len(), 0);
-    send_message(&second.s, &h.to_bytes(), &wire::encode_version(0, 0, &caps), &[]).unwrap();
-    assert_eq!(poll_in(&[second.s.as_fd()], Some(Duration::from_millis(200))).unwrap(), vec![false]);
+    send_message(
+        &second.s,
+        &h.to_bytes(),
+        &wire::encode_version(0, 0, &caps),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        poll_in(&[second.s.as_fd()], Some(Duration::from_millis(200))).unwrap(),
+        vec![false]
+    );
     assert_eq!(read_u16(&first, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
     drop(first);
     let rep = recv_reply(&second.s).unwrap();
@@ -814,7 +1385,15 @@ fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
     let dir = temp_dir("vdpa-emu-vu");
     let sock = dir.join("dev.sock");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
-        .args(["serve", "--socket", sock.to_str().unwrap(), "--queue-pairs", "2", "--mac", "02:00:00:00:00:01"])
+        .args([
+            "serve",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--queue-pairs",
+            "2",
+            "--mac",
+            "02:00:00:00:00:01",
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -823,7 +1402,10 @@ fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
         if let Ok(c) = Client::connect(&sock) {
             break c;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "server did not come up");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "server did not come up"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let l = ts_layout(2);
@@ -854,8 +1436,16 @@ fn serve_binary_stops_on_sigterm_and_removes_its_socket() {
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists());
     // Bad arguments fail cleanly.
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu")).args(["serve", "--socket", sock.to_str().unwrap(), "--port", "udp:1"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
+        .args([
+            "serve",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--port",
+            "udp:1",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -872,7 +1462,12 @@ fn unix_link_ports_join_two_devices() {
     let (a, b) = (vmm_device(1), vmm_device(1));
     let pa = ports::attach(&PortSpec::Unix(link.clone()), &a).unwrap();
     let pb = ports::attach(&PortSpec::Unix(link.clone()), &b).unwrap();
-    assert!(pa.describe().ends_with("link.a") && pb.describe().ends_with("link.b"), "{} {}", pa.describe(), pb.describe());
+    assert!(
+        pa.describe().ends_with("link.a") && pb.describe().ends_with("link.b"),
+        "{} {}",
+        pa.describe(),
+        pb.describe()
+    );
     // A third end is refused.
     assert!(ports::attach(&PortSpec::Unix(link.clone()), &vmm_device(1)).is_err());
     // Frames through the ports themselves (no RX buffers yet: they wait in the inbox).
@@ -880,7 +1475,10 @@ fn unix_link_ports_join_two_devices() {
     assert!(pa.port().unwrap().transmit(&frame));
     let t0 = Instant::now();
     while b.inbox().is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "frame did not cross the link");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "frame did not cross the link"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(b.inbox().pop().unwrap(), frame);
@@ -930,14 +1528,23 @@ fn tap_port_moves_frames_between_device_and_host() {
         Ok(h) => h,
         Err(e) => {
             // CI runs as root: there the TAP test must run, not skip.
-            assert!(std::env::var_os("CI").is_none(), "TAP port unavailable in CI: {e}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "TAP port unavailable in CI: {e}"
+            );
             eprintln!("skipping the TAP test: {e}");
             return;
         }
     };
     // A packet socket on the interface sees what the device transmits and injects frames.
     // SAFETY: plain socket(2) call.
-    let ps = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, (libc::ETH_P_ALL as u16).to_be() as i32) };
+    let ps = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            (libc::ETH_P_ALL as u16).to_be() as i32,
+        )
+    };
     assert!(ps >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
     // SAFETY: `ps` is a fresh descriptor we own.
     let ps = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ps) };
@@ -952,7 +1559,13 @@ fn tap_port_moves_frames_between_device_and_host() {
     sll.sll_ifindex = ifindex as i32;
     use std::os::fd::AsRawFd;
     // SAFETY: binds `ps` to a valid sockaddr_ll of the size passed.
-    let rc = unsafe { libc::bind(ps.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+    let rc = unsafe {
+        libc::bind(
+            ps.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
     assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
     let mut frame = vec![0xffu8; 6];
     frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x42]);
@@ -970,7 +1583,10 @@ fn tap_port_moves_frames_between_device_and_host() {
             seen = n as usize == frame.len() && b[..frame.len()] == frame[..];
         }
     }
-    assert!(seen, "the host did not receive the device's frame on {name}");
+    assert!(
+        seen,
+        "the host did not receive the device's frame on {name}"
+    );
     // Host -> device.
     let mut f2 = frame.clone();
     f2[11] = 0x43;

@@ -2,14 +2,26 @@
 //! matrix: relations that must hold whatever the constants, and the plumbing from the PCIe
 //! Device Control register to the DMA engine's TLP sizes.
 
-use sim_harness::bench::bus::{self, BusBenchOptions, Category, Config, Logging, Measurement, Outcome, Ring};
+use sim_harness::bench::bus::{
+    self, BusBenchOptions, Category, Config, Logging, Measurement, Outcome, Ring,
+};
 
 fn opts() -> BusBenchOptions {
-    BusBenchOptions { packets: 256, warmup: 64, ..Default::default() }
+    BusBenchOptions {
+        packets: 256,
+        warmup: 64,
+        ..Default::default()
+    }
 }
 
 fn cfg(ring: Ring, frame: usize, batch: u16, event_idx: bool, logging: Logging) -> Config {
-    Config { ring, frame, batch, event_idx, logging }
+    Config {
+        ring,
+        frame,
+        batch,
+        event_idx,
+        logging,
+    }
 }
 
 fn run(c: Config, o: &BusBenchOptions) -> Measurement {
@@ -38,8 +50,15 @@ fn logging_adds_log_writes_and_coarse_granules_write_no_more_tlps() {
         let off = run(cfg(Ring::Split, 64, batch, false, Logging::Off), &o);
         let k4 = run(cfg(Ring::Split, 64, batch, false, K4), &o);
         let m2 = run(cfg(Ring::Split, 64, batch, false, M2), &o);
-        assert_eq!(off.get(Category::LogWrite).traffic.transactions, 0, "batch {batch}: no log writes with logging off");
-        assert!(k4.get(Category::LogWrite).traffic.transactions > 0, "batch {batch}: logging on adds LogWrite transactions");
+        assert_eq!(
+            off.get(Category::LogWrite).traffic.transactions,
+            0,
+            "batch {batch}: no log writes with logging off"
+        );
+        assert!(
+            k4.get(Category::LogWrite).traffic.transactions > 0,
+            "batch {batch}: logging on adds LogWrite transactions"
+        );
         assert!(k4.get(Category::LogWrite).pcie.tlps > 0);
         assert!(m2.get(Category::LogWrite).pcie.tlps > 0);
         // Same traffic, coarser granule: never more log TLPs (a granule is a run of all-ones
@@ -50,11 +69,26 @@ fn logging_adds_log_writes_and_coarse_granules_write_no_more_tlps() {
             m2.get(Category::LogWrite).pcie.tlps,
             k4.get(Category::LogWrite).pcie.tlps
         );
-        assert!(m2.get(Category::LogWrite).traffic.bytes >= k4.get(Category::LogWrite).traffic.bytes);
+        assert!(
+            m2.get(Category::LogWrite).traffic.bytes >= k4.get(Category::LogWrite).traffic.bytes
+        );
         // Logging changes nothing else the device does on the bus.
-        for c in Category::ALL.into_iter().filter(|c| *c != Category::LogWrite) {
-            assert_eq!(off.get(c), k4.get(c), "batch {batch}: {} differs with logging on", c.name());
-            assert_eq!(off.get(c), m2.get(c), "batch {batch}: {} differs with 2M logging", c.name());
+        for c in Category::ALL
+            .into_iter()
+            .filter(|c| *c != Category::LogWrite)
+        {
+            assert_eq!(
+                off.get(c),
+                k4.get(c),
+                "batch {batch}: {} differs with logging on",
+                c.name()
+            );
+            assert_eq!(
+                off.get(c),
+                m2.get(c),
+                "batch {batch}: {} differs with 2M logging",
+                c.name()
+            );
         }
     }
 }
@@ -65,11 +99,21 @@ fn event_idx_off_reads_at_least_as_much_ring_metadata() {
     for batch in [1, 32] {
         let off = run(cfg(Ring::Split, 64, batch, false, Logging::Off), &o);
         let on = run(cfg(Ring::Split, 64, batch, true, Logging::Off), &o);
-        assert!(pp(&off, Category::IndexRead) >= pp(&on, Category::IndexRead), "batch {batch}");
+        assert!(
+            pp(&off, Category::IndexRead) >= pp(&on, Category::IndexRead),
+            "batch {batch}"
+        );
         // EVENT_IDX costs the avail_event store when the device runs out of work.
-        assert!(pp(&on, Category::IndexWrite) > pp(&off, Category::IndexWrite), "batch {batch}");
+        assert!(
+            pp(&on, Category::IndexWrite) > pp(&off, Category::IndexWrite),
+            "batch {batch}"
+        );
         // Descriptors, write-back and packet data do not depend on it.
-        for c in [Category::Descriptor, Category::UsedWriteBack, Category::PacketData] {
+        for c in [
+            Category::Descriptor,
+            Category::UsedWriteBack,
+            Category::PacketData,
+        ] {
             assert_eq!(off.get(c), on.get(c), "batch {batch}: {}", c.name());
         }
     }
@@ -85,11 +129,21 @@ fn batching_amortizes_index_traffic() {
         }
         let b1 = run(c1, &o);
         let b32 = run(cfg(ring, 64, 32, true, Logging::Off), &o);
-        assert!(index_tlps(&b32) < index_tlps(&b1), "{ring:?}: batch 32 {} vs batch 1 {}", index_tlps(&b32), index_tlps(&b1));
-        assert!(b32.per_packet(b32.ring().pcie.all_tlps()) < b1.per_packet(b1.ring().pcie.all_tlps()));
+        assert!(
+            index_tlps(&b32) < index_tlps(&b1),
+            "{ring:?}: batch 32 {} vs batch 1 {}",
+            index_tlps(&b32),
+            index_tlps(&b1)
+        );
+        assert!(
+            b32.per_packet(b32.ring().pcie.all_tlps()) < b1.per_packet(b1.ring().pcie.all_tlps())
+        );
         assert!(b32.per_packet(b32.kicks) < b1.per_packet(b1.kicks));
         // Packet data is per packet whatever the batch.
-        assert_eq!(pp(&b1, Category::PacketData), pp(&b32, Category::PacketData));
+        assert_eq!(
+            pp(&b1, Category::PacketData),
+            pp(&b32, Category::PacketData)
+        );
     }
 }
 
@@ -106,18 +160,47 @@ fn tlps_follow_mps_and_mrrs_from_device_control() {
     assert_eq!(base.per_packet(pkt.traffic.transactions), 3.0);
     // MRRS 512: 3 read requests (4 across a boundary); MPS 128: 12 posted writes (13).
     let within = |v: f64, lo: f64, hi: f64| (lo..=hi).contains(&v);
-    assert!(within(pp(&base, Category::PacketData), 3.0 + 12.0, 4.0 + 13.0), "{}", pp(&base, Category::PacketData));
+    assert!(
+        within(pp(&base, Category::PacketData), 3.0 + 12.0, 4.0 + 13.0),
+        "{}",
+        pp(&base, Category::PacketData)
+    );
     // Read completions of at most MPS bytes: 4 + 4 + 4 for 512 + 512 + 488 (+1 or 2 across).
     assert!(within(base.per_packet(pkt.pcie.completions), 12.0, 14.0));
 
     // Device Control MRRS 128 (MPS unchanged): 12 or 13 read requests, the writes as before.
-    let small = run(c, &BusBenchOptions { mps: 128, mrrs: 128, ..opts() });
+    let small = run(
+        c,
+        &BusBenchOptions {
+            mps: 128,
+            mrrs: 128,
+            ..opts()
+        },
+    );
     let more = pp(&small, Category::PacketData) - pp(&base, Category::PacketData);
-    assert!(within(more, 8.0, 10.0), "MRRS 512 -> 128 adds {more} read requests per packet");
+    assert!(
+        within(more, 8.0, 10.0),
+        "MRRS 512 -> 128 adds {more} read requests per packet"
+    );
     // MPS 256 and MRRS 1024: 2 (3) reads and 6 (7) writes; completions of up to 256 bytes.
-    let big = run(c, &BusBenchOptions { mps: 256, mrrs: 1024, ..opts() });
-    assert!(within(pp(&big, Category::PacketData), 2.0 + 6.0, 3.0 + 7.0), "{}", pp(&big, Category::PacketData));
-    assert!(within(big.per_packet(big.get(Category::PacketData).pcie.completions), 6.0, 8.0));
+    let big = run(
+        c,
+        &BusBenchOptions {
+            mps: 256,
+            mrrs: 1024,
+            ..opts()
+        },
+    );
+    assert!(
+        within(pp(&big, Category::PacketData), 2.0 + 6.0, 3.0 + 7.0),
+        "{}",
+        pp(&big, Category::PacketData)
+    );
+    assert!(within(
+        big.per_packet(big.get(Category::PacketData).pcie.completions),
+        6.0,
+        8.0
+    ));
     // Ring metadata is far below MPS / MRRS: unchanged.
     assert_eq!(base.ring().pcie.tlps, big.ring().pcie.tlps);
     assert_eq!(base.ring().pcie.tlps, small.ring().pcie.tlps);
@@ -128,17 +211,31 @@ fn per_packet_accounting_is_consistent() {
     let o = opts();
     let m = run(cfg(Ring::Split, 64, 8, true, K4), &o);
     // Writes have no completions; reads have at least one per request.
-    for c in [Category::IndexWrite, Category::UsedWriteBack, Category::LogWrite] {
+    for c in [
+        Category::IndexWrite,
+        Category::UsedWriteBack,
+        Category::LogWrite,
+    ] {
         assert_eq!(m.get(c).pcie.completions, 0, "{}", c.name());
     }
     for c in [Category::Descriptor, Category::IndexRead] {
-        assert!(m.get(c).pcie.completions >= m.get(c).pcie.tlps, "{}", c.name());
+        assert!(
+            m.get(c).pcie.completions >= m.get(c).pcie.tlps,
+            "{}",
+            c.name()
+        );
     }
     // Split ring, 64-byte frames, batch 8: two 16-byte descriptors per packet (TX and RX).
-    assert_eq!(m.per_packet(m.get(Category::Descriptor).traffic.transactions), 2.0);
+    assert_eq!(
+        m.per_packet(m.get(Category::Descriptor).traffic.transactions),
+        2.0
+    );
     assert_eq!(pp(&m, Category::Descriptor), 2.0);
     // Index stores are 2-byte words: used->idx of both queues, avail_event.
-    assert!(m.get(Category::IndexWrite).traffic.bytes == 2 * m.get(Category::IndexWrite).traffic.transactions);
+    assert!(
+        m.get(Category::IndexWrite).traffic.bytes
+            == 2 * m.get(Category::IndexWrite).traffic.transactions
+    );
     // Every TLP moves at least its payload; the wire adds headers.
     let tot = m.total();
     assert!(tot.pcie.payload_bytes >= tot.traffic.bytes);
@@ -147,13 +244,22 @@ fn per_packet_accounting_is_consistent() {
 
 #[test]
 fn packed_rows_run_when_offered_and_are_reported_otherwise() {
-    let o = BusBenchOptions { frames: vec![64], batches: vec![8], event_idx: vec![true], logging: vec![Logging::Off], ..opts() };
+    let o = BusBenchOptions {
+        frames: vec![64],
+        batches: vec![8],
+        event_idx: vec![true],
+        logging: vec![Logging::Off],
+        ..opts()
+    };
     let r = bus::run(&o).expect("bench runs");
     assert!(r.ok(), "{}", r.table());
     assert_eq!(r.rows.len(), 2);
     let split = &r.rows[0];
     let packed = &r.rows[1];
-    assert_eq!((split.config.ring, packed.config.ring), (Ring::Split, Ring::Packed));
+    assert_eq!(
+        (split.config.ring, packed.config.ring),
+        (Ring::Split, Ring::Packed)
+    );
     assert!(matches!(split.outcome, Outcome::Measured(_)));
     let table = r.table();
     let json = r.json();
@@ -162,8 +268,12 @@ fn packed_rows_run_when_offered_and_are_reported_otherwise() {
     let svg = r.svg();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     if r.packed_offered() {
-        let Outcome::Measured(p) = &packed.outcome else { panic!("packed offered but not measured: {:?}", packed.outcome) };
-        let Outcome::Measured(s) = &split.outcome else { unreachable!() };
+        let Outcome::Measured(p) = &packed.outcome else {
+            panic!("packed offered but not measured: {:?}", packed.outcome)
+        };
+        let Outcome::Measured(s) = &split.outcome else {
+            unreachable!()
+        };
         assert_eq!(json.matches("\"status\": \"measured\"").count(), 2);
         assert!(table.contains("packed vs split, per packet"));
         // The packed ring has no avail ring: its ring index reads are the event-suppression
@@ -172,7 +282,9 @@ fn packed_rows_run_when_offered_and_are_reported_otherwise() {
         // Packet data costs the same on either ring.
         assert_eq!(p.get(Category::PacketData), s.get(Category::PacketData));
     } else {
-        assert!(matches!(&packed.outcome, Outcome::NotAvailable(why) if why.contains("not available yet")));
+        assert!(
+            matches!(&packed.outcome, Outcome::NotAvailable(why) if why.contains("not available yet"))
+        );
         assert!(json.contains("\"status\": \"not_available\""));
         assert!(table.contains("not available yet"));
         assert!(svg.contains("not available"));

@@ -29,16 +29,35 @@ fn setup(granularity: u64, packed: bool) -> Setup {
     cfg.log_granularity = granularity;
     let dev = Device::new(cfg).unwrap();
     dev.set_loopback();
-    let opts = DriverOptions { queue_pairs: 2, memory: 16 << 20, ..Default::default() }.with_packed(packed);
+    let opts = DriverOptions {
+        queue_pairs: 2,
+        memory: 16 << 20,
+        ..Default::default()
+    }
+    .with_packed(packed);
     let mut drv = NetDriver::in_process(&dev, opts).unwrap();
     drv.start().unwrap();
     let top = drv.opts.iova_base + drv.opts.memory;
     let log_len = (top / PAGE_SIZE).div_ceil(8).next_multiple_of(8);
     let log = SharedMemory::new("log", log_len + PAGE_SIZE).unwrap();
     log.fill(log_len, PAGE_SIZE, 0xA5).unwrap();
-    dev.dma_map(DPDK_LOG_IOVA, log_len + PAGE_SIZE, Perms::RW, Backing::Fd { file: log.try_clone_file().unwrap(), offset: 0 }).unwrap();
+    dev.dma_map(
+        DPDK_LOG_IOVA,
+        log_len + PAGE_SIZE,
+        Perms::RW,
+        Backing::Fd {
+            file: log.try_clone_file().unwrap(),
+            offset: 0,
+        },
+    )
+    .unwrap();
     drv.enable_logging(DPDK_LOG_IOVA, log_len).unwrap();
-    Setup { dev, drv, log, log_len }
+    Setup {
+        dev,
+        drv,
+        log,
+        log_len,
+    }
 }
 
 fn logged(log: &SharedMemory, pfn: u64) -> bool {
@@ -70,7 +89,13 @@ fn traffic_round(s: &mut Setup, rng: &mut SmallRng, seq: &mut u64) -> Vec<u64> {
     }
     let after = s.drv.mem.shm().snapshot();
     let base_pfn = s.drv.opts.iova_base / PAGE_SIZE;
-    before.chunks(PAGE_SIZE as usize).zip(after.chunks(PAGE_SIZE as usize)).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| base_pfn + i as u64).collect()
+    before
+        .chunks(PAGE_SIZE as usize)
+        .zip(after.chunks(PAGE_SIZE as usize))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| base_pfn + i as u64)
+        .collect()
 }
 
 #[test]
@@ -91,23 +116,37 @@ fn log_holds_every_page(packed: bool) {
             s.log.swap_u64(w, 0).unwrap();
         }
         let dirty = traffic_round(&mut s, &mut rng, &mut seq);
-        assert!(!dirty.is_empty(), "the device wrote RX buffers and used rings");
+        assert!(
+            !dirty.is_empty(),
+            "the device wrote RX buffers and used rings"
+        );
         for &pfn in &dirty {
-            assert!(logged(&s.log, pfn), "page {pfn:#x} (IOVA {:#x}) written by the device but not logged", pfn * PAGE_SIZE);
+            assert!(
+                logged(&s.log, pfn),
+                "page {pfn:#x} (IOVA {:#x}) written by the device but not logged",
+                pfn * PAGE_SIZE
+            );
         }
         total_dirty += dirty.len();
     }
     assert!(total_dirty > 100);
     // Used rings are logged too (the DPDK driver only adds them in software at stop); packed:
     // the descriptor ring, where the used descriptors are written in place.
-    let used_pfn = if packed { s.drv.packed_ring(rxq(0)).unwrap().desc } else { s.drv.ring(rxq(0)).unwrap().used } / PAGE_SIZE;
+    let used_pfn = if packed {
+        s.drv.packed_ring(rxq(0)).unwrap().desc
+    } else {
+        s.drv.ring(rxq(0)).unwrap().used
+    } / PAGE_SIZE;
     let mut b = [0u8];
     s.log.read(used_pfn / 8, &mut b).unwrap();
     assert_ne!(b[0] & (1 << (used_pfn % 8)), 0, "used ring page logged");
     // Nothing written past `end`.
     let mut tail = vec![0u8; PAGE_SIZE as usize];
     s.log.read(s.log_len, &mut tail).unwrap();
-    assert!(tail.iter().all(|&b| b == 0xA5), "the device wrote outside [base, end)");
+    assert!(
+        tail.iter().all(|&b| b == 0xA5),
+        "the device wrote outside [base, end)"
+    );
     assert_eq!(s.dev.log_stats().faults, 0);
     assert!(s.dev.bus_stats().get(dma::DmaKind::LogWrite).transactions > 0);
 }
@@ -135,13 +174,22 @@ fn log_bits_match_trace(packed: bool) {
     let traced = trace.pages();
     assert!(!traced.is_empty());
     for pfn in 0..top / PAGE_SIZE {
-        assert_eq!(logged(&s.log, pfn), traced.contains(&pfn), "page {pfn:#x}: log and write trace disagree");
+        assert_eq!(
+            logged(&s.log, pfn),
+            traced.contains(&pfn),
+            "page {pfn:#x}: log and write trace disagree"
+        );
     }
 }
 
 #[test]
 fn coarse_granularity_marks_whole_granules() {
-    for (g, packed) in [(64 << 10, false), (2 << 20, false), (64 << 10, true), (2 << 20, true)] {
+    for (g, packed) in [
+        (64 << 10, false),
+        (2 << 20, false),
+        (64 << 10, true),
+        (2 << 20, true),
+    ] {
         let mut s = setup(g, packed);
         let mut rng = SmallRng::seed_from_u64(23);
         let mut seq = 0;
@@ -179,7 +227,11 @@ fn nothing_logged_while_disabled(packed: bool) {
     }
     let writes = s.dev.bus_stats().get(dma::DmaKind::LogWrite).transactions;
     traffic_round(&mut s, &mut rng, &mut seq);
-    assert_eq!(s.dev.bus_stats().get(dma::DmaKind::LogWrite).transactions, writes, "no log writes while disabled");
+    assert_eq!(
+        s.dev.bus_stats().get(dma::DmaKind::LogWrite).transactions,
+        writes,
+        "no log writes while disabled"
+    );
     let mut all = vec![0u8; s.log_len as usize];
     s.log.read(0, &mut all).unwrap();
     assert!(all.iter().all(|&b| b == 0));
@@ -189,6 +241,9 @@ fn nothing_logged_while_disabled(packed: bool) {
     assert!(s.dev.log_stats().beyond_end > 0);
     let mut rest = vec![0u8; (s.log_len - 8 + PAGE_SIZE) as usize];
     s.log.read(8, &mut rest).unwrap();
-    assert!(rest[..(s.log_len - 8) as usize].iter().all(|&b| b == 0), "written past end");
+    assert!(
+        rest[..(s.log_len - 8) as usize].iter().all(|&b| b == 0),
+        "written past end"
+    );
     assert!(rest[(s.log_len - 8) as usize..].iter().all(|&b| b == 0xA5));
 }

@@ -44,11 +44,22 @@ struct P {
 }
 
 fn p(addr: u64, len: u32, id: u16, flags: u16) -> P {
-    P { addr, len, id, flags, raw: None }
+    P {
+        addr,
+        len,
+        id,
+        flags,
+        raw: None,
+    }
 }
 
 fn opts() -> DriverOptions {
-    DriverOptions { queue_size: QSIZE, memory: MEM, ..Default::default() }.with_packed(true)
+    DriverOptions {
+        queue_size: QSIZE,
+        memory: MEM,
+        ..Default::default()
+    }
+    .with_packed(true)
 }
 
 fn dma(queue: u16, fault: DmaFault) -> DeviceFault {
@@ -79,7 +90,14 @@ impl Rig {
             m.write_u64(at, x.addr).unwrap();
             m.write_u32(at + 8, x.len).unwrap();
             m.write_u16(at + 12, x.id).unwrap();
-            let f = x.raw.unwrap_or(x.flags | if wrap { VIRTQ_DESC_F_AVAIL } else { VIRTQ_DESC_F_USED });
+            let f = x.raw.unwrap_or(
+                x.flags
+                    | if wrap {
+                        VIRTQ_DESC_F_AVAIL
+                    } else {
+                        VIRTQ_DESC_F_USED
+                    },
+            );
             flags.push((at + 14, f));
             pos += 1;
             if pos == size {
@@ -102,7 +120,10 @@ impl Rig {
             self.drv.mem.write_u64(a, x.addr).unwrap();
             self.drv.mem.write_u32(a + 8, x.len).unwrap();
             self.drv.mem.write_u16(a + 12, x.id).unwrap();
-            self.drv.mem.write_u16(a + 14, x.raw.unwrap_or(x.flags)).unwrap();
+            self.drv
+                .mem
+                .write_u16(a + 14, x.raw.unwrap_or(x.flags))
+                .unwrap();
         }
     }
 }
@@ -122,23 +143,42 @@ fn wrap_counter_confusion_is_not_available() {
     let len = 12 + f.len() as u32;
     for (what, raw) in [
         ("both zero (fresh ring)", 0),
-        ("AVAIL = USED = 1: a used descriptor of lap 1", VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED),
-        ("AVAIL 0, USED 1: available for wrap counter 0, not this lap", VIRTQ_DESC_F_USED),
+        (
+            "AVAIL = USED = 1: a used descriptor of lap 1",
+            VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED,
+        ),
+        (
+            "AVAIL 0, USED 1: available for wrap counter 0, not this lap",
+            VIRTQ_DESC_F_USED,
+        ),
         ("AVAIL = USED = 0 with NEXT", F_NEXT),
     ] {
-        rig.post(TXQ, &[P { raw: Some(raw), ..p(a, len, 0, 0) }]);
+        rig.post(
+            TXQ,
+            &[P {
+                raw: Some(raw),
+                ..p(a, len, 0, 0)
+            }],
+        );
         let b = rig.snapshot();
         rig.drv.kick(TXQ).unwrap();
         assert_eq!(rig.dev.fault(), None, "{what}");
         assert_eq!(rig.drv.status().unwrap(), RUNNING, "{what}");
         let c = rig.dev.counters();
-        assert_eq!(c.tx_frames, b.counters.tx_frames, "{what}: nothing transmitted");
+        assert_eq!(
+            c.tx_frames, b.counters.tx_frames,
+            "{what}: nothing transmitted"
+        );
         let bus = rig.dev.bus_stats().delta(&b.bus);
         assert_eq!(bus.get(DmaKind::PacketRead).transactions, 0, "{what}");
         assert_eq!(bus.get(DmaKind::PacketWrite).transactions, 0, "{what}");
         // With EVENT_IDX the idle queue re-arms its device event structure (4 bytes): nothing else.
         let rw = bus.get(DmaKind::RingWrite);
-        assert_eq!((rw.transactions, rw.bytes), (1, 4), "{what}: only the device event area is written");
+        assert_eq!(
+            (rw.transactions, rw.bytes),
+            (1, 4),
+            "{what}: only the device event area is written"
+        );
     }
     // Properly available (AVAIL = wrap counter 1, USED = 0): transmitted, and looped back.
     rig.post(TXQ, &[p(a, len, 5, 0)]);
@@ -148,7 +188,10 @@ fn wrap_counter_confusion_is_not_available() {
     // The used descriptor overwrote slot 0: id 5, USED = AVAIL = 1, len reserved (no WRITE).
     let (desc, ..) = rig.ring(TXQ);
     assert_eq!(rig.drv.mem.read_u16(desc + 12).unwrap(), 5);
-    assert_eq!(rig.drv.mem.read_u16(desc + 14).unwrap(), VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED);
+    assert_eq!(
+        rig.drv.mem.read_u16(desc + 14).unwrap(),
+        VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
+    );
     assert_eq!(rig.dev.queue(TXQ).unwrap().last_used, off_wrap(1, true));
 }
 
@@ -160,19 +203,50 @@ fn chain_spanning_unpublished_descriptors() {
     run_case("tx: second descriptor never made available", opts(), |r| {
         let a = r.arena;
         r.post(TXQ, &[p(a, 64, 0, F_NEXT)]);
-        (Trigger::Kick(TXQ), DeviceFault::ChainNotAvailable { queue: TXQ, head: 0, index: 1 })
+        (
+            Trigger::Kick(TXQ),
+            DeviceFault::ChainNotAvailable {
+                queue: TXQ,
+                head: 0,
+                index: 1,
+            },
+        )
     });
     // Slot 2 carries the other lap's AVAIL bit.
     run_case("tx: third descriptor of the wrong lap", opts(), |r| {
         let a = r.arena;
-        r.post(TXQ, &[p(a, 64, 0, F_NEXT), p(a, 64, 0, F_NEXT), P { raw: Some(VIRTQ_DESC_F_USED), ..p(a, 64, 0, 0) }]);
-        (Trigger::Kick(TXQ), DeviceFault::ChainNotAvailable { queue: TXQ, head: 0, index: 2 })
+        r.post(
+            TXQ,
+            &[
+                p(a, 64, 0, F_NEXT),
+                p(a, 64, 0, F_NEXT),
+                P {
+                    raw: Some(VIRTQ_DESC_F_USED),
+                    ..p(a, 64, 0, 0)
+                },
+            ],
+        );
+        (
+            Trigger::Kick(TXQ),
+            DeviceFault::ChainNotAvailable {
+                queue: TXQ,
+                head: 0,
+                index: 2,
+            },
+        )
     });
     run_case("ctrl: status descriptor not available", opts(), |r| {
         let a = r.arena;
         r.drv.mem.write(a, &[0, 0]).unwrap();
         r.post(CTRLQ, &[p(a, 2, 0, F_NEXT)]);
-        (Trigger::Kick(CTRLQ), DeviceFault::ChainNotAvailable { queue: CTRLQ, head: 0, index: 1 })
+        (
+            Trigger::Kick(CTRLQ),
+            DeviceFault::ChainNotAvailable {
+                queue: CTRLQ,
+                head: 0,
+                index: 1,
+            },
+        )
     });
 }
 
@@ -181,20 +255,41 @@ fn chain_as_long_as_the_ring() {
     // Every slot of the ring in one list is the longest legal list: accepted.
     let mut rig = Rig::new(opts());
     let a = rig.arena;
-    let all: Vec<P> = (0..QSIZE).map(|i| p(a, 16, 9, if i + 1 < QSIZE { F_NEXT } else { 0 })).collect();
+    let all: Vec<P> = (0..QSIZE)
+        .map(|i| p(a, 16, 9, if i + 1 < QSIZE { F_NEXT } else { 0 }))
+        .collect();
     rig.post(TXQ, &all);
     rig.drv.kick(TXQ).unwrap();
     assert_eq!(rig.dev.fault(), None);
-    assert_eq!(rig.dev.counters().tx_frames, 1, "a 1012-byte frame in {QSIZE} descriptors");
-    assert_eq!(rig.dev.queue(TXQ).unwrap().last_used, off_wrap(0, false), "one used descriptor, {QSIZE} slots skipped, wrap counter toggled");
+    assert_eq!(
+        rig.dev.counters().tx_frames,
+        1,
+        "a 1012-byte frame in {QSIZE} descriptors"
+    );
+    assert_eq!(
+        rig.dev.queue(TXQ).unwrap().last_used,
+        off_wrap(0, false),
+        "one used descriptor, {QSIZE} slots skipped, wrap counter toggled"
+    );
     drop(rig);
     // One more NEXT: the list would run into its own first slot, a lap on.
-    run_case("tx: NEXT on the last slot of a full-ring list", opts(), |r| {
-        let a = r.arena;
-        let all: Vec<P> = (0..QSIZE).map(|_| p(a, 16, 0, F_NEXT)).collect();
-        r.post(TXQ, &all);
-        (Trigger::Kick(TXQ), DeviceFault::ChainTooLong { queue: TXQ, head: 0, limit: QSIZE.into() })
-    });
+    run_case(
+        "tx: NEXT on the last slot of a full-ring list",
+        opts(),
+        |r| {
+            let a = r.arena;
+            let all: Vec<P> = (0..QSIZE).map(|_| p(a, 16, 0, F_NEXT)).collect();
+            r.post(TXQ, &all);
+            (
+                Trigger::Kick(TXQ),
+                DeviceFault::ChainTooLong {
+                    queue: TXQ,
+                    head: 0,
+                    limit: QSIZE.into(),
+                },
+            )
+        },
+    );
 }
 
 #[test]
@@ -203,7 +298,14 @@ fn buffer_ids_out_of_range() {
         run_case(name, opts(), |r| {
             let a = r.arena;
             r.post(TXQ, &[p(a, 64, id, 0)]);
-            (Trigger::Kick(TXQ), DeviceFault::BufferIdOutOfRange { queue: TXQ, id, size: QSIZE })
+            (
+                Trigger::Kick(TXQ),
+                DeviceFault::BufferIdOutOfRange {
+                    queue: TXQ,
+                    id,
+                    size: QSIZE,
+                },
+            )
         });
     }
     // The id of the LAST descriptor counts (2.8.6); the others' ids are not looked at.
@@ -212,16 +314,30 @@ fn buffer_ids_out_of_range() {
     let f = rig.frame(100);
     rig.drv.mem.write(a, &[0u8; 12]).unwrap();
     rig.drv.mem.write(a + 12, &f).unwrap();
-    rig.post(TXQ, &[p(a, 12, 0xFFFF, F_NEXT), p(a + 12, f.len() as u32, 3, 0)]);
+    rig.post(
+        TXQ,
+        &[p(a, 12, 0xFFFF, F_NEXT), p(a + 12, f.len() as u32, 3, 0)],
+    );
     rig.drv.kick(TXQ).unwrap();
     assert_eq!(rig.dev.fault(), None);
     let (desc, ..) = rig.ring(TXQ);
-    assert_eq!(rig.drv.mem.read_u16(desc + 12).unwrap(), 3, "used descriptor carries the last descriptor's id");
+    assert_eq!(
+        rig.drv.mem.read_u16(desc + 12).unwrap(),
+        3,
+        "used descriptor carries the last descriptor's id"
+    );
     drop(rig);
     run_case("rx: bad id in a writable buffer", opts(), |r| {
         let a = r.arena;
         r.post(RXQ, &[p(a, 2048, 1000, F_WRITE)]);
-        (Trigger::FrameKick(RXQ), DeviceFault::BufferIdOutOfRange { queue: RXQ, id: 1000, size: QSIZE })
+        (
+            Trigger::FrameKick(RXQ),
+            DeviceFault::BufferIdOutOfRange {
+                queue: RXQ,
+                id: 1000,
+                size: QSIZE,
+            },
+        )
     });
 }
 
@@ -238,8 +354,20 @@ fn bad_list_behind_good_ones() {
     rig.post(TXQ, &[good, good, p(a, 64, QSIZE, 0)]);
     let b = rig.snapshot();
     rig.drv.kick(TXQ).unwrap();
-    rig.assert_fault(&b, &DeviceFault::BufferIdOutOfRange { queue: TXQ, id: QSIZE, size: QSIZE }, "bad third list");
-    assert_eq!(rig.dev.counters().tx_frames, b.counters.tx_frames + 2, "the two good lists went out first");
+    rig.assert_fault(
+        &b,
+        &DeviceFault::BufferIdOutOfRange {
+            queue: TXQ,
+            id: QSIZE,
+            size: QSIZE,
+        },
+        "bad third list",
+    );
+    assert_eq!(
+        rig.dev.counters().tx_frames,
+        b.counters.tx_frames + 2,
+        "the two good lists went out first"
+    );
     assert_eq!(rig.dev.queue(TXQ).unwrap().last_used, off_wrap(2, true));
     rig.assert_quiet_while_broken("bad third list");
     rig.recover("bad third list");
@@ -253,34 +381,94 @@ type ContentCase = (&'static str, fn(u64) -> (u16, Vec<P>, Trigger), DeviceFault
 #[test]
 fn descriptor_content_faults() {
     let cases: Vec<ContentCase> = vec![
-        ("tx: zero-length descriptor", (|a| (TXQ, vec![p(a, 0, 0, 0)], Trigger::Kick(TXQ))), DeviceFault::ZeroLengthDescriptor { queue: TXQ, index: 0 }),
+        (
+            "tx: zero-length descriptor",
+            (|a| (TXQ, vec![p(a, 0, 0, 0)], Trigger::Kick(TXQ))),
+            DeviceFault::ZeroLengthDescriptor {
+                queue: TXQ,
+                index: 0,
+            },
+        ),
         (
             "tx: zero-length second descriptor",
-            (|a| (TXQ, vec![p(a, 12, 0, F_NEXT), p(a, 0, 0, 0)], Trigger::Kick(TXQ))),
-            DeviceFault::ZeroLengthDescriptor { queue: TXQ, index: 1 },
+            (|a| {
+                (
+                    TXQ,
+                    vec![p(a, 12, 0, F_NEXT), p(a, 0, 0, 0)],
+                    Trigger::Kick(TXQ),
+                )
+            }),
+            DeviceFault::ZeroLengthDescriptor {
+                queue: TXQ,
+                index: 1,
+            },
         ),
         (
             "tx: oversized list",
-            (|a| (TXQ, vec![p(a, 60_000, 0, F_NEXT), p(a, 6_000, 0, 0)], Trigger::Kick(TXQ))),
-            DeviceFault::OversizedChain { queue: TXQ, total: 66_000, limit: MAX_TX_CHAIN },
+            (|a| {
+                (
+                    TXQ,
+                    vec![p(a, 60_000, 0, F_NEXT), p(a, 6_000, 0, 0)],
+                    Trigger::Kick(TXQ),
+                )
+            }),
+            DeviceFault::OversizedChain {
+                queue: TXQ,
+                total: 66_000,
+                limit: MAX_TX_CHAIN,
+            },
         ),
-        ("tx: writable descriptor", (|a| (TXQ, vec![p(a, 64, 0, F_WRITE)], Trigger::Kick(TXQ))), DeviceFault::WritableInTxChain { queue: TXQ }),
-        ("rx: readable descriptor", (|a| (RXQ, vec![p(a, 2048, 0, 0)], Trigger::FrameKick(RXQ))), DeviceFault::ReadableInRxChain { queue: RXQ }),
+        (
+            "tx: writable descriptor",
+            (|a| (TXQ, vec![p(a, 64, 0, F_WRITE)], Trigger::Kick(TXQ))),
+            DeviceFault::WritableInTxChain { queue: TXQ },
+        ),
+        (
+            "rx: readable descriptor",
+            (|a| (RXQ, vec![p(a, 2048, 0, 0)], Trigger::FrameKick(RXQ))),
+            DeviceFault::ReadableInRxChain { queue: RXQ },
+        ),
         (
             "ctrl: readable after writable",
-            (|a| (CTRLQ, vec![p(a, 2, 0, F_NEXT), p(a + 64, 1, 0, F_WRITE | F_NEXT), p(a + 128, 2, 0, 0)], Trigger::Kick(CTRLQ))),
+            (|a| {
+                (
+                    CTRLQ,
+                    vec![
+                        p(a, 2, 0, F_NEXT),
+                        p(a + 64, 1, 0, F_WRITE | F_NEXT),
+                        p(a + 128, 2, 0, 0),
+                    ],
+                    Trigger::Kick(CTRLQ),
+                )
+            }),
             DeviceFault::ReadableAfterWritable { queue: CTRLQ },
         ),
-        ("ctrl: no status byte", (|a| (CTRLQ, vec![p(a, 2, 0, 0)], Trigger::Kick(CTRLQ))), DeviceFault::CtrlNoStatus { queue: CTRLQ }),
+        (
+            "ctrl: no status byte",
+            (|a| (CTRLQ, vec![p(a, 2, 0, 0)], Trigger::Kick(CTRLQ))),
+            DeviceFault::CtrlNoStatus { queue: CTRLQ },
+        ),
         (
             "tx: buffer outside every mapping",
             (|_| (TXQ, vec![p(0x9_0000_0000, 64, 0, 0)], Trigger::Kick(TXQ))),
-            dma(TXQ, DmaFault::Unmapped { iova: 0x9_0000_0000, len: 64 }),
+            dma(
+                TXQ,
+                DmaFault::Unmapped {
+                    iova: 0x9_0000_0000,
+                    len: 64,
+                },
+            ),
         ),
         (
             "tx: buffer at the top of the IOVA space",
             (|_| (TXQ, vec![p(u64::MAX - 15, 64, 0, 0)], Trigger::Kick(TXQ))),
-            dma(TXQ, DmaFault::AddressOverflow { iova: u64::MAX - 15, len: 64 }),
+            dma(
+                TXQ,
+                DmaFault::AddressOverflow {
+                    iova: u64::MAX - 15,
+                    len: 64,
+                },
+            ),
         ),
     ];
     for (name, build, want) in cases {
@@ -297,49 +485,89 @@ fn descriptor_content_faults() {
 #[test]
 fn indirect_tables() {
     // Not negotiated.
-    run_case("indirect without INDIRECT_DESC", opts().with_packed(true), |r| {
-        r.drv.opts.features &= !(1 << bits::INDIRECT_DESC);
-        r.drv.reset().unwrap();
-        r.drv.start().unwrap();
-        let a = r.arena;
-        r.table(a + 0x1000, &[p(a, 64, 0, 0)]);
-        r.post(TXQ, &[p(a + 0x1000, 16, 0, F_INDIRECT)]);
-        (Trigger::Kick(TXQ), DeviceFault::IndirectNotNegotiated { queue: TXQ })
-    });
+    run_case(
+        "indirect without INDIRECT_DESC",
+        opts().with_packed(true),
+        |r| {
+            r.drv.opts.features &= !(1 << bits::INDIRECT_DESC);
+            r.drv.reset().unwrap();
+            r.drv.start().unwrap();
+            let a = r.arena;
+            r.table(a + 0x1000, &[p(a, 64, 0, 0)]);
+            r.post(TXQ, &[p(a + 0x1000, 16, 0, F_INDIRECT)]);
+            (
+                Trigger::Kick(TXQ),
+                DeviceFault::IndirectNotNegotiated { queue: TXQ },
+            )
+        },
+    );
     run_case("indirect descriptor with NEXT", opts(), |r| {
         let a = r.arena;
         r.table(a + 0x1000, &[p(a, 64, 0, 0)]);
-        r.post(TXQ, &[p(a + 0x1000, 16, 0, F_INDIRECT | F_NEXT), p(a, 64, 0, 0)]);
-        (Trigger::Kick(TXQ), DeviceFault::IndirectWithNext { queue: TXQ })
+        r.post(
+            TXQ,
+            &[p(a + 0x1000, 16, 0, F_INDIRECT | F_NEXT), p(a, 64, 0, 0)],
+        );
+        (
+            Trigger::Kick(TXQ),
+            DeviceFault::IndirectWithNext { queue: TXQ },
+        )
     });
     run_case("indirect descriptor inside a NEXT list", opts(), |r| {
         let a = r.arena;
         r.table(a + 0x1000, &[p(a, 64, 0, 0)]);
-        r.post(TXQ, &[p(a, 12, 0, F_NEXT), p(a + 0x1000, 16, 0, F_INDIRECT)]);
-        (Trigger::Kick(TXQ), DeviceFault::IndirectWithNext { queue: TXQ })
+        r.post(
+            TXQ,
+            &[p(a, 12, 0, F_NEXT), p(a + 0x1000, 16, 0, F_INDIRECT)],
+        );
+        (
+            Trigger::Kick(TXQ),
+            DeviceFault::IndirectWithNext { queue: TXQ },
+        )
     });
     for len in [0u32, 24, 16 * 1025] {
         run_case(&format!("indirect table length {len}"), opts(), |r| {
             let a = r.arena;
             r.post(TXQ, &[p(a + 0x1000, len, 0, F_INDIRECT)]);
-            (Trigger::Kick(TXQ), DeviceFault::BadIndirectLength { queue: TXQ, len })
+            (
+                Trigger::Kick(TXQ),
+                DeviceFault::BadIndirectLength { queue: TXQ, len },
+            )
         });
     }
     run_case("indirect table unmapped", opts(), |r| {
         r.post(TXQ, &[p(0x9_0000_0000, 64, 0, F_INDIRECT)]);
-        (Trigger::Kick(TXQ), dma(TXQ, DmaFault::Unmapped { iova: 0x9_0000_0000, len: 64 }))
+        (
+            Trigger::Kick(TXQ),
+            dma(
+                TXQ,
+                DmaFault::Unmapped {
+                    iova: 0x9_0000_0000,
+                    len: 64,
+                },
+            ),
+        )
     });
     run_case("indirect entry of zero length", opts(), |r| {
         let a = r.arena;
         r.table(a + 0x1000, &[p(a, 12, 0, 0), p(a, 0, 0, 0)]);
         r.post(TXQ, &[p(a + 0x1000, 32, 0, F_INDIRECT)]);
-        (Trigger::Kick(TXQ), DeviceFault::ZeroLengthDescriptor { queue: TXQ, index: 1 })
+        (
+            Trigger::Kick(TXQ),
+            DeviceFault::ZeroLengthDescriptor {
+                queue: TXQ,
+                index: 1,
+            },
+        )
     });
     run_case("indirect writable entry on TX", opts(), |r| {
         let a = r.arena;
         r.table(a + 0x1000, &[p(a, 12, 0, 0), p(a, 64, 0, F_WRITE)]);
         r.post(TXQ, &[p(a + 0x1000, 32, 0, F_INDIRECT)]);
-        (Trigger::Kick(TXQ), DeviceFault::WritableInTxChain { queue: TXQ })
+        (
+            Trigger::Kick(TXQ),
+            DeviceFault::WritableInTxChain { queue: TXQ },
+        )
     });
 }
 
@@ -355,15 +583,35 @@ fn indirect_table_flags_are_ignored_no_loops() {
     rig.drv.mem.write(a + 12, &f).unwrap();
     let t = a + 0x2000;
     // Four entries that would form a cycle (and a nested table) if NEXT/INDIRECT were honoured.
-    rig.table(t, &[p(a, 12, 0xFFFF, F_NEXT), p(a + 12, 100, 2, F_NEXT | F_INDIRECT), p(a + 112, 100, 1, F_NEXT), p(a + 212, f.len() as u32 - 200, 0, F_NEXT)]);
+    rig.table(
+        t,
+        &[
+            p(a, 12, 0xFFFF, F_NEXT),
+            p(a + 12, 100, 2, F_NEXT | F_INDIRECT),
+            p(a + 112, 100, 1, F_NEXT),
+            p(a + 212, f.len() as u32 - 200, 0, F_NEXT),
+        ],
+    );
     rig.post(TXQ, &[p(t, 64, 7, F_INDIRECT)]);
     let b = rig.snapshot();
     rig.drv.kick(TXQ).unwrap();
     assert_eq!(rig.dev.fault(), None);
     let bus = rig.dev.bus_stats().delta(&b.bus);
-    assert_eq!(bus.get(DmaKind::IndirectTable).transactions, 1, "the table is read once");
-    assert_eq!(bus.get(DmaKind::PacketRead).transactions, 4, "exactly len / 16 = 4 entries");
-    assert_eq!(rig.drv.recv(0).unwrap(), vec![f], "the frame from the four entries, in order");
+    assert_eq!(
+        bus.get(DmaKind::IndirectTable).transactions,
+        1,
+        "the table is read once"
+    );
+    assert_eq!(
+        bus.get(DmaKind::PacketRead).transactions,
+        4,
+        "exactly len / 16 = 4 entries"
+    );
+    assert_eq!(
+        rig.drv.recv(0).unwrap(),
+        vec![f],
+        "the frame from the four entries, in order"
+    );
     let (desc, ..) = rig.ring(TXQ);
     assert_eq!(rig.drv.mem.read_u16(desc + 12).unwrap(), 7);
 }
@@ -387,31 +635,75 @@ fn ring_configuration_at_queue_enable() {
             };
             r.disable_queue(TXQ);
             r.common_write64(reg, base + delta);
-            (Trigger::Enable(TXQ), DeviceFault::BadQueueConfig { queue: TXQ, detail: misaligned })
+            (
+                Trigger::Enable(TXQ),
+                DeviceFault::BadQueueConfig {
+                    queue: TXQ,
+                    detail: misaligned,
+                },
+            )
         });
     }
     let overflow = "ring area runs past the end of the 64-bit IOVA space";
     for (name, reg, addr) in [
-        ("descriptor ring at u64::MAX - 15", common::QUEUE_DESC, u64::MAX - 15),
-        ("driver area at u64::MAX - 3", common::QUEUE_DRIVER, u64::MAX - 3),
-        ("device area at u64::MAX - 3", common::QUEUE_DEVICE, u64::MAX - 3),
+        (
+            "descriptor ring at u64::MAX - 15",
+            common::QUEUE_DESC,
+            u64::MAX - 15,
+        ),
+        (
+            "driver area at u64::MAX - 3",
+            common::QUEUE_DRIVER,
+            u64::MAX - 3,
+        ),
+        (
+            "device area at u64::MAX - 3",
+            common::QUEUE_DEVICE,
+            u64::MAX - 3,
+        ),
     ] {
         run_case(name, opts(), |r| {
             r.disable_queue(TXQ);
             r.common_write64(reg, addr);
-            (Trigger::Enable(TXQ), DeviceFault::BadQueueConfig { queue: TXQ, detail: overflow })
+            (
+                Trigger::Enable(TXQ),
+                DeviceFault::BadQueueConfig {
+                    queue: TXQ,
+                    detail: overflow,
+                },
+            )
         });
     }
     run_case("LM ring state offset beyond the queue size", opts(), |r| {
         r.disable_queue(TXQ);
-        r.drv.set_ring_state(TXQ, off_wrap(QSIZE, true), off_wrap(QSIZE, true)).unwrap();
-        (Trigger::Enable(TXQ), DeviceFault::BadQueueConfig { queue: TXQ, detail: "packed LM ring state offset (bits 0-14) not below the queue size" })
+        r.drv
+            .set_ring_state(TXQ, off_wrap(QSIZE, true), off_wrap(QSIZE, true))
+            .unwrap();
+        (
+            Trigger::Enable(TXQ),
+            DeviceFault::BadQueueConfig {
+                queue: TXQ,
+                detail: "packed LM ring state offset (bits 0-14) not below the queue size",
+            },
+        )
     });
-    run_case("LM ring state: avail more than a ring ahead of used", opts(), |r| {
-        r.disable_queue(TXQ);
-        r.drv.set_ring_state(TXQ, off_wrap(5, false), off_wrap(0, true)).unwrap();
-        (Trigger::Enable(TXQ), DeviceFault::BadQueueConfig { queue: TXQ, detail: "packed LM ring state: last_avail more than a ring ahead of last_used" })
-    });
+    run_case(
+        "LM ring state: avail more than a ring ahead of used",
+        opts(),
+        |r| {
+            r.disable_queue(TXQ);
+            r.drv
+                .set_ring_state(TXQ, off_wrap(5, false), off_wrap(0, true))
+                .unwrap();
+            (
+                Trigger::Enable(TXQ),
+                DeviceFault::BadQueueConfig {
+                    queue: TXQ,
+                    detail: "packed LM ring state: last_avail more than a ring ahead of last_used",
+                },
+            )
+        },
+    );
 }
 
 /// The packed ring's size need not be a power of two (2.8); the split ring's must (2.7).
@@ -427,9 +719,17 @@ fn queue_size_rules_follow_the_layout() {
         rig.disable_queue(TXQ);
         rig.common_write16(common::QUEUE_SIZE, 100);
         let got = rig.common_read16(common::QUEUE_SIZE);
-        assert_eq!(got == 100, packed, "packed {packed}: queue_size reads {got}");
+        assert_eq!(
+            got == 100,
+            packed,
+            "packed {packed}: queue_size reads {got}"
+        );
         rig.common_write16(common::QUEUE_SIZE, 257);
-        assert_ne!(rig.common_read16(common::QUEUE_SIZE), 257, "above queue_size_max");
+        assert_ne!(
+            rig.common_read16(common::QUEUE_SIZE),
+            257,
+            "above queue_size_max"
+        );
     }
 }
 
@@ -446,7 +746,11 @@ fn event_suppression_areas_out_of_reach() {
     let f = rig.frame(100);
     let b = rig.snapshot();
     assert_eq!(rig.drv.send(0, &[&f]).unwrap(), 1);
-    rig.assert_fault(&b, &dma(TXQ, DmaFault::Unmapped { iova: x, len: 4 }), "driver area unmapped");
+    rig.assert_fault(
+        &b,
+        &dma(TXQ, DmaFault::Unmapped { iova: x, len: 4 }),
+        "driver area unmapped",
+    );
     rig.assert_quiet_while_broken("driver area unmapped");
     rig.recover("driver area unmapped");
 
@@ -457,7 +761,18 @@ fn event_suppression_areas_out_of_reach() {
     let b = rig.snapshot();
     // Enabling an empty queue with EVENT_IDX arms the device event structure at once.
     rig.fire(Trigger::Enable(TXQ));
-    rig.assert_fault(&b, &dma(TXQ, DmaFault::Permission { iova: ro, len: 4, write: true }), "device area read-only");
+    rig.assert_fault(
+        &b,
+        &dma(
+            TXQ,
+            DmaFault::Permission {
+                iova: ro,
+                len: 4,
+                write: true,
+            },
+        ),
+        "device area read-only",
+    );
     rig.assert_untouched(&b, "device area read-only");
     let img = rig.ro.as_ref().unwrap().1.snapshot();
     assert!(img.iter().all(|&v| v == 0x5A), "read-only region written");
@@ -479,7 +794,12 @@ fn fuzz_random_packed_rings() {
     const CANARY_LEN: u64 = 64 << 10;
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).expect("device");
     dev.set_loopback();
-    let o = DriverOptions { queue_size: FSIZE, memory: 256 << 20, ..Default::default() }.with_packed(true);
+    let o = DriverOptions {
+        queue_size: FSIZE,
+        memory: 256 << 20,
+        ..Default::default()
+    }
+    .with_packed(true);
     let mut drv = NetDriver::in_process(&dev, o).expect("driver");
     let base = drv.opts.iova_base;
     let end = base + drv.opts.memory;
@@ -487,7 +807,16 @@ fn fuzz_random_packed_rings() {
     let canary = SharedMemory::new("fuzz-canary", CANARY_LEN).unwrap();
     canary.fill(0, CANARY_LEN, CANARY).unwrap();
     let canary_img = canary.snapshot();
-    dev.dma_map(end, CANARY_LEN, Perms::RO, Backing::Fd { file: canary.try_clone_file().unwrap(), offset: 0 }).unwrap();
+    dev.dma_map(
+        end,
+        CANARY_LEN,
+        Perms::RO,
+        Backing::Fd {
+            file: canary.try_clone_file().unwrap(),
+            offset: 0,
+        },
+    )
+    .unwrap();
     drv.start().unwrap();
     let mac = drv.mac().unwrap();
     let mut rng = SmallRng::seed_from_u64(0x00FA_CCED);
@@ -534,9 +863,23 @@ fn fuzz_random_packed_rings() {
             90..=94 => VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED,
             _ => rng.gen::<u16>() & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED),
         };
-        let raw = if rng.gen_bool(0.02) { rng.gen() } else { flags | avail };
-        let id = if rng.gen_bool(0.95) { rng.gen_range(0..FSIZE) } else { rng.gen() };
-        let mut x = P { addr: rand_addr(rng), len: rand_len(rng), id, flags, raw: Some(raw) };
+        let raw = if rng.gen_bool(0.02) {
+            rng.gen()
+        } else {
+            flags | avail
+        };
+        let id = if rng.gen_bool(0.95) {
+            rng.gen_range(0..FSIZE)
+        } else {
+            rng.gen()
+        };
+        let mut x = P {
+            addr: rand_addr(rng),
+            len: rand_len(rng),
+            id,
+            flags,
+            raw: Some(raw),
+        };
         if raw & F_INDIRECT != 0 && rng.gen_bool(0.7) {
             x.addr = arena + 16 * rng.gen_range(0..FARENA / 16 - 64);
             x.len = 16 * rng.gen_range(1..=8);
@@ -602,37 +945,78 @@ fn fuzz_random_packed_rings() {
         let c = dev.counters();
         let new_faults: u64 = c.faults.iter().zip(&c0.faults).map(|(a, b)| a - b).sum();
         if s & st::DEVICE_NEEDS_RESET != 0 {
-            let f = dev.fault().unwrap_or_else(|| panic!("iteration {it}: NEEDS_RESET without a fault"));
+            let f = dev
+                .fault()
+                .unwrap_or_else(|| panic!("iteration {it}: NEEDS_RESET without a fault"));
             let k = f.kind_index();
-            assert!(c.faults[k] > c0.faults[k], "iteration {it}: {f:?} not counted");
+            assert!(
+                c.faults[k] > c0.faults[k],
+                "iteration {it}: {f:?} not counted"
+            );
             kinds_seen[k] += 1;
         } else {
             assert_eq!(s, RUNNING, "iteration {it}");
-            assert_eq!(new_faults, 0, "iteration {it}: faults counted without NEEDS_RESET");
+            assert_eq!(
+                new_faults, 0,
+                "iteration {it}: faults counted without NEEDS_RESET"
+            );
             clean += 1;
         }
-        assert!(canary.snapshot() == canary_img, "iteration {it}: read-only canary written");
+        assert!(
+            canary.snapshot() == canary_img,
+            "iteration {it}: read-only canary written"
+        );
         if s & st::DEVICE_NEEDS_RESET != 0 || it % 25 == 24 {
             let no_ind = rng.gen_bool(0.2);
             drv.opts.features = default_driver_features() | (1 << bits::RING_PACKED);
             if no_ind {
                 drv.opts.features &= !((1 << bits::INDIRECT_DESC) | (1 << bits::MRG_RXBUF));
             }
-            drv.start().unwrap_or_else(|e| panic!("iteration {it}: restart: {e}"));
+            drv.start()
+                .unwrap_or_else(|e| panic!("iteration {it}: restart: {e}"));
             assert_eq!(dev.fault(), None);
             if it % 100 == 99 {
                 let f = frames::build(mac, mac, 3, u64::from(it), 200, &mut rng);
                 assert_eq!(drv.send(0, &[&f]).unwrap(), 1);
-                assert_eq!(drv.recv(0).unwrap(), vec![f], "iteration {it}: loopback after restart");
+                assert_eq!(
+                    drv.recv(0).unwrap(),
+                    vec![f],
+                    "iteration {it}: loopback after restart"
+                );
                 frames_ok += 1;
             }
         }
     }
     let distinct = kinds_seen.iter().filter(|&&n| n > 0).count();
-    eprintln!("packed fuzz: {clean} clean iterations, faults by kind: {:?}", FAULT_KINDS.iter().zip(kinds_seen).filter(|(_, n)| *n > 0).collect::<Vec<_>>());
+    eprintln!(
+        "packed fuzz: {clean} clean iterations, faults by kind: {:?}",
+        FAULT_KINDS
+            .iter()
+            .zip(kinds_seen)
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>()
+    );
     assert!(clean > 50, "only {clean} iterations without a fault");
     assert!(distinct >= 8, "only {distinct} fault kinds reached");
-    assert!(kinds_seen[DeviceFault::ChainNotAvailable { queue: 0, head: 0, index: 0 }.kind_index()] > 0, "chain_not_available reached");
-    assert!(kinds_seen[DeviceFault::BufferIdOutOfRange { queue: 0, id: 0, size: 0 }.kind_index()] > 0, "buffer_id_out_of_range reached");
+    assert!(
+        kinds_seen[DeviceFault::ChainNotAvailable {
+            queue: 0,
+            head: 0,
+            index: 0
+        }
+        .kind_index()]
+            > 0,
+        "chain_not_available reached"
+    );
+    assert!(
+        kinds_seen[DeviceFault::BufferIdOutOfRange {
+            queue: 0,
+            id: 0,
+            size: 0
+        }
+        .kind_index()]
+            > 0,
+        "buffer_id_out_of_range reached"
+    );
     assert_eq!(frames_ok, u64::from(ITERS / 100));
 }

@@ -13,13 +13,28 @@ use std::time::Duration;
 const LAYOUTS: [bool; 2] = [false, true];
 
 fn opts() -> MigrateOptions {
-    MigrateOptions { memory: 8 << 20, rate: 0, after: Duration::from_millis(5), dirty_threshold: 64, max_rounds: 8, ..Default::default() }
+    MigrateOptions {
+        memory: 8 << 20,
+        rate: 0,
+        after: Duration::from_millis(5),
+        dirty_threshold: 64,
+        max_rounds: 8,
+        ..Default::default()
+    }
 }
 
 fn assert_clean(r: &MigrateReport, what: &str) {
     assert!(r.clean(), "{what}:\n{}", r.table());
-    assert!(r.frames_delivered > 0 && r.frames_delivered == r.frames_sent, "{what}: {} of {} frames delivered", r.frames_delivered, r.frames_sent);
-    assert!(r.pages_copied >= 2048, "{what}: all memory copied at least once");
+    assert!(
+        r.frames_delivered > 0 && r.frames_delivered == r.frames_sent,
+        "{what}: {} of {} frames delivered",
+        r.frames_delivered,
+        r.frames_sent
+    );
+    assert!(
+        r.pages_copied >= 2048,
+        "{what}: all memory copied at least once"
+    );
 }
 
 #[test]
@@ -27,8 +42,18 @@ fn both_layouts_one_and_eight_pairs() {
     for packed in LAYOUTS {
         for lm_layout in [LmLayout::Dpdk, LmLayout::Linux] {
             for queue_pairs in [1, 8] {
-                let r = run(&MigrateOptions { lm_layout, queue_pairs, memory: 32 << 20, packed, ..opts() }).unwrap();
-                assert_clean(&r, &format!("{lm_layout:?} {queue_pairs} pairs, packed {packed}"));
+                let r = run(&MigrateOptions {
+                    lm_layout,
+                    queue_pairs,
+                    memory: 32 << 20,
+                    packed,
+                    ..opts()
+                })
+                .unwrap();
+                assert_clean(
+                    &r,
+                    &format!("{lm_layout:?} {queue_pairs} pairs, packed {packed}"),
+                );
                 assert!(r.log_writes > 0, "the device logged");
             }
         }
@@ -39,7 +64,12 @@ fn both_layouts_one_and_eight_pairs() {
 fn coarse_granularity_trades_log_writes_for_copied_pages() {
     let mut per_granularity = Vec::new();
     for g in [4 << 10, 64 << 10, 2 << 20] {
-        let r = run(&MigrateOptions { log_granularity: g, seed: 7, ..opts() }).unwrap();
+        let r = run(&MigrateOptions {
+            log_granularity: g,
+            seed: 7,
+            ..opts()
+        })
+        .unwrap();
         assert_clean(&r, &format!("granularity {g}"));
         per_granularity.push((g, r.log_writes, r.pages_copied));
     }
@@ -63,7 +93,11 @@ fn hundred_migrations(packed: bool) {
         let o = MigrateOptions {
             packed,
             queue_pairs: rng.gen_range(1..=4),
-            lm_layout: if rng.gen_bool(0.5) { LmLayout::Dpdk } else { LmLayout::Linux },
+            lm_layout: if rng.gen_bool(0.5) {
+                LmLayout::Dpdk
+            } else {
+                LmLayout::Linux
+            },
             log_granularity: [4 << 10, 64 << 10, 2 << 20][rng.gen_range(0..3)],
             seed: rng.gen(),
             count: 10,
@@ -81,7 +115,12 @@ fn hundred_migrations(packed: bool) {
 #[test]
 fn log_skipping_used_ring_is_caught() {
     for packed in LAYOUTS {
-        let r = run(&MigrateOptions { quirks: Quirks::NONE.with(Quirk::LogSkipsUsedRing), packed, ..opts() }).unwrap();
+        let r = run(&MigrateOptions {
+            quirks: Quirks::NONE.with(Quirk::LogSkipsUsedRing),
+            packed,
+            ..opts()
+        })
+        .unwrap();
         assert!(r.missed_dirty_pages > 0, "packed {packed}: {}", r.table());
         assert!(!r.clean());
     }
@@ -90,9 +129,18 @@ fn log_skipping_used_ring_is_caught() {
 #[test]
 fn stale_used_idx_is_caught() {
     for packed in LAYOUTS {
-        let r = run(&MigrateOptions { quirks: Quirks::NONE.with(Quirk::StaleUsedIdx), packed, ..opts() }).unwrap();
+        let r = run(&MigrateOptions {
+            quirks: Quirks::NONE.with(Quirk::StaleUsedIdx),
+            packed,
+            ..opts()
+        })
+        .unwrap();
         assert!(!r.clean(), "packed {packed}: {}", r.table());
-        assert!(r.duplicated_frames + r.lost_frames > 0 || !r.errors.is_empty(), "packed {packed}: {}", r.table());
+        assert!(
+            r.duplicated_frames + r.lost_frames > 0 || !r.errors.is_empty(),
+            "packed {packed}: {}",
+            r.table()
+        );
     }
 }
 
@@ -100,7 +148,12 @@ fn stale_used_idx_is_caught() {
 fn early_queue_disable_and_read_only_ring_state_are_caught() {
     for packed in LAYOUTS {
         for q in [Quirk::EarlyQueueDisable, Quirk::RingStateReadOnly] {
-            let r = run(&MigrateOptions { quirks: Quirks::NONE.with(q), packed, ..opts() }).unwrap();
+            let r = run(&MigrateOptions {
+                quirks: Quirks::NONE.with(q),
+                packed,
+                ..opts()
+            })
+            .unwrap();
             assert!(!r.clean(), "{q:?} packed {packed} passed:\n{}", r.table());
         }
     }
@@ -130,6 +183,11 @@ fn report_formats_carry_every_field() {
 #[test]
 fn frames_waiting_in_the_receive_fifo_cross_the_switch() {
     // 400 frames per pair against 256 RX buffers: at least 144 wait in the source's FIFO.
-    let r = run(&MigrateOptions { burst_at_switch: 400, queue_pairs: 2, ..opts() }).unwrap();
+    let r = run(&MigrateOptions {
+        burst_at_switch: 400,
+        queue_pairs: 2,
+        ..opts()
+    })
+    .unwrap();
     assert_clean(&r, "burst at the switch");
 }

@@ -6,7 +6,10 @@
 
 use bar_registers::lm::{self, LmLayout};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL, VECTOR_MASKED};
-use bar_registers::pci::{cap_id, command, hdr, msix_cap, pcie_cap, status, virtio_cap, virtio_cfg_type, CONFIG_SPACE_SIZE};
+use bar_registers::pci::{
+    cap_id, command, hdr, msix_cap, pcie_cap, status, virtio_cap, virtio_cfg_type,
+    CONFIG_SPACE_SIZE,
+};
 use bar_registers::virtio::{bits, common, device_status as st, isr, net_cfg, offered_mask};
 use bar_registers::{Access, DeviceLayout, Location, RegisterBlock, REGION_CONFIG};
 use device::{AccessError, Device, DeviceConfig, DeviceCounters, InterruptRecorder, RegionAccess};
@@ -22,12 +25,14 @@ const V1: u64 = 1 << bits::VERSION_1;
 
 fn rd(dev: &Device, region: u32, off: u64, len: usize) -> u64 {
     let mut b = [0u8; 8];
-    dev.region_read(region, off, &mut b[..len]).unwrap_or_else(|e| panic!("read {region}:{off:#x}/{len}: {e}"));
+    dev.region_read(region, off, &mut b[..len])
+        .unwrap_or_else(|e| panic!("read {region}:{off:#x}/{len}: {e}"));
     u64::from_le_bytes(b)
 }
 
 fn wr(dev: &Device, region: u32, off: u64, len: usize, v: u64) {
-    dev.region_write(region, off, &v.to_le_bytes()[..len]).unwrap_or_else(|e| panic!("write {region}:{off:#x}/{len}: {e}"));
+    dev.region_write(region, off, &v.to_le_bytes()[..len])
+        .unwrap_or_else(|e| panic!("write {region}:{off:#x}/{len}: {e}"));
 }
 
 /// A register at its natural width; 3- and 6-byte registers byte by byte (config space and
@@ -75,11 +80,22 @@ fn net_rd(dev: &Device, field: u64, len: usize) -> u64 {
 }
 
 fn lm_rd(dev: &Device, off: u64, len: usize) -> u64 {
-    rd(dev, dev.layout().lm.bar.into(), dev.layout().lm.offset + off, len)
+    rd(
+        dev,
+        dev.layout().lm.bar.into(),
+        dev.layout().lm.offset + off,
+        len,
+    )
 }
 
 fn lm_wr(dev: &Device, off: u64, len: usize, v: u64) {
-    wr(dev, dev.layout().lm.bar.into(), dev.layout().lm.offset + off, len, v);
+    wr(
+        dev,
+        dev.layout().lm.bar.into(),
+        dev.layout().lm.offset + off,
+        len,
+        v,
+    );
 }
 
 fn msix_table_off(dev: &Device, vector: u16, field: u64) -> u64 {
@@ -102,15 +118,40 @@ fn negotiate(dev: &Device, features: u64) -> u8 {
 /// Programs queue `q` (addresses that are never touched: no DRIVER_OK) and enables it.
 fn enable_queue(dev: &Device, q: u16) {
     common_wr(dev, common::QUEUE_SELECT, 2, q.into());
-    common_wr(dev, common::QUEUE_DESC, 8, 0x10_0000 + 0x1000 * u64::from(q));
-    common_wr(dev, common::QUEUE_DRIVER, 8, 0x20_0000 + 0x1000 * u64::from(q));
-    common_wr(dev, common::QUEUE_DEVICE, 8, 0x30_0000 + 0x1000 * u64::from(q));
+    common_wr(
+        dev,
+        common::QUEUE_DESC,
+        8,
+        0x10_0000 + 0x1000 * u64::from(q),
+    );
+    common_wr(
+        dev,
+        common::QUEUE_DRIVER,
+        8,
+        0x20_0000 + 0x1000 * u64::from(q),
+    );
+    common_wr(
+        dev,
+        common::QUEUE_DEVICE,
+        8,
+        0x30_0000 + 0x1000 * u64::from(q),
+    );
     common_wr(dev, common::QUEUE_ENABLE, 2, 1);
-    assert_eq!(common_rd(dev, common::QUEUE_ENABLE, 2), 1, "queue {q} did not enable");
+    assert_eq!(
+        common_rd(dev, common::QUEUE_ENABLE, 2),
+        1,
+        "queue {q} did not enable"
+    );
 }
 
 fn small_opts(pairs: u16, lm_layout: LmLayout) -> DriverOptions {
-    DriverOptions { queue_pairs: pairs, queue_size: 64, memory: 4 << 20, lm_layout, ..Default::default() }
+    DriverOptions {
+        queue_pairs: pairs,
+        queue_size: 64,
+        memory: 4 << 20,
+        lm_layout,
+        ..Default::default()
+    }
 }
 
 // ------------------------------------------------------------------------------- reset values
@@ -129,7 +170,10 @@ fn reset_mismatches(dev: &Device, b: &RegisterBlock, skip: &[&str]) -> Vec<Strin
         let got = read_reg(dev, region, base + r.offset, r.width);
         let want = r.reset & width_mask(r.width);
         if got != want {
-            bad.push(format!("{}.{}: reads {got:#x}, declared reset {want:#x}", b.id, r.name));
+            bad.push(format!(
+                "{}.{}: reads {got:#x}, declared reset {want:#x}",
+                b.id, r.name
+            ));
         }
     }
     bad
@@ -148,7 +192,17 @@ fn blocks_mismatches(dev: &Device, ids: &[&str], skip: &[&str]) -> Vec<String> {
 /// Blocks a virtio reset (device_status = 0) resets.
 const VIRTIO_BLOCKS: &[&str] = &["common_cfg", "isr", "device_cfg", "lm"];
 /// Blocks only a function reset resets (they belong to the PCI function).
-const FUNCTION_BLOCKS: &[&str] = &["msix_table", "pci_header", "cap_msix", "cap_common", "cap_notify", "cap_isr", "cap_device", "cap_pci_cfg", "cap_pcie"];
+const FUNCTION_BLOCKS: &[&str] = &[
+    "msix_table",
+    "pci_header",
+    "cap_msix",
+    "cap_common",
+    "cap_notify",
+    "cap_isr",
+    "cap_device",
+    "cap_pci_cfg",
+    "cap_pcie",
+];
 /// Declared reset 0 and checkable, but the device keeps counting across resets: see
 /// `config_generation_reads_its_declared_reset_value`.
 const KNOWN_RESET_BUGS: &[&str] = &["config_generation"];
@@ -206,7 +260,10 @@ fn assert_dirty(dev: &Device, lm_layout: LmLayout) {
         LmLayout::Linux => "lm.status",
     });
     for name in expect {
-        assert!(before.iter().any(|m| m.starts_with(&format!("{name}:"))), "dirtying did not change {name}: {before:#?}");
+        assert!(
+            before.iter().any(|m| m.starts_with(&format!("{name}:"))),
+            "dirtying did not change {name}: {before:#?}"
+        );
     }
 }
 
@@ -219,14 +276,30 @@ fn check_function_reset(how: &str, reset: impl Fn(&Device)) {
         assert_dirty(&dev, lm_layout);
         let c0 = dev.counters();
         reset(&dev);
-        assert_eq!(dev.counters().resets, c0.resets + 1, "{lm_layout:?}: {how} did not reset");
-        let bad = blocks_mismatches(&dev, &[VIRTIO_BLOCKS, FUNCTION_BLOCKS].concat(), KNOWN_RESET_BUGS);
+        assert_eq!(
+            dev.counters().resets,
+            c0.resets + 1,
+            "{lm_layout:?}: {how} did not reset"
+        );
+        let bad = blocks_mismatches(
+            &dev,
+            &[VIRTIO_BLOCKS, FUNCTION_BLOCKS].concat(),
+            KNOWN_RESET_BUGS,
+        );
         assert!(bad.is_empty(), "{lm_layout:?}, after {how}: {bad:#?}");
         // BARs keep only their type bits (no address programmed by the test).
         for bar in &dev.layout().bars {
-            assert_eq!(rd(&dev, CFG, hdr::BAR0 + 4 * u64::from(bar.index), 4), u64::from(DeviceLayout::BAR_TYPE_64), "{how}");
+            assert_eq!(
+                rd(&dev, CFG, hdr::BAR0 + 4 * u64::from(bar.index), 4),
+                u64::from(DeviceLayout::BAR_TYPE_64),
+                "{how}"
+            );
         }
-        assert_eq!(dev.counters().bad_register_accesses, c0.bad_register_accesses, "{how}: the checks made illegal accesses");
+        assert_eq!(
+            dev.counters().bad_register_accesses,
+            c0.bad_register_accesses,
+            "{how}: the checks made illegal accesses"
+        );
     }
 }
 
@@ -240,7 +313,17 @@ fn reset_values_after_function_reset() {
 #[test]
 fn reset_values_after_pcie_flr() {
     let dev = Device::new(DeviceConfig::default()).unwrap();
-    assert_ne!(rd(&dev, CFG, bar_registers::pci::cap_offset::PCIE + pcie_cap::DEVICE_CAPS, 4) as u32 & pcie_cap::DEVCAP_FLR, 0, "FLR capable");
+    assert_ne!(
+        rd(
+            &dev,
+            CFG,
+            bar_registers::pci::cap_offset::PCIE + pcie_cap::DEVICE_CAPS,
+            4
+        ) as u32
+            & pcie_cap::DEVCAP_FLR,
+        0,
+        "FLR capable"
+    );
     check_function_reset("PCIe FLR", |dev| {
         let devctl = bar_registers::pci::cap_offset::PCIE + pcie_cap::DEVICE_CONTROL;
         let v = rd(dev, CFG, devctl, 2);
@@ -257,30 +340,57 @@ fn reset_values_after_virtio_reset() {
         let function_state_before = blocks_mismatches(&dev, FUNCTION_BLOCKS, &[]);
         set_status(&dev, 0);
         let bad = blocks_mismatches(&dev, VIRTIO_BLOCKS, KNOWN_RESET_BUGS);
-        assert!(bad.is_empty(), "{lm_layout:?}, after device_status = 0: {bad:#?}");
+        assert!(
+            bad.is_empty(),
+            "{lm_layout:?}, after device_status = 0: {bad:#?}"
+        );
         // The PCI function's state (config space, MSI-X table) is not the virtio device's:
         // a virtio reset leaves it exactly as the driver programmed it.
-        assert_eq!(blocks_mismatches(&dev, FUNCTION_BLOCKS, &[]), function_state_before, "{lm_layout:?}");
+        assert_eq!(
+            blocks_mismatches(&dev, FUNCTION_BLOCKS, &[]),
+            function_state_before,
+            "{lm_layout:?}"
+        );
         let cmd = rd(&dev, CFG, hdr::COMMAND, 2) as u16;
-        assert_eq!(cmd & (command::BUS_MASTER | command::MEMORY_SPACE), command::BUS_MASTER | command::MEMORY_SPACE);
+        assert_eq!(
+            cmd & (command::BUS_MASTER | command::MEMORY_SPACE),
+            command::BUS_MASTER | command::MEMORY_SPACE
+        );
     }
 }
 
 #[test]
 fn config_generation_reads_its_declared_reset_value() {
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-    let declared = dev.layout().block("common_cfg").unwrap().get("config_generation").unwrap().clone();
+    let declared = dev
+        .layout()
+        .block("common_cfg")
+        .unwrap()
+        .get("config_generation")
+        .unwrap()
+        .clone();
     assert!(declared.reset_checkable);
     let mut drv = NetDriver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
     drv.start().unwrap();
     assert!(dev.announce());
-    assert_ne!(common_rd(&dev, common::CONFIG_GENERATION, 1), declared.reset);
+    assert_ne!(
+        common_rd(&dev, common::CONFIG_GENERATION, 1),
+        declared.reset
+    );
     set_status(&dev, 0);
-    assert_eq!(common_rd(&dev, common::CONFIG_GENERATION, 1), declared.reset, "after device_status = 0");
+    assert_eq!(
+        common_rd(&dev, common::CONFIG_GENERATION, 1),
+        declared.reset,
+        "after device_status = 0"
+    );
     drv.start().unwrap();
     assert!(dev.announce());
     dev.reset();
-    assert_eq!(common_rd(&dev, common::CONFIG_GENERATION, 1), declared.reset, "after a function reset");
+    assert_eq!(
+        common_rd(&dev, common::CONFIG_GENERATION, 1),
+        declared.reset,
+        "after a function reset"
+    );
 }
 
 // ------------------------------------------------------------------------------- illegal accesses
@@ -291,19 +401,51 @@ fn watched(dev: &Device) -> Vec<(&'static str, u64)> {
     vec![
         ("queue_select", common_rd(dev, common::QUEUE_SELECT, 2)),
         ("device_status", common_rd(dev, common::DEVICE_STATUS, 1)),
-        ("config_msix_vector", common_rd(dev, common::CONFIG_MSIX_VECTOR, 2)),
+        (
+            "config_msix_vector",
+            common_rd(dev, common::CONFIG_MSIX_VECTOR, 2),
+        ),
         ("queue_size", common_rd(dev, common::QUEUE_SIZE, 2)),
-        ("queue_msix_vector", common_rd(dev, common::QUEUE_MSIX_VECTOR, 2)),
+        (
+            "queue_msix_vector",
+            common_rd(dev, common::QUEUE_MSIX_VECTOR, 2),
+        ),
         ("queue_desc", common_rd(dev, common::QUEUE_DESC, 8)),
         ("queue_driver", common_rd(dev, common::QUEUE_DRIVER, 8)),
-        ("logging_ctrl", rd(dev, lm.bar.into(), lm.offset + lm::LOGGING_CTRL, 4)),
-        ("log_base_lo", rd(dev, lm.bar.into(), lm.offset + lm::BASE_ADDR_LOW, 4)),
-        ("log_base_hi", rd(dev, lm.bar.into(), lm.offset + lm::BASE_ADDR_HIGH, 4)),
-        ("ring_state[2]", rd(dev, lm.bar.into(), lm.offset + lm::ring_state_offset(LmLayout::Dpdk, 2), 4)),
-        ("mq_pairs", rd(dev, lm.bar.into(), lm.offset + lm::MQ_PAIRS, 4)),
-        ("vector_control[1]", rd(dev, 2, msix_table_off(dev, 1, VECTOR_CONTROL), 4)),
+        (
+            "logging_ctrl",
+            rd(dev, lm.bar.into(), lm.offset + lm::LOGGING_CTRL, 4),
+        ),
+        (
+            "log_base_lo",
+            rd(dev, lm.bar.into(), lm.offset + lm::BASE_ADDR_LOW, 4),
+        ),
+        (
+            "log_base_hi",
+            rd(dev, lm.bar.into(), lm.offset + lm::BASE_ADDR_HIGH, 4),
+        ),
+        (
+            "ring_state[2]",
+            rd(
+                dev,
+                lm.bar.into(),
+                lm.offset + lm::ring_state_offset(LmLayout::Dpdk, 2),
+                4,
+            ),
+        ),
+        (
+            "mq_pairs",
+            rd(dev, lm.bar.into(), lm.offset + lm::MQ_PAIRS, 4),
+        ),
+        (
+            "vector_control[1]",
+            rd(dev, 2, msix_table_off(dev, 1, VECTOR_CONTROL), 4),
+        ),
         ("msg_data[1]", rd(dev, 2, msix_table_off(dev, 1, 8), 4)),
-        ("mac", (0..6).fold(0, |v, i| v | (net_rd(dev, i, 1) << (8 * i)))),
+        (
+            "mac",
+            (0..6).fold(0, |v, i| v | (net_rd(dev, i, 1) << (8 * i))),
+        ),
         ("mtu", net_rd(dev, net_cfg::MTU, 2)),
     ]
 }
@@ -320,36 +462,102 @@ fn bad_width_unaligned_reserved_and_past_window_accesses() {
     common_wr(&dev, common::QUEUE_DRIVER, 8, 0x0102_0304_0506_0708);
     lm_wr(&dev, lm::BASE_ADDR_LOW, 4, 0xDEAD_B000);
     lm_wr(&dev, lm::BASE_ADDR_HIGH, 4, 0x77);
-    lm_wr(&dev, lm::ring_state_offset(LmLayout::Dpdk, 2), 4, 0x0005_0007);
+    lm_wr(
+        &dev,
+        lm::ring_state_offset(LmLayout::Dpdk, 2),
+        4,
+        0x0005_0007,
+    );
     dev.set_link(false);
 
     let l = dev.layout().clone();
-    let (c, dc, isr_w, lmw, n) = (l.common.offset, l.device_cfg.offset, l.isr.offset, l.lm.offset, l.notify.offset);
+    let (c, dc, isr_w, lmw, n) = (
+        l.common.offset,
+        l.device_cfg.offset,
+        l.isr.offset,
+        l.lm.offset,
+        l.notify.offset,
+    );
     let t = l.msix_table.offset;
     let pba = l.msix_pba.offset;
     let table_end = t + l.msix_table.len;
     // (what, region, offset, len)
     let reads: Vec<(&str, u32, u64, usize)> = vec![
-        ("4-byte read of queue_select", 0, c + common::QUEUE_SELECT, 4),
+        (
+            "4-byte read of queue_select",
+            0,
+            c + common::QUEUE_SELECT,
+            4,
+        ),
         ("1-byte read of queue_desc", 0, c + common::QUEUE_DESC, 1),
-        ("2-byte read inside queue_desc", 0, c + common::QUEUE_DESC + 2, 2),
-        ("4-byte read of queue_desc at +2", 0, c + common::QUEUE_DESC + 2, 4),
-        ("8-byte read of queue_driver at +4", 0, c + common::QUEUE_DRIVER + 4, 8),
+        (
+            "2-byte read inside queue_desc",
+            0,
+            c + common::QUEUE_DESC + 2,
+            2,
+        ),
+        (
+            "4-byte read of queue_desc at +2",
+            0,
+            c + common::QUEUE_DESC + 2,
+            4,
+        ),
+        (
+            "8-byte read of queue_driver at +4",
+            0,
+            c + common::QUEUE_DRIVER + 4,
+            8,
+        ),
         ("2-byte read at odd 0x13", 0, c + 0x13, 2),
-        ("2-byte read at odd 0x17", 0, c + common::QUEUE_SELECT + 1, 2),
-        ("1-byte read inside config_msix_vector", 0, c + common::CONFIG_MSIX_VECTOR + 1, 1),
-        ("4-byte read spanning num_queues and status", 0, c + common::NUM_QUEUES, 4),
-        ("read straddling the common window end", 0, c + common::SIZE - 2, 4),
+        (
+            "2-byte read at odd 0x17",
+            0,
+            c + common::QUEUE_SELECT + 1,
+            2,
+        ),
+        (
+            "1-byte read inside config_msix_vector",
+            0,
+            c + common::CONFIG_MSIX_VECTOR + 1,
+            1,
+        ),
+        (
+            "4-byte read spanning num_queues and status",
+            0,
+            c + common::NUM_QUEUES,
+            4,
+        ),
+        (
+            "read straddling the common window end",
+            0,
+            c + common::SIZE - 2,
+            4,
+        ),
         ("read past the common window", 0, c + common::SIZE, 2),
         ("read in the BAR0 gap", 0, c + 0x800, 4),
         ("2-byte read of the ISR", 0, isr_w, 2),
         ("4-byte read of the ISR", 0, isr_w, 4),
         ("read past the ISR", 0, isr_w + 1, 1),
-        ("2-byte read at odd device cfg offset", 0, dc + net_cfg::MTU + 1, 2),
+        (
+            "2-byte read at odd device cfg offset",
+            0,
+            dc + net_cfg::MTU + 1,
+            2,
+        ),
         ("2-byte read at odd mac offset", 0, dc + 1, 2),
-        ("4-byte read spanning status and max pairs", 0, dc + net_cfg::STATUS, 4),
+        (
+            "4-byte read spanning status and max pairs",
+            0,
+            dc + net_cfg::STATUS,
+            4,
+        ),
         ("8-byte read of the mac", 0, dc, 8),
-        ("read straddling the device cfg end", 0, dc + net_cfg::DUPLEX, 2),
+        (
+            "read straddling the device cfg end",
+            0,
+            dc + net_cfg::DUPLEX,
+            2,
+        ),
         ("read past the device cfg", 0, dc + net_cfg::SIZE, 1),
         ("4-byte read of a doorbell", 0, n, 4),
         ("1-byte read of a doorbell", 0, n, 1),
@@ -357,8 +565,18 @@ fn bad_width_unaligned_reserved_and_past_window_accesses() {
         ("LM reserved 0x04", 4, lmw + 0x04, 4),
         ("LM reserved 0x08 (DPDK layout)", 4, lmw + 0x08, 8),
         ("LM reserved 0x30", 4, lmw + 0x30, 4),
-        ("8-byte read of log_base_lo (DPDK: 32-bit)", 4, lmw + lm::BASE_ADDR_LOW, 8),
-        ("2-byte read of ring_state (DPDK: 32-bit)", 4, lmw + lm::ring_state_offset(LmLayout::Dpdk, 2), 2),
+        (
+            "8-byte read of log_base_lo (DPDK: 32-bit)",
+            4,
+            lmw + lm::BASE_ADDR_LOW,
+            8,
+        ),
+        (
+            "2-byte read of ring_state (DPDK: 32-bit)",
+            4,
+            lmw + lm::ring_state_offset(LmLayout::Dpdk, 2),
+            2,
+        ),
         ("LM high reserved", 4, lmw + 0xF00, 4),
         ("2-byte read in the MSI-X table", 2, t + VECTOR_CONTROL, 2),
         ("4-byte read at +2 in the MSI-X table", 2, t + 2, 4),
@@ -372,25 +590,99 @@ fn bad_width_unaligned_reserved_and_past_window_accesses() {
         let c0 = dev.counters();
         let mut data = vec![0xA5u8; len];
         assert_eq!(dev.region_read(region, off, &mut data), Ok(()), "{what}");
-        assert!(data.iter().all(|&b| b == 0), "{what}: read {data:x?}, expected zeros");
+        assert!(
+            data.iter().all(|&b| b == 0),
+            "{what}: read {data:x?}, expected zeros"
+        );
         let c1 = dev.counters();
-        assert_eq!(c1.bad_register_accesses, c0.bad_register_accesses + 1, "{what}: bad_register_accesses");
-        assert_eq!(c1.ignored_register_writes, c0.ignored_register_writes, "{what}");
+        assert_eq!(
+            c1.bad_register_accesses,
+            c0.bad_register_accesses + 1,
+            "{what}: bad_register_accesses"
+        );
+        assert_eq!(
+            c1.ignored_register_writes, c0.ignored_register_writes,
+            "{what}"
+        );
     }
     // None of those reads cleared the ISR.
-    assert_eq!(rd(&dev, 0, isr_w, 1) as u8 & isr::CONFIG, isr::CONFIG, "an illegal ISR read cleared it");
+    assert_eq!(
+        rd(&dev, 0, isr_w, 1) as u8 & isr::CONFIG,
+        isr::CONFIG,
+        "an illegal ISR read cleared it"
+    );
 
     let writes: Vec<(&str, u32, u64, usize, u64)> = vec![
-        ("4-byte write of queue_select", 0, c + common::QUEUE_SELECT, 4, 0x0040_0005),
-        ("1-byte write of queue_desc", 0, c + common::QUEUE_DESC, 1, 0xFF),
-        ("2-byte write inside queue_desc", 0, c + common::QUEUE_DESC + 4, 2, 0xFFFF),
-        ("4-byte write of queue_driver at +2", 0, c + common::QUEUE_DRIVER + 2, 4, 0xFFFF_FFFF),
-        ("2-byte write of device_status", 0, c + common::DEVICE_STATUS, 2, 0),
-        ("4-byte write of device_status", 0, c + common::DEVICE_STATUS, 4, 0x0101),
-        ("2-byte write at odd 0x17", 0, c + common::QUEUE_SELECT + 1, 2, 0x0101),
-        ("1-byte write of config_msix_vector", 0, c + common::CONFIG_MSIX_VECTOR, 1, 5),
-        ("1-byte write of queue_size", 0, c + common::QUEUE_SIZE, 1, 16),
-        ("write straddling the common window end", 0, c + common::SIZE - 2, 4, 0xFFFF_FFFF),
+        (
+            "4-byte write of queue_select",
+            0,
+            c + common::QUEUE_SELECT,
+            4,
+            0x0040_0005,
+        ),
+        (
+            "1-byte write of queue_desc",
+            0,
+            c + common::QUEUE_DESC,
+            1,
+            0xFF,
+        ),
+        (
+            "2-byte write inside queue_desc",
+            0,
+            c + common::QUEUE_DESC + 4,
+            2,
+            0xFFFF,
+        ),
+        (
+            "4-byte write of queue_driver at +2",
+            0,
+            c + common::QUEUE_DRIVER + 2,
+            4,
+            0xFFFF_FFFF,
+        ),
+        (
+            "2-byte write of device_status",
+            0,
+            c + common::DEVICE_STATUS,
+            2,
+            0,
+        ),
+        (
+            "4-byte write of device_status",
+            0,
+            c + common::DEVICE_STATUS,
+            4,
+            0x0101,
+        ),
+        (
+            "2-byte write at odd 0x17",
+            0,
+            c + common::QUEUE_SELECT + 1,
+            2,
+            0x0101,
+        ),
+        (
+            "1-byte write of config_msix_vector",
+            0,
+            c + common::CONFIG_MSIX_VECTOR,
+            1,
+            5,
+        ),
+        (
+            "1-byte write of queue_size",
+            0,
+            c + common::QUEUE_SIZE,
+            1,
+            16,
+        ),
+        (
+            "write straddling the common window end",
+            0,
+            c + common::SIZE - 2,
+            4,
+            0xFFFF_FFFF,
+        ),
         ("write past the common window", 0, c + 0x40, 4, 0xFFFF_FFFF),
         ("2-byte write of the ISR", 0, isr_w, 2, 0xFFFF),
         ("write at odd mac offset", 0, dc + 1, 2, 0xFFFF),
@@ -399,23 +691,74 @@ fn bad_width_unaligned_reserved_and_past_window_accesses() {
         ("doorbell write between doorbells", 0, n + 2, 2, 0),
         ("8-byte doorbell write", 0, n, 8, 0),
         ("LM reserved 0x04 write", 4, lmw + 0x04, 4, 1),
-        ("LM 8-byte write of log_base_lo (DPDK: 32-bit)", 4, lmw + lm::BASE_ADDR_LOW, 8, 0x1234_5678_9ABC_D000),
-        ("LM 2-byte write of logging_ctrl", 4, lmw + lm::LOGGING_CTRL, 2, 1),
-        ("LM 2-byte write of ring_state (DPDK: 32-bit)", 4, lmw + lm::ring_state_offset(LmLayout::Dpdk, 2), 2, 9),
-        ("2-byte write of vector_control", 2, msix_table_off(&dev, 1, VECTOR_CONTROL), 2, 1),
-        ("1-byte write of vector_control", 2, msix_table_off(&dev, 1, VECTOR_CONTROL), 1, 1),
-        ("4-byte write at +2 in the MSI-X table", 2, msix_table_off(&dev, 1, 8) + 2, 4, 0xFFFF_FFFF),
+        (
+            "LM 8-byte write of log_base_lo (DPDK: 32-bit)",
+            4,
+            lmw + lm::BASE_ADDR_LOW,
+            8,
+            0x1234_5678_9ABC_D000,
+        ),
+        (
+            "LM 2-byte write of logging_ctrl",
+            4,
+            lmw + lm::LOGGING_CTRL,
+            2,
+            1,
+        ),
+        (
+            "LM 2-byte write of ring_state (DPDK: 32-bit)",
+            4,
+            lmw + lm::ring_state_offset(LmLayout::Dpdk, 2),
+            2,
+            9,
+        ),
+        (
+            "2-byte write of vector_control",
+            2,
+            msix_table_off(&dev, 1, VECTOR_CONTROL),
+            2,
+            1,
+        ),
+        (
+            "1-byte write of vector_control",
+            2,
+            msix_table_off(&dev, 1, VECTOR_CONTROL),
+            1,
+            1,
+        ),
+        (
+            "4-byte write at +2 in the MSI-X table",
+            2,
+            msix_table_off(&dev, 1, 8) + 2,
+            4,
+            0xFFFF_FFFF,
+        ),
         ("write past the MSI-X table", 2, table_end, 4, 0xFFFF_FFFF),
         ("2-byte write of the PBA", 2, pba, 2, 0xFFFF),
     ];
     for (what, region, off, len, v) in writes {
         let before = watched(&dev);
         let c0 = dev.counters();
-        assert_eq!(dev.region_write(region, off, &v.to_le_bytes()[..len]), Ok(()), "{what}");
+        assert_eq!(
+            dev.region_write(region, off, &v.to_le_bytes()[..len]),
+            Ok(()),
+            "{what}"
+        );
         let c1 = dev.counters();
-        assert_eq!(c1.bad_register_accesses, c0.bad_register_accesses + 1, "{what}: bad_register_accesses");
-        assert_eq!(c1.ignored_register_writes, c0.ignored_register_writes, "{what}");
-        assert_eq!(c1.queues.iter().map(|q| q.doorbells).sum::<u64>(), c0.queues.iter().map(|q| q.doorbells).sum::<u64>(), "{what}: rang a doorbell");
+        assert_eq!(
+            c1.bad_register_accesses,
+            c0.bad_register_accesses + 1,
+            "{what}: bad_register_accesses"
+        );
+        assert_eq!(
+            c1.ignored_register_writes, c0.ignored_register_writes,
+            "{what}"
+        );
+        assert_eq!(
+            c1.queues.iter().map(|q| q.doorbells).sum::<u64>(),
+            c0.queues.iter().map(|q| q.doorbells).sum::<u64>(),
+            "{what}: rang a doorbell"
+        );
         assert_eq!(c1.resets, c0.resets, "{what}: reset the device");
         assert_eq!(watched(&dev), before, "{what}: changed a register");
     }
@@ -428,31 +771,76 @@ fn region_errors() {
     let c0 = dev.counters();
     let mut b4 = [0u8; 4];
     for region in [1u32, 3, 5, 6, 8, 9, 0x100, u32::MAX] {
-        assert_eq!(dev.region_read(region, 0, &mut b4), Err(AccessError::NoSuchRegion(region)), "read region {region}");
-        assert_eq!(dev.region_write(region, 0, &b4), Err(AccessError::NoSuchRegion(region)), "write region {region}");
+        assert_eq!(
+            dev.region_read(region, 0, &mut b4),
+            Err(AccessError::NoSuchRegion(region)),
+            "read region {region}"
+        );
+        assert_eq!(
+            dev.region_write(region, 0, &b4),
+            Err(AccessError::NoSuchRegion(region)),
+            "write region {region}"
+        );
     }
-    let mut regions: Vec<(u32, u64)> = dev.layout().bars.iter().map(|b| (u32::from(b.index), b.size)).collect();
+    let mut regions: Vec<(u32, u64)> = dev
+        .layout()
+        .bars
+        .iter()
+        .map(|b| (u32::from(b.index), b.size))
+        .collect();
     regions.push((CFG, CONFIG_SPACE_SIZE));
     for (region, size) in regions {
-        for (off, len) in [(size - 2, 4usize), (size, 1), (size - 4, 8), (size + 0x1000, 2), (u64::MAX - 1, 4), (u64::MAX, 1), (u64::MAX - 7, 8)] {
-            let want = Err(AccessError::OutOfRange { region, offset: off, len, size });
+        for (off, len) in [
+            (size - 2, 4usize),
+            (size, 1),
+            (size - 4, 8),
+            (size + 0x1000, 2),
+            (u64::MAX - 1, 4),
+            (u64::MAX, 1),
+            (u64::MAX - 7, 8),
+        ] {
+            let want = Err(AccessError::OutOfRange {
+                region,
+                offset: off,
+                len,
+                size,
+            });
             let mut b = vec![0u8; len];
-            assert_eq!(dev.region_read(region, off, &mut b), want, "read {region}:{off:#x}/{len}");
-            assert_eq!(dev.region_write(region, off, &b), want, "write {region}:{off:#x}/{len}");
+            assert_eq!(
+                dev.region_read(region, off, &mut b),
+                want,
+                "read {region}:{off:#x}/{len}"
+            );
+            assert_eq!(
+                dev.region_write(region, off, &b),
+                want,
+                "write {region}:{off:#x}/{len}"
+            );
         }
         // The last bytes are reachable.
         let mut b = [0u8; 4];
         assert_eq!(dev.region_read(region, size - 4, &mut b), Ok(()));
         for len in [0usize, 3, 5, 6, 7, 9, 16, 64] {
             let mut b = vec![0u8; len];
-            assert_eq!(dev.region_read(region, 0, &mut b), Err(AccessError::BadWidth(len)), "read {region} width {len}");
-            assert_eq!(dev.region_write(region, 0, &b), Err(AccessError::BadWidth(len)), "write {region} width {len}");
+            assert_eq!(
+                dev.region_read(region, 0, &mut b),
+                Err(AccessError::BadWidth(len)),
+                "read {region} width {len}"
+            );
+            assert_eq!(
+                dev.region_write(region, 0, &b),
+                Err(AccessError::BadWidth(len)),
+                "write {region} width {len}"
+            );
         }
     }
     // Refused accesses never reach a register: nothing counted, nothing changed.
     let c1 = dev.counters();
     // Only the legal reads of each BAR's last dword (undecoded space there) are counted.
-    assert_eq!(c1.bad_register_accesses, c0.bad_register_accesses + dev.layout().bars.len() as u64);
+    assert_eq!(
+        c1.bad_register_accesses,
+        c0.bad_register_accesses + dev.layout().bars.len() as u64
+    );
     assert_eq!(c1.ignored_register_writes, c0.ignored_register_writes);
     assert_eq!(c1.resets, c0.resets);
 }
@@ -463,14 +851,26 @@ fn region_errors() {
 fn sixty_four_bit_registers_accept_halves_and_qwords() {
     let dev = Device::new(DeviceConfig::default()).unwrap();
     common_wr(&dev, common::QUEUE_SELECT, 2, 1);
-    for reg in [common::QUEUE_DESC, common::QUEUE_DRIVER, common::QUEUE_DEVICE] {
+    for reg in [
+        common::QUEUE_DESC,
+        common::QUEUE_DRIVER,
+        common::QUEUE_DEVICE,
+    ] {
         common_wr(&dev, reg, 4, 0x89AB_CDE0);
         common_wr(&dev, reg + 4, 4, 0x12);
-        assert_eq!(common_rd(&dev, reg, 8), 0x12_89AB_CDE0, "{reg:#x} after two halves");
+        assert_eq!(
+            common_rd(&dev, reg, 8),
+            0x12_89AB_CDE0,
+            "{reg:#x} after two halves"
+        );
         assert_eq!(common_rd(&dev, reg, 4), 0x89AB_CDE0);
         assert_eq!(common_rd(&dev, reg + 4, 4), 0x12);
         common_wr(&dev, reg, 8, 0xFEDC_BA98_7654_3210);
-        assert_eq!(common_rd(&dev, reg, 8), 0xFEDC_BA98_7654_3210, "{reg:#x} after one qword");
+        assert_eq!(
+            common_rd(&dev, reg, 8),
+            0xFEDC_BA98_7654_3210,
+            "{reg:#x} after one qword"
+        );
         assert_eq!(common_rd(&dev, reg + 4, 4), 0xFEDC_BA98);
         // Writing one half leaves the other.
         common_wr(&dev, reg + 4, 4, 0);
@@ -491,7 +891,11 @@ fn sixty_four_bit_registers_accept_halves_and_qwords() {
         assert_eq!(lm_rd(&dev, off + 4, 4), 0x2000);
     }
     lm_wr(&dev, lm::LOGGING_CTRL, 8, 1);
-    assert_eq!(lm_rd(&dev, lm::STATUS, 8), 1, "Linux LM status: logging active");
+    assert_eq!(
+        lm_rd(&dev, lm::STATUS, 8),
+        1,
+        "Linux LM status: logging active"
+    );
     lm_wr(&dev, lm::LOGGING_CTRL + 4, 4, 0);
     assert_eq!(lm_rd(&dev, lm::LOGGING_CTRL, 8), 1);
     lm_wr(&dev, lm::LOGGING_CTRL, 4, 0);
@@ -509,15 +913,35 @@ fn read_only_registers_ignore_writes() {
         let layout = dev.layout().clone();
         let mut n = 0;
         for b in &layout.blocks {
-            let Location::Bar(bar, base) = b.location else { continue };
-            for r in b.registers.iter().filter(|r| matches!(r.access, Access::Ro | Access::Rc)) {
-                let (off, len) = if matches!(r.width, 1 | 2 | 4 | 8) { (base + r.offset, usize::from(r.width)) } else { (base + r.offset, 1) };
+            let Location::Bar(bar, base) = b.location else {
+                continue;
+            };
+            for r in b
+                .registers
+                .iter()
+                .filter(|r| matches!(r.access, Access::Ro | Access::Rc))
+            {
+                let (off, len) = if matches!(r.width, 1 | 2 | 4 | 8) {
+                    (base + r.offset, usize::from(r.width))
+                } else {
+                    (base + r.offset, 1)
+                };
                 let before = read_reg(&dev, bar.into(), off, len as u8);
                 let c0 = dev.counters();
                 wr(&dev, bar.into(), off, len, !before);
                 let c1 = dev.counters();
-                assert_eq!(c1.ignored_register_writes, c0.ignored_register_writes + 1, "{}.{}", b.id, r.name);
-                assert_eq!(c1.bad_register_accesses, c0.bad_register_accesses, "{}.{}", b.id, r.name);
+                assert_eq!(
+                    c1.ignored_register_writes,
+                    c0.ignored_register_writes + 1,
+                    "{}.{}",
+                    b.id,
+                    r.name
+                );
+                assert_eq!(
+                    c1.bad_register_accesses, c0.bad_register_accesses,
+                    "{}.{}",
+                    b.id, r.name
+                );
                 let after = read_reg(&dev, bar.into(), off, len as u8);
                 // The ISR is read-to-clear: the first read above cleared it.
                 let want = if r.access == Access::Rc { 0 } else { before };
@@ -527,14 +951,20 @@ fn read_only_registers_ignore_writes() {
         }
         assert!(n >= 12, "{n} RO registers");
         assert_eq!(status(&dev), RUNNING);
-        assert_eq!(common_rd(&dev, common::NUM_QUEUES, 2), u64::from(layout.num_queues));
+        assert_eq!(
+            common_rd(&dev, common::NUM_QUEUES, 2),
+            u64::from(layout.num_queues)
+        );
     }
 }
 
 #[test]
 fn queue_registers_are_ignored_while_the_queue_is_enabled() {
     let dev = Device::new(DeviceConfig::default()).unwrap();
-    assert_eq!(negotiate(&dev, V1 | (1 << bits::CTRL_VQ)), st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK);
+    assert_eq!(
+        negotiate(&dev, V1 | (1 << bits::CTRL_VQ)),
+        st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK
+    );
     common_wr(&dev, common::QUEUE_SELECT, 2, 1);
     common_wr(&dev, common::QUEUE_SIZE, 2, 64);
     enable_queue(&dev, 1);
@@ -554,7 +984,11 @@ fn queue_registers_are_ignored_while_the_queue_is_enabled() {
         );
         let c0 = dev.counters();
         common_wr(&dev, reg, len, v);
-        assert_eq!(dev.counters().ignored_register_writes, c0.ignored_register_writes + 1, "{name}");
+        assert_eq!(
+            dev.counters().ignored_register_writes,
+            c0.ignored_register_writes + 1,
+            "{name}"
+        );
         let after = (
             common_rd(&dev, common::QUEUE_DESC, 8),
             common_rd(&dev, common::QUEUE_DRIVER, 8),
@@ -568,7 +1002,10 @@ fn queue_registers_are_ignored_while_the_queue_is_enabled() {
     common_wr(&dev, common::QUEUE_MSIX_VECTOR, 2, 3);
     assert_eq!(common_rd(&dev, common::QUEUE_MSIX_VECTOR, 2), 3);
     common_wr(&dev, common::QUEUE_ENABLE, 2, 1);
-    assert_eq!(dev.counters().ignored_register_writes, c0.ignored_register_writes + 1);
+    assert_eq!(
+        dev.counters().ignored_register_writes,
+        c0.ignored_register_writes + 1
+    );
     // Another, disabled queue is still programmable.
     common_wr(&dev, common::QUEUE_SELECT, 2, 0);
     common_wr(&dev, common::QUEUE_DESC, 8, 0x5550_0000);
@@ -579,17 +1016,26 @@ fn queue_registers_are_ignored_while_the_queue_is_enabled() {
     common_wr(&dev, common::QUEUE_SELECT, 2, 1);
     common_wr(&dev, common::QUEUE_ENABLE, 2, 1);
     assert_eq!(common_rd(&dev, common::QUEUE_ENABLE, 2), 0);
-    assert_eq!(dev.counters().ignored_register_writes, c0.ignored_register_writes + 1);
+    assert_eq!(
+        dev.counters().ignored_register_writes,
+        c0.ignored_register_writes + 1
+    );
 }
 
 #[test]
 fn queue_enable_reads_one_for_the_disable_latency() {
     for latency in [0u32, 1, 2, 5] {
-        let dev = Device::new(DeviceConfig { disable_latency_reads: latency, ..DeviceConfig::default() }).unwrap();
+        let dev = Device::new(DeviceConfig {
+            disable_latency_reads: latency,
+            ..DeviceConfig::default()
+        })
+        .unwrap();
         negotiate(&dev, V1);
         enable_queue(&dev, 0);
         common_wr(&dev, common::QUEUE_ENABLE, 2, 0);
-        let reads: Vec<u64> = (0..latency + 3).map(|_| common_rd(&dev, common::QUEUE_ENABLE, 2)).collect();
+        let reads: Vec<u64> = (0..latency + 3)
+            .map(|_| common_rd(&dev, common::QUEUE_ENABLE, 2))
+            .collect();
         let mut want = vec![1; latency as usize];
         want.extend([0, 0, 0]);
         assert_eq!(reads, want, "disable_latency_reads = {latency}");
@@ -600,7 +1046,11 @@ fn queue_enable_reads_one_for_the_disable_latency() {
 #[test]
 fn lm_ring_state_is_writable_only_while_disabled_and_the_queue_resumes_there() {
     for lm_layout in [LmLayout::Dpdk, LmLayout::Linux] {
-        let dev = Device::new(DeviceConfig { disable_latency_reads: 2, ..DeviceConfig::with_queue_pairs(2).lm_layout(lm_layout) }).unwrap();
+        let dev = Device::new(DeviceConfig {
+            disable_latency_reads: 2,
+            ..DeviceConfig::with_queue_pairs(2).lm_layout(lm_layout)
+        })
+        .unwrap();
         let q = 3u16;
         let rs = lm::ring_state_offset(lm_layout, q);
         negotiate(&dev, V1);
@@ -609,18 +1059,33 @@ fn lm_ring_state_is_writable_only_while_disabled_and_the_queue_resumes_there() {
         enable_queue(&dev, q);
         let snap = dev.queue(q).unwrap();
         assert!(snap.enabled);
-        assert_eq!((snap.last_avail, snap.last_used), (0x1234, 0x1200), "{lm_layout:?}: the queue resumes at the ring state");
+        assert_eq!(
+            (snap.last_avail, snap.last_used),
+            (0x1234, 0x1200),
+            "{lm_layout:?}: the queue resumes at the ring state"
+        );
         // Enabled: writes ignored (counted), the live state reads back.
         let c0 = dev.counters();
         lm_wr(&dev, rs, 4, 0);
-        assert_eq!(dev.counters().ignored_register_writes, c0.ignored_register_writes + 1);
+        assert_eq!(
+            dev.counters().ignored_register_writes,
+            c0.ignored_register_writes + 1
+        );
         assert_eq!(lm_rd(&dev, rs, 4), 0x1200_1234);
         // Stopping (queue_enable still reads 1): still ignored.
         common_wr(&dev, common::QUEUE_ENABLE, 2, 0);
         lm_wr(&dev, rs, 4, 0x0001_0001);
-        assert_eq!(dev.counters().ignored_register_writes, c0.ignored_register_writes + 2, "{lm_layout:?}: write while stopping");
+        assert_eq!(
+            dev.counters().ignored_register_writes,
+            c0.ignored_register_writes + 2,
+            "{lm_layout:?}: write while stopping"
+        );
         while common_rd(&dev, common::QUEUE_ENABLE, 2) != 0 {}
-        assert_eq!(lm_rd(&dev, rs, 4), 0x1200_1234, "final ring state after the stop");
+        assert_eq!(
+            lm_rd(&dev, rs, 4),
+            0x1200_1234,
+            "final ring state after the stop"
+        );
         // Disabled: writable, and the next enable resumes there.
         lm_wr(&dev, rs, 4, u64::from(lm::pack_ring_state(0xFFF0, 0xFFEE)));
         assert_eq!(lm_rd(&dev, rs, 4), 0xFFEE_FFF0);
@@ -636,7 +1101,11 @@ fn lm_ring_state_is_writable_only_while_disabled_and_the_queue_resumes_there() {
         }
         enable_queue(&dev, q);
         let snap = dev.queue(q).unwrap();
-        assert_eq!((snap.last_avail, snap.last_used), (0x0420, 0x0400), "{lm_layout:?}");
+        assert_eq!(
+            (snap.last_avail, snap.last_used),
+            (0x0420, 0x0400),
+            "{lm_layout:?}"
+        );
         // Other queues' state is separate.
         let other = dev.queue(q - 1).unwrap();
         assert_eq!((other.last_avail, other.last_used), (0, 0));
@@ -663,12 +1132,21 @@ fn bar_sizing() {
         };
         assert_eq!(got, want, "BAR{i} size mask");
     }
-    assert_eq!(rd(&dev, CFG, hdr::BAR0, 4), 0xFFFF_C004, "BAR0 is 16 KiB for 4 pairs");
+    assert_eq!(
+        rd(&dev, CFG, hdr::BAR0, 4),
+        0xFFFF_C004,
+        "BAR0 is 16 KiB for 4 pairs"
+    );
     // Programming addresses: bits below the size read 0, type bits stay.
     for b in &layout.bars {
         let off = hdr::BAR0 + 4 * u64::from(b.index);
         wr(&dev, CFG, off, 4, 0xFEB1_2345);
-        assert_eq!(rd(&dev, CFG, off, 4), (0xFEB1_2345 & !(b.size - 1) & !0xF) | 4, "BAR{}", b.index);
+        assert_eq!(
+            rd(&dev, CFG, off, 4),
+            (0xFEB1_2345 & !(b.size - 1) & !0xF) | 4,
+            "BAR{}",
+            b.index
+        );
         wr(&dev, CFG, off + 4, 4, 0x0000_0080);
         assert_eq!(rd(&dev, CFG, off + 4, 4), 0x80);
     }
@@ -693,37 +1171,75 @@ fn capability_list_matches_the_layout() {
     let declared: Vec<u64> = layout.capabilities.iter().map(|c| c.offset).collect();
     assert_eq!(walked, declared);
     for c in &layout.capabilities {
-        assert_eq!(rd(&dev, CFG, c.offset, 1) as u8, c.id, "cap at {:#x}", c.offset);
+        assert_eq!(
+            rd(&dev, CFG, c.offset, 1) as u8,
+            c.id,
+            "cap at {:#x}",
+            c.offset
+        );
         match c.virtio {
             Some((ty, w)) => {
                 assert_eq!(c.id, cap_id::VENDOR);
-                assert_eq!(rd(&dev, CFG, c.offset + virtio_cap::CAP_LEN, 1) as u8, c.len);
+                assert_eq!(
+                    rd(&dev, CFG, c.offset + virtio_cap::CAP_LEN, 1) as u8,
+                    c.len
+                );
                 assert_eq!(rd(&dev, CFG, c.offset + virtio_cap::CFG_TYPE, 1) as u8, ty);
                 assert_eq!(rd(&dev, CFG, c.offset + virtio_cap::BAR, 1) as u8, w.bar);
                 assert_eq!(rd(&dev, CFG, c.offset + virtio_cap::OFFSET, 4), w.offset);
                 assert_eq!(rd(&dev, CFG, c.offset + virtio_cap::LENGTH, 4), w.len);
                 if ty == virtio_cfg_type::NOTIFY {
-                    assert_eq!(rd(&dev, CFG, c.offset + virtio_cap::NOTIFY_OFF_MULTIPLIER, 4), u64::from(layout.notify_multiplier));
+                    assert_eq!(
+                        rd(&dev, CFG, c.offset + virtio_cap::NOTIFY_OFF_MULTIPLIER, 4),
+                        u64::from(layout.notify_multiplier)
+                    );
                 }
             }
             None if c.id == cap_id::MSIX => {
-                assert_eq!(rd(&dev, CFG, c.offset + msix_cap::MESSAGE_CONTROL, 2) & 0x7FF, u64::from(layout.msix_vectors - 1));
-                assert_eq!(rd(&dev, CFG, c.offset + msix_cap::TABLE, 4), layout.msix_table.offset | u64::from(layout.msix_table.bar));
-                assert_eq!(rd(&dev, CFG, c.offset + msix_cap::PBA, 4), layout.msix_pba.offset | u64::from(layout.msix_pba.bar));
+                assert_eq!(
+                    rd(&dev, CFG, c.offset + msix_cap::MESSAGE_CONTROL, 2) & 0x7FF,
+                    u64::from(layout.msix_vectors - 1)
+                );
+                assert_eq!(
+                    rd(&dev, CFG, c.offset + msix_cap::TABLE, 4),
+                    layout.msix_table.offset | u64::from(layout.msix_table.bar)
+                );
+                assert_eq!(
+                    rd(&dev, CFG, c.offset + msix_cap::PBA, 4),
+                    layout.msix_pba.offset | u64::from(layout.msix_pba.bar)
+                );
             }
             None => assert_eq!(c.id, cap_id::PCIE),
         }
     }
     // The windows the capabilities point at are the ones the device decodes.
-    let kinds: Vec<u8> = layout.capabilities.iter().filter_map(|c| c.virtio.map(|v| v.0)).collect();
-    assert_eq!(kinds, [virtio_cfg_type::COMMON, virtio_cfg_type::NOTIFY, virtio_cfg_type::ISR, virtio_cfg_type::DEVICE, virtio_cfg_type::PCI_CFG]);
+    let kinds: Vec<u8> = layout
+        .capabilities
+        .iter()
+        .filter_map(|c| c.virtio.map(|v| v.0))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            virtio_cfg_type::COMMON,
+            virtio_cfg_type::NOTIFY,
+            virtio_cfg_type::ISR,
+            virtio_cfg_type::DEVICE,
+            virtio_cfg_type::PCI_CFG
+        ]
+    );
 }
 
 #[test]
 fn pci_cfg_window_reads_and_writes_bar_registers() {
     let dev = Device::new(DeviceConfig::default()).unwrap();
     let layout = dev.layout().clone();
-    let cap = layout.capabilities.iter().find(|c| matches!(c.virtio, Some((virtio_cfg_type::PCI_CFG, _)))).expect("PCI_CFG capability").offset;
+    let cap = layout
+        .capabilities
+        .iter()
+        .find(|c| matches!(c.virtio, Some((virtio_cfg_type::PCI_CFG, _))))
+        .expect("PCI_CFG capability")
+        .offset;
     let data = cap + virtio_cap::PCI_CFG_DATA;
     let select = |bar: u8, off: u64, len: u32| {
         wr(&dev, CFG, cap + virtio_cap::BAR, 1, bar.into());
@@ -731,29 +1247,62 @@ fn pci_cfg_window_reads_and_writes_bar_registers() {
         wr(&dev, CFG, cap + virtio_cap::LENGTH, 4, len.into());
     };
     let c0 = dev.counters();
-    select(layout.common.bar, layout.common.offset + common::NUM_QUEUES, 2);
-    assert_eq!(rd(&dev, CFG, data, 4), u64::from(layout.num_queues), "num_queues through pci_cfg_data");
+    select(
+        layout.common.bar,
+        layout.common.offset + common::NUM_QUEUES,
+        2,
+    );
+    assert_eq!(
+        rd(&dev, CFG, data, 4),
+        u64::from(layout.num_queues),
+        "num_queues through pci_cfg_data"
+    );
     assert_eq!(rd(&dev, CFG, data, 2), u64::from(layout.num_queues));
     // A 4-byte window on the MAC's first dword.
-    select(layout.device_cfg.bar, layout.device_cfg.offset + net_cfg::MAC, 4);
+    select(
+        layout.device_cfg.bar,
+        layout.device_cfg.offset + net_cfg::MAC,
+        4,
+    );
     let mac = layout.params.mac;
-    assert_eq!(rd(&dev, CFG, data, 4), u64::from(u32::from_le_bytes(mac[..4].try_into().unwrap())));
+    assert_eq!(
+        rd(&dev, CFG, data, 4),
+        u64::from(u32::from_le_bytes(mac[..4].try_into().unwrap()))
+    );
     // Writes go through too: queue_select.
-    select(layout.common.bar, layout.common.offset + common::QUEUE_SELECT, 2);
+    select(
+        layout.common.bar,
+        layout.common.offset + common::QUEUE_SELECT,
+        2,
+    );
     wr(&dev, CFG, data, 4, 3);
     assert_eq!(common_rd(&dev, common::QUEUE_SELECT, 2), 3);
     assert_eq!(rd(&dev, CFG, data, 4), 3);
-    assert_eq!(dev.counters().bad_register_accesses, c0.bad_register_accesses);
+    assert_eq!(
+        dev.counters().bad_register_accesses,
+        c0.bad_register_accesses
+    );
 }
 
 // ------------------------------------------------------------------------------- MSI-X
 
 fn pba(dev: &Device) -> u64 {
-    rd(dev, dev.layout().msix_pba.bar.into(), dev.layout().msix_pba.offset, 8)
+    rd(
+        dev,
+        dev.layout().msix_pba.bar.into(),
+        dev.layout().msix_pba.offset,
+        8,
+    )
 }
 
 fn mask_vector(dev: &Device, v: u16, masked: bool) {
-    wr(dev, dev.layout().msix_table.bar.into(), msix_table_off(dev, v, VECTOR_CONTROL), 4, if masked { VECTOR_MASKED.into() } else { 0 });
+    wr(
+        dev,
+        dev.layout().msix_table.bar.into(),
+        msix_table_off(dev, v, VECTOR_CONTROL),
+        4,
+        if masked { VECTOR_MASKED.into() } else { 0 },
+    );
 }
 
 #[test]
@@ -773,12 +1322,19 @@ fn msix_masked_vectors_pend_and_unmasking_delivers() {
     assert_eq!(irq.count(0), 0, "a masked vector fired");
     assert_eq!(pba(&dev), 1, "PBA bit 0");
     assert_eq!(rd(&dev, 2, dev.layout().msix_pba.offset, 4), 1);
-    assert_eq!(dev.counters().interrupts_pending_masked, c0.interrupts_pending_masked + 1);
+    assert_eq!(
+        dev.counters().interrupts_pending_masked,
+        c0.interrupts_pending_masked + 1
+    );
     // A second one while masked stays one pending bit and delivers once.
     dev.set_link(true);
     assert_eq!(pba(&dev), 1);
     mask_vector(&dev, 0, false);
-    assert_eq!(irq.count(0), 1, "unmasking delivers the pending interrupt once");
+    assert_eq!(
+        irq.count(0),
+        1,
+        "unmasking delivers the pending interrupt once"
+    );
     assert_eq!(pba(&dev), 0);
     mask_vector(&dev, 0, false);
     mask_vector(&dev, 0, true);
@@ -788,11 +1344,23 @@ fn msix_masked_vectors_pend_and_unmasking_delivers() {
     // Function mask: every vector pends, clearing it delivers.
     let ctl = drv.pci.msix_cap + msix_cap::MESSAGE_CONTROL;
     let v = rd(&dev, CFG, ctl, 2);
-    wr(&dev, CFG, ctl, 2, v | u64::from(msix_cap::CTRL_FUNCTION_MASK));
+    wr(
+        &dev,
+        CFG,
+        ctl,
+        2,
+        v | u64::from(msix_cap::CTRL_FUNCTION_MASK),
+    );
     dev.set_link(false);
     assert_eq!(irq.count(0), 1);
     assert_eq!(pba(&dev), 1);
-    wr(&dev, CFG, ctl, 2, v & !u64::from(msix_cap::CTRL_FUNCTION_MASK));
+    wr(
+        &dev,
+        CFG,
+        ctl,
+        2,
+        v & !u64::from(msix_cap::CTRL_FUNCTION_MASK),
+    );
     assert_eq!(irq.count(0), 2, "clearing the function mask delivers");
     assert_eq!(pba(&dev), 0);
 
@@ -825,7 +1393,11 @@ fn msix_unmask_while_msix_disabled_sends_nothing() {
     let v = rd(&dev, CFG, ctl, 2);
     wr(&dev, CFG, ctl, 2, v & !u64::from(msix_cap::CTRL_ENABLE));
     mask_vector(&dev, 0, false);
-    assert_eq!(irq.count(0), 0, "PCI 3.0 6.8.2.3: with MSI-X Enable clear the function must not send MSI-X messages");
+    assert_eq!(
+        irq.count(0),
+        0,
+        "PCI 3.0 6.8.2.3: with MSI-X Enable clear the function must not send MSI-X messages"
+    );
     wr(&dev, CFG, ctl, 2, v);
     assert_eq!(irq.count(0), 1, "re-enabling delivers the pending message");
 }
@@ -841,8 +1413,14 @@ fn features_ok_refusals_and_status_rules() {
         ("nothing", 0),
         ("MQ without CTRL_VQ", V1 | (1 << bits::MQ)),
         ("CTRL_RX without CTRL_VQ", V1 | (1 << bits::CTRL_RX)),
-        ("GUEST_ANNOUNCE without CTRL_VQ", V1 | (1 << bits::GUEST_ANNOUNCE) | (1 << bits::STATUS)),
-        ("CTRL_MAC_ADDR without CTRL_VQ", V1 | (1 << bits::CTRL_MAC_ADDR)),
+        (
+            "GUEST_ANNOUNCE without CTRL_VQ",
+            V1 | (1 << bits::GUEST_ANNOUNCE) | (1 << bits::STATUS),
+        ),
+        (
+            "CTRL_MAC_ADDR without CTRL_VQ",
+            V1 | (1 << bits::CTRL_MAC_ADDR),
+        ),
         ("a bit not offered (CSUM)", V1 | 1),
     ];
     for (what, f) in refused {
@@ -854,13 +1432,32 @@ fn features_ok_refusals_and_status_rules() {
         assert_eq!(dev.negotiated_features(), 0, "{what}");
         // The driver may not go on to DRIVER_OK without FEATURES_OK.
         set_status(&dev, ad | st::DRIVER_OK);
-        assert_eq!(status(&dev), ad, "{what}: DRIVER_OK after a refused FEATURES_OK");
-        assert_eq!(dev.counters().bad_status_writes, c0.bad_status_writes + 1, "{what}");
+        assert_eq!(
+            status(&dev),
+            ad,
+            "{what}: DRIVER_OK after a refused FEATURES_OK"
+        );
+        assert_eq!(
+            dev.counters().bad_status_writes,
+            c0.bad_status_writes + 1,
+            "{what}"
+        );
     }
-    for (what, f) in [("VERSION_1", V1), ("MQ with CTRL_VQ", V1 | (1 << bits::MQ) | (1 << bits::CTRL_VQ)), ("everything offered", offered_mask())] {
+    for (what, f) in [
+        ("VERSION_1", V1),
+        (
+            "MQ with CTRL_VQ",
+            V1 | (1 << bits::MQ) | (1 << bits::CTRL_VQ),
+        ),
+        ("everything offered", offered_mask()),
+    ] {
         let c0 = dev.counters();
         assert_eq!(negotiate(&dev, f), ad | st::FEATURES_OK, "{what}");
-        assert_eq!(dev.counters().features_refused, c0.features_refused, "{what}");
+        assert_eq!(
+            dev.counters().features_refused,
+            c0.features_refused,
+            "{what}"
+        );
         assert_eq!(dev.negotiated_features(), f, "{what}");
     }
     // Writes that clear bits or skip steps are ignored and counted.
@@ -868,8 +1465,14 @@ fn features_ok_refusals_and_status_rules() {
     for (what, v) in [
         ("clear FEATURES_OK", ad),
         ("clear DRIVER", st::ACKNOWLEDGE | st::FEATURES_OK),
-        ("clear ACKNOWLEDGE", st::DRIVER | st::FEATURES_OK | st::DRIVER_OK),
-        ("set NEEDS_RESET from the driver", ad | st::FEATURES_OK | st::DEVICE_NEEDS_RESET),
+        (
+            "clear ACKNOWLEDGE",
+            st::DRIVER | st::FEATURES_OK | st::DRIVER_OK,
+        ),
+        (
+            "set NEEDS_RESET from the driver",
+            ad | st::FEATURES_OK | st::DEVICE_NEEDS_RESET,
+        ),
     ] {
         let c0 = dev.counters();
         set_status(&dev, v);
@@ -880,14 +1483,28 @@ fn features_ok_refusals_and_status_rules() {
             continue;
         }
         assert_eq!(s, ad | st::FEATURES_OK, "{what}: status changed");
-        assert_eq!(dev.counters().bad_status_writes, c0.bad_status_writes + 1, "{what}");
+        assert_eq!(
+            dev.counters().bad_status_writes,
+            c0.bad_status_writes + 1,
+            "{what}"
+        );
     }
     set_status(&dev, 0);
-    for (what, v) in [("DRIVER before ACKNOWLEDGE", st::DRIVER), ("DRIVER_OK without FEATURES_OK", st::ACKNOWLEDGE | st::DRIVER | st::DRIVER_OK)] {
+    for (what, v) in [
+        ("DRIVER before ACKNOWLEDGE", st::DRIVER),
+        (
+            "DRIVER_OK without FEATURES_OK",
+            st::ACKNOWLEDGE | st::DRIVER | st::DRIVER_OK,
+        ),
+    ] {
         let c0 = dev.counters();
         set_status(&dev, v);
         assert_eq!(status(&dev), 0, "{what}");
-        assert_eq!(dev.counters().bad_status_writes, c0.bad_status_writes + 1, "{what}");
+        assert_eq!(
+            dev.counters().bad_status_writes,
+            c0.bad_status_writes + 1,
+            "{what}"
+        );
         set_status(&dev, 0);
     }
 }
@@ -910,7 +1527,11 @@ fn features_ok_and_driver_ok_in_one_write() {
     prepare(offered_mask() & !V1);
     set_status(&dev, all);
     let s = status(&dev);
-    assert_eq!(s & (st::FEATURES_OK | st::DRIVER_OK), 0, "refused features, status reads {s:#x}");
+    assert_eq!(
+        s & (st::FEATURES_OK | st::DRIVER_OK),
+        0,
+        "refused features, status reads {s:#x}"
+    );
     // Acceptable features: either the write is refused as a skipped step, or FEATURES_OK means
     // the features were latched.
     let f = V1 | (1 << bits::CTRL_VQ);
@@ -920,7 +1541,11 @@ fn features_ok_and_driver_ok_in_one_write() {
     let s = status(&dev);
     let rejected = s == ad && dev.counters().bad_status_writes == c0.bad_status_writes + 1;
     let accepted = s == all && dev.negotiated_features() == f;
-    assert!(rejected || accepted, "status {s:#x}, negotiated {:#x}", dev.negotiated_features());
+    assert!(
+        rejected || accepted,
+        "status {s:#x}, negotiated {:#x}",
+        dev.negotiated_features()
+    );
 }
 
 // ------------------------------------------------------------------------------- generation
@@ -951,7 +1576,11 @@ fn config_generation_follows_announce_and_announce_ack() {
     drv.ctrl(3, 0, &[]).unwrap();
     let g2 = gen();
     assert_eq!(link(), 1, "ANNOUNCE_ACK clears VIRTIO_NET_S_ANNOUNCE");
-    assert_eq!(g2, g1.wrapping_add(1), "ANNOUNCE_ACK changes config_generation");
+    assert_eq!(
+        g2,
+        g1.wrapping_add(1),
+        "ANNOUNCE_ACK changes config_generation"
+    );
     // A second ACK with nothing to acknowledge changes nothing.
     drv.ctrl(3, 0, &[]).unwrap();
     assert_eq!(gen(), g2);
@@ -959,14 +1588,23 @@ fn config_generation_follows_announce_and_announce_ack() {
 
     // Without GUEST_ANNOUNCE the device cannot announce.
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-    let mut drv =
-        NetDriver::in_process(&dev, DriverOptions { features: offered_mask() & !(1 << bits::GUEST_ANNOUNCE), ..small_opts(1, LmLayout::Dpdk) }).unwrap();
+    let mut drv = NetDriver::in_process(
+        &dev,
+        DriverOptions {
+            features: offered_mask() & !(1 << bits::GUEST_ANNOUNCE),
+            ..small_opts(1, LmLayout::Dpdk)
+        },
+    )
+    .unwrap();
     drv.start().unwrap();
     let g = common_rd(&dev, common::CONFIG_GENERATION, 1);
     assert!(!dev.announce());
     assert_eq!(common_rd(&dev, common::CONFIG_GENERATION, 1), g);
     assert_eq!(net_rd(&dev, net_cfg::STATUS, 2), 1);
-    assert!(matches!(drv.ctrl(3, 0, &[]), Err(sim_harness::driver::DriverError::CtrlRejected { class: 3, cmd: 0 })));
+    assert!(matches!(
+        drv.ctrl(3, 0, &[]),
+        Err(sim_harness::driver::DriverError::CtrlRejected { class: 3, cmd: 0 })
+    ));
 }
 
 #[test]
@@ -981,15 +1619,26 @@ fn accessors_keep_counters_consistent() {
             let _ = read_reg(&dev, region, base + r.offset, r.width);
         }
     }
-    assert_eq!(dev.counters().bad_register_accesses, c0.bad_register_accesses);
+    assert_eq!(
+        dev.counters().bad_register_accesses,
+        c0.bad_register_accesses
+    );
 }
 
 #[test]
 fn packed_ring_offer_can_be_withdrawn() {
     for offer in [true, false] {
-        let dev = Device::new(DeviceConfig { offer_packed: offer, ..DeviceConfig::default() }).unwrap();
+        let dev = Device::new(DeviceConfig {
+            offer_packed: offer,
+            ..DeviceConfig::default()
+        })
+        .unwrap();
         common_wr(&dev, common::DEVICE_FEATURE_SELECT, 4, 1);
         let hi = common_rd(&dev, common::DEVICE_FEATURE, 4);
-        assert_eq!(hi & (1 << (bits::RING_PACKED - 32)) != 0, offer, "device_feature[63:32] = {hi:#x}");
+        assert_eq!(
+            hi & (1 << (bits::RING_PACKED - 32)) != 0,
+            offer,
+            "device_feature[63:32] = {hi:#x}"
+        );
     }
 }

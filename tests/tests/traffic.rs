@@ -27,14 +27,26 @@ fn layout_name(packed: bool) -> &'static str {
 fn loopback(pairs: u16, opts: DriverOptions) -> (Arc<Device>, NetDriver) {
     let dev = Device::new(DeviceConfig::with_queue_pairs(pairs)).unwrap();
     dev.set_loopback();
-    let mut drv = NetDriver::in_process(&dev, DriverOptions { queue_pairs: pairs, ..opts }).unwrap();
+    let mut drv = NetDriver::in_process(
+        &dev,
+        DriverOptions {
+            queue_pairs: pairs,
+            ..opts
+        },
+    )
+    .unwrap();
     drv.start().unwrap();
     (dev, drv)
 }
 
 /// Sends `count` random-size frames round-robin over all pairs, compares every received frame
 /// byte for byte with the one sent (per pair, in order).
-fn exact_loopback(pairs: u16, count: usize, opts: DriverOptions, seed: u64) -> (Arc<Device>, NetDriver) {
+fn exact_loopback(
+    pairs: u16,
+    count: usize,
+    opts: DriverOptions,
+    seed: u64,
+) -> (Arc<Device>, NetDriver) {
     let (dev, mut drv) = loopback(pairs, opts);
     let mac = drv.mac().unwrap();
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -44,14 +56,26 @@ fn exact_loopback(pairs: u16, count: usize, opts: DriverOptions, seed: u64) -> (
     while sent < count {
         for p in 0..pairs {
             let n = rng.gen_range(1..=48).min(count - sent);
-            let batch: Vec<Vec<u8>> =
-                (0..n).map(|i| frames::build(mac, mac, p, (sent + i) as u64, rng.gen_range(frames::MIN_FRAME..=MTU_FRAME), &mut rng)).collect();
+            let batch: Vec<Vec<u8>> = (0..n)
+                .map(|i| {
+                    frames::build(
+                        mac,
+                        mac,
+                        p,
+                        (sent + i) as u64,
+                        rng.gen_range(frames::MIN_FRAME..=MTU_FRAME),
+                        &mut rng,
+                    )
+                })
+                .collect();
             let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
             assert_eq!(drv.send(p, &refs).unwrap(), n, "TX ring full");
             expect[usize::from(p)].extend(batch);
             sent += n;
             for f in drv.recv(p).unwrap() {
-                let want = expect[usize::from(p)].pop_front().expect("a frame nobody sent");
+                let want = expect[usize::from(p)]
+                    .pop_front()
+                    .expect("a frame nobody sent");
                 assert_eq!(f, want, "frame {received} on pair {p} differs");
                 received += 1;
             }
@@ -77,7 +101,10 @@ fn ten_thousand_random_frames_loopback_exact() {
     for packed in LAYOUTS {
         let (dev, drv) = exact_loopback(1, 10_000, DriverOptions::default().with_packed(packed), 1);
         assert_eq!(drv.is_packed(), packed);
-        assert_eq!(dev.negotiated_features() & (1 << bits::RING_PACKED) != 0, packed);
+        assert_eq!(
+            dev.negotiated_features() & (1 << bits::RING_PACKED) != 0,
+            packed
+        );
         let c = dev.counters();
         assert_eq!(c.tx_frames, 10_000, "{}", layout_name(packed));
         assert_eq!(c.rx_frames, 10_000);
@@ -90,27 +117,55 @@ fn ten_thousand_random_frames_loopback_exact() {
 fn mergeable_rx_buffers_split_frames() {
     for packed in LAYOUTS {
         // 512-byte RX buffers: a 1514-byte frame + 12-byte header spans 3 buffers (num_buffers = 3).
-        let (dev, _drv) = exact_loopback(1, 2_000, DriverOptions { rx_buf_size: 512, ..Default::default() }.with_packed(packed), 2);
+        let (dev, _drv) = exact_loopback(
+            1,
+            2_000,
+            DriverOptions {
+                rx_buf_size: 512,
+                ..Default::default()
+            }
+            .with_packed(packed),
+            2,
+        );
         let c = dev.counters();
-        assert!(c.queues[0].chains > c.queues[0].frames, "{}: frames spanned several chains: {:?}", layout_name(packed), c.queues[0]);
+        assert!(
+            c.queues[0].chains > c.queues[0].frames,
+            "{}: frames spanned several chains: {:?}",
+            layout_name(packed),
+            c.queues[0]
+        );
     }
 }
 
 #[test]
 fn without_mrg_rxbuf_single_buffers() {
     for packed in LAYOUTS {
-        let opts = DriverOptions { features: default_driver_features() & !(1 << bits::MRG_RXBUF), ..Default::default() }.with_packed(packed);
+        let opts = DriverOptions {
+            features: default_driver_features() & !(1 << bits::MRG_RXBUF),
+            ..Default::default()
+        }
+        .with_packed(packed);
         let (dev, drv) = exact_loopback(1, 2_000, opts, 3);
         assert_eq!(drv.features & (1 << bits::MRG_RXBUF), 0);
         let c = dev.counters();
-        assert_eq!(c.queues[0].chains, c.queues[0].frames, "{}", layout_name(packed));
+        assert_eq!(
+            c.queues[0].chains,
+            c.queues[0].frames,
+            "{}",
+            layout_name(packed)
+        );
     }
 }
 
 #[test]
 fn without_mrg_small_buffers_drop_frames_and_keep_buffers() {
     for packed in LAYOUTS {
-        let opts = DriverOptions { features: default_driver_features() & !(1 << bits::MRG_RXBUF), rx_buf_size: 256, ..Default::default() }.with_packed(packed);
+        let opts = DriverOptions {
+            features: default_driver_features() & !(1 << bits::MRG_RXBUF),
+            rx_buf_size: 256,
+            ..Default::default()
+        }
+        .with_packed(packed);
         let (dev, mut drv) = loopback(1, opts);
         let mac = drv.mac().unwrap();
         let mut rng = SmallRng::seed_from_u64(4);
@@ -118,7 +173,12 @@ fn without_mrg_small_buffers_drop_frames_and_keep_buffers() {
         let small = frames::build(mac, mac, 0, 1, 200, &mut rng);
         assert_eq!(drv.send(0, &[&big, &small]).unwrap(), 2);
         let got = drv.recv(0).unwrap();
-        assert_eq!(got, vec![small], "{}: the frame that fits arrives, the other is dropped", layout_name(packed));
+        assert_eq!(
+            got,
+            vec![small],
+            "{}: the frame that fits arrives, the other is dropped",
+            layout_name(packed)
+        );
         assert_eq!(dev.counters().rx_dropped_too_small, 1);
         drv.check_alive().unwrap();
     }
@@ -127,9 +187,35 @@ fn without_mrg_small_buffers_drop_frames_and_keep_buffers() {
 #[test]
 fn split_header_and_indirect_tx() {
     for packed in LAYOUTS {
-        exact_loopback(1, 1_000, DriverOptions { tx_split_header: true, ..Default::default() }.with_packed(packed), 5);
-        let (dev, _) = exact_loopback(1, 1_000, DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() }.with_packed(packed), 6);
-        assert!(dev.bus_stats().get(dma::DmaKind::IndirectTable).transactions >= 1_000, "{}", layout_name(packed));
+        exact_loopback(
+            1,
+            1_000,
+            DriverOptions {
+                tx_split_header: true,
+                ..Default::default()
+            }
+            .with_packed(packed),
+            5,
+        );
+        let (dev, _) = exact_loopback(
+            1,
+            1_000,
+            DriverOptions {
+                tx_indirect: true,
+                tx_split_header: true,
+                ..Default::default()
+            }
+            .with_packed(packed),
+            6,
+        );
+        assert!(
+            dev.bus_stats()
+                .get(dma::DmaKind::IndirectTable)
+                .transactions
+                >= 1_000,
+            "{}",
+            layout_name(packed)
+        );
     }
 }
 
@@ -148,7 +234,10 @@ fn four_queue_pairs(packed: bool) {
         let tx = &c.queues[usize::from(txq(p))];
         let rx = &c.queues[usize::from(rxq(p))];
         assert!(tx.frames > 1_000, "pair {p} transmitted");
-        assert_eq!(tx.frames, rx.frames, "pair {p}: automatic receive steering (5.1.6.5.6.1)");
+        assert_eq!(
+            tx.frames, rx.frames,
+            "pair {p}: automatic receive steering (5.1.6.5.6.1)"
+        );
         // DPDK's vector plan: queue i on vector i + 1.
         assert!(drv.irq.count(NetDriver::vector_of(rxq(p))) >= 1);
     }
@@ -162,12 +251,21 @@ fn before_vq_pairs_set_only_pair_zero_receives() {
 }
 
 fn before_vq_pairs_set(packed: bool) {
-    let dev = Device::new(DeviceConfig::with_queue_pairs(2).lm_layout(bar_registers::LmLayout::Linux)).unwrap();
+    let dev =
+        Device::new(DeviceConfig::with_queue_pairs(2).lm_layout(bar_registers::LmLayout::Linux))
+            .unwrap();
     dev.set_loopback();
     // The Linux LM layout has no MQ register, so only the control command enables pair 1.
-    let mut drv =
-        NetDriver::in_process(&dev, DriverOptions { queue_pairs: 2, lm_layout: bar_registers::LmLayout::Linux, ..Default::default() }.with_packed(packed))
-            .unwrap();
+    let mut drv = NetDriver::in_process(
+        &dev,
+        DriverOptions {
+            queue_pairs: 2,
+            lm_layout: bar_registers::LmLayout::Linux,
+            ..Default::default()
+        }
+        .with_packed(packed),
+    )
+    .unwrap();
     drv.start().unwrap();
     assert_eq!(dev.active_queue_pairs(), 2);
     drv.ctrl(4, 0, &1u16.to_le_bytes()).unwrap();
@@ -177,7 +275,11 @@ fn before_vq_pairs_set(packed: bool) {
     drv.send(1, &[&f]).unwrap();
     assert_eq!(drv.recv(1).unwrap().len(), 0);
     assert_eq!(drv.recv(0).unwrap(), vec![f]);
-    assert_eq!(drv.ctrl_raw(4, 0, &3u16.to_le_bytes()).unwrap(), 1, "more pairs than the device has: VIRTIO_NET_ERR");
+    assert_eq!(
+        drv.ctrl_raw(4, 0, &3u16.to_le_bytes()).unwrap(),
+        1,
+        "more pairs than the device has: VIRTIO_NET_ERR"
+    );
 }
 
 #[test]
@@ -201,8 +303,12 @@ fn two_devices_mixed() {
     db.start().unwrap();
     let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());
     let mut rng = SmallRng::seed_from_u64(19);
-    let fa: Vec<Vec<u8>> = (0..100).map(|i| frames::build(ma, mb, 0, i, rng.gen_range(60..=1514), &mut rng)).collect();
-    let fb: Vec<Vec<u8>> = (0..100).map(|i| frames::build(mb, ma, 1, i, rng.gen_range(60..=1514), &mut rng)).collect();
+    let fa: Vec<Vec<u8>> = (0..100)
+        .map(|i| frames::build(ma, mb, 0, i, rng.gen_range(60..=1514), &mut rng))
+        .collect();
+    let fb: Vec<Vec<u8>> = (0..100)
+        .map(|i| frames::build(mb, ma, 1, i, rng.gen_range(60..=1514), &mut rng))
+        .collect();
     for (x, y) in fa.chunks(10).zip(fb.chunks(10)) {
         let rx: Vec<&[u8]> = x.iter().map(Vec::as_slice).collect();
         let ry: Vec<&[u8]> = y.iter().map(Vec::as_slice).collect();
@@ -224,7 +330,11 @@ fn two_devices(packed: bool) {
     cfg_b.layout.mac = [0x52, 0x54, 0, 0, 0, 0xB];
     let b = Device::new(cfg_b).unwrap();
     LinkPort::join(&a, &b);
-    let opts = DriverOptions { queue_pairs: 2, ..Default::default() }.with_packed(packed);
+    let opts = DriverOptions {
+        queue_pairs: 2,
+        ..Default::default()
+    }
+    .with_packed(packed);
     let mut da = NetDriver::in_process(&a, opts.clone()).unwrap();
     let mut db = NetDriver::in_process(&b, opts).unwrap();
     da.start().unwrap();
@@ -237,8 +347,23 @@ fn two_devices(packed: bool) {
     let mut sent_b: HashMap<u16, u64> = HashMap::new();
     for round in 0..200u64 {
         for p in 0..2u16 {
-            let fa: Vec<Vec<u8>> = (0..8).map(|i| frames::build(ma, mb, p, round * 8 + i, rng.gen_range(60..=1514), &mut rng)).collect();
-            let fb: Vec<Vec<u8>> = (0..8).map(|i| frames::build(mb, ma, 10 + p, round * 8 + i, rng.gen_range(60..=1514), &mut rng)).collect();
+            let fa: Vec<Vec<u8>> = (0..8)
+                .map(|i| {
+                    frames::build(ma, mb, p, round * 8 + i, rng.gen_range(60..=1514), &mut rng)
+                })
+                .collect();
+            let fb: Vec<Vec<u8>> = (0..8)
+                .map(|i| {
+                    frames::build(
+                        mb,
+                        ma,
+                        10 + p,
+                        round * 8 + i,
+                        rng.gen_range(60..=1514),
+                        &mut rng,
+                    )
+                })
+                .collect();
             let ra: Vec<&[u8]> = fa.iter().map(Vec::as_slice).collect();
             let rb: Vec<&[u8]> = fb.iter().map(Vec::as_slice).collect();
             assert_eq!(da.send(p, &ra).unwrap(), 8);
@@ -257,8 +382,14 @@ fn two_devices(packed: bool) {
     }
     tb.finish(&sent_a);
     ta.finish(&sent_b);
-    assert!(tb.clean() && tb.delivered == 3_200, "B received A's frames: {tb:?}");
-    assert!(ta.clean() && ta.delivered == 3_200, "A received B's frames: {ta:?}");
+    assert!(
+        tb.clean() && tb.delivered == 3_200,
+        "B received A's frames: {tb:?}"
+    );
+    assert!(
+        ta.clean() && ta.delivered == 3_200,
+        "A received B's frames: {ta:?}"
+    );
     assert_eq!(a.counters().tx_frames, b.counters().rx_frames);
 }
 
@@ -284,17 +415,28 @@ fn event_idx_suppresses(packed: bool) {
         r.set_used_event(&mem, at).unwrap();
     } else {
         let used = drv.ring(rxq(0)).unwrap().used_idx(&mem).unwrap();
-        drv.ring(rxq(0)).unwrap().set_used_event(&mem, used.wrapping_add(99)).unwrap();
+        drv.ring(rxq(0))
+            .unwrap()
+            .set_used_event(&mem, used.wrapping_add(99))
+            .unwrap();
     }
     let before = drv.irq.count(vec_rx);
     for i in 0..99u64 {
         let f = frames::build(mac, mac, 0, i, 64, &mut rng);
         drv.send(0, &[&f]).unwrap();
     }
-    assert_eq!(drv.irq.count(vec_rx), before, "99 completions, used_event not reached: no interrupt");
+    assert_eq!(
+        drv.irq.count(vec_rx),
+        before,
+        "99 completions, used_event not reached: no interrupt"
+    );
     let f = frames::build(mac, mac, 0, 99, 64, &mut rng);
     drv.send(0, &[&f]).unwrap();
-    assert_eq!(drv.irq.count(vec_rx), before + 1, "the 100th completion crosses used_event");
+    assert_eq!(
+        drv.irq.count(vec_rx),
+        before + 1,
+        "the 100th completion crosses used_event"
+    );
     assert!(dev.counters().queues[usize::from(rxq(0))].interrupts_suppressed >= 99);
     // avail_event: the device asks to be kicked only at its next avail index, so the driver's
     // kicks match the device's doorbell count.
@@ -309,7 +451,11 @@ fn no_interrupt_flag_without_event_idx() {
 }
 
 fn no_interrupt_flag(packed: bool) {
-    let opts = DriverOptions { features: default_driver_features() & !(1 << bits::EVENT_IDX), ..Default::default() }.with_packed(packed);
+    let opts = DriverOptions {
+        features: default_driver_features() & !(1 << bits::EVENT_IDX),
+        ..Default::default()
+    }
+    .with_packed(packed);
     let (_dev, mut drv) = loopback(1, opts);
     let mac = drv.mac().unwrap();
     let mem = drv.mem.clone();
@@ -318,19 +464,32 @@ fn no_interrupt_flag(packed: bool) {
     // Split: VRING_AVAIL_F_NO_INTERRUPT (2.7.7.1); packed: driver event flags DISABLE (2.8.10).
     let set = |drv: &mut NetDriver, on: bool| {
         if packed {
-            drv.packed_ring(rxq(0)).unwrap().set_interrupts(&mem, on).unwrap();
+            drv.packed_ring(rxq(0))
+                .unwrap()
+                .set_interrupts(&mem, on)
+                .unwrap();
         } else {
-            drv.ring(rxq(0)).unwrap().set_no_interrupt(&mem, !on).unwrap();
+            drv.ring(rxq(0))
+                .unwrap()
+                .set_no_interrupt(&mem, !on)
+                .unwrap();
         }
     };
     set(&mut drv, false);
     let before = drv.irq.count(v);
     for i in 0..20u64 {
-        drv.send(0, &[&frames::build(mac, mac, 0, i, 64, &mut rng)]).unwrap();
+        drv.send(0, &[&frames::build(mac, mac, 0, i, 64, &mut rng)])
+            .unwrap();
     }
-    assert_eq!(drv.irq.count(v), before, "{}: interrupts off honoured", layout_name(packed));
+    assert_eq!(
+        drv.irq.count(v),
+        before,
+        "{}: interrupts off honoured",
+        layout_name(packed)
+    );
     set(&mut drv, true);
-    drv.send(0, &[&frames::build(mac, mac, 0, 20, 64, &mut rng)]).unwrap();
+    drv.send(0, &[&frames::build(mac, mac, 0, 20, 64, &mut rng)])
+        .unwrap();
     assert_eq!(drv.irq.count(v), before + 1);
     if packed {
         // Without EVENT_IDX the device never writes its event suppression structure.
@@ -352,7 +511,14 @@ fn stop_and_start_resume_without_loss_or_duplication() {
 }
 
 fn stop_and_start(packed: bool) {
-    let (dev, mut drv) = loopback(2, DriverOptions { queue_pairs: 2, ..Default::default() }.with_packed(packed));
+    let (dev, mut drv) = loopback(
+        2,
+        DriverOptions {
+            queue_pairs: 2,
+            ..Default::default()
+        }
+        .with_packed(packed),
+    );
     let mac = drv.mac().unwrap();
     let mut rng = SmallRng::seed_from_u64(12);
     let mut tracker = Tracker::default();
@@ -377,7 +543,10 @@ fn stop_and_start(packed: bool) {
         let states = drv.stop().unwrap();
         for q in [rxq(0), txq(0), rxq(1), txq(1), 4] {
             let (a, u) = states[usize::from(q)];
-            assert_eq!(a, u, "queue {q}: the device finished in-flight work before reporting");
+            assert_eq!(
+                a, u,
+                "queue {q}: the device finished in-flight work before reporting"
+            );
             let used_in_memory = {
                 let mem = drv.mem.clone();
                 if packed {
@@ -387,13 +556,20 @@ fn stop_and_start(packed: bool) {
                     drv.ring(q).unwrap().used_idx(&mem).unwrap()
                 }
             };
-            assert_eq!(u, used_in_memory, "queue {q}: LM ring state equals the used index in memory");
+            assert_eq!(
+                u, used_in_memory,
+                "queue {q}: LM ring state equals the used index in memory"
+            );
         }
         drv.restart(&states).unwrap();
         for q in [rxq(0), txq(0)] {
             let snap = dev.queue(q).unwrap();
             assert!(snap.enabled);
-            assert_eq!((snap.last_avail, snap.last_used), states[usize::from(q)], "queue {q} resumed at its ring state");
+            assert_eq!(
+                (snap.last_avail, snap.last_used),
+                states[usize::from(q)],
+                "queue {q} resumed at its ring state"
+            );
         }
     }
     for p in 0..2u16 {
@@ -410,9 +586,31 @@ fn stop_and_start(packed: bool) {
 #[test]
 fn packed_odd_queue_size_many_laps() {
     for (size, opts) in [
-        (100u16, DriverOptions { queue_size: 100, ..Default::default() }),
-        (7, DriverOptions { queue_size: 7, tx_split_header: true, rx_buf_size: 512, ..Default::default() }),
-        (33, DriverOptions { queue_size: 33, tx_indirect: true, tx_split_header: true, ..Default::default() }),
+        (
+            100u16,
+            DriverOptions {
+                queue_size: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            7,
+            DriverOptions {
+                queue_size: 7,
+                tx_split_header: true,
+                rx_buf_size: 512,
+                ..Default::default()
+            },
+        ),
+        (
+            33,
+            DriverOptions {
+                queue_size: 33,
+                tx_indirect: true,
+                tx_split_header: true,
+                ..Default::default()
+            },
+        ),
     ] {
         let (dev, mut drv) = loopback(1, opts.with_packed(true));
         assert!(drv.is_packed());
@@ -425,14 +623,28 @@ fn packed_odd_queue_size_many_laps() {
         while got < total {
             let room = usize::from(size / 2).clamp(1, 16);
             let n = rng.gen_range(1..=room).min(total - sent);
-            let batch: Vec<Vec<u8>> =
-                (0..n).map(|i| frames::build(mac, mac, 0, (sent + i) as u64, rng.gen_range(frames::MIN_FRAME..=MTU_FRAME), &mut rng)).collect();
+            let batch: Vec<Vec<u8>> = (0..n)
+                .map(|i| {
+                    frames::build(
+                        mac,
+                        mac,
+                        0,
+                        (sent + i) as u64,
+                        rng.gen_range(frames::MIN_FRAME..=MTU_FRAME),
+                        &mut rng,
+                    )
+                })
+                .collect();
             let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
             let k = drv.send(0, &refs).unwrap();
             expect.extend(batch.into_iter().take(k));
             sent += k;
             let frames = drv.recv(0).unwrap();
-            idle = if frames.is_empty() && k == 0 { idle + 1 } else { 0 };
+            idle = if frames.is_empty() && k == 0 {
+                idle + 1
+            } else {
+                0
+            };
             assert!(idle < 100, "size {size}: no progress at {got} of {total}");
             for f in frames {
                 assert_eq!(Some(f), expect.pop_front(), "size {size}: frame {got}");
@@ -443,7 +655,10 @@ fn packed_odd_queue_size_many_laps() {
         let q = dev.queue(rxq(0)).unwrap();
         assert_eq!(q.size, size, "the device accepted queue size {size}");
         assert_eq!(dev.counters().rx_frames, total as u64);
-        assert!(dev.counters().queues[usize::from(rxq(0))].chains / u64::from(size) > 20, "many laps");
+        assert!(
+            dev.counters().queues[usize::from(rxq(0))].chains / u64::from(size) > 20,
+            "many laps"
+        );
     }
 }
 
@@ -457,11 +672,21 @@ fn packed_ring_state_encodings() {
     use device::RegionAccess;
     let dev = Device::new(DeviceConfig::with_queue_pairs(1).lm_layout(LmLayout::Linux)).unwrap();
     dev.set_loopback();
-    let mut drv = NetDriver::in_process(&dev, DriverOptions { lm_layout: LmLayout::Linux, ..Default::default() }.with_packed(true)).unwrap();
+    let mut drv = NetDriver::in_process(
+        &dev,
+        DriverOptions {
+            lm_layout: LmLayout::Linux,
+            ..Default::default()
+        }
+        .with_packed(true),
+    )
+    .unwrap();
     drv.start().unwrap();
     let mac = drv.mac().unwrap();
     let mut rng = SmallRng::seed_from_u64(31);
-    let fs: Vec<Vec<u8>> = (0..5).map(|i| frames::build(mac, mac, 0, i, 100, &mut rng)).collect();
+    let fs: Vec<Vec<u8>> = (0..5)
+        .map(|i| frames::build(mac, mac, 0, i, 100, &mut rng))
+        .collect();
     let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
     assert_eq!(drv.send(0, &refs).unwrap(), 5);
     assert_eq!(drv.recv(0).unwrap(), fs);
@@ -477,19 +702,35 @@ fn packed_ring_state_encodings() {
     assert_eq!(lm::unpack_packed_ring_state(rd(4)), (5, true, 5, true));
     // Stop the queue, then what virtio_vdpa + ifcvf write for a fresh packed ring.
     let cbase = dev.layout().common.offset;
-    dev.region_write(0, cbase + bar_registers::virtio::common::QUEUE_SELECT, &txq(0).to_le_bytes()).unwrap();
-    dev.region_write(0, cbase + bar_registers::virtio::common::QUEUE_ENABLE, &0u16.to_le_bytes()).unwrap();
+    dev.region_write(
+        0,
+        cbase + bar_registers::virtio::common::QUEUE_SELECT,
+        &txq(0).to_le_bytes(),
+    )
+    .unwrap();
+    dev.region_write(
+        0,
+        cbase + bar_registers::virtio::common::QUEUE_ENABLE,
+        &0u16.to_le_bytes(),
+    )
+    .unwrap();
     // Poll queue_enable until it reads 0 (the IFC VF stop semantics).
     for _ in 0..10 {
         let mut b = [0u8; 2];
-        dev.region_read(0, cbase + bar_registers::virtio::common::QUEUE_ENABLE, &mut b).unwrap();
+        dev.region_read(
+            0,
+            cbase + bar_registers::virtio::common::QUEUE_ENABLE,
+            &mut b,
+        )
+        .unwrap();
         if b == [0, 0] {
             break;
         }
     }
     dev.region_write(4, off, &1u16.to_le_bytes()).unwrap();
     assert_eq!(rd(4), 0x8000_8000, "offset 0, both wrap counters 1");
-    dev.region_write(4, off, &(7u16 << 1).to_le_bytes()).unwrap();
+    dev.region_write(4, off, &(7u16 << 1).to_le_bytes())
+        .unwrap();
     assert_eq!(rd(4), lm::pack_packed_ring_state(7, false, 7, false));
     assert_eq!(rd(2), 7 << 1);
 }

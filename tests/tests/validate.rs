@@ -8,12 +8,21 @@ use sim_harness::validate::{run, InProcess, Report, ValidateOptions, Verdict, GR
 fn validate(quirks: Quirks, lm_layout: LmLayout, wraparound: bool) -> Report {
     let mut cfg = DeviceConfig::with_queue_pairs(2).lm_layout(lm_layout);
     cfg.quirks = quirks;
-    run(&InProcess { cfg }, &ValidateOptions { lm_layout, wraparound, ..Default::default() })
+    run(
+        &InProcess { cfg },
+        &ValidateOptions {
+            lm_layout,
+            wraparound,
+            ..Default::default()
+        },
+    )
 }
 
 fn owner(q: Quirk) -> &'static str {
     match q {
-        Quirk::RingStateReadOnly | Quirk::StaleUsedIdx | Quirk::EarlyQueueDisable => "vring-index-rw",
+        Quirk::RingStateReadOnly | Quirk::StaleUsedIdx | Quirk::EarlyQueueDisable => {
+            "vring-index-rw"
+        }
         Quirk::LogSkipsUsedRing | Quirk::LogIgnoresEnd => "dirty-log",
         Quirk::IgnoresEventIdx => "feature-awareness",
         Quirk::NoGuestAnnounce => "guest-announce",
@@ -42,11 +51,32 @@ fn each_quirk_fails_exactly_its_check() {
         assert!(!r.passed(), "{} not caught:\n{}", q.name(), r.table());
         for g in &r.groups {
             if g.id == owner(q) {
-                assert_eq!(g.verdict, Verdict::Fail, "{}: {} should fail:\n{}", q.name(), g.id, r.table());
-                let f = g.findings.iter().find(|f| f.verdict == Verdict::Fail).expect("a failing finding");
-                assert!(!f.expected.is_empty() && !f.observed.is_empty(), "{}: evidence names expected and observed", q.name());
+                assert_eq!(
+                    g.verdict,
+                    Verdict::Fail,
+                    "{}: {} should fail:\n{}",
+                    q.name(),
+                    g.id,
+                    r.table()
+                );
+                let f = g
+                    .findings
+                    .iter()
+                    .find(|f| f.verdict == Verdict::Fail)
+                    .expect("a failing finding");
+                assert!(
+                    !f.expected.is_empty() && !f.observed.is_empty(),
+                    "{}: evidence names expected and observed",
+                    q.name()
+                );
             } else {
-                assert!(matches!(g.verdict, Verdict::Pass | Verdict::Skip), "{}: {} should not fail:\n{}", q.name(), g.id, r.table());
+                assert!(
+                    matches!(g.verdict, Verdict::Pass | Verdict::Skip),
+                    "{}: {} should not fail:\n{}",
+                    q.name(),
+                    g.id,
+                    r.table()
+                );
             }
         }
     }
@@ -54,26 +84,65 @@ fn each_quirk_fails_exactly_its_check() {
 
 #[test]
 fn report_formats() {
-    let r = validate(Quirks::NONE.with(Quirk::LogIgnoresEnd), LmLayout::Dpdk, false);
+    let r = validate(
+        Quirks::NONE.with(Quirk::LogIgnoresEnd),
+        LmLayout::Dpdk,
+        false,
+    );
     let j = r.json();
-    assert!(j.starts_with('{') && j.ends_with('}') && j.contains("\"passed\":false") && j.contains("\"id\":\"dirty-log\",\"title\""), "{j}");
+    assert!(
+        j.starts_with('{')
+            && j.ends_with('}')
+            && j.contains("\"passed\":false")
+            && j.contains("\"id\":\"dirty-log\",\"title\""),
+        "{j}"
+    );
     let x = r.junit();
-    assert!(x.starts_with("<?xml") && x.contains("<testsuite ") && x.trim_end().ends_with("</testsuite>"), "{x}");
-    assert_eq!(x.matches("<failure ").count(), r.groups.iter().flat_map(|g| &g.findings).filter(|f| f.verdict == Verdict::Fail).count());
+    assert!(
+        x.starts_with("<?xml")
+            && x.contains("<testsuite ")
+            && x.trim_end().ends_with("</testsuite>"),
+        "{x}"
+    );
+    assert_eq!(
+        x.matches("<failure ").count(),
+        r.groups
+            .iter()
+            .flat_map(|g| &g.findings)
+            .filter(|f| f.verdict == Verdict::Fail)
+            .count()
+    );
     assert!(x.contains("classname=\"dirty-log\""));
     let t = r.table();
-    assert!(t.contains("dirty-log") && t.contains("FAIL") && t.contains("expected") && t.contains("observed") && t.contains("RESULT: FAIL"), "{t}");
+    assert!(
+        t.contains("dirty-log")
+            && t.contains("FAIL")
+            && t.contains("expected")
+            && t.contains("observed")
+            && t.contains("RESULT: FAIL"),
+        "{t}"
+    );
 }
 
 /// The same checks through the vfio-user protocol: a served device, reached only by messages.
-fn served(quirks: Quirks) -> (std::sync::Arc<sim_harness::vfio_user::server::Server>, std::path::PathBuf, std::thread::JoinHandle<()>) {
+fn served(
+    quirks: Quirks,
+) -> (
+    std::sync::Arc<sim_harness::vfio_user::server::Server>,
+    std::path::PathBuf,
+    std::thread::JoinHandle<()>,
+) {
     use sim_harness::vfio_user::server::{Server, ServerOptions};
     let mut cfg = DeviceConfig::with_queue_pairs(2);
     cfg.msix_owner = device::MsixOwner::Vmm;
     cfg.quirks = quirks;
     let dev = device::Device::new(cfg).unwrap();
     dev.set_loopback();
-    let dir = std::env::temp_dir().join(format!("vdpa-validate-{}-{}", std::process::id(), quirks.iter().count()));
+    let dir = std::env::temp_dir().join(format!(
+        "vdpa-validate-{}-{}",
+        std::process::id(),
+        quirks.iter().count()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dev.sock");
     let server = std::sync::Arc::new(Server::bind(&path, dev, ServerOptions::default()).unwrap());
@@ -86,9 +155,21 @@ fn served(quirks: Quirks) -> (std::sync::Arc<sim_harness::vfio_user::server::Ser
 
 #[test]
 fn validates_a_device_over_vfio_user() {
-    for (quirks, failing) in [(Quirks::NONE, None), (Quirks::NONE.with(Quirk::LogSkipsUsedRing), Some("dirty-log"))] {
+    for (quirks, failing) in [
+        (Quirks::NONE, None),
+        (
+            Quirks::NONE.with(Quirk::LogSkipsUsedRing),
+            Some("dirty-log"),
+        ),
+    ] {
         let (server, path, t) = served(quirks);
-        let r = run(&sim_harness::validate::OverSocket { path: path.clone() }, &ValidateOptions { wraparound: false, ..Default::default() });
+        let r = run(
+            &sim_harness::validate::OverSocket { path: path.clone() },
+            &ValidateOptions {
+                wraparound: false,
+                ..Default::default()
+            },
+        );
         server.stop_handle().trigger();
         let _ = std::os::unix::net::UnixStream::connect(&path);
         t.join().unwrap();
@@ -96,11 +177,22 @@ fn validates_a_device_over_vfio_user() {
         for g in &r.groups {
             match failing {
                 Some(id) if g.id == id => assert_eq!(g.verdict, Verdict::Fail, "{}", r.table()),
-                _ => assert!(matches!(g.verdict, Verdict::Pass | Verdict::Skip), "{}: {}", g.id, r.table()),
+                _ => assert!(
+                    matches!(g.verdict, Verdict::Pass | Verdict::Skip),
+                    "{}: {}",
+                    g.id,
+                    r.table()
+                ),
             }
         }
         // No VMM hook over the socket: the announce request is reported as skipped, not passed.
         let ga = r.group("guest-announce").unwrap();
-        assert!(ga.findings.iter().any(|f| f.verdict == Verdict::Skip && f.name.contains("on request")), "{}", r.table());
+        assert!(
+            ga.findings
+                .iter()
+                .any(|f| f.verdict == Verdict::Skip && f.name.contains("on request")),
+            "{}",
+            r.table()
+        );
     }
 }

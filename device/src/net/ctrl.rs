@@ -19,8 +19,16 @@ impl DeviceState {
     /// Drains the control queue.
     pub(crate) fn service_ctrl(&mut self, q: u16) -> Result<(), DeviceFault> {
         loop {
-            let DeviceState { queues, dma, chain, buf, .. } = self;
-            let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(()) };
+            let DeviceState {
+                queues,
+                dma,
+                chain,
+                buf,
+                ..
+            } = self;
+            let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
+                return Ok(());
+            };
             if ring.fetch_avail(dma, 16)? == 0 {
                 if ring.arm_notification(dma)? {
                     continue;
@@ -39,7 +47,8 @@ impl DeviceState {
                 }
                 let start = buf.len();
                 buf.resize(start + d.len as usize, 0);
-                dma.read(d.addr, &mut buf[start..], DmaKind::PacketRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                dma.read(d.addr, &mut buf[start..], DmaKind::PacketRead)
+                    .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             }
             let head = chain.head;
             let Some(ack_addr) = ack_addr else {
@@ -52,8 +61,12 @@ impl DeviceState {
             if ack != VIRTIO_NET_OK {
                 self.counters.ctrl_errors += 1;
             }
-            let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else { return Ok(()) };
-            self.dma.write(ack_addr, &[ack], DmaKind::PacketWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
+                return Ok(());
+            };
+            self.dma
+                .write(ack_addr, &[ack], DmaKind::PacketWrite)
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             ring.push_used(head, 1);
             self.counters.queues[usize::from(q)].chains += 1;
             ring.flush_used(&mut self.dma)?;
@@ -67,7 +80,9 @@ impl DeviceState {
 
     /// Executes one command; returns the ack byte.
     fn ctrl_command(&mut self, cmd: &[u8]) -> u8 {
-        let (Some(&class), Some(&command)) = (cmd.first(), cmd.get(1)) else { return VIRTIO_NET_ERR };
+        let (Some(&class), Some(&command)) = (cmd.first(), cmd.get(1)) else {
+            return VIRTIO_NET_ERR;
+        };
         let data = &cmd[2..];
         let _span = tracing::debug_span!("ctrl", class, command).entered();
         let ok = match (class, command) {
@@ -131,7 +146,12 @@ fn parse_mac_tables(data: &[u8]) -> Option<MacTables> {
         let n = u32::from_le_bytes(d.get(0..4)?.try_into().ok()?) as usize;
         let bytes = n.checked_mul(6)?;
         let body = d.get(4..4 + bytes)?;
-        Some((body.chunks_exact(6).map(|c| c.try_into().expect("6 bytes")).collect(), &d[4 + bytes..]))
+        Some((
+            body.chunks_exact(6)
+                .map(|c| c.try_into().expect("6 bytes"))
+                .collect(),
+            &d[4 + bytes..],
+        ))
     }
     let (uc, rest) = table(data)?;
     let (mc, rest) = table(rest)?;

@@ -7,7 +7,9 @@ use crate::state::{NetState, FLOW_BUCKETS};
 /// directions of a flow land in the same bucket.
 pub fn flow_hash(frame: &[u8]) -> usize {
     fn fnv(h: u64, bytes: &[u8]) -> u64 {
-        bytes.iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+        bytes
+            .iter()
+            .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
     }
     const SEED: u64 = 0xcbf2_9ce4_8422_2325;
     if frame.len() < 14 {

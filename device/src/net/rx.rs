@@ -78,7 +78,9 @@ impl DeviceState {
     }
 
     fn publish_rx(&mut self, q: u16) -> Result<(), DeviceFault> {
-        let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else { return Ok(()) };
+        let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
+            return Ok(());
+        };
         ring.flush_used(&mut self.dma)?;
         if ring.interrupt_decision(&mut self.dma)? {
             self.queue_interrupt(q);
@@ -91,9 +93,21 @@ impl DeviceState {
     /// Writes one frame into queue `q`. Ok(false) when it does not fit yet.
     fn deliver(&mut self, q: u16, frame: &[u8], mrg: bool) -> Result<bool, DeviceFault> {
         let batch = self.cfg.batch;
-        let quirk_len = self.cfg.quirks.has(crate::quirks::Quirk::SplitRingUsedLenWrong);
-        let DeviceState { queues, dma, chain, rx_descs: all, counters, .. } = self;
-        let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(false) };
+        let quirk_len = self
+            .cfg
+            .quirks
+            .has(crate::quirks::Quirk::SplitRingUsedLenWrong);
+        let DeviceState {
+            queues,
+            dma,
+            chain,
+            rx_descs: all,
+            counters,
+            ..
+        } = self;
+        let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
+            return Ok(false);
+        };
         // The split-ring-used-len-wrong quirk is a split ring engine bug.
         let wrong_len = quirk_len && !ring.is_packed();
         let need = (NET_HDR_LEN + frame.len()) as u64;
@@ -118,7 +132,12 @@ impl DeviceState {
             }
             let first = all.len();
             all.extend_from_slice(&chain.descs);
-            slots[nslots] = Some(Slot { head: chain.head, first_desc: first, ndesc: chain.descs.len(), cap: chain.writable });
+            slots[nslots] = Some(Slot {
+                head: chain.head,
+                first_desc: first,
+                ndesc: chain.descs.len(),
+                cap: chain.writable,
+            });
             nslots += 1;
             cap += chain.writable;
         };
@@ -172,20 +191,29 @@ fn write_frame(
             // The part of this descriptor that falls in the header, then the part in the frame.
             if pos < hdr.len() {
                 let h = (hdr.len() - pos).min(left);
-                dma.write(addr, &hdr[pos..pos + h], DmaKind::PacketWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                dma.write(addr, &hdr[pos..pos + h], DmaKind::PacketWrite)
+                    .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
                 addr += h as u64;
                 left -= h;
                 pos += h;
             }
             if left > 0 {
                 let f = pos - hdr.len();
-                dma.write(addr, &frame[f..f + left], DmaKind::PacketWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                dma.write(addr, &frame[f..f + left], DmaKind::PacketWrite)
+                    .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
                 pos += left;
             }
             written += n as u64;
         }
         debug_assert!(written <= s.cap);
-        ring.push_used(s.head, if wrong_len { s.cap as u32 } else { written as u32 });
+        ring.push_used(
+            s.head,
+            if wrong_len {
+                s.cap as u32
+            } else {
+                written as u32
+            },
+        );
     }
     Ok(())
 }

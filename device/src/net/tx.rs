@@ -14,8 +14,19 @@ impl DeviceState {
         let batch = self.cfg.batch;
         let pair = q / 2;
         loop {
-            let DeviceState { queues, dma, chain, buf, port, counters, net, .. } = self;
-            let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else { return Ok(()) };
+            let DeviceState {
+                queues,
+                dma,
+                chain,
+                buf,
+                port,
+                counters,
+                net,
+                ..
+            } = self;
+            let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
+                return Ok(());
+            };
             let n = ring.fetch_avail(dma, batch)?;
             if n == 0 {
                 if ring.arm_notification(dma)? {
@@ -29,7 +40,8 @@ impl DeviceState {
                 for d in &chain.descs {
                     let start = buf.len();
                     buf.resize(start + d.len as usize, 0);
-                    dma.read(d.addr, &mut buf[start..], DmaKind::PacketRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                    dma.read(d.addr, &mut buf[start..], DmaKind::PacketRead)
+                        .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
                 }
                 ring.push_used(chain.head, 0);
                 qc.chains += 1;

@@ -12,7 +12,9 @@ pub struct LinkPort {
 impl LinkPort {
     /// A port whose frames go to `peer`.
     pub fn new(peer: &Arc<Device>) -> Self {
-        LinkPort { peer: Arc::downgrade(peer) }
+        LinkPort {
+            peer: Arc::downgrade(peer),
+        }
     }
 
     /// Joins two devices: each one's port transmits into the other.

@@ -30,7 +30,11 @@ macro_rules! dispatch {
 impl Ring {
     /// The engine for `setup`: packed when VIRTIO_F_RING_PACKED was negotiated.
     pub fn new(setup: RingSetup, packed: bool) -> Result<Self, DeviceFault> {
-        Ok(if packed { Ring::Packed(PackedRing::new(setup)?) } else { Ring::Split(SplitRing::new(setup)?) })
+        Ok(if packed {
+            Ring::Packed(PackedRing::new(setup)?)
+        } else {
+            Ring::Split(SplitRing::new(setup)?)
+        })
     }
 
     /// Whether this is a packed ring.
@@ -59,7 +63,13 @@ impl Ring {
 
     /// Pops the next fetched chain; `chain.head` is the id to complete it with.
     #[inline]
-    pub fn pop(&mut self, dma: &mut DmaEngine, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<bool, DeviceFault> {
+    pub fn pop(
+        &mut self,
+        dma: &mut DmaEngine,
+        chain: &mut Chain,
+        kind: ChainKind,
+        max_total: u64,
+    ) -> Result<bool, DeviceFault> {
         dispatch!(self, r => r.pop(dma, chain, kind, max_total))
     }
 

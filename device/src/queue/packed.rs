@@ -134,7 +134,10 @@ pub fn packed_need_event(size: u16, event: u16, new: u32, old: u32) -> bool {
 /// How many leading 16-byte descriptors of `bytes` are available for wrap counter `wrap`.
 #[inline]
 fn avail_prefix(bytes: &[u8], wrap: bool) -> usize {
-    bytes.chunks_exact(16).take_while(|d| is_avail(u16::from_le_bytes([d[14], d[15]]), wrap)).count()
+    bytes
+        .chunks_exact(16)
+        .take_while(|d| is_avail(u16::from_le_bytes([d[14], d[15]]), wrap))
+        .count()
 }
 
 /// One descriptor as read from the ring.
@@ -226,26 +229,56 @@ impl PackedRing {
     /// `offset | wrap << 15`. `setup.avail` is the driver event suppression area and
     /// `setup.used` the device's (4.1.4.3: queue_driver / queue_device).
     pub fn new(setup: RingSetup) -> Result<Self, DeviceFault> {
-        let RingSetup { queue, size, desc, avail: driver, used: device, last_avail, last_used, event_idx, indirect } = setup;
+        let RingSetup {
+            queue,
+            size,
+            desc,
+            avail: driver,
+            used: device,
+            last_avail,
+            last_used,
+            event_idx,
+            indirect,
+        } = setup;
         if size == 0 || size > MAX_PACKED_QUEUE_SIZE {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "packed queue size is 0 or above 32768 (2.8)" });
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail: "packed queue size is 0 or above 32768 (2.8)",
+            });
         }
         if !desc.is_multiple_of(16) || !driver.is_multiple_of(4) || !device.is_multiple_of(4) {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "ring address misaligned (2.8.10.1: descriptor ring 16, event suppression 4)" });
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail:
+                    "ring address misaligned (2.8.10.1: descriptor ring 16, event suppression 4)",
+            });
         }
         // Every ring address the engine computes is below these ends (as in the split ring).
-        if desc.checked_add(16 * u64::from(size)).is_none() || driver.checked_add(4).is_none() || device.checked_add(4).is_none() {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "ring area runs past the end of the 64-bit IOVA space" });
+        if desc.checked_add(16 * u64::from(size)).is_none()
+            || driver.checked_add(4).is_none()
+            || device.checked_add(4).is_none()
+        {
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail: "ring area runs past the end of the 64-bit IOVA space",
+            });
         }
         let (avail_pos, avail_wrap) = split_off_wrap(last_avail);
         let (used_pos, used_wrap) = split_off_wrap(last_used);
         if avail_pos >= size || used_pos >= size {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "packed LM ring state offset (bits 0-14) not below the queue size" });
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail: "packed LM ring state offset (bits 0-14) not below the queue size",
+            });
         }
         let m = 2 * u32::from(size);
-        let ahead = (ring_seq(size, avail_pos, avail_wrap) + m - ring_seq(size, used_pos, used_wrap)) % m;
+        let ahead =
+            (ring_seq(size, avail_pos, avail_wrap) + m - ring_seq(size, used_pos, used_wrap)) % m;
         if ahead > u32::from(size) {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "packed LM ring state: last_avail more than a ring ahead of last_used" });
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail: "packed LM ring state: last_avail more than a ring ahead of last_used",
+            });
         }
         let published = ring_seq(size, used_pos, used_wrap);
         Ok(PackedRing {
@@ -277,12 +310,18 @@ impl PackedRing {
 
     #[inline(always)]
     fn dma_err(&self) -> impl Fn(dma::DmaFault) -> DeviceFault + '_ {
-        move |fault| DeviceFault::Dma { queue: self.queue, fault }
+        move |fault| DeviceFault::Dma {
+            queue: self.queue,
+            fault,
+        }
     }
 
     /// LM ring state: (last_avail_idx, last_used_idx), each `offset | wrap counter << 15`.
     pub fn ring_state(&self) -> (u16, u16) {
-        (off_wrap(self.avail_pos, self.avail_wrap), off_wrap(self.used_pos, self.used_wrap))
+        (
+            off_wrap(self.avail_pos, self.avail_wrap),
+            off_wrap(self.used_pos, self.used_wrap),
+        )
     }
 
     /// `pos`/`wrap` moved forward `n` slots (the wrap counter toggles at the ring end, 2.8.1).
@@ -306,20 +345,37 @@ impl PackedRing {
     /// Slots the device owns: fetched (or consumed) and not yet used.
     fn outstanding(&self) -> u32 {
         let m = 2 * u32::from(self.size);
-        (ring_seq(self.size, self.fetch_pos, self.fetch_wrap) + m - ring_seq(self.size, self.used_pos, self.used_wrap)) % m
+        (ring_seq(self.size, self.fetch_pos, self.fetch_wrap) + m
+            - ring_seq(self.size, self.used_pos, self.used_wrap))
+            % m
     }
 
     /// Reads `count` ring slots from position `start` into `scratch` (one DMA read, two when it
     /// wraps at the ring end).
-    fn read_slots(&mut self, dma: &mut DmaEngine, start: u16, count: u16) -> Result<(), DeviceFault> {
+    fn read_slots(
+        &mut self,
+        dma: &mut DmaEngine,
+        start: u16,
+        count: u16,
+    ) -> Result<(), DeviceFault> {
         let bytes = usize::from(count) * 16;
         self.scratch.resize(bytes, 0);
         let first = count.min(self.size - start);
         let q = self.queue;
         let err = |fault| DeviceFault::Dma { queue: q, fault };
-        dma.read(self.desc + 16 * u64::from(start), &mut self.scratch[..usize::from(first) * 16], DmaKind::Descriptor).map_err(err)?;
+        dma.read(
+            self.desc + 16 * u64::from(start),
+            &mut self.scratch[..usize::from(first) * 16],
+            DmaKind::Descriptor,
+        )
+        .map_err(err)?;
         if first < count {
-            dma.read(self.desc, &mut self.scratch[usize::from(first) * 16..bytes], DmaKind::Descriptor).map_err(err)?;
+            dma.read(
+                self.desc,
+                &mut self.scratch[usize::from(first) * 16..bytes],
+                DmaKind::Descriptor,
+            )
+            .map_err(err)?;
         }
         Ok(())
     }
@@ -342,7 +398,9 @@ impl PackedRing {
         // An idle ring costs one 2-byte read (2.8.2: "the next device descriptor after the one
         // they processed previously" is the one location to poll).
         let start = self.fetch_pos;
-        let flags = dma.read_u16(self.desc + 16 * u64::from(start) + 14, DmaKind::Descriptor).map_err(self.dma_err())?;
+        let flags = dma
+            .read_u16(self.desc + 16 * u64::from(start) + 14, DmaKind::Descriptor)
+            .map_err(self.dma_err())?;
         if !is_avail(flags, self.fetch_wrap) {
             return Ok(0);
         }
@@ -363,21 +421,31 @@ impl PackedRing {
         fence(Ordering::Acquire);
         self.read_slots(dma, start, k as u16)?;
         let base = self.descs.len();
-        self.descs.extend(self.scratch.chunks_exact(16).map(RawDesc::parse));
+        self.descs
+            .extend(self.scratch.chunks_exact(16).map(RawDesc::parse));
         let mut i = 0u16;
         let mut n = 0u16;
         let (mut pos, mut wrap) = (self.fetch_pos, self.fetch_wrap);
         while usize::from(i) < k && n < max.max(1) {
             // The common case, a one-descriptor list, without the general walk.
             let d = self.descs[base + usize::from(i)];
-            let parsed = if d.flags & VIRTQ_DESC_F_NEXT == 0 && d.id < self.size && is_avail(d.flags, wrap) {
+            let parsed = if d.flags & VIRTQ_DESC_F_NEXT == 0
+                && d.id < self.size
+                && is_avail(d.flags, wrap)
+            {
                 Ok(Some((1, d.id)))
             } else {
                 self.parse_list(dma, base, i, room as u16)
             };
             match parsed {
                 Ok(Some((len, id))) => {
-                    self.chains.push(Fetched { pos, wrap, n: len, id, first: (base + usize::from(i)) as u32 });
+                    self.chains.push(Fetched {
+                        pos,
+                        wrap,
+                        n: len,
+                        id,
+                        first: (base + usize::from(i)) as u32,
+                    });
                     i += len;
                     n += 1;
                     (pos, wrap) = self.advance(pos, wrap, len);
@@ -401,7 +469,13 @@ impl PackedRing {
     /// Walks the list whose first descriptor is window slot `start` (seen available).
     /// Ok(Some((slots, buffer id))), Ok(None) when it runs past the window and is not the first
     /// list of this fetch, or the structural fault.
-    fn parse_list(&mut self, dma: &mut DmaEngine, base: usize, start: u16, room: u16) -> Result<Option<(u16, u16)>, DeviceFault> {
+    fn parse_list(
+        &mut self,
+        dma: &mut DmaEngine,
+        base: usize,
+        start: u16,
+        room: u16,
+    ) -> Result<Option<(u16, u16)>, DeviceFault> {
         let q = self.queue;
         let head = self.slot(start).0;
         let mut j = start;
@@ -415,27 +489,44 @@ impl PackedRing {
                     // Every free slot is in this list and it still continues: its next
                     // descriptor is the device's own (or the list's first, a lap on).
                     return Err(if room == self.size {
-                        DeviceFault::ChainTooLong { queue: q, head, limit: self.size.into() }
+                        DeviceFault::ChainTooLong {
+                            queue: q,
+                            head,
+                            limit: self.size.into(),
+                        }
                     } else {
-                        DeviceFault::ChainNotAvailable { queue: q, head, index: self.slot(have).0 }
+                        DeviceFault::ChainNotAvailable {
+                            queue: q,
+                            head,
+                            index: self.slot(have).0,
+                        }
                     });
                 }
                 // The first list is longer than what was read: read the rest of the free slots
                 // (still after the fence: its first descriptor was seen available).
                 let at = self.slot(have).0;
                 self.read_slots(dma, at, room - have)?;
-                self.descs.extend(self.scratch.chunks_exact(16).map(RawDesc::parse));
+                self.descs
+                    .extend(self.scratch.chunks_exact(16).map(RawDesc::parse));
             }
             let d = self.descs[base + usize::from(j)];
             let (pos, wrap) = self.slot(j);
             if !is_avail(d.flags, wrap) {
                 // 2.8.17: "A driver MUST NOT make the first descriptor in the list available
                 // before all subsequent descriptors comprising the list are made available."
-                return Err(DeviceFault::ChainNotAvailable { queue: q, head, index: pos });
+                return Err(DeviceFault::ChainNotAvailable {
+                    queue: q,
+                    head,
+                    index: pos,
+                });
             }
             if d.flags & VIRTQ_DESC_F_NEXT == 0 {
                 if d.id >= self.size {
-                    return Err(DeviceFault::BufferIdOutOfRange { queue: q, id: d.id, size: self.size });
+                    return Err(DeviceFault::BufferIdOutOfRange {
+                        queue: q,
+                        id: d.id,
+                        size: self.size,
+                    });
                 }
                 return Ok(Some((j - start + 1, d.id)));
             }
@@ -449,7 +540,10 @@ impl PackedRing {
         if keep == 0 {
             return;
         }
-        let drop = self.chains.get(keep).map_or(self.descs.len(), |c| c.first as usize);
+        let drop = self
+            .chains
+            .get(keep)
+            .map_or(self.descs.len(), |c| c.first as usize);
         self.chains.drain(..keep);
         self.descs.drain(..drop);
         for c in &mut self.chains {
@@ -462,7 +556,13 @@ impl PackedRing {
 
     /// Pops the next fetched list into `chain` (head = buffer id), validating every
     /// descriptor. Returns false when no fetched list is left.
-    pub fn pop(&mut self, dma: &mut DmaEngine, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<bool, DeviceFault> {
+    pub fn pop(
+        &mut self,
+        dma: &mut DmaEngine,
+        chain: &mut Chain,
+        kind: ChainKind,
+        max_total: u64,
+    ) -> Result<bool, DeviceFault> {
         let Some(&f) = self.chains.get(self.popped) else {
             return Ok(false);
         };
@@ -482,7 +582,9 @@ impl PackedRing {
                 if f.n > 1 {
                     return Err(DeviceFault::IndirectWithNext { queue: q });
                 }
-                return self.walk_indirect(dma, d.addr, d.len, chain, kind, max_total).map(|()| true);
+                return self
+                    .walk_indirect(dma, d.addr, d.len, chain, kind, max_total)
+                    .map(|()| true);
             }
             push_desc(q, chain, index, d.addr, d.len, d.flags, kind, max_total)?;
             index += 1;
@@ -495,20 +597,40 @@ impl PackedRing {
 
     /// An indirect table of packed descriptors (2.8.7): `len / 16` entries used in order; only
     /// VIRTQ_DESC_F_WRITE counts, the other flags and the buffer id are ignored.
-    fn walk_indirect(&mut self, dma: &mut DmaEngine, table: u64, len: u32, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<(), DeviceFault> {
+    fn walk_indirect(
+        &mut self,
+        dma: &mut DmaEngine,
+        table: u64,
+        len: u32,
+        chain: &mut Chain,
+        kind: ChainKind,
+        max_total: u64,
+    ) -> Result<(), DeviceFault> {
         let q = self.queue;
         if len == 0 || !len.is_multiple_of(16) || len / 16 > MAX_INDIRECT_ENTRIES {
             return Err(DeviceFault::BadIndirectLength { queue: q, len });
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.resize(len as usize, 0);
-        let res = dma.read(table, &mut buf, DmaKind::IndirectTable).map_err(self.dma_err()).and_then(|()| {
-            for (i, b) in buf.chunks_exact(16).enumerate() {
-                let d = RawDesc::parse(b);
-                push_desc(q, chain, i as u16, d.addr, d.len, d.flags & VIRTQ_DESC_F_WRITE, kind, max_total)?;
-            }
-            Ok(())
-        });
+        let res = dma
+            .read(table, &mut buf, DmaKind::IndirectTable)
+            .map_err(self.dma_err())
+            .and_then(|()| {
+                for (i, b) in buf.chunks_exact(16).enumerate() {
+                    let d = RawDesc::parse(b);
+                    push_desc(
+                        q,
+                        chain,
+                        i as u16,
+                        d.addr,
+                        d.len,
+                        d.flags & VIRTQ_DESC_F_WRITE,
+                        kind,
+                        max_total,
+                    )?;
+                }
+                Ok(())
+            });
         self.scratch = buf;
         res
     }
@@ -537,7 +659,11 @@ impl PackedRing {
     /// written; the used descriptor goes to the device's next used slot at the next
     /// [`PackedRing::flush_used`].
     pub fn push_used(&mut self, id: u16, len: u32) {
-        let Some(&f) = self.chains.get(self.completed).filter(|_| self.completed < self.popped) else {
+        let Some(&f) = self
+            .chains
+            .get(self.completed)
+            .filter(|_| self.completed < self.popped)
+        else {
             debug_assert!(false, "push_used without a popped list");
             return;
         };
@@ -547,7 +673,14 @@ impl PackedRing {
         // 2.8.3: in a used descriptor VIRTQ_DESC_F_WRITE says whether data was written; 2.8.4:
         // its len is "the length of the buffer that has been initialized (written to)".
         let flags = used_flags(self.used_wrap) | if len > 0 { VIRTQ_DESC_F_WRITE } else { 0 };
-        self.pending.push(PendingUsed { pos: self.used_pos, id, len, flags, addr: d0.addr, prior_flags: d0.flags });
+        self.pending.push(PendingUsed {
+            pos: self.used_pos,
+            id,
+            len,
+            flags,
+            addr: d0.addr,
+            prior_flags: d0.flags,
+        });
         (self.used_pos, self.used_wrap) = self.advance(self.used_pos, self.used_wrap, f.n);
     }
 
@@ -569,11 +702,17 @@ impl PackedRing {
         let err = |fault| DeviceFault::Dma { queue: q, fault };
         let mut buf = std::mem::take(&mut self.scratch);
         buf.resize(16 * self.pending.len(), 0);
-        for (i, (e, b)) in self.pending.iter().zip(buf.chunks_exact_mut(16)).enumerate() {
+        for (i, (e, b)) in self
+            .pending
+            .iter()
+            .zip(buf.chunks_exact_mut(16))
+            .enumerate()
+        {
             b[0..8].copy_from_slice(&e.addr.to_le_bytes());
             b[8..12].copy_from_slice(&e.len.to_le_bytes());
             b[12..14].copy_from_slice(&e.id.to_le_bytes());
-            b[14..16].copy_from_slice(&(if i == 0 { e.prior_flags } else { e.flags }).to_le_bytes());
+            b[14..16]
+                .copy_from_slice(&(if i == 0 { e.prior_flags } else { e.flags }).to_le_bytes());
         }
         // One write per run of consecutive slots (a run ends at the ring end or where a longer
         // list's skipped slots begin).
@@ -582,7 +721,9 @@ impl PackedRing {
         for i in 1..=self.pending.len() {
             if i == self.pending.len() || self.pending[i].pos != self.pending[i - 1].pos + 1 {
                 let at = self.desc + 16 * u64::from(self.pending[run].pos);
-                res = dma.write(at, &buf[16 * run..16 * i], DmaKind::RingWrite).map_err(err);
+                res = dma
+                    .write(at, &buf[16 * run..16 * i], DmaKind::RingWrite)
+                    .map_err(err);
                 if res.is_err() {
                     break;
                 }
@@ -592,7 +733,12 @@ impl PackedRing {
         self.scratch = buf;
         res?;
         let first = self.pending[0];
-        dma.publish_u16(self.desc + 16 * u64::from(first.pos) + 14, first.flags, DmaKind::RingWrite).map_err(err)?;
+        dma.publish_u16(
+            self.desc + 16 * u64::from(first.pos) + 14,
+            first.flags,
+            DmaKind::RingWrite,
+        )
+        .map_err(err)?;
         self.pending.clear();
         self.published = ring_seq(self.size, self.used_pos, self.used_wrap);
         Ok(())
@@ -611,11 +757,15 @@ impl PackedRing {
         let need = if self.event_idx && self.ignore_used_event {
             true
         } else {
-            let v = dma.read_u32(self.driver, DmaKind::RingRead).map_err(self.dma_err())?;
+            let v = dma
+                .read_u32(self.driver, DmaKind::RingRead)
+                .map_err(self.dma_err())?;
             let (event, flags) = (v as u16, (v >> 16) as u16 & 0x3);
             match flags {
                 RING_EVENT_FLAGS_DISABLE => false,
-                RING_EVENT_FLAGS_DESC if self.event_idx => packed_need_event(self.size, event, new, old),
+                RING_EVENT_FLAGS_DESC if self.event_idx => {
+                    packed_need_event(self.size, event, new, old)
+                }
                 // ENABLE, DESC without EVENT_IDX, and the reserved value 3: notify.
                 _ => true,
             }
@@ -630,11 +780,18 @@ impl PackedRing {
     pub fn arm_notification(&mut self, dma: &mut DmaEngine) -> Result<bool, DeviceFault> {
         let q = self.queue;
         if self.event_idx {
-            let v = u32::from(off_wrap(self.fetch_pos, self.fetch_wrap)) | (u32::from(RING_EVENT_FLAGS_DESC) << 16);
-            dma.write_u32(self.device, v, DmaKind::RingWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            let v = u32::from(off_wrap(self.fetch_pos, self.fetch_wrap))
+                | (u32::from(RING_EVENT_FLAGS_DESC) << 16);
+            dma.write_u32(self.device, v, DmaKind::RingWrite)
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             fence(Ordering::SeqCst);
         }
-        let flags = dma.read_u16(self.desc + 16 * u64::from(self.fetch_pos) + 14, DmaKind::Descriptor).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+        let flags = dma
+            .read_u16(
+                self.desc + 16 * u64::from(self.fetch_pos) + 14,
+                DmaKind::Descriptor,
+            )
+            .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         Ok(is_avail(flags, self.fetch_wrap))
     }
 
@@ -653,7 +810,10 @@ mod tests {
         // 2.8.1: available = AVAIL matches the wrap counter, USED the inverse.
         assert!(is_avail(VIRTQ_DESC_F_AVAIL, true));
         assert!(is_avail(VIRTQ_DESC_F_USED, false));
-        assert!(!is_avail(0, true) && !is_avail(0, false), "a zeroed ring has nothing available");
+        assert!(
+            !is_avail(0, true) && !is_avail(0, false),
+            "a zeroed ring has nothing available"
+        );
         assert!(!is_avail(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED, true));
         assert!(is_used(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED, true) && is_used(0, false));
         assert!(!is_used(VIRTQ_DESC_F_AVAIL, true));
@@ -669,9 +829,18 @@ mod tests {
         let (old, new) = (ring_seq(s, 250, true), ring_seq(s, 4, false));
         assert!(packed_need_event(s, off_wrap(252, true), new, old));
         assert!(packed_need_event(s, off_wrap(2, false), new, old));
-        assert!(!packed_need_event(s, off_wrap(4, false), new, old), "the next descriptor is not passed yet");
-        assert!(!packed_need_event(s, off_wrap(249, true), new, old), "behind old");
-        assert!(!packed_need_event(s, off_wrap(10, true), new, old), "a lap ahead");
+        assert!(
+            !packed_need_event(s, off_wrap(4, false), new, old),
+            "the next descriptor is not passed yet"
+        );
+        assert!(
+            !packed_need_event(s, off_wrap(249, true), new, old),
+            "behind old"
+        );
+        assert!(
+            !packed_need_event(s, off_wrap(10, true), new, old),
+            "a lap ahead"
+        );
         // Non-power-of-two sizes (2.8).
         let s = 5;
         let (old, new) = (ring_seq(s, 3, false), ring_seq(s, 1, true));

@@ -110,18 +110,40 @@ pub struct SplitRing {
 impl SplitRing {
     /// A ring resuming at the setup's `last_avail` / `last_used` (from the LM ring state).
     pub fn new(setup: RingSetup) -> Result<Self, DeviceFault> {
-        let RingSetup { queue, size, desc, avail, used, last_avail, last_used, event_idx, indirect } = setup;
+        let RingSetup {
+            queue,
+            size,
+            desc,
+            avail,
+            used,
+            last_avail,
+            last_used,
+            event_idx,
+            indirect,
+        } = setup;
         if size == 0 || !size.is_power_of_two() {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "queue size is not a power of two" });
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail: "queue size is not a power of two",
+            });
         }
         if !desc.is_multiple_of(16) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "ring address misaligned (2.7: desc 16, avail 2, used 4)" });
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail: "ring address misaligned (2.7: desc 16, avail 2, used 4)",
+            });
         }
         // Every ring address the engine computes is below these ends: checking them once here
         // keeps all later address arithmetic free of overflow.
         let n = u64::from(size);
-        if desc.checked_add(16 * n).is_none() || avail.checked_add(6 + 2 * n).is_none() || used.checked_add(6 + 8 * n).is_none() {
-            return Err(DeviceFault::BadQueueConfig { queue, detail: "ring area runs past the end of the 64-bit IOVA space" });
+        if desc.checked_add(16 * n).is_none()
+            || avail.checked_add(6 + 2 * n).is_none()
+            || used.checked_add(6 + 8 * n).is_none()
+        {
+            return Err(DeviceFault::BadQueueConfig {
+                queue,
+                detail: "ring area runs past the end of the 64-bit IOVA space",
+            });
         }
         Ok(SplitRing {
             queue,
@@ -145,7 +167,10 @@ impl SplitRing {
     }
 
     fn dma_err(&self) -> impl Fn(dma::DmaFault) -> DeviceFault + '_ {
-        move |fault| DeviceFault::Dma { queue: self.queue, fault }
+        move |fault| DeviceFault::Dma {
+            queue: self.queue,
+            fault,
+        }
     }
 
     /// Reads avail->idx and fetches up to `max` new heads from the avail ring in one span
@@ -160,12 +185,22 @@ impl SplitRing {
         self.heads.drain(..keep_from);
         self.head_pos -= keep_from;
         self.mark = self.mark.map(|m| m - keep_from);
-        let committed = self.last_avail.wrapping_sub((self.head_pos - self.mark.unwrap_or(self.head_pos)) as u16);
+        let committed = self
+            .last_avail
+            .wrapping_sub((self.head_pos - self.mark.unwrap_or(self.head_pos)) as u16);
         let fetched_end = self.last_avail;
-        let avail_idx = dma.read_u16(self.avail + 2, DmaKind::RingRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+        let avail_idx = dma
+            .read_u16(self.avail + 2, DmaKind::RingRead)
+            .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         let pending = avail_idx.wrapping_sub(committed);
         if pending > self.size {
-            return Err(DeviceFault::AvailIndexJump { queue: q, avail: avail_idx, last: committed, pending, size: self.size });
+            return Err(DeviceFault::AvailIndexJump {
+                queue: q,
+                avail: avail_idx,
+                last: committed,
+                pending,
+                size: self.size,
+            });
         }
         let n = avail_idx.wrapping_sub(fetched_end).min(max);
         let mut start = fetched_end % self.size;
@@ -175,8 +210,13 @@ impl SplitRing {
             let bytes = usize::from(span) * 2;
             self.scratch.resize(bytes, 0);
             let addr = self.avail + 4 + 2 * u64::from(start);
-            dma.read(addr, &mut self.scratch[..bytes], DmaKind::RingRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
-            self.heads.extend(self.scratch[..bytes].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+            dma.read(addr, &mut self.scratch[..bytes], DmaKind::RingRead)
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            self.heads.extend(
+                self.scratch[..bytes]
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
+            );
             left -= span;
             start = 0;
         }
@@ -185,7 +225,13 @@ impl SplitRing {
 
     /// Pops the next fetched chain into `chain`, walking and validating its descriptors.
     /// Returns false when no fetched head is left.
-    pub fn pop(&mut self, dma: &mut DmaEngine, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<bool, DeviceFault> {
+    pub fn pop(
+        &mut self,
+        dma: &mut DmaEngine,
+        chain: &mut Chain,
+        kind: ChainKind,
+        max_total: u64,
+    ) -> Result<bool, DeviceFault> {
         let Some(&head) = self.heads.get(self.head_pos) else {
             return Ok(false);
         };
@@ -215,7 +261,14 @@ impl SplitRing {
         }
     }
 
-    fn walk(&mut self, dma: &mut DmaEngine, head: u16, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<(), DeviceFault> {
+    fn walk(
+        &mut self,
+        dma: &mut DmaEngine,
+        head: u16,
+        chain: &mut Chain,
+        kind: ChainKind,
+        max_total: u64,
+    ) -> Result<(), DeviceFault> {
         let q = self.queue;
         chain.clear(head);
         let mut idx = head;
@@ -223,13 +276,26 @@ impl SplitRing {
         let mut raw = [0u8; 16];
         loop {
             if idx >= self.size {
-                return Err(DeviceFault::DescriptorIndexOutOfRange { queue: q, index: idx, size: self.size });
+                return Err(DeviceFault::DescriptorIndexOutOfRange {
+                    queue: q,
+                    index: idx,
+                    size: self.size,
+                });
             }
             hops += 1;
             if hops > u32::from(self.size) {
-                return Err(DeviceFault::ChainTooLong { queue: q, head, limit: self.size.into() });
+                return Err(DeviceFault::ChainTooLong {
+                    queue: q,
+                    head,
+                    limit: self.size.into(),
+                });
             }
-            dma.read(self.desc + 16 * u64::from(idx), &mut raw, DmaKind::Descriptor).map_err(self.dma_err())?;
+            dma.read(
+                self.desc + 16 * u64::from(idx),
+                &mut raw,
+                DmaKind::Descriptor,
+            )
+            .map_err(self.dma_err())?;
             let (addr, len, flags, next) = parse_desc(&raw);
             if flags & VRING_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
@@ -249,26 +315,49 @@ impl SplitRing {
         }
     }
 
-    fn walk_indirect(&mut self, dma: &mut DmaEngine, table: u64, len: u32, chain: &mut Chain, kind: ChainKind, max_total: u64) -> Result<(), DeviceFault> {
+    fn walk_indirect(
+        &mut self,
+        dma: &mut DmaEngine,
+        table: u64,
+        len: u32,
+        chain: &mut Chain,
+        kind: ChainKind,
+        max_total: u64,
+    ) -> Result<(), DeviceFault> {
         let q = self.queue;
         if len == 0 || !len.is_multiple_of(16) || len / 16 > MAX_INDIRECT_ENTRIES {
             return Err(DeviceFault::BadIndirectLength { queue: q, len });
         }
         let entries = (len / 16) as u16;
         self.scratch.resize(len as usize, 0);
-        dma.read(table, &mut self.scratch[..len as usize], DmaKind::IndirectTable).map_err(self.dma_err())?;
+        dma.read(
+            table,
+            &mut self.scratch[..len as usize],
+            DmaKind::IndirectTable,
+        )
+        .map_err(self.dma_err())?;
         let mut idx: u16 = 0;
         let mut hops: u32 = 0;
         loop {
             if idx >= entries {
-                return Err(DeviceFault::DescriptorIndexOutOfRange { queue: q, index: idx, size: entries });
+                return Err(DeviceFault::DescriptorIndexOutOfRange {
+                    queue: q,
+                    index: idx,
+                    size: entries,
+                });
             }
             hops += 1;
             if hops > u32::from(entries) {
-                return Err(DeviceFault::ChainTooLong { queue: q, head: chain.head, limit: entries.into() });
+                return Err(DeviceFault::ChainTooLong {
+                    queue: q,
+                    head: chain.head,
+                    limit: entries.into(),
+                });
             }
             let off = usize::from(idx) * 16;
-            let raw: [u8; 16] = self.scratch[off..off + 16].try_into().expect("16-byte slice");
+            let raw: [u8; 16] = self.scratch[off..off + 16]
+                .try_into()
+                .expect("16-byte slice");
             let (addr, dlen, flags, next) = parse_desc(&raw);
             if flags & VRING_DESC_F_INDIRECT != 0 {
                 return Err(DeviceFault::NestedIndirect { queue: q });
@@ -309,12 +398,14 @@ impl SplitRing {
                 self.scratch.extend_from_slice(&len.to_le_bytes());
             }
             let addr = self.used + 4 + 8 * u64::from(slot);
-            dma.write(addr, &self.scratch, DmaKind::RingWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            dma.write(addr, &self.scratch, DmaKind::RingWrite)
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             i += span;
             slot = 0;
         }
         self.pending_used.clear();
-        dma.publish_u16(self.used + 2, self.last_used, DmaKind::RingWrite).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+        dma.publish_u16(self.used + 2, self.last_used, DmaKind::RingWrite)
+            .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         self.published_used = self.last_used;
         Ok(())
     }
@@ -334,11 +425,14 @@ impl SplitRing {
         let need = if self.event_idx && self.ignore_used_event {
             true
         } else if self.event_idx {
-            let used_event =
-                dma.read_u16(self.avail + 4 + 2 * u64::from(self.size), DmaKind::RingRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            let used_event = dma
+                .read_u16(self.avail + 4 + 2 * u64::from(self.size), DmaKind::RingRead)
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             vring_need_event(used_event, new, old)
         } else {
-            let flags = dma.read_u16(self.avail, DmaKind::RingRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            let flags = dma
+                .read_u16(self.avail, DmaKind::RingRead)
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             flags & VRING_AVAIL_F_NO_INTERRUPT == 0
         };
         self.signalled_used = new;
@@ -350,11 +444,17 @@ impl SplitRing {
     pub fn arm_notification(&mut self, dma: &mut DmaEngine) -> Result<bool, DeviceFault> {
         let q = self.queue;
         if self.event_idx {
-            dma.write_u16(self.used + 4 + 8 * u64::from(self.size), self.last_avail, DmaKind::RingWrite)
-                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            dma.write_u16(
+                self.used + 4 + 8 * u64::from(self.size),
+                self.last_avail,
+                DmaKind::RingWrite,
+            )
+            .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             fence(Ordering::SeqCst);
         }
-        let avail_idx = dma.read_u16(self.avail + 2, DmaKind::RingRead).map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+        let avail_idx = dma
+            .read_u16(self.avail + 2, DmaKind::RingRead)
+            .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         Ok(avail_idx != self.last_avail)
     }
 
@@ -373,15 +473,29 @@ fn parse_desc(raw: &[u8; 16]) -> (u64, u32, u16, u16) {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn push_desc(q: u16, chain: &mut Chain, idx: u16, addr: u64, len: u32, flags: u16, kind: ChainKind, max_total: u64) -> Result<(), DeviceFault> {
+pub(crate) fn push_desc(
+    q: u16,
+    chain: &mut Chain,
+    idx: u16,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    kind: ChainKind,
+    max_total: u64,
+) -> Result<(), DeviceFault> {
     if len == 0 {
-        return Err(DeviceFault::ZeroLengthDescriptor { queue: q, index: idx });
+        return Err(DeviceFault::ZeroLengthDescriptor {
+            queue: q,
+            index: idx,
+        });
     }
     let writable = flags & VRING_DESC_F_WRITE != 0;
     match kind {
         ChainKind::Tx if writable => return Err(DeviceFault::WritableInTxChain { queue: q }),
         ChainKind::Rx if !writable => return Err(DeviceFault::ReadableInRxChain { queue: q }),
-        ChainKind::Ctrl if !writable && chain.writable > 0 => return Err(DeviceFault::ReadableAfterWritable { queue: q }),
+        ChainKind::Ctrl if !writable && chain.writable > 0 => {
+            return Err(DeviceFault::ReadableAfterWritable { queue: q })
+        }
         _ => {}
     }
     if writable {
@@ -391,9 +505,17 @@ pub(crate) fn push_desc(q: u16, chain: &mut Chain, idx: u16, addr: u64, len: u32
     }
     let total = chain.readable + chain.writable;
     if total > max_total {
-        return Err(DeviceFault::OversizedChain { queue: q, total, limit: max_total });
+        return Err(DeviceFault::OversizedChain {
+            queue: q,
+            total,
+            limit: max_total,
+        });
     }
-    chain.descs.push(Desc { addr, len, writable });
+    chain.descs.push(Desc {
+        addr,
+        len,
+        writable,
+    });
     Ok(())
 }
 

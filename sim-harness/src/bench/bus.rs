@@ -86,7 +86,14 @@ pub struct Config {
 impl Config {
     /// e.g. "split 64B b8 evidx-on log-4K".
     pub fn label(&self) -> String {
-        format!("{} {}B b{} evidx-{} log-{}", self.ring.name(), self.frame, self.batch, if self.event_idx { "on" } else { "off" }, self.logging.label())
+        format!(
+            "{} {}B b{} evidx-{} log-{}",
+            self.ring.name(),
+            self.frame,
+            self.batch,
+            if self.event_idx { "on" } else { "off" },
+            self.logging.label()
+        )
     }
 
     /// The same configuration with another ring layout.
@@ -116,8 +123,14 @@ pub enum Category {
 
 impl Category {
     /// Every category in report order.
-    pub const ALL: [Category; 6] =
-        [Category::Descriptor, Category::IndexRead, Category::IndexWrite, Category::UsedWriteBack, Category::PacketData, Category::LogWrite];
+    pub const ALL: [Category; 6] = [
+        Category::Descriptor,
+        Category::IndexRead,
+        Category::IndexWrite,
+        Category::UsedWriteBack,
+        Category::PacketData,
+        Category::LogWrite,
+    ];
 
     /// Short column name.
     pub fn name(self) -> &'static str {
@@ -164,16 +177,28 @@ pub struct Totals {
 
 impl Totals {
     fn add(self, o: Totals) -> Totals {
-        Totals { traffic: self.traffic.saturating_add(o.traffic), pcie: self.pcie.saturating_add(o.pcie) }
+        Totals {
+            traffic: self.traffic.saturating_add(o.traffic),
+            pcie: self.pcie.saturating_add(o.pcie),
+        }
     }
 }
 
 /// Splits bus counters into report categories.
 pub fn categorize(bus: &BusStats) -> [Totals; 6] {
-    let k = |k: DmaKind| Totals { traffic: bus.get(k), pcie: bus.pcie(k) };
-    let idx_wr = Totals { traffic: bus.ring_index_writes(), pcie: bus.ring_index_writes_pcie() };
+    let k = |k: DmaKind| Totals {
+        traffic: bus.get(k),
+        pcie: bus.pcie(k),
+    };
+    let idx_wr = Totals {
+        traffic: bus.ring_index_writes(),
+        pcie: bus.ring_index_writes_pcie(),
+    };
     let ring_wr = k(DmaKind::RingWrite);
-    let used_wb = Totals { traffic: ring_wr.traffic.saturating_sub(idx_wr.traffic), pcie: ring_wr.pcie.saturating_sub(idx_wr.pcie) };
+    let used_wb = Totals {
+        traffic: ring_wr.traffic.saturating_sub(idx_wr.traffic),
+        pcie: ring_wr.pcie.saturating_sub(idx_wr.pcie),
+    };
     [
         k(DmaKind::Descriptor).add(k(DmaKind::IndirectTable)),
         k(DmaKind::RingRead),
@@ -205,12 +230,17 @@ impl Measurement {
 
     /// Every category.
     pub fn total(&self) -> Totals {
-        self.categories.iter().fold(Totals::default(), |a, t| a.add(*t))
+        self.categories
+            .iter()
+            .fold(Totals::default(), |a, t| a.add(*t))
     }
 
     /// The ring-metadata categories (descriptors, indexes, used write-back).
     pub fn ring(&self) -> Totals {
-        Category::ALL.iter().filter(|c| c.is_ring()).fold(Totals::default(), |a, c| a.add(self.get(*c)))
+        Category::ALL
+            .iter()
+            .filter(|c| c.is_ring())
+            .fold(Totals::default(), |a, c| a.add(self.get(*c)))
     }
 
     /// `v` per packet.
@@ -267,7 +297,11 @@ impl Default for BusBenchOptions {
             frames: vec![64, 1500],
             batches: vec![1, 8, 32],
             event_idx: vec![false, true],
-            logging: vec![Logging::Off, Logging::Granule(4096), Logging::Granule(2 << 20)],
+            logging: vec![
+                Logging::Off,
+                Logging::Granule(4096),
+                Logging::Granule(2 << 20),
+            ],
             wire: PcieModel::default(),
         }
     }
@@ -282,7 +316,13 @@ impl BusBenchOptions {
                 for &batch in &self.batches {
                     for &event_idx in &self.event_idx {
                         for &ring in &self.rings {
-                            v.push(Config { ring, frame, batch, event_idx, logging });
+                            v.push(Config {
+                                ring,
+                                frame,
+                                batch,
+                                event_idx,
+                                logging,
+                            });
                         }
                     }
                 }
@@ -308,20 +348,29 @@ fn usage(e: impl std::fmt::Display) -> DriverError {
 /// Device Control code of a MPS / MRRS size (128 << code).
 fn size_code(what: &str, v: u32) -> Result<u16, DriverError> {
     if !(128..=4096).contains(&v) || !v.is_power_of_two() {
-        return Err(usage(format!("{what} {v}: must be a power of two from 128 to 4096")));
+        return Err(usage(format!(
+            "{what} {v}: must be a power of two from 128 to 4096"
+        )));
     }
     Ok((v / 128).trailing_zeros() as u16)
 }
 
 /// Programs MPS and MRRS into the function's PCIe Device Control register, as firmware / the
 /// OS does; the device passes them to its DMA engine.
-pub fn set_mps_mrrs(dev: &dyn RegionAccess, pcie_cap_offset: u64, mps: u32, mrrs: u32) -> Result<(), DriverError> {
+pub fn set_mps_mrrs(
+    dev: &dyn RegionAccess,
+    pcie_cap_offset: u64,
+    mps: u32,
+    mrrs: u32,
+) -> Result<(), DriverError> {
     let (m, r) = (size_code("MPS", mps)?, size_code("MRRS", mrrs)?);
     let off = pcie_cap_offset + pcie_cap::DEVICE_CONTROL;
     let mut b = [0u8; 2];
     dev.region_read(REGION_CONFIG, off, &mut b)?;
     let mut v = u16::from_le_bytes(b) & !pcie_cap::DEVCTL_FLR;
-    v = (v & !(7 << pcie_cap::DEVCTL_MPS_SHIFT) & !(7 << pcie_cap::DEVCTL_MRRS_SHIFT)) | (m << pcie_cap::DEVCTL_MPS_SHIFT) | (r << pcie_cap::DEVCTL_MRRS_SHIFT);
+    v = (v & !(7 << pcie_cap::DEVCTL_MPS_SHIFT) & !(7 << pcie_cap::DEVCTL_MRRS_SHIFT))
+        | (m << pcie_cap::DEVCTL_MPS_SHIFT)
+        | (r << pcie_cap::DEVCTL_MRRS_SHIFT);
     dev.region_write(REGION_CONFIG, off, &v.to_le_bytes())?;
     Ok(())
 }
@@ -329,14 +378,27 @@ pub fn set_mps_mrrs(dev: &dyn RegionAccess, pcie_cap_offset: u64, mps: u32, mrrs
 /// The features a fresh device offers (what `device_features_probe` reads).
 pub fn probe_offered() -> Result<u64, DriverError> {
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).map_err(usage)?;
-    let drv = NetDriver::in_process(&dev, DriverOptions { memory: 1 << 20, ..Default::default() })?;
+    let drv = NetDriver::in_process(
+        &dev,
+        DriverOptions {
+            memory: 1 << 20,
+            ..Default::default()
+        },
+    )?;
     drv.device_features_probe()
 }
 
 /// Runs one configuration. `Ok(Err(reason))` when the device does not offer what it needs.
-pub fn measure(c: &Config, opts: &BusBenchOptions) -> Result<Result<Measurement, String>, DriverError> {
+pub fn measure(
+    c: &Config,
+    opts: &BusBenchOptions,
+) -> Result<Result<Measurement, String>, DriverError> {
     if c.batch == 0 || c.batch > QUEUE_SIZE / 2 {
-        return Err(usage(format!("batch {}: must be 1..={}", c.batch, QUEUE_SIZE / 2)));
+        return Err(usage(format!(
+            "batch {}: must be 1..={}",
+            c.batch,
+            QUEUE_SIZE / 2
+        )));
     }
     let mut cfg = DeviceConfig::with_queue_pairs(1);
     cfg.batch = c.batch;
@@ -345,7 +407,12 @@ pub fn measure(c: &Config, opts: &BusBenchOptions) -> Result<Result<Measurement,
     }
     let dev = Device::new(cfg).map_err(usage)?;
     dev.set_loopback();
-    let dopts = DriverOptions { queue_pairs: 1, queue_size: QUEUE_SIZE, memory: 16 << 20, ..Default::default() };
+    let dopts = DriverOptions {
+        queue_pairs: 1,
+        queue_size: QUEUE_SIZE,
+        memory: 16 << 20,
+        ..Default::default()
+    };
     let mut drv = NetDriver::in_process(&dev, dopts)?;
     let offered = drv.device_features_probe()?;
     let packed = 1u64 << RING_PACKED_BIT;
@@ -353,7 +420,9 @@ pub fn measure(c: &Config, opts: &BusBenchOptions) -> Result<Result<Measurement,
     match c.ring {
         Ring::Split => want &= !packed,
         Ring::Packed if offered & packed == 0 => {
-            return Ok(Err("not available yet: the device does not offer VIRTIO_F_RING_PACKED (bit 34)".into()));
+            return Ok(Err(
+                "not available yet: the device does not offer VIRTIO_F_RING_PACKED (bit 34)".into(),
+            ));
         }
         Ring::Packed => want |= packed,
     }
@@ -363,11 +432,21 @@ pub fn measure(c: &Config, opts: &BusBenchOptions) -> Result<Result<Measurement,
         return Ok(Err("the device does not offer VIRTIO_F_EVENT_IDX".into()));
     }
     drv.opts.features = want;
-    let cap = drv.pci.caps.iter().find(|c| c.1 == cap_id::PCIE).map(|c| c.0).ok_or_else(|| usage("no PCIe capability"))?;
+    let cap = drv
+        .pci
+        .caps
+        .iter()
+        .find(|c| c.1 == cap_id::PCIE)
+        .map(|c| c.0)
+        .ok_or_else(|| usage("no PCIe capability"))?;
     set_mps_mrrs(dev.as_ref(), cap, opts.mps, opts.mrrs)?;
     drv.start()?;
     if (drv.features & packed != 0) != (c.ring == Ring::Packed) {
-        return Err(usage(format!("negotiated features {:#x} do not match the {} ring", drv.features, c.ring.name())));
+        return Err(usage(format!(
+            "negotiated features {:#x} do not match the {} ring",
+            drv.features,
+            c.ring.name()
+        )));
     }
     let _log = match c.logging {
         Logging::Off => None,
@@ -376,14 +455,25 @@ pub fn measure(c: &Config, opts: &BusBenchOptions) -> Result<Result<Measurement,
             let pages = (drv.mem.base() + drv.mem.size()).div_ceil(4096);
             let len = pages.div_ceil(8).next_multiple_of(4096);
             let log = SharedMemory::new("bench-log", len).map_err(usage)?;
-            dev.dma_map(DPDK_LOG_IOVA, len, Perms::RW, Backing::Fd { file: log.try_clone_file().map_err(usage)?, offset: 0 }).map_err(usage)?;
+            dev.dma_map(
+                DPDK_LOG_IOVA,
+                len,
+                Perms::RW,
+                Backing::Fd {
+                    file: log.try_clone_file().map_err(usage)?,
+                    offset: 0,
+                },
+            )
+            .map_err(usage)?;
             drv.enable_logging(DPDK_LOG_IOVA, len)?;
             Some(log)
         }
     };
     let mac = drv.mac()?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
-    let batch: Vec<Vec<u8>> = (0..u64::from(c.batch)).map(|i| frames::build(mac, mac, 0, i, c.frame, &mut rng)).collect();
+    let batch: Vec<Vec<u8>> = (0..u64::from(c.batch))
+        .map(|i| frames::build(mac, mac, 0, i, c.frame, &mut rng))
+        .collect();
     let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
     let round = |drv: &mut NetDriver| -> Result<u64, DriverError> {
         let n = drv.send(0, &refs)?;
@@ -413,8 +503,17 @@ pub fn measure(c: &Config, opts: &BusBenchOptions) -> Result<Result<Measurement,
     }
     let bus = dev.bus_stats().delta(&bus0);
     let cnt = dev.counters();
-    let q = |f: fn(&device::QueueCounters) -> u64| (0..2).map(|i| f(&cnt.queues[i]).saturating_sub(f(&cnt0.queues[i]))).sum::<u64>();
-    Ok(Ok(Measurement { packets: sent, categories: categorize(&bus), kicks: q(|c| c.doorbells), interrupts: q(|c| c.interrupts) }))
+    let q = |f: fn(&device::QueueCounters) -> u64| {
+        (0..2)
+            .map(|i| f(&cnt.queues[i]).saturating_sub(f(&cnt0.queues[i])))
+            .sum::<u64>()
+    };
+    Ok(Ok(Measurement {
+        packets: sent,
+        categories: categorize(&bus),
+        kicks: q(|c| c.doorbells),
+        interrupts: q(|c| c.interrupts),
+    }))
 }
 
 /// Runs the matrix. Configurations the device cannot run yet are reported, not fatal; a failing
@@ -432,7 +531,11 @@ pub fn run(opts: &BusBenchOptions) -> Result<BusReport, DriverError> {
         };
         rows.push(Row { config: c, outcome });
     }
-    Ok(BusReport { opts: opts.clone(), offered, rows })
+    Ok(BusReport {
+        opts: opts.clone(),
+        offered,
+        rows,
+    })
 }
 
 fn pct(a: f64, b: f64) -> String {
@@ -455,10 +558,13 @@ impl BusReport {
 
     /// The measurement of `c`, if it ran.
     pub fn find(&self, c: &Config) -> Option<&Measurement> {
-        self.rows.iter().find(|r| r.config == *c).and_then(|r| match &r.outcome {
-            Outcome::Measured(m) => Some(&**m),
-            _ => None,
-        })
+        self.rows
+            .iter()
+            .find(|r| r.config == *c)
+            .and_then(|r| match &r.outcome {
+                Outcome::Measured(m) => Some(&**m),
+                _ => None,
+            })
     }
 
     /// Bytes on the wire of `t` under the report's overheads.
@@ -468,7 +574,10 @@ impl BusReport {
 
     /// Whether every configuration that should run ran (not-available rows are fine).
     pub fn ok(&self) -> bool {
-        !self.rows.iter().any(|r| matches!(r.outcome, Outcome::Failed(_)))
+        !self
+            .rows
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Failed(_)))
     }
 
     fn model_lines(&self) -> String {
@@ -505,7 +614,10 @@ impl BusReport {
             t,
             "TLPs = device requests, cpl = read completions, wire = bytes on the link (both directions); ring = desc + idx + used_wb (requests + completions)"
         );
-        let _ = writeln!(t, "kicks = doorbell MMIO writes, irqs = MSI-X messages (not in the DMA totals)\n");
+        let _ = writeln!(
+            t,
+            "kicks = doorbell MMIO writes, irqs = MSI-X messages (not in the DMA totals)\n"
+        );
         let _ = writeln!(
             t,
             "{:<6} {:>5} {:>5} {:>5} {:>4} | {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} | {:>6} {:>6} {:>7} | {:>6} {:>6} | {:>5} {:>5}",
@@ -537,13 +649,26 @@ impl BusReport {
                 let _ = writeln!(t);
             }
             last_group = Some(group);
-            let head = format!("{:<6} {:>5} {:>5} {:>5} {:>4}", c.ring.name(), c.frame, c.batch, if c.event_idx { "on" } else { "off" }, c.logging.label());
+            let head = format!(
+                "{:<6} {:>5} {:>5} {:>5} {:>4}",
+                c.ring.name(),
+                c.frame,
+                c.batch,
+                if c.event_idx { "on" } else { "off" },
+                c.logging.label()
+            );
             match &r.outcome {
                 Outcome::Measured(m) => {
                     let pp = |v: u64| m.per_packet(v);
                     let cats: Vec<String> = Category::ALL
                         .iter()
-                        .map(|&k| format!("{:>w$.2}", pp(m.get(k).pcie.tlps), w = if k == Category::UsedWriteBack { 7 } else { 6 }))
+                        .map(|&k| {
+                            format!(
+                                "{:>w$.2}",
+                                pp(m.get(k).pcie.tlps),
+                                w = if k == Category::UsedWriteBack { 7 } else { 6 }
+                            )
+                        })
                         .collect();
                     let tot = m.total();
                     let ring = m.ring();
@@ -578,8 +703,25 @@ impl BusReport {
     /// What dirty logging adds per packet, by granularity, against the same run with logging off.
     pub fn logging_summary(&self) -> String {
         let mut t = String::new();
-        let grans: Vec<u64> = self.opts.logging.iter().filter_map(|l| if let Logging::Granule(g) = l { Some(*g) } else { None }).collect();
-        let rows: Vec<&Row> = self.rows.iter().filter(|r| r.config.logging == Logging::Off && matches!(r.outcome, Outcome::Measured(_))).collect();
+        let grans: Vec<u64> = self
+            .opts
+            .logging
+            .iter()
+            .filter_map(|l| {
+                if let Logging::Granule(g) = l {
+                    Some(*g)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let rows: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| {
+                r.config.logging == Logging::Off && matches!(r.outcome, Outcome::Measured(_))
+            })
+            .collect();
         if grans.is_empty() || rows.is_empty() {
             return t;
         }
@@ -587,20 +729,46 @@ impl BusReport {
         let mut head = format!("{:<34} |", "config");
         for g in &grans {
             let l = Logging::Granule(*g).label();
-            let _ = write!(head, " {:>7} {:>7} {:>7} |", format!("{l} TLP"), format!("{l} B"), format!("{l} +%"));
+            let _ = write!(
+                head,
+                " {:>7} {:>7} {:>7} |",
+                format!("{l} TLP"),
+                format!("{l} B"),
+                format!("{l} +%")
+            );
         }
         let _ = writeln!(t, "{}", head.trim_end_matches(" |"));
         for r in rows {
-            let Outcome::Measured(off) = &r.outcome else { continue };
+            let Outcome::Measured(off) = &r.outcome else {
+                continue;
+            };
             let c = r.config;
-            let mut line = format!("{:<34} |", format!("{} {}B b{} evidx-{}", c.ring.name(), c.frame, c.batch, if c.event_idx { "on" } else { "off" }));
+            let mut line = format!(
+                "{:<34} |",
+                format!(
+                    "{} {}B b{} evidx-{}",
+                    c.ring.name(),
+                    c.frame,
+                    c.batch,
+                    if c.event_idx { "on" } else { "off" }
+                )
+            );
             let base = off.per_packet(self.wire(&off.total()));
             for g in &grans {
-                match self.find(&Config { logging: Logging::Granule(*g), ..c }) {
+                match self.find(&Config {
+                    logging: Logging::Granule(*g),
+                    ..c
+                }) {
                     Some(m) => {
                         let log = m.get(Category::LogWrite);
                         let all = m.per_packet(self.wire(&m.total()));
-                        let _ = write!(line, " {:>7.2} {:>7.1} {:>7} |", m.per_packet(log.pcie.tlps), m.per_packet(self.wire(&log)), pct(base, all));
+                        let _ = write!(
+                            line,
+                            " {:>7.2} {:>7.1} {:>7} |",
+                            m.per_packet(log.pcie.tlps),
+                            m.per_packet(self.wire(&log)),
+                            pct(base, all)
+                        );
                     }
                     None => {
                         let _ = write!(line, " {:>7} {:>7} {:>7} |", "-", "-", "-");
@@ -619,10 +787,12 @@ impl BusReport {
             .rows
             .iter()
             .filter(|r| r.config.ring == Ring::Split)
-            .filter_map(|r| match (&r.outcome, self.find(&r.config.with_ring(Ring::Packed))) {
-                (Outcome::Measured(s), Some(p)) => Some((&r.config, &**s, p)),
-                _ => None,
-            })
+            .filter_map(
+                |r| match (&r.outcome, self.find(&r.config.with_ring(Ring::Packed))) {
+                    (Outcome::Measured(s), Some(p)) => Some((&r.config, &**s, p)),
+                    _ => None,
+                },
+            )
             .collect();
         if pairs.is_empty() {
             let why = if self.packed_offered() {
@@ -634,7 +804,10 @@ impl BusReport {
             return t;
         }
         let _ = writeln!(t, "packed vs split, per packet: ring-metadata TLPs (requests + completions), ring bytes on the wire, all DMA bytes on the wire");
-        if pairs.iter().any(|(_, s, p)| s.get(Category::PacketData).pcie != p.get(Category::PacketData).pcie) {
+        if pairs
+            .iter()
+            .any(|(_, s, p)| s.get(Category::PacketData).pcie != p.get(Category::PacketData).pcie)
+        {
             let _ = writeln!(
                 t,
                 "(packet data differs between the rings only by where the driver models place their buffers: a buffer straddling a 4 KiB \
@@ -644,13 +817,37 @@ impl BusReport {
         let _ = writeln!(
             t,
             "{:<34} | {:>6} {:>6} {:>6} | {:>7} {:>7} {:>6} | {:>7} {:>7} {:>6}",
-            "config", "split", "packed", "delta", "split", "packed", "delta", "split", "packed", "delta"
+            "config",
+            "split",
+            "packed",
+            "delta",
+            "split",
+            "packed",
+            "delta",
+            "split",
+            "packed",
+            "delta"
         );
         for (c, s, p) in pairs {
-            let (sr, pr) = (s.per_packet(s.ring().pcie.all_tlps()), p.per_packet(p.ring().pcie.all_tlps()));
-            let (srb, prb) = (s.per_packet(self.wire(&s.ring())), p.per_packet(self.wire(&p.ring())));
-            let (sw, pw) = (s.per_packet(self.wire(&s.total())), p.per_packet(self.wire(&p.total())));
-            let label = format!("{}B b{} evidx-{} log-{}", c.frame, c.batch, if c.event_idx { "on" } else { "off" }, c.logging.label());
+            let (sr, pr) = (
+                s.per_packet(s.ring().pcie.all_tlps()),
+                p.per_packet(p.ring().pcie.all_tlps()),
+            );
+            let (srb, prb) = (
+                s.per_packet(self.wire(&s.ring())),
+                p.per_packet(self.wire(&p.ring())),
+            );
+            let (sw, pw) = (
+                s.per_packet(self.wire(&s.total())),
+                p.per_packet(self.wire(&p.total())),
+            );
+            let label = format!(
+                "{}B b{} evidx-{} log-{}",
+                c.frame,
+                c.batch,
+                if c.event_idx { "on" } else { "off" },
+                c.logging.label()
+            );
             let _ = writeln!(
                 t,
                 "{label:<34} | {sr:>6.2} {pr:>6.2} {:>6} | {srb:>7.1} {prb:>7.1} {:>6} | {sw:>7.1} {pw:>7.1} {:>6}",
@@ -738,9 +935,24 @@ impl BusReport {
     /// The matrix as CSV, one row per configuration, per-packet values.
     pub fn csv(&self) -> String {
         let mut t = String::new();
-        let mut head = vec!["ring", "frame", "batch", "event_idx", "logging", "status", "packets"].into_iter().map(String::from).collect::<Vec<_>>();
+        let mut head = vec![
+            "ring",
+            "frame",
+            "batch",
+            "event_idx",
+            "logging",
+            "status",
+            "packets",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
         let fields = ["transactions", "tlps", "completions", "bytes", "wire_bytes"];
-        for k in Category::ALL.iter().map(|k| k.name()).chain(["ring", "total"]) {
+        for k in Category::ALL
+            .iter()
+            .map(|k| k.name())
+            .chain(["ring", "total"])
+        {
             for f in fields {
                 head.push(format!("{k}_{f}"));
             }
@@ -750,14 +962,30 @@ impl BusReport {
         let _ = writeln!(t, "{}", head.join(","));
         for r in &self.rows {
             let c = &r.config;
-            let mut cols = vec![c.ring.name().to_string(), c.frame.to_string(), c.batch.to_string(), c.event_idx.to_string(), c.logging.label()];
+            let mut cols = vec![
+                c.ring.name().to_string(),
+                c.frame.to_string(),
+                c.batch.to_string(),
+                c.event_idx.to_string(),
+                c.logging.label(),
+            ];
             match &r.outcome {
                 Outcome::Measured(m) => {
                     cols.push("measured".into());
                     cols.push(m.packets.to_string());
-                    let all: Vec<Totals> = Category::ALL.iter().map(|&k| m.get(k)).chain([m.ring(), m.total()]).collect();
+                    let all: Vec<Totals> = Category::ALL
+                        .iter()
+                        .map(|&k| m.get(k))
+                        .chain([m.ring(), m.total()])
+                        .collect();
                     for tot in all {
-                        for v in [tot.traffic.transactions, tot.pcie.tlps, tot.pcie.completions, tot.traffic.bytes, self.wire(&tot)] {
+                        for v in [
+                            tot.traffic.transactions,
+                            tot.pcie.tlps,
+                            tot.pcie.completions,
+                            tot.traffic.bytes,
+                            self.wire(&tot),
+                        ] {
                             cols.push(format!("{:.4}", m.per_packet(v)));
                         }
                     }
@@ -765,7 +993,14 @@ impl BusReport {
                     cols.push(format!("{:.4}", m.per_packet(m.interrupts)));
                 }
                 Outcome::NotAvailable(_) | Outcome::Failed(_) => {
-                    cols.push(if matches!(r.outcome, Outcome::Failed(_)) { "failed" } else { "not_available" }.into());
+                    cols.push(
+                        if matches!(r.outcome, Outcome::Failed(_)) {
+                            "failed"
+                        } else {
+                            "not_available"
+                        }
+                        .into(),
+                    );
                     cols.resize(head.len(), String::new());
                 }
             }
@@ -859,8 +1094,15 @@ pub struct BusArgs {
 /// `vdpa-emu bench bus`: runs the matrix, prints it, writes the chart.
 pub fn cli(a: &BusArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
-    if let Some(f) = a.frames.iter().find(|f| !(frames::MIN_FRAME..=1514).contains(*f)) {
-        eprintln!("vdpa-emu bench bus: frame size {f}: use {}..=1514", frames::MIN_FRAME);
+    if let Some(f) = a
+        .frames
+        .iter()
+        .find(|f| !(frames::MIN_FRAME..=1514).contains(*f))
+    {
+        eprintln!(
+            "vdpa-emu bench bus: frame size {f}: use {}..=1514",
+            frames::MIN_FRAME
+        );
         return ExitCode::from(2);
     }
     let opts = BusBenchOptions {
@@ -873,7 +1115,10 @@ pub fn cli(a: &BusArgs) -> std::process::ExitCode {
         batches: a.batches.clone(),
         event_idx: a.event_idx.clone(),
         logging: a.log.clone(),
-        wire: PcieModel { dllp_share: a.dllp_share, ..PcieModel::default() },
+        wire: PcieModel {
+            dllp_share: a.dllp_share,
+            ..PcieModel::default()
+        },
     };
     let r = match run(&opts) {
         Ok(r) => r,

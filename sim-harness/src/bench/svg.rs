@@ -5,7 +5,9 @@
 use super::bus::{BusReport, Category, Config, Ring};
 use std::fmt::Write;
 
-const COLORS: [&str; 6] = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#b07aa1"];
+const COLORS: [&str; 6] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#b07aa1",
+];
 const BAR_W: f64 = 16.0;
 const BAR_GAP: f64 = 3.0;
 const GROUP_GAP: f64 = 18.0;
@@ -20,7 +22,9 @@ const LEGEND_ROW: f64 = 20.0;
 const LEGEND_ITEMS: usize = 9;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A "nice" axis maximum and tick step for values up to `max`.
@@ -28,7 +32,11 @@ fn axis(max: f64) -> (f64, f64) {
     let max = if max > 0.0 { max } else { 1.0 };
     let raw = max / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
     ((max / step).ceil() * step, step)
 }
 
@@ -57,7 +65,10 @@ pub(super) fn chart(r: &BusReport) -> String {
     let logs = uniq(&o.logging);
     let frames = uniq(&o.frames);
     let rings = uniq(&o.rings);
-    let groups: Vec<(u16, bool)> = uniq(&o.batches).into_iter().flat_map(|b| uniq(&o.event_idx).into_iter().map(move |e| (b, e))).collect();
+    let groups: Vec<(u16, bool)> = uniq(&o.batches)
+        .into_iter()
+        .flat_map(|b| uniq(&o.event_idx).into_iter().map(move |e| (b, e)))
+        .collect();
     let nb = rings.len().max(1) as f64;
     let group_w = nb * (BAR_W + BAR_GAP) - BAR_GAP + GROUP_GAP;
     let plot_w = groups.len() as f64 * group_w;
@@ -70,8 +81,13 @@ pub(super) fn chart(r: &BusReport) -> String {
     let scale: Vec<(f64, f64)> = frames
         .iter()
         .map(|&f| {
-            let max =
-                r.rows.iter().filter(|row| row.config.frame == f).filter_map(|row| stack(r, &row.config)).map(|s| s.iter().sum::<f64>()).fold(0.0, f64::max);
+            let max = r
+                .rows
+                .iter()
+                .filter(|row| row.config.frame == f)
+                .filter_map(|row| stack(r, &row.config))
+                .map(|s| s.iter().sum::<f64>())
+                .fold(0.0, f64::max);
             axis(max)
         })
         .collect();
@@ -91,7 +107,11 @@ pub(super) fn chart(r: &BusReport) -> String {
         r#"<text x="{:.0}" y="22" text-anchor="middle" font-size="15" font-weight="bold">PCIe TLPs per packet: split vs packed ring (1 TX + 1 RX, loopback)</text>"#,
         width / 2.0
     );
-    let packed_note = if r.packed_offered() { "" } else { "; packed ring not available yet (dashed)" };
+    let packed_note = if r.packed_offered() {
+        ""
+    } else {
+        "; packed ring not available yet (dashed)"
+    };
     let _ = writeln!(
         s,
         r##"<text x="{:.0}" y="40" text-anchor="middle" fill="#444">MPS {} B, MRRS {} B; TLPs = device requests + read completions, stacked by kind of DMA</text>"##,
@@ -124,12 +144,32 @@ pub(super) fn chart(r: &BusReport) -> String {
             let mut v = 0.0;
             while v <= ymax + step / 2.0 {
                 let yy = y(v);
-                let _ = writeln!(s, r##"<line x1="{x0:.1}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e3e3e3"/>"##, x0 + plot_w);
-                let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, x0 - 5.0, yy + 4.0, fmt_tick(v));
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x0:.1}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e3e3e3"/>"##,
+                    x0 + plot_w
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                    x0 - 5.0,
+                    yy + 4.0,
+                    fmt_tick(v)
+                );
                 v += step;
             }
-            let _ = writeln!(s, r##"<line x1="{x0:.1}" y1="{y0:.1}" x2="{x0:.1}" y2="{:.1}" stroke="#333"/>"##, y0 + PLOT_H);
-            let _ = writeln!(s, r##"<line x1="{x0:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333"/>"##, y0 + PLOT_H, x0 + plot_w, y0 + PLOT_H);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0:.1}" y1="{y0:.1}" x2="{x0:.1}" y2="{:.1}" stroke="#333"/>"##,
+                y0 + PLOT_H
+            );
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333"/>"##,
+                y0 + PLOT_H,
+                x0 + plot_w,
+                y0 + PLOT_H
+            );
             let _ = writeln!(
                 s,
                 r#"<text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle">TLPs per packet</text>"#,
@@ -140,7 +180,13 @@ pub(super) fn chart(r: &BusReport) -> String {
                 let gx = x0 + GROUP_GAP / 2.0 + gi as f64 * group_w;
                 for (bi, &ring) in rings.iter().enumerate() {
                     let bx = gx + bi as f64 * (BAR_W + BAR_GAP);
-                    let c = Config { ring, frame, batch, event_idx: ev, logging: log };
+                    let c = Config {
+                        ring,
+                        frame,
+                        batch,
+                        event_idx: ev,
+                        logging: log,
+                    };
                     match stack(r, &c) {
                         Some(parts) => {
                             let mut acc = 0.0;
@@ -208,7 +254,11 @@ pub(super) fn chart(r: &BusReport) -> String {
                     );
                 }
                 let cx = gx + (nb * (BAR_W + BAR_GAP) - BAR_GAP) / 2.0;
-                let _ = writeln!(s, r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">batch {batch}</text>"#, y0 + PLOT_H + 24.0);
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">batch {batch}</text>"#,
+                    y0 + PLOT_H + 24.0
+                );
                 let _ = writeln!(
                     s,
                     r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#555">evidx {}</text>"##,
@@ -223,23 +273,65 @@ pub(super) fn chart(r: &BusReport) -> String {
     let col_w = 168.0;
     let cols = (((width - 48.0) / col_w).floor() as usize).max(1);
     let ly0 = HEADER + logs.len() as f64 * panel_h + 12.0;
-    let item = |i: usize| (24.0 + PANEL_LEFT / 2.0 + (i % cols) as f64 * col_w, ly0 + (i / cols) as f64 * LEGEND_ROW);
+    let item = |i: usize| {
+        (
+            24.0 + PANEL_LEFT / 2.0 + (i % cols) as f64 * col_w,
+            ly0 + (i / cols) as f64 * LEGEND_ROW,
+        )
+    };
     for (k, c) in Category::ALL.iter().enumerate() {
         let (lx, ly) = item(k);
-        let _ = writeln!(s, r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="{}" stroke="#333" stroke-width="0.5"/>"##, COLORS[k]);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, lx + 16.0, ly + 10.0, c.describe());
+        let _ = writeln!(
+            s,
+            r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="{}" stroke="#333" stroke-width="0.5"/>"##,
+            COLORS[k]
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            lx + 16.0,
+            ly + 10.0,
+            c.describe()
+        );
     }
     let n = Category::ALL.len();
     let (lx, ly) = item(n);
-    let _ = writeln!(s, r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="#888" stroke="#333" stroke-width="0.5"/>"##);
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">S: split ring</text>"#, lx + 16.0, ly + 10.0);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="#888" stroke="#333" stroke-width="0.5"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}">S: split ring</text>"#,
+        lx + 16.0,
+        ly + 10.0
+    );
     let (lx, ly) = item(n + 1);
-    let _ = writeln!(s, r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="#888" stroke="#333" stroke-width="0.5"/>"##);
-    let _ = writeln!(s, r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="url(#hatch)"/>"##);
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">P: packed ring (hatched)</text>"#, lx + 16.0, ly + 10.0);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="#888" stroke="#333" stroke-width="0.5"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="url(#hatch)"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}">P: packed ring (hatched)</text>"#,
+        lx + 16.0,
+        ly + 10.0
+    );
     let (lx, ly) = item(n + 2);
-    let _ = writeln!(s, r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="none" stroke="#999" stroke-dasharray="3,2"/>"##);
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">not available / not run</text>"#, lx + 16.0, ly + 10.0);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{lx:.1}" y="{ly:.1}" width="12" height="12" fill="none" stroke="#999" stroke-dasharray="3,2"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}">not available / not run</text>"#,
+        lx + 16.0,
+        ly + 10.0
+    );
     s.push_str("</svg>\n");
     s
 }
@@ -255,15 +347,31 @@ fn fmt_tick(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::axis;
-    use crate::bench::bus::{BusBenchOptions, BusReport, Config, Logging, Measurement, Outcome, Ring, Row, Totals};
+    use crate::bench::bus::{
+        BusBenchOptions, BusReport, Config, Logging, Measurement, Outcome, Ring, Row, Totals,
+    };
     use dma::{PcieTraffic, Traffic};
 
     /// A report where the split ring ran and the packed ring is not offered.
     fn report() -> BusReport {
-        let opts = BusBenchOptions { frames: vec![64], batches: vec![1, 32], event_idx: vec![false], logging: vec![Logging::Off], ..Default::default() };
+        let opts = BusBenchOptions {
+            frames: vec![64],
+            batches: vec![1, 32],
+            event_idx: vec![false],
+            logging: vec![Logging::Off],
+            ..Default::default()
+        };
         let t = |n: u64| Totals {
-            traffic: Traffic { transactions: n, bytes: 16 * n },
-            pcie: PcieTraffic { tlps: n, tlps_4dw: 0, completions: n, payload_bytes: 16 * n },
+            traffic: Traffic {
+                transactions: n,
+                bytes: 16 * n,
+            },
+            pcie: PcieTraffic {
+                tlps: n,
+                tlps_4dw: 0,
+                completions: n,
+                payload_bytes: 16 * n,
+            },
         };
         let rows = opts
             .configs()
@@ -273,7 +381,14 @@ mod tests {
                 outcome: match config.ring {
                     Ring::Split => Outcome::Measured(Box::new(Measurement {
                         packets: 10,
-                        categories: [t(20), t(30 / u64::from(config.batch)), t(5), t(5), t(20), t(0)],
+                        categories: [
+                            t(20),
+                            t(30 / u64::from(config.batch)),
+                            t(5),
+                            t(5),
+                            t(20),
+                            t(0),
+                        ],
                         kicks: 10,
                         interrupts: 10,
                     })),
@@ -281,7 +396,11 @@ mod tests {
                 },
             })
             .collect();
-        BusReport { opts, offered: 0, rows }
+        BusReport {
+            opts,
+            offered: 0,
+            rows,
+        }
     }
 
     #[test]
@@ -289,10 +408,20 @@ mod tests {
         let r = report();
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("not available</title>").count(), 2, "one dashed placeholder per packed bar");
+        assert_eq!(
+            svg.matches("not available</title>").count(),
+            2,
+            "one dashed placeholder per packed bar"
+        );
         assert!(svg.contains("packed ring not available yet"));
         assert!(svg.contains("split 64B b1 evidx-off log-off: 16.00 TLPs/packet"));
-        let c = Config { ring: Ring::Packed, frame: 64, batch: 1, event_idx: false, logging: Logging::Off };
+        let c = Config {
+            ring: Ring::Packed,
+            frame: 64,
+            batch: 1,
+            event_idx: false,
+            logging: Logging::Off,
+        };
         assert!(r.find(&c).is_none());
         assert!(r.table().contains("packed vs split: not available yet"));
     }

@@ -35,7 +35,12 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Creates `size` bytes of guest RAM starting at IOVA `base`.
     pub fn new(base: u64, size: u64) -> Result<Self, MemoryError> {
-        Ok(GuestMemory { shm: SharedMemory::new("vdpa-emu-guest", size)?, base, next: Mutex::new(0), cpu_dirty: RwLock::new(None) })
+        Ok(GuestMemory {
+            shm: SharedMemory::new("vdpa-emu-guest", size)?,
+            base,
+            next: Mutex::new(0),
+            cpu_dirty: RwLock::new(None),
+        })
     }
 
     /// Fresh memory with the same base, size and allocation state (a migration destination's
@@ -58,7 +63,12 @@ impl GuestMemory {
     }
 
     /// Copies page `pfn` (IOVA / 4 KiB) of this memory into `dst`.
-    pub fn copy_page_to(&self, pfn: u64, dst: &GuestMemory, buf: &mut [u8; PAGE_SIZE as usize]) -> Result<(), MemoryError> {
+    pub fn copy_page_to(
+        &self,
+        pfn: u64,
+        dst: &GuestMemory,
+        buf: &mut [u8; PAGE_SIZE as usize],
+    ) -> Result<(), MemoryError> {
         let iova = pfn * PAGE_SIZE;
         self.shm.read(self.off(iova)?, buf)?;
         dst.shm.write(dst.off(iova)?, buf)?;
@@ -87,7 +97,15 @@ impl GuestMemory {
 
     /// Maps all of guest RAM into the device, read-write (what QEMU's DMA_MAP burst does).
     pub fn map_into(&self, dev: &dyn DmaMapper) -> Result<(), MemoryError> {
-        dev.dma_map(self.base, self.size(), Perms::RW, Backing::Fd { file: self.shm.try_clone_file()?, offset: 0 })?;
+        dev.dma_map(
+            self.base,
+            self.size(),
+            Perms::RW,
+            Backing::Fd {
+                file: self.shm.try_clone_file()?,
+                offset: 0,
+            },
+        )?;
         Ok(())
     }
 
@@ -95,8 +113,13 @@ impl GuestMemory {
     pub fn alloc(&self, size: u64, align: u64) -> Result<u64, MemoryError> {
         let mut next = self.next.lock();
         let start = next.next_multiple_of(align.max(1));
-        let end =
-            start.checked_add(size).filter(|&e| e <= self.size()).ok_or(MemoryError::Exhausted { want: size, left: self.size().saturating_sub(*next) })?;
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= self.size())
+            .ok_or(MemoryError::Exhausted {
+                want: size,
+                left: self.size().saturating_sub(*next),
+            })?;
         *next = end;
         Ok(self.base + start)
     }
@@ -109,7 +132,9 @@ impl GuestMemory {
     }
 
     fn off(&self, iova: u64) -> Result<u64, MemoryError> {
-        iova.checked_sub(self.base).filter(|&o| o < self.size()).ok_or(MemoryError::Outside(iova))
+        iova.checked_sub(self.base)
+            .filter(|&o| o < self.size())
+            .ok_or(MemoryError::Outside(iova))
     }
 
     /// Offset of an IOVA in the memfd.

@@ -8,7 +8,9 @@ use super::{DeviceHandle, DriverError};
 use bar_registers::lm::{self, LmLayout};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL};
 use bar_registers::pci::{command, hdr, msix_cap};
-use bar_registers::virtio::{bits, common, default_driver_features, device_status as st, net_cfg, NO_VECTOR};
+use bar_registers::virtio::{
+    bits, common, default_driver_features, device_status as st, net_cfg, NO_VECTOR,
+};
 use bar_registers::REGION_CONFIG;
 use device::{Device, InterruptRecorder};
 use std::sync::Arc;
@@ -109,7 +111,11 @@ impl DriverQueueRing {
             DriverQueueRing::Packed(r) => r.add(mem, bufs),
         }
     }
-    fn add_indirect(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
+    fn add_indirect(
+        &mut self,
+        mem: &GuestMemory,
+        bufs: &[Buf],
+    ) -> Result<Option<u16>, DriverError> {
         match self {
             DriverQueueRing::Split(r) => r.add_indirect(mem, bufs),
             DriverQueueRing::Packed(r) => r.add_indirect(mem, bufs),
@@ -183,7 +189,9 @@ impl Drop for NetDriver {
 
 impl std::fmt::Debug for NetDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetDriver").field("features", &format_args!("{:#x}", self.features)).finish_non_exhaustive()
+        f.debug_struct("NetDriver")
+            .field("features", &format_args!("{:#x}", self.features))
+            .finish_non_exhaustive()
     }
 }
 
@@ -196,12 +204,27 @@ impl NetDriver {
     }
 
     /// Binds to any device handle; `irq` is where that device's interrupts are counted.
-    pub fn new(dev: Arc<dyn DeviceHandle>, irq: Arc<InterruptRecorder>, opts: DriverOptions) -> Result<Self, DriverError> {
+    pub fn new(
+        dev: Arc<dyn DeviceHandle>,
+        irq: Arc<InterruptRecorder>,
+        opts: DriverOptions,
+    ) -> Result<Self, DriverError> {
         let pci = probe(dev.as_ref())?;
         let mem = Arc::new(GuestMemory::new(opts.iova_base, opts.memory)?);
         mem.map_into(dev.as_ref())?;
         let ctrl_buf = mem.alloc(4096, 64)?;
-        let mut d = NetDriver { dev, mem, irq, pci, opts, device_features: 0, features: 0, num_queues: 0, queues: Vec::new(), ctrl_buf };
+        let mut d = NetDriver {
+            dev,
+            mem,
+            irq,
+            pci,
+            opts,
+            device_features: 0,
+            features: 0,
+            num_queues: 0,
+            queues: Vec::new(),
+            ctrl_buf,
+        };
         d.num_queues = d.common_read16(common::NUM_QUEUES)?;
         Ok(d)
     }
@@ -209,7 +232,12 @@ impl NetDriver {
     /// Moves the driver (the guest) to another device whose guest memory `mem` already holds
     /// a copy of this driver's memory: the migration switch-over. The caller then runs
     /// [`NetDriver::restart`] with the source's ring states.
-    pub fn migrate_to(&mut self, dev: Arc<dyn DeviceHandle>, irq: Arc<InterruptRecorder>, mem: Arc<GuestMemory>) -> Result<(), DriverError> {
+    pub fn migrate_to(
+        &mut self,
+        dev: Arc<dyn DeviceHandle>,
+        irq: Arc<InterruptRecorder>,
+        mem: Arc<GuestMemory>,
+    ) -> Result<(), DriverError> {
         self.pci = probe(dev.as_ref())?;
         mem.map_into(dev.as_ref())?;
         self.dev = dev;
@@ -257,7 +285,8 @@ impl NetDriver {
         Ok(u64::from_le_bytes(b))
     }
     fn bar_write(&self, bar: u8, off: u64, len: usize, v: u64) -> Result<(), DriverError> {
-        self.dev.region_write(bar.into(), off, &v.to_le_bytes()[..len])?;
+        self.dev
+            .region_write(bar.into(), off, &v.to_le_bytes()[..len])?;
         Ok(())
     }
     fn common_read(&self, reg: u64, len: usize) -> Result<u64, DriverError> {
@@ -293,7 +322,11 @@ impl NetDriver {
             let g0 = self.common_read(common::CONFIG_GENERATION, 1)?;
             let mut v = 0u64;
             for i in 0..len {
-                v |= self.bar_read(self.pci.device_cfg.bar, self.pci.device_cfg.offset + field + i as u64, 1)? << (8 * i);
+                v |= self.bar_read(
+                    self.pci.device_cfg.bar,
+                    self.pci.device_cfg.offset + field + i as u64,
+                    1,
+                )? << (8 * i);
             }
             if self.common_read(common::CONFIG_GENERATION, 1)? == g0 {
                 return Ok(v);
@@ -319,11 +352,16 @@ impl NetDriver {
     }
     /// Queue `q`'s LM ring state: (last_avail_idx, last_used_idx).
     pub fn ring_state(&self, q: u16) -> Result<(u16, u16), DriverError> {
-        Ok(lm::unpack_ring_state(self.lm_read32(lm::ring_state_offset(self.opts.lm_layout, q))?))
+        Ok(lm::unpack_ring_state(self.lm_read32(
+            lm::ring_state_offset(self.opts.lm_layout, q),
+        )?))
     }
     /// Writes queue `q`'s LM ring state.
     pub fn set_ring_state(&self, q: u16, avail: u16, used: u16) -> Result<(), DriverError> {
-        self.lm_write32(lm::ring_state_offset(self.opts.lm_layout, q), lm::pack_ring_state(avail, used))
+        self.lm_write32(
+            lm::ring_state_offset(self.opts.lm_layout, q),
+            lm::pack_ring_state(avail, used),
+        )
     }
 
     // ------------------------------------------------------------ bring-up
@@ -334,11 +372,13 @@ impl NetDriver {
         let mut c = [0u8; 2];
         self.dev.region_read(REGION_CONFIG, hdr::COMMAND, &mut c)?;
         let cmd = u16::from_le_bytes(c) | command::MEMORY_SPACE | command::BUS_MASTER;
-        self.dev.region_write(REGION_CONFIG, hdr::COMMAND, &cmd.to_le_bytes())?;
+        self.dev
+            .region_write(REGION_CONFIG, hdr::COMMAND, &cmd.to_le_bytes())?;
         let ctl = self.pci.msix_cap + msix_cap::MESSAGE_CONTROL;
         self.dev.region_read(REGION_CONFIG, ctl, &mut c)?;
         let v = (u16::from_le_bytes(c) | msix_cap::CTRL_ENABLE) & !msix_cap::CTRL_FUNCTION_MASK;
-        self.dev.region_write(REGION_CONFIG, ctl, &v.to_le_bytes())?;
+        self.dev
+            .region_write(REGION_CONFIG, ctl, &v.to_le_bytes())?;
         let (bar, table) = self.pci.msix_table;
         for v in 0..u64::from(self.pci.msix_vectors) {
             self.bar_write(bar, table + v * ENTRY_SIZE, 4, 0xFEE0_0000)?;
@@ -360,7 +400,9 @@ impl NetDriver {
     }
 
     fn queue_ids(&self) -> Vec<u16> {
-        let mut v: Vec<u16> = (0..self.opts.queue_pairs).flat_map(|p| [rxq(p), txq(p)]).collect();
+        let mut v: Vec<u16> = (0..self.opts.queue_pairs)
+            .flat_map(|p| [rxq(p), txq(p)])
+            .collect();
         if self.features & (1 << bits::CTRL_VQ) != 0 {
             v.push(self.num_queues - 1);
         }
@@ -372,7 +414,10 @@ impl NetDriver {
     pub fn start(&mut self) -> Result<(), DriverError> {
         let _span = tracing::debug_span!("driver_start").entered();
         if self.opts.queue_pairs == 0 || 2 * self.opts.queue_pairs + 1 > self.num_queues {
-            return Err(DriverError::Usage(format!("device has {} queues, {} pairs asked", self.num_queues, self.opts.queue_pairs)));
+            return Err(DriverError::Usage(format!(
+                "device has {} queues, {} pairs asked",
+                self.num_queues, self.opts.queue_pairs
+            )));
         }
         self.pci_enable()?;
         self.negotiate()?;
@@ -399,16 +444,33 @@ impl NetDriver {
             };
             let is_rx = q % 2 == 0 && q != self.num_queues - 1;
             let is_tx = q % 2 == 1;
-            let nbuf = if is_rx || is_tx { usize::from(self.opts.queue_size) } else { 0 };
-            let bsize = if is_rx { u64::from(self.opts.rx_buf_size) } else { 2048 };
+            let nbuf = if is_rx || is_tx {
+                usize::from(self.opts.queue_size)
+            } else {
+                0
+            };
+            let bsize = if is_rx {
+                u64::from(self.opts.rx_buf_size)
+            } else {
+                2048
+            };
             let mut pool = Vec::with_capacity(nbuf);
             for _ in 0..nbuf {
                 pool.push(self.mem.alloc(bsize, 64)?);
             }
-            self.queues[usize::from(q)] = Some(Queue { ring, notify_off: 0, pool, inflight: vec![0; usize::from(self.opts.queue_size)] });
+            self.queues[usize::from(q)] = Some(Queue {
+                ring,
+                notify_off: 0,
+                pool,
+                inflight: vec![0; usize::from(self.opts.queue_size)],
+            });
         }
         let at = self.opts.start_index;
-        self.program_queues((at != 0).then(|| vec![(at, at); usize::from(self.num_queues)]).as_deref())?;
+        self.program_queues(
+            (at != 0)
+                .then(|| vec![(at, at); usize::from(self.num_queues)])
+                .as_deref(),
+        )?;
         self.set_status(st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK | st::DRIVER_OK)?;
         for p in 0..self.opts.queue_pairs {
             self.refill_rx(p)?;
@@ -453,7 +515,10 @@ impl NetDriver {
         self.set_status(st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK)?;
         let s = self.status()?;
         if s & st::FEATURES_OK == 0 {
-            return Err(DriverError::FeaturesRejected { features: self.features, status: s });
+            return Err(DriverError::FeaturesRejected {
+                features: self.features,
+                status: s,
+            });
         }
         // ifcvf_hw_enable: config vector 0, must not read back NO_VECTOR.
         self.common_write(common::CONFIG_MSIX_VECTOR, 2, 0)?;
@@ -469,22 +534,35 @@ impl NetDriver {
 
     fn program_queues(&mut self, states: Option<&[(u16, u16)]>) -> Result<(), DriverError> {
         for q in self.queue_ids() {
-            let (desc, avail, used, size) =
-                self.queues[usize::from(q)].as_ref().ok_or_else(|| DriverError::Usage(format!("queue {q} not set up")))?.ring.areas();
+            let (desc, avail, used, size) = self.queues[usize::from(q)]
+                .as_ref()
+                .ok_or_else(|| DriverError::Usage(format!("queue {q} not set up")))?
+                .ring
+                .areas();
             self.common_write(common::QUEUE_SELECT, 2, q.into())?;
             self.common_write64(common::QUEUE_DESC, desc)?;
             self.common_write64(common::QUEUE_DRIVER, avail)?;
             self.common_write64(common::QUEUE_DEVICE, used)?;
             self.common_write(common::QUEUE_SIZE, 2, size.into())?;
             // No state: a fresh ring (packed: offset 0, both wrap counters 1, virtio 1.2 2.8.1).
-            let fresh = if self.is_packed() { (0x8000, 0x8000) } else { (0, 0) };
-            let (a, u) = states.and_then(|s| s.get(usize::from(q)).copied()).unwrap_or(fresh);
+            let fresh = if self.is_packed() {
+                (0x8000, 0x8000)
+            } else {
+                (0, 0)
+            };
+            let (a, u) = states
+                .and_then(|s| s.get(usize::from(q)).copied())
+                .unwrap_or(fresh);
             self.set_ring_state(q, a, u)?;
             let vec = q + 1;
             self.common_write(common::QUEUE_MSIX_VECTOR, 2, vec.into())?;
             let got = self.common_read16(common::QUEUE_MSIX_VECTOR)?;
             if got != vec {
-                return Err(DriverError::QueueVectorRejected { queue: q, want: vec, got });
+                return Err(DriverError::QueueVectorRejected {
+                    queue: q,
+                    want: vec,
+                    got,
+                });
             }
             let notify_off = self.common_read16(common::QUEUE_NOTIFY_OFF)?;
             self.common_write(common::QUEUE_ENABLE, 2, 1)?;
@@ -551,7 +629,10 @@ impl NetDriver {
     // ------------------------------------------------------------ datapath
 
     fn queue(&mut self, q: u16) -> Result<&mut Queue, DriverError> {
-        self.queues.get_mut(usize::from(q)).and_then(Option::as_mut).ok_or_else(|| DriverError::Usage(format!("queue {q} is not running")))
+        self.queues
+            .get_mut(usize::from(q))
+            .and_then(Option::as_mut)
+            .ok_or_else(|| DriverError::Usage(format!("queue {q} is not running")))
     }
 
     /// Rings queue `q`'s doorbell.
@@ -595,15 +676,28 @@ impl NetDriver {
         let mut sent = 0;
         for f in frames {
             if f.len() + NET_HDR_LEN > 2048 {
-                return Err(DriverError::Usage(format!("frame of {} bytes exceeds the 2 KiB TX buffers", f.len())));
+                return Err(DriverError::Usage(format!(
+                    "frame of {} bytes exceeds the 2 KiB TX buffers",
+                    f.len()
+                )));
             }
             let Some(buf) = qu.pool.pop() else { break };
             mem.write(buf, &[0u8; NET_HDR_LEN])?;
             mem.write(buf + NET_HDR_LEN as u64, f)?;
             let total = (NET_HDR_LEN + f.len()) as u32;
-            let bufs: Vec<Buf> =
-                if split { vec![(buf, NET_HDR_LEN as u32, false), (buf + NET_HDR_LEN as u64, f.len() as u32, false)] } else { vec![(buf, total, false)] };
-            let head = if indirect { qu.ring.add_indirect(&mem, &bufs)? } else { qu.ring.add(&mem, &bufs)? };
+            let bufs: Vec<Buf> = if split {
+                vec![
+                    (buf, NET_HDR_LEN as u32, false),
+                    (buf + NET_HDR_LEN as u64, f.len() as u32, false),
+                ]
+            } else {
+                vec![(buf, total, false)]
+            };
+            let head = if indirect {
+                qu.ring.add_indirect(&mem, &bufs)?
+            } else {
+                qu.ring.add(&mem, &bufs)?
+            };
             match head {
                 Some(h) => {
                     qu.inflight[usize::from(h)] = buf;
@@ -666,13 +760,17 @@ impl NetDriver {
             let mut data = vec![0u8; len as usize];
             mem.read(buf, &mut data)?;
             if data.len() < NET_HDR_LEN {
-                return Err(DriverError::Usage(format!("queue {q}: used len {len} shorter than the virtio-net header")));
+                return Err(DriverError::Usage(format!(
+                    "queue {q}: used len {len} shorter than the virtio-net header"
+                )));
             }
             let nbuf = u16::from_le_bytes([data[10], data[11]]).max(1);
             let mut frame = data.split_off(NET_HDR_LEN);
             for _ in 1..nbuf {
                 let Some((h, l)) = qu.ring.pop_used(&mem)? else {
-                    return Err(DriverError::Usage(format!("queue {q}: num_buffers {nbuf} but fewer used entries")));
+                    return Err(DriverError::Usage(format!(
+                        "queue {q}: num_buffers {nbuf} but fewer used entries"
+                    )));
                 };
                 let b = qu.inflight[usize::from(h)];
                 qu.pool.push(b);
@@ -708,7 +806,12 @@ impl NetDriver {
         let ack_at = b + 4095;
         mem.write(ack_at, &[0xAA])?;
         let qu = self.queue(q)?;
-        qu.ring.add(&mem, &[(b, 2 + data.len() as u32, false), (ack_at, 1, true)])?.ok_or(DriverError::CtrlTimeout { class, cmd })?;
+        qu.ring
+            .add(
+                &mem,
+                &[(b, 2 + data.len() as u32, false), (ack_at, 1, true)],
+            )?
+            .ok_or(DriverError::CtrlTimeout { class, cmd })?;
         qu.ring.publish(&mem)?;
         self.kick(q)?;
         for _ in 0..1_000_000 {
@@ -744,7 +847,9 @@ impl NetDriver {
     pub fn ring(&mut self, q: u16) -> Result<&mut DriverRing, DriverError> {
         match &mut self.queue(q)?.ring {
             DriverQueueRing::Split(r) => Ok(r),
-            DriverQueueRing::Packed(_) => Err(DriverError::Usage(format!("queue {q} runs the packed layout: use packed_ring({q})"))),
+            DriverQueueRing::Packed(_) => Err(DriverError::Usage(format!(
+                "queue {q} runs the packed layout: use packed_ring({q})"
+            ))),
         }
     }
 
@@ -752,7 +857,9 @@ impl NetDriver {
     pub fn packed_ring(&mut self, q: u16) -> Result<&mut PackedDriverRing, DriverError> {
         match &mut self.queue(q)?.ring {
             DriverQueueRing::Packed(r) => Ok(r),
-            DriverQueueRing::Split(_) => Err(DriverError::Usage(format!("queue {q} runs the split layout: use ring({q})"))),
+            DriverQueueRing::Split(_) => Err(DriverError::Usage(format!(
+                "queue {q} runs the split layout: use ring({q})"
+            ))),
         }
     }
 
@@ -771,7 +878,11 @@ impl NetDriver {
     /// Whether the negotiated features (or, before negotiation, the wanted ones) select the
     /// packed ring.
     pub fn is_packed(&self) -> bool {
-        let f = if self.features != 0 { self.features } else { self.opts.features };
+        let f = if self.features != 0 {
+            self.features
+        } else {
+            self.opts.features
+        };
         f & (1 << bits::RING_PACKED) != 0
     }
 

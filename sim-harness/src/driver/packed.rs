@@ -24,8 +24,8 @@ use super::memory::{GuestMemory, MemoryError};
 use super::ring::Buf;
 use super::DriverError;
 use device::queue::packed::{
-    RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED,
-    VIRTQ_DESC_F_WRITE,
+    RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, VIRTQ_DESC_F_AVAIL,
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE,
 };
 use std::sync::atomic::{fence, Ordering};
 
@@ -98,9 +98,16 @@ impl PackedDriverRing {
     /// Allocates the descriptor ring and the two event structures, zeroed (2.8.13: "The
     /// descriptor ring is zero-initialized"); with EVENT_IDX asks for an interrupt at the first
     /// used descriptor (DESC, off_wrap 0 | 1 << 15).
-    pub fn new(mem: &GuestMemory, queue: u16, size: u16, event_idx: bool) -> Result<Self, DriverError> {
+    pub fn new(
+        mem: &GuestMemory,
+        queue: u16,
+        size: u16,
+        event_idx: bool,
+    ) -> Result<Self, DriverError> {
         if size == 0 || size > 32768 {
-            return Err(DriverError::Usage(format!("packed queue size {size} not in 1..=32768")));
+            return Err(DriverError::Usage(format!(
+                "packed queue size {size} not in 1..=32768"
+            )));
         }
         let (d, a, u) = packed_ring_sizes(size);
         let desc = mem.alloc_zeroed(d, 16)?;
@@ -138,13 +145,25 @@ impl PackedDriverRing {
     pub fn start_at(&mut self, mem: &GuestMemory, at: u16) -> Result<(), DriverError> {
         let (pos, wrap) = (at & 0x7FFF, at & 0x8000 != 0);
         if pos >= self.size || self.num_free != self.size {
-            return Err(DriverError::Usage(format!("packed start index {at:#x} on queue {}", self.queue)));
+            return Err(DriverError::Usage(format!(
+                "packed start index {at:#x} on queue {}",
+                self.queue
+            )));
         }
         for i in 0..self.size {
-            let f = if i >= pos { used_bits(!wrap) } else { used_bits(wrap) };
+            let f = if i >= pos {
+                used_bits(!wrap)
+            } else {
+                used_bits(wrap)
+            };
             mem.write_u16(self.desc + 16 * u64::from(i) + 14, f)?;
         }
-        (self.next_avail, self.avail_wrap, self.next_used, self.used_wrap) = (pos, wrap, pos, wrap);
+        (
+            self.next_avail,
+            self.avail_wrap,
+            self.next_used,
+            self.used_wrap,
+        ) = (pos, wrap, pos, wrap);
         if self.event_idx {
             self.set_used_event(mem, at)?;
         }
@@ -187,7 +206,9 @@ impl PackedDriverRing {
         if bufs.is_empty() || usize::from(self.num_free) < bufs.len() {
             return Ok(None);
         }
-        let Some(id) = self.free_ids.pop() else { return Ok(None) };
+        let Some(id) = self.free_ids.pop() else {
+            return Ok(None);
+        };
         let head = self.next_avail;
         let mut head_flags = 0;
         for (k, &b) in bufs.iter().enumerate() {
@@ -214,11 +235,17 @@ impl PackedDriverRing {
 
     /// Adds a list as one ring slot pointing at an indirect table of packed descriptors (2.8.7:
     /// only VIRTQ_DESC_F_WRITE is meaningful in the table).
-    pub fn add_indirect(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
+    pub fn add_indirect(
+        &mut self,
+        mem: &GuestMemory,
+        bufs: &[Buf],
+    ) -> Result<Option<u16>, DriverError> {
         if bufs.is_empty() || bufs.len() > INDIRECT_ENTRIES || self.num_free == 0 {
             return Ok(None);
         }
-        let Some(id) = self.free_ids.pop() else { return Ok(None) };
+        let Some(id) = self.free_ids.pop() else {
+            return Ok(None);
+        };
         let table = match self.indirect[usize::from(id)] {
             Some(t) => t,
             None => {
@@ -318,13 +345,17 @@ impl PackedDriverRing {
     pub fn used_off_wrap_plus(&self, n: u16) -> u16 {
         let p = u32::from(self.next_used) + u32::from(n);
         let laps = p / u32::from(self.size);
-        off_wrap((p % u32::from(self.size)) as u16, self.used_wrap ^ (laps % 2 == 1))
+        off_wrap(
+            (p % u32::from(self.size)) as u16,
+            self.used_wrap ^ (laps % 2 == 1),
+        )
     }
 
     /// Whether a used descriptor is waiting at the next used slot.
     pub fn has_used(&self, mem: &GuestMemory) -> Result<bool, DriverError> {
         let flags = mem.read_u16(self.desc + 16 * u64::from(self.next_used) + 14)?;
-        Ok((flags & VIRTQ_DESC_F_AVAIL != 0) == self.used_wrap && (flags & VIRTQ_DESC_F_USED != 0) == self.used_wrap)
+        Ok((flags & VIRTQ_DESC_F_AVAIL != 0) == self.used_wrap
+            && (flags & VIRTQ_DESC_F_USED != 0) == self.used_wrap)
     }
 
     /// Takes the next completion: (buffer id, bytes written). The id may be any in-flight one
@@ -333,17 +364,26 @@ impl PackedDriverRing {
         let at = self.desc + 16 * u64::from(self.next_used);
         // Acquire: the descriptor's id and len are read after its flags said "used".
         let flags = mem.read_u16(at + 14)?;
-        if (flags & VIRTQ_DESC_F_AVAIL != 0) != self.used_wrap || (flags & VIRTQ_DESC_F_USED != 0) != self.used_wrap {
+        if (flags & VIRTQ_DESC_F_AVAIL != 0) != self.used_wrap
+            || (flags & VIRTQ_DESC_F_USED != 0) != self.used_wrap
+        {
             return Ok(None);
         }
         fence(Ordering::Acquire);
         let id = mem.read_u16(at + 12)?;
         // 2.8.4: "Element Length is reserved for used descriptors without the
         // VIRTQ_DESC_F_WRITE flag, and is ignored by drivers."
-        let len = if flags & VIRTQ_DESC_F_WRITE != 0 { mem.read_u32(at + 8)? } else { 0 };
+        let len = if flags & VIRTQ_DESC_F_WRITE != 0 {
+            mem.read_u32(at + 8)?
+        } else {
+            0
+        };
         let n = self.slots.get(usize::from(id)).copied().unwrap_or(0);
         if n == 0 {
-            return Err(DriverError::BadUsed { queue: self.queue, id: id.into() });
+            return Err(DriverError::BadUsed {
+                queue: self.queue,
+                id: id.into(),
+            });
         }
         self.slots[usize::from(id)] = 0;
         self.free_ids.push(id);
@@ -371,13 +411,17 @@ impl PackedDriverRing {
         for _ in 0..self.size {
             let at = self.desc + 16 * u64::from(pos);
             let flags = mem.read_u16(at + 14)?;
-            if (flags & VIRTQ_DESC_F_AVAIL != 0) != wrap || (flags & VIRTQ_DESC_F_USED != 0) != wrap {
+            if (flags & VIRTQ_DESC_F_AVAIL != 0) != wrap || (flags & VIRTQ_DESC_F_USED != 0) != wrap
+            {
                 break;
             }
             let id = mem.read_u16(at + 12)?;
             let n = self.slots.get(usize::from(id)).copied().unwrap_or(0);
             if n == 0 {
-                return Err(DriverError::BadUsed { queue: self.queue, id: id.into() });
+                return Err(DriverError::BadUsed {
+                    queue: self.queue,
+                    id: id.into(),
+                });
             }
             let p = u32::from(pos) + u32::from(n);
             if p >= u32::from(self.size) {
@@ -411,22 +455,35 @@ mod tests {
         let d = r.desc + 16 * u64::from(at);
         m.write_u32(d + 8, len).unwrap();
         m.write_u16(d + 12, id).unwrap();
-        m.store_u16_release(d + 14, used_bits(wrap) | if len > 0 { VIRTQ_DESC_F_WRITE } else { 0 }).unwrap();
+        m.store_u16_release(
+            d + 14,
+            used_bits(wrap) | if len > 0 { VIRTQ_DESC_F_WRITE } else { 0 },
+        )
+        .unwrap();
     }
 
     #[test]
     fn out_of_order_completion_and_wrap() {
         let m = mem();
         let mut r = PackedDriverRing::new(&m, 0, 5, false).unwrap();
-        let a = r.add(&m, &[(0x1000, 10, false), (0x2000, 10, false)]).unwrap().unwrap();
+        let a = r
+            .add(&m, &[(0x1000, 10, false), (0x2000, 10, false)])
+            .unwrap()
+            .unwrap();
         let b = r.add(&m, &[(0x3000, 10, true)]).unwrap().unwrap();
-        let c = r.add(&m, &[(0x4000, 10, false), (0x5000, 20, true)]).unwrap().unwrap();
+        let c = r
+            .add(&m, &[(0x4000, 10, false), (0x5000, 20, true)])
+            .unwrap()
+            .unwrap();
         assert_eq!(r.free_descriptors(), 0);
         assert_eq!(r.add(&m, &[(0x6000, 1, false)]).unwrap(), None, "ring full");
         // Nothing is visible before publish: the first slot's flags are still 0.
         assert_eq!(m.read_u16(r.desc + 14).unwrap(), 0);
         r.publish(&m).unwrap();
-        assert_eq!(m.read_u16(r.desc + 14).unwrap(), VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_NEXT);
+        assert_eq!(
+            m.read_u16(r.desc + 14).unwrap(),
+            VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_NEXT
+        );
         assert!(!r.avail_wrap, "5 slots used: wrapped");
         // The device completes c first (slots 0-1), then a (slots 2-3), then b (slot 4).
         device_use(&m, &r, 0, true, c, 20);
@@ -460,14 +517,19 @@ mod tests {
         r.publish(&m).unwrap();
         assert!(r.needs_kick(&m).unwrap(), "ENABLE (zeroed device area)");
         // DESC at slot 7 of lap 1: not reached by slots 6..7.
-        m.write_u32(r.device, u32::from(off_wrap(7, true)) | (u32::from(RING_EVENT_FLAGS_DESC) << 16)).unwrap();
+        m.write_u32(
+            r.device,
+            u32::from(off_wrap(7, true)) | (u32::from(RING_EVENT_FLAGS_DESC) << 16),
+        )
+        .unwrap();
         r.add(&m, &[(0x1000, 1, false)]).unwrap();
         r.publish(&m).unwrap();
         assert!(!r.needs_kick(&m).unwrap());
         r.add(&m, &[(0x1000, 1, false)]).unwrap();
         r.publish(&m).unwrap();
         assert!(r.needs_kick(&m).unwrap(), "slot 7 made available");
-        m.write_u32(r.device, u32::from(RING_EVENT_FLAGS_DISABLE) << 16).unwrap();
+        m.write_u32(r.device, u32::from(RING_EVENT_FLAGS_DISABLE) << 16)
+            .unwrap();
         assert!(!r.needs_kick(&m).unwrap(), "nothing new");
     }
 }

@@ -102,15 +102,25 @@ pub fn probe(dev: &dyn RegionAccess) -> Result<PciInfo, DriverError> {
             windows[usize::from(ty)] = Some((w, off));
         }
     }
-    let need = |t: u8, name: &str| windows[usize::from(t)].ok_or_else(|| DriverError::Probe(format!("no virtio {name} capability")));
+    let need = |t: u8, name: &str| {
+        windows[usize::from(t)]
+            .ok_or_else(|| DriverError::Probe(format!("no virtio {name} capability")))
+    };
     let (common, _) = need(virtio_cfg_type::COMMON, "common cfg")?;
     let (notify, notify_off) = need(virtio_cfg_type::NOTIFY, "notify")?;
     let (isr, _) = need(virtio_cfg_type::ISR, "ISR")?;
     let (device_cfg, _) = need(virtio_cfg_type::DEVICE, "device cfg")?;
-    let notify_multiplier = u32_at(&raw, (notify_off + virtio_cap::NOTIFY_OFF_MULTIPLIER) as usize);
+    let notify_multiplier = u32_at(
+        &raw,
+        (notify_off + virtio_cap::NOTIFY_OFF_MULTIPLIER) as usize,
+    );
     let pci_cfg_cap = windows[usize::from(virtio_cfg_type::PCI_CFG)].map(|(_, off)| off);
 
-    let msix = caps.of_type::<MsiXCapability>().map_err(io)?.next().ok_or_else(|| DriverError::Probe("no MSI-X capability".into()))?;
+    let msix = caps
+        .of_type::<MsiXCapability>()
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| DriverError::Probe("no MSI-X capability".into()))?;
     let msix_cap = msix.as_subregion().offset_in_underlying_region();
     let m = msix_cap as usize;
     let ctrl = u16::from_le_bytes([raw[m + 2], raw[m + 3]]);

@@ -43,7 +43,12 @@ pub fn ring_sizes(size: u16) -> (u64, u64, u64) {
 
 impl DriverRing {
     /// Allocates the three areas in guest memory and zeroes them.
-    pub fn new(mem: &GuestMemory, queue: u16, size: u16, event_idx: bool) -> Result<Self, DriverError> {
+    pub fn new(
+        mem: &GuestMemory,
+        queue: u16,
+        size: u16,
+        event_idx: bool,
+    ) -> Result<Self, DriverError> {
         let (d, a, u) = ring_sizes(size);
         let desc = mem.alloc_zeroed(d, 16)?;
         let avail = mem.alloc_zeroed(a, 2)?;
@@ -74,7 +79,15 @@ impl DriverRing {
         self.chains.iter().filter(|c| !c.is_empty()).count()
     }
 
-    fn write_desc(&self, mem: &GuestMemory, table: u64, i: u16, b: Buf, flags: u16, next: u16) -> Result<(), MemoryError> {
+    fn write_desc(
+        &self,
+        mem: &GuestMemory,
+        table: u64,
+        i: u16,
+        b: Buf,
+        flags: u16,
+        next: u16,
+    ) -> Result<(), MemoryError> {
         let base = table + 16 * u64::from(i);
         mem.write_u64(base, b.0)?;
         mem.write_u32(base + 8, b.1)?;
@@ -88,10 +101,19 @@ impl DriverRing {
         if bufs.is_empty() || self.free.len() < bufs.len() {
             return Ok(None);
         }
-        let ids: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().expect("checked")).collect();
+        let ids: Vec<u16> = (0..bufs.len())
+            .map(|_| self.free.pop().expect("checked"))
+            .collect();
         for (k, (&id, &b)) in ids.iter().zip(bufs).enumerate() {
             let last = k + 1 == bufs.len();
-            self.write_desc(mem, self.desc, id, b, if last { 0 } else { F_NEXT }, if last { 0 } else { ids[k + 1] })?;
+            self.write_desc(
+                mem,
+                self.desc,
+                id,
+                b,
+                if last { 0 } else { F_NEXT },
+                if last { 0 } else { ids[k + 1] },
+            )?;
         }
         let head = ids[0];
         self.chains[usize::from(head)] = ids;
@@ -100,8 +122,14 @@ impl DriverRing {
     }
 
     /// Adds a chain through an indirect table (one ring descriptor, VIRTIO_F_INDIRECT_DESC).
-    pub fn add_indirect(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
-        let Some(id) = self.free.pop() else { return Ok(None) };
+    pub fn add_indirect(
+        &mut self,
+        mem: &GuestMemory,
+        bufs: &[Buf],
+    ) -> Result<Option<u16>, DriverError> {
+        let Some(id) = self.free.pop() else {
+            return Ok(None);
+        };
         let table = match self.indirect[usize::from(id)] {
             Some(t) => t,
             None => {
@@ -116,9 +144,23 @@ impl DriverRing {
         }
         for (k, &b) in bufs.iter().enumerate() {
             let last = k + 1 == bufs.len();
-            self.write_desc(mem, table, k as u16, b, if last { 0 } else { F_NEXT }, if last { 0 } else { k as u16 + 1 })?;
+            self.write_desc(
+                mem,
+                table,
+                k as u16,
+                b,
+                if last { 0 } else { F_NEXT },
+                if last { 0 } else { k as u16 + 1 },
+            )?;
         }
-        self.write_desc(mem, self.desc, id, (table, 16 * bufs.len() as u32, false), F_INDIRECT, 0)?;
+        self.write_desc(
+            mem,
+            self.desc,
+            id,
+            (table, 16 * bufs.len() as u32, false),
+            F_INDIRECT,
+            0,
+        )?;
         self.chains[usize::from(id)] = vec![id];
         self.push_avail(mem, id)?;
         Ok(Some(id))
@@ -184,7 +226,10 @@ impl DriverRing {
         let head = u16::try_from(id)
             .ok()
             .filter(|&h| h < self.size && !self.chains[usize::from(h)].is_empty())
-            .ok_or(DriverError::BadUsed { queue: self.queue, id })?;
+            .ok_or(DriverError::BadUsed {
+                queue: self.queue,
+                id,
+            })?;
         self.last_used = self.last_used.wrapping_add(1);
         let ids = std::mem::take(&mut self.chains[usize::from(head)]);
         self.free.extend(ids);

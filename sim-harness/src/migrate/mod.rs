@@ -129,15 +129,32 @@ impl MigrateReport {
             ("log_bytes", self.log_bytes.to_string()),
             ("log_writes", self.log_writes.to_string()),
             ("missed_dirty_pages", self.missed_dirty_pages.to_string()),
-            ("memory_mismatch_pages", self.memory_mismatch_pages.to_string()),
+            (
+                "memory_mismatch_pages",
+                self.memory_mismatch_pages.to_string(),
+            ),
             ("frames_sent", self.frames_sent.to_string()),
             ("frames_delivered", self.frames_delivered.to_string()),
             ("lost_frames", self.lost_frames.to_string()),
             ("duplicated_frames", self.duplicated_frames.to_string()),
             ("reordered_frames", self.reordered_frames.to_string()),
             ("corrupted_frames", self.corrupted_frames.to_string()),
-            ("errors", if self.errors.is_empty() { "none".into() } else { self.errors.join("; ") }),
-            ("verdict", if self.clean() { "PASS: nothing lost".into() } else { "FAIL".into() }),
+            (
+                "errors",
+                if self.errors.is_empty() {
+                    "none".into()
+                } else {
+                    self.errors.join("; ")
+                },
+            ),
+            (
+                "verdict",
+                if self.clean() {
+                    "PASS: nothing lost".into()
+                } else {
+                    "FAIL".into()
+                },
+            ),
         ];
         for (k, v) in rows {
             let _ = writeln!(s, "{k:<24} {v}");
@@ -203,8 +220,14 @@ struct Guest {
 impl Guest {
     /// Sends (and lets the peer send) whatever the rate allows by now; receives everything.
     fn step(&mut self, dev: &Arc<Device>) -> Result<(), DriverError> {
-        let due = if self.rate == 0 { self.done + 32 * u64::from(self.pairs) } else { (self.t0.elapsed().as_secs_f64() * self.rate as f64) as u64 };
-        let n = due.saturating_sub(self.done).min(64 * u64::from(self.pairs));
+        let due = if self.rate == 0 {
+            self.done + 32 * u64::from(self.pairs)
+        } else {
+            (self.t0.elapsed().as_secs_f64() * self.rate as f64) as u64
+        };
+        let n = due
+            .saturating_sub(self.done)
+            .min(64 * u64::from(self.pairs));
         if n == 0 {
             return Ok(());
         }
@@ -215,7 +238,14 @@ impl Guest {
             let fs: Vec<Vec<u8>> = (0..per_pair)
                 .map(|i| {
                     let seq = self.sent.get(&p).copied().unwrap_or(0) + i as u64;
-                    frames::build(mac, PEER_MAC, p, seq, self.rng.gen_range(frames::MIN_FRAME..=1514), &mut self.rng)
+                    frames::build(
+                        mac,
+                        PEER_MAC,
+                        p,
+                        seq,
+                        self.rng.gen_range(frames::MIN_FRAME..=1514),
+                        &mut self.rng,
+                    )
                 })
                 .collect();
             let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
@@ -234,7 +264,9 @@ impl Guest {
 }
 
 fn log_len_for(mem: &GuestMemory) -> u64 {
-    ((mem.base() + mem.size()) / PAGE_SIZE).div_ceil(8).next_multiple_of(8)
+    ((mem.base() + mem.size()) / PAGE_SIZE)
+        .div_ceil(8)
+        .next_multiple_of(8)
 }
 
 /// Harvests and clears the device's dirty log (vhost bitmap) into `out`.
@@ -261,7 +293,13 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let peer_port = Arc::new(PeerPort::default());
     let mut dev = Device::new(cfg.clone())?;
     dev.set_port(peer_port.clone());
-    let opts = DriverOptions { queue_pairs: o.queue_pairs.max(1), memory: o.memory, lm_layout: o.lm_layout, ..Default::default() }.with_packed(o.packed);
+    let opts = DriverOptions {
+        queue_pairs: o.queue_pairs.max(1),
+        memory: o.memory,
+        lm_layout: o.lm_layout,
+        ..Default::default()
+    }
+    .with_packed(o.packed);
     let mut drv = NetDriver::in_process(&dev, opts)?;
     drv.start()?;
     let mac = drv.mac()?;
@@ -343,7 +381,15 @@ fn migrate_once(
     // Stage 1: the log (DPDK: mapped at IFCVF_LOG_BASE), the independent write record, CPU dirty tracking.
     let log_len = log_len_for(&mem);
     let log = SharedMemory::new("vdpa-emu-dirty-log", log_len)?;
-    src.dma_map(DPDK_LOG_IOVA, log_len, Perms::RW, Backing::Fd { file: log.try_clone_file()?, offset: 0 })?;
+    src.dma_map(
+        DPDK_LOG_IOVA,
+        log_len,
+        Perms::RW,
+        Backing::Fd {
+            file: log.try_clone_file()?,
+            offset: 0,
+        },
+    )?;
     let top = mem.base() + mem.size();
     let device_writes = Arc::new(WriteTrace::new(top));
     src.set_write_trace(Some(device_writes.clone()));
@@ -352,11 +398,18 @@ fn migrate_once(
     guest.drv.enable_logging(DPDK_LOG_IOVA, log_len)?;
     report.log_bytes = log_len;
     let log_writes_before = src.log_stats().log_writes;
-    progress(format!("stage 1: logging on ({log_len} B log at {DPDK_LOG_IOVA:#x}), copying {} MiB", o.memory >> 20));
+    progress(format!(
+        "stage 1: logging on ({log_len} B log at {DPDK_LOG_IOVA:#x}), copying {} MiB",
+        o.memory >> 20
+    ));
 
     let dst_mem = Arc::new(mem.new_like().map_err(DriverError::from)?);
     let mut logged: BTreeSet<u64> = BTreeSet::new();
-    let mut copier = Copier { src: &mem, dst: &dst_mem, buf: Box::new([0u8; PAGE_SIZE as usize]) };
+    let mut copier = Copier {
+        src: &mem,
+        dst: &dst_mem,
+        buf: Box::new([0u8; PAGE_SIZE as usize]),
+    };
     let n = copier.copy(mem.pfns(), Some((&mut *guest, src)), report)?;
     report.pages_per_round.push(n);
 
@@ -413,7 +466,11 @@ fn migrate_once(
         }
     }
     // Every page the device wrote after logging started must have been in its log.
-    report.missed_dirty_pages += device_writes.pages().into_iter().filter(|p| !logged.contains(p)).count() as u64;
+    report.missed_dirty_pages += device_writes
+        .pages()
+        .into_iter()
+        .filter(|p| !logged.contains(p))
+        .count() as u64;
     let verify_time = t_verify.elapsed();
     report.log_writes += src.log_stats().log_writes - log_writes_before;
 
@@ -434,24 +491,34 @@ fn migrate_once(
     });
     let downtime = (t_pause.elapsed() - verify_time).as_secs_f64() * 1e6;
     report.downtime_us = report.downtime_us.max(downtime);
-    progress(format!("stage 3: stopped, copied {n} pages, resumed on the destination after {downtime:.0} us"));
+    progress(format!(
+        "stage 3: stopped, copied {n} pages, resumed on the destination after {downtime:.0} us"
+    ));
     if let Err(e) = resumed {
-        report.errors.push(format!("migration {index}: resume on the destination: {e}"));
+        report
+            .errors
+            .push(format!("migration {index}: resume on the destination: {e}"));
         return Ok(false);
     }
     let t = Instant::now();
     while t.elapsed() < o.after {
         if let Err(e) = guest.step(dst) {
-            report.errors.push(format!("migration {index}: after the switch: {e}"));
+            report
+                .errors
+                .push(format!("migration {index}: after the switch: {e}"));
             return Ok(false);
         }
     }
     if let Some(f) = dst.fault() {
-        report.errors.push(format!("migration {index}: destination device: {f}"));
+        report
+            .errors
+            .push(format!("migration {index}: destination device: {f}"));
         return Ok(false);
     }
     if let Some(f) = src.fault() {
-        report.errors.push(format!("migration {index}: source device: {f}"));
+        report
+            .errors
+            .push(format!("migration {index}: source device: {f}"));
     }
     Ok(true)
 }
@@ -474,7 +541,9 @@ impl Copier<'_> {
         let range = self.src.pfns();
         let mut n = 0u64;
         for pfn in pages.into_iter().filter(|p| range.contains(p)) {
-            self.src.copy_page_to(pfn, self.dst, &mut self.buf).map_err(DriverError::from)?;
+            self.src
+                .copy_page_to(pfn, self.dst, &mut self.buf)
+                .map_err(DriverError::from)?;
             n += 1;
             if n.is_multiple_of(512) {
                 if let Some((g, dev)) = running.as_mut() {

@@ -43,7 +43,12 @@ pub struct PeerSender {
 impl PeerSender {
     /// A sender to `guest_mac` with one stream per pair.
     pub fn new(guest_mac: [u8; 6], pairs: u16, seed: u64) -> Self {
-        PeerSender { guest_mac, pairs, rng: SmallRng::seed_from_u64(seed), sent: HashMap::new() }
+        PeerSender {
+            guest_mac,
+            pairs,
+            rng: SmallRng::seed_from_u64(seed),
+            sent: HashMap::new(),
+        }
     }
 
     /// Sends `per_pair` frames of every stream into `dev`'s receive FIFO.

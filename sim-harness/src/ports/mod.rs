@@ -88,7 +88,9 @@ pub struct PortHandle {
 
 impl std::fmt::Debug for PortHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortHandle").field("port", &self.describe).finish_non_exhaustive()
+        f.debug_struct("PortHandle")
+            .field("port", &self.describe)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,18 +127,34 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
             (None, None)
         }
         PortSpec::Tap(name) => {
-            let tap = TapPort::open(name).map_err(|source| PortError::Tap { name: name.clone(), source })?;
-            let file = tap.reader().map_err(|source| PortError::Tap { name: name.clone(), source })?;
+            let tap = TapPort::open(name).map_err(|source| PortError::Tap {
+                name: name.clone(),
+                source,
+            })?;
+            let file = tap.reader().map_err(|source| PortError::Tap {
+                name: name.clone(),
+                source,
+            })?;
             let (dev, st) = (device.clone(), stop.clone());
-            let t = spawn(format!("tap-{}", tap.name()), move || reader_loop(&dev, file.as_fd(), &st, |b| (&file).read(b)))?;
+            let t = spawn(format!("tap-{}", tap.name()), move || {
+                reader_loop(&dev, file.as_fd(), &st, |b| (&file).read(b))
+            })?;
             let port: Arc<dyn Port> = Arc::new(tap);
             (Some(port), Some(t))
         }
         PortSpec::Unix(path) => {
-            let link = UnixLinkPort::open(path).map_err(|source| PortError::Unix { path: path.clone(), source })?;
-            let sock = link.reader().map_err(|source| PortError::Unix { path: path.clone(), source })?;
+            let link = UnixLinkPort::open(path).map_err(|source| PortError::Unix {
+                path: path.clone(),
+                source,
+            })?;
+            let sock = link.reader().map_err(|source| PortError::Unix {
+                path: path.clone(),
+                source,
+            })?;
             let (dev, st) = (device.clone(), stop.clone());
-            let t = spawn("unix-link".into(), move || reader_loop(&dev, sock.as_fd(), &st, |b| sock.recv(b)))?;
+            let t = spawn("unix-link".into(), move || {
+                reader_loop(&dev, sock.as_fd(), &st, |b| sock.recv(b))
+            })?;
             let port: Arc<dyn Port> = Arc::new(link);
             (Some(port), Some(t))
         }
@@ -144,13 +162,24 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
     if let Some(p) = &port {
         device.set_port(p.clone());
     }
-    let describe = port.as_ref().map_or_else(|| "loopback".to_string(), |p| p.describe());
+    let describe = port
+        .as_ref()
+        .map_or_else(|| "loopback".to_string(), |p| p.describe());
     tracing::info!(port = %describe, "port attached");
-    Ok(PortHandle { device: device.clone(), port, stop, reader, describe })
+    Ok(PortHandle {
+        device: device.clone(),
+        port,
+        stop,
+        reader,
+        describe,
+    })
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, PortError> {
-    std::thread::Builder::new().name(name).spawn(f).map_err(PortError::Thread)
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(PortError::Thread)
 }
 
 /// Smallest frame worth delivering: an Ethernet header.
@@ -161,7 +190,12 @@ const MIN_FRAME: usize = 14;
 /// device without waiting (`try_service_rx`: a busy device drains its inbox itself before it
 /// lets go of its lock), and once the wire is idle the thread waits for the device lock
 /// (`service_rx`; it holds no other lock) so nothing is left behind.
-fn reader_loop(dev: &Device, fd: BorrowedFd<'_>, stop: &Stop, mut recv: impl FnMut(&mut [u8]) -> io::Result<usize>) {
+fn reader_loop(
+    dev: &Device,
+    fd: BorrowedFd<'_>,
+    stop: &Stop,
+    mut recv: impl FnMut(&mut [u8]) -> io::Result<usize>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
         match stop.wait_readable(fd, None) {

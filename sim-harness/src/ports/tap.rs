@@ -25,8 +25,16 @@ pub struct TapPort {
 }
 
 fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.bytes().any(|b| b == 0 || b == b'/' || b.is_ascii_whitespace()) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?} (1..15 bytes, no '/', NUL or spaces)")));
+    if name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name
+            .bytes()
+            .any(|b| b == 0 || b == b'/' || b.is_ascii_whitespace())
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?} (1..15 bytes, no '/', NUL or spaces)"),
+        ));
     }
     // SAFETY: ifreq is plain data (a name array and a union of plain data); all-zero is valid.
     let mut ifr: libc::ifreq = unsafe { MaybeUninit::zeroed().assume_init() };
@@ -40,17 +48,28 @@ impl TapPort {
     /// Opens (creating if needed) TAP `name` and brings it up.
     pub fn open(name: &str) -> io::Result<Self> {
         let mut ifr = ifreq_for(name)?;
-        let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open("/dev/net/tun")?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")?;
         ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one struct ifreq, which `ifr` is, for the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel wrote a NUL-terminated name (at most IFNAMSIZ - 1 bytes) back.
-        let actual = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) }.to_string_lossy().into_owned();
+        let actual = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         bring_up(&actual)?;
         tracing::info!(tap = %actual, "TAP interface attached and up");
-        Ok(TapPort { file, name: actual, tx_frames: AtomicU64::new(0), tx_dropped: AtomicU64::new(0) })
+        Ok(TapPort {
+            file,
+            name: actual,
+            tx_frames: AtomicU64::new(0),
+            tx_dropped: AtomicU64::new(0),
+        })
     }
 
     /// The interface name.
@@ -65,7 +84,10 @@ impl TapPort {
 
     /// Frames written to the TAP and frames dropped (TAP queue full or down).
     pub fn tx_counts(&self) -> (u64, u64) {
-        (self.tx_frames.load(Ordering::Relaxed), self.tx_dropped.load(Ordering::Relaxed))
+        (
+            self.tx_frames.load(Ordering::Relaxed),
+            self.tx_dropped.load(Ordering::Relaxed),
+        )
     }
 }
 

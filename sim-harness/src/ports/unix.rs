@@ -80,7 +80,10 @@ impl UnixLinkPort {
                 tx_dropped: AtomicU64::new(0),
             });
         }
-        Err(io::Error::new(io::ErrorKind::AddrInUse, format!("both ends of link {} are in use", base.display())))
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("both ends of link {} are in use", base.display()),
+        ))
     }
 
     /// The socket file this end is bound to.
@@ -100,7 +103,10 @@ impl UnixLinkPort {
 
     /// Frames sent and frames dropped.
     pub fn tx_counts(&self) -> (u64, u64) {
-        (self.tx_frames.load(Ordering::Relaxed), self.tx_dropped.load(Ordering::Relaxed))
+        (
+            self.tx_frames.load(Ordering::Relaxed),
+            self.tx_dropped.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -129,7 +135,9 @@ impl UnixLinkPort {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The other end's queue is full: wait a little for its reader, unless it
                     // already failed to keep up (then drop at once until it drains).
-                    if self.stalled.load(Ordering::Relaxed) || !poll_out(s.as_fd(), CONGESTION_WAIT)? {
+                    if self.stalled.load(Ordering::Relaxed)
+                        || !poll_out(s.as_fd(), CONGESTION_WAIT)?
+                    {
                         self.stalled.store(true, Ordering::Relaxed);
                         return Err(e);
                     }

@@ -5,7 +5,10 @@
 use super::error::{malformed, ScenarioError, Spot};
 use super::expect::{self, Expectation, Scope};
 use super::metrics::{feature_bit, DeviceShape};
-use super::model::{Action, DeviceSpec, Fault, MigrateSpec, PortSpec, ResetHow, Scenario, SizeSpec, Step, TrafficSpec, STEP_KINDS};
+use super::model::{
+    Action, DeviceSpec, Fault, MigrateSpec, PortSpec, ResetHow, Scenario, SizeSpec, Step,
+    TrafficSpec, STEP_KINDS,
+};
 use super::schema::{RawDevice, RawScenario, RawStep};
 use crate::driver::DriverOptions;
 use crate::frames::MIN_FRAME;
@@ -21,9 +24,14 @@ pub const DEFAULT_MEMORY: u64 = 32 << 20;
 
 /// Parses and checks a scenario held in `src`; `file` names it in errors and reports.
 pub fn parse_str(src: &str, file: &str) -> Result<Scenario, ScenarioError> {
-    let raw: RawScenario = toml::from_str(src).map_err(|e| malformed(file, src, e.span(), None, e.message().to_string()))?;
-    let stem = std::path::Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| file.to_string());
-    compile(raw, src, file, &stem).map_err(|s| malformed(file, src, Some(s.span), Some(s.field), s.message))
+    let raw: RawScenario = toml::from_str(src)
+        .map_err(|e| malformed(file, src, e.span(), None, e.message().to_string()))?;
+    let stem = std::path::Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.to_string());
+    compile(raw, src, file, &stem)
+        .map_err(|s| malformed(file, src, Some(s.span), Some(s.field), s.message))
 }
 
 type Res<T> = Result<T, Spot>;
@@ -34,7 +42,11 @@ fn line_of(src: &str, span: &Range<usize>) -> usize {
 
 fn compile(raw: RawScenario, src: &str, file: &str, stem: &str) -> Res<Scenario> {
     if raw.device.is_empty() {
-        return Err(Spot::new(0..0, "device", "a scenario needs at least one [[device]] table"));
+        return Err(Spot::new(
+            0..0,
+            "device",
+            "a scenario needs at least one [[device]] table",
+        ));
     }
     let n = raw.device.len();
     let mut devices = Vec::with_capacity(n);
@@ -42,26 +54,61 @@ fn compile(raw: RawScenario, src: &str, file: &str, stem: &str) -> Res<Scenario>
     for (i, sd) in raw.device.iter().enumerate() {
         let d = sd.get_ref();
         let (spec, port) = device(i, d, sd.span(), n)?;
-        if let Some(other) = devices.iter().position(|o: &DeviceSpec| o.name == spec.name) {
+        if let Some(other) = devices
+            .iter()
+            .position(|o: &DeviceSpec| o.name == spec.name)
+        {
             let span = d.name.as_ref().map_or(0..0, Spanned::span);
-            return Err(Spot::new(span, format!("device[{}].name", i + 1), format!("device name `{}` is already used by device[{}]", spec.name, other + 1)));
+            return Err(Spot::new(
+                span,
+                format!("device[{}].name", i + 1),
+                format!(
+                    "device name `{}` is already used by device[{}]",
+                    spec.name,
+                    other + 1
+                ),
+            ));
         }
         devices.push(spec);
         ports.push(port);
     }
     resolve_ports(&mut devices, &ports)?;
-    let shapes: Vec<(String, DeviceShape)> = devices.iter().map(|d| (d.name.clone(), DeviceShape { pairs: d.config.layout.queue_pairs })).collect();
+    let shapes: Vec<(String, DeviceShape)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                DeviceShape {
+                    pairs: d.config.layout.queue_pairs,
+                },
+            )
+        })
+        .collect();
     let mut steps = Vec::with_capacity(raw.step.len());
     for (i, s) in raw.step.iter().enumerate() {
         steps.push(step(i, s, &devices, &shapes, src)?);
     }
-    let end_scope = Scope { devices: &shapes, default_device: 0 };
+    let end_scope = Scope {
+        devices: &shapes,
+        default_device: 0,
+    };
     let end = match &raw.end {
         Some(e) => expectations(&e.expect, &end_scope, "end.expect", src)?,
         None => Vec::new(),
     };
-    let name = raw.name.map(Spanned::into_inner).unwrap_or_else(|| stem.to_string());
-    Ok(Scenario { file: file.to_string(), name, description: raw.description, seed: raw.seed.unwrap_or(1), devices, steps, end })
+    let name = raw
+        .name
+        .map(Spanned::into_inner)
+        .unwrap_or_else(|| stem.to_string());
+    Ok(Scenario {
+        file: file.to_string(),
+        name,
+        description: raw.description,
+        seed: raw.seed.unwrap_or(1),
+        devices,
+        steps,
+        end,
+    })
 }
 
 // ------------------------------------------------------------------------------- values
@@ -69,7 +116,11 @@ fn compile(raw: RawScenario, src: &str, file: &str, stem: &str) -> Res<Scenario>
 fn int_in(v: &Spanned<i64>, field: &str, lo: i64, hi: i64) -> Res<i64> {
     let x = *v.get_ref();
     if x < lo || x > hi {
-        return Err(Spot::new(v.span(), field, format!("{x} is out of range {lo}..={hi}")));
+        return Err(Spot::new(
+            v.span(),
+            field,
+            format!("{x} is out of range {lo}..={hi}"),
+        ));
     }
     Ok(x)
 }
@@ -91,45 +142,109 @@ fn byte_size(v: &Spanned<Value>, field: &str) -> Res<u64> {
             let t = s.trim();
             let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
             let (num, unit) = t.split_at(split);
-            let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+            let mult: u64 = match unit
+                .trim()
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
                 "" => 1,
                 "K" => 1 << 10,
                 "M" => 1 << 20,
                 "G" => 1 << 30,
-                u => return Err(bad(format!("unknown size unit `{u}` in \"{s}\" (use K, M or G)"))),
+                u => {
+                    return Err(bad(format!(
+                        "unknown size unit `{u}` in \"{s}\" (use K, M or G)"
+                    )))
+                }
             };
-            num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| bad(format!("\"{s}\" is not a size (e.g. 4096, \"64K\", \"16M\")")))
+            num.parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "\"{s}\" is not a size (e.g. 4096, \"64K\", \"16M\")"
+                    ))
+                })
         }
-        other => Err(bad(format!("expected a size (integer or string like \"16M\"), found {}", other.type_str()))),
+        other => Err(bad(format!(
+            "expected a size (integer or string like \"16M\"), found {}",
+            other.type_str()
+        ))),
     }
 }
 
 fn parse_mac(v: &Spanned<String>, field: &str) -> Res<[u8; 6]> {
     let parts: Vec<&str> = v.get_ref().split(':').collect();
-    let bytes: Option<Vec<u8>> = parts.iter().map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).ok() } else { None }).collect();
+    let bytes: Option<Vec<u8>> = parts
+        .iter()
+        .map(|p| {
+            if p.len() == 2 {
+                u8::from_str_radix(p, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect();
     match bytes.and_then(|b| <[u8; 6]>::try_from(b).ok()) {
         Some(m) if m[0] & 1 == 0 => Ok(m),
-        Some(_) => Err(Spot::new(v.span(), field, format!("\"{}\" is a multicast address", v.get_ref()))),
-        None => Err(Spot::new(v.span(), field, format!("\"{}\" is not a MAC address (like \"52:54:00:12:34:56\")", v.get_ref()))),
+        Some(_) => Err(Spot::new(
+            v.span(),
+            field,
+            format!("\"{}\" is a multicast address", v.get_ref()),
+        )),
+        None => Err(Spot::new(
+            v.span(),
+            field,
+            format!(
+                "\"{}\" is not a MAC address (like \"52:54:00:12:34:56\")",
+                v.get_ref()
+            ),
+        )),
     }
 }
 
 fn quirk(v: &Spanned<String>, field: &str) -> Res<Quirk> {
-    Quirk::parse(&v.get_ref().replace('_', "-"))
-        .ok_or_else(|| Spot::new(v.span(), field, format!("unknown quirk `{}`; known: {}", v.get_ref(), Quirk::ALL.map(|q| q.name()).join(", "))))
+    Quirk::parse(&v.get_ref().replace('_', "-")).ok_or_else(|| {
+        Spot::new(
+            v.span(),
+            field,
+            format!(
+                "unknown quirk `{}`; known: {}",
+                v.get_ref(),
+                Quirk::ALL.map(|q| q.name()).join(", ")
+            ),
+        )
+    })
 }
 
 fn feature_mask(list: &[Spanned<String>], field: &str) -> Res<u64> {
     list.iter().try_fold(0u64, |m, f| {
-        feature_bit(f.get_ref()).map(|b| m | (1u64 << b)).ok_or_else(|| {
-            let known: Vec<String> = bar_registers::virtio::OFFERED_FEATURES.iter().map(|f| super::metrics::short_feature_name(f.name)).collect();
-            Spot::new(f.span(), field, format!("unknown feature `{}`; known: {}", f.get_ref(), known.join(", ")))
-        })
+        feature_bit(f.get_ref())
+            .map(|b| m | (1u64 << b))
+            .ok_or_else(|| {
+                let known: Vec<String> = bar_registers::virtio::OFFERED_FEATURES
+                    .iter()
+                    .map(|f| super::metrics::short_feature_name(f.name))
+                    .collect();
+                Spot::new(
+                    f.span(),
+                    field,
+                    format!(
+                        "unknown feature `{}`; known: {}",
+                        f.get_ref(),
+                        known.join(", ")
+                    ),
+                )
+            })
     })
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    !s.is_empty()
+        && s.len() <= 32
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
 }
 
 // ------------------------------------------------------------------------------- devices
@@ -142,21 +257,54 @@ enum RawPort {
     Link(String, Range<usize>),
 }
 
-fn device(i: usize, d: &RawDevice, table: Range<usize>, count: usize) -> Res<(DeviceSpec, RawPort)> {
+fn device(
+    i: usize,
+    d: &RawDevice,
+    table: Range<usize>,
+    count: usize,
+) -> Res<(DeviceSpec, RawPort)> {
     let f = |name: &str| format!("device[{}].{name}", i + 1);
     let name = match &d.name {
         Some(n) if valid_name(n.get_ref()) => n.get_ref().clone(),
-        Some(n) => return Err(Spot::new(n.span(), f("name"), format!("device name \"{}\" must be 1-32 letters, digits, '-' or '_'", n.get_ref()))),
+        Some(n) => {
+            return Err(Spot::new(
+                n.span(),
+                f("name"),
+                format!(
+                    "device name \"{}\" must be 1-32 letters, digits, '-' or '_'",
+                    n.get_ref()
+                ),
+            ))
+        }
         None if count == 1 => "dut".to_string(),
-        None => return Err(Spot::new(table, f("name"), format!("device[{}] needs a `name` (the scenario has {count} devices)", i + 1))),
+        None => {
+            return Err(Spot::new(
+                table,
+                f("name"),
+                format!(
+                    "device[{}] needs a `name` (the scenario has {count} devices)",
+                    i + 1
+                ),
+            ))
+        }
     };
-    let pairs = d.queue_pairs.as_ref().map_or(Ok(1), |v| as_u16(v, &f("queue_pairs"), 1, 32))?;
-    let driver_pairs = d.driver_queue_pairs.as_ref().map_or(Ok(pairs), |v| as_u16(v, &f("driver_queue_pairs"), 1, pairs))?;
+    let pairs = d
+        .queue_pairs
+        .as_ref()
+        .map_or(Ok(1), |v| as_u16(v, &f("queue_pairs"), 1, 32))?;
+    let driver_pairs = d
+        .driver_queue_pairs
+        .as_ref()
+        .map_or(Ok(pairs), |v| as_u16(v, &f("driver_queue_pairs"), 1, pairs))?;
     let queue_size = match &d.queue_size {
         Some(v) => {
             let q = as_u16(v, &f("queue_size"), 2, 32768)?;
             if !q.is_power_of_two() {
-                return Err(Spot::new(v.span(), f("queue_size"), format!("{q} is not a power of two")));
+                return Err(Spot::new(
+                    v.span(),
+                    f("queue_size"),
+                    format!("{q} is not a power of two"),
+                ));
             }
             q
         }
@@ -176,20 +324,35 @@ fn device(i: usize, d: &RawDevice, table: Range<usize>, count: usize) -> Res<(De
         cfg.layout.mtu = as_u16(v, &f("mtu"), 68, u16::MAX)?;
     }
     if let Some(v) = &d.lm_layout {
-        cfg.layout.lm_layout = LmLayout::parse(v.get_ref())
-            .ok_or_else(|| Spot::new(v.span(), f("lm_layout"), format!("unknown LM layout `{}`: use dpdk or linux", v.get_ref())))?;
+        cfg.layout.lm_layout = LmLayout::parse(v.get_ref()).ok_or_else(|| {
+            Spot::new(
+                v.span(),
+                f("lm_layout"),
+                format!("unknown LM layout `{}`: use dpdk or linux", v.get_ref()),
+            )
+        })?;
     }
     if let Some(v) = &d.notify {
         cfg.layout.notify = match v.get_ref().replace('-', "_").as_str() {
             "compact" => NotifyLayout::Compact,
             "page_per_queue" => NotifyLayout::PagePerQueue,
-            other => return Err(Spot::new(v.span(), f("notify"), format!("unknown notify layout `{other}`: use compact or page_per_queue"))),
+            other => {
+                return Err(Spot::new(
+                    v.span(),
+                    f("notify"),
+                    format!("unknown notify layout `{other}`: use compact or page_per_queue"),
+                ))
+            }
         };
     }
     if let Some(v) = &d.log_granularity {
         let g = byte_size(v, &f("log_granularity"))?;
         if !g.is_power_of_two() || !(4096..=1 << 30).contains(&g) {
-            return Err(Spot::new(v.span(), f("log_granularity"), format!("{g} must be a power of two from 4K to 1G")));
+            return Err(Spot::new(
+                v.span(),
+                f("log_granularity"),
+                format!("{g} must be a power of two from 4K to 1G"),
+            ));
         }
         cfg.log_granularity = g;
     }
@@ -197,13 +360,20 @@ fn device(i: usize, d: &RawDevice, table: Range<usize>, count: usize) -> Res<(De
         cfg.rx_backlog = as_u32(v, &f("rx_backlog"), 1, 1 << 20)? as usize;
     }
     if let Some(list) = &d.quirks {
-        cfg.quirks = list.iter().map(|q| quirk(q, &f("quirks"))).collect::<Res<Quirks>>()?;
+        cfg.quirks = list
+            .iter()
+            .map(|q| quirk(q, &f("quirks")))
+            .collect::<Res<Quirks>>()?;
     }
     let memory = match &d.memory {
         Some(v) => {
             let m = byte_size(v, &f("memory"))?;
             if m % 4096 != 0 || !(1 << 20..=4 << 30).contains(&m) {
-                return Err(Spot::new(v.span(), f("memory"), format!("{m} must be a multiple of 4K from 1M to 4G")));
+                return Err(Spot::new(
+                    v.span(),
+                    f("memory"),
+                    format!("{m} must be a multiple of 4K from 1M to 4G"),
+                ));
             }
             m
         }
@@ -216,7 +386,10 @@ fn device(i: usize, d: &RawDevice, table: Range<usize>, count: usize) -> Res<(De
     if let Some(list) = &d.mask_features {
         features &= !feature_mask(list, &f("mask_features"))?;
     }
-    let rx_buf_size = d.rx_buf_size.as_ref().map_or(Ok(2048), |v| as_u32(v, &f("rx_buf_size"), 64, 65536))?;
+    let rx_buf_size = d
+        .rx_buf_size
+        .as_ref()
+        .map_or(Ok(2048), |v| as_u32(v, &f("rx_buf_size"), 64, 65536))?;
     let driver = DriverOptions {
         queue_pairs: driver_pairs,
         features,
@@ -235,11 +408,25 @@ fn device(i: usize, d: &RawDevice, table: Range<usize>, count: usize) -> Res<(De
             "null" => RawPort::Null,
             s => match s.strip_prefix("link:") {
                 Some(peer) => RawPort::Link(peer.trim().to_string(), p.span()),
-                None => return Err(Spot::new(p.span(), f("port"), format!("unknown port `{s}`: use loopback, null or link:<device name>"))),
+                None => {
+                    return Err(Spot::new(
+                        p.span(),
+                        f("port"),
+                        format!("unknown port `{s}`: use loopback, null or link:<device name>"),
+                    ))
+                }
             },
         },
     };
-    Ok((DeviceSpec { name, config: cfg, driver, port: PortSpec::Loopback }, port))
+    Ok((
+        DeviceSpec {
+            name,
+            config: cfg,
+            driver,
+            port: PortSpec::Loopback,
+        },
+        port,
+    ))
 }
 
 /// Resolves `link:<name>` ports; links are symmetric, one peer per device.
@@ -247,23 +434,50 @@ fn resolve_ports(devices: &mut [DeviceSpec], ports: &[RawPort]) -> Res<()> {
     let names: Vec<String> = devices.iter().map(|d| d.name.clone()).collect();
     let mut link: Vec<Option<usize>> = vec![None; devices.len()];
     for (i, p) in ports.iter().enumerate() {
-        let RawPort::Link(peer, span) = p else { continue };
+        let RawPort::Link(peer, span) = p else {
+            continue;
+        };
         let field = format!("device[{}].port", i + 1);
-        let j = names
-            .iter()
-            .position(|n| n == peer)
-            .ok_or_else(|| Spot::new(span.clone(), &field, format!("link to unknown device `{peer}`; devices: {}", names.join(", "))))?;
+        let j = names.iter().position(|n| n == peer).ok_or_else(|| {
+            Spot::new(
+                span.clone(),
+                &field,
+                format!(
+                    "link to unknown device `{peer}`; devices: {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
         if j == i {
-            return Err(Spot::new(span.clone(), &field, "a device cannot link to itself: use port = \"loopback\""));
+            return Err(Spot::new(
+                span.clone(),
+                &field,
+                "a device cannot link to itself: use port = \"loopback\"",
+            ));
         }
         match &ports[j] {
             RawPort::Default => {}
             RawPort::Link(back, _) if *back == names[i] => {}
-            _ => return Err(Spot::new(span.clone(), &field, format!("`{}` links to `{peer}`, whose port does not link back (links are symmetric)", names[i]))),
+            _ => {
+                return Err(Spot::new(
+                    span.clone(),
+                    &field,
+                    format!(
+                    "`{}` links to `{peer}`, whose port does not link back (links are symmetric)",
+                    names[i]
+                ),
+                ))
+            }
         }
         for (a, b) in [(i, j), (j, i)] {
             match link[a] {
-                Some(x) if x != b => return Err(Spot::new(span.clone(), &field, format!("device `{}` is linked to two devices", names[a]))),
+                Some(x) if x != b => {
+                    return Err(Spot::new(
+                        span.clone(),
+                        &field,
+                        format!("device `{}` is linked to two devices", names[a]),
+                    ))
+                }
                 _ => link[a] = Some(b),
             }
         }
@@ -290,16 +504,34 @@ fn allowed(kind: &str) -> &'static [&'static str] {
         "inject" => &["device", "fault", "pair", "quirk"],
         "link" => &["device", "up"],
         "queue_pairs" => &["device", "pairs", "accept"],
-        "migrate" => &["device", "background_frames", "dirty_threshold", "max_rounds"],
+        "migrate" => &[
+            "device",
+            "background_frames",
+            "dirty_threshold",
+            "max_rounds",
+        ],
         _ => &[],
     }
 }
 
 fn device_list(v: Option<&Spanned<Value>>, field: &str, devices: &[DeviceSpec]) -> Res<Vec<usize>> {
-    let Some(v) = v else { return Ok((0..devices.len()).collect()) };
+    let Some(v) = v else {
+        return Ok((0..devices.len()).collect());
+    };
     let one = |s: &str| {
         devices.iter().position(|d| d.name == s).ok_or_else(|| {
-            Spot::new(v.span(), field, format!("unknown device `{s}`; devices: {}", devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")))
+            Spot::new(
+                v.span(),
+                field,
+                format!(
+                    "unknown device `{s}`; devices: {}",
+                    devices
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
         })
     };
     match v.get_ref() {
@@ -308,90 +540,208 @@ fn device_list(v: Option<&Spanned<Value>>, field: &str, devices: &[DeviceSpec]) 
             .iter()
             .map(|x| match x {
                 Value::String(s) => one(s),
-                other => Err(Spot::new(v.span(), field, format!("expected device names, found {}", other.type_str()))),
+                other => Err(Spot::new(
+                    v.span(),
+                    field,
+                    format!("expected device names, found {}", other.type_str()),
+                )),
             })
             .collect(),
-        other => Err(Spot::new(v.span(), field, format!("expected a device name or a list of names, found {}", other.type_str()))),
+        other => Err(Spot::new(
+            v.span(),
+            field,
+            format!(
+                "expected a device name or a list of names, found {}",
+                other.type_str()
+            ),
+        )),
     }
 }
 
 fn single_device(v: Option<&Spanned<Value>>, field: &str, devices: &[DeviceSpec]) -> Res<usize> {
     match v {
         None => Ok(0),
-        Some(x) if !matches!(x.get_ref(), Value::String(_)) => Err(Spot::new(x.span(), field, "expected one device name")),
+        Some(x) if !matches!(x.get_ref(), Value::String(_)) => {
+            Err(Spot::new(x.span(), field, "expected one device name"))
+        }
         Some(_) => device_list(v, field, devices).map(|l| l.first().copied().unwrap_or(0)),
     }
 }
 
-fn step(i: usize, s: &RawStep, devices: &[DeviceSpec], shapes: &[(String, DeviceShape)], src: &str) -> Res<Step> {
+fn step(
+    i: usize,
+    s: &RawStep,
+    devices: &[DeviceSpec],
+    shapes: &[(String, DeviceShape)],
+    src: &str,
+) -> Res<Step> {
     let f = |name: &str| format!("step[{}].{name}", i + 1);
     let kind = s.kind.get_ref().as_str();
     if !STEP_KINDS.contains(&kind) {
-        return Err(Spot::new(s.kind.span(), f("kind"), format!("unknown step kind `{kind}`; known: {}", STEP_KINDS.join(", "))));
+        return Err(Spot::new(
+            s.kind.span(),
+            f("kind"),
+            format!(
+                "unknown step kind `{kind}`; known: {}",
+                STEP_KINDS.join(", ")
+            ),
+        ));
     }
     let ok = allowed(kind);
     if let Some((name, span)) = s.present().into_iter().find(|(n, _)| !ok.contains(n)) {
-        let hint = if ok.is_empty() { "none".to_string() } else { ok.join(", ") };
-        return Err(Spot::new(span, f(name), format!("field `{name}` does not apply to a `{kind}` step (it takes: {hint})")));
+        let hint = if ok.is_empty() {
+            "none".to_string()
+        } else {
+            ok.join(", ")
+        };
+        return Err(Spot::new(
+            span,
+            f(name),
+            format!("field `{name}` does not apply to a `{kind}` step (it takes: {hint})"),
+        ));
     }
     let dev = |name: &str| single_device(s.device.as_ref(), &f(name), devices);
     let action = match kind {
-        "start" => Action::Start { devices: device_list(s.device.as_ref(), &f("device"), devices)? },
-        "receive" => Action::Receive { devices: device_list(s.device.as_ref(), &f("device"), devices)? },
+        "start" => Action::Start {
+            devices: device_list(s.device.as_ref(), &f("device"), devices)?,
+        },
+        "receive" => Action::Receive {
+            devices: device_list(s.device.as_ref(), &f("device"), devices)?,
+        },
         "traffic" => Action::Traffic(traffic(s, devices, &f)?),
-        "stop_start" => Action::StopStart { device: dev("device")? },
-        "announce" => Action::Announce { device: dev("device")? },
+        "stop_start" => Action::StopStart {
+            device: dev("device")?,
+        },
+        "announce" => Action::Announce {
+            device: dev("device")?,
+        },
         "reset" => {
             let how = match &s.how {
                 None => ResetHow::Driver,
                 Some(h) => match h.get_ref().as_str() {
                     "driver" => ResetHow::Driver,
                     "flr" => ResetHow::Flr,
-                    o => return Err(Spot::new(h.span(), f("how"), format!("unknown reset `{o}`: use driver or flr"))),
+                    o => {
+                        return Err(Spot::new(
+                            h.span(),
+                            f("how"),
+                            format!("unknown reset `{o}`: use driver or flr"),
+                        ))
+                    }
                 },
             };
-            Action::Reset { device: dev("device")?, how, restart: s.restart.as_ref().is_none_or(|r| *r.get_ref()) }
+            Action::Reset {
+                device: dev("device")?,
+                how,
+                restart: s.restart.as_ref().is_none_or(|r| *r.get_ref()),
+            }
         }
         "inject" => {
             let device = dev("device")?;
-            let fault_v = s.fault.as_ref().ok_or_else(|| Spot::new(s.kind.span(), f("fault"), "an `inject` step needs `fault`"))?;
-            let q = s.quirk.as_ref().map(|q| quirk(q, &f("quirk"))).transpose()?;
+            let fault_v = s.fault.as_ref().ok_or_else(|| {
+                Spot::new(s.kind.span(), f("fault"), "an `inject` step needs `fault`")
+            })?;
+            let q = s
+                .quirk
+                .as_ref()
+                .map(|q| quirk(q, &f("quirk")))
+                .transpose()?;
             let fault = Fault::parse(fault_v.get_ref(), q).ok_or_else(|| {
                 if fault_v.get_ref() == "quirk" {
-                    Spot::new(fault_v.span(), f("quirk"), "fault = \"quirk\" needs `quirk = \"<name>\"`")
+                    Spot::new(
+                        fault_v.span(),
+                        f("quirk"),
+                        "fault = \"quirk\" needs `quirk = \"<name>\"`",
+                    )
                 } else {
-                    let names: Vec<&str> = super::model::FAULTS.iter().map(|(n, _, _)| *n).collect();
-                    Spot::new(fault_v.span(), f("fault"), format!("unknown fault `{}`; known: {}", fault_v.get_ref(), names.join(", ")))
+                    let names: Vec<&str> =
+                        super::model::FAULTS.iter().map(|(n, _, _)| *n).collect();
+                    Spot::new(
+                        fault_v.span(),
+                        f("fault"),
+                        format!(
+                            "unknown fault `{}`; known: {}",
+                            fault_v.get_ref(),
+                            names.join(", ")
+                        ),
+                    )
                 }
             })?;
             if let (Some(qv), false) = (&s.quirk, matches!(fault, Fault::Quirk(_))) {
-                return Err(Spot::new(qv.span(), f("quirk"), "`quirk` applies only to fault = \"quirk\""));
+                return Err(Spot::new(
+                    qv.span(),
+                    f("quirk"),
+                    "`quirk` applies only to fault = \"quirk\"",
+                ));
             }
             let pairs = devices.get(device).map_or(1, |d| d.driver.queue_pairs);
-            let pair = s.pair.as_ref().map_or(Ok(0), |p| as_u16(p, &f("pair"), 0, pairs - 1))?;
-            Action::Inject { device, fault, pair }
+            let pair = s
+                .pair
+                .as_ref()
+                .map_or(Ok(0), |p| as_u16(p, &f("pair"), 0, pairs - 1))?;
+            Action::Inject {
+                device,
+                fault,
+                pair,
+            }
         }
         "link" => {
-            let up = s.up.as_ref().ok_or_else(|| Spot::new(s.kind.span(), f("up"), "a `link` step needs `up = true|false`"))?;
-            Action::Link { device: dev("device")?, up: *up.get_ref() }
+            let up = s.up.as_ref().ok_or_else(|| {
+                Spot::new(
+                    s.kind.span(),
+                    f("up"),
+                    "a `link` step needs `up = true|false`",
+                )
+            })?;
+            Action::Link {
+                device: dev("device")?,
+                up: *up.get_ref(),
+            }
         }
         "queue_pairs" => {
-            let p = s.pairs.as_ref().ok_or_else(|| Spot::new(s.kind.span(), f("pairs"), "a `queue_pairs` step needs `pairs = <n>`"))?;
+            let p = s.pairs.as_ref().ok_or_else(|| {
+                Spot::new(
+                    s.kind.span(),
+                    f("pairs"),
+                    "a `queue_pairs` step needs `pairs = <n>`",
+                )
+            })?;
             let n = match p.get_ref() {
                 Value::Integer(n) => as_u16(&Spanned::new(p.span(), *n), &f("pairs"), 0, u16::MAX)?,
-                other => return Err(Spot::new(p.span(), f("pairs"), format!("expected an integer, found {}", other.type_str()))),
+                other => {
+                    return Err(Spot::new(
+                        p.span(),
+                        f("pairs"),
+                        format!("expected an integer, found {}", other.type_str()),
+                    ))
+                }
             };
-            Action::QueuePairs { device: dev("device")?, pairs: n, accept: s.accept.as_ref().is_none_or(|a| *a.get_ref()) }
+            Action::QueuePairs {
+                device: dev("device")?,
+                pairs: n,
+                accept: s.accept.as_ref().is_none_or(|a| *a.get_ref()),
+            }
         }
         _ => Action::Migrate(MigrateSpec {
             device: dev("device")?,
-            background_frames: s.background_frames.as_ref().map_or(Ok(32), |v| as_u32(v, &f("background_frames"), 0, 1024))?,
-            dirty_threshold: s.dirty_threshold.as_ref().map_or(Ok(64), |v| as_u32(v, &f("dirty_threshold"), 1, 1 << 20))?,
-            max_rounds: s.max_rounds.as_ref().map_or(Ok(8), |v| as_u32(v, &f("max_rounds"), 1, 100))?,
+            background_frames: s
+                .background_frames
+                .as_ref()
+                .map_or(Ok(32), |v| as_u32(v, &f("background_frames"), 0, 1024))?,
+            dirty_threshold: s
+                .dirty_threshold
+                .as_ref()
+                .map_or(Ok(64), |v| as_u32(v, &f("dirty_threshold"), 1, 1 << 20))?,
+            max_rounds: s
+                .max_rounds
+                .as_ref()
+                .map_or(Ok(8), |v| as_u32(v, &f("max_rounds"), 1, 100))?,
         }),
     };
     let default_device = match &action {
-        Action::Start { devices: d } | Action::Receive { devices: d } | Action::Traffic(TrafficSpec { from: d, .. }) => d.first().copied().unwrap_or(0),
+        Action::Start { devices: d }
+        | Action::Receive { devices: d }
+        | Action::Traffic(TrafficSpec { from: d, .. }) => d.first().copied().unwrap_or(0),
         Action::StopStart { device }
         | Action::Announce { device }
         | Action::Reset { device, .. }
@@ -400,22 +750,53 @@ fn step(i: usize, s: &RawStep, devices: &[DeviceSpec], shapes: &[(String, Device
         | Action::QueuePairs { device, .. }
         | Action::Migrate(MigrateSpec { device, .. }) => *device,
     };
-    let scope = Scope { devices: shapes, default_device };
-    let expect = expectations(s.expect.as_deref().unwrap_or_default(), &scope, &f("expect"), src)?;
+    let scope = Scope {
+        devices: shapes,
+        default_device,
+    };
+    let expect = expectations(
+        s.expect.as_deref().unwrap_or_default(),
+        &scope,
+        &f("expect"),
+        src,
+    )?;
     let label = match &s.name {
         Some(n) => format!("{kind}: {}", n.get_ref()),
         None => kind.to_string(),
     };
-    Ok(Step { index: i + 1, line: line_of(src, &s.kind.span()), label, action, allow_error: s.allow_error.as_ref().is_some_and(|a| *a.get_ref()), expect })
+    Ok(Step {
+        index: i + 1,
+        line: line_of(src, &s.kind.span()),
+        label,
+        action,
+        allow_error: s.allow_error.as_ref().is_some_and(|a| *a.get_ref()),
+        expect,
+    })
 }
 
 fn traffic(s: &RawStep, devices: &[DeviceSpec], f: &dyn Fn(&str) -> String) -> Res<TrafficSpec> {
     let from = device_list(s.from.as_ref(), &f("from"), devices)?;
-    let count = s.count.as_ref().ok_or_else(|| Spot::new(s.kind.span(), f("count"), "a `traffic` step needs `count` (frames per sending device)"))?;
+    let count = s.count.as_ref().ok_or_else(|| {
+        Spot::new(
+            s.kind.span(),
+            f("count"),
+            "a `traffic` step needs `count` (frames per sending device)",
+        )
+    })?;
     let count = int_in(count, &f("count"), 1, 10_000_000)?.unsigned_abs();
-    let max_pairs = from.iter().filter_map(|&d| devices.get(d)).map(|d| d.driver.queue_pairs).min().unwrap_or(1);
-    let max_frame =
-        from.iter().filter_map(|&d| devices.get(d)).map(|d| usize::from(d.config.layout.mtu) + 14).min().unwrap_or(1514).clamp(MIN_FRAME, MAX_FRAME);
+    let max_pairs = from
+        .iter()
+        .filter_map(|&d| devices.get(d))
+        .map(|d| d.driver.queue_pairs)
+        .min()
+        .unwrap_or(1);
+    let max_frame = from
+        .iter()
+        .filter_map(|&d| devices.get(d))
+        .map(|d| usize::from(d.config.layout.mtu) + 14)
+        .min()
+        .unwrap_or(1514)
+        .clamp(MIN_FRAME, MAX_FRAME);
     let size = match &s.size {
         None => SizeSpec::Range(MIN_FRAME, max_frame),
         Some(v) => size_spec(v, &f("size"), max_frame)?,
@@ -428,22 +809,52 @@ fn traffic(s: &RawStep, devices: &[DeviceSpec], f: &dyn Fn(&str) -> String) -> R
                 u16::try_from(p)
                     .ok()
                     .filter(|&p| p < max_pairs)
-                    .ok_or_else(|| bad(format!("pair {p} out of range: the sending driver runs pairs 0..={}", max_pairs - 1)))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "pair {p} out of range: the sending driver runs pairs 0..={}",
+                            max_pairs - 1
+                        ))
+                    })
             };
             match v.get_ref() {
-                Value::Integer(n) if (1..=i64::from(max_pairs)).contains(n) => Some((0..*n as u16).collect()),
-                Value::Integer(n) => return Err(bad(format!("{n} pairs out of range 1..={max_pairs}"))),
+                Value::Integer(n) if (1..=i64::from(max_pairs)).contains(n) => {
+                    Some((0..*n as u16).collect())
+                }
+                Value::Integer(n) => {
+                    return Err(bad(format!("{n} pairs out of range 1..={max_pairs}")))
+                }
                 Value::Array(a) if !a.is_empty() => Some(
                     a.iter()
-                        .map(|x| x.as_integer().ok_or_else(|| bad(format!("expected pair numbers, found {}", x.type_str()))).and_then(check))
+                        .map(|x| {
+                            x.as_integer()
+                                .ok_or_else(|| {
+                                    bad(format!("expected pair numbers, found {}", x.type_str()))
+                                })
+                                .and_then(check)
+                        })
                         .collect::<Res<Vec<u16>>>()?,
                 ),
-                other => return Err(bad(format!("expected a pair count or a list of pairs, found {}", other.type_str()))),
+                other => {
+                    return Err(bad(format!(
+                        "expected a pair count or a list of pairs, found {}",
+                        other.type_str()
+                    )))
+                }
             }
         }
     };
-    let batch = s.batch.as_ref().map_or(Ok(32), |b| as_u32(b, &f("batch"), 1, 4096))? as usize;
-    Ok(TrafficSpec { from, count, size, pairs, batch, receive: s.receive.as_ref().is_none_or(|r| *r.get_ref()) })
+    let batch = s
+        .batch
+        .as_ref()
+        .map_or(Ok(32), |b| as_u32(b, &f("batch"), 1, 4096))? as usize;
+    Ok(TrafficSpec {
+        from,
+        count,
+        size,
+        pairs,
+        batch,
+        receive: s.receive.as_ref().is_none_or(|r| *r.get_ref()),
+    })
 }
 
 /// `size = 512`, `size = "random"` (60 ..= MTU + 14), or `size = [min, max]`.
@@ -459,13 +870,28 @@ fn size_spec(v: &Spanned<Value>, field: &str, max_frame: usize) -> Res<SizeSpec>
         Value::Integer(x) => one(*x).map(SizeSpec::Fixed),
         Value::String(s) if s == "random" => Ok(SizeSpec::Range(MIN_FRAME, max_frame)),
         Value::Array(a) => match a.as_slice() {
-            [Value::Integer(lo), Value::Integer(hi)] if lo <= hi => Ok(SizeSpec::Range(one(*lo)?, one(*hi)?)),
+            [Value::Integer(lo), Value::Integer(hi)] if lo <= hi => {
+                Ok(SizeSpec::Range(one(*lo)?, one(*hi)?))
+            }
             _ => Err(bad("a size range is [min, max] with min <= max".into())),
         },
-        other => Err(bad(format!("expected a size, \"random\" or [min, max], found {}", other.type_str()))),
+        other => Err(bad(format!(
+            "expected a size, \"random\" or [min, max], found {}",
+            other.type_str()
+        ))),
     }
 }
 
-fn expectations(list: &[Spanned<String>], scope: &Scope<'_>, field: &str, src: &str) -> Res<Vec<Expectation>> {
-    list.iter().map(|e| expect::parse(e.get_ref(), line_of(src, &e.span()), scope).map_err(|m| Spot::new(e.span(), field, m))).collect()
+fn expectations(
+    list: &[Spanned<String>],
+    scope: &Scope<'_>,
+    field: &str,
+    src: &str,
+) -> Res<Vec<Expectation>> {
+    list.iter()
+        .map(|e| {
+            expect::parse(e.get_ref(), line_of(src, &e.span()), scope)
+                .map_err(|m| Spot::new(e.span(), field, m))
+        })
+        .collect()
 }

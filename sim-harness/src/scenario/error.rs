@@ -18,11 +18,20 @@ pub enum ScenarioError {
     /// The file is not a valid scenario: TOML syntax, unknown or mistyped field, unknown step
     /// kind, counter, quirk, fault or device, or a value out of range.
     #[error("{file}:{line}:{column}: {}{message}", field_prefix(.field))]
-    Malformed { file: String, line: usize, column: usize, field: Option<String>, message: String },
+    Malformed {
+        file: String,
+        line: usize,
+        column: usize,
+        field: Option<String>,
+        message: String,
+    },
 }
 
 fn field_prefix(field: &Option<String>) -> String {
-    field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default()
+    field
+        .as_ref()
+        .map(|f| format!("field `{f}`: "))
+        .unwrap_or_default()
 }
 
 impl ScenarioError {
@@ -52,8 +61,16 @@ pub(crate) struct Spot {
 }
 
 impl Spot {
-    pub(crate) fn new(span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Spot { span, field: field.into(), message: message.into() }
+    pub(crate) fn new(
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Spot {
+            span,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -70,11 +87,23 @@ pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Builds a [`ScenarioError::Malformed`] for a byte span of `src`.
-pub(crate) fn malformed(file: &str, src: &str, span: Option<Range<usize>>, field: Option<String>, message: impl Into<String>) -> ScenarioError {
+pub(crate) fn malformed(
+    file: &str,
+    src: &str,
+    span: Option<Range<usize>>,
+    field: Option<String>,
+    message: impl Into<String>,
+) -> ScenarioError {
     let start = span.map_or(0, |s| s.start);
     let (line, column) = line_col(src, start);
     let field = field.or_else(|| field_at(src, start));
-    ScenarioError::Malformed { file: file.to_string(), line, column, field, message: message.into() }
+    ScenarioError::Malformed {
+        file: file.to_string(),
+        line,
+        column,
+        field,
+        message: message.into(),
+    }
 }
 
 /// The dotted field path at a byte offset, read back from the source text: the key on that line
@@ -97,12 +126,25 @@ pub(crate) fn field_at(src: &str, offset: usize) -> Option<String> {
     }
     let table = header_line.and_then(|h| {
         let head = lines.get(h)?.trim();
-        let name = head.trim_start_matches('[').split(']').next()?.trim().to_string();
+        let name = head
+            .trim_start_matches('[')
+            .split(']')
+            .next()?
+            .trim()
+            .to_string();
         if head.starts_with("[[") {
             let n = lines
                 .iter()
                 .take(h + 1)
-                .filter(|l| l.trim().starts_with("[[") && l.trim().trim_start_matches('[').split(']').next().map(str::trim) == Some(&name))
+                .filter(|l| {
+                    l.trim().starts_with("[[")
+                        && l.trim()
+                            .trim_start_matches('[')
+                            .split(']')
+                            .next()
+                            .map(str::trim)
+                            == Some(&name)
+                })
                 .count();
             Some(format!("{name}[{n}]"))
         } else {
@@ -121,7 +163,10 @@ pub(crate) fn field_at(src: &str, offset: usize) -> Option<String> {
 fn key_of(line: &str) -> Option<String> {
     let (k, _) = line.split_once('=')?;
     let k = k.trim();
-    (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))).then(|| k.to_string())
+    (!k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    .then(|| k.to_string())
 }
 
 /// A failure while a step runs (as opposed to a failed expectation).
@@ -152,9 +197,18 @@ mod tests {
         let src =
             "name = \"x\"\n[[device]]\nqueue_pairs = 2\n\n[[step]]\nkind = \"start\"\n\n[[step]]\nkind = \"traffic\"\nexpect = [\n  \"frames.lost == 0\",\n]\n";
         let at = |needle: &str| src.find(needle).expect("needle");
-        assert_eq!(field_at(src, at("2\n")).as_deref(), Some("device[1].queue_pairs"));
-        assert_eq!(field_at(src, at("\"traffic\"")).as_deref(), Some("step[2].kind"));
-        assert_eq!(field_at(src, at("\"frames")).as_deref(), Some("step[2].expect"));
+        assert_eq!(
+            field_at(src, at("2\n")).as_deref(),
+            Some("device[1].queue_pairs")
+        );
+        assert_eq!(
+            field_at(src, at("\"traffic\"")).as_deref(),
+            Some("step[2].kind")
+        );
+        assert_eq!(
+            field_at(src, at("\"frames")).as_deref(),
+            Some("step[2].expect")
+        );
         assert_eq!(field_at(src, 3).as_deref(), Some("name"));
         assert_eq!(line_col(src, at("\"frames")), (11, 3));
     }

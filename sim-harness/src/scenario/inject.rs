@@ -58,15 +58,30 @@ struct Plan {
 
 impl World<'_> {
     /// Runs an `inject` step on device `device`, queue pair `pair`.
-    pub(crate) fn inject(&mut self, device: usize, fault: Fault, pair: u16) -> Result<String, StepError> {
+    pub(crate) fn inject(
+        &mut self,
+        device: usize,
+        fault: Fault,
+        pair: u16,
+    ) -> Result<String, StepError> {
         if let Fault::Quirk(q) = fault {
             self.pending_quirks = self.pending_quirks.with(q);
-            return Ok(format!("quirk {} armed for the next device instance: {}", q.name(), q.describe()));
+            return Ok(format!(
+                "quirk {} armed for the next device instance: {}",
+                q.name(),
+                q.describe()
+            ));
         }
         let rng = &mut self.rng;
-        let node = self.nodes.get_mut(device).ok_or_else(|| StepError::Usage(format!("no device {device}")))?;
+        let node = self
+            .nodes
+            .get_mut(device)
+            .ok_or_else(|| StepError::Usage(format!("no device {device}")))?;
         if !node.started {
-            return Err(StepError::Usage(format!("device `{}` is not started: nothing to inject into", node.name)));
+            return Err(StepError::Usage(format!(
+                "device `{}` is not started: nothing to inject into",
+                node.name
+            )));
         }
         let scratch = match node.scratch {
             Some(s) => s,
@@ -76,22 +91,57 @@ impl World<'_> {
                 s
             }
         };
-        let d = |addr, len, flags, next| Desc { addr, len, flags, next };
-        let tx = |descs: Vec<(u16, Desc)>| Plan { queue: txq(pair), descs, head: Head::Chain, frame: false };
+        let d = |addr, len, flags, next| Desc {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        let tx = |descs: Vec<(u16, Desc)>| Plan {
+            queue: txq(pair),
+            descs,
+            head: Head::Chain,
+            frame: false,
+        };
         let plan = match fault {
             Fault::DescriptorLoop => tx(vec![(0, d(scratch, 64, F_NEXT, 0))]),
             Fault::UnmappedBuffer => tx(vec![(0, d(UNMAPPED, 64, 0, 0))]),
             Fault::ZeroLength => tx(vec![(0, d(scratch, 0, 0, 0))]),
             Fault::WritableInTx => tx(vec![(0, d(scratch, 64, F_WRITE, 0))]),
             Fault::OversizedChain => tx(vec![(0, d(scratch, OVERSIZED, 0, 0))]),
-            Fault::IndexOutOfRange => Plan { queue: txq(pair), descs: Vec::new(), head: Head::Raw(node.drv.opts.queue_size), frame: false },
-            Fault::AvailIndexJump => Plan { queue: txq(pair), descs: Vec::new(), head: Head::Jump, frame: false },
-            Fault::RxUnmappedBuffer => Plan { queue: rxq(pair), descs: vec![(0, d(UNMAPPED, 2048, F_WRITE, 0))], head: Head::Chain, frame: true },
-            Fault::ReadableInRx => Plan { queue: rxq(pair), descs: vec![(0, d(scratch, 2048, 0, 0))], head: Head::Chain, frame: true },
+            Fault::IndexOutOfRange => Plan {
+                queue: txq(pair),
+                descs: Vec::new(),
+                head: Head::Raw(node.drv.opts.queue_size),
+                frame: false,
+            },
+            Fault::AvailIndexJump => Plan {
+                queue: txq(pair),
+                descs: Vec::new(),
+                head: Head::Jump,
+                frame: false,
+            },
+            Fault::RxUnmappedBuffer => Plan {
+                queue: rxq(pair),
+                descs: vec![(0, d(UNMAPPED, 2048, F_WRITE, 0))],
+                head: Head::Chain,
+                frame: true,
+            },
+            Fault::ReadableInRx => Plan {
+                queue: rxq(pair),
+                descs: vec![(0, d(scratch, 2048, 0, 0))],
+                head: Head::Chain,
+                frame: true,
+            },
             Fault::CtrlNoStatus => {
                 node.drv.mem.write(scratch, &[0, 0, 1])?;
                 let ctrl = node.drv.num_queues().saturating_sub(1);
-                Plan { queue: ctrl, descs: vec![(0, d(scratch, 2, F_NEXT, 1)), (1, d(scratch + 2, 1, 0, 0))], head: Head::Chain, frame: false }
+                Plan {
+                    queue: ctrl,
+                    descs: vec![(0, d(scratch, 2, F_NEXT, 1)), (1, d(scratch + 2, 1, 0, 0))],
+                    head: Head::Chain,
+                    frame: false,
+                }
             }
             Fault::Quirk(_) => return Ok(String::new()),
         };
@@ -101,12 +151,20 @@ impl World<'_> {
             let r = node.drv.ring(q)?;
             (r.desc, r.avail, r.size)
         };
-        let last = node.dev.queue(q).ok_or_else(|| StepError::Usage(format!("device has no queue {q}")))?.last_avail;
+        let last = node
+            .dev
+            .queue(q)
+            .ok_or_else(|| StepError::Usage(format!("device has no queue {q}")))?
+            .last_avail;
         let published = mem.read_u16(avail + 2)?;
         let slot = last % size;
         let slot_at = avail + 4 + 2 * u64::from(slot);
         let pending = published != last;
-        let h = if pending { mem.read_u16(slot_at)? % size } else { slot };
+        let h = if pending {
+            mem.read_u16(slot_at)? % size
+        } else {
+            slot
+        };
         for (rel, x) in &plan.descs {
             let at = desc + 16 * u64::from((h + rel) % size);
             mem.write_u64(at, x.addr)?;
@@ -115,7 +173,9 @@ impl World<'_> {
             mem.write_u16(at + 14, (h + x.next) % size)?;
         }
         match plan.head {
-            Head::Jump => mem.store_u16_release(avail + 2, last.wrapping_add(size).wrapping_add(1))?,
+            Head::Jump => {
+                mem.store_u16_release(avail + 2, last.wrapping_add(size).wrapping_add(1))?
+            }
             Head::Raw(v) => {
                 mem.write_u16(slot_at, v)?;
                 if !pending {
@@ -142,7 +202,15 @@ impl World<'_> {
         if node.dev.fault().is_none() {
             node.drv.kick(q)?;
         }
-        let fault_text = node.dev.fault().map_or_else(|| "no fault".to_string(), |f| f.to_string());
-        Ok(format!("{}: {} on queue {q}: status {:#04x}, {fault_text}", node.name, fault.name(), node.dev.status()))
+        let fault_text = node
+            .dev
+            .fault()
+            .map_or_else(|| "no fault".to_string(), |f| f.to_string());
+        Ok(format!(
+            "{}: {} on queue {q}: status {:#04x}, {fault_text}",
+            node.name,
+            fault.name(),
+            node.dev.status()
+        ))
     }
 }

@@ -80,7 +80,11 @@ impl Ledger {
         if self.streams.len() >= MAX_STREAMS {
             return None;
         }
-        self.streams.push(Stream { step, to, ..Stream::default() });
+        self.streams.push(Stream {
+            step,
+            to,
+            ..Stream::default()
+        });
         self.latest_step = Some(step);
         u16::try_from(self.streams.len() - 1).ok()
     }
@@ -99,7 +103,9 @@ impl Ledger {
 
     /// Records a frame received by device `at`.
     pub fn record(&mut self, at: usize, f: &[u8]) {
-        let id = f.get(HEADERS..HEADERS + 2).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+        let id = f
+            .get(HEADERS..HEADERS + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])));
         if id == Some(usize::from(PROBE_STREAM)) {
             return;
         }
@@ -171,7 +177,9 @@ mod tests {
         let mut l = Ledger::default();
         let s = l.open(1, Some(0)).unwrap();
         let mac = [2, 0, 0, 0, 0, 1];
-        let fr: Vec<Vec<u8>> = (0..5).map(|i| frames::build(mac, mac, s, i, 100, &mut rng)).collect();
+        let fr: Vec<Vec<u8>> = (0..5)
+            .map(|i| frames::build(mac, mac, s, i, 100, &mut rng))
+            .collect();
         l.sent(s, 5);
         for i in [0, 2, 1, 2] {
             l.record(0, &fr[i]);
@@ -181,7 +189,17 @@ mod tests {
         l.record(0, &bad);
         l.record(1, &fr[4]);
         let t = l.total();
-        assert_eq!((t.sent, t.delivered, t.reordered, t.duplicated, t.corrupted, t.misdelivered), (5, 3, 1, 1, 1, 1));
+        assert_eq!(
+            (
+                t.sent,
+                t.delivered,
+                t.reordered,
+                t.duplicated,
+                t.corrupted,
+                t.misdelivered
+            ),
+            (5, 3, 1, 1, 1, 1)
+        );
         assert_eq!((t.lost, t.outstanding), (2, 2));
         l.record(0, &fr[3]);
         assert_eq!(l.of_step(1).lost, 1);

@@ -71,7 +71,16 @@ const QUEUE_FIELDS: &[(&str, QueueField)] = &[
 ];
 
 /// Frame accounting fields (see [`super::ledger::FrameStats`]).
-pub const FRAME_FIELDS: &[&str] = &["sent", "delivered", "lost", "outstanding", "duplicated", "reordered", "corrupted", "misdelivered"];
+pub const FRAME_FIELDS: &[&str] = &[
+    "sent",
+    "delivered",
+    "lost",
+    "outstanding",
+    "duplicated",
+    "reordered",
+    "corrupted",
+    "misdelivered",
+];
 
 /// Migration report fields (the last `migrate` step).
 pub const MIGRATION_FIELDS: &[&str] = &[
@@ -184,7 +193,10 @@ impl Metric {
     pub fn kind(&self) -> ValueKind {
         match self {
             Metric::Status(StatusField::Bit(_))
-            | Metric::Queue { field: QueueField::Enabled, .. }
+            | Metric::Queue {
+                field: QueueField::Enabled,
+                ..
+            }
             | Metric::ConfigLinkUp
             | Metric::ConfigAnnounce
             | Metric::Feature(_)
@@ -198,13 +210,18 @@ impl Metric {
 
     /// Whether the metric belongs to one device (else it is scenario-wide).
     pub fn per_device(&self) -> bool {
-        !matches!(self, Metric::Frames { .. } | Metric::Migration(_) | Metric::StepError)
+        !matches!(
+            self,
+            Metric::Frames { .. } | Metric::Migration(_) | Metric::StepError
+        )
     }
 
     /// Parses a dotted path for a device of shape `dev`.
     pub fn parse(path: &str, dev: DeviceShape) -> Result<Metric, String> {
         let parts: Vec<&str> = path.split('.').collect();
-        let one = |names: &[&'static str], what: &str| -> Result<&'static str, String> { pick(parts.get(1..).unwrap_or_default(), names, what) };
+        let one = |names: &[&'static str], what: &str| -> Result<&'static str, String> {
+            pick(parts.get(1..).unwrap_or_default(), names, what)
+        };
         match parts.as_slice() {
             ["counters", rest @ ..] => {
                 let names: Vec<&'static str> = DeviceCounters::default().scalars().into_iter().map(|(k, _)| k).collect();
@@ -267,35 +284,57 @@ impl Metric {
 fn pick(rest: &[&str], names: &[&'static str], what: &str) -> Result<&'static str, String> {
     let known = || names.join(", ");
     match rest {
-        [n] => names.iter().copied().find(|k| k == n).ok_or_else(|| format!("unknown {what} `{n}`; known: {}", known())),
+        [n] => names
+            .iter()
+            .copied()
+            .find(|k| k == n)
+            .ok_or_else(|| format!("unknown {what} `{n}`; known: {}", known())),
         [] => Err(format!("missing {what}; known: {}", known())),
-        _ => Err(format!("unknown {what} `{}`; known: {}", rest.join("."), known())),
+        _ => Err(format!(
+            "unknown {what} `{}`; known: {}",
+            rest.join("."),
+            known()
+        )),
     }
 }
 
 fn queue_field(rest: &[&str]) -> Result<QueueField, String> {
     let names: Vec<&str> = QUEUE_FIELDS.iter().map(|(n, _)| *n).collect();
     let n = pick(rest, &names, "queue field")?;
-    QUEUE_FIELDS.iter().find(|(k, _)| *k == n).map(|(_, f)| *f).ok_or_else(|| format!("unknown queue field `{n}`"))
+    QUEUE_FIELDS
+        .iter()
+        .find(|(k, _)| *k == n)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| format!("unknown queue field `{n}`"))
 }
 
 fn index(s: &str, limit: u16, what: &str) -> Result<u16, String> {
-    let i: u16 = s.parse().map_err(|_| format!("{what} index `{s}` is not a number"))?;
+    let i: u16 = s
+        .parse()
+        .map_err(|_| format!("{what} index `{s}` is not a number"))?;
     if i >= limit {
-        return Err(format!("{what} {i} out of range: the device has {limit} (0..={})", limit.saturating_sub(1)));
+        return Err(format!(
+            "{what} {i} out of range: the device has {limit} (0..={})",
+            limit.saturating_sub(1)
+        ));
     }
     Ok(i)
 }
 
 /// `VIRTIO_NET_F_MRG_RXBUF` -> `mrg_rxbuf`.
 pub fn short_feature_name(full: &str) -> String {
-    full.trim_start_matches("VIRTIO_NET_F_").trim_start_matches("VIRTIO_F_").to_ascii_lowercase()
+    full.trim_start_matches("VIRTIO_NET_F_")
+        .trim_start_matches("VIRTIO_F_")
+        .to_ascii_lowercase()
 }
 
 /// A feature bit by name: `mrg_rxbuf`, `MRG_RXBUF` or `VIRTIO_NET_F_MRG_RXBUF` (case-insensitive).
 pub fn feature_bit(name: &str) -> Option<u32> {
     let want = short_feature_name(&name.to_ascii_uppercase());
-    OFFERED_FEATURES.iter().find(|f| short_feature_name(f.name) == want).map(|f| f.bit)
+    OFFERED_FEATURES
+        .iter()
+        .find(|f| short_feature_name(f.name) == want)
+        .map(|f| f.bit)
 }
 
 #[cfg(test)]
@@ -306,15 +345,46 @@ mod tests {
 
     #[test]
     fn catalog_parses_and_rejects() {
-        assert_eq!(Metric::parse("counters.tx_frames", DEV), Ok(Metric::Counter("tx_frames")));
-        assert_eq!(Metric::parse("fault.chain_too_long", DEV), Ok(Metric::Fault("chain_too_long")));
-        assert_eq!(Metric::parse("tx.1.last_used", DEV), Ok(Metric::Queue { queue: 3, field: QueueField::LastUsed }));
-        assert_eq!(Metric::parse("ctrlq.chains", DEV), Ok(Metric::Queue { queue: 4, field: QueueField::Chains }));
-        assert_eq!(Metric::parse("features.mrg_rxbuf", DEV), Ok(Metric::Feature(15)));
-        assert_eq!(Metric::parse("migration.missed_dirty_pages", DEV), Ok(Metric::Migration("missed_dirty_pages")));
-        assert_eq!(Metric::parse("status.needs_reset", DEV).map(|m| m.kind()), Ok(ValueKind::Bool));
-        assert!(Metric::parse("counters.tx_frame", DEV).unwrap_err().contains("unknown counter `tx_frame`"));
-        assert!(Metric::parse("queue.5.chains", DEV).unwrap_err().contains("out of range"));
+        assert_eq!(
+            Metric::parse("counters.tx_frames", DEV),
+            Ok(Metric::Counter("tx_frames"))
+        );
+        assert_eq!(
+            Metric::parse("fault.chain_too_long", DEV),
+            Ok(Metric::Fault("chain_too_long"))
+        );
+        assert_eq!(
+            Metric::parse("tx.1.last_used", DEV),
+            Ok(Metric::Queue {
+                queue: 3,
+                field: QueueField::LastUsed
+            })
+        );
+        assert_eq!(
+            Metric::parse("ctrlq.chains", DEV),
+            Ok(Metric::Queue {
+                queue: 4,
+                field: QueueField::Chains
+            })
+        );
+        assert_eq!(
+            Metric::parse("features.mrg_rxbuf", DEV),
+            Ok(Metric::Feature(15))
+        );
+        assert_eq!(
+            Metric::parse("migration.missed_dirty_pages", DEV),
+            Ok(Metric::Migration("missed_dirty_pages"))
+        );
+        assert_eq!(
+            Metric::parse("status.needs_reset", DEV).map(|m| m.kind()),
+            Ok(ValueKind::Bool)
+        );
+        assert!(Metric::parse("counters.tx_frame", DEV)
+            .unwrap_err()
+            .contains("unknown counter `tx_frame`"));
+        assert!(Metric::parse("queue.5.chains", DEV)
+            .unwrap_err()
+            .contains("out of range"));
         assert!(Metric::parse("rx.2.frames", DEV).is_err());
         assert!(Metric::parse("bogus", DEV).is_err());
         assert!(Metric::parse("counters", DEV).is_err());

@@ -75,7 +75,13 @@ fn harvest(log: &SharedMemory, len: u64, out: &mut BTreeSet<u64>) -> Result<(), 
 impl World<'_> {
     /// Sends `frames` background frames from device `i` (one stream per pair, opened once per
     /// step) and receives everything.
-    fn burst(&mut self, step: usize, i: usize, frames: u32, streams: &mut Vec<u16>) -> Result<(), StepError> {
+    fn burst(
+        &mut self,
+        step: usize,
+        i: usize,
+        frames: u32,
+        streams: &mut Vec<u16>,
+    ) -> Result<(), StepError> {
         if frames == 0 {
             return Ok(());
         }
@@ -88,7 +94,11 @@ impl World<'_> {
         let pairs = node.drv.opts.queue_pairs;
         let src = node.drv.mac()?;
         while streams.len() < usize::from(pairs) {
-            streams.push(self.ledger.open(step, to).ok_or_else(|| StepError::Usage("too many traffic streams".into()))?);
+            streams.push(
+                self.ledger
+                    .open(step, to)
+                    .ok_or_else(|| StepError::Usage("too many traffic streams".into()))?,
+            );
         }
         let per_pair = u64::from(frames).div_ceil(u64::from(pairs)).max(1);
         for (p, &s) in streams.iter().enumerate().take(usize::from(pairs)) {
@@ -137,13 +147,26 @@ impl World<'_> {
     /// Runs a `migrate` step.
     pub(crate) fn migrate(&mut self, step: usize, m: &MigrateSpec) -> Result<String, StepError> {
         let i = m.device;
-        let port = self.sc.devices.get(i).map(|d| d.port).ok_or_else(|| StepError::Usage(format!("no device {i}")))?;
-        let mut cfg = self.sc.devices.get(i).map(|d| d.config.clone()).unwrap_or_default();
+        let port = self
+            .sc
+            .devices
+            .get(i)
+            .map(|d| d.port)
+            .ok_or_else(|| StepError::Usage(format!("no device {i}")))?;
+        let mut cfg = self
+            .sc
+            .devices
+            .get(i)
+            .map(|d| d.config.clone())
+            .unwrap_or_default();
         let armed = std::mem::take(&mut self.pending_quirks);
         cfg.quirks = armed.iter().fold(cfg.quirks, device::Quirks::with);
         let node = self.node(i)?;
         if !node.started {
-            return Err(StepError::Usage(format!("device `{}` is not started: nothing to migrate", node.name)));
+            return Err(StepError::Usage(format!(
+                "device `{}` is not started: nothing to migrate",
+                node.name
+            )));
         }
         let src = node.dev.clone();
         let mem = node.drv.mem.clone();
@@ -157,7 +180,15 @@ impl World<'_> {
         let top = mem.base() + mem.size();
         let log_len = (top / PAGE_SIZE).div_ceil(8).next_multiple_of(8);
         let log = SharedMemory::new("vdpa-emu-scenario-log", log_len)?;
-        src.dma_map(DPDK_LOG_IOVA, log_len, Perms::RW, Backing::Fd { file: log.try_clone_file()?, offset: 0 })?;
+        src.dma_map(
+            DPDK_LOG_IOVA,
+            log_len,
+            Perms::RW,
+            Backing::Fd {
+                file: log.try_clone_file()?,
+                offset: 0,
+            },
+        )?;
         let device_writes = Arc::new(WriteTrace::new(top));
         src.set_write_trace(Some(device_writes.clone()));
         let cpu = Arc::new(WriteTrace::new(top));
@@ -212,7 +243,11 @@ impl World<'_> {
             dst_mem.read(pfn * PAGE_SIZE, &mut b[..])?;
             out.memory_mismatch_pages += u64::from(a != b);
         }
-        out.missed_dirty_pages = device_writes.pages().into_iter().filter(|p| !logged.contains(p)).count() as u64;
+        out.missed_dirty_pages = device_writes
+            .pages()
+            .into_iter()
+            .filter(|p| !logged.contains(p))
+            .count() as u64;
         out.log_writes = src.log_stats().log_writes.saturating_sub(log_writes_before);
         let _ = src.dma_unmap(DPDK_LOG_IOVA, log_len);
 

@@ -34,7 +34,10 @@ use std::path::{Path, PathBuf};
 /// Loads and checks one scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let file = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { file: file.clone(), source })?;
+    let src = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+        file: file.clone(),
+        source,
+    })?;
     parse_str(&src, &file)
 }
 
@@ -43,8 +46,15 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let rd = std::fs::read_dir(p).map_err(|source| ScenarioError::Io { file: p.display().to_string(), source })?;
-            let mut v: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).filter(|f| f.extension().is_some_and(|x| x == "toml")).collect();
+            let rd = std::fs::read_dir(p).map_err(|source| ScenarioError::Io {
+                file: p.display().to_string(),
+                source,
+            })?;
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                .collect();
             v.sort();
             out.extend(v);
         } else {
@@ -59,7 +69,9 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
 pub fn run_files(paths: &[PathBuf]) -> RunReport {
     let files = match collect_files(paths) {
         Ok(f) => f,
-        Err(e) => return RunReport::new(vec![FileReport::malformed(&e.to_string(), e.to_string())]),
+        Err(e) => {
+            return RunReport::new(vec![FileReport::malformed(&e.to_string(), e.to_string())])
+        }
     };
     let reports = files
         .iter()

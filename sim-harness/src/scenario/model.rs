@@ -67,13 +67,25 @@ pub enum Action {
     /// DPDK stop (queue_enable polled, ring states read, reset), then restart at those states.
     StopStart { device: usize },
     /// Device reset, then (by default) start again.
-    Reset { device: usize, how: ResetHow, restart: bool },
+    Reset {
+        device: usize,
+        how: ResetHow,
+        restart: bool,
+    },
     /// Hostile input or a quirk for the next device instance.
-    Inject { device: usize, fault: Fault, pair: u16 },
+    Inject {
+        device: usize,
+        fault: Fault,
+        pair: u16,
+    },
     /// Link down/up.
     Link { device: usize, up: bool },
     /// VQ_PAIRS_SET over the control queue.
-    QueuePairs { device: usize, pairs: u16, accept: bool },
+    QueuePairs {
+        device: usize,
+        pairs: u16,
+        accept: bool,
+    },
     /// Device asks for an announce; the driver acks it.
     Announce { device: usize },
     /// Whole-guest live migration to a fresh device instance.
@@ -99,7 +111,18 @@ impl Action {
 }
 
 /// Every step kind.
-pub const STEP_KINDS: &[&str] = &["start", "traffic", "receive", "stop_start", "reset", "inject", "link", "queue_pairs", "announce", "migrate"];
+pub const STEP_KINDS: &[&str] = &[
+    "start",
+    "traffic",
+    "receive",
+    "stop_start",
+    "reset",
+    "inject",
+    "link",
+    "queue_pairs",
+    "announce",
+    "migrate",
+];
 
 /// A traffic pattern.
 #[derive(Debug, Clone)]
@@ -163,17 +186,61 @@ pub enum Fault {
 
 /// Every fault an `inject` step knows: (name, fault counter it ends in, description).
 pub const FAULTS: &[(&str, &str, &str)] = &[
-    ("descriptor_loop", "chain_too_long", "TX descriptor whose NEXT points at itself"),
-    ("unmapped_buffer", "dma_fault", "TX descriptor at an IOVA nothing is mapped at (0x1000)"),
-    ("rx_unmapped_buffer", "dma_fault", "RX descriptor at an unmapped IOVA, then a frame arrives"),
-    ("index_out_of_range", "descriptor_index_out_of_range", "avail ring entry names descriptor index == queue size"),
-    ("avail_index_jump", "avail_index_jump", "avail->idx moved queue size + 1 ahead"),
-    ("zero_length", "zero_length_descriptor", "TX descriptor of length 0"),
-    ("writable_in_tx", "writable_in_tx_chain", "device-writable descriptor in a TX chain"),
-    ("readable_in_rx", "readable_in_rx_chain", "device-readable descriptor in an RX chain, then a frame arrives"),
-    ("oversized_chain", "oversized_chain", "TX descriptor of 70000 bytes (more than a 64 KiB frame + header)"),
-    ("ctrl_no_status", "ctrl_no_status", "control command whose chain has no device-writable status byte"),
-    ("quirk", "", "turn the quirk named by `quirk` on for the next device instance (a migration destination)"),
+    (
+        "descriptor_loop",
+        "chain_too_long",
+        "TX descriptor whose NEXT points at itself",
+    ),
+    (
+        "unmapped_buffer",
+        "dma_fault",
+        "TX descriptor at an IOVA nothing is mapped at (0x1000)",
+    ),
+    (
+        "rx_unmapped_buffer",
+        "dma_fault",
+        "RX descriptor at an unmapped IOVA, then a frame arrives",
+    ),
+    (
+        "index_out_of_range",
+        "descriptor_index_out_of_range",
+        "avail ring entry names descriptor index == queue size",
+    ),
+    (
+        "avail_index_jump",
+        "avail_index_jump",
+        "avail->idx moved queue size + 1 ahead",
+    ),
+    (
+        "zero_length",
+        "zero_length_descriptor",
+        "TX descriptor of length 0",
+    ),
+    (
+        "writable_in_tx",
+        "writable_in_tx_chain",
+        "device-writable descriptor in a TX chain",
+    ),
+    (
+        "readable_in_rx",
+        "readable_in_rx_chain",
+        "device-readable descriptor in an RX chain, then a frame arrives",
+    ),
+    (
+        "oversized_chain",
+        "oversized_chain",
+        "TX descriptor of 70000 bytes (more than a 64 KiB frame + header)",
+    ),
+    (
+        "ctrl_no_status",
+        "ctrl_no_status",
+        "control command whose chain has no device-writable status byte",
+    ),
+    (
+        "quirk",
+        "",
+        "turn the quirk named by `quirk` on for the next device instance (a migration destination)",
+    ),
 ];
 
 impl Fault {

@@ -91,7 +91,11 @@ impl StepReport {
             verdict: StepVerdict::Skipped,
             evidence: "not run: an earlier step failed".into(),
             duration_ms: 0.0,
-            expectations: s.expect.iter().map(|e| ExpectReport::skipped(e, &context)).collect(),
+            expectations: s
+                .expect
+                .iter()
+                .map(|e| ExpectReport::skipped(e, &context))
+                .collect(),
         }
     }
 }
@@ -127,7 +131,9 @@ impl FileReport {
 
     /// The report of a file that could not be loaded.
     pub fn malformed(file: &str, error: String) -> Self {
-        let scenario = std::path::Path::new(file).file_stem().map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned());
+        let scenario = std::path::Path::new(file)
+            .file_stem()
+            .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned());
         FileReport {
             file: file.to_string(),
             scenario,
@@ -142,14 +148,26 @@ impl FileReport {
 
     /// Sets the verdict from the steps and expectations.
     pub(crate) fn finish(&mut self) {
-        let step_failed = self.steps.iter().any(|s| matches!(s.verdict, StepVerdict::Error | StepVerdict::Skipped));
-        let expect_failed = self.expectations().any(|e| e.verdict != ExpectVerdict::Pass);
-        self.verdict = if self.error.is_some() || step_failed || expect_failed { Verdict::Fail } else { Verdict::Pass };
+        let step_failed = self
+            .steps
+            .iter()
+            .any(|s| matches!(s.verdict, StepVerdict::Error | StepVerdict::Skipped));
+        let expect_failed = self
+            .expectations()
+            .any(|e| e.verdict != ExpectVerdict::Pass);
+        self.verdict = if self.error.is_some() || step_failed || expect_failed {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        };
     }
 
     /// Every expectation, steps' first, then `[end]`.
     pub fn expectations(&self) -> impl Iterator<Item = &ExpectReport> {
-        self.steps.iter().flat_map(|s| s.expectations.iter()).chain(self.end.iter())
+        self.steps
+            .iter()
+            .flat_map(|s| s.expectations.iter())
+            .chain(self.end.iter())
     }
 
     /// Every failure message: step errors, failed expectations, the file error.
@@ -157,10 +175,17 @@ impl FileReport {
         let mut v: Vec<String> = self.error.iter().cloned().collect();
         for s in &self.steps {
             if s.verdict == StepVerdict::Error {
-                v.push(format!("step #{} {} (line {}): {}", s.index, s.label, s.line, s.evidence));
+                v.push(format!(
+                    "step #{} {} (line {}): {}",
+                    s.index, s.label, s.line, s.evidence
+                ));
             }
         }
-        v.extend(self.expectations().filter(|e| e.verdict == ExpectVerdict::Fail).map(|e| e.message.clone()));
+        v.extend(
+            self.expectations()
+                .filter(|e| e.verdict == ExpectVerdict::Fail)
+                .map(|e| e.message.clone()),
+        );
         v
     }
 }
@@ -187,7 +212,10 @@ pub struct Summary {
 impl RunReport {
     /// Collects file reports and totals them.
     pub fn new(files: Vec<FileReport>) -> Self {
-        let mut s = Summary { files: files.len(), ..Summary::default() };
+        let mut s = Summary {
+            files: files.len(),
+            ..Summary::default()
+        };
         for f in &files {
             match f.verdict {
                 Verdict::Pass => s.passed += 1,
@@ -195,7 +223,10 @@ impl RunReport {
                 Verdict::Malformed => s.malformed += 1,
             }
             s.expectations += f.expectations().count();
-            s.expectations_failed += f.expectations().filter(|e| e.verdict == ExpectVerdict::Fail).count();
+            s.expectations_failed += f
+                .expectations()
+                .filter(|e| e.verdict == ExpectVerdict::Fail)
+                .count();
             s.duration_ms += f.duration_ms;
         }
         RunReport { files, summary: s }
@@ -214,7 +245,8 @@ impl RunReport {
 
     /// Pretty JSON.
     pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"serializing the report: {e}\"}}"))
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{\"error\": \"serializing the report: {e}\"}}"))
     }
 
     /// The human-readable table: one row per step and per expectation.
@@ -223,11 +255,19 @@ impl RunReport {
         for f in &self.files {
             let mut first = true;
             let mut row = |step: String, verdict: &str, evidence: String| {
-                let name = if std::mem::take(&mut first) { f.scenario.clone() } else { String::new() };
+                let name = if std::mem::take(&mut first) {
+                    f.scenario.clone()
+                } else {
+                    String::new()
+                };
                 rows.push([name, step, verdict.to_string(), evidence]);
             };
             if f.verdict == Verdict::Malformed {
-                row("(file not loaded)".into(), "ERROR", f.error.clone().unwrap_or_default());
+                row(
+                    "(file not loaded)".into(),
+                    "ERROR",
+                    f.error.clone().unwrap_or_default(),
+                );
                 continue;
             }
             for s in &f.steps {
@@ -251,20 +291,46 @@ impl RunReport {
                 row("(run)".into(), "ERROR", err.clone());
             }
             let n = f.expectations().count();
-            let failed = f.expectations().filter(|e| e.verdict != ExpectVerdict::Pass).count();
-            let verdict = if f.verdict == Verdict::Pass { "PASS" } else { "FAIL" };
+            let failed = f
+                .expectations()
+                .filter(|e| e.verdict != ExpectVerdict::Pass)
+                .count();
+            let verdict = if f.verdict == Verdict::Pass {
+                "PASS"
+            } else {
+                "FAIL"
+            };
             row(
                 format!("=> {verdict}"),
                 verdict,
-                format!("{} step(s), {n} expectation(s), {failed} not passed, {:.0} ms, {}", f.steps.len(), f.duration_ms, f.file),
+                format!(
+                    "{} step(s), {n} expectation(s), {failed} not passed, {:.0} ms, {}",
+                    f.steps.len(),
+                    f.duration_ms,
+                    f.file
+                ),
             );
         }
         let head = ["SCENARIO", "STEP / EXPECTATION", "VERDICT", "EVIDENCE"];
-        let width = |c: usize, cap: usize| rows.iter().map(|r| r[c].chars().count()).chain([head[c].len()]).max().unwrap_or(0).min(cap);
+        let width = |c: usize, cap: usize| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([head[c].len()])
+                .max()
+                .unwrap_or(0)
+                .min(cap)
+        };
         let (w0, w1, w2) = (width(0, 28), width(1, 52), width(2, 7));
         let mut out = String::new();
         let line = |out: &mut String, r: [&str; 4]| {
-            let _ = writeln!(out, "{:<w0$}  {:<w1$}  {:<w2$}  {}", clip(r[0], w0), clip(r[1], w1), r[2], r[3]);
+            let _ = writeln!(
+                out,
+                "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+                clip(r[0], w0),
+                clip(r[1], w1),
+                r[2],
+                r[3]
+            );
         };
         line(&mut out, head);
         let _ = writeln!(out, "{}", "-".repeat(w0 + w1 + w2 + 6 + 40));
@@ -313,8 +379,14 @@ impl RunReport {
         );
         for f in &self.files {
             let cases: Vec<&ExpectReport> = f.expectations().collect();
-            let failures = cases.iter().filter(|e| e.verdict == ExpectVerdict::Fail).count();
-            let skipped = cases.iter().filter(|e| e.verdict == ExpectVerdict::Skipped).count();
+            let failures = cases
+                .iter()
+                .filter(|e| e.verdict == ExpectVerdict::Fail)
+                .count();
+            let skipped = cases
+                .iter()
+                .filter(|e| e.verdict == ExpectVerdict::Skipped)
+                .count();
             let errors = extra_cases(f);
             let _ = writeln!(
                 out,
@@ -345,7 +417,12 @@ impl RunReport {
                     );
                 }
                 for e in &st.expectations {
-                    junit_case(&mut out, &class, &format!("step #{} {}: {}", st.index, st.label, e.expr), e);
+                    junit_case(
+                        &mut out,
+                        &class,
+                        &format!("step #{} {}: {}", st.index, st.label, e.expr),
+                        e,
+                    );
                 }
             }
             for e in &f.end {
@@ -368,15 +445,27 @@ impl RunReport {
 
 /// Testcases beyond the expectations: failed steps and load/run errors.
 fn extra_cases(f: &FileReport) -> usize {
-    f.steps.iter().filter(|s| s.verdict == StepVerdict::Error).count() + usize::from(f.error.is_some())
+    f.steps
+        .iter()
+        .filter(|s| s.verdict == StepVerdict::Error)
+        .count()
+        + usize::from(f.error.is_some())
 }
 
 fn junit_case(out: &mut String, class: &str, name: &str, e: &ExpectReport) {
-    let _ = write!(out, "    <testcase classname=\"{class}\" name=\"{}\"", xml(name));
+    let _ = write!(
+        out,
+        "    <testcase classname=\"{class}\" name=\"{}\"",
+        xml(name)
+    );
     match e.verdict {
         ExpectVerdict::Pass => out.push_str(" />\n"),
         ExpectVerdict::Skipped => {
-            let _ = writeln!(out, ">\n      <skipped message=\"{}\" />\n    </testcase>", xml(&e.message));
+            let _ = writeln!(
+                out,
+                ">\n      <skipped message=\"{}\" />\n    </testcase>",
+                xml(&e.message)
+            );
         }
         ExpectVerdict::Fail => {
             let _ = writeln!(out, ">\n      <failure type=\"expectation\" message=\"{}\">{}</failure>\n    </testcase>", xml(&e.message), xml(&e.message));
@@ -387,9 +476,14 @@ fn junit_case(out: &mut String, class: &str, name: &str, e: &ExpectReport) {
 fn expect_cells(e: &ExpectReport) -> (&'static str, String) {
     match e.verdict {
         // A metric on the right: show its value too.
-        ExpectVerdict::Pass if e.expected.contains("(= ") => ("PASS", format!("observed {}, {}", e.observed, e.expected)),
+        ExpectVerdict::Pass if e.expected.contains("(= ") => {
+            ("PASS", format!("observed {}, {}", e.observed, e.expected))
+        }
         ExpectVerdict::Pass => ("PASS", format!("observed {}", e.observed)),
-        ExpectVerdict::Fail => ("FAIL", format!("observed {}, expected {}", e.observed, e.expected)),
+        ExpectVerdict::Fail => (
+            "FAIL",
+            format!("observed {}, expected {}", e.observed, e.expected),
+        ),
         ExpectVerdict::Skipped => ("skip", String::new()),
     }
 }
@@ -428,6 +522,9 @@ mod tests {
 
     #[test]
     fn xml_escapes_everything() {
-        assert_eq!(xml("a<b>&\"c'\u{1}"), "a&lt;b&gt;&amp;&quot;c&apos;\u{FFFD}");
+        assert_eq!(
+            xml("a<b>&\"c'\u{1}"),
+            "a&lt;b&gt;&amp;&quot;c&apos;\u{FFFD}"
+        );
     }
 }

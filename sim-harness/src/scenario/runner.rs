@@ -58,10 +58,15 @@ pub(crate) struct World<'a> {
 /// Runs one scenario and reports on every step and expectation.
 pub fn run(sc: &Scenario) -> FileReport {
     let t0 = Instant::now();
-    let mut report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(sc))) {
+    let mut report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(sc)))
+    {
         Ok(r) => r,
         Err(p) => {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
             let mut r = FileReport::new(sc);
             r.error = Some(format!("internal error: the model panicked: {msg}"));
             r.verdict = Verdict::Fail;
@@ -79,7 +84,11 @@ fn run_inner(sc: &Scenario) -> FileReport {
         Err(e) => {
             report.error = Some(format!("setting up the devices: {e}"));
             report.steps = sc.steps.iter().map(StepReport::skipped).collect();
-            report.end = sc.end.iter().map(|e| ExpectReport::skipped(e, "end")).collect();
+            report.end = sc
+                .end
+                .iter()
+                .map(|e| ExpectReport::skipped(e, "end"))
+                .collect();
             report.finish();
             return report;
         }
@@ -95,7 +104,9 @@ fn run_inner(sc: &Scenario) -> FileReport {
         world.step_error = result.is_err();
         let (verdict, evidence) = match result {
             Ok(ev) => (StepVerdict::Ok, ev),
-            Err(e) if step.allow_error => (StepVerdict::AllowedError, format!("error (allowed): {e}")),
+            Err(e) if step.allow_error => {
+                (StepVerdict::AllowedError, format!("error (allowed): {e}"))
+            }
             Err(e) => {
                 aborted = true;
                 (StepVerdict::Error, format!("error: {e}"))
@@ -103,9 +114,15 @@ fn run_inner(sc: &Scenario) -> FileReport {
         };
         let context = format!("step #{} {} (line {})", step.index, step.label, step.line);
         let expectations = if aborted {
-            step.expect.iter().map(|e| ExpectReport::skipped(e, &context)).collect()
+            step.expect
+                .iter()
+                .map(|e| ExpectReport::skipped(e, &context))
+                .collect()
         } else {
-            step.expect.iter().map(|e| world.check(e, &context)).collect()
+            step.expect
+                .iter()
+                .map(|e| world.check(e, &context))
+                .collect()
         };
         report.steps.push(StepReport {
             index: step.index,
@@ -119,7 +136,11 @@ fn run_inner(sc: &Scenario) -> FileReport {
         });
     }
     if aborted {
-        report.end = sc.end.iter().map(|e| ExpectReport::skipped(e, "end")).collect();
+        report.end = sc
+            .end
+            .iter()
+            .map(|e| ExpectReport::skipped(e, "end"))
+            .collect();
     } else {
         if let Err(e) = world.drain() {
             report.error = Some(format!("final receive: {e}"));
@@ -133,7 +154,11 @@ fn run_inner(sc: &Scenario) -> FileReport {
 impl<'a> World<'a> {
     /// Creates the devices, joins their ports and binds a driver to each.
     fn new(sc: &'a Scenario) -> Result<Self, StepError> {
-        let devs: Vec<Arc<Device>> = sc.devices.iter().map(|d| Device::new(d.config.clone())).collect::<Result<_, _>>()?;
+        let devs: Vec<Arc<Device>> = sc
+            .devices
+            .iter()
+            .map(|d| Device::new(d.config.clone()))
+            .collect::<Result<_, _>>()?;
         for (i, d) in sc.devices.iter().enumerate() {
             match d.port {
                 PortSpec::Loopback => devs[i].set_loopback(),
@@ -172,13 +197,18 @@ impl<'a> World<'a> {
     }
 
     pub(crate) fn node(&mut self, i: usize) -> Result<&mut Node, StepError> {
-        self.nodes.get_mut(i).ok_or_else(|| StepError::Usage(format!("no device {i}")))
+        self.nodes
+            .get_mut(i)
+            .ok_or_else(|| StepError::Usage(format!("no device {i}")))
     }
 
     fn started(&mut self, i: usize) -> Result<&mut Node, StepError> {
         let n = self.node(i)?;
         if !n.started {
-            return Err(StepError::Usage(format!("device `{}` is not started (add a `start` step)", n.name)));
+            return Err(StepError::Usage(format!(
+                "device `{}` is not started (add a `start` step)",
+                n.name
+            )));
         }
         Ok(n)
     }
@@ -200,7 +230,10 @@ impl<'a> World<'a> {
                     let n = self.node(d)?;
                     n.drv.start()?;
                     n.started = true;
-                    ev.push(format!("{}: up, {} pair(s), features {:#x}", n.name, n.drv.opts.queue_pairs, n.drv.features));
+                    ev.push(format!(
+                        "{}: up, {} pair(s), features {:#x}",
+                        n.name, n.drv.opts.queue_pairs, n.drv.features
+                    ));
                 }
                 Ok(ev.join("; "))
             }
@@ -211,60 +244,110 @@ impl<'a> World<'a> {
                     self.started(d)?;
                 }
                 self.drain()?;
-                Ok(format!("received {} frame(s)", self.ledger.total().delivered - before))
+                Ok(format!(
+                    "received {} frame(s)",
+                    self.ledger.total().delivered - before
+                ))
             }
             Action::StopStart { device } => {
                 let n = self.started(*device)?;
                 let states = n.drv.stop()?;
                 n.drv.restart(&states)?;
-                let mut ev = format!("{}: stopped and resumed at ring states (avail/used)", n.name);
+                let mut ev = format!(
+                    "{}: stopped and resumed at ring states (avail/used)",
+                    n.name
+                );
                 for (q, (a, u)) in states.iter().enumerate().filter(|(_, s)| **s != (0, 0)) {
                     let _ = write!(ev, " q{q} {a}/{u}");
                 }
                 Ok(ev)
             }
-            Action::Reset { device, how, restart } => {
+            Action::Reset {
+                device,
+                how,
+                restart,
+            } => {
                 let n = self.node(*device)?;
                 match how {
                     ResetHow::Driver => n.drv.reset()?,
                     ResetHow::Flr => n.dev.reset(),
                 }
                 n.started = false;
-                let what = if *how == ResetHow::Driver { "device_status = 0" } else { "function level reset" };
+                let what = if *how == ResetHow::Driver {
+                    "device_status = 0"
+                } else {
+                    "function level reset"
+                };
                 if *restart {
                     n.drv.start()?;
                     n.started = true;
-                    return Ok(format!("{}: {what}, started again (status {:#04x})", n.name, n.dev.status()));
+                    return Ok(format!(
+                        "{}: {what}, started again (status {:#04x})",
+                        n.name,
+                        n.dev.status()
+                    ));
                 }
                 Ok(format!("{}: {what}, left reset", n.name))
             }
-            Action::Inject { device, fault, pair } => self.inject(*device, *fault, *pair),
+            Action::Inject {
+                device,
+                fault,
+                pair,
+            } => self.inject(*device, *fault, *pair),
             Action::Link { device, up } => {
                 let n = self.node(*device)?;
                 let before = n.drv.irq.count(0);
                 n.dev.set_link(*up);
-                Ok(format!("{}: link {}, config interrupts {before} -> {}", n.name, if *up { "up" } else { "down" }, n.drv.irq.count(0)))
+                Ok(format!(
+                    "{}: link {}, config interrupts {before} -> {}",
+                    n.name,
+                    if *up { "up" } else { "down" },
+                    n.drv.irq.count(0)
+                ))
             }
-            Action::QueuePairs { device, pairs, accept } => {
+            Action::QueuePairs {
+                device,
+                pairs,
+                accept,
+            } => {
                 let n = self.started(*device)?;
                 let ack = n.drv.ctrl_raw(4, 0, &pairs.to_le_bytes())?;
                 n.ctrl_ack = Some(ack);
-                let verdict = if ack == 0 { "VIRTIO_NET_OK" } else { "VIRTIO_NET_ERR" };
+                let verdict = if ack == 0 {
+                    "VIRTIO_NET_OK"
+                } else {
+                    "VIRTIO_NET_ERR"
+                };
                 if (ack == 0) != *accept {
-                    return Err(StepError::Usage(format!("VQ_PAIRS_SET {pairs} answered {verdict}, expected {}", if *accept { "OK" } else { "ERR" })));
+                    return Err(StepError::Usage(format!(
+                        "VQ_PAIRS_SET {pairs} answered {verdict}, expected {}",
+                        if *accept { "OK" } else { "ERR" }
+                    )));
                 }
-                Ok(format!("{}: VQ_PAIRS_SET {pairs} answered {verdict}; active pairs {}", n.name, n.dev.active_queue_pairs()))
+                Ok(format!(
+                    "{}: VQ_PAIRS_SET {pairs} answered {verdict}; active pairs {}",
+                    n.name,
+                    n.dev.active_queue_pairs()
+                ))
             }
             Action::Announce { device } => {
                 let n = self.started(*device)?;
                 let requested = n.dev.announce();
-                let acked = if requested { n.drv.handle_config_change()? } else { false };
+                let acked = if requested {
+                    n.drv.handle_config_change()?
+                } else {
+                    false
+                };
                 n.announce_requested = Some(requested);
                 n.announce_acked = Some(acked);
                 Ok(format!(
                     "{}: announce {}, driver {}",
                     n.name,
-                    if requested { "requested" } else { "not negotiated" },
+                    if requested {
+                        "requested"
+                    } else {
+                        "not negotiated"
+                    },
                     if acked { "acked" } else { "did not ack" }
                 ))
             }
@@ -290,13 +373,25 @@ impl<'a> World<'a> {
                 None => [0x02, 0, 0, 0, 0, 0xFF],
             };
             let node = self.started(n)?;
-            let pairs: Vec<u16> = t.pairs.clone().unwrap_or_else(|| (0..node.drv.opts.queue_pairs).collect());
+            let pairs: Vec<u16> = t
+                .pairs
+                .clone()
+                .unwrap_or_else(|| (0..node.drv.opts.queue_pairs).collect());
             let src = node.drv.mac()?;
             let k = pairs.len().max(1) as u64;
             for (i, &pair) in pairs.iter().enumerate() {
                 let left = t.count / k + u64::from((i as u64) < t.count % k);
-                let stream = self.ledger.open(step, to).ok_or_else(|| StepError::Usage("more than 50000 traffic streams in one scenario".into()))?;
-                flows.push(Flow { node: n, pair, stream, left, src, dst });
+                let stream = self.ledger.open(step, to).ok_or_else(|| {
+                    StepError::Usage("more than 50000 traffic streams in one scenario".into())
+                })?;
+                flows.push(Flow {
+                    node: n,
+                    pair,
+                    stream,
+                    left,
+                    src,
+                    dst,
+                });
             }
         }
         let mut stalls = 0;
@@ -312,7 +407,10 @@ impl<'a> World<'a> {
                     })
                     .collect();
                 let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-                let node = self.nodes.get_mut(fl.node).ok_or_else(|| StepError::Usage("no such device".into()))?;
+                let node = self
+                    .nodes
+                    .get_mut(fl.node)
+                    .ok_or_else(|| StepError::Usage("no such device".into()))?;
                 let k = node.drv.send(fl.pair, &refs)? as u64;
                 self.ledger.sent(fl.stream, k);
                 fl.left -= k;
@@ -327,9 +425,16 @@ impl<'a> World<'a> {
             stalls = if progress { 0 } else { stalls + 1 };
             if stalls >= STALL_ROUNDS {
                 let left: u64 = flows.iter().map(|f| f.left).sum();
-                let status: Vec<String> =
-                    t.from.iter().filter_map(|&n| self.nodes.get(n)).map(|n| format!("{} status {:#04x}", n.name, n.dev.status())).collect();
-                return Err(StepError::Usage(format!("TX stalled with {left} frame(s) not queued: the TX rings stay full ({})", status.join(", "))));
+                let status: Vec<String> = t
+                    .from
+                    .iter()
+                    .filter_map(|&n| self.nodes.get(n))
+                    .map(|n| format!("{} status {:#04x}", n.name, n.dev.status()))
+                    .collect();
+                return Err(StepError::Usage(format!(
+                    "TX stalled with {left} frame(s) not queued: the TX rings stay full ({})",
+                    status.join(", ")
+                )));
             }
         }
         if t.receive {
@@ -387,12 +492,34 @@ impl<'a> World<'a> {
         let (verdict, observed, message) = match (lhs, rhs) {
             (Ok(a), Ok(b)) => match e.op.apply(a, b) {
                 Some(true) => (ExpectVerdict::Pass, a.to_string(), String::new()),
-                Some(false) => (ExpectVerdict::Fail, a.to_string(), format!("{context}: expected {} {expected}, observed {a}", e.lhs.text)),
-                None => (ExpectVerdict::Fail, a.to_string(), format!("{context}: `{}` compares values of different types", e.text)),
+                Some(false) => (
+                    ExpectVerdict::Fail,
+                    a.to_string(),
+                    format!(
+                        "{context}: expected {} {expected}, observed {a}",
+                        e.lhs.text
+                    ),
+                ),
+                None => (
+                    ExpectVerdict::Fail,
+                    a.to_string(),
+                    format!("{context}: `{}` compares values of different types", e.text),
+                ),
             },
-            (Err(m), _) | (_, Err(m)) => (ExpectVerdict::Fail, "unavailable".into(), format!("{context}: expected {} {expected}, but {m}", e.lhs.text)),
+            (Err(m), _) | (_, Err(m)) => (
+                ExpectVerdict::Fail,
+                "unavailable".into(),
+                format!("{context}: expected {} {expected}, but {m}", e.lhs.text),
+            ),
         };
-        ExpectReport { expr: e.text.clone(), line: e.line, verdict, expected, observed, message }
+        ExpectReport {
+            expr: e.text.clone(),
+            line: e.line,
+            verdict,
+            expected,
+            observed,
+            message,
+        }
     }
 
     /// Reads a metric.
@@ -402,17 +529,25 @@ impl<'a> World<'a> {
         match &m.metric {
             Metric::Frames { latest_step, field } => {
                 let stats = if *latest_step {
-                    let step = self.ledger.latest_step.ok_or("no step has sent frames yet")?;
+                    let step = self
+                        .ledger
+                        .latest_step
+                        .ok_or("no step has sent frames yet")?;
                     self.ledger.of_step(step)
                 } else {
                     self.ledger.total()
                 };
-                return stats.get(field).map(Value::Int).ok_or_else(|| format!("unknown frames field `{field}`"));
+                return stats
+                    .get(field)
+                    .map(Value::Int)
+                    .ok_or_else(|| format!("unknown frames field `{field}`"));
             }
             Metric::Migration("count") => return int(self.migrations),
             Metric::Migration(f) => {
                 let r = self.migration.as_ref().ok_or("no migration has run")?;
-                return r.get(f).ok_or_else(|| format!("unknown migration field `{f}`"));
+                return r
+                    .get(f)
+                    .ok_or_else(|| format!("unknown migration field `{f}`"));
             }
             Metric::StepError => return bool_(self.step_error),
             _ => {}
@@ -421,9 +556,12 @@ impl<'a> World<'a> {
         let n = self.nodes.get_mut(i).ok_or("no such device")?;
         let c = || n.dev.counters();
         match &m.metric {
-            Metric::Counter(name) => {
-                c().scalars().into_iter().find(|(k, _)| k == name).map(|(_, v)| Value::Int(v)).ok_or_else(|| format!("unknown counter `{name}`"))
-            }
+            Metric::Counter(name) => c()
+                .scalars()
+                .into_iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Value::Int(v))
+                .ok_or_else(|| format!("unknown counter `{name}`")),
             Metric::Fault(kind) => int(c().fault(kind)),
             Metric::FaultAny => int(c().faults.iter().sum()),
             Metric::Status(StatusField::Value) => int(n.dev.status().into()),
@@ -432,7 +570,10 @@ impl<'a> World<'a> {
             Metric::IrqVector(v) => int(n.drv.irq.count(*v)),
             Metric::IrqTotal => int(n.drv.irq.total()),
             Metric::ConfigLinkUp | Metric::ConfigAnnounce | Metric::ConfigStatus => {
-                let s = n.drv.net_config(net_cfg::STATUS, 2).map_err(|e| format!("reading the config status: {e}"))?;
+                let s = n
+                    .drv
+                    .net_config(net_cfg::STATUS, 2)
+                    .map_err(|e| format!("reading the config status: {e}"))?;
                 match m.metric {
                     Metric::ConfigLinkUp => bool_(s & 1 != 0),
                     Metric::ConfigAnnounce => bool_(s & 2 != 0),
@@ -449,10 +590,21 @@ impl<'a> World<'a> {
             Metric::LogPagesMarked => int(n.dev.log_stats().pages_marked),
             Metric::LogBeyondEnd => int(n.dev.log_stats().beyond_end),
             Metric::LogFaults => int(n.dev.log_stats().faults),
-            Metric::AnnounceRequested => n.announce_requested.map(Value::Bool).ok_or_else(|| format!("no announce step has run on `{}`", n.name)),
-            Metric::AnnounceAcked => n.announce_acked.map(Value::Bool).ok_or_else(|| format!("no announce step has run on `{}`", n.name)),
-            Metric::CtrlLastAck => n.ctrl_ack.map(|a| Value::Int(a.into())).ok_or_else(|| format!("no queue_pairs step has run on `{}`", n.name)),
-            Metric::Frames { .. } | Metric::Migration(_) | Metric::StepError => Err("not a device metric".into()),
+            Metric::AnnounceRequested => n
+                .announce_requested
+                .map(Value::Bool)
+                .ok_or_else(|| format!("no announce step has run on `{}`", n.name)),
+            Metric::AnnounceAcked => n
+                .announce_acked
+                .map(Value::Bool)
+                .ok_or_else(|| format!("no announce step has run on `{}`", n.name)),
+            Metric::CtrlLastAck => n
+                .ctrl_ack
+                .map(|a| Value::Int(a.into()))
+                .ok_or_else(|| format!("no queue_pairs step has run on `{}`", n.name)),
+            Metric::Frames { .. } | Metric::Migration(_) | Metric::StepError => {
+                Err("not a device metric".into())
+            }
         }
     }
 }
@@ -462,11 +614,21 @@ fn queue_metric(n: &mut Node, q: u16, field: QueueField) -> Result<Value, String
     if field == QueueField::UsedIdx {
         let mem = n.drv.mem.clone();
         let ring = n.drv.ring(q).map_err(|e| format!("queue {q}: {e}"))?;
-        return ring.used_idx(&mem).map(|v| Value::Int(v.into())).map_err(|e| format!("queue {q}: {e}"));
+        return ring
+            .used_idx(&mem)
+            .map(|v| Value::Int(v.into()))
+            .map_err(|e| format!("queue {q}: {e}"));
     }
-    let snap = n.dev.queue(q).ok_or_else(|| format!("device `{}` has no queue {q}", n.name))?;
+    let snap = n
+        .dev
+        .queue(q)
+        .ok_or_else(|| format!("device `{}` has no queue {q}", n.name))?;
     let counters = n.dev.counters();
-    let qc = counters.queues.get(usize::from(q)).cloned().unwrap_or_default();
+    let qc = counters
+        .queues
+        .get(usize::from(q))
+        .cloned()
+        .unwrap_or_default();
     match field {
         QueueField::Enabled => Ok(Value::Bool(snap.enabled)),
         QueueField::Size => int(snap.size.into()),

@@ -88,7 +88,10 @@ impl RawStep {
     /// The kind-specific fields that are set, with their spans (`kind`, `name`, `expect` and
     /// `allow_error` apply to every kind and are not listed).
     pub fn present(&self) -> Vec<(&'static str, Range<usize>)> {
-        fn s<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, Range<usize>)> {
+        fn s<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, Range<usize>)> {
             v.as_ref().map(|v| (name, v.span()))
         }
         [

@@ -38,7 +38,14 @@ pub(super) fn run_group(id: &'static str, s: Session, o: &ValidateOptions) -> Fi
     if let Err(e) = res {
         // A driver-level failure in the middle of a check is itself a failed MUST: a real
         // driver would have hit it too.
-        f.push(Finding::fail(id, "driver sequence completes", true, "no driver error", &e.to_string(), ""));
+        f.push(Finding::fail(
+            id,
+            "driver sequence completes",
+            true,
+            "no driver error",
+            &e.to_string(),
+            "",
+        ));
     }
     f
 }
@@ -66,7 +73,8 @@ fn cfg_read(s: &Session, off: u64, len: usize) -> Result<u64, DriverError> {
 }
 
 fn cfg_write(s: &Session, off: u64, len: usize, v: u64) -> Result<(), DriverError> {
-    s.handle.region_write(REGION_CONFIG, off, &v.to_le_bytes()[..len])?;
+    s.handle
+        .region_write(REGION_CONFIG, off, &v.to_le_bytes()[..len])?;
     Ok(())
 }
 
@@ -119,18 +127,31 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
             return Ok(());
         }
     };
-    let ids_ok =
-        pci.vendor == id::VENDOR && pci.device == id::DEVICE_NET && pci.subsys_vendor == id::SUBSYS_VENDOR && pci.subsys_device == id::SUBSYS_DEVICE_NET;
+    let ids_ok = pci.vendor == id::VENDOR
+        && pci.device == id::DEVICE_NET
+        && pci.subsys_vendor == id::SUBSYS_VENDOR
+        && pci.subsys_device == id::SUBSYS_DEVICE_NET;
     f.push(Finding::check(
         G,
         "identity the IFC VF drivers match",
         true,
         ids_ok,
         "1af4:1041 subsystem 8086:001a (ifcvf_vdpa.c pci_id_ifcvf_map, ifcvf_main.c ifcvf_pci_ids)",
-        &format!("{:04x}:{:04x} subsystem {:04x}:{:04x}", pci.vendor, pci.device, pci.subsys_vendor, pci.subsys_device),
+        &format!(
+            "{:04x}:{:04x} subsystem {:04x}:{:04x}",
+            pci.vendor, pci.device, pci.subsys_vendor, pci.subsys_device
+        ),
         "config 0x00, 0x2c",
     ));
-    f.push(Finding::check(G, "class network/ethernet", false, pci.class == id::CLASS, "0x020000", &format!("{:#08x}", pci.class), "config 0x09"));
+    f.push(Finding::check(
+        G,
+        "class network/ethernet",
+        false,
+        pci.class == id::CLASS,
+        "0x020000",
+        &format!("{:#08x}", pci.class),
+        "config 0x09",
+    ));
     f.push(Finding::check(
         G,
         "revision >= 1 (non-transitional)",
@@ -152,7 +173,12 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
             &format!("config {:#x}", hdr::BAR0 + 4 * b as u64),
         ));
     }
-    for (name, w) in [("common cfg", pci.common), ("notify", pci.notify), ("ISR", pci.isr), ("device cfg", pci.device_cfg)] {
+    for (name, w) in [
+        ("common cfg", pci.common),
+        ("notify", pci.notify),
+        ("ISR", pci.isr),
+        ("device cfg", pci.device_cfg),
+    ] {
         let size = sizes.get(usize::from(w.bar)).copied().unwrap_or(0);
         f.push(Finding::check(
             G,
@@ -160,7 +186,10 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
             true,
             w.offset + w.len <= size && w.len > 0,
             "offset + length <= BAR size (both drivers check)",
-            &format!("BAR{} {:#x}+{:#x}, BAR size {:#x}", w.bar, w.offset, w.len, size),
+            &format!(
+                "BAR{} {:#x}+{:#x}, BAR size {:#x}",
+                w.bar, w.offset, w.len, size
+            ),
             &format!("BAR{} {:#x}", w.bar, w.offset),
         ));
     }
@@ -180,14 +209,26 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
         true,
         pci.pci_cfg_cap.is_some(),
         "virtio 1.2 4.1.4.9: the device MUST present one",
-        if pci.pci_cfg_cap.is_some() { "present" } else { "absent" },
+        if pci.pci_cfg_cap.is_some() {
+            "present"
+        } else {
+            "absent"
+        },
         "capability list",
     ));
     let mut nq = [0u8; 2];
-    s.handle.region_read(pci.common.bar.into(), pci.common.offset + common::NUM_QUEUES, &mut nq)?;
+    s.handle.region_read(
+        pci.common.bar.into(),
+        pci.common.offset + common::NUM_QUEUES,
+        &mut nq,
+    )?;
     let num_queues = u16::from_le_bytes(nq);
     let mut mp = [0u8; 2];
-    s.handle.region_read(pci.device_cfg.bar.into(), pci.device_cfg.offset + net_cfg::MAX_VIRTQUEUE_PAIRS, &mut mp)?;
+    s.handle.region_read(
+        pci.device_cfg.bar.into(),
+        pci.device_cfg.offset + net_cfg::MAX_VIRTQUEUE_PAIRS,
+        &mut mp,
+    )?;
     let max_pairs = u16::from_le_bytes(mp);
     f.push(Finding::check(
         G,
@@ -203,7 +244,10 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
         "MSI-X vectors >= queues + 1",
         true,
         pci.msix_vectors > num_queues,
-        &format!(">= {} (DPDK: vector 0 config, i + 1 queue i)", u32::from(num_queues) + 1),
+        &format!(
+            ">= {} (DPDK: vector 0 config, i + 1 queue i)",
+            u32::from(num_queues) + 1
+        ),
         &pci.msix_vectors.to_string(),
         &format!("config {:#x}", pci.msix_cap),
     ));
@@ -236,7 +280,12 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
 
 /// Sends `n` random frames on pair 0 of a started loopback driver and checks each comes back
 /// byte-exact. Returns (sent, matched, first mismatch).
-fn roundtrip(d: &mut NetDriver, n: usize, sizes: (usize, usize), seed: u64) -> Result<(usize, usize, Option<String>), DriverError> {
+fn roundtrip(
+    d: &mut NetDriver,
+    n: usize,
+    sizes: (usize, usize),
+    seed: u64,
+) -> Result<(usize, usize, Option<String>), DriverError> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut sent = std::collections::VecDeque::new();
     let mut matched = 0;
@@ -244,7 +293,18 @@ fn roundtrip(d: &mut NetDriver, n: usize, sizes: (usize, usize), seed: u64) -> R
     let mut left = n;
     while left > 0 {
         let k = left.min(32);
-        let fs: Vec<Vec<u8>> = (0..k).map(|i| frames::build(MAC, MAC, 0, (n - left + i) as u64, rng.gen_range(sizes.0..=sizes.1), &mut rng)).collect();
+        let fs: Vec<Vec<u8>> = (0..k)
+            .map(|i| {
+                frames::build(
+                    MAC,
+                    MAC,
+                    0,
+                    (n - left + i) as u64,
+                    rng.gen_range(sizes.0..=sizes.1),
+                    &mut rng,
+                )
+            })
+            .collect();
         let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
         let q = d.send(0, &refs)?;
         sent.extend(fs.into_iter().take(q));
@@ -254,7 +314,12 @@ fn roundtrip(d: &mut NetDriver, n: usize, sizes: (usize, usize), seed: u64) -> R
             if want.as_deref() == Some(&got[..]) {
                 matched += 1;
             } else if first.is_none() {
-                first = Some(format!("frame {} came back as {} bytes, sent {} bytes", matched, got.len(), want.map_or(0, |w| w.len())));
+                first = Some(format!(
+                    "frame {} came back as {} bytes, sent {} bytes",
+                    matched,
+                    got.len(),
+                    want.map_or(0, |w| w.len())
+                ));
             }
         }
         if q == 0 {
@@ -283,21 +348,47 @@ fn roundtrip_finding(
         true,
         ok == n,
         &format!("{n} frames back byte-exact (used len = bytes written)"),
-        &format!("{ok} matched{}", first.map_or(String::new(), |e| format!("; {e}"))),
+        &format!(
+            "{ok} matched{}",
+            first.map_or(String::new(), |e| format!("; {e}"))
+        ),
         location,
     ));
     d.reset()
 }
 
-fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
+fn ring_layout_split(
+    s: &Session,
+    o: &ValidateOptions,
+    f: &mut Findings,
+) -> Result<(), DriverError> {
     const G: &str = "ring-layout-split";
     let variants: [(&str, DriverOptions); 4] = [
-        ("single-descriptor TX and RX chains", DriverOptions::default()),
-        ("TX header and frame in separate descriptors", DriverOptions { tx_split_header: true, ..Default::default() }),
-        ("mergeable RX buffers (512 B, num_buffers)", DriverOptions { rx_buf_size: 512, ..Default::default() }),
+        (
+            "single-descriptor TX and RX chains",
+            DriverOptions::default(),
+        ),
+        (
+            "TX header and frame in separate descriptors",
+            DriverOptions {
+                tx_split_header: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "mergeable RX buffers (512 B, num_buffers)",
+            DriverOptions {
+                rx_buf_size: 512,
+                ..Default::default()
+            },
+        ),
         (
             "without MRG_RXBUF: one buffer per frame",
-            DriverOptions { features: bar_registers::virtio::default_driver_features() & !(1 << bits::MRG_RXBUF), ..Default::default() },
+            DriverOptions {
+                features: bar_registers::virtio::default_driver_features()
+                    & !(1 << bits::MRG_RXBUF),
+                ..Default::default()
+            },
         ),
     ];
     for (i, (name, opts)) in variants.into_iter().enumerate() {
@@ -306,10 +397,26 @@ fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Resu
     // Indirect tables, when offered.
     let offered = driver(s, DriverOptions::default())?.device_features_probe()?;
     if offered & (1 << bits::INDIRECT_DESC) != 0 {
-        let opts = DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() };
-        roundtrip_finding(s, f, G, "indirect descriptor tables (TX)", opts, 9, "TX queue 1")?;
+        let opts = DriverOptions {
+            tx_indirect: true,
+            tx_split_header: true,
+            ..Default::default()
+        };
+        roundtrip_finding(
+            s,
+            f,
+            G,
+            "indirect descriptor tables (TX)",
+            opts,
+            9,
+            "TX queue 1",
+        )?;
     } else {
-        f.push(Finding::skip(G, "indirect descriptor tables (TX)", "VIRTIO_F_INDIRECT_DESC not offered"));
+        f.push(Finding::skip(
+            G,
+            "indirect descriptor tables (TX)",
+            "VIRTIO_F_INDIRECT_DESC not offered",
+        ));
     }
     // TX used elements: id = head, len = 0 (nothing written into TX buffers).
     let mut d = started(s, DriverOptions::default())?;
@@ -330,7 +437,9 @@ fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Resu
         true,
         bad.is_none(),
         "used.len = 0 for device-readable buffers (virtio 1.2 2.7.8)",
-        &bad.map_or("all 0".into(), |(slot, len)| format!("slot {slot}: len {len}")),
+        &bad.map_or("all 0".into(), |(slot, len)| {
+            format!("slot {slot}: len {len}")
+        }),
         &format!("TX used ring {used:#x}"),
     ));
     d.reset()?;
@@ -348,7 +457,10 @@ fn ring_layout_split(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Resu
             true,
             ok == n && used_idx == (n % 65_536) as u16,
             &format!("{n} frames intact, RX used->idx = {}", n % 65_536),
-            &format!("{ok} matched, used->idx {used_idx}{}", first.map_or(String::new(), |e| format!("; {e}"))),
+            &format!(
+                "{ok} matched, used->idx {used_idx}{}",
+                first.map_or(String::new(), |e| format!("; {e}"))
+            ),
             "RX queue 0 used->idx",
         ));
         d.reset()?;
@@ -364,27 +476,74 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
     const G: &str = "ring-layout-packed";
     let feats = driver(s, DriverOptions::default())?.device_features_probe()?;
     if feats & (1 << bits::RING_PACKED) == 0 {
-        f.push(Finding::skip(G, "packed ring", "VIRTIO_F_RING_PACKED not offered"));
+        f.push(Finding::skip(
+            G,
+            "packed ring",
+            "VIRTIO_F_RING_PACKED not offered",
+        ));
         return Ok(());
     }
     let packed = |o: DriverOptions| o.with_packed(true);
     let variants: [(&str, DriverOptions); 4] = [
-        ("single-descriptor TX and RX lists", packed(DriverOptions::default())),
-        ("TX header and frame in separate descriptors (NEXT, 2.8.6)", packed(DriverOptions { tx_split_header: true, ..Default::default() })),
-        ("mergeable RX buffers (512 B, num_buffers)", packed(DriverOptions { rx_buf_size: 512, ..Default::default() })),
+        (
+            "single-descriptor TX and RX lists",
+            packed(DriverOptions::default()),
+        ),
+        (
+            "TX header and frame in separate descriptors (NEXT, 2.8.6)",
+            packed(DriverOptions {
+                tx_split_header: true,
+                ..Default::default()
+            }),
+        ),
+        (
+            "mergeable RX buffers (512 B, num_buffers)",
+            packed(DriverOptions {
+                rx_buf_size: 512,
+                ..Default::default()
+            }),
+        ),
         (
             "without MRG_RXBUF: one buffer per frame",
-            packed(DriverOptions { features: bar_registers::virtio::default_driver_features() & !(1 << bits::MRG_RXBUF), ..Default::default() }),
+            packed(DriverOptions {
+                features: bar_registers::virtio::default_driver_features()
+                    & !(1 << bits::MRG_RXBUF),
+                ..Default::default()
+            }),
         ),
     ];
     for (i, (name, opts)) in variants.into_iter().enumerate() {
-        roundtrip_finding(s, f, G, name, opts, 100 + i as u64, "RX queue 0 descriptor ring")?;
+        roundtrip_finding(
+            s,
+            f,
+            G,
+            name,
+            opts,
+            100 + i as u64,
+            "RX queue 0 descriptor ring",
+        )?;
     }
     if feats & (1 << bits::INDIRECT_DESC) != 0 {
-        let opts = packed(DriverOptions { tx_indirect: true, tx_split_header: true, ..Default::default() });
-        roundtrip_finding(s, f, G, "indirect tables of packed descriptors (TX, 2.8.7)", opts, 109, "TX queue 1")?;
+        let opts = packed(DriverOptions {
+            tx_indirect: true,
+            tx_split_header: true,
+            ..Default::default()
+        });
+        roundtrip_finding(
+            s,
+            f,
+            G,
+            "indirect tables of packed descriptors (TX, 2.8.7)",
+            opts,
+            109,
+            "TX queue 1",
+        )?;
     } else {
-        f.push(Finding::skip(G, "indirect tables of packed descriptors (TX, 2.8.7)", "VIRTIO_F_INDIRECT_DESC not offered"));
+        f.push(Finding::skip(
+            G,
+            "indirect tables of packed descriptors (TX, 2.8.7)",
+            "VIRTIO_F_INDIRECT_DESC not offered",
+        ));
     }
 
     // Used descriptors written in place: TX and RX of 16 frames, inspected before the driver
@@ -393,18 +552,27 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
     let mem = d.mem.clone();
     let (tx_desc, rx_desc) = (d.packed_ring(txq(0))?.desc, d.packed_ring(rxq(0))?.desc);
     let mut rng = SmallRng::seed_from_u64(111);
-    let fs: Vec<Vec<u8>> = (0..16u64).map(|i| frames::build(MAC, MAC, 0, i, 64 + i as usize, &mut rng)).collect();
+    let fs: Vec<Vec<u8>> = (0..16u64)
+        .map(|i| frames::build(MAC, MAC, 0, i, 64 + i as usize, &mut rng))
+        .collect();
     let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
     let queued = d.enqueue_tx(0, &refs)?;
-    let posted: Vec<u16> = (0..16u64).map(|k| mem.read_u16(tx_desc + 16 * k + 12)).collect::<Result<_, _>>()?;
+    let posted: Vec<u16> = (0..16u64)
+        .map(|k| mem.read_u16(tx_desc + 16 * k + 12))
+        .collect::<Result<_, _>>()?;
     d.publish(txq(0))?;
     let both = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
     let mut tx_bad = None;
     for k in 0..16u64 {
         let id = mem.read_u16(tx_desc + 16 * k + 12)?;
         let flags = mem.read_u16(tx_desc + 16 * k + 14)?;
-        if tx_bad.is_none() && (id != posted[k as usize] || flags & both != both || flags & VIRTQ_DESC_F_WRITE != 0) {
-            tx_bad = Some(format!("slot {k}: id {id} (posted {}), flags {flags:#06x}", posted[k as usize]));
+        if tx_bad.is_none()
+            && (id != posted[k as usize] || flags & both != both || flags & VIRTQ_DESC_F_WRITE != 0)
+        {
+            tx_bad = Some(format!(
+                "slot {k}: id {id} (posted {}), flags {flags:#06x}",
+                posted[k as usize]
+            ));
         }
     }
     f.push(Finding::check(
@@ -421,8 +589,12 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         let len = mem.read_u32(rx_desc + 16 * k + 8)?;
         let flags = mem.read_u16(rx_desc + 16 * k + 14)?;
         let want = (NET_HDR_LEN + fs[k as usize].len()) as u32;
-        if rx_bad.is_none() && (len != want || flags & both != both || flags & VIRTQ_DESC_F_WRITE == 0) {
-            rx_bad = Some(format!("slot {k}: len {len} (wrote {want}), flags {flags:#06x}"));
+        if rx_bad.is_none()
+            && (len != want || flags & both != both || flags & VIRTQ_DESC_F_WRITE == 0)
+        {
+            rx_bad = Some(format!(
+                "slot {k}: len {len} (wrote {want}), flags {flags:#06x}"
+            ));
         }
     }
     f.push(Finding::check(
@@ -435,25 +607,50 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         &format!("RX descriptor ring {rx_desc:#x}"),
     ));
     let got = d.recv(0)?;
-    f.push(Finding::check(G, "those 16 frames come back", true, got == fs, "16 frames byte-exact", &format!("{} frames", got.len()), "RX queue 0"));
+    f.push(Finding::check(
+        G,
+        "those 16 frames come back",
+        true,
+        got == fs,
+        "16 frames byte-exact",
+        &format!("{} frames", got.len()),
+        "RX queue 0",
+    ));
     d.reset()?;
     drop(d);
 
     // Wrap counters: more than 2 x queue size completions on a 64-entry ring.
     let size = 64u16;
-    let mut d = started(s, packed(DriverOptions { queue_size: size, ..Default::default() }))?;
+    let mut d = started(
+        s,
+        packed(DriverOptions {
+            queue_size: size,
+            ..Default::default()
+        }),
+    )?;
     let n = 3 * usize::from(size) + 17;
     let (n, ok, first) = roundtrip(&mut d, n, (64, 64), 112)?;
     let r = d.packed_ring(rxq(0))?;
     let (pos, wrap) = (r.next_used, r.used_wrap);
-    let want = ((n % usize::from(size)) as u16, (n / usize::from(size)) % 2 == 0);
+    let want = (
+        (n % usize::from(size)) as u16,
+        (n / usize::from(size)) % 2 == 0,
+    );
     f.push(Finding::check(
         G,
         "wrap counters toggle at the ring end (more than 2 x queue size completions)",
         true,
         ok == n && (pos, wrap) == want,
-        &format!("{n} frames intact, RX next used slot {} with wrap counter {}", want.0, u8::from(want.1)),
-        &format!("{ok} matched, next used slot {pos} wrap {}{}", u8::from(wrap), first.map_or(String::new(), |e| format!("; {e}"))),
+        &format!(
+            "{n} frames intact, RX next used slot {} with wrap counter {}",
+            want.0,
+            u8::from(want.1)
+        ),
+        &format!(
+            "{ok} matched, next used slot {pos} wrap {}{}",
+            u8::from(wrap),
+            first.map_or(String::new(), |e| format!("; {e}"))
+        ),
         "RX queue 0 descriptor ring",
     ));
     d.reset()?;
@@ -461,7 +658,13 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
 
     // 2.8: "The Queue Size value does not have to be a power of 2".
     let res = (|| -> Result<(usize, usize, u16), DriverError> {
-        let mut d = started(s, packed(DriverOptions { queue_size: 100, ..Default::default() }))?;
+        let mut d = started(
+            s,
+            packed(DriverOptions {
+                queue_size: 100,
+                ..Default::default()
+            }),
+        )?;
         let (n, ok, _) = roundtrip(&mut d, 300, (frames::MIN_FRAME, 1514), 113)?;
         let size = d.queue_size_of(rxq(0))?;
         d.check_alive()?;
@@ -469,7 +672,10 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         Ok((n, ok, size))
     })();
     let (ok, observed) = match res {
-        Ok((n, ok, size)) => (ok == n && size == 100, format!("queue_size reads {size}, {ok} of {n} frames intact")),
+        Ok((n, ok, size)) => (
+            ok == n && size == 100,
+            format!("queue_size reads {size}, {ok} of {n} frames intact"),
+        ),
         Err(e) => (false, e.to_string()),
     };
     f.push(Finding::check(
@@ -489,15 +695,26 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
 /// Raw negotiation: reset, ACK, DRIVER, write `features`, FEATURES_OK; returns the status read back.
 fn try_features(d: &NetDriver, s: &Session, features: u64) -> Result<u8, DriverError> {
     let (bar, base) = (d.pci.common.bar, d.pci.common.offset);
-    let w = |reg: u64, len: usize, v: u64| s.handle.region_write(bar.into(), base + reg, &v.to_le_bytes()[..len]);
+    let w = |reg: u64, len: usize, v: u64| {
+        s.handle
+            .region_write(bar.into(), base + reg, &v.to_le_bytes()[..len])
+    };
     d.reset()?;
     w(common::DEVICE_STATUS, 1, st::ACKNOWLEDGE.into())?;
-    w(common::DEVICE_STATUS, 1, (st::ACKNOWLEDGE | st::DRIVER).into())?;
+    w(
+        common::DEVICE_STATUS,
+        1,
+        (st::ACKNOWLEDGE | st::DRIVER).into(),
+    )?;
     w(common::DRIVER_FEATURE_SELECT, 4, 0)?;
     w(common::DRIVER_FEATURE, 4, features & 0xFFFF_FFFF)?;
     w(common::DRIVER_FEATURE_SELECT, 4, 1)?;
     w(common::DRIVER_FEATURE, 4, features >> 32)?;
-    w(common::DEVICE_STATUS, 1, (st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK).into())?;
+    w(
+        common::DEVICE_STATUS,
+        1,
+        (st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK).into(),
+    )?;
     let s = d.status()?;
     d.reset()?;
     Ok(s)
@@ -508,13 +725,25 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
     let d = driver(s, DriverOptions::default())?;
     let offered = d.device_features_probe()?;
     let v1 = 1u64 << bits::VERSION_1;
-    let not_offered = (0..64).map(|b| 1u64 << b).find(|m| offered & m == 0).unwrap_or(0);
+    let not_offered = (0..64)
+        .map(|b| 1u64 << b)
+        .find(|m| offered & m == 0)
+        .unwrap_or(0);
     for (name, feats) in [
         ("refuses FEATURES_OK without VERSION_1", offered & !v1),
-        ("refuses FEATURES_OK for a bit it does not offer", v1 | not_offered),
+        (
+            "refuses FEATURES_OK for a bit it does not offer",
+            v1 | not_offered,
+        ),
         (
             "refuses FEATURES_OK for MQ without CTRL_VQ",
-            (offered & !(1 << bits::CTRL_VQ) & !(1 << bits::CTRL_RX) & !(1 << bits::CTRL_MAC_ADDR) & !(1 << bits::GUEST_ANNOUNCE)) | v1 | (1 << bits::MQ),
+            (offered
+                & !(1 << bits::CTRL_VQ)
+                & !(1 << bits::CTRL_RX)
+                & !(1 << bits::CTRL_MAC_ADDR)
+                & !(1 << bits::GUEST_ANNOUNCE))
+                | v1
+                | (1 << bits::MQ),
         ),
     ] {
         if name.contains("MQ") && offered & (1 << bits::MQ) == 0 {
@@ -534,7 +763,15 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
     }
     d.reset()?;
     let again = d.device_features_probe()?;
-    f.push(Finding::check(G, "device features unchanged across reset", true, again == offered, &hex(offered), &hex(again), "common cfg device_feature"));
+    f.push(Finding::check(
+        G,
+        "device features unchanged across reset",
+        true,
+        again == offered,
+        &hex(offered),
+        &hex(again),
+        "common cfg device_feature",
+    ));
     drop(d);
 
     // EVENT_IDX negotiated: used_event is honoured.
@@ -543,7 +780,8 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         let mem = d.mem.clone();
         let v = NetDriver::vector_of(rxq(0));
         let used = d.ring(rxq(0))?.used_idx(&mem)?;
-        d.ring(rxq(0))?.set_used_event(&mem, used.wrapping_add(19))?;
+        d.ring(rxq(0))?
+            .set_used_event(&mem, used.wrapping_add(19))?;
         let before = s.irq.count(v);
         let mut rng = SmallRng::seed_from_u64(3);
         for i in 0..19u64 {
@@ -579,7 +817,13 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         drop(d);
     }
     // EVENT_IDX not negotiated: no event-idx behaviour at all.
-    let mut d = started(s, DriverOptions { features: bar_registers::virtio::default_driver_features() & !(1 << bits::EVENT_IDX), ..Default::default() })?;
+    let mut d = started(
+        s,
+        DriverOptions {
+            features: bar_registers::virtio::default_driver_features() & !(1 << bits::EVENT_IDX),
+            ..Default::default()
+        },
+    )?;
     let mem = d.mem.clone();
     let (u, sz) = {
         let r = d.ring(rxq(0))?;
@@ -621,7 +865,14 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
 
     // MQ only after the control command (5.1.6.5.5).
     if offered & (1 << bits::MQ) != 0 {
-        let mut d = started(s, DriverOptions { queue_pairs: 2, skip_mq_setup: true, ..Default::default() })?;
+        let mut d = started(
+            s,
+            DriverOptions {
+                queue_pairs: 2,
+                skip_mq_setup: true,
+                ..Default::default()
+            },
+        )?;
         let fr = frames::build(MAC, MAC, 1, 0, 100, &mut rng);
         d.send(1, &[&fr])?;
         let on0 = d.recv(0)?.len();
@@ -639,7 +890,15 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         let fr = frames::build(MAC, MAC, 1, 1, 100, &mut rng);
         d.send(1, &[&fr])?;
         let on1 = d.recv(1)?.len() + d.recv(0)?.len();
-        f.push(Finding::check(G, "MQ: traffic flows after VQ_PAIRS_SET 2", true, on1 == 1, "the frame received", &on1.to_string(), "RX queues"));
+        f.push(Finding::check(
+            G,
+            "MQ: traffic flows after VQ_PAIRS_SET 2",
+            true,
+            on1 == 1,
+            "the frame received",
+            &on1.to_string(),
+            "RX queues",
+        ));
         d.reset()?;
     }
     Ok(())
@@ -651,7 +910,14 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
     const G: &str = "vring-index-rw";
     const AT: u16 = 0xFFF0;
     let lmo = |q: u16| lm::ring_state_offset(o.lm_layout, q);
-    let mut d = started(s, DriverOptions { start_index: AT, lm_layout: o.lm_layout, ..Default::default() })?;
+    let mut d = started(
+        s,
+        DriverOptions {
+            start_index: AT,
+            lm_layout: o.lm_layout,
+            ..Default::default()
+        },
+    )?;
     // The driver wrote (AT, AT) into each ring state before queue_enable.
     for q in [rxq(0), txq(0)] {
         let (a, u) = d.ring_state(q)?;
@@ -670,7 +936,17 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
     let n = 64u16;
     let mut received = 0usize;
     for i in 0..n {
-        d.send(0, &[&frames::build(MAC, MAC, 0, i.into(), rng.gen_range(64..=600), &mut rng)])?;
+        d.send(
+            0,
+            &[&frames::build(
+                MAC,
+                MAC,
+                0,
+                i.into(),
+                rng.gen_range(64..=600),
+                &mut rng,
+            )],
+        )?;
         received += d.recv(0)?.len();
     }
     let mem = d.mem.clone();
@@ -691,15 +967,19 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
     let common = |reg: u64| cbase + reg;
     let bar = u32::from(d.pci.common.bar);
     for q in [rxq(0), txq(0)] {
-        s.handle.region_write(bar, common(common::QUEUE_SELECT), &q.to_le_bytes())?;
-        s.handle.region_write(bar, common(common::QUEUE_ENABLE), &0u16.to_le_bytes())?;
+        s.handle
+            .region_write(bar, common(common::QUEUE_SELECT), &q.to_le_bytes())?;
+        s.handle
+            .region_write(bar, common(common::QUEUE_ENABLE), &0u16.to_le_bytes())?;
     }
     for q in [rxq(0), txq(0)] {
-        s.handle.region_write(bar, common(common::QUEUE_SELECT), &q.to_le_bytes())?;
+        s.handle
+            .region_write(bar, common(common::QUEUE_SELECT), &q.to_le_bytes())?;
         let mut polls = 0;
         let mut en = [1u8; 2];
         while u16::from_le_bytes(en) != 0 && polls < 10 {
-            s.handle.region_read(bar, common(common::QUEUE_ENABLE), &mut en)?;
+            s.handle
+                .region_read(bar, common(common::QUEUE_ENABLE), &mut en)?;
             polls += 1;
         }
         let in_mem = d.ring(q)?.used_idx(&mem)?;
@@ -710,7 +990,10 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
             true,
             u16::from_le_bytes(en) == 0 && u == in_mem,
             &format!("at the first read of 0, last_used_idx = used->idx in memory ({in_mem:#x})"),
-            &format!("queue_enable {} after {polls} reads, last_used_idx {u:#x}", u16::from_le_bytes(en)),
+            &format!(
+                "queue_enable {} after {polls} reads, last_used_idx {u:#x}",
+                u16::from_le_bytes(en)
+            ),
             &format!("common cfg queue_enable; BAR4 {:#x}", lmo(q)),
         ));
         let (a2, u2) = d.ring_state(q)?;
@@ -727,7 +1010,13 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
     d.reset()?;
     drop(d);
     // Writes while enabled are ignored.
-    let d = started(s, DriverOptions { lm_layout: o.lm_layout, ..Default::default() })?;
+    let d = started(
+        s,
+        DriverOptions {
+            lm_layout: o.lm_layout,
+            ..Default::default()
+        },
+    )?;
     d.set_ring_state(txq(0), 0x1234, 0x1234)?;
     let (a, u) = d.ring_state(txq(0))?;
     f.push(Finding::check(
@@ -747,14 +1036,24 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
 
 fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
     const G: &str = "dirty-log";
-    let mut d = started(s, DriverOptions { queue_pairs: 1, memory: 8 << 20, lm_layout: o.lm_layout, ..Default::default() })?;
+    let mut d = started(
+        s,
+        DriverOptions {
+            queue_pairs: 1,
+            memory: 8 << 20,
+            lm_layout: o.lm_layout,
+            ..Default::default()
+        },
+    )?;
     let mem = d.mem.clone();
     let top = mem.base() + mem.size();
     let full_len = (top / PAGE_SIZE).div_ceil(8).next_multiple_of(PAGE_SIZE);
-    let log = SharedMemory::new("validate-log", full_len + PAGE_SIZE).map_err(|e| DriverError::Usage(e.to_string()))?;
+    let log = SharedMemory::new("validate-log", full_len + PAGE_SIZE)
+        .map_err(|e| DriverError::Usage(e.to_string()))?;
     let canary = |log: &SharedMemory| -> Result<Vec<u8>, DriverError> {
         let mut all = vec![0u8; (full_len + PAGE_SIZE) as usize];
-        log.read(0, &mut all).map_err(|e| DriverError::Usage(e.to_string()))?;
+        log.read(0, &mut all)
+            .map_err(|e| DriverError::Usage(e.to_string()))?;
         Ok(all)
     };
     s.handle
@@ -762,7 +1061,12 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
             DPDK_LOG_IOVA,
             full_len + PAGE_SIZE,
             Perms::RW,
-            Backing::Fd { file: log.try_clone_file().map_err(|e| DriverError::Usage(e.to_string()))?, offset: 0 },
+            Backing::Fd {
+                file: log
+                    .try_clone_file()
+                    .map_err(|e| DriverError::Usage(e.to_string()))?,
+                offset: 0,
+            },
         )
         .map_err(|e| DriverError::Usage(e.to_string()))?;
     let mut rng = SmallRng::seed_from_u64(31);
@@ -795,7 +1099,9 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
     let logged = |log: &SharedMemory| -> Result<BTreeSet<u64>, DriverError> {
         let mut set = BTreeSet::new();
         for w in (0..full_len).step_by(8) {
-            let mut bits = log.swap_u64(w, 0).map_err(|e| DriverError::Usage(e.to_string()))?;
+            let mut bits = log
+                .swap_u64(w, 0)
+                .map_err(|e| DriverError::Usage(e.to_string()))?;
             while bits != 0 {
                 set.insert(w * 8 + u64::from(bits.trailing_zeros()));
                 bits &= bits - 1;
@@ -827,7 +1133,11 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
         wrote.extend(w);
         logged_all.extend(l);
     }
-    let used_pages: BTreeSet<u64> = d.used_rings().iter().flat_map(|&(u, len)| u / PAGE_SIZE..(u + len).div_ceil(PAGE_SIZE)).collect();
+    let used_pages: BTreeSet<u64> = d
+        .used_rings()
+        .iter()
+        .flat_map(|&(u, len)| u / PAGE_SIZE..(u + len).div_ceil(PAGE_SIZE))
+        .collect();
     let used_missed: Vec<u64> = missed.intersection(&used_pages).copied().collect();
     f.push(Finding::check(
         G,
@@ -838,17 +1148,29 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
         &if missed.is_empty() {
             "none missed".into()
         } else {
-            format!("{} missed ({} in used rings), first at IOVA {:#x}", missed.len(), used_missed.len(), missed.first().copied().unwrap_or(0) * PAGE_SIZE)
+            format!(
+                "{} missed ({} in used rings), first at IOVA {:#x}",
+                missed.len(),
+                used_missed.len(),
+                missed.first().copied().unwrap_or(0) * PAGE_SIZE
+            )
         },
         &format!("log [{DPDK_LOG_IOVA:#x}, {:#x})", DPDK_LOG_IOVA + full_len),
     ));
     // Granularity as declared: nothing logged beyond the granules of pages the device may write.
     let g = o.log_granularity.max(PAGE_SIZE) / PAGE_SIZE;
-    let may: BTreeSet<u64> = wrote.iter().chain(used_pages.iter()).flat_map(|p| (p / g * g)..(p / g * g + g)).collect();
+    let may: BTreeSet<u64> = wrote
+        .iter()
+        .chain(used_pages.iter())
+        .flat_map(|p| (p / g * g)..(p / g * g + g))
+        .collect();
     let extra: Vec<u64> = logged_all.difference(&may).copied().collect();
     f.push(Finding::check(
         G,
-        &format!("bitmap format and {} KiB granularity", o.log_granularity >> 10),
+        &format!(
+            "bitmap format and {} KiB granularity",
+            o.log_granularity >> 10
+        ),
         false,
         extra.is_empty(),
         "bits only for granules the device wrote",
@@ -858,14 +1180,23 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
     // A log too small for guest memory: no write at or past end.
     d.disable_logging()?;
     logged(&log)?;
-    log.fill(0, full_len + PAGE_SIZE, 0).map_err(|e| DriverError::Usage(e.to_string()))?;
-    log.fill(full_len, PAGE_SIZE, 0xA5).map_err(|e| DriverError::Usage(e.to_string()))?;
+    log.fill(0, full_len + PAGE_SIZE, 0)
+        .map_err(|e| DriverError::Usage(e.to_string()))?;
+    log.fill(full_len, PAGE_SIZE, 0xA5)
+        .map_err(|e| DriverError::Usage(e.to_string()))?;
     let short = (mem.base() / PAGE_SIZE / 8).max(8) & !7;
     d.enable_logging(DPDK_LOG_IOVA, short)?;
     round(&mut d, &mut rng)?;
     round(&mut d, &mut rng)?;
     let all = canary(&log)?;
-    let outside = all[short as usize..full_len as usize].iter().filter(|&&b| b != 0).count() + all[full_len as usize..].iter().filter(|&&b| b != 0xA5).count();
+    let outside = all[short as usize..full_len as usize]
+        .iter()
+        .filter(|&&b| b != 0)
+        .count()
+        + all[full_len as usize..]
+            .iter()
+            .filter(|&&b| b != 0xA5)
+            .count();
     f.push(Finding::check(
         G,
         "no log write at or past end",
@@ -896,7 +1227,11 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         "common cfg device_feature bit 21",
     ));
     let Some(announce) = &s.announce else {
-        f.push(Finding::skip(G, "ANNOUNCE on request", "the target has no VMM hook to request an announce"));
+        f.push(Finding::skip(
+            G,
+            "ANNOUNCE on request",
+            "the target has no VMM hook to request an announce",
+        ));
         return Ok(());
     };
     let mut d = started(s, DriverOptions::default())?;
@@ -934,7 +1269,13 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
 
 fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
     const G: &str = "reset";
-    let mut d = started(s, DriverOptions { lm_layout: o.lm_layout, ..Default::default() })?;
+    let mut d = started(
+        s,
+        DriverOptions {
+            lm_layout: o.lm_layout,
+            ..Default::default()
+        },
+    )?;
     roundtrip(&mut d, 32, (64, 1514), 41)?;
     // Leave work pending: TX published without a doorbell.
     let fr = frames::build(MAC, MAC, 0, 99, 200, &mut SmallRng::seed_from_u64(1));
@@ -954,36 +1295,67 @@ fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), Drive
     ));
     // Every declared register with an architectural reset value.
     let num_queues = d.num_queues();
-    let layout = DeviceLayout::new(LayoutParams { queue_pairs: (num_queues.saturating_sub(1) / 2).max(1), lm_layout: o.lm_layout, ..Default::default() })
-        .map_err(|e| DriverError::Usage(e.to_string()))?;
+    let layout = DeviceLayout::new(LayoutParams {
+        queue_pairs: (num_queues.saturating_sub(1) / 2).max(1),
+        lm_layout: o.lm_layout,
+        ..Default::default()
+    })
+    .map_err(|e| DriverError::Usage(e.to_string()))?;
     let mut bad = Vec::new();
     let mut checked = 0;
     for block in ["common_cfg", "lm"] {
-        let Some(b) = layout.block(block) else { continue };
-        let Location::Bar(bar, base) = b.location else { continue };
-        let base = if block == "common_cfg" { d.pci.common.offset } else { base };
-        let bar = if block == "common_cfg" { d.pci.common.bar } else { bar };
-        let queues: Vec<u16> = if block == "common_cfg" { (0..num_queues).collect() } else { vec![0] };
+        let Some(b) = layout.block(block) else {
+            continue;
+        };
+        let Location::Bar(bar, base) = b.location else {
+            continue;
+        };
+        let base = if block == "common_cfg" {
+            d.pci.common.offset
+        } else {
+            base
+        };
+        let bar = if block == "common_cfg" {
+            d.pci.common.bar
+        } else {
+            bar
+        };
+        let queues: Vec<u16> = if block == "common_cfg" {
+            (0..num_queues).collect()
+        } else {
+            vec![0]
+        };
         for q in queues {
             if block == "common_cfg" {
-                s.handle.region_write(bar.into(), base + common::QUEUE_SELECT, &q.to_le_bytes())?;
+                s.handle
+                    .region_write(bar.into(), base + common::QUEUE_SELECT, &q.to_le_bytes())?;
             }
             for r in &b.registers {
-                if !r.reset_checkable || matches!(r.access, bar_registers::Access::Wo) || (block == "common_cfg" && q > 0 && r.offset < common::QUEUE_SIZE) {
+                if !r.reset_checkable
+                    || matches!(r.access, bar_registers::Access::Wo)
+                    || (block == "common_cfg" && q > 0 && r.offset < common::QUEUE_SIZE)
+                {
                     continue;
                 }
-                if block == "common_cfg" && (r.offset == common::QUEUE_SELECT || r.offset == common::NUM_QUEUES || r.offset == common::DEVICE_FEATURE) {
+                if block == "common_cfg"
+                    && (r.offset == common::QUEUE_SELECT
+                        || r.offset == common::NUM_QUEUES
+                        || r.offset == common::DEVICE_FEATURE)
+                {
                     continue;
                 }
                 let mut b8 = [0u8; 8];
                 let w = usize::from(r.width).min(8);
                 if w == 8 {
-                    s.handle.region_read(bar.into(), base + r.offset, &mut b8[..4])?;
+                    s.handle
+                        .region_read(bar.into(), base + r.offset, &mut b8[..4])?;
                     let mut hi = [0u8; 4];
-                    s.handle.region_read(bar.into(), base + r.offset + 4, &mut hi)?;
+                    s.handle
+                        .region_read(bar.into(), base + r.offset + 4, &mut hi)?;
                     b8[4..].copy_from_slice(&hi);
                 } else {
-                    s.handle.region_read(bar.into(), base + r.offset, &mut b8[..w])?;
+                    s.handle
+                        .region_read(bar.into(), base + r.offset, &mut b8[..w])?;
                 }
                 let v = u64::from_le_bytes(b8);
                 let want = r.reset;
@@ -992,20 +1364,32 @@ fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), Drive
                     bad.push(format!(
                         "{block}.{}{} = {v:#x} (reset {want:#x})",
                         r.name,
-                        if block == "common_cfg" && r.offset >= common::QUEUE_SIZE { format!(" [queue {q}]") } else { String::new() }
+                        if block == "common_cfg" && r.offset >= common::QUEUE_SIZE {
+                            format!(" [queue {q}]")
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
             }
         }
     }
-    s.handle.region_write(d.pci.common.bar.into(), d.pci.common.offset + common::QUEUE_SELECT, &0u16.to_le_bytes())?;
+    s.handle.region_write(
+        d.pci.common.bar.into(),
+        d.pci.common.offset + common::QUEUE_SELECT,
+        &0u16.to_le_bytes(),
+    )?;
     f.push(Finding::check(
         G,
         "every register back to its reset value",
         true,
         bad.is_empty(),
         &format!("{checked} registers at their declared reset values"),
-        &if bad.is_empty() { "all".into() } else { bad.join(", ") },
+        &if bad.is_empty() {
+            "all".into()
+        } else {
+            bad.join(", ")
+        },
         "common cfg, LM block",
     ));
     // No DMA after reset: doorbells on every queue change nothing in memory.
@@ -1013,10 +1397,15 @@ fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), Drive
     for q in 0..num_queues {
         let _ = d.kick(q);
         let off = d.pci.notify.offset + u64::from(q) * u64::from(d.pci.notify_multiplier);
-        s.handle.region_write(d.pci.notify.bar.into(), off, &q.to_le_bytes())?;
+        s.handle
+            .region_write(d.pci.notify.bar.into(), off, &q.to_le_bytes())?;
     }
     let after = mem.shm().snapshot();
-    let changed = before.chunks(4096).zip(after.chunks(4096)).filter(|(a, b)| a != b).count();
+    let changed = before
+        .chunks(4096)
+        .zip(after.chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count();
     f.push(Finding::check(
         G,
         "no DMA after reset",

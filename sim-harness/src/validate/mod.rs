@@ -19,13 +19,25 @@ pub use report::{Finding, GroupResult, Report, Verdict};
 /// Check groups, in report order: (id, title).
 pub const GROUPS: &[(&str, &str)] = &[
     ("pci-structure", "PCI structure the IFC VF drivers need"),
-    ("ring-layout-split", "split ring consumed and produced byte-exactly per spec"),
+    (
+        "ring-layout-split",
+        "split ring consumed and produced byte-exactly per spec",
+    ),
     ("ring-layout-packed", "packed ring (when offered)"),
-    ("feature-awareness", "the device honours exactly the negotiated features"),
-    ("vring-index-rw", "readable and writable vring index (LM ring state)"),
+    (
+        "feature-awareness",
+        "the device honours exactly the negotiated features",
+    ),
+    (
+        "vring-index-rw",
+        "readable and writable vring index (LM ring state)",
+    ),
     ("dirty-log", "dirty-page logging: base, end, enable"),
     ("guest-announce", "GUEST_ANNOUNCE instead of RARP"),
-    ("reset", "reset returns every register to its reset value; no DMA after reset"),
+    (
+        "reset",
+        "reset returns every register to its reset value; no DMA after reset",
+    ),
 ];
 
 /// Why validation could not run (as opposed to a check that failed).
@@ -94,7 +106,13 @@ impl Target for InProcess {
         let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
         dev.set_interrupt_sink(irq.clone());
         let d2 = dev.clone();
-        Ok(Session { handle: dev, irq, announce: Some(Box::new(move || d2.announce())), irq_latency: std::time::Duration::ZERO, keep: None })
+        Ok(Session {
+            handle: dev,
+            irq,
+            announce: Some(Box::new(move || d2.announce())),
+            irq_latency: std::time::Duration::ZERO,
+            keep: None,
+        })
     }
 
     fn describe(&self) -> String {
@@ -104,7 +122,11 @@ impl Target for InProcess {
             self.cfg.layout.queue_pairs,
             self.cfg.layout.lm_layout.name(),
             self.cfg.log_granularity,
-            if q.is_empty() { String::new() } else { format!(", quirks: {}", q.join(", ")) }
+            if q.is_empty() {
+                String::new()
+            } else {
+                format!(", quirks: {}", q.join(", "))
+            }
         )
     }
 }
@@ -120,7 +142,9 @@ impl Target for OverSocket {
     fn session(&self) -> Result<Session, ValidateError> {
         use crate::vfio_user::client::Client;
         use device::DmaMapper;
-        let err = |e: &dyn std::fmt::Display| ValidateError::Target(format!("{}: {e}", self.path.display()));
+        let err = |e: &dyn std::fmt::Display| {
+            ValidateError::Target(format!("{}: {e}", self.path.display()))
+        };
         // One client at a time: the previous session's connection may still be closing.
         let t0 = std::time::Instant::now();
         let c = loop {
@@ -136,10 +160,19 @@ impl Target for OverSocket {
         c.reset().map_err(|e| err(&e))?;
         c.dma_unmap_all();
         let c = Arc::new(c);
-        let n = c.irq_info(vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX).map_err(|e| err(&e))?.count;
+        let n = c
+            .irq_info(vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX)
+            .map_err(|e| err(&e))?
+            .count;
         let irq = Arc::new(InterruptRecorder::new(n.min(u32::from(u16::MAX)) as u16));
         let pump = c.wire_interrupts(irq.clone()).map_err(|e| err(&e))?;
-        Ok(Session { handle: c, irq, announce: None, irq_latency: std::time::Duration::from_millis(30), keep: Some(Box::new(pump)) })
+        Ok(Session {
+            handle: c,
+            irq,
+            announce: None,
+            irq_latency: std::time::Duration::from_millis(30),
+            keep: Some(Box::new(pump)),
+        })
     }
 
     fn describe(&self) -> String {
@@ -160,7 +193,11 @@ pub struct ValidateOptions {
 
 impl Default for ValidateOptions {
     fn default() -> Self {
-        ValidateOptions { lm_layout: bar_registers::LmLayout::Dpdk, log_granularity: 4096, wraparound: true }
+        ValidateOptions {
+            lm_layout: bar_registers::LmLayout::Dpdk,
+            log_granularity: 4096,
+            wraparound: true,
+        }
     }
 }
 
@@ -171,9 +208,19 @@ pub fn run(target: &dyn Target, o: &ValidateOptions) -> Report {
     for &(id, title) in GROUPS {
         let findings = match target.session() {
             Ok(s) => checks::run_group(id, s, o),
-            Err(e) => vec![Finding::fail(id, "session", true, "a fresh device session", &e.to_string(), "")],
+            Err(e) => vec![Finding::fail(
+                id,
+                "session",
+                true,
+                "a fresh device session",
+                &e.to_string(),
+                "",
+            )],
         };
         groups.push(GroupResult::new(id, title, findings));
     }
-    Report { target: target.describe(), groups }
+    Report {
+        target: target.describe(),
+        groups,
+    }
 }

@@ -40,23 +40,54 @@ pub struct Finding {
 
 impl Finding {
     /// A finding from a comparison.
-    pub fn check(group: &'static str, name: &str, must: bool, ok: bool, expected: &str, observed: &str, location: &str) -> Finding {
+    pub fn check(
+        group: &'static str,
+        name: &str,
+        must: bool,
+        ok: bool,
+        expected: &str,
+        observed: &str,
+        location: &str,
+    ) -> Finding {
         let verdict = match (ok, must) {
             (true, _) => Verdict::Pass,
             (false, true) => Verdict::Fail,
             (false, false) => Verdict::Warn,
         };
-        Finding { group, name: name.into(), must, verdict, expected: expected.into(), observed: observed.into(), location: location.into() }
+        Finding {
+            group,
+            name: name.into(),
+            must,
+            verdict,
+            expected: expected.into(),
+            observed: observed.into(),
+            location: location.into(),
+        }
     }
 
     /// A failed finding.
-    pub fn fail(group: &'static str, name: &str, must: bool, expected: &str, observed: &str, location: &str) -> Finding {
+    pub fn fail(
+        group: &'static str,
+        name: &str,
+        must: bool,
+        expected: &str,
+        observed: &str,
+        location: &str,
+    ) -> Finding {
         Finding::check(group, name, must, false, expected, observed, location)
     }
 
     /// A skipped finding.
     pub fn skip(group: &'static str, name: &str, why: &str) -> Finding {
-        Finding { group, name: name.into(), must: false, verdict: Verdict::Skip, expected: String::new(), observed: why.into(), location: String::new() }
+        Finding {
+            group,
+            name: name.into(),
+            must: false,
+            verdict: Verdict::Skip,
+            expected: String::new(),
+            observed: why.into(),
+            location: String::new(),
+        }
     }
 }
 
@@ -80,7 +111,12 @@ impl GroupResult {
         } else {
             Verdict::Pass
         };
-        GroupResult { id, title, verdict, findings }
+        GroupResult {
+            id,
+            title,
+            verdict,
+            findings,
+        }
     }
 }
 
@@ -110,7 +146,11 @@ fn json_str(s: &str) -> String {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }
 
 impl Report {
@@ -130,22 +170,46 @@ impl Report {
         let _ = writeln!(s, "vDPA HW prerequisites: {}\n", self.target);
         let _ = writeln!(s, "{:<20} {:<6} {:>6}  what", "check", "result", "items");
         for g in &self.groups {
-            let n = g.findings.iter().filter(|f| f.verdict == Verdict::Pass).count();
-            let _ = writeln!(s, "{:<20} {:<6} {:>3}/{:<2}  {}", g.id, g.verdict.name(), n, g.findings.len(), g.title);
+            let n = g
+                .findings
+                .iter()
+                .filter(|f| f.verdict == Verdict::Pass)
+                .count();
+            let _ = writeln!(
+                s,
+                "{:<20} {:<6} {:>3}/{:<2}  {}",
+                g.id,
+                g.verdict.name(),
+                n,
+                g.findings.len(),
+                g.title
+            );
             for f in g.findings.iter().filter(|f| f.verdict != Verdict::Pass) {
                 let _ = writeln!(
                     s,
                     "  {} {}: {}",
                     f.verdict.name(),
                     f.name,
-                    if f.verdict == Verdict::Skip { f.observed.clone() } else { format!("expected {}; observed {}", f.expected, f.observed) }
+                    if f.verdict == Verdict::Skip {
+                        f.observed.clone()
+                    } else {
+                        format!("expected {}; observed {}", f.expected, f.observed)
+                    }
                 );
                 if !f.location.is_empty() {
                     let _ = writeln!(s, "       at {}", f.location);
                 }
             }
         }
-        let _ = writeln!(s, "\n{}", if self.passed() { "RESULT: PASS (every MUST check passed)" } else { "RESULT: FAIL" });
+        let _ = writeln!(
+            s,
+            "\n{}",
+            if self.passed() {
+                "RESULT: PASS (every MUST check passed)"
+            } else {
+                "RESULT: FAIL"
+            }
+        );
         s
     }
 
@@ -179,7 +243,12 @@ impl Report {
                 )
             })
             .collect();
-        format!("{{\"target\":{},\"passed\":{},\"checks\":[{}]}}", json_str(&self.target), self.passed(), groups.join(","))
+        format!(
+            "{{\"target\":{},\"passed\":{},\"checks\":[{}]}}",
+            json_str(&self.target),
+            self.passed(),
+            groups.join(",")
+        )
     }
 
     /// JUnit XML: one testsuite, one testcase per finding (classname = check group).
@@ -189,9 +258,18 @@ impl Report {
         let skipped = all.iter().filter(|f| f.verdict == Verdict::Skip).count();
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(s, "<testsuite name=\"vdpa-emu validate\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">", all.len());
-        let _ = writeln!(s, "  <properties><property name=\"target\" value=\"{}\"/></properties>", xml(&self.target));
+        let _ = writeln!(
+            s,
+            "  <properties><property name=\"target\" value=\"{}\"/></properties>",
+            xml(&self.target)
+        );
         for f in all {
-            let _ = write!(s, "  <testcase classname=\"{}\" name=\"{}\"", xml(f.group), xml(&f.name));
+            let _ = write!(
+                s,
+                "  <testcase classname=\"{}\" name=\"{}\"",
+                xml(f.group),
+                xml(&f.name)
+            );
             match f.verdict {
                 Verdict::Pass => s.push_str("/>\n"),
                 Verdict::Skip => {
@@ -202,12 +280,20 @@ impl Report {
                         "expected {}; observed {}{}",
                         f.expected,
                         f.observed,
-                        if f.location.is_empty() { String::new() } else { format!(" (at {})", f.location) }
+                        if f.location.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (at {})", f.location)
+                        }
                     );
                     if f.verdict == Verdict::Fail {
                         let _ = writeln!(s, "><failure message=\"{}\"/></testcase>", xml(&msg));
                     } else {
-                        let _ = writeln!(s, "><system-out>WARN (SHOULD): {}</system-out></testcase>", xml(&msg));
+                        let _ = writeln!(
+                            s,
+                            "><system-out>WARN (SHOULD): {}</system-out></testcase>",
+                            xml(&msg)
+                        );
                     }
                 }
             }

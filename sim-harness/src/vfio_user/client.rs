@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vfio_bindings::bindings::vfio::{
-    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
-    VFIO_PCI_MSIX_IRQ_INDEX,
+    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set,
+    vfio_region_info, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_PCI_MSIX_IRQ_INDEX,
 };
 
 /// Largest reply the client reads (a REGION_READ of the server's limit fits easily).
@@ -106,7 +106,10 @@ impl Client {
     /// Connects to `path` and does what QEMU does first: VERSION, DEVICE_GET_INFO and every
     /// region's info.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.into(), source })?;
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.into(),
+            source,
+        })?;
         Self::from_stream(stream)
     }
 
@@ -120,8 +123,19 @@ impl Client {
             posted_writes: AtomicBool::new(false),
         };
         c.server_caps = c.version(&qemu_capabilities())?;
-        let r = c.call(Command::DeviceGetInfo, &DeviceInfo { argsz: wire::DEVICE_INFO_SIZE as u32, ..Default::default() }.encode(), &[])?;
-        c.info = DeviceInfo::parse(&r).ok_or(ClientError::BadReply { command: "DEVICE_GET_INFO", what: format!("{} bytes", r.len()) })?;
+        let r = c.call(
+            Command::DeviceGetInfo,
+            &DeviceInfo {
+                argsz: wire::DEVICE_INFO_SIZE as u32,
+                ..Default::default()
+            }
+            .encode(),
+            &[],
+        )?;
+        c.info = DeviceInfo::parse(&r).ok_or(ClientError::BadReply {
+            command: "DEVICE_GET_INFO",
+            what: format!("{} bytes", r.len()),
+        })?;
         // QEMU refuses more than 100 regions from a server; so do we.
         for i in 0..c.info.num_regions.min(100) {
             let info = c.region_info(i)?;
@@ -132,8 +146,15 @@ impl Client {
 
     /// Sends VERSION with `caps`; returns the server's capabilities.
     fn version(&self, caps: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
-        let r = self.call(Command::Version, &wire::encode_version(0, 0, &caps.to_string()), &[])?;
-        let bad = |what: &str| ClientError::BadReply { command: "VERSION", what: what.into() };
+        let r = self.call(
+            Command::Version,
+            &wire::encode_version(0, 0, &caps.to_string()),
+            &[],
+        )?;
+        let bad = |what: &str| ClientError::BadReply {
+            command: "VERSION",
+            what: what.into(),
+        };
         if r.len() < wire::VERSION_SIZE {
             return Err(bad("short"));
         }
@@ -184,22 +205,55 @@ impl Client {
 
     /// DEVICE_GET_REGION_INFO.
     pub fn region_info(&self, index: u32) -> Result<vfio_region_info, ClientError> {
-        let req = vfio_region_info { argsz: wire::REGION_INFO_SIZE as u32, index, ..Default::default() };
-        let r = self.call(Command::DeviceGetRegionInfo, &wire::encode_region_info(&req), &[])?;
-        wire::parse_region_info(&r).ok_or(ClientError::BadReply { command: "DEVICE_GET_REGION_INFO", what: format!("{} bytes", r.len()) })
+        let req = vfio_region_info {
+            argsz: wire::REGION_INFO_SIZE as u32,
+            index,
+            ..Default::default()
+        };
+        let r = self.call(
+            Command::DeviceGetRegionInfo,
+            &wire::encode_region_info(&req),
+            &[],
+        )?;
+        wire::parse_region_info(&r).ok_or(ClientError::BadReply {
+            command: "DEVICE_GET_REGION_INFO",
+            what: format!("{} bytes", r.len()),
+        })
     }
 
     /// DEVICE_GET_IRQ_INFO.
     pub fn irq_info(&self, index: u32) -> Result<vfio_irq_info, ClientError> {
-        let req = vfio_irq_info { argsz: wire::IRQ_INFO_SIZE as u32, index, ..Default::default() };
+        let req = vfio_irq_info {
+            argsz: wire::IRQ_INFO_SIZE as u32,
+            index,
+            ..Default::default()
+        };
         let r = self.call(Command::DeviceGetIrqInfo, &wire::encode_irq_info(&req), &[])?;
-        wire::parse_irq_info(&r).ok_or(ClientError::BadReply { command: "DEVICE_GET_IRQ_INFO", what: format!("{} bytes", r.len()) })
+        wire::parse_irq_info(&r).ok_or(ClientError::BadReply {
+            command: "DEVICE_GET_IRQ_INFO",
+            what: format!("{} bytes", r.len()),
+        })
     }
 
     /// DEVICE_SET_IRQS; `data` follows the fixed part (DATA_BOOL bytes), `fds` go as
     /// SCM_RIGHTS (DATA_EVENTFD).
-    pub fn set_irqs(&self, index: u32, flags: u32, start: u32, count: u32, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
-        let req = vfio_irq_set { argsz: (wire::IRQ_SET_SIZE + data.len()) as u32, flags, index, start, count, ..Default::default() };
+    pub fn set_irqs(
+        &self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ClientError> {
+        let req = vfio_irq_set {
+            argsz: (wire::IRQ_SET_SIZE + data.len()) as u32,
+            flags,
+            index,
+            start,
+            count,
+            ..Default::default()
+        };
         let mut p = wire::encode_irq_set(&req);
         p.extend_from_slice(data);
         self.call(Command::DeviceSetIrqs, &p, fds).map(drop)
@@ -207,45 +261,94 @@ impl Client {
 
     /// DMA_MAP of `[iova, iova + size)`; `fd` is the memory's descriptor and the offset of
     /// `iova` in it (None: memory the server cannot map).
-    pub fn map(&self, iova: u64, size: u64, perms: Perms, fd: Option<(BorrowedFd<'_>, u64)>) -> Result<(), ClientError> {
-        let flags = if perms.read { VFIO_DMA_MAP_FLAG_READ } else { 0 } | if perms.write { VFIO_DMA_MAP_FLAG_WRITE } else { 0 };
-        let req = vfio_iommu_type1_dma_map { argsz: wire::DMA_MAP_SIZE as u32, flags, vaddr: fd.map_or(0, |f| f.1), iova, size };
+    pub fn map(
+        &self,
+        iova: u64,
+        size: u64,
+        perms: Perms,
+        fd: Option<(BorrowedFd<'_>, u64)>,
+    ) -> Result<(), ClientError> {
+        let flags = if perms.read {
+            VFIO_DMA_MAP_FLAG_READ
+        } else {
+            0
+        } | if perms.write {
+            VFIO_DMA_MAP_FLAG_WRITE
+        } else {
+            0
+        };
+        let req = vfio_iommu_type1_dma_map {
+            argsz: wire::DMA_MAP_SIZE as u32,
+            flags,
+            vaddr: fd.map_or(0, |f| f.1),
+            iova,
+            size,
+        };
         let fds: Vec<BorrowedFd<'_>> = fd.map(|f| f.0).into_iter().collect();
-        self.call(Command::DmaMap, &wire::encode_dma_map(&req), &fds).map(drop)
+        self.call(Command::DmaMap, &wire::encode_dma_map(&req), &fds)
+            .map(drop)
     }
 
     /// DMA_UNMAP with raw `flags` (2 = unmap all).
     pub fn unmap(&self, iova: u64, size: u64, flags: u32) -> Result<(), ClientError> {
-        let req = vfio_iommu_type1_dma_unmap { argsz: wire::DMA_UNMAP_SIZE as u32, flags, iova, size, ..Default::default() };
-        self.call(Command::DmaUnmap, &wire::encode_dma_unmap(&req), &[]).map(drop)
+        let req = vfio_iommu_type1_dma_unmap {
+            argsz: wire::DMA_UNMAP_SIZE as u32,
+            flags,
+            iova,
+            size,
+            ..Default::default()
+        };
+        self.call(Command::DmaUnmap, &wire::encode_dma_unmap(&req), &[])
+            .map(drop)
     }
 
     /// REGION_READ of `buf.len()` bytes.
     pub fn read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
-        let rw = RegionRw { offset, region, count: buf.len() as u32 };
+        let rw = RegionRw {
+            offset,
+            region,
+            count: buf.len() as u32,
+        };
         let r = self.call(Command::RegionRead, &rw.encode(), &[])?;
         let back = RegionRw::parse(&r);
         if back != Some(rw) || r.len() != wire::REGION_RW_SIZE + buf.len() {
-            return Err(ClientError::BadReply { command: "REGION_READ", what: format!("{back:?}, {} bytes", r.len()) });
+            return Err(ClientError::BadReply {
+                command: "REGION_READ",
+                what: format!("{back:?}, {} bytes", r.len()),
+            });
         }
         buf.copy_from_slice(&r[wire::REGION_RW_SIZE..]);
         Ok(())
     }
 
     fn write_payload(region: u32, offset: u64, data: &[u8]) -> Vec<u8> {
-        let mut p = RegionRw { offset, region, count: data.len() as u32 }.encode();
+        let mut p = RegionRw {
+            offset,
+            region,
+            count: data.len() as u32,
+        }
+        .encode();
         p.extend_from_slice(data);
         p
     }
 
     /// REGION_WRITE, waiting for the reply.
     pub fn write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), ClientError> {
-        self.call(Command::RegionWrite, &Self::write_payload(region, offset, data), &[]).map(drop)
+        self.call(
+            Command::RegionWrite,
+            &Self::write_payload(region, offset, data),
+            &[],
+        )
+        .map(drop)
     }
 
     /// Posted REGION_WRITE (NO_REPLY): errors are the server's to log.
     pub fn write_posted(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), ClientError> {
-        self.post(Command::RegionWrite as u16, &Self::write_payload(region, offset, data), &[])
+        self.post(
+            Command::RegionWrite as u16,
+            &Self::write_payload(region, offset, data),
+            &[],
+        )
     }
 
     /// DEVICE_RESET.
@@ -257,32 +360,60 @@ impl Client {
 
     /// DEVICE_FEATURE with `flags` (feature index | GET/SET/PROBE) and `data`; `argsz` is the
     /// reply room announced. Returns the reply payload (argsz, flags, data).
-    pub fn device_feature(&self, flags: u32, data: &[u8], argsz: u32) -> Result<Vec<u8>, ClientError> {
-        let r = self.call(Command::DeviceFeature, &wire::encode_feature(argsz, flags, data), &[])?;
+    pub fn device_feature(
+        &self,
+        flags: u32,
+        data: &[u8],
+        argsz: u32,
+    ) -> Result<Vec<u8>, ClientError> {
+        let r = self.call(
+            Command::DeviceFeature,
+            &wire::encode_feature(argsz, flags, data),
+            &[],
+        )?;
         if r.len() < wire::DEVICE_FEATURE_SIZE {
-            return Err(ClientError::BadReply { command: "DEVICE_FEATURE", what: format!("{} bytes", r.len()) });
+            return Err(ClientError::BadReply {
+                command: "DEVICE_FEATURE",
+                what: format!("{} bytes", r.len()),
+            });
         }
         Ok(r)
     }
 
-    fn feature_data(&self, flags: u32, data: &[u8], reply_data: usize) -> Result<Vec<u8>, ClientError> {
+    fn feature_data(
+        &self,
+        flags: u32,
+        data: &[u8],
+        reply_data: usize,
+    ) -> Result<Vec<u8>, ClientError> {
         let argsz = (wire::DEVICE_FEATURE_SIZE + data.len().max(reply_data)) as u32;
         let r = self.device_feature(flags, data, argsz)?;
         if r.len() < wire::DEVICE_FEATURE_SIZE + reply_data {
-            return Err(ClientError::BadReply { command: "DEVICE_FEATURE", what: format!("{} bytes for {reply_data} of data", r.len()) });
+            return Err(ClientError::BadReply {
+                command: "DEVICE_FEATURE",
+                what: format!("{} bytes for {reply_data} of data", r.len()),
+            });
         }
         Ok(r[wire::DEVICE_FEATURE_SIZE..].to_vec())
     }
 
     /// GET VFIO_DEVICE_FEATURE_MIGRATION: the migration flags (VFIO_MIGRATION_STOP_COPY ...).
     pub fn migration_flags(&self) -> Result<u64, ClientError> {
-        let d = self.feature_data(wire::feature::MIGRATION | wire::feature::GET, &[], wire::FEATURE_MIGRATION_SIZE)?;
+        let d = self.feature_data(
+            wire::feature::MIGRATION | wire::feature::GET,
+            &[],
+            wire::FEATURE_MIGRATION_SIZE,
+        )?;
         Ok(wire::Reader::new(&d).u64())
     }
 
     /// GET VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE.
     pub fn mig_state(&self) -> Result<u32, ClientError> {
-        let d = self.feature_data(wire::feature::MIG_DEVICE_STATE | wire::feature::GET, &[], wire::FEATURE_MIG_STATE_SIZE)?;
+        let d = self.feature_data(
+            wire::feature::MIG_DEVICE_STATE | wire::feature::GET,
+            &[],
+            wire::FEATURE_MIG_STATE_SIZE,
+        )?;
         Ok(wire::Reader::new(&d).u32())
     }
 
@@ -290,49 +421,87 @@ impl Client {
     pub fn set_mig_state(&self, state: u32) -> Result<u32, ClientError> {
         let mut data = state.to_ne_bytes().to_vec();
         data.extend_from_slice(&(-1i32).to_ne_bytes());
-        let d = self.feature_data(wire::feature::MIG_DEVICE_STATE | wire::feature::SET, &data, wire::FEATURE_MIG_STATE_SIZE)?;
+        let d = self.feature_data(
+            wire::feature::MIG_DEVICE_STATE | wire::feature::SET,
+            &data,
+            wire::FEATURE_MIG_STATE_SIZE,
+        )?;
         Ok(wire::Reader::new(&d).u32())
     }
 
     /// SET VFIO_DEVICE_FEATURE_DMA_LOGGING_START for `ranges` (iova, length); returns the
     /// page size the server chose.
-    pub fn dma_logging_start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64, ClientError> {
+    pub fn dma_logging_start(
+        &self,
+        page_size: u64,
+        ranges: &[(u64, u64)],
+    ) -> Result<u64, ClientError> {
         let data = wire::encode_dma_logging_control(page_size, ranges);
-        let d = self.feature_data(wire::feature::DMA_LOGGING_START | wire::feature::SET, &data, wire::DMA_LOGGING_CONTROL_SIZE)?;
+        let d = self.feature_data(
+            wire::feature::DMA_LOGGING_START | wire::feature::SET,
+            &data,
+            wire::DMA_LOGGING_CONTROL_SIZE,
+        )?;
         Ok(wire::Reader::new(&d).u64())
     }
 
     /// SET VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP.
     pub fn dma_logging_stop(&self) -> Result<(), ClientError> {
-        self.feature_data(wire::feature::DMA_LOGGING_STOP | wire::feature::SET, &[], 0).map(drop)
+        self.feature_data(wire::feature::DMA_LOGGING_STOP | wire::feature::SET, &[], 0)
+            .map(drop)
     }
 
     /// GET VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: the dirty bitmap of [iova, iova + length)
     /// at `page_size` (bit i: the page at iova + i * page_size), as u64 words.
-    pub fn dma_logging_report(&self, iova: u64, length: u64, page_size: u64) -> Result<Vec<u64>, ClientError> {
+    pub fn dma_logging_report(
+        &self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+    ) -> Result<Vec<u64>, ClientError> {
         let bitmap = wire::dirty_bitmap_bytes(length, page_size.max(1)) as usize;
         let d = self.feature_data(
             wire::feature::DMA_LOGGING_REPORT | wire::feature::GET,
             &wire::encode_dma_logging_report(iova, length, page_size),
             wire::DMA_LOGGING_REPORT_SIZE + bitmap,
         )?;
-        Ok(d[wire::DMA_LOGGING_REPORT_SIZE..wire::DMA_LOGGING_REPORT_SIZE + bitmap].chunks_exact(8).map(|c| wire::Reader::new(c).u64()).collect())
+        Ok(
+            d[wire::DMA_LOGGING_REPORT_SIZE..wire::DMA_LOGGING_REPORT_SIZE + bitmap]
+                .chunks_exact(8)
+                .map(|c| wire::Reader::new(c).u64())
+                .collect(),
+        )
     }
 
     /// MIG_DATA_READ of up to `size` bytes (fewer, or none, at the end of the state).
     pub fn mig_data_read(&self, size: u32) -> Result<Vec<u8>, ClientError> {
-        let r = self.call(Command::MigDataRead, &wire::encode_mig_data(wire::MIG_DATA_SIZE as u32 + size, size, &[]), &[])?;
+        let r = self.call(
+            Command::MigDataRead,
+            &wire::encode_mig_data(wire::MIG_DATA_SIZE as u32 + size, size, &[]),
+            &[],
+        )?;
         let mut rd = wire::Reader::new(&r);
         let (argsz, n) = (rd.u32() as usize, rd.u32() as usize);
-        if r.len() < wire::MIG_DATA_SIZE || n > size as usize || r.len() != wire::MIG_DATA_SIZE + n || argsz != r.len() {
-            return Err(ClientError::BadReply { command: "MIG_DATA_READ", what: format!("{} bytes, size {n}, argsz {argsz}", r.len()) });
+        if r.len() < wire::MIG_DATA_SIZE
+            || n > size as usize
+            || r.len() != wire::MIG_DATA_SIZE + n
+            || argsz != r.len()
+        {
+            return Err(ClientError::BadReply {
+                command: "MIG_DATA_READ",
+                what: format!("{} bytes, size {n}, argsz {argsz}", r.len()),
+            });
         }
         Ok(r[wire::MIG_DATA_SIZE..].to_vec())
     }
 
     /// MIG_DATA_WRITE of `data`.
     pub fn mig_data_write(&self, data: &[u8]) -> Result<(), ClientError> {
-        let p = wire::encode_mig_data((wire::MIG_DATA_SIZE + data.len()) as u32, data.len() as u32, data);
+        let p = wire::encode_mig_data(
+            (wire::MIG_DATA_SIZE + data.len()) as u32,
+            data.len() as u32,
+            data,
+        );
         self.call(Command::MigDataWrite, &p, &[]).map(drop)
     }
 
@@ -351,21 +520,37 @@ impl Client {
 
     /// Writes a device state in RESUMING, `chunk` bytes per MIG_DATA_WRITE.
     pub fn write_device_state(&self, state: &[u8], chunk: usize) -> Result<(), ClientError> {
-        state.chunks(chunk.max(1)).try_for_each(|c| self.mig_data_write(c))
+        state
+            .chunks(chunk.max(1))
+            .try_for_each(|c| self.mig_data_write(c))
     }
 
     /// Sends a command and returns its payload, an error reply as [`ClientError::Remote`].
-    fn call(&self, cmd: Command, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Vec<u8>, ClientError> {
+    fn call(
+        &self,
+        cmd: Command,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Vec<u8>, ClientError> {
         let r = self.request(cmd as u16, 0, payload, fds)?;
         if let Some(errno) = r.errno() {
-            return Err(ClientError::Remote { command: cmd.name(), errno });
+            return Err(ClientError::Remote {
+                command: cmd.name(),
+                errno,
+            });
         }
         Ok(r.payload)
     }
 
     /// Sends any command (`flags` are added to the header) and waits for its reply, which is
     /// returned as is (error replies included).
-    pub fn request(&self, command: u16, flags: u32, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Reply, ClientError> {
+    pub fn request(
+        &self,
+        command: u16,
+        flags: u32,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Reply, ClientError> {
         let mut c = self.conn.lock();
         let id = c.next_id;
         c.next_id = c.next_id.wrapping_add(1);
@@ -375,14 +560,22 @@ impl Client {
         if r.header.id != id || r.header.command != command {
             return Err(ClientError::BadReply {
                 command: wire::command_name(command),
-                what: format!("reply id {} command {} to request id {id}", r.header.id, r.header.command),
+                what: format!(
+                    "reply id {} command {} to request id {id}",
+                    r.header.id, r.header.command
+                ),
             });
         }
         Ok(r)
     }
 
     /// Sends a command with NO_REPLY.
-    pub fn post(&self, command: u16, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
+    pub fn post(
+        &self,
+        command: u16,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ClientError> {
         let mut c = self.conn.lock();
         let id = c.next_id;
         c.next_id = c.next_id.wrapping_add(1);
@@ -393,18 +586,36 @@ impl Client {
 
     /// Gives every MSI-X vector an eventfd (SET_IRQS in chunks of the server's max_msg_fds,
     /// as QEMU does) and forwards their signals to `sink` from a thread.
-    pub fn wire_interrupts(&self, sink: Arc<dyn InterruptSink>) -> Result<InterruptPump, ClientError> {
+    pub fn wire_interrupts(
+        &self,
+        sink: Arc<dyn InterruptSink>,
+    ) -> Result<InterruptPump, ClientError> {
         let n = self.irq_info(VFIO_PCI_MSIX_IRQ_INDEX)?.count;
         let efds: Vec<File> = (0..n).map(|_| sock::eventfd()).collect::<io::Result<_>>()?;
-        let chunk = self.server_caps["capabilities"]["max_msg_fds"].as_u64().unwrap_or(1).clamp(1, MAX_MSG_FDS as u64) as usize;
+        let chunk = self.server_caps["capabilities"]["max_msg_fds"]
+            .as_u64()
+            .unwrap_or(1)
+            .clamp(1, MAX_MSG_FDS as u64) as usize;
         for (i, part) in efds.chunks(chunk).enumerate() {
             let fds: Vec<BorrowedFd<'_>> = part.iter().map(|f| f.as_fd()).collect();
-            self.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, DATA_EVENTFD | ACTION_TRIGGER, (i * chunk) as u32, part.len() as u32, &[], &fds)?;
+            self.set_irqs(
+                VFIO_PCI_MSIX_IRQ_INDEX,
+                DATA_EVENTFD | ACTION_TRIGGER,
+                (i * chunk) as u32,
+                part.len() as u32,
+                &[],
+                &fds,
+            )?;
         }
         let stop = Arc::new(Stop::new()?);
         let s2 = stop.clone();
-        let thread = std::thread::Builder::new().name("vfio-user-irq".into()).spawn(move || pump(efds, &s2, sink.as_ref()))?;
-        Ok(InterruptPump { stop, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("vfio-user-irq".into())
+            .spawn(move || pump(efds, &s2, sink.as_ref()))?;
+        Ok(InterruptPump {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -412,7 +623,9 @@ fn pump(efds: Vec<File>, stop: &Stop, sink: &dyn InterruptSink) {
     let mut fds: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
     fds.push(stop.as_fd());
     loop {
-        let Ok(ready) = sock::poll_in(&fds, None) else { return };
+        let Ok(ready) = sock::poll_in(&fds, None) else {
+            return;
+        };
         if ready[efds.len()] {
             return;
         }
@@ -444,14 +657,34 @@ impl Drop for InterruptPump {
 }
 
 /// Sends one message (header bytes + payload) with `fds`, blocking.
-pub fn send_message(stream: &UnixStream, head: &[u8], payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub fn send_message(
+    stream: &UnixStream,
+    head: &[u8],
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let total = head.len() + payload.len();
-    let mut sent = send_with_fds(stream.as_fd(), &[IoSlice::new(head), IoSlice::new(payload)], fds, 0)?;
+    let mut sent = send_with_fds(
+        stream.as_fd(),
+        &[IoSlice::new(head), IoSlice::new(payload)],
+        fds,
+        0,
+    )?;
     while sent < total {
         let n = if sent < head.len() {
-            send_with_fds(stream.as_fd(), &[IoSlice::new(&head[sent..]), IoSlice::new(payload)], &[], 0)?
+            send_with_fds(
+                stream.as_fd(),
+                &[IoSlice::new(&head[sent..]), IoSlice::new(payload)],
+                &[],
+                0,
+            )?
         } else {
-            send_with_fds(stream.as_fd(), &[IoSlice::new(&payload[sent - head.len()..])], &[], 0)?
+            send_with_fds(
+                stream.as_fd(),
+                &[IoSlice::new(&payload[sent - head.len()..])],
+                &[],
+                0,
+            )?
         };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -461,7 +694,11 @@ pub fn send_message(stream: &UnixStream, head: &[u8], payload: &[u8], fds: &[Bor
     Ok(())
 }
 
-fn read_full(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<(), ClientError> {
+fn read_full(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(), ClientError> {
     let mut got = 0;
     while got < buf.len() {
         let r = recv_with_fds(stream.as_fd(), &mut buf[got..], 0)?;
@@ -480,17 +717,29 @@ pub fn recv_reply(stream: &UnixStream) -> Result<Reply, ClientError> {
     let mut fds = Vec::new();
     read_full(stream, &mut hb, &mut fds)?;
     let header = Header::parse(&hb);
-    let bad = |what: String| ClientError::BadReply { command: wire::command_name(header.command), what };
+    let bad = |what: String| ClientError::BadReply {
+        command: wire::command_name(header.command),
+        what,
+    };
     if header.msg_type() != flags::TYPE_REPLY {
-        return Err(bad(format!("message type {} is not a reply", header.msg_type())));
+        return Err(bad(format!(
+            "message type {} is not a reply",
+            header.msg_type()
+        )));
     }
-    let len = header.payload_len().ok_or_else(|| bad(format!("size {}", header.size)))?;
+    let len = header
+        .payload_len()
+        .ok_or_else(|| bad(format!("size {}", header.size)))?;
     if len > MAX_REPLY {
         return Err(bad(format!("size {}", header.size)));
     }
     let mut payload = vec![0u8; len];
     read_full(stream, &mut payload, &mut fds)?;
-    Ok(Reply { header, payload, fds })
+    Ok(Reply {
+        header,
+        payload,
+        fds,
+    })
 }
 
 /// Waits up to `t` for the server to close `stream`, discarding whatever it still sends;
@@ -499,7 +748,12 @@ pub fn wait_closed(stream: &UnixStream, t: Duration) -> bool {
     let deadline = std::time::Instant::now() + t;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || !matches!(sock::poll_in(&[stream.as_fd()], Some(left)).as_deref(), Ok([true])) {
+        if left.is_zero()
+            || !matches!(
+                sock::poll_in(&[stream.as_fd()], Some(left)).as_deref(),
+                Ok([true])
+            )
+        {
             return false;
         }
         let mut b = [0u8; 256];
@@ -521,43 +775,78 @@ impl Client {
         if size == 0 {
             AccessError::NoSuchRegion(region)
         } else {
-            AccessError::OutOfRange { region, offset, len, size }
+            AccessError::OutOfRange {
+                region,
+                offset,
+                len,
+                size,
+            }
         }
     }
 }
 
 impl RegionAccess for Client {
     fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
-        self.read(region, offset, data).map_err(|e| self.access_error(region, offset, data.len(), e))
+        self.read(region, offset, data)
+            .map_err(|e| self.access_error(region, offset, data.len(), e))
     }
 
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
-        let r = if self.posted_writes.load(Ordering::Relaxed) { self.write_posted(region, offset, data) } else { self.write(region, offset, data) };
+        let r = if self.posted_writes.load(Ordering::Relaxed) {
+            self.write_posted(region, offset, data)
+        } else {
+            self.write(region, offset, data)
+        };
         r.map_err(|e| self.access_error(region, offset, data.len(), e))
     }
 }
 
 fn map_error(iova: u64, size: u64, e: ClientError) -> MapError {
     match e {
-        ClientError::Remote { errno, .. } if errno == libc::EEXIST => MapError::Overlap { iova, size, existing_iova: iova, existing_size: 0 },
-        ClientError::Remote { errno, .. } if errno == libc::ENOENT => MapError::NotFound { iova, size },
-        ClientError::Remote { errno, .. } => MapError::Mmap { iova, size, source: io::Error::from_raw_os_error(errno) },
+        ClientError::Remote { errno, .. } if errno == libc::EEXIST => MapError::Overlap {
+            iova,
+            size,
+            existing_iova: iova,
+            existing_size: 0,
+        },
+        ClientError::Remote { errno, .. } if errno == libc::ENOENT => {
+            MapError::NotFound { iova, size }
+        }
+        ClientError::Remote { errno, .. } => MapError::Mmap {
+            iova,
+            size,
+            source: io::Error::from_raw_os_error(errno),
+        },
         ClientError::Io(source) => MapError::Mmap { iova, size, source },
-        other => MapError::Mmap { iova, size, source: io::Error::other(other.to_string()) },
+        other => MapError::Mmap {
+            iova,
+            size,
+            source: io::Error::other(other.to_string()),
+        },
     }
 }
 
 impl DmaMapper for Client {
-    fn dma_map(&self, iova: u64, size: u64, perms: Perms, backing: Backing) -> Result<(), MapError> {
+    fn dma_map(
+        &self,
+        iova: u64,
+        size: u64,
+        perms: Perms,
+        backing: Backing,
+    ) -> Result<(), MapError> {
         let r = match &backing {
-            Backing::Fd { file, offset } => self.map(iova, size, perms, Some((file.as_fd(), *offset))),
+            Backing::Fd { file, offset } => {
+                self.map(iova, size, perms, Some((file.as_fd(), *offset)))
+            }
             Backing::None => self.map(iova, size, perms, None),
         };
         r.map_err(|e| map_error(iova, size, e))
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
-        self.unmap(iova, size, 0).map(|()| size).map_err(|e| map_error(iova, size, e))
+        self.unmap(iova, size, 0)
+            .map(|()| size)
+            .map_err(|e| map_error(iova, size, e))
     }
 
     fn dma_unmap_all(&self) -> u64 {

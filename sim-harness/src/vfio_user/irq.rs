@@ -15,9 +15,10 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use vfio_bindings::bindings::vfio::{
-    vfio_irq_info, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_INTX_IRQ_INDEX,
-    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
+    vfio_irq_info, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_TYPE_MASK,
+    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
 };
 
 /// Why a SET_IRQS was refused (always EINVAL on the wire).
@@ -28,7 +29,12 @@ pub enum IrqError {
     #[error("flags {0:#x}: exactly one DATA_ and one ACTION_ bit must be set")]
     BadFlags(u32),
     #[error("IRQ index {index}: vectors {start}+{count} out of range (count {max})")]
-    OutOfRange { index: u32, start: u32, count: u32, max: u32 },
+    OutOfRange {
+        index: u32,
+        start: u32,
+        count: u32,
+        max: u32,
+    },
     #[error("{got} file descriptors for {count} vectors")]
     FdCount { got: usize, count: u32 },
     #[error("descriptor {0} is not an eventfd")]
@@ -112,7 +118,13 @@ pub struct IrqTable {
 impl IrqTable {
     /// A table for `msix_vectors` MSI-X vectors and one INTx line, nothing assigned.
     pub fn new(msix_vectors: u16) -> Self {
-        IrqTable { inner: Mutex::new(Inner { msix: (0..msix_vectors).map(|_| Vector::default()).collect(), ..Default::default() }), msix_vectors }
+        IrqTable {
+            inner: Mutex::new(Inner {
+                msix: (0..msix_vectors).map(|_| Vector::default()).collect(),
+                ..Default::default()
+            }),
+            msix_vectors,
+        }
     }
 
     /// Vectors of IRQ index `index` (INTx 1, MSI-X the device's count, others 0).
@@ -130,23 +142,40 @@ impl IrqTable {
             return None;
         }
         let flags = match index {
-            VFIO_PCI_INTX_IRQ_INDEX => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
+            VFIO_PCI_INTX_IRQ_INDEX => {
+                VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
+            }
             // Vectors can be assigned one by one (no NORESIZE), as dynamic MSI-X allocation
             // in kernel vfio-pci allows.
             VFIO_PCI_MSIX_IRQ_INDEX => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE,
             _ => 0,
         };
-        Some(vfio_irq_info { argsz: super::wire::IRQ_INFO_SIZE as u32, flags, index, count: self.count(index) })
+        Some(vfio_irq_info {
+            argsz: super::wire::IRQ_INFO_SIZE as u32,
+            flags,
+            index,
+            count: self.count(index),
+        })
     }
 
     /// Applies one DEVICE_SET_IRQS.
-    pub fn set_irqs(&self, index: u32, flags: u32, start: u32, count: u32, data: IrqData<'_>) -> Result<(), IrqError> {
+    pub fn set_irqs(
+        &self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        data: IrqData<'_>,
+    ) -> Result<(), IrqError> {
         if index >= VFIO_PCI_NUM_IRQS {
             return Err(IrqError::NoSuchIndex(index));
         }
         let dt = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
         let action = flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
-        if !dt.is_power_of_two() || !action.is_power_of_two() || flags & !(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0 {
+        if !dt.is_power_of_two()
+            || !action.is_power_of_two()
+            || flags & !(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0
+        {
             return Err(IrqError::BadFlags(flags));
         }
         let mut g = self.inner.lock();
@@ -165,7 +194,12 @@ impl IrqTable {
         }
         let max = self.count(index);
         if start.checked_add(count).is_none_or(|end| end > max) || count == 0 {
-            return Err(IrqError::OutOfRange { index, start, count, max });
+            return Err(IrqError::OutOfRange {
+                index,
+                start,
+                count,
+                max,
+            });
         }
         let vectors: &mut [Vector] = match index {
             VFIO_PCI_MSIX_IRQ_INDEX => &mut inner.msix[start as usize..(start + count) as usize],
@@ -174,7 +208,10 @@ impl IrqTable {
         match data {
             IrqData::Eventfds(files) => {
                 if !files.is_empty() && files.len() != count as usize {
-                    return Err(IrqError::FdCount { got: files.len(), count });
+                    return Err(IrqError::FdCount {
+                        got: files.len(),
+                        count,
+                    });
                 }
                 if let Some(i) = files.iter().position(|f| !is_eventfd(f.as_fd())) {
                     return Err(IrqError::NotEventfd(i));
@@ -187,14 +224,19 @@ impl IrqTable {
                             v.trigger = files.next();
                         }
                     }
-                    VFIO_IRQ_SET_ACTION_UNMASK if index == VFIO_PCI_INTX_IRQ_INDEX => inner.intx_unmask_fd = files.into_iter().next(),
+                    VFIO_IRQ_SET_ACTION_UNMASK if index == VFIO_PCI_INTX_IRQ_INDEX => {
+                        inner.intx_unmask_fd = files.into_iter().next()
+                    }
                     _ => return Err(IrqError::Unsupported(action)),
                 }
             }
             IrqData::None | IrqData::Bool(_) => {
                 if let IrqData::Bool(b) = data {
                     if b.len() < count as usize {
-                        return Err(IrqError::BoolData { got: b.len(), count });
+                        return Err(IrqError::BoolData {
+                            got: b.len(),
+                            count,
+                        });
                     }
                 }
                 let level = inner.intx_level;
@@ -244,7 +286,11 @@ impl IrqTable {
 
     /// Eventfd writes done for MSI-X vector `v` so far.
     pub fn fired(&self, v: u16) -> u64 {
-        self.inner.lock().msix.get(usize::from(v)).map_or(0, |v| v.fired)
+        self.inner
+            .lock()
+            .msix
+            .get(usize::from(v))
+            .map_or(0, |v| v.fired)
     }
 }
 
@@ -271,6 +317,7 @@ impl InterruptSink for IrqTable {
 
 // Flags re-exported for the client side and the tests.
 pub use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_SET_ACTION_MASK as ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER as ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK as ACTION_UNMASK,
-    VFIO_IRQ_SET_DATA_BOOL as DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD as DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE as DATA_NONE,
+    VFIO_IRQ_SET_ACTION_MASK as ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER as ACTION_TRIGGER,
+    VFIO_IRQ_SET_ACTION_UNMASK as ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL as DATA_BOOL,
+    VFIO_IRQ_SET_DATA_EVENTFD as DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE as DATA_NONE,
 };

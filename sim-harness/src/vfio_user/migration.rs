@@ -118,7 +118,13 @@ pub struct Migration {
 
 impl Default for Migration {
     fn default() -> Self {
-        Migration { state: MigState::Running, out: Vec::new(), read: 0, incoming: Vec::new(), logging: None }
+        Migration {
+            state: MigState::Running,
+            out: Vec::new(),
+            read: 0,
+            incoming: Vec::new(),
+            logging: None,
+        }
     }
 }
 
@@ -139,7 +145,10 @@ impl Migration {
     /// back to RUNNING (the way out of ERROR). Dirty logging is left as it is.
     pub fn device_reset(&mut self) {
         if self.state != MigState::Running {
-            tracing::info!(from = mig_state::name(self.state.raw()), "device reset: migration state RUNNING");
+            tracing::info!(
+                from = mig_state::name(self.state.raw()),
+                "device reset: migration state RUNNING"
+            );
         }
         self.state = MigState::Running;
         self.out = Vec::new();
@@ -161,7 +170,10 @@ impl Migration {
         let index = flags & feature::MASK;
         let ops = flags & !feature::MASK;
         if ops & !(feature::GET | feature::SET | feature::PROBE) != 0 {
-            tracing::debug!(flags = format_args!("{flags:#x}"), "DEVICE_FEATURE: unknown flag bits");
+            tracing::debug!(
+                flags = format_args!("{flags:#x}"),
+                "DEVICE_FEATURE: unknown flag bits"
+            );
             return Err(EINVAL);
         }
         let supported = match index {
@@ -187,16 +199,24 @@ impl Migration {
         }
         let reply = |len: usize, body: &[u8]| -> Handled {
             if (argsz as usize) < len {
-                tracing::debug!(argsz, need = len, "DEVICE_FEATURE: argsz too small for the reply");
+                tracing::debug!(
+                    argsz,
+                    need = len,
+                    "DEVICE_FEATURE: argsz too small for the reply"
+                );
                 return Err(EINVAL);
             }
             Ok(wire::encode_feature(len as u32, flags, body))
         };
         match (index, get) {
-            (feature::MIGRATION, true) => {
-                reply(wire::DEVICE_FEATURE_SIZE + wire::FEATURE_MIGRATION_SIZE, &u64::from(feature::MIGRATION_STOP_COPY).to_ne_bytes())
-            }
-            (feature::MIG_DEVICE_STATE, true) => reply(wire::DEVICE_FEATURE_SIZE + wire::FEATURE_MIG_STATE_SIZE, &self.mig_state_data()),
+            (feature::MIGRATION, true) => reply(
+                wire::DEVICE_FEATURE_SIZE + wire::FEATURE_MIGRATION_SIZE,
+                &u64::from(feature::MIGRATION_STOP_COPY).to_ne_bytes(),
+            ),
+            (feature::MIG_DEVICE_STATE, true) => reply(
+                wire::DEVICE_FEATURE_SIZE + wire::FEATURE_MIG_STATE_SIZE,
+                &self.mig_state_data(),
+            ),
             (feature::MIG_DEVICE_STATE, false) => {
                 if data.len() < wire::FEATURE_MIG_STATE_SIZE {
                     return Err(EINVAL);
@@ -204,7 +224,10 @@ impl Migration {
                 let target = u32::from_ne_bytes(data[..4].try_into().expect("4 bytes"));
                 reply(p.len(), &[])?;
                 self.set_state(dev, target)?;
-                reply(wire::DEVICE_FEATURE_SIZE + wire::FEATURE_MIG_STATE_SIZE, &self.mig_state_data())
+                reply(
+                    wire::DEVICE_FEATURE_SIZE + wire::FEATURE_MIG_STATE_SIZE,
+                    &self.mig_state_data(),
+                )
             }
             (feature::DMA_LOGGING_START, false) => {
                 reply(p.len(), &[])?;
@@ -221,7 +244,9 @@ impl Migration {
                 }
                 reply(p.len(), data)
             }
-            (feature::DMA_LOGGING_REPORT, true) => self.logging_report(argsz, flags, data, max_xfer),
+            (feature::DMA_LOGGING_REPORT, true) => {
+                self.logging_report(argsz, flags, data, max_xfer)
+            }
             _ => Err(EINVAL),
         }
     }
@@ -237,18 +262,34 @@ impl Migration {
     fn set_state(&mut self, dev: &Device, target: u32) -> Result<(), Errno> {
         let from = self.state;
         let Some(to) = MigState::target(target) else {
-            tracing::warn!(from = mig_state::name(from.raw()), to = mig_state::name(target), target, "migration state not supported");
+            tracing::warn!(
+                from = mig_state::name(from.raw()),
+                to = mig_state::name(target),
+                target,
+                "migration state not supported"
+            );
             return Err(EINVAL);
         };
         if from == MigState::Error {
-            tracing::warn!(to = mig_state::name(target), "device in ERROR: only a device reset leaves it");
+            tracing::warn!(
+                to = mig_state::name(target),
+                "device in ERROR: only a device reset leaves it"
+            );
             return Err(EINVAL);
         }
         while self.state != to {
-            let next = if self.state == MigState::Stop || to == MigState::Stop { to } else { MigState::Stop };
+            let next = if self.state == MigState::Stop || to == MigState::Stop {
+                to
+            } else {
+                MigState::Stop
+            };
             self.arc(dev, next)?;
         }
-        tracing::info!(from = mig_state::name(from.raw()), to = mig_state::name(target), "migration state");
+        tracing::info!(
+            from = mig_state::name(from.raw()),
+            to = mig_state::name(target),
+            "migration state"
+        );
         Ok(())
     }
 
@@ -264,7 +305,11 @@ impl Migration {
             }
             (MigState::StopCopy, MigState::Stop) => {
                 if self.read < self.out.len() {
-                    tracing::warn!(read = self.read, of = self.out.len(), "STOP_COPY left before the whole state was read");
+                    tracing::warn!(
+                        read = self.read,
+                        of = self.out.len(),
+                        "STOP_COPY left before the whole state was read"
+                    );
                 }
                 self.out = Vec::new();
                 self.read = 0;
@@ -326,12 +371,22 @@ impl Migration {
         ranges.sort_unstable();
         let top = match ranges.iter().map(|r| r.1).max() {
             Some(top) => top,
-            None => dev.mappings().iter().map(|m| m.iova.saturating_add(m.size)).max().unwrap_or(0),
+            None => dev
+                .mappings()
+                .iter()
+                .map(|m| m.iova.saturating_add(m.size))
+                .max()
+                .unwrap_or(0),
         };
         let trace = Arc::new(WriteTrace::new(top));
         dev.set_write_trace(Some(trace.clone()));
         tracing::info!(page_size, ranges = ?ranges, "DMA logging started");
-        self.logging = Some(Logging { page_size, ranges, trace, dirty: BTreeSet::new() });
+        self.logging = Some(Logging {
+            page_size,
+            ranges,
+            trace,
+            dirty: BTreeSet::new(),
+        });
         Ok(page_size)
     }
 
@@ -349,21 +404,33 @@ impl Migration {
         let mut r = wire::Reader::new(data);
         let (iova, length, page_size) = (r.u64(), r.u64(), r.u64());
         if page_size < PAGE_SIZE || !page_size.is_power_of_two() {
-            tracing::debug!(page_size, "DMA_LOGGING_REPORT: page size must be a power of two >= 4 KiB");
+            tracing::debug!(
+                page_size,
+                "DMA_LOGGING_REPORT: page size must be a power of two >= 4 KiB"
+            );
             return Err(EINVAL);
         }
         let end = iova.checked_add(length).ok_or(EINVAL)?;
         if length == 0 || iova % PAGE_SIZE != 0 || !log.tracks(iova, end) {
-            tracing::debug!(iova = format_args!("{iova:#x}"), length, "DMA_LOGGING_REPORT: range not tracked");
+            tracing::debug!(
+                iova = format_args!("{iova:#x}"),
+                length,
+                "DMA_LOGGING_REPORT: range not tracked"
+            );
             return Err(EINVAL);
         }
         let bitmap_len = wire::dirty_bitmap_bytes(length, page_size);
         if bitmap_len > u64::from(max_xfer) {
             return Err(E2BIG);
         }
-        let reply_len = wire::DEVICE_FEATURE_SIZE + wire::DMA_LOGGING_REPORT_SIZE + bitmap_len as usize;
+        let reply_len =
+            wire::DEVICE_FEATURE_SIZE + wire::DMA_LOGGING_REPORT_SIZE + bitmap_len as usize;
         if (argsz as usize) < reply_len {
-            tracing::debug!(argsz, need = reply_len, "DMA_LOGGING_REPORT: argsz too small for the bitmap");
+            tracing::debug!(
+                argsz,
+                need = reply_len,
+                "DMA_LOGGING_REPORT: argsz too small for the bitmap"
+            );
             return Err(EINVAL);
         }
         log.harvest();
@@ -376,8 +443,19 @@ impl Migration {
             words[(bit / 64) as usize] |= 1 << (bit % 64);
             log.dirty.remove(pfn);
         }
-        tracing::debug!(iova = format_args!("{iova:#x}"), length, page_size, pages = pages.len(), tracked_page_size = log.page_size, "dirty report");
-        let mut out = wire::encode_feature(reply_len as u32, flags, &data[..wire::DMA_LOGGING_REPORT_SIZE]);
+        tracing::debug!(
+            iova = format_args!("{iova:#x}"),
+            length,
+            page_size,
+            pages = pages.len(),
+            tracked_page_size = log.page_size,
+            "dirty report"
+        );
+        let mut out = wire::encode_feature(
+            reply_len as u32,
+            flags,
+            &data[..wire::DMA_LOGGING_REPORT_SIZE],
+        );
         for w in words {
             out.extend_from_slice(&w.to_ne_bytes());
         }
@@ -392,7 +470,10 @@ impl Migration {
         let mut r = wire::Reader::new(p);
         let (argsz, size) = (r.u32(), r.u32());
         if self.state != MigState::StopCopy {
-            tracing::warn!(state = mig_state::name(self.state.raw()), "MIG_DATA_READ outside STOP_COPY");
+            tracing::warn!(
+                state = mig_state::name(self.state.raw()),
+                "MIG_DATA_READ outside STOP_COPY"
+            );
             return Err(EINVAL);
         }
         if size > max_xfer || (argsz as usize) < wire::MIG_DATA_SIZE + size as usize {
@@ -401,7 +482,11 @@ impl Migration {
         let n = (size as usize).min(self.out.len() - self.read);
         let chunk = &self.out[self.read..self.read + n];
         self.read += n;
-        Ok(wire::encode_mig_data((wire::MIG_DATA_SIZE + n) as u32, n as u32, chunk))
+        Ok(wire::encode_mig_data(
+            (wire::MIG_DATA_SIZE + n) as u32,
+            n as u32,
+            chunk,
+        ))
     }
 
     /// VFIO_USER_MIG_DATA_WRITE: appends to the state being resumed.
@@ -412,14 +497,21 @@ impl Migration {
         let mut r = wire::Reader::new(p);
         let (_argsz, size) = (r.u32(), r.u32());
         if self.state != MigState::Resuming {
-            tracing::warn!(state = mig_state::name(self.state.raw()), "MIG_DATA_WRITE outside RESUMING");
+            tracing::warn!(
+                state = mig_state::name(self.state.raw()),
+                "MIG_DATA_WRITE outside RESUMING"
+            );
             return Err(EINVAL);
         }
         if size > max_xfer || p.len() != wire::MIG_DATA_SIZE + size as usize {
             return Err(EINVAL);
         }
         if self.incoming.len() + size as usize > dev.max_state_len() {
-            tracing::warn!(bytes = self.incoming.len() + size as usize, limit = dev.max_state_len(), "device state larger than this device's can be");
+            tracing::warn!(
+                bytes = self.incoming.len() + size as usize,
+                limit = dev.max_state_len(),
+                "device state larger than this device's can be"
+            );
             return Err(EFBIG);
         }
         self.incoming.extend_from_slice(&p[wire::MIG_DATA_SIZE..]);

@@ -39,9 +39,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use vfio_bindings::bindings::vfio::{
-    vfio_iommu_type1_dma_unmap, vfio_region_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
-    VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    vfio_iommu_type1_dma_unmap, vfio_region_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
+    VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_IRQ_SET_DATA_BOOL,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
+    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 
 /// Largest data transfer (REGION_READ/WRITE count) we accept: the protocol default.
@@ -78,7 +80,10 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_data_xfer_size: DEFAULT_MAX_DATA_XFER_SIZE, max_dma_maps: DEFAULT_MAX_DMA_MAPS }
+        ServerOptions {
+            max_data_xfer_size: DEFAULT_MAX_DATA_XFER_SIZE,
+            max_dma_maps: DEFAULT_MAX_DMA_MAPS,
+        }
     }
 }
 
@@ -166,7 +171,11 @@ impl Server {
     /// Binds `path` (replacing a stale socket file left by a dead server) and becomes
     /// `device`'s interrupt sink. The device must have been created with
     /// `DeviceConfig::msix_owner = MsixOwner::Vmm`: QEMU emulates the MSI-X table itself.
-    pub fn bind(path: &Path, device: Arc<Device>, opts: ServerOptions) -> Result<Self, ServerError> {
+    pub fn bind(
+        path: &Path,
+        device: Arc<Device>,
+        opts: ServerOptions,
+    ) -> Result<Self, ServerError> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(ServerError::NotSocket(path.into()));
@@ -177,13 +186,26 @@ impl Server {
             tracing::info!(path = %path.display(), "removing stale socket");
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind { path: path.into(), source })?;
+        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+            path: path.into(),
+            source,
+        })?;
         let sock_id = path_id(path);
         let irqs = Arc::new(IrqTable::new(device.layout().msix_vectors));
         device.set_interrupt_sink(irqs.clone());
         let stop = Arc::new(Stop::new().map_err(ServerError::Stop)?);
         tracing::info!(path = %path.display(), "vfio-user server listening");
-        Ok(Server { device, irqs, listener, path: path.into(), stop, opts, counters: Counters::default(), sock_id, migration: Default::default() })
+        Ok(Server {
+            device,
+            irqs,
+            listener,
+            path: path.into(),
+            stop,
+            opts,
+            counters: Counters::default(),
+            sock_id,
+            migration: Default::default(),
+        })
     }
 
     /// The stop handle: triggering it ends [`Server::serve`] (from any thread or a signal
@@ -240,13 +262,24 @@ impl Server {
 
     /// Waits for one client and serves it to the end; `None` if stopped while waiting.
     pub fn serve_one(&self) -> Result<Option<ConnectionEnd>, ServerError> {
-        match self.stop.wait_readable(self.listener.as_fd(), None).map_err(ServerError::Accept)? {
+        match self
+            .stop
+            .wait_readable(self.listener.as_fd(), None)
+            .map_err(ServerError::Accept)?
+        {
             Ready::Stopped => return Ok(None),
             Ready::Io | Ready::Timeout => {}
         }
         let (stream, _) = match self.listener.accept() {
             Ok(s) => s,
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => return Ok(Some(ConnectionEnd::Closed)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return Ok(Some(ConnectionEnd::Closed))
+            }
             Err(e) => return Err(ServerError::Accept(e)),
         };
         let n = self.counters.accepted.fetch_add(1, Ordering::SeqCst) + 1;
@@ -272,7 +305,10 @@ impl Server {
         self.device.reset();
         let unmapped = self.device.dma_unmap_all();
         self.irqs.clear();
-        tracing::info!(unmapped, "device reset, DMA unmapped, interrupt eventfds closed");
+        tracing::info!(
+            unmapped,
+            "device reset, DMA unmapped, interrupt eventfds closed"
+        );
     }
 
     fn region_size(&self, index: u32) -> u64 {
@@ -295,7 +331,9 @@ impl Drop for Server {
 
 fn path_id(p: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// One message as read off the socket.
@@ -325,7 +363,13 @@ type Handled = Result<Vec<u8>, Errno>;
 
 impl<'a> Session<'a> {
     fn new(srv: &'a Server, stream: UnixStream) -> Self {
-        Session { srv, stream, negotiated: false, warned_no_fd: false, close: None }
+        Session {
+            srv,
+            stream,
+            negotiated: false,
+            warned_no_fd: false,
+            close: None,
+        }
     }
 
     fn run(mut self) -> ConnectionEnd {
@@ -347,17 +391,31 @@ impl<'a> Session<'a> {
 
     /// Fills `buf` completely, collecting descriptors: `Some(true)` when full, `Some(false)` if
     /// the peer closed before the first byte, `None` if the server is stopping.
-    fn read_full(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>, truncated: &mut bool) -> Result<Option<bool>, ConnectionError> {
+    fn read_full(
+        &mut self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        truncated: &mut bool,
+    ) -> Result<Option<bool>, ConnectionError> {
         let mut got = 0;
         while got < buf.len() {
             let r = match recv_with_fds(self.stream.as_fd(), &mut buf[got..], libc::MSG_DONTWAIT) {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.srv.stop.wait_readable(self.stream.as_fd(), None)? {
-                    Ready::Stopped => return Ok(None),
-                    Ready::Io | Ready::Timeout => continue,
-                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.srv.stop.wait_readable(self.stream.as_fd(), None)? {
+                        Ready::Stopped => return Ok(None),
+                        Ready::Io | Ready::Timeout => continue,
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return if got == 0 { Ok(Some(false)) } else { Err(ConnectionError::Truncated { got, want: buf.len() }) };
+                    return if got == 0 {
+                        Ok(Some(false))
+                    } else {
+                        Err(ConnectionError::Truncated {
+                            got,
+                            want: buf.len(),
+                        })
+                    };
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -368,7 +426,14 @@ impl<'a> Session<'a> {
                 fds.truncate(MAX_MSG_FDS);
             }
             if r.len == 0 {
-                return if got == 0 { Ok(Some(false)) } else { Err(ConnectionError::Truncated { got, want: buf.len() }) };
+                return if got == 0 {
+                    Ok(Some(false))
+                } else {
+                    Err(ConnectionError::Truncated {
+                        got,
+                        want: buf.len(),
+                    })
+                };
             }
             got += r.len;
         }
@@ -386,24 +451,48 @@ impl<'a> Session<'a> {
         }
         let hdr = Header::parse(&hb);
         let Some(len) = hdr.payload_len() else {
-            tracing::warn!(id = hdr.id, command = hdr.command, size = hdr.size, "header size below 16 bytes: closing the connection");
+            tracing::warn!(
+                id = hdr.id,
+                command = hdr.command,
+                size = hdr.size,
+                "header size below 16 bytes: closing the connection"
+            );
             self.send_error(&hdr, EINVAL)?;
             return Err(ConnectionError::SizeTooSmall(hdr.size));
         };
         let limit = self.srv.opts.max_data_xfer_size as usize + PAYLOAD_SLACK;
         if len > limit {
-            tracing::warn!(id = hdr.id, command = hdr.command, size = hdr.size, limit, "message too large: closing the connection");
+            tracing::warn!(
+                id = hdr.id,
+                command = hdr.command,
+                size = hdr.size,
+                limit,
+                "message too large: closing the connection"
+            );
             self.send_error(&hdr, E2BIG)?;
-            return Err(ConnectionError::TooLarge { size: hdr.size, limit });
+            return Err(ConnectionError::TooLarge {
+                size: hdr.size,
+                limit,
+            });
         }
         let mut payload = vec![0u8; len];
         match self.read_full(&mut payload, &mut fds, &mut truncated) {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(Read::Stopped),
-            Err(ConnectionError::Truncated { got, .. }) => return Err(ConnectionError::Truncated { got: HEADER_SIZE + got, want: hdr.size as usize }),
+            Err(ConnectionError::Truncated { got, .. }) => {
+                return Err(ConnectionError::Truncated {
+                    got: HEADER_SIZE + got,
+                    want: hdr.size as usize,
+                })
+            }
             Err(e) => return Err(e),
         }
-        Ok(Read::Msg(Message { hdr, payload, fds, fds_truncated: truncated }))
+        Ok(Read::Msg(Message {
+            hdr,
+            payload,
+            fds,
+            fds_truncated: truncated,
+        }))
     }
 
     fn handle(&mut self, msg: Message) -> Result<(), ConnectionError> {
@@ -416,7 +505,10 @@ impl<'a> Session<'a> {
             flags::TYPE_COMMAND => {}
             flags::TYPE_REPLY => {
                 // We never send commands, so no reply is expected: drop it, stay in sync.
-                tracing::warn!(command = hdr.command, "unexpected reply from the client ignored");
+                tracing::warn!(
+                    command = hdr.command,
+                    "unexpected reply from the client ignored"
+                );
                 return Ok(());
             }
             t => {
@@ -424,7 +516,12 @@ impl<'a> Session<'a> {
                 return self.finish(&hdr, Err(EINVAL));
             }
         }
-        tracing::debug!(size = hdr.size, fds = msg.fds.len(), no_reply = hdr.no_reply(), "command");
+        tracing::debug!(
+            size = hdr.size,
+            fds = msg.fds.len(),
+            no_reply = hdr.no_reply(),
+            "command"
+        );
         let result = if msg.fds_truncated {
             tracing::warn!("more than {MAX_MSG_FDS} descriptors: refused (the excess was closed)");
             Err(EINVAL)
@@ -449,7 +546,13 @@ impl<'a> Session<'a> {
         }
         match result {
             Ok(payload) => {
-                let reply = Header { id: hdr.id, command: hdr.command, size: (HEADER_SIZE + payload.len()) as u32, flags: flags::TYPE_REPLY, error: 0 };
+                let reply = Header {
+                    id: hdr.id,
+                    command: hdr.command,
+                    size: (HEADER_SIZE + payload.len()) as u32,
+                    flags: flags::TYPE_REPLY,
+                    error: 0,
+                };
                 self.send(&reply.to_bytes(), &payload)
             }
             Err(errno) => self.send_error(hdr, errno),
@@ -457,7 +560,13 @@ impl<'a> Session<'a> {
     }
 
     fn send_error(&mut self, hdr: &Header, errno: Errno) -> Result<(), ConnectionError> {
-        let reply = Header { id: hdr.id, command: hdr.command, size: HEADER_SIZE as u32, flags: flags::TYPE_REPLY | flags::ERROR, error: errno.0 as u32 };
+        let reply = Header {
+            id: hdr.id,
+            command: hdr.command,
+            size: HEADER_SIZE as u32,
+            flags: flags::TYPE_REPLY | flags::ERROR,
+            error: errno.0 as u32,
+        };
         self.send(&reply.to_bytes(), &[])
     }
 
@@ -465,13 +574,18 @@ impl<'a> Session<'a> {
         let total = head.len() + payload.len();
         let mut sent = 0;
         while sent < total {
-            let bufs: Vec<IoSlice<'_>> =
-                if sent < head.len() { vec![IoSlice::new(&head[sent..]), IoSlice::new(payload)] } else { vec![IoSlice::new(&payload[sent - head.len()..])] };
+            let bufs: Vec<IoSlice<'_>> = if sent < head.len() {
+                vec![IoSlice::new(&head[sent..]), IoSlice::new(payload)]
+            } else {
+                vec![IoSlice::new(&payload[sent - head.len()..])]
+            };
             match send_with_fds(self.stream.as_fd(), &bufs, &[], libc::MSG_DONTWAIT) {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.srv.stop.wait_writable(self.stream.as_fd(), None)? == Ready::Stopped {
-                        return Err(io::Error::new(io::ErrorKind::Interrupted, "server stopping").into());
+                        return Err(
+                            io::Error::new(io::ErrorKind::Interrupted, "server stopping").into(),
+                        );
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -487,7 +601,10 @@ impl<'a> Session<'a> {
         };
         let takes_fds = matches!(cmd, Command::DmaMap | Command::DeviceSetIrqs);
         if !takes_fds && !fds.is_empty() {
-            tracing::warn!(fds = fds.len(), "descriptors on a command that takes none: refused");
+            tracing::warn!(
+                fds = fds.len(),
+                "descriptors on a command that takes none: refused"
+            );
             return Err(EINVAL);
         }
         if cmd != Command::Version && !self.negotiated {
@@ -511,9 +628,21 @@ impl<'a> Session<'a> {
                 tracing::debug!("device reset");
                 Ok(Vec::new())
             }
-            Command::DeviceFeature => self.srv.migration.lock().device_feature(&self.srv.device, p, self.srv.opts.max_data_xfer_size),
-            Command::MigDataRead => self.srv.migration.lock().data_read(p, self.srv.opts.max_data_xfer_size),
-            Command::MigDataWrite => self.srv.migration.lock().data_write(&self.srv.device, p, self.srv.opts.max_data_xfer_size),
+            Command::DeviceFeature => self.srv.migration.lock().device_feature(
+                &self.srv.device,
+                p,
+                self.srv.opts.max_data_xfer_size,
+            ),
+            Command::MigDataRead => self
+                .srv
+                .migration
+                .lock()
+                .data_read(p, self.srv.opts.max_data_xfer_size),
+            Command::MigDataWrite => self.srv.migration.lock().data_write(
+                &self.srv.device,
+                p,
+                self.srv.opts.max_data_xfer_size,
+            ),
             // Server-to-client commands.
             Command::DmaRead | Command::DmaWrite => Err(EINVAL),
             // Not implemented: IO fds, the old (v1) dirty-page interface.
@@ -549,9 +678,13 @@ impl<'a> Session<'a> {
                 tracing::warn!(error = %e, "VERSION capabilities are not JSON");
                 EINVAL
             })?;
-            let Some(obj) = v.as_object() else { return Err(EINVAL) };
+            let Some(obj) = v.as_object() else {
+                return Err(EINVAL);
+            };
             if let Some(caps) = obj.get("capabilities") {
-                let Some(caps) = caps.as_object() else { return Err(EINVAL) };
+                let Some(caps) = caps.as_object() else {
+                    return Err(EINVAL);
+                };
                 if let Some(pg) = caps.get("pgsizes") {
                     let pg = pg.as_u64().ok_or(EINVAL)?;
                     if pg & PGSIZES == 0 {
@@ -559,7 +692,10 @@ impl<'a> Session<'a> {
                         return Err(EINVAL);
                     }
                 }
-                write_multiple = caps.get("write_multiple").and_then(|b| b.as_bool()).unwrap_or(false);
+                write_multiple = caps
+                    .get("write_multiple")
+                    .and_then(|b| b.as_bool())
+                    .unwrap_or(false);
                 tracing::debug!(client_caps = %serde_json::Value::Object(caps.clone()), "client capabilities");
             }
         }
@@ -602,7 +738,11 @@ impl<'a> Session<'a> {
         // (and a doorbell's ordering) valid. No capabilities either, so the 32 bytes are all.
         let info = vfio_region_info {
             argsz: wire::REGION_INFO_SIZE as u32,
-            flags: if size > 0 { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE } else { 0 },
+            flags: if size > 0 {
+                VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
+            } else {
+                0
+            },
             index: req.index,
             cap_offset: 0,
             size,
@@ -625,7 +765,11 @@ impl<'a> Session<'a> {
         let req = wire::parse_irq_set(p).ok_or(EINVAL)?;
         let argsz = req.argsz as usize;
         if argsz < wire::IRQ_SET_SIZE || argsz > p.len() {
-            tracing::warn!(argsz, len = p.len(), "SET_IRQS argsz does not match the payload");
+            tracing::warn!(
+                argsz,
+                len = p.len(),
+                "SET_IRQS argsz does not match the payload"
+            );
             return Err(EINVAL);
         }
         let dt = req.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
@@ -635,14 +779,25 @@ impl<'a> Session<'a> {
         let data = match dt {
             VFIO_IRQ_SET_DATA_NONE => IrqData::None,
             VFIO_IRQ_SET_DATA_BOOL => IrqData::Bool(&p[wire::IRQ_SET_SIZE..argsz]),
-            VFIO_IRQ_SET_DATA_EVENTFD => IrqData::Eventfds(fds.into_iter().map(File::from).collect()),
+            VFIO_IRQ_SET_DATA_EVENTFD => {
+                IrqData::Eventfds(fds.into_iter().map(File::from).collect())
+            }
             _ => return Err(EINVAL),
         };
-        tracing::debug!(index = req.index, flags = format_args!("{:#x}", req.flags), start = req.start, count = req.count, "set irqs");
-        self.srv.irqs.set_irqs(req.index, req.flags, req.start, req.count, data).map_err(|e| {
-            tracing::warn!(error = %e, "SET_IRQS refused");
-            EINVAL
-        })?;
+        tracing::debug!(
+            index = req.index,
+            flags = format_args!("{:#x}", req.flags),
+            start = req.start,
+            count = req.count,
+            "set irqs"
+        );
+        self.srv
+            .irqs
+            .set_irqs(req.index, req.flags, req.start, req.count, data)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "SET_IRQS refused");
+                EINVAL
+            })?;
         Ok(Vec::new())
     }
 
@@ -660,15 +815,26 @@ impl<'a> Session<'a> {
         }
         let (iova, size, offset) = (req.iova, req.size, req.vaddr);
         if size == 0 || !(iova | size | offset).is_multiple_of(PGSIZES) {
-            tracing::warn!(iova = format_args!("{iova:#x}"), size, offset, "DMA_MAP not 4 KiB aligned");
+            tracing::warn!(
+                iova = format_args!("{iova:#x}"),
+                size,
+                offset,
+                "DMA_MAP not 4 KiB aligned"
+            );
             return Err(EINVAL);
         }
         if self.srv.device.mappings().len() >= self.srv.opts.max_dma_maps as usize {
             return Err(Errno(libc::ENOSPC));
         }
-        let perms = Perms { read: req.flags & VFIO_DMA_MAP_FLAG_READ != 0, write: req.flags & VFIO_DMA_MAP_FLAG_WRITE != 0 };
+        let perms = Perms {
+            read: req.flags & VFIO_DMA_MAP_FLAG_READ != 0,
+            write: req.flags & VFIO_DMA_MAP_FLAG_WRITE != 0,
+        };
         let backing = match fds.into_iter().next() {
-            Some(fd) => Backing::Fd { file: File::from(fd), offset },
+            Some(fd) => Backing::Fd {
+                file: File::from(fd),
+                offset,
+            },
             None => {
                 if perms.write && !self.warned_no_fd {
                     self.warned_no_fd = true;
@@ -680,15 +846,22 @@ impl<'a> Session<'a> {
                          -object memory-backend-memfd,id=mem,size=...,share=on -machine memory-backend=mem"
                     );
                 } else {
-                    tracing::debug!(iova = format_args!("{iova:#x}"), size, "DMA_MAP without fd (ROM or unshared memory)");
+                    tracing::debug!(
+                        iova = format_args!("{iova:#x}"),
+                        size,
+                        "DMA_MAP without fd (ROM or unshared memory)"
+                    );
                 }
                 Backing::None
             }
         };
-        self.srv.device.dma_map(iova, size, perms, backing).map_err(|e| {
-            tracing::warn!(error = %e, "DMA_MAP refused");
-            map_errno(&e)
-        })?;
+        self.srv
+            .device
+            .dma_map(iova, size, perms, backing)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "DMA_MAP refused");
+                map_errno(&e)
+            })?;
         Ok(Vec::new())
     }
 
@@ -709,14 +882,26 @@ impl<'a> Session<'a> {
             let (iova, size) = (req.iova, req.size);
             let end = iova.checked_add(size).filter(|_| size > 0).ok_or(EINVAL)?;
             // Nothing mapped there: done, as the kernel's type1 IOMMU answers.
-            if self.srv.device.mappings().iter().any(|m| m.iova < end && iova < m.iova + m.size) {
+            if self
+                .srv
+                .device
+                .mappings()
+                .iter()
+                .any(|m| m.iova < end && iova < m.iova + m.size)
+            {
                 self.srv.device.dma_unmap(iova, size).map_err(|e| {
                     tracing::warn!(error = %e, "DMA_UNMAP refused");
                     EINVAL
                 })?;
             }
         }
-        let echo = vfio_iommu_type1_dma_unmap { argsz: wire::DMA_UNMAP_SIZE as u32, flags: req.flags, iova: req.iova, size: req.size, ..Default::default() };
+        let echo = vfio_iommu_type1_dma_unmap {
+            argsz: wire::DMA_UNMAP_SIZE as u32,
+            flags: req.flags,
+            iova: req.iova,
+            size: req.size,
+            ..Default::default()
+        };
         Ok(wire::encode_dma_unmap(&echo))
     }
 
@@ -732,7 +917,13 @@ impl<'a> Session<'a> {
         match rw.offset.checked_add(rw.count.into()) {
             Some(end) if size > 0 && end <= size => Ok(rw.count as usize),
             _ => {
-                tracing::debug!(region = rw.region, offset = rw.offset, count = rw.count, size, "access outside the region");
+                tracing::debug!(
+                    region = rw.region,
+                    offset = rw.offset,
+                    count = rw.count,
+                    size,
+                    "access outside the region"
+                );
                 Err(EINVAL)
             }
         }
@@ -744,9 +935,20 @@ impl<'a> Session<'a> {
         let mut out = rw.encode();
         out.resize(wire::REGION_RW_SIZE + count, 0);
         let dev = &self.srv.device;
-        split_access(rw.offset, count, |off, r| dev.region_read(rw.region, off, &mut out[wire::REGION_RW_SIZE + r.start..wire::REGION_RW_SIZE + r.end]))
-            .map_err(access_errno)?;
-        tracing::trace!(region = rw.region, offset = format_args!("{:#x}", rw.offset), count, "read");
+        split_access(rw.offset, count, |off, r| {
+            dev.region_read(
+                rw.region,
+                off,
+                &mut out[wire::REGION_RW_SIZE + r.start..wire::REGION_RW_SIZE + r.end],
+            )
+        })
+        .map_err(access_errno)?;
+        tracing::trace!(
+            region = rw.region,
+            offset = format_args!("{:#x}", rw.offset),
+            count,
+            "read"
+        );
         Ok(out)
     }
 
@@ -754,13 +956,25 @@ impl<'a> Session<'a> {
         let rw = RegionRw::parse(p).ok_or(EINVAL)?;
         let count = self.check_access(&rw)?;
         if p.len() != wire::REGION_RW_SIZE + count {
-            tracing::warn!(count, len = p.len(), "REGION_WRITE count does not match the payload");
+            tracing::warn!(
+                count,
+                len = p.len(),
+                "REGION_WRITE count does not match the payload"
+            );
             return Err(EINVAL);
         }
         let data = &p[wire::REGION_RW_SIZE..];
         let dev = &self.srv.device;
-        split_access(rw.offset, count, |off, r| dev.region_write(rw.region, off, &data[r])).map_err(access_errno)?;
-        tracing::trace!(region = rw.region, offset = format_args!("{:#x}", rw.offset), count, "write");
+        split_access(rw.offset, count, |off, r| {
+            dev.region_write(rw.region, off, &data[r])
+        })
+        .map_err(access_errno)?;
+        tracing::trace!(
+            region = rw.region,
+            offset = format_args!("{:#x}", rw.offset),
+            count,
+            "write"
+        );
         Ok(rw.encode())
     }
 
@@ -773,7 +987,10 @@ impl<'a> Session<'a> {
         if n == 0 || n > room {
             return Err(EINVAL);
         }
-        for e in p[8..].chunks_exact(wire::WRITE_MULTI_ENTRY_SIZE).take(n as usize) {
+        for e in p[8..]
+            .chunks_exact(wire::WRITE_MULTI_ENTRY_SIZE)
+            .take(n as usize)
+        {
             let rw = RegionRw::parse(e).ok_or(EINVAL)?;
             if rw.count > 8 {
                 return Err(EINVAL);
@@ -781,7 +998,10 @@ impl<'a> Session<'a> {
             let count = self.check_access(&rw)?;
             let data = &e[wire::REGION_RW_SIZE..wire::REGION_RW_SIZE + count];
             let dev = &self.srv.device;
-            split_access(rw.offset, count, |off, r| dev.region_write(rw.region, off, &data[r])).map_err(access_errno)?;
+            split_access(rw.offset, count, |off, r| {
+                dev.region_write(rw.region, off, &data[r])
+            })
+            .map_err(access_errno)?;
         }
         Ok(n.to_ne_bytes().to_vec())
     }
@@ -790,14 +1010,21 @@ impl<'a> Session<'a> {
 /// Cuts an access into pieces a register file takes: one piece if it is 1, 2, 4 or 8 bytes
 /// and naturally aligned, otherwise naturally aligned pieces of at most 4 bytes (what a PCI
 /// function sees of QEMU's whole-config-space read, for example).
-fn split_access(offset: u64, len: usize, mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), AccessError>) -> Result<(), AccessError> {
+fn split_access(
+    offset: u64,
+    len: usize,
+    mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<(), AccessError>,
+) -> Result<(), AccessError> {
     if matches!(len, 1 | 2 | 4 | 8) && offset.is_multiple_of(len as u64) {
         return f(offset, 0..len);
     }
     let mut pos = 0;
     while pos < len {
         let off = offset + pos as u64;
-        let n = [4usize, 2].into_iter().find(|&n| n <= len - pos && off.is_multiple_of(n as u64)).unwrap_or(1);
+        let n = [4usize, 2]
+            .into_iter()
+            .find(|&n| n <= len - pos && off.is_multiple_of(n as u64))
+            .unwrap_or(1);
         f(off, pos..pos + n)?;
         pos += n;
     }

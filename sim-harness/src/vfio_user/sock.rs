@@ -34,11 +34,18 @@ fn cmsg_space(fds: usize) -> usize {
 
 /// Reads into `buf` with `recvmsg`, collecting `SCM_RIGHTS` descriptors (close-on-exec).
 /// `flags` are extra `recvmsg` flags (`MSG_DONTWAIT`). Retries on `EINTR`.
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<Received> {
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Received> {
     // u64 words keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; CMSG_WORDS];
     debug_assert!(cmsg_space(MAX_MSG_FDS) <= std::mem::size_of_val(&control));
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
     let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
     msg.msg_iov = &mut iov;
@@ -48,8 +55,14 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -
     // The kernel writes msg back only when recvmsg succeeds, so an EINTR retry reuses it.
     // SAFETY: `msg` points at `iov` (which covers `buf`, valid for writes of its length) and
     // at `control` (valid for msg_controllen bytes); both outlive the call.
-    let n = retry_eintr(|| unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) })?;
-    let mut out = Received { len: n, fds: Vec::new(), truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 };
+    let n = retry_eintr(|| unsafe {
+        libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags)
+    })?;
+    let mut out = Received {
+        len: n,
+        fds: Vec::new(),
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    };
     // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR only walk
     // inside that buffer and return null at its end.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
@@ -80,7 +93,12 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -
 
 /// Sends `bufs` with `fds` attached (to the first byte) using `sendmsg(MSG_NOSIGNAL | flags)`;
 /// returns bytes sent (possibly fewer than asked, like `write`).
-pub fn send_with_fds(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[BorrowedFd<'_>], flags: libc::c_int) -> io::Result<usize> {
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     let mut control = vec![0u64; cmsg_space(fds.len()).div_ceil(8).max(1)];
     // SAFETY: msghdr is plain data; an all-zero value is a valid empty header.
     let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
@@ -98,7 +116,8 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bufs: &[IoSlice<'_>], fds: &[Borrowed
         unsafe {
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as libc::c_uint) as _;
+            (*cmsg).cmsg_len =
+                libc::CMSG_LEN((fds.len() * std::mem::size_of::<RawFd>()) as libc::c_uint) as _;
             let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
             for (i, fd) in fds.iter().enumerate() {
                 data.add(i).write_unaligned(fd.as_raw_fd());
@@ -125,7 +144,11 @@ fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
 }
 
 /// Sends all of `data` (blocking), the descriptors with the first chunk.
-pub fn send_all_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub fn send_all_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let mut sent = send_with_fds(sock, &[IoSlice::new(data)], fds, 0)?;
     while sent < data.len() {
         let n = send_with_fds(sock, &[IoSlice::new(&data[sent..])], &[], 0)?;
@@ -165,7 +188,10 @@ impl Stop {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: eventfd just returned this descriptor; we are its only owner.
-        Ok(Stop { efd: unsafe { OwnedFd::from_raw_fd(fd) }, flag: AtomicBool::new(false) })
+        Ok(Stop {
+            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            flag: AtomicBool::new(false),
+        })
     }
 
     /// Triggers it (idempotent). Everything polling it wakes up and sees [`Ready::Stopped`].
@@ -179,7 +205,10 @@ impl Stop {
 
     /// Whether it was triggered (by [`Stop::trigger`] or a signal handler writing the fd).
     pub fn is_triggered(&self) -> bool {
-        self.flag.load(Ordering::SeqCst) || poll_in(&[self.efd.as_fd()], Some(Duration::ZERO)).map(|r| r[0]).unwrap_or(false)
+        self.flag.load(Ordering::SeqCst)
+            || poll_in(&[self.efd.as_fd()], Some(Duration::ZERO))
+                .map(|r| r[0])
+                .unwrap_or(false)
     }
 
     /// The eventfd itself (for a signal handler: write 8 bytes to it).
@@ -189,20 +218,44 @@ impl Stop {
 
     /// Waits until `fd` is readable (or has hung up), the stop is triggered, or `timeout`
     /// passes. Stop wins over readiness.
-    pub fn wait_readable(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Ready> {
+    pub fn wait_readable(
+        &self,
+        fd: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Ready> {
         self.wait(fd, libc::POLLIN, timeout)
     }
 
     /// Like [`Stop::wait_readable`], for writability.
-    pub fn wait_writable(&self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<Ready> {
+    pub fn wait_writable(
+        &self,
+        fd: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Ready> {
         self.wait(fd, libc::POLLOUT, timeout)
     }
 
-    fn wait(&self, fd: BorrowedFd<'_>, events: libc::c_short, timeout: Option<Duration>) -> io::Result<Ready> {
+    fn wait(
+        &self,
+        fd: BorrowedFd<'_>,
+        events: libc::c_short,
+        timeout: Option<Duration>,
+    ) -> io::Result<Ready> {
         if self.flag.load(Ordering::SeqCst) {
             return Ok(Ready::Stopped);
         }
-        let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 }, libc::pollfd { fd: self.efd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut fds = [
+            libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.efd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         let n = poll(&mut fds, timeout)?;
         if fds[1].revents != 0 {
             self.flag.store(true, Ordering::SeqCst);
@@ -226,14 +279,25 @@ fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize
 
 /// Which of `fds` are readable (or hung up) within `timeout`.
 pub fn poll_in(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     poll(&mut p, timeout)?;
     Ok(p.iter().map(|p| p.revents != 0).collect())
 }
 
 /// Whether `fd` becomes writable within `timeout`.
 pub fn poll_out(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-    let mut p = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
     poll(&mut p, Some(timeout))?;
     Ok(p[0].revents & libc::POLLOUT != 0)
 }
@@ -251,7 +315,8 @@ pub fn eventfd() -> io::Result<File> {
 
 /// Whether `fd` is an eventfd (what SET_IRQS must carry): checked through /proc/self/fd.
 pub fn is_eventfd(fd: BorrowedFd<'_>) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
 }
 
 /// Number of open descriptors of this process (tests count leaks with it).

@@ -7,7 +7,10 @@
 //! carries 16 bytes (the kernel's `vfio_device_info` has grown to 24), and DMA_MAP's `vaddr`
 //! field is the file offset of the passed descriptor.
 
-use vfio_bindings::bindings::vfio::{vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set, vfio_region_info};
+use vfio_bindings::bindings::vfio::{
+    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set,
+    vfio_region_info,
+};
 
 /// Header length; `size` in the header counts it.
 pub const HEADER_SIZE: usize = 16;
@@ -47,7 +50,9 @@ pub mod flags {
 /// DMA_UNMAP flags as QEMU sends them (the kernel's `VFIO_DMA_UNMAP_FLAG_*` values; the
 /// `vfio_user` crate's `DmaUnmapFlags` are one bit off).
 pub mod unmap_flags {
-    pub use vfio_bindings::bindings::vfio::{VFIO_DMA_UNMAP_FLAG_ALL as ALL, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP as GET_DIRTY_BITMAP};
+    pub use vfio_bindings::bindings::vfio::{
+        VFIO_DMA_UNMAP_FLAG_ALL as ALL, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP as GET_DIRTY_BITMAP,
+    };
 }
 
 /// Command numbers.
@@ -151,7 +156,13 @@ impl Header {
     /// Decodes 16 bytes.
     pub fn parse(b: &[u8; HEADER_SIZE]) -> Self {
         let mut r = Reader::new(b);
-        Header { id: r.u16(), command: r.u16(), size: r.u32(), flags: r.u32(), error: r.u32() }
+        Header {
+            id: r.u16(),
+            command: r.u16(),
+            size: r.u32(),
+            flags: r.u32(),
+            error: r.u32(),
+        }
     }
 
     /// Encodes to 16 bytes.
@@ -167,7 +178,13 @@ impl Header {
 
     /// A command header for `payload_len` bytes of payload.
     pub fn command(id: u16, command: u16, payload_len: usize, extra_flags: u32) -> Self {
-        Header { id, command, size: (HEADER_SIZE + payload_len) as u32, flags: flags::TYPE_COMMAND | extra_flags, error: 0 }
+        Header {
+            id,
+            command,
+            size: (HEADER_SIZE + payload_len) as u32,
+            flags: flags::TYPE_COMMAND | extra_flags,
+            error: 0,
+        }
     }
 
     /// Payload length the header declares; `None` if `size` is smaller than the header itself.
@@ -244,7 +261,12 @@ impl DeviceInfo {
     pub fn parse(b: &[u8]) -> Option<Self> {
         (b.len() >= DEVICE_INFO_SIZE).then(|| {
             let mut r = Reader::new(b);
-            DeviceInfo { argsz: r.u32(), flags: r.u32(), num_regions: r.u32(), num_irqs: r.u32() }
+            DeviceInfo {
+                argsz: r.u32(),
+                flags: r.u32(),
+                num_regions: r.u32(),
+                num_irqs: r.u32(),
+            }
         })
     }
     pub fn encode(&self) -> Vec<u8> {
@@ -261,7 +283,14 @@ impl DeviceInfo {
 pub fn parse_region_info(b: &[u8]) -> Option<vfio_region_info> {
     (b.len() >= REGION_INFO_SIZE).then(|| {
         let mut r = Reader::new(b);
-        vfio_region_info { argsz: r.u32(), flags: r.u32(), index: r.u32(), cap_offset: r.u32(), size: r.u64(), offset: r.u64() }
+        vfio_region_info {
+            argsz: r.u32(),
+            flags: r.u32(),
+            index: r.u32(),
+            cap_offset: r.u32(),
+            size: r.u64(),
+            offset: r.u64(),
+        }
     })
 }
 
@@ -281,7 +310,12 @@ pub fn encode_region_info(i: &vfio_region_info) -> Vec<u8> {
 pub fn parse_irq_info(b: &[u8]) -> Option<vfio_irq_info> {
     (b.len() >= IRQ_INFO_SIZE).then(|| {
         let mut r = Reader::new(b);
-        vfio_irq_info { argsz: r.u32(), flags: r.u32(), index: r.u32(), count: r.u32() }
+        vfio_irq_info {
+            argsz: r.u32(),
+            flags: r.u32(),
+            index: r.u32(),
+            count: r.u32(),
+        }
     })
 }
 
@@ -299,7 +333,14 @@ pub fn encode_irq_info(i: &vfio_irq_info) -> Vec<u8> {
 pub fn parse_irq_set(b: &[u8]) -> Option<vfio_irq_set> {
     (b.len() >= IRQ_SET_SIZE).then(|| {
         let mut r = Reader::new(b);
-        vfio_irq_set { argsz: r.u32(), flags: r.u32(), index: r.u32(), start: r.u32(), count: r.u32(), ..Default::default() }
+        vfio_irq_set {
+            argsz: r.u32(),
+            flags: r.u32(),
+            index: r.u32(),
+            start: r.u32(),
+            count: r.u32(),
+            ..Default::default()
+        }
     })
 }
 
@@ -318,7 +359,13 @@ pub fn encode_irq_set(s: &vfio_irq_set) -> Vec<u8> {
 pub fn parse_dma_map(b: &[u8]) -> Option<vfio_iommu_type1_dma_map> {
     (b.len() >= DMA_MAP_SIZE).then(|| {
         let mut r = Reader::new(b);
-        vfio_iommu_type1_dma_map { argsz: r.u32(), flags: r.u32(), vaddr: r.u64(), iova: r.u64(), size: r.u64() }
+        vfio_iommu_type1_dma_map {
+            argsz: r.u32(),
+            flags: r.u32(),
+            vaddr: r.u64(),
+            iova: r.u64(),
+            size: r.u64(),
+        }
     })
 }
 
@@ -337,7 +384,13 @@ pub fn encode_dma_map(m: &vfio_iommu_type1_dma_map) -> Vec<u8> {
 pub fn parse_dma_unmap(b: &[u8]) -> Option<vfio_iommu_type1_dma_unmap> {
     (b.len() >= DMA_UNMAP_SIZE).then(|| {
         let mut r = Reader::new(b);
-        vfio_iommu_type1_dma_unmap { argsz: r.u32(), flags: r.u32(), iova: r.u64(), size: r.u64(), ..Default::default() }
+        vfio_iommu_type1_dma_unmap {
+            argsz: r.u32(),
+            flags: r.u32(),
+            iova: r.u64(),
+            size: r.u64(),
+            ..Default::default()
+        }
     })
 }
 
@@ -363,7 +416,11 @@ impl RegionRw {
     pub fn parse(b: &[u8]) -> Option<Self> {
         (b.len() >= REGION_RW_SIZE).then(|| {
             let mut r = Reader::new(b);
-            RegionRw { offset: r.u64(), region: r.u32(), count: r.u32() }
+            RegionRw {
+                offset: r.u64(),
+                region: r.u32(),
+                count: r.u32(),
+            }
         })
     }
     pub fn encode(&self) -> Vec<u8> {
@@ -396,10 +453,13 @@ pub const MIG_DATA_SIZE: usize = 8;
 /// migration flags and the `vfio_device_mig_state` values.
 pub mod feature {
     pub use vfio_bindings::bindings::vfio::{
-        VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT as DMA_LOGGING_REPORT, VFIO_DEVICE_FEATURE_DMA_LOGGING_START as DMA_LOGGING_START,
-        VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP as DMA_LOGGING_STOP, VFIO_DEVICE_FEATURE_GET as GET, VFIO_DEVICE_FEATURE_MASK as MASK,
-        VFIO_DEVICE_FEATURE_MIGRATION as MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE as MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_PROBE as PROBE,
-        VFIO_DEVICE_FEATURE_SET as SET, VFIO_MIGRATION_P2P as MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY as MIGRATION_PRE_COPY,
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT as DMA_LOGGING_REPORT,
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_START as DMA_LOGGING_START,
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP as DMA_LOGGING_STOP, VFIO_DEVICE_FEATURE_GET as GET,
+        VFIO_DEVICE_FEATURE_MASK as MASK, VFIO_DEVICE_FEATURE_MIGRATION as MIGRATION,
+        VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE as MIG_DEVICE_STATE,
+        VFIO_DEVICE_FEATURE_PROBE as PROBE, VFIO_DEVICE_FEATURE_SET as SET,
+        VFIO_MIGRATION_P2P as MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY as MIGRATION_PRE_COPY,
         VFIO_MIGRATION_STOP_COPY as MIGRATION_STOP_COPY,
     };
 }
@@ -407,10 +467,14 @@ pub mod feature {
 /// `enum vfio_device_mig_state`.
 pub mod mig_state {
     pub use vfio_bindings::bindings::vfio::{
-        vfio_device_mig_state_VFIO_DEVICE_STATE_ERROR as ERROR, vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
-        vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P as PRE_COPY_P2P, vfio_device_mig_state_VFIO_DEVICE_STATE_RESUMING as RESUMING,
-        vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING as RUNNING, vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
-        vfio_device_mig_state_VFIO_DEVICE_STATE_STOP as STOP, vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY as STOP_COPY,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_ERROR as ERROR,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P as PRE_COPY_P2P,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_RESUMING as RESUMING,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING as RUNNING,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_STOP as STOP,
+        vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY as STOP_COPY,
     };
 
     /// The state's name without the VFIO_DEVICE_STATE_ prefix.
@@ -448,7 +512,8 @@ pub fn parse_feature(b: &[u8]) -> Option<(u32, u32, &[u8])> {
 
 /// The DMA_LOGGING_START data: page size and ranges (iova, length).
 pub fn encode_dma_logging_control(page_size: u64, ranges: &[(u64, u64)]) -> Vec<u8> {
-    let mut w = Vec::with_capacity(DMA_LOGGING_CONTROL_SIZE + ranges.len() * DMA_LOGGING_RANGE_SIZE);
+    let mut w =
+        Vec::with_capacity(DMA_LOGGING_CONTROL_SIZE + ranges.len() * DMA_LOGGING_RANGE_SIZE);
     put64(&mut w, page_size);
     put32(&mut w, ranges.len() as u32);
     put32(&mut w, 0);
@@ -498,7 +563,13 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = Header { id: 0x1234, command: 9, size: 48, flags: flags::NO_REPLY, error: 0 };
+        let h = Header {
+            id: 0x1234,
+            command: 9,
+            size: 48,
+            flags: flags::NO_REPLY,
+            error: 0,
+        };
         assert_eq!(Header::parse(&h.to_bytes()), h);
         assert_eq!(h.payload_len(), Some(32));
         assert_eq!(Header { size: 8, ..h }.payload_len(), None);
@@ -506,10 +577,32 @@ mod tests {
 
     #[test]
     fn sizes_are_the_protocols() {
-        assert_eq!((REGION_INFO_SIZE, IRQ_INFO_SIZE, IRQ_SET_SIZE, DMA_MAP_SIZE, DMA_UNMAP_SIZE), (32, 16, 20, 32, 24));
-        let r = vfio_region_info { argsz: 32, flags: 3, index: 7, cap_offset: 0, size: 4096, offset: 0 };
+        assert_eq!(
+            (
+                REGION_INFO_SIZE,
+                IRQ_INFO_SIZE,
+                IRQ_SET_SIZE,
+                DMA_MAP_SIZE,
+                DMA_UNMAP_SIZE
+            ),
+            (32, 16, 20, 32, 24)
+        );
+        let r = vfio_region_info {
+            argsz: 32,
+            flags: 3,
+            index: 7,
+            cap_offset: 0,
+            size: 4096,
+            offset: 0,
+        };
         assert_eq!(parse_region_info(&encode_region_info(&r)), Some(r));
-        let m = vfio_iommu_type1_dma_map { argsz: 32, flags: 3, vaddr: 0x1000, iova: 0x4000_0000, size: 0x20_0000 };
+        let m = vfio_iommu_type1_dma_map {
+            argsz: 32,
+            flags: 3,
+            vaddr: 0x1000,
+            iova: 0x4000_0000,
+            size: 0x20_0000,
+        };
         assert_eq!(parse_dma_map(&encode_dma_map(&m)), Some(m));
         assert!(parse_dma_map(&encode_dma_map(&m)[..31]).is_none());
     }

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 /// A fresh directory under the system temp dir.
 pub fn temp_dir(prefix: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -43,10 +47,15 @@ impl TestServer {
 
     pub fn with_device(dev: Arc<Device>) -> Self {
         let dir = temp_dir("vdpa-emu-vu");
-        let server = Arc::new(Server::bind(&dir.join("dev.sock"), dev, ServerOptions::default()).unwrap());
+        let server =
+            Arc::new(Server::bind(&dir.join("dev.sock"), dev, ServerOptions::default()).unwrap());
         let s = server.clone();
         let thread = std::thread::spawn(move || s.serve().unwrap());
-        TestServer { server, thread: Some(thread), dir }
+        TestServer {
+            server,
+            thread: Some(thread),
+            dir,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -69,7 +78,11 @@ impl TestServer {
     pub fn wait_ended(&self, n: u64) {
         let t0 = Instant::now();
         while self.server.stats().ended < n {
-            assert!(t0.elapsed() < Duration::from_secs(10), "server did not finish connection {n}: {:?}", self.server.stats());
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "server did not finish connection {n}: {:?}",
+                self.server.stats()
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }

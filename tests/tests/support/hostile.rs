@@ -73,7 +73,13 @@ impl Rig {
         drv.start().expect("start");
         assert_eq!(drv.status().unwrap(), RUNNING);
         assert_eq!(drv.is_packed(), o_packed, "ring layout as asked");
-        Rig { dev, drv, arena, ro: None, rng: SmallRng::seed_from_u64(7) }
+        Rig {
+            dev,
+            drv,
+            arena,
+            ro: None,
+            rng: SmallRng::seed_from_u64(7),
+        }
     }
 
     pub fn mem_end(&self) -> u64 {
@@ -84,7 +90,17 @@ impl Rig {
     pub fn map_ro(&mut self, iova: u64, size: u64) -> u64 {
         let shm = SharedMemory::new("hostile-ro", size).expect("memfd");
         shm.fill(0, size, RO_FILL).unwrap();
-        self.dev.dma_map(iova, size, Perms::RO, Backing::Fd { file: shm.try_clone_file().unwrap(), offset: 0 }).expect("map RO region");
+        self.dev
+            .dma_map(
+                iova,
+                size,
+                Perms::RO,
+                Backing::Fd {
+                    file: shm.try_clone_file().unwrap(),
+                    offset: 0,
+                },
+            )
+            .expect("map RO region");
         self.ro = Some((iova, shm));
         iova
     }
@@ -108,19 +124,27 @@ impl Rig {
     }
 
     pub fn common_write16(&self, reg: u64, v: u16) {
-        self.dev.region_write(0, self.dev.layout().common.offset + reg, &v.to_le_bytes()).unwrap();
+        self.dev
+            .region_write(0, self.dev.layout().common.offset + reg, &v.to_le_bytes())
+            .unwrap();
     }
 
     pub fn common_read16(&self, reg: u64) -> u16 {
         let mut b = [0u8; 2];
-        self.dev.region_read(0, self.dev.layout().common.offset + reg, &mut b).unwrap();
+        self.dev
+            .region_read(0, self.dev.layout().common.offset + reg, &mut b)
+            .unwrap();
         u16::from_le_bytes(b)
     }
 
     pub fn common_write64(&self, reg: u64, v: u64) {
         let off = self.dev.layout().common.offset + reg;
-        self.dev.region_write(0, off, &(v as u32).to_le_bytes()).unwrap();
-        self.dev.region_write(0, off + 4, &((v >> 32) as u32).to_le_bytes()).unwrap();
+        self.dev
+            .region_write(0, off, &(v as u32).to_le_bytes())
+            .unwrap();
+        self.dev
+            .region_write(0, off + 4, &((v >> 32) as u32).to_le_bytes())
+            .unwrap();
     }
 
     pub fn fire(&mut self, t: Trigger) {
@@ -161,19 +185,51 @@ impl Rig {
     pub fn assert_fault(&mut self, b: &Before, want: &DeviceFault, name: &str) {
         // DEVICE_NEEDS_RESET through the common cfg register, the other bits untouched.
         let s = self.drv.status().unwrap();
-        assert_eq!(s, b.status | st::DEVICE_NEEDS_RESET, "{name}: device_status {s:#04x}");
-        assert_eq!(self.dev.fault().as_ref(), Some(want), "{name}: Device::fault()");
+        assert_eq!(
+            s,
+            b.status | st::DEVICE_NEEDS_RESET,
+            "{name}: device_status {s:#04x}"
+        );
+        assert_eq!(
+            self.dev.fault().as_ref(),
+            Some(want),
+            "{name}: Device::fault()"
+        );
         let c = self.dev.counters();
         for (i, k) in FAULT_KINDS.iter().enumerate() {
             let delta = c.faults[i] - b.counters.faults[i];
-            assert_eq!(delta, u64::from(*k == want.kind()), "{name}: fault counter {k}");
+            assert_eq!(
+                delta,
+                u64::from(*k == want.kind()),
+                "{name}: fault counter {k}"
+            );
         }
-        assert_eq!(c.fault(want.kind()), b.counters.fault(want.kind()) + 1, "{name}");
-        assert_eq!(c.needs_reset, b.counters.needs_reset + 1, "{name}: needs_reset");
-        assert_eq!(c.config_interrupts, b.counters.config_interrupts + 1, "{name}: config_interrupts");
-        assert_eq!(self.drv.irq.count(0), b.cfg_irqs + 1, "{name}: config interrupt on vector 0");
+        assert_eq!(
+            c.fault(want.kind()),
+            b.counters.fault(want.kind()) + 1,
+            "{name}"
+        );
+        assert_eq!(
+            c.needs_reset,
+            b.counters.needs_reset + 1,
+            "{name}: needs_reset"
+        );
+        assert_eq!(
+            c.config_interrupts,
+            b.counters.config_interrupts + 1,
+            "{name}: config_interrupts"
+        );
+        assert_eq!(
+            self.drv.irq.count(0),
+            b.cfg_irqs + 1,
+            "{name}: config interrupt on vector 0"
+        );
         let i = self.drv.read_isr().unwrap();
-        assert_ne!(i & isr::CONFIG, 0, "{name}: ISR {i:#x} lacks the config bit");
+        assert_ne!(
+            i & isr::CONFIG,
+            0,
+            "{name}: ISR {i:#x} lacks the config bit"
+        );
     }
 
     pub fn assert_untouched(&mut self, b: &Before, name: &str) {
@@ -181,9 +237,17 @@ impl Rig {
         // the read-only region untouched.
         let bus = self.dev.bus_stats().delta(&b.bus);
         for k in [DmaKind::PacketWrite, DmaKind::RingWrite, DmaKind::LogWrite] {
-            assert_eq!(bus.get(k).transactions, 0, "{name}: {k} during the faulting kick");
+            assert_eq!(
+                bus.get(k).transactions,
+                0,
+                "{name}: {k} during the faulting kick"
+            );
         }
-        assert!(b.mem == self.drv.mem.shm().snapshot(), "{name}: guest memory changed: {}", first_diff(&b.mem, &self.drv.mem.shm().snapshot()));
+        assert!(
+            b.mem == self.drv.mem.shm().snapshot(),
+            "{name}: guest memory changed: {}",
+            first_diff(&b.mem, &self.drv.mem.shm().snapshot())
+        );
         if let (Some(img), Some((_, shm))) = (&b.ro, &self.ro) {
             assert!(*img == shm.snapshot(), "{name}: read-only region changed");
         }
@@ -204,10 +268,18 @@ impl Rig {
         let _ = self.drv.status().unwrap();
         assert_eq!(self.dev.bus_stats(), bus0, "{name}: DMA while broken");
         let c = self.dev.counters();
-        assert_eq!(c.spurious_doorbells, c0.spurious_doorbells + 3, "{name}: doorbells while broken must be ignored");
+        assert_eq!(
+            c.spurious_doorbells,
+            c0.spurious_doorbells + 3,
+            "{name}: doorbells while broken must be ignored"
+        );
         assert_eq!(c.faults, c0.faults, "{name}: new faults while broken");
         assert_eq!(c.rx_frames, c0.rx_frames, "{name}");
-        assert_eq!(self.drv.irq.total(), irqs0, "{name}: interrupts while broken");
+        assert_eq!(
+            self.drv.irq.total(),
+            irqs0,
+            "{name}: interrupts while broken"
+        );
         assert_eq!(self.dev.fault(), fault, "{name}: the first fault is kept");
         let s = self.drv.status().unwrap();
         assert_ne!(s & st::DEVICE_NEEDS_RESET, 0, "{name}");
@@ -218,7 +290,9 @@ impl Rig {
         self.drv.reset().unwrap();
         assert_eq!(self.drv.status().unwrap(), 0, "{name}: status after reset");
         assert_eq!(self.dev.fault(), None, "{name}: fault cleared by reset");
-        self.drv.start().unwrap_or_else(|e| panic!("{name}: restart: {e}"));
+        self.drv
+            .start()
+            .unwrap_or_else(|e| panic!("{name}: restart: {e}"));
         self.assert_loops(name);
     }
 
@@ -235,13 +309,20 @@ impl Rig {
 
 pub fn first_diff(a: &[u8], b: &[u8]) -> String {
     match a.iter().zip(b).position(|(x, y)| x != y) {
-        Some(i) => format!("first difference at offset {i:#x}: {:#04x} -> {:#04x}", a[i], b[i]),
+        Some(i) => format!(
+            "first difference at offset {i:#x}: {:#04x} -> {:#04x}",
+            a[i], b[i]
+        ),
         None => format!("lengths {} vs {}", a.len(), b.len()),
     }
 }
 
 /// Builds the hostile input on a fresh rig, fires it, checks the fault, recovers.
-pub fn run_case(name: &str, o: DriverOptions, build: impl FnOnce(&mut Rig) -> (Trigger, DeviceFault)) {
+pub fn run_case(
+    name: &str,
+    o: DriverOptions,
+    build: impl FnOnce(&mut Rig) -> (Trigger, DeviceFault),
+) {
     let mut rig = Rig::new(o);
     let (trigger, want) = build(&mut rig);
     let before = rig.snapshot();
