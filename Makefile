@@ -50,6 +50,7 @@ export VDPA_E2E_DIR ?= $(HOME)/.cache/vdpa-emu/e2e
 E2E_CARGO_FLAGS ?=
 e2e-provision:
 	bash scripts/e2e-provision.sh
+	bash scripts/e2e-provision-dpdk.sh
 
 e2e: e2e-provision
 	$(CARGO) test $(E2E_CARGO_FLAGS) -p sim-harness --test e2e_qemu -- --ignored --test-threads=1 --nocapture

@@ -263,6 +263,16 @@ impl Device {
         self.space.mappings()
     }
 
+    /// Number of live DMA mappings (O(1); DMA_MAP checks it against max_dma_maps).
+    pub fn mapping_count(&self) -> usize {
+        self.space.len()
+    }
+
+    /// DMA_MAP / DMA_UNMAP counters of the device's IOVA space.
+    pub fn map_stats(&self) -> dma::MapStats {
+        self.space.stats()
+    }
+
     /// Runs `f` on the locked state, then delivers frames that arrived meanwhile (see
     /// [`Device::try_service_rx`]).
     fn with<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
@@ -378,7 +388,10 @@ impl DmaMapper for Device {
         let _span =
             tracing::debug_span!("dma_unmap", iova = format_args!("{iova:#x}"), size).entered();
         let r = self.space.unmap(iova, size);
-        self.with(|s| s.dma.sync_space());
+        // Drop the engine's references to what was unmapped right away (only if anything was).
+        if matches!(r, Ok(n) if n > 0) {
+            self.with(|s| s.dma.sync_space());
+        }
         r
     }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub use bus_stats::{BusStats, DmaKind, PcieModel, PcieTraffic, Traffic, RING_INDEX_WRITE_MAX};
 pub use dirty_log::{LogConfig, LogStats, MAX_LOG_GRANULARITY};
 pub use iommu::{DmaFault, IommuStats, MAX_IOTLB_ENTRIES};
-pub use memory::{AddressSpace, Backing, MapError, MappingInfo, Perms, PAGE_SIZE};
+pub use memory::{AddressSpace, Backing, MapError, MapStats, MappingInfo, Perms, PAGE_SIZE};
 pub use shm::{SharedMemory, ShmError};
 pub use write_trace::WriteTrace;
 

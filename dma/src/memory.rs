@@ -1,12 +1,15 @@
 //! The IOVA space of one device, assembled from vfio-user `DMA_MAP` / `DMA_UNMAP`.
 //!
-//! The mapping table is an immutable, `Arc`'d snapshot that is replaced on every change
-//! (the `GuestMemoryAtomic` pattern of vm-memory), plus a generation counter bumped after
-//! every successful change so that DMA engines can invalidate their IOTLB with one load.
-//! fd-backed mappings are mmap'd `MAP_SHARED` through vm-memory's `MmapRegionBuilder` +
-//! `FileOffset` and held as `GuestRegionMmap`s; the snapshot keeps them alive, so an engine
-//! that still holds an old snapshot can never touch unmapped host memory.
+//! The mappings live in a `BTreeMap` by IOVA (O(log n) map and unmap: a guest vIOMMU in strict
+//! mode maps and unmaps every buffer); engines translate with an immutable, `Arc`'d sorted
+//! snapshot (the `GuestMemoryAtomic` pattern of vm-memory) that is rebuilt lazily after a
+//! change, plus a generation counter bumped after every successful change so that DMA engines
+//! can invalidate their IOTLB with one load. fd-backed mappings point into one `MAP_SHARED`
+//! mmap of the whole backing file (vm-memory's `MmapRegionBuilder` + `FileOffset`), shared by
+//! every mapping of that file; snapshots keep it alive, so an engine that still holds an old
+//! snapshot can never touch unmapped host memory.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,10 +94,10 @@ pub enum MapError {
         /// Size of that mapping.
         existing_size: u64,
     },
-    /// An unmap that covers no mapping, or only part of one (vfio semantics: mappings are
-    /// removed whole or not at all).
-    #[error("DMA unmap {iova:#x}+{size:#x} covers no mapping or only part of one")]
-    NotFound {
+    /// An unmap that covers only part of a mapping (vfio semantics: mappings are removed
+    /// whole or not at all).
+    #[error("DMA unmap {iova:#x}+{size:#x} covers only part of a mapping")]
+    PartialUnmap {
         /// Requested IOVA.
         iova: u64,
         /// Requested size.
@@ -135,8 +138,8 @@ pub(crate) struct Mapping {
     pub(crate) perms: Perms,
     /// Host address of the byte at `iova`, 0 for `Backing::None`.
     pub(crate) host: usize,
-    /// Keeps the mmap alive for as long as any snapshot refers to it.
-    pub(crate) region: Option<Arc<GuestRegionMmap>>,
+    /// Keeps the file's mmap alive for as long as any snapshot refers to this mapping.
+    pub(crate) file: Option<Arc<FileMmap>>,
 }
 
 impl Mapping {
@@ -145,15 +148,15 @@ impl Mapping {
             iova: self.iova,
             size: self.end - self.iova,
             perms: self.perms,
-            has_fd: self.region.is_some(),
+            has_fd: self.file.is_some(),
         }
     }
 }
 
-/// An immutable mapping table, sorted by IOVA, non-overlapping.
+/// An immutable mapping table, sorted by IOVA, non-overlapping: what engines translate with.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
-    pub(crate) maps: Vec<Mapping>,
+    pub(crate) maps: Vec<Arc<Mapping>>,
 }
 
 impl Snapshot {
@@ -164,29 +167,105 @@ impl Snapshot {
         let idx = idx.checked_sub(1)?;
         (iova < self.maps[idx].end).then_some(idx)
     }
+}
 
-    fn clone_table(&self) -> Vec<Mapping> {
-        self.maps
-            .iter()
-            .map(|m| Mapping {
-                iova: m.iova,
-                end: m.end,
-                perms: m.perms,
-                host: m.host,
-                region: m.region.clone(),
-            })
-            .collect()
+/// Counters of the DMA_MAP / DMA_UNMAP traffic one IOVA space has seen (a guest vIOMMU in
+/// strict mode maps and unmaps every buffer, so these tell how hard the map path works).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MapStats {
+    /// Successful maps.
+    pub maps: u64,
+    /// Unmap requests that removed at least one mapping.
+    pub unmaps: u64,
+    /// Unmap requests that covered nothing mapped (they succeed, as in the kernel's type1
+    /// IOMMU; intel-iommu sends power-of-two unmaps over the whole aperture).
+    pub unmaps_of_nothing: u64,
+    /// Maps refused because they overlapped an existing mapping (EEXIST).
+    pub overlaps_refused: u64,
+    /// Mappings removed by unmap-all (client reset, disconnect, DMA_UNMAP's ALL flag).
+    pub unmapped_by_reset: u64,
+    /// Live mappings now, and the most there ever were at once.
+    pub live: u64,
+    /// See `live`.
+    pub live_peak: u64,
+    /// The lowest IOVA and the highest exclusive end ever mapped (`u64::MAX`/0 when none).
+    pub iova_min: u64,
+    /// See `iova_min`.
+    pub iova_end_max: u64,
+    /// fd-backed maps whose IOVA differs from their offset in the backing file. QEMU backs
+    /// guest RAM below 4 GiB with one memfd whose offset is the guest-physical address, so
+    /// without a vIOMMU this stays 0 for RAM; behind a vIOMMU every IOTLB entry counts.
+    pub fd_maps_iova_not_offset: u64,
+    /// Whole-file mmaps made, and maps served from an existing one (same file, by identity).
+    pub file_mmaps: u64,
+    /// See `file_mmaps`.
+    pub file_mmap_reuses: u64,
+}
+
+/// A whole backing file mmap'd once, shared by every mapping into it (found by file identity).
+///
+/// QEMU behind a vIOMMU sends one DMA_MAP per IOTLB entry, each with its own fd of the same
+/// RAM memfd: mapping the file once turns each of those into a table insert, closes the fd at
+/// once (no fd per map), and maps hugetlbfs-backed RAM, whose mmap offsets must be huge-page
+/// aligned, although QEMU's 4 KiB IOTLB entries are not.
+#[derive(Debug)]
+pub(crate) struct FileMmap {
+    region: GuestRegionMmap,
+    len: u64,
+}
+
+/// Identity of a backing file and the protection it is mapped with.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    writable: bool,
+}
+
+/// The mutable side: mappings by IOVA, the snapshot engines use (rebuilt lazily after a
+/// change, so a burst of maps costs O(log n) each and one O(n) rebuild at the next DMA),
+/// the whole-file mmaps by identity, the counters.
+#[derive(Debug, Default)]
+struct Table {
+    maps: BTreeMap<u64, Arc<Mapping>>,
+    snapshot: Option<Arc<Snapshot>>,
+    /// Strong: a vIOMMU guest in strict mode often unmaps every mapping of its RAM file
+    /// between two buffers, and re-mmapping (and munmapping) the whole file each time cost
+    /// ~50 us per DMA_MAP. Only files whose mmap nothing else uses are evicted, and only past
+    /// `MAX_IDLE_FILES`; unmap-all (reset, disconnect) drops them all.
+    files: HashMap<FileKey, Arc<FileMmap>>,
+    stats: MapStats,
+}
+
+/// Whole-file mmaps kept while no mapping uses them (see [`Table::files`]).
+const MAX_IDLE_FILES: usize = 16;
+
+impl Table {
+    /// The first mapping intersecting `[iova, end)`.
+    fn first_overlap(&self, iova: u64, end: u64) -> Option<&Arc<Mapping>> {
+        // The mapping starting at or below iova (it may reach into the range), then the
+        // first one starting inside the range.
+        let below = self.maps.range(..=iova).next_back().map(|(_, m)| m);
+        below
+            .filter(|m| m.end > iova)
+            .or_else(|| self.maps.range(iova..end).next().map(|(_, m)| m))
+    }
+
+    fn changed(&mut self) {
+        self.snapshot = None;
+        self.stats.live = self.maps.len() as u64;
+        self.stats.live_peak = self.stats.live_peak.max(self.stats.live);
     }
 }
 
 /// The IOVA space of one device: `DMA_MAP` / `DMA_UNMAP` land here.
 ///
-/// `Send + Sync`; readers take cheap snapshots, writers swap the table and then bump
+/// `Send + Sync`; readers take cheap snapshots, writers change the table and then bump
 /// [`generation`](AddressSpace::generation) (Release), which engines check on every access.
 #[derive(Debug)]
 pub struct AddressSpace {
     generation: AtomicU64,
-    current: Mutex<Arc<Snapshot>>,
+    table: Mutex<Table>,
 }
 
 impl Default for AddressSpace {
@@ -195,47 +274,46 @@ impl Default for AddressSpace {
     }
 }
 
-fn mmap_backing(
-    iova: u64,
-    size: u64,
-    perms: Perms,
-    file: File,
-    offset: u64,
-) -> Result<Arc<GuestRegionMmap>, MapError> {
-    let err = |source: std::io::Error| MapError::Mmap { iova, size, source };
-    let len = usize::try_from(size).map_err(|_| {
-        err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "mapping larger than the host address space",
-        ))
-    })?;
-    let file_end = offset.checked_add(size).ok_or_else(|| {
-        err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "file offset + size overflows",
-        ))
-    })?;
+fn invalid(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.into())
+}
+
+/// Checks `[offset, offset + size)` against the file and returns the file's length, or
+/// `None` when the file is not a regular file (its length then means nothing).
+fn check_file_range(file: &File, offset: u64, size: u64) -> std::io::Result<Option<u64>> {
+    let file_end = offset
+        .checked_add(size)
+        .ok_or_else(|| invalid("file offset + size overflows"))?;
     if offset > i64::MAX as u64 {
-        return Err(err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "file offset does not fit off_t",
-        )));
+        return Err(invalid("file offset does not fit off_t"));
+    }
+    if usize::try_from(size).is_err() {
+        return Err(invalid("mapping larger than the host address space"));
+    }
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Ok(None);
     }
     // Touching a MAP_SHARED page past EOF raises SIGBUS: refuse such mappings up front
-    // (only regular files have a meaningful length; memfds and hugetlbfs files are regular).
-    let meta = file.metadata().map_err(err)?;
-    if meta.file_type().is_file() && meta.len() < file_end {
-        return Err(err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "file offset {offset:#x} + size {size:#x} runs past end of file ({:#x})",
-                meta.len()
-            ),
+    // (memfds and hugetlbfs files are regular files).
+    if meta.len() < file_end {
+        return Err(invalid(format!(
+            "file offset {offset:#x} + size {size:#x} runs past end of file ({:#x})",
+            meta.len()
         )));
     }
-    // Map only what the device may do (defence in depth: a bug that writes a read-only
-    // mapping faults in the host instead of corrupting guest memory). Writable mappings
-    // are also readable because the dirty log is updated with atomic read-modify-writes.
+    Ok(Some(meta.len()))
+}
+
+/// mmaps `len` bytes of `file` at `offset`, `MAP_SHARED`, with only the access the device
+/// may make (defence in depth: a bug that writes a read-only mapping faults in the host
+/// instead of corrupting guest memory). Writable mappings are also readable because the dirty
+/// log is updated with atomic read-modify-writes.
+fn mmap_file(file: File, offset: u64, len: u64, perms: Perms) -> std::io::Result<GuestRegionMmap> {
+    if offset % PAGE_SIZE != 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let len = usize::try_from(len).map_err(|_| invalid("mapping too large"))?;
     let prot = match (perms.read, perms.write) {
         (_, true) => libc::PROT_READ | libc::PROT_WRITE,
         (true, false) => libc::PROT_READ,
@@ -247,19 +325,10 @@ fn mmap_backing(
         .with_mmap_flags(libc::MAP_SHARED)
         .build()
         .map_err(|e| match e {
-            vm_memory::mmap::MmapRegionError::Mmap(io) => err(io),
-            other => err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                other.to_string(),
-            )),
+            vm_memory::mmap::MmapRegionError::Mmap(io) => io,
+            other => invalid(other.to_string()),
         })?;
-    let region = GuestRegionMmap::new(region, GuestAddress(iova)).ok_or_else(|| {
-        err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "guest region overflows",
-        ))
-    })?;
-    Ok(Arc::new(region))
+    GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| invalid("guest region overflows"))
 }
 
 impl AddressSpace {
@@ -267,12 +336,14 @@ impl AddressSpace {
     pub fn new() -> Self {
         AddressSpace {
             generation: AtomicU64::new(0),
-            current: Mutex::new(Arc::new(Snapshot::default())),
+            table: Mutex::new(Table::default()),
         }
     }
 
     /// Adds a mapping of `[iova, iova + size)`. Fails on zero size, 64-bit overflow (the
     /// exclusive end must fit in a `u64`), overlap with an existing mapping, or mmap failure.
+    /// O(log n) in the number of mappings; an fd of a file already mapped (same device and
+    /// inode) reuses that mmap and is closed at once.
     pub fn map(
         &self,
         iova: u64,
@@ -286,109 +357,185 @@ impl AddressSpace {
         let end = iova
             .checked_add(size)
             .ok_or(MapError::AddressOverflow { iova, size })?;
-        // Cheap early overlap check so that a refused map does not cost an mmap.
-        self.check_overlap(&self.snapshot(), iova, end, size)?;
-        let region = match backing {
-            Backing::Fd { file, offset } => Some(mmap_backing(iova, size, perms, file, offset)?),
-            Backing::None => None,
-        };
-        let host = region.as_ref().map_or(0, |r| r.as_ptr() as usize);
-        let mut cur = self.current.lock();
-        // Re-check under the lock: another thread may have mapped meanwhile.
-        self.check_overlap(&cur, iova, end, size)?;
-        let mut maps = cur.clone_table();
-        let pos = maps.partition_point(|m| m.iova < iova);
-        maps.insert(
-            pos,
-            Mapping {
-                iova,
-                end,
-                perms,
-                host,
-                region,
-            },
-        );
-        *cur = Arc::new(Snapshot { maps });
-        self.generation.fetch_add(1, Ordering::Release);
-        drop(cur);
-        tracing::debug!(iova = format_args!("{iova:#x}"), size, ?perms, "dma map");
-        Ok(())
-    }
-
-    fn check_overlap(
-        &self,
-        snap: &Snapshot,
-        iova: u64,
-        end: u64,
-        size: u64,
-    ) -> Result<(), MapError> {
-        if let Some(m) = snap.maps.iter().find(|m| m.iova < end && iova < m.end) {
-            return Err(MapError::Overlap {
+        let err = |source: std::io::Error| MapError::Mmap { iova, size, source };
+        let mut t = self.table.lock();
+        if let Some(m) = t.first_overlap(iova, end) {
+            let e = MapError::Overlap {
                 iova,
                 size,
                 existing_iova: m.iova,
                 existing_size: m.end - m.iova,
-            });
+            };
+            t.stats.overlaps_refused += 1;
+            return Err(e);
         }
+        let translated = matches!(&backing, Backing::Fd { offset, .. } if *offset != iova);
+        let (host, file) = match backing {
+            Backing::None => (0, None),
+            Backing::Fd { file, offset } => {
+                let whole = self
+                    .file_mmap(&mut t, file, offset, size, perms)
+                    .map_err(err)?;
+                let host = whole.region.as_ptr() as usize + offset as usize;
+                (host, Some(whole))
+            }
+        };
+        t.maps.insert(
+            iova,
+            Arc::new(Mapping {
+                iova,
+                end,
+                perms,
+                host,
+                file,
+            }),
+        );
+        t.stats.maps += 1;
+        t.stats.fd_maps_iova_not_offset += u64::from(translated);
+        t.stats.iova_min = if t.stats.maps == 1 {
+            iova
+        } else {
+            t.stats.iova_min.min(iova)
+        };
+        t.stats.iova_end_max = t.stats.iova_end_max.max(end);
+        t.changed();
+        self.generation.fetch_add(1, Ordering::Release);
+        drop(t);
+        tracing::trace!(iova = format_args!("{iova:#x}"), size, ?perms, "dma map");
         Ok(())
     }
 
+    /// The whole-file mmap covering `[offset, offset + size)` of `file`: an existing one of the
+    /// same file (by identity) when it is large enough, else a new one.
+    fn file_mmap(
+        &self,
+        t: &mut Table,
+        file: File,
+        offset: u64,
+        size: u64,
+        perms: Perms,
+    ) -> std::io::Result<Arc<FileMmap>> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(file_len) = check_file_range(&file, offset, size)? else {
+            // Not a regular file (a device node, say): map just the range, unshared.
+            let region = mmap_file(file, offset, size, perms)?;
+            let len = size;
+            return Ok(Arc::new(FileMmap { region, len }));
+        };
+        if offset % PAGE_SIZE != 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let meta = file.metadata()?;
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            writable: perms.write,
+        };
+        if let Some(m) = t.files.get(&key) {
+            if m.len >= offset + size {
+                t.stats.file_mmap_reuses += 1;
+                return Ok(m.clone()); // `file` (the fd) is closed here
+            }
+        }
+        // Writable maps need a read-write mmap; a read-only map of a file opened read-write
+        // shares the read-write mmap only through its own key (the IOMMU enforces perms).
+        let region = mmap_file(file, 0, file_len, perms)?;
+        let m = Arc::new(FileMmap {
+            region,
+            len: file_len,
+        });
+        if t.files.len() >= MAX_IDLE_FILES {
+            t.files.retain(|_, f| Arc::strong_count(f) > 1);
+        }
+        t.files.insert(key, m.clone());
+        t.stats.file_mmaps += 1;
+        Ok(m)
+    }
+
     /// Removes every mapping lying wholly inside `[iova, iova + size)` and returns the bytes
-    /// unmapped. `NotFound` if none does, or if any mapping is only partly covered (then
+    /// unmapped; 0 when nothing is mapped there (that succeeds, as in the kernel's type1 IOMMU
+    /// driver, vfio_dma_do_unmap). `PartialUnmap` if a mapping is only partly covered (then
     /// nothing is removed), as vfio does.
     pub fn unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
         if size == 0 {
             return Err(MapError::ZeroSize);
         }
-        let end = iova
-            .checked_add(size)
+        // A range whose last byte is the top of the 64-bit space is valid (QEMU's vfio
+        // listener unmaps up to 2^64); no mapping can hold that byte, so clamp the end.
+        let last = iova
+            .checked_add(size - 1)
             .ok_or(MapError::AddressOverflow { iova, size })?;
-        let mut cur = self.current.lock();
-        let mut removed = 0u64;
-        for m in cur.maps.iter().filter(|m| m.iova < end && iova < m.end) {
-            if m.iova < iova || m.end > end {
-                return Err(MapError::NotFound { iova, size });
+        let end = last.saturating_add(1);
+        let mut t = self.table.lock();
+        if let Some(m) = t.first_overlap(iova, end) {
+            if m.iova < iova {
+                return Err(MapError::PartialUnmap { iova, size });
             }
-            removed += m.end - m.iova;
         }
-        if removed == 0 {
-            return Err(MapError::NotFound { iova, size });
+        let keys: Vec<u64> = t.maps.range(iova..end).map(|(k, _)| *k).collect();
+        if keys.last().is_some_and(|k| t.maps[k].end > end) {
+            return Err(MapError::PartialUnmap { iova, size });
         }
-        let maps = cur
-            .clone_table()
-            .into_iter()
-            .filter(|m| !(m.iova >= iova && m.end <= end))
-            .collect();
-        *cur = Arc::new(Snapshot { maps });
+        if keys.is_empty() {
+            t.stats.unmaps_of_nothing += 1;
+            return Ok(0);
+        }
+        let mut removed = 0u64;
+        for k in keys {
+            if let Some(m) = t.maps.remove(&k) {
+                removed += m.end - m.iova;
+            }
+        }
+        t.stats.unmaps += 1;
+        t.changed();
         self.generation.fetch_add(1, Ordering::Release);
-        drop(cur);
-        tracing::debug!(iova = format_args!("{iova:#x}"), size, removed, "dma unmap");
+        drop(t);
+        tracing::trace!(iova = format_args!("{iova:#x}"), size, removed, "dma unmap");
         Ok(removed)
     }
 
     /// Removes every mapping (QEMU's unmap-all flag, device reset); returns the bytes
     /// unmapped. The generation is bumped only if something was mapped.
     pub fn unmap_all(&self) -> u64 {
-        let mut cur = self.current.lock();
-        let removed = cur.maps.iter().map(|m| m.end - m.iova).sum();
-        if !cur.maps.is_empty() {
-            *cur = Arc::new(Snapshot::default());
+        let mut t = self.table.lock();
+        let removed = t.maps.values().map(|m| m.end - m.iova).sum();
+        t.files.clear();
+        if !t.maps.is_empty() {
+            t.stats.unmapped_by_reset += t.maps.len() as u64;
+            t.maps.clear();
+            t.changed();
             self.generation.fetch_add(1, Ordering::Release);
         }
-        drop(cur);
+        drop(t);
         tracing::debug!(removed, "dma unmap all");
         removed
     }
 
     /// All mappings, sorted by IOVA.
     pub fn mappings(&self) -> Vec<MappingInfo> {
-        self.snapshot().maps.iter().map(Mapping::info).collect()
+        self.table.lock().maps.values().map(|m| m.info()).collect()
+    }
+
+    /// Number of live mappings (O(1)).
+    pub fn len(&self) -> usize {
+        self.table.lock().maps.len()
+    }
+
+    /// True when nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The mapping containing `iova`, if any.
     pub fn mapping_at(&self, iova: u64) -> Option<MappingInfo> {
-        let snap = self.snapshot();
-        snap.find(iova).map(|i| snap.maps[i].info())
+        let t = self.table.lock();
+        let m = t.maps.range(..=iova).next_back().map(|(_, m)| m)?;
+        (iova < m.end).then(|| m.info())
+    }
+
+    /// The map/unmap counters.
+    pub fn stats(&self) -> MapStats {
+        self.table.lock().stats
     }
 
     /// Number of successful changes so far; engines compare it on every access.
@@ -396,9 +543,17 @@ impl AddressSpace {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The current table.
+    /// The current table (rebuilt here, once, after a change).
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.lock().clone()
+        let mut t = self.table.lock();
+        if let Some(s) = &t.snapshot {
+            return s.clone();
+        }
+        let s = Arc::new(Snapshot {
+            maps: t.maps.values().cloned().collect(),
+        });
+        t.snapshot = Some(s.clone());
+        s
     }
 
     /// Fast-path generation load (the same as [`generation`](Self::generation)).
@@ -467,25 +622,29 @@ mod tests {
         // Failed operations do not bump the generation.
         assert!(matches!(
             s.unmap(0x1800, 0x1000),
-            Err(MapError::NotFound {
+            Err(MapError::PartialUnmap {
                 iova: 0x1800,
                 size: 0x1000
             })
         ));
-        assert!(matches!(
-            s.unmap(0x8000, 0x1000),
-            Err(MapError::NotFound { .. })
-        ));
+        // Nothing mapped there: succeeds with 0 bytes, no change (vfio type1 semantics).
+        assert_eq!(s.unmap(0x8000, 0x1000).unwrap(), 0);
         assert!(matches!(s.unmap(0x1000, 0), Err(MapError::ZeroSize)));
         assert!(matches!(
             s.unmap(u64::MAX, 2),
             Err(MapError::AddressOverflow { .. })
         ));
+
         assert_eq!(s.generation(), 3);
         // Partial coverage of one mapping refuses the whole unmap: nothing removed.
         assert!(matches!(
             s.unmap(0x1000, 0x1800),
-            Err(MapError::NotFound { .. })
+            Err(MapError::PartialUnmap { .. })
+        ));
+        // A range that ends inside a mapping likewise.
+        assert!(matches!(
+            s.unmap(0, 0x2800),
+            Err(MapError::PartialUnmap { .. })
         ));
         assert_eq!(s.mappings().len(), 3);
         // A range covering two whole mappings removes both.
@@ -497,6 +656,13 @@ mod tests {
         );
         assert_eq!(s.mapping_at(u64::MAX - 1).unwrap().iova, u64::MAX - 0x1000);
         assert_eq!(s.mapping_at(u64::MAX), None);
+        // An unmap up to 2^64 (QEMU's listener sends them) is valid and takes the top page.
+        assert_eq!(
+            s.unmap(0xfef0_0000, 0u64.wrapping_sub(0xfef0_0000))
+                .unwrap(),
+            0x1000
+        );
+        assert!(s.is_empty());
     }
 
     #[test]
@@ -558,5 +724,115 @@ mod tests {
         assert!(matches!(e, MapError::Mmap { .. }), "{e}");
         assert_eq!(s.generation(), 0);
         assert!(s.mappings().is_empty());
+    }
+
+    /// The table against a naive model: random maps and unmaps (aligned to a coarse grid so
+    /// that overlaps, touching neighbours and partial unmaps all happen often).
+    #[test]
+    fn table_matches_a_naive_model() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed);
+        let s = AddressSpace::new();
+        let mut model: Vec<(u64, u64)> = Vec::new(); // (iova, end)
+        for _ in 0..20_000 {
+            let iova = rng.gen_range(0..64u64) * 0x1000;
+            let size = rng.gen_range(1..6u64) * 0x1000;
+            let end = iova + size;
+            if rng.gen_bool(0.5) {
+                let overlaps = model.iter().any(|&(a, e)| a < end && iova < e);
+                let r = s.map(iova, size, Perms::RW, Backing::None);
+                assert_eq!(r.is_ok(), !overlaps, "map {iova:#x}+{size:#x}: {r:?}");
+                if !overlaps {
+                    model.push((iova, end));
+                }
+            } else {
+                let hit: Vec<_> = model
+                    .iter()
+                    .filter(|&&(a, e)| a < end && iova < e)
+                    .collect();
+                let partial = hit.iter().any(|&&(a, e)| a < iova || e > end);
+                let r = s.unmap(iova, size);
+                if partial {
+                    assert!(matches!(r, Err(MapError::PartialUnmap { .. })), "{r:?}");
+                } else {
+                    let bytes: u64 = hit.iter().map(|&&(a, e)| e - a).sum();
+                    assert_eq!(r.unwrap(), bytes);
+                    model.retain(|&(a, e)| !(a >= iova && e <= end));
+                }
+            }
+            model.sort();
+            let got: Vec<_> = s
+                .mappings()
+                .iter()
+                .map(|m| (m.iova, m.iova + m.size))
+                .collect();
+            assert_eq!(got, model);
+            let probe = rng.gen_range(0..70u64) * 0x1000 + 0x800;
+            let want = model
+                .iter()
+                .find(|&&(a, e)| a <= probe && probe < e)
+                .map(|m| m.0);
+            assert_eq!(s.mapping_at(probe).map(|m| m.iova), want);
+            assert_eq!(
+                s.snapshot().find(probe).map(|i| s.snapshot().maps[i].iova),
+                want
+            );
+        }
+        let st = s.stats();
+        assert_eq!(st.live, model.len() as u64);
+        assert!(st.maps > 1000 && st.unmaps > 1000 && st.unmaps_of_nothing > 100);
+        assert!(st.overlaps_refused > 1000 && st.live_peak >= st.live);
+    }
+
+    /// Maps of the same file share one mmap (found by file identity) and keep no fd; they
+    /// alias the same memory; a writable map of a file does not reuse a read-only mmap.
+    #[test]
+    fn maps_of_one_file_share_one_mmap() {
+        let s = AddressSpace::new();
+        let shm = crate::SharedMemory::new("ram", 0x10_0000).unwrap();
+        let fd = || Backing::Fd {
+            file: shm.try_clone_file().unwrap(),
+            offset: 0,
+        };
+        let at = |offset| Backing::Fd {
+            file: shm.try_clone_file().unwrap(),
+            offset,
+        };
+        // QEMU behind a vIOMMU: one 4 KiB map per IOTLB entry, IOVAs unrelated to offsets.
+        for i in 0..64u64 {
+            s.map(0xfff0_0000 + i * 0x1000, 0x1000, Perms::RW, at(i * 0x2000))
+                .unwrap();
+        }
+        let st = s.stats();
+        assert_eq!((st.file_mmaps, st.file_mmap_reuses), (1, 63));
+        // The same file again at another IOVA aliases the same host memory.
+        s.map(0, 0x10_0000, Perms::RW, fd()).unwrap();
+        let snap = s.snapshot();
+        let host = |iova: u64| {
+            let m = &snap.maps[snap.find(iova).unwrap()];
+            m.host + (iova - m.iova) as usize
+        };
+        assert_eq!(host(0xfff0_0000 + 5 * 0x1000), host(5 * 0x2000));
+        assert_eq!(s.stats().file_mmaps, 1);
+        // Read-only maps get their own read-only mmap.
+        s.map(0x2000_0000, 0x1000, Perms::RO, at(0)).unwrap();
+        assert_eq!(s.stats().file_mmaps, 2);
+        // Everything unmapped: the file's mmap stays cached (strict-mode guests unmap all of it
+        // between buffers), so the next map reuses it.
+        drop(snap);
+        assert_eq!(
+            s.unmap(0, u64::MAX).unwrap(),
+            64 * 0x1000 + 0x10_0000 + 0x1000
+        );
+        assert!(s.is_empty());
+        s.map(0, 0x1000, Perms::RW, fd()).unwrap();
+        assert_eq!(s.stats().file_mmaps, 2);
+        // Unmap of nothing: success, counted.
+        assert_eq!(s.unmap(0x10_0000, 1 << 47).unwrap(), 0);
+        assert_eq!(s.stats().unmaps_of_nothing, 1);
+        // Unmap-all (reset, disconnect) drops the cached mmaps too.
+        s.unmap_all();
+        s.map(0, 0x1000, Perms::RW, fd()).unwrap();
+        assert_eq!(s.stats().file_mmaps, 3, "a new mmap after unmap-all");
     }
 }

@@ -30,6 +30,13 @@ DRV=$(pci_driver "$BDF")
 res nic="$IF" mac="$(cat "/sys/class/net/$IF/address")" bdf="$BDF" pci_driver="$DRV" \
   net_driver="$(basename "$(readlink "/sys/class/net/$IF/device/driver")")" \
   mtu="$(cat "/sys/class/net/$IF/mtu")" queues="$(ls -d /sys/class/net/$IF/queues/tx-* | wc -l)"
+# behind a vIOMMU: the group and its default domain type (DMA = strict, DMA-FQ = lazy, identity = pt)
+if [ -e "/sys/bus/pci/devices/$BDF/iommu_group" ]; then
+  G=$(basename "$(readlink "/sys/bus/pci/devices/$BDF/iommu_group")")
+  res iommu_group="$G" iommu_domain="$(cat "/sys/kernel/iommu_groups/$G/type" 2> /dev/null || echo unknown)"
+else
+  res iommu_group=none
+fi
 case "$NIC_DRIVER" in
   virtio-pci) [ "$DRV" = virtio-pci ] || fail "$BDF is bound to $DRV, not virtio-pci" ;;
   ifcvf) [ "$DRV" = ifcvf ] || fail "$BDF is bound to $DRV, not ifcvf" ;;

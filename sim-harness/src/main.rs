@@ -203,6 +203,8 @@ fn list_quirks() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
+        // serve is a daemon: its session lines (connect, disconnect, DMA map statistics) show
+        0 if matches!(cli.cmd, Cmd::Serve { .. }) => "info",
         0 => "warn",
         1 => "debug",
         _ => "trace",
@@ -211,6 +213,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {

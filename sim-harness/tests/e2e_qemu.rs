@@ -317,6 +317,12 @@ struct VmSpec {
     qmp: bool,
     /// `-no-reboot`: a reset request (the guest's reboot, QMP system_reset) ends QEMU instead.
     no_reboot: bool,
+    /// Extra `-machine` options (e.g. `kernel-irqchip=split` for intel-iommu's intremap).
+    machine_opts: String,
+    /// Extra kernel command line (e.g. `intel_iommu=on iommu.strict=1`).
+    append: String,
+    /// Extra files for the second initramfs archive (path in the guest, mode, contents).
+    files: Vec<(String, u32, Vec<u8>)>,
 }
 
 impl VmSpec {
@@ -329,6 +335,9 @@ impl VmSpec {
             mem_mb: 512,
             qmp: false,
             no_reboot: true,
+            machine_opts: String::new(),
+            append: String::new(),
+            files: Vec::new(),
         }
     }
     fn arg(mut self, a: impl Into<String>) -> Self {
@@ -352,11 +361,14 @@ impl Vm {
         // second archive: /extra.sh; the kernel wants each archive 4-byte aligned
         let mut initrd = e2e.initramfs.clone();
         initrd.resize(initrd.len().next_multiple_of(4), 0);
-        initrd.extend_from_slice(&cpio_newc(&[(
-            "extra.sh",
-            0o100755,
-            spec.script.as_bytes(),
-        )]));
+        let mut files: Vec<(&str, u32, &[u8])> =
+            vec![("extra.sh", 0o100755, spec.script.as_bytes())];
+        files.extend(
+            spec.files
+                .iter()
+                .map(|(p, m, d)| (p.as_str(), *m, d.as_slice())),
+        );
+        initrd.extend_from_slice(&cpio_newc(&files));
         let initrd_path = dir.join(&format!("{name}-initrd.img"));
         fs::write(&initrd_path, &initrd).expect("write initrd");
         fs::write(dir.join(&format!("{name}-extra.sh")), &spec.script)
@@ -372,7 +384,7 @@ impl Vm {
             "-smp".into(),
             format!("{}", spec.smp),
             "-machine".into(),
-            "q35,memory-backend=mem".into(),
+            format!("q35,memory-backend=mem{}", spec.machine_opts),
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
             "-nographic".into(),
@@ -384,7 +396,7 @@ impl Vm {
             "-initrd".into(),
             initrd_path.display().to_string(),
             "-append".into(),
-            "console=ttyS0 panic=-1 quiet".into(),
+            format!("console=ttyS0 panic=-1 quiet {}", spec.append),
         ];
         if spec.no_reboot {
             args.push("-no-reboot".into());
@@ -741,20 +753,27 @@ struct HostPeer {
     guest_ip: String,
     data: Vec<u8>,
     data_md5: String,
+    mib: u64,
 }
 
 impl HostPeer {
     fn new(tap: &Tap) -> HostPeer {
+        HostPeer::with_mib(tap, blob_mib())
+    }
+
+    /// A peer whose blobs are `mib` MiB (the guest's BLOB_MIB must say the same).
+    fn with_mib(tap: &Tap, mib: u64) -> HostPeer {
         let addr: SocketAddr = format!("{}:{TX_PORT}", tap.host_ip).parse().unwrap();
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         listener.set_nonblocking(true).unwrap();
-        let data = pseudo_random((blob_mib() << 20) as usize, 0x9e37_79b9_7f4a_7c15);
+        let data = pseudo_random((mib << 20) as usize, 0x9e37_79b9_7f4a_7c15);
         let data_md5 = Md5::of(&data);
         HostPeer {
             listener,
             guest_ip: tap.guest_addr(),
             data,
             data_md5,
+            mib,
         }
     }
 
@@ -857,12 +876,13 @@ impl HostPeer {
     }
 
     /// One full round of a `host-peer` guest: guest -> host blob, then host -> guest blob; checks both.
-    fn round(&self, vm: &mut Vm, round: usize, label: &str) {
+    /// Returns the rates in MB/s (guest -> host, host -> guest) as the host measured them.
+    fn round(&self, vm: &mut Vm, round: usize, label: &str) -> (f64, f64) {
         let rx = self.receive(vm, Duration::from_secs(240));
         let tx_secs = self.send(vm, round, Duration::from_secs(120));
         vm.wait_for("E2E-RESULT role_done=", round, Duration::from_secs(120));
         let b = vm.boots().pop().expect("boot markers");
-        let mib = blob_mib();
+        let mib = self.mib;
         assert_eq!(
             rx.bytes,
             mib << 20,
@@ -906,6 +926,7 @@ impl HostPeer {
             b.get("rx_mbps").unwrap_or("?"),
             b.get("ping_rtt_min_avg_max").unwrap_or("?")
         );
+        (mb / rx.secs, mb / tx_secs)
     }
 }
 
@@ -1076,6 +1097,12 @@ fn pair_vars(driver: &str, a: (&str, &str), b: (&str, &str)) -> (Vars, Vars) {
         }
     }
     (va, vb)
+}
+
+/// Replaces (or adds) one guest variable.
+fn set_var(vars: &mut Vars, key: &'static str, value: String) {
+    vars.retain(|(k, _)| *k != key);
+    vars.push((key, value));
 }
 
 fn nic_script(vars: &[(&'static str, String)]) -> String {
@@ -1606,6 +1633,11 @@ fn device_survives_qemu_kill_and_reattach() {
     );
     drop(tap);
 }
+
+#[path = "e2e_qemu/dpdk.rs"]
+mod dpdk;
+#[path = "e2e_qemu/viommu.rs"]
+mod viommu;
 
 // ------------------------------------------------------------------------------------------------
 // the harness's own pieces (run without QEMU)

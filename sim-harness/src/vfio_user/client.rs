@@ -810,7 +810,7 @@ fn map_error(iova: u64, size: u64, e: ClientError) -> MapError {
             existing_size: 0,
         },
         ClientError::Remote { errno, .. } if errno == libc::ENOENT => {
-            MapError::NotFound { iova, size }
+            MapError::PartialUnmap { iova, size }
         }
         ClientError::Remote { errno, .. } => MapError::Mmap {
             iova,

@@ -1,0 +1,119 @@
+# scripts/guest/dpdk.sh -- the DPDK roles of an e2e guest (appended after lib.sh; see there).
+# The guest runs Debian's own DPDK, unmodified, from the tree scripts/e2e-provision-dpdk.sh built: it
+# is shared read-only over 9p (mount tag dpdkroot) and entered with chroot. The harness appends the 9p
+# and vfio modules (/dpdk/modules) and, for the live-migration role, our vhost-user frontend
+# (/dpdk/vdpa-lm-frontend) to the initramfs.
+# Variables set by the harness before this file:
+#   ROLE      testpmd: dpdk-testpmd's net_virtio PMD drives the device (bound to vfio-pci)
+#             vdpa:    DPDK's ifc vDPA driver (examples/vdpa, devarg vdpa=1) + a vhost-user frontend
+#   NIC_PCI   VEN:DEV of the function under test;  RUN_SECS: how long traffic runs
+#   FWD       (testpmd) txonly | io;  ETH_PEER: destination MAC of txonly frames
+#   FRONTEND  (vdpa) virtio-user: testpmd --vdev net_virtio_user (io forwarding, --tx-first)
+#             lm: our vhost-user frontend, which checks the driver's hardware (or software) logging
+#   VDPA_ARGS (vdpa) extra devargs for the ifc driver, e.g. ",sw-live-migration=1"
+# Lines: E2E-RESULT testpmd_rx=N testpmd_tx=N ...; the frontend prints its own E2E-RESULT lines.
+
+C=/mnt/dpdk
+in_c() { chroot "$C" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+
+dpdk_setup() {
+  for m in $(cat /dpdk/modules/order); do
+    insmod "/dpdk/modules/$m.ko" || fail "insmod $m"
+  done
+  mkdir -p "$C"
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro dpdkroot "$C" || fail "mount the DPDK tree over 9p"
+  mount -t proc proc "$C/proc"
+  mount -t sysfs sys "$C/sys"
+  mount -o bind /dev "$C/dev"
+  mount -t tmpfs tmp "$C/tmp"
+  mount -t tmpfs -o mode=755 run "$C/run"
+  mount -t hugetlbfs -o pagesize=2M huge "$C/mnt/huge" || fail "hugetlbfs"
+  # EAL loads every PMD in its plugin directory (Debian builds DPDK with a default -d path): ~450
+  # shared objects over 9p under TCG. Mount a directory over it in which only the PMDs we use end in
+  # .so (what EAL loads: eal_plugindir_init takes *.so and *.so.ABI); every other library there keeps
+  # its soname link (*.so.25), which the binaries link against.
+  P=$(ls -d "$C"/usr/lib/x86_64-linux-gnu/dpdk/pmds-* | head -n1)
+  mkdir -p "$C/run/pmds-real" "$C/run/pmds"
+  mount -o bind "$P" "$C/run/pmds-real" || fail "bind $P"
+  for f in "$P"/*.so.*.*; do
+    b=$(basename "$f")
+    case "$b" in *.so.[0-9]*.[0-9]*) ;; *) continue ;; esac
+    ln -s "/run/pmds-real/$b" "$C/run/pmds/${b%.*}"
+  done
+  for so in librte_bus_pci librte_bus_vdev librte_mempool_ring librte_net_virtio librte_vdpa_ifc librte_net_vhost; do
+    real=$(basename "$(ls "$P/$so".so.*.* | head -n1)") || fail "no $so in $P"
+    ln -s "/run/pmds-real/$real" "$C/run/pmds/$so.so"
+  done
+  mount -o bind "$C/run/pmds" "$P" || fail "bind the PMD subset over $P"
+  res hugepages="$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)" \
+    dpdk="$(in_c dpkg-query -W -f='${Version}' dpdk-dev)"
+}
+
+# vfio_bind BDF: the function leaves its kernel driver for vfio-pci (needs the vIOMMU: no noiommu mode)
+vfio_bind() {
+  [ -e "/sys/bus/pci/devices/$1/iommu_group" ] || fail "$1 has no IOMMU group (is intel-iommu in front of it?)"
+  echo vfio-pci > "/sys/bus/pci/devices/$1/driver_override"
+  [ -e "/sys/bus/pci/devices/$1/driver" ] && echo "$1" > "/sys/bus/pci/devices/$1/driver/unbind"
+  echo "$1" > /sys/bus/pci/drivers_probe
+  [ "$(pci_driver "$1")" = vfio-pci ] || fail "$1 did not bind to vfio-pci"
+  res vfio_group="$(basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")")"
+}
+
+# testpmd_stats FILE PREFIX: the accumulated forward statistics testpmd prints when it stops
+testpmd_stats() {
+  awk -v p="$2" '/Accumulated forward statistics for all ports/ { acc = 1 }
+    acc && /RX-packets:/ { rx = $2 } acc && /TX-packets:/ { tx = $2 }
+    END { printf "%s_rx=%s %s_tx=%s\n", p, rx == "" ? "none" : rx, p, tx == "" ? "none" : tx }' "$1"
+}
+
+BDF=$(pci_find "$NIC_PCI") || fail "no PCI function $NIC_PCI"
+log "role=$ROLE bdf=$BDF"
+dpdk_setup
+vfio_bind "$BDF"
+EAL="-l 0-1 -n 1 --file-prefix=e2e --huge-dir=/mnt/huge -m 256"
+
+case "$ROLE" in
+  testpmd)
+    # testpmd without -i forwards until its stdin reaches EOF, then prints the statistics and exits
+    echo "E2E-READY traffic"
+    sleep "$RUN_SECS" | in_c dpdk-testpmd $EAL -a "$BDF" -- --forward-mode="$FWD" --eth-peer="0,$ETH_PEER" \
+      --txd=256 --rxd=256 --total-num-mbufs=4096 > /tmp/testpmd.log 2>&1
+    rc=$?
+    sed 's/^/E2E-LOG testpmd: /' /tmp/testpmd.log | tail -n 60
+    [ "$rc" = 0 ] || fail "dpdk-testpmd exit $rc"
+    res $(testpmd_stats /tmp/testpmd.log testpmd) \
+      ring="$(grep -q 'packed' /tmp/testpmd.log && echo packed-mentioned || echo -)"
+    ;;
+  vdpa)
+    # DPDK's vdpa example probes the function with the ifc driver (devarg vdpa=1) and serves a
+    # vhost-user socket per vDPA device (server mode: /tmp/vdpa-s0); stdin must block (see e2e.md)
+    ( sleep $((RUN_SECS + 120)) | in_c /opt/vdpa-emu/bin/dpdk-vdpa -l 0 -n 1 --file-prefix=vdpa \
+        --huge-dir=/mnt/huge -m 128 -a "$BDF,vdpa=1${VDPA_ARGS:-}" -- --iface /tmp/vdpa-s > /tmp/vdpa.log 2>&1 ) &
+    retry 90 test -S "$C/tmp/vdpa-s0" || { sed 's/^/E2E-LOG vdpa: /' /tmp/vdpa.log; fail "no vhost-user socket from the vdpa example"; }
+    log "vdpa example is up"
+    case "$FRONTEND" in
+      virtio-user)
+        echo "E2E-READY traffic"
+        sleep "$RUN_SECS" | in_c dpdk-testpmd -l 0-1 -n 1 --file-prefix=fe --no-pci --single-file-segments -m 256 \
+          --huge-dir=/mnt/huge --vdev "net_virtio_user0,path=/tmp/vdpa-s0" -- --forward-mode=io --tx-first \
+          --txd=256 --rxd=256 --total-num-mbufs=2048 > /tmp/fe.log 2>&1
+        rc=$?
+        sed 's/^/E2E-LOG frontend: /' /tmp/fe.log | tail -n 40
+        [ "$rc" = 0 ] || fail "frontend testpmd exit $rc"
+        res $(testpmd_stats /tmp/fe.log frontend)
+        ;;
+      lm)
+        cp /dpdk/vdpa-lm-frontend "$C/tmp/" || fail "no frontend binary"
+        in_c /tmp/vdpa-lm-frontend --socket /tmp/vdpa-s0 --secs "$RUN_SECS" ${LM_ARGS:-} > /tmp/fe.log 2>&1
+        rc=$?
+        cat /tmp/fe.log
+        [ "$rc" = 0 ] || fail "vdpa-lm-frontend exit $rc"
+        ;;
+      *) fail "unknown FRONTEND $FRONTEND" ;;
+    esac
+    sed 's/^/E2E-LOG vdpa: /' /tmp/vdpa.log | tail -n 40
+    grep -q 'is configured' /tmp/vdpa.log && res vdpa_configured=1 || res vdpa_configured=0
+    ;;
+  *) fail "unknown ROLE $ROLE" ;;
+esac
+res role_done="$ROLE"

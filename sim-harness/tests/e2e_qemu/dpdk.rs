@@ -1,0 +1,455 @@
+//! The seed's own software drives the device: Debian's DPDK 24.11, unmodified, inside a guest behind
+//! QEMU's intel-iommu (vfio-pci needs it: the kernel has no noiommu mode). The DPDK tree comes from
+//! scripts/e2e-provision-dpdk.sh and is shared read-only over 9p; scripts/guest/dpdk.sh runs it.
+
+use super::viommu::{map_stats, with_viommu};
+use super::*;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const GUEST_DPDK: &str = include_str!("../../../scripts/guest/dpdk.sh");
+
+/// The DPDK tree (scripts/e2e-provision-dpdk.sh), beside the main e2e directory.
+struct DpdkTree {
+    root: PathBuf,
+    modules: Vec<(String, Vec<u8>)>,
+}
+
+fn dpdk_tree(e2e: &E2e) -> DpdkTree {
+    let dir = std::env::var_os("VDPA_E2E_DPDK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("{}-dpdk", e2e.dir.display())));
+    let order = dir.join("modules/order");
+    let root = dir.join("root");
+    if !order.exists() || !root.join("usr/bin/dpdk-testpmd").exists() {
+        panic!(
+            "the DPDK guest tree is not provisioned: {} is missing.\nRun `make e2e-provision` \
+             (scripts/e2e-provision-dpdk.sh, a few minutes, needs root and the Debian archive) or \
+             point VDPA_E2E_DPDK_DIR at a provisioned directory.",
+            order.display()
+        );
+    }
+    let modules = fs::read_to_string(&order)
+        .expect("read modules/order")
+        .split_whitespace()
+        .map(|m| {
+            let data = fs::read(dir.join(format!("modules/{m}.ko"))).expect("read module");
+            (m.to_string(), data)
+        })
+        .collect();
+    DpdkTree { root, modules }
+}
+
+/// A guest that runs DPDK behind intel-iommu (`iommu=pt`: kernel drivers identity-mapped, vfio-pci
+/// still gets a translating domain), 2 vCPUs, hugepages, the DPDK tree over 9p.
+fn dpdk_vm(tree: &DpdkTree, name: &str, vars: &[(&'static str, String)]) -> VmSpec {
+    let mut spec = with_viommu(VmSpec::new(name, guest_script(vars, GUEST_DPDK)))
+        .arg("-cpu")
+        .arg("max") // DPDK needs SSE4.2
+        .arg("-fsdev")
+        .arg(format!(
+            "local,id=dpdkfs,path={},security_model=none,readonly=on",
+            tree.root.display()
+        ))
+        .arg("-device")
+        .arg("virtio-9p-pci,fsdev=dpdkfs,mount_tag=dpdkroot");
+    spec.smp = 2;
+    spec.mem_mb = 1536;
+    spec.append = "intel_iommu=on iommu=pt hugepagesz=2M hugepages=320".into();
+    spec.files.push(("dpdk".into(), 0o040755, Vec::new()));
+    spec.files
+        .push(("dpdk/modules".into(), 0o040755, Vec::new()));
+    let order: Vec<&str> = tree.modules.iter().map(|(m, _)| m.as_str()).collect();
+    spec.files.push((
+        "dpdk/modules/order".into(),
+        0o100644,
+        order.join("\n").into_bytes(),
+    ));
+    for (m, data) in &tree.modules {
+        spec.files
+            .push((format!("dpdk/modules/{m}.ko"), 0o100644, data.clone()));
+    }
+    spec
+}
+
+fn dpdk_vars(role: &str, secs: u64) -> Vars {
+    vec![
+        ("ROLE", role.into()),
+        ("NIC_PCI", OUR_PCI_ID.into()),
+        ("RUN_SECS", secs.to_string()),
+    ]
+}
+
+// ------------------------------------------------------------------------------------------------
+// the host's end: an AF_PACKET socket on the TAP that `serve --port tap:NAME` created
+
+/// Raw L2 access to a host interface (no IP anywhere: frames never leave the TAP).
+struct RawPort {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+const PACKET_OUTGOING: u8 = 4;
+
+impl RawPort {
+    fn open(ifname: &str) -> RawPort {
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        assert!(
+            raw >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        assert!(ifindex > 0, "no interface {ifname}");
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex;
+        // SAFETY: binds our socket to a valid sockaddr_ll of the right length.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        let rcvbuf: libc::c_int = 64 << 20;
+        // SAFETY: setsockopt with an int option; SO_RCVBUFFORCE works as root.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &rcvbuf as *const _ as *const libc::c_void,
+                4,
+            )
+        };
+        RawPort { fd, ifindex }
+    }
+
+    /// The next frame that came IN from the interface (the device's TX), or None after `timeout`.
+    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+            if n <= 0 {
+                return None;
+            }
+            // SAFETY: as above, zeroed sockaddr_ll is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: buf and sll are valid for their lengths.
+            let r = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                    &mut sll as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                panic!("AF_PACKET recv: {}", std::io::Error::last_os_error());
+            }
+            if sll.sll_pkttype != PACKET_OUTGOING {
+                return Some(r as usize);
+            }
+        }
+    }
+
+    /// Sends one frame into the interface (it reaches the device's RX).
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: as above.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = self.ifindex;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        loop {
+            // SAFETY: frame and sll are valid for their lengths.
+            let r = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr() as *const libc::c_void,
+                    frame.len(),
+                    0,
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if r == frame.len() as isize {
+                return;
+            }
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "AF_PACKET send: {e}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let v: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// Waits for the TAP that serve creates and brings it up, without an address.
+fn tap_up(name: &str, serve: &mut Serve) {
+    let t0 = Instant::now();
+    while !link_exists(name) {
+        serve.check_alive(&format!("TAP {name} to appear"));
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no TAP {name}\n{}",
+            serve.diag()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ip(&["link", "set", name, "up"]);
+}
+
+struct TapGuard(String);
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        if link_exists(&self.0) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+}
+
+/// Experimental ethertype (IEEE 802 local experimental) for the host's test frames.
+const ETHERTYPE_TEST: [u8; 2] = [0x88, 0xb5];
+
+fn test_frame(dst: [u8; 6], src: [u8; 6], seq: u32) -> Vec<u8> {
+    let len = 60 + (seq as usize * 97) % 1455; // 60..1514 bytes
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETHERTYPE_TEST);
+    f.extend_from_slice(&seq.to_be_bytes());
+    let mut x = seq.wrapping_mul(2_654_435_761) | 1;
+    while f.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        f.push(x as u8);
+    }
+    f
+}
+
+// ------------------------------------------------------------------------------------------------
+// item 2: DPDK's virtio PMD (net_virtio) in testpmd
+
+fn serve_for_dpdk(dir: &Scratch, mac: &str, tap: &str, extra: &[&str]) -> Serve {
+    let mut args: Vec<String> = vec![
+        "--mac".into(),
+        mac.into(),
+        "--queue-pairs".into(),
+        "1".into(),
+        "--port".into(),
+        format!("tap:{tap}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Serve::start(dir, "dev", &args)
+}
+
+/// testpmd txonly: every frame testpmd says it sent reaches the host TAP (count and content:
+/// IPv4/UDP from the device's MAC to the peer MAC), then testpmd io forwarding: the host sends
+/// 2,000 frames of 60-1514 bytes into the device and gets each back byte-exact.
+fn testpmd_virtio_pmd(test: &str, tap_name: &str, mac: &str, packed: bool) {
+    require_root(test);
+    let e2e = e2e();
+    let tree = dpdk_tree(&e2e);
+    let dir = Scratch::new(test);
+    let extra: &[&str] = if packed { &[] } else { &["--no-packed"] };
+    let mut serve = serve_for_dpdk(&dir, mac, tap_name, extra);
+    tap_up(tap_name, &mut serve);
+    let _tap = TapGuard(tap_name.into());
+    let port = RawPort::open(tap_name);
+    let dev_mac = mac_bytes(mac);
+    let peer = "02:00:00:e2:e0:fe";
+    let peer_mac = mac_bytes(peer);
+
+    // txonly
+    let mut vars = dpdk_vars("testpmd", 15);
+    vars.push(("FWD", "txonly".into()));
+    vars.push(("ETH_PEER", peer.into()));
+    let spec = dpdk_vm(&tree, "txonly", &vars)
+        .arg("-device")
+        .arg(serve.device_arg());
+    let mut vm = Vm::boot(&e2e, &dir, spec);
+    vm.wait_for("E2E-READY traffic", 1, Duration::from_secs(180));
+    let mut buf = vec![0u8; 65536];
+    let (mut got, mut bad) = (0u64, 0u64);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(120) {
+        let Some(n) = port.recv(&mut buf, Duration::from_millis(500)) else {
+            if vm.count("E2E-RESULT testpmd_rx") > 0 {
+                break;
+            }
+            vm.check_alive("testpmd txonly frames");
+            continue;
+        };
+        let f = &buf[..n];
+        if f[6..12] != dev_mac {
+            continue; // the host's own chatter on the TAP
+        }
+        // testpmd txonly (app/test-pmd/txonly.c): 64-byte IPv4/UDP frames to --eth-peer
+        let ok = n == 60 || n == 64;
+        let ok = ok && f[..6] == peer_mac && f[12..14] == [0x08, 0x00] && f[23] == 17;
+        if ok {
+            got += 1;
+        } else {
+            bad += 1;
+        }
+    }
+    // drain what is still in the socket
+    while let Some(n) = port.recv(&mut buf, Duration::from_millis(300)) {
+        if buf[6..12] == dev_mac && n <= 64 {
+            got += 1;
+        }
+    }
+    let b = vm.finish(Duration::from_secs(120));
+    let sent = b.num("testpmd_tx");
+    println!(
+        "E2E-BENCH {test} txonly: testpmd sent {sent} frames, the host TAP got {got} ({bad} malformed) \
+         in ~15 s of the guest's testpmd run"
+    );
+    assert!(
+        sent > 1000,
+        "testpmd sent only {sent} frames\n{}",
+        vm.diag()
+    );
+    assert_eq!(bad, 0, "malformed frames from the device\n{}", vm.diag());
+    assert_eq!(
+        got,
+        sent,
+        "frames testpmd sent vs frames the TAP got\n{}",
+        vm.diag()
+    );
+    drop(vm);
+
+    // io forwarding: host -> device RX -> testpmd -> device TX -> host, byte-exact
+    let mut vars = dpdk_vars("testpmd", 40);
+    vars.push(("FWD", "io".into()));
+    vars.push(("ETH_PEER", peer.into()));
+    let spec = dpdk_vm(&tree, "io", &vars)
+        .arg("-device")
+        .arg(serve.device_arg());
+    let mut vm = Vm::boot(&e2e, &dir, spec);
+    vm.wait_for("E2E-READY traffic", 1, Duration::from_secs(180));
+    // probe until testpmd forwards (EAL and port start take a while under TCG)
+    let t0 = Instant::now();
+    let probe = test_frame(dev_mac, peer_mac, u32::MAX);
+    'probe: loop {
+        port.send(&probe);
+        let t1 = Instant::now();
+        while t1.elapsed() < Duration::from_millis(300) {
+            if let Some(n) = port.recv(&mut buf, Duration::from_millis(100)) {
+                if buf[..n] == probe[..] {
+                    break 'probe;
+                }
+            }
+        }
+        vm.check_alive("testpmd to forward the probe");
+        assert!(
+            t0.elapsed() < Duration::from_secs(50),
+            "testpmd never forwarded\n{}",
+            vm.diag()
+        );
+    }
+    const N: u32 = 2000;
+    let mut seen = vec![false; N as usize];
+    let (mut echoed, mut wrong) = (0u32, 0u32);
+    let t1 = Instant::now();
+    for seq in 0..N {
+        port.send(&test_frame(dev_mac, peer_mac, seq));
+        if seq % 16 == 15 {
+            // let the TCG guest keep up: a few frames in flight, never a ring's worth
+            while let Some(n) = port.recv(&mut buf, Duration::from_millis(2)) {
+                check_echo(&buf[..n], &mut seen, &mut echoed, &mut wrong, dev_mac);
+            }
+        }
+    }
+    while echoed < N && t1.elapsed() < Duration::from_secs(20) {
+        if let Some(n) = port.recv(&mut buf, Duration::from_millis(200)) {
+            check_echo(&buf[..n], &mut seen, &mut echoed, &mut wrong, dev_mac);
+        }
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    let b = vm.finish(Duration::from_secs(120));
+    println!(
+        "E2E-BENCH {test} io: {N} frames of 60-1514 B host -> device -> testpmd -> device -> host: \
+         {echoed} back byte-exact, {wrong} wrong, {secs:.1} s; testpmd RX {} TX {}",
+        b.get("testpmd_rx").unwrap_or("?"),
+        b.get("testpmd_tx").unwrap_or("?")
+    );
+    assert_eq!(wrong, 0, "frames that came back changed\n{}", vm.diag());
+    assert_eq!(echoed, N, "frames lost on the way\n{}", vm.diag());
+    assert!(
+        b.num("testpmd_rx") >= N as u64,
+        "testpmd RX count\n{}",
+        vm.diag()
+    );
+    assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
+    let st = map_stats(&mut serve);
+    println!("E2E-BENCH {test} DMA maps (vfio-pci behind intel-iommu): {st}");
+}
+
+fn check_echo(f: &[u8], seen: &mut [bool], echoed: &mut u32, wrong: &mut u32, dev: [u8; 6]) {
+    if f.len() < 18 || f[..6] != dev || f[12..14] != ETHERTYPE_TEST {
+        return;
+    }
+    let seq = u32::from_be_bytes(f[14..18].try_into().unwrap());
+    if seq == u32::MAX {
+        return; // a late probe
+    }
+    let src: [u8; 6] = f[6..12].try_into().unwrap();
+    if (seq as usize) < seen.len() && f == test_frame(dev, src, seq) && !seen[seq as usize] {
+        seen[seq as usize] = true;
+        *echoed += 1;
+    } else {
+        *wrong += 1;
+    }
+}
+
+/// Item 2, split ring: dpdk-testpmd's net_virtio PMD on the device (vfio-pci, intel-iommu).
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn dpdk_testpmd_virtio_pmd_split() {
+    testpmd_virtio_pmd(
+        "dpdk_testpmd_virtio_pmd_split",
+        "vdpae6",
+        "02:00:00:e2:e0:06",
+        false,
+    );
+}
+
+/// Item 2, packed ring: the device offers VIRTIO_F_RING_PACKED and the PMD takes it.
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn dpdk_testpmd_virtio_pmd_packed() {
+    testpmd_virtio_pmd(
+        "dpdk_testpmd_virtio_pmd_packed",
+        "vdpae7",
+        "02:00:00:e2:e0:07",
+        true,
+    );
+}
