@@ -82,6 +82,10 @@ enum Cmd {
         /// Do not offer the packed ring (VIRTIO_F_RING_PACKED): guests use split rings.
         #[arg(long)]
         no_packed: bool,
+        /// Inject a device bug into the served device (see `vdpa-emu validate --list-quirks`),
+        /// e.g. to check that a real driver's migration catches it.
+        #[arg(long = "quirk", value_parser = parse_quirk)]
+        quirks: Vec<device::Quirk>,
     },
     /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
     Migrate {
@@ -347,6 +351,7 @@ fn main() -> ExitCode {
             port,
             lm_layout,
             no_packed,
+            quirks,
         } => {
             match sim_harness::serve::run(&sim_harness::serve::ServeOptions {
                 socket,
@@ -355,6 +360,7 @@ fn main() -> ExitCode {
                 port,
                 lm_layout,
                 no_packed,
+                quirks: quirks.into_iter().collect(),
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub lm_layout: LmLayout,
     /// Do not offer VIRTIO_F_RING_PACKED (guests then use split rings).
     pub no_packed: bool,
+    /// Injected device bugs.
+    pub quirks: device::Quirks,
 }
 
 /// Why `serve` failed.
@@ -68,6 +70,7 @@ pub fn device_config(opts: &ServeOptions) -> DeviceConfig {
     cfg.layout.mac = opts.mac;
     cfg.msix_owner = MsixOwner::Vmm;
     cfg.offer_packed = !opts.no_packed;
+    cfg.quirks = opts.quirks;
     cfg
 }
 

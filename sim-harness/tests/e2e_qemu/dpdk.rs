@@ -453,3 +453,199 @@ fn dpdk_testpmd_virtio_pmd_packed() {
         true,
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// item 3: DPDK's ifc vDPA driver (examples/vdpa, devarg vdpa=1) with testpmd's net_virtio_user as
+// the vhost-user frontend in the same guest: frames go frontend -> vhost-user -> ifc driver -> our
+// device -> host TAP, the host echoes them, and they come back the same way.
+
+/// Echoes every frame the device sends back into it for `dur` (or until the guest's frontend
+/// reports); returns (distinct frames, frames seen again after an echo).
+fn echo_host(port: &RawPort, vm: &mut Vm, done: &str, dur: Duration) -> (usize, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let mut again = 0u64;
+    let mut buf = vec![0u8; 65536];
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        match port.recv(&mut buf, Duration::from_millis(200)) {
+            Some(n) => {
+                let f = buf[..n].to_vec();
+                port.send(&f);
+                if !seen.insert(f) {
+                    again += 1;
+                }
+            }
+            None => {
+                if vm.count(done) > 0 {
+                    break;
+                }
+                vm.check_alive("the vDPA frontend's traffic");
+            }
+        }
+    }
+    (seen.len(), again)
+}
+
+/// Item 3: the ifc vDPA driver's data path with testpmd (net_virtio_user, io forwarding, one
+/// --tx-first burst) as the frontend, the host TAP echoing: after the first burst every frame the
+/// device sends is one the host echoed back into it, byte for byte.
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn dpdk_ifc_vdpa_virtio_user_datapath() {
+    let test = "dpdk_ifc_vdpa_virtio_user_datapath";
+    require_root(test);
+    let e2e = e2e();
+    let tree = dpdk_tree(&e2e);
+    let dir = Scratch::new(test);
+    let (tap_name, mac) = ("vdpae8", "02:00:00:e2:e0:08");
+    let mut serve = serve_for_dpdk(&dir, mac, tap_name, &[]);
+    tap_up(tap_name, &mut serve);
+    let _tap = TapGuard(tap_name.into());
+    let port = RawPort::open(tap_name);
+    let mut vars = dpdk_vars("vdpa", 30);
+    vars.push(("FRONTEND", "virtio-user".into()));
+    let spec = dpdk_vm(&tree, "vdpa", &vars)
+        .arg("-device")
+        .arg(serve.device_arg());
+    let mut vm = Vm::boot(&e2e, &dir, spec);
+    vm.wait_for("E2E-READY traffic", 1, Duration::from_secs(240));
+    let (distinct, again) = echo_host(
+        &port,
+        &mut vm,
+        "E2E-RESULT frontend_rx",
+        Duration::from_secs(150),
+    );
+    let b = vm.finish(Duration::from_secs(200));
+    println!(
+        "E2E-BENCH {test}: frontend testpmd RX {} TX {}; the host TAP saw {distinct} distinct \
+         frames and {again} frames again after echoing them",
+        b.get("frontend_rx").unwrap_or("?"),
+        b.get("frontend_tx").unwrap_or("?")
+    );
+    assert_eq!(
+        b.get("vdpa_configured"),
+        Some("1"),
+        "the vDPA device was not configured\n{}",
+        vm.diag()
+    );
+    assert!(
+        distinct <= 64,
+        "frames the host never echoed: {distinct} distinct\n{}",
+        vm.diag()
+    );
+    assert!(again > 1000, "too few round trips: {again}\n{}", vm.diag());
+    assert!(b.num("frontend_rx") > 1000, "frontend RX\n{}", vm.diag());
+    assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
+}
+
+// ------------------------------------------------------------------------------------------------
+// item 4: the ifc driver's hardware live-migration path, driven by our vhost-user frontend
+// (sim-harness/lm-frontend) against DPDK's vdpa example: SET_LOG_BASE + LOG_ALL make the driver
+// program log base / end / enable in BAR4; GET_VRING_BASE makes it stop the queues and read the
+// ring state from the LM block. The frontend checks the log and the ring bases.
+
+fn lm_frontend_bin() -> PathBuf {
+    let p = std::env::var_os("VDPA_LM_FRONTEND_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| vdpa_emu_bin().with_file_name("vdpa-lm-frontend"));
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p vdpa-lm-frontend` (make e2e does)",
+        p.display()
+    );
+    p
+}
+
+/// Runs the frontend in a guest against `serve ARGS` (loopback port); returns the guest's markers.
+fn lm_run(test: &str, serve_args: &[&str], vdpa_args: &str) -> (Boot, Serve, Vm) {
+    require_root(test);
+    let e2e = e2e();
+    let tree = dpdk_tree(&e2e);
+    let dir = Scratch::new(test);
+    let mut args: Vec<String> = vec!["--queue-pairs".into(), "1".into()];
+    args.extend(serve_args.iter().map(|s| s.to_string()));
+    let serve = Serve::start(&dir, "dev", &args);
+    let mut vars = dpdk_vars("vdpa", 30);
+    vars.push(("FRONTEND", "lm".into()));
+    vars.push(("VDPA_ARGS", vdpa_args.into()));
+    let mut spec = dpdk_vm(&tree, "lm", &vars)
+        .arg("-device")
+        .arg(serve.device_arg());
+    let bin = fs::read(lm_frontend_bin()).expect("read the frontend binary");
+    spec.files
+        .push(("dpdk/vdpa-lm-frontend".into(), 0o100755, bin));
+    let mut vm = Vm::boot(&e2e, &dir, spec);
+    let st = vm.wait_exit(Duration::from_secs(400));
+    let b = vm.last_boot();
+    eprintln!("e2e: {test}: QEMU {st}");
+    (b, serve, vm)
+}
+
+fn lm_evidence(test: &str, b: &Boot) {
+    println!(
+        "E2E-BENCH {test}: ring bases rx/tx {}/{} vs used indexes in memory {}/{}; log bits {} for \
+         {} pages written while logging (missing {}, outside {}); used rings logged {}",
+        b.get("lm_ring_base_rx").unwrap_or("?"),
+        b.get("lm_ring_base_tx").unwrap_or("?"),
+        b.get("lm_used_rx").unwrap_or("?"),
+        b.get("lm_used_tx").unwrap_or("?"),
+        b.get("lm_log_bits").unwrap_or("?"),
+        b.get("lm_pages_written").unwrap_or("?"),
+        b.get("lm_log_missing").unwrap_or("?"),
+        b.get("lm_log_extra").unwrap_or("?"),
+        b.get("lm_used_rings_logged").unwrap_or("?"),
+    );
+}
+
+fn lm_expect_pass(test: &str, serve_args: &[&str], vdpa_args: &str) {
+    let (b, mut serve, vm) = lm_run(test, serve_args, vdpa_args);
+    lm_evidence(test, &b);
+    assert!(
+        b.done && b.fails.is_empty() && b.extra_exit == Some(0),
+        "{test}: the frontend's checks failed: {:?}\n{}",
+        b.fails,
+        vm.diag()
+    );
+    assert_eq!(b.get("lm_check"), Some("pass"), "{test}\n{}", vm.diag());
+    assert!(
+        b.num("lm_log_bits") > 0,
+        "{test}: nothing was logged\n{}",
+        vm.diag()
+    );
+    assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
+}
+
+/// Item 4 with hardware logging: the device logs through the LM block's log registers.
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn dpdk_ifc_vdpa_hw_live_migration() {
+    lm_expect_pass("dpdk_ifc_vdpa_hw_live_migration", &[], "");
+}
+
+/// Item 4 with the driver's software fallback (`sw-live-migration=1`: a relay with mediated used
+/// rings logs what the device wrote).
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn dpdk_ifc_vdpa_sw_live_migration() {
+    lm_expect_pass(
+        "dpdk_ifc_vdpa_sw_live_migration",
+        &[],
+        ",sw-live-migration=1",
+    );
+}
+
+/// Item 4 against a broken device: with `stale-used-idx` the ring state the driver reads at stop
+/// lags the used index, and the frontend's check must fail.
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn dpdk_ifc_vdpa_live_migration_catches_stale_used_idx() {
+    let test = "dpdk_ifc_vdpa_live_migration_catches_stale_used_idx";
+    let (b, _serve, vm) = lm_run(test, &["--quirk", "stale-used-idx"], "");
+    lm_evidence(test, &b);
+    assert_eq!(
+        b.get("lm_check"),
+        Some("fail"),
+        "{test}: the frontend did not catch the quirk\n{}",
+        vm.diag()
+    );
+}
