@@ -22,10 +22,10 @@
 //! Migration v2 (DEVICE_FEATURE, MIG_DATA_READ/WRITE) is in [`super::migration`]; a client's
 //! departure also ends its migration session (dirty logging off, state RUNNING).
 
-use super::irq::{IrqData, IrqTable};
-use super::migration::{MigState, Migration};
-use super::sock::{recv_with_fds, send_with_fds, Ready, Stop, MAX_MSG_FDS};
-use super::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
+use crate::irq::{IrqData, IrqTable};
+use crate::migration::{MigState, Migration};
+use crate::sock::{recv_with_fds, send_with_fds, Ready, Stop, MAX_MSG_FDS};
+use crate::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
 use bar_registers::REGION_CONFIG;
 use device::{AccessError, Device, DmaMapper, RegionAccess};

@@ -29,8 +29,8 @@
 //! A client going away ends the migration session: logging stops, buffered streams are
 //! dropped, the state goes back to RUNNING (the server then resets the device).
 
-use super::server::Errno;
-use super::wire::{self, feature, mig_state};
+use crate::server::Errno;
+use crate::wire::{self, feature, mig_state};
 use device::Device;
 use dma::{WriteTrace, PAGE_SIZE};
 use std::collections::BTreeSet;
