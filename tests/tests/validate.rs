@@ -128,10 +128,11 @@ fn report_formats() {
 fn served(
     quirks: Quirks,
 ) -> (
-    std::sync::Arc<sim_harness::vfio_user::server::Server>,
+    std::sync::Arc<sim_harness::serve::DeviceServer>,
     std::path::PathBuf,
     std::thread::JoinHandle<()>,
 ) {
+    use sim_harness::serve::DeviceBackend;
     use sim_harness::vfio_user::server::{Server, ServerOptions};
     let mut cfg = DeviceConfig::with_queue_pairs(2);
     cfg.msix_owner = device::MsixOwner::Vmm;
@@ -145,7 +146,9 @@ fn served(
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dev.sock");
-    let server = std::sync::Arc::new(Server::bind(&path, dev, ServerOptions::default()).unwrap());
+    let server = std::sync::Arc::new(
+        Server::bind(&path, DeviceBackend::new(dev), ServerOptions::default()).unwrap(),
+    );
     let s = server.clone();
     let t = std::thread::spawn(move || {
         let _ = s.serve();
