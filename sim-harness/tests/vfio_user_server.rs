@@ -1499,8 +1499,8 @@ fn unix_link_ports_join_two_devices() {
     }
     assert_eq!(b.inbox().pop().unwrap(), frame);
     // Full datapath: driver A sends, driver B receives.
-    let mut da = NetDriver::in_process(&a, DriverOptions::default()).unwrap();
-    let mut db = NetDriver::in_process(&b, DriverOptions::default()).unwrap();
+    let mut da = sim_harness::driver::in_process(&a, DriverOptions::default()).unwrap();
+    let mut db = sim_harness::driver::in_process(&b, DriverOptions::default()).unwrap();
     da.start().unwrap();
     db.start().unwrap();
     let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());

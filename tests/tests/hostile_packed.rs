@@ -25,7 +25,7 @@ use device::{Device, DeviceConfig, DeviceFault, DmaMapper};
 use dma::{Backing, DmaFault, DmaKind, Perms, SharedMemory};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sim_harness::driver::{DriverOptions, NetDriver};
+use sim_harness::driver::DriverOptions;
 use sim_harness::frames;
 
 mod support;
@@ -800,7 +800,7 @@ fn fuzz_random_packed_rings() {
         ..Default::default()
     }
     .with_packed(true);
-    let mut drv = NetDriver::in_process(&dev, o).expect("driver");
+    let mut drv = sim_harness::driver::in_process(&dev, o).expect("driver");
     let base = drv.opts.iova_base;
     let end = base + drv.opts.memory;
     let arena = drv.mem.alloc(FARENA, 4096).unwrap();

@@ -378,7 +378,7 @@ pub fn set_mps_mrrs(
 /// The features a fresh device offers (what `device_features_probe` reads).
 pub fn probe_offered() -> Result<u64, DriverError> {
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).map_err(usage)?;
-    let drv = NetDriver::in_process(
+    let drv = crate::driver::in_process(
         &dev,
         DriverOptions {
             memory: 1 << 20,
@@ -413,7 +413,7 @@ pub fn measure(
         memory: 16 << 20,
         ..Default::default()
     };
-    let mut drv = NetDriver::in_process(&dev, dopts)?;
+    let mut drv = crate::driver::in_process(&dev, dopts)?;
     let offered = drv.device_features_probe()?;
     let packed = 1u64 << RING_PACKED_BIT;
     let mut want = offered;

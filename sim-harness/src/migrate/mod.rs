@@ -300,7 +300,7 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
         ..Default::default()
     }
     .with_packed(o.packed);
-    let mut drv = NetDriver::in_process(&dev, opts)?;
+    let mut drv = crate::driver::in_process(&dev, opts)?;
     drv.start()?;
     let mac = drv.mac()?;
     let mut guest = Guest {

@@ -172,7 +172,7 @@ impl<'a> World<'a> {
         }
         let mut nodes = Vec::with_capacity(devs.len());
         for (spec, dev) in sc.devices.iter().zip(devs) {
-            let drv = NetDriver::in_process(&dev, spec.driver.clone())?;
+            let drv = crate::driver::in_process(&dev, spec.driver.clone())?;
             nodes.push(Node {
                 name: spec.name.clone(),
                 dev,
