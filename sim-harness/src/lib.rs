@@ -7,6 +7,7 @@ pub mod driver;
 pub mod frames;
 pub mod migrate;
 pub mod ports;
+pub mod report_json;
 pub mod scenario;
 pub mod serve;
 pub mod validate;

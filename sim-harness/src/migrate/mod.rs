@@ -81,7 +81,7 @@ impl Default for MigrateOptions {
 }
 
 /// The report.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct MigrateReport {
     pub migrations: u32,
     pub total_ms: f64,
@@ -162,30 +162,18 @@ impl MigrateReport {
         s
     }
 
-    /// JSON object.
+    /// JSON object: every field, and `clean`.
     pub fn json(&self) -> String {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        format!(
-            "{{\"migrations\":{},\"total_ms\":{:.3},\"downtime_us\":{:.1},\"rounds\":{},\"pages_per_round\":[{}],\"pages_copied\":{},\"log_bytes\":{},\"log_writes\":{},\"missed_dirty_pages\":{},\"memory_mismatch_pages\":{},\"frames_sent\":{},\"frames_delivered\":{},\"lost_frames\":{},\"duplicated_frames\":{},\"reordered_frames\":{},\"corrupted_frames\":{},\"errors\":[{}],\"clean\":{}}}",
-            self.migrations,
-            self.total_ms,
-            self.downtime_us,
-            self.rounds,
-            self.pages_per_round.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
-            self.pages_copied,
-            self.log_bytes,
-            self.log_writes,
-            self.missed_dirty_pages,
-            self.memory_mismatch_pages,
-            self.frames_sent,
-            self.frames_delivered,
-            self.lost_frames,
-            self.duplicated_frames,
-            self.reordered_frames,
-            self.corrupted_frames,
-            self.errors.iter().map(|e| format!("\"{}\"", esc(e))).collect::<Vec<_>>().join(","),
-            self.clean()
-        )
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            #[serde(flatten)]
+            report: &'a MigrateReport,
+            clean: bool,
+        }
+        crate::report_json::to_json(&Json {
+            report: self,
+            clean: self.clean(),
+        })
     }
 }
 
