@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod dirty_bitmap;
 pub mod driver;
 pub mod frames;
 pub mod migrate;

@@ -1125,15 +1125,8 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
     };
     let logged = |log: &SharedMemory| -> Result<BTreeSet<u64>, DriverError> {
         let mut set = BTreeSet::new();
-        for w in (0..full_len).step_by(8) {
-            let mut bits = log
-                .swap_u64(w, 0)
-                .map_err(|e| DriverError::Usage(e.to_string()))?;
-            while bits != 0 {
-                set.insert(w * 8 + u64::from(bits.trailing_zeros()));
-                bits &= bits - 1;
-            }
-        }
+        crate::dirty_bitmap::harvest(log, full_len, &mut set)
+            .map_err(|e| DriverError::Usage(e.to_string()))?;
         Ok(set)
     };
     // Disabled: nothing logged.
