@@ -86,6 +86,7 @@ pub fn migrate<G: MigratingGuest>(
     src: &Arc<Device>,
     p: PreCopy,
 ) -> Result<Migration, G::Error> {
+    let _span = tracing::info_span!("precopy").entered();
     let mem = guest.driver()?.mem.clone();
 
     // Stage 1: the log (DPDK: mapped at IFCVF_LOG_BASE), the independent write record, CPU
@@ -133,6 +134,7 @@ pub fn migrate<G: MigratingGuest>(
         rounds += 1;
         let n = copier.copy(dirty, Some((&mut *guest, src)))?;
         pages_per_round.push(n);
+        tracing::debug!(round = rounds, pages = n, "pre-copy round");
         guest.progress(&format!("stage 2: round {rounds} copied {n} dirty pages"));
         if n < p.dirty_threshold || rounds >= p.max_rounds {
             break;

@@ -103,6 +103,7 @@ impl World<'_> {
     /// Runs a `migrate` step.
     pub(crate) fn migrate(&mut self, step: usize, m: &MigrateSpec) -> Result<String, StepError> {
         let i = m.device;
+        let _span = tracing::info_span!("migrate step", step, device = i).entered();
         let port = self
             .sc
             .devices
