@@ -113,6 +113,10 @@ pub mod msix_cap {
     pub const LEN: u64 = 12;
     pub const CTRL_ENABLE: u16 = 1 << 15;
     pub const CTRL_FUNCTION_MASK: u16 = 1 << 14;
+    /// Message Control bits 10:0: table size minus one.
+    pub const CTRL_TABLE_SIZE: u16 = 0x07FF;
+    /// Table / PBA offset registers, bits 2:0: the BAR indicator (BIR); the rest is the offset.
+    pub const BIR_MASK: u32 = 0x7;
 }
 
 /// PCI Express capability fields (PCIe 4.0 7.5.3), version 2.

@@ -35,7 +35,7 @@ fn setup(
     } else {
         dev.set_port(Arc::new(NullPort::default()));
     }
-    let mut drv = NetDriver::in_process(
+    let mut drv = sim_harness::driver::in_process(
         &dev,
         DriverOptions {
             queue_size: RING,

@@ -1,7 +1,7 @@
 //! `vdpa-emu demo`: loopback traffic through the built-in model with its counters printed.
 //! (The validator issue will replace `make demo`'s main job with the prerequisite report.)
 
-use crate::driver::{DriverError, DriverOptions, NetDriver};
+use crate::driver::{DriverError, DriverOptions};
 use crate::frames::{self, Tracker};
 use device::{Device, DeviceConfig};
 use rand::{Rng, SeedableRng};
@@ -24,7 +24,7 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
     let dev = Device::new(DeviceConfig::with_queue_pairs(pairs))
         .map_err(|e| DriverError::Usage(e.to_string()))?;
     dev.set_loopback();
-    let mut drv = NetDriver::in_process(
+    let mut drv = crate::driver::in_process(
         &dev,
         DriverOptions {
             queue_pairs: pairs,

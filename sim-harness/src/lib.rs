@@ -3,11 +3,16 @@
 
 pub mod bench;
 pub mod demo;
+pub mod dirty_bitmap;
 pub mod driver;
 pub mod frames;
 pub mod migrate;
 pub mod ports;
+pub mod report_json;
 pub mod scenario;
 pub mod serve;
 pub mod validate;
-pub mod vfio_user;
+
+/// The vfio-user protocol (server, client, wire types) lives in its own crate, `vdpa-vfio-user`
+/// (sim-harness/vfio-user); re-exported here so `sim_harness::vfio_user::...` paths keep working.
+pub use vdpa_vfio_user as vfio_user;

@@ -58,6 +58,9 @@ enum Cmd {
         /// Skip the 2^16 index wrap-around check (65,536+ completions).
         #[arg(long)]
         no_wraparound: bool,
+        /// Run only this check group (repeatable; default all). An unknown id is an error.
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// Report format.
         #[arg(long, default_value = "table", value_parser = ["table", "json", "junit"])]
         format: String,
@@ -308,6 +311,7 @@ fn main() -> ExitCode {
             log_granularity,
             quirks,
             no_wraparound,
+            groups,
             format,
             ..
         } => {
@@ -324,10 +328,23 @@ fn main() -> ExitCode {
                 wraparound: !no_wraparound,
             };
             let r = match socket {
-                Some(path) => {
-                    sim_harness::validate::run(&sim_harness::validate::OverSocket { path }, &o)
+                Some(path) => sim_harness::validate::run_groups(
+                    &sim_harness::validate::OverSocket { path },
+                    &o,
+                    &groups,
+                ),
+                None => sim_harness::validate::run_groups(
+                    &sim_harness::validate::InProcess { cfg },
+                    &o,
+                    &groups,
+                ),
+            };
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("vdpa-emu validate: {e}");
+                    return ExitCode::from(2);
                 }
-                None => sim_harness::validate::run(&sim_harness::validate::InProcess { cfg }, &o),
             };
             match format.as_str() {
                 "json" => println!("{}", r.json()),

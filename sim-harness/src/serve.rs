@@ -25,12 +25,120 @@
 //!   Frames sent while the other end is absent are dropped.
 
 use crate::ports::{self, PortError, PortSpec};
-use crate::vfio_user::{Server, ServerError, ServerOptions, Stop};
-use bar_registers::{LayoutError, LmLayout};
-use device::{Device, DeviceConfig, MsixOwner};
+use crate::vfio_user::{Backend, Server, ServerError, ServerOptions, Stop};
+use bar_registers::pci::CONFIG_SPACE_SIZE;
+use bar_registers::{LayoutError, LmLayout, REGION_CONFIG};
+use device::{
+    AccessError, Device, DeviceConfig, DmaMapper, InterruptSink, MsixOwner, RegionAccess,
+    SnapshotError,
+};
+use dma::{Backing, MapError, MappingInfo, Perms, WriteTrace};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+/// vdpa-emu's NIC as a vfio-user [`Backend`]: the server reaches it only through this.
+#[derive(Clone, Debug)]
+pub struct DeviceBackend(Arc<Device>);
+
+/// The server `serve` runs.
+pub type DeviceServer = Server<DeviceBackend>;
+
+impl DeviceBackend {
+    /// Serves `device`, which must leave the MSI-X table to the VMM
+    /// (`DeviceConfig::msix_owner = MsixOwner::Vmm`): QEMU emulates it.
+    pub fn new(device: Arc<Device>) -> Self {
+        DeviceBackend(device)
+    }
+
+    /// The device served.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.0
+    }
+}
+
+impl RegionAccess for DeviceBackend {
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
+        self.0.region_read(region, offset, data)
+    }
+
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
+        self.0.region_write(region, offset, data)
+    }
+}
+
+impl DmaMapper for DeviceBackend {
+    fn dma_map(
+        &self,
+        iova: u64,
+        size: u64,
+        perms: Perms,
+        backing: Backing,
+    ) -> Result<(), MapError> {
+        self.0.dma_map(iova, size, perms, backing)
+    }
+
+    fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
+        self.0.dma_unmap(iova, size)
+    }
+
+    fn dma_unmap_all(&self) -> u64 {
+        self.0.dma_unmap_all()
+    }
+}
+
+impl Backend for DeviceBackend {
+    type StateError = SnapshotError;
+
+    fn region_size(&self, index: u32) -> u64 {
+        match index {
+            0..=5 => self.0.layout().bar_size(index as u8),
+            REGION_CONFIG => CONFIG_SPACE_SIZE,
+            _ => 0,
+        }
+    }
+
+    fn msix_vectors(&self) -> u16 {
+        self.0.layout().msix_vectors
+    }
+
+    fn set_interrupt_sink(&self, sink: Arc<dyn InterruptSink>) {
+        self.0.set_interrupt_sink(sink)
+    }
+
+    fn reset(&self) {
+        self.0.reset()
+    }
+
+    fn mappings(&self) -> Vec<MappingInfo> {
+        self.0.mappings()
+    }
+
+    fn pause(&self) {
+        self.0.pause()
+    }
+
+    fn resume(&self) {
+        self.0.resume()
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        self.0.save_state()
+    }
+
+    fn restore_state(&self, data: &[u8]) -> Result<(), SnapshotError> {
+        self.0.restore_state(data)
+    }
+
+    fn max_state_len(&self) -> usize {
+        self.0.max_state_len()
+    }
+
+    fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
+        self.0.set_write_trace(trace)
+    }
+}
 
 /// What `serve` was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,7 +258,11 @@ fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> 
 pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let dev = Device::new(device_config(opts))?;
     let port = ports::attach(&opts.port, &dev)?;
-    let server = Server::bind(&opts.socket, dev.clone(), ServerOptions::default())?;
+    let server = Server::bind(
+        &opts.socket,
+        DeviceBackend::new(dev.clone()),
+        ServerOptions::default(),
+    )?;
     let l = dev.layout();
     tracing::info!(
         socket = %opts.socket.display(),

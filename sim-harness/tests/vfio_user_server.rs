@@ -17,6 +17,7 @@ use dma::{Perms, SharedMemory};
 use sim_harness::driver::{DriverOptions, NetDriver};
 use sim_harness::frames::{self, Tracker};
 use sim_harness::ports::{self, PortSpec};
+use sim_harness::serve::DeviceBackend;
 use sim_harness::vfio_user::client::{self, recv_reply, send_message, wait_closed, Client, Reply};
 use sim_harness::vfio_user::irq::{
     ACTION_MASK, ACTION_TRIGGER, ACTION_UNMASK, DATA_BOOL, DATA_EVENTFD, DATA_NONE,
@@ -1368,14 +1369,29 @@ fn stale_sockets_are_replaced_and_live_ones_refused() {
     let path = dir.join("dev.sock");
     // A stale socket file (nobody listening).
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-    let s = Server::bind(&path, vmm_device(1), ServerOptions::default()).unwrap();
+    let s = Server::bind(
+        &path,
+        DeviceBackend::new(vmm_device(1)),
+        ServerOptions::default(),
+    )
+    .unwrap();
     // A live one.
-    let e = Server::bind(&path, vmm_device(1), ServerOptions::default()).unwrap_err();
+    let e = Server::bind(
+        &path,
+        DeviceBackend::new(vmm_device(1)),
+        ServerOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("in use"), "{e}");
     drop(s);
     assert!(!path.exists(), "socket removed when the server goes");
     std::fs::write(&path, b"not a socket").unwrap();
-    assert!(Server::bind(&path, vmm_device(1), ServerOptions::default()).is_err());
+    assert!(Server::bind(
+        &path,
+        DeviceBackend::new(vmm_device(1)),
+        ServerOptions::default()
+    )
+    .is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -1483,8 +1499,8 @@ fn unix_link_ports_join_two_devices() {
     }
     assert_eq!(b.inbox().pop().unwrap(), frame);
     // Full datapath: driver A sends, driver B receives.
-    let mut da = NetDriver::in_process(&a, DriverOptions::default()).unwrap();
-    let mut db = NetDriver::in_process(&b, DriverOptions::default()).unwrap();
+    let mut da = sim_harness::driver::in_process(&a, DriverOptions::default()).unwrap();
+    let mut db = sim_harness::driver::in_process(&b, DriverOptions::default()).unwrap();
     da.start().unwrap();
     db.start().unwrap();
     let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());

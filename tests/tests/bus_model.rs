@@ -123,11 +123,9 @@ fn event_idx_off_reads_at_least_as_much_ring_metadata() {
 fn batching_amortizes_index_traffic() {
     let o = opts();
     for ring in [Ring::Split, Ring::Packed] {
-        let c1 = cfg(ring, 64, 1, true, Logging::Off);
-        if ring == Ring::Packed && !matches!(bus::measure(&c1, &o), Ok(Ok(_))) {
-            continue; // the packed ring is not offered (yet)
-        }
-        let b1 = run(c1, &o);
+        // The device offers VIRTIO_F_RING_PACKED: both halves run, and `run` fails the test if
+        // a configuration is not measured.
+        let b1 = run(cfg(ring, 64, 1, true, Logging::Off), &o);
         let b32 = run(cfg(ring, 64, 32, true, Logging::Off), &o);
         assert!(
             index_tlps(&b32) < index_tlps(&b1),
@@ -243,7 +241,7 @@ fn per_packet_accounting_is_consistent() {
 }
 
 #[test]
-fn packed_rows_run_when_offered_and_are_reported_otherwise() {
+fn packed_rows_are_measured() {
     let o = BusBenchOptions {
         frames: vec![64],
         batches: vec![8],
@@ -267,26 +265,20 @@ fn packed_rows_run_when_offered_and_are_reported_otherwise() {
     assert_eq!(r.csv().lines().count(), 3);
     let svg = r.svg();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    if r.packed_offered() {
-        let Outcome::Measured(p) = &packed.outcome else {
-            panic!("packed offered but not measured: {:?}", packed.outcome)
-        };
-        let Outcome::Measured(s) = &split.outcome else {
-            unreachable!()
-        };
-        assert_eq!(json.matches("\"status\": \"measured\"").count(), 2);
-        assert!(table.contains("packed vs split, per packet"));
-        // The packed ring has no avail ring: its ring index reads are the event-suppression
-        // word only, fewer than the split ring's avail idx + avail ring + flags reads.
-        assert!(pp(p, Category::IndexRead) < pp(s, Category::IndexRead));
-        // Packet data costs the same on either ring.
-        assert_eq!(p.get(Category::PacketData), s.get(Category::PacketData));
-    } else {
-        assert!(
-            matches!(&packed.outcome, Outcome::NotAvailable(why) if why.contains("not available yet"))
-        );
-        assert!(json.contains("\"status\": \"not_available\""));
-        assert!(table.contains("not available yet"));
-        assert!(svg.contains("not available"));
-    }
+    // The model offers VIRTIO_F_RING_PACKED, so the packed row must be measured, never
+    // reported as not available.
+    assert!(r.packed_offered(), "{}", r.table());
+    let Outcome::Measured(p) = &packed.outcome else {
+        panic!("packed offered but not measured: {:?}", packed.outcome)
+    };
+    let Outcome::Measured(s) = &split.outcome else {
+        unreachable!()
+    };
+    assert_eq!(json.matches("\"status\": \"measured\"").count(), 2);
+    assert!(table.contains("packed vs split, per packet"));
+    // The packed ring has no avail ring: its ring index reads are the event-suppression
+    // word only, fewer than the split ring's avail idx + avail ring + flags reads.
+    assert!(pp(p, Category::IndexRead) < pp(s, Category::IndexRead));
+    // Packet data costs the same on either ring.
+    assert_eq!(p.get(Category::PacketData), s.get(Category::PacketData));
 }

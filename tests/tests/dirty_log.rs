@@ -35,7 +35,7 @@ fn setup(granularity: u64, packed: bool) -> Setup {
         ..Default::default()
     }
     .with_packed(packed);
-    let mut drv = NetDriver::in_process(&dev, opts).unwrap();
+    let mut drv = sim_harness::driver::in_process(&dev, opts).unwrap();
     drv.start().unwrap();
     let top = drv.opts.iova_base + drv.opts.memory;
     let log_len = (top / PAGE_SIZE).div_ceil(8).next_multiple_of(8);

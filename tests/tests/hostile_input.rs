@@ -1217,7 +1217,7 @@ fn fuzz_random_rings() {
         memory: 256 << 20,
         ..Default::default()
     };
-    let mut drv = NetDriver::in_process(&dev, o).expect("driver");
+    let mut drv = sim_harness::driver::in_process(&dev, o).expect("driver");
     let base = drv.opts.iova_base;
     let end = base + drv.opts.memory;
     let arena = drv.mem.alloc(FARENA, 4096).unwrap();

@@ -20,12 +20,15 @@
 
 use bar_registers::virtio::{bits, common, default_driver_features, device_status as st};
 use device::fault::FAULT_KINDS;
-use device::queue::packed::{off_wrap, split_off_wrap, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED};
+// The descriptors the hostile driver writes use the driver model's flags (virtio-bindings), not
+// the device's; off_wrap/split_off_wrap read the device's own queue state.
+use device::queue::packed::{off_wrap, split_off_wrap};
 use device::{Device, DeviceConfig, DeviceFault, DmaMapper};
 use dma::{Backing, DmaFault, DmaKind, Perms, SharedMemory};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sim_harness::driver::{DriverOptions, NetDriver};
+use sim_harness::driver::flags::{PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED};
+use sim_harness::driver::DriverOptions;
 use sim_harness::frames;
 
 mod support;
@@ -93,9 +96,9 @@ impl Rig {
             let f = x.raw.unwrap_or(
                 x.flags
                     | if wrap {
-                        VIRTQ_DESC_F_AVAIL
+                        PACKED_DESC_F_AVAIL
                     } else {
-                        VIRTQ_DESC_F_USED
+                        PACKED_DESC_F_USED
                     },
             );
             flags.push((at + 14, f));
@@ -145,11 +148,11 @@ fn wrap_counter_confusion_is_not_available() {
         ("both zero (fresh ring)", 0),
         (
             "AVAIL = USED = 1: a used descriptor of lap 1",
-            VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED,
+            PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED,
         ),
         (
             "AVAIL 0, USED 1: available for wrap counter 0, not this lap",
-            VIRTQ_DESC_F_USED,
+            PACKED_DESC_F_USED,
         ),
         ("AVAIL = USED = 0 with NEXT", F_NEXT),
     ] {
@@ -190,7 +193,7 @@ fn wrap_counter_confusion_is_not_available() {
     assert_eq!(rig.drv.mem.read_u16(desc + 12).unwrap(), 5);
     assert_eq!(
         rig.drv.mem.read_u16(desc + 14).unwrap(),
-        VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
+        PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED
     );
     assert_eq!(rig.dev.queue(TXQ).unwrap().last_used, off_wrap(1, true));
 }
@@ -221,7 +224,7 @@ fn chain_spanning_unpublished_descriptors() {
                 p(a, 64, 0, F_NEXT),
                 p(a, 64, 0, F_NEXT),
                 P {
-                    raw: Some(VIRTQ_DESC_F_USED),
+                    raw: Some(PACKED_DESC_F_USED),
                     ..p(a, 64, 0, 0)
                 },
             ],
@@ -800,7 +803,7 @@ fn fuzz_random_packed_rings() {
         ..Default::default()
     }
     .with_packed(true);
-    let mut drv = NetDriver::in_process(&dev, o).expect("driver");
+    let mut drv = sim_harness::driver::in_process(&dev, o).expect("driver");
     let base = drv.opts.iova_base;
     let end = base + drv.opts.memory;
     let arena = drv.mem.alloc(FARENA, 4096).unwrap();
@@ -854,14 +857,14 @@ fn fuzz_random_packed_rings() {
         let avail = match rng.gen_range(0..100) {
             0..=84 => {
                 if wrap {
-                    VIRTQ_DESC_F_AVAIL
+                    PACKED_DESC_F_AVAIL
                 } else {
-                    VIRTQ_DESC_F_USED
+                    PACKED_DESC_F_USED
                 }
             }
             85..=89 => 0,
-            90..=94 => VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED,
-            _ => rng.gen::<u16>() & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED),
+            90..=94 => PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED,
+            _ => rng.gen::<u16>() & (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED),
         };
         let raw = if rng.gen_bool(0.02) {
             rng.gen()

@@ -211,7 +211,7 @@ const KNOWN_RESET_BUGS: &[&str] = &["config_generation"];
 /// config space writes) so that as many registers as possible differ from their reset values.
 fn dirty(dev: &Arc<Device>, lm_layout: LmLayout) -> NetDriver {
     dev.set_loopback();
-    let mut drv = NetDriver::in_process(dev, small_opts(2, lm_layout)).unwrap();
+    let mut drv = sim_harness::driver::in_process(dev, small_opts(2, lm_layout)).unwrap();
     drv.start().unwrap();
     let mac = drv.mac().unwrap();
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(3);
@@ -370,7 +370,7 @@ fn config_generation_reads_its_declared_reset_value() {
         .unwrap()
         .clone();
     assert!(declared.reset_checkable);
-    let mut drv = NetDriver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
+    let mut drv = sim_harness::driver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
     drv.start().unwrap();
     assert!(dev.announce());
     assert_ne!(
@@ -453,7 +453,7 @@ fn watched(dev: &Device) -> Vec<(&'static str, u64)> {
 #[test]
 fn bad_width_unaligned_reserved_and_past_window_accesses() {
     let dev = Device::new(DeviceConfig::default()).unwrap();
-    let mut drv = NetDriver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
+    let mut drv = sim_harness::driver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
     drv.start().unwrap();
     // State that makes "reads 0" meaningful: queue 2 selected and programmed, ISR set, logging
     // registers and ring state non-zero.
@@ -907,7 +907,7 @@ fn sixty_four_bit_registers_accept_halves_and_qwords() {
 fn read_only_registers_ignore_writes() {
     for lm_layout in [LmLayout::Dpdk, LmLayout::Linux] {
         let dev = Device::new(DeviceConfig::with_queue_pairs(2).lm_layout(lm_layout)).unwrap();
-        let mut drv = NetDriver::in_process(&dev, small_opts(2, lm_layout)).unwrap();
+        let mut drv = sim_harness::driver::in_process(&dev, small_opts(2, lm_layout)).unwrap();
         drv.start().unwrap();
         dev.set_link(false); // ISR, config_generation non-zero
         let layout = dev.layout().clone();
@@ -1308,7 +1308,7 @@ fn mask_vector(dev: &Device, v: u16, masked: bool) {
 #[test]
 fn msix_masked_vectors_pend_and_unmasking_delivers() {
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-    let mut drv = NetDriver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
+    let mut drv = sim_harness::driver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
     drv.start().unwrap();
     // Our own recorder, replacing the driver's.
     let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
@@ -1382,7 +1382,7 @@ fn msix_masked_vectors_pend_and_unmasking_delivers() {
 #[test]
 fn msix_unmask_while_msix_disabled_sends_nothing() {
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-    let mut drv = NetDriver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
+    let mut drv = sim_harness::driver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
     drv.start().unwrap();
     let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
     dev.set_interrupt_sink(irq.clone());
@@ -1553,7 +1553,7 @@ fn features_ok_and_driver_ok_in_one_write() {
 #[test]
 fn config_generation_follows_announce_and_announce_ack() {
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-    let mut drv = NetDriver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
+    let mut drv = sim_harness::driver::in_process(&dev, small_opts(1, LmLayout::Dpdk)).unwrap();
     drv.start().unwrap();
     let need = (1 << bits::GUEST_ANNOUNCE) | (1 << bits::STATUS) | (1 << bits::CTRL_VQ);
     assert_eq!(dev.negotiated_features() & need, need);
@@ -1588,7 +1588,7 @@ fn config_generation_follows_announce_and_announce_ack() {
 
     // Without GUEST_ANNOUNCE the device cannot announce.
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-    let mut drv = NetDriver::in_process(
+    let mut drv = sim_harness::driver::in_process(
         &dev,
         DriverOptions {
             features: offered_mask() & !(1 << bits::GUEST_ANNOUNCE),

@@ -27,7 +27,7 @@ fn layout_name(packed: bool) -> &'static str {
 fn loopback(pairs: u16, opts: DriverOptions) -> (Arc<Device>, NetDriver) {
     let dev = Device::new(DeviceConfig::with_queue_pairs(pairs)).unwrap();
     dev.set_loopback();
-    let mut drv = NetDriver::in_process(
+    let mut drv = sim_harness::driver::in_process(
         &dev,
         DriverOptions {
             queue_pairs: pairs,
@@ -256,7 +256,7 @@ fn before_vq_pairs_set(packed: bool) {
             .unwrap();
     dev.set_loopback();
     // The Linux LM layout has no MQ register, so only the control command enables pair 1.
-    let mut drv = NetDriver::in_process(
+    let mut drv = sim_harness::driver::in_process(
         &dev,
         DriverOptions {
             queue_pairs: 2,
@@ -297,8 +297,10 @@ fn two_devices_mixed() {
     cfg_b.layout.mac = [0x52, 0x54, 0, 0, 0, 0xC];
     let b = Device::new(cfg_b).unwrap();
     LinkPort::join(&a, &b);
-    let mut da = NetDriver::in_process(&a, DriverOptions::default().with_packed(false)).unwrap();
-    let mut db = NetDriver::in_process(&b, DriverOptions::default().with_packed(true)).unwrap();
+    let mut da =
+        sim_harness::driver::in_process(&a, DriverOptions::default().with_packed(false)).unwrap();
+    let mut db =
+        sim_harness::driver::in_process(&b, DriverOptions::default().with_packed(true)).unwrap();
     da.start().unwrap();
     db.start().unwrap();
     let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());
@@ -335,8 +337,8 @@ fn two_devices(packed: bool) {
         ..Default::default()
     }
     .with_packed(packed);
-    let mut da = NetDriver::in_process(&a, opts.clone()).unwrap();
-    let mut db = NetDriver::in_process(&b, opts).unwrap();
+    let mut da = sim_harness::driver::in_process(&a, opts.clone()).unwrap();
+    let mut db = sim_harness::driver::in_process(&b, opts).unwrap();
     da.start().unwrap();
     db.start().unwrap();
     let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());
@@ -672,7 +674,7 @@ fn packed_ring_state_encodings() {
     use device::RegionAccess;
     let dev = Device::new(DeviceConfig::with_queue_pairs(1).lm_layout(LmLayout::Linux)).unwrap();
     dev.set_loopback();
-    let mut drv = NetDriver::in_process(
+    let mut drv = sim_harness::driver::in_process(
         &dev,
         DriverOptions {
             lm_layout: LmLayout::Linux,

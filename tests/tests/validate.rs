@@ -90,13 +90,26 @@ fn report_formats() {
         false,
     );
     let j = r.json();
+    let v: serde_json::Value = serde_json::from_str(&j).expect("the JSON report parses");
+    assert_eq!(v["passed"], false, "{j}");
+    let dirty = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == "dirty-log")
+        .expect("dirty-log in the JSON report");
+    assert_eq!(dirty["verdict"], "FAIL", "{j}");
     assert!(
-        j.starts_with('{')
-            && j.ends_with('}')
-            && j.contains("\"passed\":false")
-            && j.contains("\"id\":\"dirty-log\",\"title\""),
-        "{j}"
+        dirty["title"].is_string() && dirty["findings"].as_array().is_some_and(|f| !f.is_empty())
     );
+    // Control characters in any string (a target's description, an observed value) are
+    // escaped: the report stays valid JSON and round-trips.
+    let odd = Report {
+        target: "device \u{1}\u{7}\t\"x\"\\".into(),
+        groups: Vec::new(),
+    };
+    let back: serde_json::Value = serde_json::from_str(&odd.json()).expect("still JSON");
+    assert_eq!(back["target"], odd.target);
     let x = r.junit();
     assert!(
         x.starts_with("<?xml")
@@ -128,10 +141,11 @@ fn report_formats() {
 fn served(
     quirks: Quirks,
 ) -> (
-    std::sync::Arc<sim_harness::vfio_user::server::Server>,
+    std::sync::Arc<sim_harness::serve::DeviceServer>,
     std::path::PathBuf,
     std::thread::JoinHandle<()>,
 ) {
+    use sim_harness::serve::DeviceBackend;
     use sim_harness::vfio_user::server::{Server, ServerOptions};
     let mut cfg = DeviceConfig::with_queue_pairs(2);
     cfg.msix_owner = device::MsixOwner::Vmm;
@@ -145,7 +159,9 @@ fn served(
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("dev.sock");
-    let server = std::sync::Arc::new(Server::bind(&path, dev, ServerOptions::default()).unwrap());
+    let server = std::sync::Arc::new(
+        Server::bind(&path, DeviceBackend::new(dev), ServerOptions::default()).unwrap(),
+    );
     let s = server.clone();
     let t = std::thread::spawn(move || {
         let _ = s.serve();

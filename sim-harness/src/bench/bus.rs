@@ -11,7 +11,6 @@
 //! wire add per-TLP header, framing and DLLP overheads. Doorbells (MMIO writes to the device)
 //! and MSI-X messages are reported beside, not in the DMA totals.
 
-use super::svg;
 use crate::driver::{DriverError, DriverOptions, NetDriver};
 use crate::frames;
 use bar_registers::lm::DPDK_LOG_IOVA;
@@ -378,7 +377,7 @@ pub fn set_mps_mrrs(
 /// The features a fresh device offers (what `device_features_probe` reads).
 pub fn probe_offered() -> Result<u64, DriverError> {
     let dev = Device::new(DeviceConfig::with_queue_pairs(1)).map_err(usage)?;
-    let drv = NetDriver::in_process(
+    let drv = crate::driver::in_process(
         &dev,
         DriverOptions {
             memory: 1 << 20,
@@ -413,7 +412,7 @@ pub fn measure(
         memory: 16 << 20,
         ..Default::default()
     };
-    let mut drv = NetDriver::in_process(&dev, dopts)?;
+    let mut drv = crate::driver::in_process(&dev, dopts)?;
     let offered = drv.device_features_probe()?;
     let packed = 1u64 << RING_PACKED_BIT;
     let mut want = offered;
@@ -929,7 +928,7 @@ impl BusReport {
             "packed_offered": self.packed_offered(),
             "rows": self.rows.iter().map(|r| self.row_json(r)).collect::<Vec<_>>(),
         });
-        serde_json::to_string_pretty(&v).unwrap_or_default()
+        crate::report_json::to_json(&v)
     }
 
     /// The matrix as CSV, one row per configuration, per-packet values.
@@ -1007,11 +1006,6 @@ impl BusReport {
             let _ = writeln!(t, "{}", cols.join(","));
         }
         t
-    }
-
-    /// An SVG chart: TLPs per packet stacked by kind, split and packed side by side.
-    pub fn svg(&self) -> String {
-        svg::chart(self)
     }
 }
 

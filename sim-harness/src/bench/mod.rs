@@ -5,4 +5,5 @@
 //!   logging (docs/bus-model.md).
 
 pub mod bus;
+/// The SVG rendering of a [`bus::BusReport`] (depends on bus; bus does not depend on it).
 mod svg;

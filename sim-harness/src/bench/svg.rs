@@ -60,7 +60,14 @@ fn stack(r: &BusReport, c: &Config) -> Option<[f64; 6]> {
     Some(out)
 }
 
-pub(super) fn chart(r: &BusReport) -> String {
+impl BusReport {
+    /// An SVG chart: TLPs per packet stacked by kind, split and packed side by side.
+    pub fn svg(&self) -> String {
+        chart(self)
+    }
+}
+
+fn chart(r: &BusReport) -> String {
     let o = &r.opts;
     let logs = uniq(&o.logging);
     let frames = uniq(&o.frames);

@@ -13,18 +13,18 @@
 //!          destination write the ring states before queue_enable, start, announce
 //!          (GUEST_ANNOUNCE), and resume the guest.
 
+pub mod engine;
 pub mod peer;
 
-use crate::driver::{DriverError, DriverOptions, GuestMemory, NetDriver};
+use crate::driver::{DriverError, DriverOptions, NetDriver};
 use crate::frames::{self, Tracker};
-use bar_registers::lm::DPDK_LOG_IOVA;
 use bar_registers::LmLayout;
-use device::{Device, DeviceConfig, DmaMapper, InterruptRecorder, Quirks};
-use dma::{Backing, Perms, SharedMemory, WriteTrace, PAGE_SIZE};
+use device::{Device, DeviceConfig, Quirks};
+use engine::{MigratingGuest, PreCopy};
 use peer::{PeerPort, PeerSender, PEER_MAC};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ impl Default for MigrateOptions {
 }
 
 /// The report.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct MigrateReport {
     pub migrations: u32,
     pub total_ms: f64,
@@ -162,30 +162,18 @@ impl MigrateReport {
         s
     }
 
-    /// JSON object.
+    /// JSON object: every field, and `clean`.
     pub fn json(&self) -> String {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        format!(
-            "{{\"migrations\":{},\"total_ms\":{:.3},\"downtime_us\":{:.1},\"rounds\":{},\"pages_per_round\":[{}],\"pages_copied\":{},\"log_bytes\":{},\"log_writes\":{},\"missed_dirty_pages\":{},\"memory_mismatch_pages\":{},\"frames_sent\":{},\"frames_delivered\":{},\"lost_frames\":{},\"duplicated_frames\":{},\"reordered_frames\":{},\"corrupted_frames\":{},\"errors\":[{}],\"clean\":{}}}",
-            self.migrations,
-            self.total_ms,
-            self.downtime_us,
-            self.rounds,
-            self.pages_per_round.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
-            self.pages_copied,
-            self.log_bytes,
-            self.log_writes,
-            self.missed_dirty_pages,
-            self.memory_mismatch_pages,
-            self.frames_sent,
-            self.frames_delivered,
-            self.lost_frames,
-            self.duplicated_frames,
-            self.reordered_frames,
-            self.corrupted_frames,
-            self.errors.iter().map(|e| format!("\"{}\"", esc(e))).collect::<Vec<_>>().join(","),
-            self.clean()
-        )
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            #[serde(flatten)]
+            report: &'a MigrateReport,
+            clean: bool,
+        }
+        crate::report_json::to_json(&Json {
+            report: self,
+            clean: self.clean(),
+        })
     }
 }
 
@@ -263,25 +251,6 @@ impl Guest {
     }
 }
 
-fn log_len_for(mem: &GuestMemory) -> u64 {
-    ((mem.base() + mem.size()) / PAGE_SIZE)
-        .div_ceil(8)
-        .next_multiple_of(8)
-}
-
-/// Harvests and clears the device's dirty log (vhost bitmap) into `out`.
-fn harvest(log: &SharedMemory, len: u64, out: &mut BTreeSet<u64>) -> Result<(), MigrateError> {
-    for w in (0..len).step_by(8) {
-        let mut bits = log.swap_u64(w, 0)?;
-        while bits != 0 {
-            let b = u64::from(bits.trailing_zeros());
-            out.insert(w * 8 + b);
-            bits &= bits - 1;
-        }
-    }
-    Ok(())
-}
-
 /// Runs `o.count` back-to-back migrations of one guest (A -> B -> C ...), each between the
 /// device the guest runs on and a fresh device, under continuous traffic, and verifies.
 pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
@@ -300,7 +269,7 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
         ..Default::default()
     }
     .with_packed(o.packed);
-    let mut drv = NetDriver::in_process(&dev, opts)?;
+    let mut drv = crate::driver::in_process(&dev, opts)?;
     drv.start()?;
     let mac = drv.mac()?;
     let mut guest = Guest {
@@ -321,9 +290,7 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let mut report = MigrateReport::default();
     let t_start = Instant::now();
     for i in 0..o.count.max(1) {
-        let dst = Device::new(cfg.clone())?;
-        dst.set_port(peer_port.clone());
-        let ok = migrate_once(o, i, &mut guest, &dev, &dst, &mut report)?;
+        let (dst, ok) = migrate_once(o, i, &mut guest, &dev, &cfg, &peer_port, &mut report)?;
         dev = dst;
         if !ok {
             break;
@@ -360,198 +327,109 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     Ok(report)
 }
 
-/// One migration of the guest from `src` to `dst`. Returns false when the destination did not
-/// come up (the report says why).
+/// The guest of `migrate` as the engine sees it: its own traffic and the peer's, a burst from
+/// the peer at the pause, a fresh device wired to the same peer as the destination.
+struct Migrating<'a> {
+    guest: &'a mut Guest,
+    cfg: &'a DeviceConfig,
+    peer_port: &'a Arc<PeerPort>,
+    burst_at_switch: usize,
+    index: u32,
+    progress: bool,
+}
+
+impl MigratingGuest for Migrating<'_> {
+    type Error = MigrateError;
+
+    fn driver(&mut self) -> Result<&mut NetDriver, MigrateError> {
+        Ok(&mut self.guest.drv)
+    }
+
+    fn run(&mut self, dev: &Arc<Device>) -> Result<(), MigrateError> {
+        Ok(self.guest.step(dev)?)
+    }
+
+    fn before_pause(&mut self, src: &Arc<Device>) {
+        if self.burst_at_switch > 0 {
+            self.guest.peer.send(src, self.burst_at_switch);
+        }
+    }
+
+    fn destination(&mut self) -> Result<Arc<Device>, MigrateError> {
+        let dst = Device::new(self.cfg.clone())?;
+        dst.set_port(self.peer_port.clone());
+        Ok(dst)
+    }
+
+    fn progress(&self, line: &str) {
+        if self.progress {
+            eprintln!("[{}] {line}", self.index);
+        }
+    }
+}
+
+/// One migration of the guest from `src` to a fresh device. Returns the device the guest runs
+/// on afterwards and false when the destination did not come up (the report says why).
 fn migrate_once(
     o: &MigrateOptions,
     index: u32,
     guest: &mut Guest,
     src: &Arc<Device>,
-    dst: &Arc<Device>,
+    cfg: &DeviceConfig,
+    peer_port: &Arc<PeerPort>,
     report: &mut MigrateReport,
-) -> Result<bool, MigrateError> {
+) -> Result<(Arc<Device>, bool), MigrateError> {
     let _span = tracing::info_span!("migration", index).entered();
-    let progress = |s: String| {
-        if o.progress {
-            eprintln!("[{index}] {s}");
-        }
-    };
-    let mem = guest.drv.mem.clone();
     report.migrations += 1;
-    // Stage 1: the log (DPDK: mapped at IFCVF_LOG_BASE), the independent write record, CPU dirty tracking.
-    let log_len = log_len_for(&mem);
-    let log = SharedMemory::new("vdpa-emu-dirty-log", log_len)?;
-    src.dma_map(
-        DPDK_LOG_IOVA,
-        log_len,
-        Perms::RW,
-        Backing::Fd {
-            file: log.try_clone_file()?,
-            offset: 0,
+    let m = engine::migrate(
+        &mut Migrating {
+            guest: &mut *guest,
+            cfg,
+            peer_port,
+            burst_at_switch: o.burst_at_switch,
+            index,
+            progress: o.progress,
+        },
+        src,
+        PreCopy {
+            dirty_threshold: o.dirty_threshold as u64,
+            max_rounds: o.max_rounds,
         },
     )?;
-    let top = mem.base() + mem.size();
-    let device_writes = Arc::new(WriteTrace::new(top));
-    src.set_write_trace(Some(device_writes.clone()));
-    let cpu = Arc::new(WriteTrace::new(top));
-    mem.set_cpu_dirty_log(Some(cpu.clone()));
-    guest.drv.enable_logging(DPDK_LOG_IOVA, log_len)?;
-    report.log_bytes = log_len;
-    let log_writes_before = src.log_stats().log_writes;
-    progress(format!(
-        "stage 1: logging on ({log_len} B log at {DPDK_LOG_IOVA:#x}), copying {} MiB",
-        o.memory >> 20
-    ));
-
-    let dst_mem = Arc::new(mem.new_like().map_err(DriverError::from)?);
-    let mut logged: BTreeSet<u64> = BTreeSet::new();
-    let mut copier = Copier {
-        src: &mem,
-        dst: &dst_mem,
-        buf: Box::new([0u8; PAGE_SIZE as usize]),
-    };
-    let n = copier.copy(mem.pfns(), Some((&mut *guest, src)), report)?;
-    report.pages_per_round.push(n);
-
-    // Stage 2: iterate.
-    let mut rounds = 0;
-    loop {
-        guest.step(src)?;
-        let mut dirty = BTreeSet::new();
-        harvest(&log, log_len, &mut dirty)?;
-        logged.extend(dirty.iter().copied());
-        dirty.extend(cpu.take_pages());
-        rounds += 1;
-        let n = copier.copy(dirty.iter().copied(), Some((&mut *guest, src)), report)?;
-        report.pages_per_round.push(n);
-        progress(format!("stage 2: round {rounds} copied {n} dirty pages"));
-        if (n as usize) < o.dirty_threshold || rounds >= o.max_rounds {
-            break;
-        }
-    }
-    report.rounds += rounds;
-
-    // Stage 3: pause the guest, stop the source with the DPDK stop sequence.
-    if o.burst_at_switch > 0 {
-        guest.peer.send(src, o.burst_at_switch);
-    }
-    let t_pause = Instant::now();
-    // Frames waiting in the source's receive FIFO are device state: take them before the stop
-    // sequence, whose final reset would discard them.
-    let pending: Vec<Vec<u8>> = std::iter::from_fn(|| src.inbox().pop()).collect();
-    let states = guest.drv.stop()?;
-    let mut dirty = BTreeSet::new();
-    harvest(&log, log_len, &mut dirty)?;
-    logged.extend(dirty.iter().copied());
-    src.set_write_trace(None);
-    // The DPDK driver marks every used ring dirty in software at stop ("the HW logs packet
-    // buffers only"): the VMM copies them whatever the device logged.
-    for (used, len) in guest.drv.used_rings() {
-        dirty.extend(used / PAGE_SIZE..(used + len).div_ceil(PAGE_SIZE));
-    }
-    dirty.extend(cpu.take_pages());
-    mem.set_cpu_dirty_log(None);
-    let n = copier.copy(dirty.iter().copied(), None, report)?;
-    report.pages_per_round.push(n);
-    // Verification of the copy, page by page (not part of the downtime: a real VMM does not do it).
-    let t_verify = Instant::now();
-    let mut a = [0u8; PAGE_SIZE as usize];
-    let mut b = [0u8; PAGE_SIZE as usize];
-    for pfn in mem.pfns() {
-        let iova = pfn * PAGE_SIZE;
-        mem.read(iova, &mut a).map_err(DriverError::from)?;
-        dst_mem.read(iova, &mut b).map_err(DriverError::from)?;
-        if a != b {
-            report.memory_mismatch_pages += 1;
-        }
-    }
-    // Every page the device wrote after logging started must have been in its log.
-    report.missed_dirty_pages += device_writes
-        .pages()
-        .into_iter()
-        .filter(|p| !logged.contains(p))
-        .count() as u64;
-    let verify_time = t_verify.elapsed();
-    report.log_writes += src.log_stats().log_writes - log_writes_before;
-
-    // Switch: the guest now runs on the destination.
-    let irq = Arc::new(InterruptRecorder::new(dst.layout().msix_vectors));
-    dst.set_interrupt_sink(irq.clone());
-    guest.drv.migrate_to(dst.clone(), irq, dst_mem.clone())?;
-    let resumed = guest.drv.restart(&states).and_then(|()| {
-        for f in &pending {
-            dst.inbox().push(f);
-        }
-        dst.service_rx();
-        // GUEST_ANNOUNCE instead of RARP: the device raises ANNOUNCE, the driver acks.
-        if dst.announce() {
-            guest.drv.handle_config_change()?;
-        }
-        Ok(())
-    });
-    let downtime = (t_pause.elapsed() - verify_time).as_secs_f64() * 1e6;
-    report.downtime_us = report.downtime_us.max(downtime);
-    progress(format!(
-        "stage 3: stopped, copied {n} pages, resumed on the destination after {downtime:.0} us"
-    ));
-    if let Err(e) = resumed {
+    report.rounds += m.rounds;
+    report.pages_per_round.extend(&m.pages_per_round);
+    report.pages_copied += m.pages_copied;
+    report.log_bytes = m.log_bytes;
+    report.log_writes += m.log_writes;
+    report.missed_dirty_pages += m.missed_dirty_pages;
+    report.memory_mismatch_pages += m.memory_mismatch_pages;
+    report.downtime_us = report.downtime_us.max(m.downtime.as_secs_f64() * 1e6);
+    let dst = m.dst;
+    if let Some(e) = m.resume_error {
         report
             .errors
             .push(format!("migration {index}: resume on the destination: {e}"));
-        return Ok(false);
+        return Ok((dst, false));
     }
     let t = Instant::now();
     while t.elapsed() < o.after {
-        if let Err(e) = guest.step(dst) {
+        if let Err(e) = guest.step(&dst) {
             report
                 .errors
                 .push(format!("migration {index}: after the switch: {e}"));
-            return Ok(false);
+            return Ok((dst, false));
         }
     }
     if let Some(f) = dst.fault() {
         report
             .errors
             .push(format!("migration {index}: destination device: {f}"));
-        return Ok(false);
+        return Ok((dst, false));
     }
     if let Some(f) = src.fault() {
         report
             .errors
             .push(format!("migration {index}: source device: {f}"));
     }
-    Ok(true)
-}
-
-/// Copies pages from the source RAM to the destination RAM, letting the guest run between
-/// chunks (pre-copy) or not (stop-and-copy).
-struct Copier<'a> {
-    src: &'a GuestMemory,
-    dst: &'a GuestMemory,
-    buf: Box<[u8; PAGE_SIZE as usize]>,
-}
-
-impl Copier<'_> {
-    fn copy(
-        &mut self,
-        pages: impl IntoIterator<Item = u64>,
-        mut running: Option<(&mut Guest, &Arc<Device>)>,
-        report: &mut MigrateReport,
-    ) -> Result<u64, MigrateError> {
-        let range = self.src.pfns();
-        let mut n = 0u64;
-        for pfn in pages.into_iter().filter(|p| range.contains(p)) {
-            self.src
-                .copy_page_to(pfn, self.dst, &mut self.buf)
-                .map_err(DriverError::from)?;
-            n += 1;
-            if n.is_multiple_of(512) {
-                if let Some((g, dev)) = running.as_mut() {
-                    g.step(dev)?;
-                }
-            }
-        }
-        report.pages_copied += n;
-        Ok(n)
-    }
+    Ok((dst, true))
 }

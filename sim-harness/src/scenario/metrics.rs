@@ -337,6 +337,43 @@ pub fn feature_bit(name: &str) -> Option<u32> {
         .map(|f| f.bit)
 }
 
+/// What the last `migrate` step measured (metrics `migration.<field>`).
+#[derive(Debug, Clone, Default)]
+pub struct MigrationOutcome {
+    pub rounds: u64,
+    pub pages_copied: u64,
+    pub log_bytes: u64,
+    pub log_writes: u64,
+    pub missed_dirty_pages: u64,
+    pub memory_mismatch_pages: u64,
+    pub downtime_us: u64,
+    /// Frames moved from the source's receive FIFO to the destination's.
+    pub pending_frames: u64,
+    /// Resume and after-switch failures.
+    pub errors: Vec<String>,
+    pub announce_acked: bool,
+}
+
+impl MigrationOutcome {
+    /// The field named `name` (see [`MIGRATION_FIELDS`]).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        let i = |v: u64| Some(Value::Int(v));
+        match name {
+            "rounds" => i(self.rounds),
+            "pages_copied" => i(self.pages_copied),
+            "log_bytes" => i(self.log_bytes),
+            "log_writes" => i(self.log_writes),
+            "missed_dirty_pages" => i(self.missed_dirty_pages),
+            "memory_mismatch_pages" => i(self.memory_mismatch_pages),
+            "downtime_us" => i(self.downtime_us),
+            "pending_frames" => i(self.pending_frames),
+            "errors" => i(self.errors.len() as u64),
+            "announce_acked" => Some(Value::Bool(self.announce_acked)),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

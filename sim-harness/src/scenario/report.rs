@@ -245,8 +245,7 @@ impl RunReport {
 
     /// Pretty JSON.
     pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self)
-            .unwrap_or_else(|e| format!("{{\"error\": \"serializing the report: {e}\"}}"))
+        crate::report_json::to_json(self)
     }
 
     /// The human-readable table: one row per step and per expectation.

@@ -7,8 +7,7 @@
 use super::error::StepError;
 use super::expect::{Expectation, MetricRef, Operand};
 use super::ledger::Ledger;
-use super::metrics::{Metric, QueueField, StatusField, Value};
-use super::migration::MigrationOutcome;
+use super::metrics::{Metric, MigrationOutcome, QueueField, StatusField, Value};
 use super::model::{Action, PortSpec, ResetHow, Scenario, SizeSpec, Step, TrafficSpec};
 use super::report::{ExpectReport, ExpectVerdict, FileReport, StepReport, StepVerdict, Verdict};
 use crate::driver::NetDriver;
@@ -172,7 +171,7 @@ impl<'a> World<'a> {
         }
         let mut nodes = Vec::with_capacity(devs.len());
         for (spec, dev) in sc.devices.iter().zip(devs) {
-            let drv = NetDriver::in_process(&dev, spec.driver.clone())?;
+            let drv = crate::driver::in_process(&dev, spec.driver.clone())?;
             nodes.push(Node {
                 name: spec.name.clone(),
                 dev,

@@ -1,18 +1,19 @@
 //! The checks. Every group gets a fresh session; findings name what was expected, what was
 //! observed, and the register or ring address involved.
 
+use super::locate;
 use super::report::Finding;
 use super::{Session, ValidateOptions};
+use crate::driver::flags::{DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED};
 use crate::driver::net::{rxq, txq, NET_HDR_LEN};
 use crate::driver::probe::{probe, read_config};
 use crate::driver::{DriverError, DriverOptions, NetDriver};
 use crate::frames;
 use bar_registers::lm::{self, DPDK_LOG_IOVA};
 use bar_registers::model::Location;
-use bar_registers::pci::{hdr, id};
+use bar_registers::pci::{hdr, id, virtio_cap};
 use bar_registers::virtio::{bits, common, device_status as st, net_cfg};
 use bar_registers::{DeviceLayout, LayoutParams, REGION_CONFIG};
-use device::queue::packed::{VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE};
 use dma::{Backing, Perms, SharedMemory, PAGE_SIZE};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -21,21 +22,42 @@ use std::collections::BTreeSet;
 type Findings = Vec<Finding>;
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 
-/// Runs group `id` on a fresh session.
+/// A check group's body: appends findings; a driver error ends the group as a failed MUST.
+type GroupFn = fn(&Session, &ValidateOptions, &mut Findings) -> Result<(), DriverError>;
+
+/// The body of every group, by the ids of [`super::GROUPS`] (a test keeps the two in step).
+pub(super) const CHECKS: &[(&str, GroupFn)] = &[
+    ("pci-structure", pci_structure),
+    ("ring-layout-split", ring_layout_split),
+    ("ring-layout-packed", |s, _, f| ring_layout_packed(s, f)),
+    ("feature-awareness", |s, _, f| feature_awareness(s, f)),
+    ("vring-index-rw", vring_index_rw),
+    ("dirty-log", dirty_log),
+    ("guest-announce", |s, _, f| guest_announce(s, f)),
+    ("reset", reset),
+];
+
+/// The body of group `id`, if there is one.
+pub(super) fn check(id: &str) -> Option<GroupFn> {
+    CHECKS.iter().find(|c| c.0 == id).map(|c| c.1)
+}
+
+/// Runs group `id` on a fresh session. An id with no checks is a failed finding, never an
+/// empty (passing) group.
 pub(super) fn run_group(id: &'static str, s: Session, o: &ValidateOptions) -> Findings {
     let mut f = Vec::new();
-    let res = match id {
-        "pci-structure" => pci_structure(&s, o, &mut f),
-        "ring-layout-split" => ring_layout_split(&s, o, &mut f),
-        "ring-layout-packed" => ring_layout_packed(&s, &mut f),
-        "feature-awareness" => feature_awareness(&s, &mut f),
-        "vring-index-rw" => vring_index_rw(&s, o, &mut f),
-        "dirty-log" => dirty_log(&s, o, &mut f),
-        "guest-announce" => guest_announce(&s, &mut f),
-        "reset" => reset(&s, o, &mut f),
-        _ => Ok(()),
+    let Some(body) = check(id) else {
+        f.push(Finding::fail(
+            id,
+            "group has checks",
+            true,
+            "a group id the validator implements",
+            "no checks for this id",
+            "",
+        ));
+        return f;
     };
-    if let Err(e) = res {
+    if let Err(e) = body(&s, o, &mut f) {
         // A driver-level failure in the middle of a check is itself a failed MUST: a real
         // driver would have hit it too.
         f.push(Finding::fail(
@@ -122,7 +144,7 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
                 true,
                 "a well-formed capability list with the virtio capabilities",
                 &e.to_string(),
-                "config 0x34",
+                &locate::config(hdr::CAPABILITIES_PTR),
             ));
             return Ok(());
         }
@@ -136,21 +158,24 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
         "identity the IFC VF drivers match",
         true,
         ids_ok,
-        "1af4:1041 subsystem 8086:001a (ifcvf_vdpa.c pci_id_ifcvf_map, ifcvf_main.c ifcvf_pci_ids)",
+        &format!(
+            "{} (ifcvf_vdpa.c pci_id_ifcvf_map, ifcvf_main.c ifcvf_pci_ids)",
+            locate::expected_ids()
+        ),
         &format!(
             "{:04x}:{:04x} subsystem {:04x}:{:04x}",
             pci.vendor, pci.device, pci.subsys_vendor, pci.subsys_device
         ),
-        "config 0x00, 0x2c",
+        &locate::config_at(&[hdr::VENDOR_ID, hdr::SUBSYSTEM_VENDOR_ID]),
     ));
     f.push(Finding::check(
         G,
         "class network/ethernet",
         false,
         pci.class == id::CLASS,
-        "0x020000",
+        &locate::expected_class(),
         &format!("{:#08x}", pci.class),
-        "config 0x09",
+        &locate::config(hdr::CLASS_CODE),
     ));
     f.push(Finding::check(
         G,
@@ -159,7 +184,7 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
         pci.revision >= 1,
         ">= 1 (virtio 1.2 4.1.2.1)",
         &pci.revision.to_string(),
-        "config 0x08",
+        &locate::config(hdr::REVISION_ID),
     ));
     let sizes = bar_sizes(s)?;
     for b in [0usize, 2, 4] {
@@ -170,7 +195,7 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
             sizes[b] > 0,
             "a memory BAR (Linux ifcvf maps BAR0, BAR2, BAR4 and fails its probe otherwise)",
             &hex(sizes[b]),
-            &format!("config {:#x}", hdr::BAR0 + 4 * b as u64),
+            &locate::config(hdr::BAR0 + 4 * b as u64),
         ));
     }
     for (name, w) in [
@@ -201,7 +226,7 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
         m == 0 || (m.is_power_of_two() && m >= 2),
         "virtio 1.2 4.1.4.4",
         &m.to_string(),
-        "notify cap + 16",
+        &format!("notify cap + {}", virtio_cap::NOTIFY_OFF_MULTIPLIER),
     ));
     f.push(Finding::check(
         G,
@@ -237,7 +262,7 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
         max_pairs >= 1 && num_queues > 2 * max_pairs,
         ">= 2 x max_virtqueue_pairs + 1 (DPDK: queue pairs = (num_queues - 1) / 2)",
         &format!("num_queues {num_queues}, max_virtqueue_pairs {max_pairs}"),
-        "common cfg num_queues",
+        &locate::reg("common_cfg", common::NUM_QUEUES),
     ));
     f.push(Finding::check(
         G,
@@ -249,7 +274,7 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
             u32::from(num_queues) + 1
         ),
         &pci.msix_vectors.to_string(),
-        &format!("config {:#x}", pci.msix_cap),
+        &locate::config(pci.msix_cap),
     ));
     let (tb, to) = pci.msix_table;
     let (pb, po) = pci.msix_pba;
@@ -271,7 +296,7 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
         sizes[4] >= need,
         &format!(">= {need:#x} bytes (DPDK indexes the LM block without checking)"),
         &hex(sizes[4]),
-        "BAR4",
+        &locate::lm_bar(),
     ));
     Ok(())
 }
@@ -561,13 +586,13 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         .map(|k| mem.read_u16(tx_desc + 16 * k + 12))
         .collect::<Result<_, _>>()?;
     d.publish(txq(0))?;
-    let both = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
+    let both = PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED;
     let mut tx_bad = None;
     for k in 0..16u64 {
         let id = mem.read_u16(tx_desc + 16 * k + 12)?;
         let flags = mem.read_u16(tx_desc + 16 * k + 14)?;
         if tx_bad.is_none()
-            && (id != posted[k as usize] || flags & both != both || flags & VIRTQ_DESC_F_WRITE != 0)
+            && (id != posted[k as usize] || flags & both != both || flags & DESC_F_WRITE != 0)
         {
             tx_bad = Some(format!(
                 "slot {k}: id {id} (posted {}), flags {flags:#06x}",
@@ -589,9 +614,7 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         let len = mem.read_u32(rx_desc + 16 * k + 8)?;
         let flags = mem.read_u16(rx_desc + 16 * k + 14)?;
         let want = (NET_HDR_LEN + fs[k as usize].len()) as u32;
-        if rx_bad.is_none()
-            && (len != want || flags & both != both || flags & VIRTQ_DESC_F_WRITE == 0)
-        {
+        if rx_bad.is_none() && (len != want || flags & both != both || flags & DESC_F_WRITE == 0) {
             rx_bad = Some(format!(
                 "slot {k}: len {len} (wrote {want}), flags {flags:#06x}"
             ));
@@ -685,7 +708,7 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         ok,
         "queue_size 100 accepted, 300 frames intact",
         &observed,
-        "common cfg queue_size",
+        &locate::reg("common_cfg", common::QUEUE_SIZE),
     ));
     Ok(())
 }
@@ -758,7 +781,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
             st_read & st::FEATURES_OK == 0,
             "FEATURES_OK does not stick (virtio 1.2 3.1.1 step 6)",
             &format!("status {st_read:#04x} after writing features {feats:#x}"),
-            "common cfg device_status",
+            &locate::reg("common_cfg", common::DEVICE_STATUS),
         ));
     }
     d.reset()?;
@@ -770,7 +793,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         again == offered,
         &hex(offered),
         &hex(again),
-        "common cfg device_feature",
+        &locate::reg("common_cfg", common::DEVICE_FEATURE),
     ));
     drop(d);
 
@@ -928,7 +951,7 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
             (a, u) == (AT, AT),
             &format!("avail {AT:#x} used {AT:#x}"),
             &format!("avail {a:#x} used {u:#x}"),
-            &format!("BAR4 {:#x}", lmo(q)),
+            &locate::lm(lmo(q)),
         ));
     }
     // Count completions, not bytes: the used lengths belong to ring-layout-split.
@@ -994,7 +1017,11 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
                 "queue_enable {} after {polls} reads, last_used_idx {u:#x}",
                 u16::from_le_bytes(en)
             ),
-            &format!("common cfg queue_enable; BAR4 {:#x}", lmo(q)),
+            &format!(
+                "{}; {}",
+                locate::reg("common_cfg", common::QUEUE_ENABLE),
+                locate::lm(lmo(q))
+            ),
         ));
         let (a2, u2) = d.ring_state(q)?;
         f.push(Finding::check(
@@ -1004,7 +1031,7 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
             u2 == in_mem && a2 == u2,
             &format!("avail = used = {in_mem:#x}"),
             &format!("avail {a2:#x} used {u2:#x} (first read: avail {a:#x} used {u:#x})"),
-            &format!("BAR4 {:#x}", lmo(q)),
+            &locate::lm(lmo(q)),
         ));
     }
     d.reset()?;
@@ -1026,7 +1053,7 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
         (a, u) != (0x1234, 0x1234),
         "the live state, not 0x1234",
         &format!("avail {a:#x} used {u:#x}"),
-        &format!("BAR4 {:#x}", lmo(txq(0))),
+        &locate::lm(lmo(txq(0))),
     ));
     d.reset()?;
     Ok(())
@@ -1098,15 +1125,8 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
     };
     let logged = |log: &SharedMemory| -> Result<BTreeSet<u64>, DriverError> {
         let mut set = BTreeSet::new();
-        for w in (0..full_len).step_by(8) {
-            let mut bits = log
-                .swap_u64(w, 0)
-                .map_err(|e| DriverError::Usage(e.to_string()))?;
-            while bits != 0 {
-                set.insert(w * 8 + u64::from(bits.trailing_zeros()));
-                bits &= bits - 1;
-            }
-        }
+        crate::dirty_bitmap::harvest(log, full_len, &mut set)
+            .map_err(|e| DriverError::Usage(e.to_string()))?;
         Ok(set)
     };
     // Disabled: nothing logged.
@@ -1248,7 +1268,10 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         requested && status & 2 != 0 && irq >= 1,
         "VIRTIO_NET_S_ANNOUNCE set, config interrupt on vector 0",
         &format!("status {gen0:#x} -> {status:#x}, {irq} config interrupts"),
-        "device cfg status, MSI-X vector 0",
+        &format!(
+            "{}, MSI-X vector 0",
+            locate::reg("device_cfg", net_cfg::STATUS)
+        ),
     ));
     let acked = d.handle_config_change().unwrap_or(false);
     let status = d.net_config(net_cfg::STATUS, 2)?;
@@ -1291,7 +1314,7 @@ fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), Drive
         st_after == 0,
         "0 (virtio 1.2 4.1.4.3.1)",
         &hex(st_after.into()),
-        "common cfg device_status",
+        &locate::reg("common_cfg", common::DEVICE_STATUS),
     ));
     // Every declared register with an architectural reset value.
     let num_queues = d.num_queues();

@@ -8,6 +8,7 @@
 //! device served over vfio-user.
 
 mod checks;
+mod locate;
 pub mod report;
 
 use crate::driver::{DeviceHandle, DriverError};
@@ -49,6 +50,8 @@ pub enum ValidateError {
     Driver(#[from] DriverError),
     #[error("{0}")]
     Target(String),
+    #[error("unknown check group `{id}`; the groups are: {known}")]
+    UnknownGroup { id: String, known: String },
 }
 
 /// One connection to the device under test, fresh for each check group.
@@ -203,9 +206,38 @@ impl Default for ValidateOptions {
 
 /// Runs every check group against `target`.
 pub fn run(target: &dyn Target, o: &ValidateOptions) -> Report {
+    run_groups(target, o, &[]).expect("every group in GROUPS exists")
+}
+
+/// The groups of `ids` in report order (empty: all of them); an id that names no group is an
+/// error, not a group that passes with no findings.
+pub fn select_groups(ids: &[String]) -> Result<Vec<(&'static str, &'static str)>, ValidateError> {
+    if let Some(bad) = ids
+        .iter()
+        .find(|id| !GROUPS.iter().any(|g| g.0 == id.as_str()))
+    {
+        return Err(ValidateError::UnknownGroup {
+            id: bad.clone(),
+            known: GROUPS.iter().map(|g| g.0).collect::<Vec<_>>().join(", "),
+        });
+    }
+    Ok(GROUPS
+        .iter()
+        .copied()
+        .filter(|g| ids.is_empty() || ids.iter().any(|id| id == g.0))
+        .collect())
+}
+
+/// Runs the check groups `ids` (empty: all) against `target`.
+pub fn run_groups(
+    target: &dyn Target,
+    o: &ValidateOptions,
+    ids: &[String],
+) -> Result<Report, ValidateError> {
     let _span = tracing::info_span!("validate").entered();
     let mut groups = Vec::new();
-    for &(id, title) in GROUPS {
+    for (id, title) in select_groups(ids)? {
+        let _g = tracing::info_span!("group", id).entered();
         let findings = match target.session() {
             Ok(s) => checks::run_group(id, s, o),
             Err(e) => vec![Finding::fail(
@@ -219,8 +251,53 @@ pub fn run(target: &dyn Target, o: &ValidateOptions) -> Report {
         };
         groups.push(GroupResult::new(id, title, findings));
     }
-    Report {
+    Ok(Report {
         target: target.describe(),
         groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_group_has_checks_and_every_check_a_group() {
+        for (id, _) in GROUPS {
+            assert!(checks::check(id).is_some(), "group {id} has no checks");
+        }
+        for (id, _) in checks::CHECKS {
+            assert!(
+                GROUPS.iter().any(|g| g.0 == *id),
+                "checks {id} belong to no group"
+            );
+        }
+        assert_eq!(GROUPS.len(), checks::CHECKS.len());
+    }
+
+    #[test]
+    fn an_unknown_group_is_an_error() {
+        let e = select_groups(&["pci-structure".into(), "no-such-group".into()]).unwrap_err();
+        assert!(matches!(&e, ValidateError::UnknownGroup { id, .. } if id == "no-such-group"));
+        assert!(e.to_string().contains("dirty-log"), "{e}");
+        let some = select_groups(&["reset".into(), "pci-structure".into()]).unwrap();
+        assert_eq!(
+            some.iter().map(|g| g.0).collect::<Vec<_>>(),
+            ["pci-structure", "reset"]
+        );
+        assert_eq!(select_groups(&[]).unwrap().len(), GROUPS.len());
+    }
+
+    #[test]
+    fn a_group_without_checks_fails() {
+        let t = InProcess {
+            cfg: DeviceConfig::with_queue_pairs(1),
+        };
+        let f = checks::run_group("no-such-group", t.session().unwrap(), &Default::default());
+        assert!(f.iter().any(|f| f.verdict == Verdict::Fail), "{f:?}");
+        assert_eq!(
+            GroupResult::new("no-such-group", "", f).verdict,
+            Verdict::Fail
+        );
     }
 }

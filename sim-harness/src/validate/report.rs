@@ -1,9 +1,11 @@
 //! Validation results and their renderings: a table for people, JSON, JUnit XML for CI.
 
+use serde::Serialize;
 use std::fmt::Write;
 
 /// Outcome of one finding or group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
     Pass,
     /// A MUST requirement failed.
@@ -26,8 +28,9 @@ impl Verdict {
 }
 
 /// One observation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
+    #[serde(skip)]
     pub group: &'static str,
     pub name: String,
     pub must: bool,
@@ -92,7 +95,7 @@ impl Finding {
 }
 
 /// One check group.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct GroupResult {
     pub id: &'static str,
     pub title: &'static str,
@@ -125,24 +128,6 @@ impl GroupResult {
 pub struct Report {
     pub target: String,
     pub groups: Vec<GroupResult>,
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn xml(s: &str) -> String {
@@ -213,42 +198,19 @@ impl Report {
         s
     }
 
-    /// JSON.
+    /// JSON: `{"target", "passed", "checks": [{"id", "title", "verdict", "findings": [...]}]}`.
     pub fn json(&self) -> String {
-        let groups: Vec<String> = self
-            .groups
-            .iter()
-            .map(|g| {
-                let fs: Vec<String> = g
-                    .findings
-                    .iter()
-                    .map(|f| {
-                        format!(
-                            "{{\"name\":{},\"must\":{},\"verdict\":{},\"expected\":{},\"observed\":{},\"location\":{}}}",
-                            json_str(&f.name),
-                            f.must,
-                            json_str(f.verdict.name()),
-                            json_str(&f.expected),
-                            json_str(&f.observed),
-                            json_str(&f.location)
-                        )
-                    })
-                    .collect();
-                format!(
-                    "{{\"id\":{},\"title\":{},\"verdict\":{},\"findings\":[{}]}}",
-                    json_str(g.id),
-                    json_str(g.title),
-                    json_str(g.verdict.name()),
-                    fs.join(",")
-                )
-            })
-            .collect();
-        format!(
-            "{{\"target\":{},\"passed\":{},\"checks\":[{}]}}",
-            json_str(&self.target),
-            self.passed(),
-            groups.join(",")
-        )
+        #[derive(Serialize)]
+        struct Json<'a> {
+            target: &'a str,
+            passed: bool,
+            checks: &'a [GroupResult],
+        }
+        crate::report_json::to_json(&Json {
+            target: &self.target,
+            passed: self.passed(),
+            checks: &self.groups,
+        })
     }
 
     /// JUnit XML: one testsuite, one testcase per finding (classname = check group).

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use device::{Device, DeviceConfig, MsixOwner};
+use sim_harness::serve::{DeviceBackend, DeviceServer};
 use sim_harness::vfio_user::client::Client;
 use sim_harness::vfio_user::{Server, ServerOptions};
 use std::os::unix::net::UnixStream;
@@ -32,7 +33,7 @@ pub fn vmm_device(pairs: u16) -> Arc<Device> {
 
 /// A server on a temp socket, served by a thread; stopped and cleaned up on drop.
 pub struct TestServer {
-    pub server: Arc<Server>,
+    pub server: Arc<DeviceServer>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
 }
@@ -47,8 +48,14 @@ impl TestServer {
 
     pub fn with_device(dev: Arc<Device>) -> Self {
         let dir = temp_dir("vdpa-emu-vu");
-        let server =
-            Arc::new(Server::bind(&dir.join("dev.sock"), dev, ServerOptions::default()).unwrap());
+        let server = Arc::new(
+            Server::bind(
+                &dir.join("dev.sock"),
+                DeviceBackend::new(dev),
+                ServerOptions::default(),
+            )
+            .unwrap(),
+        );
         let s = server.clone();
         let thread = std::thread::spawn(move || s.serve().unwrap());
         TestServer {
@@ -63,7 +70,7 @@ impl TestServer {
     }
 
     pub fn dev(&self) -> &Arc<Device> {
-        self.server.device()
+        self.server.device().device()
     }
 
     pub fn connect(&self) -> UnixStream {

@@ -67,7 +67,7 @@ impl Rig {
         let o_packed = o.features & (1 << bits::RING_PACKED) != 0;
         let dev = Device::new(DeviceConfig::with_queue_pairs(1)).expect("device");
         dev.set_loopback();
-        let mut drv = NetDriver::in_process(&dev, o).expect("driver");
+        let mut drv = sim_harness::driver::in_process(&dev, o).expect("driver");
         let arena = drv.mem.alloc(ARENA, 4096).expect("arena");
         drv.mem.fill(arena, ARENA, CANARY).expect("fill arena");
         drv.start().expect("start");

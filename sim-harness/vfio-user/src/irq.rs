@@ -8,7 +8,7 @@
 //! assertion while unmasked, then the line masks itself (AUTOMASKED) until the client sends
 //! UNMASK; if the device still asserts the line then, it fires again.
 
-use super::sock::is_eventfd;
+use crate::sock::is_eventfd;
 use device::InterruptSink;
 use parking_lot::Mutex;
 use std::fs::File;

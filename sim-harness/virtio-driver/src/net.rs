@@ -1,10 +1,10 @@
 //! The virtio-net driver model.
 
-use super::memory::GuestMemory;
-use super::packed::PackedDriverRing;
-use super::probe::{probe, PciInfo};
-use super::ring::{Buf, DriverRing};
-use super::{DeviceHandle, DriverError};
+use crate::memory::GuestMemory;
+use crate::packed::PackedDriverRing;
+use crate::probe::{probe, PciInfo};
+use crate::ring::{Buf, DriverRing};
+use crate::{DeviceHandle, DriverError};
 use bar_registers::lm::{self, LmLayout};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL};
 use bar_registers::pci::{command, hdr, msix_cap};
@@ -12,7 +12,7 @@ use bar_registers::virtio::{
     bits, common, default_driver_features, device_status as st, net_cfg, NO_VECTOR,
 };
 use bar_registers::REGION_CONFIG;
-use device::{Device, InterruptRecorder};
+use device::InterruptRecorder;
 use std::sync::Arc;
 
 /// struct virtio_net_hdr_v1 length (VERSION_1).
@@ -196,13 +196,6 @@ impl std::fmt::Debug for NetDriver {
 }
 
 impl NetDriver {
-    /// Binds to an in-process device: interrupts go to a recorder the driver reads.
-    pub fn in_process(dev: &Arc<Device>, opts: DriverOptions) -> Result<Self, DriverError> {
-        let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
-        dev.set_interrupt_sink(irq.clone());
-        Self::new(dev.clone(), irq, opts)
-    }
-
     /// Binds to any device handle; `irq` is where that device's interrupts are counted.
     pub fn new(
         dev: Arc<dyn DeviceHandle>,
@@ -265,7 +258,7 @@ impl NetDriver {
         let mut v = Vec::new();
         for q in self.queues.iter().flatten() {
             match &q.ring {
-                DriverQueueRing::Split(r) => v.push((r.used, super::ring::ring_sizes(r.size).2)),
+                DriverQueueRing::Split(r) => v.push((r.used, crate::ring::ring_sizes(r.size).2)),
                 DriverQueueRing::Packed(r) => v.extend(r.device_written()),
             }
         }

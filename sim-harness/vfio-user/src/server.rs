@@ -1,4 +1,5 @@
-//! The vfio-user server: one [`device::Device`] behind a Unix socket, one client at a time.
+//! The vfio-user server: one PCI function (a [`Backend`]) behind a Unix socket, one client at
+//! a time.
 //!
 //! Serving model: an accept loop; each connection is served by a blocking read loop on the
 //! calling thread, messages strictly in order (so a posted REGION_WRITE to a doorbell is done
@@ -19,16 +20,16 @@
 //!   command refused;
 //! - NO_REPLY is honoured for every command, errors included (QEMU's posted writes).
 //!
-//! Migration v2 (DEVICE_FEATURE, MIG_DATA_READ/WRITE) is in [`super::migration`]; a client's
+//! Migration v2 (DEVICE_FEATURE, MIG_DATA_READ/WRITE) is in [`crate::migration`]; a client's
 //! departure also ends its migration session (dirty logging off, state RUNNING).
 
-use super::irq::{IrqData, IrqTable};
-use super::migration::{MigState, Migration};
-use super::sock::{recv_with_fds, send_with_fds, Ready, Stop, MAX_MSG_FDS};
-use super::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
-use bar_registers::pci::CONFIG_SPACE_SIZE;
-use bar_registers::REGION_CONFIG;
-use device::{AccessError, Device, DmaMapper, RegionAccess};
+use crate::backend::Backend;
+use crate::errno::{Errno, Handled, E2BIG, EINVAL, ENOSYS, ENOTSUP};
+use crate::irq::{IrqData, IrqTable};
+use crate::migration::{MigState, Migration};
+use crate::sock::{recv_with_fds, send_with_fds, Ready, Stop, MAX_MSG_FDS};
+use crate::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
+use device::AccessError;
 use dma::{Backing, MapError, Perms, PAGE_SIZE};
 use std::fs::File;
 use std::io::{self, IoSlice};
@@ -54,20 +55,6 @@ pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 pub const PGSIZES: u64 = PAGE_SIZE;
 /// Room for the fixed part of any message (and a VERSION's JSON) on top of the data limit.
 const PAYLOAD_SLACK: usize = 4096;
-
-/// An errno for an error reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl std::fmt::Display for Errno {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", io::Error::from_raw_os_error(self.0), self.0)
-    }
-}
-
-const EINVAL: Errno = Errno(libc::EINVAL);
-const ENOSYS: Errno = Errno(libc::ENOSYS);
-const E2BIG: Errno = Errno(libc::E2BIG);
 
 /// Server limits announced in the VERSION reply (and enforced).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,10 +144,11 @@ struct Counters {
     dma_unmap_ns: AtomicU64,
 }
 
-/// A vfio-user server for one device.
+/// A vfio-user server for one function.
 #[derive(Debug)]
-pub struct Server {
-    device: Arc<Device>,
+pub struct Server<B: Backend> {
+    /// The function served.
+    device: B,
     irqs: Arc<IrqTable>,
     listener: UnixListener,
     path: PathBuf,
@@ -171,15 +159,11 @@ pub struct Server {
     migration: parking_lot::Mutex<Migration>,
 }
 
-impl Server {
+impl<B: Backend> Server<B> {
     /// Binds `path` (replacing a stale socket file left by a dead server) and becomes
-    /// `device`'s interrupt sink. The device must have been created with
-    /// `DeviceConfig::msix_owner = MsixOwner::Vmm`: QEMU emulates the MSI-X table itself.
-    pub fn bind(
-        path: &Path,
-        device: Arc<Device>,
-        opts: ServerOptions,
-    ) -> Result<Self, ServerError> {
+    /// `device`'s interrupt sink. QEMU emulates the MSI-X table itself, so the function must
+    /// leave it to the VMM (vdpa-emu's NIC: `DeviceConfig::msix_owner = MsixOwner::Vmm`).
+    pub fn bind(path: &Path, device: B, opts: ServerOptions) -> Result<Self, ServerError> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(ServerError::NotSocket(path.into()));
@@ -195,7 +179,7 @@ impl Server {
             source,
         })?;
         let sock_id = path_id(path);
-        let irqs = Arc::new(IrqTable::new(device.layout().msix_vectors));
+        let irqs = Arc::new(IrqTable::new(device.msix_vectors()));
         device.set_interrupt_sink(irqs.clone());
         let stop = Arc::new(Stop::new().map_err(ServerError::Stop)?);
         tracing::info!(path = %path.display(), "vfio-user server listening");
@@ -223,8 +207,8 @@ impl Server {
         &self.path
     }
 
-    /// The device served.
-    pub fn device(&self) -> &Arc<Device> {
+    /// The function served.
+    pub fn device(&self) -> &B {
         &self.device
     }
 
@@ -327,15 +311,11 @@ impl Server {
     }
 
     fn region_size(&self, index: u32) -> u64 {
-        match index {
-            0..=5 => self.device.layout().bar_size(index as u8),
-            REGION_CONFIG => CONFIG_SPACE_SIZE,
-            _ => 0,
-        }
+        self.device.region_size(index)
     }
 }
 
-impl Drop for Server {
+impl<B: Backend> Drop for Server<B> {
     fn drop(&mut self) {
         // Remove the socket file only while it is still the one we bound.
         if path_id(&self.path).is_some() && path_id(&self.path) == self.sock_id {
@@ -366,18 +346,16 @@ enum Read {
 }
 
 /// One connected client.
-struct Session<'a> {
-    srv: &'a Server,
+struct Session<'a, B: Backend> {
+    srv: &'a Server<B>,
     stream: UnixStream,
     negotiated: bool,
     warned_no_fd: bool,
     close: Option<ConnectionError>,
 }
 
-type Handled = Result<Vec<u8>, Errno>;
-
-impl<'a> Session<'a> {
-    fn new(srv: &'a Server, stream: UnixStream) -> Self {
+impl<'a, B: Backend> Session<'a, B> {
+    fn new(srv: &'a Server<B>, stream: UnixStream) -> Self {
         Session {
             srv,
             stream,
@@ -690,7 +668,7 @@ impl<'a> Session<'a> {
         let (major, minor) = (r.u16(), r.u16());
         if major != 0 {
             self.close = Some(ConnectionError::Version(major));
-            return Err(Errno(libc::ENOTSUP));
+            return Err(ENOTSUP);
         }
         let mut write_multiple = false;
         let json = &p[wire::VERSION_SIZE..];

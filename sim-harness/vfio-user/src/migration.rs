@@ -2,7 +2,7 @@
 //! Linux `enum vfio_device_mig_state`): VFIO_USER_DEVICE_FEATURE with
 //! VFIO_DEVICE_FEATURE_MIGRATION, MIG_DEVICE_STATE and DMA_LOGGING_START/STOP/REPORT, and
 //! VFIO_USER_MIG_DATA_READ / MIG_DATA_WRITE carrying the device state stream
-//! ([`device::snapshot`]).
+//! (for vdpa-emu's NIC, `device::snapshot`).
 //!
 //! States and arcs (VFIO_MIGRATION_STOP_COPY only: no PRE_COPY, no P2P):
 //!
@@ -29,17 +29,12 @@
 //! A client going away ends the migration session: logging stops, buffered streams are
 //! dropped, the state goes back to RUNNING (the server then resets the device).
 
-use super::server::Errno;
-use super::wire::{self, feature, mig_state};
-use device::Device;
+use crate::backend::Backend;
+use crate::errno::{Errno, Handled, E2BIG, EFBIG, EINVAL, ENOTTY};
+use crate::wire::{self, feature, mig_state};
 use dma::{WriteTrace, PAGE_SIZE};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-
-const EINVAL: Errno = Errno(libc::EINVAL);
-const ENOTTY: Errno = Errno(libc::ENOTTY);
-const E2BIG: Errno = Errno(libc::E2BIG);
-const EFBIG: Errno = Errno(libc::EFBIG);
 
 /// Most ranges a DMA_LOGGING_START may carry (the kernel's LOG_MAX_RANGES).
 pub const MAX_LOGGING_RANGES: usize = 256;
@@ -128,8 +123,6 @@ impl Default for Migration {
     }
 }
 
-type Handled = Result<Vec<u8>, Errno>;
-
 impl Migration {
     /// Current state.
     pub fn state(&self) -> MigState {
@@ -157,7 +150,7 @@ impl Migration {
     }
 
     /// The client is gone: logging off, streams dropped, RUNNING (the caller resets the device).
-    pub fn end_session(&mut self, dev: &Device) {
+    pub fn end_session(&mut self, dev: &impl Backend) {
         if self.logging.take().is_some() {
             dev.set_write_trace(None);
         }
@@ -165,7 +158,7 @@ impl Migration {
     }
 
     /// VFIO_USER_DEVICE_FEATURE.
-    pub fn device_feature(&mut self, dev: &Device, p: &[u8], max_xfer: u32) -> Handled {
+    pub fn device_feature(&mut self, dev: &impl Backend, p: &[u8], max_xfer: u32) -> Handled {
         let (argsz, flags, data) = wire::parse_feature(p).ok_or(EINVAL)?;
         let index = flags & feature::MASK;
         let ops = flags & !feature::MASK;
@@ -259,7 +252,7 @@ impl Migration {
     }
 
     /// Moves to `target`, through STOP when there is no direct arc.
-    fn set_state(&mut self, dev: &Device, target: u32) -> Result<(), Errno> {
+    fn set_state(&mut self, dev: &impl Backend, target: u32) -> Result<(), Errno> {
         let from = self.state;
         let Some(to) = MigState::target(target) else {
             tracing::warn!(
@@ -294,7 +287,7 @@ impl Migration {
     }
 
     /// One direct arc.
-    fn arc(&mut self, dev: &Device, next: MigState) -> Result<(), Errno> {
+    fn arc(&mut self, dev: &impl Backend, next: MigState) -> Result<(), Errno> {
         match (self.state, next) {
             (MigState::Running, MigState::Stop) => dev.pause(),
             (MigState::Stop, MigState::Running) => dev.resume(),
@@ -335,7 +328,7 @@ impl Migration {
     }
 
     /// DMA_LOGGING_START: validates the control, starts the trace; returns the page size used.
-    fn logging_start(&mut self, dev: &Device, data: &[u8]) -> Result<u64, Errno> {
+    fn logging_start(&mut self, dev: &impl Backend, data: &[u8]) -> Result<u64, Errno> {
         if data.len() < wire::DMA_LOGGING_CONTROL_SIZE {
             return Err(EINVAL);
         }
@@ -490,7 +483,7 @@ impl Migration {
     }
 
     /// VFIO_USER_MIG_DATA_WRITE: appends to the state being resumed.
-    pub fn data_write(&mut self, dev: &Device, p: &[u8], max_xfer: u32) -> Handled {
+    pub fn data_write(&mut self, dev: &impl Backend, p: &[u8], max_xfer: u32) -> Handled {
         if p.len() < wire::MIG_DATA_SIZE {
             return Err(EINVAL);
         }

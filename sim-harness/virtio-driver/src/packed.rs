@@ -20,13 +20,14 @@
 //!   off_wrap = the next used slot it waits for (rewritten after each completion, as Linux
 //!   does); without, ENABLE/DISABLE.
 
-use super::memory::{GuestMemory, MemoryError};
-use super::ring::Buf;
-use super::DriverError;
-use device::queue::packed::{
-    RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, VIRTQ_DESC_F_AVAIL,
-    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE,
+use crate::flags::{
+    vring_need_event, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL,
+    PACKED_DESC_F_USED, PACKED_EVENT_FLAGS_MASK, PACKED_EVENT_FLAG_DESC, PACKED_EVENT_FLAG_DISABLE,
+    PACKED_EVENT_FLAG_ENABLE, PACKED_EVENT_F_WRAP_CTR,
 };
+use crate::memory::{GuestMemory, MemoryError};
+use crate::ring::Buf;
+use crate::DriverError;
 use std::sync::atomic::{fence, Ordering};
 
 /// Entries of each per-id indirect table.
@@ -68,30 +69,25 @@ pub fn packed_ring_sizes(size: u16) -> (u64, u64, u64) {
     (16 * u64::from(size), 4, 4)
 }
 
-/// `offset | wrap << 15`.
+/// `offset | wrap << 15` (2.8.10 `le16 desc_event_off : 15; desc_event_wrap : 1`).
 pub fn off_wrap(pos: u16, wrap: bool) -> u16 {
-    pos | (u16::from(wrap) << 15)
+    pos | if wrap { PACKED_EVENT_F_WRAP_CTR } else { 0 }
 }
 
 fn avail_bits(wrap: bool) -> u16 {
     if wrap {
-        VIRTQ_DESC_F_AVAIL
+        PACKED_DESC_F_AVAIL
     } else {
-        VIRTQ_DESC_F_USED
+        PACKED_DESC_F_USED
     }
 }
 
 fn used_bits(wrap: bool) -> u16 {
     if wrap {
-        VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
+        PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED
     } else {
         0
     }
-}
-
-/// vring_need_event (include/uapi/linux/virtio_ring.h).
-fn need_event(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 impl PackedDriverRing {
@@ -130,7 +126,7 @@ impl PackedDriverRing {
             indirect: vec![None; size.into()],
             unpublished: Vec::new(),
             added: 0,
-            event_flags: RING_EVENT_FLAGS_ENABLE,
+            event_flags: PACKED_EVENT_FLAG_ENABLE,
         };
         if event_idx {
             r.set_used_event(mem, off_wrap(0, true))?;
@@ -143,7 +139,10 @@ impl PackedDriverRing {
     /// (so neither side mistakes them for new ones). The caller writes the same value into the
     /// LM ring state before queue_enable.
     pub fn start_at(&mut self, mem: &GuestMemory, at: u16) -> Result<(), DriverError> {
-        let (pos, wrap) = (at & 0x7FFF, at & 0x8000 != 0);
+        let (pos, wrap) = (
+            at & !PACKED_EVENT_F_WRAP_CTR,
+            at & PACKED_EVENT_F_WRAP_CTR != 0,
+        );
         if pos >= self.size || self.num_free != self.size {
             return Err(DriverError::Usage(format!(
                 "packed start index {at:#x} on queue {}",
@@ -213,9 +212,9 @@ impl PackedDriverRing {
         let mut head_flags = 0;
         for (k, &b) in bufs.iter().enumerate() {
             let at = self.desc + 16 * u64::from(self.next_avail);
-            let mut flags = avail_bits(self.avail_wrap) | if b.2 { VIRTQ_DESC_F_WRITE } else { 0 };
+            let mut flags = avail_bits(self.avail_wrap) | if b.2 { DESC_F_WRITE } else { 0 };
             if k + 1 < bufs.len() {
-                flags |= VIRTQ_DESC_F_NEXT;
+                flags |= DESC_F_NEXT;
             }
             // The id goes into every descriptor (Linux does; 2.8.6 needs it in the last one).
             self.write_body(mem, at, b, id)?;
@@ -234,7 +233,7 @@ impl PackedDriverRing {
     }
 
     /// Adds a list as one ring slot pointing at an indirect table of packed descriptors (2.8.7:
-    /// only VIRTQ_DESC_F_WRITE is meaningful in the table).
+    /// only DESC_F_WRITE is meaningful in the table).
     pub fn add_indirect(
         &mut self,
         mem: &GuestMemory,
@@ -257,12 +256,12 @@ impl PackedDriverRing {
         for (k, &b) in bufs.iter().enumerate() {
             let at = table + 16 * k as u64;
             self.write_body(mem, at, b, 0)?;
-            mem.write_u16(at + 14, if b.2 { VIRTQ_DESC_F_WRITE } else { 0 })?;
+            mem.write_u16(at + 14, if b.2 { DESC_F_WRITE } else { 0 })?;
         }
         let head = self.next_avail;
         let at = self.desc + 16 * u64::from(head);
         self.write_body(mem, at, (table, 16 * bufs.len() as u32, false), id)?;
-        let flags = avail_bits(self.avail_wrap) | VIRTQ_DESC_F_INDIRECT;
+        let flags = avail_bits(self.avail_wrap) | DESC_F_INDIRECT;
         self.step();
         self.num_free -= 1;
         self.slots[usize::from(id)] = 1;
@@ -291,17 +290,17 @@ impl PackedDriverRing {
             return Ok(false);
         }
         let v = mem.read_u32(self.device)?;
-        let (ev, flags) = (v as u16, (v >> 16) as u16 & 0x3);
-        if flags != RING_EVENT_FLAGS_DESC {
-            return Ok(flags != RING_EVENT_FLAGS_DISABLE);
+        let (ev, flags) = (v as u16, (v >> 16) as u16 & PACKED_EVENT_FLAGS_MASK);
+        if flags != PACKED_EVENT_FLAG_DESC {
+            return Ok(flags != PACKED_EVENT_FLAG_DISABLE);
         }
         let new = self.next_avail;
         let old = new.wrapping_sub(added);
-        let mut event = ev & 0x7FFF;
-        if (ev & 0x8000 != 0) != self.avail_wrap {
+        let mut event = ev & !PACKED_EVENT_F_WRAP_CTR;
+        if (ev & PACKED_EVENT_F_WRAP_CTR != 0) != self.avail_wrap {
             event = event.wrapping_sub(self.size);
         }
-        Ok(need_event(event, new, old))
+        Ok(vring_need_event(event, new, old))
     }
 
     /// Used buffer notifications at a descriptor: driver event off_wrap = `at`, flags DESC (the
@@ -309,8 +308,8 @@ impl PackedDriverRing {
     pub fn set_used_event(&mut self, mem: &GuestMemory, at: u16) -> Result<(), DriverError> {
         mem.write_u16(self.driver, at)?;
         fence(Ordering::Release);
-        if self.event_flags != RING_EVENT_FLAGS_DESC {
-            self.set_event_flags(mem, RING_EVENT_FLAGS_DESC)?;
+        if self.event_flags != PACKED_EVENT_FLAG_DESC {
+            self.set_event_flags(mem, PACKED_EVENT_FLAG_DESC)?;
         }
         Ok(())
     }
@@ -326,12 +325,12 @@ impl PackedDriverRing {
     /// EVENT_IDX, ENABLE without).
     pub fn set_interrupts(&mut self, mem: &GuestMemory, on: bool) -> Result<(), DriverError> {
         match (on, self.event_idx) {
-            (false, _) => self.set_event_flags(mem, RING_EVENT_FLAGS_DISABLE),
+            (false, _) => self.set_event_flags(mem, PACKED_EVENT_FLAG_DISABLE),
             (true, true) => {
-                self.event_flags = RING_EVENT_FLAGS_DISABLE;
+                self.event_flags = PACKED_EVENT_FLAG_DISABLE;
                 self.set_used_event(mem, off_wrap(self.next_used, self.used_wrap))
             }
-            (true, false) => self.set_event_flags(mem, RING_EVENT_FLAGS_ENABLE),
+            (true, false) => self.set_event_flags(mem, PACKED_EVENT_FLAG_ENABLE),
         }
     }
 
@@ -354,8 +353,8 @@ impl PackedDriverRing {
     /// Whether a used descriptor is waiting at the next used slot.
     pub fn has_used(&self, mem: &GuestMemory) -> Result<bool, DriverError> {
         let flags = mem.read_u16(self.desc + 16 * u64::from(self.next_used) + 14)?;
-        Ok((flags & VIRTQ_DESC_F_AVAIL != 0) == self.used_wrap
-            && (flags & VIRTQ_DESC_F_USED != 0) == self.used_wrap)
+        Ok((flags & PACKED_DESC_F_AVAIL != 0) == self.used_wrap
+            && (flags & PACKED_DESC_F_USED != 0) == self.used_wrap)
     }
 
     /// Takes the next completion: (buffer id, bytes written). The id may be any in-flight one
@@ -364,16 +363,16 @@ impl PackedDriverRing {
         let at = self.desc + 16 * u64::from(self.next_used);
         // Acquire: the descriptor's id and len are read after its flags said "used".
         let flags = mem.read_u16(at + 14)?;
-        if (flags & VIRTQ_DESC_F_AVAIL != 0) != self.used_wrap
-            || (flags & VIRTQ_DESC_F_USED != 0) != self.used_wrap
+        if (flags & PACKED_DESC_F_AVAIL != 0) != self.used_wrap
+            || (flags & PACKED_DESC_F_USED != 0) != self.used_wrap
         {
             return Ok(None);
         }
         fence(Ordering::Acquire);
         let id = mem.read_u16(at + 12)?;
         // 2.8.4: "Element Length is reserved for used descriptors without the
-        // VIRTQ_DESC_F_WRITE flag, and is ignored by drivers."
-        let len = if flags & VIRTQ_DESC_F_WRITE != 0 {
+        // DESC_F_WRITE flag, and is ignored by drivers."
+        let len = if flags & DESC_F_WRITE != 0 {
             mem.read_u32(at + 8)?
         } else {
             0
@@ -395,7 +394,7 @@ impl PackedDriverRing {
         } else {
             self.next_used = p as u16;
         }
-        if self.event_flags == RING_EVENT_FLAGS_DESC {
+        if self.event_flags == PACKED_EVENT_FLAG_DESC {
             // Interrupt me at the next used descriptor (virtqueue_get_buf_ctx_packed).
             mem.write_u16(self.driver, self.used_off_wrap())?;
             fence(Ordering::SeqCst);
@@ -411,7 +410,8 @@ impl PackedDriverRing {
         for _ in 0..self.size {
             let at = self.desc + 16 * u64::from(pos);
             let flags = mem.read_u16(at + 14)?;
-            if (flags & VIRTQ_DESC_F_AVAIL != 0) != wrap || (flags & VIRTQ_DESC_F_USED != 0) != wrap
+            if (flags & PACKED_DESC_F_AVAIL != 0) != wrap
+                || (flags & PACKED_DESC_F_USED != 0) != wrap
             {
                 break;
             }
@@ -457,7 +457,7 @@ mod tests {
         m.write_u16(d + 12, id).unwrap();
         m.store_u16_release(
             d + 14,
-            used_bits(wrap) | if len > 0 { VIRTQ_DESC_F_WRITE } else { 0 },
+            used_bits(wrap) | if len > 0 { DESC_F_WRITE } else { 0 },
         )
         .unwrap();
     }
@@ -482,7 +482,7 @@ mod tests {
         r.publish(&m).unwrap();
         assert_eq!(
             m.read_u16(r.desc + 14).unwrap(),
-            VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_NEXT
+            PACKED_DESC_F_AVAIL | DESC_F_NEXT
         );
         assert!(!r.avail_wrap, "5 slots used: wrapped");
         // The device completes c first (slots 0-1), then a (slots 2-3), then b (slot 4).
@@ -499,7 +499,7 @@ mod tests {
         // Second lap: available flags carry wrap 0 (USED set, AVAIL clear).
         let d = r.add(&m, &[(0x7000, 4, false)]).unwrap().unwrap();
         r.publish(&m).unwrap();
-        assert_eq!(m.read_u16(r.desc + 14).unwrap(), VIRTQ_DESC_F_USED);
+        assert_eq!(m.read_u16(r.desc + 14).unwrap(), PACKED_DESC_F_USED);
         device_use(&m, &r, 0, false, d, 0);
         assert_eq!(r.pop_used(&m).unwrap(), Some((d, 0)));
         // A used descriptor naming an id that is not in flight is the device's bug.
@@ -519,7 +519,7 @@ mod tests {
         // DESC at slot 7 of lap 1: not reached by slots 6..7.
         m.write_u32(
             r.device,
-            u32::from(off_wrap(7, true)) | (u32::from(RING_EVENT_FLAGS_DESC) << 16),
+            u32::from(off_wrap(7, true)) | (u32::from(PACKED_EVENT_FLAG_DESC) << 16),
         )
         .unwrap();
         r.add(&m, &[(0x1000, 1, false)]).unwrap();
@@ -528,7 +528,7 @@ mod tests {
         r.add(&m, &[(0x1000, 1, false)]).unwrap();
         r.publish(&m).unwrap();
         assert!(r.needs_kick(&m).unwrap(), "slot 7 made available");
-        m.write_u32(r.device, u32::from(RING_EVENT_FLAGS_DISABLE) << 16)
+        m.write_u32(r.device, u32::from(PACKED_EVENT_FLAG_DISABLE) << 16)
             .unwrap();
         assert!(!r.needs_kick(&m).unwrap(), "nothing new");
     }

@@ -3,7 +3,15 @@
 //! [`device::DmaMapper`], interrupts). It brings the device up and down with the exact DPDK
 //! IFC VF sequences (drivers/vdpa/ifc/base/ifcvf.c ifcvf_start_hw / ifcvf_stop_hw). The
 //! validator, the scenarios, the benches and the tests all drive the device through it.
+//!
+//! Independence: this crate takes register offsets from bar-registers and ring flags from
+//! virtio-bindings ([`flags`]); of the device crate it uses only the access seam
+//! ([`device::RegionAccess`], [`device::DmaMapper`], [`device::AccessError`],
+//! [`device::InterruptRecorder`]), never the device's queue code or constants, so a ring
+//! bug in the device is not shared by the driver that tests it. Binding to an in-process
+//! `device::Device` is the harness's job (`sim_harness::driver::in_process`).
 
+pub mod flags;
 pub mod memory;
 pub mod net;
 pub mod packed;
@@ -19,7 +27,7 @@ pub use probe::{probe, PciInfo};
 pub use ring::DriverRing;
 
 /// What the driver model needs of a device: registers and DMA mappings. Implemented by the
-/// in-process [`device::Device`] and (later) by the vfio-user client.
+/// in-process `device::Device` and by the vfio-user client (`vdpa_vfio_user::Client`).
 pub trait DeviceHandle: RegionAccess + DmaMapper + Send + Sync {}
 impl<T: RegionAccess + DmaMapper + Send + Sync> DeviceHandle for T {}
 

@@ -3,13 +3,13 @@
 //! It speaks the same messages as QEMU 11 (VERSION with the same capabilities, DEVICE_GET_INFO,
 //! region and IRQ infos, DMA_MAP with the memory's descriptor, SET_IRQS with eventfds,
 //! REGION_READ/WRITE, posted writes, DEVICE_RESET) and implements [`RegionAccess`] and
-//! [`DmaMapper`], so the driver model ([`crate::driver::NetDriver`]) runs unchanged against a
+//! [`DmaMapper`], so the driver model (`sim_harness::driver::NetDriver`) runs unchanged against a
 //! device behind a socket. [`Client::request`] sends arbitrary (also malformed) messages for
 //! tests.
 
-use super::irq::{ACTION_TRIGGER, DATA_EVENTFD};
-use super::sock::{self, recv_with_fds, send_with_fds, Stop, MAX_MSG_FDS};
-use super::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
+use crate::irq::{ACTION_TRIGGER, DATA_EVENTFD};
+use crate::sock::{self, recv_with_fds, send_with_fds, Stop, MAX_MSG_FDS};
+use crate::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
 use device::{AccessError, DmaMapper, InterruptSink, RegionAccess};
 use dma::{Backing, MapError, Perms};
 use parking_lot::Mutex;

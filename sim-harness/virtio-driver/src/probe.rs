@@ -1,8 +1,8 @@
 //! PCI discovery as a driver does it: read config space, check identity, walk the capability
 //! list (with the pci-driver crate's typed parser) and locate the virtio windows.
 
-use super::DriverError;
-use bar_registers::pci::{cap_id, virtio_cap, virtio_cfg_type};
+use crate::DriverError;
+use bar_registers::pci::{cap_id, hdr, msix_cap, virtio_cap, virtio_cfg_type};
 use bar_registers::REGION_CONFIG;
 use device::RegionAccess;
 use pci_driver::config::caps::{Capability, MsiXCapability, VendorSpecificCapability};
@@ -71,7 +71,8 @@ pub fn probe(dev: &dyn RegionAccess) -> Result<PciInfo, DriverError> {
     // Class code from the raw bytes: pci-driver 0.1.4's PciClassCode puts base_class_code at
     // 0x09, but PCI 3.0 6.2.1 has the programming interface at 0x09, sub-class at 0x0A and the
     // base class at 0x0B (the crate's field order is reversed).
-    let class = (u32::from(raw[0x0B]) << 16) | (u32::from(raw[0x0A]) << 8) | u32::from(raw[0x09]);
+    let cc = hdr::CLASS_CODE as usize;
+    let class = (u32::from(raw[cc + 2]) << 16) | (u32::from(raw[cc + 1]) << 8) | u32::from(raw[cc]);
     let caps = config.capabilities().map_err(io)?;
 
     let mut found: Vec<(u64, u8, Option<u8>)> = Vec::new();
@@ -123,9 +124,16 @@ pub fn probe(dev: &dyn RegionAccess) -> Result<PciInfo, DriverError> {
         .ok_or_else(|| DriverError::Probe("no MSI-X capability".into()))?;
     let msix_cap = msix.as_subregion().offset_in_underlying_region();
     let m = msix_cap as usize;
-    let ctrl = u16::from_le_bytes([raw[m + 2], raw[m + 3]]);
-    let table = u32_at(&raw, m + 4);
-    let pba = u32_at(&raw, m + 8);
+    let ctrl_at = m + msix_cap::MESSAGE_CONTROL as usize;
+    let ctrl = u16::from_le_bytes([raw[ctrl_at], raw[ctrl_at + 1]]);
+    let table = u32_at(&raw, m + msix_cap::TABLE as usize);
+    let pba = u32_at(&raw, m + msix_cap::PBA as usize);
+    let bir = |v: u32| {
+        (
+            (v & msix_cap::BIR_MASK) as u8,
+            u64::from(v & !msix_cap::BIR_MASK),
+        )
+    };
     debug_assert_eq!(raw[m], cap_id::MSIX);
     Ok(PciInfo {
         vendor,
@@ -141,9 +149,9 @@ pub fn probe(dev: &dyn RegionAccess) -> Result<PciInfo, DriverError> {
         device_cfg,
         pci_cfg_cap,
         msix_cap,
-        msix_vectors: (ctrl & 0x7FF) + 1,
-        msix_table: ((table & 7) as u8, u64::from(table & !7)),
-        msix_pba: ((pba & 7) as u8, u64::from(pba & !7)),
+        msix_vectors: (ctrl & msix_cap::CTRL_TABLE_SIZE) + 1,
+        msix_table: bir(table),
+        msix_pba: bir(pba),
         caps: found,
         raw,
     })

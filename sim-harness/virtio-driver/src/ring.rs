@@ -3,12 +3,12 @@
 //! store of avail->idx, kicks decided by avail_event (EVENT_IDX) or the used ring's NO_NOTIFY
 //! flag, completions read after an Acquire load of used->idx.
 
-use super::memory::{GuestMemory, MemoryError};
-use super::DriverError;
-
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+use crate::flags::{
+    vring_need_event, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+    USED_F_NO_NOTIFY,
+};
+use crate::memory::{GuestMemory, MemoryError};
+use crate::DriverError;
 
 /// One buffer the driver posts: (IOVA, length, device-writable).
 pub type Buf = (u64, u32, bool);
@@ -91,7 +91,7 @@ impl DriverRing {
         let base = table + 16 * u64::from(i);
         mem.write_u64(base, b.0)?;
         mem.write_u32(base + 8, b.1)?;
-        mem.write_u16(base + 12, flags | if b.2 { F_WRITE } else { 0 })?;
+        mem.write_u16(base + 12, flags | if b.2 { DESC_F_WRITE } else { 0 })?;
         mem.write_u16(base + 14, next)
     }
 
@@ -111,7 +111,7 @@ impl DriverRing {
                 self.desc,
                 id,
                 b,
-                if last { 0 } else { F_NEXT },
+                if last { 0 } else { DESC_F_NEXT },
                 if last { 0 } else { ids[k + 1] },
             )?;
         }
@@ -149,7 +149,7 @@ impl DriverRing {
                 table,
                 k as u16,
                 b,
-                if last { 0 } else { F_NEXT },
+                if last { 0 } else { DESC_F_NEXT },
                 if last { 0 } else { k as u16 + 1 },
             )?;
         }
@@ -158,7 +158,7 @@ impl DriverRing {
             self.desc,
             id,
             (table, 16 * bufs.len() as u32, false),
-            F_INDIRECT,
+            DESC_F_INDIRECT,
             0,
         )?;
         self.chains[usize::from(id)] = vec![id];
@@ -191,9 +191,9 @@ impl DriverRing {
         }
         Ok(if self.event_idx {
             let ev = mem.read_u16(self.used + 4 + 8 * u64::from(self.size))?;
-            device::queue::split::vring_need_event(ev, new, old)
+            vring_need_event(ev, new, old)
         } else {
-            mem.read_u16(self.used)? & 1 == 0
+            mem.read_u16(self.used)? & USED_F_NO_NOTIFY == 0
         })
     }
 
@@ -205,7 +205,7 @@ impl DriverRing {
 
     /// Sets or clears VRING_AVAIL_F_NO_INTERRUPT.
     pub fn set_no_interrupt(&self, mem: &GuestMemory, on: bool) -> Result<(), DriverError> {
-        mem.write_u16(self.avail, u16::from(on))?;
+        mem.write_u16(self.avail, if on { AVAIL_F_NO_INTERRUPT } else { 0 })?;
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 //! descriptor per message (../shared/reference/vfio-user-qemu.md). The crate's `Client` is used
 //! only as an independent peer in the tests.
 //!
+//! - [`backend`]: the [`Backend`] trait, all the server knows of the function it serves.
+//! - [`errno`]: the errno of an error reply, shared by the server and migration.
 //! - [`wire`]: header, command numbers, payload encodings.
 //! - [`sock`]: `SCM_RIGHTS` send/receive, the [`sock::Stop`] eventfd blocking loops poll.
 //! - [`irq`]: eventfds from SET_IRQS, per-vector masks, the device's interrupt sink.
@@ -14,14 +16,18 @@
 //! - [`client`]: a blocking client (QEMU's message set) implementing `RegionAccess` and
 //!   `DmaMapper`, so the driver model runs over a socket.
 
+pub mod backend;
 pub mod client;
+pub mod errno;
 pub mod irq;
 pub mod migration;
 pub mod server;
 pub mod sock;
 pub mod wire;
 
+pub use backend::Backend;
 pub use client::{Client, ClientError, InterruptPump};
+pub use errno::Errno;
 pub use irq::IrqTable;
 pub use migration::MigState;
 pub use server::{ConnectionEnd, Server, ServerError, ServerOptions, ServerStats};

@@ -1,0 +1,45 @@
+//! [`Backend`]: what the server needs of the function it serves, and nothing more.
+//!
+//! The server knows no device type. Register access and DMA mappings come through the same
+//! [`RegionAccess`] and [`DmaMapper`] traits the in-process driver model uses; the rest are the
+//! hooks vfio-user commands map to (QEMU docs/interop/vfio-user.rst): the region sizes of
+//! DEVICE_GET_REGION_INFO, the MSI-X vector count of DEVICE_GET_IRQ_INFO, the interrupt sink
+//! SET_IRQS fills, DEVICE_RESET, the migration v2 state machine (pause/resume, the device
+//! state stream of MIG_DATA_READ/WRITE) and DMA logging (DMA_LOGGING_START/STOP).
+//!
+//! vdpa-emu implements it for its NIC in the CLI crate (`sim_harness::serve::DeviceBackend`).
+
+use device::{DmaMapper, InterruptSink, RegionAccess};
+use dma::{MappingInfo, WriteTrace};
+use std::sync::Arc;
+
+/// A PCI function served over vfio-user.
+pub trait Backend: RegionAccess + DmaMapper + Send + Sync {
+    /// Why a device state stream was refused.
+    type StateError: std::error::Error + Send + Sync + 'static;
+
+    /// Size in bytes of vfio region `index` (BAR n = n, config space = 7); 0 if absent.
+    fn region_size(&self, index: u32) -> u64;
+    /// MSI-X vectors of the function (the MSI-X IRQ index's count).
+    fn msix_vectors(&self) -> u16;
+    /// Where the function's interrupts go from now on (the server's eventfd table).
+    fn set_interrupt_sink(&self, sink: Arc<dyn InterruptSink>);
+    /// Function-level reset (DEVICE_RESET, and a client's departure).
+    fn reset(&self);
+    /// The current DMA mappings.
+    fn mappings(&self) -> Vec<MappingInfo>;
+
+    /// Migration RUNNING -> STOP: finish in-flight work, then no more DMA.
+    fn pause(&self);
+    /// Migration STOP -> RUNNING.
+    fn resume(&self);
+    /// The device state stream (STOP -> STOP_COPY).
+    fn save_state(&self) -> Vec<u8>;
+    /// Loads a device state stream (RESUMING -> STOP).
+    fn restore_state(&self, data: &[u8]) -> Result<(), Self::StateError>;
+    /// Largest state stream this function can produce (bounds MIG_DATA_WRITE).
+    fn max_state_len(&self) -> usize;
+
+    /// Records every page the function's DMA writes into `trace` (None: stop recording).
+    fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>);
+}
