@@ -136,42 +136,31 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 "0 disable, 1 enable dirty-page logging (VF), 3 enable (PF)",
                 DPDK,
             ),
+            // Declared as two 64-bit registers, each also taking its two dword halves:
+            // ifcvf_enable_logging (DPDK drivers/vdpa/ifc/base/ifcvf.c) writes LOW and HIGH
+            // through plain `*(u32 *)` stores, which GCC merges into one 8-byte store, so the
+            // device sees 8-byte writes at 0x10 and 0x18 (seen with Debian's DPDK 24.11 in
+            // the e2e guest); a PCIe function takes both widths.
             Register::new(
-                "log_base_lo",
+                "log_base",
                 BASE_ADDR_LOW,
-                4,
+                8,
                 Access::Rw,
                 0,
-                "IOVA of the dirty-page log, low dword",
+                "IOVA of the dirty-page log (IFCVF_LM_BASE_ADDR_LOW at +0, _HIGH at +4)",
                 DPDK,
-            ),
+            )
+            .narrow(Narrow::Halves),
             Register::new(
-                "log_base_hi",
-                BASE_ADDR_HIGH,
-                4,
-                Access::Rw,
-                0,
-                "IOVA of the dirty-page log, high dword",
-                DPDK,
-            ),
-            Register::new(
-                "log_end_lo",
+                "log_end",
                 END_ADDR_LOW,
-                4,
+                8,
                 Access::Rw,
                 0,
-                "log end IOVA (base + size), low dword",
+                "log end IOVA, base + size (IFCVF_LM_END_ADDR_LOW at +0, _HIGH at +4)",
                 DPDK,
-            ),
-            Register::new(
-                "log_end_hi",
-                END_ADDR_HIGH,
-                4,
-                Access::Rw,
-                0,
-                "log end IOVA (base + size), high dword",
-                DPDK,
-            ),
+            )
+            .narrow(Narrow::Halves),
         ],
         LmLayout::Linux => vec![
             Register::new(
@@ -223,7 +212,10 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 0,
                 "bits 0-15 last_avail_idx, 16-31 last_used_idx; writable while the queue is disabled, the queue resumes there on enable; packed ring (RING_PACKED): bits 0-14 last_avail_idx, 15 avail wrap counter, 16-30 last_used_idx, 31 used wrap counter (vhost-user VRING_BASE packed encoding; 0x80008000 after FEATURES_OK)",
                 "DPDK ifcvf.h IFCVF_LM_RING_STATE_OFFSET; vDPA talk: R/W vring index",
-            ),
+            )
+            // ifcvf_hw_disable keeps only `ring_state >> 16`, so GCC loads just the high u16
+            // (a 2-byte read at +2, seen with Debian's DPDK 24.11): any aligned width works.
+            .narrow(Narrow::Any),
             LmLayout::Linux => Register::new(
                 format!("vq_state[{q}]"),
                 off,

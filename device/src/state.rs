@@ -786,9 +786,7 @@ impl DeviceState {
             lm::LOGGING_CTRL => self.lm.control,
             lm::STATUS if layout == LmLayout::Linux => u64::from(self.dma.logging().is_some()),
             lm::BASE_ADDR_LOW => self.lm.base,
-            lm::BASE_ADDR_HIGH => self.lm.base >> 32,
             lm::END_ADDR_LOW => self.lm.end,
-            lm::END_ADDR_HIGH => self.lm.end >> 32,
             lm::MQ_PAIRS if layout == LmLayout::Dpdk => self.lm.mq_pairs.into(),
             _ => match self.lm_queue(reg) {
                 Some(q) => {
@@ -807,6 +805,15 @@ impl DeviceState {
                     if stale && u != slot.resumed.1 {
                         u = u.wrapping_sub(1);
                     }
+                    // control path (a driver reads it when it stops a queue): worth a line
+                    tracing::info!(
+                        queue = q,
+                        last_avail = a,
+                        last_used = u,
+                        rel,
+                        len,
+                        "LM ring state read"
+                    );
                     if linux_vdpa_u16(layout, rel, len) && packed {
                         // ifcvf_get_vq_state: the u16 is struct vdpa_vq_state_packed's first half.
                         return lm::packed_to_vdpa_u16(a).into();
@@ -830,14 +837,9 @@ impl DeviceState {
                 self.lm.control = merge(self.lm.control, rel, len, val);
                 self.apply_logging();
             }
-            (lm::BASE_ADDR_LOW, LmLayout::Dpdk) => self.lm.base = merge(self.lm.base, 0, 4, val),
-            (lm::BASE_ADDR_HIGH, LmLayout::Dpdk) => self.lm.base = merge(self.lm.base, 4, 4, val),
-            (lm::END_ADDR_LOW, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 0, 4, val),
-            (lm::END_ADDR_HIGH, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 4, 4, val),
-            (lm::BASE_ADDR_LOW, LmLayout::Linux) => {
-                self.lm.base = merge(self.lm.base, rel, len, val)
-            }
-            (lm::END_ADDR_LOW, LmLayout::Linux) => self.lm.end = merge(self.lm.end, rel, len, val),
+            // Both layouts: one 64-bit register each, written whole or (DPDK) by dword halves.
+            (lm::BASE_ADDR_LOW, _) => self.lm.base = merge(self.lm.base, rel, len, val),
+            (lm::END_ADDR_LOW, _) => self.lm.end = merge(self.lm.end, rel, len, val),
             (lm::MQ_PAIRS, LmLayout::Dpdk) => {
                 self.lm.mq_pairs = val as u32;
                 let max = self.cfg.layout.queue_pairs;
@@ -850,10 +852,7 @@ impl DeviceState {
                 None => self.counters.ignored_register_writes += 1,
             },
         }
-        if matches!(
-            reg,
-            lm::BASE_ADDR_LOW | lm::BASE_ADDR_HIGH | lm::END_ADDR_LOW | lm::END_ADDR_HIGH
-        ) {
+        if matches!(reg, lm::BASE_ADDR_LOW | lm::END_ADDR_LOW) {
             self.apply_logging();
         }
     }
@@ -870,7 +869,7 @@ impl DeviceState {
             return;
         }
         slot.late_final = None;
-        slot.ring_state = if len == 2 && rel == 0 {
+        slot.ring_state = if len == 2 && rel == 0 && layout == LmLayout::Linux {
             // Linux ifcvf_set_vq_state writes the 16-bit avail index only: after a clean stop
             // used == avail, so the device resumes both there (as vhost's SET_VRING_BASE does).
             // With RING_PACKED that u16 is the first half of Linux's struct vdpa_vq_state_packed
@@ -900,7 +899,7 @@ impl DeviceState {
             granularity: self.cfg.log_granularity,
         });
         if self.dma.logging() != cfg {
-            tracing::debug!(?cfg, "dirty logging");
+            tracing::info!(?cfg, "dirty logging");
             self.dma.set_logging(cfg);
         }
     }

@@ -6,6 +6,8 @@
 # Variables set by the harness before this file:
 #   ROLE      testpmd: dpdk-testpmd's net_virtio PMD drives the device (bound to vfio-pci)
 #             vdpa:    DPDK's ifc vDPA driver (examples/vdpa, devarg vdpa=1) + a vhost-user frontend
+#             vhost-vdpa: Linux ifcvf + vhost_vdpa (/dev/vhost-vdpa-0) driven by testpmd's
+#                      net_virtio_user (io forwarding, --tx-first) over the device's loopback port
 #   NIC_PCI   VEN:DEV of the function under test;  RUN_SECS: how long traffic runs
 #   FWD       (testpmd) txonly | io;  ETH_PEER: destination MAC of txonly frames
 #   FRONTEND  (vdpa) virtio-user: testpmd --vdev net_virtio_user (io forwarding, --tx-first)
@@ -66,10 +68,28 @@ testpmd_stats() {
     END { printf "%s_rx=%s %s_tx=%s\n", p, rx == "" ? "none" : rx, p, tx == "" ? "none" : tx }' "$1"
 }
 
+# vhost_vdpa_bind BDF: ifcvf takes the function, `vdpa dev add` creates vdpa0, which is bound to
+# vhost_vdpa (not virtio_vdpa): /dev/vhost-vdpa-0
+vhost_vdpa_bind() {
+  _d=/sys/bus/pci/devices/$1
+  [ -e "$_d/driver" ] && echo "$1" > "$_d/driver/unbind"
+  echo ifcvf > "$_d/driver_override"
+  echo "$1" > /sys/bus/pci/drivers_probe
+  [ "$(pci_driver "$1")" = ifcvf ] || fail "ifcvf did not bind $1"
+  echo 0 > /sys/bus/vdpa/drivers_autoprobe
+  vdpa dev add name vdpa0 mgmtdev "pci/$1" || fail "vdpa dev add on pci/$1"
+  echo vdpa0 > /sys/bus/vdpa/drivers/vhost_vdpa/bind || fail "vhost_vdpa did not take vdpa0"
+  retry 10 test -c /dev/vhost-vdpa-0 || fail "no /dev/vhost-vdpa-0"
+  res vdpa_driver="$(basename "$(readlink /sys/bus/vdpa/devices/vdpa0/driver)")"
+}
+
 BDF=$(pci_find "$NIC_PCI") || fail "no PCI function $NIC_PCI"
 log "role=$ROLE bdf=$BDF"
 dpdk_setup
-vfio_bind "$BDF"
+case "$ROLE" in
+  vhost-vdpa) vhost_vdpa_bind "$BDF" ;;
+  *) vfio_bind "$BDF" ;;
+esac
 EAL="-l 0-1 -n 1 --file-prefix=e2e --huge-dir=/mnt/huge -m 256"
 
 case "$ROLE" in
@@ -88,7 +108,8 @@ case "$ROLE" in
     # DPDK's vdpa example probes the function with the ifc driver (devarg vdpa=1) and serves a
     # vhost-user socket per vDPA device (server mode: /tmp/vdpa-s0); stdin must block (see e2e.md)
     ( sleep $((RUN_SECS + 120)) | in_c /opt/vdpa-emu/bin/dpdk-vdpa -l 0 -n 1 --file-prefix=vdpa \
-        --huge-dir=/mnt/huge -m 128 -a "$BDF,vdpa=1${VDPA_ARGS:-}" -- --iface /tmp/vdpa-s > /tmp/vdpa.log 2>&1 ) &
+        --huge-dir=/mnt/huge -m 128 --log-level=pmd.vdpa.ifcvf:debug -a "$BDF,vdpa=1${VDPA_ARGS:-}" \
+        -- --iface /tmp/vdpa-s > /tmp/vdpa.log 2>&1 ) &
     retry 90 test -S "$C/tmp/vdpa-s0" || { sed 's/^/E2E-LOG vdpa: /' /tmp/vdpa.log; fail "no vhost-user socket from the vdpa example"; }
     log "vdpa example is up"
     case "$FRONTEND" in
@@ -104,15 +125,41 @@ case "$ROLE" in
         ;;
       lm)
         cp /dpdk/vdpa-lm-frontend "$C/tmp/" || fail "no frontend binary"
-        in_c /tmp/vdpa-lm-frontend --socket /tmp/vdpa-s0 --secs "$RUN_SECS" ${LM_ARGS:-} > /tmp/fe.log 2>&1
+        in_c /tmp/vdpa-lm-frontend --socket /tmp/vdpa-s0 ${LM_ARGS:-} > /tmp/fe.log 2>&1
         rc=$?
         cat /tmp/fe.log
-        [ "$rc" = 0 ] || fail "vdpa-lm-frontend exit $rc"
+        if [ "$rc" != 0 ]; then
+          sleep 1
+          sed 's/^/E2E-LOG vdpa: /' /tmp/vdpa.log | grep -v 'read message\|^E2E-LOG vdpa: VHOST_CONFIG: (/tmp/vdpa-s0) \s' | tail -n 80
+          fail "vdpa-lm-frontend exit $rc"
+        fi
         ;;
       *) fail "unknown FRONTEND $FRONTEND" ;;
     esac
+    sleep 1
     sed 's/^/E2E-LOG vdpa: /' /tmp/vdpa.log | tail -n 40
-    grep -q 'is configured' /tmp/vdpa.log && res vdpa_configured=1 || res vdpa_configured=0
+    # ifcvf_dev_config() logs once the driver has started the hardware for the frontend's rings
+    grep -q 'ifcvf_dev_config' /tmp/vdpa.log && res vdpa_configured=1 || res vdpa_configured=0
+    ;;
+  vhost-vdpa)
+    echo "E2E-READY traffic"
+    sleep "$RUN_SECS" | timeout -s KILL $((RUN_SECS + 60)) chroot "$C" /usr/bin/env -i \
+      PATH=/usr/sbin:/usr/bin:/sbin:/bin dpdk-testpmd $EAL --no-pci --single-file-segments \
+      --vdev "net_virtio_user0,path=/dev/vhost-vdpa-0" -- --forward-mode=io --tx-first \
+      --txd=256 --rxd=256 --total-num-mbufs=2048 > /tmp/testpmd.log 2>&1
+    rc=$?
+    sed 's/^/E2E-LOG testpmd: /' /tmp/testpmd.log | tail -n 60
+    if [ "$rc" != 0 ]; then
+      dmesg | grep -i 'vhost\|vdpa\|dmar\|iommu\|ifcvf' | tail -n 30 | sed 's/^/E2E-LOG dmesg: /'
+      for extra in "--iova-mode=pa" "--legacy-mem" "--no-huge"; do
+        echo | timeout -s KILL 60 chroot "$C" /usr/bin/env -i PATH=/usr/bin:/bin dpdk-testpmd -l 0-1 -n 1 \
+          --file-prefix=t2 --huge-dir=/mnt/huge -m 256 $extra --no-pci \
+          --vdev "net_virtio_user0,path=/dev/vhost-vdpa-0" -- --total-num-mbufs=2048 2>&1 \
+          | grep -i 'virtio\|error\|fail' | head -n 8 | sed "s/^/E2E-LOG try $extra: /"
+      done
+      fail "dpdk-testpmd exit $rc"
+    fi
+    res $(testpmd_stats /tmp/testpmd.log testpmd)
     ;;
   *) fail "unknown ROLE $ROLE" ;;
 esac

@@ -115,6 +115,14 @@ impl Backend for DeviceBackend {
         self.0.mappings()
     }
 
+    fn mapping_count(&self) -> usize {
+        self.0.mapping_count()
+    }
+
+    fn map_stats(&self) -> dma::MapStats {
+        self.0.map_stats()
+    }
+
     fn pause(&self) {
         self.0.pause()
     }

@@ -10,7 +10,8 @@
 //!
 //! Environment: VDPA_E2E_DIR (default <repo>/.cache/e2e), VDPA_E2E_MIB (transfer size, default 64),
 //! VDPA_E2E_PINGS (default 100), VDPA_E2E_KERNEL (vmlinux | vmlinuz), VDPA_E2E_TMP (scratch parent dir),
-//! VDPA_EMU_BIN (the vdpa-emu binary; default the one cargo built for this test), VDPA_E2E_KEEP=1 (keep the
+//! VDPA_EMU_BIN (the vdpa-emu binary; default the one cargo built for this test), VDPA_E2E_SERVE_LOG
+//! (RUST_LOG for serve, e.g. `info,device=debug`), VDPA_E2E_KEEP=1 (keep the
 //! scratch directory with serial logs, QEMU command lines and serve logs even when the test passes).
 
 use std::collections::BTreeMap;
@@ -958,7 +959,12 @@ impl Serve {
         )
         .unwrap();
         let out = fs::File::create(&log).expect("create serve log");
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        // VDPA_E2E_SERVE_LOG: a RUST_LOG filter for serve (e.g. `info,device=debug`)
+        if let Some(filter) = std::env::var_os("VDPA_E2E_SERVE_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
             .args(&full)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

@@ -17,8 +17,8 @@ fn registers_doc_names_every_lm_register_and_source() {
     let md = bar_registers::render::registers_markdown();
     for needle in [
         "logging_ctrl",
-        "log_base_lo",
-        "log_end_hi",
+        "log_base",
+        "log_end",
         "ring_state[0]",
         "mq_pairs",
         "vq_state[2]",

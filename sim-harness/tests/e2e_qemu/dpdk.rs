@@ -556,8 +556,17 @@ fn lm_frontend_bin() -> PathBuf {
     p
 }
 
-/// Runs the frontend in a guest against `serve ARGS` (loopback port); returns the guest's markers.
-fn lm_run(test: &str, serve_args: &[&str], vdpa_args: &str) -> (Boot, Serve, Vm) {
+/// What one LM run left: the guest's markers, and serve, QEMU and the scratch directory (kept
+/// alive so that a failing check still finds the logs).
+struct LmRun {
+    b: Boot,
+    serve: Serve,
+    vm: Vm,
+    _dir: Scratch,
+}
+
+/// Runs the frontend in a guest against `serve ARGS` (loopback port).
+fn lm_run(test: &str, serve_args: &[&str], vdpa_args: &str) -> LmRun {
     require_root(test);
     let e2e = e2e();
     let tree = dpdk_tree(&e2e);
@@ -578,7 +587,12 @@ fn lm_run(test: &str, serve_args: &[&str], vdpa_args: &str) -> (Boot, Serve, Vm)
     let st = vm.wait_exit(Duration::from_secs(400));
     let b = vm.last_boot();
     eprintln!("e2e: {test}: QEMU {st}");
-    (b, serve, vm)
+    LmRun {
+        b,
+        serve,
+        vm,
+        _dir: dir,
+    }
 }
 
 fn lm_evidence(test: &str, b: &Boot) {
@@ -597,8 +611,19 @@ fn lm_evidence(test: &str, b: &Boot) {
     );
 }
 
-fn lm_expect_pass(test: &str, serve_args: &[&str], vdpa_args: &str) {
-    let (b, mut serve, vm) = lm_run(test, serve_args, vdpa_args);
+/// Where DPDK's ifc driver maps what it hands the device for live migration (drivers/vdpa/ifc/
+/// ifcvf_vdpa.c): the vhost log at IFCVF_LOG_BASE, the mediated rings of the software fallback at
+/// IFCVF_MEDIATED_VRING.
+const IFCVF_LOG_BASE: u64 = 0x1000_0000_0000;
+const IFCVF_MEDIATED_VRING: u64 = 0x2000_0000_0000;
+
+fn lm_expect_pass(test: &str, serve_args: &[&str], vdpa_args: &str, sw: bool) {
+    let LmRun {
+        b,
+        mut serve,
+        vm,
+        _dir,
+    } = lm_run(test, serve_args, vdpa_args);
     lm_evidence(test, &b);
     assert!(
         b.done && b.fails.is_empty() && b.extra_exit == Some(0),
@@ -613,13 +638,28 @@ fn lm_expect_pass(test: &str, serve_args: &[&str], vdpa_args: &str) {
         vm.diag()
     );
     assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
+    // the driver really took the path under test: the highest IOVA the device was given
+    let st = map_stats(&mut serve);
+    let top = st["iova_end_max"].as_u64().unwrap_or(0);
+    println!("E2E-BENCH {test}: highest IOVA mapped for the device {top:#x}");
+    if sw {
+        assert!(
+            top > IFCVF_MEDIATED_VRING,
+            "{test}: no mediated rings mapped: {st}"
+        );
+    } else {
+        assert!(
+            (IFCVF_LOG_BASE..IFCVF_MEDIATED_VRING).contains(&(top - 1)),
+            "{test}: the log was not mapped at IFCVF_LOG_BASE: {st}"
+        );
+    }
 }
 
 /// Item 4 with hardware logging: the device logs through the LM block's log registers.
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn dpdk_ifc_vdpa_hw_live_migration() {
-    lm_expect_pass("dpdk_ifc_vdpa_hw_live_migration", &[], "");
+    lm_expect_pass("dpdk_ifc_vdpa_hw_live_migration", &[], "", false);
 }
 
 /// Item 4 with the driver's software fallback (`sw-live-migration=1`: a relay with mediated used
@@ -631,6 +671,7 @@ fn dpdk_ifc_vdpa_sw_live_migration() {
         "dpdk_ifc_vdpa_sw_live_migration",
         &[],
         ",sw-live-migration=1",
+        true,
     );
 }
 
@@ -640,7 +681,7 @@ fn dpdk_ifc_vdpa_sw_live_migration() {
 #[ignore = "needs QEMU: make e2e"]
 fn dpdk_ifc_vdpa_live_migration_catches_stale_used_idx() {
     let test = "dpdk_ifc_vdpa_live_migration_catches_stale_used_idx";
-    let (b, _serve, vm) = lm_run(test, &["--quirk", "stale-used-idx"], "");
+    let LmRun { b, vm, _dir, .. } = lm_run(test, &["--quirk", "stale-used-idx"], "");
     lm_evidence(test, &b);
     assert_eq!(
         b.get("lm_check"),
@@ -648,4 +689,73 @@ fn dpdk_ifc_vdpa_live_migration_catches_stale_used_idx() {
         "{test}: the frontend did not catch the quirk\n{}",
         vm.diag()
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// item 5: Linux vhost-vdpa. ifcvf + vhost_vdpa in the guest kernel, DPDK's virtio_user on
+// /dev/vhost-vdpa-0 (vhost-vdpa maps the frontend's memory through its own IOMMU domain, so the
+// vIOMMU is required); the device serves the Linux LM layout (ifcvf_get_vq_state reads it).
+
+/// `LM ring state read` lines of the serve log: (queue, last_avail, last_used).
+fn lm_reads(serve: &Serve) -> Vec<(u16, u16, u16)> {
+    let field = |l: &str, k: &str| -> Option<u16> {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    read_lossy(&serve.log)
+        .lines()
+        .filter(|l| l.contains("LM ring state read"))
+        .filter_map(|l| {
+            Some((
+                field(l, "queue")?,
+                field(l, "last_avail")?,
+                field(l, "last_used")?,
+            ))
+        })
+        .collect()
+}
+
+/// Item 5: traffic flows through ifcvf + vhost_vdpa, and when testpmd stops, vhost-vdpa's
+/// GET_VRING_BASE reads each ring's state from the LM block (Linux layout) through ifcvf.
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn linux_vhost_vdpa_virtio_user() {
+    let test = "linux_vhost_vdpa_virtio_user";
+    require_root(test);
+    let e2e = e2e();
+    let tree = dpdk_tree(&e2e);
+    let dir = Scratch::new(test);
+    let args: Vec<String> = ["--queue-pairs", "1", "--lm-layout", "linux"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut serve = Serve::start(&dir, "dev", &args);
+    let vars = dpdk_vars("vhost-vdpa", 25);
+    let spec = dpdk_vm(&tree, "vhost-vdpa", &vars)
+        .arg("-device")
+        .arg(serve.device_arg());
+    let mut vm = Vm::boot(&e2e, &dir, spec);
+    let b = vm.finish(Duration::from_secs(300));
+    let reads = lm_reads(&serve);
+    println!(
+        "E2E-BENCH {test}: testpmd (virtio_user on /dev/vhost-vdpa-0) RX {} TX {}; LM ring state \
+         reads at stop (queue, last_avail, last_used): {reads:?}",
+        b.get("testpmd_rx").unwrap_or("?"),
+        b.get("testpmd_tx").unwrap_or("?"),
+    );
+    assert_eq!(b.get("vdpa_driver"), Some("vhost_vdpa"), "{}", vm.diag());
+    assert!(
+        b.num("testpmd_rx") > 1000,
+        "too little traffic\n{}",
+        vm.diag()
+    );
+    for q in 0..2u16 {
+        assert!(
+            reads.iter().any(|&(rq, a, _)| rq == q && a > 0),
+            "{test}: no LM ring state read of queue {q} with traffic behind it: {reads:?}\n{}",
+            serve.diag()
+        );
+    }
+    assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
 }

@@ -10,7 +10,7 @@
 //! vdpa-emu implements it for its NIC in the CLI crate (`sim_harness::serve::DeviceBackend`).
 
 use device::{DmaMapper, InterruptSink, RegionAccess};
-use dma::{MappingInfo, WriteTrace};
+use dma::{MapStats, MappingInfo, WriteTrace};
 use std::sync::Arc;
 
 /// A PCI function served over vfio-user.
@@ -28,6 +28,11 @@ pub trait Backend: RegionAccess + DmaMapper + Send + Sync {
     fn reset(&self);
     /// The current DMA mappings.
     fn mappings(&self) -> Vec<MappingInfo>;
+    /// Number of live DMA mappings (DMA_MAP checks it against max_dma_maps on every map, so
+    /// it must not cost a copy of the table).
+    fn mapping_count(&self) -> usize;
+    /// DMA_MAP / DMA_UNMAP counters (logged when a client's session ends).
+    fn map_stats(&self) -> MapStats;
 
     /// Migration RUNNING -> STOP: finish in-flight work, then no more DMA.
     fn pause(&self);

@@ -631,9 +631,14 @@ fn pump(efds: Vec<File>, stop: &Stop, sink: &dyn InterruptSink) {
         }
         for (v, f) in efds.iter().enumerate() {
             if ready[v] {
+                // The eventfd holds the number of signals since the last read: interrupts
+                // that arrive close together merge into one read, and each one counts
+                // (the server writes 1 per MSI-X message).
                 let mut b = [0u8; 8];
                 if (&*f).read(&mut b).is_ok() {
-                    sink.msix(v as u16);
+                    for _ in 0..u64::from_ne_bytes(b).min(1 << 20) {
+                        sink.msix(v as u16);
+                    }
                 }
             }
         }
