@@ -94,9 +94,20 @@ EAL="-l 0-1 -n 1 --file-prefix=e2e --huge-dir=/mnt/huge -m 256"
 
 case "$ROLE" in
   testpmd)
-    # testpmd without -i forwards until its stdin reaches EOF, then prints the statistics and exits
+    # testpmd without -i forwards from "Press enter to exit" until its stdin reaches EOF, then prints
+    # the statistics and exits (app/test-pmd/testpmd.c main). RUN_SECS count from that line, not
+    # from the launch: EAL init and port start take 10-11 s of TCG on an idle host and more than
+    # 15 s on a busy one, and a `sleep 15 | testpmd` that ran out before forwarding started left a
+    # window of a few milliseconds: one ring's worth of frames posted, none completed yet
+    # (TX-packets 256, every later burst dropped). stdbuf -oL: the line reaches the log file when
+    # it is printed. After 90 s without it, stdin closes anyway.
     echo "E2E-READY traffic"
-    sleep "$RUN_SECS" | in_c dpdk-testpmd $EAL -a "$BDF" -- --forward-mode="$FWD" --eth-peer="0,$ETH_PEER" \
+    {
+      t0=$(now_cs)
+      retry 90 grep -q 'Press enter to exit' /tmp/testpmd.log
+      log "testpmd forwarding after $(( ($(now_cs) - t0) / 100 )) s of init; running it ${RUN_SECS} s" >&2
+      sleep "$RUN_SECS"
+    } | in_c stdbuf -oL dpdk-testpmd $EAL -a "$BDF" -- --forward-mode="$FWD" --eth-peer="0,$ETH_PEER" \
       --txd=256 --rxd=256 --total-num-mbufs=4096 > /tmp/testpmd.log 2>&1
     rc=$?
     sed 's/^/E2E-LOG testpmd: /' /tmp/testpmd.log | tail -n 60
