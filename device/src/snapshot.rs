@@ -54,7 +54,7 @@ use crate::state::{DeviceState, LmRegs, QueueState, FLOW_BUCKETS};
 use crate::transport::{validate_features, StatusChange};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL, VECTOR_MASKED};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
-use bar_registers::virtio::{device_status as st, isr, NO_VECTOR};
+use bar_registers::virtio::{device_status as st, isr, net_status, NO_VECTOR};
 use bar_registers::LmLayout;
 
 /// Stream magic.
@@ -652,8 +652,8 @@ fn parse_net(r: &mut Reader<'_>) -> Result<NetImage, SnapshotError> {
     }
     let flows = (0..n).map(|_| r.u16()).collect::<Result<Vec<_>, _>>()?;
     r.finish()?;
-    // Link up (1) and announce (2) are the only status bits the device sets.
-    if status & !3 != 0 {
+    // LINK_UP and ANNOUNCE are the only status bits the device sets.
+    if status & !net_status::ALL != 0 {
         return Err(invalid("net status", format!("{status:#x}")));
     }
     Ok(NetImage {

@@ -11,7 +11,8 @@ use crate::queue::Ring;
 use crate::quirks::Quirk;
 use crate::transport::{validate_features, StatusChange, StatusMachine};
 use bar_registers::model::{Access, Decoded, Register};
-use bar_registers::virtio::{bits, common, isr, net_cfg, offered_mask, NO_VECTOR};
+use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
+use bar_registers::virtio::{offered_mask, NO_VECTOR};
 use bar_registers::{lm, DeviceLayout, LmLayout};
 use dma::{DmaEngine, LogConfig};
 use std::sync::Arc;
@@ -89,13 +90,13 @@ pub struct NetState {
 pub const FLOW_BUCKETS: usize = 1024;
 
 /// A packed queue's LM ring state index at reset: offset 0, wrap counter 1 (2.8.1).
-pub const PACKED_RESET_INDEX: u16 = 0x8000;
+pub use bar_registers::ring::PACKED_RESET_INDEX;
 
 impl NetState {
     fn new(mac: [u8; 6]) -> Self {
         NetState {
             mac,
-            status: 1,
+            status: net_status::LINK_UP,
             curr_pairs: 1,
             promisc: true,
             allmulti: true,
@@ -460,7 +461,7 @@ impl DeviceState {
             self.sink.intx(false);
             v.into()
         } else if let Some(w) = layout.device_cfg.contains(bar, off) {
-            self.net_cfg_read(w - r)
+            self.net_cfg_read(w - r, reg.reset)
         } else if let Some(w) = layout.lm.contains(bar, off) {
             self.lm_read(w - r, r, data.len())
         } else {
@@ -752,7 +753,7 @@ impl DeviceState {
 
     // ---------------------------------------------------------------- device config
 
-    fn net_cfg_read(&self, reg: u64) -> u64 {
+    fn net_cfg_read(&self, reg: u64, reset: u64) -> u64 {
         match reg {
             net_cfg::MAC => self
                 .net
@@ -762,18 +763,15 @@ impl DeviceState {
                 .fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i))),
             // 5.1.4.2: without VIRTIO_NET_F_STATUS the driver assumes the link is up; we report it anyway.
             net_cfg::STATUS => self.net.status.into(),
-            net_cfg::MAX_VIRTQUEUE_PAIRS => self.cfg.layout.queue_pairs.into(),
-            net_cfg::MTU => self.cfg.layout.mtu.into(),
-            net_cfg::SPEED => 0xFFFF_FFFF,
-            net_cfg::DUPLEX => 0xFF,
-            _ => 0,
+            // max_virtqueue_pairs, mtu, speed, duplex: constants, as declared.
+            _ => reset,
         }
     }
 
     /// Changes the device config and tells the driver (2.5.1 config_generation, 4.1.4.5 ISR).
     pub fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
-        if self.status.value() & bar_registers::virtio::device_status::DRIVER_OK != 0 {
+        if self.status.value() & device_status::DRIVER_OK != 0 {
             self.config_interrupt();
         }
     }
@@ -888,7 +886,7 @@ impl DeviceState {
     }
 
     pub(crate) fn apply_logging(&mut self) {
-        let on = self.lm.control & 1 != 0;
+        let on = self.lm.control & lm::LOGGING_ENABLE_BIT != 0;
         let end = if self.quirk(Quirk::LogIgnoresEnd) {
             u64::MAX
         } else {
@@ -984,9 +982,9 @@ impl DeviceState {
     /// Pokes the datapath after the link or announce state changed.
     pub fn set_link(&mut self, up: bool) {
         let s = if up {
-            self.net.status | 1
+            self.net.status | net_status::LINK_UP
         } else {
-            self.net.status & !1
+            self.net.status & !net_status::LINK_UP
         };
         if s != self.net.status {
             self.net.status = s;
@@ -1000,7 +998,7 @@ impl DeviceState {
         if !self.has(bits::GUEST_ANNOUNCE) || !self.has(bits::STATUS) {
             return false;
         }
-        self.net.status |= 2;
+        self.net.status |= net_status::ANNOUNCE;
         self.config_changed();
         true
     }

@@ -5,15 +5,23 @@ use super::MAX_CTRL_CHAIN;
 use crate::fault::DeviceFault;
 use crate::queue::split::ChainKind;
 use crate::state::{DeviceState, QueueState};
-use bar_registers::virtio::bits;
+use bar_registers::virtio::{bits, net_status};
 use dma::DmaKind;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC,
+    VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
+    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
+};
 
-const VIRTIO_NET_OK: u8 = 0;
-const VIRTIO_NET_ERR: u8 = 1;
-const CTRL_RX: u8 = 0;
-const CTRL_MAC: u8 = 1;
-const CTRL_ANNOUNCE: u8 = 3;
-const CTRL_MQ: u8 = 4;
+/// The ack byte of a command (5.1.6.5: virtio_net_ctrl_ack).
+fn ack_byte(ok: bool) -> u8 {
+    if ok {
+        VIRTIO_NET_OK as u8
+    } else {
+        VIRTIO_NET_ERR as u8
+    }
+}
 
 impl DeviceState {
     /// Drains the control queue.
@@ -58,7 +66,7 @@ impl DeviceState {
             let ack = self.ctrl_command(&cmd);
             self.buf = cmd;
             self.counters.ctrl_commands += 1;
-            if ack != VIRTIO_NET_OK {
+            if ack != ack_byte(true) {
                 self.counters.ctrl_errors += 1;
             }
             let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
@@ -81,15 +89,18 @@ impl DeviceState {
     /// Executes one command; returns the ack byte.
     fn ctrl_command(&mut self, cmd: &[u8]) -> u8 {
         let (Some(&class), Some(&command)) = (cmd.first(), cmd.get(1)) else {
-            return VIRTIO_NET_ERR;
+            return ack_byte(false);
         };
         let data = &cmd[2..];
         let _span = tracing::debug_span!("ctrl", class, command).entered();
-        let ok = match (class, command) {
+        let ok = match (u32::from(class), u32::from(command)) {
             // 5.1.6.5.1: PROMISC / ALLMULTI, one byte on/off.
-            (CTRL_RX, 0 | 1) if self.has(bits::CTRL_RX) && data.len() == 1 => {
+            (
+                VIRTIO_NET_CTRL_RX,
+                c @ (VIRTIO_NET_CTRL_RX_PROMISC | VIRTIO_NET_CTRL_RX_ALLMULTI),
+            ) if self.has(bits::CTRL_RX) && data.len() == 1 => {
                 let on = data[0] != 0;
-                if command == 0 {
+                if c == VIRTIO_NET_CTRL_RX_PROMISC {
                     self.net.promisc = on;
                 } else {
                     self.net.allmulti = on;
@@ -97,30 +108,38 @@ impl DeviceState {
                 true
             }
             // 5.1.6.5.2: MAC_TABLE_SET: two {le32 entries; u8 macs[entries][6]} tables.
-            (CTRL_MAC, 0) if self.has(bits::CTRL_RX) => match parse_mac_tables(data) {
-                Some((uc, mc)) => {
-                    self.net.uc_table = uc;
-                    self.net.mc_table = mc;
-                    true
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) if self.has(bits::CTRL_RX) => {
+                match parse_mac_tables(data) {
+                    Some((uc, mc)) => {
+                        self.net.uc_table = uc;
+                        self.net.mc_table = mc;
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
+            }
             // MAC_ADDR_SET: six bytes; the config space mac follows.
-            (CTRL_MAC, 1) if self.has(bits::CTRL_MAC_ADDR) && data.len() == 6 => {
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET)
+                if self.has(bits::CTRL_MAC_ADDR) && data.len() == 6 =>
+            {
                 self.net.mac.copy_from_slice(data);
                 self.config_generation = self.config_generation.wrapping_add(1);
                 true
             }
             // 5.1.6.5.4: ANNOUNCE_ACK clears VIRTIO_NET_S_ANNOUNCE.
-            (CTRL_ANNOUNCE, 0) if self.has(bits::GUEST_ANNOUNCE) => {
-                if self.net.status & 2 != 0 {
-                    self.net.status &= !2;
+            (VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK)
+                if self.has(bits::GUEST_ANNOUNCE) =>
+            {
+                if self.net.status & net_status::ANNOUNCE != 0 {
+                    self.net.status &= !net_status::ANNOUNCE;
                     self.config_generation = self.config_generation.wrapping_add(1);
                 }
                 true
             }
             // 5.1.6.5.5: VQ_PAIRS_SET, le16 in 1..=max_virtqueue_pairs.
-            (CTRL_MQ, 0) if self.has(bits::MQ) && data.len() == 2 => {
+            (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET)
+                if self.has(bits::MQ) && data.len() == 2 =>
+            {
                 let n = u16::from_le_bytes([data[0], data[1]]);
                 if (1..=self.cfg.layout.queue_pairs).contains(&n) {
                     self.net.curr_pairs = n;
@@ -131,11 +150,7 @@ impl DeviceState {
             }
             _ => false,
         };
-        if ok {
-            VIRTIO_NET_OK
-        } else {
-            VIRTIO_NET_ERR
-        }
+        ack_byte(ok)
     }
 }
 

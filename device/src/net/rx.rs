@@ -8,8 +8,13 @@ use crate::fault::DeviceFault;
 use crate::queue::split::ChainKind;
 use crate::queue::Ring;
 use crate::state::{DeviceState, QueueState};
+use bar_registers::layout::MAX_QUEUE_PAIRS;
 use bar_registers::virtio::bits;
+use bitvec::BitArr;
 use dma::{DmaEngine, DmaKind};
+
+/// A set of queue pairs.
+type PairSet = BitArr!(for MAX_QUEUE_PAIRS as usize, in u64);
 
 /// Where a popped chain's bytes go.
 struct Slot {
@@ -24,7 +29,7 @@ impl DeviceState {
     /// room; publishes each touched queue and interrupts as the driver asked.
     pub(crate) fn service_rx(&mut self) -> Result<(), DeviceFault> {
         let mrg = self.has(bits::MRG_RXBUF);
-        let mut touched: u64 = 0;
+        let mut touched = PairSet::ZERO;
         let mut result = Ok(());
         while let Some(frame) = self.inbox.pop() {
             if !self.net.accepts(&frame) {
@@ -45,7 +50,7 @@ impl DeviceState {
             }
             match res {
                 Ok(true) => {
-                    touched |= 1 << (q / 2);
+                    touched.set(usize::from(q / 2), true);
                     self.inbox.recycle(frame);
                 }
                 Ok(false) => {
@@ -59,13 +64,8 @@ impl DeviceState {
                 }
             }
         }
-        let mut q = 0u16;
-        while touched != 0 {
-            if touched & 1 != 0 {
-                self.publish_rx(2 * q)?;
-            }
-            touched >>= 1;
-            q += 1;
+        for pair in touched.iter_ones() {
+            self.publish_rx(2 * pair as u16)?;
         }
         result
     }

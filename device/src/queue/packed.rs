@@ -50,32 +50,18 @@
 //! first (the good ones are completed first), as the split ring reports it when the list is
 //! walked.
 
-use super::split::{push_desc, Chain, ChainKind, RingSetup, MAX_INDIRECT_ENTRIES};
+use super::chain::{push_desc, Chain, ChainKind, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
+// The ring flags and the off_wrap encoding, declared once in bar-registers (virtio-bindings'
+// values); re-exported here, where the driver model and the tests have always found them.
+use bar_registers::ring::RING_EVENT_FLAGS_MASK;
+pub use bar_registers::ring::{
+    off_wrap, split_off_wrap, MAX_PACKED_QUEUE_SIZE, RING_EVENT_FLAGS_DESC,
+    RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE, WRAP_BIT,
+};
 use dma::{DmaEngine, DmaKind};
 use std::sync::atomic::{fence, Ordering};
-
-/// VIRTQ_DESC_F_NEXT (2.8.6).
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// VIRTQ_DESC_F_WRITE (2.8.3): device-writable in an available descriptor; "data has been
-/// written" in a used one.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// VIRTQ_DESC_F_INDIRECT (2.8.7).
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
-/// VIRTQ_DESC_F_AVAIL (2.8.1).
-pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << 7;
-/// VIRTQ_DESC_F_USED (2.8.1).
-pub const VIRTQ_DESC_F_USED: u16 = 1 << 15;
-/// RING_EVENT_FLAGS_ENABLE (2.8.10).
-pub const RING_EVENT_FLAGS_ENABLE: u16 = 0x0;
-/// RING_EVENT_FLAGS_DISABLE (2.8.10).
-pub const RING_EVENT_FLAGS_DISABLE: u16 = 0x1;
-/// RING_EVENT_FLAGS_DESC (2.8.10), valid only with VIRTIO_F_EVENT_IDX.
-pub const RING_EVENT_FLAGS_DESC: u16 = 0x2;
-/// Largest packed queue (2.8: "up to 2^15 entries").
-pub const MAX_PACKED_QUEUE_SIZE: u16 = 32768;
-/// Bit 15 of an off_wrap value and of a packed LM index: the wrap counter.
-pub const WRAP_BIT: u16 = 1 << 15;
 
 /// Whether descriptor `flags` mark it available for a side whose wrap counter is `wrap`.
 #[inline(always)]
@@ -97,18 +83,6 @@ pub fn used_flags(wrap: bool) -> u16 {
     } else {
         0
     }
-}
-
-/// `offset | wrap << 15`: an event suppression off_wrap, and a packed LM index.
-#[inline(always)]
-pub fn off_wrap(pos: u16, wrap: bool) -> u16 {
-    (pos & !WRAP_BIT) | if wrap { WRAP_BIT } else { 0 }
-}
-
-/// Splits an off_wrap / packed LM index into (offset, wrap counter).
-#[inline(always)]
-pub fn split_off_wrap(v: u16) -> (u16, bool) {
-    (v & !WRAP_BIT, v & WRAP_BIT != 0)
 }
 
 /// Ring position `pos` of a lap with wrap counter `wrap` as a free-running index modulo
@@ -760,7 +734,7 @@ impl PackedRing {
             let v = dma
                 .read_u32(self.driver, DmaKind::RingRead)
                 .map_err(self.dma_err())?;
-            let (event, flags) = (v as u16, (v >> 16) as u16 & 0x3);
+            let (event, flags) = (v as u16, (v >> 16) as u16 & RING_EVENT_FLAGS_MASK);
             match flags {
                 RING_EVENT_FLAGS_DISABLE => false,
                 RING_EVENT_FLAGS_DESC if self.event_idx => {

@@ -12,72 +12,16 @@
 //! next u16}`; avail ring `{flags u16, idx u16, ring[size] u16, used_event u16}`; used ring
 //! `{flags u16, idx u16, ring[size] {id u32, len u32}, avail_event u16}`.
 
+use super::chain::push_desc;
+pub use super::chain::{Chain, ChainKind, Desc, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
+use bar_registers::ring::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VRING_AVAIL_F_NO_INTERRUPT};
 use dma::{DmaEngine, DmaKind};
 use std::sync::atomic::{fence, Ordering};
-
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// Largest indirect table we accept (Linux uses at most MAX_SKB_FRAGS + 2 entries for net).
-pub const MAX_INDIRECT_ENTRIES: u32 = 1024;
-
-/// One buffer of a chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub writable: bool,
-}
-
-/// What the device expects of a chain's buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChainKind {
-    /// TX: device-readable only.
-    Tx,
-    /// RX: device-writable only.
-    Rx,
-    /// Control: readable, then writable (2.7.4.2).
-    Ctrl,
-}
-
-/// A popped descriptor chain; reused between pops to avoid allocation.
-#[derive(Debug, Default)]
-pub struct Chain {
-    pub head: u16,
-    pub descs: Vec<Desc>,
-    pub readable: u64,
-    pub writable: u64,
-}
-
-impl Chain {
-    pub(crate) fn clear(&mut self, head: u16) {
-        self.head = head;
-        self.descs.clear();
-        self.readable = 0;
-        self.writable = 0;
-    }
-}
 
 /// vring_need_event (virtio 1.2 2.7.7.2 / include/uapi/linux/virtio_ring.h).
 pub fn vring_need_event(event_idx: u16, new_idx: u16, old: u16) -> bool {
     new_idx.wrapping_sub(event_idx).wrapping_sub(1) < new_idx.wrapping_sub(old)
-}
-
-/// What queue_enable hands the ring engine: the queue registers, the LM ring state it resumes
-/// at, and the negotiated ring features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingSetup {
-    pub queue: u16,
-    pub size: u16,
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
-    pub last_avail: u16,
-    pub last_used: u16,
-    pub event_idx: bool,
-    pub indirect: bool,
 }
 
 /// Device-side state of one enabled split ring.
@@ -297,18 +241,18 @@ impl SplitRing {
             )
             .map_err(self.dma_err())?;
             let (addr, len, flags, next) = parse_desc(&raw);
-            if flags & VRING_DESC_F_INDIRECT != 0 {
+            if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
                     return Err(DeviceFault::IndirectNotNegotiated { queue: q });
                 }
-                if flags & VRING_DESC_F_NEXT != 0 {
+                if flags & VIRTQ_DESC_F_NEXT != 0 {
                     return Err(DeviceFault::IndirectWithNext { queue: q });
                 }
                 self.walk_indirect(dma, addr, len, chain, kind, max_total)?;
                 return Ok(());
             }
             push_desc(q, chain, idx, addr, len, flags, kind, max_total)?;
-            if flags & VRING_DESC_F_NEXT == 0 {
+            if flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(());
             }
             idx = next;
@@ -359,11 +303,11 @@ impl SplitRing {
                 .try_into()
                 .expect("16-byte slice");
             let (addr, dlen, flags, next) = parse_desc(&raw);
-            if flags & VRING_DESC_F_INDIRECT != 0 {
+            if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 return Err(DeviceFault::NestedIndirect { queue: q });
             }
             push_desc(q, chain, idx, addr, dlen, flags, kind, max_total)?;
-            if flags & VRING_DESC_F_NEXT == 0 {
+            if flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(());
             }
             idx = next;
@@ -470,53 +414,6 @@ fn parse_desc(raw: &[u8; 16]) -> (u64, u32, u16, u16) {
     let flags = u16::from_le_bytes([raw[12], raw[13]]);
     let next = u16::from_le_bytes([raw[14], raw[15]]);
     (addr, len, flags, next)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn push_desc(
-    q: u16,
-    chain: &mut Chain,
-    idx: u16,
-    addr: u64,
-    len: u32,
-    flags: u16,
-    kind: ChainKind,
-    max_total: u64,
-) -> Result<(), DeviceFault> {
-    if len == 0 {
-        return Err(DeviceFault::ZeroLengthDescriptor {
-            queue: q,
-            index: idx,
-        });
-    }
-    let writable = flags & VRING_DESC_F_WRITE != 0;
-    match kind {
-        ChainKind::Tx if writable => return Err(DeviceFault::WritableInTxChain { queue: q }),
-        ChainKind::Rx if !writable => return Err(DeviceFault::ReadableInRxChain { queue: q }),
-        ChainKind::Ctrl if !writable && chain.writable > 0 => {
-            return Err(DeviceFault::ReadableAfterWritable { queue: q })
-        }
-        _ => {}
-    }
-    if writable {
-        chain.writable += u64::from(len);
-    } else {
-        chain.readable += u64::from(len);
-    }
-    let total = chain.readable + chain.writable;
-    if total > max_total {
-        return Err(DeviceFault::OversizedChain {
-            queue: q,
-            total,
-            limit: max_total,
-        });
-    }
-    chain.descs.push(Desc {
-        addr,
-        len,
-        writable,
-    });
-    Ok(())
 }
 
 #[cfg(test)]
