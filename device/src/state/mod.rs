@@ -1,76 +1,28 @@
 //! The device's mutable state and its register semantics (everything behind the device lock).
 
+mod access;
+pub mod lm_block;
+mod queue_slot;
+
 use crate::config::DeviceConfig;
 use crate::counters::{DeviceCounters, QueueCounters};
 use crate::fault::DeviceFault;
 use crate::interrupt::{Delivery, InterruptSink, MsixState};
 use crate::pci::{ConfigEffect, ConfigSpace};
 use crate::port::{Port, RxInbox};
-use crate::queue::split::{Chain, Desc, RingSetup};
+use crate::queue::chain::{Chain, Desc, RingSetup};
 use crate::queue::Ring;
 use crate::quirks::Quirk;
 use crate::transport::{validate_features, StatusChange, StatusMachine};
+use access::{mask, merge, put, to_u64};
 use bar_registers::model::{Access, Decoded, Register};
 use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
 use bar_registers::virtio::{offered_mask, NO_VECTOR};
-use bar_registers::{lm, DeviceLayout, LmLayout};
-use dma::{DmaEngine, LogConfig};
+use bar_registers::DeviceLayout;
+use dma::DmaEngine;
+use lm_block::{LmBlock, LmRead, LmWrite};
+pub use queue_slot::{QueueSlot, QueueState};
 use std::sync::Arc;
-
-/// IFC VF queue state (virtio 1.2 4.1.4.3 queue_enable, extended by the IFC VF stop semantics
-/// DPDK relies on in ifcvf_hw_disable: writing 0 stops the queue, and queue_enable reads 1
-/// until in-flight work is done and the LM ring state is final).
-#[derive(Debug)]
-pub enum QueueState {
-    /// Programmable; the LM ring state is writable and is where the queue resumes.
-    Disabled,
-    /// Live ring (split or packed, as negotiated).
-    Enabled(Box<Ring>),
-    /// Stop requested: the ring state is final; queue_enable still reads 1 for this many reads.
-    Stopping { reads_left: u32 },
-}
-
-/// Per-queue registers and state.
-#[derive(Debug)]
-pub struct QueueSlot {
-    pub size: u16,
-    pub msix_vector: u16,
-    pub desc: u64,
-    pub driver: u64,
-    pub device: u64,
-    /// LM ring state while not enabled: (last_avail_idx, last_used_idx). Packed rings:
-    /// each is `offset | wrap counter << 15` (bar_registers::lm).
-    pub ring_state: (u16, u16),
-    /// Where the queue last resumed (the ring state at its last enable).
-    pub resumed: (u16, u16),
-    /// early-queue-disable quirk: the final ring state, applied after this many more reads.
-    pub late_final: Option<((u16, u16), u32)>,
-    pub state: QueueState,
-}
-
-impl QueueSlot {
-    fn new(size: u16) -> Self {
-        QueueSlot {
-            size,
-            msix_vector: NO_VECTOR,
-            desc: 0,
-            driver: 0,
-            device: 0,
-            ring_state: (0, 0),
-            resumed: (0, 0),
-            late_final: None,
-            state: QueueState::Disabled,
-        }
-    }
-
-    /// (last_avail, last_used): live while enabled.
-    pub fn ring_state(&self) -> (u16, u16) {
-        match &self.state {
-            QueueState::Enabled(r) => r.ring_state(),
-            _ => self.ring_state,
-        }
-    }
-}
 
 /// virtio-net device state beyond registers: config fields, RX mode, steering.
 #[derive(Debug)]
@@ -107,15 +59,6 @@ impl NetState {
     }
 }
 
-/// LM block registers.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LmRegs {
-    pub control: u64,
-    pub base: u64,
-    pub end: u64,
-    pub mq_pairs: u32,
-}
-
 /// All device state.
 pub struct DeviceState {
     pub layout: Arc<DeviceLayout>,
@@ -133,7 +76,7 @@ pub struct DeviceState {
     pub isr: u8,
     pub config_generation: u8,
     pub net: NetState,
-    pub lm: LmRegs,
+    pub lm: LmBlock,
     pub dma: DmaEngine,
     pub port: Arc<dyn Port>,
     pub inbox: Arc<RxInbox>,
@@ -147,37 +90,6 @@ pub struct DeviceState {
     /// Paused (migration STOP, see snapshot.rs): no queue is serviced and no DMA is done;
     /// doorbells and inbox frames wait for the resume.
     pub paused: bool,
-}
-
-/// A 16-bit access at the start of a Linux-layout ring state register: what ifcvf_get_vq_state /
-/// ifcvf_set_vq_state do (the avail half only).
-fn linux_vdpa_u16(layout: LmLayout, rel: u64, len: usize) -> bool {
-    layout == LmLayout::Linux && rel == 0 && len == 2
-}
-
-fn mask(len: usize) -> u64 {
-    if len >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * len)) - 1
-    }
-}
-
-fn to_u64(data: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
-    u64::from_le_bytes(b)
-}
-
-fn put(data: &mut [u8], v: u64) {
-    let n = data.len().min(8);
-    data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
-}
-
-/// Merges a partial write of `len` bytes at byte `rel` into `cur`.
-fn merge(cur: u64, rel: u64, len: usize, val: u64) -> u64 {
-    let shift = 8 * rel;
-    (cur & !(mask(len) << shift)) | ((val & mask(len)) << shift)
 }
 
 impl DeviceState {
@@ -210,7 +122,7 @@ impl DeviceState {
             isr: 0,
             config_generation: 0,
             net: NetState::new(cfg.layout.mac),
-            lm: LmRegs::default(),
+            lm: LmBlock::new(cfg.layout.lm_layout, nq),
             dma,
             port,
             inbox,
@@ -274,7 +186,7 @@ impl DeviceState {
         self.config_generation = 0;
         self.sink.intx(false);
         self.net = NetState::new(self.cfg.layout.mac);
-        self.lm = LmRegs::default();
+        self.lm.reset();
         self.dma.set_logging(None);
         self.fault = None;
         self.counters.rx_dropped_reset += self.inbox.clear() as u64;
@@ -779,86 +691,33 @@ impl DeviceState {
     // ---------------------------------------------------------------- LM block
 
     fn lm_read(&mut self, reg: u64, rel: u64, len: usize) -> u64 {
-        let layout = self.cfg.layout.lm_layout;
-        match reg {
-            lm::LOGGING_CTRL => self.lm.control,
-            lm::STATUS if layout == LmLayout::Linux => u64::from(self.dma.logging().is_some()),
-            lm::BASE_ADDR_LOW => self.lm.base,
-            lm::BASE_ADDR_HIGH => self.lm.base >> 32,
-            lm::END_ADDR_LOW => self.lm.end,
-            lm::END_ADDR_HIGH => self.lm.end >> 32,
-            lm::MQ_PAIRS if layout == LmLayout::Dpdk => self.lm.mq_pairs.into(),
-            _ => match self.lm_queue(reg) {
-                Some(q) => {
-                    let stale = self.quirk(Quirk::StaleUsedIdx);
-                    let packed = self.has(bits::RING_PACKED);
-                    let slot = &mut self.queues[usize::from(q)];
-                    if let Some((fin, left)) = slot.late_final {
-                        slot.late_final = if left <= 1 {
-                            slot.ring_state = fin;
-                            None
-                        } else {
-                            Some((fin, left - 1))
-                        };
-                    }
-                    let (a, mut u) = slot.ring_state();
-                    if stale && u != slot.resumed.1 {
-                        u = u.wrapping_sub(1);
-                    }
-                    if linux_vdpa_u16(layout, rel, len) && packed {
-                        // ifcvf_get_vq_state: the u16 is struct vdpa_vq_state_packed's first half.
-                        return lm::packed_to_vdpa_u16(a).into();
-                    }
-                    lm::pack_ring_state(a, u).into()
-                }
-                None => 0,
-            },
+        match self.lm.read(reg) {
+            LmRead::Value(v) => v,
+            LmRead::LoggingActive => u64::from(self.dma.logging().is_some()),
+            LmRead::RingState(q) => {
+                let stale = self.quirk(Quirk::StaleUsedIdx);
+                let state = self.queues[usize::from(q)].lm_ring_state(stale);
+                self.lm
+                    .ring_state_value(state, self.has(bits::RING_PACKED), rel, len)
+            }
         }
-    }
-
-    fn lm_queue(&self, reg: u64) -> Option<u16> {
-        let layout = self.cfg.layout.lm_layout;
-        (0..self.layout.num_queues).find(|&q| lm::ring_state_offset(layout, q) == reg)
     }
 
     fn lm_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
-        let layout = self.cfg.layout.lm_layout;
-        match (reg, layout) {
-            (lm::LOGGING_CTRL, _) => {
-                self.lm.control = merge(self.lm.control, rel, len, val);
-                self.apply_logging();
-            }
-            (lm::BASE_ADDR_LOW, LmLayout::Dpdk) => self.lm.base = merge(self.lm.base, 0, 4, val),
-            (lm::BASE_ADDR_HIGH, LmLayout::Dpdk) => self.lm.base = merge(self.lm.base, 4, 4, val),
-            (lm::END_ADDR_LOW, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 0, 4, val),
-            (lm::END_ADDR_HIGH, LmLayout::Dpdk) => self.lm.end = merge(self.lm.end, 4, 4, val),
-            (lm::BASE_ADDR_LOW, LmLayout::Linux) => {
-                self.lm.base = merge(self.lm.base, rel, len, val)
-            }
-            (lm::END_ADDR_LOW, LmLayout::Linux) => self.lm.end = merge(self.lm.end, rel, len, val),
-            (lm::MQ_PAIRS, LmLayout::Dpdk) => {
-                self.lm.mq_pairs = val as u32;
-                let max = self.cfg.layout.queue_pairs;
-                if (1..=u32::from(max)).contains(&(val as u32)) {
-                    self.net.curr_pairs = val as u16;
+        match self.lm.write(reg, rel, len, val) {
+            LmWrite::Logging => self.apply_logging(),
+            LmWrite::MqPairs(n) => {
+                if (1..=u32::from(self.cfg.layout.queue_pairs)).contains(&n) {
+                    self.net.curr_pairs = n as u16;
                 }
             }
-            _ => match self.lm_queue(reg) {
-                Some(q) => self.ring_state_write(q, rel, len, val),
-                None => self.counters.ignored_register_writes += 1,
-            },
-        }
-        if matches!(
-            reg,
-            lm::BASE_ADDR_LOW | lm::BASE_ADDR_HIGH | lm::END_ADDR_LOW | lm::END_ADDR_HIGH
-        ) {
-            self.apply_logging();
+            LmWrite::RingState(q) => self.ring_state_write(q, rel, len, val),
+            LmWrite::Ignored => self.counters.ignored_register_writes += 1,
         }
     }
 
     fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
         let packed = self.has(bits::RING_PACKED);
-        let layout = self.cfg.layout.lm_layout;
         let slot = &mut self.queues[usize::from(q)];
         // Writable only while the queue is disabled (the vDPA talk: "R/W vring index").
         if !matches!(slot.state, QueueState::Disabled)
@@ -868,35 +727,15 @@ impl DeviceState {
             return;
         }
         slot.late_final = None;
-        slot.ring_state = if len == 2 && rel == 0 {
-            // Linux ifcvf_set_vq_state writes the 16-bit avail index only: after a clean stop
-            // used == avail, so the device resumes both there (as vhost's SET_VRING_BASE does).
-            // With RING_PACKED that u16 is the first half of Linux's struct vdpa_vq_state_packed
-            // (bit 0 wrap counter, bits 1-15 index: virtio_vdpa writes 0x0001 for a fresh ring).
-            let v = if packed && layout == LmLayout::Linux {
-                lm::vdpa_u16_to_packed(val as u16)
-            } else {
-                val as u16
-            };
-            (v, v)
-        } else {
-            let cur = u64::from(lm::pack_ring_state(slot.ring_state.0, slot.ring_state.1));
-            lm::unpack_ring_state(merge(cur, rel, len, val) as u32)
-        };
+        slot.ring_state = self
+            .lm
+            .ring_state_written(slot.ring_state, packed, rel, len, val);
     }
 
     pub(crate) fn apply_logging(&mut self) {
-        let on = self.lm.control & lm::LOGGING_ENABLE_BIT != 0;
-        let end = if self.quirk(Quirk::LogIgnoresEnd) {
-            u64::MAX
-        } else {
-            self.lm.end
-        };
-        let cfg = on.then_some(LogConfig {
-            base: self.lm.base,
-            end,
-            granularity: self.cfg.log_granularity,
-        });
+        let cfg = self
+            .lm
+            .log_config(self.cfg.log_granularity, self.quirk(Quirk::LogIgnoresEnd));
         if self.dma.logging() != cfg {
             tracing::debug!(?cfg, "dirty logging");
             self.dma.set_logging(cfg);
