@@ -133,7 +133,7 @@ impl Device {
 
     /// Where interrupts go.
     pub fn set_interrupt_sink(&self, sink: Arc<dyn InterruptSink>) {
-        self.with(|s| s.sink = sink);
+        self.with(|s| s.function.set_sink(sink));
     }
 
     /// Records every page the device writes, independently of the dirty log.

@@ -87,8 +87,8 @@ pub struct MsixState {
     /// The PBA as the qwords it is read as (PCI 3.0 6.8.2.10: bit v of qword v / 64), handled
     /// as a bit set through [`MsixState::pending_bits`].
     pending: Vec<u64>,
-    pub enabled: bool,
-    pub function_mask: bool,
+    enabled: bool,
+    function_mask: bool,
 }
 
 /// What an interrupt request turned into.
@@ -111,6 +111,23 @@ impl MsixState {
             enabled: false,
             function_mask: false,
         }
+    }
+
+    /// The capability's MSI-X Enable and Function Mask bits (PCI 3.0 6.8.2.3), as the device
+    /// last took them from config space.
+    pub fn set_control(&mut self, enabled: bool, function_mask: bool) {
+        self.enabled = enabled;
+        self.function_mask = function_mask;
+    }
+
+    /// MSI-X Enable.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Function Mask.
+    pub fn function_mask(&self) -> bool {
+        self.function_mask
     }
 
     /// Number of vectors.

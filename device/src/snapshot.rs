@@ -48,12 +48,11 @@
 //! What is not migrated: counters, the fault that caused DEVICE_NEEDS_RESET (the status bit
 //! is), the write trace, the port.
 
-use crate::interrupt::NullSink;
 use crate::net::{MAX_CTRL_CHAIN, MAX_TX_CHAIN, NET_HDR_LEN};
 use crate::state::lm_block::{LmBlock, LmImage};
+use crate::state::pci_function::{MsixImage, PciFunction};
 use crate::state::{DeviceState, QueueState, FLOW_BUCKETS};
 use crate::transport::{validate_features, StatusChange};
-use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL, VECTOR_MASKED};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
 use bar_registers::virtio::{device_status as st, isr, net_status, NO_VECTOR};
 use bar_registers::LmLayout;
@@ -96,16 +95,6 @@ pub const IDENTITY_SECTION: SectionSpec = SectionSpec {
     name: "IDNT",
     body: "what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC [6], BAR sizes 6 x u64, rx_backlog u32",
 };
-/// `PCIC`.
-pub const PCI_SECTION: SectionSpec = SectionSpec {
-    name: "PCIC",
-    body: "the 4096 config space bytes as the function reads them",
-};
-/// `MSIX`.
-pub const MSIX_SECTION: SectionSpec = SectionSpec {
-    name: "MSIX",
-    body: "vectors u16, enabled u8, function_mask u8, table (vectors x 4 dwords u32), PBA (ceil(vectors/64) x u64)",
-};
 /// `VIRT`.
 pub const VIRTIO_SECTION: SectionSpec = SectionSpec {
     name: "VIRT",
@@ -136,8 +125,8 @@ pub const SEAL_SECTION: SectionSpec = SectionSpec {
 /// parts of the device that own them declare them.
 pub const SECTIONS: [SectionSpec; 8] = [
     IDENTITY_SECTION,
-    PCI_SECTION,
-    MSIX_SECTION,
+    PciFunction::CONFIG_SECTION,
+    PciFunction::MSIX_SECTION,
     VIRTIO_SECTION,
     QUEUES_SECTION,
     NET_SECTION,
@@ -380,14 +369,6 @@ struct Identity {
 }
 
 #[derive(Debug)]
-struct MsixImage {
-    enabled: bool,
-    function_mask: bool,
-    table: Vec<u32>,
-    pending: Vec<u64>,
-}
-
-#[derive(Debug)]
 struct VirtioImage {
     status: u8,
     device_feature_select: u32,
@@ -536,8 +517,8 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     let mut it = r.into_iter();
     let mut next = || it.next().expect("eight readers");
     let identity = parse_identity(&mut next())?;
-    let pci = parse_pci(&mut next())?;
-    let msix = parse_msix(&mut next(), identity.msix_vectors)?;
+    let pci = PciFunction::parse_config(&mut next())?;
+    let msix = PciFunction::parse_msix(&mut next(), identity.msix_vectors)?;
     let virtio = parse_virtio(&mut next())?;
     let queues = parse_queues(&mut next(), identity.num_queues)?;
     let net = parse_net(&mut next())?;
@@ -569,55 +550,6 @@ fn parse_identity(r: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
     };
     r.finish()?;
     Ok(id)
-}
-
-fn parse_pci(r: &mut Reader<'_>) -> Result<Vec<u8>, SnapshotError> {
-    let b = r.take(CONFIG_LEN)?.to_vec();
-    r.finish()?;
-    Ok(b)
-}
-
-fn parse_msix(r: &mut Reader<'_>, vectors: u16) -> Result<MsixImage, SnapshotError> {
-    let n = r.u16()?;
-    if n != vectors {
-        return Err(invalid(
-            "msix vectors",
-            format!("{n} in MSIX, {vectors} in IDNT"),
-        ));
-    }
-    let enabled = r.bool("msix enable")?;
-    let function_mask = r.bool("msix function mask")?;
-    let dwords = usize::from(n) * (ENTRY_SIZE as usize / 4);
-    let table = (0..dwords)
-        .map(|_| r.u32())
-        .collect::<Result<Vec<_>, _>>()?;
-    for (v, e) in table.chunks_exact(4).enumerate() {
-        if e[3] & !VECTOR_MASKED != 0 {
-            return Err(invalid(
-                "msix vector control",
-                format!("vector {v}: {:#x}", e[3]),
-            ));
-        }
-    }
-    let pending = (0..usize::from(n).div_ceil(64))
-        .map(|_| r.u64())
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(last) = pending.last() {
-        let used = usize::from(n) % 64;
-        if used != 0 && last >> used != 0 {
-            return Err(invalid(
-                "msix pending bits",
-                "bits set beyond the last vector",
-            ));
-        }
-    }
-    r.finish()?;
-    Ok(MsixImage {
-        enabled,
-        function_mask,
-        table,
-        pending,
-    })
 }
 
 fn parse_virtio(r: &mut Reader<'_>) -> Result<VirtioImage, SnapshotError> {
@@ -826,23 +758,8 @@ impl DeviceState {
             id.bar_sizes.iter().for_each(|&s| w.u64(s));
             w.u32(id.rx_backlog);
         });
-        w.section(tag::PCI, |w| {
-            let mut img = vec![0u8; CONFIG_LEN];
-            self.pci.read(0, &mut img);
-            w.bytes(&img);
-        });
-        w.section(tag::MSIX, |w| {
-            let n = self.msix.vectors();
-            w.u16(n);
-            w.u8(self.msix.enabled.into());
-            w.u8(self.msix.function_mask.into());
-            for off in (0..u64::from(n) * ENTRY_SIZE).step_by(4) {
-                w.u32(self.msix.table_read(off));
-            }
-            for i in 0..usize::from(n).div_ceil(64) {
-                w.u64(self.msix.pba_read(i));
-            }
-        });
+        w.section(tag::PCI, |w| self.function.save_config(w));
+        w.section(tag::MSIX, |w| self.function.save_msix(w));
         w.section(tag::VIRTIO, |w| {
             w.u8(self.status.value());
             w.u32(self.device_feature_select);
@@ -1054,60 +971,10 @@ impl DeviceState {
 
     /// Rebuilds the (just reset) device from a checked image.
     fn apply(&mut self, img: &Image) -> Result<(), SnapshotError> {
-        // PCI config space, through the write masks, then read back: what cannot be written is
-        // what the device itself defines, and must already be equal.
-        for off in (0..CONFIG_LEN).step_by(4) {
-            let _ = self.pci.write(off as u64, &img.pci[off..off + 4]);
-        }
-        let status_at = bar_registers::pci::hdr::STATUS as usize;
-        let intx = u16::from_le_bytes([img.pci[status_at], img.pci[status_at + 1]])
-            & bar_registers::pci::status::INTERRUPT
-            != 0;
-        self.pci.set_interrupt_status(intx);
-        let data_at = (bar_registers::pci::cap_offset::PCI_CFG
-            + bar_registers::pci::virtio_cap::PCI_CFG_DATA) as usize;
-        self.pci.set_pci_cfg_data(u32::from_le_bytes(
-            img.pci[data_at..data_at + 4].try_into().expect("4 bytes"),
-        ));
-        let mut back = vec![0u8; CONFIG_LEN];
-        self.pci.read(0, &mut back);
-        if let Some(offset) = (0..CONFIG_LEN).find(|&i| back[i] != img.pci[i]) {
-            return Err(SnapshotError::ConfigMismatch {
-                offset,
-                saved: img.pci[offset],
-                here: back[offset],
-            });
-        }
-        let (mps, mrrs) = self.pci.pcie_mps_mrrs();
+        self.function.restore_config(&img.pci)?;
+        let (mps, mrrs) = self.function.pcie_mps_mrrs();
         self.dma.set_pcie_limits(mps, mrrs);
-
-        // MSI-X: table first (with MSI-X off nothing pending is taken), then the pending bits
-        // (requested under a function mask, so they stick), then enable and mask as saved.
-        self.msix.enabled = false;
-        self.msix.function_mask = true;
-        for (i, &d) in img.msix.table.iter().enumerate() {
-            let _ = self.msix.table_write(4 * i as u64, d);
-        }
-        for (w, &bits) in img.msix.pending.iter().enumerate() {
-            for b in 0..64 {
-                if bits & (1 << b) != 0 {
-                    let _ = self.msix.request((w * 64 + b) as u16, &NullSink);
-                }
-            }
-        }
-        self.msix.enabled = img.msix.enabled;
-        self.msix.function_mask = img.msix.function_mask;
-        for (i, &d) in img.msix.table.iter().enumerate() {
-            let off = 4 * i as u64;
-            let want = if off % ENTRY_SIZE == VECTOR_CONTROL {
-                d & VECTOR_MASKED
-            } else {
-                d
-            };
-            if self.msix.table_read(off) != want {
-                return Err(invalid("msix table", format!("dword {i} did not restore")));
-            }
-        }
+        self.function.restore_msix(&img.msix)?;
 
         // virtio common configuration; device_status by replaying the init sequence.
         let v = &img.virtio;

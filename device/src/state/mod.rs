@@ -2,13 +2,14 @@
 
 mod access;
 pub mod lm_block;
+pub mod pci_function;
 mod queue_slot;
 
 use crate::config::DeviceConfig;
 use crate::counters::{DeviceCounters, QueueCounters};
 use crate::fault::DeviceFault;
-use crate::interrupt::{Delivery, InterruptSink, MsixState};
-use crate::pci::{ConfigEffect, ConfigSpace};
+use crate::interrupt::InterruptSink;
+use crate::pci::ConfigEffect;
 use crate::port::{Port, RxInbox};
 use crate::queue::chain::{Chain, Desc, RingSetup};
 use crate::queue::Ring;
@@ -21,6 +22,7 @@ use bar_registers::virtio::{offered_mask, NO_VECTOR};
 use bar_registers::DeviceLayout;
 use dma::DmaEngine;
 use lm_block::{LmBlock, LmRead, LmWrite};
+use pci_function::{PciFunction, Raised};
 pub use queue_slot::{QueueSlot, QueueState};
 use std::sync::Arc;
 
@@ -63,8 +65,7 @@ impl NetState {
 pub struct DeviceState {
     pub layout: Arc<DeviceLayout>,
     pub cfg: DeviceConfig,
-    pub pci: ConfigSpace,
-    pub msix: MsixState,
+    pub function: PciFunction,
     pub status: StatusMachine,
     pub device_feature_select: u32,
     pub driver_feature_select: u32,
@@ -80,7 +81,6 @@ pub struct DeviceState {
     pub dma: DmaEngine,
     pub port: Arc<dyn Port>,
     pub inbox: Arc<RxInbox>,
-    pub sink: Arc<dyn InterruptSink>,
     pub counters: DeviceCounters,
     /// The first fault since the last reset (DEVICE_NEEDS_RESET is set while this is Some).
     pub fault: Option<DeviceFault>,
@@ -107,8 +107,7 @@ impl DeviceState {
             dma.set_unlogged_kinds(&[dma::DmaKind::RingWrite]);
         }
         DeviceState {
-            pci: ConfigSpace::new(&layout),
-            msix: MsixState::new(layout.msix_vectors),
+            function: PciFunction::new(&layout, cfg.msix_owner, sink),
             status: StatusMachine::default(),
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -126,7 +125,6 @@ impl DeviceState {
             dma,
             port,
             inbox,
-            sink,
             counters: DeviceCounters {
                 queues: vec![QueueCounters::default(); nq.into()],
                 ..Default::default()
@@ -184,7 +182,7 @@ impl DeviceState {
         }
         self.isr = 0;
         self.config_generation = 0;
-        self.sink.intx(false);
+        self.function.intx_line_low();
         self.net = NetState::new(self.cfg.layout.mac);
         self.lm.reset();
         self.dma.set_logging(None);
@@ -196,9 +194,8 @@ impl DeviceState {
     /// Function level reset (PCIe FLR, vfio DEVICE_RESET): virtio reset plus PCI state.
     pub fn function_reset(&mut self) {
         self.virtio_reset();
-        self.msix.reset();
-        self.pci.reset();
-        let (mps, mrrs) = self.pci.pcie_mps_mrrs();
+        self.function.reset();
+        let (mps, mrrs) = self.function.pcie_mps_mrrs();
         self.dma.set_pcie_limits(mps, mrrs);
     }
 
@@ -234,61 +231,30 @@ impl DeviceState {
     }
 
     fn raise(&mut self, vector: u16) {
-        let (enabled, fmask) = self.pci.msix_control();
-        self.msix.enabled = enabled;
-        self.msix.function_mask = fmask;
-        if enabled {
-            if vector == NO_VECTOR {
-                self.counters.interrupts_no_vector += 1;
-                return;
-            }
-            if self.cfg.msix_owner == crate::config::MsixOwner::Vmm {
-                if vector < self.layout.msix_vectors {
-                    self.sink.msix(vector);
-                } else {
-                    self.counters.interrupts_no_vector += 1;
-                }
-                return;
-            }
-            match self.msix.request(vector, self.sink.as_ref()) {
-                Delivery::Sent => {}
-                Delivery::Pending => self.counters.interrupts_pending_masked += 1,
-                Delivery::NoVector => self.counters.interrupts_no_vector += 1,
-            }
-        } else if !self.pci.intx_disabled() {
-            self.pci.set_interrupt_status(true);
-            self.sink.intx(true);
-        }
-    }
-
-    fn deliver_unmasked(&mut self) {
-        let (enabled, fmask) = self.pci.msix_control();
-        self.msix.enabled = enabled;
-        self.msix.function_mask = fmask;
-        for v in self.msix.unmasked_pending() {
-            self.sink.msix(v);
+        match self.function.raise(vector) {
+            Raised::Delivered => {}
+            Raised::NoVector => self.counters.interrupts_no_vector += 1,
+            Raised::PendingMasked => self.counters.interrupts_pending_masked += 1,
         }
     }
 
     // ---------------------------------------------------------------- config space
 
     pub fn config_read(&mut self, off: u64, data: &mut [u8]) {
-        if ConfigSpace::reads_pci_cfg_data(off, data.len()) {
-            let (bar, boff, blen) = self.pci.pci_cfg_window();
+        if let Some((bar, boff, blen)) = self.function.pci_cfg_read_window(off, data.len()) {
             let mut v = [0u8; 4];
             let n = blen.min(4);
             if matches!(n, 1 | 2 | 4) {
                 self.bar_read(bar.into(), boff, &mut v[..n]);
             }
-            self.pci.set_pci_cfg_data(u32::from_le_bytes(v));
+            self.function.set_pci_cfg_data(u32::from_le_bytes(v));
         }
-        self.pci.read(off, data);
+        self.function.config_read(off, data);
     }
 
     pub fn config_write(&mut self, off: u64, data: &[u8]) {
-        match self.pci.write(off, data) {
-            ConfigEffect::None | ConfigEffect::Command => {}
-            ConfigEffect::MsixControl => self.deliver_unmasked(),
+        match self.function.config_write(off, data) {
+            ConfigEffect::None | ConfigEffect::Command | ConfigEffect::MsixControl => {}
             ConfigEffect::FunctionLevelReset => self.function_reset(),
             ConfigEffect::PciCfgWrite(bar, boff, blen, v) => {
                 let n = blen.min(4);
@@ -298,7 +264,7 @@ impl DeviceState {
             }
         }
         // Device Control's MPS / MRRS feed the bus model's TLP sizes.
-        let (mps, mrrs) = self.pci.pcie_mps_mrrs();
+        let (mps, mrrs) = self.function.pcie_mps_mrrs();
         self.dma.set_pcie_limits(mps, mrrs);
     }
 
@@ -330,31 +296,11 @@ impl DeviceState {
         data.fill(0);
         let layout = self.layout.clone();
         let Ok(bar) = u8::try_from(bar) else { return };
-        // MSI-X table/PBA are plain dword/qword arrays: any aligned dword works (PCI 3.0 6.8.2).
-        if bar == layout.msix_table.bar {
-            if let Some(rel) = layout.msix_table.contains(bar, off) {
-                if data.len() == 4 && rel % 4 == 0 {
-                    put(data, self.msix.table_read(rel).into());
-                } else if data.len() == 8 && rel % 8 == 0 {
-                    put(
-                        data,
-                        u64::from(self.msix.table_read(rel))
-                            | (u64::from(self.msix.table_read(rel + 4)) << 32),
-                    );
-                } else {
-                    self.counters.bad_register_accesses += 1;
-                }
-                return;
+        if let Some(res) = self.function.msix_read(&layout, bar, off, data) {
+            if res.is_err() {
+                self.counters.bad_register_accesses += 1;
             }
-            if let Some(rel) = layout.msix_pba.contains(bar, off) {
-                let q = self.msix.pba_read((rel / 8) as usize);
-                match data.len() {
-                    8 if rel % 8 == 0 => put(data, q),
-                    4 if rel % 4 == 0 => put(data, q >> (8 * (rel % 8))),
-                    _ => self.counters.bad_register_accesses += 1,
-                }
-                return;
-            }
+            return;
         }
         let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len())
         else {
@@ -369,8 +315,7 @@ impl DeviceState {
             // 4.1.4.5.1: reading ISR clears it and deasserts INTx.
             let v = self.isr;
             self.isr = 0;
-            self.pci.set_interrupt_status(false);
-            self.sink.intx(false);
+            self.function.intx_deassert();
             v.into()
         } else if let Some(w) = layout.device_cfg.contains(bar, off) {
             self.net_cfg_read(w - r, reg.reset)
@@ -387,18 +332,8 @@ impl DeviceState {
         let layout = self.layout.clone();
         let Ok(bar) = u8::try_from(bar) else { return };
         let val = to_u64(data);
-        if let Some(rel) = layout.msix_table.contains(bar, off) {
-            if data.len() == 4 && rel % 4 == 0 {
-                if let Some(v) = self.msix.table_write(rel, val as u32) {
-                    self.sink.msix(v);
-                }
-            } else if data.len() == 8 && rel % 8 == 0 {
-                for (i, half) in [val as u32, (val >> 32) as u32].into_iter().enumerate() {
-                    if let Some(v) = self.msix.table_write(rel + 4 * i as u64, half) {
-                        self.sink.msix(v);
-                    }
-                }
-            } else {
+        if let Some(res) = self.function.msix_write(&layout, bar, off, data.len(), val) {
+            if res.is_err() {
                 self.counters.bad_register_accesses += 1;
             }
             return;
@@ -771,7 +706,7 @@ impl DeviceState {
         if !self.status.running() || self.paused {
             return;
         }
-        if !self.pci.bus_master() {
+        if !self.function.bus_master() {
             self.counters.dma_blocked_no_bus_master += 1;
             return;
         }
@@ -811,7 +746,10 @@ impl DeviceState {
 
     /// Delivers waiting frames if the device can take them.
     pub fn service_inbox(&mut self) {
-        if self.status.running() && !self.paused && self.pci.bus_master() && !self.inbox.is_empty()
+        if self.status.running()
+            && !self.paused
+            && self.function.bus_master()
+            && !self.inbox.is_empty()
         {
             let res = self.service_rx();
             self.check(res);
