@@ -231,12 +231,12 @@ impl Device {
 
     /// device_status as the driver would read it.
     pub fn status(&self) -> u8 {
-        self.state.lock().status.value()
+        self.state.lock().common.status().value()
     }
 
     /// Negotiated features (0 before FEATURES_OK).
     pub fn negotiated_features(&self) -> u64 {
-        self.state.lock().negotiated
+        self.state.lock().common.negotiated()
     }
 
     /// Queue pairs in use for RX steering.

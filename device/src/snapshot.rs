@@ -49,12 +49,12 @@
 //! is), the write trace, the port.
 
 use crate::net::{MAX_CTRL_CHAIN, MAX_TX_CHAIN, NET_HDR_LEN};
+use crate::state::common_cfg::{CommonCfg, CommonImage};
 use crate::state::lm_block::{LmBlock, LmImage};
 use crate::state::pci_function::{MsixImage, PciFunction};
 use crate::state::{DeviceState, QueueState, FLOW_BUCKETS};
-use crate::transport::{validate_features, StatusChange};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
-use bar_registers::virtio::{device_status as st, isr, net_status, NO_VECTOR};
+use bar_registers::virtio::{net_status, NO_VECTOR};
 use bar_registers::LmLayout;
 
 /// Stream magic.
@@ -95,11 +95,6 @@ pub const IDENTITY_SECTION: SectionSpec = SectionSpec {
     name: "IDNT",
     body: "what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC [6], BAR sizes 6 x u64, rx_backlog u32",
 };
-/// `VIRT`.
-pub const VIRTIO_SECTION: SectionSpec = SectionSpec {
-    name: "VIRT",
-    body: "device_status u8, device_feature_select u32, driver_feature_select u32, driver_features u64, negotiated u64, config_msix_vector u16, queue_select u16, isr u8, config_generation u8",
-};
 /// `QUES`.
 pub const QUEUES_SECTION: SectionSpec = SectionSpec {
     name: "QUES",
@@ -127,7 +122,7 @@ pub const SECTIONS: [SectionSpec; 8] = [
     IDENTITY_SECTION,
     PciFunction::CONFIG_SECTION,
     PciFunction::MSIX_SECTION,
-    VIRTIO_SECTION,
+    CommonCfg::SECTION,
     QUEUES_SECTION,
     NET_SECTION,
     LmBlock::SECTION,
@@ -368,19 +363,6 @@ struct Identity {
     rx_backlog: u32,
 }
 
-#[derive(Debug)]
-struct VirtioImage {
-    status: u8,
-    device_feature_select: u32,
-    driver_feature_select: u32,
-    driver_features: u64,
-    negotiated: u64,
-    config_msix_vector: u16,
-    queue_select: u16,
-    isr: u8,
-    config_generation: u8,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum QueueKind {
     Disabled,
@@ -418,7 +400,7 @@ struct Image {
     identity: Identity,
     pci: Vec<u8>,
     msix: MsixImage,
-    virtio: VirtioImage,
+    virtio: CommonImage,
     queues: Vec<QueueImage>,
     net: NetImage,
     lm: LmImage,
@@ -519,7 +501,7 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     let identity = parse_identity(&mut next())?;
     let pci = PciFunction::parse_config(&mut next())?;
     let msix = PciFunction::parse_msix(&mut next(), identity.msix_vectors)?;
-    let virtio = parse_virtio(&mut next())?;
+    let virtio = CommonCfg::parse(&mut next())?;
     let queues = parse_queues(&mut next(), identity.num_queues)?;
     let net = parse_net(&mut next())?;
     let lm = LmBlock::parse(&mut next())?;
@@ -550,41 +532,6 @@ fn parse_identity(r: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
     };
     r.finish()?;
     Ok(id)
-}
-
-fn parse_virtio(r: &mut Reader<'_>) -> Result<VirtioImage, SnapshotError> {
-    let v = VirtioImage {
-        status: r.u8()?,
-        device_feature_select: r.u32()?,
-        driver_feature_select: r.u32()?,
-        driver_features: r.u64()?,
-        negotiated: r.u64()?,
-        config_msix_vector: r.u16()?,
-        queue_select: r.u16()?,
-        isr: r.u8()?,
-        config_generation: r.u8()?,
-    };
-    r.finish()?;
-    if v.isr & !(isr::QUEUE | isr::CONFIG) != 0 {
-        return Err(invalid("isr", format!("{:#x}", v.isr)));
-    }
-    let features_ok = v.status & st::FEATURES_OK != 0;
-    if features_ok && v.negotiated != v.driver_features {
-        return Err(invalid(
-            "negotiated features",
-            format!(
-                "{:#x} after FEATURES_OK with driver features {:#x}",
-                v.negotiated, v.driver_features
-            ),
-        ));
-    }
-    if !features_ok && v.negotiated != 0 {
-        return Err(invalid(
-            "negotiated features",
-            format!("{:#x} without FEATURES_OK", v.negotiated),
-        ));
-    }
-    Ok(v)
 }
 
 fn parse_queues(r: &mut Reader<'_>, num_queues: u16) -> Result<Vec<QueueImage>, SnapshotError> {
@@ -760,17 +707,7 @@ impl DeviceState {
         });
         w.section(tag::PCI, |w| self.function.save_config(w));
         w.section(tag::MSIX, |w| self.function.save_msix(w));
-        w.section(tag::VIRTIO, |w| {
-            w.u8(self.status.value());
-            w.u32(self.device_feature_select);
-            w.u32(self.driver_feature_select);
-            w.u64(self.driver_features);
-            w.u64(self.negotiated);
-            w.u16(self.config_msix_vector);
-            w.u16(self.queue_select);
-            w.u8(self.isr);
-            w.u8(self.config_generation);
-        });
+        w.section(tag::VIRTIO, |w| self.common.save(w));
         w.section(tag::QUEUES, |w| {
             w.u16(self.queues.len() as u16);
             for slot in &self.queues {
@@ -920,17 +857,8 @@ impl DeviceState {
             });
         }
         let v = &img.virtio;
+        self.common.check(v)?;
         let nvec = self.layout.msix_vectors;
-        if v.config_msix_vector != NO_VECTOR && v.config_msix_vector >= nvec {
-            return Err(invalid(
-                "config_msix_vector",
-                format!("{} with {nvec} vectors", v.config_msix_vector),
-            ));
-        }
-        if v.status & st::FEATURES_OK != 0 {
-            validate_features(v.driver_features, self.offered())
-                .map_err(|e| invalid("negotiated features", e.to_string()))?;
-        }
         let max = self.cfg.layout.queue_size_max;
         for (q, qi) in img.queues.iter().enumerate() {
             if qi.size == 0 || qi.size > max {
@@ -945,7 +873,7 @@ impl DeviceState {
                     format!("queue {q}: {} with {nvec} vectors", qi.msix_vector),
                 ));
             }
-            if qi.kind == QueueKind::Enabled && v.status & st::FEATURES_OK == 0 {
+            if qi.kind == QueueKind::Enabled && !v.features_ok() {
                 return Err(invalid(
                     "queue state",
                     format!("queue {q} enabled before FEATURES_OK"),
@@ -977,50 +905,7 @@ impl DeviceState {
         self.function.restore_msix(&img.msix)?;
 
         // virtio common configuration; device_status by replaying the init sequence.
-        let v = &img.virtio;
-        self.device_feature_select = v.device_feature_select;
-        self.driver_feature_select = v.driver_feature_select;
-        self.driver_features = v.driver_features;
-        let (driver, offered) = (v.driver_features, self.offered());
-        let mut cur = 0u8;
-        for bit in [
-            st::ACKNOWLEDGE,
-            st::DRIVER,
-            st::FEATURES_OK,
-            st::DRIVER_OK,
-            st::FAILED,
-        ] {
-            if v.status & bit == 0 {
-                continue;
-            }
-            cur |= bit;
-            match self
-                .status
-                .write(cur, || validate_features(driver, offered).is_ok())
-            {
-                StatusChange::Rejected | StatusChange::FeaturesRefused => {
-                    return Err(invalid(
-                        "device_status",
-                        format!("{:#x} is not reachable by a driver", v.status),
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if v.status & st::DEVICE_NEEDS_RESET != 0 {
-            self.status.set_needs_reset();
-        }
-        if self.status.value() != v.status {
-            return Err(invalid(
-                "device_status",
-                format!("{:#x} has bits no driver sets", v.status),
-            ));
-        }
-        self.negotiated = v.negotiated;
-        self.config_msix_vector = v.config_msix_vector;
-        self.queue_select = v.queue_select;
-        self.isr = v.isr;
-        self.config_generation = v.config_generation;
+        self.common.restore(&img.virtio)?;
 
         // virtio-net.
         let n = &img.net;

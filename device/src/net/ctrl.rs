@@ -123,7 +123,7 @@ impl DeviceState {
                 if self.has(bits::CTRL_MAC_ADDR) && data.len() == 6 =>
             {
                 self.net.mac.copy_from_slice(data);
-                self.config_generation = self.config_generation.wrapping_add(1);
+                self.common.bump_generation();
                 true
             }
             // 5.1.6.5.4: ANNOUNCE_ACK clears VIRTIO_NET_S_ANNOUNCE.
@@ -132,7 +132,7 @@ impl DeviceState {
             {
                 if self.net.status & net_status::ANNOUNCE != 0 {
                     self.net.status &= !net_status::ANNOUNCE;
-                    self.config_generation = self.config_generation.wrapping_add(1);
+                    self.common.bump_generation();
                 }
                 true
             }

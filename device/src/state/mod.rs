@@ -1,6 +1,7 @@
 //! The device's mutable state and its register semantics (everything behind the device lock).
 
 mod access;
+pub mod common_cfg;
 pub mod lm_block;
 pub mod pci_function;
 mod queue_slot;
@@ -14,12 +15,13 @@ use crate::port::{Port, RxInbox};
 use crate::queue::chain::{Chain, Desc, RingSetup};
 use crate::queue::Ring;
 use crate::quirks::Quirk;
-use crate::transport::{validate_features, StatusChange, StatusMachine};
+use crate::transport::StatusChange;
 use access::{mask, merge, put, to_u64};
 use bar_registers::model::{Access, Decoded, Register};
 use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
 use bar_registers::virtio::{offered_mask, NO_VECTOR};
 use bar_registers::DeviceLayout;
+use common_cfg::{CommonCfg, CommonRead, CommonWrite};
 use dma::DmaEngine;
 use lm_block::{LmBlock, LmRead, LmWrite};
 use pci_function::{PciFunction, Raised};
@@ -66,16 +68,8 @@ pub struct DeviceState {
     pub layout: Arc<DeviceLayout>,
     pub cfg: DeviceConfig,
     pub function: PciFunction,
-    pub status: StatusMachine,
-    pub device_feature_select: u32,
-    pub driver_feature_select: u32,
-    pub driver_features: u64,
-    pub negotiated: u64,
-    pub config_msix_vector: u16,
-    pub queue_select: u16,
+    pub common: CommonCfg,
     pub queues: Vec<QueueSlot>,
-    pub isr: u8,
-    pub config_generation: u8,
     pub net: NetState,
     pub lm: LmBlock,
     pub dma: DmaEngine,
@@ -90,6 +84,19 @@ pub struct DeviceState {
     /// Paused (migration STOP, see snapshot.rs): no queue is serviced and no DMA is done;
     /// doorbells and inbox frames wait for the resume.
     pub paused: bool,
+}
+
+/// Feature bits a device with this configuration offers (the declared set, less what a quirk
+/// or the configuration removes).
+fn offered(cfg: &DeviceConfig) -> u64 {
+    let mut m = offered_mask();
+    if cfg.quirks.has(Quirk::NoGuestAnnounce) {
+        m &= !(1u64 << bits::GUEST_ANNOUNCE);
+    }
+    if !cfg.offer_packed {
+        m &= !(1u64 << bits::RING_PACKED);
+    }
+    m
 }
 
 impl DeviceState {
@@ -108,18 +115,10 @@ impl DeviceState {
         }
         DeviceState {
             function: PciFunction::new(&layout, cfg.msix_owner, sink),
-            status: StatusMachine::default(),
-            device_feature_select: 0,
-            driver_feature_select: 0,
-            driver_features: 0,
-            negotiated: 0,
-            config_msix_vector: NO_VECTOR,
-            queue_select: 0,
+            common: CommonCfg::new(offered(&cfg), nq, layout.msix_vectors),
             queues: (0..nq)
                 .map(|_| QueueSlot::new(cfg.layout.queue_size_max))
                 .collect(),
-            isr: 0,
-            config_generation: 0,
             net: NetState::new(cfg.layout.mac),
             lm: LmBlock::new(cfg.layout.lm_layout, nq),
             dma,
@@ -141,14 +140,7 @@ impl DeviceState {
 
     /// Feature bits this device offers (the declared set, less what a quirk removes).
     pub fn offered(&self) -> u64 {
-        let mut m = offered_mask();
-        if self.cfg.quirks.has(Quirk::NoGuestAnnounce) {
-            m &= !(1u64 << bits::GUEST_ANNOUNCE);
-        }
-        if !self.cfg.offer_packed {
-            m &= !(1u64 << bits::RING_PACKED);
-        }
-        m
+        self.common.offered()
     }
 
     /// Whether a quirk is on.
@@ -158,7 +150,7 @@ impl DeviceState {
 
     /// Whether feature `bit` was negotiated.
     pub fn has(&self, bit: u32) -> bool {
-        self.negotiated & (1u64 << bit) != 0
+        self.common.has(bit)
     }
 
     // ---------------------------------------------------------------- reset
@@ -169,19 +161,11 @@ impl DeviceState {
     pub fn virtio_reset(&mut self) {
         let _span = tracing::debug_span!("virtio_reset").entered();
         let _ = self.dma.flush_log();
-        self.status.reset();
-        self.device_feature_select = 0;
-        self.driver_feature_select = 0;
-        self.driver_features = 0;
-        self.negotiated = 0;
-        self.config_msix_vector = NO_VECTOR;
-        self.queue_select = 0;
+        self.common.reset();
         let size = self.cfg.layout.queue_size_max;
         for q in &mut self.queues {
             *q = QueueSlot::new(size);
         }
-        self.isr = 0;
-        self.config_generation = 0;
         self.function.intx_line_low();
         self.net = NetState::new(self.cfg.layout.mac);
         self.lm.reset();
@@ -211,20 +195,20 @@ impl DeviceState {
         tracing::warn!(%fault, "device needs reset");
         self.counters.needs_reset += 1;
         self.fault = Some(fault);
-        self.status.set_needs_reset();
+        self.common.set_needs_reset();
         self.config_interrupt();
     }
 
     /// Raises the configuration change interrupt (4.1.4.5: ISR bit 1 and the config vector).
     pub fn config_interrupt(&mut self) {
         self.counters.config_interrupts += 1;
-        self.isr |= isr::CONFIG;
-        self.raise(self.config_msix_vector);
+        self.common.raise_isr(isr::CONFIG);
+        self.raise(self.common.config_msix_vector());
     }
 
     /// Raises queue `q`'s interrupt.
     pub fn queue_interrupt(&mut self, q: u16) {
-        self.isr |= isr::QUEUE;
+        self.common.raise_isr(isr::QUEUE);
         self.counters.queues[usize::from(q)].interrupts += 1;
         let v = self.queues[usize::from(q)].msix_vector;
         self.raise(v);
@@ -313,8 +297,7 @@ impl DeviceState {
             self.common_read(w - r)
         } else if layout.isr.contains(bar, off).is_some() {
             // 4.1.4.5.1: reading ISR clears it and deasserts INTx.
-            let v = self.isr;
-            self.isr = 0;
+            let v = self.common.take_isr();
             self.function.intx_deassert();
             v.into()
         } else if let Some(w) = layout.device_cfg.contains(bar, off) {
@@ -368,96 +351,50 @@ impl DeviceState {
 
     // ---------------------------------------------------------------- common cfg
 
-    fn selected(&self) -> Option<usize> {
-        let q = usize::from(self.queue_select);
-        (q < self.queues.len()).then_some(q)
+    fn common_read(&mut self, reg: u64) -> u64 {
+        match self.common.read(reg) {
+            CommonRead::Value(v) => v,
+            CommonRead::Queue(q) => self.queue_read(q, reg),
+        }
     }
 
-    fn common_read(&mut self, reg: u64) -> u64 {
+    /// A queue register of queue `q` (4.1.4.3).
+    fn queue_read(&mut self, q: u16, reg: u64) -> u64 {
+        let slot = &mut self.queues[usize::from(q)];
         match reg {
-            common::DEVICE_FEATURE_SELECT => self.device_feature_select.into(),
-            common::DEVICE_FEATURE => match self.device_feature_select {
-                0 => self.offered() & 0xFFFF_FFFF,
-                1 => self.offered() >> 32,
-                _ => 0,
-            },
-            common::DRIVER_FEATURE_SELECT => self.driver_feature_select.into(),
-            common::DRIVER_FEATURE => match self.driver_feature_select {
-                0 => self.driver_features & 0xFFFF_FFFF,
-                1 => self.driver_features >> 32,
-                _ => 0,
-            },
-            common::CONFIG_MSIX_VECTOR => self.config_msix_vector.into(),
-            common::NUM_QUEUES => self.layout.num_queues.into(),
-            common::DEVICE_STATUS => self.status.value().into(),
-            common::CONFIG_GENERATION => self.config_generation.into(),
-            common::QUEUE_SELECT => self.queue_select.into(),
-            _ => {
-                let Some(q) = self.selected() else {
-                    // 4.1.4.3: queue_size reads 0 for a queue that does not exist.
-                    return 0;
-                };
-                let slot = &mut self.queues[q];
-                match reg {
-                    common::QUEUE_SIZE => slot.size.into(),
-                    common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
-                    common::QUEUE_ENABLE => match &mut slot.state {
-                        QueueState::Enabled(_) => 1,
-                        QueueState::Disabled => 0,
-                        QueueState::Stopping { reads_left } => {
-                            if *reads_left == 0 {
-                                slot.state = QueueState::Disabled;
-                                0
-                            } else {
-                                *reads_left -= 1;
-                                1
-                            }
-                        }
-                    },
-                    common::QUEUE_NOTIFY_OFF => q as u64,
-                    common::QUEUE_DESC => slot.desc,
-                    common::QUEUE_DRIVER => slot.driver,
-                    common::QUEUE_DEVICE => slot.device,
-                    _ => 0,
+            common::QUEUE_SIZE => slot.size.into(),
+            common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
+            common::QUEUE_ENABLE => match &mut slot.state {
+                QueueState::Enabled(_) => 1,
+                QueueState::Disabled => 0,
+                QueueState::Stopping { reads_left } => {
+                    if *reads_left == 0 {
+                        slot.state = QueueState::Disabled;
+                        0
+                    } else {
+                        *reads_left -= 1;
+                        1
+                    }
                 }
-            }
+            },
+            common::QUEUE_NOTIFY_OFF => q.into(),
+            common::QUEUE_DESC => slot.desc,
+            common::QUEUE_DRIVER => slot.driver,
+            common::QUEUE_DEVICE => slot.device,
+            _ => 0,
         }
     }
 
     fn common_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
-        match reg {
-            common::DEVICE_FEATURE_SELECT => self.device_feature_select = val as u32,
-            common::DRIVER_FEATURE_SELECT => self.driver_feature_select = val as u32,
-            common::DRIVER_FEATURE => {
-                // 3.1.1: features are written before FEATURES_OK and never after it.
-                if self.status.features_ok() || self.driver_feature_select > 1 {
-                    self.counters.ignored_register_writes += 1;
-                    return;
-                }
-                let shift = 32 * self.driver_feature_select;
-                self.driver_features = (self.driver_features & !(0xFFFF_FFFFu64 << shift))
-                    | ((val & 0xFFFF_FFFF) << shift);
-            }
-            common::CONFIG_MSIX_VECTOR => {
-                // 4.1.5.1.2: an invalid vector reads back NO_VECTOR (DPDK checks for 0xFFFF).
-                let v = val as u16;
-                self.config_msix_vector = if v < self.layout.msix_vectors {
-                    v
-                } else {
-                    NO_VECTOR
-                };
-            }
-            common::DEVICE_STATUS => self.status_write(val as u8),
-            common::QUEUE_SELECT => self.queue_select = val as u16,
-            _ => self.queue_write(reg, rel, len, val),
+        match self.common.write(reg, val) {
+            CommonWrite::Done => {}
+            CommonWrite::Ignored => self.counters.ignored_register_writes += 1,
+            CommonWrite::Status(change) => self.status_changed(change),
+            CommonWrite::Queue(q) => self.queue_write(usize::from(q), reg, rel, len, val),
         }
     }
 
-    fn queue_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
-        let Some(q) = self.selected() else {
-            self.counters.ignored_register_writes += 1;
-            return;
-        };
+    fn queue_write(&mut self, q: usize, reg: u64, rel: u64, len: usize, val: u64) {
         let enabled = !matches!(self.queues[q].state, QueueState::Disabled);
         if reg == common::QUEUE_ENABLE {
             match (val as u16, enabled) {
@@ -497,18 +434,13 @@ impl DeviceState {
         }
     }
 
-    fn status_write(&mut self, v: u8) {
-        let _span = tracing::debug_span!("device_status", value = v).entered();
-        let driver = self.driver_features;
-        let offered = self.offered();
-        match self
-            .status
-            .write(v, || validate_features(driver, offered).is_ok())
-        {
+    /// What a device_status write did beyond the register.
+    fn status_changed(&mut self, change: StatusChange) {
+        let _span = tracing::debug_span!("device_status", ?change).entered();
+        match change {
             StatusChange::Reset => self.virtio_reset(),
             StatusChange::Accepted => {}
             StatusChange::FeaturesAccepted => {
-                self.negotiated = driver;
                 if self.has(bits::RING_PACKED) {
                     // 2.8.1: both wrap counters start at 1, so a packed queue's LM ring state
                     // resets to offset 0, wrap 1 (vhost-user's 0x8000) unless the driver set it.
@@ -518,14 +450,15 @@ impl DeviceState {
                         }
                     }
                 }
+                let features = self.common.negotiated();
                 tracing::debug!(
-                    features = format_args!("{driver:#x}"),
+                    features = format_args!("{features:#x}"),
                     "features negotiated"
                 );
             }
             StatusChange::FeaturesRefused => {
                 self.counters.features_refused += 1;
-                if let Err(e) = validate_features(driver, offered) {
+                if let Some(e) = self.common.feature_error() {
                     tracing::info!(%e, "FEATURES_OK refused");
                 }
             }
@@ -538,7 +471,7 @@ impl DeviceState {
     pub(crate) fn enable_queue(&mut self, q: u16) {
         let _span = tracing::debug_span!("queue_enable", queue = q).entered();
         // Queues are configured after FEATURES_OK (3.1.1 step 7): the ring format depends on them.
-        if !self.status.features_ok() {
+        if !self.common.status().features_ok() {
             self.counters.ignored_register_writes += 1;
             return;
         }
@@ -567,7 +500,7 @@ impl DeviceState {
                 slot.resumed = (avail, used);
                 slot.late_final = None;
                 slot.state = QueueState::Enabled(Box::new(ring));
-                if self.status.running() {
+                if self.common.status().running() {
                     self.service(q);
                 }
             }
@@ -617,8 +550,8 @@ impl DeviceState {
 
     /// Changes the device config and tells the driver (2.5.1 config_generation, 4.1.4.5 ISR).
     pub fn config_changed(&mut self) {
-        self.config_generation = self.config_generation.wrapping_add(1);
-        if self.status.value() & device_status::DRIVER_OK != 0 {
+        self.common.bump_generation();
+        if self.common.status().value() & device_status::DRIVER_OK != 0 {
             self.config_interrupt();
         }
     }
@@ -682,7 +615,7 @@ impl DeviceState {
     /// A doorbell for queue `q`.
     pub fn doorbell(&mut self, q: u16) {
         self.counters.queues[usize::from(q)].doorbells += 1;
-        if !self.status.running()
+        if !self.common.status().running()
             || !matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_))
         {
             self.counters.spurious_doorbells += 1;
@@ -703,7 +636,7 @@ impl DeviceState {
     /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
     /// run out).
     pub fn service(&mut self, q: u16) {
-        if !self.status.running() || self.paused {
+        if !self.common.status().running() || self.paused {
             return;
         }
         if !self.function.bus_master() {
@@ -746,7 +679,7 @@ impl DeviceState {
 
     /// Delivers waiting frames if the device can take them.
     pub fn service_inbox(&mut self) {
-        if self.status.running()
+        if self.common.status().running()
             && !self.paused
             && self.function.bus_master()
             && !self.inbox.is_empty()
