@@ -123,7 +123,7 @@ impl Device {
 
     /// Connects the device to a port.
     pub fn set_port(&self, port: Arc<dyn Port>) {
-        self.with(|s| s.port = port);
+        self.with(|s| s.engine.set_port(port));
     }
 
     /// Loops the device's transmit side back into its own receive side.
@@ -138,7 +138,7 @@ impl Device {
 
     /// Records every page the device writes, independently of the dirty log.
     pub fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
-        self.with(|s| s.dma.set_write_trace(trace));
+        self.with(|s| s.engine.dma_mut().set_write_trace(trace));
     }
 
     /// Function level reset (vfio DEVICE_RESET). A paused device runs again (reset).
@@ -146,7 +146,7 @@ impl Device {
         self.with(|s| {
             s.function_reset();
             s.paused = false;
-            s.dma.sync_space();
+            s.engine.dma_mut().sync_space();
         });
     }
 
@@ -211,17 +211,17 @@ impl Device {
 
     /// Bus accounting snapshot.
     pub fn bus_stats(&self) -> BusStats {
-        self.state.lock().dma.bus_stats().clone()
+        self.state.lock().engine.dma().bus_stats().clone()
     }
 
     /// IOMMU counters.
     pub fn iommu_stats(&self) -> IommuStats {
-        *self.state.lock().dma.iommu_stats()
+        *self.state.lock().engine.dma().iommu_stats()
     }
 
     /// Dirty-log counters.
     pub fn log_stats(&self) -> LogStats {
-        *self.state.lock().dma.log_stats()
+        *self.state.lock().engine.dma().log_stats()
     }
 
     /// The fault that put the device in DEVICE_NEEDS_RESET, if any.
@@ -241,13 +241,13 @@ impl Device {
 
     /// Queue pairs in use for RX steering.
     pub fn active_queue_pairs(&self) -> u16 {
-        self.state.lock().net.curr_pairs
+        self.state.lock().engine.net().curr_pairs
     }
 
     /// Queue `q`'s state.
     pub fn queue(&self, q: u16) -> Option<QueueSnapshot> {
         let s = self.state.lock();
-        let slot = s.queues.get(usize::from(q))?;
+        let slot = s.engine.queue(q)?;
         let (last_avail, last_used) = slot.ring_state();
         Some(QueueSnapshot {
             enabled: matches!(slot.state, QueueState::Enabled(_)),
@@ -378,13 +378,13 @@ impl DmaMapper for Device {
         let _span =
             tracing::debug_span!("dma_unmap", iova = format_args!("{iova:#x}"), size).entered();
         let r = self.space.unmap(iova, size);
-        self.with(|s| s.dma.sync_space());
+        self.with(|s| s.engine.dma_mut().sync_space());
         r
     }
 
     fn dma_unmap_all(&self) -> u64 {
         let n = self.space.unmap_all();
-        self.with(|s| s.dma.sync_space());
+        self.with(|s| s.engine.dma_mut().sync_space());
         n
     }
 }

@@ -658,13 +658,11 @@ impl DeviceState {
         if self.paused {
             return;
         }
-        for q in 0..self.queues.len() {
-            if let QueueState::Enabled(ring) = &mut self.queues[q].state {
-                let res = ring.flush_used(&mut self.dma);
-                self.check(res);
-            }
+        for q in 0..self.engine.num_queues() {
+            let res = self.engine.flush(q);
+            self.check(res);
         }
-        if let Err(f) = self.dma.flush_log() {
+        if let Err(f) = self.engine.dma_mut().flush_log() {
             self.fail(crate::fault::DeviceFault::LogDma(f));
         }
         self.paused = true;
@@ -687,7 +685,7 @@ impl DeviceState {
     /// receive FIFO are copied, not taken: a source whose migration is cancelled still has them.
     pub(crate) fn save(&self) -> Vec<u8> {
         let mut w = Writer {
-            out: Vec::with_capacity(8192 + self.inbox.len() * 1600),
+            out: Vec::with_capacity(8192 + self.engine.inbox().len() * 1600),
         };
         w.bytes(&MAGIC);
         w.u32(VERSION);
@@ -709,8 +707,8 @@ impl DeviceState {
         w.section(tag::MSIX, |w| self.function.save_msix(w));
         w.section(tag::VIRTIO, |w| self.common.save(w));
         w.section(tag::QUEUES, |w| {
-            w.u16(self.queues.len() as u16);
-            for slot in &self.queues {
+            w.u16(self.engine.num_queues());
+            for slot in self.engine.queues() {
                 w.u16(slot.size);
                 w.u16(slot.msix_vector);
                 w.u64(slot.desc);
@@ -736,7 +734,7 @@ impl DeviceState {
             }
         });
         w.section(tag::NET, |w| {
-            let n = &self.net;
+            let n = self.engine.net();
             w.bytes(&n.mac);
             w.u16(n.status);
             w.u16(n.curr_pairs);
@@ -753,14 +751,15 @@ impl DeviceState {
         w.section(tag::INBOX, |w| {
             // Take every frame and put them back in front, newest first: frames a port pushes
             // meanwhile go to the back, so the FIFO order is kept.
-            let frames: Vec<Vec<u8>> = std::iter::from_fn(|| self.inbox.pop()).collect();
+            let inbox = self.engine.inbox();
+            let frames: Vec<Vec<u8>> = std::iter::from_fn(|| inbox.pop()).collect();
             w.u32(frames.len() as u32);
             for f in &frames {
                 w.u32(f.len() as u32);
                 w.bytes(f);
             }
             for f in frames.into_iter().rev() {
-                self.inbox.unpop(f);
+                inbox.unpop(f);
             }
         });
         let total = (w.out.len() + SECTION_HEAD + 8) as u64;
@@ -900,8 +899,7 @@ impl DeviceState {
     /// Rebuilds the (just reset) device from a checked image.
     fn apply(&mut self, img: &Image) -> Result<(), SnapshotError> {
         self.function.restore_config(&img.pci)?;
-        let (mps, mrrs) = self.function.pcie_mps_mrrs();
-        self.dma.set_pcie_limits(mps, mrrs);
+        self.sync_pcie_limits();
         self.function.restore_msix(&img.msix)?;
 
         // virtio common configuration; device_status by replaying the init sequence.
@@ -909,14 +907,15 @@ impl DeviceState {
 
         // virtio-net.
         let n = &img.net;
-        self.net.mac = n.mac;
-        self.net.status = n.status;
-        self.net.curr_pairs = n.curr_pairs;
-        self.net.promisc = n.promisc;
-        self.net.allmulti = n.allmulti;
-        self.net.uc_table = n.uc_table.clone();
-        self.net.mc_table = n.mc_table.clone();
-        self.net.flows = n.flows.clone();
+        let net = self.engine.net_mut();
+        net.mac = n.mac;
+        net.status = n.status;
+        net.curr_pairs = n.curr_pairs;
+        net.promisc = n.promisc;
+        net.allmulti = n.allmulti;
+        net.uc_table = n.uc_table.clone();
+        net.mc_table = n.mc_table.clone();
+        net.flows = n.flows.clone();
 
         // LM block: registers as saved, logging (to guest memory) on if it was.
         self.lm.restore(&img.lm);
@@ -924,7 +923,8 @@ impl DeviceState {
 
         // Queues: registers and ring states, then the enabled ones through the enable path,
         // which builds each ring at its ring state.
-        for (slot, qi) in self.queues.iter_mut().zip(&img.queues) {
+        for (q, qi) in (0..).zip(&img.queues) {
+            let slot = self.engine.queue_mut(q);
             slot.size = qi.size;
             slot.msix_vector = qi.msix_vector;
             slot.desc = qi.desc;
@@ -943,7 +943,7 @@ impl DeviceState {
                 continue;
             }
             self.enable_queue(q as u16);
-            if !matches!(self.queues[q].state, QueueState::Enabled(_)) {
+            if !self.engine.is_enabled(q as u16) {
                 let detail = self.fault.as_ref().map_or_else(
                     || "the device ignored queue_enable".to_string(),
                     ToString::to_string,
@@ -953,19 +953,19 @@ impl DeviceState {
                     detail,
                 });
             }
-            self.queues[q].resumed = qi.resumed;
+            self.engine.queue_mut(q as u16).resumed = qi.resumed;
         }
 
         // The receive FIFO, oldest first.
         for f in &img.inbox {
-            if !self.inbox.push(f) {
+            if !self.engine.inbox().push(f) {
                 return Err(SnapshotError::InboxOverflow {
                     frames: img.inbox.len(),
                     capacity: self.cfg.rx_backlog,
                 });
             }
         }
-        self.dma.sync_space();
+        self.engine.dma_mut().sync_space();
         Ok(())
     }
 }

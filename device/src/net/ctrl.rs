@@ -1,10 +1,11 @@
 //! The control virtqueue (virtio 1.2 5.1.6.5): `{u8 class; u8 command; data[]; u8 ack}` with
 //! the ack in the first device-writable byte.
 
+use super::engine::{Datapath, NetEngine};
 use super::MAX_CTRL_CHAIN;
 use crate::fault::DeviceFault;
-use crate::queue::split::ChainKind;
-use crate::state::{DeviceState, QueueState};
+use crate::queue::chain::ChainKind;
+use crate::state::QueueState;
 use bar_registers::virtio::{bits, net_status};
 use dma::DmaKind;
 use virtio_bindings::virtio_net::{
@@ -23,11 +24,15 @@ fn ack_byte(ok: bool) -> u8 {
     }
 }
 
-impl DeviceState {
+impl NetEngine {
     /// Drains the control queue.
-    pub(crate) fn service_ctrl(&mut self, q: u16) -> Result<(), DeviceFault> {
+    pub(crate) fn service_ctrl(
+        &mut self,
+        q: u16,
+        dp: &mut Datapath<'_>,
+    ) -> Result<(), DeviceFault> {
         loop {
-            let DeviceState {
+            let NetEngine {
                 queues,
                 dma,
                 chain,
@@ -63,11 +68,11 @@ impl DeviceState {
                 return Err(DeviceFault::CtrlNoStatus { queue: q });
             };
             let cmd = std::mem::take(&mut self.buf);
-            let ack = self.ctrl_command(&cmd);
+            let ack = self.ctrl_command(&cmd, dp);
             self.buf = cmd;
-            self.counters.ctrl_commands += 1;
+            dp.counters.ctrl_commands += 1;
             if ack != ack_byte(true) {
-                self.counters.ctrl_errors += 1;
+                dp.counters.ctrl_errors += 1;
             }
             let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
                 return Ok(());
@@ -76,18 +81,18 @@ impl DeviceState {
                 .write(ack_addr, &[ack], DmaKind::PacketWrite)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             ring.push_used(head, 1);
-            self.counters.queues[usize::from(q)].chains += 1;
+            dp.counters.queues[usize::from(q)].chains += 1;
             ring.flush_used(&mut self.dma)?;
             if ring.interrupt_decision(&mut self.dma)? {
-                self.queue_interrupt(q);
+                dp.interrupts.push(q);
             } else {
-                self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+                dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
             }
         }
     }
 
     /// Executes one command; returns the ack byte.
-    fn ctrl_command(&mut self, cmd: &[u8]) -> u8 {
+    fn ctrl_command(&mut self, cmd: &[u8], dp: &mut Datapath<'_>) -> u8 {
         let (Some(&class), Some(&command)) = (cmd.first(), cmd.get(1)) else {
             return ack_byte(false);
         };
@@ -98,7 +103,7 @@ impl DeviceState {
             (
                 VIRTIO_NET_CTRL_RX,
                 c @ (VIRTIO_NET_CTRL_RX_PROMISC | VIRTIO_NET_CTRL_RX_ALLMULTI),
-            ) if self.has(bits::CTRL_RX) && data.len() == 1 => {
+            ) if dp.has(bits::CTRL_RX) && data.len() == 1 => {
                 let on = data[0] != 0;
                 if c == VIRTIO_NET_CTRL_RX_PROMISC {
                     self.net.promisc = on;
@@ -108,7 +113,7 @@ impl DeviceState {
                 true
             }
             // 5.1.6.5.2: MAC_TABLE_SET: two {le32 entries; u8 macs[entries][6]} tables.
-            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) if self.has(bits::CTRL_RX) => {
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) if dp.has(bits::CTRL_RX) => {
                 match parse_mac_tables(data) {
                     Some((uc, mc)) => {
                         self.net.uc_table = uc;
@@ -120,28 +125,28 @@ impl DeviceState {
             }
             // MAC_ADDR_SET: six bytes; the config space mac follows.
             (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET)
-                if self.has(bits::CTRL_MAC_ADDR) && data.len() == 6 =>
+                if dp.has(bits::CTRL_MAC_ADDR) && data.len() == 6 =>
             {
                 self.net.mac.copy_from_slice(data);
-                self.common.bump_generation();
+                dp.config_changes += 1;
                 true
             }
             // 5.1.6.5.4: ANNOUNCE_ACK clears VIRTIO_NET_S_ANNOUNCE.
             (VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK)
-                if self.has(bits::GUEST_ANNOUNCE) =>
+                if dp.has(bits::GUEST_ANNOUNCE) =>
             {
                 if self.net.status & net_status::ANNOUNCE != 0 {
                     self.net.status &= !net_status::ANNOUNCE;
-                    self.common.bump_generation();
+                    dp.config_changes += 1;
                 }
                 true
             }
             // 5.1.6.5.5: VQ_PAIRS_SET, le16 in 1..=max_virtqueue_pairs.
             (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET)
-                if self.has(bits::MQ) && data.len() == 2 =>
+                if dp.has(bits::MQ) && data.len() == 2 =>
             {
                 let n = u16::from_le_bytes([data[0], data[1]]);
-                if (1..=self.cfg.layout.queue_pairs).contains(&n) {
+                if (1..=self.params.queue_pairs).contains(&n) {
                     self.net.curr_pairs = n;
                     true
                 } else {

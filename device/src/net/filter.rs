@@ -1,7 +1,7 @@
 //! RX filtering (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table) and automatic receive steering
 //! (5.1.6.5.6.1: packets of a flow go to the RX queue of the pair that last transmitted it).
 
-use crate::state::{NetState, FLOW_BUCKETS};
+use super::engine::{NetState, FLOW_BUCKETS};
 
 /// A symmetric flow hash over MACs, ethertype and (for IPv4) addresses and ports, so both
 /// directions of a flow land in the same bucket.

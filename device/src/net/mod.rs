@@ -2,6 +2,7 @@
 //! queue, RX filtering and steering.
 
 pub mod ctrl;
+pub mod engine;
 pub mod filter;
 pub mod rx;
 pub mod tx;

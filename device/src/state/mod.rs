@@ -1,6 +1,6 @@
 //! The device's mutable state and its register semantics (everything behind the device lock).
 
-mod access;
+pub(crate) mod access;
 pub mod common_cfg;
 pub mod lm_block;
 pub mod pci_function;
@@ -10,16 +10,15 @@ use crate::config::DeviceConfig;
 use crate::counters::{DeviceCounters, QueueCounters};
 use crate::fault::DeviceFault;
 use crate::interrupt::InterruptSink;
+use crate::net::engine::{Datapath, NetEngine};
 use crate::pci::ConfigEffect;
 use crate::port::{Port, RxInbox};
-use crate::queue::chain::{Chain, Desc, RingSetup};
-use crate::queue::Ring;
 use crate::quirks::Quirk;
 use crate::transport::StatusChange;
-use access::{mask, merge, put, to_u64};
+use access::{mask, put, to_u64};
 use bar_registers::model::{Access, Decoded, Register};
+use bar_registers::virtio::offered_mask;
 use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
-use bar_registers::virtio::{offered_mask, NO_VECTOR};
 use bar_registers::DeviceLayout;
 use common_cfg::{CommonCfg, CommonRead, CommonWrite};
 use dma::DmaEngine;
@@ -28,59 +27,23 @@ use pci_function::{PciFunction, Raised};
 pub use queue_slot::{QueueSlot, QueueState};
 use std::sync::Arc;
 
-/// virtio-net device state beyond registers: config fields, RX mode, steering.
-#[derive(Debug)]
-pub struct NetState {
-    pub mac: [u8; 6],
-    pub status: u16,
-    /// Queue pairs in use (1 until VQ_PAIRS_SET, 5.1.6.5.5).
-    pub curr_pairs: u16,
-    pub promisc: bool,
-    pub allmulti: bool,
-    pub uc_table: Vec<[u8; 6]>,
-    pub mc_table: Vec<[u8; 6]>,
-    /// Automatic receive steering (5.1.6.5.6.1): flow hash bucket -> last TX queue pair.
-    pub flows: Vec<u16>,
-}
-
-pub const FLOW_BUCKETS: usize = 1024;
-
+pub use crate::net::engine::{NetState, FLOW_BUCKETS};
 /// A packed queue's LM ring state index at reset: offset 0, wrap counter 1 (2.8.1).
 pub use bar_registers::ring::PACKED_RESET_INDEX;
 
-impl NetState {
-    fn new(mac: [u8; 6]) -> Self {
-        NetState {
-            mac,
-            status: net_status::LINK_UP,
-            curr_pairs: 1,
-            promisc: true,
-            allmulti: true,
-            uc_table: Vec::new(),
-            mc_table: Vec::new(),
-            flows: vec![u16::MAX; FLOW_BUCKETS],
-        }
-    }
-}
-
-/// All device state.
+/// All device state: the parts, the counters, the fault and the paused flag.
 pub struct DeviceState {
     pub layout: Arc<DeviceLayout>,
     pub cfg: DeviceConfig,
     pub function: PciFunction,
     pub common: CommonCfg,
-    pub queues: Vec<QueueSlot>,
-    pub net: NetState,
     pub lm: LmBlock,
-    pub dma: DmaEngine,
-    pub port: Arc<dyn Port>,
-    pub inbox: Arc<RxInbox>,
+    pub engine: NetEngine,
     pub counters: DeviceCounters,
     /// The first fault since the last reset (DEVICE_NEEDS_RESET is set while this is Some).
     pub fault: Option<DeviceFault>,
-    pub chain: Chain,
-    pub rx_descs: Vec<Desc>,
-    pub buf: Vec<u8>,
+    /// Queues whose interrupt a service call left to raise (reused between calls).
+    interrupts: Vec<u16>,
     /// Paused (migration STOP, see snapshot.rs): no queue is serviced and no DMA is done;
     /// doorbells and inbox frames wait for the resume.
     pub paused: bool,
@@ -109,29 +72,17 @@ impl DeviceState {
         sink: Arc<dyn InterruptSink>,
     ) -> Self {
         let nq = layout.num_queues;
-        let mut dma = dma;
-        if cfg.quirks.has(Quirk::LogSkipsUsedRing) {
-            dma.set_unlogged_kinds(&[dma::DmaKind::RingWrite]);
-        }
         DeviceState {
             function: PciFunction::new(&layout, cfg.msix_owner, sink),
             common: CommonCfg::new(offered(&cfg), nq, layout.msix_vectors),
-            queues: (0..nq)
-                .map(|_| QueueSlot::new(cfg.layout.queue_size_max))
-                .collect(),
-            net: NetState::new(cfg.layout.mac),
             lm: LmBlock::new(cfg.layout.lm_layout, nq),
-            dma,
-            port,
-            inbox,
+            engine: NetEngine::new(&cfg, nq, layout.ctrl_queue(), dma, port, inbox),
             counters: DeviceCounters {
                 queues: vec![QueueCounters::default(); nq.into()],
                 ..Default::default()
             },
             fault: None,
-            chain: Chain::default(),
-            rx_descs: Vec::new(),
-            buf: Vec::with_capacity(65 * 1024),
+            interrupts: Vec::new(),
             paused: false,
             layout,
             cfg,
@@ -160,18 +111,12 @@ impl DeviceState {
     /// (they belong to the PCI function, reset only by FLR).
     pub fn virtio_reset(&mut self) {
         let _span = tracing::debug_span!("virtio_reset").entered();
-        let _ = self.dma.flush_log();
+        let dropped = self.engine.reset();
         self.common.reset();
-        let size = self.cfg.layout.queue_size_max;
-        for q in &mut self.queues {
-            *q = QueueSlot::new(size);
-        }
         self.function.intx_line_low();
-        self.net = NetState::new(self.cfg.layout.mac);
         self.lm.reset();
-        self.dma.set_logging(None);
         self.fault = None;
-        self.counters.rx_dropped_reset += self.inbox.clear() as u64;
+        self.counters.rx_dropped_reset += dropped as u64;
         self.counters.resets += 1;
     }
 
@@ -179,8 +124,13 @@ impl DeviceState {
     pub fn function_reset(&mut self) {
         self.virtio_reset();
         self.function.reset();
+        self.sync_pcie_limits();
+    }
+
+    /// Device Control's MPS / MRRS feed the bus model's TLP sizes.
+    pub(crate) fn sync_pcie_limits(&mut self) {
         let (mps, mrrs) = self.function.pcie_mps_mrrs();
-        self.dma.set_pcie_limits(mps, mrrs);
+        self.engine.dma_mut().set_pcie_limits(mps, mrrs);
     }
 
     // ---------------------------------------------------------------- faults and interrupts
@@ -210,7 +160,7 @@ impl DeviceState {
     pub fn queue_interrupt(&mut self, q: u16) {
         self.common.raise_isr(isr::QUEUE);
         self.counters.queues[usize::from(q)].interrupts += 1;
-        let v = self.queues[usize::from(q)].msix_vector;
+        let v = self.engine.queues()[usize::from(q)].msix_vector;
         self.raise(v);
     }
 
@@ -247,9 +197,7 @@ impl DeviceState {
                 }
             }
         }
-        // Device Control's MPS / MRRS feed the bus model's TLP sizes.
-        let (mps, mrrs) = self.function.pcie_mps_mrrs();
-        self.dma.set_pcie_limits(mps, mrrs);
+        self.sync_pcie_limits();
     }
 
     // ---------------------------------------------------------------- BAR dispatch
@@ -354,34 +302,7 @@ impl DeviceState {
     fn common_read(&mut self, reg: u64) -> u64 {
         match self.common.read(reg) {
             CommonRead::Value(v) => v,
-            CommonRead::Queue(q) => self.queue_read(q, reg),
-        }
-    }
-
-    /// A queue register of queue `q` (4.1.4.3).
-    fn queue_read(&mut self, q: u16, reg: u64) -> u64 {
-        let slot = &mut self.queues[usize::from(q)];
-        match reg {
-            common::QUEUE_SIZE => slot.size.into(),
-            common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
-            common::QUEUE_ENABLE => match &mut slot.state {
-                QueueState::Enabled(_) => 1,
-                QueueState::Disabled => 0,
-                QueueState::Stopping { reads_left } => {
-                    if *reads_left == 0 {
-                        slot.state = QueueState::Disabled;
-                        0
-                    } else {
-                        *reads_left -= 1;
-                        1
-                    }
-                }
-            },
-            common::QUEUE_NOTIFY_OFF => q.into(),
-            common::QUEUE_DESC => slot.desc,
-            common::QUEUE_DRIVER => slot.driver,
-            common::QUEUE_DEVICE => slot.device,
-            _ => 0,
+            CommonRead::Queue(q) => self.engine.queue_read(q, reg),
         }
     }
 
@@ -390,47 +311,30 @@ impl DeviceState {
             CommonWrite::Done => {}
             CommonWrite::Ignored => self.counters.ignored_register_writes += 1,
             CommonWrite::Status(change) => self.status_changed(change),
-            CommonWrite::Queue(q) => self.queue_write(usize::from(q), reg, rel, len, val),
+            CommonWrite::Queue(q) => self.queue_write(q, reg, rel, len, val),
         }
     }
 
-    fn queue_write(&mut self, q: usize, reg: u64, rel: u64, len: usize, val: u64) {
-        let enabled = !matches!(self.queues[q].state, QueueState::Disabled);
+    fn queue_write(&mut self, q: u16, reg: u64, rel: u64, len: usize, val: u64) {
+        let enabled = !matches!(
+            self.engine.queues()[usize::from(q)].state,
+            QueueState::Disabled
+        );
         if reg == common::QUEUE_ENABLE {
             match (val as u16, enabled) {
-                (1, false) => self.enable_queue(q as u16),
-                (0, true) => self.disable_queue(q as u16),
+                (1, false) => self.enable_queue(q),
+                (0, true) => self.disable_queue(q),
                 _ => self.counters.ignored_register_writes += 1,
             }
             return;
         }
-        // 4.1.4.3.2: the driver MUST NOT change queue configuration while the queue is enabled.
-        if enabled && reg != common::QUEUE_MSIX_VECTOR {
-            self.counters.ignored_register_writes += 1;
-            return;
-        }
-        let nvec = self.layout.msix_vectors;
-        let max = self.cfg.layout.queue_size_max;
         let packed = self.has(bits::RING_PACKED);
-        let slot = &mut self.queues[q];
-        match reg {
-            common::QUEUE_SIZE => {
-                let v = val as u16;
-                // 2.7: a split queue's size is a power of two; 2.8: a packed one's need not be.
-                if v == 0 || v > max || (!packed && !v.is_power_of_two()) {
-                    self.counters.ignored_register_writes += 1;
-                } else {
-                    slot.size = v;
-                }
-            }
-            common::QUEUE_MSIX_VECTOR => {
-                let v = val as u16;
-                slot.msix_vector = if v < nvec { v } else { NO_VECTOR };
-            }
-            common::QUEUE_DESC => slot.desc = merge(slot.desc, rel, len, val),
-            common::QUEUE_DRIVER => slot.driver = merge(slot.driver, rel, len, val),
-            common::QUEUE_DEVICE => slot.device = merge(slot.device, rel, len, val),
-            _ => self.counters.ignored_register_writes += 1,
+        let nvec = self.layout.msix_vectors;
+        if !self
+            .engine
+            .queue_write(q, reg, (rel, len), val, packed, nvec)
+        {
+            self.counters.ignored_register_writes += 1;
         }
     }
 
@@ -442,13 +346,7 @@ impl DeviceState {
             StatusChange::Accepted => {}
             StatusChange::FeaturesAccepted => {
                 if self.has(bits::RING_PACKED) {
-                    // 2.8.1: both wrap counters start at 1, so a packed queue's LM ring state
-                    // resets to offset 0, wrap 1 (vhost-user's 0x8000) unless the driver set it.
-                    for q in &mut self.queues {
-                        if q.ring_state == (0, 0) && matches!(q.state, QueueState::Disabled) {
-                            q.ring_state = (PACKED_RESET_INDEX, PACKED_RESET_INDEX);
-                        }
-                    }
+                    self.engine.packed_negotiated();
                 }
                 let features = self.common.negotiated();
                 tracing::debug!(
@@ -480,55 +378,17 @@ impl DeviceState {
             self.counters.ignored_register_writes += 1;
             return;
         }
-        let slot = &self.queues[usize::from(q)];
-        let (avail, used) = slot.ring_state;
-        let setup = RingSetup {
-            queue: q,
-            size: slot.size,
-            desc: slot.desc,
-            avail: slot.driver,
-            used: slot.device,
-            last_avail: avail,
-            last_used: used,
-            event_idx: self.has(bits::EVENT_IDX),
-            indirect: self.has(bits::INDIRECT_DESC),
-        };
-        match Ring::new(setup, self.has(bits::RING_PACKED)) {
-            Ok(mut ring) => {
-                ring.set_ignore_used_event(self.quirk(Quirk::IgnoresEventIdx));
-                let slot = &mut self.queues[usize::from(q)];
-                slot.resumed = (avail, used);
-                slot.late_final = None;
-                slot.state = QueueState::Enabled(Box::new(ring));
-                if self.common.status().running() {
-                    self.service(q);
-                }
-            }
+        match self.engine.enable(q, self.common.negotiated()) {
+            Ok(()) if self.common.status().running() => self.service(q),
+            Ok(()) => {}
             Err(f) => self.fail(f),
         }
     }
 
     fn disable_queue(&mut self, q: u16) {
         let _span = tracing::debug_span!("queue_disable", queue = q).entered();
-        let slot = &mut self.queues[usize::from(q)];
-        if let QueueState::Enabled(ring) = &mut slot.state {
-            // In-flight work: used elements not yet published are published now, so the ring
-            // state that becomes readable equals used->idx in memory.
-            let res = ring.flush_used(&mut self.dma);
-            let last = ring.ring_state();
-            if self.cfg.quirks.has(Quirk::EarlyQueueDisable) {
-                // Bug: reads 0 at once; the ring state still shows where the queue resumed.
-                slot.ring_state = slot.resumed;
-                slot.late_final = Some((last, self.cfg.disable_latency_reads.max(1)));
-                slot.state = QueueState::Disabled;
-            } else {
-                slot.ring_state = last;
-                slot.state = QueueState::Stopping {
-                    reads_left: self.cfg.disable_latency_reads,
-                };
-            }
-            self.check(res);
-        }
+        let res = self.engine.disable(q);
+        self.check(res);
     }
 
     // ---------------------------------------------------------------- device config
@@ -536,13 +396,14 @@ impl DeviceState {
     fn net_cfg_read(&self, reg: u64, reset: u64) -> u64 {
         match reg {
             net_cfg::MAC => self
-                .net
+                .engine
+                .net()
                 .mac
                 .iter()
                 .enumerate()
                 .fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i))),
             // 5.1.4.2: without VIRTIO_NET_F_STATUS the driver assumes the link is up; we report it anyway.
-            net_cfg::STATUS => self.net.status.into(),
+            net_cfg::STATUS => self.engine.net().status.into(),
             // max_virtqueue_pairs, mtu, speed, duplex: constants, as declared.
             _ => reset,
         }
@@ -561,10 +422,9 @@ impl DeviceState {
     fn lm_read(&mut self, reg: u64, rel: u64, len: usize) -> u64 {
         match self.lm.read(reg) {
             LmRead::Value(v) => v,
-            LmRead::LoggingActive => u64::from(self.dma.logging().is_some()),
+            LmRead::LoggingActive => u64::from(self.engine.dma().logging().is_some()),
             LmRead::RingState(q) => {
-                let stale = self.quirk(Quirk::StaleUsedIdx);
-                let state = self.queues[usize::from(q)].lm_ring_state(stale);
+                let state = self.engine.lm_ring_state(q);
                 self.lm
                     .ring_state_value(state, self.has(bits::RING_PACKED), rel, len)
             }
@@ -574,11 +434,7 @@ impl DeviceState {
     fn lm_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
         match self.lm.write(reg, rel, len, val) {
             LmWrite::Logging => self.apply_logging(),
-            LmWrite::MqPairs(n) => {
-                if (1..=u32::from(self.cfg.layout.queue_pairs)).contains(&n) {
-                    self.net.curr_pairs = n as u16;
-                }
-            }
+            LmWrite::MqPairs(n) => self.engine.set_mq_pairs(n),
             LmWrite::RingState(q) => self.ring_state_write(q, rel, len, val),
             LmWrite::Ignored => self.counters.ignored_register_writes += 1,
         }
@@ -586,27 +442,22 @@ impl DeviceState {
 
     fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
         let packed = self.has(bits::RING_PACKED);
-        let slot = &mut self.queues[usize::from(q)];
-        // Writable only while the queue is disabled (the vDPA talk: "R/W vring index").
-        if !matches!(slot.state, QueueState::Disabled)
-            || self.cfg.quirks.has(Quirk::RingStateReadOnly)
-        {
+        let lm = &self.lm;
+        let written = self
+            .engine
+            .write_ring_state(q, |cur| lm.ring_state_written(cur, packed, rel, len, val));
+        if !written {
             self.counters.ignored_register_writes += 1;
-            return;
         }
-        slot.late_final = None;
-        slot.ring_state = self
-            .lm
-            .ring_state_written(slot.ring_state, packed, rel, len, val);
     }
 
     pub(crate) fn apply_logging(&mut self) {
         let cfg = self
             .lm
             .log_config(self.cfg.log_granularity, self.quirk(Quirk::LogIgnoresEnd));
-        if self.dma.logging() != cfg {
+        if self.engine.dma().logging() != cfg {
             tracing::debug!(?cfg, "dirty logging");
-            self.dma.set_logging(cfg);
+            self.engine.dma_mut().set_logging(cfg);
         }
     }
 
@@ -615,9 +466,7 @@ impl DeviceState {
     /// A doorbell for queue `q`.
     pub fn doorbell(&mut self, q: u16) {
         self.counters.queues[usize::from(q)].doorbells += 1;
-        if !self.common.status().running()
-            || !matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_))
-        {
+        if !self.common.status().running() || !self.engine.is_enabled(q) {
             self.counters.spurious_doorbells += 1;
             return;
         }
@@ -627,29 +476,66 @@ impl DeviceState {
     /// Runs every enabled queue once (DRIVER_OK, resume after restore).
     pub fn service_all(&mut self) {
         for q in 0..self.layout.num_queues {
-            if matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_)) {
+            if self.engine.is_enabled(q) {
                 self.service(q);
             }
         }
     }
 
-    /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
-    /// run out).
-    pub fn service(&mut self, q: u16) {
+    /// Whether the datapath may run: DRIVER_OK (and no failure), not paused, bus master.
+    fn datapath_runs(&mut self) -> bool {
         if !self.common.status().running() || self.paused {
-            return;
+            return false;
         }
         if !self.function.bus_master() {
             self.counters.dma_blocked_no_bus_master += 1;
-            return;
+            return false;
         }
-        let res = if q == self.layout.ctrl_queue() {
-            self.service_ctrl(q)
-        } else if q.is_multiple_of(2) {
-            self.service_rx()
-        } else {
-            self.service_tx(q).and_then(|()| self.service_rx())
+        true
+    }
+
+    /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
+    /// run out).
+    pub fn service(&mut self, q: u16) {
+        if self.datapath_runs() {
+            self.run_datapath(|engine, dp| engine.service(q, dp));
+        }
+    }
+
+    /// Delivers waiting frames if the device can take them.
+    pub fn service_inbox(&mut self) {
+        if self.common.status().running()
+            && !self.paused
+            && self.function.bus_master()
+            && !self.engine.inbox().is_empty()
+        {
+            self.run_datapath(|engine, dp| engine.service_rx(dp));
+        }
+    }
+
+    /// Runs the engine with the negotiated features, then does what it left to do: the
+    /// interrupts that became due (in order), the config changes, and the fault if it failed.
+    fn run_datapath(
+        &mut self,
+        f: impl FnOnce(&mut NetEngine, &mut Datapath<'_>) -> Result<(), DeviceFault>,
+    ) {
+        let mut interrupts = std::mem::take(&mut self.interrupts);
+        let mut dp = Datapath {
+            features: self.common.negotiated(),
+            counters: &mut self.counters,
+            interrupts: &mut interrupts,
+            config_changes: 0,
         };
+        let res = f(&mut self.engine, &mut dp);
+        let changes = dp.config_changes;
+        for _ in 0..changes {
+            self.common.bump_generation();
+        }
+        for &q in &interrupts {
+            self.queue_interrupt(q);
+        }
+        interrupts.clear();
+        self.interrupts = interrupts;
         self.check(res);
     }
 
@@ -659,45 +545,28 @@ impl DeviceState {
     pub(crate) fn check(&mut self, res: Result<(), DeviceFault>) {
         if let Err(f) = res {
             let f = match f {
-                DeviceFault::Dma { fault, .. } if self.in_log(fault.iova()) => {
+                DeviceFault::Dma { fault, .. } if self.engine.in_log(fault.iova()) => {
                     DeviceFault::LogDma(fault)
                 }
                 f => f,
             };
             self.fail(f);
         }
-        if let Some(f) = self.dma.take_log_fault() {
+        if let Some(f) = self.engine.dma_mut().take_log_fault() {
             self.fail(DeviceFault::LogDma(f));
-        }
-    }
-
-    fn in_log(&self, iova: u64) -> bool {
-        self.dma
-            .logging()
-            .is_some_and(|l| iova >= l.base && iova < l.end)
-    }
-
-    /// Delivers waiting frames if the device can take them.
-    pub fn service_inbox(&mut self) {
-        if self.common.status().running()
-            && !self.paused
-            && self.function.bus_master()
-            && !self.inbox.is_empty()
-        {
-            let res = self.service_rx();
-            self.check(res);
         }
     }
 
     /// Pokes the datapath after the link or announce state changed.
     pub fn set_link(&mut self, up: bool) {
+        let net = self.engine.net_mut();
         let s = if up {
-            self.net.status | net_status::LINK_UP
+            net.status | net_status::LINK_UP
         } else {
-            self.net.status & !net_status::LINK_UP
+            net.status & !net_status::LINK_UP
         };
-        if s != self.net.status {
-            self.net.status = s;
+        if s != net.status {
+            net.status = s;
             self.config_changed();
         }
     }
@@ -708,7 +577,7 @@ impl DeviceState {
         if !self.has(bits::GUEST_ANNOUNCE) || !self.has(bits::STATUS) {
             return false;
         }
-        self.net.status |= net_status::ANNOUNCE;
+        self.engine.net_mut().status |= net_status::ANNOUNCE;
         self.config_changed();
         true
     }
