@@ -26,6 +26,13 @@
 //! (none exist in version 1). Every critical section of version 1 must appear exactly once;
 //! `SEAL` must be last and end the stream exactly.
 //!
+//! Each section is declared, encoded, decoded, checked and restored by the part of the device
+//! that owns the state ([`SectionSpec`] constants: `IDNT` here, `PCIC` and `MSIX`
+//! [`crate::state::pci_function::PciFunction`], `VIRT` [`crate::state::common_cfg::CommonCfg`],
+//! `QUES`, `NETS` and `INBX` [`crate::net::engine::NetEngine`] (net/sections.rs), `LMRG`
+//! [`crate::state::lm_block::LmBlock`]); this module frames them. The table below is checked
+//! against those declarations by a test.
+//!
 //! | tag    | body |
 //! |--------|------|
 //! | `IDNT` | what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC [6], BAR sizes 6 x u64, rx_backlog u32 |
@@ -48,13 +55,13 @@
 //! What is not migrated: counters, the fault that caused DEVICE_NEEDS_RESET (the status bit
 //! is), the write trace, the port.
 
-use crate::net::{MAX_CTRL_CHAIN, MAX_TX_CHAIN, NET_HDR_LEN};
+use crate::net::engine::NetEngine;
+use crate::net::sections::{NetImage, QueueImage};
 use crate::state::common_cfg::{CommonCfg, CommonImage};
 use crate::state::lm_block::{LmBlock, LmImage};
 use crate::state::pci_function::{MsixImage, PciFunction};
-use crate::state::{DeviceState, QueueState, FLOW_BUCKETS};
+use crate::state::{DeviceState, FLOW_BUCKETS};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
-use bar_registers::virtio::{net_status, NO_VECTOR};
 use bar_registers::LmLayout;
 
 /// Stream magic.
@@ -67,9 +74,8 @@ pub const HEADER_LEN: usize = 24;
 const SECTION_HEAD: usize = 8;
 const CONFIG_LEN: usize = CONFIG_SPACE_SIZE as usize;
 /// Largest frame kept in the receive FIFO image (the largest frame this device transmits).
-pub const MAX_INBOX_FRAME: usize = MAX_TX_CHAIN as usize - NET_HDR_LEN;
-/// Most entries of a MAC filter table (what one control command can carry).
-const MAX_MAC_TABLE: usize = MAX_CTRL_CHAIN as usize / 6;
+pub use crate::net::sections::MAX_INBOX_FRAME;
+use crate::net::sections::MAX_MAC_TABLE;
 
 /// One section of the stream as the part of the device that owns it declares it: its tag and
 /// its body, exactly as the table in the module documentation shows it (a test checks that
@@ -95,21 +101,6 @@ pub const IDENTITY_SECTION: SectionSpec = SectionSpec {
     name: "IDNT",
     body: "what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC [6], BAR sizes 6 x u64, rx_backlog u32",
 };
-/// `QUES`.
-pub const QUEUES_SECTION: SectionSpec = SectionSpec {
-    name: "QUES",
-    body: "count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32)",
-};
-/// `NETS`.
-pub const NET_SECTION: SectionSpec = SectionSpec {
-    name: "NETS",
-    body: "mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16)",
-};
-/// `INBX`.
-pub const INBOX_SECTION: SectionSpec = SectionSpec {
-    name: "INBX",
-    body: "frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes",
-};
 /// `SEAL`: the checksum, last.
 pub const SEAL_SECTION: SectionSpec = SectionSpec {
     name: "SEAL",
@@ -123,15 +114,15 @@ pub const SECTIONS: [SectionSpec; 8] = [
     PciFunction::CONFIG_SECTION,
     PciFunction::MSIX_SECTION,
     CommonCfg::SECTION,
-    QUEUES_SECTION,
-    NET_SECTION,
+    NetEngine::QUEUES_SECTION,
+    NetEngine::NET_SECTION,
     LmBlock::SECTION,
-    INBOX_SECTION,
+    NetEngine::INBOX_SECTION,
 ];
 
 /// Section tags.
 pub mod tag {
-    use super::{SectionSpec, SEAL_SECTION, SECTIONS};
+    use super::{SEAL_SECTION, SECTIONS};
     const fn at(i: usize) -> [u8; 4] {
         SECTIONS[i].tag()
     }
@@ -155,7 +146,6 @@ pub mod tag {
     pub const SEAL: [u8; 4] = SEAL_SECTION.tag();
     /// Every critical section of version 1 but the seal, in the order they are written.
     pub const REQUIRED: [[u8; 4]; 8] = [IDENTITY, PCI, MSIX, VIRTIO, QUEUES, NET, LM, INBOX];
-    const _: [SectionSpec; 8] = SECTIONS;
 }
 
 fn tag_name(t: [u8; 4]) -> String {
@@ -363,38 +353,6 @@ struct Identity {
     rx_backlog: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum QueueKind {
-    Disabled,
-    Enabled,
-    Stopping(u32),
-}
-
-#[derive(Debug)]
-struct QueueImage {
-    size: u16,
-    msix_vector: u16,
-    desc: u64,
-    driver: u64,
-    device: u64,
-    kind: QueueKind,
-    ring_state: (u16, u16),
-    resumed: (u16, u16),
-    late_final: Option<((u16, u16), u32)>,
-}
-
-#[derive(Debug)]
-struct NetImage {
-    mac: [u8; 6],
-    status: u16,
-    curr_pairs: u16,
-    promisc: bool,
-    allmulti: bool,
-    uc_table: Vec<[u8; 6]>,
-    mc_table: Vec<[u8; 6]>,
-    flows: Vec<u16>,
-}
-
 #[derive(Debug)]
 struct Image {
     identity: Identity,
@@ -498,14 +456,14 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     }
     let mut it = r.into_iter();
     let mut next = || it.next().expect("eight readers");
-    let identity = parse_identity(&mut next())?;
+    let identity = Identity::parse(&mut next())?;
     let pci = PciFunction::parse_config(&mut next())?;
     let msix = PciFunction::parse_msix(&mut next(), identity.msix_vectors)?;
     let virtio = CommonCfg::parse(&mut next())?;
-    let queues = parse_queues(&mut next(), identity.num_queues)?;
-    let net = parse_net(&mut next())?;
+    let queues = NetEngine::parse_queues(&mut next(), identity.num_queues)?;
+    let net = NetEngine::parse_net(&mut next())?;
     let lm = LmBlock::parse(&mut next())?;
-    let inbox = parse_inbox(&mut next())?;
+    let inbox = NetEngine::parse_inbox(&mut next())?;
     Ok(Image {
         identity,
         pci,
@@ -518,116 +476,36 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     })
 }
 
-fn parse_identity(r: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
-    let id = Identity {
-        num_queues: r.u16()?,
-        queue_pairs: r.u16()?,
-        queue_size_max: r.u16()?,
-        msix_vectors: r.u16()?,
-        lm_layout: r.u8()?,
-        mtu: r.u16()?,
-        mac: r.arr()?,
-        bar_sizes: [r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?],
-        rx_backlog: r.u32()?,
-    };
-    r.finish()?;
-    Ok(id)
-}
-
-fn parse_queues(r: &mut Reader<'_>, num_queues: u16) -> Result<Vec<QueueImage>, SnapshotError> {
-    let n = r.u16()?;
-    if n != num_queues {
-        return Err(invalid(
-            "queue count",
-            format!("{n} in QUES, {num_queues} in IDNT"),
-        ));
+impl Identity {
+    /// Writes the `IDNT` body.
+    fn save(&self, w: &mut Writer) {
+        w.u16(self.num_queues);
+        w.u16(self.queue_pairs);
+        w.u16(self.queue_size_max);
+        w.u16(self.msix_vectors);
+        w.u8(self.lm_layout);
+        w.u16(self.mtu);
+        w.bytes(&self.mac);
+        self.bar_sizes.iter().for_each(|&s| w.u64(s));
+        w.u32(self.rx_backlog);
     }
-    let mut out = Vec::with_capacity(usize::from(n));
-    for q in 0..n {
-        let size = r.u16()?;
-        let msix_vector = r.u16()?;
-        let (desc, driver, device) = (r.u64()?, r.u64()?, r.u64()?);
-        let kind = r.u8()?;
-        let reads_left = r.u32()?;
-        let kind = match kind {
-            0 => QueueKind::Disabled,
-            1 => QueueKind::Enabled,
-            2 => QueueKind::Stopping(reads_left),
-            k => return Err(invalid("queue state", format!("queue {q}: {k}"))),
+
+    /// Reads an `IDNT` body.
+    fn parse(r: &mut Reader<'_>) -> Result<Identity, SnapshotError> {
+        let id = Identity {
+            num_queues: r.u16()?,
+            queue_pairs: r.u16()?,
+            queue_size_max: r.u16()?,
+            msix_vectors: r.u16()?,
+            lm_layout: r.u8()?,
+            mtu: r.u16()?,
+            mac: r.arr()?,
+            bar_sizes: [r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?],
+            rx_backlog: r.u32()?,
         };
-        let ring_state = (r.u16()?, r.u16()?);
-        let resumed = (r.u16()?, r.u16()?);
-        let late = r.bool("late_final flag")?;
-        let fin = ((r.u16()?, r.u16()?), r.u32()?);
-        out.push(QueueImage {
-            size,
-            msix_vector,
-            desc,
-            driver,
-            device,
-            kind,
-            ring_state,
-            resumed,
-            late_final: late.then_some(fin),
-        });
+        r.finish()?;
+        Ok(id)
     }
-    r.finish()?;
-    Ok(out)
-}
-
-fn parse_macs(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<[u8; 6]>, SnapshotError> {
-    let n = r.count(field, MAX_MAC_TABLE, 6)?;
-    (0..n).map(|_| r.arr()).collect()
-}
-
-fn parse_net(r: &mut Reader<'_>) -> Result<NetImage, SnapshotError> {
-    let mac = r.arr()?;
-    let status = r.u16()?;
-    let curr_pairs = r.u16()?;
-    let promisc = r.bool("promisc")?;
-    let allmulti = r.bool("allmulti")?;
-    let uc_table = parse_macs(r, "unicast MAC table")?;
-    let mc_table = parse_macs(r, "multicast MAC table")?;
-    let n = r.count("flow table", FLOW_BUCKETS, 2)?;
-    if n != FLOW_BUCKETS {
-        return Err(invalid(
-            "flow table",
-            format!("{n} buckets, this device has {FLOW_BUCKETS}"),
-        ));
-    }
-    let flows = (0..n).map(|_| r.u16()).collect::<Result<Vec<_>, _>>()?;
-    r.finish()?;
-    // LINK_UP and ANNOUNCE are the only status bits the device sets.
-    if status & !net_status::ALL != 0 {
-        return Err(invalid("net status", format!("{status:#x}")));
-    }
-    Ok(NetImage {
-        mac,
-        status,
-        curr_pairs,
-        promisc,
-        allmulti,
-        uc_table,
-        mc_table,
-        flows,
-    })
-}
-
-fn parse_inbox(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>, SnapshotError> {
-    let n = r.count("receive FIFO", usize::MAX, 4)?;
-    let mut frames = Vec::with_capacity(n.min(4096));
-    for i in 0..n {
-        let len = r.u32()? as usize;
-        if len > MAX_INBOX_FRAME {
-            return Err(invalid(
-                "receive FIFO frame",
-                format!("frame {i}: {len} bytes, at most {MAX_INBOX_FRAME}"),
-            ));
-        }
-        frames.push(r.take(len)?.to_vec());
-    }
-    r.finish()?;
-    Ok(frames)
 }
 
 // ---------------------------------------------------------------- the device side
@@ -691,77 +569,14 @@ impl DeviceState {
         w.u32(VERSION);
         w.u32(0);
         w.u64(0);
-        let id = self.identity();
-        w.section(tag::IDENTITY, |w| {
-            w.u16(id.num_queues);
-            w.u16(id.queue_pairs);
-            w.u16(id.queue_size_max);
-            w.u16(id.msix_vectors);
-            w.u8(id.lm_layout);
-            w.u16(id.mtu);
-            w.bytes(&id.mac);
-            id.bar_sizes.iter().for_each(|&s| w.u64(s));
-            w.u32(id.rx_backlog);
-        });
+        w.section(tag::IDENTITY, |w| self.identity().save(w));
         w.section(tag::PCI, |w| self.function.save_config(w));
         w.section(tag::MSIX, |w| self.function.save_msix(w));
         w.section(tag::VIRTIO, |w| self.common.save(w));
-        w.section(tag::QUEUES, |w| {
-            w.u16(self.engine.num_queues());
-            for slot in self.engine.queues() {
-                w.u16(slot.size);
-                w.u16(slot.msix_vector);
-                w.u64(slot.desc);
-                w.u64(slot.driver);
-                w.u64(slot.device);
-                let (kind, reads_left) = match &slot.state {
-                    QueueState::Disabled => (0, 0),
-                    QueueState::Enabled(_) => (1, 0),
-                    QueueState::Stopping { reads_left } => (2, *reads_left),
-                };
-                w.u8(kind);
-                w.u32(reads_left);
-                let (a, u) = slot.ring_state();
-                w.u16(a);
-                w.u16(u);
-                w.u16(slot.resumed.0);
-                w.u16(slot.resumed.1);
-                let ((fa, fu), left) = slot.late_final.unwrap_or(((0, 0), 0));
-                w.u8(slot.late_final.is_some().into());
-                w.u16(fa);
-                w.u16(fu);
-                w.u32(left);
-            }
-        });
-        w.section(tag::NET, |w| {
-            let n = self.engine.net();
-            w.bytes(&n.mac);
-            w.u16(n.status);
-            w.u16(n.curr_pairs);
-            w.u8(n.promisc.into());
-            w.u8(n.allmulti.into());
-            for t in [&n.uc_table, &n.mc_table] {
-                w.u32(t.len() as u32);
-                t.iter().for_each(|m| w.bytes(m));
-            }
-            w.u32(n.flows.len() as u32);
-            n.flows.iter().for_each(|&f| w.u16(f));
-        });
+        w.section(tag::QUEUES, |w| self.engine.save_queues(w));
+        w.section(tag::NET, |w| self.engine.save_net(w));
         w.section(tag::LM, |w| self.lm.save(w));
-        w.section(tag::INBOX, |w| {
-            // Take every frame and put them back in front, newest first: frames a port pushes
-            // meanwhile go to the back, so the FIFO order is kept.
-            let inbox = self.engine.inbox();
-            let frames: Vec<Vec<u8>> = std::iter::from_fn(|| inbox.pop()).collect();
-            w.u32(frames.len() as u32);
-            for f in &frames {
-                w.u32(f.len() as u32);
-                w.bytes(f);
-            }
-            for f in frames.into_iter().rev() {
-                inbox.unpop(f);
-            }
-        });
+        w.section(tag::INBOX, |w| self.engine.save_inbox(w));
         let total = (w.out.len() + SECTION_HEAD + 8) as u64;
         w.out[16..24].copy_from_slice(&total.to_le_bytes());
         let seal = fnv1a64(&w.out);
@@ -849,51 +664,12 @@ impl DeviceState {
                 });
             }
         }
-        if img.inbox.len() > self.cfg.rx_backlog {
-            return Err(SnapshotError::InboxOverflow {
-                frames: img.inbox.len(),
-                capacity: self.cfg.rx_backlog,
-            });
-        }
+        self.engine.check_inbox(&img.inbox)?;
         let v = &img.virtio;
         self.common.check(v)?;
-        let nvec = self.layout.msix_vectors;
-        let max = self.cfg.layout.queue_size_max;
-        for (q, qi) in img.queues.iter().enumerate() {
-            if qi.size == 0 || qi.size > max {
-                return Err(invalid(
-                    "queue size",
-                    format!("queue {q}: {} (largest {max})", qi.size),
-                ));
-            }
-            if qi.msix_vector != NO_VECTOR && qi.msix_vector >= nvec {
-                return Err(invalid(
-                    "queue msix_vector",
-                    format!("queue {q}: {} with {nvec} vectors", qi.msix_vector),
-                ));
-            }
-            if qi.kind == QueueKind::Enabled && !v.features_ok() {
-                return Err(invalid(
-                    "queue state",
-                    format!("queue {q} enabled before FEATURES_OK"),
-                ));
-            }
-        }
-        let n = &img.net;
-        let pairs = self.cfg.layout.queue_pairs;
-        if n.curr_pairs == 0 || n.curr_pairs > pairs {
-            return Err(invalid(
-                "curr_pairs",
-                format!("{} with {pairs} queue pairs", n.curr_pairs),
-            ));
-        }
-        if let Some(f) = n.flows.iter().find(|&&f| f != u16::MAX && f >= pairs) {
-            return Err(invalid(
-                "flow table",
-                format!("queue pair {f} with {pairs} pairs"),
-            ));
-        }
-        Ok(())
+        self.engine
+            .check_queues(&img.queues, v.features_ok(), self.layout.msix_vectors)?;
+        self.engine.check_net(&img.net)
     }
 
     /// Rebuilds the (just reset) device from a checked image.
@@ -906,16 +682,7 @@ impl DeviceState {
         self.common.restore(&img.virtio)?;
 
         // virtio-net.
-        let n = &img.net;
-        let net = self.engine.net_mut();
-        net.mac = n.mac;
-        net.status = n.status;
-        net.curr_pairs = n.curr_pairs;
-        net.promisc = n.promisc;
-        net.allmulti = n.allmulti;
-        net.uc_table = n.uc_table.clone();
-        net.mc_table = n.mc_table.clone();
-        net.flows = n.flows.clone();
+        self.engine.restore_net(&img.net);
 
         // LM block: registers as saved, logging (to guest memory) on if it was.
         self.lm.restore(&img.lm);
@@ -923,48 +690,24 @@ impl DeviceState {
 
         // Queues: registers and ring states, then the enabled ones through the enable path,
         // which builds each ring at its ring state.
-        for (q, qi) in (0..).zip(&img.queues) {
-            let slot = self.engine.queue_mut(q);
-            slot.size = qi.size;
-            slot.msix_vector = qi.msix_vector;
-            slot.desc = qi.desc;
-            slot.driver = qi.driver;
-            slot.device = qi.device;
-            slot.ring_state = qi.ring_state;
-            slot.resumed = qi.resumed;
-            slot.late_final = qi.late_final;
-            slot.state = match qi.kind {
-                QueueKind::Stopping(reads_left) => QueueState::Stopping { reads_left },
-                _ => QueueState::Disabled,
-            };
-        }
-        for (q, qi) in img.queues.iter().enumerate() {
-            if qi.kind != QueueKind::Enabled {
+        self.engine.restore_queues(&img.queues);
+        for (q, qi) in (0u16..).zip(&img.queues) {
+            if !qi.enabled() {
                 continue;
             }
-            self.enable_queue(q as u16);
-            if !self.engine.is_enabled(q as u16) {
+            self.enable_queue(q);
+            if !self.engine.is_enabled(q) {
                 let detail = self.fault.as_ref().map_or_else(
                     || "the device ignored queue_enable".to_string(),
                     ToString::to_string,
                 );
-                return Err(SnapshotError::QueueRejected {
-                    queue: q as u16,
-                    detail,
-                });
+                return Err(SnapshotError::QueueRejected { queue: q, detail });
             }
-            self.engine.queue_mut(q as u16).resumed = qi.resumed;
+            self.engine.restore_resumed(q, qi);
         }
 
         // The receive FIFO, oldest first.
-        for f in &img.inbox {
-            if !self.engine.inbox().push(f) {
-                return Err(SnapshotError::InboxOverflow {
-                    frames: img.inbox.len(),
-                    capacity: self.cfg.rx_backlog,
-                });
-            }
-        }
+        self.engine.restore_inbox(&img.inbox)?;
         self.engine.dma_mut().sync_space();
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! arrive in, the virtio-net state (5.1.4 config fields, 5.1.6.5 RX mode and MAC tables,
 //! steering), and the scratch buffers the datapath reuses. The datapath itself is in
 //! [`super::tx`], [`super::rx`] and [`super::ctrl`]; it reaches the rest of the device only
-//! through a [`Datapath`]: the negotiated features in, counters and the interrupts and config
+//! through a `Datapath`: the negotiated features in, counters and the interrupts and config
 //! changes it leaves for the device out.
 
 use crate::config::DeviceConfig;
@@ -87,6 +87,8 @@ pub(crate) struct EngineParams {
     pub max_frame: usize,
     pub quirks: Quirks,
     pub disable_latency_reads: u32,
+    /// Frames the receive FIFO holds.
+    pub rx_backlog: usize,
 }
 
 /// Queues, DMA, port, receive FIFO, net state and datapath scratch.
@@ -136,6 +138,7 @@ impl NetEngine {
             max_frame: usize::from(cfg.layout.mtu) + ETH_HLEN + VLAN_HLEN,
             quirks: cfg.quirks,
             disable_latency_reads: cfg.disable_latency_reads,
+            rx_backlog: cfg.rx_backlog,
         };
         NetEngine {
             queues: (0..num_queues)
@@ -197,11 +200,6 @@ impl NetEngine {
     /// Queue `q`.
     pub fn queue(&self, q: u16) -> Option<&QueueSlot> {
         self.queues.get(usize::from(q))
-    }
-
-    /// Queue `q`, to change (restore).
-    pub(crate) fn queue_mut(&mut self, q: u16) -> &mut QueueSlot {
-        &mut self.queues[usize::from(q)]
     }
 
     /// Every queue.
