@@ -4,6 +4,7 @@
 //! fields they live in; the packed `off_wrap` encoding (2.8.10: bits 0-14 offset, bit 15 wrap
 //! counter) is the one the LM ring state of a packed queue uses as well (see [`crate::lm`]).
 
+use std::mem::{offset_of, size_of};
 use virtio_bindings::virtio_ring as vr;
 
 /// VIRTQ_DESC_F_NEXT (2.7.5, 2.8.6): the buffer continues in the next descriptor.
@@ -38,6 +39,27 @@ pub const MAX_PACKED_QUEUE_SIZE: u16 = WRAP_BIT;
 /// at 1; vhost-user's 0x8000).
 pub const PACKED_RESET_INDEX: u16 = WRAP_BIT;
 
+/// Size of one descriptor: struct vring_desc (split, 2.7.5) and struct vring_packed_desc
+/// (packed, 2.8.13) are both 16 bytes.
+pub const DESC_SIZE: u64 = size_of::<vr::vring_desc>() as u64;
+/// Offset of `flags` in a packed descriptor (2.8.13): the field the driver publishes last.
+pub const PACKED_DESC_FLAGS: u64 = offset_of!(vr::vring_packed_desc, flags) as u64;
+/// Alignment of the split descriptor table, avail ring and used ring (2.7: 16, 2, 4).
+pub const DESC_ALIGN: u64 = vr::VRING_DESC_ALIGN_SIZE as u64;
+pub const AVAIL_ALIGN: u64 = vr::VRING_AVAIL_ALIGN_SIZE as u64;
+pub const USED_ALIGN: u64 = vr::VRING_USED_ALIGN_SIZE as u64;
+/// struct vring_avail (2.7.6): `idx`, then `ring[size]` of u16 heads, then used_event.
+pub const AVAIL_IDX: u64 = offset_of!(vr::vring_avail, idx) as u64;
+pub const AVAIL_RING: u64 = offset_of!(vr::vring_avail, ring) as u64;
+pub const AVAIL_ELEM_SIZE: u64 = size_of::<vr::__virtio16>() as u64;
+/// struct vring_used (2.7.8): `idx`, then `ring[size]` of struct vring_used_elem, then
+/// avail_event.
+pub const USED_IDX: u64 = offset_of!(vr::vring_used, idx) as u64;
+pub const USED_RING: u64 = offset_of!(vr::vring_used, ring) as u64;
+pub const USED_ELEM_SIZE: u64 = size_of::<vr::vring_used_elem>() as u64;
+/// The event suppression structure (struct vring_packed_desc_event, 2.8.10): alignment and size.
+pub const EVENT_SUPPRESSION_SIZE: u64 = size_of::<vr::vring_packed_desc_event>() as u64;
+
 /// `offset | wrap << 15`: an event suppression off_wrap, and a packed LM index.
 #[inline(always)]
 pub fn off_wrap(pos: u16, wrap: bool) -> u16 {
@@ -69,6 +91,11 @@ mod tests {
             ),
             (0, 1, 2)
         );
+        assert_eq!((DESC_SIZE, PACKED_DESC_FLAGS), (16, 14));
+        assert_eq!((AVAIL_IDX, AVAIL_RING, AVAIL_ELEM_SIZE), (2, 4, 2));
+        assert_eq!((USED_IDX, USED_RING, USED_ELEM_SIZE), (2, 4, 8));
+        assert_eq!((DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN), (16, 2, 4));
+        assert_eq!(EVENT_SUPPRESSION_SIZE, 4);
         assert_eq!(off_wrap(5, true), 0x8005);
         assert_eq!(split_off_wrap(0x8005), (5, true));
         assert_eq!(split_off_wrap(off_wrap(0x7FFF, false)), (0x7FFF, false));

@@ -15,7 +15,11 @@
 use super::chain::push_desc;
 pub use super::chain::{Chain, ChainKind, Desc, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
-use bar_registers::ring::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VRING_AVAIL_F_NO_INTERRUPT};
+use bar_registers::ring::{
+    AVAIL_ALIGN, AVAIL_ELEM_SIZE, AVAIL_IDX, AVAIL_RING, DESC_ALIGN, DESC_SIZE, USED_ALIGN,
+    USED_ELEM_SIZE, USED_IDX, USED_RING, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VRING_AVAIL_F_NO_INTERRUPT,
+};
 use dma::{DmaEngine, DmaKind};
 use std::sync::atomic::{fence, Ordering};
 
@@ -71,7 +75,10 @@ impl SplitRing {
                 detail: "queue size is not a power of two",
             });
         }
-        if !desc.is_multiple_of(16) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
+        if !desc.is_multiple_of(DESC_ALIGN)
+            || !avail.is_multiple_of(AVAIL_ALIGN)
+            || !used.is_multiple_of(USED_ALIGN)
+        {
             return Err(DeviceFault::BadQueueConfig {
                 queue,
                 detail: "ring address misaligned (2.7: desc 16, avail 2, used 4)",
@@ -80,9 +87,9 @@ impl SplitRing {
         // Every ring address the engine computes is below these ends: checking them once here
         // keeps all later address arithmetic free of overflow.
         let n = u64::from(size);
-        if desc.checked_add(16 * n).is_none()
-            || avail.checked_add(6 + 2 * n).is_none()
-            || used.checked_add(6 + 8 * n).is_none()
+        if desc.checked_add(DESC_SIZE * n).is_none()
+            || avail.checked_add(avail_event_end(n)).is_none()
+            || used.checked_add(used_event_end(n)).is_none()
         {
             return Err(DeviceFault::BadQueueConfig {
                 queue,
@@ -134,7 +141,7 @@ impl SplitRing {
             .wrapping_sub((self.head_pos - self.mark.unwrap_or(self.head_pos)) as u16);
         let fetched_end = self.last_avail;
         let avail_idx = dma
-            .read_u16(self.avail + 2, DmaKind::RingRead)
+            .read_u16(self.avail + AVAIL_IDX, DmaKind::RingRead)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         let pending = avail_idx.wrapping_sub(committed);
         if pending > self.size {
@@ -151,9 +158,9 @@ impl SplitRing {
         let mut left = n;
         while left > 0 {
             let span = left.min(self.size - start);
-            let bytes = usize::from(span) * 2;
+            let bytes = usize::from(span) * AVAIL_ELEM_SIZE as usize;
             self.scratch.resize(bytes, 0);
-            let addr = self.avail + 4 + 2 * u64::from(start);
+            let addr = self.avail + AVAIL_RING + AVAIL_ELEM_SIZE * u64::from(start);
             dma.read(addr, &mut self.scratch[..bytes], DmaKind::RingRead)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             self.heads.extend(
@@ -217,7 +224,7 @@ impl SplitRing {
         chain.clear(head);
         let mut idx = head;
         let mut hops: u32 = 0;
-        let mut raw = [0u8; 16];
+        let mut raw = [0u8; DESC_SIZE as usize];
         loop {
             if idx >= self.size {
                 return Err(DeviceFault::DescriptorIndexOutOfRange {
@@ -235,7 +242,7 @@ impl SplitRing {
                 });
             }
             dma.read(
-                self.desc + 16 * u64::from(idx),
+                self.desc + DESC_SIZE * u64::from(idx),
                 &mut raw,
                 DmaKind::Descriptor,
             )
@@ -269,10 +276,11 @@ impl SplitRing {
         max_total: u64,
     ) -> Result<(), DeviceFault> {
         let q = self.queue;
-        if len == 0 || !len.is_multiple_of(16) || len / 16 > MAX_INDIRECT_ENTRIES {
+        let desc_size = DESC_SIZE as u32;
+        if len == 0 || !len.is_multiple_of(desc_size) || len / desc_size > MAX_INDIRECT_ENTRIES {
             return Err(DeviceFault::BadIndirectLength { queue: q, len });
         }
-        let entries = (len / 16) as u16;
+        let entries = (len / desc_size) as u16;
         self.scratch.resize(len as usize, 0);
         dma.read(
             table,
@@ -298,8 +306,8 @@ impl SplitRing {
                     limit: entries.into(),
                 });
             }
-            let off = usize::from(idx) * 16;
-            let raw: [u8; 16] = self.scratch[off..off + 16]
+            let off = usize::from(idx) * DESC_SIZE as usize;
+            let raw: [u8; DESC_SIZE as usize] = self.scratch[off..off + DESC_SIZE as usize]
                 .try_into()
                 .expect("16-byte slice");
             let (addr, dlen, flags, next) = parse_desc(&raw);
@@ -341,14 +349,14 @@ impl SplitRing {
                 self.scratch.extend_from_slice(&id.to_le_bytes());
                 self.scratch.extend_from_slice(&len.to_le_bytes());
             }
-            let addr = self.used + 4 + 8 * u64::from(slot);
+            let addr = self.used + USED_RING + USED_ELEM_SIZE * u64::from(slot);
             dma.write(addr, &self.scratch, DmaKind::RingWrite)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             i += span;
             slot = 0;
         }
         self.pending_used.clear();
-        dma.publish_u16(self.used + 2, self.last_used, DmaKind::RingWrite)
+        dma.publish_u16(self.used + USED_IDX, self.last_used, DmaKind::RingWrite)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         self.published_used = self.last_used;
         Ok(())
@@ -370,7 +378,10 @@ impl SplitRing {
             true
         } else if self.event_idx {
             let used_event = dma
-                .read_u16(self.avail + 4 + 2 * u64::from(self.size), DmaKind::RingRead)
+                .read_u16(
+                    self.avail + AVAIL_RING + AVAIL_ELEM_SIZE * u64::from(self.size),
+                    DmaKind::RingRead,
+                )
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             vring_need_event(used_event, new, old)
         } else {
@@ -389,7 +400,7 @@ impl SplitRing {
         let q = self.queue;
         if self.event_idx {
             dma.write_u16(
-                self.used + 4 + 8 * u64::from(self.size),
+                self.used + USED_RING + USED_ELEM_SIZE * u64::from(self.size),
                 self.last_avail,
                 DmaKind::RingWrite,
             )
@@ -397,7 +408,7 @@ impl SplitRing {
             fence(Ordering::SeqCst);
         }
         let avail_idx = dma
-            .read_u16(self.avail + 2, DmaKind::RingRead)
+            .read_u16(self.avail + AVAIL_IDX, DmaKind::RingRead)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         Ok(avail_idx != self.last_avail)
     }
@@ -408,7 +419,18 @@ impl SplitRing {
     }
 }
 
-fn parse_desc(raw: &[u8; 16]) -> (u64, u32, u16, u16) {
+/// End of an avail ring of `n` entries, used_event included (2.7.6).
+fn avail_event_end(n: u64) -> u64 {
+    AVAIL_RING + AVAIL_ELEM_SIZE * n + AVAIL_ELEM_SIZE
+}
+
+/// End of a used ring of `n` elements, avail_event included (2.7.8).
+fn used_event_end(n: u64) -> u64 {
+    USED_RING + USED_ELEM_SIZE * n + AVAIL_ELEM_SIZE
+}
+
+/// struct vring_desc (2.7.5): addr le64, len le32, flags le16, next le16.
+fn parse_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16) {
     let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
     let flags = u16::from_le_bytes([raw[12], raw[13]]);

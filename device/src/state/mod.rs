@@ -33,20 +33,20 @@ pub use bar_registers::ring::PACKED_RESET_INDEX;
 
 /// All device state: the parts, the counters, the fault and the paused flag.
 pub struct DeviceState {
-    pub layout: Arc<DeviceLayout>,
-    pub cfg: DeviceConfig,
-    pub function: PciFunction,
-    pub common: CommonCfg,
-    pub lm: LmBlock,
-    pub engine: NetEngine,
-    pub counters: DeviceCounters,
+    pub(crate) layout: Arc<DeviceLayout>,
+    pub(crate) cfg: DeviceConfig,
+    pub(crate) function: PciFunction,
+    pub(crate) common: CommonCfg,
+    pub(crate) lm: LmBlock,
+    pub(crate) engine: NetEngine,
+    pub(crate) counters: DeviceCounters,
     /// The first fault since the last reset (DEVICE_NEEDS_RESET is set while this is Some).
-    pub fault: Option<DeviceFault>,
+    pub(crate) fault: Option<DeviceFault>,
     /// Queues whose interrupt a service call left to raise (reused between calls).
     interrupts: Vec<u16>,
     /// Paused (migration STOP, see snapshot.rs): no queue is serviced and no DMA is done;
     /// doorbells and inbox frames wait for the resume.
-    pub paused: bool,
+    pub(crate) paused: bool,
 }
 
 /// Feature bits a device with this configuration offers (the declared set, less what a quirk
@@ -63,7 +63,7 @@ fn offered(cfg: &DeviceConfig) -> u64 {
 }
 
 impl DeviceState {
-    pub fn new(
+    pub(crate) fn new(
         layout: Arc<DeviceLayout>,
         cfg: DeviceConfig,
         dma: DmaEngine,
@@ -89,18 +89,13 @@ impl DeviceState {
         }
     }
 
-    /// Feature bits this device offers (the declared set, less what a quirk removes).
-    pub fn offered(&self) -> u64 {
-        self.common.offered()
-    }
-
     /// Whether a quirk is on.
-    pub fn quirk(&self, q: Quirk) -> bool {
+    pub(crate) fn quirk(&self, q: Quirk) -> bool {
         self.cfg.quirks.has(q)
     }
 
     /// Whether feature `bit` was negotiated.
-    pub fn has(&self, bit: u32) -> bool {
+    pub(crate) fn has(&self, bit: u32) -> bool {
         self.common.has(bit)
     }
 
@@ -109,7 +104,7 @@ impl DeviceState {
     /// Device reset (virtio 1.2 2.4): status 0 write or function reset. Everything the driver
     /// programmed goes back to its reset value; the MSI-X table and PCI config are not touched
     /// (they belong to the PCI function, reset only by FLR).
-    pub fn virtio_reset(&mut self) {
+    pub(crate) fn virtio_reset(&mut self) {
         let _span = tracing::debug_span!("virtio_reset").entered();
         let dropped = self.engine.reset();
         self.common.reset();
@@ -121,7 +116,7 @@ impl DeviceState {
     }
 
     /// Function level reset (PCIe FLR, vfio DEVICE_RESET): virtio reset plus PCI state.
-    pub fn function_reset(&mut self) {
+    pub(crate) fn function_reset(&mut self) {
         self.virtio_reset();
         self.function.reset();
         self.sync_pcie_limits();
@@ -137,7 +132,7 @@ impl DeviceState {
 
     /// Enters DEVICE_NEEDS_RESET (2.1.2): stop every queue, tell the driver via the config
     /// interrupt, count the cause.
-    pub fn fail(&mut self, fault: DeviceFault) {
+    pub(crate) fn fail(&mut self, fault: DeviceFault) {
         self.counters.faults[fault.kind_index()] += 1;
         if self.fault.is_some() {
             return;
@@ -150,14 +145,14 @@ impl DeviceState {
     }
 
     /// Raises the configuration change interrupt (4.1.4.5: ISR bit 1 and the config vector).
-    pub fn config_interrupt(&mut self) {
+    pub(crate) fn config_interrupt(&mut self) {
         self.counters.config_interrupts += 1;
         self.common.raise_isr(isr::CONFIG);
         self.raise(self.common.config_msix_vector());
     }
 
     /// Raises queue `q`'s interrupt.
-    pub fn queue_interrupt(&mut self, q: u16) {
+    pub(crate) fn queue_interrupt(&mut self, q: u16) {
         self.common.raise_isr(isr::QUEUE);
         self.counters.queues[usize::from(q)].interrupts += 1;
         let v = self.engine.queues()[usize::from(q)].msix_vector;
@@ -174,7 +169,7 @@ impl DeviceState {
 
     // ---------------------------------------------------------------- config space
 
-    pub fn config_read(&mut self, off: u64, data: &mut [u8]) {
+    pub(crate) fn config_read(&mut self, off: u64, data: &mut [u8]) {
         if let Some((bar, boff, blen)) = self.function.pci_cfg_read_window(off, data.len()) {
             let mut v = [0u8; 4];
             let n = blen.min(4);
@@ -186,7 +181,7 @@ impl DeviceState {
         self.function.config_read(off, data);
     }
 
-    pub fn config_write(&mut self, off: u64, data: &[u8]) {
+    pub(crate) fn config_write(&mut self, off: u64, data: &[u8]) {
         match self.function.config_write(off, data) {
             ConfigEffect::None | ConfigEffect::Command | ConfigEffect::MsixControl => {}
             ConfigEffect::FunctionLevelReset => self.function_reset(),
@@ -224,7 +219,7 @@ impl DeviceState {
     }
 
     /// A BAR read; bytes the device does not decode read as 0.
-    pub fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
+    pub(crate) fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
         data.fill(0);
         let layout = self.layout.clone();
         let Ok(bar) = u8::try_from(bar) else { return };
@@ -259,7 +254,7 @@ impl DeviceState {
     }
 
     /// A BAR write; writes the device does not decode are ignored (and counted).
-    pub fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
+    pub(crate) fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
         let layout = self.layout.clone();
         let Ok(bar) = u8::try_from(bar) else { return };
         let val = to_u64(data);
@@ -410,7 +405,7 @@ impl DeviceState {
     }
 
     /// Changes the device config and tells the driver (2.5.1 config_generation, 4.1.4.5 ISR).
-    pub fn config_changed(&mut self) {
+    pub(crate) fn config_changed(&mut self) {
         self.common.bump_generation();
         if self.common.status().value() & device_status::DRIVER_OK != 0 {
             self.config_interrupt();
@@ -464,7 +459,7 @@ impl DeviceState {
     // ---------------------------------------------------------------- datapath entry points
 
     /// A doorbell for queue `q`.
-    pub fn doorbell(&mut self, q: u16) {
+    pub(crate) fn doorbell(&mut self, q: u16) {
         self.counters.queues[usize::from(q)].doorbells += 1;
         if !self.common.status().running() || !self.engine.is_enabled(q) {
             self.counters.spurious_doorbells += 1;
@@ -474,7 +469,7 @@ impl DeviceState {
     }
 
     /// Runs every enabled queue once (DRIVER_OK, resume after restore).
-    pub fn service_all(&mut self) {
+    pub(crate) fn service_all(&mut self) {
         for q in 0..self.layout.num_queues {
             if self.engine.is_enabled(q) {
                 self.service(q);
@@ -496,14 +491,14 @@ impl DeviceState {
 
     /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
     /// run out).
-    pub fn service(&mut self, q: u16) {
+    pub(crate) fn service(&mut self, q: u16) {
         if self.datapath_runs() {
             self.run_datapath(|engine, dp| engine.service(q, dp));
         }
     }
 
     /// Delivers waiting frames if the device can take them.
-    pub fn service_inbox(&mut self) {
+    pub(crate) fn service_inbox(&mut self) {
         if self.common.status().running()
             && !self.paused
             && self.function.bus_master()
@@ -558,7 +553,7 @@ impl DeviceState {
     }
 
     /// Pokes the datapath after the link or announce state changed.
-    pub fn set_link(&mut self, up: bool) {
+    pub(crate) fn set_link(&mut self, up: bool) {
         let net = self.engine.net_mut();
         let s = if up {
             net.status | net_status::LINK_UP
@@ -573,7 +568,7 @@ impl DeviceState {
 
     /// Asks the driver to announce itself (GUEST_ANNOUNCE, 5.1.6.5.4): ANNOUNCE status bit and a
     /// config interrupt. Returns false when the driver did not negotiate GUEST_ANNOUNCE.
-    pub fn announce(&mut self) -> bool {
+    pub(crate) fn announce(&mut self) -> bool {
         if !self.has(bits::GUEST_ANNOUNCE) || !self.has(bits::STATUS) {
             return false;
         }
