@@ -14,6 +14,8 @@ use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL, VECTOR_MASKED};
 use bar_registers::pci::{cap_offset, hdr, status, virtio_cap, CONFIG_SPACE_SIZE};
 use bar_registers::virtio::NO_VECTOR;
 use bar_registers::DeviceLayout;
+use bitvec::order::Lsb0;
+use bitvec::view::BitView;
 use std::sync::Arc;
 
 const CONFIG_LEN: usize = CONFIG_SPACE_SIZE as usize;
@@ -338,12 +340,8 @@ impl PciFunction {
         for (i, &d) in img.table.iter().enumerate() {
             let _ = self.msix.table_write(4 * i as u64, d);
         }
-        for (w, &bits) in img.pending.iter().enumerate() {
-            for b in 0..64 {
-                if bits & (1 << b) != 0 {
-                    let _ = self.msix.request((w * 64 + b) as u16, &NullSink);
-                }
-            }
+        for v in img.pending.view_bits::<Lsb0>().iter_ones() {
+            let _ = self.msix.request(v as u16, &NullSink);
         }
         self.msix.set_control(img.enabled, img.function_mask);
         for (i, &d) in img.table.iter().enumerate() {
