@@ -28,16 +28,16 @@ pub const FLOW_BUCKETS: usize = 1024;
 /// virtio-net device state beyond registers: config fields, RX mode, steering.
 #[derive(Debug)]
 pub struct NetState {
-    pub mac: [u8; 6],
-    pub status: u16,
+    pub(crate) mac: [u8; 6],
+    pub(crate) status: u16,
     /// Queue pairs in use (1 until VQ_PAIRS_SET, 5.1.6.5.5).
-    pub curr_pairs: u16,
-    pub promisc: bool,
-    pub allmulti: bool,
-    pub uc_table: Vec<[u8; 6]>,
-    pub mc_table: Vec<[u8; 6]>,
+    pub(crate) curr_pairs: u16,
+    pub(crate) promisc: bool,
+    pub(crate) allmulti: bool,
+    pub(crate) uc_table: Vec<[u8; 6]>,
+    pub(crate) mc_table: Vec<[u8; 6]>,
     /// Automatic receive steering (5.1.6.5.6.1): flow hash bucket -> last TX queue pair.
-    pub flows: Vec<u16>,
+    pub(crate) flows: Vec<u16>,
 }
 
 impl NetState {

@@ -1,4 +1,19 @@
 //! The device's mutable state and its register semantics (everything behind the device lock).
+//!
+//! [`DeviceState`] is composed of parts that each own their state and its section of the
+//! device-state stream:
+//!
+//! - [`pci_function::PciFunction`]: config space, MSI-X, interrupt delivery (PCI 3.0 6.8.2);
+//! - [`common_cfg::CommonCfg`]: the virtio common configuration, ISR and device_status
+//!   (virtio 1.2 4.1.4.3, 2.1, the table in [`crate::transport`]);
+//! - [`lm_block::LmBlock`]: the live-migration registers (DPDK ifcvf.h / Linux ifcvf_base.h);
+//! - [`crate::net::engine::NetEngine`]: queues, DMA, port, receive FIFO, virtio-net state and
+//!   the datapath.
+//!
+//! This module decodes BAR and config accesses to the part they address and keeps the rules
+//! that involve several parts: resets (2.4, FLR), DEVICE_NEEDS_RESET (2.1.2), queue enable only
+//! after FEATURES_OK (3.1.1 step 7), the datapath only with DRIVER_OK and bus mastering, and the
+//! interrupts and config changes the datapath leaves behind.
 
 pub(crate) mod access;
 pub mod common_cfg;

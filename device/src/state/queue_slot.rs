@@ -21,19 +21,19 @@ pub enum QueueState {
 /// Per-queue registers and state.
 #[derive(Debug)]
 pub struct QueueSlot {
-    pub size: u16,
-    pub msix_vector: u16,
-    pub desc: u64,
-    pub driver: u64,
-    pub device: u64,
+    pub(crate) size: u16,
+    pub(crate) msix_vector: u16,
+    pub(crate) desc: u64,
+    pub(crate) driver: u64,
+    pub(crate) device: u64,
     /// LM ring state while not enabled: (last_avail_idx, last_used_idx). Packed rings:
     /// each is `offset | wrap counter << 15` (bar_registers::lm).
-    pub ring_state: (u16, u16),
+    pub(crate) ring_state: (u16, u16),
     /// Where the queue last resumed (the ring state at its last enable).
-    pub resumed: (u16, u16),
+    pub(crate) resumed: (u16, u16),
     /// early-queue-disable quirk: the final ring state, applied after this many more reads.
-    pub late_final: Option<((u16, u16), u32)>,
-    pub state: QueueState,
+    pub(crate) late_final: Option<((u16, u16), u32)>,
+    pub(crate) state: QueueState,
 }
 
 impl QueueSlot {
