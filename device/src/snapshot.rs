@@ -208,15 +208,8 @@ pub(crate) fn invalid(field: &'static str, detail: impl Into<String>) -> Snapsho
     }
 }
 
-/// FNV-1a, 64 bits: the seal (corruption detection, not authentication).
-fn fnv1a64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+/// The seal: FNV-1a 64 (corruption detection, not authentication).
+use crate::fnv::fnv1a64;
 
 /// Upper bound of a state stream for a device with this many queues, vectors and FIFO
 /// frames (a VMM bounds the data it buffers while resuming with it).
