@@ -43,7 +43,7 @@
 //! | `NETS` | mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16) |
 //! | `LMRG` | logging_ctrl u64, log base u64, log end u64, mq_pairs u32 |
 //! | `INBX` | frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes |
-//! | `SEAL` | FNV-1a 64 of every byte before this section |
+//! | `SEAL` | FNV-1a 64 of every byte before this section, u64 |
 //!
 //! Restoring validates everything before touching the device (structure, seal, compatibility,
 //! every value's range), then resets the function and rebuilds it: config space through its
@@ -104,7 +104,7 @@ pub const IDENTITY_SECTION: SectionSpec = SectionSpec {
 /// `SEAL`: the checksum, last.
 pub const SEAL_SECTION: SectionSpec = SectionSpec {
     name: "SEAL",
-    body: "FNV-1a 64 of every byte before this section",
+    body: "FNV-1a 64 of every byte before this section, u64",
 };
 
 /// Every critical section of version 1 but the seal, in the order they are written, as the
@@ -1023,6 +1023,67 @@ mod tests {
             c.dev.restore_state(&state).unwrap();
             assert!(!c.dev.is_paused());
             assert_eq!(c.dev.queue(1).unwrap().last_used, 4);
+        }
+
+        /// Bytes a declared field list takes: `u8` .. `u64`, `[n]` byte arrays, `n x uNN`
+        /// repeats (words that are none of these are prose).
+        fn declared_len(fields: &str) -> usize {
+            let toks: Vec<&str> = fields
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '[' || c == ']'))
+                .filter(|t| !t.is_empty())
+                .collect();
+            let mut total = 0usize;
+            for (i, t) in toks.iter().enumerate() {
+                let size: usize =
+                    if let Some(bits) = t.strip_prefix('u').and_then(|b| b.parse::<usize>().ok()) {
+                        bits / 8
+                    } else if let Some(n) = t.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+                        n.parse().unwrap()
+                    } else {
+                        continue;
+                    };
+                let repeat: usize = match i.checked_sub(2).map(|j| (toks[j], toks[j + 1])) {
+                    Some((n, "x")) => n.parse().unwrap_or(1),
+                    _ => 1,
+                };
+                total += size * repeat;
+            }
+            total
+        }
+
+        /// The fixed-layout sections are as long as their declarations say, so the table, the
+        /// encoders and the decoders describe one format.
+        #[test]
+        fn sections_are_as_long_as_declared() {
+            let a = Rig::new(None);
+            a.start();
+            let state = a.dev.save_state();
+            let mut pos = HEADER_LEN;
+            let mut lens = std::collections::HashMap::new();
+            while pos < state.len() {
+                let t: [u8; 4] = state[pos..pos + 4].try_into().unwrap();
+                let len = u32::from_le_bytes(state[pos + 4..pos + 8].try_into().unwrap());
+                lens.insert(t, len as usize);
+                pos += SECTION_HEAD + len as usize;
+            }
+            for spec in [
+                IDENTITY_SECTION,
+                CommonCfg::SECTION,
+                LmBlock::SECTION,
+                SEAL_SECTION,
+            ] {
+                assert_eq!(lens[&spec.tag()], declared_len(spec.body), "{}", spec.name);
+            }
+            let (head, per_queue) = NetEngine::QUEUES_SECTION
+                .body
+                .split_once("then per queue:")
+                .unwrap();
+            let nq = usize::from(a.dev.layout().num_queues);
+            assert_eq!(
+                lens[&tag::QUEUES],
+                declared_len(head) + nq * declared_len(per_queue)
+            );
+            assert_eq!(lens[&tag::PCI], CONFIG_LEN);
         }
 
         /// A stream saved by the device before its state was split into parts
