@@ -286,7 +286,7 @@ impl DeviceLayout {
     }
 
     /// The upper end of a 64-bit memory BAR's low dword: type bits (64-bit, non-prefetchable).
-    pub const BAR_TYPE_64: u32 = 0x4;
+    pub const BAR_TYPE_64: u32 = crate::pci::bar::TYPE_64;
 
     /// Size of BAR `index`, 0 if absent.
     pub fn bar_size(&self, index: u8) -> u64 {

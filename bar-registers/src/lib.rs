@@ -12,6 +12,7 @@ pub mod model;
 pub mod msix;
 pub mod pci;
 pub mod render;
+pub mod ring;
 pub mod virtio;
 
 pub use layout::{DeviceLayout, LayoutError, LayoutParams, NotifyLayout, Window};

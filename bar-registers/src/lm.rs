@@ -11,6 +11,7 @@
 //! Queues 0 and 1 agree; from queue 2 on the layouts conflict, hence the selectable profile.
 
 use crate::model::{Access, Narrow, Register};
+use crate::ring::{off_wrap, split_off_wrap};
 
 /// Which driver's LM layout the device presents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -63,6 +64,9 @@ pub const LOGGING_DISABLE: u32 = 0;
 pub const LOGGING_ENABLE_VF: u32 = 1;
 /// IFCVF_LM_ENABLE_PF (declared by DPDK, never used by it).
 pub const LOGGING_ENABLE_PF: u32 = 3;
+/// The bit of logging_ctrl / control that turns dirty-page logging on: bit 0, set by both DPDK
+/// values (ENABLE_VF 1, ENABLE_PF 3) and by Linux's IFCVF_LM_ENABLE.
+pub const LOGGING_ENABLE_BIT: u64 = 1 << 0;
 /// The IOVA at which DPDK maps the vhost log buffer (IFCVF_LOG_BASE in ifcvf_vdpa.c).
 pub const DPDK_LOG_IOVA: u64 = 0x1000_0000_0000;
 
@@ -97,16 +101,14 @@ pub fn unpack_ring_state(v: u32) -> (u16, u16) {
 /// Pack a packed ring's state: (avail offset, avail wrap counter, used offset, used wrap counter)
 /// into bits 0-14, 15, 16-30, 31.
 pub fn pack_packed_ring_state(avail: u16, avail_wrap: bool, used: u16, used_wrap: bool) -> u32 {
-    pack_ring_state(
-        (avail & 0x7FFF) | (u16::from(avail_wrap) << 15),
-        (used & 0x7FFF) | (u16::from(used_wrap) << 15),
-    )
+    pack_ring_state(off_wrap(avail, avail_wrap), off_wrap(used, used_wrap))
 }
 
 /// Unpack a packed ring's state into (avail offset, avail wrap, used offset, used wrap).
 pub fn unpack_packed_ring_state(v: u32) -> (u16, bool, u16, bool) {
     let (a, u) = unpack_ring_state(v);
-    (a & 0x7FFF, a & 0x8000 != 0, u & 0x7FFF, u & 0x8000 != 0)
+    let ((a, aw), (u, uw)) = (split_off_wrap(a), split_off_wrap(u));
+    (a, aw, u, uw)
 }
 
 /// Linux's struct vdpa_vq_state_packed (include/linux/vdpa.h) starts with
@@ -114,12 +116,13 @@ pub fn unpack_packed_ring_state(v: u32) -> (u16, bool, u16, bool) {
 /// the split union member) into the 16-bit vq_state register. Converts it to the
 /// `offset | wrap << 15` encoding used everywhere else.
 pub fn vdpa_u16_to_packed(v: u16) -> u16 {
-    (v >> 1) | ((v & 1) << 15)
+    off_wrap(v >> 1, v & 1 != 0)
 }
 
 /// The inverse of [`vdpa_u16_to_packed`]: what ifcvf_get_vq_state must read for a packed ring.
 pub fn packed_to_vdpa_u16(v: u16) -> u16 {
-    ((v & 0x7FFF) << 1) | (v >> 15)
+    let (offset, wrap) = split_off_wrap(v);
+    (offset << 1) | u16::from(wrap)
 }
 
 pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {

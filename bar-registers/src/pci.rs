@@ -32,6 +32,16 @@ pub mod hdr {
     pub const INTERRUPT_PIN: u64 = 0x3D;
     pub const MIN_GNT: u64 = 0x3E;
     pub const MAX_LAT: u64 = 0x3F;
+    /// The six BAR registers: [BAR0, BAR_END).
+    pub const BAR_END: u64 = CARDBUS_CIS;
+}
+
+/// Base address register fields (PCI 3.0 6.2.5.1).
+pub mod bar {
+    /// Memory BAR low dword: bits 3:0 are type/prefetch bits, the rest the address.
+    pub const MEM_ADDR_MASK: u32 = !0xF;
+    /// Memory BAR type field value for a 64-bit BAR (bits 2:1 = 0b10).
+    pub const TYPE_64: u32 = 0x4;
 }
 
 /// Command register bits.
@@ -135,8 +145,13 @@ pub mod pcie_cap {
     pub const DEVCTL_MPS_SHIFT: u16 = 5;
     /// Device Control: Max_Read_Request_Size field, bits 14:12 (128 << n bytes).
     pub const DEVCTL_MRRS_SHIFT: u16 = 12;
+    /// Device Control: width mask of the MPS and MRRS fields (after the shift).
+    pub const DEVCTL_SIZE_MASK: u16 = 0x7;
     /// Device Control: Initiate Function Level Reset.
     pub const DEVCTL_FLR: u16 = 1 << 15;
+    /// Device Status: the RW1C error-detected bits (correctable, non-fatal, fatal, unsupported
+    /// request).
+    pub const DEVSTA_W1C: u16 = 0x000F;
     /// Device Capabilities: Function Level Reset capable.
     pub const DEVCAP_FLR: u32 = 1 << 28;
 }

@@ -44,14 +44,26 @@ pub mod net_cfg {
     pub const SIZE: u64 = 0x11;
 }
 
-/// device_status bits (virtio 1.2 2.1).
+/// device_status bits (virtio 1.2 2.1): virtio-bindings' VIRTIO_CONFIG_S_*, as the u8 they live in.
 pub mod device_status {
-    pub const ACKNOWLEDGE: u8 = 1;
-    pub const DRIVER: u8 = 2;
-    pub const DRIVER_OK: u8 = 4;
-    pub const FEATURES_OK: u8 = 8;
-    pub const DEVICE_NEEDS_RESET: u8 = 64;
-    pub const FAILED: u8 = 128;
+    use virtio_bindings::virtio_config as c;
+    pub const ACKNOWLEDGE: u8 = c::VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
+    pub const DRIVER: u8 = c::VIRTIO_CONFIG_S_DRIVER as u8;
+    pub const DRIVER_OK: u8 = c::VIRTIO_CONFIG_S_DRIVER_OK as u8;
+    pub const FEATURES_OK: u8 = c::VIRTIO_CONFIG_S_FEATURES_OK as u8;
+    pub const DEVICE_NEEDS_RESET: u8 = c::VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+    pub const FAILED: u8 = c::VIRTIO_CONFIG_S_FAILED as u8;
+}
+
+/// virtio_net_config.status bits (virtio 1.2 5.1.4): virtio-bindings' VIRTIO_NET_S_*.
+pub mod net_status {
+    use virtio_bindings::virtio_net as n;
+    /// VIRTIO_NET_S_LINK_UP.
+    pub const LINK_UP: u16 = n::VIRTIO_NET_S_LINK_UP as u16;
+    /// VIRTIO_NET_S_ANNOUNCE (5.1.6.5.4).
+    pub const ANNOUNCE: u16 = n::VIRTIO_NET_S_ANNOUNCE as u16;
+    /// Every bit this device sets.
+    pub const ALL: u16 = LINK_UP | ANNOUNCE;
 }
 
 /// Value a vector register reads when no vector is assigned (virtio 1.2 4.1.5.1.2).
@@ -77,22 +89,23 @@ macro_rules! feature {
     };
 }
 
-/// Feature bits, named after virtio-bindings' constants.
+/// Feature bits: virtio-bindings' constants under short names.
 pub mod bits {
-    pub const MTU: u32 = 3;
-    pub const MAC: u32 = 5;
-    pub const MRG_RXBUF: u32 = 15;
-    pub const STATUS: u32 = 16;
-    pub const CTRL_VQ: u32 = 17;
-    pub const CTRL_RX: u32 = 18;
-    pub const GUEST_ANNOUNCE: u32 = 21;
-    pub const MQ: u32 = 22;
-    pub const CTRL_MAC_ADDR: u32 = 23;
-    pub const INDIRECT_DESC: u32 = 28;
-    pub const EVENT_IDX: u32 = 29;
-    pub const VERSION_1: u32 = 32;
-    pub const ACCESS_PLATFORM: u32 = 33;
-    pub const RING_PACKED: u32 = 34;
+    use virtio_bindings::{virtio_config as c, virtio_net as n, virtio_ring as r};
+    pub const MTU: u32 = n::VIRTIO_NET_F_MTU;
+    pub const MAC: u32 = n::VIRTIO_NET_F_MAC;
+    pub const MRG_RXBUF: u32 = n::VIRTIO_NET_F_MRG_RXBUF;
+    pub const STATUS: u32 = n::VIRTIO_NET_F_STATUS;
+    pub const CTRL_VQ: u32 = n::VIRTIO_NET_F_CTRL_VQ;
+    pub const CTRL_RX: u32 = n::VIRTIO_NET_F_CTRL_RX;
+    pub const GUEST_ANNOUNCE: u32 = n::VIRTIO_NET_F_GUEST_ANNOUNCE;
+    pub const MQ: u32 = n::VIRTIO_NET_F_MQ;
+    pub const CTRL_MAC_ADDR: u32 = n::VIRTIO_NET_F_CTRL_MAC_ADDR;
+    pub const INDIRECT_DESC: u32 = r::VIRTIO_RING_F_INDIRECT_DESC;
+    pub const EVENT_IDX: u32 = r::VIRTIO_RING_F_EVENT_IDX;
+    pub const VERSION_1: u32 = c::VIRTIO_F_VERSION_1;
+    pub const ACCESS_PLATFORM: u32 = c::VIRTIO_F_ACCESS_PLATFORM;
+    pub const RING_PACKED: u32 = c::VIRTIO_F_RING_PACKED;
 }
 
 /// Every feature the device offers (the list plus CTRL_RX and CTRL_MAC_ADDR, which the
@@ -286,7 +299,7 @@ pub(crate) fn net_cfg_registers(mac: [u8; 6], max_pairs: u16, mtu: u16) -> Vec<R
             net_cfg::STATUS,
             2,
             Access::Ro,
-            1,
+            net_status::LINK_UP.into(),
             "bit 0 VIRTIO_NET_S_LINK_UP, bit 1 VIRTIO_NET_S_ANNOUNCE",
             SRC,
         )

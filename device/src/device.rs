@@ -123,7 +123,7 @@ impl Device {
 
     /// Connects the device to a port.
     pub fn set_port(&self, port: Arc<dyn Port>) {
-        self.with(|s| s.port = port);
+        self.with(|s| s.engine.set_port(port));
     }
 
     /// Loops the device's transmit side back into its own receive side.
@@ -133,12 +133,12 @@ impl Device {
 
     /// Where interrupts go.
     pub fn set_interrupt_sink(&self, sink: Arc<dyn InterruptSink>) {
-        self.with(|s| s.sink = sink);
+        self.with(|s| s.function.set_sink(sink));
     }
 
     /// Records every page the device writes, independently of the dirty log.
     pub fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
-        self.with(|s| s.dma.set_write_trace(trace));
+        self.with(|s| s.engine.dma_mut().set_write_trace(trace));
     }
 
     /// Function level reset (vfio DEVICE_RESET). A paused device runs again (reset).
@@ -146,7 +146,7 @@ impl Device {
         self.with(|s| {
             s.function_reset();
             s.paused = false;
-            s.dma.sync_space();
+            s.engine.dma_mut().sync_space();
         });
     }
 
@@ -211,17 +211,17 @@ impl Device {
 
     /// Bus accounting snapshot.
     pub fn bus_stats(&self) -> BusStats {
-        self.state.lock().dma.bus_stats().clone()
+        self.state.lock().engine.dma().bus_stats().clone()
     }
 
     /// IOMMU counters.
     pub fn iommu_stats(&self) -> IommuStats {
-        *self.state.lock().dma.iommu_stats()
+        *self.state.lock().engine.dma().iommu_stats()
     }
 
     /// Dirty-log counters.
     pub fn log_stats(&self) -> LogStats {
-        *self.state.lock().dma.log_stats()
+        *self.state.lock().engine.dma().log_stats()
     }
 
     /// The fault that put the device in DEVICE_NEEDS_RESET, if any.
@@ -231,23 +231,23 @@ impl Device {
 
     /// device_status as the driver would read it.
     pub fn status(&self) -> u8 {
-        self.state.lock().status.value()
+        self.state.lock().common.status().value()
     }
 
     /// Negotiated features (0 before FEATURES_OK).
     pub fn negotiated_features(&self) -> u64 {
-        self.state.lock().negotiated
+        self.state.lock().common.negotiated()
     }
 
     /// Queue pairs in use for RX steering.
     pub fn active_queue_pairs(&self) -> u16 {
-        self.state.lock().net.curr_pairs
+        self.state.lock().engine.net().curr_pairs
     }
 
     /// Queue `q`'s state.
     pub fn queue(&self, q: u16) -> Option<QueueSnapshot> {
         let s = self.state.lock();
-        let slot = s.queues.get(usize::from(q))?;
+        let slot = s.engine.queue(q)?;
         let (last_avail, last_used) = slot.ring_state();
         Some(QueueSnapshot {
             enabled: matches!(slot.state, QueueState::Enabled(_)),
@@ -390,14 +390,14 @@ impl DmaMapper for Device {
         let r = self.space.unmap(iova, size);
         // Drop the engine's references to what was unmapped right away (only if anything was).
         if matches!(r, Ok(n) if n > 0) {
-            self.with(|s| s.dma.sync_space());
+            self.with(|s| s.engine.dma_mut().sync_space());
         }
         r
     }
 
     fn dma_unmap_all(&self) -> u64 {
         let n = self.space.unmap_all();
-        self.with(|s| s.dma.sync_space());
+        self.with(|s| s.engine.dma_mut().sync_space());
         n
     }
 }

@@ -4,6 +4,9 @@
 use bar_registers::msix::{
     ENTRY_SIZE, MSG_ADDR_HI, MSG_ADDR_LO, MSG_DATA, VECTOR_CONTROL, VECTOR_MASKED,
 };
+use bitvec::order::Lsb0;
+use bitvec::slice::BitSlice;
+use bitvec::view::BitView;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Where the device's interrupts go.
@@ -81,9 +84,11 @@ impl InterruptSink for NullSink {
 #[derive(Debug)]
 pub struct MsixState {
     entries: Vec<[u32; 4]>,
+    /// The PBA as the qwords it is read as (PCI 3.0 6.8.2.10: bit v of qword v / 64), handled
+    /// as a bit set through [`MsixState::pending_bits`].
     pending: Vec<u64>,
-    pub enabled: bool,
-    pub function_mask: bool,
+    enabled: bool,
+    function_mask: bool,
 }
 
 /// What an interrupt request turned into.
@@ -106,6 +111,23 @@ impl MsixState {
             enabled: false,
             function_mask: false,
         }
+    }
+
+    /// The capability's MSI-X Enable and Function Mask bits (PCI 3.0 6.8.2.3), as the device
+    /// last took them from config space.
+    pub fn set_control(&mut self, enabled: bool, function_mask: bool) {
+        self.enabled = enabled;
+        self.function_mask = function_mask;
+    }
+
+    /// MSI-X Enable.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Function Mask.
+    pub fn function_mask(&self) -> bool {
+        self.function_mask
     }
 
     /// Number of vectors.
@@ -141,6 +163,12 @@ impl MsixState {
         self.pending.get(idx).copied().unwrap_or(0)
     }
 
+    /// The pending bits, one per vector.
+    fn pending_bits(&mut self) -> &mut BitSlice<u64, Lsb0> {
+        let n = self.entries.len();
+        &mut self.pending.view_bits_mut::<Lsb0>()[..n]
+    }
+
     fn masked(&self, v: u16) -> bool {
         self.function_mask || self.entries[usize::from(v)][3] & VECTOR_MASKED != 0
     }
@@ -150,10 +178,7 @@ impl MsixState {
         if !self.enabled || self.masked(v) {
             return false;
         }
-        let (w, b) = (usize::from(v) / 64, v % 64);
-        let was = self.pending[w] & (1 << b) != 0;
-        self.pending[w] &= !(1 << b);
-        was
+        self.pending_bits().replace(usize::from(v), false)
     }
 
     /// Vectors that become deliverable after the function mask or enable bit changed.
@@ -172,7 +197,7 @@ impl MsixState {
             return Delivery::NoVector;
         }
         if self.masked(v) {
-            self.pending[usize::from(v) / 64] |= 1 << (v % 64);
+            self.pending_bits().set(usize::from(v), true);
             Delivery::Pending
         } else {
             sink.msix(v);

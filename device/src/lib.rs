@@ -9,6 +9,7 @@ pub mod config;
 pub mod counters;
 mod device;
 pub mod fault;
+mod fnv;
 pub mod interrupt;
 pub mod net;
 pub mod pci;

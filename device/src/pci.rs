@@ -4,11 +4,22 @@
 
 use bar_registers::model::{Access, Location};
 use bar_registers::pci::{
-    cap_offset, command, hdr, msix_cap, pcie_cap, virtio_cap, CONFIG_SPACE_SIZE,
+    bar, cap_offset, command, hdr, msix_cap, pcie_cap, status, virtio_cap, CONFIG_SPACE_SIZE,
 };
 use bar_registers::DeviceLayout;
+use std::ops::Range;
 
 const SIZE: usize = CONFIG_SPACE_SIZE as usize;
+/// The six BAR registers (sized and decoded by [`ConfigSpace::read`], not by write masks).
+const BARS: Range<usize> = hdr::BAR0 as usize..hdr::BAR_END as usize;
+/// PCIe Device Control, Device Status.
+const DEVCTL: usize = (cap_offset::PCIE + pcie_cap::DEVICE_CONTROL) as usize;
+const DEVSTA: u64 = cap_offset::PCIE + pcie_cap::DEVICE_STATUS;
+/// MSI-X Message Control.
+const MSIX_CTRL: usize = (cap_offset::MSIX + msix_cap::MESSAGE_CONTROL) as usize;
+/// The virtio PCI_CFG capability and its pci_cfg_data field.
+const PCI_CFG: usize = cap_offset::PCI_CFG as usize;
+const PCI_CFG_DATA: u64 = cap_offset::PCI_CFG + virtio_cap::PCI_CFG_DATA;
 
 /// What a config write asks the device to do besides storing bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +80,7 @@ impl ConfigSpace {
         }
         // Narrower masks where a register is only partly writable.
         put(&mut wmask, hdr::COMMAND, 2, command::WRITABLE.into());
-        put(
-            &mut w1c,
-            hdr::STATUS,
-            2,
-            bar_registers::pci::status::W1C.into(),
-        );
+        put(&mut w1c, hdr::STATUS, 2, status::W1C.into());
         put(
             &mut wmask,
             cap_offset::MSIX + msix_cap::MESSAGE_CONTROL,
@@ -82,20 +88,10 @@ impl ConfigSpace {
             u64::from(msix_cap::CTRL_ENABLE | msix_cap::CTRL_FUNCTION_MASK),
         );
         // Bit 15 (Initiate FLR) is stored so the write can be seen, then cleared by the FLR itself.
-        put(
-            &mut wmask,
-            cap_offset::PCIE + pcie_cap::DEVICE_CONTROL,
-            2,
-            0xFFFF,
-        );
-        put(
-            &mut w1c,
-            cap_offset::PCIE + pcie_cap::DEVICE_STATUS,
-            2,
-            0x000F,
-        );
+        put(&mut wmask, DEVCTL as u64, 2, u16::MAX.into());
+        put(&mut w1c, DEVSTA, 2, pcie_cap::DEVSTA_W1C.into());
         // BARs are handled by bar_read/bar_write (sizing), not by masks.
-        wmask[0x10..0x28].fill(0);
+        wmask[BARS].fill(0);
         let mut bar_sizes = [0u64; 6];
         for bar in &layout.bars {
             bar_sizes[usize::from(bar.index)] = bar.size;
@@ -117,7 +113,15 @@ impl ConfigSpace {
 
     /// Command register.
     pub fn command(&self) -> u16 {
-        u16::from_le_bytes([self.bytes[4], self.bytes[5]])
+        self.u16_at(hdr::COMMAND as usize)
+    }
+
+    fn u16_at(&self, o: usize) -> u16 {
+        u16::from_le_bytes([self.bytes[o], self.bytes[o + 1]])
+    }
+
+    fn u32_at(&self, o: usize) -> u32 {
+        u32::from_le_bytes(self.bytes[o..o + 4].try_into().expect("4 bytes"))
     }
 
     /// Whether the function may master the bus (DMA).
@@ -132,18 +136,19 @@ impl ConfigSpace {
 
     /// Sets or clears the INTx pending status bit.
     pub fn set_interrupt_status(&mut self, on: bool) {
-        let s = bar_registers::pci::status::INTERRUPT as u8;
-        if on {
-            self.bytes[6] |= s;
+        let o = hdr::STATUS as usize;
+        let v = self.u16_at(o);
+        let v = if on {
+            v | status::INTERRUPT
         } else {
-            self.bytes[6] &= !s;
-        }
+            v & !status::INTERRUPT
+        };
+        self.bytes[o..o + 2].copy_from_slice(&v.to_le_bytes());
     }
 
     /// MSI-X message control (enable, function mask).
     pub fn msix_control(&self) -> (bool, bool) {
-        let o = (cap_offset::MSIX + msix_cap::MESSAGE_CONTROL) as usize;
-        let v = u16::from_le_bytes([self.bytes[o], self.bytes[o + 1]]);
+        let v = self.u16_at(MSIX_CTRL);
         (
             v & msix_cap::CTRL_ENABLE != 0,
             v & msix_cap::CTRL_FUNCTION_MASK != 0,
@@ -152,24 +157,20 @@ impl ConfigSpace {
 
     /// PCIe Max_Payload_Size and Max_Read_Request_Size in bytes.
     pub fn pcie_mps_mrrs(&self) -> (u32, u32) {
-        let o = (cap_offset::PCIE + pcie_cap::DEVICE_CONTROL) as usize;
-        let v = u16::from_le_bytes([self.bytes[o], self.bytes[o + 1]]);
+        let v = self.u16_at(DEVCTL);
+        let bytes = |shift: u16| 128 << ((v >> shift) & pcie_cap::DEVCTL_SIZE_MASK);
         (
-            128 << ((v >> pcie_cap::DEVCTL_MPS_SHIFT) & 7),
-            128 << ((v >> pcie_cap::DEVCTL_MRRS_SHIFT) & 7),
+            bytes(pcie_cap::DEVCTL_MPS_SHIFT),
+            bytes(pcie_cap::DEVCTL_MRRS_SHIFT),
         )
     }
 
     fn bar_value(&self, i: usize) -> u32 {
-        let raw = u32::from_le_bytes(
-            self.bytes[0x10 + 4 * i..0x14 + 4 * i]
-                .try_into()
-                .expect("4 bytes"),
-        );
+        let raw = self.u32_at(BARS.start + 4 * i);
         let size = self.bar_sizes[i];
         if size != 0 {
             // Low dword of a 64-bit memory BAR: address bits above the size, type bits 0b100.
-            (raw & !((size - 1) as u32) & !0xF) | DeviceLayout::BAR_TYPE_64
+            (raw & !((size - 1) as u32) & bar::MEM_ADDR_MASK) | bar::TYPE_64
         } else if i > 0 && self.bar_sizes[i - 1] != 0 {
             // Upper dword: all address bits writable (sizes are below 4 GiB).
             raw & !(((self.bar_sizes[i - 1] - 1) >> 32) as u32)
@@ -183,16 +184,16 @@ impl ConfigSpace {
         if i + 1 >= 6 || self.bar_sizes[i] == 0 {
             return 0;
         }
-        (u64::from(self.bar_value(i + 1)) << 32) | u64::from(self.bar_value(i) & !0xF)
+        (u64::from(self.bar_value(i + 1)) << 32) | u64::from(self.bar_value(i) & bar::MEM_ADDR_MASK)
     }
 
     /// Reads `data.len()` bytes at `off` (caller checked the range).
     pub fn read(&self, off: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
             let o = off as usize + i;
-            *b = if (0x10..0x28).contains(&o) {
-                let bar = (o - 0x10) / 4;
-                self.bar_value(bar).to_le_bytes()[(o - 0x10) % 4]
+            *b = if BARS.contains(&o) {
+                let bar = (o - BARS.start) / 4;
+                self.bar_value(bar).to_le_bytes()[(o - BARS.start) % 4]
             } else {
                 self.bytes[o]
             };
@@ -206,7 +207,7 @@ impl ConfigSpace {
         let mut effect = ConfigEffect::None;
         for (i, &v) in data.iter().enumerate() {
             let o = off as usize + i;
-            if (0x10..0x28).contains(&o) {
+            if BARS.contains(&o) {
                 self.bytes[o] = v;
                 continue;
             }
@@ -216,18 +217,18 @@ impl ConfigSpace {
             self.bytes[o] &= !(v & c);
         }
         // PCI_CFG window: pci_cfg_data access forwards to the BAR the capability selects.
-        let data_off = cap_offset::PCI_CFG + virtio_cap::PCI_CFG_DATA;
-        if off >= data_off && off < data_off + 4 {
+        if (PCI_CFG_DATA..PCI_CFG_DATA + 4).contains(&off) {
             let (bar, boff, blen) = self.pci_cfg_window();
             let mut v = [0u8; 4];
             v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
             return ConfigEffect::PciCfgWrite(bar, boff, blen, u32::from_le_bytes(v));
         }
-        let devctl = (cap_offset::PCIE + pcie_cap::DEVICE_CONTROL) as usize;
-        if (off as usize..off as usize + data.len()).contains(&(devctl + 1))
-            && self.bytes[devctl + 1] & 0x80 != 0
+        let flr_byte = DEVCTL + 1;
+        let flr_bit = (pcie_cap::DEVCTL_FLR >> 8) as u8;
+        if (off as usize..off as usize + data.len()).contains(&flr_byte)
+            && self.bytes[flr_byte] & flr_bit != 0
         {
-            self.bytes[devctl + 1] &= 0x7F;
+            self.bytes[flr_byte] &= !flr_bit;
             effect = ConfigEffect::FunctionLevelReset;
         } else if self.msix_control() != before_msix {
             effect = ConfigEffect::MsixControl;
@@ -239,22 +240,20 @@ impl ConfigSpace {
 
     /// The (bar, offset, length) the PCI_CFG capability currently selects.
     pub fn pci_cfg_window(&self) -> (u8, u64, usize) {
-        let c = cap_offset::PCI_CFG as usize;
-        let bar = self.bytes[c + virtio_cap::BAR as usize];
-        let off = u32::from_le_bytes(self.bytes[c + 8..c + 12].try_into().expect("4 bytes"));
-        let len = u32::from_le_bytes(self.bytes[c + 12..c + 16].try_into().expect("4 bytes"));
+        let bar = self.bytes[PCI_CFG + virtio_cap::BAR as usize];
+        let off = self.u32_at(PCI_CFG + virtio_cap::OFFSET as usize);
+        let len = self.u32_at(PCI_CFG + virtio_cap::LENGTH as usize);
         (bar, off.into(), len as usize)
     }
 
     /// Stores the bytes a PCI_CFG read fetched from the BAR into pci_cfg_data.
     pub fn set_pci_cfg_data(&mut self, v: u32) {
-        let o = (cap_offset::PCI_CFG + virtio_cap::PCI_CFG_DATA) as usize;
+        let o = PCI_CFG_DATA as usize;
         self.bytes[o..o + 4].copy_from_slice(&v.to_le_bytes());
     }
 
     /// Whether a config read at `off` of `len` touches pci_cfg_data (the device must fetch it).
     pub fn reads_pci_cfg_data(off: u64, len: usize) -> bool {
-        let d = cap_offset::PCI_CFG + virtio_cap::PCI_CFG_DATA;
-        off < d + 4 && off + len as u64 > d
+        off < PCI_CFG_DATA + 4 && off + len as u64 > PCI_CFG_DATA
     }
 }

@@ -1,6 +1,8 @@
 //! Injected design bugs: each quirk makes the model behave like a device with one realistic
 //! hardware bug, so the validator and the migration checker can prove they catch it.
 
+use bitvec::BitArr;
+
 /// One injectable bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Quirk {
@@ -69,22 +71,32 @@ impl Quirk {
     }
 }
 
+/// One bit per [`Quirk`], indexed by its declaration order.
+type QuirkBits = BitArr!(for Quirk::ALL.len(), in u16);
+
 /// A set of quirks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Quirks(u16);
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks(QuirkBits);
+
+impl std::fmt::Debug for Quirks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
 
 impl Quirks {
     /// No quirks: a healthy device.
-    pub const NONE: Quirks = Quirks(0);
+    pub const NONE: Quirks = Quirks(QuirkBits::ZERO);
 
     /// Whether `q` is on.
     pub fn has(self, q: Quirk) -> bool {
-        self.0 & (1 << q as u16) != 0
+        self.0[q as usize]
     }
 
     /// Adds `q`.
-    pub fn with(self, q: Quirk) -> Quirks {
-        Quirks(self.0 | (1 << q as u16))
+    pub fn with(mut self, q: Quirk) -> Quirks {
+        self.0.set(q as usize, true);
+        self
     }
 
     /// The quirks that are on.

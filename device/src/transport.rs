@@ -1,5 +1,5 @@
-//! The virtio device status state machine and feature negotiation (virtio 1.2 sections 2.1,
-//! 2.2 and 3.1.1).
+//! The virtio device status state machine, driven by the transition table [`STATUS_STEPS`],
+//! and feature negotiation (virtio 1.2 sections 2.1, 2.2 and 3.1.1).
 
 use bar_registers::virtio::{bits, device_status as st};
 
@@ -94,7 +94,8 @@ impl StatusMachine {
         self.status = 0;
     }
 
-    /// Applies a driver write. `features_acceptable` is consulted only when FEATURES_OK is newly set.
+    /// Applies a driver write by the rules of [`STATUS_STEPS`]. `features_acceptable` is
+    /// consulted only when FEATURES_OK is newly set.
     pub fn write(&mut self, new: u8, features_acceptable: impl FnOnce() -> bool) -> StatusChange {
         if new == 0 {
             return StatusChange::Reset;
@@ -108,33 +109,94 @@ impl StatusMachine {
             return StatusChange::Rejected;
         }
         let added = new & !old;
-        if added & st::FAILED != 0 {
+        let steps = || STATUS_STEPS.iter().filter(|s| added & s.bit != 0);
+        if let Some(step) = steps().find(|s| s.any_time) {
             self.status = new | dev;
-            return StatusChange::Failed;
+            return step.outcome;
         }
-        // 3.1.1: ACKNOWLEDGE, then DRIVER, then FEATURES_OK, then DRIVER_OK. FEATURES_OK must
-        // have been accepted by an earlier write (step 6 re-reads it) before DRIVER_OK is set.
-        let needs = |bit: u8, prereq: u8| added & bit != 0 && new & prereq != prereq;
-        if needs(st::DRIVER, st::ACKNOWLEDGE)
-            || needs(st::FEATURES_OK, st::ACKNOWLEDGE | st::DRIVER)
-            || (added & st::DRIVER_OK != 0 && old & st::FEATURES_OK == 0)
-        {
+        if steps().any(|s| new & s.requires != s.requires || old & s.after != s.after) {
             return StatusChange::Rejected;
         }
-        if added & st::FEATURES_OK != 0 && !features_acceptable() {
+        let outcome = steps().next().map_or(StatusChange::Accepted, |s| s.outcome);
+        if outcome == StatusChange::FeaturesAccepted && !features_acceptable() {
+            // 3.1.1 step 6: the device does not accept the features: FEATURES_OK stays clear.
             self.status = (new & !st::FEATURES_OK) | dev;
             return StatusChange::FeaturesRefused;
         }
         self.status = new | dev;
-        if added & st::DRIVER_OK != 0 {
-            StatusChange::DriverOk
-        } else if added & st::FEATURES_OK != 0 {
-            StatusChange::FeaturesAccepted
-        } else {
-            StatusChange::Accepted
-        }
+        outcome
     }
 }
+
+/// A device_status bit a driver sets, when it may set it, and what setting it means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusStep {
+    /// The bit.
+    pub bit: u8,
+    /// Bits that must be set by this write or an earlier one.
+    pub requires: u8,
+    /// Bits that must have been set (and so accepted) by an earlier write.
+    pub after: u8,
+    /// May be set at any time, whatever else the write does.
+    pub any_time: bool,
+    /// What newly setting it means (the first matching step of the table decides).
+    pub outcome: StatusChange,
+    /// The rule, quoted.
+    pub spec: &'static str,
+}
+
+/// The device_status transitions a driver may make (virtio 1.2 2.1 and the initialization
+/// sequence of 3.1.1), in the order their outcomes take precedence. A write that clears a bit
+/// (2.1.2) or sets a bit before what its row requires is [`StatusChange::Rejected`]; bits
+/// with no row (reserved) are stored. Writing 0 is a reset (2.4); DEVICE_NEEDS_RESET is the
+/// device's own bit (2.1.2) and no driver write changes it.
+pub const STATUS_STEPS: [StatusStep; 5] = [
+    StatusStep {
+        bit: st::FAILED,
+        requires: 0,
+        after: 0,
+        any_time: true,
+        outcome: StatusChange::Failed,
+        spec: "virtio 1.2 3.1.1: \"If any of these steps go irrecoverably wrong, the driver \
+               SHOULD set the FAILED status bit to indicate that it has given up on the device\"",
+    },
+    StatusStep {
+        bit: st::DRIVER_OK,
+        requires: 0,
+        after: st::FEATURES_OK,
+        any_time: false,
+        outcome: StatusChange::DriverOk,
+        spec: "virtio 1.2 3.1.1 step 8: \"Set the DRIVER_OK status bit. At this point the \
+               device is 'live'\", after step 6 re-read FEATURES_OK",
+    },
+    StatusStep {
+        bit: st::FEATURES_OK,
+        requires: st::ACKNOWLEDGE | st::DRIVER,
+        after: 0,
+        any_time: false,
+        outcome: StatusChange::FeaturesAccepted,
+        spec: "virtio 1.2 3.1.1 step 5: \"Set the FEATURES_OK status bit. The driver MUST NOT \
+               accept new feature bits after this step.\"",
+    },
+    StatusStep {
+        bit: st::DRIVER,
+        requires: st::ACKNOWLEDGE,
+        after: 0,
+        any_time: false,
+        outcome: StatusChange::Accepted,
+        spec: "virtio 1.2 3.1.1 step 3: \"Set the DRIVER status bit: the guest OS knows how to \
+               drive the device.\"",
+    },
+    StatusStep {
+        bit: st::ACKNOWLEDGE,
+        requires: 0,
+        after: 0,
+        any_time: false,
+        outcome: StatusChange::Accepted,
+        spec: "virtio 1.2 3.1.1 step 2: \"Set the ACKNOWLEDGE status bit: the guest OS has \
+               noticed the device.\"",
+    },
+];
 
 /// Why a feature set is refused at FEATURES_OK.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -225,6 +287,20 @@ mod tests {
             StatusChange::Rejected
         );
         assert_eq!(m.value(), 0);
+    }
+
+    #[test]
+    fn every_status_bit_a_driver_sets_has_one_quoted_rule() {
+        let mut seen = 0u8;
+        for s in STATUS_STEPS {
+            assert_eq!(seen & s.bit, 0, "{:#x} twice", s.bit);
+            seen |= s.bit;
+            assert!(s.spec.starts_with("virtio 1.2 "), "{}", s.spec);
+        }
+        assert_eq!(
+            seen,
+            st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK | st::DRIVER_OK | st::FAILED
+        );
     }
 
     #[test]

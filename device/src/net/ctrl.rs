@@ -1,25 +1,38 @@
 //! The control virtqueue (virtio 1.2 5.1.6.5): `{u8 class; u8 command; data[]; u8 ack}` with
 //! the ack in the first device-writable byte.
 
+use super::engine::{Datapath, NetEngine};
 use super::MAX_CTRL_CHAIN;
 use crate::fault::DeviceFault;
-use crate::queue::split::ChainKind;
-use crate::state::{DeviceState, QueueState};
-use bar_registers::virtio::bits;
+use crate::queue::chain::ChainKind;
+use crate::state::QueueState;
+use bar_registers::virtio::{bits, net_status};
 use dma::DmaKind;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC,
+    VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
+    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
+};
 
-const VIRTIO_NET_OK: u8 = 0;
-const VIRTIO_NET_ERR: u8 = 1;
-const CTRL_RX: u8 = 0;
-const CTRL_MAC: u8 = 1;
-const CTRL_ANNOUNCE: u8 = 3;
-const CTRL_MQ: u8 = 4;
+/// The ack byte of a command (5.1.6.5: virtio_net_ctrl_ack).
+fn ack_byte(ok: bool) -> u8 {
+    if ok {
+        VIRTIO_NET_OK as u8
+    } else {
+        VIRTIO_NET_ERR as u8
+    }
+}
 
-impl DeviceState {
+impl NetEngine {
     /// Drains the control queue.
-    pub(crate) fn service_ctrl(&mut self, q: u16) -> Result<(), DeviceFault> {
+    pub(crate) fn service_ctrl(
+        &mut self,
+        q: u16,
+        dp: &mut Datapath<'_>,
+    ) -> Result<(), DeviceFault> {
         loop {
-            let DeviceState {
+            let NetEngine {
                 queues,
                 dma,
                 chain,
@@ -55,11 +68,11 @@ impl DeviceState {
                 return Err(DeviceFault::CtrlNoStatus { queue: q });
             };
             let cmd = std::mem::take(&mut self.buf);
-            let ack = self.ctrl_command(&cmd);
+            let ack = self.ctrl_command(&cmd, dp);
             self.buf = cmd;
-            self.counters.ctrl_commands += 1;
-            if ack != VIRTIO_NET_OK {
-                self.counters.ctrl_errors += 1;
+            dp.counters.ctrl_commands += 1;
+            if ack != ack_byte(true) {
+                dp.counters.ctrl_errors += 1;
             }
             let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
                 return Ok(());
@@ -68,28 +81,31 @@ impl DeviceState {
                 .write(ack_addr, &[ack], DmaKind::PacketWrite)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             ring.push_used(head, 1);
-            self.counters.queues[usize::from(q)].chains += 1;
+            dp.counters.queues[usize::from(q)].chains += 1;
             ring.flush_used(&mut self.dma)?;
             if ring.interrupt_decision(&mut self.dma)? {
-                self.queue_interrupt(q);
+                dp.interrupts.push(q);
             } else {
-                self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+                dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
             }
         }
     }
 
     /// Executes one command; returns the ack byte.
-    fn ctrl_command(&mut self, cmd: &[u8]) -> u8 {
+    fn ctrl_command(&mut self, cmd: &[u8], dp: &mut Datapath<'_>) -> u8 {
         let (Some(&class), Some(&command)) = (cmd.first(), cmd.get(1)) else {
-            return VIRTIO_NET_ERR;
+            return ack_byte(false);
         };
         let data = &cmd[2..];
         let _span = tracing::debug_span!("ctrl", class, command).entered();
-        let ok = match (class, command) {
+        let ok = match (u32::from(class), u32::from(command)) {
             // 5.1.6.5.1: PROMISC / ALLMULTI, one byte on/off.
-            (CTRL_RX, 0 | 1) if self.has(bits::CTRL_RX) && data.len() == 1 => {
+            (
+                VIRTIO_NET_CTRL_RX,
+                c @ (VIRTIO_NET_CTRL_RX_PROMISC | VIRTIO_NET_CTRL_RX_ALLMULTI),
+            ) if dp.has(bits::CTRL_RX) && data.len() == 1 => {
                 let on = data[0] != 0;
-                if command == 0 {
+                if c == VIRTIO_NET_CTRL_RX_PROMISC {
                     self.net.promisc = on;
                 } else {
                     self.net.allmulti = on;
@@ -97,32 +113,40 @@ impl DeviceState {
                 true
             }
             // 5.1.6.5.2: MAC_TABLE_SET: two {le32 entries; u8 macs[entries][6]} tables.
-            (CTRL_MAC, 0) if self.has(bits::CTRL_RX) => match parse_mac_tables(data) {
-                Some((uc, mc)) => {
-                    self.net.uc_table = uc;
-                    self.net.mc_table = mc;
-                    true
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET) if dp.has(bits::CTRL_RX) => {
+                match parse_mac_tables(data) {
+                    Some((uc, mc)) => {
+                        self.net.uc_table = uc;
+                        self.net.mc_table = mc;
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
+            }
             // MAC_ADDR_SET: six bytes; the config space mac follows.
-            (CTRL_MAC, 1) if self.has(bits::CTRL_MAC_ADDR) && data.len() == 6 => {
+            (VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET)
+                if dp.has(bits::CTRL_MAC_ADDR) && data.len() == 6 =>
+            {
                 self.net.mac.copy_from_slice(data);
-                self.config_generation = self.config_generation.wrapping_add(1);
+                dp.config_changes += 1;
                 true
             }
             // 5.1.6.5.4: ANNOUNCE_ACK clears VIRTIO_NET_S_ANNOUNCE.
-            (CTRL_ANNOUNCE, 0) if self.has(bits::GUEST_ANNOUNCE) => {
-                if self.net.status & 2 != 0 {
-                    self.net.status &= !2;
-                    self.config_generation = self.config_generation.wrapping_add(1);
+            (VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK)
+                if dp.has(bits::GUEST_ANNOUNCE) =>
+            {
+                if self.net.status & net_status::ANNOUNCE != 0 {
+                    self.net.status &= !net_status::ANNOUNCE;
+                    dp.config_changes += 1;
                 }
                 true
             }
             // 5.1.6.5.5: VQ_PAIRS_SET, le16 in 1..=max_virtqueue_pairs.
-            (CTRL_MQ, 0) if self.has(bits::MQ) && data.len() == 2 => {
+            (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET)
+                if dp.has(bits::MQ) && data.len() == 2 =>
+            {
                 let n = u16::from_le_bytes([data[0], data[1]]);
-                if (1..=self.cfg.layout.queue_pairs).contains(&n) {
+                if (1..=self.params.queue_pairs).contains(&n) {
                     self.net.curr_pairs = n;
                     true
                 } else {
@@ -131,11 +155,7 @@ impl DeviceState {
             }
             _ => false,
         };
-        if ok {
-            VIRTIO_NET_OK
-        } else {
-            VIRTIO_NET_ERR
-        }
+        ack_byte(ok)
     }
 }
 

@@ -1,17 +1,12 @@
 //! RX filtering (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table) and automatic receive steering
 //! (5.1.6.5.6.1: packets of a flow go to the RX queue of the pair that last transmitted it).
 
-use crate::state::{NetState, FLOW_BUCKETS};
+use super::engine::{NetState, FLOW_BUCKETS};
 
 /// A symmetric flow hash over MACs, ethertype and (for IPv4) addresses and ports, so both
 /// directions of a flow land in the same bucket.
 pub fn flow_hash(frame: &[u8]) -> usize {
-    fn fnv(h: u64, bytes: &[u8]) -> u64 {
-        bytes
-            .iter()
-            .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-    }
-    const SEED: u64 = 0xcbf2_9ce4_8422_2325;
+    use crate::fnv::{extend as fnv, OFFSET_BASIS as SEED};
     if frame.len() < 14 {
         return 0;
     }

@@ -2,8 +2,10 @@
 //! queue, RX filtering and steering.
 
 pub mod ctrl;
+pub mod engine;
 pub mod filter;
 pub mod rx;
+pub mod sections;
 pub mod tx;
 
 /// struct virtio_net_hdr_v1 size: with VIRTIO_F_VERSION_1 the header always has num_buffers

@@ -3,13 +3,21 @@
 //! frame may span several chains (num_buffers in the first header); without it the frame must
 //! fit one chain or is dropped (the chain stays available).
 
+use super::engine::{Datapath, NetEngine};
 use super::NET_HDR_LEN;
+use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
-use crate::queue::split::ChainKind;
+use crate::queue::chain::{ChainKind, Desc};
 use crate::queue::Ring;
-use crate::state::{DeviceState, QueueState};
+use crate::quirks::Quirk;
+use crate::state::QueueState;
+use bar_registers::layout::MAX_QUEUE_PAIRS;
 use bar_registers::virtio::bits;
+use bitvec::BitArr;
 use dma::{DmaEngine, DmaKind};
+
+/// A set of queue pairs.
+type PairSet = BitArr!(for MAX_QUEUE_PAIRS as usize, in u64);
 
 /// Where a popped chain's bytes go.
 struct Slot {
@@ -19,33 +27,33 @@ struct Slot {
     cap: u64,
 }
 
-impl DeviceState {
+impl NetEngine {
     /// Moves frames from the inbox into RX queues until the inbox is empty or a frame has no
     /// room; publishes each touched queue and interrupts as the driver asked.
-    pub(crate) fn service_rx(&mut self) -> Result<(), DeviceFault> {
-        let mrg = self.has(bits::MRG_RXBUF);
-        let mut touched: u64 = 0;
+    pub(crate) fn service_rx(&mut self, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
+        let mrg = dp.has(bits::MRG_RXBUF);
+        let mut touched = PairSet::ZERO;
         let mut result = Ok(());
         while let Some(frame) = self.inbox.pop() {
             if !self.net.accepts(&frame) {
-                self.counters.rx_filtered += 1;
+                dp.counters.rx_filtered += 1;
                 self.inbox.recycle(frame);
                 continue;
             }
             let q = 2 * self.net.steer(&frame);
-            let mut res = self.deliver(q, &frame, mrg);
+            let mut res = self.deliver(q, &frame, mrg, dp.counters);
             if let Ok(false) = res {
                 // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
                 // EVENT_IDX, 2.7.10), then look once more in case it just did.
                 res = match self.arm_rx(q) {
-                    Ok(true) => self.deliver(q, &frame, mrg),
+                    Ok(true) => self.deliver(q, &frame, mrg, dp.counters),
                     Ok(false) => Ok(false),
                     Err(e) => Err(e),
                 };
             }
             match res {
                 Ok(true) => {
-                    touched |= 1 << (q / 2);
+                    touched.set(usize::from(q / 2), true);
                     self.inbox.recycle(frame);
                 }
                 Ok(false) => {
@@ -59,13 +67,8 @@ impl DeviceState {
                 }
             }
         }
-        let mut q = 0u16;
-        while touched != 0 {
-            if touched & 1 != 0 {
-                self.publish_rx(2 * q)?;
-            }
-            touched >>= 1;
-            q += 1;
+        for pair in touched.iter_ones() {
+            self.publish_rx(2 * pair as u16, dp)?;
         }
         result
     }
@@ -77,32 +80,34 @@ impl DeviceState {
         }
     }
 
-    fn publish_rx(&mut self, q: u16) -> Result<(), DeviceFault> {
+    fn publish_rx(&mut self, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
         let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
             return Ok(());
         };
         ring.flush_used(&mut self.dma)?;
         if ring.interrupt_decision(&mut self.dma)? {
-            self.queue_interrupt(q);
+            dp.interrupts.push(q);
         } else {
-            self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+            dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
         }
         Ok(())
     }
 
     /// Writes one frame into queue `q`. Ok(false) when it does not fit yet.
-    fn deliver(&mut self, q: u16, frame: &[u8], mrg: bool) -> Result<bool, DeviceFault> {
-        let batch = self.cfg.batch;
-        let quirk_len = self
-            .cfg
-            .quirks
-            .has(crate::quirks::Quirk::SplitRingUsedLenWrong);
-        let DeviceState {
+    fn deliver(
+        &mut self,
+        q: u16,
+        frame: &[u8],
+        mrg: bool,
+        counters: &mut DeviceCounters,
+    ) -> Result<bool, DeviceFault> {
+        let batch = self.params.batch;
+        let quirk_len = self.params.quirks.has(Quirk::SplitRingUsedLenWrong);
+        let NetEngine {
             queues,
             dma,
             chain,
             rx_descs: all,
-            counters,
             ..
         } = self;
         let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
@@ -174,7 +179,7 @@ fn write_frame(
     hdr: &[u8],
     frame: &[u8],
     slots: &[Option<Slot>],
-    all: &[crate::queue::split::Desc],
+    all: &[Desc],
     wrong_len: bool,
 ) -> Result<(), DeviceFault> {
     let total = hdr.len() + frame.len();

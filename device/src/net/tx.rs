@@ -1,29 +1,30 @@
 //! Transmit (virtio 1.2 5.1.6.2): the driver posts virtio_net_hdr + frame as a device-readable
 //! chain; the device sends the frame to its port and returns the chain with used len 0.
 
-use super::{ETH_HLEN, MAX_TX_CHAIN, NET_HDR_LEN, VLAN_HLEN};
+use super::engine::{Datapath, NetEngine};
+use super::{ETH_HLEN, MAX_TX_CHAIN, NET_HDR_LEN};
 use crate::fault::DeviceFault;
-use crate::queue::split::ChainKind;
-use crate::state::{DeviceState, QueueState};
+use crate::queue::chain::ChainKind;
+use crate::state::QueueState;
 use dma::DmaKind;
 
-impl DeviceState {
+impl NetEngine {
     /// Drains TX queue `q`.
-    pub(crate) fn service_tx(&mut self, q: u16) -> Result<(), DeviceFault> {
-        let max_frame = usize::from(self.cfg.layout.mtu) + ETH_HLEN + VLAN_HLEN;
-        let batch = self.cfg.batch;
+    pub(crate) fn service_tx(&mut self, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
+        let max_frame = self.params.max_frame;
+        let batch = self.params.batch;
         let pair = q / 2;
         loop {
-            let DeviceState {
+            let NetEngine {
                 queues,
                 dma,
                 chain,
                 buf,
                 port,
-                counters,
                 net,
                 ..
             } = self;
+            let counters = &mut *dp.counters;
             let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
                 return Ok(());
             };
@@ -65,11 +66,10 @@ impl DeviceState {
                 }
             }
             ring.flush_used(dma)?;
-            let need = ring.interrupt_decision(dma)?;
-            if need {
-                self.queue_interrupt(q);
+            if ring.interrupt_decision(dma)? {
+                dp.interrupts.push(q);
             } else {
-                self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+                counters.queues[usize::from(q)].interrupts_suppressed += 1;
             }
         }
     }

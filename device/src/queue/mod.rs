@@ -2,13 +2,15 @@
 //! behind one [`Ring`] the datapath (net/tx.rs, rx.rs, ctrl.rs) drives without knowing which
 //! layout was negotiated (VIRTIO_F_RING_PACKED applies to every queue of the device).
 
+pub mod chain;
 pub mod packed;
 pub mod split;
 
 use crate::fault::DeviceFault;
+use chain::{Chain, ChainKind, RingSetup};
 use dma::DmaEngine;
 use packed::PackedRing;
-use split::{Chain, ChainKind, RingSetup, SplitRing};
+use split::SplitRing;
 
 /// One enabled ring: an enum rather than a trait object, so every call is a predictable branch
 /// the compiler can inline on both sides.

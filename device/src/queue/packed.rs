@@ -50,32 +50,25 @@
 //! first (the good ones are completed first), as the split ring reports it when the list is
 //! walked.
 
-use super::split::{push_desc, Chain, ChainKind, RingSetup, MAX_INDIRECT_ENTRIES};
+use super::chain::{push_desc, Chain, ChainKind, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
+// The ring flags and the off_wrap encoding, declared once in bar-registers (virtio-bindings'
+// values); re-exported here, where the driver model and the tests have always found them.
+use bar_registers::ring::{
+    DESC_SIZE, EVENT_SUPPRESSION_SIZE, PACKED_DESC_FLAGS, RING_EVENT_FLAGS_MASK,
+};
+
+/// Descriptor size as a length in memory.
+const DESC_BYTES: usize = DESC_SIZE as usize;
+/// Where a descriptor's flags sit in its 16 bytes.
+const FLAGS_AT: usize = PACKED_DESC_FLAGS as usize;
+pub use bar_registers::ring::{
+    off_wrap, split_off_wrap, MAX_PACKED_QUEUE_SIZE, RING_EVENT_FLAGS_DESC,
+    RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE, WRAP_BIT,
+};
 use dma::{DmaEngine, DmaKind};
 use std::sync::atomic::{fence, Ordering};
-
-/// VIRTQ_DESC_F_NEXT (2.8.6).
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// VIRTQ_DESC_F_WRITE (2.8.3): device-writable in an available descriptor; "data has been
-/// written" in a used one.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// VIRTQ_DESC_F_INDIRECT (2.8.7).
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
-/// VIRTQ_DESC_F_AVAIL (2.8.1).
-pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << 7;
-/// VIRTQ_DESC_F_USED (2.8.1).
-pub const VIRTQ_DESC_F_USED: u16 = 1 << 15;
-/// RING_EVENT_FLAGS_ENABLE (2.8.10).
-pub const RING_EVENT_FLAGS_ENABLE: u16 = 0x0;
-/// RING_EVENT_FLAGS_DISABLE (2.8.10).
-pub const RING_EVENT_FLAGS_DISABLE: u16 = 0x1;
-/// RING_EVENT_FLAGS_DESC (2.8.10), valid only with VIRTIO_F_EVENT_IDX.
-pub const RING_EVENT_FLAGS_DESC: u16 = 0x2;
-/// Largest packed queue (2.8: "up to 2^15 entries").
-pub const MAX_PACKED_QUEUE_SIZE: u16 = 32768;
-/// Bit 15 of an off_wrap value and of a packed LM index: the wrap counter.
-pub const WRAP_BIT: u16 = 1 << 15;
 
 /// Whether descriptor `flags` mark it available for a side whose wrap counter is `wrap`.
 #[inline(always)]
@@ -97,18 +90,6 @@ pub fn used_flags(wrap: bool) -> u16 {
     } else {
         0
     }
-}
-
-/// `offset | wrap << 15`: an event suppression off_wrap, and a packed LM index.
-#[inline(always)]
-pub fn off_wrap(pos: u16, wrap: bool) -> u16 {
-    (pos & !WRAP_BIT) | if wrap { WRAP_BIT } else { 0 }
-}
-
-/// Splits an off_wrap / packed LM index into (offset, wrap counter).
-#[inline(always)]
-pub fn split_off_wrap(v: u16) -> (u16, bool) {
-    (v & !WRAP_BIT, v & WRAP_BIT != 0)
 }
 
 /// Ring position `pos` of a lap with wrap counter `wrap` as a free-running index modulo
@@ -135,8 +116,8 @@ pub fn packed_need_event(size: u16, event: u16, new: u32, old: u32) -> bool {
 #[inline]
 fn avail_prefix(bytes: &[u8], wrap: bool) -> usize {
     bytes
-        .chunks_exact(16)
-        .take_while(|d| is_avail(u16::from_le_bytes([d[14], d[15]]), wrap))
+        .chunks_exact(DESC_BYTES)
+        .take_while(|d| is_avail(u16::from_le_bytes([d[FLAGS_AT], d[FLAGS_AT + 1]]), wrap))
         .count()
 }
 
@@ -156,7 +137,7 @@ impl RawDesc {
             addr: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
             len: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
             id: u16::from_le_bytes([b[12], b[13]]),
-            flags: u16::from_le_bytes([b[14], b[15]]),
+            flags: u16::from_le_bytes([b[FLAGS_AT], b[FLAGS_AT + 1]]),
         }
     }
 }
@@ -246,7 +227,10 @@ impl PackedRing {
                 detail: "packed queue size is 0 or above 32768 (2.8)",
             });
         }
-        if !desc.is_multiple_of(16) || !driver.is_multiple_of(4) || !device.is_multiple_of(4) {
+        if !desc.is_multiple_of(DESC_SIZE)
+            || !driver.is_multiple_of(EVENT_SUPPRESSION_SIZE)
+            || !device.is_multiple_of(EVENT_SUPPRESSION_SIZE)
+        {
             return Err(DeviceFault::BadQueueConfig {
                 queue,
                 detail:
@@ -254,9 +238,9 @@ impl PackedRing {
             });
         }
         // Every ring address the engine computes is below these ends (as in the split ring).
-        if desc.checked_add(16 * u64::from(size)).is_none()
-            || driver.checked_add(4).is_none()
-            || device.checked_add(4).is_none()
+        if desc.checked_add(DESC_SIZE * u64::from(size)).is_none()
+            || driver.checked_add(EVENT_SUPPRESSION_SIZE).is_none()
+            || device.checked_add(EVENT_SUPPRESSION_SIZE).is_none()
         {
             return Err(DeviceFault::BadQueueConfig {
                 queue,
@@ -316,6 +300,18 @@ impl PackedRing {
         }
     }
 
+    /// Address of the descriptor at ring position `pos`.
+    #[inline(always)]
+    fn desc_addr(&self, pos: u16) -> u64 {
+        self.desc + DESC_SIZE * u64::from(pos)
+    }
+
+    /// Address of the flags of the descriptor at ring position `pos`.
+    #[inline(always)]
+    fn flags_addr(&self, pos: u16) -> u64 {
+        self.desc_addr(pos) + PACKED_DESC_FLAGS
+    }
+
     /// LM ring state: (last_avail_idx, last_used_idx), each `offset | wrap counter << 15`.
     pub fn ring_state(&self) -> (u16, u16) {
         (
@@ -358,21 +354,21 @@ impl PackedRing {
         start: u16,
         count: u16,
     ) -> Result<(), DeviceFault> {
-        let bytes = usize::from(count) * 16;
+        let bytes = usize::from(count) * DESC_BYTES;
         self.scratch.resize(bytes, 0);
         let first = count.min(self.size - start);
         let q = self.queue;
         let err = |fault| DeviceFault::Dma { queue: q, fault };
         dma.read(
-            self.desc + 16 * u64::from(start),
-            &mut self.scratch[..usize::from(first) * 16],
+            self.desc_addr(start),
+            &mut self.scratch[..usize::from(first) * DESC_BYTES],
             DmaKind::Descriptor,
         )
         .map_err(err)?;
         if first < count {
             dma.read(
                 self.desc,
-                &mut self.scratch[usize::from(first) * 16..bytes],
+                &mut self.scratch[usize::from(first) * DESC_BYTES..bytes],
                 DmaKind::Descriptor,
             )
             .map_err(err)?;
@@ -399,7 +395,7 @@ impl PackedRing {
         // they processed previously" is the one location to poll).
         let start = self.fetch_pos;
         let flags = dma
-            .read_u16(self.desc + 16 * u64::from(start) + 14, DmaKind::Descriptor)
+            .read_u16(self.flags_addr(start), DmaKind::Descriptor)
             .map_err(self.dma_err())?;
         if !is_avail(flags, self.fetch_wrap) {
             return Ok(0);
@@ -408,9 +404,9 @@ impl PackedRing {
         // before the ring end belong to the fetch lap, the ones after it to the next.
         self.read_slots(dma, start, w)?;
         let before_end = usize::from(w.min(self.size - start));
-        let mut k = avail_prefix(&self.scratch[..before_end * 16], self.fetch_wrap);
+        let mut k = avail_prefix(&self.scratch[..before_end * DESC_BYTES], self.fetch_wrap);
         if k == before_end {
-            k += avail_prefix(&self.scratch[before_end * 16..], !self.fetch_wrap);
+            k += avail_prefix(&self.scratch[before_end * DESC_BYTES..], !self.fetch_wrap);
         }
         if k == 0 {
             return Ok(0);
@@ -422,7 +418,7 @@ impl PackedRing {
         self.read_slots(dma, start, k as u16)?;
         let base = self.descs.len();
         self.descs
-            .extend(self.scratch.chunks_exact(16).map(RawDesc::parse));
+            .extend(self.scratch.chunks_exact(DESC_BYTES).map(RawDesc::parse));
         let mut i = 0u16;
         let mut n = 0u16;
         let (mut pos, mut wrap) = (self.fetch_pos, self.fetch_wrap);
@@ -507,7 +503,7 @@ impl PackedRing {
                 let at = self.slot(have).0;
                 self.read_slots(dma, at, room - have)?;
                 self.descs
-                    .extend(self.scratch.chunks_exact(16).map(RawDesc::parse));
+                    .extend(self.scratch.chunks_exact(DESC_BYTES).map(RawDesc::parse));
             }
             let d = self.descs[base + usize::from(j)];
             let (pos, wrap) = self.slot(j);
@@ -607,7 +603,8 @@ impl PackedRing {
         max_total: u64,
     ) -> Result<(), DeviceFault> {
         let q = self.queue;
-        if len == 0 || !len.is_multiple_of(16) || len / 16 > MAX_INDIRECT_ENTRIES {
+        let desc_size = DESC_SIZE as u32;
+        if len == 0 || !len.is_multiple_of(desc_size) || len / desc_size > MAX_INDIRECT_ENTRIES {
             return Err(DeviceFault::BadIndirectLength { queue: q, len });
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -616,7 +613,7 @@ impl PackedRing {
             .read(table, &mut buf, DmaKind::IndirectTable)
             .map_err(self.dma_err())
             .and_then(|()| {
-                for (i, b) in buf.chunks_exact(16).enumerate() {
+                for (i, b) in buf.chunks_exact(DESC_BYTES).enumerate() {
                     let d = RawDesc::parse(b);
                     push_desc(
                         q,
@@ -701,17 +698,17 @@ impl PackedRing {
         let q = self.queue;
         let err = |fault| DeviceFault::Dma { queue: q, fault };
         let mut buf = std::mem::take(&mut self.scratch);
-        buf.resize(16 * self.pending.len(), 0);
+        buf.resize(DESC_BYTES * self.pending.len(), 0);
         for (i, (e, b)) in self
             .pending
             .iter()
-            .zip(buf.chunks_exact_mut(16))
+            .zip(buf.chunks_exact_mut(DESC_BYTES))
             .enumerate()
         {
             b[0..8].copy_from_slice(&e.addr.to_le_bytes());
             b[8..12].copy_from_slice(&e.len.to_le_bytes());
             b[12..14].copy_from_slice(&e.id.to_le_bytes());
-            b[14..16]
+            b[FLAGS_AT..FLAGS_AT + 2]
                 .copy_from_slice(&(if i == 0 { e.prior_flags } else { e.flags }).to_le_bytes());
         }
         // One write per run of consecutive slots (a run ends at the ring end or where a longer
@@ -720,9 +717,13 @@ impl PackedRing {
         let mut run = 0usize;
         for i in 1..=self.pending.len() {
             if i == self.pending.len() || self.pending[i].pos != self.pending[i - 1].pos + 1 {
-                let at = self.desc + 16 * u64::from(self.pending[run].pos);
+                let at = self.desc_addr(self.pending[run].pos);
                 res = dma
-                    .write(at, &buf[16 * run..16 * i], DmaKind::RingWrite)
+                    .write(
+                        at,
+                        &buf[DESC_BYTES * run..DESC_BYTES * i],
+                        DmaKind::RingWrite,
+                    )
                     .map_err(err);
                 if res.is_err() {
                     break;
@@ -733,12 +734,8 @@ impl PackedRing {
         self.scratch = buf;
         res?;
         let first = self.pending[0];
-        dma.publish_u16(
-            self.desc + 16 * u64::from(first.pos) + 14,
-            first.flags,
-            DmaKind::RingWrite,
-        )
-        .map_err(err)?;
+        dma.publish_u16(self.flags_addr(first.pos), first.flags, DmaKind::RingWrite)
+            .map_err(err)?;
         self.pending.clear();
         self.published = ring_seq(self.size, self.used_pos, self.used_wrap);
         Ok(())
@@ -760,7 +757,7 @@ impl PackedRing {
             let v = dma
                 .read_u32(self.driver, DmaKind::RingRead)
                 .map_err(self.dma_err())?;
-            let (event, flags) = (v as u16, (v >> 16) as u16 & 0x3);
+            let (event, flags) = (v as u16, (v >> 16) as u16 & RING_EVENT_FLAGS_MASK);
             match flags {
                 RING_EVENT_FLAGS_DISABLE => false,
                 RING_EVENT_FLAGS_DESC if self.event_idx => {
@@ -787,10 +784,7 @@ impl PackedRing {
             fence(Ordering::SeqCst);
         }
         let flags = dma
-            .read_u16(
-                self.desc + 16 * u64::from(self.fetch_pos) + 14,
-                DmaKind::Descriptor,
-            )
+            .read_u16(self.flags_addr(self.fetch_pos), DmaKind::Descriptor)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         Ok(is_avail(flags, self.fetch_wrap))
     }

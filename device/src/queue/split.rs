@@ -12,72 +12,20 @@
 //! next u16}`; avail ring `{flags u16, idx u16, ring[size] u16, used_event u16}`; used ring
 //! `{flags u16, idx u16, ring[size] {id u32, len u32}, avail_event u16}`.
 
+use super::chain::push_desc;
+pub use super::chain::{Chain, ChainKind, Desc, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
+use bar_registers::ring::{
+    AVAIL_ALIGN, AVAIL_ELEM_SIZE, AVAIL_IDX, AVAIL_RING, DESC_ALIGN, DESC_SIZE, USED_ALIGN,
+    USED_ELEM_SIZE, USED_IDX, USED_RING, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VRING_AVAIL_F_NO_INTERRUPT,
+};
 use dma::{DmaEngine, DmaKind};
 use std::sync::atomic::{fence, Ordering};
-
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// Largest indirect table we accept (Linux uses at most MAX_SKB_FRAGS + 2 entries for net).
-pub const MAX_INDIRECT_ENTRIES: u32 = 1024;
-
-/// One buffer of a chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub writable: bool,
-}
-
-/// What the device expects of a chain's buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChainKind {
-    /// TX: device-readable only.
-    Tx,
-    /// RX: device-writable only.
-    Rx,
-    /// Control: readable, then writable (2.7.4.2).
-    Ctrl,
-}
-
-/// A popped descriptor chain; reused between pops to avoid allocation.
-#[derive(Debug, Default)]
-pub struct Chain {
-    pub head: u16,
-    pub descs: Vec<Desc>,
-    pub readable: u64,
-    pub writable: u64,
-}
-
-impl Chain {
-    pub(crate) fn clear(&mut self, head: u16) {
-        self.head = head;
-        self.descs.clear();
-        self.readable = 0;
-        self.writable = 0;
-    }
-}
 
 /// vring_need_event (virtio 1.2 2.7.7.2 / include/uapi/linux/virtio_ring.h).
 pub fn vring_need_event(event_idx: u16, new_idx: u16, old: u16) -> bool {
     new_idx.wrapping_sub(event_idx).wrapping_sub(1) < new_idx.wrapping_sub(old)
-}
-
-/// What queue_enable hands the ring engine: the queue registers, the LM ring state it resumes
-/// at, and the negotiated ring features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingSetup {
-    pub queue: u16,
-    pub size: u16,
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
-    pub last_avail: u16,
-    pub last_used: u16,
-    pub event_idx: bool,
-    pub indirect: bool,
 }
 
 /// Device-side state of one enabled split ring.
@@ -127,7 +75,10 @@ impl SplitRing {
                 detail: "queue size is not a power of two",
             });
         }
-        if !desc.is_multiple_of(16) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
+        if !desc.is_multiple_of(DESC_ALIGN)
+            || !avail.is_multiple_of(AVAIL_ALIGN)
+            || !used.is_multiple_of(USED_ALIGN)
+        {
             return Err(DeviceFault::BadQueueConfig {
                 queue,
                 detail: "ring address misaligned (2.7: desc 16, avail 2, used 4)",
@@ -136,9 +87,9 @@ impl SplitRing {
         // Every ring address the engine computes is below these ends: checking them once here
         // keeps all later address arithmetic free of overflow.
         let n = u64::from(size);
-        if desc.checked_add(16 * n).is_none()
-            || avail.checked_add(6 + 2 * n).is_none()
-            || used.checked_add(6 + 8 * n).is_none()
+        if desc.checked_add(DESC_SIZE * n).is_none()
+            || avail.checked_add(avail_event_end(n)).is_none()
+            || used.checked_add(used_event_end(n)).is_none()
         {
             return Err(DeviceFault::BadQueueConfig {
                 queue,
@@ -190,7 +141,7 @@ impl SplitRing {
             .wrapping_sub((self.head_pos - self.mark.unwrap_or(self.head_pos)) as u16);
         let fetched_end = self.last_avail;
         let avail_idx = dma
-            .read_u16(self.avail + 2, DmaKind::RingRead)
+            .read_u16(self.avail + AVAIL_IDX, DmaKind::RingRead)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         let pending = avail_idx.wrapping_sub(committed);
         if pending > self.size {
@@ -207,9 +158,9 @@ impl SplitRing {
         let mut left = n;
         while left > 0 {
             let span = left.min(self.size - start);
-            let bytes = usize::from(span) * 2;
+            let bytes = usize::from(span) * AVAIL_ELEM_SIZE as usize;
             self.scratch.resize(bytes, 0);
-            let addr = self.avail + 4 + 2 * u64::from(start);
+            let addr = self.avail + AVAIL_RING + AVAIL_ELEM_SIZE * u64::from(start);
             dma.read(addr, &mut self.scratch[..bytes], DmaKind::RingRead)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             self.heads.extend(
@@ -273,7 +224,7 @@ impl SplitRing {
         chain.clear(head);
         let mut idx = head;
         let mut hops: u32 = 0;
-        let mut raw = [0u8; 16];
+        let mut raw = [0u8; DESC_SIZE as usize];
         loop {
             if idx >= self.size {
                 return Err(DeviceFault::DescriptorIndexOutOfRange {
@@ -291,24 +242,24 @@ impl SplitRing {
                 });
             }
             dma.read(
-                self.desc + 16 * u64::from(idx),
+                self.desc + DESC_SIZE * u64::from(idx),
                 &mut raw,
                 DmaKind::Descriptor,
             )
             .map_err(self.dma_err())?;
             let (addr, len, flags, next) = parse_desc(&raw);
-            if flags & VRING_DESC_F_INDIRECT != 0 {
+            if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
                     return Err(DeviceFault::IndirectNotNegotiated { queue: q });
                 }
-                if flags & VRING_DESC_F_NEXT != 0 {
+                if flags & VIRTQ_DESC_F_NEXT != 0 {
                     return Err(DeviceFault::IndirectWithNext { queue: q });
                 }
                 self.walk_indirect(dma, addr, len, chain, kind, max_total)?;
                 return Ok(());
             }
             push_desc(q, chain, idx, addr, len, flags, kind, max_total)?;
-            if flags & VRING_DESC_F_NEXT == 0 {
+            if flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(());
             }
             idx = next;
@@ -325,10 +276,11 @@ impl SplitRing {
         max_total: u64,
     ) -> Result<(), DeviceFault> {
         let q = self.queue;
-        if len == 0 || !len.is_multiple_of(16) || len / 16 > MAX_INDIRECT_ENTRIES {
+        let desc_size = DESC_SIZE as u32;
+        if len == 0 || !len.is_multiple_of(desc_size) || len / desc_size > MAX_INDIRECT_ENTRIES {
             return Err(DeviceFault::BadIndirectLength { queue: q, len });
         }
-        let entries = (len / 16) as u16;
+        let entries = (len / desc_size) as u16;
         self.scratch.resize(len as usize, 0);
         dma.read(
             table,
@@ -354,16 +306,16 @@ impl SplitRing {
                     limit: entries.into(),
                 });
             }
-            let off = usize::from(idx) * 16;
-            let raw: [u8; 16] = self.scratch[off..off + 16]
+            let off = usize::from(idx) * DESC_SIZE as usize;
+            let raw: [u8; DESC_SIZE as usize] = self.scratch[off..off + DESC_SIZE as usize]
                 .try_into()
                 .expect("16-byte slice");
             let (addr, dlen, flags, next) = parse_desc(&raw);
-            if flags & VRING_DESC_F_INDIRECT != 0 {
+            if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 return Err(DeviceFault::NestedIndirect { queue: q });
             }
             push_desc(q, chain, idx, addr, dlen, flags, kind, max_total)?;
-            if flags & VRING_DESC_F_NEXT == 0 {
+            if flags & VIRTQ_DESC_F_NEXT == 0 {
                 return Ok(());
             }
             idx = next;
@@ -397,14 +349,14 @@ impl SplitRing {
                 self.scratch.extend_from_slice(&id.to_le_bytes());
                 self.scratch.extend_from_slice(&len.to_le_bytes());
             }
-            let addr = self.used + 4 + 8 * u64::from(slot);
+            let addr = self.used + USED_RING + USED_ELEM_SIZE * u64::from(slot);
             dma.write(addr, &self.scratch, DmaKind::RingWrite)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             i += span;
             slot = 0;
         }
         self.pending_used.clear();
-        dma.publish_u16(self.used + 2, self.last_used, DmaKind::RingWrite)
+        dma.publish_u16(self.used + USED_IDX, self.last_used, DmaKind::RingWrite)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         self.published_used = self.last_used;
         Ok(())
@@ -426,7 +378,10 @@ impl SplitRing {
             true
         } else if self.event_idx {
             let used_event = dma
-                .read_u16(self.avail + 4 + 2 * u64::from(self.size), DmaKind::RingRead)
+                .read_u16(
+                    self.avail + AVAIL_RING + AVAIL_ELEM_SIZE * u64::from(self.size),
+                    DmaKind::RingRead,
+                )
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             vring_need_event(used_event, new, old)
         } else {
@@ -445,7 +400,7 @@ impl SplitRing {
         let q = self.queue;
         if self.event_idx {
             dma.write_u16(
-                self.used + 4 + 8 * u64::from(self.size),
+                self.used + USED_RING + USED_ELEM_SIZE * u64::from(self.size),
                 self.last_avail,
                 DmaKind::RingWrite,
             )
@@ -453,7 +408,7 @@ impl SplitRing {
             fence(Ordering::SeqCst);
         }
         let avail_idx = dma
-            .read_u16(self.avail + 2, DmaKind::RingRead)
+            .read_u16(self.avail + AVAIL_IDX, DmaKind::RingRead)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
         Ok(avail_idx != self.last_avail)
     }
@@ -464,59 +419,23 @@ impl SplitRing {
     }
 }
 
-fn parse_desc(raw: &[u8; 16]) -> (u64, u32, u16, u16) {
+/// End of an avail ring of `n` entries, used_event included (2.7.6).
+fn avail_event_end(n: u64) -> u64 {
+    AVAIL_RING + AVAIL_ELEM_SIZE * n + AVAIL_ELEM_SIZE
+}
+
+/// End of a used ring of `n` elements, avail_event included (2.7.8).
+fn used_event_end(n: u64) -> u64 {
+    USED_RING + USED_ELEM_SIZE * n + AVAIL_ELEM_SIZE
+}
+
+/// struct vring_desc (2.7.5): addr le64, len le32, flags le16, next le16.
+fn parse_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16) {
     let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
     let flags = u16::from_le_bytes([raw[12], raw[13]]);
     let next = u16::from_le_bytes([raw[14], raw[15]]);
     (addr, len, flags, next)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn push_desc(
-    q: u16,
-    chain: &mut Chain,
-    idx: u16,
-    addr: u64,
-    len: u32,
-    flags: u16,
-    kind: ChainKind,
-    max_total: u64,
-) -> Result<(), DeviceFault> {
-    if len == 0 {
-        return Err(DeviceFault::ZeroLengthDescriptor {
-            queue: q,
-            index: idx,
-        });
-    }
-    let writable = flags & VRING_DESC_F_WRITE != 0;
-    match kind {
-        ChainKind::Tx if writable => return Err(DeviceFault::WritableInTxChain { queue: q }),
-        ChainKind::Rx if !writable => return Err(DeviceFault::ReadableInRxChain { queue: q }),
-        ChainKind::Ctrl if !writable && chain.writable > 0 => {
-            return Err(DeviceFault::ReadableAfterWritable { queue: q })
-        }
-        _ => {}
-    }
-    if writable {
-        chain.writable += u64::from(len);
-    } else {
-        chain.readable += u64::from(len);
-    }
-    let total = chain.readable + chain.writable;
-    if total > max_total {
-        return Err(DeviceFault::OversizedChain {
-            queue: q,
-            total,
-            limit: max_total,
-        });
-    }
-    chain.descs.push(Desc {
-        addr,
-        len,
-        writable,
-    });
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,103 @@
+//! Virtqueue ring flags and encodings (virtio 1.2 2.7 split, 2.8 packed), declared once.
+//!
+//! The values are virtio-bindings' (Linux include/uapi/linux/virtio_ring.h), typed as the 16-bit
+//! fields they live in; the packed `off_wrap` encoding (2.8.10: bits 0-14 offset, bit 15 wrap
+//! counter) is the one the LM ring state of a packed queue uses as well (see [`crate::lm`]).
+
+use std::mem::{offset_of, size_of};
+use virtio_bindings::virtio_ring as vr;
+
+/// VIRTQ_DESC_F_NEXT (2.7.5, 2.8.6): the buffer continues in the next descriptor.
+pub const VIRTQ_DESC_F_NEXT: u16 = vr::VRING_DESC_F_NEXT as u16;
+/// VIRTQ_DESC_F_WRITE (2.7.5, 2.8.3): device-writable in an available descriptor; in a used
+/// packed descriptor, "data has been written".
+pub const VIRTQ_DESC_F_WRITE: u16 = vr::VRING_DESC_F_WRITE as u16;
+/// VIRTQ_DESC_F_INDIRECT (2.7.5.3, 2.8.7): the buffer is a table of descriptors.
+pub const VIRTQ_DESC_F_INDIRECT: u16 = vr::VRING_DESC_F_INDIRECT as u16;
+/// VIRTQ_DESC_F_AVAIL (2.8.1), bit VRING_PACKED_DESC_F_AVAIL.
+pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << vr::VRING_PACKED_DESC_F_AVAIL;
+/// VIRTQ_DESC_F_USED (2.8.1), bit VRING_PACKED_DESC_F_USED.
+pub const VIRTQ_DESC_F_USED: u16 = 1 << vr::VRING_PACKED_DESC_F_USED;
+/// VIRTQ_AVAIL_F_NO_INTERRUPT (2.7.6): the split avail ring's flags ask for no interrupt.
+pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = vr::VRING_AVAIL_F_NO_INTERRUPT as u16;
+/// VIRTQ_USED_F_NO_NOTIFY (2.7.8): the split used ring's flags ask for no doorbell.
+pub const VRING_USED_F_NO_NOTIFY: u16 = vr::VRING_USED_F_NO_NOTIFY as u16;
+/// RING_EVENT_FLAGS_ENABLE (2.8.10).
+pub const RING_EVENT_FLAGS_ENABLE: u16 = vr::VRING_PACKED_EVENT_FLAG_ENABLE as u16;
+/// RING_EVENT_FLAGS_DISABLE (2.8.10).
+pub const RING_EVENT_FLAGS_DISABLE: u16 = vr::VRING_PACKED_EVENT_FLAG_DISABLE as u16;
+/// RING_EVENT_FLAGS_DESC (2.8.10), valid only with VIRTIO_F_EVENT_IDX.
+pub const RING_EVENT_FLAGS_DESC: u16 = vr::VRING_PACKED_EVENT_FLAG_DESC as u16;
+/// The two bits of an event suppression structure's flags field (2.8.10).
+pub const RING_EVENT_FLAGS_MASK: u16 = 0x3;
+/// Bit 15 of an off_wrap value and of a packed LM index: the wrap counter
+/// (VRING_PACKED_EVENT_F_WRAP_CTR).
+pub const WRAP_BIT: u16 = 1 << vr::VRING_PACKED_EVENT_F_WRAP_CTR;
+/// Largest packed queue (2.8: "Packed virtqueues support up to 2^15 entries each").
+pub const MAX_PACKED_QUEUE_SIZE: u16 = WRAP_BIT;
+/// A packed queue's index at reset: offset 0, wrap counter 1 (2.8.1: both wrap counters start
+/// at 1; vhost-user's 0x8000).
+pub const PACKED_RESET_INDEX: u16 = WRAP_BIT;
+
+/// Size of one descriptor: struct vring_desc (split, 2.7.5) and struct vring_packed_desc
+/// (packed, 2.8.13) are both 16 bytes.
+pub const DESC_SIZE: u64 = size_of::<vr::vring_desc>() as u64;
+/// Offset of `flags` in a packed descriptor (2.8.13): the field the driver publishes last.
+pub const PACKED_DESC_FLAGS: u64 = offset_of!(vr::vring_packed_desc, flags) as u64;
+/// Alignment of the split descriptor table, avail ring and used ring (2.7: 16, 2, 4).
+pub const DESC_ALIGN: u64 = vr::VRING_DESC_ALIGN_SIZE as u64;
+pub const AVAIL_ALIGN: u64 = vr::VRING_AVAIL_ALIGN_SIZE as u64;
+pub const USED_ALIGN: u64 = vr::VRING_USED_ALIGN_SIZE as u64;
+/// struct vring_avail (2.7.6): `idx`, then `ring[size]` of u16 heads, then used_event.
+pub const AVAIL_IDX: u64 = offset_of!(vr::vring_avail, idx) as u64;
+pub const AVAIL_RING: u64 = offset_of!(vr::vring_avail, ring) as u64;
+pub const AVAIL_ELEM_SIZE: u64 = size_of::<vr::__virtio16>() as u64;
+/// struct vring_used (2.7.8): `idx`, then `ring[size]` of struct vring_used_elem, then
+/// avail_event.
+pub const USED_IDX: u64 = offset_of!(vr::vring_used, idx) as u64;
+pub const USED_RING: u64 = offset_of!(vr::vring_used, ring) as u64;
+pub const USED_ELEM_SIZE: u64 = size_of::<vr::vring_used_elem>() as u64;
+/// The event suppression structure (struct vring_packed_desc_event, 2.8.10): alignment and size.
+pub const EVENT_SUPPRESSION_SIZE: u64 = size_of::<vr::vring_packed_desc_event>() as u64;
+
+/// `offset | wrap << 15`: an event suppression off_wrap, and a packed LM index.
+#[inline(always)]
+pub fn off_wrap(pos: u16, wrap: bool) -> u16 {
+    (pos & !WRAP_BIT) | if wrap { WRAP_BIT } else { 0 }
+}
+
+/// Splits an off_wrap / packed LM index into (offset, wrap counter).
+#[inline(always)]
+pub fn split_off_wrap(v: u16) -> (u16, bool) {
+    (v & !WRAP_BIT, v & WRAP_BIT != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_match_the_spec() {
+        assert_eq!(
+            (VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT),
+            (1, 2, 4)
+        );
+        assert_eq!((VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED), (0x80, 0x8000));
+        assert_eq!(
+            (
+                RING_EVENT_FLAGS_ENABLE,
+                RING_EVENT_FLAGS_DISABLE,
+                RING_EVENT_FLAGS_DESC
+            ),
+            (0, 1, 2)
+        );
+        assert_eq!((DESC_SIZE, PACKED_DESC_FLAGS), (16, 14));
+        assert_eq!((AVAIL_IDX, AVAIL_RING, AVAIL_ELEM_SIZE), (2, 4, 2));
+        assert_eq!((USED_IDX, USED_RING, USED_ELEM_SIZE), (2, 4, 8));
+        assert_eq!((DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN), (16, 2, 4));
+        assert_eq!(EVENT_SUPPRESSION_SIZE, 4);
+        assert_eq!(off_wrap(5, true), 0x8005);
+        assert_eq!(split_off_wrap(0x8005), (5, true));
+        assert_eq!(split_off_wrap(off_wrap(0x7FFF, false)), (0x7FFF, false));
+    }
+}

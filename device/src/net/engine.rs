@@ -1,0 +1,405 @@
+//! The net engine: the queues (registers, stop state machine, live rings), the DMA engine
+//! every ring and packet access goes through, the port frames leave by, the receive FIFO they
+//! arrive in, the virtio-net state (5.1.4 config fields, 5.1.6.5 RX mode and MAC tables,
+//! steering), and the scratch buffers the datapath reuses. The datapath itself is in
+//! [`super::tx`], [`super::rx`] and [`super::ctrl`]; it reaches the rest of the device only
+//! through a `Datapath`: the negotiated features in, counters and the interrupts and config
+//! changes it leaves for the device out.
+
+use crate::config::DeviceConfig;
+use crate::counters::DeviceCounters;
+use crate::fault::DeviceFault;
+use crate::port::{Port, RxInbox};
+use crate::queue::chain::{Chain, Desc, RingSetup};
+use crate::queue::Ring;
+use crate::quirks::{Quirk, Quirks};
+use crate::state::access::merge;
+use crate::state::{QueueSlot, QueueState};
+use bar_registers::ring::PACKED_RESET_INDEX;
+use bar_registers::virtio::{bits, common, net_status, NO_VECTOR};
+use dma::DmaEngine;
+use std::sync::Arc;
+
+use super::{ETH_HLEN, VLAN_HLEN};
+
+/// Flow hash buckets of automatic receive steering.
+pub const FLOW_BUCKETS: usize = 1024;
+
+/// virtio-net device state beyond registers: config fields, RX mode, steering.
+#[derive(Debug)]
+pub struct NetState {
+    pub(crate) mac: [u8; 6],
+    pub(crate) status: u16,
+    /// Queue pairs in use (1 until VQ_PAIRS_SET, 5.1.6.5.5).
+    pub(crate) curr_pairs: u16,
+    pub(crate) promisc: bool,
+    pub(crate) allmulti: bool,
+    pub(crate) uc_table: Vec<[u8; 6]>,
+    pub(crate) mc_table: Vec<[u8; 6]>,
+    /// Automatic receive steering (5.1.6.5.6.1): flow hash bucket -> last TX queue pair.
+    pub(crate) flows: Vec<u16>,
+}
+
+impl NetState {
+    /// Reset state: link up, one pair, promiscuous (5.1.6.5.1: "the device starts in
+    /// promiscuous and all-multicast mode" until the driver sets RX mode).
+    pub(crate) fn new(mac: [u8; 6]) -> Self {
+        NetState {
+            mac,
+            status: net_status::LINK_UP,
+            curr_pairs: 1,
+            promisc: true,
+            allmulti: true,
+            uc_table: Vec::new(),
+            mc_table: Vec::new(),
+            flows: vec![u16::MAX; FLOW_BUCKETS],
+        }
+    }
+}
+
+/// What one service call needs from the rest of the device, and what it leaves for it.
+pub(crate) struct Datapath<'a> {
+    /// The negotiated feature bits.
+    pub features: u64,
+    pub counters: &'a mut DeviceCounters,
+    /// Queues whose used buffer notification is due, in the order they became due.
+    pub interrupts: &'a mut Vec<u16>,
+    /// How many times the device configuration changed (config_generation steps, 2.5.1).
+    pub config_changes: u8,
+}
+
+impl Datapath<'_> {
+    /// Whether feature `bit` was negotiated.
+    pub fn has(&self, bit: u32) -> bool {
+        self.features & (1u64 << bit) != 0
+    }
+}
+
+/// The configuration the engine works with (taken from [`DeviceConfig`] once).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EngineParams {
+    pub mac: [u8; 6],
+    pub queue_pairs: u16,
+    pub queue_size_max: u16,
+    pub ctrl_queue: u16,
+    pub batch: u16,
+    /// Largest frame TX sends: MTU + Ethernet header + one VLAN tag.
+    pub max_frame: usize,
+    pub quirks: Quirks,
+    pub disable_latency_reads: u32,
+    /// Frames the receive FIFO holds.
+    pub rx_backlog: usize,
+}
+
+/// Queues, DMA, port, receive FIFO, net state and datapath scratch.
+pub struct NetEngine {
+    pub(super) queues: Vec<QueueSlot>,
+    pub(super) dma: DmaEngine,
+    pub(super) port: Arc<dyn Port>,
+    pub(super) inbox: Arc<RxInbox>,
+    pub(super) net: NetState,
+    pub(super) params: EngineParams,
+    /// The chain being processed (reused between pops).
+    pub(super) chain: Chain,
+    /// RX: the descriptors of every chain one frame is spread over.
+    pub(super) rx_descs: Vec<Desc>,
+    /// TX frame / control command bytes.
+    pub(super) buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for NetEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetEngine")
+            .field("queues", &self.queues)
+            .field("net", &self.net)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetEngine {
+    /// The engine of a device with `num_queues` queues (the last one `ctrl_queue`).
+    pub(crate) fn new(
+        cfg: &DeviceConfig,
+        num_queues: u16,
+        ctrl_queue: u16,
+        mut dma: DmaEngine,
+        port: Arc<dyn Port>,
+        inbox: Arc<RxInbox>,
+    ) -> Self {
+        if cfg.quirks.has(Quirk::LogSkipsUsedRing) {
+            dma.set_unlogged_kinds(&[dma::DmaKind::RingWrite]);
+        }
+        let params = EngineParams {
+            mac: cfg.layout.mac,
+            queue_pairs: cfg.layout.queue_pairs,
+            queue_size_max: cfg.layout.queue_size_max,
+            ctrl_queue,
+            batch: cfg.batch,
+            max_frame: usize::from(cfg.layout.mtu) + ETH_HLEN + VLAN_HLEN,
+            quirks: cfg.quirks,
+            disable_latency_reads: cfg.disable_latency_reads,
+            rx_backlog: cfg.rx_backlog,
+        };
+        NetEngine {
+            queues: (0..num_queues)
+                .map(|_| QueueSlot::new(params.queue_size_max))
+                .collect(),
+            dma,
+            port,
+            inbox,
+            net: NetState::new(params.mac),
+            params,
+            chain: Chain::default(),
+            rx_descs: Vec::new(),
+            buf: Vec::with_capacity(65 * 1024),
+        }
+    }
+
+    /// Device reset (2.4): the dirty log flushed and off, every queue back to its reset
+    /// registers, the net state reset, the receive FIFO emptied. Returns the frames dropped.
+    pub(crate) fn reset(&mut self) -> usize {
+        let _ = self.dma.flush_log();
+        for q in &mut self.queues {
+            *q = QueueSlot::new(self.params.queue_size_max);
+        }
+        self.net = NetState::new(self.params.mac);
+        self.dma.set_logging(None);
+        self.inbox.clear()
+    }
+
+    /// The DMA engine.
+    pub fn dma(&self) -> &DmaEngine {
+        &self.dma
+    }
+
+    /// The DMA engine, to configure (logging, PCIe limits, write trace, mappings changed).
+    pub fn dma_mut(&mut self) -> &mut DmaEngine {
+        &mut self.dma
+    }
+
+    /// Connects the transmit side to a port.
+    pub fn set_port(&mut self, port: Arc<dyn Port>) {
+        self.port = port;
+    }
+
+    /// The receive FIFO.
+    pub fn inbox(&self) -> &Arc<RxInbox> {
+        &self.inbox
+    }
+
+    /// The virtio-net state.
+    pub fn net(&self) -> &NetState {
+        &self.net
+    }
+
+    /// The virtio-net state, to change (link, announce, queue pairs, restore).
+    pub fn net_mut(&mut self) -> &mut NetState {
+        &mut self.net
+    }
+
+    /// Queue `q`.
+    pub fn queue(&self, q: u16) -> Option<&QueueSlot> {
+        self.queues.get(usize::from(q))
+    }
+
+    /// Every queue.
+    pub fn queues(&self) -> &[QueueSlot] {
+        &self.queues
+    }
+
+    /// Number of queues.
+    pub fn num_queues(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    /// Whether queue `q` has a live ring.
+    pub fn is_enabled(&self, q: u16) -> bool {
+        matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_))
+    }
+
+    /// A queue register of queue `q` (4.1.4.3). queue_enable of a stopping queue reads 1 for
+    /// as many reads as the stop takes (IFC VF, DPDK ifcvf_hw_disable polls it).
+    pub(crate) fn queue_read(&mut self, q: u16, reg: u64) -> u64 {
+        let slot = &mut self.queues[usize::from(q)];
+        match reg {
+            common::QUEUE_SIZE => slot.size.into(),
+            common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
+            common::QUEUE_ENABLE => match &mut slot.state {
+                QueueState::Enabled(_) => 1,
+                QueueState::Disabled => 0,
+                QueueState::Stopping { reads_left } => {
+                    if *reads_left == 0 {
+                        slot.state = QueueState::Disabled;
+                        0
+                    } else {
+                        *reads_left -= 1;
+                        1
+                    }
+                }
+            },
+            common::QUEUE_NOTIFY_OFF => q.into(),
+            common::QUEUE_DESC => slot.desc,
+            common::QUEUE_DRIVER => slot.driver,
+            common::QUEUE_DEVICE => slot.device,
+            _ => 0,
+        }
+    }
+
+    /// A write to a queue register of queue `q` other than queue_enable. False when refused
+    /// (4.1.4.3.2: no configuration change while the queue is enabled, except its vector; a
+    /// size the ring layout cannot have; a register that is not writable).
+    pub(crate) fn queue_write(
+        &mut self,
+        q: u16,
+        reg: u64,
+        (rel, len): (u64, usize),
+        val: u64,
+        packed: bool,
+        msix_vectors: u16,
+    ) -> bool {
+        let max = self.params.queue_size_max;
+        let slot = &mut self.queues[usize::from(q)];
+        let enabled = !matches!(slot.state, QueueState::Disabled);
+        if enabled && reg != common::QUEUE_MSIX_VECTOR {
+            return false;
+        }
+        match reg {
+            common::QUEUE_SIZE => {
+                let v = val as u16;
+                // 2.7: a split queue's size is a power of two; 2.8: a packed one's need not be.
+                if v == 0 || v > max || (!packed && !v.is_power_of_two()) {
+                    return false;
+                }
+                slot.size = v;
+            }
+            common::QUEUE_MSIX_VECTOR => {
+                let v = val as u16;
+                slot.msix_vector = if v < msix_vectors { v } else { NO_VECTOR };
+            }
+            common::QUEUE_DESC => slot.desc = merge(slot.desc, rel, len, val),
+            common::QUEUE_DRIVER => slot.driver = merge(slot.driver, rel, len, val),
+            common::QUEUE_DEVICE => slot.device = merge(slot.device, rel, len, val),
+            _ => return false,
+        }
+        true
+    }
+
+    /// FEATURES_OK with VIRTIO_F_RING_PACKED: 2.8.1, both wrap counters start at 1, so a
+    /// packed queue's LM ring state resets to offset 0, wrap 1 (vhost-user's 0x8000) unless the
+    /// driver set it.
+    pub(crate) fn packed_negotiated(&mut self) {
+        for q in &mut self.queues {
+            if q.ring_state == (0, 0) && matches!(q.state, QueueState::Disabled) {
+                q.ring_state = (PACKED_RESET_INDEX, PACKED_RESET_INDEX);
+            }
+        }
+    }
+
+    /// Builds queue `q`'s ring at its LM ring state (queue_enable = 1).
+    pub(crate) fn enable(&mut self, q: u16, features: u64) -> Result<(), DeviceFault> {
+        let has = |bit: u32| features & (1u64 << bit) != 0;
+        let slot = &mut self.queues[usize::from(q)];
+        let (avail, used) = slot.ring_state;
+        let setup = RingSetup {
+            queue: q,
+            size: slot.size,
+            desc: slot.desc,
+            avail: slot.driver,
+            used: slot.device,
+            last_avail: avail,
+            last_used: used,
+            event_idx: has(bits::EVENT_IDX),
+            indirect: has(bits::INDIRECT_DESC),
+        };
+        let mut ring = Ring::new(setup, has(bits::RING_PACKED))?;
+        ring.set_ignore_used_event(self.params.quirks.has(Quirk::IgnoresEventIdx));
+        slot.resumed = (avail, used);
+        slot.late_final = None;
+        slot.state = QueueState::Enabled(Box::new(ring));
+        Ok(())
+    }
+
+    /// Stops queue `q` (queue_enable = 0): in-flight work is published, so the ring state that
+    /// becomes readable equals used->idx in memory; queue_enable reads 1 for a while longer.
+    pub(crate) fn disable(&mut self, q: u16) -> Result<(), DeviceFault> {
+        let quirks = self.params.quirks;
+        let latency = self.params.disable_latency_reads;
+        let slot = &mut self.queues[usize::from(q)];
+        let QueueState::Enabled(ring) = &mut slot.state else {
+            return Ok(());
+        };
+        let res = ring.flush_used(&mut self.dma);
+        let last = ring.ring_state();
+        if quirks.has(Quirk::EarlyQueueDisable) {
+            // Bug: reads 0 at once; the ring state still shows where the queue resumed.
+            slot.ring_state = slot.resumed;
+            slot.late_final = Some((last, latency.max(1)));
+            slot.state = QueueState::Disabled;
+        } else {
+            slot.ring_state = last;
+            slot.state = QueueState::Stopping {
+                reads_left: latency,
+            };
+        }
+        res
+    }
+
+    /// Publishes queue `q`'s completed work (pause).
+    pub(crate) fn flush(&mut self, q: u16) -> Result<(), DeviceFault> {
+        match &mut self.queues[usize::from(q)].state {
+            QueueState::Enabled(ring) => ring.flush_used(&mut self.dma),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queue `q`'s ring state as the LM block reads it.
+    pub(crate) fn lm_ring_state(&mut self, q: u16) -> (u16, u16) {
+        let stale = self.params.quirks.has(Quirk::StaleUsedIdx);
+        self.queues[usize::from(q)].lm_ring_state(stale)
+    }
+
+    /// Sets queue `q`'s ring state from an LM write (`f` maps the current state to the new
+    /// one). False when refused: only a disabled queue's state is writable (the vDPA talk:
+    /// "R/W vring index").
+    pub(crate) fn write_ring_state(
+        &mut self,
+        q: u16,
+        f: impl FnOnce((u16, u16)) -> (u16, u16),
+    ) -> bool {
+        let slot = &mut self.queues[usize::from(q)];
+        if !matches!(slot.state, QueueState::Disabled)
+            || self.params.quirks.has(Quirk::RingStateReadOnly)
+        {
+            return false;
+        }
+        slot.late_final = None;
+        slot.ring_state = f(slot.ring_state);
+        true
+    }
+
+    /// Sets the queue pairs in use from DPDK's IFCVF_MQ_OFFSET register if it is in range.
+    pub(crate) fn set_mq_pairs(&mut self, n: u32) {
+        if (1..=u32::from(self.params.queue_pairs)).contains(&n) {
+            self.net.curr_pairs = n as u16;
+        }
+    }
+
+    /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
+    /// run out; TX also delivers what it looped back).
+    pub(crate) fn service(&mut self, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
+        if q == self.params.ctrl_queue {
+            self.service_ctrl(q, dp)
+        } else if q.is_multiple_of(2) {
+            self.service_rx(dp)
+        } else {
+            self.service_tx(q, dp).and_then(|()| self.service_rx(dp))
+        }
+    }
+
+    /// Whether `iova` is inside the dirty log.
+    pub(crate) fn in_log(&self, iova: u64) -> bool {
+        self.dma
+            .logging()
+            .is_some_and(|l| iova >= l.base && iova < l.end)
+    }
+}

@@ -1,0 +1,603 @@
+//! The device's mutable state and its register semantics (everything behind the device lock).
+//!
+//! [`DeviceState`] is composed of parts that each own their state and its section of the
+//! device-state stream:
+//!
+//! - [`pci_function::PciFunction`]: config space, MSI-X, interrupt delivery (PCI 3.0 6.8.2);
+//! - [`common_cfg::CommonCfg`]: the virtio common configuration, ISR and device_status
+//!   (virtio 1.2 4.1.4.3, 2.1, the table in [`crate::transport`]);
+//! - [`lm_block::LmBlock`]: the live-migration registers (DPDK ifcvf.h / Linux ifcvf_base.h);
+//! - [`crate::net::engine::NetEngine`]: queues, DMA, port, receive FIFO, virtio-net state and
+//!   the datapath.
+//!
+//! This module decodes BAR and config accesses to the part they address and keeps the rules
+//! that involve several parts: resets (2.4, FLR), DEVICE_NEEDS_RESET (2.1.2), queue enable only
+//! after FEATURES_OK (3.1.1 step 7), the datapath only with DRIVER_OK and bus mastering, and the
+//! interrupts and config changes the datapath leaves behind.
+
+pub(crate) mod access;
+pub mod common_cfg;
+pub mod lm_block;
+pub mod pci_function;
+mod queue_slot;
+
+use crate::config::DeviceConfig;
+use crate::counters::{DeviceCounters, QueueCounters};
+use crate::fault::DeviceFault;
+use crate::interrupt::InterruptSink;
+use crate::net::engine::{Datapath, NetEngine};
+use crate::pci::ConfigEffect;
+use crate::port::{Port, RxInbox};
+use crate::quirks::Quirk;
+use crate::transport::StatusChange;
+use access::{mask, put, to_u64};
+use bar_registers::model::{Access, Decoded, Register};
+use bar_registers::virtio::offered_mask;
+use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
+use bar_registers::DeviceLayout;
+use common_cfg::{CommonCfg, CommonRead, CommonWrite};
+use dma::DmaEngine;
+use lm_block::{LmBlock, LmRead, LmWrite};
+use pci_function::{PciFunction, Raised};
+pub use queue_slot::{QueueSlot, QueueState};
+use std::sync::Arc;
+
+pub use crate::net::engine::{NetState, FLOW_BUCKETS};
+/// A packed queue's LM ring state index at reset: offset 0, wrap counter 1 (2.8.1).
+pub use bar_registers::ring::PACKED_RESET_INDEX;
+
+/// All device state: the parts, the counters, the fault and the paused flag.
+pub struct DeviceState {
+    pub(crate) layout: Arc<DeviceLayout>,
+    pub(crate) cfg: DeviceConfig,
+    pub(crate) function: PciFunction,
+    pub(crate) common: CommonCfg,
+    pub(crate) lm: LmBlock,
+    pub(crate) engine: NetEngine,
+    pub(crate) counters: DeviceCounters,
+    /// The first fault since the last reset (DEVICE_NEEDS_RESET is set while this is Some).
+    pub(crate) fault: Option<DeviceFault>,
+    /// Queues whose interrupt a service call left to raise (reused between calls).
+    interrupts: Vec<u16>,
+    /// Paused (migration STOP, see snapshot.rs): no queue is serviced and no DMA is done;
+    /// doorbells and inbox frames wait for the resume.
+    pub(crate) paused: bool,
+}
+
+/// Feature bits a device with this configuration offers (the declared set, less what a quirk
+/// or the configuration removes).
+fn offered(cfg: &DeviceConfig) -> u64 {
+    let mut m = offered_mask();
+    if cfg.quirks.has(Quirk::NoGuestAnnounce) {
+        m &= !(1u64 << bits::GUEST_ANNOUNCE);
+    }
+    if !cfg.offer_packed {
+        m &= !(1u64 << bits::RING_PACKED);
+    }
+    m
+}
+
+impl DeviceState {
+    pub(crate) fn new(
+        layout: Arc<DeviceLayout>,
+        cfg: DeviceConfig,
+        dma: DmaEngine,
+        port: Arc<dyn Port>,
+        inbox: Arc<RxInbox>,
+        sink: Arc<dyn InterruptSink>,
+    ) -> Self {
+        let nq = layout.num_queues;
+        DeviceState {
+            function: PciFunction::new(&layout, cfg.msix_owner, sink),
+            common: CommonCfg::new(offered(&cfg), nq, layout.msix_vectors),
+            lm: LmBlock::new(cfg.layout.lm_layout, nq),
+            engine: NetEngine::new(&cfg, nq, layout.ctrl_queue(), dma, port, inbox),
+            counters: DeviceCounters {
+                queues: vec![QueueCounters::default(); nq.into()],
+                ..Default::default()
+            },
+            fault: None,
+            interrupts: Vec::new(),
+            paused: false,
+            layout,
+            cfg,
+        }
+    }
+
+    /// Whether a quirk is on.
+    pub(crate) fn quirk(&self, q: Quirk) -> bool {
+        self.cfg.quirks.has(q)
+    }
+
+    /// Whether feature `bit` was negotiated.
+    pub(crate) fn has(&self, bit: u32) -> bool {
+        self.common.has(bit)
+    }
+
+    // ---------------------------------------------------------------- reset
+
+    /// Device reset (virtio 1.2 2.4): status 0 write or function reset. Everything the driver
+    /// programmed goes back to its reset value; the MSI-X table and PCI config are not touched
+    /// (they belong to the PCI function, reset only by FLR).
+    pub(crate) fn virtio_reset(&mut self) {
+        let _span = tracing::debug_span!("virtio_reset").entered();
+        let dropped = self.engine.reset();
+        self.common.reset();
+        self.function.intx_line_low();
+        self.lm.reset();
+        self.fault = None;
+        self.counters.rx_dropped_reset += dropped as u64;
+        self.counters.resets += 1;
+    }
+
+    /// Function level reset (PCIe FLR, vfio DEVICE_RESET): virtio reset plus PCI state.
+    pub(crate) fn function_reset(&mut self) {
+        self.virtio_reset();
+        self.function.reset();
+        self.sync_pcie_limits();
+    }
+
+    /// Device Control's MPS / MRRS feed the bus model's TLP sizes.
+    pub(crate) fn sync_pcie_limits(&mut self) {
+        let (mps, mrrs) = self.function.pcie_mps_mrrs();
+        self.engine.dma_mut().set_pcie_limits(mps, mrrs);
+    }
+
+    // ---------------------------------------------------------------- faults and interrupts
+
+    /// Enters DEVICE_NEEDS_RESET (2.1.2): stop every queue, tell the driver via the config
+    /// interrupt, count the cause.
+    pub(crate) fn fail(&mut self, fault: DeviceFault) {
+        self.counters.faults[fault.kind_index()] += 1;
+        if self.fault.is_some() {
+            return;
+        }
+        tracing::warn!(%fault, "device needs reset");
+        self.counters.needs_reset += 1;
+        self.fault = Some(fault);
+        self.common.set_needs_reset();
+        self.config_interrupt();
+    }
+
+    /// Raises the configuration change interrupt (4.1.4.5: ISR bit 1 and the config vector).
+    pub(crate) fn config_interrupt(&mut self) {
+        self.counters.config_interrupts += 1;
+        self.common.raise_isr(isr::CONFIG);
+        self.raise(self.common.config_msix_vector());
+    }
+
+    /// Raises queue `q`'s interrupt.
+    pub(crate) fn queue_interrupt(&mut self, q: u16) {
+        self.common.raise_isr(isr::QUEUE);
+        self.counters.queues[usize::from(q)].interrupts += 1;
+        let v = self.engine.queues()[usize::from(q)].msix_vector;
+        self.raise(v);
+    }
+
+    fn raise(&mut self, vector: u16) {
+        match self.function.raise(vector) {
+            Raised::Delivered => {}
+            Raised::NoVector => self.counters.interrupts_no_vector += 1,
+            Raised::PendingMasked => self.counters.interrupts_pending_masked += 1,
+        }
+    }
+
+    // ---------------------------------------------------------------- config space
+
+    pub(crate) fn config_read(&mut self, off: u64, data: &mut [u8]) {
+        if let Some((bar, boff, blen)) = self.function.pci_cfg_read_window(off, data.len()) {
+            let mut v = [0u8; 4];
+            let n = blen.min(4);
+            if matches!(n, 1 | 2 | 4) {
+                self.bar_read(bar.into(), boff, &mut v[..n]);
+            }
+            self.function.set_pci_cfg_data(u32::from_le_bytes(v));
+        }
+        self.function.config_read(off, data);
+    }
+
+    pub(crate) fn config_write(&mut self, off: u64, data: &[u8]) {
+        match self.function.config_write(off, data) {
+            ConfigEffect::None | ConfigEffect::Command | ConfigEffect::MsixControl => {}
+            ConfigEffect::FunctionLevelReset => self.function_reset(),
+            ConfigEffect::PciCfgWrite(bar, boff, blen, v) => {
+                let n = blen.min(4);
+                if matches!(n, 1 | 2 | 4) {
+                    self.bar_write(bar.into(), boff, &v.to_le_bytes()[..n]);
+                }
+            }
+        }
+        self.sync_pcie_limits();
+    }
+
+    // ---------------------------------------------------------------- BAR dispatch
+
+    /// Decodes an access against the block it falls in; None (and counted) if illegal.
+    fn decode<'a>(
+        layout: &'a DeviceLayout,
+        counters: &mut DeviceCounters,
+        bar: u8,
+        off: u64,
+        len: usize,
+    ) -> Option<(&'a Register, u64, u64)> {
+        let Some((block, rel)) = layout.bar_block(bar, off) else {
+            counters.bad_register_accesses += 1;
+            return None;
+        };
+        match block.decode(rel, len as u64) {
+            Decoded::Reg { reg, rel: r } => Some((reg, r, rel)),
+            _ => {
+                counters.bad_register_accesses += 1;
+                None
+            }
+        }
+    }
+
+    /// A BAR read; bytes the device does not decode read as 0.
+    pub(crate) fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
+        data.fill(0);
+        let layout = self.layout.clone();
+        let Ok(bar) = u8::try_from(bar) else { return };
+        if let Some(res) = self.function.msix_read(&layout, bar, off, data) {
+            if res.is_err() {
+                self.counters.bad_register_accesses += 1;
+            }
+            return;
+        }
+        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len())
+        else {
+            return;
+        };
+        if reg.access == Access::Wo {
+            return;
+        }
+        let v = if let Some(w) = layout.common.contains(bar, off) {
+            self.common_read(w - r)
+        } else if layout.isr.contains(bar, off).is_some() {
+            // 4.1.4.5.1: reading ISR clears it and deasserts INTx.
+            let v = self.common.take_isr();
+            self.function.intx_deassert();
+            v.into()
+        } else if let Some(w) = layout.device_cfg.contains(bar, off) {
+            self.net_cfg_read(w - r, reg.reset)
+        } else if let Some(w) = layout.lm.contains(bar, off) {
+            self.lm_read(w - r, r, data.len())
+        } else {
+            0
+        };
+        put(data, (v >> (8 * r)) & mask(data.len()));
+    }
+
+    /// A BAR write; writes the device does not decode are ignored (and counted).
+    pub(crate) fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
+        let layout = self.layout.clone();
+        let Ok(bar) = u8::try_from(bar) else { return };
+        let val = to_u64(data);
+        if let Some(res) = self.function.msix_write(&layout, bar, off, data.len(), val) {
+            if res.is_err() {
+                self.counters.bad_register_accesses += 1;
+            }
+            return;
+        }
+        if let Some(rel) = layout.notify.contains(bar, off) {
+            // Doorbell: 16-bit queue index (32-bit accepted). The address selects the queue.
+            match layout.doorbell_queue(off) {
+                Some(q) if q < layout.num_queues && matches!(data.len(), 2 | 4) => self.doorbell(q),
+                _ => {
+                    let _ = rel;
+                    self.counters.bad_register_accesses += 1;
+                }
+            }
+            return;
+        }
+        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len())
+        else {
+            return;
+        };
+        if matches!(reg.access, Access::Ro | Access::Rc) {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        if let Some(w) = layout.common.contains(bar, off) {
+            self.common_write(w - r, r, data.len(), val);
+        } else if let Some(w) = layout.lm.contains(bar, off) {
+            self.lm_write(w - r, r, data.len(), val);
+        } else {
+            self.counters.ignored_register_writes += 1;
+        }
+    }
+
+    // ---------------------------------------------------------------- common cfg
+
+    fn common_read(&mut self, reg: u64) -> u64 {
+        match self.common.read(reg) {
+            CommonRead::Value(v) => v,
+            CommonRead::Queue(q) => self.engine.queue_read(q, reg),
+        }
+    }
+
+    fn common_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
+        match self.common.write(reg, val) {
+            CommonWrite::Done => {}
+            CommonWrite::Ignored => self.counters.ignored_register_writes += 1,
+            CommonWrite::Status(change) => self.status_changed(change),
+            CommonWrite::Queue(q) => self.queue_write(q, reg, rel, len, val),
+        }
+    }
+
+    fn queue_write(&mut self, q: u16, reg: u64, rel: u64, len: usize, val: u64) {
+        let enabled = !matches!(
+            self.engine.queues()[usize::from(q)].state,
+            QueueState::Disabled
+        );
+        if reg == common::QUEUE_ENABLE {
+            match (val as u16, enabled) {
+                (1, false) => self.enable_queue(q),
+                (0, true) => self.disable_queue(q),
+                _ => self.counters.ignored_register_writes += 1,
+            }
+            return;
+        }
+        let packed = self.has(bits::RING_PACKED);
+        let nvec = self.layout.msix_vectors;
+        if !self
+            .engine
+            .queue_write(q, reg, (rel, len), val, packed, nvec)
+        {
+            self.counters.ignored_register_writes += 1;
+        }
+    }
+
+    /// What a device_status write did beyond the register.
+    fn status_changed(&mut self, change: StatusChange) {
+        let _span = tracing::debug_span!("device_status", ?change).entered();
+        match change {
+            StatusChange::Reset => self.virtio_reset(),
+            StatusChange::Accepted => {}
+            StatusChange::FeaturesAccepted => {
+                if self.has(bits::RING_PACKED) {
+                    self.engine.packed_negotiated();
+                }
+                let features = self.common.negotiated();
+                tracing::debug!(
+                    features = format_args!("{features:#x}"),
+                    "features negotiated"
+                );
+            }
+            StatusChange::FeaturesRefused => {
+                self.counters.features_refused += 1;
+                if let Some(e) = self.common.feature_error() {
+                    tracing::info!(%e, "FEATURES_OK refused");
+                }
+            }
+            StatusChange::DriverOk => self.service_all(),
+            StatusChange::Failed => {}
+            StatusChange::Rejected => self.counters.bad_status_writes += 1,
+        }
+    }
+
+    pub(crate) fn enable_queue(&mut self, q: u16) {
+        let _span = tracing::debug_span!("queue_enable", queue = q).entered();
+        // Queues are configured after FEATURES_OK (3.1.1 step 7): the ring format depends on them.
+        if !self.common.status().features_ok() {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        let ctrl = q == self.layout.ctrl_queue();
+        if ctrl && !self.has(bits::CTRL_VQ) {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
+        match self.engine.enable(q, self.common.negotiated()) {
+            Ok(()) if self.common.status().running() => self.service(q),
+            Ok(()) => {}
+            Err(f) => self.fail(f),
+        }
+    }
+
+    fn disable_queue(&mut self, q: u16) {
+        let _span = tracing::debug_span!("queue_disable", queue = q).entered();
+        let res = self.engine.disable(q);
+        self.check(res);
+    }
+
+    // ---------------------------------------------------------------- device config
+
+    fn net_cfg_read(&self, reg: u64, reset: u64) -> u64 {
+        match reg {
+            net_cfg::MAC => self
+                .engine
+                .net()
+                .mac
+                .iter()
+                .enumerate()
+                .fold(0u64, |v, (i, b)| v | (u64::from(*b) << (8 * i))),
+            // 5.1.4.2: without VIRTIO_NET_F_STATUS the driver assumes the link is up; we report it anyway.
+            net_cfg::STATUS => self.engine.net().status.into(),
+            // max_virtqueue_pairs, mtu, speed, duplex: constants, as declared.
+            _ => reset,
+        }
+    }
+
+    /// Changes the device config and tells the driver (2.5.1 config_generation, 4.1.4.5 ISR).
+    pub(crate) fn config_changed(&mut self) {
+        self.common.bump_generation();
+        if self.common.status().value() & device_status::DRIVER_OK != 0 {
+            self.config_interrupt();
+        }
+    }
+
+    // ---------------------------------------------------------------- LM block
+
+    fn lm_read(&mut self, reg: u64, rel: u64, len: usize) -> u64 {
+        match self.lm.read(reg) {
+            LmRead::Value(v) => v,
+            LmRead::LoggingActive => u64::from(self.engine.dma().logging().is_some()),
+            LmRead::RingState(q) => {
+                let state = self.engine.lm_ring_state(q);
+                // control path (a driver reads it when it stops a queue): worth a line
+                tracing::info!(
+                    queue = q,
+                    last_avail = state.0,
+                    last_used = state.1,
+                    rel,
+                    len,
+                    "LM ring state read"
+                );
+                self.lm
+                    .ring_state_value(state, self.has(bits::RING_PACKED), rel, len)
+            }
+        }
+    }
+
+    fn lm_write(&mut self, reg: u64, rel: u64, len: usize, val: u64) {
+        match self.lm.write(reg, rel, len, val) {
+            LmWrite::Logging => self.apply_logging(),
+            LmWrite::MqPairs(n) => self.engine.set_mq_pairs(n),
+            LmWrite::RingState(q) => self.ring_state_write(q, rel, len, val),
+            LmWrite::Ignored => self.counters.ignored_register_writes += 1,
+        }
+    }
+
+    fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
+        let packed = self.has(bits::RING_PACKED);
+        let lm = &self.lm;
+        let written = self
+            .engine
+            .write_ring_state(q, |cur| lm.ring_state_written(cur, packed, rel, len, val));
+        if !written {
+            self.counters.ignored_register_writes += 1;
+        }
+    }
+
+    pub(crate) fn apply_logging(&mut self) {
+        let cfg = self
+            .lm
+            .log_config(self.cfg.log_granularity, self.quirk(Quirk::LogIgnoresEnd));
+        if self.engine.dma().logging() != cfg {
+            tracing::info!(?cfg, "dirty logging");
+            self.engine.dma_mut().set_logging(cfg);
+        }
+    }
+
+    // ---------------------------------------------------------------- datapath entry points
+
+    /// A doorbell for queue `q`.
+    pub(crate) fn doorbell(&mut self, q: u16) {
+        self.counters.queues[usize::from(q)].doorbells += 1;
+        if !self.common.status().running() || !self.engine.is_enabled(q) {
+            self.counters.spurious_doorbells += 1;
+            return;
+        }
+        self.service(q);
+    }
+
+    /// Runs every enabled queue once (DRIVER_OK, resume after restore).
+    pub(crate) fn service_all(&mut self) {
+        for q in 0..self.layout.num_queues {
+            if self.engine.is_enabled(q) {
+                self.service(q);
+            }
+        }
+    }
+
+    /// Whether the datapath may run: DRIVER_OK (and no failure), not paused, bus master.
+    fn datapath_runs(&mut self) -> bool {
+        if !self.common.status().running() || self.paused {
+            return false;
+        }
+        if !self.function.bus_master() {
+            self.counters.dma_blocked_no_bus_master += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
+    /// run out).
+    pub(crate) fn service(&mut self, q: u16) {
+        if self.datapath_runs() {
+            self.run_datapath(|engine, dp| engine.service(q, dp));
+        }
+    }
+
+    /// Delivers waiting frames if the device can take them.
+    pub(crate) fn service_inbox(&mut self) {
+        if self.common.status().running()
+            && !self.paused
+            && self.function.bus_master()
+            && !self.engine.inbox().is_empty()
+        {
+            self.run_datapath(|engine, dp| engine.service_rx(dp));
+        }
+    }
+
+    /// Runs the engine with the negotiated features, then does what it left to do: the
+    /// interrupts that became due (in order), the config changes, and the fault if it failed.
+    fn run_datapath(
+        &mut self,
+        f: impl FnOnce(&mut NetEngine, &mut Datapath<'_>) -> Result<(), DeviceFault>,
+    ) {
+        let mut interrupts = std::mem::take(&mut self.interrupts);
+        let mut dp = Datapath {
+            features: self.common.negotiated(),
+            counters: &mut self.counters,
+            interrupts: &mut interrupts,
+            config_changes: 0,
+        };
+        let res = f(&mut self.engine, &mut dp);
+        let changes = dp.config_changes;
+        for _ in 0..changes {
+            self.common.bump_generation();
+        }
+        for &q in &interrupts {
+            self.queue_interrupt(q);
+        }
+        interrupts.clear();
+        self.interrupts = interrupts;
+        self.check(res);
+    }
+
+    /// Turns a datapath result into DEVICE_NEEDS_RESET when it failed, attributing faults in
+    /// the dirty log (a publish flushes the log first) to the log, and picks up log faults of
+    /// writes whose marking was deferred.
+    pub(crate) fn check(&mut self, res: Result<(), DeviceFault>) {
+        if let Err(f) = res {
+            let f = match f {
+                DeviceFault::Dma { fault, .. } if self.engine.in_log(fault.iova()) => {
+                    DeviceFault::LogDma(fault)
+                }
+                f => f,
+            };
+            self.fail(f);
+        }
+        if let Some(f) = self.engine.dma_mut().take_log_fault() {
+            self.fail(DeviceFault::LogDma(f));
+        }
+    }
+
+    /// Pokes the datapath after the link or announce state changed.
+    pub(crate) fn set_link(&mut self, up: bool) {
+        let net = self.engine.net_mut();
+        let s = if up {
+            net.status | net_status::LINK_UP
+        } else {
+            net.status & !net_status::LINK_UP
+        };
+        if s != net.status {
+            net.status = s;
+            self.config_changed();
+        }
+    }
+
+    /// Asks the driver to announce itself (GUEST_ANNOUNCE, 5.1.6.5.4): ANNOUNCE status bit and a
+    /// config interrupt. Returns false when the driver did not negotiate GUEST_ANNOUNCE.
+    pub(crate) fn announce(&mut self) -> bool {
+        if !self.has(bits::GUEST_ANNOUNCE) || !self.has(bits::STATUS) {
+            return false;
+        }
+        self.engine.net_mut().status |= net_status::ANNOUNCE;
+        self.config_changed();
+        true
+    }
+}
