@@ -53,4 +53,5 @@ e2e-provision:
 	bash scripts/e2e-provision-dpdk.sh
 
 e2e: e2e-provision
+	$(CARGO) build $(E2E_CARGO_FLAGS) -p vdpa-lm-frontend
 	$(CARGO) test $(E2E_CARGO_FLAGS) -p sim-harness --test e2e_qemu -- --ignored --test-threads=1 --nocapture

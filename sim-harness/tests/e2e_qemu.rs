@@ -8,7 +8,7 @@
 //! A missing environment is a panic that says how to provision it, never a silent skip.
 //! docs/e2e.md describes what each test proves and how long it takes.
 //!
-//! Environment: VDPA_E2E_DIR (default <repo>/.cache/e2e), VDPA_E2E_MIB (transfer size, default 64),
+//! Environment: VDPA_E2E_DIR (default <repo>/.cache/e2e), VDPA_E2E_MIB (transfer size, default 32),
 //! VDPA_E2E_PINGS (default 100), VDPA_E2E_KERNEL (vmlinux | vmlinuz), VDPA_E2E_TMP (scratch parent dir),
 //! VDPA_EMU_BIN (the vdpa-emu binary; default the one cargo built for this test), VDPA_E2E_SERVE_LOG
 //! (RUST_LOG for serve, e.g. `info,device=debug`), VDPA_E2E_KEEP=1 (keep the
@@ -94,7 +94,7 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 fn blob_mib() -> u64 {
-    env_num("VDPA_E2E_MIB", 64)
+    env_num("VDPA_E2E_MIB", 32)
 }
 fn pings() -> u64 {
     env_num("VDPA_E2E_PINGS", 100)
@@ -1115,6 +1115,45 @@ fn nic_script(vars: &[(&'static str, String)]) -> String {
     guest_script(vars, GUEST_NIC)
 }
 
+/// A `host-peer` guest on QEMU's own virtio-net-pci with `-netdev tap` on `tap` (the baseline),
+/// moving `mib` MiB each way; `device_opts` is appended to the -device options.
+fn qemu_nic_guest(name: &str, tap: &Tap, mac: &str, mib: u64, device_opts: &str) -> VmSpec {
+    let mut vars = nic_vars(
+        "host-peer",
+        "virtio-pci",
+        mac,
+        &tap.guest_addr(),
+        &tap.host_ip,
+    );
+    vars.retain(|(k, _)| *k != "NIC_PCI");
+    set_var(&mut vars, "BLOB_MIB", mib.to_string());
+    VmSpec::new(name, nic_script(&vars))
+        .arg("-netdev")
+        .arg(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            tap.name
+        ))
+        .arg("-device")
+        .arg(format!(
+            "virtio-net-pci,netdev=n0,mac={mac},romfile={device_opts}"
+        ))
+}
+
+/// A `host-peer` guest on our device served by `serve` (whose port is `tap`).
+fn device_nic_guest(name: &str, serve: &Serve, tap: &Tap, mac: &str, mib: u64) -> VmSpec {
+    let mut vars = nic_vars(
+        "host-peer",
+        "virtio-pci",
+        mac,
+        &tap.guest_addr(),
+        &tap.host_ip,
+    );
+    set_var(&mut vars, "BLOB_MIB", mib.to_string());
+    VmSpec::new(name, nic_script(&vars))
+        .arg("-device")
+        .arg(serve.device_arg())
+}
+
 /// Checks the identity the guest reported for the NIC under test.
 fn assert_nic(b: &Boot, vm: &Vm, mac: &str, pci_driver: &str) {
     assert_eq!(
@@ -1264,7 +1303,7 @@ fn qemu_boots_guest() {
 }
 
 /// The baseline for our device: QEMU's own virtio-net-pci (userspace virtio-net, `-netdev tap`) with a
-/// host TAP as the peer: 100 pings without loss, a 64 MiB blob each way with matching checksums; the
+/// host TAP as the peer: 100 pings without loss, a 32 MiB blob each way with matching checksums; the
 /// throughput is printed (E2E-BENCH), not asserted.
 #[test]
 #[ignore = "needs QEMU: make e2e"]
@@ -1275,22 +1314,7 @@ fn baseline_qemu_virtio_net_pci() {
     let tap = Tap::create("vdpaeb0", 200);
     let peer = HostPeer::new(&tap);
     let mac = "52:54:00:e2:e0:01";
-    let mut vars = nic_vars(
-        "host-peer",
-        "virtio-pci",
-        mac,
-        &tap.guest_addr(),
-        &tap.host_ip,
-    );
-    vars.retain(|(k, _)| *k != "NIC_PCI");
-    let spec = VmSpec::new("guest", nic_script(&vars))
-        .arg("-netdev")
-        .arg(format!(
-            "tap,id=n0,ifname={},script=no,downscript=no",
-            tap.name
-        ))
-        .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,mac={mac},romfile="));
+    let spec = qemu_nic_guest("guest", &tap, mac, blob_mib(), "");
     let mut vm = Vm::boot(&e2e, &dir, spec);
     peer.round(&mut vm, 1, "baseline_qemu_virtio_net_pci(tap)");
     let b = vm.finish(Duration::from_secs(60));
@@ -1298,7 +1322,7 @@ fn baseline_qemu_virtio_net_pci() {
 }
 
 /// Two guests, each with QEMU's virtio-net-pci, joined by `-netdev stream` over a unix socket (no host
-/// network at all): A pings B 100 times and sends B a 64 MiB blob; B's checksum must match A's.
+/// network at all): A pings B 100 times and sends B a 32 MiB blob; B's checksum must match A's.
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn baseline_qemu_virtio_net_pci_two_guests() {
@@ -1381,7 +1405,7 @@ fn baseline_qemu_virtio_net_pci_two_guests() {
 // tests of our device (vdpa-emu serve)
 
 /// Guest A: the guest's built-in virtio_pci + virtio_net drive our device over vfio-user; the MAC is the
-/// one given to serve; 100 pings and a 64 MiB blob each way to the host through `--port tap:vdpae1`.
+/// one given to serve; 100 pings and a 32 MiB blob each way to the host through `--port tap:vdpae1`.
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn device_virtio_pci_host_tap() {
@@ -1409,7 +1433,7 @@ fn device_ifcvf_vdpa_host_tap() {
 }
 
 /// Two guests, each on its own `vdpa-emu serve`, the two devices linked by `--port unix:PATH` (both serve
-/// processes get the same PATH): A pings B 100 times and sends B a 64 MiB blob.
+/// processes get the same PATH): A pings B 100 times and sends B a 32 MiB blob.
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn device_two_guests_unix_port() {

@@ -1663,4 +1663,8 @@ fn dpdk_lm_accesses_as_compiled() {
     lm_wr(&dev, rs, 4, 0x0009_0007);
     assert_eq!(r(rs, 4), 0x0009_0007);
     assert_eq!((r(rs, 2), r(rs + 2, 2)), (7, 9));
+    // writes stay whole dwords: a 16-bit write (Linux ifcvf_set_vq_state's width) is ignored
+    lm_wr(&dev, rs + 2, 2, 0x55);
+    lm_wr(&dev, rs, 2, 0x55);
+    assert_eq!(r(rs, 4), 0x0009_0007);
 }

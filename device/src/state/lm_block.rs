@@ -155,7 +155,7 @@ impl LmBlock {
         len: usize,
         val: u64,
     ) -> (u16, u16) {
-        if len == 2 && rel == 0 && self.layout == LmLayout::Linux {
+        if len == 2 && rel == 0 {
             // Linux ifcvf_set_vq_state writes the 16-bit avail index only: after a clean stop
             // used == avail, so the device resumes both there (as vhost's SET_VRING_BASE does).
             // With RING_PACKED that u16 is the first half of Linux's struct vdpa_vq_state_packed

@@ -460,6 +460,14 @@ impl DeviceState {
     }
 
     fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
+        // DPDK layout: reads may be narrow (DPDK's compiled ifcvf_hw_disable loads the high u16),
+        // writes are whole dwords (ifcvf_hw_enable). Linux ifcvf's 16-bit vq_state writes
+        // (ifcvf_set_vq_state, 2-byte stride) on a DPDK-layout device would land in another
+        // queue's half: ignored, as a dword-only register would.
+        if self.lm.layout() == bar_registers::LmLayout::Dpdk && len != 4 {
+            self.counters.ignored_register_writes += 1;
+            return;
+        }
         let packed = self.has(bits::RING_PACKED);
         let lm = &self.lm;
         let written = self

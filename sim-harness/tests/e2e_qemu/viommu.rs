@@ -11,11 +11,10 @@ const VIOMMU_MIB: u64 = 16;
 /// The guest in strict IOMMU mode: every dma_map/dma_unmap of a buffer is a real IOTLB change.
 const STRICT_APPEND: &str = "intel_iommu=on iommu.strict=1";
 
-/// Puts QEMU's intel-iommu in front of every device added after it (it must come first).
-pub(super) fn with_viommu(spec: VmSpec) -> VmSpec {
-    let mut spec = spec
-        .arg("-device")
-        .arg("intel-iommu,caching-mode=on,intremap=on");
+/// Puts QEMU's intel-iommu in front of every device of `spec` (it must come before them).
+pub(super) fn with_viommu(mut spec: VmSpec) -> VmSpec {
+    let iommu = ["-device", "intel-iommu,caching-mode=on,intremap=on"];
+    spec.args.splice(0..0, iommu.map(String::from));
     spec.machine_opts.push_str(",kernel-irqchip=split");
     spec
 }
@@ -68,25 +67,8 @@ fn device_virtio_pci_viommu_strict_vs_qemu() {
         let tap = Tap::create("vdpaeb5", 205);
         let peer = HostPeer::with_mib(&tap, VIOMMU_MIB);
         let mac = "52:54:00:e2:e0:05";
-        let mut vars = nic_vars(
-            "host-peer",
-            "virtio-pci",
-            mac,
-            &tap.guest_addr(),
-            &tap.host_ip,
-        );
-        vars.retain(|(k, _)| *k != "NIC_PCI");
-        set_var(&mut vars, "BLOB_MIB", VIOMMU_MIB.to_string());
-        let mut spec = with_viommu(VmSpec::new("qemu-guest", nic_script(&vars)))
-            .arg("-netdev")
-            .arg(format!(
-                "tap,id=n0,ifname={},script=no,downscript=no",
-                tap.name
-            ))
-            .arg("-device")
-            .arg(format!(
-                "virtio-net-pci,netdev=n0,mac={mac},iommu_platform=on,disable-legacy=on,romfile="
-            ));
+        let opts = ",iommu_platform=on,disable-legacy=on";
+        let mut spec = with_viommu(qemu_nic_guest("qemu-guest", &tap, mac, VIOMMU_MIB, opts));
         spec.append = STRICT_APPEND.into();
         let mut vm = Vm::boot(&e2e, &dir, spec);
         let rates = peer.round(&mut vm, 1, "baseline_qemu_virtio_net_pci(viommu strict)");
@@ -112,17 +94,7 @@ fn device_virtio_pci_viommu_strict_vs_qemu() {
     );
     let tap = Tap::adopt("vdpae5", 5, &mut serve);
     let peer = HostPeer::with_mib(&tap, VIOMMU_MIB);
-    let mut vars = nic_vars(
-        "host-peer",
-        "virtio-pci",
-        mac,
-        &tap.guest_addr(),
-        &tap.host_ip,
-    );
-    set_var(&mut vars, "BLOB_MIB", VIOMMU_MIB.to_string());
-    let mut spec = with_viommu(VmSpec::new("guest", nic_script(&vars)))
-        .arg("-device")
-        .arg(serve.device_arg());
+    let mut spec = with_viommu(device_nic_guest("guest", &serve, &tap, mac, VIOMMU_MIB));
     spec.append = STRICT_APPEND.into();
     let mut vm = Vm::boot(&e2e, &dir, spec);
     let (tx, rx) = peer.round(&mut vm, 1, "device_virtio_pci(viommu strict)");
