@@ -160,6 +160,11 @@ case "$ROLE" in
     # vhost_vdpa_pa_map pins the frontend's memory against RLIMIT_MEMLOCK even for root (8 MiB
     # by default), and vhost_chr_write_iter turns its -ENOMEM into -EFAULT ("Bad address")
     ulimit -l unlimited || fail "ulimit -l"
+    ( for _ in $(seq 60); do
+        grep -o 'ifcvf[^ ]*' /proc/interrupts > /tmp/ifcvf-irqs.new 2> /dev/null
+        [ -s /tmp/ifcvf-irqs.new ] && { tr '\n' ',' < /tmp/ifcvf-irqs.new > /tmp/ifcvf-irqs; break; }
+        sleep 0.5
+      done ) &
     echo "E2E-READY traffic"
     testpmd_feed /tmp/testpmd.log | timeout -s KILL $((RUN_SECS + 150)) chroot "$C" /usr/bin/env -i \
       PATH=/usr/sbin:/usr/bin:/sbin:/bin stdbuf -oL dpdk-testpmd $EAL --no-pci --single-file-segments \
@@ -172,6 +177,9 @@ case "$ROLE" in
       fail "dpdk-testpmd exit $rc"
     fi
     res $(testpmd_stats /tmp/testpmd.log testpmd)
+    # how ifcvf wired its MSI-X vectors (ifcvf_request_irq: per vq, vqs sharing one, or one for
+    # everything), from the names it gave them; they are freed at stop, so read the log of them
+    res ifcvf_irqs="$(cat /tmp/ifcvf-irqs 2> /dev/null || echo none)"
     ;;
   *) fail "unknown ROLE $ROLE" ;;
 esac

@@ -67,6 +67,7 @@ case "$ROLE" in
   *) fail "unknown ROLE $ROLE" ;;
 esac
 log role done
+[ "$NIC_DRIVER" = ifcvf ] && res ifcvf_irqs="$(grep -o 'ifcvf[^ ]*' /proc/interrupts | tr '\n' ',')"
 res role_done="$ROLE" nic_rx_bytes="$(cat "/sys/class/net/$IF/statistics/rx_bytes")" \
   nic_tx_bytes="$(cat "/sys/class/net/$IF/statistics/tx_bytes")" \
   nic_rx_errors="$(cat "/sys/class/net/$IF/statistics/rx_errors")" nic_tx_errors="$(cat "/sys/class/net/$IF/statistics/tx_errors")"

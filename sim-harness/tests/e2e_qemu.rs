@@ -1239,6 +1239,16 @@ fn device_with_host_tap(test: &str, tap_name: &str, subnet: u8, mac: &str, drive
         vm.name,
         vm.diag()
     );
+    if driver == "ifcvf" {
+        // one vCPU: ifcvf gets a single MSI-X vector for everything (ifcvf_request_dev_irq)
+        let irqs = b.get("ifcvf_irqs").unwrap_or("");
+        println!("E2E-BENCH {test}: ifcvf's MSI-X vectors: {irqs}");
+        assert!(
+            irqs.contains("-dev-irq"),
+            "{test}: ifcvf vector mode: {irqs}\n{}",
+            vm.diag()
+        );
+    }
     assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
     drop(tap);
 }

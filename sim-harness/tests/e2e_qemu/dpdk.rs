@@ -717,11 +717,23 @@ fn lm_reads(serve: &Serve) -> Vec<(u16, u16, u16)> {
 }
 
 /// Item 5: traffic flows through ifcvf + vhost_vdpa, and when testpmd stops, vhost-vdpa's
-/// GET_VRING_BASE reads each ring's state from the LM block (Linux layout) through ifcvf.
+/// GET_VRING_BASE reads each ring's state from the LM block (Linux layout) through ifcvf. With 2
+/// vCPUs ifcvf gets 2 MSI-X vectors and shares one among the vqs (ifcvf_request_vqs_reused_irq).
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn linux_vhost_vdpa_virtio_user() {
-    let test = "linux_vhost_vdpa_virtio_user";
+    vhost_vdpa_run("linux_vhost_vdpa_virtio_user", 2, "-vqs-reused-irq");
+}
+
+/// The same with 4 vCPUs: ifcvf gets a vector per vq plus one for config (ifcvf_request_per_vq_irq).
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn linux_vhost_vdpa_virtio_user_vector_per_vq() {
+    vhost_vdpa_run("linux_vhost_vdpa_virtio_user_vector_per_vq", 4, "]-2,");
+}
+
+/// One vhost-vdpa run on `vcpus` vCPUs; `irq_mark` must appear in ifcvf's MSI-X vector names.
+fn vhost_vdpa_run(test: &str, vcpus: u32, irq_mark: &str) {
     require_root(test);
     let e2e = e2e();
     let tree = dpdk_tree(&e2e);
@@ -732,19 +744,27 @@ fn linux_vhost_vdpa_virtio_user() {
         .collect();
     let mut serve = Serve::start(&dir, "dev", &args);
     let vars = dpdk_vars("vhost-vdpa", 10);
-    let spec = dpdk_vm(&tree, "vhost-vdpa", &vars)
+    let mut spec = dpdk_vm(&tree, "vhost-vdpa", &vars)
         .arg("-device")
         .arg(serve.device_arg());
+    spec.smp = vcpus;
     let mut vm = Vm::boot(&e2e, &dir, spec);
     let b = vm.finish(Duration::from_secs(300));
     let reads = lm_reads(&serve);
     println!(
         "E2E-BENCH {test}: testpmd (virtio_user on /dev/vhost-vdpa-0) RX {} TX {}; LM ring state \
-         reads at stop (queue, last_avail, last_used): {reads:?}",
+         reads at stop (queue, last_avail, last_used): {reads:?}; ifcvf's MSI-X vectors: {}",
         b.get("testpmd_rx").unwrap_or("?"),
         b.get("testpmd_tx").unwrap_or("?"),
+        b.get("ifcvf_irqs").unwrap_or("?"),
     );
     assert_eq!(b.get("vdpa_driver"), Some("vhost_vdpa"), "{}", vm.diag());
+    let irqs = b.get("ifcvf_irqs").unwrap_or("");
+    assert!(
+        irqs.contains(irq_mark),
+        "{test}: ifcvf vector mode: {irqs}\n{}",
+        vm.diag()
+    );
     assert!(
         b.num("testpmd_rx") > 1000,
         "too little traffic\n{}",
