@@ -1042,6 +1042,22 @@ impl Serve {
         }
     }
 
+    /// `serve --mac MAC --queue-pairs 1 --port tap:TAP`, and that TAP configured on the host.
+    fn with_tap(dir: &Scratch, mac: &str, tap: &str, subnet: u8) -> (Serve, Tap) {
+        let args = [
+            "--mac",
+            mac,
+            "--queue-pairs",
+            "1",
+            "--port",
+            &format!("tap:{tap}"),
+        ]
+        .map(String::from);
+        let mut serve = Serve::start(dir, "dev", &args);
+        let tap = Tap::adopt(tap, subnet, &mut serve);
+        (serve, tap)
+    }
+
     fn device_arg(&self) -> String {
         format!(
             r#"{{"driver":"vfio-user-pci","socket":{{"type":"unix","path":"{}"}}}}"#,
@@ -1206,19 +1222,7 @@ fn device_with_host_tap(test: &str, tap_name: &str, subnet: u8, mac: &str, drive
     require_root(test);
     let e2e = e2e();
     let dir = Scratch::new(test);
-    let mut serve = Serve::start(
-        &dir,
-        "dev",
-        &[
-            "--mac".into(),
-            mac.into(),
-            "--queue-pairs".into(),
-            "1".into(),
-            "--port".into(),
-            format!("tap:{tap_name}"),
-        ],
-    );
-    let tap = Tap::adopt(tap_name, subnet, &mut serve);
+    let (mut serve, tap) = Serve::with_tap(&dir, mac, tap_name, subnet);
     let peer = HostPeer::new(&tap);
     let vars = nic_vars("host-peer", driver, mac, &tap.guest_addr(), &tap.host_ip);
     let mut vm = Vm::boot(

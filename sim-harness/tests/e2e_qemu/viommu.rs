@@ -80,19 +80,7 @@ fn device_virtio_pci_viommu_strict_vs_qemu() {
 
     // our device
     let mac = "02:00:00:e2:e0:05";
-    let mut serve = Serve::start(
-        &dir,
-        "dev",
-        &[
-            "--mac".into(),
-            mac.into(),
-            "--queue-pairs".into(),
-            "1".into(),
-            "--port".into(),
-            "tap:vdpae5".into(),
-        ],
-    );
-    let tap = Tap::adopt("vdpae5", 5, &mut serve);
+    let (mut serve, tap) = Serve::with_tap(&dir, mac, "vdpae5", 5);
     let peer = HostPeer::with_mib(&tap, VIOMMU_MIB);
     let mut spec = with_viommu(device_nic_guest("guest", &serve, &tap, mac, VIOMMU_MIB));
     spec.append = STRICT_APPEND.into();
