@@ -411,11 +411,16 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--socket" => socket = args.next().unwrap_or_default(),
-            "--frames" => frames = args.next().and_then(|v| v.parse().ok()).unwrap_or(frames),
-            "--secs" => {
-                let _ = args.next(); // accepted for symmetry with the other roles
+            "--frames" => {
+                frames = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| die(2, "--frames takes a number"))
             }
-            _ => die(2, format!("unknown argument {a}")),
+            _ => die(
+                2,
+                format!("unknown argument {a} (usage: --socket PATH [--frames N])"),
+            ),
         }
     }
     let s = UnixStream::connect(&socket).unwrap_or_else(|e| die(2, format!("{socket}: {e}")));
