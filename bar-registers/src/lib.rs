@@ -17,7 +17,7 @@ pub mod virtio;
 
 pub use layout::{DeviceLayout, LayoutError, LayoutParams, NotifyLayout, Window};
 pub use lm::LmLayout;
-pub use model::{Access, Decoded, Location, Narrow, Register, RegisterBlock};
+pub use model::{Access, Decoded, Dir, Location, Narrow, Register, RegisterBlock};
 
 /// vfio region index of BAR `n` (VFIO_PCI_BAR0_REGION_INDEX + n); also used by the in-process
 /// access path so both speak the same numbers.
@@ -88,40 +88,58 @@ mod tests {
         let l = DeviceLayout::new(LayoutParams::default()).unwrap();
         let c = l.block("common_cfg").unwrap();
         assert!(matches!(
-            c.decode(virtio::common::QUEUE_SELECT, 2),
+            c.decode(virtio::common::QUEUE_SELECT, 2, Dir::Read),
             Decoded::Reg { .. }
         ));
         assert!(matches!(
-            c.decode(virtio::common::QUEUE_SELECT, 4),
+            c.decode(virtio::common::QUEUE_SELECT, 4, Dir::Read),
             Decoded::BadWidth { .. }
         ));
         assert!(matches!(
-            c.decode(virtio::common::QUEUE_SELECT + 1, 1),
+            c.decode(virtio::common::QUEUE_SELECT + 1, 1, Dir::Read),
             Decoded::BadWidth { .. }
         ));
         assert!(matches!(
-            c.decode(virtio::common::QUEUE_DESC + 4, 4),
+            c.decode(virtio::common::QUEUE_DESC + 4, 4, Dir::Read),
             Decoded::Reg { rel: 4, .. }
         ));
         assert!(matches!(
-            c.decode(virtio::common::QUEUE_DESC + 2, 4),
+            c.decode(virtio::common::QUEUE_DESC + 2, 4, Dir::Read),
             Decoded::BadWidth { .. }
         ));
         assert!(matches!(
-            c.decode(virtio::common::SIZE, 1),
+            c.decode(virtio::common::SIZE, 1, Dir::Read),
             Decoded::OutOfRange
         ));
-        assert!(matches!(c.decode(u64::MAX, 2), Decoded::OutOfRange));
+        assert!(matches!(
+            c.decode(u64::MAX, 2, Dir::Read),
+            Decoded::OutOfRange
+        ));
         let d = l.block("device_cfg").unwrap();
         for i in 0..6 {
             assert!(
-                matches!(d.decode(i, 1), Decoded::Reg { .. }),
+                matches!(d.decode(i, 1, Dir::Read), Decoded::Reg { .. }),
                 "mac byte {i}"
             );
         }
         let lm = l.block("lm").unwrap();
-        assert!(matches!(lm.decode(0x04, 4), Decoded::Reserved));
-        assert!(matches!(lm.decode(0x28, 4), Decoded::Reg { reg, .. } if reg.name == "mq_pairs"));
+        assert!(matches!(lm.decode(0x04, 4, Dir::Read), Decoded::Reserved));
+        assert!(
+            matches!(lm.decode(0x28, 4, Dir::Read), Decoded::Reg { reg, .. } if reg.name == "mq_pairs")
+        );
+        // DPDK-layout ring state: narrow reads, whole-dword writes
+        assert!(matches!(
+            lm.decode(0x22, 2, Dir::Read),
+            Decoded::Reg { rel: 2, .. }
+        ));
+        assert!(matches!(
+            lm.decode(0x22, 2, Dir::Write),
+            Decoded::BadWidth { .. }
+        ));
+        assert!(matches!(
+            lm.decode(0x20, 4, Dir::Write),
+            Decoded::Reg { rel: 0, .. }
+        ));
     }
 
     #[test]

@@ -139,11 +139,11 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 "0 disable, 1 enable dirty-page logging (VF), 3 enable (PF)",
                 DPDK,
             ),
-            // Declared as two 64-bit registers, each also taking its two dword halves:
-            // ifcvf_enable_logging (DPDK drivers/vdpa/ifc/base/ifcvf.c) writes LOW and HIGH
-            // through plain `*(u32 *)` stores, which GCC merges into one 8-byte store, so the
-            // device sees 8-byte writes at 0x10 and 0x18 (seen with Debian's DPDK 24.11 in
-            // the e2e guest); a PCIe function takes both widths.
+            // Declared as two 64-bit registers, which also take their two dword halves (the
+            // default for 8-byte registers): ifcvf_enable_logging (DPDK drivers/vdpa/ifc/base/
+            // ifcvf.c) writes LOW and HIGH through plain `*(u32 *)` stores, which GCC merges
+            // into one 8-byte store, so the device sees 8-byte writes at 0x10 and 0x18 (seen
+            // with Debian's DPDK 24.11 in the e2e guest); a PCIe function takes both widths.
             Register::new(
                 "log_base",
                 BASE_ADDR_LOW,
@@ -152,8 +152,7 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 0,
                 "IOVA of the dirty-page log (IFCVF_LM_BASE_ADDR_LOW at +0, _HIGH at +4)",
                 DPDK,
-            )
-            .narrow(Narrow::Halves),
+            ),
             Register::new(
                 "log_end",
                 END_ADDR_LOW,
@@ -162,8 +161,7 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 0,
                 "log end IOVA, base + size (IFCVF_LM_END_ADDR_LOW at +0, _HIGH at +4)",
                 DPDK,
-            )
-            .narrow(Narrow::Halves),
+            ),
         ],
         LmLayout::Linux => vec![
             Register::new(
@@ -217,8 +215,10 @@ pub(crate) fn lm_registers(layout: LmLayout, num_queues: u16) -> Vec<Register> {
                 "DPDK ifcvf.h IFCVF_LM_RING_STATE_OFFSET; vDPA talk: R/W vring index",
             )
             // ifcvf_hw_disable keeps only `ring_state >> 16`, so GCC loads just the high u16
-            // (a 2-byte read at +2, seen with Debian's DPDK 24.11): any aligned width works.
-            .narrow(Narrow::Any),
+            // (a 2-byte read at +2, seen with Debian's DPDK 24.11): reads of any aligned width.
+            // Writes stay whole dwords (ifcvf_hw_enable): a 16-bit write, what Linux ifcvf's
+            // ifcvf_set_vq_state does with its 2-byte stride, would land in another queue's half.
+            .narrow(Narrow::Reads),
             LmLayout::Linux => Register::new(
                 format!("vq_state[{q}]"),
                 off,

@@ -38,6 +38,19 @@ pub enum Narrow {
     Halves,
     /// Any naturally aligned narrower access (device config space: Linux reads it byte by byte).
     Any,
+    /// Any naturally aligned narrower read; writes at the natural width only (the DPDK-layout
+    /// LM ring state: DPDK's compiled ifcvf_hw_disable loads just its high u16, while
+    /// ifcvf_hw_enable writes whole dwords).
+    Reads,
+}
+
+/// The direction of an access (a register may take narrower reads than writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
 }
 
 /// One register, declared once: the device model, the validator and docs/registers.md use it.
@@ -111,7 +124,7 @@ impl Register {
     }
 
     /// Whether an access of `len` bytes at block offset `offset` is legal for this register.
-    pub fn accepts(&self, offset: u64, len: u64) -> bool {
+    pub fn accepts(&self, offset: u64, len: u64, dir: Dir) -> bool {
         if offset < self.offset || offset + len > self.end() || len == 0 {
             return false;
         }
@@ -123,6 +136,7 @@ impl Register {
             Narrow::No => false,
             Narrow::Halves => len == 4 && rel.is_multiple_of(4),
             Narrow::Any => len.is_power_of_two() && rel.is_multiple_of(len),
+            Narrow::Reads => dir == Dir::Read && len.is_power_of_two() && rel.is_multiple_of(len),
         }
     }
 }
@@ -167,8 +181,8 @@ pub enum Decoded<'a> {
 }
 
 impl RegisterBlock {
-    /// Find the register an access hits and check its width.
-    pub fn decode(&self, offset: u64, len: u64) -> Decoded<'_> {
+    /// Find the register an access hits and check its width for the direction.
+    pub fn decode(&self, offset: u64, len: u64, dir: Dir) -> Decoded<'_> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => {}
             _ => return Decoded::OutOfRange,
@@ -176,7 +190,7 @@ impl RegisterBlock {
         let idx = self.registers.partition_point(|r| r.end() <= offset);
         match self.registers.get(idx) {
             Some(reg) if reg.offset < offset + len => {
-                if reg.accepts(offset, len) {
+                if reg.accepts(offset, len, dir) {
                     Decoded::Reg {
                         reg,
                         rel: offset - reg.offset,

@@ -693,9 +693,9 @@ fn bad_width_unaligned_reserved_and_past_window_accesses() {
             1,
         ),
         (
-            "LM 2-byte write of ring_state at +1 (unaligned)",
+            "LM 2-byte write of ring_state (DPDK: dword writes)",
             4,
-            lmw + lm::ring_state_offset(LmLayout::Dpdk, 2) + 1,
+            lmw + lm::ring_state_offset(LmLayout::Dpdk, 2),
             2,
             9,
         ),

@@ -31,7 +31,7 @@ use crate::port::{Port, RxInbox};
 use crate::quirks::Quirk;
 use crate::transport::StatusChange;
 use access::{mask, put, to_u64};
-use bar_registers::model::{Access, Decoded, Register};
+use bar_registers::model::{Access, Decoded, Dir, Register};
 use bar_registers::virtio::offered_mask;
 use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
 use bar_registers::DeviceLayout;
@@ -219,12 +219,13 @@ impl DeviceState {
         bar: u8,
         off: u64,
         len: usize,
+        dir: Dir,
     ) -> Option<(&'a Register, u64, u64)> {
         let Some((block, rel)) = layout.bar_block(bar, off) else {
             counters.bad_register_accesses += 1;
             return None;
         };
-        match block.decode(rel, len as u64) {
+        match block.decode(rel, len as u64, dir) {
             Decoded::Reg { reg, rel: r } => Some((reg, r, rel)),
             _ => {
                 counters.bad_register_accesses += 1;
@@ -244,7 +245,8 @@ impl DeviceState {
             }
             return;
         }
-        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len())
+        let Some((reg, r, _)) =
+            Self::decode(&layout, &mut self.counters, bar, off, data.len(), Dir::Read)
         else {
             return;
         };
@@ -290,8 +292,14 @@ impl DeviceState {
             }
             return;
         }
-        let Some((reg, r, _)) = Self::decode(&layout, &mut self.counters, bar, off, data.len())
-        else {
+        let Some((reg, r, _)) = Self::decode(
+            &layout,
+            &mut self.counters,
+            bar,
+            off,
+            data.len(),
+            Dir::Write,
+        ) else {
             return;
         };
         if matches!(reg.access, Access::Ro | Access::Rc) {
@@ -460,14 +468,6 @@ impl DeviceState {
     }
 
     fn ring_state_write(&mut self, q: u16, rel: u64, len: usize, val: u64) {
-        // DPDK layout: reads may be narrow (DPDK's compiled ifcvf_hw_disable loads the high u16),
-        // writes are whole dwords (ifcvf_hw_enable). Linux ifcvf's 16-bit vq_state writes
-        // (ifcvf_set_vq_state, 2-byte stride) on a DPDK-layout device would land in another
-        // queue's half: ignored, as a dword-only register would.
-        if self.lm.layout() == bar_registers::LmLayout::Dpdk && len != 4 {
-            self.counters.ignored_register_writes += 1;
-            return;
-        }
         let packed = self.has(bits::RING_PACKED);
         let lm = &self.lm;
         let written = self
