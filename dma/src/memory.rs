@@ -253,8 +253,7 @@ impl Table {
 
     fn changed(&mut self) {
         self.snapshot = None;
-        self.stats.live = self.maps.len() as u64;
-        self.stats.live_peak = self.stats.live_peak.max(self.stats.live);
+        self.stats.live_peak = self.stats.live_peak.max(self.maps.len() as u64);
     }
 }
 
@@ -278,9 +277,13 @@ fn invalid(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.into())
 }
 
-/// Checks `[offset, offset + size)` against the file and returns the file's length, or
+/// Checks `[offset, offset + size)` against the file and returns the file's metadata, or
 /// `None` when the file is not a regular file (its length then means nothing).
-fn check_file_range(file: &File, offset: u64, size: u64) -> std::io::Result<Option<u64>> {
+fn check_file_range(
+    file: &File,
+    offset: u64,
+    size: u64,
+) -> std::io::Result<Option<std::fs::Metadata>> {
     let file_end = offset
         .checked_add(size)
         .ok_or_else(|| invalid("file offset + size overflows"))?;
@@ -302,7 +305,7 @@ fn check_file_range(file: &File, offset: u64, size: u64) -> std::io::Result<Opti
             meta.len()
         )));
     }
-    Ok(Some(meta.len()))
+    Ok(Some(meta))
 }
 
 /// mmaps `len` bytes of `file` at `offset`, `MAP_SHARED`, with only the access the device
@@ -310,9 +313,6 @@ fn check_file_range(file: &File, offset: u64, size: u64) -> std::io::Result<Opti
 /// instead of corrupting guest memory). Writable mappings are also readable because the dirty
 /// log is updated with atomic read-modify-writes.
 fn mmap_file(file: File, offset: u64, len: u64, perms: Perms) -> std::io::Result<GuestRegionMmap> {
-    if offset % PAGE_SIZE != 0 {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
     let len = usize::try_from(len).map_err(|_| invalid("mapping too large"))?;
     let prot = match (perms.read, perms.write) {
         (_, true) => libc::PROT_READ | libc::PROT_WRITE,
@@ -416,16 +416,17 @@ impl AddressSpace {
         perms: Perms,
     ) -> std::io::Result<Arc<FileMmap>> {
         use std::os::unix::fs::MetadataExt;
-        let Some(file_len) = check_file_range(&file, offset, size)? else {
+        // mmap offsets are page-aligned (EINVAL, as mmap(2) would answer)
+        if offset % PAGE_SIZE != 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let Some(meta) = check_file_range(&file, offset, size)? else {
             // Not a regular file (a device node, say): map just the range, unshared.
             let region = mmap_file(file, offset, size, perms)?;
             let len = size;
             return Ok(Arc::new(FileMmap { region, len }));
         };
-        if offset % PAGE_SIZE != 0 {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let meta = file.metadata()?;
+        let file_len = meta.len();
         let key = FileKey {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -535,7 +536,11 @@ impl AddressSpace {
 
     /// The map/unmap counters.
     pub fn stats(&self) -> MapStats {
-        self.table.lock().stats
+        let t = self.table.lock();
+        MapStats {
+            live: t.maps.len() as u64,
+            ..t.stats
+        }
     }
 
     /// Number of successful changes so far; engines compare it on every access.
