@@ -649,6 +649,22 @@ impl Tap {
 
     /// Waits for a TAP that another process (vdpa-emu serve --port tap:NAME) creates, then configures it.
     fn adopt(name: &str, subnet: u8, serve: &mut Serve) -> Tap {
+        Tap::wait_created(name, serve);
+        Tap::configure(name, subnet)
+    }
+
+    /// Adopts a TAP that serve creates and brings it up without an address (L2 only: the
+    /// DPDK tests read and write raw frames on it); `host_ip` stays empty.
+    fn adopt_unaddressed(name: &str, serve: &mut Serve) -> Tap {
+        Tap::wait_created(name, serve);
+        ip(&["link", "set", name, "up"]);
+        Tap {
+            name: name.into(),
+            host_ip: String::new(),
+        }
+    }
+
+    fn wait_created(name: &str, serve: &mut Serve) {
         let t0 = Instant::now();
         while !link_exists(name) {
             serve.check_alive(&format!("TAP {name} to appear"));
@@ -659,7 +675,6 @@ impl Tap {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Tap::configure(name, subnet)
     }
 
     fn configure(name: &str, subnet: u8) -> Tap {

@@ -210,30 +210,6 @@ fn mac_bytes(mac: &str) -> [u8; 6] {
     v.try_into().unwrap()
 }
 
-/// Waits for the TAP that serve creates and brings it up, without an address.
-fn tap_up(name: &str, serve: &mut Serve) {
-    let t0 = Instant::now();
-    while !link_exists(name) {
-        serve.check_alive(&format!("TAP {name} to appear"));
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "no TAP {name}\n{}",
-            serve.diag()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ip(&["link", "set", name, "up"]);
-}
-
-struct TapGuard(String);
-impl Drop for TapGuard {
-    fn drop(&mut self) {
-        if link_exists(&self.0) {
-            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-        }
-    }
-}
-
 /// Experimental ethertype (IEEE 802 local experimental) for the host's test frames.
 const ETHERTYPE_TEST: [u8; 2] = [0x88, 0xb5];
 
@@ -280,8 +256,7 @@ fn testpmd_virtio_pmd(test: &str, tap_name: &str, mac: &str, packed: bool) {
     let dir = Scratch::new(test);
     let extra: &[&str] = if packed { &[] } else { &["--no-packed"] };
     let mut serve = serve_for_dpdk(&dir, mac, tap_name, extra);
-    tap_up(tap_name, &mut serve);
-    let _tap = TapGuard(tap_name.into());
+    let _tap = Tap::adopt_unaddressed(tap_name, &mut serve);
     let port = RawPort::open(tap_name);
     let dev_mac = mac_bytes(mac);
     let peer = "02:00:00:e2:e0:fe";
@@ -499,8 +474,7 @@ fn dpdk_ifc_vdpa_virtio_user_datapath() {
     let dir = Scratch::new(test);
     let (tap_name, mac) = ("vdpae8", "02:00:00:e2:e0:08");
     let mut serve = serve_for_dpdk(&dir, mac, tap_name, &[]);
-    tap_up(tap_name, &mut serve);
-    let _tap = TapGuard(tap_name.into());
+    let _tap = Tap::adopt_unaddressed(tap_name, &mut serve);
     let port = RawPort::open(tap_name);
     let mut vars = dpdk_vars("vdpa", 10);
     vars.push(("FRONTEND", "virtio-user".into()));
