@@ -814,9 +814,6 @@ fn map_error(iova: u64, size: u64, e: ClientError) -> MapError {
             existing_iova: iova,
             existing_size: 0,
         },
-        ClientError::Remote { errno, .. } if errno == libc::ENOENT => {
-            MapError::PartialUnmap { iova, size }
-        }
         ClientError::Remote { errno, .. } => MapError::Mmap {
             iova,
             size,
@@ -849,9 +846,22 @@ impl DmaMapper for Client {
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
+        // The range checks the server also makes, here, so that its EINVAL can only mean an
+        // unmap covering part of a mapping (vfio semantics; dma::AddressSpace::unmap).
+        if size == 0 {
+            return Err(MapError::ZeroSize);
+        }
+        if iova.checked_add(size - 1).is_none() {
+            return Err(MapError::AddressOverflow { iova, size });
+        }
         self.unmap(iova, size, 0)
             .map(|()| size)
-            .map_err(|e| map_error(iova, size, e))
+            .map_err(|e| match e {
+                ClientError::Remote { errno, .. } if errno == libc::EINVAL => {
+                    MapError::PartialUnmap { iova, size }
+                }
+                e => map_error(iova, size, e),
+            })
     }
 
     fn dma_unmap_all(&self) -> u64 {
