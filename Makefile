@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build demo test unit lint fmt docs bench clean
+.PHONY: all build demo test unit lint fmt docs bench clean soak
 
 all: build
 
@@ -40,6 +40,12 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+# Long runs, not part of `make test`: the validator proof (200 `validate --socket` runs against a
+# healthy `serve` on a loaded machine with 0 FAILs, and every quirk caught by its own check 25
+# times).
+soak:
+	$(CARGO) test --release -p sim-harness --test validator_proof -- --ignored --nocapture
 
 # End-to-end tests with a real QEMU (>= 10.1, vfio-user-pci) and a Linux guest under TCG (docs/e2e.md).
 # Provisioning needs root and the Debian archive; its result is cached outside the checkout (so a

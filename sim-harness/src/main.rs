@@ -31,8 +31,20 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Print the register map (docs/registers.md) rendered from the declarations.
-    Registers,
+    /// Print the register map (the datasheet) rendered from the declarations the device decodes
+    /// with: Markdown (docs/registers.md is the default output), a C header, or JSON.
+    Registers {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = RegistersFormat::Markdown)]
+        format: RegistersFormat,
+        /// Queue pairs (1..=32): array registers (doorbells, MSI-X entries, LM ring states) have
+        /// one entry per queue or vector.
+        #[arg(long, default_value_t = bar_registers::render::DOC_QUEUE_PAIRS)]
+        queue_pairs: u16,
+        /// Show only this LM block layout (dpdk or linux) [default: both].
+        #[arg(long, value_parser = parse_lm_layout)]
+        lm_layout: Option<bar_registers::LmLayout>,
+    },
     /// Validate a device's vDPA HW prerequisites: the built-in model in-process, or any
     /// vfio-user device with --socket.
     Validate {
@@ -185,6 +197,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("not a size: {s:?}"))
+}
+
+/// `vdpa-emu registers --format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RegistersFormat {
+    Markdown,
+    CHeader,
+    Json,
 }
 
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
@@ -357,9 +377,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Registers => {
-            print!("{}", bar_registers::render::registers_markdown());
-            ExitCode::SUCCESS
+        Cmd::Registers {
+            format,
+            queue_pairs,
+            lm_layout,
+        } => {
+            use bar_registers::{render::Datasheet, LmLayout};
+            let ds = Datasheet {
+                queue_pairs,
+                lm_layouts: lm_layout.map_or(vec![LmLayout::Dpdk, LmLayout::Linux], |l| vec![l]),
+            };
+            let out = match format {
+                RegistersFormat::Markdown => ds.markdown(),
+                RegistersFormat::CHeader => ds.c_header(),
+                RegistersFormat::Json => ds.json().map(|j| {
+                    serde_json::to_string_pretty(&j).expect("the datasheet serializes") + "\n"
+                }),
+            };
+            match out {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vdpa-emu registers: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Cmd::Serve {
             socket,

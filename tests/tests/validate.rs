@@ -3,7 +3,9 @@
 
 use bar_registers::LmLayout;
 use device::{DeviceConfig, Quirk, Quirks};
-use sim_harness::validate::{run, InProcess, Report, ValidateOptions, Verdict, GROUPS};
+use sim_harness::validate::{
+    owning_group, run, InProcess, Report, ValidateOptions, Verdict, GROUPS,
+};
 
 fn validate(quirks: Quirks, lm_layout: LmLayout, wraparound: bool) -> Report {
     let mut cfg = DeviceConfig::with_queue_pairs(2).lm_layout(lm_layout);
@@ -16,18 +18,6 @@ fn validate(quirks: Quirks, lm_layout: LmLayout, wraparound: bool) -> Report {
             ..Default::default()
         },
     )
-}
-
-fn owner(q: Quirk) -> &'static str {
-    match q {
-        Quirk::RingStateReadOnly | Quirk::StaleUsedIdx | Quirk::EarlyQueueDisable => {
-            "vring-index-rw"
-        }
-        Quirk::LogSkipsUsedRing | Quirk::LogIgnoresEnd => "dirty-log",
-        Quirk::IgnoresEventIdx => "feature-awareness",
-        Quirk::NoGuestAnnounce => "guest-announce",
-        Quirk::SplitRingUsedLenWrong => "ring-layout-split",
-    }
 }
 
 #[test]
@@ -50,7 +40,7 @@ fn each_quirk_fails_exactly_its_check() {
         let r = validate(Quirks::NONE.with(q), LmLayout::Dpdk, true);
         assert!(!r.passed(), "{} not caught:\n{}", q.name(), r.table());
         for g in &r.groups {
-            if g.id == owner(q) {
+            if g.id == owning_group(q) {
                 assert_eq!(
                     g.verdict,
                     Verdict::Fail,

@@ -41,6 +41,21 @@ pub const GROUPS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The check group that owns each injectable HW bug: the group that must FAIL, alone, when the
+/// device has that bug (the in-process, `--socket` and soak proofs all assert this).
+pub fn owning_group(q: device::Quirk) -> &'static str {
+    use device::Quirk;
+    match q {
+        Quirk::RingStateReadOnly | Quirk::StaleUsedIdx | Quirk::EarlyQueueDisable => {
+            "vring-index-rw"
+        }
+        Quirk::LogSkipsUsedRing | Quirk::LogIgnoresEnd => "dirty-log",
+        Quirk::IgnoresEventIdx => "feature-awareness",
+        Quirk::NoGuestAnnounce => "guest-announce",
+        Quirk::SplitRingUsedLenWrong => "ring-layout-split",
+    }
+}
+
 /// Why validation could not run (as opposed to a check that failed).
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {

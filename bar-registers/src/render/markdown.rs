@@ -1,34 +1,39 @@
-//! Renders the register maps as Markdown (docs/registers.md is this output for the default
-//! layout; a test fails when the committed file is stale).
+//! The datasheet as Markdown (docs/registers.md).
 
-use crate::layout::{DeviceLayout, LayoutParams};
-use crate::lm::LmLayout;
+use super::{queue_roles, Datasheet};
+use crate::layout::DeviceLayout;
 use crate::model::{Location, RegisterBlock};
 use crate::virtio::OFFERED_FEATURES;
 use std::fmt::Write;
 
-/// The parameter set docs/registers.md documents: 2 queue pairs (so array registers stay short).
-pub fn doc_params(lm_layout: LmLayout) -> LayoutParams {
-    LayoutParams {
-        queue_pairs: 2,
-        lm_layout,
-        ..LayoutParams::default()
-    }
-}
-
-/// The whole docs/registers.md text.
-pub fn registers_markdown() -> String {
-    let dpdk = DeviceLayout::new(doc_params(LmLayout::Dpdk)).expect("doc params are valid");
-    let linux = DeviceLayout::new(doc_params(LmLayout::Linux)).expect("doc params are valid");
+/// The Markdown datasheet: everything from the first layout, the LM block of each other one.
+pub(super) fn render(ds: &Datasheet, layouts: &[DeviceLayout]) -> String {
+    let first = &layouts[0];
     let mut s = String::new();
     s.push_str("# vdpa-emu register map\n\n");
-    s.push_str("Generated from the declarations in `bar-registers/` by `cargo run -p sim-harness -- registers > docs/registers.md`; ");
-    s.push_str("the test `registers_doc_is_current` fails when this file is stale. Shown for 2 queue pairs ");
-    s.push_str("(queues 0..3 are RX0, TX0, RX1, TX1; queue 4 is the control queue); array registers grow with `--queue-pairs`.\n\n");
+    let _ = write!(
+        s,
+        "Generated from the declarations in `bar-registers/` by `{}`",
+        if *ds == Datasheet::docs() {
+            "vdpa-emu registers > docs/registers.md".to_string()
+        } else {
+            ds.command("markdown")
+        }
+    );
+    if *ds == Datasheet::docs() {
+        s.push_str("; the test `registers_doc_is_current` fails when this file is stale");
+    }
+    let _ = write!(
+        s,
+        ". Shown for {} queue pair{} ({}); `--queue-pairs N` renders another size (array registers have one entry per queue or vector), `--format c-header` or `--format json` the same map for C or tools.\n\n",
+        ds.queue_pairs,
+        if ds.queue_pairs == 1 { "" } else { "s" },
+        queue_roles(ds.queue_pairs)
+    );
     s.push_str("Access: RO read-only (writes ignored), RW read-write, W1C write-1-to-clear, WO write-only (reads 0), RC read-to-clear.\n");
     s.push_str("An access of a width the register does not accept, to reserved space or past a window reads 0 and is ignored on write; the device counts it (`bad_register_accesses`).\n\n");
     s.push_str("## BARs\n\n| BAR | size | contents |\n|---|---|---|\n");
-    for b in &dpdk.bars {
+    for b in &first.bars {
         let _ = writeln!(
             s,
             "| {} (64-bit) | 0x{:x} | {} |",
@@ -44,11 +49,13 @@ pub fn registers_markdown() -> String {
         );
     }
     s.push('\n');
-    for b in &dpdk.blocks {
+    for b in &first.blocks {
         render_block(&mut s, b);
     }
-    if let Some(b) = linux.block("lm") {
-        render_block(&mut s, b);
+    for l in &layouts[1..] {
+        if let Some(b) = l.block("lm") {
+            render_block(&mut s, b);
+        }
     }
     s
 }
