@@ -81,13 +81,26 @@ pub struct Session {
     pub irq_latency: std::time::Duration,
     /// Whatever must live as long as the session (a socket client's interrupt pump).
     pub keep: Option<Box<dyn std::any::Any + Send>>,
+    /// Delivers, on the calling thread, every interrupt the device has already signalled (a
+    /// socket client's eventfd drain), so counts do not depend on when a pump thread runs.
+    pub irq_sync: Option<Box<dyn Fn() + Send>>,
 }
 
 impl Session {
     /// Lets in-flight interrupts arrive before counting them: waits at least `irq_latency`,
     /// then until the count has been still for that long (a loaded machine delays the pump
     /// thread), at most a second.
+    ///
+    /// Where the target can drain its interrupt channel (`irq_sync`), every interrupt signalled
+    /// before the last register access returned is counted first, with no timing involved; the
+    /// wait then only catches a device that signals asynchronously, after its reply.
     pub fn settle(&self) {
+        let sync = || {
+            if let Some(f) = &self.irq_sync {
+                f();
+            }
+        };
+        sync();
         if self.irq_latency.is_zero() {
             return;
         }
@@ -95,6 +108,7 @@ impl Session {
         let mut last = self.irq.total();
         loop {
             std::thread::sleep(self.irq_latency);
+            sync();
             let now = self.irq.total();
             if now == last || t0.elapsed() > std::time::Duration::from_secs(1) {
                 return;
@@ -130,6 +144,7 @@ impl Target for InProcess {
             announce: Some(Box::new(move || d2.announce())),
             irq_latency: std::time::Duration::ZERO,
             keep: None,
+            irq_sync: None,
         })
     }
 
@@ -183,13 +198,15 @@ impl Target for OverSocket {
             .map_err(|e| err(&e))?
             .count;
         let irq = Arc::new(InterruptRecorder::new(n.min(u32::from(u16::MAX)) as u16));
-        let pump = c.wire_interrupts(irq.clone()).map_err(|e| err(&e))?;
+        let pump = Arc::new(c.wire_interrupts(irq.clone()).map_err(|e| err(&e))?);
+        let drain = pump.clone();
         Ok(Session {
             handle: c,
             irq,
             announce: None,
             irq_latency: std::time::Duration::from_millis(30),
             keep: Some(Box::new(pump)),
+            irq_sync: Some(Box::new(move || drain.drain())),
         })
     }
 

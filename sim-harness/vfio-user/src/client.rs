@@ -607,37 +607,46 @@ impl Client {
                 &fds,
             )?;
         }
+        let vectors = Arc::new(Vectors {
+            efds,
+            sink,
+            forwarding: Mutex::new(()),
+        });
         let stop = Arc::new(Stop::new()?);
-        let s2 = stop.clone();
+        let (s2, v2) = (stop.clone(), vectors.clone());
         let thread = std::thread::Builder::new()
             .name("vfio-user-irq".into())
-            .spawn(move || pump(efds, &s2, sink.as_ref()))?;
+            .spawn(move || pump(&v2, &s2))?;
         Ok(InterruptPump {
             stop,
+            vectors,
             thread: Some(thread),
         })
     }
 }
 
-fn pump(efds: Vec<File>, stop: &Stop, sink: &dyn InterruptSink) {
-    let mut fds: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
-    fds.push(stop.as_fd());
-    loop {
-        let Ok(ready) = sock::poll_in(&fds, None) else {
-            return;
-        };
-        if ready[efds.len()] {
-            return;
-        }
-        for (v, f) in efds.iter().enumerate() {
-            if ready[v] {
-                // The eventfd holds the number of signals since the last read: interrupts
-                // that arrive close together merge into one read, and each one counts
-                // (the server writes 1 per MSI-X message).
+/// The client's MSI-X eventfds and where their signals go.
+struct Vectors {
+    efds: Vec<File>,
+    sink: Arc<dyn InterruptSink>,
+    /// Held from an eventfd read until its signals reach the sink, so [`InterruptPump::drain`]
+    /// never returns while the pump thread holds signals it has read but not yet forwarded.
+    forwarding: Mutex<()>,
+}
+
+impl Vectors {
+    /// Reads each eventfd `ready` says may hold signals and forwards every signal: the eventfd
+    /// counter is the number of writes since the last read, so interrupts that arrived close
+    /// together merge into one read and each one still counts (the server writes 1 per MSI-X
+    /// message). The eventfds are non-blocking: an empty one reads EAGAIN.
+    fn forward(&self, ready: impl Fn(usize) -> bool) {
+        let _g = self.forwarding.lock();
+        for (v, f) in self.efds.iter().enumerate() {
+            if ready(v) {
                 let mut b = [0u8; 8];
                 if (&*f).read(&mut b).is_ok() {
                     for _ in 0..u64::from_ne_bytes(b).min(1 << 20) {
-                        sink.msix(v as u16);
+                        self.sink.msix(v as u16);
                     }
                 }
             }
@@ -645,11 +654,45 @@ fn pump(efds: Vec<File>, stop: &Stop, sink: &dyn InterruptSink) {
     }
 }
 
+fn pump(vectors: &Vectors, stop: &Stop) {
+    let mut fds: Vec<BorrowedFd<'_>> = vectors.efds.iter().map(|f| f.as_fd()).collect();
+    fds.push(stop.as_fd());
+    loop {
+        let Ok(ready) = sock::poll_in(&fds, None) else {
+            return;
+        };
+        if ready[vectors.efds.len()] {
+            return;
+        }
+        vectors.forward(|v| ready[v]);
+    }
+}
+
 /// Forwards eventfd signals to an [`InterruptSink`] until dropped.
 #[derive(Debug)]
 pub struct InterruptPump {
     stop: Arc<Stop>,
+    vectors: Arc<Vectors>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl InterruptPump {
+    /// Forwards every signal already in the eventfds, now, on the calling thread. A server
+    /// that raises interrupts while handling a message (as `vdpa-emu serve` does for a
+    /// doorbell) has written them before its reply, so after a non-posted write returns, a
+    /// drain delivers every interrupt that write caused: counting needs no waiting and no
+    /// guess at the pump thread's scheduling.
+    pub fn drain(&self) {
+        self.vectors.forward(|_| true);
+    }
+}
+
+impl std::fmt::Debug for Vectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vectors")
+            .field("eventfds", &self.efds.len())
+            .finish()
+    }
 }
 
 impl Drop for InterruptPump {
@@ -870,5 +913,35 @@ impl DmaMapper for Client {
         }
         // The protocol does not report how much was unmapped.
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device::InterruptRecorder;
+    use std::io::Write;
+
+    #[test]
+    fn a_drain_forwards_every_pending_signal_on_the_calling_thread() {
+        let rec = Arc::new(InterruptRecorder::new(3));
+        let efds: Vec<File> = (0..3).map(|_| sock::eventfd().unwrap()).collect();
+        // Five MSI-X messages on vector 1 and two on vector 2, merged in their counters.
+        for _ in 0..5 {
+            (&efds[1]).write_all(&1u64.to_ne_bytes()).unwrap();
+        }
+        for _ in 0..2 {
+            (&efds[2]).write_all(&1u64.to_ne_bytes()).unwrap();
+        }
+        let v = Vectors {
+            efds,
+            sink: rec.clone(),
+            forwarding: Mutex::new(()),
+        };
+        v.forward(|_| true);
+        assert_eq!((rec.count(0), rec.count(1), rec.count(2)), (0, 5, 2));
+        // Read once: a second drain finds the (non-blocking) eventfds empty and adds nothing.
+        v.forward(|_| true);
+        assert_eq!(rec.total(), 7);
     }
 }
