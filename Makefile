@@ -30,9 +30,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Regenerate docs/registers.md from the declarations in bar-registers/.
+# Regenerate docs/registers.md from the declarations in bar-registers/, and write the man pages
+# (one per command) into docs/man/.
 docs:
 	$(CARGO) run -q -p sim-harness -- registers > docs/registers.md
+	$(CARGO) run -q -p sim-harness -- man docs/man
 
 # Criterion benchmarks (TX dequeue of 64-byte frames, IOMMU on, logging off/on; dma hot paths).
 bench:

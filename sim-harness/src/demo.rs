@@ -122,7 +122,7 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
             k.name(),
             t.transactions,
             t.bytes,
-            t.transactions as f64 / (2 * total.max(1)) as f64
+            t.transactions as f64 / total.max(1) as f64
         );
     }
     let io = dev.iommu_stats();

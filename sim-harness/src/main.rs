@@ -22,10 +22,10 @@ enum Cmd {
     /// Loopback traffic through the built-in model, with its counters printed.
     Demo {
         /// Queue pairs (1..=32).
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = parse_queue_pairs)]
         queue_pairs: u16,
-        /// Frames to send.
-        #[arg(long, default_value_t = 10_000)]
+        /// Frames to send (at least 1).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
         frames: u64,
         /// Random seed (frame sizes and payloads).
         #[arg(long, default_value_t = 1)]
@@ -39,7 +39,7 @@ enum Cmd {
         format: RegistersFormat,
         /// Queue pairs (1..=32): array registers (doorbells, MSI-X entries, LM ring states) have
         /// one entry per queue or vector.
-        #[arg(long, default_value_t = bar_registers::render::DOC_QUEUE_PAIRS)]
+        #[arg(long, default_value_t = bar_registers::render::DOC_QUEUE_PAIRS, value_parser = parse_queue_pairs)]
         queue_pairs: u16,
         /// Show only this LM block layout (dpdk or linux) [default: both].
         #[arg(long, value_parser = parse_lm_layout)]
@@ -83,7 +83,7 @@ enum Cmd {
         #[arg(long)]
         socket: std::path::PathBuf,
         /// Queue pairs (1..=32).
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = parse_queue_pairs)]
         queue_pairs: u16,
         /// MAC address in the device config.
         #[arg(long, default_value = "52:54:00:12:34:56", value_parser = sim_harness::serve::parse_mac)]
@@ -108,13 +108,13 @@ enum Cmd {
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         memory: u64,
         /// Queue pairs (1..=32).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = parse_queue_pairs)]
         queue_pairs: u16,
         /// Frames per second in each direction (0 = as fast as possible).
         #[arg(long, default_value_t = 20_000)]
         rate: u64,
-        /// Dirty-log granularity (4K, 64K, 2M, ...).
-        #[arg(long, default_value = "4K", value_parser = parse_size)]
+        /// Dirty-log granularity: a power of two from 4K (4K, 64K, 2M, ...).
+        #[arg(long, default_value = "4K", value_parser = parse_log_granularity)]
         log_granularity: u64,
         /// LM block layout: dpdk or linux.
         #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
@@ -128,14 +128,15 @@ enum Cmd {
         /// Stop pre-copy when a round finds fewer dirty pages than this.
         #[arg(long, default_value_t = 256)]
         dirty_threshold: usize,
-        /// Most pre-copy rounds.
-        #[arg(long, default_value_t = 30)]
+        /// Most pre-copy rounds; at the limit stop-and-copy is forced and the report says the
+        /// migration did not converge.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
         max_rounds: u32,
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Back-to-back migrations of the same guest.
-        #[arg(long, default_value_t = 1)]
+        /// Back-to-back migrations of the same guest (at least 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
         /// Report format.
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
@@ -150,6 +151,18 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+    /// Print a shell completion script, e.g. `vdpa-emu completions bash >
+    /// /etc/bash_completion.d/vdpa-emu`.
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for vdpa-emu and each of its commands into DIR (`make docs` writes
+    /// docs/man/).
+    Man {
+        /// Output directory (created if missing).
+        dir: std::path::PathBuf,
     },
 }
 
@@ -205,6 +218,26 @@ enum RegistersFormat {
     Markdown,
     CHeader,
     Json,
+}
+
+fn parse_queue_pairs(s: &str) -> Result<u16, String> {
+    let max = bar_registers::layout::MAX_QUEUE_PAIRS;
+    match s.trim().parse::<u16>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("queue pairs must be 1..={max}, got {s:?}")),
+    }
+}
+
+/// A dirty-log granularity: one bit of the vhost log per this many bytes, a power of two of at
+/// least a 4 KiB page (the vhost-user log format, VHOST_LOG_PAGE).
+fn parse_log_granularity(s: &str) -> Result<u64, String> {
+    let g = parse_size(s)?;
+    if g < 4096 || !g.is_power_of_two() {
+        return Err(format!(
+            "log granularity must be a power of two of at least 4K (4K, 64K, 2M), got {g} bytes"
+        ));
+    }
+    Ok(g)
 }
 
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
@@ -444,5 +477,22 @@ fn main() -> ExitCode {
         Cmd::Bench {
             cmd: BenchCmd::Bus(a),
         } => sim_harness::bench::bus::cli(&a),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "vdpa-emu", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { dir } => {
+            let written = std::fs::create_dir_all(&dir).and_then(|()| {
+                clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+            });
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vdpa-emu man: writing {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -63,6 +63,9 @@ pub struct Migration {
     /// The destination the guest now runs on (when `resume_error` is None).
     pub dst: Arc<Device>,
     pub rounds: u32,
+    /// Whether pre-copy ended because a round copied fewer pages than the threshold (false:
+    /// the round limit forced stop-and-copy with the last round's pages still dirty).
+    pub converged: bool,
     /// Pages copied by stage 1, each pre-copy round, and stop-and-copy.
     pub pages_per_round: Vec<u64>,
     pub pages_copied: u64,
@@ -125,7 +128,7 @@ pub fn migrate<G: MigratingGuest>(
 
     // Stage 2: pre-copy rounds until the dirty set is small.
     let mut rounds = 0;
-    loop {
+    let converged = loop {
         guest.run(src)?;
         let mut dirty = BTreeSet::new();
         dirty_bitmap::harvest(&log, log_len, &mut dirty)?;
@@ -136,10 +139,16 @@ pub fn migrate<G: MigratingGuest>(
         pages_per_round.push(n);
         tracing::debug!(round = rounds, pages = n, "pre-copy round");
         guest.progress(&format!("stage 2: round {rounds} copied {n} dirty pages"));
-        if n < p.dirty_threshold || rounds >= p.max_rounds {
-            break;
+        if n < p.dirty_threshold {
+            break true;
         }
-    }
+        if rounds >= p.max_rounds {
+            guest.progress(&format!(
+                "stage 2: did not converge: {n} pages dirtied in round {rounds}, the round limit; stop-and-copy forced"
+            ));
+            break false;
+        }
+    };
 
     // Stage 3: pause, DPDK stop, stop-and-copy.
     guest.before_pause(src);
@@ -217,6 +226,7 @@ pub fn migrate<G: MigratingGuest>(
     Ok(Migration {
         dst,
         rounds,
+        converged,
         pages_per_round,
         pages_copied,
         log_bytes: log_len,

@@ -1,0 +1,126 @@
+//! The command line refuses what it cannot honour, up front, with the reason, and offers
+//! completions and man pages generated from the same definitions.
+
+use std::process::{Command, Output};
+
+fn vdpa_emu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run vdpa-emu")
+}
+
+#[test]
+fn zero_and_out_of_range_counts_are_errors_everywhere() {
+    for (args, needle) in [
+        (
+            &["demo", "--queue-pairs", "0"][..],
+            "queue pairs must be 1..=32",
+        ),
+        (&["demo", "--frames", "0"][..], "--frames"),
+        (
+            &["serve", "--socket", "/tmp/x.sock", "--queue-pairs", "0"][..],
+            "queue pairs must be 1..=32",
+        ),
+        (
+            &["migrate", "--queue-pairs", "0"][..],
+            "queue pairs must be 1..=32",
+        ),
+        (
+            &["migrate", "--queue-pairs", "33"][..],
+            "queue pairs must be 1..=32",
+        ),
+        (&["migrate", "--count", "0"][..], "--count"),
+        (&["migrate", "--max-rounds", "0"][..], "--max-rounds"),
+        (
+            &["migrate", "--log-granularity", "3000"][..],
+            "power of two of at least 4K",
+        ),
+        (
+            &["migrate", "--log-granularity", "2K"][..],
+            "power of two of at least 4K",
+        ),
+        (
+            &["registers", "--queue-pairs", "0"][..],
+            "queue pairs must be 1..=32",
+        ),
+    ] {
+        let out = vdpa_emu(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing ran");
+    }
+}
+
+#[test]
+fn migrate_says_when_pre_copy_did_not_converge() {
+    // A threshold of 0 pages no round can get under: the round limit ends pre-copy.
+    let out = vdpa_emu(&[
+        "migrate",
+        "--memory",
+        "8M",
+        "--max-rounds",
+        "2",
+        "--dirty-threshold",
+        "0",
+        "--format",
+        "json",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(j["unconverged"], 1, "{j}");
+    assert_eq!(j["clean"], true, "{j}");
+    let out = vdpa_emu(&[
+        "migrate",
+        "--memory",
+        "8M",
+        "--max-rounds",
+        "2",
+        "--dirty-threshold",
+        "0",
+    ]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("did not converge") && t.contains("hit the round limit"),
+        "{t}"
+    );
+    // The default threshold converges on a small, lightly loaded guest.
+    let out = vdpa_emu(&["migrate", "--memory", "8M", "--rate", "1000"]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("converged                yes"), "{t}");
+}
+
+#[test]
+fn completions_and_man_pages() {
+    let out = vdpa_emu(&["completions", "bash"]);
+    assert!(out.status.success());
+    let bash = String::from_utf8(out.stdout).unwrap();
+    for sub in ["serve", "validate", "migrate", "registers", "scenario"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert_eq!(vdpa_emu(&["completions", "tcsh"]).status.code(), Some(2));
+    let dir = std::env::temp_dir().join(format!("vdpa-emu-man-{}", std::process::id()));
+    let out = vdpa_emu(&["man", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "vdpa-emu.1",
+        "vdpa-emu-serve.1",
+        "vdpa-emu-validate.1",
+        "vdpa-emu-scenario-run.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    let serve = std::fs::read_to_string(dir.join("vdpa-emu-serve.1")).unwrap();
+    assert!(
+        serve.contains("socket"),
+        "the serve page documents its options"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
