@@ -163,6 +163,10 @@ fn proof(runs: u32, quirk_runs: u32) {
     }
     drop(served);
     let healthy_secs = t0.elapsed().as_secs_f64();
+    println!(
+        "VALIDATOR-PROOF healthy: {runs} runs, {} not passing, {healthy_secs:.1} s",
+        false_fails.len()
+    );
     let mut caught = 0;
     for q in device::Quirk::ALL {
         let owner = owning_group(q);
