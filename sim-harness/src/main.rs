@@ -466,6 +466,10 @@ fn main() -> ExitCode {
         Cmd::Scenario {
             cmd: ScenarioCmd::Run { files, format },
         } => {
+            if let Err(e) = sim_harness::scenario::collect_files(&files) {
+                eprintln!("vdpa-emu scenario run: {e}");
+                return ExitCode::from(2);
+            }
             let r = sim_harness::scenario::run_files(&files);
             match format.as_str() {
                 "json" => println!("{}", r.json()),

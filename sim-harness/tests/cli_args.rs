@@ -124,3 +124,27 @@ fn completions_and_man_pages() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn scenario_run_of_nothing_is_an_error_and_a_missing_file_is_not_found() {
+    let empty = std::env::temp_dir().join(format!("vdpa-emu-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not a scenario").unwrap();
+    let out = vdpa_emu(&["scenario", "run", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no scenario files (*.toml)"), "{err}");
+    let missing = empty.join("missing.toml");
+    let out = vdpa_emu(&["scenario", "run", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.toml: not found") && !err.contains("malformed"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no report of a run that did not happen"
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}

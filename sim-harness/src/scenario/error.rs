@@ -8,6 +8,12 @@ use std::ops::Range;
 /// 1-based line and column, and (when it can be told) the field, e.g. `step[3].count`.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
+    /// A path given on the command line does not exist.
+    #[error("{file}: not found")]
+    NotFound { file: String },
+    /// A directory given on the command line holds no `*.toml` scenario.
+    #[error("{dir}: no scenario files (*.toml) in this directory")]
+    NoScenarios { dir: String },
     /// The file could not be read.
     #[error("{file}: cannot read: {source}")]
     Io {
@@ -39,7 +45,7 @@ impl ScenarioError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ScenarioError::Malformed { line, .. } => Some(*line),
-            ScenarioError::Io { .. } => None,
+            _ => None,
         }
     }
 
@@ -47,7 +53,7 @@ impl ScenarioError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ScenarioError::Malformed { field, .. } => field.as_deref(),
-            ScenarioError::Io { .. } => None,
+            _ => None,
         }
     }
 }

@@ -41,10 +41,17 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     parse_str(&src, &file)
 }
 
-/// Expands directories into the `*.toml` files they hold (sorted); files are kept as given.
+/// Expands directories into the `*.toml` files they hold (sorted); files are kept as given. A
+/// path that does not exist, or a directory without scenarios, is an error: a run of nothing
+/// must not pass.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
     let mut out = Vec::new();
     for p in paths {
+        if !p.exists() {
+            return Err(ScenarioError::NotFound {
+                file: p.display().to_string(),
+            });
+        }
         if p.is_dir() {
             let rd = std::fs::read_dir(p).map_err(|source| ScenarioError::Io {
                 file: p.display().to_string(),
@@ -56,6 +63,11 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
                 .filter(|f| f.extension().is_some_and(|x| x == "toml"))
                 .collect();
             v.sort();
+            if v.is_empty() {
+                return Err(ScenarioError::NoScenarios {
+                    dir: p.display().to_string(),
+                });
+            }
             out.extend(v);
         } else {
             out.push(p.clone());
