@@ -92,6 +92,17 @@ fn migrate_says_when_pre_copy_did_not_converge() {
 }
 
 #[test]
+fn migrate_refuses_memory_the_machine_cannot_hold() {
+    let out = vdpa_emu(&["migrate", "--memory", "100000G"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--memory 102400000 MiB needs 204800000 MiB") && err.contains("MemAvailable"),
+        "{err}"
+    );
+}
+
+#[test]
 fn completions_and_man_pages() {
     let out = vdpa_emu(&["completions", "bash"]);
     assert!(out.status.success());

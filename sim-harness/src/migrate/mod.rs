@@ -206,6 +206,36 @@ pub enum MigrateError {
     Map(#[from] dma::MapError),
     #[error("reading the log: {0}")]
     Shm(#[from] dma::ShmError),
+    #[error(
+        "--memory {memory_mib} MiB needs {needed_mib} MiB (the source's and the destination's guest RAM are both filled), \
+         but this machine has {available_mib} MiB available (MemAvailable in /proc/meminfo)"
+    )]
+    TooBig {
+        memory_mib: u64,
+        needed_mib: u64,
+        available_mib: u64,
+    },
+}
+
+/// Memory the kernel says can be allocated without swapping (MemAvailable), in bytes.
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a guest the machine cannot hold twice over, before allocating anything.
+fn check_fits(memory: u64) -> Result<(), MigrateError> {
+    let needed = memory.saturating_mul(2);
+    match mem_available() {
+        Some(available) if needed > available => Err(MigrateError::TooBig {
+            memory_mib: memory >> 20,
+            needed_mib: needed >> 20,
+            available_mib: available >> 20,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The guest: the driver plus its traffic bookkeeping, paced at `rate`.
@@ -271,6 +301,7 @@ impl Guest {
 /// device the guest runs on and a fresh device, under continuous traffic, and verifies.
 pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let _span = tracing::info_span!("migrate").entered();
+    check_fits(o.memory)?;
     let mut cfg = DeviceConfig::with_queue_pairs(o.queue_pairs.max(1)).lm_layout(o.lm_layout);
     cfg.log_granularity = o.log_granularity;
     // Source and destination are the same silicon: a quirk is on both.
