@@ -141,6 +141,10 @@ enum Cmd {
         /// Report format.
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
+        /// Also write each migration's pre-copy timeline (rounds, pages copied and dirtied,
+        /// stop-and-copy and downtime) as an SVG chart to this file.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
     },
     /// Scenario files (TOML): devices, ordered steps, expectations (docs/scenarios.md).
     Scenario {
@@ -316,6 +320,7 @@ fn main() -> ExitCode {
             seed,
             count,
             format,
+            plot,
             ..
         } => {
             let o = sim_harness::migrate::MigrateOptions {
@@ -334,6 +339,12 @@ fn main() -> ExitCode {
             };
             match sim_harness::migrate::run(&o) {
                 Ok(r) => {
+                    if let Some(path) = &plot {
+                        if let Err(e) = std::fs::write(path, sim_harness::migrate::plot::svg(&r)) {
+                            eprintln!("vdpa-emu migrate: writing {}: {e}", path.display());
+                            return ExitCode::from(2);
+                        }
+                    }
                     if format == "json" {
                         println!("{}", r.json());
                     } else {

@@ -85,6 +85,29 @@ fn migrate_says_when_pre_copy_did_not_converge() {
         t.contains("did not converge") && t.contains("hit the round limit"),
         "{t}"
     );
+    // --plot writes the timeline: one panel per migration, the downtime labelled.
+    let svg = std::env::temp_dir().join(format!("vdpa-emu-plot-{}.svg", std::process::id()));
+    let out = vdpa_emu(&[
+        "migrate",
+        "--memory",
+        "8M",
+        "--count",
+        "2",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg") && text.matches(">migration ").count() == 2,
+        "{text}"
+    );
+    assert_eq!(text.matches(">downtime ").count(), 2);
+    let _ = std::fs::remove_file(&svg);
     // The default threshold converges on a small, lightly loaded guest.
     let out = vdpa_emu(&["migrate", "--memory", "8M", "--rate", "1000"]);
     let t = String::from_utf8_lossy(&out.stdout);

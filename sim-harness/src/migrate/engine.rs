@@ -57,6 +57,22 @@ pub struct PreCopy {
     pub max_rounds: u32,
 }
 
+/// One stretch of a migration's timeline (for `migrate --plot` and the JSON report).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Phase {
+    /// "bulk" (stage 1: all memory), "round N" (stage 2) or "stop-and-copy" (stage 3).
+    pub name: String,
+    /// Milliseconds since logging was turned on.
+    pub start_ms: f64,
+    pub end_ms: f64,
+    /// Pages copied in this phase.
+    pub pages_copied: u64,
+    /// Pages the device's dirty log reported for this phase.
+    pub dirtied_by_device: u64,
+    /// Pages the guest's CPU wrote in this phase (the VMM's own dirty tracking).
+    pub dirtied_by_cpu: u64,
+}
+
 /// What one migration measured.
 #[derive(Debug)]
 pub struct Migration {
@@ -75,6 +91,8 @@ pub struct Migration {
     pub memory_mismatch_pages: u64,
     /// Pause to resumed on the destination, verification excluded.
     pub downtime: Duration,
+    /// Bulk copy, each pre-copy round, stop-and-copy (the last one ends at the resume).
+    pub timeline: Vec<Phase>,
     /// Frames moved from the source's receive FIFO to the destination's.
     pub pending_frames: u64,
     /// Whether the destination's announce was acked by the driver.
@@ -123,20 +141,43 @@ pub fn migrate<G: MigratingGuest>(
         buf: Box::new([0u8; PAGE_SIZE as usize]),
         copied: 0,
     };
-    let mut pages_per_round = vec![copier.copy(mem.pfns(), Some((&mut *guest, src)))?];
+    let t0 = Instant::now();
+    let ms = |t: Instant| t.duration_since(t0).as_secs_f64() * 1e3;
+    let bulk = copier.copy(mem.pfns(), Some((&mut *guest, src)))?;
+    let mut pages_per_round = vec![bulk];
+    let mut timeline = vec![Phase {
+        name: "bulk".into(),
+        start_ms: 0.0,
+        end_ms: ms(Instant::now()),
+        pages_copied: bulk,
+        dirtied_by_device: 0,
+        dirtied_by_cpu: 0,
+    }];
     let mut logged: BTreeSet<u64> = BTreeSet::new();
 
     // Stage 2: pre-copy rounds until the dirty set is small.
     let mut rounds = 0;
     let converged = loop {
+        let start = Instant::now();
         guest.run(src)?;
         let mut dirty = BTreeSet::new();
         dirty_bitmap::harvest(&log, log_len, &mut dirty)?;
         logged.extend(dirty.iter().copied());
-        dirty.extend(cpu.take_pages());
+        let by_device = dirty.len() as u64;
+        let cpu_pages = cpu.take_pages();
+        let by_cpu = cpu_pages.len() as u64;
+        dirty.extend(cpu_pages);
         rounds += 1;
         let n = copier.copy(dirty, Some((&mut *guest, src)))?;
         pages_per_round.push(n);
+        timeline.push(Phase {
+            name: format!("round {rounds}"),
+            start_ms: ms(start),
+            end_ms: ms(Instant::now()),
+            pages_copied: n,
+            dirtied_by_device: by_device,
+            dirtied_by_cpu: by_cpu,
+        });
         tracing::debug!(round = rounds, pages = n, "pre-copy round");
         guest.progress(&format!("stage 2: round {rounds} copied {n} dirty pages"));
         if n < p.dirty_threshold {
@@ -165,10 +206,13 @@ pub fn migrate<G: MigratingGuest>(
     src.set_write_trace(None);
     // The DPDK driver marks every used ring dirty in software at stop ("the HW logs packet
     // buffers only"): the VMM copies them whatever the device logged.
+    let by_device = dirty.len() as u64;
     for (used, len) in guest.driver()?.used_rings() {
         dirty.extend(used / PAGE_SIZE..(used + len).div_ceil(PAGE_SIZE));
     }
-    dirty.extend(cpu.take_pages());
+    let cpu_pages = cpu.take_pages();
+    let by_cpu = cpu_pages.len() as u64;
+    dirty.extend(cpu_pages);
     mem.set_cpu_dirty_log(None);
     let n = copier.copy(dirty, None::<(&mut G, &Arc<Device>)>)?;
     pages_per_round.push(n);
@@ -215,6 +259,14 @@ pub fn migrate<G: MigratingGuest>(
         Ok(false)
     });
     let downtime = t_pause.elapsed().saturating_sub(verify_time);
+    timeline.push(Phase {
+        name: "stop-and-copy".into(),
+        start_ms: ms(t_pause),
+        end_ms: ms(t_pause) + downtime.as_secs_f64() * 1e3,
+        pages_copied: n,
+        dirtied_by_device: by_device,
+        dirtied_by_cpu: by_cpu,
+    });
     guest.progress(&format!(
         "stage 3: stopped, copied {n} pages, resumed on the destination after {:.0} us",
         downtime.as_secs_f64() * 1e6
@@ -234,6 +286,7 @@ pub fn migrate<G: MigratingGuest>(
         missed_dirty_pages,
         memory_mismatch_pages,
         downtime,
+        timeline,
         pending_frames: pending.len() as u64,
         announce_acked,
         resume_error,

@@ -15,6 +15,7 @@
 
 pub mod engine;
 pub mod peer;
+pub mod plot;
 
 use crate::driver::{DriverError, DriverOptions, NetDriver};
 use crate::frames::{self, Tracker};
@@ -105,6 +106,8 @@ pub struct MigrateReport {
     pub corrupted_frames: u64,
     /// Driver or device errors after the switch (a broken resume).
     pub errors: Vec<String>,
+    /// Per migration: bulk copy, pre-copy rounds, stop-and-copy, with times and page counts.
+    pub timelines: Vec<Vec<engine::Phase>>,
 }
 
 impl MigrateReport {
@@ -452,6 +455,7 @@ fn migrate_once(
     report.missed_dirty_pages += m.missed_dirty_pages;
     report.memory_mismatch_pages += m.memory_mismatch_pages;
     report.downtime_us = report.downtime_us.max(m.downtime.as_secs_f64() * 1e6);
+    report.timelines.push(m.timeline.clone());
     let dst = m.dst;
     if let Some(e) = m.resume_error {
         report
