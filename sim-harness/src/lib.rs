@@ -8,6 +8,7 @@ pub mod driver;
 pub mod frames;
 pub mod migrate;
 pub mod ports;
+pub mod progress;
 pub mod report_json;
 pub mod scenario;
 pub mod serve;

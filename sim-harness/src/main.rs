@@ -481,7 +481,7 @@ fn main() -> ExitCode {
                 eprintln!("vdpa-emu scenario run: {e}");
                 return ExitCode::from(2);
             }
-            let r = sim_harness::scenario::run_files(&files);
+            let r = sim_harness::scenario::run_files_with_progress(&files, true);
             match format.as_str() {
                 "json" => println!("{}", r.json()),
                 "junit" => print!("{}", r.junit()),

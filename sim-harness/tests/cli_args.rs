@@ -182,3 +182,39 @@ fn scenario_run_of_nothing_is_an_error_and_a_missing_file_is_not_found() {
     );
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+#[test]
+fn progress_is_a_bar_on_a_terminal_and_lines_otherwise() {
+    // Not a terminal: one plain line per stage, prefixed with the migration.
+    let out = vdpa_emu(&["migrate", "--memory", "8M", "--count", "2"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[0] stage 1: logging on") && err.contains("[1] stage 3:"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape sequences off a terminal: {err}"
+    );
+    // A terminal (util-linux script(1) gives the command a pty): a bar counting migrations.
+    let log = std::env::temp_dir().join(format!("vdpa-emu-tty-{}.log", std::process::id()));
+    let status = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} migrate --memory 8M --count 2 >/dev/null",
+            env!("CARGO_BIN_EXE_vdpa-emu")
+        ))
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script(1) from util-linux");
+    assert!(status.success());
+    let tty = std::fs::read_to_string(&log).unwrap();
+    assert!(tty.contains("/2 migrations"), "{tty}");
+    assert!(
+        !tty.contains("[0] stage 1"),
+        "no plain lines on a terminal: {tty}"
+    );
+    let _ = std::fs::remove_file(&log);
+}

@@ -339,13 +339,24 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     }
     let mut report = MigrateReport::default();
     let t_start = Instant::now();
+    let mut progress =
+        crate::progress::Progress::new(o.progress, u64::from(o.count.max(1)), "migrations");
     for i in 0..o.count.max(1) {
-        let (dst, ok) = migrate_once(o, i, &mut guest, &dev, &cfg, &peer_port, &mut report)?;
+        progress.set_prefix(&format!("[{i}] "));
+        let ctx = Ctx {
+            o,
+            cfg: &cfg,
+            peer_port: &peer_port,
+            progress: &progress,
+        };
+        let (dst, ok) = migrate_once(&ctx, i, &mut guest, &dev, &mut report)?;
+        progress.inc();
         dev = dst;
         if !ok {
             break;
         }
     }
+    progress.finish();
     report.total_ms = t_start.elapsed().as_secs_f64() * 1e3;
 
     // Drain: the guest receives until nothing is left in its rings or the device's FIFO.
@@ -384,8 +395,7 @@ struct Migrating<'a> {
     cfg: &'a DeviceConfig,
     peer_port: &'a Arc<PeerPort>,
     burst_at_switch: usize,
-    index: u32,
-    progress: bool,
+    progress: &'a crate::progress::Progress,
 }
 
 impl MigratingGuest for Migrating<'_> {
@@ -412,23 +422,33 @@ impl MigratingGuest for Migrating<'_> {
     }
 
     fn progress(&self, line: &str) {
-        if self.progress {
-            eprintln!("[{}] {line}", self.index);
-        }
+        self.progress.message(line);
     }
 }
 
 /// One migration of the guest from `src` to a fresh device. Returns the device the guest runs
 /// on afterwards and false when the destination did not come up (the report says why).
+/// What every migration of a run shares.
+struct Ctx<'a> {
+    o: &'a MigrateOptions,
+    cfg: &'a DeviceConfig,
+    peer_port: &'a Arc<PeerPort>,
+    progress: &'a crate::progress::Progress,
+}
+
 fn migrate_once(
-    o: &MigrateOptions,
+    ctx: &Ctx<'_>,
     index: u32,
     guest: &mut Guest,
     src: &Arc<Device>,
-    cfg: &DeviceConfig,
-    peer_port: &Arc<PeerPort>,
     report: &mut MigrateReport,
 ) -> Result<(Arc<Device>, bool), MigrateError> {
+    let Ctx {
+        o,
+        cfg,
+        peer_port,
+        progress,
+    } = *ctx;
     let _span = tracing::info_span!("migration", index).entered();
     report.migrations += 1;
     let m = engine::migrate(
@@ -437,8 +457,7 @@ fn migrate_once(
             cfg,
             peer_port,
             burst_at_switch: o.burst_at_switch,
-            index,
-            progress: o.progress,
+            progress,
         },
         src,
         PreCopy {

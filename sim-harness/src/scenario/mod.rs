@@ -79,18 +79,31 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
 /// Loads and runs every file (directories expand to their `*.toml`); a file that cannot be
 /// loaded is reported as malformed and the others still run.
 pub fn run_files(paths: &[PathBuf]) -> RunReport {
+    run_files_with_progress(paths, false)
+}
+
+/// [`run_files`], with progress on stderr when `progress` (a bar on a terminal, a line per
+/// file otherwise).
+pub fn run_files_with_progress(paths: &[PathBuf], progress: bool) -> RunReport {
     let files = match collect_files(paths) {
         Ok(f) => f,
         Err(e) => {
             return RunReport::new(vec![FileReport::malformed(&e.to_string(), e.to_string())])
         }
     };
+    let p = crate::progress::Progress::new(progress, files.len() as u64, "scenario files");
     let reports = files
         .iter()
-        .map(|f| match load(f) {
-            Ok(sc) => run(&sc),
-            Err(e) => FileReport::malformed(&f.display().to_string(), e.to_string()),
+        .map(|f| {
+            p.message(&format!("scenario {}", f.display()));
+            let r = match load(f) {
+                Ok(sc) => run(&sc),
+                Err(e) => FileReport::malformed(&f.display().to_string(), e.to_string()),
+            };
+            p.inc();
+            r
         })
         .collect();
+    p.finish();
     RunReport::new(reports)
 }
