@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::guard::Guarded;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
@@ -143,6 +145,12 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
+    /// The host address of a contained SIGBUS in this mapping's mmap, if any.
+    #[inline]
+    pub(crate) fn poisoned(&self) -> Option<usize> {
+        self.file.as_ref().and_then(|f| f.poisoned())
+    }
+
     pub(crate) fn info(&self) -> MappingInfo {
         MappingInfo {
             iova: self.iova,
@@ -200,6 +208,10 @@ pub struct MapStats {
     pub file_mmaps: u64,
     /// See `file_mmaps`.
     pub file_mmap_reuses: u64,
+    /// Whole-file mmaps of files sealed against shrinking (`F_SEAL_SHRINK`, memfd_create(2)):
+    /// those cannot lose pages to an `ftruncate`. Every fd-backed mmap is guarded against
+    /// SIGBUS all the same (holes of sparse files; see `guard.rs`).
+    pub shrink_sealed: u64,
 }
 
 /// A whole backing file mmap'd once, shared by every mapping into it (found by file identity).
@@ -210,8 +222,36 @@ pub struct MapStats {
 /// aligned, although QEMU's 4 KiB IOTLB entries are not.
 #[derive(Debug)]
 pub(crate) struct FileMmap {
+    /// Declared before `region`: unregistered from the SIGBUS guard before the munmap.
+    guard: Guarded,
     region: GuestRegionMmap,
+    /// File offset of the region's first byte (0 for whole-file mmaps).
+    file_offset: u64,
     len: u64,
+}
+
+impl FileMmap {
+    fn new(region: GuestRegionMmap, file_offset: u64, len: u64) -> std::io::Result<FileMmap> {
+        let guard = Guarded::new(region.as_ptr() as usize, len as usize)?;
+        Ok(FileMmap {
+            guard,
+            region,
+            file_offset,
+            len,
+        })
+    }
+
+    /// Host address of the first contained SIGBUS in this mmap (see [`crate::guard`]): the
+    /// file lost the page under it, and every mapping into it now faults.
+    #[inline]
+    pub(crate) fn poisoned(&self) -> Option<usize> {
+        self.guard.poisoned()
+    }
+
+    /// The file offset of host address `addr` inside this mmap.
+    pub(crate) fn file_offset_of(&self, addr: usize) -> u64 {
+        self.file_offset + (addr - self.region.as_ptr() as usize) as u64
+    }
 }
 
 /// Identity of a backing file and the protection it is mapped with.
@@ -308,6 +348,15 @@ fn check_file_range(
     Ok(Some(meta))
 }
 
+/// Whether `file` is sealed against shrinking (`fcntl(F_GET_SEALS)`; files that do not
+/// support seals answer EINVAL and count as unsealed).
+fn shrink_sealed(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
 /// mmaps `len` bytes of `file` at `offset`, `MAP_SHARED`, with only the access the device
 /// may make (defence in depth: a bug that writes a read-only mapping faults in the host
 /// instead of corrupting guest memory). Writable mappings are also readable because the dirty
@@ -334,6 +383,7 @@ fn mmap_file(file: File, offset: u64, len: u64, perms: Perms) -> std::io::Result
 impl AddressSpace {
     /// An empty IOVA space at generation 0.
     pub fn new() -> Self {
+        crate::guard::install();
         AddressSpace {
             generation: AtomicU64::new(0),
             table: Mutex::new(Table::default()),
@@ -376,7 +426,7 @@ impl AddressSpace {
                 let whole = self
                     .file_mmap(&mut t, file, offset, size, perms)
                     .map_err(err)?;
-                let host = whole.region.as_ptr() as usize + offset as usize;
+                let host = whole.region.as_ptr() as usize + (offset - whole.file_offset) as usize;
                 (host, Some(whole))
             }
         };
@@ -423,8 +473,7 @@ impl AddressSpace {
         let Some(meta) = check_file_range(&file, offset, size)? else {
             // Not a regular file (a device node, say): map just the range, unshared.
             let region = mmap_file(file, offset, size, perms)?;
-            let len = size;
-            return Ok(Arc::new(FileMmap { region, len }));
+            return Ok(Arc::new(FileMmap::new(region, offset, size)?));
         };
         let file_len = meta.len();
         let key = FileKey {
@@ -432,6 +481,10 @@ impl AddressSpace {
             ino: meta.ino(),
             writable: perms.write,
         };
+        if t.files.get(&key).is_some_and(|m| m.poisoned().is_some()) {
+            // Its pages were lost (contained SIGBUS): never hand it out again.
+            t.files.remove(&key);
+        }
         if let Some(m) = t.files.get(&key) {
             if m.len >= offset + size {
                 t.stats.file_mmap_reuses += 1;
@@ -440,11 +493,9 @@ impl AddressSpace {
         }
         // Writable maps need a read-write mmap; a read-only map of a file opened read-write
         // shares the read-write mmap only through its own key (the IOMMU enforces perms).
+        t.stats.shrink_sealed += u64::from(shrink_sealed(&file));
         let region = mmap_file(file, 0, file_len, perms)?;
-        let m = Arc::new(FileMmap {
-            region,
-            len: file_len,
-        });
+        let m = Arc::new(FileMmap::new(region, 0, file_len)?);
         if t.files.len() >= MAX_IDLE_FILES {
             t.files.retain(|_, f| Arc::strong_count(f) > 1);
         }
