@@ -381,7 +381,16 @@ mod tests {
         let before = contained_sigbus();
         // Any access to a hole of a shared tmpfs mapping allocates a page: there is no room.
         let e = lost(eng.write(0x8_0000, &[1; 64], DmaKind::PacketWrite));
-        assert!(matches!(e, DmaFault::BackingLost { mapping_size: 0x10_0000, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DmaFault::BackingLost {
+                    mapping_size: 0x10_0000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(contained_sigbus() > before);
     }
 
@@ -405,7 +414,11 @@ mod tests {
             std::process::exit(0);
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "guard::tests::sigbus_elsewhere_still_kills", "--nocapture"])
+            .args([
+                "--exact",
+                "guard::tests::sigbus_elsewhere_still_kills",
+                "--nocapture",
+            ])
             .env(CHILD, "1")
             .output()
             .unwrap();

@@ -285,7 +285,12 @@ impl Iommu {
     /// again, which refuses it with [`DmaFault::BackingLost`] if its memory was poisoned (the
     /// access then read zeros or wrote into private memory, and its result must be dropped).
     #[inline(always)]
-    pub(crate) fn check_contained(&mut self, iova: u64, len: u64, write: bool) -> Result<(), DmaFault> {
+    pub(crate) fn check_contained(
+        &mut self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), DmaFault> {
         if crate::guard::epoch() == self.sigbus_epoch {
             return Ok(());
         }
