@@ -1421,30 +1421,153 @@ fn client_memory_is_released_after_device_dma() {
     );
 }
 
+/// A second client while one is served gets an EBUSY error reply to its first message at
+/// once and is closed; a second client that sends nothing is closed within REFUSE_WAIT. The
+/// first client is not disturbed, and once it leaves the next client is served.
 #[test]
-fn one_client_at_a_time() {
+fn a_second_client_is_refused_with_ebusy() {
     let _g = shared();
     let ts = TestServer::start(1);
     let first = ts.client();
-    // The second connects (kernel backlog) but is not served while the first is.
-    let second = Raw::new(ts.connect());
+    let mut second = Raw::new(ts.connect());
+    let t0 = Instant::now();
     let caps = client::qemu_capabilities().to_string();
-    let h = Header::command(1, 1, wire::encode_version(0, 0, &caps).len(), 0);
-    send_message(
-        &second.s,
-        &h.to_bytes(),
+    let id = second.send(
+        Command::Version as u16,
+        0,
         &wire::encode_version(0, 0, &caps),
         &[],
-    )
-    .unwrap();
-    assert_eq!(
-        poll_in(&[second.s.as_fd()], Some(Duration::from_millis(200))).unwrap(),
-        vec![false]
     );
+    let rep = second.recv();
+    assert_eq!(rep.errno(), Some(libc::EBUSY));
+    assert_eq!(
+        (rep.header.id, rep.header.command),
+        (id, Command::Version as u16)
+    );
+    assert!(
+        wait_closed(&second.s, Duration::from_secs(2)),
+        "refused client closed"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "refused quickly: {:?}",
+        t0.elapsed()
+    );
+    // A silent second client is closed after REFUSE_WAIT, not left hanging.
+    let silent = ts.connect();
+    let t0 = Instant::now();
+    assert!(
+        wait_closed(&silent, Duration::from_secs(5)),
+        "silent client closed"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    ts.wait_stats("two refusals", |s| s.refused == 2);
+    // The first client was never disturbed.
     assert_eq!(read_u16(&first, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
     drop(first);
-    let rep = recv_reply(&second.s).unwrap();
-    assert_eq!(rep.errno(), None);
+    ts.wait_ended(1);
+    let next = ts.client();
+    assert_eq!(read_u16(&next, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
+    assert_eq!(
+        ts.server.stats().accepted,
+        2,
+        "refused clients are not sessions"
+    );
+}
+
+fn short_timeout_server() -> TestServer {
+    let dev = support::vmm_device(1);
+    dev.set_loopback();
+    TestServer::with_options(
+        dev,
+        ServerOptions {
+            client_timeout: Duration::from_millis(300),
+            ..ServerOptions::default()
+        },
+    )
+}
+
+/// A client may idle between messages forever, but one that stops inside a message (in the
+/// header, or in the payload) is dropped after the client timeout; the next client is served.
+#[test]
+fn a_client_stalled_mid_message_is_dropped_after_the_timeout() {
+    let _g = shared();
+    let ts = short_timeout_server();
+    // Idle for 3 timeouts between messages: still served.
+    let idle = ts.client();
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(read_u16(&idle, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
+    drop(idle);
+    ts.wait_ended(1);
+    // Half a header, then silence.
+    let mut r = Raw::negotiated(&ts);
+    let h = Header::command(7, Command::DeviceGetInfo as u16, 16, 0).to_bytes();
+    r.raw_bytes(&h[..8]);
+    let t0 = Instant::now();
+    assert!(
+        wait_closed(&r.s, Duration::from_secs(5)),
+        "stalled client dropped"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    ts.wait_ended(2);
+    assert_eq!(ts.server.stats().stalled, 1);
+    ts.assert_clean();
+    // A whole header, half the payload.
+    let mut r = Raw::negotiated(&ts);
+    r.raw_bytes(&h);
+    r.raw_bytes(&[16, 0, 0, 0]);
+    assert!(
+        wait_closed(&r.s, Duration::from_secs(5)),
+        "stalled client dropped"
+    );
+    ts.wait_ended(3);
+    assert_eq!(ts.server.stats().stalled, 2);
+    // The next client is served.
+    let next = ts.client();
+    assert_eq!(read_u16(&next, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
+}
+
+/// A client that sends requests but never reads the replies fills its socket; the server
+/// gives up on the reply after the client timeout, drops it, and serves the next client.
+#[test]
+fn a_client_that_never_reads_replies_is_dropped() {
+    let _g = shared();
+    let ts = short_timeout_server();
+    let r = Raw::negotiated(&ts);
+    // Requests with 256-byte replies, written from a thread (our own writes block once the
+    // server stops reading) until the server hangs up.
+    let s = r.s.try_clone().unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0u32;
+        loop {
+            let p = region_read_payload(REGION_CONFIG, 0, 256);
+            let h = Header::command(sent as u16, Command::RegionRead as u16, p.len(), 0);
+            if send_message(&s, &h.to_bytes(), &p, &[]).is_err() {
+                return sent;
+            }
+            sent += 1;
+        }
+    });
+    let t0 = Instant::now();
+    ts.wait_stats("client dropped for not reading", |s| s.stalled == 1);
+    let waited = t0.elapsed();
+    let sent = writer.join().unwrap();
+    assert!(sent > 100, "only {sent} requests sent");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    ts.wait_ended(1);
+    ts.assert_clean();
+    let next = ts.client();
+    assert_eq!(read_u16(&next, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
+    drop(r);
 }
 
 #[test]
