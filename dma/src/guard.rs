@@ -105,8 +105,8 @@ pub(crate) struct Guarded {
 }
 
 impl Guarded {
-    /// Registers `[start, start + len)`; fails when [`MAX_GUARDED`] mmaps are guarded already.
-    pub(crate) fn new(start: usize, len: usize) -> io::Result<Guarded> {
+    /// Registers `[start, start + len)`; `None` when [`MAX_GUARDED`] mmaps are guarded already.
+    pub(crate) fn new(start: usize, len: usize) -> Option<Guarded> {
         for (i, s) in SLOTS.iter().enumerate() {
             if s.start.load(Ordering::Relaxed) != 0 {
                 continue;
@@ -120,12 +120,10 @@ impl Guarded {
                 s.len.store(len, Ordering::Relaxed);
                 s.start.store(start, Ordering::Release);
                 HIGH.fetch_max(i + 1, Ordering::AcqRel);
-                return Ok(Guarded { slot: i });
+                return Some(Guarded { slot: i });
             }
         }
-        Err(io::Error::other(format!(
-            "more than {MAX_GUARDED} backing files mapped at once"
-        )))
+        None
     }
 
     /// The host address of the first contained fault, if the mmap was poisoned.

@@ -24,7 +24,9 @@ pub use bus_stats::{BusStats, DmaKind, PcieModel, PcieTraffic, Traffic, RING_IND
 pub use dirty_log::{LogConfig, LogStats, MAX_LOG_GRANULARITY};
 pub use guard::contained_sigbus;
 pub use iommu::{DmaFault, IommuStats, MAX_IOTLB_ENTRIES};
-pub use memory::{AddressSpace, Backing, MapError, MapStats, MappingInfo, Perms, PAGE_SIZE};
+pub use memory::{
+    AddressSpace, Backing, MapError, MapStats, MappingInfo, Perms, MAX_BACKING_FILES, PAGE_SIZE,
+};
 pub use shm::{SharedMemory, ShmError};
 pub use write_trace::WriteTrace;
 

@@ -5,8 +5,8 @@
 //! snapshot (the `GuestMemoryAtomic` pattern of vm-memory) that is rebuilt lazily after a
 //! change, plus a generation counter bumped after every successful change so that DMA engines
 //! can invalidate their IOTLB with one load. fd-backed mappings point into one `MAP_SHARED`
-//! mmap of the whole backing file (vm-memory's `MmapRegionBuilder` + `FileOffset`), shared by
-//! every mapping of that file; snapshots keep it alive, so an engine that still holds an old
+//! mmap of the whole backing file, shared by every mapping of that file and keeping no
+//! descriptor open; snapshots keep it alive, so an engine that still holds an old
 //! snapshot can never touch unmapped host memory.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,8 +17,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::guard::Guarded;
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
 /// Size of the pages the IOTLB, the dirty log and the write trace work in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -104,6 +102,16 @@ pub enum MapError {
         iova: u64,
         /// Requested size.
         size: u64,
+    },
+    /// As many distinct backing files are mapped as the SIGBUS guard can watch.
+    #[error("cannot map DMA mapping {iova:#x}+{size:#x}: {limit} distinct backing files are mapped already")]
+    TooManyFiles {
+        /// Requested IOVA.
+        iova: u64,
+        /// Requested size.
+        size: u64,
+        /// The limit (`MAX_BACKING_FILES`).
+        limit: usize,
     },
     /// The backing file could not be mapped (bad offset, file too short, mmap failure).
     #[error("cannot mmap DMA mapping {iova:#x}+{size:#x}: {source}")]
@@ -224,16 +232,17 @@ pub struct MapStats {
 pub(crate) struct FileMmap {
     /// Declared before `region`: unregistered from the SIGBUS guard before the munmap.
     guard: Guarded,
-    region: GuestRegionMmap,
+    region: RawMmap,
     /// File offset of the region's first byte (0 for whole-file mmaps).
     file_offset: u64,
     len: u64,
 }
 
 impl FileMmap {
-    fn new(region: GuestRegionMmap, file_offset: u64, len: u64) -> std::io::Result<FileMmap> {
+    /// `None` when the SIGBUS guard has no room for another mmap.
+    fn new(region: RawMmap, file_offset: u64, len: u64) -> Option<FileMmap> {
         let guard = Guarded::new(region.as_ptr() as usize, len as usize)?;
-        Ok(FileMmap {
+        Some(FileMmap {
             guard,
             region,
             file_offset,
@@ -276,6 +285,9 @@ struct Table {
     files: HashMap<FileKey, Arc<FileMmap>>,
     stats: MapStats,
 }
+
+/// Distinct backing files mapped at once (each whole-file mmap is watched by the SIGBUS guard).
+pub const MAX_BACKING_FILES: usize = crate::guard::MAX_GUARDED;
 
 /// Whole-file mmaps kept while no mapping uses them (see [`Table::files`]).
 const MAX_IDLE_FILES: usize = 16;
@@ -357,27 +369,65 @@ fn shrink_sealed(file: &File) -> bool {
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }
 
+/// A `MAP_SHARED` mmap, unmapped on drop. It keeps no descriptor: the mapping holds its own
+/// reference to the file (mmap(2): "closing the file descriptor does not unmap the region"),
+/// so a client's many backing files cost no slot in our descriptor table.
+#[derive(Debug)]
+struct RawMmap {
+    addr: usize,
+    len: usize,
+}
+
+impl RawMmap {
+    fn as_ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+}
+
+impl Drop for RawMmap {
+    fn drop(&mut self) {
+        // SAFETY: `[addr, addr + len)` is the mapping mmap returned to us; nothing refers to it
+        // any more (mappings and snapshots hold the `FileMmap` that owns it).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
 /// mmaps `len` bytes of `file` at `offset`, `MAP_SHARED`, with only the access the device
 /// may make (defence in depth: a bug that writes a read-only mapping faults in the host
 /// instead of corrupting guest memory). Writable mappings are also readable because the dirty
-/// log is updated with atomic read-modify-writes.
-fn mmap_file(file: File, offset: u64, len: u64, perms: Perms) -> std::io::Result<GuestRegionMmap> {
+/// log is updated with atomic read-modify-writes. `file` is closed on return.
+fn mmap_file(file: File, offset: u64, len: u64, perms: Perms) -> std::io::Result<RawMmap> {
+    use std::os::fd::AsRawFd;
     let len = usize::try_from(len).map_err(|_| invalid("mapping too large"))?;
+    if len == 0 {
+        return Err(invalid("mapping of zero bytes"));
+    }
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| invalid("file offset does not fit off_t"))?;
     let prot = match (perms.read, perms.write) {
         (_, true) => libc::PROT_READ | libc::PROT_WRITE,
         (true, false) => libc::PROT_READ,
         (false, false) => libc::PROT_NONE,
     };
-    let region = MmapRegionBuilder::<()>::new(len)
-        .with_file_offset(FileOffset::new(file, offset))
-        .with_mmap_prot(prot)
-        .with_mmap_flags(libc::MAP_SHARED)
-        .build()
-        .map_err(|e| match e {
-            vm_memory::mmap::MmapRegionError::Mmap(io) => io,
-            other => invalid(other.to_string()),
-        })?;
-    GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| invalid("guest region overflows"))
+    // SAFETY: a new mapping at an address the kernel chooses (no MAP_FIXED), so no existing
+    // memory is affected; the descriptor is open for the call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            off,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(RawMmap {
+        addr: p as usize,
+        len,
+    })
 }
 
 impl AddressSpace {
@@ -407,7 +457,6 @@ impl AddressSpace {
         let end = iova
             .checked_add(size)
             .ok_or(MapError::AddressOverflow { iova, size })?;
-        let err = |source: std::io::Error| MapError::Mmap { iova, size, source };
         let mut t = self.table.lock();
         if let Some(m) = t.first_overlap(iova, end) {
             let e = MapError::Overlap {
@@ -423,9 +472,7 @@ impl AddressSpace {
         let (host, file) = match backing {
             Backing::None => (0, None),
             Backing::Fd { file, offset } => {
-                let whole = self
-                    .file_mmap(&mut t, file, offset, size, perms)
-                    .map_err(err)?;
+                let whole = self.file_mmap(&mut t, file, iova, offset, size, perms)?;
                 let host = whole.region.as_ptr() as usize + (offset - whole.file_offset) as usize;
                 (host, Some(whole))
             }
@@ -461,19 +508,26 @@ impl AddressSpace {
         &self,
         t: &mut Table,
         file: File,
+        iova: u64,
         offset: u64,
         size: u64,
         perms: Perms,
-    ) -> std::io::Result<Arc<FileMmap>> {
+    ) -> Result<Arc<FileMmap>, MapError> {
         use std::os::unix::fs::MetadataExt;
+        let err = |source: std::io::Error| MapError::Mmap { iova, size, source };
+        let full = MapError::TooManyFiles {
+            iova,
+            size,
+            limit: MAX_BACKING_FILES,
+        };
         // mmap offsets are page-aligned (EINVAL, as mmap(2) would answer)
         if offset % PAGE_SIZE != 0 {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(err(std::io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        let Some(meta) = check_file_range(&file, offset, size)? else {
+        let Some(meta) = check_file_range(&file, offset, size).map_err(err)? else {
             // Not a regular file (a device node, say): map just the range, unshared.
-            let region = mmap_file(file, offset, size, perms)?;
-            return Ok(Arc::new(FileMmap::new(region, offset, size)?));
+            let region = mmap_file(file, offset, size, perms).map_err(err)?;
+            return Ok(Arc::new(FileMmap::new(region, offset, size).ok_or(full)?));
         };
         let file_len = meta.len();
         let key = FileKey {
@@ -494,8 +548,8 @@ impl AddressSpace {
         // Writable maps need a read-write mmap; a read-only map of a file opened read-write
         // shares the read-write mmap only through its own key (the IOMMU enforces perms).
         t.stats.shrink_sealed += u64::from(shrink_sealed(&file));
-        let region = mmap_file(file, 0, file_len, perms)?;
-        let m = Arc::new(FileMmap::new(region, 0, file_len)?);
+        let region = mmap_file(file, 0, file_len, perms).map_err(err)?;
+        let m = Arc::new(FileMmap::new(region, 0, file_len).ok_or(full)?);
         if t.files.len() >= MAX_IDLE_FILES {
             t.files.retain(|_, f| Arc::strong_count(f) > 1);
         }

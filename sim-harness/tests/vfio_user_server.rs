@@ -1828,3 +1828,161 @@ fn tap_port_moves_frames_between_device_and_host() {
     assert!(got, "the device did not receive the host's frame");
     drop(handle);
 }
+
+/// `vdpa-emu serve` as a child process with its stderr in a file; killed on drop.
+struct ServeChild {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+    log: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl ServeChild {
+    fn start(extra: &[&str]) -> Self {
+        let dir = temp_dir("vdpa-emu-serve");
+        let sock = dir.join("dev.sock");
+        let log = dir.join("serve.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
+            .args([
+                "serve",
+                "--socket",
+                sock.to_str().unwrap(),
+                "--queue-pairs",
+                "1",
+            ])
+            .args(extra)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "serve did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ServeChild {
+            child,
+            sock,
+            log,
+            dir,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Sets the child's soft RLIMIT_NOFILE (the hard limit stays).
+    fn set_nofile(&self, n: u64) {
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit on our own child, reading into a live local.
+        let rc =
+            unsafe { libc::prlimit(self.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let r = libc::rlimit {
+            rlim_cur: n.min(old.rlim_max),
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: prlimit on our own child with a valid new limit and no old-limit output.
+        let rc =
+            unsafe { libc::prlimit(self.pid(), libc::RLIMIT_NOFILE, &r, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// DMA maps keep no descriptor in the server (200 maps, each of its own memfd, leave its fd
+/// count where it was), and a server out of descriptors says so: descriptors the kernel could
+/// not install get an EMFILE reply and a log line naming RLIMIT_NOFILE, not "more than 16
+/// descriptors". It keeps serving once descriptors are available again.
+#[test]
+fn maps_keep_no_descriptor_and_fd_exhaustion_is_reported_as_emfile() {
+    let _g = shared();
+    let serve = ServeChild::start(&[]);
+    let log = serve.log();
+    assert!(
+        log.contains("RLIMIT_NOFILE"),
+        "limit logged at start:\n{log}"
+    );
+    let mut r = Raw::new(UnixStream::connect(&serve.sock).unwrap());
+    let caps = client::qemu_capabilities().to_string();
+    let rep = r.call(
+        Command::Version as u16,
+        0,
+        &wire::encode_version(0, 0, &caps),
+        &[],
+    );
+    assert_eq!(rep.errno(), None);
+    let base = serve.fds();
+    for i in 0..200u64 {
+        let shm = SharedMemory::new("distinct", 0x1000).unwrap();
+        let f = shm.try_clone_file().unwrap();
+        let rep = r.call(
+            Command::DmaMap as u16,
+            0,
+            &dma_map_payload(32, 3, 0, 0x1000_0000 + i * 0x1000, 0x1000),
+            &[f.as_fd()],
+        );
+        assert_eq!(rep.errno(), None, "map {i}");
+    }
+    assert_eq!(serve.fds(), base, "DMA maps kept descriptors in the server");
+    // Leave room for 2 more descriptors, then send 3 eventfds (one per MSI-X vector).
+    // RLIMIT_NOFILE bounds descriptor numbers, and new ones take the lowest free number: the
+    // limit goes just above the second free number.
+    let used: std::collections::BTreeSet<u64> =
+        std::fs::read_dir(format!("/proc/{}/fd", serve.pid()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+    let second_free = (0..).filter(|n| !used.contains(n)).nth(1).unwrap();
+    serve.set_nofile(second_free + 1);
+    let efds: Vec<std::fs::File> = (0..3).map(|_| eventfd().unwrap()).collect();
+    let fds: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
+    let set = wire::encode_irq_set(&vfio_bindings::bindings::vfio::vfio_irq_set {
+        argsz: 20,
+        flags: DATA_EVENTFD | ACTION_TRIGGER,
+        index: VFIO_PCI_MSIX_IRQ_INDEX,
+        start: 0,
+        count: 3,
+        ..Default::default()
+    });
+    r.expect_errno(Command::DeviceSetIrqs as u16, &set, &fds, libc::EMFILE);
+    let log = serve.log();
+    assert!(
+        log.contains("out of file descriptors"),
+        "true cause logged:\n{log}"
+    );
+    assert!(!log.contains("more than 16 descriptors"), "{log}");
+    assert_eq!(
+        serve.fds(),
+        base,
+        "the descriptors that did arrive were closed"
+    );
+    // Room again: the same command succeeds, the stream is in sync.
+    serve.set_nofile(4096);
+    let rep = r.call(Command::DeviceSetIrqs as u16, 0, &set, &fds);
+    assert_eq!(rep.errno(), None);
+    r.assert_in_sync();
+}

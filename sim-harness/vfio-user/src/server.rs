@@ -1254,6 +1254,7 @@ fn map_errno(e: &MapError) -> Errno {
         MapError::ZeroSize | MapError::AddressOverflow { .. } => libc::EINVAL,
         MapError::Overlap { .. } => libc::EEXIST,
         MapError::PartialUnmap { .. } => libc::EINVAL,
+        MapError::TooManyFiles { .. } => libc::ENOSPC,
         MapError::Mmap { source, .. } => source.raw_os_error().unwrap_or(libc::EINVAL),
     })
 }
