@@ -1320,7 +1320,7 @@ fn traffic_over_the_socket(ts: &TestServer) -> (usize, Vec<String>) {
 fn truncated_guest_memory_is_a_dma_fault_and_the_server_keeps_serving() {
     let _g = shared();
     let ts = TestServer::start(2);
-    for to_zero in [false, true] {
+    for (round, to_zero) in [false, true].into_iter().enumerate() {
         let contained = dma::contained_sigbus();
         let faults_before = ts.dev().counters().faults[14];
         let c = Arc::new(ts.client());
@@ -1381,6 +1381,7 @@ fn truncated_guest_memory_is_a_dma_fault_and_the_server_keeps_serving() {
         assert_eq!(read_u16(&c, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
         drop(drv);
         drop(c);
+        ts.wait_ended(2 * round as u64 + 1);
         // The next client is fully served (reset device, nothing mapped, traffic exact).
         traffic_over_the_socket(&ts);
     }
