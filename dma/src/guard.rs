@@ -20,7 +20,7 @@
 //!   fixed table of guarded mmaps (atomics only, no locks, no allocation), maps anonymous
 //!   zero memory `MAP_FIXED` over that whole mmap so the interrupted copy completes, marks the
 //!   mmap poisoned and bumps a global epoch. The DMA engine loads that epoch after each access
-//!   (one relaxed load on the fast path); when it moved, the engine drops its IOTLB and
+//!   (one relaxed load after a compiler-only fence on x86); when it moved, the engine drops its IOTLB and
 //!   re-translates the access, and translation refuses poisoned mmaps with
 //!   [`crate::DmaFault::BackingLost`]: the device sets DEVICE_NEEDS_RESET, the read's zeros are
 //!   never used, and the write went to private memory nobody sees. The mapping stays unusable
@@ -67,8 +67,12 @@ pub fn contained_sigbus() -> u64 {
     EPOCH.load(Ordering::Acquire)
 }
 
+/// The contained-fault epoch, loaded after the guest-memory access it vouches for: the
+/// Acquire fence keeps that access's loads before this load (free on x86), so an access that
+/// read replaced memory sees the epoch the handler bumped before replacing it.
 #[inline(always)]
 pub(crate) fn epoch() -> u64 {
+    std::sync::atomic::fence(Ordering::Acquire);
     EPOCH.load(Ordering::Relaxed)
 }
 
@@ -178,6 +182,12 @@ fn contain(addr: usize) -> bool {
         if addr - start >= len || s.start.load(Ordering::Acquire) != start {
             continue;
         }
+        // Poisoned and counted before the memory is replaced: an access on another thread
+        // that reads the replacement then always sees the epoch move (see `epoch`).
+        let _ = s
+            .poisoned
+            .compare_exchange(0, addr + 1, Ordering::AcqRel, Ordering::Relaxed);
+        EPOCH.fetch_add(1, Ordering::AcqRel);
         // SAFETY: `[start, start + len)` is a live mmap of ours (registered until just before
         // its munmap, and the faulting thread is inside it); replacing it with private
         // anonymous memory only changes what that mapping shows. No other object lives there.
@@ -191,14 +201,7 @@ fn contain(addr: usize) -> bool {
                 0,
             )
         };
-        if p as usize != start {
-            return false;
-        }
-        let _ = s
-            .poisoned
-            .compare_exchange(0, addr + 1, Ordering::AcqRel, Ordering::Relaxed);
-        EPOCH.fetch_add(1, Ordering::AcqRel);
-        return true;
+        return p as usize == start;
     }
     false
 }

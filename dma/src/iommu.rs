@@ -281,7 +281,7 @@ impl Iommu {
     }
 
     /// After an access through a route of this engine: if a SIGBUS was contained anywhere
-    /// since the last check (one relaxed load), drops the IOTLB and translates the access
+    /// since the last check (one load, see `guard::epoch`), drops the IOTLB and translates the access
     /// again, which refuses it with [`DmaFault::BackingLost`] if its memory was poisoned (the
     /// access then read zeros or wrote into private memory, and its result must be dropped).
     #[inline(always)]
