@@ -17,11 +17,12 @@
 //!   unwind through Rust frames, which is undefined behaviour, and costs a `sigsetjmp` per access.
 //! - Replace-and-flag (systemd's journal reader does this for the same reason:
 //!   src/basic/sigbus.c, `sigbus_handler`): the handler looks the faulting address up in a
-//!   fixed table of guarded mmaps (atomics only, no locks, no allocation), maps anonymous
-//!   zero memory `MAP_FIXED` over that whole mmap so the interrupted copy completes, marks the
-//!   mmap poisoned and bumps a global epoch. The DMA engine loads that epoch after each access
-//!   (one relaxed load after a compiler-only fence on x86); when it moved, the engine drops its IOTLB and
-//!   re-translates the access, and translation refuses poisoned mmaps with
+//!   fixed table of guarded mmaps (atomics only, no locks, no allocation), marks that mmap
+//!   poisoned, bumps a global epoch, then maps anonymous zero memory `MAP_FIXED` over the
+//!   whole mmap so the interrupted copy completes. The DMA engine loads
+//!   that epoch after each access (one relaxed load behind an Acquire fence, which is
+//!   compiler-only on x86); when it moved, the engine drops its IOTLB and re-translates the
+//!   access, and translation refuses poisoned mmaps with
 //!   [`crate::DmaFault::BackingLost`]: the device sets DEVICE_NEEDS_RESET, the read's zeros are
 //!   never used, and the write went to private memory nobody sees. The mapping stays unusable
 //!   (every later access faults the same way) until the client unmaps it; a poisoned mmap is
