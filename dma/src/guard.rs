@@ -402,6 +402,13 @@ mod tests {
     fn sigbus_elsewhere_still_kills() {
         const CHILD: &str = "VDPA_GUARD_SIGBUS_CHILD";
         if std::env::var_os(CHILD).is_some() {
+            // No core file from the SIGBUS this child dies of.
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: setrlimit reads one rlimit from a live local.
+            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
             let _space = AddressSpace::new(); // installs the guard
             let f = memfd(0x1000);
             let shm = vm_memory::mmap::MmapRegion::<()>::from_file(
