@@ -440,4 +440,54 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    /// More distinct backing files than the guard can watch: a clear error (ENOSPC on the
+    /// wire), nothing half-mapped, and room again after an unmap. Runs in a child process so
+    /// that filling the process-wide table cannot disturb other tests.
+    #[test]
+    fn too_many_backing_files_is_a_clear_error() {
+        const CHILD: &str = "VDPA_GUARD_FILES_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "guard::tests::too_many_backing_files_is_a_clear_error",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{:?}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let space = AddressSpace::new();
+        let n = super::MAX_GUARDED as u64;
+        for i in 0..n {
+            map(&space, i * 0x1000, 0x1000, &memfd(0x1000));
+        }
+        let e = space
+            .map(
+                n * 0x1000,
+                0x1000,
+                Perms::RW,
+                Backing::Fd {
+                    file: memfd(0x1000),
+                    offset: 0,
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, crate::MapError::TooManyFiles { limit, .. } if limit == super::MAX_GUARDED),
+            "{e}"
+        );
+        assert!(e.to_string().contains("distinct backing files"), "{e}");
+        assert_eq!(space.len() as u64, n);
+        space.unmap(0, 0x1000).unwrap();
+        map(&space, n * 0x1000, 0x1000, &memfd(0x1000));
+    }
 }

@@ -239,10 +239,12 @@ pub(crate) struct FileMmap {
 }
 
 impl FileMmap {
-    /// `None` when the SIGBUS guard has no room for another mmap.
-    fn new(region: RawMmap, file_offset: u64, len: u64) -> Option<FileMmap> {
-        let guard = Guarded::new(region.as_ptr() as usize, len as usize)?;
-        Some(FileMmap {
+    /// The region back when the SIGBUS guard has no room for another mmap.
+    fn new(region: RawMmap, file_offset: u64, len: u64) -> Result<FileMmap, RawMmap> {
+        let Some(guard) = Guarded::new(region.as_ptr() as usize, len as usize) else {
+            return Err(region);
+        };
+        Ok(FileMmap {
             guard,
             region,
             file_offset,
@@ -301,6 +303,19 @@ impl Table {
         below
             .filter(|m| m.end > iova)
             .or_else(|| self.maps.range(iova..end).next().map(|(_, m)| m))
+    }
+
+    /// `region` registered with the SIGBUS guard; when the guard is full, the idle cached
+    /// mmaps (which hold slots too) are dropped and it is tried once more. `None` (the region
+    /// unmapped) when live mappings really use every slot.
+    fn guarded(&mut self, region: RawMmap, file_offset: u64, len: u64) -> Option<FileMmap> {
+        match FileMmap::new(region, file_offset, len) {
+            Ok(m) => Some(m),
+            Err(region) => {
+                self.files.retain(|_, f| Arc::strong_count(f) > 1);
+                FileMmap::new(region, file_offset, len).ok()
+            }
+        }
     }
 
     fn changed(&mut self) {
@@ -527,7 +542,7 @@ impl AddressSpace {
         let Some(meta) = check_file_range(&file, offset, size).map_err(err)? else {
             // Not a regular file (a device node, say): map just the range, unshared.
             let region = mmap_file(file, offset, size, perms).map_err(err)?;
-            return Ok(Arc::new(FileMmap::new(region, offset, size).ok_or(full)?));
+            return Ok(Arc::new(t.guarded(region, offset, size).ok_or(full)?));
         };
         let file_len = meta.len();
         let key = FileKey {
@@ -549,10 +564,10 @@ impl AddressSpace {
         // shares the read-write mmap only through its own key (the IOMMU enforces perms).
         t.stats.shrink_sealed += u64::from(shrink_sealed(&file));
         let region = mmap_file(file, 0, file_len, perms).map_err(err)?;
-        let m = Arc::new(FileMmap::new(region, 0, file_len).ok_or(full)?);
         if t.files.len() >= MAX_IDLE_FILES {
             t.files.retain(|_, f| Arc::strong_count(f) > 1);
         }
+        let m = Arc::new(t.guarded(region, 0, file_len).ok_or(full)?);
         t.files.insert(key, m.clone());
         t.stats.file_mmaps += 1;
         Ok(m)
