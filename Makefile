@@ -43,10 +43,15 @@ bench:
 clean:
 	$(CARGO) clean
 
-# Long runs, not part of `make test`: the validator proof (200 `validate --socket` runs against a
-# healthy `serve` on a loaded machine with 0 FAILs, and every quirk caught by its own check 25
-# times).
+# Long runs, not part of `make test` (about 30 minutes):
+# - the robustness soak: 10 minutes (VDPA_SOAK_SECS) of traffic, device resets, DMA remaps under
+#   running queues, reconnects and SIGKILLed clients against one server, counters, descriptors
+#   and RSS checked at the end (the 100-killed-clients test against a `vdpa-emu serve` process
+#   is part of `make test`: it takes a few seconds);
+# - the validator proof: 200 `validate --socket` runs against a healthy `serve` on a loaded
+#   machine with 0 FAILs, and every quirk caught by its own check 25 times.
 soak:
+	$(CARGO) test -p sim-harness --test soak -- --ignored --nocapture --test-threads=1
 	$(CARGO) test --release -p sim-harness --test validator_proof -- --ignored --nocapture
 
 # End-to-end tests with a real QEMU (>= 10.1, vfio-user-pci) and a Linux guest under TCG (docs/e2e.md).

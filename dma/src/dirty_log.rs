@@ -319,6 +319,10 @@ fn write_word(
                 let a = unsafe { AtomicU64::from_ptr(p.cast::<u64>()) };
                 // Little-endian: byte k of the word holds pages 64*word + 8k ..= +7.
                 a.fetch_or(mask.to_le(), Ordering::Release);
+                if let Err(f) = iommu.check_contained(addr, 8, true) {
+                    stats.faults += 1;
+                    return Err(f);
+                }
                 stats.log_writes += u64::from(new_txn);
                 bus.access(DmaKind::LogWrite, addr, 8, u64::from(new_txn), !new_txn);
                 return Ok(true);
@@ -344,6 +348,11 @@ fn write_word(
                 // IOMMU checked is writable and backed; u8 needs no alignment.
                 let a = unsafe { AtomicU8::from_ptr(p) };
                 a.fetch_or(byte, Ordering::Release);
+                if let Err(f) = iommu.check_contained(addr + k, 1, true) {
+                    stats.faults += 1;
+                    result = result.and(Err(f));
+                    continue;
+                }
                 stats.log_writes += 1;
                 bus.access(DmaKind::LogWrite, addr + k, 1, 1, false);
             }

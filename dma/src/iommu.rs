@@ -49,6 +49,21 @@ pub enum DmaFault {
         /// Length of the access.
         len: u64,
     },
+    /// The mapping's backing file lost the memory under it: the client truncated it after
+    /// DMA_MAP, or a hole of a sparse file could not be allocated (full tmpfs, exhausted
+    /// hugetlbfs). The SIGBUS was contained (see the `guard` module); the mapping stays
+    /// unusable until it is unmapped.
+    #[error("DMA fault: IOVA {iova:#x} (len {len}) lies in mapping {mapping_iova:#x}+{mapping_size:#x} whose backing file lost its memory (truncated, or a hole with no space left): SIGBUS contained")]
+    BackingLost {
+        /// IOVA of the access.
+        iova: u64,
+        /// Length of the access.
+        len: u64,
+        /// First IOVA of the poisoned mapping.
+        mapping_iova: u64,
+        /// Its size.
+        mapping_size: u64,
+    },
     /// `iova + len` does not fit in 64 bits.
     #[error("DMA fault: IOVA {iova:#x} + len {len} overflows the 64-bit IOVA space")]
     AddressOverflow {
@@ -67,6 +82,7 @@ impl DmaFault {
             | DmaFault::Permission { iova, .. }
             | DmaFault::CrossesMappingEnd { iova, .. }
             | DmaFault::NoBacking { iova, .. }
+            | DmaFault::BackingLost { iova, .. }
             | DmaFault::AddressOverflow { iova, .. } => iova,
         }
     }
@@ -91,6 +107,8 @@ pub struct IommuStats {
     pub faults_no_backing: u64,
     /// [`DmaFault::AddressOverflow`] count.
     pub faults_overflow: u64,
+    /// [`DmaFault::BackingLost`] count.
+    pub faults_backing_lost: u64,
 }
 
 impl IommuStats {
@@ -101,6 +119,7 @@ impl IommuStats {
             + self.faults_crossing
             + self.faults_no_backing
             + self.faults_overflow
+            + self.faults_backing_lost
     }
 }
 
@@ -147,6 +166,8 @@ pub(crate) struct Iommu {
     snap: Arc<Snapshot>,
     tlb: Box<[TlbEntry]>,
     mask: u64,
+    /// The contained-SIGBUS epoch this engine's IOTLB was checked against.
+    sigbus_epoch: u64,
     pub(crate) stats: IommuStats,
 }
 
@@ -176,6 +197,7 @@ impl Iommu {
             snap,
             tlb: vec![TlbEntry::EMPTY; entries].into_boxed_slice(),
             mask: entries.saturating_sub(1) as u64,
+            sigbus_epoch: crate::guard::epoch(),
             stats: IommuStats::default(),
         }
     }
@@ -258,6 +280,31 @@ impl Iommu {
         }
     }
 
+    /// After an access through a route of this engine: if a SIGBUS was contained anywhere
+    /// since the last check (one load, see `guard::epoch`), drops the IOTLB and translates the access
+    /// again, which refuses it with [`DmaFault::BackingLost`] if its memory was poisoned (the
+    /// access then read zeros or wrote into private memory, and its result must be dropped).
+    #[inline(always)]
+    pub(crate) fn check_contained(
+        &mut self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), DmaFault> {
+        if crate::guard::epoch() == self.sigbus_epoch {
+            return Ok(());
+        }
+        self.recheck(iova, len, write)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn recheck(&mut self, iova: u64, len: u64, write: bool) -> Result<(), DmaFault> {
+        self.sigbus_epoch = crate::guard::epoch();
+        self.invalidate();
+        self.translate_slow(iova, len, write).map(|_| ())
+    }
+
     /// Full translation: generation resync, IOTLB fill, walk over adjacent mappings, faults.
     #[cold]
     #[inline(never)]
@@ -296,8 +343,8 @@ impl Iommu {
                     start: m.iova,
                     end: m.end,
                     host: m.host,
-                    read_ok: m.perms.read && m.host != 0,
-                    write_ok: m.perms.write && m.host != 0,
+                    read_ok: m.perms.read && m.host != 0 && m.poisoned().is_none(),
+                    write_ok: m.perms.write && m.host != 0 && m.poisoned().is_none(),
                 };
             }
         }
@@ -326,6 +373,22 @@ impl Iommu {
         if maps.iter().any(|m| m.host == 0) {
             return Err(self.fault(DmaFault::NoBacking { iova, len }));
         }
+        if let Some(m) = maps.iter().find(|m| m.poisoned().is_some()) {
+            let f = DmaFault::BackingLost {
+                iova,
+                len,
+                mapping_iova: m.iova,
+                mapping_size: m.end - m.iova,
+            };
+            if let (Some(addr), Some(file)) = (m.poisoned(), m.file.as_ref()) {
+                tracing::warn!(
+                    %f,
+                    file_offset = format_args!("{:#x}", file.file_offset_of(addr)),
+                    "guest memory lost under a DMA mapping"
+                );
+            }
+            return Err(self.fault(f));
+        }
         if first == last {
             let m = &self.snap.maps[first];
             Ok(Route::One((m.host + (iova - m.iova) as usize) as *mut u8))
@@ -342,6 +405,7 @@ impl Iommu {
             DmaFault::CrossesMappingEnd { .. } => s.faults_crossing += 1,
             DmaFault::NoBacking { .. } => s.faults_no_backing += 1,
             DmaFault::AddressOverflow { .. } => s.faults_overflow += 1,
+            DmaFault::BackingLost { .. } => s.faults_backing_lost += 1,
         }
         tracing::debug!(%f, "DMA fault");
         f

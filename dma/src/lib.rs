@@ -11,6 +11,7 @@
 
 mod bus_stats;
 mod dirty_log;
+mod guard;
 mod iommu;
 mod memory;
 mod shm;
@@ -21,8 +22,11 @@ use std::sync::Arc;
 
 pub use bus_stats::{BusStats, DmaKind, PcieModel, PcieTraffic, Traffic, RING_INDEX_WRITE_MAX};
 pub use dirty_log::{LogConfig, LogStats, MAX_LOG_GRANULARITY};
+pub use guard::contained_sigbus;
 pub use iommu::{DmaFault, IommuStats, MAX_IOTLB_ENTRIES};
-pub use memory::{AddressSpace, Backing, MapError, MapStats, MappingInfo, Perms, PAGE_SIZE};
+pub use memory::{
+    AddressSpace, Backing, MapError, MapStats, MappingInfo, Perms, MAX_BACKING_FILES, PAGE_SIZE,
+};
 pub use shm::{SharedMemory, ShmError};
 pub use write_trace::WriteTrace;
 
@@ -69,6 +73,7 @@ macro_rules! atomic_read {
                     // mapping, kept mapped by the engine's snapshot until the next translate;
                     // `p` is aligned for the atomic type.
                     let v = unsafe { <$atomic>::from_ptr(p.cast::<$t>()) }.load(Ordering::Acquire);
+                    self.iommu.check_contained(iova, N as u64, false)?;
                     self.bus.access(kind, iova, N as u64, 1, false);
                     return Ok(<$t>::from_le(v));
                 }
@@ -76,6 +81,7 @@ macro_rules! atomic_read {
             let mut b = [0u8; N];
             let txns = self.copy_in(route, iova, &mut b);
             fence(Ordering::Acquire);
+            self.iommu.check_contained(iova, N as u64, false)?;
             self.bus.access(kind, iova, N as u64, txns, false);
             Ok(<$t>::from_le_bytes(b))
         }
@@ -165,6 +171,7 @@ impl DmaEngine {
             // do not overlap. Guest memory may change concurrently (the peer is another
             // process or the driver model), as with vm-memory's copies.
             unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+            self.iommu.check_contained(iova, len, false)?;
             self.bus.access(kind, iova, len, 1, false);
             return Ok(());
         }
@@ -178,6 +185,7 @@ impl DmaEngine {
         }
         let route = self.iommu.translate_slow(iova, buf.len() as u64, false)?;
         let txns = self.copy_in(route, iova, buf);
+        self.iommu.check_contained(iova, buf.len() as u64, false)?;
         self.bus.access(kind, iova, buf.len() as u64, txns, false);
         Ok(())
     }
@@ -192,6 +200,7 @@ impl DmaEngine {
             // one writable, fd-backed mapping whose mmap the engine's snapshot keeps alive,
             // and `p` is its host address; `data` is a distinct Rust allocation.
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+            self.iommu.check_contained(iova, len, true)?;
             self.bus
                 .access(kind, iova, len, 1, kind == DmaKind::PacketWrite);
             self.after_write(iova, len, kind);
@@ -207,6 +216,7 @@ impl DmaEngine {
         }
         let route = self.iommu.translate_slow(iova, data.len() as u64, true)?;
         let txns = self.copy_out(route, iova, data);
+        self.iommu.check_contained(iova, data.len() as u64, true)?;
         self.bus.access(
             kind,
             iova,
@@ -301,6 +311,7 @@ impl DmaEngine {
                 self.copy_out(route, iova, &val.to_le_bytes())
             }
         };
+        self.iommu.check_contained(iova, 2, true)?;
         self.bus.access(kind, iova, 2, txns, false);
         if kind != DmaKind::LogWrite {
             if let Some(t) = &self.trace {

@@ -5,8 +5,8 @@
 //! snapshot (the `GuestMemoryAtomic` pattern of vm-memory) that is rebuilt lazily after a
 //! change, plus a generation counter bumped after every successful change so that DMA engines
 //! can invalidate their IOTLB with one load. fd-backed mappings point into one `MAP_SHARED`
-//! mmap of the whole backing file (vm-memory's `MmapRegionBuilder` + `FileOffset`), shared by
-//! every mapping of that file; snapshots keep it alive, so an engine that still holds an old
+//! mmap of the whole backing file, shared by every mapping of that file and keeping no
+//! descriptor open; snapshots keep it alive, so an engine that still holds an old
 //! snapshot can never touch unmapped host memory.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
+
+use crate::guard::Guarded;
 
 /// Size of the pages the IOTLB, the dirty log and the write trace work in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -103,6 +103,16 @@ pub enum MapError {
         /// Requested size.
         size: u64,
     },
+    /// As many distinct backing files are mapped as the SIGBUS guard can watch.
+    #[error("cannot map DMA mapping {iova:#x}+{size:#x}: {limit} distinct backing files are mapped already")]
+    TooManyFiles {
+        /// Requested IOVA.
+        iova: u64,
+        /// Requested size.
+        size: u64,
+        /// The limit (`MAX_BACKING_FILES`).
+        limit: usize,
+    },
     /// The backing file could not be mapped (bad offset, file too short, mmap failure).
     #[error("cannot mmap DMA mapping {iova:#x}+{size:#x}: {source}")]
     Mmap {
@@ -143,6 +153,12 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
+    /// The host address of a contained SIGBUS in this mapping's mmap, if any.
+    #[inline]
+    pub(crate) fn poisoned(&self) -> Option<usize> {
+        self.file.as_ref().and_then(|f| f.poisoned())
+    }
+
     pub(crate) fn info(&self) -> MappingInfo {
         MappingInfo {
             iova: self.iova,
@@ -200,6 +216,10 @@ pub struct MapStats {
     pub file_mmaps: u64,
     /// See `file_mmaps`.
     pub file_mmap_reuses: u64,
+    /// Whole-file mmaps of files sealed against shrinking (`F_SEAL_SHRINK`, memfd_create(2)):
+    /// those cannot lose pages to an `ftruncate`. Every fd-backed mmap is guarded against
+    /// SIGBUS all the same (holes of sparse files; see `guard.rs`).
+    pub shrink_sealed: u64,
 }
 
 /// A whole backing file mmap'd once, shared by every mapping into it (found by file identity).
@@ -210,8 +230,39 @@ pub struct MapStats {
 /// aligned, although QEMU's 4 KiB IOTLB entries are not.
 #[derive(Debug)]
 pub(crate) struct FileMmap {
-    region: GuestRegionMmap,
+    /// Declared before `region`: unregistered from the SIGBUS guard before the munmap.
+    guard: Guarded,
+    region: RawMmap,
+    /// File offset of the region's first byte (0 for whole-file mmaps).
+    file_offset: u64,
     len: u64,
+}
+
+impl FileMmap {
+    /// The region back when the SIGBUS guard has no room for another mmap.
+    fn new(region: RawMmap, file_offset: u64, len: u64) -> Result<FileMmap, RawMmap> {
+        let Some(guard) = Guarded::new(region.as_ptr() as usize, len as usize) else {
+            return Err(region);
+        };
+        Ok(FileMmap {
+            guard,
+            region,
+            file_offset,
+            len,
+        })
+    }
+
+    /// Host address of the first contained SIGBUS in this mmap (see [`crate::guard`]): the
+    /// file lost the page under it, and every mapping into it now faults.
+    #[inline]
+    pub(crate) fn poisoned(&self) -> Option<usize> {
+        self.guard.poisoned()
+    }
+
+    /// The file offset of host address `addr` inside this mmap.
+    pub(crate) fn file_offset_of(&self, addr: usize) -> u64 {
+        self.file_offset + (addr - self.region.as_ptr() as usize) as u64
+    }
 }
 
 /// Identity of a backing file and the protection it is mapped with.
@@ -237,6 +288,9 @@ struct Table {
     stats: MapStats,
 }
 
+/// Distinct backing files mapped at once (each whole-file mmap is watched by the SIGBUS guard).
+pub const MAX_BACKING_FILES: usize = crate::guard::MAX_GUARDED;
+
 /// Whole-file mmaps kept while no mapping uses them (see [`Table::files`]).
 const MAX_IDLE_FILES: usize = 16;
 
@@ -249,6 +303,19 @@ impl Table {
         below
             .filter(|m| m.end > iova)
             .or_else(|| self.maps.range(iova..end).next().map(|(_, m)| m))
+    }
+
+    /// `region` registered with the SIGBUS guard; when the guard is full, the idle cached
+    /// mmaps (which hold slots too) are dropped and it is tried once more. `None` (the region
+    /// unmapped) when live mappings really use every slot.
+    fn guarded(&mut self, region: RawMmap, file_offset: u64, len: u64) -> Option<FileMmap> {
+        match FileMmap::new(region, file_offset, len) {
+            Ok(m) => Some(m),
+            Err(region) => {
+                self.files.retain(|_, f| Arc::strong_count(f) > 1);
+                FileMmap::new(region, file_offset, len).ok()
+            }
+        }
     }
 
     fn changed(&mut self) {
@@ -308,32 +375,80 @@ fn check_file_range(
     Ok(Some(meta))
 }
 
+/// Whether `file` is sealed against shrinking (`fcntl(F_GET_SEALS)`; files that do not
+/// support seals answer EINVAL and count as unsealed).
+fn shrink_sealed(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
+/// A `MAP_SHARED` mmap, unmapped on drop. It keeps no descriptor: the mapping holds its own
+/// reference to the file (mmap(2): "closing the file descriptor does not unmap the region"),
+/// so a client's many backing files cost no slot in our descriptor table.
+#[derive(Debug)]
+struct RawMmap {
+    addr: usize,
+    len: usize,
+}
+
+impl RawMmap {
+    fn as_ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+}
+
+impl Drop for RawMmap {
+    fn drop(&mut self) {
+        // SAFETY: `[addr, addr + len)` is the mapping mmap returned to us; nothing refers to it
+        // any more (mappings and snapshots hold the `FileMmap` that owns it).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
 /// mmaps `len` bytes of `file` at `offset`, `MAP_SHARED`, with only the access the device
 /// may make (defence in depth: a bug that writes a read-only mapping faults in the host
 /// instead of corrupting guest memory). Writable mappings are also readable because the dirty
-/// log is updated with atomic read-modify-writes.
-fn mmap_file(file: File, offset: u64, len: u64, perms: Perms) -> std::io::Result<GuestRegionMmap> {
+/// log is updated with atomic read-modify-writes. `file` is closed on return.
+fn mmap_file(file: File, offset: u64, len: u64, perms: Perms) -> std::io::Result<RawMmap> {
+    use std::os::fd::AsRawFd;
     let len = usize::try_from(len).map_err(|_| invalid("mapping too large"))?;
+    if len == 0 {
+        return Err(invalid("mapping of zero bytes"));
+    }
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| invalid("file offset does not fit off_t"))?;
     let prot = match (perms.read, perms.write) {
         (_, true) => libc::PROT_READ | libc::PROT_WRITE,
         (true, false) => libc::PROT_READ,
         (false, false) => libc::PROT_NONE,
     };
-    let region = MmapRegionBuilder::<()>::new(len)
-        .with_file_offset(FileOffset::new(file, offset))
-        .with_mmap_prot(prot)
-        .with_mmap_flags(libc::MAP_SHARED)
-        .build()
-        .map_err(|e| match e {
-            vm_memory::mmap::MmapRegionError::Mmap(io) => io,
-            other => invalid(other.to_string()),
-        })?;
-    GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| invalid("guest region overflows"))
+    // SAFETY: a new mapping at an address the kernel chooses (no MAP_FIXED), so no existing
+    // memory is affected; the descriptor is open for the call.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            off,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(RawMmap {
+        addr: p as usize,
+        len,
+    })
 }
 
 impl AddressSpace {
     /// An empty IOVA space at generation 0.
     pub fn new() -> Self {
+        crate::guard::install();
         AddressSpace {
             generation: AtomicU64::new(0),
             table: Mutex::new(Table::default()),
@@ -357,7 +472,6 @@ impl AddressSpace {
         let end = iova
             .checked_add(size)
             .ok_or(MapError::AddressOverflow { iova, size })?;
-        let err = |source: std::io::Error| MapError::Mmap { iova, size, source };
         let mut t = self.table.lock();
         if let Some(m) = t.first_overlap(iova, end) {
             let e = MapError::Overlap {
@@ -373,10 +487,8 @@ impl AddressSpace {
         let (host, file) = match backing {
             Backing::None => (0, None),
             Backing::Fd { file, offset } => {
-                let whole = self
-                    .file_mmap(&mut t, file, offset, size, perms)
-                    .map_err(err)?;
-                let host = whole.region.as_ptr() as usize + offset as usize;
+                let whole = self.file_mmap(&mut t, file, iova, offset, size, perms)?;
+                let host = whole.region.as_ptr() as usize + (offset - whole.file_offset) as usize;
                 (host, Some(whole))
             }
         };
@@ -411,20 +523,26 @@ impl AddressSpace {
         &self,
         t: &mut Table,
         file: File,
+        iova: u64,
         offset: u64,
         size: u64,
         perms: Perms,
-    ) -> std::io::Result<Arc<FileMmap>> {
+    ) -> Result<Arc<FileMmap>, MapError> {
         use std::os::unix::fs::MetadataExt;
+        let err = |source: std::io::Error| MapError::Mmap { iova, size, source };
+        let full = MapError::TooManyFiles {
+            iova,
+            size,
+            limit: MAX_BACKING_FILES,
+        };
         // mmap offsets are page-aligned (EINVAL, as mmap(2) would answer)
         if offset % PAGE_SIZE != 0 {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(err(std::io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        let Some(meta) = check_file_range(&file, offset, size)? else {
+        let Some(meta) = check_file_range(&file, offset, size).map_err(err)? else {
             // Not a regular file (a device node, say): map just the range, unshared.
-            let region = mmap_file(file, offset, size, perms)?;
-            let len = size;
-            return Ok(Arc::new(FileMmap { region, len }));
+            let region = mmap_file(file, offset, size, perms).map_err(err)?;
+            return Ok(Arc::new(t.guarded(region, offset, size).ok_or(full)?));
         };
         let file_len = meta.len();
         let key = FileKey {
@@ -432,6 +550,10 @@ impl AddressSpace {
             ino: meta.ino(),
             writable: perms.write,
         };
+        if t.files.get(&key).is_some_and(|m| m.poisoned().is_some()) {
+            // Its pages were lost (contained SIGBUS): never hand it out again.
+            t.files.remove(&key);
+        }
         if let Some(m) = t.files.get(&key) {
             if m.len >= offset + size {
                 t.stats.file_mmap_reuses += 1;
@@ -440,14 +562,12 @@ impl AddressSpace {
         }
         // Writable maps need a read-write mmap; a read-only map of a file opened read-write
         // shares the read-write mmap only through its own key (the IOMMU enforces perms).
-        let region = mmap_file(file, 0, file_len, perms)?;
-        let m = Arc::new(FileMmap {
-            region,
-            len: file_len,
-        });
+        t.stats.shrink_sealed += u64::from(shrink_sealed(&file));
+        let region = mmap_file(file, 0, file_len, perms).map_err(err)?;
         if t.files.len() >= MAX_IDLE_FILES {
             t.files.retain(|_, f| Arc::strong_count(f) > 1);
         }
+        let m = Arc::new(t.guarded(region, 0, file_len).ok_or(full)?);
         t.files.insert(key, m.clone());
         t.stats.file_mmaps += 1;
         Ok(m)

@@ -101,6 +101,10 @@ enum Cmd {
         /// e.g. to check that a real driver's migration catches it.
         #[arg(long = "quirk", value_parser = parse_quirk)]
         quirks: Vec<device::Quirk>,
+        /// Seconds a client may stall inside a message, or leave a reply unread, before it is
+        /// dropped (idle clients between messages are never dropped).
+        #[arg(long, default_value = "5", value_parser = parse_timeout)]
+        client_timeout: std::time::Duration,
     },
     /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
     Migrate {
@@ -247,6 +251,19 @@ fn parse_log_granularity(s: &str) -> Result<u64, String> {
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
     bar_registers::LmLayout::parse(s)
         .ok_or_else(|| format!("unknown LM layout {s:?}: use dpdk or linux"))
+}
+
+/// Parses a positive number of seconds (fractions allowed, at most a day).
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("timeout {s:?}: expected seconds, e.g. 5 or 0.5"))?;
+    if !(secs > 0.0 && secs <= 86400.0) {
+        return Err(format!(
+            "timeout {s:?}: must be above 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn parse_quirk(s: &str) -> Result<device::Quirk, String> {
@@ -457,6 +474,7 @@ fn main() -> ExitCode {
             lm_layout,
             no_packed,
             quirks,
+            client_timeout,
         } => {
             match sim_harness::serve::run(&sim_harness::serve::ServeOptions {
                 socket,
@@ -466,6 +484,7 @@ fn main() -> ExitCode {
                 lm_layout,
                 no_packed,
                 quirks: quirks.into_iter().collect(),
+                client_timeout,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

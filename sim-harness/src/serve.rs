@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! vdpa-emu serve --socket PATH [--queue-pairs N] [--mac MAC] [--port SPEC] [--lm-layout dpdk|linux]
+//!                [--client-timeout SECS]
 //! ```
 //!
 //! QEMU attaches with
@@ -12,8 +13,12 @@
 //! DEVICE_NEEDS_RESET on its first DMA.
 //!
 //! One client at a time; when it disconnects the device is reset, its DMA mappings and
-//! interrupt eventfds are dropped, and the next client is accepted. On SIGINT/SIGTERM the
-//! server stops and removes its socket.
+//! interrupt eventfds are dropped, and the next client is accepted. A second client meanwhile
+//! gets an EBUSY error reply and is closed. A client that stalls inside a message or does not
+//! read its replies for `--client-timeout` seconds (default 5) is dropped; idle clients are
+//! not. On SIGINT/SIGTERM the server stops and removes its socket. At start the soft
+//! RLIMIT_NOFILE is raised to the hard limit (DMA maps keep no descriptor, but each message
+//! may bring up to 16, and SET_IRQS keeps its eventfds).
 //!
 //! `--port SPEC` chooses the wire:
 //! - `loopback` (default): transmitted frames come back on the device's own receive side;
@@ -165,6 +170,8 @@ pub struct ServeOptions {
     pub no_packed: bool,
     /// Injected device bugs.
     pub quirks: device::Quirks,
+    /// How long a client may stall inside a message or leave a reply unread.
+    pub client_timeout: std::time::Duration,
 }
 
 /// Why `serve` failed.
@@ -264,12 +271,19 @@ fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> 
 
 /// Serves one device until SIGINT/SIGTERM; removes the socket on the way out.
 pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
+    match crate::vfio_user::sock::raise_nofile_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
     let dev = Device::new(device_config(opts))?;
     let port = ports::attach(&opts.port, &dev)?;
     let server = Server::bind(
         &opts.socket,
         DeviceBackend::new(dev.clone()),
-        ServerOptions::default(),
+        ServerOptions {
+            client_timeout: opts.client_timeout,
+            ..ServerOptions::default()
+        },
     )?;
     let l = dev.layout();
     tracing::info!(

@@ -47,15 +47,13 @@ impl TestServer {
     }
 
     pub fn with_device(dev: Arc<Device>) -> Self {
+        Self::with_options(dev, ServerOptions::default())
+    }
+
+    pub fn with_options(dev: Arc<Device>, opts: ServerOptions) -> Self {
         let dir = temp_dir("vdpa-emu-vu");
-        let server = Arc::new(
-            Server::bind(
-                &dir.join("dev.sock"),
-                DeviceBackend::new(dev),
-                ServerOptions::default(),
-            )
-            .unwrap(),
-        );
+        let server =
+            Arc::new(Server::bind(&dir.join("dev.sock"), DeviceBackend::new(dev), opts).unwrap());
         let s = server.clone();
         let thread = std::thread::spawn(move || s.serve().unwrap());
         TestServer {
@@ -79,6 +77,19 @@ impl TestServer {
 
     pub fn client(&self) -> Client {
         Client::connect(self.path()).unwrap()
+    }
+
+    /// Waits until `f(stats)` holds (10 s at most).
+    pub fn wait_stats(&self, what: &str, f: impl Fn(&sim_harness::vfio_user::ServerStats) -> bool) {
+        let t0 = Instant::now();
+        while !f(&self.server.stats()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: {:?}",
+                self.server.stats()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Waits until `n` connections have been cleaned up by the server.

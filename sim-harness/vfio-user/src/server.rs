@@ -8,6 +8,19 @@
 //! client's memory descriptors), every interrupt eventfd is closed, and the next client is
 //! accepted. A [`Stop`] ends the loop at any blocking point.
 //!
+//! Clients that stall: a client may stay idle between messages as long as it likes (QEMU is
+//! idle for hours), but once the first byte of a message has arrived the whole message must
+//! arrive within [`ServerOptions::client_timeout`], and each reply must be taken off the socket
+//! within it too (a client that never reads its replies fills the socket buffer); otherwise the
+//! client is dropped with a log line and cleaned up like one that died.
+//!
+//! A second client while one is served is refused, never left in silence: it is accepted, its
+//! first message header is awaited for at most [`REFUSE_WAIT`] on a short-lived thread (so the
+//! served client is not delayed), answered with an EBUSY error reply carrying that message's
+//! id, and closed; the log says "refusing client: device busy with client N". At most
+//! [`MAX_REFUSERS`] such threads run at once; beyond that a newcomer is closed at once (it
+//! sees end-of-file), also logged.
+//!
 //! Robustness rules (each is tested in sim-harness/tests/vfio_user_server.rs):
 //! - the declared payload is always consumed, so an unknown or refused command gets an error
 //!   reply with a real errno (ENOSYS, EINVAL, ...) and the stream stays in sync;
@@ -27,18 +40,19 @@ use crate::backend::Backend;
 use crate::errno::{Errno, Handled, E2BIG, EINVAL, ENOSYS, ENOTSUP};
 use crate::irq::{IrqData, IrqTable};
 use crate::migration::{MigState, Migration};
-use crate::sock::{recv_with_fds, send_with_fds, Ready, Stop, MAX_MSG_FDS};
+use crate::sock::{nofile_limit, recv_with_fds, send_with_fds, Either, Ready, Stop, MAX_MSG_FDS};
 use crate::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
 use device::AccessError;
 use dma::{Backing, MapError, Perms, PAGE_SIZE};
 use std::fs::File;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_dma_unmap, vfio_region_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_IRQ_SET_DATA_BOOL,
@@ -55,6 +69,12 @@ pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 pub const PGSIZES: u64 = PAGE_SIZE;
 /// Room for the fixed part of any message (and a VERSION's JSON) on top of the data limit.
 const PAYLOAD_SLACK: usize = 4096;
+/// Default [`ServerOptions::client_timeout`].
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused second client may take to send its first header before it is closed.
+pub const REFUSE_WAIT: Duration = Duration::from_secs(1);
+/// Refusals in progress at once (each is a short-lived thread).
+pub const MAX_REFUSERS: usize = 8;
 
 /// Server limits announced in the VERSION reply (and enforced).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +83,9 @@ pub struct ServerOptions {
     pub max_data_xfer_size: u32,
     /// Most DMA mappings at once.
     pub max_dma_maps: u32,
+    /// How long a client may take to send the rest of a message once its first byte arrived,
+    /// and to take a reply off the socket; a client over it is dropped (`serve --client-timeout`).
+    pub client_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +93,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_data_xfer_size: DEFAULT_MAX_DATA_XFER_SIZE,
             max_dma_maps: DEFAULT_MAX_DMA_MAPS,
+            client_timeout: DEFAULT_CLIENT_TIMEOUT,
         }
     }
 }
@@ -104,6 +128,18 @@ pub enum ConnectionError {
     TooLarge { size: u32, limit: usize },
     #[error("client proposed protocol major version {0}; only 0 is supported")]
     Version(u16),
+    #[error("client stalled inside a message: {got} of {want} bytes after {waited:?}; dropped")]
+    Stalled {
+        got: usize,
+        want: usize,
+        waited: Duration,
+    },
+    #[error("client does not read its replies: {sent} of {total} reply bytes taken in {waited:?}; dropped")]
+    ReplyStalled {
+        sent: usize,
+        total: usize,
+        waited: Duration,
+    },
     #[error("socket: {0}")]
     Io(#[from] io::Error),
 }
@@ -130,6 +166,10 @@ pub struct ServerStats {
     pub messages: u64,
     /// Error replies (sent or, for NO_REPLY messages, only logged).
     pub errors: u64,
+    /// Clients refused because another was being served (EBUSY, or closed when too many).
+    pub refused: u64,
+    /// Clients dropped for stalling inside a message or not reading replies.
+    pub stalled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +178,10 @@ struct Counters {
     ended: AtomicU64,
     messages: AtomicU64,
     errors: AtomicU64,
+    refused: Arc<AtomicU64>,
+    stalled: AtomicU64,
+    /// Refusal threads running.
+    refusers: Arc<AtomicUsize>,
     /// Time spent on DMA_MAP / DMA_UNMAP, from the parsed message to the reply sent: what a
     /// guest vIOMMU's synchronous map costs on our side of the socket.
     dma_map_ns: AtomicU64,
@@ -178,6 +222,14 @@ impl<B: Backend> Server<B> {
             path: path.into(),
             source,
         })?;
+        // Non-blocking: a connection that went away between poll and accept must not block the
+        // loop (accepted streams do not inherit O_NONBLOCK on Linux, accept(2)).
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Bind {
+                path: path.into(),
+                source,
+            })?;
         let sock_id = path_id(path);
         let irqs = Arc::new(IrqTable::new(device.msix_vectors()));
         device.set_interrupt_sink(irqs.clone());
@@ -235,6 +287,8 @@ impl<B: Backend> Server<B> {
             ended: c.ended.load(Ordering::SeqCst),
             messages: c.messages.load(Ordering::SeqCst),
             errors: c.errors.load(Ordering::SeqCst),
+            refused: c.refused.load(Ordering::SeqCst),
+            stalled: c.stalled.load(Ordering::SeqCst),
         }
     }
 
@@ -263,7 +317,9 @@ impl<B: Backend> Server<B> {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::WouldBlock
                 ) =>
             {
                 return Ok(Some(ConnectionEnd::Closed))
@@ -273,11 +329,17 @@ impl<B: Backend> Server<B> {
         let n = self.counters.accepted.fetch_add(1, Ordering::SeqCst) + 1;
         let span = tracing::info_span!("client", n);
         let _g = span.enter();
-        tracing::info!("client connected");
-        let end = Session::new(self, stream).run();
+        tracing::info!(peer_pid = peer_pid(&stream), "client connected");
+        let end = Session::new(self, stream, n).run();
         match &end {
             ConnectionEnd::Closed => tracing::info!("client disconnected"),
             ConnectionEnd::Stopped => tracing::info!("server stopping"),
+            ConnectionEnd::Failed(
+                e @ (ConnectionError::Stalled { .. } | ConnectionError::ReplyStalled { .. }),
+            ) => {
+                self.counters.stalled.fetch_add(1, Ordering::SeqCst);
+                tracing::warn!(error = %e, "client stalled: dropped");
+            }
             ConnectionEnd::Failed(e) => tracing::warn!(error = %e, "connection dropped"),
         }
         self.cleanup();
@@ -313,6 +375,93 @@ impl<B: Backend> Server<B> {
     fn region_size(&self, index: u32) -> u64 {
         self.device.region_size(index)
     }
+
+    /// Accepts every pending connection and refuses it (the device is busy with client
+    /// `busy_with`): see the module doc.
+    fn refuse_pending(&self, busy_with: u64) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return, // WouldBlock: none left (or it went away)
+            };
+            self.counters.refused.fetch_add(1, Ordering::SeqCst);
+            let pid = peer_pid(&stream);
+            let running = self.counters.refusers.fetch_add(1, Ordering::SeqCst);
+            if running >= MAX_REFUSERS {
+                self.counters.refusers.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(
+                    peer_pid = pid,
+                    busy_with,
+                    "refusing client: device busy with client {busy_with}; {MAX_REFUSERS} refusals already in progress, closed at once"
+                );
+                continue;
+            }
+            tracing::warn!(
+                peer_pid = pid,
+                busy_with,
+                "refusing client: device busy with client {busy_with}"
+            );
+            let refusers = self.counters.refusers.clone();
+            let spawned = std::thread::Builder::new()
+                .name("vfio-user-refuse".into())
+                .spawn(move || {
+                    refuse(stream);
+                    refusers.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                self.counters.refusers.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(error = %e, "cannot start a refusal thread: client closed at once");
+            }
+        }
+    }
+}
+
+/// Answers a refused client's first message with EBUSY (if it sends one within
+/// [`REFUSE_WAIT`]) and closes it.
+fn refuse(mut stream: UnixStream) {
+    let mut hb = [0u8; HEADER_SIZE];
+    let got = stream
+        .set_read_timeout(Some(REFUSE_WAIT))
+        .and_then(|()| stream.read_exact(&mut hb));
+    if got.is_err() {
+        return; // silent client or gone: closing is all it gets
+    }
+    let hdr = Header::parse(&hb);
+    let reply = Header {
+        id: hdr.id,
+        command: hdr.command,
+        size: HEADER_SIZE as u32,
+        flags: flags::TYPE_REPLY | flags::ERROR,
+        error: libc::EBUSY as u32,
+    };
+    let _ = stream
+        .set_write_timeout(Some(REFUSE_WAIT))
+        .and_then(|()| stream.write_all(&reply.to_bytes()));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// The pid of the process at the other end of `stream` (SO_PEERCRED), 0 if unknown.
+fn peer_pid(stream: &UnixStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain data; all-zero is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        cred.pid
+    } else {
+        0
+    }
 }
 
 impl<B: Backend> Drop for Server<B> {
@@ -337,6 +486,8 @@ struct Message {
     payload: Vec<u8>,
     fds: Vec<OwnedFd>,
     fds_truncated: bool,
+    /// Descriptors the kernel could not install in our table (we are out of descriptors).
+    fds_lost: bool,
 }
 
 enum Read {
@@ -349,16 +500,19 @@ enum Read {
 struct Session<'a, B: Backend> {
     srv: &'a Server<B>,
     stream: UnixStream,
+    /// This client's number (in the refusal log line of others).
+    n: u64,
     negotiated: bool,
     warned_no_fd: bool,
     close: Option<ConnectionError>,
 }
 
 impl<'a, B: Backend> Session<'a, B> {
-    fn new(srv: &'a Server<B>, stream: UnixStream) -> Self {
+    fn new(srv: &'a Server<B>, stream: UnixStream, n: u64) -> Self {
         Session {
             srv,
             stream,
+            n,
             negotiated: false,
             warned_no_fd: false,
             close: None,
@@ -382,22 +536,49 @@ impl<'a, B: Backend> Session<'a, B> {
         }
     }
 
+    /// Waits for the client's socket (`events`), the stop, or `deadline`, refusing every
+    /// client that connects meanwhile.
+    fn wait(&self, events: libc::c_short, deadline: Option<Instant>) -> io::Result<Ready> {
+        loop {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.srv.stop.wait_either(
+                self.stream.as_fd(),
+                events,
+                self.srv.listener.as_fd(),
+                timeout,
+            )? {
+                Either::First(r) => return Ok(r),
+                Either::Second => self.srv.refuse_pending(self.n),
+            }
+        }
+    }
+
     /// Fills `buf` completely, collecting descriptors: `Some(true)` when full, `Some(false)` if
-    /// the peer closed before the first byte, `None` if the server is stopping.
+    /// the peer closed before the first byte, `None` if the server is stopping. `deadline` is
+    /// the message's: set at its first byte (idle waits before it are unbounded).
     fn read_full(
         &mut self,
         buf: &mut [u8],
         fds: &mut Vec<OwnedFd>,
         truncated: &mut bool,
+        lost: &mut bool,
+        deadline: &mut Option<Instant>,
     ) -> Result<Option<bool>, ConnectionError> {
         let mut got = 0;
         while got < buf.len() {
             let r = match recv_with_fds(self.stream.as_fd(), &mut buf[got..], libc::MSG_DONTWAIT) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.srv.stop.wait_readable(self.stream.as_fd(), None)? {
+                    match self.wait(libc::POLLIN, *deadline)? {
                         Ready::Stopped => return Ok(None),
-                        Ready::Io | Ready::Timeout => continue,
+                        Ready::Io => continue,
+                        Ready::Timeout => {
+                            return Err(ConnectionError::Stalled {
+                                got,
+                                want: buf.len(),
+                                waited: self.srv.opts.client_timeout,
+                            })
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
@@ -413,6 +594,7 @@ impl<'a, B: Backend> Session<'a, B> {
                 Err(e) => return Err(e.into()),
             };
             *truncated |= r.truncated;
+            *lost |= r.fds_lost;
             fds.extend(r.fds);
             if fds.len() > MAX_MSG_FDS {
                 *truncated = true;
@@ -429,6 +611,7 @@ impl<'a, B: Backend> Session<'a, B> {
                 };
             }
             got += r.len;
+            deadline.get_or_insert_with(|| Instant::now() + self.srv.opts.client_timeout);
         }
         Ok(Some(true))
     }
@@ -436,8 +619,9 @@ impl<'a, B: Backend> Session<'a, B> {
     fn read_message(&mut self) -> Result<Read, ConnectionError> {
         let mut hb = [0u8; HEADER_SIZE];
         let mut fds = Vec::new();
-        let mut truncated = false;
-        match self.read_full(&mut hb, &mut fds, &mut truncated)? {
+        let (mut truncated, mut lost) = (false, false);
+        let mut deadline = None;
+        match self.read_full(&mut hb, &mut fds, &mut truncated, &mut lost, &mut deadline)? {
             None => return Ok(Read::Stopped),
             Some(false) => return Ok(Read::Closed),
             Some(true) => {}
@@ -469,13 +653,26 @@ impl<'a, B: Backend> Session<'a, B> {
             });
         }
         let mut payload = vec![0u8; len];
-        match self.read_full(&mut payload, &mut fds, &mut truncated) {
+        match self.read_full(
+            &mut payload,
+            &mut fds,
+            &mut truncated,
+            &mut lost,
+            &mut deadline,
+        ) {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(Read::Stopped),
             Err(ConnectionError::Truncated { got, .. }) => {
                 return Err(ConnectionError::Truncated {
                     got: HEADER_SIZE + got,
                     want: hdr.size as usize,
+                })
+            }
+            Err(ConnectionError::Stalled { got, waited, .. }) => {
+                return Err(ConnectionError::Stalled {
+                    got: HEADER_SIZE + got,
+                    want: hdr.size as usize,
+                    waited,
                 })
             }
             Err(e) => return Err(e),
@@ -485,6 +682,7 @@ impl<'a, B: Backend> Session<'a, B> {
             payload,
             fds,
             fds_truncated: truncated,
+            fds_lost: lost,
         }))
     }
 
@@ -516,7 +714,14 @@ impl<'a, B: Backend> Session<'a, B> {
             "command"
         );
         let t0 = std::time::Instant::now();
-        let result = if msg.fds_truncated {
+        let result = if msg.fds_lost {
+            tracing::warn!(
+                received = msg.fds.len(),
+                nofile = nofile_limit(),
+                "descriptors lost: the server is out of file descriptors (RLIMIT_NOFILE); refused with EMFILE"
+            );
+            Err(Errno(libc::EMFILE))
+        } else if msg.fds_truncated {
             tracing::warn!("more than {MAX_MSG_FDS} descriptors: refused (the excess was closed)");
             Err(EINVAL)
         } else {
@@ -576,6 +781,7 @@ impl<'a, B: Backend> Session<'a, B> {
     fn send(&mut self, head: &[u8], payload: &[u8]) -> Result<(), ConnectionError> {
         let total = head.len() + payload.len();
         let mut sent = 0;
+        let deadline = Instant::now() + self.srv.opts.client_timeout;
         while sent < total {
             let bufs: Vec<IoSlice<'_>> = if sent < head.len() {
                 vec![IoSlice::new(&head[sent..]), IoSlice::new(payload)]
@@ -585,10 +791,22 @@ impl<'a, B: Backend> Session<'a, B> {
             match send_with_fds(self.stream.as_fd(), &bufs, &[], libc::MSG_DONTWAIT) {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.srv.stop.wait_writable(self.stream.as_fd(), None)? == Ready::Stopped {
-                        return Err(
-                            io::Error::new(io::ErrorKind::Interrupted, "server stopping").into(),
-                        );
+                    match self.wait(libc::POLLOUT, Some(deadline))? {
+                        Ready::Stopped => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::Interrupted,
+                                "server stopping",
+                            )
+                            .into())
+                        }
+                        Ready::Timeout => {
+                            return Err(ConnectionError::ReplyStalled {
+                                sent,
+                                total,
+                                waited: self.srv.opts.client_timeout,
+                            })
+                        }
+                        Ready::Io => {}
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -1036,6 +1254,7 @@ fn map_errno(e: &MapError) -> Errno {
         MapError::ZeroSize | MapError::AddressOverflow { .. } => libc::EINVAL,
         MapError::Overlap { .. } => libc::EEXIST,
         MapError::PartialUnmap { .. } => libc::EINVAL,
+        MapError::TooManyFiles { .. } => libc::ENOSPC,
         MapError::Mmap { source, .. } => source.raw_os_error().unwrap_or(libc::EINVAL),
     })
 }

@@ -25,6 +25,11 @@ pub struct Received {
     pub fds: Vec<OwnedFd>,
     /// The sender passed more descriptors than fit: the kernel dropped (closed) the rest.
     pub truncated: bool,
+    /// Some descriptors could not be installed in our table although there was room for them
+    /// in the control buffer: we are out of descriptors (EMFILE/ENFILE). The kernel reports
+    /// both cases as MSG_CTRUNC (net/core/scm.c, scm_detach_fds: it stops at the first
+    /// descriptor it cannot install); fewer than [`MAX_MSG_FDS`] received tells them apart.
+    pub fds_lost: bool,
 }
 
 fn cmsg_space(fds: usize) -> usize {
@@ -62,6 +67,7 @@ pub fn recv_with_fds(
         len: n,
         fds: Vec::new(),
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        fds_lost: false,
     };
     // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR only walk
     // inside that buffer and return null at its end.
@@ -87,6 +93,10 @@ pub fn recv_with_fds(
         }
         // SAFETY: as for CMSG_FIRSTHDR.
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    if out.truncated && out.fds.len() < MAX_MSG_FDS {
+        out.fds_lost = true;
+        out.truncated = false;
     }
     Ok(out)
 }
@@ -171,6 +181,52 @@ pub enum Ready {
     Timeout,
 }
 
+/// What [`Stop::wait_either`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Either {
+    /// The first descriptor is ready, the stop was triggered, or the timeout passed.
+    First(Ready),
+    /// The second descriptor is readable (and the first is not ready).
+    Second,
+}
+
+/// The process's soft RLIMIT_NOFILE (0 if it cannot be read).
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    r.rlim_cur
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (getrlimit(2)); returns (soft, hard) after.
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if r.rlim_cur < r.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit from a live local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        r = want;
+    }
+    Ok((r.rlim_cur, r.rlim_max))
+}
+
 /// A stop signal that blocking loops poll next to their socket: an eventfd, so a signal
 /// handler can trigger it (`write` is async-signal-safe) and every poller wakes at once.
 #[derive(Debug)]
@@ -233,6 +289,49 @@ impl Stop {
         timeout: Option<Duration>,
     ) -> io::Result<Ready> {
         self.wait(fd, libc::POLLOUT, timeout)
+    }
+
+    /// Waits for `events` on `first`, the stop, `timeout`, or `second` becoming readable (a
+    /// listening socket). Stop wins, then `first`.
+    pub fn wait_either(
+        &self,
+        first: BorrowedFd<'_>,
+        events: libc::c_short,
+        second: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Either> {
+        if self.flag.load(Ordering::SeqCst) {
+            return Ok(Either::First(Ready::Stopped));
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: first.as_raw_fd(),
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.efd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: second.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let n = poll(&mut fds, timeout)?;
+        if fds[1].revents != 0 {
+            self.flag.store(true, Ordering::SeqCst);
+            return Ok(Either::First(Ready::Stopped));
+        }
+        if fds[0].revents != 0 {
+            return Ok(Either::First(Ready::Io));
+        }
+        if n == 0 {
+            return Ok(Either::First(Ready::Timeout));
+        }
+        Ok(Either::Second)
     }
 
     fn wait(
