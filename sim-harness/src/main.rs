@@ -37,9 +37,18 @@ enum Cmd {
     /// vfio-user device with --socket.
     Validate {
         /// Validate the vfio-user device at this socket instead of the built-in model (it must
-        /// loop frames back, e.g. `vdpa-emu serve --port loopback`).
-        #[arg(long)]
+        /// loop frames back, e.g. `vdpa-emu serve --port loopback`). One connection is made.
+        #[arg(long, conflicts_with = "vfio")]
         socket: Option<std::path::PathBuf>,
+        /// Validate the PCI function at this address (DDDD:BB:DD.F), bound to vfio-pci, through
+        /// Linux VFIO (a board, or a device in a guest behind a vIOMMU). It must loop frames
+        /// back. See docs/validate-on-hardware.md.
+        #[arg(long, value_parser = parse_bdf)]
+        vfio: Option<sim_harness::validate::vfio::Bdf>,
+        /// Open a new session for every check group instead of one for the whole run (only
+        /// for devices that need it; a server that accepts one connection then fails).
+        #[arg(long)]
+        reconnect_per_group: bool,
         /// Queue pairs of the built-in model.
         #[arg(long, default_value_t = 4)]
         queue_pairs: u16,
@@ -187,6 +196,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("not a size: {s:?}"))
 }
 
+fn parse_bdf(s: &str) -> Result<sim_harness::validate::vfio::Bdf, String> {
+    s.parse()
+        .map_err(|e: sim_harness::validate::vfio::VfioError| e.to_string())
+}
+
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
     bar_registers::LmLayout::parse(s)
         .ok_or_else(|| format!("unknown LM layout {s:?}: use dpdk or linux"))
@@ -306,6 +320,8 @@ fn main() -> ExitCode {
         }
         Cmd::Validate {
             socket,
+            vfio,
+            reconnect_per_group,
             queue_pairs,
             lm_layout,
             log_granularity,
@@ -326,24 +342,20 @@ fn main() -> ExitCode {
                 lm_layout,
                 log_granularity,
                 wraparound: !no_wraparound,
+                reconnect_per_group,
             };
-            let r = match socket {
-                Some(path) => sim_harness::validate::run_groups(
-                    &sim_harness::validate::OverSocket { path },
-                    &o,
-                    &groups,
-                ),
-                None => sim_harness::validate::run_groups(
-                    &sim_harness::validate::InProcess { cfg },
-                    &o,
-                    &groups,
-                ),
+            use sim_harness::validate::{self as v, Target};
+            let target: Box<dyn Target> = match (socket, vfio) {
+                (Some(path), _) => Box::new(v::OverSocket { path }),
+                (None, Some(bdf)) => Box::new(v::vfio::OverVfio::new(bdf)),
+                (None, None) => Box::new(v::InProcess { cfg }),
             };
-            let r = match r {
+            let r = match v::run_groups(target.as_ref(), &o, &groups) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("vdpa-emu validate: {e}");
-                    return ExitCode::from(2);
+                    // Could not reach or drive the device: nothing was learnt about it.
+                    eprintln!("vdpa-emu validate: could not open the device: {e}");
+                    return ExitCode::from(v::EXIT_UNREACHABLE);
                 }
             };
             match format.as_str() {
@@ -351,11 +363,10 @@ fn main() -> ExitCode {
                 "junit" => print!("{}", r.junit()),
                 _ => print!("{}", r.table()),
             }
-            if r.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            if let Some(why) = &r.aborted {
+                eprintln!("vdpa-emu validate: lost the device: {why}");
             }
+            ExitCode::from(r.exit_code())
         }
         Cmd::Registers => {
             print!("{}", bar_registers::render::registers_markdown());

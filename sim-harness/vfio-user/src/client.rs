@@ -607,15 +607,7 @@ impl Client {
                 &fds,
             )?;
         }
-        let stop = Arc::new(Stop::new()?);
-        let s2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("vfio-user-irq".into())
-            .spawn(move || pump(efds, &s2, sink.as_ref()))?;
-        Ok(InterruptPump {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(InterruptPump::spawn(efds, sink)?)
     }
 }
 
@@ -650,6 +642,23 @@ fn pump(efds: Vec<File>, stop: &Stop, sink: &dyn InterruptSink) {
 pub struct InterruptPump {
     stop: Arc<Stop>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl InterruptPump {
+    /// Forwards the signals of `efds` (eventfd `v` = MSI-X vector `v`) to `sink` from a
+    /// thread: the pump of [`Client::wire_interrupts`], also used for eventfds given to Linux
+    /// VFIO (VFIO_DEVICE_SET_IRQS), whose counters hold signals the same way.
+    pub fn spawn(efds: Vec<File>, sink: Arc<dyn InterruptSink>) -> io::Result<InterruptPump> {
+        let stop = Arc::new(Stop::new()?);
+        let s2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("irq-pump".into())
+            .spawn(move || pump(efds, &s2, sink.as_ref()))?;
+        Ok(InterruptPump {
+            stop,
+            thread: Some(thread),
+        })
+    }
 }
 
 impl Drop for InterruptPump {
