@@ -16,6 +16,7 @@ pub enum Verdict {
     /// is for, a feature it exercises is not offered, the target has no hook for it), or the
     /// run ended before it (the device became unreachable). Never counted as a failure, and
     /// never as a pass.
+    #[serde(rename = "NOT RUN")]
     NotRun,
 }
 
