@@ -42,7 +42,7 @@ enum Cmd {
         socket: Option<std::path::PathBuf>,
         /// Validate the PCI function at this address (DDDD:BB:DD.F), bound to vfio-pci, through
         /// Linux VFIO (a board, or a device in a guest behind a vIOMMU). It must loop frames
-        /// back. See docs/validate-on-hardware.md.
+        /// back. See docs/validate.md.
         #[arg(long, value_parser = parse_bdf)]
         vfio: Option<sim_harness::validate::vfio::Bdf>,
         /// Open a new session for every check group instead of one for the whole run (only

@@ -200,7 +200,19 @@ impl Target for OverVfio {
             dev,
             bars,
             maps: Mutex::new(BTreeMap::new()),
+            notify: std::sync::OnceLock::new(),
         });
+        // The notify window, for flushing doorbells (see VfioHandle::notify); a function
+        // without one is not virtio and fails pci-structure.
+        let notify = crate::driver::probe::probe(handle.as_ref())
+            .ok()
+            .map(|p| Doorbells {
+                bar: u32::from(p.notify.bar),
+                window: p.notify.offset..p.notify.offset + p.notify.len,
+                flush_bar: u32::from(p.common.bar),
+                flush_off: p.common.offset + bar_registers::virtio::common::DEVICE_STATUS,
+            });
+        let _ = handle.notify.set(notify);
         // A device-level reset: VFIO_DEVICE_RESET (FLR, or whatever reset the kernel finds
         // for the function; vfio_pci_core.c vfio_pci_ioctl_reset). A function with none
         // answers EINVAL (!reset_works): then the virtio reset alone is what a driver has.
@@ -264,6 +276,21 @@ struct VfioHandle {
     dev: VfioPciDevice,
     bars: Vec<Option<OwningPciRegion>>,
     maps: Mutex<BTreeMap<u64, Mapping>>,
+    /// Where doorbells are, and what to read after one.
+    notify: std::sync::OnceLock<Option<Doorbells>>,
+}
+
+/// A doorbell is a posted write: it may still be on its way when pwrite returns (through
+/// QEMU's vfio-user client it is sent without waiting for a reply, hw/vfio-user/device.c).
+/// Each doorbell is followed by a read of device_status from the common config, a memory read
+/// of the same function that PCIe ordering does not let pass the posted write (PCIe base spec
+/// 2.4.1, table 2-40; the same path through QEMU: one socket, in order), so the device has the
+/// doorbell before the checks look at memory. device_status reads have no side effects.
+struct Doorbells {
+    bar: u32,
+    window: std::ops::Range<u64>,
+    flush_bar: u32,
+    flush_off: u64,
 }
 
 impl VfioHandle {
@@ -346,7 +373,14 @@ impl RegionAccess for VfioHandle {
                 2 => r.write_le_u16(o, u16::from_le_bytes([b[0], b[1]])),
                 _ => r.write_le_u32(o, u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             }
-        })
+        })?;
+        if let Some(Some(n)) = self.notify.get() {
+            if region == n.bar && n.window.contains(&offset) {
+                let mut st = [0u8; 1];
+                self.region_read(n.flush_bar, n.flush_off, &mut st)?;
+            }
+        }
+        Ok(())
     }
 }
 
