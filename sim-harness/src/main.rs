@@ -346,7 +346,7 @@ fn main() -> ExitCode {
             };
             use sim_harness::validate::{self as v, Target};
             let target: Box<dyn Target> = match (socket, vfio) {
-                (Some(path), _) => Box::new(v::OverSocket { path }),
+                (Some(path), _) => Box::new(v::OverSocket::new(path)),
                 (None, Some(bdf)) => Box::new(v::vfio::OverVfio::new(bdf)),
                 (None, None) => Box::new(v::InProcess { cfg }),
             };

@@ -195,7 +195,7 @@ fn validates_a_device_over_vfio_user() {
     ] {
         let (server, path, t) = served(quirks);
         let r = run(
-            &sim_harness::validate::OverSocket { path: path.clone() },
+            &sim_harness::validate::OverSocket::new(path.clone()),
             &ValidateOptions {
                 wraparound: false,
                 ..Default::default()
@@ -249,7 +249,7 @@ fn reconnect_per_group_opens_a_session_per_group() {
         .map(String::from)
         .into();
     let r = sim_harness::validate::run_groups(
-        &sim_harness::validate::OverSocket { path: path.clone() },
+        &sim_harness::validate::OverSocket::new(path.clone()),
         &ValidateOptions {
             wraparound: false,
             reconnect_per_group: true,
@@ -270,7 +270,7 @@ fn reconnect_per_group_opens_a_session_per_group() {
 fn a_group_the_device_cannot_take_part_in_is_not_run() {
     let (server, path, t) = served_with(Quirks::NONE, false, "-nopacked");
     let r = sim_harness::validate::run_groups(
-        &sim_harness::validate::OverSocket { path: path.clone() },
+        &sim_harness::validate::OverSocket::new(path.clone()),
         &ValidateOptions {
             wraparound: false,
             ..Default::default()
@@ -311,7 +311,7 @@ fn losing_the_device_mid_run_aborts_with_exit_2() {
     });
     let t0 = std::time::Instant::now();
     let r = run(
-        &sim_harness::validate::OverSocket { path: path.clone() },
+        &sim_harness::validate::OverSocket::new(path.clone()),
         &ValidateOptions {
             wraparound: false,
             ..Default::default()
@@ -344,12 +344,33 @@ fn losing_the_device_mid_run_aborts_with_exit_2() {
 fn an_absent_socket_is_an_error_within_a_second() {
     let t0 = std::time::Instant::now();
     let e = run(
-        &sim_harness::validate::OverSocket {
-            path: std::env::temp_dir().join(format!("vdpa-none-{}.sock", std::process::id())),
-        },
+        &sim_harness::validate::OverSocket::new(
+            std::env::temp_dir().join(format!("vdpa-none-{}.sock", std::process::id())),
+        ),
         &ValidateOptions::default(),
     )
     .unwrap_err();
     assert!(e.to_string().contains("vdpa-none-"), "{e}");
     assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+}
+
+/// A server that accepts and never answers: unreachable within the reply timeout, not a hang.
+#[test]
+fn a_server_that_never_answers_is_unreachable_within_the_timeout() {
+    let path = std::env::temp_dir().join(format!("vdpa-mute-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let t0 = std::time::Instant::now();
+    let mut target = sim_harness::validate::OverSocket::new(path.clone());
+    target.reply_timeout = std::time::Duration::from_millis(300);
+    let e = run(&target, &ValidateOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("handshake"), "{e}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(held.join().unwrap());
+    let _ = std::fs::remove_file(&path);
 }

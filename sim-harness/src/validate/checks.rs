@@ -986,7 +986,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         s.settle();
         let mid = s.irq.count(v) - before;
         d.send(0, &[&frames::build(MAC, MAC, 0, 19, 64, &mut rng)])?;
-        s.settle();
+        s.wait_irqs(v, before + 1);
         let after = s.irq.count(v) - before;
         f.push(Finding::check(
             G,
@@ -1036,7 +1036,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         // Each batch's interrupt arrives before the next batch: MSI-X messages of one vector
         // that arrive close together may be merged on the way (a pending APIC vector; QEMU
         // reads the eventfd counter and injects one MSI for it), which is no device's doing.
-        s.settle();
+        s.wait_irqs(v, before + i + 1);
     }
     let irqs = s.irq.count(v) - before;
     let ev = mem.read_u16(ev_addr)?;
@@ -1438,7 +1438,7 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
     let before = s.irq.count(0);
     let gen0 = d.net_config(net_cfg::STATUS, 2)?;
     let requested = announce();
-    s.settle();
+    s.wait_irqs(0, before + 1);
     let status = d.net_config(net_cfg::STATUS, 2)?;
     let irq = s.irq.count(0) - before;
     f.push(Finding::check(

@@ -115,6 +115,21 @@ impl Session {
         }
     }
 
+    /// Waits until vector `v` has counted at least `count` interrupts (at most 2 s: the pump
+    /// thread may be starved on a loaded machine), then [`Session::settle`]s so that extra
+    /// ones are counted too. For checks that expect a known number of interrupts; a check that
+    /// expects none can only settle.
+    pub fn wait_irqs(&self, v: u16, count: u64) {
+        if self.irq_latency.is_zero() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        while self.irq.count(v) < count && t0.elapsed() < std::time::Duration::from_secs(2) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.settle();
+    }
+
     /// Whether the transport still reaches the device: a config-space read of the vendor ID.
     /// `Err` only when the transport itself failed (not for a device that answers oddly).
     pub fn reachable(&self) -> Result<(), String> {
@@ -241,22 +256,43 @@ impl Target for InProcess {
 /// `Server::run` serves one and returns).
 pub struct OverSocket {
     pub path: std::path::PathBuf,
+    /// How long a reply may take before the device counts as unreachable (exit 2).
+    pub reply_timeout: std::time::Duration,
 }
 
 impl OverSocket {
+    /// Twice QEMU's vfio-user reply timeout (x-msg-timeout, 5000 ms by default;
+    /// hw/vfio-user/proxy.c): a server slower than that would not run a guest either.
+    pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        OverSocket {
+            path: path.into(),
+            reply_timeout: Self::REPLY_TIMEOUT,
+        }
+    }
+
     fn connect(&self, retry_for: std::time::Duration) -> Result<Session, ValidateError> {
         use crate::vfio_user::client::Client;
         let err = |e: &dyn std::fmt::Display| {
             ValidateError::Target(format!("{}: {e}", self.path.display()))
         };
         let t0 = std::time::Instant::now();
-        let c = loop {
-            match Client::connect(&self.path) {
-                Ok(c) => break c,
-                Err(e) if t0.elapsed() >= retry_for => return Err(err(&e)),
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(&self.path) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() >= retry_for => {
+                    return Err(err(&format!("connecting: {e}")))
+                }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         };
+        // A server that accepts and then does not answer (the handshake or any later request)
+        // is unreachable, reported within the timeout rather than waited for forever.
+        stream
+            .set_read_timeout(Some(self.reply_timeout))
+            .map_err(|e| err(&e))?;
+        let c = Client::from_stream(stream).map_err(|e| err(&format!("handshake: {e}")))?;
         tracing::info!(path = %self.path.display(), "connected");
         // Every register write waits for its reply, so a doorbell's work is done when the
         // write returns, as with a CPU's non-posted access followed by a read.

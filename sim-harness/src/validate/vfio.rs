@@ -337,8 +337,7 @@ impl VfioHandle {
         // width on the device fd, which vfio-pci turns into ioread/iowrite of that width);
         // an 8-byte register is accessed as two dwords, low first, as DPDK's
         // io_write64_twopart (drivers/vdpa/ifc/base/ifcvf.c) does on real boards.
-        let r2 = |o, w| f(r, o, w);
-        let mut go = r2;
+        let mut go = |o, w| f(r, o, w);
         let res = if len == 8 {
             go(offset, 4).and_then(|()| go(offset + 4, 4))
         } else {
