@@ -13,6 +13,10 @@
 #   FRONTEND  (vdpa) virtio-user: testpmd --vdev net_virtio_user (io forwarding, --tx-first)
 #             lm: our vhost-user frontend, which checks the driver's hardware (or software) logging
 #   VDPA_ARGS (vdpa) extra devargs for the ifc driver, e.g. ",sw-live-migration=1"
+#   ROLE=validate: VALIDATE="NAME=BDF ..." -- each function is bound to vfio-pci and checked with
+#             `vdpa-emu validate --vfio BDF` (the binary: /dpdk/vdpa-emu, run in the DPDK tree's
+#             chroot for its glibc); the JUnit report goes to the console between
+#             E2E-JUNIT-BEGIN NAME / E2E-JUNIT-END NAME, one "E2E-JUNIT " line per XML line
 # Lines: E2E-RESULT testpmd_rx=N testpmd_tx=N ...; the frontend prints its own E2E-RESULT lines.
 
 C=/mnt/dpdk
@@ -102,6 +106,7 @@ log "role=$ROLE bdf=$BDF"
 dpdk_setup
 case "$ROLE" in
   vhost-vdpa) vhost_vdpa_bind "$BDF" ;;
+  validate) ;; # binds each function of VALIDATE itself
   *) vfio_bind "$BDF" ;;
 esac
 EAL="-l 0-1 -n 1 --file-prefix=e2e --huge-dir=/mnt/huge -m 256"
@@ -180,6 +185,30 @@ case "$ROLE" in
     # how ifcvf wired its MSI-X vectors (ifcvf_request_irq: per vq, vqs sharing one, or one for
     # everything), from the names it gave them; they are freed at stop, so read the log of them
     res ifcvf_irqs="$(cat /tmp/ifcvf-irqs 2> /dev/null || echo none)"
+    ;;
+  validate)
+    cp /dpdk/vdpa-emu "$C/tmp/" || fail "no vdpa-emu binary"
+    # the functions are independent: validate them side by side (most of the time is spent
+    # waiting for trapped register accesses, not computing)
+    for nb in $VALIDATE; do
+      name=${nb%%=*}
+      bdf=${nb#*=}
+      vfio_bind "$bdf"
+      ( t0=$(now_cs)
+        in_c env RUST_LOG=sim_harness::validate=info /tmp/vdpa-emu validate --vfio "$bdf" \
+          --no-wraparound --format junit > "/tmp/v-$name.xml" 2> "/tmp/v-$name.err"
+        echo "$? $(($(now_cs) - t0))" > "/tmp/v-$name.rc" ) &
+    done
+    wait
+    for nb in $VALIDATE; do
+      name=${nb%%=*}
+      echo "E2E-JUNIT-BEGIN $name"
+      sed 's/^/E2E-JUNIT /' "/tmp/v-$name.xml"
+      echo "E2E-JUNIT-END $name"
+      sed "s/^/E2E-LOG validate $name: /" "/tmp/v-$name.err" | tail -n 40
+      read -r rc cs < "/tmp/v-$name.rc"
+      res "validate_${name}_exit=$rc" "validate_${name}_cs=$cs"
+    done
     ;;
   *) fail "unknown ROLE $ROLE" ;;
 esac

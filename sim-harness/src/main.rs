@@ -49,20 +49,30 @@ enum Cmd {
     /// vfio-user device with --socket.
     Validate {
         /// Validate the vfio-user device at this socket instead of the built-in model (it must
-        /// loop frames back, e.g. `vdpa-emu serve --port loopback`).
-        #[arg(long)]
+        /// loop frames back, e.g. `vdpa-emu serve --port loopback`). One connection is made.
+        #[arg(long, conflicts_with = "vfio")]
         socket: Option<std::path::PathBuf>,
-        /// Queue pairs of the built-in model.
-        #[arg(long, default_value_t = 4)]
+        /// Validate the PCI function at this address (DDDD:BB:DD.F), bound to vfio-pci, through
+        /// Linux VFIO (a board, or a device in a guest behind a vIOMMU). It must loop frames
+        /// back. See docs/validate.md.
+        #[arg(long, value_parser = parse_bdf)]
+        vfio: Option<sim_harness::validate::vfio::Bdf>,
+        /// Open a new session for every check group instead of one for the whole run (only
+        /// for devices that need it; a server that accepts one connection then fails).
+        #[arg(long)]
+        reconnect_per_group: bool,
+        /// Queue pairs of the built-in model (1..=32; a served device has its own).
+        #[arg(long, default_value_t = 4, value_parser = parse_queue_pairs, conflicts_with_all = ["socket", "vfio"])]
         queue_pairs: u16,
         /// LM block layout the device presents: dpdk or linux.
         #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
         lm_layout: bar_registers::LmLayout,
-        /// Dirty-log granularity the device declares (4K, 64K, 2M).
-        #[arg(long, default_value = "4K", value_parser = parse_size)]
+        /// Dirty-log granularity the device declares: a power of two from 4K (4K, 64K, 2M).
+        #[arg(long, default_value = "4K", value_parser = parse_log_granularity)]
         log_granularity: u64,
-        /// Inject a device bug into the built-in model (see --list-quirks).
-        #[arg(long = "quirk", value_parser = parse_quirk)]
+        /// Inject a device bug into the built-in model (see --list-quirks). A served device
+        /// gets its quirks from `vdpa-emu serve --quirk`.
+        #[arg(long = "quirk", value_parser = parse_quirk, conflicts_with_all = ["socket", "vfio"])]
         quirks: Vec<device::Quirk>,
         /// List the quirks and exit.
         #[arg(long)]
@@ -248,6 +258,11 @@ fn parse_log_granularity(s: &str) -> Result<u64, String> {
     Ok(g)
 }
 
+fn parse_bdf(s: &str) -> Result<sim_harness::validate::vfio::Bdf, String> {
+    s.parse()
+        .map_err(|e: sim_harness::validate::vfio::VfioError| e.to_string())
+}
+
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
     bar_registers::LmLayout::parse(s)
         .ok_or_else(|| format!("unknown LM layout {s:?}: use dpdk or linux"))
@@ -387,6 +402,8 @@ fn main() -> ExitCode {
         }
         Cmd::Validate {
             socket,
+            vfio,
+            reconnect_per_group,
             queue_pairs,
             lm_layout,
             log_granularity,
@@ -407,24 +424,20 @@ fn main() -> ExitCode {
                 lm_layout,
                 log_granularity,
                 wraparound: !no_wraparound,
+                reconnect_per_group,
             };
-            let r = match socket {
-                Some(path) => sim_harness::validate::run_groups(
-                    &sim_harness::validate::OverSocket { path },
-                    &o,
-                    &groups,
-                ),
-                None => sim_harness::validate::run_groups(
-                    &sim_harness::validate::InProcess { cfg },
-                    &o,
-                    &groups,
-                ),
+            use sim_harness::validate::{self as v, Target};
+            let target: Box<dyn Target> = match (socket, vfio) {
+                (Some(path), _) => Box::new(v::OverSocket::new(path)),
+                (None, Some(bdf)) => Box::new(v::vfio::OverVfio::new(bdf)),
+                (None, None) => Box::new(v::InProcess { cfg }),
             };
-            let r = match r {
+            let r = match v::run_groups(target.as_ref(), &o, &groups) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("vdpa-emu validate: {e}");
-                    return ExitCode::from(2);
+                    // Could not reach or drive the device: nothing was learnt about it.
+                    eprintln!("vdpa-emu validate: could not open the device: {e}");
+                    return ExitCode::from(v::EXIT_UNREACHABLE);
                 }
             };
             match format.as_str() {
@@ -432,11 +445,10 @@ fn main() -> ExitCode {
                 "junit" => print!("{}", r.junit()),
                 _ => print!("{}", r.table()),
             }
-            if r.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            if let Some(why) = &r.aborted {
+                eprintln!("vdpa-emu validate: lost the device: {why}");
             }
+            ExitCode::from(r.exit_code())
         }
         Cmd::Registers {
             format,

@@ -1079,6 +1079,14 @@ impl Serve {
             self.socket.display()
         )
     }
+
+    /// [`Serve::device_arg`] at a fixed PCI slot of the guest's root bus (BDF 0000:00:SLOT.0).
+    fn device_arg_at(&self, slot: u8) -> String {
+        format!(
+            r#"{{"driver":"vfio-user-pci","socket":{{"type":"unix","path":"{}"}},"addr":"{slot:x}.0"}}"#,
+            self.socket.display()
+        )
+    }
 }
 
 impl Drop for Serve {

@@ -18,6 +18,7 @@ fn validate(quirks: Quirks, lm_layout: LmLayout, wraparound: bool) -> Report {
             ..Default::default()
         },
     )
+    .expect("the built-in model opens")
 }
 
 #[test]
@@ -61,7 +62,7 @@ fn each_quirk_fails_exactly_its_check() {
                 );
             } else {
                 assert!(
-                    matches!(g.verdict, Verdict::Pass | Verdict::Skip),
+                    matches!(g.verdict, Verdict::Pass | Verdict::NotRun),
                     "{}: {} should not fail:\n{}",
                     q.name(),
                     g.id,
@@ -97,6 +98,7 @@ fn report_formats() {
     let odd = Report {
         target: "device \u{1}\u{7}\t\"x\"\\".into(),
         groups: Vec::new(),
+        aborted: None,
     };
     let back: serde_json::Value = serde_json::from_str(&odd.json()).expect("still JSON");
     assert_eq!(back["target"], odd.target);
@@ -135,15 +137,28 @@ fn served(
     std::path::PathBuf,
     std::thread::JoinHandle<()>,
 ) {
+    served_with(quirks, true, "")
+}
+
+fn served_with(
+    quirks: Quirks,
+    offer_packed: bool,
+    tag: &str,
+) -> (
+    std::sync::Arc<sim_harness::serve::DeviceServer>,
+    std::path::PathBuf,
+    std::thread::JoinHandle<()>,
+) {
     use sim_harness::serve::DeviceBackend;
     use sim_harness::vfio_user::server::{Server, ServerOptions};
     let mut cfg = DeviceConfig::with_queue_pairs(2);
     cfg.msix_owner = device::MsixOwner::Vmm;
     cfg.quirks = quirks;
+    cfg.offer_packed = offer_packed;
     let dev = device::Device::new(cfg).unwrap();
     dev.set_loopback();
     let dir = std::env::temp_dir().join(format!(
-        "vdpa-validate-{}-{}",
+        "vdpa-validate-{}-{}{tag}",
         std::process::id(),
         quirks.iter().count()
     ));
@@ -170,12 +185,15 @@ fn validates_a_device_over_vfio_user() {
     ] {
         let (server, path, t) = served(quirks);
         let r = run(
-            &sim_harness::validate::OverSocket { path: path.clone() },
+            &sim_harness::validate::OverSocket::new(path.clone()),
             &ValidateOptions {
                 wraparound: false,
                 ..Default::default()
             },
-        );
+        )
+        .expect("the served device opens");
+        // One connection for the whole run, the device reset between groups.
+        assert_eq!(server.stats().accepted, 1, "{}", r.table());
         server.stop_handle().trigger();
         let _ = std::os::unix::net::UnixStream::connect(&path);
         t.join().unwrap();
@@ -184,21 +202,165 @@ fn validates_a_device_over_vfio_user() {
             match failing {
                 Some(id) if g.id == id => assert_eq!(g.verdict, Verdict::Fail, "{}", r.table()),
                 _ => assert!(
-                    matches!(g.verdict, Verdict::Pass | Verdict::Skip),
+                    matches!(g.verdict, Verdict::Pass | Verdict::NotRun),
                     "{}: {}",
                     g.id,
                     r.table()
                 ),
             }
         }
-        // No VMM hook over the socket: the announce request is reported as skipped, not passed.
+        // No VMM hook over the socket: the announce request is reported as not run, not passed.
         let ga = r.group("guest-announce").unwrap();
         assert!(
             ga.findings
                 .iter()
-                .any(|f| f.verdict == Verdict::Skip && f.name.contains("on request")),
+                .any(|f| f.verdict == Verdict::NotRun && f.name.contains("on request")),
             "{}",
             r.table()
         );
     }
+}
+
+fn stop(
+    server: &sim_harness::serve::DeviceServer,
+    path: &std::path::Path,
+    t: std::thread::JoinHandle<()>,
+) {
+    server.stop_handle().trigger();
+    let _ = std::os::unix::net::UnixStream::connect(path);
+    t.join().unwrap();
+}
+
+/// `reconnect_per_group` keeps the old behaviour: a connection per group that runs.
+#[test]
+fn reconnect_per_group_opens_a_session_per_group() {
+    let (server, path, t) = served_with(Quirks::NONE, true, "-reconnect");
+    let groups: Vec<String> = ["pci-structure", "feature-awareness", "reset"]
+        .map(String::from)
+        .into();
+    let r = sim_harness::validate::run_groups(
+        &sim_harness::validate::OverSocket::new(path.clone()),
+        &ValidateOptions {
+            wraparound: false,
+            reconnect_per_group: true,
+            ..Default::default()
+        },
+        &groups,
+    )
+    .unwrap();
+    let accepted = server.stats().accepted;
+    stop(&server, &path, t);
+    assert!(r.passed(), "{}", r.table());
+    assert_eq!(accepted, 3, "{}", r.table());
+}
+
+/// A device that does not offer the packed ring: that group is NOT RUN with the reason, the
+/// others pass, the run passes (exit 0), and the summary counts it.
+#[test]
+fn a_group_the_device_cannot_take_part_in_is_not_run() {
+    let (server, path, t) = served_with(Quirks::NONE, false, "-nopacked");
+    let r = sim_harness::validate::run_groups(
+        &sim_harness::validate::OverSocket::new(path.clone()),
+        &ValidateOptions {
+            wraparound: false,
+            ..Default::default()
+        },
+        &["pci-structure".into(), "ring-layout-packed".into()],
+    )
+    .unwrap();
+    stop(&server, &path, t);
+    let g = r.group("ring-layout-packed").unwrap();
+    assert_eq!(g.verdict, Verdict::NotRun, "{}", r.table());
+    assert!(
+        g.findings[0]
+            .observed
+            .contains("VIRTIO_F_RING_PACKED not offered"),
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.exit_code(), sim_harness::validate::EXIT_PASS);
+    assert_eq!(r.group_counts().not_run, 1);
+    assert!(r.table().contains("1 NOT RUN"), "{}", r.table());
+    let x = r.junit();
+    assert!(x.contains("<skipped message=\"NOT RUN: "), "{x}");
+}
+
+/// The device goes away part-way: the run ends at once, the rest is NOT RUN (never FAIL), and
+/// the exit code says the validator could not drive the device (2), not that it failed (1).
+#[test]
+fn losing_the_device_mid_run_aborts_with_exit_2() {
+    let (server, path, t) = served_with(Quirks::NONE, true, "-lost");
+    let s2 = server.clone();
+    // Stop the server once the run is well into the groups after pci-structure.
+    let killer = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        while s2.stats().messages < 3000 && t0.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        s2.stop_handle().trigger();
+    });
+    let t0 = std::time::Instant::now();
+    let r = run(
+        &sim_harness::validate::OverSocket::new(path.clone()),
+        &ValidateOptions {
+            wraparound: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    killer.join().unwrap();
+    let _ = std::os::unix::net::UnixStream::connect(&path);
+    t.join().unwrap();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    assert!(r.aborted.is_some(), "{}", r.table());
+    assert_eq!(r.exit_code(), sim_harness::validate::EXIT_UNREACHABLE);
+    assert!(!r.passed());
+    assert_eq!(r.group("pci-structure").unwrap().verdict, Verdict::Pass);
+    assert_eq!(
+        r.group("reset").unwrap().verdict,
+        Verdict::NotRun,
+        "{}",
+        r.table()
+    );
+    for g in &r.groups {
+        assert_ne!(g.verdict, Verdict::Fail, "{}: {}", g.id, r.table());
+    }
+    assert!(r.table().contains("RESULT: INCOMPLETE"), "{}", r.table());
+    assert!(r.junit().contains("<error message="), "{}", r.junit());
+}
+
+/// The socket is not there: an error at once, no report, no retry loop.
+#[test]
+fn an_absent_socket_is_an_error_within_a_second() {
+    let t0 = std::time::Instant::now();
+    let e = run(
+        &sim_harness::validate::OverSocket::new(
+            std::env::temp_dir().join(format!("vdpa-none-{}.sock", std::process::id())),
+        ),
+        &ValidateOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("vdpa-none-"), "{e}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+}
+
+/// A server that accepts and never answers: unreachable within the reply timeout, not a hang.
+#[test]
+fn a_server_that_never_answers_is_unreachable_within_the_timeout() {
+    let path = std::env::temp_dir().join(format!("vdpa-mute-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let t0 = std::time::Instant::now();
+    let mut target = sim_harness::validate::OverSocket::new(path.clone());
+    target.reply_timeout = std::time::Duration::from_millis(300);
+    let e = run(&target, &ValidateOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("handshake"), "{e}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(held.join().unwrap());
+    let _ = std::fs::remove_file(&path);
 }

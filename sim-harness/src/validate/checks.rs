@@ -1,5 +1,7 @@
-//! The checks. Every group gets a fresh session; findings name what was expected, what was
-//! observed, and the register or ring address involved.
+//! The checks. Every group runs in the run's one session, on a device reset between groups;
+//! findings name what was expected, what was observed, and the register or ring address
+//! involved. [`identify`] reads once what the groups depend on, so that a group the device
+//! cannot take part in is NOT RUN with the reason instead of failing.
 
 use super::locate;
 use super::report::Finding;
@@ -42,9 +44,133 @@ pub(super) fn check(id: &str) -> Option<GroupFn> {
     CHECKS.iter().find(|c| c.0 == id).map(|c| c.1)
 }
 
-/// Runs group `id` on a fresh session. An id with no checks is a failed finding, never an
-/// empty (passing) group.
-pub(super) fn run_group(id: &'static str, s: Session, o: &ValidateOptions) -> Findings {
+/// What the device is, as far as the groups depend on it: read once at the start of a run
+/// from config space and the common config, before any group.
+#[derive(Clone, Debug)]
+pub(super) struct Identity {
+    /// What was found: IDs and class.
+    pub found: String,
+    /// Why the device is not a virtio-net function the checks can drive (`None`: it is).
+    pub not_virtio_net: Option<String>,
+    /// Why the LM block (BAR4 with every queue's ring state) is missing (`None`: present).
+    pub no_lm: Option<String>,
+    /// Why the packed-ring group cannot run (`None`: VIRTIO_F_RING_PACKED offered).
+    pub no_packed: Option<String>,
+}
+
+impl Identity {
+    /// Config space itself could not be read: only pci-structure runs (and reports it).
+    pub fn unreadable(why: &str) -> Identity {
+        let r = format!("config space unreadable: {why}");
+        Identity {
+            found: r.clone(),
+            not_virtio_net: Some(r.clone()),
+            no_lm: Some(r.clone()),
+            no_packed: Some(r),
+        }
+    }
+
+    /// Why group `id` cannot run on this device, if it cannot.
+    pub fn gate(&self, id: &str) -> Option<String> {
+        if id == "pci-structure" {
+            return None;
+        }
+        if let Some(why) = &self.not_virtio_net {
+            return Some(format!(
+                "needs a virtio-net function (pci-structure): {why}"
+            ));
+        }
+        match id {
+            "vring-index-rw" | "dirty-log" => self
+                .no_lm
+                .as_ref()
+                .map(|why| format!("needs the LM block in BAR4 (pci-structure): {why}")),
+            "ring-layout-packed" => self.no_packed.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the identity, the virtio capabilities, BAR4's size and the offered features; a
+/// transport failure is an `Err`, everything the device answers is an [`Identity`].
+pub(super) fn identify(s: &Session, o: &ValidateOptions) -> Result<Identity, DriverError> {
+    let raw = read_config(s.handle.as_ref())?;
+    let u16_at = |o: u64| u16::from_le_bytes([raw[o as usize], raw[o as usize + 1]]);
+    let (vendor, device) = (u16_at(hdr::VENDOR_ID), u16_at(hdr::DEVICE_ID));
+    let (sv, sd) = (u16_at(hdr::SUBSYSTEM_VENDOR_ID), u16_at(hdr::SUBSYSTEM_ID));
+    let cc = hdr::CLASS_CODE as usize;
+    let class = (u32::from(raw[cc + 2]) << 16) | (u32::from(raw[cc + 1]) << 8) | u32::from(raw[cc]);
+    let found = format!("{vendor:04x}:{device:04x} subsystem {sv:04x}:{sd:04x}, class {class:06x}");
+    // virtio 1.2 4.1.2.1: modern virtio-net is 1af4:1041; a transitional one is 1af4:1000
+    // with subsystem device 1 (the driver model needs the modern capabilities either way).
+    let net_id =
+        vendor == id::VENDOR && (device == id::DEVICE_NET || (device == 0x1000 && sd == 1));
+    let pci = match probe(s.handle.as_ref()) {
+        Ok(p) => p,
+        Err(DriverError::Access(e)) => return Err(DriverError::Access(e)),
+        Err(e) => {
+            let why = format!("{found}: {e}");
+            return Ok(Identity {
+                found,
+                not_virtio_net: Some(why.clone()),
+                no_lm: Some(why.clone()),
+                no_packed: Some(why),
+            });
+        }
+    };
+    let not_virtio_net = (!net_id).then(|| format!("{found} is not virtio-net (1af4:1041)"));
+    let mut nq = [0u8; 2];
+    s.handle.region_read(
+        pci.common.bar.into(),
+        pci.common.offset + common::NUM_QUEUES,
+        &mut nq,
+    )?;
+    let num_queues = u16::from_le_bytes(nq);
+    let sizes = bar_sizes(s)?;
+    let need = lm::ring_state_offset(o.lm_layout, num_queues.saturating_sub(1)) + 4;
+    let no_lm = if sizes[4] == 0 {
+        Some("no BAR4".to_string())
+    } else {
+        (sizes[4] < need).then(|| {
+            format!(
+                "BAR4 is {:#x} bytes, the ring states of {num_queues} queues need {need:#x}",
+                sizes[4]
+            )
+        })
+    };
+    let (bar, base) = (u32::from(pci.common.bar), pci.common.offset);
+    s.handle.region_write(
+        bar,
+        base + common::DEVICE_FEATURE_SELECT,
+        &1u32.to_le_bytes(),
+    )?;
+    let mut hi = [0u8; 4];
+    s.handle
+        .region_read(bar, base + common::DEVICE_FEATURE, &mut hi)?;
+    s.handle.region_write(
+        bar,
+        base + common::DEVICE_FEATURE_SELECT,
+        &0u32.to_le_bytes(),
+    )?;
+    let hi = u32::from_le_bytes(hi);
+    let no_packed = (hi & (1 << (bits::RING_PACKED - 32)) == 0)
+        .then(|| format!("VIRTIO_F_RING_PACKED not offered (device features[63:32] {hi:#x})"));
+    Ok(Identity {
+        found,
+        not_virtio_net,
+        no_lm,
+        no_packed,
+    })
+}
+
+/// Runs group `id` in session `s`. An id with no checks is a failed finding, never an empty
+/// (passing) group. The second value is set when the transport to the device failed during
+/// the group: the run cannot go on.
+pub(super) fn run_group(
+    id: &'static str,
+    s: &Session,
+    o: &ValidateOptions,
+) -> (Findings, Option<String>) {
     let mut f = Vec::new();
     let Some(body) = check(id) else {
         f.push(Finding::fail(
@@ -55,9 +181,18 @@ pub(super) fn run_group(id: &'static str, s: Session, o: &ValidateOptions) -> Fi
             "no checks for this id",
             "",
         ));
-        return f;
+        return (f, None);
     };
-    if let Err(e) = body(&s, o, &mut f) {
+    if let Err(e) = body(s, o, &mut f) {
+        if let Err(t) = s.reachable() {
+            // Not the device's fault as far as anyone can tell: the validator lost it.
+            f.push(Finding::not_run(
+                id,
+                "rest of the group",
+                &format!("transport to the device failed ({e}); device unreachable: {t}"),
+            ));
+            return (f, Some(format!("during {id}: {t}")));
+        }
         // A driver-level failure in the middle of a check is itself a failed MUST: a real
         // driver would have hit it too.
         f.push(Finding::fail(
@@ -69,10 +204,16 @@ pub(super) fn run_group(id: &'static str, s: Session, o: &ValidateOptions) -> Fi
             "",
         ));
     }
-    f
+    (f, None)
 }
 
-fn driver(s: &Session, opts: DriverOptions) -> Result<NetDriver, DriverError> {
+/// Guest memory of each driver instance the checks start: enough for two queue pairs of 256
+/// entries with their buffers. Every instance maps it for the device; through VFIO behind an
+/// IOMMU that is one IOTLB entry per 4 KiB page, so it is kept small.
+const DRIVER_MEMORY: u64 = 16 << 20;
+
+fn driver(s: &Session, mut opts: DriverOptions) -> Result<NetDriver, DriverError> {
+    opts.memory = opts.memory.min(DRIVER_MEMORY);
     NetDriver::new(s.handle.clone(), s.irq.clone(), opts)
 }
 
@@ -135,8 +276,52 @@ fn bar_sizes(s: &Session) -> Result<[u64; 6], DriverError> {
 
 fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
     const G: &str = "pci-structure";
+    // Identity first, from raw config space: a device that is not virtio at all is still
+    // named in the report by what it is.
+    let raw = read_config(s.handle.as_ref())?;
+    let u16_at = |o: u64| u16::from_le_bytes([raw[o as usize], raw[o as usize + 1]]);
+    let (vendor, device) = (u16_at(hdr::VENDOR_ID), u16_at(hdr::DEVICE_ID));
+    let (sv, sd) = (u16_at(hdr::SUBSYSTEM_VENDOR_ID), u16_at(hdr::SUBSYSTEM_ID));
+    let cc = hdr::CLASS_CODE as usize;
+    let class = (u32::from(raw[cc + 2]) << 16) | (u32::from(raw[cc + 1]) << 8) | u32::from(raw[cc]);
+    let revision = raw[hdr::REVISION_ID as usize];
+    let ids_ok = vendor == id::VENDOR
+        && device == id::DEVICE_NET
+        && sv == id::SUBSYS_VENDOR
+        && sd == id::SUBSYS_DEVICE_NET;
+    f.push(Finding::check(
+        G,
+        "identity the IFC VF drivers match",
+        true,
+        ids_ok,
+        &format!(
+            "{} (ifcvf_vdpa.c pci_id_ifcvf_map, ifcvf_main.c ifcvf_pci_ids)",
+            locate::expected_ids()
+        ),
+        &format!("{vendor:04x}:{device:04x} subsystem {sv:04x}:{sd:04x}, class {class:06x}"),
+        &locate::config_at(&[hdr::VENDOR_ID, hdr::SUBSYSTEM_VENDOR_ID]),
+    ));
+    f.push(Finding::check(
+        G,
+        "class network/ethernet",
+        false,
+        class == id::CLASS,
+        &locate::expected_class(),
+        &format!("{class:#08x}"),
+        &locate::config(hdr::CLASS_CODE),
+    ));
+    f.push(Finding::check(
+        G,
+        "revision >= 1 (non-transitional)",
+        false,
+        revision >= 1,
+        ">= 1 (virtio 1.2 4.1.2.1)",
+        &revision.to_string(),
+        &locate::config(hdr::REVISION_ID),
+    ));
     let pci = match probe(s.handle.as_ref()) {
         Ok(p) => p,
+        Err(DriverError::Access(e)) => return Err(DriverError::Access(e)),
         Err(e) => {
             f.push(Finding::fail(
                 G,
@@ -149,43 +334,6 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
             return Ok(());
         }
     };
-    let ids_ok = pci.vendor == id::VENDOR
-        && pci.device == id::DEVICE_NET
-        && pci.subsys_vendor == id::SUBSYS_VENDOR
-        && pci.subsys_device == id::SUBSYS_DEVICE_NET;
-    f.push(Finding::check(
-        G,
-        "identity the IFC VF drivers match",
-        true,
-        ids_ok,
-        &format!(
-            "{} (ifcvf_vdpa.c pci_id_ifcvf_map, ifcvf_main.c ifcvf_pci_ids)",
-            locate::expected_ids()
-        ),
-        &format!(
-            "{:04x}:{:04x} subsystem {:04x}:{:04x}",
-            pci.vendor, pci.device, pci.subsys_vendor, pci.subsys_device
-        ),
-        &locate::config_at(&[hdr::VENDOR_ID, hdr::SUBSYSTEM_VENDOR_ID]),
-    ));
-    f.push(Finding::check(
-        G,
-        "class network/ethernet",
-        false,
-        pci.class == id::CLASS,
-        &locate::expected_class(),
-        &format!("{:#08x}", pci.class),
-        &locate::config(hdr::CLASS_CODE),
-    ));
-    f.push(Finding::check(
-        G,
-        "revision >= 1 (non-transitional)",
-        false,
-        pci.revision >= 1,
-        ">= 1 (virtio 1.2 4.1.2.1)",
-        &pci.revision.to_string(),
-        &locate::config(hdr::REVISION_ID),
-    ));
     let sizes = bar_sizes(s)?;
     for b in [0usize, 2, 4] {
         f.push(Finding::check(
@@ -351,6 +499,31 @@ fn roundtrip(
             break;
         }
     }
+    // A device may finish after the doorbell's write has returned (posted writes through a
+    // VMM, a board that works asynchronously): wait for the rest, until 500 ms pass with
+    // nothing new, the way a polling driver would.
+    let mut idle = std::time::Instant::now();
+    while !sent.is_empty() && idle.elapsed() < std::time::Duration::from_millis(500) {
+        let got = d.recv(0)?;
+        if got.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        }
+        idle = std::time::Instant::now();
+        for got in got {
+            let want = sent.pop_front();
+            if want.as_deref() == Some(&got[..]) {
+                matched += 1;
+            } else if first.is_none() {
+                first = Some(format!(
+                    "frame {} came back as {} bytes, sent {} bytes",
+                    matched,
+                    got.len(),
+                    want.map_or(0, |w| w.len())
+                ));
+            }
+        }
+    }
     Ok((n, matched, first))
 }
 
@@ -437,7 +610,7 @@ fn ring_layout_split(
             "TX queue 1",
         )?;
     } else {
-        f.push(Finding::skip(
+        f.push(Finding::not_run(
             G,
             "indirect descriptor tables (TX)",
             "VIRTIO_F_INDIRECT_DESC not offered",
@@ -501,7 +674,7 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
     const G: &str = "ring-layout-packed";
     let feats = driver(s, DriverOptions::default())?.device_features_probe()?;
     if feats & (1 << bits::RING_PACKED) == 0 {
-        f.push(Finding::skip(
+        f.push(Finding::not_run(
             G,
             "packed ring",
             "VIRTIO_F_RING_PACKED not offered",
@@ -564,7 +737,7 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
             "TX queue 1",
         )?;
     } else {
-        f.push(Finding::skip(
+        f.push(Finding::not_run(
             G,
             "indirect tables of packed descriptors (TX, 2.8.7)",
             "VIRTIO_F_INDIRECT_DESC not offered",
@@ -770,7 +943,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         ),
     ] {
         if name.contains("MQ") && offered & (1 << bits::MQ) == 0 {
-            f.push(Finding::skip(G, name, "MQ not offered"));
+            f.push(Finding::not_run(G, name, "MQ not offered"));
             continue;
         }
         let st_read = try_features(&d, s, feats)?;
@@ -813,7 +986,7 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         s.settle();
         let mid = s.irq.count(v) - before;
         d.send(0, &[&frames::build(MAC, MAC, 0, 19, 64, &mut rng)])?;
-        s.settle();
+        s.wait_irqs(v, before + 1);
         let after = s.irq.count(v) - before;
         f.push(Finding::check(
             G,
@@ -860,8 +1033,11 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
     let mut rng = SmallRng::seed_from_u64(4);
     for i in 0..5u64 {
         d.send(0, &[&frames::build(MAC, MAC, 0, i, 64, &mut rng)])?;
+        // Each batch's interrupt arrives before the next batch: MSI-X messages of one vector
+        // that arrive close together may be merged on the way (a pending APIC vector; QEMU
+        // reads the eventfd counter and injects one MSI for it), which is no device's doing.
+        s.wait_irqs(v, before + i + 1);
     }
-    s.settle();
     let irqs = s.irq.count(v) - before;
     let ev = mem.read_u16(ev_addr)?;
     f.push(Finding::check(
@@ -1228,6 +1404,10 @@ fn dirty_log(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), D
     ));
     d.disable_logging()?;
     d.reset()?;
+    // The log goes with the group: the session (and the device) live on.
+    s.handle
+        .dma_unmap(DPDK_LOG_IOVA, full_len + PAGE_SIZE)
+        .map_err(|e| DriverError::Usage(e.to_string()))?;
     Ok(())
 }
 
@@ -1247,7 +1427,7 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         "common cfg device_feature bit 21",
     ));
     let Some(announce) = &s.announce else {
-        f.push(Finding::skip(
+        f.push(Finding::not_run(
             G,
             "ANNOUNCE on request",
             "the target has no VMM hook to request an announce",
@@ -1258,7 +1438,7 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
     let before = s.irq.count(0);
     let gen0 = d.net_config(net_cfg::STATUS, 2)?;
     let requested = announce();
-    s.settle();
+    s.wait_irqs(0, before + 1);
     let status = d.net_config(net_cfg::STATUS, 2)?;
     let irq = s.irq.count(0) - before;
     f.push(Finding::check(

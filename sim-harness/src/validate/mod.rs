@@ -10,12 +10,16 @@
 mod checks;
 mod locate;
 pub mod report;
+#[cfg(target_os = "linux")]
+pub mod vfio;
 
 use crate::driver::{DeviceHandle, DriverError};
 use device::{Device, DeviceConfig, InterruptRecorder};
 use std::sync::Arc;
 
-pub use report::{Finding, GroupResult, Report, Verdict};
+pub use report::{
+    Counts, Finding, GroupResult, Report, Verdict, EXIT_DEVICE_FAILED, EXIT_PASS, EXIT_UNREACHABLE,
+};
 
 /// Check groups, in report order: (id, title).
 pub const GROUPS: &[(&str, &str)] = &[
@@ -56,7 +60,8 @@ pub fn owning_group(q: device::Quirk) -> &'static str {
     }
 }
 
-/// Why validation could not run (as opposed to a check that failed).
+/// Why validation could not run (as opposed to a check that failed): `vdpa-emu validate`
+/// exits 2 for these.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
     #[error("creating the device: {0}")]
@@ -67,9 +72,18 @@ pub enum ValidateError {
     Target(String),
     #[error("unknown check group `{id}`; the groups are: {known}")]
     UnknownGroup { id: String, known: String },
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Vfio(#[from] vfio::VfioError),
 }
 
-/// One connection to the device under test, fresh for each check group.
+/// A device-level reset the target offers besides the virtio one (vfio-user DEVICE_RESET,
+/// VFIO_DEVICE_RESET, which is an FLR where the function offers one); `Err` carries why it
+/// failed.
+pub type DeviceReset = Box<dyn Fn() -> Result<(), String> + Send>;
+
+/// One open connection to the device under test. The validator opens it once and runs every
+/// group in it, resetting the device between groups (see [`Session::reset_between_groups`]).
 pub struct Session {
     pub handle: Arc<dyn DeviceHandle>,
     pub irq: Arc<InterruptRecorder>,
@@ -77,13 +91,26 @@ pub struct Session {
     /// the target has one.
     pub announce: Option<Box<dyn Fn() -> bool + Send>>,
     /// How long interrupts may take to reach `irq` after the register access that caused
-    /// them returned (0 in-process; eventfds and a pump thread over vfio-user).
+    /// them returned (0 in-process; eventfds and a pump thread over vfio-user and VFIO).
     pub irq_latency: std::time::Duration,
+    /// The target's device-level reset, run between groups after the virtio reset.
+    pub device_reset: Option<DeviceReset>,
     /// Whatever must live as long as the session (a socket client's interrupt pump).
     pub keep: Option<Box<dyn std::any::Any + Send>>,
     /// Delivers, on the calling thread, every interrupt the device has already signalled (a
     /// socket client's eventfd drain), so counts do not depend on when a pump thread runs.
     pub irq_sync: Option<Box<dyn Fn() + Send>>,
+}
+
+/// Why the device could not be put back to a clean state between two groups.
+#[derive(Debug, thiserror::Error)]
+pub enum BetweenGroups {
+    /// The device did not come out of reset: a device failure (the next group fails).
+    #[error("{0}")]
+    Device(String),
+    /// The validator lost the device: the run ends (exit 2).
+    #[error("{0}")]
+    Transport(String),
 }
 
 impl Session {
@@ -116,33 +143,127 @@ impl Session {
             last = now;
         }
     }
+
+    /// Waits until vector `v` has counted at least `count` interrupts (at most 2 s: the pump
+    /// thread may be starved on a loaded machine), then [`Session::settle`]s so that extra
+    /// ones are counted too. For checks that expect a known number of interrupts; a check that
+    /// expects none can only settle.
+    pub fn wait_irqs(&self, v: u16, count: u64) {
+        if self.irq_latency.is_zero() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(f) = &self.irq_sync {
+                f();
+            }
+            if self.irq.count(v) >= count || t0.elapsed() >= std::time::Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.settle();
+    }
+
+    /// Whether the transport still reaches the device: a config-space read of the vendor ID.
+    /// `Err` only when the transport itself failed (not for a device that answers oddly).
+    pub fn reachable(&self) -> Result<(), String> {
+        let mut b = [0u8; 2];
+        match self
+            .handle
+            .region_read(bar_registers::REGION_CONFIG, 0, &mut b)
+        {
+            Err(device::AccessError::Transport(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// What a driver does when it lets go of a device and another binds it: virtio reset
+    /// (device_status = 0, then poll until it reads 0; virtio 1.2 4.1.4.3.1, ifcvf_reset in
+    /// DPDK drivers/vdpa/ifc/base/ifcvf.c), the target's device reset (FLR through VFIO,
+    /// DEVICE_RESET over vfio-user), and every DMA mapping removed.
+    pub fn reset_between_groups(&self) -> Result<(), BetweenGroups> {
+        let _s = tracing::debug_span!("reset_between_groups").entered();
+        let transport = |e: String| BetweenGroups::Transport(e);
+        // Only a device that probes as virtio has a device_status to reset; the groups that
+        // need one are gated on that (checks::identify).
+        if let Ok(pci) = crate::driver::probe::probe(self.handle.as_ref()) {
+            let (bar, off) = (
+                u32::from(pci.common.bar),
+                pci.common.offset + bar_registers::virtio::common::DEVICE_STATUS,
+            );
+            let access = |e: device::AccessError| match e {
+                device::AccessError::Transport(t) => transport(t),
+                e => BetweenGroups::Device(format!("device_status at BAR{bar}+{off:#x}: {e}")),
+            };
+            self.handle.region_write(bar, off, &[0]).map_err(access)?;
+            let t0 = std::time::Instant::now();
+            loop {
+                let mut st = [0u8; 1];
+                self.handle.region_read(bar, off, &mut st).map_err(access)?;
+                if st[0] == 0 {
+                    break;
+                }
+                if t0.elapsed() > std::time::Duration::from_secs(1) {
+                    return Err(BetweenGroups::Device(format!(
+                        "device_status still {:#04x} 1 s after writing 0 (BAR{bar}+{off:#x})",
+                        st[0]
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        if let Some(reset) = &self.device_reset {
+            reset().map_err(|e| {
+                // A reset that fails on a device that is still reachable is the device's.
+                match self.reachable() {
+                    Err(t) => transport(t),
+                    Ok(()) => BetweenGroups::Device(format!("device reset: {e}")),
+                }
+            })?;
+        }
+        self.handle.dma_unmap_all();
+        self.reachable().map_err(transport)
+    }
 }
 
-/// Something the validator can open sessions on.
+/// Something the validator can open a session on.
 pub trait Target {
-    /// A device reset to its power-on state, looping its transmit side back to its receive side.
-    fn session(&self) -> Result<Session, ValidateError>;
+    /// Opens the device: reset to its power-on state, looping its transmit side back to its
+    /// receive side. Fails fast (no long retry loop) when the device cannot be reached.
+    fn open(&self) -> Result<Session, ValidateError>;
+    /// Opens it again after a session was dropped (`--reconnect-per-group`); a target whose
+    /// previous connection may still be closing retries briefly here.
+    fn reopen(&self) -> Result<Session, ValidateError> {
+        self.open()
+    }
     /// For the report header.
     fn describe(&self) -> String;
 }
 
-/// The built-in model, a fresh instance per session.
+/// The built-in model, one instance for the whole run.
 pub struct InProcess {
     pub cfg: DeviceConfig,
 }
 
 impl Target for InProcess {
-    fn session(&self) -> Result<Session, ValidateError> {
+    fn open(&self) -> Result<Session, ValidateError> {
         let dev = Device::new(self.cfg.clone())?;
         dev.set_loopback();
         let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
         dev.set_interrupt_sink(irq.clone());
         let d2 = dev.clone();
+        let d3 = dev.clone();
         Ok(Session {
             handle: dev,
             irq,
             announce: Some(Box::new(move || d2.announce())),
             irq_latency: std::time::Duration::ZERO,
+            // What vfio-user DEVICE_RESET does to the model (the serve backend's reset).
+            device_reset: Some(Box::new(move || {
+                d3.reset();
+                Ok(())
+            })),
             keep: None,
             irq_sync: None,
         })
@@ -167,31 +288,52 @@ impl Target for InProcess {
 /// Any device served over vfio-user (a vendor's model, or `vdpa-emu serve --port loopback`),
 /// reached only through the protocol: region reads and writes, DMA_MAP of the validator's
 /// memfd, MSI-X eventfds. The device must loop its transmit side back to its receive side.
+/// One connection for the whole run: a server may accept only one (the vfio_user crate's
+/// `Server::run` serves one and returns).
 pub struct OverSocket {
     pub path: std::path::PathBuf,
+    /// How long a reply may take before the device counts as unreachable (exit 2).
+    pub reply_timeout: std::time::Duration,
 }
 
-impl Target for OverSocket {
-    fn session(&self) -> Result<Session, ValidateError> {
+impl OverSocket {
+    /// Twice QEMU's vfio-user reply timeout (x-msg-timeout, 5000 ms by default;
+    /// hw/vfio-user/proxy.c): a server slower than that would not run a guest either.
+    pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        OverSocket {
+            path: path.into(),
+            reply_timeout: Self::REPLY_TIMEOUT,
+        }
+    }
+
+    fn connect(&self, retry_for: std::time::Duration) -> Result<Session, ValidateError> {
         use crate::vfio_user::client::Client;
-        use device::DmaMapper;
         let err = |e: &dyn std::fmt::Display| {
             ValidateError::Target(format!("{}: {e}", self.path.display()))
         };
-        // One client at a time: the previous session's connection may still be closing.
         let t0 = std::time::Instant::now();
-        let c = loop {
-            match Client::connect(&self.path) {
-                Ok(c) => break c,
-                Err(e) if t0.elapsed() > std::time::Duration::from_secs(5) => return Err(err(&e)),
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(&self.path) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() >= retry_for => {
+                    return Err(err(&format!("connecting: {e}")))
+                }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         };
+        // A server that accepts and then does not answer (the handshake or any later request)
+        // is unreachable, reported within the timeout rather than waited for forever.
+        stream
+            .set_read_timeout(Some(self.reply_timeout))
+            .map_err(|e| err(&e))?;
+        let c = Client::from_stream(stream).map_err(|e| err(&format!("handshake: {e}")))?;
+        tracing::info!(path = %self.path.display(), "connected");
         // Every register write waits for its reply, so a doorbell's work is done when the
         // write returns, as with a CPU's non-posted access followed by a read.
         c.set_posted_writes(false);
         c.reset().map_err(|e| err(&e))?;
-        c.dma_unmap_all();
         let c = Arc::new(c);
         let n = c
             .irq_info(vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX)
@@ -200,14 +342,30 @@ impl Target for OverSocket {
         let irq = Arc::new(InterruptRecorder::new(n.min(u32::from(u16::MAX)) as u16));
         let pump = Arc::new(c.wire_interrupts(irq.clone()).map_err(|e| err(&e))?);
         let drain = pump.clone();
+        let c2 = c.clone();
         Ok(Session {
             handle: c,
             irq,
             announce: None,
             irq_latency: std::time::Duration::from_millis(30),
+            device_reset: Some(Box::new(move || c2.reset().map_err(|e| e.to_string()))),
             keep: Some(Box::new(pump)),
             irq_sync: Some(Box::new(move || drain.drain())),
         })
+    }
+}
+
+impl Target for OverSocket {
+    /// One attempt: a socket that is not there, or a server that does not answer the
+    /// handshake, is reported at once.
+    fn open(&self) -> Result<Session, ValidateError> {
+        self.connect(std::time::Duration::ZERO)
+    }
+
+    /// The previous session's connection may still be closing on the server side (a server
+    /// that serves one client at a time accepts the next only then): retry for up to 2 s.
+    fn reopen(&self) -> Result<Session, ValidateError> {
+        self.connect(std::time::Duration::from_secs(2))
     }
 
     fn describe(&self) -> String {
@@ -224,6 +382,8 @@ pub struct ValidateOptions {
     pub log_granularity: u64,
     /// Run the 2^16 index wrap-around (65,536+ completions; the slowest check).
     pub wraparound: bool,
+    /// Open a new session for every group (the old behaviour) instead of one for the run.
+    pub reconnect_per_group: bool,
 }
 
 impl Default for ValidateOptions {
@@ -232,13 +392,14 @@ impl Default for ValidateOptions {
             lm_layout: bar_registers::LmLayout::Dpdk,
             log_granularity: 4096,
             wraparound: true,
+            reconnect_per_group: false,
         }
     }
 }
 
 /// Runs every check group against `target`.
-pub fn run(target: &dyn Target, o: &ValidateOptions) -> Report {
-    run_groups(target, o, &[]).expect("every group in GROUPS exists")
+pub fn run(target: &dyn Target, o: &ValidateOptions) -> Result<Report, ValidateError> {
+    run_groups(target, o, &[])
 }
 
 /// The groups of `ids` in report order (empty: all of them); an id that names no group is an
@@ -260,32 +421,113 @@ pub fn select_groups(ids: &[String]) -> Result<Vec<(&'static str, &'static str)>
         .collect())
 }
 
-/// Runs the check groups `ids` (empty: all) against `target`.
+/// Runs the check groups `ids` (empty: all) against `target`, in one session unless
+/// `o.reconnect_per_group`.
+///
+/// `Err` when the device could not be opened at all; a device lost part-way gives a report
+/// with [`Report::aborted`] set. Groups whose prerequisites the device lacks (identity, LM
+/// BAR, packed ring) are NOT RUN with the reason.
 pub fn run_groups(
     target: &dyn Target,
     o: &ValidateOptions,
     ids: &[String],
 ) -> Result<Report, ValidateError> {
     let _span = tracing::info_span!("validate").entered();
+    let selected = select_groups(ids)?;
+    let t0 = std::time::Instant::now();
+    let mut session = Some(target.open()?);
+    let mut aborted: Option<String> = None;
+    let ident = {
+        let s = session.as_ref().expect("just opened");
+        match checks::identify(s, o) {
+            Ok(i) => i,
+            Err(e) => match s.reachable() {
+                Err(t) => return Err(ValidateError::Target(format!("transport failed: {t}"))),
+                Ok(()) => checks::Identity::unreadable(&e.to_string()),
+            },
+        }
+    };
+    tracing::info!(?ident, "identified");
     let mut groups = Vec::new();
-    for (id, title) in select_groups(ids)? {
+    let mut first = true;
+    let mut pending_fail: Option<String> = None;
+    for (id, title) in selected {
         let _g = tracing::info_span!("group", id).entered();
-        let findings = match target.session() {
-            Ok(s) => checks::run_group(id, s, o),
-            Err(e) => vec![Finding::fail(
+        if let Some(why) = &aborted {
+            groups.push(GroupResult::new(
                 id,
-                "session",
-                true,
-                "a fresh device session",
-                &e.to_string(),
-                "",
-            )],
+                title,
+                vec![Finding::not_run(
+                    id,
+                    "group",
+                    &format!("the run ended before this group: {why}"),
+                )],
+            ));
+            continue;
+        }
+        if let Some(why) = ident.gate(id) {
+            tracing::info!(why, "not run");
+            groups.push(GroupResult::new(
+                id,
+                title,
+                vec![Finding::not_run(id, "group", &why)],
+            ));
+            continue;
+        }
+        // Put the device back to a clean state (or open it again, if told to).
+        if !first {
+            if o.reconnect_per_group {
+                session = None;
+                match target.reopen() {
+                    Ok(s) => session = Some(s),
+                    Err(e) => aborted = Some(format!("reconnecting: {e}")),
+                }
+            } else if let Some(s) = &session {
+                match s.reset_between_groups() {
+                    Ok(()) => {}
+                    Err(BetweenGroups::Device(e)) => pending_fail = Some(e),
+                    Err(BetweenGroups::Transport(e)) => aborted = Some(e),
+                }
+            }
+        }
+        first = false;
+        let Some(s) = session.as_ref().filter(|_| aborted.is_none()) else {
+            let why = aborted.clone().unwrap_or_default();
+            groups.push(GroupResult::new(
+                id,
+                title,
+                vec![Finding::not_run(
+                    id,
+                    "group",
+                    &format!("the run ended before this group: {why}"),
+                )],
+            ));
+            continue;
         };
+        let mut findings = Vec::new();
+        if let Some(e) = pending_fail.take() {
+            findings.push(Finding::fail(
+                id,
+                "device resets before the group",
+                true,
+                "device_status reads 0 after writing 0 and the device reset succeeds",
+                &e,
+                &locate::reg("common_cfg", bar_registers::virtio::common::DEVICE_STATUS),
+            ));
+        }
+        let (f, lost) = checks::run_group(id, s, o);
+        findings.extend(f);
+        if let Some(e) = lost {
+            tracing::error!(error = %e, "device lost");
+            aborted = Some(e);
+        }
         groups.push(GroupResult::new(id, title, findings));
     }
+    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "done");
     Ok(Report {
-        target: target.describe(),
+        target: format!("{} (found {})", target.describe(), ident.found),
         groups,
+        aborted,
     })
 }
 
@@ -325,7 +567,8 @@ mod tests {
         let t = InProcess {
             cfg: DeviceConfig::with_queue_pairs(1),
         };
-        let f = checks::run_group("no-such-group", t.session().unwrap(), &Default::default());
+        let (f, lost) = checks::run_group("no-such-group", &t.open().unwrap(), &Default::default());
+        assert!(lost.is_none());
         assert!(f.iter().any(|f| f.verdict == Verdict::Fail), "{f:?}");
         assert_eq!(
             GroupResult::new("no-such-group", "", f).verdict,

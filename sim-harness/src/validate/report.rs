@@ -12,8 +12,12 @@ pub enum Verdict {
     Fail,
     /// A SHOULD requirement failed.
     Warn,
-    /// Not applicable (feature not offered, hook not available).
-    Skip,
+    /// Not run, with the reason: what it needs is missing (the device is not what the check
+    /// is for, a feature it exercises is not offered, the target has no hook for it), or the
+    /// run ended before it (the device became unreachable). Never counted as a failure, and
+    /// never as a pass.
+    #[serde(rename = "NOT RUN")]
+    NotRun,
 }
 
 impl Verdict {
@@ -22,7 +26,7 @@ impl Verdict {
             Verdict::Pass => "PASS",
             Verdict::Fail => "FAIL",
             Verdict::Warn => "WARN",
-            Verdict::Skip => "SKIP",
+            Verdict::NotRun => "NOT RUN",
         }
     }
 }
@@ -80,13 +84,13 @@ impl Finding {
         Finding::check(group, name, must, false, expected, observed, location)
     }
 
-    /// A skipped finding.
-    pub fn skip(group: &'static str, name: &str, why: &str) -> Finding {
+    /// A finding that was not run, and why.
+    pub fn not_run(group: &'static str, name: &str, why: &str) -> Finding {
         Finding {
             group,
             name: name.into(),
             must: false,
-            verdict: Verdict::Skip,
+            verdict: Verdict::NotRun,
             expected: String::new(),
             observed: why.into(),
             location: String::new(),
@@ -109,8 +113,8 @@ impl GroupResult {
             Verdict::Fail
         } else if findings.iter().any(|f| f.verdict == Verdict::Warn) {
             Verdict::Warn
-        } else if !findings.is_empty() && findings.iter().all(|f| f.verdict == Verdict::Skip) {
-            Verdict::Skip
+        } else if !findings.is_empty() && findings.iter().all(|f| f.verdict == Verdict::NotRun) {
+            Verdict::NotRun
         } else {
             Verdict::Pass
         };
@@ -128,7 +132,52 @@ impl GroupResult {
 pub struct Report {
     pub target: String,
     pub groups: Vec<GroupResult>,
+    /// Set when the validator lost the device part-way (a transport error): the groups from
+    /// there on are NOT RUN, and the run exits 2, not 1.
+    pub aborted: Option<String>,
 }
+
+/// Findings (or groups) by verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub pass: usize,
+    pub fail: usize,
+    pub warn: usize,
+    pub not_run: usize,
+}
+
+impl Counts {
+    fn of(verdicts: impl Iterator<Item = Verdict>) -> Counts {
+        let mut c = Counts::default();
+        for v in verdicts {
+            match v {
+                Verdict::Pass => c.pass += 1,
+                Verdict::Fail => c.fail += 1,
+                Verdict::Warn => c.warn += 1,
+                Verdict::NotRun => c.not_run += 1,
+            }
+        }
+        c
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} PASS, {} FAIL, {} WARN, {} NOT RUN",
+            self.pass, self.fail, self.warn, self.not_run
+        )
+    }
+}
+
+/// Exit status of `vdpa-emu validate`: every MUST passed.
+pub const EXIT_PASS: u8 = 0;
+/// Exit status: the device fails a MUST.
+pub const EXIT_DEVICE_FAILED: u8 = 1;
+/// Exit status: the validator could not reach or drive the device (no report of the device
+/// itself, or an incomplete one).
+pub const EXIT_UNREACHABLE: u8 = 2;
 
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -139,9 +188,36 @@ fn xml(s: &str) -> String {
 }
 
 impl Report {
-    /// Whether every MUST finding passed.
+    /// Whether every MUST finding passed and the run was complete.
     pub fn passed(&self) -> bool {
-        self.groups.iter().all(|g| g.verdict != Verdict::Fail)
+        self.aborted.is_none() && self.groups.iter().all(|g| g.verdict != Verdict::Fail)
+    }
+
+    /// Findings by verdict.
+    pub fn finding_counts(&self) -> Counts {
+        Counts::of(
+            self.groups
+                .iter()
+                .flat_map(|g| &g.findings)
+                .map(|f| f.verdict),
+        )
+    }
+
+    /// Groups by verdict.
+    pub fn group_counts(&self) -> Counts {
+        Counts::of(self.groups.iter().map(|g| g.verdict))
+    }
+
+    /// [`EXIT_UNREACHABLE`] if the run was aborted (even when a MUST failed before that: the
+    /// report is incomplete), else [`EXIT_DEVICE_FAILED`] if a MUST failed, else [`EXIT_PASS`].
+    pub fn exit_code(&self) -> u8 {
+        if self.aborted.is_some() {
+            EXIT_UNREACHABLE
+        } else if self.passed() {
+            EXIT_PASS
+        } else {
+            EXIT_DEVICE_FAILED
+        }
     }
 
     /// Verdict of a group.
@@ -153,7 +229,7 @@ impl Report {
     pub fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "vDPA HW prerequisites: {}\n", self.target);
-        let _ = writeln!(s, "{:<20} {:<6} {:>6}  what", "check", "result", "items");
+        let _ = writeln!(s, "{:<20} {:<7} {:>6}  what", "check", "result", "items");
         for g in &self.groups {
             let n = g
                 .findings
@@ -162,7 +238,7 @@ impl Report {
                 .count();
             let _ = writeln!(
                 s,
-                "{:<20} {:<6} {:>3}/{:<2}  {}",
+                "{:<20} {:<7} {:>3}/{:<2}  {}",
                 g.id,
                 g.verdict.name(),
                 n,
@@ -175,7 +251,7 @@ impl Report {
                     "  {} {}: {}",
                     f.verdict.name(),
                     f.name,
-                    if f.verdict == Verdict::Skip {
+                    if f.verdict == Verdict::NotRun {
                         f.observed.clone()
                     } else {
                         format!("expected {}; observed {}", f.expected, f.observed)
@@ -188,27 +264,46 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n{}",
-            if self.passed() {
-                "RESULT: PASS (every MUST check passed)"
-            } else {
-                "RESULT: FAIL"
-            }
+            "\nchecks: {}\ngroups: {}",
+            self.finding_counts(),
+            self.group_counts()
         );
+        if let Some(why) = &self.aborted {
+            let _ = writeln!(s, "RESULT: INCOMPLETE (could not drive the device: {why})");
+        } else if self.passed() {
+            let _ = writeln!(s, "RESULT: PASS (every MUST check passed)");
+        } else {
+            let _ = writeln!(s, "RESULT: FAIL (the device fails a MUST check)");
+        }
         s
     }
 
-    /// JSON: `{"target", "passed", "checks": [{"id", "title", "verdict", "findings": [...]}]}`.
+    /// JSON: `{"target", "passed", "exit_code", "aborted", "counts": {"checks", "groups"},
+    /// "checks": [{"id", "title", "verdict", "findings": [...]}]}`.
     pub fn json(&self) -> String {
+        #[derive(Serialize)]
+        struct Tally {
+            checks: Counts,
+            groups: Counts,
+        }
         #[derive(Serialize)]
         struct Json<'a> {
             target: &'a str,
             passed: bool,
+            exit_code: u8,
+            aborted: Option<&'a str>,
+            counts: Tally,
             checks: &'a [GroupResult],
         }
         crate::report_json::to_json(&Json {
             target: &self.target,
             passed: self.passed(),
+            exit_code: self.exit_code(),
+            aborted: self.aborted.as_deref(),
+            counts: Tally {
+                checks: self.finding_counts(),
+                groups: self.group_counts(),
+            },
             checks: &self.groups,
         })
     }
@@ -217,9 +312,14 @@ impl Report {
     pub fn junit(&self) -> String {
         let all: Vec<&Finding> = self.groups.iter().flat_map(|g| &g.findings).collect();
         let failures = all.iter().filter(|f| f.verdict == Verdict::Fail).count();
-        let skipped = all.iter().filter(|f| f.verdict == Verdict::Skip).count();
+        let skipped = all.iter().filter(|f| f.verdict == Verdict::NotRun).count();
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let _ = writeln!(s, "<testsuite name=\"vdpa-emu validate\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">", all.len());
+        let errors = usize::from(self.aborted.is_some());
+        let _ = writeln!(
+            s,
+            "<testsuite name=\"vdpa-emu validate\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\">",
+            all.len() + errors
+        );
         let _ = writeln!(
             s,
             "  <properties><property name=\"target\" value=\"{}\"/></properties>",
@@ -234,8 +334,12 @@ impl Report {
             );
             match f.verdict {
                 Verdict::Pass => s.push_str("/>\n"),
-                Verdict::Skip => {
-                    let _ = writeln!(s, "><skipped message=\"{}\"/></testcase>", xml(&f.observed));
+                Verdict::NotRun => {
+                    let _ = writeln!(
+                        s,
+                        "><skipped message=\"NOT RUN: {}\"/></testcase>",
+                        xml(&f.observed)
+                    );
                 }
                 Verdict::Fail | Verdict::Warn => {
                     let msg = format!(
@@ -259,6 +363,13 @@ impl Report {
                     }
                 }
             }
+        }
+        if let Some(why) = &self.aborted {
+            let _ = writeln!(
+                s,
+                "  <testcase classname=\"validate\" name=\"device reachable and drivable\"><error message=\"{}\"/></testcase>",
+                xml(why)
+            );
         }
         s.push_str("</testsuite>\n");
         s

@@ -4,6 +4,7 @@
 
 use super::viommu::{map_stats, with_viommu};
 use super::*;
+use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const GUEST_DPDK: &str = include_str!("../../../scripts/guest/dpdk.sh");
@@ -768,4 +769,169 @@ fn vhost_vdpa_run(test: &str, vcpus: u32, irq_mark: &str) {
         last_read(0)
     );
     assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
+}
+
+// ------------------------------------------------------------------------------------------------
+// `vdpa-emu validate --vfio` on a PCI function bound to vfio-pci: the way a silicon team runs the
+// suite on its board. Here the board is the served model inside a guest behind intel-iommu; the
+// validator maps its memory through the guest's IOMMU at IOVAs of its choosing, gets MSI-X through
+// eventfds, and resets the function through VFIO between groups.
+
+/// The JUnit report printed between `E2E-JUNIT-BEGIN NAME` and `E2E-JUNIT-END NAME`.
+fn guest_junit(log: &str, name: &str) -> Option<String> {
+    let mut out = None::<String>;
+    for raw in log.lines() {
+        let line = raw.trim_end_matches('\r');
+        if line.ends_with(&format!("E2E-JUNIT-BEGIN {name}")) {
+            out = Some(String::new());
+        } else if line.ends_with(&format!("E2E-JUNIT-END {name}")) {
+            return out;
+        } else if let (Some(x), Some(i)) = (out.as_mut(), line.find("E2E-JUNIT ")) {
+            x.push_str(&line[i + 10..]);
+            x.push('\n');
+        }
+    }
+    None
+}
+
+/// The classnames (check groups) of the `<testcase>`s of `xml` that carry `<failure`.
+fn junit_failing_groups(xml: &str) -> BTreeSet<String> {
+    xml.lines()
+        .filter(|l| l.contains("<testcase ") && l.contains("<failure "))
+        .filter_map(|l| l.split("classname=\"").nth(1)?.split('"').next())
+        .map(String::from)
+        .collect()
+}
+
+fn junit_attr(xml: &str, attr: &str) -> Option<u64> {
+    let suite = xml.lines().find(|l| l.starts_with("<testsuite "))?;
+    suite
+        .split(&format!(" {attr}=\""))
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn validate_vfio_in_guest_behind_viommu() {
+    const TEST: &str = "validate_vfio_in_guest_behind_viommu";
+    require_root(TEST);
+    let e2e = e2e();
+    let tree = dpdk_tree(&e2e);
+    let dir = Scratch::new(TEST);
+    // (name, quirk, guest slot, the one group that must fail)
+    let devs: [(&str, Option<&str>, u8, Option<&str>); 3] = [
+        ("clean", None, 0x10, None),
+        (
+            "stale-used-idx",
+            Some("stale-used-idx"),
+            0x11,
+            Some("vring-index-rw"),
+        ),
+        (
+            "log-skips-used-ring",
+            Some("log-skips-used-ring"),
+            0x12,
+            Some("dirty-log"),
+        ),
+    ];
+    let mut serves: Vec<Serve> = devs
+        .iter()
+        .map(|(name, quirk, _, _)| {
+            let mut args: Vec<String> = ["--queue-pairs", "2", "--port", "loopback"]
+                .map(String::from)
+                .into();
+            if let Some(q) = quirk {
+                args.extend(["--quirk".to_string(), q.to_string()]);
+            }
+            Serve::start(&dir, name, &args)
+        })
+        .collect();
+    let list: Vec<String> = devs
+        .iter()
+        .map(|(name, _, slot, _)| format!("{name}=0000:00:{slot:02x}.0"))
+        .collect();
+    let mut vars = dpdk_vars("validate", 0);
+    vars.push(("VALIDATE", list.join(" ")));
+    let mut spec = dpdk_vm(&tree, "validate", &vars);
+    // No DPDK application runs: no hugepages, the memory goes to the validator's memfds.
+    spec.append = "intel_iommu=on iommu=pt".into();
+    for (s, (_, _, slot, _)) in serves.iter().zip(&devs) {
+        spec = spec.arg("-device").arg(s.device_arg_at(*slot));
+    }
+    let bin = fs::read(vdpa_emu_bin()).expect("read the vdpa-emu binary");
+    spec.files.push(("dpdk/vdpa-emu".into(), 0o100755, bin));
+    let t0 = Instant::now();
+    let mut vm = Vm::boot(&e2e, &dir, spec);
+    let st = vm.wait_exit(Duration::from_secs(900));
+    let b = vm.last_boot();
+    eprintln!("e2e: {TEST}: QEMU {st} after {:?}", t0.elapsed());
+    let log = vm.log();
+
+    // The JUnit reports come back to the host, where CI collects them.
+    let out_dir = vdpa_emu_bin()
+        .parent()
+        .map(|p| p.join("e2e-junit"))
+        .expect("binary directory");
+    fs::create_dir_all(&out_dir).unwrap();
+    for (name, _, _, want_fail) in &devs {
+        let xml = guest_junit(&log, name)
+            .unwrap_or_else(|| panic!("{TEST}: no JUnit report for {name}\n{}", vm.diag()));
+        let file = out_dir.join(format!("validate-vfio-{name}.xml"));
+        fs::write(&file, &xml).unwrap();
+        println!("E2E-JUNIT {TEST}: {name}: {}", file.display());
+        let exit = b.get(&format!("validate_{name}_exit"));
+        let cs = b.get(&format!("validate_{name}_cs")).unwrap_or("?");
+        println!("E2E-BENCH {TEST}: {name}: exit {exit:?} after {cs} cs of guest time");
+        assert!(
+            xml.contains("through Linux VFIO") && xml.contains("found 1af4:1041"),
+            "{name}: the report names the VFIO target and what it found:\n{xml}"
+        );
+        assert_eq!(
+            junit_attr(&xml, "errors"),
+            Some(0),
+            "{name}: lost the device:\n{xml}"
+        );
+        let failing = junit_failing_groups(&xml);
+        match want_fail {
+            None => {
+                assert_eq!(exit, Some("0"), "{name}: the clean device fails:\n{xml}");
+                assert!(failing.is_empty(), "{name}: {failing:?}\n{xml}");
+            }
+            Some(g) => {
+                assert_eq!(exit, Some("1"), "{name}: a MUST fails:\n{xml}");
+                assert_eq!(
+                    failing,
+                    BTreeSet::from([g.to_string()]),
+                    "{name}: exactly {g} fails:\n{xml}"
+                );
+            }
+        }
+        // Every group ran (none NOT RUN for want of a transport): the served device offers
+        // everything the groups need.
+        assert!(
+            junit_attr(&xml, "tests").unwrap_or(0) > 30,
+            "{name}: too few checks ran:\n{xml}"
+        );
+    }
+    assert!(
+        b.fails.is_empty() && b.extra_exit == Some(0),
+        "{TEST}: the guest script failed: {:?}\n{}",
+        b.fails,
+        vm.diag()
+    );
+    // The validator's own IOVAs reached the device through the guest's IOMMU: the dirty log
+    // sits at DPDK's IFCVF_LOG_BASE, far above guest RAM.
+    for s in &mut serves {
+        let top = map_stats(s)["iova_end_max"].as_u64().unwrap_or(0);
+        assert!(
+            top > IFCVF_LOG_BASE,
+            "{}: highest IOVA mapped {top:#x}\n{}",
+            s.diag(),
+            vm.diag()
+        );
+    }
 }

@@ -607,21 +607,7 @@ impl Client {
                 &fds,
             )?;
         }
-        let vectors = Arc::new(Vectors {
-            efds,
-            sink,
-            forwarding: Mutex::new(()),
-        });
-        let stop = Arc::new(Stop::new()?);
-        let (s2, v2) = (stop.clone(), vectors.clone());
-        let thread = std::thread::Builder::new()
-            .name("vfio-user-irq".into())
-            .spawn(move || pump(&v2, &s2))?;
-        Ok(InterruptPump {
-            stop,
-            vectors,
-            thread: Some(thread),
-        })
+        Ok(InterruptPump::spawn(efds, sink)?)
     }
 }
 
@@ -684,6 +670,27 @@ impl InterruptPump {
     /// guess at the pump thread's scheduling.
     pub fn drain(&self) {
         self.vectors.forward(|_| true);
+    }
+
+    /// Forwards the signals of `efds` (eventfd `v` = MSI-X vector `v`) to `sink` from a
+    /// thread: the pump of [`Client::wire_interrupts`], also used for eventfds given to Linux
+    /// VFIO (VFIO_DEVICE_SET_IRQS), whose counters hold signals the same way.
+    pub fn spawn(efds: Vec<File>, sink: Arc<dyn InterruptSink>) -> io::Result<InterruptPump> {
+        let vectors = Arc::new(Vectors {
+            efds,
+            sink,
+            forwarding: Mutex::new(()),
+        });
+        let stop = Arc::new(Stop::new()?);
+        let (s2, v2) = (stop.clone(), vectors.clone());
+        let thread = std::thread::Builder::new()
+            .name("irq-pump".into())
+            .spawn(move || pump(&v2, &s2))?;
+        Ok(InterruptPump {
+            stop,
+            vectors,
+            thread: Some(thread),
+        })
     }
 }
 
