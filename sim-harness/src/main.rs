@@ -242,7 +242,7 @@ fn parse_queue_pairs(s: &str) -> Result<u16, String> {
     let max = bar_registers::layout::MAX_QUEUE_PAIRS;
     match s.trim().parse::<u16>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("queue pairs must be 1..={max}, got {s:?}")),
+        _ => Err(format!("queue pairs must be 1..={max}, got {}", s.trim())),
     }
 }
 

@@ -79,6 +79,14 @@ fn build_gpio_example() -> PathBuf {
     let copy = base.join(src.file_name().expect("vfio_user-VERSION"));
     if !copy.join("Cargo.toml").exists() {
         copy_dir(&src, &copy);
+        // The copy may sit inside this workspace (target/ is): an empty [workspace] table
+        // makes it its own workspace root instead of an unlisted member.
+        let manifest = copy.join("Cargo.toml");
+        let mut text = std::fs::read_to_string(&manifest).unwrap();
+        if !text.contains("\n[workspace]") {
+            text.push_str("\n[workspace]\n");
+            std::fs::write(&manifest, text).unwrap();
+        }
     }
     let tdir = base.join("target");
     let out = cargo()
