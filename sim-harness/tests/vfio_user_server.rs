@@ -1991,3 +1991,26 @@ fn maps_keep_no_descriptor_and_fd_exhaustion_is_reported_as_emfile() {
     assert_eq!(rep.errno(), None);
     r.assert_in_sync();
 }
+
+#[test]
+fn the_socket_file_appears_only_once_it_listens() {
+    // bind(2) creates the file before listen(2): the server binds under a temporary name and
+    // renames, so whoever sees the path can connect at once (no ECONNREFUSED window).
+    let dir = temp_dir("vdpa-emu-bindlisten");
+    let path = dir.join("dev.sock");
+    let server = Server::bind(
+        &path,
+        DeviceBackend::new(vmm_device(1)),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["dev.sock"], "no temporary name left behind");
+    // Listening already: the connection is queued in the backlog before serve() runs.
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

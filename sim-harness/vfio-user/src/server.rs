@@ -203,6 +203,29 @@ pub struct Server<B: Backend> {
     migration: parking_lot::Mutex<Migration>,
 }
 
+/// Binds a listening socket that appears at `path` only once it listens: bind(2) creates the
+/// file before listen(2) runs, and a client that connects in between (QEMU started right
+/// after `serve`, a script polling for the file) gets ECONNREFUSED. So the socket is bound
+/// and listening under a temporary name in the same directory, then renamed into place
+/// (rename(2) is atomic). A path too long for the temporary name is bound directly.
+fn bind_listening(path: &Path) -> std::io::Result<UnixListener> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = name.map(|n| path.with_file_name(format!(".{n}.{}.tmp", std::process::id())));
+    match tmp {
+        // sockaddr_un.sun_path holds 108 bytes including the NUL (unix(7)).
+        Some(tmp) if tmp.as_os_str().len() < 108 => {
+            let _ = std::fs::remove_file(&tmp);
+            let listener = UnixListener::bind(&tmp)?;
+            if let Err(e) = std::fs::rename(&tmp, path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Ok(listener)
+        }
+        _ => UnixListener::bind(path),
+    }
+}
+
 impl<B: Backend> Server<B> {
     /// Binds `path` (replacing a stale socket file left by a dead server) and becomes
     /// `device`'s interrupt sink. QEMU emulates the MSI-X table itself, so the function must
@@ -218,7 +241,7 @@ impl<B: Backend> Server<B> {
             tracing::info!(path = %path.display(), "removing stale socket");
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        let listener = bind_listening(path).map_err(|source| ServerError::Bind {
             path: path.into(),
             source,
         })?;
