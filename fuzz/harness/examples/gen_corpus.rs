@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use vdpa_fuzz_harness::cursor::Writer;
 use vdpa_fuzz_harness::vfio::{seed, Op};
 
+/// Named seeds of one target.
+type Seeds = Vec<(String, Vec<u8>)>;
+
 fn write(dir: &Path, name: &str, data: &[u8]) {
     let p = dir.join(format!("seed-{name}"));
     std::fs::write(&p, data).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -255,11 +258,11 @@ fn state_seeds() -> Vec<(&'static str, Vec<u8>)> {
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let corpus = root.join("corpus");
-    let mut sets: Vec<(&str, Vec<(String, Vec<u8>)>)> = Vec::new();
+    let mut sets: Vec<(&str, Seeds)> = Vec::new();
     let own = |v: Vec<(&'static str, Vec<u8>)>| {
         v.into_iter()
             .map(|(n, d)| (n.to_string(), d))
-            .collect::<Vec<_>>()
+            .collect::<Seeds>()
     };
     sets.push(("vfio_user_stream", own(vfio_seeds())));
     sets.push(("split_ring", own(ring_seeds(false))));

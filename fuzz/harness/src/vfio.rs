@@ -757,7 +757,7 @@ pub fn run(data: &[u8]) {
     let n = h.runs.fetch_add(1, Ordering::Relaxed) + 1;
     if n == 8 {
         let _ = h.fd_baseline.set(open_fds());
-    } else if n % 256 == 0 {
+    } else if n.is_multiple_of(256) {
         if let Some(base) = h.fd_baseline.get() {
             let now = open_fds();
             assert!(
