@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build demo test unit lint fmt docs bench clean soak
+.PHONY: all build demo test unit lint fmt docs bench clean soak fuzz fuzz-smoke
 
 all: build
 
@@ -17,8 +17,9 @@ demo: build
 	RUST_LOG=error ./target/release/vdpa-emu demo --queue-pairs 4 --frames 10000
 
 # Every test: formatting, lints, unit and integration tests (the registers doc staleness check
-# is one of them), and the end-to-end tests with a real QEMU and Linux guest.
-test: lint unit e2e
+# is one of them), a short run of every fuzz target, and the end-to-end tests with a real QEMU
+# and Linux guest.
+test: lint unit fuzz-smoke e2e
 
 unit:
 	$(CARGO) test --workspace --all-targets
@@ -53,6 +54,18 @@ clean:
 soak:
 	$(CARGO) test -p sim-harness --test soak -- --ignored --nocapture --test-threads=1
 	$(CARGO) test --release -p sim-harness --test validator_proof -- --ignored --nocapture
+
+# libFuzzer targets (fuzz/README.md): one build of all targets (ASan + LeakSanitizer, stable
+# toolchain with RUSTC_BOOTSTRAP=1, cargo-fuzz installed by scripts/fuzz-setup.sh), then each
+# target for FUZZ_SECONDS from its committed seeds; prints executions, exec/s, crashes and
+# leaks per target and fails on any. `make test` runs each for FUZZ_SMOKE_SECONDS.
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 20
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
 # End-to-end tests with a real QEMU (>= 10.1, vfio-user-pci) and a Linux guest under TCG (docs/e2e.md).
 # Provisioning needs root and the Debian archive; its result is cached outside the checkout (so a

@@ -349,6 +349,15 @@ impl<B: Backend> Server<B> {
             }
             Err(e) => return Err(ServerError::Accept(e)),
         };
+        Ok(Some(self.serve_stream(stream)))
+    }
+
+    /// Serves one already-connected client to the end on the calling thread, then cleans up
+    /// exactly as for an accepted one (migration session ended, device reset, DMA unmapped,
+    /// interrupt eventfds closed). [`Server::serve_one`] calls it after `accept`; an
+    /// in-process peer (one end of a `UnixStream::pair`, as the fuzz harness in fuzz/ uses)
+    /// calls it directly, without a round trip through the socket file.
+    pub fn serve_stream(&self, stream: UnixStream) -> ConnectionEnd {
         let n = self.counters.accepted.fetch_add(1, Ordering::SeqCst) + 1;
         let span = tracing::info_span!("client", n);
         let _g = span.enter();
@@ -367,7 +376,7 @@ impl<B: Backend> Server<B> {
         }
         self.cleanup();
         self.counters.ended.fetch_add(1, Ordering::SeqCst);
-        Ok(Some(end))
+        end
     }
 
     /// What a client leaves behind is undone: its migration session ended (dirty logging off,

@@ -1,0 +1,6 @@
+//! libFuzzer target `scenario_toml`: see vdpa_fuzz_harness::run for what one input does.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    vdpa_fuzz_harness::run("scenario_toml", data);
+});
