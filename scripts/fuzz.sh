@@ -68,11 +68,13 @@ for t in "${TARGETS[@]}"; do
         execs=${execs:-0}
         rate=${rate:-?}
     fi
-    if [[ $rc -ne 0 && $crashes -eq 0 ]]; then
+    # LeakSanitizer's check at exit reports without an artifact: a leak, not a crash.
+    exit_leaks=$(grep -c 'ERROR: LeakSanitizer' "$log" || true)
+    if [[ $rc -ne 0 && $crashes -eq 0 && $exit_leaks -eq 0 ]]; then
         crashes=1
     fi
     # Leak phase: every corpus input once, each checked by LeakSanitizer.
-    leaks=0
+    leaks=$exit_leaks
     if [[ $rc -eq 0 ]]; then
         set +e
         "$BIN/$t" -runs=0 -detect_leaks=1 -timeout=10 -rss_limit_mb=2048 \
@@ -87,7 +89,7 @@ for t in "${TARGETS[@]}"; do
         fi
     fi
     printf '%-22s %14s %10s %8s %6s\n' "$t" "$execs" "$rate" "$crashes" "$leaks"
-    if [[ $rc -ne 0 || $crashes -ne 0 ]]; then
+    if [[ $rc -ne 0 || $crashes -ne 0 || $leaks -ne 0 ]]; then
         failed=1
         echo "fuzz: $t failed (exit $rc); log $log, inputs in fuzz/artifacts/$t/:" >&2
         grep -E 'ERROR: |panicked at|SUMMARY' "$log" | head -n 5 >&2 || true
