@@ -1,6 +1,6 @@
 //! The live-migration (LM) register block at BAR4 offset 0.
 //!
-//! Two layouts exist in the wild (../shared/reference/ifcvf-drivers.md, "LM register block"):
+//! Two layouts exist in the wild:
 //! - DPDK drivers/vdpa/ifc/base/ifcvf.h: IFCVF_LM_LOGGING_CTRL @0x00, IFCVF_LM_BASE_ADDR_LOW/HIGH
 //!   @0x10/0x14, IFCVF_LM_END_ADDR_LOW/HIGH @0x18/0x1C, ring state of net queue q at
 //!   IFCVF_LM_CFG_SIZE-strided slots: 0x20 + (q/2)*0x40 + (q%2)*4, IFCVF_MQ_OFFSET @0x28.

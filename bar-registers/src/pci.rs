@@ -63,7 +63,8 @@ pub mod status {
     pub const W1C: u16 = 0xF900;
 }
 
-/// Identity the drivers match (../shared/reference/ifcvf-drivers.md, "PCI identity").
+/// Identity the drivers match (DPDK drivers/vdpa/ifc/ifcvf_vdpa.c pci_id_ifcvf_map, Linux
+/// drivers/vdpa/ifcvf/ifcvf_main.c ifcvf_pci_ids).
 pub mod id {
     /// Red Hat / virtio vendor id.
     pub const VENDOR: u16 = 0x1AF4;

@@ -35,7 +35,7 @@ pub enum MsixOwner {
     #[default]
     Device,
     /// The VMM: QEMU's vfio-user client emulates the MSI-X table itself and masks by
-    /// switching the vector's eventfd (../shared/reference/vfio-user-qemu.md), so the device
+    /// switching the vector's eventfd (QEMU hw/vfio/pci.c, vfio_msix_vector_use/release), so the device
     /// fires the vector's sink whenever MSI-X is enabled, ignoring its own table's mask bits.
     Vmm,
 }

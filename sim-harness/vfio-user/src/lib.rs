@@ -2,7 +2,7 @@
 //!
 //! The protocol layer is written here on `vfio-bindings` types rather than on the `vfio_user`
 //! crate, whose server desyncs on unknown commands, answers errors with errno 0 and offers one
-//! descriptor per message (../shared/reference/vfio-user-qemu.md). The crate's `Client` is used
+//! descriptor per message (vfio_user 0.1.7, src/server.rs, as published on crates.io). The crate's `Client` is used
 //! only as an independent peer in the tests.
 //!
 //! - [`backend`]: the [`Backend`] trait, all the server knows of the function it serves.
