@@ -60,7 +60,7 @@ soak:
 # target for FUZZ_SECONDS from its committed seeds; prints executions, exec/s, crashes and
 # leaks per target and fails on any. `make test` runs each for FUZZ_SMOKE_SECONDS.
 FUZZ_SECONDS ?= 600
-FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SMOKE_SECONDS ?= 10
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
