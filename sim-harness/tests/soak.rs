@@ -24,11 +24,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command as Proc, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{temp_dir, TestServer};
+use support::{ServeProcess, TestServer};
 
 const CHILD_ENV: &str = "VDPA_SOAK_CHILD";
 /// RSS growth allowed between client 10 and client 100 (allocator and page-cache noise; a
@@ -325,87 +325,20 @@ fn fd_links() -> Vec<String> {
     v
 }
 
-struct Serve {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-    dir: PathBuf,
+/// Sessions the server has finished cleaning up.
+fn ended(serve: &ServeProcess) -> usize {
+    serve.log().matches("device reset, DMA unmapped").count()
 }
 
-impl Serve {
-    fn start() -> Serve {
-        let dir = temp_dir("vdpa-emu-soak");
-        let sock = dir.join("dev.sock");
-        let log = dir.join("serve.log");
-        let child = Proc::new(env!("CARGO_BIN_EXE_vdpa-emu"))
-            .args([
-                "serve",
-                "--socket",
-                sock.to_str().unwrap(),
-                "--queue-pairs",
-                "1",
-            ])
-            .env_remove("RUST_LOG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        while !sock.exists() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "serve did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Serve {
-            child,
-            sock,
-            log,
-            dir,
-        }
-    }
-
-    fn proc_file(&self, f: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/{f}", self.child.id()))
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(self.proc_file("fd")).unwrap().count()
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(self.proc_file("status")).unwrap();
-        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        l.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    /// Sessions the server has finished cleaning up.
-    fn ended(&self) -> usize {
-        self.log().matches("device reset, DMA unmapped").count()
-    }
-
-    fn wait_ended(&self, n: usize) {
-        let t0 = Instant::now();
-        while self.ended() < n {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "serve did not finish session {n}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+fn wait_ended(serve: &ServeProcess, n: usize) {
+    let t0 = Instant::now();
+    while ended(serve) < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "serve did not finish session {n}:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -432,12 +365,12 @@ fn a_hundred_killed_clients_leave_serve_flat() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         child(&spec);
     }
-    let serve = Serve::start();
+    let serve = ServeProcess::start("vdpa-emu-soak", &[]);
     let seed = 0x11_5eed;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     // One full client first, so that the baseline includes what a first client allocates.
     served_fully(&serve.sock, 64, 1);
-    serve.wait_ended(1);
+    wait_ended(&serve, 1);
     let fds0 = serve.fds();
     let mut landed: HashMap<&str, u32> = HashMap::new();
     let mut rss10 = 0;
@@ -448,7 +381,7 @@ fn a_hundred_killed_clients_leave_serve_flat() {
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..40)));
         kill(c);
         *landed.entry(work.name()).or_default() += 1;
-        serve.wait_ended(i + 2);
+        wait_ended(&serve, i + 2);
         assert_eq!(
             serve.fds(),
             fds0,
@@ -472,7 +405,7 @@ fn a_hundred_killed_clients_leave_serve_flat() {
     );
     // The next client is fully served.
     served_fully(&serve.sock, 256, 2);
-    serve.wait_ended(102);
+    wait_ended(&serve, 102);
     let log = serve.log();
     assert!(!log.contains("panicked"), "{log}");
     assert_eq!(log.matches("client connected").count(), 102);

@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
-use support::{temp_dir, vmm_device, TestServer};
+use support::{temp_dir, vmm_device, ServeProcess, TestServer};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
@@ -1834,88 +1834,22 @@ fn tap_port_moves_frames_between_device_and_host() {
     drop(handle);
 }
 
-/// `vdpa-emu serve` as a child process with its stderr in a file; killed on drop.
-struct ServeChild {
-    child: std::process::Child,
-    sock: std::path::PathBuf,
-    log: std::path::PathBuf,
-    dir: std::path::PathBuf,
-}
-
-impl ServeChild {
-    fn start(extra: &[&str]) -> Self {
-        let dir = temp_dir("vdpa-emu-serve");
-        let sock = dir.join("dev.sock");
-        let log = dir.join("serve.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
-            .args([
-                "serve",
-                "--socket",
-                sock.to_str().unwrap(),
-                "--queue-pairs",
-                "1",
-            ])
-            .args(extra)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        while !sock.exists() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "serve did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        ServeChild {
-            child,
-            sock,
-            log,
-            dir,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .count()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    /// Sets the child's soft RLIMIT_NOFILE (the hard limit stays).
-    fn set_nofile(&self, n: u64) {
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: prlimit on our own child, reading into a live local.
-        let rc =
-            unsafe { libc::prlimit(self.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        let r = libc::rlimit {
-            rlim_cur: n.min(old.rlim_max),
-            rlim_max: old.rlim_max,
-        };
-        // SAFETY: prlimit on our own child with a valid new limit and no old-limit output.
-        let rc =
-            unsafe { libc::prlimit(self.pid(), libc::RLIMIT_NOFILE, &r, std::ptr::null_mut()) };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for ServeChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Sets the serve child's soft RLIMIT_NOFILE (the hard limit stays).
+fn set_nofile(serve: &ServeProcess, n: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child, reading into a live local.
+    let rc = unsafe { libc::prlimit(serve.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let r = libc::rlimit {
+        rlim_cur: n.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit on our own child with a valid new limit and no old-limit output.
+    let rc = unsafe { libc::prlimit(serve.pid(), libc::RLIMIT_NOFILE, &r, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
 
 /// DMA maps keep no descriptor in the server (200 maps, each of its own memfd, leave its fd
@@ -1925,7 +1859,7 @@ impl Drop for ServeChild {
 #[test]
 fn maps_keep_no_descriptor_and_fd_exhaustion_is_reported_as_emfile() {
     let _g = shared();
-    let serve = ServeChild::start(&[]);
+    let serve = ServeProcess::start("vdpa-emu-serve", &[]);
     let log = serve.log();
     assert!(
         log.contains("RLIMIT_NOFILE"),
@@ -1962,7 +1896,7 @@ fn maps_keep_no_descriptor_and_fd_exhaustion_is_reported_as_emfile() {
             .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
             .collect();
     let second_free = (0..).filter(|n| !used.contains(n)).nth(1).unwrap();
-    serve.set_nofile(second_free + 1);
+    set_nofile(&serve, second_free + 1);
     let efds: Vec<std::fs::File> = (0..3).map(|_| eventfd().unwrap()).collect();
     let fds: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
     let set = wire::encode_irq_set(&vfio_bindings::bindings::vfio::vfio_irq_set {
@@ -1986,7 +1920,7 @@ fn maps_keep_no_descriptor_and_fd_exhaustion_is_reported_as_emfile() {
         "the descriptors that did arrive were closed"
     );
     // Room again: the same command succeeds, the stream is in sync.
-    serve.set_nofile(4096);
+    set_nofile(&serve, 4096);
     let rep = r.call(Command::DeviceSetIrqs as u16, 0, &set, &fds);
     assert_eq!(rep.errno(), None);
     r.assert_in_sync();

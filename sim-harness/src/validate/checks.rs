@@ -451,6 +451,27 @@ fn pci_structure(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(
 
 // ------------------------------------------------------------------------------------------
 
+/// One frame back from the loopback against the oldest frame still in flight: counts a match,
+/// or records the first mismatch.
+fn compare(
+    got: &[u8],
+    sent: &mut std::collections::VecDeque<Vec<u8>>,
+    matched: &mut usize,
+    first: &mut Option<String>,
+) {
+    let want = sent.pop_front();
+    if want.as_deref() == Some(got) {
+        *matched += 1;
+    } else if first.is_none() {
+        *first = Some(format!(
+            "frame {} came back as {} bytes, sent {} bytes",
+            matched,
+            got.len(),
+            want.map_or(0, |w| w.len())
+        ));
+    }
+}
+
 /// Sends `n` random frames on pair 0 of a started loopback driver and checks each comes back
 /// byte-exact. Returns (sent, matched, first mismatch).
 fn roundtrip(
@@ -483,17 +504,7 @@ fn roundtrip(
         sent.extend(fs.into_iter().take(q));
         left -= q;
         for got in d.recv(0)? {
-            let want = sent.pop_front();
-            if want.as_deref() == Some(&got[..]) {
-                matched += 1;
-            } else if first.is_none() {
-                first = Some(format!(
-                    "frame {} came back as {} bytes, sent {} bytes",
-                    matched,
-                    got.len(),
-                    want.map_or(0, |w| w.len())
-                ));
-            }
+            compare(&got, &mut sent, &mut matched, &mut first);
         }
         if q == 0 {
             break;
@@ -511,17 +522,7 @@ fn roundtrip(
         }
         idle = std::time::Instant::now();
         for got in got {
-            let want = sent.pop_front();
-            if want.as_deref() == Some(&got[..]) {
-                matched += 1;
-            } else if first.is_none() {
-                first = Some(format!(
-                    "frame {} came back as {} bytes, sent {} bytes",
-                    matched,
-                    got.len(),
-                    want.map_or(0, |w| w.len())
-                ));
-            }
+            compare(&got, &mut sent, &mut matched, &mut first);
         }
     }
     Ok((n, matched, first))

@@ -421,6 +421,19 @@ pub fn select_groups(ids: &[String]) -> Result<Vec<(&'static str, &'static str)>
         .collect())
 }
 
+/// A group the run did not reach because the device was lost (or could not be reopened).
+fn run_ended(id: &'static str, title: &'static str, why: &str) -> GroupResult {
+    GroupResult::new(
+        id,
+        title,
+        vec![Finding::not_run(
+            id,
+            "group",
+            &format!("the run ended before this group: {why}"),
+        )],
+    )
+}
+
 /// Runs the check groups `ids` (empty: all) against `target`, in one session unless
 /// `o.reconnect_per_group`.
 ///
@@ -454,15 +467,7 @@ pub fn run_groups(
     for (id, title) in selected {
         let _g = tracing::info_span!("group", id).entered();
         if let Some(why) = &aborted {
-            groups.push(GroupResult::new(
-                id,
-                title,
-                vec![Finding::not_run(
-                    id,
-                    "group",
-                    &format!("the run ended before this group: {why}"),
-                )],
-            ));
+            groups.push(run_ended(id, title, why));
             continue;
         }
         if let Some(why) = ident.gate(id) {
@@ -492,16 +497,7 @@ pub fn run_groups(
         }
         first = false;
         let Some(s) = session.as_ref().filter(|_| aborted.is_none()) else {
-            let why = aborted.clone().unwrap_or_default();
-            groups.push(GroupResult::new(
-                id,
-                title,
-                vec![Finding::not_run(
-                    id,
-                    "group",
-                    &format!("the run ended before this group: {why}"),
-                )],
-            ));
+            groups.push(run_ended(id, title, aborted.as_deref().unwrap_or_default()));
             continue;
         };
         let mut findings = Vec::new();

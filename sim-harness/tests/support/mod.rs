@@ -118,3 +118,80 @@ impl Drop for TestServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `vdpa-emu serve` (one queue pair, plus `extra` arguments) as a child process with its
+/// stderr in a file, RUST_LOG unset so it logs at its default level; killed on drop.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl ServeProcess {
+    pub fn start(prefix: &str, extra: &[&str]) -> Self {
+        let dir = temp_dir(prefix);
+        let sock = dir.join("dev.sock");
+        let log = dir.join("serve.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
+            .args([
+                "serve",
+                "--socket",
+                sock.to_str().unwrap(),
+                "--queue-pairs",
+                "1",
+            ])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "serve did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ServeProcess {
+            child,
+            sock,
+            log,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn proc_file(&self, f: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/{f}", self.pid()))
+    }
+
+    /// Open descriptors of the server.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(self.proc_file("fd")).unwrap().count()
+    }
+
+    /// Resident set size of the server.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(self.proc_file("status")).unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
