@@ -84,7 +84,12 @@ impl Raw {
 
     /// Connects and negotiates VERSION.
     fn negotiated(ts: &TestServer) -> Self {
-        let mut r = Raw::new(ts.connect());
+        Raw::negotiate(ts.connect())
+    }
+
+    /// Negotiates VERSION on `s`.
+    fn negotiate(s: UnixStream) -> Self {
+        let mut r = Raw::new(s);
         let caps = client::qemu_capabilities().to_string();
         let rep = r.call(
             Command::Version as u16,
@@ -1865,15 +1870,7 @@ fn maps_keep_no_descriptor_and_fd_exhaustion_is_reported_as_emfile() {
         log.contains("RLIMIT_NOFILE"),
         "limit logged at start:\n{log}"
     );
-    let mut r = Raw::new(UnixStream::connect(&serve.sock).unwrap());
-    let caps = client::qemu_capabilities().to_string();
-    let rep = r.call(
-        Command::Version as u16,
-        0,
-        &wire::encode_version(0, 0, &caps),
-        &[],
-    );
-    assert_eq!(rep.errno(), None);
+    let mut r = Raw::negotiate(UnixStream::connect(&serve.sock).unwrap());
     let base = serve.fds();
     for i in 0..200u64 {
         let shm = SharedMemory::new("distinct", 0x1000).unwrap();
