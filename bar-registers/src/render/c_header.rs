@@ -7,7 +7,7 @@
 //! `LM_LINUX` after its layout. Feature bits keep their virtio names behind the prefix
 //! (`VDPA_EMU_VIRTIO_NET_F_MQ`).
 
-use super::{queue_roles, Datasheet};
+use super::{queue_roles, shown_blocks, Datasheet};
 use crate::layout::DeviceLayout;
 use crate::lm::{self, LmLayout};
 use crate::model::{Location, RegisterBlock};
@@ -183,13 +183,8 @@ pub(super) fn render(ds: &Datasheet, layouts: &[DeviceLayout]) -> String {
         &format!("0x{:x}ULL", lm::DPDK_LOG_IOVA),
         Some("IFCVF_LOG_BASE: where DPDK maps the vhost log"),
     );
-    for b in &first.blocks {
-        render_block(&mut s, b, first.params.lm_layout);
-    }
-    for l in &layouts[1..] {
-        if let Some(b) = l.block("lm") {
-            render_block(&mut s, b, l.params.lm_layout);
-        }
+    for (b, l) in shown_blocks(layouts) {
+        render_block(&mut s, b, l.params.lm_layout);
     }
     s.push_str("\n#endif /* VDPA_EMU_REGS_H */\n");
     s

@@ -1,7 +1,7 @@
 //! The datasheet as a serializable model (`vdpa-emu registers --format json` prints it with
 //! serde_json): the same facts as the Markdown and the C header, with numbers as numbers.
 
-use super::Datasheet;
+use super::{shown_blocks, Datasheet};
 use crate::layout::DeviceLayout;
 use crate::model::{Location, Narrow, RegisterBlock};
 use crate::virtio::OFFERED_FEATURES;
@@ -106,10 +106,7 @@ fn block(b: &RegisterBlock, l: &DeviceLayout) -> BlockJson {
 
 pub(super) fn model(ds: &Datasheet, layouts: &[DeviceLayout]) -> DatasheetJson {
     let first = &layouts[0];
-    let mut blocks: Vec<BlockJson> = first.blocks.iter().map(|b| block(b, first)).collect();
-    for l in &layouts[1..] {
-        blocks.extend(l.block("lm").map(|b| block(b, l)));
-    }
+    let blocks = shown_blocks(layouts).map(|(b, l)| block(b, l)).collect();
     DatasheetJson {
         queue_pairs: ds.queue_pairs,
         num_queues: first.num_queues,

@@ -1,6 +1,6 @@
 //! The datasheet as Markdown (docs/registers.md).
 
-use super::{queue_roles, Datasheet};
+use super::{queue_roles, shown_blocks, Datasheet};
 use crate::layout::DeviceLayout;
 use crate::model::{Location, RegisterBlock};
 use crate::virtio::OFFERED_FEATURES;
@@ -49,13 +49,8 @@ pub(super) fn render(ds: &Datasheet, layouts: &[DeviceLayout]) -> String {
         );
     }
     s.push('\n');
-    for b in &first.blocks {
+    for (b, _) in shown_blocks(layouts) {
         render_block(&mut s, b);
-    }
-    for l in &layouts[1..] {
-        if let Some(b) = l.block("lm") {
-            render_block(&mut s, b);
-        }
     }
     s
 }

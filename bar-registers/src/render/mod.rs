@@ -11,6 +11,7 @@ pub use json::DatasheetJson;
 
 use crate::layout::{DeviceLayout, LayoutError, LayoutParams};
 use crate::lm::LmLayout;
+use crate::model::RegisterBlock;
 
 /// What a datasheet shows: one device size and the LM layouts to document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,17 @@ impl Datasheet {
         }
         c
     }
+}
+
+/// The blocks a datasheet shows, each with the layout it comes from: every block of the first
+/// layout, then the LM block of each other one (the layouts differ only there).
+fn shown_blocks(layouts: &[DeviceLayout]) -> impl Iterator<Item = (&RegisterBlock, &DeviceLayout)> {
+    let (first, others) = layouts.split_first().expect("a datasheet has a layout");
+    first
+        .blocks
+        .iter()
+        .map(move |b| (b, first))
+        .chain(others.iter().filter_map(|l| Some((l.block("lm")?, l))))
 }
 
 /// The whole docs/registers.md text.
