@@ -114,6 +114,13 @@ pub enum BetweenGroups {
 }
 
 impl Session {
+    /// Counts, on this thread, every interrupt the target has already signalled (`irq_sync`).
+    fn sync_irqs(&self) {
+        if let Some(f) = &self.irq_sync {
+            f();
+        }
+    }
+
     /// Lets in-flight interrupts arrive before counting them: waits at least `irq_latency`,
     /// then until the count has been still for that long (a loaded machine delays the pump
     /// thread), at most a second.
@@ -122,12 +129,7 @@ impl Session {
     /// before the last register access returned is counted first, with no timing involved; the
     /// wait then only catches a device that signals asynchronously, after its reply.
     pub fn settle(&self) {
-        let sync = || {
-            if let Some(f) = &self.irq_sync {
-                f();
-            }
-        };
-        sync();
+        self.sync_irqs();
         if self.irq_latency.is_zero() {
             return;
         }
@@ -135,7 +137,7 @@ impl Session {
         let mut last = self.irq.total();
         loop {
             std::thread::sleep(self.irq_latency);
-            sync();
+            self.sync_irqs();
             let now = self.irq.total();
             if now == last || t0.elapsed() > std::time::Duration::from_secs(1) {
                 return;
@@ -154,9 +156,7 @@ impl Session {
         }
         let t0 = std::time::Instant::now();
         loop {
-            if let Some(f) = &self.irq_sync {
-                f();
-            }
+            self.sync_irqs();
             if self.irq.count(v) >= count || t0.elapsed() >= std::time::Duration::from_secs(2) {
                 break;
             }
