@@ -508,11 +508,14 @@ fn main() -> ExitCode {
         Cmd::Scenario {
             cmd: ScenarioCmd::Run { files, format },
         } => {
-            if let Err(e) = sim_harness::scenario::collect_files(&files) {
-                eprintln!("vdpa-emu scenario run: {e}");
-                return ExitCode::from(2);
-            }
-            let r = sim_harness::scenario::run_files_with_progress(&files, true);
+            let files = match sim_harness::scenario::collect_files(&files) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("vdpa-emu scenario run: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let r = sim_harness::scenario::run_collected(&files, true);
             match format.as_str() {
                 "json" => println!("{}", r.json()),
                 "junit" => print!("{}", r.junit()),

@@ -79,18 +79,15 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
 /// Loads and runs every file (directories expand to their `*.toml`); a file that cannot be
 /// loaded is reported as malformed and the others still run.
 pub fn run_files(paths: &[PathBuf]) -> RunReport {
-    run_files_with_progress(paths, false)
+    match collect_files(paths) {
+        Ok(files) => run_collected(&files, false),
+        Err(e) => RunReport::new(vec![FileReport::malformed(&e.to_string(), e.to_string())]),
+    }
 }
 
-/// [`run_files`], with progress on stderr when `progress` (a bar on a terminal, a line per
-/// file otherwise).
-pub fn run_files_with_progress(paths: &[PathBuf], progress: bool) -> RunReport {
-    let files = match collect_files(paths) {
-        Ok(f) => f,
-        Err(e) => {
-            return RunReport::new(vec![FileReport::malformed(&e.to_string(), e.to_string())])
-        }
-    };
+/// Loads and runs files [`collect_files`] has already expanded, with progress on stderr when
+/// `progress` (a bar on a terminal, a line per file otherwise).
+pub fn run_collected(files: &[PathBuf], progress: bool) -> RunReport {
     let p = crate::progress::Progress::new(progress, files.len() as u64, "scenario files");
     let reports = files
         .iter()
