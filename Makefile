@@ -21,8 +21,13 @@ demo: build
 # and Linux guest.
 test: lint unit fuzz-smoke e2e
 
-unit:
+unit: host-tools
 	$(CARGO) test --workspace --all-targets
+
+# tcpdump for the capture tests (scripts/host-tools.sh installs what is missing).
+.PHONY: host-tools
+host-tools:
+	bash scripts/host-tools.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

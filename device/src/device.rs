@@ -2,11 +2,13 @@
 //! [`RegionAccess`] (register reads and writes) and [`DmaMapper`] (the VMM's DMA mappings).
 //! The vfio-user server and the in-process driver model both use exactly these calls.
 
+use crate::capture::FrameCapture;
 use crate::config::DeviceConfig;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
 use crate::interrupt::{InterruptSink, NullSink};
 use crate::port::{NullPort, Port, RxInbox};
+use crate::quirks::{Quirk, Quirks};
 use crate::snapshot::SnapshotError;
 use crate::state::{DeviceState, QueueState};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
@@ -55,6 +57,40 @@ pub trait DmaMapper {
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError>;
     /// Unmaps everything.
     fn dma_unmap_all(&self) -> u64;
+}
+
+/// A fault a running device can be made to suffer from outside (`vdpa-emu ctl fault inject`).
+///
+/// The hostile-chain faults of the scenario `inject` step need a driver that writes the rings;
+/// these need nothing from the driver, so they apply to a device a real guest drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// The device enters DEVICE_NEEDS_RESET at once (virtio 1.2 2.1.2), as after an internal
+    /// error: queues stop, the config interrupt is raised, fault kind `injected` is counted.
+    NeedsReset,
+    /// The device's next DMA access fails as an IOMMU translation fault would: the device
+    /// enters DEVICE_NEEDS_RESET with fault kind `dma_fault` (or `log_dma_fault` when the
+    /// access was a dirty-log write) when it next touches guest memory. A device reset first
+    /// disarms it.
+    DmaFault,
+}
+
+impl InjectedFault {
+    /// Every kind.
+    pub const ALL: [InjectedFault; 2] = [InjectedFault::NeedsReset, InjectedFault::DmaFault];
+
+    /// CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectedFault::NeedsReset => "needs-reset",
+            InjectedFault::DmaFault => "dma-fault",
+        }
+    }
+
+    /// Parses a CLI name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
 }
 
 /// A snapshot of one queue for reports and tests.
@@ -141,6 +177,38 @@ impl Device {
         self.with(|s| s.engine.dma_mut().set_write_trace(trace));
     }
 
+    /// Starts (Some) or stops (None) copying every carried frame to `capture` (see
+    /// [`crate::capture`]).
+    pub fn set_capture(&self, capture: Option<Arc<dyn FrameCapture>>) {
+        self.with(|s| s.engine.set_capture(capture));
+    }
+
+    /// Switches an injectable bug on or off on the running device (where each one takes
+    /// effect: `DeviceState::set_quirk`).
+    pub fn set_quirk(&self, quirk: Quirk, on: bool) {
+        tracing::info!(quirk = quirk.name(), on, "quirk switched");
+        self.with(|s| s.set_quirk(quirk, on));
+    }
+
+    /// The quirks now on.
+    pub fn quirks(&self) -> Quirks {
+        self.state.lock().cfg.quirks
+    }
+
+    /// Injects a fault into the running device (see [`InjectedFault`]).
+    pub fn inject(&self, fault: InjectedFault) {
+        tracing::info!(fault = fault.name(), "fault injected");
+        self.with(|s| match fault {
+            InjectedFault::NeedsReset => s.fail(DeviceFault::Injected("needs-reset")),
+            InjectedFault::DmaFault => s.engine.dma_mut().inject_fault(),
+        });
+    }
+
+    /// Whether an injected DMA fault still waits for the device's next DMA access.
+    pub fn dma_fault_armed(&self) -> bool {
+        self.state.lock().engine.dma().fault_armed()
+    }
+
     /// Function level reset (vfio DEVICE_RESET). A paused device runs again (reset).
     pub fn reset(&self) {
         self.with(|s| {
@@ -197,6 +265,11 @@ impl Device {
     /// Link up/down (config status LINK_UP, config interrupt).
     pub fn set_link(&self, up: bool) {
         self.with(|s| s.set_link(up));
+    }
+
+    /// Whether the config status says LINK_UP.
+    pub fn link_up(&self) -> bool {
+        self.state.lock().engine.net().status & bar_registers::virtio::net_status::LINK_UP != 0
     }
 
     /// Requests a guest announce (GUEST_ANNOUNCE); false if not negotiated.

@@ -59,6 +59,9 @@ pub enum DeviceFault {
     ChainNotAvailable { queue: u16, head: u16, index: u16 },
     #[error("queue {queue}: packed ring buffer id {id} >= queue size {size} (virtio 1.2 2.8.13)")]
     BufferIdOutOfRange { queue: u16, id: u16, size: u16 },
+    /// An internal device error raised on purpose (`vdpa-emu ctl fault inject needs-reset`).
+    #[error("injected device error ({0})")]
+    Injected(&'static str),
 }
 
 /// Counter slot names for [`DeviceFault`] (stable: used in reports and tests).
@@ -81,6 +84,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "log_dma_fault",
     "chain_not_available",
     "buffer_id_out_of_range",
+    "injected",
 ];
 
 impl DeviceFault {
@@ -105,6 +109,7 @@ impl DeviceFault {
             DeviceFault::LogDma(_) => 15,
             DeviceFault::ChainNotAvailable { .. } => 16,
             DeviceFault::BufferIdOutOfRange { .. } => 17,
+            DeviceFault::Injected(_) => 18,
         }
     }
 

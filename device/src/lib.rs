@@ -5,6 +5,7 @@
 //! the IOMMU model of the `dma` crate. It never sees a socket: the vfio-user server and the
 //! in-process driver model both reach it through [`RegionAccess`] and [`DmaMapper`].
 
+pub mod capture;
 pub mod config;
 pub mod counters;
 mod device;
@@ -20,9 +21,10 @@ pub mod snapshot;
 pub mod state;
 pub mod transport;
 
+pub use capture::{CaptureDirection, FrameCapture};
 pub use config::{DeviceConfig, MsixOwner};
 pub use counters::{DeviceCounters, QueueCounters};
-pub use device::{AccessError, Device, DmaMapper, QueueSnapshot, RegionAccess};
+pub use device::{AccessError, Device, DmaMapper, InjectedFault, QueueSnapshot, RegionAccess};
 pub use fault::DeviceFault;
 pub use interrupt::{InterruptRecorder, InterruptSink};
 pub use port::{LinkPort, LoopbackPort, NullPort, Port, RxInbox};

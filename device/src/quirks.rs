@@ -99,6 +99,12 @@ impl Quirks {
         self
     }
 
+    /// Removes `q`.
+    pub fn without(mut self, q: Quirk) -> Quirks {
+        self.0.set(q as usize, false);
+        self
+    }
+
     /// The quirks that are on.
     pub fn iter(self) -> impl Iterator<Item = Quirk> {
         Quirk::ALL.into_iter().filter(move |&q| self.has(q))

@@ -72,6 +72,15 @@ pub enum DmaFault {
         /// Length of the access.
         len: u64,
     },
+    /// A fault armed on purpose (`vdpa-emu ctl fault inject dma-fault`): the access that met
+    /// it was refused as an IOMMU translation fault would be, whatever the mapping says.
+    #[error("DMA fault: IOVA {iova:#x} (len {len}): injected translation fault")]
+    Injected {
+        /// IOVA of the access.
+        iova: u64,
+        /// Length of the access.
+        len: u64,
+    },
 }
 
 impl DmaFault {
@@ -83,7 +92,8 @@ impl DmaFault {
             | DmaFault::CrossesMappingEnd { iova, .. }
             | DmaFault::NoBacking { iova, .. }
             | DmaFault::BackingLost { iova, .. }
-            | DmaFault::AddressOverflow { iova, .. } => iova,
+            | DmaFault::AddressOverflow { iova, .. }
+            | DmaFault::Injected { iova, .. } => iova,
         }
     }
 }
@@ -109,6 +119,8 @@ pub struct IommuStats {
     pub faults_overflow: u64,
     /// [`DmaFault::BackingLost`] count.
     pub faults_backing_lost: u64,
+    /// [`DmaFault::Injected`] count.
+    pub faults_injected: u64,
 }
 
 impl IommuStats {
@@ -120,6 +132,7 @@ impl IommuStats {
             + self.faults_no_backing
             + self.faults_overflow
             + self.faults_backing_lost
+            + self.faults_injected
     }
 }
 
@@ -168,6 +181,8 @@ pub(crate) struct Iommu {
     mask: u64,
     /// The contained-SIGBUS epoch this engine's IOTLB was checked against.
     sigbus_epoch: u64,
+    /// An injected fault waits for the next translation (see [`Iommu::inject_fault`]).
+    inject_next: bool,
     pub(crate) stats: IommuStats,
 }
 
@@ -198,6 +213,7 @@ impl Iommu {
             tlb: vec![TlbEntry::EMPTY; entries].into_boxed_slice(),
             mask: entries.saturating_sub(1) as u64,
             sigbus_epoch: crate::guard::epoch(),
+            inject_next: false,
             stats: IommuStats::default(),
         }
     }
@@ -224,6 +240,23 @@ impl Iommu {
     pub(crate) fn invalidate(&mut self) {
         self.tlb.fill(TlbEntry::EMPTY);
         self.stats.iotlb_invalidations += 1;
+    }
+
+    /// Arms one translation fault for the next access. The IOTLB is flushed so that the next
+    /// access takes the slow path, where the fault is met: the hit path stays branch-free.
+    pub(crate) fn inject_fault(&mut self) {
+        self.inject_next = true;
+        self.invalidate();
+    }
+
+    /// Drops an injected fault that met no access yet.
+    pub(crate) fn disarm_fault(&mut self) {
+        self.inject_next = false;
+    }
+
+    /// Whether an injected fault is still waiting for an access.
+    pub(crate) fn fault_armed(&self) -> bool {
+        self.inject_next
     }
 
     #[cold]
@@ -318,6 +351,10 @@ impl Iommu {
         if generation != self.generation {
             self.reload(generation);
         }
+        if self.inject_next {
+            self.inject_next = false;
+            return Err(self.fault(DmaFault::Injected { iova, len }));
+        }
         let Some(end) = iova.checked_add(len) else {
             return Err(self.fault(DmaFault::AddressOverflow { iova, len }));
         };
@@ -406,6 +443,7 @@ impl Iommu {
             DmaFault::NoBacking { .. } => s.faults_no_backing += 1,
             DmaFault::AddressOverflow { .. } => s.faults_overflow += 1,
             DmaFault::BackingLost { .. } => s.faults_backing_lost += 1,
+            DmaFault::Injected { .. } => s.faults_injected += 1,
         }
         tracing::debug!(%f, "DMA fault");
         f

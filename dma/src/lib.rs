@@ -102,6 +102,22 @@ impl DmaEngine {
         }
     }
 
+    /// Arms one DMA fault: the next access that needs a translation fails with
+    /// [`DmaFault::Injected`] (the IOTLB is flushed so that this is the very next access).
+    pub fn inject_fault(&mut self) {
+        self.iommu.inject_fault();
+    }
+
+    /// Drops an injected fault that met no access yet (device reset).
+    pub fn disarm_fault(&mut self) {
+        self.iommu.disarm_fault();
+    }
+
+    /// Whether an injected fault has not met an access yet.
+    pub fn fault_armed(&self) -> bool {
+        self.iommu.fault_armed()
+    }
+
     /// The IOVA space this engine translates through.
     pub fn space(&self) -> &Arc<AddressSpace> {
         &self.iommu.space

@@ -3,10 +3,12 @@
 
 use crate::driver::{DriverError, DriverOptions};
 use crate::frames::{self, Tracker};
+use crate::pcap::PcapCapture;
 use device::{Device, DeviceConfig};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::path::Path;
 use std::time::Instant;
 
 /// What the demo did.
@@ -19,11 +21,26 @@ pub struct DemoReport {
 }
 
 /// Sends `count` random-size frames over `pairs` queue pairs through a loopback device and
-/// checks every one comes back intact, once, in order.
-pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError> {
+/// checks every one comes back intact, once, in order; with `pcap`, every frame is also
+/// captured into that pcapng file.
+pub fn run(
+    pairs: u16,
+    count: u64,
+    seed: u64,
+    pcap: Option<&Path>,
+) -> Result<DemoReport, DriverError> {
     let dev = Device::new(DeviceConfig::with_queue_pairs(pairs))
         .map_err(|e| DriverError::Usage(e.to_string()))?;
     dev.set_loopback();
+    let usage = |e: crate::pcap::CaptureError| DriverError::Usage(e.to_string());
+    let capture = match pcap {
+        Some(path) => {
+            let c = PcapCapture::create(path).map_err(usage)?;
+            c.attach("", &dev).map_err(usage)?;
+            Some(c)
+        }
+        None => None,
+    };
     let mut drv = crate::driver::in_process(
         &dev,
         DriverOptions {
@@ -75,6 +92,13 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
     tracker.finish(&sent);
     let elapsed_s = t0.elapsed().as_secs_f64();
     let states = drv.stop()?;
+    let captured = match capture {
+        Some(c) => {
+            dev.set_capture(None);
+            Some(c.finish().map_err(usage)?)
+        }
+        None => None,
+    };
     let c = dev.counters();
     let bus = dev.bus_stats();
     let mut text = String::new();
@@ -133,6 +157,15 @@ pub fn run(pairs: u16, count: u64, seed: u64) -> Result<DemoReport, DriverError>
         io.iotlb_misses,
         io.faults()
     );
+    if let Some(s) = captured {
+        let _ = writeln!(
+            text,
+            "captured {} frames ({} bytes) into {}",
+            s.frames,
+            s.bytes,
+            s.path.display()
+        );
+    }
     Ok(DemoReport {
         frames: total,
         tracker,

@@ -2,11 +2,13 @@
 //! themselves (the `vdpa-emu` binary is a thin clap front end over this library).
 
 pub mod bench;
+pub mod ctl;
 pub mod demo;
 pub mod dirty_bitmap;
 pub mod driver;
 pub mod frames;
 pub mod migrate;
+pub mod pcap;
 pub mod ports;
 pub mod progress;
 pub mod report_json;

@@ -30,6 +30,9 @@ enum Cmd {
         /// Random seed (frame sizes and payloads).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Capture every frame into this pcapng file (interfaces tx<P>/rx<P> per queue pair).
+        #[arg(long)]
+        pcap: Option<std::path::PathBuf>,
     },
     /// Print the register map (the datasheet) rendered from the declarations the device decodes
     /// with: Markdown (docs/registers.md is the default output), a C header, or JSON.
@@ -52,6 +55,11 @@ enum Cmd {
         /// loop frames back, e.g. `vdpa-emu serve --port loopback`). One connection is made.
         #[arg(long, conflicts_with = "vfio")]
         socket: Option<std::path::PathBuf>,
+        /// With --socket: the device's control socket, for the checks that need the VMM side
+        /// (GUEST_ANNOUNCE on request) [default: SOCKET.ctl when it exists; without one those
+        /// checks are NOT RUN].
+        #[arg(long, requires = "socket")]
+        ctl: Option<std::path::PathBuf>,
         /// Validate the PCI function at this address (DDDD:BB:DD.F), bound to vfio-pci, through
         /// Linux VFIO (a board, or a device in a guest behind a vIOMMU). It must loop frames
         /// back. See docs/validate.md.
@@ -115,7 +123,20 @@ enum Cmd {
         /// dropped (idle clients between messages are never dropped).
         #[arg(long, default_value = "5", value_parser = parse_timeout)]
         client_timeout: std::time::Duration,
+        /// Control socket for `vdpa-emu ctl` (JSON lines; owner-only) [default: SOCKET.ctl].
+        #[arg(long, conflicts_with = "no_ctl")]
+        ctl: Option<std::path::PathBuf>,
+        /// Open no control socket.
+        #[arg(long)]
+        no_ctl: bool,
+        /// Capture every frame into this pcapng file from the start (stop or restart it with
+        /// `vdpa-emu ctl pcap`).
+        #[arg(long)]
+        pcap: Option<std::path::PathBuf>,
     },
+    /// Talk to a served device's control socket: counters, link, announce, quirks, faults,
+    /// capture (the protocol: docs/ctl.md).
+    Ctl(sim_harness::ctl::cli::CtlArgs),
     /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
     Migrate {
         /// Guest RAM (e.g. 64M, 1G).
@@ -202,6 +223,10 @@ enum ScenarioCmd {
         /// Report format.
         #[arg(long, default_value = "table", value_parser = ["table", "json", "junit"])]
         format: String,
+        /// Capture every frame of every device into this pcapng file (interfaces named
+        /// SCENARIO/DEVICE-tx<P> and -rx<P>).
+        #[arg(long)]
+        pcap: Option<std::path::PathBuf>,
     },
 }
 
@@ -298,6 +323,13 @@ fn list_quirks() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Serve { .. }) {
+        // A report piped into `head` ends the process quietly, as for any Unix filter, instead
+        // of a panic on EPIPE (Rust ignores SIGPIPE by default). `serve` keeps it ignored: a
+        // client that goes away must not kill the server.
+        // SAFETY: restoring a signal's default disposition has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let level = match cli.verbose {
         // serve is a daemon: its session lines (connect, disconnect, DMA map statistics) show
         0 if matches!(cli.cmd, Cmd::Serve { .. }) => "info",
@@ -317,7 +349,8 @@ fn main() -> ExitCode {
             queue_pairs,
             frames,
             seed,
-        } => match sim_harness::demo::run(queue_pairs, frames, seed) {
+            pcap,
+        } => match sim_harness::demo::run(queue_pairs, frames, seed, pcap.as_deref()) {
             Ok(r) => {
                 print!("{}", r.text);
                 if r.tracker.clean() && r.tracker.delivered == r.frames {
@@ -402,6 +435,7 @@ fn main() -> ExitCode {
         }
         Cmd::Validate {
             socket,
+            ctl,
             vfio,
             reconnect_per_group,
             queue_pairs,
@@ -428,7 +462,13 @@ fn main() -> ExitCode {
             };
             use sim_harness::validate::{self as v, Target};
             let target: Box<dyn Target> = match (socket, vfio) {
-                (Some(path), _) => Box::new(v::OverSocket::new(path)),
+                (Some(path), _) => {
+                    let mut t = v::OverSocket::new(path);
+                    if ctl.is_some() {
+                        t.ctl = ctl;
+                    }
+                    Box::new(t)
+                }
                 (None, Some(bdf)) => Box::new(v::vfio::OverVfio::new(bdf)),
                 (None, None) => Box::new(v::InProcess { cfg }),
             };
@@ -487,7 +527,12 @@ fn main() -> ExitCode {
             no_packed,
             quirks,
             client_timeout,
+            ctl,
+            no_ctl,
+            pcap,
         } => {
+            let ctl = (!no_ctl)
+                .then(|| ctl.unwrap_or_else(|| sim_harness::ctl::default_ctl_path(&socket)));
             match sim_harness::serve::run(&sim_harness::serve::ServeOptions {
                 socket,
                 queue_pairs,
@@ -497,6 +542,8 @@ fn main() -> ExitCode {
                 no_packed,
                 quirks: quirks.into_iter().collect(),
                 client_timeout,
+                ctl,
+                pcap,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -506,7 +553,12 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Scenario {
-            cmd: ScenarioCmd::Run { files, format },
+            cmd:
+                ScenarioCmd::Run {
+                    files,
+                    format,
+                    pcap,
+                },
         } => {
             let files = match sim_harness::scenario::collect_files(&files) {
                 Ok(f) => f,
@@ -515,7 +567,28 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let r = sim_harness::scenario::run_collected(&files, true);
+            let capture = match pcap.as_deref().map(sim_harness::pcap::PcapCapture::create) {
+                Some(Err(e)) => {
+                    eprintln!("vdpa-emu scenario run: {e}");
+                    return ExitCode::from(2);
+                }
+                c => c.map(Result::unwrap),
+            };
+            let r = sim_harness::scenario::run_collected(&files, true, capture.as_ref());
+            if let Some(c) = capture {
+                match c.finish() {
+                    Ok(s) => eprintln!(
+                        "vdpa-emu scenario run: captured {} frames ({} bytes) into {}",
+                        s.frames,
+                        s.bytes,
+                        s.path.display()
+                    ),
+                    Err(e) => {
+                        eprintln!("vdpa-emu scenario run: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             match format.as_str() {
                 "json" => println!("{}", r.json()),
                 "junit" => print!("{}", r.junit()),
@@ -526,6 +599,7 @@ fn main() -> ExitCode {
         Cmd::Bench {
             cmd: BenchCmd::Bus(a),
         } => sim_harness::bench::bus::cli(&a),
+        Cmd::Ctl(a) => sim_harness::ctl::cli::run(&a),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vdpa-emu", &mut std::io::stdout());

@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! vdpa-emu serve --socket PATH [--queue-pairs N] [--mac MAC] [--port SPEC] [--lm-layout dpdk|linux]
-//!                [--client-timeout SECS]
+//!                [--client-timeout SECS] [--ctl PATH | --no-ctl] [--pcap FILE]
 //! ```
+//!
+//! Next to the vfio-user socket, `serve` opens a control socket (`PATH.ctl` unless `--ctl`
+//! names another; `--no-ctl`: none) for `vdpa-emu ctl`: counters while the device runs, link
+//! up/down, announce, quirks and faults on the live device, pcapng capture (the `ctl` module
+//! documents its JSON-lines protocol). `--pcap FILE` captures from the start.
 //!
 //! QEMU attaches with
 //! `-device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"PATH"}}'` and needs
@@ -29,6 +34,8 @@
 //!   started with the same `unix:/tmp/link` are wired to each other, in either start order.
 //!   Frames sent while the other end is absent are dropped.
 
+use crate::ctl::{CtlHandler, CtlServer};
+use crate::pcap::LiveCapture;
 use crate::ports::{self, PortError, PortSpec};
 use crate::vfio_user::{Backend, Server, ServerError, ServerOptions, Stop};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
@@ -172,6 +179,10 @@ pub struct ServeOptions {
     pub quirks: device::Quirks,
     /// How long a client may stall inside a message or leave a reply unread.
     pub client_timeout: std::time::Duration,
+    /// Control socket path (None: no control socket).
+    pub ctl: Option<PathBuf>,
+    /// Capture every frame into this pcapng file from the start.
+    pub pcap: Option<PathBuf>,
 }
 
 /// Why `serve` failed.
@@ -185,6 +196,10 @@ pub enum ServeError {
     Server(#[from] ServerError),
     #[error("installing signal handlers: {0}")]
     Signal(#[source] io::Error),
+    #[error(transparent)]
+    Ctl(#[from] crate::ctl::server::CtlServerError),
+    #[error(transparent)]
+    Capture(#[from] crate::pcap::CaptureError),
 }
 
 /// The device configuration `serve` uses: QEMU emulates the MSI-X table, so the VMM owns it.
@@ -277,6 +292,18 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     }
     let dev = Device::new(device_config(opts))?;
     let port = ports::attach(&opts.port, &dev)?;
+    let capture = Arc::new(LiveCapture::new(dev.clone()));
+    if let Some(path) = &opts.pcap {
+        capture.start(path)?;
+    }
+    // Before the vfio-user socket: whoever sees that one finds the control socket too.
+    let ctl = match &opts.ctl {
+        Some(path) => Some(CtlServer::start(
+            path,
+            CtlHandler::new(dev.clone(), capture.clone()),
+        )?),
+        None => None,
+    };
     let server = Server::bind(
         &opts.socket,
         DeviceBackend::new(dev.clone()),
@@ -293,6 +320,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         bar0 = l.bar_size(0),
         port = port.describe(),
         lm = opts.lm_layout.name(),
+        ctl = ctl.as_ref().map(|c| c.path().display().to_string()),
         "serving"
     );
     eprintln!(
@@ -306,6 +334,18 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let result = server.serve();
     drop(guard);
     let stats = server.stats();
+    drop(ctl);
+    if capture.status().is_some() {
+        match capture.stop() {
+            Ok(c) => eprintln!(
+                "vdpa-emu: captured {} frames ({} bytes) into {}",
+                c.frames,
+                c.bytes,
+                c.path.display()
+            ),
+            Err(e) => eprintln!("vdpa-emu: capture: {e}"),
+        }
+    }
     drop(server);
     drop(port);
     tracing::info!(

@@ -6,6 +6,7 @@
 //! through a `Datapath`: the negotiated features in, counters and the interrupts and config
 //! changes it leaves for the device out.
 
+use crate::capture::FrameCapture;
 use crate::config::DeviceConfig;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
@@ -105,6 +106,8 @@ pub struct NetEngine {
     pub(super) rx_descs: Vec<Desc>,
     /// TX frame / control command bytes.
     pub(super) buf: Vec<u8>,
+    /// Where carried frames are copied for a capture, if one runs.
+    pub(super) capture: Option<Arc<dyn FrameCapture>>,
 }
 
 impl std::fmt::Debug for NetEngine {
@@ -152,6 +155,7 @@ impl NetEngine {
             chain: Chain::default(),
             rx_descs: Vec::new(),
             buf: Vec::with_capacity(65 * 1024),
+            capture: None,
         }
     }
 
@@ -164,7 +168,32 @@ impl NetEngine {
         }
         self.net = NetState::new(self.params.mac);
         self.dma.set_logging(None);
+        self.dma.disarm_fault();
         self.inbox.clear()
+    }
+
+    /// Starts (Some) or stops (None) copying carried frames to a capture.
+    pub fn set_capture(&mut self, capture: Option<Arc<dyn FrameCapture>>) {
+        self.capture = capture;
+    }
+
+    /// Applies a changed quirk set to what the engine decides at run time: the per-frame and
+    /// ring-state quirks at once, the dirty log's unlogged kinds at once, and used_event
+    /// handling on every ring now running (new rings take it at enable).
+    pub(crate) fn set_quirks(&mut self, quirks: Quirks) {
+        self.params.quirks = quirks;
+        let unlogged: &[dma::DmaKind] = if quirks.has(Quirk::LogSkipsUsedRing) {
+            &[dma::DmaKind::RingWrite]
+        } else {
+            &[]
+        };
+        self.dma.set_unlogged_kinds(unlogged);
+        let ignore = quirks.has(Quirk::IgnoresEventIdx);
+        for slot in &mut self.queues {
+            if let QueueState::Enabled(ring) = &mut slot.state {
+                ring.set_ignore_used_event(ignore);
+            }
+        }
     }
 
     /// The DMA engine.

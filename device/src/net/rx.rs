@@ -5,6 +5,7 @@
 
 use super::engine::{Datapath, NetEngine};
 use super::NET_HDR_LEN;
+use crate::capture::CaptureDirection;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
 use crate::queue::chain::{ChainKind, Desc};
@@ -167,6 +168,9 @@ impl NetEngine {
         qc.bytes += frame.len() as u64;
         counters.rx_frames += 1;
         counters.rx_bytes += frame.len() as u64;
+        if let Some(c) = &self.capture {
+            c.frame(CaptureDirection::Rx, q / 2, frame);
+        }
         Ok(true)
     }
 }

@@ -3,6 +3,7 @@
 
 use super::engine::{Datapath, NetEngine};
 use super::{ETH_HLEN, MAX_TX_CHAIN, NET_HDR_LEN};
+use crate::capture::CaptureDirection;
 use crate::fault::DeviceFault;
 use crate::queue::chain::ChainKind;
 use crate::state::QueueState;
@@ -22,6 +23,7 @@ impl NetEngine {
                 buf,
                 port,
                 net,
+                capture,
                 ..
             } = self;
             let counters = &mut *dp.counters;
@@ -57,6 +59,9 @@ impl NetEngine {
                 }
                 net.note_tx_flow(frame, pair);
                 if port.transmit(frame) {
+                    if let Some(c) = capture {
+                        c.frame(CaptureDirection::Tx, pair, frame);
+                    }
                     counters.tx_frames += 1;
                     counters.tx_bytes += frame.len() as u64;
                     qc.frames += 1;

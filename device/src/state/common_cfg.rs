@@ -100,6 +100,12 @@ impl CommonCfg {
     }
 
     /// Feature bits the device offers.
+    /// Changes the offered set (a quirk switched on a live device): drivers that negotiate
+    /// from now on see it; features already negotiated stay.
+    pub fn set_offered(&mut self, offered: u64) {
+        self.offered = offered;
+    }
+
     pub fn offered(&self) -> u64 {
         self.offered
     }

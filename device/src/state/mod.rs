@@ -109,6 +109,20 @@ impl DeviceState {
         self.cfg.quirks.has(q)
     }
 
+    /// Switches a quirk on a running device. Each quirk takes effect where the device decides
+    /// it: the datapath and ring-state quirks at once, `log-ignores-end` at the next logging
+    /// start, `no-guest-announce` at the next feature negotiation (the offered set changes,
+    /// what was negotiated stays).
+    pub(crate) fn set_quirk(&mut self, q: Quirk, on: bool) {
+        self.cfg.quirks = if on {
+            self.cfg.quirks.with(q)
+        } else {
+            self.cfg.quirks.without(q)
+        };
+        self.common.set_offered(offered(&self.cfg));
+        self.engine.set_quirks(self.cfg.quirks);
+    }
+
     /// Whether feature `bit` was negotiated.
     pub(crate) fn has(&self, bit: u32) -> bool {
         self.common.has(bit)

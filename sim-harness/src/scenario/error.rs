@@ -180,6 +180,8 @@ fn key_of(line: &str) -> Option<String> {
 pub enum StepError {
     #[error("driver: {0}")]
     Driver(#[from] DriverError),
+    #[error(transparent)]
+    Capture(#[from] crate::pcap::CaptureError),
     #[error("guest memory: {0}")]
     Memory(#[from] MemoryError),
     #[error("device: {0}")]

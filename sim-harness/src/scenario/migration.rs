@@ -45,6 +45,12 @@ impl MigratingGuest for StepGuest<'_, '_> {
 
     fn destination(&mut self) -> Result<Arc<Device>, StepError> {
         let dst = Device::new(self.cfg.clone())?;
+        if let Some(c) = self.world.capture.clone() {
+            let nth = self.world.migrations + 1;
+            let scenario = &self.world.sc.name;
+            let label = format!("{scenario}/{}@m{nth}", self.world.node(self.node)?.name);
+            c.attach(&label, &dst)?;
+        }
         match self.port {
             PortSpec::Loopback => dst.set_loopback(),
             PortSpec::Link(j) => LinkPort::join(&dst, &self.world.node(j)?.dev.clone()),

@@ -23,11 +23,13 @@ pub mod report;
 pub mod runner;
 pub mod schema;
 
+use crate::pcap::PcapCapture;
 pub use compile::parse_str;
 pub use error::{ScenarioError, StepError};
 pub use model::{Scenario, FAULTS, STEP_KINDS};
 pub use report::{FileReport, RunReport, Verdict};
-pub use runner::run;
+pub use runner::{run, run_captured};
+use std::sync::Arc;
 
 use std::path::{Path, PathBuf};
 
@@ -80,21 +82,26 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
 /// loaded is reported as malformed and the others still run.
 pub fn run_files(paths: &[PathBuf]) -> RunReport {
     match collect_files(paths) {
-        Ok(files) => run_collected(&files, false),
+        Ok(files) => run_collected(&files, false, None),
         Err(e) => RunReport::new(vec![FileReport::malformed(&e.to_string(), e.to_string())]),
     }
 }
 
 /// Loads and runs files [`collect_files`] has already expanded, with progress on stderr when
-/// `progress` (a bar on a terminal, a line per file otherwise).
-pub fn run_collected(files: &[PathBuf], progress: bool) -> RunReport {
+/// `progress` (a bar on a terminal, a line per file otherwise), capturing every frame into
+/// `capture` when given.
+pub fn run_collected(
+    files: &[PathBuf],
+    progress: bool,
+    capture: Option<&Arc<PcapCapture>>,
+) -> RunReport {
     let p = crate::progress::Progress::new(progress, files.len() as u64, "scenario files");
     let reports = files
         .iter()
         .map(|f| {
             p.message(&format!("scenario {}", f.display()));
             let r = match load(f) {
-                Ok(sc) => run(&sc),
+                Ok(sc) => runner::run_captured(&sc, capture),
                 Err(e) => FileReport::malformed(&f.display().to_string(), e.to_string()),
             };
             p.inc();

@@ -12,6 +12,7 @@ use super::model::{Action, PortSpec, ResetHow, Scenario, SizeSpec, Step, Traffic
 use super::report::{ExpectReport, ExpectVerdict, FileReport, StepReport, StepVerdict, Verdict};
 use crate::driver::NetDriver;
 use crate::frames;
+use crate::pcap::PcapCapture;
 use bar_registers::virtio::net_cfg;
 use device::{Device, LinkPort, Quirks};
 use rand::rngs::SmallRng;
@@ -52,13 +53,22 @@ pub(crate) struct World<'a> {
     pub migrations: u64,
     /// Whether the latest step failed (metric `step.error`).
     pub step_error: bool,
+    /// The pcapng capture every device of this run writes into (`scenario run --pcap`).
+    pub capture: Option<Arc<PcapCapture>>,
 }
 
 /// Runs one scenario and reports on every step and expectation.
 pub fn run(sc: &Scenario) -> FileReport {
+    run_captured(sc, None)
+}
+
+/// [`run`], with every device's frames captured into `capture` (interfaces
+/// `SCENARIO/DEVICE-tx<P>`; a migration's destination is `SCENARIO/DEVICE@mN`).
+pub fn run_captured(sc: &Scenario, capture: Option<&Arc<PcapCapture>>) -> FileReport {
     let t0 = Instant::now();
-    let mut report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(sc)))
-    {
+    let mut report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_inner(sc, capture.cloned())
+    })) {
         Ok(r) => r,
         Err(p) => {
             let msg = p
@@ -76,9 +86,9 @@ pub fn run(sc: &Scenario) -> FileReport {
     report
 }
 
-fn run_inner(sc: &Scenario) -> FileReport {
+fn run_inner(sc: &Scenario, capture: Option<Arc<PcapCapture>>) -> FileReport {
     let mut report = FileReport::new(sc);
-    let mut world = match World::new(sc) {
+    let mut world = match World::new(sc, capture) {
         Ok(w) => w,
         Err(e) => {
             report.error = Some(format!("setting up the devices: {e}"));
@@ -152,7 +162,7 @@ fn run_inner(sc: &Scenario) -> FileReport {
 
 impl<'a> World<'a> {
     /// Creates the devices, joins their ports and binds a driver to each.
-    fn new(sc: &'a Scenario) -> Result<Self, StepError> {
+    fn new(sc: &'a Scenario, capture: Option<Arc<PcapCapture>>) -> Result<Self, StepError> {
         let devs: Vec<Arc<Device>> = sc
             .devices
             .iter()
@@ -167,6 +177,11 @@ impl<'a> World<'a> {
                     }
                 }
                 PortSpec::Link(_) | PortSpec::Null => {}
+            }
+        }
+        if let Some(c) = &capture {
+            for (spec, dev) in sc.devices.iter().zip(&devs) {
+                c.attach(&format!("{}/{}", sc.name, spec.name), dev)?;
             }
         }
         let mut nodes = Vec::with_capacity(devs.len());
@@ -192,6 +207,7 @@ impl<'a> World<'a> {
             migration: None,
             migrations: 0,
             step_error: false,
+            capture,
         })
     }
 

@@ -1431,14 +1431,25 @@ fn guest_announce(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         f.push(Finding::not_run(
             G,
             "ANNOUNCE on request",
-            "the target has no VMM hook to request an announce",
+            "the target has no VMM hook to request an announce (a served device: its control socket, `vdpa-emu serve --ctl`)",
         ));
         return Ok(());
     };
     let mut d = started(s, DriverOptions::default())?;
     let before = s.irq.count(0);
     let gen0 = d.net_config(net_cfg::STATUS, 2)?;
-    let requested = announce();
+    let requested = match announce() {
+        Ok(r) => r,
+        Err(why) => {
+            f.push(Finding::not_run(
+                G,
+                "ANNOUNCE on request",
+                &format!("the VMM hook failed: {why}"),
+            ));
+            d.reset()?;
+            return Ok(());
+        }
+    };
     s.wait_irqs(0, before + 1);
     let status = d.net_config(net_cfg::STATUS, 2)?;
     let irq = s.irq.count(0) - before;

@@ -82,14 +82,18 @@ pub enum ValidateError {
 /// failed.
 pub type DeviceReset = Box<dyn Fn() -> Result<(), String> + Send>;
 
+/// See [`Session::announce`].
+pub type AnnounceHook = Box<dyn Fn() -> Result<bool, String> + Send>;
+
 /// One open connection to the device under test. The validator opens it once and runs every
 /// group in it, resetting the device between groups (see [`Session::reset_between_groups`]).
 pub struct Session {
     pub handle: Arc<dyn DeviceHandle>,
     pub irq: Arc<InterruptRecorder>,
     /// The VMM-side hook that asks the device to request an announce (GUEST_ANNOUNCE), where
-    /// the target has one.
-    pub announce: Option<Box<dyn Fn() -> bool + Send>>,
+    /// the target has one: Ok(whether the device took the request), Err(why the hook could
+    /// not be used, e.g. a control socket that did not answer).
+    pub announce: Option<AnnounceHook>,
     /// How long interrupts may take to reach `irq` after the register access that caused
     /// them returned (0 in-process; eventfds and a pump thread over vfio-user and VFIO).
     pub irq_latency: std::time::Duration,
@@ -257,7 +261,7 @@ impl Target for InProcess {
         Ok(Session {
             handle: dev,
             irq,
-            announce: Some(Box::new(move || d2.announce())),
+            announce: Some(Box::new(move || Ok(d2.announce()))),
             irq_latency: std::time::Duration::ZERO,
             // What vfio-user DEVICE_RESET does to the model (the serve backend's reset).
             device_reset: Some(Box::new(move || {
@@ -294,6 +298,10 @@ pub struct OverSocket {
     pub path: std::path::PathBuf,
     /// How long a reply may take before the device counts as unreachable (exit 2).
     pub reply_timeout: std::time::Duration,
+    /// The device's control socket (`vdpa-emu serve`'s, see the `ctl` module): the VMM-side
+    /// hook for the checks that need one (GUEST_ANNOUNCE on request). None: those checks are
+    /// NOT RUN.
+    pub ctl: Option<std::path::PathBuf>,
 }
 
 impl OverSocket {
@@ -301,11 +309,33 @@ impl OverSocket {
     /// hw/vfio-user/proxy.c): a server slower than that would not run a guest either.
     pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+    /// The device at `path`, with the control socket `serve` opens beside it (`PATH.ctl`)
+    /// when that exists.
     pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        let path = path.into();
+        let ctl = crate::ctl::default_ctl_path(&path);
+        let ctl = std::fs::symlink_metadata(&ctl)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            .then_some(ctl);
         OverSocket {
-            path: path.into(),
+            path,
             reply_timeout: Self::REPLY_TIMEOUT,
+            ctl,
         }
+    }
+
+    /// The announce hook through the control socket.
+    fn announce_hook(&self) -> Option<AnnounceHook> {
+        let ctl = self.ctl.clone()?;
+        let timeout = self.reply_timeout;
+        Some(Box::new(move || {
+            use crate::ctl::{CtlClient, Request};
+            let r = CtlClient::connect(&ctl, timeout)
+                .and_then(|mut c| c.call(&Request::Announce {}))
+                .map_err(|e| e.to_string())?;
+            r.announced
+                .ok_or_else(|| format!("{}: announce answered without `announced`", ctl.display()))
+        }))
     }
 
     fn connect(&self, retry_for: std::time::Duration) -> Result<Session, ValidateError> {
@@ -346,7 +376,7 @@ impl OverSocket {
         Ok(Session {
             handle: c,
             irq,
-            announce: None,
+            announce: self.announce_hook(),
             irq_latency: std::time::Duration::from_millis(30),
             device_reset: Some(Box::new(move || c2.reset().map_err(|e| e.to_string()))),
             keep: Some(Box::new(pump)),

@@ -47,7 +47,6 @@ use dma::{Backing, MapError, Perms, PAGE_SIZE};
 use std::fs::File;
 use std::io::{self, IoSlice, Read as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -101,16 +100,8 @@ impl Default for ServerOptions {
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("socket {0} is in use by a running server")]
-    InUse(PathBuf),
-    #[error("{0} exists and is not a socket: refusing to replace it")]
-    NotSocket(PathBuf),
-    #[error("binding {path}: {source}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::sock::BindError),
     #[error("creating the stop eventfd: {0}")]
     Stop(#[source] io::Error),
     #[error("waiting for a client: {0}")]
@@ -208,51 +199,12 @@ pub struct Server<B: Backend> {
 /// after `serve`, a script polling for the file) gets ECONNREFUSED. So the socket is bound
 /// and listening under a temporary name in the same directory, then renamed into place
 /// (rename(2) is atomic). A path too long for the temporary name is bound directly.
-fn bind_listening(path: &Path) -> std::io::Result<UnixListener> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = name.map(|n| path.with_file_name(format!(".{n}.{}.tmp", std::process::id())));
-    match tmp {
-        // sockaddr_un.sun_path holds 108 bytes including the NUL (unix(7)).
-        Some(tmp) if tmp.as_os_str().len() < 108 => {
-            let _ = std::fs::remove_file(&tmp);
-            let listener = UnixListener::bind(&tmp)?;
-            if let Err(e) = std::fs::rename(&tmp, path) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-            Ok(listener)
-        }
-        _ => UnixListener::bind(path),
-    }
-}
-
 impl<B: Backend> Server<B> {
     /// Binds `path` (replacing a stale socket file left by a dead server) and becomes
     /// `device`'s interrupt sink. QEMU emulates the MSI-X table itself, so the function must
     /// leave it to the VMM (vdpa-emu's NIC: `DeviceConfig::msix_owner = MsixOwner::Vmm`).
     pub fn bind(path: &Path, device: B, opts: ServerOptions) -> Result<Self, ServerError> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(ServerError::NotSocket(path.into()));
-            }
-            if UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse(path.into()));
-            }
-            tracing::info!(path = %path.display(), "removing stale socket");
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = bind_listening(path).map_err(|source| ServerError::Bind {
-            path: path.into(),
-            source,
-        })?;
-        // Non-blocking: a connection that went away between poll and accept must not block the
-        // loop (accepted streams do not inherit O_NONBLOCK on Linux, accept(2)).
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ServerError::Bind {
-                path: path.into(),
-                source,
-            })?;
+        let listener = crate::sock::bind_listener(path, None)?;
         let sock_id = path_id(path);
         let irqs = Arc::new(IrqTable::new(device.msix_vectors()));
         device.set_interrupt_sink(irqs.clone());

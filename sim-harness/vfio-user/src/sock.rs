@@ -6,6 +6,8 @@ use std::fs::File;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -421,4 +423,75 @@ pub fn is_eventfd(fd: BorrowedFd<'_>) -> bool {
 /// Number of open descriptors of this process (tests count leaks with it).
 pub fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Why a listening socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("socket {0} is in use by a running server")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket: refusing to replace it")]
+    NotSocket(PathBuf),
+    #[error("binding {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A non-blocking listening Unix stream socket at `path`, replacing a stale socket file left
+/// by a dead server (one nobody accepts on) but never a live one or a file that is not a
+/// socket.
+///
+/// The socket is bound and listening under a temporary name in the same directory and then
+/// renamed into place, so a client that sees the file never gets ECONNREFUSED. Non-blocking: a
+/// connection that went away between poll and accept must not block the accept loop (accepted
+/// streams do not inherit O_NONBLOCK on Linux, accept(2)). `mode` sets the socket file's
+/// permissions before it appears under `path` (None: as the umask leaves them).
+pub fn bind_listener(path: &Path, mode: Option<u32>) -> Result<UnixListener, BindError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotSocket(path.into()));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(path.into()));
+        }
+        tracing::info!(path = %path.display(), "removing stale socket");
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_err = |source| BindError::Bind {
+        path: path.into(),
+        source,
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = name.map(|n| path.with_file_name(format!(".{n}.{}.tmp", std::process::id())));
+    let listener = match tmp {
+        // sockaddr_un.sun_path holds 108 bytes including the NUL (unix(7)).
+        Some(tmp) if tmp.as_os_str().len() < 108 => {
+            let _ = std::fs::remove_file(&tmp);
+            let listener = UnixListener::bind(&tmp).map_err(bind_err)?;
+            let placed = mode
+                .map_or(Ok(()), |m| {
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m))
+                })
+                .and_then(|()| std::fs::rename(&tmp, path));
+            if let Err(e) = placed {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(bind_err(e));
+            }
+            listener
+        }
+        _ => {
+            let listener = UnixListener::bind(path).map_err(bind_err)?;
+            if let Some(m) = mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(m))
+                    .map_err(bind_err)?;
+            }
+            listener
+        }
+    };
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok(listener)
 }

@@ -1,0 +1,280 @@
+//! The control socket `vdpa-emu serve` opens next to its vfio-user socket: a listener thread
+//! and one thread per connection (at most [`MAX_CONNECTIONS`]), each answering JSON-lines
+//! requests (see [`super::protocol`]) against the served device. The vfio-user server never
+//! waits for it: requests take the device lock for as long as one register access does.
+
+use super::protocol::{Hello, Request, Response, MAX_LINE, PROTOCOL_VERSION};
+use super::stats::StatsReport;
+use crate::pcap::LiveCapture;
+use crate::vfio_user::sock::{bind_listener, BindError, Ready, Stop};
+use device::{Device, InjectedFault, Quirk};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Connections served at once; one more is answered with an error and closed.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Why the control socket could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlServerError {
+    #[error("control socket: {0}")]
+    Bind(#[from] BindError),
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What requests act on.
+#[derive(Debug, Clone)]
+pub struct CtlHandler {
+    device: Arc<Device>,
+    capture: Arc<LiveCapture>,
+}
+
+impl CtlHandler {
+    pub fn new(device: Arc<Device>, capture: Arc<LiveCapture>) -> Self {
+        CtlHandler { device, capture }
+    }
+
+    /// Answers one request line.
+    pub fn handle_line(&self, line: &str) -> Response {
+        match serde_json::from_str::<Request>(line) {
+            Ok(req) => self.handle(req),
+            Err(e) => Response::error(format!(
+                "malformed request: {e}; expected one JSON object per line like {{\"cmd\":\"stats\"}} (commands: {})",
+                Request::COMMANDS.join(", ")
+            )),
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: Request) -> Response {
+        let _span = tracing::info_span!("ctl", request = ?req).entered();
+        let dev = &self.device;
+        match req {
+            Request::Hello {} => Response {
+                hello: Some(Hello {
+                    server: format!("vdpa-emu {}", env!("CARGO_PKG_VERSION")),
+                    protocol: PROTOCOL_VERSION,
+                    commands: Request::COMMANDS.iter().map(|s| s.to_string()).collect(),
+                    quirks: Quirk::ALL.iter().map(|q| q.name().to_string()).collect(),
+                    faults: InjectedFault::ALL
+                        .iter()
+                        .map(|f| f.name().to_string())
+                        .collect(),
+                }),
+                ..Response::ok()
+            },
+            Request::Stats {} => Response {
+                stats: Some(StatsReport::of(dev, self.capture.status())),
+                ..Response::ok()
+            },
+            Request::Link { up } => {
+                tracing::info!(up, "link set");
+                dev.set_link(up);
+                Response {
+                    link_up: Some(dev.link_up()),
+                    ..Response::ok()
+                }
+            }
+            Request::Announce {} => {
+                let announced = dev.announce();
+                tracing::info!(announced, "announce requested");
+                Response {
+                    announced: Some(announced),
+                    ..Response::ok()
+                }
+            }
+            Request::Quirk { name, on } => match Quirk::parse(&name) {
+                Some(q) => {
+                    dev.set_quirk(q, on);
+                    Response {
+                        quirks: Some(dev.quirks().iter().map(|q| q.name().into()).collect()),
+                        ..Response::ok()
+                    }
+                }
+                None => Response::error(format!(
+                    "unknown quirk {name:?}; known: {}",
+                    Quirk::ALL.map(Quirk::name).join(", ")
+                )),
+            },
+            Request::Fault { inject } => match InjectedFault::parse(&inject) {
+                Some(f) => {
+                    dev.inject(f);
+                    Response {
+                        fault: dev.fault().map(|f| f.to_string()),
+                        ..Response::ok()
+                    }
+                }
+                None => Response::error(format!(
+                    "unknown fault {inject:?}; a live device takes: {}",
+                    InjectedFault::ALL.map(InjectedFault::name).join(", ")
+                )),
+            },
+            Request::PcapStart { file } => match self.capture.start(&file) {
+                Ok(()) => Response {
+                    capture: self.capture.status(),
+                    ..Response::ok()
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::PcapStop {} => match self.capture.stop() {
+                Ok(s) => Response {
+                    capture: Some(s),
+                    ..Response::ok()
+                },
+                Err(e) => Response::error(e.to_string()),
+            },
+        }
+    }
+}
+
+/// The running control socket; dropping it stops every thread and removes the socket file.
+#[derive(Debug)]
+pub struct CtlServer {
+    path: PathBuf,
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CtlServer {
+    /// Binds `path` (owner-only: it can inject faults) and starts answering.
+    pub fn start(path: &Path, handler: CtlHandler) -> Result<Self, CtlServerError> {
+        let listener = bind_listener(path, Some(0o600))?;
+        let stop = Arc::new(Stop::new()?);
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vdpa-ctl".into())
+            .spawn(move || accept_loop(listener, handler, s))?;
+        tracing::info!(path = %path.display(), "control socket listening");
+        Ok(CtlServer {
+            path: path.to_owned(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CtlServer {
+    fn drop(&mut self) {
+        self.stop.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(listener: UnixListener, handler: CtlHandler, stop: Arc<Stop>) {
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        match stop.wait_readable(listener.as_fd(), None) {
+            Ok(Ready::Io) => {}
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket poll failed");
+                break;
+            }
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                // EMFILE and the like: keep serving the connections we have.
+                tracing::warn!(error = %e, "control socket accept failed");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        conns.retain(|t| !t.is_finished());
+        if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            let _ = send(
+                &stream,
+                &Response::error(format!(
+                    "control socket busy: {MAX_CONNECTIONS} connections are open"
+                )),
+            );
+            continue;
+        }
+        live.fetch_add(1, Ordering::SeqCst);
+        let (h, s, l) = (handler.clone(), stop.clone(), live.clone());
+        let spawned = std::thread::Builder::new()
+            .name("vdpa-ctl-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(stream, &h, &s) {
+                    tracing::debug!(error = %e, "control connection ended");
+                }
+                l.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(t) => conns.push(t),
+            Err(e) => {
+                live.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(error = %e, "cannot start a control connection thread");
+            }
+        }
+    }
+    for t in conns {
+        let _ = t.join();
+    }
+}
+
+fn send(mut stream: &UnixStream, resp: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// Answers requests on one connection until it closes or the server stops.
+fn serve_connection(mut stream: UnixStream, h: &CtlHandler, stop: &Stop) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    // A client that stops reading must not hold this thread forever.
+    stream.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Bytes of an over-long line still to skip (up to its newline).
+    let mut skipping = false;
+    loop {
+        match stop.wait_readable(stream.as_fd(), None)? {
+            Ready::Io => {}
+            _ => return Ok(()),
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            if std::mem::take(&mut skipping) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line[..nl]);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            send(&stream, &h.handle_line(text))?;
+        }
+        if buf.len() > MAX_LINE {
+            buf.clear();
+            if !skipping {
+                skipping = true;
+                send(
+                    &stream,
+                    &Response::error(format!("request line longer than {MAX_LINE} bytes")),
+                )?;
+            }
+        }
+    }
+}
