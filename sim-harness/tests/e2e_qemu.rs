@@ -1455,6 +1455,153 @@ fn device_virtio_pci_host_tap() {
     );
 }
 
+/// `vdpa-emu ctl --socket SERVE.sock ARGS...` (the control socket beside serve's); panics with
+/// serve's log on failure; returns stdout.
+fn ctl(serve: &Serve, args: &[&str]) -> String {
+    let out = Command::new(vdpa_emu_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&serve.socket)
+        .args(args)
+        .output()
+        .expect("run vdpa-emu ctl");
+    assert!(
+        out.status.success(),
+        "vdpa-emu ctl {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        serve.diag()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A counter of the live device, read through its control socket.
+fn live_counter(serve: &Serve, name: &str) -> u64 {
+    let r: sim_harness::ctl::Response =
+        serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
+    r.stats.expect("stats").counters[name]
+}
+
+/// The control socket on a live Linux guest (virtio_net): `ctl link down` takes the guest's carrier
+/// down (and its TX stops: the device counts no frame while the link is down), `ctl link up` brings
+/// it back and pings flow again; `ctl announce` makes virtio_net send a gratuitous ARP and ack over
+/// the control queue; `ctl pcap` captures it all, and tcpdump reads the file: the guest's ICMP
+/// echoes and its gratuitous ARP are in it.
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn device_ctl_link_flap_announce_and_capture_live_guest() {
+    const TEST: &str = "device_ctl_live_guest";
+    require_root(TEST);
+    let e2e = e2e();
+    let dir = Scratch::new(TEST);
+    let mac = "02:00:00:e2:e0:09";
+    let (mut serve, tap) = Serve::with_tap(&dir, mac, "vdpae9", 9);
+    let mut vars = nic_vars("flap", "virtio-pci", mac, &tap.guest_addr(), &tap.host_ip);
+    set_var(&mut vars, "FLAP_SECS", "150".into());
+    let mut vm = Vm::boot(
+        &e2e,
+        &dir,
+        VmSpec::new("guest", nic_script(&vars))
+            .arg("-device")
+            .arg(serve.device_arg()),
+    );
+    vm.wait_for("E2E-READY flap", 1, Duration::from_secs(180));
+    let pcap = dir.join("live.pcapng");
+    ctl(&serve, &["pcap", "start", pcap.to_str().unwrap()]);
+    let stats = ctl(&serve, &["stats"]);
+    assert!(
+        stats.contains("DRIVER_OK") && stats.contains("link up"),
+        "{stats}"
+    );
+
+    // Link down: the guest sees its carrier go, and sends nothing while it is gone.
+    assert!(ctl(&serve, &["link", "down"]).contains("link down"));
+    vm.wait_for("E2E-CARRIER 0", 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let tx_down = live_counter(&serve, "tx_frames");
+    std::thread::sleep(Duration::from_secs(3));
+    let tx_down_later = live_counter(&serve, "tx_frames");
+    assert_eq!(
+        tx_down,
+        tx_down_later,
+        "{TEST}: the guest transmitted while the link was down\n{}",
+        vm.diag()
+    );
+
+    // Link up: carrier back, pings answered again.
+    ctl(&serve, &["link", "up"]);
+    vm.wait_for("E2E-CARRIER 1", 1, Duration::from_secs(30));
+
+    // Announce: virtio_net sends a gratuitous ARP and acks over the control queue.
+    let ctrl_before = live_counter(&serve, "ctrl_commands");
+    let a = ctl(&serve, &["announce"]);
+    assert!(a.contains("announce requested"), "{a}");
+    let t0 = Instant::now();
+    while live_counter(&serve, "ctrl_commands") == ctrl_before {
+        vm.check_alive("the announce ack");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{TEST}: the guest never acked the announce\n{}",
+            vm.diag()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let b = vm.finish(Duration::from_secs(180));
+    assert_eq!(b.get("carrier_seq"), Some("101"), "{TEST}\n{}", vm.diag());
+    assert!(
+        b.num("flap_after") >= 10,
+        "{TEST}: pings after link up\n{}",
+        vm.diag()
+    );
+    assert!(
+        b.num("flap_lost") >= 1,
+        "{TEST}: no ping failed while the link was down\n{}",
+        vm.diag()
+    );
+    let stop = ctl(&serve, &["pcap", "stop"]);
+    println!("E2E {TEST}: {}", stop.trim());
+
+    let out = Command::new("tcpdump")
+        .args(["-n", "-e", "-r"])
+        .arg(&pcap)
+        .output()
+        .expect("tcpdump (scripts/host-tools.sh installs it)");
+    assert!(
+        out.status.success(),
+        "tcpdump -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let guest_ip = tap.guest_addr();
+    let echo_requests = text
+        .lines()
+        .filter(|l| l.contains(&format!("{guest_ip} > {}: ICMP echo request", tap.host_ip)))
+        .count();
+    let echo_replies = text
+        .lines()
+        .filter(|l| l.contains(&format!("{} > {guest_ip}: ICMP echo reply", tap.host_ip)))
+        .count();
+    let garp = text.lines().any(|l| {
+        l.contains(&format!("{mac} > ff:ff:ff:ff:ff:ff"))
+            && l.contains(&format!("who-has {guest_ip} tell {guest_ip}"))
+    });
+    println!(
+        "E2E {TEST}: capture: {echo_requests} echo requests, {echo_replies} replies, gratuitous ARP {garp}"
+    );
+    assert!(
+        echo_requests >= 10 && echo_replies >= 10,
+        "{TEST}: the capture lacks the guest's pings\n{}",
+        tail(&text, 40)
+    );
+    assert!(
+        garp,
+        "{TEST}: no gratuitous ARP from the guest after announce\n{}",
+        tail(&text, 40)
+    );
+    assert!(serve.is_running(), "vdpa-emu serve died\n{}", serve.diag());
+    drop(tap);
+}
+
 /// Guest B: the Linux ifcvf vDPA driver takes our function from virtio_pci (driver_override), `vdpa dev
 /// add` creates vdpa0 on virtio_vdpa; the same pings and transfers through `--port tap:vdpae2`.
 #[test]
