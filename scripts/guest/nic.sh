@@ -5,8 +5,9 @@
 #              receiver:  receive one transfer on RX_PORT                          (peer is a guest "sender")
 #              stream:    send zeros to PEER_IP:TX_PORT until killed               (for kill-mid-transfer tests)
 #              flap:      ping PEER_IP every 0.2 s and report carrier changes (E2E-CARRIER 0|1) until the
-#                         carrier went down and up again and 10 more pings were answered (the host
-#                         pulls the link with `vdpa-emu ctl`); at most FLAP_SECS seconds
+#                         carrier went down FLAP_DOWNS times (default 1) and came back, and 10 more
+#                         pings were answered (the host pulls the link with `vdpa-emu ctl` or a
+#                         scenario); at most FLAP_SECS seconds
 #   NIC_MAC    the NIC under test is the netdev with this MAC
 #   NIC_DRIVER virtio-pci (built-in virtio_pci + virtio_net) | ifcvf (Linux ifcvf + vdpa + virtio_vdpa)
 #   NIC_PCI    VEN:DEV of the function under test (needed for ifcvf: it is found by ID, then rebound)
@@ -70,18 +71,19 @@ case "$ROLE" in
   flap)
     retry "${PEER_WAIT:-60}" ping -c 1 -W 1 "$PEER_IP" || fail "peer $PEER_IP never answered a ping"
     CAR=/sys/class/net/$IF/carrier
-    last=$(cat "$CAR") seen=$last ok=0 lost=0 after=0
+    last=$(cat "$CAR") seen=$last ok=0 lost=0 after=0 downs=0
     end=$(($(date +%s) + ${FLAP_SECS:-120}))
     echo "E2E-READY flap"
     while [ "$(date +%s)" -lt "$end" ]; do
       c=$(cat "$CAR")
       if [ "$c" != "$last" ]; then
-        last=$c seen="$seen$c"
+        last=$c seen="$seen$c" after=0
+        [ "$c" = 0 ] && downs=$((downs + 1))
         echo "E2E-CARRIER $c"
       fi
       if ping -c 1 -W 1 "$PEER_IP" > /dev/null 2>&1; then
         ok=$((ok + 1))
-        [ "$seen" = 101 ] && after=$((after + 1))
+        [ "$downs" -ge "${FLAP_DOWNS:-1}" ] && [ "$c" = 1 ] && after=$((after + 1))
       else
         lost=$((lost + 1))
       fi

@@ -427,3 +427,116 @@ fn bad_requests_get_errors_and_the_connection_keeps_serving() {
         )
     });
 }
+
+/// A scenario that controls and observes a served device through its control socket while a
+/// driver (here the test, in a QEMU e2e run a guest) uses it.
+#[test]
+fn scenario_steps_drive_a_served_device_through_its_control_socket() {
+    let p = ServeProcess::start("vdpa-ctl-scenario", &[]);
+    let mut g = guest(&p);
+    loop_frames(&mut g, 25, 100);
+    let ctl_path = sim_harness::ctl::default_ctl_path(&p.sock);
+    let src = format!(
+        r#"
+name = "served"
+[[device]]
+name = "live"
+ctl = "{}"
+[[device]]
+name = "local"
+queue_pairs = 1
+
+[[step]]
+kind = "start"
+expect = ["local:status.driver_ok == true"]
+
+[[step]]
+kind = "link"
+device = "live"
+up = false
+expect = ["live:config.link_up == false", "live:counters.tx_frames == 25", "live:tx.0.frames == 25", "live:status.driver_ok == true"]
+
+[[step]]
+kind = "wait"
+seconds = 0.05
+
+[[step]]
+kind = "link"
+device = "live"
+up = true
+expect = ["live:config.link_up == true", "live:counters.config_interrupts >= 2"]
+
+[[step]]
+kind = "inject"
+device = "live"
+fault = "quirk"
+quirk = "stale-used-idx"
+
+[[step]]
+kind = "announce"
+device = "live"
+expect = ["live:announce.requested == true"]
+
+[[step]]
+kind = "traffic"
+count = 10
+expect = ["traffic.delivered == 10"]
+
+[end]
+expect = ["live:fault.any == 0", "frames.lost == 0"]
+"#,
+        ctl_path.display()
+    );
+    let sc = sim_harness::scenario::parse_str(&src, "served.toml").unwrap();
+    let r = sim_harness::scenario::run(&sc);
+    assert_eq!(
+        r.verdict,
+        sim_harness::scenario::Verdict::Pass,
+        "{}",
+        sim_harness::scenario::RunReport::new(vec![r.clone()]).table()
+    );
+    // The quirk really was switched on in the served device.
+    let s = stats(&mut ctl(&p));
+    assert_eq!(s.quirks, ["stale-used-idx"]);
+    // The guest's driver acks the announce.
+    assert!(g.drv.handle_config_change().unwrap());
+
+    // What a served device cannot take is refused when the file is loaded.
+    for (bad, field, why) in [
+        ("kind = \"start\"\ndevice = \"live\"", "step[1].device", "served device"),
+        ("kind = \"traffic\"\nfrom = \"live\"\ncount = 1", "step[1].from", "served device"),
+        ("kind = \"reset\"\ndevice = \"live\"", "step[1].device", "served device"),
+        (
+            "kind = \"link\"\ndevice = \"live\"\nup = true\nexpect = [\"live:queue.0.used_idx == 0\"]",
+            "step[1].expect",
+            "not known for a served device",
+        ),
+        ("kind = \"wait\"", "step[1].seconds", "needs `seconds`"),
+        ("kind = \"wait\"\nseconds = -1", "step[1].seconds", "from 0 to 3600"),
+    ] {
+        let src = format!(
+            "[[device]]\nname = \"live\"\nctl = \"/x.ctl\"\n[[device]]\nname = \"local\"\n[[step]]\n{bad}\n"
+        );
+        let e = sim_harness::scenario::parse_str(&src, "bad.toml").unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(why), "{bad:?}: {e}");
+    }
+    let e = sim_harness::scenario::parse_str(
+        "[[device]]\nname = \"live\"\nctl = \"/x.ctl\"\nqueue_pairs = 2\n",
+        "bad.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("device[1].queue_pairs") && e.contains("served device"),
+        "{e}"
+    );
+    // A served device whose control socket is not there: the scenario fails with the reason.
+    let sc = sim_harness::scenario::parse_str(
+        "[[device]]\nname = \"gone\"\nctl = \"/nonexistent.ctl\"\n[[step]]\nkind = \"wait\"\nseconds = 0\n",
+        "gone.toml",
+    )
+    .unwrap();
+    let r = sim_harness::scenario::run(&sc);
+    assert_eq!(r.verdict, sim_harness::scenario::Verdict::Fail);
+    assert!(r.error.unwrap().contains("/nonexistent.ctl"));
+}

@@ -1483,9 +1483,10 @@ fn live_counter(serve: &Serve, name: &str) -> u64 {
 
 /// The control socket on a live Linux guest (virtio_net): `ctl link down` takes the guest's carrier
 /// down (and its TX stops: the device counts no frame while the link is down), `ctl link up` brings
-/// it back and pings flow again; `ctl announce` makes virtio_net send a gratuitous ARP and ack over
-/// the control queue; `ctl pcap` captures it all, and tcpdump reads the file: the guest's ICMP
-/// echoes and its gratuitous ARP are in it.
+/// it back and pings flow again; then a scenario file with the device as a served device (`ctl =`)
+/// flaps the link again while the guest pings and asks for an announce, which makes virtio_net send
+/// a gratuitous ARP and ack over the control queue; `ctl pcap` captures it all, and tcpdump reads
+/// the file: the guest's ICMP echoes and its gratuitous ARP are in it.
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn device_ctl_link_flap_announce_and_capture_live_guest() {
@@ -1497,6 +1498,7 @@ fn device_ctl_link_flap_announce_and_capture_live_guest() {
     let (mut serve, tap) = Serve::with_tap(&dir, mac, "vdpae9", 9);
     let mut vars = nic_vars("flap", "virtio-pci", mac, &tap.guest_addr(), &tap.host_ip);
     set_var(&mut vars, "FLAP_SECS", "150".into());
+    set_var(&mut vars, "FLAP_DOWNS", "2".into());
     let mut vm = Vm::boot(
         &e2e,
         &dir,
@@ -1531,10 +1533,64 @@ fn device_ctl_link_flap_announce_and_capture_live_guest() {
     ctl(&serve, &["link", "up"]);
     vm.wait_for("E2E-CARRIER 1", 1, Duration::from_secs(30));
 
-    // Announce: virtio_net sends a gratuitous ARP and acks over the control queue.
+    // A scenario drives the live guest's device: link down while it pings, up again, announce.
     let ctrl_before = live_counter(&serve, "ctrl_commands");
-    let a = ctl(&serve, &["announce"]);
-    assert!(a.contains("announce requested"), "{a}");
+    let scenario = dir.join("flap.toml");
+    fs::write(
+        &scenario,
+        format!(
+            r#"name = "live-flap"
+[[device]]
+name = "guest"
+ctl = "{}"
+
+[[step]]
+kind = "link"
+device = "guest"
+up = false
+expect = ["guest:config.link_up == false", "guest:status.driver_ok"]
+
+[[step]]
+kind = "wait"
+seconds = 3
+
+[[step]]
+kind = "link"
+device = "guest"
+up = true
+expect = ["guest:config.link_up == true"]
+
+[[step]]
+kind = "wait"
+seconds = 1
+
+[[step]]
+kind = "announce"
+device = "guest"
+expect = ["guest:announce.requested == true"]
+
+[end]
+expect = ["guest:fault.any == 0", "guest:status.driver_ok", "guest:tx.0.frames > 0"]
+"#,
+            sim_harness::ctl::default_ctl_path(&serve.socket).display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(vdpa_emu_bin())
+        .args(["scenario", "run"])
+        .arg(&scenario)
+        .output()
+        .expect("run vdpa-emu scenario");
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("E2E {TEST}: scenario against the live guest:\n{report}");
+    assert!(
+        out.status.success(),
+        "{TEST}: the scenario failed: {report}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vm.diag()
+    );
+    vm.wait_for("E2E-CARRIER 1", 2, Duration::from_secs(30));
+    // The announce: virtio_net sends a gratuitous ARP and acks over the control queue.
     let t0 = Instant::now();
     while live_counter(&serve, "ctrl_commands") == ctrl_before {
         vm.check_alive("the announce ack");
@@ -1547,7 +1603,7 @@ fn device_ctl_link_flap_announce_and_capture_live_guest() {
     }
 
     let b = vm.finish(Duration::from_secs(180));
-    assert_eq!(b.get("carrier_seq"), Some("101"), "{TEST}\n{}", vm.diag());
+    assert_eq!(b.get("carrier_seq"), Some("10101"), "{TEST}\n{}", vm.diag());
     assert!(
         b.num("flap_after") >= 10,
         "{TEST}: pings after link up\n{}",

@@ -80,6 +80,7 @@ fn compile(raw: RawScenario, src: &str, file: &str, stem: &str) -> Res<Scenario>
                 d.name.clone(),
                 DeviceShape {
                     pairs: d.config.layout.queue_pairs,
+                    served: d.served.is_some(),
                 },
             )
         })
@@ -288,6 +289,32 @@ fn device(
             ))
         }
     };
+    if let Some(ctl) = &d.ctl {
+        if let Some(field) = d.driven_fields() {
+            return Err(Spot::new(
+                ctl.span(),
+                f(field),
+                format!(
+                    "`{field}` does not apply to a served device (`ctl`): its server decides it"
+                ),
+            ));
+        }
+        if ctl.get_ref().is_empty() {
+            return Err(Spot::new(ctl.span(), f("ctl"), "`ctl` needs a socket path"));
+        }
+        return Ok((
+            DeviceSpec {
+                name,
+                // Only queue metrics read the shape of a served device: the largest there can
+                // be; a queue it does not have is reported when the metric is read.
+                config: DeviceConfig::with_queue_pairs(bar_registers::layout::MAX_QUEUE_PAIRS),
+                driver: DriverOptions::default(),
+                port: PortSpec::Null,
+                served: Some(ctl.get_ref().into()),
+            },
+            RawPort::Null,
+        ));
+    }
     let pairs = d
         .queue_pairs
         .as_ref()
@@ -424,6 +451,7 @@ fn device(
             config: cfg,
             driver,
             port: PortSpec::Loopback,
+            served: None,
         },
         port,
     ))
@@ -455,6 +483,13 @@ fn resolve_ports(devices: &mut [DeviceSpec], ports: &[RawPort]) -> Res<()> {
                 "a device cannot link to itself: use port = \"loopback\"",
             ));
         }
+        if devices[j].served.is_some() {
+            return Err(Spot::new(
+                span.clone(),
+                &field,
+                format!("`{peer}` is a served device: its port is its server's (`serve --port`)"),
+            ));
+        }
         match &ports[j] {
             RawPort::Default => {}
             RawPort::Link(back, _) if *back == names[i] => {}
@@ -483,6 +518,9 @@ fn resolve_ports(devices: &mut [DeviceSpec], ports: &[RawPort]) -> Res<()> {
         }
     }
     for (i, d) in devices.iter_mut().enumerate() {
+        if d.served.is_some() {
+            continue;
+        }
         d.port = match (&ports[i], link[i]) {
             (_, Some(j)) => PortSpec::Link(j),
             (RawPort::Null, None) => PortSpec::Null,
@@ -510,13 +548,17 @@ fn allowed(kind: &str) -> &'static [&'static str] {
             "dirty_threshold",
             "max_rounds",
         ],
+        "wait" => &["seconds"],
         _ => &[],
     }
 }
 
 fn device_list(v: Option<&Spanned<Value>>, field: &str, devices: &[DeviceSpec]) -> Res<Vec<usize>> {
     let Some(v) = v else {
-        return Ok((0..devices.len()).collect());
+        // Every device the scenario drives (a served device is driven by its own guest).
+        return Ok((0..devices.len())
+            .filter(|&i| devices[i].served.is_none())
+            .collect());
     };
     let one = |s: &str| {
         devices.iter().position(|d| d.name == s).ok_or_else(|| {
@@ -560,7 +602,7 @@ fn device_list(v: Option<&Spanned<Value>>, field: &str, devices: &[DeviceSpec]) 
 
 fn single_device(v: Option<&Spanned<Value>>, field: &str, devices: &[DeviceSpec]) -> Res<usize> {
     match v {
-        None => Ok(0),
+        None => Ok(devices.iter().position(|d| d.served.is_none()).unwrap_or(0)),
         Some(x) if !matches!(x.get_ref(), Value::String(_)) => {
             Err(Spot::new(x.span(), field, "expected one device name"))
         }
@@ -722,6 +764,32 @@ fn step(
                 accept: s.accept.as_ref().is_none_or(|a| *a.get_ref()),
             }
         }
+        "wait" => {
+            let v = s.seconds.as_ref().ok_or_else(|| {
+                Spot::new(s.kind.span(), f("seconds"), "a `wait` step needs `seconds`")
+            })?;
+            let secs = match v.get_ref() {
+                Value::Integer(n) => *n as f64,
+                Value::Float(x) => *x,
+                other => {
+                    return Err(Spot::new(
+                        v.span(),
+                        f("seconds"),
+                        format!("expected a number of seconds, found {}", other.type_str()),
+                    ))
+                }
+            };
+            if !(0.0..=3600.0).contains(&secs) {
+                return Err(Spot::new(
+                    v.span(),
+                    f("seconds"),
+                    format!("{secs} must be from 0 to 3600"),
+                ));
+            }
+            Action::Wait {
+                duration: std::time::Duration::from_secs_f64(secs),
+            }
+        }
         _ => Action::Migrate(MigrateSpec {
             device: dev("device")?,
             background_frames: s
@@ -749,7 +817,9 @@ fn step(
         | Action::Link { device, .. }
         | Action::QueuePairs { device, .. }
         | Action::Migrate(MigrateSpec { device, .. }) => *device,
+        Action::Wait { .. } => devices.iter().position(|d| d.served.is_some()).unwrap_or(0),
     };
+    served_step(&action, devices, s, kind, &f)?;
     let scope = Scope {
         devices: shapes,
         default_device,
@@ -772,6 +842,53 @@ fn step(
         allow_error: s.allow_error.as_ref().is_some_and(|a| *a.get_ref()),
         expect,
     })
+}
+
+/// A served device takes only the steps its control socket offers: `link`, `announce` and
+/// `inject` of a quirk (switched on at once); the others need a driver the scenario runs.
+fn served_step(
+    action: &Action,
+    devices: &[DeviceSpec],
+    s: &RawStep,
+    kind: &str,
+    f: &dyn Fn(&str) -> String,
+) -> Res<()> {
+    let named: Vec<usize> = match action {
+        Action::Link { .. } | Action::Announce { .. } | Action::Wait { .. } => return Ok(()),
+        Action::Inject {
+            fault: Fault::Quirk(_),
+            ..
+        } => return Ok(()),
+        Action::Start { devices: d }
+        | Action::Receive { devices: d }
+        | Action::Traffic(TrafficSpec { from: d, .. }) => d.clone(),
+        Action::StopStart { device }
+        | Action::Reset { device, .. }
+        | Action::Inject { device, .. }
+        | Action::QueuePairs { device, .. }
+        | Action::Migrate(MigrateSpec { device, .. }) => vec![*device],
+    };
+    match named
+        .iter()
+        .find_map(|&i| devices.get(i).filter(|d| d.served.is_some()))
+    {
+        Some(d) => {
+            let (field, span) = match (&s.from, &s.device) {
+                (Some(v), _) if kind == "traffic" => ("from", v.span()),
+                (_, Some(v)) => ("device", v.span()),
+                _ => ("kind", s.kind.span()),
+            };
+            Err(Spot::new(
+                span,
+                f(field),
+                format!(
+                    "`{}` is a served device (ctl): a `{kind}` step needs a device the scenario drives; a served device takes link, announce and inject of a quirk",
+                    d.name
+                ),
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 fn traffic(s: &RawStep, devices: &[DeviceSpec], f: &dyn Fn(&str) -> String) -> Res<TrafficSpec> {

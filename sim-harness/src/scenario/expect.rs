@@ -225,8 +225,20 @@ mod tests {
 
     fn scope() -> Vec<(String, DeviceShape)> {
         vec![
-            ("a".into(), DeviceShape { pairs: 1 }),
-            ("b".into(), DeviceShape { pairs: 4 }),
+            (
+                "a".into(),
+                DeviceShape {
+                    pairs: 1,
+                    served: false,
+                },
+            ),
+            (
+                "b".into(),
+                DeviceShape {
+                    pairs: 4,
+                    served: false,
+                },
+            ),
         ]
     }
 

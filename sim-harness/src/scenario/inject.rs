@@ -64,6 +64,22 @@ impl World<'_> {
         fault: Fault,
         pair: u16,
     ) -> Result<String, StepError> {
+        if let (Fault::Quirk(q), Some(sv)) =
+            (fault, self.served.get_mut(device).and_then(Option::as_mut))
+        {
+            let name = sv.name.clone();
+            sv.client
+                .call(&crate::ctl::Request::Quirk {
+                    name: q.name().into(),
+                    on: true,
+                })
+                .map_err(|e| StepError::Usage(format!("served device `{name}`: {e}")))?;
+            return Ok(format!(
+                "quirk {} switched on in served device `{name}`: {}",
+                q.name(),
+                q.describe()
+            ));
+        }
         if let Fault::Quirk(q) = fault {
             self.pending_quirks = self.pending_quirks.with(q);
             return Ok(format!(
@@ -76,7 +92,8 @@ impl World<'_> {
         let node = self
             .nodes
             .get_mut(device)
-            .ok_or_else(|| StepError::Usage(format!("no device {device}")))?;
+            .and_then(Option::as_mut)
+            .ok_or_else(|| StepError::Usage(format!("no driven device {device}")))?;
         if !node.started {
             return Err(StepError::Usage(format!(
                 "device `{}` is not started: nothing to inject into",

@@ -180,6 +180,8 @@ pub const FAMILIES: &[&str] = &[
 pub struct DeviceShape {
     /// Queue pairs of the device (queues = 2 * pairs + 1).
     pub pairs: u16,
+    /// A served device: only what its control socket's `stats` reports can be read.
+    pub served: bool,
 }
 
 impl DeviceShape {
@@ -216,8 +218,43 @@ impl Metric {
         )
     }
 
+    /// Whether a served device's control socket (`stats`) reports it.
+    pub fn served_ok(&self) -> bool {
+        match self {
+            Metric::Queue { field, .. } => {
+                !matches!(field, QueueField::UsedIdx | QueueField::MsixVector)
+            }
+            Metric::Counter(_)
+            | Metric::Fault(_)
+            | Metric::FaultAny
+            | Metric::Status(_)
+            | Metric::ConfigLinkUp
+            | Metric::Feature(_)
+            | Metric::FeaturesNegotiated
+            | Metric::ActiveQueuePairs
+            | Metric::IommuFaults
+            | Metric::LogWrites
+            | Metric::LogPagesMarked
+            | Metric::LogBeyondEnd
+            | Metric::LogFaults
+            | Metric::AnnounceRequested => true,
+            Metric::Frames { .. } | Metric::Migration(_) | Metric::StepError => true,
+            _ => false,
+        }
+    }
+
     /// Parses a dotted path for a device of shape `dev`.
     pub fn parse(path: &str, dev: DeviceShape) -> Result<Metric, String> {
+        let m = Self::parse_any(path, dev)?;
+        if dev.served && !m.served_ok() {
+            return Err(format!(
+                "`{path}` is not known for a served device (it is the driver's view or a ring the scenario does not own); a served device reports counters, fault, status, queue/rx/tx/ctrlq (not used_idx or msix_vector), config.link_up, features, active_queue_pairs, iommu.faults, log and announce.requested"
+            ));
+        }
+        Ok(m)
+    }
+
+    fn parse_any(path: &str, dev: DeviceShape) -> Result<Metric, String> {
         let parts: Vec<&str> = path.split('.').collect();
         let one = |names: &[&'static str], what: &str| -> Result<&'static str, String> {
             pick(parts.get(1..).unwrap_or_default(), names, what)
@@ -378,7 +415,10 @@ impl MigrationOutcome {
 mod tests {
     use super::*;
 
-    const DEV: DeviceShape = DeviceShape { pairs: 2 };
+    const DEV: DeviceShape = DeviceShape {
+        pairs: 2,
+        served: false,
+    };
 
     #[test]
     fn catalog_parses_and_rejects() {

@@ -26,6 +26,9 @@ pub struct DeviceSpec {
     pub config: DeviceConfig,
     pub driver: DriverOptions,
     pub port: PortSpec,
+    /// A served device reached through this control socket (`ctl = "PATH"`): not built or
+    /// driven by the scenario, only controlled (link, announce, quirk) and observed.
+    pub served: Option<std::path::PathBuf>,
 }
 
 /// Where a device's transmitted frames go.
@@ -90,6 +93,8 @@ pub enum Action {
     Announce { device: usize },
     /// Whole-guest live migration to a fresh device instance.
     Migrate(MigrateSpec),
+    /// Let time pass (a served device's guest keeps running meanwhile).
+    Wait { duration: std::time::Duration },
 }
 
 impl Action {
@@ -106,6 +111,7 @@ impl Action {
             Action::QueuePairs { .. } => "queue_pairs",
             Action::Announce { .. } => "announce",
             Action::Migrate(_) => "migrate",
+            Action::Wait { .. } => "wait",
         }
     }
 }
@@ -122,6 +128,7 @@ pub const STEP_KINDS: &[&str] = &[
     "queue_pairs",
     "announce",
     "migrate",
+    "wait",
 ];
 
 /// A traffic pattern.

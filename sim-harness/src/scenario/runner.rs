@@ -10,6 +10,7 @@ use super::ledger::Ledger;
 use super::metrics::{Metric, MigrationOutcome, QueueField, StatusField, Value};
 use super::model::{Action, PortSpec, ResetHow, Scenario, SizeSpec, Step, TrafficSpec};
 use super::report::{ExpectReport, ExpectVerdict, FileReport, StepReport, StepVerdict, Verdict};
+use crate::ctl::{CtlClient, Request, Response};
 use crate::driver::NetDriver;
 use crate::frames;
 use crate::pcap::PcapCapture;
@@ -19,7 +20,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::fmt::Write;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Receive passes at most when draining; every pass but the last takes at least one frame, so
 /// this only bounds a pathological run.
@@ -41,10 +42,31 @@ pub(crate) struct Node {
     pub ctrl_ack: Option<u8>,
 }
 
+/// A served device (`ctl = PATH`): controlled and observed through its control socket.
+pub(crate) struct Served {
+    pub name: String,
+    pub client: CtlClient,
+    pub announce_requested: Option<bool>,
+}
+
+impl Served {
+    fn call(&mut self, req: &Request) -> Result<Response, StepError> {
+        self.client
+            .call(req)
+            .map_err(|e| StepError::Usage(format!("served device `{}`: {e}", self.name)))
+    }
+}
+
+/// How long a served device's control socket may take to answer.
+const CTL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Everything a running scenario has.
 pub(crate) struct World<'a> {
     pub sc: &'a Scenario,
-    pub nodes: Vec<Node>,
+    /// The devices the scenario builds and drives, by device index (None: a served one).
+    pub nodes: Vec<Option<Node>>,
+    /// The served devices, by device index (None: a driven one).
+    pub served: Vec<Option<Served>>,
     pub ledger: Ledger,
     pub rng: SmallRng,
     /// Quirks `inject` armed for the next device instance.
@@ -163,17 +185,21 @@ fn run_inner(sc: &Scenario, capture: Option<Arc<PcapCapture>>) -> FileReport {
 impl<'a> World<'a> {
     /// Creates the devices, joins their ports and binds a driver to each.
     fn new(sc: &'a Scenario, capture: Option<Arc<PcapCapture>>) -> Result<Self, StepError> {
-        let devs: Vec<Arc<Device>> = sc
+        let devs: Vec<Option<Arc<Device>>> = sc
             .devices
             .iter()
-            .map(|d| Device::new(d.config.clone()))
+            .map(|d| match d.served {
+                Some(_) => Ok(None),
+                None => Device::new(d.config.clone()).map(Some),
+            })
             .collect::<Result<_, _>>()?;
         for (i, d) in sc.devices.iter().enumerate() {
+            let Some(dev) = &devs[i] else { continue };
             match d.port {
-                PortSpec::Loopback => devs[i].set_loopback(),
+                PortSpec::Loopback => dev.set_loopback(),
                 PortSpec::Link(j) if j > i => {
-                    if let Some(peer) = devs.get(j) {
-                        LinkPort::join(&devs[i], peer);
+                    if let Some(Some(peer)) = devs.get(j) {
+                        LinkPort::join(dev, peer);
                     }
                 }
                 PortSpec::Link(_) | PortSpec::Null => {}
@@ -181,13 +207,32 @@ impl<'a> World<'a> {
         }
         if let Some(c) = &capture {
             for (spec, dev) in sc.devices.iter().zip(&devs) {
-                c.attach(&format!("{}/{}", sc.name, spec.name), dev)?;
+                if let Some(dev) = dev {
+                    c.attach(&format!("{}/{}", sc.name, spec.name), dev)?;
+                }
             }
+        }
+        let mut served = Vec::with_capacity(devs.len());
+        for spec in &sc.devices {
+            served.push(match &spec.served {
+                Some(path) => Some(Served {
+                    name: spec.name.clone(),
+                    client: CtlClient::connect(path, CTL_TIMEOUT).map_err(|e| {
+                        StepError::Usage(format!("served device `{}`: {e}", spec.name))
+                    })?,
+                    announce_requested: None,
+                }),
+                None => None,
+            });
         }
         let mut nodes = Vec::with_capacity(devs.len());
         for (spec, dev) in sc.devices.iter().zip(devs) {
+            let Some(dev) = dev else {
+                nodes.push(None);
+                continue;
+            };
             let drv = crate::driver::in_process(&dev, spec.driver.clone())?;
-            nodes.push(Node {
+            nodes.push(Some(Node {
                 name: spec.name.clone(),
                 dev,
                 drv,
@@ -196,11 +241,12 @@ impl<'a> World<'a> {
                 announce_requested: None,
                 announce_acked: None,
                 ctrl_ack: None,
-            });
+            }));
         }
         Ok(World {
             sc,
             nodes,
+            served,
             ledger: Ledger::default(),
             rng: SmallRng::seed_from_u64(sc.seed),
             pending_quirks: Quirks::NONE,
@@ -212,9 +258,19 @@ impl<'a> World<'a> {
     }
 
     pub(crate) fn node(&mut self, i: usize) -> Result<&mut Node, StepError> {
-        self.nodes
-            .get_mut(i)
-            .ok_or_else(|| StepError::Usage(format!("no device {i}")))
+        match self.nodes.get_mut(i) {
+            Some(Some(n)) => Ok(n),
+            Some(None) => Err(StepError::Usage(format!(
+                "device `{}` is served: the scenario does not drive it",
+                self.sc.devices[i].name
+            ))),
+            None => Err(StepError::Usage(format!("no device {i}"))),
+        }
+    }
+
+    /// The served device `i`, if it is one.
+    fn served(&mut self, i: usize) -> Option<&mut Served> {
+        self.served.get_mut(i).and_then(Option::as_mut)
     }
 
     fn started(&mut self, i: usize) -> Result<&mut Node, StepError> {
@@ -309,6 +365,19 @@ impl<'a> World<'a> {
                 fault,
                 pair,
             } => self.inject(*device, *fault, *pair),
+            Action::Link { device, up } if self.served(*device).is_some() => {
+                let sv = self.served(*device).expect("checked");
+                let r = sv.call(&Request::Link { up: *up })?;
+                Ok(format!(
+                    "{} (served): link {}",
+                    sv.name,
+                    if r.link_up == Some(true) {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                ))
+            }
             Action::Link { device, up } => {
                 let n = self.node(*device)?;
                 let before = n.drv.irq.count(0);
@@ -344,6 +413,25 @@ impl<'a> World<'a> {
                     n.name,
                     n.dev.active_queue_pairs()
                 ))
+            }
+            Action::Announce { device } if self.served(*device).is_some() => {
+                let sv = self.served(*device).expect("checked");
+                let r = sv.call(&Request::Announce {})?;
+                let requested = r.announced.unwrap_or(false);
+                sv.announce_requested = Some(requested);
+                Ok(format!(
+                    "{} (served): announce {}",
+                    sv.name,
+                    if requested {
+                        "requested (the guest's driver acks it)"
+                    } else {
+                        "refused: GUEST_ANNOUNCE not negotiated"
+                    }
+                ))
+            }
+            Action::Wait { duration } => {
+                std::thread::sleep(*duration);
+                Ok(format!("waited {:.3} s", duration.as_secs_f64()))
             }
             Action::Announce { device } => {
                 let n = self.started(*device)?;
@@ -422,10 +510,7 @@ impl<'a> World<'a> {
                     })
                     .collect();
                 let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-                let node = self
-                    .nodes
-                    .get_mut(fl.node)
-                    .ok_or_else(|| StepError::Usage("no such device".into()))?;
+                let node = self.node(fl.node)?;
                 let k = node.drv.send(fl.pair, &refs)? as u64;
                 self.ledger.sent(fl.stream, k);
                 fl.left -= k;
@@ -443,7 +528,7 @@ impl<'a> World<'a> {
                 let status: Vec<String> = t
                     .from
                     .iter()
-                    .filter_map(|&n| self.nodes.get(n))
+                    .filter_map(|&n| self.nodes.get(n).and_then(Option::as_ref))
                     .map(|n| format!("{} status {:#04x}", n.name, n.dev.status()))
                     .collect();
                 return Err(StepError::Usage(format!(
@@ -471,7 +556,13 @@ impl<'a> World<'a> {
     /// One receive pass over every started device; returns the frames taken.
     pub(crate) fn receive_all(&mut self) -> Result<usize, StepError> {
         let mut n = 0;
-        for (i, node) in self.nodes.iter_mut().enumerate().filter(|(_, n)| n.started) {
+        let started = self
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_mut().map(|n| (i, n)))
+            .filter(|(_, n)| n.started);
+        for (i, node) in started {
             for p in 0..node.drv.opts.queue_pairs {
                 for f in node.drv.recv(p)? {
                     self.ledger.record(i, &f);
@@ -568,7 +659,14 @@ impl<'a> World<'a> {
             _ => {}
         }
         let i = m.device.ok_or("metric needs a device")?;
-        let n = self.nodes.get_mut(i).ok_or("no such device")?;
+        if let Some(sv) = self.served(i) {
+            return observe_served(sv, &m.metric);
+        }
+        let n = self
+            .nodes
+            .get_mut(i)
+            .and_then(Option::as_mut)
+            .ok_or("no such device")?;
         let c = || n.dev.counters();
         match &m.metric {
             Metric::Counter(name) => c()
@@ -621,6 +719,76 @@ impl<'a> World<'a> {
                 Err("not a device metric".into())
             }
         }
+    }
+}
+
+/// Reads a metric of a served device from its control socket's `stats`.
+fn observe_served(sv: &mut Served, m: &Metric) -> Result<Value, String> {
+    if let Metric::AnnounceRequested = m {
+        return sv
+            .announce_requested
+            .map(Value::Bool)
+            .ok_or_else(|| format!("no announce step has run on `{}`", sv.name));
+    }
+    let st = sv
+        .call(&Request::Stats {})
+        .map_err(|e| e.to_string())?
+        .stats
+        .ok_or("the control socket's stats response has no stats")?;
+    let int = |v: u64| Ok(Value::Int(v));
+    let counter = |k: &str| {
+        st.counters
+            .get(k)
+            .copied()
+            .ok_or_else(|| format!("the served device reports no counter `{k}`"))
+    };
+    match m {
+        Metric::Counter(k) | Metric::Fault(k) => counter(k).map(Value::Int),
+        Metric::FaultAny => int(device::fault::FAULT_KINDS
+            .iter()
+            .map(|k| st.counters.get(*k).copied().unwrap_or(0))
+            .sum()),
+        Metric::Status(StatusField::Value) => int(st.status.into()),
+        Metric::Status(StatusField::Bit(b)) => Ok(Value::Bool(st.status & b != 0)),
+        Metric::ConfigLinkUp => Ok(Value::Bool(st.link_up)),
+        Metric::Feature(bit) => Ok(Value::Bool(st.negotiated_features & (1u64 << bit) != 0)),
+        Metric::FeaturesNegotiated => int(st.negotiated_features),
+        Metric::ActiveQueuePairs => int(st.active_queue_pairs.into()),
+        Metric::IommuFaults => int(st.iommu.get("iommu_faults").copied().unwrap_or(0)),
+        Metric::LogWrites | Metric::LogPagesMarked | Metric::LogBeyondEnd | Metric::LogFaults => {
+            let k = match m {
+                Metric::LogWrites => "log_writes",
+                Metric::LogPagesMarked => "pages_marked",
+                Metric::LogBeyondEnd => "beyond_end",
+                _ => "faults",
+            };
+            int(st.dirty_log.get(k).copied().unwrap_or(0))
+        }
+        Metric::Queue { queue, field } => {
+            let q = st
+                .queues
+                .iter()
+                .find(|x| x.queue == *queue)
+                .ok_or_else(|| format!("served device `{}` has no queue {queue}", sv.name))?;
+            match field {
+                QueueField::Enabled => Ok(Value::Bool(q.enabled)),
+                QueueField::Size => int(q.size.into()),
+                QueueField::LastAvail => int(q.last_avail.into()),
+                QueueField::LastUsed => int(q.last_used.into()),
+                QueueField::Doorbells => int(q.doorbells),
+                QueueField::Chains => int(q.chains),
+                QueueField::Frames => int(q.frames),
+                QueueField::Bytes => int(q.bytes),
+                QueueField::Interrupts => int(q.interrupts),
+                QueueField::InterruptsSuppressed => int(q.interrupts_suppressed),
+                QueueField::UsedIdx | QueueField::MsixVector => {
+                    Err("not reported by a served device".into())
+                }
+            }
+        }
+        _ => Err(format!(
+            "not reported by a served device's control socket ({m:?})"
+        )),
     }
 }
 

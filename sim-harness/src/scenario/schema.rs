@@ -48,6 +48,36 @@ pub struct RawDevice {
     pub tx_indirect: Option<bool>,
     pub tx_split_header: Option<bool>,
     pub port: Option<Spanned<String>>,
+    /// A served device (`vdpa-emu serve`, driven by someone else, e.g. a QEMU guest), reached
+    /// through this control socket.
+    pub ctl: Option<Spanned<String>>,
+}
+
+impl RawDevice {
+    /// Set fields that describe a device the scenario builds and drives (everything but `name`
+    /// and `ctl`), for the error on a served device.
+    pub fn driven_fields(&self) -> Option<&'static str> {
+        let set = [
+            ("queue_pairs", self.queue_pairs.is_some()),
+            ("driver_queue_pairs", self.driver_queue_pairs.is_some()),
+            ("queue_size", self.queue_size.is_some()),
+            ("mac", self.mac.is_some()),
+            ("mtu", self.mtu.is_some()),
+            ("lm_layout", self.lm_layout.is_some()),
+            ("notify", self.notify.is_some()),
+            ("log_granularity", self.log_granularity.is_some()),
+            ("memory", self.memory.is_some()),
+            ("quirks", self.quirks.is_some()),
+            ("features", self.features.is_some()),
+            ("mask_features", self.mask_features.is_some()),
+            ("rx_buf_size", self.rx_buf_size.is_some()),
+            ("rx_backlog", self.rx_backlog.is_some()),
+            ("tx_indirect", self.tx_indirect.is_some()),
+            ("tx_split_header", self.tx_split_header.is_some()),
+            ("port", self.port.is_some()),
+        ];
+        set.into_iter().find(|(_, on)| *on).map(|(n, _)| n)
+    }
 }
 
 /// `[[step]]`: one action. Which fields apply depends on `kind`; a field that does not apply
@@ -82,6 +112,8 @@ pub struct RawStep {
     pub background_frames: Option<Spanned<i64>>,
     pub dirty_threshold: Option<Spanned<i64>>,
     pub max_rounds: Option<Spanned<i64>>,
+    // wait
+    pub seconds: Option<Spanned<Value>>,
 }
 
 impl RawStep {
@@ -112,6 +144,7 @@ impl RawStep {
             s("background_frames", &self.background_frames),
             s("dirty_threshold", &self.dirty_threshold),
             s("max_rounds", &self.max_rounds),
+            s("seconds", &self.seconds),
         ]
         .into_iter()
         .flatten()
