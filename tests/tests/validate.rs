@@ -99,6 +99,7 @@ fn report_formats() {
         target: "device \u{1}\u{7}\t\"x\"\\".into(),
         groups: Vec::new(),
         aborted: None,
+        hints: vec!["a \u{1} hint".into()],
     };
     let back: serde_json::Value = serde_json::from_str(&odd.json()).expect("still JSON");
     assert_eq!(back["target"], odd.target);
@@ -149,9 +150,22 @@ fn served_with(
     std::path::PathBuf,
     std::thread::JoinHandle<()>,
 ) {
+    served_layout(quirks, offer_packed, tag, LmLayout::Dpdk)
+}
+
+fn served_layout(
+    quirks: Quirks,
+    offer_packed: bool,
+    tag: &str,
+    lm: LmLayout,
+) -> (
+    std::sync::Arc<sim_harness::serve::DeviceServer>,
+    std::path::PathBuf,
+    std::thread::JoinHandle<()>,
+) {
     use sim_harness::serve::DeviceBackend;
     use sim_harness::vfio_user::server::{Server, ServerOptions};
-    let mut cfg = DeviceConfig::with_queue_pairs(2);
+    let mut cfg = DeviceConfig::with_queue_pairs(2).lm_layout(lm);
     cfg.msix_owner = device::MsixOwner::Vmm;
     cfg.quirks = quirks;
     cfg.offer_packed = offer_packed;
@@ -229,6 +243,47 @@ fn stop(
     server.stop_handle().trigger();
     let _ = std::os::unix::net::UnixStream::connect(path);
     t.join().unwrap();
+}
+
+/// A device that presents the other LM layout fails the LM checks, and the report names the
+/// layout as the likely cause; a device with a real LM bug gets no such hint.
+#[test]
+fn a_layout_mismatch_is_named_as_the_likely_cause() {
+    for (quirks, tag, hinted) in [
+        (Quirks::NONE, "-linux", true),
+        (
+            Quirks::NONE.with(Quirk::StaleUsedIdx),
+            "-linux-stale",
+            false,
+        ),
+    ] {
+        let (server, path, t) = served_layout(quirks, true, tag, LmLayout::Linux);
+        let r = run(
+            &sim_harness::validate::OverSocket::new(path.clone()),
+            &ValidateOptions {
+                wraparound: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let accepted = server.stats().accepted;
+        stop(&server, &path, t);
+        assert!(!r.passed(), "{}", r.table());
+        assert_eq!(accepted, 1, "the hint runs in the same session");
+        let table = r.table();
+        if hinted {
+            assert_eq!(r.hints.len(), 1, "{table}");
+            assert!(
+                r.hints[0].contains("--lm-layout linux") && r.hints[0].contains("vring-index-rw"),
+                "{table}"
+            );
+            assert!(table.contains("hint: "), "{table}");
+            let j: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+            assert_eq!(j["hints"][0], r.hints[0]);
+        } else {
+            assert!(r.hints.is_empty(), "{table}");
+        }
+    }
 }
 
 /// `reconnect_per_group` keeps the old behaviour: a connection per group that runs.

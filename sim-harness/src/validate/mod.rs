@@ -549,12 +549,65 @@ pub fn run_groups(
         }
         groups.push(GroupResult::new(id, title, findings));
     }
+    let hints = match session.as_ref().filter(|_| aborted.is_none()) {
+        Some(s) => layout_hint(s, o, &groups).into_iter().collect(),
+        None => Vec::new(),
+    };
     tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "done");
     Ok(Report {
         target: format!("{} (found {})", target.describe(), ident.found),
         groups,
         aborted,
+        hints,
     })
+}
+
+/// The groups whose checks depend on the LM block layout.
+const LM_GROUPS: [&str; 2] = ["vring-index-rw", "dirty-log"];
+
+/// When an LM group failed, runs the failed LM groups again, in the same session after a reset,
+/// with the other LM layout: if they all pass there, the device most likely presents that
+/// layout and the failures say nothing else; the hint says so (the verdicts stay those of the
+/// layout asked for).
+fn layout_hint(s: &Session, o: &ValidateOptions, groups: &[GroupResult]) -> Option<String> {
+    use bar_registers::LmLayout;
+    let failed: Vec<&str> = groups
+        .iter()
+        .filter(|g| LM_GROUPS.contains(&g.id) && g.verdict == Verdict::Fail)
+        .map(|g| g.id)
+        .collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let other = match o.lm_layout {
+        LmLayout::Dpdk => LmLayout::Linux,
+        LmLayout::Linux => LmLayout::Dpdk,
+    };
+    let _span = tracing::info_span!("layout hint", other = other.name()).entered();
+    let alt = ValidateOptions {
+        lm_layout: other,
+        ..o.clone()
+    };
+    for id in &failed {
+        s.reset_between_groups().ok()?;
+        let (f, lost) = checks::run_group(id, s, &alt);
+        if lost.is_some() || f.iter().any(|f| f.verdict == Verdict::Fail) {
+            return None;
+        }
+    }
+    Some(format!(
+        "{} pass{} when the device is driven with --lm-layout {}: it most likely presents the {} LM layout ({}), not the {} one this run assumed; validate again with --lm-layout {}",
+        failed.join(" and "),
+        if failed.len() == 1 { "es" } else { "" },
+        other.name(),
+        other.name(),
+        match other {
+            LmLayout::Dpdk => "DPDK drivers/vdpa/ifc/base/ifcvf.h",
+            LmLayout::Linux => "Linux drivers/vdpa/ifcvf/ifcvf_base.h",
+        },
+        o.lm_layout.name(),
+        other.name()
+    ))
 }
 
 #[cfg(test)]

@@ -135,6 +135,9 @@ pub struct Report {
     /// Set when the validator lost the device part-way (a transport error): the groups from
     /// there on are NOT RUN, and the run exits 2, not 1.
     pub aborted: Option<String>,
+    /// Likely causes of the failures the validator could establish (e.g. the device presents
+    /// the other LM layout); they change no verdict.
+    pub hints: Vec<String>,
 }
 
 /// Findings (or groups) by verdict.
@@ -275,11 +278,14 @@ impl Report {
         } else {
             let _ = writeln!(s, "RESULT: FAIL (the device fails a MUST check)");
         }
+        for h in &self.hints {
+            let _ = writeln!(s, "hint: {h}");
+        }
         s
     }
 
     /// JSON: `{"target", "passed", "exit_code", "aborted", "counts": {"checks", "groups"},
-    /// "checks": [{"id", "title", "verdict", "findings": [...]}]}`.
+    /// "checks": [{"id", "title", "verdict", "findings": [...]}], "hints": [...]}`.
     pub fn json(&self) -> String {
         #[derive(Serialize)]
         struct Tally {
@@ -294,6 +300,7 @@ impl Report {
             aborted: Option<&'a str>,
             counts: Tally,
             checks: &'a [GroupResult],
+            hints: &'a [String],
         }
         crate::report_json::to_json(&Json {
             target: &self.target,
@@ -305,6 +312,7 @@ impl Report {
                 groups: self.group_counts(),
             },
             checks: &self.groups,
+            hints: &self.hints,
         })
     }
 
