@@ -518,18 +518,29 @@ pub fn measure(
 /// Runs the matrix. Configurations the device cannot run yet are reported, not fatal; a failing
 /// configuration is reported as failed.
 pub fn run(opts: &BusBenchOptions) -> Result<BusReport, DriverError> {
+    run_with_progress(opts, false)
+}
+
+/// [`run`], with a progress bar (terminal) or a line per configuration (otherwise) on stderr
+/// when `progress`.
+pub fn run_with_progress(opts: &BusBenchOptions, progress: bool) -> Result<BusReport, DriverError> {
     size_code("MPS", opts.mps)?;
     size_code("MRRS", opts.mrrs)?;
     let offered = probe_offered()?;
+    let configs = opts.configs();
+    let p = crate::progress::Progress::new(progress, configs.len() as u64, "configurations");
     let mut rows = Vec::new();
-    for c in opts.configs() {
+    for c in configs {
+        p.message(&format!("bench bus: {}", c.label()));
         let outcome = match measure(&c, opts) {
             Ok(Ok(m)) => Outcome::Measured(Box::new(m)),
             Ok(Err(why)) => Outcome::NotAvailable(why),
             Err(e) => Outcome::Failed(e.to_string()),
         };
         rows.push(Row { config: c, outcome });
+        p.inc();
     }
+    p.finish();
     Ok(BusReport {
         opts: opts.clone(),
         offered,
@@ -1114,7 +1125,7 @@ pub fn cli(a: &BusArgs) -> std::process::ExitCode {
             ..PcieModel::default()
         },
     };
-    let r = match run(&opts) {
+    let r = match run_with_progress(&opts, true) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vdpa-emu bench bus: {e}");
