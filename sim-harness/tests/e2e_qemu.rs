@@ -496,6 +496,28 @@ impl Vm {
         }
     }
 
+    /// Polls `cond` every `every` until it holds, while the guest stays alive; panics with the
+    /// guest's log after `timeout`.
+    fn poll_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        every: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) {
+        let t0 = Instant::now();
+        while !cond() {
+            self.check_alive(what);
+            assert!(
+                t0.elapsed() < timeout,
+                "{}: no {what} after {timeout:?}\n{}",
+                self.name,
+                self.diag()
+            );
+            std::thread::sleep(every);
+        }
+    }
+
     /// Waits until `pat` appeared `n` times in the serial log.
     fn wait_for(&mut self, pat: &str, n: usize, timeout: Duration) {
         let t0 = Instant::now();
@@ -1383,16 +1405,12 @@ fn baseline_qemu_virtio_net_pci_two_guests() {
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac_b},romfile=")),
     );
-    let t0 = Instant::now();
-    while !link.exists() {
-        b.check_alive("the stream socket");
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "guest-b's QEMU did not create {}",
-            link.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.poll_until(
+        &format!("stream socket {}", link.display()),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || link.exists(),
+    );
     let mut a = Vm::boot(
         &e2e,
         &dir,
@@ -1591,16 +1609,12 @@ expect = ["guest:fault.any == 0", "guest:status.driver_ok", "guest:tx.0.frames >
     );
     vm.wait_for("E2E-CARRIER 1", 2, Duration::from_secs(30));
     // The announce: virtio_net sends a gratuitous ARP and acks over the control queue.
-    let t0 = Instant::now();
-    while live_counter(&serve, "ctrl_commands") == ctrl_before {
-        vm.check_alive("the announce ack");
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{TEST}: the guest never acked the announce\n{}",
-            vm.diag()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    vm.poll_until(
+        "announce ack (ctrl_commands)",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || live_counter(&serve, "ctrl_commands") > ctrl_before,
+    );
 
     let b = vm.finish(Duration::from_secs(180));
     assert_eq!(b.get("carrier_seq"), Some("10101"), "{TEST}\n{}", vm.diag());

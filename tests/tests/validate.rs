@@ -198,14 +198,7 @@ fn validates_a_device_over_vfio_user() {
         ),
     ] {
         let (server, path, t) = served(quirks);
-        let r = run(
-            &sim_harness::validate::OverSocket::new(path.clone()),
-            &ValidateOptions {
-                wraparound: false,
-                ..Default::default()
-            },
-        )
-        .expect("the served device opens");
+        let r = validate_socket(&path).expect("the served device opens");
         // One connection for the whole run, the device reset between groups.
         assert_eq!(server.stats().accepted, 1, "{}", r.table());
         server.stop_handle().trigger();
@@ -235,6 +228,17 @@ fn validates_a_device_over_vfio_user() {
     }
 }
 
+/// Every group but the wrap-around against the served device at `path`.
+fn validate_socket(path: &std::path::Path) -> Result<Report, sim_harness::validate::ValidateError> {
+    run(
+        &sim_harness::validate::OverSocket::new(path),
+        &ValidateOptions {
+            wraparound: false,
+            ..Default::default()
+        },
+    )
+}
+
 fn stop(
     server: &sim_harness::serve::DeviceServer,
     path: &std::path::Path,
@@ -258,14 +262,7 @@ fn a_layout_mismatch_is_named_as_the_likely_cause() {
         ),
     ] {
         let (server, path, t) = served_layout(quirks, true, tag, LmLayout::Linux);
-        let r = run(
-            &sim_harness::validate::OverSocket::new(path.clone()),
-            &ValidateOptions {
-                wraparound: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let r = validate_socket(&path).unwrap();
         let accepted = server.stats().accepted;
         stop(&server, &path, t);
         assert!(!r.passed(), "{}", r.table());
@@ -355,14 +352,7 @@ fn losing_the_device_mid_run_aborts_with_exit_2() {
         s2.stop_handle().trigger();
     });
     let t0 = std::time::Instant::now();
-    let r = run(
-        &sim_harness::validate::OverSocket::new(path.clone()),
-        &ValidateOptions {
-            wraparound: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = validate_socket(&path).unwrap();
     killer.join().unwrap();
     let _ = std::os::unix::net::UnixStream::connect(&path);
     t.join().unwrap();
