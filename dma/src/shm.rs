@@ -3,10 +3,19 @@
 //! The in-process driver model writes rings and buffers through it and hands
 //! [`SharedMemory::try_clone_file`] to [`crate::AddressSpace::map`] as [`crate::Backing::Fd`],
 //! which is what QEMU does with a `share=on` memory backend over vfio-user.
+//!
+//! The memfd is sparse: a page takes memory when it is first touched through a mapping (a read
+//! fault allocates it too). [`SharedMemory::data_ranges`], [`SharedMemory::pread`] and
+//! [`SharedMemory::punch_hole`] let a migration copy and compare guest RAM without touching the
+//! pages the guest never wrote: holes are found with `lseek(2)` SEEK_DATA / SEEK_HOLE, read through
+//! the file (a hole reads as zeros and stays a hole: shmem's read path does not allocate) and given
+//! back with `fallocate(2)` FALLOC_FL_PUNCH_HOLE.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
@@ -142,6 +151,86 @@ impl SharedMemory {
             len,
             size: self.size,
         }
+    }
+
+    /// The byte ranges that hold pages, sorted and disjoint (page-aligned: shmem allocates whole
+    /// pages); everything else is a hole that has never been touched and reads as zeros. A
+    /// snapshot: a concurrent writer can add pages right after.
+    pub fn data_ranges(&self) -> std::io::Result<Vec<Range<u64>>> {
+        let fd = self.file.as_raw_fd();
+        let seek = |pos: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+            let pos = libc::off_t::try_from(pos).map_err(|_| invalid("offset beyond off_t"))?;
+            // SAFETY: lseek on a descriptor this struct owns; no memory is passed.
+            let r = unsafe { libc::lseek(fd, pos, whence) };
+            if r >= 0 {
+                return Ok(Some(r as u64));
+            }
+            let e = std::io::Error::last_os_error();
+            // ENXIO: no data at or after `pos` (SEEK_DATA), lseek(2).
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        };
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < self.size {
+            let Some(start) = seek(pos, libc::SEEK_DATA)? else {
+                break;
+            };
+            // There is always a hole at the end of the file, so SEEK_HOLE finds one.
+            let end = seek(start, libc::SEEK_HOLE)?
+                .unwrap_or(self.size)
+                .min(self.size);
+            if end <= start {
+                break;
+            }
+            out.push(start..end);
+            pos = end;
+        }
+        Ok(out)
+    }
+
+    /// Bytes of memory the memfd holds (its allocated blocks): the pages touched so far.
+    pub fn allocated_bytes(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the memory through the file (`pread(2)`), not
+    /// the mapping: a hole reads as zeros without being allocated, so reading never grows the
+    /// memory (an mmap read fault on a hole would allocate the page).
+    pub fn pread(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.check(offset, buf.len() as u64)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Gives `[offset, offset + len)` back to the system (`fallocate(2)` PUNCH_HOLE, size kept):
+    /// the range reads as zeros and holds no memory. Page-aligned ranges free whole pages; the
+    /// partial pages at unaligned ends are zeroed in place.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.check(offset, len)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if len == 0 {
+            return Ok(());
+        }
+        let off = libc::off_t::try_from(offset).map_err(|_| invalid("offset beyond off_t"))?;
+        let n = libc::off_t::try_from(len).map_err(|_| invalid("length beyond off_t"))?;
+        // SAFETY: fallocate on a descriptor this struct owns, inside its size; no memory is
+        // passed. The mapping stays valid: the punched range reads as zeros through it.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                n,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the memory.
@@ -293,6 +382,46 @@ mod tests {
         m.write_u32(0x11, 0xdead_beef).unwrap();
         m.read(0x11, &mut b).unwrap();
         assert_eq!(b, [0xef, 0xbe, 0xad, 0xde]);
+    }
+
+    #[test]
+    fn sparse_pages_found_read_and_punched_without_allocating() {
+        const P: u64 = 4096;
+        let m = SharedMemory::new("t", 1 << 30).unwrap();
+        assert_eq!(m.allocated_bytes().unwrap(), 0, "a new memfd holds nothing");
+        assert!(m.data_ranges().unwrap().is_empty());
+        m.write(5 * P + 7, b"x").unwrap();
+        m.fill(100 * P, 3 * P, 0xab).unwrap();
+        m.write((1 << 30) - 1, b"z").unwrap();
+        assert_eq!(
+            m.data_ranges().unwrap(),
+            vec![5 * P..6 * P, 100 * P..103 * P, (1 << 30) - P..1 << 30]
+        );
+        let held = m.allocated_bytes().unwrap();
+        assert_eq!(held, 5 * P);
+        // pread: data and holes alike, and a hole stays a hole.
+        let mut buf = vec![0xffu8; (8 * P) as usize];
+        m.pread(0, &mut buf).unwrap();
+        assert_eq!(buf[(5 * P + 7) as usize], b'x');
+        assert_eq!(buf.iter().filter(|&&b| b != 0).count(), 1);
+        assert_eq!(
+            m.allocated_bytes().unwrap(),
+            held,
+            "pread allocated nothing"
+        );
+        assert!(m.pread((1 << 30) - 1, &mut [0u8; 2]).is_err());
+        // Punch: the range reads as zeros and its memory is gone.
+        m.punch_hole(100 * P, 2 * P).unwrap();
+        assert_eq!(m.allocated_bytes().unwrap(), held - 2 * P);
+        assert_eq!(
+            m.data_ranges().unwrap(),
+            vec![5 * P..6 * P, 102 * P..103 * P, (1 << 30) - P..1 << 30]
+        );
+        let mut page = [1u8; 4096];
+        m.read(100 * P, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0));
+        assert!(m.punch_hole(1 << 30, 1).is_err());
+        m.punch_hole(0, 0).unwrap();
     }
 
     #[test]

@@ -42,6 +42,16 @@ impl WriteTrace {
         }
     }
 
+    /// Bytes of the dense bitmap a trace built with `max_iova` allocates (what it costs
+    /// whatever is recorded).
+    pub fn dense_bytes(max_iova: u64) -> u64 {
+        max_iova
+            .div_ceil(crate::PAGE_SIZE)
+            .min(MAX_DENSE_PAGES)
+            .div_ceil(64)
+            * 8
+    }
+
     /// Records a write of `[iova, iova + len)` (clamped at the top of the IOVA space).
     pub fn record(&self, iova: u64, len: u64) {
         if len == 0 {
@@ -155,6 +165,12 @@ mod tests {
     fn dense_and_sparse() {
         let t = WriteTrace::new(1 << 20); // 256 pages dense
         assert!(t.is_empty());
+        assert_eq!(WriteTrace::dense_bytes(1 << 20), t.dense.len() as u64 * 8);
+        assert_eq!(
+            WriteTrace::dense_bytes(1 << 50),
+            2 << 20,
+            "capped at 64 GiB of pages"
+        );
         t.record(0, 1);
         t.record(0x1fff, 2); // pages 1 and 2
         t.record(0x5000, 0); // nothing

@@ -139,7 +139,9 @@ enum Cmd {
     Ctl(sim_harness::ctl::cli::CtlArgs),
     /// Live-migrate a guest between two device instances under traffic and verify nothing is lost.
     Migrate {
-        /// Guest RAM (e.g. 64M, 1G).
+        /// Guest RAM (e.g. 64M, 1G, 64G). Allocated lazily on both sides: a run needs memory
+        /// for what the guest writes, not for --memory (pages never written are sent as zero
+        /// pages without being read).
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         memory: u64,
         /// Queue pairs (1..=32).
@@ -160,9 +162,16 @@ enum Cmd {
         /// List the quirks and exit.
         #[arg(long)]
         list_quirks: bool,
-        /// Stop pre-copy when a round finds fewer dirty pages than this.
-        #[arg(long, default_value_t = 256)]
-        dirty_threshold: usize,
+        /// Downtime limit in milliseconds (QEMU's downtime-limit, same default): pre-copy stops
+        /// once the dirty pages left, at the copy rate measured in the last round, would be
+        /// copied within it.
+        #[arg(long, value_name = "MS", default_value_t = 300,
+              value_parser = clap::value_parser!(u64).range(..=sim_harness::migrate::policy::MAX_DOWNTIME_MS))]
+        max_downtime: u64,
+        /// Instead of --max-downtime: stop pre-copy when a round copies fewer pages than this
+        /// (a fixed page threshold).
+        #[arg(long, value_name = "PAGES", conflicts_with = "max_downtime")]
+        dirty_threshold: Option<u64>,
         /// Most pre-copy rounds; at the limit stop-and-copy is forced and the report says the
         /// migration did not converge.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
@@ -380,6 +389,7 @@ fn main() -> ExitCode {
             log_granularity,
             lm_layout,
             quirks,
+            max_downtime,
             dirty_threshold,
             max_rounds,
             seed,
@@ -388,6 +398,7 @@ fn main() -> ExitCode {
             plot,
             ..
         } => {
+            use sim_harness::migrate::policy::StopPolicy;
             let o = sim_harness::migrate::MigrateOptions {
                 memory,
                 queue_pairs,
@@ -395,7 +406,10 @@ fn main() -> ExitCode {
                 log_granularity,
                 lm_layout,
                 quirks: quirks.into_iter().collect(),
-                dirty_threshold,
+                stop: match dirty_threshold {
+                    Some(t) => StopPolicy::DirtyThreshold(t),
+                    None => StopPolicy::MaxDowntime(std::time::Duration::from_millis(max_downtime)),
+                },
                 max_rounds,
                 seed,
                 count,

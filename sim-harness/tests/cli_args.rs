@@ -34,6 +34,14 @@ fn zero_and_out_of_range_counts_are_errors_everywhere() {
         (&["migrate", "--count", "0"][..], "--count"),
         (&["migrate", "--max-rounds", "0"][..], "--max-rounds"),
         (
+            &["migrate", "--max-downtime", "2000001"][..],
+            "--max-downtime",
+        ),
+        (
+            &["migrate", "--max-downtime", "10", "--dirty-threshold", "5"][..],
+            "cannot be used with",
+        ),
+        (
             &["migrate", "--log-granularity", "3000"][..],
             "power of two of at least 4K",
         ),
@@ -56,28 +64,37 @@ fn zero_and_out_of_range_counts_are_errors_everywhere() {
 
 #[test]
 fn migrate_says_when_pre_copy_did_not_converge() {
-    // A threshold of 0 pages no round can get under: the round limit ends pre-copy.
+    // A zero downtime limit only an empty dirty set meets, and a threshold of 0 pages no round
+    // can get under: the round limit ends pre-copy.
+    for stop in [["--max-downtime", "0"], ["--dirty-threshold", "0"]] {
+        let out = vdpa_emu(&[
+            "migrate",
+            "--memory",
+            "8M",
+            "--max-rounds",
+            "2",
+            "--rate",
+            "0",
+            stop[0],
+            stop[1],
+            "--format",
+            "json",
+        ]);
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(j["unconverged"], 1, "{j}");
+        assert_eq!(j["rounds"], 2, "{j}");
+        assert_eq!(j["stops"][0]["reason"], "round_limit", "{j}");
+        assert_eq!(j["clean"], true, "{j}");
+    }
     let out = vdpa_emu(&[
         "migrate",
         "--memory",
         "8M",
         "--max-rounds",
         "2",
-        "--dirty-threshold",
+        "--rate",
         "0",
-        "--format",
-        "json",
-    ]);
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert_eq!(j["unconverged"], 1, "{j}");
-    assert_eq!(j["clean"], true, "{j}");
-    let out = vdpa_emu(&[
-        "migrate",
-        "--memory",
-        "8M",
-        "--max-rounds",
-        "2",
-        "--dirty-threshold",
+        "--max-downtime",
         "0",
     ]);
     let t = String::from_utf8_lossy(&out.stdout);
@@ -85,6 +102,7 @@ fn migrate_says_when_pre_copy_did_not_converge() {
         t.contains("did not converge") && t.contains("hit the round limit"),
         "{t}"
     );
+    assert!(t.contains("max downtime 0 ms"), "{t}");
     // --plot writes the timeline: one panel per migration, the downtime labelled.
     let svg = std::env::temp_dir().join(format!("vdpa-emu-plot-{}.svg", std::process::id()));
     let out = vdpa_emu(&[
@@ -107,22 +125,54 @@ fn migrate_says_when_pre_copy_did_not_converge() {
         "{text}"
     );
     assert_eq!(text.matches(">downtime ").count(), 2);
+    // Each panel shows the decision that stopped pre-copy, against the default limit.
+    assert_eq!(text.matches("stroke-dasharray").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("&lt; 300 ms limit</text>").count(),
+        2,
+        "{text}"
+    );
+    // A forced stop is drawn as one.
+    let out = vdpa_emu(&[
+        "migrate",
+        "--memory",
+        "8M",
+        "--max-rounds",
+        "2",
+        "--rate",
+        "0",
+        "--max-downtime",
+        "0",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("stop after round 2:") && text.contains("round limit: did not converge"),
+        "{text}"
+    );
     let _ = std::fs::remove_file(&svg);
-    // The default threshold converges on a small, lightly loaded guest.
+    // The default limit converges on a small, lightly loaded guest.
     let out = vdpa_emu(&["migrate", "--memory", "8M", "--rate", "1000"]);
     let t = String::from_utf8_lossy(&out.stdout);
     assert!(t.contains("converged                yes"), "{t}");
+    assert!(t.contains("fits the 300 ms limit"), "{t}");
 }
 
 #[test]
 fn migrate_refuses_memory_the_machine_cannot_hold() {
+    // Guest RAM is lazy, so memory is not what a huge --memory runs out of: the address space
+    // for its four mappings is (x86-64 and arm64 user space: at most 128 or 256 TiB).
     let out = vdpa_emu(&["migrate", "--memory", "100000G"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--memory 102400000 MiB needs 204800000 MiB") && err.contains("MemAvailable"),
+        err.contains("--memory 102400000 MiB needs 409600000 MiB of address space")
+            && err.contains("mapped 4 times"),
         "{err}"
     );
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

@@ -320,6 +320,26 @@ fn malformed_files_name_file_line_and_field() {
             "compares a boolean with an integer",
         ),
         (
+            "both-stop-policies",
+            VALID.replace(
+                "[end]",
+                "[[step]]\nkind = \"migrate\"\ndirty_threshold = 64\nmax_downtime_ms = 100\n\n[end]",
+            ),
+            "max_downtime_ms = 100",
+            Some("step[3].max_downtime_ms"),
+            "not both",
+        ),
+        (
+            "downtime-out-of-range",
+            VALID.replace(
+                "[end]",
+                "[[step]]\nkind = \"migrate\"\nmax_downtime_ms = -1\n\n[end]",
+            ),
+            "max_downtime_ms = -1",
+            Some("step[3].max_downtime_ms"),
+            "-1 is out of range 0..=2000000",
+        ),
+        (
             "missing-count",
             VALID.replace("count = 10\n", ""),
             "kind = \"traffic\"",

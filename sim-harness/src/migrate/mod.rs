@@ -4,9 +4,11 @@
 //! every frame arrived exactly once, in order.
 //!
 //! Stage 1: logging on (log mapped at IFCVF_LOG_BASE, base/end programmed, LOGGING_CTRL = 1),
-//!          CPU dirty tracking on, all memory copied while the guest runs.
-//! Stage 2: harvest and clear the dirty log (device) and the CPU dirty log (guest), copy those
-//!          pages, repeat until the dirty set is under a threshold or the round limit.
+//!          CPU dirty tracking on, all memory sent while the guest runs (pages never written
+//!          and pages of zeros as zero pages: guest RAM is allocated lazily on both sides).
+//! Stage 2: harvest and clear the dirty log (device) and the CPU dirty log (guest); stop when
+//!          those pages, at the measured copy rate, fit the downtime limit (QEMU's
+//!          `downtime-limit`, [`policy`]) or at the round limit; otherwise copy them and repeat.
 //! Stage 3: pause the guest; stop the queues with the DPDK stop sequence (poll queue_enable),
 //!          read each ring state; mark the used rings dirty as DPDK does; copy what is left and
 //!          the device state (ring states, frames waiting in the receive FIFO); on the
@@ -14,15 +16,20 @@
 //!          (GUEST_ANNOUNCE), and resume the guest.
 
 pub mod engine;
+pub mod footprint;
 pub mod peer;
 pub mod plot;
+pub mod policy;
+pub mod transfer;
 
 use crate::driver::{DriverError, DriverOptions, NetDriver};
 use crate::frames::{self, Tracker};
 use bar_registers::LmLayout;
 use device::{Device, DeviceConfig, Quirks};
-use engine::{MigratingGuest, PreCopy};
+use engine::{Decision, MigratingGuest, PreCopy};
+use footprint::Needs;
 use peer::{PeerPort, PeerSender, PEER_MAC};
+use policy::{StopPolicy, StopReason};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -42,8 +49,9 @@ pub struct MigrateOptions {
     pub log_granularity: u64,
     pub lm_layout: LmLayout,
     pub quirks: Quirks,
-    /// Stop iterating when a round finds fewer dirty pages than this.
-    pub dirty_threshold: usize,
+    /// What ends pre-copy (default: QEMU's 300 ms downtime limit).
+    pub stop: StopPolicy,
+    /// Most pre-copy rounds; at the limit stop-and-copy is forced (did not converge).
     pub max_rounds: u32,
     /// Traffic time on the destination after the switch.
     pub after: Duration,
@@ -69,7 +77,7 @@ impl Default for MigrateOptions {
             log_granularity: 4096,
             lm_layout: LmLayout::Dpdk,
             quirks: Quirks::NONE,
-            dirty_threshold: 256,
+            stop: StopPolicy::default(),
             max_rounds: 30,
             after: Duration::from_millis(50),
             seed: 1,
@@ -81,19 +89,60 @@ impl Default for MigrateOptions {
     }
 }
 
+/// How one migration's pre-copy ended: the estimate it stopped on against what the downtime
+/// measured.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StopSummary {
+    pub reason: StopReason,
+    /// Pre-copy rounds before the stop.
+    pub rounds: u32,
+    /// Dirty pages pending at the stop (copied in stop-and-copy with the last harvest).
+    pub pending_pages: u64,
+    /// The copy rate the decision used, bytes per second.
+    pub copy_rate_bytes_per_s: Option<f64>,
+    /// Time to copy the pending pages at that rate.
+    pub estimated_downtime_us: Option<f64>,
+    /// Measured: the page copy of stop-and-copy.
+    pub stop_copy_us: f64,
+    /// Measured: pause to resumed on the destination (stop sequence, copy, restart, announce).
+    pub downtime_us: f64,
+    /// Every decision of this migration (after the bulk copy and after each round).
+    pub decisions: Vec<Decision>,
+}
+
 /// The report.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct MigrateReport {
     pub migrations: u32,
     pub total_ms: f64,
+    /// Guest RAM (`--memory`).
+    pub memory_bytes: u64,
+    /// The downtime limit pre-copy worked to, in ms (None: the explicit page threshold).
+    pub max_downtime_ms: Option<f64>,
+    /// The explicit page threshold, when it replaced the downtime limit.
+    pub dirty_threshold: Option<u64>,
     /// The longest downtime (pause to resume) over the migrations.
     pub downtime_us: f64,
+    /// The estimate the migration with the longest downtime stopped on.
+    pub estimated_downtime_us: Option<f64>,
     pub rounds: u32,
-    /// Migrations whose pre-copy hit the round limit instead of converging under the dirty
-    /// threshold (nothing is lost, but the downtime is the last round's dirty set).
+    /// Migrations whose pre-copy hit the round limit instead of meeting its stop test (nothing
+    /// is lost, but the downtime is whatever was still dirty).
     pub unconverged: u32,
+    /// Per migration: why pre-copy stopped, the estimate and the measured downtime.
+    pub stops: Vec<StopSummary>,
+    /// Pages sent by each phase (bulk, rounds, stop-and-copy; data and zero pages).
     pub pages_per_round: Vec<u64>,
+    /// Pages sent in all, with data or as zero pages.
     pub pages_copied: u64,
+    /// Of those, zero pages (QEMU's `zero-pages`): never written (holes, not even read) or
+    /// reading as zeros; sent without data, and holes on the destination.
+    pub zero_pages: u64,
+    /// Peak resident set size of the process (VmHWM), bytes.
+    pub peak_rss_bytes: u64,
+    /// Guest RAM holding pages after the copy (the largest over the migrations), bytes.
+    pub source_resident_bytes: u64,
+    pub destination_resident_bytes: u64,
     pub log_bytes: u64,
     pub log_writes: u64,
     pub missed_dirty_pages: u64,
@@ -125,9 +174,36 @@ impl MigrateReport {
     /// Human-readable table.
     pub fn table(&self) -> String {
         let mut s = String::new();
+        let mib = |b: u64| format!("{:.1}", b as f64 / f64::from(1 << 20));
         let rows: Vec<(&str, String)> = vec![
             ("migrations", self.migrations.to_string()),
             ("total_ms", format!("{:.3}", self.total_ms)),
+            ("memory_mib", mib(self.memory_bytes)),
+            (
+                "resident_mib",
+                format!(
+                    "source {}, destination {} (guest RAM holding pages after the copy)",
+                    mib(self.source_resident_bytes),
+                    mib(self.destination_resident_bytes)
+                ),
+            ),
+            ("peak_rss_mib", mib(self.peak_rss_bytes)),
+            (
+                "stop_policy",
+                match (self.max_downtime_ms, self.dirty_threshold) {
+                    (_, Some(t)) => format!("dirty threshold {t} pages (explicit)"),
+                    (Some(ms), None) => format!("max downtime {ms} ms"),
+                    (None, None) => "none".into(),
+                },
+            ),
+            ("stop", self.stop_line()),
+            (
+                "estimated_downtime_us",
+                self.estimated_downtime_us
+                    .map_or("unknown (no copy rate measured)".into(), |e| {
+                        format!("{e:.1}")
+                    }),
+            ),
             ("downtime_us", format!("{:.1}", self.downtime_us)),
             ("rounds", self.rounds.to_string()),
             (
@@ -136,13 +212,14 @@ impl MigrateReport {
                     "yes".into()
                 } else {
                     format!(
-                        "no: {} of {} migrations hit the round limit (stop-and-copy forced)",
+                        "no: did not converge: {} of {} migrations hit the round limit (stop-and-copy forced)",
                         self.unconverged, self.migrations
                     )
                 },
             ),
             ("pages_per_round", format!("{:?}", self.pages_per_round)),
             ("pages_copied", self.pages_copied.to_string()),
+            ("zero_pages", self.zero_pages.to_string()),
             ("log_bytes", self.log_bytes.to_string()),
             ("log_writes", self.log_writes.to_string()),
             ("missed_dirty_pages", self.missed_dirty_pages.to_string()),
@@ -181,6 +258,43 @@ impl MigrateReport {
         s
     }
 
+    /// The stop of the migration with the longest downtime, in words.
+    fn stop_line(&self) -> String {
+        let Some((i, st)) = self
+            .stops
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.downtime_us.total_cmp(&b.1.downtime_us))
+        else {
+            return "none".into();
+        };
+        let who = if self.stops.len() > 1 {
+            format!("migration {i} (longest downtime): ")
+        } else {
+            String::new()
+        };
+        let est = st
+            .estimated_downtime_us
+            .map_or("unknown".into(), |e| format!("{:.3} ms", e / 1e3));
+        let why = match (st.reason, self.max_downtime_ms) {
+            (StopReason::DowntimeFits, Some(limit)) => format!("fits the {limit} ms limit"),
+            (StopReason::DowntimeFits, None) => "fits".into(),
+            (StopReason::UnderThreshold, _) => format!(
+                "the last round copied fewer than {} pages",
+                self.dirty_threshold.unwrap_or(0)
+            ),
+            (StopReason::RoundLimit, _) => "round limit: did not converge".into(),
+        };
+        format!(
+            "{who}after {} round(s), {} dirty pages at {}: estimated {est}, {why}; measured {:.3} ms downtime ({:.3} ms of it copying)",
+            st.rounds,
+            st.pending_pages,
+            policy::fmt_rate(st.copy_rate_bytes_per_s),
+            st.downtime_us / 1e3,
+            st.stop_copy_us / 1e3
+        )
+    }
+
     /// JSON object: every field, and `clean`.
     pub fn json(&self) -> String {
         #[derive(serde::Serialize)]
@@ -210,31 +324,50 @@ pub enum MigrateError {
     #[error("reading the log: {0}")]
     Shm(#[from] dma::ShmError),
     #[error(
-        "--memory {memory_mib} MiB needs {needed_mib} MiB (the source's and the destination's guest RAM are both filled), \
-         but this machine has {available_mib} MiB available (MemAvailable in /proc/meminfo)"
+        "--memory {memory_mib} MiB needs {needed_mib} MiB: the guest's working set of {working_set_mib} MiB \
+         on the source and on the destination (guest RAM is allocated lazily) and {tracking_mib} MiB of \
+         dirty-tracking bitmaps, but this machine has {available_mib} MiB available (MemAvailable in /proc/meminfo)"
     )]
     TooBig {
         memory_mib: u64,
         needed_mib: u64,
+        working_set_mib: u64,
+        tracking_mib: u64,
         available_mib: u64,
+    },
+    #[error(
+        "--memory {memory_mib} MiB needs {needed_mib} MiB of address space (guest RAM is mapped {mappings} times: \
+         by the driver and the device, on the source and the destination), which this process cannot reserve: {source}"
+    )]
+    AddressSpace {
+        memory_mib: u64,
+        needed_mib: u64,
+        mappings: u64,
+        source: std::io::Error,
     },
 }
 
-/// Memory the kernel says can be allocated without swapping (MemAvailable), in bytes.
-fn mem_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// Refuses guest RAM whose mappings cannot exist (before anything is allocated).
+fn check_address_space(memory: u64) -> Result<(), MigrateError> {
+    let needed = memory.saturating_mul(footprint::RAM_MAPPINGS);
+    footprint::reserve_address_space(needed).map_err(|source| MigrateError::AddressSpace {
+        memory_mib: memory >> 20,
+        needed_mib: needed >> 20,
+        mappings: footprint::RAM_MAPPINGS,
+        source,
+    })
 }
 
-/// Refuses a guest the machine cannot hold twice over, before allocating anything.
-fn check_fits(memory: u64) -> Result<(), MigrateError> {
-    let needed = memory.saturating_mul(2);
-    match mem_available() {
-        Some(available) if needed > available => Err(MigrateError::TooBig {
+/// Refuses a run the machine cannot hold: the started guest's working set twice, and the
+/// tracking bitmaps (not `--memory`: untouched guest RAM costs nothing).
+fn check_fits(memory: u64, mem: &crate::driver::GuestMemory) -> Result<(), MigrateError> {
+    let needs = Needs::new(memory, mem.base(), mem.allocated());
+    match footprint::mem_available() {
+        Some(available) if !needs.fits(available) => Err(MigrateError::TooBig {
             memory_mib: memory >> 20,
-            needed_mib: needed >> 20,
+            needed_mib: needs.total().div_ceil(1 << 20),
+            working_set_mib: needs.working_set.div_ceil(1 << 20),
+            tracking_mib: needs.tracking.div_ceil(1 << 20),
             available_mib: available >> 20,
         }),
         _ => Ok(()),
@@ -304,7 +437,7 @@ impl Guest {
 /// device the guest runs on and a fresh device, under continuous traffic, and verifies.
 pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let _span = tracing::info_span!("migrate").entered();
-    check_fits(o.memory)?;
+    check_address_space(o.memory)?;
     let mut cfg = DeviceConfig::with_queue_pairs(o.queue_pairs.max(1)).lm_layout(o.lm_layout);
     cfg.log_granularity = o.log_granularity;
     // Source and destination are the same silicon: a quirk is on both.
@@ -321,6 +454,7 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     .with_packed(o.packed);
     let mut drv = crate::driver::in_process(&dev, opts)?;
     drv.start()?;
+    check_fits(o.memory, &drv.mem)?;
     let mac = drv.mac()?;
     let mut guest = Guest {
         drv,
@@ -337,7 +471,18 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     for _ in 0..8 {
         guest.step(&dev)?;
     }
-    let mut report = MigrateReport::default();
+    let mut report = MigrateReport {
+        memory_bytes: o.memory,
+        max_downtime_ms: match o.stop {
+            StopPolicy::MaxDowntime(d) => Some(d.as_secs_f64() * 1e3),
+            StopPolicy::DirtyThreshold(_) => None,
+        },
+        dirty_threshold: match o.stop {
+            StopPolicy::DirtyThreshold(t) => Some(t),
+            StopPolicy::MaxDowntime(_) => None,
+        },
+        ..Default::default()
+    };
     let t_start = Instant::now();
     let mut progress =
         crate::progress::Progress::new(o.progress, u64::from(o.count.max(1)), "migrations");
@@ -385,6 +530,7 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
         report.corrupted_frames += t.corrupted;
     }
     report.frames_sent = guest.sent.values().sum::<u64>() + guest.peer.sent.values().sum::<u64>();
+    report.peak_rss_bytes = footprint::peak_rss().unwrap_or(0);
     Ok(report)
 }
 
@@ -461,7 +607,7 @@ fn migrate_once(
         },
         src,
         PreCopy {
-            dirty_threshold: o.dirty_threshold as u64,
+            policy: o.stop,
             max_rounds: o.max_rounds,
         },
     )?;
@@ -469,6 +615,24 @@ fn migrate_once(
     report.unconverged += u32::from(!m.converged);
     report.pages_per_round.extend(&m.pages_per_round);
     report.pages_copied += m.pages_copied;
+    report.zero_pages += m.zero_pages;
+    report.source_resident_bytes = report.source_resident_bytes.max(m.resident_bytes.0);
+    report.destination_resident_bytes = report.destination_resident_bytes.max(m.resident_bytes.1);
+    let last = m.decisions.last();
+    let summary = StopSummary {
+        reason: m.stop_reason,
+        rounds: m.rounds,
+        pending_pages: last.map_or(0, |d| d.pending_pages),
+        copy_rate_bytes_per_s: last.and_then(|d| d.copy_rate_bytes_per_s),
+        estimated_downtime_us: m.estimated_downtime.map(|d| d.as_secs_f64() * 1e6),
+        stop_copy_us: m.stop_copy.as_secs_f64() * 1e6,
+        downtime_us: m.downtime.as_secs_f64() * 1e6,
+        decisions: m.decisions.clone(),
+    };
+    if summary.downtime_us >= report.downtime_us {
+        report.estimated_downtime_us = summary.estimated_downtime_us;
+    }
+    report.stops.push(summary);
     report.log_bytes = m.log_bytes;
     report.log_writes += m.log_writes;
     report.missed_dirty_pages += m.missed_dirty_pages;

@@ -12,6 +12,7 @@ use super::model::{
 use super::schema::{RawDevice, RawScenario, RawStep};
 use crate::driver::DriverOptions;
 use crate::frames::MIN_FRAME;
+use crate::migrate::policy::{self, StopPolicy};
 use bar_registers::{LmLayout, NotifyLayout};
 use device::{DeviceConfig, Quirk, Quirks};
 use std::ops::Range;
@@ -546,6 +547,7 @@ fn allowed(kind: &str) -> &'static [&'static str] {
             "device",
             "background_frames",
             "dirty_threshold",
+            "max_downtime_ms",
             "max_rounds",
         ],
         "wait" => &["seconds"],
@@ -796,10 +798,25 @@ fn step(
                 .background_frames
                 .as_ref()
                 .map_or(Ok(32), |v| as_u32(v, &f("background_frames"), 0, 1024))?,
-            dirty_threshold: s
-                .dirty_threshold
-                .as_ref()
-                .map_or(Ok(64), |v| as_u32(v, &f("dirty_threshold"), 1, 1 << 20))?,
+            stop: match (&s.dirty_threshold, &s.max_downtime_ms) {
+                (Some(_), Some(d)) => {
+                    return Err(Spot::new(
+                        d.span(),
+                        f("max_downtime_ms"),
+                        "give either max_downtime_ms (the downtime limit) or dirty_threshold (a fixed page threshold), not both",
+                    ))
+                }
+                (Some(t), None) => StopPolicy::DirtyThreshold(u64::from(as_u32(
+                    t,
+                    &f("dirty_threshold"),
+                    1,
+                    1 << 20,
+                )?)),
+                (None, Some(d)) => StopPolicy::MaxDowntime(std::time::Duration::from_millis(
+                    int_in(d, &f("max_downtime_ms"), 0, policy::MAX_DOWNTIME_MS as i64)? as u64,
+                )),
+                (None, None) => StopPolicy::default(),
+            },
             max_rounds: s
                 .max_rounds
                 .as_ref()

@@ -86,7 +86,10 @@ pub const FRAME_FIELDS: &[&str] = &[
 pub const MIGRATION_FIELDS: &[&str] = &[
     "count",
     "rounds",
+    "converged",
     "pages_copied",
+    "zero_pages",
+    "estimated_downtime_us",
     "log_bytes",
     "log_writes",
     "missed_dirty_pages",
@@ -205,7 +208,7 @@ impl Metric {
             | Metric::AnnounceRequested
             | Metric::AnnounceAcked
             | Metric::StepError => ValueKind::Bool,
-            Metric::Migration(f) if *f == "announce_acked" => ValueKind::Bool,
+            Metric::Migration(f) if *f == "announce_acked" || *f == "converged" => ValueKind::Bool,
             _ => ValueKind::Int,
         }
     }
@@ -378,7 +381,13 @@ pub fn feature_bit(name: &str) -> Option<u32> {
 #[derive(Debug, Clone, Default)]
 pub struct MigrationOutcome {
     pub rounds: u64,
+    /// Pre-copy stopped by its policy, not by the round limit.
+    pub converged: bool,
     pub pages_copied: u64,
+    /// Of those, pages sent as zero pages (never written, or reading as zeros).
+    pub zero_pages: u64,
+    /// The stop-and-copy time pre-copy stopped on (None: no copy rate measured).
+    pub estimated_downtime_us: Option<u64>,
     pub log_bytes: u64,
     pub log_writes: u64,
     pub missed_dirty_pages: u64,
@@ -397,7 +406,10 @@ impl MigrationOutcome {
         let i = |v: u64| Some(Value::Int(v));
         match name {
             "rounds" => i(self.rounds),
+            "converged" => Some(Value::Bool(self.converged)),
             "pages_copied" => i(self.pages_copied),
+            "zero_pages" => i(self.zero_pages),
+            "estimated_downtime_us" => self.estimated_downtime_us.and_then(i),
             "log_bytes" => i(self.log_bytes),
             "log_writes" => i(self.log_writes),
             "missed_dirty_pages" => i(self.missed_dirty_pages),

@@ -1,7 +1,8 @@
 //! The `migrate` step: the scenario's guest (its driver and guest memory) moves live from the
 //! device it runs on to a fresh instance with the same options (plus any quirk an `inject`
 //! armed), through the migration engine `vdpa-emu migrate` runs ([`crate::migrate::engine`]):
-//! dirty logging and a full copy while the guest sends, pre-copy rounds, the DPDK stop
+//! dirty logging and a full copy while the guest sends, pre-copy rounds until the downtime limit
+//! (or the step's explicit `dirty_threshold`) says stop, the DPDK stop
 //! sequence, stop-and-copy, then the switch: ring states restored before queue_enable, frames
 //! waiting in the source's receive FIFO handed over, GUEST_ANNOUNCE. Every page the device
 //! wrote after logging started must have been in its log (`missed_dirty_pages`), and
@@ -146,7 +147,7 @@ impl World<'_> {
             &mut guest,
             &src,
             PreCopy {
-                dirty_threshold: u64::from(m.dirty_threshold),
+                policy: m.stop,
                 max_rounds: m.max_rounds,
             },
         )?;
@@ -155,7 +156,10 @@ impl World<'_> {
         self.node(i)?.dev = dst.clone();
         let mut out = MigrationOutcome {
             rounds: u64::from(r.rounds),
+            converged: r.converged,
             pages_copied: r.pages_copied,
+            zero_pages: r.zero_pages,
+            estimated_downtime_us: r.estimated_downtime.map(|d| d.as_micros() as u64),
             log_bytes: r.log_bytes,
             log_writes: r.log_writes,
             missed_dirty_pages: r.missed_dirty_pages,
@@ -184,12 +188,18 @@ impl World<'_> {
         }
         self.migrations += 1;
         let ev = format!(
-            "{name}: {} round(s), {} pages copied, {} missed dirty, {} mismatched, downtime {} us, {} FIFO frame(s) moved, announce {}{}{}",
+            "{name}: {} round(s) ({}), {} pages copied ({} zero), {} missed dirty, {} mismatched, downtime {} us (estimated {}), {} FIFO frame(s) moved, announce {}{}{}",
             out.rounds,
+            match r.stop_reason {
+                crate::migrate::policy::StopReason::RoundLimit => "did not converge: round limit".to_string(),
+                _ => m.stop.to_string(),
+            },
             out.pages_copied,
+            out.zero_pages,
             out.missed_dirty_pages,
             out.memory_mismatch_pages,
             out.downtime_us,
+            out.estimated_downtime_us.map_or("unknown".into(), |e| format!("{e} us")),
             out.pending_frames,
             if out.announce_acked { "acked" } else { "not acked" },
             if armed == device::Quirks::NONE {

@@ -294,8 +294,9 @@ pub struct MigrateSpec {
     pub device: usize,
     /// Frames the guest sends between copy chunks (0: an idle guest).
     pub background_frames: u32,
-    /// Stop pre-copy when a round finds fewer dirty pages than this.
-    pub dirty_threshold: u32,
+    /// What ends pre-copy: `max_downtime_ms` (default 300, QEMU's downtime limit) or an
+    /// explicit `dirty_threshold`.
+    pub stop: crate::migrate::policy::StopPolicy,
     /// Most pre-copy rounds.
     pub max_rounds: u32,
 }

@@ -651,9 +651,13 @@ impl<'a> World<'a> {
             Metric::Migration("count") => return int(self.migrations),
             Metric::Migration(f) => {
                 let r = self.migration.as_ref().ok_or("no migration has run")?;
-                return r
-                    .get(f)
-                    .ok_or_else(|| format!("unknown migration field `{f}`"));
+                return r.get(f).ok_or_else(|| {
+                    if super::metrics::MIGRATION_FIELDS.contains(f) {
+                        format!("migration.{f} has no value for this migration (no copy rate was measured)")
+                    } else {
+                        format!("unknown migration field `{f}`")
+                    }
+                });
             }
             Metric::StepError => return bool_(self.step_error),
             _ => {}

@@ -111,6 +111,7 @@ pub struct RawStep {
     // migrate
     pub background_frames: Option<Spanned<i64>>,
     pub dirty_threshold: Option<Spanned<i64>>,
+    pub max_downtime_ms: Option<Spanned<i64>>,
     pub max_rounds: Option<Spanned<i64>>,
     // wait
     pub seconds: Option<Spanned<Value>>,
@@ -143,6 +144,7 @@ impl RawStep {
             s("accept", &self.accept),
             s("background_frames", &self.background_frames),
             s("dirty_threshold", &self.dirty_threshold),
+            s("max_downtime_ms", &self.max_downtime_ms),
             s("max_rounds", &self.max_rounds),
             s("seconds", &self.seconds),
         ]

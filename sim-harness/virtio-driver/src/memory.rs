@@ -1,6 +1,11 @@
 //! Guest memory as the driver model sees it: a memfd (shared, as QEMU's
 //! `memory-backend-memfd,share=on` is) whose "guest physical" addresses are the IOVAs the device
 //! uses (DPDK maps guest memory at IOVA == GPA), with a bump allocator.
+//!
+//! The memfd is sparse, like a guest's RAM on a host that allocates on first touch: a page
+//! holds memory once the driver or the device writes it. A migration reads it page range by
+//! page range through [`GuestMemory::data_pfns`] and [`GuestMemory::peek`], which never
+//! allocate a page the guest did not write.
 
 use device::DmaMapper;
 use dma::{Backing, MapError, Perms, SharedMemory, ShmError, WriteTrace, PAGE_SIZE};
@@ -73,6 +78,48 @@ impl GuestMemory {
         self.shm.read(self.off(iova)?, buf)?;
         dst.shm.write(dst.off(iova)?, buf)?;
         Ok(())
+    }
+
+    /// Page numbers (IOVA / 4 KiB) of the pages that hold memory (written at least once, by
+    /// the driver, the device or a copy), as sorted disjoint ranges; every other page of
+    /// [`GuestMemory::pfns`] is a hole and reads as zeros.
+    pub fn data_pfns(&self) -> Result<Vec<std::ops::Range<u64>>, MemoryError> {
+        let first = self.base / PAGE_SIZE;
+        Ok(self
+            .shm
+            .data_ranges()?
+            .into_iter()
+            .map(|r| first + r.start / PAGE_SIZE..first + r.end.div_ceil(PAGE_SIZE))
+            .collect())
+    }
+
+    /// Reads `buf.len()` bytes at `iova` without allocating anything: a hole reads as zeros and
+    /// stays a hole (through the file, not the mapping).
+    pub fn peek(&self, iova: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        Ok(self.shm.pread(self.off(iova)?, buf)?)
+    }
+
+    /// Turns pages `pfns` back into holes (they read as zeros and hold no memory): what a
+    /// migration destination does with a page the source sent as a zero page.
+    pub fn discard(&self, pfns: std::ops::Range<u64>) -> Result<(), MemoryError> {
+        if pfns.is_empty() {
+            return Ok(());
+        }
+        let off = self.off(pfns.start * PAGE_SIZE)?;
+        Ok(self
+            .shm
+            .punch_hole(off, (pfns.end - pfns.start) * PAGE_SIZE)?)
+    }
+
+    /// Bytes of this memory that hold pages (the rest has never been touched).
+    pub fn resident_bytes(&self) -> Result<u64, MemoryError> {
+        Ok(self.shm.allocated_bytes()?)
+    }
+
+    /// Bytes the driver has allocated (rings, buffers, tables): everything it and the device
+    /// can ever write, hence a bound on the guest's working set.
+    pub fn allocated(&self) -> u64 {
+        *self.next.lock()
     }
 
     /// Page numbers (IOVA / 4 KiB) this memory spans.
