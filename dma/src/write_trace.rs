@@ -126,7 +126,12 @@ impl WriteTrace {
     pub fn take_pages(&self) -> Vec<u64> {
         let mut out = Vec::new();
         for (i, w) in self.dense.iter().enumerate() {
-            push_bits(&mut out, i as u64, w.swap(0, Ordering::AcqRel));
+            // A plain load first: most words of a big trace are zero, and a swap of each would
+            // cost a locked instruction per 64 pages. A bit set after the load is kept for the
+            // next call.
+            if w.load(Ordering::Relaxed) != 0 {
+                push_bits(&mut out, i as u64, w.swap(0, Ordering::AcqRel));
+            }
         }
         let map = std::mem::take(&mut *self.sparse.lock());
         for (s, l) in map {
