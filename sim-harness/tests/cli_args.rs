@@ -34,6 +34,10 @@ fn zero_and_out_of_range_counts_are_errors_everywhere() {
         (&["migrate", "--count", "0"][..], "--count"),
         (&["migrate", "--max-rounds", "0"][..], "--max-rounds"),
         (
+            &["migrate", "--memory", "67108964"][..],
+            "non-zero multiple of 4 KiB",
+        ),
+        (
             &["migrate", "--max-downtime", "2000001"][..],
             "--max-downtime",
         ),

@@ -175,16 +175,20 @@ impl MigrateReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         let mib = |b: u64| format!("{:.1}", b as f64 / f64::from(1 << 20));
+        let size = |b: u64| match b {
+            b if b < 1 << 20 => format!("{} KiB", b >> 10),
+            b => format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+        };
         let rows: Vec<(&str, String)> = vec![
             ("migrations", self.migrations.to_string()),
             ("total_ms", format!("{:.3}", self.total_ms)),
             ("memory_mib", mib(self.memory_bytes)),
             (
-                "resident_mib",
+                "resident",
                 format!(
                     "source {}, destination {} (guest RAM holding pages after the copy)",
-                    mib(self.source_resident_bytes),
-                    mib(self.destination_resident_bytes)
+                    size(self.source_resident_bytes),
+                    size(self.destination_resident_bytes)
                 ),
             ),
             ("peak_rss_mib", mib(self.peak_rss_bytes)),
@@ -324,6 +328,10 @@ pub enum MigrateError {
     #[error("reading the log: {0}")]
     Shm(#[from] dma::ShmError),
     #[error(
+        "--memory {0} B: guest RAM must be a non-zero multiple of 4 KiB (the page the dirty log and the copy work in)"
+    )]
+    MemorySize(u64),
+    #[error(
         "--memory {memory_mib} MiB needs {needed_mib} MiB: the guest's working set of {working_set_mib} MiB \
          on the source and on the destination (guest RAM is allocated lazily) and {tracking_mib} MiB of \
          dirty-tracking bitmaps, but this machine has {available_mib} MiB available (MemAvailable in /proc/meminfo)"
@@ -437,6 +445,9 @@ impl Guest {
 /// device the guest runs on and a fresh device, under continuous traffic, and verifies.
 pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let _span = tracing::info_span!("migrate").entered();
+    if o.memory == 0 || !o.memory.is_multiple_of(dma::PAGE_SIZE) {
+        return Err(MigrateError::MemorySize(o.memory));
+    }
     check_address_space(o.memory)?;
     let mut cfg = DeviceConfig::with_queue_pairs(o.queue_pairs.max(1)).lm_layout(o.lm_layout);
     cfg.log_granularity = o.log_granularity;
