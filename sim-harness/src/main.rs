@@ -189,6 +189,10 @@ enum Cmd {
         /// stop-and-copy and downtime) as an SVG chart to this file.
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+        /// Capture every frame of every device instance into this pcapng file (interfaces
+        /// m0-tx<P>/m0-rx<P> for the source, mN-... for the destination of migration N).
+        #[arg(long)]
+        pcap: Option<std::path::PathBuf>,
     },
     /// Scenario files (TOML): devices, ordered steps, expectations (docs/scenarios.md).
     Scenario {
@@ -396,6 +400,7 @@ fn main() -> ExitCode {
             count,
             format,
             plot,
+            pcap,
             ..
         } => {
             use sim_harness::migrate::policy::StopPolicy;
@@ -414,6 +419,7 @@ fn main() -> ExitCode {
                 seed,
                 count,
                 progress: true,
+                pcap,
                 ..Default::default()
             };
             match sim_harness::migrate::run(&o) {

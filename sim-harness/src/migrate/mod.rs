@@ -60,6 +60,9 @@ pub struct MigrateOptions {
     pub progress: bool,
     /// Back-to-back migrations of the same guest.
     pub count: u32,
+    /// Capture every frame of every device instance into this pcapng file (the source is
+    /// `m0`, the destination of migration N is `mN`).
+    pub pcap: Option<std::path::PathBuf>,
     /// Frames per pair the peer sends just before the guest pauses, without the guest
     /// receiving them: more than the RX rings hold, so some wait in the receive FIFO at the switch.
     pub burst_at_switch: usize,
@@ -83,6 +86,7 @@ impl Default for MigrateOptions {
             seed: 1,
             progress: false,
             count: 1,
+            pcap: None,
             burst_at_switch: 0,
             packed: false,
         }
@@ -157,6 +161,8 @@ pub struct MigrateReport {
     pub errors: Vec<String>,
     /// Per migration: bulk copy, pre-copy rounds, stop-and-copy, with times and page counts.
     pub timelines: Vec<Vec<engine::Phase>>,
+    /// The pcapng capture (`--pcap`), if one was written.
+    pub capture: Option<crate::pcap::CaptureSummary>,
 }
 
 impl MigrateReport {
@@ -230,6 +236,17 @@ impl MigrateReport {
             (
                 "memory_mismatch_pages",
                 self.memory_mismatch_pages.to_string(),
+            ),
+            (
+                "capture",
+                self.capture.as_ref().map_or("none".into(), |c| {
+                    format!(
+                        "{} frames ({} bytes) into {}",
+                        c.frames,
+                        c.bytes,
+                        c.path.display()
+                    )
+                }),
             ),
             ("frames_sent", self.frames_sent.to_string()),
             ("frames_delivered", self.frames_delivered.to_string()),
@@ -319,6 +336,8 @@ impl MigrateReport {
 pub enum MigrateError {
     #[error("device: {0}")]
     Layout(#[from] bar_registers::LayoutError),
+    #[error(transparent)]
+    Capture(#[from] crate::pcap::CaptureError),
     #[error("driver: {0}")]
     Driver(#[from] DriverError),
     #[error("log memory: {0}")]
@@ -456,6 +475,14 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     let peer_port = Arc::new(PeerPort::default());
     let mut dev = Device::new(cfg.clone())?;
     dev.set_port(peer_port.clone());
+    let capture = o
+        .pcap
+        .as_deref()
+        .map(crate::pcap::PcapCapture::create)
+        .transpose()?;
+    if let Some(c) = &capture {
+        c.attach("m0", &dev)?;
+    }
     let opts = DriverOptions {
         queue_pairs: o.queue_pairs.max(1),
         memory: o.memory,
@@ -504,6 +531,7 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
             cfg: &cfg,
             peer_port: &peer_port,
             progress: &progress,
+            capture: capture.as_ref(),
         };
         let (dst, ok) = migrate_once(&ctx, i, &mut guest, &dev, &mut report)?;
         progress.inc();
@@ -542,6 +570,10 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
     }
     report.frames_sent = guest.sent.values().sum::<u64>() + guest.peer.sent.values().sum::<u64>();
     report.peak_rss_bytes = footprint::peak_rss().unwrap_or(0);
+    if let Some(c) = capture {
+        dev.set_capture(None);
+        report.capture = Some(c.finish()?);
+    }
     Ok(report)
 }
 
@@ -553,6 +585,8 @@ struct Migrating<'a> {
     peer_port: &'a Arc<PeerPort>,
     burst_at_switch: usize,
     progress: &'a crate::progress::Progress,
+    /// The capture and the label of the destination to add to it.
+    capture: Option<(&'a Arc<crate::pcap::PcapCapture>, String)>,
 }
 
 impl MigratingGuest for Migrating<'_> {
@@ -575,6 +609,9 @@ impl MigratingGuest for Migrating<'_> {
     fn destination(&mut self) -> Result<Arc<Device>, MigrateError> {
         let dst = Device::new(self.cfg.clone())?;
         dst.set_port(self.peer_port.clone());
+        if let Some((c, label)) = &self.capture {
+            c.attach(label, &dst)?;
+        }
         Ok(dst)
     }
 
@@ -591,6 +628,7 @@ struct Ctx<'a> {
     cfg: &'a DeviceConfig,
     peer_port: &'a Arc<PeerPort>,
     progress: &'a crate::progress::Progress,
+    capture: Option<&'a Arc<crate::pcap::PcapCapture>>,
 }
 
 fn migrate_once(
@@ -605,6 +643,7 @@ fn migrate_once(
         cfg,
         peer_port,
         progress,
+        capture,
     } = *ctx;
     let _span = tracing::info_span!("migration", index).entered();
     report.migrations += 1;
@@ -615,6 +654,7 @@ fn migrate_once(
             peer_port,
             burst_at_switch: o.burst_at_switch,
             progress,
+            capture: capture.map(|c| (c, format!("m{}", index + 1))),
         },
         src,
         PreCopy {
