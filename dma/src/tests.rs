@@ -976,3 +976,98 @@ fn thread_safety_markers() {
     send::<MapError>();
     sync::<MapError>();
 }
+
+/// Writes `n` 16-byte records at file offset `at`: bytes 0..14 = record index + 1, flags (the
+/// u16 at 14) = `flags(i)`.
+fn records(shm: &SharedMemory, at: u64, n: usize, flags: impl Fn(usize) -> u16) {
+    for i in 0..n {
+        let r = at + 16 * i as u64;
+        shm.write(r, &[i as u8 + 1; 14]).unwrap();
+        shm.write_u16(r + 14, flags(i)).unwrap();
+    }
+}
+
+#[test]
+fn read_published_takes_the_ready_prefix_in_one_access() {
+    let (shm, _space, mut eng) = setup(0x10000, 0x40000);
+    // Records 0..5 ready (flags 0x80), record 5 not, record 6 ready again.
+    records(&shm, 0x100, 8, |i| if i == 5 { 0 } else { 0x80 });
+    let mut buf = vec![0u8; 8 * 16];
+    let n = eng
+        .read_published(0x40100, &mut buf, 16, 14, DmaKind::Descriptor, |f| {
+            f == 0x80
+        })
+        .unwrap();
+    assert_eq!(n, 5, "the prefix stops at the first record not ready");
+    let mut want = vec![0u8; 5 * 16];
+    shm.read(0x100, &mut want).unwrap();
+    assert_eq!(buf[..5 * 16], want[..]);
+    // One request for the whole window, every byte of it counted once.
+    assert_eq!(
+        eng.bus_stats().get(DmaKind::Descriptor),
+        Traffic {
+            transactions: 1,
+            bytes: 8 * 16
+        }
+    );
+    // An odd address: the flags words are unaligned, same answer.
+    records(&shm, 0x801, 3, |_| 0x80);
+    let mut buf = vec![0u8; 3 * 16];
+    let n = eng
+        .read_published(0x40801, &mut buf, 16, 14, DmaKind::Descriptor, |f| {
+            f == 0x80
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(buf[16 * 2 + 13], 3);
+    // Nothing ready: nothing copied, still one access.
+    let mut buf = [0xeeu8; 32];
+    let n = eng
+        .read_published(0x40100, &mut buf, 16, 14, DmaKind::Descriptor, |_| false)
+        .unwrap();
+    assert_eq!((n, buf), (0, [0xee; 32]));
+    assert_eq!(eng.bus_stats().get(DmaKind::Descriptor).transactions, 3);
+    // Empty: no access at all.
+    let n = eng
+        .read_published(0x40100, &mut [], 16, 14, DmaKind::Descriptor, |_| true)
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(eng.bus_stats().get(DmaKind::Descriptor).transactions, 3);
+}
+
+#[test]
+fn read_published_across_mappings_and_faults() {
+    let shm = SharedMemory::new("g", 0x10000).unwrap();
+    let space = Arc::new(AddressSpace::new());
+    // Two adjacent mappings, the second from another file offset: records 0..2 in the first,
+    // 2..4 in the second.
+    shm.map_into(&space, 0x10000, 0x0000, 0x1000, Perms::RW)
+        .unwrap();
+    shm.map_into(&space, 0x11000, 0x5000, 0x1000, Perms::RW)
+        .unwrap();
+    records(&shm, 0xfe0, 2, |_| 1);
+    records(&shm, 0x5000, 2, |i| if i == 0 { 1 } else { 0 });
+    let mut eng = DmaEngine::new(space.clone(), 64);
+    let mut buf = vec![0u8; 4 * 16];
+    let n = eng
+        .read_published(0x10fe0, &mut buf, 16, 14, DmaKind::Descriptor, |f| f == 1)
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!((buf[0], buf[16], buf[32]), (1, 2, 1));
+    assert_eq!(
+        eng.bus_stats().get(DmaKind::Descriptor),
+        Traffic {
+            transactions: 2,
+            bytes: 64
+        }
+    );
+    // Running off the end of the mapped space: a fault, nothing read or counted.
+    let mut buf = [0xeeu8; 32];
+    assert!(matches!(
+        eng.read_published(0x11ff0, &mut buf, 16, 14, DmaKind::Descriptor, |_| true),
+        Err(DmaFault::CrossesMappingEnd { .. })
+    ));
+    assert_eq!(buf, [0xee; 32]);
+    assert_eq!(eng.bus_stats().get(DmaKind::Descriptor).transactions, 2);
+    assert_eq!(eng.iommu_stats().faults_crossing, 1);
+}

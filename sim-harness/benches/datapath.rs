@@ -3,14 +3,28 @@
 //!   ring-full), IOTLB on, dirty logging off and on, and without an IOTLB. Only the device's
 //!   work after the doorbell is timed; the driver model fills the ring untimed.
 //! - loopback/64B: TX dequeue + loopback + RX enqueue into posted buffers.
-//! - `packed_*`: the same on packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8): one
-//!   descriptor-ring span read per batch instead of avail ring + per-chain descriptor reads, and
-//!   used descriptors written back in place.
+//! - `packed_*`: the same on packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8): one read
+//!   of a window of descriptors per batch (each descriptor's flags, then the available ones
+//!   whole: every descriptor read once) instead of avail ring + per-chain descriptor reads, and
+//!   a batch of used descriptors written back in place as runs of slots, the first one's flags
+//!   stored last.
+//! - packed_vs_split (after the criterion groups): the packed/split throughput ratio of
+//!   tx_dequeue/64B and loopback/64B, logging off and on, measured interleaved: split and
+//!   packed devices set up side by side, then rounds of `CHUNK` ring-fulls of each, the order
+//!   alternating from round to round, so that machine noise falls on both alike (split is the
+//!   anchor). Reported: the median of the per-round ratios with its quartiles, and each
+//!   layout's median frames per second. `--warm-up-time` / `--measurement-time` set its
+//!   warm-up and measuring time per comparison; a filter argument that is not a substring of
+//!   `packed_vs_split` skips it; under `cargo test` (no `--bench`) it runs one round of each.
+//!
+//! Time is the benchmarking thread's CPU time (CLOCK_THREAD_CPUTIME_ID) around the doorbell
+//! write, which runs the device inline: on the shared 2-core machine this leaves out the time
+//! the thread is preempted, which wall-clock time would count at random.
 //!
 //! Frames per second = 256 / (time per iteration).
 
 use bar_registers::lm::DPDK_LOG_IOVA;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use device::{Device, DeviceConfig, DmaMapper, NullPort};
 use dma::{Backing, Perms, SharedMemory};
 use sim_harness::driver::net::txq;
@@ -69,6 +83,20 @@ fn setup(
     (dev, drv, log)
 }
 
+/// CPU time of the calling thread: the device runs inline in it (the doorbell write services
+/// the queue under the device lock), so this is its work without the time the thread spends
+/// preempted on a shared machine.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a valid, exclusive local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 fn run(drv: &mut NetDriver, iters: u64, frame: &[u8], recv: bool) -> Duration {
     let frames: Vec<&[u8]> = vec![frame; usize::from(RING)];
     let mut total = Duration::ZERO;
@@ -77,9 +105,9 @@ fn run(drv: &mut NetDriver, iters: u64, frame: &[u8], recv: bool) -> Duration {
         let n = drv.enqueue_tx(0, &frames).expect("enqueue");
         assert_eq!(n, usize::from(RING));
         drv.publish_no_kick(txq(0)).expect("publish");
-        let t = Instant::now();
+        let t = thread_cpu_time();
         drv.kick(txq(0)).expect("kick");
-        total += t.elapsed();
+        total += thread_cpu_time() - t;
         if recv {
             let got = drv.recv(0).expect("recv");
             assert_eq!(got.len(), usize::from(RING));
@@ -101,13 +129,15 @@ fn tx_dequeue(c: &mut Criterion) {
         ("packed_iotlb64_log_on", true, 64, true),
     ] {
         let (dev, mut drv, _log) = setup(logging, iotlb, false, packed);
+        let mut ran = false;
         g.bench_function(name, |b| {
+            ran = true;
             b.iter_custom(|iters| run(&mut drv, iters, &frame, false))
         });
         assert!(dev.fault().is_none());
         let ls = dev.log_stats();
         assert!(
-            !logging || (ls.log_writes > 0 && ls.beyond_end == 0),
+            !logging || !ran || (ls.log_writes > 0 && ls.beyond_end == 0),
             "logging variant must really log: {ls:?}"
         );
     }
@@ -122,13 +152,15 @@ fn tx_dequeue(c: &mut Criterion) {
     ] {
         let (dev, mut drv, _log) = setup(logging, 64, true, packed);
         // Loopback times TX dequeue + RX enqueue (the doorbell runs both inline).
+        let mut ran = false;
         g.bench_function(name, |b| {
+            ran = true;
             b.iter_custom(|iters| run(&mut drv, iters, &frame, true))
         });
         assert!(dev.fault().is_none());
         let ls = dev.log_stats();
         assert!(
-            !logging || (ls.log_writes > 0 && ls.beyond_end == 0),
+            !logging || !ran || (ls.log_writes > 0 && ls.beyond_end == 0),
             "logging variant must really log: {ls:?}"
         );
     }
@@ -140,4 +172,177 @@ criterion_group! {
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     targets = tx_dequeue
 }
-criterion_main!(benches);
+
+/// Ring-fulls of one layout per round of the interleaved comparison: enough to amortize the
+/// cache misses of switching from the other device's memory.
+const CHUNK: u64 = 32;
+
+/// The one comparison: what the device does, with or without logging.
+struct Comparison {
+    name: &'static str,
+    loopback: bool,
+    logging: bool,
+}
+
+/// The command line as far as the interleaved comparison cares (criterion parses it too).
+struct Args {
+    bench: bool,
+    filter: Option<String>,
+    warm_up: Duration,
+    measurement: Duration,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        bench: false,
+        filter: None,
+        warm_up: Duration::from_secs(1),
+        measurement: Duration::from_secs(3),
+    };
+    let secs = |v: Option<String>, d: Duration| {
+        v.and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(d, Duration::from_secs_f64)
+    };
+    // Criterion options that take a value (their value is not a filter).
+    const VALUED: [&str; 14] = [
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--profile-time",
+        "--sample-size",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "--format",
+    ];
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--bench" => a.bench = true,
+            "--warm-up-time" => a.warm_up = secs(it.next(), a.warm_up),
+            "--measurement-time" => a.measurement = secs(it.next(), a.measurement),
+            v if VALUED.contains(&v) => {
+                it.next();
+            }
+            v if v.starts_with('-') => {}
+            v => a.filter = Some(v.to_string()),
+        }
+    }
+    a
+}
+
+/// Quantile `q` (0..=1) of sorted `v`.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i]
+}
+
+/// Split and packed side by side, in alternating rounds: the packed/split throughput ratio.
+fn packed_vs_split(a: &Args) {
+    let mut frame = vec![0u8; 64];
+    frame[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    let comparisons = [
+        Comparison {
+            name: "tx_dequeue/64B log_off",
+            loopback: false,
+            logging: false,
+        },
+        Comparison {
+            name: "tx_dequeue/64B log_on",
+            loopback: false,
+            logging: true,
+        },
+        Comparison {
+            name: "loopback/64B log_off",
+            loopback: true,
+            logging: false,
+        },
+        Comparison {
+            name: "loopback/64B log_on",
+            loopback: true,
+            logging: true,
+        },
+    ];
+    println!(
+        "\npacked_vs_split: interleaved rounds of {CHUNK} ring-fulls (256 x 64 B frames) per layout, \
+         warm-up {:?}, measuring {:?} per comparison{}",
+        a.warm_up,
+        a.measurement,
+        if a.bench { "" } else { " (test mode: one round)" }
+    );
+    println!(
+        "{:<24} {:>7} {:>16} {:>13} {:>13}",
+        "comparison", "rounds", "packed/split", "split Mfps", "packed Mfps"
+    );
+    for c in comparisons {
+        let (split_dev, mut split, _l1) = setup(c.logging, 64, c.loopback, false);
+        let (packed_dev, mut packed, _l2) = setup(c.logging, 64, c.loopback, true);
+        let round = |drv: &mut NetDriver, n: u64| run(drv, n, &frame, c.loopback);
+        let warm_end = Instant::now() + if a.bench { a.warm_up } else { Duration::ZERO };
+        while Instant::now() < warm_end {
+            round(&mut split, CHUNK);
+            round(&mut packed, CHUNK);
+        }
+        let (mut ts, mut tp, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let end = Instant::now() + a.measurement;
+        let mut r = 0u64;
+        loop {
+            let (s, p) = if r.is_multiple_of(2) {
+                let s = round(&mut split, CHUNK);
+                (s, round(&mut packed, CHUNK))
+            } else {
+                let p = round(&mut packed, CHUNK);
+                (round(&mut split, CHUNK), p)
+            };
+            let (s, p) = (s.as_secs_f64(), p.as_secs_f64());
+            ts.push(s);
+            tp.push(p);
+            ratios.push(s / p);
+            r += 1;
+            if !a.bench || (Instant::now() >= end && r >= 10) {
+                break;
+            }
+        }
+        for d in [&split_dev, &packed_dev] {
+            assert!(d.fault().is_none(), "{}: {:?}", c.name, d.fault());
+            let ls = d.log_stats();
+            assert!(
+                !c.logging || (ls.log_writes > 0 && ls.beyond_end == 0),
+                "{}: logging variant must really log: {ls:?}",
+                c.name
+            );
+        }
+        for v in [&mut ts, &mut tp, &mut ratios] {
+            v.sort_by(f64::total_cmp);
+        }
+        let mfps = |t: f64| (CHUNK * u64::from(RING)) as f64 / t / 1e6;
+        println!(
+            "{:<24} {:>7} {:>5.2}x [{:.2}, {:.2}] {:>13.2} {:>13.2}",
+            c.name,
+            r,
+            quantile(&ratios, 0.5),
+            quantile(&ratios, 0.25),
+            quantile(&ratios, 0.75),
+            mfps(quantile(&ts, 0.5)),
+            mfps(quantile(&tp, 0.5)),
+        );
+    }
+}
+
+fn main() {
+    let a = args();
+    benches();
+    if a.filter
+        .as_deref()
+        .is_none_or(|f| "packed_vs_split".contains(f))
+    {
+        packed_vs_split(&a);
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -345,7 +345,8 @@ fn buffer_ids_out_of_range() {
 }
 
 /// A bad list behind good ones of the same batch: the good ones complete first, the bad one
-/// faults when it comes first (as a split ring faults when the list is walked).
+/// faults when it comes first (as a split ring faults when the list is walked), counted once,
+/// and the good lists after it are never taken.
 #[test]
 fn bad_list_behind_good_ones() {
     let mut rig = Rig::new(opts());
@@ -374,6 +375,55 @@ fn bad_list_behind_good_ones() {
     assert_eq!(rig.dev.queue(TXQ).unwrap().last_used, off_wrap(2, true));
     rig.assert_quiet_while_broken("bad third list");
     rig.recover("bad third list");
+    drop(rig);
+
+    // In the middle of one batch, good lists of one and two slots before and after it: those
+    // before it go out (their used descriptors published), the fault is counted once, and
+    // nothing after it is taken.
+    let mut rig = Rig::new(opts());
+    let a = rig.arena;
+    let f = rig.frame(100);
+    rig.drv.mem.write(a, &[0u8; 12]).unwrap();
+    rig.drv.mem.write(a + 12, &f).unwrap();
+    let good = p(a, 12 + f.len() as u32, 1, 0);
+    let (head, body) = (p(a, 12, 0, F_NEXT), p(a + 12, f.len() as u32, 2, 0));
+    let bad = P {
+        raw: Some(PACKED_DESC_F_USED),
+        ..p(a, 64, 3, 0)
+    };
+    rig.post(
+        TXQ,
+        &[good, head, body, p(a, 64, 4, F_NEXT), bad, good, head, body],
+    );
+    let b = rig.snapshot();
+    rig.drv.kick(TXQ).unwrap();
+    rig.assert_fault(
+        &b,
+        &DeviceFault::ChainNotAvailable {
+            queue: TXQ,
+            head: 3,
+            index: 4,
+        },
+        "list running into a slot of the other lap",
+    );
+    assert_eq!(
+        rig.dev.counters().tx_frames,
+        b.counters.tx_frames + 2,
+        "the one-slot and the two-slot list before it went out"
+    );
+    assert_eq!(rig.dev.queue(TXQ).unwrap().last_used, off_wrap(3, true));
+    let (desc, ..) = rig.ring(TXQ);
+    let used = PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED;
+    assert_eq!(rig.drv.mem.read_u16(desc + 14).unwrap(), used);
+    assert_eq!(rig.drv.mem.read_u16(desc + 16 + 12).unwrap(), 2);
+    assert_eq!(rig.drv.mem.read_u16(desc + 16 + 14).unwrap(), used);
+    assert_eq!(
+        rig.drv.mem.read_u16(desc + 5 * 16 + 14).unwrap(),
+        PACKED_DESC_F_AVAIL,
+        "the list after the bad one stays available"
+    );
+    rig.assert_quiet_while_broken("bad list in the middle");
+    rig.recover("bad list in the middle");
 }
 
 // ------------------------------------------------------------------------------- descriptor contents

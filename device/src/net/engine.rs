@@ -104,6 +104,8 @@ pub struct NetEngine {
     pub(super) chain: Chain,
     /// RX: the descriptors of every chain one frame is spread over.
     pub(super) rx_descs: Vec<Desc>,
+    /// RX: the chains one frame is spread over.
+    pub(super) rx_slots: Vec<super::rx::Slot>,
     /// TX frame / control command bytes.
     pub(super) buf: Vec<u8>,
     /// Where carried frames are copied for a capture, if one runs.
@@ -154,6 +156,7 @@ impl NetEngine {
             params,
             chain: Chain::default(),
             rx_descs: Vec::new(),
+            rx_slots: Vec::new(),
             buf: Vec::with_capacity(65 * 1024),
             capture: None,
         }

@@ -20,8 +20,12 @@ use dma::{DmaEngine, DmaKind};
 /// A set of queue pairs.
 type PairSet = BitArr!(for MAX_QUEUE_PAIRS as usize, in u64);
 
+/// Chains one frame may be spread over (with MRG_RXBUF).
+const MAX_RX_CHAINS: usize = 64;
+
 /// Where a popped chain's bytes go.
-struct Slot {
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Slot {
     head: u16,
     first_desc: usize,
     ndesc: usize,
@@ -109,6 +113,7 @@ impl NetEngine {
             dma,
             chain,
             rx_descs: all,
+            rx_slots: slots,
             ..
         } = self;
         let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
@@ -117,9 +122,10 @@ impl NetEngine {
         // The split-ring-used-len-wrong quirk is a split ring engine bug.
         let wrong_len = quirk_len && !ring.is_packed();
         let need = (NET_HDR_LEN + frame.len()) as u64;
-        // Collect chains (their descriptors appended into one list) until the frame fits.
-        let mut slots: [Option<Slot>; 64] = [const { None }; 64];
-        let mut nslots = 0usize;
+        // Collect chains until the frame fits. A frame in one chain (the common case) is written
+        // from that chain's descriptors; from a second chain on, the descriptors of all of them
+        // are appended into one list.
+        slots.clear();
         let mut cap = 0u64;
         all.clear();
         ring.begin();
@@ -127,29 +133,34 @@ impl NetEngine {
             if cap >= need {
                 break Ok(true);
             }
-            if nslots == slots.len() || (!mrg && nslots == 1) {
+            if slots.len() == MAX_RX_CHAINS || (!mrg && slots.len() == 1) {
                 break Ok(false);
             }
             if !ring.has_fetched() && ring.fetch_avail(dma, batch)? == 0 {
                 break Ok(false);
             }
+            if slots.len() == 1 {
+                // The chain is about to hold the next one.
+                all.extend(chain.descs.iter().copied());
+            }
             if !ring.pop(dma, chain, ChainKind::Rx, u64::from(u32::MAX))? {
                 break Ok(false);
             }
             let first = all.len();
-            all.extend_from_slice(&chain.descs);
-            slots[nslots] = Some(Slot {
+            if !slots.is_empty() {
+                all.extend(chain.descs.iter().copied());
+            }
+            slots.push(Slot {
                 head: chain.head,
                 first_desc: first,
                 ndesc: chain.descs.len(),
                 cap: chain.writable,
             });
-            nslots += 1;
             cap += chain.writable;
         };
         if !outcome? {
             ring.rollback();
-            if !mrg && nslots == 1 {
+            if !mrg && slots.len() == 1 {
                 // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a whole
                 // frame; this one does not: drop the frame, keep the buffer.
                 counters.rx_dropped_too_small += 1;
@@ -160,10 +171,11 @@ impl NetEngine {
         ring.commit();
         // Header: flags 0, gso_type NONE, hdr_len/gso_size/csum 0, num_buffers (LE u16 at 10).
         let mut hdr = [0u8; NET_HDR_LEN];
-        hdr[10..12].copy_from_slice(&(nslots as u16).to_le_bytes());
-        write_frame(ring, dma, q, &hdr, frame, &slots[..nslots], all, wrong_len)?;
+        hdr[10..12].copy_from_slice(&(slots.len() as u16).to_le_bytes());
+        let descs = if slots.len() == 1 { &chain.descs } else { all };
+        write_frame(ring, dma, q, &hdr, frame, slots, descs, wrong_len)?;
         let qc = &mut counters.queues[usize::from(q)];
-        qc.chains += nslots as u64;
+        qc.chains += slots.len() as u64;
         qc.frames += 1;
         qc.bytes += frame.len() as u64;
         counters.rx_frames += 1;
@@ -182,13 +194,13 @@ fn write_frame(
     q: u16,
     hdr: &[u8],
     frame: &[u8],
-    slots: &[Option<Slot>],
+    slots: &[Slot],
     all: &[Desc],
     wrong_len: bool,
 ) -> Result<(), DeviceFault> {
     let total = hdr.len() + frame.len();
     let mut pos = 0usize; // position in the hdr ++ frame stream
-    for s in slots.iter().flatten() {
+    for s in slots {
         let mut written = 0u64;
         for d in &all[s.first_desc..s.first_desc + s.ndesc] {
             if pos >= total {

@@ -39,16 +39,20 @@ impl NetEngine {
             }
             let qc = &mut counters.queues[usize::from(q)];
             while ring.pop(dma, chain, ChainKind::Tx, MAX_TX_CHAIN)? {
-                buf.clear();
+                // The chain's bytes go to buf[..len]; buf only grows (no zeroing per frame).
+                let mut len = 0;
                 for d in &chain.descs {
-                    let start = buf.len();
-                    buf.resize(start + d.len as usize, 0);
-                    dma.read(d.addr, &mut buf[start..], DmaKind::PacketRead)
+                    let end = len + d.len as usize;
+                    if buf.len() < end {
+                        buf.resize(end, 0);
+                    }
+                    dma.read(d.addr, &mut buf[len..end], DmaKind::PacketRead)
                         .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                    len = end;
                 }
                 ring.push_used(chain.head, 0);
                 qc.chains += 1;
-                let frame = buf.get(NET_HDR_LEN..).unwrap_or(&[]);
+                let frame = buf[..len].get(NET_HDR_LEN..).unwrap_or(&[]);
                 if frame.len() < ETH_HLEN {
                     counters.tx_dropped_runt += 1;
                     continue;

@@ -65,6 +65,7 @@ pub struct RingSetup {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(crate) fn push_desc(
     q: u16,
     chain: &mut Chain,

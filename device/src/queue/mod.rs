@@ -6,6 +6,9 @@ pub mod chain;
 pub mod packed;
 pub mod split;
 
+#[cfg(test)]
+mod packed_tests;
+
 use crate::fault::DeviceFault;
 use chain::{Chain, ChainKind, RingSetup};
 use dma::DmaEngine;

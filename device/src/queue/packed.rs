@@ -92,6 +92,18 @@ pub fn used_flags(wrap: bool) -> u16 {
     }
 }
 
+/// VIRTQ_DESC_F_WRITE in a used descriptor when `len` bytes were written (2.8.3: it says
+/// whether data was written; 2.8.4: len is "the length of the buffer that has been initialized
+/// (written to)").
+#[inline(always)]
+fn write_flag(len: u32) -> u16 {
+    if len > 0 {
+        VIRTQ_DESC_F_WRITE
+    } else {
+        0
+    }
+}
+
 /// Ring position `pos` of a lap with wrap counter `wrap` as a free-running index modulo
 /// 2 x `size` (the first lap has wrap counter 1, 2.8.1).
 #[inline(always)]
@@ -112,13 +124,27 @@ pub fn packed_need_event(size: u16, event: u16, new: u32, old: u32) -> bool {
     (new + m - ev - 1) % m < (new + m - old) % m
 }
 
-/// How many leading 16-byte descriptors of `bytes` are available for wrap counter `wrap`.
-#[inline]
-fn avail_prefix(bytes: &[u8], wrap: bool) -> usize {
-    bytes
-        .chunks_exact(DESC_BYTES)
-        .take_while(|d| is_avail(u16::from_le_bytes([d[FLAGS_AT], d[FLAGS_AT + 1]]), wrap))
-        .count()
+/// A ring slot as the device read it: `{addr le64, len le32, id le16, flags le16}` (2.8.13).
+type Slot = [u8; DESC_BYTES];
+
+/// Where a descriptor's length and buffer id sit in its 16 bytes (the address is first).
+const LEN_AT: usize = 8;
+const ID_AT: usize = 12;
+
+/// The little-endian u16 at `at` of a slot.
+#[inline(always)]
+fn le16(s: &Slot, at: usize) -> u16 {
+    u16::from_le_bytes([s[at], s[at + 1]])
+}
+
+/// What one fetch has read, in slots after the fetch position: its slots start at `base` in
+/// `PackedRing::descs`; `read` slots were read, the first `avail` of them available (only
+/// those are kept); `room` slots are free for the device to look at.
+struct Window {
+    base: usize,
+    read: u16,
+    avail: u16,
+    room: u16,
 }
 
 /// One descriptor as read from the ring.
@@ -126,7 +152,6 @@ fn avail_prefix(bytes: &[u8], wrap: bool) -> usize {
 struct RawDesc {
     addr: u64,
     len: u32,
-    id: u16,
     flags: u16,
 }
 
@@ -136,37 +161,20 @@ impl RawDesc {
         RawDesc {
             addr: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
             len: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
-            id: u16::from_le_bytes([b[12], b[13]]),
             flags: u16::from_le_bytes([b[FLAGS_AT], b[FLAGS_AT + 1]]),
         }
     }
 }
 
-/// A descriptor list fetched from the ring, not yet completed.
+/// What [`PackedRing::begin`] saved for a rollback.
 #[derive(Clone, Copy, Debug)]
-struct Fetched {
-    /// Ring position of its first descriptor, and that lap's wrap counter.
+struct Mark {
+    /// Shadow index, ring position and wrap counter of the next list to pop at begin.
+    at: usize,
     pos: u16,
     wrap: bool,
-    /// Ring slots it occupies.
-    n: u16,
-    /// Buffer id (of its last descriptor, 2.8.6).
-    id: u16,
-    /// Index of its first descriptor in `PackedRing::descs` (the slots as read by the fetch).
-    first: u32,
-}
-
-/// A used descriptor waiting for [`PackedRing::flush_used`].
-#[derive(Clone, Copy, Debug)]
-struct PendingUsed {
-    pos: u16,
-    id: u16,
-    len: u32,
-    flags: u16,
-    /// The slot's address field and flags as the driver left them (rewritten unchanged, so a
-    /// run of used descriptors is one write and the batch's first flags stay unpublished).
-    addr: u64,
-    prior_flags: u16,
+    /// Lists popped since.
+    pops: u16,
 }
 
 /// Device-side state of one enabled packed ring.
@@ -196,12 +204,28 @@ pub struct PackedRing {
     /// [`ring_seq`] of the used position published to the driver, and at the last interrupt decision.
     published: u32,
     signalled: u32,
-    chains: Vec<Fetched>,
-    descs: Vec<RawDesc>,
-    popped: usize,
-    completed: usize,
-    mark: Option<usize>,
-    pending: Vec<PendingUsed>,
+    /// The shadow: the ring slots fetched and not yet done with, in ring order, as read (once)
+    /// by the fetches. Shadow index `pop_at` is ring position `avail_pos`; every list is
+    /// validated (each slot available, the last without NEXT, its id below the queue size)
+    /// before it is taken in. A completed list's first slot becomes its used descriptor here
+    /// (len and id at push_used, the used flags at flush_used), and flush_used writes runs of
+    /// them from the shadow.
+    descs: Vec<Slot>,
+    /// Shadow index of the next list to pop, of the oldest popped list not completed, and of
+    /// the oldest completed list whose used descriptor is not written (`flush_at ==
+    /// complete_at` when there is none).
+    pop_at: usize,
+    complete_at: usize,
+    flush_at: usize,
+    /// Fetched lists not popped yet.
+    unpopped: u16,
+    mark: Option<Mark>,
+    /// Completed lists whose used descriptors are not written yet, and the ring position the
+    /// first of them goes to (the used position published, with its wrap counter).
+    pending: usize,
+    wb_pos: u16,
+    wb_wrap: bool,
+    /// Indirect tables.
     scratch: Vec<u8>,
 }
 
@@ -282,12 +306,15 @@ impl PackedRing {
             used_wrap,
             published,
             signalled: published,
-            chains: Vec::with_capacity(size.into()),
             descs: Vec::with_capacity(size.into()),
-            popped: 0,
-            completed: 0,
+            pop_at: 0,
+            complete_at: 0,
+            unpopped: 0,
             mark: None,
-            pending: Vec::with_capacity(size.into()),
+            flush_at: 0,
+            pending: 0,
+            wb_pos: used_pos,
+            wb_wrap: used_wrap,
             scratch: Vec::new(),
         })
     }
@@ -346,105 +373,115 @@ impl PackedRing {
             % m
     }
 
-    /// Reads `count` ring slots from position `start` into `scratch` (one DMA read, two when it
-    /// wraps at the ring end).
-    fn read_slots(
+    /// Appends `count` ring slots, from slot `from` after the fetch position on, to `descs`,
+    /// read with [`DmaEngine::read_published`]: each slot's flags first, then (after an
+    /// Acquire fence) the available ones whole, so every byte is read once (one DMA read, two
+    /// when the window wraps at the ring end; the part after the ring end belongs to the next
+    /// lap and is read only if the part before it is available to its end). Returns how many
+    /// leading slots of the window are available; the slots after them hold nothing useful.
+    fn read_window(
         &mut self,
         dma: &mut DmaEngine,
-        start: u16,
+        from: u16,
         count: u16,
-    ) -> Result<(), DeviceFault> {
-        let bytes = usize::from(count) * DESC_BYTES;
-        self.scratch.resize(bytes, 0);
+    ) -> Result<u16, DeviceFault> {
+        let (start, wrap) = self.slot(from);
         let first = count.min(self.size - start);
+        let (at_first, at_ring) = (self.desc_addr(start), self.desc);
         let q = self.queue;
         let err = |fault| DeviceFault::Dma { queue: q, fault };
-        dma.read(
-            self.desc_addr(start),
-            &mut self.scratch[..usize::from(first) * DESC_BYTES],
-            DmaKind::Descriptor,
-        )
-        .map_err(err)?;
-        if first < count {
-            dma.read(
-                self.desc,
-                &mut self.scratch[usize::from(first) * DESC_BYTES..bytes],
+        let at = self.descs.len();
+        self.descs.resize(at + usize::from(count), [0; DESC_BYTES]);
+        let window = &mut self.descs[at..];
+        let (before_end, after_end) = window.split_at_mut(usize::from(first));
+        let res = dma
+            .read_published(
+                at_first,
+                before_end.as_flattened_mut(),
+                DESC_BYTES,
+                FLAGS_AT,
                 DmaKind::Descriptor,
+                |f| is_avail(f, wrap),
             )
-            .map_err(err)?;
+            .and_then(|n| {
+                if n < before_end.len() || after_end.is_empty() {
+                    return Ok(n);
+                }
+                dma.read_published(
+                    at_ring,
+                    after_end.as_flattened_mut(),
+                    DESC_BYTES,
+                    FLAGS_AT,
+                    DmaKind::Descriptor,
+                    |f| is_avail(f, !wrap),
+                )
+                .map(|m| n + m)
+            });
+        match res {
+            Ok(n) => Ok(n as u16),
+            Err(fault) => {
+                self.descs.truncate(at);
+                Err(err(fault))
+            }
         }
-        Ok(())
     }
 
     /// Looks at the ring after the lists already fetched: a 2-byte peek at the next slot's
-    /// flags, then a span read of up to `max` slots (two reads when it wraps) to find how many
-    /// are available, an Acquire fence, and those slots read again; turns them into lists, in
-    /// ring order. Returns how many fetched lists are ready to pop. Lists popped inside an open
+    /// flags, then one read of a window of up to `max` slots (two when it wraps) that takes
+    /// each slot's flags, then the available ones whole ([`DmaEngine::read_published`]: one
+    /// read per descriptor, none read twice); turns the available prefix into lists, in ring
+    /// order. Returns how many fetched lists are ready to pop. Lists popped inside an open
     /// [`PackedRing::begin`] are kept for a rollback.
     pub fn fetch_avail(&mut self, dma: &mut DmaEngine, max: u16) -> Result<u16, DeviceFault> {
         if self.has_fetched() {
-            return Ok((self.chains.len() - self.popped) as u16);
+            return Ok(self.unpopped);
         }
         self.compact();
-        let room = u32::from(self.size) - self.outstanding();
-        let w = room.min(u32::from(max.max(1))) as u16;
+        let room = (u32::from(self.size) - self.outstanding()) as u16;
+        let max = max.max(1);
+        let w = room.min(max);
         if w == 0 {
             return Ok(0);
         }
         // An idle ring costs one 2-byte read (2.8.2: "the next device descriptor after the one
         // they processed previously" is the one location to poll).
-        let start = self.fetch_pos;
         let flags = dma
-            .read_u16(self.flags_addr(start), DmaKind::Descriptor)
+            .read_u16(self.flags_addr(self.fetch_pos), DmaKind::Descriptor)
             .map_err(self.dma_err())?;
         if !is_avail(flags, self.fetch_wrap) {
             return Ok(0);
         }
-        // Look: which leading slots are available (flags as this read saw them). The slots
-        // before the ring end belong to the fetch lap, the ones after it to the next.
-        self.read_slots(dma, start, w)?;
-        let before_end = usize::from(w.min(self.size - start));
-        let mut k = avail_prefix(&self.scratch[..before_end * DESC_BYTES], self.fetch_wrap);
-        if k == before_end {
-            k += avail_prefix(&self.scratch[before_end * DESC_BYTES..], !self.fetch_wrap);
-        }
-        if k == 0 {
-            return Ok(0);
-        }
-        // 2.8.21.1: the driver initializes a descriptor, then "Perform a memory barrier",
-        // then sets its flags. Pair with it: after this fence, reading the slots again returns
-        // everything the flags seen above published (a span copy is not ordered within itself).
-        fence(Ordering::Acquire);
-        self.read_slots(dma, start, k as u16)?;
         let base = self.descs.len();
-        self.descs
-            .extend(self.scratch.chunks_exact(DESC_BYTES).map(RawDesc::parse));
-        let mut i = 0u16;
-        let mut n = 0u16;
-        let (mut pos, mut wrap) = (self.fetch_pos, self.fetch_wrap);
-        while usize::from(i) < k && n < max.max(1) {
+        let avail = self.read_window(dma, 0, w)?;
+        self.descs.truncate(base + usize::from(avail));
+        let mut win = Window {
+            base,
+            read: w,
+            avail,
+            room,
+        };
+        // The common case first: a run of one-descriptor lists.
+        let size = self.size;
+        let lim = usize::from(win.avail.min(max));
+        let ones = self.descs[base..base + lim]
+            .iter()
+            .take_while(|d| le16(d, FLAGS_AT) & VIRTQ_DESC_F_NEXT == 0 && le16(d, ID_AT) < size)
+            .count() as u16;
+        let mut i = ones;
+        let mut n = ones;
+        while i < win.avail && n < max {
             // The common case, a one-descriptor list, without the general walk.
-            let d = self.descs[base + usize::from(i)];
-            let parsed = if d.flags & VIRTQ_DESC_F_NEXT == 0
-                && d.id < self.size
-                && is_avail(d.flags, wrap)
+            let d = &self.descs[base + usize::from(i)];
+            let parsed = if le16(d, FLAGS_AT) & VIRTQ_DESC_F_NEXT == 0 && le16(d, ID_AT) < self.size
             {
-                Ok(Some((1, d.id)))
+                Ok(Some(1))
             } else {
-                self.parse_list(dma, base, i, room as u16)
+                self.parse_list(dma, &mut win, i)
             };
             match parsed {
-                Ok(Some((len, id))) => {
-                    self.chains.push(Fetched {
-                        pos,
-                        wrap,
-                        n: len,
-                        id,
-                        first: (base + usize::from(i)) as u32,
-                    });
+                Ok(Some(len)) => {
                     i += len;
                     n += 1;
-                    (pos, wrap) = self.advance(pos, wrap, len);
                 }
                 // Runs past the slots read: left for the next fetch, where it comes first.
                 Ok(None) => break,
@@ -458,33 +495,43 @@ impl PackedRing {
         }
         // Slots read but not taken are read again by the next fetch.
         self.descs.truncate(base + usize::from(i));
-        (self.fetch_pos, self.fetch_wrap) = (pos, wrap);
+        (self.fetch_pos, self.fetch_wrap) = self.slot(i);
+        self.unpopped += n;
         Ok(n)
     }
 
-    /// Walks the list whose first descriptor is window slot `start` (seen available).
-    /// Ok(Some((slots, buffer id))), Ok(None) when it runs past the window and is not the first
-    /// list of this fetch, or the structural fault.
+    /// Walks the list whose first descriptor is window slot `start` (available).
+    /// Ok(Some(slots)), Ok(None) when it runs past the window and is not the first
+    /// list of this fetch, or the structural fault. The first list of a fetch may be longer than
+    /// the window: the rest of the free slots is read for it.
     fn parse_list(
         &mut self,
         dma: &mut DmaEngine,
-        base: usize,
+        win: &mut Window,
         start: u16,
-        room: u16,
-    ) -> Result<Option<(u16, u16)>, DeviceFault> {
+    ) -> Result<Option<u16>, DeviceFault> {
         let q = self.queue;
         let head = self.slot(start).0;
         let mut j = start;
         loop {
-            if base + usize::from(j) >= self.descs.len() {
+            if j >= win.avail {
+                if j < win.read {
+                    // 2.8.17: "A driver MUST NOT make the first descriptor in the list
+                    // available before all subsequent descriptors comprising the list are made
+                    // available."
+                    return Err(DeviceFault::ChainNotAvailable {
+                        queue: q,
+                        head,
+                        index: self.slot(j).0,
+                    });
+                }
                 if start != 0 {
                     return Ok(None);
                 }
-                let have = (self.descs.len() - base) as u16;
-                if have >= room {
+                if win.read >= win.room {
                     // Every free slot is in this list and it still continues: its next
                     // descriptor is the device's own (or the list's first, a lap on).
-                    return Err(if room == self.size {
+                    return Err(if win.room == self.size {
                         DeviceFault::ChainTooLong {
                             queue: q,
                             head,
@@ -494,64 +541,64 @@ impl PackedRing {
                         DeviceFault::ChainNotAvailable {
                             queue: q,
                             head,
-                            index: self.slot(have).0,
+                            index: self.slot(win.read).0,
                         }
                     });
                 }
-                // The first list is longer than what was read: read the rest of the free slots
-                // (still after the fence: its first descriptor was seen available).
-                let at = self.slot(have).0;
-                self.read_slots(dma, at, room - have)?;
-                self.descs
-                    .extend(self.scratch.chunks_exact(DESC_BYTES).map(RawDesc::parse));
+                // The first list is longer than the window: read the rest of the free slots
+                // (its first descriptor was seen available; each slot is again flags first).
+                let more = win.room - win.read;
+                let got = self.read_window(dma, win.read, more)?;
+                self.descs.truncate(win.base + usize::from(win.avail + got));
+                win.read += more;
+                win.avail += got;
+                continue;
             }
-            let d = self.descs[base + usize::from(j)];
-            let (pos, wrap) = self.slot(j);
-            if !is_avail(d.flags, wrap) {
-                // 2.8.17: "A driver MUST NOT make the first descriptor in the list available
-                // before all subsequent descriptors comprising the list are made available."
-                return Err(DeviceFault::ChainNotAvailable {
-                    queue: q,
-                    head,
-                    index: pos,
-                });
-            }
-            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
-                if d.id >= self.size {
+            let d = &self.descs[win.base + usize::from(j)];
+            if le16(d, FLAGS_AT) & VIRTQ_DESC_F_NEXT == 0 {
+                let id = le16(d, ID_AT);
+                if id >= self.size {
                     return Err(DeviceFault::BufferIdOutOfRange {
                         queue: q,
-                        id: d.id,
+                        id,
                         size: self.size,
                     });
                 }
-                return Ok(Some((j - start + 1, d.id)));
+                return Ok(Some(j - start + 1));
             }
             j += 1;
         }
     }
 
-    /// Drops lists that are completed and cannot be rolled back.
+    /// Drops the shadow slots of lists whose used descriptor is written and that cannot be
+    /// rolled back.
     fn compact(&mut self) {
-        let keep = self.mark.unwrap_or(self.popped).min(self.completed);
+        let keep = self.mark.map_or(self.pop_at, |m| m.at).min(self.flush_at);
         if keep == 0 {
             return;
         }
-        let drop = self
-            .chains
-            .get(keep)
-            .map_or(self.descs.len(), |c| c.first as usize);
-        self.chains.drain(..keep);
-        self.descs.drain(..drop);
-        for c in &mut self.chains {
-            c.first -= drop as u32;
+        self.descs.drain(..keep);
+        self.pop_at -= keep;
+        self.complete_at -= keep;
+        self.flush_at -= keep;
+        if let Some(m) = &mut self.mark {
+            m.at -= keep;
         }
-        self.popped -= keep;
-        self.completed -= keep;
-        self.mark = self.mark.map(|m| m - keep);
     }
 
-    /// Pops the next fetched list into `chain` (head = buffer id), validating every
-    /// descriptor. Returns false when no fetched list is left.
+    /// Slots of the list whose first slot is shadow index `at` (a list validated by the fetch:
+    /// its last slot, the first without NEXT, is in the shadow).
+    fn list_slots(&self, at: usize) -> u16 {
+        let mut n = 1;
+        while le16(&self.descs[at + usize::from(n) - 1], FLAGS_AT) & VIRTQ_DESC_F_NEXT != 0 {
+            n += 1;
+        }
+        n
+    }
+
+    /// Pops the next fetched list into `chain` (head = buffer id, from its last descriptor,
+    /// 2.8.6), validating every descriptor. Returns false when no fetched list is left.
+    #[inline]
     pub fn pop(
         &mut self,
         dma: &mut DmaEngine,
@@ -559,23 +606,59 @@ impl PackedRing {
         kind: ChainKind,
         max_total: u64,
     ) -> Result<bool, DeviceFault> {
-        let Some(&f) = self.chains.get(self.popped) else {
+        if self.unpopped == 0 {
             return Ok(false);
-        };
-        self.popped += 1;
-        (self.avail_pos, self.avail_wrap) = self.advance(f.pos, f.wrap, f.n);
+        }
+        let at = self.pop_at;
+        let d = RawDesc::parse(&self.descs[at]);
+        if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) != 0 {
+            return self.pop_list(dma, chain, kind, max_total);
+        }
+        // The common case: a list of one direct descriptor.
+        self.unpopped -= 1;
+        if let Some(m) = &mut self.mark {
+            m.pops += 1;
+        }
+        self.pop_at = at + 1;
+        let index = self.avail_pos;
+        (self.avail_pos, self.avail_wrap) = self.advance(index, self.avail_wrap, 1);
+        chain.clear(le16(&self.descs[at], ID_AT));
+        push_desc(
+            self.queue, chain, index, d.addr, d.len, d.flags, kind, max_total,
+        )?;
+        Ok(true)
+    }
+
+    /// [`PackedRing::pop`] of a list of several descriptors or an indirect one.
+    #[inline(never)]
+    fn pop_list(
+        &mut self,
+        dma: &mut DmaEngine,
+        chain: &mut Chain,
+        kind: ChainKind,
+        max_total: u64,
+    ) -> Result<bool, DeviceFault> {
+        let at = self.pop_at;
+        let n = self.list_slots(at);
+        let mut index = self.avail_pos;
+        self.unpopped -= 1;
+        if let Some(m) = &mut self.mark {
+            m.pops += 1;
+        }
+        self.pop_at += usize::from(n);
+        (self.avail_pos, self.avail_wrap) = self.advance(self.avail_pos, self.avail_wrap, n);
         let q = self.queue;
-        chain.clear(f.id);
-        let mut index = f.pos;
-        for k in 0..f.n {
-            let d = self.descs[f.first as usize + usize::from(k)];
+        let slots = &self.descs[at..at + usize::from(n)];
+        chain.clear(le16(&slots[slots.len() - 1], ID_AT));
+        for s in slots {
+            let d = RawDesc::parse(s);
             if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
                     return Err(DeviceFault::IndirectNotNegotiated { queue: q });
                 }
                 // 2.8.19: "A driver MUST NOT write direct descriptors with DESC_F_INDIRECT set
                 // in a scatter-gather list linked by VIRTQ_DESC_F_NEXT."
-                if f.n > 1 {
+                if n > 1 {
                     return Err(DeviceFault::IndirectWithNext { queue: q });
                 }
                 return self
@@ -634,7 +717,12 @@ impl PackedRing {
 
     /// Opens a transaction: lists popped from now on can be given back with rollback.
     pub fn begin(&mut self) {
-        self.mark = Some(self.popped);
+        self.mark = Some(Mark {
+            at: self.pop_at,
+            pos: self.avail_pos,
+            wrap: self.avail_wrap,
+            pops: 0,
+        });
     }
 
     /// Keeps the lists popped since begin.
@@ -642,102 +730,117 @@ impl PackedRing {
         self.mark = None;
     }
 
-    /// Gives back the lists popped since begin: they will be popped again.
+    /// Gives back the lists popped since begin (none of them completed): they will be popped
+    /// again.
     pub fn rollback(&mut self) {
         if let Some(m) = self.mark.take() {
-            if let Some(f) = self.chains.get(m) {
-                (self.avail_pos, self.avail_wrap) = (f.pos, f.wrap);
-            }
-            self.popped = m;
+            debug_assert!(self.complete_at <= m.at, "rollback of a completed list");
+            self.pop_at = m.at;
+            (self.avail_pos, self.avail_wrap) = (m.pos, m.wrap);
+            self.unpopped += m.pops;
         }
     }
 
     /// Completes the oldest popped list (in-order completion) as buffer `id` with `len` bytes
-    /// written; the used descriptor goes to the device's next used slot at the next
-    /// [`PackedRing::flush_used`].
+    /// written: its first shadow slot takes the used descriptor's len and id, bound for the
+    /// device's next used position; [`PackedRing::flush_used`] writes it.
+    #[inline]
     pub fn push_used(&mut self, id: u16, len: u32) {
-        let Some(&f) = self
-            .chains
-            .get(self.completed)
-            .filter(|_| self.completed < self.popped)
-        else {
+        let at = self.complete_at;
+        if at >= self.pop_at {
             debug_assert!(false, "push_used without a popped list");
             return;
-        };
-        debug_assert_eq!(f.id, id, "in-order completion");
-        self.completed += 1;
-        let d0 = self.descs[f.first as usize];
-        // 2.8.3: in a used descriptor VIRTQ_DESC_F_WRITE says whether data was written; 2.8.4:
-        // its len is "the length of the buffer that has been initialized (written to)".
-        let flags = used_flags(self.used_wrap) | if len > 0 { VIRTQ_DESC_F_WRITE } else { 0 };
-        self.pending.push(PendingUsed {
-            pos: self.used_pos,
+        }
+        let n = self.slots_at(at);
+        debug_assert_eq!(
+            le16(&self.descs[at + usize::from(n) - 1], ID_AT),
             id,
-            len,
-            flags,
-            addr: d0.addr,
-            prior_flags: d0.flags,
-        });
-        (self.used_pos, self.used_wrap) = self.advance(self.used_pos, self.used_wrap, f.n);
+            "in-order completion"
+        );
+        let d = &mut self.descs[at];
+        d[LEN_AT..ID_AT].copy_from_slice(&len.to_le_bytes());
+        d[ID_AT..FLAGS_AT].copy_from_slice(&id.to_le_bytes());
+        self.pending += 1;
+        self.complete_at = at + usize::from(n);
+        (self.used_pos, self.used_wrap) = self.advance(self.used_pos, self.used_wrap, n);
+    }
+
+    /// Slots of the list at shadow index `at` whose flags are still as read.
+    #[inline(always)]
+    fn slots_at(&self, at: usize) -> u16 {
+        if le16(&self.descs[at], FLAGS_AT) & VIRTQ_DESC_F_NEXT == 0 {
+            1
+        } else {
+            self.list_slots(at)
+        }
     }
 
     /// Number of used descriptors queued but not yet written.
     pub fn pending_used(&self) -> usize {
-        self.pending.len()
+        self.pending
     }
 
-    /// Writes the queued used descriptors in place (2.8: "writes a used device descriptor
-    /// including the Buffer ID into the Descriptor Ring (overwriting a driver descriptor
-    /// previously made available)"): each run of consecutive slots is one write, the batch's
-    /// first descriptor keeps the flags the driver left; then that first descriptor's flags are
-    /// stored with Release after the dirty log is flushed, publishing the batch.
+    /// Writes the used descriptors of the lists completed since the last flush in place (2.8:
+    /// "writes a used device descriptor including the Buffer ID into the Descriptor Ring
+    /// (overwriting a driver descriptor previously made available)"), in completion order,
+    /// each at the device's next used position, which moves on by the list's slot count
+    /// (2.8.6). Each run of consecutive slots is one write straight from the shadow (a run
+    /// ends at the ring end or where a longer list's skipped slots begin), the address fields
+    /// as read (unused in a used descriptor, 2.8.4), every used descriptor with its used flags
+    /// (2.8.1, WRITE when data was written, 2.8.3) except the batch's first, which keeps the
+    /// flags the driver left; then that first descriptor's used flags are stored with Release
+    /// after the dirty log is flushed ([`DmaEngine::publish_u16`]), so the driver, which polls
+    /// in ring order (2.8.2), sees the whole batch or nothing (2.8.9, 2.8.21).
     pub fn flush_used(&mut self, dma: &mut DmaEngine) -> Result<(), DeviceFault> {
-        if self.pending.is_empty() {
+        if self.pending == 0 {
             return Ok(());
         }
         let q = self.queue;
         let err = |fault| DeviceFault::Dma { queue: q, fault };
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.resize(DESC_BYTES * self.pending.len(), 0);
-        for (i, (e, b)) in self
-            .pending
-            .iter()
-            .zip(buf.chunks_exact_mut(DESC_BYTES))
-            .enumerate()
-        {
-            b[0..8].copy_from_slice(&e.addr.to_le_bytes());
-            b[8..12].copy_from_slice(&e.len.to_le_bytes());
-            b[12..14].copy_from_slice(&e.id.to_le_bytes());
-            b[FLAGS_AT..FLAGS_AT + 2]
-                .copy_from_slice(&(if i == 0 { e.prior_flags } else { e.flags }).to_le_bytes());
-        }
-        // One write per run of consecutive slots (a run ends at the ring end or where a longer
-        // list's skipped slots begin).
-        let mut res = Ok(());
-        let mut run = 0usize;
-        for i in 1..=self.pending.len() {
-            if i == self.pending.len() || self.pending[i].pos != self.pending[i - 1].pos + 1 {
-                let at = self.desc_addr(self.pending[run].pos);
-                res = dma
-                    .write(
-                        at,
-                        &buf[DESC_BYTES * run..DESC_BYTES * i],
+        let (first_pos, first_wrap) = (self.wb_pos, self.wb_wrap);
+        let (mut at, mut pos, mut wrap) = (self.flush_at, first_pos, first_wrap);
+        let mut first_flags = 0;
+        // The current run: its first shadow slot and ring position, and its length.
+        let (mut run_at, mut run_pos, mut run_len) = (at, pos, 0usize);
+        for k in 0..self.pending {
+            let n = self.slots_at(at);
+            let d = &mut self.descs[at];
+            let len = u32::from_le_bytes(d[LEN_AT..ID_AT].try_into().expect("4 bytes"));
+            let flags = used_flags(wrap) | write_flag(len);
+            if k == 0 {
+                first_flags = flags;
+            } else {
+                d[FLAGS_AT..].copy_from_slice(&flags.to_le_bytes());
+                if at != run_at + run_len || usize::from(pos) != usize::from(run_pos) + run_len {
+                    dma.write(
+                        self.desc_addr(run_pos),
+                        self.descs[run_at..run_at + run_len].as_flattened(),
                         DmaKind::RingWrite,
                     )
-                    .map_err(err);
-                if res.is_err() {
-                    break;
+                    .map_err(err)?;
+                    (run_at, run_pos, run_len) = (at, pos, 0);
                 }
-                run = i;
             }
+            run_len += 1;
+            at += usize::from(n);
+            (pos, wrap) = self.advance(pos, wrap, n);
         }
-        self.scratch = buf;
-        res?;
-        let first = self.pending[0];
-        dma.publish_u16(self.flags_addr(first.pos), first.flags, DmaKind::RingWrite)
+        dma.write(
+            self.desc_addr(run_pos),
+            self.descs[run_at..run_at + run_len].as_flattened(),
+            DmaKind::RingWrite,
+        )
+        .map_err(err)?;
+        dma.publish_u16(self.flags_addr(first_pos), first_flags, DmaKind::RingWrite)
             .map_err(err)?;
-        self.pending.clear();
-        self.published = ring_seq(self.size, self.used_pos, self.used_wrap);
+        debug_assert_eq!(
+            (at, pos, wrap),
+            (self.complete_at, self.used_pos, self.used_wrap)
+        );
+        self.flush_at = at;
+        (self.wb_pos, self.wb_wrap) = (pos, wrap);
+        self.pending = 0;
+        self.published = ring_seq(self.size, pos, wrap);
         Ok(())
     }
 
@@ -791,7 +894,7 @@ impl PackedRing {
 
     /// Whether fetched lists are still unprocessed.
     pub fn has_fetched(&self) -> bool {
-        self.popped < self.chains.len()
+        self.unpopped > 0
     }
 }
 
