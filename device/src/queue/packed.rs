@@ -43,6 +43,18 @@
 //! VHOST_USER_GET/SET_VRING_BASE do for packed rings: last_avail_idx = offset | wrap << 15,
 //! last_used_idx likewise (see bar_registers::lm).
 //!
+//! How a batch moves (the shape of DPDK vhost's batched packed paths, with a NIC's single read
+//! of a descriptor window):
+//! - Fetch: a 2-byte peek at the next slot's flags (an idle ring costs nothing more), then one
+//!   read of a window of slots ([`DmaEngine::read_published`]): each slot's flags, an Acquire
+//!   fence pairing with the driver's barrier before its flags store (2.8.21.1), then the
+//!   available slots whole. Every descriptor is read once; the slots land in a shadow
+//!   (`PackedRing::descs`) and are validated there as lists.
+//! - Pop: from the shadow, no DMA (a one-descriptor list takes a short path).
+//! - Completion (in order): the list's first shadow slot becomes its used descriptor (len, id);
+//!   [`PackedRing::flush_used`] adds the used flags and writes runs of consecutive slots from
+//!   the shadow, one DMA write per run, then publishes the batch with the first flags.
+//!
 //! Hostile input: the structure of a list (every descriptor available, at most queue size long,
 //! a buffer id below the queue size) is checked when it is fetched; its contents (lengths,
 //! directions, indirect tables, total size) when it is popped, with the same checks as the split
