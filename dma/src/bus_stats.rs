@@ -566,10 +566,21 @@ impl BusStats {
         let p = if continues {
             // The stream's TLPs so far are counted: add what the longer stream needs more.
             let s = self.stream;
-            let before = self.model.span_between(s.start, s.end, true);
-            let after = self.model.span_between(s.start, end, true);
             self.stream.end = end;
-            after.saturating_sub(before)
+            let dw0 = s.start / 4;
+            let dws = end.div_ceil(4) - dw0;
+            if (s.start ^ (end - 1)) < PCIE_BOUNDARY && dws <= self.cuts.max_dw[1] {
+                // Still one posted write inside one 4 KiB segment (an RX frame after its
+                // header): it only grows by the dwords this access adds.
+                PcieTraffic {
+                    payload_bytes: 4 * (dws - (s.end.div_ceil(4) - dw0)),
+                    ..PcieTraffic::default()
+                }
+            } else {
+                let before = self.model.span_between(s.start, s.end, true);
+                let after = self.model.span_between(s.start, end, true);
+                after.saturating_sub(before)
+            }
         } else {
             self.stream = if write {
                 Stream {
@@ -969,6 +980,43 @@ mod tests {
                         "{start:#x}+{len} {k} mps {mps} mrrs {mrrs} cpl {cpl}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn continued_streams_match_the_general_cut() {
+        // A write continuing a stream adds what the longer stream costs more, on the short
+        // path (one TLP in one 4 KiB segment) as on the general one.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for mps in [128, 256, 4096] {
+            let mut b = BusStats::with_model(PcieModel::with_limits(mps, 512));
+            for _ in 0..20_000 {
+                let r = next();
+                let start = (r >> 20) % (1 << 34);
+                let first = 1 + r % 40;
+                let more = 1 + [r % 8, r % 70, r % 200, r % 5000][(r >> 60) as usize & 3];
+                let k = DmaKind::PacketWrite;
+                b.access(k, start, first, 1, true);
+                let before = b.pcie(k);
+                b.access(k, start + first, more, 1, true);
+                let m = b.model;
+                let general = m
+                    .span_between(start, start + first + more, true)
+                    .saturating_sub(m.span_between(start, start + first, true));
+                assert_eq!(
+                    b.pcie(k).saturating_sub(before),
+                    general,
+                    "{start:#x}+{first}+{more} mps {mps}"
+                );
+                // A read ends the stream.
+                b.access(DmaKind::PacketRead, 0, 4, 1, false);
             }
         }
     }

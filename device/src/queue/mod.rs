@@ -67,7 +67,7 @@ impl Ring {
     }
 
     /// Pops the next fetched chain; `chain.head` is the id to complete it with.
-    #[inline]
+    #[inline(always)]
     pub fn pop(
         &mut self,
         dma: &mut DmaEngine,

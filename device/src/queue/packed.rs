@@ -51,9 +51,10 @@
 //!   available slots whole. Every descriptor is read once; the slots land in a shadow
 //!   (`PackedRing::descs`) and are validated there as lists.
 //! - Pop: from the shadow, no DMA (a one-descriptor list takes a short path).
-//! - Completion (in order): the list's first shadow slot becomes its used descriptor (len, id);
-//!   [`PackedRing::flush_used`] adds the used flags and writes runs of consecutive slots from
-//!   the shadow, one DMA write per run, then publishes the batch with the first flags.
+//! - Completion (in order): the list's first shadow slot becomes its used descriptor (len, id,
+//!   used flags but for a batch's first) while it is still in cache, and runs of consecutive
+//!   slots are noted; [`PackedRing::flush_used`] writes each run from the shadow in one DMA
+//!   write, then publishes the batch with the first descriptor's flags.
 //!
 //! Hostile input: the structure of a list (every descriptor available, at most queue size long,
 //! a buffer id below the queue size) is checked when it is fetched; its contents (lengths,
@@ -178,6 +179,17 @@ impl RawDesc {
     }
 }
 
+/// Completed lists whose used descriptors go to consecutive ring slots and whose first slots
+/// are consecutive in `PackedRing::descs`: one write of `count` shadow slots at ring
+/// position `pos`.
+#[derive(Clone, Copy, Debug)]
+struct UsedRun {
+    /// Shadow index of the first list's first slot.
+    at: usize,
+    count: usize,
+    pos: u16,
+}
+
 /// What [`PackedRing::begin`] saved for a rollback.
 #[derive(Clone, Copy, Debug)]
 struct Mark {
@@ -219,24 +231,22 @@ pub struct PackedRing {
     /// The shadow: the ring slots fetched and not yet done with, in ring order, as read (once)
     /// by the fetches. Shadow index `pop_at` is ring position `avail_pos`; every list is
     /// validated (each slot available, the last without NEXT, its id below the queue size)
-    /// before it is taken in. A completed list's first slot becomes its used descriptor here
-    /// (len and id at push_used, the used flags at flush_used), and flush_used writes runs of
-    /// them from the shadow.
+    /// before it is taken in. push_used turns a completed list's first slot into its used
+    /// descriptor here (len, id, used flags), while it is still in cache, and flush_used
+    /// writes runs of them from the shadow.
     descs: Vec<Slot>,
-    /// Shadow index of the next list to pop, of the oldest popped list not completed, and of
-    /// the oldest completed list whose used descriptor is not written (`flush_at ==
-    /// complete_at` when there is none).
+    /// Shadow index of the next list to pop, and of the oldest popped list not completed.
     pop_at: usize,
     complete_at: usize,
-    flush_at: usize,
     /// Fetched lists not popped yet.
     unpopped: u16,
     mark: Option<Mark>,
-    /// Completed lists whose used descriptors are not written yet, and the ring position the
-    /// first of them goes to (the used position published, with its wrap counter).
+    /// The completed lists whose used descriptors are not written yet, as runs; how many
+    /// there are; and the flags that publish them (those of the first, which keeps the flags
+    /// as read in the shadow until then).
+    runs: Vec<UsedRun>,
     pending: usize,
-    wb_pos: u16,
-    wb_wrap: bool,
+    first_flags: u16,
     /// Indirect tables.
     scratch: Vec<u8>,
 }
@@ -323,10 +333,9 @@ impl PackedRing {
             complete_at: 0,
             unpopped: 0,
             mark: None,
-            flush_at: 0,
+            runs: Vec::new(),
             pending: 0,
-            wb_pos: used_pos,
-            wb_wrap: used_wrap,
+            first_flags: 0,
             scratch: Vec::new(),
         })
     }
@@ -585,16 +594,19 @@ impl PackedRing {
     /// Drops the shadow slots of lists whose used descriptor is written and that cannot be
     /// rolled back.
     fn compact(&mut self) {
-        let keep = self.mark.map_or(self.pop_at, |m| m.at).min(self.flush_at);
+        let unwritten = self.runs.first().map_or(self.complete_at, |r| r.at);
+        let keep = self.mark.map_or(self.pop_at, |m| m.at).min(unwritten);
         if keep == 0 {
             return;
         }
         self.descs.drain(..keep);
         self.pop_at -= keep;
         self.complete_at -= keep;
-        self.flush_at -= keep;
         if let Some(m) = &mut self.mark {
             m.at -= keep;
+        }
+        for r in &mut self.runs {
+            r.at -= keep;
         }
     }
 
@@ -610,7 +622,7 @@ impl PackedRing {
 
     /// Pops the next fetched list into `chain` (head = buffer id, from its last descriptor,
     /// 2.8.6), validating every descriptor. Returns false when no fetched list is left.
-    #[inline]
+    #[inline(always)]
     pub fn pop(
         &mut self,
         dma: &mut DmaEngine,
@@ -754,8 +766,9 @@ impl PackedRing {
     }
 
     /// Completes the oldest popped list (in-order completion) as buffer `id` with `len` bytes
-    /// written: its first shadow slot takes the used descriptor's len and id, bound for the
-    /// device's next used position; [`PackedRing::flush_used`] writes it.
+    /// written: its first shadow slot becomes the used descriptor (len, id, and the used flags
+    /// for the device's wrap counter, 2.8.1, with WRITE when data was written, 2.8.3), bound
+    /// for the device's next used position; [`PackedRing::flush_used`] writes it.
     #[inline]
     pub fn push_used(&mut self, id: u16, len: u32) {
         let at = self.complete_at;
@@ -769,12 +782,29 @@ impl PackedRing {
             id,
             "in-order completion"
         );
+        let flags = used_flags(self.used_wrap) | write_flag(len);
+        let first = self.pending == 0;
         let d = &mut self.descs[at];
         d[LEN_AT..ID_AT].copy_from_slice(&len.to_le_bytes());
         d[ID_AT..FLAGS_AT].copy_from_slice(&id.to_le_bytes());
+        if first {
+            // The batch's first used descriptor keeps the flags as read until the publish.
+            self.first_flags = flags;
+        } else {
+            d[FLAGS_AT..].copy_from_slice(&flags.to_le_bytes());
+        }
+        let pos = self.used_pos;
+        match self.runs.last_mut() {
+            // Next to the run in the shadow (so the run's last list has one slot) and in the
+            // ring (not across the ring end).
+            Some(r) if r.at + r.count == at && usize::from(r.pos) + r.count == usize::from(pos) => {
+                r.count += 1
+            }
+            _ => self.runs.push(UsedRun { at, count: 1, pos }),
+        }
         self.pending += 1;
         self.complete_at = at + usize::from(n);
-        (self.used_pos, self.used_wrap) = self.advance(self.used_pos, self.used_wrap, n);
+        (self.used_pos, self.used_wrap) = self.advance(pos, self.used_wrap, n);
     }
 
     /// Slots of the list at shadow index `at` whose flags are still as read.
@@ -796,63 +826,35 @@ impl PackedRing {
     /// "writes a used device descriptor including the Buffer ID into the Descriptor Ring
     /// (overwriting a driver descriptor previously made available)"), in completion order,
     /// each at the device's next used position, which moves on by the list's slot count
-    /// (2.8.6). Each run of consecutive slots is one write straight from the shadow (a run
-    /// ends at the ring end or where a longer list's skipped slots begin), the address fields
-    /// as read (unused in a used descriptor, 2.8.4), every used descriptor with its used flags
-    /// (2.8.1, WRITE when data was written, 2.8.3) except the batch's first, which keeps the
-    /// flags the driver left; then that first descriptor's used flags are stored with Release
-    /// after the dirty log is flushed ([`DmaEngine::publish_u16`]), so the driver, which polls
-    /// in ring order (2.8.2), sees the whole batch or nothing (2.8.9, 2.8.21).
+    /// (2.8.6): one write per run of consecutive slots, straight from the shadow (a run ends at
+    /// the ring end or where a longer list's skipped slots begin), the address fields as read
+    /// (unused in a used descriptor, 2.8.4) and the batch's first descriptor with the flags the
+    /// driver left; then that first descriptor's used flags are stored with Release after the
+    /// dirty log is flushed ([`DmaEngine::publish_u16`]), so the driver, which polls in ring
+    /// order (2.8.2), sees the whole batch or nothing (2.8.9, 2.8.21).
     pub fn flush_used(&mut self, dma: &mut DmaEngine) -> Result<(), DeviceFault> {
-        if self.pending == 0 {
+        let Some(first) = self.runs.first().copied() else {
             return Ok(());
-        }
+        };
         let q = self.queue;
         let err = |fault| DeviceFault::Dma { queue: q, fault };
-        let (first_pos, first_wrap) = (self.wb_pos, self.wb_wrap);
-        let (mut at, mut pos, mut wrap) = (self.flush_at, first_pos, first_wrap);
-        let mut first_flags = 0;
-        // The current run: its first shadow slot and ring position, and its length.
-        let (mut run_at, mut run_pos, mut run_len) = (at, pos, 0usize);
-        for k in 0..self.pending {
-            let n = self.slots_at(at);
-            let d = &mut self.descs[at];
-            let len = u32::from_le_bytes(d[LEN_AT..ID_AT].try_into().expect("4 bytes"));
-            let flags = used_flags(wrap) | write_flag(len);
-            if k == 0 {
-                first_flags = flags;
-            } else {
-                d[FLAGS_AT..].copy_from_slice(&flags.to_le_bytes());
-                if at != run_at + run_len || usize::from(pos) != usize::from(run_pos) + run_len {
-                    dma.write(
-                        self.desc_addr(run_pos),
-                        self.descs[run_at..run_at + run_len].as_flattened(),
-                        DmaKind::RingWrite,
-                    )
-                    .map_err(err)?;
-                    (run_at, run_pos, run_len) = (at, pos, 0);
-                }
-            }
-            run_len += 1;
-            at += usize::from(n);
-            (pos, wrap) = self.advance(pos, wrap, n);
+        for r in &self.runs {
+            dma.write(
+                self.desc_addr(r.pos),
+                self.descs[r.at..r.at + r.count].as_flattened(),
+                DmaKind::RingWrite,
+            )
+            .map_err(err)?;
         }
-        dma.write(
-            self.desc_addr(run_pos),
-            self.descs[run_at..run_at + run_len].as_flattened(),
+        dma.publish_u16(
+            self.flags_addr(first.pos),
+            self.first_flags,
             DmaKind::RingWrite,
         )
         .map_err(err)?;
-        dma.publish_u16(self.flags_addr(first_pos), first_flags, DmaKind::RingWrite)
-            .map_err(err)?;
-        debug_assert_eq!(
-            (at, pos, wrap),
-            (self.complete_at, self.used_pos, self.used_wrap)
-        );
-        self.flush_at = at;
-        (self.wb_pos, self.wb_wrap) = (pos, wrap);
+        self.runs.clear();
         self.pending = 0;
-        self.published = ring_seq(self.size, pos, wrap);
+        self.published = ring_seq(self.size, self.used_pos, self.used_wrap);
         Ok(())
     }
 
