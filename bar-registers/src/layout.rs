@@ -391,7 +391,7 @@ impl DeviceLayout {
                     .narrow(Narrow::No)
                 })
                 .collect(),
-            summary: "queue q's doorbell is at notify + q * notify_off_multiplier (queue_notify_off = q).",
+            summary: "queue q's doorbell is at notify + q * notify_off_multiplier (queue_notify_off = q). The window starts on a 4 KiB page and shares its pages with no other register, so `serve --doorbell mmap` (the default) hands these pages to QEMU as shared memory: a doorbell is then a store the device's doorbell engine polls for, not a vfio-user message (docs/doorbells.md).",
         });
         blocks.push(RegisterBlock {
             id: "msix_table",

@@ -68,6 +68,30 @@ mod tests {
         }
     }
 
+    /// The notify window can be handed to a VMM as a sparse mmap area (`serve --doorbell
+    /// mmap`): it starts on a 4 KiB page and no other register block shares its pages. The
+    /// drivers find it through the notify capability (DPDK ifcvf.c `ifcvf_init_hw`, Linux
+    /// ifcvf_base.c `ifcvf_init_hw`), so its place may change; this keeps it mappable.
+    #[test]
+    fn the_notify_window_has_its_own_pages() {
+        for l in all_layouts() {
+            let n = l.notify;
+            assert_eq!(n.offset % 4096, 0, "{:?}", l.params);
+            let end = (n.offset + n.len).next_multiple_of(4096);
+            assert!(end <= l.bar_size(n.bar), "{:?}", l.params);
+            for b in l.blocks.iter().filter(|b| b.id != "notify") {
+                if let Location::Bar(bar, off) = b.location {
+                    assert!(
+                        bar != n.bar || off + b.size <= n.offset || off >= end,
+                        "{} shares the notify pages ({:?})",
+                        b.id,
+                        l.params
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn dpdk_lm_offsets_match_ifcvf_h() {
         // IFCVF_LM_RING_STATE_OFFSET 0x20, IFCVF_LM_CFG_SIZE 0x40: q0 0x20, q1 0x24, q2 0x60, q3 0x64.

@@ -43,6 +43,12 @@ pub struct DeviceCounters {
     pub ctrl_errors: u64,
     /// Doorbells for a queue that is not running (ignored).
     pub spurious_doorbells: u64,
+    /// Doorbells taken from the shared notify window (a subset of the per-queue `doorbells`;
+    /// the rest were trapped register writes).
+    pub shared_doorbells: u64,
+    /// Of those, the ones a register access took ahead of itself (PCIe ordering: an access
+    /// does not pass an earlier doorbell store), not the doorbell engine.
+    pub shared_doorbells_at_access: u64,
     /// Doorbells ignored because bus mastering is off.
     pub dma_blocked_no_bus_master: u64,
     pub config_interrupts: u64,
@@ -92,6 +98,11 @@ impl DeviceCounters {
             ("ctrl_commands", self.ctrl_commands),
             ("ctrl_errors", self.ctrl_errors),
             ("spurious_doorbells", self.spurious_doorbells),
+            ("shared_doorbells", self.shared_doorbells),
+            (
+                "shared_doorbells_at_access",
+                self.shared_doorbells_at_access,
+            ),
             ("dma_blocked_no_bus_master", self.dma_blocked_no_bus_master),
             ("config_interrupts", self.config_interrupts),
             ("interrupts_pending_masked", self.interrupts_pending_masked),

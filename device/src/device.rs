@@ -172,6 +172,32 @@ impl Device {
         self.with(|s| s.function.set_sink(sink));
     }
 
+    /// Doorbells also arrive through `area` (shared memory polled by a
+    /// [`crate::doorbell::DoorbellEngine`]): every device reset clears its slots.
+    pub fn attach_notify_area(&self, area: Arc<crate::doorbell::NotifyArea>) {
+        self.with(|s| s.notify_area = Some(area));
+    }
+
+    /// Rings queue `q`'s doorbell, exactly as a write to its notify address does (a queue
+    /// that is not running counts a spurious doorbell; a paused device services it at
+    /// resume). A queue the device does not have counts a bad register access.
+    pub fn doorbell(&self, q: u16) {
+        self.with(|s| {
+            if q < s.layout.num_queues {
+                s.doorbell(q);
+            } else {
+                s.counters.bad_register_accesses += 1;
+            }
+        });
+    }
+
+    /// Takes every kick waiting in the attached notify area and rings those doorbells, under
+    /// one acquisition of the device lock (what the doorbell engine calls when its lock-free
+    /// scan saw one). Returns how many it took (0 also when another holder took them first).
+    pub fn take_shared_doorbells(&self) -> u32 {
+        self.with(|s| s.take_shared_doorbells(false))
+    }
+
     /// Records every page the device writes, independently of the dirty log.
     pub fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
         self.with(|s| s.engine.dma_mut().set_write_trace(trace));
@@ -421,6 +447,7 @@ impl RegionAccess for Device {
         let size = self.region_size(region)?;
         check(size, region, offset, data.len())?;
         self.with(|s| {
+            s.take_shared_doorbells(true);
             if region == REGION_CONFIG {
                 s.config_read(offset, data);
             } else {
@@ -434,6 +461,7 @@ impl RegionAccess for Device {
         let size = self.region_size(region)?;
         check(size, region, offset, data.len())?;
         self.with(|s| {
+            s.take_shared_doorbells(true);
             if region == REGION_CONFIG {
                 s.config_write(offset, data);
             } else {

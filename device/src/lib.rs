@@ -9,6 +9,7 @@ pub mod capture;
 pub mod config;
 pub mod counters;
 mod device;
+pub mod doorbell;
 pub mod fault;
 mod fnv;
 pub mod interrupt;

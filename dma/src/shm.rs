@@ -16,7 +16,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
@@ -71,7 +71,6 @@ impl SharedMemory {
         if size == 0 {
             return Err(invalid("shared memory of zero bytes"));
         }
-        let len = usize::try_from(size).map_err(|_| invalid("size exceeds the address space"))?;
         let cname = CString::new(name).map_err(|_| invalid("memfd name contains NUL"))?;
         // SAFETY: `cname` is a valid NUL-terminated string that outlives the call; the flags
         // are a valid combination. The returned fd is checked below.
@@ -82,17 +81,39 @@ impl SharedMemory {
         // SAFETY: `fd` was just returned by memfd_create, is open, and nothing else owns it.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(size)?;
-        let region = MmapRegion::<()>::from_file(FileOffset::new(file.try_clone()?, 0), len)
+        Self::map_file(file, 0, size)
+    }
+
+    /// Maps `size` bytes of `file` from `offset` (page-aligned), shared and read-write: a
+    /// descriptor another process handed over, e.g. a vfio-user region's mmap area.
+    pub fn map_file(file: File, offset: u64, size: u64) -> std::io::Result<Self> {
+        if size == 0 {
+            return Err(invalid("shared memory of zero bytes"));
+        }
+        let len = usize::try_from(size).map_err(|_| invalid("size exceeds the address space"))?;
+        // A mapping past the file's end would fault (SIGBUS) on first touch: refuse it here.
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| invalid("offset + size overflows"))?;
+        if file.metadata()?.len() < end {
+            return Err(invalid("mapping runs past the end of the file"));
+        }
+        let region = MmapRegion::<()>::from_file(FileOffset::new(file.try_clone()?, offset), len)
             .map_err(|e| match e {
-                vm_memory::mmap::MmapRegionError::Mmap(io) => io,
-                other => std::io::Error::other(other.to_string()),
-            })?;
+            vm_memory::mmap::MmapRegionError::Mmap(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })?;
         Ok(SharedMemory { region, file, size })
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The memfd itself (to hand it over by SCM_RIGHTS without a copy).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// A new fd for the same memory (for [`crate::Backing::Fd`] or a vfio-user DMA_MAP).
@@ -333,6 +354,96 @@ impl SharedMemory {
         Ok(())
     }
 
+    /// Atomically replaces the little-endian u32 at `offset` (4-aligned) and returns the old
+    /// value (AcqRel): how a doorbell engine consumes a doorbell slot.
+    pub fn swap_u32(&self, offset: u64, new: u32) -> Result<u32, ShmError> {
+        let off = self.check_aligned(offset, 4)?;
+        let a = self
+            .region
+            .get_atomic_ref::<AtomicU32>(off)
+            .map_err(|_| self.out_of_range(offset, 4))?;
+        Ok(u32::from_le(a.swap(new.to_le(), Ordering::AcqRel)))
+    }
+
+    /// One naturally aligned store of `data` (1, 2, 4 or 8 bytes, little-endian) with Release
+    /// ordering: a CPU's MMIO store to a mapped register page (a doorbell after the ring
+    /// update it announces). Other widths or a misaligned offset are refused.
+    pub fn store_release(&self, offset: u64, data: &[u8]) -> Result<(), ShmError> {
+        let width = data.len() as u64;
+        if !matches!(width, 1 | 2 | 4 | 8) {
+            return Err(self.out_of_range(offset, width));
+        }
+        let off = self.check_aligned(offset, width)?;
+        let oob = |_| self.out_of_range(offset, width);
+        let mut b = [0u8; 8];
+        b[..data.len()].copy_from_slice(data);
+        let v = u64::from_le_bytes(b);
+        match width {
+            1 => self
+                .region
+                .get_atomic_ref::<AtomicU8>(off)
+                .map_err(oob)?
+                .store(v as u8, Ordering::Release),
+            2 => self
+                .region
+                .get_atomic_ref::<AtomicU16>(off)
+                .map_err(oob)?
+                .store((v as u16).to_le(), Ordering::Release),
+            4 => self
+                .region
+                .get_atomic_ref::<AtomicU32>(off)
+                .map_err(oob)?
+                .store((v as u32).to_le(), Ordering::Release),
+            _ => self
+                .region
+                .get_atomic_ref::<AtomicU64>(off)
+                .map_err(oob)?
+                .store(v.to_le(), Ordering::Release),
+        }
+        Ok(())
+    }
+
+    /// One naturally aligned load into `data` (1, 2, 4 or 8 bytes, little-endian) with
+    /// Acquire ordering: the read counterpart of [`SharedMemory::store_release`].
+    pub fn load_acquire(&self, offset: u64, data: &mut [u8]) -> Result<(), ShmError> {
+        let width = data.len() as u64;
+        if !matches!(width, 1 | 2 | 4 | 8) {
+            return Err(self.out_of_range(offset, width));
+        }
+        let off = self.check_aligned(offset, width)?;
+        let oob = |_| self.out_of_range(offset, width);
+        let v: u64 = match width {
+            1 => self
+                .region
+                .get_atomic_ref::<AtomicU8>(off)
+                .map_err(oob)?
+                .load(Ordering::Acquire)
+                .into(),
+            2 => u16::from_le(
+                self.region
+                    .get_atomic_ref::<AtomicU16>(off)
+                    .map_err(oob)?
+                    .load(Ordering::Acquire),
+            )
+            .into(),
+            4 => u32::from_le(
+                self.region
+                    .get_atomic_ref::<AtomicU32>(off)
+                    .map_err(oob)?
+                    .load(Ordering::Acquire),
+            )
+            .into(),
+            _ => u64::from_le(
+                self.region
+                    .get_atomic_ref::<AtomicU64>(off)
+                    .map_err(oob)?
+                    .load(Ordering::Acquire),
+            ),
+        };
+        data.copy_from_slice(&v.to_le_bytes()[..data.len()]);
+        Ok(())
+    }
+
     /// Atomically replaces the little-endian u64 word at `offset` (8-aligned) and returns the
     /// old value: how a VMM harvests the dirty log (`swap_u64(w, 0)`) while the device logs.
     pub fn swap_u64(&self, offset: u64, new: u64) -> Result<u64, ShmError> {
@@ -445,5 +556,47 @@ mod tests {
         // A second mapping of the same memfd sees the same bytes.
         let f = m.try_clone_file().unwrap();
         assert!(f.metadata().unwrap().len() == 0x3000);
+        let second = SharedMemory::map_file(f, 0x1000, 0x2000).unwrap();
+        assert_eq!(second.size(), 0x2000);
+        m.write_u32(0x1010, 0x1234_5678).unwrap();
+        assert_eq!(second.read_u32(0x10).unwrap(), 0x1234_5678);
+        assert_eq!(second.swap_u32(0x10, 7).unwrap(), 0x1234_5678);
+        assert_eq!(m.read_u32(0x1010).unwrap(), 7);
+        // A mapping must start on a page boundary of the file.
+        assert!(SharedMemory::map_file(m.try_clone_file().unwrap(), 0x10, 0x1000).is_err());
+    }
+
+    #[test]
+    fn width_stores_and_loads() {
+        let m = SharedMemory::new("t", 0x1000).unwrap();
+        m.fill(0, 16, 0xff).unwrap();
+        m.store_release(2, &[0x34, 0x12]).unwrap();
+        assert_eq!(
+            m.snapshot()[..8],
+            [0xff, 0xff, 0x34, 0x12, 0xff, 0xff, 0xff, 0xff]
+        );
+        m.store_release(8, &0x0102_0304_0506_0708u64.to_le_bytes())
+            .unwrap();
+        m.store_release(1, &[9]).unwrap();
+        m.store_release(4, &7u32.to_le_bytes()).unwrap();
+        for (off, width, want) in [
+            (1u64, 1usize, 9u64),
+            (2, 2, 0x1234),
+            (4, 4, 7),
+            (8, 8, 0x0102_0304_0506_0708),
+        ] {
+            let mut b = vec![0u8; width];
+            m.load_acquire(off, &mut b).unwrap();
+            b.resize(8, 0);
+            assert_eq!(
+                u64::from_le_bytes(b.try_into().unwrap()),
+                want,
+                "{off}/{width}"
+            );
+        }
+        assert!(m.store_release(3, &[0, 0]).is_err(), "misaligned");
+        assert!(m.store_release(0, &[0, 0, 0]).is_err(), "3 bytes");
+        assert!(m.store_release(0x1000, &[0]).is_err(), "past the end");
+        assert!(m.load_acquire(6, &mut [0u8; 4]).is_err(), "misaligned");
     }
 }

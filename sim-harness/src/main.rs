@@ -133,6 +133,22 @@ enum Cmd {
         /// `vdpa-emu ctl pcap`).
         #[arg(long)]
         pcap: Option<std::path::PathBuf>,
+        /// Doorbell path: mmap (BAR0's notify window is shared memory a doorbell engine
+        /// polls; QEMU then stops posting trapped writes) or trap (every doorbell is a
+        /// REGION_WRITE message). See docs/doorbells.md.
+        #[arg(long, default_value = "mmap", value_parser = sim_harness::serve::parse_doorbell_mode)]
+        doorbell: sim_harness::serve::DoorbellMode,
+        /// How the doorbell engine polls the mapped notify window, in microseconds: min (first
+        /// sleep after a kick or device activity, then doubling), warm (longest sleep while the
+        /// last event is recent), warm-for, idle (longest sleep when idle), busy (yield-polling
+        /// right after a kick). Keys left out keep their defaults.
+        #[arg(long, default_value = "min=20,warm=500,warm-for=100000,idle=10000,busy=0", value_parser = sim_harness::serve::parse_poll_policy)]
+        doorbell_poll: device::doorbell::PollPolicy,
+        /// How the doorbell engine thread asks to be scheduled: normal, slice (a 100 us EEVDF
+        /// slice: wakes sooner) or prompt (SCHED_FIFO priority 1 if allowed, else slice: the
+        /// lowest kick latency, but it preempts a vCPU on the same core; docs/doorbells.md).
+        #[arg(long, default_value = "normal", value_parser = sim_harness::serve::parse_sched)]
+        doorbell_sched: device::doorbell::SchedRequest,
     },
     /// Talk to a served device's control socket: counters, link, announce, quirks, faults,
     /// capture (the protocol: docs/ctl.md).
@@ -223,6 +239,9 @@ enum BenchCmd {
     /// PCIe bus overhead per packet by kind of DMA: split vs packed ring, frame size, batch,
     /// event idx, dirty logging.
     Bus(sim_harness::bench::bus::BusArgs),
+    /// What a doorbell costs per path (mmap, trapped posted, trapped waiting) against `serve`
+    /// processes: idle CPU, kick latency, CPU per kick (docs/doorbells.md).
+    Doorbells(sim_harness::bench::doorbells::DoorbellArgs),
 }
 
 #[derive(Subcommand)]
@@ -550,9 +569,13 @@ fn main() -> ExitCode {
             ctl,
             no_ctl,
             pcap,
+            doorbell,
+            mut doorbell_poll,
+            doorbell_sched,
         } => {
             let ctl = (!no_ctl)
                 .then(|| ctl.unwrap_or_else(|| sim_harness::ctl::default_ctl_path(&socket)));
+            doorbell_poll.sched = doorbell_sched;
             match sim_harness::serve::run(&sim_harness::serve::ServeOptions {
                 socket,
                 queue_pairs,
@@ -564,6 +587,8 @@ fn main() -> ExitCode {
                 client_timeout,
                 ctl,
                 pcap,
+                doorbell,
+                doorbell_poll,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -620,6 +645,9 @@ fn main() -> ExitCode {
             cmd: BenchCmd::Bus(a),
         } => sim_harness::bench::bus::cli(&a),
         Cmd::Ctl(a) => sim_harness::ctl::cli::run(&a),
+        Cmd::Bench {
+            cmd: BenchCmd::Doorbells(a),
+        } => sim_harness::bench::doorbells::cli(&a),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vdpa-emu", &mut std::io::stdout());

@@ -37,46 +37,199 @@
 use crate::ctl::{CtlHandler, CtlServer};
 use crate::pcap::LiveCapture;
 use crate::ports::{self, PortError, PortSpec};
-use crate::vfio_user::{Backend, Server, ServerError, ServerOptions, Stop};
+use crate::vfio_user::wire::SparseArea;
+use crate::vfio_user::{Backend, RegionMmap, Server, ServerError, ServerOptions, Stop};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
 use bar_registers::{LayoutError, LmLayout, REGION_CONFIG};
+use device::doorbell::{self, DoorbellEngine, PollPolicy, SchedRequest, SharedDoorbellsError};
 use device::{
     AccessError, Device, DeviceConfig, DmaMapper, InterruptSink, MsixOwner, RegionAccess,
     SnapshotError,
 };
 use dma::{Backing, MapError, MappingInfo, Perms, WriteTrace};
+use parking_lot::Mutex;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a guest's doorbells go (`serve --doorbell`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DoorbellMode {
+    /// BAR0's notify window is offered for mmap (FLAG_MMAP + a sparse mmap area + the memfd);
+    /// a kick is a store to shared memory that the doorbell engine notices. Trapped writes to
+    /// the window still ring.
+    #[default]
+    Mmap,
+    /// Nothing is offered for mmap: every doorbell is a REGION_WRITE message (posted by QEMU).
+    Trap,
+}
+
+impl DoorbellMode {
+    /// `mmap` / `trap`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DoorbellMode::Mmap => "mmap",
+            DoorbellMode::Trap => "trap",
+        }
+    }
+}
+
+/// Parses `mmap` / `trap`.
+pub fn parse_doorbell_mode(s: &str) -> Result<DoorbellMode, String> {
+    match s {
+        "mmap" => Ok(DoorbellMode::Mmap),
+        "trap" => Ok(DoorbellMode::Trap),
+        _ => Err(format!("doorbell path {s:?}: expected mmap or trap")),
+    }
+}
+
+/// Parses `--doorbell-poll KEY=US,...` with keys `min`, `warm`, `warm-for`, `idle` and `busy`
+/// (microseconds; a key left out keeps its default): the doorbell engine's first sleep after
+/// an event, its longest while warm, how long warm lasts, its longest when idle, and its
+/// yield-polling time after a kick (`device::doorbell::PollPolicy`).
+pub fn parse_poll_policy(s: &str) -> Result<PollPolicy, String> {
+    let bad = |why: &str| {
+        format!("doorbell poll {s:?}: {why}; expected KEY=US,... with keys min, warm, warm-for, idle, busy (e.g. min=20,warm=500,idle=10000)")
+    };
+    let mut p = PollPolicy::default();
+    for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| bad("missing ="))?;
+        let us = Duration::from_micros(v.trim().parse::<u64>().map_err(|_| bad("not a number"))?);
+        match k.trim() {
+            "min" => p.min_sleep = us,
+            "warm" => p.warm_sleep = us,
+            "warm-for" => p.warm_for = us,
+            "idle" => p.max_sleep = us,
+            "busy" => p.busy = us,
+            other => return Err(bad(&format!("unknown key {other:?}"))),
+        }
+    }
+    p.validate().map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+/// Parses `prompt` / `slice` / `normal` (`serve --doorbell-sched`): how the doorbell engine
+/// thread asks to be scheduled (`device::doorbell::sched`).
+pub fn parse_sched(s: &str) -> Result<SchedRequest, String> {
+    match s {
+        "prompt" => Ok(SchedRequest::Prompt),
+        "slice" => Ok(SchedRequest::Slice),
+        "normal" => Ok(SchedRequest::Normal),
+        _ => Err(format!(
+            "doorbell scheduling {s:?}: expected prompt, slice or normal"
+        )),
+    }
+}
+
+/// What the last session summary was taken against.
+#[derive(Debug)]
+struct SessionBase {
+    at: Instant,
+    cpu: Duration,
+    engine_cpu: Duration,
+    tx_frames: u64,
+    rx_frames: u64,
+    doorbells: u64,
+    shared: u64,
+    shared_at_access: u64,
+    sleeps: u64,
+}
 
 /// vdpa-emu's NIC as a vfio-user [`Backend`]: the server reaches it only through this.
 #[derive(Clone, Debug)]
-pub struct DeviceBackend(Arc<Device>);
+pub struct DeviceBackend {
+    dev: Arc<Device>,
+    /// The doorbell engine of [`DoorbellMode::Mmap`] (stopped when the last clone goes).
+    doorbells: Option<Arc<DoorbellEngine>>,
+    session: Arc<Mutex<SessionBase>>,
+}
 
 /// The server `serve` runs.
 pub type DeviceServer = Server<DeviceBackend>;
 
 impl DeviceBackend {
-    /// Serves `device`, which must leave the MSI-X table to the VMM
-    /// (`DeviceConfig::msix_owner = MsixOwner::Vmm`): QEMU emulates it.
+    /// Serves `device` with trapped doorbells only ([`DoorbellMode::Trap`]). The device must
+    /// leave the MSI-X table to the VMM (`DeviceConfig::msix_owner = MsixOwner::Vmm`): QEMU
+    /// emulates it.
     pub fn new(device: Arc<Device>) -> Self {
-        DeviceBackend(device)
+        Self::assemble(device, None)
+    }
+
+    fn assemble(dev: Arc<Device>, doorbells: Option<Arc<DoorbellEngine>>) -> Self {
+        let base = base(&dev, doorbells.as_deref());
+        DeviceBackend {
+            dev,
+            doorbells,
+            session: Arc::new(Mutex::new(base)),
+        }
+    }
+
+    /// Serves `device` with doorbells through `mode`; for [`DoorbellMode::Mmap`] the device
+    /// gets its notify area and the doorbell engine starts (polling as `policy` says).
+    pub fn with_doorbells(
+        device: Arc<Device>,
+        mode: DoorbellMode,
+        policy: PollPolicy,
+    ) -> Result<Self, SharedDoorbellsError> {
+        let engine = match mode {
+            DoorbellMode::Mmap => {
+                Some(Arc::new(doorbell::start_shared_doorbells(&device, policy)?))
+            }
+            DoorbellMode::Trap => None,
+        };
+        Ok(Self::assemble(device, engine))
     }
 
     /// The device served.
     pub fn device(&self) -> &Arc<Device> {
-        &self.0
+        &self.dev
     }
+
+    /// The doorbell engine ([`DoorbellMode::Mmap`]).
+    pub fn doorbell_engine(&self) -> Option<&Arc<DoorbellEngine>> {
+        self.doorbells.as_ref()
+    }
+}
+
+/// The counters a session summary is a difference of.
+fn base(dev: &Device, engine: Option<&DoorbellEngine>) -> SessionBase {
+    let c = dev.counters();
+    let e = engine.map(|e| e.stats()).unwrap_or_default();
+    SessionBase {
+        at: Instant::now(),
+        cpu: process_cpu(),
+        engine_cpu: e.cpu.unwrap_or_default(),
+        tx_frames: c.tx_frames,
+        rx_frames: c.rx_frames,
+        doorbells: c.queues.iter().map(|q| q.doorbells).sum(),
+        shared: c.shared_doorbells,
+        shared_at_access: c.shared_doorbells_at_access,
+        sleeps: e.sleeps,
+    }
+}
+
+/// User + system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: rusage is plain data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only `ru`, a live local.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 impl RegionAccess for DeviceBackend {
     fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
-        self.0.region_read(region, offset, data)
+        self.dev.region_read(region, offset, data)
     }
 
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
-        self.0.region_write(region, offset, data)
+        self.dev.region_write(region, offset, data)
     }
 }
 
@@ -88,75 +241,142 @@ impl DmaMapper for DeviceBackend {
         perms: Perms,
         backing: Backing,
     ) -> Result<(), MapError> {
-        self.0.dma_map(iova, size, perms, backing)
+        self.dev.dma_map(iova, size, perms, backing)
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, MapError> {
-        self.0.dma_unmap(iova, size)
+        self.dev.dma_unmap(iova, size)
     }
 
     fn dma_unmap_all(&self) -> u64 {
-        self.0.dma_unmap_all()
+        self.dev.dma_unmap_all()
     }
 }
 
 impl Backend for DeviceBackend {
     type StateError = SnapshotError;
 
+    /// BAR0's notify window, in [`DoorbellMode::Mmap`].
+    fn region_mmap(&self, index: u32) -> Option<RegionMmap<'_>> {
+        let area = self.doorbells.as_ref()?.area();
+        if index != u32::from(self.dev.layout().notify.bar) {
+            return None;
+        }
+        let (offset, size) = area.mmap_area();
+        Some(RegionMmap {
+            fd: area.file().as_fd(),
+            offset: 0,
+            areas: vec![SparseArea { offset, size }],
+        })
+    }
+
+    /// The notify window at the address the guest gave BAR0 (config space, 64-bit BAR).
+    fn is_own_mmap_area(&self, iova: u64, size: u64) -> bool {
+        let Some(engine) = &self.doorbells else {
+            return false;
+        };
+        let (off, len) = engine.area().mmap_area();
+        let bar = u64::from(self.dev.layout().notify.bar);
+        let mut lo = [0u8; 4];
+        let mut hi = [0u8; 4];
+        let reg = bar_registers::pci::hdr::BAR0 + 4 * bar;
+        if self.dev.region_read(REGION_CONFIG, reg, &mut lo).is_err()
+            || self
+                .dev
+                .region_read(REGION_CONFIG, reg + 4, &mut hi)
+                .is_err()
+        {
+            return false;
+        }
+        let base =
+            (u64::from(u32::from_le_bytes(hi)) << 32) | u64::from(u32::from_le_bytes(lo) & !0xf);
+        let start = base.wrapping_add(off);
+        iova >= start && iova.checked_add(size).is_some_and(|end| end <= start + len)
+    }
+
+    /// Since the last summary: frames, the whole process's CPU time and per frame, doorbells
+    /// (how many came through shared memory) and the doorbell engine's own CPU time.
+    fn session_stats(&self) -> serde_json::Value {
+        let now = base(&self.dev, self.doorbells.as_deref());
+        let mut last = self.session.lock();
+        let frames = (now.tx_frames - last.tx_frames) + (now.rx_frames - last.rx_frames);
+        let cpu = now.cpu.saturating_sub(last.cpu);
+        let ms = |d: Duration| (d.as_secs_f64() * 1e3 * 10.0).round() / 10.0;
+        let doorbells = now.doorbells - last.doorbells;
+        let shared = now.shared - last.shared;
+        let v = serde_json::json!({
+            "wall_s": (now.at - last.at).as_secs_f64().round(),
+            "tx_frames": now.tx_frames - last.tx_frames,
+            "rx_frames": now.rx_frames - last.rx_frames,
+            "cpu_ms": ms(cpu),
+            "cpu_us_per_frame": (frames > 0).then(|| (cpu.as_secs_f64() * 1e6 / frames as f64 * 100.0).round() / 100.0),
+            "doorbells": doorbells,
+            "doorbells_mmap": shared,
+            "doorbells_mmap_at_access": now.shared_at_access - last.shared_at_access,
+            "doorbells_trapped": doorbells.saturating_sub(shared),
+            "doorbell_path": if self.doorbells.is_some() { "mmap" } else { "trap" },
+            "engine_cpu_ms": self.doorbells.as_ref().map(|_| ms(now.engine_cpu.saturating_sub(last.engine_cpu))),
+            "engine_sleeps": now.sleeps - last.sleeps,
+            "engine_sched": self.doorbells.as_ref().map(|e| e.stats().sched.name()),
+        });
+        *last = now;
+        v
+    }
+
     fn region_size(&self, index: u32) -> u64 {
         match index {
-            0..=5 => self.0.layout().bar_size(index as u8),
+            0..=5 => self.dev.layout().bar_size(index as u8),
             REGION_CONFIG => CONFIG_SPACE_SIZE,
             _ => 0,
         }
     }
 
     fn msix_vectors(&self) -> u16 {
-        self.0.layout().msix_vectors
+        self.dev.layout().msix_vectors
     }
 
     fn set_interrupt_sink(&self, sink: Arc<dyn InterruptSink>) {
-        self.0.set_interrupt_sink(sink)
+        self.dev.set_interrupt_sink(sink)
     }
 
     fn reset(&self) {
-        self.0.reset()
+        self.dev.reset()
     }
 
     fn mappings(&self) -> Vec<MappingInfo> {
-        self.0.mappings()
+        self.dev.mappings()
     }
 
     fn mapping_count(&self) -> usize {
-        self.0.mapping_count()
+        self.dev.mapping_count()
     }
 
     fn map_stats(&self) -> dma::MapStats {
-        self.0.map_stats()
+        self.dev.map_stats()
     }
 
     fn pause(&self) {
-        self.0.pause()
+        self.dev.pause()
     }
 
     fn resume(&self) {
-        self.0.resume()
+        self.dev.resume()
     }
 
     fn save_state(&self) -> Vec<u8> {
-        self.0.save_state()
+        self.dev.save_state()
     }
 
     fn restore_state(&self, data: &[u8]) -> Result<(), SnapshotError> {
-        self.0.restore_state(data)
+        self.dev.restore_state(data)
     }
 
     fn max_state_len(&self) -> usize {
-        self.0.max_state_len()
+        self.dev.max_state_len()
     }
 
     fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
-        self.0.set_write_trace(trace)
+        self.dev.set_write_trace(trace)
     }
 }
 
@@ -183,6 +403,10 @@ pub struct ServeOptions {
     pub ctl: Option<PathBuf>,
     /// Capture every frame into this pcapng file from the start.
     pub pcap: Option<PathBuf>,
+    /// Where doorbells go.
+    pub doorbell: DoorbellMode,
+    /// How the doorbell engine polls ([`DoorbellMode::Mmap`]).
+    pub doorbell_poll: PollPolicy,
 }
 
 /// Why `serve` failed.
@@ -200,6 +424,8 @@ pub enum ServeError {
     Ctl(#[from] crate::ctl::server::CtlServerError),
     #[error(transparent)]
     Capture(#[from] crate::pcap::CaptureError),
+    #[error("shared-memory doorbells: {0}")]
+    Doorbells(#[from] SharedDoorbellsError),
 }
 
 /// The device configuration `serve` uses: QEMU emulates the MSI-X table, so the VMM owns it.
@@ -304,9 +530,10 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         )?),
         None => None,
     };
+    let backend = DeviceBackend::with_doorbells(dev.clone(), opts.doorbell, opts.doorbell_poll)?;
     let server = Server::bind(
         &opts.socket,
-        DeviceBackend::new(dev.clone()),
+        backend,
         ServerOptions {
             client_timeout: opts.client_timeout,
             ..ServerOptions::default()
@@ -321,6 +548,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         port = port.describe(),
         lm = opts.lm_layout.name(),
         ctl = ctl.as_ref().map(|c| c.path().display().to_string()),
+        doorbells = opts.doorbell.name(),
         "serving"
     );
     eprintln!(
@@ -371,6 +599,36 @@ mod tests {
         assert!(parse_mac("52:54:00:12:34").is_err());
         assert!(parse_mac("52:54:00:12:34:5g").is_err());
         assert!(parse_mac("01:00:00:00:00:00").is_err());
+    }
+
+    #[test]
+    fn poll_policies() {
+        let us = Duration::from_micros;
+        assert_eq!(parse_poll_policy(""), Ok(PollPolicy::default()));
+        let p = parse_poll_policy("min=5, warm=50,warm-for=2000,idle=3000,busy=7").unwrap();
+        assert_eq!(
+            p,
+            PollPolicy {
+                busy: us(7),
+                min_sleep: us(5),
+                warm_sleep: us(50),
+                warm_for: us(2000),
+                max_sleep: us(3000),
+                ..PollPolicy::default()
+            }
+        );
+        for bad in [
+            "20",
+            "min=a",
+            "fast=1",
+            "min=600",
+            "idle=10",
+            "idle=2000000",
+        ] {
+            assert!(parse_poll_policy(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_sched("slice"), Ok(SchedRequest::Slice));
+        assert!(parse_sched("rt").is_err());
     }
 
     #[test]

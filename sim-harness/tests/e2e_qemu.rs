@@ -11,7 +11,8 @@
 //! Environment: VDPA_E2E_DIR (default <repo>/.cache/e2e), VDPA_E2E_MIB (transfer size, default 32),
 //! VDPA_E2E_PINGS (default 100), VDPA_E2E_KERNEL (vmlinux | vmlinuz), VDPA_E2E_TMP (scratch parent dir),
 //! VDPA_EMU_BIN (the vdpa-emu binary; default the one cargo built for this test), VDPA_E2E_SERVE_LOG
-//! (RUST_LOG for serve, e.g. `info,device=debug`), VDPA_E2E_KEEP=1 (keep the
+//! (RUST_LOG for serve, e.g. `info,device=debug`), VDPA_E2E_SERVE_ARGS (more serve arguments for
+//! every device, e.g. `--doorbell trap`), VDPA_E2E_KEEP=1 (keep the
 //! scratch directory with serial logs, QEMU command lines and serve logs even when the test passes).
 
 use std::collections::BTreeMap;
@@ -990,6 +991,10 @@ impl Serve {
             socket.display().to_string(),
         ];
         full.extend_from_slice(args);
+        // VDPA_E2E_SERVE_ARGS: more serve arguments for every device, e.g. `--doorbell trap`
+        if let Ok(extra) = std::env::var("VDPA_E2E_SERVE_ARGS") {
+            full.extend(extra.split_whitespace().map(String::from));
+        }
         fs::write(
             dir.join(&format!("{name}-serve-cmdline.txt")),
             format!("{} {}", bin.display(), full.join(" ")),
@@ -1053,6 +1058,47 @@ impl Serve {
 
     fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The `session_stats` JSON serve logs when its (last) client's session ends: frames,
+    /// serve's CPU time, doorbells by path, the doorbell engine's CPU time.
+    fn session_stats(&mut self) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let log = read_lossy(&self.log);
+            if let Some(l) = log.lines().rev().find(|l| l.contains("session_stats=")) {
+                let json = l.split("session_stats=").nth(1).unwrap_or("");
+                let json = json.split_whitespace().next().unwrap_or("");
+                return serde_json::from_str(json).unwrap_or_else(|e| {
+                    panic!("bad session_stats {json:?}: {e}\n{}", self.diag())
+                });
+            }
+            self.check_alive("the session statistics line");
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "no session_stats line in the serve log\n{}",
+                self.diag()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Prints what serving the guest's session cost (E2E-BENCH): serve's CPU per frame over
+    /// the whole session (boot, pings and transfers), and how the doorbells came.
+    fn print_cost(&mut self, label: &str) {
+        let s = self.session_stats();
+        println!(
+            "E2E-BENCH {label} serve: {} frames in {} s, cpu {} ms = {} us/frame | doorbells {} ({}: {} through shared memory, {} trapped) | doorbell engine cpu {} ms",
+            s["tx_frames"].as_u64().unwrap_or(0) + s["rx_frames"].as_u64().unwrap_or(0),
+            s["wall_s"],
+            s["cpu_ms"],
+            s["cpu_us_per_frame"],
+            s["doorbells"],
+            s["doorbell_path"].as_str().unwrap_or("?"),
+            s["doorbells_mmap"],
+            s["doorbells_trapped"],
+            s["engine_cpu_ms"],
+        );
     }
 
     /// SIGTERM, then up to 10 s for a clean exit.
@@ -1279,6 +1325,7 @@ fn device_with_host_tap(test: &str, tap_name: &str, subnet: u8, mac: &str, drive
     );
     peer.round(&mut vm, 1, test);
     let b = vm.finish(Duration::from_secs(60));
+    serve.print_cost(test);
     assert_nic(&b, &vm, mac, driver);
     let f = our_pci_fn(&b, &vm);
     assert_eq!(
@@ -1698,7 +1745,7 @@ fn device_two_guests_unix_port() {
     let (ip_a, ip_b) = ("10.77.202.1", "10.77.202.2");
     // The TAP tests run the packed ring (Linux negotiates it when offered); this one the split
     // ring: the devices do not offer VIRTIO_F_RING_PACKED.
-    let serve_a = Serve::start(
+    let mut serve_a = Serve::start(
         &dir,
         "dev-a",
         &[
@@ -1709,7 +1756,7 @@ fn device_two_guests_unix_port() {
             "--no-packed".into(),
         ],
     );
-    let serve_b = Serve::start(
+    let mut serve_b = Serve::start(
         &dir,
         "dev-b",
         &[
@@ -1737,6 +1784,8 @@ fn device_two_guests_unix_port() {
     );
     let ra = a.finish(Duration::from_secs(300));
     let rb = b.finish(Duration::from_secs(60));
+    serve_a.print_cost("device_two_guests_unix_port(A)");
+    serve_b.print_cost("device_two_guests_unix_port(B)");
     assert_nic(&ra, &a, mac_a, "virtio-pci");
     assert_nic(&rb, &b, mac_b, "virtio-pci");
     let p = pings();

@@ -212,6 +212,10 @@ fn migrate_under_traffic(
         for _ in 0..4 {
             g.round();
         }
+        // Doorbells may be serviced after the driver's store returns (a doorbell engine
+        // polling a mapped notify window, or posted writes): wait for the frames so that
+        // this window surely holds device writes.
+        g.drain();
         let bitmap = src.dma_logging_report(base, size, PAGE).unwrap();
         let pages: BTreeSet<u64> = bitmap_pages(&bitmap, base, PAGE).collect();
         device_dirty.push(pages.len());

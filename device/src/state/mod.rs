@@ -62,6 +62,9 @@ pub struct DeviceState {
     /// Paused (migration STOP, see snapshot.rs): no queue is serviced and no DMA is done;
     /// doorbells and inbox frames wait for the resume.
     pub(crate) paused: bool,
+    /// The notify window in shared memory, if doorbells also come that way: every reset
+    /// clears its slots (a kick from before the reset is not delivered after it).
+    pub(crate) notify_area: Option<Arc<crate::doorbell::NotifyArea>>,
 }
 
 /// Feature bits a device with this configuration offers (the declared set, less what a quirk
@@ -99,6 +102,7 @@ impl DeviceState {
             fault: None,
             interrupts: Vec::new(),
             paused: false,
+            notify_area: None,
             layout,
             cfg,
         }
@@ -139,6 +143,9 @@ impl DeviceState {
         self.common.reset();
         self.function.intx_line_low();
         self.lm.reset();
+        if let Some(area) = &self.notify_area {
+            area.clear();
+        }
         self.fault = None;
         self.counters.rx_dropped_reset += dropped as u64;
         self.counters.resets += 1;
@@ -504,6 +511,29 @@ impl DeviceState {
 
     // ---------------------------------------------------------------- datapath entry points
 
+    /// Rings every doorbell waiting in the shared notify window (each slot consumed before
+    /// its queue runs: device/src/doorbell/area.rs). Only ever called under the device lock,
+    /// by the doorbell engine and ahead of every register access, so an access never passes a
+    /// doorbell stored before it (PCIe: a request does not pass an earlier posted write) and a
+    /// kick is never taken by one and serviced after the other's access. Returns how many.
+    pub(crate) fn take_shared_doorbells(&mut self, at_access: bool) -> u32 {
+        let Some(area) = self.notify_area.clone() else {
+            return 0;
+        };
+        let mut n = 0;
+        for q in 0..area.queues().min(self.layout.num_queues) {
+            if area.take(q) {
+                n += 1;
+                self.counters.shared_doorbells += 1;
+                if at_access {
+                    self.counters.shared_doorbells_at_access += 1;
+                }
+                self.doorbell(q);
+            }
+        }
+        n
+    }
+
     /// A doorbell for queue `q`.
     pub(crate) fn doorbell(&mut self, q: u16) {
         self.counters.queues[usize::from(q)].doorbells += 1;
@@ -574,6 +604,16 @@ impl DeviceState {
         }
         for &q in &interrupts {
             self.queue_interrupt(q);
+        }
+        // Tell a doorbell engine that a kick is likely soon: an interrupt went to the driver
+        // (it answers with RX refills and more TX), or received frames wait for RX buffers
+        // (the device needs the refill's kick to go on). Frames merely moving are not enough:
+        // polling fast through a whole transfer costs more CPU than it saves
+        // (device/src/doorbell/poll.rs).
+        if let Some(area) = &self.notify_area {
+            if !interrupts.is_empty() || !self.engine.inbox().is_empty() {
+                area.note_activity();
+            }
         }
         interrupts.clear();
         self.interrupts = interrupts;

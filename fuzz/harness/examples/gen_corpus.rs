@@ -33,6 +33,10 @@ fn vfio_seeds() -> Vec<(&'static str, Vec<u8>)> {
         seed::op(&mut w, Op::RegionInfo, false);
         w.u32(32).u32(i);
     }
+    // BAR0 again with the argsz its reply asked for: the sparse mmap capability and the
+    // notify window's memfd (QEMU's second query, hw/vfio/device.c).
+    seed::op(&mut w, Op::RegionInfo, false);
+    w.u32(64).u32(0);
     for i in 0..5 {
         seed::op(&mut w, Op::IrqInfo, false);
         w.u32(16).u32(i);

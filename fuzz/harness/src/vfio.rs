@@ -1,5 +1,5 @@
 //! The vfio-user stream target: the server (`vdpa_vfio_user::Server` over vdpa-emu's NIC,
-//! `sim_harness::serve::DeviceBackend`, loopback port) fed a sequence of commands over a
+//! `sim_harness::serve::DeviceBackend` with shared-memory doorbells, loopback port) fed a sequence of commands over a
 //! socketpair, descriptors included (small memfds for DMA_MAP, eventfds for SET_IRQS), the way
 //! QEMU's vfio-user-pci talks to it (QEMU docs/interop/vfio-user.rst).
 //!
@@ -22,7 +22,8 @@ use crate::cursor::{Cursor, Writer};
 use bar_registers::virtio::{common, device_status as st};
 use bar_registers::REGION_CONFIG;
 use device::{Device, DeviceConfig, MsixOwner, RegionAccess};
-use sim_harness::serve::{DeviceBackend, DeviceServer};
+use device::doorbell::PollPolicy;
+use sim_harness::serve::{DeviceBackend, DeviceServer, DoorbellMode};
 use sim_harness::vfio_user::sock::send_with_fds;
 use sim_harness::vfio_user::wire::{self, flags, put16, put32, put64, Command, Header};
 use sim_harness::vfio_user::{ConnectionEnd, Server, ServerOptions};
@@ -148,12 +149,12 @@ fn harness() -> &'static Harness {
         // The server needs a bound socket; the fuzz harness never connects through it (it
         // hands socketpair ends to serve_stream), so the file is removed at once.
         let path = std::env::temp_dir().join(format!("vdpa-fuzz-{}.sock", std::process::id()));
-        let server = Server::bind(
-            &path,
-            DeviceBackend::new(dev.clone()),
-            ServerOptions::default(),
-        )
-        .expect("bind");
+        // Shared-memory doorbells, as `serve` runs by default: BAR0's region info then
+        // carries a sparse mmap capability and, when argsz holds it, a descriptor.
+        let backend =
+            DeviceBackend::with_doorbells(dev.clone(), DoorbellMode::Mmap, PollPolicy::default())
+                .expect("doorbell engine");
+        let server = Server::bind(&path, backend, ServerOptions::default()).expect("bind");
         let _ = std::fs::remove_file(&path);
         Harness {
             server,

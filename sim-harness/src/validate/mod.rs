@@ -361,8 +361,12 @@ impl OverSocket {
         let c = Client::from_stream(stream).map_err(|e| err(&format!("handshake: {e}")))?;
         tracing::info!(path = %self.path.display(), "connected");
         // Every register write waits for its reply, so a doorbell's work is done when the
-        // write returns, as with a CPU's non-posted access followed by a read.
+        // write returns, as with a CPU's non-posted access followed by a read. That holds for
+        // trapped doorbells only: a doorbell stored into a mapped notify window (`serve
+        // --doorbell mmap`) is serviced later by the server's doorbell engine, so the
+        // validator traps its doorbells even where the server offers the mapping.
         c.set_posted_writes(false);
+        c.set_use_mmap(false);
         c.reset().map_err(|e| err(&e))?;
         let c = Arc::new(c);
         let n = c

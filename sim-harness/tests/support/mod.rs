@@ -51,9 +51,13 @@ impl TestServer {
     }
 
     pub fn with_options(dev: Arc<Device>, opts: ServerOptions) -> Self {
+        Self::with_backend(DeviceBackend::new(dev), opts)
+    }
+
+    /// Serves `backend` (e.g. one with shared-memory doorbells).
+    pub fn with_backend(backend: DeviceBackend, opts: ServerOptions) -> Self {
         let dir = temp_dir("vdpa-emu-vu");
-        let server =
-            Arc::new(Server::bind(&dir.join("dev.sock"), DeviceBackend::new(dev), opts).unwrap());
+        let server = Arc::new(Server::bind(&dir.join("dev.sock"), backend, opts).unwrap());
         let s = server.clone();
         let thread = std::thread::spawn(move || s.serve().unwrap());
         TestServer {

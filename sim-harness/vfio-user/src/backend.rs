@@ -9,9 +9,24 @@
 //!
 //! vdpa-emu implements it for its NIC in the CLI crate (`sim_harness::serve::DeviceBackend`).
 
+use crate::wire::SparseArea;
 use device::{DmaMapper, InterruptSink, RegionAccess};
 use dma::{MapStats, MappingInfo, WriteTrace};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+
+/// Parts of a region the client may map instead of trapping (DEVICE_GET_REGION_INFO with
+/// VFIO_REGION_INFO_FLAG_MMAP and a sparse mmap capability; the descriptor goes with the
+/// reply). QEMU maps each area MAP_SHARED into the BAR (hw/vfio/region.c `vfio_region_mmap`).
+#[derive(Debug)]
+pub struct RegionMmap<'a> {
+    /// The memory: byte `o` of the region is byte `offset + o` of this file.
+    pub fd: BorrowedFd<'a>,
+    /// File offset of the region's first byte (the reply's `offset` field; page-aligned).
+    pub offset: u64,
+    /// The areas (page-aligned, inside the region); the rest of the region still traps.
+    pub areas: Vec<SparseArea>,
+}
 
 /// A PCI function served over vfio-user.
 pub trait Backend: RegionAccess + DmaMapper + Send + Sync {
@@ -20,6 +35,22 @@ pub trait Backend: RegionAccess + DmaMapper + Send + Sync {
 
     /// Size in bytes of vfio region `index` (BAR n = n, config space = 7); 0 if absent.
     fn region_size(&self, index: u32) -> u64;
+    /// What of region `index` the client may mmap (None: everything traps).
+    fn region_mmap(&self, _index: u32) -> Option<RegionMmap<'_>> {
+        None
+    }
+    /// Whether `[iova, iova + size)` is one of the function's own mmap areas where the guest
+    /// placed it: QEMU DMA-maps mapped BAR areas too, without a descriptor, for peer-to-peer
+    /// DMA (hw/vfio/listener.c `vfio_listener_region_add` maps RAM-device sections), which is
+    /// no sign of unshared guest RAM.
+    fn is_own_mmap_area(&self, _iova: u64, _size: u64) -> bool {
+        false
+    }
+    /// A JSON summary of the function's work since the last call (logged when a client's
+    /// session ends; `Null`: nothing to say).
+    fn session_stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
     /// MSI-X vectors of the function (the MSI-X IRQ index's count).
     fn msix_vectors(&self) -> u16;
     /// Where the function's interrupts go from now on (the server's eventfd table).

@@ -2,16 +2,16 @@
 //!
 //! It speaks the same messages as QEMU 11 (VERSION with the same capabilities, DEVICE_GET_INFO,
 //! region and IRQ infos, DMA_MAP with the memory's descriptor, SET_IRQS with eventfds,
-//! REGION_READ/WRITE, posted writes, DEVICE_RESET) and implements [`RegionAccess`] and
-//! [`DmaMapper`], so the driver model (`sim_harness::driver::NetDriver`) runs unchanged against a
-//! device behind a socket. [`Client::request`] sends arbitrary (also malformed) messages for
+//! REGION_READ/WRITE, posted writes, DEVICE_RESET, mmap of the areas a region offers) and
+//! implements [`RegionAccess`] and [`DmaMapper`], so the driver model
+//! (`sim_harness::driver::NetDriver`) runs unchanged against a device behind a socket. [`Client::request`] sends arbitrary (also malformed) messages for
 //! tests.
 
 use crate::irq::{ACTION_TRIGGER, DATA_EVENTFD};
 use crate::sock::{self, recv_with_fds, send_with_fds, Stop, MAX_MSG_FDS};
-use crate::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, HEADER_SIZE};
+use crate::wire::{self, flags, Command, DeviceInfo, Header, RegionRw, SparseArea, HEADER_SIZE};
 use device::{AccessError, DmaMapper, InterruptSink, RegionAccess};
-use dma::{Backing, MapError, Perms};
+use dma::{Backing, MapError, Perms, SharedMemory};
 use parking_lot::Mutex;
 use std::fs::File;
 use std::io::{self, IoSlice, Read};
@@ -24,7 +24,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set,
-    vfio_region_info, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_PCI_MSIX_IRQ_INDEX,
+    vfio_region_info, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 
 /// Largest reply the client reads (a REGION_READ of the server's limit fits easily).
@@ -80,6 +81,26 @@ struct Conn {
     next_id: u16,
 }
 
+/// A region's info as the client ended up with it: QEMU's two-step query done, the sparse
+/// mmap areas parsed and the descriptor (if the server sent one with the final reply).
+#[derive(Debug)]
+pub struct RegionInfo {
+    pub info: vfio_region_info,
+    /// The areas the client may map (FLAG_MMAP without a sparse capability: the whole
+    /// region), empty if the region has no FLAG_MMAP.
+    pub areas: Vec<SparseArea>,
+    pub fd: Option<OwnedFd>,
+}
+
+/// One mapped area of a region.
+#[derive(Debug)]
+struct Mapped {
+    region: u32,
+    /// Region offset of the area.
+    offset: u64,
+    mem: SharedMemory,
+}
+
 /// A connected vfio-user client.
 #[derive(Debug)]
 pub struct Client {
@@ -88,6 +109,12 @@ pub struct Client {
     server_caps: serde_json::Value,
     regions: Vec<vfio_region_info>,
     posted_writes: AtomicBool,
+    /// Some region info carried FLAG_MMAP: like QEMU, the client then posts no write.
+    mmap_offered: bool,
+    /// The areas it mapped (MAP_SHARED), as QEMU maps them into the BAR.
+    mapped: Vec<Mapped>,
+    /// Accesses inside a mapped area go to the mapping (default), not the socket.
+    use_mmap: AtomicBool,
 }
 
 /// The capabilities QEMU 11.1 proposes.
@@ -121,6 +148,9 @@ impl Client {
             server_caps: serde_json::Value::Null,
             regions: Vec::new(),
             posted_writes: AtomicBool::new(false),
+            mmap_offered: false,
+            mapped: Vec::new(),
+            use_mmap: AtomicBool::new(true),
         };
         c.server_caps = c.version(&qemu_capabilities())?;
         let r = c.call(
@@ -138,12 +168,43 @@ impl Client {
         })?;
         // QEMU refuses more than 100 regions from a server; so do we.
         for i in 0..c.info.num_regions.min(100) {
-            let info = c.region_info(i)?;
-            c.regions.push(info);
+            let r = c.region_info_full(i)?;
+            c.mmap_offered |= r.info.flags & VFIO_REGION_INFO_FLAG_MMAP != 0;
+            // QEMU maps BARs only (hw/vfio/pci.c maps each BAR's region; config space and
+            // the rest always trap).
+            if i < VFIO_PCI_CONFIG_REGION_INDEX {
+                c.map_areas(&r)?;
+            }
+            c.regions.push(r.info);
         }
         Ok(c)
     }
 
+    /// Maps the areas of `r` MAP_SHARED from its descriptor (hw/vfio/region.c
+    /// `vfio_region_mmap`). A region with FLAG_MMAP but no descriptor, or whose mapping
+    /// fails, traps: QEMU too falls back to trapping the whole BAR then.
+    fn map_areas(&mut self, r: &RegionInfo) -> Result<(), ClientError> {
+        let Some(fd) = &r.fd else {
+            return Ok(());
+        };
+        let mut mapped = Vec::new();
+        for a in &r.areas {
+            let file = File::from(fd.try_clone()?);
+            match SharedMemory::map_file(file, r.info.offset + a.offset, a.size) {
+                Ok(mem) => mapped.push(Mapped {
+                    region: r.info.index,
+                    offset: a.offset,
+                    mem,
+                }),
+                Err(e) => {
+                    tracing::warn!(region = r.info.index, area = ?a, error = %e, "mmap of a region area failed: the region traps");
+                    return Ok(());
+                }
+            }
+        }
+        self.mapped.extend(mapped);
+        Ok(())
+    }
     /// Sends VERSION with `caps`; returns the server's capabilities.
     fn version(&self, caps: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
         let r = self.call(
@@ -187,9 +248,47 @@ impl Client {
     }
 
     /// Sends posted (NO_REPLY) REGION_WRITEs from [`RegionAccess::region_write`], as QEMU does
-    /// when no region is mmappable.
+    /// when no region is mmappable. Without effect when some region info carried FLAG_MMAP:
+    /// QEMU then posts no write (hw/vfio-user/device.c `vfio_user_get_region_info`).
     pub fn set_posted_writes(&self, on: bool) {
         self.posted_writes.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether [`RegionAccess::region_write`] posts its writes now.
+    pub fn posts_writes(&self) -> bool {
+        self.posted_writes.load(Ordering::Relaxed) && !self.mmap_offered
+    }
+
+    /// Whether some region info carried FLAG_MMAP.
+    pub fn mmap_offered(&self) -> bool {
+        self.mmap_offered
+    }
+
+    /// The mapped areas: (region, region offset, length).
+    pub fn mapped_areas(&self) -> Vec<(u32, u64, u64)> {
+        self.mapped
+            .iter()
+            .map(|m| (m.region, m.offset, m.mem.size()))
+            .collect()
+    }
+
+    /// Accesses inside a mapped area go to the mapping (true, the default: what QEMU's guest
+    /// does) or to the socket as REGION_READ/WRITE (false: trapped doorbells, e.g. for checks
+    /// that need a doorbell's work done when its write returns).
+    pub fn set_use_mmap(&self, on: bool) {
+        self.use_mmap.store(on, Ordering::Relaxed);
+    }
+
+    /// The mapping that holds `[offset, offset + len)` of `region`, with the offset in it.
+    fn mapping(&self, region: u32, offset: u64, len: usize) -> Option<(&SharedMemory, u64)> {
+        if !self.use_mmap.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.mapped.iter().find_map(|m| {
+            let rel = offset.checked_sub(m.offset)?;
+            (m.region == region && rel.checked_add(len as u64)? <= m.mem.size())
+                .then_some((&m.mem, rel))
+        })
     }
 
     /// Shuts the socket down (both directions): what the server sees when the VMM dies.
@@ -203,22 +302,67 @@ impl Client {
         self.conn.lock().stream.set_read_timeout(t)
     }
 
-    /// DEVICE_GET_REGION_INFO.
+    /// DEVICE_GET_REGION_INFO with argsz 32 (the fixed part only).
     pub fn region_info(&self, index: u32) -> Result<vfio_region_info, ClientError> {
-        let req = vfio_region_info {
-            argsz: wire::REGION_INFO_SIZE as u32,
-            index,
-            ..Default::default()
-        };
-        let r = self.call(
-            Command::DeviceGetRegionInfo,
-            &wire::encode_region_info(&req),
-            &[],
-        )?;
-        wire::parse_region_info(&r).ok_or(ClientError::BadReply {
+        self.region_info_full(index).map(|r| r.info)
+    }
+
+    /// DEVICE_GET_REGION_INFO as QEMU asks it (hw/vfio/device.c
+    /// `vfio_device_get_region_info`): argsz 32 first, again with the argsz the reply asks
+    /// for if it is larger (closing a descriptor that came with the short reply), then the
+    /// sparse mmap capability parsed and the final reply's descriptor kept.
+    pub fn region_info_full(&self, index: u32) -> Result<RegionInfo, ClientError> {
+        let bad = |what: String| ClientError::BadReply {
             command: "DEVICE_GET_REGION_INFO",
-            what: format!("{} bytes", r.len()),
-        })
+            what,
+        };
+        let mut argsz = wire::REGION_INFO_SIZE as u32;
+        for _ in 0..2 {
+            let req = vfio_region_info {
+                argsz,
+                index,
+                ..Default::default()
+            };
+            let mut p = wire::encode_region_info(&req);
+            p.resize(argsz as usize, 0);
+            let r = self.request(Command::DeviceGetRegionInfo as u16, 0, &p, &[])?;
+            if let Some(errno) = r.errno() {
+                return Err(ClientError::Remote {
+                    command: "DEVICE_GET_REGION_INFO",
+                    errno,
+                });
+            }
+            let info = wire::parse_region_info(&r.payload)
+                .ok_or_else(|| bad(format!("{} bytes", r.payload.len())))?;
+            if r.fds.len() > 1 {
+                return Err(bad(format!("{} descriptors", r.fds.len())));
+            }
+            if info.argsz > argsz {
+                // Dropping the reply closes its descriptor, if any.
+                argsz = info.argsz;
+                if argsz as usize > wire::REGION_INFO_SIZE + 4096 {
+                    return Err(bad(format!("argsz {argsz}")));
+                }
+                continue;
+            }
+            let areas = if info.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+                Vec::new()
+            } else {
+                match wire::parse_sparse_mmap_cap(&r.payload).map_err(bad)? {
+                    Some(areas) => areas,
+                    None => vec![SparseArea {
+                        offset: 0,
+                        size: info.size,
+                    }],
+                }
+            };
+            return Ok(RegionInfo {
+                info,
+                areas,
+                fd: r.fds.into_iter().next(),
+            });
+        }
+        Err(bad("argsz grew twice".into()))
     }
 
     /// DEVICE_GET_IRQ_INFO.
@@ -842,12 +986,25 @@ impl Client {
 
 impl RegionAccess for Client {
     fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
+        if let Some((mem, rel)) = self.mapping(region, offset, data.len()) {
+            if mem.load_acquire(rel, data).is_ok() {
+                return Ok(());
+            }
+        }
         self.read(region, offset, data)
             .map_err(|e| self.access_error(region, offset, data.len(), e))
     }
 
+    /// Inside a mapped area (and with [`Client::set_use_mmap`] on) a write is one store to the
+    /// shared memory, with Release ordering (what the driver published before it is visible
+    /// first); a width or alignment a single store cannot do goes to the socket.
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
-        let r = if self.posted_writes.load(Ordering::Relaxed) {
+        if let Some((mem, rel)) = self.mapping(region, offset, data.len()) {
+            if mem.store_release(rel, data).is_ok() {
+                return Ok(());
+            }
+        }
+        let r = if self.posts_writes() {
             self.write_posted(region, offset, data)
         } else {
             self.write(region, offset, data)

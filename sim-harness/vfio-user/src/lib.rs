@@ -25,7 +25,7 @@ pub mod server;
 pub mod sock;
 pub mod wire;
 
-pub use backend::Backend;
+pub use backend::{Backend, RegionMmap};
 pub use client::{Client, ClientError, InterruptPump};
 pub use errno::Errno;
 pub use irq::IrqTable;

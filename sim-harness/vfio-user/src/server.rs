@@ -36,7 +36,7 @@
 //! Migration v2 (DEVICE_FEATURE, MIG_DATA_READ/WRITE) is in [`crate::migration`]; a client's
 //! departure also ends its migration session (dirty logging off, state RUNNING).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, RegionMmap};
 use crate::errno::{Errno, Handled, E2BIG, EINVAL, ENOSYS, ENOTSUP};
 use crate::irq::{IrqData, IrqTable};
 use crate::migration::{MigState, Migration};
@@ -46,7 +46,7 @@ use device::AccessError;
 use dma::{Backing, MapError, Perms, PAGE_SIZE};
 use std::fs::File;
 use std::io::{self, IoSlice, Read as _, Write as _};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -56,8 +56,8 @@ use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_dma_unmap, vfio_region_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET,
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_IRQ_SET_DATA_BOOL,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
-    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_CAPS,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 
 /// Largest data transfer (REGION_READ/WRITE count) we accept: the protocol default.
@@ -346,6 +346,10 @@ impl<B: Backend> Server<B> {
             unmap_us = format_args!("{:.1}", us(&self.counters.dma_unmap_ns, unmaps)),
             "DMA map statistics (map_us/unmap_us: mean server time per message, reply included)"
         );
+        let session = self.device.session_stats();
+        if !session.is_null() {
+            tracing::info!(session_stats = %session, "session statistics");
+        }
         self.migration.lock().end_session(&self.device);
         self.device.reset();
         let unmapped = self.device.dma_unmap_all();
@@ -489,6 +493,9 @@ struct Session<'a, B: Backend> {
     negotiated: bool,
     warned_no_fd: bool,
     close: Option<ConnectionError>,
+    /// A descriptor the reply being built carries (DEVICE_GET_REGION_INFO of a mappable
+    /// region); sent with the reply's first bytes, closed after it (or with no reply).
+    reply_fd: Option<OwnedFd>,
 }
 
 impl<'a, B: Backend> Session<'a, B> {
@@ -500,6 +507,7 @@ impl<'a, B: Backend> Session<'a, B> {
             negotiated: false,
             warned_no_fd: false,
             close: None,
+            reply_fd: None,
         }
     }
 
@@ -733,6 +741,7 @@ impl<'a, B: Backend> Session<'a, B> {
                 tracing::debug!(%errno, "error reply");
             }
         }
+        let fd = self.reply_fd.take();
         if hdr.no_reply() {
             return Ok(());
         }
@@ -745,7 +754,7 @@ impl<'a, B: Backend> Session<'a, B> {
                     flags: flags::TYPE_REPLY,
                     error: 0,
                 };
-                self.send(&reply.to_bytes(), &payload)
+                self.send_fds(&reply.to_bytes(), &payload, fd.as_ref().map(|f| f.as_fd()))
             }
             Err(errno) => self.send_error(hdr, errno),
         }
@@ -763,6 +772,16 @@ impl<'a, B: Backend> Session<'a, B> {
     }
 
     fn send(&mut self, head: &[u8], payload: &[u8]) -> Result<(), ConnectionError> {
+        self.send_fds(head, payload, None)
+    }
+
+    /// Sends a reply; `fd` goes with its first bytes (the sendmsg that carries the header).
+    fn send_fds(
+        &mut self,
+        head: &[u8],
+        payload: &[u8],
+        mut fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ConnectionError> {
         let total = head.len() + payload.len();
         let mut sent = 0;
         let deadline = Instant::now() + self.srv.opts.client_timeout;
@@ -772,8 +791,12 @@ impl<'a, B: Backend> Session<'a, B> {
             } else {
                 vec![IoSlice::new(&payload[sent - head.len()..])]
             };
-            match send_with_fds(self.stream.as_fd(), &bufs, &[], libc::MSG_DONTWAIT) {
-                Ok(n) => sent += n,
+            let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+            match send_with_fds(self.stream.as_fd(), &bufs, &fds, libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    sent += n;
+                    fd = None;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match self.wait(libc::POLLOUT, Some(deadline))? {
                         Ready::Stopped => {
@@ -933,15 +956,25 @@ impl<'a, B: Backend> Session<'a, B> {
         Ok(info.encode())
     }
 
+    /// DEVICE_GET_REGION_INFO. A region the backend offers for mmap gets FLAG_MMAP, a sparse
+    /// mmap capability and, with the reply that carries the capability, the descriptor
+    /// (SCM_RIGHTS, in the reply's sendmsg). A request whose argsz cannot hold the capability
+    /// gets the 32-byte info with the argsz it needs and no descriptor: QEMU asks twice
+    /// (hw/vfio/device.c `vfio_device_get_region_info`) and closes a descriptor that came with
+    /// the short reply. FLAG_CAPS is set only when the capability is there: QEMU refuses
+    /// FLAG_CAPS with a cap_offset below 32 (hw/vfio-user/device.c
+    /// `vfio_user_device_io_get_region_info`).
+    ///
+    /// Any FLAG_MMAP makes QEMU stop posting writes for the whole device
+    /// (hw/vfio-user/device.c `vfio_user_get_region_info`): every trapped write then waits
+    /// for its reply (docs/doorbells.md).
     fn region_info(&mut self, p: &[u8]) -> Handled {
         let req = wire::parse_region_info(p).ok_or(EINVAL)?;
         if (req.argsz as usize) < wire::REGION_INFO_SIZE || req.index >= VFIO_PCI_NUM_REGIONS {
             return Err(EINVAL);
         }
         let size = self.srv.region_size(req.index);
-        // No MMAP: every access comes as a message, in order, which keeps QEMU's posted writes
-        // (and a doorbell's ordering) valid. No capabilities either, so the 32 bytes are all.
-        let info = vfio_region_info {
+        let mut info = vfio_region_info {
             argsz: wire::REGION_INFO_SIZE as u32,
             flags: if size > 0 {
                 VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
@@ -953,8 +986,44 @@ impl<'a, B: Backend> Session<'a, B> {
             size,
             offset: 0,
         };
-        tracing::debug!(index = req.index, size, "region info");
-        Ok(wire::encode_region_info(&info))
+        let mmap = (size > 0)
+            .then(|| self.srv.device.region_mmap(req.index))
+            .flatten()
+            .filter(|m| mmap_is_valid(m, size));
+        let Some(mmap) = mmap else {
+            tracing::debug!(index = req.index, size, "region info");
+            return Ok(wire::encode_region_info(&info));
+        };
+        let cap = wire::encode_sparse_mmap_cap(&mmap.areas);
+        let full = wire::REGION_INFO_SIZE + cap.len();
+        info.argsz = full as u32;
+        info.flags |= VFIO_REGION_INFO_FLAG_MMAP;
+        info.offset = mmap.offset;
+        if (req.argsz as usize) < full {
+            tracing::debug!(
+                index = req.index,
+                size,
+                need = full,
+                "region info (argsz too small for the capability)"
+            );
+            return Ok(wire::encode_region_info(&info));
+        }
+        info.flags |= VFIO_REGION_INFO_FLAG_CAPS;
+        info.cap_offset = wire::REGION_INFO_SIZE as u32;
+        let fd = mmap.fd.try_clone_to_owned().map_err(|e| {
+            tracing::warn!(error = %e, "cannot duplicate the region's descriptor");
+            Errno(e.raw_os_error().unwrap_or(libc::EMFILE))
+        })?;
+        self.reply_fd = Some(fd);
+        tracing::info!(
+            index = req.index,
+            size,
+            areas = ?mmap.areas,
+            "region info: mmap offered"
+        );
+        let mut out = wire::encode_region_info(&info);
+        out.extend_from_slice(&cap);
+        Ok(out)
     }
 
     fn irq_info(&mut self, p: &[u8]) -> Handled {
@@ -1040,6 +1109,14 @@ impl<'a, B: Backend> Session<'a, B> {
                 file: File::from(fd),
                 offset,
             },
+            None if self.srv.device.is_own_mmap_area(iova, size) => {
+                tracing::debug!(
+                    iova = format_args!("{iova:#x}"),
+                    size,
+                    "DMA_MAP without fd of our own mmapped BAR area (peer-to-peer mapping)"
+                );
+                Backing::None
+            }
             None => {
                 if perms.write && !self.warned_no_fd {
                     self.warned_no_fd = true;
@@ -1226,6 +1303,26 @@ fn split_access(
         pos += n;
     }
     Ok(())
+}
+
+/// A backend's mmap offer must be usable as QEMU uses it: 1 to [`wire::MAX_SPARSE_AREAS`]
+/// page-aligned areas inside the region at a page-aligned file offset. Anything else is a
+/// backend bug: logged, and the region is not offered for mmap.
+fn mmap_is_valid(m: &RegionMmap<'_>, size: u64) -> bool {
+    let aligned = |v: u64| v.is_multiple_of(PAGE_SIZE);
+    let ok = !m.areas.is_empty()
+        && m.areas.len() <= wire::MAX_SPARSE_AREAS
+        && aligned(m.offset)
+        && m.areas.iter().all(|a| {
+            a.size > 0
+                && aligned(a.offset)
+                && aligned(a.size)
+                && a.offset.checked_add(a.size).is_some_and(|end| end <= size)
+        });
+    if !ok {
+        tracing::error!(offset = m.offset, areas = ?m.areas, size, "invalid mmap areas from the backend: not offered");
+    }
+    ok
 }
 
 fn access_errno(e: AccessError) -> Errno {

@@ -9,7 +9,7 @@
 
 use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_info, vfio_irq_set,
-    vfio_region_info,
+    vfio_region_info, VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS,
 };
 
 /// Header length; `size` in the header counts it.
@@ -304,6 +304,89 @@ pub fn encode_region_info(i: &vfio_region_info) -> Vec<u8> {
     put64(&mut w, i.size);
     put64(&mut w, i.offset);
     w
+}
+
+/// One sparse mmap area of a region (`struct vfio_region_sparse_mmap_area`): the client may
+/// map `[offset, offset + size)` of the region; everything else traps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SparseArea {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// `struct vfio_info_cap_header` + nr_areas + reserved.
+pub const SPARSE_MMAP_CAP_HEADER: usize = 16;
+/// One `struct vfio_region_sparse_mmap_area`.
+pub const SPARSE_MMAP_AREA_SIZE: usize = 16;
+/// Most sparse areas a reply may carry and a client accepts (the server offers one).
+pub const MAX_SPARSE_AREAS: usize = 64;
+
+/// Encodes a `VFIO_REGION_INFO_CAP_SPARSE_MMAP` capability (version 1, the last in its chain:
+/// `next` 0) for `areas`, to follow a `vfio_region_info` at `cap_offset` 32.
+pub fn encode_sparse_mmap_cap(areas: &[SparseArea]) -> Vec<u8> {
+    let mut w = Vec::with_capacity(SPARSE_MMAP_CAP_HEADER + areas.len() * SPARSE_MMAP_AREA_SIZE);
+    put16(&mut w, VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16);
+    put16(&mut w, 1);
+    put32(&mut w, 0);
+    put32(&mut w, areas.len() as u32);
+    put32(&mut w, 0);
+    for a in areas {
+        put64(&mut w, a.offset);
+        put64(&mut w, a.size);
+    }
+    w
+}
+
+/// Finds the sparse mmap capability in a region info reply (`b` starts at the
+/// `vfio_region_info`) by walking its capability chain from `cap_offset`, as QEMU's
+/// `vfio_get_region_info_cap` does. `Ok(None)`: no such capability; `Err`: a chain or
+/// capability that points outside the reply, loops, or announces more areas than it holds.
+pub fn parse_sparse_mmap_cap(b: &[u8]) -> Result<Option<Vec<SparseArea>>, String> {
+    let info = parse_region_info(b).ok_or("short region info")?;
+    if info.flags & VFIO_REGION_INFO_FLAG_CAPS == 0 {
+        return Ok(None);
+    }
+    let mut off = info.cap_offset as usize;
+    for _ in 0..16 {
+        if off == 0 {
+            return Ok(None);
+        }
+        if off < REGION_INFO_SIZE || off + 8 > b.len() {
+            return Err(format!(
+                "capability at {off} outside the {}-byte reply",
+                b.len()
+            ));
+        }
+        let mut r = Reader::new(&b[off..]);
+        let (id, _version, next) = (r.u16(), r.u16(), r.u32());
+        if u32::from(id) == VFIO_REGION_INFO_CAP_SPARSE_MMAP {
+            if off + SPARSE_MMAP_CAP_HEADER > b.len() {
+                return Err("sparse mmap capability cut short".into());
+            }
+            let n = r.u32() as usize;
+            if n > MAX_SPARSE_AREAS {
+                return Err(format!("{n} sparse mmap areas"));
+            }
+            let start = off + SPARSE_MMAP_CAP_HEADER;
+            let end = start + n * SPARSE_MMAP_AREA_SIZE;
+            if end > b.len() {
+                return Err(format!("{n} sparse mmap areas do not fit the reply"));
+            }
+            let areas = b[start..end]
+                .chunks_exact(SPARSE_MMAP_AREA_SIZE)
+                .map(|c| {
+                    let mut r = Reader::new(c);
+                    SparseArea {
+                        offset: r.u64(),
+                        size: r.u64(),
+                    }
+                })
+                .collect();
+            return Ok(Some(areas));
+        }
+        off = next as usize;
+    }
+    Err("capability chain too long (a loop?)".into())
 }
 
 /// Decodes a `vfio_irq_info` (16 bytes).
@@ -605,5 +688,54 @@ mod tests {
         };
         assert_eq!(parse_dma_map(&encode_dma_map(&m)), Some(m));
         assert!(parse_dma_map(&encode_dma_map(&m)[..31]).is_none());
+    }
+
+    #[test]
+    fn sparse_mmap_capability_round_trip_and_bad_chains() {
+        let areas = [
+            SparseArea {
+                offset: 0x3000,
+                size: 0x1000,
+            },
+            SparseArea {
+                offset: 0x8000,
+                size: 0x2000,
+            },
+        ];
+        let info = |flags: u32, cap_offset: u32| {
+            encode_region_info(&vfio_region_info {
+                argsz: 80,
+                flags,
+                index: 0,
+                cap_offset,
+                size: 0x10000,
+                offset: 0,
+            })
+        };
+        let mut b = info(VFIO_REGION_INFO_FLAG_CAPS, 32);
+        b.extend(encode_sparse_mmap_cap(&areas));
+        assert_eq!(b.len(), 32 + 16 + 32);
+        assert_eq!(parse_sparse_mmap_cap(&b), Ok(Some(areas.to_vec())));
+        // No CAPS flag: no capabilities, whatever follows.
+        assert_eq!(parse_sparse_mmap_cap(&info(0, 32)), Ok(None));
+        // A capability offset inside the fixed part, or past the end.
+        assert!(parse_sparse_mmap_cap(&info(VFIO_REGION_INFO_FLAG_CAPS, 8)).is_err());
+        assert!(parse_sparse_mmap_cap(&info(VFIO_REGION_INFO_FLAG_CAPS, 32)).is_err());
+        // More areas announced than carried.
+        let mut short = b.clone();
+        short.truncate(b.len() - 8);
+        assert!(parse_sparse_mmap_cap(&short).is_err());
+        // A chain that points at itself.
+        let mut looped = info(VFIO_REGION_INFO_FLAG_CAPS, 32);
+        looped.extend([9, 0, 1, 0, 32, 0, 0, 0]);
+        assert!(parse_sparse_mmap_cap(&looped).is_err());
+        // Another capability first, then the sparse one.
+        let mut chained = info(VFIO_REGION_INFO_FLAG_CAPS, 32);
+        chained.extend([9, 0, 1, 0, 40, 0, 0, 0]);
+        chained.extend(encode_sparse_mmap_cap(&areas[..1]));
+        assert_eq!(
+            parse_sparse_mmap_cap(&chained),
+            Ok(Some(areas[..1].to_vec()))
+        );
     }
 }
