@@ -12,7 +12,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -175,7 +174,6 @@ impl Drop for CtlServer {
 }
 
 fn accept_loop(listener: UnixListener, handler: CtlHandler, stop: Arc<Stop>) {
-    let live = Arc::new(AtomicUsize::new(0));
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     loop {
         match stop.wait_readable(listener.as_fd(), None) {
@@ -196,8 +194,9 @@ fn accept_loop(listener: UnixListener, handler: CtlHandler, stop: Arc<Stop>) {
                 continue;
             }
         };
+        // The connections still open are the threads still running.
         conns.retain(|t| !t.is_finished());
-        if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+        if conns.len() >= MAX_CONNECTIONS {
             let _ = send(
                 &stream,
                 &Response::error(format!(
@@ -206,22 +205,17 @@ fn accept_loop(listener: UnixListener, handler: CtlHandler, stop: Arc<Stop>) {
             );
             continue;
         }
-        live.fetch_add(1, Ordering::SeqCst);
-        let (h, s, l) = (handler.clone(), stop.clone(), live.clone());
+        let (h, s) = (handler.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
             .name("vdpa-ctl-conn".into())
             .spawn(move || {
                 if let Err(e) = serve_connection(stream, &h, &s) {
                     tracing::debug!(error = %e, "control connection ended");
                 }
-                l.fetch_sub(1, Ordering::SeqCst);
             });
         match spawned {
             Ok(t) => conns.push(t),
-            Err(e) => {
-                live.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!(error = %e, "cannot start a control connection thread");
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot start a control connection thread"),
         }
     }
     for t in conns {
