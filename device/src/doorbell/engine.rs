@@ -206,6 +206,7 @@ fn read_clock(clock: libc::clockid_t) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doorbell::tests::wait_until;
     use bar_registers::{DeviceLayout, LayoutParams};
     use dma::SharedMemory;
     use std::sync::atomic::AtomicU32;
@@ -229,14 +230,6 @@ mod tests {
         })
         .unwrap();
         Arc::new(NotifyArea::new(&l).unwrap())
-    }
-
-    fn wait_until(what: &str, f: impl Fn() -> bool) {
-        let t0 = Instant::now();
-        while !f() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "{what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 
     #[test]

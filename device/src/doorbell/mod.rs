@@ -73,7 +73,8 @@ mod tests {
     use crate::{DeviceConfig, RegionAccess};
     use std::time::{Duration, Instant};
 
-    fn wait_until(what: &str, f: impl Fn() -> bool) {
+    /// Waits (10 s at most) until `f` holds; the engine's tests use it too.
+    pub(super) fn wait_until(what: &str, f: impl Fn() -> bool) {
         let t0 = Instant::now();
         while !f() {
             assert!(t0.elapsed() < Duration::from_secs(10), "{what}");
