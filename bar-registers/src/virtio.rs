@@ -41,7 +41,29 @@ pub mod net_cfg {
     pub const MTU: u64 = 0x0A;
     pub const SPEED: u64 = 0x0C;
     pub const DUPLEX: u64 = 0x10;
-    pub const SIZE: u64 = 0x11;
+    pub const RSS_MAX_KEY_SIZE: u64 = 0x11;
+    pub const RSS_MAX_INDIRECTION_TABLE_LENGTH: u64 = 0x12;
+    pub const SUPPORTED_HASH_TYPES: u64 = 0x14;
+    pub const SIZE: u64 = 0x18;
+}
+
+/// What the device's receive-side scaling supports (virtio 1.2 5.1.4 rss_max_key_size,
+/// rss_max_indirection_table_length, supported_hash_types; 5.1.6.4.3).
+pub mod rss {
+    use virtio_bindings::virtio_net as n;
+    /// Longest Toeplitz key: 40 bytes, enough for an IPv6 4-tuple (36 bytes of input + 4),
+    /// the size Linux virtio_net (VIRTIO_NET_RSS_MAX_KEY_SIZE) and QEMU accept.
+    pub const MAX_KEY_SIZE: u8 = 40;
+    /// Indirection table entries at most (the 128 most NICs have; a power of two, 5.1.6.5.7.1).
+    pub const MAX_INDIRECTION_TABLE_LENGTH: u16 = 128;
+    /// Hash types computed: IPv4/IPv6 addresses, and the TCP/UDP 4-tuples. The _EX types
+    /// (IPv6 home address / routing header addresses) are not offered.
+    pub const SUPPORTED_HASH_TYPES: u32 = n::VIRTIO_NET_RSS_HASH_TYPE_IPv4
+        | n::VIRTIO_NET_RSS_HASH_TYPE_TCPv4
+        | n::VIRTIO_NET_RSS_HASH_TYPE_UDPv4
+        | n::VIRTIO_NET_RSS_HASH_TYPE_IPv6
+        | n::VIRTIO_NET_RSS_HASH_TYPE_TCPv6
+        | n::VIRTIO_NET_RSS_HASH_TYPE_UDPv6;
 }
 
 /// device_status bits (virtio 1.2 2.1): virtio-bindings' VIRTIO_CONFIG_S_*, as the u8 they live in.
@@ -106,6 +128,7 @@ pub mod bits {
     pub const VERSION_1: u32 = c::VIRTIO_F_VERSION_1;
     pub const ACCESS_PLATFORM: u32 = c::VIRTIO_F_ACCESS_PLATFORM;
     pub const RING_PACKED: u32 = c::VIRTIO_F_RING_PACKED;
+    pub const RSS: u32 = n::VIRTIO_NET_F_RSS;
 }
 
 /// Every feature the device offers (the list plus CTRL_RX and CTRL_MAC_ADDR, which the
@@ -125,6 +148,12 @@ pub const OFFERED_FEATURES: &[Feature] = &[
     ),
     feature!(bits::MQ, "VIRTIO_NET_F_MQ", "several RX/TX queue pairs, selected with VQ_PAIRS_SET", "virtio 1.2 5.1.6.5.5"),
     feature!(bits::CTRL_MAC_ADDR, "VIRTIO_NET_F_CTRL_MAC_ADDR", "MAC_ADDR_SET over the control queue", "virtio 1.2 5.1.6.5.2"),
+    feature!(
+        bits::RSS,
+        "VIRTIO_NET_F_RSS",
+        "receive-side scaling: Toeplitz hash over IPv4/IPv6 addresses and TCP/UDP ports, indirection table, set with RSS_CONFIG",
+        "virtio 1.2 5.1.6.4.3, 5.1.6.5.7"
+    ),
     feature!(bits::INDIRECT_DESC, "VIRTIO_F_INDIRECT_DESC", "indirect descriptor tables", "virtio 1.2 2.7.5.3"),
     feature!(bits::EVENT_IDX, "VIRTIO_F_EVENT_IDX", "used_event / avail_event notification suppression", "virtio 1.2 2.7.7, 2.7.10"),
     feature!(bits::VERSION_1, "VIRTIO_F_VERSION_1", "virtio 1.x (modern) device; required", "virtio 1.2 6.1; Linux ifcvf requires it"),
@@ -342,6 +371,35 @@ pub(crate) fn net_cfg_registers(mac: [u8; 6], max_pairs: u16, mtu: u16) -> Vec<R
             Access::Ro,
             0xFF,
             "duplex; unknown",
+            SRC,
+        )
+        .narrow(Narrow::Any),
+        Register::new(
+            "rss_max_key_size",
+            net_cfg::RSS_MAX_KEY_SIZE,
+            1,
+            Access::Ro,
+            rss::MAX_KEY_SIZE.into(),
+            "longest RSS key the device takes (VIRTIO_NET_F_RSS)",
+            SRC,
+        ),
+        Register::new(
+            "rss_max_indirection_table_length",
+            net_cfg::RSS_MAX_INDIRECTION_TABLE_LENGTH,
+            2,
+            Access::Ro,
+            rss::MAX_INDIRECTION_TABLE_LENGTH.into(),
+            "most RSS indirection table entries (VIRTIO_NET_F_RSS)",
+            SRC,
+        )
+        .narrow(Narrow::Any),
+        Register::new(
+            "supported_hash_types",
+            net_cfg::SUPPORTED_HASH_TYPES,
+            4,
+            Access::Ro,
+            rss::SUPPORTED_HASH_TYPES.into(),
+            "VIRTIO_NET_RSS_HASH_TYPE_* the device computes: IPv4, TCPv4, UDPv4, IPv6, TCPv6, UDPv6",
             SRC,
         )
         .narrow(Narrow::Any),

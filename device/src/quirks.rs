@@ -22,11 +22,13 @@ pub enum Quirk {
     NoGuestAnnounce,
     /// RX used elements report the buffer's capacity instead of the bytes written.
     SplitRingUsedLenWrong,
+    /// RSS steers by the hash modulo the queue pairs, ignoring the indirection table.
+    RssIgnoresIndirectionTable,
 }
 
 impl Quirk {
     /// Every quirk.
-    pub const ALL: [Quirk; 8] = [
+    pub const ALL: [Quirk; 9] = [
         Quirk::RingStateReadOnly,
         Quirk::StaleUsedIdx,
         Quirk::LogSkipsUsedRing,
@@ -35,6 +37,7 @@ impl Quirk {
         Quirk::EarlyQueueDisable,
         Quirk::NoGuestAnnounce,
         Quirk::SplitRingUsedLenWrong,
+        Quirk::RssIgnoresIndirectionTable,
     ];
 
     /// CLI name.
@@ -48,6 +51,7 @@ impl Quirk {
             Quirk::EarlyQueueDisable => "early-queue-disable",
             Quirk::NoGuestAnnounce => "no-guest-announce",
             Quirk::SplitRingUsedLenWrong => "split-ring-used-len-wrong",
+            Quirk::RssIgnoresIndirectionTable => "rss-ignores-indirection-table",
         }
     }
 
@@ -62,6 +66,7 @@ impl Quirk {
             Quirk::EarlyQueueDisable => "queue_enable reads 0 right after a stop, before the LM ring state is final",
             Quirk::NoGuestAnnounce => "the device does not offer VIRTIO_NET_F_GUEST_ANNOUNCE",
             Quirk::SplitRingUsedLenWrong => "RX used elements carry the buffer capacity instead of the number of bytes written",
+            Quirk::RssIgnoresIndirectionTable => "RSS steers a frame by its hash modulo the queue pairs instead of through the driver's indirection table",
         }
     }
 

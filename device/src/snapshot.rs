@@ -23,8 +23,11 @@
 //!
 //! Tags whose first letter is upper case are critical: a reader that does not know one
 //! refuses the stream. Lower-case first letters mark ancillary sections a reader may skip
-//! (none exist in version 1). Every critical section of version 1 must appear exactly once;
-//! `SEAL` must be last and end the stream exactly.
+//! (none exist in version 1). Every critical section of version 1 must appear exactly once,
+//! except the optional ones ([`OPTIONAL_SECTIONS`]: state that exists only while a feature is
+//! in use, such as `RSSC`), which appear at most once; `SEAL` must be last and end the stream
+//! exactly. An optional section is still critical: a reader that does not know it refuses the
+//! stream, because it could not carry that state on.
 //!
 //! Each section is declared, encoded, decoded, checked and restored by the part of the device
 //! that owns the state ([`SectionSpec`] constants: `IDNT` here, `PCIC` and `MSIX`
@@ -43,6 +46,7 @@
 //! | `NETS` | mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16) |
 //! | `LMRG` | logging_ctrl u64, log base u64, log end u64, mq_pairs u32 |
 //! | `INBX` | frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes |
+//! | `RSSC` | only while RSS is on: the live configuration as the RSS_CONFIG command that sets it (struct virtio_net_rss_config, virtio 1.2 5.1.6.5.7.1; max_tx_vq = curr_pairs) |
 //! | `SEAL` | FNV-1a 64 of every byte before this section, u64 |
 //!
 //! Restoring validates everything before touching the device (structure, seal, compatibility,
@@ -120,6 +124,10 @@ pub const SECTIONS: [SectionSpec; 8] = [
     NetEngine::INBOX_SECTION,
 ];
 
+/// Critical sections that are written only while the state they carry exists, after
+/// [`SECTIONS`], in this order.
+pub const OPTIONAL_SECTIONS: [SectionSpec; 1] = [NetEngine::RSS_SECTION];
+
 /// Section tags.
 pub mod tag {
     use super::{SEAL_SECTION, SECTIONS};
@@ -142,6 +150,8 @@ pub mod tag {
     pub const LM: [u8; 4] = at(6);
     /// Receive FIFO frames.
     pub const INBOX: [u8; 4] = at(7);
+    /// Receive-side scaling configuration (optional).
+    pub const RSS: [u8; 4] = super::OPTIONAL_SECTIONS[0].tag();
     /// Checksum, last.
     pub const SEAL: [u8; 4] = SEAL_SECTION.tag();
     /// Every critical section of version 1 but the seal, in the order they are written.
@@ -225,7 +235,11 @@ pub fn max_state_len(num_queues: u16, msix_vectors: u16, rx_backlog: usize) -> u
     let queues = 2 + 60 * usize::from(num_queues);
     let net = 32 + 2 * 6 * MAX_MAC_TABLE + 2 * FLOW_BUCKETS + 12;
     let inbox = 4 + rx_backlog.saturating_mul(4 + MAX_INBOX_FRAME);
-    fixed + queues + net + 28 + inbox
+    let rss = {
+        use bar_registers::virtio::rss::{MAX_INDIRECTION_TABLE_LENGTH, MAX_KEY_SIZE};
+        11 + 2 * usize::from(MAX_INDIRECTION_TABLE_LENGTH) + usize::from(MAX_KEY_SIZE)
+    };
+    fixed + queues + net + 28 + inbox + rss
 }
 
 // ---------------------------------------------------------------- encoding
@@ -356,6 +370,8 @@ struct Image {
     net: NetImage,
     lm: LmImage,
     inbox: Vec<Vec<u8>>,
+    /// The `RSSC` body, if the stream has one (parsed against the device in the check).
+    rss: Option<Vec<u8>>,
 }
 
 fn lm_code(l: LmLayout) -> u8 {
@@ -393,6 +409,7 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
         });
     }
     let mut bodies: [Option<&[u8]>; 8] = [None; 8];
+    let mut optional: [Option<&[u8]>; OPTIONAL_SECTIONS.len()] = [None; OPTIONAL_SECTIONS.len()];
     let mut pos = HEADER_LEN;
     let mut sealed = false;
     while pos < data.len() {
@@ -429,9 +446,15 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
                 return Err(SnapshotError::DuplicateSection { tag: tag_name(t) })
             }
             Some(i) => bodies[i] = Some(&data[body_at..end]),
-            // Ancillary (lower-case first letter): skipped.
-            None if t[0].is_ascii_lowercase() => {}
-            None => return Err(SnapshotError::UnknownSection { tag: tag_name(t) }),
+            None => match OPTIONAL_SECTIONS.iter().position(|s| s.tag() == t) {
+                Some(i) if optional[i].is_some() => {
+                    return Err(SnapshotError::DuplicateSection { tag: tag_name(t) })
+                }
+                Some(i) => optional[i] = Some(&data[body_at..end]),
+                // Ancillary (lower-case first letter): skipped.
+                None if t[0].is_ascii_lowercase() => {}
+                None => return Err(SnapshotError::UnknownSection { tag: tag_name(t) }),
+            },
         }
         pos = end;
     }
@@ -466,6 +489,7 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
         net,
         lm,
         inbox,
+        rss: optional[0].map(<[u8]>::to_vec),
     })
 }
 
@@ -570,6 +594,9 @@ impl DeviceState {
         w.section(tag::NET, |w| self.engine.save_net(w));
         w.section(tag::LM, |w| self.lm.save(w));
         w.section(tag::INBOX, |w| self.engine.save_inbox(w));
+        if let Some(rss) = self.engine.save_rss() {
+            w.section(tag::RSS, |w| w.bytes(&rss));
+        }
         let total = (w.out.len() + SECTION_HEAD + 8) as u64;
         w.out[16..24].copy_from_slice(&total.to_le_bytes());
         let seal = fnv1a64(&w.out);
@@ -662,7 +689,11 @@ impl DeviceState {
         self.common.check(v)?;
         self.engine
             .check_queues(&img.queues, v.features_ok(), self.layout.msix_vectors)?;
-        self.engine.check_net(&img.net)
+        self.engine.check_net(&img.net)?;
+        if let Some(body) = &img.rss {
+            self.engine.parse_rss(body, &img.net)?;
+        }
+        Ok(())
     }
 
     /// Rebuilds the (just reset) device from a checked image.
@@ -676,6 +707,11 @@ impl DeviceState {
 
         // virtio-net.
         self.engine.restore_net(&img.net);
+        let rss = match &img.rss {
+            Some(body) => Some(self.engine.parse_rss(body, &img.net)?),
+            None => None,
+        };
+        self.engine.restore_rss(rss);
 
         // LM block: registers as saved, logging (to guest memory) on if it was.
         self.lm.restore(&img.lm);
@@ -1124,6 +1160,99 @@ mod tests {
             assert_eq!(b.dev.inbox().len(), 3);
         }
 
+        /// A stream from the device before its config space grew from 0x11 to 0x18 bytes
+        /// (the RSS fields of virtio 1.2 5.1.4): the format is the same, the device is not,
+        /// and the destination says where they differ (the device-specific capability's
+        /// length, config space byte 0x90) and stays reset.
+        #[test]
+        fn a_stream_from_the_shorter_config_space_is_refused_at_the_capability_length() {
+            const FIXTURE: &str =
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state-v1-cfg17.bin");
+            let saved = std::fs::read(FIXTURE).unwrap();
+            let b = Rig::new(None);
+            assert_eq!(
+                b.dev.restore_state(&saved),
+                Err(SnapshotError::ConfigMismatch {
+                    offset: 0x90,
+                    saved: 0x11,
+                    here: 0x18
+                })
+            );
+            assert_eq!(b.dev.status(), 0);
+        }
+
+        /// The optional `RSSC` section: taken when it is an RSS_CONFIG this device accepts with
+        /// max_tx_vq = the saved curr_pairs, written back unchanged, refused otherwise (the
+        /// device left reset), and at most once.
+        #[test]
+        fn an_rss_section_is_checked_against_the_device() {
+            use crate::net::rss::RssConfig;
+            let a = Rig::new(None);
+            a.start();
+            a.dev.pause();
+            let plain = a.dev.save_state();
+            let with_rss = |rss: &[u8], times: usize| {
+                let mut s = plain[..plain.len() - (SECTION_HEAD + 8)].to_vec();
+                for _ in 0..times {
+                    s.extend_from_slice(&tag::RSS);
+                    s.extend_from_slice(&(rss.len() as u32).to_le_bytes());
+                    s.extend_from_slice(rss);
+                }
+                super::sealed(s)
+            };
+            let cfg = RssConfig {
+                hash_types: bar_registers::virtio::rss::SUPPORTED_HASH_TYPES,
+                table: vec![0, 1, 1, 0],
+                unclassified: 1,
+                key: [7; 40],
+                key_len: 40,
+            };
+            let b = Rig::new(Some(&a.shm));
+            b.dev.pause();
+            // curr_pairs is 1 (no VQ_PAIRS_SET): max_tx_vq must say 1.
+            let good = with_rss(&cfg.encode(1), 1);
+            b.dev.restore_state(&good).unwrap();
+            assert_eq!(b.dev.save_state(), good, "RSS state written back unchanged");
+            let refused = |s: Vec<u8>| {
+                let r = b.dev.restore_state(&s);
+                assert_eq!(b.dev.status(), 0, "left reset");
+                r.unwrap_err()
+            };
+            let bad_pair = RssConfig {
+                table: vec![0, 2],
+                ..cfg.clone()
+            };
+            let off = RssConfig {
+                hash_types: 0,
+                key_len: 0,
+                ..cfg.clone()
+            };
+            for (what, s) in [
+                ("a queue pair the device lacks", with_rss(&bad_pair.encode(1), 1)),
+                ("max_tx_vq other than curr_pairs", with_rss(&cfg.encode(2), 1)),
+                ("RSS off", with_rss(&off.encode(1), 1)),
+                ("truncated", with_rss(&cfg.encode(1)[..20], 1)),
+            ] {
+                assert!(
+                    matches!(
+                        refused(s),
+                        SnapshotError::Invalid {
+                            field: "RSS configuration",
+                            ..
+                        }
+                    ),
+                    "{what}"
+                );
+            }
+            assert_eq!(
+                refused(with_rss(&cfg.encode(1), 2)),
+                SnapshotError::DuplicateSection { tag: "RSSC".into() }
+            );
+            // Without the section RSS is off again.
+            b.dev.restore_state(&plain).unwrap();
+            assert_eq!(b.dev.save_state(), plain);
+        }
+
         #[test]
         fn incompatible_and_hostile_streams_are_refused_without_panic() {
             let a = Rig::new(None);
@@ -1182,6 +1311,7 @@ mod tests {
             .collect();
         let declared: Vec<String> = SECTIONS
             .iter()
+            .chain(&OPTIONAL_SECTIONS)
             .chain([&SEAL_SECTION])
             .map(|s| format!("{}` | {} |", s.name, s.body))
             .collect();

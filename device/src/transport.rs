@@ -209,6 +209,16 @@ pub enum FeatureError {
     NeedsCtrlVq { bit: u32 },
 }
 
+/// Feature bits the device accepts only with VIRTIO_NET_F_CTRL_VQ (virtio 1.2 5.1.3.1: each
+/// is configured over the control queue).
+pub const NEEDS_CTRL_VQ: [u32; 5] = [
+    bits::CTRL_RX,
+    bits::GUEST_ANNOUNCE,
+    bits::MQ,
+    bits::CTRL_MAC_ADDR,
+    bits::RSS,
+];
+
 /// Checks a driver's feature set against what the device offers and the dependency rules.
 pub fn validate_features(driver: u64, offered: u64) -> Result<(), FeatureError> {
     let extra = driver & !offered;
@@ -219,12 +229,7 @@ pub fn validate_features(driver: u64, offered: u64) -> Result<(), FeatureError> 
         return Err(FeatureError::NoVersion1);
     }
     if driver & (1 << bits::CTRL_VQ) == 0 {
-        for bit in [
-            bits::CTRL_RX,
-            bits::GUEST_ANNOUNCE,
-            bits::MQ,
-            bits::CTRL_MAC_ADDR,
-        ] {
+        for bit in NEEDS_CTRL_VQ {
             if driver & (1 << bit) != 0 {
                 return Err(FeatureError::NeedsCtrlVq { bit });
             }

@@ -11,7 +11,7 @@ use dma::DmaKind;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC,
     VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
-    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
+    VIRTIO_NET_CTRL_MQ_RSS_CONFIG, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
     VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
 };
 
@@ -148,9 +148,28 @@ impl NetEngine {
                 let n = u16::from_le_bytes([data[0], data[1]]);
                 if (1..=self.params.queue_pairs).contains(&n) {
                     self.net.curr_pairs = n;
+                    // Steering by flows again (QEMU hw/net/virtio-net.c virtio_net_handle_mq
+                    // turns RSS off on every MQ command).
+                    self.net.rss = None;
                     true
                 } else {
                     false
+                }
+            }
+            // 5.1.6.5.7.1: RSS_CONFIG sets the key, hash types and indirection table, and the
+            // transmit queues in use (max_tx_vq); a refused one leaves the state as it was.
+            (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG) if dp.has(bits::RSS) => {
+                match super::rss::parse_rss_config(data, self.params.queue_pairs) {
+                    Ok(cmd) => {
+                        tracing::debug!(pairs = cmd.pairs, on = cmd.config.is_some(), "RSS_CONFIG");
+                        self.net.curr_pairs = cmd.pairs;
+                        self.net.rss = cmd.config;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "RSS_CONFIG refused");
+                        false
+                    }
                 }
             }
             _ => false,

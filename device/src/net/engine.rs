@@ -39,6 +39,8 @@ pub struct NetState {
     pub(crate) mc_table: Vec<[u8; 6]>,
     /// Automatic receive steering (5.1.6.5.6.1): flow hash bucket -> last TX queue pair.
     pub(crate) flows: Vec<u16>,
+    /// Receive-side scaling, while the driver has it on (5.1.6.5.7): replaces the flows.
+    pub(crate) rss: Option<super::rss::RssConfig>,
 }
 
 impl NetState {
@@ -54,6 +56,7 @@ impl NetState {
             uc_table: Vec::new(),
             mc_table: Vec::new(),
             flows: vec![u16::MAX; FLOW_BUCKETS],
+            rss: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! RX filtering (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table) and automatic receive steering
+//! RX filtering (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table) and receive steering: by RSS when the
+//! driver configured it (5.1.6.5.7, [`super::rss`]), else automatic receive steering
 //! (5.1.6.5.6.1: packets of a flow go to the RX queue of the pair that last transmitted it).
 
 use super::engine::{NetState, FLOW_BUCKETS};
@@ -31,13 +32,17 @@ pub fn flow_hash(frame: &[u8]) -> usize {
 impl NetState {
     /// Records that the pair `pair` transmitted this frame's flow.
     pub fn note_tx_flow(&mut self, frame: &[u8], pair: u16) {
-        if self.curr_pairs > 1 {
+        if self.curr_pairs > 1 && self.rss.is_none() {
             self.flows[flow_hash(frame)] = pair;
         }
     }
 
-    /// The RX queue pair a frame is steered to.
-    pub fn steer(&self, frame: &[u8]) -> u16 {
+    /// The RX queue pair a frame is steered to (`rss_quirk`: the rss-ignores-indirection-table
+    /// bug).
+    pub fn steer(&self, frame: &[u8], rss_quirk: bool) -> u16 {
+        if let Some(rss) = &self.rss {
+            return rss.steer(frame, rss_quirk);
+        }
         if self.curr_pairs <= 1 {
             return 0;
         }

@@ -1,9 +1,10 @@
 //! The virtio-net datapath (virtio 1.2 5.1.6): TX, RX with mergeable buffers, the control
-//! queue, RX filtering and steering.
+//! queue, RX filtering, steering and receive-side scaling.
 
 pub mod ctrl;
 pub mod engine;
 pub mod filter;
+pub mod rss;
 pub mod rx;
 pub mod sections;
 pub mod tx;

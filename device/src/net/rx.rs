@@ -45,7 +45,8 @@ impl NetEngine {
                 self.inbox.recycle(frame);
                 continue;
             }
-            let q = 2 * self.net.steer(&frame);
+            let rss_quirk = self.params.quirks.has(Quirk::RssIgnoresIndirectionTable);
+            let q = 2 * self.net.steer(&frame, rss_quirk);
             let mut res = self.deliver(q, &frame, mrg, dp.counters);
             if let Ok(false) = res {
                 // Out of buffers: ask for a doorbell when the driver adds some (avail_event with

@@ -4,6 +4,7 @@
 //! restored here, next to the state it describes.
 
 use super::engine::{NetEngine, FLOW_BUCKETS};
+use super::rss::{parse_rss_config, RssConfig};
 use super::{MAX_CTRL_CHAIN, MAX_TX_CHAIN, NET_HDR_LEN};
 use crate::snapshot::{invalid, Reader, SectionSpec, SnapshotError, Writer};
 use crate::state::QueueState;
@@ -71,6 +72,12 @@ impl NetEngine {
     pub const NET_SECTION: SectionSpec = SectionSpec {
         name: "NETS",
         body: "mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16)",
+    };
+    /// The `RSSC` section of the device-state stream: present only while RSS is on. Critical
+    /// (a device that cannot steer by RSS must not take the state) but optional.
+    pub const RSS_SECTION: SectionSpec = SectionSpec {
+        name: "RSSC",
+        body: "only while RSS is on: the live configuration as the RSS_CONFIG command that sets it (struct virtio_net_rss_config, virtio 1.2 5.1.6.5.7.1; max_tx_vq = curr_pairs)",
     };
     /// The `INBX` section of the device-state stream.
     pub const INBOX_SECTION: SectionSpec = SectionSpec {
@@ -293,6 +300,38 @@ impl NetEngine {
         net.uc_table = n.uc_table.clone();
         net.mc_table = n.mc_table.clone();
         net.flows = n.flows.clone();
+    }
+
+    // ------------------------------------------------------------ RSSC
+
+    /// Writes the `RSSC` body, if RSS is on (`None`: no section).
+    pub(crate) fn save_rss(&self) -> Option<Vec<u8>> {
+        let n = &self.net;
+        n.rss.as_ref().map(|rss| rss.encode(n.curr_pairs))
+    }
+
+    /// Reads an `RSSC` body: an RSS_CONFIG this device would accept that turns RSS on, whose
+    /// max_tx_vq is the saved curr_pairs.
+    pub(crate) fn parse_rss(
+        &self,
+        body: &[u8],
+        net: &NetImage,
+    ) -> Result<RssConfig, SnapshotError> {
+        let cmd = parse_rss_config(body, self.params.queue_pairs)
+            .map_err(|e| invalid("RSS configuration", e.to_string()))?;
+        if cmd.pairs != net.curr_pairs {
+            return Err(invalid(
+                "RSS configuration",
+                format!("max_tx_vq {} with curr_pairs {}", cmd.pairs, net.curr_pairs),
+            ));
+        }
+        cmd.config
+            .ok_or_else(|| invalid("RSS configuration", "saved with RSS off"))
+    }
+
+    /// Takes a checked RSS configuration (`None`: RSS off).
+    pub(crate) fn restore_rss(&mut self, rss: Option<RssConfig>) {
+        self.net.rss = rss;
     }
 
     // ------------------------------------------------------------ INBX

@@ -21,8 +21,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 
-type Findings = Vec<Finding>;
-const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+pub(super) type Findings = Vec<Finding>;
+pub(super) const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 
 /// A check group's body: appends findings; a driver error ends the group as a failed MUST.
 type GroupFn = fn(&Session, &ValidateOptions, &mut Findings) -> Result<(), DriverError>;
@@ -36,6 +36,7 @@ pub(super) const CHECKS: &[(&str, GroupFn)] = &[
     ("vring-index-rw", vring_index_rw),
     ("dirty-log", dirty_log),
     ("guest-announce", |s, _, f| guest_announce(s, f)),
+    ("rss", super::rss::rss),
     ("reset", reset),
 ];
 
@@ -212,12 +213,12 @@ pub(super) fn run_group(
 /// IOMMU that is one IOTLB entry per 4 KiB page, so it is kept small.
 const DRIVER_MEMORY: u64 = 16 << 20;
 
-fn driver(s: &Session, mut opts: DriverOptions) -> Result<NetDriver, DriverError> {
+pub(super) fn driver(s: &Session, mut opts: DriverOptions) -> Result<NetDriver, DriverError> {
     opts.memory = opts.memory.min(DRIVER_MEMORY);
     NetDriver::new(s.handle.clone(), s.irq.clone(), opts)
 }
 
-fn started(s: &Session, opts: DriverOptions) -> Result<NetDriver, DriverError> {
+pub(super) fn started(s: &Session, opts: DriverOptions) -> Result<NetDriver, DriverError> {
     let mut d = driver(s, opts)?;
     d.start()?;
     Ok(d)
@@ -934,11 +935,10 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         ),
         (
             "refuses FEATURES_OK for MQ without CTRL_VQ",
-            (offered
-                & !(1 << bits::CTRL_VQ)
-                & !(1 << bits::CTRL_RX)
-                & !(1 << bits::CTRL_MAC_ADDR)
-                & !(1 << bits::GUEST_ANNOUNCE))
+            // Everything else that needs the control queue left out, so MQ is the reason.
+            device::transport::NEEDS_CTRL_VQ
+                .iter()
+                .fold(offered & !(1 << bits::CTRL_VQ), |m, &b| m & !(1u64 << b))
                 | v1
                 | (1 << bits::MQ),
         ),

@@ -9,6 +9,7 @@
 
 mod checks;
 mod locate;
+mod rss;
 pub mod report;
 #[cfg(target_os = "linux")]
 pub mod vfio;
@@ -40,6 +41,10 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("dirty-log", "dirty-page logging: base, end, enable"),
     ("guest-announce", "GUEST_ANNOUNCE instead of RARP"),
     (
+        "rss",
+        "receive-side scaling: Toeplitz hash and indirection table (when offered)",
+    ),
+    (
         "reset",
         "reset returns every register to its reset value; no DMA after reset",
     ),
@@ -57,6 +62,7 @@ pub fn owning_group(q: device::Quirk) -> &'static str {
         Quirk::IgnoresEventIdx => "feature-awareness",
         Quirk::NoGuestAnnounce => "guest-announce",
         Quirk::SplitRingUsedLenWrong => "ring-layout-split",
+        Quirk::RssIgnoresIndirectionTable => "rss",
     }
 }
 

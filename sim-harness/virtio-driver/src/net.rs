@@ -819,6 +819,22 @@ impl NetDriver {
         Err(DriverError::CtrlTimeout { class, cmd })
     }
 
+    /// Configures receive-side scaling (VIRTIO_NET_CTRL_MQ_RSS_CONFIG, virtio 1.2 5.1.6.5.7.1)
+    /// with `max_tx_vq` transmit queue pairs in use, as Linux virtio_net's
+    /// virtnet_commit_rss_command does; returns the ack byte (0: VIRTIO_NET_OK).
+    pub fn set_rss(
+        &mut self,
+        cfg: &device::net::rss::RssConfig,
+        max_tx_vq: u16,
+    ) -> Result<u8, DriverError> {
+        use virtio_bindings::virtio_net::{VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG};
+        self.ctrl_raw(
+            VIRTIO_NET_CTRL_MQ as u8,
+            VIRTIO_NET_CTRL_MQ_RSS_CONFIG as u8,
+            &cfg.encode(max_tx_vq),
+        )
+    }
+
     /// Programs and enables dirty-page logging into [log, log + size) (DPDK ifcvf_enable_logging:
     /// base lo/hi, end lo/hi, then LOGGING_CTRL = IFCVF_LM_ENABLE_VF).
     pub fn enable_logging(&self, log: u64, size: u64) -> Result<(), DriverError> {
