@@ -38,6 +38,10 @@ pub struct DeviceCounters {
     pub rx_dropped_too_small: u64,
     /// Frames discarded from the inbox by a device reset.
     pub rx_dropped_reset: u64,
+    /// Frames steered by their RSS hash through the indirection table (5.1.6.5.7).
+    pub rx_rss_hashed: u64,
+    /// Frames RSS sent to unclassified_queue (no enabled hash type covers them).
+    pub rx_rss_unclassified: u64,
     pub ctrl_commands: u64,
     /// Control commands answered VIRTIO_NET_ERR.
     pub ctrl_errors: u64,
@@ -95,6 +99,8 @@ impl DeviceCounters {
             ("rx_filtered", self.rx_filtered),
             ("rx_dropped_too_small", self.rx_dropped_too_small),
             ("rx_dropped_reset", self.rx_dropped_reset),
+            ("rx_rss_hashed", self.rx_rss_hashed),
+            ("rx_rss_unclassified", self.rx_rss_unclassified),
             ("ctrl_commands", self.ctrl_commands),
             ("ctrl_errors", self.ctrl_errors),
             ("spurious_doorbells", self.spurious_doorbells),

@@ -343,6 +343,11 @@ impl Device {
         self.state.lock().engine.net().curr_pairs
     }
 
+    /// The receive-side scaling configuration the driver set, while RSS is on.
+    pub fn rss_config(&self) -> Option<crate::net::rss::RssConfig> {
+        self.state.lock().engine.net().rss.clone()
+    }
+
     /// Queue `q`'s state.
     pub fn queue(&self, q: u16) -> Option<QueueSnapshot> {
         let s = self.state.lock();

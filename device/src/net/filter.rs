@@ -3,6 +3,7 @@
 //! (5.1.6.5.6.1: packets of a flow go to the RX queue of the pair that last transmitted it).
 
 use super::engine::{NetState, FLOW_BUCKETS};
+use super::rss::Steering;
 
 /// A symmetric flow hash over MACs, ethertype and (for IPv4) addresses and ports, so both
 /// directions of a flow land in the same bucket.
@@ -39,18 +40,18 @@ impl NetState {
 
     /// The RX queue pair a frame is steered to (`rss_quirk`: the rss-ignores-indirection-table
     /// bug).
-    pub fn steer(&self, frame: &[u8], rss_quirk: bool) -> u16 {
+    pub fn steer(&self, frame: &[u8], rss_quirk: bool) -> Steering {
         if let Some(rss) = &self.rss {
             return rss.steer(frame, rss_quirk);
         }
         if self.curr_pairs <= 1 {
-            return 0;
+            return Steering::Flow(0);
         }
         let h = flow_hash(frame);
-        match self.flows[h] {
+        Steering::Flow(match self.flows[h] {
             p if p < self.curr_pairs => p,
             _ => (h % usize::from(self.curr_pairs)) as u16,
-        }
+        })
     }
 
     /// Whether the RX filter accepts the frame.

@@ -157,14 +157,57 @@ pub fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
     hash
 }
 
-/// The hash input a frame gives under some hash types, and which type it is.
+/// The hash input a frame gives under some hash types, and which type it is (held inline:
+/// the receive path hashes every frame and allocates nothing for it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HashInput {
-    /// Source address, destination address, then (for the TCP/UDP types) source port and
-    /// destination port, in network byte order (5.1.6.4.3.1 / 5.1.6.4.3.2).
-    pub bytes: Vec<u8>,
+    input: [u8; 36],
+    len: u8,
     /// The VIRTIO_NET_RSS_HASH_TYPE_* bit used.
     pub hash_type: u32,
+}
+
+impl HashInput {
+    fn new(addrs: &[u8], ports: Option<&[u8]>, hash_type: u32) -> HashInput {
+        let mut input = [0u8; 36];
+        input[..addrs.len()].copy_from_slice(addrs);
+        let mut len = addrs.len();
+        if let Some(p) = ports {
+            input[len..len + 4].copy_from_slice(p);
+            len += 4;
+        }
+        HashInput {
+            input,
+            len: len as u8,
+            hash_type,
+        }
+    }
+
+    /// Source address, destination address, then (for the TCP/UDP types) source port and
+    /// destination port, in network byte order (5.1.6.4.3.1 / 5.1.6.4.3.2).
+    pub fn bytes(&self) -> &[u8] {
+        &self.input[..usize::from(self.len)]
+    }
+}
+
+/// Where a frame is steered, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steering {
+    /// By automatic receive steering (RSS off).
+    Flow(u16),
+    /// By its RSS hash through the indirection table.
+    Hashed(u16),
+    /// To unclassified_queue: no enabled hash type covers it.
+    Unclassified(u16),
+}
+
+impl Steering {
+    /// The receive queue pair.
+    pub fn pair(self) -> u16 {
+        match self {
+            Steering::Flow(p) | Steering::Hashed(p) | Steering::Unclassified(p) => p,
+        }
+    }
 }
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -217,21 +260,14 @@ pub fn hash_input(frame: &[u8], types: u32) -> Option<HashInput> {
         _ => return None,
     };
     let ports = frame.get(l4..l4 + 4);
-    let with_ports = |hash_type| {
-        let mut bytes = addrs.to_vec();
-        bytes.extend_from_slice(ports?);
-        Some(HashInput { bytes, hash_type })
-    };
+    let with_ports = |hash_type| Some(HashInput::new(addrs, Some(ports?), hash_type));
     let l4_input = match proto {
         Some(IPPROTO_TCP) if types & t_tcp != 0 => with_ports(t_tcp),
         Some(IPPROTO_UDP) if types & t_udp != 0 => with_ports(t_udp),
         _ => None,
     };
     l4_input.or_else(|| {
-        (types & t_ip != 0).then(|| HashInput {
-            bytes: addrs.to_vec(),
-            hash_type: t_ip,
-        })
+        (types & t_ip != 0).then(|| HashInput::new(addrs, None, t_ip))
     })
 }
 
@@ -274,19 +310,19 @@ impl RssConfig {
     }
 
     /// The queue pair `frame` goes to.
-    pub fn steer(&self, frame: &[u8], ignore_table: bool) -> u16 {
+    pub fn steer(&self, frame: &[u8], ignore_table: bool) -> Steering {
         match hash_input(frame, self.hash_types) {
             Some(input) => {
-                let hash = toeplitz(&self.key, &input.bytes);
-                if ignore_table {
+                let hash = toeplitz(&self.key, input.bytes());
+                Steering::Hashed(if ignore_table {
                     // Bug (quirk rss-ignores-indirection-table): hash modulo the pairs in the table.
                     let pairs = self.table.iter().max().map_or(1, |&m| m + 1);
                     (hash % u32::from(pairs)) as u16
                 } else {
                     self.table[hash as usize & (self.table.len() - 1)]
-                }
+                })
             }
-            None => self.unclassified,
+            None => Steering::Unclassified(self.unclassified),
         }
     }
 }
@@ -425,10 +461,10 @@ mod tests {
         let tcp = eth(ETH_P_IPV4, false, &ipv4(6, 0, s, d, [1000, 80]));
         let got = hash_input(&tcp, ALL).unwrap();
         assert_eq!(got.hash_type, T_TCPV4);
-        assert_eq!(got.bytes, [10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0, 80]);
+        assert_eq!(got.bytes(), [10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0, 80]);
         // TCP not enabled: the address hash.
         let got = hash_input(&tcp, T_IPV4 | T_UDPV4).unwrap();
-        assert_eq!((got.hash_type, got.bytes.len()), (T_IPV4, 8));
+        assert_eq!((got.hash_type, got.bytes().len()), (T_IPV4, 8));
         let udp = eth(ETH_P_IPV4, true, &ipv4(17, 0, s, d, [53, 53]));
         assert_eq!(hash_input(&udp, ALL).unwrap().hash_type, T_UDPV4);
         // A fragment (MF set, or an offset) has no ports.
@@ -448,13 +484,13 @@ mod tests {
     fn ipv6_classification_skips_extension_headers() {
         let tcp = eth(ETH_P_IPV6, false, &ipv6(6, &[], [1000, 80]));
         let got = hash_input(&tcp, ALL).unwrap();
-        assert_eq!((got.hash_type, got.bytes.len()), (T_TCPV6, 36));
-        assert_eq!(&got.bytes[32..], &[0x03, 0xe8, 0, 80]);
+        assert_eq!((got.hash_type, got.bytes().len()), (T_TCPV6, 36));
+        assert_eq!(&got.bytes()[32..], &[0x03, 0xe8, 0, 80]);
         // Hop-by-hop (8 bytes) then UDP.
         let hbh = [17u8, 0, 0, 0, 0, 0, 0, 0];
         let udp = eth(ETH_P_IPV6, true, &ipv6(0, &hbh, [7, 9]));
         let got = hash_input(&udp, ALL).unwrap();
-        assert_eq!((got.hash_type, &got.bytes[32..]), (T_UDPV6, &[0, 7, 0, 9][..]));
+        assert_eq!((got.hash_type, &got.bytes()[32..]), (T_UDPV6, &[0, 7, 0, 9][..]));
         // A fragment header: addresses only.
         let frag = [6u8, 0, 0, 1, 0, 0, 0, 0];
         let f = eth(ETH_P_IPV6, false, &ipv6(44, &frag, [1, 2]));
@@ -533,10 +569,10 @@ mod tests {
         for port in 0..200u16 {
             let f = eth(ETH_P_IPV4, false, &ipv4(6, 0, [66, 9, 149, 187], [161, 142, 100, 80], [port, 80]));
             let input = hash_input(&f, ALL).unwrap();
-            let want = table[toeplitz(&MS_KEY, &input.bytes) as usize % 128];
-            assert_eq!(cfg.steer(&f, false), want);
+            let want = table[toeplitz(&MS_KEY, input.bytes()) as usize % 128];
+            assert_eq!(cfg.steer(&f, false), Steering::Hashed(want));
         }
-        assert_eq!(cfg.steer(&eth(0x0806, false, &[0; 28]), false), 3);
+        assert_eq!(cfg.steer(&eth(0x0806, false, &[0; 28]), false), Steering::Unclassified(3));
         // The quirk differs from the table for some flow.
         let differs = (0..200u16).any(|port| {
             let f = eth(ETH_P_IPV4, false, &ipv4(17, 0, [1, 2, 3, 4], [5, 6, 7, 8], [port, 9]));

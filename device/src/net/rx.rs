@@ -10,6 +10,7 @@ use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
 use crate::queue::chain::{ChainKind, Desc};
 use crate::queue::Ring;
+use super::rss::Steering;
 use crate::quirks::Quirk;
 use crate::state::QueueState;
 use bar_registers::layout::MAX_QUEUE_PAIRS;
@@ -46,7 +47,17 @@ impl NetEngine {
                 continue;
             }
             let rss_quirk = self.params.quirks.has(Quirk::RssIgnoresIndirectionTable);
-            let q = 2 * self.net.steer(&frame, rss_quirk);
+            let q = match self.net.steer(&frame, rss_quirk) {
+                Steering::Flow(p) => 2 * p,
+                Steering::Hashed(p) => {
+                    dp.counters.rx_rss_hashed += 1;
+                    2 * p
+                }
+                Steering::Unclassified(p) => {
+                    dp.counters.rx_rss_unclassified += 1;
+                    2 * p
+                }
+            };
             let mut res = self.deliver(q, &frame, mrg, dp.counters);
             if let Ok(false) = res {
                 // Out of buffers: ask for a doorbell when the driver adds some (avail_event with

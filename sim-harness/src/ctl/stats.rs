@@ -37,6 +37,9 @@ pub struct StatsReport {
     pub negotiated_feature_names: Vec<String>,
     pub link_up: bool,
     pub active_queue_pairs: u16,
+    /// Receive-side scaling as the driver set it (`None`: off; steering by flows).
+    #[serde(default)]
+    pub rss: Option<RssStats>,
     pub quirks: Vec<String>,
     pub dma_mappings: usize,
     /// Every device-wide counter by its stable name (fault kinds included).
@@ -45,6 +48,49 @@ pub struct StatsReport {
     pub iommu: BTreeMap<String, u64>,
     pub dirty_log: BTreeMap<String, u64>,
     pub capture: Option<CaptureSummary>,
+}
+
+/// The live RSS configuration (virtio 1.2 5.1.6.5.7.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RssStats {
+    /// VIRTIO_NET_RSS_HASH_TYPE_* enabled, by name.
+    pub hash_types: Vec<String>,
+    pub key_len: u8,
+    pub indirection_table_len: usize,
+    /// Indirection table entries per queue pair.
+    pub entries_per_pair: Vec<usize>,
+    pub unclassified_pair: u16,
+}
+
+impl RssStats {
+    fn of(cfg: &device::net::rss::RssConfig, pairs: u16) -> RssStats {
+        use virtio_bindings::virtio_net as n;
+        const NAMES: [(u32, &str); 6] = [
+            (n::VIRTIO_NET_RSS_HASH_TYPE_IPv4, "IPv4"),
+            (n::VIRTIO_NET_RSS_HASH_TYPE_TCPv4, "TCPv4"),
+            (n::VIRTIO_NET_RSS_HASH_TYPE_UDPv4, "UDPv4"),
+            (n::VIRTIO_NET_RSS_HASH_TYPE_IPv6, "IPv6"),
+            (n::VIRTIO_NET_RSS_HASH_TYPE_TCPv6, "TCPv6"),
+            (n::VIRTIO_NET_RSS_HASH_TYPE_UDPv6, "UDPv6"),
+        ];
+        let mut per_pair = vec![0; usize::from(pairs)];
+        for &q in &cfg.table {
+            if let Some(c) = per_pair.get_mut(usize::from(q)) {
+                *c += 1;
+            }
+        }
+        RssStats {
+            hash_types: NAMES
+                .iter()
+                .filter(|(b, _)| cfg.hash_types & b != 0)
+                .map(|(_, s)| s.to_string())
+                .collect(),
+            key_len: cfg.key_len,
+            indirection_table_len: cfg.table.len(),
+            entries_per_pair: per_pair,
+            unclassified_pair: cfg.unclassified,
+        }
+    }
 }
 
 const STATUS_BITS: [(u8, &str); 6] = [
@@ -112,6 +158,9 @@ impl StatsReport {
                 .collect(),
             link_up: dev.link_up(),
             active_queue_pairs: dev.active_queue_pairs(),
+            rss: dev
+                .rss_config()
+                .map(|c| RssStats::of(&c, dev.layout().params.queue_pairs)),
             quirks: dev.quirks().iter().map(|q| q.name().to_string()).collect(),
             dma_mappings: dev.mapping_count(),
             counters: c
@@ -162,6 +211,17 @@ impl StatsReport {
         );
         if let Some(f) = &self.fault {
             let _ = writeln!(o, "NEEDS RESET: {f}");
+        }
+        if let Some(r) = &self.rss {
+            let _ = writeln!(
+                o,
+                "RSS on: {} hash, {}-byte key, {}-entry table (entries per pair {:?}), unclassified -> pair {}",
+                r.hash_types.join("|"),
+                r.key_len,
+                r.indirection_table_len,
+                r.entries_per_pair,
+                r.unclassified_pair
+            );
         }
         if !self.quirks.is_empty() {
             let _ = writeln!(o, "quirks on: {}", self.quirks.join(", "));

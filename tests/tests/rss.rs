@@ -1,0 +1,209 @@
+//! Receive-side scaling through the whole device (virtio 1.2 5.1.6.5.7): the driver model
+//! programs RSS over the control queue, frames loop back and land on the pair the Toeplitz
+//! hash and indirection table select; the configuration crosses a device-state migration;
+//! VQ_PAIRS_SET and a reset turn it off; without the feature the command is refused.
+
+use bar_registers::virtio::bits;
+use bar_registers::virtio::rss::SUPPORTED_HASH_TYPES;
+use device::net::rss::{RssConfig, Steering};
+use device::{Device, DeviceConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sim_harness::driver::{DriverOptions, NetDriver};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PAIRS: u16 = 4;
+
+fn loopback(opts: DriverOptions) -> (Arc<Device>, NetDriver) {
+    let dev = Device::new(DeviceConfig::with_queue_pairs(PAIRS)).unwrap();
+    dev.set_loopback();
+    let mut drv = sim_harness::driver::in_process(
+        &dev,
+        DriverOptions {
+            queue_pairs: PAIRS,
+            ..opts
+        },
+    )
+    .unwrap();
+    drv.start().unwrap();
+    (dev, drv)
+}
+
+fn config(seed: u64) -> RssConfig {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut key = [0u8; 40];
+    rng.fill(&mut key[..]);
+    RssConfig {
+        hash_types: SUPPORTED_HASH_TYPES,
+        table: (0..128).map(|_| rng.gen_range(0..PAIRS)).collect(),
+        unclassified: 2,
+        key,
+        key_len: 40,
+    }
+}
+
+/// IPv4/UDP frames of `n` flows (random addresses and ports), and ARP frames, unique by seq.
+fn frames(n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let mut f = vec![0x02, 0, 0, 0, 0, 0x42, 0x02, 0, 0, 0, 0, 0x43];
+            if i % 8 == 7 {
+                f.extend([0x08, 0x06]);
+                f.extend([0u8; 28]);
+            } else {
+                f.extend([0x08, 0x00, 0x45, 0, 0, 50, 0, 0, 0, 0, 64, 17, 0, 0]);
+                f.extend(rng.gen::<[u8; 8]>());
+                f.extend(rng.gen::<[u8; 4]>());
+            }
+            f.extend((i as u32).to_be_bytes());
+            f.resize(80, 0);
+            f
+        })
+        .collect()
+}
+
+/// Sends `fs` on pair 0 and returns, per frame, the pair it arrived on.
+fn arrivals(drv: &mut NetDriver, fs: &[Vec<u8>]) -> HashMap<Vec<u8>, u16> {
+    fn take(drv: &mut NetDriver, got: &mut HashMap<Vec<u8>, u16>) {
+        for p in 0..PAIRS {
+            for f in drv.recv(p).unwrap() {
+                assert!(got.insert(f, p).is_none(), "a frame arrived twice");
+            }
+        }
+    }
+    let mut got = HashMap::new();
+    for chunk in fs.chunks(16) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        assert_eq!(drv.send(0, &refs).unwrap(), refs.len());
+        take(drv, &mut got);
+    }
+    let t0 = Instant::now();
+    while got.len() < fs.len() && t0.elapsed() < Duration::from_secs(5) {
+        take(drv, &mut got);
+    }
+    assert_eq!(got.len(), fs.len(), "every frame came back");
+    got
+}
+
+/// Every frame arrived where `cfg` sends it; returns how many pairs got frames.
+fn assert_steered(drv: &mut NetDriver, cfg: &RssConfig, seed: u64) -> usize {
+    let fs = frames(200, seed);
+    let got = arrivals(drv, &fs);
+    for f in &fs {
+        assert_eq!(got[f], cfg.steer(f, false).pair(), "frame {:02x?}", &f[..40]);
+    }
+    let mut used: Vec<u16> = got.values().copied().collect();
+    used.sort_unstable();
+    used.dedup();
+    used.len()
+}
+
+#[test]
+fn rss_steers_by_the_table_and_counts_what_it_hashed() {
+    let (dev, mut drv) = loopback(DriverOptions::default());
+    let cfg = config(1);
+    assert_eq!(drv.set_rss(&cfg, PAIRS).unwrap(), 0, "RSS_CONFIG accepted");
+    assert_eq!(dev.rss_config(), Some(cfg.clone()));
+    assert_eq!(assert_steered(&mut drv, &cfg, 10), usize::from(PAIRS));
+    let c = dev.counters();
+    // 200 frames, one in eight ARP.
+    assert_eq!((c.rx_rss_hashed, c.rx_rss_unclassified), (175, 25));
+}
+
+#[test]
+fn rss_configuration_crosses_a_device_state_migration() {
+    let (a, mut drv) = loopback(DriverOptions::default());
+    let cfg = config(2);
+    assert_eq!(drv.set_rss(&cfg, 3).unwrap(), 0);
+    assert_eq!(a.active_queue_pairs(), 3, "max_tx_vq sets the pairs in use");
+    assert_steered(&mut drv, &cfg, 20);
+    a.pause();
+    let state = a.save_state();
+    assert!(state.windows(4).any(|w| w == b"RSSC"), "RSS state saved");
+
+    let b = Device::new(DeviceConfig::with_queue_pairs(PAIRS)).unwrap();
+    b.set_loopback();
+    let irq = Arc::new(device::InterruptRecorder::new(b.layout().msix_vectors));
+    b.set_interrupt_sink(irq.clone());
+    let mem = drv.mem.clone();
+    drv.migrate_to(b.clone(), irq, mem).unwrap();
+    b.pause();
+    b.restore_state(&state).unwrap();
+    b.resume();
+    assert_eq!(b.rss_config(), Some(cfg.clone()));
+    assert_eq!(b.active_queue_pairs(), 3);
+    assert_steered(&mut drv, &cfg, 21);
+}
+
+#[test]
+fn vq_pairs_set_and_reset_turn_rss_off() {
+    let (dev, mut drv) = loopback(DriverOptions::default());
+    let cfg = config(3);
+    assert_eq!(drv.set_rss(&cfg, PAIRS).unwrap(), 0);
+    assert_eq!(assert_steered(&mut drv, &cfg, 30), usize::from(PAIRS));
+    // VQ_PAIRS_SET: automatic steering again, so frames sent on pair 0 come back on pair 0.
+    drv.ctrl(4, 0, &PAIRS.to_le_bytes()).unwrap();
+    assert_eq!(dev.rss_config(), None);
+    let fs = frames(64, 31);
+    let got = arrivals(&mut drv, &fs);
+    assert!(
+        fs.iter().filter(|f| f[12..14] == [8, 0]).all(|f| got[f] == 0),
+        "flows follow their TX pair"
+    );
+    // A new configuration, then a reset: off, and the state stream has no RSS section.
+    assert_eq!(drv.set_rss(&cfg, PAIRS).unwrap(), 0);
+    drv.reset().unwrap();
+    assert_eq!(dev.rss_config(), None);
+    assert!(!dev.save_state().windows(4).any(|w| w == b"RSSC"));
+}
+
+#[test]
+fn rss_config_is_refused_without_the_feature_and_when_malformed() {
+    let without = bar_registers::virtio::default_driver_features() & !(1u64 << bits::RSS);
+    let (dev, mut drv) = loopback(DriverOptions {
+        features: without,
+        ..DriverOptions::default()
+    });
+    let cfg = config(4);
+    assert_ne!(drv.set_rss(&cfg, PAIRS).unwrap(), 0, "RSS not negotiated");
+    assert_eq!(dev.rss_config(), None);
+    drop(drv);
+
+    let (dev, mut drv) = loopback(DriverOptions::default());
+    let errors = dev.counters().ctrl_errors;
+    let bad = [
+        RssConfig {
+            table: vec![0, 1, 2],
+            ..cfg.clone()
+        },
+        RssConfig {
+            table: vec![0, PAIRS],
+            ..cfg.clone()
+        },
+        RssConfig {
+            unclassified: PAIRS,
+            ..cfg.clone()
+        },
+        RssConfig {
+            hash_types: SUPPORTED_HASH_TYPES | 1 << 6,
+            ..cfg.clone()
+        },
+    ];
+    for b in &bad {
+        assert_ne!(drv.set_rss(b, PAIRS).unwrap(), 0, "{b:?}");
+    }
+    assert_ne!(drv.set_rss(&cfg, PAIRS + 1).unwrap(), 0, "max_tx_vq too large");
+    assert_ne!(drv.set_rss(&cfg, 0).unwrap(), 0, "max_tx_vq 0");
+    assert_eq!(dev.counters().ctrl_errors, errors + 6);
+    assert_eq!(dev.rss_config(), None, "nothing half-applied");
+    // The device is still fine: a good one takes effect.
+    assert_eq!(drv.set_rss(&cfg, PAIRS).unwrap(), 0);
+    assert_steered(&mut drv, &cfg, 40);
+    assert!(matches!(
+        cfg.steer(&frames(8, 41)[7], false),
+        Steering::Unclassified(2)
+    ));
+}
