@@ -1166,8 +1166,10 @@ mod tests {
         /// length, config space byte 0x90) and stays reset.
         #[test]
         fn a_stream_from_the_shorter_config_space_is_refused_at_the_capability_length() {
-            const FIXTURE: &str =
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state-v1-cfg17.bin");
+            const FIXTURE: &str = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/state-v1-cfg17.bin"
+            );
             let saved = std::fs::read(FIXTURE).unwrap();
             let b = Rig::new(None);
             assert_eq!(
@@ -1228,8 +1230,14 @@ mod tests {
                 ..cfg.clone()
             };
             for (what, s) in [
-                ("a queue pair the device lacks", with_rss(&bad_pair.encode(1), 1)),
-                ("max_tx_vq other than curr_pairs", with_rss(&cfg.encode(2), 1)),
+                (
+                    "a queue pair the device lacks",
+                    with_rss(&bad_pair.encode(1), 1),
+                ),
+                (
+                    "max_tx_vq other than curr_pairs",
+                    with_rss(&cfg.encode(2), 1),
+                ),
                 ("RSS off", with_rss(&off.encode(1), 1)),
                 ("truncated", with_rss(&cfg.encode(1)[..20], 1)),
             ] {

@@ -8,6 +8,9 @@
 #                         carrier went down FLAP_DOWNS times (default 1) and came back, and 10 more
 #                         pings were answered (the host pulls the link with `vdpa-emu ctl` or a
 #                         scenario); at most FLAP_SECS seconds
+#              flows:     wait (at most FLOW_SECS) until FLOW_PKTS more packets arrived (the host sends
+#                         UDP flows), then report the interrupts of each virtio input queue
+#                         (rx_irqs="virtioN-input.Q=COUNT,...", summed over CPUs)
 #   NIC_MAC    the NIC under test is the netdev with this MAC
 #   NIC_DRIVER virtio-pci (built-in virtio_pci + virtio_net) | ifcvf (Linux ifcvf + vdpa + virtio_vdpa)
 #   NIC_PCI    VEN:DEV of the function under test (needed for ifcvf: it is found by ID, then rebound)
@@ -91,6 +94,18 @@ case "$ROLE" in
       sleep 0.2
     done
     res carrier_seq="$seen" flap_ok=$ok flap_lost=$lost flap_after=$after
+    ;;
+  flows)
+    retry "${PEER_WAIT:-60}" ping -c 1 -W 1 "$PEER_IP" || fail "peer $PEER_IP never answered a ping"
+    RXP=/sys/class/net/$IF/statistics/rx_packets
+    base=$(cat "$RXP")
+    end=$(($(date +%s) + ${FLOW_SECS:-60}))
+    echo "E2E-READY flows"
+    while [ $(($(cat "$RXP") - base)) -lt "${FLOW_PKTS:-200}" ] && [ "$(date +%s)" -lt "$end" ]; do
+      sleep 0.2
+    done
+    res flow_rx=$(($(cat "$RXP") - base)) rx_irqs="$(awk 'NR == 1 { n = NF }
+      /-input\./ { s = 0; for (i = 2; i <= n + 1; i++) s += $i; printf "%s=%d,", $NF, s }' /proc/interrupts)"
     ;;
   *) fail "unknown ROLE $ROLE" ;;
 esac

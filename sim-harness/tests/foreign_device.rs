@@ -186,7 +186,11 @@ fn a_foreign_single_connection_device_fails_pci_structure_and_nothing_else_runs(
     assert_eq!(v["exit_code"], 1, "{stdout}");
     assert!(v["aborted"].is_null(), "{stdout}");
     let groups = v["checks"].as_array().expect("checks");
-    assert_eq!(groups.len(), sim_harness::validate::GROUPS.len(), "{stdout}");
+    assert_eq!(
+        groups.len(),
+        sim_harness::validate::GROUPS.len(),
+        "{stdout}"
+    );
     let pci = &groups[0];
     assert_eq!(pci["id"], "pci-structure");
     assert_eq!(pci["verdict"], "FAIL", "{stdout}");

@@ -93,7 +93,12 @@ fn assert_steered(drv: &mut NetDriver, cfg: &RssConfig, seed: u64) -> usize {
     let fs = frames(200, seed);
     let got = arrivals(drv, &fs);
     for f in &fs {
-        assert_eq!(got[f], cfg.steer(f, false).pair(), "frame {:02x?}", &f[..40]);
+        assert_eq!(
+            got[f],
+            cfg.steer(f, false).pair(),
+            "frame {:02x?}",
+            &f[..40]
+        );
     }
     let mut used: Vec<u16> = got.values().copied().collect();
     used.sort_unstable();
@@ -150,7 +155,9 @@ fn vq_pairs_set_and_reset_turn_rss_off() {
     let fs = frames(64, 31);
     let got = arrivals(&mut drv, &fs);
     assert!(
-        fs.iter().filter(|f| f[12..14] == [8, 0]).all(|f| got[f] == 0),
+        fs.iter()
+            .filter(|f| f[12..14] == [8, 0])
+            .all(|f| got[f] == 0),
         "flows follow their TX pair"
     );
     // A new configuration, then a reset: off, and the state stream has no RSS section.
@@ -195,7 +202,11 @@ fn rss_config_is_refused_without_the_feature_and_when_malformed() {
     for b in &bad {
         assert_ne!(drv.set_rss(b, PAIRS).unwrap(), 0, "{b:?}");
     }
-    assert_ne!(drv.set_rss(&cfg, PAIRS + 1).unwrap(), 0, "max_tx_vq too large");
+    assert_ne!(
+        drv.set_rss(&cfg, PAIRS + 1).unwrap(),
+        0,
+        "max_tx_vq too large"
+    );
     assert_ne!(drv.set_rss(&cfg, 0).unwrap(), 0, "max_tx_vq 0");
     assert_eq!(dev.counters().ctrl_errors, errors + 6);
     assert_eq!(dev.rss_config(), None, "nothing half-applied");

@@ -37,8 +37,6 @@ pub struct RssConfig {
 pub enum RssError {
     #[error("command is {len} bytes, shorter than its fields")]
     Short { len: usize },
-    #[error("{extra} bytes after the key")]
-    Trailing { extra: usize },
     #[error("indirection table of {entries} entries: not a power of two, or more than {MAX_INDIRECTION_TABLE_LENGTH}")]
     TableSize { entries: u32 },
     #[error("{field} names queue pair {value}, the device has {pairs}")]
@@ -110,10 +108,9 @@ pub fn parse_rss_config(data: &[u8], max_pairs: u16) -> Result<RssCommand, RssEr
     let key_data = data
         .get(at + 3..at + 3 + usize::from(key_len))
         .ok_or(short)?;
-    let extra = data.len() - (at + 3 + usize::from(key_len));
-    if extra != 0 {
-        return Err(RssError::Trailing { extra });
-    }
+    // Bytes after the key are ignored, as QEMU's hw/net/virtio-net.c virtio_net_handle_rss
+    // (which reads field by field) does: Linux 6.12's virtio_net sends one more byte than the
+    // fields (seen in our e2e run: a 40-byte key followed by a zero byte).
     if hash_types & !SUPPORTED_HASH_TYPES != 0 {
         return Err(RssError::HashTypes { types: hash_types });
     }
@@ -222,7 +219,11 @@ const IPPROTO_UDP: u8 = 17;
 /// (hop-by-hop, routing, destination options) are skipped; a fragment has no ports.
 /// One 802.1Q tag is looked through.
 pub fn hash_input(frame: &[u8], types: u32) -> Option<HashInput> {
-    let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
     let mut l3 = 14;
     let mut ethertype = be16(12)?;
     if ethertype == ETH_P_8021Q {
@@ -266,9 +267,7 @@ pub fn hash_input(frame: &[u8], types: u32) -> Option<HashInput> {
         Some(IPPROTO_UDP) if types & t_udp != 0 => with_ports(t_udp),
         _ => None,
     };
-    l4_input.or_else(|| {
-        (types & t_ip != 0).then(|| HashInput::new(addrs, None, t_ip))
-    })
+    l4_input.or_else(|| (types & t_ip != 0).then(|| HashInput::new(addrs, None, t_ip)))
 }
 
 /// The transport protocol and its offset in an IPv6 packet at `l3`, past the extension
@@ -362,11 +361,46 @@ mod tests {
     fn toeplitz_matches_the_published_ipv4_vectors() {
         // (source, source port, destination, destination port, IPv4 hash, TCPv4 hash)
         let cases = [
-            ("66.9.149.187", 2794, "161.142.100.80", 1766, 0x323e8fc2, 0x51ccc178),
-            ("199.92.111.2", 14230, "65.69.140.83", 4739, 0xd718262a, 0xc626b0ea),
-            ("24.19.198.95", 12898, "12.22.207.184", 38024, 0xd2d0a5de, 0x5c2b394a),
-            ("38.27.205.30", 48228, "209.142.163.6", 2217, 0x82989176, 0xafc7327f),
-            ("153.39.163.191", 44251, "202.188.127.2", 1303, 0x5d1809c5, 0x10e828a2),
+            (
+                "66.9.149.187",
+                2794,
+                "161.142.100.80",
+                1766,
+                0x323e8fc2,
+                0x51ccc178,
+            ),
+            (
+                "199.92.111.2",
+                14230,
+                "65.69.140.83",
+                4739,
+                0xd718262a,
+                0xc626b0ea,
+            ),
+            (
+                "24.19.198.95",
+                12898,
+                "12.22.207.184",
+                38024,
+                0xd2d0a5de,
+                0x5c2b394a,
+            ),
+            (
+                "38.27.205.30",
+                48228,
+                "209.142.163.6",
+                2217,
+                0x82989176,
+                0xafc7327f,
+            ),
+            (
+                "153.39.163.191",
+                44251,
+                "202.188.127.2",
+                1303,
+                0x5d1809c5,
+                0x10e828a2,
+            ),
         ];
         for (s, sp, d, dp, ip_hash, tcp_hash) in cases {
             let (ip, l4) = v4(s, sp, d, dp);
@@ -474,7 +508,10 @@ mod tests {
             assert_eq!(hash_input(&f, T_TCPV4), None);
         }
         // ICMP with only TCP enabled, ARP, runts: unclassified.
-        assert_eq!(hash_input(&eth(ETH_P_IPV4, false, &ipv4(1, 0, s, d, [0, 0])), T_TCPV4), None);
+        assert_eq!(
+            hash_input(&eth(ETH_P_IPV4, false, &ipv4(1, 0, s, d, [0, 0])), T_TCPV4),
+            None
+        );
         assert_eq!(hash_input(&eth(0x0806, false, &[0; 28]), ALL), None);
         assert_eq!(hash_input(&tcp[..20], ALL), None);
         assert_eq!(hash_input(&[], ALL), None);
@@ -490,7 +527,10 @@ mod tests {
         let hbh = [17u8, 0, 0, 0, 0, 0, 0, 0];
         let udp = eth(ETH_P_IPV6, true, &ipv6(0, &hbh, [7, 9]));
         let got = hash_input(&udp, ALL).unwrap();
-        assert_eq!((got.hash_type, &got.bytes()[32..]), (T_UDPV6, &[0, 7, 0, 9][..]));
+        assert_eq!(
+            (got.hash_type, &got.bytes()[32..]),
+            (T_UDPV6, &[0, 7, 0, 9][..])
+        );
         // A fragment header: addresses only.
         let frag = [6u8, 0, 0, 1, 0, 0, 0, 0];
         let f = eth(ETH_P_IPV6, false, &ipv6(44, &frag, [1, 2]));
@@ -519,40 +559,68 @@ mod tests {
         let cfg = ok.config.unwrap();
         assert_eq!(cfg.encode(4), bytes, "encode is the inverse of parse");
         assert_eq!(ok.pairs, 4);
-        assert_eq!((cfg.table.as_slice(), cfg.unclassified), (&[0, 1, 2, 3][..], 1));
+        assert_eq!(
+            (cfg.table.as_slice(), cfg.unclassified),
+            (&[0, 1, 2, 3][..], 1)
+        );
         assert_eq!((cfg.key, cfg.key_len, cfg.hash_types), (MS_KEY, 40, ALL));
         // No key and no types: RSS off, the pairs still apply.
         let off = parse_rss_config(&command(0, &[0], 0, 2, &[]), 4).unwrap();
         assert_eq!((off.config, off.pairs), (None, 2));
         let err = |c: Vec<u8>| parse_rss_config(&c, 4).unwrap_err();
-        assert_eq!(err(command(ALL, &[0, 1, 2], 0, 4, &MS_KEY)), RssError::TableSize { entries: 3 });
+        assert_eq!(
+            err(command(ALL, &[0, 1, 2], 0, 4, &MS_KEY)),
+            RssError::TableSize { entries: 3 }
+        );
         assert_eq!(
             err(command(ALL, &[0; 256], 0, 4, &MS_KEY)),
             RssError::TableSize { entries: 256 }
         );
         assert!(matches!(
             err(command(ALL, &[0, 4], 0, 4, &MS_KEY)),
-            RssError::QueueOutOfRange { field: "indirection_table", value: 4, .. }
+            RssError::QueueOutOfRange {
+                field: "indirection_table",
+                value: 4,
+                ..
+            }
         ));
         assert!(matches!(
             err(command(ALL, &[0, 1], 9, 4, &MS_KEY)),
-            RssError::QueueOutOfRange { field: "unclassified_queue", .. }
+            RssError::QueueOutOfRange {
+                field: "unclassified_queue",
+                ..
+            }
         ));
-        assert_eq!(err(command(ALL, &[0], 0, 0, &MS_KEY)), RssError::MaxTxVq { value: 0, pairs: 4 });
-        assert_eq!(err(command(ALL, &[0], 0, 5, &MS_KEY)), RssError::MaxTxVq { value: 5, pairs: 4 });
+        assert_eq!(
+            err(command(ALL, &[0], 0, 0, &MS_KEY)),
+            RssError::MaxTxVq { value: 0, pairs: 4 }
+        );
+        assert_eq!(
+            err(command(ALL, &[0], 0, 5, &MS_KEY)),
+            RssError::MaxTxVq { value: 5, pairs: 4 }
+        );
         assert_eq!(
             err(command(T_IPV4 | 64, &[0], 0, 1, &MS_KEY)),
             RssError::HashTypes { types: T_IPV4 | 64 }
         );
         assert_eq!(err(command(ALL, &[0], 0, 1, &[])), RssError::Key { len: 0 });
-        assert_eq!(err(command(ALL, &[0], 0, 1, &[1; 41])), RssError::Key { len: 41 });
-        let mut trailing = command(ALL, &[0], 0, 1, &MS_KEY);
+        assert_eq!(
+            err(command(ALL, &[0], 0, 1, &[1; 41])),
+            RssError::Key { len: 41 }
+        );
+        // Bytes after the key are ignored (Linux 6.12 sends one).
+        let mut trailing = command(ALL, &[0, 1], 0, 2, &MS_KEY);
         trailing.push(0);
-        assert_eq!(err(trailing), RssError::Trailing { extra: 1 });
+        let ok = parse_rss_config(&trailing, 4).unwrap();
+        assert_eq!((ok.pairs, ok.config.unwrap().key), (2, MS_KEY));
         // Every truncation is refused, never a panic.
         let full = command(ALL, &[0, 1, 2, 3], 1, 4, &MS_KEY);
         for len in 0..full.len() {
-            assert_eq!(err(full[..len].to_vec()), RssError::Short { len }, "{len} bytes");
+            assert_eq!(
+                err(full[..len].to_vec()),
+                RssError::Short { len },
+                "{len} bytes"
+            );
         }
     }
 
@@ -567,15 +635,26 @@ mod tests {
             key_len: 40,
         };
         for port in 0..200u16 {
-            let f = eth(ETH_P_IPV4, false, &ipv4(6, 0, [66, 9, 149, 187], [161, 142, 100, 80], [port, 80]));
+            let f = eth(
+                ETH_P_IPV4,
+                false,
+                &ipv4(6, 0, [66, 9, 149, 187], [161, 142, 100, 80], [port, 80]),
+            );
             let input = hash_input(&f, ALL).unwrap();
             let want = table[toeplitz(&MS_KEY, input.bytes()) as usize % 128];
             assert_eq!(cfg.steer(&f, false), Steering::Hashed(want));
         }
-        assert_eq!(cfg.steer(&eth(0x0806, false, &[0; 28]), false), Steering::Unclassified(3));
+        assert_eq!(
+            cfg.steer(&eth(0x0806, false, &[0; 28]), false),
+            Steering::Unclassified(3)
+        );
         // The quirk differs from the table for some flow.
         let differs = (0..200u16).any(|port| {
-            let f = eth(ETH_P_IPV4, false, &ipv4(17, 0, [1, 2, 3, 4], [5, 6, 7, 8], [port, 9]));
+            let f = eth(
+                ETH_P_IPV4,
+                false,
+                &ipv4(17, 0, [1, 2, 3, 4], [5, 6, 7, 8], [port, 9]),
+            );
             cfg.steer(&f, true) != cfg.steer(&f, false)
         });
         assert!(differs);

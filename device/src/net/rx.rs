@@ -4,13 +4,13 @@
 //! fit one chain or is dropped (the chain stays available).
 
 use super::engine::{Datapath, NetEngine};
+use super::rss::Steering;
 use super::NET_HDR_LEN;
 use crate::capture::CaptureDirection;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
 use crate::queue::chain::{ChainKind, Desc};
 use crate::queue::Ring;
-use super::rss::Steering;
 use crate::quirks::Quirk;
 use crate::state::QueueState;
 use bar_registers::layout::MAX_QUEUE_PAIRS;

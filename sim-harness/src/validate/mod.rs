@@ -9,8 +9,8 @@
 
 mod checks;
 mod locate;
-mod rss;
 pub mod report;
+mod rss;
 #[cfg(target_os = "linux")]
 pub mod vfio;
 

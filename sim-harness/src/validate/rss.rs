@@ -108,7 +108,9 @@ pub(super) fn rss(s: &Session, _o: &ValidateOptions, f: &mut Findings) -> Result
     let key_len = key_size.min(40);
     key[usize::from(key_len)..].fill(0);
     // Every pair appears, in an order no modulo can reproduce.
-    let mut table: Vec<u16> = (0..entries).map(|i| (i % usize::from(pairs)) as u16).collect();
+    let mut table: Vec<u16> = (0..entries)
+        .map(|i| (i % usize::from(pairs)) as u16)
+        .collect();
     for i in (1..table.len()).rev() {
         table.swap(i, rng.gen_range(0..=i));
     }
