@@ -24,11 +24,14 @@ pub enum Quirk {
     SplitRingUsedLenWrong,
     /// RSS steers by the hash modulo the queue pairs, ignoring the indirection table.
     RssIgnoresIndirectionTable,
+    /// VIRTIO_F_IN_ORDER is offered, but the split ring engine completes a batch's first two
+    /// buffers in swapped order.
+    CompletesOutOfOrder,
 }
 
 impl Quirk {
     /// Every quirk.
-    pub const ALL: [Quirk; 9] = [
+    pub const ALL: [Quirk; 10] = [
         Quirk::RingStateReadOnly,
         Quirk::StaleUsedIdx,
         Quirk::LogSkipsUsedRing,
@@ -38,6 +41,7 @@ impl Quirk {
         Quirk::NoGuestAnnounce,
         Quirk::SplitRingUsedLenWrong,
         Quirk::RssIgnoresIndirectionTable,
+        Quirk::CompletesOutOfOrder,
     ];
 
     /// CLI name.
@@ -52,6 +56,7 @@ impl Quirk {
             Quirk::NoGuestAnnounce => "no-guest-announce",
             Quirk::SplitRingUsedLenWrong => "split-ring-used-len-wrong",
             Quirk::RssIgnoresIndirectionTable => "rss-ignores-indirection-table",
+            Quirk::CompletesOutOfOrder => "completes-out-of-order",
         }
     }
 
@@ -67,6 +72,7 @@ impl Quirk {
             Quirk::NoGuestAnnounce => "the device does not offer VIRTIO_NET_F_GUEST_ANNOUNCE",
             Quirk::SplitRingUsedLenWrong => "RX used elements carry the buffer capacity instead of the number of bytes written",
             Quirk::RssIgnoresIndirectionTable => "RSS steers a frame by its hash modulo the queue pairs instead of through the driver's indirection table",
+            Quirk::CompletesOutOfOrder => "VIRTIO_F_IN_ORDER is negotiated but the split ring's used elements of a batch come out of order (the first two swapped)",
         }
     }
 

@@ -49,6 +49,9 @@ case "$NIC_DRIVER" in
   ifcvf) [ "$DRV" = ifcvf ] || fail "$BDF is bound to $DRV, not ifcvf" ;;
 esac
 nic_up "$IF" "$MY_IP"
+# link settings (readable once the interface is up; -1/unknown without VIRTIO_NET_F_SPEED_DUPLEX)
+res speed="$(cat "/sys/class/net/$IF/speed" 2> /dev/null || echo none)" \
+  duplex="$(cat "/sys/class/net/$IF/duplex" 2> /dev/null || echo none)"
 
 case "$ROLE" in
   host-peer)

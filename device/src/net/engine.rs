@@ -195,9 +195,11 @@ impl NetEngine {
         };
         self.dma.set_unlogged_kinds(unlogged);
         let ignore = quirks.has(Quirk::IgnoresEventIdx);
+        let out_of_order = quirks.has(Quirk::CompletesOutOfOrder);
         for slot in &mut self.queues {
             if let QueueState::Enabled(ring) = &mut slot.state {
                 ring.set_ignore_used_event(ignore);
+                ring.set_out_of_order(out_of_order);
             }
         }
     }
@@ -345,9 +347,11 @@ impl NetEngine {
             last_used: used,
             event_idx: has(bits::EVENT_IDX),
             indirect: has(bits::INDIRECT_DESC),
+            in_order: has(bits::IN_ORDER),
         };
         let mut ring = Ring::new(setup, has(bits::RING_PACKED))?;
         ring.set_ignore_used_event(self.params.quirks.has(Quirk::IgnoresEventIdx));
+        ring.set_out_of_order(self.params.quirks.has(Quirk::CompletesOutOfOrder));
         slot.resumed = (avail, used);
         slot.late_final = None;
         slot.state = QueueState::Enabled(Box::new(ring));

@@ -62,6 +62,8 @@ pub struct RingSetup {
     pub last_used: u16,
     pub event_idx: bool,
     pub indirect: bool,
+    /// VIRTIO_F_IN_ORDER negotiated (the device already completes in order; a quirk may not).
+    pub in_order: bool,
 }
 
 #[allow(clippy::too_many_arguments)]

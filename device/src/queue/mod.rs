@@ -52,6 +52,14 @@ impl Ring {
         dispatch!(self, r => r.ignore_used_event = on)
     }
 
+    /// The completes-out-of-order quirk (a split ring engine bug): with VIRTIO_F_IN_ORDER
+    /// negotiated, the first two used elements of a batch are written swapped.
+    pub fn set_out_of_order(&mut self, on: bool) {
+        if let Ring::Split(r) = self {
+            r.out_of_order = on && r.in_order;
+        }
+    }
+
     /// LM ring state (last_avail_idx, last_used_idx). Packed: each `offset | wrap << 15`.
     pub fn ring_state(&self) -> (u16, u16) {
         match self {

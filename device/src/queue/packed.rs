@@ -266,6 +266,9 @@ impl PackedRing {
             last_used,
             event_idx,
             indirect,
+            // The engine uses buffers in order either way (2.8.9) and writes a used
+            // descriptor per buffer.
+            in_order: _,
         } = setup;
         if size == 0 || size > MAX_PACKED_QUEUE_SIZE {
             return Err(DeviceFault::BadQueueConfig {

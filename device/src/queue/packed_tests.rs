@@ -59,6 +59,7 @@ impl Rig {
             last_used: off_wrap(start, wrap),
             event_idx: false,
             indirect: false,
+            in_order: false,
         })
         .unwrap();
         Rig {

@@ -44,6 +44,12 @@ pub struct SplitRing {
     pub indirect: bool,
     /// ignores-event-idx quirk: interrupt after every batch despite used_event.
     pub ignore_used_event: bool,
+    /// VIRTIO_F_IN_ORDER negotiated. The engine always uses buffers in order (2.7.9); it writes
+    /// every used element all the same, because drivers read each one's length (RX) and DPDK's
+    /// in-order split paths (virtio_xmit_cleanup_inorder) read each one's id.
+    pub in_order: bool,
+    /// completes-out-of-order quirk (only with `in_order`).
+    pub out_of_order: bool,
     /// Used index at the last interrupt decision.
     signalled_used: u16,
     /// used idx value in memory (published).
@@ -68,6 +74,7 @@ impl SplitRing {
             last_used,
             event_idx,
             indirect,
+            in_order,
         } = setup;
         if size == 0 || !size.is_power_of_two() {
             return Err(DeviceFault::BadQueueConfig {
@@ -107,6 +114,8 @@ impl SplitRing {
             event_idx,
             indirect,
             ignore_used_event: false,
+            in_order,
+            out_of_order: false,
             signalled_used: last_used,
             published_used: last_used,
             heads: Vec::with_capacity(size.into()),
@@ -340,6 +349,10 @@ impl SplitRing {
             return Ok(());
         }
         let q = self.queue;
+        if self.out_of_order && self.pending_used.len() >= 2 {
+            // Bug (quirk completes-out-of-order): the batch's first two completions swapped.
+            self.pending_used.swap(0, 1);
+        }
         let mut slot = self.published_used % self.size;
         let mut i = 0;
         while i < self.pending_used.len() {

@@ -388,8 +388,14 @@ impl DeviceState {
                     self.engine.packed_negotiated();
                 }
                 let features = self.common.negotiated();
-                tracing::debug!(
+                // Once per driver bring-up: what the driver took is worth a line in serve's log.
+                tracing::info!(
                     features = format_args!("{features:#x}"),
+                    names = %(0..64)
+                        .filter(|b| features & (1u64 << b) != 0)
+                        .map(|b| bar_registers::virtio::feature_name(b).unwrap_or("?"))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     "features negotiated"
                 );
             }

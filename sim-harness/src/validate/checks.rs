@@ -37,6 +37,7 @@ pub(super) const CHECKS: &[(&str, GroupFn)] = &[
     ("dirty-log", dirty_log),
     ("guest-announce", |s, _, f| guest_announce(s, f)),
     ("rss", super::rss::rss),
+    ("in-order", super::in_order::in_order),
     ("reset", reset),
 ];
 

@@ -8,6 +8,7 @@
 //! device served over vfio-user.
 
 mod checks;
+mod in_order;
 mod locate;
 pub mod report;
 mod rss;
@@ -45,6 +46,10 @@ pub const GROUPS: &[(&str, &str)] = &[
         "receive-side scaling: Toeplitz hash and indirection table (when offered)",
     ),
     (
+        "in-order",
+        "buffers used in the order they were made available (VIRTIO_F_IN_ORDER, when offered)",
+    ),
+    (
         "reset",
         "reset returns every register to its reset value; no DMA after reset",
     ),
@@ -63,6 +68,7 @@ pub fn owning_group(q: device::Quirk) -> &'static str {
         Quirk::NoGuestAnnounce => "guest-announce",
         Quirk::SplitRingUsedLenWrong => "ring-layout-split",
         Quirk::RssIgnoresIndirectionTable => "rss",
+        Quirk::CompletesOutOfOrder => "in-order",
     }
 }
 
