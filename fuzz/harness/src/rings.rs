@@ -134,6 +134,10 @@ fn run_on(rig: &Rig, data: &[u8], packed: bool) {
     if ctl & 1 != 0 {
         o.features &= !((1 << bits::INDIRECT_DESC) | (1 << bits::MRG_RXBUF));
     }
+    if ctl & 0x10 != 0 {
+        // VIRTIO_F_IN_ORDER (opt-in for the driver model): the in-order ring paths.
+        o.features |= 1 << bits::IN_ORDER;
+    }
     let mut drv = sim_harness::driver::in_process(dev, o).expect("driver");
     let base = drv.opts.iova_base;
     let end = base + drv.opts.memory;
