@@ -333,6 +333,16 @@ impl Device {
         self.state.lock().common.status().value()
     }
 
+    /// The device's profile (its name and the feature set it was configured with).
+    pub fn profile(&self) -> bar_registers::Profile {
+        self.state.lock().cfg.profile.clone()
+    }
+
+    /// The features the device offers now: its profile's, less what a quirk removes.
+    pub fn offered_features(&self) -> u64 {
+        self.state.lock().common.offered()
+    }
+
     /// Negotiated features (0 before FEATURES_OK).
     pub fn negotiated_features(&self) -> u64 {
         self.state.lock().common.negotiated()
