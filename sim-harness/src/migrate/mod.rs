@@ -125,6 +125,10 @@ pub struct StopSummary {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct MigrateReport {
     pub migrations: u32,
+    /// The device profile of both sides.
+    pub profile: String,
+    /// The features both sides offer.
+    pub offered_features: String,
     pub total_ms: f64,
     /// Guest RAM (`--memory`).
     pub memory_bytes: u64,
@@ -194,6 +198,10 @@ impl MigrateReport {
         };
         let rows: Vec<(&str, String)> = vec![
             ("migrations", self.migrations.to_string()),
+            (
+                "profile",
+                format!("{} (features {})", self.profile, self.offered_features),
+            ),
             ("total_ms", format!("{:.3}", self.total_ms)),
             ("memory_mib", mib(self.memory_bytes)),
             (
@@ -572,6 +580,8 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
         guest.step(&dev)?;
     }
     let mut report = MigrateReport {
+        profile: o.profile.name.clone(),
+        offered_features: format!("{:#x}", dev.offered_features()),
         memory_bytes: o.memory,
         max_downtime_ms: match o.stop {
             StopPolicy::MaxDowntime(d) => Some(d.as_secs_f64() * 1e3),
