@@ -277,7 +277,7 @@ pub(crate) fn common_registers(num_queues: u16, queue_size_max: u16) -> Vec<Regi
             4,
             Access::Ro,
             offered_mask() & 0xFFFF_FFFF,
-            "offered feature bits [32*select, 32*select+31]",
+            "offered feature bits [32*select, 32*select+31]: the device profile's (reset value: profile full)",
             SPEC_COMMON,
         ),
         Register::new("driver_feature_select", common::DRIVER_FEATURE_SELECT, 4, Access::Rw, 0, "selects which 32 bits driver_feature writes", SPEC_COMMON),

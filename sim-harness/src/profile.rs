@@ -103,7 +103,16 @@ const MAX_FILE: u64 = 1 << 20;
 pub fn parse_str(text: &str, path: &Path) -> Result<Profile, ProfileLoadError> {
     let f: ProfileFile = toml::from_str(text).map_err(|e| ProfileLoadError::Toml {
         path: path.to_path_buf(),
-        msg: e.to_string().trim_end().replace('\n', " | "),
+        msg: match e.span() {
+            Some(sp) => {
+                let before = &text[..sp.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                let src = text.lines().nth(line - 1).unwrap_or_default().trim();
+                format!("line {line}, column {col} (`{src}`): {}", e.message())
+            }
+            None => e.message().to_string(),
+        },
     })?;
     let lm_layout = match f.device.lm_layout.as_deref() {
         None => None,

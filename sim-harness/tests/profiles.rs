@@ -429,3 +429,25 @@ expect = ["!features.mq", "features.mrg_rxbuf"]
         "{e}"
     );
 }
+
+/// Below the harness's up-front refusal, the destination device itself refuses a state whose
+/// negotiated features it does not offer (a guest that negotiated MQ cannot land on an ifcvf
+/// device), and leaves its own state untouched.
+#[test]
+fn a_device_refuses_a_state_negotiated_against_more_than_it_offers() {
+    let src = device(Profile::full());
+    src.set_loopback();
+    let mut drv = sim_harness::driver::in_process(&src, DriverOptions::default()).unwrap();
+    drv.start().unwrap();
+    assert_ne!(src.negotiated_features() & (1 << bits::CTRL_VQ), 0);
+    src.pause();
+    let state = src.save_state();
+    let dst = device(Profile::ifcvf());
+    let e = dst.restore_state(&state).unwrap_err().to_string();
+    assert!(e.contains("negotiated features"), "{e}");
+    assert_eq!(dst.status(), 0, "the refused destination stays reset");
+    // The same state lands on a device of the source's profile.
+    let same = device(Profile::full());
+    same.restore_state(&state).unwrap();
+    assert_eq!(same.negotiated_features(), src.negotiated_features());
+}

@@ -33,6 +33,11 @@ pub struct StatsReport {
     pub status_bits: Vec<String>,
     /// Why the device is in DEVICE_NEEDS_RESET, if it is.
     pub fault: Option<String>,
+    /// The device's profile (docs/profiles.md) and what it offers now (quirks removed).
+    #[serde(default)]
+    pub profile: String,
+    #[serde(default)]
+    pub offered_features: u64,
     pub negotiated_features: u64,
     pub negotiated_feature_names: Vec<String>,
     pub link_up: bool,
@@ -151,6 +156,8 @@ impl StatsReport {
                 .map(|(_, n)| n.to_string())
                 .collect(),
             fault: dev.fault().map(|f| f.to_string()),
+            profile: dev.profile().name,
+            offered_features: dev.offered_features(),
             negotiated_features: features,
             negotiated_feature_names: (0..64)
                 .filter(|b| features & (1u64 << b) != 0)
@@ -208,6 +215,11 @@ impl StatsReport {
             if self.link_up { "up" } else { "down" },
             self.active_queue_pairs,
             self.dma_mappings
+        );
+        let _ = writeln!(
+            o,
+            "profile {}  offered features {:#x}  negotiated {:#x}",
+            self.profile, self.offered_features, self.negotiated_features
         );
         if let Some(f) = &self.fault {
             let _ = writeln!(o, "NEEDS RESET: {f}");
