@@ -33,9 +33,12 @@ pub struct StatsReport {
     pub status_bits: Vec<String>,
     /// Why the device is in DEVICE_NEEDS_RESET, if it is.
     pub fault: Option<String>,
-    /// The device's profile (docs/profiles.md) and what it offers now (quirks removed).
+    /// The device's profile (docs/profiles.md): its name, its feature set, and what the device
+    /// offers now (the profile's set less what a quirk removes).
     #[serde(default)]
     pub profile: String,
+    #[serde(default)]
+    pub profile_features: u64,
     #[serde(default)]
     pub offered_features: u64,
     pub negotiated_features: u64,
@@ -157,6 +160,7 @@ impl StatsReport {
                 .collect(),
             fault: dev.fault().map(|f| f.to_string()),
             profile: dev.profile().name,
+            profile_features: dev.profile().features,
             offered_features: dev.offered_features(),
             negotiated_features: features,
             negotiated_feature_names: (0..64)

@@ -255,6 +255,10 @@ pub trait Target {
     fn profile(&self) -> Option<bar_registers::Profile> {
         None
     }
+    /// Where [`Target::profile`] comes from, for the report.
+    fn profile_origin(&self) -> &'static str {
+        "profile"
+    }
 }
 
 /// The built-in model, one instance for the whole run.
@@ -422,6 +426,34 @@ impl Target for OverSocket {
     fn describe(&self) -> String {
         format!("vfio-user device at {}", self.path.display())
     }
+
+    fn profile_origin(&self) -> &'static str {
+        "control socket"
+    }
+
+    /// The profile the server says the device has, through its control socket (`vdpa-emu
+    /// serve`'s `stats`): what the device should offer, so a device that offers less (a quirk)
+    /// fails instead of being taken at its word. None without a control socket (or one that
+    /// does not answer): the offered set is then read from the device.
+    fn profile(&self) -> Option<bar_registers::Profile> {
+        use crate::ctl::{CtlClient, Request};
+        let ctl = self.ctl.as_ref()?;
+        let stats = CtlClient::connect(ctl, self.reply_timeout)
+            .and_then(|mut c| c.call(&Request::Stats {}))
+            .map_err(|e| tracing::warn!(ctl = %ctl.display(), error = %e, "no profile from the control socket"))
+            .ok()?
+            .stats?;
+        if stats.profile.is_empty() {
+            return None;
+        }
+        Some(bar_registers::Profile {
+            name: stats.profile,
+            description: "as the device's control socket reports it".into(),
+            source: format!("control socket {}", ctl.display()),
+            features: stats.profile_features,
+            params: Default::default(),
+        })
+    }
 }
 
 /// What the validator assumes of the device beyond what it can read.
@@ -517,7 +549,10 @@ pub fn run_groups(
     };
     tracing::info!(?ident, "identified");
     // What the device should offer: the profile given or the target's; else what it offers.
-    let profile = o.profile.clone().or_else(|| target.profile());
+    let (profile, origin) = match o.profile.clone() {
+        Some(p) => (Some(p), "profile"),
+        None => (target.profile(), target.profile_origin()),
+    };
     let expected = checks::Expected {
         profile: profile.as_ref().map(|p| p.name.clone()),
         features: profile.as_ref().map_or(ident.offered, |p| p.features),
@@ -596,7 +631,7 @@ pub fn run_groups(
     tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "done");
     Ok(Report {
         target: format!("{} (found {})", target.describe(), ident.found),
-        profile: report::ProfileReport::new(profile.as_ref(), ident.offered),
+        profile: report::ProfileReport::new(profile.as_ref(), origin, ident.offered),
         groups,
         aborted,
         hints,

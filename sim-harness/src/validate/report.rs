@@ -144,7 +144,9 @@ pub struct ProfileReport {
     /// The profile's name, or `device` when no profile was given (the expected set is then
     /// what the device offers, read from it).
     pub name: String,
-    /// `profile` or `device`: where the expected set comes from.
+    /// Where the expected set comes from: `profile` (given, or the model's own), `control
+    /// socket` (the served device's, as its control socket reports it) or `device` (none known:
+    /// what the device offers).
     pub from: &'static str,
     /// Expected features as a mask.
     pub expected: String,
@@ -157,7 +159,11 @@ pub struct ProfileReport {
 impl ProfileReport {
     /// The report of a run against `profile` (None: the device's own set) on a device that
     /// offers `offered`.
-    pub fn new(profile: Option<&bar_registers::Profile>, offered: u64) -> ProfileReport {
+    pub fn new(
+        profile: Option<&bar_registers::Profile>,
+        origin: &'static str,
+        offered: u64,
+    ) -> ProfileReport {
         let expected = profile.map_or(offered, |p| p.features);
         let mut features: Vec<FeatureStatus> = bar_registers::virtio::OFFERED_FEATURES
             .iter()
@@ -179,11 +185,7 @@ impl ProfileReport {
         }
         ProfileReport {
             name: profile.map_or("device".into(), |p| p.name.clone()),
-            from: if profile.is_some() {
-                "profile"
-            } else {
-                "device"
-            },
+            from: if profile.is_some() { origin } else { "device" },
             expected: format!("{expected:#x}"),
             offered: format!("{offered:#x}"),
             features,
@@ -299,11 +301,18 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "vDPA HW prerequisites: {}", self.target);
         let p = &self.profile;
-        if p.from == "profile" {
+        if p.from != "device" {
             let _ = writeln!(
                 s,
-                "profile {}: expects features {}, the device offers {}",
-                p.name, p.expected, p.offered
+                "profile {}{}: expects features {}, the device offers {}",
+                p.name,
+                if p.from == "profile" {
+                    String::new()
+                } else {
+                    format!(" (from its {})", p.from)
+                },
+                p.expected,
+                p.offered
             );
         } else {
             let _ = writeln!(
