@@ -199,6 +199,25 @@ impl Profile {
         self
     }
 
+    /// The rules [`Profile::new`] enforces, for a profile whose fields were set by hand: only
+    /// features the model implements, VERSION_1, virtio 1.2 5.1.3.1, parameters in range.
+    pub fn check(&self) -> Result<(), ProfileError> {
+        let unknown = self.features & !offered_mask();
+        if unknown != 0 {
+            return Err(ProfileError::UnknownFeature {
+                field: "features".into(),
+                name: format!("bit {}", unknown.trailing_zeros()),
+                known: OFFERED_FEATURES
+                    .iter()
+                    .map(|f| f.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        check_mask(self.features)?;
+        check_params(&self.params)
+    }
+
     /// Whether feature `bit` is in the profile.
     pub fn offers(&self, bit: u32) -> bool {
         bit < 64 && self.features & (1u64 << bit) != 0
@@ -391,6 +410,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn check_refuses_hand_made_profiles() {
+        for p in Profile::builtins() {
+            p.check().unwrap();
+        }
+        let mut p = Profile::full();
+        // VIRTIO_F_ANY_LAYOUT: a legacy-interface bit a modern-only model never implements.
+        p.features |= 1 << 27;
+        assert!(crate::virtio::feature_name(27).is_none());
+        assert!(matches!(
+            p.check(),
+            Err(ProfileError::UnknownFeature { ref name, .. }) if name == "bit 27"
+        ));
+        let mut p = Profile::full();
+        p.features &= !(1 << bits::CTRL_VQ);
+        assert!(matches!(p.check(), Err(ProfileError::Requirement { .. })));
+        let mut p = Profile::ifcvf();
+        p.params.queue_pairs = Some(0);
+        assert!(matches!(p.check(), Err(ProfileError::OutOfRange { .. })));
     }
 
     #[test]

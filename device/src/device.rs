@@ -122,6 +122,10 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// A device with no port (frames are discarded) and no interrupt sink yet.
     pub fn new(cfg: DeviceConfig) -> Result<Arc<Self>, LayoutError> {
+        cfg.profile.check().map_err(|source| LayoutError::Profile {
+            name: cfg.profile.name.clone(),
+            source,
+        })?;
         let layout = Arc::new(DeviceLayout::new(cfg.layout.clone())?);
         let space = Arc::new(AddressSpace::new());
         let inbox = Arc::new(RxInbox::new(cfg.rx_backlog));

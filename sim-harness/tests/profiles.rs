@@ -451,3 +451,19 @@ fn a_device_refuses_a_state_negotiated_against_more_than_it_offers() {
     same.restore_state(&state).unwrap();
     assert_eq!(same.negotiated_features(), src.negotiated_features());
 }
+
+/// A profile assembled by hand (its fields are public) is checked when the device is created:
+/// a clear error, no device.
+#[test]
+fn a_device_refuses_a_hand_made_profile_it_cannot_be() {
+    let mut p = Profile::full();
+    p.name = "broken".into();
+    p.features &= !(1 << bits::CTRL_VQ);
+    let e = Device::new(DeviceConfig::with_queue_pairs(1).with_profile(p))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("profile broken") && e.contains("requires VIRTIO_NET_F_CTRL_VQ"),
+        "{e}"
+    );
+}
