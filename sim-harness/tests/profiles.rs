@@ -169,7 +169,7 @@ fn the_validator_reports_the_profile_and_does_not_run_what_it_lacks() {
     assert!(r.passed(), "{t}");
     assert_eq!(r.profile.name, "ifcvf");
     assert_eq!(r.profile.from, "profile");
-    for id in ["ring-layout-packed", "guest-announce"] {
+    for id in ["ring-layout-packed", "guest-announce", "rss"] {
         let g = r.group(id).unwrap();
         assert_eq!(g.verdict, Verdict::NotRun, "{t}");
         assert!(

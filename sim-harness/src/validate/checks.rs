@@ -64,6 +64,7 @@ pub(super) struct Identity {
 pub(super) const GROUP_FEATURES: &[(&str, u32)] = &[
     ("ring-layout-packed", bits::RING_PACKED),
     ("guest-announce", bits::GUEST_ANNOUNCE),
+    ("rss", bits::RSS),
 ];
 
 /// What the device is expected to offer: a profile's set, or (no profile given for a device
@@ -87,7 +88,7 @@ impl Expected {
 
 /// Why a check that needs `feature` is not run: "X not offered by profile P" (or by the
 /// device, when no profile was given).
-fn why_not_offered(o: &ValidateOptions, bit: u32) -> String {
+pub(super) fn why_not_offered(o: &ValidateOptions, bit: u32) -> String {
     let name = feature_label(bit);
     match &o.profile {
         Some(p) if !p.offers(bit) => format!("{name} not offered by profile {}", p.name),
@@ -1050,7 +1051,9 @@ fn feature_awareness(
             bar_registers::virtio::FEATURE_REQUIREMENTS
                 .iter()
                 .filter(|r| r.any_of.iter().any(|n| n.0 == bits::CTRL_VQ))
-                .fold(offered & !(1 << bits::CTRL_VQ), |m, r| m & !(1u64 << r.feature.0))
+                .fold(offered & !(1 << bits::CTRL_VQ), |m, r| {
+                    m & !(1u64 << r.feature.0)
+                })
                 | v1
                 | (1 << bits::MQ),
         ),
