@@ -166,13 +166,17 @@ pub const OFFERED_FEATURES: &[Feature] = &[
     ),
 ];
 
-/// What a driver model asks for by default: everything offered except VIRTIO_F_RING_PACKED, so
-/// the split ring stays the default layout and the packed ring is opt-in.
+/// What a driver model asks for by default: every feature the model implements except
+/// VIRTIO_F_RING_PACKED, so the split ring stays the default layout and the packed ring is
+/// opt-in. A driver negotiates this & the device's offer (as DPDK's base/ifcvf.c
+/// `ifcvf_config_features` does), so on a device with a smaller profile it gets that profile's
+/// set (less the packed ring).
 pub fn default_driver_features() -> u64 {
     offered_mask() & !(1u64 << bits::RING_PACKED)
 }
 
-/// The offered feature bits as a mask.
+/// Every feature the model implements, as a mask: what the `full` profile offers (a device
+/// offers its own profile's set, see [`crate::profile`]).
 pub fn offered_mask() -> u64 {
     OFFERED_FEATURES.iter().fold(0, |m, f| m | (1u64 << f.bit))
 }
