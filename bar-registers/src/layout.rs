@@ -74,6 +74,13 @@ pub enum LayoutError {
     /// MTU below 68 (RFC 791 minimum).
     #[error("MTU must be at least 68, got {0}")]
     Mtu(u16),
+    /// A device profile the model cannot be (see [`crate::Profile::check`]).
+    #[error("profile {name}: {source}")]
+    Profile {
+        name: String,
+        #[source]
+        source: crate::ProfileError,
+    },
 }
 
 /// One memory BAR.

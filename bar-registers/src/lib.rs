@@ -11,6 +11,7 @@ pub mod lm;
 pub mod model;
 pub mod msix;
 pub mod pci;
+pub mod profile;
 pub mod render;
 pub mod ring;
 pub mod virtio;
@@ -18,6 +19,7 @@ pub mod virtio;
 pub use layout::{DeviceLayout, LayoutError, LayoutParams, NotifyLayout, Window};
 pub use lm::LmLayout;
 pub use model::{Access, Decoded, Dir, Location, Narrow, Register, RegisterBlock};
+pub use profile::{Profile, ProfileError, ProfileParams};
 
 /// vfio region index of BAR `n` (VFIO_PCI_BAR0_REGION_INDEX + n); also used by the in-process
 /// access path so both speak the same numbers.

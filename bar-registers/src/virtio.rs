@@ -186,15 +186,19 @@ pub const OFFERED_FEATURES: &[Feature] = &[
     ),
 ];
 
-/// What a driver model asks for by default: everything offered except VIRTIO_F_RING_PACKED, so
-/// the split ring stays the default layout and the packed ring is opt-in, and except
-/// VIRTIO_F_IN_ORDER, which Linux's virtio_net (6.12) does not negotiate either: the validator's
-/// in-order group and the drivers that want it (DPDK's virtio PMD) ask for it.
+/// What a driver model asks for by default: every feature the model implements except
+/// VIRTIO_F_RING_PACKED, so the split ring stays the default layout and the packed ring is
+/// opt-in, and except VIRTIO_F_IN_ORDER, which Linux's virtio_net (6.12) does not negotiate
+/// either (the validator's in-order group and the drivers that want it, DPDK's virtio PMD, ask
+/// for it). A driver negotiates this & the device's offer (as DPDK's base/ifcvf.c
+/// `ifcvf_config_features` does), so on a device with a smaller profile it gets that profile's
+/// set (less the packed ring).
 pub fn default_driver_features() -> u64 {
     offered_mask() & !(1u64 << bits::RING_PACKED) & !(1u64 << bits::IN_ORDER)
 }
 
-/// The offered feature bits as a mask.
+/// Every feature the model implements, as a mask: what the `full` profile offers (a device
+/// offers its own profile's set, see [`crate::profile`]).
 pub fn offered_mask() -> u64 {
     OFFERED_FEATURES.iter().fold(0, |m, f| m | (1u64 << f.bit))
 }
@@ -205,6 +209,79 @@ pub fn feature_name(bit: u32) -> Option<&'static str> {
         .iter()
         .find(|f| f.bit == bit)
         .map(|f| f.name)
+}
+
+/// A feature name without its `VIRTIO_NET_F_` / `VIRTIO_F_` prefix, lower case: `mrg_rxbuf`.
+pub fn short_feature_name(full: &str) -> String {
+    full.trim_start_matches("VIRTIO_NET_F_")
+        .trim_start_matches("VIRTIO_F_")
+        .to_ascii_lowercase()
+}
+
+/// A feature the model implements, by name: `mrg_rxbuf`, `MRG_RXBUF` or
+/// `VIRTIO_NET_F_MRG_RXBUF` (case-insensitive).
+pub fn find_feature(name: &str) -> Option<&'static Feature> {
+    let want = short_feature_name(&name.trim().to_ascii_uppercase());
+    OFFERED_FEATURES
+        .iter()
+        .find(|f| short_feature_name(f.name) == want)
+}
+
+/// One feature dependency of virtio 1.2 5.1.3.1: `feature` requires one of `any_of`. A device
+/// MUST NOT offer, and a driver MUST NOT accept, a feature whose requirement it does not
+/// offer / accept as well (2.2.1, 5.1.3.1). Declared by virtio-bindings' bit numbers, so a
+/// rule holds before the model implements either side of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub feature: (u32, &'static str),
+    pub any_of: &'static [(u32, &'static str)],
+}
+
+macro_rules! requires {
+    ($f:ident => $($n:ident)|+) => {
+        Requirement {
+            feature: (virtio_bindings::virtio_net::$f, stringify!($f)),
+            any_of: &[$((virtio_bindings::virtio_net::$n, stringify!($n))),+],
+        }
+    };
+}
+
+/// virtio 1.2 5.1.3.1 "Feature bit requirements", every line of it.
+pub const FEATURE_REQUIREMENTS: &[Requirement] = &[
+    requires!(VIRTIO_NET_F_GUEST_TSO4 => VIRTIO_NET_F_GUEST_CSUM),
+    requires!(VIRTIO_NET_F_GUEST_TSO6 => VIRTIO_NET_F_GUEST_CSUM),
+    requires!(VIRTIO_NET_F_GUEST_ECN => VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6),
+    requires!(VIRTIO_NET_F_GUEST_UFO => VIRTIO_NET_F_GUEST_CSUM),
+    requires!(VIRTIO_NET_F_GUEST_USO4 => VIRTIO_NET_F_GUEST_CSUM),
+    requires!(VIRTIO_NET_F_GUEST_USO6 => VIRTIO_NET_F_GUEST_CSUM),
+    requires!(VIRTIO_NET_F_HOST_TSO4 => VIRTIO_NET_F_CSUM),
+    requires!(VIRTIO_NET_F_HOST_TSO6 => VIRTIO_NET_F_CSUM),
+    requires!(VIRTIO_NET_F_HOST_ECN => VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6),
+    requires!(VIRTIO_NET_F_HOST_UFO => VIRTIO_NET_F_CSUM),
+    requires!(VIRTIO_NET_F_HOST_USO => VIRTIO_NET_F_CSUM),
+    requires!(VIRTIO_NET_F_CTRL_RX => VIRTIO_NET_F_CTRL_VQ),
+    requires!(VIRTIO_NET_F_CTRL_VLAN => VIRTIO_NET_F_CTRL_VQ),
+    requires!(VIRTIO_NET_F_GUEST_ANNOUNCE => VIRTIO_NET_F_CTRL_VQ),
+    requires!(VIRTIO_NET_F_MQ => VIRTIO_NET_F_CTRL_VQ),
+    requires!(VIRTIO_NET_F_CTRL_MAC_ADDR => VIRTIO_NET_F_CTRL_VQ),
+    requires!(VIRTIO_NET_F_NOTF_COAL => VIRTIO_NET_F_CTRL_VQ),
+    requires!(VIRTIO_NET_F_RSC_EXT => VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6),
+    requires!(VIRTIO_NET_F_RSS => VIRTIO_NET_F_CTRL_VQ),
+];
+
+/// The first requirement of [`FEATURE_REQUIREMENTS`] that the feature set `set` breaks.
+pub fn unmet_requirement(set: u64) -> Option<&'static Requirement> {
+    FEATURE_REQUIREMENTS.iter().find(|r| {
+        set & (1u64 << r.feature.0) != 0 && r.any_of.iter().all(|n| set & (1u64 << n.0) == 0)
+    })
+}
+
+impl Requirement {
+    /// `A requires B` / `A requires B or C`.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.any_of.iter().map(|n| n.1).collect();
+        format!("{} requires {}", self.feature.1, names.join(" or "))
+    }
 }
 
 const SPEC_COMMON: &str = "virtio 1.2 4.1.4.3";
@@ -226,7 +303,7 @@ pub(crate) fn common_registers(num_queues: u16, queue_size_max: u16) -> Vec<Regi
             4,
             Access::Ro,
             offered_mask() & 0xFFFF_FFFF,
-            "offered feature bits [32*select, 32*select+31]",
+            "offered feature bits [32*select, 32*select+31]: the device profile's (reset value: profile full)",
             SPEC_COMMON,
         ),
         Register::new("driver_feature_select", common::DRIVER_FEATURE_SELECT, 4, Access::Rw, 0, "selects which 32 bits driver_feature writes", SPEC_COMMON),

@@ -23,9 +23,11 @@ pub struct DeviceConfig {
     pub msix_owner: MsixOwner,
     /// Injected design bugs (none for a healthy device).
     pub quirks: crate::quirks::Quirks,
-    /// Offer VIRTIO_F_RING_PACKED (on by default; off makes every driver use split rings, e.g. to
-    /// run a Linux guest, which prefers packed, on the split ring).
-    pub offer_packed: bool,
+    /// The device profile: the feature set the device offers (quirks may still remove bits) and
+    /// its name for reports. `full` by default; `serve --no-packed` is
+    /// [`bar_registers::Profile::without_packed`] (every driver then uses split rings, e.g. a
+    /// Linux guest, which prefers packed).
+    pub profile: bar_registers::Profile,
 }
 
 /// Who owns the MSI-X table.
@@ -51,7 +53,7 @@ impl Default for DeviceConfig {
             batch: 64,
             msix_owner: MsixOwner::Device,
             quirks: crate::quirks::Quirks::NONE,
-            offer_packed: true,
+            profile: bar_registers::Profile::full(),
         }
     }
 }
@@ -67,6 +69,25 @@ impl DeviceConfig {
     /// Sets the LM layout.
     pub fn lm_layout(mut self, l: LmLayout) -> Self {
         self.layout.lm_layout = l;
+        self
+    }
+
+    /// Applies a profile: its feature set, and the device parameters it fixes.
+    pub fn with_profile(mut self, p: bar_registers::Profile) -> Self {
+        let f = p.params;
+        if let Some(q) = f.queue_pairs {
+            self.layout.queue_pairs = q;
+        }
+        if let Some(s) = f.queue_size_max {
+            self.layout.queue_size_max = s;
+        }
+        if let Some(m) = f.mtu {
+            self.layout.mtu = m;
+        }
+        if let Some(l) = f.lm_layout {
+            self.layout.lm_layout = l;
+        }
+        self.profile = p;
         self
     }
 

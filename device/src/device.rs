@@ -122,6 +122,10 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// A device with no port (frames are discarded) and no interrupt sink yet.
     pub fn new(cfg: DeviceConfig) -> Result<Arc<Self>, LayoutError> {
+        cfg.profile.check().map_err(|source| LayoutError::Profile {
+            name: cfg.profile.name.clone(),
+            source,
+        })?;
         let layout = Arc::new(DeviceLayout::new(cfg.layout.clone())?);
         let space = Arc::new(AddressSpace::new());
         let inbox = Arc::new(RxInbox::new(cfg.rx_backlog));
@@ -331,6 +335,16 @@ impl Device {
     /// device_status as the driver would read it.
     pub fn status(&self) -> u8 {
         self.state.lock().common.status().value()
+    }
+
+    /// The device's profile (its name and the feature set it was configured with).
+    pub fn profile(&self) -> bar_registers::Profile {
+        self.state.lock().cfg.profile.clone()
+    }
+
+    /// The features the device offers now: its profile's, less what a quirk removes.
+    pub fn offered_features(&self) -> u64 {
+        self.state.lock().common.offered()
     }
 
     /// Negotiated features (0 before FEATURES_OK).

@@ -205,19 +205,12 @@ pub enum FeatureError {
     NotOffered(u64),
     #[error("VIRTIO_F_VERSION_1 not accepted: this is a modern-only device (virtio 1.2 6.1)")]
     NoVersion1,
-    #[error("feature bit {bit} requires VIRTIO_NET_F_CTRL_VQ (virtio 1.2 5.1.3.1)")]
-    NeedsCtrlVq { bit: u32 },
+    #[error("{}, which the driver did not accept (virtio 1.2 5.1.3.1)", rule.describe())]
+    Unmet {
+        bit: u32,
+        rule: &'static bar_registers::virtio::Requirement,
+    },
 }
-
-/// Feature bits the device accepts only with VIRTIO_NET_F_CTRL_VQ (virtio 1.2 5.1.3.1: each
-/// is configured over the control queue).
-pub const NEEDS_CTRL_VQ: [u32; 5] = [
-    bits::CTRL_RX,
-    bits::GUEST_ANNOUNCE,
-    bits::MQ,
-    bits::CTRL_MAC_ADDR,
-    bits::RSS,
-];
 
 /// Checks a driver's feature set against what the device offers and the dependency rules.
 pub fn validate_features(driver: u64, offered: u64) -> Result<(), FeatureError> {
@@ -228,14 +221,13 @@ pub fn validate_features(driver: u64, offered: u64) -> Result<(), FeatureError> 
     if driver & (1 << bits::VERSION_1) == 0 {
         return Err(FeatureError::NoVersion1);
     }
-    if driver & (1 << bits::CTRL_VQ) == 0 {
-        for bit in NEEDS_CTRL_VQ {
-            if driver & (1 << bit) != 0 {
-                return Err(FeatureError::NeedsCtrlVq { bit });
-            }
-        }
+    match bar_registers::virtio::unmet_requirement(driver) {
+        Some(r) => Err(FeatureError::Unmet {
+            bit: r.feature.0,
+            rule: r,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -314,10 +306,10 @@ mod tests {
         let v1 = 1u64 << bits::VERSION_1;
         assert!(validate_features(v1).is_ok());
         assert_eq!(validate_features(0), Err(FeatureError::NoVersion1));
-        assert_eq!(
+        assert!(matches!(
             validate_features(v1 | 1 << bits::MQ),
-            Err(FeatureError::NeedsCtrlVq { bit: bits::MQ })
-        );
+            Err(FeatureError::Unmet { bit: bits::MQ, .. })
+        ));
         assert!(validate_features(v1 | 1 << bits::MQ | 1 << bits::CTRL_VQ).is_ok());
         assert!(matches!(
             validate_features(v1 | 1 << 0),

@@ -28,9 +28,18 @@ pub fn run(
     count: u64,
     seed: u64,
     pcap: Option<&Path>,
+    profile: bar_registers::Profile,
 ) -> Result<DemoReport, DriverError> {
-    let dev = Device::new(DeviceConfig::with_queue_pairs(pairs))
-        .map_err(|e| DriverError::Usage(e.to_string()))?;
+    if pairs > 1 && !profile.offers(bar_registers::virtio::bits::MQ) {
+        return Err(DriverError::Usage(format!(
+            "{pairs} queue pairs need VIRTIO_NET_F_MQ, which profile {} does not offer: use --queue-pairs 1",
+            profile.name
+        )));
+    }
+    let profile_name = profile.name.clone();
+    let mut cfg = DeviceConfig::default().with_profile(profile);
+    cfg.layout.queue_pairs = pairs;
+    let dev = Device::new(cfg).map_err(|e| DriverError::Usage(e.to_string()))?;
     dev.set_loopback();
     let usage = |e: crate::pcap::CaptureError| DriverError::Usage(e.to_string());
     let capture = match pcap {
@@ -49,6 +58,7 @@ pub fn run(
         },
     )?;
     drv.start()?;
+    let negotiated = dev.negotiated_features();
     let mac = drv.mac()?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut tracker = Tracker::default();
@@ -104,7 +114,7 @@ pub fn run(
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "vdpa-emu demo: {total} frames over {pairs} queue pair(s), loopback, in {elapsed_s:.3} s"
+        "vdpa-emu demo: {total} frames over {pairs} queue pair(s), loopback, profile {profile_name} (negotiated features {negotiated:#x}), in {elapsed_s:.3} s"
     );
     let _ = writeln!(
         text,

@@ -10,6 +10,7 @@ pub mod frames;
 pub mod migrate;
 pub mod pcap;
 pub mod ports;
+pub mod profile;
 pub mod progress;
 pub mod report_json;
 pub mod scenario;

@@ -21,9 +21,14 @@ struct Cli {
 enum Cmd {
     /// Loopback traffic through the built-in model, with its counters printed.
     Demo {
-        /// Queue pairs (1..=32).
-        #[arg(long, default_value_t = 4, value_parser = parse_queue_pairs)]
-        queue_pairs: u16,
+        /// Queue pairs (1..=32) [default: 4, or the profile's].
+        #[arg(long, value_parser = parse_queue_pairs)]
+        queue_pairs: Option<u16>,
+        /// Device profile: a built-in name (full, ifcvf; see `vdpa-emu profiles`) or a TOML
+        /// file (docs/profiles.md) [default: full].
+        #[arg(long, value_parser = parse_profile)]
+        profile: Option<bar_registers::Profile>,
+
         /// Frames to send (at least 1).
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
         frames: u64,
@@ -69,12 +74,20 @@ enum Cmd {
         /// for devices that need it; a server that accepts one connection then fails).
         #[arg(long)]
         reconnect_per_group: bool,
-        /// Queue pairs of the built-in model (1..=32; a served device has its own).
-        #[arg(long, default_value_t = 4, value_parser = parse_queue_pairs, conflicts_with_all = ["socket", "vfio"])]
-        queue_pairs: u16,
-        /// LM block layout the device presents: dpdk or linux.
-        #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
-        lm_layout: bar_registers::LmLayout,
+        /// Queue pairs of the built-in model (1..=32; a served device has its own) [default: 4,
+        /// or the profile's].
+        #[arg(long, value_parser = parse_queue_pairs, conflicts_with_all = ["socket", "vfio"])]
+        queue_pairs: Option<u16>,
+        /// LM block layout the device presents: dpdk or linux [default: dpdk, or the profile's].
+        #[arg(long, value_parser = parse_lm_layout)]
+        lm_layout: Option<bar_registers::LmLayout>,
+        /// Device profile: a built-in name (full, ifcvf; see `vdpa-emu profiles`) or a TOML
+        /// file (docs/profiles.md). The built-in model is created with it [default: full]; with
+        /// --socket or --vfio it is what the device is expected to offer [default: whatever the
+        /// device offers, read from it]. Groups that need a feature the profile does not offer
+        /// are NOT RUN.
+        #[arg(long, value_parser = parse_profile)]
+        profile: Option<bar_registers::Profile>,
         /// Dirty-log granularity the device declares: a power of two from 4K (4K, 64K, 2M).
         #[arg(long, default_value = "4K", value_parser = parse_log_granularity)]
         log_granularity: u64,
@@ -100,19 +113,24 @@ enum Cmd {
         /// vfio-user socket path (removed on exit).
         #[arg(long)]
         socket: std::path::PathBuf,
-        /// Queue pairs (1..=32).
-        #[arg(long, default_value_t = 4, value_parser = parse_queue_pairs)]
-        queue_pairs: u16,
+        /// Queue pairs (1..=32) [default: 4, or the profile's].
+        #[arg(long, value_parser = parse_queue_pairs)]
+        queue_pairs: Option<u16>,
+        /// Device profile: a built-in name (full, ifcvf; see `vdpa-emu profiles`) or a TOML
+        /// file (docs/profiles.md) [default: full].
+        #[arg(long, value_parser = parse_profile)]
+        profile: Option<bar_registers::Profile>,
         /// MAC address in the device config.
         #[arg(long, default_value = "52:54:00:12:34:56", value_parser = sim_harness::serve::parse_mac)]
         mac: [u8; 6],
         /// Wire: loopback, tap:IFNAME (host TAP, needs root) or unix:PATH (link to another device).
         #[arg(long, default_value = "loopback")]
         port: sim_harness::ports::PortSpec,
-        /// LM block layout: dpdk or linux.
-        #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
-        lm_layout: bar_registers::LmLayout,
-        /// Do not offer the packed ring (VIRTIO_F_RING_PACKED): guests use split rings.
+        /// LM block layout: dpdk or linux [default: dpdk, or the profile's].
+        #[arg(long, value_parser = parse_lm_layout)]
+        lm_layout: Option<bar_registers::LmLayout>,
+        /// Do not offer the packed ring (VIRTIO_F_RING_PACKED) even if the profile does: guests
+        /// use split rings.
         #[arg(long)]
         no_packed: bool,
         /// Inject a device bug into the served device (see `vdpa-emu validate --list-quirks`),
@@ -160,18 +178,26 @@ enum Cmd {
         /// pages without being read).
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         memory: u64,
-        /// Queue pairs (1..=32).
-        #[arg(long, default_value_t = 1, value_parser = parse_queue_pairs)]
-        queue_pairs: u16,
+        /// Queue pairs (1..=32) [default: 1, or the profile's].
+        #[arg(long, value_parser = parse_queue_pairs)]
+        queue_pairs: Option<u16>,
+        /// Device profile of the source (and, unless --dest-profile, of the destination): a
+        /// built-in name (full, ifcvf) or a TOML file [default: full].
+        #[arg(long, value_parser = parse_profile)]
+        profile: Option<bar_registers::Profile>,
+        /// Device profile of the destination [default: the source's]. A destination that does
+        /// not offer exactly the source's features is refused before anything runs.
+        #[arg(long, value_parser = parse_profile)]
+        dest_profile: Option<bar_registers::Profile>,
         /// Frames per second in each direction (0 = as fast as possible).
         #[arg(long, default_value_t = 20_000)]
         rate: u64,
         /// Dirty-log granularity: a power of two from 4K (4K, 64K, 2M, ...).
         #[arg(long, default_value = "4K", value_parser = parse_log_granularity)]
         log_granularity: u64,
-        /// LM block layout: dpdk or linux.
-        #[arg(long, default_value = "dpdk", value_parser = parse_lm_layout)]
-        lm_layout: bar_registers::LmLayout,
+        /// LM block layout: dpdk or linux [default: dpdk, or the profile's].
+        #[arg(long, value_parser = parse_lm_layout)]
+        lm_layout: Option<bar_registers::LmLayout>,
         /// Inject a device bug on the source (see `vdpa-emu migrate --list-quirks`).
         #[arg(long = "quirk", value_parser = parse_quirk)]
         quirks: Vec<device::Quirk>,
@@ -209,6 +235,15 @@ enum Cmd {
         /// m0-tx<P>/m0-rx<P> for the source, mN-... for the destination of migration N).
         #[arg(long)]
         pcap: Option<std::path::PathBuf>,
+    },
+    /// Device profiles: list the built-ins, or show one profile's features (a built-in name or
+    /// a TOML file; docs/profiles.md).
+    Profiles {
+        /// A built-in profile name or a TOML file [default: list the built-ins].
+        profile: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Scenario files (TOML): devices, ordered steps, expectations (docs/scenarios.md).
     Scenario {
@@ -259,6 +294,10 @@ enum ScenarioCmd {
         /// SCENARIO/DEVICE-tx<P> and -rx<P>).
         #[arg(long)]
         pcap: Option<std::path::PathBuf>,
+        /// Device profile for every device of every scenario, overriding their `profile` keys:
+        /// a built-in name (full, ifcvf) or a TOML file.
+        #[arg(long, value_parser = parse_profile)]
+        profile: Option<bar_registers::Profile>,
     },
 }
 
@@ -320,6 +359,10 @@ fn parse_bdf(s: &str) -> Result<sim_harness::validate::vfio::Bdf, String> {
         .map_err(|e: sim_harness::validate::vfio::VfioError| e.to_string())
 }
 
+fn parse_profile(s: &str) -> Result<bar_registers::Profile, String> {
+    sim_harness::profile::load(s).map_err(|e| e.to_string())
+}
+
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
     bar_registers::LmLayout::parse(s)
         .ok_or_else(|| format!("unknown LM layout {s:?}: use dpdk or linux"))
@@ -345,6 +388,23 @@ fn parse_quirk(s: &str) -> Result<device::Quirk, String> {
             device::Quirk::ALL.map(|q| q.name()).join(", ")
         )
     })
+}
+
+/// The profile (full unless given) with the queue pairs and LM layout it fixes, checked
+/// against the command line's.
+fn profiled(
+    profile: Option<bar_registers::Profile>,
+    queue_pairs: Option<u16>,
+    lm_layout: Option<bar_registers::LmLayout>,
+    default_pairs: u16,
+) -> Result<
+    (bar_registers::Profile, u16, bar_registers::LmLayout),
+    sim_harness::profile::ProfileLoadError,
+> {
+    let p = profile.unwrap_or_default();
+    let qp = sim_harness::profile::queue_pairs(&p, queue_pairs, default_pairs)?;
+    let lm = sim_harness::profile::lm_layout(&p, lm_layout)?;
+    Ok((p, qp, lm))
 }
 
 fn list_quirks() {
@@ -379,10 +439,28 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Demo {
             queue_pairs,
+            profile,
             frames,
             seed,
             pcap,
-        } => match sim_harness::demo::run(queue_pairs, frames, seed, pcap.as_deref()) {
+        } => match profiled(
+            profile.clone(),
+            queue_pairs,
+            None,
+            // One pair where the profile has no multiqueue.
+            if profile
+                .as_ref()
+                .is_none_or(|p| p.offers(bar_registers::virtio::bits::MQ))
+            {
+                4
+            } else {
+                1
+            },
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|(p, qp, _)| {
+            sim_harness::demo::run(qp, frames, seed, pcap.as_deref(), p).map_err(|e| e.to_string())
+        }) {
             Ok(r) => {
                 print!("{}", r.text);
                 if r.tracker.clean() && r.tracker.delivered == r.frames {
@@ -408,6 +486,8 @@ fn main() -> ExitCode {
         Cmd::Migrate {
             memory,
             queue_pairs,
+            profile,
+            dest_profile,
             rate,
             log_granularity,
             lm_layout,
@@ -423,7 +503,17 @@ fn main() -> ExitCode {
             ..
         } => {
             use sim_harness::migrate::policy::StopPolicy;
+            let (profile, queue_pairs, lm_layout) =
+                match profiled(profile, queue_pairs, lm_layout, 1) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("vdpa-emu migrate: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let o = sim_harness::migrate::MigrateOptions {
+                profile,
+                dest_profile,
                 memory,
                 queue_pairs,
                 rate,
@@ -479,6 +569,7 @@ fn main() -> ExitCode {
             reconnect_per_group,
             queue_pairs,
             lm_layout,
+            profile,
             log_granularity,
             quirks,
             no_wraparound,
@@ -486,7 +577,21 @@ fn main() -> ExitCode {
             format,
             ..
         } => {
-            let mut cfg = device::DeviceConfig::with_queue_pairs(queue_pairs).lm_layout(lm_layout);
+            let in_process = socket.is_none() && vfio.is_none();
+            // The built-in model is created with the profile (full by default); a device
+            // reached over --socket or --vfio is expected to offer it, if one is given.
+            let expected = profile.clone();
+            let (profile, queue_pairs, lm_layout) =
+                match profiled(profile, queue_pairs, lm_layout, 4) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("vdpa-emu validate: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+            let mut cfg = device::DeviceConfig::default().with_profile(profile.clone());
+            cfg.layout.queue_pairs = queue_pairs;
+            cfg.layout.lm_layout = lm_layout;
             cfg.log_granularity = log_granularity;
             cfg.quirks = quirks.into_iter().collect();
             if let Err(e) = bar_registers::DeviceLayout::new(cfg.layout.clone()) {
@@ -498,6 +603,7 @@ fn main() -> ExitCode {
                 log_granularity,
                 wraparound: !no_wraparound,
                 reconnect_per_group,
+                profile: if in_process { Some(profile) } else { expected },
             };
             use sim_harness::validate::{self as v, Target};
             let target: Box<dyn Target> = match (socket, vfio) {
@@ -560,6 +666,7 @@ fn main() -> ExitCode {
         Cmd::Serve {
             socket,
             queue_pairs,
+            profile,
             mac,
             port,
             lm_layout,
@@ -576,9 +683,18 @@ fn main() -> ExitCode {
             let ctl = (!no_ctl)
                 .then(|| ctl.unwrap_or_else(|| sim_harness::ctl::default_ctl_path(&socket)));
             doorbell_poll.sched = doorbell_sched;
+            let (profile, queue_pairs, lm_layout) =
+                match profiled(profile, queue_pairs, lm_layout, 4) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("vdpa-emu serve: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
             match sim_harness::serve::run(&sim_harness::serve::ServeOptions {
                 socket,
                 queue_pairs,
+                profile,
                 mac,
                 port,
                 lm_layout,
@@ -603,6 +719,7 @@ fn main() -> ExitCode {
                     files,
                     format,
                     pcap,
+                    profile,
                 },
         } => {
             let files = match sim_harness::scenario::collect_files(&files) {
@@ -619,7 +736,12 @@ fn main() -> ExitCode {
                 }
                 c => c.map(Result::unwrap),
             };
-            let r = sim_harness::scenario::run_collected(&files, true, capture.as_ref());
+            let r = sim_harness::scenario::run_collected_with(
+                &files,
+                true,
+                capture.as_ref(),
+                profile.as_ref(),
+            );
             if let Some(c) = capture {
                 match c.finish() {
                     Ok(s) => eprintln!(
@@ -648,6 +770,32 @@ fn main() -> ExitCode {
         Cmd::Bench {
             cmd: BenchCmd::Doorbells(a),
         } => sim_harness::bench::doorbells::cli(&a),
+        Cmd::Profiles { profile, json } => {
+            use sim_harness::profile as pr;
+            let shown = match profile.as_deref().map(pr::load).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("vdpa-emu profiles: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match (shown, json) {
+                (Some(p), false) => print!("{}", pr::show_table(&p)),
+                (Some(p), true) => println!(
+                    "{}",
+                    sim_harness::report_json::to_json(&pr::ProfileJson::of(&p))
+                ),
+                (None, false) => print!("{}", pr::list_table(&bar_registers::Profile::builtins())),
+                (None, true) => {
+                    let all: Vec<pr::ProfileJson> = bar_registers::Profile::builtins()
+                        .iter()
+                        .map(pr::ProfileJson::of)
+                        .collect();
+                    println!("{}", sim_harness::report_json::to_json(&all));
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vdpa-emu", &mut std::io::stdout());

@@ -393,7 +393,10 @@ pub struct ServeOptions {
     pub port: PortSpec,
     /// LM block layout.
     pub lm_layout: LmLayout,
-    /// Do not offer VIRTIO_F_RING_PACKED (guests then use split rings).
+    /// The device profile: its feature set (parameters it fixes are already in the fields
+    /// above, see [`crate::profile::resolve`]).
+    pub profile: bar_registers::Profile,
+    /// Do not offer VIRTIO_F_RING_PACKED (guests then use split rings), whatever the profile.
     pub no_packed: bool,
     /// Injected device bugs.
     pub quirks: device::Quirks,
@@ -430,10 +433,16 @@ pub enum ServeError {
 
 /// The device configuration `serve` uses: QEMU emulates the MSI-X table, so the VMM owns it.
 pub fn device_config(opts: &ServeOptions) -> DeviceConfig {
-    let mut cfg = DeviceConfig::with_queue_pairs(opts.queue_pairs).lm_layout(opts.lm_layout);
+    let profile = if opts.no_packed {
+        opts.profile.clone().without_packed()
+    } else {
+        opts.profile.clone()
+    };
+    let mut cfg = DeviceConfig::default().with_profile(profile);
+    cfg.layout.queue_pairs = opts.queue_pairs;
+    cfg.layout.lm_layout = opts.lm_layout;
     cfg.layout.mac = opts.mac;
     cfg.msix_owner = MsixOwner::Vmm;
-    cfg.offer_packed = !opts.no_packed;
     cfg.quirks = opts.quirks;
     cfg
 }
@@ -547,13 +556,16 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
         bar0 = l.bar_size(0),
         port = port.describe(),
         lm = opts.lm_layout.name(),
+        profile = %dev.profile().name,
+        features = format_args!("{:#x}", dev.profile().features),
         ctl = ctl.as_ref().map(|c| c.path().display().to_string()),
         doorbells = opts.doorbell.name(),
         "serving"
     );
     eprintln!(
-        "vdpa-emu: serving {} queue pair(s) on {} (port {}); attach with -device '{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}}}}'",
+        "vdpa-emu: serving {} queue pair(s), profile {}, on {} (port {}); attach with -device '{{\"driver\":\"vfio-user-pci\",\"socket\":{{\"type\":\"unix\",\"path\":\"{}\"}}}}'",
         opts.queue_pairs,
+        dev.profile().name,
         opts.socket.display(),
         port.describe(),
         opts.socket.display()

@@ -1985,6 +1985,8 @@ fn device_survives_qemu_kill_and_reattach() {
 
 #[path = "e2e_qemu/dpdk.rs"]
 mod dpdk;
+#[path = "e2e_qemu/profiles.rs"]
+mod profiles;
 #[path = "e2e_qemu/rss.rs"]
 mod rss;
 #[path = "e2e_qemu/viommu.rs"]

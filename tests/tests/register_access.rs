@@ -1615,11 +1615,12 @@ fn accessors_keep_counters_consistent() {
 #[test]
 fn packed_ring_offer_can_be_withdrawn() {
     for offer in [true, false] {
-        let dev = Device::new(DeviceConfig {
-            offer_packed: offer,
-            ..DeviceConfig::default()
-        })
-        .unwrap();
+        let profile = if offer {
+            bar_registers::Profile::full()
+        } else {
+            bar_registers::Profile::full().without_packed()
+        };
+        let dev = Device::new(DeviceConfig::default().with_profile(profile)).unwrap();
         common_wr(&dev, common::DEVICE_FEATURE_SELECT, 4, 1);
         let hi = common_rd(&dev, common::DEVICE_FEATURE, 4);
         assert_eq!(

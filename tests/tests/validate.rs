@@ -96,6 +96,7 @@ fn report_formats() {
     // Control characters in any string (a target's description, an observed value) are
     // escaped: the report stays valid JSON and round-trips.
     let odd = Report {
+        profile: Default::default(),
         target: "device \u{1}\u{7}\t\"x\"\\".into(),
         groups: Vec::new(),
         aborted: None,
@@ -168,7 +169,9 @@ fn served_layout(
     let mut cfg = DeviceConfig::with_queue_pairs(2).lm_layout(lm);
     cfg.msix_owner = device::MsixOwner::Vmm;
     cfg.quirks = quirks;
-    cfg.offer_packed = offer_packed;
+    if !offer_packed {
+        cfg.profile = cfg.profile.without_packed();
+    }
     let dev = device::Device::new(cfg).unwrap();
     dev.set_loopback();
     let dir = std::env::temp_dir().join(format!(

@@ -40,7 +40,8 @@ pub(super) fn render(ds: &Datasheet, layouts: &[DeviceLayout]) -> String {
             b.index, b.size, b.contents
         );
     }
-    s.push_str("\n## Features offered\n\n| bit | name | meaning | source |\n|---|---|---|---|\n");
+    s.push_str("\n## Features offered\n\nEvery feature the model implements: the `full` profile offers them all, another profile a subset \
+         (docs/profiles.md; `vdpa-emu profiles`).\n\n| bit | name | meaning | source |\n|---|---|---|---|\n");
     for f in OFFERED_FEATURES {
         let _ = writeln!(
             s,

@@ -32,7 +32,6 @@ use crate::quirks::Quirk;
 use crate::transport::StatusChange;
 use access::{mask, put, to_u64};
 use bar_registers::model::{Access, Decoded, Dir, Register};
-use bar_registers::virtio::offered_mask;
 use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
 use bar_registers::DeviceLayout;
 use common_cfg::{CommonCfg, CommonRead, CommonWrite};
@@ -67,15 +66,12 @@ pub struct DeviceState {
     pub(crate) notify_area: Option<Arc<crate::doorbell::NotifyArea>>,
 }
 
-/// Feature bits a device with this configuration offers (the declared set, less what a quirk
-/// or the configuration removes).
-fn offered(cfg: &DeviceConfig) -> u64 {
-    let mut m = offered_mask();
+/// Feature bits a device with this configuration offers (its profile's set, less what a quirk
+/// removes).
+pub(crate) fn offered(cfg: &DeviceConfig) -> u64 {
+    let mut m = cfg.profile.features;
     if cfg.quirks.has(Quirk::NoGuestAnnounce) {
         m &= !(1u64 << bits::GUEST_ANNOUNCE);
-    }
-    if !cfg.offer_packed {
-        m &= !(1u64 << bits::RING_PACKED);
     }
     m
 }

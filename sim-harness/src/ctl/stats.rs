@@ -33,6 +33,14 @@ pub struct StatsReport {
     pub status_bits: Vec<String>,
     /// Why the device is in DEVICE_NEEDS_RESET, if it is.
     pub fault: Option<String>,
+    /// The device's profile (docs/profiles.md): its name, its feature set, and what the device
+    /// offers now (the profile's set less what a quirk removes).
+    #[serde(default)]
+    pub profile: String,
+    #[serde(default)]
+    pub profile_features: u64,
+    #[serde(default)]
+    pub offered_features: u64,
     pub negotiated_features: u64,
     pub negotiated_feature_names: Vec<String>,
     pub link_up: bool,
@@ -151,6 +159,9 @@ impl StatsReport {
                 .map(|(_, n)| n.to_string())
                 .collect(),
             fault: dev.fault().map(|f| f.to_string()),
+            profile: dev.profile().name,
+            profile_features: dev.profile().features,
+            offered_features: dev.offered_features(),
             negotiated_features: features,
             negotiated_feature_names: (0..64)
                 .filter(|b| features & (1u64 << b) != 0)
@@ -208,6 +219,11 @@ impl StatsReport {
             if self.link_up { "up" } else { "down" },
             self.active_queue_pairs,
             self.dma_mappings
+        );
+        let _ = writeln!(
+            o,
+            "profile {}  offered features {:#x}  negotiated {:#x}",
+            self.profile, self.offered_features, self.negotiated_features
         );
         if let Some(f) = &self.fault {
             let _ = writeln!(o, "NEEDS RESET: {f}");

@@ -69,6 +69,11 @@ pub struct MigrateOptions {
     /// Run every queue on the packed layout (VIRTIO_F_RING_PACKED): the ring states carried
     /// across are then `offset | wrap counter << 15` per index.
     pub packed: bool,
+    /// The source device's profile (its parameters already in the fields above).
+    pub profile: bar_registers::Profile,
+    /// The destinations' profile, if not the source's: it must offer exactly the source's
+    /// features, or the run is refused ([`check_profiles`]).
+    pub dest_profile: Option<bar_registers::Profile>,
 }
 
 impl Default for MigrateOptions {
@@ -89,6 +94,8 @@ impl Default for MigrateOptions {
             pcap: None,
             burst_at_switch: 0,
             packed: false,
+            profile: bar_registers::Profile::full(),
+            dest_profile: None,
         }
     }
 }
@@ -118,6 +125,10 @@ pub struct StopSummary {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct MigrateReport {
     pub migrations: u32,
+    /// The device profile of both sides.
+    pub profile: String,
+    /// The features both sides offer.
+    pub offered_features: String,
     pub total_ms: f64,
     /// Guest RAM (`--memory`).
     pub memory_bytes: u64,
@@ -187,6 +198,10 @@ impl MigrateReport {
         };
         let rows: Vec<(&str, String)> = vec![
             ("migrations", self.migrations.to_string()),
+            (
+                "profile",
+                format!("{} (features {})", self.profile, self.offered_features),
+            ),
             ("total_ms", format!("{:.3}", self.total_ms)),
             ("memory_mib", mib(self.memory_bytes)),
             (
@@ -334,6 +349,16 @@ impl MigrateReport {
 /// Why the migration could not run at all (as opposed to a run whose checks failed).
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
+    #[error(
+        "the destination's profile {dst} does not match the source's profile {src}: {why}. A device \
+         state can only move to a device that offers the same features (the guest negotiated against \
+         the source's and renegotiates after any reset); use the same --profile on both sides"
+    )]
+    ProfileMismatch {
+        src: String,
+        dst: String,
+        why: String,
+    },
     #[error("device: {0}")]
     Layout(#[from] bar_registers::LayoutError),
     #[error(transparent)]
@@ -460,6 +485,46 @@ impl Guest {
     }
 }
 
+/// Refuses a destination whose profile differs from the source's in what a device state
+/// depends on: the offered features and the parameters the profiles fix.
+pub fn check_profiles(
+    src: &bar_registers::Profile,
+    dst: &bar_registers::Profile,
+) -> Result<(), MigrateError> {
+    let names = |m: u64| -> String {
+        (0..64)
+            .filter(|b| m & (1u64 << b) != 0)
+            .map(|b| {
+                bar_registers::virtio::feature_name(b).map_or(format!("bit {b}"), str::to_string)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut why = Vec::new();
+    let only_src = src.features & !dst.features;
+    let only_dst = dst.features & !src.features;
+    if only_src != 0 {
+        why.push(format!("only the source offers {}", names(only_src)));
+    }
+    if only_dst != 0 {
+        why.push(format!("only the destination offers {}", names(only_dst)));
+    }
+    if src.params != dst.params {
+        why.push(format!(
+            "the fixed device parameters differ ({:?} vs {:?})",
+            src.params, dst.params
+        ));
+    }
+    if why.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::ProfileMismatch {
+        src: src.name.clone(),
+        dst: dst.name.clone(),
+        why: why.join("; "),
+    })
+}
+
 /// Runs `o.count` back-to-back migrations of one guest (A -> B -> C ...), each between the
 /// device the guest runs on and a fresh device, under continuous traffic, and verifies.
 pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
@@ -468,7 +533,12 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
         return Err(MigrateError::MemorySize(o.memory));
     }
     check_address_space(o.memory)?;
-    let mut cfg = DeviceConfig::with_queue_pairs(o.queue_pairs.max(1)).lm_layout(o.lm_layout);
+    if let Some(dst) = &o.dest_profile {
+        check_profiles(&o.profile, dst)?;
+    }
+    let mut cfg = DeviceConfig::default().with_profile(o.profile.clone());
+    cfg.layout.queue_pairs = o.queue_pairs.max(1);
+    cfg.layout.lm_layout = o.lm_layout;
     cfg.log_granularity = o.log_granularity;
     // Source and destination are the same silicon: a quirk is on both.
     cfg.quirks = o.quirks;
@@ -510,6 +580,8 @@ pub fn run(o: &MigrateOptions) -> Result<MigrateReport, MigrateError> {
         guest.step(&dev)?;
     }
     let mut report = MigrateReport {
+        profile: o.profile.name.clone(),
+        offered_features: format!("{:#x}", dev.offered_features()),
         memory_bytes: o.memory,
         max_downtime_ms: match o.stop {
             StopPolicy::MaxDowntime(d) => Some(d.as_secs_f64() * 1e3),

@@ -13,7 +13,7 @@ use super::schema::{RawDevice, RawScenario, RawStep};
 use crate::driver::DriverOptions;
 use crate::frames::MIN_FRAME;
 use crate::migrate::policy::{self, StopPolicy};
-use bar_registers::{LmLayout, NotifyLayout};
+use bar_registers::{LmLayout, NotifyLayout, Profile};
 use device::{DeviceConfig, Quirk, Quirks};
 use std::ops::Range;
 use toml::{Spanned, Value};
@@ -25,14 +25,38 @@ pub const DEFAULT_MEMORY: u64 = 32 << 20;
 
 /// Parses and checks a scenario held in `src`; `file` names it in errors and reports.
 pub fn parse_str(src: &str, file: &str) -> Result<Scenario, ScenarioError> {
+    parse_str_with(src, file, None)
+}
+
+/// [`parse_str`] with every driven device given `profile` (`scenario run --profile`),
+/// whatever its `profile` key says. A profile file named by a key is found relative to the
+/// scenario file's directory.
+pub fn parse_str_with(
+    src: &str,
+    file: &str,
+    profile: Option<&Profile>,
+) -> Result<Scenario, ScenarioError> {
     let raw: RawScenario = toml::from_str(src)
         .map_err(|e| malformed(file, src, e.span(), None, e.message().to_string()))?;
-    let stem = std::path::Path::new(file)
+    let path = std::path::Path::new(file);
+    let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| file.to_string());
-    compile(raw, src, file, &stem)
+    let ctx = Ctx {
+        dir: path.parent().unwrap_or(std::path::Path::new("")),
+        profile,
+    };
+    compile(raw, src, file, &stem, &ctx)
         .map_err(|s| malformed(file, src, Some(s.span), Some(s.field), s.message))
+}
+
+/// What compiling a file needs besides the file.
+struct Ctx<'a> {
+    /// The scenario file's directory (profile files are relative to it).
+    dir: &'a std::path::Path,
+    /// `scenario run --profile`: overrides every `profile` key.
+    profile: Option<&'a Profile>,
 }
 
 type Res<T> = Result<T, Spot>;
@@ -41,7 +65,7 @@ fn line_of(src: &str, span: &Range<usize>) -> usize {
     super::error::line_col(src, span.start).0
 }
 
-fn compile(raw: RawScenario, src: &str, file: &str, stem: &str) -> Res<Scenario> {
+fn compile(raw: RawScenario, src: &str, file: &str, stem: &str, ctx: &Ctx<'_>) -> Res<Scenario> {
     if raw.device.is_empty() {
         return Err(Spot::new(
             0..0,
@@ -54,7 +78,7 @@ fn compile(raw: RawScenario, src: &str, file: &str, stem: &str) -> Res<Scenario>
     let mut ports = Vec::with_capacity(n);
     for (i, sd) in raw.device.iter().enumerate() {
         let d = sd.get_ref();
-        let (spec, port) = device(i, d, sd.span(), n)?;
+        let (spec, port) = device(i, d, sd.span(), n, ctx)?;
         if let Some(other) = devices
             .iter()
             .position(|o: &DeviceSpec| o.name == spec.name)
@@ -264,6 +288,7 @@ fn device(
     d: &RawDevice,
     table: Range<usize>,
     count: usize,
+    ctx: &Ctx<'_>,
 ) -> Res<(DeviceSpec, RawPort)> {
     let f = |name: &str| format!("device[{}].{name}", i + 1);
     let name = match &d.name {
@@ -316,10 +341,45 @@ fn device(
             RawPort::Null,
         ));
     }
-    let pairs = d
-        .queue_pairs
-        .as_ref()
-        .map_or(Ok(1), |v| as_u16(v, &f("queue_pairs"), 1, 32))?;
+    let profile = match (ctx.profile, &d.profile) {
+        (Some(p), _) => p.clone(),
+        (None, None) => Profile::full(),
+        (None, Some(v)) => {
+            let spec = v.get_ref();
+            let r = if crate::profile::is_file(spec) {
+                crate::profile::load_file(&ctx.dir.join(spec))
+            } else {
+                crate::profile::load(spec)
+            };
+            r.map_err(|e| Spot::new(v.span(), f("profile"), e.to_string()))?
+        }
+    };
+    let fixed = profile.params;
+    // A key the profile fixes must agree with it.
+    let agree = |key: &str, span: Range<usize>, given: u64, fixed: Option<u64>| match fixed {
+        Some(v) if v != given => Err(Spot::new(
+            span,
+            f(key),
+            format!(
+                "`{key} = {given}` conflicts with profile {}, which fixes it to {v}",
+                profile.name
+            ),
+        )),
+        _ => Ok(()),
+    };
+    let pairs = match &d.queue_pairs {
+        Some(v) => {
+            let p = as_u16(v, &f("queue_pairs"), 1, 32)?;
+            agree(
+                "queue_pairs",
+                v.span(),
+                p.into(),
+                fixed.queue_pairs.map(u64::from),
+            )?;
+            p
+        }
+        None => fixed.queue_pairs.unwrap_or(1),
+    };
     let driver_pairs = d
         .driver_queue_pairs
         .as_ref()
@@ -334,11 +394,18 @@ fn device(
                     format!("{q} is not a power of two"),
                 ));
             }
+            agree(
+                "queue_size",
+                v.span(),
+                q.into(),
+                fixed.queue_size_max.map(u64::from),
+            )?;
             q
         }
-        None => 256,
+        None => fixed.queue_size_max.unwrap_or(256),
     };
-    let mut cfg = DeviceConfig::with_queue_pairs(pairs);
+    let mut cfg = DeviceConfig::default().with_profile(profile.clone());
+    cfg.layout.queue_pairs = pairs;
     cfg.layout.queue_size_max = queue_size;
     cfg.layout.mac = match &d.mac {
         Some(m) => parse_mac(m, &f("mac"))?,
@@ -350,6 +417,12 @@ fn device(
     };
     if let Some(v) = &d.mtu {
         cfg.layout.mtu = as_u16(v, &f("mtu"), 68, u16::MAX)?;
+        agree(
+            "mtu",
+            v.span(),
+            cfg.layout.mtu.into(),
+            fixed.mtu.map(u64::from),
+        )?;
     }
     if let Some(v) = &d.lm_layout {
         cfg.layout.lm_layout = LmLayout::parse(v.get_ref()).ok_or_else(|| {
@@ -359,6 +432,18 @@ fn device(
                 format!("unknown LM layout `{}`: use dpdk or linux", v.get_ref()),
             )
         })?;
+        if let Some(l) = fixed.lm_layout.filter(|l| *l != cfg.layout.lm_layout) {
+            return Err(Spot::new(
+                v.span(),
+                f("lm_layout"),
+                format!(
+                    "`lm_layout = {}` conflicts with profile {}, which fixes it to {}",
+                    cfg.layout.lm_layout.name(),
+                    profile.name,
+                    l.name()
+                ),
+            ));
+        }
     }
     if let Some(v) = &d.notify {
         cfg.layout.notify = match v.get_ref().replace('-', "_").as_str() {

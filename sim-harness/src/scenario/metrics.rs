@@ -361,20 +361,11 @@ fn index(s: &str, limit: u16, what: &str) -> Result<u16, String> {
     Ok(i)
 }
 
-/// `VIRTIO_NET_F_MRG_RXBUF` -> `mrg_rxbuf`.
-pub fn short_feature_name(full: &str) -> String {
-    full.trim_start_matches("VIRTIO_NET_F_")
-        .trim_start_matches("VIRTIO_F_")
-        .to_ascii_lowercase()
-}
+pub use bar_registers::virtio::short_feature_name;
 
 /// A feature bit by name: `mrg_rxbuf`, `MRG_RXBUF` or `VIRTIO_NET_F_MRG_RXBUF` (case-insensitive).
 pub fn feature_bit(name: &str) -> Option<u32> {
-    let want = short_feature_name(&name.to_ascii_uppercase());
-    OFFERED_FEATURES
-        .iter()
-        .find(|f| short_feature_name(f.name) == want)
-        .map(|f| f.bit)
+    bar_registers::virtio::find_feature(name).map(|f| f.bit)
 }
 
 /// What the last `migrate` step measured (metrics `migration.<field>`).

@@ -24,7 +24,7 @@ pub mod runner;
 pub mod schema;
 
 use crate::pcap::PcapCapture;
-pub use compile::parse_str;
+pub use compile::{parse_str, parse_str_with};
 pub use error::{ScenarioError, StepError};
 pub use model::{Scenario, FAULTS, STEP_KINDS};
 pub use report::{FileReport, RunReport, Verdict};
@@ -35,12 +35,21 @@ use std::path::{Path, PathBuf};
 
 /// Loads and checks one scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    load_with(path, None)
+}
+
+/// Loads and checks one scenario file, every driven device given `profile` if set
+/// (`scenario run --profile`).
+pub fn load_with(
+    path: &Path,
+    profile: Option<&bar_registers::Profile>,
+) -> Result<Scenario, ScenarioError> {
     let file = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
         file: file.clone(),
         source,
     })?;
-    parse_str(&src, &file)
+    parse_str_with(&src, &file, profile)
 }
 
 /// Expands directories into the `*.toml` files they hold (sorted); files are kept as given. A
@@ -95,12 +104,22 @@ pub fn run_collected(
     progress: bool,
     capture: Option<&Arc<PcapCapture>>,
 ) -> RunReport {
+    run_collected_with(files, progress, capture, None)
+}
+
+/// [`run_collected`] with every driven device of every file given `profile`, when set.
+pub fn run_collected_with(
+    files: &[PathBuf],
+    progress: bool,
+    capture: Option<&Arc<PcapCapture>>,
+    profile: Option<&bar_registers::Profile>,
+) -> RunReport {
     let p = crate::progress::Progress::new(progress, files.len() as u64, "scenario files");
     let reports = files
         .iter()
         .map(|f| {
             p.message(&format!("scenario {}", f.display()));
-            let r = match load(f) {
+            let r = match load_with(f, profile) {
                 Ok(sc) => runner::run_captured(&sc, capture),
                 Err(e) => FileReport::malformed(&f.display().to_string(), e.to_string()),
             };

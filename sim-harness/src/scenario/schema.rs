@@ -37,6 +37,8 @@ pub struct RawDevice {
     pub mac: Option<Spanned<String>>,
     pub mtu: Option<Spanned<i64>>,
     pub lm_layout: Option<Spanned<String>>,
+    /// Device profile: a built-in name or a TOML file (relative to the scenario file).
+    pub profile: Option<Spanned<String>>,
     pub notify: Option<Spanned<String>>,
     pub log_granularity: Option<Spanned<Value>>,
     pub memory: Option<Spanned<Value>>,
@@ -64,6 +66,7 @@ impl RawDevice {
             ("mac", self.mac.is_some()),
             ("mtu", self.mtu.is_some()),
             ("lm_layout", self.lm_layout.is_some()),
+            ("profile", self.profile.is_some()),
             ("notify", self.notify.is_some()),
             ("log_granularity", self.log_granularity.is_some()),
             ("memory", self.memory.is_some()),

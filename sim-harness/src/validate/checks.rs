@@ -31,8 +31,8 @@ type GroupFn = fn(&Session, &ValidateOptions, &mut Findings) -> Result<(), Drive
 pub(super) const CHECKS: &[(&str, GroupFn)] = &[
     ("pci-structure", pci_structure),
     ("ring-layout-split", ring_layout_split),
-    ("ring-layout-packed", |s, _, f| ring_layout_packed(s, f)),
-    ("feature-awareness", |s, _, f| feature_awareness(s, f)),
+    ("ring-layout-packed", ring_layout_packed),
+    ("feature-awareness", feature_awareness),
     ("vring-index-rw", vring_index_rw),
     ("dirty-log", dirty_log),
     ("guest-announce", |s, _, f| guest_announce(s, f)),
@@ -56,8 +56,78 @@ pub(super) struct Identity {
     pub not_virtio_net: Option<String>,
     /// Why the LM block (BAR4 with every queue's ring state) is missing (`None`: present).
     pub no_lm: Option<String>,
-    /// Why the packed-ring group cannot run (`None`: VIRTIO_F_RING_PACKED offered).
-    pub no_packed: Option<String>,
+    /// The features the device offers (read from device_feature; 0 if unreadable).
+    pub offered: u64,
+}
+
+/// Check groups that exercise one feature: with a profile that does not offer it they are
+/// NOT RUN; with a profile that offers it and a device that does not, they FAIL.
+pub(super) const GROUP_FEATURES: &[(&str, u32)] = &[
+    ("ring-layout-packed", bits::RING_PACKED),
+    ("guest-announce", bits::GUEST_ANNOUNCE),
+    ("rss", bits::RSS),
+    ("in-order", bits::IN_ORDER),
+];
+
+/// What the device is expected to offer: a profile's set, or (no profile given for a device
+/// the validator did not create) what it offers, read from it.
+#[derive(Clone, Debug)]
+pub(super) struct Expected {
+    /// The profile's name, or None when the set was read from the device.
+    pub profile: Option<String>,
+    pub features: u64,
+}
+
+impl Expected {
+    /// "profile ifcvf" / "the device (features read from it)".
+    pub fn who(&self) -> String {
+        match &self.profile {
+            Some(n) => format!("profile {n}"),
+            None => "the device (no --profile: its offered features read from it)".into(),
+        }
+    }
+}
+
+/// Why a check that needs `feature` is not run: "X not offered by profile P" (or by the
+/// device, when no profile was given).
+pub(super) fn why_not_offered(o: &ValidateOptions, bit: u32) -> String {
+    let name = feature_label(bit);
+    match &o.profile {
+        Some(p) if !p.offers(bit) => format!("{name} not offered by profile {}", p.name),
+        Some(p) => format!(
+            "{name} not offered by the device, although profile {} offers it",
+            p.name
+        ),
+        None => format!("{name} not offered by the device"),
+    }
+}
+
+fn feature_label(bit: u32) -> String {
+    bar_registers::virtio::feature_name(bit).map_or(format!("feature bit {bit}"), str::to_string)
+}
+
+/// For a feature group: NOT RUN when `exp` lacks its feature, a failed finding when `exp`
+/// has it and the device does not offer it.
+pub(super) fn feature_gate(id: &'static str, exp: &Expected, offered: u64) -> Option<Finding> {
+    let &(_, bit) = GROUP_FEATURES.iter().find(|g| g.0 == id)?;
+    let name = feature_label(bit);
+    if exp.features & (1u64 << bit) == 0 {
+        return Some(Finding::not_run(
+            id,
+            "group",
+            &format!("needs {name}: {name} not offered by {}", exp.who()),
+        ));
+    }
+    (offered & (1u64 << bit) == 0).then(|| {
+        Finding::fail(
+            id,
+            &format!("{name} offered"),
+            true,
+            &format!("offered ({} offers it)", exp.who()),
+            &format!("not offered: device features {offered:#x}"),
+            &format!("common cfg device_feature bit {bit}"),
+        )
+    })
 }
 
 impl Identity {
@@ -67,8 +137,8 @@ impl Identity {
         Identity {
             found: r.clone(),
             not_virtio_net: Some(r.clone()),
-            no_lm: Some(r.clone()),
-            no_packed: Some(r),
+            no_lm: Some(r),
+            offered: 0,
         }
     }
 
@@ -87,7 +157,6 @@ impl Identity {
                 .no_lm
                 .as_ref()
                 .map(|why| format!("needs the LM block in BAR4 (pci-structure): {why}")),
-            "ring-layout-packed" => self.no_packed.clone(),
             _ => None,
         }
     }
@@ -115,8 +184,8 @@ pub(super) fn identify(s: &Session, o: &ValidateOptions) -> Result<Identity, Dri
             return Ok(Identity {
                 found,
                 not_virtio_net: Some(why.clone()),
-                no_lm: Some(why.clone()),
-                no_packed: Some(why),
+                no_lm: Some(why),
+                offered: 0,
             });
         }
     };
@@ -141,27 +210,23 @@ pub(super) fn identify(s: &Session, o: &ValidateOptions) -> Result<Identity, Dri
         })
     };
     let (bar, base) = (u32::from(pci.common.bar), pci.common.offset);
-    s.handle.region_write(
-        bar,
-        base + common::DEVICE_FEATURE_SELECT,
-        &1u32.to_le_bytes(),
-    )?;
-    let mut hi = [0u8; 4];
-    s.handle
-        .region_read(bar, base + common::DEVICE_FEATURE, &mut hi)?;
-    s.handle.region_write(
-        bar,
-        base + common::DEVICE_FEATURE_SELECT,
-        &0u32.to_le_bytes(),
-    )?;
-    let hi = u32::from_le_bytes(hi);
-    let no_packed = (hi & (1 << (bits::RING_PACKED - 32)) == 0)
-        .then(|| format!("VIRTIO_F_RING_PACKED not offered (device features[63:32] {hi:#x})"));
+    let mut offered = 0u64;
+    for sel in [1u32, 0] {
+        s.handle.region_write(
+            bar,
+            base + common::DEVICE_FEATURE_SELECT,
+            &sel.to_le_bytes(),
+        )?;
+        let mut half = [0u8; 4];
+        s.handle
+            .region_read(bar, base + common::DEVICE_FEATURE, &mut half)?;
+        offered |= u64::from(u32::from_le_bytes(half)) << (32 * sel);
+    }
     Ok(Identity {
         found,
         not_virtio_net,
         no_lm,
-        no_packed,
+        offered,
     })
 }
 
@@ -616,7 +681,7 @@ fn ring_layout_split(
         f.push(Finding::not_run(
             G,
             "indirect descriptor tables (TX)",
-            "VIRTIO_F_INDIRECT_DESC not offered",
+            &why_not_offered(o, bits::INDIRECT_DESC),
         ));
     }
     // TX used elements: id = head, len = 0 (nothing written into TX buffers).
@@ -673,14 +738,18 @@ fn ring_layout_split(
 /// is offered: byte-exact round trips (one descriptor, split header, mergeable RX, without
 /// MRG_RXBUF, indirect tables), the used descriptors the device writes in place (buffer id,
 /// AVAIL = USED = wrap counter, WRITE and len), and the wrap counters across several laps.
-fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
+fn ring_layout_packed(
+    s: &Session,
+    o: &ValidateOptions,
+    f: &mut Findings,
+) -> Result<(), DriverError> {
     const G: &str = "ring-layout-packed";
     let feats = driver(s, DriverOptions::default())?.device_features_probe()?;
     if feats & (1 << bits::RING_PACKED) == 0 {
         f.push(Finding::not_run(
             G,
             "packed ring",
-            "VIRTIO_F_RING_PACKED not offered",
+            &why_not_offered(o, bits::RING_PACKED),
         ));
         return Ok(());
     }
@@ -743,7 +812,7 @@ fn ring_layout_packed(s: &Session, f: &mut Findings) -> Result<(), DriverError> 
         f.push(Finding::not_run(
             G,
             "indirect tables of packed descriptors (TX, 2.8.7)",
-            "VIRTIO_F_INDIRECT_DESC not offered",
+            &why_not_offered(o, bits::INDIRECT_DESC),
         ));
     }
 
@@ -919,10 +988,54 @@ fn try_features(d: &NetDriver, s: &Session, features: u64) -> Result<u8, DriverE
     Ok(s)
 }
 
-fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
+fn feature_awareness(
+    s: &Session,
+    o: &ValidateOptions,
+    f: &mut Findings,
+) -> Result<(), DriverError> {
     const G: &str = "feature-awareness";
     let d = driver(s, DriverOptions::default())?;
     let offered = d.device_features_probe()?;
+    // The device offers its profile's set: nothing more, and nothing less apart from the
+    // features a group of their own checks (that group fails instead).
+    if let Some(p) = &o.profile {
+        let owned = GROUP_FEATURES.iter().fold(0u64, |m, g| m | (1u64 << g.1));
+        let names = |m: u64| {
+            (0..64)
+                .filter(|b| m & (1u64 << b) != 0)
+                .map(feature_label)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let extra = offered & !p.features;
+        let missing = p.features & !offered & !owned;
+        f.push(Finding::check(
+            G,
+            &format!("offers exactly the features of profile {}", p.name),
+            true,
+            extra == 0 && missing == 0,
+            &hex(p.features),
+            &if extra == 0 && missing == 0 {
+                hex(offered)
+            } else {
+                format!(
+                    "{}{}{}",
+                    hex(offered),
+                    if extra != 0 {
+                        format!("; beyond the profile: {}", names(extra))
+                    } else {
+                        String::new()
+                    },
+                    if missing != 0 {
+                        format!("; missing: {}", names(missing))
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+            &locate::reg("common_cfg", common::DEVICE_FEATURE),
+        ));
+    }
     let v1 = 1u64 << bits::VERSION_1;
     let not_offered = (0..64)
         .map(|b| 1u64 << b)
@@ -937,15 +1050,18 @@ fn feature_awareness(s: &Session, f: &mut Findings) -> Result<(), DriverError> {
         (
             "refuses FEATURES_OK for MQ without CTRL_VQ",
             // Everything else that needs the control queue left out, so MQ is the reason.
-            device::transport::NEEDS_CTRL_VQ
+            bar_registers::virtio::FEATURE_REQUIREMENTS
                 .iter()
-                .fold(offered & !(1 << bits::CTRL_VQ), |m, &b| m & !(1u64 << b))
+                .filter(|r| r.any_of.iter().any(|n| n.0 == bits::CTRL_VQ))
+                .fold(offered & !(1 << bits::CTRL_VQ), |m, r| {
+                    m & !(1u64 << r.feature.0)
+                })
                 | v1
                 | (1 << bits::MQ),
         ),
     ] {
         if name.contains("MQ") && offered & (1 << bits::MQ) == 0 {
-            f.push(Finding::not_run(G, name, "MQ not offered"));
+            f.push(Finding::not_run(G, name, &why_not_offered(o, bits::MQ)));
             continue;
         }
         let st_read = try_features(&d, s, feats)?;

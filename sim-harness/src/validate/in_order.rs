@@ -3,7 +3,7 @@
 //! slot by slot, are the avail ring's heads. Checked on a TX queue and on an RX queue with
 //! mergeable buffers after a burst of frames through the loopback.
 
-use super::checks::{driver, started, Findings};
+use super::checks::{started, Findings};
 use super::report::Finding;
 use super::{Session, ValidateOptions};
 use crate::driver::net::{rxq, txq};
@@ -24,15 +24,7 @@ pub(super) fn in_order(
     _o: &ValidateOptions,
     f: &mut Findings,
 ) -> Result<(), DriverError> {
-    let offered = driver(s, DriverOptions::default())?.device_features_probe()?;
-    if offered & (1 << bits::IN_ORDER) == 0 {
-        f.push(Finding::not_run(
-            G,
-            "group",
-            "VIRTIO_F_IN_ORDER not offered",
-        ));
-        return Ok(());
-    }
+    // Runs only when the device offers VIRTIO_F_IN_ORDER (checks::GROUP_FEATURES gates it).
     let features = bar_registers::virtio::default_driver_features();
     let mut d = started(
         s,

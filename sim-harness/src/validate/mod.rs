@@ -20,7 +20,8 @@ use device::{Device, DeviceConfig, InterruptRecorder};
 use std::sync::Arc;
 
 pub use report::{
-    Counts, Finding, GroupResult, Report, Verdict, EXIT_DEVICE_FAILED, EXIT_PASS, EXIT_UNREACHABLE,
+    Counts, FeatureStatus, Finding, GroupResult, ProfileReport, Report, Verdict,
+    EXIT_DEVICE_FAILED, EXIT_PASS, EXIT_UNREACHABLE,
 };
 
 /// Check groups, in report order: (id, title).
@@ -255,6 +256,15 @@ pub trait Target {
     }
     /// For the report header.
     fn describe(&self) -> String;
+    /// The profile the device was created with, where the validator created it (None: the
+    /// device's offer is read from it, unless [`ValidateOptions::profile`] says what to expect).
+    fn profile(&self) -> Option<bar_registers::Profile> {
+        None
+    }
+    /// Where [`Target::profile`] comes from, for the report.
+    fn profile_origin(&self) -> &'static str {
+        "profile"
+    }
 }
 
 /// The built-in model, one instance for the whole run.
@@ -285,10 +295,15 @@ impl Target for InProcess {
         })
     }
 
+    fn profile(&self) -> Option<bar_registers::Profile> {
+        Some(self.cfg.profile.clone())
+    }
+
     fn describe(&self) -> String {
         let q: Vec<&str> = self.cfg.quirks.iter().map(|q| q.name()).collect();
         format!(
-            "built-in model: {} queue pairs, LM layout {}, log granularity {} B{}",
+            "built-in model: profile {}, {} queue pairs, LM layout {}, log granularity {} B{}",
+            self.cfg.profile.name,
             self.cfg.layout.queue_pairs,
             self.cfg.layout.lm_layout.name(),
             self.cfg.log_granularity,
@@ -417,6 +432,34 @@ impl Target for OverSocket {
     fn describe(&self) -> String {
         format!("vfio-user device at {}", self.path.display())
     }
+
+    fn profile_origin(&self) -> &'static str {
+        "control socket"
+    }
+
+    /// The profile the server says the device has, through its control socket (`vdpa-emu
+    /// serve`'s `stats`): what the device should offer, so a device that offers less (a quirk)
+    /// fails instead of being taken at its word. None without a control socket (or one that
+    /// does not answer): the offered set is then read from the device.
+    fn profile(&self) -> Option<bar_registers::Profile> {
+        use crate::ctl::{CtlClient, Request};
+        let ctl = self.ctl.as_ref()?;
+        let stats = CtlClient::connect(ctl, self.reply_timeout)
+            .and_then(|mut c| c.call(&Request::Stats {}))
+            .map_err(|e| tracing::warn!(ctl = %ctl.display(), error = %e, "no profile from the control socket"))
+            .ok()?
+            .stats?;
+        if stats.profile.is_empty() {
+            return None;
+        }
+        Some(bar_registers::Profile {
+            name: stats.profile,
+            description: "as the device's control socket reports it".into(),
+            source: format!("control socket {}", ctl.display()),
+            features: stats.profile_features,
+            params: Default::default(),
+        })
+    }
 }
 
 /// What the validator assumes of the device beyond what it can read.
@@ -430,6 +473,9 @@ pub struct ValidateOptions {
     pub wraparound: bool,
     /// Open a new session for every group (the old behaviour) instead of one for the run.
     pub reconnect_per_group: bool,
+    /// The profile the device is expected to offer (`--profile`); None: the target's own
+    /// ([`Target::profile`]), else what the device offers, read from it.
+    pub profile: Option<bar_registers::Profile>,
 }
 
 impl Default for ValidateOptions {
@@ -439,6 +485,7 @@ impl Default for ValidateOptions {
             log_granularity: 4096,
             wraparound: true,
             reconnect_per_group: false,
+            profile: None,
         }
     }
 }
@@ -507,6 +554,19 @@ pub fn run_groups(
         }
     };
     tracing::info!(?ident, "identified");
+    // What the device should offer: the profile given or the target's; else what it offers.
+    let (profile, origin) = match o.profile.clone() {
+        Some(p) => (Some(p), "profile"),
+        None => (target.profile(), target.profile_origin()),
+    };
+    let expected = checks::Expected {
+        profile: profile.as_ref().map(|p| p.name.clone()),
+        features: profile.as_ref().map_or(ident.offered, |p| p.features),
+    };
+    let o = &ValidateOptions {
+        profile: profile.clone(),
+        ..o.clone()
+    };
     let mut groups = Vec::new();
     let mut first = true;
     let mut pending_fail: Option<String> = None;
@@ -523,6 +583,11 @@ pub fn run_groups(
                 title,
                 vec![Finding::not_run(id, "group", &why)],
             ));
+            continue;
+        }
+        if let Some(f) = checks::feature_gate(id, &expected, ident.offered) {
+            tracing::info!(verdict = f.verdict.name(), why = %f.observed, "feature gate");
+            groups.push(GroupResult::new(id, title, vec![f]));
             continue;
         }
         // Put the device back to a clean state (or open it again, if told to).
@@ -572,6 +637,7 @@ pub fn run_groups(
     tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "done");
     Ok(Report {
         target: format!("{} (found {})", target.describe(), ident.found),
+        profile: report::ProfileReport::new(profile.as_ref(), origin, ident.offered),
         groups,
         aborted,
         hints,

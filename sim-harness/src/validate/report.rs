@@ -127,10 +127,78 @@ impl GroupResult {
     }
 }
 
+/// One feature the model knows: whether the profile and the device offer it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeatureStatus {
+    pub name: &'static str,
+    pub bit: u32,
+    /// In the expected set (the profile's, or the device's own when no profile was given).
+    pub profile: bool,
+    /// Offered by the device (device_feature as read at the start of the run).
+    pub device: bool,
+}
+
+/// The profile a run checked against and, per feature, what was expected and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProfileReport {
+    /// The profile's name, or `device` when no profile was given (the expected set is then
+    /// what the device offers, read from it).
+    pub name: String,
+    /// Where the expected set comes from: `profile` (given, or the model's own), `control
+    /// socket` (the served device's, as its control socket reports it) or `device` (none known:
+    /// what the device offers).
+    pub from: &'static str,
+    /// Expected features as a mask.
+    pub expected: String,
+    /// What the device offers, as a mask.
+    pub offered: String,
+    /// Every feature the model knows, then any other bit the device offers.
+    pub features: Vec<FeatureStatus>,
+}
+
+impl ProfileReport {
+    /// The report of a run against `profile` (None: the device's own set) on a device that
+    /// offers `offered`.
+    pub fn new(
+        profile: Option<&bar_registers::Profile>,
+        origin: &'static str,
+        offered: u64,
+    ) -> ProfileReport {
+        let expected = profile.map_or(offered, |p| p.features);
+        let mut features: Vec<FeatureStatus> = bar_registers::virtio::OFFERED_FEATURES
+            .iter()
+            .map(|f| FeatureStatus {
+                name: f.name,
+                bit: f.bit,
+                profile: expected & (1u64 << f.bit) != 0,
+                device: offered & (1u64 << f.bit) != 0,
+            })
+            .collect();
+        let known = bar_registers::virtio::offered_mask();
+        for bit in (0..64).filter(|b| offered & !known & (1u64 << b) != 0) {
+            features.push(FeatureStatus {
+                name: "(not a feature the model knows)",
+                bit,
+                profile: false,
+                device: true,
+            });
+        }
+        ProfileReport {
+            name: profile.map_or("device".into(), |p| p.name.clone()),
+            from: if profile.is_some() { origin } else { "device" },
+            expected: format!("{expected:#x}"),
+            offered: format!("{offered:#x}"),
+            features,
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Clone, Debug)]
 pub struct Report {
     pub target: String,
+    /// The profile checked against, and per feature whether it is offered.
+    pub profile: ProfileReport,
     pub groups: Vec<GroupResult>,
     /// Set when the validator lost the device part-way (a transport error): the groups from
     /// there on are NOT RUN, and the run exits 2, not 1.
@@ -231,7 +299,49 @@ impl Report {
     /// A readable table: one line per group, and the evidence of every finding that did not pass.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "vDPA HW prerequisites: {}\n", self.target);
+        let _ = writeln!(s, "vDPA HW prerequisites: {}", self.target);
+        let p = &self.profile;
+        if p.from != "device" {
+            let _ = writeln!(
+                s,
+                "profile {}{}: expects features {}, the device offers {}",
+                p.name,
+                if p.from == "profile" {
+                    String::new()
+                } else {
+                    format!(" (from its {})", p.from)
+                },
+                p.expected,
+                p.offered
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "profile: none given; the device offers {} (checked as its own profile)",
+                p.offered
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n{:<28} {:>3}  {:<7}  device",
+            "feature", "bit", "profile"
+        );
+        for f in &p.features {
+            let _ = writeln!(
+                s,
+                "{:<28} {:>3}  {:<7}  {}",
+                f.name,
+                f.bit,
+                if f.profile { "offered" } else { "-" },
+                match (f.profile, f.device) {
+                    (true, true) => "offered",
+                    (false, false) => "-",
+                    (true, false) => "NOT OFFERED",
+                    (false, true) => "OFFERED (not in the profile)",
+                }
+            );
+        }
+        let _ = writeln!(s);
         let _ = writeln!(s, "{:<20} {:<7} {:>6}  what", "check", "result", "items");
         for g in &self.groups {
             let n = g
@@ -284,7 +394,8 @@ impl Report {
         s
     }
 
-    /// JSON: `{"target", "passed", "exit_code", "aborted", "counts": {"checks", "groups"},
+    /// JSON: `{"target", "profile": {"name", "from", "expected", "offered", "features": [{"name",
+    /// "bit", "profile", "device"}]}, "passed", "exit_code", "aborted", "counts": {"checks", "groups"},
     /// "checks": [{"id", "title", "verdict", "findings": [...]}], "hints": [...]}`.
     pub fn json(&self) -> String {
         #[derive(Serialize)]
@@ -295,6 +406,7 @@ impl Report {
         #[derive(Serialize)]
         struct Json<'a> {
             target: &'a str,
+            profile: &'a ProfileReport,
             passed: bool,
             exit_code: u8,
             aborted: Option<&'a str>,
@@ -304,6 +416,7 @@ impl Report {
         }
         crate::report_json::to_json(&Json {
             target: &self.target,
+            profile: &self.profile,
             passed: self.passed(),
             exit_code: self.exit_code(),
             aborted: self.aborted.as_deref(),
@@ -330,8 +443,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  <properties><property name=\"target\" value=\"{}\"/></properties>",
-            xml(&self.target)
+            "  <properties><property name=\"target\" value=\"{}\"/><property name=\"profile\" value=\"{}\"/><property name=\"offered_features\" value=\"{}\"/></properties>",
+            xml(&self.target),
+            xml(&self.profile.name),
+            xml(&self.profile.offered)
         );
         for f in all {
             let _ = write!(

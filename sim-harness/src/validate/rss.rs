@@ -25,11 +25,15 @@ const FRAMES: usize = 240;
 const MAX_PAIRS: u16 = 4;
 
 /// The group body.
-pub(super) fn rss(s: &Session, _o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
+pub(super) fn rss(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), DriverError> {
     let d = driver(s, DriverOptions::default())?;
     let offered = d.device_features_probe()?;
     if offered & (1 << bits::RSS) == 0 {
-        f.push(Finding::not_run(G, "group", "VIRTIO_NET_F_RSS not offered"));
+        f.push(Finding::not_run(
+            G,
+            "group",
+            &super::checks::why_not_offered(o, bits::RSS),
+        ));
         return d.reset();
     }
     let max_pairs = d.net_config(net_cfg::MAX_VIRTQUEUE_PAIRS, 2)? as u16;

@@ -637,6 +637,21 @@ fn dpdk_ifc_vdpa_hw_live_migration() {
     lm_expect_pass("dpdk_ifc_vdpa_hw_live_migration", &[], "", false);
 }
 
+/// The same on `serve --profile ifcvf` (docs/profiles.md): DPDK's ifc driver adds CTRL_VQ,
+/// GUEST_ANNOUNCE and STATUS for the frontend but writes `negotiated & device features` to the
+/// device (base/ifcvf.c ifcvf_config_features), so the device runs on the ifcvf set, and the
+/// hardware-logging migration works on it.
+#[test]
+#[ignore = "needs QEMU: make e2e"]
+fn dpdk_ifc_vdpa_hw_live_migration_ifcvf_profile() {
+    lm_expect_pass(
+        "dpdk_ifc_vdpa_hw_live_migration_ifcvf_profile",
+        &["--profile", "ifcvf"],
+        "",
+        false,
+    );
+}
+
 /// Item 4 with the driver's software fallback (`sw-live-migration=1`: a relay with mediated used
 /// rings logs what the device wrote).
 #[test]

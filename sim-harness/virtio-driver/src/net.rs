@@ -414,6 +414,16 @@ impl NetDriver {
         }
         self.pci_enable()?;
         self.negotiate()?;
+        // More than one pair needs VQ_PAIRS_SET over the control queue (virtio 1.2 5.1.6.5.5):
+        // a device (profile) without MQ and CTRL_VQ has one pair to offer.
+        let mq = (1u64 << bits::MQ) | (1u64 << bits::CTRL_VQ);
+        if self.opts.queue_pairs > 1 && !self.opts.skip_mq_setup && self.features & mq != mq {
+            return Err(DriverError::Usage(format!(
+                "{} queue pairs need VIRTIO_NET_F_MQ and VIRTIO_NET_F_CTRL_VQ, not negotiated \
+                 (device features {:#x}, negotiated {:#x}): use one queue pair with this device",
+                self.opts.queue_pairs, self.device_features, self.features
+            )));
+        }
         let ev = self.features & (1 << bits::EVENT_IDX) != 0;
         let packed = self.is_packed();
         self.queues = (0..self.num_queues).map(|_| None).collect();
