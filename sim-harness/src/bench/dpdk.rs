@@ -402,7 +402,20 @@ fn run_in(t: &Testpmd, o: &DpdkRunOptions, dir: &Path) -> Result<DpdkRun, DpdkEr
     let (c0, w0) = (stat_cpu(vh_pid)?, Instant::now());
     std::thread::sleep(Duration::from_secs(o.seconds as u64));
     let (c1, wall) = (stat_cpu(vh_pid)?, w0.elapsed());
-    std::thread::sleep(Duration::from_millis(700));
+    // A starved testpmd prints late: wait (up to 15 s) for the blocks the window needs.
+    let t1 = Instant::now();
+    loop {
+        let measured = if o.dir == "tx" { &vh } else { &vu };
+        let blocks = parse_stats(&measured.log());
+        let have = blocks
+            .iter()
+            .position(|b| b.rx_packets > 0)
+            .map_or(0, |first| blocks.len() - first);
+        if have > 1 + o.warmup + o.seconds || t1.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     vu.stop();
     vh.stop();
     let measured = if o.dir == "tx" { &vh } else { &vu };
