@@ -313,6 +313,16 @@ pub struct DriverLoop {
 }
 
 impl DriverLoop {
+    /// Of the driver's ring operations, the share that found the device behind (TX bursts the
+    /// full ring did not take whole, RX polls that found nothing), %.
+    pub fn waiting_percent(&self) -> f64 {
+        let ops = self.tx_bursts + self.rx_polls;
+        if ops == 0 {
+            return 0.0;
+        }
+        (self.tx_bursts_short + self.rx_polls_empty) as f64 * 100.0 / ops as f64
+    }
+
     fn add(&mut self, o: &DriverLoop) {
         self.sent += o.sent;
         self.received += o.received;
@@ -796,7 +806,7 @@ pub fn table(r: &DatapathReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<8} {:>5} {:>2} {:<6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>5}",
+        "\n{:<8} {:>5} {:>2} {:<6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>9} {:>5}",
         "dir",
         "frame",
         "qp",
@@ -807,6 +817,7 @@ pub fn table(r: &DatapathReport) -> String {
         "vs DPDK",
         "serve CPU",
         "us/frm",
+        "drv waits",
         "lost"
     );
     for c in &r.cells {
@@ -815,7 +826,7 @@ pub fn table(r: &DatapathReport) -> String {
         });
         let _ = writeln!(
             s,
-            "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>5}",
+            "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>8.1}% {:>5}",
             c.dir.name(),
             c.frame,
             c.queue_pairs,
@@ -827,6 +838,7 @@ pub fn table(r: &DatapathReport) -> String {
             c.server_cpu_percent,
             c.server_cpu_us_per_frame
                 .map_or("-".into(), |v| format!("{v:.3}")),
+            c.driver_loop.waiting_percent(),
             c.lost
         );
     }
