@@ -69,6 +69,7 @@ fn tiny_run_counts_every_frame_in_every_cell() {
         assert!(u(c, "window_frames") <= u(c, "driver_sent").max(u(c, "driver_received")));
         assert!(c["vs_dpdk"].is_null(), "a ratio without an anchor: {c}");
         assert_eq!(u(c, "lost"), 0, "{c}");
+        assert!(c["fault"].is_null(), "{c}");
         let d = &c["device"];
         let (sent, received) = (u(c, "driver_sent"), u(c, "driver_received"));
         // What the device counted agrees with what the driver did, frame for frame.

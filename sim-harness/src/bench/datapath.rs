@@ -234,6 +234,9 @@ pub struct Cell {
     pub device: DeviceCounts,
     /// Frames the counters do not account for (0 when the device and driver agree).
     pub lost: u64,
+    /// Why the device was in DEVICE_NEEDS_RESET at the end, if it was (the control socket's
+    /// `stats` fault).
+    pub fault: Option<String>,
     /// The driver's loop over the window: how often it waited for the device.
     pub driver_loop: DriverLoop,
     /// This cell's rate / the DPDK anchor's for the same direction, frame and queue pairs.
@@ -565,6 +568,7 @@ pub fn measure(
     // posted buffers are used up. (Each frame fits one 2 KiB buffer.)
     let drain0 = Instant::now();
     let mut last: Option<DeviceCounts> = None;
+    let mut fault: Option<String>;
     let dev = loop {
         for p in 0..pairs {
             drv.reclaim_tx(p)?;
@@ -577,7 +581,9 @@ pub fn measure(
                 received += drv.recv(p)?.len() as u64;
             }
         }
-        let now = DeviceCounts::from_stats(&ctl_stats(&mut ctl)?);
+        let report = ctl_stats(&mut ctl)?;
+        let now = DeviceCounts::from_stats(&report);
+        fault = report.fault.clone();
         let settled = last.as_ref() == Some(&now)
             && now.rx_frames == received
             && (dir.receives_only() || now.tx_frames + now.tx_port_drops == sent)
@@ -638,6 +644,7 @@ pub fn measure(
         lost,
         vs_dpdk: None,
         driver_loop: window,
+        fault,
         session,
     })
 }
@@ -841,6 +848,9 @@ pub fn table(r: &DatapathReport) -> String {
             c.driver_loop.waiting_percent(),
             c.lost
         );
+        if let Some(f) = &c.fault {
+            let _ = writeln!(s, "  ^ the device faulted (DEVICE_NEEDS_RESET): {f}");
+        }
     }
     s
 }
@@ -934,8 +944,10 @@ pub fn cli(a: &DatapathArgs) -> std::process::ExitCode {
             } else {
                 print!("{}", table(&r));
             }
-            if r.cells.iter().any(|c| c.lost > 0) {
-                eprintln!("vdpa-emu bench datapath: frames unaccounted for (column lost)");
+            if r.cells.iter().any(|c| c.lost > 0 || c.fault.is_some()) {
+                eprintln!(
+                    "vdpa-emu bench datapath: frames unaccounted for (column lost) or a device fault"
+                );
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
