@@ -123,7 +123,7 @@ enum Cmd {
         /// MAC address in the device config.
         #[arg(long, default_value = "52:54:00:12:34:56", value_parser = sim_harness::serve::parse_mac)]
         mac: [u8; 6],
-        /// Wire: loopback, tap:IFNAME (host TAP, needs root) or unix:PATH (link to another device).
+        /// Wire: loopback, null (count and discard), gen:SIZE (receive-side generator), tap:IFNAME (host TAP, needs root) or unix:PATH (link to another device).
         #[arg(long, default_value = "loopback")]
         port: sim_harness::ports::PortSpec,
         /// LM block layout: dpdk or linux [default: dpdk, or the profile's].
@@ -277,6 +277,10 @@ enum BenchCmd {
     /// What a doorbell costs per path (mmap, trapped posted, trapped waiting) against `serve`
     /// processes: idle CPU, kick latency, CPU per kick (docs/doorbells.md).
     Doorbells(sim_harness::bench::doorbells::DoorbellArgs),
+    /// Frames per second through a `serve` process driven over vfio-user by the driver model
+    /// in this one (TX, RX, loopback; 64/1500 B; 1/4 queue pairs; split/packed), next to DPDK's
+    /// vhost-user pair in the same run (docs/bench.md).
+    Datapath(sim_harness::bench::datapath::DatapathArgs),
 }
 
 #[derive(Subcommand)]
@@ -796,6 +800,9 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Bench {
+            cmd: BenchCmd::Datapath(a),
+        } => sim_harness::bench::datapath::cli(&a),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vdpa-emu", &mut std::io::stdout());

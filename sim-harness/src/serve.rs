@@ -27,6 +27,9 @@
 //!
 //! `--port SPEC` chooses the wire:
 //! - `loopback` (default): transmitted frames come back on the device's own receive side;
+//! - `null`: transmitted frames are counted and discarded, nothing is received;
+//! - `gen:SIZE`: a generator thread fills the receive side with SIZE-byte frames as fast as the
+//!   device delivers them (transmitted frames are discarded): the receive path alone;
 //! - `tap:IFNAME`: a host TAP interface, created if absent and brought up (needs root);
 //! - `unix:PATH`: one end of a datagram link between two devices (in one process or two).
 //!   The ends are the socket files `PATH.a` and `PATH.b`: a server binds `PATH.a` unless a
@@ -646,6 +649,13 @@ mod tests {
     #[test]
     fn port_specs() {
         assert_eq!("loopback".parse::<PortSpec>().unwrap(), PortSpec::Loopback);
+        assert_eq!("null".parse::<PortSpec>().unwrap(), PortSpec::Null);
+        assert_eq!(PortSpec::Null.to_string(), "null");
+        assert_eq!("gen:64".parse::<PortSpec>().unwrap(), PortSpec::Gen(64));
+        assert_eq!(PortSpec::Gen(1500).to_string(), "gen:1500");
+        for bad in ["gen:", "gen:59", "gen:1515", "gen:x"] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
         assert_eq!(
             "tap:vtap0".parse::<PortSpec>().unwrap(),
             PortSpec::Tap("vtap0".into())

@@ -20,6 +20,7 @@
 //! doorbells: a REGION_WRITE that waits for its reply, which is what every trapped BAR write
 //! costs once QEMU saw FLAG_MMAP). The trap paths are the anchor of the same run.
 
+use super::serve_child::{self, schedstat_cpu, stat_cpu, ServeChild, ServeChildError, ServeSpawn};
 use crate::driver::net::rxq;
 use crate::driver::{DriverOptions, NetDriver};
 use crate::frames;
@@ -27,7 +28,6 @@ use crate::vfio_user::Client;
 use device::InterruptRecorder;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,24 +78,12 @@ pub struct DoorbellReport {
 /// Why the bench could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DoorbellBenchError {
-    #[error("starting {bin}: {source}")]
-    Spawn {
-        bin: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("serve did not come up: {0}")]
-    NoServer(String),
+    #[error(transparent)]
+    Serve(#[from] ServeChildError),
     #[error("{0}")]
     Client(#[from] crate::vfio_user::ClientError),
     #[error("driver: {0}")]
     Driver(#[from] crate::driver::DriverError),
-    #[error("reading /proc/{pid}: {source}")]
-    Proc {
-        pid: u32,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{path}: frame {n} not looped back within 2 s")]
     Lost { path: &'static str, n: u32 },
     #[error("the mmap path was not taken: the client mapped {0:?}")]
@@ -125,95 +113,22 @@ impl Path3 {
     }
 }
 
-/// A `serve` child, killed on drop.
-struct ServeChild {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for ServeChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn spawn_serve(bin: &Path, mode: &str) -> Result<(ServeChild, PathBuf), DoorbellBenchError> {
-    let dir = std::env::temp_dir().join(format!(
-        "vdpa-emu-bench-doorbells-{}-{mode}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| DoorbellBenchError::NoServer(e.to_string()))?;
-    let sock = dir.join("dev.sock");
-    let child = Command::new(bin)
-        .args([
-            "serve",
-            "--queue-pairs",
-            "1",
-            "--port",
-            "loopback",
-            "--doorbell",
-            mode,
-        ])
-        .arg("--socket")
-        .arg(&sock)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| DoorbellBenchError::Spawn {
-            bin: bin.into(),
-            source,
-        })?;
-    let mut s = ServeChild { child, dir };
-    let t0 = Instant::now();
-    while !sock.exists() {
-        if let Ok(Some(st)) = s.child.try_wait() {
-            return Err(DoorbellBenchError::NoServer(format!("exited: {st}")));
-        }
-        if t0.elapsed() > Duration::from_secs(15) {
-            return Err(DoorbellBenchError::NoServer("no socket after 15 s".into()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((s, sock))
-}
-
-/// utime + stime of `pid` (/proc/PID/stat fields 14 and 15, clock ticks).
-fn stat_cpu(pid: u32) -> Result<Duration, DoorbellBenchError> {
-    let err = |source| DoorbellBenchError::Proc { pid, source };
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(err)?;
-    // The command name (field 2) may hold spaces; fields after its ')' are space-separated.
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // rest[0] is field 3 (state): utime is field 14, stime 15.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
-}
-
-/// Sum of `pid`'s threads' time on CPU (/proc/PID/task/*/schedstat, first field, ns).
-fn schedstat_cpu(pid: u32) -> Result<Duration, DoorbellBenchError> {
-    let err = |source| DoorbellBenchError::Proc { pid, source };
-    let mut ns = 0u64;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).map_err(err)? {
-        let t = t.map_err(err)?;
-        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|x| x.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Ok(Duration::from_nanos(ns))
+fn spawn_serve(bin: &Path, mode: &str) -> Result<ServeChild, DoorbellBenchError> {
+    let args = [
+        "--queue-pairs",
+        "1",
+        "--port",
+        "loopback",
+        "--doorbell",
+        mode,
+    ];
+    Ok(serve_child::spawn(&ServeSpawn {
+        bin,
+        tag: &format!("doorbells-{mode}"),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        log: None,
+        cpu: None,
+    })?)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -229,9 +144,9 @@ fn round2(v: f64) -> f64 {
 }
 
 fn measure(path: Path3, o: &DoorbellBenchOptions) -> Result<PathReport, DoorbellBenchError> {
-    let (serve, sock) = spawn_serve(&o.serve_bin, path.serve_mode())?;
-    let pid = serve.child.id();
-    let c = Arc::new(Client::connect(&sock)?);
+    let serve = spawn_serve(&o.serve_bin, path.serve_mode())?;
+    let pid = serve.pid();
+    let c = Arc::new(Client::connect(&serve.socket)?);
     match path {
         Path3::Mmap => {
             if c.mapped_areas().is_empty() {

@@ -5,8 +5,14 @@
 //!   logging (docs/bus-model.md).
 //! - [`doorbells`]: what a doorbell costs per path (shared memory, trapped posted, trapped
 //!   waiting) against `serve` processes (docs/doorbells.md).
+//! - [`datapath`]: frames per second through a `serve` process driven by the driver model in
+//!   this one, next to DPDK's vhost-user pair ([`dpdk`]) in the same run (docs/bench.md).
+//! - [`serve_child`]: the `serve` child process and /proc CPU time both use.
 
 pub mod bus;
+pub mod datapath;
 pub mod doorbells;
+pub mod dpdk;
+pub mod serve_child;
 /// The SVG rendering of a [`bus::BusReport`] (depends on bus; bus does not depend on it).
 mod svg;

@@ -1,10 +1,11 @@
-//! Where a served device's frames go: `--port loopback | tap:IFNAME | unix:PATH`.
+//! Where a served device's frames go: `--port loopback | null | gen:SIZE | tap:IFNAME | unix:PATH`.
 //!
 //! Frames the device transmits reach the port through [`device::Port::transmit`] (called with
 //! the device lock held, so every port is non-blocking and drops when its wire is congested).
 //! Frames arriving on the wire are read by a reader thread, pushed into the device's
 //! [`device::RxInbox`] and delivered with [`device::Device::service_rx`].
 
+pub mod gen;
 pub mod tap;
 pub mod unix;
 
@@ -26,6 +27,12 @@ pub enum PortSpec {
     /// Transmitted frames come back on the device's own receive side.
     #[default]
     Loopback,
+    /// Transmitted frames are counted and discarded; nothing is received (the device's
+    /// `NullPort`: the TX path alone, as `vdpa-emu bench datapath --dir tx` measures it).
+    Null,
+    /// A generator thread fills the receive side with frames of this many bytes as fast as
+    /// the device delivers them; transmitted frames are discarded ([`gen`]).
+    Gen(usize),
     /// A host TAP interface (created if absent; needs root).
     Tap(String),
     /// One end of a datagram link at `PATH.a` / `PATH.b` (see [`unix`]).
@@ -35,7 +42,9 @@ pub enum PortSpec {
 /// Why a port could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("port spec {0:?}: expected loopback, tap:IFNAME or unix:PATH")]
+    #[error(
+        "port spec {0:?}: expected loopback, null, gen:SIZE (60..=1514), tap:IFNAME or unix:PATH"
+    )]
     Spec(String),
     #[error("TAP {name}: {source} (needs root / CAP_NET_ADMIN and /dev/net/tun)")]
     Tap {
@@ -59,6 +68,10 @@ impl FromStr for PortSpec {
     fn from_str(s: &str) -> Result<Self, PortError> {
         match s.split_once(':') {
             None if s == "loopback" => Ok(PortSpec::Loopback),
+            None if s == "null" => Ok(PortSpec::Null),
+            Some(("gen", size)) => gen::parse_size(size)
+                .map(PortSpec::Gen)
+                .ok_or_else(|| PortError::Spec(s.into())),
             Some(("tap", name)) if !name.is_empty() => Ok(PortSpec::Tap(name.into())),
             Some(("unix", path)) if !path.is_empty() => Ok(PortSpec::Unix(path.into())),
             _ => Err(PortError::Spec(s.into())),
@@ -70,6 +83,8 @@ impl std::fmt::Display for PortSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PortSpec::Loopback => write!(f, "loopback"),
+            PortSpec::Null => write!(f, "null"),
+            PortSpec::Gen(n) => write!(f, "gen:{n}"),
             PortSpec::Tap(n) => write!(f, "tap:{n}"),
             PortSpec::Unix(p) => write!(f, "unix:{}", p.display()),
         }
@@ -125,6 +140,15 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
         PortSpec::Loopback => {
             device.set_loopback();
             (None, None)
+        }
+        PortSpec::Null => {
+            let port: Arc<dyn Port> = Arc::new(NullPort::default());
+            (Some(port), None)
+        }
+        PortSpec::Gen(size) => {
+            let port: Arc<dyn Port> = Arc::new(NullPort::default());
+            let t = gen::spawn(device, *size, &stop).map_err(PortError::Thread)?;
+            (Some(port), Some(t))
         }
         PortSpec::Tap(name) => {
             let tap = TapPort::open(name).map_err(|source| PortError::Tap {

@@ -1,0 +1,990 @@
+//! `vdpa-emu bench datapath`: frames per second through the device as users run it, the device
+//! in a `vdpa-emu serve` process and the driver model in this one, next to DPDK's vhost-user
+//! pair in the same run.
+//!
+//! Each cell (direction x frame size x queue pairs x ring layout) starts its own `serve
+//! --doorbell mmap` child; the driver model attaches over vfio-user with the [`Client`] (its
+//! rings and buffers in a memfd the server maps with DMA_MAP, doorbells stored into the notify
+//! page the server offers as a sparse mmap area), starts the device, turns used-buffer
+//! notifications off on every data queue (a polling driver, as DPDK's virtio PMD) and then:
+//!
+//! - `tx`: sends bursts of 32 frames on every queue pair as fast as the rings take them; the
+//!   server's port is `null` (counts and discards);
+//! - `rx`: the server's port is `gen:SIZE` (sim_harness::ports::gen: a thread of serve fills
+//!   the device's receive FIFO as fast as the device delivers, like DPDK's vhost PMD in
+//!   txonly); the driver polls every RX queue and reposts its buffers;
+//! - `rx-unix` (not in the default set): a generator thread of this process is the other end of
+//!   the server's `unix:` port (a SOCK_DGRAM link, one frame per datagram, read by serve's port
+//!   thread) and sends as fast as the server reads: the receive path with a host wire's cost;
+//! - `loopback`: the server's port is `loopback`; the driver sends and receives, and the rate
+//!   is the frames it gets back.
+//!
+//! After `--warmup`, the driver's own counts, serve's CPU time (/proc/PID/stat utime + stime)
+//! and the wall clock are read at both ends of the `--seconds` window. After the window the
+//! driver drains and the device's counters (read through serve's control socket) must account
+//! for every frame: TX frames the device took = frames the driver sent, RX frames the device
+//! delivered = frames the driver received, and for loopback every frame the port took came
+//! back (a frame the full receive FIFO refused is counted in `tx_port_drops`, so sent = TX
+//! frames plus port drops). A cell where they do not agree is reported with `lost` > 0. The
+//! last line serve logs for the session (`session statistics`: CPU per frame, doorbells
+//! through shared memory, the doorbell engine's CPU) is kept in the JSON.
+//!
+//! `--pin`: serve runs on the last CPU this process may use (sched_setaffinity before exec, so
+//! every thread of it: one core for the device), the driver (and the RX generator) on the
+//! first. DPDK's testpmds always run one forwarding lcore each: the device side's on the
+//! device's CPU, the driver side's on the driver's.
+//!
+//! The anchor ([`super::dpdk`]): per (direction, frame size, queue pairs) selected, `tx` and
+//! `rx` only (DPDK's pair has no loopback), run before the cells of that frame size.
+
+use super::dpdk::{self, DpdkRun, DpdkRunOptions, Testpmd};
+use super::serve_child::{self, stat_cpu, ServeChild, ServeChildError, ServeSpawn};
+use crate::ctl::{CtlClient, Request, StatsReport};
+use crate::driver::{DriverOptions, NetDriver};
+use crate::frames;
+use crate::vfio_user::Client;
+use device::InterruptRecorder;
+use serde::Serialize;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which way frames go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    Tx,
+    Rx,
+    #[serde(rename = "rx-unix")]
+    RxUnix,
+    Loopback,
+}
+
+impl Dir {
+    /// rx and rx-unix: the driver only receives.
+    pub fn receives_only(self) -> bool {
+        matches!(self, Dir::Rx | Dir::RxUnix)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dir::Tx => "tx",
+            Dir::Rx => "rx",
+            Dir::RxUnix => "rx-unix",
+            Dir::Loopback => "loopback",
+        }
+    }
+}
+
+/// Parses `tx` / `rx` / `loopback`.
+pub fn parse_dir(s: &str) -> Result<Dir, String> {
+    match s {
+        "tx" => Ok(Dir::Tx),
+        "rx" => Ok(Dir::Rx),
+        "rx-unix" => Ok(Dir::RxUnix),
+        "loopback" => Ok(Dir::Loopback),
+        _ => Err(format!(
+            "direction {s:?}: expected tx, rx, rx-unix or loopback"
+        )),
+    }
+}
+
+/// Ring layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Split,
+    Packed,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Split => "split",
+            Layout::Packed => "packed",
+        }
+    }
+}
+
+/// Parses `split` / `packed`.
+pub fn parse_layout(s: &str) -> Result<Layout, String> {
+    match s {
+        "split" => Ok(Layout::Split),
+        "packed" => Ok(Layout::Packed),
+        _ => Err(format!("ring layout {s:?}: expected split or packed")),
+    }
+}
+
+/// Whether and how the anchor runs.
+#[derive(Clone, Debug)]
+pub enum Anchor {
+    /// Not run (`--no-dpdk`); the reason is printed.
+    Skip(String),
+    /// scripts/bench-dpdk.sh finds (or installs) testpmd.
+    Script { path: PathBuf, no_install: bool },
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// The `vdpa-emu` binary to serve with.
+    pub serve_bin: PathBuf,
+    pub frames: Vec<usize>,
+    pub dirs: Vec<Dir>,
+    pub queue_pairs: Vec<u16>,
+    pub layouts: Vec<Layout>,
+    /// The measured window of each cell.
+    pub seconds: f64,
+    /// Traffic before the window.
+    pub warmup: Duration,
+    /// One CPU for serve, another for the driver.
+    pub pin: bool,
+    pub anchor: Anchor,
+    /// More arguments for every `serve` (e.g. `--doorbell-poll busy=200`).
+    pub serve_args: Vec<String>,
+}
+
+/// Why the bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Serve(#[from] ServeChildError),
+    #[error("{0}")]
+    Client(#[from] crate::vfio_user::ClientError),
+    #[error("driver: {0}")]
+    Driver(#[from] crate::driver::DriverError),
+    #[error("control socket: {0}")]
+    Ctl(#[from] crate::ctl::CtlError),
+    #[error("control socket: the stats reply carried no report")]
+    NoStats,
+    #[error("the server offered no mmap area for doorbells (mapped {0:?})")]
+    NotMapped(Vec<(u32, u64, u64)>),
+    #[error("--pin needs two CPUs; this process may use {0:?}")]
+    PinCpus(Vec<usize>),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad options: {0}")]
+    Options(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Io { what, source }
+}
+
+/// Device counters at the end of a cell (totals since the device started).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DeviceCounts {
+    pub tx_frames: u64,
+    pub rx_frames: u64,
+    /// Frames the port refused (loopback: the receive FIFO was full).
+    pub tx_port_drops: u64,
+    /// Used-buffer interrupts sent (all queues).
+    pub interrupts: u64,
+    /// Doorbells rung (all queues).
+    pub doorbells: u64,
+    /// Of them, noticed in the shared-memory notify page.
+    pub doorbells_mmap: u64,
+}
+
+impl DeviceCounts {
+    fn from_stats(s: &StatsReport) -> Self {
+        let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+        DeviceCounts {
+            tx_frames: c("tx_frames"),
+            rx_frames: c("rx_frames"),
+            tx_port_drops: c("tx_port_drops"),
+            interrupts: s.queues.iter().map(|q| q.interrupts).sum(),
+            doorbells: s.queues.iter().map(|q| q.doorbells).sum(),
+            doorbells_mmap: c("shared_doorbells"),
+        }
+    }
+}
+
+/// One cell's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cell {
+    pub dir: Dir,
+    pub frame: usize,
+    pub queue_pairs: u16,
+    pub layout: Layout,
+    /// Wall time of the window, seconds.
+    pub seconds: f64,
+    /// Frames carried in the window (tx: sent; rx, loopback: received by the driver).
+    pub window_frames: u64,
+    pub mpps: f64,
+    /// Frame bytes (Ethernet header to payload end, no FCS) x 8 x rate.
+    pub gbps: f64,
+    /// serve's CPU time over the window, % of one core.
+    pub server_cpu_percent: f64,
+    /// serve's CPU time over the window per frame carried, microseconds.
+    pub server_cpu_us_per_frame: Option<f64>,
+    /// Totals since start, after draining: what the driver sent and received.
+    pub driver_sent: u64,
+    pub driver_received: u64,
+    /// rx-unix: frames this process's generator sent into serve's port.
+    pub generator_sent: Option<u64>,
+    /// The device's counters after draining.
+    pub device: DeviceCounts,
+    /// Frames the counters do not account for (0 when the device and driver agree).
+    pub lost: u64,
+    /// Why the device was in DEVICE_NEEDS_RESET at the end, if it was (the control socket's
+    /// `stats` fault).
+    pub fault: Option<String>,
+    /// The driver's loop over the window: how often it waited for the device.
+    pub driver_loop: DriverLoop,
+    /// This cell's rate / the DPDK anchor's for the same direction, frame and queue pairs.
+    pub vs_dpdk: Option<f64>,
+    /// serve's `session statistics` line for this cell's session (JSON), if it logged one.
+    pub session: Option<serde_json::Value>,
+}
+
+/// The anchor's state in a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnchorReport {
+    /// The testpmd used, when the anchor ran.
+    pub testpmd: Option<Testpmd>,
+    /// Why there is no anchor (or why a run of it failed).
+    pub missing: Option<String>,
+    pub runs: Vec<DpdkRun>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct DatapathReport {
+    pub seconds: f64,
+    pub warmup_seconds: f64,
+    /// (device CPU, driver CPU) with `--pin`.
+    pub pinned: Option<(usize, usize)>,
+    /// Arguments given to every serve beyond the cell's own.
+    pub serve_args: Vec<String>,
+    pub anchor: AnchorReport,
+    pub cells: Vec<Cell>,
+}
+
+/// Frames per burst the driver hands to a queue (testpmd's default burst).
+const BURST: usize = 32;
+
+fn ctl_stats(c: &mut CtlClient) -> Result<StatsReport, DatapathError> {
+    c.call(&Request::Stats {})?
+        .stats
+        .ok_or(DatapathError::NoStats)
+}
+
+/// The JSON object of the `session_stats=` field of serve's `session statistics` log line.
+pub fn parse_session_line(log: &str) -> Option<serde_json::Value> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("session statistics"))?;
+    let start = line.find("session_stats=")? + "session_stats=".len();
+    let rest = &line[start..];
+    let mut depth = 0usize;
+    for (i, ch) in rest.char_indices() {
+        match ch {
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return serde_json::from_str(&rest[..=i]).ok();
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What the driver's loop did.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct DriverLoop {
+    pub sent: u64,
+    pub received: u64,
+    /// TX bursts offered, and of them those the ring did not take whole (it was full: the
+    /// driver waited for the device to complete chains).
+    pub tx_bursts: u64,
+    pub tx_bursts_short: u64,
+    /// RX polls, and of them those that found nothing (the driver waited for the device).
+    pub rx_polls: u64,
+    pub rx_polls_empty: u64,
+}
+
+impl DriverLoop {
+    /// Of the driver's ring operations, the share that found the device behind (TX bursts the
+    /// full ring did not take whole, RX polls that found nothing), %.
+    pub fn waiting_percent(&self) -> f64 {
+        let ops = self.tx_bursts + self.rx_polls;
+        if ops == 0 {
+            return 0.0;
+        }
+        (self.tx_bursts_short + self.rx_polls_empty) as f64 * 100.0 / ops as f64
+    }
+
+    fn add(&mut self, o: &DriverLoop) {
+        self.sent += o.sent;
+        self.received += o.received;
+        self.tx_bursts += o.tx_bursts;
+        self.tx_bursts_short += o.tx_bursts_short;
+        self.rx_polls += o.rx_polls;
+        self.rx_polls_empty += o.rx_polls_empty;
+    }
+}
+
+/// Drives the rings for `dur`.
+fn pump(
+    drv: &mut NetDriver,
+    dir: Dir,
+    pairs: u16,
+    burst: &[&[u8]],
+    dur: Duration,
+) -> Result<DriverLoop, DatapathError> {
+    let mut l = DriverLoop::default();
+    let t0 = Instant::now();
+    let mut i = 0u32;
+    loop {
+        for p in 0..pairs {
+            if !dir.receives_only() {
+                let n = drv.send(p, burst)?;
+                l.sent += n as u64;
+                l.tx_bursts += 1;
+                l.tx_bursts_short += u64::from(n < burst.len());
+            }
+            if dir != Dir::Tx {
+                let n = drv.recv(p)?.len();
+                l.received += n as u64;
+                l.rx_polls += 1;
+                l.rx_polls_empty += u64::from(n == 0);
+            }
+        }
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(16) && t0.elapsed() >= dur {
+            return Ok(l);
+        }
+    }
+}
+
+/// The other end of serve's `unix:` port, sending frames until stopped.
+struct Generator {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Generator {
+    fn start(
+        own: PathBuf,
+        peer: PathBuf,
+        frames: Vec<Vec<u8>>,
+        cpu: Option<usize>,
+    ) -> Result<Self, DatapathError> {
+        let sock =
+            UnixDatagram::bind(&own).map_err(io_err(format!("binding {}", own.display())))?;
+        sock.connect(&peer)
+            .map_err(io_err(format!("connecting to {}", peer.display())))?;
+        // A blocking send waits while serve's receive queue is full: the generator runs at the
+        // rate serve reads, and the socket drops nothing.
+        sock.set_write_timeout(Some(Duration::from_millis(100)))
+            .map_err(io_err("socket timeout"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (st, se) = (stop.clone(), sent.clone());
+        let thread = std::thread::Builder::new()
+            .name("bench-rx-gen".into())
+            .spawn(move || {
+                if let Some(c) = cpu {
+                    let _ = serve_child::pin_current(c);
+                }
+                let mut i = 0usize;
+                while !st.load(Ordering::Relaxed) {
+                    if sock.send(&frames[i % frames.len()]).is_ok() {
+                        se.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                }
+                let _ = std::fs::remove_file(&own);
+            })
+            .map_err(io_err("starting the generator thread"))?;
+        Ok(Generator {
+            stop,
+            sent,
+            thread: Some(thread),
+        })
+    }
+
+    fn finish(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Restores this thread's CPU set when dropped.
+struct Affinity(Vec<usize>);
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        let _ = serve_child::set_affinity(&self.0);
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}
+
+/// Measures one cell against its own `serve`.
+pub fn measure(
+    o: &DatapathOptions,
+    dir: Dir,
+    frame: usize,
+    pairs: u16,
+    layout: Layout,
+    cpus: Option<(usize, usize)>,
+) -> Result<Cell, DatapathError> {
+    let tag = format!("datapath-{}-{frame}-{pairs}-{}", dir.name(), layout.name());
+    let tmp_dir = std::env::temp_dir().join(format!("vdpa-emu-bench-{tag}-{}", std::process::id()));
+    let link = tmp_dir.join("link");
+    let port = match dir {
+        Dir::Tx => "null".to_string(),
+        Dir::Rx => format!("gen:{frame}"),
+        Dir::RxUnix => format!("unix:{}", link.display()),
+        Dir::Loopback => "loopback".to_string(),
+    };
+    let mut args: Vec<String> = [
+        "--queue-pairs",
+        &pairs.to_string(),
+        "--port",
+        &port,
+        "--doorbell",
+        "mmap",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(o.serve_args.iter().cloned());
+    let mut serve = serve_child::spawn(&ServeSpawn {
+        bin: &o.serve_bin,
+        tag: &tag,
+        args,
+        log: Some("info"),
+        cpu: cpus.map(|c| c.0),
+    })?;
+    let _restore = match cpus {
+        Some((_, drv_cpu)) => {
+            let all = serve_child::allowed_cpus().map_err(io_err("sched_getaffinity"))?;
+            serve_child::pin_current(drv_cpu).map_err(io_err("sched_setaffinity"))?;
+            Some(Affinity(all))
+        }
+        None => None,
+    };
+    let pid = serve.pid();
+    let mut ctl = CtlClient::connect(
+        &crate::ctl::default_ctl_path(&serve.socket),
+        Duration::from_secs(5),
+    )?;
+    let c = Arc::new(Client::connect(&serve.socket)?);
+    if c.mapped_areas().is_empty() {
+        return Err(DatapathError::NotMapped(c.mapped_areas()));
+    }
+    let n = c
+        .irq_info(vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX)?
+        .count;
+    let irq = Arc::new(InterruptRecorder::new(n as u16));
+    let pump_irqs = c.wire_interrupts(irq.clone())?;
+    let dopts = DriverOptions {
+        queue_pairs: pairs,
+        ..DriverOptions::default()
+    }
+    .with_packed(layout == Layout::Packed);
+    let mut drv = NetDriver::new(c.clone(), irq, dopts)?;
+    drv.start()?;
+    // A polling driver: no used-buffer notifications on the data queues.
+    let mem = drv.mem.clone();
+    for q in 0..2 * pairs {
+        if drv.is_packed() {
+            drv.packed_ring(q)?.set_interrupts(&mem, false)?;
+        } else {
+            drv.ring(q)?.set_no_interrupt(&mem, true)?;
+        }
+    }
+    let mac = drv.mac()?;
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(12);
+    // Frames of 64 streams (different flows, for a device that spreads them over queues).
+    let frames: Vec<Vec<u8>> = (0..64u16)
+        .map(|s| frames::build(mac, mac, s, 0, frame, &mut rng))
+        .collect();
+    let burst: Vec<&[u8]> = (0..BURST)
+        .map(|i| frames[i % frames.len()].as_slice())
+        .collect();
+
+    let mut generator = match dir {
+        Dir::RxUnix => {
+            let mut a = link.as_os_str().to_owned();
+            a.push(".a");
+            let mut b = link.as_os_str().to_owned();
+            b.push(".b");
+            Some(Generator::start(
+                b.into(),
+                a.into(),
+                frames.clone(),
+                cpus.map(|c| c.1),
+            )?)
+        }
+        _ => None,
+    };
+
+    let mut total = pump(&mut drv, dir, pairs, &burst, o.warmup)?;
+    let (cpu0, t0) = (stat_cpu(pid)?, Instant::now());
+    let window = pump(
+        &mut drv,
+        dir,
+        pairs,
+        &burst,
+        Duration::from_secs_f64(o.seconds),
+    )?;
+    let (cpu1, wall) = (stat_cpu(pid)?, t0.elapsed());
+    total.add(&window);
+    let (sent, mut received) = (total.sent, total.received);
+    let generator_sent = generator.as_mut().map(Generator::finish);
+
+    // Drain until the device's counters stand still and agree with the driver (and, looped
+    // back, until every frame the port took is delivered: the FIFO is empty). In the rx
+    // directions the source does not stop (gen) or has frames queued (rx-unix): the driver
+    // takes what was delivered without posting buffers again, so delivery ends once the
+    // posted buffers are used up. (Each frame fits one 2 KiB buffer.)
+    let drain0 = Instant::now();
+    let mut last: Option<DeviceCounts> = None;
+    let mut fault: Option<String>;
+    let dev = loop {
+        for p in 0..pairs {
+            drv.reclaim_tx(p)?;
+            if dir.receives_only() {
+                let ring = drv.any_ring(crate::driver::net::rxq(p))?;
+                while ring.pop_used(&mem)?.is_some() {
+                    received += 1;
+                }
+            } else if dir != Dir::Tx {
+                received += drv.recv(p)?.len() as u64;
+            }
+        }
+        let report = ctl_stats(&mut ctl)?;
+        let now = DeviceCounts::from_stats(&report);
+        fault = report.fault.clone();
+        let settled = last.as_ref() == Some(&now)
+            && now.rx_frames == received
+            && (dir.receives_only() || now.tx_frames + now.tx_port_drops == sent)
+            && (dir != Dir::Loopback || now.tx_frames == now.rx_frames);
+        if settled || drain0.elapsed() > Duration::from_secs(3) {
+            break now;
+        }
+        last = Some(now);
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    drv.stop()?;
+    drop(drv);
+    drop(pump_irqs);
+    drop(c);
+    drop(ctl);
+    // serve logs the session's statistics when the client is gone; SIGTERM ends it after.
+    std::thread::sleep(Duration::from_millis(100));
+    serve.terminate(Duration::from_secs(5));
+    let session = log_of(&serve).as_deref().and_then(parse_session_line);
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+
+    // The device counts a TX frame its port refused in tx_port_drops, not in tx_frames.
+    let taken = dev.tx_frames + dev.tx_port_drops;
+    let lost = match dir {
+        Dir::Tx => sent.abs_diff(taken),
+        Dir::Rx | Dir::RxUnix => received.abs_diff(dev.rx_frames) + sent,
+        Dir::Loopback => {
+            sent.abs_diff(taken)
+                + received.abs_diff(dev.rx_frames)
+                + dev.tx_frames.abs_diff(dev.rx_frames)
+        }
+    };
+    let window_frames = if dir == Dir::Tx {
+        window.sent
+    } else {
+        window.received
+    };
+    let secs = wall.as_secs_f64();
+    let pps = window_frames as f64 / secs;
+    let cpu = cpu1.saturating_sub(cpu0).as_secs_f64();
+    Ok(Cell {
+        dir,
+        frame,
+        queue_pairs: pairs,
+        layout,
+        seconds: round(secs, 3),
+        window_frames,
+        mpps: round(pps / 1e6, 3),
+        gbps: round(pps * frame as f64 * 8.0 / 1e9, 3),
+        server_cpu_percent: round(cpu / secs * 100.0, 1),
+        server_cpu_us_per_frame: (window_frames > 0)
+            .then(|| round(cpu * 1e6 / window_frames as f64, 3)),
+        driver_sent: sent,
+        driver_received: received,
+        generator_sent,
+        device: dev,
+        lost,
+        vs_dpdk: None,
+        driver_loop: window,
+        fault,
+        session,
+    })
+}
+
+fn log_of(s: &ServeChild) -> Option<String> {
+    std::fs::read_to_string(s.log.as_ref()?).ok()
+}
+
+/// Runs the matrix: per frame size, the anchor runs of that size, then our cells.
+pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
+    if o.frames.is_empty() || o.dirs.is_empty() || o.queue_pairs.is_empty() || o.layouts.is_empty()
+    {
+        return Err(DatapathError::Options(
+            "every one of --frame, --dir, --qp and --layout needs a value".into(),
+        ));
+    }
+    if let Some(f) = o.frames.iter().find(|&&f| !(60..=1514).contains(&f)) {
+        return Err(DatapathError::Options(format!(
+            "frame size {f}: expected 60..=1514 bytes (Ethernet header to payload end)"
+        )));
+    }
+    if !(o.seconds > 0.0 && o.seconds <= 600.0) {
+        return Err(DatapathError::Options(format!(
+            "--seconds {}: expected > 0 and <= 600",
+            o.seconds
+        )));
+    }
+    let cpus = if o.pin {
+        let all = serve_child::allowed_cpus().map_err(io_err("sched_getaffinity"))?;
+        match (all.first(), all.last()) {
+            (Some(&d), Some(&s)) if s != d => Some((s, d)),
+            _ => return Err(DatapathError::PinCpus(all)),
+        }
+    } else {
+        None
+    };
+    let mut anchor = AnchorReport {
+        testpmd: None,
+        missing: None,
+        runs: Vec::new(),
+    };
+    match &o.anchor {
+        Anchor::Skip(why) => anchor.missing = Some(why.clone()),
+        Anchor::Script { path, no_install } => match dpdk::locate(path, *no_install) {
+            Ok(t) => anchor.testpmd = Some(t),
+            Err(e) => anchor.missing = Some(e.to_string()),
+        },
+    }
+    let anchor_cpus = cpus.unwrap_or_else(|| {
+        let all = serve_child::allowed_cpus().unwrap_or_default();
+        (
+            all.last().copied().unwrap_or(0),
+            all.first().copied().unwrap_or(0),
+        )
+    });
+    let secs_whole = o.seconds.ceil().max(1.0) as usize;
+    let mut cells = Vec::new();
+    for &frame in &o.frames {
+        if let Some(t) = anchor.testpmd.clone() {
+            for &dir in o.dirs.iter().filter(|d| matches!(d, Dir::Tx | Dir::Rx)) {
+                for &q in &o.queue_pairs {
+                    tracing::info!(dir = dir.name(), frame, qp = q, "DPDK anchor");
+                    let r = dpdk::run(
+                        &t,
+                        &DpdkRunOptions {
+                            dir: dir.name(),
+                            frame,
+                            queue_pairs: q,
+                            warmup: 1,
+                            seconds: secs_whole,
+                            cpus: anchor_cpus,
+                        },
+                    );
+                    match r {
+                        Ok(r) => anchor.runs.push(r),
+                        Err(e) => {
+                            let why = format!("DPDK {} {frame} B qp {q}: {e}", dir.name());
+                            tracing::warn!("{why}");
+                            anchor.missing.get_or_insert(why);
+                        }
+                    }
+                }
+            }
+        }
+        for &dir in &o.dirs {
+            for &q in &o.queue_pairs {
+                for &layout in &o.layouts {
+                    tracing::info!(
+                        dir = dir.name(),
+                        frame,
+                        qp = q,
+                        layout = layout.name(),
+                        "cell"
+                    );
+                    let mut c = measure(o, dir, frame, q, layout, cpus)?;
+                    c.vs_dpdk = anchor
+                        .runs
+                        .iter()
+                        .find(|r| r.dir == dir.name() && r.frame == frame && r.queue_pairs == q)
+                        .filter(|r| r.pps > 0.0)
+                        .map(|r| round(c.mpps * 1e6 / r.pps, 3));
+                    cells.push(c);
+                }
+            }
+        }
+    }
+    Ok(DatapathReport {
+        seconds: o.seconds,
+        warmup_seconds: o.warmup.as_secs_f64(),
+        pinned: cpus,
+        serve_args: o.serve_args.clone(),
+        anchor,
+        cells,
+    })
+}
+
+/// The report as a table.
+pub fn table(r: &DatapathReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "vdpa-emu bench datapath: serve (one process) <- vfio-user -> driver model (this process); {} s window after {} s warmup; {}",
+        r.seconds,
+        r.warmup_seconds,
+        match r.pinned {
+            Some((d, c)) => format!("serve pinned to CPU {d}, driver to CPU {c}"),
+            None => "not pinned".into(),
+        }
+    );
+    if !r.serve_args.is_empty() {
+        let _ = writeln!(s, "serve {}", r.serve_args.join(" "));
+    }
+    match (&r.anchor.testpmd, &r.anchor.missing) {
+        (Some(t), _) => {
+            let _ = writeln!(
+                s,
+                "anchor: DPDK {} testpmd ({}, {}): vhost PMD <-> virtio-user, one forwarding core each{}",
+                t.version,
+                t.source,
+                t.bin,
+                r.anchor
+                    .missing
+                    .as_ref()
+                    .map(|m| format!("; FAILED: {m}"))
+                    .unwrap_or_default()
+            );
+        }
+        (None, Some(m)) => {
+            let _ = writeln!(s, "anchor: MISSING, no ratios: {m}");
+        }
+        (None, None) => {}
+    }
+    for a in &r.anchor.runs {
+        let _ = writeln!(
+            s,
+            "  DPDK {:<3} {:>5} B qp {}: {:>7.3} Mpps {:>7.3} Gbit/s  vhost side CPU/frame {} us",
+            a.dir,
+            a.frame,
+            a.queue_pairs,
+            a.pps / 1e6,
+            a.pps * a.frame as f64 * 8.0 / 1e9,
+            a.device_cpu_us_per_frame
+                .map_or("-".into(), |v| format!("{v:.3}"))
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<8} {:>5} {:>2} {:<6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>9} {:>5}",
+        "dir",
+        "frame",
+        "qp",
+        "ring",
+        "Mpps",
+        "Gbit/s",
+        "DPDK Mpps",
+        "vs DPDK",
+        "serve CPU",
+        "us/frm",
+        "drv waits",
+        "lost"
+    );
+    for c in &r.cells {
+        let a = r.anchor.runs.iter().find(|a| {
+            a.dir == c.dir.name() && a.frame == c.frame && a.queue_pairs == c.queue_pairs
+        });
+        let _ = writeln!(
+            s,
+            "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>8.1}% {:>5}",
+            c.dir.name(),
+            c.frame,
+            c.queue_pairs,
+            c.layout.name(),
+            c.mpps,
+            c.gbps,
+            a.map_or("-".into(), |a| format!("{:.3}", a.pps / 1e6)),
+            c.vs_dpdk.map_or("-".into(), |v| format!("{v:.2}x")),
+            c.server_cpu_percent,
+            c.server_cpu_us_per_frame
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            c.driver_loop.waiting_percent(),
+            c.lost
+        );
+        if let Some(f) = &c.fault {
+            let _ = writeln!(s, "  ^ the device faulted (DEVICE_NEEDS_RESET): {f}");
+        }
+    }
+    s
+}
+
+/// `vdpa-emu bench datapath` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatapathArgs {
+    /// Frame sizes in bytes (Ethernet header to payload end).
+    #[arg(long, value_delimiter = ',', default_value = "64,1500")]
+    pub frame: Vec<usize>,
+    /// Directions: tx (driver sends, port discards), rx (a generator in serve fills the
+    /// receive side), loopback (TX looped to RX), rx-unix (frames sent from this process over
+    /// serve's unix: port).
+    #[arg(long, value_delimiter = ',', default_value = "tx,rx,loopback", value_parser = parse_dir)]
+    pub dir: Vec<Dir>,
+    /// Queue pairs.
+    #[arg(long, value_delimiter = ',', default_value = "1,4", value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub qp: Vec<u16>,
+    /// Ring layouts.
+    #[arg(long, value_delimiter = ',', default_value = "split,packed", value_parser = parse_layout)]
+    pub layout: Vec<Layout>,
+    /// Measured window per cell, seconds (the DPDK anchor: rounded up to whole seconds).
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Traffic before each window, milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub warmup_ms: u64,
+    /// serve on one CPU (the last this process may use), the driver on another (the first).
+    #[arg(long)]
+    pub pin: bool,
+    /// Skip the DPDK anchor (no ratios are printed).
+    #[arg(long)]
+    pub no_dpdk: bool,
+    /// The script that finds or installs dpdk-testpmd (default: the repository's).
+    #[arg(long)]
+    pub dpdk_script: Option<PathBuf>,
+    /// Never install DPDK (use what is there).
+    #[arg(long)]
+    pub no_install: bool,
+    /// An argument for every `serve` started (repeat it; e.g. `--serve-arg=--doorbell-poll
+    /// --serve-arg=busy=200`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub serve_arg: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The repository's scripts/bench-dpdk.sh (this crate lives in sim-harness/).
+pub fn default_dpdk_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts")
+        .join("bench-dpdk.sh")
+}
+
+/// `vdpa-emu bench datapath`.
+pub fn cli(a: &DatapathArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let serve_bin = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vdpa-emu bench datapath: cannot find the vdpa-emu binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let anchor = if a.no_dpdk {
+        Anchor::Skip("--no-dpdk: the DPDK vhost-user anchor was not run".into())
+    } else {
+        Anchor::Script {
+            path: a.dpdk_script.clone().unwrap_or_else(default_dpdk_script),
+            no_install: a.no_install,
+        }
+    };
+    let o = DatapathOptions {
+        serve_bin,
+        frames: a.frame.clone(),
+        dirs: a.dir.clone(),
+        queue_pairs: a.qp.clone(),
+        layouts: a.layout.clone(),
+        seconds: a.seconds,
+        warmup: Duration::from_millis(a.warmup_ms),
+        pin: a.pin,
+        anchor,
+        serve_args: a.serve_arg.clone(),
+    };
+    match run(&o) {
+        Ok(r) => {
+            if a.json {
+                println!("{}", crate::report_json::to_json(&r));
+            } else {
+                print!("{}", table(&r));
+            }
+            if r.cells.iter().any(|c| c.lost > 0 || c.fault.is_some()) {
+                eprintln!(
+                    "vdpa-emu bench datapath: frames unaccounted for (column lost) or a device fault"
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(DatapathError::Options(m)) => {
+            eprintln!("vdpa-emu bench datapath: {m}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("vdpa-emu bench datapath: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_line() {
+        let log = "2026-12-03T07:00:00Z  INFO vdpa_vfio_user::server: session statistics session_stats={\"wall_s\":1.0,\"tx_frames\":5,\"x\":{\"y\":1}}\n";
+        let v = parse_session_line(log).unwrap();
+        assert_eq!(v["tx_frames"], 5);
+        assert_eq!(v["x"]["y"], 1);
+        assert_eq!(parse_session_line("nothing here\n"), None);
+        assert_eq!(
+            parse_session_line("session statistics session_stats={\"a\":1\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_dir("loopback"), Ok(Dir::Loopback));
+        assert!(parse_dir("both").is_err());
+        assert_eq!(parse_layout("packed"), Ok(Layout::Packed));
+        assert!(parse_layout("ring").is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! `--port gen:SIZE`: a traffic generator in place of a wire. A thread of the serving process
+//! fills the device's receive FIFO ([`device::RxInbox`]) with SIZE-byte frames to the device's
+//! own MAC (64 flows) as fast as the device delivers them into the driver's RX rings; what the
+//! device transmits is counted and discarded (the device's `NullPort`).
+//!
+//! This is the device's receive path without a host wire's cost, the counterpart of DPDK's vhost
+//! PMD in `txonly` (`vdpa-emu bench datapath --dir rx`). The generator keeps the FIFO below
+//! [`HIGH_WATER`] frames, so it never overflows it: while the FIFO is that full (the driver has
+//! not posted buffers) it offers the frames to the device and sleeps briefly.
+
+use crate::frames;
+use crate::vfio_user::sock::Stop;
+use device::Device;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Frames the generator lets wait in the receive FIFO (the device's holds `rx_backlog`, 4096
+/// by default).
+pub const HIGH_WATER: usize = 1024;
+
+/// Frames pushed between offers to the device.
+const BATCH: usize = 32;
+
+/// Parses the SIZE of `gen:SIZE` (60..=1514 bytes: Ethernet header to payload end).
+pub fn parse_size(s: &str) -> Option<usize> {
+    s.parse::<usize>().ok().filter(|n| (60..=1514).contains(n))
+}
+
+/// The generator loop, until `stop`.
+pub fn run(dev: &Device, size: usize, stop: &Stop) {
+    let mac = dev.layout().params.mac;
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(0x9e4);
+    let src = [0x02, 0, 0, 0, 0, 0x01];
+    let frames: Vec<Vec<u8>> = (0..64u16)
+        .map(|s| frames::build(src, mac, s, 0, size, &mut rng))
+        .collect();
+    let inbox = dev.inbox().clone();
+    let mut i = 0usize;
+    let mut rounds = 0u32;
+    loop {
+        // is_triggered may poll the stop eventfd: a syscall, so not every round.
+        rounds = rounds.wrapping_add(1);
+        if rounds.is_multiple_of(256) && stop.is_triggered() {
+            return;
+        }
+        if inbox.len() >= HIGH_WATER {
+            dev.try_service_rx();
+            if inbox.len() >= HIGH_WATER {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            continue;
+        }
+        for _ in 0..BATCH {
+            inbox.push(&frames[i % frames.len()]);
+            i = i.wrapping_add(1);
+        }
+        dev.try_service_rx();
+    }
+}
+
+/// Starts the generator thread for `dev`.
+pub fn spawn(
+    dev: &Arc<Device>,
+    size: usize,
+    stop: &Arc<Stop>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (dev, stop) = (dev.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("port-gen".into())
+        .spawn(move || run(&dev, size, &stop))
+}

@@ -1,0 +1,194 @@
+//! `vdpa-emu bench datapath` end to end, without timing anything: a tiny run against real
+//! `serve` processes whose JSON must show traffic in every cell and device counters that
+//! account for every frame the driver sent and received; and a run whose DPDK anchor cannot be
+//! had, which must say so and print no ratio.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vdpa-emu"))
+        .args(["bench", "datapath"])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run vdpa-emu")
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} is not a count in {v}"))
+}
+
+#[test]
+fn tiny_run_counts_every_frame_in_every_cell() {
+    let out = bench(&[
+        "--no-dpdk",
+        "--seconds",
+        "0.2",
+        "--warmup-ms",
+        "50",
+        "--frame",
+        "64,1500",
+        "--dir",
+        "tx,rx,loopback",
+        "--qp",
+        "1,2",
+        "--layout",
+        "split,packed",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(
+        r["anchor"]["missing"]
+            .as_str()
+            .is_some_and(|m| m.contains("--no-dpdk")),
+        "{}",
+        r["anchor"]
+    );
+    assert_eq!(r["anchor"]["runs"].as_array().map(Vec::len), Some(0));
+    let cells = r["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 2 * 3 * 2 * 2);
+    let mut seen = std::collections::BTreeSet::new();
+    for c in cells {
+        let dir = c["dir"].as_str().unwrap();
+        seen.insert((
+            dir.to_string(),
+            u(c, "frame"),
+            u(c, "queue_pairs"),
+            c["layout"].as_str().unwrap().to_string(),
+        ));
+        // Traffic flowed (counted over the whole cell, drain included: how much fits in the
+        // 0.2 s window depends on the machine's load, which this test does not judge).
+        assert!(
+            u(c, "driver_sent") + u(c, "driver_received") > 0,
+            "no traffic: {c}"
+        );
+        assert!(u(c, "window_frames") <= u(c, "driver_sent").max(u(c, "driver_received")));
+        assert!(c["vs_dpdk"].is_null(), "a ratio without an anchor: {c}");
+        assert_eq!(u(c, "lost"), 0, "{c}");
+        assert!(c["fault"].is_null(), "{c}");
+        let d = &c["device"];
+        let (sent, received) = (u(c, "driver_sent"), u(c, "driver_received"));
+        // What the device counted agrees with what the driver did, frame for frame.
+        match dir {
+            "tx" => {
+                assert!(sent > 0);
+                assert_eq!(u(d, "tx_frames"), sent, "{c}");
+                assert_eq!(u(d, "tx_port_drops"), 0, "{c}");
+                assert_eq!(received, 0, "{c}");
+            }
+            "rx" => {
+                assert!(received > 0);
+                assert_eq!(u(d, "rx_frames"), received, "{c}");
+                assert_eq!(sent, 0, "{c}");
+            }
+            "loopback" => {
+                assert!(received > 0);
+                assert_eq!(u(d, "tx_frames") + u(d, "tx_port_drops"), sent, "{c}");
+                assert_eq!(u(d, "rx_frames"), received, "{c}");
+                assert_eq!(u(d, "tx_frames"), received, "{c}");
+            }
+            other => panic!("direction {other}"),
+        }
+        // Doorbells came through the shared-memory notify page, not trapped writes.
+        assert!(u(d, "doorbells") > 0, "{c}");
+        assert_eq!(u(d, "doorbells_mmap"), u(d, "doorbells"), "{c}");
+        // serve's own session line saw the same frames.
+        let s = &c["session"];
+        assert_eq!(u(s, "tx_frames"), u(d, "tx_frames"), "{c}");
+        assert_eq!(u(s, "rx_frames"), u(d, "rx_frames"), "{c}");
+    }
+    assert_eq!(seen.len(), cells.len(), "every cell once");
+}
+
+#[test]
+fn a_missing_dpdk_is_reported_and_never_a_ratio() {
+    let dir = std::env::temp_dir().join(format!("vdpa-emu-test-nodpdk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("bench-dpdk.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'bench-dpdk: no dpdk-testpmd here (test)' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let args = |json: bool| {
+        let mut a = vec![
+            "--dpdk-script",
+            script.to_str().unwrap(),
+            "--seconds",
+            "0.1",
+            "--warmup-ms",
+            "20",
+            "--frame",
+            "64",
+            "--dir",
+            "tx",
+            "--qp",
+            "1",
+            "--layout",
+            "split",
+        ];
+        if json {
+            a.push("--json");
+        }
+        a
+    };
+    let out = bench(&args(false));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("anchor: MISSING, no ratios:")
+            && text.contains("no dpdk-testpmd here (test)"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("tx "))
+        .unwrap_or_else(|| panic!("no tx row: {text}"));
+    // Columns: dir frame qp ring Mpps Gbit/s "DPDK Mpps" "vs DPDK" ...: both anchor columns empty.
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cols[6], cols[7]), ("-", "-"), "{row}");
+
+    let out = bench(&args(true));
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(r["anchor"]["testpmd"].is_null());
+    assert!(
+        r["anchor"]["missing"]
+            .as_str()
+            .is_some_and(|m| m.contains("no dpdk-testpmd here (test)")),
+        "{}",
+        r["anchor"]
+    );
+    assert!(r["cells"][0]["vs_dpdk"].is_null());
+    assert!(u(&r["cells"][0], "driver_sent") > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_options_are_refused_with_the_reason() {
+    for (args, needle) in [
+        (&["--frame", "20"][..], "frame size 20"),
+        (&["--seconds", "0"][..], "--seconds"),
+        (
+            &["--dir", "sideways"][..],
+            "expected tx, rx, rx-unix or loopback",
+        ),
+        (&["--layout", "ring"][..], "expected split or packed"),
+        (&["--qp", "0"][..], "qp"),
+    ] {
+        let mut a = vec!["--no-dpdk"];
+        a.extend_from_slice(args);
+        let out = bench(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
