@@ -314,3 +314,56 @@ fn tso_quirks_break_their_field_only() {
             .all(|s| inet::l4_checksum_ok(s, &lay) && inet::ipv4_checksum_ok(s)));
     }
 }
+
+/// A port that takes everything with its header (like a TAP with IFF_VNET_HDR) and keeps it.
+#[derive(Default)]
+struct HdrPort {
+    got: parking_lot::Mutex<Vec<(Option<device::net::offload::hdr::NetHdr>, Vec<u8>)>>,
+}
+
+impl device::Port for HdrPort {
+    fn transmit(&self, frame: &[u8]) -> bool {
+        self.got.lock().push((None, frame.to_vec()));
+        true
+    }
+    fn offloads(&self) -> device::PortOffloads {
+        device::PortOffloads::ALL
+    }
+    fn transmit_with_hdr(&self, hdr: &device::net::offload::hdr::NetHdr, frame: &[u8]) -> bool {
+        self.got.lock().push((Some(*hdr), frame.to_vec()));
+        true
+    }
+    fn describe(&self) -> String {
+        "hdr".into()
+    }
+}
+
+#[test]
+fn a_port_that_takes_offloads_gets_the_frame_and_header_unchanged() {
+    let (dev, mut drv) = loopback(default_driver_features());
+    let port = Arc::new(HdrPort::default());
+    dev.set_port(port.clone());
+    let mac = drv.mac().unwrap();
+    let (lay, f) = inet::build(mac, mac, false, true, &[5; 9000], 3, ACK, 0);
+    let tso = NetHdr::tso(GSO_TCPV6, 1440, lay.l4 as u16, lay.payload as u16);
+    assert!(drv.send_with_hdr(0, &tso, &f).unwrap());
+    let (lay4, f4) = inet::build(mac, mac, true, false, b"abcde", 3, 0, 0);
+    let cs = NetHdr::csum(lay4.l4 as u16, 6);
+    assert!(drv.send_with_hdr(0, &cs, &f4).unwrap());
+    drv.reclaim_tx(0).unwrap();
+    let got = port.got.lock().clone();
+    assert_eq!(got.len(), 2);
+    let h = got[0].0.expect("with header");
+    assert_eq!(
+        (h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+        (GSO_TCPV6, 1440, lay.l4 as u16, 16)
+    );
+    assert_eq!(got[0].1, f, "GSO frame whole, not segmented");
+    assert_eq!(got[1].1, f4, "checksum left to the port");
+    assert_eq!(got[1].0.map(|h| h.flags), Some(F_NEEDS_CSUM));
+    let c = dev.counters();
+    assert_eq!(
+        (c.tx_gso_frames, c.tx_gso_segments, c.tx_csum, c.tx_frames),
+        (1, 0, 1, 2)
+    );
+}
