@@ -163,6 +163,12 @@ pub const OFFERED_FEATURES: &[Feature] = &[
         "virtio 1.2 5.1.6.2"
     ),
     feature!(
+        bits::GUEST_CSUM,
+        "VIRTIO_NET_F_GUEST_CSUM",
+        "RX checksum: DATA_VALID on frames whose TCP/UDP checksum the device verified",
+        "virtio 1.2 5.1.6.4"
+    ),
+    feature!(
         bits::HOST_TSO4,
         "VIRTIO_NET_F_HOST_TSO4",
         "TX TCPv4 segmentation (GSO_TCPV4): the device segments, or hands the GSO frame to a port that takes it",

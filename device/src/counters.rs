@@ -45,6 +45,10 @@ pub struct DeviceCounters {
     pub tx_gso_segments: u64,
     pub rx_frames: u64,
     pub rx_bytes: u64,
+    /// RX frames delivered with DATA_VALID (GUEST_CSUM: the TCP/UDP checksum verified).
+    pub rx_csum_valid: u64,
+    /// RX frames whose TCP/UDP checksum did not verify (delivered without DATA_VALID).
+    pub rx_csum_bad: u64,
     /// Frames the RX filter (promiscuous / MAC table) rejected.
     pub rx_filtered: u64,
     /// Frames dropped because the RX chain cannot hold them (no MRG_RXBUF, 5.1.6.3.1).
@@ -123,6 +127,8 @@ impl DeviceCounters {
             ("tx_gso_segments", self.tx_gso_segments),
             ("rx_frames", self.rx_frames),
             ("rx_bytes", self.rx_bytes),
+            ("rx_csum_valid", self.rx_csum_valid),
+            ("rx_csum_bad", self.rx_csum_bad),
             ("rx_filtered", self.rx_filtered),
             ("rx_dropped_too_small", self.rx_dropped_too_small),
             ("rx_dropped_reset", self.rx_dropped_reset),

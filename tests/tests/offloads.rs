@@ -367,3 +367,46 @@ fn a_port_that_takes_offloads_gets_the_frame_and_header_unchanged() {
         (1, 0, 1, 2)
     );
 }
+
+#[test]
+fn rx_data_valid_only_on_verified_checksums() {
+    for guest_csum in [true, false] {
+        let feats = if guest_csum {
+            default_driver_features()
+        } else {
+            default_driver_features() & !(1 << bits::GUEST_CSUM)
+        };
+        let (dev, mut drv) = loopback(feats);
+        let mac = drv.mac().unwrap();
+        for v4 in [true, false] {
+            for tcp in [true, false] {
+                let (lay, mut f) = inet::build(mac, mac, v4, tcp, b"seven b", 1, ACK, 2);
+                let at = lay.l4 + lay.csum_offset;
+                let c = inet::l4_checksum_expected(&f, &lay);
+                f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+                let mut bad = f.clone();
+                bad[at] ^= 0x11;
+                assert!(drv.send(0, &[&f, &bad]).unwrap() == 2);
+                let got = drv.recv_with_hdr(0).unwrap();
+                assert_eq!(got.len(), 2);
+                assert_eq!(got[0].1, f);
+                assert_eq!(
+                    got[0].0.flags,
+                    if guest_csum { F_DATA_VALID } else { 0 },
+                    "v4 {v4} tcp {tcp}"
+                );
+                assert_eq!(got[1].0.flags, 0, "a bad checksum never gets DATA_VALID");
+            }
+        }
+        // Not TCP/UDP: nothing validated, no flag.
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&mac);
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.resize(60, 0);
+        drv.send(0, &[&arp]).unwrap();
+        assert_eq!(drv.recv_with_hdr(0).unwrap()[0].0.flags, 0);
+        let c = dev.counters();
+        let n = if guest_csum { 4 } else { 0 };
+        assert_eq!((c.rx_csum_valid, c.rx_csum_bad), (n, n));
+    }
+}

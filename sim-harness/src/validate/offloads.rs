@@ -174,7 +174,76 @@ pub(super) fn checksum(s: &Session, f: &mut Findings) -> Result<(), DriverError>
         &format!("device_status {status:#x}, {} frame(s) back", got.len()),
         "device_status, TX queue 0 -> RX queue 0",
     ));
+    rx_data_valid(&mut d, f)?;
     d.reset()
+}
+
+/// GUEST_CSUM (5.1.6.4): DATA_VALID only on a frame whose checksum verifies (MUST), and on
+/// such frames at all (MAY: a WARN when never).
+fn rx_data_valid(d: &mut NetDriver, f: &mut Findings) -> Result<(), DriverError> {
+    const G: &str = "checksum";
+    if d.features & (1 << bits::GUEST_CSUM) == 0 {
+        f.push(Finding::not_run(
+            G,
+            "RX DATA_VALID",
+            "VIRTIO_NET_F_GUEST_CSUM not offered",
+        ));
+        return Ok(());
+    }
+    let (mut valid, mut wrong) = (Vec::new(), Vec::new());
+    for v4 in [true, false] {
+        for tcp in [true, false] {
+            let (lay, mut good) = inet::build(MAC, MAC, v4, tcp, &payload(33, 5), 9, ACK, 3);
+            let at = lay.l4 + lay.csum_offset;
+            let c = inet::l4_checksum_expected(&good, &lay);
+            good[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            let mut bad = good.clone();
+            bad[at] ^= 0x5a;
+            d.send(0, &[&good, &bad])?;
+            let mut got = Vec::new();
+            let t0 = Instant::now();
+            while got.len() < 2 && t0.elapsed() < IDLE {
+                got.extend(d.recv_with_hdr(0)?);
+            }
+            let flags: Vec<u8> = got.iter().map(|(h, _)| h.flags).collect();
+            match flags.as_slice() {
+                [g, b] => {
+                    valid.push(g & F_DATA_VALID != 0);
+                    if b & F_DATA_VALID != 0 {
+                        wrong.push(name(v4, tcp));
+                    }
+                }
+                _ => wrong.push(format!("{}: {} frames back", name(v4, tcp), got.len())),
+            }
+        }
+    }
+    f.push(Finding::check(
+        G,
+        "RX DATA_VALID never on a bad checksum",
+        true,
+        wrong.is_empty(),
+        "a TCP/UDP frame with a wrong checksum arrives without DATA_VALID",
+        &if wrong.is_empty() {
+            "never".into()
+        } else {
+            format!("DATA_VALID on: {}", wrong.join(", "))
+        },
+        "RX queue 0 virtio_net_hdr flags (virtio 1.2 5.1.6.4.1)",
+    ));
+    f.push(Finding::check(
+        G,
+        "RX DATA_VALID on verified checksums",
+        false,
+        valid.iter().all(|&v| v),
+        "DATA_VALID on TCP/UDP over IPv4/IPv6 frames with a right checksum",
+        &format!(
+            "{} of {} had it",
+            valid.iter().filter(|&&v| v).count(),
+            valid.len()
+        ),
+        "RX queue 0 virtio_net_hdr flags (virtio 1.2 5.1.6.4)",
+    ));
+    Ok(())
 }
 
 /// What a TSO check expects of the segments of one GSO frame.

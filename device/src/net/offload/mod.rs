@@ -5,3 +5,4 @@
 pub mod csum;
 pub mod gso;
 pub mod hdr;
+pub mod verify;
