@@ -410,3 +410,29 @@ fn rx_data_valid_only_on_verified_checksums() {
         assert_eq!((c.rx_csum_valid, c.rx_csum_bad), (n, n));
     }
 }
+
+/// Keeps every TX frame a capture is given.
+#[derive(Default)]
+struct TxCapture(parking_lot::Mutex<Vec<Vec<u8>>>);
+
+impl device::FrameCapture for TxCapture {
+    fn frame(&self, dir: device::CaptureDirection, _pair: u16, frame: &[u8]) {
+        if dir == device::CaptureDirection::Tx {
+            self.0.lock().push(frame.to_vec());
+        }
+    }
+}
+
+#[test]
+fn a_capture_sees_the_segments_on_the_wire() {
+    let (dev, mut drv) = loopback(default_driver_features());
+    let cap = Arc::new(TxCapture::default());
+    dev.set_capture(Some(cap.clone()));
+    let (_, _, segs) = gso_round_trip(&mut drv, true, &[9; 5000], 1000, ACK);
+    assert_eq!(segs.len(), 5);
+    assert_eq!(
+        *cap.0.lock(),
+        segs,
+        "the capture has the segments the wire carried"
+    );
+}
