@@ -121,7 +121,6 @@ impl NetEngine {
                     continue;
                 }
                 net.note_tx_flow(frame, pair);
-                let offers = port.offloads();
                 let mut out = Out {
                     port: port.as_ref(),
                     capture,
@@ -133,7 +132,7 @@ impl NetEngine {
                     TxOffload::None => out.send(None, frame),
                     TxOffload::Csum { start, offset } => {
                         out.counters.tx_csum += 1;
-                        if offers.csum {
+                        if out.port.offloads().csum {
                             out.send(Some(&h), frame);
                         } else {
                             csum::complete(frame, start, offset, odd_bug);
@@ -163,6 +162,7 @@ impl NetEngine {
                             continue;
                         }
                         out.counters.tx_gso_frames += 1;
+                        let offers = out.port.offloads();
                         let takes = match kind {
                             GsoKind::Tcp4 => offers.tso4,
                             GsoKind::Tcp6 => offers.tso6,
