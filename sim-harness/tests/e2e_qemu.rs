@@ -1907,6 +1907,21 @@ fn device_two_guests_unix_port() {
         a.diag(),
         b.diag()
     );
+    // Device-side segmentation (docs/offloads.md): guest A's virtio_net negotiated HOST_TSO4,
+    // its TCP transfer leaves as GSO frames, and serve A cuts them into segments for the unix
+    // link, which takes wire frames only (the md5 above compares the bytes end to end).
+    let (gso, segs) = (
+        live_counter(&serve_a, "tx_gso_frames"),
+        live_counter(&serve_a, "tx_gso_segments"),
+    );
+    println!(
+        "E2E-BENCH device_two_guests_unix_port(A): tx_gso_frames {gso} tx_gso_segments {segs}"
+    );
+    assert!(
+        gso > 0 && segs > gso,
+        "device A segmented no GSO frame: tx_gso_frames {gso}, tx_gso_segments {segs}\n{}",
+        serve_a.diag()
+    );
     println!(
         "E2E-BENCH device_two_guests_unix_port A->B {} MiB: {} MB/s (sender nc) | ping rtt min/avg/max {} ms",
         blob_mib(),
