@@ -120,6 +120,20 @@ macro_rules! feature {
 /// Feature bits: virtio-bindings' constants under short names.
 pub mod bits {
     use virtio_bindings::{virtio_config as c, virtio_net as n, virtio_ring as r};
+    pub const CSUM: u32 = n::VIRTIO_NET_F_CSUM;
+    pub const GUEST_CSUM: u32 = n::VIRTIO_NET_F_GUEST_CSUM;
+    pub const CTRL_GUEST_OFFLOADS: u32 = n::VIRTIO_NET_F_CTRL_GUEST_OFFLOADS;
+    pub const GUEST_TSO4: u32 = n::VIRTIO_NET_F_GUEST_TSO4;
+    pub const GUEST_TSO6: u32 = n::VIRTIO_NET_F_GUEST_TSO6;
+    pub const GUEST_ECN: u32 = n::VIRTIO_NET_F_GUEST_ECN;
+    pub const GUEST_UFO: u32 = n::VIRTIO_NET_F_GUEST_UFO;
+    pub const HOST_TSO4: u32 = n::VIRTIO_NET_F_HOST_TSO4;
+    pub const HOST_TSO6: u32 = n::VIRTIO_NET_F_HOST_TSO6;
+    pub const HOST_ECN: u32 = n::VIRTIO_NET_F_HOST_ECN;
+    pub const HOST_UFO: u32 = n::VIRTIO_NET_F_HOST_UFO;
+    pub const GUEST_USO4: u32 = n::VIRTIO_NET_F_GUEST_USO4;
+    pub const GUEST_USO6: u32 = n::VIRTIO_NET_F_GUEST_USO6;
+    pub const HOST_USO: u32 = n::VIRTIO_NET_F_HOST_USO;
     pub const MTU: u32 = n::VIRTIO_NET_F_MTU;
     pub const MAC: u32 = n::VIRTIO_NET_F_MAC;
     pub const MRG_RXBUF: u32 = n::VIRTIO_NET_F_MRG_RXBUF;
@@ -142,6 +156,36 @@ pub mod bits {
 /// Every feature the device offers (the list plus CTRL_RX and CTRL_MAC_ADDR, which the
 /// control-queue RX-mode and MAC commands need per virtio 1.2 5.1.6.5).
 pub const OFFERED_FEATURES: &[Feature] = &[
+    feature!(
+        bits::CSUM,
+        "VIRTIO_NET_F_CSUM",
+        "TX checksum offload: the device completes the checksum from csum_start, stored at csum_start + csum_offset (VIRTIO_NET_HDR_F_NEEDS_CSUM)",
+        "virtio 1.2 5.1.6.2"
+    ),
+    feature!(
+        bits::GUEST_CSUM,
+        "VIRTIO_NET_F_GUEST_CSUM",
+        "RX checksum: DATA_VALID on frames whose TCP/UDP checksum the device verified",
+        "virtio 1.2 5.1.6.4"
+    ),
+    feature!(
+        bits::HOST_TSO4,
+        "VIRTIO_NET_F_HOST_TSO4",
+        "TX TCPv4 segmentation (GSO_TCPV4): the device segments, or hands the GSO frame to a port that takes it",
+        "virtio 1.2 5.1.6.2; requires CSUM (5.1.3.1)"
+    ),
+    feature!(
+        bits::HOST_TSO6,
+        "VIRTIO_NET_F_HOST_TSO6",
+        "TX TCPv6 segmentation (GSO_TCPV6)",
+        "virtio 1.2 5.1.6.2; requires CSUM (5.1.3.1)"
+    ),
+    feature!(
+        bits::HOST_ECN,
+        "VIRTIO_NET_F_HOST_ECN",
+        "TX segmentation of frames with ECN (GSO_ECN bit): CWR on the first segment only",
+        "virtio 1.2 5.1.6.2; requires HOST_TSO4 or HOST_TSO6 (5.1.3.1)"
+    ),
     feature!(bits::MTU, "VIRTIO_NET_F_MTU", "device reports its MTU in config space", "virtio 1.2 5.1.3"),
     feature!(bits::MAC, "VIRTIO_NET_F_MAC", "device has a MAC address in config space", "virtio 1.2 5.1.3"),
     feature!(bits::MRG_RXBUF, "VIRTIO_NET_F_MRG_RXBUF", "RX packets may span several buffers (num_buffers)", "virtio 1.2 5.1.6.3"),

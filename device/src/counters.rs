@@ -1,6 +1,7 @@
 //! Datapath and control-path counters (the datapath counts; it does not log).
 
 use crate::fault::FAULT_KINDS;
+use crate::net::offload::hdr::BadTxHdr;
 
 /// Per-queue counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,8 +31,24 @@ pub struct DeviceCounters {
     pub tx_dropped_runt: u64,
     /// TX frames the port refused.
     pub tx_port_drops: u64,
+    /// TX frames dropped for a bad virtio_net_hdr, by reason (see `BadTxHdr::ALL`; counter
+    /// names `BadTxHdr::name`): the chain is completed, the device goes on.
+    pub tx_bad_hdr: [u64; BadTxHdr::ALL.len()],
+    /// TX headers with flag bits the device does not recognise (ignored, 5.1.6.2.2; sent).
+    pub tx_hdr_unknown_flags: u64,
+    /// TX frames with NEEDS_CSUM whose checksum the device completed (or handed to a port that
+    /// completes it).
+    pub tx_csum: u64,
+    /// TX GSO frames taken (gso_type TCPV4/TCPV6).
+    pub tx_gso_frames: u64,
+    /// Segments the device cut GSO frames into (for ports that cannot take GSO frames).
+    pub tx_gso_segments: u64,
     pub rx_frames: u64,
     pub rx_bytes: u64,
+    /// RX frames delivered with DATA_VALID (GUEST_CSUM: the TCP/UDP checksum verified).
+    pub rx_csum_valid: u64,
+    /// RX frames whose TCP/UDP checksum did not verify (delivered without DATA_VALID).
+    pub rx_csum_bad: u64,
     /// Frames the RX filter (promiscuous / MAC table) rejected.
     pub rx_filtered: u64,
     /// Frames dropped because the RX chain cannot hold them (no MRG_RXBUF, 5.1.6.3.1).
@@ -78,6 +95,16 @@ pub struct DeviceCounters {
 }
 
 impl DeviceCounters {
+    /// Counts a TX frame dropped for a bad header.
+    pub fn bad_tx_hdr(&mut self, r: BadTxHdr) {
+        self.tx_bad_hdr[r as usize] += 1;
+    }
+
+    /// TX frames dropped for a bad header, all reasons.
+    pub fn tx_bad_hdr_total(&self) -> u64 {
+        self.tx_bad_hdr.iter().sum()
+    }
+
     /// Fault count by stable name.
     pub fn fault(&self, kind: &str) -> u64 {
         FAULT_KINDS
@@ -94,8 +121,14 @@ impl DeviceCounters {
             ("tx_dropped_oversize", self.tx_dropped_oversize),
             ("tx_dropped_runt", self.tx_dropped_runt),
             ("tx_port_drops", self.tx_port_drops),
+            ("tx_hdr_unknown_flags", self.tx_hdr_unknown_flags),
+            ("tx_csum", self.tx_csum),
+            ("tx_gso_frames", self.tx_gso_frames),
+            ("tx_gso_segments", self.tx_gso_segments),
             ("rx_frames", self.rx_frames),
             ("rx_bytes", self.rx_bytes),
+            ("rx_csum_valid", self.rx_csum_valid),
+            ("rx_csum_bad", self.rx_csum_bad),
             ("rx_filtered", self.rx_filtered),
             ("rx_dropped_too_small", self.rx_dropped_too_small),
             ("rx_dropped_reset", self.rx_dropped_reset),
@@ -120,6 +153,9 @@ impl DeviceCounters {
             ("needs_reset", self.needs_reset),
             ("resets", self.resets),
         ];
+        for (i, r) in BadTxHdr::ALL.iter().enumerate() {
+            v.push((r.name(), self.tx_bad_hdr[i]));
+        }
         for (i, k) in FAULT_KINDS.iter().enumerate() {
             v.push((k, self.faults[i]));
         }

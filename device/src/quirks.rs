@@ -27,11 +27,18 @@ pub enum Quirk {
     /// VIRTIO_F_IN_ORDER is offered, but the split ring engine completes a batch's first two
     /// buffers in swapped order.
     CompletesOutOfOrder,
+    /// TX checksum offload adds an odd trailing byte as the low byte of its word, so the
+    /// checksum is wrong whenever the checksummed length is odd.
+    CsumOddLengthWrong,
+    /// TX segmentation gives every segment the GSO frame's IP ID instead of incrementing it.
+    TsoIpIdFixed,
+    /// TX segmentation gives every segment the GSO frame's TCP sequence number.
+    TsoSeqWrong,
 }
 
 impl Quirk {
     /// Every quirk.
-    pub const ALL: [Quirk; 10] = [
+    pub const ALL: [Quirk; 13] = [
         Quirk::RingStateReadOnly,
         Quirk::StaleUsedIdx,
         Quirk::LogSkipsUsedRing,
@@ -42,6 +49,9 @@ impl Quirk {
         Quirk::SplitRingUsedLenWrong,
         Quirk::RssIgnoresIndirectionTable,
         Quirk::CompletesOutOfOrder,
+        Quirk::CsumOddLengthWrong,
+        Quirk::TsoIpIdFixed,
+        Quirk::TsoSeqWrong,
     ];
 
     /// CLI name.
@@ -57,6 +67,9 @@ impl Quirk {
             Quirk::SplitRingUsedLenWrong => "split-ring-used-len-wrong",
             Quirk::RssIgnoresIndirectionTable => "rss-ignores-indirection-table",
             Quirk::CompletesOutOfOrder => "completes-out-of-order",
+            Quirk::CsumOddLengthWrong => "csum-odd-length-wrong",
+            Quirk::TsoIpIdFixed => "tso-ip-id-fixed",
+            Quirk::TsoSeqWrong => "tso-seq-wrong",
         }
     }
 
@@ -73,6 +86,9 @@ impl Quirk {
             Quirk::SplitRingUsedLenWrong => "RX used elements carry the buffer capacity instead of the number of bytes written",
             Quirk::RssIgnoresIndirectionTable => "RSS steers a frame by its hash modulo the queue pairs instead of through the driver's indirection table",
             Quirk::CompletesOutOfOrder => "VIRTIO_F_IN_ORDER is negotiated but the split ring's used elements of a batch come out of order (the first two swapped)",
+            Quirk::CsumOddLengthWrong => "TX checksum offload stores a wrong checksum when the checksummed length is odd (the trailing byte is summed as the low byte of its word)",
+            Quirk::TsoIpIdFixed => "TX segmentation gives every IPv4 segment the first IP ID instead of incrementing it",
+            Quirk::TsoSeqWrong => "TX segmentation does not advance the TCP sequence number from segment to segment",
         }
     }
 

@@ -312,8 +312,8 @@ mod tests {
         ));
         assert!(validate_features(v1 | 1 << bits::MQ | 1 << bits::CTRL_VQ).is_ok());
         assert!(matches!(
-            validate_features(v1 | 1 << 0),
-            Err(FeatureError::NotOffered(1))
+            validate_features(v1 | 1 << bits::HOST_UFO),
+            Err(FeatureError::NotOffered(x)) if x == 1 << bits::HOST_UFO
         ));
     }
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod dirty_bitmap;
 pub mod driver;
 pub mod frames;
+pub mod inet;
 pub mod migrate;
 pub mod pcap;
 pub mod ports;

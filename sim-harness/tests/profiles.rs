@@ -169,7 +169,13 @@ fn the_validator_reports_the_profile_and_does_not_run_what_it_lacks() {
     assert!(r.passed(), "{t}");
     assert_eq!(r.profile.name, "ifcvf");
     assert_eq!(r.profile.from, "profile");
-    for id in ["ring-layout-packed", "guest-announce", "rss"] {
+    for id in [
+        "ring-layout-packed",
+        "guest-announce",
+        "rss",
+        "checksum",
+        "tso",
+    ] {
         let g = r.group(id).unwrap();
         assert_eq!(g.verdict, Verdict::NotRun, "{t}");
         assert!(
@@ -302,7 +308,8 @@ fn a_migration_between_different_profiles_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("destination's profile ifcvf does not match the source's profile full")
-            && err.contains("only the source offers VIRTIO_NET_F_MTU"),
+            && err.contains("only the source offers VIRTIO_NET_F_CSUM,")
+            && err.contains("VIRTIO_NET_F_MTU"),
         "{err}"
     );
     assert!(out.stdout.is_empty(), "nothing ran");

@@ -167,6 +167,7 @@ fn chain_longer_than_queue_size() {
         .map(|i| (i, d(a, 16, if i + 1 < QSIZE { F_NEXT } else { 0 }, i + 1)))
         .collect();
     rig.post(TXQ, &all, &[0]);
+    rig.plain_tx_header(a);
     let c0 = rig.dev.counters();
     rig.drv.kick(TXQ).unwrap();
     assert_eq!(rig.dev.fault(), None);
@@ -324,6 +325,7 @@ fn indirect_violations() {
     table.resize(1024, d(0, 0, 0, 0));
     rig.table(t, &table);
     rig.post(TXQ, &[(0, d(t, 16 * 1024, F_INDIRECT, 0))], &[0]);
+    rig.plain_tx_header(a);
     let c0 = rig.dev.counters();
     rig.drv.kick(TXQ).unwrap();
     assert_eq!(rig.dev.fault(), None);
@@ -546,6 +548,7 @@ fn oversized_tx_chain() {
     // Exactly the limit is a legal chain: the frame is dropped as oversize, the chain completed.
     let mut rig = Rig::new(opts());
     rig.post(TXQ, &[(0, d(rig.arena, MAX_TX_CHAIN as u32, 0, 0))], &[0]);
+    rig.plain_tx_header(rig.arena);
     let c0 = rig.dev.counters();
     rig.drv.kick(TXQ).unwrap();
     assert_eq!(rig.dev.fault(), None);

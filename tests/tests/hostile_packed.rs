@@ -262,6 +262,7 @@ fn chain_as_long_as_the_ring() {
         .map(|i| p(a, 16, 9, if i + 1 < QSIZE { F_NEXT } else { 0 }))
         .collect();
     rig.post(TXQ, &all);
+    rig.plain_tx_header(a);
     rig.drv.kick(TXQ).unwrap();
     assert_eq!(rig.dev.fault(), None);
     assert_eq!(

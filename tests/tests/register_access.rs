@@ -1395,7 +1395,7 @@ fn msix_unmask_while_msix_disabled_sends_nothing() {
 fn features_ok_refusals_and_status_rules() {
     let dev = Device::new(DeviceConfig::default()).unwrap();
     let ad = st::ACKNOWLEDGE | st::DRIVER;
-    let refused: [(&str, u64); 7] = [
+    let refused: [(&str, u64); 9] = [
         ("without VERSION_1", offered_mask() & !V1),
         ("nothing", 0),
         ("MQ without CTRL_VQ", V1 | (1 << bits::MQ)),
@@ -1408,7 +1408,12 @@ fn features_ok_refusals_and_status_rules() {
             "CTRL_MAC_ADDR without CTRL_VQ",
             V1 | (1 << bits::CTRL_MAC_ADDR),
         ),
-        ("a bit not offered (CSUM)", V1 | 1),
+        ("a bit not offered (HOST_UFO)", V1 | (1 << bits::HOST_UFO)),
+        ("HOST_TSO4 without CSUM", V1 | (1 << bits::HOST_TSO4)),
+        (
+            "HOST_ECN without HOST_TSO4/6",
+            V1 | (1 << bits::CSUM) | (1 << bits::HOST_ECN),
+        ),
     ];
     for (what, f) in refused {
         let c0 = dev.counters();

@@ -111,6 +111,8 @@ pub struct NetEngine {
     pub(super) rx_slots: Vec<super::rx::Slot>,
     /// TX frame / control command bytes.
     pub(super) buf: Vec<u8>,
+    /// TX: the segment being built from a GSO frame.
+    pub(super) seg_buf: Vec<u8>,
     /// Where carried frames are copied for a capture, if one runs.
     pub(super) capture: Option<Arc<dyn FrameCapture>>,
 }
@@ -161,6 +163,7 @@ impl NetEngine {
             rx_descs: Vec::new(),
             rx_slots: Vec::new(),
             buf: Vec::with_capacity(65 * 1024),
+            seg_buf: Vec::new(),
             capture: None,
         }
     }

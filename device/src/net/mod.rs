@@ -4,6 +4,7 @@
 pub mod ctrl;
 pub mod engine;
 pub mod filter;
+pub mod offload;
 pub mod rss;
 pub mod rx;
 pub mod sections;
@@ -11,7 +12,7 @@ pub mod tx;
 
 /// struct virtio_net_hdr_v1 size: with VIRTIO_F_VERSION_1 the header always has num_buffers
 /// (5.1.6.1), so it is 12 bytes whatever MRG_RXBUF says.
-pub const NET_HDR_LEN: usize = 12;
+pub const NET_HDR_LEN: usize = offload::hdr::NET_HDR_LEN;
 /// Ethernet header.
 pub const ETH_HLEN: usize = 14;
 /// One 802.1Q tag.

@@ -1,9 +1,12 @@
 //! Receive (virtio 1.2 5.1.6.3-4): frames from the inbox are written, after a 12-byte
-//! virtio_net_hdr_v1, into device-writable chains of the steered RX queue. With MRG_RXBUF a
+//! virtio_net_hdr_v1 (DATA_VALID when GUEST_CSUM was negotiated and the TCP/UDP checksum
+//! verified), into device-writable chains of the steered RX queue. With MRG_RXBUF a
 //! frame may span several chains (num_buffers in the first header); without it the frame must
 //! fit one chain or is dropped (the chain stays available).
 
 use super::engine::{Datapath, NetEngine};
+use super::offload::hdr::F_DATA_VALID;
+use super::offload::verify::{self, L4Csum};
 use super::rss::Steering;
 use super::NET_HDR_LEN;
 use crate::capture::CaptureDirection;
@@ -38,6 +41,7 @@ impl NetEngine {
     /// room; publishes each touched queue and interrupts as the driver asked.
     pub(crate) fn service_rx(&mut self, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
         let mrg = dp.has(bits::MRG_RXBUF);
+        let guest_csum = dp.has(bits::GUEST_CSUM);
         let mut touched = PairSet::ZERO;
         let mut result = Ok(());
         while let Some(frame) = self.inbox.pop() {
@@ -58,18 +62,35 @@ impl NetEngine {
                     2 * p
                 }
             };
-            let mut res = self.deliver(q, &frame, mrg, dp.counters);
+            // 5.1.6.4.1: with GUEST_CSUM the device MAY set DATA_VALID, and then MUST have
+            // validated the checksum: only a TCP/UDP checksum that verified gets it.
+            let csum = if guest_csum {
+                verify::l4_checksum(&frame)
+            } else {
+                L4Csum::NotChecked
+            };
+            let flags = if csum == L4Csum::Valid {
+                F_DATA_VALID
+            } else {
+                0
+            };
+            let mut res = self.deliver(q, &frame, flags, mrg, dp.counters);
             if let Ok(false) = res {
                 // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
                 // EVENT_IDX, 2.7.10), then look once more in case it just did.
                 res = match self.arm_rx(q) {
-                    Ok(true) => self.deliver(q, &frame, mrg, dp.counters),
+                    Ok(true) => self.deliver(q, &frame, flags, mrg, dp.counters),
                     Ok(false) => Ok(false),
                     Err(e) => Err(e),
                 };
             }
             match res {
                 Ok(true) => {
+                    match csum {
+                        L4Csum::Valid => dp.counters.rx_csum_valid += 1,
+                        L4Csum::Bad => dp.counters.rx_csum_bad += 1,
+                        L4Csum::NotChecked => {}
+                    }
                     touched.set(usize::from(q / 2), true);
                     self.inbox.recycle(frame);
                 }
@@ -115,6 +136,7 @@ impl NetEngine {
         &mut self,
         q: u16,
         frame: &[u8],
+        flags: u8,
         mrg: bool,
         counters: &mut DeviceCounters,
     ) -> Result<bool, DeviceFault> {
@@ -181,8 +203,10 @@ impl NetEngine {
             return Ok(false);
         }
         ring.commit();
-        // Header: flags 0, gso_type NONE, hdr_len/gso_size/csum 0, num_buffers (LE u16 at 10).
+        // Header: flags (DATA_VALID or 0), gso_type NONE, hdr_len/gso_size/csum 0, num_buffers
+        // (LE u16 at 10).
         let mut hdr = [0u8; NET_HDR_LEN];
+        hdr[0] = flags;
         hdr[10..12].copy_from_slice(&(slots.len() as u16).to_le_bytes());
         let descs = if slots.len() == 1 { &chain.descs } else { all };
         write_frame(ring, dma, q, &hdr, frame, slots, descs, wrong_len)?;

@@ -8,6 +8,7 @@
 pub mod link;
 pub mod loopback;
 
+use crate::net::offload::hdr::NetHdr;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,10 +16,53 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub use link::LinkPort;
 pub use loopback::LoopbackPort;
 
+/// What a port can take besides plain Ethernet frames: frames with a virtio_net_hdr_v1 whose
+/// checksum is still to be completed (NEEDS_CSUM) or that are still to be segmented (GSO). A
+/// port that takes none of it (loopback, link, null) gets wire frames only: the device
+/// completes checksums and segments itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortOffloads {
+    /// NEEDS_CSUM frames (checksum completed further on).
+    pub csum: bool,
+    /// TCPv4 GSO frames.
+    pub tso4: bool,
+    /// TCPv6 GSO frames.
+    pub tso6: bool,
+    /// GSO frames with the ECN bit.
+    pub ecn: bool,
+}
+
+impl PortOffloads {
+    /// Wire frames only.
+    pub const NONE: PortOffloads = PortOffloads {
+        csum: false,
+        tso4: false,
+        tso6: false,
+        ecn: false,
+    };
+    /// Everything (a TAP opened with IFF_VNET_HDR).
+    pub const ALL: PortOffloads = PortOffloads {
+        csum: true,
+        tso4: true,
+        tso6: true,
+        ecn: true,
+    };
+}
+
 /// Frames leave the device through a port.
 pub trait Port: Send + Sync {
     /// Takes one Ethernet frame (no virtio header). Returns false if the port dropped it.
     fn transmit(&self, frame: &[u8]) -> bool;
+    /// What the port takes besides wire frames ([`Port::transmit_with_hdr`]).
+    fn offloads(&self) -> PortOffloads {
+        PortOffloads::NONE
+    }
+    /// Takes one frame with its virtio_net_hdr_v1, unchanged: called only for what
+    /// [`Port::offloads`] says the port takes. Returns false if the port dropped it.
+    fn transmit_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
+        let _ = (hdr, frame);
+        false
+    }
     /// Short description for logs and reports.
     fn describe(&self) -> String;
 }

@@ -10,6 +10,7 @@ pub mod tap;
 pub mod unix;
 
 use crate::vfio_user::sock::{Ready, Stop};
+use device::net::offload::hdr::NET_HDR_LEN;
 use device::{Device, NullPort, Port};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -161,7 +162,7 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
             })?;
             let (dev, st) = (device.clone(), stop.clone());
             let t = spawn(format!("tap-{}", tap.name()), move || {
-                reader_loop(&dev, file.as_fd(), &st, |b| (&file).read(b))
+                reader_loop(&dev, file.as_fd(), &st, NET_HDR_LEN, |b| (&file).read(b))
             })?;
             let port: Arc<dyn Port> = Arc::new(tap);
             (Some(port), Some(t))
@@ -177,7 +178,7 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
             })?;
             let (dev, st) = (device.clone(), stop.clone());
             let t = spawn("unix-link".into(), move || {
-                reader_loop(&dev, sock.as_fd(), &st, |b| sock.recv(b))
+                reader_loop(&dev, sock.as_fd(), &st, 0, |b| sock.recv(b))
             })?;
             let port: Arc<dyn Port> = Arc::new(link);
             (Some(port), Some(t))
@@ -209,7 +210,8 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 /// Smallest frame worth delivering: an Ethernet header.
 const MIN_FRAME: usize = 14;
 
-/// Reads frames until `stop`. Frames are pushed into the inbox as fast as they come (the
+/// Reads frames until `stop`, each behind a header of `hdr_len` bytes (a TAP's
+/// virtio_net_hdr_v1; the kernel completed the frame, TUNSETOFFLOAD 0). Frames are pushed into the inbox as fast as they come (the
 /// inbox is the NIC's receive buffer; it drops when full); every batch is offered to the
 /// device without waiting (`try_service_rx`: a busy device drains its inbox itself before it
 /// lets go of its lock), and once the wire is idle the thread waits for the device lock
@@ -218,9 +220,10 @@ fn reader_loop(
     dev: &Device,
     fd: BorrowedFd<'_>,
     stop: &Stop,
+    hdr_len: usize,
     mut recv: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) {
-    let mut buf = vec![0u8; 65536];
+    let mut buf = vec![0u8; 65536 + hdr_len];
     loop {
         match stop.wait_readable(fd, None) {
             Ok(Ready::Io) | Ok(Ready::Timeout) => {}
@@ -233,8 +236,8 @@ fn reader_loop(
         let mut batch = 0usize;
         loop {
             match recv(&mut buf) {
-                Ok(n) if n >= MIN_FRAME => {
-                    dev.inbox().push(&buf[..n]);
+                Ok(n) if n >= hdr_len + MIN_FRAME => {
+                    dev.inbox().push(&buf[hdr_len..n]);
                     batch += 1;
                     if batch.is_multiple_of(64) {
                         dev.try_service_rx();

@@ -2,14 +2,21 @@
 //! (the host kernel receives them on IFNAME), frames the host sends out of IFNAME are read
 //! and delivered to the device.
 //!
-//! Opening needs CAP_NET_ADMIN (root): `/dev/net/tun`, `TUNSETIFF` with `IFF_TAP | IFF_NO_PI`
-//! (creates IFNAME if absent, attaches to it if it exists), then `SIOCSIFFLAGS` with `IFF_UP`.
-//! A TAP created here is not persistent: it disappears when the server exits.
+//! Opening needs CAP_NET_ADMIN (root): `/dev/net/tun`, `TUNSETIFF` with
+//! `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (creates IFNAME if absent, attaches to it if it exists),
+//! `TUNSETVNETHDRSZ` 12 (struct virtio_net_hdr_v1 before every frame, both ways), `TUNSETOFFLOAD`
+//! 0 (the kernel completes checksums and segments before handing frames to the reader), then
+//! `SIOCSIFFLAGS` with `IFF_UP`. That is how QEMU's tap backend opens its TAP (QEMU
+//! net/tap-linux.c `tap_open`, `tap_fd_set_vnet_hdr_len`, `tap_fd_set_offload`). Frames the
+//! device sends go out with their header: GSO frames and partial checksums unchanged (the
+//! kernel finishes them, as for QEMU), wire frames behind a zero header. A TAP created here is
+//! not persistent: it disappears when the server exits.
 
-use device::Port;
+use device::net::offload::hdr::{NetHdr, NET_HDR_LEN};
+use device::{Port, PortOffloads};
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -53,11 +60,18 @@ impl TapPort {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one struct ifreq, which `ifr` is, for the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        let hdr_len = NET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which `hdr_len` is.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set_offload(&file, 0)?;
         // SAFETY: the kernel wrote a NUL-terminated name (at most IFNAMSIZ - 1 bytes) back.
         let actual = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) }
             .to_string_lossy()
@@ -91,6 +105,22 @@ impl TapPort {
     }
 }
 
+/// TUNSETOFFLOAD: which offloads (TUN_F_*) the reader takes; the argument is the value itself.
+fn set_offload(file: &File, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
+    if unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn bring_up(name: &str) -> io::Result<()> {
     // SAFETY: socket() has no memory-safety preconditions.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -113,13 +143,19 @@ fn bring_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-impl Port for TapPort {
-    fn transmit(&self, frame: &[u8]) -> bool {
-        // One write = one frame (IFF_NO_PI: no packet-information prefix). Non-blocking: a
-        // full TAP queue drops the frame like a congested wire, the device lock is never held
-        // waiting for the host.
-        match (&self.file).write(frame) {
-            Ok(n) if n == frame.len() => {
+impl TapPort {
+    /// One write = one frame behind its virtio-net header (IFF_NO_PI: no packet-information
+    /// prefix). Non-blocking: a full TAP queue drops the frame like a congested wire, the
+    /// device lock is never held waiting for the host.
+    fn write(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
+        let h = NetHdr {
+            num_buffers: 0,
+            ..*hdr
+        }
+        .to_bytes();
+        let iov = [IoSlice::new(&h), IoSlice::new(frame)];
+        match (&self.file).write_vectored(&iov) {
+            Ok(n) if n == h.len() + frame.len() => {
                 self.tx_frames.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -129,6 +165,22 @@ impl Port for TapPort {
                 false
             }
         }
+    }
+}
+
+impl Port for TapPort {
+    fn transmit(&self, frame: &[u8]) -> bool {
+        self.write(&NetHdr::default(), frame)
+    }
+
+    /// The kernel takes GSO frames and partial checksums from a TAP writer whatever
+    /// TUNSETOFFLOAD says (that governs what it hands the reader).
+    fn offloads(&self) -> PortOffloads {
+        PortOffloads::ALL
+    }
+
+    fn transmit_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
+        self.write(hdr, frame)
     }
 
     fn describe(&self) -> String {

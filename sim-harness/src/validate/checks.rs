@@ -38,6 +38,8 @@ pub(super) const CHECKS: &[(&str, GroupFn)] = &[
     ("guest-announce", |s, _, f| guest_announce(s, f)),
     ("rss", super::rss::rss),
     ("in-order", super::in_order::in_order),
+    ("checksum", |s, _, f| super::offloads::checksum(s, f)),
+    ("tso", |s, _, f| super::offloads::tso(s, f)),
     ("reset", reset),
 ];
 
@@ -67,6 +69,8 @@ pub(super) const GROUP_FEATURES: &[(&str, u32)] = &[
     ("guest-announce", bits::GUEST_ANNOUNCE),
     ("rss", bits::RSS),
     ("in-order", bits::IN_ORDER),
+    ("checksum", bits::CSUM),
+    ("tso", bits::HOST_TSO4),
 ];
 
 /// What the device is expected to offer: a profile's set, or (no profile given for a device

@@ -10,6 +10,7 @@
 mod checks;
 mod in_order;
 mod locate;
+mod offloads;
 pub mod report;
 mod rss;
 #[cfg(target_os = "linux")]
@@ -51,6 +52,14 @@ pub const GROUPS: &[(&str, &str)] = &[
         "buffers used in the order they were made available (VIRTIO_F_IN_ORDER, when offered)",
     ),
     (
+        "checksum",
+        "TX checksum offload (VIRTIO_NET_F_CSUM): checksums completed, bad headers dropped",
+    ),
+    (
+        "tso",
+        "TX segmentation (HOST_TSO4/6): MSS segments with correct IP, TCP fields and checksums",
+    ),
+    (
         "reset",
         "reset returns every register to its reset value; no DMA after reset",
     ),
@@ -70,6 +79,8 @@ pub fn owning_group(q: device::Quirk) -> &'static str {
         Quirk::SplitRingUsedLenWrong => "ring-layout-split",
         Quirk::RssIgnoresIndirectionTable => "rss",
         Quirk::CompletesOutOfOrder => "in-order",
+        Quirk::CsumOddLengthWrong => "checksum",
+        Quirk::TsoIpIdFixed | Quirk::TsoSeqWrong => "tso",
     }
 }
 

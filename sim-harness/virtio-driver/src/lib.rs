@@ -12,6 +12,7 @@
 //! `device::Device` is the harness's job (`sim_harness::driver::in_process`).
 
 pub mod flags;
+pub mod hdr;
 pub mod memory;
 pub mod net;
 pub mod packed;

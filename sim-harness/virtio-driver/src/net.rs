@@ -164,7 +164,14 @@ struct Queue {
     notify_off: u16,
     pool: Vec<u64>,
     inflight: Vec<u64>,
+    /// TX: free 72 KiB buffers for frames larger than a pool buffer (GSO frames), allocated
+    /// as needed, and every one of them (so a completion knows where its buffer goes back).
+    large_pool: Vec<u64>,
+    large_all: Vec<u64>,
 }
+
+/// Size of a large TX buffer: a 64 KiB GSO frame with its headers and the virtio-net header.
+const LARGE_TX_BUF: u64 = 72 * 1024;
 
 /// A virtio-net driver bound to one device.
 pub struct NetDriver {
@@ -466,6 +473,8 @@ impl NetDriver {
                 notify_off: 0,
                 pool,
                 inflight: vec![0; usize::from(self.opts.queue_size)],
+                large_pool: Vec::new(),
+                large_all: Vec::new(),
             });
         }
         let at = self.opts.start_index;
@@ -664,10 +673,67 @@ impl NetDriver {
         let mut n = 0;
         while let Some((head, _)) = qu.ring.pop_used(&mem)? {
             let b = qu.inflight[usize::from(head)];
-            qu.pool.push(b);
+            if qu.large_all.contains(&b) {
+                qu.large_pool.push(b);
+            } else {
+                qu.pool.push(b);
+            }
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Sends one frame on TX `pair` with the virtio-net header `hdr` (checksum offload, GSO:
+    /// virtio 1.2 5.1.6.2), in one descriptor: a pool buffer, or a large buffer for a frame
+    /// longer than that. Reclaims completions first, publishes and kicks as the device asks.
+    /// Returns false when the ring has no room.
+    pub fn send_with_hdr(
+        &mut self,
+        pair: u16,
+        hdr: &crate::hdr::NetHdr,
+        frame: &[u8],
+    ) -> Result<bool, DriverError> {
+        self.reclaim_tx(pair)?;
+        let mem = self.mem.clone();
+        let total = NET_HDR_LEN + frame.len();
+        if total as u64 > LARGE_TX_BUF {
+            return Err(DriverError::Usage(format!(
+                "frame of {} bytes exceeds the {LARGE_TX_BUF}-byte large TX buffers",
+                frame.len()
+            )));
+        }
+        let qu = self.queue(txq(pair))?;
+        let large = total > 2048;
+        let buf = if large {
+            match qu.large_pool.pop() {
+                Some(b) => b,
+                None => {
+                    let b = mem.alloc(LARGE_TX_BUF, 64)?;
+                    qu.large_all.push(b);
+                    b
+                }
+            }
+        } else {
+            match qu.pool.pop() {
+                Some(b) => b,
+                None => return Ok(false),
+            }
+        };
+        mem.write(buf, &hdr.to_bytes())?;
+        mem.write(buf + NET_HDR_LEN as u64, frame)?;
+        match qu.ring.add(&mem, &[(buf, total as u32, false)])? {
+            Some(h) => qu.inflight[usize::from(h)] = buf,
+            None => {
+                if large {
+                    qu.large_pool.push(buf);
+                } else {
+                    qu.pool.push(buf);
+                }
+                return Ok(false);
+            }
+        }
+        self.publish(txq(pair))?;
+        Ok(true)
     }
 
     /// Queues frames on TX `pair` without publishing; returns how many fit.
@@ -753,6 +819,19 @@ impl NetDriver {
     /// Takes every frame received on `pair` (reassembling mergeable buffers), then reposts
     /// the buffers.
     pub fn recv(&mut self, pair: u16) -> Result<Vec<Vec<u8>>, DriverError> {
+        Ok(self
+            .recv_with_hdr(pair)?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect())
+    }
+
+    /// [`NetDriver::recv`] with each frame's virtio-net header (virtio 1.2 5.1.6.4: flags
+    /// DATA_VALID / NEEDS_CSUM, gso_type, num_buffers).
+    pub fn recv_with_hdr(
+        &mut self,
+        pair: u16,
+    ) -> Result<Vec<(crate::hdr::NetHdr, Vec<u8>)>, DriverError> {
         let mem = self.mem.clone();
         let q = rxq(pair);
         let qu = self.queue(q)?;
@@ -769,6 +848,7 @@ impl NetDriver {
             }
             let nbuf = u16::from_le_bytes([data[10], data[11]]).max(1);
             let mut frame = data.split_off(NET_HDR_LEN);
+            let hdr = crate::hdr::NetHdr::from_bytes(&data[..NET_HDR_LEN].try_into().expect("12"));
             for _ in 1..nbuf {
                 let Some((h, l)) = qu.ring.pop_used(&mem)? else {
                     return Err(DriverError::Usage(format!(
@@ -781,7 +861,7 @@ impl NetDriver {
                 frame.resize(start + l as usize, 0);
                 mem.read(b, &mut frame[start..])?;
             }
-            frames.push(frame);
+            frames.push((hdr, frame));
         }
         self.refill_rx(pair)?;
         Ok(frames)

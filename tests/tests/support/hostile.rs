@@ -82,6 +82,13 @@ impl Rig {
         }
     }
 
+    /// Writes a plain virtio-net header (flags 0, GSO_NONE) at `addr`: a TX chain that starts
+    /// there carries a frame the device sends as it is (the canary bytes as a header would set
+    /// RSC_INFO, which the device drops: virtio 1.2 5.1.6.2.1).
+    pub fn plain_tx_header(&self, addr: u64) {
+        self.drv.mem.write(addr, &[0u8; 12]).expect("header");
+    }
+
     pub fn mem_end(&self) -> u64 {
         self.drv.opts.iova_base + self.drv.opts.memory
     }

@@ -1,0 +1,8 @@
+//! Checksum and segmentation offloads (virtio 1.2 5.1.6.2, 5.1.6.4): the virtio-net header
+//! ([`hdr`]), the Internet checksum ([`csum`]) and TCP segmentation ([`gso`]). The datapath
+//! ([`super::tx`]) decides with them; docs/offloads.md describes what the device does per field.
+
+pub mod csum;
+pub mod gso;
+pub mod hdr;
+pub mod verify;
