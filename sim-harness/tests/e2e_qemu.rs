@@ -1147,6 +1147,19 @@ impl Serve {
         (serve, tap)
     }
 
+    /// The features the last driver negotiated, from serve's log ("features negotiated", at
+    /// each FEATURES_OK): the guest may have reset the device (and `ctl stats` reads 0) by the
+    /// time a test asks.
+    fn last_negotiated(&self, test: &str) -> u64 {
+        read_lossy(&self.log)
+            .lines()
+            .rev()
+            .filter(|l| l.contains("features negotiated"))
+            .find_map(|l| l.split("features=0x").nth(1))
+            .and_then(|v| u64::from_str_radix(v.split_whitespace().next().unwrap_or(""), 16).ok())
+            .unwrap_or_else(|| panic!("{test}: no `features negotiated` line\n{}", self.diag()))
+    }
+
     fn device_arg(&self) -> String {
         format!(
             r#"{{"driver":"vfio-user-pci","socket":{{"type":"unix","path":"{}"}}}}"#,
@@ -1781,20 +1794,7 @@ fn device_offloads_virtio_pci_host_tap() {
             let r: sim_harness::ctl::Response =
                 serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
             let st = r.stats.expect("stats");
-            // The guest may have reset the device by now: its features come from serve's log
-            // ("features negotiated", at each FEATURES_OK).
-            let log = read_lossy(&serve.log);
-            let feats = log
-                .lines()
-                .rev()
-                .filter(|l| l.contains("features negotiated"))
-                .find_map(|l| l.split("features=0x").nth(1))
-                .and_then(|v| {
-                    u64::from_str_radix(v.split_whitespace().next().unwrap_or(""), 16).ok()
-                })
-                .unwrap_or_else(|| {
-                    panic!("{TEST}: no `features negotiated` line\n{}", serve.diag())
-                });
+            let feats = serve.last_negotiated(TEST);
             for (bit, name) in [
                 (bits::CSUM, "CSUM"),
                 (bits::GUEST_CSUM, "GUEST_CSUM"),
