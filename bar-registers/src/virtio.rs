@@ -83,6 +83,30 @@ pub mod device_status {
     pub const FAILED: u8 = c::VIRTIO_CONFIG_S_FAILED as u8;
 }
 
+/// struct virtio_net_hdr_v1 flags and gso_type values (virtio 1.2 5.1.6): virtio-bindings'
+/// constants as the u8 they live in, shared by the device and the driver model.
+pub mod net_hdr {
+    use virtio_bindings::virtio_net as vn;
+    /// VIRTIO_NET_HDR_F_NEEDS_CSUM.
+    pub const F_NEEDS_CSUM: u8 = vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    /// VIRTIO_NET_HDR_F_DATA_VALID.
+    pub const F_DATA_VALID: u8 = vn::VIRTIO_NET_HDR_F_DATA_VALID as u8;
+    /// VIRTIO_NET_HDR_F_RSC_INFO.
+    pub const F_RSC_INFO: u8 = vn::VIRTIO_NET_HDR_F_RSC_INFO as u8;
+    /// VIRTIO_NET_HDR_GSO_NONE.
+    pub const GSO_NONE: u8 = vn::VIRTIO_NET_HDR_GSO_NONE as u8;
+    /// VIRTIO_NET_HDR_GSO_TCPV4.
+    pub const GSO_TCPV4: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+    /// VIRTIO_NET_HDR_GSO_UDP (UFO).
+    pub const GSO_UDP: u8 = vn::VIRTIO_NET_HDR_GSO_UDP as u8;
+    /// VIRTIO_NET_HDR_GSO_TCPV6.
+    pub const GSO_TCPV6: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV6 as u8;
+    /// VIRTIO_NET_HDR_GSO_UDP_L4 (USO).
+    pub const GSO_UDP_L4: u8 = vn::VIRTIO_NET_HDR_GSO_UDP_L4 as u8;
+    /// VIRTIO_NET_HDR_GSO_ECN: a bit or-ed into gso_type.
+    pub const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
+}
+
 /// virtio_net_config.status bits (virtio 1.2 5.1.4): virtio-bindings' VIRTIO_NET_S_*.
 pub mod net_status {
     use virtio_bindings::virtio_net as n;

@@ -1,20 +1,9 @@
 //! struct virtio_net_hdr_v1 as a driver writes and reads it (virtio 1.2 5.1.6), from
 //! virtio-bindings' constants: the driver model's own encoding, independent of the device's.
 
-use virtio_bindings::virtio_net as vn;
-
-/// VIRTIO_NET_HDR_F_NEEDS_CSUM.
-pub const F_NEEDS_CSUM: u8 = vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
-/// VIRTIO_NET_HDR_F_DATA_VALID.
-pub const F_DATA_VALID: u8 = vn::VIRTIO_NET_HDR_F_DATA_VALID as u8;
-/// VIRTIO_NET_HDR_GSO_NONE.
-pub const GSO_NONE: u8 = vn::VIRTIO_NET_HDR_GSO_NONE as u8;
-/// VIRTIO_NET_HDR_GSO_TCPV4.
-pub const GSO_TCPV4: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV4 as u8;
-/// VIRTIO_NET_HDR_GSO_TCPV6.
-pub const GSO_TCPV6: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV6 as u8;
-/// VIRTIO_NET_HDR_GSO_ECN.
-pub const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
+pub use bar_registers::virtio::net_hdr::{
+    F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6,
+};
 
 /// The header's fields (little-endian on the wire with VERSION_1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,7 +76,10 @@ mod tests {
 
     #[test]
     fn layout_is_the_bindings_struct() {
-        assert_eq!(std::mem::size_of::<vn::virtio_net_hdr_v1>(), 12);
+        assert_eq!(
+            std::mem::size_of::<virtio_bindings::virtio_net::virtio_net_hdr_v1>(),
+            12
+        );
         let h = NetHdr::tso(GSO_TCPV6, 1440, 54, 74);
         assert_eq!(NetHdr::from_bytes(&h.to_bytes()), h);
         assert_eq!(h.to_bytes(), [1, 4, 74, 0, 0xa0, 5, 54, 0, 16, 0, 0, 0]);
