@@ -60,6 +60,7 @@
 //! is), the write trace, the port.
 
 use crate::net::engine::NetEngine;
+use crate::net::rss::RssConfig;
 use crate::net::sections::{NetImage, QueueImage};
 use crate::state::common_cfg::{CommonCfg, CommonImage};
 use crate::state::lm_block::{LmBlock, LmImage};
@@ -614,8 +615,8 @@ impl DeviceState {
         self.paused = true;
         self.function_reset();
         let r = parse(data).and_then(|img| {
-            self.check_compatible(&img)?;
-            self.apply(&img)
+            let rss = self.check_compatible(&img)?;
+            self.apply(&img, rss)
         });
         if let Err(e) = &r {
             tracing::warn!(error = %e, "device state refused; device reset");
@@ -629,8 +630,9 @@ impl DeviceState {
         r
     }
 
-    /// Everything that can be checked before the device is touched.
-    fn check_compatible(&self, img: &Image) -> Result<(), SnapshotError> {
+    /// Everything that can be checked before the device is touched. Returns the RSS
+    /// configuration of the `RSSC` section, checked against this device (`None`: RSS off).
+    fn check_compatible(&self, img: &Image) -> Result<Option<RssConfig>, SnapshotError> {
         let here = self.identity();
         let s = &img.identity;
         let pairs: [(&'static str, u64, u64); 7] = [
@@ -690,14 +692,14 @@ impl DeviceState {
         self.engine
             .check_queues(&img.queues, v.features_ok(), self.layout.msix_vectors)?;
         self.engine.check_net(&img.net)?;
-        if let Some(body) = &img.rss {
-            self.engine.parse_rss(body, &img.net)?;
-        }
-        Ok(())
+        img.rss
+            .as_ref()
+            .map(|body| self.engine.parse_rss(body, &img.net))
+            .transpose()
     }
 
-    /// Rebuilds the (just reset) device from a checked image.
-    fn apply(&mut self, img: &Image) -> Result<(), SnapshotError> {
+    /// Rebuilds the (just reset) device from a checked image and its checked RSS configuration.
+    fn apply(&mut self, img: &Image, rss: Option<RssConfig>) -> Result<(), SnapshotError> {
         self.function.restore_config(&img.pci)?;
         self.sync_pcie_limits();
         self.function.restore_msix(&img.msix)?;
@@ -707,10 +709,6 @@ impl DeviceState {
 
         // virtio-net.
         self.engine.restore_net(&img.net);
-        let rss = match &img.rss {
-            Some(body) => Some(self.engine.parse_rss(body, &img.net)?),
-            None => None,
-        };
         self.engine.restore_rss(rss);
 
         // LM block: registers as saved, logging (to guest memory) on if it was.
