@@ -50,11 +50,7 @@ pub(super) fn in_order(
     // The RX avail ring as posted at start: the driver does not refill during the check (a
     // refill would wrap over these slots).
     let mem = d.mem.clone();
-    let rx = d.ring(rxq(0))?;
-    let (rx_avail, rx_size) = (rx.avail, rx.size);
-    let posted: Vec<u16> = (0..rx_size)
-        .map(|slot| mem.read_u16(rx_avail + 4 + 2 * u64::from(slot)))
-        .collect::<Result<_, _>>()?;
+    let posted = d.ring(rxq(0))?.avail_heads(&mem)?;
     let mut rng = SmallRng::seed_from_u64(0x494e_4f52);
     let mac = super::checks::MAC;
     let sent: Vec<Vec<u8>> = (0..FRAMES)
@@ -79,11 +75,7 @@ pub(super) fn in_order(
     {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let tx = d.ring(txq(0))?;
-    let (tx_avail, tx_size) = (tx.avail, tx.size);
-    let tx_posted: Vec<u16> = (0..tx_size)
-        .map(|slot| mem.read_u16(tx_avail + 4 + 2 * u64::from(slot)))
-        .collect::<Result<_, _>>()?;
+    let tx_posted = d.ring(txq(0))?.avail_heads(&mem)?;
     order_finding(f, &mut d, txq(0), "TX", &tx_posted)?;
     order_finding(f, &mut d, rxq(0), "RX (mergeable buffers)", &posted)?;
     d.reset()

@@ -209,6 +209,14 @@ impl DriverRing {
         Ok(())
     }
 
+    /// The head each avail ring slot holds, slot 0 first (what the driver made available there
+    /// last).
+    pub fn avail_heads(&self, mem: &GuestMemory) -> Result<Vec<u16>, DriverError> {
+        (0..u64::from(self.size))
+            .map(|slot| Ok(mem.read_u16(self.avail + 4 + 2 * slot)?))
+            .collect()
+    }
+
     /// The device's used->idx (Acquire).
     pub fn used_idx(&self, mem: &GuestMemory) -> Result<u16, DriverError> {
         Ok(mem.read_u16(self.used + 2)?)
