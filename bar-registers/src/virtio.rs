@@ -210,6 +210,30 @@ pub const OFFERED_FEATURES: &[Feature] = &[
         "TX segmentation of frames with ECN (GSO_ECN bit): CWR on the first segment only",
         "virtio 1.2 5.1.6.2; requires HOST_TSO4 or HOST_TSO6 (5.1.3.1)"
     ),
+    feature!(
+        bits::GUEST_TSO4,
+        "VIRTIO_NET_F_GUEST_TSO4",
+        "RX TCPv4 GSO frames: a GSO frame from the port (a TAP) goes to the driver whole (gso_type TCPV4, gso_size, NEEDS_CSUM); the device segments it while the driver has the offload off",
+        "virtio 1.2 5.1.6.4; requires GUEST_CSUM (5.1.3.1)"
+    ),
+    feature!(
+        bits::GUEST_TSO6,
+        "VIRTIO_NET_F_GUEST_TSO6",
+        "RX TCPv6 GSO frames (gso_type TCPV6)",
+        "virtio 1.2 5.1.6.4; requires GUEST_CSUM (5.1.3.1)"
+    ),
+    feature!(
+        bits::GUEST_ECN,
+        "VIRTIO_NET_F_GUEST_ECN",
+        "RX GSO frames with the ECN bit",
+        "virtio 1.2 5.1.6.4; requires GUEST_TSO4 or GUEST_TSO6 (5.1.3.1)"
+    ),
+    feature!(
+        bits::CTRL_GUEST_OFFLOADS,
+        "VIRTIO_NET_F_CTRL_GUEST_OFFLOADS",
+        "the driver switches its negotiated GUEST_* receive offloads with GUEST_OFFLOADS_SET",
+        "virtio 1.2 5.1.6.5.6.1 (a control-queue command: useful with CTRL_VQ)"
+    ),
     feature!(bits::MTU, "VIRTIO_NET_F_MTU", "device reports its MTU in config space", "virtio 1.2 5.1.3"),
     feature!(bits::MAC, "VIRTIO_NET_F_MAC", "device has a MAC address in config space", "virtio 1.2 5.1.3"),
     feature!(bits::MRG_RXBUF, "VIRTIO_NET_F_MRG_RXBUF", "RX packets may span several buffers (num_buffers)", "virtio 1.2 5.1.6.3"),
@@ -256,14 +280,22 @@ pub const OFFERED_FEATURES: &[Feature] = &[
 
 /// What a driver model asks for by default: every feature the model implements except
 /// VIRTIO_F_RING_PACKED, so the split ring stays the default layout and the packed ring is
-/// opt-in, and except VIRTIO_F_IN_ORDER, which Linux's virtio_net (6.12) does not negotiate
+/// opt-in; except VIRTIO_F_IN_ORDER, which Linux's virtio_net (6.12) does not negotiate
 /// either (the validator's in-order group and the drivers that want it, DPDK's virtio PMD, ask
-/// for it). A driver negotiates this & the device's offer (as DPDK's base/ifcvf.c
-/// `ifcvf_config_features` does), so on a device with a smaller profile it gets that profile's
-/// set (less the packed ring).
+/// for it); and except the RX GSO offloads ([`RX_GSO_FEATURES`]), so that frames come back
+/// the way the wire carries them unless a check asks for GSO frames. A driver negotiates this &
+/// the device's offer (as DPDK's base/ifcvf.c `ifcvf_config_features` does), so on a device
+/// with a smaller profile it gets that profile's set (less the packed ring).
 pub fn default_driver_features() -> u64 {
-    offered_mask() & !(1u64 << bits::RING_PACKED) & !(1u64 << bits::IN_ORDER)
+    offered_mask() & !(1u64 << bits::RING_PACKED) & !(1u64 << bits::IN_ORDER) & !RX_GSO_FEATURES
 }
+
+/// The receive GSO offloads and their control command: GUEST_TSO4, GUEST_TSO6, GUEST_ECN and
+/// CTRL_GUEST_OFFLOADS (virtio 1.2 5.1.6.4, 5.1.6.5.6.1).
+pub const RX_GSO_FEATURES: u64 = 1u64 << bits::GUEST_TSO4
+    | 1u64 << bits::GUEST_TSO6
+    | 1u64 << bits::GUEST_ECN
+    | 1u64 << bits::CTRL_GUEST_OFFLOADS;
 
 /// Every feature the model implements, as a mask: what the `full` profile offers (a device
 /// offers its own profile's set, see [`crate::profile`]).

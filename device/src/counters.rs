@@ -49,6 +49,20 @@ pub struct DeviceCounters {
     pub rx_csum_valid: u64,
     /// RX frames whose TCP/UDP checksum did not verify (delivered without DATA_VALID).
     pub rx_csum_bad: u64,
+    /// RX frames handed to the driver whole as GSO frames (gso_type TCPV4/TCPV6, NEEDS_CSUM:
+    /// GUEST_TSO4/6 on, 5.1.6.4).
+    pub rx_gso_frames: u64,
+    /// GSO frames from the port the driver does not take now: the device segmented them.
+    pub rx_gso_segmented: u64,
+    /// Segments those were cut into (each then delivered as an RX frame).
+    pub rx_gso_segments: u64,
+    /// RX frames handed on with NEEDS_CSUM (the checksum left to the driver, GUEST_CSUM on).
+    pub rx_csum_partial: u64,
+    /// NEEDS_CSUM frames from the port whose checksum the device completed (GUEST_CSUM off).
+    pub rx_csum_completed: u64,
+    /// Frames from the port whose virtio_net_hdr does not describe them (checksum outside the
+    /// frame, a GSO type that is not the frame's TCP/IP, gso_size 0, unknown gso_type): dropped.
+    pub rx_bad_offload: u64,
     /// Frames the RX filter (promiscuous / MAC table) rejected.
     pub rx_filtered: u64,
     /// Frames dropped because the RX chain cannot hold them (no MRG_RXBUF, 5.1.6.3.1).
@@ -129,6 +143,12 @@ impl DeviceCounters {
             ("rx_bytes", self.rx_bytes),
             ("rx_csum_valid", self.rx_csum_valid),
             ("rx_csum_bad", self.rx_csum_bad),
+            ("rx_gso_frames", self.rx_gso_frames),
+            ("rx_gso_segmented", self.rx_gso_segmented),
+            ("rx_gso_segments", self.rx_gso_segments),
+            ("rx_csum_partial", self.rx_csum_partial),
+            ("rx_csum_completed", self.rx_csum_completed),
+            ("rx_bad_offload", self.rx_bad_offload),
             ("rx_filtered", self.rx_filtered),
             ("rx_dropped_too_small", self.rx_dropped_too_small),
             ("rx_dropped_reset", self.rx_dropped_reset),

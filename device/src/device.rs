@@ -362,6 +362,13 @@ impl Device {
         self.state.lock().engine.net().rss.clone()
     }
 
+    /// The receive offloads the driver takes now (virtio 1.2 5.1.6.5.6.1): as negotiated, or
+    /// as its last CTRL_GUEST_OFFLOADS_SET left them.
+    pub fn guest_offloads(&self) -> crate::net::offload::guest::GuestOffloads {
+        let s = self.state.lock();
+        s.engine.guest_offloads(s.common.negotiated())
+    }
+
     /// Queue `q`'s state.
     pub fn queue(&self, q: u16) -> Option<QueueSnapshot> {
         let s = self.state.lock();

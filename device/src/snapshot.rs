@@ -25,7 +25,7 @@
 //! refuses the stream. Lower-case first letters mark ancillary sections a reader may skip
 //! (none exist in version 1). Every critical section of version 1 must appear exactly once,
 //! except the optional ones ([`OPTIONAL_SECTIONS`]: state that exists only while a feature is
-//! in use, such as `RSSC`), which appear at most once; `SEAL` must be last and end the stream
+//! in use, such as `RSSC`, `GOFF`, `INBH`), which appear at most once; `SEAL` must be last and end the stream
 //! exactly. An optional section is still critical: a reader that does not know it refuses the
 //! stream, because it could not carry that state on.
 //!
@@ -47,6 +47,8 @@
 //! | `LMRG` | logging_ctrl u64, log base u64, log end u64, mq_pairs u32 |
 //! | `INBX` | frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes |
 //! | `RSSC` | only while RSS is on: the live configuration as the RSS_CONFIG command that sets it (struct virtio_net_rss_config, virtio 1.2 5.1.6.5.7.1; max_tx_vq = curr_pairs) |
+//! | `GOFF` | only after VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET: the offloads it set, le64 of GUEST_* feature bits (virtio 1.2 5.1.6.5.6.1), each negotiated |
+//! | `INBH` | only while FIFO frames carry a port header: count u32, then per such frame its index in INBX u32 (increasing) + struct virtio_net_hdr_v1 (12 bytes, num_buffers 0) |
 //! | `SEAL` | FNV-1a 64 of every byte before this section, u64 |
 //!
 //! Restoring validates everything before touching the device (structure, seal, compatibility,
@@ -60,8 +62,10 @@
 //! is), the write trace, the port.
 
 use crate::net::engine::NetEngine;
+use crate::net::offload::guest::GuestOffloads;
 use crate::net::rss::RssConfig;
 use crate::net::sections::{NetImage, QueueImage};
+use crate::port::InboxFrame;
 use crate::state::common_cfg::{CommonCfg, CommonImage};
 use crate::state::lm_block::{LmBlock, LmImage};
 use crate::state::pci_function::{MsixImage, PciFunction};
@@ -127,7 +131,11 @@ pub const SECTIONS: [SectionSpec; 8] = [
 
 /// Critical sections that are written only while the state they carry exists, after
 /// [`SECTIONS`], in this order.
-pub const OPTIONAL_SECTIONS: [SectionSpec; 1] = [NetEngine::RSS_SECTION];
+pub const OPTIONAL_SECTIONS: [SectionSpec; 3] = [
+    NetEngine::RSS_SECTION,
+    NetEngine::GUEST_OFFLOADS_SECTION,
+    NetEngine::INBOX_HDR_SECTION,
+];
 
 /// Section tags.
 pub mod tag {
@@ -153,6 +161,10 @@ pub mod tag {
     pub const INBOX: [u8; 4] = at(7);
     /// Receive-side scaling configuration (optional).
     pub const RSS: [u8; 4] = super::OPTIONAL_SECTIONS[0].tag();
+    /// Receive offloads the driver set (optional).
+    pub const GUEST_OFFLOADS: [u8; 4] = super::OPTIONAL_SECTIONS[1].tag();
+    /// Port headers of receive FIFO frames (optional).
+    pub const INBOX_HDRS: [u8; 4] = super::OPTIONAL_SECTIONS[2].tag();
     /// Checksum, last.
     pub const SEAL: [u8; 4] = SEAL_SECTION.tag();
     /// Every critical section of version 1 but the seal, in the order they are written.
@@ -240,7 +252,9 @@ pub fn max_state_len(num_queues: u16, msix_vectors: u16, rx_backlog: usize) -> u
         use bar_registers::virtio::rss::{MAX_INDIRECTION_TABLE_LENGTH, MAX_KEY_SIZE};
         11 + 2 * usize::from(MAX_INDIRECTION_TABLE_LENGTH) + usize::from(MAX_KEY_SIZE)
     };
-    fixed + queues + net + 28 + inbox + rss
+    let guest_offloads = SECTION_HEAD + 8;
+    let inbox_hdrs = SECTION_HEAD + 4 + rx_backlog.saturating_mul(4 + crate::net::NET_HDR_LEN);
+    fixed + queues + net + 28 + inbox + rss + guest_offloads + inbox_hdrs
 }
 
 // ---------------------------------------------------------------- encoding
@@ -370,9 +384,20 @@ struct Image {
     queues: Vec<QueueImage>,
     net: NetImage,
     lm: LmImage,
-    inbox: Vec<Vec<u8>>,
+    inbox: Vec<InboxFrame>,
     /// The `RSSC` body, if the stream has one (parsed against the device in the check).
     rss: Option<Vec<u8>>,
+    /// The `GOFF` body, if the stream has one (checked against the saved features).
+    guest_offloads: Option<Vec<u8>>,
+}
+
+/// The optional sections' state, checked against this device before it is touched.
+#[derive(Debug)]
+struct Checked {
+    /// `RSSC` (`None`: RSS off).
+    rss: Option<RssConfig>,
+    /// `GOFF` (`None`: the offloads as negotiated).
+    guest_offloads: Option<GuestOffloads>,
 }
 
 fn lm_code(l: LmLayout) -> u8 {
@@ -480,7 +505,17 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
     let queues = NetEngine::parse_queues(&mut next(), identity.num_queues)?;
     let net = NetEngine::parse_net(&mut next())?;
     let lm = LmBlock::parse(&mut next())?;
-    let inbox = NetEngine::parse_inbox(&mut next())?;
+    let mut inbox = NetEngine::parse_inbox(&mut next())?;
+    if let Some(body) = optional[2] {
+        NetEngine::parse_inbox_hdrs(
+            &mut Reader {
+                buf: body,
+                pos: 0,
+                tag: OPTIONAL_SECTIONS[2].name,
+            },
+            &mut inbox,
+        )?;
+    }
     Ok(Image {
         identity,
         pci,
@@ -491,6 +526,7 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
         lm,
         inbox,
         rss: optional[0].map(<[u8]>::to_vec),
+        guest_offloads: optional[1].map(<[u8]>::to_vec),
     })
 }
 
@@ -594,9 +630,16 @@ impl DeviceState {
         w.section(tag::QUEUES, |w| self.engine.save_queues(w));
         w.section(tag::NET, |w| self.engine.save_net(w));
         w.section(tag::LM, |w| self.lm.save(w));
-        w.section(tag::INBOX, |w| self.engine.save_inbox(w));
+        let mut inbox_hdrs = None;
+        w.section(tag::INBOX, |w| inbox_hdrs = self.engine.save_inbox(w));
         if let Some(rss) = self.engine.save_rss() {
             w.section(tag::RSS, |w| w.bytes(&rss));
+        }
+        if let Some(g) = self.engine.save_guest_offloads() {
+            w.section(tag::GUEST_OFFLOADS, |w| w.bytes(&g));
+        }
+        if let Some(h) = inbox_hdrs {
+            w.section(tag::INBOX_HDRS, |w| w.bytes(&h));
         }
         let total = (w.out.len() + SECTION_HEAD + 8) as u64;
         w.out[16..24].copy_from_slice(&total.to_le_bytes());
@@ -615,8 +658,8 @@ impl DeviceState {
         self.paused = true;
         self.function_reset();
         let r = parse(data).and_then(|img| {
-            let rss = self.check_compatible(&img)?;
-            self.apply(&img, rss)
+            let checked = self.check_compatible(&img)?;
+            self.apply(&img, checked)
         });
         if let Err(e) = &r {
             tracing::warn!(error = %e, "device state refused; device reset");
@@ -630,9 +673,9 @@ impl DeviceState {
         r
     }
 
-    /// Everything that can be checked before the device is touched. Returns the RSS
-    /// configuration of the `RSSC` section, checked against this device (`None`: RSS off).
-    fn check_compatible(&self, img: &Image) -> Result<Option<RssConfig>, SnapshotError> {
+    /// Everything that can be checked before the device is touched. Returns what the
+    /// optional sections decode to, checked against this device.
+    fn check_compatible(&self, img: &Image) -> Result<Checked, SnapshotError> {
         let here = self.identity();
         let s = &img.identity;
         let pairs: [(&'static str, u64, u64); 7] = [
@@ -692,14 +735,24 @@ impl DeviceState {
         self.engine
             .check_queues(&img.queues, v.features_ok(), self.layout.msix_vectors)?;
         self.engine.check_net(&img.net)?;
-        img.rss
+        let rss = img
+            .rss
             .as_ref()
             .map(|body| self.engine.parse_rss(body, &img.net))
-            .transpose()
+            .transpose()?;
+        let guest_offloads = img
+            .guest_offloads
+            .as_ref()
+            .map(|body| NetEngine::parse_guest_offloads(body, v.negotiated()))
+            .transpose()?;
+        Ok(Checked {
+            rss,
+            guest_offloads,
+        })
     }
 
-    /// Rebuilds the (just reset) device from a checked image and its checked RSS configuration.
-    fn apply(&mut self, img: &Image, rss: Option<RssConfig>) -> Result<(), SnapshotError> {
+    /// Rebuilds the (just reset) device from a checked image and its checked optional state.
+    fn apply(&mut self, img: &Image, checked: Checked) -> Result<(), SnapshotError> {
         self.function.restore_config(&img.pci)?;
         self.sync_pcie_limits();
         self.function.restore_msix(&img.msix)?;
@@ -709,7 +762,9 @@ impl DeviceState {
 
         // virtio-net.
         self.engine.restore_net(&img.net);
-        self.engine.restore_rss(rss);
+        self.engine.restore_rss(checked.rss);
+        self.engine
+            .restore_guest_offloads(checked.guest_offloads, img.virtio.negotiated());
 
         // LM block: registers as saved, logging (to guest memory) on if it was.
         self.lm.restore(&img.lm);

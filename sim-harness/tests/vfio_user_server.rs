@@ -1715,7 +1715,7 @@ fn unix_link_ports_join_two_devices() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert_eq!(b.inbox().pop().unwrap(), frame);
+    assert_eq!(b.inbox().pop().unwrap().data, frame);
     // Full datapath: driver A sends, driver B receives.
     let mut da = sim_harness::driver::in_process(&a, DriverOptions::default()).unwrap();
     let mut db = sim_harness::driver::in_process(&b, DriverOptions::default()).unwrap();
@@ -1831,7 +1831,7 @@ fn tap_port_moves_frames_between_device_and_host() {
     let mut got = false;
     while !got && t0.elapsed() < Duration::from_secs(5) {
         while let Some(f) = dev.inbox().pop() {
-            got |= f == f2;
+            got |= f.data == f2;
         }
         std::thread::sleep(Duration::from_millis(5));
     }

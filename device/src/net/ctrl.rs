@@ -9,10 +9,11 @@ use crate::state::QueueState;
 use bar_registers::virtio::{bits, net_status};
 use dma::DmaKind;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC,
-    VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ,
-    VIRTIO_NET_CTRL_MQ_RSS_CONFIG, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX,
-    VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
+    VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_GUEST_OFFLOADS,
+    VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET,
+    VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
+    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
 };
 
 /// The ack byte of a command (5.1.6.5: virtio_net_ctrl_ack).
@@ -168,6 +169,24 @@ impl NetEngine {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, len = data.len(), "RSS_CONFIG refused");
+                        false
+                    }
+                }
+            }
+            // 5.1.6.5.6.1: GUEST_OFFLOADS_SET, le64 of GUEST_* feature bits, each negotiated.
+            (VIRTIO_NET_CTRL_GUEST_OFFLOADS, VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET) => {
+                match super::offload::guest::parse_set(data, dp.features) {
+                    Ok(g) => {
+                        tracing::debug!(
+                            offloads = format_args!("{:#x}", g.0),
+                            "GUEST_OFFLOADS_SET"
+                        );
+                        self.net.guest_offloads = Some(g);
+                        self.apply_guest_offloads(dp.features);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "GUEST_OFFLOADS_SET refused");
                         false
                     }
                 }

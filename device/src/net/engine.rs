@@ -10,7 +10,7 @@ use crate::capture::FrameCapture;
 use crate::config::DeviceConfig;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
-use crate::port::{Port, RxInbox};
+use crate::port::{Port, PortOffloads, RxInbox};
 use crate::queue::chain::{Chain, Desc, RingSetup};
 use crate::queue::Ring;
 use crate::quirks::{Quirk, Quirks};
@@ -21,6 +21,7 @@ use bar_registers::virtio::{bits, common, net_status, NO_VECTOR};
 use dma::DmaEngine;
 use std::sync::Arc;
 
+use super::offload::guest::GuestOffloads;
 use super::{ETH_HLEN, VLAN_HLEN};
 
 /// Flow hash buckets of automatic receive steering.
@@ -41,6 +42,9 @@ pub struct NetState {
     pub(crate) flows: Vec<u16>,
     /// Receive-side scaling, while the driver has it on (5.1.6.5.7): replaces the flows.
     pub(crate) rss: Option<super::rss::RssConfig>,
+    /// The receive offloads CTRL_GUEST_OFFLOADS_SET left on (5.1.6.5.6.1); `None` until the
+    /// driver sends one: then negotiation decides ([`NetEngine::guest_offloads`]).
+    pub(crate) guest_offloads: Option<GuestOffloads>,
 }
 
 impl NetState {
@@ -57,6 +61,7 @@ impl NetState {
             mc_table: Vec::new(),
             flows: vec![u16::MAX; FLOW_BUCKETS],
             rss: None,
+            guest_offloads: None,
         }
     }
 }
@@ -115,6 +120,8 @@ pub struct NetEngine {
     pub(super) seg_buf: Vec<u8>,
     /// Where carried frames are copied for a capture, if one runs.
     pub(super) capture: Option<Arc<dyn FrameCapture>>,
+    /// What the port was last told the driver takes on receive ([`Port::set_rx_offloads`]).
+    pub(super) port_rx_offloads: PortOffloads,
 }
 
 impl std::fmt::Debug for NetEngine {
@@ -165,6 +172,7 @@ impl NetEngine {
             buf: Vec::with_capacity(65 * 1024),
             seg_buf: Vec::new(),
             capture: None,
+            port_rx_offloads: PortOffloads::NONE,
         }
     }
 
@@ -176,6 +184,7 @@ impl NetEngine {
             *q = QueueSlot::new(self.params.queue_size_max);
         }
         self.net = NetState::new(self.params.mac);
+        self.set_port_rx_offloads(PortOffloads::NONE);
         self.dma.set_logging(None);
         self.dma.disarm_fault();
         self.inbox.clear()
@@ -219,7 +228,30 @@ impl NetEngine {
 
     /// Connects the transmit side to a port.
     pub fn set_port(&mut self, port: Arc<dyn Port>) {
+        port.set_rx_offloads(self.port_rx_offloads);
         self.port = port;
+    }
+
+    /// The receive offloads the driver takes now, with `features` negotiated (5.1.6.5.6.1).
+    pub fn guest_offloads(&self, features: u64) -> GuestOffloads {
+        self.net
+            .guest_offloads
+            .unwrap_or(GuestOffloads::negotiated(features))
+    }
+
+    /// Tells the port what the driver takes now (after negotiation, CTRL_GUEST_OFFLOADS_SET,
+    /// a restore).
+    pub(crate) fn apply_guest_offloads(&mut self, features: u64) {
+        let o = self.guest_offloads(features).to_port();
+        self.set_port_rx_offloads(o);
+    }
+
+    fn set_port_rx_offloads(&mut self, o: PortOffloads) {
+        if o != self.port_rx_offloads {
+            tracing::debug!(offloads = ?o, port = %self.port.describe(), "port receive offloads");
+            self.port_rx_offloads = o;
+            self.port.set_rx_offloads(o);
+        }
     }
 
     /// The receive FIFO.

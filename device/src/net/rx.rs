@@ -1,17 +1,32 @@
 //! Receive (virtio 1.2 5.1.6.3-4): frames from the inbox are written, after a 12-byte
-//! virtio_net_hdr_v1 (DATA_VALID when GUEST_CSUM was negotiated and the TCP/UDP checksum
-//! verified), into device-writable chains of the steered RX queue. With MRG_RXBUF a
+//! virtio_net_hdr_v1, into device-writable chains of the steered RX queue. With MRG_RXBUF a
 //! frame may span several chains (num_buffers in the first header); without it the frame must
 //! fit one chain or is dropped (the chain stays available).
+//!
+//! The header says what the device knows of the frame (5.1.6.4):
+//! - a wire frame gets DATA_VALID when GUEST_CSUM is on and its TCP/UDP checksum verified;
+//! - a frame its port handed on with NEEDS_CSUM (a TAP with TUNSETOFFLOAD) keeps it when the
+//!   driver takes GUEST_CSUM now, else the device completes the checksum;
+//! - a GSO frame from the port is handed on whole (gso_type, gso_size, NEEDS_CSUM) when the
+//!   driver takes that GUEST_TSO4/6 (and GUEST_ECN) now, else the device cuts it into
+//!   segments, which take the wire-frame path. So does a GSO frame no RX buffer can hold.
+//!
+//! "Now" is what CTRL_GUEST_OFFLOADS_SET left on, negotiation until then (5.1.6.5.6.1).
 
 use super::engine::{Datapath, NetEngine};
-use super::offload::hdr::F_DATA_VALID;
+use super::offload::csum;
+use super::offload::gso::{self, SegBugs, TcpFrame, TCP_CSUM_OFFSET};
+use super::offload::guest::GuestOffloads;
+use super::offload::hdr::{
+    self, GsoKind, NetHdr, TxOffload, F_DATA_VALID, F_NEEDS_CSUM, F_RSC_INFO,
+};
 use super::offload::verify::{self, L4Csum};
 use super::rss::Steering;
 use super::NET_HDR_LEN;
 use crate::capture::CaptureDirection;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
+use crate::port::InboxFrame;
 use crate::queue::chain::{ChainKind, Desc};
 use crate::queue::Ring;
 use crate::quirks::Quirk;
@@ -27,6 +42,11 @@ type PairSet = BitArr!(for MAX_QUEUE_PAIRS as usize, in u64);
 /// Chains one frame may be spread over (with MRG_RXBUF).
 const MAX_RX_CHAINS: usize = 64;
 
+/// What a port header may ask of the receive side: everything the device's own TX path
+/// understands (checksum, TCPv4/v6 segmentation with ECN), whatever the driver negotiated.
+const PORT_HDR_FEATURES: u64 =
+    1 << bits::CSUM | 1 << bits::HOST_TSO4 | 1 << bits::HOST_TSO6 | 1 << bits::HOST_ECN;
+
 /// Where a popped chain's bytes go.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Slot {
@@ -36,22 +56,130 @@ pub(super) struct Slot {
     cap: u64,
 }
 
+/// Whether a frame went into a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fit {
+    /// Written and used.
+    Done,
+    /// Not enough buffers yet: the frame waits.
+    NoRoom,
+    /// No buffers the driver could post would hold it (one chain without MRG_RXBUF, or more
+    /// chains than the device spreads a frame over, or than the ring has).
+    TooSmall,
+}
+
+/// What the device does with one inbox frame.
+#[derive(Clone, Copy, Debug)]
+enum RxPlan {
+    /// A wire frame: DATA_VALID if GUEST_CSUM is on and the checksum verifies.
+    Wire,
+    /// Handed on with this header (NEEDS_CSUM, and a GSO type for a whole GSO frame).
+    Offloaded(NetHdr),
+    /// Checksum to complete (the driver does not take NEEDS_CSUM), then a wire frame.
+    Complete { start: usize, offset: usize },
+    /// A GSO frame to cut into `mss`-byte segments.
+    Segment { t: TcpFrame, mss: usize },
+    /// The header does not describe the frame.
+    Bad,
+}
+
+/// Decides from a port header and what the driver takes now.
+fn plan(h: &NetHdr, frame: &[u8], go: GuestOffloads) -> RxPlan {
+    if h.flags & F_NEEDS_CSUM == 0 && h.gso_type == hdr::GSO_NONE {
+        // Plain, or DATA_VALID from the port: the device verifies itself either way.
+        return RxPlan::Wire;
+    }
+    let tx_view = NetHdr {
+        flags: h.flags & !(F_DATA_VALID | F_RSC_INFO),
+        ..*h
+    };
+    match hdr::tx_offload(&tx_view, frame.len(), PORT_HDR_FEATURES) {
+        Err(_) => RxPlan::Bad,
+        Ok(TxOffload::None) => RxPlan::Wire,
+        Ok(TxOffload::Csum { start, offset }) if go.csum() => RxPlan::Offloaded(NetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: hdr::GSO_NONE,
+            hdr_len: 0,
+            gso_size: 0,
+            csum_start: start as u16,
+            csum_offset: offset as u16,
+            num_buffers: 0,
+        }),
+        Ok(TxOffload::Csum { start, offset }) => RxPlan::Complete { start, offset },
+        Ok(TxOffload::Gso {
+            kind,
+            ecn,
+            mss,
+            csum_start,
+            csum_offset,
+        }) => {
+            let Some(t) = gso::parse_tcp(frame, kind) else {
+                return RxPlan::Bad;
+            };
+            if csum_start != t.l4 || csum_offset != TCP_CSUM_OFFSET || t.payload == frame.len() {
+                return RxPlan::Bad;
+            }
+            if go.takes_gso(kind == GsoKind::Tcp4, ecn) {
+                RxPlan::Offloaded(NetHdr {
+                    flags: F_NEEDS_CSUM,
+                    gso_type: h.gso_type,
+                    // 5.1.6.4: hdr_len, "the length of the headers" (the driver's hint).
+                    hdr_len: t.payload as u16,
+                    gso_size: mss,
+                    csum_start: csum_start as u16,
+                    csum_offset: csum_offset as u16,
+                    num_buffers: 0,
+                })
+            } else {
+                RxPlan::Segment {
+                    t,
+                    mss: usize::from(mss),
+                }
+            }
+        }
+    }
+}
+
+/// Whether the receive path can act on port header `h` for `frame` (a restored FIFO frame's).
+pub(crate) fn port_hdr_ok(h: &NetHdr, frame: &[u8]) -> bool {
+    !matches!(plan(h, frame, GuestOffloads(0)), RxPlan::Bad)
+}
+
 impl NetEngine {
     /// Moves frames from the inbox into RX queues until the inbox is empty or a frame has no
     /// room; publishes each touched queue and interrupts as the driver asked.
     pub(crate) fn service_rx(&mut self, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
         let mrg = dp.has(bits::MRG_RXBUF);
-        let guest_csum = dp.has(bits::GUEST_CSUM);
+        let go = self.guest_offloads(dp.features);
         let mut touched = PairSet::ZERO;
         let mut result = Ok(());
-        while let Some(frame) = self.inbox.pop() {
-            if !self.net.accepts(&frame) {
+        while let Some(mut frame) = self.inbox.pop() {
+            if !self.net.accepts(&frame.data) {
                 dp.counters.rx_filtered += 1;
-                self.inbox.recycle(frame);
+                self.inbox.recycle(frame.data);
                 continue;
             }
+            let mut plan = plan(&frame.hdr, &frame.data, go);
+            match plan {
+                RxPlan::Bad => {
+                    dp.counters.rx_bad_offload += 1;
+                    self.inbox.recycle(frame.data);
+                    continue;
+                }
+                RxPlan::Complete { start, offset } => {
+                    csum::complete(&mut frame.data, start, offset, false);
+                    frame.hdr = NetHdr::default();
+                    dp.counters.rx_csum_completed += 1;
+                    plan = RxPlan::Wire;
+                }
+                RxPlan::Segment { t, mss } => {
+                    self.segment_into_inbox(frame, &t, mss, dp.counters);
+                    continue;
+                }
+                RxPlan::Wire | RxPlan::Offloaded(_) => {}
+            }
             let rss_quirk = self.params.quirks.has(Quirk::RssIgnoresIndirectionTable);
-            let q = match self.net.steer(&frame, rss_quirk) {
+            let q = match self.net.steer(&frame.data, rss_quirk) {
                 Steering::Flow(p) => 2 * p,
                 Steering::Hashed(p) => {
                     dp.counters.rx_rss_hashed += 1;
@@ -64,37 +192,69 @@ impl NetEngine {
             };
             // 5.1.6.4.1: with GUEST_CSUM the device MAY set DATA_VALID, and then MUST have
             // validated the checksum: only a TCP/UDP checksum that verified gets it.
-            let csum = if guest_csum {
-                verify::l4_checksum(&frame)
-            } else {
-                L4Csum::NotChecked
+            let (out_hdr, csum) = match plan {
+                RxPlan::Offloaded(h) => (h, L4Csum::NotChecked),
+                _ => {
+                    let c = if go.csum() {
+                        verify::l4_checksum(&frame.data)
+                    } else {
+                        L4Csum::NotChecked
+                    };
+                    let flags = if c == L4Csum::Valid { F_DATA_VALID } else { 0 };
+                    (
+                        NetHdr {
+                            flags,
+                            ..NetHdr::default()
+                        },
+                        c,
+                    )
+                }
             };
-            let flags = if csum == L4Csum::Valid {
-                F_DATA_VALID
-            } else {
-                0
-            };
-            let mut res = self.deliver(q, &frame, flags, mrg, dp.counters);
-            if let Ok(false) = res {
+            let mut res = self.deliver(q, &frame.data, &out_hdr, mrg, dp.counters);
+            if let Ok(Fit::NoRoom) = res {
                 // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
                 // EVENT_IDX, 2.7.10), then look once more in case it just did.
                 res = match self.arm_rx(q) {
-                    Ok(true) => self.deliver(q, &frame, flags, mrg, dp.counters),
-                    Ok(false) => Ok(false),
+                    Ok(true) => self.deliver(q, &frame.data, &out_hdr, mrg, dp.counters),
+                    Ok(false) => Ok(Fit::NoRoom),
                     Err(e) => Err(e),
                 };
             }
             match res {
-                Ok(true) => {
+                Ok(Fit::Done) => {
                     match csum {
                         L4Csum::Valid => dp.counters.rx_csum_valid += 1,
                         L4Csum::Bad => dp.counters.rx_csum_bad += 1,
                         L4Csum::NotChecked => {}
                     }
+                    if out_hdr.gso_type != hdr::GSO_NONE {
+                        dp.counters.rx_gso_frames += 1;
+                    } else if out_hdr.flags & F_NEEDS_CSUM != 0 {
+                        dp.counters.rx_csum_partial += 1;
+                    }
                     touched.set(usize::from(q / 2), true);
-                    self.inbox.recycle(frame);
+                    self.inbox.recycle(frame.data);
                 }
-                Ok(false) => {
+                Ok(Fit::TooSmall) if out_hdr.gso_type != hdr::GSO_NONE => {
+                    // A whole GSO frame no buffer of this driver holds: segments do fit.
+                    let RxPlan::Offloaded(h) = plan else {
+                        unreachable!("only offloaded frames carry a GSO type")
+                    };
+                    let kind = if h.gso_type & !hdr::GSO_ECN == hdr::GSO_TCPV4 {
+                        GsoKind::Tcp4
+                    } else {
+                        GsoKind::Tcp6
+                    };
+                    let t = gso::parse_tcp(&frame.data, kind).expect("checked by plan");
+                    self.segment_into_inbox(frame, &t, usize::from(h.gso_size), dp.counters);
+                }
+                Ok(Fit::TooSmall) => {
+                    // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a
+                    // whole frame; this one does not: drop the frame, keep the buffers.
+                    dp.counters.rx_dropped_too_small += 1;
+                    self.inbox.recycle(frame.data);
+                }
+                Ok(Fit::NoRoom) => {
                     // No room yet: keep the frame at the head of the FIFO.
                     self.inbox.unpop(frame);
                     break;
@@ -109,6 +269,40 @@ impl NetEngine {
             self.publish_rx(2 * pair as u16, dp)?;
         }
         result
+    }
+
+    /// Cuts GSO frame `frame` into segments and puts them at the head of the inbox, in order:
+    /// they are delivered next, as wire frames, with the inbox's own flow control (a segment
+    /// that finds no room waits there like any frame).
+    fn segment_into_inbox(
+        &mut self,
+        frame: InboxFrame,
+        t: &TcpFrame,
+        mss: usize,
+        counters: &mut DeviceCounters,
+    ) {
+        let mut segs = Vec::with_capacity(frame.data.len() / mss.max(1) + 1);
+        let n = gso::segment(
+            &frame.data,
+            t,
+            mss,
+            SegBugs::default(),
+            &mut self.seg_buf,
+            |s| {
+                let mut b = self.inbox.spare_buf();
+                b.extend_from_slice(s);
+                segs.push(b);
+            },
+        );
+        counters.rx_gso_segmented += 1;
+        counters.rx_gso_segments += n;
+        self.inbox.recycle(frame.data);
+        for data in segs.into_iter().rev() {
+            self.inbox.unpop(InboxFrame {
+                hdr: NetHdr::default(),
+                data,
+            });
+        }
     }
 
     fn arm_rx(&mut self, q: u16) -> Result<bool, DeviceFault> {
@@ -131,15 +325,15 @@ impl NetEngine {
         Ok(())
     }
 
-    /// Writes one frame into queue `q`. Ok(false) when it does not fit yet.
+    /// Writes one frame into queue `q` behind header `h` (num_buffers filled in here).
     fn deliver(
         &mut self,
         q: u16,
         frame: &[u8],
-        flags: u8,
+        h: &NetHdr,
         mrg: bool,
         counters: &mut DeviceCounters,
-    ) -> Result<bool, DeviceFault> {
+    ) -> Result<Fit, DeviceFault> {
         let batch = self.params.batch;
         let quirk_len = self.params.quirks.has(Quirk::SplitRingUsedLenWrong);
         let NetEngine {
@@ -150,8 +344,10 @@ impl NetEngine {
             rx_slots: slots,
             ..
         } = self;
-        let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
-            return Ok(false);
+        let slot = &mut queues[usize::from(q)];
+        let ring_size = usize::from(slot.size);
+        let QueueState::Enabled(ring) = &mut slot.state else {
+            return Ok(Fit::NoRoom);
         };
         // The split-ring-used-len-wrong quirk is a split ring engine bug.
         let wrong_len = quirk_len && !ring.is_packed();
@@ -163,22 +359,25 @@ impl NetEngine {
         let mut cap = 0u64;
         all.clear();
         ring.begin();
-        let outcome: Result<bool, DeviceFault> = loop {
+        let outcome: Result<Fit, DeviceFault> = loop {
             if cap >= need {
-                break Ok(true);
+                break Ok(Fit::Done);
             }
-            if slots.len() == MAX_RX_CHAINS || (!mrg && slots.len() == 1) {
-                break Ok(false);
+            if slots.len() == MAX_RX_CHAINS
+                || slots.len() == ring_size
+                || (!mrg && slots.len() == 1)
+            {
+                break Ok(Fit::TooSmall);
             }
             if !ring.has_fetched() && ring.fetch_avail(dma, batch)? == 0 {
-                break Ok(false);
+                break Ok(Fit::NoRoom);
             }
             if slots.len() == 1 {
                 // The chain is about to hold the next one.
                 all.extend(chain.descs.iter().copied());
             }
             if !ring.pop(dma, chain, ChainKind::Rx, u64::from(u32::MAX))? {
-                break Ok(false);
+                break Ok(Fit::NoRoom);
             }
             let first = all.len();
             if !slots.is_empty() {
@@ -192,22 +391,18 @@ impl NetEngine {
             });
             cap += chain.writable;
         };
-        if !outcome? {
+        let fit = outcome?;
+        if fit != Fit::Done {
+            // The buffers stay available (the caller drops, segments or waits).
             ring.rollback();
-            if !mrg && slots.len() == 1 {
-                // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a whole
-                // frame; this one does not: drop the frame, keep the buffer.
-                counters.rx_dropped_too_small += 1;
-                return Ok(true);
-            }
-            return Ok(false);
+            return Ok(fit);
         }
         ring.commit();
-        // Header: flags (DATA_VALID or 0), gso_type NONE, hdr_len/gso_size/csum 0, num_buffers
-        // (LE u16 at 10).
-        let mut hdr = [0u8; NET_HDR_LEN];
-        hdr[0] = flags;
-        hdr[10..12].copy_from_slice(&(slots.len() as u16).to_le_bytes());
+        let hdr = NetHdr {
+            num_buffers: slots.len() as u16,
+            ..*h
+        }
+        .to_bytes();
         let descs = if slots.len() == 1 { &chain.descs } else { all };
         write_frame(ring, dma, q, &hdr, frame, slots, descs, wrong_len)?;
         let qc = &mut counters.queues[usize::from(q)];
@@ -219,7 +414,7 @@ impl NetEngine {
         if let Some(c) = &self.capture {
             c.frame(CaptureDirection::Rx, q / 2, frame);
         }
-        Ok(true)
+        Ok(Fit::Done)
     }
 }
 

@@ -1,11 +1,15 @@
 //! The net engine's sections of the device-state stream ([`crate::snapshot`]): `QUES` (queue
 //! registers, stop state and LM ring states), `NETS` (virtio-net state) and `INBX` (the frames
-//! waiting in the receive FIFO). Each is encoded, decoded, checked against this device and
-//! restored here, next to the state it describes.
+//! waiting in the receive FIFO), and the optional `RSSC` (RSS configuration), `GOFF` (receive
+//! offloads set by the driver) and `INBH` (port headers of FIFO frames). Each is encoded,
+//! decoded, checked against this device and restored here, next to the state it describes.
 
 use super::engine::{NetEngine, FLOW_BUCKETS};
+use super::offload::guest::{self, GuestOffloads};
+use super::offload::hdr::NetHdr;
 use super::rss::{parse_rss_config, RssConfig};
 use super::{MAX_CTRL_CHAIN, MAX_TX_CHAIN, NET_HDR_LEN};
+use crate::port::InboxFrame;
 use crate::snapshot::{invalid, Reader, SectionSpec, SnapshotError, Writer};
 use crate::state::QueueState;
 use bar_registers::virtio::{net_status, NO_VECTOR};
@@ -78,6 +82,18 @@ impl NetEngine {
     pub const RSS_SECTION: SectionSpec = SectionSpec {
         name: "RSSC",
         body: "only while RSS is on: the live configuration as the RSS_CONFIG command that sets it (struct virtio_net_rss_config, virtio 1.2 5.1.6.5.7.1; max_tx_vq = curr_pairs)",
+    };
+    /// The `GOFF` section of the device-state stream: present only once the driver set its
+    /// receive offloads. Critical: a device that cannot honour them must not take the state.
+    pub const GUEST_OFFLOADS_SECTION: SectionSpec = SectionSpec {
+        name: "GOFF",
+        body: "only after VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET: the offloads it set, le64 of GUEST_* feature bits (virtio 1.2 5.1.6.5.6.1), each negotiated",
+    };
+    /// The `INBH` section of the device-state stream: present only while a frame in the
+    /// receive FIFO carries a header from its port (NEEDS_CSUM or GSO, from a TAP).
+    pub const INBOX_HDR_SECTION: SectionSpec = SectionSpec {
+        name: "INBH",
+        body: "only while FIFO frames carry a port header: count u32, then per such frame its index in INBX u32 (increasing) + struct virtio_net_hdr_v1 (12 bytes, num_buffers 0)",
     };
     /// The `INBX` section of the device-state stream.
     pub const INBOX_SECTION: SectionSpec = SectionSpec {
@@ -334,25 +350,64 @@ impl NetEngine {
         self.net.rss = rss;
     }
 
-    // ------------------------------------------------------------ INBX
+    // ------------------------------------------------------------ GOFF
 
-    /// Writes the `INBX` body. The frames are copied, not taken: every frame is taken and put
-    /// back in front, newest first, so frames a port pushes meanwhile go to the back and the
-    /// FIFO order is kept.
-    pub(crate) fn save_inbox(&self, w: &mut Writer) {
-        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| self.inbox.pop()).collect();
+    /// The `GOFF` body, once the driver set its receive offloads.
+    pub(crate) fn save_guest_offloads(&self) -> Option<[u8; 8]> {
+        self.net.guest_offloads.map(|g| g.0.to_le_bytes())
+    }
+
+    /// Checks a `GOFF` body as the command that set it, against the saved negotiated features.
+    pub(crate) fn parse_guest_offloads(
+        body: &[u8],
+        features: u64,
+    ) -> Result<GuestOffloads, SnapshotError> {
+        if body.len() != 8 {
+            return Err(invalid(
+                "receive offloads",
+                format!("{} bytes, 8 expected", body.len()),
+            ));
+        }
+        guest::parse_set(body, features).map_err(|e| invalid("receive offloads", e.to_string()))
+    }
+
+    /// Takes checked receive offloads (`None`: as negotiated) and tells the port.
+    pub(crate) fn restore_guest_offloads(&mut self, g: Option<GuestOffloads>, features: u64) {
+        self.net.guest_offloads = g;
+        self.apply_guest_offloads(features);
+    }
+
+    // ------------------------------------------------------------ INBX, INBH
+
+    /// Writes the `INBX` body; returns the `INBH` body when a frame carries a port header.
+    /// The frames are copied, not taken: every frame is taken and put back in front, newest
+    /// first, so frames a port pushes meanwhile go to the back and the FIFO order is kept.
+    pub(crate) fn save_inbox(&self, w: &mut Writer) -> Option<Vec<u8>> {
+        let frames: Vec<InboxFrame> = std::iter::from_fn(|| self.inbox.pop()).collect();
         w.u32(frames.len() as u32);
-        for f in &frames {
-            w.u32(f.len() as u32);
-            w.bytes(f);
+        let mut hdrs = Vec::new();
+        let mut n = 0u32;
+        for (i, f) in frames.iter().enumerate() {
+            w.u32(f.data.len() as u32);
+            w.bytes(&f.data);
+            if f.hdr != NetHdr::default() {
+                n += 1;
+                hdrs.extend_from_slice(&(i as u32).to_le_bytes());
+                hdrs.extend_from_slice(&f.hdr.to_bytes());
+            }
         }
         for f in frames.into_iter().rev() {
             self.inbox.unpop(f);
         }
+        (n > 0).then(|| {
+            let mut body = n.to_le_bytes().to_vec();
+            body.extend_from_slice(&hdrs);
+            body
+        })
     }
 
     /// Reads an `INBX` body.
-    pub(crate) fn parse_inbox(r: &mut Reader<'_>) -> Result<Vec<Vec<u8>>, SnapshotError> {
+    pub(crate) fn parse_inbox(r: &mut Reader<'_>) -> Result<Vec<InboxFrame>, SnapshotError> {
         let n = r.count("receive FIFO", usize::MAX, 4)?;
         let mut frames = Vec::with_capacity(n.min(4096));
         for i in 0..n {
@@ -363,14 +418,49 @@ impl NetEngine {
                     format!("frame {i}: {len} bytes, at most {MAX_INBOX_FRAME}"),
                 ));
             }
-            frames.push(r.take(len)?.to_vec());
+            frames.push(InboxFrame {
+                hdr: NetHdr::default(),
+                data: r.take(len)?.to_vec(),
+            });
         }
         r.finish()?;
         Ok(frames)
     }
 
+    /// Puts an `INBH` body's headers on the frames of `INBX`: indices increasing and within
+    /// the FIFO, each header one the receive path can act on for its frame.
+    pub(crate) fn parse_inbox_hdrs(
+        r: &mut Reader<'_>,
+        frames: &mut [InboxFrame],
+    ) -> Result<(), SnapshotError> {
+        let n = r.count("receive FIFO headers", frames.len(), 4 + NET_HDR_LEN)?;
+        let mut next = 0usize;
+        for _ in 0..n {
+            let i = r.u32()? as usize;
+            if i < next || i >= frames.len() {
+                return Err(invalid(
+                    "receive FIFO header",
+                    format!(
+                        "frame index {i} (FIFO of {}, next at least {next})",
+                        frames.len()
+                    ),
+                ));
+            }
+            let h = NetHdr::parse(r.take(NET_HDR_LEN)?);
+            if h.num_buffers != 0 || !super::rx::port_hdr_ok(&h, &frames[i].data) {
+                return Err(invalid(
+                    "receive FIFO header",
+                    format!("frame {i}: {h:?} does not describe the frame"),
+                ));
+            }
+            frames[i].hdr = h;
+            next = i + 1;
+        }
+        r.finish()
+    }
+
     /// Checks that the saved frames fit this device's receive FIFO.
-    pub(crate) fn check_inbox(&self, frames: &[Vec<u8>]) -> Result<(), SnapshotError> {
+    pub(crate) fn check_inbox(&self, frames: &[InboxFrame]) -> Result<(), SnapshotError> {
         if frames.len() > self.params.rx_backlog {
             return Err(SnapshotError::InboxOverflow {
                 frames: frames.len(),
@@ -381,9 +471,9 @@ impl NetEngine {
     }
 
     /// Puts the saved frames into the receive FIFO, oldest first.
-    pub(crate) fn restore_inbox(&self, frames: &[Vec<u8>]) -> Result<(), SnapshotError> {
+    pub(crate) fn restore_inbox(&self, frames: &[InboxFrame]) -> Result<(), SnapshotError> {
         for f in frames {
-            if !self.inbox.push(f) {
+            if !self.inbox.push_with_hdr(&f.hdr, &f.data) {
                 return Err(SnapshotError::InboxOverflow {
                     frames: frames.len(),
                     capacity: self.params.rx_backlog,

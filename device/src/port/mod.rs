@@ -63,6 +63,15 @@ pub trait Port: Send + Sync {
         let _ = (hdr, frame);
         false
     }
+    /// What the device's driver currently takes on receive (its negotiated GUEST_* offloads
+    /// as CTRL_GUEST_OFFLOADS left them, 5.1.6.5.6.1): a port that can hand frames on with a
+    /// virtio_net_hdr_v1 ([`RxInbox::push_with_hdr`]) should send only those, as QEMU's
+    /// virtio-net tells its TAP (hw/net/virtio-net.c virtio_net_apply_guest_offloads). A hint:
+    /// the device completes checksums and segments whatever arrives that the driver does not
+    /// take. Called on the control path (feature negotiation, CTRL_GUEST_OFFLOADS_SET, reset).
+    fn set_rx_offloads(&self, offloads: PortOffloads) {
+        let _ = offloads;
+    }
     /// Short description for logs and reports.
     fn describe(&self) -> String;
 }
@@ -90,10 +99,19 @@ impl Port for NullPort {
     }
 }
 
+/// A frame waiting in the receive FIFO, with the virtio_net_hdr_v1 its port handed it on with
+/// (all zero for a wire frame; NEEDS_CSUM and/or a GSO type from a port that passes offloads
+/// on, such as a TAP with TUNSETOFFLOAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxFrame {
+    pub hdr: NetHdr,
+    pub data: Vec<u8>,
+}
+
 /// The device's receive FIFO. Frames wait here until RX buffers are available.
 #[derive(Debug)]
 pub struct RxInbox {
-    frames: Mutex<VecDeque<Vec<u8>>>,
+    frames: Mutex<VecDeque<InboxFrame>>,
     spare: Mutex<Vec<Vec<u8>>>,
     len: AtomicUsize,
     capacity: usize,
@@ -112,8 +130,14 @@ impl RxInbox {
         }
     }
 
-    /// Queues a copy of `frame`; false (and counted) when the FIFO is full.
+    /// Queues a copy of wire frame `frame`; false (and counted) when the FIFO is full.
     pub fn push(&self, frame: &[u8]) -> bool {
+        self.push_with_hdr(&NetHdr::default(), frame)
+    }
+
+    /// Queues a copy of `frame` with the header its port handed it on with; false (and
+    /// counted) when the FIFO is full.
+    pub fn push_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
         let mut buf = self.spare.lock().pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(frame);
@@ -124,26 +148,40 @@ impl RxInbox {
             self.recycle(buf);
             return false;
         }
-        q.push_back(buf);
+        q.push_back(InboxFrame {
+            hdr: NetHdr {
+                num_buffers: 0,
+                ..*hdr
+            },
+            data: buf,
+        });
         self.len.store(q.len(), Ordering::SeqCst);
         true
     }
 
     /// Takes the oldest frame.
-    pub fn pop(&self) -> Option<Vec<u8>> {
+    pub fn pop(&self) -> Option<InboxFrame> {
         let mut q = self.frames.lock();
         let f = q.pop_front();
         self.len.store(q.len(), Ordering::SeqCst);
         f
     }
 
-    /// Puts a frame back at the head (it did not fit the RX buffers available yet).
-    pub fn unpop(&self, frame: Vec<u8>) {
+    /// Puts a frame back at the head (it did not fit the RX buffers available yet, or it is a
+    /// segment of a frame the device cut up, to be delivered next). The FIFO may go over its
+    /// capacity by these frames: they were in it already, or stand for one that was.
+    pub fn unpop(&self, frame: InboxFrame) {
         let mut q = self.frames.lock();
         q.push_front(frame);
         self.len.store(q.len(), Ordering::SeqCst);
     }
 
+    /// A buffer for a frame the device builds itself (a segment), from the spare ones.
+    pub fn spare_buf(&self) -> Vec<u8> {
+        let mut b = self.spare.lock().pop().unwrap_or_default();
+        b.clear();
+        b
+    }
     /// Returns a buffer for reuse.
     pub fn recycle(&self, buf: Vec<u8>) {
         let mut s = self.spare.lock();

@@ -50,6 +50,11 @@ impl CommonImage {
     pub(crate) fn features_ok(&self) -> bool {
         self.status & st::FEATURES_OK != 0
     }
+
+    /// The saved negotiated features (0 before FEATURES_OK).
+    pub(crate) fn negotiated(&self) -> u64 {
+        self.negotiated
+    }
 }
 
 /// The device-wide common configuration registers.

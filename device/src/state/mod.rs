@@ -384,6 +384,7 @@ impl DeviceState {
                     self.engine.packed_negotiated();
                 }
                 let features = self.common.negotiated();
+                self.engine.apply_guest_offloads(features);
                 // Once per driver bring-up: what the driver took is worth a line in serve's log.
                 tracing::info!(
                     features = format_args!("{features:#x}"),

@@ -294,7 +294,7 @@ pub fn migrate<G: MigratingGuest>(
     // sequence ends in a device reset, which empties the FIFO (rx_dropped_reset). With the
     // guest paused nothing new arrives, and a frame waits there only because the RX rings are
     // full, so the device could not have consumed it either.
-    let pending_frames: Vec<Vec<u8>> = std::iter::from_fn(|| src.inbox().pop()).collect();
+    let pending_frames: Vec<_> = std::iter::from_fn(|| src.inbox().pop()).collect();
     let states = guest.driver()?.stop()?;
     let mut dirty = BTreeSet::new();
     dirty_bitmap::harvest(&log, log_len, &mut dirty)?;
@@ -340,7 +340,7 @@ pub fn migrate<G: MigratingGuest>(
     drv.migrate_to(dst.clone(), irq, dst_mem.clone())?;
     let resumed = drv.restart(&states).and_then(|()| {
         for f in &pending_frames {
-            dst.inbox().push(f);
+            dst.inbox().push_with_hdr(&f.hdr, &f.data);
         }
         dst.service_rx();
         // GUEST_ANNOUNCE instead of RARP: the device raises ANNOUNCE, the driver acks.

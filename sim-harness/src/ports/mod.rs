@@ -10,7 +10,7 @@ pub mod tap;
 pub mod unix;
 
 use crate::vfio_user::sock::{Ready, Stop};
-use device::net::offload::hdr::NET_HDR_LEN;
+use device::net::offload::hdr::{NetHdr, NET_HDR_LEN};
 use device::{Device, NullPort, Port};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -211,7 +211,8 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 const MIN_FRAME: usize = 14;
 
 /// Reads frames until `stop`, each behind a header of `hdr_len` bytes (a TAP's
-/// virtio_net_hdr_v1; the kernel completed the frame, TUNSETOFFLOAD 0). Frames are pushed into the inbox as fast as they come (the
+/// virtio_net_hdr_v1: NEEDS_CSUM and GSO frames as far as TUNSETOFFLOAD asked, which follows
+/// the device's driver; the header goes into the inbox with the frame). Frames are pushed into the inbox as fast as they come (the
 /// inbox is the NIC's receive buffer; it drops when full); every batch is offered to the
 /// device without waiting (`try_service_rx`: a busy device drains its inbox itself before it
 /// lets go of its lock), and once the wire is idle the thread waits for the device lock
@@ -223,7 +224,8 @@ fn reader_loop(
     hdr_len: usize,
     mut recv: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) {
-    let mut buf = vec![0u8; 65536 + hdr_len];
+    // A 64 KiB GSO frame with its Ethernet and VLAN headers, and the virtio header.
+    let mut buf = vec![0u8; device::snapshot::MAX_INBOX_FRAME + hdr_len];
     loop {
         match stop.wait_readable(fd, None) {
             Ok(Ready::Io) | Ok(Ready::Timeout) => {}
@@ -237,7 +239,12 @@ fn reader_loop(
         loop {
             match recv(&mut buf) {
                 Ok(n) if n >= hdr_len + MIN_FRAME => {
-                    dev.inbox().push(&buf[hdr_len..n]);
+                    if hdr_len == NET_HDR_LEN {
+                        let h = NetHdr::parse(&buf[..hdr_len]);
+                        dev.inbox().push_with_hdr(&h, &buf[hdr_len..n]);
+                    } else {
+                        dev.inbox().push(&buf[hdr_len..n]);
+                    }
                     batch += 1;
                     if batch.is_multiple_of(64) {
                         dev.try_service_rx();

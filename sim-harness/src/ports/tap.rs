@@ -11,6 +11,12 @@
 //! device sends go out with their header: GSO frames and partial checksums unchanged (the
 //! kernel finishes them, as for QEMU), wire frames behind a zero header. A TAP created here is
 //! not persistent: it disappears when the server exits.
+//!
+//! What the reader gets follows the device's driver: once it negotiated (or switched with
+//! CTRL_GUEST_OFFLOADS_SET) GUEST_CSUM / GUEST_TSO4 / GUEST_TSO6 / GUEST_ECN, the device calls
+//! [`Port::set_rx_offloads`] and `TUNSETOFFLOAD` asks for TUN_F_CSUM / TSO4 / TSO6 / TSO_ECN,
+//! so the kernel hands on partial checksums and 64 KiB GSO frames with their header, as
+//! QEMU's virtio-net does for its TAP (hw/net/virtio-net.c `virtio_net_apply_guest_offloads`).
 
 use device::net::offload::hdr::{NetHdr, NET_HDR_LEN};
 use device::{Port, PortOffloads};
@@ -105,6 +111,24 @@ impl TapPort {
     }
 }
 
+/// TUN_F_* for what the driver takes (TSO needs TUN_F_CSUM: the kernel refuses it alone).
+fn tun_offload_flags(o: PortOffloads) -> libc::c_uint {
+    if !o.csum {
+        return 0;
+    }
+    let mut f = libc::TUN_F_CSUM;
+    if o.tso4 {
+        f |= libc::TUN_F_TSO4;
+    }
+    if o.tso6 {
+        f |= libc::TUN_F_TSO6;
+    }
+    if o.ecn && (o.tso4 || o.tso6) {
+        f |= libc::TUN_F_TSO_ECN;
+    }
+    f
+}
+
 /// TUNSETOFFLOAD: which offloads (TUN_F_*) the reader takes; the argument is the value itself.
 fn set_offload(file: &File, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
@@ -181,6 +205,17 @@ impl Port for TapPort {
 
     fn transmit_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
         self.write(hdr, frame)
+    }
+
+    fn set_rx_offloads(&self, o: PortOffloads) {
+        let flags = tun_offload_flags(o);
+        match set_offload(&self.file, flags) {
+            Ok(()) => {
+                tracing::info!(tap = %self.name, flags = format_args!("{flags:#x}"), "TUNSETOFFLOAD: receive offloads follow the driver")
+            }
+            // The reader then gets wire frames, which is always correct.
+            Err(e) => tracing::warn!(tap = %self.name, error = %e, "TUNSETOFFLOAD failed"),
+        }
     }
 
     fn describe(&self) -> String {
