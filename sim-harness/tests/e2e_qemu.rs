@@ -1778,7 +1778,9 @@ fn device_ifcvf_vdpa_host_tap() {
 /// Offloads with a Linux guest (docs/offloads.md): virtio_net negotiates CSUM, GUEST_CSUM, HOST_TSO4
 /// and HOST_TSO6 from our device, and its TCP transfer to the host (the 32 MiB blob of the host-TAP
 /// round, md5 compared end to end) crosses the device as GSO frames handed whole to the TAP
-/// (IFF_VNET_HDR): `tx_gso_frames` rises, no header is refused. Its own TAP `vdpaeo`.
+/// (IFF_VNET_HDR): `tx_gso_frames` rises, no header is refused. It negotiates GUEST_TSO4/6 and
+/// CTRL_GUEST_OFFLOADS too, and the host's transfer to it arrives as GSO frames from the TAP
+/// (TUNSETOFFLOAD following the guest) handed on whole: `rx_gso_frames` rises. Its own TAP `vdpaeo`.
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn device_offloads_virtio_pci_host_tap() {
@@ -1800,6 +1802,9 @@ fn device_offloads_virtio_pci_host_tap() {
                 (bits::GUEST_CSUM, "GUEST_CSUM"),
                 (bits::HOST_TSO4, "HOST_TSO4"),
                 (bits::HOST_TSO6, "HOST_TSO6"),
+                (bits::GUEST_TSO4, "GUEST_TSO4"),
+                (bits::GUEST_TSO6, "GUEST_TSO6"),
+                (bits::CTRL_GUEST_OFFLOADS, "CTRL_GUEST_OFFLOADS"),
             ] {
                 assert!(
                     feats & (1 << bit) != 0,
@@ -1814,9 +1819,24 @@ fn device_offloads_virtio_pci_host_tap() {
                 .map(|(_, v)| *v)
                 .sum();
             println!(
-            "E2E-BENCH {TEST}: tx_gso_frames {} tx_gso_segments {} tx_csum {} rx_csum_valid {} tx_frames {} tx_bad_hdr {bad}",
-            c["tx_gso_frames"], c["tx_gso_segments"], c["tx_csum"], c["rx_csum_valid"], c["tx_frames"]
+            "E2E-BENCH {TEST}: tx_gso_frames {} tx_gso_segments {} tx_csum {} rx_csum_valid {} tx_frames {} tx_bad_hdr {bad} \
+             | rx_gso_frames {} rx_gso_segmented {} rx_csum_partial {} rx_csum_completed {} rx_bad_offload {} rx_frames {}",
+            c["tx_gso_frames"], c["tx_gso_segments"], c["tx_csum"], c["rx_csum_valid"], c["tx_frames"],
+            c["rx_gso_frames"], c["rx_gso_segmented"], c["rx_csum_partial"], c["rx_csum_completed"],
+            c["rx_bad_offload"], c["rx_frames"]
         );
+            // The host's TCP transfer to the guest: the TAP (TUNSETOFFLOAD following the
+            // guest's GUEST_TSO4/6) hands the device 64 KiB GSO frames, which reach the guest whole.
+            assert!(
+                c["rx_gso_frames"] > 0,
+                "{TEST}: no GSO frame reached the guest from the host's TCP transfer\n{}",
+                serve.diag()
+            );
+            assert_eq!(c["rx_bad_offload"], 0, "{TEST}: TAP headers refused");
+            assert_eq!(
+                c["rx_gso_segmented"], 0,
+                "{TEST}: the guest takes GSO frames"
+            );
             assert!(
                 c["tx_gso_frames"] > 0,
                 "{TEST}: no GSO frame from the guest's TCP transfer\n{}",
