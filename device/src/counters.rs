@@ -56,6 +56,11 @@ pub struct DeviceCounters {
     pub rx_gso_segmented: u64,
     /// Segments those were cut into (each then delivered as an RX frame).
     pub rx_gso_segments: u64,
+    /// GSO frames the device built by coalescing TCP segments (LRO) for a driver that takes
+    /// them (each also counts in `rx_gso_frames` once delivered).
+    pub rx_coalesced_frames: u64,
+    /// Segments taken into those.
+    pub rx_coalesced_segments: u64,
     /// RX frames handed on with NEEDS_CSUM (the checksum left to the driver, GUEST_CSUM on).
     pub rx_csum_partial: u64,
     /// NEEDS_CSUM frames from the port whose checksum the device completed (GUEST_CSUM off).
@@ -146,6 +151,8 @@ impl DeviceCounters {
             ("rx_gso_frames", self.rx_gso_frames),
             ("rx_gso_segmented", self.rx_gso_segmented),
             ("rx_gso_segments", self.rx_gso_segments),
+            ("rx_coalesced_frames", self.rx_coalesced_frames),
+            ("rx_coalesced_segments", self.rx_coalesced_segments),
             ("rx_csum_partial", self.rx_csum_partial),
             ("rx_csum_completed", self.rx_csum_completed),
             ("rx_bad_offload", self.rx_bad_offload),

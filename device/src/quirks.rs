@@ -34,11 +34,13 @@ pub enum Quirk {
     TsoIpIdFixed,
     /// TX segmentation gives every segment the GSO frame's TCP sequence number.
     TsoSeqWrong,
+    /// CTRL_GUEST_OFFLOADS_SET is acked but ignored: the receive offloads stay as negotiated.
+    GuestOffloadsIgnored,
 }
 
 impl Quirk {
     /// Every quirk.
-    pub const ALL: [Quirk; 13] = [
+    pub const ALL: [Quirk; 14] = [
         Quirk::RingStateReadOnly,
         Quirk::StaleUsedIdx,
         Quirk::LogSkipsUsedRing,
@@ -52,6 +54,7 @@ impl Quirk {
         Quirk::CsumOddLengthWrong,
         Quirk::TsoIpIdFixed,
         Quirk::TsoSeqWrong,
+        Quirk::GuestOffloadsIgnored,
     ];
 
     /// CLI name.
@@ -70,6 +73,7 @@ impl Quirk {
             Quirk::CsumOddLengthWrong => "csum-odd-length-wrong",
             Quirk::TsoIpIdFixed => "tso-ip-id-fixed",
             Quirk::TsoSeqWrong => "tso-seq-wrong",
+            Quirk::GuestOffloadsIgnored => "guest-offloads-ignored",
         }
     }
 
@@ -89,6 +93,7 @@ impl Quirk {
             Quirk::CsumOddLengthWrong => "TX checksum offload stores a wrong checksum when the checksummed length is odd (the trailing byte is summed as the low byte of its word)",
             Quirk::TsoIpIdFixed => "TX segmentation gives every IPv4 segment the first IP ID instead of incrementing it",
             Quirk::TsoSeqWrong => "TX segmentation does not advance the TCP sequence number from segment to segment",
+            Quirk::GuestOffloadsIgnored => "GUEST_OFFLOADS_SET is acked but ignored: the device keeps handing on GSO frames the driver turned off",
         }
     }
 

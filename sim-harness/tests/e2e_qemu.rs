@@ -1942,6 +1942,22 @@ fn device_two_guests_unix_port() {
         "device A segmented no GSO frame: tx_gso_frames {gso}, tx_gso_segments {segs}\n{}",
         serve_a.diag()
     );
+    // And device B coalesces them again for guest B, whose virtio_net negotiated GUEST_TSO4
+    // (docs/offloads.md "Coalescing"): the segments of one GSO frame reach B's receive FIFO
+    // together, and guest B's stack takes the rebuilt GSO frames (the md5 above).
+    let (cf, cs, rg) = (
+        live_counter(&serve_b, "rx_coalesced_frames"),
+        live_counter(&serve_b, "rx_coalesced_segments"),
+        live_counter(&serve_b, "rx_gso_frames"),
+    );
+    println!(
+        "E2E-BENCH device_two_guests_unix_port(B): rx_coalesced_frames {cf} rx_coalesced_segments {cs} rx_gso_frames {rg}"
+    );
+    assert!(
+        cf > 0 && cs > cf && rg >= cf,
+        "device B coalesced nothing: rx_coalesced_frames {cf}, rx_coalesced_segments {cs}, rx_gso_frames {rg}\n{}",
+        serve_b.diag()
+    );
     println!(
         "E2E-BENCH device_two_guests_unix_port A->B {} MiB: {} MB/s (sender nc) | ping rtt min/avg/max {} ms",
         blob_mib(),

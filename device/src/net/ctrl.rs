@@ -5,6 +5,7 @@ use super::engine::{Datapath, NetEngine};
 use super::MAX_CTRL_CHAIN;
 use crate::fault::DeviceFault;
 use crate::queue::chain::ChainKind;
+use crate::quirks::Quirk;
 use crate::state::QueueState;
 use bar_registers::virtio::{bits, net_status};
 use dma::DmaKind;
@@ -181,8 +182,10 @@ impl NetEngine {
                             offloads = format_args!("{:#x}", g.0),
                             "GUEST_OFFLOADS_SET"
                         );
-                        self.net.guest_offloads = Some(g);
-                        self.apply_guest_offloads(dp.features);
+                        if !self.params.quirks.has(Quirk::GuestOffloadsIgnored) {
+                            self.net.guest_offloads = Some(g);
+                            self.apply_guest_offloads(dp.features);
+                        }
                         true
                     }
                     Err(e) => {

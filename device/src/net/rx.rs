@@ -11,9 +11,14 @@
 //!   driver takes that GUEST_TSO4/6 (and GUEST_ECN) now, else the device cuts it into
 //!   segments, which take the wire-frame path. So does a GSO frame no RX buffer can hold.
 //!
+//! - while the driver takes GSO frames, consecutive TCP segments of one flow waiting together
+//!   in the inbox are coalesced into one (LRO, [`Coalescer`]), so segments a wire (loopback, a
+//!   unix link) carried reach the driver as the GSO frame they were cut from.
+//!
 //! "Now" is what CTRL_GUEST_OFFLOADS_SET left on, negotiation until then (5.1.6.5.6.1).
 
 use super::engine::{Datapath, NetEngine};
+use super::offload::coalesce::Coalescer;
 use super::offload::csum;
 use super::offload::gso::{self, SegBugs, TcpFrame, TCP_CSUM_OFFSET};
 use super::offload::guest::GuestOffloads;
@@ -176,6 +181,13 @@ impl NetEngine {
                     self.segment_into_inbox(frame, &t, mss, dp.counters);
                     continue;
                 }
+                RxPlan::Wire if frame.hdr == NetHdr::default() && go.takes_any_tso() => {
+                    // A wire frame from the port (not a segment the device cut itself: those
+                    // carry DATA_VALID here) may start a GSO frame of segments waiting with it.
+                    if let Some(h) = self.coalesce(&mut frame, go, dp.counters) {
+                        plan = RxPlan::Offloaded(h);
+                    }
+                }
                 RxPlan::Wire | RxPlan::Offloaded(_) => {}
             }
             let rss_quirk = self.params.quirks.has(Quirk::RssIgnoresIndirectionTable);
@@ -271,6 +283,33 @@ impl NetEngine {
         result
     }
 
+    /// Takes the segments that continue `frame`'s TCP flow from the head of the inbox into
+    /// it (LRO, [`Coalescer`]) and returns the GSO header when more than one was taken.
+    fn coalesce(
+        &mut self,
+        frame: &mut InboxFrame,
+        go: GuestOffloads,
+        counters: &mut DeviceCounters,
+    ) -> Option<NetHdr> {
+        let mut c = Coalescer::start(&frame.data)?;
+        if !go.takes_gso(c.v4(), false) {
+            return None;
+        }
+        while let Some(next) = self.inbox.pop() {
+            if next.hdr != NetHdr::default() || !c.append(&mut frame.data, &next.data) {
+                self.inbox.unpop(next);
+                break;
+            }
+            self.inbox.recycle(next.data);
+        }
+        if c.segments() < 2 {
+            return None;
+        }
+        counters.rx_coalesced_frames += 1;
+        counters.rx_coalesced_segments += u64::from(c.segments());
+        Some(c.finish(&mut frame.data))
+    }
+
     /// Cuts GSO frame `frame` into segments and puts them at the head of the inbox, in order:
     /// they are delivered next, as wire frames, with the inbox's own flow control (a segment
     /// that finds no room waits there like any frame).
@@ -297,9 +336,14 @@ impl NetEngine {
         counters.rx_gso_segmented += 1;
         counters.rx_gso_segments += n;
         self.inbox.recycle(frame.data);
+        // DATA_VALID (the device computed their checksums) marks them as the device's own
+        // segments, which are not coalesced again.
         for data in segs.into_iter().rev() {
             self.inbox.unpop(InboxFrame {
-                hdr: NetHdr::default(),
+                hdr: NetHdr {
+                    flags: F_DATA_VALID,
+                    ..NetHdr::default()
+                },
                 data,
             });
         }

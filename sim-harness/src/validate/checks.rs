@@ -40,6 +40,7 @@ pub(super) const CHECKS: &[(&str, GroupFn)] = &[
     ("in-order", super::in_order::in_order),
     ("checksum", |s, _, f| super::offloads::checksum(s, f)),
     ("tso", |s, _, f| super::offloads::tso(s, f)),
+    ("rx-gso", super::rx_gso::rx_gso),
     ("reset", reset),
 ];
 
@@ -71,6 +72,7 @@ pub(super) const GROUP_FEATURES: &[(&str, u32)] = &[
     ("in-order", bits::IN_ORDER),
     ("checksum", bits::CSUM),
     ("tso", bits::HOST_TSO4),
+    ("rx-gso", bits::GUEST_TSO4),
 ];
 
 /// What the device is expected to offer: a profile's set, or (no profile given for a device

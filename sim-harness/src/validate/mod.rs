@@ -13,6 +13,7 @@ mod locate;
 mod offloads;
 pub mod report;
 mod rss;
+mod rx_gso;
 #[cfg(target_os = "linux")]
 pub mod vfio;
 
@@ -60,6 +61,10 @@ pub const GROUPS: &[(&str, &str)] = &[
         "TX segmentation (HOST_TSO4/6): MSS segments with correct IP, TCP fields and checksums",
     ),
     (
+        "rx-gso",
+        "receive GSO (GUEST_TSO4/6): coalesced frames well-formed, none once GUEST_OFFLOADS_SET turned them off",
+    ),
+    (
         "reset",
         "reset returns every register to its reset value; no DMA after reset",
     ),
@@ -81,6 +86,7 @@ pub fn owning_group(q: device::Quirk) -> &'static str {
         Quirk::CompletesOutOfOrder => "in-order",
         Quirk::CsumOddLengthWrong => "checksum",
         Quirk::TsoIpIdFixed | Quirk::TsoSeqWrong => "tso",
+        Quirk::GuestOffloadsIgnored => "rx-gso",
     }
 }
 
@@ -382,21 +388,39 @@ impl OverSocket {
             ValidateError::Target(format!("{}: {e}", self.path.display()))
         };
         let t0 = std::time::Instant::now();
-        let stream = loop {
-            match std::os::unix::net::UnixStream::connect(&self.path) {
-                Ok(s) => break s,
+        // A server busy with another client refuses the handshake with EBUSY. When that client
+        // is the session this process just closed (a second run, a reopen), the server frees
+        // it as soon as it sees the close: worth BUSY_WAIT more, whatever `retry_for` is.
+        const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+        let c = loop {
+            let stream = match std::os::unix::net::UnixStream::connect(&self.path) {
+                Ok(s) => s,
                 Err(e) if t0.elapsed() >= retry_for => {
                     return Err(err(&format!("connecting: {e}")))
                 }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+            };
+            // A server that accepts and then does not answer (the handshake or any later
+            // request) is unreachable, reported within the timeout rather than waited for
+            // forever.
+            stream
+                .set_read_timeout(Some(self.reply_timeout))
+                .map_err(|e| err(&e))?;
+            match Client::from_stream(stream) {
+                Ok(c) => break c,
+                Err(e)
+                    if e.errno() == Some(libc::EBUSY)
+                        && t0.elapsed() < retry_for.max(BUSY_WAIT) =>
+                {
+                    tracing::debug!(path = %self.path.display(), "server busy; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(err(&format!("handshake: {e}"))),
             }
         };
-        // A server that accepts and then does not answer (the handshake or any later request)
-        // is unreachable, reported within the timeout rather than waited for forever.
-        stream
-            .set_read_timeout(Some(self.reply_timeout))
-            .map_err(|e| err(&e))?;
-        let c = Client::from_stream(stream).map_err(|e| err(&format!("handshake: {e}")))?;
         tracing::info!(path = %self.path.display(), "connected");
         // Every register write waits for its reply, so a doorbell's work is done when the
         // write returns, as with a CPU's non-posted access followed by a read. That holds for
@@ -429,7 +453,8 @@ impl OverSocket {
 
 impl Target for OverSocket {
     /// One attempt: a socket that is not there, or a server that does not answer the
-    /// handshake, is reported at once.
+    /// handshake, is reported at once; a server that answers "busy" is given 2 s to finish
+    /// with its client.
     fn open(&self) -> Result<Session, ValidateError> {
         self.connect(std::time::Duration::ZERO)
     }

@@ -64,6 +64,11 @@ impl GuestOffloads {
         self.csum() && tso && (!ecn || self.has(bits::GUEST_ECN))
     }
 
+    /// Whether GSO frames of either IP version may be handed on (coalescing is worth trying).
+    pub fn takes_any_tso(self) -> bool {
+        self.takes_gso(true, false) || self.takes_gso(false, false)
+    }
+
     /// As a port hint ([`crate::port::Port::set_rx_offloads`]).
     pub fn to_port(self) -> PortOffloads {
         PortOffloads {

@@ -3,6 +3,7 @@
 //! the driver takes ([`guest`]). The datapath
 //! ([`super::tx`]) decides with them; docs/offloads.md describes what the device does per field.
 
+pub mod coalesce;
 pub mod csum;
 pub mod gso;
 pub mod guest;
