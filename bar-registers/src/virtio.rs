@@ -87,6 +87,19 @@ pub mod device_status {
 /// constants as the u8 they live in, shared by the device and the driver model.
 pub mod net_hdr {
     use virtio_bindings::virtio_net as vn;
+    /// struct virtio_net_hdr_v1: the header of every frame with VIRTIO_F_VERSION_1.
+    pub const HDR_LEN: usize = std::mem::size_of::<vn::virtio_net_hdr_v1>();
+    /// struct virtio_net_hdr_v1_hash: the header with VIRTIO_NET_F_HASH_REPORT (5.1.6: le32
+    /// hash_value, le16 hash_report, le16 padding_reserved after the v1 fields).
+    pub const HASH_HDR_LEN: usize = std::mem::size_of::<vn::virtio_net_hdr_v1_hash>();
+    /// The header length a driver and the device use with features `f` negotiated.
+    pub const fn len(f: u64) -> usize {
+        if f & (1u64 << vn::VIRTIO_NET_F_HASH_REPORT) != 0 {
+            HASH_HDR_LEN
+        } else {
+            HDR_LEN
+        }
+    }
     /// VIRTIO_NET_HDR_F_NEEDS_CSUM.
     pub const F_NEEDS_CSUM: u8 = vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
     /// VIRTIO_NET_HDR_F_DATA_VALID.
@@ -173,6 +186,7 @@ pub mod bits {
     pub const ACCESS_PLATFORM: u32 = c::VIRTIO_F_ACCESS_PLATFORM;
     pub const RING_PACKED: u32 = c::VIRTIO_F_RING_PACKED;
     pub const RSS: u32 = n::VIRTIO_NET_F_RSS;
+    pub const HASH_REPORT: u32 = n::VIRTIO_NET_F_HASH_REPORT;
     pub const IN_ORDER: u32 = c::VIRTIO_F_IN_ORDER;
     pub const SPEED_DUPLEX: u32 = n::VIRTIO_NET_F_SPEED_DUPLEX;
 }
@@ -254,6 +268,12 @@ pub const OFFERED_FEATURES: &[Feature] = &[
         "receive-side scaling: Toeplitz hash over IPv4/IPv6 addresses and TCP/UDP ports, indirection table, set with RSS_CONFIG",
         "virtio 1.2 5.1.6.4.3, 5.1.6.5.7"
     ),
+    feature!(
+        bits::HASH_REPORT,
+        "VIRTIO_NET_F_HASH_REPORT",
+        "every RX header is a virtio_net_hdr_v1_hash: the frame's hash (Toeplitz, types and key from RSS_CONFIG or HASH_CONFIG) and its type; TX headers are 20 bytes too",
+        "virtio 1.2 5.1.6.4.3, 5.1.6.5.7.2"
+    ),
     feature!(bits::INDIRECT_DESC, "VIRTIO_F_INDIRECT_DESC", "indirect descriptor tables", "virtio 1.2 2.7.5.3"),
     feature!(
         bits::IN_ORDER,
@@ -285,9 +305,14 @@ pub const OFFERED_FEATURES: &[Feature] = &[
 /// for it); and except the RX GSO offloads ([`RX_GSO_FEATURES`]), so that frames come back
 /// the way the wire carries them unless a check asks for GSO frames. A driver negotiates this &
 /// the device's offer (as DPDK's base/ifcvf.c `ifcvf_config_features` does), so on a device
-/// with a smaller profile it gets that profile's set (less the packed ring).
+/// with a smaller profile it gets that profile's set (less the packed ring). VIRTIO_NET_F_HASH_REPORT
+/// is left out as well: it makes every virtio-net header 20 bytes, which a driver asks for.
 pub fn default_driver_features() -> u64 {
-    offered_mask() & !(1u64 << bits::RING_PACKED) & !(1u64 << bits::IN_ORDER) & !RX_GSO_FEATURES
+    offered_mask()
+        & !(1u64 << bits::RING_PACKED)
+        & !(1u64 << bits::IN_ORDER)
+        & !RX_GSO_FEATURES
+        & !(1u64 << bits::HASH_REPORT)
 }
 
 /// The receive GSO offloads and their control command: GUEST_TSO4, GUEST_TSO6, GUEST_ECN and

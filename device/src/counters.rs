@@ -76,6 +76,9 @@ pub struct DeviceCounters {
     pub rx_dropped_reset: u64,
     /// Frames steered by their RSS hash through the indirection table (5.1.6.5.7).
     pub rx_rss_hashed: u64,
+    /// RX frames whose virtio_net_hdr_v1_hash carries a hash (HASH_REPORT, a type other than
+    /// VIRTIO_NET_HASH_REPORT_NONE).
+    pub rx_hash_reported: u64,
     /// Frames RSS sent to unclassified_queue (no enabled hash type covers them).
     pub rx_rss_unclassified: u64,
     pub ctrl_commands: u64,
@@ -161,6 +164,7 @@ impl DeviceCounters {
             ("rx_dropped_reset", self.rx_dropped_reset),
             ("rx_rss_hashed", self.rx_rss_hashed),
             ("rx_rss_unclassified", self.rx_rss_unclassified),
+            ("rx_hash_reported", self.rx_hash_reported),
             ("ctrl_commands", self.ctrl_commands),
             ("ctrl_errors", self.ctrl_errors),
             ("spurious_doorbells", self.spurious_doorbells),

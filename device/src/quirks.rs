@@ -36,11 +36,13 @@ pub enum Quirk {
     TsoSeqWrong,
     /// CTRL_GUEST_OFFLOADS_SET is acked but ignored: the receive offloads stay as negotiated.
     GuestOffloadsIgnored,
+    /// HASH_REPORT names the IP address type for a TCP/UDP 4-tuple hash.
+    HashReportTypeWrong,
 }
 
 impl Quirk {
     /// Every quirk.
-    pub const ALL: [Quirk; 14] = [
+    pub const ALL: [Quirk; 15] = [
         Quirk::RingStateReadOnly,
         Quirk::StaleUsedIdx,
         Quirk::LogSkipsUsedRing,
@@ -55,6 +57,7 @@ impl Quirk {
         Quirk::TsoIpIdFixed,
         Quirk::TsoSeqWrong,
         Quirk::GuestOffloadsIgnored,
+        Quirk::HashReportTypeWrong,
     ];
 
     /// CLI name.
@@ -74,6 +77,7 @@ impl Quirk {
             Quirk::TsoIpIdFixed => "tso-ip-id-fixed",
             Quirk::TsoSeqWrong => "tso-seq-wrong",
             Quirk::GuestOffloadsIgnored => "guest-offloads-ignored",
+            Quirk::HashReportTypeWrong => "hash-report-type-wrong",
         }
     }
 
@@ -94,6 +98,7 @@ impl Quirk {
             Quirk::TsoIpIdFixed => "TX segmentation gives every IPv4 segment the first IP ID instead of incrementing it",
             Quirk::TsoSeqWrong => "TX segmentation does not advance the TCP sequence number from segment to segment",
             Quirk::GuestOffloadsIgnored => "GUEST_OFFLOADS_SET is acked but ignored: the device keeps handing on GSO frames the driver turned off",
+            Quirk::HashReportTypeWrong => "HASH_REPORT reports a TCP/UDP 4-tuple hash as an IPv4/IPv6 address hash (hash_report type wrong, value right)",
         }
     }
 

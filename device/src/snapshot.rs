@@ -25,7 +25,7 @@
 //! refuses the stream. Lower-case first letters mark ancillary sections a reader may skip
 //! (none exist in version 1). Every critical section of version 1 must appear exactly once,
 //! except the optional ones ([`OPTIONAL_SECTIONS`]: state that exists only while a feature is
-//! in use, such as `RSSC`, `GOFF`, `INBH`), which appear at most once; `SEAL` must be last and end the stream
+//! in use, such as `RSSC`, `GOFF`, `INBH`, `HASH`), which appear at most once; `SEAL` must be last and end the stream
 //! exactly. An optional section is still critical: a reader that does not know it refuses the
 //! stream, because it could not carry that state on.
 //!
@@ -49,6 +49,7 @@
 //! | `RSSC` | only while RSS is on: the live configuration as the RSS_CONFIG command that sets it (struct virtio_net_rss_config, virtio 1.2 5.1.6.5.7.1; max_tx_vq = curr_pairs) |
 //! | `GOFF` | only after VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET: the offloads it set, le64 of GUEST_* feature bits (virtio 1.2 5.1.6.5.6.1), each negotiated |
 //! | `INBH` | only while FIFO frames carry a port header: count u32, then per such frame its index in INBX u32 (increasing) + struct virtio_net_hdr_v1 (12 bytes, num_buffers 0) |
+//! | `HASH` | only while VIRTIO_NET_CTRL_MQ_HASH_CONFIG has hash reporting on: the command that sets it (struct virtio_net_hash_config, virtio 1.2 5.1.6.5.6.4) |
 //! | `SEAL` | FNV-1a 64 of every byte before this section, u64 |
 //!
 //! Restoring validates everything before touching the device (structure, seal, compatibility,
@@ -131,10 +132,11 @@ pub const SECTIONS: [SectionSpec; 8] = [
 
 /// Critical sections that are written only while the state they carry exists, after
 /// [`SECTIONS`], in this order.
-pub const OPTIONAL_SECTIONS: [SectionSpec; 3] = [
+pub const OPTIONAL_SECTIONS: [SectionSpec; 4] = [
     NetEngine::RSS_SECTION,
     NetEngine::GUEST_OFFLOADS_SECTION,
     NetEngine::INBOX_HDR_SECTION,
+    NetEngine::HASH_SECTION,
 ];
 
 /// Section tags.
@@ -165,6 +167,8 @@ pub mod tag {
     pub const GUEST_OFFLOADS: [u8; 4] = super::OPTIONAL_SECTIONS[1].tag();
     /// Port headers of receive FIFO frames (optional).
     pub const INBOX_HDRS: [u8; 4] = super::OPTIONAL_SECTIONS[2].tag();
+    /// Hash reporting configuration without RSS (optional).
+    pub const HASH: [u8; 4] = super::OPTIONAL_SECTIONS[3].tag();
     /// Checksum, last.
     pub const SEAL: [u8; 4] = SEAL_SECTION.tag();
     /// Every critical section of version 1 but the seal, in the order they are written.
@@ -253,8 +257,9 @@ pub fn max_state_len(num_queues: u16, msix_vectors: u16, rx_backlog: usize) -> u
         11 + 2 * usize::from(MAX_INDIRECTION_TABLE_LENGTH) + usize::from(MAX_KEY_SIZE)
     };
     let guest_offloads = SECTION_HEAD + 8;
+    let hash = SECTION_HEAD + 13 + usize::from(bar_registers::virtio::rss::MAX_KEY_SIZE);
     let inbox_hdrs = SECTION_HEAD + 4 + rx_backlog.saturating_mul(4 + crate::net::NET_HDR_LEN);
-    fixed + queues + net + 28 + inbox + rss + guest_offloads + inbox_hdrs
+    fixed + queues + net + 28 + inbox + rss + guest_offloads + inbox_hdrs + hash
 }
 
 // ---------------------------------------------------------------- encoding
@@ -389,6 +394,8 @@ struct Image {
     rss: Option<Vec<u8>>,
     /// The `GOFF` body, if the stream has one (checked against the saved features).
     guest_offloads: Option<Vec<u8>>,
+    /// The `HASH` body, if the stream has one.
+    hash: Option<Vec<u8>>,
 }
 
 /// The optional sections' state, checked against this device before it is touched.
@@ -398,6 +405,8 @@ struct Checked {
     rss: Option<RssConfig>,
     /// `GOFF` (`None`: the offloads as negotiated).
     guest_offloads: Option<GuestOffloads>,
+    /// `HASH` (`None`: no hash reporting without RSS).
+    hash: Option<crate::net::rss::HashConfig>,
 }
 
 fn lm_code(l: LmLayout) -> u8 {
@@ -527,6 +536,7 @@ fn parse(data: &[u8]) -> Result<Image, SnapshotError> {
         inbox,
         rss: optional[0].map(<[u8]>::to_vec),
         guest_offloads: optional[1].map(<[u8]>::to_vec),
+        hash: optional[3].map(<[u8]>::to_vec),
     })
 }
 
@@ -641,6 +651,9 @@ impl DeviceState {
         if let Some(h) = inbox_hdrs {
             w.section(tag::INBOX_HDRS, |w| w.bytes(&h));
         }
+        if let Some(h) = self.engine.save_hash_cfg() {
+            w.section(tag::HASH, |w| w.bytes(&h));
+        }
         let total = (w.out.len() + SECTION_HEAD + 8) as u64;
         w.out[16..24].copy_from_slice(&total.to_le_bytes());
         let seal = fnv1a64(&w.out);
@@ -745,9 +758,23 @@ impl DeviceState {
             .as_ref()
             .map(|body| NetEngine::parse_guest_offloads(body, v.negotiated()))
             .transpose()?;
+        let hash = img
+            .hash
+            .as_deref()
+            .map(NetEngine::parse_hash_cfg)
+            .transpose()?;
+        if hash.is_some()
+            && v.negotiated() & (1u64 << bar_registers::virtio::bits::HASH_REPORT) == 0
+        {
+            return Err(invalid(
+                "hash configuration",
+                "saved without VIRTIO_NET_F_HASH_REPORT negotiated",
+            ));
+        }
         Ok(Checked {
             rss,
             guest_offloads,
+            hash,
         })
     }
 
@@ -763,6 +790,7 @@ impl DeviceState {
         // virtio-net.
         self.engine.restore_net(&img.net);
         self.engine.restore_rss(checked.rss);
+        self.engine.restore_hash_cfg(checked.hash);
         self.engine
             .restore_guest_offloads(checked.guest_offloads, img.virtio.negotiated());
 

@@ -12,9 +12,9 @@ use dma::DmaKind;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_GUEST_OFFLOADS,
     VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET,
-    VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
-    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI,
-    VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
+    VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_HASH_CONFIG,
+    VIRTIO_NET_CTRL_MQ_RSS_CONFIG, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, VIRTIO_NET_CTRL_RX,
+    VIRTIO_NET_CTRL_RX_ALLMULTI, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
 };
 
 /// The ack byte of a command (5.1.6.5: virtio_net_ctrl_ack).
@@ -151,8 +151,9 @@ impl NetEngine {
                 if (1..=self.params.queue_pairs).contains(&n) {
                     self.net.curr_pairs = n;
                     // Steering by flows again (QEMU hw/net/virtio-net.c virtio_net_handle_mq
-                    // turns RSS off on every MQ command).
+                    // turns RSS off on every MQ command, and hash reporting with it).
                     self.net.rss = None;
+                    self.net.hash_cfg = None;
                     true
                 } else {
                     false
@@ -170,6 +171,21 @@ impl NetEngine {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, len = data.len(), "RSS_CONFIG refused");
+                        false
+                    }
+                }
+            }
+            // 5.1.6.5.6.4: HASH_CONFIG sets the hash types and key that HASH_REPORT reports
+            // with, without steering; a refused one leaves the state as it was.
+            (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_HASH_CONFIG) if dp.has(bits::HASH_REPORT) => {
+                match super::rss::parse_hash_config(data) {
+                    Ok(h) => {
+                        tracing::debug!(on = h.is_some(), "HASH_CONFIG");
+                        self.net.hash_cfg = h;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, len = data.len(), "HASH_CONFIG refused");
                         false
                     }
                 }

@@ -45,6 +45,8 @@ pub struct NetState {
     /// The receive offloads CTRL_GUEST_OFFLOADS_SET left on (5.1.6.5.6.1); `None` until the
     /// driver sends one: then negotiation decides ([`NetEngine::guest_offloads`]).
     pub(crate) guest_offloads: Option<GuestOffloads>,
+    /// Hash reporting without RSS steering (VIRTIO_NET_CTRL_MQ_HASH_CONFIG), while on.
+    pub(crate) hash_cfg: Option<super::rss::HashConfig>,
 }
 
 impl NetState {
@@ -62,6 +64,7 @@ impl NetState {
             flows: vec![u16::MAX; FLOW_BUCKETS],
             rss: None,
             guest_offloads: None,
+            hash_cfg: None,
         }
     }
 }

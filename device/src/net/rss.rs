@@ -12,9 +12,12 @@ use bar_registers::virtio::rss::{
     MAX_INDIRECTION_TABLE_LENGTH, MAX_KEY_SIZE, SUPPORTED_HASH_TYPES,
 };
 use virtio_bindings::virtio_net::{
+    VIRTIO_NET_HASH_REPORT_IPv4, VIRTIO_NET_HASH_REPORT_IPv6, VIRTIO_NET_HASH_REPORT_TCPv4,
+    VIRTIO_NET_HASH_REPORT_TCPv6, VIRTIO_NET_HASH_REPORT_UDPv4, VIRTIO_NET_HASH_REPORT_UDPv6,
     VIRTIO_NET_RSS_HASH_TYPE_IPv4 as T_IPV4, VIRTIO_NET_RSS_HASH_TYPE_IPv6 as T_IPV6,
     VIRTIO_NET_RSS_HASH_TYPE_TCPv4 as T_TCPV4, VIRTIO_NET_RSS_HASH_TYPE_TCPv6 as T_TCPV6,
     VIRTIO_NET_RSS_HASH_TYPE_UDPv4 as T_UDPV4, VIRTIO_NET_RSS_HASH_TYPE_UDPv6 as T_UDPV6,
+    VIRTIO_NET_HASH_REPORT_NONE,
 };
 
 /// A live RSS configuration (struct virtio_net_rss_config, 5.1.6.5.7.1), validated.
@@ -132,6 +135,102 @@ pub fn parse_rss_config(data: &[u8], max_pairs: u16) -> Result<RssCommand, RssEr
         config,
         pairs: max_tx_vq,
     })
+}
+
+/// Hash reporting settings (VIRTIO_NET_F_HASH_REPORT) set by VIRTIO_NET_CTRL_MQ_HASH_CONFIG
+/// (virtio 1.2 5.1.6.5.6.4 "Hash calculation"): the hash types and key, with no steering.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashConfig {
+    /// VIRTIO_NET_RSS_HASH_TYPE_* enabled.
+    pub hash_types: u32,
+    /// The Toeplitz key, zero-padded to [`MAX_KEY_SIZE`] bytes.
+    pub key: [u8; MAX_KEY_SIZE as usize],
+    /// How many key bytes the driver gave.
+    pub key_len: u8,
+}
+
+/// Parses `struct virtio_net_hash_config { le32 hash_types; le16 reserved[4]; u8
+/// hash_key_length; u8 hash_key_data[hash_key_length]; }`: `None` turns hash reporting off (no
+/// key and no hash types), as RSS_CONFIG turns RSS off. The reserved words are not checked
+/// (QEMU's hw/net/virtio-net.c virtio_net_handle_rss reads the same bytes as RSS_CONFIG's
+/// mask, unclassified queue, first table entry and max_tx_vq, and ignores them for
+/// HASH_CONFIG); bytes after the key are ignored, as for RSS_CONFIG.
+pub fn parse_hash_config(data: &[u8]) -> Result<Option<HashConfig>, RssError> {
+    let short = RssError::Short { len: data.len() };
+    let hash_types = u32::from_le_bytes(data.get(0..4).ok_or(short)?.try_into().expect("4"));
+    let key_len = *data.get(12).ok_or(short)?;
+    let key_data = data.get(13..13 + usize::from(key_len)).ok_or(short)?;
+    if hash_types & !SUPPORTED_HASH_TYPES != 0 {
+        return Err(RssError::HashTypes { types: hash_types });
+    }
+    if key_len > MAX_KEY_SIZE || (key_len == 0 && hash_types != 0) {
+        return Err(RssError::Key { len: key_len });
+    }
+    Ok((key_len != 0 || hash_types != 0).then(|| {
+        let mut key = [0u8; MAX_KEY_SIZE as usize];
+        key[..key_data.len()].copy_from_slice(key_data);
+        HashConfig {
+            hash_types,
+            key,
+            key_len,
+        }
+    }))
+}
+
+impl HashConfig {
+    /// The HASH_CONFIG command that sets this configuration (the device-state stream carries
+    /// it).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut c = Vec::with_capacity(13 + usize::from(self.key_len));
+        c.extend(self.hash_types.to_le_bytes());
+        c.extend([0u8; 8]);
+        c.push(self.key_len);
+        c.extend_from_slice(&self.key[..usize::from(self.key_len)]);
+        c
+    }
+}
+
+/// What the device reports for one frame in a virtio_net_hdr_v1_hash (virtio 1.2 5.1.6.4.3,
+/// "Hash reporting for incoming packets"): the Toeplitz hash under `key` of the input the
+/// first enabled type (in the order of 5.1.6.4.3) selects, and that type as a
+/// VIRTIO_NET_HASH_REPORT_* value; (0, VIRTIO_NET_HASH_REPORT_NONE) when no enabled type covers
+/// the frame. With `l3_type_bug` a TCP/UDP hash is reported as its IP version's address type
+/// (the `hash-report-type-wrong` quirk).
+pub fn hash_report(frame: &[u8], types: u32, key: &[u8], l3_type_bug: bool) -> (u32, u16) {
+    match hash_input(frame, types) {
+        None => (0, VIRTIO_NET_HASH_REPORT_NONE as u16),
+        Some(input) => {
+            let mut t = input.hash_type;
+            if l3_type_bug {
+                t = match t {
+                    T_TCPV4 | T_UDPV4 => T_IPV4,
+                    T_TCPV6 | T_UDPV6 => T_IPV6,
+                    t => t,
+                };
+            }
+            (toeplitz(key, input.bytes()), report_of(t))
+        }
+    }
+}
+
+/// The VIRTIO_NET_HASH_REPORT_* value of a VIRTIO_NET_RSS_HASH_TYPE_* bit: the report values
+/// count the hash types in the same order (IPv4 = 1 ... UDPv6_EX = 9).
+fn report_of(hash_type: u32) -> u16 {
+    const _: () = assert!(
+        VIRTIO_NET_HASH_REPORT_IPv4 == 1
+            && VIRTIO_NET_HASH_REPORT_TCPv4 == 2
+            && VIRTIO_NET_HASH_REPORT_UDPv4 == 3
+            && VIRTIO_NET_HASH_REPORT_IPv6 == 4
+            && VIRTIO_NET_HASH_REPORT_TCPv6 == 5
+            && VIRTIO_NET_HASH_REPORT_UDPv6 == 6
+            && T_IPV4 == 1
+            && T_TCPV4 == 2
+            && T_UDPV4 == 4
+            && T_IPV6 == 8
+            && T_TCPV6 == 16
+            && T_UDPV6 == 32
+    );
+    (hash_type.trailing_zeros() + 1) as u16
 }
 
 /// The Toeplitz hash of `input` under `key` (Microsoft's RSS "Verifying the RSS Hash
@@ -622,6 +721,83 @@ mod tests {
                 "{len} bytes"
             );
         }
+    }
+
+    #[test]
+    fn hash_config_is_parsed_and_checked() {
+        let key: Vec<u8> = (1..=40).collect();
+        let cmd = |types: u32, key: &[u8]| {
+            let mut c = types.to_le_bytes().to_vec();
+            c.extend([9u8; 8]); // reserved: not checked
+            c.push(key.len() as u8);
+            c.extend_from_slice(key);
+            c
+        };
+        let h = parse_hash_config(&cmd(SUPPORTED_HASH_TYPES, &key))
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.hash_types, h.key_len), (SUPPORTED_HASH_TYPES, 40));
+        assert_eq!(&h.key[..], &key[..]);
+        assert_eq!(parse_hash_config(&h.encode()).unwrap(), Some(h.clone()));
+        // Off: no key, no types.
+        assert_eq!(parse_hash_config(&cmd(0, &[])).unwrap(), None);
+        // Trailing bytes ignored.
+        let mut long = cmd(T_IPV4, &key[..4]);
+        long.push(0);
+        assert!(parse_hash_config(&long).unwrap().is_some());
+        let bad = [
+            (cmd(1 << 6, &key), RssError::HashTypes { types: 1 << 6 }),
+            (cmd(T_IPV4, &[]), RssError::Key { len: 0 }),
+            (cmd(T_IPV4, &[7; 41]), RssError::Key { len: 41 }),
+        ];
+        for (c, e) in bad {
+            assert_eq!(parse_hash_config(&c), Err(e));
+        }
+        let full = cmd(T_IPV4, &key);
+        for n in 0..13 + 40 {
+            assert_eq!(
+                parse_hash_config(&full[..n]),
+                Err(RssError::Short { len: n }),
+                "{n} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn hash_report_names_the_type_used() {
+        let key = MS_KEY;
+        let (f, input) = v4("66.9.149.187", 2794, "161.142.100.80", 1766);
+        let ip4 = |b: &[u8]| -> [u8; 4] { b.try_into().unwrap() };
+        let tcp = eth(
+            0x0800,
+            false,
+            &ipv4(6, 0, ip4(&f[..4]), ip4(&f[4..8]), [2794, 1766]),
+        );
+        let all = SUPPORTED_HASH_TYPES;
+        assert_eq!(
+            hash_report(&tcp, all, &key, false),
+            (toeplitz(&key, &input), VIRTIO_NET_HASH_REPORT_TCPv4 as u16)
+        );
+        assert_eq!(
+            hash_report(&tcp, T_IPV4, &key, false),
+            (toeplitz(&key, &f[..8]), VIRTIO_NET_HASH_REPORT_IPv4 as u16)
+        );
+        // The quirk reports the L3 type for the 4-tuple hash.
+        assert_eq!(
+            hash_report(&tcp, all, &key, true),
+            (toeplitz(&key, &input), VIRTIO_NET_HASH_REPORT_IPv4 as u16)
+        );
+        assert_eq!(hash_report(&tcp, T_IPV6, &key, false), (0, 0));
+        let udp6 = eth(0x86dd, false, &ipv6(17, &[], [5, 6]));
+        assert_eq!(
+            hash_report(&udp6, all, &key, false).1,
+            VIRTIO_NET_HASH_REPORT_UDPv6 as u16
+        );
+        assert_eq!(
+            hash_report(&udp6, T_IPV6, &key, false).1,
+            VIRTIO_NET_HASH_REPORT_IPv6 as u16
+        );
+        assert_eq!(hash_report(&[0u8; 60], all, &key, false), (0, 0), "not IP");
     }
 
     #[test]

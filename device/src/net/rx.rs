@@ -38,6 +38,7 @@ use crate::quirks::Quirk;
 use crate::state::QueueState;
 use bar_registers::layout::MAX_QUEUE_PAIRS;
 use bar_registers::virtio::bits;
+use bar_registers::virtio::net_hdr::HASH_HDR_LEN;
 use bitvec::BitArr;
 use dma::{DmaEngine, DmaKind};
 
@@ -51,6 +52,45 @@ const MAX_RX_CHAINS: usize = 64;
 /// understands (checksum, TCPv4/v6 segmentation with ECN), whatever the driver negotiated.
 const PORT_HDR_FEATURES: u64 =
     1 << bits::CSUM | 1 << bits::HOST_TSO4 | 1 << bits::HOST_TSO6 | 1 << bits::HOST_ECN;
+
+/// The header a frame goes out with: the v1 fields, and with VIRTIO_NET_F_HASH_REPORT the
+/// hash value and report type (struct virtio_net_hdr_v1_hash, 5.1.6).
+#[derive(Clone, Copy, Debug, Default)]
+struct RxHdr {
+    v1: NetHdr,
+    /// (hash_value, hash_report) when HASH_REPORT was negotiated.
+    hash: Option<(u32, u16)>,
+}
+
+impl RxHdr {
+    /// The header's bytes with `num_buffers` set, and its length.
+    fn encode(&self, num_buffers: u16) -> ([u8; HASH_HDR_LEN], usize) {
+        let mut b = [0u8; HASH_HDR_LEN];
+        b[..NET_HDR_LEN].copy_from_slice(
+            &NetHdr {
+                num_buffers,
+                ..self.v1
+            }
+            .to_bytes(),
+        );
+        match self.hash {
+            None => (b, NET_HDR_LEN),
+            Some((value, report)) => {
+                b[12..16].copy_from_slice(&value.to_le_bytes());
+                b[16..18].copy_from_slice(&report.to_le_bytes());
+                (b, HASH_HDR_LEN)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        if self.hash.is_some() {
+            HASH_HDR_LEN
+        } else {
+            NET_HDR_LEN
+        }
+    }
+}
 
 /// Where a popped chain's bytes go.
 #[derive(Clone, Copy, Debug)]
@@ -155,6 +195,7 @@ impl NetEngine {
     /// room; publishes each touched queue and interrupts as the driver asked.
     pub(crate) fn service_rx(&mut self, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
         let mrg = dp.has(bits::MRG_RXBUF);
+        let hash_report = dp.has(bits::HASH_REPORT);
         let go = self.guest_offloads(dp.features);
         let mut touched = PairSet::ZERO;
         let mut result = Ok(());
@@ -222,12 +263,16 @@ impl NetEngine {
                     )
                 }
             };
-            let mut res = self.deliver(q, &frame.data, &out_hdr, mrg, dp.counters);
+            let out = RxHdr {
+                v1: out_hdr,
+                hash: hash_report.then(|| self.hash_of(&frame.data)),
+            };
+            let mut res = self.deliver(q, &frame.data, &out, mrg, dp.counters);
             if let Ok(Fit::NoRoom) = res {
                 // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
                 // EVENT_IDX, 2.7.10), then look once more in case it just did.
                 res = match self.arm_rx(q) {
-                    Ok(true) => self.deliver(q, &frame.data, &out_hdr, mrg, dp.counters),
+                    Ok(true) => self.deliver(q, &frame.data, &out, mrg, dp.counters),
                     Ok(false) => Ok(Fit::NoRoom),
                     Err(e) => Err(e),
                 };
@@ -243,6 +288,9 @@ impl NetEngine {
                         dp.counters.rx_gso_frames += 1;
                     } else if out_hdr.flags & F_NEEDS_CSUM != 0 {
                         dp.counters.rx_csum_partial += 1;
+                    }
+                    if matches!(out.hash, Some((_, r)) if r != 0) {
+                        dp.counters.rx_hash_reported += 1;
                     }
                     touched.set(usize::from(q / 2), true);
                     self.inbox.recycle(frame.data);
@@ -369,12 +417,25 @@ impl NetEngine {
         Ok(())
     }
 
+    /// The hash report of `frame` (HASH_REPORT negotiated): under the RSS configuration while
+    /// RSS is on, else the one HASH_CONFIG set, else none (VIRTIO_NET_HASH_REPORT_NONE).
+    fn hash_of(&self, frame: &[u8]) -> (u32, u16) {
+        let bug = self.params.quirks.has(Quirk::HashReportTypeWrong);
+        if let Some(r) = &self.net.rss {
+            super::rss::hash_report(frame, r.hash_types, &r.key, bug)
+        } else if let Some(h) = &self.net.hash_cfg {
+            super::rss::hash_report(frame, h.hash_types, &h.key, bug)
+        } else {
+            (0, 0)
+        }
+    }
+
     /// Writes one frame into queue `q` behind header `h` (num_buffers filled in here).
     fn deliver(
         &mut self,
         q: u16,
         frame: &[u8],
-        h: &NetHdr,
+        h: &RxHdr,
         mrg: bool,
         counters: &mut DeviceCounters,
     ) -> Result<Fit, DeviceFault> {
@@ -395,7 +456,7 @@ impl NetEngine {
         };
         // The split-ring-used-len-wrong quirk is a split ring engine bug.
         let wrong_len = quirk_len && !ring.is_packed();
-        let need = (NET_HDR_LEN + frame.len()) as u64;
+        let need = (h.len() + frame.len()) as u64;
         // Collect chains until the frame fits. A frame in one chain (the common case) is written
         // from that chain's descriptors; from a second chain on, the descriptors of all of them
         // are appended into one list.
@@ -442,13 +503,18 @@ impl NetEngine {
             return Ok(fit);
         }
         ring.commit();
-        let hdr = NetHdr {
-            num_buffers: slots.len() as u16,
-            ..*h
-        }
-        .to_bytes();
+        let (hdr, hdr_len) = h.encode(slots.len() as u16);
         let descs = if slots.len() == 1 { &chain.descs } else { all };
-        write_frame(ring, dma, q, &hdr, frame, slots, descs, wrong_len)?;
+        write_frame(
+            ring,
+            dma,
+            q,
+            &hdr[..hdr_len],
+            frame,
+            slots,
+            descs,
+            wrong_len,
+        )?;
         let qc = &mut counters.queues[usize::from(q)];
         qc.chains += slots.len() as u64;
         qc.frames += 1;

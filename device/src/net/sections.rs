@@ -95,6 +95,12 @@ impl NetEngine {
         name: "INBH",
         body: "only while FIFO frames carry a port header: count u32, then per such frame its index in INBX u32 (increasing) + struct virtio_net_hdr_v1 (12 bytes, num_buffers 0)",
     };
+    /// The `HASH` section of the device-state stream: present only while hash reporting is
+    /// set by HASH_CONFIG (with RSS on, `RSSC` carries the hash settings).
+    pub const HASH_SECTION: SectionSpec = SectionSpec {
+        name: "HASH",
+        body: "only while VIRTIO_NET_CTRL_MQ_HASH_CONFIG has hash reporting on: the command that sets it (struct virtio_net_hash_config, virtio 1.2 5.1.6.5.6.4)",
+    };
     /// The `INBX` section of the device-state stream.
     pub const INBOX_SECTION: SectionSpec = SectionSpec {
         name: "INBX",
@@ -375,6 +381,28 @@ impl NetEngine {
     pub(crate) fn restore_guest_offloads(&mut self, g: Option<GuestOffloads>, features: u64) {
         self.net.guest_offloads = g;
         self.apply_guest_offloads(features);
+    }
+
+    // ------------------------------------------------------------ HASH
+
+    /// The `HASH` body, while HASH_CONFIG has hash reporting on.
+    pub(crate) fn save_hash_cfg(&self) -> Option<Vec<u8>> {
+        self.net
+            .hash_cfg
+            .as_ref()
+            .map(super::rss::HashConfig::encode)
+    }
+
+    /// Checks a `HASH` body as the HASH_CONFIG command that set it.
+    pub(crate) fn parse_hash_cfg(body: &[u8]) -> Result<super::rss::HashConfig, SnapshotError> {
+        super::rss::parse_hash_config(body)
+            .map_err(|e| invalid("hash configuration", e.to_string()))?
+            .ok_or_else(|| invalid("hash configuration", "saved with hash reporting off"))
+    }
+
+    /// Takes a checked hash configuration (`None`: off).
+    pub(crate) fn restore_hash_cfg(&mut self, h: Option<super::rss::HashConfig>) {
+        self.net.hash_cfg = h;
     }
 
     // ------------------------------------------------------------ INBX, INBH

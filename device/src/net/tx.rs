@@ -7,7 +7,7 @@ use super::engine::{Datapath, NetEngine};
 use super::offload::csum;
 use super::offload::gso::{self, SegBugs, TCP_CSUM_OFFSET};
 use super::offload::hdr::{self, BadTxHdr, GsoKind, NetHdr, TxOffload};
-use super::{ETH_HLEN, MAX_TX_CHAIN, NET_HDR_LEN};
+use super::{ETH_HLEN, MAX_TX_CHAIN};
 use crate::capture::{CaptureDirection, FrameCapture};
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
@@ -61,6 +61,7 @@ impl NetEngine {
             seq_fixed: quirks.has(Quirk::TsoSeqWrong),
         };
         let features = dp.features;
+        let hdr_len = bar_registers::virtio::net_hdr::len(features);
         let pair = q / 2;
         loop {
             let NetEngine {
@@ -99,11 +100,13 @@ impl NetEngine {
                 }
                 ring.push_used(chain.head, 0);
                 counters.queues[usize::from(q)].chains += 1;
-                if len < NET_HDR_LEN + ETH_HLEN {
+                if len < hdr_len + ETH_HLEN {
                     counters.tx_dropped_runt += 1;
                     continue;
                 }
-                let (h, frame) = buf[..len].split_at_mut(NET_HDR_LEN);
+                // With HASH_REPORT the header is a virtio_net_hdr_v1_hash (5.1.6); its hash
+                // fields mean nothing on TX.
+                let (h, frame) = buf[..len].split_at_mut(hdr_len);
                 let h = NetHdr::parse(h);
                 let offload = match hdr::tx_offload(&h, frame.len(), features) {
                     Ok(o) => o,

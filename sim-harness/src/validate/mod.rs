@@ -8,6 +8,7 @@
 //! device served over vfio-user.
 
 mod checks;
+mod hash_report;
 mod in_order;
 mod locate;
 mod offloads;
@@ -49,6 +50,10 @@ pub const GROUPS: &[(&str, &str)] = &[
         "receive-side scaling: Toeplitz hash and indirection table (when offered)",
     ),
     (
+        "hash-report",
+        "hash report (HASH_REPORT): each frame's Toeplitz hash and type in its header (when offered)",
+    ),
+    (
         "in-order",
         "buffers used in the order they were made available (VIRTIO_F_IN_ORDER, when offered)",
     ),
@@ -87,6 +92,7 @@ pub fn owning_group(q: device::Quirk) -> &'static str {
         Quirk::CsumOddLengthWrong => "checksum",
         Quirk::TsoIpIdFixed | Quirk::TsoSeqWrong => "tso",
         Quirk::GuestOffloadsIgnored => "rx-gso",
+        Quirk::HashReportTypeWrong => "hash-report",
     }
 }
 

@@ -199,7 +199,7 @@ pub(super) fn rss(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
 
 /// The kinds of frame sent: each hash type's flows, and ARP (no hash type covers it).
 #[derive(Clone, Copy, Debug)]
-enum Kind {
+pub(super) enum Kind {
     Udp4,
     Tcp4,
     Udp6,
@@ -207,14 +207,14 @@ enum Kind {
     Arp,
 }
 
-const KINDS: [Kind; 5] = [Kind::Udp4, Kind::Tcp4, Kind::Udp6, Kind::Tcp6, Kind::Arp];
+pub(super) const KINDS: [Kind; 5] = [Kind::Udp4, Kind::Tcp4, Kind::Udp6, Kind::Tcp6, Kind::Arp];
 
 /// Length of every frame the group sends.
 const FRAME_LEN: usize = 96;
 
 /// A frame of `kind` with random addresses and ports, unique by `seq` (in its payload),
 /// [`FRAME_LEN`] bytes long.
-fn flow_frame(kind: Kind, seq: u32, rng: &mut SmallRng) -> Vec<u8> {
+pub(super) fn flow_frame(kind: Kind, seq: u32, rng: &mut SmallRng) -> Vec<u8> {
     let mut f = MAC.to_vec();
     f.extend([0x02, 0, 0, 0, 0x52, 0x53]);
     match kind {

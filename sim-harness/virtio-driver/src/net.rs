@@ -16,7 +16,9 @@ use device::InterruptRecorder;
 use std::sync::Arc;
 
 /// struct virtio_net_hdr_v1 length (VERSION_1).
-pub const NET_HDR_LEN: usize = 12;
+pub const NET_HDR_LEN: usize = bar_registers::virtio::net_hdr::HDR_LEN;
+/// struct virtio_net_hdr_v1_hash (with VIRTIO_NET_F_HASH_REPORT).
+pub const HASH_HDR_LEN: usize = bar_registers::virtio::net_hdr::HASH_HDR_LEN;
 /// The DPDK driver polls queue_enable this many times at stop (ifcvf_hw_disable).
 pub const DISABLE_POLLS: u32 = 10;
 
@@ -695,7 +697,8 @@ impl NetDriver {
     ) -> Result<bool, DriverError> {
         self.reclaim_tx(pair)?;
         let mem = self.mem.clone();
-        let total = NET_HDR_LEN + frame.len();
+        let hl = self.hdr_len();
+        let total = hl + frame.len();
         if total as u64 > LARGE_TX_BUF {
             return Err(DriverError::Usage(format!(
                 "frame of {} bytes exceeds the {LARGE_TX_BUF}-byte large TX buffers",
@@ -719,8 +722,10 @@ impl NetDriver {
                 None => return Ok(false),
             }
         };
-        mem.write(buf, &hdr.to_bytes())?;
-        mem.write(buf + NET_HDR_LEN as u64, frame)?;
+        let mut h = [0u8; HASH_HDR_LEN];
+        h[..NET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+        mem.write(buf, &h[..hl])?;
+        mem.write(buf + hl as u64, frame)?;
         match qu.ring.add(&mem, &[(buf, total as u32, false)])? {
             Some(h) => qu.inflight[usize::from(h)] = buf,
             None => {
@@ -741,23 +746,24 @@ impl NetDriver {
         let mem = self.mem.clone();
         let indirect = self.opts.tx_indirect && self.features & (1 << bits::INDIRECT_DESC) != 0;
         let split = self.opts.tx_split_header;
+        let hl = self.hdr_len();
         let qu = self.queue(txq(pair))?;
         let mut sent = 0;
         for f in frames {
-            if f.len() + NET_HDR_LEN > 2048 {
+            if f.len() + hl > 2048 {
                 return Err(DriverError::Usage(format!(
                     "frame of {} bytes exceeds the 2 KiB TX buffers",
                     f.len()
                 )));
             }
             let Some(buf) = qu.pool.pop() else { break };
-            mem.write(buf, &[0u8; NET_HDR_LEN])?;
-            mem.write(buf + NET_HDR_LEN as u64, f)?;
-            let total = (NET_HDR_LEN + f.len()) as u32;
+            mem.write(buf, &[0u8; HASH_HDR_LEN][..hl])?;
+            mem.write(buf + hl as u64, f)?;
+            let total = (hl + f.len()) as u32;
             let bufs: Vec<Buf> = if split {
                 vec![
-                    (buf, NET_HDR_LEN as u32, false),
-                    (buf + NET_HDR_LEN as u64, f.len() as u32, false),
+                    (buf, hl as u32, false),
+                    (buf + hl as u64, f.len() as u32, false),
                 ]
             } else {
                 vec![(buf, total, false)]
@@ -832,7 +838,23 @@ impl NetDriver {
         &mut self,
         pair: u16,
     ) -> Result<Vec<(crate::hdr::NetHdr, Vec<u8>)>, DriverError> {
+        Ok(self
+            .recv_hashed(pair)?
+            .into_iter()
+            .map(|(h, _, f)| (h, f))
+            .collect())
+    }
+
+    /// [`NetDriver::recv_with_hdr`] with each frame's hash report (hash_value, hash_report of
+    /// struct virtio_net_hdr_v1_hash, virtio 1.2 5.1.6) when VIRTIO_NET_F_HASH_REPORT was
+    /// negotiated, `None` otherwise.
+    #[allow(clippy::type_complexity)]
+    pub fn recv_hashed(
+        &mut self,
+        pair: u16,
+    ) -> Result<Vec<(crate::hdr::NetHdr, Option<(u32, u16)>, Vec<u8>)>, DriverError> {
         let mem = self.mem.clone();
+        let hl = self.hdr_len();
         let q = rxq(pair);
         let qu = self.queue(q)?;
         let mut frames = Vec::new();
@@ -841,14 +863,20 @@ impl NetDriver {
             qu.pool.push(buf);
             let mut data = vec![0u8; len as usize];
             mem.read(buf, &mut data)?;
-            if data.len() < NET_HDR_LEN {
+            if data.len() < hl {
                 return Err(DriverError::Usage(format!(
-                    "queue {q}: used len {len} shorter than the virtio-net header"
+                    "queue {q}: used len {len} shorter than the {hl}-byte virtio-net header"
                 )));
             }
             let nbuf = u16::from_le_bytes([data[10], data[11]]).max(1);
-            let mut frame = data.split_off(NET_HDR_LEN);
+            let mut frame = data.split_off(hl);
             let hdr = crate::hdr::NetHdr::from_bytes(&data[..NET_HDR_LEN].try_into().expect("12"));
+            let hash = (hl == HASH_HDR_LEN).then(|| {
+                (
+                    u32::from_le_bytes(data[12..16].try_into().expect("4")),
+                    u16::from_le_bytes([data[16], data[17]]),
+                )
+            });
             for _ in 1..nbuf {
                 let Some((h, l)) = qu.ring.pop_used(&mem)? else {
                     return Err(DriverError::Usage(format!(
@@ -861,10 +889,16 @@ impl NetDriver {
                 frame.resize(start + l as usize, 0);
                 mem.read(b, &mut frame[start..])?;
             }
-            frames.push((hdr, frame));
+            frames.push((hdr, hash, frame));
         }
         self.refill_rx(pair)?;
         Ok(frames)
+    }
+
+    /// The virtio-net header length with the negotiated features: 20 bytes (struct
+    /// virtio_net_hdr_v1_hash) with VIRTIO_NET_F_HASH_REPORT, else 12 (virtio 1.2 5.1.6).
+    pub fn hdr_len(&self) -> usize {
+        bar_registers::virtio::net_hdr::len(self.features)
     }
 
     /// Sends a control command and waits for its ack.
