@@ -101,6 +101,27 @@ fn pings() -> u64 {
     env_num("VDPA_E2E_PINGS", 100)
 }
 
+/// Throughputs (MB/s) QEMU's own virtio-net-pci reached in the baseline tests of this run
+/// (`make e2e` runs every test in one process, the baselines first): the device's tests print
+/// their ratio to it (issue #12: every e2e figure next to the anchor of the same run).
+static BASELINE: std::sync::Mutex<Vec<(&'static str, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a baseline figure (`what`: "tap guest->host", "tap host->guest", "two guests A->B").
+fn record_baseline(what: &'static str, mbps: f64) {
+    BASELINE.lock().unwrap().push((what, mbps));
+}
+
+/// "ratio R (X MB/s here, Y MB/s QEMU's virtio-net-pci)" for `what`, or why there is none.
+fn vs_baseline(what: &str, mbps: f64) -> String {
+    match BASELINE.lock().unwrap().iter().rev().find(|(w, _)| *w == what) {
+        Some((_, base)) if *base > 0.0 => format!(
+            "{what}: ratio {:.2} ({mbps:.1} MB/s here, {base:.1} MB/s QEMU's virtio-net-pci in this run)",
+            mbps / base
+        ),
+        _ => format!("{what}: {mbps:.1} MB/s here, no QEMU baseline in this run (run the baseline_qemu_* tests with it)"),
+    }
+}
+
 fn vdpa_emu_bin() -> PathBuf {
     std::env::var_os("VDPA_EMU_BIN")
         .map(PathBuf::from)
@@ -1354,7 +1375,12 @@ fn device_with_host_tap_then(
             .arg("-device")
             .arg(serve.device_arg()),
     );
-    peer.round(&mut vm, 1, test);
+    let (g2h, h2g) = peer.round(&mut vm, 1, test);
+    println!(
+        "E2E-BENCH {test} vs QEMU: {} | {}",
+        vs_baseline("tap guest->host", g2h),
+        vs_baseline("tap host->guest", h2g)
+    );
     after(&serve);
     let b = vm.finish(Duration::from_secs(60));
     serve.print_cost(test);
@@ -1464,7 +1490,9 @@ fn baseline_qemu_virtio_net_pci() {
     let mac = "52:54:00:e2:e0:01";
     let spec = qemu_nic_guest("guest", &tap, mac, blob_mib(), "");
     let mut vm = Vm::boot(&e2e, &dir, spec);
-    peer.round(&mut vm, 1, "baseline_qemu_virtio_net_pci(tap)");
+    let (g2h, h2g) = peer.round(&mut vm, 1, "baseline_qemu_virtio_net_pci(tap)");
+    record_baseline("tap guest->host", g2h);
+    record_baseline("tap host->guest", h2g);
     let b = vm.finish(Duration::from_secs(60));
     assert_nic(&b, &vm, mac, "virtio-pci");
 }
@@ -1537,6 +1565,9 @@ fn baseline_qemu_virtio_net_pci_two_guests() {
         a.diag(),
         b.diag()
     );
+    if let Some(mbps) = ra.get("tx_mbps").and_then(|v| v.parse::<f64>().ok()) {
+        record_baseline("two guests A->B", mbps);
+    }
     println!(
         "E2E-BENCH baseline_qemu_virtio_net_pci(two guests, stream netdev) A->B {} MiB: {} MB/s (sender nc) | ping rtt min/avg/max {} ms",
         blob_mib(),
@@ -1964,6 +1995,12 @@ fn device_two_guests_unix_port() {
         ra.get("tx_mbps").unwrap_or("?"),
         ra.get("ping_rtt_min_avg_max").unwrap_or("?")
     );
+    if let Some(mbps) = ra.get("tx_mbps").and_then(|v| v.parse::<f64>().ok()) {
+        println!(
+            "E2E-BENCH device_two_guests_unix_port vs QEMU: {}",
+            vs_baseline("two guests A->B", mbps)
+        );
+    }
     drop((serve_a, serve_b));
 }
 
