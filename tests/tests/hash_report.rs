@@ -12,6 +12,8 @@ use sim_harness::driver::{DriverOptions, NetDriver};
 use sim_harness::inet::{self, ACK};
 use std::sync::Arc;
 
+mod support;
+
 /// VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_HASH_CONFIG (virtio 1.2 5.1.6.5.6.4), as the spec
 /// numbers them.
 const MQ: u8 = 4;
@@ -190,13 +192,7 @@ fn the_hash_configuration_crosses_a_migration_and_a_reset_clears_it() {
     assert!(state.windows(4).any(|w| w == b"HASH"));
     let b = Device::new(DeviceConfig::with_queue_pairs(2)).unwrap();
     b.set_loopback();
-    let irq = Arc::new(device::InterruptRecorder::new(b.layout().msix_vectors));
-    b.set_interrupt_sink(irq.clone());
-    let mem = drv.mem.clone();
-    drv.migrate_to(b.clone(), irq, mem).unwrap();
-    b.pause();
-    b.restore_state(&state).unwrap();
-    b.resume();
+    support::migrate_driver(&mut drv, &b, &state);
     let x = exchange(&mut drv);
     assert_eq!(
         x[0].0.unwrap().1,

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 const PAIRS: u16 = 4;
 
 fn loopback(opts: DriverOptions) -> (Arc<Device>, NetDriver) {
@@ -131,13 +133,7 @@ fn rss_configuration_crosses_a_device_state_migration() {
 
     let b = Device::new(DeviceConfig::with_queue_pairs(PAIRS)).unwrap();
     b.set_loopback();
-    let irq = Arc::new(device::InterruptRecorder::new(b.layout().msix_vectors));
-    b.set_interrupt_sink(irq.clone());
-    let mem = drv.mem.clone();
-    drv.migrate_to(b.clone(), irq, mem).unwrap();
-    b.pause();
-    b.restore_state(&state).unwrap();
-    b.resume();
+    support::migrate_driver(&mut drv, &b, &state);
     assert_eq!(b.rss_config(), Some(cfg.clone()));
     assert_eq!(b.active_queue_pairs(), 3);
     assert_steered(&mut drv, &cfg, 21);

@@ -114,22 +114,12 @@ pub fn parse_rss_config(data: &[u8], max_pairs: u16) -> Result<RssCommand, RssEr
     // Bytes after the key are ignored, as QEMU's hw/net/virtio-net.c virtio_net_handle_rss
     // (which reads field by field) does: Linux 6.12's virtio_net sends one more byte than the
     // fields (seen in our e2e run: a 40-byte key followed by a zero byte).
-    if hash_types & !SUPPORTED_HASH_TYPES != 0 {
-        return Err(RssError::HashTypes { types: hash_types });
-    }
-    if key_len > MAX_KEY_SIZE || (key_len == 0 && hash_types != 0) {
-        return Err(RssError::Key { len: key_len });
-    }
-    let config = (key_len != 0 || hash_types != 0).then(|| {
-        let mut key = [0u8; MAX_KEY_SIZE as usize];
-        key[..key_data.len()].copy_from_slice(key_data);
-        RssConfig {
-            hash_types,
-            table,
-            unclassified,
-            key,
-            key_len,
-        }
+    let config = hash_fields(hash_types, key_data)?.map(|key| RssConfig {
+        hash_types,
+        table,
+        unclassified,
+        key,
+        key_len,
     });
     Ok(RssCommand {
         config,
@@ -160,20 +150,31 @@ pub fn parse_hash_config(data: &[u8]) -> Result<Option<HashConfig>, RssError> {
     let hash_types = u32::from_le_bytes(data.get(0..4).ok_or(short)?.try_into().expect("4"));
     let key_len = *data.get(12).ok_or(short)?;
     let key_data = data.get(13..13 + usize::from(key_len)).ok_or(short)?;
+    Ok(hash_fields(hash_types, key_data)?.map(|key| HashConfig {
+        hash_types,
+        key,
+        key_len,
+    }))
+}
+
+/// Checks the hash fields RSS_CONFIG and HASH_CONFIG share: types the device supports, a key of
+/// at most [`MAX_KEY_SIZE`] bytes, present when types are set. Returns the key zero-padded, or
+/// `None` for "off" (neither types nor key).
+fn hash_fields(
+    hash_types: u32,
+    key_data: &[u8],
+) -> Result<Option<[u8; MAX_KEY_SIZE as usize]>, RssError> {
+    let key_len = key_data.len() as u8;
     if hash_types & !SUPPORTED_HASH_TYPES != 0 {
         return Err(RssError::HashTypes { types: hash_types });
     }
-    if key_len > MAX_KEY_SIZE || (key_len == 0 && hash_types != 0) {
+    if key_data.len() > usize::from(MAX_KEY_SIZE) || (key_len == 0 && hash_types != 0) {
         return Err(RssError::Key { len: key_len });
     }
     Ok((key_len != 0 || hash_types != 0).then(|| {
         let mut key = [0u8; MAX_KEY_SIZE as usize];
         key[..key_data.len()].copy_from_slice(key_data);
-        HashConfig {
-            hash_types,
-            key,
-            key_len,
-        }
+        key
     }))
 }
 

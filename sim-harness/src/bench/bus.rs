@@ -417,9 +417,7 @@ pub fn measure(
     let packed = 1u64 << RING_PACKED_BIT;
     // The plain datapath: 12-byte headers (no HASH_REPORT) and frames as the wire carries
     // them (no RX GSO coalescing), so the per-packet figures stay comparable across versions.
-    let mut want = offered
-        & !(1u64 << bits::HASH_REPORT)
-        & !bar_registers::virtio::RX_GSO_FEATURES;
+    let mut want = offered & !(1u64 << bits::HASH_REPORT) & !bar_registers::virtio::RX_GSO_FEATURES;
     match c.ring {
         Ring::Split => want &= !packed,
         Ring::Packed if offered & packed == 0 => {

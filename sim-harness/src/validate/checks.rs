@@ -292,6 +292,15 @@ pub(super) fn driver(s: &Session, mut opts: DriverOptions) -> Result<NetDriver, 
     NetDriver::new(s.handle.clone(), s.irq.clone(), opts)
 }
 
+/// The first three of `errs`, and how many more there are (for a finding's "observed").
+pub(super) fn first_few(errs: &[String]) -> String {
+    let mut s = errs.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    if errs.len() > 3 {
+        s += &format!("; and {} more", errs.len() - 3);
+    }
+    s
+}
+
 pub(super) fn started(s: &Session, opts: DriverOptions) -> Result<NetDriver, DriverError> {
     let mut d = driver(s, opts)?;
     d.start()?;

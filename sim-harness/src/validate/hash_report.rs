@@ -10,7 +10,7 @@
 //! - a HASH_CONFIG with an unsupported type is refused (SHOULD) and the last one stays;
 //! - with VIRTIO_NET_F_RSS too, RSS_CONFIG's key and types are the ones reported.
 
-use super::checks::{started, Findings};
+use super::checks::{first_few, started, Findings};
 use super::report::Finding;
 use super::rss::{flow_frame, Kind, KINDS};
 use super::{Session, ValidateOptions};
@@ -147,14 +147,6 @@ fn round(
         }
     }
     Ok(r)
-}
-
-fn first_few(v: &[String]) -> String {
-    let mut s = v.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
-    if v.len() > 3 {
-        s.push_str(&format!("; and {} more", v.len() - 3));
-    }
-    s
 }
 
 /// A round's findings.

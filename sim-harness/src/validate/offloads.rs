@@ -3,7 +3,7 @@
 //! queue 0 through the port's loopback, as the wire carries them; the harness's own checksum
 //! code (crate::inet) checks them.
 
-use super::checks::{started, Findings};
+use super::checks::{first_few, started, Findings};
 use super::report::Finding;
 use super::Session;
 use crate::driver::hdr::{NetHdr, F_DATA_VALID, GSO_TCPV4, GSO_TCPV6};
@@ -479,14 +479,6 @@ fn check_segments(f: &mut Findings, g: &'static str, ip: &str, x: &Gso, segs: &m
         "payloads joined = the GSO frame's payload; headers copied",
         e,
     );
-}
-
-fn first_few(errs: &[String]) -> String {
-    let mut s = errs.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
-    if errs.len() > 3 {
-        s += &format!("; and {} more", errs.len() - 3);
-    }
-    s
 }
 
 fn summarize(v: &[usize]) -> String {

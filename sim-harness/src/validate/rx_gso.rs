@@ -11,7 +11,7 @@
 //!   (an offload that is off is one the driver cannot take, 5.1.6.4.1), and again the stream
 //!   arrives whole.
 
-use super::checks::{started, Findings, MAC};
+use super::checks::{first_few, started, Findings, MAC};
 use super::report::Finding;
 use super::{Session, ValidateOptions};
 use crate::driver::hdr::{NetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
@@ -209,14 +209,6 @@ fn examine(lay: &Layout, v4: bool, seq: u32, got: &[(NetHdr, Vec<u8>)], len: usi
         errors,
         stream,
     }
-}
-
-fn first_few(v: &[String]) -> String {
-    let mut s = v.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
-    if v.len() > 3 {
-        s.push_str(&format!("; and {} more", v.len() - 3));
-    }
-    s
 }
 
 /// Findings for one burst: the frames right, the stream whole; `no_gso` when the offloads are

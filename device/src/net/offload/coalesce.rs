@@ -157,17 +157,9 @@ impl Coalescer {
     pub fn finish(&self, acc: &mut [u8]) -> NetHdr {
         let t = self.t;
         let l4_len = acc.len() - t.l4;
-        let (src, dst) = if t.v4 {
-            let tot = (acc.len() - t.l3) as u16;
-            acc[t.l3 + 2..t.l3 + 4].copy_from_slice(&tot.to_be_bytes());
-            acc[t.l3 + 10..t.l3 + 12].fill(0);
-            let c = csum::finish(csum::add(0, &acc[t.l3..t.l4], false));
-            acc[t.l3 + 10..t.l3 + 12].copy_from_slice(&c.to_be_bytes());
-            (t.l3 + 12..t.l3 + 16, t.l3 + 16..t.l3 + 20)
-        } else {
-            acc[t.l3 + 4..t.l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            (t.l3 + 8..t.l3 + 24, t.l3 + 24..t.l3 + 40)
-        };
+        // The first segment's IP ID stays (IPv4; IPv6 has none).
+        let id = if t.v4 { be16(acc, t.l3 + 4) } else { 0 };
+        let (src, dst) = t.set_ip_lengths(acc, l4_len, id);
         // NEEDS_CSUM: the field holds the pseudo-header sum, the rest is the driver's (or the
         // stack's) to add, as after Linux's tcp_gro_complete / a TSO driver's transmit.
         let ph = csum::pseudo(&acc[src], &acc[dst], 6, l4_len as u32) as u16;

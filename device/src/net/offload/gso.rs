@@ -32,6 +32,32 @@ pub struct TcpFrame {
     pub payload: usize,
 }
 
+impl TcpFrame {
+    /// Makes `f`'s IP header describe `l4_len` bytes of TCP: the IPv4 total length, IP ID
+    /// `ip_id` and header checksum, or the IPv6 payload length. Returns where the source and
+    /// destination addresses are (for the pseudo-header).
+    pub fn set_ip_lengths(
+        &self,
+        f: &mut [u8],
+        l4_len: usize,
+        ip_id: u16,
+    ) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (l3, l4) = (self.l3, self.l4);
+        if self.v4 {
+            let tot = (l4 - l3 + l4_len) as u16;
+            f[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
+            f[l3 + 4..l3 + 6].copy_from_slice(&ip_id.to_be_bytes());
+            f[l3 + 10..l3 + 12].fill(0);
+            let c = csum::finish(csum::add(0, &f[l3..l4], false));
+            f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+            (l3 + 12..l3 + 16, l3 + 16..l3 + 20)
+        } else {
+            f[l3 + 4..l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            (l3 + 8..l3 + 24, l3 + 24..l3 + 40)
+        }
+    }
+}
+
 /// Finds the headers of a TCP-over-IPv4 (`Tcp4`) or -IPv6 (`Tcp6`) frame: Ethernet with at
 /// most one 802.1Q tag, an IPv4 header (options allowed, not a fragment) or a fixed IPv6 header
 /// whose next header is TCP, and a whole TCP header. None when the frame is not that.
@@ -110,24 +136,12 @@ pub fn segment(
         scratch.extend_from_slice(chunk);
         let s = scratch.as_mut_slice();
         let l4_len = tcp_hlen + chunk.len();
-        let (src, dst) = if t.v4 {
-            let ihl = t.l4 - t.l3;
-            let tot = (ihl + l4_len) as u16;
-            s[t.l3 + 2..t.l3 + 4].copy_from_slice(&tot.to_be_bytes());
-            let id = if bugs.ip_id_fixed {
-                ip_id
-            } else {
-                ip_id.wrapping_add(i as u16)
-            };
-            s[t.l3 + 4..t.l3 + 6].copy_from_slice(&id.to_be_bytes());
-            s[t.l3 + 10..t.l3 + 12].fill(0);
-            let c = csum::finish(csum::add(0, &s[t.l3..t.l4], false));
-            s[t.l3 + 10..t.l3 + 12].copy_from_slice(&c.to_be_bytes());
-            (t.l3 + 12..t.l3 + 16, t.l3 + 16..t.l3 + 20)
+        let id = if bugs.ip_id_fixed {
+            ip_id
         } else {
-            s[t.l3 + 4..t.l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            (t.l3 + 8..t.l3 + 24, t.l3 + 24..t.l3 + 40)
+            ip_id.wrapping_add(i as u16)
         };
+        let (src, dst) = t.set_ip_lengths(s, l4_len, id);
         let off = if bugs.seq_fixed { 0 } else { i * mss };
         let sq = seq.wrapping_add(off as u32);
         s[t.l4 + 4..t.l4 + 8].copy_from_slice(&sq.to_be_bytes());
