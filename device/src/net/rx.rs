@@ -222,7 +222,12 @@ impl NetEngine {
                     self.segment_into_inbox(frame, &t, mss, dp.counters);
                     continue;
                 }
-                RxPlan::Wire if frame.hdr == NetHdr::default() && go.takes_any_tso() => {
+                // Only when another frame waits behind it: a lone segment has nothing to join.
+                RxPlan::Wire
+                    if frame.hdr == NetHdr::default()
+                        && go.takes_any_tso()
+                        && !self.inbox.is_empty() =>
+                {
                     // A wire frame from the port (not a segment the device cut itself: those
                     // carry DATA_VALID here) may start a GSO frame of segments waiting with it.
                     if let Some(h) = self.coalesce(&mut frame, go, dp.counters) {
