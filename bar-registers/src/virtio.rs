@@ -22,8 +22,10 @@ pub mod common {
     pub const QUEUE_DRIVER: u64 = 0x28;
     pub const QUEUE_DEVICE: u64 = 0x30;
     pub const QUEUE_NOTIF_CONFIG_DATA: u64 = 0x38;
-    /// Window length (through queue_notif_config_data; queue_reset is not offered).
-    pub const SIZE: u64 = 0x3A;
+    /// VIRTIO_F_RING_RESET (virtio 1.2 4.1.4.3, 2.6.1).
+    pub const QUEUE_RESET: u64 = 0x3A;
+    /// Window length (through queue_reset).
+    pub const SIZE: u64 = 0x3C;
 }
 
 /// ISR status bits (virtio 1.2 4.1.4.5).
@@ -189,6 +191,8 @@ pub mod bits {
     pub const HASH_REPORT: u32 = n::VIRTIO_NET_F_HASH_REPORT;
     pub const IN_ORDER: u32 = c::VIRTIO_F_IN_ORDER;
     pub const SPEED_DUPLEX: u32 = n::VIRTIO_NET_F_SPEED_DUPLEX;
+    pub const NOTIFICATION_DATA: u32 = c::VIRTIO_F_NOTIFICATION_DATA;
+    pub const RING_RESET: u32 = c::VIRTIO_F_RING_RESET;
 }
 
 /// Every feature the device offers (the list plus CTRL_RX and CTRL_MAC_ADDR, which the
@@ -287,6 +291,18 @@ pub const OFFERED_FEATURES: &[Feature] = &[
         "config space reports the link speed and duplex",
         "virtio 1.2 5.1.4"
     ),
+    feature!(
+        bits::NOTIFICATION_DATA,
+        "VIRTIO_F_NOTIFICATION_DATA",
+        "a doorbell carries vqn (bits 0-15) and the driver's next avail position (split: next_idx 16-31; packed: next_off 16-30, next_wrap 31); the vqn must name the doorbell's queue, the position is a hint",
+        "virtio 1.2 2.9, 4.1.5.2; Linux vp_notify_with_data"
+    ),
+    feature!(
+        bits::RING_RESET,
+        "VIRTIO_F_RING_RESET",
+        "one queue reset alone through queue_reset and re-enabled with new size and rings while the device runs",
+        "virtio 1.2 2.6.1, 4.1.4.3; Linux vp_modern_disable_vq_and_reset (ethtool -G)"
+    ),
     feature!(bits::EVENT_IDX, "VIRTIO_F_EVENT_IDX", "used_event / avail_event notification suppression", "virtio 1.2 2.7.7, 2.7.10"),
     feature!(bits::VERSION_1, "VIRTIO_F_VERSION_1", "virtio 1.x (modern) device; required", "virtio 1.2 6.1; Linux ifcvf requires it"),
     feature!(bits::ACCESS_PLATFORM, "VIRTIO_F_ACCESS_PLATFORM", "all DMA goes through the platform IOMMU", "virtio 1.2 6.1; Linux ifcvf requires it"),
@@ -302,15 +318,19 @@ pub const OFFERED_FEATURES: &[Feature] = &[
 /// VIRTIO_F_RING_PACKED, so the split ring stays the default layout and the packed ring is
 /// opt-in; except VIRTIO_F_IN_ORDER, which Linux's virtio_net (6.12) does not negotiate
 /// either (the validator's in-order group and the drivers that want it, DPDK's virtio PMD, ask
-/// for it); and except the RX GSO offloads ([`RX_GSO_FEATURES`]), so that frames come back
-/// the way the wire carries them unless a check asks for GSO frames. A driver negotiates this &
-/// the device's offer (as DPDK's base/ifcvf.c `ifcvf_config_features` does), so on a device
-/// with a smaller profile it gets that profile's set (less the packed ring). VIRTIO_NET_F_HASH_REPORT
-/// is left out as well: it makes every virtio-net header 20 bytes, which a driver asks for.
+/// for it); except VIRTIO_F_NOTIFICATION_DATA, which changes every kick (the validator's
+/// notification-data group asks for it, as Linux 6.12 does; VIRTIO_F_RING_RESET is in, as it
+/// is for Linux, and changes nothing until a driver resets a queue); and except the RX GSO
+/// offloads ([`RX_GSO_FEATURES`]), so that frames come back the way the wire carries them
+/// unless a check asks for GSO frames. A driver negotiates this & the device's offer (as
+/// DPDK's base/ifcvf.c `ifcvf_config_features` does), so on a device with a smaller profile it
+/// gets that profile's set (less the packed ring). VIRTIO_NET_F_HASH_REPORT is left out as
+/// well: it makes every virtio-net header 20 bytes, which a driver asks for.
 pub fn default_driver_features() -> u64 {
     offered_mask()
         & !(1u64 << bits::RING_PACKED)
         & !(1u64 << bits::IN_ORDER)
+        & !(1u64 << bits::NOTIFICATION_DATA)
         & !RX_GSO_FEATURES
         & !(1u64 << bits::HASH_REPORT)
 }
@@ -512,6 +532,15 @@ pub(crate) fn common_registers(num_queues: u16, queue_size_max: u16) -> Vec<Regi
             "virtio 1.2 4.1.4.3",
         )
         .live(),
+        Register::new(
+            "queue_reset",
+            common::QUEUE_RESET,
+            2,
+            Access::Rw,
+            0,
+            "VIRTIO_F_RING_RESET: writing 1 resets the selected queue alone (ring state forgotten, registers back to reset values, in-flight work dropped); reads 1 while the reset is in progress, then 0 with queue_enable 0; re-enabled through queue_enable. Without RING_RESET negotiated reads 0 and writes are refused",
+            "virtio 1.2 4.1.4.3, 4.1.4.3.1, 2.6.1; Linux vp_modern_set_queue_reset",
+        ),
     ]
 }
 

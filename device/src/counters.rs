@@ -86,6 +86,13 @@ pub struct DeviceCounters {
     pub ctrl_errors: u64,
     /// Doorbells for a queue that is not running (ignored).
     pub spurious_doorbells: u64,
+    /// Doorbells whose VIRTIO_F_NOTIFICATION_DATA vqn named another queue than their address
+    /// (ignored: nothing serviced).
+    pub bad_notification_data: u64,
+    /// Queues reset alone through queue_reset (VIRTIO_F_RING_RESET).
+    pub queue_resets: u64,
+    /// queue_reset writes refused: RING_RESET not negotiated, or a value other than 1.
+    pub queue_reset_refused: u64,
     /// Doorbells taken from the shared notify window (a subset of the per-queue `doorbells`;
     /// the rest were trapped register writes).
     pub shared_doorbells: u64,
@@ -168,6 +175,9 @@ impl DeviceCounters {
             ("ctrl_commands", self.ctrl_commands),
             ("ctrl_errors", self.ctrl_errors),
             ("spurious_doorbells", self.spurious_doorbells),
+            ("bad_notification_data", self.bad_notification_data),
+            ("queue_resets", self.queue_resets),
+            ("queue_reset_refused", self.queue_reset_refused),
             ("shared_doorbells", self.shared_doorbells),
             (
                 "shared_doorbells_at_access",

@@ -38,11 +38,17 @@ pub enum Quirk {
     GuestOffloadsIgnored,
     /// HASH_REPORT names the IP address type for a TCP/UDP 4-tuple hash.
     HashReportTypeWrong,
+    /// A queue reset (VIRTIO_F_RING_RESET) keeps the queue's last_avail/last_used indices, so
+    /// the re-enabled queue resumes at the old position instead of at 0.
+    RingResetKeepsState,
+    /// With VIRTIO_F_NOTIFICATION_DATA the device takes the vqn of a doorbell's data from bits
+    /// 16-31 (where the next avail index is) instead of bits 0-15.
+    NotificationDataVqnFromHighBits,
 }
 
 impl Quirk {
     /// Every quirk.
-    pub const ALL: [Quirk; 15] = [
+    pub const ALL: [Quirk; 17] = [
         Quirk::RingStateReadOnly,
         Quirk::StaleUsedIdx,
         Quirk::LogSkipsUsedRing,
@@ -58,6 +64,8 @@ impl Quirk {
         Quirk::TsoSeqWrong,
         Quirk::GuestOffloadsIgnored,
         Quirk::HashReportTypeWrong,
+        Quirk::RingResetKeepsState,
+        Quirk::NotificationDataVqnFromHighBits,
     ];
 
     /// CLI name.
@@ -78,6 +86,8 @@ impl Quirk {
             Quirk::TsoSeqWrong => "tso-seq-wrong",
             Quirk::GuestOffloadsIgnored => "guest-offloads-ignored",
             Quirk::HashReportTypeWrong => "hash-report-type-wrong",
+            Quirk::RingResetKeepsState => "ring-reset-keeps-state",
+            Quirk::NotificationDataVqnFromHighBits => "notification-data-vqn-from-high-bits",
         }
     }
 
@@ -99,6 +109,8 @@ impl Quirk {
             Quirk::TsoSeqWrong => "TX segmentation does not advance the TCP sequence number from segment to segment",
             Quirk::GuestOffloadsIgnored => "GUEST_OFFLOADS_SET is acked but ignored: the device keeps handing on GSO frames the driver turned off",
             Quirk::HashReportTypeWrong => "HASH_REPORT reports a TCP/UDP 4-tuple hash as an IPv4/IPv6 address hash (hash_report type wrong, value right)",
+            Quirk::RingResetKeepsState => "a queue reset (VIRTIO_F_RING_RESET) keeps the old last_avail/last_used indices, so the re-enabled queue does not start at 0",
+            Quirk::NotificationDataVqnFromHighBits => "with VIRTIO_F_NOTIFICATION_DATA the doorbell's vqn is taken from bits 16-31 (the next avail index) instead of bits 0-15",
         }
     }
 

@@ -42,7 +42,7 @@
 //! | `PCIC` | the 4096 config space bytes as the function reads them |
 //! | `MSIX` | vectors u16, enabled u8, function_mask u8, table (vectors x 4 dwords u32), PBA (ceil(vectors/64) x u64) |
 //! | `VIRT` | device_status u8, device_feature_select u32, driver_feature_select u32, driver_features u64, negotiated u64, config_msix_vector u16, queue_select u16, isr u8, config_generation u8 |
-//! | `QUES` | count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32) |
+//! | `QUES` | count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping, 3 resetting: queue_reset still reads 1), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32) |
 //! | `NETS` | mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16) |
 //! | `LMRG` | logging_ctrl u64, log base u64, log end u64, mq_pairs u32 |
 //! | `INBX` | frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes |
@@ -745,8 +745,12 @@ impl DeviceState {
         self.engine.check_inbox(&img.inbox)?;
         let v = &img.virtio;
         self.common.check(v)?;
-        self.engine
-            .check_queues(&img.queues, v.features_ok(), self.layout.msix_vectors)?;
+        self.engine.check_queues(
+            &img.queues,
+            v.features_ok(),
+            v.has(bar_registers::virtio::bits::RING_RESET),
+            self.layout.msix_vectors,
+        )?;
         self.engine.check_net(&img.net)?;
         let rss = img
             .rss
@@ -1243,8 +1247,10 @@ mod tests {
 
         /// A stream from the device before its config space grew from 0x11 to 0x18 bytes
         /// (the RSS fields of virtio 1.2 5.1.4): the format is the same, the device is not,
-        /// and the destination says where they differ (the device-specific capability's
-        /// length, config space byte 0x90) and stays reset.
+        /// and the destination says where they first differ and stays reset. That device's
+        /// common window was also shorter (0x3A, before queue_reset), so the first
+        /// difference is the common capability's length (config space byte 0x5C); the
+        /// device-specific capability's length (byte 0x90) differs too.
         #[test]
         fn a_stream_from_the_shorter_config_space_is_refused_at_the_capability_length() {
             const FIXTURE: &str = concat!(
@@ -1256,9 +1262,38 @@ mod tests {
             assert_eq!(
                 b.dev.restore_state(&saved),
                 Err(SnapshotError::ConfigMismatch {
-                    offset: 0x90,
-                    saved: 0x11,
-                    here: 0x18
+                    offset: 0x5C,
+                    saved: 0x3A,
+                    here: 0x3C
+                })
+            );
+            assert_eq!(b.dev.status(), 0);
+            let mut cfg = [0u8; 1];
+            b.dev.region_read(REGION_CONFIG, 0x90, &mut cfg).unwrap();
+            assert_eq!(
+                cfg[0], 0x18,
+                "and the device-specific length differs as well"
+            );
+        }
+
+        /// A stream from the device before the common window grew from 0x3A to 0x3C bytes
+        /// (queue_reset, VIRTIO_F_RING_RESET, virtio 1.2 4.1.4.3): the same format, another
+        /// device; refused at the common capability's length (config space byte 0x5C: Linux
+        /// vp_check_common_size needs the longer window for RING_RESET), destination reset.
+        #[test]
+        fn a_stream_from_the_shorter_common_window_is_refused_at_its_capability_length() {
+            const FIXTURE: &str = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/state-v1-common58.bin"
+            );
+            let saved = std::fs::read(FIXTURE).unwrap();
+            let b = Rig::new(None);
+            assert_eq!(
+                b.dev.restore_state(&saved),
+                Err(SnapshotError::ConfigMismatch {
+                    offset: 0x5C,
+                    saved: 0x3A,
+                    here: 0x3C
                 })
             );
             assert_eq!(b.dev.status(), 0);

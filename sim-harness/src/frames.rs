@@ -120,6 +120,11 @@ impl Tracker {
         }
     }
 
+    /// The next sequence number expected on `stream`: how far it arrived.
+    pub fn next_seq(&self, stream: u16) -> u64 {
+        self.next.get(&stream).copied().unwrap_or(0)
+    }
+
     /// Frames expected but never seen, given how many each stream sent.
     pub fn finish(&mut self, sent: &std::collections::HashMap<u16, u64>) {
         for (stream, &n) in sent {

@@ -73,6 +73,54 @@ fn each_quirk_fails_exactly_its_check() {
     }
 }
 
+/// The ring-reset and notification-data groups on their own: both ring layouts checked on the
+/// healthy model, and each group's quirk fails it with the finding that names the bug.
+#[test]
+fn ring_reset_and_notification_data_groups_pass_healthy_and_catch_their_quirk() {
+    let groups = ["ring-reset".to_string(), "notification-data".to_string()];
+    let run = |q: Option<Quirk>| {
+        let mut cfg = DeviceConfig::with_queue_pairs(2);
+        cfg.quirks = q.map_or(Quirks::NONE, |q| Quirks::NONE.with(q));
+        sim_harness::validate::run_groups(&InProcess { cfg }, &ValidateOptions::default(), &groups)
+            .expect("the built-in model opens")
+    };
+    let r = run(None);
+    for id in &groups {
+        let g = r.group(id).unwrap();
+        assert_eq!(g.verdict, Verdict::Pass, "{}", r.table());
+        for layout in ["split", "packed"] {
+            assert!(
+                g.findings
+                    .iter()
+                    .any(|f| f.name.starts_with(layout) && f.verdict == Verdict::Pass),
+                "{id}: {layout} checked:\n{}",
+                r.table()
+            );
+        }
+    }
+    let failed = |r: &Report, id: &str, name: &str| {
+        r.group(id)
+            .unwrap()
+            .findings
+            .iter()
+            .any(|f| f.verdict == Verdict::Fail && f.name.contains(name))
+    };
+    let r = run(Some(Quirk::RingResetKeepsState));
+    assert!(
+        failed(&r, "ring-reset", "ring state back to its default"),
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.group("notification-data").unwrap().verdict, Verdict::Pass);
+    let r = run(Some(Quirk::NotificationDataVqnFromHighBits));
+    assert!(
+        failed(&r, "notification-data", "traffic flows"),
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.group("ring-reset").unwrap().verdict, Verdict::Pass);
+}
+
 #[test]
 fn report_formats() {
     let r = validate(

@@ -5,8 +5,14 @@
 //! Each queue's doorbell (`notify + q * notify_off_multiplier`, the address the drivers compute
 //! from the notify capability) is a 4-byte slot. At rest it holds [`IDLE`] (`0xFFFF_FFFF`). A
 //! driver's kick is an ordinary store of the queue index there (16-bit in Linux `vp_notify` /
-//! `ifcvf_notify_queue`, DPDK `ifcvf_notify_queue`; 32-bit with VIRTIO_F_NOTIFICATION_DATA,
-//! which the device does not offer), so a kicked slot never reads [`IDLE`]. The doorbell
+//! `ifcvf_notify_queue`, DPDK `ifcvf_notify_queue`), so a kicked slot never reads [`IDLE`].
+//! With VIRTIO_F_NOTIFICATION_DATA negotiated the store is 32 bits (Linux
+//! `vp_notify_with_data`, DPDK `modern_notify_queue`; virtio 1.2 2.9): vqn in bits 0-15, the
+//! driver's next avail position in bits 16-31. It never equals [`IDLE`] either, since that would
+//! take vqn 0xFFFF, a queue no device has. The engine hands the consumed value to the device
+//! ([`NotifyArea::take_value`]), which checks that its vqn names the slot's queue (a mismatch is
+//! a counted bad doorbell that services nothing) and uses the position as a hint only. The
+//! doorbell
 //! engine *consumes* a kick: it swaps [`IDLE`] back in and services the queue only after
 //! that swap. A poller that looked for a changed value instead could not see two equal kicks
 //! in a row (the second writes the same bytes); consuming turns every kick into a change.
@@ -174,14 +180,26 @@ impl NotifyArea {
     /// Consumes queue `q`'s kick: true if one was there (the slot is [`IDLE`] again). Callers
     /// service the queue after this returns true, never before (see the module doc).
     pub fn take(&self, q: u16) -> bool {
-        let Some(&off) = self.slots.get(usize::from(q)) else {
-            return false;
-        };
+        self.take_value(q).is_some()
+    }
+
+    /// [`NotifyArea::take`], returning what the kick left in the slot: the 32-bit notification
+    /// data (VIRTIO_F_NOTIFICATION_DATA), or a narrower store over [`IDLE`]'s other bytes.
+    pub fn take_value(&self, q: u16) -> Option<u32> {
+        let &off = self.slots.get(usize::from(q))?;
         // A plain load first: an idle slot costs a shared cache-line read, and the line is not
         // taken exclusive (away from the driver's CPU) unless there is a kick to consume.
         match self.mem.read_u32(off) {
-            Ok(IDLE) | Err(_) => false,
-            Ok(_) => self.mem.swap_u32(off, IDLE).is_ok_and(|old| old != IDLE),
+            Ok(IDLE) | Err(_) => None,
+            Ok(_) => self.mem.swap_u32(off, IDLE).ok().filter(|&old| old != IDLE),
+        }
+    }
+
+    /// Drops a kick waiting in queue `q`'s slot (the queue was reset alone, VIRTIO_F_RING_RESET:
+    /// a kick from before its reset is not delivered to the re-enabled queue).
+    pub fn clear_slot(&self, q: u16) {
+        if let Some(&off) = self.slots.get(usize::from(q)) {
+            let _ = self.mem.store_release(off, &IDLE.to_le_bytes());
         }
     }
 
@@ -242,6 +260,18 @@ impl NotifyArea {
         Ok(())
     }
 
+    /// A driver's kick of queue `q` with VIRTIO_F_NOTIFICATION_DATA: the 32-bit `data` stored
+    /// in the slot (tests and in-process drivers).
+    pub fn ring_data(&self, q: u16, data: u32) -> Result<(), NotifyAreaError> {
+        let off = *self.slots.get(usize::from(q)).ok_or(ShmError::OutOfRange {
+            offset: u64::from(q),
+            len: 0,
+            size: self.slots.len() as u64,
+        })?;
+        self.mem.store_release(off, &data.to_le_bytes())?;
+        Ok(())
+    }
+
     /// The raw value of queue `q`'s slot (tests, diagnostics).
     pub fn slot(&self, q: u16) -> Option<u32> {
         self.mem.read_u32(*self.slots.get(usize::from(q))?).ok()
@@ -291,6 +321,27 @@ mod tests {
         assert!(a.take(5) && a.take(6));
         assert!(!a.take(9) && !a.take(u16::MAX), "no such queue");
         assert!(a.ring(9, 2).is_err());
+    }
+
+    #[test]
+    fn notification_data_is_handed_over_whole_and_a_slot_clears_alone() {
+        let a = NotifyArea::new(&layout(NotifyLayout::Compact)).unwrap();
+        // Split: vqn 3, next_idx 0x0102. Packed: vqn 2, next_off 5, next_wrap 1.
+        a.ring_data(3, 0x0102_0003).unwrap();
+        a.ring_data(2, 0x8005_0002).unwrap();
+        a.ring(1, 2).unwrap();
+        assert_eq!(a.take_value(3), Some(0x0102_0003));
+        assert_eq!(a.take_value(3), None, "consumed");
+        assert_eq!(
+            a.take_value(1),
+            Some(0xFFFF_0001),
+            "a 16-bit kick over IDLE"
+        );
+        a.clear_slot(2);
+        assert_eq!(a.take_value(2), None, "cleared");
+        a.ring(4, 2).unwrap();
+        a.clear_slot(2);
+        assert!(a.take(4), "another queue's kick stays");
     }
 
     #[test]

@@ -301,7 +301,7 @@ impl NetEngine {
             common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
             common::QUEUE_ENABLE => match &mut slot.state {
                 QueueState::Enabled(_) => 1,
-                QueueState::Disabled => 0,
+                QueueState::Disabled | QueueState::Resetting { .. } => 0,
                 QueueState::Stopping { reads_left } => {
                     if *reads_left == 0 {
                         slot.state = QueueState::Disabled;
@@ -311,6 +311,20 @@ impl NetEngine {
                         1
                     }
                 }
+            },
+            // 4.1.4.3.1: 1 while the reset is ongoing, then 0 (with queue_enable 0). The caller
+            // reads 0 here when VIRTIO_F_RING_RESET was not negotiated.
+            common::QUEUE_RESET => match &mut slot.state {
+                QueueState::Resetting { reads_left } => {
+                    if *reads_left == 0 {
+                        slot.state = QueueState::Disabled;
+                        0
+                    } else {
+                        *reads_left -= 1;
+                        1
+                    }
+                }
+                _ => 0,
             },
             common::QUEUE_NOTIFY_OFF => q.into(),
             common::QUEUE_DESC => slot.desc,
@@ -419,6 +433,37 @@ impl NetEngine {
             };
         }
         res
+    }
+
+    /// Resets queue `q` alone (queue_reset = 1, virtio 1.2 2.6.1.1): the ring and its
+    /// in-flight work are dropped unpublished (2.6.1.1.1: no request of the queue executed and
+    /// no notification for it after the reset), every register goes back to its reset value
+    /// and the ring state to the default one (split 0/0; packed offset 0 with both wrap counters
+    /// 1, 2.8.1), as the LM block then reads it. Nothing of another queue, of the receive FIFO
+    /// or of the dirty log changes. queue_reset reads 1 for `disable_latency_reads` reads.
+    pub(crate) fn reset_queue(&mut self, q: u16, packed: bool) {
+        let keep = self.params.quirks.has(Quirk::RingResetKeepsState);
+        let latency = self.params.disable_latency_reads;
+        let slot = &mut self.queues[usize::from(q)];
+        let old = slot.ring_state();
+        let mut fresh = QueueSlot::new(self.params.queue_size_max);
+        fresh.ring_state = if keep {
+            // Bug (quirk ring-reset-keeps-state): the indices survive the reset.
+            old
+        } else if packed {
+            (PACKED_RESET_INDEX, PACKED_RESET_INDEX)
+        } else {
+            (0, 0)
+        };
+        fresh.resumed = fresh.ring_state;
+        fresh.state = if latency == 0 {
+            QueueState::Disabled
+        } else {
+            QueueState::Resetting {
+                reads_left: latency,
+            }
+        };
+        *slot = fresh;
     }
 
     /// Publishes queue `q`'s completed work (pause).

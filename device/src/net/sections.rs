@@ -25,6 +25,7 @@ enum QueueKind {
     Disabled,
     Enabled,
     Stopping(u32),
+    Resetting(u32),
 }
 
 /// One queue of a `QUES` image.
@@ -70,7 +71,7 @@ impl NetEngine {
     /// The `QUES` section of the device-state stream.
     pub const QUEUES_SECTION: SectionSpec = SectionSpec {
         name: "QUES",
-        body: "count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32)",
+        body: "count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping, 3 resetting: queue_reset still reads 1), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32)",
     };
     /// The `NETS` section of the device-state stream.
     pub const NET_SECTION: SectionSpec = SectionSpec {
@@ -122,6 +123,7 @@ impl NetEngine {
                 QueueState::Disabled => (0, 0),
                 QueueState::Enabled(_) => (1, 0),
                 QueueState::Stopping { reads_left } => (2, *reads_left),
+                QueueState::Resetting { reads_left } => (3, *reads_left),
             };
             w.u8(kind);
             w.u32(reads_left);
@@ -161,6 +163,7 @@ impl NetEngine {
                 0 => QueueKind::Disabled,
                 1 => QueueKind::Enabled,
                 2 => QueueKind::Stopping(reads_left),
+                3 => QueueKind::Resetting(reads_left),
                 k => return Err(invalid("queue state", format!("queue {q}: {k}"))),
             };
             let ring_state = (r.u16()?, r.u16()?);
@@ -189,6 +192,7 @@ impl NetEngine {
         &self,
         queues: &[QueueImage],
         features_ok: bool,
+        ring_reset: bool,
         msix_vectors: u16,
     ) -> Result<(), SnapshotError> {
         let max = self.params.queue_size_max;
@@ -211,13 +215,20 @@ impl NetEngine {
                     format!("queue {q} enabled before FEATURES_OK"),
                 ));
             }
+            if matches!(qi.kind, QueueKind::Resetting(_)) && !ring_reset {
+                return Err(invalid(
+                    "queue state",
+                    format!("queue {q} resetting without VIRTIO_F_RING_RESET negotiated"),
+                ));
+            }
         }
         Ok(())
     }
 
     /// Sets every queue's registers and ring state as saved; live queues stay disabled here
     /// (the device enables them through the normal enable path, which builds each ring at its
-    /// ring state), stopping ones keep stopping.
+    /// ring state), stopping ones keep stopping and resetting ones keep resetting (queue_reset
+    /// goes on reading 1 for as many reads as on the source).
     pub(crate) fn restore_queues(&mut self, queues: &[QueueImage]) {
         for (slot, qi) in self.queues.iter_mut().zip(queues) {
             slot.size = qi.size;
@@ -230,6 +241,7 @@ impl NetEngine {
             slot.late_final = qi.late_final;
             slot.state = match qi.kind {
                 QueueKind::Stopping(reads_left) => QueueState::Stopping { reads_left },
+                QueueKind::Resetting(reads_left) => QueueState::Resetting { reads_left },
                 _ => QueueState::Disabled,
             };
         }

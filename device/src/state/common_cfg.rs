@@ -55,6 +55,11 @@ impl CommonImage {
     pub(crate) fn negotiated(&self) -> u64 {
         self.negotiated
     }
+
+    /// Whether the saved device had negotiated feature `bit`.
+    pub(crate) fn has(&self, bit: u32) -> bool {
+        self.negotiated & (1u64 << bit) != 0
+    }
 }
 
 /// The device-wide common configuration registers.

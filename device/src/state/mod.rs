@@ -20,6 +20,8 @@ pub mod common_cfg;
 pub mod lm_block;
 pub mod pci_function;
 mod queue_slot;
+#[cfg(test)]
+mod ring_reset_tests;
 
 use crate::config::DeviceConfig;
 use crate::counters::{DeviceCounters, QueueCounters};
@@ -301,7 +303,11 @@ impl DeviceState {
         if let Some(rel) = layout.notify.contains(bar, off) {
             // Doorbell: 16-bit queue index (32-bit accepted). The address selects the queue.
             match layout.doorbell_queue(off) {
-                Some(q) if q < layout.num_queues && matches!(data.len(), 2 | 4) => self.doorbell(q),
+                Some(q) if q < layout.num_queues && matches!(data.len(), 2 | 4) => {
+                    if self.notification_data_ok(q, val as u32) {
+                        self.doorbell(q);
+                    }
+                }
                 _ => {
                     let _ = rel;
                     self.counters.bad_register_accesses += 1;
@@ -337,6 +343,8 @@ impl DeviceState {
     fn common_read(&mut self, reg: u64) -> u64 {
         match self.common.read(reg) {
             CommonRead::Value(v) => v,
+            // 4.1.4.3: queue_reset "exists only if VIRTIO_F_RING_RESET has been negotiated".
+            CommonRead::Queue(_) if reg == common::QUEUE_RESET && !self.has(bits::RING_RESET) => 0,
             CommonRead::Queue(q) => self.engine.queue_read(q, reg),
         }
     }
@@ -355,6 +363,10 @@ impl DeviceState {
             self.engine.queues()[usize::from(q)].state,
             QueueState::Disabled
         );
+        if reg == common::QUEUE_RESET {
+            self.queue_reset_write(q, val);
+            return;
+        }
         if reg == common::QUEUE_ENABLE {
             match (val as u16, enabled) {
                 (1, false) => self.enable_queue(q),
@@ -425,6 +437,32 @@ impl DeviceState {
             Ok(()) => {}
             Err(f) => self.fail(f),
         }
+    }
+
+    /// A queue_reset write (virtio 1.2 4.1.4.3, 2.6.1.1): 1 resets queue `q` alone when
+    /// VIRTIO_F_RING_RESET was negotiated; anything else changes nothing and is counted
+    /// (`queue_reset_refused`). A kick of the queue waiting in the shared notify window is
+    /// dropped with it.
+    fn queue_reset_write(&mut self, q: u16, val: u64) {
+        let _span = tracing::debug_span!("queue_reset", queue = q).entered();
+        let refused = if !self.has(bits::RING_RESET) {
+            Some("VIRTIO_F_RING_RESET not negotiated")
+        } else if val != 1 {
+            Some("only 1 resets a queue")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            self.counters.queue_reset_refused += 1;
+            tracing::info!(queue = q, value = val, why, "queue_reset write refused");
+            return;
+        }
+        self.engine.reset_queue(q, self.has(bits::RING_PACKED));
+        if let Some(area) = &self.notify_area {
+            area.clear_slot(q);
+        }
+        self.counters.queue_resets += 1;
+        tracing::info!(queue = q, "queue reset");
     }
 
     fn disable_queue(&mut self, q: u16) {
@@ -525,16 +563,41 @@ impl DeviceState {
         };
         let mut n = 0;
         for q in 0..area.queues().min(self.layout.num_queues) {
-            if area.take(q) {
+            if let Some(data) = area.take_value(q) {
                 n += 1;
                 self.counters.shared_doorbells += 1;
                 if at_access {
                     self.counters.shared_doorbells_at_access += 1;
                 }
-                self.doorbell(q);
+                if self.notification_data_ok(q, data) {
+                    self.doorbell(q);
+                }
             }
         }
         n
+    }
+
+    /// With VIRTIO_F_NOTIFICATION_DATA negotiated, whether a doorbell of queue `q` carrying
+    /// `data` may ring: its vqn (bits 0-15, virtio 1.2 2.9) must name `q`, the queue of the
+    /// address it was written to (4.1.5.2). A mismatch is a bad doorbell: counted
+    /// (`bad_notification_data`), no queue serviced. The rest of the data (next_idx, or
+    /// next_off and next_wrap) is a hint the device does not need: it reads the ring itself.
+    /// Without the feature the value is not looked at (the address selects the queue).
+    fn notification_data_ok(&mut self, q: u16, data: u32) -> bool {
+        if !self.has(bits::NOTIFICATION_DATA) {
+            return true;
+        }
+        let vqn = if self.quirk(Quirk::NotificationDataVqnFromHighBits) {
+            // Bug (quirk notification-data-vqn-from-high-bits).
+            (data >> 16) as u16
+        } else {
+            data as u16
+        };
+        if vqn != q {
+            self.counters.bad_notification_data += 1;
+            return false;
+        }
+        true
     }
 
     /// A doorbell for queue `q`.

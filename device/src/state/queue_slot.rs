@@ -1,6 +1,14 @@
-//! One queue's registers and stop state machine, as queue_enable and the LM ring state
+//! One queue's registers and state machine, as queue_enable, queue_reset and the LM ring state
 //! register see it (virtio 1.2 4.1.4.3, extended by the IFC VF stop semantics DPDK's
-//! ifcvf.c ifcvf_hw_disable relies on).
+//! ifcvf.c ifcvf_hw_disable relies on, and by the virtqueue reset of 2.6.1).
+//!
+//! ```text
+//!            queue_enable = 1                 queue_enable = 0
+//! Disabled ------------------> Enabled ------------------> Stopping --(reads)--> Disabled
+//!    ^                           |  queue_reset = 1 (RING_RESET, from any state)
+//!    |                           v
+//!    +-------(reads)-------- Resetting
+//! ```
 
 use crate::queue::Ring;
 use bar_registers::virtio::NO_VECTOR;
@@ -16,6 +24,15 @@ pub enum QueueState {
     Enabled(Box<Ring>),
     /// Stop requested: the ring state is final; queue_enable still reads 1 for this many reads.
     Stopping { reads_left: u32 },
+    /// Virtqueue reset in progress (virtio 1.2 2.6.1.1, VIRTIO_F_RING_RESET): the ring was
+    /// dropped with its in-flight work ("the device MUST NOT execute any requests from that
+    /// virtqueue, or notify the driver for it", 2.6.1.1.1) and the registers and ring state are
+    /// back to their defaults. queue_reset reads 1 for this many reads ("MUST continue to
+    /// present 1 in queue_reset as long as the queue reset is ongoing", 4.1.4.3.1), then the
+    /// queue is Disabled: 0 in both queue_reset and queue_enable, and the driver may re-enable
+    /// it with a new size and new rings (2.6.1.2). queue_enable reads 0 throughout; no
+    /// register of the queue is writable until the reset is done.
+    Resetting { reads_left: u32 },
 }
 
 /// Per-queue registers and state.
@@ -37,6 +54,7 @@ pub struct QueueSlot {
 }
 
 impl QueueSlot {
+    /// A queue at its reset values (device reset, 2.4) with a queue_size of `size`.
     pub(crate) fn new(size: u16) -> Self {
         QueueSlot {
             size,

@@ -11,10 +11,13 @@ mod checks;
 mod hash_report;
 mod in_order;
 mod locate;
+mod notification_data;
 mod offloads;
 pub mod report;
+mod ring_reset;
 mod rss;
 mod rx_gso;
+mod traffic;
 #[cfg(target_os = "linux")]
 pub mod vfio;
 
@@ -58,6 +61,14 @@ pub const GROUPS: &[(&str, &str)] = &[
         "buffers used in the order they were made available (VIRTIO_F_IN_ORDER, when offered)",
     ),
     (
+        "ring-reset",
+        "one queue reset and re-enabled with a new size while the others run (VIRTIO_F_RING_RESET, when offered)",
+    ),
+    (
+        "notification-data",
+        "doorbells carrying vqn and next index (VIRTIO_F_NOTIFICATION_DATA, when offered)",
+    ),
+    (
         "checksum",
         "TX checksum offload (VIRTIO_NET_F_CSUM): checksums completed, bad headers dropped",
     ),
@@ -93,6 +104,8 @@ pub fn owning_group(q: device::Quirk) -> &'static str {
         Quirk::TsoIpIdFixed | Quirk::TsoSeqWrong => "tso",
         Quirk::GuestOffloadsIgnored => "rx-gso",
         Quirk::HashReportTypeWrong => "hash-report",
+        Quirk::RingResetKeepsState => "ring-reset",
+        Quirk::NotificationDataVqnFromHighBits => "notification-data",
     }
 }
 

@@ -51,6 +51,14 @@ pub enum DriverError {
     QueueVectorRejected { queue: u16, want: u16, got: u16 },
     #[error("queue {queue}: queue_enable still reads 1 after {polls} polls")]
     DisableTimeout { queue: u16, polls: u32 },
+    #[error("queue {queue}: queue_reset still reads 1 after {polls} polls")]
+    QueueResetTimeout { queue: u16, polls: u32 },
+    #[error("queue {queue}: {what} reads {got} before the re-enable (the reset is not done)")]
+    QueueResetBusy {
+        queue: u16,
+        what: &'static str,
+        got: u16,
+    },
     #[error("queue {queue}: queue_enable reads {got} after writing 1")]
     EnableFailed { queue: u16, got: u16 },
     #[error("queue {queue}: device returned used id {id}, which is not an in-flight head")]

@@ -99,6 +99,9 @@ pub fn txq(pair: u16) -> u16 {
     2 * pair + 1
 }
 
+mod ring_reset;
+pub use ring_reset::RESET_POLLS;
+
 /// A driver ring of either layout.
 #[derive(Debug)]
 pub enum DriverQueueRing {
@@ -148,6 +151,24 @@ impl DriverQueueRing {
         match self {
             DriverQueueRing::Split(r) => (r.desc, r.avail, r.used, r.size),
             DriverQueueRing::Packed(r) => (r.desc, r.driver, r.device, r.size),
+        }
+    }
+    /// The VIRTIO_F_NOTIFICATION_DATA value of a kick of queue `q` (virtio 1.2 2.9; Linux
+    /// virtio_ring.c vring_notification_data): vqn in bits 0-15; split: the next avail index
+    /// (the avail->idx just published) in 16-31; packed: the next descriptor offset in 16-30
+    /// and the driver's wrap counter in 31.
+    pub fn notification_data(&self, q: u16) -> u32 {
+        let next = match self {
+            DriverQueueRing::Split(r) => r.avail_idx,
+            DriverQueueRing::Packed(r) => crate::packed::off_wrap(r.next_avail, r.avail_wrap),
+        };
+        u32::from(next) << 16 | u32::from(q)
+    }
+    /// Heads (split) or buffer ids (packed) in flight.
+    fn in_flight_ids(&self) -> Vec<u16> {
+        match self {
+            DriverQueueRing::Split(r) => r.in_flight_heads(),
+            DriverQueueRing::Packed(r) => r.in_flight_ids(),
         }
     }
     /// Chains in flight.
@@ -649,11 +670,30 @@ impl NetDriver {
             .ok_or_else(|| DriverError::Usage(format!("queue {q} is not running")))
     }
 
-    /// Rings queue `q`'s doorbell.
+    /// Rings queue `q`'s doorbell: a 16-bit store of the queue index (Linux vp_notify, DPDK
+    /// ifcvf_notify_queue), or with VIRTIO_F_NOTIFICATION_DATA negotiated a 32-bit store of
+    /// the notification data (Linux vp_notify_with_data, virtio 1.2 4.1.5.2).
     pub fn kick(&mut self, q: u16) -> Result<(), DriverError> {
-        let off = self.queue(q)?.notify_off;
+        let with_data = self.features & (1 << bits::NOTIFICATION_DATA) != 0;
+        let qu = self.queue(q)?;
+        let data = qu.ring.notification_data(q);
+        if with_data {
+            self.notify_write(q, 4, data.into())
+        } else {
+            self.notify_write(q, 2, q.into())
+        }
+    }
+
+    /// Stores `value` (`width` bytes) at queue `q`'s doorbell address, whatever it holds: the
+    /// validator's kicks with a wrong vqn.
+    pub fn notify_write(&self, q: u16, width: usize, value: u64) -> Result<(), DriverError> {
+        let off = self
+            .queues
+            .get(usize::from(q))
+            .and_then(Option::as_ref)
+            .map_or(q, |qu| qu.notify_off);
         let addr = self.pci.notify.offset + u64::from(off) * u64::from(self.pci.notify_multiplier);
-        self.bar_write(self.pci.notify.bar, addr, 2, q.into())
+        self.bar_write(self.pci.notify.bar, addr, width, value)
     }
 
     /// Publishes queue `q` and kicks it if the device asked for it.

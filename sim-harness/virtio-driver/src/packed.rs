@@ -179,6 +179,11 @@ impl PackedDriverRing {
         self.slots.iter().filter(|&&n| n != 0).count()
     }
 
+    /// Ids of the buffers in flight.
+    pub fn in_flight_ids(&self) -> Vec<u16> {
+        (0..self.size).filter(|&id| self.is_in_flight(id)).collect()
+    }
+
     /// Whether buffer `id` is in flight.
     pub fn is_in_flight(&self, id: u16) -> bool {
         self.slots.get(usize::from(id)).is_some_and(|&n| n != 0)

@@ -244,6 +244,13 @@ impl DriverRing {
         Ok(Some((head, len)))
     }
 
+    /// Heads of the chains in flight (made available, not yet used).
+    pub fn in_flight_heads(&self) -> Vec<u16> {
+        (0..self.size)
+            .filter(|&h| !self.chains[usize::from(h)].is_empty())
+            .collect()
+    }
+
     /// Resets the driver state to match a device resuming at `idx` for both avail and used,
     /// keeping the ring memory (used after a migration restore on a fresh driver).
     pub fn resync(&mut self, avail_idx: u16, last_used: u16) {
