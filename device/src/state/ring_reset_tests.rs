@@ -277,9 +277,51 @@ fn while_resetting_no_register_of_the_queue_is_writable() {
     r.write(common::QUEUE_SIZE, 2, 8);
     assert_eq!(r.dev.counters().ignored_register_writes, ignored + 2);
     assert!(!r.dev.queue(1).unwrap().enabled);
-    r.wait_reset();
+    // Nor is its LM ring state (a stopped queue's is; a resetting one is not stopped yet).
+    let lm = r.dev.layout().lm;
+    let at = lm.offset + ring_state_offset(LmLayout::Dpdk, 1);
+    r.dev
+        .region_write(lm.bar.into(), at, &0x0005_0005u32.to_le_bytes())
+        .unwrap();
+    assert_eq!(r.dev.counters().ignored_register_writes, ignored + 3);
+    // A second 1 while resetting starts the reset over: queue_reset reads 1 twice more.
+    assert_eq!(r.read(common::QUEUE_RESET, 2), 1);
+    r.write(common::QUEUE_RESET, 2, 1);
+    assert_eq!(r.dev.counters().queue_resets, 2);
+    assert_eq!(r.wait_reset(), 2);
+    assert_eq!(r.lm_state(1), (0, 0));
     assert_eq!(r.read(common::QUEUE_SIZE, 2), 256);
     // The LM ring state is writable again once the reset is done (a stopped queue's is).
+    r.enable(1, 1, QSIZE);
+    assert!(r.dev.queue(1).unwrap().enabled);
+}
+
+#[test]
+fn with_no_reset_latency_the_queue_is_disabled_at_once() {
+    let mut cfg = DeviceConfig::with_queue_pairs(2);
+    cfg.disable_latency_reads = 0;
+    let r = Rig {
+        dev: Device::new(cfg).unwrap(),
+        ..Rig::new()
+    };
+    r.dev.set_loopback();
+    let shm = r.shm.clone();
+    r.dev
+        .dma_map(
+            IOVA,
+            MEM,
+            Perms::RW,
+            Backing::Fd {
+                file: shm.try_clone_file().unwrap(),
+                offset: 0,
+            },
+        )
+        .unwrap();
+    r.start(&[bits::RING_RESET]);
+    r.select(1);
+    r.write(common::QUEUE_RESET, 2, 1);
+    assert_eq!(r.wait_reset(), 0, "the first read is already 0");
+    assert_eq!(r.read(common::QUEUE_ENABLE, 2), 0);
     r.enable(1, 1, QSIZE);
     assert!(r.dev.queue(1).unwrap().enabled);
 }
