@@ -89,6 +89,10 @@ pub struct DeviceCounters {
     /// Doorbells whose VIRTIO_F_NOTIFICATION_DATA vqn named another queue than their address
     /// (ignored: nothing serviced).
     pub bad_notification_data: u64,
+    /// Frames dropped because every RX queue in use was being reset (virtio 1.2 5.1.6.5.6.1).
+    pub rx_dropped_queue_reset: u64,
+    /// Frames steered to an RX queue being reset and delivered to another one instead.
+    pub rx_resteered_queue_reset: u64,
     /// Queues reset alone through queue_reset (VIRTIO_F_RING_RESET).
     pub queue_resets: u64,
     /// queue_reset writes refused: RING_RESET not negotiated, or a value other than 1.
@@ -176,6 +180,8 @@ impl DeviceCounters {
             ("ctrl_errors", self.ctrl_errors),
             ("spurious_doorbells", self.spurious_doorbells),
             ("bad_notification_data", self.bad_notification_data),
+            ("rx_dropped_queue_reset", self.rx_dropped_queue_reset),
+            ("rx_resteered_queue_reset", self.rx_resteered_queue_reset),
             ("queue_resets", self.queue_resets),
             ("queue_reset_refused", self.queue_reset_refused),
             ("shared_doorbells", self.shared_doorbells),

@@ -42,7 +42,7 @@
 //! | `PCIC` | the 4096 config space bytes as the function reads them |
 //! | `MSIX` | vectors u16, enabled u8, function_mask u8, table (vectors x 4 dwords u32), PBA (ceil(vectors/64) x u64) |
 //! | `VIRT` | device_status u8, device_feature_select u32, driver_feature_select u32, driver_features u64, negotiated u64, config_msix_vector u16, queue_select u16, isr u8, config_generation u8 |
-//! | `QUES` | count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping, 3 resetting: queue_reset still reads 1), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32) |
+//! | `QUES` | count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping, 3 resetting: queue_reset still reads 1, 4 reset: done, not re-enabled yet), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32) |
 //! | `NETS` | mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16) |
 //! | `LMRG` | logging_ctrl u64, log base u64, log end u64, mq_pairs u32 |
 //! | `INBX` | frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes |

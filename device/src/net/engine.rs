@@ -301,7 +301,7 @@ impl NetEngine {
             common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
             common::QUEUE_ENABLE => match &mut slot.state {
                 QueueState::Enabled(_) => 1,
-                QueueState::Disabled | QueueState::Resetting { .. } => 0,
+                QueueState::Disabled | QueueState::Resetting { .. } | QueueState::Reset => 0,
                 QueueState::Stopping { reads_left } => {
                     if *reads_left == 0 {
                         slot.state = QueueState::Disabled;
@@ -317,7 +317,7 @@ impl NetEngine {
             common::QUEUE_RESET => match &mut slot.state {
                 QueueState::Resetting { reads_left } => {
                     if *reads_left == 0 {
-                        slot.state = QueueState::Disabled;
+                        slot.state = QueueState::Reset;
                         0
                     } else {
                         *reads_left -= 1;
@@ -348,7 +348,7 @@ impl NetEngine {
     ) -> bool {
         let max = self.params.queue_size_max;
         let slot = &mut self.queues[usize::from(q)];
-        let enabled = !matches!(slot.state, QueueState::Disabled);
+        let enabled = !slot.state.is_programmable();
         if enabled && reg != common::QUEUE_MSIX_VECTOR {
             return false;
         }
@@ -457,7 +457,7 @@ impl NetEngine {
         };
         fresh.resumed = fresh.ring_state;
         fresh.state = if latency == 0 {
-            QueueState::Disabled
+            QueueState::Reset
         } else {
             QueueState::Resetting {
                 reads_left: latency,
@@ -489,9 +489,7 @@ impl NetEngine {
         f: impl FnOnce((u16, u16)) -> (u16, u16),
     ) -> bool {
         let slot = &mut self.queues[usize::from(q)];
-        if !matches!(slot.state, QueueState::Disabled)
-            || self.params.quirks.has(Quirk::RingStateReadOnly)
-        {
+        if !slot.state.is_programmable() || self.params.quirks.has(Quirk::RingStateReadOnly) {
             return false;
         }
         slot.late_final = None;

@@ -248,6 +248,18 @@ impl NetEngine {
                     2 * p
                 }
             };
+            let q = match self.not_being_reset(q) {
+                Some(r) if r == q => q,
+                Some(r) => {
+                    dp.counters.rx_resteered_queue_reset += 1;
+                    r
+                }
+                None => {
+                    dp.counters.rx_dropped_queue_reset += 1;
+                    self.inbox.recycle(frame.data);
+                    continue;
+                }
+            };
             // 5.1.6.4.1: with GUEST_CSUM the device MAY set DATA_VALID, and then MUST have
             // validated the checksum: only a TCP/UDP checksum that verified gets it.
             let (out_hdr, csum) = match plan {
@@ -400,6 +412,23 @@ impl NetEngine {
                 data,
             });
         }
+    }
+
+    /// The RX queue a frame steered to `q` goes to while RX queues are reset alone
+    /// (VIRTIO_F_RING_RESET, virtio 1.2 2.6.1, which leaves steering to a queue being reset
+    /// open: oasis-tcs/virtio-spec issue #138): another queue, the next pair in use whose RX
+    /// queue is not being reset, or None (drop) when every one is, so frames for a queue the
+    /// driver may be resizing neither wait in front of other queues' frames in the FIFO nor
+    /// pile up. A stopped queue (IFC VF stop, migration) is not being reset: its frames wait.
+    fn not_being_reset(&self, q: u16) -> Option<u16> {
+        let reset = |r: u16| self.queues[usize::from(r)].state.being_reset();
+        if !reset(q) {
+            return Some(q);
+        }
+        let pairs = self.net.curr_pairs.max(1);
+        (1..=pairs)
+            .map(|i| 2 * ((q / 2 + i) % pairs))
+            .find(|&r| !reset(r))
     }
 
     fn arm_rx(&mut self, q: u16) -> Result<bool, DeviceFault> {

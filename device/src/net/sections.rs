@@ -26,6 +26,7 @@ enum QueueKind {
     Enabled,
     Stopping(u32),
     Resetting(u32),
+    Reset,
 }
 
 /// One queue of a `QUES` image.
@@ -71,7 +72,7 @@ impl NetEngine {
     /// The `QUES` section of the device-state stream.
     pub const QUEUES_SECTION: SectionSpec = SectionSpec {
         name: "QUES",
-        body: "count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping, 3 resetting: queue_reset still reads 1), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32)",
+        body: "count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping, 3 resetting: queue_reset still reads 1, 4 reset: done, not re-enabled yet), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32)",
     };
     /// The `NETS` section of the device-state stream.
     pub const NET_SECTION: SectionSpec = SectionSpec {
@@ -124,6 +125,7 @@ impl NetEngine {
                 QueueState::Enabled(_) => (1, 0),
                 QueueState::Stopping { reads_left } => (2, *reads_left),
                 QueueState::Resetting { reads_left } => (3, *reads_left),
+                QueueState::Reset => (4, 0),
             };
             w.u8(kind);
             w.u32(reads_left);
@@ -164,6 +166,7 @@ impl NetEngine {
                 1 => QueueKind::Enabled,
                 2 => QueueKind::Stopping(reads_left),
                 3 => QueueKind::Resetting(reads_left),
+                4 => QueueKind::Reset,
                 k => return Err(invalid("queue state", format!("queue {q}: {k}"))),
             };
             let ring_state = (r.u16()?, r.u16()?);
@@ -215,7 +218,7 @@ impl NetEngine {
                     format!("queue {q} enabled before FEATURES_OK"),
                 ));
             }
-            if matches!(qi.kind, QueueKind::Resetting(_)) && !ring_reset {
+            if matches!(qi.kind, QueueKind::Resetting(_) | QueueKind::Reset) && !ring_reset {
                 return Err(invalid(
                     "queue state",
                     format!("queue {q} resetting without VIRTIO_F_RING_RESET negotiated"),
@@ -242,6 +245,7 @@ impl NetEngine {
             slot.state = match qi.kind {
                 QueueKind::Stopping(reads_left) => QueueState::Stopping { reads_left },
                 QueueKind::Resetting(reads_left) => QueueState::Resetting { reads_left },
+                QueueKind::Reset => QueueState::Reset,
                 _ => QueueState::Disabled,
             };
         }

@@ -359,10 +359,7 @@ impl DeviceState {
     }
 
     fn queue_write(&mut self, q: u16, reg: u64, rel: u64, len: usize, val: u64) {
-        let enabled = !matches!(
-            self.engine.queues()[usize::from(q)].state,
-            QueueState::Disabled
-        );
+        let enabled = !self.engine.queues()[usize::from(q)].state.is_programmable();
         if reg == common::QUEUE_RESET {
             self.queue_reset_write(q, val);
             return;

@@ -5,9 +5,9 @@
 //! ```text
 //!            queue_enable = 1                 queue_enable = 0
 //! Disabled ------------------> Enabled ------------------> Stopping --(reads)--> Disabled
-//!    ^                           |  queue_reset = 1 (RING_RESET, from any state)
-//!    |                           v
-//!    +-------(reads)-------- Resetting
+//!                               ^   |  queue_reset = 1 (RING_RESET, from any state)
+//!              queue_enable = 1 |   v
+//!                             Reset <--(reads)-- Resetting
 //! ```
 
 use crate::queue::Ring;
@@ -33,6 +33,24 @@ pub enum QueueState {
     /// it with a new size and new rings (2.6.1.2). queue_enable reads 0 throughout; no
     /// register of the queue is writable until the reset is done.
     Resetting { reads_left: u32 },
+    /// The reset is done and the queue not re-enabled yet: 0 in both queue_reset and
+    /// queue_enable (4.1.4.3.1), programmable like [`QueueState::Disabled`]. Unlike a stopped
+    /// queue, an RX queue here (or resetting) is "being reset" for steering: its frames go to
+    /// another RX queue, or are dropped when every one is (net/rx.rs `not_being_reset`).
+    Reset,
+}
+
+impl QueueState {
+    /// Whether the queue's registers and LM ring state take writes (not live, not stopping,
+    /// not resetting).
+    pub fn is_programmable(&self) -> bool {
+        matches!(self, QueueState::Disabled | QueueState::Reset)
+    }
+
+    /// Whether the queue is being reset (VIRTIO_F_RING_RESET) and not re-enabled yet.
+    pub fn being_reset(&self) -> bool {
+        matches!(self, QueueState::Resetting { .. } | QueueState::Reset)
+    }
 }
 
 /// Per-queue registers and state.

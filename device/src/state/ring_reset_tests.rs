@@ -326,6 +326,52 @@ fn with_no_reset_latency_the_queue_is_disabled_at_once() {
     assert!(r.dev.queue(1).unwrap().enabled);
 }
 
+/// With every RX queue in use being reset a received frame is dropped (one pair in use here),
+/// the frames that waited for it too; after the re-enable the queue takes frames again.
+#[test]
+fn frames_for_an_rx_queue_being_reset_are_dropped_when_no_other_can_take_them() {
+    let r = Rig::new();
+    r.start(&[bits::RING_RESET]);
+    // No RX buffers yet: two looped-back frames wait in the FIFO for RX queue 0.
+    r.post_tx(1, 0, 0);
+    r.post_tx(1, 0, 1);
+    r.kick(1, &1u16.to_le_bytes());
+    assert_eq!(r.dev.inbox().len(), 2);
+    r.select(0);
+    r.write(common::QUEUE_RESET, 2, 1);
+    // The next service (a TX kick) finds RX 0 being reset: the waiting and the new frame are
+    // dropped, counted.
+    r.post_tx(1, 0, 2);
+    r.kick(1, &1u16.to_le_bytes());
+    assert_eq!(r.dev.inbox().len(), 0);
+    let c = r.dev.counters();
+    assert_eq!(
+        (c.rx_dropped_queue_reset, c.rx_resteered_queue_reset),
+        (3, 0)
+    );
+    // Re-enabled, RX 0 takes frames again.
+    r.wait_reset();
+    r.enable(0, 1, QSIZE);
+    r.post(0, 1, 0, 2048, true);
+    r.kick(0, &0u16.to_le_bytes());
+    r.post_tx(1, 0, 3);
+    r.kick(1, &1u16.to_le_bytes());
+    assert_eq!(r.used_idx(0, 1), 1);
+    assert_eq!(r.dev.counters().rx_dropped_queue_reset, 3);
+}
+
+#[test]
+fn a_stopped_queue_keeps_its_frames_waiting() {
+    let r = Rig::new();
+    r.start(&[bits::RING_RESET]);
+    r.select(0);
+    r.write(common::QUEUE_ENABLE, 2, 0); // IFC VF stop of RX 0: not a reset
+    r.post_tx(1, 0, 0);
+    r.kick(1, &1u16.to_le_bytes());
+    assert_eq!(r.dev.inbox().len(), 1, "waits for the queue's restart");
+    assert_eq!(r.dev.counters().rx_dropped_queue_reset, 0);
+}
+
 #[test]
 fn a_stopped_or_disabled_queue_can_be_reset_too() {
     let r = Rig::new();
