@@ -133,6 +133,11 @@ enum Cmd {
         /// use split rings.
         #[arg(long)]
         no_packed: bool,
+        /// Doorbell layout in BAR0: compact (notify_off_multiplier 4, all doorbells in one page)
+        /// or page-per-queue (4096: one page per queue, which DPDK's virtio-user over
+        /// vhost-vdpa needs to map when the device offers VIRTIO_F_NOTIFICATION_DATA).
+        #[arg(long, default_value = "compact", value_parser = parse_notify_layout)]
+        notify_layout: bar_registers::NotifyLayout,
         /// Inject a device bug into the served device (see `vdpa-emu validate --list-quirks`),
         /// e.g. to check that a real driver's migration catches it.
         #[arg(long = "quirk", value_parser = parse_quirk)]
@@ -365,6 +370,16 @@ fn parse_bdf(s: &str) -> Result<sim_harness::validate::vfio::Bdf, String> {
 
 fn parse_profile(s: &str) -> Result<bar_registers::Profile, String> {
     sim_harness::profile::load(s).map_err(|e| e.to_string())
+}
+
+fn parse_notify_layout(s: &str) -> Result<bar_registers::NotifyLayout, String> {
+    match s {
+        "compact" => Ok(bar_registers::NotifyLayout::Compact),
+        "page-per-queue" => Ok(bar_registers::NotifyLayout::PagePerQueue),
+        _ => Err(format!(
+            "unknown notify layout {s:?} (compact or page-per-queue)"
+        )),
+    }
 }
 
 fn parse_lm_layout(s: &str) -> Result<bar_registers::LmLayout, String> {
@@ -675,6 +690,7 @@ fn main() -> ExitCode {
             port,
             lm_layout,
             no_packed,
+            notify_layout,
             quirks,
             client_timeout,
             ctl,
@@ -703,6 +719,7 @@ fn main() -> ExitCode {
                 port,
                 lm_layout,
                 no_packed,
+                notify_layout,
                 quirks: quirks.into_iter().collect(),
                 client_timeout,
                 ctl,

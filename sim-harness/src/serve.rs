@@ -401,6 +401,8 @@ pub struct ServeOptions {
     pub profile: bar_registers::Profile,
     /// Do not offer VIRTIO_F_RING_PACKED (guests then use split rings), whatever the profile.
     pub no_packed: bool,
+    /// Doorbell layout in BAR0 (notify_off_multiplier).
+    pub notify_layout: bar_registers::NotifyLayout,
     /// Injected device bugs.
     pub quirks: device::Quirks,
     /// How long a client may stall inside a message or leave a reply unread.
@@ -444,6 +446,7 @@ pub fn device_config(opts: &ServeOptions) -> DeviceConfig {
     let mut cfg = DeviceConfig::default().with_profile(profile);
     cfg.layout.queue_pairs = opts.queue_pairs;
     cfg.layout.lm_layout = opts.lm_layout;
+    cfg.layout.notify = opts.notify_layout;
     cfg.layout.mac = opts.mac;
     cfg.msix_owner = MsixOwner::Vmm;
     cfg.quirks = opts.quirks;

@@ -728,10 +728,22 @@ fn vhost_vdpa_run(test: &str, vcpus: u32, irq_mark: &str) {
     let e2e = e2e();
     let tree = dpdk_tree(&e2e);
     let dir = Scratch::new(test);
-    let args: Vec<String> = ["--queue-pairs", "1", "--lm-layout", "linux"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // One doorbell page per queue: the device offers VIRTIO_F_NOTIFICATION_DATA, and then
+    // DPDK's virtio-user maps each queue's notify page through /dev/vhost-vdpa-0
+    // (drivers/net/virtio/virtio_user/virtio_user_dev.c virtio_user_dev_init_notify), which
+    // vhost_vdpa allows only for a page-sized, page-aligned doorbell (ifcvf reports
+    // notify_off_multiplier as its size). With compact doorbells testpmd does not start.
+    let args: Vec<String> = [
+        "--queue-pairs",
+        "1",
+        "--lm-layout",
+        "linux",
+        "--notify-layout",
+        "page-per-queue",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut serve = Serve::start(&dir, "dev", &args);
     let vars = dpdk_vars("vhost-vdpa", 10);
     let mut spec = dpdk_vm(&tree, "vhost-vdpa", &vars)
