@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct TapPort {
     file: File,
     name: String,
+    offloads: PortOffloads,
     tx_frames: AtomicU64,
     tx_dropped: AtomicU64,
 }
@@ -87,9 +88,18 @@ impl TapPort {
         Ok(TapPort {
             file,
             name: actual,
+            offloads: PortOffloads::ALL,
             tx_frames: AtomicU64::new(0),
             tx_dropped: AtomicU64::new(0),
         })
+    }
+
+    /// The port takes no offloads (`tap:IFNAME:no-offloads`): the device completes checksums
+    /// and segments GSO frames itself, and the TAP gets only wire frames behind a zero header,
+    /// as a physical link would (a packet socket on the interface then sees final checksums).
+    pub fn without_offloads(mut self) -> Self {
+        self.offloads = PortOffloads::NONE;
+        self
     }
 
     /// The interface name.
@@ -198,9 +208,10 @@ impl Port for TapPort {
     }
 
     /// The kernel takes GSO frames and partial checksums from a TAP writer whatever
-    /// TUNSETOFFLOAD says (that governs what it hands the reader).
+    /// TUNSETOFFLOAD says (that governs what it hands the reader): all of them, unless the
+    /// port was opened [`TapPort::without_offloads`].
     fn offloads(&self) -> PortOffloads {
-        PortOffloads::ALL
+        self.offloads
     }
 
     fn transmit_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
@@ -219,6 +230,10 @@ impl Port for TapPort {
     }
 
     fn describe(&self) -> String {
-        format!("tap:{}", self.name)
+        if self.offloads == PortOffloads::NONE {
+            format!("tap:{}:no-offloads", self.name)
+        } else {
+            format!("tap:{}", self.name)
+        }
     }
 }
