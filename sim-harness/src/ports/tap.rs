@@ -96,7 +96,9 @@ impl TapPort {
 
     /// The port takes no offloads (`tap:IFNAME:no-offloads`): the device completes checksums
     /// and segments GSO frames itself, and the TAP gets only wire frames behind a zero header,
-    /// as a physical link would (a packet socket on the interface then sees final checksums).
+    /// as a physical link would (a packet socket on the interface then sees final checksums);
+    /// the other way `TUNSETOFFLOAD` stays 0 whatever the driver takes, so the kernel hands
+    /// the reader complete frames too.
     pub fn without_offloads(mut self) -> Self {
         self.offloads = PortOffloads::NONE;
         self
@@ -219,6 +221,11 @@ impl Port for TapPort {
     }
 
     fn set_rx_offloads(&self, o: PortOffloads) {
+        if self.offloads == PortOffloads::NONE {
+            // `:no-offloads`: wire frames both ways, TUNSETOFFLOAD stays 0 whatever the driver takes
+            tracing::debug!(tap = %self.name, "no-offloads TAP: receive offloads stay off");
+            return;
+        }
         let flags = tun_offload_flags(o);
         match set_offload(&self.file, flags) {
             Ok(()) => {
