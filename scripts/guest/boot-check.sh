@@ -6,6 +6,11 @@ done
 res applets=ok
 vdpa mgmtdev show > /tmp/mgmt 2>&1 || fail "vdpa mgmtdev show: $(cat /tmp/mgmt)"
 res vdpa_tool=ok
+# ethtool (Debian's, scripts/e2e-guest-initramfs.sh): runs with its libraries and reads features over netlink
+_v=$(ethtool --version 2>&1) || fail "ethtool --version: $_v"
+_k=$(ethtool -k lo 2>&1) || fail "ethtool -k lo: $_k"
+echo "$_k" | grep -q '^tx-checksumming: ' || fail "ethtool -k lo: no tx-checksumming line: $_k"
+res ethtool_version="$(echo "$_v" | awk '{ print $NF; exit }')"
 [ -d /sys/bus/pci/drivers/ifcvf ] && res ifcvf_driver=registered
 [ -d /sys/bus/vdpa ] && res vdpa_bus=present
 [ -d /sys/bus/pci/drivers/virtio-pci ] && res virtio_pci=builtin

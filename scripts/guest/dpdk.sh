@@ -8,6 +8,10 @@
 #             vdpa:    DPDK's ifc vDPA driver (examples/vdpa, devarg vdpa=1) + a vhost-user frontend
 #             vhost-vdpa: Linux ifcvf + vhost_vdpa (/dev/vhost-vdpa-0) driven by testpmd's
 #                      net_virtio_user (io forwarding, --tx-first) over the device's loopback port
+#             csum:    dpdk-testpmd's csum forwarding engine (app/test-pmd/csumonly.c) on the net_virtio PMD,
+#                      TCP and UDP checksums offloaded (`csum set tcp hw 0`, `csum set udp hw 0`; IPv4's in
+#                      software: the PMD does not offer RTE_ETH_TX_OFFLOAD_IPV4_CKSUM), verbose: one
+#                      "tx: flags=" line per frame; results csum_* and the counts of those lines
 #   NIC_PCI   VEN:DEV of the function under test;  RUN_SECS: how long traffic runs
 #   FWD       (testpmd) txonly | io;  ETH_PEER: destination MAC of txonly frames
 #   FRONTEND  (vdpa) virtio-user: testpmd --vdev net_virtio_user (io forwarding, --tx-first)
@@ -122,6 +126,34 @@ case "$ROLE" in
     [ "$rc" = 0 ] || fail "dpdk-testpmd exit $rc"
     res $(testpmd_stats /tmp/testpmd.log testpmd) \
       ring="$(grep -q 'packed' /tmp/testpmd.log && echo packed-mentioned || echo -)"
+    ;;
+  csum)
+    # testpmd runs the command file once its ports are started, then forwards (not interactive).
+    # `csum set` and `csum show` need the port stopped (app/test-pmd/cmdline.c cmd_csum_parsed);
+    # `csum set ip hw` is asked first to record the PMD's refusal.
+    printf '%s\n' 'show port 0 tx_offload capabilities' 'port stop 0' 'csum set ip hw 0' 'csum set ip sw 0' \
+      'csum set tcp hw 0' 'csum set udp hw 0' 'csum show 0' 'port start 0' \
+      'show port 0 tx_offload configuration' 'set verbose 1' > "$C/tmp/csum.cmds"
+    echo "E2E-READY traffic"
+    testpmd_feed /tmp/testpmd.log \
+      | in_c stdbuf -oL dpdk-testpmd $EAL -a "$BDF" -- --forward-mode=csum --cmdline-file=/tmp/csum.cmds \
+      --txd=256 --rxd=256 --total-num-mbufs=4096 > /tmp/testpmd.log 2>&1
+    rc=$?
+    L=/tmp/testpmd.log
+    # the command file's output and the end (statistics); not the per-frame lines
+    grep -v '^port [0-9]*/queue\|^  src=\|^  ol_flags\|^-----\|^port=\|^rx: \|^tx: \|^ *$' $L | sed 's/^/E2E-LOG testpmd: /' | tail -n 150
+    [ "$rc" = 0 ] || fail "dpdk-testpmd exit $rc"
+    capa=$(awk '/Tx Offloading Capabilities of port 0/ { f = 1 } f && /Per Port/ { sub(/.*Per Port *:/, ""); print; exit }' $L)
+    conf=$(awk '/Tx Offloading Configuration of port 0/ { f = 1 } f && /^  Port :/ { sub(/.*Port :/, ""); print; exit }' $L)
+    res $(testpmd_stats $L testpmd) \
+      csum_tx_capa="$(echo $capa | tr ' ' ',')" csum_tx_conf="$(echo $conf | tr ' ' ',')" \
+      csum_ip_hw_refused="$(grep -c 'IP checksum offload is not supported by port 0' $L)" \
+      csum_ip="$(awk '/^IP checksum offload is/ { v = $NF } END { print v }' $L)" \
+      csum_tcp="$(awk '/^TCP checksum offload is/ { v = $NF } END { print v }' $L)" \
+      csum_udp="$(awk '/^UDP checksum offload is/ { v = $NF } END { print v }' $L)" \
+      csum_tx_tcp_cksum="$(grep -c '^tx: flags=.*RTE_MBUF_F_TX_TCP_CKSUM' $L)" \
+      csum_tx_udp_cksum="$(grep -c '^tx: flags=.*RTE_MBUF_F_TX_UDP_CKSUM' $L)" \
+      csum_tx_lines="$(grep -c '^tx: flags=' $L)"
     ;;
   vdpa)
     # DPDK's vdpa example probes the function with the ifc driver (devarg vdpa=1) and serves a

@@ -117,6 +117,16 @@ nic_up() {
   res link="$1" carrier=1 operstate="$(cat "/sys/class/net/$1/operstate")"
 }
 
+# ethtool_k IF TAG: `ethtool -k IF` logged (but the "off [fixed]" lines); the checksum and segmentation
+# features as results TAG_FEATURE=on|off (FEATURE with - as _, e.g. on_tx_tcp_segmentation=on; "[fixed]" dropped)
+ethtool_k() {
+  _k=$(ethtool -k "$1" 2>&1) || fail "ethtool -k $1: $_k"
+  echo "$_k" | grep -v 'off \[fixed\]' | sed "s/^/E2E-LOG ethtool -k $1 ($2): /"
+  res $(echo "$_k" | awk -v t="$2" -F': ' '{ sub(/^[ \t]+/, "", $1) }
+    $1 ~ /^(rx-checksumming|tx-checksumming|tx-checksum-ip-generic|scatter-gather|tcp-segmentation-offload|tx-tcp-segmentation|tx-tcp6-segmentation|tx-tcp-ecn-segmentation|generic-segmentation-offload)$/ {
+      f = $1; gsub(/-/, "_", f); split($2, v, " "); printf "%s_%s=%s ", t, f, v[1] }')
+}
+
 # ping_test PEER COUNT: wait until PEER answers, then COUNT pings, 0.05 s apart
 ping_test() {
   retry "${PEER_WAIT:-60}" ping -c 1 -W 1 "$1" || fail "peer $1 never answered a ping"

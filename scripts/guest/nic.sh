@@ -8,6 +8,10 @@
 #                         carrier went down FLAP_DOWNS times (default 1) and came back, and 10 more
 #                         pings were answered (the host pulls the link with `vdpa-emu ctl` or a
 #                         scenario); at most FLAP_SECS seconds
+#              offloads:  `ethtool -k` (results on_*), ping PEER_IP, send the blob to PEER_IP:TX_PORT with TSO on;
+#                         `ethtool -K IF tso off` (results off_*), receive one on RX_PORT (the host reads the
+#                         device's counters while the guest waits for it), send the blob again with TSO off;
+#                         `ethtool -S` logged (result ethtool_tx_timeouts)
 #              flows:     wait (at most FLOW_SECS) until FLOW_PKTS more packets arrived (the host sends
 #                         UDP flows), then report the interrupts of each virtio input queue
 #                         (rx_irqs="virtioN-input.Q=COUNT,...", summed over CPUs)
@@ -67,6 +71,20 @@ case "$ROLE" in
     ;;
   receiver)
     log recv; recv_blob "$RX_PORT"
+    ;;
+  offloads)
+    ethtool_k "$IF" on
+    log make_blob; make_blob "$BLOB_MIB"
+    log ping; ping_test "$PEER_IP" "$PINGS"
+    log send with TSO; send_blob "$PEER_IP" "$TX_PORT"
+    ethtool -K "$IF" tso off || fail "ethtool -K $IF tso off"
+    ethtool_k "$IF" off
+    log recv; recv_blob "$RX_PORT"
+    log send without TSO; send_blob "$PEER_IP" "$TX_PORT"
+    # virtio_net's own statistics (per queue); its TX watchdog count as a result
+    _s=$(ethtool -S "$IF" 2>&1) || fail "ethtool -S $IF: $_s"
+    echo "$_s" | sed "s/^/E2E-LOG ethtool -S $IF: /"
+    res ethtool_tx_timeouts="$(echo "$_s" | awk '$1 == "tx_tx_timeouts:" { print $2 }')"
     ;;
   stream)
     retry "${PEER_WAIT:-60}" ping -c 1 -W 1 "$PEER_IP" || fail "peer $PEER_IP never answered a ping"

@@ -123,7 +123,7 @@ enum Cmd {
         /// MAC address in the device config.
         #[arg(long, default_value = "52:54:00:12:34:56", value_parser = sim_harness::serve::parse_mac)]
         mac: [u8; 6],
-        /// Wire: loopback, null (count and discard), gen:SIZE (receive-side generator), tap:IFNAME (host TAP, needs root) or unix:PATH (link to another device).
+        /// Wire: loopback, null (count and discard), gen:SIZE (receive-side generator), tap:IFNAME (host TAP, needs root; the kernel finishes checksums and segments GSO frames), tap:IFNAME:no-offloads (the device does, the TAP sees wire frames) or unix:PATH (link to another device).
         #[arg(long, default_value = "loopback")]
         port: sim_harness::ports::PortSpec,
         /// LM block layout: dpdk or linux [default: dpdk, or the profile's].

@@ -667,7 +667,22 @@ mod tests {
             "unix:/tmp/l".parse::<PortSpec>().unwrap(),
             PortSpec::Unix("/tmp/l".into())
         );
-        assert!("tap:".parse::<PortSpec>().is_err());
+        assert_eq!(
+            "tap:vtap0:no-offloads".parse::<PortSpec>().unwrap(),
+            PortSpec::TapNoOffloads("vtap0".into())
+        );
+        for spec in ["tap:vtap0", "tap:vtap0:no-offloads"] {
+            assert_eq!(spec.parse::<PortSpec>().unwrap().to_string(), spec);
+        }
+        for bad in [
+            "tap:",
+            "tap::no-offloads",
+            "tap:vtap0:",
+            "tap:vtap0:offloads",
+            "tap:a:b:c",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
         assert!("udp:1".parse::<PortSpec>().is_err());
     }
 }

@@ -1350,24 +1350,42 @@ fn our_pci_fn(b: &Boot, vm: &Vm) -> PciFn {
 
 /// A guest on our device with a host TAP as the peer (`--port tap:NAME`), driven by `driver`.
 fn device_with_host_tap(test: &str, tap_name: &str, subnet: u8, mac: &str, driver: &str) {
-    device_with_host_tap_then(test, tap_name, subnet, mac, driver, |_| {});
+    device_with_host_tap_role(
+        test,
+        tap_name,
+        subnet,
+        mac,
+        driver,
+        "host-peer",
+        |vm, peer, _| {
+            let (g2h, h2g) = peer.round(vm, 1, test);
+            println!(
+                "E2E-BENCH {test} vs QEMU: {} | {}",
+                vs_baseline("tap guest->host", g2h),
+                vs_baseline("tap host->guest", h2g)
+            );
+        },
+    );
 }
 
-/// [`device_with_host_tap`], then `after` on the live device once the transfers are done.
-fn device_with_host_tap_then(
+/// [`device_with_host_tap`] with the guest in `role` (scripts/guest/nic.sh); `exchange` drives the
+/// guest's transfers from the host (with the live device at hand) until the role is done; then the
+/// guest powers off and the NIC's identity and link settings are checked.
+fn device_with_host_tap_role(
     test: &str,
     tap_name: &str,
     subnet: u8,
     mac: &str,
     driver: &str,
-    after: impl FnOnce(&Serve),
+    role: &str,
+    exchange: impl FnOnce(&mut Vm, &HostPeer, &Serve),
 ) {
     require_root(test);
     let e2e = e2e();
     let dir = Scratch::new(test);
     let (mut serve, tap) = Serve::with_tap(&dir, mac, tap_name, subnet);
     let peer = HostPeer::new(&tap);
-    let vars = nic_vars("host-peer", driver, mac, &tap.guest_addr(), &tap.host_ip);
+    let vars = nic_vars(role, driver, mac, &tap.guest_addr(), &tap.host_ip);
     let mut vm = Vm::boot(
         &e2e,
         &dir,
@@ -1375,13 +1393,7 @@ fn device_with_host_tap_then(
             .arg("-device")
             .arg(serve.device_arg()),
     );
-    let (g2h, h2g) = peer.round(&mut vm, 1, test);
-    println!(
-        "E2E-BENCH {test} vs QEMU: {} | {}",
-        vs_baseline("tap guest->host", g2h),
-        vs_baseline("tap host->guest", h2g)
-    );
-    after(&serve);
+    exchange(&mut vm, &peer, &serve);
     let b = vm.finish(Duration::from_secs(60));
     serve.print_cost(test);
     assert_nic(&b, &vm, mac, driver);
@@ -1451,6 +1463,13 @@ fn qemu_boots_guest() {
         vm.diag()
     );
     assert_eq!(b.get("vdpa_tool"), Some("ok"));
+    // Debian's ethtool (scripts/e2e-guest-initramfs.sh) runs: "ethtool version 6.14"
+    let ethtool = b.get("ethtool_version").unwrap_or("");
+    assert!(
+        ethtool.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "ethtool --version in the guest: {ethtool:?}\n{}",
+        vm.diag()
+    );
     assert_eq!(b.get("ifcvf_driver"), Some("registered"));
     assert_eq!(b.get("virtio_pci"), Some("builtin"));
     assert_eq!(b.get("boot_check"), Some("done"));
@@ -1614,9 +1633,7 @@ fn ctl(serve: &Serve, args: &[&str]) -> String {
 
 /// A counter of the live device, read through its control socket.
 fn live_counter(serve: &Serve, name: &str) -> u64 {
-    let r: sim_harness::ctl::Response =
-        serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
-    r.stats.expect("stats").counters[name]
+    live_counters(serve)[name]
 }
 
 /// The control socket on a live Linux guest (virtio_net): `ctl link down` takes the guest's carrier
@@ -1806,27 +1823,114 @@ fn device_ifcvf_vdpa_host_tap() {
     );
 }
 
-/// Offloads with a Linux guest (docs/offloads.md): virtio_net negotiates CSUM, GUEST_CSUM, HOST_TSO4
-/// and HOST_TSO6 from our device, and its TCP transfer to the host (the 32 MiB blob of the host-TAP
-/// round, md5 compared end to end) crosses the device as GSO frames handed whole to the TAP
-/// (IFF_VNET_HDR): `tx_gso_frames` rises, no header is refused. It negotiates GUEST_TSO4/6 and
+/// The device's counters, read through its control socket.
+fn live_counters(serve: &Serve) -> BTreeMap<String, u64> {
+    let r: sim_harness::ctl::Response =
+        serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
+    r.stats.expect("stats").counters
+}
+
+/// Offloads with a Linux guest (docs/offloads.md), through its own TAP `vdpaeo`: virtio_net
+/// negotiates CSUM, GUEST_CSUM, HOST_TSO4 and HOST_TSO6 from our device, and `ethtool -k` in the
+/// guest shows what it made of them: rx-checksumming, tx-checksumming, tx-tcp-segmentation and
+/// tx-tcp6-segmentation on. The guest's TCP transfer to the host (the 32 MiB blob, md5 compared end
+/// to end) crosses the device as GSO frames handed whole to the TAP (IFF_VNET_HDR): `tx_gso_frames`
+/// rises, no header is refused. Then `ethtool -K eth0 tso off`: the blob goes again, and the device
+/// sees no GSO frame (`tx_gso_frames` unchanged) but a NEEDS_CSUM header on every data segment
+/// (`tx_csum` rises by at least one per MTU of the blob: the kernel segments in software and leaves
+/// the checksums to the device); the bytes compare equal again. It negotiates GUEST_TSO4/6 and
 /// CTRL_GUEST_OFFLOADS too, and the host's transfer to it arrives as GSO frames from the TAP
-/// (TUNSETOFFLOAD following the guest) handed on whole: `rx_gso_frames` rises. Its own TAP `vdpaeo`.
+/// (TUNSETOFFLOAD following the guest) handed on whole: `rx_gso_frames` rises. (ethtool's
+/// large-receive-offload is not asserted either way.)
 #[test]
 #[ignore = "needs QEMU: make e2e"]
 fn device_offloads_virtio_pci_host_tap() {
     const TEST: &str = "device_offloads_virtio_pci_host_tap";
-    device_with_host_tap_then(
+    device_with_host_tap_role(
         TEST,
         "vdpaeo",
         13,
         "02:00:00:e2:e0:0e",
         "virtio-pci",
-        |serve| {
+        "offloads",
+        |vm, peer, serve| {
             use bar_registers::virtio::bits;
-            let r: sim_harness::ctl::Response =
-                serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
-            let st = r.stats.expect("stats");
+            let rx_on = peer.receive(vm, Duration::from_secs(240));
+            // the guest turned TSO off and waits for the host's blob: nothing of its own moves now
+            vm.wait_for("E2E-READY recv", 1, Duration::from_secs(60));
+            let on = live_counters(serve);
+            peer.send(vm, 1, Duration::from_secs(120));
+            let rx_off = peer.receive(vm, Duration::from_secs(240));
+            vm.wait_for("E2E-RESULT role_done=", 1, Duration::from_secs(120));
+            let off = live_counters(serve);
+            let b = vm.boots().pop().expect("boot markers");
+
+            let blob = peer.mib << 20;
+            for (label, rx) in [("TSO on", &rx_on), ("TSO off", &rx_off)] {
+                assert_eq!(
+                    (rx.bytes, Some(rx.md5.as_str())),
+                    (blob, b.get("blob_md5")),
+                    "{TEST}: guest -> host blob with {label}\n{}",
+                    vm.diag()
+                );
+            }
+            assert_eq!(
+                (b.num("rx_bytes"), b.get("rx_md5")),
+                (blob, Some(peer.data_md5.as_str())),
+                "{TEST}: host -> guest blob\n{}",
+                vm.diag()
+            );
+            let p = pings();
+            assert_eq!(
+                (b.num("ping_tx"), b.num("ping_rx")),
+                (p, p),
+                "{TEST}: ping loss\n{}",
+                vm.diag()
+            );
+
+            // ethtool -k: what virtio_net set from the negotiated features (drivers/net/virtio_net.c
+            // virtnet_probe: CSUM -> NETIF_F_HW_CSUM | SG, HOST_TSO4/6 -> TSO/TSO6, HOST_ECN ->
+            // TSO_ECN; the guest's 6.12 sets NETIF_F_RXCSUM whether or not GUEST_CSUM was negotiated,
+            // so GUEST_CSUM is checked from serve's log below)
+            for f in [
+                "rx_checksumming",
+                "tx_checksumming",
+                "tx_checksum_ip_generic",
+                "scatter_gather",
+                "tcp_segmentation_offload",
+                "tx_tcp_segmentation",
+                "tx_tcp6_segmentation",
+                "tx_tcp_ecn_segmentation",
+            ] {
+                assert_eq!(
+                    b.get(&format!("on_{f}")),
+                    Some("on"),
+                    "{TEST}: ethtool -k {f}\n{}",
+                    vm.diag()
+                );
+            }
+            for (f, want) in [
+                ("tcp_segmentation_offload", "off"),
+                ("tx_tcp_segmentation", "off"),
+                ("tx_tcp6_segmentation", "off"),
+                ("tx_checksumming", "on"),
+                ("rx_checksumming", "on"),
+            ] {
+                assert_eq!(
+                    b.get(&format!("off_{f}")),
+                    Some(want),
+                    "{TEST}: ethtool -k {f} after `ethtool -K tso off`\n{}",
+                    vm.diag()
+                );
+            }
+
+            // virtio_net's TX watchdog (ethtool -S tx_tx_timeouts) never fired
+            assert_eq!(
+                b.get("ethtool_tx_timeouts"),
+                Some("0"),
+                "{TEST}: ethtool -S tx_tx_timeouts\n{}",
+                vm.diag()
+            );
             let feats = serve.last_negotiated(TEST);
             for (bit, name) in [
                 (bits::CSUM, "CSUM"),
@@ -1843,41 +1947,68 @@ fn device_offloads_virtio_pci_host_tap() {
                     serve.diag()
                 );
             }
-            let c = &st.counters;
-            let bad: u64 = c
-                .iter()
-                .filter(|(k, _)| k.starts_with("tx_bad_hdr_"))
-                .map(|(_, v)| *v)
-                .sum();
+            let bad = |c: &BTreeMap<String, u64>| -> u64 {
+                c.iter()
+                    .filter(|(k, _)| k.starts_with("tx_bad_hdr_"))
+                    .map(|(_, v)| *v)
+                    .sum()
+            };
+            let delta = |k: &str| off[k] - on[k];
             println!(
-            "E2E-BENCH {TEST}: tx_gso_frames {} tx_gso_segments {} tx_csum {} rx_csum_valid {} tx_frames {} tx_bad_hdr {bad} \
-             | rx_gso_frames {} rx_gso_segmented {} rx_csum_partial {} rx_csum_completed {} rx_bad_offload {} rx_frames {}",
-            c["tx_gso_frames"], c["tx_gso_segments"], c["tx_csum"], c["rx_csum_valid"], c["tx_frames"],
-            c["rx_gso_frames"], c["rx_gso_segmented"], c["rx_csum_partial"], c["rx_csum_completed"],
-            c["rx_bad_offload"], c["rx_frames"]
-        );
+                "E2E-BENCH {TEST}: TSO on: tx_gso_frames {} tx_gso_segments {} tx_csum {} tx_frames {} rx_csum_valid {} | \
+                 TSO off: +tx_gso_frames {} +tx_csum {} +tx_frames {} | tx_bad_hdr {} | rx_gso_frames {} \
+                 rx_gso_segmented {} rx_csum_partial {} rx_csum_completed {} rx_bad_offload {} rx_frames {}",
+                on["tx_gso_frames"],
+                on["tx_gso_segments"],
+                on["tx_csum"],
+                on["tx_frames"],
+                on["rx_csum_valid"],
+                delta("tx_gso_frames"),
+                delta("tx_csum"),
+                delta("tx_frames"),
+                bad(&off),
+                off["rx_gso_frames"],
+                off["rx_gso_segmented"],
+                off["rx_csum_partial"],
+                off["rx_csum_completed"],
+                off["rx_bad_offload"],
+                off["rx_frames"]
+            );
             // The host's TCP transfer to the guest: the TAP (TUNSETOFFLOAD following the
             // guest's GUEST_TSO4/6) hands the device 64 KiB GSO frames, which reach the guest whole.
             assert!(
-                c["rx_gso_frames"] > 0,
+                off["rx_gso_frames"] > 0,
                 "{TEST}: no GSO frame reached the guest from the host's TCP transfer\n{}",
                 serve.diag()
             );
-            assert_eq!(c["rx_bad_offload"], 0, "{TEST}: TAP headers refused");
+            assert_eq!(off["rx_bad_offload"], 0, "{TEST}: TAP headers refused");
             assert_eq!(
-                c["rx_gso_segmented"], 0,
+                off["rx_gso_segmented"], 0,
                 "{TEST}: the guest takes GSO frames"
             );
             assert!(
-                c["tx_gso_frames"] > 0,
-                "{TEST}: no GSO frame from the guest's TCP transfer\n{}",
+                on["tx_gso_frames"] > 0,
+                "{TEST}: no GSO frame from the guest's TCP transfer with TSO on\n{}",
                 serve.diag()
             );
             assert_eq!(
-                c["tx_gso_segments"], 0,
+                off["tx_gso_frames"],
+                on["tx_gso_frames"],
+                "{TEST}: GSO frames from the guest after `ethtool -K tso off`\n{}",
+                serve.diag()
+            );
+            // 1500-byte MTU: at least one checksummed data segment per 1500 bytes of the blob
+            assert!(
+                delta("tx_csum") >= blob / 1500,
+                "{TEST}: with TSO off the {blob}-byte transfer completed only {} checksums\n{}",
+                delta("tx_csum"),
+                serve.diag()
+            );
+            assert_eq!(
+                off["tx_gso_segments"], 0,
                 "{TEST}: the TAP takes GSO frames whole"
             );
-            assert_eq!(bad, 0, "{TEST}: headers refused");
+            assert_eq!(bad(&off), 0, "{TEST}: headers refused");
         },
     );
 }

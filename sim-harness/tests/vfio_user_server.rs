@@ -1889,6 +1889,37 @@ fn tap_port_moves_frames_between_device_and_host() {
     drop(handle);
 }
 
+/// `--port tap:IFNAME:no-offloads`: the TAP port says it takes no offloads, so the device
+/// completes checksums and segments GSO frames itself (docs/offloads.md; the e2e test
+/// `dpdk_testpmd_csum_engine_tx_checksum_offload` reads the completed checksums on the host).
+/// Needs root, like the test above.
+#[test]
+fn tap_port_without_offloads_takes_wire_frames_only() {
+    let _g = shared();
+    let name = format!("vdpaemn{}", std::process::id() % 100_000);
+    let dev = vmm_device(1);
+    let handle = match ports::attach(&PortSpec::TapNoOffloads(name.clone()), &dev) {
+        Ok(h) => h,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "TAP port unavailable in CI: {e}"
+            );
+            eprintln!("skipping the TAP test: {e}");
+            return;
+        }
+    };
+    let port = handle.port().expect("a TAP port");
+    assert_eq!(port.offloads(), device::PortOffloads::NONE);
+    assert_eq!(handle.describe(), format!("tap:{name}:no-offloads"));
+    // wire frames still go out
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x42, 0x88, 0xb5]);
+    frame.extend([0x5a; 60]);
+    assert!(port.transmit(&frame), "the TAP took a wire frame");
+    drop(handle);
+}
+
 /// Sets the serve child's soft RLIMIT_NOFILE (the hard limit stays).
 fn set_nofile(serve: &ServeProcess, n: u64) {
     let mut old = libc::rlimit {

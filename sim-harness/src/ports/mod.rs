@@ -1,4 +1,5 @@
-//! Where a served device's frames go: `--port loopback | null | gen:SIZE | tap:IFNAME | unix:PATH`.
+//! Where a served device's frames go: `--port loopback | null | gen:SIZE | tap:IFNAME[:no-offloads]
+//! | unix:PATH`.
 //!
 //! Frames the device transmits reach the port through [`device::Port::transmit`] (called with
 //! the device lock held, so every port is non-blocking and drops when its wire is congested).
@@ -34,8 +35,12 @@ pub enum PortSpec {
     /// A generator thread fills the receive side with frames of this many bytes as fast as
     /// the device delivers them; transmitted frames are discarded ([`gen`]).
     Gen(usize),
-    /// A host TAP interface (created if absent; needs root).
+    /// A host TAP interface (created if absent; needs root). It takes GSO frames and partial
+    /// checksums whole (the kernel finishes them).
     Tap(String),
+    /// A host TAP interface that takes no offloads (`tap:IFNAME:no-offloads`): the device
+    /// completes checksums and segments itself; the TAP sees wire frames.
+    TapNoOffloads(String),
     /// One end of a datagram link at `PATH.a` / `PATH.b` (see [`unix`]).
     Unix(PathBuf),
 }
@@ -44,7 +49,7 @@ pub enum PortSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     #[error(
-        "port spec {0:?}: expected loopback, null, gen:SIZE (60..=1514), tap:IFNAME or unix:PATH"
+        "port spec {0:?}: expected loopback, null, gen:SIZE (60..=1514), tap:IFNAME, tap:IFNAME:no-offloads or unix:PATH"
     )]
     Spec(String),
     #[error("TAP {name}: {source} (needs root / CAP_NET_ADMIN and /dev/net/tun)")]
@@ -73,7 +78,14 @@ impl FromStr for PortSpec {
             Some(("gen", size)) => gen::parse_size(size)
                 .map(PortSpec::Gen)
                 .ok_or_else(|| PortError::Spec(s.into())),
-            Some(("tap", name)) if !name.is_empty() => Ok(PortSpec::Tap(name.into())),
+            // ':' is not valid in an interface name (Linux dev_valid_name), so it can separate
+            Some(("tap", rest)) => match rest.split_once(':') {
+                None if !rest.is_empty() => Ok(PortSpec::Tap(rest.into())),
+                Some((name, "no-offloads")) if !name.is_empty() => {
+                    Ok(PortSpec::TapNoOffloads(name.into()))
+                }
+                _ => Err(PortError::Spec(s.into())),
+            },
             Some(("unix", path)) if !path.is_empty() => Ok(PortSpec::Unix(path.into())),
             _ => Err(PortError::Spec(s.into())),
         }
@@ -87,6 +99,7 @@ impl std::fmt::Display for PortSpec {
             PortSpec::Null => write!(f, "null"),
             PortSpec::Gen(n) => write!(f, "gen:{n}"),
             PortSpec::Tap(n) => write!(f, "tap:{n}"),
+            PortSpec::TapNoOffloads(n) => write!(f, "tap:{n}:no-offloads"),
             PortSpec::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
@@ -151,11 +164,14 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
             let t = gen::spawn(device, *size, &stop).map_err(PortError::Thread)?;
             (Some(port), Some(t))
         }
-        PortSpec::Tap(name) => {
-            let tap = TapPort::open(name).map_err(|source| PortError::Tap {
+        PortSpec::Tap(name) | PortSpec::TapNoOffloads(name) => {
+            let mut tap = TapPort::open(name).map_err(|source| PortError::Tap {
                 name: name.clone(),
                 source,
             })?;
+            if matches!(spec, PortSpec::TapNoOffloads(_)) {
+                tap = tap.without_offloads();
+            }
             let file = tap.reader().map_err(|source| PortError::Tap {
                 name: name.clone(),
                 source,

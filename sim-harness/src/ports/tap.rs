@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct TapPort {
     file: File,
     name: String,
+    offloads: PortOffloads,
     tx_frames: AtomicU64,
     tx_dropped: AtomicU64,
 }
@@ -87,9 +88,20 @@ impl TapPort {
         Ok(TapPort {
             file,
             name: actual,
+            offloads: PortOffloads::ALL,
             tx_frames: AtomicU64::new(0),
             tx_dropped: AtomicU64::new(0),
         })
+    }
+
+    /// The port takes no offloads (`tap:IFNAME:no-offloads`): the device completes checksums
+    /// and segments GSO frames itself, and the TAP gets only wire frames behind a zero header,
+    /// as a physical link would (a packet socket on the interface then sees final checksums);
+    /// the other way `TUNSETOFFLOAD` stays 0 whatever the driver takes, so the kernel hands
+    /// the reader complete frames too.
+    pub fn without_offloads(mut self) -> Self {
+        self.offloads = PortOffloads::NONE;
+        self
     }
 
     /// The interface name.
@@ -198,9 +210,10 @@ impl Port for TapPort {
     }
 
     /// The kernel takes GSO frames and partial checksums from a TAP writer whatever
-    /// TUNSETOFFLOAD says (that governs what it hands the reader).
+    /// TUNSETOFFLOAD says (that governs what it hands the reader): all of them, unless the
+    /// port was opened [`TapPort::without_offloads`].
     fn offloads(&self) -> PortOffloads {
-        PortOffloads::ALL
+        self.offloads
     }
 
     fn transmit_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
@@ -208,6 +221,11 @@ impl Port for TapPort {
     }
 
     fn set_rx_offloads(&self, o: PortOffloads) {
+        if self.offloads == PortOffloads::NONE {
+            // `:no-offloads`: wire frames both ways, TUNSETOFFLOAD stays 0 whatever the driver takes
+            tracing::debug!(tap = %self.name, "no-offloads TAP: receive offloads stay off");
+            return;
+        }
         let flags = tun_offload_flags(o);
         match set_offload(&self.file, flags) {
             Ok(()) => {
@@ -219,6 +237,10 @@ impl Port for TapPort {
     }
 
     fn describe(&self) -> String {
-        format!("tap:{}", self.name)
+        if self.offloads == PortOffloads::NONE {
+            format!("tap:{}:no-offloads", self.name)
+        } else {
+            format!("tap:{}", self.name)
+        }
     }
 }
