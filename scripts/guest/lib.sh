@@ -180,5 +180,5 @@ recv_blob() {
   _b=$(stat -c %s /tmp/rx)
   _md5=$(md5sum /tmp/rx | cut -d' ' -f1)
   rm -f /tmp/rx /tmp/rx.fifo
-  res rx_port="$1" rx_bytes="$_b" rx_md5="$_md5" rx_cs="$_cs" rx_mbps="$(mbps "$_b" "$_cs")"
+  res "${2}rx_port=$1" "${2}rx_bytes=$_b" "${2}rx_md5=$_md5" "${2}rx_cs=$_cs" "${2}rx_mbps=$(mbps "$_b" "$_cs")"
 }

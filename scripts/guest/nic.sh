@@ -81,6 +81,14 @@ case "$ROLE" in
     ethtool_k "$IF" off
     log recv; recv_blob "$RX_PORT"
     log send without TSO; send_blob "$PEER_IP" "$TX_PORT"
+    # VIRTIO_F_RING_RESET: ethtool -G resizes each ring through queue_reset
+    # (virtnet_set_ringparam -> virtqueue_resize -> vp_modern_disable_vq_and_reset)
+    _g=$(ethtool -G "$IF" rx 128 tx 128 2>&1) || fail "ethtool -G $IF rx 128 tx 128: $_g"
+    res ring_rx="$(ethtool -g "$IF" | awk '/^Current/ { c = 1 } c && $1 == "RX:" { print $2; exit }')"
+    # VIRTIO_NET_F_CTRL_GUEST_OFFLOADS: rx-gro-hw off sends GUEST_OFFLOADS_SET without GUEST_TSO4/6
+    ethtool -K "$IF" rx-gro-hw off || fail "ethtool -K $IF rx-gro-hw off"
+    res gro_hw="$(ethtool -k "$IF" | awk -F': ' '$1 == "rx-gro-hw" { split($2, v, " "); print v[1] }')"
+    log recv with rx-gro-hw off; recv_blob "$RX_PORT" gro_off_
     # virtio_net's own statistics (per queue); its TX watchdog count as a result
     _s=$(ethtool -S "$IF" 2>&1) || fail "ethtool -S $IF: $_s"
     echo "$_s" | sed "s/^/E2E-LOG ethtool -S $IF: /"

@@ -1861,8 +1861,12 @@ fn device_offloads_virtio_pci_host_tap() {
             let on = live_counters(serve);
             peer.send(vm, 1, Duration::from_secs(120));
             let rx_off = peer.receive(vm, Duration::from_secs(240));
-            vm.wait_for("E2E-RESULT role_done=", 1, Duration::from_secs(120));
             let off = live_counters(serve);
+            // then `ethtool -G` (ring reset) and `ethtool -K rx-gro-hw off` (GUEST_OFFLOADS_SET),
+            // and the host's blob once more
+            peer.send(vm, 2, Duration::from_secs(120));
+            vm.wait_for("E2E-RESULT role_done=", 1, Duration::from_secs(120));
+            let gro = live_counters(serve);
             let b = vm.boots().pop().expect("boot markers");
 
             let blob = peer.mib << 20;
@@ -1982,6 +1986,39 @@ fn device_offloads_virtio_pci_host_tap() {
                 serve.diag()
             );
             assert_eq!(off["rx_bad_offload"], 0, "{TEST}: TAP headers refused");
+            // ethtool -G rx 128 tx 128: virtio_net resized both rings through queue_reset
+            // (VIRTIO_F_RING_RESET), and traffic went on.
+            assert_eq!(b.get("ring_rx"), Some("128"), "{TEST}: ethtool -g\n{}", vm.diag());
+            assert!(
+                gro["queue_resets"] >= off["queue_resets"] + 2,
+                "{TEST}: ethtool -G reset no queue: queue_resets {} -> {}\n{}",
+                off["queue_resets"],
+                gro["queue_resets"],
+                serve.diag()
+            );
+            // ethtool -K rx-gro-hw off: GUEST_OFFLOADS_SET without GUEST_TSO4/6, the TAP's
+            // TUNSETOFFLOAD follows, and the host's next blob reaches the guest without a GSO frame.
+            assert_eq!(b.get("gro_hw"), Some("off"), "{TEST}: ethtool -k rx-gro-hw\n{}", vm.diag());
+            assert_eq!(
+                (b.num("gro_off_rx_bytes"), b.get("gro_off_rx_md5")),
+                (blob, Some(peer.data_md5.as_str())),
+                "{TEST}: host -> guest blob with rx-gro-hw off\n{}",
+                vm.diag()
+            );
+            println!(
+                "E2E-BENCH {TEST}: after ethtool -G and rx-gro-hw off: +queue_resets {} +rx_gso_frames {} \
+                 +rx_gso_segmented {} +rx_frames {} +ctrl_commands {}",
+                gro["queue_resets"] - off["queue_resets"],
+                gro["rx_gso_frames"] - off["rx_gso_frames"],
+                gro["rx_gso_segmented"] - off["rx_gso_segmented"],
+                gro["rx_frames"] - off["rx_frames"],
+                gro["ctrl_commands"] - off["ctrl_commands"]
+            );
+            assert_eq!(
+                gro["rx_gso_frames"], off["rx_gso_frames"],
+                "{TEST}: GSO frames after the guest turned rx-gro-hw off\n{}",
+                serve.diag()
+            );
             assert_eq!(
                 off["rx_gso_segmented"], 0,
                 "{TEST}: the guest takes GSO frames"
