@@ -1988,7 +1988,12 @@ fn device_offloads_virtio_pci_host_tap() {
             assert_eq!(off["rx_bad_offload"], 0, "{TEST}: TAP headers refused");
             // ethtool -G rx 128 tx 128: virtio_net resized both rings through queue_reset
             // (VIRTIO_F_RING_RESET), and traffic went on.
-            assert_eq!(b.get("ring_rx"), Some("128"), "{TEST}: ethtool -g\n{}", vm.diag());
+            assert_eq!(
+                b.get("ring_rx"),
+                Some("128"),
+                "{TEST}: ethtool -g\n{}",
+                vm.diag()
+            );
             assert!(
                 gro["queue_resets"] >= off["queue_resets"] + 2,
                 "{TEST}: ethtool -G reset no queue: queue_resets {} -> {}\n{}",
@@ -1998,7 +2003,12 @@ fn device_offloads_virtio_pci_host_tap() {
             );
             // ethtool -K rx-gro-hw off: GUEST_OFFLOADS_SET without GUEST_TSO4/6, the TAP's
             // TUNSETOFFLOAD follows, and the host's next blob reaches the guest without a GSO frame.
-            assert_eq!(b.get("gro_hw"), Some("off"), "{TEST}: ethtool -k rx-gro-hw\n{}", vm.diag());
+            assert_eq!(
+                b.get("gro_hw"),
+                Some("off"),
+                "{TEST}: ethtool -k rx-gro-hw\n{}",
+                vm.diag()
+            );
             assert_eq!(
                 (b.num("gro_off_rx_bytes"), b.get("gro_off_rx_md5")),
                 (blob, Some(peer.data_md5.as_str())),
@@ -2015,7 +2025,8 @@ fn device_offloads_virtio_pci_host_tap() {
                 gro["ctrl_commands"] - off["ctrl_commands"]
             );
             assert_eq!(
-                gro["rx_gso_frames"], off["rx_gso_frames"],
+                gro["rx_gso_frames"],
+                off["rx_gso_frames"],
                 "{TEST}: GSO frames after the guest turned rx-gro-hw off\n{}",
                 serve.diag()
             );
