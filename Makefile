@@ -83,6 +83,13 @@ e2e-provision:
 	bash scripts/e2e-provision.sh
 	bash scripts/e2e-provision-dpdk.sh
 
+# The throughput matrix (matrix::throughput_matrix) is a benchmark: `make bench-e2e` runs it.
 e2e: e2e-provision
 	$(CARGO) build $(E2E_CARGO_FLAGS) -p vdpa-lm-frontend
-	$(CARGO) test $(E2E_CARGO_FLAGS) -p sim-harness --test e2e_qemu -- --ignored --test-threads=1 --nocapture
+	$(CARGO) test $(E2E_CARGO_FLAGS) -p sim-harness --test e2e_qemu -- --ignored --test-threads=1 --nocapture --skip matrix::
+
+# TCP throughput of Linux guests on our device next to QEMU's own virtio-net-pci in the same run:
+# 1/2 vCPUs x 1/4 queue pairs, virtio_net and ifcvf, guest->host, host->guest, guest->guest (docs/e2e.md).
+.PHONY: bench-e2e
+bench-e2e: e2e-provision
+	$(CARGO) test --release -p sim-harness --test e2e_qemu -- --ignored --test-threads=1 --nocapture --exact matrix::throughput_matrix

@@ -182,3 +182,72 @@ recv_blob() {
   rm -f /tmp/rx /tmp/rx.fifo
   res "${2}rx_port=$1" "${2}rx_bytes=$_b" "${2}rx_md5=$_md5" "${2}rx_cs=$_cs" "${2}rx_mbps=$(mbps "$_b" "$_cs")"
 }
+
+# send_streams PEER BASEPORT N: N simultaneous TCP streams, the blob to PEER:BASEPORT+i each (each
+# retrying while refused, as send_blob); the time runs from the first successful connection attempt
+# to the last stream's end. Results streams_tx_bytes (all streams) streams_tx_cs streams_tx_mbps
+send_streams() {
+  rm -f /tmp/st.*
+  _i=0 _pids=""
+  while [ "$_i" -lt "$3" ]; do
+    (
+      _deadline=$(($(now_cs) + ${SEND_WAIT:-60} * 100))
+      while :; do
+        _s=$(now_cs)
+        if nc -w 5 "$1" $(($2 + _i)) < /tmp/blob 2> "/tmp/st.err.$_i"; then break; fi
+        [ $(($(now_cs) - _s)) -gt 300 ] && exit 1
+        [ "$(now_cs)" -ge "$_deadline" ] && exit 1
+        sleep 0.2
+      done
+      echo "$_s $(now_cs)" > "/tmp/st.t.$_i"
+    ) &
+    _pids="$_pids $!"
+    _i=$((_i + 1))
+  done
+  _bad=0
+  for _p in $_pids; do wait "$_p" || _bad=1; done
+  [ "$_bad" = 0 ] || fail "send_streams to $1:$2+$3: $(cat /tmp/st.err.* | tr '\n' '|')"
+  _cs=$(cat /tmp/st.t.* | awk 'NR == 1 || $1 < s { s = $1 } $2 > e { e = $2 } END { print e - s }')
+  _b=$(($(stat -c %s /tmp/blob) * $3))
+  res streams_tx_bytes="$_b" streams_tx_cs="$_cs" streams_tx_mbps="$(mbps "$_b" "$_cs")"
+}
+
+# recv_streams BASEPORT N: listen on BASEPORT+i (i < N) at once, then E2E-READY; each stream's size
+# and md5 as results (streams_rx_bytes = the sum, streams_rx_md5s = the md5s in port order, comma
+# separated), the time from READY to the last stream's end
+recv_streams() {
+  rm -f /tmp/sr.*
+  _i=0 _pids=""
+  while [ "$_i" -lt "$2" ]; do
+    mkfifo "/tmp/sr.fifo.$_i"
+    nc -l -p $(($1 + _i)) 0<> "/tmp/sr.fifo.$_i" > "/tmp/sr.data.$_i" &
+    _pids="$_pids $!"
+    _i=$((_i + 1))
+  done
+  sleep 0.3
+  echo "E2E-READY recv port=$1 streams=$2"
+  _t0=$(now_cs)
+  for _p in $_pids; do wait "$_p" || fail "nc -l on a port from $1 exited with $?"; done
+  _cs=$(($(now_cs) - _t0))
+  _b=0 _m=""
+  _i=0
+  while [ "$_i" -lt "$2" ]; do
+    _b=$((_b + $(stat -c %s "/tmp/sr.data.$_i")))
+    _m="$_m$(md5sum "/tmp/sr.data.$_i" | cut -d' ' -f1),"
+    _i=$((_i + 1))
+  done
+  rm -f /tmp/sr.*
+  res streams_rx_bytes="$_b" streams_rx_md5s="${_m%,}" streams_rx_cs="$_cs" streams_rx_mbps="$(mbps "$_b" "$_cs")"
+}
+
+# queue_spread IF: doorbells per TX and RX queue from virtio_net's `ethtool -S` (txN_kicks, rxN_kicks:
+# since 6.10 the per-queue packet and byte counts are netdev queue stats, no longer in ethtool -S;
+# drivers/net/virtio_net.c virtnet_sq_stats_desc, virtnet_rq_stats_desc); results tx_q_kicks and
+# rx_q_kicks, comma separated in queue order; the per-queue lines logged
+queue_spread() {
+  _s=$(ethtool -S "$1" 2>&1) || fail "ethtool -S $1: $_s"
+  echo "$_s" | grep -E '^ +(rx|tx)[0-9]+_' | sed "s/^ */E2E-LOG ethtool -S $1: /"
+  echo "$_s" | grep -qE '^ +tx[0-9]+_kicks:' || echo "$_s" | sed "s/^/E2E-LOG ethtool -S $1 (no txN_kicks): /"
+  res tx_q_kicks="$(echo "$_s" | awk '$1 ~ /^tx[0-9]+_kicks:$/ { printf "%s%s", c, $2; c = "," }')" \
+    rx_q_kicks="$(echo "$_s" | awk '$1 ~ /^rx[0-9]+_kicks:$/ { printf "%s%s", c, $2; c = "," }')"
+}

@@ -15,6 +15,12 @@
 #              flows:     wait (at most FLOW_SECS) until FLOW_PKTS more packets arrived (the host sends
 #                         UDP flows), then report the interrupts of each virtio input queue
 #                         (rx_irqs="virtioN-input.Q=COUNT,...", summed over CPUs)
+#              streams:   STREAMS (default 1) simultaneous TCP streams each way: ping PEER_IP, send the blob
+#                         to PEER_IP:STREAM_TX_PORT+i each, then receive one on STREAM_RX_PORT+i each; virtio_net's
+#                         per-queue kick counts (tx_q_kicks, rx_q_kicks)
+#              streams-sender / streams-receiver: the sending half (to a guest) / the receiving half
+#                         (on STREAM_TX_PORT+i, from a guest)
+#   QUEUES     when set: `ethtool -L IF combined QUEUES` first (result queues_combined)
 #   NIC_MAC    the NIC under test is the netdev with this MAC
 #   NIC_DRIVER virtio-pci (built-in virtio_pci + virtio_net) | ifcvf (Linux ifcvf + vdpa + virtio_vdpa)
 #   NIC_PCI    VEN:DEV of the function under test (needed for ifcvf: it is found by ID, then rebound)
@@ -56,6 +62,11 @@ nic_up "$IF" "$MY_IP"
 # link settings (readable once the interface is up; -1/unknown without VIRTIO_NET_F_SPEED_DUPLEX)
 res speed="$(cat "/sys/class/net/$IF/speed" 2> /dev/null || echo none)" \
   duplex="$(cat "/sys/class/net/$IF/duplex" 2> /dev/null || echo none)"
+
+if [ -n "${QUEUES:-}" ]; then
+  _l=$(ethtool -L "$IF" combined "$QUEUES" 2>&1) || fail "ethtool -L $IF combined $QUEUES: $_l"
+  res queues_combined="$(ethtool -l "$IF" | awk '/^Current/ { c = 1 } c && $1 == "Combined:" { print $2; exit }')"
+fi
 
 case "$ROLE" in
   host-peer)
@@ -135,6 +146,23 @@ case "$ROLE" in
     done
     res flow_rx=$(($(cat "$RXP") - base)) rx_irqs="$(awk 'NR == 1 { n = NF }
       /-input\./ { s = 0; for (i = 2; i <= n + 1; i++) s += $i; printf "%s=%d,", $NF, s }' /proc/interrupts)"
+    ;;
+  streams)
+    log make_blob; make_blob "$BLOB_MIB"
+    log ping; ping_test "$PEER_IP" "$PINGS"
+    log send "${STREAMS:-1}" streams; send_streams "$PEER_IP" "$STREAM_TX_PORT" "${STREAMS:-1}"
+    log recv "${STREAMS:-1}" streams; recv_streams "$STREAM_RX_PORT" "${STREAMS:-1}"
+    queue_spread "$IF"
+    ;;
+  streams-sender)
+    log make_blob; make_blob "$BLOB_MIB"
+    log ping; ping_test "$PEER_IP" "$PINGS"
+    log send "${STREAMS:-1}" streams; send_streams "$PEER_IP" "$STREAM_TX_PORT" "${STREAMS:-1}"
+    queue_spread "$IF"
+    ;;
+  streams-receiver)
+    log recv "${STREAMS:-1}" streams; recv_streams "$STREAM_TX_PORT" "${STREAMS:-1}"
+    queue_spread "$IF"
     ;;
   *) fail "unknown ROLE $ROLE" ;;
 esac

@@ -2334,6 +2334,8 @@ fn device_survives_qemu_kill_and_reattach() {
 
 #[path = "e2e_qemu/dpdk.rs"]
 mod dpdk;
+#[path = "e2e_qemu/matrix.rs"]
+mod matrix;
 #[path = "e2e_qemu/profiles.rs"]
 mod profiles;
 #[path = "e2e_qemu/rss.rs"]
