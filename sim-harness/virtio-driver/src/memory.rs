@@ -10,6 +10,7 @@
 use device::DmaMapper;
 use dma::{Backing, MapError, Perms, SharedMemory, ShmError, WriteTrace, PAGE_SIZE};
 use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Errors of the guest memory.
@@ -35,6 +36,10 @@ pub struct GuestMemory {
     next: Mutex<u64>,
     /// The "CPU" dirty log (KVM's, in a real VMM): pages the guest itself writes.
     cpu_dirty: RwLock<Option<Arc<WriteTrace>>>,
+    /// Whether `cpu_dirty` holds a log: every guest write checks this plain load first, so
+    /// writes without a log take no lock. Taking the read lock on each write (two atomic
+    /// read-modify-writes) cost 30% of the driver's CPU in `vdpa-emu bench datapath`.
+    cpu_dirty_on: AtomicBool,
 }
 
 impl GuestMemory {
@@ -45,6 +50,7 @@ impl GuestMemory {
             base,
             next: Mutex::new(0),
             cpu_dirty: RwLock::new(None),
+            cpu_dirty_on: AtomicBool::new(false),
         })
     }
 
@@ -57,11 +63,20 @@ impl GuestMemory {
     }
 
     /// Starts (Some) or stops (None) recording the pages the guest writes.
+    ///
+    /// A write that starts after this returns is recorded (the flag is stored while the write
+    /// lock is held, and a write that sees it set takes the read lock); a write racing with
+    /// the call may or may not be, as with any log switched on while the guest runs.
     pub fn set_cpu_dirty_log(&self, log: Option<Arc<WriteTrace>>) {
-        *self.cpu_dirty.write() = log;
+        let mut slot = self.cpu_dirty.write();
+        self.cpu_dirty_on.store(log.is_some(), Ordering::Release);
+        *slot = log;
     }
 
     fn dirty(&self, iova: u64, len: u64) {
+        if !self.cpu_dirty_on.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(t) = self.cpu_dirty.read().as_ref() {
             t.record(iova, len);
         }

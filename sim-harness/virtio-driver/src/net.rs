@@ -800,18 +800,16 @@ impl NetDriver {
             mem.write(buf, &[0u8; HASH_HDR_LEN][..hl])?;
             mem.write(buf + hl as u64, f)?;
             let total = (hl + f.len()) as u32;
-            let bufs: Vec<Buf> = if split {
-                vec![
-                    (buf, hl as u32, false),
-                    (buf + hl as u64, f.len() as u32, false),
-                ]
-            } else {
-                vec![(buf, total, false)]
-            };
+            let two: [Buf; 2] = [
+                (buf, hl as u32, false),
+                (buf + hl as u64, f.len() as u32, false),
+            ];
+            let one: [Buf; 1] = [(buf, total, false)];
+            let bufs: &[Buf] = if split { &two } else { &one };
             let head = if indirect {
-                qu.ring.add_indirect(&mem, &bufs)?
+                qu.ring.add_indirect(&mem, bufs)?
             } else {
-                qu.ring.add(&mem, &bufs)?
+                qu.ring.add(&mem, bufs)?
             };
             match head {
                 Some(h) => {

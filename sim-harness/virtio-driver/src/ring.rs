@@ -101,9 +101,15 @@ impl DriverRing {
         if bufs.is_empty() || self.free.len() < bufs.len() {
             return Ok(None);
         }
-        let ids: Vec<u16> = (0..bufs.len())
-            .map(|_| self.free.pop().expect("checked"))
-            .collect();
+        // The chain's ids go into the Vec `chains[head]` already has (pop_used empties it and
+        // keeps its capacity): no allocation per chain once every head has been used.
+        let head = self.free.pop().expect("checked");
+        let mut ids = std::mem::take(&mut self.chains[usize::from(head)]);
+        ids.clear();
+        ids.push(head);
+        for _ in 1..bufs.len() {
+            ids.push(self.free.pop().expect("checked"));
+        }
         for (k, (&id, &b)) in ids.iter().zip(bufs).enumerate() {
             let last = k + 1 == bufs.len();
             self.write_desc(
@@ -115,7 +121,6 @@ impl DriverRing {
                 if last { 0 } else { ids[k + 1] },
             )?;
         }
-        let head = ids[0];
         self.chains[usize::from(head)] = ids;
         self.push_avail(mem, head)?;
         Ok(Some(head))
@@ -161,7 +166,9 @@ impl DriverRing {
             DESC_F_INDIRECT,
             0,
         )?;
-        self.chains[usize::from(id)] = vec![id];
+        let chain = &mut self.chains[usize::from(id)];
+        chain.clear();
+        chain.push(id);
         self.push_avail(mem, id)?;
         Ok(Some(id))
     }
@@ -239,8 +246,9 @@ impl DriverRing {
                 id,
             })?;
         self.last_used = self.last_used.wrapping_add(1);
-        let ids = std::mem::take(&mut self.chains[usize::from(head)]);
-        self.free.extend(ids);
+        // append, not take: the Vec keeps its capacity for the head's next chain (add)
+        let ids = &mut self.chains[usize::from(head)];
+        self.free.append(ids);
         Ok(Some((head, len)))
     }
 
