@@ -19,6 +19,11 @@ pub struct DeviceConfig {
     pub disable_latency_reads: u32,
     /// Most chains a queue service pass takes before publishing (batch size).
     pub batch: u16,
+    /// Most TX chains one queue service takes before the device lock is offered to whoever
+    /// waits for it (a register access, another queue's doorbell) and the queue waits its turn
+    /// behind the other queues with work (`DeviceState::service_pending`). Rounded up to whole
+    /// batches; at least one batch.
+    pub service_budget: u32,
     /// Who applies MSI-X masking.
     pub msix_owner: MsixOwner,
     /// Injected design bugs (none for a healthy device).
@@ -51,6 +56,7 @@ impl Default for DeviceConfig {
             rx_backlog: 4096,
             disable_latency_reads: 2,
             batch: 64,
+            service_budget: 256,
             msix_owner: MsixOwner::Device,
             quirks: crate::quirks::Quirks::NONE,
             profile: bar_registers::Profile::full(),

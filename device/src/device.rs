@@ -402,13 +402,32 @@ impl Device {
     /// [`Device::try_service_rx`]).
     fn with<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
         let mut s = self.state.lock();
+        // Queues left pending when we got the lock belong to a caller waiting in `finish` to
+        // take it back: that caller runs their rounds, we only do our own access.
+        let runs_rounds = !s.has_pending();
         let r = f(&mut s);
-        self.finish(s);
+        self.finish(s, runs_rounds);
         r
     }
 
-    fn finish(&self, mut s: MutexGuard<'_, DeviceState>) {
+    /// Ends every locked call: delivers waiting frames, then (`runs_rounds`: no queue was
+    /// pending when the call took the lock, so this call made them pending) finishes the
+    /// queues that used up their service budget, one round at a time, offering the lock to
+    /// whoever waits for it before each round (`MutexGuard::bump`, a fair hand-over): a
+    /// register access or another queue's doorbell then waits for at most one budget of a busy
+    /// TX queue, not for the whole burst a driver keeps feeding (issue #12: one busy queue must
+    /// not starve the others or the control path). Whoever gets the lock in between does only
+    /// its own access; its queues that run out of budget join the rounds of the call that owns
+    /// them. So the lock is never free while a queue is pending, and a doorbell returns when
+    /// its chains are done, unless it came while another call's rounds ran (which then finish
+    /// them).
+    fn finish(&self, mut s: MutexGuard<'_, DeviceState>, runs_rounds: bool) {
         s.service_inbox();
+        while runs_rounds && s.has_pending() {
+            MutexGuard::bump(&mut s);
+            s.service_pending();
+            s.service_inbox();
+        }
         drop(s);
         // A peer may have pushed a frame after our last drain and failed to take the lock
         // because we held it: look once more now that it is free.

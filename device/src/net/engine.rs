@@ -87,6 +87,16 @@ impl Datapath<'_> {
     }
 }
 
+/// How a queue service ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Service {
+    /// The queue has no more work (or cannot go on: no buffers, disabled).
+    Done,
+    /// The budget ran out at a batch boundary (used ring published, interrupt decided) with
+    /// chains still available.
+    More,
+}
+
 /// The configuration the engine works with (taken from [`DeviceConfig`] once).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EngineParams {
@@ -95,6 +105,8 @@ pub(crate) struct EngineParams {
     pub queue_size_max: u16,
     pub ctrl_queue: u16,
     pub batch: u16,
+    /// Most TX chains per service before it yields ([`DeviceConfig::service_budget`]).
+    pub service_budget: u32,
     /// Largest frame TX sends: MTU + Ethernet header + one VLAN tag.
     pub max_frame: usize,
     pub quirks: Quirks,
@@ -155,6 +167,7 @@ impl NetEngine {
             queue_size_max: cfg.layout.queue_size_max,
             ctrl_queue,
             batch: cfg.batch,
+            service_budget: cfg.service_budget.max(1),
             max_frame: usize::from(cfg.layout.mtu) + ETH_HLEN + VLAN_HLEN,
             quirks: cfg.quirks,
             disable_latency_reads: cfg.disable_latency_reads,
@@ -506,13 +519,22 @@ impl NetEngine {
 
     /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
     /// run out; TX also delivers what it looped back).
-    pub(crate) fn service(&mut self, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
+    ///
+    /// Returns [`Service::More`] when a TX queue used up its budget with chains still
+    /// available: the caller services it again after letting others take the lock.
+    pub(crate) fn service(
+        &mut self,
+        q: u16,
+        dp: &mut Datapath<'_>,
+    ) -> Result<Service, DeviceFault> {
         if q == self.params.ctrl_queue {
-            self.service_ctrl(q, dp)
+            self.service_ctrl(q, dp).map(|()| Service::Done)
         } else if q.is_multiple_of(2) {
-            self.service_rx(dp)
+            self.service_rx(dp).map(|()| Service::Done)
         } else {
-            self.service_tx(q, dp).and_then(|()| self.service_rx(dp))
+            let s = self.service_tx(q, dp)?;
+            self.service_rx(dp)?;
+            Ok(s)
         }
     }
 

@@ -3,7 +3,7 @@
 //! both on to a port that takes them; docs/offloads.md), sends the frame to its port and
 //! returns the chain with used len 0.
 
-use super::engine::{Datapath, NetEngine};
+use super::engine::{Datapath, NetEngine, Service};
 use super::offload::csum;
 use super::offload::gso::{self, SegBugs, TCP_CSUM_OFFSET};
 use super::offload::hdr::{self, BadTxHdr, GsoKind, NetHdr, TxOffload};
@@ -51,9 +51,15 @@ impl Out<'_> {
 
 impl NetEngine {
     /// Drains TX queue `q`.
-    pub(crate) fn service_tx(&mut self, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
+    pub(crate) fn service_tx(
+        &mut self,
+        q: u16,
+        dp: &mut Datapath<'_>,
+    ) -> Result<Service, DeviceFault> {
         let max_frame = self.params.max_frame;
         let batch = self.params.batch;
+        let budget = self.params.service_budget;
+        let mut taken = 0u32;
         let quirks = self.params.quirks;
         let odd_bug = quirks.has(Quirk::CsumOddLengthWrong);
         let bugs = SegBugs {
@@ -77,15 +83,22 @@ impl NetEngine {
             } = self;
             let counters = &mut *dp.counters;
             let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
-                return Ok(());
+                return Ok(Service::Done);
             };
+            if taken >= budget {
+                // At a batch boundary: everything fetched is used and published. The rest
+                // waits for the caller's next round (after others had the lock).
+                counters.queues[usize::from(q)].budget_yields += 1;
+                return Ok(Service::More);
+            }
             let n = ring.fetch_avail(dma, batch)?;
             if n == 0 {
                 if ring.arm_notification(dma)? {
                     continue;
                 }
-                return Ok(());
+                return Ok(Service::Done);
             }
+            taken += u32::from(n);
             while ring.pop(dma, chain, ChainKind::Tx, MAX_TX_CHAIN)? {
                 // The chain's bytes go to buf[..len]; buf only grows (no zeroing per frame).
                 let mut len = 0;

@@ -27,7 +27,7 @@ use crate::config::DeviceConfig;
 use crate::counters::{DeviceCounters, QueueCounters};
 use crate::fault::DeviceFault;
 use crate::interrupt::InterruptSink;
-use crate::net::engine::{Datapath, NetEngine};
+use crate::net::engine::{Datapath, NetEngine, Service};
 use crate::pci::ConfigEffect;
 use crate::port::{Port, RxInbox};
 use crate::quirks::Quirk;
@@ -66,6 +66,10 @@ pub struct DeviceState {
     /// The notify window in shared memory, if doorbells also come that way: every reset
     /// clears its slots (a kick from before the reset is not delivered after it).
     pub(crate) notify_area: Option<Arc<crate::doorbell::NotifyArea>>,
+    /// TX queues whose last service used up its budget with chains still available, in the
+    /// order they ran out, each once: [`crate::Device`] services them again after offering the
+    /// lock to whoever waits for it ([`DeviceState::service_pending`]).
+    pending: Vec<u16>,
 }
 
 /// Feature bits a device with this configuration offers (its profile's set, less what a quirk
@@ -101,6 +105,7 @@ impl DeviceState {
             interrupts: Vec::new(),
             paused: false,
             notify_area: None,
+            pending: Vec::new(),
             layout,
             cfg,
         }
@@ -630,9 +635,31 @@ impl DeviceState {
 
     /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
     /// run out).
+    /// A TX queue stops after its budget ([`DeviceConfig::service_budget`]) and is noted as
+    /// pending; the caller goes on with [`DeviceState::service_pending`].
     pub(crate) fn service(&mut self, q: u16) {
-        if self.datapath_runs() {
-            self.run_datapath(|engine, dp| engine.service(q, dp));
+        if self.datapath_runs()
+            && self.run_datapath(|engine, dp| engine.service(q, dp)) == Some(Service::More)
+            && !self.pending.contains(&q)
+        {
+            self.pending.push(q);
+        }
+    }
+
+    /// Whether a queue waits for another round ([`DeviceState::service`]).
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// One round over the queues that ran out of budget: each gets one more budget, in the
+    /// order they ran out (a queue reset, disabled, stopped or paused meanwhile is skipped: the
+    /// checks of [`DeviceState::service`] and of the ring state apply again).
+    pub(crate) fn service_pending(&mut self) {
+        let round = std::mem::take(&mut self.pending);
+        for q in round {
+            if self.engine.is_enabled(q) {
+                self.service(q);
+            }
         }
     }
 
@@ -649,10 +676,10 @@ impl DeviceState {
 
     /// Runs the engine with the negotiated features, then does what it left to do: the
     /// interrupts that became due (in order), the config changes, and the fault if it failed.
-    fn run_datapath(
+    fn run_datapath<T>(
         &mut self,
-        f: impl FnOnce(&mut NetEngine, &mut Datapath<'_>) -> Result<(), DeviceFault>,
-    ) {
+        f: impl FnOnce(&mut NetEngine, &mut Datapath<'_>) -> Result<T, DeviceFault>,
+    ) -> Option<T> {
         let mut interrupts = std::mem::take(&mut self.interrupts);
         let mut dp = Datapath {
             features: self.common.negotiated(),
@@ -661,6 +688,10 @@ impl DeviceState {
             config_changes: 0,
         };
         let res = f(&mut self.engine, &mut dp);
+        let (res, out) = match res {
+            Ok(v) => (Ok(()), Some(v)),
+            Err(e) => (Err(e), None),
+        };
         let changes = dp.config_changes;
         for _ in 0..changes {
             self.common.bump_generation();
@@ -681,6 +712,7 @@ impl DeviceState {
         interrupts.clear();
         self.interrupts = interrupts;
         self.check(res);
+        out
     }
 
     /// Turns a datapath result into DEVICE_NEEDS_RESET when it failed, attributing faults in

@@ -23,6 +23,9 @@ pub struct QueueStats {
     pub bytes: u64,
     pub interrupts: u64,
     pub interrupts_suppressed: u64,
+    /// TX services that hit the service budget and let others have the device lock.
+    #[serde(default)]
+    pub budget_yields: u64,
 }
 
 /// The device as `vdpa-emu ctl stats` shows it.
@@ -146,6 +149,7 @@ impl StatsReport {
                     bytes: qc.bytes,
                     interrupts: qc.interrupts,
                     interrupts_suppressed: qc.interrupts_suppressed,
+                    budget_yields: qc.budget_yields,
                 })
             })
             .collect();
