@@ -351,21 +351,25 @@ fn qemu_host_tap(e2e: &E2e, s: Shape) -> Run {
     run
 }
 
+/// `serve --mac MAC --queue-pairs N --port PORT`.
+fn serve_args(mac: &str, s: Shape, port: &str) -> [String; 6] {
+    [
+        "--mac".into(),
+        mac.into(),
+        "--queue-pairs".into(),
+        s.queue_pairs.to_string(),
+        "--port".into(),
+        port.into(),
+    ]
+}
+
 /// Our device (`serve --queue-pairs N --port tap:NAME`) driven by `driver`.
 fn ours_host_tap(e2e: &E2e, driver: &str, s: Shape) -> Run {
     let label = format!("matrix vdpa-emu {driver} {}", s.label());
     let dir = Scratch::new(&format!("matrix-{driver}-{}-{}", s.vcpus, s.queue_pairs));
     let name = "vdpaemd";
     let mac = "02:00:00:e2:e1:01";
-    let args = [
-        "--mac".to_string(),
-        mac.into(),
-        "--queue-pairs".into(),
-        s.queue_pairs.to_string(),
-        "--port".into(),
-        format!("tap:{name}"),
-    ];
-    let mut serve = Serve::start(&dir, "dev", &args);
+    let mut serve = Serve::start(&dir, "dev", &serve_args(mac, s, &format!("tap:{name}")));
     let tap = Tap::adopt(name, 32, &mut serve);
     let peer = StreamPeer::new(&tap, s);
     let vars = stream_vars("streams", driver, mac, &tap.guest_addr(), &tap.host_ip, s);
@@ -403,16 +407,9 @@ fn two_guests(e2e: &E2e, driver: &str, s: Shape, ours: bool) -> Run {
     let link = dir.join("link.sock");
     let mut serves = Vec::new();
     let (dev_a, dev_b) = if ours {
+        let port = format!("unix:{}", link.display());
         for (name, mac) in [("dev-a", mac_a), ("dev-b", mac_b)] {
-            let args = [
-                "--mac".to_string(),
-                mac.into(),
-                "--queue-pairs".into(),
-                s.queue_pairs.to_string(),
-                "--port".into(),
-                format!("unix:{}", link.display()),
-            ];
-            serves.push(Serve::start(&dir, name, &args));
+            serves.push(Serve::start(&dir, name, &serve_args(mac, s, &port)));
         }
         (
             vec!["-device".to_string(), serves[0].device_arg()],
