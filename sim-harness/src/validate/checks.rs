@@ -314,6 +314,32 @@ pub(super) fn started(s: &Session, opts: DriverOptions) -> Result<NetDriver, Dri
     Ok(d)
 }
 
+/// Whether the started driver `d` negotiated every bit of `want`. When it did not, a FAIL
+/// finding `name` of `group` (expecting `expected`) shows what was negotiated, and the driver
+/// resets the device: the group has nothing more to check.
+pub(super) fn negotiated_all(
+    d: &mut NetDriver,
+    f: &mut Findings,
+    group: &'static str,
+    want: u64,
+    name: &str,
+    expected: &str,
+) -> Result<bool, DriverError> {
+    if d.features & want == want {
+        return Ok(true);
+    }
+    f.push(Finding::fail(
+        group,
+        name,
+        true,
+        expected,
+        &format!("negotiated {:#x}", d.features),
+        "common_cfg driver_feature",
+    ));
+    d.reset()?;
+    Ok(false)
+}
+
 fn hex(v: u64) -> String {
     format!("{v:#x}")
 }

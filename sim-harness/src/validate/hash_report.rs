@@ -10,7 +10,7 @@
 //! - a HASH_CONFIG with an unsupported type is refused (SHOULD) and the last one stays;
 //! - with VIRTIO_NET_F_RSS too, RSS_CONFIG's key and types are the ones reported.
 
-use super::checks::{first_few, started, Findings};
+use super::checks::{first_few, negotiated_all, started, Findings};
 use super::report::Finding;
 use super::rss::{flow_frame, Kind, KINDS};
 use super::{Session, ValidateOptions};
@@ -215,16 +215,15 @@ pub(super) fn hash_report(
             ..DriverOptions::default()
         },
     )?;
-    if d.features & (1 << bits::HASH_REPORT) == 0 {
-        f.push(Finding::fail(
-            G,
-            "VIRTIO_NET_F_HASH_REPORT negotiated",
-            true,
-            "FEATURES_OK with HASH_REPORT",
-            &format!("negotiated {:#x}", d.features),
-            "common_cfg driver_feature",
-        ));
-        return d.reset();
+    if !negotiated_all(
+        &mut d,
+        f,
+        G,
+        1 << bits::HASH_REPORT,
+        "VIRTIO_NET_F_HASH_REPORT negotiated",
+        "FEATURES_OK with HASH_REPORT",
+    )? {
+        return Ok(());
     }
     let mut rng = SmallRng::seed_from_u64(0x4841_5348);
     let r = round(&mut d, 0, &[], &mut rng, 0)?;

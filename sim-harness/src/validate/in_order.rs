@@ -3,7 +3,7 @@
 //! slot by slot, are the avail ring's heads. Checked on a TX queue and on an RX queue with
 //! mergeable buffers after a burst of frames through the loopback.
 
-use super::checks::{started, Findings};
+use super::checks::{negotiated_all, started, Findings};
 use super::report::Finding;
 use super::{Session, ValidateOptions};
 use crate::driver::net::{rxq, txq};
@@ -36,16 +36,15 @@ pub(super) fn in_order(
             ..DriverOptions::default()
         },
     )?;
-    if d.features & (1 << bits::IN_ORDER) == 0 {
-        f.push(Finding::fail(
-            G,
-            "VIRTIO_F_IN_ORDER negotiated",
-            true,
-            "FEATURES_OK with VIRTIO_F_IN_ORDER",
-            &format!("negotiated {:#x}", d.features),
-            "common_cfg driver_feature",
-        ));
-        return d.reset();
+    if !negotiated_all(
+        &mut d,
+        f,
+        G,
+        1 << bits::IN_ORDER,
+        "VIRTIO_F_IN_ORDER negotiated",
+        "FEATURES_OK with VIRTIO_F_IN_ORDER",
+    )? {
+        return Ok(());
     }
     // The RX avail ring as posted at start: the driver does not refill during the check (a
     // refill would wrap over these slots).

@@ -5,7 +5,7 @@
 //! the packed ring; a kick whose vqn names another queue than its address should serve nothing
 //! (the device cannot tell which of the two the driver meant).
 
-use super::checks::{started, Findings};
+use super::checks::{negotiated_all, started, Findings};
 use super::report::Finding;
 use super::traffic::Traffic;
 use super::{Session, ValidateOptions};
@@ -51,16 +51,15 @@ fn layout(s: &Session, f: &mut Findings, packed: bool) -> Result<(), DriverError
         }
         .with_packed(packed),
     )?;
-    if d.features & (1 << bits::NOTIFICATION_DATA) == 0 {
-        f.push(Finding::fail(
-            G,
-            &format!("{what}: VIRTIO_F_NOTIFICATION_DATA negotiated"),
-            true,
-            "FEATURES_OK with VIRTIO_F_NOTIFICATION_DATA",
-            &format!("negotiated {:#x}", d.features),
-            "common_cfg driver_feature",
-        ));
-        return d.reset();
+    if !negotiated_all(
+        &mut d,
+        f,
+        G,
+        1 << bits::NOTIFICATION_DATA,
+        &format!("{what}: VIRTIO_F_NOTIFICATION_DATA negotiated"),
+        "FEATURES_OK with VIRTIO_F_NOTIFICATION_DATA",
+    )? {
+        return Ok(());
     }
     // Every kick of the driver model now carries the data (NetDriver::kick).
     let mut t = Traffic::new(0x4e44 + u64::from(packed));

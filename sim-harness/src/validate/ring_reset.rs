@@ -7,7 +7,7 @@
 //! fresh rings and traffic flows on it again from index 0, with no completion from before the
 //! reset. On the split ring, and on the packed ring when it is offered.
 
-use super::checks::{started, Findings};
+use super::checks::{negotiated_all, started, Findings};
 use super::report::Finding;
 use super::traffic::Traffic;
 use super::{Session, ValidateOptions};
@@ -58,16 +58,15 @@ fn layout(
         }
         .with_packed(packed),
     )?;
-    if d.features & (1 << bits::RING_RESET) == 0 {
-        f.push(Finding::fail(
-            G,
-            &format!("{what}: VIRTIO_F_RING_RESET negotiated"),
-            true,
-            "FEATURES_OK with VIRTIO_F_RING_RESET",
-            &format!("negotiated {:#x}", d.features),
-            "common_cfg driver_feature",
-        ));
-        return d.reset();
+    if !negotiated_all(
+        &mut d,
+        f,
+        G,
+        1 << bits::RING_RESET,
+        &format!("{what}: VIRTIO_F_RING_RESET negotiated"),
+        "FEATURES_OK with VIRTIO_F_RING_RESET",
+    )? {
+        return Ok(());
     }
     let mut t = Traffic::new(0x5252 + u64::from(packed));
     t.burst(&mut d, &[0, 1], &[0, 1], BURST)?;

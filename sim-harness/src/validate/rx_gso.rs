@@ -11,7 +11,7 @@
 //!   (an offload that is off is one the driver cannot take, 5.1.6.4.1), and again the stream
 //!   arrives whole.
 
-use super::checks::{first_few, started, Findings, MAC};
+use super::checks::{first_few, negotiated_all, started, Findings, MAC};
 use super::report::Finding;
 use super::{Session, ValidateOptions};
 use crate::driver::hdr::{NetHdr, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
@@ -279,19 +279,18 @@ pub(super) fn rx_gso(
             ..DriverOptions::default()
         },
     )?;
+    if !negotiated_all(
+        &mut d,
+        f,
+        G,
+        1 << bits::GUEST_TSO4 | 1 << bits::GUEST_CSUM,
+        "GUEST_TSO4 negotiated",
+        "FEATURES_OK with GUEST_CSUM and GUEST_TSO4",
+    )? {
+        return Ok(());
+    }
     let negotiated = d.features;
     let has = |b: u32| negotiated & (1 << b) != 0;
-    if !has(bits::GUEST_TSO4) || !has(bits::GUEST_CSUM) {
-        f.push(Finding::fail(
-            G,
-            "GUEST_TSO4 negotiated",
-            true,
-            "FEATURES_OK with GUEST_CSUM and GUEST_TSO4",
-            &format!("negotiated {:#x}", d.features),
-            "common_cfg driver_feature",
-        ));
-        return d.reset();
-    }
     let versions: Vec<bool> = if has(bits::GUEST_TSO6) {
         vec![true, false]
     } else {
