@@ -567,6 +567,32 @@ impl NetDriver {
         Ok(())
     }
 
+    /// queue_msix_vector of the selected queue `q` := [`NetDriver::vector_of`]`(q)`, checked
+    /// by reading it back.
+    fn set_selected_vector(&mut self, q: u16) -> Result<(), DriverError> {
+        let vec = Self::vector_of(q);
+        self.common_write(common::QUEUE_MSIX_VECTOR, 2, vec.into())?;
+        let got = self.common_read16(common::QUEUE_MSIX_VECTOR)?;
+        if got != vec {
+            return Err(DriverError::QueueVectorRejected {
+                queue: q,
+                want: vec,
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// queue_enable := 1 on the selected queue `q`, checked by reading it back.
+    fn enable_selected(&mut self, q: u16) -> Result<(), DriverError> {
+        self.common_write(common::QUEUE_ENABLE, 2, 1)?;
+        let got = self.common_read16(common::QUEUE_ENABLE)?;
+        if got != 1 {
+            return Err(DriverError::EnableFailed { queue: q, got });
+        }
+        Ok(())
+    }
+
     fn program_queues(&mut self, states: Option<&[(u16, u16)]>) -> Result<(), DriverError> {
         for q in self.queue_ids() {
             let (desc, avail, used, size) = self.queues[usize::from(q)]
@@ -589,22 +615,9 @@ impl NetDriver {
                 .and_then(|s| s.get(usize::from(q)).copied())
                 .unwrap_or(fresh);
             self.set_ring_state(q, a, u)?;
-            let vec = q + 1;
-            self.common_write(common::QUEUE_MSIX_VECTOR, 2, vec.into())?;
-            let got = self.common_read16(common::QUEUE_MSIX_VECTOR)?;
-            if got != vec {
-                return Err(DriverError::QueueVectorRejected {
-                    queue: q,
-                    want: vec,
-                    got,
-                });
-            }
+            self.set_selected_vector(q)?;
             let notify_off = self.common_read16(common::QUEUE_NOTIFY_OFF)?;
-            self.common_write(common::QUEUE_ENABLE, 2, 1)?;
-            let got = self.common_read16(common::QUEUE_ENABLE)?;
-            if got != 1 {
-                return Err(DriverError::EnableFailed { queue: q, got });
-            }
+            self.enable_selected(q)?;
             let qu = self.queues[usize::from(q)].as_mut().expect("checked above");
             qu.notify_off = notify_off;
             if let (Some(_), DriverQueueRing::Split(r)) = (states, &mut qu.ring) {

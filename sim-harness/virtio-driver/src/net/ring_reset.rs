@@ -95,26 +95,13 @@ impl NetDriver {
         self.common_write64(common::QUEUE_DESC, desc)?;
         self.common_write64(common::QUEUE_DRIVER, driver)?;
         self.common_write64(common::QUEUE_DEVICE, device)?;
-        let vec = Self::vector_of(q);
-        self.common_write(common::QUEUE_MSIX_VECTOR, 2, vec.into())?;
-        let got = self.common_read16(common::QUEUE_MSIX_VECTOR)?;
-        if got != vec {
-            return Err(DriverError::QueueVectorRejected {
-                queue: q,
-                want: vec,
-                got,
-            });
-        }
+        self.set_selected_vector(q)?;
         let notify_off = self.common_read16(common::QUEUE_NOTIFY_OFF)?;
         let qu: &mut Queue = self.queue(q)?;
         qu.ring = ring;
         qu.notify_off = notify_off;
         qu.inflight = vec![0; usize::from(size)];
-        self.common_write(common::QUEUE_ENABLE, 2, 1)?;
-        let got = self.common_read16(common::QUEUE_ENABLE)?;
-        if got != 1 {
-            return Err(DriverError::EnableFailed { queue: q, got });
-        }
+        self.enable_selected(q)?;
         let is_rx = q.is_multiple_of(2) && q != self.num_queues - 1;
         if is_rx {
             self.refill_rx(q / 2)?;
