@@ -18,8 +18,9 @@ pub struct QueueCounters {
     pub interrupts: u64,
     /// Interrupts the driver suppressed (used_event or NO_INTERRUPT).
     pub interrupts_suppressed: u64,
-    /// TX services that used up their budget ([`crate::DeviceConfig::service_budget`]) with
-    /// chains still available and let others have the device lock before going on.
+    /// TX services that used up their budget ([`crate::DeviceConfig::service_budget`]) and let
+    /// others have the device lock before going on (the next round may find the ring empty:
+    /// the budget is checked before the avail index is read again).
     pub budget_yields: u64,
 }
 

@@ -92,8 +92,8 @@ impl Datapath<'_> {
 pub(crate) enum Service {
     /// The queue has no more work (or cannot go on: no buffers, disabled).
     Done,
-    /// The budget ran out at a batch boundary (used ring published, interrupt decided) with
-    /// chains still available.
+    /// The budget ran out at a batch boundary (used ring published, interrupt decided); chains
+    /// may remain (the next round reads the avail index and finds out).
     More,
 }
 
@@ -520,8 +520,8 @@ impl NetEngine {
     /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
     /// run out; TX also delivers what it looped back).
     ///
-    /// Returns [`Service::More`] when a TX queue used up its budget with chains still
-    /// available: the caller services it again after letting others take the lock.
+    /// Returns [`Service::More`] when a TX queue used up its budget: the caller services it
+    /// again after letting others take the lock.
     pub(crate) fn service(
         &mut self,
         q: u16,

@@ -66,8 +66,8 @@ pub struct DeviceState {
     /// The notify window in shared memory, if doorbells also come that way: every reset
     /// clears its slots (a kick from before the reset is not delivered after it).
     pub(crate) notify_area: Option<Arc<crate::doorbell::NotifyArea>>,
-    /// TX queues whose last service used up its budget with chains still available, in the
-    /// order they ran out, each once: [`crate::Device`] services them again after offering the
+    /// TX queues whose last service used up its budget (chains may remain), in the order they
+    /// ran out, each once: [`crate::Device`] services them again after offering the
     /// lock to whoever waits for it ([`DeviceState::service_pending`]).
     pending: Vec<u16>,
 }
