@@ -147,18 +147,32 @@ make_blob() {
   res blob_md5="$_md5" blob_bytes="$(stat -c %s /tmp/blob)" blob_cs=$(($(now_cs) - _t0))
 }
 
-# send_blob PEER PORT: nc the blob to PEER:PORT (retrying while the connection is refused)
-send_blob() {
+# nc_send PEER PORT PAUSE: nc /tmp/blob to PEER:PORT, retrying every PAUSE seconds while the
+# connection is refused (for SEND_WAIT seconds, default 60); an attempt that ran over 3 s and
+# failed is not retried. Sets _t0 (when the successful attempt began) and _n (attempts); on
+# failure returns 1 with the reason in _why
+nc_send() {
   _deadline=$(($(now_cs) + ${SEND_WAIT:-60} * 100))
   _n=0
   while :; do
     _n=$((_n + 1))
     _t0=$(now_cs)
-    if nc -w 5 "$1" "$2" < /tmp/blob 2> /tmp/nc.err; then break; fi
-    [ $(($(now_cs) - _t0)) -gt 300 ] && fail "nc to $1:$2 failed after $(($(now_cs) - _t0)) cs (attempt $_n): $(cat /tmp/nc.err)"
-    [ "$(now_cs)" -ge "$_deadline" ] && fail "nc to $1:$2: no connection for ${SEND_WAIT:-60} s: $(cat /tmp/nc.err)"
-    sleep 0.5
+    if nc -w 5 "$1" "$2" < /tmp/blob 2> "/tmp/nc.err.$2"; then return 0; fi
+    if [ $(($(now_cs) - _t0)) -gt 300 ]; then
+      _why="nc to $1:$2 failed after $(($(now_cs) - _t0)) cs (attempt $_n): $(cat "/tmp/nc.err.$2")"
+      return 1
+    fi
+    if [ "$(now_cs)" -ge "$_deadline" ]; then
+      _why="nc to $1:$2: no connection for ${SEND_WAIT:-60} s: $(cat "/tmp/nc.err.$2")"
+      return 1
+    fi
+    sleep "$3"
   done
+}
+
+# send_blob PEER PORT: nc the blob to PEER:PORT (retrying while the connection is refused)
+send_blob() {
+  nc_send "$1" "$2" 0.5 || fail "$_why"
   _cs=$(($(now_cs) - _t0))
   _b=$(stat -c %s /tmp/blob)
   res tx_peer="$1:$2" tx_bytes="$_b" tx_cs="$_cs" tx_mbps="$(mbps "$_b" "$_cs")" tx_attempts="$_n"
@@ -191,22 +205,18 @@ send_streams() {
   _i=0 _pids=""
   while [ "$_i" -lt "$3" ]; do
     (
-      _deadline=$(($(now_cs) + ${SEND_WAIT:-60} * 100))
-      while :; do
-        _s=$(now_cs)
-        if nc -w 5 "$1" $(($2 + _i)) < /tmp/blob 2> "/tmp/st.err.$_i"; then break; fi
-        [ $(($(now_cs) - _s)) -gt 300 ] && exit 1
-        [ "$(now_cs)" -ge "$_deadline" ] && exit 1
-        sleep 0.2
-      done
-      echo "$_s $(now_cs)" > "/tmp/st.t.$_i"
+      if ! nc_send "$1" $(($2 + _i)) 0.2; then
+        echo "$_why" > "/tmp/st.err.$_i"
+        exit 1
+      fi
+      echo "$_t0 $(now_cs)" > "/tmp/st.t.$_i"
     ) &
     _pids="$_pids $!"
     _i=$((_i + 1))
   done
   _bad=0
   for _p in $_pids; do wait "$_p" || _bad=1; done
-  [ "$_bad" = 0 ] || fail "send_streams to $1:$2+$3: $(cat /tmp/st.err.* | tr '\n' '|')"
+  [ "$_bad" = 0 ] || fail "send_streams to $1:$2+$3: $(cat /tmp/st.err.* 2> /dev/null | tr '\n' '|')"
   _cs=$(cat /tmp/st.t.* | awk 'NR == 1 || $1 < s { s = $1 } $2 > e { e = $2 } END { print e - s }')
   _b=$(($(stat -c %s /tmp/blob) * $3))
   res streams_tx_bytes="$_b" streams_tx_cs="$_cs" streams_tx_mbps="$(mbps "$_b" "$_cs")"
