@@ -1253,21 +1253,7 @@ mod tests {
         /// device-specific capability's length (byte 0x90) differs too.
         #[test]
         fn a_stream_from_the_shorter_config_space_is_refused_at_the_capability_length() {
-            const FIXTURE: &str = concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/state-v1-cfg17.bin"
-            );
-            let saved = std::fs::read(FIXTURE).unwrap();
-            let b = Rig::new(None);
-            assert_eq!(
-                b.dev.restore_state(&saved),
-                Err(SnapshotError::ConfigMismatch {
-                    offset: 0x5C,
-                    saved: 0x3A,
-                    here: 0x3C
-                })
-            );
-            assert_eq!(b.dev.status(), 0);
+            let b = refused_at_common_capability_length("state-v1-cfg17.bin");
             let mut cfg = [0u8; 1];
             b.dev.region_read(REGION_CONFIG, 0x90, &mut cfg).unwrap();
             assert_eq!(
@@ -1282,11 +1268,15 @@ mod tests {
         /// vp_check_common_size needs the longer window for RING_RESET), destination reset.
         #[test]
         fn a_stream_from_the_shorter_common_window_is_refused_at_its_capability_length() {
-            const FIXTURE: &str = concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/state-v1-common58.bin"
-            );
-            let saved = std::fs::read(FIXTURE).unwrap();
+            refused_at_common_capability_length("state-v1-common58.bin");
+        }
+
+        /// Restores tests/fixtures/`fixture` (saved by a device whose common window was 0x3A
+        /// bytes) into a fresh device: refused where the common capability's length differs
+        /// (config space byte 0x5C), the device left reset.
+        fn refused_at_common_capability_length(fixture: &str) -> Rig {
+            let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+            let saved = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             let b = Rig::new(None);
             assert_eq!(
                 b.dev.restore_state(&saved),
@@ -1297,6 +1287,7 @@ mod tests {
                 })
             );
             assert_eq!(b.dev.status(), 0);
+            b
         }
 
         /// The optional `RSSC` section: taken when it is an RSS_CONFIG this device accepts with
