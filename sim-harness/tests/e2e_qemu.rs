@@ -689,11 +689,21 @@ struct Tap {
 impl Tap {
     /// Creates a persistent TAP (for QEMU's own `-netdev tap`).
     fn create(name: &str, subnet: u8) -> Tap {
+        Tap::create_queues(name, subnet, false)
+    }
+
+    /// [`Tap::create`], with IFF_MULTI_QUEUE when `multi_queue` (QEMU's `-netdev tap,queues=N`
+    /// opens one fd per queue pair and needs it).
+    fn create_queues(name: &str, subnet: u8, multi_queue: bool) -> Tap {
         require_root("a host TAP");
         if link_exists(name) {
             let _ = Command::new("ip").args(["link", "del", name]).status(); // left over by a killed run
         }
-        ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
+        let mut args = vec!["tuntap", "add", "dev", name, "mode", "tap"];
+        if multi_queue {
+            args.push("multi_queue");
+        }
+        ip(&args);
         Tap::configure(name, subnet)
     }
 

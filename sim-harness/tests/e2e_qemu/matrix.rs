@@ -309,15 +309,7 @@ fn qemu_host_tap(e2e: &E2e, s: Shape) -> Run {
     let label = format!("matrix qemu virtio-net-pci {}", s.label());
     let dir = Scratch::new(&format!("matrix-qemu-{}-{}", s.vcpus, s.queue_pairs));
     let name = "vdpaemq";
-    if link_exists(name) {
-        let _ = Command::new("ip").args(["link", "del", name]).status();
-    }
-    if s.queue_pairs > 1 {
-        ip(&["tuntap", "add", "dev", name, "mode", "tap", "multi_queue"]);
-    } else {
-        ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
-    }
-    let tap = Tap::configure(name, 31);
+    let tap = Tap::create_queues(name, 31, s.queue_pairs > 1);
     let peer = StreamPeer::new(&tap, s);
     let mac = "52:54:00:e2:e1:01";
     let mut vars = stream_vars(
