@@ -5,6 +5,14 @@
 //! An IOTLB entry caches the whole mapping containing a page, so one hit covers an access
 //! anywhere inside that mapping. The table is flushed whenever the address space's generation
 //! moves (checked with one Acquire load per access).
+//!
+//! Entries are looked up by 4 KiB page, or by 2 MiB block when the mapping covers the whole
+//! aligned block: an IOMMU maps such a range with a superpage (VT-d second-level 2 MiB pages,
+//! Linux drivers/iommu/intel/iommu.c hardware_largepage_caps), and its ATS Translation
+//! Completion then reports the larger size (PCIe 6.0 10.2.3, the S bit), so one ATC entry of the
+//! device covers the block. Guest RAM mapped whole by QEMU (DMA_MAP of a RAM region) or DPDK's
+//! hugepages thus cost one entry per 2 MiB instead of one per page; a vIOMMU's 4 KiB mappings
+//! still cost one per page.
 
 use std::sync::Arc;
 
@@ -147,7 +155,19 @@ pub(crate) enum Route {
 
 const INVALID_TAG: u64 = u64::MAX;
 
-/// One cached translation: the whole mapping containing page `tag`.
+/// log2 of the large translation size (2 MiB).
+const LARGE_SHIFT: u32 = 21;
+/// Marks a 2 MiB entry's tag (its block number), apart from 4 KiB tags (page numbers, which
+/// never reach bit 62).
+const LARGE_TAG: u64 = 1 << 62;
+
+/// The IOTLB tags an access at `iova` may hit: its 2 MiB block's, then its page's.
+#[inline(always)]
+fn tags(iova: u64) -> [u64; 2] {
+    [(iova >> LARGE_SHIFT) | LARGE_TAG, iova >> PAGE_SHIFT]
+}
+
+/// One cached translation: the whole mapping containing page (or 2 MiB block) `tag`.
 #[derive(Clone, Copy, Debug)]
 struct TlbEntry {
     tag: u64,
@@ -187,10 +207,11 @@ pub(crate) struct Iommu {
 }
 
 #[inline(always)]
-fn tlb_index(pfn: u64, mask: u64) -> usize {
-    // Fold high page bits in so that far-apart regions (guest RAM at 0 and DPDK's log at
-    // 0x1000_0000_0000) do not evict each other on every flush.
-    ((pfn ^ (pfn >> 24)) & mask) as usize
+fn tlb_index(tag: u64, mask: u64) -> usize {
+    // Fold high bits in so that far-apart regions (guest RAM at 0 and DPDK's log at
+    // 0x1000_0000_0000) do not evict each other on every flush. 2 MiB and 4 KiB entries share
+    // the table (a direct-mapped cache: they may evict each other).
+    ((tag ^ (tag >> 24)) & mask) as usize
 }
 
 impl Iommu {
@@ -276,25 +297,25 @@ impl Iommu {
         if self.space.generation_fast() != self.generation {
             return None;
         }
-        let pfn = iova >> PAGE_SHIFT;
-        let e = self.tlb.get(tlb_index(pfn, self.mask))?;
-        let allowed = if write { e.write_ok } else { e.read_ok };
-        // `iova < e.end` first so that `e.end - iova` cannot underflow (a page may hold the
-        // end of one mapping and the start of another). `len - 1 < e.end - iova` is
-        // `len <= e.end - iova` for `len > 0` and never true for `len == 0` (wraps), so empty
-        // accesses take the slow path, which treats them as no-ops without counting.
-        if e.tag == pfn
-            && allowed
-            && iova >= e.start
-            && iova < e.end
-            && len.wrapping_sub(1) < e.end - iova
-        {
-            self.stats.iotlb_hits += 1;
-            // `host` maps `[start, end)` and `iova - start < end - start`: in bounds.
-            Some((e.host + (iova - e.start) as usize) as *mut u8)
-        } else {
-            None
+        for tag in tags(iova) {
+            let e = self.tlb.get(tlb_index(tag, self.mask))?;
+            let allowed = if write { e.write_ok } else { e.read_ok };
+            // `iova < e.end` first so that `e.end - iova` cannot underflow (a page may hold the
+            // end of one mapping and the start of another). `len - 1 < e.end - iova` is
+            // `len <= e.end - iova` for `len > 0` and never true for `len == 0` (wraps), so
+            // empty accesses take the slow path, which treats them as no-ops without counting.
+            if e.tag == tag
+                && allowed
+                && iova >= e.start
+                && iova < e.end
+                && len.wrapping_sub(1) < e.end - iova
+            {
+                self.stats.iotlb_hits += 1;
+                // `host` maps `[start, end)` and `iova - start < end - start`: in bounds.
+                return Some((e.host + (iova - e.start) as usize) as *mut u8);
+            }
         }
+        None
     }
 
     /// Translates `[iova, iova + len)` (`len > 0`) for a read or a write.
@@ -358,12 +379,11 @@ impl Iommu {
         let Some(end) = iova.checked_add(len) else {
             return Err(self.fault(DmaFault::AddressOverflow { iova, len }));
         };
-        let pfn = iova >> PAGE_SHIFT;
-        let slot = tlb_index(pfn, self.mask);
-        let cached = self
-            .tlb
-            .get(slot)
-            .is_some_and(|e| e.tag == pfn && iova >= e.start && iova < e.end);
+        let cached = tags(iova).into_iter().any(|tag| {
+            self.tlb
+                .get(tlb_index(tag, self.mask))
+                .is_some_and(|e| e.tag == tag && iova >= e.start && iova < e.end)
+        });
         if cached {
             self.stats.iotlb_hits += 1;
         } else {
@@ -374,9 +394,17 @@ impl Iommu {
         };
         if !cached {
             let m = &self.snap.maps[first];
-            if let Some(e) = self.tlb.get_mut(slot) {
+            // A 2 MiB entry when the mapping covers the access's whole aligned block.
+            let [large, page] = tags(iova);
+            let block = iova & !((1u64 << LARGE_SHIFT) - 1);
+            let covers_block = m.iova <= block
+                && block
+                    .checked_add(1 << LARGE_SHIFT)
+                    .is_some_and(|e| e <= m.end);
+            let tag = if covers_block { large } else { page };
+            if let Some(e) = self.tlb.get_mut(tlb_index(tag, self.mask)) {
                 *e = TlbEntry {
-                    tag: pfn,
+                    tag,
                     start: m.iova,
                     end: m.end,
                     host: m.host,

@@ -122,6 +122,57 @@ fn iotlb_hits_and_generation_invalidation() {
     assert_eq!(eng.iommu_stats().iotlb_misses, misses + 1);
 }
 
+/// A mapping that covers whole aligned 2 MiB blocks costs one IOTLB entry per block (a
+/// superpage translation); one that does not costs one per page, and its pages evict each other
+/// in a 64-entry table.
+#[test]
+fn iotlb_entries_cover_2mib_blocks_of_mappings_that_cover_them() {
+    const MIB2: u64 = 2 << 20;
+    // 4 MiB at a 2 MiB-aligned IOVA: two blocks.
+    let (_shm, _space, mut eng) = setup(2 * MIB2, 4 * MIB2);
+    for round in 0..2 {
+        for page in 0..1024u64 {
+            eng.read_u16(4 * MIB2 + page * 4096 + 8, DmaKind::RingRead)
+                .unwrap();
+        }
+        let s = *eng.iommu_stats();
+        assert_eq!(
+            (s.iotlb_misses, s.iotlb_hits),
+            (2, 1024 * (round + 1) - 2),
+            "one miss per 2 MiB block, round {round}"
+        );
+    }
+    // The same 4 MiB at an IOVA 4 KiB past a block boundary, [4 MiB + 4 KiB, 8 MiB + 4 KiB),
+    // covers one whole block only, [6, 8) MiB: its 512 pages cost one entry, the 511 pages
+    // before it one each, and those evict each other in 64 entries (and maybe the block's).
+    let (_shm, _space, mut eng) = setup(2 * MIB2, 2 * MIB2 + 4096);
+    for _ in 0..2 {
+        for page in 0..1023u64 {
+            eng.read_u16(2 * MIB2 + 4096 + page * 4096, DmaKind::RingRead)
+                .unwrap();
+        }
+    }
+    let s = *eng.iommu_stats();
+    assert!(
+        (2 * 511..=2 * 511 + 2).contains(&s.iotlb_misses),
+        "the pages outside the whole block miss, the block's do not: {s:?}"
+    );
+    assert_eq!(s.iotlb_hits + s.iotlb_misses, 2 * 1023);
+    // A mapping smaller than a block never gets a 2 MiB entry, whatever its alignment.
+    let (_shm, _space, mut eng) = setup(MIB2 / 2, 4 * MIB2);
+    for _ in 0..2 {
+        for page in 0..128u64 {
+            eng.read_u16(4 * MIB2 + page * 4096, DmaKind::RingRead)
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        eng.iommu_stats().iotlb_misses,
+        256,
+        "64 entries for 128 pages"
+    );
+}
+
 #[test]
 fn no_iotlb_always_misses() {
     let (_shm, space, _) = setup(0x2000, 0);
