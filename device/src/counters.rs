@@ -128,6 +128,18 @@ pub struct DeviceCounters {
     pub faults: [u64; FAULT_KINDS.len()],
     /// Device resets (status 0 or function reset).
     pub resets: u64,
+    /// Frames the port took and lost afterwards ([`crate::Port::lost`], copied in by
+    /// [`crate::Device::counters`]).
+    pub tx_port_lost: u64,
+    /// TX services that stopped at a chain boundary because the port was full
+    /// ([`crate::Port::ready`]): the chains left wait in the ring for the port's waker.
+    pub tx_port_busy: u64,
+    /// Frames a port delivered while the receive FIFO was full, dropped there (the FIFO's own
+    /// count, copied in by [`crate::Device::counters`]; a device reset does not clear it).
+    pub rx_dropped_backlog: u64,
+    /// Times a port reader found the receive FIFO full and waited for room instead of reading
+    /// on (the FIFO's own count, like `rx_dropped_backlog`): the wire backed up to its sender.
+    pub rx_port_waits: u64,
     pub queues: Vec<QueueCounters>,
 }
 
@@ -158,6 +170,8 @@ impl DeviceCounters {
             ("tx_dropped_oversize", self.tx_dropped_oversize),
             ("tx_dropped_runt", self.tx_dropped_runt),
             ("tx_port_drops", self.tx_port_drops),
+            ("tx_port_busy", self.tx_port_busy),
+            ("tx_port_lost", self.tx_port_lost),
             ("tx_hdr_unknown_flags", self.tx_hdr_unknown_flags),
             ("tx_csum", self.tx_csum),
             ("tx_gso_frames", self.tx_gso_frames),
@@ -177,6 +191,8 @@ impl DeviceCounters {
             ("rx_filtered", self.rx_filtered),
             ("rx_dropped_too_small", self.rx_dropped_too_small),
             ("rx_dropped_reset", self.rx_dropped_reset),
+            ("rx_dropped_backlog", self.rx_dropped_backlog),
+            ("rx_port_waits", self.rx_port_waits),
             ("rx_rss_hashed", self.rx_rss_hashed),
             ("rx_rss_unclassified", self.rx_rss_unclassified),
             ("rx_hash_reported", self.rx_hash_reported),

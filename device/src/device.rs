@@ -105,6 +105,8 @@ pub struct QueueSnapshot {
 
 /// The NIC.
 pub struct Device {
+    /// This device, for the wakers it hands to its ports (a port must not keep it alive).
+    me: std::sync::Weak<Device>,
     state: Mutex<DeviceState>,
     inbox: Arc<RxInbox>,
     space: Arc<AddressSpace>,
@@ -138,7 +140,8 @@ impl Device {
             inbox.clone(),
             Arc::new(NullSink),
         );
-        Ok(Arc::new(Device {
+        Ok(Arc::new_cyclic(|me| Device {
+            me: me.clone(),
             state: Mutex::new(state),
             inbox,
             space,
@@ -161,9 +164,21 @@ impl Device {
         &self.inbox
     }
 
-    /// Connects the device to a port.
+    /// Connects the device to a port, and gives the port its waker ([`Port::ready`]).
     pub fn set_port(&self, port: Arc<dyn Port>) {
+        let me = self.me.clone();
+        port.set_ready_waker(Some(Arc::new(move || {
+            if let Some(dev) = me.upgrade() {
+                dev.port_ready();
+            }
+        })));
         self.with(|s| s.engine.set_port(port));
+    }
+
+    /// The port has room again: the TX queues it held back go on where they stopped (what a
+    /// port's waker calls; harmless at any time).
+    pub fn port_ready(&self) {
+        self.with(|s| s.port_ready());
     }
 
     /// Loops the device's transmit side back into its own receive side.
@@ -309,7 +324,13 @@ impl Device {
 
     /// Counter snapshot.
     pub fn counters(&self) -> DeviceCounters {
-        self.state.lock().counters.clone()
+        let s = self.state.lock();
+        let mut c = s.counters.clone();
+        c.tx_port_lost = s.engine.port().lost();
+        drop(s);
+        c.rx_dropped_backlog = self.inbox.dropped();
+        c.rx_port_waits = self.inbox.room_waits();
+        c
     }
 
     /// Bus accounting snapshot.

@@ -28,6 +28,6 @@ pub use counters::{DeviceCounters, QueueCounters};
 pub use device::{AccessError, Device, DmaMapper, InjectedFault, QueueSnapshot, RegionAccess};
 pub use fault::DeviceFault;
 pub use interrupt::{InterruptRecorder, InterruptSink};
-pub use port::{LinkPort, LoopbackPort, NullPort, Port, PortOffloads, RxInbox};
+pub use port::{LinkPort, LoopbackPort, NullPort, Port, PortOffloads, ReadyWaker, RxInbox};
 pub use quirks::{Quirk, Quirks};
 pub use snapshot::SnapshotError;

@@ -1622,6 +1622,13 @@ fn device_virtio_pci_host_tap() {
     );
 }
 
+/// The stats of the live device, through its control socket.
+fn stats(serve: &Serve) -> sim_harness::ctl::StatsReport {
+    let r: sim_harness::ctl::Response =
+        serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
+    r.stats.expect("stats")
+}
+
 /// `vdpa-emu ctl --socket SERVE.sock ARGS...` (the control socket beside serve's); panics with
 /// serve's log on failure; returns stdout.
 fn ctl(serve: &Serve, args: &[&str]) -> String {

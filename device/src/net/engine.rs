@@ -137,6 +137,9 @@ pub struct NetEngine {
     pub(super) capture: Option<Arc<dyn FrameCapture>>,
     /// What the port was last told the driver takes on receive ([`Port::set_rx_offloads`]).
     pub(super) port_rx_offloads: PortOffloads,
+    /// TX queues that stopped because the port was full ([`Port::ready`]), each once, in the
+    /// order they stopped: the port's waker runs them again ([`NetEngine::take_port_blocked`]).
+    pub(super) port_blocked: Vec<u16>,
 }
 
 impl std::fmt::Debug for NetEngine {
@@ -189,6 +192,7 @@ impl NetEngine {
             seg_buf: Vec::new(),
             capture: None,
             port_rx_offloads: PortOffloads::NONE,
+            port_blocked: Vec::new(),
         }
     }
 
@@ -200,6 +204,7 @@ impl NetEngine {
             *q = QueueSlot::new(self.params.queue_size_max);
         }
         self.net = NetState::new(self.params.mac);
+        self.port_blocked.clear();
         self.set_port_rx_offloads(PortOffloads::NONE);
         self.dma.set_logging(None);
         self.dma.disarm_fault();
@@ -242,10 +247,22 @@ impl NetEngine {
         &mut self.dma
     }
 
-    /// Connects the transmit side to a port.
+    /// Connects the transmit side to a port (its waker is the caller's to set).
     pub fn set_port(&mut self, port: Arc<dyn Port>) {
         port.set_rx_offloads(self.port_rx_offloads);
         self.port = port;
+        // Queues the old port held back are tried on the new one at the next service.
+        self.port_blocked.clear();
+    }
+
+    /// The port frames leave by.
+    pub fn port(&self) -> &Arc<dyn Port> {
+        &self.port
+    }
+
+    /// The TX queues the port held back, to run again now that it has room (the list empties).
+    pub(crate) fn take_port_blocked(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.port_blocked)
     }
 
     /// The receive offloads the driver takes now, with `features` negotiated (5.1.6.5.6.1).

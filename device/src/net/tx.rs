@@ -99,7 +99,18 @@ impl NetEngine {
                 return Ok(Service::Done);
             }
             taken += u32::from(n);
-            while ring.pop(dma, chain, ChainKind::Tx, MAX_TX_CHAIN)? {
+            let mut port_busy = false;
+            loop {
+                // Flow control: a chain is taken only when the port has room for its frame.
+                // The rest stays in the ring (the ring state counts only what was taken) until
+                // the port's waker runs the queue again (Port::ready).
+                if !port.ready() {
+                    port_busy = true;
+                    break;
+                }
+                if !ring.pop(dma, chain, ChainKind::Tx, MAX_TX_CHAIN)? {
+                    break;
+                }
                 // The chain's bytes go to buf[..len]; buf only grows (no zeroing per frame).
                 let mut len = 0;
                 for d in &chain.descs {
@@ -200,6 +211,13 @@ impl NetEngine {
                 dp.interrupts.push(q);
             } else {
                 counters.queues[usize::from(q)].interrupts_suppressed += 1;
+            }
+            if port_busy {
+                counters.tx_port_busy += 1;
+                if !self.port_blocked.contains(&q) {
+                    self.port_blocked.push(q);
+                }
+                return Ok(Service::Done);
             }
         }
     }

@@ -9,7 +9,7 @@ pub mod link;
 pub mod loopback;
 
 use crate::net::offload::hdr::NetHdr;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -72,9 +72,34 @@ pub trait Port: Send + Sync {
     fn set_rx_offloads(&self, offloads: PortOffloads) {
         let _ = offloads;
     }
+    /// Whether the port takes another frame now. A port that can run full (a socket whose
+    /// other end reads slower than this one sends) says false: the device then stops taking
+    /// TX chains at the next chain boundary, leaves the rest in the ring, and goes on when the
+    /// port calls the waker it was given ([`Port::set_ready_waker`]). The link-level flow
+    /// control of a real wire (IEEE 802.3 Annex 31B PAUSE), and what QEMU's virtio-net does
+    /// when its netdev cannot take a packet (hw/net/virtio-net.c virtio_net_flush_tx stops at
+    /// `qemu_sendv_packet_async` returning 0 and resumes in virtio_net_tx_complete). A frame
+    /// handed over anyway is taken (the device checks at chain boundaries, and a GSO frame the
+    /// device segments is one chain): a port that says false must still have room for those.
+    fn ready(&self) -> bool {
+        true
+    }
+    /// What the port calls once it has room again after [`Port::ready`] said false (from its
+    /// own thread, holding none of its locks). Set by the device when it is connected.
+    fn set_ready_waker(&self, waker: Option<ReadyWaker>) {
+        let _ = waker;
+    }
+    /// Frames the port took ([`Port::transmit`] returned true) and lost afterwards (a link
+    /// whose other end is gone or stalled), for the device's `tx_port_lost` counter.
+    fn lost(&self) -> u64 {
+        0
+    }
     /// Short description for logs and reports.
     fn describe(&self) -> String;
 }
+
+/// What a port calls when it has room again ([`Port::set_ready_waker`]).
+pub type ReadyWaker = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// A port that discards everything (benchmarks of the TX path alone).
 #[derive(Debug, Default)]
@@ -109,6 +134,11 @@ pub struct InboxFrame {
 }
 
 /// The device's receive FIFO. Frames wait here until RX buffers are available.
+///
+/// A port that can hold frames back (a socket or TAP reader thread) asks for room before it
+/// reads more ([`RxInbox::wait_room`]) instead of pushing into a full FIFO, so the wire backs up
+/// to the sender rather than losing frames here, as QEMU stops reading a netdev while its
+/// virtio-net cannot receive (net/net.c qemu_can_receive_packet, net/tap.c tap_can_send).
 #[derive(Debug)]
 pub struct RxInbox {
     frames: Mutex<VecDeque<InboxFrame>>,
@@ -116,6 +146,10 @@ pub struct RxInbox {
     len: AtomicUsize,
     capacity: usize,
     dropped: AtomicU64,
+    /// Signalled when the FIFO drains to half its capacity while a reader waits for room.
+    room: Condvar,
+    room_waiters: AtomicUsize,
+    room_waits: AtomicU64,
 }
 
 impl RxInbox {
@@ -127,6 +161,45 @@ impl RxInbox {
             len: AtomicUsize::new(0),
             capacity,
             dropped: AtomicU64::new(0),
+            room: Condvar::new(),
+            room_waiters: AtomicUsize::new(0),
+            room_waits: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the FIFO holds as many frames as it may.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity
+    }
+
+    /// Waits until the FIFO is no more than half full, or `timeout` passed; true when there is
+    /// room. Counted once per call that had to wait ([`RxInbox::room_waits`]).
+    pub fn wait_room(&self, timeout: std::time::Duration) -> bool {
+        let mut q = self.frames.lock();
+        if q.len() < self.capacity {
+            return true;
+        }
+        self.room_waits.fetch_add(1, Ordering::Relaxed);
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        while q.len() > self.capacity / 2 {
+            if self.room.wait_until(&mut q, deadline).timed_out() {
+                break;
+            }
+        }
+        self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        q.len() < self.capacity
+    }
+
+    /// Times a port reader found the FIFO full and waited for room ([`RxInbox::wait_room`]).
+    pub fn room_waits(&self) -> u64 {
+        self.room_waits.load(Ordering::Relaxed)
+    }
+
+    /// After the FIFO shrank (lock held): wakes a reader waiting for room once it is half empty.
+    fn shrunk(&self, len: usize) {
+        if len <= self.capacity / 2 && self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_all();
         }
     }
 
@@ -164,6 +237,7 @@ impl RxInbox {
         let mut q = self.frames.lock();
         let f = q.pop_front();
         self.len.store(q.len(), Ordering::SeqCst);
+        self.shrunk(q.len());
         f
     }
 
@@ -211,6 +285,7 @@ impl RxInbox {
         let n = q.len();
         q.clear();
         self.len.store(0, Ordering::SeqCst);
+        self.shrunk(0);
         n
     }
 }

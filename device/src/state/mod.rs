@@ -646,6 +646,17 @@ impl DeviceState {
         }
     }
 
+    /// The port has room again: runs the TX queues it held back, in the order they stopped (a
+    /// queue reset, disabled or paused meanwhile is skipped by the checks of
+    /// [`DeviceState::service`]; a paused device runs every queue at resume anyway).
+    pub(crate) fn port_ready(&mut self) {
+        for q in self.engine.take_port_blocked() {
+            if self.engine.is_enabled(q) {
+                self.service(q);
+            }
+        }
+    }
+
     /// Whether a queue waits for another round ([`DeviceState::service`]).
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()

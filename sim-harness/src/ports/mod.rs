@@ -223,16 +223,34 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(PortError::Thread)
 }
 
+/// How long a reader waits for room in the inbox before it looks at `stop` again.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The inbox is full: lets the device deliver (waiting for its lock), then waits until the
+/// device took enough for the inbox to be half empty. False when `stop` came meanwhile.
+fn wait_for_room(dev: &Device, stop: &Stop) -> bool {
+    dev.service_rx();
+    while !dev.inbox().wait_room(ROOM_POLL) {
+        if stop.is_triggered() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Smallest frame worth delivering: an Ethernet header.
 const MIN_FRAME: usize = 14;
 
 /// Reads frames until `stop`, each behind a header of `hdr_len` bytes (a TAP's
 /// virtio_net_hdr_v1: NEEDS_CSUM and GSO frames as far as TUNSETOFFLOAD asked, which follows
-/// the device's driver; the header goes into the inbox with the frame). Frames are pushed into the inbox as fast as they come (the
-/// inbox is the NIC's receive buffer; it drops when full); every batch is offered to the
-/// device without waiting (`try_service_rx`: a busy device drains its inbox itself before it
-/// lets go of its lock), and once the wire is idle the thread waits for the device lock
-/// (`service_rx`; it holds no other lock) so nothing is left behind.
+/// the device's driver; the header goes into the inbox with the frame). Frames are pushed into
+/// the inbox (the NIC's receive buffer) as they come; every batch is offered to the device
+/// without waiting (`try_service_rx`: a busy device drains its inbox itself before it lets go
+/// of its lock), and once the wire is idle the thread waits for the device lock (`service_rx`;
+/// it holds no other lock) so nothing is left behind. A full inbox is not read into: the thread
+/// waits for room ([`RxInbox::wait_room`](device::RxInbox::wait_room)), so the frames back up
+/// in the socket or TAP queue and the sender slows down (flow control, as QEMU stops polling a
+/// netdev its device cannot take from) instead of being dropped here.
 fn reader_loop(
     dev: &Device,
     fd: BorrowedFd<'_>,
@@ -253,6 +271,9 @@ fn reader_loop(
         }
         let mut batch = 0usize;
         loop {
+            if dev.inbox().is_full() && !wait_for_room(dev, stop) {
+                return;
+            }
             match recv(&mut buf) {
                 Ok(n) if n >= hdr_len + MIN_FRAME => {
                     if hdr_len == NET_HDR_LEN {

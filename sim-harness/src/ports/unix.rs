@@ -7,36 +7,74 @@
 //! stale and reused. A third device on the same PATH is refused. The socket file is removed
 //! when the end closes.
 //!
-//! Frames go out through a second, unbound socket connected to the other end, so that a full
-//! receive queue on the other side (the kernel keeps only `net.unix.max_dgram_qlen`, 10 by
-//! default) can be waited for: up to [`CONGESTION_WAIT`] per frame, then frames are dropped
-//! (counted) until the other end drains again. Frames sent while the other end is absent are
-//! dropped, like on an unplugged cable.
+//! Flow control. The other end's receive queue is short (the kernel keeps
+//! `net.unix.max_dgram_qlen` datagrams, 10 by default) and its reader stops reading while its
+//! device's receive FIFO is full. So frames go out through an outbox drained by a writer thread
+//! of their own, which waits for the socket as long as the other end is alive and reading; the
+//! device's TX stops taking chains while the outbox holds [`OUTBOX_HIGH`] frames
+//! ([`device::Port::ready`]) and goes on when it is down to [`OUTBOX_LOW`]: the sending guest's
+//! TX ring fills and its stack slows down, as on a wire with PAUSE frames, and no frame is
+//! lost on the way. Frames are dropped (counted: [`device::Port::lost`]) only when the other
+//! end is absent (an unplugged cable), or takes nothing for [`STALL_TIMEOUT`] (then each frame
+//! is dropped at once until the other end reads again), or when a single chain overflows the
+//! outbox past [`OUTBOX_MAX`].
 
 use crate::vfio_user::sock::poll_out;
-use device::Port;
-use parking_lot::Mutex;
+use device::{Port, ReadyWaker};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a transmit waits for room in the other end's receive queue.
-pub const CONGESTION_WAIT: Duration = Duration::from_millis(20);
+/// How long the writer waits for room in the other end's receive queue before it declares the
+/// other end stalled and drops.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames waiting in the outbox at which the device stops taking TX chains.
+pub const OUTBOX_HIGH: usize = 256;
+/// Frames waiting in the outbox at which a device that stopped is woken.
+pub const OUTBOX_LOW: usize = 64;
+/// Most frames the outbox holds: a chain taken below [`OUTBOX_HIGH`] may still add a GSO
+/// frame's worth of segments; past this they are dropped.
+pub const OUTBOX_MAX: usize = 8192;
 
 /// One end of a datagram link.
 #[derive(Debug)]
 pub struct UnixLinkPort {
     sock: UnixDatagram,
-    tx: Mutex<Option<UnixDatagram>>,
-    stalled: AtomicBool,
+    out: Arc<Outbox>,
     own: PathBuf,
     peer: PathBuf,
+}
+
+/// Frames the device handed over, waiting for the writer thread.
+struct Outbox {
+    frames: Mutex<VecDeque<Vec<u8>>>,
+    /// Signalled when a frame arrives or the port closes.
+    more: Condvar,
+    len: AtomicUsize,
+    spare: Mutex<Vec<Vec<u8>>>,
+    /// The device found the outbox full since the last wake-up ([`Port::ready`]).
+    wanted: AtomicBool,
+    waker: Mutex<Option<ReadyWaker>>,
+    closing: AtomicBool,
     tx_frames: AtomicU64,
-    tx_dropped: AtomicU64,
+    tx_lost: AtomicU64,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("len", &self.len.load(Ordering::Relaxed))
+            .field("tx_frames", &self.tx_frames.load(Ordering::Relaxed))
+            .field("tx_lost", &self.tx_lost.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
@@ -51,7 +89,7 @@ fn live(p: &Path) -> bool {
 }
 
 impl UnixLinkPort {
-    /// Takes a free end of link `base` (see the module docs).
+    /// Takes a free end of link `base` (see the module docs) and starts its writer thread.
     pub fn open(base: &Path) -> io::Result<Self> {
         for (own, peer) in [(".a", ".b"), (".b", ".a")] {
             let own = with_suffix(base, own);
@@ -70,14 +108,31 @@ impl UnixLinkPort {
             };
             sock.set_nonblocking(true)?;
             tracing::info!(own = %own.display(), peer = %peer.display(), "unix link end bound");
+            let out = Arc::new(Outbox {
+                frames: Mutex::new(VecDeque::new()),
+                more: Condvar::new(),
+                len: AtomicUsize::new(0),
+                spare: Mutex::new(Vec::new()),
+                wanted: AtomicBool::new(false),
+                waker: Mutex::new(None),
+                closing: AtomicBool::new(false),
+                tx_frames: AtomicU64::new(0),
+                tx_lost: AtomicU64::new(0),
+            });
+            let writer = Writer {
+                out: out.clone(),
+                peer: peer.clone(),
+                tx: None,
+                stalled: false,
+            };
+            std::thread::Builder::new()
+                .name("unix-link-tx".into())
+                .spawn(move || writer.run())?;
             return Ok(UnixLinkPort {
                 sock,
-                tx: Mutex::new(None),
-                stalled: AtomicBool::new(false),
+                out,
                 own,
                 peer,
-                tx_frames: AtomicU64::new(0),
-                tx_dropped: AtomicU64::new(0),
             });
         }
         Err(io::Error::new(
@@ -101,16 +156,65 @@ impl UnixLinkPort {
         self.sock.try_clone()
     }
 
-    /// Frames sent and frames dropped.
+    /// Frames sent and frames lost (taken from the device, then dropped).
     pub fn tx_counts(&self) -> (u64, u64) {
         (
-            self.tx_frames.load(Ordering::Relaxed),
-            self.tx_dropped.load(Ordering::Relaxed),
+            self.out.tx_frames.load(Ordering::Relaxed),
+            self.out.tx_lost.load(Ordering::Relaxed),
         )
+    }
+
+    /// Frames waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.out.len.load(Ordering::Acquire)
     }
 }
 
-impl UnixLinkPort {
+/// The writer thread: sends the outbox's frames to the other end, in order.
+struct Writer {
+    out: Arc<Outbox>,
+    peer: PathBuf,
+    tx: Option<UnixDatagram>,
+    /// The other end took nothing for STALL_TIMEOUT: drop at once until a send succeeds.
+    stalled: bool,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let frame = {
+                let mut q = self.out.frames.lock();
+                loop {
+                    if let Some(f) = q.pop_front() {
+                        break f;
+                    }
+                    if self.out.closing.load(Ordering::Acquire) {
+                        return;
+                    }
+                    self.out.more.wait(&mut q);
+                }
+            };
+            match self.send(&frame) {
+                Ok(()) => self.out.tx_frames.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::trace!(error = %e, peer = %self.peer.display(), "link dropped a frame");
+                    self.out.tx_lost.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            self.out.recycle(frame);
+            let left = self.out.len.fetch_sub(1, Ordering::AcqRel) - 1;
+            if left <= OUTBOX_LOW
+                && self.out.wanted.load(Ordering::SeqCst)
+                && self.out.wanted.swap(false, Ordering::SeqCst)
+            {
+                let waker = self.out.waker.lock().clone();
+                if let Some(w) = waker {
+                    w();
+                }
+            }
+        }
+    }
+
     fn connect(&self) -> io::Result<UnixDatagram> {
         let s = UnixDatagram::unbound()?;
         s.connect(&self.peer)?;
@@ -118,37 +222,37 @@ impl UnixLinkPort {
         Ok(s)
     }
 
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let mut tx = self.tx.lock();
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         let mut reconnected = false;
         loop {
-            if tx.is_none() {
-                *tx = Some(self.connect()?);
+            if self.tx.is_none() {
+                self.tx = Some(self.connect()?);
                 reconnected = true;
             }
-            let s = tx.as_ref().expect("connected above");
+            let s = self.tx.as_ref().expect("connected above");
             match s.send(frame) {
                 Ok(_) => {
-                    self.stalled.store(false, Ordering::Relaxed);
+                    self.stalled = false;
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The other end's queue is full: wait a little for its reader, unless it
-                    // already failed to keep up (then drop at once until it drains).
-                    if self.stalled.load(Ordering::Relaxed)
-                        || !poll_out(s.as_fd(), CONGESTION_WAIT)?
-                    {
-                        self.stalled.store(true, Ordering::Relaxed);
+                    // The other end's queue is full: wait for its reader (it stops while its
+                    // device cannot take frames), unless it already failed to keep up.
+                    if self.stalled || !poll_out(s.as_fd(), STALL_TIMEOUT)? {
+                        if !self.stalled {
+                            tracing::warn!(peer = %self.peer.display(), "link peer takes no frames: dropping until it does");
+                        }
+                        self.stalled = true;
                         return Err(e);
                     }
                 }
                 // The other end went away (and maybe came back on the same path): reconnect once.
                 Err(e) if !reconnected => {
                     tracing::debug!(error = %e, "link peer gone; reconnecting");
-                    *tx = None;
+                    self.tx = None;
                 }
                 Err(e) => {
-                    *tx = None;
+                    self.tx = None;
                     return Err(e);
                 }
             }
@@ -156,19 +260,48 @@ impl UnixLinkPort {
     }
 }
 
+impl Outbox {
+    fn recycle(&self, buf: Vec<u8>) {
+        let mut s = self.spare.lock();
+        if s.len() < OUTBOX_HIGH {
+            s.push(buf);
+        }
+    }
+}
+
 impl Port for UnixLinkPort {
     fn transmit(&self, frame: &[u8]) -> bool {
-        match self.send(frame) {
-            Ok(()) => {
-                self.tx_frames.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(e) => {
-                self.tx_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(error = %e, peer = %self.peer.display(), "link dropped a frame");
-                false
-            }
+        let out = &self.out;
+        if out.len.load(Ordering::Acquire) >= OUTBOX_MAX {
+            out.tx_lost.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        let mut buf = out.spare.lock().pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        out.len.fetch_add(1, Ordering::AcqRel);
+        out.frames.lock().push_back(buf);
+        out.more.notify_one();
+        true
+    }
+
+    fn ready(&self) -> bool {
+        let out = &self.out;
+        if out.len.load(Ordering::Acquire) < OUTBOX_HIGH {
+            return true;
+        }
+        // Say we wait first, then look again: the writer either sees the flag when it drains
+        // to OUTBOX_LOW (and wakes the device), or drained before our second look.
+        out.wanted.store(true, Ordering::SeqCst);
+        out.len.load(Ordering::SeqCst) < OUTBOX_HIGH
+    }
+
+    fn set_ready_waker(&self, waker: Option<ReadyWaker>) {
+        *self.out.waker.lock() = waker;
+    }
+
+    fn lost(&self) -> u64 {
+        self.out.tx_lost.load(Ordering::Relaxed)
     }
 
     fn describe(&self) -> String {
@@ -178,6 +311,13 @@ impl Port for UnixLinkPort {
 
 impl Drop for UnixLinkPort {
     fn drop(&mut self) {
+        // The writer sends what is queued, then ends (not joined: the last reference to the
+        // device, and so to this port, may be dropped on the writer thread itself).
+        self.out.closing.store(true, Ordering::Release);
+        *self.out.waker.lock() = None;
+        let _q = self.out.frames.lock();
+        self.out.more.notify_all();
+        drop(_q);
         let _ = std::fs::remove_file(&self.own);
     }
 }

@@ -5,13 +5,6 @@
 
 use super::*;
 
-/// The stats of the live device, through its control socket.
-fn stats(serve: &Serve) -> sim_harness::ctl::StatsReport {
-    let r: sim_harness::ctl::Response =
-        serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
-    r.stats.expect("stats")
-}
-
 fn ifcvf_profile_with(test: &str, driver: &str, tap_name: &str, subnet: u8, mac: &str) {
     require_root(test);
     let e2e = e2e();

@@ -10,13 +10,6 @@ use super::*;
 const FLOWS: u16 = 64;
 const PER_FLOW: usize = 4;
 
-/// The stats of the live device, through its control socket.
-fn stats(serve: &Serve) -> sim_harness::ctl::StatsReport {
-    let r: sim_harness::ctl::Response =
-        serde_json::from_str(&ctl(serve, &["--json", "stats"])).expect("stats JSON");
-    r.stats.expect("stats")
-}
-
 /// A 2-vCPU guest on a device with 2 queue pairs: Linux turns RSS on with a 128-entry table, 64
 /// entries per pair; 64 UDP flows from the host then arrive on both receive queues (the device's
 /// per-queue counters and the guest's per-queue interrupts both show it), every frame steered by
