@@ -163,9 +163,10 @@ enum Cmd {
         doorbell: sim_harness::serve::DoorbellMode,
         /// How the doorbell engine polls the mapped notify window, in microseconds: min (first
         /// sleep after a kick or device activity, then doubling), warm (longest sleep while the
-        /// last event is recent), warm-for, idle (longest sleep when idle), busy (yield-polling
-        /// right after a kick). Keys left out keep their defaults.
-        #[arg(long, default_value = "min=20,warm=500,warm-for=100000,idle=10000,busy=0", value_parser = sim_harness::serve::parse_poll_policy)]
+        /// last event is recent), warm-for, idle (longest sleep when idle), spin (polling with
+        /// CPU pauses right after a kick), busy (yield-polling after that). Keys left out keep
+        /// their defaults.
+        #[arg(long, default_value = "min=20,warm=500,warm-for=100000,idle=10000,spin=0,busy=0", value_parser = sim_harness::serve::parse_poll_policy)]
         doorbell_poll: device::doorbell::PollPolicy,
         /// How the doorbell engine thread asks to be scheduled: normal, slice (a 100 us EEVDF
         /// slice: wakes sooner) or prompt (SCHED_FIFO priority 1 if allowed, else slice: the

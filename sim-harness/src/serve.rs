@@ -89,13 +89,14 @@ pub fn parse_doorbell_mode(s: &str) -> Result<DoorbellMode, String> {
     }
 }
 
-/// Parses `--doorbell-poll KEY=US,...` with keys `min`, `warm`, `warm-for`, `idle` and `busy`
-/// (microseconds; a key left out keeps its default): the doorbell engine's first sleep after
-/// an event, its longest while warm, how long warm lasts, its longest when idle, and its
-/// yield-polling time after a kick (`device::doorbell::PollPolicy`).
+/// Parses `--doorbell-poll KEY=US,...` with keys `min`, `warm`, `warm-for`, `idle`, `spin` and
+/// `busy` (microseconds; a key left out keeps its default): the doorbell engine's first sleep
+/// after an event, its longest while warm, how long warm lasts, its longest when idle, its
+/// pause-polling time after a kick, and its yield-polling time after that
+/// (`device::doorbell::PollPolicy`).
 pub fn parse_poll_policy(s: &str) -> Result<PollPolicy, String> {
     let bad = |why: &str| {
-        format!("doorbell poll {s:?}: {why}; expected KEY=US,... with keys min, warm, warm-for, idle, busy (e.g. min=20,warm=500,idle=10000)")
+        format!("doorbell poll {s:?}: {why}; expected KEY=US,... with keys min, warm, warm-for, idle, spin, busy (e.g. min=20,warm=500,idle=10000)")
     };
     let mut p = PollPolicy::default();
     for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
@@ -106,6 +107,7 @@ pub fn parse_poll_policy(s: &str) -> Result<PollPolicy, String> {
             "warm" => p.warm_sleep = us,
             "warm-for" => p.warm_for = us,
             "idle" => p.max_sleep = us,
+            "spin" => p.spin = us,
             "busy" => p.busy = us,
             other => return Err(bad(&format!("unknown key {other:?}"))),
         }
@@ -623,11 +625,12 @@ mod tests {
     fn poll_policies() {
         let us = Duration::from_micros;
         assert_eq!(parse_poll_policy(""), Ok(PollPolicy::default()));
-        let p = parse_poll_policy("min=5, warm=50,warm-for=2000,idle=3000,busy=7").unwrap();
+        let p = parse_poll_policy("min=5, warm=50,warm-for=2000,idle=3000,busy=7,spin=3").unwrap();
         assert_eq!(
             p,
             PollPolicy {
                 busy: us(7),
+                spin: us(3),
                 min_sleep: us(5),
                 warm_sleep: us(50),
                 warm_for: us(2000),

@@ -28,6 +28,8 @@ pub struct EngineStats {
     pub sleeps: u64,
     /// Yields between passes (busy phase).
     pub yields: u64,
+    /// Pause loops between passes (spin phase).
+    pub spins: u64,
     /// Passes that found new device activity (and restarted the short sleeps).
     pub activity: u64,
     /// CPU time the engine thread has used, if the platform reports it.
@@ -43,8 +45,13 @@ struct Counters {
     passes: AtomicU64,
     sleeps: AtomicU64,
     yields: AtomicU64,
+    spins: AtomicU64,
     activity: AtomicU64,
 }
+
+/// CPU pauses between two passes of the spin phase (a pass is a few loads; a pause is tens of
+/// cycles, so a pass every few hundred nanoseconds).
+const SPIN_PAUSES: u32 = 16;
 
 /// The running engine; dropping it stops and joins the thread.
 pub struct DoorbellEngine {
@@ -121,6 +128,7 @@ impl DoorbellEngine {
             passes: c.passes.load(Ordering::Relaxed),
             sleeps: c.sleeps.load(Ordering::Relaxed),
             yields: c.yields.load(Ordering::Relaxed),
+            spins: c.spins.load(Ordering::Relaxed),
             activity: c.activity.load(Ordering::Relaxed),
             cpu: self.cpu_clock.and_then(read_clock),
             sched: self.sched,
@@ -158,6 +166,12 @@ fn run(area: &NotifyArea, c: &Counters, policy: PollPolicy, take_kicks: &mut dyn
             backoff.event(Instant::now());
         }
         match backoff.idle(Instant::now()) {
+            Wait::Spin => {
+                c.spins.fetch_add(1, Ordering::Relaxed);
+                for _ in 0..SPIN_PAUSES {
+                    std::hint::spin_loop();
+                }
+            }
             Wait::Yield => {
                 c.yields.fetch_add(1, Ordering::Relaxed);
                 std::thread::yield_now();

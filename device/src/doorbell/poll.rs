@@ -14,8 +14,12 @@
 //!   do not count: a transfer would keep the engine at its shortest sleep throughout, which
 //!   costs more CPU than the latency it saves;
 //! - after a pass that found a kick the engine passes again at once (more kicks may have come
-//!   while it serviced), then for [`PollPolicy::busy`] passes with only a `sched_yield` in
-//!   between (0 by default: spinning takes a core from the vCPU thread that makes the kicks);
+//!   while it serviced), then for [`PollPolicy::spin`] with only a CPU pause in between (no
+//!   system call, the core is not given up: a driver that answers within microseconds, as one
+//!   refilling a ring it waits on does, is met without a sleep, and a short spin costs less
+//!   CPU than one sleep and wake-up), then for [`PollPolicy::busy`] passes with only a
+//!   `sched_yield` in between (0 by default: yielding in a loop takes a core from the vCPU
+//!   thread that makes the kicks);
 //! - after an event it sleeps [`PollPolicy::min_sleep`], doubling each idle pass; the sleeps
 //!   since the event add up to about twice the current one, so a kick waits about as long as
 //!   the quiet time before it at most;
@@ -33,7 +37,9 @@ pub const DEEP_SLEEP: Duration = Duration::from_micros(100);
 /// The engine's waiting policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PollPolicy {
-    /// After a kick, keep passing with only a yield in between for this long.
+    /// After a kick, keep passing with only a CPU pause in between for this long.
+    pub spin: Duration,
+    /// Then keep passing with only a yield in between for this long.
     pub busy: Duration,
     /// First sleep after an event.
     pub min_sleep: Duration,
@@ -50,6 +56,7 @@ pub struct PollPolicy {
 impl Default for PollPolicy {
     fn default() -> Self {
         PollPolicy {
+            spin: Duration::ZERO,
             busy: Duration::ZERO,
             min_sleep: Duration::from_micros(20),
             warm_sleep: Duration::from_micros(500),
@@ -71,7 +78,7 @@ pub enum PollPolicyError {
     },
     #[error("doorbell poll: sleeps above 1 s leave kicks waiting too long, got {0:?}")]
     MaxSleepTooLong(Duration),
-    #[error("doorbell poll: busy and warm-for must be at most 10 s, got {0:?}")]
+    #[error("doorbell poll: spin, busy and warm-for must be at most 10 s, got {0:?}")]
     TooLong(Duration),
 }
 
@@ -92,7 +99,7 @@ impl PollPolicy {
         if self.max_sleep > Duration::from_secs(1) {
             return Err(PollPolicyError::MaxSleepTooLong(self.max_sleep));
         }
-        for d in [self.busy, self.warm_for] {
+        for d in [self.spin, self.busy, self.warm_for] {
             if d > Duration::from_secs(10) {
                 return Err(PollPolicyError::TooLong(d));
             }
@@ -104,6 +111,8 @@ impl PollPolicy {
 /// What to do before the next pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
+    /// A few CPU pauses (`spin_loop`), then pass again.
+    Spin,
     /// `sched_yield`, then pass again.
     Yield,
     /// Sleep this long (or until woken), then pass again.
@@ -114,6 +123,7 @@ pub enum Wait {
 #[derive(Clone, Debug)]
 pub struct Backoff {
     policy: PollPolicy,
+    spin_until: Option<Instant>,
     busy_until: Option<Instant>,
     last_event: Option<Instant>,
     next: Duration,
@@ -124,6 +134,7 @@ impl Backoff {
     pub fn new(policy: PollPolicy) -> Self {
         Backoff {
             policy,
+            spin_until: None,
             busy_until: None,
             last_event: None,
             next: policy.max_sleep,
@@ -132,7 +143,9 @@ impl Backoff {
 
     /// A pass found a kick at `now`.
     pub fn kicked(&mut self, now: Instant) {
-        self.busy_until = Some(now + self.policy.busy);
+        let spun = now + self.policy.spin;
+        self.spin_until = Some(spun);
+        self.busy_until = Some(spun + self.policy.busy);
         self.event(now);
     }
 
@@ -144,6 +157,9 @@ impl Backoff {
 
     /// A pass found nothing at `now`: how to wait.
     pub fn idle(&mut self, now: Instant) -> Wait {
+        if self.spin_until.is_some_and(|t| now < t) {
+            return Wait::Spin;
+        }
         if self.busy_until.is_some_and(|t| now < t) {
             return Wait::Yield;
         }
@@ -209,6 +225,27 @@ mod tests {
         // Device activity restarts the doubling, without a yield phase.
         b.event(t + 100 * US);
         assert_eq!(b.idle(t + 100 * US), Wait::Sleep(20 * US));
+    }
+
+    #[test]
+    fn a_kick_spins_then_yields_then_sleeps() {
+        let mut b = Backoff::new(PollPolicy {
+            spin: 5 * US,
+            ..policy()
+        });
+        let t = Instant::now();
+        b.kicked(t);
+        assert_eq!(b.idle(t), Wait::Spin);
+        assert_eq!(b.idle(t + 4 * US), Wait::Spin);
+        assert_eq!(b.idle(t + 5 * US), Wait::Yield);
+        assert_eq!(b.idle(t + 34 * US), Wait::Yield);
+        assert_eq!(b.idle(t + 35 * US), Wait::Sleep(20 * US));
+        // Device activity alone does not spin.
+        b.event(t + 100 * US);
+        assert_eq!(b.idle(t + 100 * US), Wait::Sleep(20 * US));
+        // A new kick spins again.
+        b.kicked(t + 200 * US);
+        assert_eq!(b.idle(t + 201 * US), Wait::Spin);
     }
 
     #[test]

@@ -890,6 +890,13 @@ pub struct DatapathArgs {
     /// Never install DPDK (use what is there).
     #[arg(long)]
     pub no_install: bool,
+    /// The doorbell engine's polling policy for every `serve` (`serve --doorbell-poll`). The
+    /// default gives the device its core as the anchor's vhost PMD has one: after a kick the
+    /// engine polls with CPU pauses for 20 us before it falls back to serve's sleeps (serve's
+    /// own default is spin=0, for TCG guests that need the core; docs/doorbells.md). Ignored
+    /// when a `--serve-arg` sets `--doorbell-poll`.
+    #[arg(long, default_value = "spin=20")]
+    pub doorbell_poll: String,
     /// An argument for every `serve` started (repeat it; e.g. `--serve-arg=--doorbell-poll
     /// --serve-arg=busy=200`).
     #[arg(long, allow_hyphen_values = true)]
@@ -905,6 +912,17 @@ pub fn default_dpdk_script() -> PathBuf {
         .join("..")
         .join("scripts")
         .join("bench-dpdk.sh")
+}
+
+/// The arguments for every serve: `--doorbell-poll` from the bench's own option unless a
+/// `--serve-arg` sets it, then the `--serve-arg`s.
+fn serve_args(a: &DatapathArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    if !a.serve_arg.iter().any(|s| s.starts_with("--doorbell-poll")) {
+        v.push(format!("--doorbell-poll={}", a.doorbell_poll));
+    }
+    v.extend(a.serve_arg.iter().cloned());
+    v
 }
 
 /// `vdpa-emu bench datapath`.
@@ -935,7 +953,7 @@ pub fn cli(a: &DatapathArgs) -> std::process::ExitCode {
         warmup: Duration::from_millis(a.warmup_ms),
         pin: a.pin,
         anchor,
-        serve_args: a.serve_arg.clone(),
+        serve_args: serve_args(a),
     };
     match run(&o) {
         Ok(r) => {
