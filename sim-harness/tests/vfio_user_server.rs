@@ -1848,6 +1848,88 @@ fn unix_link_backs_up_to_the_sender_instead_of_dropping() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The other end of a unix link is absent (an unplugged cable), or there but taking nothing
+/// (paused for longer than the link waits, `STALL_TIMEOUT`): the sender's frames are dropped and
+/// counted (`tx_port_lost`), and its TX never stops for good: every chain is taken and used.
+#[test]
+fn unix_link_drops_and_counts_when_the_other_end_is_absent_or_stalled() {
+    use sim_harness::ports::unix::STALL_TIMEOUT;
+    let _g = shared();
+    let dir = temp_dir("vdpa-emu-vu");
+    let link = dir.join("link");
+    let a = vmm_device(1);
+    let pa = ports::attach(&PortSpec::Unix(link.clone()), &a).unwrap();
+    let mut da = sim_harness::driver::in_process(&a, DriverOptions::default()).unwrap();
+    da.start().unwrap();
+    let ma = da.mac().unwrap();
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(9);
+    let frame = frames::build(ma, ma, 0, 0, 200, &mut rng);
+    // Sends `n` frames, waiting for ring room; returns when A used them all.
+    let send_all = |da: &mut NetDriver, n: usize, within: Duration| {
+        let before = a.queue(1).unwrap().last_used;
+        let t0 = Instant::now();
+        let mut sent = 0;
+        while sent < n {
+            let want = (n - sent).min(32);
+            sent += da.send(0, &vec![frame.as_slice(); want]).unwrap();
+            assert!(
+                t0.elapsed() < within,
+                "A stopped taking chains: {sent} of {n} sent"
+            );
+            std::thread::yield_now();
+        }
+        while a.queue(1).unwrap().last_used.wrapping_sub(before) != n as u16 {
+            assert!(t0.elapsed() < within, "A's chains not all used");
+            da.send(0, &[]).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // No other end at all: every frame is lost at once, counted.
+    send_all(&mut da, 1000, Duration::from_secs(10));
+    let t0 = Instant::now();
+    while a.counters().tx_port_lost < 1000 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            a.counters().tx_port_lost
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        a.counters().tx_frames,
+        1000,
+        "the device sent them; the port lost them"
+    );
+    // An other end that takes nothing: A waits STALL_TIMEOUT for it, then drops, and goes on.
+    let b = vmm_device(1);
+    let pb = ports::attach(&PortSpec::Unix(link.clone()), &b).unwrap();
+    let mut db = sim_harness::driver::in_process(&b, DriverOptions::default()).unwrap();
+    db.start().unwrap();
+    b.pause();
+    let lost_before = a.counters().tx_port_lost;
+    let t0 = Instant::now();
+    send_all(&mut da, 6000, STALL_TIMEOUT * 10);
+    let waited = t0.elapsed();
+    let ca = a.counters();
+    assert!(
+        ca.tx_port_busy > 0,
+        "A was never held back while B took nothing"
+    );
+    assert!(
+        waited >= STALL_TIMEOUT,
+        "A dropped before the link's wait was up ({waited:?})"
+    );
+    let t0 = Instant::now();
+    while a.counters().tx_port_lost == lost_before {
+        assert!(t0.elapsed() < STALL_TIMEOUT * 5, "nothing counted as lost");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // B's FIFO (4096) and socket hold what they took; the rest was lost, none twice.
+    b.resume();
+    drop((pa, pb, da, db));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// TAP needs root and /dev/net/tun; skipped (with a message) elsewhere.
 #[test]
 fn tap_port_moves_frames_between_device_and_host() {
