@@ -18,6 +18,7 @@ use dma::{
     WriteTrace,
 };
 use parking_lot::{Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Why a region access was refused outright (a vfio-user server turns this into an error reply).
@@ -107,6 +108,8 @@ pub struct QueueSnapshot {
 pub struct Device {
     /// This device, for the wakers it hands to its ports (a port must not keep it alive).
     me: std::sync::Weak<Device>,
+    /// A port has room again and its held-back queues are still to run ([`Device::port_ready`]).
+    port_wake: std::sync::atomic::AtomicBool,
     state: Mutex<DeviceState>,
     inbox: Arc<RxInbox>,
     space: Arc<AddressSpace>,
@@ -142,6 +145,7 @@ impl Device {
         );
         Ok(Arc::new_cyclic(|me| Device {
             me: me.clone(),
+            port_wake: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(state),
             inbox,
             space,
@@ -173,12 +177,32 @@ impl Device {
             }
         })));
         self.with(|s| s.engine.set_port(port));
+        // Queues the old port held back go on through the new one.
+        self.port_ready();
     }
 
     /// The port has room again: the TX queues it held back go on where they stopped (what a
-    /// port's waker calls; harmless at any time).
+    /// port's waker calls; harmless at any time). Never waits for the device lock: the waker
+    /// may run on a thread that holds another device's lock (a linked peer draining its FIFO).
+    /// If the lock is taken, its holder runs the queues before it lets go ([`Device::finish`]).
     pub fn port_ready(&self) {
-        self.with(|s| s.port_ready());
+        self.port_wake.store(true, Ordering::SeqCst);
+        self.try_port_ready();
+    }
+
+    /// Runs the held-back queues if a port asked and the lock is free; loops while wakes come.
+    fn try_port_ready(&self) {
+        while self.port_wake.load(Ordering::SeqCst) {
+            let Some(mut s) = self.state.try_lock() else {
+                // The holder looks again after it lets go.
+                return;
+            };
+            let runs_rounds = !s.has_pending();
+            if self.port_wake.swap(false, Ordering::SeqCst) {
+                s.port_ready();
+            }
+            self.finish(s, runs_rounds);
+        }
     }
 
     /// Loops the device's transmit side back into its own receive side.
@@ -451,8 +475,10 @@ impl Device {
         }
         drop(s);
         // A peer may have pushed a frame after our last drain and failed to take the lock
-        // because we held it: look once more now that it is free.
+        // because we held it: look once more now that it is free. Likewise a port that got
+        // room again while we held it.
         self.try_service_rx();
+        self.try_port_ready();
     }
 
     /// Delivers inbox frames, waiting for the device lock: for port reader threads (TAP,

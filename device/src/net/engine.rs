@@ -247,12 +247,11 @@ impl NetEngine {
         &mut self.dma
     }
 
-    /// Connects the transmit side to a port (its waker is the caller's to set).
+    /// Connects the transmit side to a port (its waker is the caller's to set; the queues the
+    /// old port held back stay noted, for the caller to run on the new one).
     pub fn set_port(&mut self, port: Arc<dyn Port>) {
         port.set_rx_offloads(self.port_rx_offloads);
         self.port = port;
-        // Queues the old port held back are tried on the new one at the next service.
-        self.port_blocked.clear();
     }
 
     /// The port frames leave by.

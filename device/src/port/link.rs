@@ -1,4 +1,7 @@
-//! A link joining two device instances: frames one transmits arrive at the other.
+//! A link joining two device instances: frames one transmits arrive at the other. With flow
+//! control: a device stops taking TX chains while the other's receive FIFO is full, and the
+//! other wakes it when its FIFO drained to half ([`Port::ready`]), so nothing is dropped between
+//! them.
 
 use super::Port;
 use crate::Device;
@@ -34,6 +37,18 @@ impl Port for LinkPort {
         // of its lock (Device::service), so the frame is never stranded.
         peer.try_service_rx();
         ok
+    }
+    /// Flow control: the peer's receive FIFO has room (when it has none, the peer's room
+    /// waker wakes this device once it drained to half).
+    fn ready(&self) -> bool {
+        self.peer
+            .upgrade()
+            .is_none_or(|peer| peer.inbox().has_room_or_want())
+    }
+    fn set_ready_waker(&self, waker: Option<crate::port::ReadyWaker>) {
+        if let Some(peer) = self.peer.upgrade() {
+            peer.inbox().set_room_waker(waker);
+        }
     }
     fn describe(&self) -> String {
         "link".into()

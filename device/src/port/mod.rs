@@ -139,7 +139,6 @@ pub struct InboxFrame {
 /// reads more ([`RxInbox::wait_room`]) instead of pushing into a full FIFO, so the wire backs up
 /// to the sender rather than losing frames here, as QEMU stops reading a netdev while its
 /// virtio-net cannot receive (net/net.c qemu_can_receive_packet, net/tap.c tap_can_send).
-#[derive(Debug)]
 pub struct RxInbox {
     frames: Mutex<VecDeque<InboxFrame>>,
     spare: Mutex<Vec<Vec<u8>>>,
@@ -150,6 +149,20 @@ pub struct RxInbox {
     room: Condvar,
     room_waiters: AtomicUsize,
     room_waits: AtomicU64,
+    /// A sender in this process found the FIFO full ([`RxInbox::has_room_or_want`]) and waits
+    /// for the room waker.
+    room_wanted: std::sync::atomic::AtomicBool,
+    room_waker: Mutex<Option<ReadyWaker>>,
+}
+
+impl std::fmt::Debug for RxInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxInbox")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RxInbox {
@@ -164,6 +177,41 @@ impl RxInbox {
             room: Condvar::new(),
             room_waiters: AtomicUsize::new(0),
             room_waits: AtomicU64::new(0),
+            room_wanted: std::sync::atomic::AtomicBool::new(false),
+            room_waker: Mutex::new(None),
+        }
+    }
+
+    /// Whether a sender may push another frame; when not, notes that one waits, so the room
+    /// waker ([`RxInbox::set_room_waker`]) runs once the FIFO is half empty (the in-process
+    /// link's flow control, [`LinkPort`]).
+    pub fn has_room_or_want(&self) -> bool {
+        if !self.is_full() {
+            return true;
+        }
+        // Say we wait first, then look again: a drain either sees the flag or came before.
+        self.room_wanted.store(true, Ordering::SeqCst);
+        !self.is_full()
+    }
+
+    /// What runs when the FIFO drained to half its capacity after a sender found it full (from
+    /// the thread that drained it, with the FIFO's locks released; it must not block on a
+    /// device lock: [`crate::Device::port_ready`] does not).
+    pub fn set_room_waker(&self, waker: Option<ReadyWaker>) {
+        *self.room_waker.lock() = waker;
+    }
+
+    /// After the FIFO shrank to `len` (its lock released): runs the room waker if a sender
+    /// waits and the FIFO is half empty.
+    fn wake_sender(&self, len: usize) {
+        if len <= self.capacity / 2
+            && self.room_wanted.load(Ordering::SeqCst)
+            && self.room_wanted.swap(false, Ordering::SeqCst)
+        {
+            let w = self.room_waker.lock().clone();
+            if let Some(w) = w {
+                w();
+            }
         }
     }
 
@@ -236,8 +284,11 @@ impl RxInbox {
     pub fn pop(&self) -> Option<InboxFrame> {
         let mut q = self.frames.lock();
         let f = q.pop_front();
-        self.len.store(q.len(), Ordering::SeqCst);
-        self.shrunk(q.len());
+        let len = q.len();
+        self.len.store(len, Ordering::SeqCst);
+        self.shrunk(len);
+        drop(q);
+        self.wake_sender(len);
         f
     }
 
@@ -286,6 +337,8 @@ impl RxInbox {
         q.clear();
         self.len.store(0, Ordering::SeqCst);
         self.shrunk(0);
+        drop(q);
+        self.wake_sender(0);
         n
     }
 }
