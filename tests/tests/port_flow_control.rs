@@ -4,11 +4,17 @@
 //! losing nothing. A pause or a reset in between keeps its own meaning: no DMA while paused
 //! (the held chains go at resume), nothing after a reset.
 
+mod support;
+
 use device::{Device, DeviceConfig, Port, ReadyWaker};
 use parking_lot::Mutex;
 use sim_harness::driver::{DriverOptions, NetDriver};
+use sim_harness::frames::{self, Tracker};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{frame_number, numbered_frames};
 
 /// A port with room for a set number of frames; `open` adds room and calls the waker, as a
 /// socket port's writer thread does when its outbox drains.
@@ -28,7 +34,7 @@ impl GatePort {
         }
     }
     fn sent(&self) -> Vec<u32> {
-        self.frames.lock().iter().map(|f| seq(f)).collect()
+        self.frames.lock().iter().map(|f| frame_number(f)).collect()
     }
 }
 
@@ -52,23 +58,6 @@ impl Port for GatePort {
     }
 }
 
-fn seq(f: &[u8]) -> u32 {
-    u32::from_be_bytes(f[14..18].try_into().unwrap())
-}
-
-fn frames(n: u32) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut f = vec![0u8; 60];
-            f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 8]);
-            f[12..14].copy_from_slice(&[0x88, 0xb5]);
-            f[14..18].copy_from_slice(&i.to_be_bytes());
-            f
-        })
-        .collect()
-}
-
 /// A started device on a gate port with room for `room` frames, and `n` frames sent by its
 /// driver (one doorbell).
 fn rig(room: usize, n: u32) -> (Arc<Device>, NetDriver, Arc<GatePort>) {
@@ -78,7 +67,7 @@ fn rig(room: usize, n: u32) -> (Arc<Device>, NetDriver, Arc<GatePort>) {
     dev.set_port(port.clone());
     let mut drv = sim_harness::driver::in_process(&dev, DriverOptions::default()).unwrap();
     drv.start().unwrap();
-    let fs = frames(n);
+    let fs = numbered_frames(n);
     let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
     assert_eq!(drv.send(0, &refs).unwrap(), n as usize);
     (dev, drv, port)
@@ -135,28 +124,20 @@ fn a_reset_device_sends_nothing_when_the_port_wakes_it() {
     assert_eq!(dev.counters().tx_frames, 3);
 }
 
-/// Two devices joined in process ([`device::LinkPort`]): B is paused, so its receive FIFO (64
-/// frames here) fills and A stops taking chains instead of pushing into a full FIFO; once B
-/// resumes and its driver takes frames, B's draining wakes A, and all of A's frames arrive, in
-/// order, none dropped.
-#[test]
-fn a_linked_peer_with_a_full_fifo_holds_the_sender_back_without_loss() {
-    use sim_harness::frames::{self, Tracker};
-    let a = Device::new(DeviceConfig::default()).unwrap();
-    let mut cfg_b = DeviceConfig::default();
-    cfg_b.layout.mac = [0x52, 0x54, 0, 0, 0, 0xB];
-    cfg_b.rx_backlog = 64;
-    let b = Device::new(cfg_b).unwrap();
-    device::LinkPort::join(&a, &b);
-    let mut da = sim_harness::driver::in_process(&a, DriverOptions::default()).unwrap();
-    let mut db = sim_harness::driver::in_process(&b, DriverOptions::default()).unwrap();
+/// A device on each end of a link, B's receive FIFO 64 frames: B is paused (as for a migration,
+/// it takes nothing from its FIFO), so the FIFO fills and the link backs up until A stops taking
+/// TX chains, which stay in A's ring (A's driver finds it full). `held` checks that state. Then
+/// B resumes: everything A's driver sent arrives at B, in order, and nothing was dropped
+/// anywhere (A's `tx_port_drops` and `tx_port_lost`, B's `rx_dropped_backlog`).
+fn backs_up_without_loss(a: &Arc<Device>, b: &Arc<Device>, total: u64, held: impl Fn()) {
+    let mut da = sim_harness::driver::in_process(a, DriverOptions::default()).unwrap();
+    let mut db = sim_harness::driver::in_process(b, DriverOptions::default()).unwrap();
     da.start().unwrap();
     db.start().unwrap();
     b.pause();
     let (ma, mb) = (da.mac().unwrap(), db.mac().unwrap());
-    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(5);
-    const TOTAL: u64 = 1000;
-    let all: Vec<Vec<u8>> = (0..TOTAL)
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(total);
+    let all: Vec<Vec<u8>> = (0..total)
         .map(|seq| frames::build(ma, mb, 0, seq, 60 + (seq as usize * 53) % 1400, &mut rng))
         .collect();
     // Sends the next frames A's ring takes; returns how many.
@@ -169,38 +150,93 @@ fn a_linked_peer_with_a_full_fifo_holds_the_sender_back_without_loss() {
         *sent += n;
         n
     };
+    // Until A's device holds chains back and its ring is full (the driver adds nothing).
     let mut sent = 0usize;
-    while send(&mut da, &mut sent) > 0 {}
-    let held = a.queue(1).unwrap();
-    assert_eq!(
-        usize::from(held.last_avail),
-        64,
-        "A takes exactly what B's FIFO holds"
+    let t0 = Instant::now();
+    while send(&mut da, &mut sent) > 0 || a.counters().tx_port_busy == 0 {
+        assert!(
+            sent < all.len() && t0.elapsed() < Duration::from_secs(20),
+            "A's device never held chains back: sent {sent}, A {:?}, B's FIFO {}",
+            a.counters().scalars(),
+            b.inbox().len()
+        );
+        std::thread::yield_now();
+    }
+    assert!(b.inbox().len() <= 64, "B's FIFO over capacity");
+    assert!(
+        usize::from(a.queue(1).unwrap().last_avail) < sent,
+        "A took every chain although its port was full"
     );
-    assert!(sent > 64 && sent < all.len(), "sent {sent}");
-    assert_eq!(b.inbox().len(), 64);
-    assert!(a.counters().tx_port_busy > 0);
+    held();
     b.resume();
     let mut tracker = Tracker::default();
-    for _ in 0..10_000 {
-        if tracker.delivered == TOTAL {
-            break;
+    let t0 = Instant::now();
+    while tracker.delivered < total && t0.elapsed() < Duration::from_secs(30) {
+        if sent < all.len() {
+            send(&mut da, &mut sent);
         }
-        send(&mut da, &mut sent);
         for f in db.recv(0).unwrap() {
             tracker.record(&f);
         }
+        std::thread::yield_now();
     }
-    tracker.finish(&std::collections::HashMap::from([(0, TOTAL)]));
-    assert!(
-        tracker.clean() && tracker.delivered == TOTAL,
-        "{tracker:?}\nA {:?}\nB {:?}",
-        a.counters().scalars(),
-        b.counters().scalars()
-    );
+    tracker.finish(&HashMap::from([(0, total)]));
     let (ca, cb) = (a.counters(), b.counters());
-    assert_eq!(
-        (ca.tx_frames, ca.tx_port_drops, cb.rx_dropped_backlog),
-        (TOTAL, 0, 0)
+    assert!(
+        tracker.clean() && tracker.delivered == total,
+        "{tracker:?}\nA {:?}\nB {:?}",
+        ca.scalars(),
+        cb.scalars()
     );
+    assert_eq!(
+        (ca.tx_port_drops, ca.tx_port_lost, cb.rx_dropped_backlog),
+        (0, 0, 0),
+        "frames dropped on the way"
+    );
+    assert_eq!(ca.tx_frames, total);
+}
+
+/// Two devices whose receive FIFO holds 64 frames.
+fn two_devices() -> (Arc<Device>, Arc<Device>) {
+    let dev = |last: u8| {
+        let mut cfg = DeviceConfig::default();
+        cfg.layout.mac = [0x52, 0x54, 0, 0, 0, last];
+        cfg.rx_backlog = 64;
+        Device::new(cfg).unwrap()
+    };
+    (dev(0xA), dev(0xB))
+}
+
+/// In process ([`device::LinkPort`]): B's draining wakes A (the FIFO's room waker); A takes
+/// exactly what B's FIFO holds.
+#[test]
+fn a_linked_peer_with_a_full_fifo_holds_the_sender_back_without_loss() {
+    let (a, b) = two_devices();
+    device::LinkPort::join(&a, &b);
+    backs_up_without_loss(&a, &b, 1000, || {
+        assert_eq!(a.queue(1).unwrap().last_avail, 64);
+        assert_eq!(b.inbox().len(), 64);
+    });
+}
+
+/// Over the unix link (`--port unix:`, sim-harness/src/ports/unix.rs): B's reader stops reading,
+/// the socket backs up, A's outbox fills, A stops; B's reader goes on when B drained, and the
+/// outbox's writer wakes A.
+#[test]
+fn the_unix_link_backs_up_to_the_sender_instead_of_dropping() {
+    use sim_harness::ports::{self, PortSpec};
+    let dir = std::env::temp_dir().join(format!("vdpa-flow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("link");
+    let (a, b) = two_devices();
+    let pa = ports::attach(&PortSpec::Unix(link.clone()), &a).unwrap();
+    let pb = ports::attach(&PortSpec::Unix(link.clone()), &b).unwrap();
+    backs_up_without_loss(&a, &b, 3000, || {
+        assert!(
+            b.counters().rx_port_waits > 0,
+            "B's reader never waited for room"
+        );
+    });
+    drop((pa, pb));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,6 +3,8 @@
 //! for it (here a register read), and the queue goes on afterwards; nothing is lost or reordered,
 //! and the doorbell that announced the chains still returns only when they are all done.
 
+mod support;
+
 use bar_registers::REGION_CONFIG;
 use device::{Device, DeviceConfig, Port, RegionAccess};
 use parking_lot::Mutex;
@@ -10,6 +12,7 @@ use sim_harness::driver::{DriverOptions, NetDriver};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::numbered_frames;
 
 /// A port that takes 100 us per frame (a slow wire), 1 ms once the reader asked (so a reader
 /// the scheduler is slow to run is surely waiting for the lock at the next budget boundary),
@@ -52,25 +55,12 @@ fn rig(budget: u32) -> (Arc<Device>, NetDriver, Arc<SlowPort>) {
     (dev, drv, port)
 }
 
-fn frames(n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut f = vec![0u8; 60];
-            f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 8]);
-            f[12..14].copy_from_slice(&[0x88, 0xb5]);
-            f[14..18].copy_from_slice(&(i as u32).to_be_bytes());
-            f
-        })
-        .collect()
-}
-
 /// Sends 256 frames with one doorbell on one thread while another reads a register once the
 /// burst has started; returns how many frames the port had when the read was issued and when
 /// it returned.
 fn read_during_burst(budget: u32) -> ((u64, u64), Arc<Device>, Arc<SlowPort>) {
     let (dev, mut drv, port) = rig(budget);
-    let fs = frames(256);
+    let fs = numbered_frames(256);
     let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
     let reader = {
         let (dev, port) = (dev.clone(), port.clone());
