@@ -201,7 +201,9 @@ impl Device {
             if self.port_wake.swap(false, Ordering::SeqCst) {
                 s.port_ready();
             }
-            self.finish(s, runs_rounds);
+            // `release`, not `finish`: a wake that came meanwhile is this loop's next round, so
+            // sustained traffic through a port's waker does not nest calls without bound.
+            self.release(s, runs_rounds);
         }
     }
 
@@ -466,7 +468,16 @@ impl Device {
     /// them. So the lock is never free while a queue is pending, and a doorbell returns when
     /// its chains are done, unless it came while another call's rounds ran (which then finish
     /// them).
-    fn finish(&self, mut s: MutexGuard<'_, DeviceState>, runs_rounds: bool) {
+    ///
+    /// Then a port that got room again while we held the lock is served
+    /// ([`Device::try_port_ready`]).
+    fn finish(&self, s: MutexGuard<'_, DeviceState>, runs_rounds: bool) {
+        self.release(s, runs_rounds);
+        self.try_port_ready();
+    }
+
+    /// [`Device::finish`] up to the release of the lock, and the inbox look after it.
+    fn release(&self, mut s: MutexGuard<'_, DeviceState>, runs_rounds: bool) {
         s.service_inbox();
         while runs_rounds && s.has_pending() {
             MutexGuard::bump(&mut s);
@@ -475,10 +486,8 @@ impl Device {
         }
         drop(s);
         // A peer may have pushed a frame after our last drain and failed to take the lock
-        // because we held it: look once more now that it is free. Likewise a port that got
-        // room again while we held it.
+        // because we held it: look once more now that it is free.
         self.try_service_rx();
-        self.try_port_ready();
     }
 
     /// Delivers inbox frames, waiting for the device lock: for port reader threads (TAP,
