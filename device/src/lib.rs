@@ -28,6 +28,8 @@ pub use counters::{DeviceCounters, QueueCounters};
 pub use device::{AccessError, Device, DmaMapper, InjectedFault, QueueSnapshot, RegionAccess};
 pub use fault::DeviceFault;
 pub use interrupt::{InterruptRecorder, InterruptSink};
-pub use port::{LinkPort, LoopbackPort, NullPort, Port, PortOffloads, ReadyWaker, RxInbox};
+pub use port::{
+    BufPool, LinkPort, LoopbackPort, NullPort, Port, PortOffloads, ReadyWaker, RoomSignal, RxInbox,
+};
 pub use quirks::{Quirk, Quirks};
 pub use snapshot::SnapshotError;

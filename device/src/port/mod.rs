@@ -9,9 +9,9 @@ pub mod link;
 pub mod loopback;
 
 use crate::net::offload::hdr::NetHdr;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 pub use link::LinkPort;
 pub use loopback::LoopbackPort;
@@ -101,6 +101,92 @@ pub trait Port: Send + Sync {
 /// What a port calls when it has room again ([`Port::set_ready_waker`]).
 pub type ReadyWaker = std::sync::Arc<dyn Fn() + Send + Sync>;
 
+/// "Wake me when there is room", between a sender that found a queue full and whoever drains
+/// it: the sender says it waits ([`RoomSignal::ready_or_want`]), the drainer runs the waker
+/// once when the queue is down to its low mark ([`RoomSignal::room`]). Used by the receive
+/// FIFO (for a linked device) and by the unix port's outbox (for its own device).
+#[derive(Default)]
+pub struct RoomSignal {
+    wanted: AtomicBool,
+    waker: Mutex<Option<ReadyWaker>>,
+}
+
+impl std::fmt::Debug for RoomSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomSignal")
+            .field("wanted", &self.wanted.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoomSignal {
+    /// What [`RoomSignal::room`] runs.
+    pub fn set_waker(&self, waker: Option<ReadyWaker>) {
+        *self.waker.lock() = waker;
+    }
+
+    /// Whether the sender may go on (`full()` is false). When the queue is full, notes that the
+    /// sender waits, then looks again: a drain to the low mark either sees the note (and runs
+    /// the waker) or came before the second look (which then finds room), so no wake-up is lost.
+    pub fn ready_or_want(&self, full: impl Fn() -> bool) -> bool {
+        if !full() {
+            return true;
+        }
+        self.wanted.store(true, Ordering::SeqCst);
+        !full()
+    }
+
+    /// The queue is down to its low mark: runs the waker once if a sender waits. Call it with
+    /// none of the queue's locks held (the waker takes the sender's device's path).
+    pub fn room(&self) {
+        if self.wanted.load(Ordering::SeqCst) && self.wanted.swap(false, Ordering::SeqCst) {
+            let w = self.waker.lock().clone();
+            if let Some(w) = w {
+                w();
+            }
+        }
+    }
+}
+
+/// Frame buffers kept for reuse, so a queue of frames does not allocate per frame.
+#[derive(Debug)]
+pub struct BufPool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+}
+
+impl BufPool {
+    /// A pool that keeps at most `keep` buffers.
+    pub fn new(keep: usize) -> Self {
+        BufPool {
+            bufs: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// An empty buffer (a kept one if there is one).
+    pub fn take(&self) -> Vec<u8> {
+        let mut b = self.bufs.lock().pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn copy_of(&self, data: &[u8]) -> Vec<u8> {
+        let mut b = self.take();
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// Returns a buffer for reuse (dropped when the pool is full).
+    pub fn put(&self, buf: Vec<u8>) {
+        let mut bufs = self.bufs.lock();
+        if bufs.len() < self.keep {
+            bufs.push(buf);
+        }
+    }
+}
+
 /// A port that discards everything (benchmarks of the TX path alone).
 #[derive(Debug, Default)]
 pub struct NullPort {
@@ -141,7 +227,7 @@ pub struct InboxFrame {
 /// virtio-net cannot receive (net/net.c qemu_can_receive_packet, net/tap.c tap_can_send).
 pub struct RxInbox {
     frames: Mutex<VecDeque<InboxFrame>>,
-    spare: Mutex<Vec<Vec<u8>>>,
+    spare: BufPool,
     len: AtomicUsize,
     capacity: usize,
     dropped: AtomicU64,
@@ -149,10 +235,9 @@ pub struct RxInbox {
     room: Condvar,
     room_waiters: AtomicUsize,
     room_waits: AtomicU64,
-    /// A sender in this process found the FIFO full ([`RxInbox::has_room_or_want`]) and waits
-    /// for the room waker.
-    room_wanted: std::sync::atomic::AtomicBool,
-    room_waker: Mutex<Option<ReadyWaker>>,
+    /// A sender in this process (a linked device) found the FIFO full and waits
+    /// ([`RxInbox::has_room_or_want`]).
+    sender: RoomSignal,
 }
 
 impl std::fmt::Debug for RxInbox {
@@ -170,15 +255,14 @@ impl RxInbox {
     pub fn new(capacity: usize) -> Self {
         RxInbox {
             frames: Mutex::new(VecDeque::with_capacity(capacity)),
-            spare: Mutex::new(Vec::new()),
+            spare: BufPool::new(256),
             len: AtomicUsize::new(0),
             capacity,
             dropped: AtomicU64::new(0),
             room: Condvar::new(),
             room_waiters: AtomicUsize::new(0),
             room_waits: AtomicU64::new(0),
-            room_wanted: std::sync::atomic::AtomicBool::new(false),
-            room_waker: Mutex::new(None),
+            sender: RoomSignal::default(),
         }
     }
 
@@ -186,33 +270,14 @@ impl RxInbox {
     /// waker ([`RxInbox::set_room_waker`]) runs once the FIFO is half empty (the in-process
     /// link's flow control, [`LinkPort`]).
     pub fn has_room_or_want(&self) -> bool {
-        if !self.is_full() {
-            return true;
-        }
-        // Say we wait first, then look again: a drain either sees the flag or came before.
-        self.room_wanted.store(true, Ordering::SeqCst);
-        !self.is_full()
+        self.sender.ready_or_want(|| self.is_full())
     }
 
     /// What runs when the FIFO drained to half its capacity after a sender found it full (from
     /// the thread that drained it, with the FIFO's locks released; it must not block on a
     /// device lock: [`crate::Device::port_ready`] does not).
     pub fn set_room_waker(&self, waker: Option<ReadyWaker>) {
-        *self.room_waker.lock() = waker;
-    }
-
-    /// After the FIFO shrank to `len` (its lock released): runs the room waker if a sender
-    /// waits and the FIFO is half empty.
-    fn wake_sender(&self, len: usize) {
-        if len <= self.capacity / 2
-            && self.room_wanted.load(Ordering::SeqCst)
-            && self.room_wanted.swap(false, Ordering::SeqCst)
-        {
-            let w = self.room_waker.lock().clone();
-            if let Some(w) = w {
-                w();
-            }
-        }
+        self.sender.set_waker(waker);
     }
 
     /// Whether the FIFO holds as many frames as it may.
@@ -244,10 +309,18 @@ impl RxInbox {
         self.room_waits.load(Ordering::Relaxed)
     }
 
-    /// After the FIFO shrank (lock held): wakes a reader waiting for room once it is half empty.
-    fn shrunk(&self, len: usize) {
-        if len <= self.capacity / 2 && self.room_waiters.load(Ordering::SeqCst) > 0 {
+    /// After the FIFO shrank: records its length and, once it is half empty, wakes a reader
+    /// waiting for room (under the lock) and then, with the lock released, a linked sender.
+    fn shrunk(&self, q: MutexGuard<'_, VecDeque<InboxFrame>>) {
+        let len = q.len();
+        self.len.store(len, Ordering::SeqCst);
+        let half = len <= self.capacity / 2;
+        if half && self.room_waiters.load(Ordering::SeqCst) > 0 {
             self.room.notify_all();
+        }
+        drop(q);
+        if half {
+            self.sender.room();
         }
     }
 
@@ -259,9 +332,7 @@ impl RxInbox {
     /// Queues a copy of `frame` with the header its port handed it on with; false (and
     /// counted) when the FIFO is full.
     pub fn push_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
-        let mut buf = self.spare.lock().pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(frame);
+        let buf = self.spare.copy_of(frame);
         let mut q = self.frames.lock();
         if q.len() >= self.capacity {
             drop(q);
@@ -284,11 +355,7 @@ impl RxInbox {
     pub fn pop(&self) -> Option<InboxFrame> {
         let mut q = self.frames.lock();
         let f = q.pop_front();
-        let len = q.len();
-        self.len.store(len, Ordering::SeqCst);
-        self.shrunk(len);
-        drop(q);
-        self.wake_sender(len);
+        self.shrunk(q);
         f
     }
 
@@ -303,16 +370,11 @@ impl RxInbox {
 
     /// A buffer for a frame the device builds itself (a segment), from the spare ones.
     pub fn spare_buf(&self) -> Vec<u8> {
-        let mut b = self.spare.lock().pop().unwrap_or_default();
-        b.clear();
-        b
+        self.spare.take()
     }
     /// Returns a buffer for reuse.
     pub fn recycle(&self, buf: Vec<u8>) {
-        let mut s = self.spare.lock();
-        if s.len() < 256 {
-            s.push(buf);
-        }
+        self.spare.put(buf);
     }
 
     /// Frames waiting.
@@ -335,10 +397,7 @@ impl RxInbox {
         let mut q = self.frames.lock();
         let n = q.len();
         q.clear();
-        self.len.store(0, Ordering::SeqCst);
-        self.shrunk(0);
-        drop(q);
-        self.wake_sender(0);
+        self.shrunk(q);
         n
     }
 }

@@ -650,7 +650,13 @@ impl DeviceState {
     /// queue reset, disabled or paused meanwhile is skipped by the checks of
     /// [`DeviceState::service`]; a paused device runs every queue at resume anyway).
     pub(crate) fn port_ready(&mut self) {
-        for q in self.engine.take_port_blocked() {
+        let held = self.engine.take_port_blocked();
+        self.service_enabled(held);
+    }
+
+    /// Services each of `queues` that is still enabled, in order.
+    fn service_enabled(&mut self, queues: Vec<u16>) {
+        for q in queues {
             if self.engine.is_enabled(q) {
                 self.service(q);
             }
@@ -667,11 +673,7 @@ impl DeviceState {
     /// checks of [`DeviceState::service`] and of the ring state apply again).
     pub(crate) fn service_pending(&mut self) {
         let round = std::mem::take(&mut self.pending);
-        for q in round {
-            if self.engine.is_enabled(q) {
-                self.service(q);
-            }
-        }
+        self.service_enabled(round);
     }
 
     /// Delivers waiting frames if the device can take them.

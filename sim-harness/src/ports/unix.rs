@@ -20,7 +20,7 @@
 //! outbox past [`OUTBOX_MAX`].
 
 use crate::vfio_user::sock::poll_out;
-use device::{Port, ReadyWaker};
+use device::{BufPool, Port, ReadyWaker, RoomSignal};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -58,10 +58,9 @@ struct Outbox {
     /// Signalled when a frame arrives or the port closes.
     more: Condvar,
     len: AtomicUsize,
-    spare: Mutex<Vec<Vec<u8>>>,
-    /// The device found the outbox full since the last wake-up ([`Port::ready`]).
-    wanted: AtomicBool,
-    waker: Mutex<Option<ReadyWaker>>,
+    spare: BufPool,
+    /// The device found the outbox full ([`Port::ready`]) and waits for OUTBOX_LOW.
+    device: RoomSignal,
     closing: AtomicBool,
     tx_frames: AtomicU64,
     tx_lost: AtomicU64,
@@ -112,9 +111,8 @@ impl UnixLinkPort {
                 frames: Mutex::new(VecDeque::new()),
                 more: Condvar::new(),
                 len: AtomicUsize::new(0),
-                spare: Mutex::new(Vec::new()),
-                wanted: AtomicBool::new(false),
-                waker: Mutex::new(None),
+                spare: BufPool::new(OUTBOX_HIGH),
+                device: RoomSignal::default(),
                 closing: AtomicBool::new(false),
                 tx_frames: AtomicU64::new(0),
                 tx_lost: AtomicU64::new(0),
@@ -201,16 +199,10 @@ impl Writer {
                     self.out.tx_lost.fetch_add(1, Ordering::Relaxed)
                 }
             };
-            self.out.recycle(frame);
+            self.out.spare.put(frame);
             let left = self.out.len.fetch_sub(1, Ordering::AcqRel) - 1;
-            if left <= OUTBOX_LOW
-                && self.out.wanted.load(Ordering::SeqCst)
-                && self.out.wanted.swap(false, Ordering::SeqCst)
-            {
-                let waker = self.out.waker.lock().clone();
-                if let Some(w) = waker {
-                    w();
-                }
+            if left <= OUTBOX_LOW {
+                self.out.device.room();
             }
         }
     }
@@ -260,15 +252,6 @@ impl Writer {
     }
 }
 
-impl Outbox {
-    fn recycle(&self, buf: Vec<u8>) {
-        let mut s = self.spare.lock();
-        if s.len() < OUTBOX_HIGH {
-            s.push(buf);
-        }
-    }
-}
-
 impl Port for UnixLinkPort {
     fn transmit(&self, frame: &[u8]) -> bool {
         let out = &self.out;
@@ -276,9 +259,7 @@ impl Port for UnixLinkPort {
             out.tx_lost.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let mut buf = out.spare.lock().pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(frame);
+        let buf = out.spare.copy_of(frame);
         out.len.fetch_add(1, Ordering::AcqRel);
         out.frames.lock().push_back(buf);
         out.more.notify_one();
@@ -287,17 +268,12 @@ impl Port for UnixLinkPort {
 
     fn ready(&self) -> bool {
         let out = &self.out;
-        if out.len.load(Ordering::Acquire) < OUTBOX_HIGH {
-            return true;
-        }
-        // Say we wait first, then look again: the writer either sees the flag when it drains
-        // to OUTBOX_LOW (and wakes the device), or drained before our second look.
-        out.wanted.store(true, Ordering::SeqCst);
-        out.len.load(Ordering::SeqCst) < OUTBOX_HIGH
+        out.device
+            .ready_or_want(|| out.len.load(Ordering::SeqCst) >= OUTBOX_HIGH)
     }
 
     fn set_ready_waker(&self, waker: Option<ReadyWaker>) {
-        *self.out.waker.lock() = waker;
+        self.out.device.set_waker(waker);
     }
 
     fn lost(&self) -> u64 {
@@ -314,7 +290,7 @@ impl Drop for UnixLinkPort {
         // The writer sends what is queued, then ends (not joined: the last reference to the
         // device, and so to this port, may be dropped on the writer thread itself).
         self.out.closing.store(true, Ordering::Release);
-        *self.out.waker.lock() = None;
+        self.out.device.set_waker(None);
         let _q = self.out.frames.lock();
         self.out.more.notify_all();
         drop(_q);
