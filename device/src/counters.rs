@@ -140,6 +140,9 @@ pub struct DeviceCounters {
     /// Times a port reader found the receive FIFO full and waited for room instead of reading
     /// on (the FIFO's own count, like `rx_dropped_backlog`): the wire backed up to its sender.
     pub rx_port_waits: u64,
+    /// ISR reads answered without the device lock ([`crate::interrupt::IsrStatus`]; counted
+    /// by [`crate::Device`] and copied in by [`crate::Device::counters`]).
+    pub isr_reads_unlocked: u64,
     pub queues: Vec<QueueCounters>,
 }
 
@@ -193,6 +196,7 @@ impl DeviceCounters {
             ("rx_dropped_reset", self.rx_dropped_reset),
             ("rx_dropped_backlog", self.rx_dropped_backlog),
             ("rx_port_waits", self.rx_port_waits),
+            ("isr_reads_unlocked", self.isr_reads_unlocked),
             ("rx_rss_hashed", self.rx_rss_hashed),
             ("rx_rss_unclassified", self.rx_rss_unclassified),
             ("rx_hash_reported", self.rx_hash_reported),

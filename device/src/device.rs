@@ -6,7 +6,7 @@ use crate::capture::FrameCapture;
 use crate::config::DeviceConfig;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
-use crate::interrupt::{InterruptSink, NullSink};
+use crate::interrupt::{InterruptSink, IsrStatus, NullSink};
 use crate::port::{NullPort, Port, RxInbox};
 use crate::quirks::{Quirk, Quirks};
 use crate::snapshot::SnapshotError;
@@ -114,6 +114,10 @@ pub struct Device {
     inbox: Arc<RxInbox>,
     space: Arc<AddressSpace>,
     layout: Arc<DeviceLayout>,
+    /// The ISR byte, read here without the lock when that read is pure ([`IsrStatus`]).
+    isr: IsrStatus,
+    /// ISR reads answered that way (counter `isr_reads_unlocked`).
+    isr_reads_unlocked: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Device {
@@ -135,6 +139,7 @@ impl Device {
         let space = Arc::new(AddressSpace::new());
         let inbox = Arc::new(RxInbox::new(cfg.rx_backlog));
         let engine = DmaEngine::new(space.clone(), cfg.iotlb_entries);
+        let isr = IsrStatus::default();
         let state = DeviceState::new(
             layout.clone(),
             cfg,
@@ -142,6 +147,7 @@ impl Device {
             Arc::new(NullPort::default()),
             inbox.clone(),
             Arc::new(NullSink),
+            isr.clone(),
         );
         Ok(Arc::new_cyclic(|me| Device {
             me: me.clone(),
@@ -150,6 +156,8 @@ impl Device {
             inbox,
             space,
             layout,
+            isr,
+            isr_reads_unlocked: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -356,6 +364,7 @@ impl Device {
         drop(s);
         c.rx_dropped_backlog = self.inbox.dropped();
         c.rx_port_waits = self.inbox.room_waits();
+        c.isr_reads_unlocked = self.isr_reads_unlocked.load(Ordering::Relaxed);
         c
     }
 
@@ -543,10 +552,33 @@ impl Device {
     }
 }
 
+impl Device {
+    /// A legal ISR read (the one byte, 4.1.4.5), answered and cleared without the device lock
+    /// when that read has no other effect ([`IsrStatus`] says why and when). It also does not
+    /// ring the kicks waiting in the shared notify window first, unlike every other register
+    /// access: a PCIe read is ordered after earlier posted writes, not after the device's
+    /// processing of them, and the ISR reports the interrupts raised so far. `None`: the locked
+    /// path (another register, another width, or a read that also deasserts INTx).
+    fn isr_read_unlocked(&self, region: u32, offset: u64, len: usize) -> Option<u8> {
+        let bar = u8::try_from(region).ok()?;
+        if region == REGION_CONFIG || len != 1 || self.layout.isr.contains(bar, offset) != Some(0) {
+            return None;
+        }
+        let v = self.isr.take_unlocked()?;
+        self.isr_reads_unlocked.fetch_add(1, Ordering::Relaxed);
+        Some(v)
+    }
+}
+
 impl RegionAccess for Device {
     fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
         let size = self.region_size(region)?;
         check(size, region, offset, data.len())?;
+        if let Some(v) = self.isr_read_unlocked(region, offset, data.len()) {
+            data.fill(0);
+            data[0] = v;
+            return Ok(());
+        }
         self.with(|s| {
             s.take_shared_doorbells(true);
             if region == REGION_CONFIG {

@@ -7,7 +7,8 @@ use bar_registers::msix::{
 use bitvec::order::Lsb0;
 use bitvec::slice::BitSlice;
 use bitvec::view::BitView;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// Where the device's interrupts go.
 pub trait InterruptSink: Send + Sync {
@@ -68,6 +69,89 @@ impl InterruptSink for InterruptRecorder {
             self.intx_edges.fetch_add(1, Ordering::AcqRel);
         } else if !asserted {
             self.intx.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The virtio ISR status byte (virtio 1.2 4.1.4.5), shared by the locked device state, which
+/// raises it, and the register path, which reads and clears it without the device lock whenever
+/// that read has no other effect.
+///
+/// Why without the lock: a driver with one interrupt vector for everything (Linux ifcvf in a
+/// 1-vCPU guest, `ifcvf_dev_intr_handler` in drivers/vdpa/ifcvf/ifcvf_main.c) reads the ISR on
+/// every interrupt, with its vCPU stopped until the read completes. Behind the lock that read
+/// would wait for whatever the device is doing (an RX delivery, a TX budget) and then for the
+/// inbox the lock holder drains on release. A PCIe read is ordered after earlier posted writes
+/// but does not wait for the device's queue processing, so answering from this byte is what
+/// the hardware does.
+///
+/// When the read is not pure (MSI-X disabled, or the function's INTx status bit set), it also
+/// deasserts INTx (4.1.4.5.1), which is the PCI function's state: then [`IsrStatus::take_unlocked`]
+/// refuses and the read goes through the lock. That condition lives in the same atomic byte
+/// (bit 7, outside the ISR's bits 0-1), so no read can see "pure" and clear bits raised after
+/// the function turned INTx on.
+#[derive(Debug, Clone)]
+pub struct IsrStatus(Arc<AtomicU8>);
+
+/// Bit 7 of [`IsrStatus`]: an ISR read must go through the device lock.
+const READ_NEEDS_LOCK: u8 = 0x80;
+
+impl Default for IsrStatus {
+    /// Reset: ISR 0; the function starts with MSI-X disabled, so reads take the lock.
+    fn default() -> Self {
+        IsrStatus(Arc::new(AtomicU8::new(READ_NEEDS_LOCK)))
+    }
+}
+
+impl IsrStatus {
+    /// Sets ISR bits (bit 0 queue, bit 1 configuration change), before the interrupt is sent.
+    pub fn raise(&self, bits: u8) {
+        self.0.fetch_or(bits & !READ_NEEDS_LOCK, Ordering::AcqRel);
+    }
+
+    /// Reads and clears the ISR (the locked read path).
+    pub fn take(&self) -> u8 {
+        self.0.fetch_and(READ_NEEDS_LOCK, Ordering::AcqRel) & !READ_NEEDS_LOCK
+    }
+
+    /// Reads and clears the ISR if that read has no other effect; `None`: take the lock.
+    pub fn take_unlocked(&self) -> Option<u8> {
+        let mut v = self.0.load(Ordering::Acquire);
+        loop {
+            if v & READ_NEEDS_LOCK != 0 {
+                return None;
+            }
+            match self
+                .0
+                .compare_exchange_weak(v, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(v),
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// The ISR bits, not cleared (device state save).
+    pub fn peek(&self) -> u8 {
+        self.0.load(Ordering::Acquire) & !READ_NEEDS_LOCK
+    }
+
+    /// Replaces the ISR bits (device reset, state restore).
+    pub fn set(&self, bits: u8) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v & READ_NEEDS_LOCK | bits & !READ_NEEDS_LOCK)
+            });
+    }
+
+    /// Whether an ISR read has effects beyond clearing the ISR (the PCI function says so when
+    /// its MSI-X enable or INTx status bit changes).
+    pub fn set_read_needs_lock(&self, needs: bool) {
+        if needs {
+            self.0.fetch_or(READ_NEEDS_LOCK, Ordering::AcqRel);
+        } else {
+            self.0.fetch_and(!READ_NEEDS_LOCK, Ordering::AcqRel);
         }
     }
 }
@@ -208,5 +292,82 @@ impl MsixState {
     /// Back to the reset state (function level reset; a virtio reset leaves the table alone).
     pub fn reset(&mut self) {
         *self = MsixState::new(self.vectors());
+    }
+}
+
+#[cfg(test)]
+mod isr_tests {
+    use super::IsrStatus;
+    use bar_registers::virtio::isr;
+
+    #[test]
+    fn a_reset_isr_reads_through_the_lock_and_keeps_that_across_takes_and_sets() {
+        let s = IsrStatus::default();
+        s.raise(isr::QUEUE);
+        assert_eq!(s.take_unlocked(), None, "MSI-X is off at reset");
+        assert_eq!(s.peek(), isr::QUEUE, "a refused read cleared nothing");
+        assert_eq!(s.take(), isr::QUEUE);
+        assert_eq!(s.take(), 0);
+        s.set(isr::CONFIG);
+        assert_eq!(s.take_unlocked(), None, "set() kept the flag");
+        assert_eq!(s.take(), isr::CONFIG);
+    }
+
+    #[test]
+    fn a_pure_read_clears_the_bits_and_the_flag_never_shows() {
+        let s = IsrStatus::default();
+        s.set_read_needs_lock(false);
+        assert_eq!(s.take_unlocked(), Some(0));
+        s.raise(isr::QUEUE);
+        s.raise(isr::CONFIG | 0x80);
+        assert_eq!(
+            s.peek(),
+            isr::QUEUE | isr::CONFIG,
+            "raise() cannot set the flag"
+        );
+        assert_eq!(s.take_unlocked(), Some(isr::QUEUE | isr::CONFIG));
+        assert_eq!(s.take_unlocked(), Some(0));
+        s.set(isr::QUEUE);
+        assert_eq!(s.take(), isr::QUEUE, "the locked read works either way");
+        s.set_read_needs_lock(true);
+        s.raise(isr::CONFIG);
+        assert_eq!(s.take_unlocked(), None);
+        assert_eq!(s.take(), isr::CONFIG);
+    }
+
+    #[test]
+    fn concurrent_raises_and_reads_lose_no_interrupt() {
+        // Each round: the raiser sets QUEUE, then waits until a reader has seen it; a raise
+        // that a read cleared without returning it would hang the raiser (bounded below).
+        let s = IsrStatus::default();
+        s.set_read_needs_lock(false);
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        const ROUNDS: u64 = 20_000;
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                for r in 0..ROUNDS {
+                    s.raise(isr::QUEUE);
+                    let t0 = std::time::Instant::now();
+                    while seen.load(std::sync::atomic::Ordering::Acquire) <= r {
+                        assert!(t0.elapsed().as_secs() < 10, "raise {r} was lost");
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            for _ in 0..2 {
+                t.spawn(|| {
+                    while seen.load(std::sync::atomic::Ordering::Acquire) < ROUNDS {
+                        if let Some(v) = s.take_unlocked() {
+                            assert_eq!(v & !isr::QUEUE, 0);
+                            if v != 0 {
+                                seen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                            }
+                        }
+                        std::thread::yield_now();
+                    }
+                });
+            }
+        });
+        assert_eq!(seen.into_inner(), ROUNDS, "a raise was read twice");
     }
 }

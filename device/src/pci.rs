@@ -134,6 +134,11 @@ impl ConfigSpace {
         self.command() & command::INTX_DISABLE != 0
     }
 
+    /// The INTx pending status bit.
+    pub fn interrupt_status(&self) -> bool {
+        self.u16_at(hdr::STATUS as usize) & status::INTERRUPT != 0
+    }
+
     /// Sets or clears the INTx pending status bit.
     pub fn set_interrupt_status(&mut self, on: bool) {
         let o = hdr::STATUS as usize;

@@ -3,6 +3,7 @@
 //! feature negotiation and device_status, the latter through the transition table
 //! [`crate::transport::STATUS_STEPS`].
 
+use crate::interrupt::IsrStatus;
 use crate::snapshot::{invalid, Reader, SectionSpec, SnapshotError, Writer};
 use crate::transport::{
     validate_features, FeatureError, StatusChange, StatusMachine, STATUS_STEPS,
@@ -75,7 +76,8 @@ pub struct CommonCfg {
     negotiated: u64,
     config_msix_vector: u16,
     queue_select: u16,
-    isr: u8,
+    /// Shared with the register path's lock-free ISR read ([`IsrStatus`]).
+    isr: IsrStatus,
     config_generation: u8,
 }
 
@@ -86,8 +88,10 @@ impl CommonCfg {
         body: "device_status u8, device_feature_select u32, driver_feature_select u32, driver_features u64, negotiated u64, config_msix_vector u16, queue_select u16, isr u8, config_generation u8",
     };
 
-    /// Reset state of a device offering `offered` with this many queues and vectors.
-    pub fn new(offered: u64, num_queues: u16, msix_vectors: u16) -> Self {
+    /// Reset state of a device offering `offered` with this many queues and vectors, its ISR
+    /// kept in `isr`.
+    pub fn new(offered: u64, num_queues: u16, msix_vectors: u16, isr: IsrStatus) -> Self {
+        isr.set(0);
         CommonCfg {
             offered,
             num_queues,
@@ -99,14 +103,19 @@ impl CommonCfg {
             negotiated: 0,
             config_msix_vector: NO_VECTOR,
             queue_select: 0,
-            isr: 0,
+            isr,
             config_generation: 0,
         }
     }
 
     /// Device reset (2.4): every register back to its reset value.
     pub fn reset(&mut self) {
-        *self = CommonCfg::new(self.offered, self.num_queues, self.msix_vectors);
+        *self = CommonCfg::new(
+            self.offered,
+            self.num_queues,
+            self.msix_vectors,
+            self.isr.clone(),
+        );
     }
 
     /// Feature bits the device offers.
@@ -147,12 +156,12 @@ impl CommonCfg {
 
     /// Sets ISR bits (4.1.4.5: bit 0 queue, bit 1 configuration change).
     pub fn raise_isr(&mut self, bits: u8) {
-        self.isr |= bits;
+        self.isr.raise(bits);
     }
 
     /// Reads and clears the ISR (4.1.4.5.1).
     pub fn take_isr(&mut self) -> u8 {
-        std::mem::take(&mut self.isr)
+        self.isr.take()
     }
 
     /// The device configuration changed (2.5.1: config_generation changes).
@@ -251,7 +260,7 @@ impl CommonCfg {
         w.u64(self.negotiated);
         w.u16(self.config_msix_vector);
         w.u16(self.queue_select);
-        w.u8(self.isr);
+        w.u8(self.isr.peek());
         w.u8(self.config_generation);
     }
 
@@ -345,7 +354,7 @@ impl CommonCfg {
         self.negotiated = v.negotiated;
         self.config_msix_vector = v.config_msix_vector;
         self.queue_select = v.queue_select;
-        self.isr = v.isr;
+        self.isr.set(v.isr);
         self.config_generation = v.config_generation;
         Ok(())
     }

@@ -26,7 +26,7 @@ mod ring_reset_tests;
 use crate::config::DeviceConfig;
 use crate::counters::{DeviceCounters, QueueCounters};
 use crate::fault::DeviceFault;
-use crate::interrupt::InterruptSink;
+use crate::interrupt::{InterruptSink, IsrStatus};
 use crate::net::engine::{Datapath, NetEngine, Service};
 use crate::pci::ConfigEffect;
 use crate::port::{Port, RxInbox};
@@ -90,11 +90,12 @@ impl DeviceState {
         port: Arc<dyn Port>,
         inbox: Arc<RxInbox>,
         sink: Arc<dyn InterruptSink>,
+        isr: IsrStatus,
     ) -> Self {
         let nq = layout.num_queues;
         DeviceState {
-            function: PciFunction::new(&layout, cfg.msix_owner, sink),
-            common: CommonCfg::new(offered(&cfg), nq, layout.msix_vectors),
+            function: PciFunction::new(&layout, cfg.msix_owner, sink, isr.clone()),
+            common: CommonCfg::new(offered(&cfg), nq, layout.msix_vectors, isr),
             lm: LmBlock::new(cfg.layout.lm_layout, nq),
             engine: NetEngine::new(&cfg, nq, layout.ctrl_queue(), dma, port, inbox),
             counters: DeviceCounters {

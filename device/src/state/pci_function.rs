@@ -7,7 +7,7 @@
 
 use super::access::put;
 use crate::config::MsixOwner;
-use crate::interrupt::{Delivery, InterruptSink, MsixState, NullSink};
+use crate::interrupt::{Delivery, InterruptSink, IsrStatus, MsixState, NullSink};
 use crate::pci::{ConfigEffect, ConfigSpace};
 use crate::snapshot::{invalid, Reader, SectionSpec, SnapshotError, Writer};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL, VECTOR_MASKED};
@@ -50,6 +50,8 @@ pub struct PciFunction {
     msix: MsixState,
     owner: MsixOwner,
     sink: Arc<dyn InterruptSink>,
+    /// The device's ISR, told whether a read of it touches INTx ([`PciFunction::publish_isr_read`]).
+    isr: IsrStatus,
 }
 
 impl std::fmt::Debug for PciFunction {
@@ -74,14 +76,32 @@ impl PciFunction {
         body: "vectors u16, enabled u8, function_mask u8, table (vectors x 4 dwords u32), PBA (ceil(vectors/64) x u64)",
     };
 
-    /// The function at reset, interrupts going to `sink`.
-    pub fn new(layout: &DeviceLayout, owner: MsixOwner, sink: Arc<dyn InterruptSink>) -> Self {
-        PciFunction {
+    /// The function at reset, interrupts going to `sink`, the device's ISR in `isr`.
+    pub fn new(
+        layout: &DeviceLayout,
+        owner: MsixOwner,
+        sink: Arc<dyn InterruptSink>,
+        isr: IsrStatus,
+    ) -> Self {
+        let f = PciFunction {
             config: ConfigSpace::new(layout),
             msix: MsixState::new(layout.msix_vectors),
             owner,
             sink,
-        }
+            isr,
+        };
+        f.publish_isr_read();
+        f
+    }
+
+    /// Tells the ISR whether its read must go through the device lock: it must while the read
+    /// also deasserts INTx (4.1.4.5.1), that is while MSI-X is disabled or the INTx status bit
+    /// is set. Called after everything that changes either bit (config writes, INTx raise and
+    /// deassert, reset, restore).
+    fn publish_isr_read(&self) {
+        let (msix_enabled, _) = self.config.msix_control();
+        self.isr
+            .set_read_needs_lock(!msix_enabled || self.config.interrupt_status());
     }
 
     /// Where interrupts go from now on.
@@ -93,6 +113,7 @@ impl PciFunction {
     pub fn reset(&mut self) {
         self.msix.reset();
         self.config.reset();
+        self.publish_isr_read();
     }
 
     /// Whether the function may master the bus (DMA).
@@ -125,6 +146,7 @@ impl PciFunction {
     /// became deliverable fire), the rest is for the device.
     pub fn config_write(&mut self, off: u64, data: &[u8]) -> ConfigEffect {
         let effect = self.config.write(off, data);
+        self.publish_isr_read();
         if effect == ConfigEffect::MsixControl {
             self.sync_msix_control();
             for v in self.msix.unmasked_pending() {
@@ -162,6 +184,7 @@ impl PciFunction {
         } else {
             if !self.config.intx_disabled() {
                 self.config.set_interrupt_status(true);
+                self.publish_isr_read();
                 self.sink.intx(true);
             }
             Raised::Delivered
@@ -171,6 +194,7 @@ impl PciFunction {
     /// Deasserts INTx (the ISR was read, 4.1.4.5.1).
     pub fn intx_deassert(&mut self) {
         self.config.set_interrupt_status(false);
+        self.publish_isr_read();
         self.sink.intx(false);
     }
 
@@ -258,6 +282,7 @@ impl PciFunction {
         let status_at = hdr::STATUS as usize;
         let intx = u16::from_le_bytes([img[status_at], img[status_at + 1]]) & status::INTERRUPT;
         self.config.set_interrupt_status(intx != 0);
+        self.publish_isr_read();
         let data_at = (cap_offset::PCI_CFG + virtio_cap::PCI_CFG_DATA) as usize;
         self.config.set_pci_cfg_data(u32::from_le_bytes(
             img[data_at..data_at + 4].try_into().expect("4 bytes"),

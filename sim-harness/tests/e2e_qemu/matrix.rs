@@ -445,7 +445,7 @@ fn print_device(label: &str, st: &sim_harness::ctl::StatsReport) {
         })
         .collect();
     println!(
-        "E2E-BENCH {label} device: rx {} frames ({} GSO), {} dropped with the receive FIFO full, the port waited for room {} times | tx {} frames ({} GSO), {} dropped by the port, {} lost after it, held back by a full port {} times | {}",
+        "E2E-BENCH {label} device: rx {} frames ({} GSO), {} dropped with the receive FIFO full, the port waited for room {} times | tx {} frames ({} GSO), {} dropped by the port, {} lost after it, held back by a full port {} times | ISR reads without the lock {} | {}",
         c("rx_frames"),
         c("rx_gso_frames"),
         c("rx_dropped_backlog"),
@@ -455,6 +455,7 @@ fn print_device(label: &str, st: &sim_harness::ctl::StatsReport) {
         c("tx_port_drops"),
         c("tx_port_lost"),
         c("tx_port_busy"),
+        c("isr_reads_unlocked"),
         queues.join(", ")
     );
 }
