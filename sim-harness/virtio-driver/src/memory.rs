@@ -73,6 +73,7 @@ impl GuestMemory {
         *slot = log;
     }
 
+    #[inline]
     fn dirty(&self, iova: u64, len: u64) {
         if !self.cpu_dirty_on.load(Ordering::Acquire) {
             return;
