@@ -1193,6 +1193,7 @@ fn posted_writes_are_done_in_order_before_later_commands() {
     let l = ts.dev().layout().clone();
     let sel = l.common.offset + common::QUEUE_SELECT;
     let size = l.common.offset + common::QUEUE_SIZE;
+    let before = ts.server.stats();
     // Many posted writes, then a read: the read sees the last one.
     for q in 0..9u16 {
         c.write_posted(0, sel, &q.to_le_bytes()).unwrap();
@@ -1227,6 +1228,15 @@ fn posted_writes_are_done_in_order_before_later_commands() {
         .request(Command::RegionWriteMulti as u16, 0, &m, &[])
         .unwrap();
     assert_eq!(rep.payload, 2u64.to_ne_bytes());
+    // Every register access was counted, the refused one and the multi-writes (one each) too.
+    let after = ts.server.stats();
+    assert_eq!(
+        (
+            after.region_reads - before.region_reads,
+            after.region_writes - before.region_writes
+        ),
+        (13, 30)
+    );
 }
 
 /// Runs 640 frames of loopback traffic over two queue pairs through the driver model talking

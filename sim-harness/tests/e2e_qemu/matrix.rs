@@ -423,7 +423,9 @@ fn ours_host_tap(e2e: &E2e, driver: &str, s: Shape) -> Run {
     let mut vm = Vm::boot(e2e, &dir, spec);
     let mut run = peer.run(&mut vm, &label);
     print_device(&label, &stats(&serve));
-    run.us_per_frame = serve.session_stats()["cpu_us_per_frame"].as_f64();
+    let st = serve.session_stats();
+    print_traps(&label, &st);
+    run.us_per_frame = st["cpu_us_per_frame"].as_f64();
     assert!(serve.is_running(), "{label}: serve died\n{}", serve.diag());
     drop(tap);
     run
@@ -457,6 +459,22 @@ fn print_device(label: &str, st: &sim_harness::ctl::StatsReport) {
         c("tx_port_busy"),
         c("isr_reads_unlocked"),
         queues.join(", ")
+    );
+}
+
+/// The guest's trapped register accesses over its whole session (boot included), from serve's
+/// `session statistics` line: each one stops a vCPU for a vfio-user round trip. serve's share
+/// of it is the time to the reply built; the time to `sendmsg` returning also counts serve
+/// being preempted by the client it woke.
+fn print_traps(label: &str, st: &serde_json::Value) {
+    println!(
+        "E2E-BENCH {label} traps: {} register reads ({} us each to the reply built, {} us to sent), {} register writes ({} us, {} us)",
+        st["trapped_reads"],
+        st["trapped_read_handled_us"],
+        st["trapped_read_replied_us"],
+        st["trapped_writes"],
+        st["trapped_write_handled_us"],
+        st["trapped_write_replied_us"]
     );
 }
 
@@ -556,6 +574,7 @@ fn two_guests(e2e: &E2e, driver: &str, s: Shape, ours: bool) -> Run {
     for (serve, end) in serves.iter_mut().zip(["A", "B"]) {
         print_device(&format!("{label} {end}"), &stats(serve));
         let st = serve.session_stats();
+        print_traps(&format!("{label} {end}"), &st);
         let per = st["cpu_us_per_frame"].as_f64().unwrap_or(0.0);
         us = Some(us.unwrap_or(0.0) + per);
         assert!(serve.is_running(), "{label}: serve died\n{}", serve.diag());

@@ -161,6 +161,10 @@ pub struct ServerStats {
     pub refused: u64,
     /// Clients dropped for stalling inside a message or not reading replies.
     pub stalled: u64,
+    /// REGION_READ messages handled (trapped register reads).
+    pub region_reads: u64,
+    /// REGION_WRITE and REGION_WRITE_MULTI messages handled (trapped register writes).
+    pub region_writes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -177,6 +181,26 @@ struct Counters {
     /// guest vIOMMU's synchronous map costs on our side of the socket.
     dma_map_ns: AtomicU64,
     dma_unmap_ns: AtomicU64,
+    /// Trapped register accesses: REGION_READ and REGION_WRITE (WRITE_MULTI counts as one).
+    region: [RegionCounters; 2],
+}
+
+/// One direction of trapped register accesses ([`Counters::region`]: 0 reads, 1 writes).
+#[derive(Debug, Default)]
+struct RegionCounters {
+    /// Messages.
+    n: AtomicU64,
+    /// From the parsed message to the reply built: the device's share of a trap.
+    handled_ns: AtomicU64,
+    /// To the reply sent (`sendmsg` returned): on a busy host this also counts the server
+    /// being preempted by the client it woke, after the reply is on its way.
+    replied_ns: AtomicU64,
+}
+
+impl RegionCounters {
+    fn snapshot(&self) -> [u64; 3] {
+        [&self.n, &self.handled_ns, &self.replied_ns].map(|a| a.load(Ordering::Relaxed))
+    }
 }
 
 /// A vfio-user server for one function.
@@ -264,6 +288,8 @@ impl<B: Backend> Server<B> {
             errors: c.errors.load(Ordering::SeqCst),
             refused: c.refused.load(Ordering::SeqCst),
             stalled: c.stalled.load(Ordering::SeqCst),
+            region_reads: c.region[0].n.load(Ordering::Relaxed),
+            region_writes: c.region[1].n.load(Ordering::Relaxed),
         }
     }
 
@@ -311,6 +337,11 @@ impl<B: Backend> Server<B> {
     /// calls it directly, without a round trip through the socket file.
     pub fn serve_stream(&self, stream: UnixStream) -> ConnectionEnd {
         let n = self.counters.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+        let traps_before = self
+            .counters
+            .region
+            .each_ref()
+            .map(RegionCounters::snapshot);
         let span = tracing::info_span!("client", n);
         let _g = span.enter();
         tracing::info!(peer_pid = peer_pid(&stream), "client connected");
@@ -326,7 +357,7 @@ impl<B: Backend> Server<B> {
             }
             ConnectionEnd::Failed(e) => tracing::warn!(error = %e, "connection dropped"),
         }
-        self.cleanup();
+        self.cleanup(traps_before);
         self.counters.ended.fetch_add(1, Ordering::SeqCst);
         end
     }
@@ -334,7 +365,8 @@ impl<B: Backend> Server<B> {
     /// What a client leaves behind is undone: its migration session ended (dirty logging off,
     /// state RUNNING), device reset (status 0, not paused), DMA unmapped (its memory
     /// descriptors closed), interrupt eventfds closed.
-    fn cleanup(&self) {
+    /// `traps_before`: the trapped access counters when the session began.
+    fn cleanup(&self, traps_before: [[u64; 3]; 2]) {
         // One machine-readable line per session: how hard the DMA map path worked (a guest
         // vIOMMU maps and unmaps per buffer); the e2e tests read it.
         let stats = self.device.map_stats();
@@ -346,7 +378,27 @@ impl<B: Backend> Server<B> {
             unmap_us = format_args!("{:.1}", us(&self.counters.dma_unmap_ns, unmaps)),
             "DMA map statistics (map_us/unmap_us: mean server time per message, reply included)"
         );
-        let session = self.device.session_stats();
+        let mut session = self.device.session_stats();
+        if let serde_json::Value::Object(m) = &mut session {
+            // The session's trapped register accesses: what stopped its vCPUs for a round trip.
+            for (dir, (rc, before)) in ["read", "write"]
+                .into_iter()
+                .zip(self.counters.region.iter().zip(traps_before))
+            {
+                let [n, handled, replied] = rc.snapshot();
+                let n = n - before[0];
+                let mean_us = |ns: u64| (ns as f64 / 1e3 / n.max(1) as f64 * 10.0).round() / 10.0;
+                m.insert(format!("trapped_{dir}s"), n.into());
+                m.insert(
+                    format!("trapped_{dir}_handled_us"),
+                    mean_us(handled - before[1]).into(),
+                );
+                m.insert(
+                    format!("trapped_{dir}_replied_us"),
+                    mean_us(replied - before[2]).into(),
+                );
+            }
+        }
         if !session.is_null() {
             tracing::info!(session_stats = %session, "session statistics");
         }
@@ -719,14 +771,26 @@ impl<'a, B: Backend> Session<'a, B> {
         } else {
             self.dispatch(&hdr, &msg.payload, msg.fds)
         };
-        let r = self.finish(&hdr, result);
-        let timer = match Command::from_u16(hdr.command) {
-            Some(Command::DmaMap) => Some(&self.srv.counters.dma_map_ns),
-            Some(Command::DmaUnmap) => Some(&self.srv.counters.dma_unmap_ns),
+        // Counted before the reply goes out, so a client that saw its reply sees its count.
+        let c = &self.srv.counters;
+        let region = match Command::from_u16(hdr.command) {
+            Some(Command::RegionRead) => Some(&c.region[0]),
+            Some(Command::RegionWrite | Command::RegionWriteMulti) => Some(&c.region[1]),
             _ => None,
         };
-        if let Some(t) = timer {
-            t.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let ns = |d: std::time::Duration| d.as_nanos() as u64;
+        if let Some(rc) = region {
+            rc.n.fetch_add(1, Ordering::Relaxed);
+            rc.handled_ns.fetch_add(ns(t0.elapsed()), Ordering::Relaxed);
+        }
+        let r = self.finish(&hdr, result);
+        let replied = match Command::from_u16(hdr.command) {
+            Some(Command::DmaMap) => Some(&c.dma_map_ns),
+            Some(Command::DmaUnmap) => Some(&c.dma_unmap_ns),
+            _ => region.map(|rc| &rc.replied_ns),
+        };
+        if let Some(t) = replied {
+            t.fetch_add(ns(t0.elapsed()), Ordering::Relaxed);
         }
         r
     }
