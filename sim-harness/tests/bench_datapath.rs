@@ -21,6 +21,57 @@ fn u(v: &Value, k: &str) -> u64 {
 }
 
 #[test]
+fn rounds_repeat_every_cell_and_summarize_each_once() {
+    let out = bench(&[
+        "--no-dpdk",
+        "--seconds",
+        "0.2",
+        "--warmup-ms",
+        "50",
+        "--frame",
+        "64",
+        "--dir",
+        "tx",
+        "--qp",
+        "1",
+        "--layout",
+        "split,packed",
+        "--rounds",
+        "2",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(u(&r, "rounds"), 2);
+    let cells = r["cells"].as_array().expect("cells");
+    let rounds: Vec<(u64, &str)> = cells
+        .iter()
+        .map(|c| (u(c, "round"), c["layout"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rounds,
+        [(0, "split"), (0, "packed"), (1, "split"), (1, "packed")],
+        "round after round of the whole set"
+    );
+    let summary = r["summary"].as_array().expect("summary");
+    assert_eq!(summary.len(), 2, "{summary:?}");
+    for s in summary {
+        assert_eq!(u(s, "rounds"), 2, "{s}");
+        let (lo, med, hi) = (
+            s["mpps_min"].as_f64().unwrap(),
+            s["mpps_median"].as_f64().unwrap(),
+            s["mpps_max"].as_f64().unwrap(),
+        );
+        assert!(lo <= med && med <= hi && hi > 0.0, "{s}");
+        assert!(
+            s["vs_dpdk_median"].is_null(),
+            "a ratio without an anchor: {s}"
+        );
+    }
+}
+
+#[test]
 fn tiny_run_counts_every_frame_in_every_cell() {
     let out = bench(&[
         "--no-dpdk",
@@ -183,6 +234,8 @@ fn bad_options_are_refused_with_the_reason() {
         ),
         (&["--layout", "ring"][..], "expected split or packed"),
         (&["--qp", "0"][..], "qp"),
+        (&["--rounds", "0"][..], "rounds"),
+        (&["--rounds", "21"][..], "rounds"),
     ] {
         let mut a = vec!["--no-dpdk"];
         a.extend_from_slice(args);

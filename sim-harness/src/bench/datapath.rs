@@ -144,6 +144,8 @@ pub struct DatapathOptions {
     pub anchor: Anchor,
     /// More arguments for every `serve` (e.g. `--doorbell-poll busy=200`).
     pub serve_args: Vec<String>,
+    /// Times the whole set (anchor and cells) is measured, one round after the other.
+    pub rounds: usize,
 }
 
 /// Why the bench could not run.
@@ -243,6 +245,84 @@ pub struct Cell {
     pub vs_dpdk: Option<f64>,
     /// serve's `session statistics` line for this cell's session (JSON), if it logged one.
     pub session: Option<serde_json::Value>,
+    /// Which round measured it (0: the first); `vs_dpdk` is against that round's anchor.
+    pub round: usize,
+}
+
+/// A cell over every round (`--rounds` above 1): medians, and the spread the host's noise
+/// gave. The ratio is each round's own (ours / that round's anchor), so a host that slows
+/// both down in one round does not move it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CellSummary {
+    pub dir: Dir,
+    pub frame: usize,
+    pub queue_pairs: u16,
+    pub layout: Layout,
+    pub rounds: usize,
+    pub mpps_median: f64,
+    pub mpps_min: f64,
+    pub mpps_max: f64,
+    /// The anchor's median rate for the same direction, frame and queue pairs.
+    pub dpdk_mpps_median: Option<f64>,
+    pub vs_dpdk_median: Option<f64>,
+    pub vs_dpdk_min: Option<f64>,
+    pub vs_dpdk_max: Option<f64>,
+}
+
+/// The median of `v` (mean of the middle two for an even count); None when empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// One [`CellSummary`] per distinct cell of `cells`, in first-seen order.
+pub fn summarize(cells: &[Cell], anchors: &[DpdkRun]) -> Vec<CellSummary> {
+    let mut out: Vec<CellSummary> = Vec::new();
+    for c in cells {
+        let same = |o: &&Cell| {
+            (o.dir, o.frame, o.queue_pairs, o.layout) == (c.dir, c.frame, c.queue_pairs, c.layout)
+        };
+        if out.iter().any(|s| {
+            (s.dir, s.frame, s.queue_pairs, s.layout) == (c.dir, c.frame, c.queue_pairs, c.layout)
+        }) {
+            continue;
+        }
+        let mine: Vec<&Cell> = cells.iter().filter(same).collect();
+        let rates: Vec<f64> = mine.iter().map(|o| o.mpps).collect();
+        let ratios: Vec<f64> = mine.iter().filter_map(|o| o.vs_dpdk).collect();
+        let anchor: Vec<f64> = anchors
+            .iter()
+            .filter(|a| {
+                a.dir == c.dir.name() && a.frame == c.frame && a.queue_pairs == c.queue_pairs
+            })
+            .map(|a| a.pps / 1e6)
+            .collect();
+        let min = |v: &[f64]| v.iter().copied().reduce(f64::min);
+        let max = |v: &[f64]| v.iter().copied().reduce(f64::max);
+        out.push(CellSummary {
+            dir: c.dir,
+            frame: c.frame,
+            queue_pairs: c.queue_pairs,
+            layout: c.layout,
+            rounds: mine.len(),
+            mpps_median: round(median(rates.clone()).unwrap_or(0.0), 3),
+            mpps_min: min(&rates).unwrap_or(0.0),
+            mpps_max: max(&rates).unwrap_or(0.0),
+            dpdk_mpps_median: median(anchor).map(|v| round(v, 3)),
+            vs_dpdk_median: median(ratios.clone()).map(|v| round(v, 3)),
+            vs_dpdk_min: min(&ratios),
+            vs_dpdk_max: max(&ratios),
+        });
+    }
+    out
 }
 
 /// The anchor's state in a report.
@@ -266,6 +346,9 @@ pub struct DatapathReport {
     pub serve_args: Vec<String>,
     pub anchor: AnchorReport,
     pub cells: Vec<Cell>,
+    pub rounds: usize,
+    /// Every cell over the rounds (empty for one round).
+    pub summary: Vec<CellSummary>,
 }
 
 /// Frames per burst the driver hands to a queue (testpmd's default burst).
@@ -646,6 +729,7 @@ pub fn measure(
         driver_loop: window,
         fault,
         session,
+        round: 0,
     })
 }
 
@@ -664,6 +748,12 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
     if let Some(f) = o.frames.iter().find(|&&f| !(60..=1514).contains(&f)) {
         return Err(DatapathError::Options(format!(
             "frame size {f}: expected 60..=1514 bytes (Ethernet header to payload end)"
+        )));
+    }
+    if !(1..=MAX_ROUNDS).contains(&o.rounds) {
+        return Err(DatapathError::Options(format!(
+            "--rounds {}: expected 1..={MAX_ROUNDS}",
+            o.rounds
         )));
     }
     if !(o.seconds > 0.0 && o.seconds <= 600.0) {
@@ -702,7 +792,9 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
     });
     let secs_whole = o.seconds.ceil().max(1.0) as usize;
     let mut cells = Vec::new();
-    for &frame in &o.frames {
+    // Round after round of the whole set, so each round's ratio compares ours and the anchor
+    // measured minutes apart at most, and a slow spell of the host hits a round, not a cell.
+    for (round_no, &frame) in (0..o.rounds).flat_map(|r| o.frames.iter().map(move |f| (r, f))) {
         if let Some(t) = anchor.testpmd.clone() {
             for &dir in o.dirs.iter().filter(|d| matches!(d, Dir::Tx | Dir::Rx)) {
                 for &q in &o.queue_pairs {
@@ -719,7 +811,10 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
                         },
                     );
                     match r {
-                        Ok(r) => anchor.runs.push(r),
+                        Ok(r) => anchor.runs.push(DpdkRun {
+                            round: round_no,
+                            ..r
+                        }),
                         Err(e) => {
                             let why = format!("DPDK {} {frame} B qp {q}: {e}", dir.name());
                             tracing::warn!("{why}");
@@ -740,10 +835,16 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
                         "cell"
                     );
                     let mut c = measure(o, dir, frame, q, layout, cpus)?;
+                    c.round = round_no;
                     c.vs_dpdk = anchor
                         .runs
                         .iter()
-                        .find(|r| r.dir == dir.name() && r.frame == frame && r.queue_pairs == q)
+                        .find(|r| {
+                            r.dir == dir.name()
+                                && r.frame == frame
+                                && r.queue_pairs == q
+                                && r.round == round_no
+                        })
                         .filter(|r| r.pps > 0.0)
                         .map(|r| round(c.mpps * 1e6 / r.pps, 3));
                     cells.push(c);
@@ -756,10 +857,19 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
         warmup_seconds: o.warmup.as_secs_f64(),
         pinned: cpus,
         serve_args: o.serve_args.clone(),
+        summary: if o.rounds > 1 {
+            summarize(&cells, &anchor.runs)
+        } else {
+            Vec::new()
+        },
+        rounds: o.rounds,
         anchor,
         cells,
     })
 }
+
+/// Most rounds `--rounds` takes.
+pub const MAX_ROUNDS: usize = 20;
 
 /// The report as a table.
 pub fn table(r: &DatapathReport) -> String {
@@ -798,13 +908,21 @@ pub fn table(r: &DatapathReport) -> String {
         }
         (None, None) => {}
     }
+    let round_of = |n: usize| {
+        if r.rounds > 1 {
+            format!(" round {}", n + 1)
+        } else {
+            String::new()
+        }
+    };
     for a in &r.anchor.runs {
         let _ = writeln!(
             s,
-            "  DPDK {:<3} {:>5} B qp {}: {:>7.3} Mpps {:>7.3} Gbit/s  vhost side CPU/frame {} us",
+            "  DPDK {:<3} {:>5} B qp {}{}: {:>7.3} Mpps {:>7.3} Gbit/s  vhost side CPU/frame {} us",
             a.dir,
             a.frame,
             a.queue_pairs,
+            round_of(a.round),
             a.pps / 1e6,
             a.pps * a.frame as f64 * 8.0 / 1e9,
             a.device_cpu_us_per_frame
@@ -827,9 +945,15 @@ pub fn table(r: &DatapathReport) -> String {
         "drv waits",
         "lost"
     );
-    for c in &r.cells {
+    for (i, c) in r.cells.iter().enumerate() {
+        if r.rounds > 1 && (i == 0 || r.cells[i - 1].round != c.round) {
+            let _ = writeln!(s, "-- round {}", c.round + 1);
+        }
         let a = r.anchor.runs.iter().find(|a| {
-            a.dir == c.dir.name() && a.frame == c.frame && a.queue_pairs == c.queue_pairs
+            a.dir == c.dir.name()
+                && a.frame == c.frame
+                && a.queue_pairs == c.queue_pairs
+                && a.round == c.round
         });
         let _ = writeln!(
             s,
@@ -850,6 +974,37 @@ pub fn table(r: &DatapathReport) -> String {
         );
         if let Some(f) = &c.fault {
             let _ = writeln!(s, "  ^ the device faulted (DEVICE_NEEDS_RESET): {f}");
+        }
+    }
+    if !r.summary.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nover {} rounds (median, min-max; the ratio is each round's ours / that round's DPDK):",
+            r.rounds
+        );
+        let _ = writeln!(
+            s,
+            "{:<8} {:>5} {:>2} {:<6} {:>8} {:>15} {:>9} {:>9} {:>13}",
+            "dir", "frame", "qp", "ring", "Mpps", "min-max", "DPDK Mpps", "vs DPDK", "min-max"
+        );
+        let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
+        for c in &r.summary {
+            let _ = writeln!(
+                s,
+                "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>15} {:>9} {:>9} {:>13}",
+                c.dir.name(),
+                c.frame,
+                c.queue_pairs,
+                c.layout.name(),
+                c.mpps_median,
+                format!("{:.3}-{:.3}", c.mpps_min, c.mpps_max),
+                opt(c.dpdk_mpps_median, 3),
+                c.vs_dpdk_median.map_or("-".into(), |v| format!("{v:.2}x")),
+                match (c.vs_dpdk_min, c.vs_dpdk_max) {
+                    (Some(a), Some(b)) => format!("{a:.2}-{b:.2}x"),
+                    _ => "-".into(),
+                }
+            );
         }
     }
     s
@@ -901,6 +1056,11 @@ pub struct DatapathArgs {
     /// --serve-arg=busy=200`).
     #[arg(long, allow_hyphen_values = true)]
     pub serve_arg: Vec<String>,
+    /// Measure the whole set this many times, one round after the other (each round runs
+    /// the anchor, then our cells), and add medians and min-max per cell: on a noisy host one
+    /// round's ratio can be off by 2x (docs/bench.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_ROUNDS as i64))]
+    pub rounds: u16,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -954,6 +1114,7 @@ pub fn cli(a: &DatapathArgs) -> std::process::ExitCode {
         pin: a.pin,
         anchor,
         serve_args: serve_args(a),
+        rounds: usize::from(a.rounds),
     };
     match run(&o) {
         Ok(r) => {
@@ -984,6 +1145,94 @@ pub fn cli(a: &DatapathArgs) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cell(layout: Layout, round: usize, mpps: f64, vs_dpdk: Option<f64>) -> Cell {
+        Cell {
+            dir: Dir::Tx,
+            frame: 64,
+            queue_pairs: 1,
+            layout,
+            seconds: 1.0,
+            window_frames: 0,
+            mpps,
+            gbps: 0.0,
+            server_cpu_percent: 0.0,
+            server_cpu_us_per_frame: None,
+            driver_sent: 0,
+            driver_received: 0,
+            generator_sent: None,
+            device: DeviceCounts::default(),
+            lost: 0,
+            fault: None,
+            driver_loop: DriverLoop::default(),
+            vs_dpdk,
+            session: None,
+            round,
+        }
+    }
+
+    #[test]
+    fn rounds_are_summarized_per_cell_with_each_rounds_own_ratio() {
+        let anchor = |round: usize, mpps: f64| DpdkRun {
+            dir: "tx",
+            frame: 64,
+            queue_pairs: 1,
+            pps: mpps * 1e6,
+            packets: 0,
+            seconds: 1,
+            device_cpu_us_per_frame: None,
+            device_cpu_percent: None,
+            round,
+        };
+        let anchors = [anchor(0, 10.0), anchor(1, 20.0), anchor(2, 16.0)];
+        // A host that halves everything in round 0: the rates spread 2x, the ratios do not.
+        let cells = [
+            cell(Layout::Split, 0, 4.0, Some(0.4)),
+            cell(Layout::Packed, 0, 5.0, Some(0.5)),
+            cell(Layout::Split, 1, 9.0, Some(0.45)),
+            cell(Layout::Packed, 1, 10.0, Some(0.5)),
+            cell(Layout::Split, 2, 8.0, Some(0.5)),
+            cell(Layout::Packed, 2, 9.0, None),
+        ];
+        let s = summarize(&cells, &anchors);
+        assert_eq!(s.len(), 2, "one summary per cell, not per round");
+        let split = &s[0];
+        assert_eq!((split.layout, split.rounds), (Layout::Split, 3));
+        assert_eq!(
+            (split.mpps_median, split.mpps_min, split.mpps_max),
+            (8.0, 4.0, 9.0)
+        );
+        assert_eq!(split.dpdk_mpps_median, Some(16.0));
+        assert_eq!(
+            (split.vs_dpdk_median, split.vs_dpdk_min, split.vs_dpdk_max),
+            (Some(0.45), Some(0.4), Some(0.5))
+        );
+        // A round without a ratio (its anchor failed) leaves the others' median: even count.
+        let packed = &s[1];
+        assert_eq!(packed.mpps_median, 9.0);
+        assert_eq!(packed.vs_dpdk_median, Some(0.5));
+        assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+        // The table prints each round and the summary.
+        let r = DatapathReport {
+            seconds: 1.0,
+            warmup_seconds: 0.3,
+            pinned: None,
+            serve_args: Vec::new(),
+            anchor: AnchorReport {
+                testpmd: None,
+                missing: None,
+                runs: anchors.to_vec(),
+            },
+            cells: cells.to_vec(),
+            rounds: 3,
+            summary: s,
+        };
+        let t = table(&r);
+        assert!(t.contains("-- round 3"), "{t}");
+        assert!(t.contains("over 3 rounds"), "{t}");
+        assert!(t.contains("0.45x    0.40-0.50x"), "{t}");
+    }
 
     #[test]
     fn session_line() {

@@ -180,6 +180,8 @@ pub struct DpdkRun {
     pub device_cpu_us_per_frame: Option<f64>,
     /// Its share of one core over the window, %.
     pub device_cpu_percent: Option<f64>,
+    /// Which round of `vdpa-emu bench datapath --rounds` ran it (0: the first).
+    pub round: usize,
 }
 
 /// How to run the pair.
@@ -438,6 +440,7 @@ fn run_in(t: &Testpmd, o: &DpdkRunOptions, dir: &Path) -> Result<DpdkRun, DpdkEr
         seconds: o.seconds,
         device_cpu_us_per_frame: (frames > 0.0).then(|| cpu * 1e6 / frames),
         device_cpu_percent: Some(cpu / wall.as_secs_f64() * 100.0),
+        round: 0,
     })
 }
 
