@@ -20,14 +20,26 @@ fn u(v: &Value, k: &str) -> u64 {
         .unwrap_or_else(|| panic!("{k} is not a count in {v}"))
 }
 
-#[test]
-fn rounds_repeat_every_cell_and_summarize_each_once() {
-    let out = bench(&[
+/// A short run without the anchor (0.2 s windows) of the cells `cells` picks; its JSON report.
+fn tiny_json_report(cells: &[&str]) -> Value {
+    let mut args = vec![
         "--no-dpdk",
         "--seconds",
         "0.2",
         "--warmup-ms",
         "50",
+        "--json",
+    ];
+    args.extend_from_slice(cells);
+    let out = bench(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+#[test]
+fn rounds_repeat_every_cell_and_summarize_each_once() {
+    let r = tiny_json_report(&[
         "--frame",
         "64",
         "--dir",
@@ -38,11 +50,7 @@ fn rounds_repeat_every_cell_and_summarize_each_once() {
         "split,packed",
         "--rounds",
         "2",
-        "--json",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
-    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(u(&r, "rounds"), 2);
     let cells = r["cells"].as_array().expect("cells");
     let rounds: Vec<(u64, &str)> = cells
@@ -73,12 +81,7 @@ fn rounds_repeat_every_cell_and_summarize_each_once() {
 
 #[test]
 fn tiny_run_counts_every_frame_in_every_cell() {
-    let out = bench(&[
-        "--no-dpdk",
-        "--seconds",
-        "0.2",
-        "--warmup-ms",
-        "50",
+    let r = tiny_json_report(&[
         "--frame",
         "64,1500",
         "--dir",
@@ -87,11 +90,7 @@ fn tiny_run_counts_every_frame_in_every_cell() {
         "1,2",
         "--layout",
         "split,packed",
-        "--json",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
-    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert!(
         r["anchor"]["missing"]
             .as_str()
