@@ -60,6 +60,26 @@ pub const USED_ELEM_SIZE: u64 = size_of::<vr::vring_used_elem>() as u64;
 /// The event suppression structure (struct vring_packed_desc_event, 2.8.10): alignment and size.
 pub const EVENT_SUPPRESSION_SIZE: u64 = size_of::<vr::vring_packed_desc_event>() as u64;
 
+/// A split descriptor (struct vring_desc, 2.7.5: addr le64, len le32, flags le16, next le16)
+/// as the 16 bytes in the table: the driver model writes it with one store.
+pub fn encode_split_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; DESC_SIZE as usize] {
+    let mut d = [0u8; DESC_SIZE as usize];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..].copy_from_slice(&next.to_le_bytes());
+    d
+}
+
+/// The fields of a split descriptor read from the table: (addr, len, flags, next).
+pub fn decode_split_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16) {
+    let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
+    let flags = u16::from_le_bytes([raw[12], raw[13]]);
+    let next = u16::from_le_bytes([raw[14], raw[15]]);
+    (addr, len, flags, next)
+}
+
 /// `offset | wrap << 15`: an event suppression off_wrap, and a packed LM index.
 #[inline(always)]
 pub fn off_wrap(pos: u16, wrap: bool) -> u16 {
@@ -75,6 +95,32 @@ pub fn split_off_wrap(v: u16) -> (u16, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_descriptors_round_trip_at_the_bindings_offsets() {
+        let d = encode_split_desc(0x1122_3344_5566_7788, 0x99aa_bbcc, 0xddee, 0x0f1e);
+        assert_eq!(
+            decode_split_desc(&d),
+            (0x1122_3344_5566_7788, 0x99aa_bbcc, 0xddee, 0x0f1e)
+        );
+        let at = |o: usize, n: usize| d[o..o + n].to_vec();
+        assert_eq!(
+            at(offset_of!(vr::vring_desc, addr), 8),
+            0x1122_3344_5566_7788u64.to_le_bytes()
+        );
+        assert_eq!(
+            at(offset_of!(vr::vring_desc, len), 4),
+            0x99aa_bbccu32.to_le_bytes()
+        );
+        assert_eq!(
+            at(offset_of!(vr::vring_desc, flags), 2),
+            0xddeeu16.to_le_bytes()
+        );
+        assert_eq!(
+            at(offset_of!(vr::vring_desc, next), 2),
+            0x0f1eu16.to_le_bytes()
+        );
+    }
 
     #[test]
     fn values_match_the_spec() {

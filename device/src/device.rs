@@ -561,7 +561,8 @@ impl Device {
     /// path (another register, another width, or a read that also deasserts INTx).
     fn isr_read_unlocked(&self, region: u32, offset: u64, len: usize) -> Option<u8> {
         let bar = u8::try_from(region).ok()?;
-        if region == REGION_CONFIG || len != 1 || self.layout.isr.contains(bar, offset) != Some(0) {
+        // The ISR window is in a BAR, so config space (REGION_CONFIG) never matches.
+        if len != 1 || self.layout.isr.contains(bar, offset) != Some(0) {
             return None;
         }
         let v = self.isr.take_unlocked()?;

@@ -16,8 +16,8 @@ use super::chain::push_desc;
 pub use super::chain::{Chain, ChainKind, Desc, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
 use bar_registers::ring::{
-    AVAIL_ALIGN, AVAIL_ELEM_SIZE, AVAIL_IDX, AVAIL_RING, DESC_ALIGN, DESC_SIZE, USED_ALIGN,
-    USED_ELEM_SIZE, USED_IDX, USED_RING, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    decode_split_desc, AVAIL_ALIGN, AVAIL_ELEM_SIZE, AVAIL_IDX, AVAIL_RING, DESC_ALIGN, DESC_SIZE,
+    USED_ALIGN, USED_ELEM_SIZE, USED_IDX, USED_RING, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VRING_AVAIL_F_NO_INTERRUPT,
 };
 use dma::{DmaEngine, DmaKind};
@@ -256,7 +256,7 @@ impl SplitRing {
                 DmaKind::Descriptor,
             )
             .map_err(self.dma_err())?;
-            let (addr, len, flags, next) = parse_desc(&raw);
+            let (addr, len, flags, next) = decode_split_desc(&raw);
             if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
                     return Err(DeviceFault::IndirectNotNegotiated { queue: q });
@@ -319,7 +319,7 @@ impl SplitRing {
             let raw: [u8; DESC_SIZE as usize] = self.scratch[off..off + DESC_SIZE as usize]
                 .try_into()
                 .expect("16-byte slice");
-            let (addr, dlen, flags, next) = parse_desc(&raw);
+            let (addr, dlen, flags, next) = decode_split_desc(&raw);
             if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 return Err(DeviceFault::NestedIndirect { queue: q });
             }
@@ -440,15 +440,6 @@ fn avail_event_end(n: u64) -> u64 {
 /// End of a used ring of `n` elements, avail_event included (2.7.8).
 fn used_event_end(n: u64) -> u64 {
     USED_RING + USED_ELEM_SIZE * n + AVAIL_ELEM_SIZE
-}
-
-/// struct vring_desc (2.7.5): addr le64, len le32, flags le16, next le16.
-fn parse_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16) {
-    let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
-    let flags = u16::from_le_bytes([raw[12], raw[13]]);
-    let next = u16::from_le_bytes([raw[14], raw[15]]);
-    (addr, len, flags, next)
 }
 
 #[cfg(test)]

@@ -270,10 +270,11 @@ pub struct CellSummary {
 }
 
 /// The median of `v` (mean of the middle two for an even count); None when empty.
-fn median(mut v: Vec<f64>) -> Option<f64> {
+fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
     Some(if n % 2 == 1 {
@@ -283,26 +284,37 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+impl Cell {
+    /// What names the cell across rounds.
+    fn key(&self) -> (Dir, usize, u16, Layout) {
+        (self.dir, self.frame, self.queue_pairs, self.layout)
+    }
+}
+
+impl DpdkRun {
+    /// Whether this anchor run measured `c`'s direction, frame size and queue pairs (in any
+    /// round).
+    fn anchors(&self, c: &Cell) -> bool {
+        self.dir == c.dir.name() && self.frame == c.frame && self.queue_pairs == c.queue_pairs
+    }
+}
+
 /// One [`CellSummary`] per distinct cell of `cells`, in first-seen order.
 pub fn summarize(cells: &[Cell], anchors: &[DpdkRun]) -> Vec<CellSummary> {
     let mut out: Vec<CellSummary> = Vec::new();
     for c in cells {
-        let same = |o: &&Cell| {
-            (o.dir, o.frame, o.queue_pairs, o.layout) == (c.dir, c.frame, c.queue_pairs, c.layout)
-        };
-        if out.iter().any(|s| {
-            (s.dir, s.frame, s.queue_pairs, s.layout) == (c.dir, c.frame, c.queue_pairs, c.layout)
-        }) {
+        if out
+            .iter()
+            .any(|s| (s.dir, s.frame, s.queue_pairs, s.layout) == c.key())
+        {
             continue;
         }
-        let mine: Vec<&Cell> = cells.iter().filter(same).collect();
+        let mine: Vec<&Cell> = cells.iter().filter(|o| o.key() == c.key()).collect();
         let rates: Vec<f64> = mine.iter().map(|o| o.mpps).collect();
         let ratios: Vec<f64> = mine.iter().filter_map(|o| o.vs_dpdk).collect();
         let anchor: Vec<f64> = anchors
             .iter()
-            .filter(|a| {
-                a.dir == c.dir.name() && a.frame == c.frame && a.queue_pairs == c.queue_pairs
-            })
+            .filter(|a| a.anchors(c))
             .map(|a| a.pps / 1e6)
             .collect();
         let min = |v: &[f64]| v.iter().copied().reduce(f64::min);
@@ -313,11 +325,11 @@ pub fn summarize(cells: &[Cell], anchors: &[DpdkRun]) -> Vec<CellSummary> {
             queue_pairs: c.queue_pairs,
             layout: c.layout,
             rounds: mine.len(),
-            mpps_median: round(median(rates.clone()).unwrap_or(0.0), 3),
+            mpps_median: round(median(&rates).unwrap_or(0.0), 3),
             mpps_min: min(&rates).unwrap_or(0.0),
             mpps_max: max(&rates).unwrap_or(0.0),
-            dpdk_mpps_median: median(anchor).map(|v| round(v, 3)),
-            vs_dpdk_median: median(ratios.clone()).map(|v| round(v, 3)),
+            dpdk_mpps_median: median(&anchor).map(|v| round(v, 3)),
+            vs_dpdk_median: median(&ratios).map(|v| round(v, 3)),
             vs_dpdk_min: min(&ratios),
             vs_dpdk_max: max(&ratios),
         });
@@ -839,12 +851,7 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
                     c.vs_dpdk = anchor
                         .runs
                         .iter()
-                        .find(|r| {
-                            r.dir == dir.name()
-                                && r.frame == frame
-                                && r.queue_pairs == q
-                                && r.round == round_no
-                        })
+                        .find(|r| r.anchors(&c) && r.round == c.round)
                         .filter(|r| r.pps > 0.0)
                         .map(|r| round(c.mpps * 1e6 / r.pps, 3));
                     cells.push(c);
@@ -949,12 +956,11 @@ pub fn table(r: &DatapathReport) -> String {
         if r.rounds > 1 && (i == 0 || r.cells[i - 1].round != c.round) {
             let _ = writeln!(s, "-- round {}", c.round + 1);
         }
-        let a = r.anchor.runs.iter().find(|a| {
-            a.dir == c.dir.name()
-                && a.frame == c.frame
-                && a.queue_pairs == c.queue_pairs
-                && a.round == c.round
-        });
+        let a = r
+            .anchor
+            .runs
+            .iter()
+            .find(|a| a.anchors(c) && a.round == c.round);
         let _ = writeln!(
             s,
             "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>8.1}% {:>5}",
@@ -1211,8 +1217,8 @@ mod tests {
         let packed = &s[1];
         assert_eq!(packed.mpps_median, 9.0);
         assert_eq!(packed.vs_dpdk_median, Some(0.5));
-        assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), Some(2.5));
-        assert_eq!(median(Vec::new()), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
         // The table prints each round and the summary.
         let r = DatapathReport {
             seconds: 1.0,

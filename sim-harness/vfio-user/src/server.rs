@@ -773,7 +773,8 @@ impl<'a, B: Backend> Session<'a, B> {
         };
         // Counted before the reply goes out, so a client that saw its reply sees its count.
         let c = &self.srv.counters;
-        let region = match Command::from_u16(hdr.command) {
+        let cmd = Command::from_u16(hdr.command);
+        let region = match cmd {
             Some(Command::RegionRead) => Some(&c.region[0]),
             Some(Command::RegionWrite | Command::RegionWriteMulti) => Some(&c.region[1]),
             _ => None,
@@ -784,7 +785,7 @@ impl<'a, B: Backend> Session<'a, B> {
             rc.handled_ns.fetch_add(ns(t0.elapsed()), Ordering::Relaxed);
         }
         let r = self.finish(&hdr, result);
-        let replied = match Command::from_u16(hdr.command) {
+        let replied = match cmd {
             Some(Command::DmaMap) => Some(&c.dma_map_ns),
             Some(Command::DmaUnmap) => Some(&c.dma_unmap_ns),
             _ => region.map(|rc| &rc.replied_ns),

@@ -9,6 +9,7 @@ use crate::flags::{
 };
 use crate::memory::{GuestMemory, MemoryError};
 use crate::DriverError;
+use bar_registers::ring::DESC_SIZE;
 
 /// One buffer the driver posts: (IOVA, length, device-writable).
 pub type Buf = (u64, u32, bool);
@@ -92,14 +93,11 @@ impl DriverRing {
         flags: u16,
         next: u16,
     ) -> Result<(), MemoryError> {
-        // struct virtq_desc (virtio 1.2 2.7.5), stored as one 16-byte write: the four fields
-        // written one by one cost four bounds checks and copies per descriptor.
-        let mut d = [0u8; 16];
-        d[..8].copy_from_slice(&b.0.to_le_bytes());
-        d[8..12].copy_from_slice(&b.1.to_le_bytes());
-        d[12..14].copy_from_slice(&(flags | if b.2 { DESC_F_WRITE } else { 0 }).to_le_bytes());
-        d[14..].copy_from_slice(&next.to_le_bytes());
-        mem.write(table + 16 * u64::from(i), &d)
+        // One 16-byte store: the four fields written one by one cost four bounds checks and
+        // copies per descriptor.
+        let flags = flags | if b.2 { DESC_F_WRITE } else { 0 };
+        let d = bar_registers::ring::encode_split_desc(b.0, b.1, flags, next);
+        mem.write(table + DESC_SIZE * u64::from(i), &d)
     }
 
     /// Adds a chain; it becomes visible to the device at the next [`DriverRing::publish`].
