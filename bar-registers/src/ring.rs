@@ -80,6 +80,21 @@ pub fn decode_split_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16)
     (addr, len, flags, next)
 }
 
+/// A used element (struct vring_used_elem, 2.7.8: id le32, len le32) as its 8 bytes.
+pub fn encode_used_elem(id: u32, len: u32) -> [u8; USED_ELEM_SIZE as usize] {
+    let mut e = [0u8; USED_ELEM_SIZE as usize];
+    e[..4].copy_from_slice(&id.to_le_bytes());
+    e[4..].copy_from_slice(&len.to_le_bytes());
+    e
+}
+
+/// The fields of a used element read from the ring: (id, len).
+pub fn decode_used_elem(raw: [u8; USED_ELEM_SIZE as usize]) -> (u32, u32) {
+    let id = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let len = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    (id, len)
+}
+
 /// `offset | wrap << 15`: an event suppression off_wrap, and a packed LM index.
 #[inline(always)]
 pub fn off_wrap(pos: u16, wrap: bool) -> u16 {
@@ -95,6 +110,16 @@ pub fn split_off_wrap(v: u16) -> (u16, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn used_elements_round_trip_at_the_bindings_offsets() {
+        let e = encode_used_elem(0x0102_0304, 0x0a0b_0c0d);
+        assert_eq!(decode_used_elem(e), (0x0102_0304, 0x0a0b_0c0d));
+        let id = offset_of!(vr::vring_used_elem, id);
+        let len = offset_of!(vr::vring_used_elem, len);
+        assert_eq!(e[id..id + 4], 0x0102_0304u32.to_le_bytes());
+        assert_eq!(e[len..len + 4], 0x0a0b_0c0du32.to_le_bytes());
+    }
 
     #[test]
     fn split_descriptors_round_trip_at_the_bindings_offsets() {

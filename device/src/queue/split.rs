@@ -359,8 +359,8 @@ impl SplitRing {
             let span = (self.pending_used.len() - i).min(usize::from(self.size - slot));
             self.scratch.clear();
             for &(id, len) in &self.pending_used[i..i + span] {
-                self.scratch.extend_from_slice(&id.to_le_bytes());
-                self.scratch.extend_from_slice(&len.to_le_bytes());
+                self.scratch
+                    .extend_from_slice(&bar_registers::ring::encode_used_elem(id, len));
             }
             let addr = self.used + USED_RING + USED_ELEM_SIZE * u64::from(slot);
             dma.write(addr, &self.scratch, DmaKind::RingWrite)

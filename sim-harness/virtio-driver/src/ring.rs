@@ -32,9 +32,14 @@ pub struct DriverRing {
     /// used->idx as last read: the entries before it are the device's and need no new read
     /// (one read of the line the device keeps writing per batch, not per entry).
     used_seen: u16,
+    /// Free descriptors; [`DriverRing::add`] takes a chain's from the top.
     free: Vec<u16>,
-    /// Descriptors of each in-flight chain, by head.
-    chains: Vec<Vec<u16>>,
+    /// The driver's own copy of each descriptor's `next` while it is in a chain (Linux
+    /// virtio_ring.c keeps one in `desc_extra` too): freeing a chain never reads the ring,
+    /// which is the device's to read.
+    next: Vec<u16>,
+    /// Descriptors in each in-flight chain, by head (0: that head is not in flight).
+    chain_len: Vec<u16>,
     /// Indirect table IOVA per head (reused).
     indirect: Vec<Option<u64>>,
 }
@@ -69,7 +74,8 @@ impl DriverRing {
             last_used: 0,
             used_seen: 0,
             free: (0..size).rev().collect(),
-            chains: vec![Vec::new(); size.into()],
+            next: vec![0; size.into()],
+            chain_len: vec![0; size.into()],
             indirect: vec![None; size.into()],
         })
     }
@@ -81,7 +87,7 @@ impl DriverRing {
 
     /// Chains posted and not yet completed.
     pub fn in_flight(&self) -> usize {
-        self.chains.iter().filter(|c| !c.is_empty()).count()
+        self.chain_len.iter().filter(|&&n| n != 0).count()
     }
 
     fn write_desc(
@@ -103,30 +109,26 @@ impl DriverRing {
     /// Adds a chain; it becomes visible to the device at the next [`DriverRing::publish`].
     /// Returns the head, or None when descriptors run out.
     pub fn add(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
-        if bufs.is_empty() || self.free.len() < bufs.len() {
+        let n = bufs.len();
+        if n == 0 || self.free.len() < n {
             return Ok(None);
         }
-        // The chain's ids go into the Vec `chains[head]` already has (pop_used empties it and
-        // keeps its capacity): no allocation per chain once every head has been used.
-        let head = self.free.pop().expect("checked");
-        let mut ids = std::mem::take(&mut self.chains[usize::from(head)]);
-        ids.clear();
-        ids.push(head);
-        for _ in 1..bufs.len() {
-            ids.push(self.free.pop().expect("checked"));
+        // The chain is the top n free descriptors, the top one its head; they leave the free
+        // list once every descriptor is written (an error leaves the list as it was).
+        let top = self.free.len() - 1;
+        for (k, &b) in bufs.iter().enumerate() {
+            let id = self.free[top - k];
+            if k + 1 == n {
+                self.write_desc(mem, self.desc, id, b, 0, 0)?;
+            } else {
+                let next = self.free[top - k - 1];
+                self.next[usize::from(id)] = next;
+                self.write_desc(mem, self.desc, id, b, DESC_F_NEXT, next)?;
+            }
         }
-        for (k, (&id, &b)) in ids.iter().zip(bufs).enumerate() {
-            let last = k + 1 == bufs.len();
-            self.write_desc(
-                mem,
-                self.desc,
-                id,
-                b,
-                if last { 0 } else { DESC_F_NEXT },
-                if last { 0 } else { ids[k + 1] },
-            )?;
-        }
-        self.chains[usize::from(head)] = ids;
+        let head = self.free[top];
+        self.free.truncate(top + 1 - n);
+        self.chain_len[usize::from(head)] = n as u16;
         self.push_avail(mem, head)?;
         Ok(Some(head))
     }
@@ -171,9 +173,7 @@ impl DriverRing {
             DESC_F_INDIRECT,
             0,
         )?;
-        let chain = &mut self.chains[usize::from(id)];
-        chain.clear();
-        chain.push(id);
+        self.chain_len[usize::from(id)] = 1;
         self.push_avail(mem, id)?;
         Ok(Some(id))
     }
@@ -243,27 +243,37 @@ impl DriverRing {
             }
         }
         let slot = self.last_used % self.size;
-        let e = self.used + 4 + 8 * u64::from(slot);
-        let id = mem.read_u32(e)?;
-        let len = mem.read_u32(e + 4)?;
-        let head = u16::try_from(id)
+        // struct vring_used_elem {id, len} in one read, ordered after the Acquire load of
+        // used->idx that published it.
+        let mut e = [0u8; 8];
+        mem.read(self.used + 4 + 8 * u64::from(slot), &mut e)?;
+        let (id, len) = bar_registers::ring::decode_used_elem(e);
+        let in_flight = u16::try_from(id)
             .ok()
-            .filter(|&h| h < self.size && !self.chains[usize::from(h)].is_empty())
-            .ok_or(DriverError::BadUsed {
+            .and_then(|h| Some((h, *self.chain_len.get(usize::from(h))?)))
+            .filter(|&(_, n)| n != 0);
+        let Some((head, n)) = in_flight else {
+            return Err(DriverError::BadUsed {
                 queue: self.queue,
                 id,
-            })?;
+            });
+        };
         self.last_used = self.last_used.wrapping_add(1);
-        // append, not take: the Vec keeps its capacity for the head's next chain (add)
-        let ids = &mut self.chains[usize::from(head)];
-        self.free.append(ids);
+        self.chain_len[usize::from(head)] = 0;
+        let mut id = head;
+        for k in 1..=n {
+            self.free.push(id);
+            if k < n {
+                id = self.next[usize::from(id)];
+            }
+        }
         Ok(Some((head, len)))
     }
 
     /// Heads of the chains in flight (made available, not yet used).
     pub fn in_flight_heads(&self) -> Vec<u16> {
         (0..self.size)
-            .filter(|&h| !self.chains[usize::from(h)].is_empty())
+            .filter(|&h| self.chain_len[usize::from(h)] != 0)
             .collect()
     }
 
@@ -274,5 +284,99 @@ impl DriverRing {
         self.kicked_at = avail_idx;
         self.last_used = last_used;
         self.used_seen = last_used;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bar_registers::ring::{decode_split_desc, encode_used_elem, USED_IDX, USED_RING};
+
+    fn mem() -> GuestMemory {
+        GuestMemory::new(0x10_0000, 1 << 20).expect("memfd")
+    }
+
+    /// What a device does: completes `head` (used element, then used->idx).
+    fn complete(mem: &GuestMemory, r: &DriverRing, at: u16, head: u16) {
+        let slot = u64::from(at % r.size);
+        mem.write(
+            r.used + USED_RING + 8 * slot,
+            &encode_used_elem(head.into(), 0),
+        )
+        .unwrap();
+        mem.write_u16(r.used + USED_IDX, at.wrapping_add(1))
+            .unwrap();
+    }
+
+    /// The descriptors of a chain as the device would walk them from `head`.
+    fn walk(mem: &GuestMemory, r: &DriverRing, head: u16) -> Vec<u16> {
+        let mut ids = vec![head];
+        loop {
+            let mut d = [0u8; 16];
+            mem.read(r.desc + 16 * u64::from(*ids.last().unwrap()), &mut d)
+                .unwrap();
+            let (_, _, flags, next) = decode_split_desc(&d);
+            if flags & DESC_F_NEXT == 0 {
+                return ids;
+            }
+            ids.push(next);
+        }
+    }
+
+    /// Chains of 1-3 descriptors completed out of order give back exactly their descriptors:
+    /// the ring never runs short or hands out a descriptor twice, and every chain the device
+    /// walks is the one the driver wrote.
+    #[test]
+    fn chains_completed_out_of_order_free_exactly_their_descriptors() {
+        let m = mem();
+        let mut r = DriverRing::new(&m, 0, 8, false).unwrap();
+        let b = |n: usize| vec![(0x10_8000u64, 64u32, false); n];
+        let mut used_at = 0u16;
+        for round in 0..50usize {
+            let mut heads = Vec::new();
+            while let Some(h) = r.add(&m, &b(1 + (round + heads.len()) % 3)).unwrap() {
+                heads.push(h);
+            }
+            assert!(r.free_descriptors() < 3, "round {round}: ring filled");
+            let mut seen: Vec<u16> = heads.iter().flat_map(|&h| walk(&m, &r, h)).collect();
+            assert_eq!(r.in_flight(), heads.len());
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(
+                seen.len() + r.free_descriptors(),
+                8,
+                "a descriptor used twice"
+            );
+            heads.reverse();
+            for &h in &heads {
+                complete(&m, &r, used_at, h);
+                used_at = used_at.wrapping_add(1);
+                assert_eq!(r.pop_used(&m).unwrap(), Some((h, 0)));
+            }
+            assert_eq!((r.free_descriptors(), r.in_flight()), (8, 0));
+        }
+    }
+
+    /// A used id that is not an in-flight head (never posted, already completed, or past the
+    /// ring) is the device's bug, reported as such.
+    #[test]
+    fn a_used_id_not_in_flight_is_refused() {
+        let m = mem();
+        let mut r = DriverRing::new(&m, 3, 8, false).unwrap();
+        let h = r.add(&m, &[(0x10_8000, 64, false); 2]).unwrap().unwrap();
+        complete(&m, &r, 0, h);
+        assert_eq!(r.pop_used(&m).unwrap(), Some((h, 0)));
+        for (at, id) in [(1u16, u32::from(h)), (2, 9), (3, 0x1_0000)] {
+            let slot = u64::from(at % r.size);
+            m.write(r.used + USED_RING + 8 * slot, &encode_used_elem(id, 0))
+                .unwrap();
+            m.write_u16(r.used + USED_IDX, at + 1).unwrap();
+            r.last_used = at;
+            r.used_seen = at;
+            assert!(
+                matches!(r.pop_used(&m), Err(DriverError::BadUsed { queue: 3, id: i }) if i == id),
+                "id {id}"
+            );
+        }
     }
 }
