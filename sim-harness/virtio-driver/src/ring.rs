@@ -11,6 +11,9 @@ use crate::memory::{GuestMemory, MemoryError};
 use crate::DriverError;
 use bar_registers::ring::DESC_SIZE;
 
+/// Alignment of each ring area (and so the line size the layout keeps apart).
+const CACHE_LINE: u64 = 64;
+
 /// One buffer the driver posts: (IOVA, length, device-writable).
 pub type Buf = (u64, u32, bool);
 
@@ -59,9 +62,12 @@ impl DriverRing {
         event_idx: bool,
     ) -> Result<Self, DriverError> {
         let (d, a, u) = ring_sizes(size);
-        let desc = mem.alloc_zeroed(d, 16)?;
-        let avail = mem.alloc_zeroed(a, 2)?;
-        let used = mem.alloc_zeroed(u, 4)?;
+        // Each area on its own cache lines, as Linux's modern virtio-pci rings are laid out
+        // (vring_create_virtqueue with SMP_CACHE_BYTES alignment): the line holding
+        // used->idx, which the device writes per batch, holds nothing the driver writes.
+        let desc = mem.alloc_zeroed(d, CACHE_LINE)?;
+        let avail = mem.alloc_zeroed(a, CACHE_LINE)?;
+        let used = mem.alloc_zeroed(u, CACHE_LINE)?;
         Ok(DriverRing {
             queue,
             size,
