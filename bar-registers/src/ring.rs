@@ -80,6 +80,18 @@ pub fn decode_split_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16)
     (addr, len, flags, next)
 }
 
+/// A packed descriptor (struct vring_packed_desc, 2.8.13: addr le64, len le32, id le16,
+/// flags le16) as its 16 bytes. A driver stores a list's first descriptor without its flags
+/// (`[..PACKED_DESC_FLAGS]`) and publishes the flags last (2.8.21.1).
+pub fn encode_packed_desc(addr: u64, len: u32, id: u16, flags: u16) -> [u8; DESC_SIZE as usize] {
+    let mut d = [0u8; DESC_SIZE as usize];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&id.to_le_bytes());
+    d[14..].copy_from_slice(&flags.to_le_bytes());
+    d
+}
+
 /// A used element (struct vring_used_elem, 2.7.8: id le32, len le32) as its 8 bytes.
 pub fn encode_used_elem(id: u32, len: u32) -> [u8; USED_ELEM_SIZE as usize] {
     let mut e = [0u8; USED_ELEM_SIZE as usize];
@@ -110,6 +122,25 @@ pub fn split_off_wrap(v: u16) -> (u16, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_descriptors_put_each_field_at_the_bindings_offset() {
+        let d = encode_packed_desc(0x1122_3344_5566_7788, 0x99aa_bbcc, 0x0102, 0x8081);
+        let at = |o: usize, n: usize| d[o..o + n].to_vec();
+        assert_eq!(
+            at(offset_of!(vr::vring_packed_desc, addr), 8),
+            0x1122_3344_5566_7788u64.to_le_bytes()
+        );
+        assert_eq!(
+            at(offset_of!(vr::vring_packed_desc, len), 4),
+            0x99aa_bbccu32.to_le_bytes()
+        );
+        assert_eq!(
+            at(offset_of!(vr::vring_packed_desc, id), 2),
+            0x0102u16.to_le_bytes()
+        );
+        assert_eq!(at(PACKED_DESC_FLAGS as usize, 2), 0x8081u16.to_le_bytes());
+    }
 
     #[test]
     fn used_elements_round_trip_at_the_bindings_offsets() {

@@ -28,6 +28,7 @@ use crate::flags::{
 use crate::memory::{GuestMemory, MemoryError};
 use crate::ring::Buf;
 use crate::DriverError;
+use bar_registers::ring::{encode_packed_desc, PACKED_DESC_FLAGS};
 use std::sync::atomic::{fence, Ordering};
 
 /// Entries of each per-id indirect table.
@@ -197,10 +198,23 @@ impl PackedDriverRing {
         }
     }
 
-    fn write_body(&self, mem: &GuestMemory, at: u64, b: Buf, id: u16) -> Result<(), MemoryError> {
-        mem.write_u64(at, b.0)?;
-        mem.write_u32(at + 8, b.1)?;
-        mem.write_u16(at + 12, id)
+    /// Writes a descriptor in one store: its body only (`flags: None`, a list's first
+    /// descriptor, whose flags [`PackedDriverRing::publish`] stores last) or all 16 bytes.
+    fn write_desc(
+        &self,
+        mem: &GuestMemory,
+        at: u64,
+        b: Buf,
+        id: u16,
+        flags: Option<u16>,
+    ) -> Result<(), MemoryError> {
+        let d = encode_packed_desc(b.0, b.1, id, flags.unwrap_or(0));
+        let n = if flags.is_some() {
+            d.len()
+        } else {
+            PACKED_DESC_FLAGS as usize
+        };
+        mem.write(at, &d[..n])
     }
 
     /// Writes a list into the ring (2.8.21.1); it becomes available to the device at the next
@@ -222,11 +236,11 @@ impl PackedDriverRing {
                 flags |= DESC_F_NEXT;
             }
             // The id goes into every descriptor (Linux does; 2.8.6 needs it in the last one).
-            self.write_body(mem, at, b, id)?;
             if k == 0 {
+                self.write_desc(mem, at, b, id, None)?;
                 head_flags = flags;
             } else {
-                mem.write_u16(at + 14, flags)?;
+                self.write_desc(mem, at, b, id, Some(flags))?;
             }
             self.step();
         }
@@ -260,12 +274,11 @@ impl PackedDriverRing {
         };
         for (k, &b) in bufs.iter().enumerate() {
             let at = table + 16 * k as u64;
-            self.write_body(mem, at, b, 0)?;
-            mem.write_u16(at + 14, if b.2 { DESC_F_WRITE } else { 0 })?;
+            self.write_desc(mem, at, b, 0, Some(if b.2 { DESC_F_WRITE } else { 0 }))?;
         }
         let head = self.next_avail;
         let at = self.desc + 16 * u64::from(head);
-        self.write_body(mem, at, (table, 16 * bufs.len() as u32, false), id)?;
+        self.write_desc(mem, at, (table, 16 * bufs.len() as u32, false), id, None)?;
         let flags = avail_bits(self.avail_wrap) | DESC_F_INDIRECT;
         self.step();
         self.num_free -= 1;
