@@ -94,6 +94,9 @@ pub mod net_hdr {
     /// struct virtio_net_hdr_v1_hash: the header with VIRTIO_NET_F_HASH_REPORT (5.1.6: le32
     /// hash_value, le16 hash_report, le16 padding_reserved after the v1 fields).
     pub const HASH_HDR_LEN: usize = std::mem::size_of::<vn::virtio_net_hdr_v1_hash>();
+    /// Offset of `num_buffers` (le16) in struct virtio_net_hdr_v1: how many buffers a
+    /// received frame fills (5.1.6.4).
+    pub const NUM_BUFFERS: usize = std::mem::offset_of!(vn::virtio_net_hdr_v1, num_buffers);
     /// The header length a driver and the device use with features `f` negotiated.
     pub const fn len(f: u64) -> usize {
         if f & (1u64 << vn::VIRTIO_NET_F_HASH_REPORT) != 0 {

@@ -451,7 +451,8 @@ fn pump(
                 l.tx_bursts_short += u64::from(n < burst.len());
             }
             if dir != Dir::Tx {
-                let n = drv.recv(p)?.len();
+                // Counted, not read: the anchor's virtio-user side runs testpmd's rxonly.
+                let n = drv.recv_count(p)?;
                 l.received += n as u64;
                 l.rx_polls += 1;
                 l.rx_polls_empty += u64::from(n == 0);

@@ -8,6 +8,7 @@ use crate::{DeviceHandle, DriverError};
 use bar_registers::lm::{self, LmLayout};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL};
 use bar_registers::pci::{command, hdr, msix_cap};
+use bar_registers::virtio::net_hdr;
 use bar_registers::virtio::{
     bits, common, default_driver_features, device_status as st, net_cfg, NO_VECTOR,
 };
@@ -193,6 +194,46 @@ struct Queue {
     /// as needed, and every one of them (so a completion knows where its buffer goes back).
     large_pool: Vec<u64>,
     large_all: Vec<u64>,
+}
+
+impl Queue {
+    /// Takes the next received frame's used buffers (one, or `num_buffers` of them with
+    /// mergeable RX buffers, 5.1.6.4) back into the pool, as `(buffer, used len)` in `bufs`.
+    /// Returns false when no frame is waiting.
+    fn pop_rx_frame(
+        &mut self,
+        mem: &GuestMemory,
+        q: u16,
+        hl: usize,
+        bufs: &mut Vec<(u64, u32)>,
+    ) -> Result<bool, DriverError> {
+        bufs.clear();
+        let Some((head, len)) = self.ring.pop_used(mem)? else {
+            return Ok(false);
+        };
+        let buf = self.inflight[usize::from(head)];
+        self.pool.push(buf);
+        if (len as usize) < hl {
+            return Err(DriverError::Usage(format!(
+                "queue {q}: used len {len} shorter than the {hl}-byte virtio-net header"
+            )));
+        }
+        bufs.push((buf, len));
+        let mut nb = [0u8; 2];
+        mem.read(buf + net_hdr::NUM_BUFFERS as u64, &mut nb)?;
+        let nbuf = u16::from_le_bytes(nb).max(1);
+        for _ in 1..nbuf {
+            let Some((h, l)) = self.ring.pop_used(mem)? else {
+                return Err(DriverError::Usage(format!(
+                    "queue {q}: num_buffers {nbuf} but fewer used entries"
+                )));
+            };
+            let b = self.inflight[usize::from(h)];
+            self.pool.push(b);
+            bufs.push((b, l));
+        }
+        Ok(true)
+    }
 }
 
 /// Size of a large TX buffer: a 64 KiB GSO frame with its headers and the virtio-net header.
@@ -919,17 +960,11 @@ impl NetDriver {
         let q = rxq(pair);
         let qu = self.queue(q)?;
         let mut frames = Vec::new();
-        while let Some((head, len)) = qu.ring.pop_used(&mem)? {
-            let buf = qu.inflight[usize::from(head)];
-            qu.pool.push(buf);
+        let mut bufs = Vec::new();
+        while qu.pop_rx_frame(&mem, q, hl, &mut bufs)? {
+            let (buf, len) = bufs[0];
             let mut data = vec![0u8; len as usize];
             mem.read(buf, &mut data)?;
-            if data.len() < hl {
-                return Err(DriverError::Usage(format!(
-                    "queue {q}: used len {len} shorter than the {hl}-byte virtio-net header"
-                )));
-            }
-            let nbuf = u16::from_le_bytes([data[10], data[11]]).max(1);
             let mut frame = data.split_off(hl);
             let hdr = crate::hdr::NetHdr::from_bytes(&data[..NET_HDR_LEN].try_into().expect("12"));
             let hash = (hl == HASH_HDR_LEN).then(|| {
@@ -938,14 +973,7 @@ impl NetDriver {
                     u16::from_le_bytes([data[16], data[17]]),
                 )
             });
-            for _ in 1..nbuf {
-                let Some((h, l)) = qu.ring.pop_used(&mem)? else {
-                    return Err(DriverError::Usage(format!(
-                        "queue {q}: num_buffers {nbuf} but fewer used entries"
-                    )));
-                };
-                let b = qu.inflight[usize::from(h)];
-                qu.pool.push(b);
+            for &(b, l) in &bufs[1..] {
                 let start = frame.len();
                 frame.resize(start + l as usize, 0);
                 mem.read(b, &mut frame[start..])?;
@@ -954,6 +982,25 @@ impl NetDriver {
         }
         self.refill_rx(pair)?;
         Ok(frames)
+    }
+
+    /// Takes every frame received on `pair` without reading its bytes, reposts the buffers
+    /// and returns how many frames there were: what testpmd's `rxonly` forwarding does with
+    /// the frames a PMD receives (app/test-pmd/rxonly.c frees each mbuf unread). Only each
+    /// frame's `num_buffers` is read (the one field a driver must read to find where a frame
+    /// ends, 5.1.6.4), so the cache lines the device wrote stay with it.
+    pub fn recv_count(&mut self, pair: u16) -> Result<usize, DriverError> {
+        let mem = self.mem.clone();
+        let hl = self.hdr_len();
+        let q = rxq(pair);
+        let qu = self.queue(q)?;
+        let mut n = 0;
+        let mut bufs = Vec::new();
+        while qu.pop_rx_frame(&mem, q, hl, &mut bufs)? {
+            n += 1;
+        }
+        self.refill_rx(pair)?;
+        Ok(n)
     }
 
     /// The virtio-net header length with the negotiated features: 20 bytes (struct
