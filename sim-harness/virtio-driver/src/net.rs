@@ -988,7 +988,8 @@ impl NetDriver {
     /// and returns how many frames there were: what testpmd's `rxonly` forwarding does with
     /// the frames a PMD receives (app/test-pmd/rxonly.c frees each mbuf unread). Only each
     /// frame's `num_buffers` is read (the one field a driver must read to find where a frame
-    /// ends, 5.1.6.4), so the cache lines the device wrote stay with it.
+    /// ends, 5.1.6.4): the frame's lines past its header's stay with the device, and no
+    /// frame is copied or allocated.
     pub fn recv_count(&mut self, pair: u16) -> Result<usize, DriverError> {
         let mem = self.mem.clone();
         let hl = self.hdr_len();
