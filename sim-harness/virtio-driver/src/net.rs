@@ -55,6 +55,13 @@ pub struct DriverOptions {
     /// Skip the multiqueue setup (DPDK's MQ register and VQ_PAIRS_SET): the device must then use
     /// queue pair 0 only (virtio 1.2 5.1.6.5.5).
     pub skip_mq_setup: bool,
+    /// [`NetDriver::send`] writes only the first this-many bytes of each frame into its TX
+    /// buffer (after the virtio-net header, which is always written); the descriptor still
+    /// covers the whole frame, and the rest of the buffer keeps what it held. A load
+    /// generator's shortcut, for benches only: testpmd's `txonly` writes its 42-byte
+    /// Ethernet/IPv4/UDP header template into each mbuf and leaves the payload as it is
+    /// (app/test-pmd/txonly.c pkt_burst_prepare). `None` (the default): whole frames.
+    pub tx_copy_prefix: Option<usize>,
 }
 
 impl Default for DriverOptions {
@@ -71,6 +78,7 @@ impl Default for DriverOptions {
             lm_layout: LmLayout::Dpdk,
             start_index: 0,
             skip_mq_setup: false,
+            tx_copy_prefix: None,
         }
     }
 }
@@ -842,6 +850,7 @@ impl NetDriver {
         let mem = self.mem.clone();
         let indirect = self.opts.tx_indirect && self.features & (1 << bits::INDIRECT_DESC) != 0;
         let split = self.opts.tx_split_header;
+        let prefix = self.opts.tx_copy_prefix.unwrap_or(usize::MAX);
         let hl = self.hdr_len();
         let qu = self.queue(txq(pair))?;
         let mut sent = 0;
@@ -853,16 +862,19 @@ impl NetDriver {
                 )));
             }
             let Some(buf) = qu.pool.pop() else { break };
-            // Header and frame in one write (one bounds check and copy) through a stack
-            // buffer: small frames are the common case of a polling sender.
             let total = (hl + f.len()) as u32;
-            if total as usize <= SMALL_TX_COPY {
+            // What is written: the header and the frame, or its first `tx_copy_prefix` bytes.
+            let copied = f.len().min(prefix);
+            let written = hl + copied;
+            // In one write (one bounds check and copy) through a stack buffer when it is
+            // small, the common case of a polling sender.
+            if written <= SMALL_TX_COPY {
                 let mut one = [0u8; SMALL_TX_COPY];
-                one[hl..total as usize].copy_from_slice(f);
-                mem.write(buf, &one[..total as usize])?;
+                one[hl..written].copy_from_slice(&f[..copied]);
+                mem.write(buf, &one[..written])?;
             } else {
                 mem.write(buf, &[0u8; HASH_HDR_LEN][..hl])?;
-                mem.write(buf + hl as u64, f)?;
+                mem.write(buf + hl as u64, &f[..copied])?;
             }
             let two: [Buf; 2] = [
                 (buf, hl as u32, false),
