@@ -135,6 +135,7 @@ struct SessionBase {
     at: Instant,
     cpu: Duration,
     engine_cpu: Duration,
+    engine_busy: Duration,
     tx_frames: u64,
     rx_frames: u64,
     doorbells: u64,
@@ -207,6 +208,7 @@ fn base(dev: &Device, engine: Option<&DoorbellEngine>) -> SessionBase {
         at: Instant::now(),
         cpu: process_cpu(),
         engine_cpu: e.cpu.unwrap_or_default(),
+        engine_busy: e.busy,
         tx_frames: c.tx_frames,
         rx_frames: c.rx_frames,
         doorbells: c.queues.iter().map(|q| q.doorbells).sum(),
@@ -300,7 +302,8 @@ impl Backend for DeviceBackend {
     }
 
     /// Since the last summary: frames, the whole process's CPU time and per frame, doorbells
-    /// (how many came through shared memory) and the doorbell engine's own CPU time.
+    /// (how many came through shared memory), the doorbell engine's own CPU time and the part
+    /// of it spent handling kicks (`engine_busy_*`: the queues' work, without the polling).
     fn session_stats(&self) -> serde_json::Value {
         let now = base(&self.dev, self.doorbells.as_deref());
         let mut last = self.session.lock();
@@ -308,6 +311,8 @@ impl Backend for DeviceBackend {
         let cpu = now.cpu.saturating_sub(last.cpu);
         let ms = |d: Duration| (d.as_secs_f64() * 1e3 * 10.0).round() / 10.0;
         let doorbells = now.doorbells - last.doorbells;
+        // The engine's time handling kicks (servicing queues), without its polling and sleeps.
+        let busy = now.engine_busy.saturating_sub(last.engine_busy);
         let shared = now.shared - last.shared;
         let v = serde_json::json!({
             "wall_s": (now.at - last.at).as_secs_f64().round(),
@@ -321,6 +326,8 @@ impl Backend for DeviceBackend {
             "doorbells_trapped": doorbells.saturating_sub(shared),
             "doorbell_path": if self.doorbells.is_some() { "mmap" } else { "trap" },
             "engine_cpu_ms": self.doorbells.as_ref().map(|_| ms(now.engine_cpu.saturating_sub(last.engine_cpu))),
+            "engine_busy_ms": self.doorbells.as_ref().map(|_| ms(busy)),
+            "engine_busy_us_per_frame": self.doorbells.as_ref().filter(|_| frames > 0).map(|_| (busy.as_secs_f64() * 1e6 / frames as f64 * 1000.0).round() / 1000.0),
             "engine_sleeps": now.sleeps - last.sleeps,
             "engine_sched": self.doorbells.as_ref().map(|e| e.stats().sched.name()),
         });

@@ -150,6 +150,22 @@ fn tiny_run_counts_every_frame_in_every_cell() {
         let s = &c["session"];
         assert_eq!(u(s, "tx_frames"), u(d, "tx_frames"), "{c}");
         assert_eq!(u(s, "rx_frames"), u(d, "rx_frames"), "{c}");
+        // The engine handled the kicks: busy, but for no more than the whole session, and
+        // the cell carries its time per frame.
+        let (busy, cpu) = (s["engine_busy_ms"].as_f64(), s["engine_cpu_ms"].as_f64());
+        let (busy, cpu) = (busy.expect("engine_busy_ms"), cpu.expect("engine_cpu_ms"));
+        assert!(busy > 0.0, "{c}");
+        // wall_s is rounded to whole seconds.
+        let wall_ms = s["wall_s"].as_f64().expect("wall_s") * 1e3;
+        assert!(busy <= wall_ms + 1e3, "{c}");
+        assert!(cpu > 0.0, "{c}");
+        let per_frame = c["engine_busy_us_per_frame"].as_f64().expect("per frame");
+        assert_eq!(
+            Some(per_frame),
+            s["engine_busy_us_per_frame"].as_f64(),
+            "{c}"
+        );
+        assert!(per_frame > 0.0, "{c}");
     }
     assert_eq!(seen.len(), cells.len(), "every cell once");
 }

@@ -32,6 +32,11 @@ pub struct EngineStats {
     pub spins: u64,
     /// Passes that found new device activity (and restarted the short sleeps).
     pub activity: u64,
+    /// Wall time spent handling kicks (taking them and servicing their queues, waiting for
+    /// the device lock included), as opposed to polling, spinning or sleeping: how much of
+    /// the engine's time the queues needed. Wall time, so a handler preempted by the host or
+    /// the scheduler counts that time too (it can exceed the thread's CPU time).
+    pub busy: Duration,
     /// CPU time the engine thread has used, if the platform reports it.
     pub cpu: Option<Duration>,
     /// The scheduling the engine thread got (super::sched).
@@ -47,6 +52,7 @@ struct Counters {
     yields: AtomicU64,
     spins: AtomicU64,
     activity: AtomicU64,
+    busy_ns: AtomicU64,
 }
 
 /// CPU pauses between two passes of the spin phase (a pass is a few loads; a pause is tens of
@@ -130,6 +136,7 @@ impl DoorbellEngine {
             yields: c.yields.load(Ordering::Relaxed),
             spins: c.spins.load(Ordering::Relaxed),
             activity: c.activity.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(c.busy_ns.load(Ordering::Relaxed)),
             cpu: self.cpu_clock.and_then(read_clock),
             sched: self.sched,
         }
@@ -153,10 +160,16 @@ fn run(area: &NotifyArea, c: &Counters, policy: PollPolicy, take_kicks: &mut dyn
     while !c.stop.load(Ordering::Acquire) {
         c.passes.fetch_add(1, Ordering::Relaxed);
         if area.pending() {
+            let start = Instant::now();
             let taken = take_kicks();
+            let now = Instant::now();
             c.kicks.fetch_add(u64::from(taken), Ordering::Relaxed);
+            c.busy_ns.fetch_add(
+                u64::try_from((now - start).as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             // Also when another holder of the device lock took them first: traffic is on.
-            backoff.kicked(Instant::now());
+            backoff.kicked(now);
             continue;
         }
         let now = area.activity();
@@ -268,6 +281,32 @@ mod tests {
         a.ring(2, 2).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert_ne!(a.slot(2), Some(super::super::area::IDLE));
+    }
+
+    /// The time the handler takes is the engine's busy time; polling and sleeping are not.
+    #[test]
+    fn busy_time_is_the_handlers_time() {
+        let a = area();
+        let a2 = a.clone();
+        let e = DoorbellEngine::start(a.clone(), PollPolicy::default(), move || {
+            take_each(&a2, |_| std::thread::sleep(Duration::from_millis(20)))
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(e.stats().busy, Duration::ZERO, "idle: nothing handled");
+        for _ in 0..3 {
+            a.ring(2, 2).unwrap();
+            wait_until("kick taken", || a.slot(2) == Some(super::super::area::IDLE));
+        }
+        wait_until("three kicks handled", || e.stats().kicks == 3);
+        wait_until("the last handler returned", || {
+            e.stats().busy >= Duration::from_millis(60)
+        });
+        let st = e.stats();
+        assert!(
+            st.busy < Duration::from_secs(2),
+            "busy counts the handlers only: {st:?}"
+        );
     }
 
     /// An engine asleep for up to a second wakes at once on device activity, and then meets

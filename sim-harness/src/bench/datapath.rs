@@ -233,6 +233,11 @@ pub struct Cell {
     pub server_cpu_percent: f64,
     /// serve's CPU time over the window per frame carried, microseconds.
     pub server_cpu_us_per_frame: Option<f64>,
+    /// serve's doorbell engine: its wall time handling kicks (servicing queues, waiting for
+    /// the device lock included; not its polling or sleeps) per frame over the session,
+    /// microseconds (`engine_busy_us_per_frame` of the session statistics). In `tx` that is the device's whole TX work per frame; in `rx` only
+    /// the deliveries a refill kick started (serve's generator thread delivers the rest).
+    pub engine_busy_us_per_frame: Option<f64>,
     /// Totals since start, after draining: what the driver sent and received.
     pub driver_sent: u64,
     pub driver_received: u64,
@@ -745,6 +750,9 @@ pub fn measure(
         server_cpu_percent: round(cpu / secs * 100.0, 1),
         server_cpu_us_per_frame: (window_frames > 0)
             .then(|| round(cpu * 1e6 / window_frames as f64, 3)),
+        engine_busy_us_per_frame: session
+            .as_ref()
+            .and_then(|v| v.get("engine_busy_us_per_frame")?.as_f64()),
         driver_sent: sent,
         driver_received: received,
         generator_sent,
@@ -951,7 +959,7 @@ pub fn table(r: &DatapathReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<8} {:>5} {:>2} {:<6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>9} {:>5}",
+        "\n{:<8} {:>5} {:>2} {:<6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>5}",
         "dir",
         "frame",
         "qp",
@@ -962,6 +970,7 @@ pub fn table(r: &DatapathReport) -> String {
         "vs DPDK",
         "serve CPU",
         "us/frm",
+        "busy/frm",
         "drv waits",
         "lost"
     );
@@ -976,7 +985,7 @@ pub fn table(r: &DatapathReport) -> String {
             .find(|a| a.anchors(c) && a.round == c.round);
         let _ = writeln!(
             s,
-            "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>8.1}% {:>5}",
+            "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>8} {:>8.1}% {:>5}",
             c.dir.name(),
             c.frame,
             c.queue_pairs,
@@ -987,6 +996,8 @@ pub fn table(r: &DatapathReport) -> String {
             c.vs_dpdk.map_or("-".into(), |v| format!("{v:.2}x")),
             c.server_cpu_percent,
             c.server_cpu_us_per_frame
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            c.engine_busy_us_per_frame
                 .map_or("-".into(), |v| format!("{v:.3}")),
             c.driver_loop.waiting_percent(),
             c.lost
@@ -1177,6 +1188,7 @@ mod tests {
             gbps: 0.0,
             server_cpu_percent: 0.0,
             server_cpu_us_per_frame: None,
+            engine_busy_us_per_frame: None,
             driver_sent: 0,
             driver_received: 0,
             generator_sent: None,
