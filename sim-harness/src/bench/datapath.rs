@@ -235,8 +235,9 @@ pub struct Cell {
     pub server_cpu_us_per_frame: Option<f64>,
     /// serve's doorbell engine: its wall time handling kicks (servicing queues, waiting for
     /// the device lock included; not its polling or sleeps) per frame over the session,
-    /// microseconds (`engine_busy_us_per_frame` of the session statistics). In `tx` that is the device's whole TX work per frame; in `rx` only
-    /// the deliveries a refill kick started (serve's generator thread delivers the rest).
+    /// microseconds (`engine_busy_us_per_frame` of the session statistics). In `tx` that is
+    /// the device's whole TX work per frame; in `rx` only the deliveries a refill kick
+    /// started (serve's generator thread delivers the rest).
     pub engine_busy_us_per_frame: Option<f64>,
     /// Totals since start, after draining: what the driver sent and received.
     pub driver_sent: u64,

@@ -8,9 +8,8 @@ use crate::{DeviceHandle, DriverError};
 use bar_registers::lm::{self, LmLayout};
 use bar_registers::msix::{ENTRY_SIZE, VECTOR_CONTROL};
 use bar_registers::pci::{command, hdr, msix_cap};
-use bar_registers::virtio::net_hdr;
 use bar_registers::virtio::{
-    bits, common, default_driver_features, device_status as st, net_cfg, NO_VECTOR,
+    bits, common, default_driver_features, device_status as st, net_cfg, net_hdr, NO_VECTOR,
 };
 use bar_registers::REGION_CONFIG;
 use device::InterruptRecorder;
@@ -55,12 +54,13 @@ pub struct DriverOptions {
     /// Skip the multiqueue setup (DPDK's MQ register and VQ_PAIRS_SET): the device must then use
     /// queue pair 0 only (virtio 1.2 5.1.6.5.5).
     pub skip_mq_setup: bool,
-    /// [`NetDriver::send`] writes only the first this-many bytes of each frame into its TX
-    /// buffer (after the virtio-net header, which is always written); the descriptor still
-    /// covers the whole frame, and the rest of the buffer keeps what it held. A load
-    /// generator's shortcut, for benches only: testpmd's `txonly` writes its 42-byte
-    /// Ethernet/IPv4/UDP header template into each mbuf and leaves the payload as it is
-    /// (app/test-pmd/txonly.c pkt_burst_prepare). `None` (the default): whole frames.
+    /// [`NetDriver::send`] and [`NetDriver::enqueue_tx`] write only the first this-many bytes
+    /// of each frame into its TX buffer (after the virtio-net header, which is always
+    /// written); the descriptor still covers the whole frame, and the rest of the buffer
+    /// keeps what it held. A load generator's shortcut, for benches only: testpmd's `txonly`
+    /// writes its 42-byte Ethernet/IPv4/UDP header template into each mbuf and leaves the
+    /// payload as it is (app/test-pmd/txonly.c pkt_burst_prepare). `None` (the default):
+    /// whole frames.
     pub tx_copy_prefix: Option<usize>,
 }
 
