@@ -310,6 +310,10 @@ impl Backend for DeviceBackend {
         let frames = (now.tx_frames - last.tx_frames) + (now.rx_frames - last.rx_frames);
         let cpu = now.cpu.saturating_sub(last.cpu);
         let ms = |d: Duration| (d.as_secs_f64() * 1e3 * 10.0).round() / 10.0;
+        // Microseconds per frame carried, to `scale` (100: two decimals).
+        let us_per_frame = |d: Duration, scale: f64| {
+            (frames > 0).then(|| (d.as_secs_f64() * 1e6 / frames as f64 * scale).round() / scale)
+        };
         let doorbells = now.doorbells - last.doorbells;
         // The engine's time handling kicks (servicing queues), without its polling and sleeps.
         let busy = now.engine_busy.saturating_sub(last.engine_busy);
@@ -319,7 +323,7 @@ impl Backend for DeviceBackend {
             "tx_frames": now.tx_frames - last.tx_frames,
             "rx_frames": now.rx_frames - last.rx_frames,
             "cpu_ms": ms(cpu),
-            "cpu_us_per_frame": (frames > 0).then(|| (cpu.as_secs_f64() * 1e6 / frames as f64 * 100.0).round() / 100.0),
+            "cpu_us_per_frame": us_per_frame(cpu, 100.0),
             "doorbells": doorbells,
             "doorbells_mmap": shared,
             "doorbells_mmap_at_access": now.shared_at_access - last.shared_at_access,
@@ -327,7 +331,7 @@ impl Backend for DeviceBackend {
             "doorbell_path": if self.doorbells.is_some() { "mmap" } else { "trap" },
             "engine_cpu_ms": self.doorbells.as_ref().map(|_| ms(now.engine_cpu.saturating_sub(last.engine_cpu))),
             "engine_busy_ms": self.doorbells.as_ref().map(|_| ms(busy)),
-            "engine_busy_us_per_frame": self.doorbells.as_ref().filter(|_| frames > 0).map(|_| (busy.as_secs_f64() * 1e6 / frames as f64 * 1000.0).round() / 1000.0),
+            "engine_busy_us_per_frame": self.doorbells.as_ref().and_then(|_| us_per_frame(busy, 1000.0)),
             "engine_sleeps": now.sleeps - last.sleeps,
             "engine_sched": self.doorbells.as_ref().map(|e| e.stats().sched.name()),
         });

@@ -1,6 +1,6 @@
 //! The virtio-net driver model.
 
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, MemoryError};
 use crate::packed::PackedDriverRing;
 use crate::probe::{probe, PciInfo};
 use crate::ring::{Buf, DriverRing};
@@ -241,6 +241,22 @@ impl Queue {
             bufs.push((b, l));
         }
         Ok(true)
+    }
+}
+
+/// Writes a virtio-net header and the frame bytes after it into TX buffer `buf`: in one write
+/// (one bounds check and copy) through a stack buffer when they are small, the common case of
+/// a polling sender, else in two.
+fn write_tx_buf(mem: &GuestMemory, buf: u64, hdr: &[u8], frame: &[u8]) -> Result<(), MemoryError> {
+    let n = hdr.len() + frame.len();
+    if n <= SMALL_TX_COPY {
+        let mut one = [0u8; SMALL_TX_COPY];
+        one[..hdr.len()].copy_from_slice(hdr);
+        one[hdr.len()..n].copy_from_slice(frame);
+        mem.write(buf, &one[..n])
+    } else {
+        mem.write(buf, hdr)?;
+        mem.write(buf + hdr.len() as u64, frame)
     }
 }
 
@@ -828,8 +844,7 @@ impl NetDriver {
         };
         let mut h = [0u8; HASH_HDR_LEN];
         h[..NET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
-        mem.write(buf, &h[..hl])?;
-        mem.write(buf + hl as u64, frame)?;
+        write_tx_buf(&mem, buf, &h[..hl], frame)?;
         match qu.ring.add(&mem, &[(buf, total as u32, false)])? {
             Some(h) => qu.inflight[usize::from(h)] = buf,
             None => {
@@ -863,19 +878,9 @@ impl NetDriver {
             }
             let Some(buf) = qu.pool.pop() else { break };
             let total = (hl + f.len()) as u32;
-            // What is written: the header and the frame, or its first `tx_copy_prefix` bytes.
+            // The header and the frame, or its first `tx_copy_prefix` bytes.
             let copied = f.len().min(prefix);
-            let written = hl + copied;
-            // In one write (one bounds check and copy) through a stack buffer when it is
-            // small, the common case of a polling sender.
-            if written <= SMALL_TX_COPY {
-                let mut one = [0u8; SMALL_TX_COPY];
-                one[hl..written].copy_from_slice(&f[..copied]);
-                mem.write(buf, &one[..written])?;
-            } else {
-                mem.write(buf, &[0u8; HASH_HDR_LEN][..hl])?;
-                mem.write(buf + hl as u64, &f[..copied])?;
-            }
+            write_tx_buf(&mem, buf, &[0u8; HASH_HDR_LEN][..hl], &f[..copied])?;
             let two: [Buf; 2] = [
                 (buf, hl as u32, false),
                 (buf + hl as u64, f.len() as u32, false),
