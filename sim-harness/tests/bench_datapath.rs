@@ -260,3 +260,56 @@ fn bad_options_are_refused_with_the_reason() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn pinned_windows_sample_the_distance_between_the_two_cpus() {
+    let r = tiny_json_report(&[
+        "--frame",
+        "64",
+        "--dir",
+        "tx",
+        "--qp",
+        "1",
+        "--layout",
+        "split",
+        "--pin",
+        "--c2c-probe-ms",
+        "20",
+    ]);
+    let c = &r["cells"][0];
+    let p = &c["placement"];
+    let samples = p["samples_ns"].as_array().expect("samples_ns");
+    // A 0.2 s window sampled every 20 ms (a sample the partner thread did not answer within
+    // 5 ms is counted instead).
+    assert!(
+        samples.len() + p["unanswered"].as_u64().unwrap() as usize >= 4,
+        "{p}"
+    );
+    assert!(!samples.is_empty(), "{p}");
+    for s in samples {
+        let ns = s.as_f64().unwrap();
+        assert!(ns > 1.0 && ns < 50_000.0, "{p}");
+    }
+    let far = p["far_percent"].as_f64().expect("classified");
+    assert!((0.0..=100.0).contains(&far), "{p}");
+    assert!(r["far_ns"].as_f64().unwrap() > 0.0, "{r}");
+    // No anchor: no ratio, so no claim about the anchor's placement.
+    assert!(c["placement_alike"].is_null(), "{c}");
+
+    // --c2c-probe-ms 0 turns it off.
+    let r = tiny_json_report(&[
+        "--frame",
+        "64",
+        "--dir",
+        "tx",
+        "--qp",
+        "1",
+        "--layout",
+        "split",
+        "--pin",
+        "--c2c-probe-ms",
+        "0",
+    ]);
+    assert!(r["cells"][0]["placement"].is_null(), "{r}");
+    assert!(r["far_ns"].is_null(), "{r}");
+}

@@ -44,6 +44,8 @@
 //! `rx` only (DPDK's pair has no loopback), run before the cells of that frame size.
 
 use super::dpdk::{self, DpdkRun, DpdkRunOptions, Testpmd};
+use super::median;
+use super::placement::{self, Placement, Probe, Sampler};
 use super::serve_child::{self, stat_cpu, ServeChild, ServeChildError, ServeSpawn};
 use crate::ctl::{CtlClient, Request, StatsReport};
 use crate::driver::{DriverOptions, NetDriver};
@@ -152,6 +154,9 @@ pub struct DatapathOptions {
     pub serve_args: Vec<String>,
     /// Times the whole set (anchor and cells) is measured, one round after the other.
     pub rounds: usize,
+    /// With `pin`: how often each window samples the distance between the two CPUs
+    /// ([`placement`]); None: never.
+    pub probe_period: Option<Duration>,
 }
 
 /// Why the bench could not run.
@@ -259,6 +264,12 @@ pub struct Cell {
     pub session: Option<serde_json::Value>,
     /// Which round measured it (0: the first); `vs_dpdk` is against that round's anchor.
     pub round: usize,
+    /// With `--pin`: how far apart the two CPUs were over the window ([`placement`]).
+    pub placement: Option<Placement>,
+    /// Whether the anchor run `vs_dpdk` divides by saw the CPUs far apart for about the same
+    /// share of its window ([`placement::alike`]); false: the ratio compares two different
+    /// machines. None without a ratio or a probe.
+    pub placement_alike: Option<bool>,
 }
 
 /// A cell over every round (`--rounds` above 1): medians, and the spread the host's noise
@@ -279,21 +290,10 @@ pub struct CellSummary {
     pub vs_dpdk_median: Option<f64>,
     pub vs_dpdk_min: Option<f64>,
     pub vs_dpdk_max: Option<f64>,
-}
-
-/// The median of `v` (mean of the middle two for an even count); None when empty.
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+    /// The median ratio over the rounds whose cell and anchor saw alike CPU placement
+    /// ([`Cell::placement_alike`] not false), and how many rounds that is.
+    pub vs_dpdk_alike_median: Option<f64>,
+    pub alike_rounds: usize,
 }
 
 impl Cell {
@@ -324,6 +324,11 @@ pub fn summarize(cells: &[Cell], anchors: &[DpdkRun]) -> Vec<CellSummary> {
         let mine: Vec<&Cell> = cells.iter().filter(|o| o.key() == c.key()).collect();
         let rates: Vec<f64> = mine.iter().map(|o| o.mpps).collect();
         let ratios: Vec<f64> = mine.iter().filter_map(|o| o.vs_dpdk).collect();
+        let alike: Vec<f64> = mine
+            .iter()
+            .filter(|o| o.placement_alike != Some(false))
+            .filter_map(|o| o.vs_dpdk)
+            .collect();
         let anchor: Vec<f64> = anchors
             .iter()
             .filter(|a| a.anchors(c))
@@ -344,6 +349,8 @@ pub fn summarize(cells: &[Cell], anchors: &[DpdkRun]) -> Vec<CellSummary> {
             vs_dpdk_median: median(&ratios).map(|v| round(v, 3)),
             vs_dpdk_min: min(&ratios),
             vs_dpdk_max: max(&ratios),
+            vs_dpdk_alike_median: median(&alike).map(|v| round(v, 3)),
+            alike_rounds: alike.len(),
         });
     }
     out
@@ -373,6 +380,8 @@ pub struct DatapathReport {
     pub rounds: usize,
     /// Every cell over the rounds (empty for one round).
     pub summary: Vec<CellSummary>,
+    /// With `--pin`: where "far" starts, ns ([`placement::far_threshold`]).
+    pub far_ns: Option<f64>,
 }
 
 /// Bytes of each frame the driver writes per send: Ethernet, IPv4 and UDP headers, what
@@ -566,6 +575,7 @@ pub fn measure(
     pairs: u16,
     layout: Layout,
     cpus: Option<(usize, usize)>,
+    probe: Option<Probe>,
 ) -> Result<Cell, DatapathError> {
     let tag = format!("datapath-{}-{frame}-{pairs}-{}", dir.name(), layout.name());
     let tmp_dir = std::env::temp_dir().join(format!("vdpa-emu-bench-{tag}-{}", std::process::id()));
@@ -662,6 +672,10 @@ pub fn measure(
     };
 
     let mut total = pump(&mut drv, dir, pairs, &burst, o.warmup)?;
+    let sampler = probe
+        .map(Sampler::start)
+        .transpose()
+        .map_err(io_err("starting the CPU distance probe"))?;
     let (cpu0, t0) = (stat_cpu(pid)?, Instant::now());
     let window = pump(
         &mut drv,
@@ -671,6 +685,7 @@ pub fn measure(
         Duration::from_secs_f64(o.seconds),
     )?;
     let (cpu1, wall) = (stat_cpu(pid)?, t0.elapsed());
+    let placement = sampler.map(Sampler::finish);
     total.add(&window);
     let (sent, mut received) = (total.sent, total.received);
     let generator_sent = generator.as_mut().map(Generator::finish);
@@ -764,6 +779,8 @@ pub fn measure(
         fault,
         session,
         round: 0,
+        placement,
+        placement_alike: None,
     })
 }
 
@@ -825,6 +842,10 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
         )
     });
     let secs_whole = o.seconds.ceil().max(1.0) as usize;
+    // Pinned, every window (ours and the anchor's) samples the distance between the two CPUs.
+    let probe = cpus
+        .zip(o.probe_period)
+        .map(|(c, period)| Probe::between(c, period));
     let mut cells = Vec::new();
     // Round after round of the whole set, so each round's ratio compares ours and the anchor
     // measured minutes apart at most, and a slow spell of the host hits a round, not a cell.
@@ -842,6 +863,7 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
                             warmup: 1,
                             seconds: secs_whole,
                             cpus: anchor_cpus,
+                            probe,
                         },
                     );
                     match r {
@@ -868,7 +890,7 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
                         layout = layout.name(),
                         "cell"
                     );
-                    let mut c = measure(o, dir, frame, q, layout, cpus)?;
+                    let mut c = measure(o, dir, frame, q, layout, cpus, probe)?;
                     c.round = round_no;
                     c.vs_dpdk = anchor
                         .runs
@@ -881,7 +903,9 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
             }
         }
     }
+    let far_ns = classify_placements(&mut cells, &mut anchor.runs);
     Ok(DatapathReport {
+        far_ns,
         seconds: o.seconds,
         warmup_seconds: o.warmup.as_secs_f64(),
         pinned: cpus,
@@ -895,6 +919,34 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
         anchor,
         cells,
     })
+}
+
+/// Classifies every window's CPU distance samples against the run's far threshold
+/// ([`placement::far_threshold`]) and notes, for each cell with a ratio, whether its anchor run
+/// saw alike placement. Returns the threshold.
+fn classify_placements(cells: &mut [Cell], runs: &mut [DpdkRun]) -> Option<f64> {
+    let threshold = placement::far_threshold(
+        cells
+            .iter()
+            .filter_map(|c| c.placement.as_ref())
+            .chain(runs.iter().filter_map(|r| r.placement.as_ref()))
+            .flat_map(|p| p.samples_ns.iter().copied()),
+    )?;
+    for p in cells
+        .iter_mut()
+        .filter_map(|c| c.placement.as_mut())
+        .chain(runs.iter_mut().filter_map(|r| r.placement.as_mut()))
+    {
+        p.classify(threshold);
+    }
+    for c in cells.iter_mut().filter(|c| c.vs_dpdk.is_some()) {
+        let anchor = runs.iter().find(|r| r.anchors(c) && r.round == c.round);
+        c.placement_alike = match (&c.placement, anchor.and_then(|a| a.placement.as_ref())) {
+            (Some(mine), Some(theirs)) => Some(placement::alike(mine, theirs)),
+            _ => None,
+        };
+    }
+    Some(threshold)
 }
 
 /// Most rounds `--rounds` takes.
@@ -947,7 +999,7 @@ pub fn table(r: &DatapathReport) -> String {
     for a in &r.anchor.runs {
         let _ = writeln!(
             s,
-            "  DPDK {:<3} {:>5} B qp {}{}: {:>7.3} Mpps {:>7.3} Gbit/s  vhost side CPU/frame {} us",
+            "  DPDK {:<3} {:>5} B qp {}{}: {:>7.3} Mpps {:>7.3} Gbit/s  vhost side CPU/frame {} us{}",
             a.dir,
             a.frame,
             a.queue_pairs,
@@ -955,12 +1007,17 @@ pub fn table(r: &DatapathReport) -> String {
             a.pps / 1e6,
             a.pps * a.frame as f64 * 8.0 / 1e9,
             a.device_cpu_us_per_frame
-                .map_or("-".into(), |v| format!("{v:.3}"))
+                .map_or("-".into(), |v| format!("{v:.3}")),
+            a.placement.as_ref().map_or(String::new(), |p| format!(
+                "  c2c {} ns, far {}",
+                p.median_ns.map_or("-".into(), |v| format!("{v:.0}")),
+                p.far_percent.map_or("-".into(), |f| format!("{f:.0}%"))
+            ))
         );
     }
     let _ = writeln!(
         s,
-        "\n{:<8} {:>5} {:>2} {:<6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>5}",
+        "\n{:<8} {:>5} {:>2} {:<6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>9} {:>4} {:>5} {:>5}",
         "dir",
         "frame",
         "qp",
@@ -973,6 +1030,8 @@ pub fn table(r: &DatapathReport) -> String {
         "us/frm",
         "busy/frm",
         "drv waits",
+        "c2c",
+        "far",
         "lost"
     );
     for (i, c) in r.cells.iter().enumerate() {
@@ -986,7 +1045,7 @@ pub fn table(r: &DatapathReport) -> String {
             .find(|a| a.anchors(c) && a.round == c.round);
         let _ = writeln!(
             s,
-            "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>8} {:>8.1}% {:>5}",
+            "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>8.3} {:>9} {:>9} {:>8.0}% {:>7} {:>8} {:>8.1}% {:>4} {:>5} {:>5}",
             c.dir.name(),
             c.frame,
             c.queue_pairs,
@@ -994,18 +1053,36 @@ pub fn table(r: &DatapathReport) -> String {
             c.mpps,
             c.gbps,
             a.map_or("-".into(), |a| format!("{:.3}", a.pps / 1e6)),
-            c.vs_dpdk.map_or("-".into(), |v| format!("{v:.2}x")),
+            c.vs_dpdk.map_or("-".into(), |v| format!(
+                "{v:.2}x{}",
+                if c.placement_alike == Some(false) { "*" } else { "" }
+            )),
             c.server_cpu_percent,
             c.server_cpu_us_per_frame
                 .map_or("-".into(), |v| format!("{v:.3}")),
             c.engine_busy_us_per_frame
                 .map_or("-".into(), |v| format!("{v:.3}")),
             c.driver_loop.waiting_percent(),
+            c.placement
+                .as_ref()
+                .and_then(|p| p.median_ns)
+                .map_or("-".into(), |v| format!("{v:.0}")),
+            c.placement
+                .as_ref()
+                .and_then(|p| p.far_percent)
+                .map_or("-".into(), |f| format!("{f:.0}%")),
             c.lost
         );
         if let Some(f) = &c.fault {
             let _ = writeln!(s, "  ^ the device faulted (DEVICE_NEEDS_RESET): {f}");
         }
+    }
+    if r.pinned.is_some() {
+        let _ = writeln!(
+            s,
+            "c2c: median one-way cache-line transfer between the two CPUs over the window; far: share of the window it took over {} (3x the run's closest); * the anchor's far share differed by more than 25 points: that ratio compares two placements of the machine",
+            r.far_ns.map_or("-".into(), |v| format!("{v:.0} ns"))
+        );
     }
     if !r.summary.is_empty() {
         let _ = writeln!(
@@ -1015,14 +1092,23 @@ pub fn table(r: &DatapathReport) -> String {
         );
         let _ = writeln!(
             s,
-            "{:<8} {:>5} {:>2} {:<6} {:>8} {:>15} {:>9} {:>9} {:>13}",
-            "dir", "frame", "qp", "ring", "Mpps", "min-max", "DPDK Mpps", "vs DPDK", "min-max"
+            "{:<8} {:>5} {:>2} {:<6} {:>8} {:>15} {:>9} {:>9} {:>13} {:>12}",
+            "dir",
+            "frame",
+            "qp",
+            "ring",
+            "Mpps",
+            "min-max",
+            "DPDK Mpps",
+            "vs DPDK",
+            "min-max",
+            "alike rounds"
         );
         let opt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
         for c in &r.summary {
             let _ = writeln!(
                 s,
-                "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>15} {:>9} {:>9} {:>13}",
+                "{:<8} {:>5} {:>2} {:<6} {:>8.3} {:>15} {:>9} {:>9} {:>13} {:>12}",
                 c.dir.name(),
                 c.frame,
                 c.queue_pairs,
@@ -1034,7 +1120,9 @@ pub fn table(r: &DatapathReport) -> String {
                 match (c.vs_dpdk_min, c.vs_dpdk_max) {
                     (Some(a), Some(b)) => format!("{a:.2}-{b:.2}x"),
                     _ => "-".into(),
-                }
+                },
+                c.vs_dpdk_alike_median
+                    .map_or("-".into(), |v| format!("{v:.2}x ({})", c.alike_rounds))
             );
         }
     }
@@ -1092,6 +1180,12 @@ pub struct DatapathArgs {
     /// round's ratio can be off by 2x (docs/bench.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_ROUNDS as i64))]
     pub rounds: u16,
+    /// With --pin: every window (ours and the anchor's) samples the one-way cache-line
+    /// transfer time between the two CPUs this often, milliseconds (0: never). Each sample
+    /// takes both CPUs for 0.05-0.3 ms. On a VM the host moves vCPUs between dies, and the
+    /// rates follow (docs/bench.md, "Where the two modes come from").
+    #[arg(long, default_value_t = 50)]
+    pub c2c_probe_ms: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -1146,6 +1240,7 @@ pub fn cli(a: &DatapathArgs) -> std::process::ExitCode {
         anchor,
         serve_args: serve_args(a),
         rounds: usize::from(a.rounds),
+        probe_period: (a.c2c_probe_ms > 0).then(|| Duration::from_millis(a.c2c_probe_ms)),
     };
     match run(&o) {
         Ok(r) => {
@@ -1200,6 +1295,8 @@ mod tests {
             vs_dpdk,
             session: None,
             round,
+            placement: None,
+            placement_alike: None,
         }
     }
 
@@ -1215,6 +1312,7 @@ mod tests {
             device_cpu_us_per_frame: None,
             device_cpu_percent: None,
             round,
+            placement: None,
         };
         let anchors = [anchor(0, 10.0), anchor(1, 20.0), anchor(2, 16.0)];
         // A host that halves everything in round 0: the rates spread 2x, the ratios do not.
@@ -1259,11 +1357,74 @@ mod tests {
             cells: cells.to_vec(),
             rounds: 3,
             summary: s,
+            far_ns: None,
         };
         let t = table(&r);
         assert!(t.contains("-- round 3"), "{t}");
         assert!(t.contains("over 3 rounds"), "{t}");
         assert!(t.contains("0.45x    0.40-0.50x"), "{t}");
+    }
+
+    #[test]
+    fn ratios_across_placements_are_marked_and_kept_out_of_the_alike_median() {
+        let near = |n: usize| Placement::new(vec![30.0; n], 0);
+        let far = |n: usize| Placement::new(vec![160.0; n], 0);
+        let anchor = |round: usize, mpps: f64, p: Placement| DpdkRun {
+            dir: "tx",
+            frame: 64,
+            queue_pairs: 1,
+            pps: mpps * 1e6,
+            packets: 0,
+            seconds: 1,
+            device_cpu_us_per_frame: None,
+            device_cpu_percent: None,
+            round,
+            placement: Some(p),
+        };
+        // Round 0: the anchor ran with the CPUs far apart, ours close: 2x, not comparable.
+        // Round 1: both close.
+        let mut runs = [anchor(0, 5.0, far(20)), anchor(1, 16.0, near(20))];
+        let mut cells = [
+            cell(Layout::Split, 0, 10.0, Some(2.0)),
+            cell(Layout::Split, 1, 12.0, Some(0.75)),
+        ];
+        cells[0].placement = Some(near(20));
+        cells[1].placement = Some(near(20));
+        assert_eq!(classify_placements(&mut cells, &mut runs), Some(90.0));
+        assert_eq!(runs[0].placement.as_ref().unwrap().far_percent, Some(100.0));
+        assert_eq!(cells[0].placement.as_ref().unwrap().far_percent, Some(0.0));
+        assert_eq!(cells[0].placement_alike, Some(false));
+        assert_eq!(cells[1].placement_alike, Some(true));
+        let s = summarize(&cells, &runs);
+        assert_eq!(s[0].vs_dpdk_median, Some(1.375));
+        assert_eq!(
+            (s[0].vs_dpdk_alike_median, s[0].alike_rounds),
+            (Some(0.75), 1)
+        );
+        let r = DatapathReport {
+            seconds: 1.0,
+            warmup_seconds: 0.3,
+            pinned: Some((1, 0)),
+            serve_args: Vec::new(),
+            anchor: AnchorReport {
+                testpmd: None,
+                missing: None,
+                runs: runs.to_vec(),
+            },
+            cells: cells.to_vec(),
+            rounds: 2,
+            summary: s,
+            far_ns: Some(90.0),
+        };
+        let t = table(&r);
+        assert!(t.contains("2.00x*"), "{t}");
+        assert!(t.contains(" 0.75x "), "{t}");
+        assert!(t.contains("c2c 160 ns, far 100%"), "{t}");
+        assert!(t.contains("0.75x (1)"), "{t}");
+        // Without samples there is no threshold and no claim.
+        let mut bare = [cell(Layout::Split, 0, 10.0, Some(2.0))];
+        assert_eq!(classify_placements(&mut bare, &mut []), None);
+        assert_eq!(bare[0].placement_alike, None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! scripts/bench-dpdk.sh (the host's, Debian's `dpdk-dev` installed by it, or the e2e chroot's,
 //! run under `unshare -m` with /sys, /proc and the socket directory bound into the chroot).
 
+use super::placement::{Placement, Probe, Sampler};
 use super::serve_child::{stat_cpu, ServeChildError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub enum DpdkError {
     Proc(#[from] ServeChildError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("starting the CPU distance probe: {0}")]
+    Probe(#[source] std::io::Error),
 }
 
 /// Parses the script's `DPDK-TESTPMD key=value ...` line.
@@ -182,6 +185,8 @@ pub struct DpdkRun {
     pub device_cpu_percent: Option<f64>,
     /// Which round of `vdpa-emu bench datapath --rounds` ran it (0: the first).
     pub round: usize,
+    /// How far apart the two CPUs were over the window ([`DpdkRunOptions::probe`]).
+    pub placement: Option<Placement>,
 }
 
 /// How to run the pair.
@@ -194,6 +199,8 @@ pub struct DpdkRunOptions {
     pub seconds: usize,
     /// (device's CPU, driver's CPU).
     pub cpus: (usize, usize),
+    /// Sample the distance between the two CPUs over the window.
+    pub probe: Option<Probe>,
 }
 
 /// A testpmd child, stopped with SIGINT (then killed) on drop.
@@ -401,9 +408,15 @@ fn run_in(t: &Testpmd, o: &DpdkRunOptions, dir: &Path) -> Result<DpdkRun, DpdkEr
     }
     let vh_pid = vh.child.id();
     std::thread::sleep(Duration::from_millis(1000 * o.warmup as u64 + 500));
+    let sampler = o
+        .probe
+        .map(Sampler::start)
+        .transpose()
+        .map_err(DpdkError::Probe)?;
     let (c0, w0) = (stat_cpu(vh_pid)?, Instant::now());
     std::thread::sleep(Duration::from_secs(o.seconds as u64));
     let (c1, wall) = (stat_cpu(vh_pid)?, w0.elapsed());
+    let placement = sampler.map(Sampler::finish);
     // A starved testpmd prints late: wait (up to 15 s) for the blocks the window needs.
     let t1 = Instant::now();
     loop {
@@ -441,6 +454,7 @@ fn run_in(t: &Testpmd, o: &DpdkRunOptions, dir: &Path) -> Result<DpdkRun, DpdkEr
         device_cpu_us_per_frame: (frames > 0.0).then(|| cpu * 1e6 / frames),
         device_cpu_percent: Some(cpu / wall.as_secs_f64() * 100.0),
         round: 0,
+        placement,
     })
 }
 

@@ -7,12 +7,30 @@
 //!   waiting) against `serve` processes (docs/doorbells.md).
 //! - [`datapath`]: frames per second through a `serve` process driven by the driver model in
 //!   this one, next to DPDK's vhost-user pair ([`dpdk`]) in the same run (docs/bench.md).
+//! - [`placement`]: how far apart the two pinned CPUs are while a cell runs (cache-line
+//!   ping-pong samples).
 //! - [`serve_child`]: the `serve` child process and /proc CPU time both use.
 
 pub mod bus;
 pub mod datapath;
 pub mod doorbells;
 pub mod dpdk;
+pub mod placement;
 pub mod serve_child;
 /// The SVG rendering of a [`bus::BusReport`] (depends on bus; bus does not depend on it).
 mod svg;
+
+/// The median of `v` (mean of the middle two for an even count); None when empty.
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
