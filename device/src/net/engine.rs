@@ -10,7 +10,7 @@ use crate::capture::FrameCapture;
 use crate::config::DeviceConfig;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
-use crate::port::{Port, PortOffloads, RxInbox};
+use crate::port::{Port, PortOffloads, ReaderScratch, RxInbox};
 use crate::queue::chain::{Chain, Desc, RingSetup};
 use crate::queue::Ring;
 use crate::quirks::{Quirk, Quirks};
@@ -133,6 +133,9 @@ pub struct NetEngine {
     pub(super) buf: Vec<u8>,
     /// TX: the segment being built from a GSO frame.
     pub(super) seg_buf: Vec<u8>,
+    /// The delivery loop's inbox reader storage, kept between deliveries
+    /// ([`crate::port::InboxReader`]).
+    pub(super) rx_scratch: ReaderScratch,
     /// Where carried frames are copied for a capture, if one runs.
     pub(super) capture: Option<Arc<dyn FrameCapture>>,
     /// What the port was last told the driver takes on receive ([`Port::set_rx_offloads`]).
@@ -190,6 +193,7 @@ impl NetEngine {
             rx_slots: Vec::new(),
             buf: Vec::with_capacity(65 * 1024),
             seg_buf: Vec::new(),
+            rx_scratch: ReaderScratch::default(),
             capture: None,
             port_rx_offloads: PortOffloads::NONE,
             port_blocked: Vec::new(),

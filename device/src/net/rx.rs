@@ -31,7 +31,7 @@ use super::NET_HDR_LEN;
 use crate::capture::CaptureDirection;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
-use crate::port::InboxFrame;
+use crate::port::{InboxFrame, InboxReader};
 use crate::queue::chain::{ChainKind, Desc};
 use crate::queue::Ring;
 use crate::quirks::Quirk;
@@ -199,17 +199,19 @@ impl NetEngine {
         let go = self.guest_offloads(dp.features);
         let mut touched = PairSet::ZERO;
         let mut result = Ok(());
-        while let Some(mut frame) = self.inbox.pop() {
+        let inbox = self.inbox.clone();
+        let mut rd = inbox.reader(std::mem::take(&mut self.rx_scratch));
+        while let Some(mut frame) = rd.pop() {
             if !self.net.accepts(&frame.data) {
                 dp.counters.rx_filtered += 1;
-                self.inbox.recycle(frame.data);
+                rd.recycle(frame.data);
                 continue;
             }
             let mut plan = plan(&frame.hdr, &frame.data, go);
             match plan {
                 RxPlan::Bad => {
                     dp.counters.rx_bad_offload += 1;
-                    self.inbox.recycle(frame.data);
+                    rd.recycle(frame.data);
                     continue;
                 }
                 RxPlan::Complete { start, offset } => {
@@ -219,18 +221,16 @@ impl NetEngine {
                     plan = RxPlan::Wire;
                 }
                 RxPlan::Segment { t, mss } => {
-                    self.segment_into_inbox(frame, &t, mss, dp.counters);
+                    self.segment_into_inbox(&mut rd, frame, &t, mss, dp.counters);
                     continue;
                 }
                 // Only when another frame waits behind it: a lone segment has nothing to join.
                 RxPlan::Wire
-                    if frame.hdr == NetHdr::default()
-                        && go.takes_any_tso()
-                        && !self.inbox.is_empty() =>
+                    if frame.hdr == NetHdr::default() && go.takes_any_tso() && !rd.is_empty() =>
                 {
                     // A wire frame from the port (not a segment the device cut itself: those
                     // carry DATA_VALID here) may start a GSO frame of segments waiting with it.
-                    if let Some(h) = self.coalesce(&mut frame, go, dp.counters) {
+                    if let Some(h) = self.coalesce(&mut rd, &mut frame, go, dp.counters) {
                         plan = RxPlan::Offloaded(h);
                     }
                 }
@@ -256,7 +256,7 @@ impl NetEngine {
                 }
                 None => {
                     dp.counters.rx_dropped_queue_reset += 1;
-                    self.inbox.recycle(frame.data);
+                    rd.recycle(frame.data);
                     continue;
                 }
             };
@@ -310,7 +310,7 @@ impl NetEngine {
                         dp.counters.rx_hash_reported += 1;
                     }
                     touched.set(usize::from(q / 2), true);
-                    self.inbox.recycle(frame.data);
+                    rd.recycle(frame.data);
                 }
                 Ok(Fit::TooSmall) if out_hdr.gso_type != hdr::GSO_NONE => {
                     // A whole GSO frame no buffer of this driver holds: segments do fit.
@@ -323,17 +323,23 @@ impl NetEngine {
                         GsoKind::Tcp6
                     };
                     let t = gso::parse_tcp(&frame.data, kind).expect("checked by plan");
-                    self.segment_into_inbox(frame, &t, usize::from(h.gso_size), dp.counters);
+                    self.segment_into_inbox(
+                        &mut rd,
+                        frame,
+                        &t,
+                        usize::from(h.gso_size),
+                        dp.counters,
+                    );
                 }
                 Ok(Fit::TooSmall) => {
                     // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a
                     // whole frame; this one does not: drop the frame, keep the buffers.
                     dp.counters.rx_dropped_too_small += 1;
-                    self.inbox.recycle(frame.data);
+                    rd.recycle(frame.data);
                 }
                 Ok(Fit::NoRoom) => {
                     // No room yet: keep the frame at the head of the FIFO.
-                    self.inbox.unpop(frame);
+                    rd.unpop(frame);
                     break;
                 }
                 Err(f) => {
@@ -342,6 +348,7 @@ impl NetEngine {
                 }
             }
         }
+        self.rx_scratch = rd.finish();
         for pair in touched.iter_ones() {
             self.publish_rx(2 * pair as u16, dp)?;
         }
@@ -352,6 +359,7 @@ impl NetEngine {
     /// it (LRO, [`Coalescer`]) and returns the GSO header when more than one was taken.
     fn coalesce(
         &mut self,
+        rd: &mut InboxReader<'_>,
         frame: &mut InboxFrame,
         go: GuestOffloads,
         counters: &mut DeviceCounters,
@@ -360,12 +368,12 @@ impl NetEngine {
         if !go.takes_gso(c.v4(), false) {
             return None;
         }
-        while let Some(next) = self.inbox.pop() {
+        while let Some(next) = rd.pop() {
             if next.hdr != NetHdr::default() || !c.append(&mut frame.data, &next.data) {
-                self.inbox.unpop(next);
+                rd.unpop(next);
                 break;
             }
-            self.inbox.recycle(next.data);
+            rd.recycle(next.data);
         }
         if c.segments() < 2 {
             return None;
@@ -380,6 +388,7 @@ impl NetEngine {
     /// that finds no room waits there like any frame).
     fn segment_into_inbox(
         &mut self,
+        rd: &mut InboxReader<'_>,
         frame: InboxFrame,
         t: &TcpFrame,
         mss: usize,
@@ -393,18 +402,18 @@ impl NetEngine {
             SegBugs::default(),
             &mut self.seg_buf,
             |s| {
-                let mut b = self.inbox.spare_buf();
+                let mut b = rd.spare_buf();
                 b.extend_from_slice(s);
                 segs.push(b);
             },
         );
         counters.rx_gso_segmented += 1;
         counters.rx_gso_segments += n;
-        self.inbox.recycle(frame.data);
+        rd.recycle(frame.data);
         // DATA_VALID (the device computed their checksums) marks them as the device's own
         // segments, which are not coalesced again.
         for data in segs.into_iter().rev() {
-            self.inbox.unpop(InboxFrame {
+            rd.unpop(InboxFrame {
                 hdr: NetHdr {
                     flags: F_DATA_VALID,
                     ..NetHdr::default()

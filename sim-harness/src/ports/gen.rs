@@ -50,10 +50,10 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
             }
             continue;
         }
-        for _ in 0..BATCH {
-            inbox.push(&frames[i % frames.len()]);
-            i = i.wrapping_add(1);
-        }
+        let burst: [&[u8]; BATCH] =
+            std::array::from_fn(|k| frames[(i + k) % frames.len()].as_slice());
+        inbox.push_batch(&burst);
+        i = i.wrapping_add(BATCH);
         dev.try_service_rx();
     }
 }
