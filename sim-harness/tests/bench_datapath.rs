@@ -293,6 +293,16 @@ fn pinned_windows_sample_the_distance_between_the_two_cpus() {
     let far = p["far_percent"].as_f64().expect("classified");
     assert!((0.0..=100.0).contains(&far), "{p}");
     assert!(r["far_ns"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        !r["calibration"]["samples_ns"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "sampled before the first window: {r}"
+    );
+    let attempts = c["attempts"].as_u64().unwrap();
+    assert!((1..=3).contains(&attempts), "--placement-retries 2: {c}");
+    assert_eq!(r["retried"].as_u64().unwrap(), attempts - 1, "{r}");
     // No anchor: no ratio, so no claim about the anchor's placement.
     assert!(c["placement_alike"].is_null(), "{c}");
 

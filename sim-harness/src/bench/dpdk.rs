@@ -187,6 +187,9 @@ pub struct DpdkRun {
     pub round: usize,
     /// How far apart the two CPUs were over the window ([`DpdkRunOptions::probe`]).
     pub placement: Option<Placement>,
+    /// Runs made for this one (`vdpa-emu bench datapath --placement-retries`); this is the
+    /// last.
+    pub attempts: usize,
 }
 
 /// How to run the pair.
@@ -455,6 +458,7 @@ fn run_in(t: &Testpmd, o: &DpdkRunOptions, dir: &Path) -> Result<DpdkRun, DpdkEr
         device_cpu_percent: Some(cpu / wall.as_secs_f64() * 100.0),
         round: 0,
         placement,
+        attempts: 1,
     })
 }
 

@@ -113,12 +113,69 @@ pub fn far_threshold(samples: impl Iterator<Item = f64>) -> Option<f64> {
     Some(3.0 * v[v.len() / 20])
 }
 
+/// How far apart (in percentage points of their far shares) two windows may be and still
+/// count as alike; also the far share above which [`Gate`] measures a window again.
+pub const ALIKE_POINTS: f64 = 25.0;
+
 /// Whether two windows saw the CPUs close and far for about the same share of the time
-/// (within 25 points), so their rates compare the same machine.
+/// (within [`ALIKE_POINTS`]), so their rates compare the same machine.
 pub fn alike(a: &Placement, b: &Placement) -> bool {
     match (a.far_percent, b.far_percent) {
-        (Some(x), Some(y)) => (x - y).abs() <= 25.0,
+        (Some(x), Some(y)) => (x - y).abs() <= ALIKE_POINTS,
         _ => true,
+    }
+}
+
+/// Samples between `cpus` every 5 ms for 300 ms with nothing else running: where the run's
+/// "near" is, when the windows themselves never see it.
+pub fn calibrate(cpus: (usize, usize)) -> std::io::Result<Placement> {
+    let s = Sampler::start(Probe {
+        cpus,
+        period: Duration::from_millis(5),
+        round_trips: 1000,
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(s.finish())
+}
+
+/// Decides whether a window the host ran with the two CPUs far apart is measured again
+/// (`vdpa-emu bench datapath --placement-retries`), so that ours and the anchor's windows are
+/// measured on the same placement of the machine instead of marked as not alike afterwards.
+#[derive(Debug)]
+pub struct Gate {
+    /// Every sample so far (the calibration's, then each window's): the threshold's basis.
+    samples: Vec<f64>,
+    retries: usize,
+    /// Windows measured again.
+    pub retried: usize,
+}
+
+impl Gate {
+    /// A gate that measures a window up to `retries` more times.
+    pub fn new(calibration: &Placement, retries: usize) -> Gate {
+        Gate {
+            samples: calibration.samples_ns.clone(),
+            retries,
+            retried: 0,
+        }
+    }
+
+    /// Whether the window just measured (attempt `attempt`, from 1), which saw `p`, is
+    /// measured again: more than [`ALIKE_POINTS`] percent of its samples were far by the
+    /// threshold of everything sampled so far, and it has attempts left.
+    pub fn again(&mut self, p: Option<&Placement>, attempt: usize) -> bool {
+        let Some(p) = p else {
+            return false;
+        };
+        self.samples.extend_from_slice(&p.samples_ns);
+        let Some(threshold) = far_threshold(self.samples.iter().copied()) else {
+            return false;
+        };
+        let mut p = p.clone();
+        p.classify(threshold);
+        let again = attempt <= self.retries && p.far_percent.is_some_and(|f| f > ALIKE_POINTS);
+        self.retried += usize::from(again);
+        again
     }
 }
 
@@ -304,6 +361,25 @@ mod tests {
         empty.classify(90.0);
         assert_eq!(empty.far_percent, None);
         assert!(alike(&empty, &p), "nothing measured: no claim");
+    }
+
+    #[test]
+    fn the_gate_measures_a_far_window_again_while_it_has_attempts() {
+        let mut g = Gate::new(&Placement::new(vec![30.0; 40], 0), 2);
+        let near = Placement::new(vec![31.0; 10], 0);
+        let far = Placement::new(vec![160.0; 10], 0);
+        let mixed = Placement::new([vec![30.0; 8], vec![160.0; 2]].concat(), 0);
+        assert!(!g.again(Some(&near), 1));
+        assert!(!g.again(Some(&mixed), 1), "20% far: alike enough");
+        assert!(g.again(Some(&far), 1));
+        assert!(g.again(Some(&far), 2));
+        assert!(!g.again(Some(&far), 3), "out of attempts: kept as measured");
+        assert!(!g.again(None, 1), "no probe: nothing to decide on");
+        assert_eq!(g.retried, 2);
+        // Without retries it never asks.
+        let mut off = Gate::new(&Placement::new(vec![30.0; 40], 0), 0);
+        assert!(!off.again(Some(&far), 1));
+        assert_eq!(off.retried, 0);
     }
 
     #[test]
