@@ -8,8 +8,9 @@
 //! of at most Max_Read_Request_Size of a contiguous span, one posted Memory Write per piece of
 //! at most Max_Payload_Size, no request crossing a 4 KiB boundary (PCIe Base 4.0 2.2.7), plus
 //! the Completions with Data the completer returns for each read request. A write is merged
-//! into the previous one's posted-write stream only when it continues it directly: a packet's
-//! data after its virtio-net header in the same buffer (`PacketWrite`) and the words of one
+//! into the previous one's posted-write stream only when it continues it directly: packet data
+//! written right after the previous piece of the same packet (`PacketWrite`; a header and frame
+//! in one descriptor are a single access, `DmaEngine::write_gather`) and the words of one
 //! dirty-log burst (`LogWrite`). Ring writes never merge: each one is a separate publish.
 
 /// What a DMA access is for; the unit of [`BusStats`] accounting.

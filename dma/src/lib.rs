@@ -33,6 +33,10 @@ pub use write_trace::WriteTrace;
 use dirty_log::DirtyLog;
 use iommu::{Iommu, Route};
 
+/// Accesses of [`DmaEngine::write_gather`] up to this many bytes are joined on the stack and
+/// copied into guest memory once.
+const GATHER_STAGE: usize = 256;
+
 /// The device's DMA port: one per device, used under the device's lock (`&mut self`).
 ///
 /// Reads and writes are translated through the IOMMU (IOTLB first), checked against the
@@ -311,6 +315,52 @@ impl DmaEngine {
             return Ok(());
         }
         self.write_slow(iova, data, kind)
+    }
+
+    /// DMA write of `head` then `tail` as one access of `head.len() + tail.len()` bytes at
+    /// `iova`: one translation, one check, one transaction in the bus model and the dirty log,
+    /// as a device writes a received frame and the header it builds for it in one request.
+    /// A fault writes nothing.
+    #[inline]
+    pub fn write_gather(
+        &mut self,
+        iova: u64,
+        head: &[u8],
+        tail: &[u8],
+        kind: DmaKind,
+    ) -> Result<(), DmaFault> {
+        let len = (head.len() + tail.len()) as u64;
+        if let Some(p) = self.iommu.lookup_hit(iova, len, true) {
+            if len as usize <= GATHER_STAGE {
+                // Small (a short frame and its header): joined on the stack first, so guest
+                // memory gets one copy. Measured 8% more 64-byte RX frames per second than two
+                // copies into guest memory (docs/bench.md).
+                let mut stage = [0u8; GATHER_STAGE];
+                stage[..head.len()].copy_from_slice(head);
+                stage[head.len()..len as usize].copy_from_slice(tail);
+                // SAFETY: as in `write`: `[iova, iova + len)` lies in one writable, fd-backed
+                // mapping kept alive by the engine's snapshot and `p` is its host address;
+                // `stage` is a local.
+                unsafe { std::ptr::copy_nonoverlapping(stage.as_ptr(), p, len as usize) };
+            } else {
+                // SAFETY: as above; `head` goes to `p`, `tail` right after it, together
+                // exactly `len` bytes; both are distinct Rust allocations.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(head.as_ptr(), p, head.len());
+                    std::ptr::copy_nonoverlapping(tail.as_ptr(), p.add(head.len()), tail.len());
+                }
+            }
+            self.iommu.check_contained(iova, len, true)?;
+            self.bus
+                .access(kind, iova, len, 1, kind == DmaKind::PacketWrite);
+            self.after_write(iova, len, kind);
+            return Ok(());
+        }
+        // A miss, or a mapping boundary inside the access: rare, so one copy into a buffer.
+        let mut both = Vec::with_capacity(head.len() + tail.len());
+        both.extend_from_slice(head);
+        both.extend_from_slice(tail);
+        self.write_slow(iova, &both, kind)
     }
 
     #[inline(never)]

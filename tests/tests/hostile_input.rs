@@ -760,6 +760,7 @@ fn buffer_dma_faults() {
             ),
         )
     });
+    // A 60-byte frame and its 12-byte header in one 2048-byte buffer are one 72-byte DMA write.
     run_case("rx: buffer unmapped", opts(), |r| {
         r.post(RXQ, &[(0, d(0x1000, 2048, F_WRITE, 0))], &[0]);
         (
@@ -768,7 +769,7 @@ fn buffer_dma_faults() {
                 RXQ,
                 DmaFault::Unmapped {
                     iova: 0x1000,
-                    len: 12,
+                    len: 72,
                 },
             ),
         )
@@ -781,7 +782,7 @@ fn buffer_dma_faults() {
                 RXQ,
                 DmaFault::AddressOverflow {
                     iova: u64::MAX - 5,
-                    len: 12,
+                    len: 72,
                 },
             ),
         )
@@ -795,7 +796,7 @@ fn buffer_dma_faults() {
                 RXQ,
                 DmaFault::Permission {
                     iova: ro + 0x800,
-                    len: 12,
+                    len: 72,
                     write: true,
                 },
             ),
@@ -816,7 +817,7 @@ fn buffer_dma_faults() {
                     RXQ,
                     DmaFault::Permission {
                         iova: end - 8,
-                        len: 12,
+                        len: 72,
                         write: true,
                     },
                 ),
@@ -956,7 +957,7 @@ fn mapping_faults() {
         r.ro = Some((x, shm));
         (
             Trigger::FrameKick(RXQ),
-            dma(RXQ, DmaFault::Unmapped { iova: x, len: 12 }),
+            dma(RXQ, DmaFault::Unmapped { iova: x, len: 72 }),
         )
     });
 }

@@ -593,6 +593,17 @@ fn write_frame(
             let n = (d.len as usize).min(total - pos);
             let mut addr = d.addr;
             let mut left = n;
+            if pos < hdr.len() && n > hdr.len() - pos {
+                // The descriptor holds the rest of the header and the start of the frame: one
+                // DMA write of both, as a NIC writes a frame and its header in one request (one
+                // translation; the TLPs on the bus are those of two back-to-back writes).
+                let h = hdr.len() - pos;
+                dma.write_gather(addr, &hdr[pos..], &frame[..n - h], DmaKind::PacketWrite)
+                    .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+                pos += n;
+                written += n as u64;
+                continue;
+            }
             // The part of this descriptor that falls in the header, then the part in the frame.
             if pos < hdr.len() {
                 let h = (hdr.len() - pos).min(left);
