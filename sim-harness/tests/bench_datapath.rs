@@ -263,19 +263,22 @@ fn bad_options_are_refused_with_the_reason() {
 
 #[test]
 fn pinned_windows_sample_the_distance_between_the_two_cpus() {
-    let r = tiny_json_report(&[
-        "--frame",
-        "64",
-        "--dir",
-        "tx",
-        "--qp",
-        "1",
-        "--layout",
-        "split",
-        "--pin",
-        "--c2c-probe-ms",
-        "20",
-    ]);
+    let pinned_tx64 = |probe_ms: &str| {
+        tiny_json_report(&[
+            "--frame",
+            "64",
+            "--dir",
+            "tx",
+            "--qp",
+            "1",
+            "--layout",
+            "split",
+            "--pin",
+            "--c2c-probe-ms",
+            probe_ms,
+        ])
+    };
+    let r = pinned_tx64("20");
     let c = &r["cells"][0];
     let p = &c["placement"];
     let samples = p["samples_ns"].as_array().expect("samples_ns");
@@ -307,19 +310,7 @@ fn pinned_windows_sample_the_distance_between_the_two_cpus() {
     assert!(c["placement_alike"].is_null(), "{c}");
 
     // --c2c-probe-ms 0 turns it off.
-    let r = tiny_json_report(&[
-        "--frame",
-        "64",
-        "--dir",
-        "tx",
-        "--qp",
-        "1",
-        "--layout",
-        "split",
-        "--pin",
-        "--c2c-probe-ms",
-        "0",
-    ]);
+    let r = pinned_tx64("0");
     assert!(r["cells"][0]["placement"].is_null(), "{r}");
     assert!(r["far_ns"].is_null(), "{r}");
 }

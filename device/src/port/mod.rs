@@ -496,9 +496,10 @@ pub struct ReaderScratch {
 /// The head of an [`RxInbox`], for the device's delivery loop: frames leave the FIFO
 /// [`READ_BATCH`] at a time under one lock, the buffers of frames the loop is done with go back
 /// to the spare pool together, and the frames taken but not delivered go back to the head of
-/// the FIFO, in order, when the reader is finished (or dropped). The FIFO holds a frame taken
-/// by a reader nowhere: a reader lives inside one delivery, under the device lock, so nothing
-/// that looks at the FIFO as a whole (reset, snapshot) runs while one exists.
+/// the FIFO, in order, when the reader is finished (or dropped). Frames a reader holds are not
+/// in the FIFO (its length does not count them, so ports may fill it by up to
+/// [`READ_BATCH`] frames more): a reader lives inside one delivery, under the device lock, so
+/// nothing that looks at the FIFO as a whole (reset, snapshot) runs while one exists.
 ///
 /// Why batches: a FIFO pop and a pool put per frame are four lock round trips, and a locked
 /// instruction also waits for the stores before it, which here are the delivery's stores into
@@ -572,6 +573,15 @@ mod tests {
         vec![n; 60]
     }
 
+    /// A FIFO holding frames 0..n (each filled with its number).
+    fn inbox_of(n: u8) -> RxInbox {
+        let inbox = RxInbox::new(1000);
+        for i in 0..n {
+            assert!(inbox.push(&frame(i)));
+        }
+        inbox
+    }
+
     fn drain(inbox: &RxInbox) -> Vec<u8> {
         std::iter::from_fn(|| inbox.pop())
             .map(|f| f.data[0])
@@ -580,10 +590,7 @@ mod tests {
 
     #[test]
     fn a_reader_takes_batches_in_order_and_gives_back_what_it_did_not_deliver() {
-        let inbox = RxInbox::new(1000);
-        for n in 0..100 {
-            assert!(inbox.push(&frame(n)));
-        }
+        let inbox = inbox_of(100);
         let mut rd = inbox.reader(ReaderScratch::default());
         let first: Vec<u8> = (0..40).map(|_| rd.pop().unwrap().data[0]).collect();
         assert_eq!(
@@ -607,10 +614,7 @@ mod tests {
 
     #[test]
     fn a_dropped_reader_gives_its_frames_back_too() {
-        let inbox = RxInbox::new(1000);
-        for n in 0..5 {
-            inbox.push(&frame(n));
-        }
+        let inbox = inbox_of(5);
         {
             let mut rd = inbox.reader(ReaderScratch::default());
             assert_eq!(rd.pop().unwrap().data[0], 0);
@@ -623,10 +627,7 @@ mod tests {
 
     #[test]
     fn delivered_buffers_go_back_to_the_pool_once_per_reader() {
-        let inbox = RxInbox::new(1000);
-        for n in 0..3 {
-            inbox.push(&frame(n));
-        }
+        let inbox = inbox_of(3);
         let mut rd = inbox.reader(ReaderScratch::default());
         let mut ptrs = Vec::new();
         while let Some(f) = rd.pop() {

@@ -881,24 +881,16 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
                         cpus: anchor_cpus,
                         probe,
                     };
-                    let mut attempt = 1;
-                    let r = loop {
-                        match dpdk::run(&t, &ro) {
-                            Ok(r)
-                                if gate
-                                    .as_mut()
-                                    .is_some_and(|g| g.again(r.placement.as_ref(), attempt)) =>
-                            {
-                                tracing::info!(attempt, "CPUs far apart: the anchor runs again");
-                                attempt += 1;
-                            }
-                            r => break r,
-                        }
-                    };
+                    let (r, attempts) = placement::until_kept(
+                        gate.as_mut(),
+                        "anchor",
+                        || dpdk::run(&t, &ro),
+                        |r| r.placement.as_ref(),
+                    );
                     match r {
                         Ok(r) => anchor.runs.push(DpdkRun {
                             round: round_no,
-                            attempts: attempt,
+                            attempts,
                             ..r
                         }),
                         Err(e) => {
@@ -920,19 +912,14 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
                         layout = layout.name(),
                         "cell"
                     );
-                    let mut attempt = 1;
-                    let mut c = loop {
-                        let c = measure(o, dir, frame, q, layout, cpus, probe)?;
-                        if !gate
-                            .as_mut()
-                            .is_some_and(|g| g.again(c.placement.as_ref(), attempt))
-                        {
-                            break c;
-                        }
-                        tracing::info!(attempt, "CPUs far apart: the cell runs again");
-                        attempt += 1;
-                    };
-                    c.attempts = attempt;
+                    let (c, attempts) = placement::until_kept(
+                        gate.as_mut(),
+                        "cell",
+                        || measure(o, dir, frame, q, layout, cpus, probe),
+                        |c| c.placement.as_ref(),
+                    );
+                    let mut c = c?;
+                    c.attempts = attempts;
                     c.round = round_no;
                     c.vs_dpdk = anchor
                         .runs
@@ -1365,9 +1352,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rounds_are_summarized_per_cell_with_each_rounds_own_ratio() {
-        let anchor = |round: usize, mpps: f64| DpdkRun {
+    /// The anchor's 64-byte TX run at 1 QP in round `round`.
+    fn anchor_run(round: usize, mpps: f64, placement: Option<Placement>) -> DpdkRun {
+        DpdkRun {
             dir: "tx",
             frame: 64,
             queue_pairs: 1,
@@ -1377,9 +1364,14 @@ mod tests {
             device_cpu_us_per_frame: None,
             device_cpu_percent: None,
             round,
-            placement: None,
+            placement,
             attempts: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn rounds_are_summarized_per_cell_with_each_rounds_own_ratio() {
+        let anchor = |round: usize, mpps: f64| anchor_run(round, mpps, None);
         let anchors = [anchor(0, 10.0), anchor(1, 20.0), anchor(2, 16.0)];
         // A host that halves everything in round 0: the rates spread 2x, the ratios do not.
         let cells = [
@@ -1437,19 +1429,7 @@ mod tests {
     fn ratios_across_placements_are_marked_and_kept_out_of_the_alike_median() {
         let near = |n: usize| Placement::new(vec![30.0; n], 0);
         let far = |n: usize| Placement::new(vec![160.0; n], 0);
-        let anchor = |round: usize, mpps: f64, p: Placement| DpdkRun {
-            dir: "tx",
-            frame: 64,
-            queue_pairs: 1,
-            pps: mpps * 1e6,
-            packets: 0,
-            seconds: 1,
-            device_cpu_us_per_frame: None,
-            device_cpu_percent: None,
-            round,
-            placement: Some(p),
-            attempts: 1,
-        };
+        let anchor = |round: usize, mpps: f64, p: Placement| anchor_run(round, mpps, Some(p));
         // Round 0: the anchor ran with the CPUs far apart, ours close: 2x, not comparable.
         // Round 1: both close.
         let mut runs = [anchor(0, 5.0, far(20)), anchor(1, 16.0, near(20))];

@@ -46,6 +46,9 @@ impl Probe {
 /// distance between the cores and must not hold the device's CPU.
 const SAMPLE_LIMIT: Duration = Duration::from_millis(5);
 
+/// Unanswered samples in a row after which a window stops sampling.
+const GIVE_UP: usize = 3;
+
 /// The value that tells the partner a sample was abandoned.
 const ABANDON: u64 = u64::MAX;
 
@@ -179,6 +182,32 @@ impl Gate {
     }
 }
 
+/// Runs `measure` until `gate` keeps the window it measured, at most 1 + its retries times
+/// (no gate: once); returns the last result and how many windows were measured. An error
+/// ends it at once. `placement_of` finds a result's samples.
+pub fn until_kept<T, E>(
+    mut gate: Option<&mut Gate>,
+    what: &str,
+    mut measure: impl FnMut() -> Result<T, E>,
+    placement_of: impl Fn(&T) -> Option<&Placement>,
+) -> (Result<T, E>, usize) {
+    let mut attempt = 1;
+    loop {
+        let r = measure();
+        match &r {
+            Ok(v)
+                if gate
+                    .as_deref_mut()
+                    .is_some_and(|g| g.again(placement_of(v), attempt)) =>
+            {
+                tracing::info!(attempt, what, "CPUs far apart: measured again");
+                attempt += 1;
+            }
+            _ => return (r, attempt),
+        }
+    }
+}
+
 /// Samples in the background until [`Sampler::finish`].
 pub struct Sampler {
     shared: Arc<Shared>,
@@ -232,14 +261,23 @@ fn sample_loop(s: &Shared, p: Probe, partner: JoinHandle<()>) -> (Vec<f64>, usiz
     let pinned = super::serve_child::pin_current(p.cpus.0).is_ok();
     let mut samples = Vec::new();
     let mut unanswered = 0;
-    while pinned && !s.stop.load(Ordering::SeqCst) {
+    let mut in_a_row = 0;
+    // A partner that does not answer three times running is gone or never scheduled: each try
+    // spins the device's CPU for SAMPLE_LIMIT, so the window stops sampling instead.
+    while pinned && in_a_row < GIVE_UP && !s.stop.load(Ordering::SeqCst) {
         std::thread::sleep(p.period);
         if s.stop.load(Ordering::SeqCst) {
             break;
         }
         match one_sample(s, p.round_trips, &partner) {
-            Some(ns) => samples.push((ns * 10.0).round() / 10.0),
-            None => unanswered += 1,
+            Some(ns) => {
+                samples.push((ns * 10.0).round() / 10.0);
+                in_a_row = 0;
+            }
+            None => {
+                unanswered += 1;
+                in_a_row += 1;
+            }
         }
     }
     s.stop.store(true, Ordering::SeqCst);
@@ -380,6 +418,51 @@ mod tests {
         let mut off = Gate::new(&Placement::new(vec![30.0; 40], 0), 0);
         assert!(!off.again(Some(&far), 1));
         assert_eq!(off.retried, 0);
+    }
+
+    #[test]
+    fn until_kept_measures_again_while_the_gate_asks() {
+        let far = Placement::new(vec![160.0; 10], 0);
+        let near = Placement::new(vec![31.0; 10], 0);
+        let mut g = Gate::new(&Placement::new(vec![30.0; 40], 0), 2);
+        // Far, far, near: kept on the third.
+        let mut seq = vec![near.clone(), far.clone(), far.clone()];
+        let (r, n) = until_kept(
+            Some(&mut g),
+            "t",
+            || Ok::<_, ()>(seq.pop().unwrap()),
+            |p| Some(p),
+        );
+        assert_eq!((r, n), (Ok(near.clone()), 3));
+        // Always far: the last of three attempts is kept.
+        let (r, n) = until_kept(Some(&mut g), "t", || Ok::<_, ()>(far.clone()), |p| Some(p));
+        assert_eq!((r, n), (Ok(far.clone()), 3));
+        // An error ends it; no gate measures once.
+        let (r, n) = until_kept(
+            Some(&mut g),
+            "t",
+            || Err::<Placement, _>("down"),
+            |p| Some(p),
+        );
+        assert_eq!((r, n), (Err("down"), 1));
+        let (r, n) = until_kept(None, "t", || Ok::<_, ()>(far.clone()), |p| Some(p));
+        assert_eq!((r, n), (Ok(far), 1));
+    }
+
+    #[test]
+    fn a_window_stops_sampling_a_partner_that_never_answers() {
+        let cpus = super::super::serve_child::allowed_cpus().unwrap();
+        // The partner cannot pin itself to a CPU that does not exist, so it never runs a
+        // sample: the window gives up after GIVE_UP abandoned ones instead of spinning on.
+        let s = Sampler::start(Probe {
+            cpus: (cpus[0], 1000),
+            period: Duration::from_millis(1),
+            round_trips: 10,
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let p = s.finish();
+        assert_eq!((p.samples_ns.len(), p.unanswered), (0, GIVE_UP), "{p:?}");
     }
 
     #[test]

@@ -149,7 +149,10 @@ pub fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {
-        // SAFETY: CPU_SET writes one bit of `set`, a live local; c is checked by the kernel.
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: CPU_SET writes one bit of `set`, a live local; c is within the set.
         unsafe { libc::CPU_SET(c, &mut set) };
     }
     // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
