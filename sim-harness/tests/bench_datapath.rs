@@ -20,6 +20,11 @@ fn u(v: &Value, k: &str) -> u64 {
         .unwrap_or_else(|| panic!("{k} is not a count in {v}"))
 }
 
+/// One cell: 64-byte TX on one split queue pair.
+const ONE_CELL: [&str; 8] = [
+    "--frame", "64", "--dir", "tx", "--qp", "1", "--layout", "split",
+];
+
 /// A short run without the anchor (0.2 s windows) of the cells `cells` picks; its JSON report.
 fn tiny_json_report(cells: &[&str]) -> Value {
     let mut args = vec![
@@ -188,15 +193,8 @@ fn a_missing_dpdk_is_reported_and_never_a_ratio() {
             "0.1",
             "--warmup-ms",
             "20",
-            "--frame",
-            "64",
-            "--dir",
-            "tx",
-            "--qp",
-            "1",
-            "--layout",
-            "split",
         ];
+        a.extend_from_slice(&ONE_CELL);
         if json {
             a.push("--json");
         }
@@ -264,19 +262,9 @@ fn bad_options_are_refused_with_the_reason() {
 #[test]
 fn pinned_windows_sample_the_distance_between_the_two_cpus() {
     let pinned_tx64 = |probe_ms: &str| {
-        tiny_json_report(&[
-            "--frame",
-            "64",
-            "--dir",
-            "tx",
-            "--qp",
-            "1",
-            "--layout",
-            "split",
-            "--pin",
-            "--c2c-probe-ms",
-            probe_ms,
-        ])
+        let mut a = ONE_CELL.to_vec();
+        a.extend_from_slice(&["--pin", "--c2c-probe-ms", probe_ms]);
+        tiny_json_report(&a)
     };
     let r = pinned_tx64("20");
     let c = &r["cells"][0];

@@ -89,15 +89,20 @@ impl Placement {
 
     /// Sets [`Placement::far_percent`]: the share of samples above `threshold_ns`.
     pub fn classify(&mut self, threshold_ns: f64) {
+        self.far_percent = self.far_share(threshold_ns);
+    }
+
+    /// The share of samples above `threshold_ns`, %, to one decimal; None without samples.
+    fn far_share(&self, threshold_ns: f64) -> Option<f64> {
         let n = self.samples_ns.len();
-        self.far_percent = (n > 0).then(|| {
+        (n > 0).then(|| {
             let far = self
                 .samples_ns
                 .iter()
                 .filter(|&&s| s > threshold_ns)
                 .count();
             (far as f64 * 1000.0 / n as f64).round() / 10.0
-        });
+        })
     }
 }
 
@@ -132,11 +137,7 @@ pub fn alike(a: &Placement, b: &Placement) -> bool {
 /// Samples between `cpus` every 5 ms for 300 ms with nothing else running: where the run's
 /// "near" is, when the windows themselves never see it.
 pub fn calibrate(cpus: (usize, usize)) -> std::io::Result<Placement> {
-    let s = Sampler::start(Probe {
-        cpus,
-        period: Duration::from_millis(5),
-        round_trips: 1000,
-    })?;
+    let s = Sampler::start(Probe::between(cpus, Duration::from_millis(5)))?;
     std::thread::sleep(Duration::from_millis(300));
     Ok(s.finish())
 }
@@ -174,9 +175,8 @@ impl Gate {
         let Some(threshold) = far_threshold(self.samples.iter().copied()) else {
             return false;
         };
-        let mut p = p.clone();
-        p.classify(threshold);
-        let again = attempt <= self.retries && p.far_percent.is_some_and(|f| f > ALIKE_POINTS);
+        let again =
+            attempt <= self.retries && p.far_share(threshold).is_some_and(|f| f > ALIKE_POINTS);
         self.retried += usize::from(again);
         again
     }
