@@ -14,7 +14,7 @@ use crate::state::{DeviceState, QueueState};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
 use bar_registers::{DeviceLayout, LayoutError, REGION_CONFIG};
 use dma::{
-    AddressSpace, Backing, BusStats, DmaEngine, IommuStats, LogStats, MapError, MappingInfo, Perms,
+    AddressSpace, Backing, BusStats, DmaPorts, IommuStats, LogStats, MapError, MappingInfo, Perms,
     WriteTrace,
 };
 use parking_lot::{Mutex, MutexGuard};
@@ -138,12 +138,12 @@ impl Device {
         let layout = Arc::new(DeviceLayout::new(cfg.layout.clone())?);
         let space = Arc::new(AddressSpace::new());
         let inbox = Arc::new(RxInbox::new(cfg.rx_backlog));
-        let engine = DmaEngine::new(space.clone(), cfg.iotlb_entries);
+        let dma = DmaPorts::new(space.clone(), cfg.iotlb_entries, layout.num_queues.into());
         let isr = IsrStatus::default();
         let state = DeviceState::new(
             layout.clone(),
             cfg,
-            engine,
+            dma,
             Arc::new(NullPort::default()),
             inbox.clone(),
             Arc::new(NullSink),
@@ -370,17 +370,17 @@ impl Device {
 
     /// Bus accounting snapshot.
     pub fn bus_stats(&self) -> BusStats {
-        self.state.lock().engine.dma().bus_stats().clone()
+        self.state.lock().engine.dma().bus_stats()
     }
 
     /// IOMMU counters.
     pub fn iommu_stats(&self) -> IommuStats {
-        *self.state.lock().engine.dma().iommu_stats()
+        self.state.lock().engine.dma().iommu_stats()
     }
 
     /// Dirty-log counters.
     pub fn log_stats(&self) -> LogStats {
-        *self.state.lock().engine.dma().log_stats()
+        self.state.lock().engine.dma().log_stats()
     }
 
     /// The fault that put the device in DEVICE_NEEDS_RESET, if any.

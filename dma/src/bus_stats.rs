@@ -475,6 +475,17 @@ impl BusStats {
         out
     }
 
+    /// Adds `o`'s counters to these (saturating), keeping this set's model: the traffic of
+    /// several ports counted as one.
+    pub fn absorb(&mut self, o: &BusStats) {
+        for i in 0..self.per_kind.len() {
+            self.per_kind[i] = self.per_kind[i].saturating_add(o.per_kind[i]);
+            self.pcie[i] = self.pcie[i].saturating_add(o.pcie[i]);
+        }
+        self.index_writes = self.index_writes.saturating_add(o.index_writes);
+        self.index_writes_pcie = self.index_writes_pcie.saturating_add(o.index_writes_pcie);
+    }
+
     /// Iterates `(kind, traffic)` in [`DmaKind::ALL`] order.
     pub fn iter(&self) -> impl Iterator<Item = (DmaKind, Traffic)> + '_ {
         DmaKind::ALL.iter().map(move |&k| (k, self.get(k)))

@@ -68,6 +68,22 @@ pub struct LogStats {
     pub faults: u64,
 }
 
+impl LogStats {
+    /// Adds `o`'s counters to these (saturating): several engines counted as one.
+    pub fn absorb(&mut self, o: &LogStats) {
+        let LogStats {
+            pages_marked,
+            log_writes,
+            beyond_end,
+            faults,
+        } = *o;
+        self.pages_marked = self.pages_marked.saturating_add(pages_marked);
+        self.log_writes = self.log_writes.saturating_add(log_writes);
+        self.beyond_end = self.beyond_end.saturating_add(beyond_end);
+        self.faults = self.faults.saturating_add(faults);
+    }
+}
+
 /// Distinct log words held before a forced flush.
 pub(crate) const PENDING_CAPACITY: usize = 256;
 const SLOTS: usize = 512;

@@ -14,6 +14,7 @@
 //! hugepages thus cost one entry per 2 MiB instead of one per page; a vIOMMU's 4 KiB mappings
 //! still cost one per page.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::memory::{AddressSpace, Snapshot, PAGE_SHIFT};
@@ -132,6 +133,36 @@ pub struct IommuStats {
 }
 
 impl IommuStats {
+    /// Adds `o`'s counters to these (saturating): several engines counted as one.
+    pub fn absorb(&mut self, o: &IommuStats) {
+        let IommuStats {
+            iotlb_hits,
+            iotlb_misses,
+            iotlb_invalidations,
+            faults_unmapped,
+            faults_permission,
+            faults_crossing,
+            faults_no_backing,
+            faults_overflow,
+            faults_backing_lost,
+            faults_injected,
+        } = *o;
+        for (a, b) in [
+            (&mut self.iotlb_hits, iotlb_hits),
+            (&mut self.iotlb_misses, iotlb_misses),
+            (&mut self.iotlb_invalidations, iotlb_invalidations),
+            (&mut self.faults_unmapped, faults_unmapped),
+            (&mut self.faults_permission, faults_permission),
+            (&mut self.faults_crossing, faults_crossing),
+            (&mut self.faults_no_backing, faults_no_backing),
+            (&mut self.faults_overflow, faults_overflow),
+            (&mut self.faults_backing_lost, faults_backing_lost),
+            (&mut self.faults_injected, faults_injected),
+        ] {
+            *a = a.saturating_add(b);
+        }
+    }
+
     /// All faults together.
     pub fn faults(&self) -> u64 {
         self.faults_unmapped
@@ -201,8 +232,10 @@ pub(crate) struct Iommu {
     mask: u64,
     /// The contained-SIGBUS epoch this engine's IOTLB was checked against.
     sigbus_epoch: u64,
-    /// An injected fault waits for the next translation (see [`Iommu::inject_fault`]).
-    inject_next: bool,
+    /// An injected fault waits for the next translation (see [`Iommu::inject_fault`]); shared
+    /// by the engines of one device ([`crate::DmaPorts`]), so the device's next access meets it
+    /// whichever queue makes it.
+    inject_next: Arc<AtomicBool>,
     pub(crate) stats: IommuStats,
 }
 
@@ -215,7 +248,11 @@ fn tlb_index(tag: u64, mask: u64) -> usize {
 }
 
 impl Iommu {
-    pub(crate) fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
+    pub(crate) fn new(
+        space: Arc<AddressSpace>,
+        iotlb_entries: usize,
+        inject_next: Arc<AtomicBool>,
+    ) -> Self {
         let entries = match iotlb_entries {
             0 => 0,
             n => n
@@ -234,7 +271,7 @@ impl Iommu {
             tlb: vec![TlbEntry::EMPTY; entries].into_boxed_slice(),
             mask: entries.saturating_sub(1) as u64,
             sigbus_epoch: crate::guard::epoch(),
-            inject_next: false,
+            inject_next,
             stats: IommuStats::default(),
         }
     }
@@ -265,19 +302,21 @@ impl Iommu {
 
     /// Arms one translation fault for the next access. The IOTLB is flushed so that the next
     /// access takes the slow path, where the fault is met: the hit path stays branch-free.
+    /// An engine sharing the flag with others flushes only its own IOTLB: [`crate::DmaPorts`]
+    /// flushes every one.
     pub(crate) fn inject_fault(&mut self) {
-        self.inject_next = true;
+        self.inject_next.store(true, Ordering::Relaxed);
         self.invalidate();
     }
 
     /// Drops an injected fault that met no access yet.
     pub(crate) fn disarm_fault(&mut self) {
-        self.inject_next = false;
+        self.inject_next.store(false, Ordering::Relaxed);
     }
 
     /// Whether an injected fault is still waiting for an access.
     pub(crate) fn fault_armed(&self) -> bool {
-        self.inject_next
+        self.inject_next.load(Ordering::Relaxed)
     }
 
     #[cold]
@@ -372,8 +411,11 @@ impl Iommu {
         if generation != self.generation {
             self.reload(generation);
         }
-        if self.inject_next {
-            self.inject_next = false;
+        // One engine takes the fault: the load keeps the swap's cache-line write off the
+        // ordinary miss path.
+        if self.inject_next.load(Ordering::Relaxed)
+            && self.inject_next.swap(false, Ordering::Relaxed)
+        {
             return Err(self.fault(DmaFault::Injected { iova, len }));
         }
         let Some(end) = iova.checked_add(len) else {

@@ -1,8 +1,9 @@
 //! vdpa-emu DMA: everything the device does to guest memory goes through here.
 //!
 //! - [`AddressSpace`]: the IOVA space assembled from vfio-user `DMA_MAP` / `DMA_UNMAP`.
-//! - [`DmaEngine`]: the device's DMA port: IOMMU translation with permission checks and an
+//! - [`DmaEngine`]: a DMA port: IOMMU translation with permission checks and an
 //!   IOTLB (PCIe ATS), bus accounting per [`DmaKind`], the dirty-page log, the write trace.
+//! - [`DmaPorts`]: a device's ports, one per queue, configured and counted as one.
 //! - [`SharedMemory`]: the memfd the driver model (or a VMM) shares with the device.
 //! - [`WriteTrace`]: an independent record of written pages, the oracle for the dirty log.
 
@@ -14,10 +15,11 @@ mod dirty_log;
 mod guard;
 mod iommu;
 mod memory;
+mod ports;
 mod shm;
 mod write_trace;
 
-use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use bus_stats::{BusStats, DmaKind, PcieModel, PcieTraffic, Traffic, RING_INDEX_WRITE_MAX};
@@ -27,6 +29,7 @@ pub use iommu::{DmaFault, IommuStats, MAX_IOTLB_ENTRIES};
 pub use memory::{
     AddressSpace, Backing, MapError, MapStats, MappingInfo, Perms, MAX_BACKING_FILES, PAGE_SIZE,
 };
+pub use ports::DmaPorts;
 pub use shm::{SharedMemory, ShmError};
 pub use write_trace::WriteTrace;
 
@@ -37,7 +40,8 @@ use iommu::{Iommu, Route};
 /// copied into guest memory once.
 const GATHER_STAGE: usize = 256;
 
-/// The device's DMA port: one per device, used under the device's lock (`&mut self`).
+/// A DMA port: one per queue of a device ([`DmaPorts`]), used by whoever services that queue
+/// (`&mut self`).
 ///
 /// Reads and writes are translated through the IOMMU (IOTLB first), checked against the
 /// mapping's permissions, counted per [`DmaKind`], logged in the dirty log when logging is
@@ -96,8 +100,17 @@ impl DmaEngine {
     /// A DMA port on `space` with an `iotlb_entries`-entry direct-mapped IOTLB (rounded up to
     /// a power of two, at most [`MAX_IOTLB_ENTRIES`]; 0 = walk the mapping table every time).
     pub fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
+        Self::with_fault_flag(space, iotlb_entries, Arc::default())
+    }
+
+    /// [`DmaEngine::new`] whose injected fault is `inject` (shared by a device's ports).
+    pub(crate) fn with_fault_flag(
+        space: Arc<AddressSpace>,
+        iotlb_entries: usize,
+        inject: Arc<AtomicBool>,
+    ) -> Self {
         DmaEngine {
-            iommu: Iommu::new(space, iotlb_entries),
+            iommu: Iommu::new(space, iotlb_entries, inject),
             bus: BusStats::default(),
             log: DirtyLog::new(),
             trace: None,

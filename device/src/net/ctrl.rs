@@ -41,6 +41,7 @@ impl NetEngine {
                 buf,
                 ..
             } = self;
+            let dma = dma.port(q);
             let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
                 return Ok(());
             };
@@ -79,13 +80,13 @@ impl NetEngine {
             let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
                 return Ok(());
             };
-            self.dma
-                .write(ack_addr, &[ack], DmaKind::PacketWrite)
+            let dma = self.dma.port(q);
+            dma.write(ack_addr, &[ack], DmaKind::PacketWrite)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             ring.push_used(head, 1);
             dp.counters.queues[usize::from(q)].chains += 1;
-            ring.flush_used(&mut self.dma)?;
-            if ring.interrupt_decision(&mut self.dma)? {
+            ring.flush_used(dma)?;
+            if ring.interrupt_decision(dma)? {
                 dp.interrupts.push(q);
             } else {
                 dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;

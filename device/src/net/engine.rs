@@ -18,7 +18,7 @@ use crate::state::access::merge;
 use crate::state::{QueueSlot, QueueState};
 use bar_registers::ring::PACKED_RESET_INDEX;
 use bar_registers::virtio::{bits, common, net_status, NO_VECTOR};
-use dma::DmaEngine;
+use dma::DmaPorts;
 use std::sync::Arc;
 
 use super::offload::guest::GuestOffloads;
@@ -118,7 +118,8 @@ pub(crate) struct EngineParams {
 /// Queues, DMA, port, receive FIFO, net state and datapath scratch.
 pub struct NetEngine {
     pub(super) queues: Vec<QueueSlot>,
-    pub(super) dma: DmaEngine,
+    /// One DMA port per queue: a queue's ring and packets go through `dma.port(q)`.
+    pub(super) dma: DmaPorts,
     pub(super) port: Arc<dyn Port>,
     pub(super) inbox: Arc<RxInbox>,
     pub(super) net: NetState,
@@ -160,7 +161,7 @@ impl NetEngine {
         cfg: &DeviceConfig,
         num_queues: u16,
         ctrl_queue: u16,
-        mut dma: DmaEngine,
+        mut dma: DmaPorts,
         port: Arc<dyn Port>,
         inbox: Arc<RxInbox>,
     ) -> Self {
@@ -241,13 +242,13 @@ impl NetEngine {
         }
     }
 
-    /// The DMA engine.
-    pub fn dma(&self) -> &DmaEngine {
+    /// The DMA ports (one per queue).
+    pub fn dma(&self) -> &DmaPorts {
         &self.dma
     }
 
-    /// The DMA engine, to configure (logging, PCIe limits, write trace, mappings changed).
-    pub fn dma_mut(&mut self) -> &mut DmaEngine {
+    /// The DMA ports, to configure (logging, PCIe limits, write trace, mappings changed).
+    pub fn dma_mut(&mut self) -> &mut DmaPorts {
         &mut self.dma
     }
 
@@ -443,8 +444,11 @@ impl NetEngine {
         Ok(())
     }
 
-    /// Stops queue `q` (queue_enable = 0): in-flight work is published, so the ring state that
-    /// becomes readable equals used->idx in memory; queue_enable reads 1 for a while longer.
+    /// Stops queue `q` (queue_enable = 0): in-flight work is published and the queue's dirty
+    /// bits are in the log (its port may hold some of writes after its last publish, e.g. the
+    /// avail_event of a re-armed notification), so the ring state that becomes readable equals
+    /// used->idx in memory and every page the queue wrote is logged; queue_enable reads 1 for a
+    /// while longer.
     pub(crate) fn disable(&mut self, q: u16) -> Result<(), DeviceFault> {
         let quirks = self.params.quirks;
         let latency = self.params.disable_latency_reads;
@@ -452,7 +456,11 @@ impl NetEngine {
         let QueueState::Enabled(ring) = &mut slot.state else {
             return Ok(());
         };
-        let res = ring.flush_used(&mut self.dma);
+        let dma = self.dma.port(q);
+        let res = ring.flush_used(dma).and_then(|()| {
+            dma.flush_log()
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })
+        });
         let last = ring.ring_state();
         if quirks.has(Quirk::EarlyQueueDisable) {
             // Bug: reads 0 at once; the ring state still shows where the queue resumed.
@@ -502,7 +510,7 @@ impl NetEngine {
     /// Publishes queue `q`'s completed work (pause).
     pub(crate) fn flush(&mut self, q: u16) -> Result<(), DeviceFault> {
         match &mut self.queues[usize::from(q)].state {
-            QueueState::Enabled(ring) => ring.flush_used(&mut self.dma),
+            QueueState::Enabled(ring) => ring.flush_used(self.dma.port(q)),
             _ => Ok(()),
         }
     }

@@ -442,7 +442,7 @@ impl NetEngine {
 
     fn arm_rx(&mut self, q: u16) -> Result<bool, DeviceFault> {
         match &mut self.queues[usize::from(q)].state {
-            QueueState::Enabled(ring) => ring.arm_notification(&mut self.dma),
+            QueueState::Enabled(ring) => ring.arm_notification(self.dma.port(q)),
             _ => Ok(false),
         }
     }
@@ -451,8 +451,9 @@ impl NetEngine {
         let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
             return Ok(());
         };
-        ring.flush_used(&mut self.dma)?;
-        if ring.interrupt_decision(&mut self.dma)? {
+        let dma = self.dma.port(q);
+        ring.flush_used(dma)?;
+        if ring.interrupt_decision(dma)? {
             dp.interrupts.push(q);
         } else {
             dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
@@ -492,6 +493,7 @@ impl NetEngine {
             rx_slots: slots,
             ..
         } = self;
+        let dma = dma.port(q);
         let slot = &mut queues[usize::from(q)];
         let ring_size = usize::from(slot.size);
         let QueueState::Enabled(ring) = &mut slot.state else {

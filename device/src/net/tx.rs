@@ -82,6 +82,7 @@ impl NetEngine {
                 ..
             } = self;
             let counters = &mut *dp.counters;
+            let dma = dma.port(q);
             let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
                 return Ok(Service::Done);
             };

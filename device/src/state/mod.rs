@@ -37,7 +37,7 @@ use bar_registers::model::{Access, Decoded, Dir, Register};
 use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
 use bar_registers::DeviceLayout;
 use common_cfg::{CommonCfg, CommonRead, CommonWrite};
-use dma::DmaEngine;
+use dma::DmaPorts;
 use lm_block::{LmBlock, LmRead, LmWrite};
 use pci_function::{PciFunction, Raised};
 pub use queue_slot::{QueueSlot, QueueState};
@@ -86,7 +86,7 @@ impl DeviceState {
     pub(crate) fn new(
         layout: Arc<DeviceLayout>,
         cfg: DeviceConfig,
-        dma: DmaEngine,
+        dma: DmaPorts,
         port: Arc<dyn Port>,
         inbox: Arc<RxInbox>,
         sink: Arc<dyn InterruptSink>,
@@ -701,7 +701,16 @@ impl DeviceState {
             interrupts: &mut interrupts,
             config_changes: 0,
         };
-        let res = f(&mut self.engine, &mut dp);
+        let mut res = f(&mut self.engine, &mut dp);
+        // The log bits of everything the call wrote reach the log before it returns (vhost
+        // syncs its log cache at the end of every burst the same way): a publish flushes its
+        // own queue's port, but a write after it (the avail_event of a re-armed notification)
+        // would otherwise wait in its port for that queue's next publish.
+        if let Err(fault) = self.engine.dma_mut().flush_log() {
+            if res.is_ok() {
+                res = Err(DeviceFault::LogDma(fault));
+            }
+        }
         let (res, out) = match res {
             Ok(v) => (Ok(()), Some(v)),
             Err(e) => (Err(e), None),
