@@ -24,6 +24,90 @@ pub struct QueueCounters {
     pub budget_yields: u64,
 }
 
+/// What a TX queue's service counts. Kept in the queue's lane ([`crate::net::lane::Lane`]),
+/// so that the service needs nothing of the device's counters, and added into
+/// [`DeviceCounters`] (the fields of the same names, and the queue's own) on read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxCounters {
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped_oversize: u64,
+    pub tx_dropped_runt: u64,
+    pub tx_port_drops: u64,
+    pub tx_bad_hdr: [u64; BadTxHdr::ALL.len()],
+    pub tx_hdr_unknown_flags: u64,
+    pub tx_csum: u64,
+    pub tx_gso_frames: u64,
+    pub tx_gso_segments: u64,
+    pub tx_port_busy: u64,
+    /// The queue's own counters (chains, frames, bytes, interrupts_suppressed,
+    /// budget_yields; its doorbells and interrupts are counted by the device).
+    pub queue: QueueCounters,
+}
+
+impl TxCounters {
+    /// Counts a TX frame dropped for a bad header.
+    pub fn bad_tx_hdr(&mut self, r: BadTxHdr) {
+        self.tx_bad_hdr[r as usize] += 1;
+    }
+
+    /// Adds these into the device's counters, queue `q`'s among them.
+    pub(crate) fn add_to(&self, c: &mut DeviceCounters, q: u16) {
+        let TxCounters {
+            tx_frames,
+            tx_bytes,
+            tx_dropped_oversize,
+            tx_dropped_runt,
+            tx_port_drops,
+            tx_bad_hdr,
+            tx_hdr_unknown_flags,
+            tx_csum,
+            tx_gso_frames,
+            tx_gso_segments,
+            tx_port_busy,
+            queue,
+        } = self;
+        c.tx_frames += tx_frames;
+        c.tx_bytes += tx_bytes;
+        c.tx_dropped_oversize += tx_dropped_oversize;
+        c.tx_dropped_runt += tx_dropped_runt;
+        c.tx_port_drops += tx_port_drops;
+        for (a, b) in c.tx_bad_hdr.iter_mut().zip(tx_bad_hdr) {
+            *a += b;
+        }
+        c.tx_hdr_unknown_flags += tx_hdr_unknown_flags;
+        c.tx_csum += tx_csum;
+        c.tx_gso_frames += tx_gso_frames;
+        c.tx_gso_segments += tx_gso_segments;
+        c.tx_port_busy += tx_port_busy;
+        if let Some(qc) = c.queues.get_mut(usize::from(q)) {
+            qc.add(queue);
+        }
+    }
+}
+
+impl QueueCounters {
+    /// Adds `o` into these.
+    pub(crate) fn add(&mut self, o: &QueueCounters) {
+        let QueueCounters {
+            doorbells,
+            chains,
+            frames,
+            bytes,
+            interrupts,
+            interrupts_suppressed,
+            budget_yields,
+        } = o;
+        self.doorbells += doorbells;
+        self.chains += chains;
+        self.frames += frames;
+        self.bytes += bytes;
+        self.interrupts += interrupts;
+        self.interrupts_suppressed += interrupts_suppressed;
+        self.budget_yields += budget_yields;
+    }
+}
+
 /// Device-wide counters. A snapshot is returned by `Device::counters`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceCounters {
@@ -231,5 +315,74 @@ impl DeviceCounters {
             v.push((k, self.faults[i]));
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every TX counter of a lane lands in the device counter of the same name, and the
+    /// queue's own in that queue's, added to what is there.
+    #[test]
+    fn tx_counters_add_into_the_device_counters_of_the_same_names() {
+        let mut t = TxCounters {
+            tx_frames: 1,
+            tx_bytes: 2,
+            tx_dropped_oversize: 3,
+            tx_dropped_runt: 4,
+            tx_port_drops: 5,
+            tx_bad_hdr: [0; BadTxHdr::ALL.len()],
+            tx_hdr_unknown_flags: 6,
+            tx_csum: 7,
+            tx_gso_frames: 8,
+            tx_gso_segments: 9,
+            tx_port_busy: 10,
+            queue: QueueCounters {
+                doorbells: 11,
+                chains: 12,
+                frames: 13,
+                bytes: 14,
+                interrupts: 15,
+                interrupts_suppressed: 16,
+                budget_yields: 17,
+            },
+        };
+        for (i, r) in BadTxHdr::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                t.bad_tx_hdr(*r);
+            }
+        }
+        let mut c = DeviceCounters {
+            tx_frames: 100,
+            queues: vec![QueueCounters::default(); 3],
+            ..Default::default()
+        };
+        t.add_to(&mut c, 1);
+        let got: std::collections::HashMap<_, _> = c.scalars().into_iter().collect();
+        for (name, want) in [
+            ("tx_frames", 101),
+            ("tx_bytes", 2),
+            ("tx_dropped_oversize", 3),
+            ("tx_dropped_runt", 4),
+            ("tx_port_drops", 5),
+            ("tx_hdr_unknown_flags", 6),
+            ("tx_csum", 7),
+            ("tx_gso_frames", 8),
+            ("tx_gso_segments", 9),
+            ("tx_port_busy", 10),
+        ] {
+            assert_eq!(got[name], want, "{name}");
+        }
+        for (i, r) in BadTxHdr::ALL.iter().enumerate() {
+            assert_eq!(got[r.name()], i as u64 + 1, "{}", r.name());
+        }
+        let nonzero = got.values().filter(|&&v| v != 0).count();
+        assert_eq!(nonzero, 10 + BadTxHdr::ALL.len(), "nothing else moved");
+        assert_eq!(c.queues[1], t.queue);
+        assert_eq!(c.queues[0], QueueCounters::default());
+        // Out of range: the device's own counters only.
+        t.add_to(&mut c, 9);
+        assert_eq!(c.tx_frames, 102);
     }
 }

@@ -14,8 +14,7 @@ use crate::state::{DeviceState, QueueState};
 use bar_registers::pci::CONFIG_SPACE_SIZE;
 use bar_registers::{DeviceLayout, LayoutError, REGION_CONFIG};
 use dma::{
-    AddressSpace, Backing, BusStats, DmaPorts, IommuStats, LogStats, MapError, MappingInfo, Perms,
-    WriteTrace,
+    AddressSpace, Backing, BusStats, IommuStats, LogStats, MapError, MappingInfo, Perms, WriteTrace,
 };
 use parking_lot::{Mutex, MutexGuard};
 use std::sync::atomic::Ordering;
@@ -138,7 +137,7 @@ impl Device {
         let layout = Arc::new(DeviceLayout::new(cfg.layout.clone())?);
         let space = Arc::new(AddressSpace::new());
         let inbox = Arc::new(RxInbox::new(cfg.rx_backlog));
-        let dma = DmaPorts::new(space.clone(), cfg.iotlb_entries, layout.num_queues.into());
+        let dma = dma::ports::engines(space.clone(), cfg.iotlb_entries, layout.num_queues.into());
         let isr = IsrStatus::default();
         let state = DeviceState::new(
             layout.clone(),
@@ -253,7 +252,7 @@ impl Device {
 
     /// Records every page the device writes, independently of the dirty log.
     pub fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
-        self.with(|s| s.engine.dma_mut().set_write_trace(trace));
+        self.with(|s| s.engine.dma(|d| d.set_write_trace(trace)));
     }
 
     /// Starts (Some) or stops (None) copying every carried frame to `capture` (see
@@ -279,13 +278,13 @@ impl Device {
         tracing::info!(fault = fault.name(), "fault injected");
         self.with(|s| match fault {
             InjectedFault::NeedsReset => s.fail(DeviceFault::Injected("needs-reset")),
-            InjectedFault::DmaFault => s.engine.dma_mut().inject_fault(),
+            InjectedFault::DmaFault => s.engine.dma(|d| d.inject_fault()),
         });
     }
 
     /// Whether an injected DMA fault still waits for the device's next DMA access.
     pub fn dma_fault_armed(&self) -> bool {
-        self.state.lock().engine.dma().fault_armed()
+        self.state.lock().engine.dma(|d| d.fault_armed())
     }
 
     /// Function level reset (vfio DEVICE_RESET). A paused device runs again (reset).
@@ -293,7 +292,7 @@ impl Device {
         self.with(|s| {
             s.function_reset();
             s.paused = false;
-            s.engine.dma_mut().sync_space();
+            s.engine.dma(|d| d.sync_space());
         });
     }
 
@@ -360,6 +359,7 @@ impl Device {
     pub fn counters(&self) -> DeviceCounters {
         let s = self.state.lock();
         let mut c = s.counters.clone();
+        s.engine.add_lane_counters(&mut c);
         c.tx_port_lost = s.engine.port().lost();
         drop(s);
         c.rx_dropped_backlog = self.inbox.dropped();
@@ -370,17 +370,17 @@ impl Device {
 
     /// Bus accounting snapshot.
     pub fn bus_stats(&self) -> BusStats {
-        self.state.lock().engine.dma().bus_stats()
+        self.state.lock().engine.dma(|d| d.bus_stats())
     }
 
     /// IOMMU counters.
     pub fn iommu_stats(&self) -> IommuStats {
-        self.state.lock().engine.dma().iommu_stats()
+        self.state.lock().engine.dma(|d| d.iommu_stats())
     }
 
     /// Dirty-log counters.
     pub fn log_stats(&self) -> LogStats {
-        self.state.lock().engine.dma().log_stats()
+        self.state.lock().engine.dma(|d| d.log_stats())
     }
 
     /// The fault that put the device in DEVICE_NEEDS_RESET, if any.
@@ -428,7 +428,8 @@ impl Device {
     /// Queue `q`'s state.
     pub fn queue(&self, q: u16) -> Option<QueueSnapshot> {
         let s = self.state.lock();
-        let slot = s.engine.queue(q)?;
+        let lane = s.engine.queue(q)?;
+        let slot = &lane.slot;
         let (last_avail, last_used) = slot.ring_state();
         Some(QueueSnapshot {
             enabled: matches!(slot.state, QueueState::Enabled(_)),
@@ -625,14 +626,14 @@ impl DmaMapper for Device {
         let r = self.space.unmap(iova, size);
         // Drop the engine's references to what was unmapped right away (only if anything was).
         if matches!(r, Ok(n) if n > 0) {
-            self.with(|s| s.engine.dma_mut().sync_space());
+            self.with(|s| s.engine.dma(|d| d.sync_space()));
         }
         r
     }
 
     fn dma_unmap_all(&self) -> u64 {
         let n = self.space.unmap_all();
-        self.with(|s| s.engine.dma_mut().sync_space());
+        self.with(|s| s.engine.dma(|d| d.sync_space()));
         n
     }
 }

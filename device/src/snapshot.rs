@@ -604,7 +604,7 @@ impl DeviceState {
             let res = self.engine.flush(q);
             self.check(res);
         }
-        if let Err(f) = self.engine.dma_mut().flush_log() {
+        if let Err(f) = self.engine.dma(|d| d.flush_log()) {
             self.fail(crate::fault::DeviceFault::LogDma(f));
         }
         self.paused = true;
@@ -822,7 +822,7 @@ impl DeviceState {
 
         // The receive FIFO, oldest first.
         self.engine.restore_inbox(&img.inbox)?;
-        self.engine.dma_mut().sync_space();
+        self.engine.dma(|d| d.sync_space());
         Ok(())
     }
 }

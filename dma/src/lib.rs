@@ -15,7 +15,7 @@ mod dirty_log;
 mod guard;
 mod iommu;
 mod memory;
-mod ports;
+pub mod ports;
 mod shm;
 mod write_trace;
 

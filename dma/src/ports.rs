@@ -4,10 +4,11 @@
 //! their own DMA context: its own IOTLB (ATS cache) and bus counters, and its own buffer of
 //! pending dirty-log words, which its ring publishes flush before the used index they cover
 //! (the log words are ORed into guest memory atomically, so ports never lose each other's
-//! bits). This is the first step to queues serviced apart from each other (issue #12, per-queue
-//! engines; docs/architecture.md, Concurrency): a queue's service then needs only its own port.
+//! bits). So a queue's service needs only its own port, and queues can be serviced apart from
+//! each other (issue #12, per-queue engines; docs/architecture.md, Concurrency).
 //!
-//! What belongs to the device as a whole is set on every port at once: the dirty log's
+//! [`engines`] makes a device's ports; each lives with its queue. What belongs to the device as
+//! a whole is set on every port at once through [`DmaPorts`], which borrows them all: the dirty log's
 //! configuration, the PCIe limits, the write trace, the log-skipping quirk. One injected fault
 //! is shared: the device's next access meets it, whichever port makes it. Counters are summed
 //! over the ports on read (so `iotlb_invalidations` counts every port's flush, and a page two
@@ -21,12 +22,23 @@ use crate::{
     PcieModel, WriteTrace,
 };
 
-/// A device's DMA ports, one per queue (see the module docs).
-pub struct DmaPorts {
-    ports: Vec<DmaEngine>,
+/// `n` DMA ports (at least one) for one device on `space`, each with an `iotlb_entries`-entry
+/// IOTLB ([`DmaEngine::new`]), sharing one injected fault.
+pub fn engines(space: Arc<AddressSpace>, iotlb_entries: usize, n: usize) -> Vec<DmaEngine> {
+    let inject = Arc::new(AtomicBool::new(false));
+    (0..n.max(1))
+        .map(|_| DmaEngine::with_fault_flag(space.clone(), iotlb_entries, inject.clone()))
+        .collect()
 }
 
-impl std::fmt::Debug for DmaPorts {
+/// A device's DMA ports seen together, to set and read what belongs to the device as a whole
+/// (see the module docs). The ports live wherever their queues are serviced; this borrows
+/// them for one call.
+pub struct DmaPorts<'a> {
+    ports: Vec<&'a mut DmaEngine>,
+}
+
+impl std::fmt::Debug for DmaPorts<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DmaPorts")
             .field("ports", &self.ports.len())
@@ -35,30 +47,28 @@ impl std::fmt::Debug for DmaPorts {
     }
 }
 
-impl DmaPorts {
-    /// `n` ports (at least one) on `space`, each with an `iotlb_entries`-entry IOTLB
-    /// ([`DmaEngine::new`]).
-    pub fn new(space: Arc<AddressSpace>, iotlb_entries: usize, n: usize) -> Self {
-        let inject = Arc::new(AtomicBool::new(false));
-        DmaPorts {
-            ports: (0..n.max(1))
-                .map(|_| DmaEngine::with_fault_flag(space.clone(), iotlb_entries, inject.clone()))
-                .collect(),
-        }
-    }
-
-    /// Port `i` (queue `i`'s).
+impl<'a> DmaPorts<'a> {
+    /// The ports of one device ([`engines`]), at least one.
     ///
     /// # Panics
-    /// If `i` is not below [`DmaPorts::len`]: the device creates one port per queue it has.
-    #[inline(always)]
+    /// If `ports` is empty.
+    pub fn over(ports: impl IntoIterator<Item = &'a mut DmaEngine>) -> Self {
+        let ports: Vec<_> = ports.into_iter().collect();
+        assert!(!ports.is_empty(), "a device has at least one DMA port");
+        DmaPorts { ports }
+    }
+
+    /// Port `i`.
+    ///
+    /// # Panics
+    /// If there is no port `i`.
     pub fn port(&mut self, i: u16) -> &mut DmaEngine {
-        &mut self.ports[usize::from(i)]
+        self.ports[usize::from(i)]
     }
 
     /// Port `i`, read-only.
     pub fn get(&self, i: u16) -> Option<&DmaEngine> {
-        self.ports.get(usize::from(i))
+        self.ports.get(usize::from(i)).map(|p| &**p)
     }
 
     /// How many ports.
@@ -79,7 +89,7 @@ impl DmaPorts {
     /// Dirty logging on every port ([`DmaEngine::set_logging`]: each flushes its pending bits
     /// into the previous log first).
     pub fn set_logging(&mut self, cfg: Option<LogConfig>) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.set_logging(cfg);
         }
     }
@@ -93,7 +103,7 @@ impl DmaPorts {
     /// still flushed).
     pub fn flush_log(&mut self) -> Result<(), DmaFault> {
         let mut first = Ok(());
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             if let Err(f) = p.flush_log() {
                 if first.is_ok() {
                     first = Err(f);
@@ -107,7 +117,7 @@ impl DmaPorts {
     /// are cleared too: one DEVICE_NEEDS_RESET covers them).
     pub fn take_log_fault(&mut self) -> Option<DmaFault> {
         let mut first = None;
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             let f = p.take_log_fault();
             if first.is_none() {
                 first = f;
@@ -119,7 +129,7 @@ impl DmaPorts {
     /// Bus traffic per kind, summed over the ports.
     pub fn bus_stats(&self) -> BusStats {
         let mut sum = BusStats::with_model(self.pcie_model());
-        for p in &self.ports {
+        for p in self.ports.iter() {
             sum.absorb(p.bus_stats());
         }
         sum
@@ -128,7 +138,7 @@ impl DmaPorts {
     /// IOTLB and fault counters, summed over the ports.
     pub fn iommu_stats(&self) -> IommuStats {
         let mut sum = IommuStats::default();
-        for p in &self.ports {
+        for p in self.ports.iter() {
             sum.absorb(p.iommu_stats());
         }
         sum
@@ -137,7 +147,7 @@ impl DmaPorts {
     /// Dirty-log counters, summed over the ports.
     pub fn log_stats(&self) -> LogStats {
         let mut sum = LogStats::default();
-        for p in &self.ports {
+        for p in self.ports.iter() {
             sum.absorb(p.log_stats());
         }
         sum
@@ -145,7 +155,7 @@ impl DmaPorts {
 
     /// Zeroes every port's counters.
     pub fn reset_stats(&mut self) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.reset_stats();
         }
     }
@@ -153,7 +163,7 @@ impl DmaPorts {
     /// Arms one DMA fault for the device's next access, whichever port makes it (every port's
     /// IOTLB is flushed so that its next access takes the path that meets it).
     pub fn inject_fault(&mut self) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.inject_fault();
         }
     }
@@ -170,14 +180,14 @@ impl DmaPorts {
 
     /// The function's PCIe limits on every port ([`DmaEngine::set_pcie_limits`]).
     pub fn set_pcie_limits(&mut self, mps: u32, mrrs: u32) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.set_pcie_limits(mps, mrrs);
         }
     }
 
     /// The PCIe model on every port ([`DmaEngine::set_pcie_model`]).
     pub fn set_pcie_model(&mut self, model: PcieModel) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.set_pcie_model(model);
         }
     }
@@ -189,14 +199,14 @@ impl DmaPorts {
 
     /// Writes of these kinds are not logged on any port ([`DmaEngine::set_unlogged_kinds`]).
     pub fn set_unlogged_kinds(&mut self, kinds: &[DmaKind]) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.set_unlogged_kinds(kinds);
         }
     }
 
     /// Every port records its writes in `trace` ([`DmaEngine::set_write_trace`]).
     pub fn set_write_trace(&mut self, trace: Option<Arc<WriteTrace>>) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.set_write_trace(trace.clone());
         }
     }
@@ -204,7 +214,7 @@ impl DmaPorts {
     /// Every port catches up with the address space now ([`DmaEngine::sync_space`]): after a
     /// DMA_UNMAP no port holds a reference to the unmapped memory.
     pub fn sync_space(&mut self) {
-        for p in &mut self.ports {
+        for p in self.ports.iter_mut() {
             p.sync_space();
         }
     }
@@ -218,17 +228,18 @@ mod tests {
     const LOG_IOVA: u64 = 0x1000_0000_0000; // DPDK's IFCVF_LOG_BASE
 
     /// 64 KiB of guest memory at IOVA 0, and three ports on it.
-    fn setup() -> (SharedMemory, Arc<AddressSpace>, DmaPorts) {
+    fn setup() -> (SharedMemory, Arc<AddressSpace>, Vec<DmaEngine>) {
         let shm = SharedMemory::new("guest", 0x10000).unwrap();
         let space = Arc::new(AddressSpace::new());
         shm.map_into(&space, 0, 0, 0x10000, Perms::RW).unwrap();
-        let ports = DmaPorts::new(space.clone(), 16, 3);
+        let ports = engines(space.clone(), 16, 3);
         (shm, space, ports)
     }
 
     #[test]
     fn one_injected_fault_meets_the_next_access_of_whichever_port() {
-        let (_shm, _space, mut ports) = setup();
+        let (_shm, _space, mut engines) = setup();
+        let mut ports = DmaPorts::over(&mut engines);
         // Warm every port's IOTLB: the fault must not hide behind a cached translation.
         for q in 0..3 {
             ports.port(q).read_u16(0x100, DmaKind::RingRead).unwrap();
@@ -257,7 +268,8 @@ mod tests {
 
     #[test]
     fn device_wide_settings_reach_every_port_and_counters_are_summed() {
-        let (_shm, space, mut ports) = setup();
+        let (_shm, space, mut engines) = setup();
+        let mut ports = DmaPorts::over(&mut engines);
         let log = SharedMemory::new("log", 0x1000).unwrap();
         log.map_into(&space, LOG_IOVA, 0, 0x1000, Perms::RW)
             .unwrap();
@@ -309,7 +321,8 @@ mod tests {
 
     #[test]
     fn a_log_fault_of_one_port_is_reported_and_the_others_still_flush() {
-        let (_shm, space, mut ports) = setup();
+        let (_shm, space, mut engines) = setup();
+        let mut ports = DmaPorts::over(&mut engines);
         // The log covers pages 0-63 in its first word, and 64-127 in its second, whose page of
         // the log is unmapped: the log is 8 bytes long where 16 are needed.
         let log = SharedMemory::new("log", 0x1000).unwrap();

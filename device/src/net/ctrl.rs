@@ -2,6 +2,7 @@
 //! the ack in the first device-writable byte.
 
 use super::engine::{Datapath, NetEngine};
+use super::lane::Lane;
 use super::MAX_CTRL_CHAIN;
 use crate::fault::DeviceFault;
 use crate::queue::chain::ChainKind;
@@ -35,14 +36,11 @@ impl NetEngine {
     ) -> Result<(), DeviceFault> {
         loop {
             let NetEngine {
-                queues,
-                dma,
-                chain,
-                buf,
-                ..
+                lanes, chain, buf, ..
             } = self;
-            let dma = dma.port(q);
-            let QueueState::Enabled(ring) = &mut queues[usize::from(q)].state else {
+            let mut lane = lanes.lock(q);
+            let Lane { slot, dma, .. } = &mut *lane;
+            let QueueState::Enabled(ring) = &mut slot.state else {
                 return Ok(());
             };
             if ring.fetch_avail(dma, 16)? == 0 {
@@ -70,6 +68,8 @@ impl NetEngine {
             let Some(ack_addr) = ack_addr else {
                 return Err(DeviceFault::CtrlNoStatus { queue: q });
             };
+            // The command may reach other queues (VQ_PAIRS_SET): not with this lane held.
+            drop(lane);
             let cmd = std::mem::take(&mut self.buf);
             let ack = self.ctrl_command(&cmd, dp);
             self.buf = cmd;
@@ -77,10 +77,11 @@ impl NetEngine {
             if ack != ack_byte(true) {
                 dp.counters.ctrl_errors += 1;
             }
-            let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
+            let mut lane = self.lanes.lock(q);
+            let Lane { slot, dma, .. } = &mut *lane;
+            let QueueState::Enabled(ring) = &mut slot.state else {
                 return Ok(());
             };
-            let dma = self.dma.port(q);
             dma.write(ack_addr, &[ack], DmaKind::PacketWrite)
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             ring.push_used(head, 1);

@@ -6,6 +6,7 @@
 //! through a `Datapath`: the negotiated features in, counters and the interrupts and config
 //! changes it leaves for the device out.
 
+use super::lane::{Lane, Lanes};
 use crate::capture::FrameCapture;
 use crate::config::DeviceConfig;
 use crate::counters::DeviceCounters;
@@ -18,7 +19,7 @@ use crate::state::access::merge;
 use crate::state::{QueueSlot, QueueState};
 use bar_registers::ring::PACKED_RESET_INDEX;
 use bar_registers::virtio::{bits, common, net_status, NO_VECTOR};
-use dma::DmaPorts;
+use dma::{DmaEngine, DmaPorts};
 use std::sync::Arc;
 
 use super::offload::guest::GuestOffloads;
@@ -117,9 +118,8 @@ pub(crate) struct EngineParams {
 
 /// Queues, DMA, port, receive FIFO, net state and datapath scratch.
 pub struct NetEngine {
-    pub(super) queues: Vec<QueueSlot>,
-    /// One DMA port per queue: a queue's ring and packets go through `dma.port(q)`.
-    pub(super) dma: DmaPorts,
+    /// Each queue's registers, ring and DMA port, behind the queue's own lock.
+    pub(super) lanes: Lanes,
     pub(super) port: Arc<dyn Port>,
     pub(super) inbox: Arc<RxInbox>,
     pub(super) net: NetState,
@@ -149,7 +149,7 @@ pub struct NetEngine {
 impl std::fmt::Debug for NetEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetEngine")
-            .field("queues", &self.queues)
+            .field("lanes", &self.lanes)
             .field("net", &self.net)
             .finish_non_exhaustive()
     }
@@ -161,12 +161,12 @@ impl NetEngine {
         cfg: &DeviceConfig,
         num_queues: u16,
         ctrl_queue: u16,
-        mut dma: DmaPorts,
+        mut ports: Vec<DmaEngine>,
         port: Arc<dyn Port>,
         inbox: Arc<RxInbox>,
     ) -> Self {
         if cfg.quirks.has(Quirk::LogSkipsUsedRing) {
-            dma.set_unlogged_kinds(&[dma::DmaKind::RingWrite]);
+            DmaPorts::over(&mut ports).set_unlogged_kinds(&[dma::DmaKind::RingWrite]);
         }
         let params = EngineParams {
             mac: cfg.layout.mac,
@@ -181,10 +181,10 @@ impl NetEngine {
             rx_backlog: cfg.rx_backlog,
         };
         NetEngine {
-            queues: (0..num_queues)
-                .map(|_| QueueSlot::new(params.queue_size_max))
-                .collect(),
-            dma,
+            lanes: {
+                debug_assert_eq!(ports.len(), usize::from(num_queues));
+                Lanes::new(ports, params.queue_size_max)
+            },
             port,
             inbox,
             net: NetState::new(params.mac),
@@ -204,15 +204,16 @@ impl NetEngine {
     /// Device reset (2.4): the dirty log flushed and off, every queue back to its reset
     /// registers, the net state reset, the receive FIFO emptied. Returns the frames dropped.
     pub(crate) fn reset(&mut self) -> usize {
-        let _ = self.dma.flush_log();
-        for q in &mut self.queues {
-            *q = QueueSlot::new(self.params.queue_size_max);
+        let size = self.params.queue_size_max;
+        for l in &mut self.lanes.all() {
+            let _ = l.dma.flush_log();
+            l.slot = QueueSlot::new(size);
+            l.dma.set_logging(None);
+            l.dma.disarm_fault();
         }
         self.net = NetState::new(self.params.mac);
         self.port_blocked.clear();
         self.set_port_rx_offloads(PortOffloads::NONE);
-        self.dma.set_logging(None);
-        self.dma.disarm_fault();
         self.inbox.clear()
     }
 
@@ -231,25 +232,22 @@ impl NetEngine {
         } else {
             &[]
         };
-        self.dma.set_unlogged_kinds(unlogged);
         let ignore = quirks.has(Quirk::IgnoresEventIdx);
         let out_of_order = quirks.has(Quirk::CompletesOutOfOrder);
-        for slot in &mut self.queues {
-            if let QueueState::Enabled(ring) = &mut slot.state {
+        for l in &mut self.lanes.all() {
+            l.dma.set_unlogged_kinds(unlogged);
+            if let QueueState::Enabled(ring) = &mut l.slot.state {
                 ring.set_ignore_used_event(ignore);
                 ring.set_out_of_order(out_of_order);
             }
         }
     }
 
-    /// The DMA ports (one per queue).
-    pub fn dma(&self) -> &DmaPorts {
-        &self.dma
-    }
-
-    /// The DMA ports, to configure (logging, PCIe limits, write trace, mappings changed).
-    pub fn dma_mut(&mut self) -> &mut DmaPorts {
-        &mut self.dma
+    /// Runs `f` on the DMA ports (one per queue) seen together: to configure them (logging,
+    /// PCIe limits, write trace, mappings changed) or read their counters. Every queue's lane
+    /// is locked meanwhile.
+    pub fn dma<R>(&self, f: impl FnOnce(&mut DmaPorts<'_>) -> R) -> R {
+        self.lanes.ports(f)
     }
 
     /// Connects the transmit side to a port (its waker is the caller's to set; the queues the
@@ -306,30 +304,33 @@ impl NetEngine {
         &mut self.net
     }
 
-    /// Queue `q`.
-    pub fn queue(&self, q: u16) -> Option<&QueueSlot> {
-        self.queues.get(usize::from(q))
+    /// Queue `q`'s lane (registers, ring, DMA port), locked; None if there is no queue `q`.
+    pub fn queue(&self, q: u16) -> Option<parking_lot::MutexGuard<'_, Lane>> {
+        self.lanes.get(q)
     }
 
-    /// Every queue.
-    pub fn queues(&self) -> &[QueueSlot] {
-        &self.queues
+    /// Adds what the queues counted in their lanes into `c`.
+    pub(crate) fn add_lane_counters(&self, c: &mut crate::counters::DeviceCounters) {
+        for (q, lane) in self.lanes.all().iter().enumerate() {
+            lane.tx.add_to(c, q as u16);
+        }
     }
 
     /// Number of queues.
     pub fn num_queues(&self) -> u16 {
-        self.queues.len() as u16
+        self.lanes.len()
     }
 
     /// Whether queue `q` has a live ring.
     pub fn is_enabled(&self, q: u16) -> bool {
-        matches!(self.queues[usize::from(q)].state, QueueState::Enabled(_))
+        matches!(self.lanes.lock(q).slot.state, QueueState::Enabled(_))
     }
 
     /// A queue register of queue `q` (4.1.4.3). queue_enable of a stopping queue reads 1 for
     /// as many reads as the stop takes (IFC VF, DPDK ifcvf_hw_disable polls it).
     pub(crate) fn queue_read(&mut self, q: u16, reg: u64) -> u64 {
-        let slot = &mut self.queues[usize::from(q)];
+        let mut lane = self.lanes.lock(q);
+        let slot = &mut lane.slot;
         match reg {
             common::QUEUE_SIZE => slot.size.into(),
             common::QUEUE_MSIX_VECTOR => slot.msix_vector.into(),
@@ -381,7 +382,8 @@ impl NetEngine {
         msix_vectors: u16,
     ) -> bool {
         let max = self.params.queue_size_max;
-        let slot = &mut self.queues[usize::from(q)];
+        let mut lane = self.lanes.lock(q);
+        let slot = &mut lane.slot;
         let enabled = !slot.state.is_programmable();
         if enabled && reg != common::QUEUE_MSIX_VECTOR {
             return false;
@@ -411,7 +413,8 @@ impl NetEngine {
     /// packed queue's LM ring state resets to offset 0, wrap 1 (vhost-user's 0x8000) unless the
     /// driver set it.
     pub(crate) fn packed_negotiated(&mut self) {
-        for q in &mut self.queues {
+        for l in &mut self.lanes.all() {
+            let q = &mut l.slot;
             if q.ring_state == (0, 0) && matches!(q.state, QueueState::Disabled) {
                 q.ring_state = (PACKED_RESET_INDEX, PACKED_RESET_INDEX);
             }
@@ -421,7 +424,8 @@ impl NetEngine {
     /// Builds queue `q`'s ring at its LM ring state (queue_enable = 1).
     pub(crate) fn enable(&mut self, q: u16, features: u64) -> Result<(), DeviceFault> {
         let has = |bit: u32| features & (1u64 << bit) != 0;
-        let slot = &mut self.queues[usize::from(q)];
+        let mut lane = self.lanes.lock(q);
+        let slot = &mut lane.slot;
         let (avail, used) = slot.ring_state;
         let setup = RingSetup {
             queue: q,
@@ -452,11 +456,11 @@ impl NetEngine {
     pub(crate) fn disable(&mut self, q: u16) -> Result<(), DeviceFault> {
         let quirks = self.params.quirks;
         let latency = self.params.disable_latency_reads;
-        let slot = &mut self.queues[usize::from(q)];
+        let mut lane = self.lanes.lock(q);
+        let Lane { slot, dma, .. } = &mut *lane;
         let QueueState::Enabled(ring) = &mut slot.state else {
             return Ok(());
         };
-        let dma = self.dma.port(q);
         let res = ring.flush_used(dma).and_then(|()| {
             dma.flush_log()
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })
@@ -485,7 +489,8 @@ impl NetEngine {
     pub(crate) fn reset_queue(&mut self, q: u16, packed: bool) {
         let keep = self.params.quirks.has(Quirk::RingResetKeepsState);
         let latency = self.params.disable_latency_reads;
-        let slot = &mut self.queues[usize::from(q)];
+        let mut lane = self.lanes.lock(q);
+        let slot = &mut lane.slot;
         let old = slot.ring_state();
         let mut fresh = QueueSlot::new(self.params.queue_size_max);
         fresh.ring_state = if keep {
@@ -509,8 +514,10 @@ impl NetEngine {
 
     /// Publishes queue `q`'s completed work (pause).
     pub(crate) fn flush(&mut self, q: u16) -> Result<(), DeviceFault> {
-        match &mut self.queues[usize::from(q)].state {
-            QueueState::Enabled(ring) => ring.flush_used(self.dma.port(q)),
+        let mut lane = self.lanes.lock(q);
+        let Lane { slot, dma, .. } = &mut *lane;
+        match &mut slot.state {
+            QueueState::Enabled(ring) => ring.flush_used(dma),
             _ => Ok(()),
         }
     }
@@ -518,7 +525,7 @@ impl NetEngine {
     /// Queue `q`'s ring state as the LM block reads it.
     pub(crate) fn lm_ring_state(&mut self, q: u16) -> (u16, u16) {
         let stale = self.params.quirks.has(Quirk::StaleUsedIdx);
-        self.queues[usize::from(q)].lm_ring_state(stale)
+        self.lanes.lock(q).slot.lm_ring_state(stale)
     }
 
     /// Sets queue `q`'s ring state from an LM write (`f` maps the current state to the new
@@ -529,7 +536,8 @@ impl NetEngine {
         q: u16,
         f: impl FnOnce((u16, u16)) -> (u16, u16),
     ) -> bool {
-        let slot = &mut self.queues[usize::from(q)];
+        let mut lane = self.lanes.lock(q);
+        let slot = &mut lane.slot;
         if !slot.state.is_programmable() || self.params.quirks.has(Quirk::RingStateReadOnly) {
             return false;
         }
@@ -568,8 +576,7 @@ impl NetEngine {
 
     /// Whether `iova` is inside the dirty log.
     pub(crate) fn in_log(&self, iova: u64) -> bool {
-        self.dma
-            .logging()
+        self.dma(|d| d.logging())
             .is_some_and(|l| iova >= l.base && iova < l.end)
     }
 }

@@ -31,6 +31,14 @@ pub fn flow_hash(frame: &[u8]) -> usize {
 }
 
 impl NetState {
+    /// Records that the pair `pair` transmitted a frame of the flow in hash bucket `b` (what
+    /// a TX service noted, [`crate::net::tx::TxScratch`]).
+    pub(crate) fn note_flow_bucket(&mut self, b: u16, pair: u16) {
+        if let Some(f) = self.flows.get_mut(usize::from(b)) {
+            *f = pair;
+        }
+    }
+
     /// Records that the pair `pair` transmitted this frame's flow.
     pub fn note_tx_flow(&mut self, frame: &[u8], pair: u16) {
         if self.curr_pairs > 1 && self.rss.is_none() {

@@ -4,6 +4,7 @@
 pub mod ctrl;
 pub mod engine;
 pub mod filter;
+pub mod lane;
 pub mod offload;
 pub mod rss;
 pub mod rx;

@@ -18,6 +18,7 @@
 //! "Now" is what CTRL_GUEST_OFFLOADS_SET left on, negotiation until then (5.1.6.5.6.1).
 
 use super::engine::{Datapath, NetEngine};
+use super::lane::Lane;
 use super::offload::coalesce::Coalescer;
 use super::offload::csum;
 use super::offload::gso::{self, SegBugs, TcpFrame, TCP_CSUM_OFFSET};
@@ -430,7 +431,7 @@ impl NetEngine {
     /// driver may be resizing neither wait in front of other queues' frames in the FIFO nor
     /// pile up. A stopped queue (IFC VF stop, migration) is not being reset: its frames wait.
     fn not_being_reset(&self, q: u16) -> Option<u16> {
-        let reset = |r: u16| self.queues[usize::from(r)].state.being_reset();
+        let reset = |r: u16| self.lanes.lock(r).slot.state.being_reset();
         if !reset(q) {
             return Some(q);
         }
@@ -441,17 +442,20 @@ impl NetEngine {
     }
 
     fn arm_rx(&mut self, q: u16) -> Result<bool, DeviceFault> {
-        match &mut self.queues[usize::from(q)].state {
-            QueueState::Enabled(ring) => ring.arm_notification(self.dma.port(q)),
+        let mut lane = self.lanes.lock(q);
+        let Lane { slot, dma, .. } = &mut *lane;
+        match &mut slot.state {
+            QueueState::Enabled(ring) => ring.arm_notification(dma),
             _ => Ok(false),
         }
     }
 
     fn publish_rx(&mut self, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
-        let QueueState::Enabled(ring) = &mut self.queues[usize::from(q)].state else {
+        let mut lane = self.lanes.lock(q);
+        let Lane { slot, dma, .. } = &mut *lane;
+        let QueueState::Enabled(ring) = &mut slot.state else {
             return Ok(());
         };
-        let dma = self.dma.port(q);
         ring.flush_used(dma)?;
         if ring.interrupt_decision(dma)? {
             dp.interrupts.push(q);
@@ -486,15 +490,14 @@ impl NetEngine {
         let batch = self.params.batch;
         let quirk_len = self.params.quirks.has(Quirk::SplitRingUsedLenWrong);
         let NetEngine {
-            queues,
-            dma,
+            lanes,
             chain,
             rx_descs: all,
             rx_slots: slots,
             ..
         } = self;
-        let dma = dma.port(q);
-        let slot = &mut queues[usize::from(q)];
+        let mut lane = lanes.lock(q);
+        let Lane { slot, dma, .. } = &mut *lane;
         let ring_size = usize::from(slot.size);
         let QueueState::Enabled(ring) = &mut slot.state else {
             return Ok(Fit::NoRoom);

@@ -114,7 +114,8 @@ impl NetEngine {
     /// Writes the `QUES` body.
     pub(crate) fn save_queues(&self, w: &mut Writer) {
         w.u16(self.num_queues());
-        for slot in &self.queues {
+        for lane in &self.lanes.all() {
+            let slot = &lane.slot;
             w.u16(slot.size);
             w.u16(slot.msix_vector);
             w.u64(slot.desc);
@@ -233,7 +234,8 @@ impl NetEngine {
     /// ring state), stopping ones keep stopping and resetting ones keep resetting (queue_reset
     /// goes on reading 1 for as many reads as on the source).
     pub(crate) fn restore_queues(&mut self, queues: &[QueueImage]) {
-        for (slot, qi) in self.queues.iter_mut().zip(queues) {
+        for (lane, qi) in self.lanes.all().iter_mut().zip(queues) {
+            let slot = &mut lane.slot;
             slot.size = qi.size;
             slot.msix_vector = qi.msix_vector;
             slot.desc = qi.desc;
@@ -254,7 +256,7 @@ impl NetEngine {
     /// After queue `q` was enabled again: where it last resumed, as saved (the enable path
     /// set it to the ring state).
     pub(crate) fn restore_resumed(&mut self, q: u16, qi: &QueueImage) {
-        self.queues[usize::from(q)].resumed = qi.resumed;
+        self.lanes.lock(q).slot.resumed = qi.resumed;
     }
 
     // ------------------------------------------------------------ NETS

@@ -123,9 +123,20 @@ impl Ring {
         dispatch!(self, r => r.interrupt_decision(dma))
     }
 
+    /// Asks the driver for a notification when it makes more available (with EVENT_IDX:
+    /// avail_event, 2.7.10, or the device event suppression area, 2.8.10) and looks once more.
+    /// True when more came meanwhile. When nothing did, the queue goes idle and its port's
+    /// dirty-log words are flushed now: that write (and anything else since the last publish)
+    /// is in the log while the queue waits, not at its next publish, which may be far off.
     #[inline]
     pub fn arm_notification(&mut self, dma: &mut DmaEngine) -> Result<bool, DeviceFault> {
-        dispatch!(self, r => r.arm_notification(dma))
+        let more = dispatch!(self, r => r.arm_notification(dma))?;
+        if !more {
+            let queue = dispatch!(self, r => r.queue);
+            dma.flush_log()
+                .map_err(|fault| DeviceFault::Dma { queue, fault })?;
+        }
+        Ok(more)
     }
 
     #[inline]

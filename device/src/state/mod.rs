@@ -37,7 +37,7 @@ use bar_registers::model::{Access, Decoded, Dir, Register};
 use bar_registers::virtio::{bits, common, device_status, isr, net_cfg, net_status};
 use bar_registers::DeviceLayout;
 use common_cfg::{CommonCfg, CommonRead, CommonWrite};
-use dma::DmaPorts;
+use dma::DmaEngine;
 use lm_block::{LmBlock, LmRead, LmWrite};
 use pci_function::{PciFunction, Raised};
 pub use queue_slot::{QueueSlot, QueueState};
@@ -86,7 +86,7 @@ impl DeviceState {
     pub(crate) fn new(
         layout: Arc<DeviceLayout>,
         cfg: DeviceConfig,
-        dma: DmaPorts,
+        dma: Vec<DmaEngine>,
         port: Arc<dyn Port>,
         inbox: Arc<RxInbox>,
         sink: Arc<dyn InterruptSink>,
@@ -165,7 +165,7 @@ impl DeviceState {
     /// Device Control's MPS / MRRS feed the bus model's TLP sizes.
     pub(crate) fn sync_pcie_limits(&mut self) {
         let (mps, mrrs) = self.function.pcie_mps_mrrs();
-        self.engine.dma_mut().set_pcie_limits(mps, mrrs);
+        self.engine.dma(|d| d.set_pcie_limits(mps, mrrs));
     }
 
     // ---------------------------------------------------------------- faults and interrupts
@@ -195,7 +195,10 @@ impl DeviceState {
     pub(crate) fn queue_interrupt(&mut self, q: u16) {
         self.common.raise_isr(isr::QUEUE);
         self.counters.queues[usize::from(q)].interrupts += 1;
-        let v = self.engine.queues()[usize::from(q)].msix_vector;
+        let v = self
+            .engine
+            .queue(q)
+            .map_or(bar_registers::virtio::NO_VECTOR, |l| l.slot.msix_vector);
         self.raise(v);
     }
 
@@ -365,7 +368,10 @@ impl DeviceState {
     }
 
     fn queue_write(&mut self, q: u16, reg: u64, rel: u64, len: usize, val: u64) {
-        let enabled = !self.engine.queues()[usize::from(q)].state.is_programmable();
+        let enabled = self
+            .engine
+            .queue(q)
+            .is_some_and(|l| !l.slot.state.is_programmable());
         if reg == common::QUEUE_RESET {
             self.queue_reset_write(q, val);
             return;
@@ -505,7 +511,7 @@ impl DeviceState {
     fn lm_read(&mut self, reg: u64, rel: u64, len: usize) -> u64 {
         match self.lm.read(reg) {
             LmRead::Value(v) => v,
-            LmRead::LoggingActive => u64::from(self.engine.dma().logging().is_some()),
+            LmRead::LoggingActive => u64::from(self.engine.dma(|d| d.logging()).is_some()),
             LmRead::RingState(q) => {
                 let state = self.engine.lm_ring_state(q);
                 // control path (a driver reads it when it stops a queue): worth a line
@@ -547,9 +553,9 @@ impl DeviceState {
         let cfg = self
             .lm
             .log_config(self.cfg.log_granularity, self.quirk(Quirk::LogIgnoresEnd));
-        if self.engine.dma().logging() != cfg {
+        if self.engine.dma(|d| d.logging()) != cfg {
             tracing::info!(?cfg, "dirty logging");
-            self.engine.dma_mut().set_logging(cfg);
+            self.engine.dma(|d| d.set_logging(cfg));
         }
     }
 
@@ -701,16 +707,7 @@ impl DeviceState {
             interrupts: &mut interrupts,
             config_changes: 0,
         };
-        let mut res = f(&mut self.engine, &mut dp);
-        // The log bits of everything the call wrote reach the log before it returns (vhost
-        // syncs its log cache at the end of every burst the same way): a publish flushes its
-        // own queue's port, but a write after it (the avail_event of a re-armed notification)
-        // would otherwise wait in its port for that queue's next publish.
-        if let Err(fault) = self.engine.dma_mut().flush_log() {
-            if res.is_ok() {
-                res = Err(DeviceFault::LogDma(fault));
-            }
-        }
+        let res = f(&mut self.engine, &mut dp);
         let (res, out) = match res {
             Ok(v) => (Ok(()), Some(v)),
             Err(e) => (Err(e), None),
@@ -751,7 +748,7 @@ impl DeviceState {
             };
             self.fail(f);
         }
-        if let Some(f) = self.engine.dma_mut().take_log_fault() {
+        if let Some(f) = self.engine.dma(|d| d.take_log_fault()) {
             self.fail(DeviceFault::LogDma(f));
         }
     }
