@@ -39,11 +39,10 @@ impl NetState {
         }
     }
 
-    /// Records that the pair `pair` transmitted this frame's flow.
-    pub fn note_tx_flow(&mut self, frame: &[u8], pair: u16) {
-        if self.curr_pairs > 1 && self.rss.is_none() {
-            self.flows[flow_hash(frame)] = pair;
-        }
+    /// Whether automatic receive steering is on (5.1.6.5.6.1: more than one pair in use, no
+    /// RSS): TX services then note each frame's flow for its pair.
+    pub(crate) fn auto_steers(&self) -> bool {
+        self.curr_pairs > 1 && self.rss.is_none()
     }
 
     /// The RX queue pair a frame is steered to (`rss_quirk`: the rss-ignores-indirection-table

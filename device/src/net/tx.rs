@@ -104,7 +104,7 @@ impl NetEngine {
             quirks: self.params.quirks,
             port: self.port.clone(),
             capture: self.capture.clone(),
-            auto_steer: self.net.curr_pairs > 1 && self.net.rss.is_none(),
+            auto_steer: self.net.auto_steers(),
         }
     }
 
