@@ -32,7 +32,9 @@ impl Port for LinkPort {
         let Some(peer) = self.peer.upgrade() else {
             return false;
         };
-        let ok = peer.inbox().push(frame);
+        // The device asked `ready` before it took this frame's chain: the frame is taken even
+        // if a reader's give-back filled the FIFO meanwhile (RxInbox::push_admitted).
+        let ok = peer.inbox().push_admitted(frame);
         // Deliver now if the peer is idle; if it is busy, it drains its inbox before it lets go
         // of its lock (Device::service), so the frame is never stranded.
         peer.try_service_rx();

@@ -358,9 +358,24 @@ impl RxInbox {
     /// Queues a copy of `frame` with the header its port handed it on with; false (and
     /// counted) when the FIFO is full.
     pub fn push_with_hdr(&self, hdr: &NetHdr, frame: &[u8]) -> bool {
+        self.enqueue(hdr, frame, true)
+    }
+
+    /// Queues a copy of wire frame `frame` from a sender that asked first
+    /// ([`RxInbox::has_room_or_want`] said yes before it took the chain this frame is from):
+    /// never dropped. So the FIFO may go over its capacity by the frames of one chain (the
+    /// segments of a GSO frame the device cut up) and by the frames a reader took out and
+    /// gives back ([`InboxReader`]: they are not counted while held, so a sender asking then
+    /// finds room that the give-back fills before its frame arrives). Dropping there would
+    /// lose a frame the flow control had let through.
+    pub fn push_admitted(&self, frame: &[u8]) -> bool {
+        self.enqueue(&NetHdr::default(), frame, false)
+    }
+
+    fn enqueue(&self, hdr: &NetHdr, frame: &[u8], bounded: bool) -> bool {
         let buf = self.spare.copy_of(frame);
         let mut q = self.frames.lock();
-        if q.len() >= self.capacity {
+        if bounded && q.len() >= self.capacity {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.recycle(buf);
@@ -610,6 +625,30 @@ mod tests {
         let mut want: Vec<u8> = (40..100).collect();
         want.push(200);
         assert_eq!(drain(&inbox), want, "nothing lost, nothing reordered");
+    }
+
+    /// The race a linked sender met (tests/tests/off_lock_tx.rs found it): it asks while a
+    /// reader holds frames out of a full FIFO, finds room, and the reader's give-back fills the
+    /// FIFO before the sender's frame arrives.
+    #[test]
+    fn a_frame_admitted_by_the_flow_control_is_never_dropped() {
+        let inbox = RxInbox::new(8);
+        for i in 0..8 {
+            assert!(inbox.push(&frame(i)));
+        }
+        assert!(!inbox.has_room_or_want());
+        let mut rd = inbox.reader(ReaderScratch::default());
+        assert_eq!(rd.pop().unwrap().data[0], 0);
+        assert!(inbox.has_room_or_want(), "the reader holds the rest");
+        rd.finish();
+        assert_eq!(inbox.len(), 7);
+        assert!(inbox.push(&frame(100)), "one slot");
+        // Full again: a bounded push drops, an admitted one goes over the capacity.
+        assert!(!inbox.push(&frame(101)));
+        assert!(inbox.push_admitted(&frame(102)));
+        assert_eq!(inbox.len(), 9);
+        assert_eq!(inbox.dropped(), 1);
+        assert_eq!(drain(&inbox), [1, 2, 3, 4, 5, 6, 7, 100, 102]);
     }
 
     #[test]
