@@ -191,6 +191,10 @@ pub struct DeviceCounters {
     /// Of those, the ones a register access took ahead of itself (PCIe ordering: an access
     /// does not pass an earlier doorbell store), not the doorbell engine.
     pub shared_doorbells_at_access: u64,
+    /// TX budgets that ran on their queue's lane with the device lock free (the doorbell
+    /// engine's: register reads and received frames went on meanwhile;
+    /// docs/architecture.md, Concurrency).
+    pub tx_budgets_off_lock: u64,
     /// Doorbells ignored because bus mastering is off.
     pub dma_blocked_no_bus_master: u64,
     pub config_interrupts: u64,
@@ -297,6 +301,7 @@ impl DeviceCounters {
                 "shared_doorbells_at_access",
                 self.shared_doorbells_at_access,
             ),
+            ("tx_budgets_off_lock", self.tx_budgets_off_lock),
             ("dma_blocked_no_bus_master", self.dma_blocked_no_bus_master),
             ("config_interrupts", self.config_interrupts),
             ("interrupts_pending_masked", self.interrupts_pending_masked),

@@ -16,7 +16,7 @@ use bar_registers::{DeviceLayout, LayoutError, REGION_CONFIG};
 use dma::{
     AddressSpace, Backing, BusStats, IommuStats, LogStats, MapError, MappingInfo, Perms, WriteTrace,
 };
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -117,6 +117,8 @@ pub struct Device {
     isr: IsrStatus,
     /// ISR reads answered that way (counter `isr_reads_unlocked`).
     isr_reads_unlocked: std::sync::atomic::AtomicU64,
+    /// Signalled when the last TX budget outside the lock is back ([`Device::quiesce`]).
+    tx_idle: Condvar,
 }
 
 impl std::fmt::Debug for Device {
@@ -157,6 +159,7 @@ impl Device {
             layout,
             isr,
             isr_reads_unlocked: std::sync::atomic::AtomicU64::new(0),
+            tx_idle: Condvar::new(),
         }))
     }
 
@@ -198,7 +201,15 @@ impl Device {
     }
 
     /// Runs the held-back queues if a port asked and the lock is free; loops while wakes come.
+    /// On a thread that runs a TX budget outside a device lock, the wake waits until the
+    /// budget is done (device/src/on_lanes.rs says why).
     fn try_port_ready(&self) {
+        if crate::on_lanes::active() {
+            if self.port_wake.load(Ordering::SeqCst) {
+                crate::on_lanes::hold_wake(&self.me);
+            }
+            return;
+        }
         while self.port_wake.load(Ordering::SeqCst) {
             let Some(mut s) = self.state.try_lock() else {
                 // The holder looks again after it lets go.
@@ -243,11 +254,106 @@ impl Device {
         });
     }
 
-    /// Takes every kick waiting in the attached notify area and rings those doorbells, under
-    /// one acquisition of the device lock (what the doorbell engine calls when its lock-free
-    /// scan saw one). Returns how many it took (0 also when another holder took them first).
+    /// Takes every kick waiting in the attached notify area and rings those doorbells (what
+    /// the doorbell engine calls when its lock-free scan saw one). Returns how many it took
+    /// (0 also when another holder took them first).
+    ///
+    /// A transmit queue's budgets run on its lane with the device lock free
+    /// ([`Device::tx_off_lock`]), so register reads, received frames and the other queues'
+    /// doorbells do not wait for a TX burst; everything else runs under the lock, as a
+    /// trapped doorbell does.
     pub fn take_shared_doorbells(&self) -> u32 {
-        self.with(|s| s.take_shared_doorbells(false))
+        let mut s = self.state.lock();
+        let runs_rounds = !s.has_pending();
+        let mut tx = std::mem::take(&mut s.off_lock_queues);
+        let n = s.take_kicks(false, Some(&mut tx));
+        let mut s = self.tx_off_lock(s, &mut tx);
+        s.off_lock_queues = tx;
+        self.finish(s, runs_rounds);
+        n
+    }
+
+    /// Runs the TX queues of `round` outside the device lock, one budget each per round, round
+    /// after round while any has more (each budget lets the lock go, so whoever waits for it
+    /// gets it between budgets), delivering received frames after each budget, as a service
+    /// under the lock does (a loopback port's frames wait in the FIFO for it). A queue that
+    /// may no longer leave the lock ([`DeviceState::tx_may_leave_lock`]: a caller waits to
+    /// quiesce the device, the queue stopped, the device failed) is serviced under it
+    /// instead, and from there goes on as any queue does. `round` ends empty.
+    fn tx_off_lock<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, DeviceState>,
+        round: &mut Vec<u16>,
+    ) -> MutexGuard<'a, DeviceState> {
+        while !round.is_empty() {
+            round.retain(|&q| {
+                if !s.tx_may_leave_lock(q) {
+                    s.service(q);
+                    return false;
+                }
+                let more = self.tx_budget_off_lock(&mut s, q);
+                s.service_inbox();
+                more
+            });
+        }
+        s
+    }
+
+    /// One budget of TX queue `q` on its lane with the device lock free. The lane is locked
+    /// before the device lock is let go (so nothing reaches the queue in between) and let go
+    /// before the device lock is taken back (lock order: device, then lane). The budget
+    /// needs only its lane and what [`DeviceState::tx_env`] took under the lock; the device
+    /// then does what it left ([`DeviceState::finish_off_lock_tx`]). Whoever must not run
+    /// beside it (a reset, a queue stop, a pause, every register write) waits for it
+    /// ([`Device::quiesce`]). Returns whether the queue has more to do.
+    fn tx_budget_off_lock(&self, s: &mut MutexGuard<'_, DeviceState>, q: u16) -> bool {
+        let env = s.tx_env(q);
+        let lanes = s.engine.lanes().clone();
+        let mut flows = std::mem::take(&mut s.off_lock_flows);
+        let mut lane = lanes.lock(q);
+        s.unlocked_tx += 1;
+        let res = MutexGuard::unlocked(s, || {
+            std::mem::swap(&mut lane.scratch.flows, &mut flows);
+            let res = {
+                let _on = crate::on_lanes::OnLanes::enter();
+                crate::net::tx::tx_budget(&mut lane, &env)
+            };
+            std::mem::swap(&mut lane.scratch.flows, &mut flows);
+            drop(lane);
+            for dev in crate::on_lanes::take_held_wakes() {
+                if let Some(dev) = dev.upgrade() {
+                    dev.try_port_ready();
+                }
+            }
+            res
+        });
+        s.unlocked_tx -= 1;
+        if s.unlocked_tx == 0 {
+            self.tx_idle.notify_all();
+        }
+        let more = s.finish_off_lock_tx(q, &mut flows, res);
+        flows.clear();
+        s.off_lock_flows = flows;
+        more
+    }
+
+    /// Waits, with `s` let go meanwhile, until no TX budget runs outside the lock; while it
+    /// waits, no new one leaves it. Every caller that changes what a budget reads (queue and
+    /// device state, the port, the DMA settings) or that must see the datapath settled (a
+    /// saved state) quiesces first.
+    fn quiesce(&self, s: &mut MutexGuard<'_, DeviceState>) {
+        if s.unlocked_tx == 0 {
+            return;
+        }
+        debug_assert!(
+            !crate::on_lanes::active(),
+            "a budget outside the lock waits for itself"
+        );
+        s.quiescing += 1;
+        while s.unlocked_tx > 0 {
+            self.tx_idle.wait(s);
+        }
+        s.quiescing -= 1;
     }
 
     /// Records every page the device writes, independently of the dirty log.
@@ -270,7 +376,7 @@ impl Device {
 
     /// The quirks now on.
     pub fn quirks(&self) -> Quirks {
-        self.state.lock().cfg.quirks
+        self.read(|s| s.cfg.quirks)
     }
 
     /// Injects a fault into the running device (see [`InjectedFault`]).
@@ -284,7 +390,7 @@ impl Device {
 
     /// Whether an injected DMA fault still waits for the device's next DMA access.
     pub fn dma_fault_armed(&self) -> bool {
-        self.state.lock().engine.dma(|d| d.fault_armed())
+        self.read(|s| s.engine.dma(|d| d.fault_armed()))
     }
 
     /// Function level reset (vfio DEVICE_RESET). A paused device runs again (reset).
@@ -311,14 +417,16 @@ impl Device {
 
     /// Whether the device is paused.
     pub fn is_paused(&self) -> bool {
-        self.state.lock().paused
+        self.read(|s| s.paused)
     }
 
     /// The device state as a versioned, self-describing byte stream (see
     /// [`crate::snapshot`]). Consistent when the device is paused; frames waiting in the
     /// receive FIFO are copied, not taken.
     pub fn save_state(&self) -> Vec<u8> {
-        self.state.lock().save()
+        let mut s = self.state.lock();
+        self.quiesce(&mut s);
+        s.save()
     }
 
     /// Restores a state saved by [`Device::save_state`] on a compatible device: enabled queues
@@ -332,12 +440,8 @@ impl Device {
 
     /// Upper bound of a [`Device::save_state`] stream for this device.
     pub fn max_state_len(&self) -> usize {
-        let s = self.state.lock();
-        crate::snapshot::max_state_len(
-            self.layout.num_queues,
-            self.layout.msix_vectors,
-            s.cfg.rx_backlog,
-        )
+        let backlog = self.read(|s| s.cfg.rx_backlog);
+        crate::snapshot::max_state_len(self.layout.num_queues, self.layout.msix_vectors, backlog)
     }
 
     /// Link up/down (config status LINK_UP, config interrupt).
@@ -347,7 +451,7 @@ impl Device {
 
     /// Whether the config status says LINK_UP.
     pub fn link_up(&self) -> bool {
-        self.state.lock().engine.net().status & bar_registers::virtio::net_status::LINK_UP != 0
+        self.read(|s| s.engine.net().status & bar_registers::virtio::net_status::LINK_UP != 0)
     }
 
     /// Requests a guest announce (GUEST_ANNOUNCE); false if not negotiated.
@@ -357,11 +461,12 @@ impl Device {
 
     /// Counter snapshot.
     pub fn counters(&self) -> DeviceCounters {
-        let s = self.state.lock();
-        let mut c = s.counters.clone();
-        s.engine.add_lane_counters(&mut c);
-        c.tx_port_lost = s.engine.port().lost();
-        drop(s);
+        let mut c = self.read(|s| {
+            let mut c = s.counters.clone();
+            s.engine.add_lane_counters(&mut c);
+            c.tx_port_lost = s.engine.port().lost();
+            c
+        });
         c.rx_dropped_backlog = self.inbox.dropped();
         c.rx_port_waits = self.inbox.room_waits();
         c.isr_reads_unlocked = self.isr_reads_unlocked.load(Ordering::Relaxed);
@@ -370,73 +475,73 @@ impl Device {
 
     /// Bus accounting snapshot.
     pub fn bus_stats(&self) -> BusStats {
-        self.state.lock().engine.dma(|d| d.bus_stats())
+        self.read(|s| s.engine.dma(|d| d.bus_stats()))
     }
 
     /// IOMMU counters.
     pub fn iommu_stats(&self) -> IommuStats {
-        self.state.lock().engine.dma(|d| d.iommu_stats())
+        self.read(|s| s.engine.dma(|d| d.iommu_stats()))
     }
 
     /// Dirty-log counters.
     pub fn log_stats(&self) -> LogStats {
-        self.state.lock().engine.dma(|d| d.log_stats())
+        self.read(|s| s.engine.dma(|d| d.log_stats()))
     }
 
     /// The fault that put the device in DEVICE_NEEDS_RESET, if any.
     pub fn fault(&self) -> Option<DeviceFault> {
-        self.state.lock().fault.clone()
+        self.read(|s| s.fault.clone())
     }
 
     /// device_status as the driver would read it.
     pub fn status(&self) -> u8 {
-        self.state.lock().common.status().value()
+        self.read(|s| s.common.status().value())
     }
 
     /// The device's profile (its name and the feature set it was configured with).
     pub fn profile(&self) -> bar_registers::Profile {
-        self.state.lock().cfg.profile.clone()
+        self.read(|s| s.cfg.profile.clone())
     }
 
     /// The features the device offers now: its profile's, less what a quirk removes.
     pub fn offered_features(&self) -> u64 {
-        self.state.lock().common.offered()
+        self.read(|s| s.common.offered())
     }
 
     /// Negotiated features (0 before FEATURES_OK).
     pub fn negotiated_features(&self) -> u64 {
-        self.state.lock().common.negotiated()
+        self.read(|s| s.common.negotiated())
     }
 
     /// Queue pairs in use for RX steering.
     pub fn active_queue_pairs(&self) -> u16 {
-        self.state.lock().engine.net().curr_pairs
+        self.read(|s| s.engine.net().curr_pairs)
     }
 
     /// The receive-side scaling configuration the driver set, while RSS is on.
     pub fn rss_config(&self) -> Option<crate::net::rss::RssConfig> {
-        self.state.lock().engine.net().rss.clone()
+        self.read(|s| s.engine.net().rss.clone())
     }
 
     /// The receive offloads the driver takes now (virtio 1.2 5.1.6.5.6.1): as negotiated, or
     /// as its last CTRL_GUEST_OFFLOADS_SET left them.
     pub fn guest_offloads(&self) -> crate::net::offload::guest::GuestOffloads {
-        let s = self.state.lock();
-        s.engine.guest_offloads(s.common.negotiated())
+        self.read(|s| s.engine.guest_offloads(s.common.negotiated()))
     }
 
     /// Queue `q`'s state.
     pub fn queue(&self, q: u16) -> Option<QueueSnapshot> {
-        let s = self.state.lock();
-        let lane = s.engine.queue(q)?;
-        let slot = &lane.slot;
-        let (last_avail, last_used) = slot.ring_state();
-        Some(QueueSnapshot {
-            enabled: matches!(slot.state, QueueState::Enabled(_)),
-            size: slot.size,
-            last_avail,
-            last_used,
-            msix_vector: slot.msix_vector,
+        self.read(|s| {
+            let lane = s.engine.queue(q)?;
+            let slot = &lane.slot;
+            let (last_avail, last_used) = slot.ring_state();
+            Some(QueueSnapshot {
+                enabled: matches!(slot.state, QueueState::Enabled(_)),
+                size: slot.size,
+                last_avail,
+                last_used,
+                msix_vector: slot.msix_vector,
+            })
         })
     }
 
@@ -455,10 +560,36 @@ impl Device {
         self.space.stats()
     }
 
-    /// Runs `f` on the locked state, then delivers frames that arrived meanwhile (see
+    /// Runs `f` on the locked state once no TX budget runs outside the lock
+    /// ([`Device::quiesce`]), then delivers frames that arrived meanwhile (see
     /// [`Device::try_service_rx`]).
     fn with<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
+        self.locked(true, f)
+    }
+
+    /// Runs `f` on the locked state to read it, then does what arrived while the lock was
+    /// held ([`Device::try_service_rx`]): a port's frame or room wake that found the lock
+    /// taken counts on its holder to do it, readers included.
+    fn read<R>(&self, f: impl FnOnce(&DeviceState) -> R) -> R {
+        let s = self.state.lock();
+        let r = f(&s);
+        drop(s);
+        self.try_service_rx();
+        r
+    }
+
+    /// [`Device::with`] beside TX budgets running outside the lock: for what only reads the
+    /// state a budget changes, or reaches it through the queue's lane (which waits for the
+    /// budget): register reads, received frames.
+    fn with_shared<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
+        self.locked(false, f)
+    }
+
+    fn locked<R>(&self, quiesce: bool, f: impl FnOnce(&mut DeviceState) -> R) -> R {
         let mut s = self.state.lock();
+        if quiesce {
+            self.quiesce(&mut s);
+        }
         // Queues left pending when we got the lock belong to a caller waiting in `finish` to
         // take it back: that caller runs their rounds, we only do our own access.
         let runs_rounds = !s.has_pending();
@@ -497,19 +628,27 @@ impl Device {
         drop(s);
         // A peer may have pushed a frame after our last drain and failed to take the lock
         // because we held it: look once more now that it is free.
-        self.try_service_rx();
+        self.deliver_rx();
     }
 
     /// Delivers inbox frames, waiting for the device lock: for port reader threads (TAP,
     /// sockets) that hold no device lock themselves.
     pub fn service_rx(&self) {
-        self.with(|_| ());
+        self.with_shared(|_| ());
     }
 
     /// Delivers inbox frames if the device lock is free; if it is held, the holder delivers
-    /// them before releasing it. This is what lets two linked devices transmit into each other
-    /// from inside their own datapaths without a lock-order deadlock.
+    /// them after releasing it. This is what lets two linked devices transmit into each other
+    /// from inside their own datapaths without a lock-order deadlock. Then runs the queues a
+    /// port's wake held back if that wake found the lock taken (by this call or another).
     pub fn try_service_rx(&self) {
+        self.deliver_rx();
+        self.try_port_ready();
+    }
+
+    /// [`Device::try_service_rx`] without the port wake: what every release of the lock ends
+    /// with ([`Device::try_port_ready`] follows it, or loops around it).
+    fn deliver_rx(&self) {
         while !self.inbox.is_empty() {
             let Some(mut s) = self.state.try_lock() else {
                 return;
@@ -581,7 +720,7 @@ impl RegionAccess for Device {
             data[0] = v;
             return Ok(());
         }
-        self.with(|s| {
+        self.with_shared(|s| {
             s.take_shared_doorbells(true);
             if region == REGION_CONFIG {
                 s.config_read(offset, data);

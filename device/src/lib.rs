@@ -14,6 +14,7 @@ pub mod fault;
 mod fnv;
 pub mod interrupt;
 pub mod net;
+mod on_lanes;
 pub mod pci;
 pub mod port;
 pub mod queue;

@@ -29,7 +29,7 @@ pub use iommu::{DmaFault, IommuStats, MAX_IOTLB_ENTRIES};
 pub use memory::{
     AddressSpace, Backing, MapError, MapStats, MappingInfo, Perms, MAX_BACKING_FILES, PAGE_SIZE,
 };
-pub use ports::DmaPorts;
+pub use ports::{DmaPorts, LogFaultSlot};
 pub use shm::{SharedMemory, ShmError};
 pub use write_trace::WriteTrace;
 
@@ -51,7 +51,8 @@ pub struct DmaEngine {
     bus: BusStats,
     log: DirtyLog,
     trace: Option<Arc<WriteTrace>>,
-    log_fault: Option<DmaFault>,
+    /// Where a deferred-marking log fault waits (shared by a device's ports: [`ports`]).
+    log_fault: LogFaultSlot,
     /// Kinds whose writes are deliberately not logged (bit per `DmaKind as u8`): fault
     /// injection for the device's `log-skips-used-ring` quirk, never set by a healthy device.
     unlogged: u8,
@@ -100,21 +101,28 @@ impl DmaEngine {
     /// A DMA port on `space` with an `iotlb_entries`-entry direct-mapped IOTLB (rounded up to
     /// a power of two, at most [`MAX_IOTLB_ENTRIES`]; 0 = walk the mapping table every time).
     pub fn new(space: Arc<AddressSpace>, iotlb_entries: usize) -> Self {
-        Self::with_fault_flag(space, iotlb_entries, Arc::default())
+        Self::sharing(
+            space,
+            iotlb_entries,
+            Arc::default(),
+            LogFaultSlot::default(),
+        )
     }
 
-    /// [`DmaEngine::new`] whose injected fault is `inject` (shared by a device's ports).
-    pub(crate) fn with_fault_flag(
+    /// [`DmaEngine::new`] whose injected fault is `inject` and whose log faults wait in
+    /// `log_fault` (both shared by a device's ports).
+    pub(crate) fn sharing(
         space: Arc<AddressSpace>,
         iotlb_entries: usize,
         inject: Arc<AtomicBool>,
+        log_fault: LogFaultSlot,
     ) -> Self {
         DmaEngine {
             iommu: Iommu::new(space, iotlb_entries, inject),
             bus: BusStats::default(),
             log: DirtyLog::new(),
             trace: None,
-            log_fault: None,
+            log_fault,
             unlogged: 0,
         }
     }
@@ -414,7 +422,7 @@ impl DmaEngine {
     #[cold]
     fn note_log_fault(&mut self, f: DmaFault) {
         tracing::warn!(%f, "dirty log write faulted");
-        self.log_fault.get_or_insert(f);
+        self.log_fault.note(f);
     }
 
     atomic_read!(
@@ -532,6 +540,12 @@ impl DmaEngine {
     /// engine dropped) since the last call.
     pub fn take_log_fault(&mut self) -> Option<DmaFault> {
         self.log_fault.take()
+    }
+
+    /// Where this port's log faults wait: [`DmaEngine::take_log_fault`] without the port (a
+    /// device's ports share one, so a device takes every port's fault without locking them).
+    pub fn log_fault_slot(&self) -> LogFaultSlot {
+        self.log_fault.clone()
     }
 
     /// Bus traffic per kind.

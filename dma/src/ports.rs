@@ -14,6 +14,7 @@
 //! over the ports on read (so `iotlb_invalidations` counts every port's flush, and a page two
 //! queues dirty between flushes counts in `pages_marked` once per queue).
 
+use parking_lot::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -23,12 +24,39 @@ use crate::{
 };
 
 /// `n` DMA ports (at least one) for one device on `space`, each with an `iotlb_entries`-entry
-/// IOTLB ([`DmaEngine::new`]), sharing one injected fault.
+/// IOTLB ([`DmaEngine::new`]), sharing one injected fault and one [`LogFaultSlot`].
 pub fn engines(space: Arc<AddressSpace>, iotlb_entries: usize, n: usize) -> Vec<DmaEngine> {
     let inject = Arc::new(AtomicBool::new(false));
+    let log_fault = LogFaultSlot::default();
     (0..n.max(1))
-        .map(|_| DmaEngine::with_fault_flag(space.clone(), iotlb_entries, inject.clone()))
+        .map(|_| {
+            DmaEngine::sharing(
+                space.clone(),
+                iotlb_entries,
+                inject.clone(),
+                log_fault.clone(),
+            )
+        })
         .collect()
+}
+
+/// Where a dirty-log fault of a deferred marking waits for the device to take it (the first
+/// since the last take; one DEVICE_NEEDS_RESET covers the rest). A device's ports share one,
+/// so the device takes it without locking the ports, which may be busy servicing their queues
+/// apart from the device (its lock is a leaf: held for a store or a take only).
+#[derive(Clone, Debug, Default)]
+pub struct LogFaultSlot(Arc<Mutex<Option<DmaFault>>>);
+
+impl LogFaultSlot {
+    /// Keeps `f` unless an earlier fault waits.
+    pub(crate) fn note(&self, f: DmaFault) {
+        self.0.lock().get_or_insert(f);
+    }
+
+    /// The waiting fault, if any; the slot is then empty.
+    pub fn take(&self) -> Option<DmaFault> {
+        self.0.lock().take()
+    }
 }
 
 /// A device's DMA ports seen together, to set and read what belongs to the device as a whole
@@ -114,7 +142,8 @@ impl<'a> DmaPorts<'a> {
     }
 
     /// The first log fault an implicit flush of any port hit since the last call (the others
-    /// are cleared too: one DEVICE_NEEDS_RESET covers them).
+    /// are dropped: one DEVICE_NEEDS_RESET covers them). Ports made by [`engines`] share
+    /// one [`LogFaultSlot`]; ports made apart are each taken.
     pub fn take_log_fault(&mut self) -> Option<DmaFault> {
         let mut first = None;
         for p in self.ports.iter_mut() {
@@ -356,5 +385,20 @@ mod tests {
         ports.set_logging(None);
         assert!(ports.take_log_fault().is_some());
         assert!(ports.take_log_fault().is_none());
+        // The device takes port 2's next one through port 0's slot, without the ports.
+        let slot = ports.port(0).log_fault_slot();
+        ports.set_logging(Some(LogConfig::new(
+            LOG_IOVA + 0x1000 - 8,
+            LOG_IOVA + 0x2000,
+        )));
+        ports
+            .port(2)
+            .write(0x2000, &[1], DmaKind::PacketWrite)
+            .unwrap();
+        ports.set_logging(None);
+        drop(ports);
+        assert!(matches!(slot.take(), Some(DmaFault::Unmapped { .. })));
+        assert!(slot.take().is_none());
+        assert!(engines.iter_mut().all(|p| p.take_log_fault().is_none()));
     }
 }

@@ -144,6 +144,11 @@ pub struct NetEngine {
     /// TX queues that stopped because the port was full ([`Port::ready`]), each once, in the
     /// order they stopped: the port's waker runs them again ([`NetEngine::take_port_blocked`]).
     pub(super) port_blocked: Vec<u16>,
+    /// The dirty log every port writes (the ports each hold it too; this copy answers
+    /// without locking the lanes, which a TX budget may hold apart from the device lock).
+    logging: Option<dma::LogConfig>,
+    /// Where the ports' deferred log faults wait (shared by them: [`dma::LogFaultSlot`]).
+    log_fault: dma::LogFaultSlot,
 }
 
 impl std::fmt::Debug for NetEngine {
@@ -180,11 +185,12 @@ impl NetEngine {
             disable_latency_reads: cfg.disable_latency_reads,
             rx_backlog: cfg.rx_backlog,
         };
+        debug_assert_eq!(ports.len(), usize::from(num_queues));
+        let log_fault = ports[0].log_fault_slot();
         NetEngine {
-            lanes: {
-                debug_assert_eq!(ports.len(), usize::from(num_queues));
-                Lanes::new(ports, params.queue_size_max)
-            },
+            lanes: Lanes::new(ports, params.queue_size_max),
+            logging: None,
+            log_fault,
             port,
             inbox,
             net: NetState::new(params.mac),
@@ -211,6 +217,7 @@ impl NetEngine {
             l.dma.set_logging(None);
             l.dma.disarm_fault();
         }
+        self.logging = None;
         self.net = NetState::new(self.params.mac);
         self.port_blocked.clear();
         self.set_port_rx_offloads(PortOffloads::NONE);
@@ -248,6 +255,24 @@ impl NetEngine {
     /// is locked meanwhile.
     pub fn dma<R>(&self, f: impl FnOnce(&mut DmaPorts<'_>) -> R) -> R {
         self.lanes.ports(f)
+    }
+
+    /// The dirty log the ports write, if logging is on.
+    pub(crate) fn logging(&self) -> Option<dma::LogConfig> {
+        self.logging
+    }
+
+    /// Dirty logging on every port (each flushes its pending bits into the previous log
+    /// first: [`DmaPorts::set_logging`]).
+    pub(crate) fn set_logging(&mut self, cfg: Option<dma::LogConfig>) {
+        self.dma(|d| d.set_logging(cfg));
+        self.logging = cfg;
+    }
+
+    /// The first dirty-log fault a port's deferred marking hit since the last call, taken
+    /// without locking the lanes ([`dma::LogFaultSlot`]).
+    pub(crate) fn take_log_fault(&self) -> Option<dma::DmaFault> {
+        self.log_fault.take()
     }
 
     /// Connects the transmit side to a port (its waker is the caller's to set; the queues the
@@ -314,6 +339,17 @@ impl NetEngine {
         for (q, lane) in self.lanes.all().iter().enumerate() {
             lane.tx.add_to(c, q as u16);
         }
+    }
+
+    /// Every queue's lane.
+    pub(crate) fn lanes(&self) -> &Lanes {
+        &self.lanes
+    }
+
+    /// Whether queue `q` is a transmit queue (virtio 1.2 5.1.2: transmitq N is queue 2N+1;
+    /// the control queue is the last, after the pairs).
+    pub(crate) fn is_tx_queue(&self, q: u16) -> bool {
+        q != self.params.ctrl_queue && q % 2 == 1
     }
 
     /// Number of queues.
@@ -565,7 +601,7 @@ impl NetEngine {
     ) -> Result<Service, DeviceFault> {
         if q == self.params.ctrl_queue {
             self.service_ctrl(q, dp).map(|()| Service::Done)
-        } else if q.is_multiple_of(2) {
+        } else if !self.is_tx_queue(q) {
             self.service_rx(dp).map(|()| Service::Done)
         } else {
             let s = self.service_tx(q, dp)?;
@@ -576,7 +612,6 @@ impl NetEngine {
 
     /// Whether `iova` is inside the dirty log.
     pub(crate) fn in_log(&self, iova: u64) -> bool {
-        self.dma(|d| d.logging())
-            .is_some_and(|l| iova >= l.base && iova < l.end)
+        self.logging.is_some_and(|l| iova >= l.base && iova < l.end)
     }
 }

@@ -18,6 +18,7 @@
 pub(crate) mod access;
 pub mod common_cfg;
 pub mod lm_block;
+mod off_lock;
 pub mod pci_function;
 mod queue_slot;
 #[cfg(test)]
@@ -70,6 +71,17 @@ pub struct DeviceState {
     /// ran out, each once: [`crate::Device`] services them again after offering the
     /// lock to whoever waits for it ([`DeviceState::service_pending`]).
     pending: Vec<u16>,
+    /// TX budgets running on their lanes outside the device lock now ([`crate::Device`];
+    /// `off_lock.rs`).
+    pub(crate) unlocked_tx: u32,
+    /// Callers waiting for those budgets to end before they act ([`crate::Device`]'s
+    /// quiesce): while any waits, no new budget leaves the lock.
+    pub(crate) quiescing: u32,
+    /// Flow buckets a TX budget outside the lock noted, between its lane and the flow table
+    /// (kept for its capacity).
+    pub(crate) off_lock_flows: Vec<u16>,
+    /// The TX queues a doorbell take defers to run outside the lock (kept for its capacity).
+    pub(crate) off_lock_queues: Vec<u16>,
 }
 
 /// Feature bits a device with this configuration offers (its profile's set, less what a quirk
@@ -107,6 +119,10 @@ impl DeviceState {
             paused: false,
             notify_area: None,
             pending: Vec::new(),
+            unlocked_tx: 0,
+            quiescing: 0,
+            off_lock_flows: Vec::new(),
+            off_lock_queues: Vec::new(),
             layout,
             cfg,
         }
@@ -511,7 +527,7 @@ impl DeviceState {
     fn lm_read(&mut self, reg: u64, rel: u64, len: usize) -> u64 {
         match self.lm.read(reg) {
             LmRead::Value(v) => v,
-            LmRead::LoggingActive => u64::from(self.engine.dma(|d| d.logging()).is_some()),
+            LmRead::LoggingActive => u64::from(self.engine.logging().is_some()),
             LmRead::RingState(q) => {
                 let state = self.engine.lm_ring_state(q);
                 // control path (a driver reads it when it stops a queue): worth a line
@@ -553,9 +569,9 @@ impl DeviceState {
         let cfg = self
             .lm
             .log_config(self.cfg.log_granularity, self.quirk(Quirk::LogIgnoresEnd));
-        if self.engine.dma(|d| d.logging()) != cfg {
+        if self.engine.logging() != cfg {
             tracing::info!(?cfg, "dirty logging");
-            self.engine.dma(|d| d.set_logging(cfg));
+            self.engine.set_logging(cfg);
         }
     }
 
@@ -567,6 +583,13 @@ impl DeviceState {
     /// doorbell stored before it (PCIe: a request does not pass an earlier posted write) and a
     /// kick is never taken by one and serviced after the other's access. Returns how many.
     pub(crate) fn take_shared_doorbells(&mut self, at_access: bool) -> u32 {
+        self.take_kicks(at_access, None)
+    }
+
+    /// [`DeviceState::take_shared_doorbells`]; with `defer`, the TX queues whose budget may
+    /// run outside the device lock ([`DeviceState::tx_may_leave_lock`]) are pushed there,
+    /// each once, instead of serviced: the caller runs them (`off_lock.rs`).
+    pub(crate) fn take_kicks(&mut self, at_access: bool, mut defer: Option<&mut Vec<u16>>) -> u32 {
         let Some(area) = self.notify_area.clone() else {
             return 0;
         };
@@ -578,8 +601,16 @@ impl DeviceState {
                 if at_access {
                     self.counters.shared_doorbells_at_access += 1;
                 }
-                if self.notification_data_ok(q, data) {
-                    self.doorbell(q);
+                if !self.notification_data_ok(q, data) || !self.doorbell_counted(q) {
+                    continue;
+                }
+                match defer.as_deref_mut() {
+                    Some(tx) if self.tx_may_leave_lock(q) => {
+                        if !tx.contains(&q) {
+                            tx.push(q);
+                        }
+                    }
+                    _ => self.service(q),
                 }
             }
         }
@@ -611,12 +642,20 @@ impl DeviceState {
 
     /// A doorbell for queue `q`.
     pub(crate) fn doorbell(&mut self, q: u16) {
+        if self.doorbell_counted(q) {
+            self.service(q);
+        }
+    }
+
+    /// Counts a doorbell of queue `q`; whether the queue runs (a queue that is not running
+    /// counts a spurious doorbell).
+    fn doorbell_counted(&mut self, q: u16) -> bool {
         self.counters.queues[usize::from(q)].doorbells += 1;
         if !self.common.status().running() || !self.engine.is_enabled(q) {
             self.counters.spurious_doorbells += 1;
-            return;
+            return false;
         }
-        self.service(q);
+        true
     }
 
     /// Runs every enabled queue once (DRIVER_OK, resume after restore).
@@ -748,7 +787,7 @@ impl DeviceState {
             };
             self.fail(f);
         }
-        if let Some(f) = self.engine.dma(|d| d.take_log_fault()) {
+        if let Some(f) = self.engine.take_log_fault() {
             self.fail(DeviceFault::LogDma(f));
         }
     }
