@@ -215,6 +215,12 @@ impl Device {
                 // The holder looks again after it lets go.
                 return;
             };
+            if s.unlocked_tx > 0 {
+                // A budget outside the lock may have found the port full and not told the
+                // device yet which queue waits: spent now, the wake would miss that queue.
+                // The budget's thread looks again once it is back (it ends in `finish`).
+                return;
+            }
             let runs_rounds = !s.has_pending();
             if self.port_wake.swap(false, Ordering::SeqCst) {
                 s.port_ready();
@@ -328,7 +334,7 @@ impl Device {
             res
         });
         s.unlocked_tx -= 1;
-        if s.unlocked_tx == 0 {
+        if s.unlocked_tx == 0 && s.quiescing > 0 {
             self.tx_idle.notify_all();
         }
         let more = s.finish_off_lock_tx(q, &mut flows, res);

@@ -18,7 +18,7 @@ use device::doorbell::NotifyArea;
 use device::{Device, DeviceConfig, Port, RegionAccess};
 use parking_lot::{Condvar, Mutex};
 use sim_harness::driver::{DriverOptions, NetDriver};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -358,4 +358,86 @@ fn linked_devices_transmitting_into_each_other_off_the_lock_lose_nothing() {
         );
         assert_eq!((c.tx_port_drops, c.rx_dropped_backlog), (0, 0), "{name}");
     }
+}
+
+/// A port that answers "full" once, holding the budget inside that answer until the test lets
+/// it go, and otherwise takes everything; it keeps the waker the device gave it.
+#[derive(Default)]
+struct FullOncePort {
+    /// The next `ready` waits at the gate, then says full.
+    armed: AtomicBool,
+    in_ready: AtomicBool,
+    gate: Mutex<bool>,
+    cv: Condvar,
+    waker: Mutex<Option<device::ReadyWaker>>,
+    sent: AtomicU64,
+}
+
+impl Port for FullOncePort {
+    fn transmit(&self, _frame: &[u8]) -> bool {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+    fn ready(&self) -> bool {
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return true;
+        }
+        self.in_ready.store(true, Ordering::SeqCst);
+        let mut open = self.gate.lock();
+        while !*open {
+            self.cv.wait(&mut open);
+        }
+        false
+    }
+    fn set_ready_waker(&self, waker: Option<device::ReadyWaker>) {
+        *self.waker.lock() = waker;
+    }
+    fn describe(&self) -> String {
+        "full-once".into()
+    }
+}
+
+/// The port says full, and has room again (its waker runs, on another thread) before the
+/// budget that heard "full" is back under the lock: the wake must not be spent on a device
+/// that does not know yet which queue waits for it. Under the lock the waker finds the lock
+/// taken and leaves the wake to the holder; outside it, it finds the lock free, so a wake that
+/// comes while a budget is out is left to the budget's thread too. Without that the queue
+/// waited for a doorbell that never came (the driver had filled its ring).
+#[test]
+fn a_port_wake_while_a_budget_is_outside_the_lock_is_not_lost() {
+    let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
+    let port = Arc::new(FullOncePort::default());
+    dev.set_port(port.clone());
+    let area = Arc::new(NotifyArea::new(dev.layout()).unwrap());
+    dev.attach_notify_area(area.clone());
+    let mut drv = sim_harness::driver::in_process(&dev, DriverOptions::default()).unwrap();
+    drv.start().unwrap();
+    let fs = numbered_frames(8);
+    let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
+    assert_eq!(drv.enqueue_tx(0, &refs).unwrap(), 8);
+    drv.publish_no_kick(1).unwrap();
+    port.armed.store(true, Ordering::SeqCst);
+    area.ring(1, 2).unwrap();
+    let kicker = {
+        let dev = dev.clone();
+        std::thread::spawn(move || dev.take_shared_doorbells())
+    };
+    let t0 = Instant::now();
+    while !port.in_ready.load(Ordering::SeqCst) {
+        assert!(t0.elapsed() < PASSES, "no budget asked the port");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Room again, while the budget still holds its "full".
+    let wake = port.waker.lock().clone().expect("the device set a waker");
+    wake();
+    *port.gate.lock() = true;
+    port.cv.notify_all();
+    assert_eq!(kicker.join().unwrap(), 1);
+    let c = dev.counters();
+    assert_eq!(
+        (port.sent.load(Ordering::SeqCst), c.tx_port_busy),
+        (8, 1),
+        "the queue waits for a wake that was spent"
+    );
+    assert!(c.tx_budgets_off_lock >= 1);
 }
