@@ -272,8 +272,8 @@ impl Device {
         let mut s = self.state.lock();
         let runs_rounds = !s.has_pending();
         let mut tx = std::mem::take(&mut s.off_lock_queues);
-        let n = s.take_kicks(false, Some(&mut tx));
-        let mut s = self.tx_off_lock(s, &mut tx);
+        let mut n = s.take_kicks(false, Some(&mut tx));
+        let mut s = self.tx_off_lock(s, &mut tx, &mut n);
         s.off_lock_queues = tx;
         self.finish(s, runs_rounds);
         n
@@ -282,14 +282,18 @@ impl Device {
     /// Runs the TX queues of `round` outside the device lock, one budget each per round, round
     /// after round while any has more (each budget lets the lock go, so whoever waits for it
     /// gets it between budgets), delivering received frames after each budget, as a service
-    /// under the lock does (a loopback port's frames wait in the FIFO for it). A queue that
-    /// may no longer leave the lock ([`DeviceState::tx_may_leave_lock`]: a caller waits to
-    /// quiesce the device, the queue stopped, the device failed) is serviced under it
-    /// instead, and from there goes on as any queue does. `round` ends empty.
+    /// under the lock does (a loopback port's frames wait in the FIFO for it). Between rounds
+    /// it takes the kicks that came meanwhile: an RX refill or a control command is serviced
+    /// after at most one budget of each busy TX queue, not after the whole burst, and a TX
+    /// queue kicked meanwhile joins the rounds. A queue that may no longer leave the lock
+    /// ([`DeviceState::tx_may_leave_lock`]: a caller waits to quiesce the device, the queue
+    /// stopped, the device failed) is serviced under it instead, and from there goes on as any
+    /// queue does. `round` ends empty; `taken` counts the kicks taken.
     fn tx_off_lock<'a>(
         &'a self,
         mut s: MutexGuard<'a, DeviceState>,
         round: &mut Vec<u16>,
+        taken: &mut u32,
     ) -> MutexGuard<'a, DeviceState> {
         while !round.is_empty() {
             round.retain(|&q| {
@@ -301,6 +305,9 @@ impl Device {
                 s.service_inbox();
                 more
             });
+            // The queues of this round that have more stay first, in order; the newly kicked
+            // ones go after them, each once (take_kicks does not push one already there).
+            *taken += s.take_kicks(false, Some(round));
         }
         s
     }

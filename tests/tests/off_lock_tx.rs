@@ -441,3 +441,67 @@ fn a_port_wake_while_a_budget_is_outside_the_lock_is_not_lost() {
     );
     assert!(c.tx_budgets_off_lock >= 1);
 }
+
+/// A port that rings queue 0's doorbell in the notify window when its 20th frame arrives and
+/// notes, at its 40th, whether that kick was taken yet.
+struct KickingPort {
+    area: Arc<NotifyArea>,
+    sent: AtomicU64,
+    taken_by_40: Mutex<Option<bool>>,
+}
+
+impl Port for KickingPort {
+    fn transmit(&self, _frame: &[u8]) -> bool {
+        match self.sent.fetch_add(1, Ordering::SeqCst) + 1 {
+            20 => self.area.ring(0, 2).unwrap(),
+            40 => {
+                *self.taken_by_40.lock() = Some(self.area.slot(0) == Some(device::doorbell::IDLE))
+            }
+            _ => {}
+        }
+        true
+    }
+    fn describe(&self) -> String {
+        "kicking".into()
+    }
+}
+
+/// An RX refill kick that comes during a long TX burst run off the lock is taken after the
+/// budget under way, not after the burst (budgets of 16 chains: the kick comes in the second
+/// budget and is taken before the third one's frames).
+#[test]
+fn a_kick_that_comes_during_a_tx_burst_is_taken_between_its_budgets() {
+    let cfg = DeviceConfig {
+        service_budget: 16,
+        batch: 16,
+        ..DeviceConfig::with_queue_pairs(1)
+    };
+    let dev = Device::new(cfg).unwrap();
+    let area = Arc::new(NotifyArea::new(dev.layout()).unwrap());
+    dev.attach_notify_area(area.clone());
+    let port = Arc::new(KickingPort {
+        area: area.clone(),
+        sent: AtomicU64::new(0),
+        taken_by_40: Mutex::new(None),
+    });
+    dev.set_port(port.clone());
+    let mut drv = sim_harness::driver::in_process(&dev, DriverOptions::default()).unwrap();
+    drv.start().unwrap();
+    let fs = numbered_frames(64);
+    let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
+    assert_eq!(drv.enqueue_tx(0, &refs).unwrap(), 64);
+    drv.publish_no_kick(1).unwrap();
+    let before = dev.counters().queues[0].doorbells;
+    area.ring(1, 2).unwrap();
+    assert_eq!(dev.take_shared_doorbells(), 2, "both kicks, in one call");
+    assert_eq!(port.sent.load(Ordering::SeqCst), 64);
+    assert_eq!(
+        *port.taken_by_40.lock(),
+        Some(true),
+        "the RX kick waited for the whole TX burst"
+    );
+    let c = dev.counters();
+    assert_eq!(c.queues[0].doorbells, before + 1);
+    assert_eq!(c.shared_doorbells, 2);
+    assert!(c.tx_budgets_off_lock >= 4);
+}

@@ -3,9 +3,10 @@
 //!
 //! It runs outside any socket handling: a pass reads every slot with plain loads
 //! ([`NotifyArea::pending`]) and, if any holds a kick, calls the handler, which takes the kicks
-//! and services their queues (for a served device `Device::take_shared_doorbells`: one
-//! acquisition of the device lock, inside which each kick is consumed and rung exactly as a
-//! trapped doorbell, so the rules for disabled, stopping or paused queues are the same).
+//! and services their queues (for a served device `Device::take_shared_doorbells`: each kick
+//! is consumed under the device lock and rung exactly as a trapped doorbell, so the rules for
+//! disabled, stopping or paused queues are the same; a transmit queue's budgets then run with
+//! the lock free, and kicks that come meanwhile are taken between them).
 //! Between passes that find nothing it waits as [`PollPolicy`] says. Counters, not logs:
 //! [`DoorbellEngine::stats`].
 

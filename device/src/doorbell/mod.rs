@@ -10,8 +10,9 @@
 //!   module). `serve` hands the memfd to QEMU as a sparse mmap area of BAR0, so a guest's kick
 //!   is a store to shared memory with no exit to the socket.
 //! - [`engine::DoorbellEngine`]: the thread that polls the slots and, when one holds a kick,
-//!   has the device take and ring them (`Device::take_shared_doorbells`: one device-lock
-//!   acquisition, each kick rung as a trapped doorbell is).
+//!   has the device take and ring them (`Device::take_shared_doorbells`: each kick taken
+//!   under the device lock and rung as a trapped doorbell is; transmit budgets then run with
+//!   the lock free, docs/architecture.md, Concurrency).
 //!
 //! Ordering with trapped accesses: every register access (`RegionAccess` on the device) first
 //! takes the kicks waiting in the window, under the same lock, so a read or write never passes
