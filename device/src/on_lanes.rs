@@ -2,9 +2,9 @@
 //! #12; `Device::tx_off_lock` in device/src/device.rs), and the port wakes it holds back
 //! meanwhile.
 //!
-//! A budget's frames go to a port, and a port may call back into a device at once: a link or
-//! loopback port delivers into a receive FIFO and tries to service it
-//! (`Device::try_service_rx`: it takes only receive queues' lanes, so that is safe), and a
+//! A budget's frames go to a port, and a port may call back into a device at once: a link port
+//! delivers into its peer's receive FIFO and tries to service it (`Device::try_service_rx`:
+//! it takes only receive queues' lanes, so that is safe), and a
 //! port that got room again wakes the transmit queues it held back (`Device::port_ready`),
 //! which would service transmit queues, whose lanes this thread or another such budget may
 //! hold. A thread holding a lane outside the device lock must not wait for another lane

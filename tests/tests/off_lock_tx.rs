@@ -72,22 +72,30 @@ impl Port for GatePort {
     }
 }
 
-struct Rig {
+struct Rig<P> {
     dev: Arc<Device>,
     drv: NetDriver,
     area: Arc<NotifyArea>,
-    port: Arc<GatePort>,
+    port: Arc<P>,
 }
 
-impl Rig {
-    /// One queue pair, a closed gate for a port, a notify window the test rings by hand (its
-    /// `take_shared_doorbells` calls stand in for the doorbell engine thread).
-    fn new() -> Rig {
-        let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-        let port = Arc::new(GatePort::default());
-        dev.set_port(port.clone());
+impl Rig<GatePort> {
+    /// One queue pair, a closed gate for a port.
+    fn new() -> Self {
+        Rig::with(DeviceConfig::with_queue_pairs(1), |_| GatePort::default())
+    }
+}
+
+impl<P: Port + 'static> Rig<P> {
+    /// A started device with `cfg`, the port `port` makes (given the notify window), and a
+    /// notify window the test rings by hand (its `take_shared_doorbells` calls stand in for
+    /// the doorbell engine thread).
+    fn with(cfg: DeviceConfig, port: impl FnOnce(&Arc<NotifyArea>) -> P) -> Self {
+        let dev = Device::new(cfg).unwrap();
         let area = Arc::new(NotifyArea::new(dev.layout()).unwrap());
         dev.attach_notify_area(area.clone());
+        let port = Arc::new(port(&area));
+        dev.set_port(port.clone());
         let mut drv = sim_harness::driver::in_process(&dev, DriverOptions::default()).unwrap();
         drv.start().unwrap();
         Rig {
@@ -405,23 +413,13 @@ impl Port for FullOncePort {
 /// waited for a doorbell that never came (the driver had filled its ring).
 #[test]
 fn a_port_wake_while_a_budget_is_outside_the_lock_is_not_lost() {
-    let dev = Device::new(DeviceConfig::with_queue_pairs(1)).unwrap();
-    let port = Arc::new(FullOncePort::default());
-    dev.set_port(port.clone());
-    let area = Arc::new(NotifyArea::new(dev.layout()).unwrap());
-    dev.attach_notify_area(area.clone());
-    let mut drv = sim_harness::driver::in_process(&dev, DriverOptions::default()).unwrap();
-    drv.start().unwrap();
-    let fs = numbered_frames(8);
-    let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
-    assert_eq!(drv.enqueue_tx(0, &refs).unwrap(), 8);
-    drv.publish_no_kick(1).unwrap();
+    let mut r = Rig::with(DeviceConfig::with_queue_pairs(1), |_| {
+        FullOncePort::default()
+    });
+    r.queue_tx(&numbered_frames(8));
+    let (dev, port) = (r.dev.clone(), r.port.clone());
     port.armed.store(true, Ordering::SeqCst);
-    area.ring(1, 2).unwrap();
-    let kicker = {
-        let dev = dev.clone();
-        std::thread::spawn(move || dev.take_shared_doorbells())
-    };
+    let kicker = r.shared_kick();
     let t0 = Instant::now();
     while !port.in_ready.load(Ordering::SeqCst) {
         assert!(t0.elapsed() < PASSES, "no budget asked the port");
@@ -476,23 +474,15 @@ fn a_kick_that_comes_during_a_tx_burst_is_taken_between_its_budgets() {
         batch: 16,
         ..DeviceConfig::with_queue_pairs(1)
     };
-    let dev = Device::new(cfg).unwrap();
-    let area = Arc::new(NotifyArea::new(dev.layout()).unwrap());
-    dev.attach_notify_area(area.clone());
-    let port = Arc::new(KickingPort {
+    let mut r = Rig::with(cfg, |area| KickingPort {
         area: area.clone(),
         sent: AtomicU64::new(0),
         taken_by_40: Mutex::new(None),
     });
-    dev.set_port(port.clone());
-    let mut drv = sim_harness::driver::in_process(&dev, DriverOptions::default()).unwrap();
-    drv.start().unwrap();
-    let fs = numbered_frames(64);
-    let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
-    assert_eq!(drv.enqueue_tx(0, &refs).unwrap(), 64);
-    drv.publish_no_kick(1).unwrap();
+    r.queue_tx(&numbered_frames(64));
+    let (dev, port) = (r.dev.clone(), r.port.clone());
     let before = dev.counters().queues[0].doorbells;
-    area.ring(1, 2).unwrap();
+    r.area.ring(1, 2).unwrap();
     assert_eq!(dev.take_shared_doorbells(), 2, "both kicks, in one call");
     assert_eq!(port.sent.load(Ordering::SeqCst), 64);
     assert_eq!(
