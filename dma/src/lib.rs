@@ -537,7 +537,8 @@ impl DmaEngine {
     }
 
     /// The first dirty-log fault hit by an implicit flush (buffer full, logging switched,
-    /// engine dropped) since the last call.
+    /// engine dropped) since the last call; for ports made by [`ports::engines`], of any of
+    /// the device's ports (they share one [`LogFaultSlot`]).
     pub fn take_log_fault(&mut self) -> Option<DmaFault> {
         self.log_fault.take()
     }
