@@ -269,14 +269,13 @@ impl Device {
     /// doorbells do not wait for a TX burst; everything else runs under the lock, as a
     /// trapped doorbell does.
     pub fn take_shared_doorbells(&self) -> u32 {
-        let mut s = self.state.lock();
-        let runs_rounds = !s.has_pending();
-        let mut tx = std::mem::take(&mut s.off_lock_queues);
-        let mut n = s.take_kicks(false, Some(&mut tx));
-        let mut s = self.tx_off_lock(s, &mut tx, &mut n);
-        s.off_lock_queues = tx;
-        self.finish(s, runs_rounds);
-        n
+        self.locked(false, |s| {
+            let mut tx = std::mem::take(&mut s.off_lock_queues);
+            let mut n = s.take_kicks(false, Some(&mut tx));
+            self.tx_off_lock(s, &mut tx, &mut n);
+            s.off_lock_queues = tx;
+            n
+        })
     }
 
     /// Runs the TX queues of `round` outside the device lock, one budget each per round, round
@@ -289,19 +288,19 @@ impl Device {
     /// ([`DeviceState::tx_may_leave_lock`]: a caller waits to quiesce the device, the queue
     /// stopped, the device failed) is serviced under it instead, and from there goes on as any
     /// queue does. `round` ends empty; `taken` counts the kicks taken.
-    fn tx_off_lock<'a>(
-        &'a self,
-        mut s: MutexGuard<'a, DeviceState>,
+    fn tx_off_lock(
+        &self,
+        s: &mut MutexGuard<'_, DeviceState>,
         round: &mut Vec<u16>,
         taken: &mut u32,
-    ) -> MutexGuard<'a, DeviceState> {
+    ) {
         while !round.is_empty() {
             round.retain(|&q| {
                 if !s.tx_may_leave_lock(q) {
                     s.service(q);
                     return false;
                 }
-                let more = self.tx_budget_off_lock(&mut s, q);
+                let more = self.tx_budget_off_lock(s, q);
                 s.service_inbox();
                 more
             });
@@ -309,7 +308,6 @@ impl Device {
             // ones go after them, each once (take_kicks does not push one already there).
             *taken += s.take_kicks(false, Some(round));
         }
-        s
     }
 
     /// One budget of TX queue `q` on its lane with the device lock free. The lane is locked
@@ -577,7 +575,7 @@ impl Device {
     /// ([`Device::quiesce`]), then delivers frames that arrived meanwhile (see
     /// [`Device::try_service_rx`]).
     fn with<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
-        self.locked(true, f)
+        self.locked(true, |s| f(s))
     }
 
     /// Runs `f` on the locked state to read it, then does what arrived while the lock was
@@ -595,10 +593,13 @@ impl Device {
     /// state a budget changes, or reaches it through the queue's lane (which waits for the
     /// budget): register reads, received frames.
     fn with_shared<R>(&self, f: impl FnOnce(&mut DeviceState) -> R) -> R {
-        self.locked(false, f)
+        self.locked(false, |s| f(s))
     }
 
-    fn locked<R>(&self, quiesce: bool, f: impl FnOnce(&mut DeviceState) -> R) -> R {
+    /// The one way a call takes the device lock to act: quiescing first if asked, then `f`
+    /// (which may let the lock go and take it back: [`Device::tx_off_lock`]), then
+    /// [`Device::finish`].
+    fn locked<R>(&self, quiesce: bool, f: impl FnOnce(&mut MutexGuard<'_, DeviceState>) -> R) -> R {
         let mut s = self.state.lock();
         if quiesce {
             self.quiesce(&mut s);

@@ -679,6 +679,11 @@ impl DeviceState {
         true
     }
 
+    /// [`DeviceState::datapath_runs`] without counting why not.
+    fn datapath_open(&self) -> bool {
+        self.common.status().running() && !self.paused && self.function.bus_master()
+    }
+
     /// Processes queue `q` until it has no more work (RX: until the inbox is empty or buffers
     /// run out).
     /// A TX queue stops after its budget ([`DeviceConfig::service_budget`]) and is noted as
@@ -724,11 +729,7 @@ impl DeviceState {
 
     /// Delivers waiting frames if the device can take them.
     pub(crate) fn service_inbox(&mut self) {
-        if self.common.status().running()
-            && !self.paused
-            && self.function.bus_master()
-            && !self.engine.inbox().is_empty()
-        {
+        if self.datapath_open() && !self.engine.inbox().is_empty() {
             self.run_datapath(|engine, dp| engine.service_rx(dp));
         }
     }

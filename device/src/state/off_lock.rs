@@ -21,9 +21,7 @@ impl DeviceState {
     pub(crate) fn tx_may_leave_lock(&self, q: u16) -> bool {
         self.quiescing == 0
             && self.engine.is_tx_queue(q)
-            && self.common.status().running()
-            && !self.paused
-            && self.function.bus_master()
+            && self.datapath_open()
             && self.pending.is_empty()
             && self.engine.is_enabled(q)
     }
