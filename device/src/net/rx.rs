@@ -18,7 +18,7 @@
 //! "Now" is what CTRL_GUEST_OFFLOADS_SET left on, negotiation until then (5.1.6.5.6.1).
 
 use super::engine::{Datapath, NetEngine};
-use super::lane::Lane;
+use super::lane::{HeldLane, Lane};
 use super::offload::coalesce::Coalescer;
 use super::offload::csum;
 use super::offload::gso::{self, SegBugs, TcpFrame, TCP_CSUM_OFFSET};
@@ -202,6 +202,8 @@ impl NetEngine {
         let mut result = Ok(());
         let inbox = self.inbox.clone();
         let mut rd = inbox.reader(std::mem::take(&mut self.rx_scratch));
+        let all_lanes = self.lanes.clone();
+        let mut lanes = HeldLane::new(&all_lanes);
         while let Some(mut frame) = rd.pop() {
             if !self.net.accepts(&frame.data) {
                 dp.counters.rx_filtered += 1;
@@ -249,7 +251,7 @@ impl NetEngine {
                     2 * p
                 }
             };
-            let q = match self.not_being_reset(q) {
+            let q = match self.not_being_reset(&mut lanes, q) {
                 Some(r) if r == q => q,
                 Some(r) => {
                     dp.counters.rx_resteered_queue_reset += 1;
@@ -285,12 +287,13 @@ impl NetEngine {
                 v1: out_hdr,
                 hash: hash_report.then(|| self.hash_of(&frame.data)),
             };
-            let mut res = self.deliver(q, &frame.data, &out, mrg, dp.counters);
+            let lane = lanes.get(q);
+            let mut res = self.deliver(lane, q, &frame.data, &out, mrg, dp.counters);
             if let Ok(Fit::NoRoom) = res {
                 // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
                 // EVENT_IDX, 2.7.10), then look once more in case it just did.
-                res = match self.arm_rx(q) {
-                    Ok(true) => self.deliver(q, &frame.data, &out, mrg, dp.counters),
+                res = match arm_rx(lane) {
+                    Ok(true) => self.deliver(lane, q, &frame.data, &out, mrg, dp.counters),
                     Ok(false) => Ok(Fit::NoRoom),
                     Err(e) => Err(e),
                 };
@@ -351,7 +354,8 @@ impl NetEngine {
         }
         self.rx_scratch = rd.finish();
         for pair in touched.iter_ones() {
-            self.publish_rx(2 * pair as u16, dp)?;
+            let q = 2 * pair as u16;
+            publish_rx(lanes.get(q), q, dp)?;
         }
         result
     }
@@ -430,8 +434,8 @@ impl NetEngine {
     /// queue is not being reset, or None (drop) when every one is, so frames for a queue the
     /// driver may be resizing neither wait in front of other queues' frames in the FIFO nor
     /// pile up. A stopped queue (IFC VF stop, migration) is not being reset: its frames wait.
-    fn not_being_reset(&self, q: u16) -> Option<u16> {
-        let reset = |r: u16| self.lanes.lock(r).slot.state.being_reset();
+    fn not_being_reset(&self, lanes: &mut HeldLane<'_>, q: u16) -> Option<u16> {
+        let mut reset = |r: u16| lanes.get(r).slot.state.being_reset();
         if !reset(q) {
             return Some(q);
         }
@@ -439,30 +443,6 @@ impl NetEngine {
         (1..=pairs)
             .map(|i| 2 * ((q / 2 + i) % pairs))
             .find(|&r| !reset(r))
-    }
-
-    fn arm_rx(&mut self, q: u16) -> Result<bool, DeviceFault> {
-        let mut lane = self.lanes.lock(q);
-        let Lane { slot, dma, .. } = &mut *lane;
-        match &mut slot.state {
-            QueueState::Enabled(ring) => ring.arm_notification(dma),
-            _ => Ok(false),
-        }
-    }
-
-    fn publish_rx(&mut self, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
-        let mut lane = self.lanes.lock(q);
-        let Lane { slot, dma, .. } = &mut *lane;
-        let QueueState::Enabled(ring) = &mut slot.state else {
-            return Ok(());
-        };
-        ring.flush_used(dma)?;
-        if ring.interrupt_decision(dma)? {
-            dp.interrupts.push(q);
-        } else {
-            dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
-        }
-        Ok(())
     }
 
     /// The hash report of `frame` (HASH_REPORT negotiated): under the RSS configuration while
@@ -481,6 +461,7 @@ impl NetEngine {
     /// Writes one frame into queue `q` behind header `h` (num_buffers filled in here).
     fn deliver(
         &mut self,
+        lane: &mut Lane,
         q: u16,
         frame: &[u8],
         h: &RxHdr,
@@ -490,14 +471,12 @@ impl NetEngine {
         let batch = self.params.batch;
         let quirk_len = self.params.quirks.has(Quirk::SplitRingUsedLenWrong);
         let NetEngine {
-            lanes,
             chain,
             rx_descs: all,
             rx_slots: slots,
             ..
         } = self;
-        let mut lane = lanes.lock(q);
-        let Lane { slot, dma, .. } = &mut *lane;
+        let Lane { slot, dma, .. } = lane;
         let ring_size = usize::from(slot.size);
         let QueueState::Enabled(ring) = &mut slot.state else {
             return Ok(Fit::NoRoom);
@@ -574,6 +553,32 @@ impl NetEngine {
         }
         Ok(Fit::Done)
     }
+}
+
+/// Out of buffers on `lane`'s RX queue: asks for a doorbell when the driver adds some
+/// (avail_event with EVENT_IDX, 2.7.10) and says whether it just did.
+fn arm_rx(lane: &mut Lane) -> Result<bool, DeviceFault> {
+    let Lane { slot, dma, .. } = lane;
+    match &mut slot.state {
+        QueueState::Enabled(ring) => ring.arm_notification(dma),
+        _ => Ok(false),
+    }
+}
+
+/// Publishes what a delivery wrote into `lane`'s RX queue and notes its interrupt, if the
+/// driver wants one (`q` is the queue's index).
+fn publish_rx(lane: &mut Lane, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
+    let Lane { slot, dma, .. } = lane;
+    let QueueState::Enabled(ring) = &mut slot.state else {
+        return Ok(());
+    };
+    ring.flush_used(dma)?;
+    if ring.interrupt_decision(dma)? {
+        dp.interrupts.push(q);
+    } else {
+        dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
