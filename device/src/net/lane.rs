@@ -13,6 +13,7 @@ use crate::counters::TxCounters;
 use crate::state::QueueSlot;
 use dma::{DmaEngine, DmaPorts};
 use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// One queue's own state (see the module docs).
@@ -29,41 +30,49 @@ pub struct Lane {
     pub(crate) scratch: TxScratch,
 }
 
-/// One lane at a time, kept locked while the same queue is asked for again: a receive
-/// delivery loop takes each frame's queue here and keeps that lane while the next frames go
-/// to the same queue. A lock and an unlock per frame cost more than the frame itself: on x86
-/// each is a locked instruction, which waits until the frame's stores into the driver's
-/// buffer have left the store buffer (the lines come from the driver's core), so the device
-/// waited for every frame's stores in turn (`perf`: three quarters of the delivery's samples on
-/// the lane unlock in the 64-byte RX bench). Asking for another queue lets the held lane go
-/// first, so at most one lane is held and the lock order stands.
-pub(crate) struct HeldLane<'a> {
+/// Lanes kept locked while their queues are asked for again: a receive delivery loop takes
+/// each frame's queue here and keeps the lanes it took until it returns. A lock and an unlock
+/// per frame cost more than the frame itself: on x86 each is a locked instruction, which waits
+/// until the frame's stores into the driver's buffer have left the store buffer (the lines
+/// come from the driver's core), so the device waited for every frame's stores in turn
+/// (`perf`: three quarters of the delivery's samples on the lane unlock in the 64-byte RX
+/// bench, with one queue pair and with four).
+///
+/// The held lanes are always locked in queue order: asking for a queue below a held one lets
+/// every held lane above it go first, then locks it. Frames spread over queues in any order
+/// settle within a few frames to holding each queue they use.
+pub(crate) struct HeldLanes<'a> {
     lanes: &'a Lanes,
-    held: Option<(u16, MutexGuard<'a, Lane>)>,
+    /// The held lanes, in queue order.
+    held: SmallVec<[(u16, MutexGuard<'a, Lane>); 4]>,
 }
 
-impl<'a> HeldLane<'a> {
+impl<'a> HeldLanes<'a> {
     /// Nothing held yet.
     pub(crate) fn new(lanes: &'a Lanes) -> Self {
-        HeldLane { lanes, held: None }
+        HeldLanes {
+            lanes,
+            held: SmallVec::new(),
+        }
     }
 
-    /// Queue `q`'s lane: the one held if it is `q`'s, else `q`'s locked after the held one
-    /// was let go.
+    /// Queue `q`'s lane: held already, or locked now (after the held lanes above `q` were let
+    /// go) and held from now on.
     ///
     /// # Panics
     /// If there is no queue `q` (as [`Lanes::lock`]).
     #[inline]
     pub(crate) fn get(&mut self, q: u16) -> &mut Lane {
-        if !matches!(&self.held, Some((h, _)) if *h == q) {
-            // Let go before locking: never two lanes at once.
-            self.held = None;
-            self.held = Some((q, self.lanes.lock(q)));
-        }
-        match &mut self.held {
-            Some((_, lane)) => lane,
-            None => unreachable!("locked above"),
-        }
+        let i = match self.held.binary_search_by_key(&q, |(h, _)| *h) {
+            Ok(i) => i,
+            Err(i) => {
+                // Let go of the lanes above `q` before locking it: lanes in queue order.
+                self.held.truncate(i);
+                self.held.push((q, self.lanes.lock(q)));
+                i
+            }
+        };
+        &mut self.held[i].1
     }
 }
 
@@ -147,34 +156,34 @@ mod tests {
     }
 
     #[test]
-    fn a_held_lane_is_kept_for_its_queue_and_let_go_before_another_is_locked() {
-        let all = lanes(4);
-        let mut held = HeldLane::new(&all);
+    fn held_lanes_are_kept_in_queue_order_and_let_go_above_a_lower_queue() {
+        let all = lanes(5);
+        let mut held = HeldLanes::new(&all);
         assert_eq!(
             locked(&all),
-            [false; 4],
+            [false; 5],
             "nothing is locked before it is asked for"
         );
         held.get(2).slot.size = 64;
-        assert_eq!(locked(&all), [false, false, true, false]);
-        // The same queue again: the same guard, still the only lane locked.
+        assert_eq!(locked(&all), [false, false, true, false, false]);
+        // Asked again: the same guard; a higher queue joins it (queue order kept).
         assert_eq!(held.get(2).slot.size, 64);
-        assert_eq!(locked(&all), [false, false, true, false]);
-        // A lower queue: the held one is let go first (never two lanes, so no order to break).
+        held.get(4);
+        assert_eq!(locked(&all), [false, false, true, false, true]);
+        // A lower queue: the lanes above it are let go first, then it is locked.
         held.get(0);
-        assert_eq!(locked(&all), [true, false, false, false]);
+        assert_eq!(locked(&all), [true, false, false, false, false]);
+        held.get(2);
+        held.get(4);
+        assert_eq!(locked(&all), [true, false, true, false, true]);
         held.get(3);
-        assert_eq!(locked(&all), [false, false, false, true]);
+        assert_eq!(locked(&all), [true, false, true, true, false]);
         drop(held);
-        assert_eq!(
-            locked(&all),
-            [false; 4],
-            "dropping it lets the last lane go"
-        );
+        assert_eq!(locked(&all), [false; 5], "dropping it lets every lane go");
         assert_eq!(
             all.lock(2).slot.size,
             64,
-            "what was written under the held guard stays"
+            "what was written under a held guard stays"
         );
     }
 }

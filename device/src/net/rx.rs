@@ -18,7 +18,7 @@
 //! "Now" is what CTRL_GUEST_OFFLOADS_SET left on, negotiation until then (5.1.6.5.6.1).
 
 use super::engine::{Datapath, NetEngine};
-use super::lane::{HeldLane, Lane};
+use super::lane::{HeldLanes, Lane};
 use super::offload::coalesce::Coalescer;
 use super::offload::csum;
 use super::offload::gso::{self, SegBugs, TcpFrame, TCP_CSUM_OFFSET};
@@ -203,7 +203,7 @@ impl NetEngine {
         let inbox = self.inbox.clone();
         let mut rd = inbox.reader(std::mem::take(&mut self.rx_scratch));
         let all_lanes = self.lanes.clone();
-        let mut lanes = HeldLane::new(&all_lanes);
+        let mut lanes = HeldLanes::new(&all_lanes);
         while let Some(mut frame) = rd.pop() {
             if !self.net.accepts(&frame.data) {
                 dp.counters.rx_filtered += 1;
@@ -434,7 +434,7 @@ impl NetEngine {
     /// queue is not being reset, or None (drop) when every one is, so frames for a queue the
     /// driver may be resizing neither wait in front of other queues' frames in the FIFO nor
     /// pile up. A stopped queue (IFC VF stop, migration) is not being reset: its frames wait.
-    fn not_being_reset(&self, lanes: &mut HeldLane<'_>, q: u16) -> Option<u16> {
+    fn not_being_reset(&self, lanes: &mut HeldLanes<'_>, q: u16) -> Option<u16> {
         let mut reset = |r: u16| lanes.get(r).slot.state.being_reset();
         if !reset(q) {
             return Some(q);
