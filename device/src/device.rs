@@ -145,7 +145,7 @@ impl Device {
             layout.clone(),
             cfg,
             dma,
-            Arc::new(NullPort::default()),
+            Arc::new(NullPort),
             inbox.clone(),
             Arc::new(NullSink),
             isr.clone(),

@@ -53,7 +53,7 @@ fn setup(
     if loopback {
         dev.set_loopback();
     } else {
-        dev.set_port(Arc::new(NullPort::default()));
+        dev.set_port(Arc::new(NullPort));
     }
     let mut drv = sim_harness::driver::in_process(
         &dev,

@@ -142,7 +142,7 @@ impl Drop for PortHandle {
             let _ = t.join();
         }
         if self.port.is_some() {
-            self.device.set_port(Arc::new(NullPort::default()));
+            self.device.set_port(Arc::new(NullPort));
         }
     }
 }
@@ -156,11 +156,11 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
             (None, None)
         }
         PortSpec::Null => {
-            let port: Arc<dyn Port> = Arc::new(NullPort::default());
+            let port: Arc<dyn Port> = Arc::new(NullPort);
             (Some(port), None)
         }
         PortSpec::Gen(size) => {
-            let port: Arc<dyn Port> = Arc::new(NullPort::default());
+            let port: Arc<dyn Port> = Arc::new(NullPort);
             let t = gen::spawn(device, *size, &stop).map_err(PortError::Thread)?;
             (Some(port), Some(t))
         }
