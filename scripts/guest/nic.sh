@@ -47,6 +47,8 @@ DRV=$(pci_driver "$BDF")
 res nic="$IF" mac="$(cat "/sys/class/net/$IF/address")" bdf="$BDF" pci_driver="$DRV" \
   net_driver="$(basename "$(readlink "/sys/class/net/$IF/device/driver")")" \
   mtu="$(cat "/sys/class/net/$IF/mtu")" queues="$(ls -d /sys/class/net/$IF/queues/tx-* | wc -l)"
+# the negotiated virtio feature bits (bit 0 first), as the virtio core sees them
+res virtio_features="$(cat "/sys/class/net/$IF/device/features" 2> /dev/null || echo none)"
 # behind a vIOMMU: the group and its default domain type (DMA = strict, DMA-FQ = lazy, identity = pt)
 if [ -e "/sys/bus/pci/devices/$BDF/iommu_group" ]; then
   G=$(basename "$(readlink "/sys/bus/pci/devices/$BDF/iommu_group")")

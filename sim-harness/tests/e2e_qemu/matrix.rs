@@ -119,6 +119,29 @@ struct Run {
     /// virtio_net's doorbells (kicks) per TX and RX queue in the (sending; RX: receiving) guest.
     tx_q: String,
     rx_q: String,
+    /// The ring the (sending) guest's virtio core drives, from its negotiated features.
+    ring: String,
+}
+
+/// "split" or "packed", and "+EVENT_IDX" when negotiated, from the guest's `virtio_features`
+/// result (the virtio core's feature bits as 0/1 characters, bit 0 first).
+fn guest_ring(b: &Boot) -> String {
+    use virtio_bindings::virtio_config::VIRTIO_F_RING_PACKED;
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    let Some(bits) = b.get("virtio_features") else {
+        return "?".into();
+    };
+    let has = |bit: u32| bits.as_bytes().get(bit as usize) == Some(&b'1');
+    let layout = if has(VIRTIO_F_RING_PACKED) {
+        "packed"
+    } else {
+        "split"
+    };
+    if has(VIRTIO_RING_F_EVENT_IDX) {
+        format!("{layout}+EVENT_IDX")
+    } else {
+        layout.into()
+    }
 }
 
 /// The guest variables of a `streams*` role.
@@ -279,6 +302,7 @@ impl StreamPeer {
             us_per_frame: None,
             tx_q: b.get("tx_q_kicks").unwrap_or("?").into(),
             rx_q: b.get("rx_q_kicks").unwrap_or("?").into(),
+            ring: guest_ring(&b),
         }
     }
 }
@@ -584,6 +608,7 @@ fn two_guests(e2e: &E2e, driver: &str, s: Shape, ours: bool) -> Run {
         us_per_frame: us,
         tx_q: ra.get("tx_q_kicks").unwrap_or("?").into(),
         rx_q: rb.get("rx_q_kicks").unwrap_or("?").into(),
+        ring: guest_ring(&ra),
     }
 }
 
@@ -600,12 +625,14 @@ fn throughput_matrix() {
         let (o, q) = (ours.mbps[dir], qemu.mbps[dir]);
         let cell = format!("{dir} {who} {}", s.label());
         println!(
-            "E2E-BENCH matrix {cell}: {o:.1} MB/s vs QEMU virtio-net-pci ({}) {q:.1} MB/s = {:.2}x | serve {} us/frame | guest tx queues [{}] rx queues [{}]",
+            "E2E-BENCH matrix {cell}: {o:.1} MB/s vs QEMU virtio-net-pci ({}) {q:.1} MB/s = {:.2}x | serve {} us/frame | guest tx queues [{}] rx queues [{}] | guest ring {} (QEMU's {})",
             qemu_shape.label(),
             o / q,
             ours.us_per_frame.map_or("?".into(), |u| format!("{u:.1}")),
             ours.tx_q,
             ours.rx_q,
+            ours.ring,
+            qemu.ring,
         );
         rows.push((
             cell,
