@@ -525,6 +525,59 @@ fn event_idx_suppresses(packed: bool) {
     assert_eq!(drv.recv(0).unwrap().len(), 100);
 }
 
+/// A frame that did not fit the buffers left goes out on the driver's next refill, with no
+/// other event: out of buffers, the device asks for a kick at the end of what it fetched (with
+/// EVENT_IDX, avail_event), and the refill kicks. It asked at the last index it completed on
+/// split rings, behind the buffers it had fetched and given back, so the refill sent no kick
+/// and the frame waited for the next frame from the port (a TCP stream's last frames stall
+/// until a retransmission).
+#[test]
+fn a_frame_out_of_buffers_goes_out_on_the_next_refill_alone() {
+    for packed in LAYOUTS {
+        let name = layout_name(packed);
+        // 16 buffers of 512 bytes: seven 1000-byte frames take two each, the eighth (1500
+        // bytes) needs three and finds two.
+        let (dev, mut drv) = loopback(
+            1,
+            DriverOptions {
+                queue_size: 16,
+                rx_buf_size: 512,
+                ..Default::default()
+            }
+            .with_packed(packed),
+        );
+        assert_ne!(drv.features & (1 << bits::EVENT_IDX), 0);
+        let mac = drv.mac().unwrap();
+        let mut rng = SmallRng::seed_from_u64(11);
+        let sent: Vec<Vec<u8>> = (0..8u64)
+            .map(|i| frames::build(mac, mac, 0, i, if i < 7 { 1000 } else { 1500 }, &mut rng))
+            .collect();
+        for f in &sent {
+            assert_eq!(drv.send(0, &[f]).unwrap(), 1);
+        }
+        assert_eq!(
+            dev.inbox().len(),
+            1,
+            "{name}: the eighth frame waits for buffers"
+        );
+        let doorbells = dev.counters().queues[usize::from(rxq(0))].doorbells;
+        // The driver takes the seven and posts their buffers again; that refill's kick alone
+        // must bring the eighth.
+        let mut got = drv.recv(0).unwrap();
+        assert!(
+            dev.counters().queues[usize::from(rxq(0))].doorbells > doorbells,
+            "{name}: the refill kicked the device"
+        );
+        assert_eq!(
+            dev.inbox().len(),
+            0,
+            "{name}: delivered on the refill's kick"
+        );
+        got.extend(drv.recv(0).unwrap());
+        assert_eq!(got, sent, "{name}: every frame, in order");
+    }
+}
+
 #[test]
 fn no_interrupt_flag_without_event_idx() {
     for packed in LAYOUTS {

@@ -409,12 +409,19 @@ impl SplitRing {
 
     /// With EVENT_IDX, tells the driver which avail index to kick at (2.7.10: avail_event =
     /// the next index the device will read), then returns whether more work arrived meanwhile.
+    ///
+    /// The next index to read is the end of what was fetched, not `last_avail`: after a
+    /// rollback (a received frame that did not fit the buffers fetched so far) the device has
+    /// already read the heads it gave back, so asking for a kick at `last_avail` asked for one
+    /// the driver's next refill did not send (its new index was already past it), and the
+    /// frame waited for the next frame from the port.
     pub fn arm_notification(&mut self, dma: &mut DmaEngine) -> Result<bool, DeviceFault> {
         let q = self.queue;
+        let next = self.fetched_end();
         if self.event_idx {
             dma.write_u16(
                 self.used + USED_RING + USED_ELEM_SIZE * u64::from(self.size),
-                self.last_avail,
+                next,
                 DmaKind::RingWrite,
             )
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
@@ -423,7 +430,13 @@ impl SplitRing {
         let avail_idx = dma
             .read_u16(self.avail + AVAIL_IDX, DmaKind::RingRead)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
-        Ok(avail_idx != self.last_avail)
+        Ok(avail_idx != next)
+    }
+
+    /// The avail index after the last head fetched (popped or not).
+    fn fetched_end(&self) -> u16 {
+        self.last_avail
+            .wrapping_add((self.heads.len() - self.head_pos) as u16)
     }
 
     /// Whether heads fetched from the avail ring are still unprocessed.
