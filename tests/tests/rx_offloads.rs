@@ -536,3 +536,66 @@ fn a_coalesced_frame_no_buffer_holds_goes_out_as_its_segments() {
     assert_eq!((c.rx_coalesced_frames, c.rx_gso_segmented), (1, 1));
     assert_eq!((c.rx_gso_frames, c.rx_dropped_too_small), (0, 0));
 }
+
+#[test]
+fn a_coalesced_frame_that_waits_for_buffers_keeps_its_gso_header() {
+    for packed in [false, true] {
+        coalesced_frame_waits(packed);
+    }
+}
+
+fn coalesced_frame_waits(packed: bool) {
+    let name = if packed { "packed" } else { "split" };
+    // 16 buffers of 2048 bytes (MRG_RXBUF): the coalesced frame fits the ring, but not what is
+    // left of it after 8 small frames the driver has not taken yet.
+    let (dev, mut drv) = loopback(
+        DriverOptions {
+            features: default_driver_features() | RX_GSO_FEATURES,
+            queue_size: 16,
+            rx_buf_size: 2048,
+            ..DriverOptions::default()
+        }
+        .with_packed(packed),
+    );
+    let mac = drv.mac().unwrap();
+    let (_, small) = inet::build(mac, mac, true, false, &[1; 100], 9, 0, 0x41);
+    for _ in 0..8 {
+        assert_eq!(drv.send(0, &[small.as_slice()]).unwrap(), 1);
+    }
+    let (lay, f) = inet::build(mac, mac, true, true, &[7; 20_000], 5, ACK, 0x40);
+    let tso = NetHdr::tso(GSO_TCPV4, 1448, lay.l4 as u16, lay.payload as u16);
+    assert!(drv.send_with_hdr(0, &tso, &f).unwrap());
+    assert_eq!(
+        dev.counters().rx_coalesced_frames,
+        1,
+        "{name}: coalesced, then out of buffers"
+    );
+    // The driver takes the small frames and posts their buffers again: the waiting frame goes
+    // out on the next delivery, still as the one GSO frame it was coalesced into.
+    let mut got = drv.recv_with_hdr(0).unwrap();
+    got.extend(drv.recv_with_hdr(0).unwrap());
+    assert_eq!(
+        got.len(),
+        9,
+        "{name}: 8 small frames and the coalesced one: {:?}",
+        dev.counters()
+            .scalars()
+            .into_iter()
+            .filter(|c| c.1 != 0)
+            .collect::<Vec<_>>()
+    );
+    for (h, s) in &got[..8] {
+        assert_eq!(h.gso_type, GSO_NONE);
+        assert_eq!(s, &small);
+    }
+    let (h, g) = &got[8];
+    assert_eq!(
+        (h.flags, h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+        (F_NEEDS_CSUM, GSO_TCPV4, 1448, lay.l4 as u16, 16),
+        "{name}: a {}-byte frame without its GSO header is bigger than any wire frame",
+        g.len()
+    );
+    assert_eq!(g, &f, "{name}");
+    let c = dev.counters();
+    assert_eq!((c.rx_coalesced_frames, c.rx_gso_frames), (1, 1));
+}

@@ -234,6 +234,11 @@ impl NetEngine {
                     // A wire frame from the port (not a segment the device cut itself: those
                     // carry DATA_VALID here) may start a GSO frame of segments waiting with it.
                     if let Some(h) = self.coalesce(&mut rd, &mut frame, go, dp.counters) {
+                        // From here on it is a GSO frame with this header, as a port that
+                        // passes offloads on hands one over: if it has to wait for buffers, it
+                        // goes back to the FIFO as one (without it, a frame bigger than any
+                        // wire frame would come out as a plain one).
+                        frame.hdr = h;
                         plan = RxPlan::Offloaded(h);
                     }
                 }
