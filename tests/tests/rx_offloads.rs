@@ -453,6 +453,15 @@ fn reseal(mut s: Vec<u8>) -> Vec<u8> {
     s
 }
 
+/// The device's counters that are not zero (for a failing assertion's message).
+fn nonzero_counters(dev: &Device) -> Vec<(&'static str, u64)> {
+    dev.counters()
+        .scalars()
+        .into_iter()
+        .filter(|c| c.1 != 0)
+        .collect()
+}
+
 /// The driver model over loopback (a wire: the device segments on TX), with `features`.
 fn loopback(o: DriverOptions) -> (Arc<Device>, NetDriver) {
     let dev = Device::new(DeviceConfig::default()).unwrap();
@@ -479,11 +488,7 @@ fn segments_on_the_wire_are_coalesced_back_for_a_driver_that_takes_gso() {
             got.len(),
             1,
             "v4 {v4}: one GSO frame again: {:?}",
-            dev.counters()
-                .scalars()
-                .into_iter()
-                .filter(|c| c.1 != 0)
-                .collect::<Vec<_>>()
+            nonzero_counters(&dev)
         );
         let (h, g) = &got[0];
         assert_eq!(
@@ -578,11 +583,7 @@ fn coalesced_frame_waits(packed: bool) {
         got.len(),
         9,
         "{name}: 8 small frames and the coalesced one: {:?}",
-        dev.counters()
-            .scalars()
-            .into_iter()
-            .filter(|c| c.1 != 0)
-            .collect::<Vec<_>>()
+        nonzero_counters(&dev)
     );
     for (h, s) in &got[..8] {
         assert_eq!(h.gso_type, GSO_NONE);
