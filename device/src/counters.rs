@@ -162,7 +162,9 @@ pub struct DeviceCounters {
     pub rx_dropped_too_small: u64,
     /// Frames discarded from the inbox by a device reset.
     pub rx_dropped_reset: u64,
-    /// Frames steered by their RSS hash through the indirection table (5.1.6.5.7).
+    /// Frames steered by their RSS hash through the indirection table (5.1.6.5.7), counted
+    /// once each when delivered or dropped (a frame waiting for buffers is steered again on
+    /// every try).
     pub rx_rss_hashed: u64,
     /// RX frames whose virtio_net_hdr_v1_hash carries a hash (HASH_REPORT, a type other than
     /// VIRTIO_NET_HASH_REPORT_NONE).

@@ -245,24 +245,21 @@ impl NetEngine {
                 RxPlan::Wire | RxPlan::Offloaded(_) => {}
             }
             let rss_quirk = self.params.quirks.has(Quirk::RssIgnoresIndirectionTable);
-            let q = match self.net.steer(&frame.data, rss_quirk) {
-                Steering::Flow(p) => 2 * p,
-                Steering::Hashed(p) => {
-                    dp.counters.rx_rss_hashed += 1;
-                    2 * p
-                }
-                Steering::Unclassified(p) => {
-                    dp.counters.rx_rss_unclassified += 1;
-                    2 * p
-                }
+            // Counted once the frame leaves the FIFO for good (delivered or dropped): a frame
+            // that waits for buffers is steered again on every try.
+            let steering = self.net.steer(&frame.data, rss_quirk);
+            let q = match steering {
+                Steering::Flow(p) | Steering::Hashed(p) | Steering::Unclassified(p) => 2 * p,
             };
+            let mut resteered = false;
             let q = match self.not_being_reset(&mut lanes, q) {
                 Some(r) if r == q => q,
                 Some(r) => {
-                    dp.counters.rx_resteered_queue_reset += 1;
+                    resteered = true;
                     r
                 }
                 None => {
+                    count_steering(dp.counters, steering, false);
                     dp.counters.rx_dropped_queue_reset += 1;
                     rd.recycle(frame.data);
                     continue;
@@ -305,6 +302,7 @@ impl NetEngine {
             }
             match res {
                 Ok(Fit::Done) => {
+                    count_steering(dp.counters, steering, resteered);
                     match csum {
                         L4Csum::Valid => dp.counters.rx_csum_valid += 1,
                         L4Csum::Bad => dp.counters.rx_csum_bad += 1,
@@ -341,6 +339,7 @@ impl NetEngine {
                     );
                 }
                 Ok(Fit::TooSmall) => {
+                    count_steering(dp.counters, steering, resteered);
                     // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a
                     // whole frame; this one does not: drop the frame, keep the buffers.
                     dp.counters.rx_dropped_too_small += 1;
@@ -557,6 +556,19 @@ impl NetEngine {
             c.frame(CaptureDirection::Rx, q / 2, frame);
         }
         Ok(Fit::Done)
+    }
+}
+
+/// Counts how a frame that left the FIFO for good was steered (RSS hash, unclassified, or
+/// to another queue than its own because that one was being reset).
+fn count_steering(c: &mut DeviceCounters, steering: Steering, resteered: bool) {
+    match steering {
+        Steering::Flow(_) => {}
+        Steering::Hashed(_) => c.rx_rss_hashed += 1,
+        Steering::Unclassified(_) => c.rx_rss_unclassified += 1,
+    }
+    if resteered {
+        c.rx_resteered_queue_reset += 1;
     }
 }
 
