@@ -148,7 +148,7 @@ impl SplitRing {
         let committed = self
             .last_avail
             .wrapping_sub((self.head_pos - self.mark.unwrap_or(self.head_pos)) as u16);
-        let fetched_end = self.last_avail;
+        let fetched_end = self.fetched_end();
         let avail_idx = dma
             .read_u16(self.avail + AVAIL_IDX, DmaKind::RingRead)
             .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
