@@ -283,72 +283,31 @@ fn a_reset_a_pause_and_a_saved_state_wait_for_the_budget_outside_the_lock() {
 #[test]
 fn linked_devices_transmitting_into_each_other_off_the_lock_lose_nothing() {
     const TOTAL: u32 = 3000;
-    let dev = |last: u8| {
-        let mut cfg = DeviceConfig::with_queue_pairs(1);
-        cfg.layout.mac = [0x52, 0x54, 0, 0, 0, last];
-        cfg.rx_backlog = 16;
-        cfg.service_budget = 16;
-        Device::new(cfg).unwrap()
-    };
-    let (a, b) = (dev(0xA), dev(0xB));
-    device::LinkPort::join(&a, &b);
-    let ends: Vec<_> = [(a.clone(), b.clone()), (b.clone(), a.clone())]
-        .into_iter()
-        .map(|(me, peer)| {
-            let engine = device::doorbell::start_shared_doorbells(
-                &me,
-                device::doorbell::PollPolicy::default(),
-            )
-            .unwrap();
-            let mut drv = sim_harness::driver::in_process(&me, DriverOptions::default()).unwrap();
-            drv.start().unwrap();
-            (me, peer, engine, drv)
-        })
-        .collect();
-    b.pause();
+    let (a, b, ends) = linked_ends(1, |_| {});
     let threads: Vec<_> = ends
         .into_iter()
-        .map(|(me, peer, engine, mut drv)| {
+        .map(|mut end| {
             std::thread::spawn(move || {
                 let all = numbered_frames(TOTAL);
                 let (mut sent, mut got) = (0usize, Vec::new());
                 let t0 = Instant::now();
                 // Until it has everything, and its device has sent everything (the peer's thread
                 // goes on refilling until then).
-                while got.len() < TOTAL as usize || me.counters().tx_frames < u64::from(TOTAL) {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(120),
-                        "stuck: sent {sent}, received {}; me {:?}; peer {:?}",
-                        got.len(),
-                        me.counters().scalars(),
-                        peer.counters().scalars()
-                    );
-                    drv.reclaim_tx(0).unwrap();
+                while got.len() < TOTAL as usize || end.me.counters().tx_frames < u64::from(TOTAL) {
+                    end.assert_not_stuck(t0, &format!("sent {sent}, received {}", got.len()));
                     let refs: Vec<&[u8]> = all[sent..(sent + 32).min(all.len())]
                         .iter()
                         .map(|f| f.as_slice())
                         .collect();
-                    let n = drv.enqueue_tx(0, &refs).unwrap();
-                    if n > 0 {
-                        sent += n;
-                        drv.publish_no_kick(1).unwrap();
-                        engine.area().ring(1, 2).unwrap();
-                    }
-                    got.extend(drv.recv(0).unwrap().iter().map(|f| frame_number(f)));
+                    sent += end.send(0, &refs);
+                    got.extend(end.drv.recv(0).unwrap().iter().map(|f| frame_number(f)));
                     std::thread::yield_now();
                 }
-                drop(engine);
                 got
             })
         })
         .collect();
-    let t0 = Instant::now();
-    while a.counters().tx_port_busy == 0 {
-        assert!(t0.elapsed() < PASSES, "B's full FIFO never held A back");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(b.inbox().len(), 16);
-    b.resume();
+    release_when_held_back(&a, &b);
     for (i, end) in threads.into_iter().enumerate() {
         let got = end.join().unwrap();
         assert_eq!(
@@ -376,20 +335,9 @@ fn linked_devices_transmitting_into_each_other_off_the_lock_lose_nothing() {
 fn four_pair_linked_devices_off_the_lock_lose_and_reorder_nothing() {
     use bar_registers::virtio::rss::SUPPORTED_HASH_TYPES;
     use device::net::rss::RssConfig;
-    use sim_harness::driver::net::txq;
     use sim_harness::frames::{self, Tracker};
     const PAIRS: u16 = 4;
     const PER_STREAM: u64 = 600;
-    let mac = |last: u8| -> [u8; 6] { [0x52, 0x54, 0, 0, 0, last] };
-    let dev = |last: u8| {
-        let mut cfg = DeviceConfig::with_queue_pairs(PAIRS);
-        cfg.layout.mac = mac(last);
-        cfg.rx_backlog = 16;
-        cfg.service_budget = 16;
-        Device::new(cfg).unwrap()
-    };
-    let (a, b) = (dev(0xA), dev(0xB));
-    device::LinkPort::join(&a, &b);
     let rss = RssConfig {
         hash_types: SUPPORTED_HASH_TYPES,
         table: (0..128).map(|i| i % PAIRS).collect(),
@@ -397,89 +345,55 @@ fn four_pair_linked_devices_off_the_lock_lose_and_reorder_nothing() {
         key: std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11)),
         key_len: 40,
     };
-    let ends: Vec<_> = [
-        (a.clone(), b.clone(), 0xA, 0xB),
-        (b.clone(), a.clone(), 0xB, 0xA),
-    ]
-    .into_iter()
-    .map(|(me, peer, src, dst)| {
-        let engine =
-            device::doorbell::start_shared_doorbells(&me, device::doorbell::PollPolicy::default())
-                .unwrap();
-        let mut drv = sim_harness::driver::in_process(
-            &me,
-            DriverOptions {
-                queue_pairs: PAIRS,
-                ..DriverOptions::default()
-            },
-        )
-        .unwrap();
-        drv.start().unwrap();
+    let (a, b, ends) = linked_ends(PAIRS, |drv| {
         assert_eq!(drv.set_rss(&rss, PAIRS).unwrap(), 0, "RSS_CONFIG accepted");
-        (me, peer, engine, drv, mac(src), mac(dst))
-    })
-    .collect();
+    });
     // The streams spread over the RX queues (so the delivery holds several lanes).
-    let (mac_a, mac_b) = (mac(0xA), mac(0xB));
     let mut rng = rand::rngs::mock::StepRng::new(1, 7);
     let steered: std::collections::BTreeSet<u16> = (0..PAIRS)
         .map(|s| {
-            rss.steer(&frames::build(mac_a, mac_b, s, 0, 64, &mut rng), false)
-                .pair()
+            rss.steer(
+                &frames::build(mac(0xA), mac(0xB), s, 0, 64, &mut rng),
+                false,
+            )
+            .pair()
         })
         .collect();
     assert!(
         steered.len() > 1,
         "the streams all steer to one queue: {steered:?}"
     );
-    b.pause();
     let threads: Vec<_> = ends
         .into_iter()
-        .map(|(me, peer, engine, mut drv, src, dst)| {
+        .map(|mut end| {
             std::thread::spawn(move || {
+                let (src, dst) = (end.mac, end.peer_mac);
                 let mut rng = rand::rngs::mock::StepRng::new(3, 11);
                 let mut sent = [0u64; PAIRS as usize];
                 let mut got = Tracker::default();
                 let total = PER_STREAM * u64::from(PAIRS);
                 let t0 = Instant::now();
-                while got.delivered < total || me.counters().tx_frames < total {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(120),
-                        "stuck: sent {sent:?}, received {got:?}; me {:?}; peer {:?}",
-                        me.counters().scalars(),
-                        peer.counters().scalars()
-                    );
+                while got.delivered < total || end.me.counters().tx_frames < total {
+                    end.assert_not_stuck(t0, &format!("sent {sent:?}, received {got:?}"));
                     for p in 0..PAIRS {
                         let s = usize::from(p);
-                        drv.reclaim_tx(p).unwrap();
                         let n = (PER_STREAM - sent[s]).min(16);
                         let fs: Vec<Vec<u8>> = (0..n)
                             .map(|i| frames::build(src, dst, p, sent[s] + i, 64, &mut rng))
                             .collect();
                         let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
-                        let k = drv.enqueue_tx(p, &refs).unwrap();
-                        if k > 0 {
-                            sent[s] += k as u64;
-                            drv.publish_no_kick(txq(p)).unwrap();
-                            engine.area().ring(txq(p), 2).unwrap();
-                        }
-                        for f in drv.recv(p).unwrap() {
+                        sent[s] += end.send(p, &refs) as u64;
+                        for f in end.drv.recv(p).unwrap() {
                             got.record(&f);
                         }
                     }
                     std::thread::yield_now();
                 }
-                drop(engine);
                 got
             })
         })
         .collect();
-    let t0 = Instant::now();
-    while a.counters().tx_port_busy == 0 {
-        assert!(t0.elapsed() < PASSES, "B's full FIFO never held A back");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    b.resume();
+    release_when_held_back(&a, &b);
     for (i, end) in threads.into_iter().enumerate() {
         let mut got = end.join().unwrap();
         got.finish(&(0..PAIRS).map(|s| (s, PER_STREAM)).collect());
@@ -501,6 +415,106 @@ fn four_pair_linked_devices_off_the_lock_lose_and_reorder_nothing() {
             .count();
         assert_eq!(rx_queues, steered.len(), "{name}: RX queues that received");
     }
+}
+
+/// The MAC of linked device `last` (A: 0xA, B: 0xB).
+fn mac(last: u8) -> [u8; 6] {
+    [0x52, 0x54, 0, 0, 0, last]
+}
+
+/// One end of two linked devices: its device, the peer, their MACs, its doorbell engine and
+/// its driver.
+struct LinkEnd {
+    me: Arc<Device>,
+    peer: Arc<Device>,
+    mac: [u8; 6],
+    peer_mac: [u8; 6],
+    engine: device::doorbell::DoorbellEngine,
+    drv: NetDriver,
+}
+
+impl LinkEnd {
+    /// Reclaims pair `p`'s TX ring, queues what fits of `frames`, publishes them and rings
+    /// the TX queue through the notify window (the doorbell engine takes it); returns how many
+    /// were queued.
+    fn send(&mut self, p: u16, frames: &[&[u8]]) -> usize {
+        use sim_harness::driver::net::txq;
+        self.drv.reclaim_tx(p).unwrap();
+        let n = self.drv.enqueue_tx(p, frames).unwrap();
+        if n > 0 {
+            self.drv.publish_no_kick(txq(p)).unwrap();
+            self.engine.area().ring(txq(p), 2).unwrap();
+        }
+        n
+    }
+
+    /// Fails with both devices' counters once the exchange ran for two minutes.
+    fn assert_not_stuck(&self, t0: Instant, progress: &str) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "stuck: {progress}; me {:?}; peer {:?}",
+            self.me.counters().scalars(),
+            self.peer.counters().scalars()
+        );
+    }
+}
+
+/// Devices A and B with `pairs` queue pairs, 16-frame receive FIFOs and 16-chain budgets,
+/// joined by a link, each with its doorbell engine and a started driver (`setup` runs on each
+/// driver once it started); B starts paused, so its full FIFO holds A back
+/// ([`release_when_held_back`] resumes it).
+fn linked_ends(
+    pairs: u16,
+    setup: impl Fn(&mut NetDriver),
+) -> (Arc<Device>, Arc<Device>, Vec<LinkEnd>) {
+    let dev = |last: u8| {
+        let mut cfg = DeviceConfig::with_queue_pairs(pairs);
+        cfg.layout.mac = mac(last);
+        cfg.rx_backlog = 16;
+        cfg.service_budget = 16;
+        Device::new(cfg).unwrap()
+    };
+    let (a, b) = (dev(0xA), dev(0xB));
+    device::LinkPort::join(&a, &b);
+    let ends = [
+        (a.clone(), b.clone(), 0xA, 0xB),
+        (b.clone(), a.clone(), 0xB, 0xA),
+    ]
+    .into_iter()
+    .map(|(me, peer, last, peer_last)| {
+        let engine =
+            device::doorbell::start_shared_doorbells(&me, device::doorbell::PollPolicy::default())
+                .unwrap();
+        let opts = DriverOptions {
+            queue_pairs: pairs,
+            ..DriverOptions::default()
+        };
+        let mut drv = sim_harness::driver::in_process(&me, opts).unwrap();
+        drv.start().unwrap();
+        setup(&mut drv);
+        LinkEnd {
+            me,
+            peer,
+            mac: mac(last),
+            peer_mac: mac(peer_last),
+            engine,
+            drv,
+        }
+    })
+    .collect();
+    b.pause();
+    (a, b, ends)
+}
+
+/// Waits until B's full FIFO held A back (B's inbox full), then resumes B.
+fn release_when_held_back(a: &Device, b: &Device) {
+    let t0 = Instant::now();
+    while a.counters().tx_port_busy == 0 {
+        assert!(t0.elapsed() < PASSES, "B's full FIFO never held A back");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(b.inbox().len(), 16);
+    b.resume();
 }
 
 /// A port that answers "full" once, holding the budget inside that answer until the test lets
