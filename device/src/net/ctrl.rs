@@ -86,12 +86,7 @@ impl NetEngine {
                 .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
             ring.push_used(head, 1);
             dp.counters.queues[usize::from(q)].chains += 1;
-            ring.flush_used(dma)?;
-            if ring.interrupt_decision(dma)? {
-                dp.interrupts.push(q);
-            } else {
-                dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
-            }
+            dp.publish(ring, dma, q)?;
         }
     }
 

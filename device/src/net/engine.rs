@@ -82,6 +82,23 @@ pub(crate) struct Datapath<'a> {
 }
 
 impl Datapath<'_> {
+    /// Publishes what queue `q`'s service wrote into `ring`'s used ring, then notes the
+    /// queue's interrupt if the driver wants one (2.7.7.2), else counts it suppressed.
+    pub fn publish(
+        &mut self,
+        ring: &mut Ring,
+        dma: &mut DmaEngine,
+        q: u16,
+    ) -> Result<(), DeviceFault> {
+        ring.flush_used(dma)?;
+        if ring.interrupt_decision(dma)? {
+            self.interrupts.push(q);
+        } else {
+            self.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+        }
+        Ok(())
+    }
+
     /// Whether feature `bit` was negotiated.
     pub fn has(&self, bit: u32) -> bool {
         self.features & (1u64 << bit) != 0

@@ -586,16 +586,10 @@ fn arm_rx(lane: &mut Lane) -> Result<bool, DeviceFault> {
 /// driver wants one (`q` is the queue's index).
 fn publish_rx(lane: &mut Lane, q: u16, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
     let Lane { slot, dma, .. } = lane;
-    let QueueState::Enabled(ring) = &mut slot.state else {
-        return Ok(());
-    };
-    ring.flush_used(dma)?;
-    if ring.interrupt_decision(dma)? {
-        dp.interrupts.push(q);
-    } else {
-        dp.counters.queues[usize::from(q)].interrupts_suppressed += 1;
+    match &mut slot.state {
+        QueueState::Enabled(ring) => dp.publish(ring, dma, q),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
