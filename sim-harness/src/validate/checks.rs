@@ -589,6 +589,38 @@ fn compare(
     }
 }
 
+/// How long a check waits with nothing new arriving before it takes what it has: a device may
+/// finish after the doorbell's write has returned (posted writes through a VMM, a doorbell
+/// engine polling shared memory, a board that works asynchronously), and a polling driver
+/// waits for it.
+const RX_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Receives on `pairs` (each frame with its pair) until `want` frames arrived or [`RX_IDLE`]
+/// passed with nothing new.
+fn recv_expected(
+    d: &mut NetDriver,
+    pairs: &[u16],
+    want: usize,
+) -> Result<Vec<(u16, Vec<u8>)>, DriverError> {
+    let mut got = Vec::new();
+    let mut idle = std::time::Instant::now();
+    loop {
+        let before = got.len();
+        for &p in pairs {
+            got.extend(d.recv(p)?.into_iter().map(|f| (p, f)));
+        }
+        if got.len() >= want {
+            return Ok(got);
+        }
+        if got.len() > before {
+            idle = std::time::Instant::now();
+        } else if idle.elapsed() >= RX_IDLE {
+            return Ok(got);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Sends `n` random frames on pair 0 of a started loopback driver and checks each comes back
 /// byte-exact. Returns (sent, matched, first mismatch).
 fn roundtrip(
@@ -627,20 +659,9 @@ fn roundtrip(
             break;
         }
     }
-    // A device may finish after the doorbell's write has returned (posted writes through a
-    // VMM, a board that works asynchronously): wait for the rest, until 500 ms pass with
-    // nothing new, the way a polling driver would.
-    let mut idle = std::time::Instant::now();
-    while !sent.is_empty() && idle.elapsed() < std::time::Duration::from_millis(500) {
-        let got = d.recv(0)?;
-        if got.is_empty() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            continue;
-        }
-        idle = std::time::Instant::now();
-        for got in got {
-            compare(&got, &mut sent, &mut matched, &mut first);
-        }
+    // The rest may come after the doorbell's write has returned (RX_IDLE).
+    for (_, got) in recv_expected(d, &[0], sent.len())? {
+        compare(&got, &mut sent, &mut matched, &mut first);
     }
     Ok((n, matched, first))
 }
@@ -924,7 +945,10 @@ fn ring_layout_packed(
         &rx_bad.unwrap_or_else(|| "all as expected".into()),
         &format!("RX descriptor ring {rx_desc:#x}"),
     ));
-    let got = d.recv(0)?;
+    let got: Vec<Vec<u8>> = recv_expected(&mut d, &[0], fs.len())?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
     f.push(Finding::check(
         G,
         "those 16 frames come back",
@@ -1245,8 +1269,9 @@ fn feature_awareness(
         )?;
         let fr = frames::build(MAC, MAC, 1, 0, 100, &mut rng);
         d.send(1, &[&fr])?;
-        let on0 = d.recv(0)?.len();
-        let on1 = d.recv(1)?.len();
+        let got = recv_expected(&mut d, &[0, 1], 1)?;
+        let on0 = got.iter().filter(|(p, _)| *p == 0).count();
+        let on1 = got.iter().filter(|(p, _)| *p == 1).count();
         f.push(Finding::check(
             G,
             "MQ: only queue pair 0 receives before VQ_PAIRS_SET",
@@ -1259,7 +1284,7 @@ fn feature_awareness(
         d.ctrl(4, 0, &2u16.to_le_bytes())?;
         let fr = frames::build(MAC, MAC, 1, 1, 100, &mut rng);
         d.send(1, &[&fr])?;
-        let on1 = d.recv(1)?.len() + d.recv(0)?.len();
+        let on1 = recv_expected(&mut d, &[1, 0], 1)?.len();
         f.push(Finding::check(
             G,
             "MQ: traffic flows after VQ_PAIRS_SET 2",
@@ -1319,10 +1344,16 @@ fn vring_index_rw(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<
         )?;
         received += d.recv(0)?.len();
     }
+    received += recv_expected(&mut d, &[0], usize::from(n).saturating_sub(received))?.len();
     let mem = d.mem.clone();
+    let want = AT.wrapping_add(n);
+    // The TX completions may be published after the frames they carried arrived.
+    let t0 = std::time::Instant::now();
+    while d.ring(txq(0))?.used_idx(&mem)? != want && t0.elapsed() < RX_IDLE {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let used = d.ring(rxq(0))?.used_idx(&mem)?;
     let tx_used = d.ring(txq(0))?.used_idx(&mem)?;
-    let want = AT.wrapping_add(n);
     f.push(Finding::check(
         G,
         "the queue resumes exactly at the ring state",
