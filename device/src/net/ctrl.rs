@@ -151,6 +151,7 @@ impl NetEngine {
                     // turns RSS off on every MQ command, and hash reporting with it).
                     self.net.rss = None;
                     self.net.hash_cfg = None;
+                    self.steering_changed();
                     true
                 } else {
                     false
@@ -164,6 +165,7 @@ impl NetEngine {
                         tracing::debug!(pairs = cmd.pairs, on = cmd.config.is_some(), "RSS_CONFIG");
                         self.net.curr_pairs = cmd.pairs;
                         self.net.rss = cmd.config;
+                        self.steering_changed();
                         true
                     }
                     Err(e) => {

@@ -603,6 +603,7 @@ impl NetEngine {
     pub(crate) fn set_mq_pairs(&mut self, n: u32) {
         if (1..=u32::from(self.params.queue_pairs)).contains(&n) {
             self.net.curr_pairs = n as u16;
+            self.steering_changed();
         }
     }
 

@@ -32,10 +32,14 @@ pub fn flow_hash(frame: &[u8]) -> usize {
 
 impl NetState {
     /// Records that the pair `pair` transmitted a frame of the flow in hash bucket `b` (what
-    /// a TX service noted, [`crate::net::tx::TxScratch`]).
-    pub(crate) fn note_flow_bucket(&mut self, b: u16, pair: u16) {
-        if let Some(f) = self.flows.get_mut(usize::from(b)) {
-            *f = pair;
+    /// a TX service noted, [`crate::net::tx::TxScratch`]); true when the flow moved to it.
+    pub(crate) fn note_flow_bucket(&mut self, b: u16, pair: u16) -> bool {
+        match self.flows.get_mut(usize::from(b)) {
+            Some(f) if *f != pair => {
+                *f = pair;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -8,8 +8,13 @@ pub mod lane;
 pub mod offload;
 pub mod rss;
 pub mod rx;
+pub(crate) mod rx_wait;
 pub mod sections;
 pub mod tx;
+
+/// A set of queue pairs.
+pub(crate) type PairSet =
+    bitvec::BitArr!(for bar_registers::layout::MAX_QUEUE_PAIRS as usize, in u64);
 
 /// struct virtio_net_hdr_v1 size: with VIRTIO_F_VERSION_1 the header always has num_buffers
 /// (5.1.6.1), so it is 12 bytes whatever MRG_RXBUF says.

@@ -28,6 +28,8 @@ use super::offload::hdr::{
 };
 use super::offload::verify::{self, L4Csum};
 use super::rss::Steering;
+use super::rx_wait::{RxSource, WaitingSource};
+use super::PairSet;
 use super::NET_HDR_LEN;
 use crate::capture::CaptureDirection;
 use crate::counters::DeviceCounters;
@@ -37,14 +39,9 @@ use crate::queue::chain::{ChainKind, Desc};
 use crate::queue::Ring;
 use crate::quirks::Quirk;
 use crate::state::QueueState;
-use bar_registers::layout::MAX_QUEUE_PAIRS;
 use bar_registers::virtio::bits;
 use bar_registers::virtio::net_hdr::HASH_HDR_LEN;
-use bitvec::BitArr;
 use dma::{DmaEngine, DmaKind};
-
-/// A set of queue pairs.
-type PairSet = BitArr!(for MAX_QUEUE_PAIRS as usize, in u64);
 
 /// Chains one frame may be spread over (with MRG_RXBUF).
 const MAX_RX_CHAINS: usize = 64;
@@ -100,6 +97,26 @@ pub(super) struct Slot {
     first_desc: usize,
     ndesc: usize,
     cap: u64,
+}
+
+/// What the delivery knows before its first frame.
+#[derive(Clone, Copy, Debug)]
+struct RxCx {
+    mrg: bool,
+    hash_report: bool,
+    go: GuestOffloads,
+    rss_quirk: bool,
+}
+
+/// What became of one frame ([`NetEngine::rx_frame`]).
+#[derive(Debug)]
+enum Step {
+    /// Delivered, dropped (counted), or turned into segments at the head of its source.
+    Taken,
+    /// It waits for RX queue `q`'s buffers (out of them, or frames wait there before it).
+    Waits(u16, InboxFrame),
+    /// The device failed.
+    Fault(DeviceFault),
 }
 
 /// Whether a frame went into a queue.
@@ -192,168 +209,32 @@ pub(crate) fn port_hdr_ok(h: &NetHdr, frame: &[u8]) -> bool {
 }
 
 impl NetEngine {
-    /// Moves frames from the inbox into RX queues until the inbox is empty or a frame has no
-    /// room; publishes each touched queue and interrupts as the driver asked.
+    /// Delivers waiting frames into RX queues: first each queue's waiting list
+    /// ([`WaitingFrames`]) while the queue has buffers, then the FIFO's frames in order until
+    /// the FIFO is empty or every queue pair in use has frames waiting. A frame whose queue has
+    /// no buffers, or has frames waiting, joins that queue's list. Publishes each touched queue
+    /// and interrupts as the driver asked.
     pub(crate) fn service_rx(&mut self, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
-        let mrg = dp.has(bits::MRG_RXBUF);
-        let hash_report = dp.has(bits::HASH_REPORT);
-        let go = self.guest_offloads(dp.features);
+        let cx = RxCx {
+            mrg: dp.has(bits::MRG_RXBUF),
+            hash_report: dp.has(bits::HASH_REPORT),
+            go: self.guest_offloads(dp.features),
+            rss_quirk: self.params.quirks.has(Quirk::RssIgnoresIndirectionTable),
+        };
         let mut touched = PairSet::ZERO;
-        let mut result = Ok(());
         let inbox = self.inbox.clone();
         let mut rd = inbox.reader(std::mem::take(&mut self.rx_scratch));
         let all_lanes = self.lanes.clone();
         let mut lanes = HeldLanes::new(&all_lanes);
-        while let Some(mut frame) = rd.pop() {
-            if !self.net.accepts(&frame.data) {
-                dp.counters.rx_filtered += 1;
-                rd.recycle(frame.data);
-                continue;
-            }
-            let mut plan = plan(&frame.hdr, &frame.data, go);
-            match plan {
-                RxPlan::Bad => {
-                    dp.counters.rx_bad_offload += 1;
-                    rd.recycle(frame.data);
-                    continue;
-                }
-                RxPlan::Complete { start, offset } => {
-                    csum::complete(&mut frame.data, start, offset, false);
-                    frame.hdr = NetHdr::default();
-                    dp.counters.rx_csum_completed += 1;
-                    plan = RxPlan::Wire;
-                }
-                RxPlan::Segment { t, mss } => {
-                    self.segment_into_inbox(&mut rd, frame, &t, mss, dp.counters);
-                    continue;
-                }
-                // Only when another frame waits behind it: a lone segment has nothing to join.
-                RxPlan::Wire
-                    if frame.hdr == NetHdr::default() && go.takes_any_tso() && !rd.is_empty() =>
-                {
-                    // A wire frame from the port (not a segment the device cut itself: those
-                    // carry DATA_VALID here) may start a GSO frame of segments waiting with it.
-                    if let Some(h) = self.coalesce(&mut rd, &mut frame, go, dp.counters) {
-                        // From here on it is a GSO frame with this header, as a port that
-                        // passes offloads on hands one over: if it has to wait for buffers, it
-                        // goes back to the FIFO as one (without it, a frame bigger than any
-                        // wire frame would come out as a plain one).
-                        frame.hdr = h;
-                        plan = RxPlan::Offloaded(h);
-                    }
-                }
-                RxPlan::Wire | RxPlan::Offloaded(_) => {}
-            }
-            let rss_quirk = self.params.quirks.has(Quirk::RssIgnoresIndirectionTable);
-            // Counted once the frame leaves the FIFO for good (delivered or dropped): a frame
-            // that waits for buffers is steered again on every try.
-            let steering = self.net.steer(&frame.data, rss_quirk);
-            let q = match steering {
-                Steering::Flow(p) | Steering::Hashed(p) | Steering::Unclassified(p) => 2 * p,
-            };
-            let mut resteered = false;
-            let q = match self.not_being_reset(&mut lanes, q) {
-                Some(r) if r == q => q,
-                Some(r) => {
-                    resteered = true;
-                    r
-                }
-                None => {
-                    count_steering(dp.counters, steering, false);
-                    dp.counters.rx_dropped_queue_reset += 1;
-                    rd.recycle(frame.data);
-                    continue;
-                }
-            };
-            // 5.1.6.4.1: with GUEST_CSUM the device MAY set DATA_VALID, and then MUST have
-            // validated the checksum: only a TCP/UDP checksum that verified gets it.
-            let (out_hdr, csum) = match plan {
-                RxPlan::Offloaded(h) => (h, L4Csum::NotChecked),
-                _ => {
-                    let c = if go.csum() {
-                        verify::l4_checksum(&frame.data)
-                    } else {
-                        L4Csum::NotChecked
-                    };
-                    let flags = if c == L4Csum::Valid { F_DATA_VALID } else { 0 };
-                    (
-                        NetHdr {
-                            flags,
-                            ..NetHdr::default()
-                        },
-                        c,
-                    )
-                }
-            };
-            let out = RxHdr {
-                v1: out_hdr,
-                hash: hash_report.then(|| self.hash_of(&frame.data)),
-            };
-            let lane = lanes.get(q);
-            let mut res = self.deliver(lane, q, &frame.data, &out, mrg, dp.counters);
-            if let Ok(Fit::NoRoom) = res {
-                // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
-                // EVENT_IDX, 2.7.10), then look once more in case it just did.
-                res = match arm_rx(lane) {
-                    Ok(true) => self.deliver(lane, q, &frame.data, &out, mrg, dp.counters),
-                    Ok(false) => Ok(Fit::NoRoom),
-                    Err(e) => Err(e),
-                };
-            }
-            match res {
-                Ok(Fit::Done) => {
-                    count_steering(dp.counters, steering, resteered);
-                    match csum {
-                        L4Csum::Valid => dp.counters.rx_csum_valid += 1,
-                        L4Csum::Bad => dp.counters.rx_csum_bad += 1,
-                        L4Csum::NotChecked => {}
-                    }
-                    if out_hdr.gso_type != hdr::GSO_NONE {
-                        dp.counters.rx_gso_frames += 1;
-                    } else if out_hdr.flags & F_NEEDS_CSUM != 0 {
-                        dp.counters.rx_csum_partial += 1;
-                    }
-                    if matches!(out.hash, Some((_, r)) if r != 0) {
-                        dp.counters.rx_hash_reported += 1;
-                    }
-                    touched.set(usize::from(q / 2), true);
-                    rd.recycle(frame.data);
-                }
-                Ok(Fit::TooSmall) if out_hdr.gso_type != hdr::GSO_NONE => {
-                    // A whole GSO frame no buffer of this driver holds: segments do fit.
-                    let RxPlan::Offloaded(h) = plan else {
-                        unreachable!("only offloaded frames carry a GSO type")
-                    };
-                    let kind = if h.gso_type & !hdr::GSO_ECN == hdr::GSO_TCPV4 {
-                        GsoKind::Tcp4
-                    } else {
-                        GsoKind::Tcp6
-                    };
-                    let t = gso::parse_tcp(&frame.data, kind).expect("checked by plan");
-                    self.segment_into_inbox(
-                        &mut rd,
-                        frame,
-                        &t,
-                        usize::from(h.gso_size),
-                        dp.counters,
-                    );
-                }
-                Ok(Fit::TooSmall) => {
-                    count_steering(dp.counters, steering, resteered);
-                    // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a
-                    // whole frame; this one does not: drop the frame, keep the buffers.
-                    dp.counters.rx_dropped_too_small += 1;
-                    rd.recycle(frame.data);
-                }
-                Ok(Fit::NoRoom) => {
-                    // No room yet: keep the frame at the head of the FIFO.
-                    rd.unpop(frame);
-                    break;
-                }
-                Err(f) => {
-                    result = Err(f);
-                    break;
-                }
+        let mut result = self.deliver_waiting(&mut rd, &mut lanes, cx, &mut touched, dp);
+        let pairs = usize::from(self.net.curr_pairs.max(1));
+        // Once every pair in use has frames waiting, the rest wait in the FIFO.
+        while result.is_ok() && self.inbox.waiting_pairs().count_ones() < pairs {
+            let Some(frame) = rd.pop() else { break };
+            match self.rx_frame(frame, &mut rd, &mut lanes, cx, None, &mut touched, dp) {
+                Step::Taken => {}
+                Step::Waits(q, frame) => self.inbox.wait(q / 2, frame),
+                Step::Fault(f) => result = Err(f),
             }
         }
         self.rx_scratch = rd.finish();
@@ -364,11 +245,223 @@ impl NetEngine {
         result
     }
 
-    /// Takes the segments that continue `frame`'s TCP flow from the head of the inbox into
-    /// it (LRO, [`Coalescer`]) and returns the GSO header when more than one was taken.
-    fn coalesce(
+    /// Delivers from each queue's waiting list, oldest first, until the list is empty or the
+    /// queue is out of buffers again.
+    fn deliver_waiting(
         &mut self,
         rd: &mut InboxReader<'_>,
+        lanes: &mut HeldLanes<'_>,
+        cx: RxCx,
+        touched: &mut PairSet,
+        dp: &mut Datapath<'_>,
+    ) -> Result<(), DeviceFault> {
+        let mut result = Ok(());
+        for pair in self.inbox.waiting_pairs().iter_ones() {
+            let own = 2 * pair as u16;
+            let mut list = self.inbox.take_waiting(pair as u16);
+            let taken = list.len();
+            let mut src = WaitingSource {
+                list: &mut list,
+                rd,
+            };
+            while let Some(frame) = src.pop() {
+                match self.rx_frame(frame, &mut src, lanes, cx, Some(own), touched, dp) {
+                    Step::Taken => {}
+                    Step::Waits(q, frame) if q == own => {
+                        src.unpop(frame);
+                        break;
+                    }
+                    // Steered to another queue (its own is being reset).
+                    Step::Waits(q, frame) => self.inbox.wait(q / 2, frame),
+                    Step::Fault(f) => {
+                        result = Err(f);
+                        break;
+                    }
+                }
+            }
+            self.inbox.put_back_waiting(pair as u16, list, taken);
+            if result.is_err() {
+                break;
+            }
+        }
+        result
+    }
+
+    /// Every frame waiting for its queue's buffers goes back to the FIFO's head, queue pair by
+    /// queue pair, to be steered again: called when the steering changed, so a flow's frames
+    /// that wait on the queue it left never pass the ones that go to its new queue.
+    pub(crate) fn steering_changed(&mut self) {
+        self.inbox.unwait_all();
+    }
+
+    /// Takes one frame through the receive path: filter, port header, coalescing, steering,
+    /// delivery into its RX queue. `src` is where it came from (coalescing takes the frames
+    /// behind it from there, segments go back there); `own` is the queue whose waiting list
+    /// `src` is, if it is one.
+    #[allow(clippy::too_many_arguments)]
+    fn rx_frame(
+        &mut self,
+        mut frame: InboxFrame,
+        src: &mut impl RxSource,
+        lanes: &mut HeldLanes<'_>,
+        cx: RxCx,
+        own: Option<u16>,
+        touched: &mut PairSet,
+        dp: &mut Datapath<'_>,
+    ) -> Step {
+        let go = cx.go;
+        if !self.net.accepts(&frame.data) {
+            dp.counters.rx_filtered += 1;
+            src.recycle(frame.data);
+            return Step::Taken;
+        }
+        let mut plan = plan(&frame.hdr, &frame.data, go);
+        match plan {
+            RxPlan::Bad => {
+                dp.counters.rx_bad_offload += 1;
+                src.recycle(frame.data);
+                return Step::Taken;
+            }
+            RxPlan::Complete { start, offset } => {
+                csum::complete(&mut frame.data, start, offset, false);
+                frame.hdr = NetHdr::default();
+                dp.counters.rx_csum_completed += 1;
+                plan = RxPlan::Wire;
+            }
+            RxPlan::Segment { t, mss } => {
+                self.segment_into(src, frame, &t, mss, dp.counters);
+                return Step::Taken;
+            }
+            // Only when another frame waits behind it: a lone segment has nothing to join.
+            RxPlan::Wire
+                if frame.hdr == NetHdr::default() && go.takes_any_tso() && !src.is_empty() =>
+            {
+                // A wire frame from the port (not a segment the device cut itself: those
+                // carry DATA_VALID here) may start a GSO frame of segments waiting with it.
+                if let Some(h) = self.coalesce(src, &mut frame, go, dp.counters) {
+                    // From here on it is a GSO frame with this header, as a port that passes
+                    // offloads on hands one over: if it has to wait for buffers, it waits as
+                    // one (without it, a frame bigger than any wire frame would come out as a
+                    // plain one).
+                    frame.hdr = h;
+                    plan = RxPlan::Offloaded(h);
+                }
+            }
+            RxPlan::Wire | RxPlan::Offloaded(_) => {}
+        }
+        // Counted once the frame is delivered or dropped: a frame that waits for buffers is
+        // steered again on every try.
+        let steering = self.net.steer(&frame.data, cx.rss_quirk);
+        let q = match steering {
+            Steering::Flow(p) | Steering::Hashed(p) | Steering::Unclassified(p) => 2 * p,
+        };
+        let mut resteered = false;
+        let q = match self.not_being_reset(lanes, q) {
+            Some(r) if r == q => q,
+            Some(r) => {
+                resteered = true;
+                r
+            }
+            None => {
+                count_steering(dp.counters, steering, false);
+                dp.counters.rx_dropped_queue_reset += 1;
+                src.recycle(frame.data);
+                return Step::Taken;
+            }
+        };
+        if own != Some(q) && self.inbox.waits(q / 2) {
+            // Behind the frames that wait for this queue's buffers already.
+            return Step::Waits(q, frame);
+        }
+        // 5.1.6.4.1: with GUEST_CSUM the device MAY set DATA_VALID, and then MUST have
+        // validated the checksum: only a TCP/UDP checksum that verified gets it.
+        let (out_hdr, csum) = match plan {
+            RxPlan::Offloaded(h) => (h, L4Csum::NotChecked),
+            _ => {
+                let c = if go.csum() {
+                    verify::l4_checksum(&frame.data)
+                } else {
+                    L4Csum::NotChecked
+                };
+                let flags = if c == L4Csum::Valid { F_DATA_VALID } else { 0 };
+                (
+                    NetHdr {
+                        flags,
+                        ..NetHdr::default()
+                    },
+                    c,
+                )
+            }
+        };
+        let out = RxHdr {
+            v1: out_hdr,
+            hash: cx.hash_report.then(|| self.hash_of(&frame.data)),
+        };
+        let lane = lanes.get(q);
+        let mut res = self.deliver(lane, q, &frame.data, &out, cx.mrg, dp.counters);
+        if let Ok(Fit::NoRoom) = res {
+            // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
+            // EVENT_IDX, 2.7.10), then look once more in case it just did.
+            res = match arm_rx(lane) {
+                Ok(true) => self.deliver(lane, q, &frame.data, &out, cx.mrg, dp.counters),
+                Ok(false) => Ok(Fit::NoRoom),
+                Err(e) => Err(e),
+            };
+        }
+        match res {
+            Ok(Fit::Done) => {
+                count_steering(dp.counters, steering, resteered);
+                match csum {
+                    L4Csum::Valid => dp.counters.rx_csum_valid += 1,
+                    L4Csum::Bad => dp.counters.rx_csum_bad += 1,
+                    L4Csum::NotChecked => {}
+                }
+                if out_hdr.gso_type != hdr::GSO_NONE {
+                    dp.counters.rx_gso_frames += 1;
+                } else if out_hdr.flags & F_NEEDS_CSUM != 0 {
+                    dp.counters.rx_csum_partial += 1;
+                }
+                if matches!(out.hash, Some((_, r)) if r != 0) {
+                    dp.counters.rx_hash_reported += 1;
+                }
+                touched.set(usize::from(q / 2), true);
+                src.recycle(frame.data);
+                Step::Taken
+            }
+            Ok(Fit::TooSmall) if out_hdr.gso_type != hdr::GSO_NONE => {
+                // A whole GSO frame no buffer of this driver holds: segments do fit.
+                let RxPlan::Offloaded(h) = plan else {
+                    unreachable!("only offloaded frames carry a GSO type")
+                };
+                let kind = if h.gso_type & !hdr::GSO_ECN == hdr::GSO_TCPV4 {
+                    GsoKind::Tcp4
+                } else {
+                    GsoKind::Tcp6
+                };
+                let t = gso::parse_tcp(&frame.data, kind).expect("checked by plan");
+                self.segment_into(src, frame, &t, usize::from(h.gso_size), dp.counters);
+                Step::Taken
+            }
+            Ok(Fit::TooSmall) => {
+                count_steering(dp.counters, steering, resteered);
+                // 5.1.6.3.1: without MRG_RXBUF the driver must post buffers that hold a whole
+                // frame; this one does not: drop the frame, keep the buffers.
+                dp.counters.rx_dropped_too_small += 1;
+                src.recycle(frame.data);
+                Step::Taken
+            }
+            // No room yet: the frame waits for this queue's buffers.
+            Ok(Fit::NoRoom) => Step::Waits(q, frame),
+            Err(f) => Step::Fault(f),
+        }
+    }
+
+    /// Takes the segments that continue `frame`'s TCP flow from the head of `rd` (the FIFO or
+    /// a waiting list) into it (LRO, [`Coalescer`]) and returns the GSO header when more than
+    /// one was taken.
+    fn coalesce(
+        &mut self,
+        rd: &mut impl RxSource,
         frame: &mut InboxFrame,
         go: GuestOffloads,
         counters: &mut DeviceCounters,
@@ -392,12 +485,12 @@ impl NetEngine {
         Some(c.finish(&mut frame.data))
     }
 
-    /// Cuts GSO frame `frame` into segments and puts them at the head of the inbox, in order:
-    /// they are delivered next, as wire frames, with the inbox's own flow control (a segment
-    /// that finds no room waits there like any frame).
-    fn segment_into_inbox(
+    /// Cuts GSO frame `frame` into segments and puts them at the head of `rd` (the FIFO or a
+    /// waiting list), in order: they are delivered next, as wire frames (a segment that finds
+    /// no room waits like any frame).
+    fn segment_into(
         &mut self,
-        rd: &mut InboxReader<'_>,
+        rd: &mut impl RxSource,
         frame: InboxFrame,
         t: &TcpFrame,
         mss: usize,

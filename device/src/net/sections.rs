@@ -340,6 +340,7 @@ impl NetEngine {
         net.uc_table = n.uc_table.clone();
         net.mc_table = n.mc_table.clone();
         net.flows = n.flows.clone();
+        self.steering_changed();
     }
 
     // ------------------------------------------------------------ RSSC
@@ -372,6 +373,7 @@ impl NetEngine {
     /// Takes a checked RSS configuration (`None`: RSS off).
     pub(crate) fn restore_rss(&mut self, rss: Option<RssConfig>) {
         self.net.rss = rss;
+        self.steering_changed();
     }
 
     // ------------------------------------------------------------ GOFF
@@ -426,25 +428,26 @@ impl NetEngine {
     // ------------------------------------------------------------ INBX, INBH
 
     /// Writes the `INBX` body; returns the `INBH` body when a frame carries a port header.
-    /// The frames are copied, not taken: every frame is taken and put back in front, newest
-    /// first, so frames a port pushes meanwhile go to the back and the FIFO order is kept.
+    /// The frames are copied, not taken. The frames waiting for their own queue's buffers are
+    /// older than every frame still in the FIFO: they go first, queue by queue, each queue's in
+    /// order (a flow's frames are all on one queue, so none passes another when the restored
+    /// device steers them again).
     pub(crate) fn save_inbox(&self, w: &mut Writer) -> Option<Vec<u8>> {
-        let frames: Vec<InboxFrame> = std::iter::from_fn(|| self.inbox.pop()).collect();
-        w.u32(frames.len() as u32);
+        let mut body = Vec::new();
         let mut hdrs = Vec::new();
-        let mut n = 0u32;
-        for (i, f) in frames.iter().enumerate() {
-            w.u32(f.data.len() as u32);
-            w.bytes(&f.data);
+        let (mut i, mut n) = (0u32, 0u32);
+        self.inbox.for_each_held(|f| {
+            body.extend_from_slice(&(f.data.len() as u32).to_le_bytes());
+            body.extend_from_slice(&f.data);
             if f.hdr != NetHdr::default() {
                 n += 1;
-                hdrs.extend_from_slice(&(i as u32).to_le_bytes());
+                hdrs.extend_from_slice(&i.to_le_bytes());
                 hdrs.extend_from_slice(&f.hdr.to_bytes());
             }
-        }
-        for f in frames.into_iter().rev() {
-            self.inbox.unpop(f);
-        }
+            i += 1;
+        });
+        w.u32(i);
+        w.bytes(&body);
         (n > 0).then(|| {
             let mut body = n.to_le_bytes().to_vec();
             body.extend_from_slice(&hdrs);

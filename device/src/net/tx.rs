@@ -137,8 +137,12 @@ impl NetEngine {
         res: Result<TxOutcome, DeviceFault>,
         dp: &mut Datapath<'_>,
     ) -> Result<TxOutcome, DeviceFault> {
+        let mut moved = false;
         for b in flows.drain(..) {
-            self.net.note_flow_bucket(b, q / 2);
+            moved |= self.net.note_flow_bucket(b, q / 2);
+        }
+        if moved {
+            self.steering_changed();
         }
         let out = res?;
         for _ in 0..out.interrupts {

@@ -7,11 +7,13 @@
 
 pub mod link;
 pub mod loopback;
+pub(crate) mod waiting;
 
 use crate::net::offload::hdr::NetHdr;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use waiting::WaitingFrames;
 
 pub use link::LinkPort;
 pub use loopback::LoopbackPort;
@@ -247,7 +249,16 @@ pub struct InboxFrame {
 pub struct RxInbox {
     frames: Mutex<VecDeque<InboxFrame>>,
     spare: BufPool,
+    /// Frames in `frames`.
     len: AtomicUsize,
+    /// Frames the device took out of the FIFO to wait for their own RX queue's buffers
+    /// (waiting.rs). Lock order: `waiting` before `frames`.
+    waiting: Mutex<WaitingFrames>,
+    /// Frames in `waiting`: still in the packet buffer, so counted in its length.
+    waiting_len: AtomicUsize,
+    /// The queue pairs with frames in `waiting`, one bit each (read per received frame, so
+    /// without the lock).
+    waiting_pairs: AtomicU64,
     capacity: usize,
     dropped: AtomicU64,
     /// Signalled when the FIFO drains to half its capacity while a reader waits for room.
@@ -276,6 +287,9 @@ impl RxInbox {
             frames: Mutex::new(VecDeque::with_capacity(capacity)),
             spare: BufPool::new(256),
             len: AtomicUsize::new(0),
+            waiting: Mutex::new(WaitingFrames::default()),
+            waiting_len: AtomicUsize::new(0),
+            waiting_pairs: AtomicU64::new(0),
             capacity,
             dropped: AtomicU64::new(0),
             room: Condvar::new(),
@@ -308,19 +322,22 @@ impl RxInbox {
     /// room. Counted once per call that had to wait ([`RxInbox::room_waits`]).
     pub fn wait_room(&self, timeout: std::time::Duration) -> bool {
         let mut q = self.frames.lock();
-        if q.len() < self.capacity {
+        // `waiting` changes under this lock too when it falls (set_waiting), so no wake-up is
+        // lost between a look and the wait.
+        let held = |q: &VecDeque<InboxFrame>| q.len() + self.waiting_len.load(Ordering::SeqCst);
+        if held(&q) < self.capacity {
             return true;
         }
         self.room_waits.fetch_add(1, Ordering::Relaxed);
         self.room_waiters.fetch_add(1, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + timeout;
-        while q.len() > self.capacity / 2 {
+        while held(&q) > self.capacity / 2 {
             if self.room.wait_until(&mut q, deadline).timed_out() {
                 break;
             }
         }
         self.room_waiters.fetch_sub(1, Ordering::SeqCst);
-        q.len() < self.capacity
+        held(&q) < self.capacity
     }
 
     /// Times a port reader found the FIFO full and waited for room ([`RxInbox::wait_room`]).
@@ -333,7 +350,7 @@ impl RxInbox {
     fn shrunk(&self, q: MutexGuard<'_, VecDeque<InboxFrame>>) {
         let len = q.len();
         self.len.store(len, Ordering::SeqCst);
-        let half = len <= self.capacity / 2;
+        let half = len + self.waiting_len.load(Ordering::SeqCst) <= self.capacity / 2;
         if half && self.room_waiters.load(Ordering::SeqCst) > 0 {
             self.room.notify_all();
         }
@@ -368,7 +385,7 @@ impl RxInbox {
     fn enqueue(&self, hdr: &NetHdr, frame: &[u8], bounded: bool) -> bool {
         let buf = self.spare.copy_of(frame);
         let mut q = self.frames.lock();
-        if bounded && q.len() >= self.capacity {
+        if bounded && q.len() + self.waiting_len.load(Ordering::SeqCst) >= self.capacity {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.recycle(buf);
@@ -395,7 +412,8 @@ impl RxInbox {
             b.extend_from_slice(f);
         }
         let mut q = self.frames.lock();
-        let n = frames.len().min(self.capacity.saturating_sub(q.len()));
+        let held = q.len() + self.waiting_len.load(Ordering::SeqCst);
+        let n = frames.len().min(self.capacity.saturating_sub(held));
         q.extend(bufs.drain(..n).map(|data| InboxFrame {
             hdr: NetHdr::default(),
             data,
@@ -440,8 +458,18 @@ impl RxInbox {
         self.len.store(q.len(), Ordering::SeqCst);
     }
 
-    /// Takes the oldest frame.
+    /// Takes the oldest frame: those waiting for their own queue's buffers first (queue pair
+    /// by queue pair), then the FIFO's.
     pub fn pop(&self) -> Option<InboxFrame> {
+        if self.waiting_len.load(Ordering::SeqCst) > 0 {
+            let mut w = self.waiting.lock();
+            if let Some(f) = w.pop() {
+                self.waiting_changed(&w);
+                drop(w);
+                self.shrunk(self.frames.lock());
+                return Some(f);
+            }
+        }
         let mut q = self.frames.lock();
         let f = q.pop_front();
         self.shrunk(q);
@@ -466,9 +494,87 @@ impl RxInbox {
         self.spare.put(buf);
     }
 
-    /// Frames waiting.
+    /// Frames held: in the FIFO, and taken out of it to wait for their own RX queue's
+    /// buffers (waiting.rs).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::SeqCst)
+        self.len.load(Ordering::SeqCst) + self.waiting_len.load(Ordering::SeqCst)
+    }
+
+    /// Frames waiting for their own RX queue's buffers (waiting.rs), out of [`RxInbox::len`].
+    pub fn waiting_len(&self) -> usize {
+        self.waiting_len.load(Ordering::SeqCst)
+    }
+
+    /// Publishes the waiting lists' length and pairs (under their lock).
+    fn waiting_changed(&self, w: &WaitingFrames) {
+        self.waiting_len.store(w.len(), Ordering::SeqCst);
+        self.waiting_pairs
+            .store(w.pairs().data[0], Ordering::SeqCst);
+    }
+
+    /// Whether queue pair `pair`'s RX queue has frames waiting for its buffers. Only the device
+    /// adds waiting frames, under its lock: a true may be stale (a VMM took the frames,
+    /// [`RxInbox::pop`]), a false is not while the device's lock is held.
+    pub(crate) fn waits(&self, pair: u16) -> bool {
+        self.waiting_pairs.load(Ordering::Relaxed) & (1 << pair) != 0
+    }
+
+    /// The queue pairs with frames waiting.
+    pub(crate) fn waiting_pairs(&self) -> crate::net::PairSet {
+        crate::net::PairSet::new([self.waiting_pairs.load(Ordering::SeqCst)])
+    }
+
+    /// Puts `frame`, steered to queue pair `pair`, at the end of that pair's waiting list.
+    pub(crate) fn wait(&self, pair: u16, frame: InboxFrame) {
+        let mut w = self.waiting.lock();
+        w.push(pair, frame);
+        self.waiting_changed(&w);
+    }
+
+    /// Takes pair `pair`'s waiting list out to deliver from it; give what is left back with
+    /// [`RxInbox::put_back_waiting`] (the frames count as held meanwhile).
+    pub(crate) fn take_waiting(&self, pair: u16) -> VecDeque<InboxFrame> {
+        let mut w = self.waiting.lock();
+        let list = w.take(pair);
+        self.waiting_changed(&w);
+        list
+    }
+
+    /// Gives back what is left of a list [`RxInbox::take_waiting`] took (`taken` frames then),
+    /// ahead of what joined the pair meanwhile; wakes whoever waits for room if it shrank.
+    pub(crate) fn put_back_waiting(&self, pair: u16, list: VecDeque<InboxFrame>, taken: usize) {
+        let shrank = list.len() < taken;
+        let mut w = self.waiting.lock();
+        w.put_back(pair, list, taken);
+        self.waiting_changed(&w);
+        drop(w);
+        if shrank {
+            self.shrunk(self.frames.lock());
+        }
+    }
+
+    /// Puts every waiting frame back at the head of the FIFO, queue pair by queue pair, each
+    /// pair's in order (the steering changed: they are steered again).
+    pub(crate) fn unwait_all(&self) {
+        let mut w = self.waiting.lock();
+        if w.is_empty() {
+            return;
+        }
+        let mut all = w.take_all();
+        let mut q = self.frames.lock();
+        while let Some(f) = all.pop_back() {
+            q.push_front(f);
+        }
+        self.len.store(q.len(), Ordering::SeqCst);
+        self.waiting_changed(&w);
+    }
+
+    /// Calls `f` on every frame held, oldest first as [`RxInbox::pop`] would take them,
+    /// without taking any (a saved state copies them).
+    pub(crate) fn for_each_held(&self, mut f: impl FnMut(&InboxFrame)) {
+        let w = self.waiting.lock();
+        w.iter().for_each(&mut f);
+        self.frames.lock().iter().for_each(f);
     }
 
     /// Whether no frame waits.
@@ -481,13 +587,18 @@ impl RxInbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Drops every waiting frame (device reset); returns how many.
+    /// Drops every frame held, in the FIFO and waiting for a queue (device reset); returns
+    /// how many.
     pub fn clear(&self) -> usize {
+        let mut w = self.waiting.lock();
+        let waited = w.take_all().len();
+        self.waiting_changed(&w);
         let mut q = self.frames.lock();
         let n = q.len();
         q.clear();
+        drop(w);
         self.shrunk(q);
-        n
+        waited + n
     }
 }
 
@@ -678,6 +789,77 @@ mod tests {
         ptrs.sort();
         assert_eq!(got, ptrs, "the three buffers are reused, not reallocated");
         assert!(again.iter().all(Vec::is_empty));
+    }
+
+    /// Frames waiting for their queue's buffers are in the packet buffer: they count in its
+    /// length and its flow control, come first when taken or saved, go back to the FIFO's head
+    /// when the steering changes, and a reset drops them.
+    #[test]
+    fn frames_waiting_for_a_queue_stay_in_the_packet_buffer() {
+        let inbox = inbox_of(4);
+        let mut rd = inbox.reader(ReaderScratch::default());
+        let (a, b) = (rd.pop().unwrap(), rd.pop().unwrap());
+        drop(rd.finish());
+        inbox.wait(3, a);
+        inbox.wait(1, b);
+        assert_eq!((inbox.len(), inbox.waiting_len()), (4, 2));
+        assert!(inbox.waits(1) && inbox.waits(3) && !inbox.waits(0));
+        let mut held = Vec::new();
+        inbox.for_each_held(|f| held.push(f.data[0]));
+        assert_eq!(held, [1, 0, 2, 3], "pair by pair, then the FIFO");
+
+        // Capacity: a FIFO of 4 whose 2 waiting frames and 2 queued fill it.
+        let small = RxInbox::new(4);
+        for i in 0..4 {
+            assert!(small.push(&frame(i)));
+        }
+        let f0 = small.reader(ReaderScratch::default()).pop().unwrap();
+        small.wait(0, f0);
+        assert!(
+            small.is_full() && !small.push(&frame(9)),
+            "the waiting frame takes room"
+        );
+        assert!(!small.has_room_or_want());
+        assert!(
+            !small.wait_room(std::time::Duration::from_millis(1)),
+            "a port reader finds no room"
+        );
+        // A port reader waiting for room goes on once the waiting list shrinks to half.
+        let mut list = small.take_waiting(0);
+        assert_eq!(
+            small.len(),
+            4,
+            "a list taken out counts until it is put back"
+        );
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| small.wait_room(std::time::Duration::from_secs(10)));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let taken = list.len();
+            list.pop_front();
+            small.put_back_waiting(0, std::mem::take(&mut list), taken);
+            assert_eq!(small.len(), 3);
+            // Two FIFO frames more delivered: down to half.
+            assert_eq!(small.pop().unwrap().data[0], 1);
+            assert!(waiter.join().unwrap(), "woken by the drain");
+        });
+
+        // Steering changed: back to the FIFO's head, pair by pair.
+        inbox.unwait_all();
+        assert_eq!((inbox.len(), inbox.waiting_len()), (4, 0));
+        assert!(!inbox.waits(1) && !inbox.waits(3));
+        let c = inbox.reader(ReaderScratch::default()).pop().unwrap();
+        inbox.wait(2, c);
+        assert_eq!(
+            inbox.pop().unwrap().data[0],
+            1,
+            "a waiting frame is taken first"
+        );
+        assert_eq!(
+            inbox.clear(),
+            3,
+            "reset drops the FIFO's and the waiting frames"
+        );
+        assert_eq!((inbox.len(), inbox.waiting_len()), (0, 0));
     }
 
     #[test]
