@@ -229,11 +229,24 @@ impl NetEngine {
         let mut result = self.deliver_waiting(&mut rd, &mut lanes, cx, &mut touched, dp);
         let pairs = usize::from(self.net.curr_pairs.max(1));
         // Once every pair in use has frames waiting, the rest wait in the FIFO.
-        while result.is_ok() && self.inbox.waiting_pairs().count_ones() < pairs {
+        let mut all_wait = self.inbox.waiting_pairs().count_ones() >= pairs;
+        while result.is_ok() && !all_wait {
             let Some(frame) = rd.pop() else { break };
             match self.rx_frame(frame, &mut rd, &mut lanes, cx, None, &mut touched, dp) {
                 Step::Taken => {}
-                Step::Waits(q, frame) => self.inbox.wait(q / 2, frame),
+                Step::Waits(q, frame) => {
+                    let waiting = self.inbox.waiting_pairs();
+                    if !waiting[usize::from(q / 2)] && waiting.count_ones() + 1 >= pairs {
+                        // Every other pair in use has frames waiting already (always so with
+                        // one pair): no queue could take a frame behind this one, so it stays
+                        // the FIFO's head, as cheap as it was before there were waiting lists
+                        // (a list costs three round trips through its lock per refill).
+                        rd.unpop(frame);
+                        break;
+                    }
+                    self.inbox.wait(q / 2, frame);
+                    all_wait = waiting.count_ones() + 1 >= pairs;
+                }
                 Step::Fault(f) => result = Err(f),
             }
         }
@@ -258,6 +271,11 @@ impl NetEngine {
         let mut result = Ok(());
         for pair in self.inbox.waiting_pairs().iter_ones() {
             let own = 2 * pair as u16;
+            // Most looks find the queue still out of buffers (its driver has not refilled yet):
+            // then the list stays where it is, without two round trips through its lock.
+            if !may_take(lanes.get(own), self.params.batch)? {
+                continue;
+            }
             let mut list = self.inbox.take_waiting(pair as u16);
             let taken = list.len();
             let mut src = WaitingSource {
@@ -299,6 +317,7 @@ impl NetEngine {
     /// behind it from there, segments go back there); `own` is the queue whose waiting list
     /// `src` is, if it is one.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn rx_frame(
         &mut self,
         mut frame: InboxFrame,
@@ -662,6 +681,18 @@ fn count_steering(c: &mut DeviceCounters, steering: Steering, resteered: bool) {
     }
     if resteered {
         c.rx_resteered_queue_reset += 1;
+    }
+}
+
+/// Whether `lane`'s RX queue may take its waiting frames now: buffers fetched or available
+/// (fetching up to `batch`, as a delivery would), or the queue is being reset (its frames go
+/// to another queue). A stopped or disabled queue keeps them waiting. The queue asked for a
+/// doorbell when its frames began to wait ([`arm_rx`]).
+fn may_take(lane: &mut Lane, batch: u16) -> Result<bool, DeviceFault> {
+    let Lane { slot, dma, .. } = lane;
+    match &mut slot.state {
+        QueueState::Enabled(ring) => Ok(ring.has_fetched() || ring.fetch_avail(dma, batch)? > 0),
+        s => Ok(s.being_reset()),
     }
 }
 

@@ -505,11 +505,15 @@ impl RxInbox {
         self.waiting_len.load(Ordering::SeqCst)
     }
 
-    /// Publishes the waiting lists' length and pairs (under their lock).
+    /// Publishes the waiting lists' length and pairs (under their lock). Release stores, not
+    /// SeqCst: on x86 a SeqCst store is a locked instruction, which waits for the delivery's
+    /// stores into the driver's buffers to drain (see [`InboxReader`]). A fall is followed by
+    /// [`RxInbox::shrunk`], whose SeqCst store of the FIFO's length a sender or reader that
+    /// waits for room reads first, so it sees this one too.
     fn waiting_changed(&self, w: &WaitingFrames) {
-        self.waiting_len.store(w.len(), Ordering::SeqCst);
+        self.waiting_len.store(w.len(), Ordering::Release);
         self.waiting_pairs
-            .store(w.pairs().data[0], Ordering::SeqCst);
+            .store(w.pairs().data[0], Ordering::Release);
     }
 
     /// Whether queue pair `pair`'s RX queue has frames waiting for its buffers. Only the device
