@@ -48,6 +48,8 @@ pub struct NetState {
     pub(crate) guest_offloads: Option<GuestOffloads>,
     /// Hash reporting without RSS steering (VIRTIO_NET_CTRL_MQ_HASH_CONFIG), while on.
     pub(crate) hash_cfg: Option<super::rss::HashConfig>,
+    /// The Toeplitz table of the key in use (RSS's, or HASH_CONFIG's).
+    pub(crate) toeplitz: super::rss::ToeplitzCache,
 }
 
 impl NetState {
@@ -66,6 +68,7 @@ impl NetState {
             rss: None,
             guest_offloads: None,
             hash_cfg: None,
+            toeplitz: Default::default(),
         }
     }
 }

@@ -51,9 +51,10 @@ impl NetState {
 
     /// The RX queue pair a frame is steered to (`rss_quirk`: the rss-ignores-indirection-table
     /// bug).
-    pub fn steer(&self, frame: &[u8], rss_quirk: bool) -> Steering {
+    pub fn steer(&mut self, frame: &[u8], rss_quirk: bool) -> Steering {
         if let Some(rss) = &self.rss {
-            return rss.steer(frame, rss_quirk);
+            let t = self.toeplitz.table(&rss.key);
+            return rss.steer_by(frame, rss_quirk, |i| t.hash(i));
         }
         if self.curr_pairs <= 1 {
             return Steering::Flow(0);

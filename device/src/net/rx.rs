@@ -563,15 +563,16 @@ impl NetEngine {
 
     /// The hash report of `frame` (HASH_REPORT negotiated): under the RSS configuration while
     /// RSS is on, else the one HASH_CONFIG set, else none (VIRTIO_NET_HASH_REPORT_NONE).
-    fn hash_of(&self, frame: &[u8]) -> (u32, u16) {
+    fn hash_of(&mut self, frame: &[u8]) -> (u32, u16) {
         let bug = self.params.quirks.has(Quirk::HashReportTypeWrong);
-        if let Some(r) = &self.net.rss {
-            super::rss::hash_report(frame, r.hash_types, &r.key, bug)
-        } else if let Some(h) = &self.net.hash_cfg {
-            super::rss::hash_report(frame, h.hash_types, &h.key, bug)
-        } else {
-            (0, 0)
-        }
+        let net = &mut self.net;
+        let (types, key) = match (&net.rss, &net.hash_cfg) {
+            (Some(r), _) => (r.hash_types, &r.key),
+            (None, Some(h)) => (h.hash_types, &h.key),
+            (None, None) => return (0, 0),
+        };
+        let t = net.toeplitz.table(key);
+        super::rss::hash_report_by(frame, types, bug, |i| t.hash(i))
     }
 
     /// Writes one frame into queue `q` behind header `h` (num_buffers filled in here).
