@@ -230,6 +230,11 @@ pub struct DeviceCounters {
     /// Times a port reader found the receive FIFO full and waited for room instead of reading
     /// on (the FIFO's own count, like `rx_dropped_backlog`): the wire backed up to its sender.
     pub rx_port_waits: u64,
+    /// Frames that left the receive FIFO to wait on their RX queue's own list (its buffers ran
+    /// out, or frames waited there already) while the delivery went on for the other queues
+    /// (device/src/port/waiting.rs). A frame steered again after a steering change counts
+    /// again if it waits again.
+    pub rx_queue_waits: u64,
     /// ISR reads answered without the device lock ([`crate::interrupt::IsrStatus`]; counted
     /// by [`crate::Device`] and copied in by [`crate::Device::counters`]).
     pub isr_reads_unlocked: u64,
@@ -286,6 +291,7 @@ impl DeviceCounters {
             ("rx_dropped_reset", self.rx_dropped_reset),
             ("rx_dropped_backlog", self.rx_dropped_backlog),
             ("rx_port_waits", self.rx_port_waits),
+            ("rx_queue_waits", self.rx_queue_waits),
             ("isr_reads_unlocked", self.isr_reads_unlocked),
             ("rx_rss_hashed", self.rx_rss_hashed),
             ("rx_rss_unclassified", self.rx_rss_unclassified),

@@ -345,6 +345,7 @@ fn a_queue_out_of_buffers_holds_back_only_its_own_frames() {
     assert!(dev.inbox().is_empty());
     let c = dev.counters();
     assert_eq!((c.rx_frames, c.rx_dropped_too_small), (28, 0));
+    assert_eq!(c.rx_queue_waits, 4, "pair 0's last four waited on its list");
     assert_eq!(c.rx_rss_hashed, 28, "each frame counted as steered once");
 }
 

@@ -245,6 +245,7 @@ impl NetEngine {
                         break;
                     }
                     self.inbox.wait(q / 2, frame);
+                    dp.counters.rx_queue_waits += 1;
                     all_wait = waiting.count_ones() + 1 >= pairs;
                 }
                 Step::Fault(f) => result = Err(f),
