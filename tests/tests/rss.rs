@@ -287,34 +287,38 @@ fn recv_n(drv: &mut NetDriver, pair: u16, n: usize) -> Vec<Vec<u8>> {
 struct Backlog {
     dev: Arc<Device>,
     drv: NetDriver,
+    /// RSS over pairs 0 and 1 only (half the table each).
+    cfg: RssConfig,
     p0: Vec<Vec<u8>>,
     p1: Vec<Vec<u8>>,
 }
 
-/// A loopback device with 16 RX buffers per queue and RSS set by `cfg`; 20 frames for pair 0
-/// (4 more than its ring holds) are sent, then 8 for pair 1.
-fn pair_0_out_of_buffers(cfg: &RssConfig) -> Backlog {
+/// A loopback device with 16 RX buffers per queue and RSS over pairs 0 and 1; 20 frames for
+/// pair 0 (4 more than its ring holds) are sent, then 8 for pair 1.
+fn pair_0_out_of_buffers() -> Backlog {
+    let cfg = RssConfig {
+        table: (0..128).map(|i| i % 2).collect(),
+        ..config(6)
+    };
     let (dev, mut drv) = loopback(DriverOptions {
         queue_size: 16,
         ..DriverOptions::default()
     });
-    assert_eq!(drv.set_rss(cfg, PAIRS).unwrap(), 0, "RSS_CONFIG accepted");
+    assert_eq!(drv.set_rss(&cfg, PAIRS).unwrap(), 0, "RSS_CONFIG accepted");
     let fs: Vec<Vec<u8>> = frames(800, 61)
         .into_iter()
         .filter(|f| f[12..14] == [8, 0])
         .collect();
-    let (p0, p1) = (steered_to(&fs, cfg, 0), steered_to(&fs, cfg, 1));
+    let (p0, p1) = (steered_to(&fs, &cfg, 0), steered_to(&fs, &cfg, 1));
     let (p0, p1) = (p0[..20].to_vec(), p1[..8].to_vec());
     send_all(&mut drv, &p0);
     send_all(&mut drv, &p1);
-    Backlog { dev, drv, p0, p1 }
-}
-
-/// RSS over pairs 0 and 1 only (half the table each).
-fn two_pair_config() -> RssConfig {
-    RssConfig {
-        table: (0..128).map(|i| i % 2).collect(),
-        ..config(6)
+    Backlog {
+        dev,
+        drv,
+        cfg,
+        p0,
+        p1,
     }
 }
 
@@ -324,26 +328,17 @@ fn two_pair_config() -> RssConfig {
 /// buffers again; nothing is dropped.
 #[test]
 fn a_queue_out_of_buffers_holds_back_only_its_own_frames() {
-    let cfg = two_pair_config();
-    let Backlog {
-        dev,
-        mut drv,
-        p0,
-        p1,
-    } = pair_0_out_of_buffers(&cfg);
+    let mut b = pair_0_out_of_buffers();
+    let inbox = b.dev.inbox();
     assert_eq!(
-        (dev.inbox().len(), dev.inbox().waiting_len()),
+        (inbox.len(), inbox.waiting_len()),
         (4, 4),
         "pair 0's last four frames wait on its own list"
     );
-    assert_eq!(recv_n(&mut drv, 1, p1.len()), p1, "pair 1 is not held back");
-    assert_eq!(
-        recv_n(&mut drv, 0, p0.len()),
-        p0,
-        "pair 0's frames, in order"
-    );
-    assert!(dev.inbox().is_empty());
-    let c = dev.counters();
+    assert_eq!(recv_n(&mut b.drv, 1, 8), b.p1, "pair 1 is not held back");
+    assert_eq!(recv_n(&mut b.drv, 0, 20), b.p0, "pair 0's, in order");
+    assert!(inbox.is_empty());
+    let c = b.dev.counters();
     assert_eq!((c.rx_frames, c.rx_dropped_too_small), (28, 0));
     assert_eq!(c.rx_queue_waits, 4, "pair 0's last four waited on its list");
     assert_eq!(c.rx_rss_hashed, 28, "each frame counted as steered once");
@@ -354,56 +349,36 @@ fn a_queue_out_of_buffers_holds_back_only_its_own_frames() {
 /// 0's four waiting frames arrive there before the ones sent later.
 #[test]
 fn frames_waiting_for_a_queue_follow_a_new_steering_in_order() {
-    let cfg = two_pair_config();
-    let Backlog {
-        dev,
-        mut drv,
-        p0,
-        p1,
-    } = pair_0_out_of_buffers(&cfg);
-    assert_eq!(recv_n(&mut drv, 1, p1.len()), p1);
+    let mut b = pair_0_out_of_buffers();
+    assert_eq!(recv_n(&mut b.drv, 1, 8), b.p1);
     let to_1 = RssConfig {
         table: vec![1; 128],
-        ..cfg.clone()
+        ..b.cfg.clone()
     };
-    assert_eq!(drv.set_rss(&to_1, PAIRS).unwrap(), 0);
-    assert_eq!(
-        dev.inbox().waiting_len(),
-        0,
-        "back in the FIFO, steered again"
-    );
+    assert_eq!(b.drv.set_rss(&to_1, PAIRS).unwrap(), 0);
+    assert_eq!(b.dev.inbox().waiting_len(), 0, "in the FIFO, steered again");
     // The same flows again, sent after the new configuration.
-    send_all(&mut drv, &p0[..4]);
-    let mut want = p0[16..].to_vec();
-    want.extend_from_slice(&p0[..4]);
-    assert_eq!(recv_n(&mut drv, 1, 8), want, "the waiting frames first");
+    send_all(&mut b.drv, &b.p0[..4]);
+    let mut want = b.p0[16..].to_vec();
+    want.extend_from_slice(&b.p0[..4]);
+    assert_eq!(recv_n(&mut b.drv, 1, 8), want, "the waiting frames first");
     // Pair 0 still holds the 16 that fitted before the change.
-    assert_eq!(recv_n(&mut drv, 0, 16), p0[..16]);
-    assert!(drv.recv(0).unwrap().is_empty() && dev.inbox().is_empty());
+    assert_eq!(recv_n(&mut b.drv, 0, 16), b.p0[..16]);
+    assert!(b.drv.recv(0).unwrap().is_empty() && b.dev.inbox().is_empty());
 }
 
 /// Frames waiting for their queue cross a device-state migration ahead of the FIFO's frames,
 /// and reach the same queue, in order, on the destination.
 #[test]
 fn frames_waiting_for_a_queue_cross_a_device_state_migration() {
-    let cfg = two_pair_config();
-    let Backlog {
-        dev: a,
-        mut drv,
-        p0,
-        p1,
-    } = pair_0_out_of_buffers(&cfg);
-    a.pause();
-    let state = a.save_state();
-    assert_eq!(
-        a.inbox().waiting_len(),
-        4,
-        "saving copies, it takes nothing"
-    );
-    let b = Device::new(DeviceConfig::with_queue_pairs(PAIRS)).unwrap();
-    b.set_loopback();
-    support::migrate_driver(&mut drv, &b, &state);
-    assert_eq!(recv_n(&mut drv, 1, p1.len()), p1);
-    assert_eq!(recv_n(&mut drv, 0, p0.len()), p0);
-    assert!(b.inbox().is_empty());
+    let mut b = pair_0_out_of_buffers();
+    b.dev.pause();
+    let state = b.dev.save_state();
+    assert_eq!(b.dev.inbox().waiting_len(), 4, "saving takes nothing");
+    let dst = Device::new(DeviceConfig::with_queue_pairs(PAIRS)).unwrap();
+    dst.set_loopback();
+    support::migrate_driver(&mut b.drv, &dst, &state);
+    assert_eq!(recv_n(&mut b.drv, 1, 8), b.p1);
+    assert_eq!(recv_n(&mut b.drv, 0, 20), b.p0);
+    assert!(dst.inbox().is_empty());
 }
