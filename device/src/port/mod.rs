@@ -322,8 +322,8 @@ impl RxInbox {
     /// room. Counted once per call that had to wait ([`RxInbox::room_waits`]).
     pub fn wait_room(&self, timeout: std::time::Duration) -> bool {
         let mut q = self.frames.lock();
-        // `waiting` changes under this lock too when it falls (set_waiting), so no wake-up is
-        // lost between a look and the wait.
+        // When `waiting_len` falls, its writer then takes this lock to wake waiters
+        // (put_back_waiting, pop: `shrunk`), so no wake-up is lost between a look and the wait.
         let held = |q: &VecDeque<InboxFrame>| q.len() + self.waiting_len.load(Ordering::SeqCst);
         if held(&q) < self.capacity {
             return true;
