@@ -455,8 +455,9 @@ fn ours_host_tap(e2e: &E2e, driver: &str, s: Shape) -> Run {
     run
 }
 
-/// What the device saw during a cell (E2E-BENCH): drops and flow control at the port, and
-/// per-queue interrupts, the first things to look at when a cell is slow.
+/// What the device saw during a cell (E2E-BENCH): drops and flow control at the port, frames
+/// that waited on their own RX queue's list (device/src/port/waiting.rs), and per-queue
+/// interrupts, the first things to look at when a cell is slow.
 fn print_device(label: &str, st: &sim_harness::ctl::StatsReport) {
     let c = |k: &str| st.counters.get(k).copied().unwrap_or(0);
     let queues: Vec<String> = st
@@ -471,11 +472,12 @@ fn print_device(label: &str, st: &sim_harness::ctl::StatsReport) {
         })
         .collect();
     println!(
-        "E2E-BENCH {label} device: rx {} frames ({} GSO), {} dropped with the receive FIFO full, the port waited for room {} times | tx {} frames ({} GSO), {} dropped by the port, {} lost after it, held back by a full port {} times | ISR reads without the lock {} | {}",
+        "E2E-BENCH {label} device: rx {} frames ({} GSO), {} dropped with the receive FIFO full, the port waited for room {} times, {} waited for their own queue's buffers | tx {} frames ({} GSO), {} dropped by the port, {} lost after it, held back by a full port {} times | ISR reads without the lock {} | {}",
         c("rx_frames"),
         c("rx_gso_frames"),
         c("rx_dropped_backlog"),
         c("rx_port_waits"),
+        c("rx_queue_waits"),
         c("tx_frames"),
         c("tx_gso_frames"),
         c("tx_port_drops"),
