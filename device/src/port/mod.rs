@@ -812,7 +812,7 @@ mod tests {
         inbox.for_each_held(|f| held.push(f.data[0]));
         assert_eq!(held, [1, 0, 2, 3], "pair by pair, then the FIFO");
 
-        // Capacity: a FIFO of 4 whose 2 waiting frames and 2 queued fill it.
+        // Capacity: a FIFO of 4 that one waiting frame and three queued ones fill.
         let small = RxInbox::new(4);
         for i in 0..4 {
             assert!(small.push(&frame(i)));
@@ -842,7 +842,7 @@ mod tests {
             list.pop_front();
             small.put_back_waiting(0, std::mem::take(&mut list), taken);
             assert_eq!(small.len(), 3);
-            // Two FIFO frames more delivered: down to half.
+            // One FIFO frame more taken: down to half.
             assert_eq!(small.pop().unwrap().data[0], 1);
             assert!(waiter.join().unwrap(), "woken by the drain");
         });
