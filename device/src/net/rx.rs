@@ -619,7 +619,7 @@ impl NetEngine {
             {
                 break Ok(Fit::TooSmall);
             }
-            if !ring.has_fetched() && ring.fetch_avail(dma, batch)? == 0 {
+            if !ring.has_avail(dma, batch)? {
                 break Ok(Fit::NoRoom);
             }
             if slots.len() == 1 {
@@ -693,7 +693,7 @@ fn count_steering(c: &mut DeviceCounters, steering: Steering, resteered: bool) {
 fn may_take(lane: &mut Lane, batch: u16) -> Result<bool, DeviceFault> {
     let Lane { slot, dma, .. } = lane;
     match &mut slot.state {
-        QueueState::Enabled(ring) => Ok(ring.has_fetched() || ring.fetch_avail(dma, batch)? > 0),
+        QueueState::Enabled(ring) => ring.has_avail(dma, batch),
         s => Ok(s.being_reset()),
     }
 }

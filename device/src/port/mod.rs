@@ -564,12 +564,8 @@ impl RxInbox {
         if w.is_empty() {
             return;
         }
-        let mut all = w.take_all();
-        let mut q = self.frames.lock();
-        while let Some(f) = all.pop_back() {
-            q.push_front(f);
-        }
-        self.len.store(q.len(), Ordering::SeqCst);
+        // Under the waiting lists' lock throughout, so the frames count as held all along.
+        self.unpop_all(&mut w.take_all());
         self.waiting_changed(&w);
     }
 

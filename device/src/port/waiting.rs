@@ -48,14 +48,19 @@ impl WaitingFrames {
         self.waiting
     }
 
-    /// Puts `frame` at the end of pair `pair`'s list.
-    pub(crate) fn push(&mut self, pair: u16, frame: InboxFrame) {
+    /// Pair `pair`'s list (made on first use), noted as waiting.
+    fn list(&mut self, pair: u16) -> &mut VecDeque<InboxFrame> {
         let p = usize::from(pair);
         if self.lists.len() <= p {
             self.lists.resize_with(p + 1, VecDeque::new);
         }
-        self.lists[p].push_back(frame);
         self.waiting.set(p, true);
+        &mut self.lists[p]
+    }
+
+    /// Puts `frame` at the end of pair `pair`'s list.
+    pub(crate) fn push(&mut self, pair: u16, frame: InboxFrame) {
+        self.list(pair).push_back(frame);
         self.len += 1;
     }
 
@@ -77,13 +82,9 @@ impl WaitingFrames {
         if list.is_empty() {
             return;
         }
-        let p = usize::from(pair);
-        if self.lists.len() <= p {
-            self.lists.resize_with(p + 1, VecDeque::new);
-        }
-        list.append(&mut self.lists[p]);
-        self.lists[p] = list;
-        self.waiting.set(p, true);
+        let l = self.list(pair);
+        list.append(l);
+        *l = list;
     }
 
     /// The oldest frame of the first pair with frames waiting.

@@ -143,4 +143,11 @@ impl Ring {
     pub fn has_fetched(&self) -> bool {
         dispatch!(self, r => r.has_fetched())
     }
+
+    /// Whether a chain can be popped: one fetched already waits, or fetching up to `max` more
+    /// found some.
+    #[inline]
+    pub fn has_avail(&mut self, dma: &mut DmaEngine, max: u16) -> Result<bool, DeviceFault> {
+        Ok(self.has_fetched() || self.fetch_avail(dma, max)? > 0)
+    }
 }
