@@ -333,6 +333,15 @@ impl Iommu {
     /// a hit); `None` otherwise, with nothing counted.
     #[inline(always)]
     pub(crate) fn lookup_hit(&mut self, iova: u64, len: u64, write: bool) -> Option<*mut u8> {
+        let p = self.probe(iova, len, write)?;
+        self.stats.iotlb_hits += 1;
+        Some(p)
+    }
+
+    /// What [`Self::lookup_hit`] finds, without counting it: for hints (a prefetch), which
+    /// are not accesses.
+    #[inline(always)]
+    pub(crate) fn probe(&self, iova: u64, len: u64, write: bool) -> Option<*mut u8> {
         if self.space.generation_fast() != self.generation {
             return None;
         }
@@ -349,7 +358,6 @@ impl Iommu {
                 && iova < e.end
                 && len.wrapping_sub(1) < e.end - iova
             {
-                self.stats.iotlb_hits += 1;
                 // `host` maps `[start, end)` and `iova - start < end - start`: in bounds.
                 return Some((e.host + (iova - e.start) as usize) as *mut u8);
             }

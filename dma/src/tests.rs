@@ -1207,3 +1207,33 @@ fn a_gathered_write_that_faults_writes_nothing() {
     ));
     assert_eq!(eng.bus_stats().get(DmaKind::PacketWrite).transactions, 0);
 }
+
+/// `peek16` and `prefetch` are hints, not accesses: they see only what the IOTLB holds now,
+/// count, log and fault nothing, and a mapping gone since (another generation) is not looked at.
+#[test]
+fn peeks_and_prefetches_are_not_accesses() {
+    let (shm, space, mut eng) = setup(0x4000, 0x10000);
+    let desc: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+    shm.write(0x100, &desc).unwrap();
+    // Nothing translated yet: the IOTLB holds nothing, so the peek sees nothing (no walk).
+    assert_eq!(eng.peek16(0x10100), None);
+    assert_eq!(eng.iommu_stats().iotlb_misses, 0);
+    let mut b = [0u8; 4];
+    eng.read(0x10000, &mut b, DmaKind::Descriptor).unwrap();
+    let (bus, iommu) = (eng.bus_stats().clone(), *eng.iommu_stats());
+    assert_eq!(eng.peek16(0x10100), Some(desc));
+    // Across the mapping's end, and past it: nothing.
+    assert_eq!(eng.peek16(0x13ff8), None);
+    assert_eq!(eng.peek16(0x14000), None);
+    eng.prefetch(0x10100, 4096);
+    eng.prefetch(0x13ff0, 64);
+    eng.prefetch(0x20000, 64);
+    eng.prefetch(0x10100, 0);
+    assert_eq!(eng.bus_stats(), &bus);
+    assert_eq!(eng.iommu_stats(), &iommu);
+    // Unmapped since: the IOTLB's generation is stale, so the peek does not use its entry.
+    space.unmap(0x10000, 0x4000).unwrap();
+    assert_eq!(eng.peek16(0x10100), None);
+    eng.prefetch(0x10100, 64);
+    assert_eq!(eng.iommu_stats(), &iommu);
+}

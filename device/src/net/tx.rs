@@ -208,6 +208,8 @@ pub(crate) fn tx_budget(lane: &mut Lane, env: &TxEnv) -> Result<TxOutcome, Devic
             return Ok(done);
         }
         taken += u32::from(n);
+        // The buffers of this batch, on their way here while the first ones are copied.
+        ring.prefetch_fetched(dma);
         let mut port_busy = false;
         loop {
             // Flow control: a chain is taken only when the port has room for its frame.

@@ -15,6 +15,11 @@ use dma::DmaEngine;
 use packed::PackedRing;
 use split::SplitRing;
 
+/// How many fetched chains' buffers `Ring::prefetch_fetched` hints ahead: a TX batch
+/// (`DeviceConfig::batch`, 32 by default), so every buffer's transfer is under way before the
+/// first copy waits.
+pub const PREFETCH_CHAINS: usize = 32;
+
 /// One enabled ring: an enum rather than a trait object, so every call is a predictable branch
 /// the compiler can inline on both sides.
 #[derive(Debug)]
@@ -142,6 +147,12 @@ impl Ring {
     #[inline]
     pub fn has_fetched(&self) -> bool {
         dispatch!(self, r => r.has_fetched())
+    }
+
+    /// See [`SplitRing::prefetch_fetched`] / [`PackedRing::prefetch_fetched`].
+    #[inline]
+    pub fn prefetch_fetched(&self, dma: &DmaEngine) {
+        dispatch!(self, r => r.prefetch_fetched(dma))
     }
 
     /// Whether a chain can be popped: one fetched already waits, or fetching up to `max` more

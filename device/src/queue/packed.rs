@@ -913,6 +913,23 @@ impl PackedRing {
     pub fn has_fetched(&self) -> bool {
         self.unpopped > 0
     }
+
+    /// Hints the buffers of the fetched descriptors not popped yet (up to
+    /// [`super::PREFETCH_CHAINS`] slots, from the shadow the fetch read) toward this core
+    /// ([`DmaEngine::prefetch`]); an indirect descriptor's table is not followed. `pop`
+    /// translates and checks every buffer as always.
+    pub fn prefetch_fetched(&self, dma: &DmaEngine) {
+        if self.unpopped == 0 {
+            return;
+        }
+        let end = self.descs.len().min(self.pop_at + super::PREFETCH_CHAINS);
+        for slot in &self.descs[self.pop_at..end] {
+            let d = RawDesc::parse(slot);
+            if d.flags & VIRTQ_DESC_F_INDIRECT == 0 {
+                dma.prefetch(d.addr, u64::from(d.len));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

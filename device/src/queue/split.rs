@@ -443,6 +443,28 @@ impl SplitRing {
     pub fn has_fetched(&self) -> bool {
         self.head_pos < self.heads.len()
     }
+
+    /// Hints the buffers of the fetched chains not popped yet (up to [`super::PREFETCH_CHAINS`]
+    /// of them) toward this core: each head descriptor is peeked (not read: nothing is
+    /// accounted or checked) and its buffer prefetched ([`DmaEngine::prefetch`]). The
+    /// descriptor loads are independent, so their transfers overlap too, and `pop` then finds
+    /// them in cache. An indirect head or an index out of range is skipped; `pop` reads and
+    /// checks every descriptor as always.
+    pub fn prefetch_fetched(&self, dma: &DmaEngine) {
+        let end = self.heads.len().min(self.head_pos + super::PREFETCH_CHAINS);
+        for &head in &self.heads[self.head_pos..end] {
+            if head >= self.size {
+                continue;
+            }
+            let Some(raw) = dma.peek16(self.desc + DESC_SIZE * u64::from(head)) else {
+                continue;
+            };
+            let (addr, len, flags, _) = decode_split_desc(&raw);
+            if flags & VIRTQ_DESC_F_INDIRECT == 0 {
+                dma.prefetch(addr, u64::from(len));
+            }
+        }
+    }
 }
 
 /// End of an avail ring of `n` entries, used_event included (2.7.6).
