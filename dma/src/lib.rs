@@ -16,6 +16,7 @@ mod guard;
 mod iommu;
 mod memory;
 pub mod ports;
+pub(crate) mod prefetch;
 mod shm;
 mod write_trace;
 
@@ -100,20 +101,6 @@ macro_rules! atomic_read {
 /// The most [`DmaEngine::prefetch`] asks for at once: two cache lines, a small frame and its
 /// virtio-net header. Longer buffers are streams the CPU's own prefetchers follow.
 pub const PREFETCH_MAX: u64 = 128;
-
-const CACHE_LINE: usize = 64;
-
-#[inline(always)]
-fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is a hint: it never faults and does not change memory, whatever the
-    // address (SSE, baseline on x86_64).
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 impl DmaEngine {
     /// A DMA port on `space` with an `iotlb_entries`-entry direct-mapped IOTLB (rounded up to
@@ -247,20 +234,27 @@ impl DmaEngine {
     /// and a prefetch never faults.
     #[inline]
     pub fn prefetch(&self, iova: u64, len: u64) {
+        self.prefetch_lines(iova, len, false);
+    }
+
+    /// [`Self::prefetch`] ahead of a [`Self::write`]: the lines come with the intent to write
+    /// them (x86 PREFETCHW), so the write does not wait for the driver's core to give up its
+    /// copy. The IOTLB must hold the range as writable.
+    #[inline]
+    pub fn prefetch_for_write(&self, iova: u64, len: u64) {
+        self.prefetch_lines(iova, len, true);
+    }
+
+    #[inline(always)]
+    fn prefetch_lines(&self, iova: u64, len: u64, write: bool) {
         let len = len.min(PREFETCH_MAX);
         if len == 0 {
             return;
         }
-        let Some(p) = self.iommu.probe(iova, len, false) else {
+        let Some(p) = self.iommu.probe(iova, len, write) else {
             return;
         };
-        let first = p as usize & !(CACHE_LINE - 1);
-        let end = p as usize + len as usize;
-        let mut line = first;
-        while line < end {
-            prefetch_line(line as *const u8);
-            line += CACHE_LINE;
-        }
+        prefetch::lines(p, len as usize, write);
     }
 
     /// DMA read of `buf.len()` bytes at `iova` (an empty read succeeds without translation).

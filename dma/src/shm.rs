@@ -278,6 +278,21 @@ impl SharedMemory {
         Ok(())
     }
 
+    /// Hints the cache lines of `[offset, offset + len)` (at most [`crate::PREFETCH_MAX`]
+    /// bytes) toward this core for writing (x86 PREFETCHW), ahead of [`Self::write`]s there: a
+    /// driver about to fill descriptors and buffers the device read last lets those lines'
+    /// transfers overlap. Not an access; a range outside the memory is ignored.
+    #[inline]
+    pub fn prefetch_for_write(&self, offset: u64, len: u64) {
+        let len = len.min(crate::PREFETCH_MAX);
+        if len == 0 || self.check(offset, len).is_err() {
+            return;
+        }
+        // `offset + len <= size`: inside the mapping.
+        let p = self.region.as_ptr().wrapping_add(offset as usize);
+        crate::prefetch::lines(p, len as usize, true);
+    }
+
     /// Sets `len` bytes at `offset` to `byte`.
     pub fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), ShmError> {
         self.check(offset, len)?;

@@ -209,7 +209,7 @@ pub(crate) fn tx_budget(lane: &mut Lane, env: &TxEnv) -> Result<TxOutcome, Devic
         }
         taken += u32::from(n);
         // The buffers of this batch, on their way here while the first ones are copied.
-        ring.prefetch_fetched(dma);
+        ring.prefetch_fetched(dma, false);
         let mut port_busy = false;
         loop {
             // Flow control: a chain is taken only when the port has room for its frame.

@@ -918,7 +918,7 @@ impl PackedRing {
     /// [`super::PREFETCH_CHAINS`] slots, from the shadow the fetch read) toward this core
     /// ([`DmaEngine::prefetch`]); an indirect descriptor's table is not followed. `pop`
     /// translates and checks every buffer as always.
-    pub fn prefetch_fetched(&self, dma: &DmaEngine) {
+    pub fn prefetch_fetched(&self, dma: &DmaEngine, write: bool) {
         if self.unpopped == 0 {
             return;
         }
@@ -926,7 +926,7 @@ impl PackedRing {
         for slot in &self.descs[self.pop_at..end] {
             let d = RawDesc::parse(slot);
             if d.flags & VIRTQ_DESC_F_INDIRECT == 0 {
-                dma.prefetch(d.addr, u64::from(d.len));
+                super::prefetch_buffer(dma, d.addr, d.len, write);
             }
         }
     }

@@ -450,7 +450,7 @@ impl SplitRing {
     /// descriptor loads are independent, so their transfers overlap too, and `pop` then finds
     /// them in cache. An indirect head or an index out of range is skipped; `pop` reads and
     /// checks every descriptor as always.
-    pub fn prefetch_fetched(&self, dma: &DmaEngine) {
+    pub fn prefetch_fetched(&self, dma: &DmaEngine, write: bool) {
         let end = self.heads.len().min(self.head_pos + super::PREFETCH_CHAINS);
         for &head in &self.heads[self.head_pos..end] {
             if head >= self.size {
@@ -461,7 +461,7 @@ impl SplitRing {
             };
             let (addr, len, flags, _) = decode_split_desc(&raw);
             if flags & VIRTQ_DESC_F_INDIRECT == 0 {
-                dma.prefetch(addr, u64::from(len));
+                super::prefetch_buffer(dma, addr, len, write);
             }
         }
     }
