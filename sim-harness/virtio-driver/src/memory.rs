@@ -208,6 +208,13 @@ impl GuestMemory {
     pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         Ok(self.shm.read(self.off(iova)?, buf)?)
     }
+    /// Hints the lines at `iova` toward this core for writing (`SharedMemory::prefetch_for_write`);
+    /// not an access, and an IOVA outside this memory is ignored.
+    pub fn prefetch_for_write(&self, iova: u64, len: u64) {
+        if let Ok(off) = self.off(iova) {
+            self.shm.prefetch_for_write(off, len);
+        }
+    }
     pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.shm.write(self.off(iova)?, data)?;
         self.dirty(iova, data.len() as u64);

@@ -127,6 +127,12 @@ impl DriverQueueRing {
             DriverQueueRing::Packed(r) => r.add(mem, bufs),
         }
     }
+    fn prefetch_adds(&self, mem: &GuestMemory, n: usize) {
+        match self {
+            DriverQueueRing::Split(r) => r.prefetch_adds(mem, n),
+            DriverQueueRing::Packed(r) => r.prefetch_adds(mem, n),
+        }
+    }
     fn add_indirect(
         &mut self,
         mem: &GuestMemory,
@@ -868,6 +874,16 @@ impl NetDriver {
         let prefix = self.opts.tx_copy_prefix.unwrap_or(usize::MAX);
         let hl = self.hdr_len();
         let qu = self.queue(txq(pair))?;
+        // What this burst writes (buffers, descriptors, avail slots) the device read last: each
+        // first write would wait for its line to come back from the device's core. Asked for
+        // together, those transfers overlap.
+        let burst = frames.len().min(qu.pool.len());
+        if !indirect {
+            qu.ring.prefetch_adds(&mem, burst);
+        }
+        for (&buf, f) in qu.pool.iter().rev().zip(frames) {
+            mem.prefetch_for_write(buf, (hl + f.len().min(prefix)) as u64);
+        }
         let mut sent = 0;
         for f in frames {
             if f.len() + hl > 2048 {
