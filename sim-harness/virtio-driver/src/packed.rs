@@ -493,6 +493,22 @@ mod tests {
         .unwrap();
     }
 
+    /// Prefetching the next adds writes nothing, across the ring's end and for more slots
+    /// than the ring has.
+    #[test]
+    fn prefetching_adds_changes_nothing() {
+        let m = mem();
+        let mut r = PackedDriverRing::new(&m, 0, 5, false).unwrap();
+        for _ in 0..3 {
+            r.add(&m, &[(0x10_8000, 64, false)]).unwrap().unwrap();
+        }
+        let before = m.shm().snapshot();
+        for n in [0, 1, 2, 3, 5, 6, 1000] {
+            r.prefetch_adds(&m, n);
+        }
+        assert!(m.shm().snapshot() == before, "a prefetch wrote");
+    }
+
     #[test]
     fn out_of_order_completion_and_wrap() {
         let m = mem();

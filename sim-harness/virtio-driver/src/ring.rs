@@ -380,6 +380,25 @@ mod tests {
         }
     }
 
+    /// Prefetching the next adds writes nothing, whatever `n` (past the free list, past the
+    /// ring's end, at the avail ring's wrap), and what follows adds as without it.
+    #[test]
+    fn prefetching_adds_changes_nothing() {
+        let m = mem();
+        let mut r = DriverRing::new(&m, 0, 8, false).unwrap();
+        for _ in 0..6 {
+            r.add(&m, &[(0x10_8000, 64, false)]).unwrap().unwrap();
+        }
+        let before = m.shm().snapshot();
+        for n in [0, 1, 2, 3, 8, 9, 1000] {
+            r.prefetch_adds(&m, n);
+        }
+        m.prefetch_for_write(0, 64);
+        m.prefetch_for_write(0x10_0000 + (1 << 20) - 8, 64);
+        assert!(m.shm().snapshot() == before, "a prefetch wrote");
+        assert!(r.add(&m, &[(0x10_8000, 64, false)]).unwrap().is_some());
+    }
+
     /// A used id that is not an in-flight head (never posted, already completed, or past the
     /// ring) is the device's bug, reported as such.
     #[test]
