@@ -35,6 +35,8 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
         .map(|s| frames::build(src, mac, s, 0, size, &mut rng))
         .collect();
     let inbox = dev.inbox().clone();
+    // A burst per queue pair between offers, as DPDK's txonly sends a burst per queue.
+    let per_offer = BATCH * usize::from(dev.layout().params.queue_pairs.max(1));
     let mut i = 0usize;
     let mut rounds = 0u32;
     loop {
@@ -50,10 +52,12 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
             }
             continue;
         }
-        let burst: [&[u8]; BATCH] =
-            std::array::from_fn(|k| frames[(i + k) % frames.len()].as_slice());
-        inbox.push_batch(&burst);
-        i = i.wrapping_add(BATCH);
+        for _ in 0..per_offer / BATCH {
+            let burst: [&[u8]; BATCH] =
+                std::array::from_fn(|k| frames[(i + k) % frames.len()].as_slice());
+            inbox.push_batch(&burst);
+            i = i.wrapping_add(BATCH);
+        }
         dev.try_service_rx();
     }
 }
