@@ -22,7 +22,8 @@ pub struct DeviceConfig {
     /// Most TX chains one queue service takes before the device lock is offered to whoever
     /// waits for it (a register access, another queue's doorbell) and the queue waits its turn
     /// behind the other queues with work (`DeviceState::service_pending`). Rounded up to whole
-    /// batches; at least one batch.
+    /// batches; at least one batch. A delivery of received frames takes this many per queue pair
+    /// in use before the lock is offered the same way (`NetEngine::rx_budget`).
     pub service_budget: u32,
     /// Who applies MSI-X masking.
     pub msix_owner: MsixOwner,

@@ -235,6 +235,10 @@ pub struct DeviceCounters {
     /// (device/src/port/waiting.rs). A frame steered again after a steering change counts
     /// again if it waits again.
     pub rx_queue_waits: u64,
+    /// Deliveries that stopped after [`crate::DeviceConfig::service_budget`] frames with more
+    /// waiting and let go of the device lock (to a waiting register access or doorbell first)
+    /// before the next budget.
+    pub rx_budget_yields: u64,
     /// ISR reads answered without the device lock ([`crate::interrupt::IsrStatus`]; counted
     /// by [`crate::Device`] and copied in by [`crate::Device::counters`]).
     pub isr_reads_unlocked: u64,
@@ -292,6 +296,7 @@ impl DeviceCounters {
             ("rx_dropped_backlog", self.rx_dropped_backlog),
             ("rx_port_waits", self.rx_port_waits),
             ("rx_queue_waits", self.rx_queue_waits),
+            ("rx_budget_yields", self.rx_budget_yields),
             ("isr_reads_unlocked", self.isr_reads_unlocked),
             ("rx_rss_hashed", self.rx_rss_hashed),
             ("rx_rss_unclassified", self.rx_rss_unclassified),

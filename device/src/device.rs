@@ -119,6 +119,11 @@ pub struct Device {
     isr_reads_unlocked: std::sync::atomic::AtomicU64,
     /// Signalled when the last TX budget outside the lock is back ([`Device::quiesce`]).
     tx_idle: Condvar,
+    /// A lock holder is delivering the receive FIFO budget by budget and, between two, has
+    /// lent the lock to a waiting thread ([`Device::deliver_held`]). Set and cleared only
+    /// under the lock, so a holder that sees it set knows that deliverer will take the lock
+    /// back and go on, and leaves the FIFO to it.
+    rx_delivering: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Device {
@@ -160,6 +165,7 @@ impl Device {
             isr,
             isr_reads_unlocked: std::sync::atomic::AtomicU64::new(0),
             tx_idle: Condvar::new(),
+            rx_delivering: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -633,11 +639,11 @@ impl Device {
 
     /// [`Device::finish`] up to the release of the lock, and the inbox look after it.
     fn release(&self, mut s: MutexGuard<'_, DeviceState>, runs_rounds: bool) {
-        s.service_inbox();
+        self.deliver_held(&mut s);
         while runs_rounds && s.has_pending() {
             MutexGuard::bump(&mut s);
             s.service_pending();
-            s.service_inbox();
+            self.deliver_held(&mut s);
         }
         drop(s);
         // A peer may have pushed a frame after our last drain and failed to take the lock
@@ -662,19 +668,44 @@ impl Device {
 
     /// [`Device::try_service_rx`] without the port wake: what every release of the lock ends
     /// with ([`Device::try_port_ready`] follows it, or loops around it).
+    ///
+    /// It never waits for the lock, so it cannot lend it between budgets either: it delivers
+    /// the whole FIFO while it has the lock, unless a deliverer lent it the lock
+    /// ([`Device::deliver_held`]), who goes on once it has it back.
     fn deliver_rx(&self) {
         while !self.inbox.is_empty() {
             let Some(mut s) = self.state.try_lock() else {
                 return;
             };
+            if self.rx_delivering.load(Ordering::Acquire) {
+                return;
+            }
             let before = self.inbox.len();
-            s.service_inbox();
+            s.drain_inbox();
             let stuck = self.inbox.len() >= before;
             drop(s);
             if stuck {
                 // No RX buffers: frames wait for the driver's next RX doorbell.
                 return;
             }
+        }
+    }
+
+    /// Delivers the receive FIFO under the lock `s` that a call took (and so may wait for),
+    /// one budget of frames at a time ([`DeviceConfig::service_budget`]), lending the lock
+    /// fairly to whoever waits for it between two (`MutexGuard::bump`): a register access or a
+    /// doorbell waits for one budget of a busy wire, not for the whole FIFO. The thread that
+    /// borrows the lock sees `rx_delivering` and leaves the frames to this one. Returns with
+    /// the FIFO empty or waiting for RX buffers.
+    fn deliver_held(&self, s: &mut MutexGuard<'_, DeviceState>) {
+        if self.rx_delivering.load(Ordering::Acquire) {
+            // We borrowed the lock from a deliverer waiting to take it back.
+            return;
+        }
+        while s.service_inbox() {
+            self.rx_delivering.store(true, Ordering::Release);
+            MutexGuard::bump(s);
+            self.rx_delivering.store(false, Ordering::Release);
         }
     }
 }

@@ -232,9 +232,15 @@ fn the_unix_link_backs_up_to_the_sender_instead_of_dropping() {
     let pa = ports::attach(&PortSpec::Unix(link.clone()), &a).unwrap();
     let pb = ports::attach(&PortSpec::Unix(link.clone()), &b).unwrap();
     backs_up_without_loss(&a, &b, 3000, || {
+        // B's FIFO is full and B paused, so its reader must come to wait for room; on a loaded
+        // machine it may still be on its way there when A's outbox is already full.
+        let t0 = Instant::now();
+        while b.counters().rx_port_waits == 0 && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(
             b.counters().rx_port_waits > 0,
-            "B's reader never waited for room"
+            "B's reader never waited for room (10 s)"
         );
     });
     drop((pa, pb));

@@ -1,12 +1,13 @@
-//! The TX service budget (`DeviceConfig::service_budget`, issue #12 item 2): a queue that has
+//! The service budget (`DeviceConfig::service_budget`, issue #12 item 2): a TX queue that has
 //! more chains than one budget stops at a batch boundary, the device lock goes to whoever waits
 //! for it (here a register read), and the queue goes on afterwards; nothing is lost or reordered,
-//! and the doorbell that announced the chains still returns only when they are all done.
+//! and the doorbell that announced the chains still returns only when they are all done. A
+//! delivery of received frames stops after a budget of frames the same way.
 
 mod support;
 
 use bar_registers::REGION_CONFIG;
-use device::{Device, DeviceConfig, Port, RegionAccess};
+use device::{CaptureDirection, Device, DeviceConfig, FrameCapture, Port, RegionAccess};
 use parking_lot::Mutex;
 use sim_harness::driver::{DriverOptions, NetDriver};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,4 +115,86 @@ fn without_a_budget_the_read_waits_for_the_whole_burst() {
     let ((_, at_read), dev, _) = read_during_burst(u32::MAX);
     assert_eq!(at_read, 256);
     assert_eq!(dev.counters().queues[1].budget_yields, 0);
+}
+
+/// A capture that takes 100 us per received frame, 1 ms once the reader asked: a slow RX
+/// delivery (the capture runs under the device lock, once per delivered frame).
+#[derive(Default)]
+struct SlowCapture {
+    seen: AtomicU64,
+    asked: AtomicBool,
+}
+
+impl FrameCapture for SlowCapture {
+    fn frame(&self, dir: CaptureDirection, _pair: u16, _frame: &[u8]) {
+        if dir != CaptureDirection::Rx {
+            return;
+        }
+        let us = if self.asked.load(Ordering::SeqCst) {
+            1000
+        } else {
+            100
+        };
+        std::thread::sleep(Duration::from_micros(us));
+        self.seen.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Delivers 200 received frames with one call on one thread while another reads a register
+/// once the delivery has started; returns how many frames were delivered when the read was
+/// issued and when it returned.
+fn read_during_delivery(budget: u32) -> ((u64, u64), Arc<Device>) {
+    let (dev, mut drv, _) = rig(budget);
+    let cap = Arc::new(SlowCapture::default());
+    dev.set_capture(Some(cap.clone()));
+    let fs = numbered_frames(200);
+    let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
+    dev.inbox().push_batch(&refs);
+    let reader = {
+        let (dev, cap) = (dev.clone(), cap.clone());
+        std::thread::spawn(move || {
+            let mut start = 0;
+            while start == 0 {
+                std::hint::spin_loop();
+                start = cap.seen.load(Ordering::SeqCst);
+            }
+            cap.asked.store(true, Ordering::SeqCst);
+            let mut id = [0u8; 2];
+            dev.region_read(REGION_CONFIG, 0, &mut id).unwrap();
+            assert_eq!(u16::from_le_bytes(id), 0x1af4, "vendor ID");
+            (start, cap.seen.load(Ordering::SeqCst))
+        })
+    };
+    // A port reader's call. It returns when the FIFO is empty, or when it handed the lock to
+    // the reader between two budgets: the reader then delivers the rest as it lets go.
+    dev.service_rx();
+    let at_read = reader.join().unwrap();
+    assert!(dev.inbox().is_empty(), "frames left in the FIFO");
+    let got = drv.recv(0).unwrap();
+    assert_eq!(got, fs, "frames lost or reordered");
+    (at_read, dev)
+}
+
+#[test]
+fn a_register_read_waits_for_one_rx_budget_not_for_the_whole_delivery() {
+    let ((asked, at_read), dev) = read_during_delivery(16);
+    // As with TX: the budget under way when the read asked (at most 16 frames), and room for
+    // three more for a reader thread the scheduler is slow to run.
+    assert!(
+        at_read < 200 && at_read <= asked + 64,
+        "the register read asked after frame {asked} and returned after {at_read} of 200 (budget 16)"
+    );
+    let yields = dev.counters().rx_budget_yields;
+    assert!(
+        yields >= 12,
+        "200 frames at a budget of 16 must yield at least 12 times, counted {yields}"
+    );
+}
+
+/// The control: without a budget the same read waits for the whole delivery.
+#[test]
+fn without_a_budget_the_read_waits_for_the_whole_delivery() {
+    let ((_, at_read), dev) = read_during_delivery(u32::MAX);
+    assert_eq!(at_read, 200);
+    assert_eq!(dev.counters().rx_budget_yields, 0);
 }

@@ -623,12 +623,23 @@ impl NetEngine {
         if q == self.params.ctrl_queue {
             self.service_ctrl(q, dp).map(|()| Service::Done)
         } else if !self.is_tx_queue(q) {
-            self.service_rx(dp).map(|()| Service::Done)
+            // Frames left past the RX budget are delivered before the call lets the lock go
+            // (`Device::deliver_held`), budget by budget.
+            self.service_rx(dp, self.rx_budget()).map(|_| Service::Done)
         } else {
             let s = self.service_tx(q, dp)?;
-            self.service_rx(dp)?;
+            self.service_rx(dp, self.rx_budget())?;
             Ok(s)
         }
+    }
+
+    /// Most received frames one delivery takes before the lock is offered: a TX queue's
+    /// budget ([`crate::DeviceConfig::service_budget`]) per queue pair in use, as a round of
+    /// TX services gives each busy queue one budget.
+    pub(crate) fn rx_budget(&self) -> u32 {
+        self.params
+            .service_budget
+            .saturating_mul(u32::from(self.net.curr_pairs.max(1)))
     }
 
     /// Whether `iova` is inside the dirty log.

@@ -214,7 +214,16 @@ impl NetEngine {
     /// the FIFO is empty or every queue pair in use has frames waiting. A frame whose queue has
     /// no buffers, or has frames waiting, joins that queue's list. Publishes each touched queue
     /// and interrupts as the driver asked.
-    pub(crate) fn service_rx(&mut self, dp: &mut Datapath<'_>) -> Result<(), DeviceFault> {
+    ///
+    /// At most `budget` frames per call: returns true when the budget ran out with frames
+    /// left, for the caller to lend the device lock before it goes on ([`crate::Device`]'s
+    /// `deliver_held`), so a register access or a doorbell waits for one budget of a busy
+    /// wire, not for all a peer keeps sending (counter `rx_budget_yields`).
+    pub(crate) fn service_rx(
+        &mut self,
+        dp: &mut Datapath<'_>,
+        budget: u32,
+    ) -> Result<bool, DeviceFault> {
         let cx = RxCx {
             mrg: dp.has(bits::MRG_RXBUF),
             hash_report: dp.has(bits::HASH_REPORT),
@@ -226,12 +235,15 @@ impl NetEngine {
         let mut rd = inbox.reader(std::mem::take(&mut self.rx_scratch));
         let all_lanes = self.lanes.clone();
         let mut lanes = HeldLanes::new(&all_lanes);
-        let mut result = self.deliver_waiting(&mut rd, &mut lanes, cx, &mut touched, dp);
+        let mut budget = budget;
+        let mut result =
+            self.deliver_waiting(&mut rd, &mut lanes, cx, &mut touched, dp, &mut budget);
         let pairs = usize::from(self.net.curr_pairs.max(1));
         // Once every pair in use has frames waiting, the rest wait in the FIFO.
         let mut all_wait = self.inbox.waiting_pairs().count_ones() >= pairs;
-        while result.is_ok() && !all_wait {
+        while result.is_ok() && !all_wait && budget > 0 {
             let Some(frame) = rd.pop() else { break };
+            budget -= 1;
             match self.rx_frame(frame, &mut rd, &mut lanes, cx, None, &mut touched, dp) {
                 Step::Taken => {}
                 Step::Waits(q, frame) => {
@@ -256,7 +268,12 @@ impl NetEngine {
             let q = 2 * pair as u16;
             publish_rx(lanes.get(q), q, dp)?;
         }
-        result
+        result?;
+        let more = budget == 0 && !all_wait && !self.inbox.is_empty();
+        if more {
+            dp.counters.rx_budget_yields += 1;
+        }
+        Ok(more)
     }
 
     /// Delivers from each queue's waiting list, oldest first, until the list is empty or the
@@ -268,9 +285,13 @@ impl NetEngine {
         cx: RxCx,
         touched: &mut PairSet,
         dp: &mut Datapath<'_>,
+        budget: &mut u32,
     ) -> Result<(), DeviceFault> {
         let mut result = Ok(());
         for pair in self.inbox.waiting_pairs().iter_ones() {
+            if *budget == 0 {
+                break;
+            }
             let own = 2 * pair as u16;
             // Most looks find the queue still out of buffers (its driver has not refilled yet):
             // then the list stays where it is, without two round trips through its lock.
@@ -283,7 +304,9 @@ impl NetEngine {
                 list: &mut list,
                 rd,
             };
-            while let Some(frame) = src.pop() {
+            while *budget > 0 {
+                let Some(frame) = src.pop() else { break };
+                *budget -= 1;
                 match self.rx_frame(frame, &mut src, lanes, cx, Some(own), touched, dp) {
                     Step::Taken => {}
                     Step::Waits(q, frame) if q == own => {

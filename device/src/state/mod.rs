@@ -727,11 +727,26 @@ impl DeviceState {
         self.service_enabled(round);
     }
 
-    /// Delivers waiting frames if the device can take them.
-    pub(crate) fn service_inbox(&mut self) {
+    /// Delivers waiting frames if the device can take them, one budget of them
+    /// (`NetEngine::rx_budget`, [`NetEngine::service_rx`]): true when more wait behind it.
+    pub(crate) fn service_inbox(&mut self) -> bool {
+        let budget = self.engine.rx_budget();
+        self.deliver_inbox(budget)
+    }
+
+    /// Delivers every waiting frame the device can take now: for a caller that cannot lend
+    /// the lock between budgets anyway (`Device::deliver_rx`).
+    pub(crate) fn drain_inbox(&mut self) {
+        self.deliver_inbox(u32::MAX);
+    }
+
+    fn deliver_inbox(&mut self, budget: u32) -> bool {
         if self.datapath_open() && !self.engine.inbox().is_empty() {
-            self.run_datapath(|engine, dp| engine.service_rx(dp));
+            return self
+                .run_datapath(|engine, dp| engine.service_rx(dp, budget))
+                .unwrap_or(false);
         }
+        false
     }
 
     /// Runs the engine with the negotiated features, then does what it left to do: the
