@@ -12,29 +12,64 @@ use parking_lot::Mutex;
 use sim_harness::driver::{DriverOptions, NetDriver};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 use support::numbered_frames;
 
-/// A port that takes 100 us per frame (a slow wire), 1 ms once the reader asked (so a reader
-/// the scheduler is slow to run is surely waiting for the lock at the next budget boundary),
-/// and keeps what it was sent.
+/// The pace of a slow datapath step: 100 us per frame, 1 ms once the reader asked (so a reader
+/// the scheduler is slow to run is surely waiting for the lock at the next budget boundary).
 #[derive(Default)]
-struct SlowPort {
-    sent: AtomicU64,
+struct Pace {
+    done: AtomicU64,
     asked: AtomicBool,
-    frames: Mutex<Vec<Vec<u8>>>,
 }
 
-impl Port for SlowPort {
-    fn transmit(&self, frame: &[u8]) -> bool {
+impl Pace {
+    /// Waits the frame's time, runs `f`, then counts the frame.
+    fn step(&self, f: impl FnOnce()) {
         let us = if self.asked.load(Ordering::SeqCst) {
             1000
         } else {
             100
         };
         std::thread::sleep(Duration::from_micros(us));
-        self.frames.lock().push(frame.to_vec());
-        self.sent.fetch_add(1, Ordering::SeqCst);
+        f();
+        self.done.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+/// A thread that, once `pace` counted a frame, asks and reads a register (the vendor ID);
+/// it returns how many frames were counted when it asked and when the read returned.
+fn read_once_started(dev: &Arc<Device>, pace: &Arc<Pace>) -> JoinHandle<(u64, u64)> {
+    let (dev, pace) = (dev.clone(), pace.clone());
+    std::thread::spawn(move || {
+        let mut start = 0;
+        while start == 0 {
+            std::hint::spin_loop();
+            start = pace.done();
+        }
+        pace.asked.store(true, Ordering::SeqCst);
+        let mut id = [0u8; 2];
+        dev.region_read(REGION_CONFIG, 0, &mut id).unwrap();
+        assert_eq!(u16::from_le_bytes(id), 0x1af4, "vendor ID");
+        (start, pace.done())
+    })
+}
+
+/// A port at that pace (a slow wire) that keeps what it was sent.
+#[derive(Default)]
+struct SlowPort {
+    pace: Arc<Pace>,
+    frames: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Port for SlowPort {
+    fn transmit(&self, frame: &[u8]) -> bool {
+        self.pace.step(|| self.frames.lock().push(frame.to_vec()));
         true
     }
     fn describe(&self) -> String {
@@ -63,25 +98,11 @@ fn read_during_burst(budget: u32) -> ((u64, u64), Arc<Device>, Arc<SlowPort>) {
     let (dev, mut drv, port) = rig(budget);
     let fs = numbered_frames(256);
     let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
-    let reader = {
-        let (dev, port) = (dev.clone(), port.clone());
-        std::thread::spawn(move || {
-            let mut start = 0;
-            while start == 0 {
-                std::hint::spin_loop();
-                start = port.sent.load(Ordering::SeqCst);
-            }
-            port.asked.store(true, Ordering::SeqCst);
-            let mut id = [0u8; 2];
-            dev.region_read(REGION_CONFIG, 0, &mut id).unwrap();
-            assert_eq!(u16::from_le_bytes(id), 0x1af4, "vendor ID");
-            (start, port.sent.load(Ordering::SeqCst))
-        })
-    };
+    let reader = read_once_started(&dev, &port.pace);
     // One publish and one doorbell: the in-process doorbell returns when the device is done.
     assert_eq!(drv.send(0, &refs).unwrap(), 256);
     assert_eq!(
-        port.sent.load(Ordering::SeqCst),
+        port.pace.done(),
         256,
         "the doorbell returned before its chains were done"
     );
@@ -117,26 +138,18 @@ fn without_a_budget_the_read_waits_for_the_whole_burst() {
     assert_eq!(dev.counters().queues[1].budget_yields, 0);
 }
 
-/// A capture that takes 100 us per received frame, 1 ms once the reader asked: a slow RX
-/// delivery (the capture runs under the device lock, once per delivered frame).
+/// A capture at that pace: a slow RX delivery (the capture runs under the device lock, once
+/// per delivered frame).
 #[derive(Default)]
 struct SlowCapture {
-    seen: AtomicU64,
-    asked: AtomicBool,
+    pace: Arc<Pace>,
 }
 
 impl FrameCapture for SlowCapture {
     fn frame(&self, dir: CaptureDirection, _pair: u16, _frame: &[u8]) {
-        if dir != CaptureDirection::Rx {
-            return;
+        if dir == CaptureDirection::Rx {
+            self.pace.step(|| ());
         }
-        let us = if self.asked.load(Ordering::SeqCst) {
-            1000
-        } else {
-            100
-        };
-        std::thread::sleep(Duration::from_micros(us));
-        self.seen.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -150,21 +163,7 @@ fn read_during_delivery(budget: u32) -> ((u64, u64), Arc<Device>) {
     let fs = numbered_frames(200);
     let refs: Vec<&[u8]> = fs.iter().map(|f| f.as_slice()).collect();
     dev.inbox().push_batch(&refs);
-    let reader = {
-        let (dev, cap) = (dev.clone(), cap.clone());
-        std::thread::spawn(move || {
-            let mut start = 0;
-            while start == 0 {
-                std::hint::spin_loop();
-                start = cap.seen.load(Ordering::SeqCst);
-            }
-            cap.asked.store(true, Ordering::SeqCst);
-            let mut id = [0u8; 2];
-            dev.region_read(REGION_CONFIG, 0, &mut id).unwrap();
-            assert_eq!(u16::from_le_bytes(id), 0x1af4, "vendor ID");
-            (start, cap.seen.load(Ordering::SeqCst))
-        })
-    };
+    let reader = read_once_started(&dev, &cap.pace);
     // A port reader's call. It returns when the FIFO is empty, or when it handed the lock to
     // the reader between two budgets: the reader then delivers the rest as it lets go.
     dev.service_rx();
