@@ -4,9 +4,10 @@
 //! device transmits is counted and discarded (the device's `NullPort`).
 //!
 //! This is the device's receive path without a host wire's cost, the counterpart of DPDK's vhost
-//! PMD in `txonly` (`vdpa-emu bench datapath --dir rx`). The generator keeps the FIFO below
-//! [`HIGH_WATER`] frames, so it never overflows it: while the FIFO is that full (the driver has
-//! not posted buffers) it offers the frames to the device and sleeps briefly.
+//! PMD in `txonly` (`vdpa-emu bench datapath --dir rx`). The generator pushes a burst of 32
+//! frames per queue pair while the FIFO holds fewer than [`HIGH_WATER`], so it never overflows
+//! the default FIFO (at most 256 + 32 x 32 frames of 4096): while the FIFO is that full (the
+//! driver has not posted buffers) it offers the frames to the device and sleeps briefly.
 
 use crate::frames;
 use crate::vfio_user::sock::Stop;
