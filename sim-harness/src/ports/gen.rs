@@ -39,7 +39,7 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
         .collect();
     let inbox = dev.inbox().clone();
     // A burst per queue pair between offers, as DPDK's txonly sends a burst per queue.
-    let per_offer = BATCH * usize::from(dev.layout().params.queue_pairs.max(1));
+    let pairs = dev.layout().params.queue_pairs.max(1);
     let mut i = 0usize;
     let mut rounds = 0u32;
     loop {
@@ -55,7 +55,7 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
             }
             continue;
         }
-        for _ in 0..per_offer / BATCH {
+        for _ in 0..pairs {
             let burst: [&[u8]; BATCH] =
                 std::array::from_fn(|k| frames[(i + k) % frames.len()].as_slice());
             inbox.push_batch(&burst);

@@ -215,6 +215,19 @@ impl GuestMemory {
             self.shm.prefetch_for_write(off, len);
         }
     }
+    /// [`GuestMemory::prefetch_for_write`] of `n` consecutive entries of a ring of `size`
+    /// entries of `elem` bytes at `ring`, from entry `first` (below `size`) on, wrapping at the
+    /// ring's end: one hint per contiguous piece.
+    pub fn prefetch_ring_for_write(&self, ring: u64, elem: u64, size: u16, first: u16, n: usize) {
+        let n = n.min(usize::from(size)) as u16;
+        let mut k = 0;
+        while k < n {
+            let slot = (first + k) % size;
+            let span = (n - k).min(size - slot);
+            self.prefetch_for_write(ring + elem * u64::from(slot), elem * u64::from(span));
+            k += span;
+        }
+    }
     pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.shm.write(self.off(iova)?, data)?;
         self.dirty(iova, data.len() as u64);

@@ -217,21 +217,14 @@ impl PackedDriverRing {
         mem.write(at, &d[..n])
     }
 
-    /// Writes a list into the ring (2.8.21.1); it becomes available to the device at the next
-    /// [`PackedDriverRing::publish`]. Returns the buffer id, or None when slots or ids run out.
     /// Hints the next `n` descriptor slots (what `n` single-descriptor adds write) toward
     /// this core for writing.
     pub fn prefetch_adds(&self, mem: &GuestMemory, n: usize) {
-        let n = n.min(usize::from(self.size)) as u16;
-        let mut k = 0;
-        while k < n {
-            let slot = (self.next_avail + k) % self.size;
-            let span = (n - k).min(self.size - slot);
-            mem.prefetch_for_write(self.desc + 16 * u64::from(slot), 16 * u64::from(span));
-            k += span;
-        }
+        mem.prefetch_ring_for_write(self.desc, 16, self.size, self.next_avail, n);
     }
 
+    /// Writes a list into the ring (2.8.21.1); it becomes available to the device at the next
+    /// [`PackedDriverRing::publish`]. Returns the buffer id, or None when slots or ids run out.
     pub fn add(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<Option<u16>, DriverError> {
         // 2.8.17: "A driver MUST NOT create a descriptor list longer than the Queue Size."
         if bufs.is_empty() || usize::from(self.num_free) < bufs.len() {

@@ -190,15 +190,7 @@ impl DriverRing {
         for &id in self.free.iter().rev().take(n) {
             mem.prefetch_for_write(self.desc + DESC_SIZE * u64::from(id), DESC_SIZE);
         }
-        let n = n.min(usize::from(self.size)) as u16;
-        let mut k = 0;
-        while k < n {
-            // The avail slots wrap at the ring's end: one hint per contiguous piece.
-            let slot = self.avail_idx.wrapping_add(k) % self.size;
-            let span = (n - k).min(self.size - slot);
-            mem.prefetch_for_write(self.avail + 4 + 2 * u64::from(slot), 2 * u64::from(span));
-            k += span;
-        }
+        mem.prefetch_ring_for_write(self.avail + 4, 2, self.size, self.avail_idx % self.size, n);
     }
 
     fn push_avail(&mut self, mem: &GuestMemory, head: u16) -> Result<(), MemoryError> {
