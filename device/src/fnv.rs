@@ -1,5 +1,5 @@
 //! FNV-1a, 64 bits (the Fowler/Noll/Vo hash, draft-eastlake-fnv): the device-state stream's
-//! seal and the RX steering flow hash. Not cryptographic.
+//! seal. Not cryptographic.
 
 /// FNV-64 offset basis.
 pub const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
