@@ -1,7 +1,14 @@
 //! `--port gen:SIZE`: a traffic generator in place of a wire. A thread of the serving process
 //! fills the device's receive FIFO ([`device::RxInbox`]) with SIZE-byte frames to the device's
-//! own MAC (64 flows) as fast as the device delivers them into the driver's RX rings; what the
-//! device transmits is counted and discarded (the device's `NullPort`).
+//! own MAC as fast as the device delivers them into the driver's RX rings; what the device
+//! transmits is counted and discarded (the device's `NullPort`).
+//!
+//! The frames belong to 64 UDP flows, a burst of [`BATCH`] frames per flow, the flows in turn:
+//! trains, as a TCP sender's segments arrive, and as DPDK's `txonly` sends (a burst per queue,
+//! all of one flow unless `--txonly-multi-flow`; app/test-pmd/txonly.c). Each burst is steered
+//! to one RX queue. Flows interleaved frame by frame, as this generator sent them before, put
+//! consecutive frames on different queues; the 4-QP RX cells were 10-20% slower that way
+//! (docs/bench.md).
 //!
 //! This is the device's receive path without a host wire's cost, the counterpart of DPDK's vhost
 //! PMD in `txonly` (`vdpa-emu bench datapath --dir rx`). The generator pushes a burst of 32
@@ -56,8 +63,9 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
             continue;
         }
         for _ in 0..pairs {
-            let burst: [&[u8]; BATCH] =
-                std::array::from_fn(|k| frames[(i + k) % frames.len()].as_slice());
+            // One flow per burst (the module docs).
+            let frame = frames[(i / BATCH) % frames.len()].as_slice();
+            let burst: [&[u8]; BATCH] = [frame; BATCH];
             inbox.push_batch(&burst);
             i = i.wrapping_add(BATCH);
         }
