@@ -1183,6 +1183,20 @@ fn a_gathered_write_is_one_access_of_both_parts() {
     shm.read(0x5000, &mut six).unwrap();
     assert_eq!(six, [7, 8, 9, 10, 11, 12]);
     assert_eq!(eng.bus_stats().get(DmaKind::PacketWrite).transactions, 5);
+    // A staged write of the largest size the stage takes (256 bytes; the stage is not zeroed):
+    // exactly those bytes land, and the memory after them keeps what it held.
+    eng.write(0x6000, &[0xcc; 300], DmaKind::PacketWrite)
+        .unwrap();
+    let hits = eng.iommu_stats().iotlb_hits;
+    let body: Vec<u8> = (0..244u32).map(|i| (i * 7) as u8).collect();
+    eng.write_gather(0x6000, &[0x11; 12], &body, DmaKind::PacketWrite)
+        .unwrap();
+    assert_eq!(eng.iommu_stats().iotlb_hits, hits + 1, "the fast path");
+    let mut back = [0u8; 300];
+    shm.read(0x6000, &mut back).unwrap();
+    assert_eq!(back[..12], [0x11; 12]);
+    assert_eq!(back[12..256], body[..]);
+    assert_eq!(back[256..], [0xcc; 44]);
 }
 
 #[test]
