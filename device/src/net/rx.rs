@@ -628,40 +628,45 @@ impl NetEngine {
         // Collect chains until the frame fits. A frame in one chain (the common case) is written
         // from that chain's descriptors; from a second chain on, the descriptors of all of them
         // are appended into one list.
+        // The first chain's slot stays in `first` while it is the only one (the common case:
+        // no list to keep); from a second chain on, every slot goes into `slots`.
         slots.clear();
-        let mut cap = 0u64;
         all.clear();
+        let mut first: Option<Slot> = None;
+        let mut chains = 0usize;
+        let mut cap = 0u64;
         ring.begin();
         let outcome: Result<Fit, DeviceFault> = loop {
             if cap >= need {
                 break Ok(Fit::Done);
             }
-            if slots.len() == MAX_RX_CHAINS
-                || slots.len() == ring_size
-                || (!mrg && slots.len() == 1)
-            {
+            if chains == MAX_RX_CHAINS || chains == ring_size || (!mrg && chains == 1) {
                 break Ok(Fit::TooSmall);
             }
             if !ring.has_avail(dma, batch)? {
                 break Ok(Fit::NoRoom);
             }
-            if slots.len() == 1 {
+            if let Some(s) = first.take() {
                 // The chain is about to hold the next one.
                 all.extend(chain.descs.iter().copied());
+                slots.push(s);
             }
             if !ring.pop(dma, chain, ChainKind::Rx, u64::from(u32::MAX))? {
                 break Ok(Fit::NoRoom);
             }
-            let first = all.len();
-            if !slots.is_empty() {
-                all.extend(chain.descs.iter().copied());
-            }
-            slots.push(Slot {
+            let slot = Slot {
                 head: chain.head,
-                first_desc: first,
+                first_desc: all.len(),
                 ndesc: chain.descs.len(),
                 cap: chain.writable,
-            });
+            };
+            if chains == 0 {
+                first = Some(slot);
+            } else {
+                all.extend(chain.descs.iter().copied());
+                slots.push(slot);
+            }
+            chains += 1;
             cap += chain.writable;
         };
         let fit = outcome?;
@@ -671,8 +676,15 @@ impl NetEngine {
             return Ok(fit);
         }
         ring.commit();
+        let one: [Slot; 1];
+        let (slots, descs): (&[Slot], &[Desc]) = match first {
+            Some(s) => {
+                one = [s];
+                (&one, &chain.descs)
+            }
+            None => (slots, all),
+        };
         let (hdr, hdr_len) = h.encode(slots.len() as u16);
-        let descs = if slots.len() == 1 { &chain.descs } else { all };
         write_frame(
             ring,
             dma,
