@@ -626,10 +626,9 @@ impl NetEngine {
         let wrong_len = quirk_len && !ring.is_packed();
         let need = (h.len() + frame.len()) as u64;
         // Collect chains until the frame fits. A frame in one chain (the common case) is written
-        // from that chain's descriptors; from a second chain on, the descriptors of all of them
-        // are appended into one list.
-        // The first chain's slot stays in `first` while it is the only one (the common case:
-        // no list to keep); from a second chain on, every slot goes into `slots`.
+        // from that chain's descriptors, its slot kept in `first`; from a second chain on, the
+        // descriptors of all of them are appended into one list (`all`) and their slots into
+        // `slots`.
         slots.clear();
         all.clear();
         let mut first: Option<Slot> = None;

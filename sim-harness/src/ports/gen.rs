@@ -7,8 +7,8 @@
 //! trains, as a TCP sender's segments arrive, and as DPDK's `txonly` sends (a burst per queue,
 //! all of one flow unless `--txonly-multi-flow`; app/test-pmd/txonly.c). Each burst is steered
 //! to one RX queue. Flows interleaved frame by frame, as this generator sent them before, put
-//! consecutive frames on different queues; the 4-QP RX cells were 10-20% slower that way
-//! (docs/bench.md).
+//! consecutive frames on different queues; the 4-QP RX cells carried 12-14% fewer frames
+//! that way (docs/bench.md).
 //!
 //! This is the device's receive path without a host wire's cost, the counterpart of DPDK's vhost
 //! PMD in `txonly` (`vdpa-emu bench datapath --dir rx`). The generator pushes a burst of 32
