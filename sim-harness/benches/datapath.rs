@@ -128,6 +128,24 @@ fn run(drv: &mut NetDriver, iters: u64, frame: &[u8], recv: bool) -> Duration {
     total
 }
 
+/// The loopback and receive groups' variants: (name, dirty logging, packed ring).
+const LOOP_VARIANTS: [(&str, bool, bool); 4] = [
+    ("log_off", false, false),
+    ("log_on", true, false),
+    ("packed_log_off", false, true),
+    ("packed_log_on", true, true),
+];
+
+/// After a variant's runs: the device did not fail, and a logging variant really logged.
+fn assert_ran_clean(dev: &Device, logging: bool, ran: bool) {
+    assert!(dev.fault().is_none());
+    let ls = dev.log_stats();
+    assert!(
+        !logging || !ran || (ls.log_writes > 0 && ls.beyond_end == 0),
+        "logging variant must really log: {ls:?}"
+    );
+}
+
 fn tx_dequeue(c: &mut Criterion) {
     let mut frame = vec![0u8; 64];
     frame[..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
@@ -146,22 +164,12 @@ fn tx_dequeue(c: &mut Criterion) {
             ran = true;
             b.iter_custom(|iters| run(&mut drv, iters, &frame, false))
         });
-        assert!(dev.fault().is_none());
-        let ls = dev.log_stats();
-        assert!(
-            !logging || !ran || (ls.log_writes > 0 && ls.beyond_end == 0),
-            "logging variant must really log: {ls:?}"
-        );
+        assert_ran_clean(&dev, logging, ran);
     }
     g.finish();
     let mut g = c.benchmark_group("loopback/64B");
     g.throughput(Throughput::Elements(RING.into()));
-    for (name, logging, packed) in [
-        ("log_off", false, false),
-        ("log_on", true, false),
-        ("packed_log_off", false, true),
-        ("packed_log_on", true, true),
-    ] {
+    for (name, logging, packed) in LOOP_VARIANTS {
         let (dev, mut drv, _log) = setup(logging, 64, true, packed);
         // Loopback times TX dequeue + RX enqueue (the doorbell runs both inline).
         let mut ran = false;
@@ -169,12 +177,7 @@ fn tx_dequeue(c: &mut Criterion) {
             ran = true;
             b.iter_custom(|iters| run(&mut drv, iters, &frame, true))
         });
-        assert!(dev.fault().is_none());
-        let ls = dev.log_stats();
-        assert!(
-            !logging || !ran || (ls.log_writes > 0 && ls.beyond_end == 0),
-            "logging variant must really log: {ls:?}"
-        );
+        assert_ran_clean(&dev, logging, ran);
     }
     g.finish();
     rx_deliver(c);
@@ -205,12 +208,7 @@ fn run_rx(dev: &Device, drv: &mut NetDriver, iters: u64, frames: &[&[u8]]) -> Du
 fn rx_deliver(c: &mut Criterion) {
     let mut g = c.benchmark_group("rx_deliver/64B");
     g.throughput(Throughput::Elements(RING.into()));
-    for (name, logging, packed) in [
-        ("log_off", false, false),
-        ("log_on", true, false),
-        ("packed_log_off", false, true),
-        ("packed_log_on", true, true),
-    ] {
+    for (name, logging, packed) in LOOP_VARIANTS {
         let (dev, mut drv, _log) = setup(logging, 64, false, packed);
         let mac = drv.mac().expect("mac");
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
@@ -227,12 +225,7 @@ fn rx_deliver(c: &mut Criterion) {
             ran = true;
             b.iter_custom(|iters| run_rx(&dev, &mut drv, iters, &frames))
         });
-        assert!(dev.fault().is_none());
-        let ls = dev.log_stats();
-        assert!(
-            !logging || !ran || (ls.log_writes > 0 && ls.beyond_end == 0),
-            "logging variant must really log: {ls:?}"
-        );
+        assert_ran_clean(&dev, logging, ran);
     }
     g.finish();
 }

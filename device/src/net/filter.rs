@@ -123,8 +123,8 @@ impl NetState {
 mod tests {
     use super::flow_hash;
 
-    #[test]
-    fn flow_hash_is_symmetric() {
+    /// A 60-byte IPv4 UDP frame 02:..:01 -> 02:..:02, 10.0.0.1 -> 10.0.0.2, `sport` -> `dport`.
+    fn udp_frame(sport: u16, dport: u16) -> Vec<u8> {
         let mut f = vec![0u8; 60];
         f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
@@ -133,8 +133,14 @@ mod tests {
         f[23] = 17;
         f[26..30].copy_from_slice(&[10, 0, 0, 1]);
         f[30..34].copy_from_slice(&[10, 0, 0, 2]);
-        f[34..36].copy_from_slice(&[0x30, 0x39]);
-        f[36..38].copy_from_slice(&[0x00, 0x35]);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn flow_hash_is_symmetric() {
+        let f = udp_frame(0x3039, 0x0035);
         let mut r = f.clone();
         r[0..6].copy_from_slice(&f[6..12]);
         r[6..12].copy_from_slice(&f[0..6]);
@@ -152,20 +158,10 @@ mod tests {
     /// only its high bits, would put them all in a few.
     #[test]
     fn flow_hash_spreads_flows_that_differ_in_one_port() {
-        let mut f = vec![0u8; 60];
-        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-        f[12..14].copy_from_slice(&[8, 0]);
-        f[14] = 0x45;
-        f[23] = 17;
-        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
-        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
-        f[36..38].copy_from_slice(&[0x13, 0x89]);
         let mut buckets = std::collections::BTreeSet::new();
         let mut pairs = [0u32; 4];
         for sport in 0..256u16 {
-            f[34..36].copy_from_slice(&(1024 + sport).to_be_bytes());
-            let h = flow_hash(&f);
+            let h = flow_hash(&udp_frame(1024 + sport, 5001));
             buckets.insert(h);
             pairs[h % 4] += 1;
         }
@@ -179,6 +175,7 @@ mod tests {
             "flows per pair: {pairs:?}"
         );
         // Not a port: an IPv4 frame of another protocol hashes by its addresses alone.
+        let mut f = udp_frame(1024, 5001);
         f[23] = 1;
         let a = flow_hash(&f);
         f[34] ^= 0xFF;
