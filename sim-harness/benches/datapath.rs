@@ -182,13 +182,16 @@ fn tx_dequeue(c: &mut Criterion) {
     g.finish();
 }
 
+/// Frames per burst pushed into the receive FIFO, all of one flow (`--port gen:`'s burst).
+const RX_BURST: usize = 32;
+
 /// One ring-full of received frames per iteration: the FIFO is filled and the buffers are
 /// reposted outside the timed part (see the module docs).
 fn run_rx(dev: &Device, drv: &mut NetDriver, iters: u64, frames: &[&[u8]]) -> Duration {
     let mut total = Duration::ZERO;
     let ring = usize::from(RING);
     for _ in 0..iters {
-        for burst in frames.chunks(32) {
+        for burst in frames.chunks(RX_BURST) {
             assert_eq!(
                 dev.inbox().push_batch(burst),
                 burst.len(),
@@ -211,10 +214,10 @@ fn rx_deliver(c: &mut Criterion) {
         let (dev, mut drv, _log) = setup(logging, 64, false, packed);
         let mac = drv.mac().expect("mac");
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
-        // 8 flows' bursts of 32, as the generator port sends them.
+        // A burst of one flow each, as the generator port sends them.
         let frames: Vec<Vec<u8>> = (0..usize::from(RING))
             .map(|i| {
-                let flow = (i / 32) as u16;
+                let flow = (i / RX_BURST) as u16;
                 sim_harness::frames::build([2, 0, 0, 0, 0, 1], mac, flow, 0, 64, &mut rng)
             })
             .collect();

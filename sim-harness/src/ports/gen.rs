@@ -47,7 +47,7 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
     let inbox = dev.inbox().clone();
     // A burst per queue pair between offers, as DPDK's txonly sends a burst per queue.
     let pairs = dev.layout().params.queue_pairs.max(1);
-    let mut i = 0usize;
+    let mut flow = 0usize;
     let mut rounds = 0u32;
     loop {
         // is_triggered may poll the stop eventfd: a syscall, so not every round.
@@ -63,11 +63,11 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
             continue;
         }
         for _ in 0..pairs {
-            // One flow per burst (the module docs).
-            let frame = frames[(i / BATCH) % frames.len()].as_slice();
+            // One flow per burst, the flows in turn (the module docs).
+            let frame = frames[flow % frames.len()].as_slice();
             let burst: [&[u8]; BATCH] = [frame; BATCH];
             inbox.push_batch(&burst);
-            i = i.wrapping_add(BATCH);
+            flow = flow.wrapping_add(1);
         }
         dev.try_service_rx();
     }
