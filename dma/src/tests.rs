@@ -435,6 +435,69 @@ fn split_across_adjacent_mappings() {
 }
 
 #[test]
+fn read_array_reads_counts_and_faults_as_read_does() {
+    let shm = SharedMemory::new("g", 0x4000).unwrap();
+    let space = Arc::new(AddressSpace::new());
+    // Two adjacent mappings from scattered file offsets, then a hole, then a write-only page.
+    shm.map_into(&space, 0x10000, 0x0000, 0x1000, Perms::RW)
+        .unwrap();
+    shm.map_into(&space, 0x11000, 0x2000, 0x1000, Perms::RW)
+        .unwrap();
+    shm.map_into(&space, 0x20000, 0x3000, 0x1000, Perms::WO)
+        .unwrap();
+    let data: Vec<u8> = (1..=16).collect();
+    shm.write(0x0ff8, &data[..8]).unwrap();
+    shm.write(0x2000, &data[8..]).unwrap();
+    shm.write(0x0100, &data).unwrap();
+    for iotlb in [64, 0] {
+        let mut eng = DmaEngine::new(space.clone(), iotlb);
+        // Inside one mapping (an IOTLB hit after the first access, with an IOTLB).
+        for _ in 0..2 {
+            assert_eq!(
+                eng.read_array::<16>(0x10100, DmaKind::Descriptor).unwrap()[..],
+                data[..]
+            );
+        }
+        // Across the two mappings: the slow path's two pieces.
+        assert_eq!(
+            eng.read_array::<16>(0x10ff8, DmaKind::Descriptor).unwrap()[..],
+            data[..]
+        );
+        let mut by_read = [0u8; 16];
+        eng.read(0x10ff8, &mut by_read, DmaKind::PacketRead)
+            .unwrap();
+        assert_eq!(by_read[..], data[..]);
+        assert_eq!(
+            eng.bus_stats().get(DmaKind::Descriptor),
+            Traffic {
+                transactions: 2 + 2,
+                bytes: 3 * 16
+            },
+            "iotlb {iotlb}: one transaction per read inside a mapping, two across"
+        );
+        // Faults are read's: unmapped, crossing into the hole, no read permission.
+        assert!(matches!(
+            eng.read_array::<16>(0x18000, DmaKind::Descriptor),
+            Err(DmaFault::Unmapped { .. })
+        ));
+        assert!(matches!(
+            eng.read_array::<16>(0x11ff8, DmaKind::Descriptor),
+            Err(DmaFault::CrossesMappingEnd { .. })
+        ));
+        assert!(matches!(
+            eng.read_array::<16>(0x20000, DmaKind::Descriptor),
+            Err(DmaFault::Permission { .. })
+        ));
+        assert_eq!(eng.iommu_stats().faults(), 3, "iotlb {iotlb}");
+        assert_eq!(
+            eng.bus_stats().get(DmaKind::Descriptor).transactions,
+            4,
+            "a fault reads nothing"
+        );
+    }
+}
+
+#[test]
 fn mapping_starting_mid_page_is_not_hit_below_its_start() {
     let shm = SharedMemory::new("g", 0x2000).unwrap();
     let space = Arc::new(AddressSpace::new());
