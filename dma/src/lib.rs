@@ -278,25 +278,27 @@ impl DmaEngine {
 
     /// DMA read of `N` bytes at `iova` into an array: [`Self::read`] with the length known at
     /// compile time, so an IOTLB hit copies with a few loads instead of a call to `memcpy`
-    /// (a split ring descriptor, 16 bytes, is read once per descriptor).
+    /// (a split ring descriptor, 16 bytes, is read once per descriptor). The bytes go into
+    /// `buf` rather than into the returned `Result`, where an array of bytes sits unaligned
+    /// behind the discriminant and is moved out piecewise (perf: a third of the split ring's
+    /// `pop` on the store-forwarding stall that left behind).
     #[inline(always)]
     pub fn read_array<const N: usize>(
         &mut self,
         iova: u64,
+        buf: &mut [u8; N],
         kind: DmaKind,
-    ) -> Result<[u8; N], DmaFault> {
-        let mut buf = [0u8; N];
+    ) -> Result<(), DmaFault> {
         if let Some(p) = self.iommu.lookup_hit(iova, N as u64, false) {
             // SAFETY: as in `read`: an IOTLB hit of the current generation, so `[iova,
             // iova + N)` lies in one readable, fd-backed mapping kept alive by the engine's
             // snapshot and `p` is its host address. Guest memory may change concurrently.
-            buf = unsafe { std::ptr::read_unaligned(p.cast::<[u8; N]>()) };
+            *buf = unsafe { std::ptr::read_unaligned(p.cast::<[u8; N]>()) };
             self.iommu.check_contained(iova, N as u64, false)?;
             self.bus.access(kind, iova, N as u64, 1, false);
-            return Ok(buf);
+            return Ok(());
         }
-        self.read_slow(iova, &mut buf, kind)?;
-        Ok(buf)
+        self.read_slow(iova, buf, kind)
     }
 
     #[inline(never)]

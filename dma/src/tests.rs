@@ -453,16 +453,16 @@ fn read_array_reads_counts_and_faults_as_read_does() {
         let mut eng = DmaEngine::new(space.clone(), iotlb);
         // Inside one mapping (an IOTLB hit after the first access, with an IOTLB).
         for _ in 0..2 {
-            assert_eq!(
-                eng.read_array::<16>(0x10100, DmaKind::Descriptor).unwrap()[..],
-                data[..]
-            );
+            let mut a = [0u8; 16];
+            eng.read_array(0x10100, &mut a, DmaKind::Descriptor)
+                .unwrap();
+            assert_eq!(a[..], data[..]);
         }
         // Across the two mappings: the slow path's two pieces.
-        assert_eq!(
-            eng.read_array::<16>(0x10ff8, DmaKind::Descriptor).unwrap()[..],
-            data[..]
-        );
+        let mut a = [0u8; 16];
+        eng.read_array(0x10ff8, &mut a, DmaKind::Descriptor)
+            .unwrap();
+        assert_eq!(a[..], data[..]);
         let mut by_read = [0u8; 16];
         eng.read(0x10ff8, &mut by_read, DmaKind::PacketRead)
             .unwrap();
@@ -477,15 +477,15 @@ fn read_array_reads_counts_and_faults_as_read_does() {
         );
         // Faults are read's: unmapped, crossing into the hole, no read permission.
         assert!(matches!(
-            eng.read_array::<16>(0x18000, DmaKind::Descriptor),
+            eng.read_array(0x18000, &mut a, DmaKind::Descriptor),
             Err(DmaFault::Unmapped { .. })
         ));
         assert!(matches!(
-            eng.read_array::<16>(0x11ff8, DmaKind::Descriptor),
+            eng.read_array(0x11ff8, &mut a, DmaKind::Descriptor),
             Err(DmaFault::CrossesMappingEnd { .. })
         ));
         assert!(matches!(
-            eng.read_array::<16>(0x20000, DmaKind::Descriptor),
+            eng.read_array(0x20000, &mut a, DmaKind::Descriptor),
             Err(DmaFault::Permission { .. })
         ));
         assert_eq!(eng.iommu_stats().faults(), 3, "iotlb {iotlb}");

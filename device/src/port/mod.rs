@@ -631,10 +631,20 @@ pub struct InboxReader<'a> {
 
 impl InboxReader<'_> {
     /// The next frame: from the batch in hand, else a new batch from the FIFO.
+    ///
+    /// Inlined, with the refill out of line: called once per received frame, and as a call
+    /// its `Option<InboxFrame>` came back through memory and was copied twice more.
+    #[inline]
     pub fn pop(&mut self) -> Option<InboxFrame> {
-        if self.s.head.is_empty() {
-            self.inbox.pop_into(&mut self.s.head, READ_BATCH);
+        match self.s.head.pop_front() {
+            Some(f) => Some(f),
+            None => self.refill_and_pop(),
         }
+    }
+
+    #[inline(never)]
+    fn refill_and_pop(&mut self) -> Option<InboxFrame> {
+        self.inbox.pop_into(&mut self.s.head, READ_BATCH);
         self.s.head.pop_front()
     }
 

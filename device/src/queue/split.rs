@@ -233,6 +233,7 @@ impl SplitRing {
         chain.clear(head);
         let mut idx = head;
         let mut hops: u32 = 0;
+        let mut raw = [0u8; DESC_SIZE as usize];
         loop {
             if idx >= self.size {
                 return Err(DeviceFault::DescriptorIndexOutOfRange {
@@ -249,9 +250,12 @@ impl SplitRing {
                     limit: self.size.into(),
                 });
             }
-            let raw: [u8; DESC_SIZE as usize] = dma
-                .read_array(self.desc + DESC_SIZE * u64::from(idx), DmaKind::Descriptor)
-                .map_err(self.dma_err())?;
+            dma.read_array(
+                self.desc + DESC_SIZE * u64::from(idx),
+                &mut raw,
+                DmaKind::Descriptor,
+            )
+            .map_err(self.dma_err())?;
             let (addr, len, flags, next) = decode_split_desc(&raw);
             if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
