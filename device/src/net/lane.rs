@@ -63,15 +63,21 @@ impl<'a> HeldLanes<'a> {
     /// If there is no queue `q` (as [`Lanes::lock`]).
     #[inline]
     pub(crate) fn get(&mut self, q: u16) -> &mut Lane {
-        let i = match self.held.binary_search_by_key(&q, |(h, _)| *h) {
-            Ok(i) => i,
-            Err(i) => {
-                // Let go of the lanes above `q` before locking it: lanes in queue order.
-                self.held.truncate(i);
-                self.held.push((q, self.lanes.lock(q)));
-                i
-            }
-        };
+        // Asked twice per received frame, nearly always for a lane held already (and with one
+        // queue pair, the only one): that case is a search of at most a few entries, inline.
+        match self.held.iter().position(|(h, _)| *h == q) {
+            Some(i) => &mut self.held[i].1,
+            None => self.take(q),
+        }
+    }
+
+    /// Locks queue `q`'s lane (not held yet) and holds it: the lanes above `q` are let go
+    /// first, so the held lanes stay in queue order.
+    #[inline(never)]
+    fn take(&mut self, q: u16) -> &mut Lane {
+        let i = self.held.partition_point(|(h, _)| *h < q);
+        self.held.truncate(i);
+        self.held.push((q, self.lanes.lock(q)));
         &mut self.held[i].1
     }
 }
