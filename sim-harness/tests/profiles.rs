@@ -288,6 +288,7 @@ fn a_broken_profile_file_is_refused_with_the_field_named() {
             );
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
     let out = vdpa_emu(&["validate", "--profile", "nonesuch"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("full, ifcvf"));

@@ -239,6 +239,13 @@ fn served_layout(
     (server, path, t)
 }
 
+/// Removes the directory [`served_layout`] made for the socket at `path`, once its server is
+/// stopped (a failing test leaves it, with the socket, for a look).
+fn remove_socket_dir(path: &std::path::Path) {
+    let dir = path.parent().expect("the socket lies in its own directory");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn validates_a_device_over_vfio_user() {
     for (quirks, failing) in [
@@ -255,6 +262,7 @@ fn validates_a_device_over_vfio_user() {
         server.stop_handle().trigger();
         let _ = std::os::unix::net::UnixStream::connect(&path);
         t.join().unwrap();
+        remove_socket_dir(&path);
         assert!(r.target.contains("vfio-user"), "{}", r.target);
         for g in &r.groups {
             match failing {
@@ -298,6 +306,7 @@ fn stop(
     server.stop_handle().trigger();
     let _ = std::os::unix::net::UnixStream::connect(path);
     t.join().unwrap();
+    remove_socket_dir(path);
 }
 
 /// A device that presents the other LM layout fails the LM checks, and the report names the
@@ -407,6 +416,7 @@ fn losing_the_device_mid_run_aborts_with_exit_2() {
     killer.join().unwrap();
     let _ = std::os::unix::net::UnixStream::connect(&path);
     t.join().unwrap();
+    remove_socket_dir(&path);
     assert!(t0.elapsed() < std::time::Duration::from_secs(30));
     assert!(r.aborted.is_some(), "{}", r.table());
     assert_eq!(r.exit_code(), sim_harness::validate::EXIT_UNREACHABLE);
