@@ -159,6 +159,10 @@ impl NetEngine {
 /// ([`crate::DeviceConfig::service_budget`] chains, checked at batch boundaries: everything
 /// fetched is then used and published and the interrupt decided). Needs nothing of the device
 /// but `env`: the caller may hold the device lock or not (docs/architecture.md, Concurrency).
+// Out of line: called from the locked service and from the off-lock budget. Inlined into the
+// locked one by the release build's LTO, it measured 3-5% slower in TX dequeue (criterion,
+// medians of four interleaved runs).
+#[inline(never)]
 pub(crate) fn tx_budget(lane: &mut Lane, env: &TxEnv) -> Result<TxOutcome, DeviceFault> {
     let q = env.q;
     let max_frame = env.max_frame;
