@@ -200,7 +200,7 @@ impl Device {
     /// The port has room again: the TX queues it held back go on where they stopped (what a
     /// port's waker calls; harmless at any time). Never waits for the device lock: the waker
     /// may run on a thread that holds another device's lock (a linked peer draining its FIFO).
-    /// If the lock is taken, its holder runs the queues before it lets go ([`Device::finish`]).
+    /// If the lock is taken, its holder runs the queues before it lets go (`Device::finish`).
     pub fn port_ready(&self) {
         self.port_wake.store(true, Ordering::SeqCst);
         self.try_port_ready();
@@ -271,7 +271,7 @@ impl Device {
     /// (0 also when another holder took them first).
     ///
     /// A transmit queue's budgets run on its lane with the device lock free
-    /// ([`Device::tx_off_lock`]), so register reads, received frames and the other queues'
+    /// (`Device::tx_off_lock`), so register reads, received frames and the other queues'
     /// doorbells do not wait for a TX burst; everything else runs under the lock, as a
     /// trapped doorbell does.
     pub fn take_shared_doorbells(&self) -> u32 {

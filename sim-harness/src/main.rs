@@ -1,5 +1,9 @@
 //! `vdpa-emu`: the command line of the vDPA NIC model.
 
+// The doc comments here are clap's help texts, where `tx<P>` is the usual placeholder notation
+// (as in the man pages and docs/ctl.md), not an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

@@ -45,7 +45,7 @@ impl Progress {
         }
     }
 
-    /// A line prefix for plain-line mode (e.g. "[2] " for the third migration).
+    /// A line prefix for plain-line mode (e.g. `"[2] "` for the third migration).
     pub fn set_prefix(&mut self, p: &str) {
         if let Progress::Lines { prefix } = self {
             *prefix = p.to_string();

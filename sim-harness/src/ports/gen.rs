@@ -3,7 +3,7 @@
 //! own MAC as fast as the device delivers them into the driver's RX rings; what the device
 //! transmits is counted and discarded (the device's `NullPort`).
 //!
-//! The frames belong to 64 UDP flows, a burst of [`BATCH`] frames per flow, the flows in turn:
+//! The frames belong to 64 UDP flows, a burst of `BATCH` frames per flow, the flows in turn:
 //! trains, as a TCP sender's segments arrive, and as DPDK's `txonly` sends (a burst per queue,
 //! all of one flow unless `--txonly-multi-flow`; app/test-pmd/txonly.c). Each burst is steered
 //! to one RX queue. Flows interleaved frame by frame, as this generator sent them before, put

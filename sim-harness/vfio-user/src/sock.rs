@@ -172,7 +172,7 @@ pub fn send_all_with_fds(
     Ok(())
 }
 
-/// What [`Stop::wait`] saw.
+/// What `Stop::wait` saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ready {
     /// The watched descriptor is ready.
