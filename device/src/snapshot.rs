@@ -38,12 +38,12 @@
 //!
 //! | tag    | body |
 //! |--------|------|
-//! | `IDNT` | what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC `[u8; 6]`, BAR sizes 6 x u64, rx_backlog u32 |
+//! | `IDNT` | what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC 6 x u8, BAR sizes 6 x u64, rx_backlog u32 |
 //! | `PCIC` | the 4096 config space bytes as the function reads them |
 //! | `MSIX` | vectors u16, enabled u8, function_mask u8, table (vectors x 4 dwords u32), PBA (ceil(vectors/64) x u64) |
 //! | `VIRT` | device_status u8, device_feature_select u32, driver_feature_select u32, driver_features u64, negotiated u64, config_msix_vector u16, queue_select u16, isr u8, config_generation u8 |
 //! | `QUES` | count u16, then per queue: size u16, msix_vector u16, desc u64, driver u64, device u64, state u8 (0 disabled, 1 enabled, 2 stopping, 3 resetting: queue_reset still reads 1, 4 reset: done, not re-enabled yet), reads_left u32, ring state (last_avail u16, last_used u16), resumed (u16, u16), late_final u8 + ((u16, u16), u32) |
-//! | `NETS` | mac `[u8; 6]`, status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x `[u8; 6]`), multicast table (same), flow table (count u32 + count x u16) |
+//! | `NETS` | mac 6 x u8, status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x 6 x u8), multicast table (same), flow table (count u32 + count x u16) |
 //! | `LMRG` | logging_ctrl u64, log base u64, log end u64, mq_pairs u32 |
 //! | `INBX` | frames waiting in the receive FIFO, oldest first: count u32, then per frame length u32 + bytes |
 //! | `RSSC` | only while RSS is on: the live configuration as the RSS_CONFIG command that sets it (struct virtio_net_rss_config, virtio 1.2 5.1.6.5.7.1; max_tx_vq = curr_pairs) |
@@ -109,7 +109,7 @@ impl SectionSpec {
 /// `IDNT`: what must match on the destination (this module's own section).
 pub const IDENTITY_SECTION: SectionSpec = SectionSpec {
     name: "IDNT",
-    body: "what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC [6], BAR sizes 6 x u64, rx_backlog u32",
+    body: "what must match on the destination: num_queues u16, queue_pairs u16, queue_size_max u16, msix_vectors u16, lm_layout u8 (0 dpdk, 1 linux), mtu u16, reset MAC 6 x u8, BAR sizes 6 x u64, rx_backlog u32",
 };
 /// `SEAL`: the checksum, last.
 pub const SEAL_SECTION: SectionSpec = SectionSpec {

@@ -77,7 +77,7 @@ impl NetEngine {
     /// The `NETS` section of the device-state stream.
     pub const NET_SECTION: SectionSpec = SectionSpec {
         name: "NETS",
-        body: "mac [6], status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x [6]), multicast table (same), flow table (count u32 + count x u16)",
+        body: "mac 6 x u8, status u16, curr_pairs u16, promisc u8, allmulti u8, unicast table (count u32 + count x 6 x u8), multicast table (same), flow table (count u32 + count x u16)",
     };
     /// The `RSSC` section of the device-state stream: present only while RSS is on. Critical
     /// (a device that cannot steer by RSS must not take the state) but optional.
