@@ -279,9 +279,9 @@ impl DmaEngine {
     /// DMA read of `N` bytes at `iova` into an array: [`Self::read`] with the length known at
     /// compile time, so an IOTLB hit copies with a few loads instead of a call to `memcpy`
     /// (a split ring descriptor, 16 bytes, is read once per descriptor). The bytes go into
-    /// `buf` rather than into the returned `Result`, where an array of bytes sits unaligned
-    /// behind the discriminant and is moved out piecewise (perf: a third of the split ring's
-    /// `pop` on the store-forwarding stall that left behind).
+    /// `buf` rather than into the returned `Result`: there an array of bytes sits unaligned
+    /// behind the discriminant, the caller moved it out piecewise and read it back as words,
+    /// and a third of the split ring's `pop` samples sat on that store-forwarding stall.
     #[inline(always)]
     pub fn read_array<const N: usize>(
         &mut self,
