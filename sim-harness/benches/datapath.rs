@@ -182,8 +182,8 @@ fn tx_dequeue(c: &mut Criterion) {
     g.finish();
 }
 
-/// Frames per burst pushed into the receive FIFO, all of one flow (`--port gen:`'s burst).
-const RX_BURST: usize = 32;
+// Frames per burst pushed into the receive FIFO, all of one flow: `--port gen:`'s burst.
+use sim_harness::ports::gen::BATCH as RX_BURST;
 
 /// One ring-full of received frames per iteration: the FIFO is filled and the buffers are
 /// reposted outside the timed part (see the module docs).

@@ -3,7 +3,7 @@
 //! own MAC as fast as the device delivers them into the driver's RX rings; what the device
 //! transmits is counted and discarded (the device's `NullPort`).
 //!
-//! The frames belong to 64 UDP flows, a burst of `BATCH` frames per flow, the flows in turn:
+//! The frames belong to 64 UDP flows, a burst of [`BATCH`] frames per flow, the flows in turn:
 //! trains, as a TCP sender's segments arrive, and as DPDK's `txonly` sends (a burst per queue,
 //! all of one flow unless `--txonly-multi-flow`; app/test-pmd/txonly.c). Each burst is steered
 //! to one RX queue. Flows interleaved frame by frame, as this generator sent them before, put
@@ -28,8 +28,8 @@ use std::time::Duration;
 /// (docs/bench.md).
 pub const HIGH_WATER: usize = 256;
 
-/// Frames pushed between offers to the device.
-const BATCH: usize = 32;
+/// Frames pushed between offers to the device, all of one flow (a burst).
+pub const BATCH: usize = 32;
 
 /// Parses the SIZE of `gen:SIZE` (60..=1514 bytes: Ethernet header to payload end).
 pub fn parse_size(s: &str) -> Option<usize> {
