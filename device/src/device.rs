@@ -331,10 +331,13 @@ impl Device {
         s.unlocked_tx += 1;
         let res = MutexGuard::unlocked(s, || {
             std::mem::swap(&mut lane.scratch.flows, &mut flows);
-            let res = {
+            // A panic in the budget (a bug, or the port's) fails the device instead of
+            // unwinding through here with `unlocked_tx` still counting it (every later
+            // register write would wait for it forever).
+            let res = crate::fault::contain_panic("a TX budget outside the device lock", || {
                 let _on = crate::on_lanes::OnLanes::enter();
                 crate::net::tx::tx_budget(&mut lane, &env)
-            };
+            });
             std::mem::swap(&mut lane.scratch.flows, &mut flows);
             drop(lane);
             for dev in crate::on_lanes::take_held_wakes() {

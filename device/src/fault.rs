@@ -3,8 +3,16 @@
 //! virtio 1.2 2.1.2: "The device SHOULD set DEVICE_NEEDS_RESET when it enters an error state that
 //! a reset is needed." We enter it on any driver-provided structure we must not trust (hostile
 //! descriptor chains, bad ring addresses) and on any IOMMU fault; the device then stops all
-//! queues, raises the config interrupt and counts the cause. It never panics and never touches
-//! memory outside a mapping.
+//! queues, raises the config interrupt and counts the cause. It never touches memory outside a
+//! mapping.
+//!
+//! A panic in the datapath is a bug (the device's, or a [`crate::Port`] it was given), never
+//! the driver's doing. Where the datapath runs ([`contain_panic`]: every service under the device
+//! lock, and each TX budget outside it) a panic becomes [`DeviceFault::Internal`] and the device
+//! enters DEVICE_NEEDS_RESET, as a hardware datapath that hits an internal error does: the
+//! thread that ran it and the server go on, nothing stays locked or marked as running, and the
+//! driver's reset brings the device back. A fuzz target still sees the panic (libFuzzer's panic
+//! hook aborts before it unwinds), and so does every test that checks for unexpected faults.
 
 use dma::DmaFault;
 
@@ -62,6 +70,12 @@ pub enum DeviceFault {
     /// An internal device error raised on purpose (`vdpa-emu ctl fault inject needs-reset`).
     #[error("injected device error ({0})")]
     Injected(&'static str),
+    /// The datapath panicked ([`contain_panic`]): a bug, with the panic's message.
+    #[error("internal device error in {context}: {message}")]
+    Internal {
+        context: &'static str,
+        message: String,
+    },
 }
 
 /// Counter slot names for [`DeviceFault`] (stable: used in reports and tests).
@@ -85,6 +99,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "chain_not_available",
     "buffer_id_out_of_range",
     "injected",
+    "internal_error",
 ];
 
 impl DeviceFault {
@@ -110,11 +125,72 @@ impl DeviceFault {
             DeviceFault::ChainNotAvailable { .. } => 16,
             DeviceFault::BufferIdOutOfRange { .. } => 17,
             DeviceFault::Injected(_) => 18,
+            DeviceFault::Internal { .. } => 19,
         }
     }
 
     /// The stable counter name.
     pub fn kind(&self) -> &'static str {
         FAULT_KINDS[self.kind_index()]
+    }
+}
+
+/// Runs datapath work `f`; a panic inside it comes back as [`DeviceFault::Internal`] (the
+/// module's doc says why). The panic hook has printed the message and location by then; this
+/// adds an error event with `context`.
+///
+/// `AssertUnwindSafe`: what `f` left half done after a panic is only ever reset, never used:
+/// the fault stops every queue, and the driver's reset rebuilds every queue's state and the
+/// net state and empties the inbox (`NetEngine::reset`). The locks it held (`parking_lot`, no poisoning) were let go as
+/// it unwound, and the inbox reader gives its frames back on drop.
+pub(crate) fn contain_panic<T>(
+    context: &'static str,
+    f: impl FnOnce() -> Result<T, DeviceFault>,
+) -> Result<T, DeviceFault> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(res) => res,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(a panic without a message)".into());
+            tracing::error!(context, %message, "the device's datapath panicked");
+            Err(DeviceFault::Internal { context, message })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_fault_with_its_message() {
+        let ok: Result<u8, _> = contain_panic("a test", || Ok(7));
+        assert_eq!(ok, Ok(7));
+        let passed: Result<u8, _> = contain_panic("a test", || Err(DeviceFault::Injected("x")));
+        assert_eq!(passed, Err(DeviceFault::Injected("x")));
+        for (res, want) in [
+            (
+                contain_panic::<()>("a test", || panic!("static text")),
+                "static text",
+            ),
+            (
+                contain_panic::<()>("a test", || panic!("formatted {}", 42)),
+                "formatted 42",
+            ),
+            (
+                contain_panic::<()>("a test", || std::panic::panic_any(5u32)),
+                "(a panic without a message)",
+            ),
+        ] {
+            let f = res.unwrap_err();
+            assert_eq!(f.kind(), "internal_error");
+            assert_eq!(
+                f.to_string(),
+                format!("internal device error in a test: {want}")
+            );
+        }
     }
 }

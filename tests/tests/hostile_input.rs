@@ -1370,6 +1370,10 @@ fn fuzz_random_rings() {
             let f = dev
                 .fault()
                 .unwrap_or_else(|| panic!("iteration {it}: NEEDS_RESET without a fault"));
+            assert!(
+                !matches!(f, DeviceFault::Internal { .. }),
+                "iteration {it}: the datapath panicked: {f}"
+            );
             let k = f.kind_index();
             assert!(
                 c.faults[k] > c0.faults[k],

@@ -644,3 +644,108 @@ fn a_kick_that_comes_during_a_tx_burst_is_taken_between_its_budgets() {
     assert_eq!(c.shared_doorbells, 2);
     assert!(c.tx_budgets_off_lock >= 4);
 }
+
+/// A port with a bug: its transmit panics on frame number `at` (counting from 1) while armed,
+/// and keeps the frames it took.
+struct PanickingPort {
+    at: u64,
+    armed: AtomicBool,
+    seen: AtomicU64,
+    frames: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Port for PanickingPort {
+    fn transmit(&self, frame: &[u8]) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.armed.load(Ordering::SeqCst) && n == self.at {
+            panic!("port bug at frame {n}");
+        }
+        self.frames.lock().push(frame.to_vec());
+        true
+    }
+    fn describe(&self) -> String {
+        "panicking".into()
+    }
+}
+
+/// A panic in the datapath (here the port's, inside a TX budget) is a device bug, not a reason
+/// to hang or lose the server: the device enters DEVICE_NEEDS_RESET with an `internal_error`
+/// fault that carries the panic's message, the thread that ran the budget goes on, every later
+/// register access returns, and the driver's reset brings the device back. `shared`: the
+/// budget runs outside the device lock (rung through the notify window); otherwise a trapped
+/// doorbell runs it under the lock.
+fn a_panic_in_a_tx_budget_fails_the_device_and_the_server_goes_on(shared: bool) {
+    let mut r = Rig::with(DeviceConfig::with_queue_pairs(1), |_| PanickingPort {
+        at: 3,
+        armed: AtomicBool::new(true),
+        seen: AtomicU64::new(0),
+        frames: Mutex::new(Vec::new()),
+    });
+    let fs = numbered_frames(8);
+    r.queue_tx(&fs);
+    let kicker = if shared {
+        r.shared_kick()
+    } else {
+        r.trapped_kick()
+    };
+    let (joined, _) = within(PASSES, move || kicker.join().is_ok());
+    assert_eq!(joined, Some(true), "the doorbell's thread panicked or hung");
+    assert_eq!(
+        r.dev.counters().tx_budgets_off_lock,
+        u64::from(shared),
+        "the budget ran where the test meant it to"
+    );
+
+    let fault = r.dev.fault().expect("no fault after the panic");
+    assert_eq!(fault.kind(), "internal_error");
+    let context = if shared {
+        "a TX budget outside the device lock"
+    } else {
+        "the datapath under the device lock"
+    };
+    assert_eq!(
+        fault.to_string(),
+        format!("internal device error in {context}: port bug at frame 3")
+    );
+    let c = r.dev.counters();
+    assert_eq!((c.fault("internal_error"), c.needs_reset), (1, 1));
+    assert_eq!(
+        *r.port.frames.lock(),
+        fs[..2],
+        "the frames before the panic"
+    );
+
+    // Every register access after it returns (a budget counted as still running outside the
+    // lock would hold the status write forever) and reads DEVICE_NEEDS_RESET.
+    let (dev, off) = (r.dev.clone(), r.status_offset());
+    let (status, _) = within(PASSES, move || {
+        let mut st = [0u8];
+        dev.region_read(0, off, &mut st).unwrap();
+        dev.region_write(0, off, &[st[0]]).unwrap();
+        st[0]
+    });
+    let status = status.expect("a register access after the panic hung");
+    assert_ne!(status & device_status::DEVICE_NEEDS_RESET, 0);
+
+    // The driver's reset brings it back, and the port (its bug gone) carries frames again,
+    // off the lock as well.
+    r.port.armed.store(false, Ordering::SeqCst);
+    r.port.frames.lock().clear();
+    r.drv.start().unwrap();
+    assert_eq!(r.dev.fault(), None);
+    let again = numbered_frames(4);
+    r.queue_tx(&again);
+    assert_eq!(r.shared_kick().join().unwrap(), 1);
+    assert_eq!(*r.port.frames.lock(), again);
+    assert_eq!(r.dev.counters().tx_budgets_off_lock, u64::from(shared) + 1);
+}
+
+#[test]
+fn a_panic_in_a_tx_budget_outside_the_lock_fails_the_device_and_the_server_goes_on() {
+    a_panic_in_a_tx_budget_fails_the_device_and_the_server_goes_on(true);
+}
+
+#[test]
+fn a_panic_in_a_tx_budget_under_the_lock_fails_the_device_and_the_server_goes_on() {
+    a_panic_in_a_tx_budget_fails_the_device_and_the_server_goes_on(false);
+}

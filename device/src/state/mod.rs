@@ -750,7 +750,8 @@ impl DeviceState {
     }
 
     /// Runs the engine with the negotiated features, then does what it left to do: the
-    /// interrupts that became due (in order), the config changes, and the fault if it failed.
+    /// interrupts that became due (in order), the config changes, and the fault if it failed
+    /// (a panic in it is one: [`crate::fault::contain_panic`]).
     fn run_datapath<T>(
         &mut self,
         f: impl FnOnce(&mut NetEngine, &mut Datapath<'_>) -> Result<T, DeviceFault>,
@@ -762,7 +763,10 @@ impl DeviceState {
             interrupts: &mut interrupts,
             config_changes: 0,
         };
-        let res = f(&mut self.engine, &mut dp);
+        let engine = &mut self.engine;
+        let res = crate::fault::contain_panic("the datapath under the device lock", || {
+            f(engine, &mut dp)
+        });
         let (res, out) = match res {
             Ok(v) => (Ok(()), Some(v)),
             Err(e) => (Err(e), None),
