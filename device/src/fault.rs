@@ -10,7 +10,8 @@
 //! the driver's doing. Where the datapath runs ([`contain_panic`]: every service under the device
 //! lock, and each TX budget outside it) a panic becomes [`DeviceFault::Internal`] and the device
 //! enters DEVICE_NEEDS_RESET, as a hardware datapath that hits an internal error does: the
-//! thread that ran it and the server go on, nothing stays locked or marked as running, and the
+//! thread that ran it and the server go on (a panic on the control path, inside a vfio-user
+//! message's handler, ends the same way: [`crate::Device::fail_internal`]), nothing stays locked or marked as running, and the
 //! driver's reset brings the device back. A fuzz target still sees the panic (libFuzzer's panic
 //! hook aborts before it unwinds), and so does every test that checks for unexpected faults.
 
@@ -150,15 +151,21 @@ pub(crate) fn contain_panic<T>(
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(res) => res,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(a panic without a message)".into());
+            let message = panic_message(&*payload);
             tracing::error!(context, %message, "the device's datapath panicked");
             Err(DeviceFault::Internal { context, message })
         }
     }
+}
+
+/// The text a panic was raised with (`panic!`'s formatted message), from the payload
+/// `catch_unwind` returned.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".into())
 }
 
 #[cfg(test)]

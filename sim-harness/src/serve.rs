@@ -391,6 +391,11 @@ impl Backend for DeviceBackend {
         self.dev.max_state_len()
     }
 
+    fn internal_error(&self, message: String) {
+        self.dev
+            .fail_internal("a vfio-user message's handler", message);
+    }
+
     fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>) {
         self.dev.set_write_trace(trace)
     }

@@ -2118,3 +2118,86 @@ fn the_socket_file_appears_only_once_it_listens() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A port with a bug on the control path: the first time a driver's receive offloads reach it
+/// (feature negotiation, inside a trapped register write), it panics.
+#[derive(Default)]
+struct OffloadsPanicPort {
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl device::Port for OffloadsPanicPort {
+    fn transmit(&self, _frame: &[u8]) -> bool {
+        true
+    }
+    fn set_rx_offloads(&self, offloads: device::port::PortOffloads) {
+        if offloads != device::port::PortOffloads::NONE
+            && !self
+                .panicked
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("port bug in set_rx_offloads");
+        }
+    }
+    fn describe(&self) -> String {
+        "offloads-panic".into()
+    }
+}
+
+/// A panic inside a message's handler (a bug in the server or the device, here a port's on
+/// the control path) does not take the server down: the message gets EIO, the device enters
+/// DEVICE_NEEDS_RESET with an internal_error fault carrying the panic's message, the same
+/// client goes on (a register read answers, its driver's reset brings the device back) and
+/// the session ends cleanly.
+#[test]
+fn a_panic_in_a_message_handler_fails_the_device_and_the_server_goes_on() {
+    let _g = shared();
+    let dev = vmm_device(1);
+    dev.set_port(Arc::new(OffloadsPanicPort::default()));
+    let ts = TestServer::with_device(dev);
+    let c = Arc::new(ts.client());
+    let irq = Arc::new(InterruptRecorder::new(ts.dev().layout().msix_vectors));
+    let opts = DriverOptions {
+        queue_pairs: 1,
+        ..Default::default()
+    };
+    let mut drv = NetDriver::new(c.clone(), irq, opts).unwrap();
+    assert!(
+        drv.start().is_err(),
+        "the driver started on a device whose handler panicked"
+    );
+    assert_eq!(ts.server.stats().handler_panics, 1);
+    let fault = ts
+        .dev()
+        .fault()
+        .expect("no fault after the handler's panic");
+    assert_eq!(
+        fault.to_string(),
+        "internal device error in a vfio-user message's handler: port bug in set_rx_offloads"
+    );
+    assert_eq!(ts.dev().counters().fault("internal_error"), 1);
+    let mut status = [0u8];
+    c.read(
+        0,
+        ts.dev().layout().common.offset + common::DEVICE_STATUS,
+        &mut status,
+    )
+    .unwrap();
+    assert_ne!(
+        status[0] & bar_registers::virtio::device_status::DEVICE_NEEDS_RESET,
+        0,
+        "status {:#x}",
+        status[0]
+    );
+    assert_eq!(read_u16(&c, REGION_CONFIG, hdr::VENDOR_ID), 0x1af4);
+
+    // The driver's reset brings the device back on the same connection (the port's bug
+    // struck once).
+    drv.start().unwrap();
+    assert_eq!(ts.dev().fault(), None);
+    assert_eq!(ts.server.stats().handler_panics, 1);
+    drop(drv);
+    drop(c);
+    ts.wait_ended(1);
+    ts.assert_clean();
+}

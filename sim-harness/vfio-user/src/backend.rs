@@ -78,4 +78,10 @@ pub trait Backend: RegionAccess + DmaMapper + Send + Sync {
 
     /// Records every page the function's DMA writes into `trace` (None: stop recording).
     fn set_write_trace(&self, trace: Option<Arc<WriteTrace>>);
+
+    /// A message's handler panicked (a bug in the server or the function; `message` is the
+    /// panic's): put the function in an error state its driver sees and recovers from by a
+    /// reset (a virtio device: DEVICE_NEEDS_RESET). The server answers the message with EIO
+    /// and goes on serving.
+    fn internal_error(&self, message: String);
 }

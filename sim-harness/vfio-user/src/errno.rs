@@ -19,6 +19,7 @@ pub const E2BIG: Errno = Errno(libc::E2BIG);
 pub const ENOTTY: Errno = Errno(libc::ENOTTY);
 pub const EFBIG: Errno = Errno(libc::EFBIG);
 pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+pub const EIO: Errno = Errno(libc::EIO);
 
 /// What a command handler returns: the reply payload, or the errno of an error reply.
 pub type Handled = Result<Vec<u8>, Errno>;

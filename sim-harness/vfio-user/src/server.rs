@@ -37,7 +37,7 @@
 //! departure also ends its migration session (dirty logging off, state RUNNING).
 
 use crate::backend::{Backend, RegionMmap};
-use crate::errno::{Errno, Handled, E2BIG, EINVAL, ENOSYS, ENOTSUP};
+use crate::errno::{Errno, Handled, E2BIG, EINVAL, EIO, ENOSYS, ENOTSUP};
 use crate::irq::{IrqData, IrqTable};
 use crate::migration::{MigState, Migration};
 use crate::sock::{nofile_limit, recv_with_fds, send_with_fds, Either, Ready, Stop, MAX_MSG_FDS};
@@ -161,6 +161,8 @@ pub struct ServerStats {
     pub refused: u64,
     /// Clients dropped for stalling inside a message or not reading replies.
     pub stalled: u64,
+    /// Messages whose handler panicked (answered with EIO, the device failed; a bug).
+    pub handler_panics: u64,
     /// REGION_READ messages handled (trapped register reads).
     pub region_reads: u64,
     /// REGION_WRITE and REGION_WRITE_MULTI messages handled (trapped register writes).
@@ -175,6 +177,7 @@ struct Counters {
     errors: AtomicU64,
     refused: Arc<AtomicU64>,
     stalled: AtomicU64,
+    handler_panics: AtomicU64,
     /// Refusal threads running.
     refusers: Arc<AtomicUsize>,
     /// Time spent on DMA_MAP / DMA_UNMAP, from the parsed message to the reply sent: what a
@@ -288,6 +291,7 @@ impl<B: Backend> Server<B> {
             errors: c.errors.load(Ordering::SeqCst),
             refused: c.refused.load(Ordering::SeqCst),
             stalled: c.stalled.load(Ordering::SeqCst),
+            handler_panics: c.handler_panics.load(Ordering::SeqCst),
             region_reads: c.region[0].n.load(Ordering::Relaxed),
             region_writes: c.region[1].n.load(Ordering::Relaxed),
         }
@@ -769,7 +773,7 @@ impl<'a, B: Backend> Session<'a, B> {
             tracing::warn!("more than {MAX_MSG_FDS} descriptors: refused (the excess was closed)");
             Err(EINVAL)
         } else {
-            self.dispatch(&hdr, &msg.payload, msg.fds)
+            self.dispatch_contained(&hdr, &msg.payload, msg.fds)
         };
         // Counted before the reply goes out, so a client that saw its reply sees its count.
         let c = &self.srv.counters;
@@ -885,6 +889,38 @@ impl<'a, B: Backend> Session<'a, B> {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::dispatch`], with a panic in it (a bug in the server or the device) contained:
+    /// it is logged, counted (`ServerStats::handler_panics`), handed to the backend (the
+    /// device enters DEVICE_NEEDS_RESET: [`Backend::internal_error`]) and the message is
+    /// answered with EIO; the session goes on. Without this, the panic would unwind through
+    /// `serve` and end the process: every port thread and the doorbell engine with it, and
+    /// the VMM would find its device gone.
+    ///
+    /// `AssertUnwindSafe`: what the handler left half done is the session's bookkeeping of
+    /// this one message (its reply is the error) and the device's state, which the failed
+    /// device keeps only until its driver resets it; the locks it held (`parking_lot`, no
+    /// poisoning) were let go as it unwound.
+    fn dispatch_contained(&mut self, hdr: &Header, p: &[u8], fds: Vec<OwnedFd>) -> Handled {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch(hdr, p, fds)))
+        {
+            Ok(handled) => handled,
+            Err(payload) => {
+                let message = device::fault::panic_message(&*payload);
+                self.srv
+                    .counters
+                    .handler_panics
+                    .fetch_add(1, Ordering::SeqCst);
+                tracing::error!(
+                    command = wire::command_name(hdr.command),
+                    %message,
+                    "the message's handler panicked: the device needs a reset, the message gets EIO"
+                );
+                self.srv.device.internal_error(message);
+                Err(EIO)
+            }
+        }
     }
 
     fn dispatch(&mut self, hdr: &Header, p: &[u8], fds: Vec<OwnedFd>) -> Handled {
