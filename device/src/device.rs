@@ -410,8 +410,8 @@ impl Device {
 
     /// Something outside the datapath panicked while it worked on this device (a vfio-user
     /// message's handler, in `context`): the device enters DEVICE_NEEDS_RESET with
-    /// [`DeviceFault::Internal`], as it does for a panic in its datapath
-    /// ([`crate::fault::contain_panic`]), so the driver sees it and its reset recovers.
+    /// [`DeviceFault::Internal`], as it does for a panic in its datapath (device/src/fault.rs),
+    /// so the driver sees it and its reset recovers.
     pub fn fail_internal(&self, context: &'static str, message: String) {
         self.with(|s| s.fail(DeviceFault::Internal { context, message }));
     }

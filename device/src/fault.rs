@@ -7,13 +7,14 @@
 //! mapping.
 //!
 //! A panic in the datapath is a bug (the device's, or a [`crate::Port`] it was given), never
-//! the driver's doing. Where the datapath runs ([`contain_panic`]: every service under the device
-//! lock, and each TX budget outside it) a panic becomes [`DeviceFault::Internal`] and the device
-//! enters DEVICE_NEEDS_RESET, as a hardware datapath that hits an internal error does: the
-//! thread that ran it and the server go on (a panic on the control path, inside a vfio-user
-//! message's handler, ends the same way: [`crate::Device::fail_internal`]), nothing stays locked or marked as running, and the
-//! driver's reset brings the device back. A fuzz target still sees the panic (libFuzzer's panic
-//! hook aborts before it unwinds), and so does every test that checks for unexpected faults.
+//! the driver's doing. Where the datapath runs (`contain_panic`: every service under the
+//! device lock, and each TX budget outside it) a panic becomes [`DeviceFault::Internal`] and
+//! the device enters DEVICE_NEEDS_RESET, as a hardware datapath that hits an internal error
+//! does: the thread that ran it and the server go on, nothing stays locked or marked as
+//! running, and the driver's reset brings the device back. A panic on the control path,
+//! inside a vfio-user message's handler, ends the same way ([`crate::Device::fail_internal`]).
+//! A fuzz target still sees the panic (libFuzzer's panic hook aborts before it unwinds), and
+//! so does every test that checks for unexpected faults.
 
 use dma::DmaFault;
 
@@ -71,7 +72,8 @@ pub enum DeviceFault {
     /// An internal device error raised on purpose (`vdpa-emu ctl fault inject needs-reset`).
     #[error("injected device error ({0})")]
     Injected(&'static str),
-    /// The datapath panicked ([`contain_panic`]): a bug, with the panic's message.
+    /// The device's code panicked, in its datapath or in a vfio-user message's handler
+    /// ([`crate::Device::fail_internal`]): a bug, with the panic's message.
     #[error("internal device error in {context}: {message}")]
     Internal {
         context: &'static str,
@@ -142,8 +144,9 @@ impl DeviceFault {
 ///
 /// `AssertUnwindSafe`: what `f` left half done after a panic is only ever reset, never used:
 /// the fault stops every queue, and the driver's reset rebuilds every queue's state and the
-/// net state and empties the inbox (`NetEngine::reset`). The locks it held (`parking_lot`, no poisoning) were let go as
-/// it unwound, and the inbox reader gives its frames back on drop.
+/// net state and empties the inbox (`NetEngine::reset`). The locks it held (`parking_lot`,
+/// no poisoning) were let go as it unwound, and the inbox reader gives its frames back on
+/// drop.
 pub(crate) fn contain_panic<T>(
     context: &'static str,
     f: impl FnOnce() -> Result<T, DeviceFault>,

@@ -2154,7 +2154,8 @@ fn a_panic_in_a_message_handler_fails_the_device_and_the_server_goes_on() {
     let _g = shared();
     let dev = vmm_device(1);
     dev.set_port(Arc::new(OffloadsPanicPort::default()));
-    let ts = TestServer::with_device(dev);
+    let mut ts = TestServer::with_device(dev);
+    ts.expected_handler_panics = 1;
     let c = Arc::new(ts.client());
     let irq = Arc::new(InterruptRecorder::new(ts.dev().layout().msix_vectors));
     let opts = DriverOptions {

@@ -34,6 +34,8 @@ pub fn vmm_device(pairs: u16) -> Arc<Device> {
 /// A server on a temp socket, served by a thread; stopped and cleaned up on drop.
 pub struct TestServer {
     pub server: Arc<DeviceServer>,
+    /// Message handlers the test makes panic on purpose (checked when the server is dropped).
+    pub expected_handler_panics: u64,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
 }
@@ -62,6 +64,7 @@ impl TestServer {
         let thread = std::thread::spawn(move || s.serve().unwrap());
         TestServer {
             server,
+            expected_handler_panics: 0,
             thread: Some(thread),
             dir,
         }
@@ -117,6 +120,13 @@ impl Drop for TestServer {
             let r = t.join();
             if !std::thread::panicking() {
                 r.expect("server thread panicked");
+                // The server contains a message handler's panic (EIO, the device failed) and
+                // goes on: still a bug, unless the test caused it on purpose.
+                assert_eq!(
+                    self.server.stats().handler_panics,
+                    self.expected_handler_panics,
+                    "a message's handler panicked"
+                );
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -196,6 +206,17 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            // serve contains a panic (the device fails, the server goes on) and the panic hook
+            // and serve log it: still a bug, which no test here may pass over. The directory
+            // (and the log) stay for a look.
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            assert!(
+                !log.contains("panicked"),
+                "serve panicked (contained, still a bug); its log {}:\n{log}",
+                self.log.display()
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
