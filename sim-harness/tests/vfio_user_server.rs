@@ -2163,11 +2163,15 @@ fn a_panic_in_a_message_handler_fails_the_device_and_the_server_goes_on() {
         ..Default::default()
     };
     let mut drv = NetDriver::new(c.clone(), irq, opts).unwrap();
+    let errors = ts.server.stats().errors;
     assert!(
         drv.start().is_err(),
         "the driver started on a device whose handler panicked"
     );
-    assert_eq!(ts.server.stats().handler_panics, 1);
+    let st = ts.server.stats();
+    assert_eq!(st.handler_panics, 1);
+    // The message was answered with an error (logged only, if it was a posted write).
+    assert_eq!(st.errors, errors + 1, "{st:?}");
     let fault = ts
         .dev()
         .fault()
