@@ -93,11 +93,7 @@ pub fn run_captured(sc: &Scenario, capture: Option<&Arc<PcapCapture>>) -> FileRe
     })) {
         Ok(r) => r,
         Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = device::fault::panic_message(&*p);
             let mut r = FileReport::new(sc);
             r.error = Some(format!("internal error: the model panicked: {msg}"));
             r.verdict = Verdict::Fail;
