@@ -4,26 +4,29 @@
 /// Adds `data` to the running 32-bit-folded sum `acc` (words big-endian, an odd last byte as
 /// the high byte of a word). With `odd_bug` an odd last byte is added as the low byte: the
 /// `csum-odd-length-wrong` quirk.
+///
+/// The words are summed in the host's byte order and the folded sum is read back big-endian:
+/// a ones' complement sum does not depend on byte order (RFC 1071 2(B)), and 32-bit words
+/// folded to 16 bits sum the same as their halves (2^16 = 1 mod 0xffff). A u64 holds 2^32
+/// such words without a carry lost, and the compiler vectorizes the loop: 2.5-3x the
+/// bytes per second of four shifted big-endian words per 8 bytes (benches/checksum.rs).
 pub fn add(acc: u32, data: &[u8], odd_bug: bool) -> u32 {
-    let mut sum = u64::from(acc);
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        // Four big-endian words at once: their sum fits u64 with room for the carries.
-        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
-        sum += (w >> 48) + ((w >> 32) & 0xffff) + ((w >> 16) & 0xffff) + (w & 0xffff);
-    }
-    let mut words = chunks.remainder().chunks_exact(2);
+    let mut native = 0u64;
+    let mut words = data.chunks_exact(4);
     for w in &mut words {
-        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+        native += u64::from(u32::from_ne_bytes(w.try_into().expect("4 bytes")));
     }
-    if let [last] = words.remainder() {
-        sum += if odd_bug {
-            u64::from(*last)
-        } else {
-            u64::from(*last) << 8
-        };
+    let mut pairs = words.remainder().chunks_exact(2);
+    for p in &mut pairs {
+        native += u64::from(u16::from_ne_bytes([p[0], p[1]]));
     }
-    fold64(sum)
+    if let [last] = pairs.remainder() {
+        // Padded with a zero byte after it (in memory order), or before it with the quirk.
+        let pad = if odd_bug { [0, *last] } else { [*last, 0] };
+        native += u64::from(u16::from_ne_bytes(pad));
+    }
+    let folded = fold64(native) as u16;
+    fold64(u64::from(acc) + u64::from(u16::from_be_bytes(folded.to_ne_bytes())))
 }
 
 /// Folds a wide sum to 16 bits with end-around carry.
@@ -115,6 +118,62 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    /// The quirk's reference: an odd last byte added as the low byte of a word.
+    fn reference_odd_bug(data: &[u8]) -> u16 {
+        let even = data.len() & !1;
+        let mut sum = u32::from(!reference(&data[..even]));
+        if even < data.len() {
+            sum += u32::from(data[even]);
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn any_start_length_and_running_sum_match_the_reference() {
+        // Every alignment of the slice against the 4-byte words the sum reads, lengths past
+        // the point where the words' carries fill 16 bits, and a running sum carried in.
+        let mut x = 0x2545_f491u32;
+        let data: Vec<u8> = (0..4200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 11) as u8
+            })
+            .collect();
+        for start in 0..8 {
+            for len in (0..160).chain([1479, 1480, 1481, 4000, 4191]) {
+                let d = &data[start..start + len];
+                assert_eq!(
+                    finish(add(0, d, false)),
+                    reference(d),
+                    "start {start} len {len}"
+                );
+                assert_eq!(
+                    finish(add(0, d, true)),
+                    reference_odd_bug(d),
+                    "quirk: start {start} len {len}"
+                );
+                // Adding an even-length prefix first is the same sum.
+                let cut = (len / 3) & !1;
+                assert_eq!(
+                    finish(add(add(0, &d[..cut], false), &d[cut..], false)),
+                    reference(d),
+                    "split at {cut}: start {start} len {len}"
+                );
+            }
+        }
+        // All ones: every 32-bit word and every fold carries.
+        let ones = vec![0xffu8; 65_536];
+        for len in [3, 4, 65_535, 65_536] {
+            assert_eq!(finish(add(0, &ones[..len], false)), reference(&ones[..len]));
+        }
+        assert_eq!(finish(add(0xffff, &ones, false)), 0);
     }
 
     #[test]
