@@ -3,6 +3,7 @@
 //! account for every frame the driver sent and received; and a run whose DPDK anchor cannot be
 //! had, which must say so and print no ratio.
 
+use bar_registers::virtio::bits;
 use serde_json::Value;
 use std::process::{Command, Output};
 
@@ -125,6 +126,18 @@ fn tiny_run_counts_every_frame_in_every_cell() {
         assert!(c["vs_dpdk"].is_null(), "a ratio without an anchor: {c}");
         assert_eq!(u(c, "lost"), 0, "{c}");
         assert!(c["fault"].is_null(), "{c}");
+        // The anchor's feature set: no GUEST_CSUM (testpmd enables no RX checksum offload),
+        // and the cell's own ring layout.
+        let f = c["features"]
+            .as_str()
+            .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+            .expect("negotiated features, hex");
+        assert_eq!(f & (1 << bits::GUEST_CSUM), 0, "{c}");
+        assert_eq!(
+            f & (1 << bits::RING_PACKED) != 0,
+            c["layout"] == "packed",
+            "{c}"
+        );
         let d = &c["device"];
         let (sent, received) = (u(c, "driver_sent"), u(c, "driver_received"));
         // What the device counted agrees with what the driver did, frame for frame.

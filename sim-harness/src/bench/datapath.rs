@@ -19,7 +19,8 @@
 //! - `loopback`: the server's port is `loopback`; the driver sends and receives, and the rate
 //!   is the frames it gets back.
 //!
-//! The driver model works as the anchor's virtio-user side does under testpmd: sending, it
+//! The driver model works as the anchor's virtio-user side does under testpmd: it negotiates
+//! no receive checksum offload (no GUEST_CSUM, so the device verifies no checksum); sending, it
 //! writes each frame's virtio-net header and its first 42 bytes (Ethernet, IPv4, UDP headers:
 //! `txonly` copies only that template into each mbuf) and posts the whole length; receiving,
 //! it reads each frame's `num_buffers` and reposts the buffers without reading the frame
@@ -230,6 +231,9 @@ pub struct Cell {
     pub frame: usize,
     pub queue_pairs: u16,
     pub layout: Layout,
+    /// The features the driver model negotiated, hex ([`anchor_features`] and the layout's
+    /// bit, as far as serve offers them).
+    pub features: String,
     /// Wall time of the window, seconds.
     pub seconds: f64,
     /// Frames carried in the window (tx: sent; rx, loopback: received by the driver).
@@ -397,6 +401,18 @@ pub struct DatapathReport {
 /// Bytes of each frame the driver writes per send: Ethernet, IPv4 and UDP headers, what
 /// testpmd's txonly copies into each mbuf (app/test-pmd/txonly.c pkt_burst_prepare).
 const TXONLY_HEADERS: usize = 14 + 20 + 8;
+
+/// The features the driver model asks for: its defaults without VIRTIO_NET_F_GUEST_CSUM, as
+/// the anchor's virtio-user negotiates them. DPDK's virtio PMD asks for GUEST_CSUM only when
+/// the application enables a TCP or UDP RX checksum offload (drivers/net/virtio/
+/// virtio_ethdev.c, virtio_dev_configure), and testpmd enables none by default ("Rx
+/// offloads=0x0" in its log). With GUEST_CSUM the device looks at every received frame's
+/// checksum for DATA_VALID (virtio 1.2 5.1.6.4.1), work the anchor's vhost side never does:
+/// 5-7% of the 64-byte RX cells (docs/bench.md).
+fn anchor_features() -> u64 {
+    bar_registers::virtio::default_driver_features()
+        & !(1u64 << bar_registers::virtio::bits::GUEST_CSUM)
+}
 
 /// Frames per burst the driver hands to a queue (testpmd's default burst).
 const BURST: usize = 32;
@@ -641,11 +657,13 @@ pub fn measure(
         queue_pairs: pairs,
         // Headers only, as the anchor's virtio-user side runs testpmd's txonly.
         tx_copy_prefix: Some(TXONLY_HEADERS),
+        features: anchor_features(),
         ..DriverOptions::default()
     }
     .with_packed(layout == Layout::Packed);
     let mut drv = NetDriver::new(c.clone(), irq, dopts)?;
     drv.start()?;
+    let negotiated = drv.features;
     // A polling driver: no used-buffer notifications on the data queues.
     let mem = drv.mem.clone();
     for q in 0..2 * pairs {
@@ -769,6 +787,7 @@ pub fn measure(
         frame,
         queue_pairs: pairs,
         layout,
+        features: format!("{negotiated:#x}"),
         seconds: round(secs, 3),
         window_frames,
         mpps: round(pps / 1e6, 3),
@@ -1329,6 +1348,7 @@ mod tests {
             frame: 64,
             queue_pairs: 1,
             layout,
+            features: String::new(),
             seconds: 1.0,
             window_frames: 0,
             mpps,
