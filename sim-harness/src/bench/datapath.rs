@@ -231,7 +231,7 @@ pub struct Cell {
     pub frame: usize,
     pub queue_pairs: u16,
     pub layout: Layout,
-    /// The features the driver model negotiated, hex ([`anchor_features`] and the layout's
+    /// The features the driver model negotiated, hex (the anchor's offloads and the layout's
     /// bit, as far as serve offers them).
     pub features: String,
     /// Wall time of the window, seconds.
