@@ -334,6 +334,8 @@ impl Backend for DeviceBackend {
             "engine_busy_us_per_frame": self.doorbells.as_ref().and_then(|_| us_per_frame(busy, 1000.0)),
             "engine_sleeps": now.sleeps - last.sleeps,
             "engine_sched": self.doorbells.as_ref().map(|e| e.stats().sched.name()),
+            // Since the engine started (each one failed the device: `internal_error`).
+            "engine_panics": self.doorbells.as_ref().map(|e| e.stats().panics),
         });
         *last = now;
         v

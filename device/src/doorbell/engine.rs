@@ -9,6 +9,12 @@
 //! the lock free, and kicks that come meanwhile are taken between them).
 //! Between passes that find nothing it waits as [`PollPolicy`] says. Counters, not logs:
 //! [`DoorbellEngine::stats`].
+//!
+//! A panic in the engine's loop or in the handler does not end the thread: without it, kicks
+//! stored into shared memory would never be noticed again and every queue would stall in
+//! silence. The engine counts it, reports it (`on_panic`: a served device enters
+//! DEVICE_NEEDS_RESET with an `internal_error` fault, as for a panic in its datapath) and
+//! polls on after a pause ([`PANIC_PAUSE`]), so a kick left in its slot is taken then.
 
 use super::area::NotifyArea;
 use super::poll::{Backoff, PollPolicy, Wait, DEEP_SLEEP};
@@ -38,6 +44,9 @@ pub struct EngineStats {
     /// the engine's time the queues needed. Wall time, so a handler preempted by the host or
     /// the scheduler counts that time too (it can exceed the thread's CPU time).
     pub busy: Duration,
+    /// Panics caught in the engine's loop or its handler (each reported to `on_panic`; the
+    /// engine went on polling).
+    pub panics: u64,
     /// CPU time the engine thread has used, if the platform reports it.
     pub cpu: Option<Duration>,
     /// The scheduling the engine thread got (super::sched).
@@ -54,11 +63,16 @@ struct Counters {
     spins: AtomicU64,
     activity: AtomicU64,
     busy_ns: AtomicU64,
+    panics: AtomicU64,
 }
 
 /// CPU pauses between two passes of the spin phase (a pass is a few loads; a pause is tens of
 /// cycles, so a pass every few hundred nanoseconds).
 const SPIN_PAUSES: u32 = 16;
+
+/// How long the engine waits after a panic before it polls again: a handler that panics on
+/// every kick then costs a report every 10 ms, not a core.
+pub const PANIC_PAUSE: Duration = Duration::from_millis(10);
 
 /// The running engine; dropping it stops and joins the thread.
 pub struct DoorbellEngine {
@@ -86,14 +100,17 @@ impl DoorbellEngine {
     /// Starts polling `area`; when a pass sees a kick, `take_kicks()` runs on the engine
     /// thread: it consumes the kicks ([`NotifyArea::take`]), services their queues (each after
     /// its kick was consumed: see the slot protocol in [`super::area`]) and returns how many it
-    /// took.
-    pub fn start<F>(
+    /// took. A panic there or in the engine's own loop is caught: `on_panic` gets its message,
+    /// and the engine polls on after [`PANIC_PAUSE`] (the module docs).
+    pub fn start<F, P>(
         area: Arc<NotifyArea>,
         policy: PollPolicy,
         mut take_kicks: F,
+        on_panic: P,
     ) -> std::io::Result<Self>
     where
         F: FnMut() -> u32 + Send + 'static,
+        P: Fn(String) + Send + 'static,
     {
         policy
             .validate()
@@ -108,7 +125,7 @@ impl DoorbellEngine {
                 // the calling thread's timer slack; its failure leaves the default slack.
                 unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS) };
                 let _ = tx.send(super::sched::apply(policy.sched));
-                run(&a, &c, policy, &mut take_kicks)
+                run_contained(&a, &c, policy, &mut take_kicks, &on_panic)
             })?;
         let sched = rx.recv().unwrap_or_default();
         let cpu_clock = thread_cpu_clock(&thread);
@@ -138,6 +155,7 @@ impl DoorbellEngine {
             spins: c.spins.load(Ordering::Relaxed),
             activity: c.activity.load(Ordering::Relaxed),
             busy: Duration::from_nanos(c.busy_ns.load(Ordering::Relaxed)),
+            panics: c.panics.load(Ordering::Relaxed),
             cpu: self.cpu_clock.and_then(read_clock),
             sched: self.sched,
         }
@@ -154,8 +172,38 @@ impl Drop for DoorbellEngine {
     }
 }
 
+/// [`run`] until stopped, again after each panic (the module docs).
+///
+/// `AssertUnwindSafe`: the loop keeps nothing across a restart but the area and the counters,
+/// which are atomics; the backoff starts over, and a deep sleep's flag is cleared by `run`.
+/// What the handler left half done is the handler's to recover: a served device is failed by
+/// `on_panic`, and the driver's reset rebuilds it.
+fn run_contained(
+    area: &NotifyArea,
+    c: &Counters,
+    policy: PollPolicy,
+    take_kicks: &mut dyn FnMut() -> u32,
+    on_panic: &dyn Fn(String),
+) {
+    loop {
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(area, c, policy, &mut *take_kicks)
+        }));
+        let Err(payload) = res else { return };
+        let message = crate::fault::panic_message(&*payload);
+        c.panics.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%message, "the doorbell engine panicked; it polls on");
+        on_panic(message);
+        if c.stop.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::park_timeout(PANIC_PAUSE);
+    }
+}
+
 fn run(area: &NotifyArea, c: &Counters, policy: PollPolicy, take_kicks: &mut dyn FnMut() -> u32) {
     area.set_waiter(std::thread::current());
+    area.set_deep(false);
     let mut backoff = Backoff::new(policy);
     let mut seen = area.activity();
     while !c.stop.load(Ordering::Acquire) {
@@ -265,9 +313,12 @@ mod tests {
         let a = area();
         let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let (s2, a2) = (seen.clone(), a.clone());
-        let e = DoorbellEngine::start(a.clone(), PollPolicy::default(), move || {
-            take_each(&a2, |q| s2.lock().push(q))
-        })
+        let e = DoorbellEngine::start(
+            a.clone(),
+            PollPolicy::default(),
+            move || take_each(&a2, |q| s2.lock().push(q)),
+            |m| panic!("no panic expected: {m}"),
+        )
         .unwrap();
         a.ring(4, 2).unwrap();
         wait_until("kick of queue 4", || seen.lock().as_slice() == [4]);
@@ -289,9 +340,12 @@ mod tests {
     fn busy_time_is_the_handlers_time() {
         let a = area();
         let a2 = a.clone();
-        let e = DoorbellEngine::start(a.clone(), PollPolicy::default(), move || {
-            take_each(&a2, |_| std::thread::sleep(Duration::from_millis(20)))
-        })
+        let e = DoorbellEngine::start(
+            a.clone(),
+            PollPolicy::default(),
+            move || take_each(&a2, |_| std::thread::sleep(Duration::from_millis(20))),
+            |m| panic!("no panic expected: {m}"),
+        )
         .unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(e.stats().busy, Duration::ZERO, "idle: nothing handled");
@@ -322,7 +376,13 @@ mod tests {
             max_sleep: sec,
             ..Default::default()
         };
-        let e = DoorbellEngine::start(a.clone(), policy, move || take_each(&a2, |_| ())).unwrap();
+        let e = DoorbellEngine::start(
+            a.clone(),
+            policy,
+            move || take_each(&a2, |_| ()),
+            |m| panic!("no panic expected: {m}"),
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(50)); // the engine is in its 1 s sleep
         let t0 = Instant::now();
         a.note_activity();
@@ -369,6 +429,7 @@ mod tests {
                     s2.fetch_max(idx, Ordering::SeqCst);
                 })
             },
+            |m| panic!("no panic expected: {m}"),
         )
         .unwrap();
         let mut idx = 0u32;
@@ -399,5 +460,60 @@ mod tests {
         assert_eq!(seen.load(Ordering::SeqCst), ROUNDS * PER_ROUND);
         let st = e.stats();
         assert!(st.kicks >= u64::from(ROUNDS) && st.kicks <= u64::from(ROUNDS * PER_ROUND));
+    }
+
+    /// A handler that panics does not end the engine: the panic is counted and reported, and
+    /// the engine polls on. A panic after the kick was consumed loses that kick's service (the
+    /// report is how a device learns of it); one before leaves the kick in its slot, and the
+    /// engine takes it once it polls again.
+    #[test]
+    fn a_panicking_handler_is_reported_and_the_engine_polls_on() {
+        let a = area();
+        let reports = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let calls = Arc::new(AtomicU32::new(0));
+        let (a2, s2, c2, r2) = (a.clone(), seen.clone(), calls.clone(), reports.clone());
+        let e = DoorbellEngine::start(
+            a.clone(),
+            PollPolicy::default(),
+            move || {
+                let call = c2.fetch_add(1, Ordering::SeqCst);
+                // First call: panics after taking queue 4's kick. Second: before taking any.
+                match call {
+                    0 => {
+                        assert!(a2.take(4));
+                        panic!("handler bug after the take");
+                    }
+                    1 => panic!("handler bug before the take"),
+                    _ => take_each(&a2, |q| s2.lock().push(q)),
+                }
+            },
+            move |m| r2.lock().push(m),
+        )
+        .unwrap();
+        a.ring(4, 2).unwrap();
+        wait_until("the first panic reported", || reports.lock().len() == 1);
+        assert_eq!(reports.lock()[0], "handler bug after the take");
+        assert!(
+            seen.lock().is_empty(),
+            "the kick was taken, its service lost"
+        );
+        a.ring(1, 2).unwrap();
+        wait_until("queue 1 serviced after the second panic", || {
+            seen.lock().as_slice() == [1]
+        });
+        assert_eq!(
+            reports.lock().as_slice(),
+            ["handler bug after the take", "handler bug before the take"]
+        );
+        let st = e.stats();
+        assert_eq!(st.panics, 2, "{st:?}");
+        assert_eq!(st.kicks, 1, "{st:?}");
+        // And it goes on as before.
+        a.ring(2, 2).unwrap();
+        wait_until("queue 2 serviced", || seen.lock().as_slice() == [1, 2]);
+        drop(e);
+        // The two that panicked, then one per kick.
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 }

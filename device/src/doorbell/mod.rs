@@ -63,9 +63,14 @@ pub fn start_shared_doorbells(
     policy.validate()?;
     let area = Arc::new(NotifyArea::new(dev.layout())?);
     dev.attach_notify_area(area.clone());
-    let d = dev.clone();
-    DoorbellEngine::start(area, policy, move || d.take_shared_doorbells())
-        .map_err(SharedDoorbellsError::Thread)
+    let (d, failed) = (dev.clone(), dev.clone());
+    DoorbellEngine::start(
+        area,
+        policy,
+        move || d.take_shared_doorbells(),
+        move |message| failed.fail_internal("doorbell engine", message),
+    )
+    .map_err(SharedDoorbellsError::Thread)
 }
 
 #[cfg(test)]

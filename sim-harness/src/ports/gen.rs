@@ -19,7 +19,6 @@
 use crate::frames;
 use crate::vfio_user::sock::Stop;
 use device::Device;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Frames the generator lets wait in the receive FIFO (the device's holds `rx_backlog`, 4096
@@ -71,16 +70,4 @@ pub fn run(dev: &Device, size: usize, stop: &Stop) {
         }
         dev.try_service_rx();
     }
-}
-
-/// Starts the generator thread for `dev`.
-pub fn spawn(
-    dev: &Arc<Device>,
-    size: usize,
-    stop: &Arc<Stop>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let (dev, stop) = (dev.clone(), stop.clone());
-    std::thread::Builder::new()
-        .name("port-gen".into())
-        .spawn(move || run(&dev, size, &stop))
 }

@@ -161,7 +161,10 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
         }
         PortSpec::Gen(size) => {
             let port: Arc<dyn Port> = Arc::new(NullPort);
-            let t = gen::spawn(device, *size, &stop).map_err(PortError::Thread)?;
+            let (dev, st, size) = (device.clone(), stop.clone(), *size);
+            let t = spawn_reader("port-gen".into(), device, &stop, move || {
+                gen::run(&dev, size, &st)
+            })?;
             (Some(port), Some(t))
         }
         PortSpec::Tap(name) | PortSpec::TapNoOffloads(name) => {
@@ -177,7 +180,7 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
                 source,
             })?;
             let (dev, st) = (device.clone(), stop.clone());
-            let t = spawn(format!("tap-{}", tap.name()), move || {
+            let t = spawn_reader(format!("tap-{}", tap.name()), device, &stop, move || {
                 reader_loop(&dev, file.as_fd(), &st, NET_HDR_LEN, |b| (&file).read(b))
             })?;
             let port: Arc<dyn Port> = Arc::new(tap);
@@ -193,7 +196,7 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
                 source,
             })?;
             let (dev, st) = (device.clone(), stop.clone());
-            let t = spawn("unix-link".into(), move || {
+            let t = spawn_reader("unix-link".into(), device, &stop, move || {
                 reader_loop(&dev, sock.as_fd(), &st, 0, |b| sock.recv(b))
             })?;
             let port: Arc<dyn Port> = Arc::new(link);
@@ -216,10 +219,40 @@ pub fn attach(spec: &PortSpec, device: &Arc<Device>) -> Result<PortHandle, PortE
     })
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, PortError> {
+/// How long a port's reader thread waits after a panic before it reads on.
+const PANIC_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Starts a port's reader thread, which runs `body` until it returns (at `stop`, or when its
+/// wire failed: logged there). A panic in `body` does not end the thread: without it the
+/// port would receive nothing more, in silence. The device is failed instead
+/// ([`Device::fail_internal`]: DEVICE_NEEDS_RESET with an `internal_error` fault, as for a
+/// panic in its datapath, so the driver sees it and resets), and after [`PANIC_PAUSE`]
+/// `body` runs again, reading on from its socket or TAP (the frame it was handling is lost,
+/// as the fault says).
+///
+/// `AssertUnwindSafe`: a reader keeps nothing across frames but its wire's fd and buffer,
+/// and what it shares with the device (the inbox, the device lock) is behind `parking_lot`
+/// locks, which do not poison and were let go as it unwound.
+fn spawn_reader(
+    name: String,
+    device: &Arc<Device>,
+    stop: &Arc<Stop>,
+    mut body: impl FnMut() + Send + 'static,
+) -> Result<JoinHandle<()>, PortError> {
+    let (dev, stop) = (device.clone(), stop.clone());
     std::thread::Builder::new()
         .name(name)
-        .spawn(f)
+        .spawn(move || loop {
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut body));
+            let Err(payload) = res else { return };
+            let message = device::fault::panic_message(&*payload);
+            tracing::error!(%message, "the port's reader panicked; it reads on");
+            dev.fail_internal("port reader", message);
+            if stop.is_triggered() {
+                return;
+            }
+            std::thread::sleep(PANIC_PAUSE);
+        })
         .map_err(PortError::Thread)
 }
 
@@ -299,5 +332,54 @@ fn reader_loop(
         if batch > 0 {
             dev.service_rx();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bar_registers::virtio::device_status;
+    use device::DeviceConfig;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A reader whose body panics fails the device with the panic's message and runs its body
+    /// again (the port keeps receiving); it ends only when its body returns.
+    #[test]
+    fn a_panicking_reader_fails_the_device_and_reads_on() {
+        let dev = Arc::new(Device::new(DeviceConfig::with_queue_pairs(1)).unwrap());
+        let stop = Arc::new(Stop::new().unwrap());
+        let runs = Arc::new(AtomicU32::new(0));
+        let (r2, st2) = (runs.clone(), stop.clone());
+        let t = spawn_reader("test-reader".into(), &dev, &stop, move || {
+            if r2.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("a reader bug");
+            }
+            // Run again: reads on until stopped.
+            while !st2.is_triggered() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        while runs.load(Ordering::SeqCst) < 2 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the reader did not run again after its panic"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let fault = dev.fault().expect("the panic failed the device");
+        assert_eq!(fault.kind(), "internal_error");
+        let text = fault.to_string();
+        assert!(
+            text.contains("port reader") && text.contains("a reader bug"),
+            "{text}"
+        );
+        assert_ne!(dev.status() & device_status::DEVICE_NEEDS_RESET, 0);
+        assert!(!t.is_finished(), "the reader thread ended");
+        stop.trigger();
+        t.join().expect("the reader thread itself did not panic");
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }
