@@ -399,7 +399,13 @@ impl NetEngine {
             Steering::Flow(p) | Steering::Hashed(p) | Steering::Unclassified(p) => 2 * p,
         };
         let mut resteered = false;
-        let q = match self.not_being_reset(lanes, q) {
+        // Looked at here first, inline: the queue is almost never being reset.
+        let reset = lanes.get(q).slot.state.being_reset();
+        let q = match if reset {
+            self.not_being_reset(lanes, q)
+        } else {
+            Some(q)
+        } {
             Some(r) if r == q => q,
             Some(r) => {
                 resteered = true;
