@@ -400,12 +400,12 @@ impl NetEngine {
         };
         let mut resteered = false;
         // Looked at here first, inline: the queue is almost never being reset.
-        let reset = lanes.get(q).slot.state.being_reset();
-        let q = match if reset {
+        let target = if lanes.get(q).slot.state.being_reset() {
             self.not_being_reset(lanes, q)
         } else {
             Some(q)
-        } {
+        };
+        let q = match target {
             Some(r) if r == q => q,
             Some(r) => {
                 resteered = true;
