@@ -70,6 +70,11 @@ pub const PGSIZES: u64 = PAGE_SIZE;
 const PAYLOAD_SLACK: usize = 4096;
 /// Default [`ServerOptions::client_timeout`].
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// CPU pauses between two looks at the socket while spinning (a look is a recvmsg that finds
+/// nothing, about a microsecond).
+const SPIN_PAUSES: u32 = 64;
+/// Default [`ServerOptions::reply_spin`].
+pub const DEFAULT_REPLY_SPIN: Duration = Duration::from_micros(200);
 /// How long a refused second client may take to send its first header before it is closed.
 pub const REFUSE_WAIT: Duration = Duration::from_secs(1);
 /// Refusals in progress at once (each is a short-lived thread).
@@ -85,6 +90,14 @@ pub struct ServerOptions {
     /// How long a client may take to send the rest of a message once its first byte arrived,
     /// and to take a reply off the socket; a client over it is dropped (`serve --client-timeout`).
     pub client_timeout: Duration,
+    /// After each message, how long the server keeps polling its socket for the next one
+    /// before it sleeps in poll(2) (`serve --reply-spin-us`; zero: never). A client that sends
+    /// synchronous messages back to back then meets a server that is awake, and each round
+    /// trip costs one wakeup (the client's) instead of two. QEMU with a strict guest vIOMMU
+    /// sends a DMA_MAP and a DMA_UNMAP per IOTLB entry, each waited for
+    /// (hw/vfio/listener.c `vfio_iommu_map_notify`). An idle client costs nothing: the spin
+    /// follows messages only.
+    pub reply_spin: Duration,
 }
 
 impl Default for ServerOptions {
@@ -93,6 +106,7 @@ impl Default for ServerOptions {
             max_data_xfer_size: DEFAULT_MAX_DATA_XFER_SIZE,
             max_dma_maps: DEFAULT_MAX_DMA_MAPS,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
+            reply_spin: DEFAULT_REPLY_SPIN,
         }
     }
 }
@@ -167,6 +181,9 @@ pub struct ServerStats {
     pub region_reads: u64,
     /// REGION_WRITE and REGION_WRITE_MULTI messages handled (trapped register writes).
     pub region_writes: u64,
+    /// Messages whose first bytes arrived while the server was still polling after the one
+    /// before ([`ServerOptions::reply_spin`]): wakeups saved.
+    pub caught_spinning: u64,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +195,7 @@ struct Counters {
     refused: Arc<AtomicU64>,
     stalled: AtomicU64,
     handler_panics: AtomicU64,
+    caught_spinning: AtomicU64,
     /// Refusal threads running.
     refusers: Arc<AtomicUsize>,
     /// Time spent on DMA_MAP / DMA_UNMAP, from the parsed message to the reply sent: what a
@@ -294,6 +312,7 @@ impl<B: Backend> Server<B> {
             handler_panics: c.handler_panics.load(Ordering::SeqCst),
             region_reads: c.region[0].n.load(Ordering::Relaxed),
             region_writes: c.region[1].n.load(Ordering::Relaxed),
+            caught_spinning: c.caught_spinning.load(Ordering::Relaxed),
         }
     }
 
@@ -380,7 +399,9 @@ impl<B: Backend> Server<B> {
             dma_map_stats = %serde_json::to_string(&stats).unwrap_or_default(),
             map_us = format_args!("{:.1}", us(&self.counters.dma_map_ns, stats.maps)),
             unmap_us = format_args!("{:.1}", us(&self.counters.dma_unmap_ns, unmaps)),
-            "DMA map statistics (map_us/unmap_us: mean server time per message, reply included)"
+            caught_spinning = self.counters.caught_spinning.load(Ordering::Relaxed),
+            "DMA map statistics (map_us/unmap_us: mean server time per message, reply included; \
+             caught_spinning: messages since serve started that found it still polling)"
         );
         let mut session = self.device.session_stats();
         if let serde_json::Value::Object(m) = &mut session {
@@ -552,6 +573,11 @@ struct Session<'a, B: Backend> {
     /// A descriptor the reply being built carries (DEVICE_GET_REGION_INFO of a mappable
     /// region); sent with the reply's first bytes, closed after it (or with no reply).
     reply_fd: Option<OwnedFd>,
+    /// Until when the socket is polled without sleeping for the next message's first bytes
+    /// ([`ServerOptions::reply_spin`]), set as each message is done.
+    spin_until: Option<Instant>,
+    /// The socket was found empty at least once during this spin.
+    spun: bool,
 }
 
 impl<'a, B: Backend> Session<'a, B> {
@@ -564,6 +590,8 @@ impl<'a, B: Backend> Session<'a, B> {
             warned_no_fd: false,
             close: None,
             reply_fd: None,
+            spin_until: None,
+            spun: false,
         }
     }
 
@@ -578,6 +606,8 @@ impl<'a, B: Backend> Session<'a, B> {
             if let Err(e) = self.handle(msg) {
                 return ConnectionEnd::Failed(e);
             }
+            let spin = self.srv.opts.reply_spin;
+            self.spin_until = (!spin.is_zero()).then(|| Instant::now() + spin);
             if let Some(e) = self.close.take() {
                 return ConnectionEnd::Failed(e);
             }
@@ -601,6 +631,24 @@ impl<'a, B: Backend> Session<'a, B> {
         }
     }
 
+    /// Whether the server still polls for the next message without sleeping
+    /// ([`ServerOptions::reply_spin`]); a short pause between two looks.
+    fn spinning(&mut self) -> bool {
+        match self.spin_until {
+            Some(t) if Instant::now() < t => {
+                for _ in 0..SPIN_PAUSES {
+                    std::hint::spin_loop();
+                }
+                self.spun = true;
+                true
+            }
+            _ => {
+                self.spin_until = None;
+                false
+            }
+        }
+    }
+
     /// Fills `buf` completely, collecting descriptors: `Some(true)` when full, `Some(false)` if
     /// the peer closed before the first byte, `None` if the server is stopping. `deadline` is
     /// the message's: set at its first byte (idle waits before it are unbounded).
@@ -615,8 +663,23 @@ impl<'a, B: Backend> Session<'a, B> {
         let mut got = 0;
         while got < buf.len() {
             let r = match recv_with_fds(self.stream.as_fd(), &mut buf[got..], libc::MSG_DONTWAIT) {
-                Ok(r) => r,
+                Ok(r) => {
+                    // The message's first bytes: the spin (if any) ends here.
+                    if got == 0 && self.spin_until.take().is_some() && self.spun {
+                        self.srv
+                            .counters
+                            .caught_spinning
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.spun = false;
+                    r
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 && self.spinning() => {
+                    continue
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.spin_until = None;
+                    self.spun = false;
                     match self.wait(libc::POLLIN, *deadline)? {
                         Ready::Stopped => return Ok(None),
                         Ready::Io => continue,
@@ -762,15 +825,19 @@ impl<'a, B: Backend> Session<'a, B> {
             "command"
         );
         let t0 = std::time::Instant::now();
+        // A refused message's descriptors are closed before the reply goes out, so a client
+        // that saw the reply finds them closed.
         let result = if msg.fds_lost {
             tracing::warn!(
                 received = msg.fds.len(),
                 nofile = nofile_limit(),
                 "descriptors lost: the server is out of file descriptors (RLIMIT_NOFILE); refused with EMFILE"
             );
+            drop(msg.fds);
             Err(Errno(libc::EMFILE))
         } else if msg.fds_truncated {
             tracing::warn!("more than {MAX_MSG_FDS} descriptors: refused (the excess was closed)");
+            drop(msg.fds);
             Err(EINVAL)
         } else {
             self.dispatch_contained(&hdr, &msg.payload, msg.fds)
