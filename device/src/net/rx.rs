@@ -399,9 +399,9 @@ impl NetEngine {
             Steering::Flow(p) | Steering::Hashed(p) | Steering::Unclassified(p) => 2 * p,
         };
         let mut resteered = false;
-        // Looked at here first, inline: the queue is almost never being reset.
+        // Looked at here, inline: the queue is almost never being reset.
         let target = if lanes.get(q).slot.state.being_reset() {
-            self.not_being_reset(lanes, q)
+            self.resteer_from_reset(lanes, q)
         } else {
             Some(q)
         };
@@ -574,17 +574,14 @@ impl NetEngine {
         }
     }
 
-    /// The RX queue a frame steered to `q` goes to while RX queues are reset alone
-    /// (VIRTIO_F_RING_RESET, virtio 1.2 2.6.1, which leaves steering to a queue being reset
-    /// open: oasis-tcs/virtio-spec issue #138): another queue, the next pair in use whose RX
-    /// queue is not being reset, or None (drop) when every one is, so frames for a queue the
-    /// driver may be resizing neither wait in front of other queues' frames in the FIFO nor
-    /// pile up. A stopped queue (IFC VF stop, migration) is not being reset: its frames wait.
-    fn not_being_reset(&self, lanes: &mut HeldLanes<'_>, q: u16) -> Option<u16> {
+    /// The RX queue a frame steered to `q`, which is being reset alone (VIRTIO_F_RING_RESET,
+    /// virtio 1.2 2.6.1, which leaves steering to a queue being reset open:
+    /// oasis-tcs/virtio-spec issue #138), goes to instead: the next pair in use whose RX queue
+    /// is not being reset, or None (drop) when every one is, so frames for a queue the driver
+    /// may be resizing neither wait in front of other queues' frames in the FIFO nor pile up.
+    /// A stopped queue (IFC VF stop, migration) is not being reset: its frames wait.
+    fn resteer_from_reset(&self, lanes: &mut HeldLanes<'_>, q: u16) -> Option<u16> {
         let mut reset = |r: u16| lanes.get(r).slot.state.being_reset();
-        if !reset(q) {
-            return Some(q);
-        }
         let pairs = self.net.curr_pairs.max(1);
         (1..=pairs)
             .map(|i| 2 * ((q / 2 + i) % pairs))

@@ -36,7 +36,7 @@ pub enum QueueState {
     /// The reset is done and the queue not re-enabled yet: 0 in both queue_reset and
     /// queue_enable (4.1.4.3.1), programmable like [`QueueState::Disabled`]. Unlike a stopped
     /// queue, an RX queue here (or resetting) is "being reset" for steering: its frames go to
-    /// another RX queue, or are dropped when every one is (net/rx.rs `not_being_reset`).
+    /// another RX queue, or are dropped when every one is (net/rx.rs `resteer_from_reset`).
     Reset,
 }
 
