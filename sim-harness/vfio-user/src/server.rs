@@ -632,21 +632,17 @@ impl<'a, B: Backend> Session<'a, B> {
     }
 
     /// Whether the server still polls for the next message without sleeping
-    /// ([`ServerOptions::reply_spin`]); a short pause between two looks.
+    /// ([`ServerOptions::reply_spin`]); a short pause between two looks. When it no longer
+    /// does, the caller ends the spin as it goes to sleep.
     fn spinning(&mut self) -> bool {
-        match self.spin_until {
-            Some(t) if Instant::now() < t => {
-                for _ in 0..SPIN_PAUSES {
-                    std::hint::spin_loop();
-                }
-                self.spun = true;
-                true
-            }
-            _ => {
-                self.spin_until = None;
-                false
-            }
+        if self.spin_until.is_none_or(|t| Instant::now() >= t) {
+            return false;
         }
+        for _ in 0..SPIN_PAUSES {
+            std::hint::spin_loop();
+        }
+        self.spun = true;
+        true
     }
 
     /// Fills `buf` completely, collecting descriptors: `Some(true)` when full, `Some(false)` if
