@@ -661,7 +661,8 @@ impl<'a, B: Backend> Session<'a, B> {
             let r = match recv_with_fds(self.stream.as_fd(), &mut buf[got..], libc::MSG_DONTWAIT) {
                 Ok(r) => {
                     // The message's first bytes: the spin (if any) ends here.
-                    if got == 0 && self.spin_until.take().is_some() && self.spun {
+                    // (A close, read as 0 bytes, is not a message.)
+                    if got == 0 && self.spin_until.take().is_some() && self.spun && r.len > 0 {
                         self.srv
                             .counters
                             .caught_spinning
