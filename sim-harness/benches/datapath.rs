@@ -6,9 +6,12 @@
 //! - rx_deliver/64B: the receive path alone, as `--port gen:` drives it across processes: a
 //!   ring-full of 64-byte UDP frames (8 flows, a burst of 32 each) waits in the device's
 //!   receive FIFO, and only the device's delivery into the posted buffers is timed (filter,
-//!   the look at the UDP header for a checksum to verify (these carry none, as the generator's
-//!   do not), steering, descriptor reads, header and frame writes, used ring). The driver
-//!   reposts the buffers untimed.
+//!   steering, descriptor reads, header and frame writes, used ring). The driver reposts the
+//!   buffers untimed.
+//!
+//! Every bench's driver negotiates what the anchor's virtio-user does
+//! (`sim_harness::bench::datapath::anchor_features`: no GUEST_CSUM, so no received frame's
+//! checksum is looked at), as `vdpa-emu bench datapath` does across processes.
 //! - `packed_*`: the same on packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8): one read
 //!   of a window of descriptors per batch (each descriptor's flags, then the available ones
 //!   whole: every descriptor read once) instead of avail ring + per-chain descriptor reads, and
@@ -66,6 +69,9 @@ fn setup(
         DriverOptions {
             queue_size: RING,
             memory: 16 << 20,
+            // What the anchor's virtio-user negotiates, as the cross-process bench does: no
+            // GUEST_CSUM, so the device verifies no received frame's checksum.
+            features: sim_harness::bench::datapath::anchor_features(),
             ..Default::default()
         }
         .with_packed(packed),

@@ -408,8 +408,9 @@ const TXONLY_HEADERS: usize = 14 + 20 + 8;
 /// virtio_ethdev.c, virtio_dev_configure), and testpmd enables none by default ("Rx
 /// offloads=0x0" in its log). With GUEST_CSUM the device looks at every received frame's
 /// checksum for DATA_VALID (virtio 1.2 5.1.6.4.1), work the anchor's vhost side never does:
-/// 5-7% of the 64-byte RX cells (docs/bench.md).
-fn anchor_features() -> u64 {
+/// 5-7% of the 64-byte RX cells (docs/bench.md). The in-process criterion benches
+/// (sim-harness/benches/datapath.rs) negotiate them too.
+pub fn anchor_features() -> u64 {
     bar_registers::virtio::default_driver_features()
         & !(1u64 << bar_registers::virtio::bits::GUEST_CSUM)
 }
