@@ -603,7 +603,74 @@ impl NetEngine {
     }
 
     /// Writes one frame into queue `q` behind header `h` (num_buffers filled in here).
+    ///
+    /// The next chain almost always holds the frame alone (a mergeable buffer of one
+    /// descriptor, or a big buffer): that case is written here, straight from the popped
+    /// chain. A frame that needs more chains (MRG_RXBUF) goes on in [`Self::deliver_spread`].
+    #[inline(always)]
     fn deliver(
+        &mut self,
+        lane: &mut Lane,
+        q: u16,
+        frame: &[u8],
+        h: &RxHdr,
+        mrg: bool,
+        counters: &mut DeviceCounters,
+    ) -> Result<Fit, DeviceFault> {
+        let batch = self.params.batch;
+        let Lane { slot, dma, .. } = &mut *lane;
+        let QueueState::Enabled(ring) = &mut slot.state else {
+            return Ok(Fit::NoRoom);
+        };
+        let chain = &mut self.chain;
+        ring.begin();
+        if !ring.has_avail(dma, batch)?
+            || !ring.pop(dma, chain, ChainKind::Rx, u64::from(u32::MAX))?
+        {
+            ring.rollback();
+            return Ok(Fit::NoRoom);
+        }
+        let need = (h.len() + frame.len()) as u64;
+        if chain.writable < need {
+            return self.deliver_spread(lane, q, frame, h, mrg, counters);
+        }
+        ring.commit();
+        let (hdr, hdr_len) = h.encode(1);
+        // The split-ring-used-len-wrong quirk is a split ring engine bug.
+        let wrong_len = !ring.is_packed() && self.params.quirks.has(Quirk::SplitRingUsedLenWrong);
+        if let Some(first) = chain.descs.first().filter(|d| u64::from(d.len) >= need) {
+            // Header and frame in the first descriptor: one write.
+            dma.write_gather(first.addr, &hdr[..hdr_len], frame, DmaKind::PacketWrite)
+                .map_err(|fault| DeviceFault::Dma { queue: q, fault })?;
+            let used = if wrong_len { chain.writable } else { need };
+            ring.push_used(chain.head, used as u32);
+        } else {
+            let slot = Slot {
+                head: chain.head,
+                first_desc: 0,
+                ndesc: chain.descs.len(),
+                cap: chain.writable,
+            };
+            write_frame(
+                ring,
+                dma,
+                q,
+                &hdr[..hdr_len],
+                frame,
+                &[slot],
+                &chain.descs,
+                wrong_len,
+            )?;
+        }
+        self.count_delivered(counters, q, 1, frame);
+        Ok(Fit::Done)
+    }
+
+    /// [`Self::deliver`] of a frame the first chain (popped, in the open transaction) does not
+    /// hold: with MRG_RXBUF more chains are popped until it fits.
+    #[cold]
+    #[inline(never)]
+    fn deliver_spread(
         &mut self,
         lane: &mut Lane,
         q: u16,
@@ -623,52 +690,43 @@ impl NetEngine {
         let Lane { slot, dma, .. } = lane;
         let ring_size = usize::from(slot.size);
         let QueueState::Enabled(ring) = &mut slot.state else {
-            return Ok(Fit::NoRoom);
+            unreachable!("deliver popped a chain from this ring")
         };
-        // The split-ring-used-len-wrong quirk is a split ring engine bug.
         let wrong_len = quirk_len && !ring.is_packed();
         let need = (h.len() + frame.len()) as u64;
-        // Collect chains until the frame fits. A frame in one chain (the common case) is written
-        // from that chain's descriptors, its slot kept in `first`; from a second chain on, the
-        // descriptors of all of them are appended into one list (`all`) and their slots into
-        // `slots`.
+        // The descriptors of all chains are appended into one list (`all`) and their slots
+        // into `slots`, the first chain's (popped by `deliver`) first.
         slots.clear();
         all.clear();
-        let mut first: Option<Slot> = None;
-        let mut chains = 0usize;
-        let mut cap = 0u64;
-        ring.begin();
+        all.extend(chain.descs.iter().copied());
+        slots.push(Slot {
+            head: chain.head,
+            first_desc: 0,
+            ndesc: chain.descs.len(),
+            cap: chain.writable,
+        });
+        let mut cap = chain.writable;
         let outcome: Result<Fit, DeviceFault> = loop {
             if cap >= need {
                 break Ok(Fit::Done);
             }
-            if chains == MAX_RX_CHAINS || chains == ring_size || (!mrg && chains == 1) {
+            let chains = slots.len();
+            if chains == MAX_RX_CHAINS || chains == ring_size || !mrg {
                 break Ok(Fit::TooSmall);
             }
             if !ring.has_avail(dma, batch)? {
                 break Ok(Fit::NoRoom);
             }
-            if let Some(s) = first.take() {
-                // The chain is about to hold the next one.
-                all.extend(chain.descs.iter().copied());
-                slots.push(s);
-            }
             if !ring.pop(dma, chain, ChainKind::Rx, u64::from(u32::MAX))? {
                 break Ok(Fit::NoRoom);
             }
-            let slot = Slot {
+            slots.push(Slot {
                 head: chain.head,
                 first_desc: all.len(),
                 ndesc: chain.descs.len(),
                 cap: chain.writable,
-            };
-            if chains == 0 {
-                first = Some(slot);
-            } else {
-                all.extend(chain.descs.iter().copied());
-                slots.push(slot);
-            }
-            chains += 1;
+            });
+            all.extend(chain.descs.iter().copied());
             cap += chain.writable;
         };
         let fit = outcome?;
@@ -678,27 +736,18 @@ impl NetEngine {
             return Ok(fit);
         }
         ring.commit();
-        let one: [Slot; 1];
-        let (slots, descs): (&[Slot], &[Desc]) = match first {
-            Some(s) => {
-                one = [s];
-                (&one, &chain.descs)
-            }
-            None => (slots, all),
-        };
         let (hdr, hdr_len) = h.encode(slots.len() as u16);
-        write_frame(
-            ring,
-            dma,
-            q,
-            &hdr[..hdr_len],
-            frame,
-            slots,
-            descs,
-            wrong_len,
-        )?;
+        write_frame(ring, dma, q, &hdr[..hdr_len], frame, slots, all, wrong_len)?;
+        let n = slots.len();
+        self.count_delivered(counters, q, n, frame);
+        Ok(Fit::Done)
+    }
+
+    /// Counts a frame delivered into queue `q` over `chains` chains (and captures it).
+    #[inline(always)]
+    fn count_delivered(&self, counters: &mut DeviceCounters, q: u16, chains: usize, frame: &[u8]) {
         let qc = &mut counters.queues[usize::from(q)];
-        qc.chains += slots.len() as u64;
+        qc.chains += chains as u64;
         qc.frames += 1;
         qc.bytes += frame.len() as u64;
         counters.rx_frames += 1;
@@ -706,7 +755,6 @@ impl NetEngine {
         if let Some(c) = &self.capture {
             c.frame(CaptureDirection::Rx, q / 2, frame);
         }
-        Ok(Fit::Done)
     }
 }
 
