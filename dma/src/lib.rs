@@ -42,6 +42,31 @@ use iommu::{Iommu, Route};
 /// copied into guest memory once.
 const GATHER_STAGE: usize = 256;
 
+/// A readable window of guest memory ([`DmaEngine::peek_window`]), valid while the engine it
+/// came from is borrowed: the engine's snapshot keeps the mapping's mmap alive, and only a
+/// `&mut` call can replace the snapshot.
+#[derive(Debug)]
+pub struct PeekWindow<'a> {
+    p: *const u8,
+    len: usize,
+    _engine: std::marker::PhantomData<&'a DmaEngine>,
+}
+
+impl PeekWindow<'_> {
+    /// The 16 bytes at `offset` into the window, or `None` past its end.
+    #[inline]
+    pub fn get16(&self, offset: usize) -> Option<[u8; 16]> {
+        if offset.checked_add(16)? > self.len {
+            return None;
+        }
+        // SAFETY: `[p, p + len)` is the host mapping of the window, readable and kept mapped
+        // while the engine is borrowed (the type's doc), and `offset + 16 <= len`. As in
+        // `DmaEngine::peek16`: the peer may write it concurrently (the value is a hint), and a
+        // SIGBUS is taken by the guard and seen by the next real access.
+        Some(unsafe { std::ptr::read_unaligned(self.p.add(offset).cast::<[u8; 16]>()) })
+    }
+}
+
 /// A DMA port: one per queue of a device ([`DmaPorts`]), used by whoever services that queue
 /// (`&mut self`).
 ///
@@ -221,6 +246,20 @@ impl DmaEngine {
         // concurrently; the value is only a hint. A SIGBUS (the backing file shrank) is taken
         // by the guard and seen by the next real access's `check_contained`.
         Some(unsafe { std::ptr::read_unaligned(p.cast::<[u8; 16]>()) })
+    }
+
+    /// [`Self::peek16`] for many reads of one area, with one translation: the window
+    /// `[iova, iova + len)` when the IOTLB holds all of it for reading right now (in one
+    /// mapping), else `None`. For hints only, as `peek16`: a split ring's descriptor table,
+    /// whose heads' descriptors are peeked to prefetch their buffers.
+    #[inline]
+    pub fn peek_window(&self, iova: u64, len: u64) -> Option<PeekWindow<'_>> {
+        let p = self.iommu.probe(iova, len, false)?;
+        Some(PeekWindow {
+            p: p.cast_const(),
+            len: usize::try_from(len).ok()?,
+            _engine: std::marker::PhantomData,
+        })
     }
 
     /// Asks the CPU to bring the cache lines of `[iova, iova + len)` (at most

@@ -1285,7 +1285,7 @@ fn a_gathered_write_that_faults_writes_nothing() {
     assert_eq!(eng.bus_stats().get(DmaKind::PacketWrite).transactions, 0);
 }
 
-/// `peek16` and `prefetch` are hints, not accesses: they see only what the IOTLB holds now,
+/// `peek16`, `peek_window` and `prefetch` are hints, not accesses: they see only what the IOTLB holds now,
 /// count, log and fault nothing, and a mapping gone since (another generation) is not looked at.
 #[test]
 fn peeks_and_prefetches_are_not_accesses() {
@@ -1302,6 +1302,18 @@ fn peeks_and_prefetches_are_not_accesses() {
     // Across the mapping's end, and past it: nothing.
     assert_eq!(eng.peek16(0x13ff8), None);
     assert_eq!(eng.peek16(0x14000), None);
+    // A window: one translation for many peeks, inside the mapping only.
+    let win = eng.peek_window(0x10000, 0x1000).expect("held by the IOTLB");
+    assert_eq!(win.get16(0x100), Some(desc));
+    assert_eq!(win.get16(0xff0).map(|_| ()), Some(()));
+    assert_eq!(win.get16(0xff1), None);
+    assert_eq!(win.get16(usize::MAX - 8), None);
+    // From a page the IOTLB holds, to the end of the mapping, and not one byte past it.
+    assert!(eng.peek_window(0x10000, 0x4000).is_some());
+    assert!(eng.peek_window(0x10000, 0x4001).is_none());
+    // A page of the mapping the IOTLB does not hold: no walk, nothing.
+    assert!(eng.peek_window(0x13000, 0x1000).is_none());
+    assert!(eng.peek_window(0x10100, 0).is_none());
     eng.prefetch(0x10100, 4096);
     eng.prefetch(0x13ff0, 64);
     eng.prefetch(0x20000, 64);
@@ -1311,6 +1323,7 @@ fn peeks_and_prefetches_are_not_accesses() {
     // Unmapped since: the IOTLB's generation is stale, so the peek does not use its entry.
     space.unmap(0x10000, 0x4000).unwrap();
     assert_eq!(eng.peek16(0x10100), None);
+    assert!(eng.peek_window(0x10000, 0x1000).is_none());
     eng.prefetch(0x10100, 64);
     assert_eq!(eng.iommu_stats(), &iommu);
 }

@@ -446,17 +446,25 @@ impl SplitRing {
 
     /// Hints the buffers of the fetched chains not popped yet (up to [`super::PREFETCH_CHAINS`]
     /// of them) toward this core: each head descriptor is peeked (not read: nothing is
-    /// accounted or checked) and its buffer prefetched ([`DmaEngine::prefetch`]). The
+    /// accounted or checked; the table translated once, [`DmaEngine::peek_window`]) and its
+    /// buffer prefetched ([`DmaEngine::prefetch`]). The
     /// descriptor loads are independent, so their transfers overlap too, and `pop` then finds
     /// them in cache. An indirect head or an index out of range is skipped; `pop` reads and
     /// checks every descriptor as always.
     pub fn prefetch_fetched(&self, dma: &DmaEngine, write: bool) {
         let end = self.heads.len().min(self.head_pos + super::PREFETCH_CHAINS);
+        // The table translated once (it lies in one mapping unless the driver split it).
+        let table = dma.peek_window(self.desc, DESC_SIZE * u64::from(self.size));
         for &head in &self.heads[self.head_pos..end] {
             if head >= self.size {
                 continue;
             }
-            let Some(raw) = dma.peek16(self.desc + DESC_SIZE * u64::from(head)) else {
+            let off = DESC_SIZE * u64::from(head);
+            let raw = match &table {
+                Some(t) => t.get16(off as usize),
+                None => dma.peek16(self.desc + off),
+            };
+            let Some(raw) = raw else {
                 continue;
             };
             let (addr, len, flags, _) = decode_split_desc(&raw);
