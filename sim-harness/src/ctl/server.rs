@@ -2,6 +2,11 @@
 //! and one thread per connection (at most [`MAX_CONNECTIONS`]), each answering JSON-lines
 //! requests (see [`super::protocol`]) against the served device. The vfio-user server never
 //! waits for it: requests take the device lock for as long as one register access does.
+//!
+//! A request whose handling panics is answered with an error and the connection goes on
+//! ([`answer_contained`]); the device is not failed for it: a request reads the device or sets
+//! a switch of it (link, a quirk, a fault to inject) through one `Device` call, which takes
+//! the device's locks (`parking_lot`, which do not poison) and lets them go as it unwinds.
 
 use super::protocol::{Hello, Request, Response, MAX_LINE, PROTOCOL_VERSION};
 use super::stats::StatsReport;
@@ -132,6 +137,25 @@ impl CtlHandler {
     }
 }
 
+/// What answers one request line: the handler's [`CtlHandler::handle_line`] (a test's stand-in).
+type Answer = Arc<dyn Fn(&str) -> Response + Send + Sync>;
+
+/// Answers `line`; if answering panics, an error response says so (with the panic's message)
+/// and the caller goes on. Before, the connection's thread ended and the client saw its
+/// connection closed without an answer.
+fn answer_contained(answer: &Answer, line: &str) -> Response {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(line))) {
+        Ok(r) => r,
+        Err(payload) => {
+            let message = device::fault::panic_message(&*payload);
+            tracing::error!(request = line, %message, "a control request panicked");
+            Response::error(format!(
+                "internal error: answering this request panicked ({message}); the server goes on"
+            ))
+        }
+    }
+}
+
 /// The running control socket; dropping it stops every thread and removes the socket file.
 #[derive(Debug)]
 pub struct CtlServer {
@@ -143,12 +167,16 @@ pub struct CtlServer {
 impl CtlServer {
     /// Binds `path` (owner-only: it can inject faults) and starts answering.
     pub fn start(path: &Path, handler: CtlHandler) -> Result<Self, CtlServerError> {
+        Self::start_answering(path, Arc::new(move |line: &str| handler.handle_line(line)))
+    }
+
+    fn start_answering(path: &Path, answer: Answer) -> Result<Self, CtlServerError> {
         let listener = bind_listener(path, Some(0o600))?;
         let stop = Arc::new(Stop::new()?);
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("vdpa-ctl".into())
-            .spawn(move || accept_loop(listener, handler, s))?;
+            .spawn(move || accept_loop(listener, answer, s))?;
         tracing::info!(path = %path.display(), "control socket listening");
         Ok(CtlServer {
             path: path.to_owned(),
@@ -173,7 +201,7 @@ impl Drop for CtlServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, handler: CtlHandler, stop: Arc<Stop>) {
+fn accept_loop(listener: UnixListener, answer: Answer, stop: Arc<Stop>) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     loop {
         match stop.wait_readable(listener.as_fd(), None) {
@@ -205,7 +233,7 @@ fn accept_loop(listener: UnixListener, handler: CtlHandler, stop: Arc<Stop>) {
             );
             continue;
         }
-        let (h, s) = (handler.clone(), stop.clone());
+        let (h, s) = (answer.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
             .name("vdpa-ctl-conn".into())
             .spawn(move || {
@@ -230,7 +258,7 @@ fn send(mut stream: &UnixStream, resp: &Response) -> io::Result<()> {
 }
 
 /// Answers requests on one connection until it closes or the server stops.
-fn serve_connection(mut stream: UnixStream, h: &CtlHandler, stop: &Stop) -> io::Result<()> {
+fn serve_connection(mut stream: UnixStream, h: &Answer, stop: &Stop) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     // A client that stops reading must not hold this thread forever.
     stream.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
@@ -258,7 +286,7 @@ fn serve_connection(mut stream: UnixStream, h: &CtlHandler, stop: &Stop) -> io::
             if text.is_empty() {
                 continue;
             }
-            send(&stream, &h.handle_line(text))?;
+            send(&stream, &answer_contained(h, text))?;
         }
         if buf.len() > MAX_LINE {
             buf.clear();
@@ -270,5 +298,52 @@ fn serve_connection(mut stream: UnixStream, h: &CtlHandler, stop: &Stop) -> io::
                 )?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    /// Sends `line` and reads the one-line answer.
+    fn ask(conn: &mut BufReader<UnixStream>, line: &str) -> Response {
+        conn.get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer:?}: {e}"))
+    }
+
+    /// A request that panics gets an error answer with the panic's message; the same
+    /// connection is answered after it, and so is a new one.
+    #[test]
+    fn a_request_that_panics_is_answered_and_the_connection_goes_on() {
+        let dir = std::env::temp_dir().join(format!("vdpa-ctl-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let answer: Answer = Arc::new(|line: &str| {
+            if line.contains("boom") {
+                panic!("deliberate panic for {line}");
+            }
+            Response::ok()
+        });
+        let server = CtlServer::start_answering(&path, answer).unwrap();
+        let mut conn = BufReader::new(UnixStream::connect(&path).unwrap());
+        assert!(ask(&mut conn, "fine").ok);
+        let r = ask(&mut conn, "boom");
+        assert!(!r.ok);
+        let err = r.error.unwrap();
+        assert!(
+            err.contains("panicked") && err.contains("deliberate panic for boom"),
+            "{err}"
+        );
+        assert!(ask(&mut conn, "fine again").ok);
+        let mut other = BufReader::new(UnixStream::connect(&path).unwrap());
+        assert!(ask(&mut other, "fine").ok);
+        drop(server);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
