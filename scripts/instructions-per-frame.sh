@@ -7,6 +7,7 @@
 # usage: scripts/instructions-per-frame.sh [BENCH_ID...]
 #   default: tx_dequeue/64B/iotlb64_log_off tx_dequeue/64B/packed_iotlb64_log_off
 #            rx_deliver/64B/log_off rx_deliver/64B/packed_log_off
+#            rx_deliver/64B/4qp_log_off rx_deliver/64B/packed_4qp_log_off
 # needs: valgrind (apt-get install valgrind)
 #
 # A bench iteration moves one ring of 256 frames; the count is the inclusive instructions of
@@ -17,7 +18,8 @@ cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
 ids=("$@")
 [ ${#ids[@]} -gt 0 ] || ids=(tx_dequeue/64B/iotlb64_log_off tx_dequeue/64B/packed_iotlb64_log_off
-    rx_deliver/64B/log_off rx_deliver/64B/packed_log_off)
+    rx_deliver/64B/log_off rx_deliver/64B/packed_log_off
+    rx_deliver/64B/4qp_log_off rx_deliver/64B/packed_4qp_log_off)
 cargo bench -p sim-harness --bench datapath --no-run 2>/dev/null
 bin=$(ls -t target/release/deps/datapath-* | grep -v '\.d$' | head -1)
 out=$(mktemp -d)

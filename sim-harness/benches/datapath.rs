@@ -12,6 +12,7 @@
 //! Every bench's driver negotiates what the anchor's virtio-user does
 //! (`sim_harness::bench::datapath::anchor_features`: no GUEST_CSUM, so no received frame's
 //! checksum is looked at), as `vdpa-emu bench datapath` does across processes.
+//!   `4qp_*`: with four queue pairs, each frame steered to its flow's queue pair.
 //! - `packed_*`: the same on packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8): one read
 //!   of a window of descriptors per batch (each descriptor's flags, then the available ones
 //!   whole: every descriptor read once) instead of avail ring + per-chain descriptor reads, and
@@ -54,8 +55,9 @@ fn setup(
     iotlb: usize,
     loopback: bool,
     packed: bool,
+    pairs: u16,
 ) -> (Arc<Device>, NetDriver, Option<SharedMemory>) {
-    let mut cfg = DeviceConfig::with_queue_pairs(1);
+    let mut cfg = DeviceConfig::with_queue_pairs(pairs);
     cfg.iotlb_entries = iotlb;
     cfg.batch = RING;
     let dev = Device::new(cfg).expect("valid config");
@@ -68,6 +70,7 @@ fn setup(
         &dev,
         DriverOptions {
             queue_size: RING,
+            queue_pairs: pairs,
             memory: 16 << 20,
             // What the anchor's virtio-user negotiates, as the cross-process bench does: no
             // GUEST_CSUM, so the device verifies no received frame's checksum.
@@ -164,7 +167,7 @@ fn tx_dequeue(c: &mut Criterion) {
         ("packed_iotlb64_log_off", false, 64, true),
         ("packed_iotlb64_log_on", true, 64, true),
     ] {
-        let (dev, mut drv, _log) = setup(logging, iotlb, false, packed);
+        let (dev, mut drv, _log) = setup(logging, iotlb, false, packed, 1);
         let mut ran = false;
         g.bench_function(name, |b| {
             ran = true;
@@ -176,7 +179,7 @@ fn tx_dequeue(c: &mut Criterion) {
     let mut g = c.benchmark_group("loopback/64B");
     g.throughput(Throughput::Elements(RING.into()));
     for (name, logging, packed) in LOOP_VARIANTS {
-        let (dev, mut drv, _log) = setup(logging, 64, true, packed);
+        let (dev, mut drv, _log) = setup(logging, 64, true, packed, 1);
         // Loopback times TX dequeue + RX enqueue (the doorbell runs both inline).
         let mut ran = false;
         g.bench_function(name, |b| {
@@ -193,7 +196,7 @@ use sim_harness::ports::gen::BATCH as RX_BURST;
 
 /// One ring-full of received frames per iteration: the FIFO is filled and the buffers are
 /// reposted outside the timed part (see the module docs).
-fn run_rx(dev: &Device, drv: &mut NetDriver, iters: u64, frames: &[&[u8]]) -> Duration {
+fn run_rx(dev: &Device, drv: &mut NetDriver, pairs: u16, iters: u64, frames: &[&[u8]]) -> Duration {
     let mut total = Duration::ZERO;
     let ring = usize::from(RING);
     for _ in 0..iters {
@@ -207,7 +210,7 @@ fn run_rx(dev: &Device, drv: &mut NetDriver, iters: u64, frames: &[&[u8]]) -> Du
         let t = thread_cpu_time();
         dev.try_service_rx();
         total += thread_cpu_time() - t;
-        let got = drv.recv_count(0).expect("recv");
+        let got: usize = (0..pairs).map(|p| drv.recv_count(p).expect("recv")).sum();
         assert_eq!(got, ring, "one delivery takes a ring-full");
     }
     total
@@ -216,8 +219,18 @@ fn run_rx(dev: &Device, drv: &mut NetDriver, iters: u64, frames: &[&[u8]]) -> Du
 fn rx_deliver(c: &mut Criterion) {
     let mut g = c.benchmark_group("rx_deliver/64B");
     g.throughput(Throughput::Elements(RING.into()));
-    for (name, logging, packed) in LOOP_VARIANTS {
-        let (dev, mut drv, _log) = setup(logging, 64, false, packed);
+    // Four queue pairs: every frame steered by its flow's hash (the flow table, no RSS), as
+    // `vdpa-emu bench datapath --qp 4` does; the ring-full spread over the pairs' RX queues.
+    let four = [
+        ("4qp_log_off", false, false),
+        ("packed_4qp_log_off", false, true),
+    ];
+    let variants = LOOP_VARIANTS
+        .iter()
+        .map(|&(n, l, p)| (n, l, p, 1))
+        .chain(four.iter().map(|&(n, l, p)| (n, l, p, 4)));
+    for (name, logging, packed, pairs) in variants {
+        let (dev, mut drv, _log) = setup(logging, 64, false, packed, pairs);
         let mac = drv.mac().expect("mac");
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
         // A burst of one flow each, as the generator port sends them.
@@ -231,7 +244,7 @@ fn rx_deliver(c: &mut Criterion) {
         let mut ran = false;
         g.bench_function(name, |b| {
             ran = true;
-            b.iter_custom(|iters| run_rx(&dev, &mut drv, iters, &frames))
+            b.iter_custom(|iters| run_rx(&dev, &mut drv, pairs, iters, &frames))
         });
         assert_ran_clean(&dev, logging, ran);
     }
@@ -352,8 +365,8 @@ fn packed_vs_split(a: &Args) {
         "comparison", "rounds", "packed/split", "split Mfps", "packed Mfps"
     );
     for c in comparisons {
-        let (split_dev, mut split, _l1) = setup(c.logging, 64, c.loopback, false);
-        let (packed_dev, mut packed, _l2) = setup(c.logging, 64, c.loopback, true);
+        let (split_dev, mut split, _l1) = setup(c.logging, 64, c.loopback, false, 1);
+        let (packed_dev, mut packed, _l2) = setup(c.logging, 64, c.loopback, true, 1);
         let round = |drv: &mut NetDriver, n: u64| run(drv, n, &frame, c.loopback);
         let warm_end = Instant::now() + if a.bench { a.warm_up } else { Duration::ZERO };
         while Instant::now() < warm_end {
