@@ -88,7 +88,18 @@ impl NetState {
 
     /// The RX queue pair a frame is steered to (`rss_quirk`: the rss-ignores-indirection-table
     /// bug).
+    #[inline]
     pub fn steer(&mut self, frame: &[u8], rss_quirk: bool) -> Steering {
+        // One queue pair without RSS (inline: asked for every received frame).
+        if self.rss.is_none() && self.curr_pairs <= 1 {
+            return Steering::Flow(0);
+        }
+        self.steer_spread(frame, rss_quirk)
+    }
+
+    /// [`Self::steer`] over RSS's table or the flow table.
+    #[inline(always)]
+    fn steer_spread(&mut self, frame: &[u8], rss_quirk: bool) -> Steering {
         if let Some(rss) = &self.rss {
             let t = self.toeplitz.table(&rss.key);
             return rss.steer_by(frame, rss_quirk, |i| t.hash(i));
