@@ -97,16 +97,14 @@ impl NetState {
         self.steer_spread(frame, rss_quirk)
     }
 
-    /// [`Self::steer`] over RSS's table or the flow table.
+    /// [`Self::steer`] over RSS's table, or over the flow table with more than one pair.
     #[inline(always)]
     fn steer_spread(&mut self, frame: &[u8], rss_quirk: bool) -> Steering {
         if let Some(rss) = &self.rss {
             let t = self.toeplitz.table(&rss.key);
             return rss.steer_by(frame, rss_quirk, |i| t.hash(i));
         }
-        if self.curr_pairs <= 1 {
-            return Steering::Flow(0);
-        }
+        // More than one pair in use here (`steer` answered one).
         let h = flow_hash(frame);
         Steering::Flow(match self.flows[h] {
             p if p < self.curr_pairs => p,
