@@ -4,9 +4,9 @@
 //! waits for it: requests take the device lock for as long as one register access does.
 //!
 //! A request whose handling panics is answered with an error and the connection goes on
-//! (`answer_contained`); the device is not failed for it: a request reads the device or sets
-//! a switch of it (link, a quirk, a fault to inject) through one `Device` call, which takes
-//! the device's locks (`parking_lot`, which do not poison) and lets them go as it unwinds.
+//! (`answer_contained`); the device is not failed for it: a request reads the device, sets
+//! one switch of it (link, a quirk, a fault to inject) or starts or stops a capture, each
+//! through one call whose locks (`parking_lot`, which do not poison) are let go as it unwinds.
 
 use super::protocol::{Hello, Request, Response, MAX_LINE, PROTOCOL_VERSION};
 use super::stats::StatsReport;
