@@ -7,12 +7,8 @@
 //!   ring-full of 64-byte UDP frames (8 flows, a burst of 32 each) waits in the device's
 //!   receive FIFO, and only the device's delivery into the posted buffers is timed (filter,
 //!   steering, descriptor reads, header and frame writes, used ring). The driver reposts the
-//!   buffers untimed.
-//!
-//! Every bench's driver negotiates what the anchor's virtio-user does
-//! (`sim_harness::bench::datapath::anchor_features`: no GUEST_CSUM, so no received frame's
-//! checksum is looked at), as `vdpa-emu bench datapath` does across processes.
-//!   `4qp_*`: with four queue pairs, each frame steered to its flow's queue pair.
+//!   buffers untimed. `4qp_*`: with four queue pairs, each frame steered to its flow's queue
+//!   pair.
 //! - `packed_*`: the same on packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8): one read
 //!   of a window of descriptors per batch (each descriptor's flags, then the available ones
 //!   whole: every descriptor read once) instead of avail ring + per-chain descriptor reads, and
@@ -26,6 +22,10 @@
 //!   layout's median frames per second. `--warm-up-time` / `--measurement-time` set its
 //!   warm-up and measuring time per comparison; a filter argument that is not a substring of
 //!   `packed_vs_split` skips it; under `cargo test` (no `--bench`) it runs one round of each.
+//!
+//! Every bench's driver negotiates what the anchor's virtio-user does
+//! (`sim_harness::bench::datapath::anchor_features`: no GUEST_CSUM, so no received frame's
+//! checksum is looked at), as `vdpa-emu bench datapath` does across processes.
 //!
 //! Time is the benchmarking thread's CPU time (CLOCK_THREAD_CPUTIME_ID) around the doorbell
 //! write, which runs the device inline: on the shared 2-core machine this leaves out the time

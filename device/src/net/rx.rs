@@ -35,9 +35,9 @@ use crate::capture::CaptureDirection;
 use crate::counters::DeviceCounters;
 use crate::fault::DeviceFault;
 use crate::port::{InboxFrame, InboxReader};
-use crate::queue::chain::{ChainKind, Desc};
+use crate::queue::chain::{Chain, ChainKind, Desc};
 use crate::queue::Ring;
-use crate::quirks::Quirk;
+use crate::quirks::{Quirk, Quirks};
 use crate::state::QueueState;
 use bar_registers::virtio::bits;
 use bar_registers::virtio::net_hdr::HASH_HDR_LEN;
@@ -97,6 +97,19 @@ pub(super) struct Slot {
     first_desc: usize,
     ndesc: usize,
     cap: u64,
+}
+
+impl Slot {
+    /// The slot of popped chain `chain`, whose descriptors start at `first_desc` in the list
+    /// the frame is written from.
+    fn of(chain: &Chain, first_desc: usize) -> Slot {
+        Slot {
+            head: chain.head,
+            first_desc,
+            ndesc: chain.descs.len(),
+            cap: chain.writable,
+        }
+    }
 }
 
 /// What the delivery knows before its first frame.
@@ -636,8 +649,7 @@ impl NetEngine {
         }
         ring.commit();
         let (hdr, hdr_len) = h.encode(1);
-        // The split-ring-used-len-wrong quirk is a split ring engine bug.
-        let wrong_len = !ring.is_packed() && self.params.quirks.has(Quirk::SplitRingUsedLenWrong);
+        let wrong_len = used_len_wrong(self.params.quirks, ring);
         if let Some(first) = chain.descs.first().filter(|d| u64::from(d.len) >= need) {
             // Header and frame in the first descriptor: one write.
             dma.write_gather(first.addr, &hdr[..hdr_len], frame, DmaKind::PacketWrite)
@@ -645,12 +657,7 @@ impl NetEngine {
             let used = if wrong_len { chain.writable } else { need };
             ring.push_used(chain.head, used as u32);
         } else {
-            let slot = Slot {
-                head: chain.head,
-                first_desc: 0,
-                ndesc: chain.descs.len(),
-                cap: chain.writable,
-            };
+            let slot = Slot::of(chain, 0);
             write_frame(
                 ring,
                 dma,
@@ -680,7 +687,7 @@ impl NetEngine {
         counters: &mut DeviceCounters,
     ) -> Result<Fit, DeviceFault> {
         let batch = self.params.batch;
-        let quirk_len = self.params.quirks.has(Quirk::SplitRingUsedLenWrong);
+        let quirks = self.params.quirks;
         let NetEngine {
             chain,
             rx_descs: all,
@@ -692,19 +699,14 @@ impl NetEngine {
         let QueueState::Enabled(ring) = &mut slot.state else {
             unreachable!("deliver popped a chain from this ring")
         };
-        let wrong_len = quirk_len && !ring.is_packed();
+        let wrong_len = used_len_wrong(quirks, ring);
         let need = (h.len() + frame.len()) as u64;
         // The descriptors of all chains are appended into one list (`all`) and their slots
         // into `slots`, the first chain's (popped by `deliver`) first.
         slots.clear();
         all.clear();
         all.extend(chain.descs.iter().copied());
-        slots.push(Slot {
-            head: chain.head,
-            first_desc: 0,
-            ndesc: chain.descs.len(),
-            cap: chain.writable,
-        });
+        slots.push(Slot::of(chain, 0));
         let mut cap = chain.writable;
         let outcome: Result<Fit, DeviceFault> = loop {
             if cap >= need {
@@ -720,12 +722,7 @@ impl NetEngine {
             if !ring.pop(dma, chain, ChainKind::Rx, u64::from(u32::MAX))? {
                 break Ok(Fit::NoRoom);
             }
-            slots.push(Slot {
-                head: chain.head,
-                first_desc: all.len(),
-                ndesc: chain.descs.len(),
-                cap: chain.writable,
-            });
+            slots.push(Slot::of(chain, all.len()));
             all.extend(chain.descs.iter().copied());
             cap += chain.writable;
         };
@@ -756,6 +753,12 @@ impl NetEngine {
             c.frame(CaptureDirection::Rx, q / 2, frame);
         }
     }
+}
+
+/// Whether `ring` writes the used length wrong: the split-ring-used-len-wrong quirk, a split
+/// ring engine bug.
+fn used_len_wrong(quirks: Quirks, ring: &Ring) -> bool {
+    !ring.is_packed() && quirks.has(Quirk::SplitRingUsedLenWrong)
 }
 
 /// Counts how a frame that left the FIFO for good was steered (RSS hash, unclassified, or
