@@ -8,18 +8,21 @@
 #   default: tx_dequeue/64B/iotlb64_log_off tx_dequeue/64B/packed_iotlb64_log_off
 #            rx_deliver/64B/log_off rx_deliver/64B/packed_log_off
 #            rx_deliver/64B/4qp_log_off rx_deliver/64B/packed_4qp_log_off
+#            rx_deliver/64B/gen_log_off rx_deliver/64B/packed_gen_log_off
 # needs: valgrind (apt-get install valgrind)
 #
 # A bench iteration moves one ring of 256 frames; the count is the inclusive instructions of
 # the timed call (tx and loopback: the driver's kick, which runs the device inline; rx: the
-# device's delivery) over the iterations x 256.
+# device's delivery; rx gen_*: the generator's pushes and the deliveries) over the iterations x
+# 256.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
 ids=("$@")
 [ ${#ids[@]} -gt 0 ] || ids=(tx_dequeue/64B/iotlb64_log_off tx_dequeue/64B/packed_iotlb64_log_off
     rx_deliver/64B/log_off rx_deliver/64B/packed_log_off
-    rx_deliver/64B/4qp_log_off rx_deliver/64B/packed_4qp_log_off)
+    rx_deliver/64B/4qp_log_off rx_deliver/64B/packed_4qp_log_off
+    rx_deliver/64B/gen_log_off rx_deliver/64B/packed_gen_log_off)
 cargo bench -p sim-harness --bench datapath --no-run 2>/dev/null
 bin=$(ls -t target/release/deps/datapath-* | grep -v '\.d$' | head -1)
 out=$(mktemp -d)
@@ -27,6 +30,7 @@ trap 'rm -rf "$out"' EXIT
 for id in "${ids[@]}"; do
     case "$id" in
         tx_*|loopback/*) fn='vdpa_virtio_driver::net::NetDriver::kick' ;;
+        rx_*/gen_*|rx_*/packed_gen_*) fn='datapath::gen_round' ;;
         rx_*) fn='device::device::Device::deliver_rx' ;;
         *) echo "$id: not a tx_dequeue, loopback or rx_deliver bench" >&2; exit 2 ;;
     esac

@@ -8,7 +8,8 @@
 //!   receive FIFO, and only the device's delivery into the posted buffers is timed (filter,
 //!   steering, descriptor reads, header and frame writes, used ring). The driver reposts the
 //!   buffers untimed. `4qp_*`: with four queue pairs, each frame steered to its flow's queue
-//!   pair.
+//!   pair. `gen_*`: as the generator feeds it across processes, a burst of 32 pushed into the
+//!   FIFO and delivered, eight per ring-full, pushes and deliveries timed.
 //! - `packed_*`: the same on packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8): one read
 //!   of a window of descriptors per batch (each descriptor's flags, then the available ones
 //!   whole: every descriptor read once) instead of avail ring + per-chain descriptor reads, and
@@ -216,6 +217,43 @@ fn run_rx(dev: &Device, drv: &mut NetDriver, pairs: u16, iters: u64, frames: &[&
     total
 }
 
+/// One ring-full the way `--port gen:` feeds it across processes: a burst pushed into the
+/// FIFO, then delivered, eight times. Out of line, so scripts/instructions-per-frame.sh finds
+/// it in the profile.
+#[inline(never)]
+fn gen_round(dev: &Device, frames: &[&[u8]]) {
+    for burst in frames.chunks(RX_BURST) {
+        assert_eq!(
+            dev.inbox().push_batch(burst),
+            burst.len(),
+            "the FIFO takes them"
+        );
+        dev.try_service_rx();
+    }
+}
+
+/// [`run_rx`] with the pushes timed too, a burst at a time ([`gen_round`]; one queue pair).
+fn run_rx_gen(dev: &Device, drv: &mut NetDriver, iters: u64, frames: &[&[u8]]) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let t = thread_cpu_time();
+        gen_round(dev, frames);
+        total += thread_cpu_time() - t;
+        let got = drv.recv_count(0).expect("recv");
+        assert_eq!(got, usize::from(RING), "a round takes a ring-full");
+    }
+    total
+}
+
+/// How an `rx_deliver` variant fills the receive FIFO.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// A ring-full waits, untimed; one delivery is timed ([`run_rx`]).
+    Ring,
+    /// Bursts pushed and delivered in turn, all timed ([`run_rx_gen`]).
+    Generator,
+}
+
 fn rx_deliver(c: &mut Criterion) {
     let mut g = c.benchmark_group("rx_deliver/64B");
     g.throughput(Throughput::Elements(RING.into()));
@@ -225,11 +263,16 @@ fn rx_deliver(c: &mut Criterion) {
         ("4qp_log_off", false, false),
         ("packed_4qp_log_off", false, true),
     ];
+    let gen = [
+        ("gen_log_off", false, false),
+        ("packed_gen_log_off", false, true),
+    ];
     let variants = LOOP_VARIANTS
         .iter()
-        .map(|&(n, l, p)| (n, l, p, 1))
-        .chain(four.iter().map(|&(n, l, p)| (n, l, p, 4)));
-    for (name, logging, packed, pairs) in variants {
+        .map(|&(n, l, p)| (n, l, p, 1, Feed::Ring))
+        .chain(four.iter().map(|&(n, l, p)| (n, l, p, 4, Feed::Ring)))
+        .chain(gen.iter().map(|&(n, l, p)| (n, l, p, 1, Feed::Generator)));
+    for (name, logging, packed, pairs, feed) in variants {
         let (dev, mut drv, _log) = setup(logging, 64, false, packed, pairs);
         let mac = drv.mac().expect("mac");
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
@@ -244,7 +287,10 @@ fn rx_deliver(c: &mut Criterion) {
         let mut ran = false;
         g.bench_function(name, |b| {
             ran = true;
-            b.iter_custom(|iters| run_rx(&dev, &mut drv, pairs, iters, &frames))
+            b.iter_custom(|iters| match feed {
+                Feed::Ring => run_rx(&dev, &mut drv, pairs, iters, &frames),
+                Feed::Generator => run_rx_gen(&dev, &mut drv, iters, &frames),
+            })
         });
         assert_ran_clean(&dev, logging, ran);
     }
