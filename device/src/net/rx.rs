@@ -51,42 +51,57 @@ const MAX_RX_CHAINS: usize = 64;
 const PORT_HDR_FEATURES: u64 =
     1 << bits::CSUM | 1 << bits::HOST_TSO4 | 1 << bits::HOST_TSO6 | 1 << bits::HOST_ECN;
 
-/// The header a frame goes out with: the v1 fields, and with VIRTIO_NET_F_HASH_REPORT the
-/// hash value and report type (struct virtio_net_hdr_v1_hash, 5.1.6).
-#[derive(Clone, Copy, Debug, Default)]
+/// The header a frame goes out with, encoded once: the v1 fields, and with
+/// VIRTIO_NET_F_HASH_REPORT the hash value and report type (struct virtio_net_hdr_v1_hash,
+/// 5.1.6). `num_buffers` is filled in at delivery ([`RxHdr::encode`]), when the device knows
+/// how many chains the frame took.
+#[derive(Clone, Copy, Debug)]
 struct RxHdr {
-    v1: NetHdr,
-    /// (hash_value, hash_report) when HASH_REPORT was negotiated.
-    hash: Option<(u32, u16)>,
+    bytes: [u8; HASH_HDR_LEN],
+    len: usize,
 }
 
 impl RxHdr {
-    /// The header's bytes with `num_buffers` set, and its length.
-    fn encode(&self, num_buffers: u16) -> ([u8; HASH_HDR_LEN], usize) {
-        let mut b = [0u8; HASH_HDR_LEN];
-        b[..NET_HDR_LEN].copy_from_slice(
-            &NetHdr {
-                num_buffers,
-                ..self.v1
-            }
-            .to_bytes(),
-        );
-        match self.hash {
-            None => (b, NET_HDR_LEN),
+    /// A wire frame's header: `flags` (DATA_VALID or nothing), no GSO.
+    fn wire(flags: u8, hash: Option<(u32, u16)>) -> RxHdr {
+        let mut bytes = [0u8; HASH_HDR_LEN];
+        bytes[0] = flags;
+        Self::with_hash(bytes, hash)
+    }
+
+    /// The header `v1` hands on (its `num_buffers` is not looked at).
+    fn offloaded(v1: &NetHdr, hash: Option<(u32, u16)>) -> RxHdr {
+        let mut bytes = [0u8; HASH_HDR_LEN];
+        bytes[..NET_HDR_LEN].copy_from_slice(&v1.to_bytes());
+        Self::with_hash(bytes, hash)
+    }
+
+    fn with_hash(mut bytes: [u8; HASH_HDR_LEN], hash: Option<(u32, u16)>) -> RxHdr {
+        match hash {
+            None => RxHdr {
+                bytes,
+                len: NET_HDR_LEN,
+            },
             Some((value, report)) => {
-                b[12..16].copy_from_slice(&value.to_le_bytes());
-                b[16..18].copy_from_slice(&report.to_le_bytes());
-                (b, HASH_HDR_LEN)
+                bytes[12..16].copy_from_slice(&value.to_le_bytes());
+                bytes[16..18].copy_from_slice(&report.to_le_bytes());
+                RxHdr {
+                    bytes,
+                    len: HASH_HDR_LEN,
+                }
             }
         }
     }
 
+    /// The header's bytes with `num_buffers` set, and its length.
+    fn encode(&self, num_buffers: u16) -> ([u8; HASH_HDR_LEN], usize) {
+        let mut b = self.bytes;
+        b[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        (b, self.len)
+    }
+
     fn len(&self) -> usize {
-        if self.hash.is_some() {
-            HASH_HDR_LEN
-        } else {
-            NET_HDR_LEN
-        }
+        self.len
     }
 }
 
@@ -435,10 +450,15 @@ impl NetEngine {
             // Behind the frames that wait for this queue's buffers already.
             return Step::Waits(q, frame);
         }
+        let hash = if cx.hash_report {
+            Some(self.hash_of(&frame.data))
+        } else {
+            None
+        };
         // 5.1.6.4.1: with GUEST_CSUM the device MAY set DATA_VALID, and then MUST have
         // validated the checksum: only a TCP/UDP checksum that verified gets it.
-        let (out_hdr, csum) = match plan {
-            RxPlan::Offloaded(h) => (h, L4Csum::NotChecked),
+        let (out, out_hdr, csum) = match plan {
+            RxPlan::Offloaded(h) => (RxHdr::offloaded(&h, hash), h, L4Csum::NotChecked),
             _ => {
                 let c = if go.csum() {
                     verify::l4_checksum(&frame.data)
@@ -446,18 +466,12 @@ impl NetEngine {
                     L4Csum::NotChecked
                 };
                 let flags = if c == L4Csum::Valid { F_DATA_VALID } else { 0 };
-                (
-                    NetHdr {
-                        flags,
-                        ..NetHdr::default()
-                    },
-                    c,
-                )
+                let h = NetHdr {
+                    flags,
+                    ..NetHdr::default()
+                };
+                (RxHdr::wire(flags, hash), h, c)
             }
-        };
-        let out = RxHdr {
-            v1: out_hdr,
-            hash: cx.hash_report.then(|| self.hash_of(&frame.data)),
         };
         let lane = lanes.get(q);
         let mut res = self.deliver(lane, q, &frame.data, &out, cx.mrg, dp.counters);
@@ -483,7 +497,7 @@ impl NetEngine {
                 } else if out_hdr.flags & F_NEEDS_CSUM != 0 {
                     dp.counters.rx_csum_partial += 1;
                 }
-                if matches!(out.hash, Some((_, r)) if r != 0) {
+                if matches!(hash, Some((_, r)) if r != 0) {
                     dp.counters.rx_hash_reported += 1;
                 }
                 touched.set(usize::from(q / 2), true);
