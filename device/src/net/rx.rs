@@ -405,7 +405,7 @@ impl NetEngine {
             }
             // Only when another frame waits behind it: a lone segment has nothing to join.
             RxPlan::Wire
-                if frame.hdr == NetHdr::default() && go.takes_any_tso() && !src.is_empty() =>
+                if go.takes_any_tso() && frame.hdr == NetHdr::default() && !src.is_empty() =>
             {
                 // A wire frame from the port (not a segment the device cut itself: those
                 // carry DATA_VALID here) may start a GSO frame of segments waiting with it.
