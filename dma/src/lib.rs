@@ -340,6 +340,32 @@ impl DmaEngine {
         self.read_slow(iova, buf, kind)
     }
 
+    /// DMA read of `N` little-endian 64-bit words at `iova` (N <= 8): [`Self::read_array`]
+    /// for a record read as words (a split ring descriptor is two), returned in registers.
+    #[inline(always)]
+    pub fn read_words<const N: usize>(
+        &mut self,
+        iova: u64,
+        kind: DmaKind,
+    ) -> Result<[u64; N], DmaFault> {
+        const { assert!(N <= 8) };
+        let len = 8 * N as u64;
+        if let Some(p) = self.iommu.lookup_hit(iova, len, false) {
+            // SAFETY: as in `read_array`: an IOTLB hit of the current generation, so `[iova,
+            // iova + 8 N)` lies in one readable, fd-backed mapping kept alive by the engine's
+            // snapshot and `p` is its host address. Guest memory may change concurrently.
+            let w = unsafe { std::ptr::read_unaligned(p.cast::<[u64; N]>()) };
+            self.iommu.check_contained(iova, len, false)?;
+            self.bus.access(kind, iova, len, 1, false);
+            return Ok(w.map(u64::from_le));
+        }
+        let mut b = [0u8; 64];
+        self.read_slow(iova, &mut b[..8 * N], kind)?;
+        Ok(std::array::from_fn(|i| {
+            u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+        }))
+    }
+
     #[inline(never)]
     fn read_slow(&mut self, iova: u64, buf: &mut [u8], kind: DmaKind) -> Result<(), DmaFault> {
         if buf.is_empty() {

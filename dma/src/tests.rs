@@ -434,8 +434,11 @@ fn split_across_adjacent_mappings() {
     eng.read(0x11ff0, &mut back, DmaKind::PacketRead).unwrap();
 }
 
-#[test]
-fn read_array_reads_counts_and_faults_as_read_does() {
+/// A 16-byte read at an IOVA, as `read_array` or `read_words` does it.
+type Read16 = fn(&mut DmaEngine, u64) -> Result<[u8; 16], DmaFault>;
+
+/// `read16` reads what `read` reads, counts what it counts and faults where it faults.
+fn reads_counts_and_faults_as_read_does(read16: Read16) {
     let shm = SharedMemory::new("g", 0x4000).unwrap();
     let space = Arc::new(AddressSpace::new());
     // Two adjacent mappings from scattered file offsets, then a hole, then a write-only page.
@@ -448,21 +451,15 @@ fn read_array_reads_counts_and_faults_as_read_does() {
     let data: Vec<u8> = (1..=16).collect();
     shm.write(0x0ff8, &data[..8]).unwrap();
     shm.write(0x2000, &data[8..]).unwrap();
-    shm.write(0x0100, &data).unwrap();
+    shm.write(0x0104, &data).unwrap();
     for iotlb in [64, 0] {
         let mut eng = DmaEngine::new(space.clone(), iotlb);
-        // Inside one mapping (an IOTLB hit after the first access, with an IOTLB).
+        // Inside one mapping, unaligned (an IOTLB hit after the first access, with an IOTLB).
         for _ in 0..2 {
-            let mut a = [0u8; 16];
-            eng.read_array(0x10100, &mut a, DmaKind::Descriptor)
-                .unwrap();
-            assert_eq!(a[..], data[..]);
+            assert_eq!(read16(&mut eng, 0x10104).unwrap()[..], data[..]);
         }
         // Across the two mappings: the slow path's two pieces.
-        let mut a = [0u8; 16];
-        eng.read_array(0x10ff8, &mut a, DmaKind::Descriptor)
-            .unwrap();
-        assert_eq!(a[..], data[..]);
+        assert_eq!(read16(&mut eng, 0x10ff8).unwrap()[..], data[..]);
         let mut by_read = [0u8; 16];
         eng.read(0x10ff8, &mut by_read, DmaKind::PacketRead)
             .unwrap();
@@ -477,15 +474,15 @@ fn read_array_reads_counts_and_faults_as_read_does() {
         );
         // Faults are read's: unmapped, crossing into the hole, no read permission.
         assert!(matches!(
-            eng.read_array(0x18000, &mut a, DmaKind::Descriptor),
+            read16(&mut eng, 0x18000),
             Err(DmaFault::Unmapped { .. })
         ));
         assert!(matches!(
-            eng.read_array(0x11ff8, &mut a, DmaKind::Descriptor),
+            read16(&mut eng, 0x11ff8),
             Err(DmaFault::CrossesMappingEnd { .. })
         ));
         assert!(matches!(
-            eng.read_array(0x20000, &mut a, DmaKind::Descriptor),
+            read16(&mut eng, 0x20000),
             Err(DmaFault::Permission { .. })
         ));
         assert_eq!(eng.iommu_stats().faults(), 3, "iotlb {iotlb}");
@@ -495,6 +492,27 @@ fn read_array_reads_counts_and_faults_as_read_does() {
             "a fault reads nothing"
         );
     }
+}
+
+#[test]
+fn read_array_reads_counts_and_faults_as_read_does() {
+    reads_counts_and_faults_as_read_does(|eng, iova| {
+        let mut a = [0u8; 16];
+        eng.read_array(iova, &mut a, DmaKind::Descriptor)?;
+        Ok(a)
+    });
+}
+
+#[test]
+fn read_words_reads_counts_and_faults_as_read_does() {
+    reads_counts_and_faults_as_read_does(|eng, iova| {
+        // Little-endian words: their bytes in memory order are the bytes read.
+        let w: [u64; 2] = eng.read_words(iova, DmaKind::Descriptor)?;
+        let mut a = [0u8; 16];
+        a[..8].copy_from_slice(&w[0].to_le_bytes());
+        a[8..].copy_from_slice(&w[1].to_le_bytes());
+        Ok(a)
+    });
 }
 
 #[test]

@@ -233,7 +233,6 @@ impl SplitRing {
         chain.clear(head);
         let mut idx = head;
         let mut hops: u32 = 0;
-        let mut raw = [0u8; DESC_SIZE as usize];
         loop {
             if idx >= self.size {
                 return Err(DeviceFault::DescriptorIndexOutOfRange {
@@ -250,13 +249,10 @@ impl SplitRing {
                     limit: self.size.into(),
                 });
             }
-            dma.read_array(
-                self.desc + DESC_SIZE * u64::from(idx),
-                &mut raw,
-                DmaKind::Descriptor,
-            )
-            .map_err(self.dma_err())?;
-            let (addr, len, flags, next) = decode_split_desc(&raw);
+            let [addr, w1] = dma
+                .read_words(self.desc + DESC_SIZE * u64::from(idx), DmaKind::Descriptor)
+                .map_err(self.dma_err())?;
+            let (len, flags, next) = (w1 as u32, (w1 >> 32) as u16, (w1 >> 48) as u16);
             if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
                     return Err(DeviceFault::IndirectNotNegotiated { queue: q });
