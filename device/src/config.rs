@@ -34,6 +34,11 @@ pub struct DeviceConfig {
     /// [`bar_registers::Profile::without_packed`] (every driver then uses split rings, e.g. a
     /// Linux guest, which prefers packed).
     pub profile: bar_registers::Profile,
+    /// Whether plain received frames for a driver without receive offloads take the receive
+    /// path's express lane (device/src/net/rx_express.rs; on by default). Off, every frame takes
+    /// the general path: the lane's reference in tests/tests/rx_express.rs, and a switch for
+    /// telling a suspected lane bug from the rest.
+    pub rx_express: bool,
 }
 
 /// Who owns the MSI-X table.
@@ -61,6 +66,7 @@ impl Default for DeviceConfig {
             msix_owner: MsixOwner::Device,
             quirks: crate::quirks::Quirks::NONE,
             profile: bar_registers::Profile::full(),
+            rx_express: true,
         }
     }
 }

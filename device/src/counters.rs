@@ -158,6 +158,9 @@ pub struct DeviceCounters {
     pub rx_bad_offload: u64,
     /// Frames the RX filter (promiscuous / MAC table) rejected.
     pub rx_filtered: u64,
+    /// RX frames that took the receive path's express lane (device/src/net/rx_express.rs:
+    /// plain wire frames for a driver that takes no receive offload), delivered or dropped.
+    pub rx_express_frames: u64,
     /// Frames dropped because the RX chain cannot hold them (no MRG_RXBUF, 5.1.6.3.1).
     pub rx_dropped_too_small: u64,
     /// Frames discarded from the inbox by a device reset.
@@ -291,6 +294,7 @@ impl DeviceCounters {
             ("rx_csum_completed", self.rx_csum_completed),
             ("rx_bad_offload", self.rx_bad_offload),
             ("rx_filtered", self.rx_filtered),
+            ("rx_express_frames", self.rx_express_frames),
             ("rx_dropped_too_small", self.rx_dropped_too_small),
             ("rx_dropped_reset", self.rx_dropped_reset),
             ("rx_dropped_backlog", self.rx_dropped_backlog),

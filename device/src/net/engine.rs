@@ -134,6 +134,8 @@ pub(crate) struct EngineParams {
     pub disable_latency_reads: u32,
     /// Frames the receive FIFO holds.
     pub rx_backlog: usize,
+    /// [`DeviceConfig::rx_express`].
+    pub rx_express: bool,
 }
 
 /// Queues, DMA, port, receive FIFO, net state and datapath scratch.
@@ -204,6 +206,7 @@ impl NetEngine {
             quirks: cfg.quirks,
             disable_latency_reads: cfg.disable_latency_reads,
             rx_backlog: cfg.rx_backlog,
+            rx_express: cfg.rx_express,
         };
         debug_assert_eq!(ports.len(), usize::from(num_queues));
         let log_fault = ports[0].log_fault_slot();

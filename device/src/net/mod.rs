@@ -8,6 +8,7 @@ pub mod lane;
 pub mod offload;
 pub mod rss;
 pub mod rx;
+mod rx_express;
 pub(crate) mod rx_wait;
 pub mod sections;
 pub mod tx;

@@ -28,6 +28,7 @@ use super::offload::hdr::{
 };
 use super::offload::verify::{self, L4Csum};
 use super::rss::Steering;
+use super::rx_express::{Express, RX0};
 use super::rx_wait::{RxSource, WaitingSource};
 use super::PairSet;
 use super::NET_HDR_LEN;
@@ -56,12 +57,19 @@ const PORT_HDR_FEATURES: u64 =
 /// 5.1.6). `num_buffers` is filled in at delivery ([`RxHdr::encode`]), when the device knows
 /// how many chains the frame took.
 #[derive(Clone, Copy, Debug)]
-struct RxHdr {
+pub(super) struct RxHdr {
     bytes: [u8; HASH_HDR_LEN],
     len: usize,
 }
 
 impl RxHdr {
+    /// A wire frame's header when the driver takes no receive offload and no hash report:
+    /// all zero (num_buffers aside).
+    pub(super) const PLAIN: RxHdr = RxHdr {
+        bytes: [0; HASH_HDR_LEN],
+        len: NET_HDR_LEN,
+    };
+
     /// A wire frame's header: `flags` (DATA_VALID or nothing), no GSO.
     fn wire(flags: u8, hash: Option<(u32, u16)>) -> RxHdr {
         let mut bytes = [0u8; HASH_HDR_LEN];
@@ -129,16 +137,18 @@ impl Slot {
 
 /// What the delivery knows before its first frame.
 #[derive(Clone, Copy, Debug)]
-struct RxCx {
-    mrg: bool,
+pub(super) struct RxCx {
+    pub(super) mrg: bool,
     hash_report: bool,
     go: GuestOffloads,
     rss_quirk: bool,
+    /// Whether a plain wire frame may take the express lane ([`NetEngine::rx_express`]).
+    pub(super) express: bool,
 }
 
 /// What became of one frame ([`NetEngine::rx_frame`]).
 #[derive(Debug)]
-enum Step {
+pub(super) enum Step {
     /// Delivered, dropped (counted), or turned into segments at the head of its source.
     Taken,
     /// It waits for RX queue `q`'s buffers (out of them, or frames wait there before it).
@@ -149,7 +159,7 @@ enum Step {
 
 /// Whether a frame went into a queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fit {
+pub(super) enum Fit {
     /// Written and used.
     Done,
     /// Not enough buffers yet: the frame waits.
@@ -252,11 +262,14 @@ impl NetEngine {
         dp: &mut Datapath<'_>,
         budget: u32,
     ) -> Result<bool, DeviceFault> {
+        let hash_report = dp.has(bits::HASH_REPORT);
+        let go = self.guest_offloads(dp.features);
         let cx = RxCx {
             mrg: dp.has(bits::MRG_RXBUF),
-            hash_report: dp.has(bits::HASH_REPORT),
-            go: self.guest_offloads(dp.features),
+            hash_report,
+            go,
             rss_quirk: self.params.quirks.has(Quirk::RssIgnoresIndirectionTable),
+            express: self.express_lane_open(hash_report, go),
         };
         let mut touched = PairSet::ZERO;
         let inbox = self.inbox.clone();
@@ -269,10 +282,26 @@ impl NetEngine {
         let pairs = usize::from(self.net.curr_pairs.max(1));
         // Once every pair in use has frames waiting, the rest wait in the FIFO.
         let mut all_wait = self.inbox.waiting_pairs().count_ones() >= pairs;
+        // Frames still waiting for queue 0's buffers go first: the FIFO's take rx_frame's
+        // path behind them. With one pair no frame starts to wait below (it stays the FIFO's
+        // head), so this holds for the whole loop.
+        let cx = RxCx {
+            express: cx.express && !self.inbox.waits(0),
+            ..cx
+        };
         while result.is_ok() && !all_wait && budget > 0 {
-            let Some(frame) = rd.pop() else { break };
+            let Some(mut frame) = rd.pop() else { break };
             budget -= 1;
-            match self.rx_frame(frame, &mut rd, &mut lanes, cx, None, &mut touched, dp) {
+            let step = match self.rx_express(&mut frame, cx, &mut lanes, &mut rd, &mut touched, dp)
+            {
+                Express::Taken => continue,
+                Express::NoRoom => Step::Waits(RX0, frame),
+                Express::Fault(f) => Step::Fault(f),
+                Express::NotForLane => {
+                    self.rx_frame(frame, &mut rd, &mut lanes, cx, None, &mut touched, dp)
+                }
+            };
+            match step {
                 Step::Taken => {}
                 Step::Waits(q, frame) => {
                     let waiting = self.inbox.waiting_pairs();
@@ -473,17 +502,7 @@ impl NetEngine {
                 (RxHdr::wire(flags, hash), h, c)
             }
         };
-        let lane = lanes.get(q);
-        let mut res = self.deliver(lane, q, &frame.data, &out, cx.mrg, dp.counters);
-        if let Ok(Fit::NoRoom) = res {
-            // Out of buffers: ask for a doorbell when the driver adds some (avail_event with
-            // EVENT_IDX, 2.7.10), then look once more in case it just did.
-            res = match arm_rx(lane) {
-                Ok(true) => self.deliver(lane, q, &frame.data, &out, cx.mrg, dp.counters),
-                Ok(false) => Ok(Fit::NoRoom),
-                Err(e) => Err(e),
-            };
-        }
+        let res = self.deliver_or_arm(lanes.get(q), q, &frame.data, &out, cx.mrg, dp.counters);
         match res {
             Ok(Fit::Done) => {
                 count_steering(dp.counters, steering, resteered);
@@ -627,6 +646,29 @@ impl NetEngine {
         };
         let t = net.toeplitz.table(key);
         super::rss::hash_report_by(frame, types, bug, |i| t.hash(i))
+    }
+
+    /// [`Self::deliver`]; out of buffers, it asks for a doorbell when the driver adds some
+    /// (avail_event with EVENT_IDX, 2.7.10), then looks once more in case it just did.
+    #[inline(always)]
+    pub(super) fn deliver_or_arm(
+        &mut self,
+        lane: &mut Lane,
+        q: u16,
+        frame: &[u8],
+        h: &RxHdr,
+        mrg: bool,
+        counters: &mut DeviceCounters,
+    ) -> Result<Fit, DeviceFault> {
+        let res = self.deliver(lane, q, frame, h, mrg, counters);
+        if let Ok(Fit::NoRoom) = res {
+            return match arm_rx(lane) {
+                Ok(true) => self.deliver(lane, q, frame, h, mrg, counters),
+                Ok(false) => Ok(Fit::NoRoom),
+                Err(e) => Err(e),
+            };
+        }
+        res
     }
 
     /// Writes one frame into queue `q` behind header `h` (num_buffers filled in here).
