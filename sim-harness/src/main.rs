@@ -137,6 +137,11 @@ enum Cmd {
         /// use split rings.
         #[arg(long)]
         no_packed: bool,
+        /// Take every received frame through the receive path's general code, not its express
+        /// lane for plain frames to a driver without receive offloads (the two must behave
+        /// alike: this tells a suspected lane bug from the rest).
+        #[arg(long)]
+        no_rx_express: bool,
         /// Doorbell layout in BAR0: compact (notify_off_multiplier 4, all doorbells in one page)
         /// or page-per-queue (4096: one page per queue, which DPDK's virtio-user over
         /// vhost-vdpa needs to map when the device offers VIRTIO_F_NOTIFICATION_DATA).
@@ -701,6 +706,7 @@ fn main() -> ExitCode {
             port,
             lm_layout,
             no_packed,
+            no_rx_express,
             notify_layout,
             quirks,
             client_timeout,
@@ -731,6 +737,7 @@ fn main() -> ExitCode {
                 port,
                 lm_layout,
                 no_packed,
+                no_rx_express,
                 notify_layout,
                 quirks: quirks.into_iter().collect(),
                 client_timeout,

@@ -424,6 +424,9 @@ pub struct ServeOptions {
     pub profile: bar_registers::Profile,
     /// Do not offer VIRTIO_F_RING_PACKED (guests then use split rings), whatever the profile.
     pub no_packed: bool,
+    /// Every received frame through the general receive path ([`DeviceConfig::rx_express`]
+    /// off).
+    pub no_rx_express: bool,
     /// Doorbell layout in BAR0 (notify_off_multiplier).
     pub notify_layout: bar_registers::NotifyLayout,
     /// Injected device bugs.
@@ -476,6 +479,7 @@ pub fn device_config(opts: &ServeOptions) -> DeviceConfig {
     cfg.layout.mac = opts.mac;
     cfg.msix_owner = MsixOwner::Vmm;
     cfg.quirks = opts.quirks;
+    cfg.rx_express = !opts.no_rx_express;
     cfg
 }
 
