@@ -28,20 +28,22 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC
 /// One device's run: what the driver read, and the device's counts.
 #[derive(Debug, PartialEq)]
 struct Outcome {
-    received: Vec<(NetHdr, Vec<u8>)>,
+    /// Per queue pair, in order.
+    received: Vec<Vec<(NetHdr, Vec<u8>)>>,
     counters: DeviceCounters,
     bus: BusStats,
     iommu: IommuStats,
 }
 
 /// The driver's options: no GUEST_CSUM (nor, by default, GSO frames or hash reports).
-fn options(packed: bool, mrg: bool, rx_buf_size: u32) -> DriverOptions {
+fn options(packed: bool, mrg: bool, rx_buf_size: u32, queue_pairs: u16) -> DriverOptions {
     let mut features = default_driver_features() & !(1 << bits::GUEST_CSUM);
     if !mrg {
         features &= !(1 << bits::MRG_RXBUF);
     }
     DriverOptions {
         features,
+        queue_pairs,
         queue_size: 64,
         rx_buf_size,
         ..Default::default()
@@ -53,11 +55,12 @@ fn options(packed: bool, mrg: bool, rx_buf_size: u32) -> DriverOptions {
 fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
     let dev = Device::new(DeviceConfig {
         rx_express: express,
-        ..DeviceConfig::default()
+        ..DeviceConfig::with_queue_pairs(opts.queue_pairs)
     })
     .unwrap();
     let mut drv = sim_harness::driver::in_process(&dev, opts.clone()).unwrap();
     drv.start().unwrap();
+    let pairs = opts.queue_pairs;
     // Out of promiscuous mode (5.1.6.5.1), so the RX filter drops frames to other MACs.
     drv.ctrl(
         VIRTIO_NET_CTRL_RX as u8,
@@ -68,13 +71,24 @@ fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
     let mac = drv.mac().unwrap();
     let src = [2, 0, 0, 0, 0, 9];
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut received = Vec::new();
+    let mut received = vec![Vec::new(); pairs.into()];
+    let mut recv_all = |drv: &mut sim_harness::driver::NetDriver| {
+        let mut any = false;
+        for (p, got) in received.iter_mut().enumerate() {
+            let frames = drv.recv_with_hdr(p as u16).unwrap();
+            any |= !frames.is_empty();
+            got.extend(frames);
+        }
+        any
+    };
     for round in 0..40u64 {
         // Up to twice the ring: bursts that outrun the buffers posted.
         for i in 0..rng.gen_range(1..=128u64) {
             let len = rng.gen_range(60..=1514);
             let seq = round * 1000 + i;
-            let f = |dst, rng: &mut SmallRng| frames::build(src, dst, 3, seq, len, rng);
+            // One of 16 flows: with more than one pair, steered by the flow table.
+            let flow = rng.gen_range(0..16);
+            let f = |dst, rng: &mut SmallRng| frames::build(src, dst, flow, seq, len, rng);
             match rng.gen_range(0..10) {
                 0 => assert!(dev.inbox().push(&f([2, 0, 0, 0, 0, 0x77], &mut rng))),
                 1 => assert!(dev.inbox().push(&f([0xff; 6], &mut rng))),
@@ -95,16 +109,14 @@ fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
         dev.try_service_rx();
         // Now and then the driver is slow to take them: frames wait for its buffers.
         if rng.gen_bool(0.6) {
-            received.extend(drv.recv_with_hdr(0).unwrap());
+            recv_all(&mut drv);
         }
     }
     for _ in 0..1000 {
         dev.try_service_rx();
-        let got = drv.recv_with_hdr(0).unwrap();
-        if got.is_empty() && dev.inbox().is_empty() {
+        if !recv_all(&mut drv) && dev.inbox().is_empty() {
             break;
         }
-        received.extend(got);
     }
     assert!(dev.inbox().is_empty(), "every frame delivered or dropped");
     drv.check_alive().unwrap();
@@ -118,35 +130,48 @@ fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
 
 #[test]
 fn the_express_lane_does_what_the_general_path_does() {
+    // Frames that waited on their own queue's list while the other queues went on (4 pairs).
+    let mut waits = 0;
     for packed in [false, true] {
-        for mrg in [true, false] {
+        for (mrg, rx_buf_size, pairs) in [
             // 2048: a buffer holds any frame; 512: with MRG_RXBUF a frame spreads over
             // several, without it the longer frames are dropped (5.1.6.3.1).
-            for rx_buf_size in [2048, 512] {
-                let opts = options(packed, mrg, rx_buf_size);
-                let case = format!("packed {packed}, mrg {mrg}, {rx_buf_size}-byte buffers");
-                let general = run(false, &opts, 17);
-                let mut express = run(true, &opts, 17);
-                assert_eq!(general.counters.rx_express_frames, 0, "{case}: lane off");
-                let took = express.counters.rx_express_frames;
-                assert!(
-                    took > express.counters.rx_frames / 2,
-                    "{case}: most frames took the lane ({took} of {})",
-                    express.counters.rx_frames
-                );
-                assert!(
-                    express.counters.rx_filtered > 0 && express.counters.rx_csum_completed > 0,
-                    "{case}: the general path had frames too: {:?}",
-                    express.counters
-                );
-                if !mrg && rx_buf_size == 512 {
-                    assert!(express.counters.rx_dropped_too_small > 0, "{case}: drops");
-                }
-                express.counters.rx_express_frames = 0;
-                assert_eq!(express, general, "{case}");
+            (true, 2048, 1),
+            (true, 512, 1),
+            (false, 2048, 1),
+            (false, 512, 1),
+            // Four pairs: each flow's frames steered to its pair by the flow table.
+            (true, 2048, 4),
+            (false, 512, 4),
+        ] {
+            let opts = options(packed, mrg, rx_buf_size, pairs);
+            let case =
+                format!("packed {packed}, mrg {mrg}, {rx_buf_size}-byte buffers, {pairs} pairs");
+            let general = run(false, &opts, 17);
+            let mut express = run(true, &opts, 17);
+            assert_eq!(general.counters.rx_express_frames, 0, "{case}: lane off");
+            let took = express.counters.rx_express_frames;
+            assert!(
+                took > express.counters.rx_frames / 2,
+                "{case}: most frames took the lane ({took} of {})",
+                express.counters.rx_frames
+            );
+            assert!(
+                express.counters.rx_filtered > 0 && express.counters.rx_csum_completed > 0,
+                "{case}: the general path had frames too: {:?}",
+                express.counters
+            );
+            if !mrg && rx_buf_size == 512 {
+                assert!(express.counters.rx_dropped_too_small > 0, "{case}: drops");
             }
+            let busy = express.received.iter().filter(|r| !r.is_empty()).count();
+            assert_eq!(busy, usize::from(pairs), "{case}: every pair received");
+            waits += express.counters.rx_queue_waits;
+            express.counters.rx_express_frames = 0;
+            assert_eq!(express, general, "{case}");
         }
     }
+    assert!(waits > 0, "frames waited on their queue's list");
 }
 
 #[test]
@@ -167,7 +192,7 @@ fn a_driver_with_receive_offloads_never_takes_the_lane() {
 #[test]
 fn a_dma_fault_in_the_lane_fails_the_device_as_the_general_path_does() {
     for packed in [false, true] {
-        let opts = options(packed, true, 2048);
+        let opts = options(packed, true, 2048, 1);
         let run_to_fault = |express: bool| {
             let dev = Device::new(DeviceConfig {
                 rx_express: express,
@@ -187,6 +212,7 @@ fn a_dma_fault_in_the_lane_fails_the_device_as_the_general_path_does() {
             burst(20);
             dev.try_service_rx();
             let received = drv.recv_with_hdr(0).unwrap();
+            assert_eq!(received.len(), 20);
             burst(20);
             dev.inject(device::InjectedFault::DmaFault);
             dev.try_service_rx();

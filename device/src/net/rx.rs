@@ -28,7 +28,7 @@ use super::offload::hdr::{
 };
 use super::offload::verify::{self, L4Csum};
 use super::rss::Steering;
-use super::rx_express::{Express, RX0};
+use super::rx_express::Express;
 use super::rx_wait::{RxSource, WaitingSource};
 use super::PairSet;
 use super::NET_HDR_LEN;
@@ -141,9 +141,13 @@ pub(super) struct RxCx {
     pub(super) mrg: bool,
     hash_report: bool,
     go: GuestOffloads,
-    rss_quirk: bool,
+    pub(super) rss_quirk: bool,
     /// Whether a plain wire frame may take the express lane ([`NetEngine::rx_express`]).
     pub(super) express: bool,
+    /// The lane is open, one queue pair is in use and no frame waits for queue 0's buffers.
+    /// Set for the FIFO's frames only: with one pair, a frame that finds no room stays the
+    /// FIFO's head (it never starts to wait on a list), so this holds for the whole loop.
+    pub(super) express_one: bool,
 }
 
 /// What became of one frame ([`NetEngine::rx_frame`]).
@@ -270,6 +274,7 @@ impl NetEngine {
             go,
             rss_quirk: self.params.quirks.has(Quirk::RssIgnoresIndirectionTable),
             express: self.express_lane_open(hash_report, go),
+            express_one: false,
         };
         let mut touched = PairSet::ZERO;
         let inbox = self.inbox.clone();
@@ -282,20 +287,21 @@ impl NetEngine {
         let pairs = usize::from(self.net.curr_pairs.max(1));
         // Once every pair in use has frames waiting, the rest wait in the FIFO.
         let mut all_wait = self.inbox.waiting_pairs().count_ones() >= pairs;
-        // Frames still waiting for queue 0's buffers go first: the FIFO's take rx_frame's
-        // path behind them. With one pair no frame starts to wait below (it stays the FIFO's
-        // head), so this holds for the whole loop.
         let cx = RxCx {
-            express: cx.express && !self.inbox.waits(0),
+            express_one: cx.express && pairs == 1 && !self.inbox.waits(0),
             ..cx
         };
         while result.is_ok() && !all_wait && budget > 0 {
             let Some(mut frame) = rd.pop() else { break };
             budget -= 1;
-            let step = match self.rx_express(&mut frame, cx, &mut lanes, &mut rd, &mut touched, dp)
-            {
+            let x = if cx.express_one {
+                self.rx_express::<true>(&mut frame, cx, &mut lanes, &mut rd, &mut touched, dp)
+            } else {
+                self.rx_express::<false>(&mut frame, cx, &mut lanes, &mut rd, &mut touched, dp)
+            };
+            let step = match x {
                 Express::Taken => continue,
-                Express::NoRoom => Step::Waits(RX0, frame),
+                Express::NoRoom(q) => Step::Waits(q, frame),
                 Express::Fault(f) => Step::Fault(f),
                 Express::NotForLane => {
                     self.rx_frame(frame, &mut rd, &mut lanes, cx, None, &mut touched, dp)
