@@ -80,11 +80,15 @@ pub fn encode_split_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; DES
 
 /// The fields of a split descriptor read from the table: (addr, len, flags, next).
 pub fn decode_split_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16) {
-    let addr = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
-    let flags = u16::from_le_bytes([raw[12], raw[13]]);
-    let next = u16::from_le_bytes([raw[14], raw[15]]);
-    (addr, len, flags, next)
+    let w = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+    decode_split_desc_words([w(0), w(8)])
+}
+
+/// [`decode_split_desc`] of the descriptor read as two little-endian 64-bit words (the
+/// device's DMA engine reads it so: `DmaEngine::read_words`): addr is the first, len, flags
+/// and next the low, middle and high parts of the second.
+pub fn decode_split_desc_words(w: [u64; 2]) -> (u64, u32, u16, u16) {
+    (w[0], w[1] as u32, (w[1] >> 32) as u16, (w[1] >> 48) as u16)
 }
 
 /// A packed descriptor (struct vring_packed_desc, 2.8.13: addr le64, len le32, id le16,

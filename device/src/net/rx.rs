@@ -656,6 +656,10 @@ impl NetEngine {
 
     /// [`Self::deliver`]; out of buffers, it asks for a doorbell when the driver adds some
     /// (avail_event with EVENT_IDX, 2.7.10), then looks once more in case it just did.
+    ///
+    /// The frame's parameters go one by one, here as to `deliver` and `deliver_spread`:
+    /// bundled in one struct they cost `rx_deliver/64B/log_off` 727 instructions per frame
+    /// against 697.
     #[inline(always)]
     pub(super) fn deliver_or_arm(
         &mut self,

@@ -46,7 +46,8 @@ impl NetEngine {
     ///
     /// `ONE_PAIR`: the caller knows the lane is open, one pair is in use and no frame waits for
     /// queue 0 ([`RxCx::express_one`]): every frame goes to queue 0 without a look at the flow
-    /// table or the waiting lists (32 instructions per frame of `rx_deliver/64B/log_off`).
+    /// table or the waiting lists. `rx_deliver/64B/log_off` measured 722 instructions per frame
+    /// through the generic instance, 697 through this one.
     #[inline(always)]
     pub(super) fn rx_express<const ONE_PAIR: bool>(
         &mut self,

@@ -16,9 +16,9 @@ use super::chain::push_desc;
 pub use super::chain::{Chain, ChainKind, Desc, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
 use bar_registers::ring::{
-    decode_split_desc, AVAIL_ALIGN, AVAIL_ELEM_SIZE, AVAIL_IDX, AVAIL_RING, DESC_ALIGN, DESC_SIZE,
-    USED_ALIGN, USED_ELEM_SIZE, USED_IDX, USED_RING, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
-    VRING_AVAIL_F_NO_INTERRUPT,
+    decode_split_desc, decode_split_desc_words, AVAIL_ALIGN, AVAIL_ELEM_SIZE, AVAIL_IDX,
+    AVAIL_RING, DESC_ALIGN, DESC_SIZE, USED_ALIGN, USED_ELEM_SIZE, USED_IDX, USED_RING,
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VRING_AVAIL_F_NO_INTERRUPT,
 };
 use dma::{DmaEngine, DmaKind};
 use std::sync::atomic::{fence, Ordering};
@@ -249,10 +249,10 @@ impl SplitRing {
                     limit: self.size.into(),
                 });
             }
-            let [addr, w1] = dma
+            let words = dma
                 .read_words(self.desc + DESC_SIZE * u64::from(idx), DmaKind::Descriptor)
                 .map_err(self.dma_err())?;
-            let (len, flags, next) = (w1 as u32, (w1 >> 32) as u16, (w1 >> 48) as u16);
+            let (addr, len, flags, next) = decode_split_desc_words(words);
             if flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 if !self.indirect {
                     return Err(DeviceFault::IndirectNotNegotiated { queue: q });
