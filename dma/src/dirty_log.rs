@@ -114,6 +114,19 @@ fn bit_range(lo: u64, hi: u64) -> u64 {
     (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
 }
 
+/// The pages (bits) in `bits`: nearly always none or one (a write within one page), counted
+/// without `count_ones`, which the baseline x86-64 target (no POPCNT) builds as a software
+/// popcount of about 19 instructions: a fifth of the dirty log's cost per received frame
+/// (callgrind, `rx_deliver/64B/log_on`).
+#[inline(always)]
+fn pages_in(bits: u64) -> u64 {
+    if bits & bits.wrapping_sub(1) == 0 {
+        u64::from(bits != 0)
+    } else {
+        u64::from(bits.count_ones())
+    }
+}
+
 #[inline(always)]
 fn slot_of(word: u64) -> usize {
     (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as usize
@@ -203,7 +216,7 @@ impl DirtyLog {
             let e = &mut self.entries[self.last_pos];
             let new = mask & !e.mask;
             e.mask |= new;
-            self.stats.pages_marked += u64::from(new.count_ones());
+            self.stats.pages_marked += pages_in(new);
             return Ok(());
         }
         self.add_slow(word, mask, iommu, bus)
@@ -227,7 +240,7 @@ impl DirtyLog {
                 let e = &mut self.entries[pos];
                 let new = mask & !e.mask;
                 e.mask |= new;
-                self.stats.pages_marked += u64::from(new.count_ones());
+                self.stats.pages_marked += pages_in(new);
                 self.last_word = word;
                 self.last_pos = pos;
                 return Ok(());
@@ -245,7 +258,7 @@ impl DirtyLog {
             slot: slot as u16,
         });
         self.index[slot] = self.entries.len() as u16;
-        self.stats.pages_marked += u64::from(mask.count_ones());
+        self.stats.pages_marked += pages_in(mask);
         self.last_word = word;
         self.last_pos = self.entries.len() - 1;
         result
@@ -402,6 +415,17 @@ mod tests {
         assert_eq!(g(5000), 8192);
         assert_eq!(g(1 << 21), 1 << 21);
         assert_eq!(g(u64::MAX), 1 << 30);
+    }
+
+    #[test]
+    fn pages_in_counts_every_bit() {
+        for bits in [0, 1, 1 << 63, 0b1010, 0xf0, u64::MAX, 1 << 17 | 1] {
+            assert_eq!(
+                super::pages_in(bits),
+                u64::from(bits.count_ones()),
+                "{bits:#x}"
+            );
+        }
     }
 
     #[test]
