@@ -195,6 +195,15 @@ fn tx_dequeue(c: &mut Criterion) {
 // Frames per burst pushed into the receive FIFO, all of one flow: `--port gen:`'s burst.
 use sim_harness::ports::gen::BATCH as RX_BURST;
 
+/// Pushes a generator's burst into the receive FIFO, which must take it whole.
+fn push(dev: &Device, burst: &[&[u8]]) {
+    assert_eq!(
+        dev.inbox().push_batch(burst),
+        burst.len(),
+        "the FIFO takes them"
+    );
+}
+
 /// One ring-full of received frames per iteration: the FIFO is filled and the buffers are
 /// reposted outside the timed part (see the module docs).
 fn run_rx(dev: &Device, drv: &mut NetDriver, pairs: u16, iters: u64, frames: &[&[u8]]) -> Duration {
@@ -202,11 +211,7 @@ fn run_rx(dev: &Device, drv: &mut NetDriver, pairs: u16, iters: u64, frames: &[&
     let ring = usize::from(RING);
     for _ in 0..iters {
         for burst in frames.chunks(RX_BURST) {
-            assert_eq!(
-                dev.inbox().push_batch(burst),
-                burst.len(),
-                "the FIFO takes them"
-            );
+            push(dev, burst);
         }
         let t = thread_cpu_time();
         dev.try_service_rx();
@@ -223,11 +228,7 @@ fn run_rx(dev: &Device, drv: &mut NetDriver, pairs: u16, iters: u64, frames: &[&
 #[inline(never)]
 fn gen_round(dev: &Device, frames: &[&[u8]]) {
     for burst in frames.chunks(RX_BURST) {
-        assert_eq!(
-            dev.inbox().push_batch(burst),
-            burst.len(),
-            "the FIFO takes them"
-        );
+        push(dev, burst);
         dev.try_service_rx();
     }
 }

@@ -21,8 +21,9 @@ use dma::{BusStats, IommuStats};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sim_harness::driver::hdr::NetHdr;
-use sim_harness::driver::DriverOptions;
+use sim_harness::driver::{DriverOptions, NetDriver};
 use sim_harness::frames;
+use std::sync::Arc;
 use virtio_bindings::virtio_net::{VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC};
 
 /// One device's run: what the driver read, and the device's counts.
@@ -51,8 +52,8 @@ fn options(packed: bool, mrg: bool, rx_buf_size: u32, queue_pairs: u16) -> Drive
     .with_packed(packed)
 }
 
-/// Runs the frames of `seed` through a device with the express lane on or off.
-fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
+/// A device with the express lane on or off and `opts`' queue pairs, its driver started.
+fn started(express: bool, opts: &DriverOptions) -> (Arc<Device>, NetDriver) {
     let dev = Device::new(DeviceConfig {
         rx_express: express,
         ..DeviceConfig::with_queue_pairs(opts.queue_pairs)
@@ -60,6 +61,12 @@ fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
     .unwrap();
     let mut drv = sim_harness::driver::in_process(&dev, opts.clone()).unwrap();
     drv.start().unwrap();
+    (dev, drv)
+}
+
+/// Runs the frames of `seed` through a device with the express lane on or off.
+fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
+    let (dev, mut drv) = started(express, opts);
     let pairs = opts.queue_pairs;
     // Out of promiscuous mode (5.1.6.5.1), so the RX filter drops frames to other MACs.
     drv.ctrl(
@@ -72,7 +79,7 @@ fn run(express: bool, opts: &DriverOptions, seed: u64) -> Outcome {
     let src = [2, 0, 0, 0, 0, 9];
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut received = vec![Vec::new(); pairs.into()];
-    let mut recv_all = |drv: &mut sim_harness::driver::NetDriver| {
+    let mut recv_all = |drv: &mut NetDriver| {
         let mut any = false;
         for (p, got) in received.iter_mut().enumerate() {
             let frames = drv.recv_with_hdr(p as u16).unwrap();
@@ -194,13 +201,7 @@ fn a_dma_fault_in_the_lane_fails_the_device_as_the_general_path_does() {
     for packed in [false, true] {
         let opts = options(packed, true, 2048, 1);
         let run_to_fault = |express: bool| {
-            let dev = Device::new(DeviceConfig {
-                rx_express: express,
-                ..DeviceConfig::default()
-            })
-            .unwrap();
-            let mut drv = sim_harness::driver::in_process(&dev, opts.clone()).unwrap();
-            drv.start().unwrap();
+            let (dev, mut drv) = started(express, &opts);
             let mac = drv.mac().unwrap();
             let mut rng = SmallRng::seed_from_u64(9);
             let mut burst = |n: u64| {

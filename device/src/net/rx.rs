@@ -188,10 +188,17 @@ enum RxPlan {
     Bad,
 }
 
+/// Whether a frame with port header `h` is a wire frame to the receive path whatever the
+/// driver takes: no NEEDS_CSUM, no GSO type (plain, or DATA_VALID from the port: the device
+/// verifies itself either way).
+#[inline(always)]
+pub(super) fn arrives_as_wire(h: &NetHdr) -> bool {
+    h.flags & F_NEEDS_CSUM == 0 && h.gso_type == hdr::GSO_NONE
+}
+
 /// Decides from a port header and what the driver takes now.
 fn plan(h: &NetHdr, frame: &[u8], go: GuestOffloads) -> RxPlan {
-    if h.flags & F_NEEDS_CSUM == 0 && h.gso_type == hdr::GSO_NONE {
-        // Plain, or DATA_VALID from the port: the device verifies itself either way.
+    if arrives_as_wire(h) {
         return RxPlan::Wire;
     }
     let tx_view = NetHdr {

@@ -22,9 +22,8 @@
 use super::engine::{Datapath, NetEngine};
 use super::lane::HeldLanes;
 use super::offload::guest::GuestOffloads;
-use super::offload::hdr::{self, F_NEEDS_CSUM};
 use super::rss::Steering;
-use super::rx::{Fit, RxCx, RxHdr};
+use super::rx::{arrives_as_wire, Fit, RxCx, RxHdr};
 use super::rx_wait::RxSource;
 use super::PairSet;
 use crate::fault::DeviceFault;
@@ -58,8 +57,10 @@ impl NetEngine {
         touched: &mut PairSet,
         dp: &mut Datapath<'_>,
     ) -> Express {
-        let plain = frame.hdr.flags & F_NEEDS_CSUM == 0 && frame.hdr.gso_type == hdr::GSO_NONE;
-        if !(ONE_PAIR || cx.express) || !plain || !self.net.accepts(&frame.data) {
+        if !(ONE_PAIR || cx.express)
+            || !arrives_as_wire(&frame.hdr)
+            || !self.net.accepts(&frame.data)
+        {
             return Express::NotForLane;
         }
         let pair = if ONE_PAIR {
