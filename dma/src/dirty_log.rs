@@ -88,6 +88,8 @@ impl LogStats {
 pub(crate) const PENDING_CAPACITY: usize = 256;
 const SLOTS: usize = 512;
 const NO_WORD: u64 = u64::MAX;
+/// No granule: an address shifted right by at least 12 never equals it.
+const NO_GRANULE: u64 = u64::MAX;
 
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -106,6 +108,15 @@ pub(crate) struct DirtyLog {
     index: Box<[u16]>,
     last_word: u64,
     last_pos: usize,
+    /// log2 of the granularity in bytes.
+    granule_shift: u32,
+    /// Per kind of write, the granule (`address >> granule_shift`) whose bits the last mark of
+    /// that kind, a write within that one granule, left pending, or [`NO_GRANULE`]: another
+    /// write of the kind within it has nothing to add. Emptying the pending buffer forgets
+    /// them all (the next write must mark again: the VMM may have harvested the bits since).
+    /// One entry per kind because a ring's used writes and the packets they publish alternate
+    /// between their own pages.
+    hot: [u64; DmaKind::ALL.len()],
     pub(crate) stats: LogStats,
 }
 
@@ -141,6 +152,8 @@ impl DirtyLog {
             index: vec![0u16; SLOTS].into_boxed_slice(),
             last_word: NO_WORD,
             last_pos: 0,
+            granule_shift: PAGE_SHIFT,
+            hot: [NO_GRANULE; DmaKind::ALL.len()],
             stats: LogStats::default(),
         }
     }
@@ -165,6 +178,9 @@ impl DirtyLog {
         self.granule_pages_mask = self
             .cfg
             .map_or(0, |c| (c.granularity >> PAGE_SHIFT).saturating_sub(1));
+        self.granule_shift = self
+            .cfg
+            .map_or(PAGE_SHIFT, |c| c.granularity.trailing_zeros());
     }
 
     fn clear_pending(&mut self) {
@@ -173,33 +189,62 @@ impl DirtyLog {
         }
         self.entries.clear();
         self.last_word = NO_WORD;
+        self.hot = [NO_GRANULE; DmaKind::ALL.len()];
     }
 
-    /// Marks the pages of a write of `[iova, iova + len)`; `len > 0` and the range must not
-    /// overflow (it was just written). A forced flush's fault is returned (bits kept as far
+    /// Marks the pages of a `kind` write of `[iova, iova + len)`; `len > 0` and the range must
+    /// not overflow (it was just written). A forced flush's fault is returned (bits kept as far
     /// as they could be written).
-    #[inline]
+    ///
+    /// Inlined into every write: a write within the granule the previous write of its kind
+    /// marked (a ring's used entries, the packets of one receive buffer page) costs a
+    /// comparison, not a call (`rx_deliver/64B/log_on`: two marks per frame, one of them nearly
+    /// always within the last one's granule).
+    #[inline(always)]
     pub(crate) fn mark(
         &mut self,
         iova: u64,
         len: u64,
+        kind: DmaKind,
         iommu: &mut Iommu,
         bus: &mut BusStats,
     ) -> Result<(), DmaFault> {
         debug_assert!(len > 0 && iova.checked_add(len).is_some());
+        let g = iova >> self.granule_shift;
+        if g == self.hot[kind as usize] && (iova + (len - 1)) >> self.granule_shift == g {
+            return Ok(());
+        }
+        self.mark_range(iova, len, kind, iommu, bus)
+    }
+
+    #[inline(never)]
+    fn mark_range(
+        &mut self,
+        iova: u64,
+        len: u64,
+        kind: DmaKind,
+        iommu: &mut Iommu,
+        bus: &mut BusStats,
+    ) -> Result<(), DmaFault> {
         let first = (iova >> PAGE_SHIFT) & !self.granule_pages_mask;
         let last = ((iova + (len - 1)) >> PAGE_SHIFT) | self.granule_pages_mask;
         let (w0, w1) = (first >> 6, last >> 6);
-        if w0 == w1 {
-            return self.add(w0, bit_range(first & 63, last & 63), iommu, bus);
-        }
-        let mut result = Ok(());
-        for w in w0..=w1 {
-            let lo = if w == w0 { first & 63 } else { 0 };
-            let hi = if w == w1 { last & 63 } else { 63 };
-            if let Err(f) = self.add(w, bit_range(lo, hi), iommu, bus) {
-                result = result.and(Err(f));
+        let result = if w0 == w1 {
+            self.add(w0, bit_range(first & 63, last & 63), iommu, bus)
+        } else {
+            let mut result = Ok(());
+            for w in w0..=w1 {
+                let lo = if w == w0 { first & 63 } else { 0 };
+                let hi = if w == w1 { last & 63 } else { 63 };
+                if let Err(f) = self.add(w, bit_range(lo, hi), iommu, bus) {
+                    result = result.and(Err(f));
+                }
             }
+            result
+        };
+        let g = iova >> self.granule_shift;
+        if result.is_ok() && (iova + (len - 1)) >> self.granule_shift == g {
+            self.hot[kind as usize] = g;
         }
         result
     }

@@ -564,7 +564,10 @@ impl DmaEngine {
             return;
         }
         if self.log.enabled() && self.unlogged & (1 << kind as u8) == 0 {
-            if let Err(f) = self.log.mark(iova, len, &mut self.iommu, &mut self.bus) {
+            if let Err(f) = self
+                .log
+                .mark(iova, len, kind, &mut self.iommu, &mut self.bus)
+            {
                 self.note_log_fault(f);
             }
         }
@@ -620,7 +623,8 @@ impl DmaEngine {
         {
             // The translation succeeded, so `iova + 2` does not overflow. A fault of a
             // buffer-full flush inside `mark` also stops the publish.
-            self.log.mark(iova, 2, &mut self.iommu, &mut self.bus)?;
+            self.log
+                .mark(iova, 2, kind, &mut self.iommu, &mut self.bus)?;
         }
         self.flush_log()?;
         if self.iommu.cached_generation() != generation {

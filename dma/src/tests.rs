@@ -913,6 +913,45 @@ fn drop_flushes_pending_bits() {
     assert_eq!(log.snapshot()[0], 1 << 3);
 }
 
+/// A write within the granule the previous write of its kind marked adds nothing (the
+/// engine skips it); one that leaves that granule, or comes after a flush (which the VMM may
+/// have harvested since), marks again. Both kinds, 4 KiB and 64 KiB granules, three harvests.
+#[test]
+fn log_marks_again_after_a_flush_and_past_the_last_granule() {
+    for (granularity, expect, per_round) in [
+        // pages 3, 4, 5, 15, 16
+        (PAGE_SIZE, 1 << 3 | 1 << 4 | 1 << 5 | 1 << 15 | 1 << 16, 5),
+        // granules 0 and 1: pages 0..=31
+        (0x1_0000, 0xffff_ffff, 32),
+    ] {
+        let (_shm, space, mut eng) = setup(0x40000, 0);
+        let log = add_log(&space, 0x1000);
+        eng.set_logging(Some(LogConfig {
+            base: LOG_IOVA,
+            end: LOG_IOVA + 0x1000,
+            granularity,
+        }));
+        for round in 0..3u64 {
+            eng.write(0x3000 + round * 8, &[1; 8], DmaKind::PacketWrite)
+                .unwrap();
+            eng.write_u16(0x5000 + round * 2, 1, DmaKind::RingWrite)
+                .unwrap();
+            eng.write(0x3100, &[2; 8], DmaKind::PacketWrite).unwrap();
+            eng.write_u16(0x5010, 2, DmaKind::RingWrite).unwrap();
+            // From the packet kind's last page (or granule) into the next one.
+            eng.write(0x3ff8, &[3; 16], DmaKind::PacketWrite).unwrap();
+            eng.write(0xfff8, &[4; 16], DmaKind::PacketWrite).unwrap();
+            eng.flush_log().unwrap();
+            assert_eq!(
+                log.swap_u64(0, 0).unwrap(),
+                expect,
+                "granularity {granularity:#x}, round {round}"
+            );
+        }
+        assert_eq!(eng.log_stats().pages_marked, 3 * per_round);
+    }
+}
+
 /// A VMM thread harvests the log with atomic swaps while the device logs millions of writes:
 /// per epoch, the union of harvested bits must equal the pages the device wrote (WriteTrace
 /// oracle). Epochs are short (about one write per page) so a lost bit is not masked by a
