@@ -300,19 +300,37 @@ impl DmaEngine {
     /// DMA read of `buf.len()` bytes at `iova` (an empty read succeeds without translation).
     #[inline]
     pub fn read(&mut self, iova: u64, buf: &mut [u8], kind: DmaKind) -> Result<(), DmaFault> {
-        let len = buf.len() as u64;
-        if let Some(p) = self.iommu.lookup_hit(iova, len, false) {
-            // SAFETY: an IOTLB hit of the current generation: `[iova, iova + len)` lies in
-            // one readable, fd-backed mapping whose mmap the engine's snapshot keeps alive,
-            // and `p` is its host address. `buf` is a distinct Rust allocation, so the ranges
-            // do not overlap. Guest memory may change concurrently (the peer is another
-            // process or the driver model), as with vm-memory's copies.
-            unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
-            self.iommu.check_contained(iova, len, false)?;
-            self.bus.access(kind, iova, len, 1, false);
-            return Ok(());
+        match self.read_if_cached(iova, buf, kind) {
+            Some(read) => read,
+            None => self.read_slow(iova, buf, kind),
         }
-        self.read_slow(iova, buf, kind)
+    }
+
+    /// [`Self::read`] when the IOTLB holds the translation of all of `[iova, iova +
+    /// buf.len())` right now: `Some` with the read's result (counted, checked and accounted as
+    /// `read` does); `None`, with nothing read, counted or faulted, when it does not. For a
+    /// read ahead that is worth it only when cheap and whose miss or fault, if any, belongs to
+    /// the access that needs the bytes (a split ring's run of head descriptors).
+    #[inline(always)]
+    pub fn read_if_cached(
+        &mut self,
+        iova: u64,
+        buf: &mut [u8],
+        kind: DmaKind,
+    ) -> Option<Result<(), DmaFault>> {
+        let len = buf.len() as u64;
+        let p = self.iommu.lookup_hit(iova, len, false)?;
+        // SAFETY: an IOTLB hit of the current generation: `[iova, iova + len)` lies in one
+        // readable, fd-backed mapping whose mmap the engine's snapshot keeps alive, and `p` is
+        // its host address. `buf` is a distinct Rust allocation, so the ranges do not overlap.
+        // Guest memory may change concurrently (the peer is another process or the driver
+        // model), as with vm-memory's copies.
+        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        if let Err(f) = self.iommu.check_contained(iova, len, false) {
+            return Some(Err(f));
+        }
+        self.bus.access(kind, iova, len, 1, false);
+        Some(Ok(()))
     }
 
     /// DMA read of `N` bytes at `iova` into an array: [`Self::read`] with the length known at
