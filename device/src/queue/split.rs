@@ -334,6 +334,13 @@ impl SplitRing {
             r.unserved &= !(1 << i);
             return Ok(r.desc(usize::from(i)));
         }
+        self.read_head(dma, head)
+    }
+
+    /// [`Self::head_desc`] when the run does not hold it: out of line, so the walk around the
+    /// common case (a copy from the run) stays small.
+    #[inline(never)]
+    fn read_head(&mut self, dma: &mut DmaEngine, head: u16) -> Result<[u64; 2], dma::DmaFault> {
         let addr = self.desc + DESC_SIZE * u64::from(head);
         let following = &self.heads[self.head_pos..];
         // The direction the following heads go, then how far (the table's end and start bound
