@@ -108,6 +108,8 @@ pub(crate) struct DirtyLog {
     index: Box<[u16]>,
     last_word: u64,
     last_pos: usize,
+    /// Times the pending buffer was emptied (flushed or dropped).
+    empties: u64,
     /// log2 of the granularity in bytes.
     granule_shift: u32,
     /// Per kind of write, the granule (`address >> granule_shift`) whose bits the last mark of
@@ -152,6 +154,7 @@ impl DirtyLog {
             index: vec![0u16; SLOTS].into_boxed_slice(),
             last_word: NO_WORD,
             last_pos: 0,
+            empties: 0,
             granule_shift: PAGE_SHIFT,
             hot: [NO_GRANULE; DmaKind::ALL.len()],
             stats: LogStats::default(),
@@ -190,6 +193,7 @@ impl DirtyLog {
         self.entries.clear();
         self.last_word = NO_WORD;
         self.hot = [NO_GRANULE; DmaKind::ALL.len()];
+        self.empties = self.empties.wrapping_add(1);
     }
 
     /// Marks the pages of a `kind` write of `[iova, iova + len)`; `len > 0` and the range must
@@ -229,6 +233,7 @@ impl DirtyLog {
         let first = (iova >> PAGE_SHIFT) & !self.granule_pages_mask;
         let last = ((iova + (len - 1)) >> PAGE_SHIFT) | self.granule_pages_mask;
         let (w0, w1) = (first >> 6, last >> 6);
+        let empties = self.empties;
         let result = if w0 == w1 {
             self.add(w0, bit_range(first & 63, last & 63), iommu, bus)
         } else {
@@ -242,8 +247,14 @@ impl DirtyLog {
             }
             result
         };
+        // Hot only if every bit of the granule is pending now: a buffer-full flush during the
+        // mark (a granule of more words than the buffer holds, 128 MiB and up) wrote some of
+        // them out already, and a harvest may clear those before the next write.
         let g = iova >> self.granule_shift;
-        if result.is_ok() && (iova + (len - 1)) >> self.granule_shift == g {
+        if result.is_ok()
+            && self.empties == empties
+            && (iova + (len - 1)) >> self.granule_shift == g
+        {
             self.hot[kind as usize] = g;
         }
         result

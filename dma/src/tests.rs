@@ -952,6 +952,37 @@ fn log_marks_again_after_a_flush_and_past_the_last_granule() {
     }
 }
 
+/// A 1 GiB granule is 4096 log words, more than the pending buffer holds: marking it flushes
+/// part of it on the way. The next write within it, after a harvest, must mark it again (not
+/// be taken for one whose bits are all still pending).
+#[test]
+fn log_granule_larger_than_the_buffer_is_marked_again_after_a_harvest() {
+    let (_shm, space, mut eng) = setup(0x10000, 0);
+    let log_bytes = (1u64 << 30) / PAGE_SIZE / 8; // one granule: 32 KiB of log
+    let log = add_log(&space, log_bytes);
+    eng.set_logging(Some(LogConfig {
+        base: LOG_IOVA,
+        end: LOG_IOVA + log_bytes,
+        granularity: 1 << 30,
+    }));
+    let harvest = |log: &SharedMemory| {
+        (0..log_bytes / 8)
+            .map(|w| log.swap_u64(w * 8, 0).unwrap().count_ones())
+            .sum::<u32>()
+    };
+    eng.write(0x1000, &[1], DmaKind::PacketWrite).unwrap();
+    // Part of the granule reached the log during the mark; the VMM harvests it.
+    let early = harvest(&log);
+    assert!(early > 0, "no bit was flushed during the mark");
+    eng.write(0x2000, &[2], DmaKind::PacketWrite).unwrap();
+    eng.flush_log().unwrap();
+    assert_eq!(
+        harvest(&log),
+        262_144,
+        "every page of the granule after the second write"
+    );
+}
+
 /// A VMM thread harvests the log with atomic swaps while the device logs millions of writes:
 /// per epoch, the union of harvested bits must equal the pages the device wrote (WriteTrace
 /// oracle). Epochs are short (about one write per page) so a lost bit is not masked by a

@@ -62,8 +62,8 @@ pub struct SplitRing {
     run: DescRun,
 }
 
-/// Most head descriptors read in one run: 256 bytes of the table, one read request (a PCIe
-/// Max_Read_Request_Size is 512 bytes by default) answered by four 64-byte completions.
+/// Most head descriptors read in one run: 256 bytes of the table, one read request at the
+/// default PCIe Max_Read_Request_Size (512 bytes).
 const RUN_MAX: usize = 16;
 
 /// Head descriptors read ahead in one access, as a NIC fetches descriptors in bursts: when the
@@ -322,7 +322,7 @@ impl SplitRing {
     }
 
     /// The descriptor of `head` (< size), the chain just popped (`heads[head_pos - 1]`): from
-    /// the run read ahead ([`DescRun`]) if it holds it next, else read, together with the
+    /// the run read ahead ([`DescRun`]) if it holds a copy not handed out yet, else read, with the
     /// descriptors of the heads fetched after it that follow it in the table. The run is read
     /// only when the IOTLB holds its translation ([`DmaEngine::read_if_cached`]): a miss or a
     /// fault is then the head descriptor's own, as without a run.
