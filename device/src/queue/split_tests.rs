@@ -88,12 +88,17 @@ impl Rig {
 
     /// Pops the next chain: its head, which must be `want`, with that descriptor's buffer.
     fn pop(&mut self, want: u16) -> Result<(), DeviceFault> {
+        self.pop_as(want, want)
+    }
+
+    /// Pops the next chain: head `want`, its one descriptor pointing at buffer `b`.
+    fn pop_as(&mut self, want: u16, b: u16) -> Result<(), DeviceFault> {
         let mut chain = Chain::default();
         assert!(self
             .ring
             .pop(&mut self.dma, &mut chain, ChainKind::Rx, u64::MAX)?);
         assert_eq!(chain.head, want);
-        let (addr, len) = buf(want);
+        let (addr, len) = buf(b);
         assert_eq!(
             chain
                 .descs
@@ -104,6 +109,14 @@ impl Rig {
             "head {want}"
         );
         Ok(())
+    }
+
+    /// The driver points descriptor `i` (of a table at `BASE`) at buffer `b`.
+    fn rewrite(&self, i: u16, b: u16) {
+        let (addr, len) = buf(b);
+        let at = 16 * u64::from(i);
+        self.mem.write(at, &addr.to_le_bytes()).unwrap();
+        self.mem.write(at + 8, &len.to_le_bytes()).unwrap();
     }
 
     fn pop_all(&mut self, heads: &[u16]) {
@@ -197,19 +210,9 @@ fn a_descriptor_used_and_made_available_again_is_read_again() {
     }
     r.ring.flush_used(&mut r.dma).unwrap();
     // The driver rewrites descriptor 2 (another buffer) and makes it available again.
-    let (addr, len) = buf(7);
-    r.mem.write(2 * 16, &addr.to_le_bytes()).unwrap();
-    r.mem.write(2 * 16 + 8, &len.to_le_bytes()).unwrap();
+    r.rewrite(2, 7);
     r.post(&[2]);
-    let mut chain = Chain::default();
-    assert!(r
-        .ring
-        .pop(&mut r.dma, &mut chain, ChainKind::Rx, u64::MAX)
-        .unwrap());
-    assert_eq!(
-        (chain.head, chain.descs[0].addr, chain.descs[0].len),
-        (2, addr, len)
-    );
+    r.pop_as(2, 7).unwrap();
     assert_eq!(r.desc_reads(), reads(2, 5));
 }
 
@@ -222,18 +225,8 @@ fn a_pass_drops_what_it_read_ahead() {
     r.ring.push_used(1, 0);
     r.ring.flush_used(&mut r.dma).unwrap();
     // Between passes the (hostile) driver rewrites descriptor 2, still available.
-    let (addr, len) = buf(9);
-    r.mem.write(2 * 16, &addr.to_le_bytes()).unwrap();
-    r.mem.write(2 * 16 + 8, &len.to_le_bytes()).unwrap();
-    let mut chain = Chain::default();
-    assert!(r
-        .ring
-        .pop(&mut r.dma, &mut chain, ChainKind::Rx, u64::MAX)
-        .unwrap());
-    assert_eq!(
-        (chain.head, chain.descs[0].addr, chain.descs[0].len),
-        (2, addr, len)
-    );
+    r.rewrite(2, 9);
+    r.pop_as(2, 9).unwrap();
     r.pop(3).unwrap();
     assert_eq!(r.desc_reads(), reads(2, 6));
 }
