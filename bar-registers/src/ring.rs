@@ -80,8 +80,15 @@ pub fn encode_split_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; DES
 
 /// The fields of a split descriptor read from the table: (addr, len, flags, next).
 pub fn decode_split_desc(raw: &[u8; DESC_SIZE as usize]) -> (u64, u32, u16, u16) {
+    decode_split_desc_words(split_desc_words(raw))
+}
+
+/// A split descriptor's 16 bytes as the two little-endian 64-bit words
+/// [`decode_split_desc_words`] takes.
+#[inline(always)]
+pub fn split_desc_words(raw: &[u8; DESC_SIZE as usize]) -> [u64; 2] {
     let w = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
-    decode_split_desc_words([w(0), w(8)])
+    [w(0), w(8)]
 }
 
 /// [`decode_split_desc`] of the descriptor read as two little-endian 64-bit words (the

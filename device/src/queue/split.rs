@@ -16,8 +16,8 @@ use super::chain::push_desc;
 pub use super::chain::{Chain, ChainKind, Desc, RingSetup, MAX_INDIRECT_ENTRIES};
 use crate::fault::DeviceFault;
 use bar_registers::ring::{
-    decode_split_desc, decode_split_desc_words, AVAIL_ALIGN, AVAIL_ELEM_SIZE, AVAIL_IDX,
-    AVAIL_RING, DESC_ALIGN, DESC_SIZE, USED_ALIGN, USED_ELEM_SIZE, USED_IDX, USED_RING,
+    decode_split_desc, decode_split_desc_words, split_desc_words, AVAIL_ALIGN, AVAIL_ELEM_SIZE,
+    AVAIL_IDX, AVAIL_RING, DESC_ALIGN, DESC_SIZE, USED_ALIGN, USED_ELEM_SIZE, USED_IDX, USED_RING,
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VRING_AVAIL_F_NO_INTERRUPT,
 };
 use dma::{DmaEngine, DmaKind};
@@ -96,10 +96,11 @@ impl DescRun {
     #[inline(always)]
     fn desc(&self, i: usize) -> [u64; 2] {
         let at = i * DESC_SIZE as usize;
-        let word = |o: usize| {
-            u64::from_le_bytes(self.bytes[at + o..at + o + 8].try_into().expect("8 bytes"))
-        };
-        [word(0), word(8)]
+        split_desc_words(
+            self.bytes[at..at + DESC_SIZE as usize]
+                .try_into()
+                .expect("16 bytes"),
+        )
     }
 }
 
@@ -343,25 +344,22 @@ impl SplitRing {
     fn read_head(&mut self, dma: &mut DmaEngine, head: u16) -> Result<[u64; 2], dma::DmaFault> {
         let addr = self.desc + DESC_SIZE * u64::from(head);
         let following = &self.heads[self.head_pos..];
-        // The direction the following heads go, then how far (the table's end and start bound
-        // it: indices are < size, and `head - n` does not wrap).
+        // The direction the following heads go, then how far: the `n`th following head must
+        // be the table index `n` away from `head`, inside the table (below size, not below 0).
         let up = following.first() == Some(&head.wrapping_add(1));
-        let down = !up && head > 0 && following.first() == Some(&(head - 1));
+        let size = self.size;
+        let away = |n: u16| {
+            if up {
+                head.checked_add(n).filter(|&h| h < size)
+            } else {
+                head.checked_sub(n)
+            }
+        };
         let mut n: u16 = 1;
-        if up {
-            while usize::from(n) < RUN_MAX
-                && head + n < self.size
-                && following.get(usize::from(n) - 1) == Some(&(head + n))
-            {
-                n += 1;
-            }
-        } else if down {
-            while usize::from(n) < RUN_MAX
-                && n <= head
-                && following.get(usize::from(n) - 1) == Some(&(head - n))
-            {
-                n += 1;
-            }
+        while usize::from(n) < RUN_MAX
+            && away(n).is_some_and(|h| following.get(usize::from(n) - 1) == Some(&h))
+        {
+            n += 1;
         }
         if n > 1 {
             let lo = if up { head } else { head + 1 - n };

@@ -7,7 +7,7 @@
 use super::chain::{Chain, ChainKind, RingSetup};
 use super::split::SplitRing;
 use crate::fault::DeviceFault;
-use bar_registers::ring::VIRTQ_DESC_F_WRITE;
+use bar_registers::ring::{encode_split_desc, VIRTQ_DESC_F_WRITE};
 use dma::{AddressSpace, DmaEngine, DmaFault, DmaKind, Perms, SharedMemory, Traffic};
 use std::sync::Arc;
 
@@ -30,6 +30,16 @@ fn buf(i: u16) -> (u64, u32) {
     (0x8000_0000 + 0x1000 * u64::from(i), 100 + u32::from(i))
 }
 
+/// Writes at IOVA `at` a descriptor of one device-writable buffer, buffer `b`.
+fn write_desc(mem: &SharedMemory, at: u64, b: u16) {
+    let (addr, len) = buf(b);
+    mem.write(
+        at - BASE,
+        &encode_split_desc(addr, len, VIRTQ_DESC_F_WRITE, 0),
+    )
+    .unwrap();
+}
+
 impl Rig {
     /// A ring of `size` at table address `desc`, memory `[BASE, BASE + mapped)` mapped; every
     /// descriptor of the table that is mapped is written (one writable buffer each).
@@ -40,12 +50,7 @@ impl Rig {
         for i in 0..size {
             let at = desc + 16 * u64::from(i);
             if at + 16 <= BASE + mapped {
-                let (addr, len) = buf(i);
-                let mut d = [0u8; 16];
-                d[..8].copy_from_slice(&addr.to_le_bytes());
-                d[8..12].copy_from_slice(&len.to_le_bytes());
-                d[12..14].copy_from_slice(&VIRTQ_DESC_F_WRITE.to_le_bytes());
-                mem.write(at - BASE, &d).unwrap();
+                write_desc(&mem, at, i);
             }
         }
         let ring = SplitRing::new(RingSetup {
@@ -113,10 +118,7 @@ impl Rig {
 
     /// The driver points descriptor `i` (of a table at `BASE`) at buffer `b`.
     fn rewrite(&self, i: u16, b: u16) {
-        let (addr, len) = buf(b);
-        let at = 16 * u64::from(i);
-        self.mem.write(at, &addr.to_le_bytes()).unwrap();
-        self.mem.write(at + 8, &len.to_le_bytes()).unwrap();
+        write_desc(&self.mem, BASE + 16 * u64::from(i), b);
     }
 
     fn pop_all(&mut self, heads: &[u16]) {
