@@ -157,12 +157,33 @@ pub(super) enum Step {
     Taken,
     /// It waits for RX queue `q`'s buffers (out of them, or frames wait there before it).
     Waits(u16, InboxFrame),
-    /// The device failed.
-    Fault(DeviceFault),
+    /// The device failed (boxed: see [`Delivery`]).
+    Fault(Box<DeviceFault>),
 }
 
-/// Whether a frame went into a queue.
+/// What one frame's delivery came to: two whole words, {the [`Fit`] (a whole word itself), or
+/// the `Err` niche in it; the boxed fault}, which the compiler moves as two 8-byte values.
+///
+/// Received frames go through it one by one, and its shape is measured, not style. As a
+/// `Result<Fit, DeviceFault>` (48 bytes), and as a `Result` of a one-byte `Fit` and a boxed
+/// fault, the compiler built it on the stack with one narrow store and copied it on with a
+/// wider load that spans that store. That load cannot take its value from the store buffer
+/// (a store-to-load forwarding failure): it waits until every older store has reached the
+/// cache, the frame's writes into the driver's buffers included, whose lines the driver's
+/// core holds (it read their `num_buffers`). A wait for a cross-core transfer per frame:
+/// `perf record` on serve's core put a fifth to a third of its samples on that one load in
+/// `vdpa-emu bench datapath --dir rx`; with the words, the 64-byte 1-QP RX cells ran 10%
+/// (split) and 6% (packed) faster across processes (docs/bench.md, 2026-12-06 (night)).
+/// A fault is rare; its allocation is not on the datapath.
+pub(super) type Delivery = Result<Fit, Box<DeviceFault>>;
+
+// The two words, checked where a change of the types would break them: a narrower `Fit`, or
+// an unboxed fault, fails the build here.
+const _: () = assert!(size_of::<Fit>() == 8 && size_of::<Delivery>() == 16);
+
+/// Whether a frame went into a queue. A whole word ([`Delivery`] says why).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
 pub(super) enum Fit {
     /// Written and used.
     Done,
@@ -330,7 +351,7 @@ impl NetEngine {
                     dp.counters.rx_queue_waits += 1;
                     all_wait = waiting.count_ones() + 1 >= pairs;
                 }
-                Step::Fault(f) => result = Err(f),
+                Step::Fault(f) => result = Err(*f),
             }
         }
         self.rx_scratch = rd.finish();
@@ -386,7 +407,7 @@ impl NetEngine {
                     // Steered to another queue (its own is being reset).
                     Step::Waits(q, frame) => self.inbox.wait(q / 2, frame),
                     Step::Fault(f) => {
-                        result = Err(f);
+                        result = Err(*f);
                         break;
                     }
                 }
@@ -676,13 +697,13 @@ impl NetEngine {
         h: &RxHdr,
         mrg: bool,
         counters: &mut DeviceCounters,
-    ) -> Result<Fit, DeviceFault> {
+    ) -> Delivery {
         let res = self.deliver(lane, q, frame, h, mrg, counters);
         if let Ok(Fit::NoRoom) = res {
             return match arm_rx(lane) {
                 Ok(true) => self.deliver(lane, q, frame, h, mrg, counters),
                 Ok(false) => Ok(Fit::NoRoom),
-                Err(e) => Err(e),
+                Err(e) => Err(Box::new(e)),
             };
         }
         res
@@ -702,7 +723,7 @@ impl NetEngine {
         h: &RxHdr,
         mrg: bool,
         counters: &mut DeviceCounters,
-    ) -> Result<Fit, DeviceFault> {
+    ) -> Delivery {
         let batch = self.params.batch;
         let Lane { slot, dma, .. } = &mut *lane;
         let QueueState::Enabled(ring) = &mut slot.state else {
@@ -758,7 +779,7 @@ impl NetEngine {
         h: &RxHdr,
         mrg: bool,
         counters: &mut DeviceCounters,
-    ) -> Result<Fit, DeviceFault> {
+    ) -> Delivery {
         let batch = self.params.batch;
         let quirks = self.params.quirks;
         let NetEngine {

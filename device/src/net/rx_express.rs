@@ -105,5 +105,5 @@ pub(super) enum Express {
     /// [`Step::Waits`] for `q`.
     NoRoom(u16),
     /// The device failed ([`Step::Fault`]).
-    Fault(DeviceFault),
+    Fault(Box<DeviceFault>),
 }
