@@ -39,6 +39,12 @@ pub struct DeviceConfig {
     /// the general path: the lane's reference in tests/tests/rx_express.rs, and a switch for
     /// telling a suspected lane bug from the rest.
     pub rx_express: bool,
+    /// Whether the split ring engine reads the head descriptors of adjacent available chains
+    /// in one access (device/src/queue/split.rs `DescRun`: up to 16, one read request, as a
+    /// NIC fetches descriptors in bursts; on by default). Off, it reads every descriptor on
+    /// its own, as a design that fetches one descriptor at a time: what `vdpa-emu bench bus
+    /// --no-desc-runs` models (2 descriptor TLPs per packet instead of 0.25 at batch 8).
+    pub desc_runs: bool,
 }
 
 /// Who owns the MSI-X table.
@@ -67,6 +73,7 @@ impl Default for DeviceConfig {
             quirks: crate::quirks::Quirks::NONE,
             profile: bar_registers::Profile::full(),
             rx_express: true,
+            desc_runs: true,
         }
     }
 }

@@ -142,6 +142,10 @@ enum Cmd {
         /// alike: this tells a suspected lane bug from the rest).
         #[arg(long)]
         no_rx_express: bool,
+        /// Read every split ring descriptor on its own, as a design that fetches one descriptor
+        /// at a time, instead of the head descriptors of adjacent chains in one read (up to 16).
+        #[arg(long)]
+        no_desc_runs: bool,
         /// Doorbell layout in BAR0: compact (notify_off_multiplier 4, all doorbells in one page)
         /// or page-per-queue (4096: one page per queue, which DPDK's virtio-user over
         /// vhost-vdpa needs to map when the device offers VIRTIO_F_NOTIFICATION_DATA).
@@ -707,6 +711,7 @@ fn main() -> ExitCode {
             lm_layout,
             no_packed,
             no_rx_express,
+            no_desc_runs,
             notify_layout,
             quirks,
             client_timeout,
@@ -738,6 +743,7 @@ fn main() -> ExitCode {
                 lm_layout,
                 no_packed,
                 no_rx_express,
+                no_desc_runs,
                 notify_layout,
                 quirks: quirks.into_iter().collect(),
                 client_timeout,

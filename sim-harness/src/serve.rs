@@ -427,6 +427,8 @@ pub struct ServeOptions {
     /// Every received frame through the general receive path ([`DeviceConfig::rx_express`]
     /// off).
     pub no_rx_express: bool,
+    /// Every split ring descriptor read on its own ([`DeviceConfig::desc_runs`] off).
+    pub no_desc_runs: bool,
     /// Doorbell layout in BAR0 (notify_off_multiplier).
     pub notify_layout: bar_registers::NotifyLayout,
     /// Injected device bugs.
@@ -480,6 +482,7 @@ pub fn device_config(opts: &ServeOptions) -> DeviceConfig {
     cfg.msix_owner = MsixOwner::Vmm;
     cfg.quirks = opts.quirks;
     cfg.rx_express = !opts.no_rx_express;
+    cfg.desc_runs = !opts.no_desc_runs;
     cfg
 }
 

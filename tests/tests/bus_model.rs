@@ -235,6 +235,17 @@ fn per_packet_accounting_is_consistent() {
     let one = run(cfg(Ring::Split, 64, 1, true, K4), &o);
     assert_eq!(one.per_packet(desc(&one).bytes), 32.0);
     assert_eq!(one.per_packet(desc(&one).transactions), 2.0);
+    // A device modelled without runs (`bench bus --no-desc-runs`) reads every descriptor on
+    // its own at batch 8 too, the same bytes.
+    let single = run(
+        cfg(Ring::Split, 64, 8, true, K4),
+        &BusBenchOptions {
+            desc_runs: false,
+            ..opts()
+        },
+    );
+    assert_eq!(single.per_packet(desc(&single).bytes), 32.0);
+    assert_eq!(single.per_packet(desc(&single).transactions), 2.0);
     // Index stores are 2-byte words: used->idx of both queues, avail_event.
     assert!(
         m.get(Category::IndexWrite).traffic.bytes

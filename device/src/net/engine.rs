@@ -136,6 +136,8 @@ pub(crate) struct EngineParams {
     pub rx_backlog: usize,
     /// [`DeviceConfig::rx_express`].
     pub rx_express: bool,
+    /// [`DeviceConfig::desc_runs`].
+    pub desc_runs: bool,
 }
 
 /// Queues, DMA, port, receive FIFO, net state and datapath scratch.
@@ -207,6 +209,7 @@ impl NetEngine {
             disable_latency_reads: cfg.disable_latency_reads,
             rx_backlog: cfg.rx_backlog,
             rx_express: cfg.rx_express,
+            desc_runs: cfg.desc_runs,
         };
         debug_assert_eq!(ports.len(), usize::from(num_queues));
         let log_fault = ports[0].log_fault_slot();
@@ -501,6 +504,7 @@ impl NetEngine {
         let mut ring = Ring::new(setup, has(bits::RING_PACKED))?;
         ring.set_ignore_used_event(self.params.quirks.has(Quirk::IgnoresEventIdx));
         ring.set_out_of_order(self.params.quirks.has(Quirk::CompletesOutOfOrder));
+        ring.set_desc_runs(self.params.desc_runs);
         slot.resumed = (avail, used);
         slot.late_final = None;
         slot.state = QueueState::Enabled(Box::new(ring));

@@ -73,6 +73,16 @@ impl Ring {
         dispatch!(self, r => r.ignore_used_event = on)
     }
 
+    /// Whether a split ring reads adjacent head descriptors in runs ([`DeviceConfig::desc_runs`];
+    /// the packed ring reads its descriptor window in one access either way).
+    ///
+    /// [`DeviceConfig::desc_runs`]: crate::DeviceConfig::desc_runs
+    pub fn set_desc_runs(&mut self, on: bool) {
+        if let Ring::Split(r) = self {
+            r.desc_runs = on;
+        }
+    }
+
     /// The completes-out-of-order quirk (a split ring engine bug): with VIRTIO_F_IN_ORDER
     /// negotiated, the first two used elements of a batch are written swapped.
     pub fn set_out_of_order(&mut self, on: bool) {

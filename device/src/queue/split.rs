@@ -60,6 +60,8 @@ pub struct SplitRing {
     pending_used: Vec<(u32, u32)>,
     scratch: Vec<u8>,
     run: DescRun,
+    /// Whether heads are read in runs ([`crate::DeviceConfig::desc_runs`]).
+    pub(super) desc_runs: bool,
 }
 
 /// Most head descriptors read in one run: 256 bytes of the table, one read request at the
@@ -171,6 +173,7 @@ impl SplitRing {
                 lo: 0,
                 unserved: 0,
             },
+            desc_runs: true,
         })
     }
 
@@ -343,6 +346,9 @@ impl SplitRing {
     #[inline(never)]
     fn read_head(&mut self, dma: &mut DmaEngine, head: u16) -> Result<[u64; 2], dma::DmaFault> {
         let addr = self.desc + DESC_SIZE * u64::from(head);
+        if !self.desc_runs {
+            return dma.read_words(addr, DmaKind::Descriptor);
+        }
         let following = &self.heads[self.head_pos..];
         // The direction the following heads go, then how far: the `n`th following head must
         // be the table index `n` away from `head`, inside the table (below size, not below 0).

@@ -153,6 +153,17 @@ fn heads_next_to_each_other_in_the_table_are_read_in_one_run() {
 }
 
 #[test]
+fn without_runs_every_head_is_read_on_its_own() {
+    // DeviceConfig::desc_runs off: a design that fetches one descriptor at a time.
+    let mut r = Rig::new(16, BASE, 0x1000);
+    r.ring.desc_runs = false;
+    let heads = [3, 4, 5, 6, 10, 9, 8];
+    r.post(&heads);
+    r.pop_all(&heads);
+    assert_eq!(r.desc_reads(), reads(7, 7));
+}
+
+#[test]
 fn a_run_ends_at_the_table_end_and_after_sixteen() {
     let mut r = Rig::new(32, BASE, 0x1000);
     let heads = [28, 29, 30, 31, 0, 1];

@@ -283,6 +283,8 @@ pub struct BusBenchOptions {
     pub logging: Vec<Logging>,
     /// Overheads used for bytes on the wire (its mps / mrrs are ignored: the device's are used).
     pub wire: PcieModel,
+    /// The split ring reads adjacent head descriptors in runs ([`DeviceConfig::desc_runs`]).
+    pub desc_runs: bool,
 }
 
 impl Default for BusBenchOptions {
@@ -302,6 +304,7 @@ impl Default for BusBenchOptions {
                 Logging::Granule(2 << 20),
             ],
             wire: PcieModel::default(),
+            desc_runs: true,
         }
     }
 }
@@ -401,6 +404,7 @@ pub fn measure(
     }
     let mut cfg = DeviceConfig::with_queue_pairs(1);
     cfg.batch = c.batch;
+    cfg.desc_runs = opts.desc_runs;
     if let Logging::Granule(g) = c.logging {
         cfg.log_granularity = g;
     }
@@ -596,7 +600,8 @@ impl BusReport {
         let w = &self.opts.wire;
         format!(
             "model: MPS {} B, MRRS {} B (Device Control), read completions <= MPS split at RCB {} B; per TLP: {}/{} B request header \
-             (3/4 DW), {} B completion header, {} B link framing (seq + LCRC + STP/END), {} B DLLP share (Ack/UpdateFC); payload in whole dwords",
+             (3/4 DW), {} B completion header, {} B link framing (seq + LCRC + STP/END), {} B DLLP share (Ack/UpdateFC); payload in whole dwords\n\
+             split ring descriptors: {}",
             self.opts.mps,
             self.opts.mrrs,
             PcieModel::default().rcb,
@@ -604,7 +609,12 @@ impl BusReport {
             w.header_4dw,
             w.completion_header,
             w.link_overhead,
-            w.dllp_share
+            w.dllp_share,
+            if self.opts.desc_runs {
+                "the heads of adjacent chains read in one request (up to 16)"
+            } else {
+                "each read on its own (--no-desc-runs)"
+            }
         )
     }
 
@@ -933,6 +943,7 @@ impl BusReport {
                 "completion_header": w.completion_header,
                 "link_overhead": w.link_overhead,
                 "dllp_share": w.dllp_share,
+                "split_desc_runs": self.opts.desc_runs,
             },
             "queue_size": QUEUE_SIZE,
             "packets_per_config": self.opts.packets,
@@ -1096,6 +1107,10 @@ pub struct BusArgs {
     /// Bytes of Ack/UpdateFC DLLP traffic charged per TLP in the bytes-on-the-wire figures.
     #[arg(long, default_value_t = PcieModel::default().dllp_share)]
     pub dllp_share: u32,
+    /// Model a split ring engine that reads every descriptor on its own, instead of the head
+    /// descriptors of adjacent chains in one read (`serve --no-desc-runs`).
+    #[arg(long)]
+    pub no_desc_runs: bool,
 }
 
 /// `vdpa-emu bench bus`: runs the matrix, prints it, writes the chart.
@@ -1126,6 +1141,7 @@ pub fn cli(a: &BusArgs) -> std::process::ExitCode {
             dllp_share: a.dllp_share,
             ..PcieModel::default()
         },
+        desc_runs: !a.no_desc_runs,
     };
     let r = match run_with_progress(&opts, true) {
         Ok(r) => r,
