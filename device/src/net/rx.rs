@@ -172,9 +172,10 @@ pub(super) enum Step {
 /// cache, the frame's writes into the driver's buffers included, whose lines the driver's
 /// core holds (it read their `num_buffers`). A wait for a cross-core transfer per frame:
 /// `perf record` on serve's core put a fifth to a third of its samples on that one load in
-/// `vdpa-emu bench datapath --dir rx`; with the words, the 64-byte 1-QP RX cells ran 10%
-/// (split) and 6% (packed) faster across processes (docs/bench.md, 2026-12-06 (night)).
-/// A fault is rare; its allocation is not on the datapath.
+/// `vdpa-emu bench datapath --dir rx`; with the words, the 64-byte 1-QP RX cells ran 8%
+/// (split) and 2% (packed) faster across processes, medians of interleaved near windows
+/// (docs/bench.md, 2026-12-06 (night)). A fault is rare; its allocation is not on the
+/// datapath.
 pub(super) type Delivery = Result<Fit, Box<DeviceFault>>;
 
 // The two words, checked where a change of the types would break them: a narrower `Fit`, or
