@@ -346,9 +346,8 @@ impl SplitRing {
     #[inline(never)]
     fn read_head(&mut self, dma: &mut DmaEngine, head: u16) -> Result<[u64; 2], dma::DmaFault> {
         let addr = self.desc + DESC_SIZE * u64::from(head);
-        if !self.desc_runs {
-            return dma.read_words(addr, DmaKind::Descriptor);
-        }
+        // Without runs (DeviceConfig::desc_runs off) a run is the head alone.
+        let max = if self.desc_runs { RUN_MAX } else { 1 };
         let following = &self.heads[self.head_pos..];
         // The direction the following heads go, then how far: the `n`th following head must
         // be the table index `n` away from `head`, inside the table (below size, not below 0).
@@ -362,7 +361,7 @@ impl SplitRing {
             }
         };
         let mut n: u16 = 1;
-        while usize::from(n) < RUN_MAX
+        while usize::from(n) < max
             && away(n).is_some_and(|h| following.get(usize::from(n) - 1) == Some(&h))
         {
             n += 1;

@@ -121,6 +121,16 @@ impl Rig {
         write_desc(&self.mem, BASE + 16 * u64::from(i), b);
     }
 
+    /// A table of `size` at `BASE`, all mapped, with `heads` made available and popped in this
+    /// order; `runs`: [`crate::DeviceConfig::desc_runs`].
+    fn popped(size: u16, heads: &[u16], runs: bool) -> Rig {
+        let mut r = Rig::new(size, BASE, 0x1000);
+        r.ring.desc_runs = runs;
+        r.post(heads);
+        r.pop_all(heads);
+        r
+    }
+
     fn pop_all(&mut self, heads: &[u16]) {
         for &h in heads {
             self.pop(h).unwrap();
@@ -141,11 +151,8 @@ fn reads(transactions: u64, descriptors: u64) -> Traffic {
 
 #[test]
 fn heads_next_to_each_other_in_the_table_are_read_in_one_run() {
-    let mut r = Rig::new(16, BASE, 0x1000);
     // Up 3..=6, down 10..=8, then 0 and 12 alone.
-    let heads = [3, 4, 5, 6, 10, 9, 8, 0, 12];
-    r.post(&heads);
-    r.pop_all(&heads);
+    let r = Rig::popped(16, &[3, 4, 5, 6, 10, 9, 8, 0, 12], true);
     assert_eq!(r.desc_reads(), reads(4, 9));
     // avail idx fills the IOTLB; the avail span and the four reads hit it.
     let s = r.dma.iommu_stats();
@@ -155,20 +162,13 @@ fn heads_next_to_each_other_in_the_table_are_read_in_one_run() {
 #[test]
 fn without_runs_every_head_is_read_on_its_own() {
     // DeviceConfig::desc_runs off: a design that fetches one descriptor at a time.
-    let mut r = Rig::new(16, BASE, 0x1000);
-    r.ring.desc_runs = false;
-    let heads = [3, 4, 5, 6, 10, 9, 8];
-    r.post(&heads);
-    r.pop_all(&heads);
+    let r = Rig::popped(16, &[3, 4, 5, 6, 10, 9, 8], false);
     assert_eq!(r.desc_reads(), reads(7, 7));
 }
 
 #[test]
 fn a_run_ends_at_the_table_end_and_after_sixteen() {
-    let mut r = Rig::new(32, BASE, 0x1000);
-    let heads = [28, 29, 30, 31, 0, 1];
-    r.post(&heads);
-    r.pop_all(&heads);
+    let r = Rig::popped(32, &[28, 29, 30, 31, 0, 1], true);
     assert_eq!(r.desc_reads(), reads(2, 6));
 
     // Nor past the table's end or start when a head beyond them follows (a hostile driver's:
@@ -185,17 +185,10 @@ fn a_run_ends_at_the_table_end_and_after_sixteen() {
         assert_eq!(r.desc_reads(), reads(1, 2), "{heads:?}");
     }
 
-    let mut r = Rig::new(32, BASE, 0x1000);
     let up: Vec<u16> = (0..20).collect();
-    r.post(&up);
-    r.pop_all(&up);
-    assert_eq!(r.desc_reads(), reads(2, 20));
-
-    let mut r = Rig::new(32, BASE, 0x1000);
+    assert_eq!(Rig::popped(32, &up, true).desc_reads(), reads(2, 20));
     let down: Vec<u16> = (2..=19).rev().collect();
-    r.post(&down);
-    r.pop_all(&down);
-    assert_eq!(r.desc_reads(), reads(2, 18));
+    assert_eq!(Rig::popped(32, &down, true).desc_reads(), reads(2, 18));
 }
 
 #[test]
