@@ -379,6 +379,8 @@ pub struct AnchorReport {
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct DatapathReport {
+    /// The machine it ran on.
+    pub host: super::host::HostInfo,
     pub seconds: f64,
     pub warmup_seconds: f64,
     /// (device CPU, driver CPU) with `--pin`.
@@ -954,6 +956,7 @@ pub fn run(o: &DatapathOptions) -> Result<DatapathReport, DatapathError> {
     }
     let far_ns = classify_placements(calibration.as_ref(), &mut cells, &mut anchor.runs);
     Ok(DatapathReport {
+        host: super::host::HostInfo::probe(),
         far_ns,
         calibration,
         retried: gate.map_or(0, |g| g.retried),
@@ -1023,6 +1026,7 @@ pub fn table(r: &DatapathReport) -> String {
             None => "not pinned".into(),
         }
     );
+    let _ = writeln!(s, "host: {}", r.host);
     if !r.serve_args.is_empty() {
         let _ = writeln!(s, "serve {}", r.serve_args.join(" "));
     }
@@ -1424,6 +1428,7 @@ mod tests {
         assert_eq!(median(&[]), None);
         // The table prints each round and the summary.
         let r = DatapathReport {
+            host: Default::default(),
             seconds: 1.0,
             warmup_seconds: 0.3,
             pinned: None,
@@ -1472,6 +1477,7 @@ mod tests {
             (Some(0.75), 1)
         );
         let r = DatapathReport {
+            host: Default::default(),
             seconds: 1.0,
             warmup_seconds: 0.3,
             pinned: Some((1, 0)),

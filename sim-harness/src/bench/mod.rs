@@ -10,11 +10,13 @@
 //! - [`placement`]: how far apart the two pinned CPUs are while a cell runs (cache-line
 //!   ping-pong samples).
 //! - [`serve_child`]: the `serve` child process and /proc CPU time both use.
+//! - [`host`]: the CPU and kernel a report was measured on.
 
 pub mod bus;
 pub mod datapath;
 pub mod doorbells;
 pub mod dpdk;
+pub mod host;
 pub mod placement;
 pub mod serve_child;
 /// The SVG rendering of a [`bus::BusReport`] (depends on bus; bus does not depend on it).
