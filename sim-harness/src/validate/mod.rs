@@ -13,6 +13,7 @@ mod in_order;
 mod locate;
 mod notification_data;
 mod offloads;
+pub mod posted;
 pub mod report;
 mod ring_reset;
 mod rss;
