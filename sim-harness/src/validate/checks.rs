@@ -1908,8 +1908,9 @@ fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), Drive
 #[cfg(test)]
 mod tests {
     use super::super::posted::PostedDoorbells;
+    use super::super::InProcess;
     use super::*;
-    use device::{Device, DeviceConfig, InterruptRecorder};
+    use device::DeviceConfig;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -1918,19 +1919,17 @@ mod tests {
     /// ring instead of ending its sends there (it did: "160 matched" of 209 behind a vIOMMU).
     #[test]
     fn a_roundtrip_waits_for_a_device_that_takes_its_tx_chains_late() {
-        let dev = Device::new(DeviceConfig::default()).unwrap();
-        dev.set_loopback();
-        let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
-        dev.set_interrupt_sink(irq.clone());
-        let s = Session {
-            handle: Arc::new(PostedDoorbells::new(dev.clone(), Duration::from_millis(20))),
-            irq,
-            announce: None,
-            irq_latency: Duration::ZERO,
-            device_reset: None,
-            keep: None,
-            irq_sync: None,
-        };
+        let mut model = None;
+        let s = InProcess::session(
+            &DeviceConfig::default(),
+            |dev| {
+                model = Some(dev.clone());
+                Arc::new(PostedDoorbells::new(dev, Duration::from_millis(20)))
+            },
+            Duration::ZERO,
+        )
+        .unwrap();
+        let dev = model.expect("the session's model");
         let opts = DriverOptions::default();
         let n = 3 * usize::from(opts.queue_size);
         let mut d = started(&s, opts).unwrap();

@@ -309,19 +309,25 @@ pub struct InProcess {
     pub cfg: DeviceConfig,
 }
 
-impl Target for InProcess {
-    fn open(&self) -> Result<Session, ValidateError> {
-        let dev = Device::new(self.cfg.clone())?;
+impl InProcess {
+    /// A session on a new model made from `cfg`, looped back, reached through what `handle`
+    /// makes of it; interrupts arrive within `irq_latency` of the access that caused them.
+    pub(crate) fn session(
+        cfg: &DeviceConfig,
+        handle: impl FnOnce(Arc<Device>) -> Arc<dyn DeviceHandle>,
+        irq_latency: std::time::Duration,
+    ) -> Result<Session, ValidateError> {
+        let dev = Device::new(cfg.clone())?;
         dev.set_loopback();
         let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
         dev.set_interrupt_sink(irq.clone());
         let d2 = dev.clone();
         let d3 = dev.clone();
         Ok(Session {
-            handle: dev,
+            handle: handle(dev),
             irq,
             announce: Some(Box::new(move || Ok(d2.announce()))),
-            irq_latency: std::time::Duration::ZERO,
+            irq_latency,
             // What vfio-user DEVICE_RESET does to the model (the serve backend's reset).
             device_reset: Some(Box::new(move || {
                 d3.reset();
@@ -330,6 +336,12 @@ impl Target for InProcess {
             keep: None,
             irq_sync: None,
         })
+    }
+}
+
+impl Target for InProcess {
+    fn open(&self) -> Result<Session, ValidateError> {
+        InProcess::session(&self.cfg, |dev| dev, std::time::Duration::ZERO)
     }
 
     fn profile(&self) -> Option<bar_registers::Profile> {

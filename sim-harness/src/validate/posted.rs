@@ -7,8 +7,8 @@
 //! in-process model and the socket target (both finish the work first) and fail a healthy
 //! board; this target runs them that way (tests/tests/validate.rs).
 
-use super::{Session, Target, ValidateError};
-use device::{AccessError, Device, DeviceConfig, DmaMapper, InterruptRecorder, RegionAccess};
+use super::{InProcess, Session, Target, ValidateError};
+use device::{AccessError, Device, DeviceConfig, DmaMapper, RegionAccess};
 use dma::{Backing, MapError, Perms};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,25 +90,14 @@ pub struct PostedInProcess {
 
 impl Target for PostedInProcess {
     fn open(&self) -> Result<Session, ValidateError> {
-        let dev = Device::new(self.cfg.clone())?;
-        dev.set_loopback();
-        let irq = Arc::new(InterruptRecorder::new(dev.layout().msix_vectors));
-        dev.set_interrupt_sink(irq.clone());
-        let (d2, d3) = (dev.clone(), dev.clone());
-        Ok(Session {
-            handle: Arc::new(PostedDoorbells::new(dev, self.lag)),
-            irq,
-            announce: Some(Box::new(move || Ok(d2.announce()))),
-            // Interrupts follow a doorbell by the lag and the device's work (30 ms of it, as
-            // the socket target allows for its pump thread).
-            irq_latency: self.lag + std::time::Duration::from_millis(30),
-            device_reset: Some(Box::new(move || {
-                d3.reset();
-                Ok(())
-            })),
-            keep: None,
-            irq_sync: None,
-        })
+        let lag = self.lag;
+        // Interrupts follow a doorbell by the lag and the device's work (30 ms of it, as the
+        // socket target allows for its pump thread).
+        InProcess::session(
+            &self.cfg,
+            |dev| Arc::new(PostedDoorbells::new(dev, lag)),
+            lag + Duration::from_millis(30),
+        )
     }
 
     fn profile(&self) -> Option<bar_registers::Profile> {
