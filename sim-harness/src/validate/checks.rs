@@ -595,6 +595,9 @@ fn compare(
 /// waits for it.
 const RX_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long after its doorbells a reset device is watched for DMA it must not do.
+const LATE_DMA: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Waits for a device that may act after its doorbell's write returned: until `probe` says it
 /// is done, or [`RX_IDLE`] passed without its progress mark changing; whether it is done.
 /// `probe` gives (done, progress mark). A device that acted before the write returned costs
@@ -1877,7 +1880,8 @@ fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), Drive
         },
         "common cfg, LM block",
     ));
-    // No DMA after reset: doorbells on every queue change nothing in memory.
+    // No DMA after reset: doorbells on every queue change nothing in memory, also a while
+    // after their writes returned (a board acts on a doorbell when it gets to it).
     let before = mem.shm().snapshot();
     for q in 0..num_queues {
         let _ = d.kick(q);
@@ -1885,6 +1889,7 @@ fn reset(s: &Session, o: &ValidateOptions, f: &mut Findings) -> Result<(), Drive
         s.handle
             .region_write(d.pci.notify.bar.into(), off, &q.to_le_bytes())?;
     }
+    std::thread::sleep(LATE_DMA);
     let after = mem.shm().snapshot();
     let changed = before
         .chunks(4096)
@@ -1939,5 +1944,105 @@ mod tests {
             dev.counters().tx_frames >= n as u64,
             "every frame went through the device"
         );
+    }
+
+    /// A broken asynchronous board: after a reset it still acts on doorbells, 5 ms after
+    /// their writes return (here: each adds one to a byte of the driver's memory, through the
+    /// file the last DMA_MAP gave it).
+    struct DmaAfterReset {
+        dev: Arc<device::Device>,
+        memory: std::sync::Mutex<Option<(std::fs::File, u64)>>,
+        reset: std::sync::atomic::AtomicBool,
+    }
+
+    impl device::RegionAccess for DmaAfterReset {
+        fn region_read(
+            &self,
+            region: u32,
+            offset: u64,
+            data: &mut [u8],
+        ) -> Result<(), device::AccessError> {
+            self.dev.region_read(region, offset, data)
+        }
+
+        fn region_write(
+            &self,
+            region: u32,
+            offset: u64,
+            data: &[u8],
+        ) -> Result<(), device::AccessError> {
+            use std::os::unix::fs::FileExt;
+            use std::sync::atomic::Ordering;
+            let layout = self.dev.layout();
+            if region == 0 && offset == layout.common.offset + common::DEVICE_STATUS {
+                self.reset.store(data == [0], Ordering::SeqCst);
+            }
+            let doorbell = region == 0 && layout.doorbell_queue(offset).is_some();
+            if doorbell && self.reset.load(Ordering::SeqCst) {
+                let memory = self.memory.lock().unwrap();
+                if let Some((file, at)) = memory.as_ref() {
+                    let (file, at) = (file.try_clone().unwrap(), *at);
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(5));
+                        let mut b = [0u8];
+                        file.read_exact_at(&mut b, at).unwrap();
+                        file.write_all_at(&[b[0].wrapping_add(1)], at).unwrap();
+                    });
+                }
+            }
+            self.dev.region_write(region, offset, data)
+        }
+    }
+
+    impl device::DmaMapper for DmaAfterReset {
+        fn dma_map(
+            &self,
+            iova: u64,
+            size: u64,
+            perms: Perms,
+            backing: Backing,
+        ) -> Result<(), dma::MapError> {
+            if let Backing::Fd { file, offset } = &backing {
+                *self.memory.lock().unwrap() = Some((file.try_clone().unwrap(), offset + 64));
+            }
+            self.dev.dma_map(iova, size, perms, backing)
+        }
+        fn dma_unmap(&self, iova: u64, size: u64) -> Result<u64, dma::MapError> {
+            self.dev.dma_unmap(iova, size)
+        }
+        fn dma_unmap_all(&self) -> u64 {
+            self.dev.dma_unmap_all()
+        }
+    }
+
+    /// The reset group watches memory for a while after its doorbells: a board that acts on
+    /// them late after a reset fails "no DMA after reset" (comparing at once, it passed).
+    #[test]
+    fn a_late_dma_after_reset_is_caught() {
+        let s = InProcess::session(
+            &DeviceConfig::default(),
+            |dev| {
+                Arc::new(DmaAfterReset {
+                    dev,
+                    memory: Default::default(),
+                    reset: Default::default(),
+                })
+            },
+            Duration::ZERO,
+        )
+        .unwrap();
+        let mut f = Findings::new();
+        reset(&s, &ValidateOptions::default(), &mut f).unwrap();
+        let late = f.iter().find(|f| f.name == "no DMA after reset").unwrap();
+        assert_eq!(
+            late.verdict,
+            super::super::report::Verdict::Fail,
+            "{late:?}"
+        );
+        // The rest of the group passes.
+        assert!(f
+            .iter()
+            .filter(|f| f.name != "no DMA after reset")
+            .all(|f| f.verdict == super::super::report::Verdict::Pass));
     }
 }

@@ -79,27 +79,47 @@ fn layout(s: &Session, f: &mut Findings, packed: bool) -> Result<(), DriverError
     let mac = super::checks::MAC;
     let frame = frames::build(mac, mac, 9, 0, 100, &mut rng);
     d.reclaim_tx(0)?;
+    // The burst's own doorbells first: one that reaches the device late (posted, on a loaded
+    // machine) would serve the buffer below and pass for the bad kick's doing.
+    s.settle();
     let queued = d.enqueue_tx(0, &[&frame])?;
     d.publish_no_kick(txq(0))?;
+    let name = format!("{what}: a kick whose vqn names another queue serves nothing");
+    std::thread::sleep(Duration::from_millis(20));
+    let unkicked = d.reclaim_tx(0)?;
     let good = d.any_ring(txq(0))?.notification_data(txq(0));
     let bad = (good & 0xFFFF_0000) | u32::from(rxq(0));
-    d.notify_write(txq(0), 4, bad.into())?;
-    std::thread::sleep(Duration::from_millis(20));
-    let served_on_bad = d.reclaim_tx(0)?;
-    f.push(Finding::check(
-        G,
-        &format!("{what}: a kick whose vqn names another queue serves nothing"),
-        false,
-        queued == 1 && served_on_bad == 0,
-        &format!(
-            "no TX completion after data {bad:#010x} at queue {}'s doorbell",
-            txq(0)
-        ),
-        &format!("{served_on_bad} TX completions"),
-        &format!("notify, queue {}", txq(0)),
-    ));
+    let served = if unkicked > 0 {
+        // A device may serve what is available without a kick (virtio notifications are
+        // hints): then what the bad kick does cannot be seen.
+        f.push(Finding::not_run(
+            G,
+            &name,
+            "the device served the buffer before any kick for it (it polls its rings, or an \
+             earlier doorbell reached it late): what a kick with another queue's vqn does \
+             cannot be seen",
+        ));
+        unkicked
+    } else {
+        d.notify_write(txq(0), 4, bad.into())?;
+        std::thread::sleep(Duration::from_millis(20));
+        let served_on_bad = d.reclaim_tx(0)?;
+        f.push(Finding::check(
+            G,
+            &name,
+            false,
+            queued == 1 && served_on_bad == 0,
+            &format!(
+                "no TX completion after data {bad:#010x} at queue {}'s doorbell",
+                txq(0)
+            ),
+            &format!("{served_on_bad} TX completions"),
+            &format!("notify, queue {}", txq(0)),
+        ));
+        served_on_bad
+    };
     // The right kick serves it (and the device is still working).
-    if served_on_bad == 0 {
+    if served == 0 {
         d.notify_write(txq(0), 4, good.into())?;
     }
     let t0 = Instant::now();
