@@ -630,22 +630,13 @@ fn recv_expected(
     want: usize,
 ) -> Result<Vec<(u16, Vec<u8>)>, DriverError> {
     let mut got = Vec::new();
-    let mut idle = std::time::Instant::now();
-    loop {
-        let before = got.len();
+    wait_device(|| {
         for &p in pairs {
             got.extend(d.recv(p)?.into_iter().map(|f| (p, f)));
         }
-        if got.len() >= want {
-            return Ok(got);
-        }
-        if got.len() > before {
-            idle = std::time::Instant::now();
-        } else if idle.elapsed() >= RX_IDLE {
-            return Ok(got);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+        Ok((got.len() >= want, got.len() as u64))
+    })?;
+    Ok(got)
 }
 
 /// Sends `n` random frames on pair 0 of a started loopback driver and checks each comes back
